@@ -1,0 +1,1 @@
+"""Triton kernels of refmatch, installed as ``refmatch.kernels``."""

@@ -1,0 +1,30 @@
+"""One ``torch.library.custom_op`` per backend, all with the same schema.
+
+Registering the backend call as an opaque op with a fake (meta) implementation
+lets ``torch.compile(fullgraph=True)`` and CUDA graphs trace code that calls
+``refmatch.match`` without looking inside the kernels.
+"""
+import torch
+
+from .scoring import accumulation_dtype
+
+
+def register_match_op(backend_name, impl):
+    """Register ``refmatch::match_<backend_name>``.
+
+    ``impl(query [B, D, H, W], reference [M, D], k, metric)`` must return
+    (score [N, k], index [N, k] int64) with N = B * H * W.
+    """
+
+    @torch.library.custom_op(f"refmatch::match_{backend_name}", mutates_args=())
+    def match_op(query: torch.Tensor, reference: torch.Tensor, k: int, metric: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return impl(query, reference, k, metric)
+
+    @match_op.register_fake
+    def _(query, reference, k, metric):
+        rows = query.shape[0] * query.shape[2] * query.shape[3]
+        score = query.new_empty((rows, k), dtype=accumulation_dtype(query.dtype))
+        return score, query.new_empty((rows, k), dtype=torch.int64)
+
+    return match_op

@@ -1,0 +1,111 @@
+"""Chunked PyTorch backend: the CPU path, the fallback and (in float64) the test oracle.
+
+The bank is walked in blocks of ``block_m`` references; each block is scored
+against ``block_n`` query rows with one BLAS GEMM into a reused tile and reduced
+to a running best (k = 1) or a running top-k. Block sizes come from a tile
+memory budget, so extra memory is fixed whatever N and M are; on the CPU the tile
+stays cache-sized so the reduction runs at the speed of the GEMM under it.
+"""
+import torch
+import torch.nn.functional as F
+
+from .custom_op import register_match_op
+from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
+
+TILE_BYTES = {"cpu": 8 << 20, "cuda": 256 << 20}
+BLOCK_M = {"cpu": 2048, "cuda": 16384}
+
+
+def _prepare_block(reference, metric, dtype):
+    """References of one block as GEMM operand, plus the l2 bias -|r|^2."""
+    block = reference.to(dtype)
+    if metric == "cosine":
+        return F.normalize(block, dim=1, eps=NORM_EPS), None
+    if metric == "l2":
+        return block, -block.square().sum(dim=1)
+    return block, None
+
+
+def _score_tile(rows, block, bias, tile):
+    if bias is None:
+        torch.mm(rows, block.T, out=tile)
+    else:
+        torch.addmm(bias[None, :], rows, block.T, alpha=2.0, out=tile)
+    # NaN never wins; keep infinities as they are.
+    return tile.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def _offer_best(best, best_index, tile, col0):
+    """k = 1: torch.max returns the first maximum, '>' keeps earlier blocks on ties."""
+    score, col = tile.max(dim=1)
+    better = score > best[:, 0]
+    best[:, 0] = torch.where(better, score, best[:, 0])
+    best_index[:, 0] = torch.where(better, col + col0, best_index[:, 0])
+
+
+def _offer_topk(best, best_index, tile, col0):
+    """Running top-k with the lowest-index tie rule, without sorting the tile.
+
+    Everything above the tile's k-th value enters; the remaining slots go to the
+    lowest columns equal to it. The union with the running list is then ordered
+    by a stable sort, whose ties keep the lower (earlier) indices first.
+    """
+    k, width = best.shape[1], tile.shape[1]
+    kk = min(k, width)
+    kth = tile.topk(kk, dim=1).values[:, -1:]
+    lowest_first = torch.arange(width, 0, -1, device=tile.device, dtype=tile.dtype)
+    priority = torch.where(tile == kth, lowest_first, 0.0).masked_fill_(tile > kth, 2.0 * width)
+    cols = priority.topk(kk, dim=1).indices.sort(dim=1).values
+    merged_score = torch.cat([best, tile.gather(1, cols)], dim=1)
+    merged_index = torch.cat([best_index, cols + col0], dim=1)
+    order = merged_score.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    best.copy_(merged_score.gather(1, order))
+    best_index.copy_(merged_index.gather(1, order))
+
+
+def match_chunked(query, reference, k, metric, tile_bytes=None, block_m=None):
+    """Top-k references per query row by chunked GEMM.
+
+    Args:
+        query: [B, D, H, W] maps ([N, D] rows as ``rows.T[None, :, :, None]``).
+        reference: [M, D].
+        k: number of matches per row, 1 <= k <= M.
+        metric: "cosine", "dot" or "l2".
+        tile_bytes, block_m: overrides of the tile budget (tests, benchmarks).
+    Returns:
+        (score [N, k], index [N, k] int64), best first.
+    """
+    dtype = accumulation_dtype(query.dtype)
+    device = query.device.type if query.device.type in TILE_BYTES else "cuda"
+    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    num_rows, num_refs = rows.shape[0], reference.shape[0]
+    block_m = min(num_refs, block_m or BLOCK_M[device])
+    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
+    best = torch.full((num_rows, k), float("-inf"), device=query.device, dtype=dtype)
+    best_index = torch.full((num_rows, k), -1, device=query.device, dtype=torch.int64)
+    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
+    offer = _offer_best if k == 1 else _offer_topk
+    for col0 in range(0, num_refs, block_m):
+        block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
+        for row0 in range(0, num_rows, block_n):
+            row_block = rows[row0:row0 + block_n].to(dtype)
+            tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
+            _score_tile(row_block, block, bias, tile)
+            offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)
+    best_index.masked_fill_(best == float("-inf"), -1)
+    return finalize_scores(best, best_index, query, metric), best_index
+
+
+class TorchBackend:
+    """Always available; any device, dtype (float64 included), metric and k."""
+
+    name = "torch"
+
+    def __init__(self):
+        self.op = register_match_op(self.name, match_chunked)
+
+    def status(self):
+        return True, "chunked GEMM on any device; the CPU path and the float64 oracle"
+
+    def decline_reason(self, problem):
+        return None

@@ -1,0 +1,119 @@
+"""Public functional API: ``match``."""
+from typing import NamedTuple, Optional
+
+import torch
+
+from .backends import NAMES as BACKEND_NAMES
+from .backends import MatchProblem, select
+from .backends.scoring import METRICS
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class MatchResult(NamedTuple):
+    """Result of :func:`match`.
+
+    score: float32 ([N], [N, k], [B, H, W] or [B, k, H, W]); float64 for float64 input.
+        Similarity for "cosine"/"dot", squared distance for "l2"; best first.
+    index: int64 reference row of each match, -1 where no finite score exists.
+    label: ``labels[index]`` (-1 where index is -1), or None without labels.
+    """
+
+    score: torch.Tensor
+    index: torch.Tensor
+    label: Optional[torch.Tensor]
+
+
+def _shape(tensor):
+    return tuple(tensor.shape)
+
+
+def _check_inputs(query, reference, labels, k, metric, backend):
+    for name, value in (("query", query), ("reference", reference)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if query.dim() not in (2, 4):
+        raise ValueError(f"query must be [N, D] rows or [B, D, H, W] feature maps, "
+                         f"got shape {_shape(query)}")
+    if reference.dim() != 2:
+        raise ValueError(f"reference must be [M, D], got shape {_shape(reference)}")
+    dim = query.shape[1]
+    if reference.shape[1] != dim:
+        where = "D = query.shape[1]"
+        raise ValueError(f"reference has D={reference.shape[1]} channels but query has {dim} ({where})")
+    if dim == 0:
+        raise ValueError("query and reference have D=0 channels; need D >= 1")
+    if reference.shape[0] == 0:
+        raise ValueError("reference is empty (M=0); need at least one reference row")
+    if query.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"query must be float16, bfloat16, float32 or float64, got {query.dtype}")
+    if reference.dtype != query.dtype:
+        raise TypeError(f"reference dtype {reference.dtype} differs from query dtype {query.dtype}; "
+                        "cast one of them (nothing is cast silently)")
+    if reference.device != query.device:
+        raise ValueError(f"reference is on {reference.device} but query is on {query.device}")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+        if _shape(labels) != (reference.shape[0],):
+            raise ValueError(f"labels must be [M] = [{reference.shape[0]}] (one per reference row), "
+                             f"got shape {_shape(labels)}")
+        if labels.device != reference.device:
+            raise ValueError(f"labels are on {labels.device} but reference is on {reference.device}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= reference.shape[0]:
+        raise ValueError(f"k must satisfy 1 <= k <= M={reference.shape[0]}, got k={k}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if backend != "auto" and backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+
+
+def _as_maps(query):
+    """[N, D] rows as a [1, D, N, 1] strided view, so every backend sees maps."""
+    return query.T[None, :, :, None] if query.dim() == 2 else query
+
+
+def _shape_result(values, query, k):
+    """[N, k] backend output to the public shape of ``query``'s results."""
+    if query.dim() == 2:
+        return values[:, 0] if k == 1 else values
+    batch, _, height, width = query.shape
+    maps = values.view(batch, height, width, k)
+    return maps[..., 0] if k == 1 else maps.permute(0, 3, 1, 2)
+
+
+def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"):
+    """Most similar reference row(s) of every query row, without the N x M matrix.
+
+    Args:
+        query: [N, D] rows or [B, D, H, W] feature maps (read through their strides).
+        reference: [M, D], same dtype and device as ``query``.
+        labels: optional integer [M] label of each reference row.
+        k: number of matches per row, best first (1 <= k <= M).
+        metric: "cosine" (inner product of L2-normalised rows), "dot", or "l2"
+            (squared Euclidean distance; the smallest wins).
+        backend: "auto" (fastest available for the device), "torch", "triton" or "cuda".
+
+    Returns:
+        MatchResult(score, index, label), each [N] / [B, H, W] for k = 1, or
+        [N, k] / [B, k, H, W] for k > 1. Among equal scores the lowest reference
+        index wins; NaN never wins; a row with no finite score gets index -1 and
+        label -1. Scores carry no gradient.
+
+    Example:
+        >>> result = refmatch.match(features, bank, bank_labels)      # [B, D, H, W] maps
+        >>> pseudo_labels = result.label                              # [B, H, W]
+    """
+    _check_inputs(query, reference, labels, k, metric, backend)
+    problem = MatchProblem(query.device, query.dtype, k, metric, query.shape[1])
+    chosen = select(problem, backend)
+    score, index = chosen.op(_as_maps(query.detach()), reference.detach(), k, metric)
+    label = None
+    if labels is not None:
+        label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
+        label = _shape_result(label, query, k)
+    return MatchResult(_shape_result(score, query, k), _shape_result(index, query, k), label)

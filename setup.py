@@ -1,0 +1,86 @@
+"""Builds refmatch._C through CMake; the package installs without it.
+
+Environment:
+  REFMATCH_CUDA=0/1           force the CUDA kernels off/on (default: on when nvcc is found)
+  REFMATCH_CUDA_ARCHS="80;90" CUDA architectures
+  REFMATCH_REQUIRE_EXTENSION=1  fail the install when _C cannot be built (CI, GPU suite)
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
+
+ROOT = Path(__file__).resolve().parent
+
+
+def find_nvcc():
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists():
+        return str(Path(cuda_home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def cuda_requested():
+    flag = os.environ.get("REFMATCH_CUDA")
+    if flag is None:
+        return find_nvcc() is not None
+    if flag not in ("0", "1"):
+        raise SystemExit(f"REFMATCH_CUDA must be 0 or 1, got {flag!r}")
+    if flag == "1" and find_nvcc() is None:
+        raise SystemExit("REFMATCH_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
+    return flag == "1"
+
+
+def package_version():
+    scope = {}
+    exec((ROOT / "refmatch" / "version.py").read_text(), scope)
+    return scope["__version__"]
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        # optional: a failed build leaves a working pure-Python install.
+        super().__init__(name, sources=[], optional=os.environ.get("REFMATCH_REQUIRE_EXTENSION") != "1")
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        try:
+            self._cmake_build(ext)
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise CompileError(f"refmatch._C was not built ({error}); "
+                               "the torch and triton backends still work") from error
+
+    def _cmake_build(self, ext):
+        import pybind11
+
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            raise OSError("cmake not found")
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DREFMATCH_VERSION={package_version()}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        if cuda_requested():
+            archs = os.environ.get("REFMATCH_CUDA_ARCHS", "80;90")
+            args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={archs}",
+                     f"-DCMAKE_CUDA_COMPILER={find_nvcc()}"]
+        if shutil.which("ninja"):
+            args.append("-GNinja")
+        subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+        jobs = str(os.cpu_count() or 1)
+        subprocess.run([cmake, "--build", str(build_dir), "--parallel", jobs], check=True)
+
+
+setup(ext_modules=[CMakeExtension("refmatch._C")], cmdclass={"build_ext": CMakeBuild})
