@@ -15,13 +15,23 @@ def accumulation_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def squared_norms(tensor, dim, rows_per_chunk=1 << 14):
+    """Sum of squares over ``dim`` in the accumulation dtype, flattened to [rows].
+
+    Summed directly rather than as a squared norm, so small integers stay exact;
+    converted a chunk of dim-0 slices at a time to bound the workspace.
+    """
+    acc = accumulation_dtype(tensor.dtype)
+    parts = [part.to(acc).square().sum(dim).reshape(-1) for part in tensor.split(rows_per_chunk)]
+    return torch.cat(parts) if parts else tensor.new_empty(0, dtype=acc)
+
+
 def reference_stat(reference, metric):
     """Per-reference term [M]: 1/|r| (cosine), |r|^2 (l2), or an empty tensor (dot)."""
-    acc = accumulation_dtype(reference.dtype)
     if metric == "dot":
-        return reference.new_empty(0, dtype=acc)
-    norm = torch.linalg.vector_norm(reference, dim=1, dtype=acc)
-    return norm.clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else norm.square()
+        return reference.new_empty(0, dtype=accumulation_dtype(reference.dtype))
+    norm_sq = squared_norms(reference, dim=1)
+    return norm_sq.sqrt().clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else norm_sq
 
 
 def finalize_scores(oriented, index, query, metric):
@@ -38,7 +48,7 @@ def finalize_scores(oriented, index, query, metric):
     if metric == "dot":
         score = oriented
     else:
-        norm = torch.linalg.vector_norm(query, dim=1, dtype=oriented.dtype).reshape(-1, 1)
-        score = oriented / norm.clamp_min(NORM_EPS) if metric == "cosine" else norm.square() - oriented
+        norm_sq = squared_norms(query, dim=1)[:, None]
+        score = oriented / norm_sq.sqrt().clamp_min(NORM_EPS) if metric == "cosine" else norm_sq - oriented
     worst = float("inf") if metric == "l2" else float("-inf")
     return torch.where(index < 0, torch.full_like(score, worst), score)

@@ -1,0 +1,82 @@
+"""Bad input raises a clear error before any kernel runs; backends agree on random input."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refmatch
+from conftest import HAS_CUDA, INTERPRETING
+from oracle import assert_matches_oracle
+
+Q, R = torch.randn(4, 8), torch.randn(10, 8)
+BAD_INPUTS = [
+    (dict(query=[[1.0]]), TypeError, "query must be a torch.Tensor, got list"),
+    (dict(reference=None), TypeError, "reference must be a torch.Tensor, got NoneType"),
+    (dict(query=torch.randn(4, 8, 2)), ValueError, r"query must be \[N, D\].*got shape \(4, 8, 2\)"),
+    (dict(reference=torch.randn(10)), ValueError, r"reference must be \[M, D\], got shape \(10,\)"),
+    (dict(reference=torch.randn(10, 7)), ValueError, "reference has D=7 channels but query has 8"),
+    (dict(query=torch.randn(4, 0), reference=torch.randn(3, 0)), ValueError, "D=0"),
+    (dict(reference=torch.randn(0, 8)), ValueError, "reference is empty"),
+    (dict(query=Q.int(), reference=R.int()), TypeError, "query must be float16.*got torch.int32"),
+    (dict(reference=R.half()), TypeError, "reference dtype torch.float16 differs from query dtype torch.float32"),
+    (dict(reference=R.to("meta")), ValueError, "reference is on meta but query is on cpu"),
+    (dict(labels=torch.zeros(9, dtype=torch.long)), ValueError, r"labels must be \[M\] = \[10\].*\(9,\)"),
+    (dict(labels=torch.zeros(10)), TypeError, "labels must have an integer dtype, got torch.float32"),
+    (dict(labels=[0] * 10), TypeError, "labels must be a torch.Tensor or None, got list"),
+    (dict(k=0), ValueError, "k must satisfy 1 <= k <= M=10, got k=0"),
+    (dict(k=11), ValueError, "k must satisfy 1 <= k <= M=10, got k=11"),
+    (dict(k=2.0), TypeError, "k must be an int, got float"),
+    (dict(metric="euclid"), ValueError, r"metric must be one of \('cosine', 'dot', 'l2'\), got 'euclid'"),
+    (dict(backend="faiss"), ValueError, "backend must be 'auto' or one of .*got 'faiss'"),
+    (dict(backend="cuda"), ValueError, "backend='cuda' cannot run this call"),
+]
+
+
+@pytest.mark.parametrize("changes, error, message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
+def test_bad_input_is_named(changes, error, message):
+    arguments = dict(query=Q, reference=R, labels=None, k=1, metric="cosine", backend="auto")
+    arguments.update(changes)
+    query, reference, labels = arguments.pop("query"), arguments.pop("reference"), arguments.pop("labels")
+    with pytest.raises(error, match=message):
+        refmatch.match(query, reference, labels, **arguments)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        refmatch.match(Q, R, backend="triton")
+
+
+def test_backends_report_every_backend_with_a_reason():
+    report = {status.name: status for status in refmatch.backends()}
+    assert set(report) == {"cuda", "triton", "torch"}
+    assert report["torch"].available
+    assert all(status.reason for status in report.values())
+    if not HAS_CUDA:
+        assert not report["cuda"].available
+
+
+FUSED = ["triton"] if (HAS_CUDA or INTERPRETING) else []
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.mark.skipif(not FUSED, reason="no fused backend runs here")
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), m=st.integers(1, 80), d=st.integers(1, 40),
+       metric=st.sampled_from(["cosine", "dot", "l2"]), seed=st.integers(0, 2**31 - 1),
+       duplicates=st.booleans())
+def test_backends_agree(n, m, d, metric, seed, duplicates):
+    generator = torch.Generator().manual_seed(seed)
+    # Small integers make many exact ties, which every backend must break alike.
+    query = torch.randint(-2, 3, (n, d), generator=generator).float().to(DEVICE)
+    reference = torch.randint(-2, 3, (m, d), generator=generator).float().to(DEVICE)
+    if duplicates:
+        reference = torch.cat([reference, reference])
+    oracle = refmatch.match(query.double(), reference.double(), metric=metric, backend="torch")
+    for backend in ["torch"] + FUSED:
+        result = refmatch.match(query, reference, metric=metric, backend=backend)
+        torch.testing.assert_close(result.score.double(), oracle.score, atol=1e-5, rtol=1e-5)
+        if metric == "cosine":  # parallel rows tie only up to rounding of 1/|r|
+            assert_matches_oracle(result, query, reference, metric)
+        else:  # small-integer dot products are exact: ties must break identically
+            assert torch.equal(result.index, oracle.index), backend

@@ -1,0 +1,55 @@
+"""The chunked torch backend against the dense float64 oracle."""
+import pytest
+import torch
+
+import refmatch
+from oracle import DEVICES, assert_matches_oracle
+from refmatch.backends.torch_backend import match_chunked
+
+SHAPES = [(1, 1, 1), (7, 33, 257), (257, 7, 33), (33, 257, 7), (257, 257, 64), (1, 257, 33)]
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("n, m, d", SHAPES)
+def test_rows_match_oracle(device, dtype, metric, n, m, d):
+    query = torch.randn(n, d, device=device).to(dtype)
+    reference = torch.randn(m, d, device=device).to(dtype)
+    labels = torch.randint(0, 5, (m,), device=device)
+    result = refmatch.match(query, reference, labels, metric=metric, backend="torch")
+    assert result.score.shape == (n,) and result.index.dtype == torch.int64
+    assert result.score.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_matches_oracle(result, query, reference, metric, labels=labels)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("block_m, tile_bytes", [(1, 64), (7, 4 * 7 * 5), (64, 1 << 20)])
+def test_many_small_tiles(metric, block_m, tile_bytes):
+    query = torch.randn(2, 9, 6, 5)
+    reference = torch.randn(83, 9)
+    maps = match_chunked(query, reference, 1, metric, tile_bytes=tile_bytes, block_m=block_m)
+    whole = match_chunked(query, reference, 1, metric)
+    torch.testing.assert_close(maps, whole)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("k", [2, 5, 33])
+def test_topk_matches_oracle(dtype, metric, k):
+    query = torch.randn(40, 16).to(dtype)
+    reference = torch.randn(70, 16).to(dtype)
+    result = refmatch.match(query, reference, k=k, metric=metric, backend="torch")
+    assert result.index.shape == (40, k)
+    assert_matches_oracle(result, query, reference, metric, k=k)
+
+
+@pytest.mark.parametrize("block_m", [3, 8, 1000])
+def test_topk_ties_are_ordered_by_index(block_m):
+    reference = torch.randn(30, 4)
+    reference[[4, 11, 12, 25]] = 5.0 * torch.ones(4)  # four identical best rows across tiles
+    query = torch.ones(3, 4)
+    score, index = match_chunked(query.T[None, :, :, None], reference, 6, "dot", block_m=block_m)
+    assert index[:, :4].tolist() == [[4, 11, 12, 25]] * 3
+    assert (score[:, :4] == 20.0).all()

@@ -1,0 +1,64 @@
+"""The fused Triton kernel against the float64 oracle.
+
+Without a GPU it runs under TRITON_INTERPRET=1 (set by conftest), so sizes stay small.
+"""
+import pytest
+import torch
+
+import refmatch
+from conftest import HAS_CUDA, INTERPRETING
+from oracle import assert_matches_oracle
+
+pytestmark = pytest.mark.skipif(not (HAS_CUDA or INTERPRETING),
+                                reason="needs a CUDA device or TRITON_INTERPRET=1")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+SHAPES = [(1, 1, 1), (7, 33, 257), (33, 70, 7), (70, 7, 33)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("n, m, d", SHAPES)
+def test_rows_match_oracle(dtype, metric, n, m, d):
+    query = torch.randn(n, d, device=DEVICE).to(dtype)
+    reference = torch.randn(m, d, device=DEVICE).to(dtype)
+    labels = torch.randint(0, 3, (m,), device=DEVICE)
+    result = refmatch.match(query, reference, labels, metric=metric, backend="triton")
+    assert_matches_oracle(result, query, reference, metric, labels=labels)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_strided_maps_match_oracle(metric):
+    # channels-last maps, sliced in W: read through strides, never made contiguous.
+    maps = torch.randn(2, 20, 5, 9, device=DEVICE).to(memory_format=torch.channels_last)[..., 1:8]
+    reference = torch.randn(45, 20, device=DEVICE)
+    result = refmatch.match(maps, reference, metric=metric, backend="triton")
+    assert result.index.shape == (2, 5, 7)
+    assert_matches_oracle(result, maps, reference, metric)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_split_merge_keeps_lowest_index(splits):
+    from refmatch.kernels.match import match_argmax
+
+    reference = torch.randn(150, 16, device=DEVICE)
+    reference[[37, 70, 140]] = 3.0  # identical best rows in different tiles and splits
+    query = torch.ones(40, 16, device=DEVICE)
+    stat = torch.empty(0, device=DEVICE)
+    score, index = match_argmax(query.T[None, :, :, None], reference, stat, "dot",
+                                splits=splits, block_m=16)
+    assert (index == 37).all() and (score == 48.0).all()
+
+
+def test_wide_rows_loop_over_channel_chunks():
+    query = torch.randn(20, 300, device=DEVICE)  # D > MAX_RESIDENT_D: not held in registers
+    reference = torch.randn(40, 300, device=DEVICE)
+    result = refmatch.match(query, reference, metric="dot", backend="triton")
+    assert_matches_oracle(result, query, reference, "dot")
+
+
+def test_declines_topk_and_float64_with_reasons():
+    query, reference = torch.randn(4, 8, device=DEVICE), torch.randn(9, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="top-k"):
+        refmatch.match(query, reference, k=2, backend="triton")
+    with pytest.raises(ValueError, match="float64"):
+        refmatch.match(query.double(), reference.double(), backend="triton")

@@ -1,0 +1,74 @@
+"""refmatch._C: build info, and the shared tie/merge header run on the host."""
+import shutil
+
+import numpy as np
+import pytest
+
+_C = pytest.importorskip("refmatch._C", reason="refmatch._C is not built")
+
+
+def reference_best(scores, indices):
+    """Plain-Python statement of the tie rule over candidate lists."""
+    best_score, best_index = -np.inf, -1
+    for score, index in zip(scores, indices):
+        if np.isnan(score) or score == -np.inf:
+            continue
+        if best_index < 0 or score > best_score or (score == best_score and index < best_index):
+            best_score, best_index = score, index
+    return best_score, best_index
+
+
+def test_build_info():
+    info = _C.build_info()
+    assert set(info) == {"version", "compiler", "cuda", "cuda_archs", "cuda_runtime_version"}
+    import refmatch
+    assert info["version"] == refmatch.__version__
+    if shutil.which("nvcc"):
+        assert info["cuda"] and info["cuda_archs"]
+
+
+def test_cuda_backend_reports_compiled_without_device():
+    import torch
+
+    import refmatch
+    info = _C.build_info()
+    count, error = _C.cuda_device_count()
+    status = {s.name: s for s in refmatch.backends()}["cuda"]
+    if info["cuda"] and not torch.cuda.is_available():
+        assert count == 0 and error
+        assert "compiled for sm_" in status.reason and "no usable device" in status.reason
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_partial_bests_follows_tie_rule(seed):
+    rng = np.random.default_rng(seed)
+    splits, rows = 4, 300
+    scores = rng.integers(-2, 3, (splits, rows)).astype(np.float32)  # many exact ties
+    scores[rng.random((splits, rows)) < 0.1] = np.nan
+    scores[rng.random((splits, rows)) < 0.1] = -np.inf
+    indices = rng.permutation(splits * rows).reshape(splits, rows).astype(np.int64)
+    indices[scores == -np.inf] = -1
+    merged_scores, merged_indices = _C.merge_partial_bests(scores, indices)
+    for row in range(rows):
+        expected = reference_best(scores[:, row], indices[:, row])
+        assert (merged_scores[row], merged_indices[row]) == expected
+
+
+@pytest.mark.parametrize("tile_cols", [1, 3, 16, 1000])
+def test_stream_tiles_takes_first_maximum(tile_cols):
+    rng = np.random.default_rng(tile_cols)
+    scores = rng.integers(-3, 4, (50, 70)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.2] = np.nan
+    scores[7] = np.nan  # a row with no finite score
+    best_scores, best_indices = _C.stream_tiles(scores, tile_cols)
+    for row in range(50):
+        expected = reference_best(scores[row], range(70))
+        assert (best_scores[row], best_indices[row]) == expected
+    assert best_indices[7] == -1
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="equal shapes"):
+        _C.merge_partial_bests(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.int64))
+    with pytest.raises(ValueError, match="tile_cols"):
+        _C.stream_tiles(np.zeros((2, 3), np.float32), 0)

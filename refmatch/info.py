@@ -1,0 +1,55 @@
+"""``python -m refmatch.info``: versions, compiled archs and the backend table."""
+import platform
+import sys
+
+import torch
+
+from .backends import backends
+from .backends.cuda_backend import native_module
+from .version import __version__
+
+
+def _triton_version():
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def _native_summary():
+    module = native_module()
+    if module is None:
+        return "not built"
+    info = module.build_info()
+    if not info["cuda"]:
+        return f"built ({info['compiler']}), CPU only"
+    runtime = info["cuda_runtime_version"]
+    archs = ", ".join(f"sm_{arch}" for arch in info["cuda_archs"].split(","))
+    return f"built ({info['compiler']}), CUDA runtime {runtime // 1000}.{runtime % 1000 // 10}, archs {archs}"
+
+
+def report():
+    """The info text as one string."""
+    cuda = torch.version.cuda or "none"
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    lines = [
+        f"refmatch {__version__}",
+        f"python   {sys.version.split()[0]} ({platform.machine()})",
+        f"torch    {torch.__version__} (CUDA {cuda}; devices: {', '.join(devices) or 'none'})",
+        f"triton   {_triton_version()}",
+        f"_C       {_native_summary()}",
+        "",
+        f"{'backend':<8} {'available':<10} reason",
+    ]
+    for status in backends():
+        lines.append(f"{status.name:<8} {'yes' if status.available else 'no':<10} {status.reason}")
+    return "\n".join(lines)
+
+
+def main():
+    print(report())
+
+
+if __name__ == "__main__":
+    main()
