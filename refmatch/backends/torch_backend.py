@@ -47,14 +47,14 @@ def _offer_best(best, best_index, tile, col0):
     of the GEMM). On GPUs one fused max avoids the host sync of that selection.
     """
     if tile.is_cuda:
-        score, col = _drop_nan(tile).max(dim=1)
+        score, col = tile.max(dim=1)
         better = score > best[:, 0]
         best[:, 0] = torch.where(better, score, best[:, 0])
         best_index[:, 0] = torch.where(better, col + col0, best_index[:, 0])
         return
     score = tile.amax(dim=1)
     nan_rows = score.isnan().nonzero()[:, 0]
-    if nan_rows.numel():  # rare: clean only the rows that hold a NaN
+    if nan_rows.numel():  # rare (NaN queries, overflow): clean only those rows
         tile[nan_rows] = _drop_nan(tile[nan_rows])
         score[nan_rows] = tile[nan_rows].amax(dim=1)
     rows = (score > best[:, 0]).nonzero()[:, 0]
@@ -72,7 +72,6 @@ def _offer_topk(best, best_index, tile, col0):
     """
     k, width = best.shape[1], tile.shape[1]
     kk = min(k, width)
-    _drop_nan(tile)
     kth = tile.topk(kk, dim=1).values[:, -1:]
     lowest_first = torch.arange(width, 0, -1, device=tile.device, dtype=tile.dtype)
     priority = torch.where(tile == kth, lowest_first, 0.0).masked_fill_(tile > kth, 2.0 * width)
@@ -108,10 +107,15 @@ def match_chunked(query, reference, k, metric, tile_bytes=None, block_m=None):
     offer = _offer_best if k == 1 else _offer_topk
     for col0 in range(0, num_refs, block_m):
         block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
+        # Only the CPU k = 1 path can skip the NaN pass, and only for finite blocks
+        # (asking a GPU would synchronise); it checks row maxima for NaN instead.
+        drop_nan = k > 1 or query.is_cuda or not bool(torch.isfinite(block).all())
         for row0 in range(0, num_rows, block_n):
             row_block = rows[row0:row0 + block_n].to(dtype)
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
             _score_tile(row_block, block, bias, tile)
+            if drop_nan:
+                _drop_nan(tile)
             offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)
     best_index.masked_fill_(best == float("-inf"), -1)
     return finalize_scores(best, best_index, query, metric), best_index
