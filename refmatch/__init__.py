@@ -4,7 +4,12 @@ Every pixel of an unlabelled image takes the label of its most similar pixel in
 a bank of labelled reference pixels (Seibold et al., AAAI 2022).
 """
 from .backends import BackendStatus, backends
+from .bank import ReferenceBank
+from .feature_tap import FeatureTap
 from .ops import MatchResult, match
+from .pseudo_labels import PseudoLabeler, PseudoLabels
 from .version import __version__
+from .vote import Vote, vote
 
-__all__ = ["BackendStatus", "MatchResult", "backends", "match", "__version__"]
+__all__ = ["BackendStatus", "FeatureTap", "MatchResult", "PseudoLabeler", "PseudoLabels", "ReferenceBank",
+           "Vote", "backends", "match", "vote", "__version__"]

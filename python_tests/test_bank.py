@@ -1,0 +1,137 @@
+"""ReferenceBank: caps, ring and reservoir, ignore handling, masks, state_dict, errors."""
+import pytest
+import torch
+
+from refmatch import ReferenceBank
+from refmatch.masks import downsample_masks
+
+
+def one_class_batch(values, cls, size=2):
+    """Features whose every pixel of image i holds the constant values[i], all labelled cls."""
+    features = torch.tensor(values, dtype=torch.float32)[:, None, None, None].expand(-1, 1, size, size)
+    return features.contiguous(), torch.full((len(values), size, size), cls)
+
+
+def stored(bank, cls):
+    block = bank.features[cls * bank.capacity:(cls + 1) * bank.capacity, 0]
+    return sorted(v for v in block.tolist() if v == v)
+
+
+def test_class_balance_caps_and_counts():
+    bank = ReferenceBank(4, 3, capacity_per_class=5, dtype=torch.float32)
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    masks[:, :2] = 1  # class 1: 2 rows of 8 pixels per image -> after 2x pooling 8 px; class 2 absent
+    bank.add(torch.randn(2, 4, 4, 4), masks)
+    assert bank.class_counts().tolist() == [5, 5, 0] and len(bank) == 10
+    assert bank.seen.tolist() == [24, 8, 0]
+
+
+def test_ring_keeps_the_newest():
+    bank = ReferenceBank(1, 1, capacity_per_class=4, dtype=torch.float32, metric="dot")
+    bank.add(*one_class_batch([1.0, 2.0], 0, size=1))
+    bank.add(*one_class_batch([3.0, 4.0, 5.0], 0, size=1))
+    assert stored(bank, 0) == [2.0, 3.0, 4.0, 5.0]
+    bank.add(*one_class_batch([float(v) for v in range(10, 17)], 0, size=1))  # more than capacity at once
+    assert stored(bank, 0) == [13.0, 14.0, 15.0, 16.0]
+
+
+def test_reservoir_is_uniform_over_everything_added():
+    hits = torch.zeros(40)
+    for seed in range(300):
+        bank = ReferenceBank(1, 1, capacity_per_class=10, dtype=torch.float32, metric="dot",
+                             policy="reservoir", seed=seed)
+        for start in range(0, 40, 8):
+            bank.add(*one_class_batch([float(v) for v in range(start, start + 8)], 0, size=1))
+        assert len(stored(bank, 0)) == 10
+        hits[torch.tensor(stored(bank, 0)).long()] += 1
+    # each of 40 items is kept with probability 1/4: 75 expected of 300, sd ~7.5
+    assert hits.min() > 45 and hits.max() < 105
+
+
+def test_ignore_index_pixels_are_dropped():
+    bank = ReferenceBank(2, 2, capacity_per_class=100, dtype=torch.float32, ignore_index=255)
+    masks = torch.full((1, 4, 4), 255)
+    masks[0, 0, 0] = 1
+    bank.add(torch.randn(1, 2, 4, 4), masks)
+    assert bank.class_counts().tolist() == [0, 1]
+
+
+def test_mask_downsampling_modes():
+    masks = torch.tensor([[[0, 0, 1, 1],
+                           [0, 1, 1, 1],
+                           [2, 2, 255, 255],
+                           [2, 2, 255, 0]]])
+    majority = downsample_masks(masks, (2, 2), 3, 255, "majority")
+    assert majority.tolist() == [[[0, 1], [2, 255]]]
+    pure = downsample_masks(masks, (2, 2), 3, 255, "pure")
+    assert pure.tolist() == [[[255, 1], [2, 255]]]
+    nearest = downsample_masks(masks, (2, 2), 3, 255, "nearest")
+    assert nearest.tolist() == [[[0, 1], [2, 255]]]
+
+
+def test_cosine_rows_are_stored_normalised():
+    bank = ReferenceBank(3, 1, capacity_per_class=10, dtype=torch.float32)
+    bank.add(3 * torch.ones(1, 3, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long))
+    torch.testing.assert_close(bank.features[0].norm(), torch.tensor(1.0))
+
+
+def test_state_dict_round_trip():
+    bank = ReferenceBank(4, 2, capacity_per_class=6)
+    bank.add(torch.randn(2, 4, 3, 3), torch.randint(0, 2, (2, 3, 3)))
+    copy = ReferenceBank(4, 2, capacity_per_class=6)
+    copy.load_state_dict(bank.state_dict())
+    query = torch.randn(5, 4)
+    assert torch.equal(copy.match(query).index, bank.match(query).index)
+    assert copy.class_counts().tolist() == bank.class_counts().tolist()
+
+
+def test_match_returns_slot_classes_and_classwise_scores():
+    bank = ReferenceBank(2, 3, capacity_per_class=4, dtype=torch.float32)
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None]
+    bank.add(features, torch.tensor([[[0]], [[2]]]))
+    result = bank.match(torch.tensor([[0.1, 1.0], [1.0, 0.2]]))
+    assert result.label.tolist() == [2, 0] and result.index.tolist() == [8, 0]
+    scores = bank.classwise_max(torch.tensor([[0.0, 1.0]]))
+    assert scores[0, 1].item() == float("-inf") and scores[0, 2].item() == pytest.approx(1.0)
+    assert bank.memory_bytes() == 12 * 2 * 4 + 12 * 8 + 3 * 8 * 2
+
+
+def test_refresh_re_embeds_kept_images():
+    bank = ReferenceBank(1, 1, capacity_per_class=8, dtype=torch.float32, metric="dot")
+    images = torch.arange(4.0).reshape(4, 1, 1, 1)
+    bank.add(images.clone(), torch.zeros(4, 1, 1, dtype=torch.long), images=images)
+    bank.refresh(lambda batch: 10 * batch)
+    assert stored(bank, 0) == [0.0, 10.0, 20.0, 30.0]
+
+
+def test_fixed_bank_from_tensors():
+    reference, labels = torch.randn(9, 3), torch.tensor([0, 1, 2] * 3)
+    bank = ReferenceBank.from_tensors(reference, labels)
+    query = torch.randn(4, 3)
+    import refmatch
+    assert torch.equal(bank.match(query).index, refmatch.match(query, reference).index)
+    with pytest.raises(RuntimeError, match="fixed"):
+        bank.add(torch.randn(1, 3, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda b: b.add(torch.randn(1, 5, 2, 2), torch.zeros(1, 4, 4, dtype=torch.long)), ValueError, "D=5"),
+    (lambda b: b.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 3, 3, dtype=torch.long)), ValueError, "integer multiple"),
+    (lambda b: b.add(torch.randn(2, 4, 2, 2), torch.zeros(1, 4, 4, dtype=torch.long)), ValueError, r"\[B=2, H, W\]"),
+    (lambda b: b.add(torch.randn(1, 4, 2, 2), torch.full((1, 4, 4), 3)), ValueError, "label 3"),
+    (lambda b: b.add(torch.randn(1, 4, 2, 2), torch.full((1, 4, 4), -1)), ValueError, "label -1"),
+    (lambda b: b.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 4, 4)), TypeError, "integer class labels"),
+    (lambda b: b.match(torch.randn(3, 4)), ValueError, "bank is empty"),
+    (lambda b: b.refresh(lambda x: x), RuntimeError, "refresh needs images"),
+])
+def test_bad_input(call, error, message):
+    bank = ReferenceBank(4, 3, capacity_per_class=5)
+    with pytest.raises(error, match=message):
+        call(bank)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="capacity_per_class"):
+        ReferenceBank(4, 3, 0)
+    with pytest.raises(ValueError, match="policy"):
+        ReferenceBank(4, 3, 5, policy="fifo")

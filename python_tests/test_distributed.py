@@ -1,0 +1,72 @@
+"""ShardedReferenceBank: 2 gloo processes give exactly the single-process results, ties included."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from refmatch import ReferenceBank
+from refmatch.distributed import ShardedReferenceBank
+
+WORLD = 2
+
+
+def shared_inputs():
+    generator = torch.Generator().manual_seed(7)
+    # Rows of four +-1 entries have norm 2, so even cosine scores are exact: ties
+    # are real and every process must break them alike.
+    signs = torch.randint(0, 2, (61, 6), generator=generator).float() * 2 - 1
+    keep = torch.rand(61, 6, generator=generator).argsort(dim=1) < 4
+    reference = signs * keep
+    reference[40:50] = reference[5:15]  # duplicates across the two shards
+    labels = torch.randint(0, 4, (61,), generator=generator)
+    queries = [torch.randint(-2, 3, (9 + 4 * rank, 6), generator=generator).float() for rank in range(WORLD)]
+    maps = torch.randint(-2, 3, (2, 6, 3, 5), generator=generator).float()
+    return reference, labels, queries, maps
+
+
+def expected_results(metric, k):
+    reference, labels, queries, maps = shared_inputs()
+    whole = ReferenceBank.from_tensors(reference, labels, metric=metric)
+    return [whole.match(query, k=k) for query in queries], whole.match(maps, k=k), \
+        [whole.classwise_max(query) for query in queries]
+
+
+def worker(rank, rendezvous, cases):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
+    try:
+        reference, labels, queries, maps = shared_inputs()
+        for metric, k in cases:
+            rows, on_maps, classwise = expected_results(metric, k)
+            bank = ShardedReferenceBank.from_tensors(reference, labels, metric=metric)
+            assert bank.features.shape[0] in (30, 31)
+            for got, want in zip(bank.match(queries[rank], k=k), rows[rank]):
+                assert torch.equal(got, want), (metric, k, got, want)
+            for got, want in zip(bank.match(maps, k=k), on_maps):
+                assert torch.equal(got, want), (metric, k, "maps")
+            got = bank.classwise_max(queries[rank])
+            assert torch.equal(got, classwise[rank]), (metric, k, got - classwise[rank])
+        # A bank filled through add(): each rank adds its own batch.
+        filled = ShardedReferenceBank(6, 3, capacity_per_class=8, dtype=torch.float32, metric="dot")
+        assert filled.capacity == 4
+        features = torch.full((1, 6, 2, 2), float(rank + 1))
+        filled.add(features, torch.zeros(1, 2, 2, dtype=torch.long))
+        assert len(filled) == 8
+        best = filled.match(torch.ones(3, 6))
+        assert best.index.tolist() == [12] * 3  # rank 1's first slot: offset 12 (= 3 classes x 4)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    cases = [("dot", 1), ("l2", 1), ("cosine", 1), ("dot", 3), ("l2", 5)]
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(worker, args=(str(tmp_path / "rendezvous"), cases), nprocs=WORLD, join=True)
+
+
+def test_from_tensors_needs_an_initialised_group():
+    if dist.is_initialized():
+        pytest.skip("a process group exists")
+    with pytest.raises((RuntimeError, ValueError)):
+        ShardedReferenceBank.from_tensors(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))

@@ -1,0 +1,74 @@
+"""FeatureTap on torchvision-free toy models."""
+import pytest
+import torch
+from torch import nn
+
+from refmatch import FeatureTap
+
+
+class TinyUNet(nn.Module):
+    """Two-level encoder/decoder with named decoder stages, like a small U-Net."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1))
+        self.decoder = nn.ModuleDict({
+            "up2": nn.Conv2d(16, 12, 3, padding=1),
+            "up1": nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(12, 6, 3, padding=1)),
+        })
+        self.head = nn.Conv2d(6, 3, 1)
+
+    def forward(self, images):
+        return self.head(self.decoder["up1"](self.decoder["up2"](self.encoder(images))))
+
+
+def test_concatenates_normalised_layers_at_the_largest_size():
+    model = TinyUNet()
+    with FeatureTap(model, ["decoder.up2", "decoder.up1"]) as tap:
+        model(torch.randn(2, 1, 16, 16))
+        features = tap.features()
+    assert features.shape == (2, 18, 16, 16)
+    torch.testing.assert_close(features[:, :12].norm(dim=1), torch.ones(2, 16, 16))
+    torch.testing.assert_close(features[:, 12:].norm(dim=1), torch.ones(2, 16, 16))
+
+
+def test_size_and_weights():
+    model = TinyUNet()
+    tap = FeatureTap(model, ["decoder.up2", "decoder.up1"], size=4, weights=[2.0, 0.5])
+    model(torch.randn(1, 1, 16, 16))
+    features = tap.features()
+    assert features.shape == (1, 18, 4, 4)
+    torch.testing.assert_close(features[:, :12].norm(dim=1), torch.full((1, 4, 4), 2.0))
+    tap.close()
+
+
+def test_hooks_are_removed_on_close():
+    model = TinyUNet()
+    tap = FeatureTap(model, ["encoder"])
+    tap.close()
+    model(torch.randn(1, 1, 8, 8))
+    with pytest.raises(RuntimeError, match="no output captured"):
+        tap.features()
+    assert not model.encoder._forward_hooks
+
+
+def test_tuple_outputs_and_plain_models():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 5, 1)
+
+        def forward(self, x):
+            return self.body(x), x
+
+    model = nn.Sequential(TwoHeads())
+    with FeatureTap(model, ["0"]) as tap:
+        model(torch.randn(2, 3, 6, 6))
+        assert tap.features().shape == (2, 5, 6, 6)
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown layer\(s\) \['decoder.up3'\]; valid names: .*decoder.up1"):
+        FeatureTap(TinyUNet(), ["decoder.up3"])
+    with pytest.raises(ValueError, match="one value per layer"):
+        FeatureTap(TinyUNet(), ["encoder"], weights=[1.0, 2.0])

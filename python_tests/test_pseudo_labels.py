@@ -1,0 +1,70 @@
+"""PseudoLabeler and vote."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import refmatch
+from refmatch import PseudoLabeler, ReferenceBank, vote
+from refmatch.demo import synthetic_batch
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    features, labels = synthetic_batch(12, 4, 32, 32, torch.Generator().manual_seed(1))
+    bank = ReferenceBank(32, 4, capacity_per_class=4096, dtype=torch.float32)
+    bank.add(features[:6], labels[:6])
+    return bank, features[6:], labels[6:]
+
+
+@pytest.mark.parametrize("mode, k", [("hard", 1), ("soft", 1), ("soft", 8)])
+def test_beats_nearest_class_mean(phantoms, mode, k):
+    bank, features, truth = phantoms
+    labels, confidence, kept = PseudoLabeler(bank, k=k, mode=mode)(features)
+    assert labels.shape == confidence.shape == truth.shape and kept.item() == 1.0
+    means = torch.stack([F.normalize(bank._class_rows(c).nan_to_num().sum(0), dim=0) for c in range(4)])
+    baseline = torch.einsum("bdhw,cd->bchw", F.normalize(features, dim=1), means).argmax(1)
+    accuracy = (labels == truth).float().mean()
+    assert accuracy > (baseline == truth).float().mean() + 0.05
+
+
+def test_out_size_and_threshold(phantoms):
+    bank, features, truth = phantoms
+    labeler = PseudoLabeler(bank, mode="soft", threshold=0.5, out_size=(64, 64), ignore_index=255)
+    labels, confidence, kept = labeler(features[:, :, ::2, ::2])
+    assert labels.shape == (6, 64, 64)
+    assert ((labels == 255) == (confidence < 0.5)).all()
+    assert 0 < kept.item() < 1
+    assert kept.item() == pytest.approx((labels != 255).float().mean().item())
+    hard = PseudoLabeler(bank, out_size=(64, 64))(features[:, :, ::2, ::2]).labels
+    assert torch.equal(hard[:, ::4, ::4], PseudoLabeler(bank)(features[:, :, ::2, ::2]).labels)
+
+
+def test_hard_mode_refuses_k():
+    with pytest.raises(ValueError, match="k=1"):
+        PseudoLabeler(None, k=3, mode="hard")
+
+
+def test_vote_by_hand():
+    result = refmatch.MatchResult(score=torch.tensor([[0.9, 0.8, 0.1]]), index=torch.tensor([[4, 2, -1]]),
+                                  label=torch.tensor([[1, 0, -1]]))
+    uniform = vote(result, num_classes=3, weighting="uniform")
+    assert uniform.probabilities.tolist() == [[0.5, 0.5, 0.0]] and uniform.confidence.tolist() == [0.0]
+    weighted = vote(result, num_classes=3, temperature=0.1)
+    share = 1 / (1 + torch.exp(torch.tensor(-1.0)))  # softmax of (9, 8)
+    torch.testing.assert_close(weighted.probabilities, torch.tensor([[1 - share, share, 0.0]]))
+    classwise = vote(torch.tensor([[0.0, 0.1, float("-inf")]]), num_classes=3, temperature=0.1)
+    torch.testing.assert_close(classwise.probabilities[0, :2].sum(), torch.tensor(1.0))
+    assert classwise.probabilities[0, 2] == 0
+
+
+def test_vote_maps_and_labels_argument():
+    maps = torch.randn(2, 4, 3, 3)
+    reference, labels = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    result = refmatch.match(maps, reference, k=4)
+    out = vote(result, labels, num_classes=3)
+    assert out.probabilities.shape == (2, 3, 3, 3) and out.confidence.shape == (2, 3, 3)
+    torch.testing.assert_close(out.probabilities.sum(1), torch.ones(2, 3, 3))
+    with pytest.raises(ValueError, match="no labels"):
+        vote(result, num_classes=3)
+    with pytest.raises(ValueError, match="num_classes=2"):
+        vote(result, labels, num_classes=2)

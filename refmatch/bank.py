@@ -1,0 +1,209 @@
+"""ReferenceBank: a class-balanced store of labelled pixel features."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backends.scoring import METRICS
+from .masks import check_masks, downsample_masks
+from .ops import match
+
+POLICIES = ("ring", "reservoir")
+
+
+class ReferenceBank(nn.Module):
+    """Labelled pixel features, at most ``capacity_per_class`` per class.
+
+    Class c owns the slots [c * capacity, (c + 1) * capacity). Empty slots hold
+    NaN features, which by the ``match`` contract never match. Features, labels
+    and counters are buffers, so ``state_dict``, ``.to(device)`` and DDP work.
+
+    Args:
+        dim: feature channels D.
+        num_classes: C; labels are 0..C-1.
+        capacity_per_class: slots per class.
+        dtype: storage dtype (queries are cast to it when matching).
+        metric: "cosine" (rows stored L2-normalised), "dot" or "l2".
+        ignore_index: mask label that is never stored.
+        policy: "ring" replaces the oldest features of a class (for features that
+            drift under an EMA teacher); "reservoir" keeps a uniform sample of all
+            features ever added.
+        downsample: how masks reach feature resolution: "majority", "nearest" or
+            "pure" (majority, dropping pixels on class borders).
+        seed: seed of the reservoir's random draws.
+
+    Example:
+        >>> bank = ReferenceBank(dim=64, num_classes=3, capacity_per_class=50_000)
+        >>> bank.add(teacher_features, masks)         # [B, 64, h, w], [B, H, W]
+        >>> result = bank.match(unlabelled_features)  # result.label: [B, h, w]
+    """
+
+    def __init__(self, dim, num_classes, capacity_per_class, dtype=torch.bfloat16, metric="cosine",
+                 ignore_index=255, policy="ring", downsample="majority", seed=0):
+        super().__init__()
+        for name, value in (("dim", dim), ("num_classes", num_classes), ("capacity_per_class", capacity_per_class)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.dim, self.num_classes, self.capacity = dim, num_classes, capacity_per_class
+        self.metric, self.ignore_index, self.policy, self.downsample = metric, ignore_index, policy, downsample
+        self._generator = torch.Generator().manual_seed(seed)
+        self._sources = []
+        slots = num_classes * capacity_per_class
+        self.register_buffer("features", torch.full((slots, dim), float("nan"), dtype=dtype))
+        self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(capacity_per_class))
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.long))
+
+    @classmethod
+    def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255):
+        """A fixed bank over given rows: ``reference`` [M, D], ``labels`` [M] in [0, C).
+
+        It matches like any bank (``index`` is the row of ``reference``) but does not
+        take ``add``. Rows are stored as given, in their own dtype.
+        """
+        if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
+            raise ValueError(f"reference must be [M, D], got {_describe(reference)}")
+        if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
+            raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {_describe(labels)}")
+        num_classes = int(labels.max()) + 1 if num_classes is None and labels.numel() else num_classes or 1
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"labels must be in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+        bank = cls.__new__(cls)
+        ReferenceBank.__init__(bank, reference.shape[1], num_classes, 1, reference.dtype, metric, ignore_index)
+        bank.capacity = None
+        bank.features = reference.detach()
+        bank.labels = labels.detach().long()
+        bank.counts = torch.bincount(bank.labels, minlength=num_classes).to(reference.device)
+        bank.seen = bank.counts.clone()
+        return bank
+
+    def __len__(self):
+        return int(self.counts.sum())
+
+    def class_counts(self):
+        """[C] int64: stored features per class."""
+        return self.counts.clone()
+
+    def memory_bytes(self):
+        """Bytes held by the bank's buffers."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self.buffers())
+
+    def clear(self):
+        """Forget every stored feature (and the images kept for ``refresh``)."""
+        self.features.fill_(float("nan"))
+        self.counts.zero_()
+        self.seen.zero_()
+        self._sources = []
+
+    @torch.no_grad()
+    def add(self, features, masks, images=None):
+        """Store the labelled pixels of a batch.
+
+        Args:
+            features: [B, D, h, w] feature maps.
+            masks: [B, H, W] integer labels at image resolution, H and W integer
+                multiples of h and w; ``ignore_index`` pixels are dropped.
+            images: optional [B, ...] inputs of ``features``, kept on the CPU so that
+                ``refresh`` can re-embed them later.
+        """
+        if not isinstance(features, torch.Tensor) or features.dim() != 4:
+            raise ValueError(f"features must be [B, D, h, w], got {_describe(features)}")
+        if self.capacity is None:
+            raise RuntimeError("this bank was built by from_tensors and is fixed; build one with "
+                               "ReferenceBank(dim, num_classes, capacity_per_class) to add()")
+        if features.shape[1] != self.dim:
+            raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={self.dim}")
+        check_masks(masks, features.shape[0], features.shape[2:], self.num_classes, self.ignore_index)
+        labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes,
+                                  self.ignore_index, self.downsample).reshape(-1)
+        rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
+        if self.metric == "cosine":
+            rows = F.normalize(rows, dim=1)
+        rows = rows.to(device=self.features.device, dtype=self.features.dtype)
+        labels = labels.to(self.features.device)
+        for cls in range(self.num_classes):
+            self._insert(cls, rows[labels == cls])
+        if images is not None:
+            self._sources.append((images.detach().cpu(), masks.detach().cpu()))
+
+    def _insert(self, cls, rows):
+        count, seen, start = rows.shape[0], int(self.seen[cls]), cls * self.capacity
+        if count == 0:
+            return
+        order = torch.arange(seen, seen + count)  # ordinal of each new row in its class stream
+        if self.policy == "ring":
+            keep = order[-self.capacity:]  # only the newest can survive one batch
+            slots, picked = keep % self.capacity, keep - seen
+        else:
+            # Algorithm R: row t enters with probability capacity / (t + 1).
+            draw = (torch.rand(count, generator=self._generator, dtype=torch.float64) * (order + 1)).long()
+            slots = torch.where(order < self.capacity, order, draw)
+            enters = slots < self.capacity
+            slots, picked = slots[enters], enters.nonzero()[:, 0]
+            # Within one batch a later row overwrites an earlier one in the same slot.
+            last = torch.full((self.capacity,), -1, dtype=torch.long).scatter_reduce_(0, slots, picked, "amax")
+            slots = (last >= 0).nonzero()[:, 0]
+            picked = last[slots]
+        self.features[start + slots.to(self.features.device)] = rows[picked.to(rows.device)]
+        self.seen[cls] += count
+        self.counts[cls] = min(self.capacity, seen + count)
+
+    @torch.no_grad()
+    def refresh(self, embed):
+        """Re-embed the kept images after the teacher changed.
+
+        ``embed(images) -> [B, D, h, w]`` is called on every batch given to ``add``
+        with ``images``, in the original order; the bank is rebuilt from scratch.
+        """
+        if not self._sources:
+            raise RuntimeError("refresh needs images: pass images=... to add() for the batches to re-embed")
+        sources = self._sources
+        self.clear()
+        for images, masks in sources:
+            self.add(embed(images.to(self.features.device)), masks, images=images)
+
+    def _check_ready(self):
+        if len(self) == 0:
+            raise ValueError("the reference bank is empty: add() labelled features before matching")
+
+    def match(self, query, k=1, backend="auto"):
+        """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
+        dtype) against the stored features; ``index`` is a slot, ``label`` its class."""
+        self._check_ready()
+        return match(query.to(self.features.dtype), self.features, self.labels, k=k, metric=self.metric,
+                     backend=backend)
+
+    def classwise_max(self, query, backend="auto"):
+        """Best score per class: [N, C] for rows, [B, C, h, w] for maps.
+
+        Classes with no stored feature score -inf (+inf distance for l2). Each
+        class's slots are contiguous, so this is one fused match per class.
+        """
+        self._check_ready()
+        query = query.to(self.features.dtype)
+        worst = float("inf") if self.metric == "l2" else float("-inf")
+        per_class = []
+        for cls in range(self.num_classes):
+            block = self._class_rows(cls)
+            if block.shape[0] == 0 or self.counts[cls] == 0:
+                shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
+                per_class.append(torch.full(shape, worst, device=query.device))
+            else:
+                per_class.append(match(query, block, metric=self.metric, backend=backend).score)
+        return torch.stack(per_class, dim=1)
+
+
+    def _class_rows(self, cls):
+        """[rows, D] features of class ``cls``: its slot block, or a selection of a fixed bank."""
+        if self.capacity is None:
+            return self.features[self.labels == cls]
+        return self.features[cls * self.capacity:(cls + 1) * self.capacity]
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -1,0 +1,119 @@
+"""ShardedReferenceBank: one reference bank spread over the ranks of torch.distributed.
+
+Each rank stores 1/world of the references. ``match`` gathers every rank's
+queries, matches them against the local shard, gathers the partial bests and
+merges them per query with the global lowest-index tie rule, so every rank gets
+exactly what one process holding the whole bank would return. Only
+``torch.distributed`` collectives are used (NCCL and gloo alike).
+"""
+import torch
+import torch.distributed as dist
+
+from .bank import ReferenceBank
+from .ops import MatchResult
+
+
+def _gather(tensor, group):
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return parts
+
+
+def _as_rows(query):
+    """[N, D] rows of rows or [B, D, h, w] maps, and a function giving results the query's shape."""
+    if query.dim() == 2:
+        return query, lambda values: values
+    batch, dim, height, width = query.shape
+
+    def to_maps(values):  # [N] or [N, k] -> [B, h, w] or [B, k, h, w]
+        maps = values.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+        return maps[:, 0] if values.dim() == 1 else maps
+    return query.permute(0, 2, 3, 1).reshape(-1, dim), to_maps
+
+
+class ShardedReferenceBank(ReferenceBank):
+    """A ``ReferenceBank`` whose references are split over the ranks of ``group``.
+
+    Built like ``ReferenceBank`` (every rank then ``add``s its own labelled batches;
+    each rank holds ceil(capacity_per_class / world) slots per class), or with
+    ``from_tensors`` from the same tensors on every rank. Global indices are
+    rank * local_slots + local slot (or the row of the tensors given to
+    ``from_tensors``). ``match`` and ``classwise_max`` are collectives: every rank
+    must call them, with its own queries.
+
+    Example:
+        >>> bank = ShardedReferenceBank.from_tensors(reference, labels, metric="cosine")
+        >>> result = bank.match(my_queries)     # same as one process with the whole bank
+    """
+
+    def __init__(self, dim, num_classes, capacity_per_class, *args, group=None, **kwargs):
+        world = dist.get_world_size(group)
+        super().__init__(dim, num_classes, -(-capacity_per_class // world), *args, **kwargs)
+        self.group = group
+        self.index_offset = dist.get_rank(group) * self.features.shape[0]
+
+    @classmethod
+    def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255, group=None):
+        """This rank's contiguous slice of ``reference`` [M, D] / ``labels`` [M],
+        given the same tensors on every rank."""
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        if num_classes is None:
+            num_classes = int(labels.max()) + 1
+        start, stop = reference.shape[0] * rank // world, reference.shape[0] * (rank + 1) // world
+        bank = super().from_tensors(reference[start:stop], labels[start:stop], num_classes, metric, ignore_index)
+        bank.group, bank.index_offset = group, start
+        return bank
+
+    def __len__(self):
+        """References stored over all ranks (a collective)."""
+        total = self.counts.sum().reshape(1)
+        dist.all_reduce(total, group=self.group)
+        return int(total)
+
+    def _gathered_queries(self, query):
+        rows, shape_back = _as_rows(query.to(self.features.dtype))
+        count = torch.tensor([rows.shape[0]], device=rows.device)
+        counts = [int(c) for c in _gather(count, self.group)]
+        padded = rows.new_zeros(max(counts), rows.shape[1])
+        padded[: rows.shape[0]] = rows
+        start = dist.get_rank(self.group) * padded.shape[0]
+        return torch.cat(_gather(padded, self.group)), slice(start, start + rows.shape[0]), shape_back
+
+    def match(self, query, k=1, backend="auto"):
+        """``refmatch.match`` against the whole sharded bank; ``index`` is global."""
+        self._check_ready()
+        all_rows, mine, shape_back = self._gathered_queries(query)
+        local_slots = self.features.shape[0]
+        worst = float("inf") if self.metric == "l2" else float("-inf")
+        score = all_rows.new_full((all_rows.shape[0], k), worst, dtype=torch.float32)
+        index = torch.full_like(score, -1, dtype=torch.long)
+        label = torch.full_like(index, -1)
+        if int(self.counts.sum()) > 0:  # an empty shard contributes no candidates
+            local_k = min(k, local_slots)
+            found = ReferenceBank.match(self, all_rows, k=local_k, backend=backend)
+            score[:, :local_k] = found.score.reshape(-1, local_k)
+            hit = found.index.reshape(-1, local_k)
+            index[:, :local_k] = torch.where(hit >= 0, hit + self.index_offset, -1)
+            label[:, :local_k] = found.label.reshape(-1, local_k)
+        # Shards in rank order, each best first with ties by index: a stable sort
+        # of the concatenation keeps the global lowest-index rule.
+        candidates = [torch.cat(_gather(t, self.group), dim=1)[mine] for t in (score, index, label)]
+        order = candidates[0].sort(dim=1, descending=self.metric != "l2", stable=True).indices[:, :k]
+        score, index, label = (t.gather(1, order) for t in candidates)
+        if k == 1:
+            score, index, label = score[:, 0], index[:, 0], label[:, 0]
+        return MatchResult(shape_back(score), shape_back(index), shape_back(label))
+
+    def classwise_max(self, query, backend="auto"):
+        """Best score per class over all shards: [N, C] for rows, [B, C, h, w] for maps."""
+        self._check_ready()
+        all_rows, mine, shape_back = self._gathered_queries(query)
+        if int(self.counts.sum()) > 0:
+            scores = ReferenceBank.classwise_max(self, all_rows, backend=backend)
+        else:
+            worst = float("inf") if self.metric == "l2" else float("-inf")
+            scores = all_rows.new_full((all_rows.shape[0], self.num_classes), worst, dtype=torch.float32)
+        op = dist.ReduceOp.MIN if self.metric == "l2" else dist.ReduceOp.MAX
+        dist.all_reduce(scores, op=op, group=self.group)
+        rows = scores[mine]
+        return rows if query.dim() == 2 else shape_back(rows).contiguous()

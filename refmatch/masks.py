@@ -1,0 +1,52 @@
+"""Bringing label masks from image resolution down to feature resolution."""
+import torch
+import torch.nn.functional as F
+
+DOWNSAMPLING = ("majority", "nearest", "pure")
+
+
+def check_masks(masks, batch, feature_size, num_classes, ignore_index):
+    """Raise a named error unless ``masks`` is [batch, H, W] integer labels at an
+    integer multiple of ``feature_size`` holding classes < num_classes or ignore_index."""
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
+    if masks.dtype.is_floating_point or masks.dtype == torch.bool:
+        raise TypeError(f"masks must hold integer class labels, got {masks.dtype}")
+    h, w = feature_size
+    if masks.dim() != 3 or masks.shape[0] != batch:
+        raise ValueError(f"masks must be [B={batch}, H, W], got shape {tuple(masks.shape)}")
+    height, width = masks.shape[1:]
+    if height < h or width < w or height % h or width % w:
+        raise ValueError(f"masks are {height}x{width} but features are {h}x{w}: the mask size "
+                         f"must be an integer multiple of the feature size")
+    valid = (masks == ignore_index) | ((masks >= 0) & (masks < num_classes))
+    if not bool(valid.all()):
+        bad = masks[~valid][0].item()
+        raise ValueError(f"masks hold label {bad}, but labels must be in [0, {num_classes}) "
+                         f"or ignore_index={ignore_index}")
+
+
+def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="majority"):
+    """[B, H, W] labels -> [B, h, w] labels at feature resolution.
+
+    mode:
+        "majority": each feature pixel takes the most frequent label of its
+            (H/h x W/w) block, ignore_index where ignored pixels are the majority;
+        "nearest": the label at the block's nearest sample (torch's "nearest");
+        "pure": majority, but blocks that mix labels become ignore_index, which
+            drops pixels on class borders.
+    """
+    if mode not in DOWNSAMPLING:
+        raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {mode!r}")
+    h, w = feature_size
+    if mode == "nearest":
+        return F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+    # One channel per class plus one for ignored pixels; block averages are label shares.
+    slot = torch.where(masks == ignore_index, num_classes, masks.long())
+    onehot = F.one_hot(slot, num_classes + 1).permute(0, 3, 1, 2).float()
+    share = F.avg_pool2d(onehot, kernel_size=(masks.shape[1] // h, masks.shape[2] // w))
+    top_share, label = share.max(dim=1)
+    label = torch.where(label == num_classes, ignore_index, label)
+    if mode == "pure":
+        label = torch.where(top_share < 1.0, ignore_index, label)
+    return label

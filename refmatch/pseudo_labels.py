@@ -1,0 +1,86 @@
+"""PseudoLabeler: reference-guided pseudo-labels from a ReferenceBank."""
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .vote import margin, vote
+
+MODES = ("hard", "soft")
+
+
+class PseudoLabels(NamedTuple):
+    """labels: [B, H, W] int64 (ignore_index where dropped); confidence: [B, H, W]
+    float32; kept_fraction: 0-d tensor, share of pixels not dropped."""
+
+    labels: torch.Tensor
+    confidence: torch.Tensor
+    kept_fraction: torch.Tensor
+
+
+class PseudoLabeler:
+    """Labels every pixel of unlabelled feature maps from a ``ReferenceBank``.
+
+    Args:
+        bank: the ``ReferenceBank`` (or ``ShardedReferenceBank``) to match against.
+        k: neighbours; "hard" mode takes k = 1 only.
+        mode: "hard": the label of the nearest reference, brought to ``out_size`` by
+            nearest; confidence is its similarity (minus the distance for l2).
+            "soft": class-wise best scores (k = 1) or the k nearest references'
+            similarity-weighted votes, a softmax over classes at ``temperature``,
+            upsampled bilinearly before the argmax; confidence is the margin
+            between the two most probable classes.
+        threshold: pixels with confidence below it get ``ignore_index``.
+        temperature: softmax temperature of "soft" mode.
+        out_size: (H, W) of the labels; None keeps the feature resolution.
+        ignore_index: label of dropped or unmatched pixels.
+
+    Example:
+        >>> labeler = PseudoLabeler(bank, mode="soft", threshold=0.2, out_size=(256, 256))
+        >>> labels, confidence, kept = labeler(teacher_features)   # [B, 256, 256]
+        >>> loss = F.cross_entropy(student_logits, labels, ignore_index=255)
+    """
+
+    def __init__(self, bank, k=1, mode="hard", threshold=None, temperature=0.1, out_size=None,
+                 ignore_index=255):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "hard" and k != 1:
+            raise ValueError("hard mode takes the single nearest reference (k=1); use mode='soft' for k > 1")
+        self.bank, self.k, self.mode, self.threshold = bank, k, mode, threshold
+        self.temperature, self.ignore_index = temperature, ignore_index
+        self.out_size = None if out_size is None else tuple(out_size)
+
+    @torch.no_grad()
+    def __call__(self, features):
+        """features [B, D, h, w] -> PseudoLabels at ``out_size`` (or h x w)."""
+        if not isinstance(features, torch.Tensor) or features.dim() != 4:
+            raise ValueError(f"features must be [B, D, h, w], got {getattr(features, 'shape', type(features))}")
+        size = self.out_size or tuple(features.shape[-2:])
+        if self.mode == "hard":
+            result = self.bank.match(features, k=1)
+            sign = -1.0 if self.bank.metric == "l2" else 1.0
+            labels = _resize_nearest(result.label, size)
+            confidence = _resize_nearest(sign * result.score.float(), size)
+            labels = torch.where(labels < 0, self.ignore_index, labels)
+        else:
+            if self.k == 1:
+                scores = self.bank.classwise_max(features)
+            else:
+                scores = self.bank.match(features, k=self.k)
+            probabilities = vote(scores, num_classes=self.bank.num_classes, weighting="similarity",
+                                 temperature=self.temperature, metric=self.bank.metric).probabilities
+            if tuple(probabilities.shape[-2:]) != size:
+                probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+            labels, confidence = probabilities.argmax(dim=1), margin(probabilities)
+            labels = torch.where(probabilities.sum(dim=1) > 0, labels, self.ignore_index)
+        if self.threshold is not None:
+            labels = torch.where(confidence < self.threshold, self.ignore_index, labels)
+        kept = (labels != self.ignore_index).float().mean()
+        return PseudoLabels(labels, confidence, kept)
+
+
+def _resize_nearest(maps, size):
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=size, mode="nearest")[:, 0].to(maps.dtype)

@@ -1,0 +1,86 @@
+"""``vote``: top-k matches or class-wise scores to a class distribution."""
+from typing import NamedTuple
+
+import torch
+
+from .ops import MatchResult
+
+WEIGHTINGS = ("uniform", "similarity")
+
+
+class Vote(NamedTuple):
+    """probabilities: [N, C] or [B, C, H, W], summing to 1 over C where any
+    candidate exists (0 everywhere otherwise); confidence: the margin between the
+    two most probable classes, [N] or [B, H, W]."""
+
+    probabilities: torch.Tensor
+    confidence: torch.Tensor
+
+
+def _with_k_axis(tensor):
+    """[N] / [N, k] / [B, H, W] / [B, k, H, W] -> (tensor with k on dim 1, is_maps)."""
+    if tensor.dim() in (1, 3):
+        return tensor.unsqueeze(1), tensor.dim() == 3
+    return tensor, tensor.dim() == 4
+
+
+def margin(probabilities):
+    """Top-1 minus top-2 probability over dim 1 (the whole top-1 when C = 1)."""
+    if probabilities.shape[1] == 1:
+        return probabilities[:, 0]
+    top = probabilities.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
+def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", temperature=0.1,
+         metric="cosine"):
+    """Class distribution per query from top-k matches or class-wise scores.
+
+    Args:
+        result_or_scores: a ``MatchResult`` of ``match`` (any k), or class-wise scores
+            [N, C] / [B, C, H, W] as ``classwise_max`` returns them.
+        labels: [M] labels of the references, needed when the result has none.
+        num_classes: C.
+        weighting: for matches, "uniform" (each of the k neighbours one vote) or
+            "similarity" (votes weighted by softmax(score / temperature) over k).
+            Class-wise scores always use softmax over classes.
+        temperature: softmax temperature.
+        metric: the metric that produced the scores; for "l2" (distances) smaller wins.
+    Returns:
+        Vote(probabilities, confidence). Matches with index -1 cast no vote.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    sign = -1.0 if metric == "l2" else 1.0
+    if not isinstance(result_or_scores, MatchResult):
+        scores = result_or_scores
+        if scores.dim() not in (2, 4) or scores.shape[1] != num_classes:
+            raise ValueError(f"class-wise scores must be [N, C] or [B, C, H, W] with C={num_classes}, "
+                             f"got shape {tuple(scores.shape)}")
+        logits = sign * scores.float() / temperature
+        probabilities = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no class at all
+        return Vote(probabilities, margin(probabilities))
+
+    label = result_or_scores.label
+    if label is None:
+        if labels is None:
+            raise ValueError("the match result has no labels: pass labels=[M] reference labels")
+        index = result_or_scores.index
+        label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
+    label, is_maps = _with_k_axis(label)
+    score, _ = _with_k_axis(result_or_scores.score.float())
+    if label.numel() and int(label.max()) >= num_classes:
+        raise ValueError(f"labels reach {int(label.max())}, but num_classes={num_classes}")
+    voted = label >= 0
+    if weighting == "uniform":
+        weight = voted.float()
+    else:
+        logits = torch.where(voted, sign * score / temperature, float("-inf"))
+        weight = torch.softmax(logits, dim=1).nan_to_num(0.0)
+    shape = list(label.shape)
+    shape[1] = num_classes
+    totals = torch.zeros(shape, device=label.device).scatter_add_(1, label.clamp(min=0), weight * voted)
+    probabilities = totals / totals.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return Vote(probabilities, margin(probabilities))
