@@ -55,6 +55,12 @@ def worker(rank, rendezvous, cases):
         assert len(filled) == 8
         best = filled.match(torch.ones(3, 6))
         assert best.index.tolist() == [12] * 3  # rank 1's first slot: offset 12 (= 3 classes x 4)
+        # One empty shard: the collectives still line up and rank 0's features win.
+        lonely = ShardedReferenceBank(6, 3, capacity_per_class=8, dtype=torch.float32, metric="dot")
+        if rank == 0:
+            lonely.add(features, torch.ones(1, 2, 2, dtype=torch.long))
+        assert lonely.match(torch.ones(2, 6), k=2).index.tolist() == [[4, 5]] * 2
+        assert lonely.classwise_max(torch.ones(1, 6))[0, 1].item() == 6.0
     finally:
         dist.destroy_process_group()
 

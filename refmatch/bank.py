@@ -5,7 +5,8 @@ from torch import nn
 
 from .backends.scoring import METRICS
 from .masks import check_masks, downsample_masks
-from .ops import match
+from .candidates import keep_best, with_k_axis
+from .ops import MatchResult, match
 
 POLICIES = ("ring", "reservoir")
 
@@ -81,6 +82,10 @@ class ReferenceBank(nn.Module):
         return bank
 
     def __len__(self):
+        return self._stored()
+
+    def _stored(self):
+        """Features held by this process (``__len__`` of a sharded bank counts all ranks)."""
         return int(self.counts.sum())
 
     def class_counts(self):
@@ -165,16 +170,38 @@ class ReferenceBank(nn.Module):
         for images, masks in sources:
             self.add(embed(images.to(self.features.device)), masks, images=images)
 
-    def _check_ready(self):
-        if len(self) == 0:
+    def _require_features(self):
+        if self._stored() == 0:
             raise ValueError("the reference bank is empty: add() labelled features before matching")
 
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
-        dtype) against the stored features; ``index`` is a slot, ``label`` its class."""
-        self._check_ready()
-        return match(query.to(self.features.dtype), self.features, self.labels, k=k, metric=self.metric,
-                     backend=backend)
+        dtype) against the stored features; ``index`` is a slot, ``label`` its class.
+
+        Only filled slots are scored: one fused match per class over its filled
+        prefix, merged with the lowest-index tie rule.
+        """
+        self._require_features()
+        if not 1 <= k <= self._stored():
+            raise ValueError(f"k must satisfy 1 <= k <= {self._stored()} (stored features), got k={k}")
+        query = query.to(self.features.dtype)
+        if self.capacity is None:
+            return match(query, self.features, self.labels, k=k, metric=self.metric, backend=backend)
+        scores, indices, labels = [], [], []
+        for cls in range(self.num_classes):
+            rows = self._class_rows(cls)
+            if rows.shape[0] == 0:
+                continue
+            found = match(query, rows, k=min(k, rows.shape[0]), metric=self.metric, backend=backend)
+            score, index = with_k_axis(found.score)[0], with_k_axis(found.index)[0]
+            scores.append(score)
+            indices.append(torch.where(index >= 0, index + cls * self.capacity, -1))
+            labels.append(torch.where(index >= 0, cls, -1))
+        score, index, label = keep_best(torch.cat(scores, 1), torch.cat(indices, 1), torch.cat(labels, 1),
+                                        k, self.metric)
+        if k == 1:
+            score, index, label = score[:, 0], index[:, 0], label[:, 0]
+        return MatchResult(score, index, label)
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class: [N, C] for rows, [B, C, h, w] for maps.
@@ -182,13 +209,13 @@ class ReferenceBank(nn.Module):
         Classes with no stored feature score -inf (+inf distance for l2). Each
         class's slots are contiguous, so this is one fused match per class.
         """
-        self._check_ready()
+        self._require_features()
         query = query.to(self.features.dtype)
         worst = float("inf") if self.metric == "l2" else float("-inf")
         per_class = []
         for cls in range(self.num_classes):
             block = self._class_rows(cls)
-            if block.shape[0] == 0 or self.counts[cls] == 0:
+            if block.shape[0] == 0:
                 shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
                 per_class.append(torch.full(shape, worst, device=query.device))
             else:
@@ -197,10 +224,12 @@ class ReferenceBank(nn.Module):
 
 
     def _class_rows(self, cls):
-        """[rows, D] features of class ``cls``: its slot block, or a selection of a fixed bank."""
+        """[rows, D] features of class ``cls``: the filled prefix of its slots (ring and
+        reservoir both fill slots in order), or a selection of a fixed bank."""
         if self.capacity is None:
             return self.features[self.labels == cls]
-        return self.features[cls * self.capacity:(cls + 1) * self.capacity]
+        start = cls * self.capacity
+        return self.features[start:start + int(self.counts[cls])]
 
 
 def _describe(value):

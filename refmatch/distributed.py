@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .bank import ReferenceBank
+from .candidates import keep_best
 from .ops import MatchResult
 
 
@@ -79,36 +80,37 @@ class ShardedReferenceBank(ReferenceBank):
         start = dist.get_rank(self.group) * padded.shape[0]
         return torch.cat(_gather(padded, self.group)), slice(start, start + rows.shape[0]), shape_back
 
+    def _require_any_shard(self):
+        if len(self) == 0:  # collective: the bank is empty only if every shard is
+            raise ValueError("the reference bank is empty on every rank: add() labelled features before matching")
+
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` against the whole sharded bank; ``index`` is global."""
-        self._check_ready()
+        self._require_any_shard()
         all_rows, mine, shape_back = self._gathered_queries(query)
-        local_slots = self.features.shape[0]
         worst = float("inf") if self.metric == "l2" else float("-inf")
         score = all_rows.new_full((all_rows.shape[0], k), worst, dtype=torch.float32)
         index = torch.full_like(score, -1, dtype=torch.long)
         label = torch.full_like(index, -1)
-        if int(self.counts.sum()) > 0:  # an empty shard contributes no candidates
-            local_k = min(k, local_slots)
+        if self._stored() > 0:  # an empty shard contributes no candidates
+            local_k = min(k, self._stored())
             found = ReferenceBank.match(self, all_rows, k=local_k, backend=backend)
             score[:, :local_k] = found.score.reshape(-1, local_k)
             hit = found.index.reshape(-1, local_k)
             index[:, :local_k] = torch.where(hit >= 0, hit + self.index_offset, -1)
             label[:, :local_k] = found.label.reshape(-1, local_k)
-        # Shards in rank order, each best first with ties by index: a stable sort
-        # of the concatenation keeps the global lowest-index rule.
+        # Shards in rank order, each best first with ties by index.
         candidates = [torch.cat(_gather(t, self.group), dim=1)[mine] for t in (score, index, label)]
-        order = candidates[0].sort(dim=1, descending=self.metric != "l2", stable=True).indices[:, :k]
-        score, index, label = (t.gather(1, order) for t in candidates)
+        score, index, label = keep_best(*candidates, k, self.metric)
         if k == 1:
             score, index, label = score[:, 0], index[:, 0], label[:, 0]
         return MatchResult(shape_back(score), shape_back(index), shape_back(label))
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class over all shards: [N, C] for rows, [B, C, h, w] for maps."""
-        self._check_ready()
+        self._require_any_shard()
         all_rows, mine, shape_back = self._gathered_queries(query)
-        if int(self.counts.sum()) > 0:
+        if self._stored() > 0:
             scores = ReferenceBank.classwise_max(self, all_rows, backend=backend)
         else:
             worst = float("inf") if self.metric == "l2" else float("-inf")

@@ -3,6 +3,7 @@ from typing import NamedTuple
 
 import torch
 
+from .candidates import with_k_axis
 from .ops import MatchResult
 
 WEIGHTINGS = ("uniform", "similarity")
@@ -15,13 +16,6 @@ class Vote(NamedTuple):
 
     probabilities: torch.Tensor
     confidence: torch.Tensor
-
-
-def _with_k_axis(tensor):
-    """[N] / [N, k] / [B, H, W] / [B, k, H, W] -> (tensor with k on dim 1, is_maps)."""
-    if tensor.dim() in (1, 3):
-        return tensor.unsqueeze(1), tensor.dim() == 3
-    return tensor, tensor.dim() == 4
 
 
 def margin(probabilities):
@@ -69,8 +63,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
             raise ValueError("the match result has no labels: pass labels=[M] reference labels")
         index = result_or_scores.index
         label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
-    label, is_maps = _with_k_axis(label)
-    score, _ = _with_k_axis(result_or_scores.score.float())
+    label, _ = with_k_axis(label)
+    score, _ = with_k_axis(result_or_scores.score.float())
     if label.numel() and int(label.max()) >= num_classes:
         raise ValueError(f"labels reach {int(label.max())}, but num_classes={num_classes}")
     voted = label >= 0
