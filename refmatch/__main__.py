@@ -2,8 +2,12 @@
 import sys
 
 COMMANDS = {
-    "demo": ("refmatch.demo", "pseudo-labels from a synthetic reference bank (embedded default)"),
-    "info": ("refmatch.info", "versions, compiled archs and backend availability"),
+    "train": ("refmatch.recipes.cli:train_main", "train a U-Net: supervised, meanteacher-pl or refmatch"),
+    "evaluate": ("refmatch.recipes.cli:evaluate_main", "Dice, IoU and HD95 of a checkpoint on a dataset"),
+    "pseudo-label": ("refmatch.recipes.cli:pseudo_label_main", "write pseudo-label PNGs for a folder of images"),
+    "demo": ("refmatch.demo:main", "pseudo-labels from a synthetic reference bank"),
+    "bench": ("refmatch.bench:main", "benchmark match against the dense GEMM and peers"),
+    "info": ("refmatch.info:main", "versions, compiled archs and backend availability"),
 }
 
 
@@ -16,8 +20,8 @@ def main(argv=None):
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     import importlib
 
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    module.main(argv[1:]) if argv[0] != "info" else module.main()
+    module_name, function = COMMANDS[argv[0]][0].split(":")
+    getattr(importlib.import_module(module_name), function)(argv[1:])
     return 0
 
 

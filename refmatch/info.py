@@ -47,7 +47,7 @@ def report():
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     print(report())
 
 
