@@ -5,11 +5,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <string>
 #include <utility>
 
 #include "refmatch/best.h"
 #include "refmatch/cuda_runtime_status.h"
+#include "refmatch/match_cuda.h"
+#include "refmatch/match_plan.h"
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -77,6 +80,37 @@ std::pair<FloatArray, IndexArray> stream_tiles(FloatArray scores, int64_t tile_c
   return {out_scores, out_indices};
 }
 
+// Launch of the fused CUDA match kernel from raw pointers (see match_cuda.h).
+void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_t height,
+                  int64_t width, std::array<int64_t, 4> query_strides, uintptr_t reference,
+                  int64_t num_refs, std::array<int64_t, 2> reference_strides, uintptr_t ref_stat,
+                  int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
+                  int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
+                  int device) {
+  // Aggregate order is MatchArgs' field order.
+  refmatch::match_argmax(refmatch::MatchArgs{
+      query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
+      reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
+      partial_index, stream, device});
+}
+
+// Tile constants and the shared-memory plan for D channels of `element_bytes`
+// (host check of match_plan.h; also what tests use to place ties across tiles).
+py::dict match_layout(int64_t dim, int element_bytes, int64_t smem_limit) {
+  using Tile = refmatch::MatchTile;
+  const int64_t chunks = refmatch::match_dim_chunks(dim, element_bytes);
+  const bool resident = refmatch::match_query_resident(chunks, smem_limit);
+  py::dict layout;
+  layout["block_n"] = Tile::kBlockN;
+  layout["block_m"] = Tile::kBlockM;
+  layout["stages"] = Tile::kStages;
+  layout["threads"] = Tile::kThreads;
+  layout["dim_chunks"] = chunks;
+  layout["query_resident"] = resident;
+  layout["smem_bytes"] = refmatch::match_smem_layout(chunks, resident).total_bytes;
+  return layout;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -88,4 +122,24 @@ PYBIND11_MODULE(_C, m) {
         "Merge [S, N] partial bests with the shared tie rule (host check).");
   m.def("stream_tiles", &stream_tiles, py::arg("scores"), py::arg("tile_cols"),
         "Running best over column tiles of a [N, M] score matrix (host check).");
+  m.def("match_argmax", &match_argmax, py::arg("query"), py::arg("dtype"), py::arg("batch"),
+        py::arg("dim"), py::arg("height"), py::arg("width"), py::arg("query_strides"),
+        py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),
+        py::arg("metric"), py::arg("allow_tf32"), py::arg("out_score"), py::arg("out_index"),
+        py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
+        py::arg("device"),
+        "Fused k=1 match on raw device pointers, on the caller's stream; no sync. Writes oriented "
+        "scores float32 [N] and indices int64 [N]. Errors: ValueError, RuntimeError (CUDA).");
+  m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
+        py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),
+        "Bank splits that fill the device for this problem (host queries only).");
+  m.def("match_layout", &match_layout, py::arg("dim"), py::arg("element_bytes"),
+        py::arg("smem_limit"), "Tile constants and shared-memory plan of the match kernel.");
+  m.def("reference_copy_bytes", &refmatch::reference_copy_bytes, py::arg("address"),
+        py::arg("stride_m"), py::arg("stride_d"), py::arg("element_bytes"),
+        "cp.async width for reference rows (16, 8, 4) or 0 for element loads.");
+  m.def("plan_match_splits", &refmatch::plan_match_splits, py::arg("num_rows"), py::arg("num_refs"),
+        py::arg("resident_ctas"), "Split count for N rows, M references and resident CTA slots.");
+  m.def("match_refs_per_split", &refmatch::match_refs_per_split, py::arg("num_refs"),
+        py::arg("splits"), "References per split (whole tiles).");
 }

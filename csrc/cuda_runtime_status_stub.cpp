@@ -1,12 +1,23 @@
-// Stand-in for cuda_runtime_status.cu when the module is built without CUDA.
+// Stand-ins for the CUDA sources (cuda_runtime_status.cu, match_cuda.cu) when
+// the module is built without CUDA: the functions exist and say why they
+// cannot run.
+#include <stdexcept>
+
 #include "refmatch/cuda_runtime_status.h"
+#include "refmatch/match_cuda.h"
 
 namespace refmatch {
 
-std::pair<int, std::string> cuda_device_count() {
-  return {0, "refmatch._C was built without CUDA (no nvcc, or REFMATCH_CUDA=0)"};
-}
+namespace {
+constexpr const char* kNoCuda = "refmatch._C was built without CUDA (no nvcc, or REFMATCH_CUDA=0)";
+}  // namespace
+
+std::pair<int, std::string> cuda_device_count() { return {0, kNoCuda}; }
 
 int cuda_runtime_version() { return 0; }
+
+void match_argmax(const MatchArgs&) { throw std::runtime_error(kNoCuda); }
+
+int64_t match_splits(int64_t, int64_t, int64_t, int, bool, int) { throw std::runtime_error(kNoCuda); }
 
 }  // namespace refmatch

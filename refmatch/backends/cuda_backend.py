@@ -1,9 +1,19 @@
-"""CUDA backend: kernels compiled into the torch-free module ``refmatch._C``.
+"""CUDA backend: the fused tensor-core kernel compiled into the torch-free ``refmatch._C``.
 
-This build carries the module, its build info and the shared tie/merge headers;
-the fused tensor-core kernel that will serve ``match`` is not in it yet, so the
-backend reports what it has and declines every call with that reason.
+The kernel (csrc/include/refmatch/match_kernel.cuh) takes raw device pointers,
+strides and the caller's stream; this module allocates its outputs and split
+workspace with torch on the query's device and applies the per-row fix-up.
 """
+import functools
+
+import torch
+
+from .custom_op import register_match_op
+from .scoring import finalize_scores, reference_stat
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
+MIN_CAPABILITY = (8, 0)  # mma.sync bf16 / tf32, cp.async
 
 
 def native_module():
@@ -15,10 +25,79 @@ def native_module():
     return _C
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(device_index):
+    return torch.cuda.get_device_capability(device_index)
+
+
+def _allow_tf32(dtype):
+    """Float32 follows torch: "highest" runs 3xTF32 (about fp32), "high"/"medium" TF32."""
+    return dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+
+
+def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
+    """Best reference per query row from the fused CUDA kernel, before the per-row fix-up.
+
+    Args:
+        query: [B, D, H, W] CUDA maps, read through their strides ([N, D] rows as
+            ``rows.T[None, :, :, None]``); float32, float16 or bfloat16.
+        reference: [M, D], same dtype and device (any strides; unit stride in D and
+            4-byte aligned rows take the cp.async path).
+        ref_stat: [M] float32 contiguous: 1/|r| (cosine), |r|^2 (l2), ignored (dot).
+        metric: "dot", "cosine" or "l2".
+        splits: number of bank ranges (default: enough to fill the device).
+
+    Returns:
+        (score [N] float32, index [N] int64) exactly like
+        ``refmatch.kernels.match.match_argmax``: q.r, q.r/|r| or 2 q.r - |r|^2;
+        index -1 where no finite score exists.
+    """
+    module = native_module()
+    batch, dim, height, width = query.shape
+    num_rows, num_refs = batch * height * width, reference.shape[0]
+    device = query.device
+    dtype_code, allow_tf32 = DTYPE_CODES[query.dtype], _allow_tf32(query.dtype)
+    score = torch.empty(num_rows, device=device, dtype=torch.float32)
+    index = torch.empty(num_rows, device=device, dtype=torch.int64)
+    if num_rows == 0:
+        return score, index
+    if splits is None:
+        splits = module.match_splits(num_rows, num_refs, dim, dtype_code, allow_tf32, device.index)
+    partial_score = partial_index = None
+    if splits > 1:
+        partial_score = torch.empty(splits, num_rows, device=device, dtype=torch.float32)
+        partial_index = torch.empty(splits, num_rows, device=device, dtype=torch.int64)
+    ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
+    module.match_argmax(
+        query.data_ptr(), dtype_code, batch, dim, height, width, query.stride(),
+        reference.data_ptr(), num_refs, reference.stride(),
+        ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], allow_tf32,
+        score.data_ptr(), index.data_ptr(), splits,
+        partial_score.data_ptr() if partial_score is not None else 0,
+        partial_index.data_ptr() if partial_index is not None else 0,
+        torch.cuda.current_stream(device).cuda_stream, device.index,
+    )
+    return score, index
+
+
+def match_fused(query, reference, k, metric):
+    """(score [N, 1], index [N, 1]) from the fused CUDA kernel; see ``match_chunked``."""
+    oriented, index = match_argmax_cuda(query, reference, reference_stat(reference, metric), metric)
+    oriented, index = oriented[:, None], index[:, None]
+    return finalize_scores(oriented, index, query, metric), index
+
+
 class CudaBackend:
+    """Fused tensor-core kernel for CUDA tensors on compute capability >= 8.0."""
+
     name = "cuda"
 
+    def __init__(self):
+        self.op = register_match_op(self.name, match_fused)
+
+    @functools.lru_cache(maxsize=1)
     def status(self):
+        """(available, reason); cached: device count and build do not change in a process."""
         module = native_module()
         if module is None:
             return False, "refmatch._C is not built (reinstall with a C++ compiler and cmake; nvcc for CUDA)"
@@ -29,7 +108,21 @@ class CudaBackend:
         count, error = module.cuda_device_count()
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {error or 'no CUDA device'}"
-        return False, f"compiled for {archs}, {count} device(s); the fused CUDA match kernel is not built yet"
+        return True, f"compiled for {archs}, {count} device(s); fused k=1 kernel (mma.sync, sm_80+)"
 
     def decline_reason(self, problem):
-        return self.status()[1]
+        available, reason = self.status()
+        if not available:
+            return reason
+        if problem.device.type != "cuda":
+            return f"runs on CUDA tensors, got device {problem.device}"
+        capability = _capability(problem.device.index if problem.device.index is not None
+                                 else torch.cuda.current_device())
+        if capability < MIN_CAPABILITY:
+            return (f"needs compute capability >= 8.0 (tensor-core mma.sync, cp.async); "
+                    f"{problem.device} has {capability[0]}.{capability[1]}")
+        if problem.dtype == torch.float64:
+            return "float64 runs on the torch backend only"
+        if problem.k > 1:
+            return "fused top-k not implemented yet (k > 1); backend='torch' serves it"
+        return None

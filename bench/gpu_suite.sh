@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine (no internet, ~10 minutes):
+#   build _C -> full test suite with CUDA tests -> compute-sanitizer memcheck and
+#   racecheck on small cases -> benchmark (writes bench/results/) -> summary.
+# A failing stage is recorded and the next stages still run. Logs go to
+# bench/results/gpu_suite-<date>/ and, when $OUT is set, are copied there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STAMP=$(date +%Y-%m-%d)
+LOGS=bench/results/gpu_suite-$STAMP
+mkdir -p "$LOGS"
+SUMMARY=()
+FAILED=0
+DEADLINE=$(($(date +%s) + ${SUITE_SECONDS:-570}))  # the device tool stops a command at 600 s
+
+# stage NAME SECONDS COMMAND...: runs COMMAND under min(SECONDS, time left), logs to $LOGS/NAME.log.
+stage() {
+  local name=$1 limit=$2 begin status left
+  shift 2
+  begin=$(date +%s)
+  left=$((DEADLINE - begin))
+  if ((left < 15)); then
+    SUMMARY+=("$(printf '%-10s %-16s' "$name" "SKIPPED (no time)")")
+    FAILED=1
+    return
+  fi
+  ((limit > left)) && limit=$left
+  echo "=== $name (limit ${limit}s): $*"
+  if timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1; then
+    status=ok
+  else
+    status="FAILED (exit $?)"
+    FAILED=1
+  fi
+  tail -n 15 "$LOGS/$name.log"
+  SUMMARY+=("$(printf '%-10s %-16s %4ss' "$name" "$status" "$(($(date +%s) - begin))")")
+}
+
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv >"$LOGS/device.txt" 2>&1 || true
+python - >>"$LOGS/device.txt" 2>&1 <<'PY' || true
+import torch, triton
+print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)
+print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+PY
+git rev-parse HEAD >>"$LOGS/device.txt" 2>&1 || true
+cat "$LOGS/device.txt"
+
+# 1. Build: no isolation and no deps, so pip never reaches for the network.
+stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
+  pip install --no-build-isolation --no-deps --no-index -v -e .
+stage info 30 python -m refmatch.info
+
+# 2. Whole suite; CUDA-marked tests run because a device is present.
+stage tests 180 python -m pytest python_tests -q -p no:warnings -rs --durations=15
+
+# 3. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
+SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
+stage memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
+  python bench/sanitize_match.py
+stage racecheck 60 "${SANITIZE[@]}" --tool racecheck \
+  python bench/sanitize_match.py --backends cuda
+
+# 4. Benchmark: the issue's target size, then D and M sweeps, one results file.
+stage bench 300 python bench/bench_match.py --device cuda --dtype bfloat16 --sizes \
+  262144x1048576x128 262144x1048576x64 262144x1048576x32 262144x1048576x256 \
+  262144x65536x128 262144x4194304x128
+
+echo
+echo "=== summary ($(head -n 2 "$LOGS/device.txt" | tail -n 1))"
+printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
+ls bench/results/*.md 2>/dev/null | tail -n 3
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT/gpu_suite"
+  cp -r "$LOGS"/. "$OUT/gpu_suite/"
+  cp bench/results/*-"$STAMP".* "$OUT/gpu_suite/" 2>/dev/null || true
+fi
+exit "$FAILED"

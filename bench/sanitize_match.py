@@ -1,0 +1,53 @@
+"""Small calls of the CUDA and Triton match kernels, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python bench/sanitize_match.py
+
+Covers every kernel variant and load path at sizes that stay fast under
+instrumentation: fp16 / bf16 / fp32 (3xTF32 and TF32), all metrics, tile and
+D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
+query maps and reference layouts that cannot use cp.async.
+"""
+import argparse
+
+import torch
+
+import refmatch
+from refmatch.backends.cuda_backend import match_argmax_cuda
+from refmatch.backends.scoring import reference_stat
+
+
+def cases(device):
+    """(name, query, reference) triples."""
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        yield f"rows {dtype}", torch.randn(130, 72, device=device).to(dtype), torch.randn(197, 72, device=device).to(dtype)
+        yield f"odd D {dtype}", torch.randn(7, 33, device=device).to(dtype), torch.randn(70, 33, device=device).to(dtype)
+    maps = torch.randn(2, 24, 5, 9, device=device).half().to(memory_format=torch.channels_last)[..., 1:8]
+    yield "strided maps", maps, torch.randn(50, 24, device=device).half()
+    yield "transposed bank", torch.randn(40, 24, device=device), torch.randn(24, 90, device=device).T
+    yield "wide D (streamed query)", torch.randn(20, 1000, device=device).bfloat16(), torch.randn(70, 1000, device=device).bfloat16()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    args = parser.parse_args()
+    for name, query, reference in cases("cuda"):
+        for backend in args.backends:
+            for metric in ("cosine", "dot", "l2"):
+                refmatch.match(query, reference, metric=metric, backend=backend)
+        print(f"ok  {name}")
+    if "cuda" in args.backends:
+        query, reference = torch.randn(50, 64, device="cuda").half(), torch.randn(1000, 64, device="cuda").half()
+        for splits in (2, 7, 40):  # 40: trailing empty splits
+            match_argmax_cuda(query.T[None, :, :, None], reference, reference_stat(reference, "l2"), "l2",
+                              splits=splits)
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        refmatch.match(torch.randn(33, 40, device="cuda"), torch.randn(90, 40, device="cuda"), backend="cuda")
+        torch.set_float32_matmul_precision(previous)
+        print("ok  splits and tf32")
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()

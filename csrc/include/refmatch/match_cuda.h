@@ -1,0 +1,46 @@
+// Host entry points of the fused CUDA match kernel (k = 1), torch-free: raw
+// device pointers, element strides and the caller's stream. Errors are thrown
+// as std::invalid_argument (bad arguments, before any CUDA call) or
+// std::runtime_error carrying cudaGetErrorString; pybind11 turns them into
+// ValueError and RuntimeError. Without CUDA the same functions throw
+// std::runtime_error saying so.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+namespace refmatch {
+
+struct MatchArgs {
+  // Query maps [batch, dim, height, width], read through element strides
+  // (rows [N, D] come as batch = 1, height = N, width = 1).
+  uintptr_t query = 0;
+  int dtype = 0;  // MatchDtype: 0 float32, 1 float16, 2 bfloat16
+  int64_t batch = 0, dim = 0, height = 0, width = 0;
+  std::array<int64_t, 4> query_strides{};
+  // Reference [num_refs, dim], element strides; ref_stat [num_refs] float32:
+  // 1/|r| (cosine), |r|^2 (l2), unused (dot).
+  uintptr_t reference = 0;
+  int64_t num_refs = 0;
+  std::array<int64_t, 2> reference_strides{};
+  uintptr_t ref_stat = 0;
+  int metric = 0;  // MatchMetric: 0 dot, 1 cosine, 2 l2
+  bool allow_tf32 = false;
+  // Outputs [N]: oriented score float32, index int64 (-1: no finite score).
+  uintptr_t out_score = 0, out_index = 0;
+  // splits > 1 needs partials [splits, N] (float32 and int64) as workspace.
+  int64_t splits = 1;
+  uintptr_t partial_score = 0, partial_index = 0;
+  uintptr_t stream = 0;  // cudaStream_t of the caller
+  int device = 0;
+};
+
+// Launches the match kernel (and the split merge) on args.stream; never syncs.
+void match_argmax(const MatchArgs& args);
+
+// Split count that fills `device` for N rows and M references (host queries
+// only: capturable, no sync).
+int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
+                     int device);
+
+}  // namespace refmatch

@@ -1,0 +1,143 @@
+"""The CUDA build without a GPU: kernel resources, launch plan and the binding layer."""
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+_C = pytest.importorskip("refmatch._C", reason="refmatch._C is not built")
+needs_cuda_build = pytest.mark.skipif(not _C.build_info()["cuda"], reason="_C built without CUDA")
+H100_SMEM, A100_SMEM = 227 * 1024, 163 * 1024  # opt-in shared memory per block
+
+
+def cuobjdump():
+    """cuobjdump from the PATH or from the nvidia-cuda-cuobjdump wheel (test extra), or None."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for candidate in sorted(Path(root).glob("cu*/bin/cuobjdump")):
+            return str(candidate)
+    return None
+
+
+def kernel_resources():
+    """{(arch, mangled kernel name): {"REG": n, "STACK": n, "LOCAL": n, ...}} of the built module."""
+    tool = cuobjdump()
+    if tool is None:
+        message = "cuobjdump not found (pip install nvidia-cuda-cuobjdump, in the test extra)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs the test extra: a skip there would hide spills
+        pytest.skip(message)
+    text = subprocess.run([tool, "--dump-resource-usage", _C.__file__], capture_output=True, text=True,
+                          check=True).stdout
+    resources, arch, function = {}, None, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("arch = "):
+            arch = line.split("=", 1)[1].strip()
+        elif line.startswith("Function "):
+            function = line[len("Function "):].rstrip(":")
+        elif function and line.startswith("REG:"):
+            resources[(arch, function)] = {k: int(v) for k, v in re.findall(r"(\w+)(?:\[\d+\])?:(\d+)", line)}
+            function = None
+    return resources
+
+
+@needs_cuda_build
+def test_match_kernels_do_not_spill():
+    resources = kernel_resources()
+    kernels = {key: usage for key, usage in resources.items() if "match_argmax_kernel" in key[1]}
+    archs = {arch for arch, _ in kernels}
+    assert {"sm_80", "sm_90"} <= archs, f"match kernels missing for some arch: {sorted(archs)}"
+    assert len(kernels) == 4 * len(archs), "one kernel per fp16, bf16, tf32, 3xtf32 and arch"
+    for (arch, name), usage in resources.items():
+        report = f"{name} on {arch}: {usage}"
+        assert usage["STACK"] == 0 and usage["LOCAL"] == 0, f"spills to local memory: {report}"
+        assert usage["REG"] <= 255, report
+        print(f"{arch} REG:{usage['REG']:>3} {name}")
+
+
+@pytest.mark.parametrize("dim, element_bytes, resident", [
+    (1, 2, True), (128, 2, True), (256, 2, True), (256, 4, True), (704, 2, True), (768, 2, False), (352, 4, True), (384, 4, False),
+])
+def test_layout_keeps_query_resident_when_it_fits(dim, element_bytes, resident):
+    layout = _C.match_layout(dim, element_bytes, H100_SMEM)
+    assert layout["dim_chunks"] == -(-dim * element_bytes // 128)
+    assert layout["query_resident"] is resident
+    assert layout["smem_bytes"] <= H100_SMEM
+    assert layout["threads"] == 128 and layout["block_n"] % 32 == 0 and layout["block_m"] % 16 == 0
+
+
+def test_layout_streams_query_when_resident_tile_does_not_fit():
+    streamed = _C.match_layout(100_000, 4, A100_SMEM)
+    assert not streamed["query_resident"] and streamed["smem_bytes"] <= 100 * 1024  # fits sm_86/89 too
+    assert streamed["smem_bytes"] == _C.match_layout(10**7, 2, A100_SMEM)["smem_bytes"]  # independent of D
+
+
+@pytest.mark.parametrize("address, stride_m, stride_d, element_bytes, expected", [
+    (1 << 20, 128, 1, 2, 16),   # bf16 D=128 rows, aligned
+    (1 << 20, 36, 1, 2, 8),     # 72-byte rows
+    (1 << 20, 33, 1, 4, 4),     # fp32 odd D
+    (1 << 20, 33, 1, 2, 0),     # fp16 odd D: 2-byte aligned rows, element loads
+    ((1 << 20) + 4, 128, 1, 4, 4),  # sliced base pointer
+    (1 << 20, 1, 64, 2, 0),     # transposed bank: D not unit stride
+])
+def test_reference_copy_width(address, stride_m, stride_d, element_bytes, expected):
+    assert _C.reference_copy_bytes(address, stride_m, stride_d, element_bytes) == expected
+
+
+@pytest.mark.parametrize("rows, refs, ctas, expected", [
+    (262144, 1 << 20, 132 * 3, 1),   # N alone fills an H100
+    (128, 1 << 20, 132 * 3, 391),    # one row block: ~one split per CTA slot, none empty
+    (1, 100, 264, 1),                # tiny bank: each split keeps >= 4 tiles
+    (1000, 2560, 264, 10),           # capped by the bank (10 splits of 4 tiles)
+    (0, 10, 8, 1),
+])
+def test_split_plan(rows, refs, ctas, expected):
+    splits = _C.plan_match_splits(rows, refs, ctas)
+    assert splits == expected
+    per_split = _C.match_refs_per_split(refs, splits)
+    assert per_split % _C.match_layout(1, 2, H100_SMEM)["block_m"] == 0
+    assert (splits - 1) * per_split < refs <= splits * per_split or splits == 1
+
+
+def launch_args(**overrides):
+    args = dict(query=1 << 20, dtype=2, batch=1, dim=8, height=4, width=1, query_strides=(32, 1, 8, 8),
+                reference=1 << 21, num_refs=5, reference_strides=(8, 1), ref_stat=1 << 22, metric=1,
+                allow_tf32=False, out_score=1 << 23, out_index=1 << 24, splits=1, partial_score=0,
+                partial_index=0, stream=0, device=0)
+    args.update(overrides)
+    return args
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("overrides, message", [
+    ({"dtype": 7}, "dtype code"), ({"metric": 3}, "metric code"), ({"dim": 0}, "dim"),
+    ({"num_refs": 0}, "num_refs"), ({"splits": 0}, "splits"), ({"splits": 2}, "workspaces"),
+    ({"ref_stat": 0}, "ref_stat"), ({"query_strides": (1, -1, 1, 1)}, "strides"),
+])
+def test_bad_launch_arguments_raise_value_error_before_cuda(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _C.match_argmax(**launch_args(**overrides))
+
+
+@needs_cuda_build
+def test_launch_without_device_raises_cuda_error():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a device is present")
+    count, error = _C.cuda_device_count()
+    with pytest.raises(RuntimeError, match=re.escape(error)):
+        _C.match_argmax(**launch_args())
+    with pytest.raises(RuntimeError, match=re.escape(error)):
+        _C.match_splits(128, 1000, 128, 2, False, 0)
+
+
+@needs_cuda_build
+def test_empty_query_launches_nothing():
+    _C.match_argmax(**launch_args(batch=0))  # returns before any CUDA call
