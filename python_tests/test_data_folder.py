@@ -1,0 +1,163 @@
+"""Folder datasets of PNGs, the real lung data when present, and seeded splits."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from refmatch.data import FolderDataset, load_splits, make_splits, save_splits, scan_folder
+
+LUNG_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nlm-cxr-lung-512"
+
+
+def write_png(path, array):
+    """An 8-bit PNG: grayscale (L) from [H, W], RGB from [H, W, 3]."""
+    Image = pytest.importorskip("PIL.Image")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def dataset_root(tmp_path):
+    """images/: gray.png (L) and rgb.png (RGB); masks/: a resampled 0/255 mask and
+    an index mask; unlabeled/: one image."""
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (12, 16))
+    write_png(tmp_path / "images" / "gray.png", gray)
+    write_png(tmp_path / "images" / "rgb.png", rng.integers(0, 256, (12, 16, 3)))
+    binary = np.zeros((12, 16), dtype=np.uint8)
+    binary[2:8, 3:9] = 255
+    binary[8, 3:9] = 200   # resampled edge: foreground
+    binary[9, 3:9] = 100   # resampled edge: background
+    write_png(tmp_path / "masks" / "gray.png", binary)
+    write_png(tmp_path / "masks" / "rgb.png", np.indices((12, 16))[1] % 3)
+    write_png(tmp_path / "unlabeled" / "extra.png", gray)
+    return tmp_path, gray, binary
+
+
+def test_scan_and_round_trip(dataset_root):
+    root, gray, binary = dataset_root
+    assert scan_folder(root) == {"labeled": ["gray.png", "rgb.png"], "unlabeled": ["extra.png"]}
+    gray_item, rgb_item = FolderDataset(root, ["gray.png", "rgb.png"])
+    assert gray_item["name"] == "gray.png" and gray_item["image"].dtype == torch.float32
+    assert torch.allclose(gray_item["image"][0], torch.from_numpy(gray / 255.0).float())
+    assert torch.equal(gray_item["mask"], torch.from_numpy((binary > 127).astype(np.int64)))
+    expected_rgb = np.asarray(pytest.importorskip("PIL.Image").open(root / "images" / "rgb.png").convert("L")) / 255.0
+    assert rgb_item["image"].shape == (1, 12, 16)
+    assert torch.allclose(rgb_item["image"][0], torch.from_numpy(expected_rgb).float())
+    assert torch.equal(rgb_item["mask"], torch.arange(16).expand(12, 16) % 3)  # indices kept
+    unlabeled = FolderDataset(root, ["extra.png"], subfolder="unlabeled", with_masks=False)[0]
+    assert set(unlabeled) == {"image", "name"}
+
+
+def test_resize(dataset_root):
+    root, _, _ = dataset_root
+    item = FolderDataset(root, ["gray.png"], size=(6, 8), num_classes=2)[0]
+    assert item["image"].shape == (1, 6, 8) and item["mask"].shape == (6, 8)
+    assert set(item["mask"].unique().tolist()) == {0, 1} and item["mask"].dtype == torch.int64
+    assert 0 <= item["image"].min() and item["image"].max() <= 1
+    with pytest.raises(ValueError, match="size"):
+        FolderDataset(root, ["gray.png"], size=(6, 0))
+
+
+def test_multiclass_mask_with_stray_value_is_an_error(dataset_root):
+    root, _, _ = dataset_root
+    with pytest.raises(ValueError, match="gray.png.*num_classes=3"):
+        FolderDataset(root, ["gray.png"], num_classes=3)[0]
+
+
+def test_corrupt_and_missing_files_are_named(dataset_root):
+    root, _, _ = dataset_root
+    (root / "masks" / "rgb.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"masks.rgb\.png"):
+        FolderDataset(root, ["rgb.png"])[0]
+    (root / "images" / "gray.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    with pytest.raises(ValueError, match=r"cannot read .*images.gray\.png"):
+        FolderDataset(root, ["gray.png"])[0]
+    image = root / "images" / "rgb.png"
+    image.write_bytes(image.read_bytes()[:len(image.read_bytes()) // 2])  # cut inside the pixel data
+    with pytest.raises(ValueError, match=r"cannot read .*images.rgb\.png"):
+        FolderDataset(root, ["rgb.png"], with_masks=False)[0]
+
+
+def test_mask_of_another_size_is_an_error(dataset_root):
+    root, _, _ = dataset_root
+    write_png(root / "masks" / "gray.png", np.zeros((5, 5)))
+    with pytest.raises(ValueError, match=r"masks.gray\.png is \(5, 5\)"):
+        FolderDataset(root, ["gray.png"])[0]
+
+
+def test_scan_errors_name_the_files(dataset_root):
+    root, gray, _ = dataset_root
+    write_png(root / "images" / "lonely.png", gray)
+    write_png(root / "masks" / "orphan.png", gray)
+    with pytest.raises(ValueError, match="lonely.png.*orphan.png"):
+        scan_folder(root)
+    with pytest.raises(FileNotFoundError, match="images"):
+        scan_folder(root / "unlabeled")
+
+
+def test_dataloader_with_workers(dataset_root):
+    root, _, _ = dataset_root
+    dataset = FolderDataset(root, ["gray.png", "rgb.png"], size=8)
+    batch = next(iter(DataLoader(dataset, batch_size=2, num_workers=2)))
+    assert batch["image"].shape == (2, 1, 8, 8) and batch["mask"].shape == (2, 8, 8)
+    assert batch["name"] == ["gray.png", "rgb.png"]
+    assert torch.equal(batch["image"][1], dataset[1]["image"])
+
+
+@pytest.mark.skipif(not LUNG_DATA.is_dir(), reason=f"real lung data not found at {LUNG_DATA}")
+def test_real_lung_data():
+    pytest.importorskip("PIL")
+    found = scan_folder(LUNG_DATA)
+    assert len(found["labeled"]) == 566 and len(found["unlabeled"]) == 96
+    dataset = FolderDataset(LUNG_DATA, found["labeled"][:2], size=128, num_classes=2)
+    for item in dataset:
+        assert item["image"].shape == (1, 128, 128) and item["mask"].shape == (128, 128)
+        assert set(item["mask"].unique().tolist()) == {0, 1}
+        assert 0.05 < item["mask"].float().mean() < 0.5
+    unlabeled = FolderDataset(LUNG_DATA, found["unlabeled"][:1], size=128, subfolder="unlabeled", with_masks=False)
+    assert unlabeled[0]["image"].shape == (1, 128, 128)
+
+
+NAMES = [f"case_{i:03d}.png" for i in range(100)]
+
+
+def test_splits_sizes_disjoint_and_deterministic():
+    splits = make_splits(NAMES, ["free_1.png", "free_0.png"], seed=3, labeled_fraction=0.1, min_test=25)
+    sizes = {key: len(splits[key]) for key in ("labeled", "unlabeled", "val", "test")}
+    # test max(25, 20) = 25, val 10, training 65: round(6.5) = 6 labelled, 59 + 2 unlabelled.
+    assert sizes == {"labeled": 6, "unlabeled": 61, "val": 10, "test": 25}
+    groups = [set(splits[key]) for key in ("labeled", "unlabeled", "val", "test")]
+    assert set().union(*groups) == set(NAMES) | {"free_0.png", "free_1.png"}
+    assert sum(map(len, groups)) == 102
+    assert make_splits(NAMES[::-1], ["free_0.png", "free_1.png"], seed=3, labeled_fraction=0.1, min_test=25) == splits
+    other = make_splits(NAMES, seed=4, labeled_fraction=0.1, min_test=25)
+    assert other["test"] != splits["test"]
+    assert len(make_splits(NAMES, seed=0, num_labeled=1)["labeled"]) == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(), "exactly one"),
+    (dict(num_labeled=3, labeled_fraction=0.1), "exactly one"),
+    (dict(num_labeled=71), "num_labeled"),
+    (dict(labeled_fraction=0.0), "labeled_fraction"),
+    (dict(labeled_fraction=0.1, test_fraction=1.5), "test_fraction"),
+    (dict(labeled_fraction=0.1, min_test=95), "no training images"),
+    (dict(num_labeled=1, unlabeled_names=NAMES[:1]), "both labelled and unlabelled"),
+])
+def test_split_argument_errors(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        make_splits(NAMES, seed=0, **arguments)
+
+
+def test_splits_json_round_trip(tmp_path):
+    splits = make_splits(NAMES, ["free.png"], seed=5, num_labeled=4)
+    path = tmp_path / "run" / "splits.json"
+    save_splits(splits, path)
+    assert load_splits(path) == splits
+    assert [p.name for p in path.parent.iterdir()] == ["splits.json"]  # no temporary file left
+    path.write_text('{"labeled": []}')
+    with pytest.raises(ValueError, match="not a splits file"):
+        load_splits(path)

@@ -1,0 +1,98 @@
+"""Dice, IoU and HD95 on hand-made masks with hand-computed values."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from refmatch.metrics import dice_per_class, hd95, iou_per_class, segmentation_metrics
+
+
+def square(top, left, side=10, size=32):
+    mask = torch.zeros(size, size, dtype=torch.long)
+    mask[top:top + side, left:left + side] = 1
+    return mask
+
+
+def test_dice_and_iou_of_offset_squares():
+    # Two 10x10 squares, one shifted 3 columns: overlap 10 x 7 = 70 pixels.
+    pred, truth = square(5, 8), square(5, 5)
+    dice = dice_per_class(pred, truth, num_classes=2)
+    iou = iou_per_class(pred, truth, num_classes=2)
+    assert dice.dtype == torch.float64 and dice.shape == (2,)
+    assert dice[1].item() == pytest.approx(2 * 70 / 200)
+    assert iou[1].item() == pytest.approx(70 / 130)
+    # Background: 1024 - 130 = 894 pixels shared out of 924 on each side.
+    assert dice[0].item() == pytest.approx(2 * 894 / (924 + 924))
+    assert iou[0].item() == pytest.approx(894 / 954)
+
+
+def test_set_pooling_absent_class_and_ignore_index():
+    # Image 1 is perfect, image 2 misses its square entirely: pooled, not averaged.
+    pred = torch.stack([square(5, 5), torch.zeros(32, 32, dtype=torch.long)])
+    truth = torch.stack([square(5, 5), square(5, 5)])
+    assert dice_per_class(pred, truth, 3)[1].item() == pytest.approx(2 * 100 / (100 + 200))
+    assert math.isnan(dice_per_class(pred, truth, 3)[2].item())  # class 2 nowhere
+    assert math.isnan(iou_per_class(pred, truth, 3)[2].item())
+    ignored = truth.clone()
+    ignored[1] = 255  # the missed image is ignored: perfect again
+    assert dice_per_class(pred, ignored, 2, ignore_index=255)[1].item() == 1.0
+
+
+def test_bad_labels():
+    with pytest.raises(ValueError, match="outside"):
+        dice_per_class(square(0, 0) * 2, square(0, 0), 2)
+    with pytest.raises(ValueError, match="shape"):
+        iou_per_class(square(0, 0), square(0, 0)[:5], 2)
+    with pytest.raises(ValueError, match="integer"):
+        dice_per_class(square(0, 0).float(), square(0, 0), 2)
+
+
+def test_hd95_of_shifted_square_is_the_shift():
+    pytest.importorskip("scipy")
+    truth = square(5, 5).numpy().astype(bool)
+    assert hd95(square(5, 8).numpy().astype(bool), truth) == pytest.approx(3.0)
+    assert hd95(square(8, 5).numpy().astype(bool), truth, spacing=0.5) == pytest.approx(1.5)
+    assert hd95(truth, truth) == 0.0
+
+
+def test_hd95_ignores_a_few_outlying_pixels():
+    pytest.importorskip("scipy")
+    truth = square(5, 5, size=40).numpy().astype(bool)
+    pred = truth.copy()
+    pred[35, 35] = True  # 1 of 37 boundary pixels, ~30 px away: the maximum, not the 95th percentile
+    assert hd95(pred, truth) == 0.0
+
+
+def test_hd95_empty_conventions():
+    pytest.importorskip("scipy")
+    empty, full = np.zeros((8, 8), dtype=bool), square(2, 2, side=3, size=8).numpy().astype(bool)
+    assert hd95(empty, empty) == 0.0
+    assert hd95(empty, full) == math.inf and hd95(full, empty) == math.inf
+
+
+def test_segmentation_metrics_summary():
+    pytest.importorskip("scipy")
+    pred = torch.stack([square(5, 8), square(5, 5)])
+    truth = torch.stack([square(5, 5), square(5, 5)])
+    pred[1, 20:24, 20:24] = 2  # class 2 predicted only in image 2, absent from truth
+    metrics = segmentation_metrics(pred, truth, 3, class_names=("background", "lung", "heart"))
+    assert set(metrics) == {"dice", "iou", "hd95", "mean_dice", "mean_iou", "mean_hd95"}
+    assert metrics["dice"]["lung"] == pytest.approx(2 * 170 / 400)
+    assert metrics["iou"]["lung"] == pytest.approx(170 / 230)
+    assert metrics["dice"]["heart"] == 0.0
+    assert metrics["hd95"]["lung"] == pytest.approx((3.0 + 0.0) / 2)
+    assert metrics["hd95"]["heart"] == math.inf  # predicted where truth has none; image 1 skipped
+    assert metrics["mean_dice"] == pytest.approx((2 * 170 / 400 + 0.0) / 2)
+    assert all(type(value) is float for value in metrics["dice"].values())
+    assert json.loads(json.dumps(metrics))["mean_iou"] == pytest.approx(metrics["mean_iou"])
+
+
+def test_segmentation_metrics_skip_classes_absent_everywhere():
+    pytest.importorskip("scipy")
+    metrics = segmentation_metrics(square(5, 5), square(5, 5), 3)
+    assert metrics["dice"]["1"] == 1.0 and math.isnan(metrics["dice"]["2"]) and math.isnan(metrics["hd95"]["2"])
+    assert metrics["mean_dice"] == 1.0 and metrics["mean_hd95"] == 0.0
+    with pytest.raises(ValueError, match="class_names"):
+        segmentation_metrics(square(5, 5), square(5, 5), 3, class_names=("a", "b"))

@@ -1,0 +1,148 @@
+"""Folder datasets: ``images/`` and ``masks/`` matched by file name, plus an
+optional ``unlabeled/`` of images without masks.
+
+Images are PNG, grayscale or RGB (RGB is converted to grayscale), read as
+float32 [1, H, W] in [0, 1]. A mask is read by this rule:
+
+* all its values are < ``num_classes`` (or < 128 when ``num_classes`` is None):
+  class indices, kept as they are;
+* otherwise it is a binary 0/255 image (resampled edges may hold 1..254) and is
+  binarised at > 127 into {0, 1}; that is only allowed for two-class data
+  (``num_classes`` 2 or None), so a stray value in a multi-class mask is an error.
+
+PIL is imported when a file is read, so ``refmatch.data`` imports without the
+``train`` extra. Files are opened per item and closed at once, so datasets pickle
+into DataLoader workers.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+BINARY_THRESHOLD = 127
+MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
+LISTED_NAMES = 5        # file names quoted in an error before "and N more"
+GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L")  # PIL modes read as they are
+
+
+def png_names(folder):
+    """Sorted names of the PNG files directly in ``folder``."""
+    return sorted(path.name for path in Path(folder).iterdir() if path.suffix.lower() == ".png" and path.is_file())
+
+
+def _listing(names):
+    shown = ", ".join(names[:LISTED_NAMES])
+    more = len(names) - LISTED_NAMES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def scan_folder(root):
+    """{"labeled": names in both images/ and masks/, "unlabeled": names in the
+    optional unlabeled/}, each sorted. Raises FileNotFoundError for a missing
+    images/ or masks/, ValueError for an image without a mask or a mask without
+    an image (labelled images belong in images/, unlabelled ones in unlabeled/)."""
+    root = Path(root)
+    for sub in ("images", "masks"):
+        if not (root / sub).is_dir():
+            raise FileNotFoundError(f"{root / sub} not found: a dataset folder needs images/ and masks/")
+    images, masks = png_names(root / "images"), png_names(root / "masks")
+    problems = []
+    no_mask = sorted(set(images) - set(masks))
+    if no_mask:
+        problems.append(f"{len(no_mask)} image(s) in {root / 'images'} have no mask in masks/: {_listing(no_mask)}")
+    no_image = sorted(set(masks) - set(images))
+    if no_image:
+        problems.append(f"{len(no_image)} mask(s) in {root / 'masks'} have no image in images/: {_listing(no_image)}")
+    if problems:
+        raise ValueError("; ".join(problems) + " (put images without masks in unlabeled/)")
+    unlabeled = png_names(root / "unlabeled") if (root / "unlabeled").is_dir() else []
+    return {"labeled": images, "unlabeled": unlabeled}
+
+
+def _read_array(path, keep_modes):
+    """The file's pixels as a 2-D numpy array; images whose PIL mode is not in
+    ``keep_modes`` are converted to 8-bit grayscale. Raises FileNotFoundError or
+    ValueError naming the file."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with Image.open(path) as image:
+            if image.mode not in keep_modes:
+                image = image.convert("L")
+            return np.array(image)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+
+
+def read_image(path):
+    """A grayscale PNG as float32 [1, H, W] in [0, 1] (8- or 16-bit; RGB converted to L)."""
+    array = _read_array(Path(path), GRAY_MODES)
+    scale = 255.0 if array.dtype == np.uint8 else 65535.0  # 16-bit PNGs arrive as uint16 or int32
+    return torch.from_numpy(array.astype(np.float32) / scale)[None]
+
+
+def read_mask(path, num_classes=None):
+    """A mask PNG as int64 [H, W] class labels, by the module's index-or-binary rule."""
+    array = _read_array(Path(path), GRAY_MODES + ("P",)).astype(np.int64)  # palette masks hold indices
+    limit = MAX_INDEX_LABELS if num_classes is None else num_classes
+    if array.size and (array.min() < 0 or array.max() >= limit):
+        if num_classes not in (None, 2):
+            raise ValueError(f"{path} holds label {array.max()}, but num_classes={num_classes}; "
+                             f"0/255 binary masks are only read for two classes")
+        array = (array > BINARY_THRESHOLD).astype(np.int64)
+    return torch.from_numpy(array)
+
+
+def _size_pair(size):
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or any(not isinstance(side, int) or side < 1 for side in pair):
+        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+    return pair
+
+
+class FolderDataset(Dataset):
+    """The images ``names`` of ``root/subfolder``, with masks from ``root/masks``.
+
+    Args:
+        root: dataset folder (see ``scan_folder``).
+        names: file names to serve, in this order.
+        size: None (native size), an int, or (H, W); images are resized bilinearly
+            with antialiasing, masks by nearest neighbour.
+        subfolder: where the images are ("images" or "unlabeled").
+        with_masks: read ``root/masks/<name>`` too.
+        num_classes: for the mask rule in the module docstring.
+
+    Item: {"image": [1, H, W] float32, "mask": [H, W] int64 (with_masks only), "name": str}.
+    """
+
+    def __init__(self, root, names, size=None, subfolder="images", with_masks=True, num_classes=None):
+        self.root, self.names, self.size = Path(root), list(names), _size_pair(size)
+        self.subfolder, self.with_masks, self.num_classes = subfolder, with_masks, num_classes
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, index):
+        name = self.names[index]
+        image_path = self.root / self.subfolder / name
+        image = read_image(image_path)
+        item = {"image": image, "name": name}
+        if self.with_masks:
+            mask_path = self.root / "masks" / name
+            mask = read_mask(mask_path, self.num_classes)
+            if mask.shape != image.shape[1:]:
+                raise ValueError(f"{mask_path} is {tuple(mask.shape)} but {image_path} is {tuple(image.shape[1:])}")
+            item["mask"] = mask
+        if self.size is not None:
+            item["image"] = F.interpolate(image[None], size=self.size, mode="bilinear", antialias=True,
+                                          align_corners=False)[0].clamp(0, 1)
+            if "mask" in item:
+                item["mask"] = F.interpolate(item["mask"][None, None].float(), size=self.size,
+                                             mode="nearest-exact")[0, 0].long()
+        return item

@@ -1,0 +1,109 @@
+"""Segmentation metrics: Dice and IoU per class over a whole set, and HD95.
+
+Conventions:
+
+* Dice and IoU pool the set: per class, the sum of intersections over all images
+  divided by the sums of areas (not a mean of per-image scores). A class absent
+  from both prediction and truth everywhere is NaN, and is left out of means.
+* HD95 is in pixels times ``spacing``, between the inner boundaries of two masks
+  (MedPy/MONAI convention: the larger of the two directed 95th percentiles of
+  boundary-to-boundary distances). Both masks empty: 0.0. Exactly one empty:
+  inf, since no distance exists; a class mean that includes it is inf too (the
+  json module writes it as ``Infinity``).
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def _as_labels(labels, name):
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() not in (2, 3):
+        raise ValueError(f"{name} must be integer labels [B, H, W] or [H, W], got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+    return labels.long().reshape(-1, *labels.shape[-2:])
+
+
+def _class_areas(pred, truth, num_classes, ignore_index):
+    """Per class: intersection, predicted area, true area, each [C] float64."""
+    pred, truth = _as_labels(pred, "pred"), _as_labels(truth, "truth")
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} differ in shape")
+    keep = torch.ones_like(truth, dtype=torch.bool) if ignore_index is None else truth != ignore_index
+    pred, truth = pred[keep], truth[keep]
+    for name, labels in (("pred", pred), ("truth", truth)):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"{name} holds labels outside [0, {num_classes}) (ignore_index={ignore_index})")
+    return [torch.bincount(labels, minlength=num_classes).double() for labels in (truth[pred == truth], pred, truth)]
+
+
+def dice_per_class(pred, truth, num_classes, ignore_index=None):
+    """Dice 2|P∩T| / (|P| + |T|) per class over the whole set: [C] float64,
+    NaN for a class absent from both. pred, truth: int [B, H, W] or [H, W]."""
+    intersection, predicted, true = _class_areas(pred, truth, num_classes, ignore_index)
+    return 2 * intersection / (predicted + true)
+
+
+def iou_per_class(pred, truth, num_classes, ignore_index=None):
+    """IoU |P∩T| / |P∪T| per class over the whole set: [C] float64, NaN for a
+    class absent from both. pred, truth: int [B, H, W] or [H, W]."""
+    intersection, predicted, true = _class_areas(pred, truth, num_classes, ignore_index)
+    return intersection / (predicted + true - intersection)
+
+
+def _boundary(mask):
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hd95(pred_mask, truth_mask, spacing=1.0):
+    """95th percentile symmetric Hausdorff distance between the boundaries of two
+    boolean masks [H, W] (see the module docstring for the conventions);
+    ``spacing`` is a pixel size, a float or one per axis."""
+    from scipy import ndimage
+
+    pred_mask, truth_mask = np.asarray(pred_mask, dtype=bool), np.asarray(truth_mask, dtype=bool)
+    if pred_mask.shape != truth_mask.shape:
+        raise ValueError(f"pred_mask {pred_mask.shape} and truth_mask {truth_mask.shape} differ in shape")
+    if not pred_mask.any() and not truth_mask.any():
+        return 0.0
+    if not pred_mask.any() or not truth_mask.any():
+        return math.inf
+    pred_edge, truth_edge = _boundary(pred_mask), _boundary(truth_mask)
+    to_truth = ndimage.distance_transform_edt(~truth_edge, sampling=spacing)[pred_edge]
+    to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing)[truth_edge]
+    return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
+
+
+def _nanmean(values):
+    values = [value for value in values if not math.isnan(value)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def segmentation_metrics(pred, truth, num_classes, class_names=None):
+    """Dice, IoU and HD95 of int labels pred, truth [B, H, W] or [H, W].
+
+    Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...},
+    "mean_dice", "mean_iou", "mean_hd95"}. Dice and IoU pool the set; HD95 is the
+    mean over images of a class, skipping images where the class is absent from
+    both (NaN when it is absent everywhere). Means are over the foreground
+    classes 1..C-1, skipping NaN.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background plus a foreground class), got {num_classes}")
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class_names for {num_classes} classes")
+    dice = dice_per_class(pred, truth, num_classes).tolist()
+    iou = iou_per_class(pred, truth, num_classes).tolist()
+    pred, truth = _as_labels(pred, "pred").numpy(), _as_labels(truth, "truth").numpy()
+    distance = []
+    for c in range(num_classes):
+        per_image = [hd95(p == c, t == c) for p, t in zip(pred, truth) if (p == c).any() or (t == c).any()]
+        distance.append(float(np.mean(per_image)) if per_image else math.nan)
+    result = {"dice": dict(zip(names, dice)), "iou": dict(zip(names, iou)), "hd95": dict(zip(names, distance))}
+    for key, values in (("dice", dice), ("iou", iou), ("hd95", distance)):
+        result[f"mean_{key}"] = _nanmean(values[1:])
+    return result
