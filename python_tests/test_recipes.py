@@ -1,0 +1,126 @@
+"""Training recipe: model, config, losses, checkpoints, a few steps of each method, resume, CLI."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("yaml", reason="the train extra is not installed")
+pytest.importorskip("PIL", reason="the train extra is not installed")
+
+from refmatch.recipes.checkpoint import load, save_atomic  # noqa: E402
+from refmatch.recipes.config import load_config  # noqa: E402
+from refmatch.recipes.losses import dice_loss, rampup  # noqa: E402
+from refmatch.recipes.unet import UNet  # noqa: E402
+
+TINY = ["data=phantom", "num_phantoms=24", "image_size=32", "width=4", "depth=3", "tap_size=16",
+        "batch_size=2", "unlabeled_batch_size=2", "bank_capacity=512", "bank_refresh_every=2",
+        "eval_every=2", "image_every=2", "rampup_steps=2", "num_workers=0", "labeled_fraction=0.2"]
+
+
+def test_unet_shapes_and_decoder_names():
+    model = UNet(1, 3, width=4, depth=3)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+    assert model.decoder_channels("decoder.up2") == 8 and model.decoder_channels("up1") == 4
+    assert "decoder.up1" in dict(model.named_modules())
+
+
+def test_config_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: supervised\nsteps: 5\n")
+    config = load_config(path, ["lr=0.01", "tap_layers=[decoder.up1]"])
+    assert (config.method, config.steps, config.lr, config.tap_layers) == ("supervised", 5, 0.01, ["decoder.up1"])
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(None, ["stepz=3"])
+    with pytest.raises(ValueError, match="method must be one of"):
+        load_config(None, ["method=fixmatch"])
+    with pytest.raises(ValueError, match="steps must be int"):
+        load_config(None, ["steps=many"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_losses():
+    masks = torch.randint(0, 3, (2, 8, 8))
+    perfect = 50.0 * torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()
+    assert dice_loss(perfect, masks).item() < 1e-3
+    assert rampup(0, 10) == pytest.approx(0.0067, abs=1e-3) and rampup(10, 10) == 1.0 and rampup(5, 0) == 1.0
+
+
+def test_atomic_save_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_atomic({"step": 1}, path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"step": 2}, path)
+    assert load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+@pytest.mark.parametrize("method", ["supervised", "meanteacher-pl", "refmatch"])
+def test_a_few_steps_of_each_method(tmp_path, method):
+    from refmatch.recipes.train import Trainer
+
+    trainer = Trainer(load_config(None, TINY + [f"method={method}", "steps=4"]), tmp_path)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.run.close()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["method"] == method and 0 <= metrics["test"]["mean_dice"] <= 1
+    assert result["best_step"] in (2, 4)
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "latest.pt").exists()
+    assert (tmp_path / "splits.json").exists() and (tmp_path / "train.log").exists()
+    if method != "supervised":
+        assert list((tmp_path / "images").glob("step_*.png"))
+
+
+def test_resume_is_bit_exact(tmp_path):
+    from refmatch.recipes.train import Trainer
+
+    def run(folder, stop_at=None, resume=False):
+        trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=6"]), folder)
+        try:
+            if resume:
+                trainer.resume()
+            trainer.fit(stop_at=stop_at)
+        finally:
+            trainer.run.close()
+        return trainer
+
+    straight = run(tmp_path / "straight")
+    run(tmp_path / "split", stop_at=3)
+    resumed = run(tmp_path / "split", resume=True)
+    for name, value in straight.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[name]), name
+    torch.testing.assert_close(straight.pseudo.bank.features, resumed.pseudo.bank.features, rtol=0, atol=0,
+                               equal_nan=True)  # empty slots hold NaN
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    from PIL import Image
+
+    from refmatch.__main__ import main
+    from refmatch.data.phantoms import make_phantom
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "method=refmatch", "steps=2", "--out", str(run)])
+    assert "test_mean_dice" in capsys.readouterr().out
+    labeled, unlabeled = tmp_path / "labeled", tmp_path / "unlabeled"
+    for folder in (labeled / "images", labeled / "masks", unlabeled):
+        folder.mkdir(parents=True)
+    for i in range(3):
+        image, mask = make_phantom(i, size=32)
+        Image.fromarray((255 * image[0]).byte().numpy()).save(labeled / "images" / f"p{i}.png")
+        Image.fromarray(mask.byte().numpy()).save(labeled / "masks" / f"p{i}.png")
+        Image.fromarray((255 * make_phantom(10 + i, size=32)[0][0]).byte().numpy()).save(unlabeled / f"u{i}.png")
+    out = tmp_path / "pseudo"
+    main(["pseudo-label", "--checkpoint", str(run / "best.pt"), "--labeled", str(labeled),
+          "--unlabeled", str(unlabeled), "--out", str(out)])
+    for sub in ("labels", "confidence", "overlays"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["u0.png", "u1.png", "u2.png"]
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--out", str(tmp_path / "m.json")])
+    assert "mean_dice" in json.loads((tmp_path / "m.json").read_text())

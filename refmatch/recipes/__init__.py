@@ -1,0 +1,1 @@
+"""Reference training recipe: U-Net, mean teacher and reference-guided pseudo-labels."""

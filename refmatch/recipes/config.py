@@ -1,0 +1,87 @@
+"""Training configuration: YAML file + ``key=value`` overrides over typed defaults."""
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METHODS = ("supervised", "meanteacher-pl", "refmatch")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of ``refmatch train``; YAML keys use these names."""
+
+    data: str = "phantom"                 # "phantom" or a folder with images/ and masks/
+    image_size: int = 128
+    num_phantoms: int = 160
+    num_labeled: int = 0                  # 0: use labeled_fraction
+    labeled_fraction: float = 0.05
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    min_test: int = 0
+    method: str = "refmatch"
+    steps: int = 300
+    batch_size: int = 8
+    unlabeled_batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    width: int = 16
+    depth: int = 4
+    ema_decay: float = 0.99
+    pl_weight: float = 1.0
+    rampup_steps: int = 100
+    confidence_threshold: float = 0.9     # meanteacher-pl: keep teacher predictions above it
+    tap_layers: list = field(default_factory=lambda: ["decoder.up2", "decoder.up1"])
+    tap_size: int = 32                    # features are matched at this resolution
+    bank_capacity: int = 4096             # per class
+    bank_refresh_every: int = 25          # steps between re-embedding the labelled images
+    pl_mode: str = "soft"
+    pl_k: int = 1
+    pl_temperature: float = 0.1
+    pl_threshold: float = 0.0
+    eval_every: int = 50
+    image_every: int = 100
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    amp: bool = True                      # CUDA only
+
+    def validate(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
+            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
+                             f"tap_size={self.tap_size}")
+        for name in ("steps", "batch_size", "unlabeled_batch_size", "eval_every", "bank_capacity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+
+def load_config(path=None, overrides=()):
+    """TrainConfig from an optional YAML file and ``key=value`` strings (values parsed as YAML)."""
+    import yaml
+
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override must be key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        values[key] = yaml.safe_load(value)
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
+    config = TrainConfig()
+    for key, value in values.items():
+        default = getattr(config, key)
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        if value is not None and default is not None and type(value) is not type(default):
+            raise ValueError(f"{key} must be {type(default).__name__}, got {value!r}")
+        setattr(config, key, value)
+    return config.validate()

@@ -1,0 +1,21 @@
+"""Prediction and metrics of a trained model on a split."""
+import torch
+
+from ..metrics import segmentation_metrics
+
+
+@torch.no_grad()
+def predict(model, images, device, batch_size=16):
+    """Argmax labels [n, H, W] (on the CPU) of ``images`` [n, 1, H, W]."""
+    was_training = model.training
+    model.eval()
+    labels = [model(images[start:start + batch_size].to(device)).argmax(dim=1).cpu()
+              for start in range(0, images.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(labels) if labels else torch.zeros(0, *images.shape[2:], dtype=torch.long)
+
+
+def evaluate(model, split, class_names, device, batch_size=16):
+    """Dice, IoU and HD95 per class of ``model`` on ``split`` (a Split with masks)."""
+    prediction = predict(model, split.images, device, batch_size)
+    return segmentation_metrics(prediction, split.masks, len(class_names), class_names)

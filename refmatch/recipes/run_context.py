@@ -1,0 +1,110 @@
+"""What a run needs around the model: device, DDP, log file, TensorBoard, progress, saving."""
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import save_atomic
+
+
+def _pick_device(name, rank):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    return device
+
+
+class RunContext:
+    """Run folder services; under torchrun (WORLD_SIZE > 1) also the process group.
+
+    Only rank 0 writes files; every rank trains.
+    """
+
+    def __init__(self, config, run_dir):
+        self.dir = Path(run_dir)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = _pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if self.world > 1 and not dist.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+        self.logger = logging.getLogger("refmatch")
+        self.logger.setLevel(logging.INFO)
+        self.writer, self.bar = None, None
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._log_to(logging.FileHandler(self.dir / "train.log"))
+            self._log_to(logging.StreamHandler(sys.stderr))
+            self.writer = self._tensorboard()
+
+    def _log_to(self, handler):
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        self.logger.addHandler(handler)
+        self._handlers = getattr(self, "_handlers", []) + [handler]
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.logger.warning("tensorboard is not installed; scalars go to train.log only")
+            return None
+        return SummaryWriter(str(self.dir / "tensorboard"))
+
+    def wrap(self, model):
+        """DDP around ``model`` when distributed, else ``model`` itself."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def progress(self, steps):
+        """``steps`` with a tqdm bar on rank 0 (plain iteration without tqdm)."""
+        if not self.is_main:
+            return steps
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return steps
+        self.bar = tqdm(steps, desc="train", dynamic_ncols=True, mininterval=1.0, initial=steps.start,
+                        total=steps.stop)
+        return self.bar
+
+    def scalars(self, values, step):
+        if not self.is_main:
+            return
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        if self.bar is not None and "loss/total" in values:
+            self.bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
+        if any(key.startswith("val/") for key in values):
+            summary = ", ".join(f"{k[4:]} {v:.4f}" for k, v in values.items() if k.count("/") == 1)
+            self.logger.info("step %d: %s", step, summary)
+
+    def save(self, name, state):
+        if self.is_main:
+            save_atomic(state, self.dir / name)
+
+    def image(self, name, draw, *args):
+        if self.is_main:
+            (self.dir / "images").mkdir(exist_ok=True)
+            draw(self.dir / "images" / name, *args)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        for handler in getattr(self, "_handlers", []):
+            self.logger.removeHandler(handler)
+            handler.close()
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,174 @@
+"""The training loop shared by ``supervised``, ``meanteacher-pl`` and ``refmatch``.
+
+One loop, three methods: every method trains the student on labelled images
+(cross-entropy + Dice) and keeps an EMA teacher; the two semi-supervised methods
+add a pseudo-label loss on strongly augmented unlabelled images, ramped up, whose
+labels come from ``methods.pseudo_label_source``. All randomness after model
+initialisation is drawn from one generator that is checkpointed with the run, so
+``resume`` continues bit-exactly on the CPU.
+"""
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from . import augment
+from .checkpoint import load, save_atomic
+from .data_setup import UNKNOWN, prepare_data
+from .evaluation import evaluate, predict
+from .losses import pseudo_label_loss, rampup, supervised_loss
+from .methods import IGNORE, pseudo_label_source
+from .run_context import RunContext
+from .unet import UNet
+from .visual import training_grid
+
+
+@torch.no_grad()
+def ema_update(teacher, student, decay):
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+class Trainer:
+    """Builds everything a run needs from a TrainConfig and trains it in ``run_dir``."""
+
+    def __init__(self, config, run_dir):
+        self.config, self.run = config, RunContext(config, Path(run_dir))
+        self.device = self.run.device
+        self.data = prepare_data(config, self.run.dir if self.run.is_main else None)
+        self.num_classes = len(self.data.class_names)
+        torch.manual_seed(config.seed)
+        self.student = UNet(1, self.num_classes, config.width, config.depth).to(self.device)
+        self.teacher = copy.deepcopy(self.student).eval()
+        for parameter in self.teacher.parameters():
+            parameter.requires_grad_(False)
+        self.model = self.run.wrap(self.student)
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.pseudo = pseudo_label_source(config.method, self.teacher, config, self.num_classes, self.device)
+        self.generator = torch.Generator().manual_seed(config.seed + 1000 * self.run.rank)
+        self.step, self.best = 0, float("-inf")
+        logging.getLogger("refmatch").info(
+            "data: %d labelled, %d unlabelled, %d val, %d test images; classes %s", len(self.data.labeled.names),
+            len(self.data.unlabeled.names), len(self.data.val.names), len(self.data.test.names),
+            ", ".join(self.data.class_names))
+
+    def state(self):
+        return {"step": self.step, "best": self.best, "config": dataclasses.asdict(self.config),
+                "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "generator": self.generator.get_state(),
+                "pseudo": self.pseudo.state_dict() if self.pseudo else {}}
+
+    def resume(self):
+        """Continue from ``run_dir/latest.pt``."""
+        state = load(self.run.dir / "latest.pt", self.device)
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        if self.pseudo:
+            self.pseudo.load_state_dict(state["pseudo"])
+        self.step, self.best = state["step"], state["best"]
+        logging.getLogger("refmatch").info("resumed at step %d", self.step)
+
+    def _batch(self, split, size):
+        index = torch.randint(split.images.shape[0], (size,), generator=self.generator)
+        return split.images[index].to(self.device), split.masks[index].to(self.device)
+
+    def train_step(self):
+        config, logs = self.config, {}
+        images, masks = self._batch(self.data.labeled, config.batch_size)
+        images, masks = augment.weak(images, masks, self.generator)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss = supervised_loss(self.model(images), masks, IGNORE)
+        logs["loss/supervised"] = loss.item()
+        if self.pseudo is not None and self.data.unlabeled.images.shape[0]:
+            if config.method == "refmatch" and self.step % config.bank_refresh_every == 0:
+                self.pseudo.refresh(self.data.labeled.images.to(self.device),
+                                    self.data.labeled.masks.to(self.device), config.batch_size)
+            unlabeled, hidden_truth = self._batch(self.data.unlabeled, config.unlabeled_batch_size)
+            weak_view, hidden_truth = augment.weak(unlabeled, hidden_truth, self.generator)
+            strong_view = augment.strong(weak_view, self.generator)
+            pseudo = self.pseudo(weak_view)
+            weight = config.pl_weight * rampup(self.step, config.rampup_steps)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                unlabeled_loss = pseudo_label_loss(self.model(strong_view), pseudo.labels, IGNORE)
+            loss = loss + weight * unlabeled_loss
+            judged = (pseudo.labels != IGNORE) & (hidden_truth != UNKNOWN)
+            logs.update({"loss/pseudo_label": unlabeled_loss.item(), "pseudo/weight": weight,
+                         "pseudo/kept_ratio": pseudo.kept_fraction.item()})
+            if bool(judged.any()):
+                logs["pseudo/accuracy"] = (pseudo.labels == hidden_truth)[judged].float().mean().item()
+            self._last_pseudo = (weak_view, hidden_truth, pseudo)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        ema_update(self.teacher, self.student, config.ema_decay)
+        logs["loss/total"] = loss.item()
+        return logs
+
+    def validate(self):
+        metrics = evaluate(self.teacher, self.data.val, self.data.class_names, self.device)
+        if metrics["mean_dice"] > self.best:
+            self.best = metrics["mean_dice"]
+            self.run.save("best.pt", self.state())
+        return metrics
+
+    def save_images(self):
+        if not getattr(self, "_last_pseudo", None):
+            return
+        images, truth, pseudo = (t for t in self._last_pseudo)
+        count = min(4, images.shape[0])
+        prediction = predict(self.teacher, images[:count], self.device)
+        self.run.image(f"step_{self.step:06d}.png", training_grid, images[:count].cpu(), truth[:count].cpu(),
+                       prediction, pseudo.labels[:count].cpu(), pseudo.confidence[:count].cpu(), IGNORE)
+
+    def fit(self, stop_at=None):
+        """Train to ``config.steps`` (or ``stop_at``), then test the best checkpoint."""
+        config, started = self.config, time.time()
+        last = min(config.steps, stop_at or config.steps)
+        for _ in self.run.progress(range(self.step, last)):
+            logs = self.train_step()
+            self.step += 1
+            self.run.scalars(logs, self.step)
+            if self.step % config.eval_every == 0 or self.step == config.steps:
+                self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
+                self.run.save("latest.pt", self.state())
+            if self.step % config.image_every == 0:
+                self.save_images()
+        if self.step < config.steps:
+            self.run.save("latest.pt", self.state())
+            return None
+        return self.finish(time.time() - started)
+
+    def finish(self, seconds):
+        best = load(self.run.dir / "best.pt", self.device) if (self.run.dir / "best.pt").exists() else self.state()
+        self.teacher.load_state_dict(best["teacher"])
+        test = evaluate(self.teacher, self.data.test, self.data.class_names, self.device)
+        result = {"method": self.config.method, "best_step": best["step"], "val_mean_dice": self.best,
+                  "test": test, "train_seconds": seconds, "config": dataclasses.asdict(self.config)}
+        if self.run.is_main:
+            (self.run.dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        logging.getLogger("refmatch").info("test mean Dice %.4f, mean IoU %.4f (best step %d)",
+                                           test["mean_dice"], test["mean_iou"], best["step"])
+        return result
+
+
+def _flat(metrics):
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{name}": v for name, v in value.items()})
+        else:
+            flat[key] = value
+    return flat

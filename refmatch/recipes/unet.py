@@ -1,0 +1,69 @@
+"""A plain U-Net with configurable width and depth (no torchvision or timm)."""
+import torch
+from torch import nn
+
+
+def conv_block(in_channels, out_channels):
+    """Two 3x3 conv + BatchNorm + ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UpBlock(nn.Module):
+    """Upsample x2, concatenate the skip connection, conv block."""
+
+    def __init__(self, in_channels, skip_channels, out_channels):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
+        self.conv = conv_block(in_channels // 2 + skip_channels, out_channels)
+
+    def forward(self, x, skip):
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net: [B, in_channels, H, W] -> logits [B, num_classes, H, W].
+
+    H and W must be divisible by 2**(depth - 1). Encoder level i has
+    width * 2**i channels. Decoder stages are named ``decoder.up{i}`` with
+    ``up1`` at full resolution and ``up{depth-1}`` the coarsest, the names
+    ``FeatureTap`` takes.
+
+    Example:
+        >>> model = UNet(in_channels=1, num_classes=2, width=16, depth=4)
+        >>> model(torch.randn(2, 1, 128, 128)).shape
+        torch.Size([2, 2, 128, 128])
+    """
+
+    def __init__(self, in_channels=1, num_classes=2, width=16, depth=4):
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2, got {depth}")
+        channels = [width * 2 ** level for level in range(depth)]
+        self.depth = depth
+        self.encoder = nn.ModuleList(
+            [conv_block(in_channels, channels[0])]
+            + [conv_block(channels[level - 1], channels[level]) for level in range(1, depth)])
+        self.pool = nn.MaxPool2d(2)
+        self.decoder = nn.ModuleDict({
+            f"up{level}": UpBlock(channels[level], channels[level - 1], channels[level - 1])
+            for level in range(depth - 1, 0, -1)})
+        self.head = nn.Conv2d(channels[0], num_classes, 1)
+
+    def decoder_channels(self, name):
+        """Channels of decoder stage ``name`` ("decoder.up2" or "up2")."""
+        return self.decoder[name.split(".")[-1]].conv[-2].num_features
+
+    def forward(self, images):
+        skips = []
+        x = images
+        for level, block in enumerate(self.encoder):
+            x = block(x if level == 0 else self.pool(x))
+            skips.append(x)
+        for level in range(self.depth - 1, 0, -1):
+            x = self.decoder[f"up{level}"](x, skips[level - 1])
+        return self.head(x)
