@@ -1,13 +1,17 @@
-"""Benchmark of ``refmatch.match`` against the dense GEMM ceiling, in one process.
+"""Benchmark of ``refmatch.match`` against the GEMM ceiling and the tools users would pick instead.
 
-    refmatch bench                                    # CPU: N=8192, M=65536, D=128, float32
-    refmatch bench --device cuda --dtype bfloat16 --sizes 262144x1048576x128
+    refmatch bench                                    # CPU preset: N=8192, M 16K..256K, D 64/128, float32
+    refmatch bench --device cuda --dtype bfloat16     # GPU preset: N=262144, M 64K..4M, D 32..256
+    refmatch bench --sizes 8192x65536x128 --only torch faiss
     python bench/bench_match.py ...                   # the same, from a checkout
 
-For each size it runs, side by side: the dense ``torch.mm`` of the same N, M, D
-(the ceiling), naive ``(q @ r.T).max(1)`` where it fits, and every refmatch
-backend that can take the call. It prints a table (time, TFLOP/s as 2*N*M*D/time,
-ratio to the GEMM, agreement) and writes bench/results/<machine>-<date>.{json,md}.
+For each size, in one process: the dense ``torch.mm`` of the same N, M, D (the
+ceiling), naive ``(q @ r.T).max(1)`` and ``torch.cdist`` + argmin where the N x M
+matrix fits, every refmatch backend (k = 1 and 8, dot and l2), and the peers that
+are installed (FAISS flat search, KeOps, flash-kmeans' assignment kernel; see
+bench_peers.py). It prints a table (median time after a warm-up, TFLOP/s as
+2*N*M*D/time, ratio to the GEMM, peak extra memory, agreement with the float64
+oracle) and writes bench/results/<machine>-<dtype>-<date>.{json,md,png}.
 """
 import argparse
 import json
@@ -16,6 +20,7 @@ import platform
 import re
 import statistics
 import subprocess
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -23,6 +28,7 @@ from pathlib import Path
 import torch
 
 import refmatch
+from refmatch.bench_peers import all_methods
 
 RESULTS = Path("bench") / "results"
 
@@ -64,77 +70,128 @@ def timed(fn, device, repeat):
     return statistics.median(times)
 
 
-def methods(query, reference, metric, fits_bytes):
-    """name -> (callable returning indices or None, skip reason or None, FLOPs it does)."""
-    n, m, d = query.shape[0], reference.shape[0], query.shape[1]
-    fits = n * m * query.element_size() <= fits_bytes
-    # The ceiling is the GEMM rate; when the full N x M product does not fit it is
-    # measured on as many query rows as do (same M, D and dtype).
-    gemm_rows = max(1, min(n, int(fits_bytes // (m * query.element_size()))))
-    out = torch.empty(gemm_rows, m, device=query.device, dtype=query.dtype)
+class PeakMemory:
+    """Extra memory a block of code takes at its peak, in MiB: the CUDA allocator's
+    peak on GPUs; on the CPU the resident set, sampled every millisecond."""
 
-    def gemm():
-        torch.mm(query[:gemm_rows], reference.T, out=out)
+    def __init__(self, device):
+        self.device, self.peak_mib = device, 0.0
 
-    def naive():
-        return (query @ reference.T).max(1).indices
+    @staticmethod
+    def _rss():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    name = "gemm torch.mm (ceiling)" if gemm_rows == n else f"gemm torch.mm (ceiling, {gemm_rows} rows)"
-    table = {name: (gemm, None, 2 * gemm_rows * m * d),
-             "naive (q @ r.T).max(1)": (naive, None if fits else "the N x M score matrix does not fit", 2 * n * m * d)}
-    for status in refmatch.backends():
-        def run(backend=status.name):
-            return refmatch.match(query, reference, metric=metric, backend=backend).index
-        try:
-            refmatch.match(query[:1], reference[:1], metric=metric, backend=status.name)
-            table[f"refmatch {status.name}"] = (run, None, 2 * n * m * d)
-        except ValueError as error:
-            table[f"refmatch {status.name}"] = (run, str(error).split(": ", 1)[-1], 2 * n * m * d)
-    return table
+    def _sample(self):
+        while not self._done.is_set():
+            self._peak = max(self._peak, self._rss())
+            self._done.wait(0.001)
 
-
-def agreement(index, query, reference, expected_score):
-    """Fraction of rows whose chosen reference scores (dot) within 1e-3 of the torch backend's best."""
-    if index is None:
-        return None
-    picked = (query.float() * reference.float()[index.clamp(min=0)]).sum(1)  # dot metric
-    return ((picked - expected_score).abs() <= 1e-3 * expected_score.abs().clamp(min=1)).float().mean().item()
-
-
-def run_size(n, m, d, dtype, device, repeat, fits_bytes):
-    query = torch.randn(n, d, device=device).to(dtype)
-    reference = torch.randn(m, d, device=device).to(dtype)
-    expected = refmatch.match(query, reference, metric="dot", backend="torch").score
-    rows = []
-    for name, (fn, skip, flops) in methods(query, reference, "dot", fits_bytes).items():
-        if skip:
-            rows.append({"method": name, "skipped": skip})
-            continue
-        if device == "cuda":
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        seconds = timed(fn, device, repeat)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-        rows.append({"method": name, "seconds": seconds, "tflops": flops / seconds / 1e12,
-                     "peak_mib": peak, "agreement": agreement(fn(), query, reference, expected)})
-    gemm = next((r["tflops"] for r in rows if r["method"].startswith("gemm") and "tflops" in r), None)
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._base = self._peak = self._rss()
+            self._done = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            self._done.set()
+            self._thread.join()
+            peak = max(self._peak, self._rss())
+        self.peak_mib = (peak - self._base) / 2**20
+
+
+def oracle_best(query, reference, metric):
+    """Float64 best score per row [N] (similarity for dot, distance for l2)."""
+    return refmatch.match(query.double(), reference.double(), metric=metric, backend="torch").score
+
+
+def agreement(index, query, reference, metric, best):
+    """Fraction of rows whose returned (first) index scores within 1e-4 of the float64 best."""
+    index = index.reshape(query.shape[0], -1)[:, 0].to(query.device).long()
+    q, r = query.double(), reference.double()[index.clamp(min=0)]
+    picked = (q * r).sum(1) if metric == "dot" else (q - r).square().sum(1)
+    close = (picked - best).abs() <= 1e-4 * best.abs().clamp(min=1)
+    return (close & (index >= 0)).double().mean().item()
+
+
+def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None):
+    generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
+    query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
+    reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
+    best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2")}
+    rows = []
+    for method in all_methods(query, reference, fits_bytes):
+        if only and not any(word in method.name for word in only) and method.metric != "-":
+            continue
+        row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
+               "dtype": str(dtype).replace("torch.", "")}
+        if method.skip:
+            rows.append({**row, "skipped": method.skip})
+            print(_line(rows[-1]), flush=True)
+            continue
+        with PeakMemory(device) as memory:
+            index = method.run()
+        seconds = timed(method.run, device, repeat)
+        rows.append({**row, "seconds": seconds, "tflops": method.flops / seconds / 1e12,
+                     "peak_mib": memory.peak_mib,
+                     "agreement": None if index is None else agreement(index, query, reference, method.metric,
+                                                                       best[method.metric])})
+        print(_line(rows[-1]), flush=True)
+    gemm = rows[0]["tflops"]
     for row in rows:
-        row.update(n=n, m=m, d=d, dtype=str(dtype).replace("torch.", ""))
-        if gemm and "tflops" in row:
+        if "tflops" in row:
             row["ratio_to_gemm"] = row["tflops"] / gemm
     return rows
 
 
+def _line(r):
+    size = f"| {r['n']} | {r['m']} | {r['d']} | {r['dtype']} | {r['method']} | {r['metric']} | {r['k']} |"
+    if "skipped" in r:
+        return f"{size} skipped: {r['skipped']} | | | | |"
+    agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f} %"
+    ratio = f"{r['ratio_to_gemm']:.2f}" if "ratio_to_gemm" in r else ""
+    return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {ratio} | {r['peak_mib']:.0f} | {agree} |")
+
+
 def markdown(rows):
-    lines = ["| N | M | D | dtype | method | time (ms) | TFLOP/s | vs GEMM | agreement |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['n']} | {r['m']} | {r['d']} | {r['dtype']} | {r['method']} | skipped: {r['skipped']} | | | |")
-            continue
-        agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f} %"
-        lines.append(f"| {r['n']} | {r['m']} | {r['d']} | {r['dtype']} | {r['method']} | {1e3 * r['seconds']:.1f} | "
-                     f"{r['tflops']:.4f} | {r.get('ratio_to_gemm', float('nan')):.2f} | {agree} |")
-    return "\n".join(lines)
+    header = ["| N | M | D | dtype | method | metric | k | time (ms) | TFLOP/s | vs GEMM | peak extra MiB | agreement |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(header + [_line(r) for r in rows])
+
+
+def plot(rows, path):
+    """Throughput against M per method (one panel per D), the GEMM ceiling dashed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    dims = sorted({r["d"] for r in rows})
+    figure, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4), squeeze=False)
+    for axis, d in zip(axes[0], dims):
+        timed_rows = [r for r in rows if r["d"] == d and "tflops" in r]
+        for name in dict.fromkeys(r["method"].split(" (")[0] for r in timed_rows):
+            points = sorted((r["m"], r["tflops"]) for r in timed_rows if r["method"].split(" (")[0] == name)
+            style = dict(linestyle="--", color="black") if name.startswith("gemm") else dict(marker="o")
+            axis.plot(*zip(*points), label=name, **style)
+        axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s", title=f"D = {d}")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def git_commit():
@@ -145,29 +202,51 @@ def git_commit():
         return "unknown"
 
 
+PRESETS = {
+    "cpu": ["8192x16384x64", "8192x65536x64", "8192x262144x64", "8192x16384x128", "8192x65536x128",
+            "8192x262144x128"],
+    "gpu": [f"262144x{m}x{d}" for d in (32, 64, 128, 256) for m in (65536, 262144, 1048576, 4194304)],
+}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--sizes", nargs="+", default=["8192x65536x128"], help="NxMxD")
+    parser.add_argument("--sizes", nargs="+", help="NxMxD sizes (default: the device's preset)")
+    parser.add_argument("--only", nargs="+", help="time only methods whose name holds one of these words")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fits-gib", type=float, default=8.0, help="largest dense N x M buffer to try")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
+    print(markdown([]))
     rows = []
-    for size in args.sizes:
+    for size in args.sizes or PRESETS[args.device]:
         n, m, d = (int(v) for v in size.lower().split("x"))
-        rows += run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30)
-    table = markdown(rows)
-    print(table)
+        rows += run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only)
     name, description = machine(args.device)
     meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
-            "torch": torch.__version__, "refmatch": refmatch.__version__}
+            "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions()}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{name}-{args.dtype}-{meta['date']}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    stem.with_suffix(".md").write_text(f"Device: {description}, torch {meta['torch']}, "
-                                       f"commit {meta['commit']}, {meta['date']}\n\n{table}\n")
-    print(f"\nwrote {stem}.json and .md")
+    figure = plot(rows, stem.with_suffix(".png"))
+    stem.with_suffix(".md").write_text(
+        f"Device: {description}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
+        f"{meta['date']}\n\n{markdown(rows)}\n")
+    print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
+
+
+def peer_versions():
+    """Installed versions of the peers, by distribution name."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("faiss-cpu", "faiss-gpu", "pykeops", "flash-kmeans", "triton"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions

@@ -83,6 +83,12 @@ def _offer_topk(best, best_index, tile, col0):
     best_index.copy_(merged_index.gather(1, order))
 
 
+def _nonfinite_blocks(reference, block_m):
+    """Indices of the reference blocks that hold a NaN or infinity (one host read)."""
+    bad_rows = (~torch.isfinite(reference)).any(dim=1).nonzero()[:, 0]
+    return set((bad_rows // block_m).tolist())
+
+
 def match_chunked(query, reference, k, metric, tile_bytes=None, block_m=None):
     """Top-k references per query row by chunked GEMM.
 
@@ -105,11 +111,13 @@ def match_chunked(query, reference, k, metric, tile_bytes=None, block_m=None):
     best_index = torch.full((num_rows, k), -1, device=query.device, dtype=torch.int64)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
     offer = _offer_best if k == 1 else _offer_topk
+    # Only the CPU k = 1 path can skip the NaN pass, and only for finite blocks
+    # (asking a GPU would synchronise); it checks row maxima for NaN instead.
+    skip_nan_pass = k == 1 and not query.is_cuda
+    unclean_blocks = _nonfinite_blocks(reference, block_m) if skip_nan_pass else set()
     for col0 in range(0, num_refs, block_m):
         block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
-        # Only the CPU k = 1 path can skip the NaN pass, and only for finite blocks
-        # (asking a GPU would synchronise); it checks row maxima for NaN instead.
-        drop_nan = k > 1 or query.is_cuda or not bool(torch.isfinite(block).all())
+        drop_nan = not skip_nan_pass or col0 // block_m in unclean_blocks
         for row0 in range(0, num_rows, block_n):
             row_block = rows[row0:row0 + block_n].to(dtype)
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)

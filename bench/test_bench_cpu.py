@@ -1,0 +1,37 @@
+"""CPU micro-benchmarks for pytest-benchmark: ``pytest bench --benchmark-only``.
+
+They sit outside python_tests/, so the CI suite never runs them. Each times one
+method at N=2048, M=16384, D=128, float32, on the same inputs.
+"""
+import pytest
+import torch
+
+import refmatch
+
+N, M, D = 2048, 16384, 128
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(N, D, generator=generator), torch.randn(M, D, generator=generator)
+
+
+@pytest.mark.parametrize("metric, k", [("dot", 1), ("l2", 1), ("dot", 8)])
+def test_refmatch_torch(benchmark, inputs, metric, k):
+    query, reference = inputs
+    benchmark(lambda: refmatch.match(query, reference, k=k, metric=metric, backend="torch"))
+
+
+def test_gemm_ceiling(benchmark, inputs):
+    query, reference = inputs
+    out = torch.empty(N, M)
+    benchmark(lambda: torch.mm(query, reference.T, out=out))
+
+
+def test_faiss_flat_ip(benchmark, inputs):
+    faiss = pytest.importorskip("faiss")
+    query, reference = inputs
+    index = faiss.IndexFlatIP(D)
+    index.add(reference.numpy())
+    benchmark(lambda: index.search(query.numpy(), 1))

@@ -1,0 +1,112 @@
+"""The methods ``refmatch bench`` times: the GEMM ceiling, PyTorch, refmatch, FAISS, KeOps, flash-kmeans.
+
+Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
+is not installed, or cannot run on the device, is listed with the reason.
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+import refmatch
+
+
+@dataclass
+class Method:
+    name: str
+    metric: str                  # "dot" or "l2"; "-" for the GEMM ceiling
+    k: int
+    run: Callable                # () -> indices [N] / [N, k], or None for the GEMM
+    flops: float
+    skip: Optional[str] = None
+
+
+def _faiss_methods(query, reference, flops):
+    try:
+        import faiss
+    except ImportError:
+        return [Method("faiss flat", "dot", 1, None, flops, "faiss is not installed (pip install faiss-cpu)")]
+    on_gpu = query.is_cuda
+    if on_gpu and not hasattr(faiss, "StandardGpuResources"):
+        return [Method("faiss-gpu flat", "dot", 1, None, flops, "the installed faiss has no GPU support")]
+    methods = []
+    for kind, metric in (("IndexFlatIP", "dot"), ("IndexFlatL2", "l2")):
+        index = getattr(faiss, kind)(query.shape[1])
+        if on_gpu:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), query.device.index or 0, index)
+        index.add(reference.float().cpu().numpy())
+        queries = query.float().cpu().numpy()
+        for k in ((1, 8) if metric == "dot" else (1,)):
+            def run(index=index, k=k):
+                return torch.from_numpy(index.search(queries, k)[1])
+            prefix = "faiss-gpu" if on_gpu else "faiss-cpu"
+            methods.append(Method(f"{prefix} {kind} k={k}", metric, k, run, flops))
+    return methods
+
+
+def _keops_methods(query, reference, flops):
+    try:
+        from pykeops.torch import LazyTensor
+    except ImportError:
+        return [Method("keops", "dot", 1, None, flops, "pykeops is not installed (pip install pykeops)")]
+    q = LazyTensor(query.float()[:, None, :])
+    r = LazyTensor(reference.float()[None, :, :])
+    return [Method("keops LazyTensor argmax", "dot", 1, lambda: (-(q * r).sum(-1)).argmin(dim=1)[:, 0], flops),
+            Method("keops LazyTensor argKmin l2 k=8", "l2", 8, lambda: ((q - r) ** 2).sum(-1).argKmin(8, dim=1),
+                   flops)]
+
+
+def _flash_kmeans_methods(query, reference, flops):
+    if not query.is_cuda:
+        return [Method("flash-kmeans assign", "l2", 1, None, flops, "its Triton assignment kernel needs a GPU")]
+    try:
+        from flash_kmeans.assign_euclid_triton import euclid_assign_triton
+    except ImportError:
+        return [Method("flash-kmeans assign", "l2", 1, None, flops, "flash-kmeans is not installed")]
+    points, centroids = query[None], reference[None]
+    centroid_sq = reference.float().square().sum(1)[None]
+
+    def assign():  # its fused Triton distance-argmin (the k-means assignment step)
+        point_sq = query.float().square().sum(1)[None]
+        return euclid_assign_triton(points, centroids, point_sq, c_sq=centroid_sq)[0].long()
+    return [Method("flash-kmeans assign", "l2", 1, assign, flops)]
+
+
+def _refmatch_methods(query, reference, flops):
+    methods = []
+    for status in refmatch.backends():
+        for metric, k in (("dot", 1), ("dot", 8), ("l2", 1)):
+            def run(backend=status.name, metric=metric, k=k):
+                return refmatch.match(query, reference, k=k, metric=metric, backend=backend).index
+            skip = None
+            try:
+                refmatch.match(query[:1], reference[:8], k=k, metric=metric, backend=status.name)
+            except ValueError as error:
+                skip = str(error).split(": ", 1)[-1]
+            methods.append(Method(f"refmatch {status.name} k={k}", metric, k, run, flops, skip))
+    return methods
+
+
+def all_methods(query, reference, fits_bytes):
+    """Every method for one (N, M, D), the GEMM ceiling first."""
+    n, m, d = query.shape[0], reference.shape[0], query.shape[1]
+    flops = 2.0 * n * m * d
+    fits = n * m * query.element_size() <= fits_bytes
+    too_big = None if fits else "the N x M score matrix does not fit"
+    # The ceiling is the GEMM rate of this card; when the full N x M product does
+    # not fit it is measured on as many query rows as do (same M, D and dtype).
+    gemm_rows = max(1, min(n, int(fits_bytes // (m * query.element_size()))))
+    out = torch.empty(gemm_rows, m, device=query.device, dtype=query.dtype)
+    gemm_name = "gemm torch.mm (ceiling)" if gemm_rows == n else f"gemm torch.mm (ceiling, {gemm_rows} rows)"
+
+    def gemm():
+        torch.mm(query[:gemm_rows], reference.T, out=out)
+
+    methods = [
+        Method(gemm_name, "-", 1, gemm, 2.0 * gemm_rows * m * d),
+        Method("naive (q @ r.T).max(1)", "dot", 1, lambda: (query @ reference.T).max(1).indices, flops, too_big),
+        Method("torch.cdist + argmin", "l2", 1, lambda: torch.cdist(query.float(), reference.float()).argmin(1),
+               flops, too_big),
+    ]
+    return methods + _refmatch_methods(query, reference, flops) + _faiss_methods(query, reference, flops) \
+        + _keops_methods(query, reference, flops) + _flash_kmeans_methods(query, reference, flops)
