@@ -124,3 +124,35 @@ def test_cli_end_to_end(tmp_path, capsys):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["u0.png", "u1.png", "u2.png"]
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--out", str(tmp_path / "m.json")])
     assert "mean_dice" in json.loads((tmp_path / "m.json").read_text())
+
+
+def _ddp_worker(rank, folder, port):
+    import os
+
+    from refmatch.recipes.train import Trainer
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=2"]), folder)
+    try:
+        trainer.fit()
+        # DDP averages gradients: rank 0's saved parameters equal this rank's
+        # (BatchNorm running statistics stay per rank, as DDP leaves them).
+        if rank == 1:
+            saved = load(folder / "latest.pt")["student"]
+            for name, value in trainer.student.named_parameters():
+                assert torch.equal(value, saved[name]), name
+    finally:
+        trainer.run.close()
+
+
+def test_ddp_with_two_gloo_processes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(tmp_path, port), nprocs=2, join=True)
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "refmatch"

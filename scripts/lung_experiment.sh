@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-0}
 out=runs/lung_seed$seed
-refmatch train --config configs/lung_cpu.yaml method=supervised seed=$seed --out $out/supervised_5pct
-refmatch train --config configs/lung_cpu.yaml method=meanteacher-pl seed=$seed --out $out/meanteacher_5pct
-refmatch train --config configs/lung_cpu.yaml method=refmatch seed=$seed --out $out/refmatch_5pct
-refmatch train --config configs/lung_cpu.yaml method=supervised num_labeled=0 labeled_fraction=1.0 seed=$seed \
-  --out $out/supervised_100pct
+run() { [[ -f "$1/metrics.json" ]] || refmatch train --config configs/lung_cpu.yaml seed=$seed --out "$@"; }
+run $out/supervised_5pct method=supervised
+run $out/meanteacher_5pct method=meanteacher-pl
+run $out/refmatch_5pct method=refmatch
+run $out/supervised_100pct method=supervised num_labeled=0 labeled_fraction=1.0
 python -m refmatch.recipes.report $out/supervised_5pct $out/meanteacher_5pct $out/refmatch_5pct $out/supervised_100pct

@@ -30,7 +30,7 @@ def train_main(argv=None):
         result = trainer.fit(stop_at=args.stop_at)
     finally:
         trainer.run.close()
-    if result is not None:
+    if result is not None and trainer.run.is_main:
         print(json.dumps({"method": result["method"], "test_mean_dice": result["test"]["mean_dice"],
                           "test_mean_iou": result["test"]["mean_iou"], "run": str(args.out)}, indent=2))
     return result

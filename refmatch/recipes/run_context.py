@@ -90,8 +90,11 @@ class RunContext:
             self.logger.info("step %d: %s", step, summary)
 
     def save(self, name, state):
+        """Rank 0 writes; every rank waits for it, so none reads a checkpoint early."""
         if self.is_main:
             save_atomic(state, self.dir / name)
+        if self.world > 1:
+            dist.barrier()
 
     def image(self, name, draw, *args):
         if self.is_main:

@@ -85,12 +85,13 @@ class Trainer:
         return split.images[index].to(self.device), split.masks[index].to(self.device)
 
     def train_step(self):
+        """One optimiser step. Labelled and strongly augmented unlabelled images go
+        through the student in one forward pass (shared BatchNorm statistics, and
+        one autograd graph per step, as DDP expects)."""
         config, logs = self.config, {}
         images, masks = self._batch(self.data.labeled, config.batch_size)
         images, masks = augment.weak(images, masks, self.generator)
-        with torch.autocast(self.device.type, enabled=self.amp):
-            loss = supervised_loss(self.model(images), masks, IGNORE)
-        logs["loss/supervised"] = loss.item()
+        pseudo = None
         if self.pseudo is not None and self.data.unlabeled.images.shape[0]:
             if config.method == "refmatch" and self.step % config.bank_refresh_every == 0:
                 self.pseudo.refresh(self.data.labeled.images.to(self.device),
@@ -99,10 +100,16 @@ class Trainer:
             weak_view, hidden_truth = augment.weak(unlabeled, hidden_truth, self.generator)
             strong_view = augment.strong(weak_view, self.generator)
             pseudo = self.pseudo(weak_view)
-            weight = config.pl_weight * rampup(self.step, config.rampup_steps)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                unlabeled_loss = pseudo_label_loss(self.model(strong_view), pseudo.labels, IGNORE)
-            loss = loss + weight * unlabeled_loss
+            images = torch.cat([images, strong_view])
+        with torch.autocast(self.device.type, enabled=self.amp):
+            logits = self.model(images)
+            loss = supervised_loss(logits[:masks.shape[0]], masks, IGNORE)
+            logs["loss/supervised"] = loss.item()
+            if pseudo is not None:
+                unlabeled_loss = pseudo_label_loss(logits[masks.shape[0]:], pseudo.labels, IGNORE)
+                weight = config.pl_weight * rampup(self.step, config.rampup_steps)
+                loss = loss + weight * unlabeled_loss
+        if pseudo is not None:
             judged = (pseudo.labels != IGNORE) & (hidden_truth != UNKNOWN)
             logs.update({"loss/pseudo_label": unlabeled_loss.item(), "pseudo/weight": weight,
                          "pseudo/kept_ratio": pseudo.kept_fraction.item()})
