@@ -72,3 +72,13 @@ def test_unknown_layer_lists_valid_names():
         FeatureTap(TinyUNet(), ["decoder.up3"])
     with pytest.raises(ValueError, match="one value per layer"):
         FeatureTap(TinyUNet(), ["encoder"], weights=[1.0, 2.0])
+
+
+def test_on_the_recipe_unet():
+    from refmatch.recipes.unet import UNet
+
+    model = UNet(1, 2, width=4, depth=3)
+    with FeatureTap(model, ["decoder.up2", "decoder.up1"], size=8) as tap:
+        model(torch.randn(2, 1, 32, 32))
+        features = tap.features()
+    assert features.shape == (2, model.decoder_channels("up2") + model.decoder_channels("up1"), 8, 8)
