@@ -107,7 +107,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     from refmatch.data.phantoms import make_phantom
 
     run = tmp_path / "run"
-    main(["train", *TINY, "method=refmatch", "steps=2", "--out", str(run)])
+    main(["train", *TINY, "--out", str(run), "method=refmatch", "steps=2"])  # overrides on both sides
     assert "test_mean_dice" in capsys.readouterr().out
     labeled, unlabeled = tmp_path / "labeled", tmp_path / "unlabeled"
     for folder in (labeled / "images", labeled / "masks", unlabeled):

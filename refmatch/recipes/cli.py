@@ -19,7 +19,7 @@ def train_main(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
     parser.add_argument("--stop-at", type=int, help="save and stop after this step (resume later)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand before and after options
     from .train import Trainer
 
     config = load_config(args.config, args.overrides)
