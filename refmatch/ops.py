@@ -117,3 +117,39 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
         label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
         label = _shape_result(label, query, k)
     return MatchResult(_shape_result(score, query, k), _shape_result(index, query, k), label)
+
+
+def classwise_max(query, reference, labels, num_classes, *, metric="cosine", backend="auto"):
+    """Best score per class of every query row, without the N x M matrix.
+
+    Args:
+        query: [N, D] rows or [B, D, H, W] maps; reference: [M, D]; labels: [M]
+            integers in [0, num_classes).
+        num_classes: C.
+        metric, backend: as in :func:`match` (the fused backends do not take this
+            op yet; "auto" picks the torch backend).
+
+    Returns:
+        [N, C] for rows, [B, C, H, W] for maps: the best similarity per class, or
+        for "l2" the smallest squared distance; -inf (+inf for l2) for a class
+        with no reference.
+
+    Example:
+        >>> scores = refmatch.classwise_max(features, bank, bank_labels, num_classes=3)
+        >>> probabilities = refmatch.vote(scores, num_classes=3).probabilities
+    """
+    if labels is None:
+        raise ValueError("labels are required: one class label per reference row")
+    _check_inputs(query, reference, labels, 1, metric, backend)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    lowest, highest = int(labels.min()), int(labels.max())  # one host read, before any kernel
+    if lowest < 0 or highest >= num_classes:
+        raise ValueError(f"labels must be in [0, num_classes={num_classes}), got values in [{lowest}, {highest}]")
+    problem = MatchProblem(query.device, query.dtype, 1, metric, query.shape[1], op="classwise")
+    chosen = select(problem, backend)
+    scores = chosen.classwise_op(_as_maps(query.detach()), reference.detach(), labels.long(), num_classes, metric)
+    if query.dim() == 2:
+        return scores
+    batch, _, height, width = query.shape
+    return scores.view(batch, height, width, num_classes).permute(0, 3, 1, 2)

@@ -36,6 +36,7 @@ class MatchProblem:
     k: int
     metric: str
     dim: int
+    op: str = "match"           # or "classwise"
 
 
 def backends():

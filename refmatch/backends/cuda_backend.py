@@ -123,6 +123,8 @@ class CudaBackend:
                     f"{problem.device} has {capability[0]}.{capability[1]}")
         if problem.dtype == torch.float64:
             return "float64 runs on the torch backend only"
+        if problem.op == "classwise":
+            return "the class-wise max is not fused yet; backend='torch' serves it"
         if problem.k > 1:
             return "fused top-k not implemented yet (k > 1); backend='torch' serves it"
         return None

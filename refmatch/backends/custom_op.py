@@ -28,3 +28,23 @@ def register_match_op(backend_name, impl):
         return score, query.new_empty((rows, k), dtype=torch.int64)
 
     return match_op
+
+
+def register_classwise_op(backend_name, impl):
+    """Register ``refmatch::classwise_max_<backend_name>``.
+
+    ``impl(query [B, D, H, W], reference [M, D], labels [M], num_classes, metric)``
+    must return the best score per class, [N, C].
+    """
+
+    @torch.library.custom_op(f"refmatch::classwise_max_{backend_name}", mutates_args=())
+    def classwise_op(query: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     metric: str) -> torch.Tensor:
+        return impl(query, reference, labels, num_classes, metric)
+
+    @classwise_op.register_fake
+    def _(query, reference, labels, num_classes, metric):
+        rows = query.shape[0] * query.shape[2] * query.shape[3]
+        return query.new_empty((rows, num_classes), dtype=accumulation_dtype(query.dtype))
+
+    return classwise_op

@@ -9,7 +9,7 @@ stays cache-sized so the reduction runs at the speed of the GEMM under it.
 import torch
 import torch.nn.functional as F
 
-from .custom_op import register_match_op
+from .custom_op import register_classwise_op, register_match_op
 from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
@@ -135,7 +135,10 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self):
+        from .torch_classwise import classwise_chunked
+
         self.op = register_match_op(self.name, match_chunked)
+        self.classwise_op = register_classwise_op(self.name, classwise_chunked)
 
     def status(self):
         return True, "chunked GEMM on any device; the CPU path and the float64 oracle"

@@ -50,6 +50,8 @@ class TritonBackend:
             return f"runs on CUDA tensors, got device {problem.device}"
         if problem.dtype == torch.float64:
             return "float64 runs on the torch backend only"
+        if problem.op == "classwise":
+            return "the class-wise max is not fused yet; backend='torch' serves it"
         if problem.k > 1:
             return "the fused top-k (k > 1) is not implemented yet; backend='torch' serves it"
         return None

@@ -1,0 +1,61 @@
+"""refmatch.classwise_max against the float64 oracle; its inputs and backend choice."""
+import pytest
+import torch
+
+import refmatch
+from oracle import dense_scores
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("n, m, d, classes", [(1, 1, 1, 1), (33, 257, 7, 5), (70, 40, 33, 64)])
+def test_matches_oracle(metric, dtype, n, m, d, classes):
+    query, reference = torch.randn(n, d).to(dtype), torch.randn(m, d).to(dtype)
+    labels = torch.randint(0, classes, (m,))
+    scores = refmatch.classwise_max(query, reference, labels, classes, metric=metric)
+    dense = dense_scores(query.double(), reference.double(), metric)
+    worst = float("inf") if metric == "l2" else float("-inf")
+    for cls in range(classes):
+        columns = dense[:, labels == cls]
+        if columns.shape[1] == 0:
+            assert (scores[:, cls] == worst).all()
+            continue
+        expected = columns.min(1).values if metric == "l2" else columns.max(1).values
+        tolerance = 1e-9 if dtype == torch.float64 else 2e-2 if dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(scores[:, cls].double(), expected, atol=tolerance * (1 + d), rtol=0)
+
+
+def test_maps_give_b_c_h_w_and_agree_with_match():
+    maps, reference = torch.randn(2, 6, 5, 4), torch.randn(30, 6)
+    labels = torch.randint(0, 3, (30,))
+    scores = refmatch.classwise_max(maps, reference, labels, 3)
+    assert scores.shape == (2, 3, 5, 4)
+    best = refmatch.match(maps, reference, labels)
+    torch.testing.assert_close(scores.max(dim=1).values, best.score)
+    assert torch.equal(scores.argmax(dim=1), best.label)
+
+
+def test_nan_references_never_count():
+    reference = torch.randn(10, 4)
+    reference[3] = float("nan")
+    labels = torch.tensor([0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    scores = refmatch.classwise_max(torch.randn(2, 4), reference, labels, 2, metric="dot")
+    assert (scores[:, 1] == float("-inf")).all() and torch.isfinite(scores[:, 0]).all()
+
+
+@pytest.mark.parametrize("labels, classes, message", [
+    (torch.tensor([0, 1, 3]), 3, r"in \[0, num_classes=3\), got values in \[0, 3\]"),
+    (torch.tensor([0, -1, 1]), 3, r"got values in \[-1, 1\]"),
+    (torch.tensor([0, 1, 1]), 0, "num_classes must be a positive int"),
+    (None, 3, "labels are required"),
+])
+def test_bad_labels(labels, classes, message):
+    with pytest.raises(ValueError, match=message):
+        refmatch.classwise_max(torch.randn(2, 4), torch.randn(3, 4), labels, classes)
+
+
+def test_fused_backends_decline_and_opcheck():
+    with pytest.raises(ValueError, match="not fused yet|TRITON_INTERPRET"):
+        refmatch.classwise_max(torch.randn(2, 4), torch.randn(3, 4), torch.tensor([0, 1, 1]), 2, backend="triton")
+    torch.library.opcheck(torch.ops.refmatch.classwise_max_torch,
+                          (torch.randn(2, 4, 3, 5), torch.randn(9, 4), torch.randint(0, 3, (9,)), 3, "l2"))

@@ -1,0 +1,41 @@
+"""Class-wise best score on the chunked torch backend (any number of classes).
+
+The same walk over reference blocks as ``match_chunked``; each score tile is
+reduced per class with one ``scatter_reduce(amax)`` over the block's labels
+into a running [N, C] maximum. The N x M matrix never exists.
+"""
+import torch
+
+from .scoring import accumulation_dtype, finalize_scores
+from .torch_backend import BLOCK_M, TILE_BYTES, _drop_nan, _prepare_block, _score_tile
+
+
+def classwise_chunked(query, reference, labels, num_classes, metric, tile_bytes=None, block_m=None):
+    """Best score per class.
+
+    Args:
+        query: [B, D, H, W] maps ([N, D] rows as ``rows.T[None, :, :, None]``).
+        reference: [M, D]; labels: [M] int64 in [0, num_classes).
+        metric: "cosine", "dot" or "l2".
+    Returns:
+        [N, C]: best similarity per class (-inf where a class has no reference),
+        or for "l2" the smallest squared distance (+inf where none).
+    """
+    dtype = accumulation_dtype(query.dtype)
+    device = query.device.type if query.device.type in TILE_BYTES else "cuda"
+    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    num_rows, num_refs = rows.shape[0], reference.shape[0]
+    block_m = min(num_refs, block_m or BLOCK_M[device])
+    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
+    best = torch.full((num_rows, num_classes), float("-inf"), device=query.device, dtype=dtype)
+    for col0 in range(0, num_refs, block_m):
+        block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
+        block_labels = labels[col0:col0 + block_m].long()
+        for row0 in range(0, num_rows, block_n):
+            row_block = rows[row0:row0 + block_n].to(dtype)
+            tile = torch.empty(row_block.shape[0], block.shape[0], device=query.device, dtype=dtype)
+            _drop_nan(_score_tile(row_block, block, bias, tile))
+            target = best[row0:row0 + block_n]
+            target.scatter_reduce_(1, block_labels.expand(tile.shape[0], -1), tile, "amax")
+    present = torch.where(best == float("-inf"), -1, 0)
+    return finalize_scores(best, present, query, metric)
