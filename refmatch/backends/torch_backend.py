@@ -64,7 +64,23 @@ def _offer_best(best, best_index, tile, col0):
 
 
 def _offer_topk(best, best_index, tile, col0):
-    """Running top-k with the lowest-index tie rule, without sorting the tile.
+    """Running top-k. On the CPU only rows whose tile max beats their k-th best are
+    merged (one compare per score for the rest, as in the fused kernels); a tile
+    score equal to the k-th best never enters, since its index is higher."""
+    if not tile.is_cuda:
+        rows = (tile.amax(dim=1) > best[:, -1]).nonzero()[:, 0]
+        if rows.numel() < tile.shape[0]:
+            if rows.numel():
+                row_best, row_index = best[rows], best_index[rows]
+                _merge_topk(row_best, row_index, tile[rows], col0)
+                best[rows], best_index[rows] = row_best, row_index
+            return
+    _merge_topk(best, best_index, tile, col0)
+
+
+def _merge_topk(best, best_index, tile, col0):
+    """Merge a tile into running top-k lists with the lowest-index tie rule, without
+    sorting the tile.
 
     Everything above the tile's k-th value enters; the remaining slots go to the
     lowest columns equal to it. The union with the running list is then ordered
@@ -84,8 +100,12 @@ def _offer_topk(best, best_index, tile, col0):
 
 
 def _nonfinite_blocks(reference, block_m):
-    """Indices of the reference blocks that hold a NaN or infinity (one host read)."""
-    bad_rows = (~torch.isfinite(reference)).any(dim=1).nonzero()[:, 0]
+    """Indices of the reference blocks that may hold a NaN or infinity (one host read).
+
+    A row sum is non-finite when the row holds a NaN or infinity (or overflows,
+    which only costs that block the NaN pass), without an [M, D] temporary.
+    """
+    bad_rows = (~torch.isfinite(reference.sum(dim=1, dtype=torch.float32))).nonzero()[:, 0]
     return set((bad_rows // block_m).tolist())
 
 
