@@ -28,6 +28,7 @@ class TrainConfig:
     depth: int = 4
     ema_decay: float = 0.99
     pl_weight: float = 1.0
+    pl_start: int = 0                     # supervised-only warm-up steps before pseudo-labels
     rampup_steps: int = 100
     confidence_threshold: float = 0.9     # meanteacher-pl: keep teacher predictions above it
     tap_layers: list = field(default_factory=lambda: ["decoder.up2", "decoder.up1"])

@@ -92,8 +92,8 @@ class Trainer:
         images, masks = self._batch(self.data.labeled, config.batch_size)
         images, masks = augment.weak(images, masks, self.generator)
         pseudo = None
-        if self.pseudo is not None and self.data.unlabeled.images.shape[0]:
-            if config.method == "refmatch" and self.step % config.bank_refresh_every == 0:
+        if self.pseudo is not None and self.data.unlabeled.images.shape[0] and self.step >= config.pl_start:
+            if config.method == "refmatch" and (self.step - config.pl_start) % config.bank_refresh_every == 0:
                 self.pseudo.refresh(self.data.labeled.images.to(self.device),
                                     self.data.labeled.masks.to(self.device), config.batch_size)
             unlabeled, hidden_truth = self._batch(self.data.unlabeled, config.unlabeled_batch_size)
@@ -107,7 +107,7 @@ class Trainer:
             logs["loss/supervised"] = loss.item()
             if pseudo is not None:
                 unlabeled_loss = pseudo_label_loss(logits[masks.shape[0]:], pseudo.labels, IGNORE)
-                weight = config.pl_weight * rampup(self.step, config.rampup_steps)
+                weight = config.pl_weight * rampup(self.step - config.pl_start, config.rampup_steps)
                 loss = loss + weight * unlabeled_loss
         if pseudo is not None:
             judged = (pseudo.labels != IGNORE) & (hidden_truth != UNKNOWN)
