@@ -52,7 +52,7 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         try:
             self._cmake_build(ext)
-        except (OSError, subprocess.CalledProcessError) as error:
+        except (ImportError, OSError, subprocess.CalledProcessError) as error:
             raise CompileError(f"refmatch._C was not built ({error}); "
                                "the torch and triton backends still work") from error
 
