@@ -99,6 +99,16 @@ def _merge_topk(best, best_index, tile, col0):
     best_index.copy_(merged_index.gather(1, order))
 
 
+def tiling(query, reference, tile_bytes=None, block_m=None):
+    """(accumulation dtype, [N, D] row view of the maps, block_m, block_n) from the tile budget."""
+    dtype = accumulation_dtype(query.dtype)
+    device = query.device.type if query.device.type in TILE_BYTES else "cuda"
+    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    block_m = min(reference.shape[0], block_m or BLOCK_M[device])
+    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
+    return dtype, rows, block_m, block_n
+
+
 def _nonfinite_blocks(reference, block_m):
     """Indices of the reference blocks that may hold a NaN or infinity (one host read).
 
@@ -121,12 +131,8 @@ def match_chunked(query, reference, k, metric, tile_bytes=None, block_m=None):
     Returns:
         (score [N, k], index [N, k] int64), best first.
     """
-    dtype = accumulation_dtype(query.dtype)
-    device = query.device.type if query.device.type in TILE_BYTES else "cuda"
-    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    dtype, rows, block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     num_rows, num_refs = rows.shape[0], reference.shape[0]
-    block_m = min(num_refs, block_m or BLOCK_M[device])
-    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
     best = torch.full((num_rows, k), float("-inf"), device=query.device, dtype=dtype)
     best_index = torch.full((num_rows, k), -1, device=query.device, dtype=torch.int64)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)

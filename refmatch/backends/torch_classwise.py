@@ -6,8 +6,8 @@ into a running [N, C] maximum. The N x M matrix never exists.
 """
 import torch
 
-from .scoring import accumulation_dtype, finalize_scores
-from .torch_backend import BLOCK_M, TILE_BYTES, _drop_nan, _prepare_block, _score_tile
+from .scoring import finalize_scores
+from .torch_backend import _drop_nan, _prepare_block, _score_tile, tiling
 
 
 def classwise_chunked(query, reference, labels, num_classes, metric, tile_bytes=None, block_m=None):
@@ -21,12 +21,8 @@ def classwise_chunked(query, reference, labels, num_classes, metric, tile_bytes=
         [N, C]: best similarity per class (-inf where a class has no reference),
         or for "l2" the smallest squared distance (+inf where none).
     """
-    dtype = accumulation_dtype(query.dtype)
-    device = query.device.type if query.device.type in TILE_BYTES else "cuda"
-    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    dtype, rows, block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     num_rows, num_refs = rows.shape[0], reference.shape[0]
-    block_m = min(num_refs, block_m or BLOCK_M[device])
-    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
     best = torch.full((num_rows, num_classes), float("-inf"), device=query.device, dtype=dtype)
     for col0 in range(0, num_refs, block_m):
         block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
