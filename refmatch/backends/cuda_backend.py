@@ -8,7 +8,7 @@ import functools
 
 import torch
 
-from .custom_op import register_match_op
+from .custom_op import fused_kernel_limits, register_match_op
 from .scoring import finalize_scores, reference_stat
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -121,10 +121,4 @@ class CudaBackend:
         if capability < MIN_CAPABILITY:
             return (f"needs compute capability >= 8.0 (tensor-core mma.sync, cp.async); "
                     f"{problem.device} has {capability[0]}.{capability[1]}")
-        if problem.dtype == torch.float64:
-            return "float64 runs on the torch backend only"
-        if problem.op == "classwise":
-            return "the class-wise max is not fused yet; backend='torch' serves it"
-        if problem.k > 1:
-            return "fused top-k not implemented yet (k > 1); backend='torch' serves it"
-        return None
+        return fused_kernel_limits(problem)

@@ -9,6 +9,17 @@ import torch
 from .scoring import accumulation_dtype
 
 
+def fused_kernel_limits(problem):
+    """Why the fused kernels (Triton and CUDA alike) cannot take ``problem``, or None."""
+    if problem.dtype == torch.float64:
+        return "float64 runs on the torch backend only"
+    if problem.op == "classwise":
+        return "the class-wise max is not fused yet; backend='torch' serves it"
+    if problem.k > 1:
+        return "the fused top-k (k > 1) is not implemented yet; backend='torch' serves it"
+    return None
+
+
 def register_match_op(backend_name, impl):
     """Register ``refmatch::match_<backend_name>``.
 

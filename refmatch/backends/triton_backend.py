@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from .custom_op import register_match_op
+from .custom_op import fused_kernel_limits, register_match_op
 from .scoring import finalize_scores, reference_stat
 
 
@@ -48,10 +48,4 @@ class TritonBackend:
             return "CPU tensors run only under TRITON_INTERPRET=1 (slow; meant for tests)"
         if problem.device.type not in ("cpu", "cuda"):
             return f"runs on CUDA tensors, got device {problem.device}"
-        if problem.dtype == torch.float64:
-            return "float64 runs on the torch backend only"
-        if problem.op == "classwise":
-            return "the class-wise max is not fused yet; backend='torch' serves it"
-        if problem.k > 1:
-            return "the fused top-k (k > 1) is not implemented yet; backend='torch' serves it"
-        return None
+        return fused_kernel_limits(problem)
