@@ -24,12 +24,13 @@ def classwise_chunked(query, reference, labels, num_classes, metric, tile_bytes=
     dtype, rows, block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     num_rows, num_refs = rows.shape[0], reference.shape[0]
     best = torch.full((num_rows, num_classes), float("-inf"), device=query.device, dtype=dtype)
+    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
     for col0 in range(0, num_refs, block_m):
         block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
         block_labels = labels[col0:col0 + block_m].long()
         for row0 in range(0, num_rows, block_n):
             row_block = rows[row0:row0 + block_n].to(dtype)
-            tile = torch.empty(row_block.shape[0], block.shape[0], device=query.device, dtype=dtype)
+            tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
             _drop_nan(_score_tile(row_block, block, bias, tile))
             target = best[row0:row0 + block_n]
             target.scatter_reduce_(1, block_labels.expand(tile.shape[0], -1), tile, "amax")

@@ -53,16 +53,16 @@ def evaluate_main(argv=None):
     args = parser.parse_args(argv)
     from ..data.folder import FolderDataset, scan_folder
     from ..data.phantoms import CLASS_NAMES, PhantomDataset
-    from .data_setup import _load
+    from .data_setup import load_split
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
     if args.data == "phantom":
-        split, names = _load(PhantomDataset(config.num_phantoms, config.image_size, seed=config.seed + 1),
+        split, names = load_split(PhantomDataset(config.num_phantoms, config.image_size, seed=config.seed + 1),
                              config.num_workers, config.image_size), CLASS_NAMES
     else:
         found = scan_folder(args.data)
-        split = _load(FolderDataset(args.data, found["labeled"], size=config.image_size, num_classes=classes),
+        split = load_split(FolderDataset(args.data, found["labeled"], size=config.image_size, num_classes=classes),
                       config.num_workers, config.image_size)
         names = ("background", "lung") if classes == 2 else tuple(f"class{i}" for i in range(classes))
     metrics = evaluate(model, split, names, device)
@@ -90,19 +90,19 @@ def pseudo_label_main(argv=None):
     from PIL import Image
 
     from ..data.folder import FolderDataset, scan_folder
-    from .data_setup import _load
+    from .data_setup import load_split
     from .methods import IGNORE, ReferencePseudoLabels
     from .visual import gray, overlay
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
-    labeled = _load(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
+    labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                   num_classes=classes), config.num_workers, config.image_size)
     folder = _image_folder(args.unlabeled)
     names = sorted(p.name for p in folder.glob("*.png"))
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
-    unlabeled = _load(FolderDataset(folder.parent, names, size=config.image_size, subfolder=folder.name,
+    unlabeled = load_split(FolderDataset(folder.parent, names, size=config.image_size, subfolder=folder.name,
                                     with_masks=False), config.num_workers, config.image_size)
     source = ReferencePseudoLabels(model, config, classes, device)
     source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)

@@ -31,7 +31,8 @@ class RunData(NamedTuple):
     class_names: tuple
 
 
-def _load(dataset, num_workers, size):
+def load_split(dataset, num_workers, size):
+    """A Split of every item of ``dataset``, loaded in batches on a worker pool."""
     if len(dataset) == 0:
         return Split(torch.zeros(0, 1, size, size), torch.zeros(0, size, size, dtype=torch.long), [])
     loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, shuffle=False)
@@ -85,6 +86,6 @@ def prepare_data(config, run_dir: Optional[Path] = None):
         class_names = ("background", "lung")
     if split_file is not None and not split_file.exists():
         save_splits(splits, split_file)
-    loaded = {key: _concat([_load(part, config.num_workers, size) for part in parts])
+    loaded = {key: _concat([load_split(part, config.num_workers, size) for part in parts])
               for key, parts in datasets.items()}
     return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], tuple(class_names))

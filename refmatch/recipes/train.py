@@ -134,7 +134,7 @@ class Trainer:
     def save_images(self):
         if not getattr(self, "_last_pseudo", None):
             return
-        images, truth, pseudo = (t for t in self._last_pseudo)
+        images, truth, pseudo = self._last_pseudo
         count = min(4, images.shape[0])
         prediction = predict(self.teacher, images[:count], self.device)
         self.run.image(f"step_{self.step:06d}.png", training_grid, images[:count].cpu(), truth[:count].cpu(),
