@@ -1,4 +1,5 @@
 """ShardedReferenceBank: 2 gloo processes give exactly the single-process results, ties included."""
+import datetime
 import os
 
 import pytest
@@ -34,7 +35,9 @@ def expected_results(metric, k):
 
 
 def worker(rank, rendezvous, cases):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
+    # A short timeout turns a failure on one rank into an error on the other, not a hang.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         reference, labels, queries, maps = shared_inputs()
         for metric, k in cases:
@@ -62,6 +65,7 @@ def worker(rank, rendezvous, cases):
         assert lonely.match(torch.ones(2, 6), k=2).index.tolist() == [[4, 5]] * 2
         assert lonely.classwise_max(torch.ones(1, 6))[0, 1].item() == 6.0
     finally:
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
 
 

@@ -110,4 +110,5 @@ class RunContext:
             self.logger.removeHandler(handler)
             handler.close()
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still talks to it
             dist.destroy_process_group()
