@@ -1,12 +1,14 @@
-"""Fused similarity argmax (``match``, k = 1) in Triton.
+"""Fused similarity argmax, top-k and class-wise max (``match``, ``classwise_max``) in Triton.
 
 Algorithm
-    Query-stationary streaming argmax. A program owns BLOCK_N query rows and walks
-    its share of the reference bank in BLOCK_M-row tiles. Per tile it computes the
-    scores S = Q R^T with ``tl.dot`` into float32 accumulators, applies the metric
-    (cosine: times 1/|r|; l2: 2 q.r - |r|^2; dot: as is), masks NaN and padding to
-    -inf, takes the row max and only when some row improves locates the lowest
-    column holding it. Scores never leave registers.
+    Query-stationary streaming reduction. A program owns BLOCK_N query rows and
+    walks its share of the reference bank in BLOCK_M-row tiles. Per tile it
+    computes the scores S = Q R^T with ``tl.dot`` into float32 accumulators,
+    applies the metric (cosine: times 1/|r|; l2: 2 q.r - |r|^2; dot: as is), masks
+    NaN and padding to -inf and folds the tile into the running state of one of
+    three reductions (``match_epilogues``): the best (k = 1: row max first, locate
+    only when some row improves), an unsorted top-k list behind a per-row
+    threshold (k <= 64), or per-class maxima (C <= 64). Scores never leave registers.
 
 Tiling
     BLOCK_D covers D (padded to a power of two) when D <= MAX_RESIDENT_D, so the
@@ -19,7 +21,8 @@ Semantics and limits
     Ties go to the lowest reference index: strict '>' across tiles, lowest column
     inside a tile, lowest split in the merge. NaN and -inf never win; such rows keep
     index -1. Queries are read through their [B, D, H, W] strides (rows are given
-    as B=1, H=N, W=1). Offsets are 64-bit. k = 1 only.
+    as B=1, H=N, W=1). Offsets are 64-bit. The state of top-k and class-wise rows
+    lives in registers, so BLOCK_N shrinks as k or C grows; MAX_SLOTS = 64.
 """
 import os
 
@@ -27,8 +30,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .match_epilogues import offer_argmax, offer_classwise, offer_topk, worst_slot
+
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
+REDUCTIONS = {"argmax": 0, "topk": 1, "classwise": 2}
 MAX_RESIDENT_D = 256
+MAX_SLOTS = 64
 
 
 @triton.jit
@@ -38,10 +45,11 @@ def _tile_scores(q, ref_tile, acc, INPUT_PRECISION: tl.constexpr):
 
 @triton.jit
 def _match_kernel(
-    query_ptr, reference_ptr, ref_stat_ptr, out_score_ptr, out_index_ptr,
+    query_ptr, reference_ptr, ref_stat_ptr, labels_ptr, out_score_ptr, out_index_ptr,
     num_rows, rows_per_image, width, num_refs, dim, refs_per_split,
     stride_qb, stride_qd, stride_qh, stride_qw, stride_rm, stride_rd,
-    METRIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    METRIC: tl.constexpr, REDUCTION: tl.constexpr, SLOTS: tl.constexpr, SLOTS_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, QUERY_RESIDENT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     split = tl.program_id(1)
@@ -58,8 +66,18 @@ def _match_kernel(
 
     m_begin = split.to(tl.int64) * refs_per_split
     m_end = tl.minimum(m_begin + refs_per_split, num_refs)
-    best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    best_index = tl.full((BLOCK_N,), -1, tl.int64)
+    # argmax: [BLOCK_N] best; top-k / class-wise: [BLOCK_N, SLOTS_PAD] lists, with
+    # padding slots at +inf so that they are never a row's worst.
+    slots = tl.arange(0, SLOTS_PAD)
+    if REDUCTION == 0:
+        best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        best_index = tl.full((BLOCK_N,), -1, tl.int64)
+        worst, worst_at = best, best_index  # top-k state; unused here
+    else:
+        padding = tl.where(slots < SLOTS, float("-inf"), float("inf"))
+        best = tl.zeros((BLOCK_N, SLOTS_PAD), tl.float32) + padding[None, :]
+        best_index = tl.full((BLOCK_N, SLOTS_PAD), -1, tl.int64)
+        worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
     for m0 in range(m_begin, m_end, BLOCK_M):
         cols = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         col_ok = cols < m_end
@@ -81,17 +99,26 @@ def _match_kernel(
         elif METRIC == 2:
             acc = 2.0 * acc - tl.load(ref_stat_ptr + cols, mask=col_ok, other=0.0)[None, :]
         scores = tl.where(col_ok[None, :] & (acc == acc), acc, float("-inf"))
-        tile_best = tl.max(scores, axis=1)
-        improved = tile_best > best
-        if tl.max(improved.to(tl.int32), axis=0) > 0:
-            at_best = scores == tile_best[:, None]
-            tile_index = tl.min(tl.where(at_best, cols[None, :], num_refs), axis=1)
-            best_index = tl.where(improved, tile_index, best_index)
-            best = tl.where(improved, tile_best, best)
+        if REDUCTION == 0:
+            best, best_index = offer_argmax(scores, cols, best, best_index, num_refs)
+        elif REDUCTION == 1:
+            best, best_index, worst, worst_at = offer_topk(scores, cols, best, best_index, worst, worst_at,
+                                                          slots, num_refs, SLOTS_PAD)
+        else:
+            labels = tl.load(labels_ptr + cols, mask=col_ok, other=0).to(tl.int32)
+            best = offer_classwise(scores, labels, col_ok, best, slots)
 
-    out = split.to(tl.int64) * num_rows + rows
-    tl.store(out_score_ptr + out, best, mask=row_ok)
-    tl.store(out_index_ptr + out, best_index, mask=row_ok)
+    # Outputs are [splits, N, SLOTS] (SLOTS = 1 for argmax).
+    out = (split.to(tl.int64) * num_rows + rows) * SLOTS
+    if REDUCTION == 0:
+        tl.store(out_score_ptr + out, best, mask=row_ok)
+        tl.store(out_index_ptr + out, best_index, mask=row_ok)
+    else:
+        out_slots = out[:, None] + slots[None, :]
+        slot_ok = row_ok[:, None] & (slots[None, :] < SLOTS)
+        tl.store(out_score_ptr + out_slots, best, mask=slot_ok)
+        if REDUCTION == 1:
+            tl.store(out_index_ptr + out_slots, best_index, mask=slot_ok)
 
 
 def _next_power_of_two(value):
@@ -112,57 +139,95 @@ def _pick_splits(num_row_blocks, num_refs, block_m, device):
 
 
 def merge_splits(partial_score, partial_index):
-    """Merge partial bests [S, N] of consecutive bank ranges into [N] bests.
+    """Merge partial top-k lists [S, N, k] of consecutive bank ranges into [N, k], best first.
 
-    ``max`` over S returns the first (lowest-split, hence lowest-index) maximum;
-    empty splits hold (-inf, -1) and never beat a real match.
+    Sorting by index and then stably by score puts equal scores in index order;
+    empty slots hold (-inf, -1) and sort last.
     """
-    score, split = partial_score.max(dim=0)
-    return score, partial_index.gather(0, split[None]).squeeze(0)
+    splits, num_rows, k = partial_score.shape
+    score = partial_score.permute(1, 0, 2).reshape(num_rows, splits * k)
+    index = partial_index.permute(1, 0, 2).reshape(num_rows, splits * k)
+    by_index = index.argsort(dim=1)
+    score, index = score.gather(1, by_index), index.gather(1, by_index)
+    order = score.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return score.gather(1, order), index.gather(1, order)
 
 
-def match_argmax(query, reference, ref_stat, metric, *, splits=None, block_n=None, block_m=None):
-    """Best reference per query row, with scores before the per-row metric fix-up.
-
-    Args:
-        query: [B, D, H, W] maps, read through their strides ([N, D] rows as
-            ``rows.T[None, :, :, None]``).
-        reference: [M, D].
-        ref_stat: [M] float32: 1/|r| for cosine, |r|^2 for l2, ignored for dot.
-        metric: "dot", "cosine" or "l2".
-        splits, block_n, block_m: overrides of the launch heuristics (tests).
-
-    Returns:
-        (score [N] float32, index [N] int64): score is q.r (dot), q.r/|r| (cosine)
-        or 2 q.r - |r|^2 (l2); index -1 where no finite score exists.
-    """
+def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, block_n, block_m):
+    """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise)."""
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
-    interpret = _interpret_flag()
+    slots_pad = _next_power_of_two(slots)
     block_d = max(16, _next_power_of_two(dim)) if dim <= MAX_RESIDENT_D else 64
-    block_n = block_n or (32 if interpret else 128)
-    block_m = block_m or (32 if interpret else (64 if block_d <= 128 else 32))
+    if _interpret_flag():
+        block_n, block_m = block_n or 32, block_m or 32
+    # Top-k and class-wise rows keep slots_pad scores in registers: fewer rows per program.
+    block_n = block_n or (128 if slots_pad <= 8 else 64 if slots_pad <= 32 else 32)
+    block_m = block_m or (64 if block_d <= 128 else 32)
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
     splits = splits or _pick_splits(row_blocks, num_refs, block_m, query.device)
     refs_per_split = triton.cdiv(triton.cdiv(num_refs, splits), block_m) * block_m
     splits = triton.cdiv(num_refs, refs_per_split)
 
-    partial_score = torch.empty(splits, num_rows, device=query.device, dtype=torch.float32)
-    partial_index = torch.empty(splits, num_rows, device=query.device, dtype=torch.int64)
+    partial_score = torch.empty(splits, num_rows, slots, device=query.device, dtype=torch.float32)
+    partial_index = partial_score if reduction == "classwise" else torch.empty_like(partial_score, dtype=torch.int64)
     if num_rows == 0:
-        return partial_score[0], partial_index[0]
+        return partial_score, partial_index
     if query.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
         precision = "tf32"
     else:
         precision = "ieee"
     _match_kernel[(row_blocks, splits)](
-        query, reference, ref_stat, partial_score, partial_index,
+        query, reference, ref_stat, labels if labels is not None else ref_stat, partial_score, partial_index,
         num_rows, height * width, width, num_refs, dim, refs_per_split,
         *query.stride(), *reference.stride(),
-        METRIC=METRIC_CODES[metric], BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d,
+        METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots, SLOTS_PAD=slots_pad,
+        BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d,
         QUERY_RESIDENT=dim <= MAX_RESIDENT_D, INPUT_PRECISION=precision,
         num_warps=8 if block_n >= 128 else 4, num_stages=3,
     )
-    if splits == 1:
-        return partial_score[0], partial_index[0]
+    return partial_score, partial_index
+
+
+def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, block_n=None, block_m=None):
+    """Best k references per query row, with scores before the per-row metric fix-up.
+
+    Args:
+        query: [B, D, H, W] maps, read through their strides ([N, D] rows as
+            ``rows.T[None, :, :, None]``).
+        reference: [M, D].
+        ref_stat: [M] float32: 1/|r| for cosine, |r|^2 for l2, ignored for dot
+            (NaN marks a reference that never matches).
+        metric: "dot", "cosine" or "l2".
+        k: 1 <= k <= MAX_SLOTS.
+        splits, block_n, block_m: overrides of the launch heuristics (tests).
+
+    Returns:
+        (score [N, k] float32, index [N, k] int64), best first: score is q.r (dot),
+        q.r/|r| (cosine) or 2 q.r - |r|^2 (l2); index -1 where no finite score exists.
+    """
+    if not 1 <= k <= MAX_SLOTS:
+        raise ValueError(f"the fused top-k takes 1 <= k <= {MAX_SLOTS}, got k={k}")
+    partial_score, partial_index = _launch(query, reference, ref_stat, None, metric,
+                                           "argmax" if k == 1 else "topk", k, splits, block_n, block_m)
     return merge_splits(partial_score, partial_index)
+
+
+def match_argmax(query, reference, ref_stat, metric, **overrides):
+    """``match_topk`` with k = 1, shaped (score [N], index [N])."""
+    score, index = match_topk(query, reference, ref_stat, metric, 1, **overrides)
+    return score[:, 0], index[:, 0]
+
+
+def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, splits=None, block_n=None,
+                  block_m=None):
+    """Best oriented score per class, [N, C] (-inf where a class has no reference).
+
+    Args as in ``match_topk``; labels: [M] integers in [0, C), C <= MAX_SLOTS.
+    Fastest when references are grouped by class: a tile visits only its classes.
+    """
+    if not 1 <= num_classes <= MAX_SLOTS:
+        raise ValueError(f"the fused class-wise max takes 1 <= num_classes <= {MAX_SLOTS}, got {num_classes}")
+    partial_score, _ = _launch(query, reference, ref_stat, labels, metric, "classwise", num_classes,
+                               splits, block_n, block_m)
+    return partial_score.amax(dim=0)

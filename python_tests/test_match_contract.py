@@ -79,20 +79,23 @@ def test_results_carry_no_gradient():
 def test_opcheck_each_registered_op():
     maps = torch.randn(2, 8, 3, 5, device=DEVICE)
     reference = torch.randn(20, 8, device=DEVICE)
-    ops = [torch.ops.refmatch.match_torch]
-    if FUSED:
-        ops.append(torch.ops.refmatch.match_triton)
-    for op in ops:
-        torch.library.opcheck(op, (maps, reference, 1, "l2"))
-    torch.library.opcheck(torch.ops.refmatch.match_torch, (maps, reference, 3, "cosine"))
+    ignored = torch.arange(20, device=DEVICE) % 3 == 0
+    labels = torch.randint(0, 3, (20,), device=DEVICE)
+    for backend in BACKENDS:
+        match_op = getattr(torch.ops.refmatch, f"match_{backend}")
+        classwise_op = getattr(torch.ops.refmatch, f"classwise_max_{backend}")
+        torch.library.opcheck(match_op, (maps, reference, None, 1, "l2"))
+        torch.library.opcheck(match_op, (maps, reference, ignored, 3, "cosine"))
+        torch.library.opcheck(classwise_op, (maps, reference, labels, ignored, 3, "dot"))
 
 
 def test_compile_fullgraph():
     @torch.compile(fullgraph=True, backend="aot_eager")  # traces the fake impls
     def pseudo_labels(features, bank, bank_labels):
-        return refmatch.match(features, bank, bank_labels, metric="cosine").label + 0
+        # The label check's host read is skipped while compiling.
+        return refmatch.match(features, bank, bank_labels, metric="cosine", ignore_index=2).label + 0
 
     maps = torch.randn(2, 8, 3, 5)
     bank, bank_labels = torch.randn(20, 8), torch.randint(0, 3, (20,))
-    expected = refmatch.match(maps, bank, bank_labels).label
+    expected = refmatch.match(maps, bank, bank_labels, ignore_index=2).label
     assert torch.equal(pseudo_labels(maps, bank, bank_labels), expected)

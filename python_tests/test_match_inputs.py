@@ -23,6 +23,12 @@ BAD_INPUTS = [
     (dict(labels=torch.zeros(9, dtype=torch.long)), ValueError, r"labels must be \[M\] = \[10\].*\(9,\)"),
     (dict(labels=torch.zeros(10)), TypeError, "labels must have an integer dtype, got torch.float32"),
     (dict(labels=[0] * 10), TypeError, "labels must be a torch.Tensor or None, got list"),
+    (dict(labels=torch.tensor([0] * 9 + [-2])), ValueError, "labels must be >= 0, got -2"),
+    (dict(labels=torch.tensor([0] * 9 + [-2]), ignore_index=-1), ValueError,
+     r"labels must be >= 0 \(or ignore_index=-1\), got -2"),
+    (dict(ignore_index=255), ValueError, "ignore_index needs labels"),
+    (dict(labels=torch.zeros(10, dtype=torch.long), ignore_index=1.0), TypeError,
+     "ignore_index must be an int or None, got float"),
     (dict(k=0), ValueError, "k must satisfy 1 <= k <= M=10, got k=0"),
     (dict(k=11), ValueError, "k must satisfy 1 <= k <= M=10, got k=11"),
     (dict(k=2.0), TypeError, "k must be an int, got float"),
@@ -64,19 +70,20 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 40), m=st.integers(1, 80), d=st.integers(1, 40),
        metric=st.sampled_from(["cosine", "dot", "l2"]), seed=st.integers(0, 2**31 - 1),
-       duplicates=st.booleans())
-def test_backends_agree(n, m, d, metric, seed, duplicates):
+       duplicates=st.booleans(), k=st.sampled_from([1, 1, 2, 5]))
+def test_backends_agree(n, m, d, metric, seed, duplicates, k):
     generator = torch.Generator().manual_seed(seed)
     # Small integers make many exact ties, which every backend must break alike.
     query = torch.randint(-2, 3, (n, d), generator=generator).float().to(DEVICE)
     reference = torch.randint(-2, 3, (m, d), generator=generator).float().to(DEVICE)
     if duplicates:
         reference = torch.cat([reference, reference])
-    oracle = refmatch.match(query.double(), reference.double(), metric=metric, backend="torch")
+    k = min(k, reference.shape[0])
+    oracle = refmatch.match(query.double(), reference.double(), k=k, metric=metric, backend="torch")
     for backend in ["torch"] + FUSED:
-        result = refmatch.match(query, reference, metric=metric, backend=backend)
+        result = refmatch.match(query, reference, k=k, metric=metric, backend=backend)
         torch.testing.assert_close(result.score.double(), oracle.score, atol=1e-5, rtol=1e-5)
         if metric == "cosine":  # parallel rows tie only up to rounding of 1/|r|
-            assert_matches_oracle(result, query, reference, metric)
+            assert_matches_oracle(result, query, reference, metric, k=k)
         else:  # small-integer dot products are exact: ties must break identically
             assert torch.equal(result.index, oracle.index), backend

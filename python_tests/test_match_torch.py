@@ -29,8 +29,8 @@ def test_rows_match_oracle(device, dtype, metric, n, m, d):
 def test_many_small_tiles(metric, block_m, tile_bytes):
     query = torch.randn(2, 9, 6, 5)
     reference = torch.randn(83, 9)
-    maps = match_chunked(query, reference, 1, metric, tile_bytes=tile_bytes, block_m=block_m)
-    whole = match_chunked(query, reference, 1, metric)
+    maps = match_chunked(query, reference, None, 1, metric, tile_bytes=tile_bytes, block_m=block_m)
+    whole = match_chunked(query, reference, None, 1, metric)
     torch.testing.assert_close(maps, whole)
 
 
@@ -50,6 +50,6 @@ def test_topk_ties_are_ordered_by_index(block_m):
     reference = torch.randn(30, 4)
     reference[[4, 11, 12, 25]] = 5.0 * torch.ones(4)  # four identical best rows across tiles
     query = torch.ones(3, 4)
-    score, index = match_chunked(query.T[None, :, :, None], reference, 6, "dot", block_m=block_m)
+    score, index = match_chunked(query.T[None, :, :, None], reference, None, 6, "dot", block_m=block_m)
     assert index[:, :4].tolist() == [[4, 11, 12, 25]] * 3
     assert (score[:, :4] == 20.0).all()

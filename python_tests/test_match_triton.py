@@ -56,9 +56,39 @@ def test_wide_rows_loop_over_channel_chunks():
     assert_matches_oracle(result, query, reference, "dot")
 
 
-def test_declines_topk_and_float64_with_reasons():
-    query, reference = torch.randn(4, 8, device=DEVICE), torch.randn(9, 8, device=DEVICE)
-    with pytest.raises(ValueError, match="top-k"):
-        refmatch.match(query, reference, k=2, backend="triton")
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("k", [2, 8, 64])
+def test_topk_matches_oracle(metric, k):
+    query = torch.randn(37, 12, device=DEVICE)
+    reference = torch.randn(150, 12, device=DEVICE)
+    result = refmatch.match(query, reference, k=k, metric=metric, backend="triton")
+    assert result.index.shape == (37, k)
+    assert_matches_oracle(result, query, reference, metric, k=k)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_topk_ties_keep_lowest_indices_across_tiles_and_splits(splits):
+    from refmatch.kernels.match import match_topk
+
+    reference = torch.randn(150, 16, device=DEVICE)
+    reference[[140, 37, 70, 5, 100]] = 3.0  # five identical best rows
+    query = torch.ones(40, 16, device=DEVICE)
+    stat = torch.empty(0, device=DEVICE)
+    score, index = match_topk(query.T[None, :, :, None], reference, stat, "dot", 4, splits=splits, block_m=16)
+    assert (index == torch.tensor([5, 37, 70, 100], device=DEVICE)).all() and (score == 48.0).all()
+
+
+def test_topk_beyond_the_finite_references_is_minus_one():
+    reference = torch.randn(6, 8, device=DEVICE)
+    reference[[1, 4]] = float("nan")
+    result = refmatch.match(torch.randn(3, 8, device=DEVICE), reference, k=6, metric="dot", backend="triton")
+    assert (result.index[:, 4:] == -1).all() and (result.score[:, 4:] == float("-inf")).all()
+    assert sorted(result.index[0, :4].tolist()) == [0, 2, 3, 5]
+
+
+def test_declines_large_k_and_float64_with_reasons():
+    query, reference = torch.randn(4, 8, device=DEVICE), torch.randn(90, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="at most k=64"):
+        refmatch.match(query, reference, k=65, backend="triton")
     with pytest.raises(ValueError, match="float64"):
         refmatch.match(query.double(), reference.double(), backend="triton")

@@ -1,4 +1,4 @@
-"""Public functional API: ``match``."""
+"""Public functional API: ``match`` and ``classwise_max``."""
 from typing import NamedTuple, Optional
 
 import torch
@@ -72,6 +72,32 @@ def _check_inputs(query, reference, labels, k, metric, backend):
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
 
 
+def _check_label_values(labels, ignore_index, num_classes=None):
+    """Labels are >= 0 (or ignore_index) and below num_classes.
+
+    One host read of the label range. Skipped under torch.compile and CUDA graph
+    capture, where a host read is not allowed; the checks then stay the caller's.
+    """
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+    if torch.compiler.is_compiling() or (labels.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    kept = labels if ignore_index is None else labels[labels != ignore_index]
+    if kept.numel() == 0:
+        return
+    lowest, highest = (int(value) for value in kept.aminmax())
+    allowed = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+    if lowest < 0:
+        raise ValueError(f"labels must be >= 0{allowed}, got {lowest}")
+    if num_classes is not None and highest >= num_classes:
+        raise ValueError(f"labels must be < num_classes={num_classes}{allowed}, got {highest}")
+
+
+def _ignored(labels, ignore_index):
+    """[M] bool mask of references that never match, or None (computed on the device, no sync)."""
+    return None if ignore_index is None else labels == ignore_index
+
+
 def _as_maps(query):
     """[N, D] rows as a [1, D, N, 1] strided view, so every backend sees maps."""
     return query.T[None, :, :, None] if query.dim() == 2 else query
@@ -86,7 +112,7 @@ def _shape_result(values, query, k):
     return maps[..., 0] if k == 1 else maps.permute(0, 3, 1, 2)
 
 
-def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"):
+def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto", ignore_index=None):
     """Most similar reference row(s) of every query row, without the N x M matrix.
 
     Args:
@@ -97,21 +123,29 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
         metric: "cosine" (inner product of L2-normalised rows), "dot", or "l2"
             (squared Euclidean distance; the smallest wins).
         backend: "auto" (fastest available for the device), "torch", "triton" or "cuda".
+        ignore_index: references whose label equals it never match (needs labels).
 
     Returns:
         MatchResult(score, index, label), each [N] / [B, H, W] for k = 1, or
         [N, k] / [B, k, H, W] for k > 1. Among equal scores the lowest reference
         index wins; NaN never wins; a row with no finite score gets index -1 and
-        label -1. Scores carry no gradient.
+        label -1 (so does every slot beyond the references it can match). Scores
+        carry no gradient. With labels, one host read checks their values
+        (labels >= 0 except ignore_index), except under torch.compile or graph capture.
 
     Example:
         >>> result = refmatch.match(features, bank, bank_labels)      # [B, D, H, W] maps
         >>> pseudo_labels = result.label                              # [B, H, W]
     """
     _check_inputs(query, reference, labels, k, metric, backend)
+    if labels is not None:
+        _check_label_values(labels, ignore_index)
+    elif ignore_index is not None:
+        raise ValueError("ignore_index needs labels: pass the [M] reference labels")
     problem = MatchProblem(query.device, query.dtype, k, metric, query.shape[1])
     chosen = select(problem, backend)
-    score, index = chosen.op(_as_maps(query.detach()), reference.detach(), k, metric)
+    ignored = _ignored(labels, ignore_index)
+    score, index = chosen.op(_as_maps(query.detach()), reference.detach(), ignored, k, metric)
     label = None
     if labels is not None:
         label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
@@ -119,15 +153,16 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     return MatchResult(_shape_result(score, query, k), _shape_result(index, query, k), label)
 
 
-def classwise_max(query, reference, labels, num_classes, *, metric="cosine", backend="auto"):
+def classwise_max(query, reference, labels, num_classes, *, metric="cosine", backend="auto", ignore_index=None):
     """Best score per class of every query row, without the N x M matrix.
 
     Args:
         query: [N, D] rows or [B, D, H, W] maps; reference: [M, D]; labels: [M]
-            integers in [0, num_classes).
-        num_classes: C.
-        metric, backend: as in :func:`match` (the fused backends do not take this
-            op yet; "auto" picks the torch backend).
+            integers in [0, num_classes), or ignore_index.
+        num_classes: C (fused on the Triton backend for C <= 64; the torch
+            backend takes any C).
+        metric, backend: as in :func:`match`.
+        ignore_index: references with this label count for no class.
 
     Returns:
         [N, C] for rows, [B, C, H, W] for maps: the best similarity per class, or
@@ -143,12 +178,14 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     _check_inputs(query, reference, labels, 1, metric, backend)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    lowest, highest = int(labels.min()), int(labels.max())  # one host read, before any kernel
-    if lowest < 0 or highest >= num_classes:
-        raise ValueError(f"labels must be in [0, num_classes={num_classes}), got values in [{lowest}, {highest}]")
-    problem = MatchProblem(query.device, query.dtype, 1, metric, query.shape[1], op="classwise")
+    _check_label_values(labels, ignore_index, num_classes)
+    problem = MatchProblem(query.device, query.dtype, 1, metric, query.shape[1], op="classwise",
+                           num_classes=num_classes)
     chosen = select(problem, backend)
-    scores = chosen.classwise_op(_as_maps(query.detach()), reference.detach(), labels.long(), num_classes, metric)
+    ignored = _ignored(labels, ignore_index)
+    kernel_labels = labels.long() if ignored is None else labels.long().masked_fill(ignored, 0)
+    scores = chosen.classwise_op(_as_maps(query.detach()), reference.detach(), kernel_labels, ignored,
+                                 num_classes, metric)
     if query.dim() == 2:
         return scores
     batch, _, height, width = query.shape

@@ -4,7 +4,7 @@ from typing import NamedTuple
 import torch
 
 from .candidates import with_k_axis
-from .ops import MatchResult
+from .ops import MatchResult, _check_label_values
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -27,7 +27,7 @@ def margin(probabilities):
 
 
 def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", temperature=0.1,
-         metric="cosine"):
+         metric="cosine", ignore_index=None):
     """Class distribution per query from top-k matches or class-wise scores.
 
     Args:
@@ -40,6 +40,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
             Class-wise scores always use softmax over classes.
         temperature: softmax temperature.
         metric: the metric that produced the scores; for "l2" (distances) smaller wins.
+        ignore_index: matches carrying this label cast no vote (class-wise scores
+            have no labels, so it does not apply to them).
     Returns:
         Vote(probabilities, confidence). Matches with index -1 cast no vote.
     """
@@ -65,9 +67,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
     label, _ = with_k_axis(label)
     score, _ = with_k_axis(result_or_scores.score.float())
-    if label.numel() and int(label.max()) >= num_classes:
-        raise ValueError(f"labels reach {int(label.max())}, but num_classes={num_classes}")
-    voted = label >= 0
+    _check_label_values(label.masked_fill(label == -1, 0), ignore_index, num_classes)  # -1: no match
+    voted = label >= 0 if ignore_index is None else (label >= 0) & (label != ignore_index)
     if weighting == "uniform":
         weight = voted.float()
     else:
@@ -75,6 +76,6 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         weight = torch.softmax(logits, dim=1).nan_to_num(0.0)
     shape = list(label.shape)
     shape[1] = num_classes
-    totals = torch.zeros(shape, device=label.device).scatter_add_(1, label.clamp(min=0), weight * voted)
+    totals = torch.zeros(shape, device=label.device).scatter_add_(1, label.masked_fill(~voted, 0), weight * voted)
     probabilities = totals / totals.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return Vote(probabilities, margin(probabilities))

@@ -37,6 +37,7 @@ class MatchProblem:
     metric: str
     dim: int
     op: str = "match"           # or "classwise"
+    num_classes: int = 0        # classwise only
 
 
 def backends():

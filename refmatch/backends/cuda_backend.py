@@ -9,7 +9,7 @@ import functools
 import torch
 
 from .custom_op import fused_kernel_limits, register_match_op
-from .scoring import finalize_scores, reference_stat
+from .scoring import finalize_scores, kernel_metric_and_stat
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
@@ -80,9 +80,10 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
     return score, index
 
 
-def match_fused(query, reference, k, metric):
+def match_fused(query, reference, ignored, k, metric):
     """(score [N, 1], index [N, 1]) from the fused CUDA kernel; see ``match_chunked``."""
-    oriented, index = match_argmax_cuda(query, reference, reference_stat(reference, metric), metric)
+    kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
+    oriented, index = match_argmax_cuda(query, reference, stat, kernel_metric)
     oriented, index = oriented[:, None], index[:, None]
     return finalize_scores(oriented, index, query, metric), index
 
@@ -121,4 +122,4 @@ class CudaBackend:
         if capability < MIN_CAPABILITY:
             return (f"needs compute capability >= 8.0 (tensor-core mma.sync, cp.async); "
                     f"{problem.device} has {capability[0]}.{capability[1]}")
-        return fused_kernel_limits(problem)
+        return fused_kernel_limits(problem, reductions=("argmax",))

@@ -4,36 +4,46 @@ Registering the backend call as an opaque op with a fake (meta) implementation
 lets ``torch.compile(fullgraph=True)`` and CUDA graphs trace code that calls
 ``refmatch.match`` without looking inside the kernels.
 """
+from typing import Optional
+
 import torch
 
 from .scoring import accumulation_dtype
 
 
-def fused_kernel_limits(problem):
-    """Why the fused kernels (Triton and CUDA alike) cannot take ``problem``, or None."""
+MAX_FUSED_SLOTS = 64  # top-k entries or classes a fused kernel keeps per row
+
+
+def fused_kernel_limits(problem, reductions=("argmax", "topk", "classwise")):
+    """Why a fused kernel that implements ``reductions`` cannot take ``problem``, or None."""
     if problem.dtype == torch.float64:
         return "float64 runs on the torch backend only"
-    if problem.op == "classwise":
-        return "the class-wise max is not fused yet; backend='torch' serves it"
-    if problem.k > 1:
-        return "the fused top-k (k > 1) is not implemented yet; backend='torch' serves it"
+    reduction = "classwise" if problem.op == "classwise" else "argmax" if problem.k == 1 else "topk"
+    if reduction not in reductions:
+        what = "the class-wise max" if reduction == "classwise" else "top-k (k > 1)"
+        return f"{what} is not in this kernel yet; backend='triton' or 'torch' serves it"
+    if reduction == "topk" and problem.k > MAX_FUSED_SLOTS:
+        return f"the fused top-k keeps at most k={MAX_FUSED_SLOTS} per row, got k={problem.k}; use backend='torch'"
+    if reduction == "classwise" and problem.num_classes > MAX_FUSED_SLOTS:
+        return (f"the fused class-wise max keeps at most {MAX_FUSED_SLOTS} classes, "
+                f"got num_classes={problem.num_classes}; use backend='torch'")
     return None
 
 
 def register_match_op(backend_name, impl):
     """Register ``refmatch::match_<backend_name>``.
 
-    ``impl(query [B, D, H, W], reference [M, D], k, metric)`` must return
-    (score [N, k], index [N, k] int64) with N = B * H * W.
+    ``impl(query [B, D, H, W], reference [M, D], ignored [M] bool or None, k, metric)``
+    must return (score [N, k], index [N, k] int64) with N = B * H * W.
     """
 
     @torch.library.custom_op(f"refmatch::match_{backend_name}", mutates_args=())
-    def match_op(query: torch.Tensor, reference: torch.Tensor, k: int, metric: str
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return impl(query, reference, k, metric)
+    def match_op(query: torch.Tensor, reference: torch.Tensor, ignored: Optional[torch.Tensor], k: int,
+                 metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return impl(query, reference, ignored, k, metric)
 
     @match_op.register_fake
-    def _(query, reference, k, metric):
+    def _(query, reference, ignored, k, metric):
         rows = query.shape[0] * query.shape[2] * query.shape[3]
         score = query.new_empty((rows, k), dtype=accumulation_dtype(query.dtype))
         return score, query.new_empty((rows, k), dtype=torch.int64)
@@ -44,17 +54,17 @@ def register_match_op(backend_name, impl):
 def register_classwise_op(backend_name, impl):
     """Register ``refmatch::classwise_max_<backend_name>``.
 
-    ``impl(query [B, D, H, W], reference [M, D], labels [M], num_classes, metric)``
-    must return the best score per class, [N, C].
+    ``impl(query [B, D, H, W], reference [M, D], labels [M], ignored [M] bool or None,
+    num_classes, metric)`` must return the best score per class, [N, C].
     """
 
     @torch.library.custom_op(f"refmatch::classwise_max_{backend_name}", mutates_args=())
-    def classwise_op(query: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     metric: str) -> torch.Tensor:
-        return impl(query, reference, labels, num_classes, metric)
+    def classwise_op(query: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
+                     ignored: Optional[torch.Tensor], num_classes: int, metric: str) -> torch.Tensor:
+        return impl(query, reference, labels, ignored, num_classes, metric)
 
     @classwise_op.register_fake
-    def _(query, reference, labels, num_classes, metric):
+    def _(query, reference, labels, ignored, num_classes, metric):
         rows = query.shape[0] * query.shape[2] * query.shape[3]
         return query.new_empty((rows, num_classes), dtype=accumulation_dtype(query.dtype))
 

@@ -34,6 +34,22 @@ def reference_stat(reference, metric):
     return norm_sq.sqrt().clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else norm_sq
 
 
+def kernel_metric_and_stat(reference, metric, ignored=None):
+    """(metric code for a fused kernel, its per-reference term [M]) with ignored rows folded in.
+
+    An ignored reference gets a NaN term, so its score is NaN and never wins:
+    no extra kernel argument and no pass over the bank. "dot" with ignored rows
+    runs as "cosine" with a term of 1 (kept) or NaN (ignored).
+    """
+    if ignored is None:
+        return metric, reference_stat(reference, metric)
+    if metric == "dot":
+        metric, stat = "cosine", torch.ones(reference.shape[0], device=reference.device)
+    else:
+        stat = reference_stat(reference, metric)
+    return metric, stat.masked_fill(ignored, float("nan"))
+
+
 def finalize_scores(oriented, index, query, metric):
     """Public scores from oriented ones.
 

@@ -16,21 +16,24 @@ TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
 
 
-def _prepare_block(reference, metric, dtype):
-    """References of one block as GEMM operand, plus the l2 bias -|r|^2."""
+def _prepare_block(reference, ignored, metric, dtype):
+    """References of one block as GEMM operand, plus the per-column bias added to
+    the scores: -|r|^2 for l2, -inf for ignored references (None when zero)."""
     block = reference.to(dtype)
+    bias = -block.square().sum(dim=1) if metric == "l2" else None
+    if ignored is not None:
+        bias = block.new_zeros(block.shape[0]) if bias is None else bias
+        bias = bias.masked_fill(ignored, float("-inf"))
     if metric == "cosine":
-        return F.normalize(block, dim=1, eps=NORM_EPS), None
-    if metric == "l2":
-        return block, -block.square().sum(dim=1)
-    return block, None
+        block = F.normalize(block, dim=1, eps=NORM_EPS)
+    return block, bias
 
 
-def _score_tile(rows, block, bias, tile):
+def _score_tile(rows, block, bias, metric, tile):
     if bias is None:
         torch.mm(rows, block.T, out=tile)
     else:
-        torch.addmm(bias[None, :], rows, block.T, alpha=2.0, out=tile)
+        torch.addmm(bias[None, :], rows, block.T, alpha=2.0 if metric == "l2" else 1.0, out=tile)
     return tile
 
 
@@ -109,6 +112,10 @@ def tiling(query, reference, tile_bytes=None, block_m=None):
     return dtype, rows, block_m, block_n
 
 
+def _block_of(ignored, col0, block_m):
+    return None if ignored is None else ignored[col0:col0 + block_m]
+
+
 def _nonfinite_blocks(reference, block_m):
     """Indices of the reference blocks that may hold a NaN or infinity (one host read).
 
@@ -119,13 +126,15 @@ def _nonfinite_blocks(reference, block_m):
     return set((bad_rows // block_m).tolist())
 
 
-def match_chunked(query, reference, k, metric, tile_bytes=None, block_m=None):
+def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m=None):
     """Top-k references per query row by chunked GEMM.
 
     Args:
         query: [B, D, H, W] maps ([N, D] rows as ``rows.T[None, :, :, None]``).
         reference: [M, D].
-        k: number of matches per row, 1 <= k <= M.
+        ignored: [M] bool, True for references that never match, or None.
+        k: number of matches per row, 1 <= k <= M (slots beyond the matchable
+            references hold index -1).
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests, benchmarks).
     Returns:
@@ -142,12 +151,13 @@ def match_chunked(query, reference, k, metric, tile_bytes=None, block_m=None):
     skip_nan_pass = k == 1 and not query.is_cuda
     unclean_blocks = _nonfinite_blocks(reference, block_m) if skip_nan_pass else set()
     for col0 in range(0, num_refs, block_m):
-        block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
+        block, bias = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
+                                     metric, dtype)
         drop_nan = not skip_nan_pass or col0 // block_m in unclean_blocks
         for row0 in range(0, num_rows, block_n):
             row_block = rows[row0:row0 + block_n].to(dtype)
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
-            _score_tile(row_block, block, bias, tile)
+            _score_tile(row_block, block, bias, metric, tile)
             if drop_nan:
                 _drop_nan(tile)
             offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)

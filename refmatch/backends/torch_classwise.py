@@ -7,15 +7,16 @@ into a running [N, C] maximum. The N x M matrix never exists.
 import torch
 
 from .scoring import finalize_scores
-from .torch_backend import _drop_nan, _prepare_block, _score_tile, tiling
+from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, tiling
 
 
-def classwise_chunked(query, reference, labels, num_classes, metric, tile_bytes=None, block_m=None):
+def classwise_chunked(query, reference, labels, ignored, num_classes, metric, tile_bytes=None, block_m=None):
     """Best score per class.
 
     Args:
         query: [B, D, H, W] maps ([N, D] rows as ``rows.T[None, :, :, None]``).
-        reference: [M, D]; labels: [M] int64 in [0, num_classes).
+        reference: [M, D]; labels: [M] int64 in [0, num_classes), ignored rows included.
+        ignored: [M] bool, True for references that never count, or None.
         metric: "cosine", "dot" or "l2".
     Returns:
         [N, C]: best similarity per class (-inf where a class has no reference),
@@ -26,12 +27,13 @@ def classwise_chunked(query, reference, labels, num_classes, metric, tile_bytes=
     best = torch.full((num_rows, num_classes), float("-inf"), device=query.device, dtype=dtype)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
     for col0 in range(0, num_refs, block_m):
-        block, bias = _prepare_block(reference[col0:col0 + block_m], metric, dtype)
+        block, bias = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
+                                     metric, dtype)
         block_labels = labels[col0:col0 + block_m].long()
         for row0 in range(0, num_rows, block_n):
             row_block = rows[row0:row0 + block_n].to(dtype)
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
-            _drop_nan(_score_tile(row_block, block, bias, tile))
+            _drop_nan(_score_tile(row_block, block, bias, metric, tile))
             target = best[row0:row0 + block_n]
             target.scatter_reduce_(1, block_labels.expand(tile.shape[0], -1), tile, "amax")
     present = torch.where(best == float("-inf"), -1, 0)

@@ -4,34 +4,50 @@ import os
 
 import torch
 
-from .custom_op import fused_kernel_limits, register_match_op
-from .scoring import finalize_scores, reference_stat
+from .custom_op import fused_kernel_limits, register_classwise_op, register_match_op
+from .scoring import finalize_scores, kernel_metric_and_stat
 
 
 def _interpreting():
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def match_fused(query, reference, k, metric):
-    """(score [N, 1], index [N, 1]) from the fused Triton kernel; see ``match_chunked``."""
-    from refmatch.kernels.match import match_argmax
-
+def _kernel_inputs(query, reference):
     if _interpreting() and query.dtype == torch.bfloat16:
         # The interpreter computes bfloat16 dots wrongly; bf16 -> fp32 is exact and
         # the kernel accumulates in fp32 anyway, so results keep their meaning.
-        query, reference = query.float(), reference.float()
-    oriented, index = match_argmax(query, reference, reference_stat(reference, metric), metric)
-    oriented, index = oriented[:, None], index[:, None]
+        return query.float(), reference.float()
+    return query, reference
+
+
+def match_fused(query, reference, ignored, k, metric):
+    """(score [N, k], index [N, k]) from the fused Triton kernel; see ``match_chunked``."""
+    from refmatch.kernels.match import match_topk
+
+    kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
+    oriented, index = match_topk(*_kernel_inputs(query, reference), stat, kernel_metric, k)
     return finalize_scores(oriented, index, query, metric), index
 
 
+def classwise_fused(query, reference, labels, ignored, num_classes, metric):
+    """[N, C] best score per class from the fused Triton kernel; see ``classwise_chunked``."""
+    from refmatch.kernels.match import classwise_max
+
+    kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
+    oriented = classwise_max(*_kernel_inputs(query, reference), stat, labels, kernel_metric, num_classes)
+    present = torch.where(oriented == float("-inf"), -1, 0)
+    return finalize_scores(oriented, present, query, metric)
+
+
 class TritonBackend:
-    """Fused kernel for CUDA tensors (and CPU tensors under TRITON_INTERPRET=1)."""
+    """Fused argmax, top-k (k <= 64) and class-wise max (C <= 64) for CUDA tensors
+    (and CPU tensors under TRITON_INTERPRET=1)."""
 
     name = "triton"
 
     def __init__(self):
         self.op = register_match_op(self.name, match_fused)
+        self.classwise_op = register_classwise_op(self.name, classwise_fused)
 
     def status(self):
         if importlib.util.find_spec("triton") is None:

@@ -1,0 +1,71 @@
+"""Per-tile reductions of the fused Triton ``match`` kernel.
+
+Each takes one tile of oriented scores [BLOCK_N, BLOCK_M] (larger is better;
+NaN and padding already -inf) whose columns are bank rows ``cols`` in ascending
+order, and folds it into a per-row running state. Tiles arrive in ascending
+bank order, which the tie rule (lowest index wins) relies on.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def offer_argmax(scores, cols, best, best_index, num_refs):
+    """k = 1. One compare per score; locate only when some row improves."""
+    tile_best = tl.max(scores, axis=1)
+    improved = tile_best > best
+    if tl.max(improved.to(tl.int32), axis=0) > 0:
+        tile_index = tl.min(tl.where(scores == tile_best[:, None], cols[None, :], num_refs), axis=1)
+        best_index = tl.where(improved, tile_index, best_index)
+        best = tl.where(improved, tile_best, best)
+    return best, best_index
+
+
+@triton.jit
+def worst_slot(best, best_index, slots, SLOTS_PAD: tl.constexpr):
+    """(worst score, its slot) of each row's unsorted top-k list.
+
+    Among equal worst scores the highest index is the worst (it loses the tie);
+    empty slots hold (-inf, -1) and padding slots +inf, so they fill first and
+    are never evicted.
+    """
+    worst = tl.min(best, axis=1)
+    at_worst = best == worst[:, None]
+    worst_index = tl.max(tl.where(at_worst, best_index, -2), axis=1)
+    at_worst = at_worst & (best_index == worst_index[:, None])
+    return worst, tl.min(tl.where(at_worst, slots[None, :], SLOTS_PAD), axis=1)
+
+
+@triton.jit
+def offer_topk(scores, cols, best, best_index, worst, worst_at, slots, num_refs, SLOTS_PAD: tl.constexpr):
+    """Top-k behind a per-row threshold: a tile whose row max does not beat the
+    row's worst kept score costs one compare per score. Otherwise the tile's best
+    remaining score (lowest column among equals) replaces the worst, until no row
+    can improve. Strict '>' is the tie rule: an equal score comes later in bank
+    order, so it has the higher index and loses.
+    """
+    tile_best = tl.max(scores, axis=1)
+    entering = tile_best > worst
+    while tl.max(entering.to(tl.int32), axis=0) > 0:
+        col = tl.min(tl.where(scores == tile_best[:, None], cols[None, :], num_refs), axis=1)
+        replace = entering[:, None] & (slots[None, :] == worst_at[:, None])
+        best = tl.where(replace, tile_best[:, None], best)
+        best_index = tl.where(replace, col[:, None], best_index)
+        scores = tl.where(entering[:, None] & (cols[None, :] == col[:, None]), float("-inf"), scores)
+        worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
+        tile_best = tl.max(scores, axis=1)
+        entering = tile_best > worst
+    return best, best_index, worst, worst_at
+
+
+@triton.jit
+def offer_classwise(scores, labels, col_ok, best, slots):
+    """Running per-class maxima [BLOCK_N, C_PAD]. Only the classes present in the
+    tile are visited, so a bank stored class by class (as ReferenceBank stores
+    it) costs about one masked max per score."""
+    lowest = tl.min(tl.where(col_ok, labels, 1 << 30), axis=0)
+    highest = tl.max(tl.where(col_ok, labels, -1), axis=0)
+    for label in range(lowest, highest + 1):
+        class_best = tl.max(tl.where(labels[None, :] == label, scores, float("-inf")), axis=1)
+        best = tl.where(slots[None, :] == label, tl.maximum(best, class_best[:, None]), best)
+    return best

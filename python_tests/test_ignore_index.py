@@ -1,0 +1,68 @@
+"""ignore_index: references with that label never match, in every op and backend."""
+import pytest
+import torch
+
+import refmatch
+from conftest import HAS_CUDA, INTERPRETING
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+BACKENDS = ["torch"] + (["triton"] if (HAS_CUDA or INTERPRETING) else [])
+IGNORE = 255
+
+
+def _bank(m=90, d=8, classes=3):
+    reference = torch.randn(m, d, device=DEVICE)
+    labels = torch.randint(0, classes, (m,), device=DEVICE)
+    labels[torch.arange(m, device=DEVICE) % 4 == 1] = IGNORE
+    return reference, labels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_match_equals_match_on_the_kept_rows(backend, metric, k):
+    reference, labels = _bank()
+    query = torch.randn(21, 8, device=DEVICE)
+    result = refmatch.match(query, reference, labels, k=k, metric=metric, backend=backend, ignore_index=IGNORE)
+    kept = (labels != IGNORE).nonzero()[:, 0]
+    expected = refmatch.match(query.double(), reference[kept].double(), labels[kept], k=k, metric=metric)
+    assert torch.equal(result.index, kept[expected.index])
+    assert torch.equal(result.label, expected.label)
+    torch.testing.assert_close(result.score.double(), expected.score, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_with_only_ignored_candidates_get_minus_one(backend):
+    reference, labels = _bank(m=10)
+    labels[:] = IGNORE
+    labels[[2, 7]] = 1
+    result = refmatch.match(torch.randn(4, 8, device=DEVICE), reference, labels, k=3, backend=backend,
+                            ignore_index=IGNORE)
+    assert (result.index[:, 2] == -1).all() and (result.label[:, 2] == -1).all()
+    assert (result.score[:, 2] == float("-inf")).all()
+    assert set(result.index[0, :2].tolist()) == {2, 7}
+    labels[:] = IGNORE
+    alone = refmatch.match(torch.randn(4, 8, device=DEVICE), reference, labels, metric="l2", backend=backend,
+                           ignore_index=IGNORE)
+    assert (alone.index == -1).all() and (alone.score == float("inf")).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_classwise_max_skips_ignored_references(backend, metric):
+    reference, labels = _bank()
+    query = torch.randn(13, 8, device=DEVICE)
+    scores = refmatch.classwise_max(query, reference, labels, 3, metric=metric, backend=backend,
+                                    ignore_index=IGNORE)
+    kept = labels != IGNORE
+    expected = refmatch.classwise_max(query, reference[kept], labels[kept], 3, metric=metric, backend="torch")
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_vote_gives_ignored_labels_no_vote():
+    result = refmatch.MatchResult(torch.tensor([[0.9, 0.8, 0.7]]), torch.tensor([[4, 1, 2]]),
+                                  torch.tensor([[IGNORE, 1, 1]]))
+    voted = refmatch.vote(result, num_classes=2, weighting="uniform", ignore_index=IGNORE)
+    assert voted.probabilities.tolist() == [[0.0, 1.0]]
+    with pytest.raises(ValueError, match="labels must be < num_classes=2"):
+        refmatch.vote(result, num_classes=2, weighting="uniform")
