@@ -53,3 +53,18 @@ def test_topk_ties_are_ordered_by_index(block_m):
     score, index = match_chunked(query.T[None, :, :, None], reference, None, 6, "dot", block_m=block_m)
     assert index[:, :4].tolist() == [[4, 11, 12, 25]] * 3
     assert (score[:, :4] == 20.0).all()
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 20])
+def test_topk_with_many_ties_is_a_stable_sort(k):
+    # Small integers tie everywhere; narrow tiles make later tiles merge only the
+    # scores that enter (the CPU candidate path), NaN rows included.
+    query = torch.randint(-2, 3, (50, 6)).float()
+    reference = torch.randint(-2, 3, (700, 6)).float()
+    reference[5::7] = float("nan")
+    score, index = match_chunked(query.T[None, :, :, None], reference, None, k, "dot", block_m=64,
+                                 tile_bytes=4096)
+    dense = (query.double() @ reference.double().T).nan_to_num(float("-inf"))
+    expected = dense.sort(dim=1, descending=True, stable=True)
+    assert torch.equal(index, expected.indices[:, :k])
+    assert torch.equal(score.double(), expected.values[:, :k])

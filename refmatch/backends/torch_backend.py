@@ -42,6 +42,17 @@ def _drop_nan(scores):
     return scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
 
 
+def _row_max(tile):
+    """Row maxima of a CPU tile, NaN never winning: only rows whose max is NaN
+    (rare: NaN queries or references, overflow) are cleaned and taken again."""
+    score = tile.amax(dim=1)
+    nan_rows = score.isnan().nonzero()[:, 0]
+    if nan_rows.numel():
+        tile[nan_rows] = _drop_nan(tile[nan_rows])
+        score[nan_rows] = tile[nan_rows].amax(dim=1)
+    return score
+
+
 def _offer_best(best, best_index, tile, col0):
     """k = 1. Ties: argmax/max return the first maximum, '>' keeps earlier blocks.
 
@@ -55,11 +66,7 @@ def _offer_best(best, best_index, tile, col0):
         best[:, 0] = torch.where(better, score, best[:, 0])
         best_index[:, 0] = torch.where(better, col + col0, best_index[:, 0])
         return
-    score = tile.amax(dim=1)
-    nan_rows = score.isnan().nonzero()[:, 0]
-    if nan_rows.numel():  # rare (NaN queries, overflow): clean only those rows
-        tile[nan_rows] = _drop_nan(tile[nan_rows])
-        score[nan_rows] = tile[nan_rows].amax(dim=1)
+    score = _row_max(tile)
     rows = (score > best[:, 0]).nonzero()[:, 0]
     if rows.numel():
         best[rows, 0] = score[rows]
@@ -67,18 +74,30 @@ def _offer_best(best, best_index, tile, col0):
 
 
 def _offer_topk(best, best_index, tile, col0):
-    """Running top-k. On the CPU only rows whose tile max beats their k-th best are
-    merged (one compare per score for the rest, as in the fused kernels); a tile
-    score equal to the k-th best never enters, since its index is higher."""
-    if not tile.is_cuda:
-        rows = (tile.amax(dim=1) > best[:, -1]).nonzero()[:, 0]
-        if rows.numel() < tile.shape[0]:
-            if rows.numel():
-                row_best, row_index = best[rows], best_index[rows]
-                _merge_topk(row_best, row_index, tile[rows], col0)
-                best[rows], best_index[rows] = row_best, row_index
-            return
-    _merge_topk(best, best_index, tile, col0)
+    """Running top-k. On GPUs one merge of the whole tile (no host sync). On the
+    CPU only rows whose tile max beats their k-th best take part, and once the
+    lists are good (few scores per row enter) only the entering scores are
+    merged; a score equal to the k-th best never enters, its index is higher."""
+    if tile.is_cuda:
+        _merge_topk(best, best_index, tile, col0)
+        return
+    rows = (_row_max(tile) > best[:, -1]).nonzero()[:, 0]
+    if not rows.numel():
+        return
+    row_best, row_index, row_tile = best[rows], best_index[rows], tile[rows]
+    entering = (row_tile > row_best[:, -1:]).nonzero()  # (row, col), ascending col per row
+    counts = torch.bincount(entering[:, 0], minlength=rows.numel())
+    width = int(counts.max())
+    if width > 4 * best.shape[1]:  # early tiles: most scores enter, select them by topk
+        _merge_topk(row_best, row_index, row_tile, col0)
+    else:
+        slot = torch.arange(entering.shape[0]) - (counts.cumsum(0) - counts)[entering[:, 0]]
+        candidate = row_best.new_full((rows.numel(), width), float("-inf"))
+        candidate_index = row_index.new_full((rows.numel(), width), -1)
+        candidate[entering[:, 0], slot] = row_tile[entering[:, 0], entering[:, 1]]
+        candidate_index[entering[:, 0], slot] = entering[:, 1] + col0
+        _keep_best(row_best, row_index, candidate, candidate_index)
+    best[rows], best_index[rows] = row_best, row_index
 
 
 def _merge_topk(best, best_index, tile, col0):
@@ -95,9 +114,15 @@ def _merge_topk(best, best_index, tile, col0):
     lowest_first = torch.arange(width, 0, -1, device=tile.device, dtype=tile.dtype)
     priority = torch.where(tile == kth, lowest_first, 0.0).masked_fill_(tile > kth, 2.0 * width)
     cols = priority.topk(kk, dim=1).indices.sort(dim=1).values
-    merged_score = torch.cat([best, tile.gather(1, cols)], dim=1)
-    merged_index = torch.cat([best_index, cols + col0], dim=1)
-    order = merged_score.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    _keep_best(best, best_index, tile.gather(1, cols), cols + col0)
+
+
+def _keep_best(best, best_index, candidate, candidate_index):
+    """Merge candidates (per row in ascending index, all above earlier blocks'
+    indices) into the running lists; the stable sort keeps lower indices first."""
+    merged_score = torch.cat([best, candidate], dim=1)
+    merged_index = torch.cat([best_index, candidate_index], dim=1)
+    order = merged_score.sort(dim=1, descending=True, stable=True).indices[:, :best.shape[1]]
     best.copy_(merged_score.gather(1, order))
     best_index.copy_(merged_index.gather(1, order))
 
@@ -146,9 +171,9 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
     best_index = torch.full((num_rows, k), -1, device=query.device, dtype=torch.int64)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
     offer = _offer_best if k == 1 else _offer_topk
-    # Only the CPU k = 1 path can skip the NaN pass, and only for finite blocks
-    # (asking a GPU would synchronise); it checks row maxima for NaN instead.
-    skip_nan_pass = k == 1 and not query.is_cuda
+    # Only the CPU can skip the NaN pass, and only for finite blocks (asking a
+    # GPU would synchronise); it checks row maxima for NaN instead.
+    skip_nan_pass = not query.is_cuda
     unclean_blocks = _nonfinite_blocks(reference, block_m) if skip_nan_pass else set()
     for col0 in range(0, num_refs, block_m):
         block, bias = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
