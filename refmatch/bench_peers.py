@@ -16,9 +16,10 @@ class Method:
     name: str
     metric: str                  # "dot" or "l2"; "-" for the GEMM ceiling
     k: int
-    run: Callable                # () -> indices [N] / [N, k], or None for the GEMM
+    run: Callable                # () -> indices [N] / [N, k], class-wise scores [N, C], or None (GEMM)
     flops: float
     skip: Optional[str] = None
+    classwise: bool = False      # run returns class-wise scores, judged by their best
 
 
 def _faiss_methods(query, reference, flops):
@@ -72,18 +73,34 @@ def _flash_kmeans_methods(query, reference, flops):
     return [Method("flash-kmeans assign", "l2", 1, assign, flops)]
 
 
+def _skip_reason(call):
+    try:
+        call()
+    except ValueError as error:
+        return str(error).split(": ", 1)[-1]
+    return None
+
+
 def _refmatch_methods(query, reference, flops):
+    """k = 1, top-8 and a 4-class class-wise max per backend, side by side. The
+    class labels are grouped, as ReferenceBank stores its slots."""
+    classes = 4
+    labels = (torch.arange(reference.shape[0], device=reference.device) * classes) // reference.shape[0]
     methods = []
     for status in refmatch.backends():
         for metric, k in (("dot", 1), ("dot", 8), ("l2", 1)):
             def run(backend=status.name, metric=metric, k=k):
                 return refmatch.match(query, reference, k=k, metric=metric, backend=backend).index
-            skip = None
-            try:
-                refmatch.match(query[:1], reference[:8], k=k, metric=metric, backend=status.name)
-            except ValueError as error:
-                skip = str(error).split(": ", 1)[-1]
+            skip = _skip_reason(lambda: refmatch.match(query[:1], reference[:8], k=k, metric=metric,
+                                                       backend=status.name))
             methods.append(Method(f"refmatch {status.name} k={k}", metric, k, run, flops, skip))
+
+        def classwise(backend=status.name, labels=labels):
+            return refmatch.classwise_max(query, reference, labels, classes, metric="dot", backend=backend)
+        skip = _skip_reason(lambda: refmatch.classwise_max(query[:1], reference[:8], labels[:8], classes,
+                                                           metric="dot", backend=status.name))
+        methods.append(Method(f"refmatch {status.name} classwise C={classes}", "dot", 1, classwise, flops, skip,
+                              classwise=True))
     return methods
 
 
