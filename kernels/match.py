@@ -11,9 +11,10 @@ Algorithm
     threshold (k <= 64), or per-class maxima (C <= 64). Scores never leave registers.
 
 Tiling
-    BLOCK_D covers D (padded to a power of two) when D <= MAX_RESIDENT_D, so the
-    query tile is loaded once and stays in registers; larger D loops over chunks
-    of the query and reference inside the tile loop. The grid is
+    BLOCK_D covers D (padded to a power of two) when D <= MAX_RESIDENT_D = 128, so
+    the query tile is loaded once and stays in registers; larger D loops over
+    64-channel chunks of the query and reference inside the tile loop (a resident
+    256-channel query spilled on sm_90). Tile shapes come from ``launch_config``. The grid is
     (cdiv(N, BLOCK_N), splits): when N is too small to fill the GPU the bank is cut
     into ``splits`` ranges whose partial bests are merged by ``merge_splits``.
 
@@ -34,8 +35,9 @@ from .match_epilogues import offer_argmax, offer_classwise, offer_topk, worst_sl
 
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 REDUCTIONS = {"argmax": 0, "topk": 1, "classwise": 2}
-MAX_RESIDENT_D = 256
+MAX_RESIDENT_D = 128
 MAX_SLOTS = 64
+NUM_STAGES = 3
 
 
 @triton.jit
@@ -58,7 +60,7 @@ def _match_kernel(
     image = rows // rows_per_image
     pixel = rows % rows_per_image
     row_offset = image * stride_qb + (pixel // width) * stride_qh + (pixel % width) * stride_qw
-    channels = tl.arange(0, BLOCK_D).to(tl.int64)
+    channels = tl.arange(0, BLOCK_D)
 
     if QUERY_RESIDENT:
         q = tl.load(query_ptr + row_offset[:, None] + channels[None, :] * stride_qd,
@@ -78,12 +80,15 @@ def _match_kernel(
         best = tl.zeros((BLOCK_N, SLOTS_PAD), tl.float32) + padding[None, :]
         best_index = tl.full((BLOCK_N, SLOTS_PAD), -1, tl.int64)
         worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
+    # Tile columns are int32 offsets from the int64 tile start m0: int64 [BLOCK_N, BLOCK_M]
+    # index matrices would take twice the registers (they spilled on sm_90).
+    local = tl.arange(0, BLOCK_M)
     for m0 in range(m_begin, m_end, BLOCK_M):
-        cols = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        col_ok = cols < m_end
+        col_ok = local < tl.minimum(m_end - m0, BLOCK_M).to(tl.int32)
+        ref_tile_ptr = reference_ptr + m0 * stride_rm + local[:, None] * stride_rm
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         if QUERY_RESIDENT:
-            r = tl.load(reference_ptr + cols[:, None] * stride_rm + channels[None, :] * stride_rd,
+            r = tl.load(ref_tile_ptr + channels[None, :] * stride_rd,
                         mask=col_ok[:, None] & (channels[None, :] < dim), other=0.0)
             acc = _tile_scores(q, r, acc, INPUT_PRECISION)
         else:
@@ -91,21 +96,21 @@ def _match_kernel(
                 d = d0 + channels
                 qd = tl.load(query_ptr + row_offset[:, None] + d[None, :] * stride_qd,
                              mask=row_ok[:, None] & (d[None, :] < dim), other=0.0)
-                r = tl.load(reference_ptr + cols[:, None] * stride_rm + d[None, :] * stride_rd,
+                r = tl.load(ref_tile_ptr + d[None, :] * stride_rd,
                             mask=col_ok[:, None] & (d[None, :] < dim), other=0.0)
                 acc = _tile_scores(qd, r, acc, INPUT_PRECISION)
         if METRIC == 1:
-            acc = acc * tl.load(ref_stat_ptr + cols, mask=col_ok, other=0.0)[None, :]
+            acc = acc * tl.load(ref_stat_ptr + m0 + local, mask=col_ok, other=0.0)[None, :]
         elif METRIC == 2:
-            acc = 2.0 * acc - tl.load(ref_stat_ptr + cols, mask=col_ok, other=0.0)[None, :]
+            acc = 2.0 * acc - tl.load(ref_stat_ptr + m0 + local, mask=col_ok, other=0.0)[None, :]
         scores = tl.where(col_ok[None, :] & (acc == acc), acc, float("-inf"))
         if REDUCTION == 0:
-            best, best_index = offer_argmax(scores, cols, best, best_index, num_refs)
+            best, best_index = offer_argmax(scores, local, m0, best, best_index, BLOCK_M)
         elif REDUCTION == 1:
-            best, best_index, worst, worst_at = offer_topk(scores, cols, best, best_index, worst, worst_at,
-                                                          slots, num_refs, SLOTS_PAD)
+            best, best_index, worst, worst_at = offer_topk(scores, local, m0, best, best_index, worst, worst_at,
+                                                          slots, BLOCK_M, SLOTS_PAD)
         else:
-            labels = tl.load(labels_ptr + cols, mask=col_ok, other=0).to(tl.int32)
+            labels = tl.load(labels_ptr + m0 + local, mask=col_ok, other=0).to(tl.int32)
             best = offer_classwise(scores, labels, col_ok, best, slots)
 
     # Outputs are [splits, N, SLOTS] (SLOTS = 1 for argmax).
@@ -153,17 +158,36 @@ def merge_splits(partial_score, partial_index):
     return score.gather(1, order), index.gather(1, order)
 
 
+def launch_config(dim, slots, interpret=False, block_n=None, block_m=None):
+    """Compile-time tile shape of a launch: dict of BLOCK_N, BLOCK_M, BLOCK_D, SLOTS_PAD,
+    QUERY_RESIDENT and num_warps.
+
+    Chosen so that no variant spills registers on sm_80 or sm_90 (checked in CI
+    by compiling ahead of time, ``match_aot``); not yet tuned for speed on a GPU.
+    """
+    slots_pad = _next_power_of_two(slots)
+    resident = dim <= MAX_RESIDENT_D
+    block_d = max(16, _next_power_of_two(dim)) if resident else 64
+    if interpret:
+        block_n, block_m = block_n or 32, block_m or 32
+    # Top-k and class-wise rows keep slots_pad scores in registers: smaller tiles.
+    if slots_pad == 1:
+        default_n, default_m = 128, 128
+    elif slots_pad <= 32:
+        default_n, default_m = 64, 64
+    else:
+        default_n, default_m = 32, 64 if resident else 128
+    block_n, block_m = block_n or default_n, block_m or default_m
+    return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, SLOTS_PAD=slots_pad,
+                QUERY_RESIDENT=resident, num_warps=8 if block_n >= 128 else 4)
+
+
 def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, block_n, block_m):
     """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise)."""
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
-    slots_pad = _next_power_of_two(slots)
-    block_d = max(16, _next_power_of_two(dim)) if dim <= MAX_RESIDENT_D else 64
-    if _interpret_flag():
-        block_n, block_m = block_n or 32, block_m or 32
-    # Top-k and class-wise rows keep slots_pad scores in registers: fewer rows per program.
-    block_n = block_n or (128 if slots_pad <= 8 else 64 if slots_pad <= 32 else 32)
-    block_m = block_m or (64 if block_d <= 128 else 32)
+    config = launch_config(dim, slots, _interpret_flag(), block_n, block_m)
+    block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
     splits = splits or _pick_splits(row_blocks, num_refs, block_m, query.device)
     refs_per_split = triton.cdiv(triton.cdiv(num_refs, splits), block_m) * block_m
@@ -181,10 +205,8 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
         query, reference, ref_stat, labels if labels is not None else ref_stat, partial_score, partial_index,
         num_rows, height * width, width, num_refs, dim, refs_per_split,
         *query.stride(), *reference.stride(),
-        METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots, SLOTS_PAD=slots_pad,
-        BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d,
-        QUERY_RESIDENT=dim <= MAX_RESIDENT_D, INPUT_PRECISION=precision,
-        num_warps=8 if block_n >= 128 else 4, num_stages=3,
+        METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
+        INPUT_PRECISION=precision, num_stages=NUM_STAGES, **config,
     )
     return partial_score, partial_index
 

@@ -1,8 +1,8 @@
 """Per-tile reductions of the fused Triton ``match`` kernel.
 
 Each takes one tile of oriented scores [BLOCK_N, BLOCK_M] (larger is better;
-NaN and padding already -inf) whose columns are bank rows ``cols`` in ascending
-order, and folds it into a per-row running state. Tiles arrive in ascending
+NaN and padding already -inf) whose columns are bank rows m0 + ``local``
+(``local`` = 0 .. BLOCK_M - 1, int32), and folds it into a per-row running state. Tiles arrive in ascending
 bank order, which the tie rule (lowest index wins) relies on.
 """
 import triton
@@ -10,12 +10,18 @@ import triton.language as tl
 
 
 @triton.jit
-def offer_argmax(scores, cols, best, best_index, num_refs):
+def lowest_column(scores, tile_best, local, BLOCK_M: tl.constexpr):
+    """[BLOCK_N] int32: the lowest tile column holding each row's ``tile_best``."""
+    return tl.min(tl.where(scores == tile_best[:, None], local[None, :], BLOCK_M), axis=1)
+
+
+@triton.jit
+def offer_argmax(scores, local, m0, best, best_index, BLOCK_M: tl.constexpr):
     """k = 1. One compare per score; locate only when some row improves."""
     tile_best = tl.max(scores, axis=1)
     improved = tile_best > best
     if tl.max(improved.to(tl.int32), axis=0) > 0:
-        tile_index = tl.min(tl.where(scores == tile_best[:, None], cols[None, :], num_refs), axis=1)
+        tile_index = m0 + lowest_column(scores, tile_best, local, BLOCK_M)
         best_index = tl.where(improved, tile_index, best_index)
         best = tl.where(improved, tile_best, best)
     return best, best_index
@@ -37,7 +43,8 @@ def worst_slot(best, best_index, slots, SLOTS_PAD: tl.constexpr):
 
 
 @triton.jit
-def offer_topk(scores, cols, best, best_index, worst, worst_at, slots, num_refs, SLOTS_PAD: tl.constexpr):
+def offer_topk(scores, local, m0, best, best_index, worst, worst_at, slots, BLOCK_M: tl.constexpr,
+               SLOTS_PAD: tl.constexpr):
     """Top-k behind a per-row threshold: a tile whose row max does not beat the
     row's worst kept score costs one compare per score. Otherwise the tile's best
     remaining score (lowest column among equals) replaces the worst, until no row
@@ -47,11 +54,11 @@ def offer_topk(scores, cols, best, best_index, worst, worst_at, slots, num_refs,
     tile_best = tl.max(scores, axis=1)
     entering = tile_best > worst
     while tl.max(entering.to(tl.int32), axis=0) > 0:
-        col = tl.min(tl.where(scores == tile_best[:, None], cols[None, :], num_refs), axis=1)
+        col = lowest_column(scores, tile_best, local, BLOCK_M)
         replace = entering[:, None] & (slots[None, :] == worst_at[:, None])
         best = tl.where(replace, tile_best[:, None], best)
-        best_index = tl.where(replace, col[:, None], best_index)
-        scores = tl.where(entering[:, None] & (cols[None, :] == col[:, None]), float("-inf"), scores)
+        best_index = tl.where(replace, m0 + col[:, None], best_index)
+        scores = tl.where(entering[:, None] & (local[None, :] == col[:, None]), float("-inf"), scores)
         worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
         tile_best = tl.max(scores, axis=1)
         entering = tile_best > worst

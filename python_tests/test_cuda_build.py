@@ -1,64 +1,24 @@
 """The CUDA build without a GPU: kernel resources, launch plan and the binding layer."""
-import importlib.util
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
+
+from resources import assert_no_spills, resource_usage
 
 _C = pytest.importorskip("refmatch._C", reason="refmatch._C is not built")
 needs_cuda_build = pytest.mark.skipif(not _C.build_info()["cuda"], reason="_C built without CUDA")
 H100_SMEM, A100_SMEM = 227 * 1024, 163 * 1024  # opt-in shared memory per block
 
 
-def cuobjdump():
-    """cuobjdump from the PATH or from the nvidia-cuda-cuobjdump wheel (test extra), or None."""
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        for candidate in sorted(Path(root).glob("cu*/bin/cuobjdump")):
-            return str(candidate)
-    return None
-
-
-def kernel_resources():
-    """{(arch, mangled kernel name): {"REG": n, "STACK": n, "LOCAL": n, ...}} of the built module."""
-    tool = cuobjdump()
-    if tool is None:
-        message = "cuobjdump not found (pip install nvidia-cuda-cuobjdump, in the test extra)"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI installs the test extra: a skip there would hide spills
-        pytest.skip(message)
-    text = subprocess.run([tool, "--dump-resource-usage", _C.__file__], capture_output=True, text=True,
-                          check=True).stdout
-    resources, arch, function = {}, None, None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("arch = "):
-            arch = line.split("=", 1)[1].strip()
-        elif line.startswith("Function "):
-            function = line[len("Function "):].rstrip(":")
-        elif function and line.startswith("REG:"):
-            resources[(arch, function)] = {k: int(v) for k, v in re.findall(r"(\w+)(?:\[\d+\])?:(\d+)", line)}
-            function = None
-    return resources
-
-
 @needs_cuda_build
 def test_match_kernels_do_not_spill():
-    resources = kernel_resources()
+    resources = resource_usage(_C.__file__)
     kernels = {key: usage for key, usage in resources.items() if "match_argmax_kernel" in key[1]}
     archs = {arch for arch, _ in kernels}
     assert {"sm_80", "sm_90"} <= archs, f"match kernels missing for some arch: {sorted(archs)}"
     assert len(kernels) == 4 * len(archs), "one kernel per fp16, bf16, tf32, 3xtf32 and arch"
     for (arch, name), usage in resources.items():
-        report = f"{name} on {arch}: {usage}"
-        assert usage["STACK"] == 0 and usage["LOCAL"] == 0, f"spills to local memory: {report}"
-        assert usage["REG"] <= 255, report
+        assert_no_spills(f"{name} on {arch}", usage)
         print(f"{arch} REG:{usage['REG']:>3} {name}")
 
 

@@ -8,6 +8,9 @@ from .custom_op import fused_kernel_limits, register_classwise_op, register_matc
 from .scoring import finalize_scores, kernel_metric_and_stat
 
 
+_FUSED_OPS = "fused argmax, top-k (k <= 64) and class-wise max (C <= 64)"
+
+
 def _interpreting():
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -53,8 +56,8 @@ class TritonBackend:
         if importlib.util.find_spec("triton") is None:
             return False, "triton is not installed (pip install triton; Linux x86_64)"
         if _interpreting():
-            return True, "fused kernel; TRITON_INTERPRET=1: CPU tensors run in the interpreter"
-        return True, "fused kernel for CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
+            return True, f"{_FUSED_OPS}; TRITON_INTERPRET=1: CPU tensors run in the interpreter"
+        return True, f"{_FUSED_OPS} for CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
 
     def decline_reason(self, problem):
         available, reason = self.status()

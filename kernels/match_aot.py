@@ -1,0 +1,64 @@
+"""Compile the Triton ``match`` kernel for a GPU architecture on a machine without a GPU.
+
+The interpreter runs the kernels' logic on the CPU but never lowers them, so
+type errors in the lowering, shared-memory overruns and register spills would
+only show on a GPU. This compiles every reduction ahead of time with the
+launcher's own tile shapes (``launch_config``), to a cubin per variant.
+
+    python -m refmatch.kernels.match_aot --arch 90 --dim 128 --out DIR   # DIR/<variant>.cubin
+
+Needs triton with its CUDA backend and must run without TRITON_INTERPRET=1.
+"""
+import argparse
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .match import MAX_SLOTS, METRIC_CODES, NUM_STAGES, REDUCTIONS, _match_kernel, launch_config
+
+POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
+# (reduction, slots): k = 1, top-8, the largest top-k, 4 and the most classes.
+VARIANTS = [("argmax", 1), ("topk", 8), ("topk", MAX_SLOTS), ("classwise", 4), ("classwise", MAX_SLOTS)]
+
+
+def compile_variant(arch, dtype, dim, metric, reduction, slots):
+    """The compiled kernel (``.asm["cubin"]``, ``.metadata.shared``) for one launch shape."""
+    config = launch_config(dim, slots)
+    num_warps = config.pop("num_warps")
+    constants = dict(config, METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
+                     INPUT_PRECISION="tf32" if dtype == "float32" else "ieee")
+    pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],
+                "ref_stat_ptr": "*fp32", "labels_ptr": "*i64", "out_score_ptr": "*fp32", "out_index_ptr": "*i64"}
+    # As the JIT specialises a call with [N, D] rows and a contiguous [M, D] bank:
+    # unit strides become constants, pointers and D-multiples are 16-divisible.
+    constants.update(stride_qd=1, stride_qw=1, stride_rd=1)
+    divisible = set(pointers) | {"stride_qh", "stride_rm", "dim", "refs_per_split"}
+    names = _match_kernel.arg_names
+    signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
+    source = ASTSource(fn=_match_kernel, signature=signature,
+                       constexprs={(names.index(name),): value for name, value in constants.items()},
+                       attrs={(names.index(name),): [["tt.divisibility", 16]] for name in divisible})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": NUM_STAGES})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(POINTER_TYPES))
+    parser.add_argument("--dim", type=int, nargs="+", default=[128])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for dim in args.dim:
+        for reduction, slots in VARIANTS:
+            kernel = compile_variant(args.arch, args.dtype, dim, "cosine", reduction, slots)
+            name = f"sm{args.arch}-{args.dtype}-d{dim}-{reduction}{slots}"
+            (args.out / f"{name}.cubin").write_bytes(kernel.asm["cubin"])
+            print(f"{name}: {kernel.metadata.shared} bytes of shared memory", flush=True)
+
+
+if __name__ == "__main__":
+    main()
