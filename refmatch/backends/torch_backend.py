@@ -81,23 +81,34 @@ def _offer_topk(best, best_index, tile, col0):
     if tile.is_cuda:
         _merge_topk(best, best_index, tile, col0)
         return
-    rows = (_row_max(tile) > best[:, -1]).nonzero()[:, 0]
-    if not rows.numel():
+    improving = _row_max(tile) > best[:, -1]
+    count = int(improving.sum())
+    if count == 0:
         return
-    row_best, row_index, row_tile = best[rows], best_index[rows], tile[rows]
-    entering = (row_tile > row_best[:, -1:]).nonzero()  # (row, col), ascending col per row
-    counts = torch.bincount(entering[:, 0], minlength=rows.numel())
-    width = int(counts.max())
-    if width > 4 * best.shape[1]:  # early tiles: most scores enter, select them by topk
-        _merge_topk(row_best, row_index, row_tile, col0)
-    else:
-        slot = torch.arange(entering.shape[0]) - (counts.cumsum(0) - counts)[entering[:, 0]]
-        candidate = row_best.new_full((rows.numel(), width), float("-inf"))
-        candidate_index = row_index.new_full((rows.numel(), width), -1)
-        candidate[entering[:, 0], slot] = row_tile[entering[:, 0], entering[:, 1]]
-        candidate_index[entering[:, 0], slot] = entering[:, 1] + col0
-        _keep_best(row_best, row_index, candidate, candidate_index)
+    if count > tile.shape[0] // 2:  # most rows take part: merge in place, no row gathers
+        _merge_entering(best, best_index, tile, col0)
+        return
+    rows = improving.nonzero()[:, 0]
+    row_best, row_index = best[rows], best_index[rows]
+    _merge_entering(row_best, row_index, tile[rows], col0)
     best[rows], best_index[rows] = row_best, row_index
+
+
+def _merge_entering(best, best_index, tile, col0):
+    """CPU: merge the tile scores that beat each row's k-th best. Early tiles, where
+    most scores enter, take the top-k of the tile instead."""
+    entering = (tile > best[:, -1:]).nonzero()  # (row, col), ascending col per row
+    counts = torch.bincount(entering[:, 0], minlength=tile.shape[0])
+    width = int(counts.max()) if counts.numel() else 0
+    if width > 4 * best.shape[1]:
+        _merge_topk(best, best_index, tile, col0)
+        return
+    slot = torch.arange(entering.shape[0]) - (counts.cumsum(0) - counts)[entering[:, 0]]
+    candidate = best.new_full((tile.shape[0], width), float("-inf"))
+    candidate_index = best_index.new_full((tile.shape[0], width), -1)
+    candidate[entering[:, 0], slot] = tile[entering[:, 0], entering[:, 1]]
+    candidate_index[entering[:, 0], slot] = entering[:, 1] + col0
+    _keep_best(best, best_index, candidate, candidate_index)
 
 
 def _merge_topk(best, best_index, tile, col0):
