@@ -58,16 +58,17 @@ class TrainConfig:
         return self
 
 
-def load_config(path=None, overrides=()):
-    """TrainConfig from an optional YAML file and ``key=value`` strings (values parsed as YAML)."""
+def load_config(path=None, overrides=(), base=None):
+    """TrainConfig from an optional YAML file and ``key=value`` strings (values parsed as
+    YAML), applied over the defaults or over ``base`` (a dict of config values)."""
     import yaml
 
-    values = {}
+    values = dict(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        values.update(yaml.safe_load(path.read_text()) or {})
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must be key=value, got {item!r}")

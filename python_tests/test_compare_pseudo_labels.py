@@ -1,0 +1,40 @@
+"""refmatch compare-pseudo-labels on a tiny phantom run."""
+import json
+
+import pytest
+
+pytest.importorskip("yaml", reason="the train extra is not installed")
+pytest.importorskip("PIL", reason="the train extra is not installed")
+
+from refmatch.__main__ import main  # noqa: E402
+from test_recipes import TINY  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    main(["train", *TINY, "--out", str(run), "method=supervised", "steps=2"])
+    return run
+
+
+def test_scores_each_setting_and_draws_them(tiny_run, tmp_path):
+    from PIL import Image
+
+    settings = ["method=meanteacher-pl", "pl_mode=hard", "pl_mode=soft,pl_k=3"]
+    main(["compare-pseudo-labels", "--run", str(tiny_run), "--images", "3", "--out", str(tmp_path),
+          *[part for setting in settings for part in ("--setting", setting)]])
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert [row["setting"] for row in report["rows"]] == settings and report["images"] == 3
+    for row in report["rows"]:
+        assert 0.0 <= row["kept"] <= 1.0 and all(0.0 <= row[f"dice_{c}"] <= 1.0 for c in range(4))
+    assert (tmp_path / "compare.md").read_text().count("\n| pl_mode") == 2
+    width, height = Image.open(tmp_path / "compare.png").size
+    assert width == 32 * (2 + len(settings)) and height == 42 + 32 * 3
+
+
+@pytest.mark.parametrize("setting, message", [("pl_k", "override must be key=value"),
+                                              ("pl_mood=soft", "unknown config key"),
+                                              ("method=supervised", "makes no pseudo-labels")])
+def test_bad_settings_are_named(tiny_run, tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        main(["compare-pseudo-labels", "--run", str(tiny_run), "--setting", setting, "--out", str(tmp_path)])

@@ -1,0 +1,141 @@
+"""``refmatch compare-pseudo-labels``: which pseudo-label setting suits a dataset?
+
+Takes the teacher of a training run, builds its reference bank from the run's
+labelled images and scores several ``PseudoLabeler`` settings on the run's
+unlabelled training images whose masks were hidden: accuracy of the kept
+pixels, the kept fraction, and recall and Dice per class. The setting
+``method=meanteacher-pl`` scores the teacher's own confident predictions, the
+baseline. Writes a table (markdown and JSON) and a picture: image, hidden
+truth, then each setting.
+"""
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load
+from .config import TrainConfig, load_config
+from .data_setup import UNKNOWN, prepare_data
+from .methods import IGNORE, pseudo_label_source
+from .unet import UNet
+
+DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
+                    "pl_mode=hard,tap_size=64"]
+
+
+def parse_setting(text, config):
+    """'key=value,key=value' -> ``config`` with those values (parsed as in ``refmatch train``);
+    the method is "refmatch" unless the setting names another."""
+    items = [item for item in text.split(",") if item]
+    if not any(item.startswith("method=") for item in items):
+        items.append("method=refmatch")
+    return load_config(None, items, base=dataclasses.asdict(config))
+
+
+def score(labels, truth, num_classes):
+    """Pixel statistics of pseudo-labels [n, H, W] against truth [n, H, W] (IGNORE = not kept)."""
+    kept = labels != IGNORE
+    row = {"kept": kept.float().mean().item(),
+           "accuracy": (labels == truth)[kept].float().mean().item() if kept.any() else float("nan")}
+    for cls in range(num_classes):
+        predicted, actual = labels == cls, truth == cls
+        overlap = (predicted & actual).sum().item()
+        row[f"recall_{cls}"] = overlap / max(actual.sum().item(), 1)
+        row[f"dice_{cls}"] = 2 * overlap / max(predicted.sum().item() + actual.sum().item(), 1)
+    return row
+
+
+def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
+    """Score each setting; returns (rows, images [n, 1, H, W], truth, {setting: labels})."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    state = load(Path(run_dir) / checkpoint, device)
+    config = TrainConfig(**state["config"])
+    data = prepare_data(config, run_dir)
+    num_classes = len(data.class_names)
+    teacher = UNet(1, num_classes, config.width, config.depth).to(device)
+    teacher.load_state_dict(state["teacher"])
+    teacher.eval()
+    hidden = (data.unlabeled.masks != UNKNOWN).flatten(1).all(dim=1).nonzero()[:, 0][:num_images]
+    if hidden.numel() == 0:
+        raise ValueError(f"the run {run_dir} has no unlabelled images with hidden masks to score against")
+    images, truth = data.unlabeled.images[hidden], data.unlabeled.masks[hidden]
+    rows, outputs = [], {}
+    for text in settings:
+        name, setting = text, parse_setting(text, config)
+        if setting.method == "supervised":
+            raise ValueError(f"setting {text!r}: method=supervised makes no pseudo-labels")
+        source = pseudo_label_source(setting.method, teacher, setting, num_classes, device)
+        source.refresh(data.labeled.images.to(device), data.labeled.masks.to(device), batch_size)
+        begin, labels = time.perf_counter(), []
+        for start in range(0, images.shape[0], batch_size):
+            labels.append(source(images[start:start + batch_size].to(device)).labels.cpu())
+        seconds = time.perf_counter() - begin
+        outputs[name] = torch.cat(labels)
+        rows.append({"setting": name, **score(outputs[name], truth, num_classes),
+                     "ms_per_image": 1e3 * seconds / images.shape[0]})
+        if hasattr(source, "tap"):
+            source.tap.close()
+    return rows, data.class_names, images, truth, outputs
+
+
+def markdown(rows, class_names):
+    per_class = [f"{kind} {name}" for name in class_names for kind in ("recall", "Dice")]
+    lines = ["| setting | kept | accuracy (kept) | " + " | ".join(per_class) + " | ms / image |",
+             "|---" * (4 + len(per_class)) + "|"]
+    for row in rows:
+        values = [row[f"{kind}_{cls}"] for cls in range(len(class_names)) for kind in ("recall", "dice")]
+        lines.append(f"| {row['setting']} | {row['kept']:.3f} | {row['accuracy']:.4f} | "
+                     + " | ".join(f"{v:.4f}" for v in values) + f" | {row['ms_per_image']:.1f} |")
+    return "\n".join(lines)
+
+
+def picture(path, images, truth, outputs, count=4):
+    """Rows: images; columns: image, hidden truth, then each setting's pseudo-labels
+    (grey: not kept), under a title strip naming the columns."""
+    from PIL import Image, ImageDraw
+
+    from .visual import colorize, gray
+
+    rows = []
+    for i in range(min(count, images.shape[0])):
+        tiles = [gray(images[i, 0], 0.0, 1.0), colorize(truth[i], IGNORE)]
+        tiles += [colorize(labels[i], IGNORE) for labels in outputs.values()]
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    width = images.shape[-1]
+    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + 14 * 3), "white")
+    canvas.paste(Image.fromarray(grid), (0, 14 * 3))
+    draw = ImageDraw.Draw(canvas)
+    for column, title in enumerate(["image", "truth", *outputs]):
+        for line, part in enumerate(title.split(",")[:3]):  # one config change per line
+            draw.text((column * width + 2, 1 + 14 * line), part, fill="black")
+    canvas.save(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="refmatch compare-pseudo-labels", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="run folder with best.pt and splits.json")
+    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run folder")
+    parser.add_argument("--setting", action="append", help="comma-separated key=value config changes "
+                        f"(repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
+    parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score")
+    parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "
+                        "(default: RUN/compare-pseudo-labels)")
+    args = parser.parse_args(argv)
+    out = args.out or args.run / "compare-pseudo-labels"
+    rows, class_names, images, truth, outputs = compare(args.run, args.setting or DEFAULT_SETTINGS, args.images,
+                                                        checkpoint=args.checkpoint)
+    table = markdown(rows, class_names)
+    out.mkdir(parents=True, exist_ok=True)
+    header = f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks\n\n"
+    (out / "compare.md").write_text(header + table + "\n")
+    (out / "compare.json").write_text(json.dumps({"run": str(args.run), "images": images.shape[0], "rows": rows},
+                                                 indent=2))
+    picture(out / "compare.png", images, truth, outputs)
+    print(header + table + f"\n\nwrote {out}/compare.md, compare.json and compare.png "
+          "(columns: image, truth, then the settings in order)")
+    return rows
