@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The README's experiment: 4 runs on the Shenzhen lung X-rays at 128x128 on the CPU,
-# same model and steps; then one table. Usage: bash scripts/lung_experiment.sh [SEED]
+# The README's experiment on the Shenzhen lung X-rays at 128x128 on the CPU: supervised,
+# mean-teacher pseudo-labels and refmatch with NUM_LABELED labelled images, and full
+# supervision; same model and steps; then one table. Finished runs are not run again.
+# Usage: bash scripts/lung_experiment.sh [SEED] [NUM_LABELED] [REFMATCH_OVERRIDES...]
+#   e.g. bash scripts/lung_experiment.sh 0 6 pl_k=8   (runs/lung_seed0/refmatch_n6_pl_k-8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-0}
+labeled=${2:-28}
+shift $(( $# < 2 ? $# : 2 ))
 out=runs/lung_seed$seed
+tag=$([[ $labeled == 28 ]] && echo 5pct || echo "n$labeled")  # 28 labelled images are 5 % of 566
+variant=$(printf '_%s' "$@" | tr '=' '-')
+[[ $# -gt 0 ]] || variant=""
 run() { [[ -f "$1/metrics.json" ]] || refmatch train --config configs/lung_cpu.yaml seed=$seed --out "$@"; }
-run $out/supervised_5pct method=supervised
-run $out/meanteacher_5pct method=meanteacher-pl
-run $out/refmatch_5pct method=refmatch
+run $out/supervised_$tag method=supervised num_labeled=$labeled
+run $out/meanteacher_$tag method=meanteacher-pl num_labeled=$labeled
+run $out/refmatch_$tag$variant method=refmatch num_labeled=$labeled "$@"
 run $out/supervised_100pct method=supervised num_labeled=0 labeled_fraction=1.0
-python -m refmatch.recipes.report $out/supervised_5pct $out/meanteacher_5pct $out/refmatch_5pct $out/supervised_100pct
+python -m refmatch.recipes.report $out/supervised_$tag $out/meanteacher_$tag $out/refmatch_$tag$variant \
+    $out/supervised_100pct
