@@ -73,3 +73,16 @@ def test_fused_backends_decline_with_reasons():
     if FUSED:
         with pytest.raises(ValueError, match="at most 64 classes, got num_classes=70"):
             refmatch.classwise_max(query, reference, labels, 70, backend="triton")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_blocks_of_one_class_take_the_row_max_path(metric):
+    from refmatch.backends.torch_classwise import classwise_chunked
+
+    query, reference = torch.randn(9, 5), torch.randn(100, 5)
+    labels = torch.randint(0, 4, (100,)).sort().values  # most 16-row blocks hold one class
+    reference[37] = float("nan")
+    maps = query.T[None, :, :, None]
+    grouped = classwise_chunked(maps, reference, labels, None, 4, metric, block_m=16)
+    mixed = classwise_chunked(maps, reference, labels, None, 4, metric, block_m=128)  # one mixed block
+    torch.testing.assert_close(grouped, mixed)

@@ -2,12 +2,23 @@
 
 The same walk over reference blocks as ``match_chunked``; each score tile is
 reduced per class with one ``scatter_reduce(amax)`` over the block's labels
-into a running [N, C] maximum. The N x M matrix never exists.
+into a running [N, C] maximum. On the CPU a block of one class (the common case:
+ReferenceBank stores class by class) takes a plain row max instead. The N x M
+matrix never exists.
 """
 import torch
 
 from .scoring import finalize_scores
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, tiling
+
+
+def _single_class_blocks(labels, block_m):
+    """{block: label} of the reference blocks whose labels are all one class (one host read)."""
+    padded = torch.cat([labels, labels[-1:].expand(-labels.shape[0] % block_m)])  # repeat the last label
+    blocks = padded.view(-1, block_m)
+    lowest, highest = blocks.amin(dim=1), blocks.amax(dim=1)
+    return {block: label for block, (label, same) in enumerate(zip(lowest.tolist(), (lowest == highest).tolist()))
+            if same}
 
 
 def classwise_chunked(query, reference, labels, ignored, num_classes, metric, tile_bytes=None, block_m=None):
@@ -26,6 +37,7 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     num_rows, num_refs = rows.shape[0], reference.shape[0]
     best = torch.full((num_rows, num_classes), float("-inf"), device=query.device, dtype=dtype)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
+    single_class = _single_class_blocks(labels, block_m) if not query.is_cuda else {}
     for col0 in range(0, num_refs, block_m):
         block, bias = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
                                      metric, dtype)
@@ -35,6 +47,10 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
             _drop_nan(_score_tile(row_block, block, bias, metric, tile))
             target = best[row0:row0 + block_n]
-            target.scatter_reduce_(1, block_labels.expand(tile.shape[0], -1), tile, "amax")
+            label = single_class.get(col0 // block_m)
+            if label is None:
+                target.scatter_reduce_(1, block_labels.expand(tile.shape[0], -1), tile, "amax")
+            else:
+                target[:, label] = torch.maximum(target[:, label], tile.amax(dim=1))
     present = torch.where(best == float("-inf"), -1, 0)
     return finalize_scores(best, present, query, metric)
