@@ -66,8 +66,8 @@ KernelChoice choose_kernel(int dtype, bool allow_tf32) {
                               "2 (bfloat16), got " + std::to_string(dtype));
 }
 
-// Shared-memory layout on the current device; raises the kernel's dynamic
-// shared-memory limit to fit it (per device, cheap, no stream work).
+// Shared-memory layout on the current device; lets the kernel use the device's
+// whole opt-in shared memory (per device, cheap, no stream work).
 struct KernelLayout {
   int64_t dim_chunks;
   bool query_resident;
@@ -87,8 +87,9 @@ KernelLayout prepare_kernel(const KernelChoice& choice, int64_t dim, int device)
                              " bytes of shared memory per block, the device allows " +
                              std::to_string(smem_limit));
   }
-  check(cudaFuncSetAttribute(choice.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(layout.smem_bytes)),
+  // Always the device's opt-in maximum, never the size of this call: a call with
+  // a smaller layout on another thread (or after a graph capture) never lowers it.
+  check(cudaFuncSetAttribute(choice.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit),
         "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   return layout;
 }

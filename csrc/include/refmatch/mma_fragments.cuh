@@ -83,9 +83,21 @@ struct MmaTf32 {
   struct A { uint32_t big[4], small[4]; };
   struct B { uint32_t big[2], small[2]; };
 
+  // 3xTF32 truncates the big part: rounding would carry finite values near
+  // FLT_MAX to inf, and inf - inf would make the small part NaN. Non-finite
+  // values pass whole (NaN as the canonical NaN, whose high mantissa bits
+  // survive the tensor core's 10-bit read), with no small part.
   static __device__ __forceinline__ void split(float value, uint32_t& big, uint32_t& small) {
-    big = to_tf32(value);
-    small = kSplit ? to_tf32(value - __uint_as_float(big)) : 0u;
+    if (!kSplit) {
+      big = to_tf32(value);
+      small = 0u;
+    } else if (isfinite(value)) {
+      big = __float_as_uint(value) & 0xffffe000u;
+      small = to_tf32(value - __uint_as_float(big));
+    } else {
+      big = isnan(value) ? 0x7fffffffu : __float_as_uint(value);
+      small = 0u;
+    }
   }
 
   static __device__ __forceinline__ const float* row_at(const char* tile, int row, int k) {
