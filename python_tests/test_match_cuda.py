@@ -163,3 +163,22 @@ def test_declines_with_reasons():
         match_cuda(query.double(), reference.double())
     with pytest.raises(ValueError, match="CUDA tensors"):
         match_cuda(query.cpu(), reference.cpu())
+
+
+@pytest.mark.parametrize("precision", ["highest", "high"])
+def test_infinite_and_huge_float32_inputs(precision):
+    # 3xTF32 once split inf into inf + NaN and rounded values near FLT_MAX up to inf.
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        reference = torch.rand(40, 8, device="cuda")
+        reference[7, 3] = float("inf")
+        query = torch.rand(3, 8, device="cuda") + 0.5
+        result = match_cuda(query, reference)
+        assert (result.index == 7).all() and (result.score == float("inf")).all()
+        if precision == "highest":  # plain TF32 cannot hold FLT_MAX; 3xTF32 must
+            huge = torch.full((2, 4), torch.finfo(torch.float32).max, device="cuda")
+            found = match_cuda(torch.full((1, 4), 2.0 ** -100, device="cuda"), huge)
+            assert torch.isfinite(found.score).all() and (found.index == 0).all()
+    finally:
+        torch.set_float32_matmul_precision(previous)
