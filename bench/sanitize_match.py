@@ -5,7 +5,8 @@
 Covers every kernel variant and load path at sizes that stay fast under
 instrumentation: fp16 / bf16 / fp32 (3xTF32 and TF32), all metrics, tile and
 D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
-query maps and reference layouts that cannot use cp.async.
+query maps, reference layouts that cannot use cp.async, ignore_index, and the
+Triton top-k and class-wise reductions.
 """
 import argparse
 
@@ -46,6 +47,17 @@ def main():
         refmatch.match(torch.randn(33, 40, device="cuda"), torch.randn(90, 40, device="cuda"), backend="cuda")
         torch.set_float32_matmul_precision(previous)
         print("ok  splits and tf32")
+    query, reference = torch.randn(70, 40, device="cuda").bfloat16(), torch.randn(300, 40, device="cuda").bfloat16()
+    labels = torch.randint(0, 5, (300,), device="cuda")
+    labels[::7] = 255
+    for backend in args.backends:
+        refmatch.match(query, reference, labels, metric="dot", backend=backend, ignore_index=255)
+    if "triton" in args.backends:
+        for k in (8, 64):
+            refmatch.match(query, reference, labels, k=k, backend="triton", ignore_index=255)
+        refmatch.classwise_max(query, reference, labels, 5, backend="triton", ignore_index=255)
+        refmatch.classwise_max(query, reference, labels.sort().values.clamp(max=4), 5, backend="triton")
+    print("ok  ignore_index; triton top-k and class-wise")
     torch.cuda.synchronize()
 
 

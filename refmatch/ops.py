@@ -15,7 +15,7 @@ class MatchResult(NamedTuple):
 
     score: float32 ([N], [N, k], [B, H, W] or [B, k, H, W]); float64 for float64 input.
         Similarity for "cosine"/"dot", squared distance for "l2"; best first.
-    index: int64 reference row of each match, -1 where no finite score exists.
+    index: int64 reference row of each match, -1 where nothing beats the worst score.
     label: ``labels[index]`` (-1 where index is -1), or None without labels.
     """
 
@@ -128,8 +128,9 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     Returns:
         MatchResult(score, index, label), each [N] / [B, H, W] for k = 1, or
         [N, k] / [B, k, H, W] for k > 1. Among equal scores the lowest reference
-        index wins; NaN never wins; a row with no finite score gets index -1 and
-        label -1 (so does every slot beyond the references it can match). Scores
+        index wins; NaN and the worst score (-inf, +inf for l2) never win: a row
+        with nothing better gets index -1 and label -1 (so does every slot beyond
+        the references it can match). Scores
         carry no gradient. With labels, one host read checks their values
         (labels >= 0 except ignore_index), except under torch.compile or graph capture.
 
