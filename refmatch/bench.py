@@ -197,6 +197,7 @@ def plot(rows, path):
     dims = sorted({r["d"] for r in rows})
     figure, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4), squeeze=False)
     for axis, d in zip(axes[0], dims):
+        axis.set_prop_cycle(color=plt.cm.tab20.colors)  # more methods than the default 10 colours
         timed_rows = [r for r in rows if r["d"] == d and "tflops" in r]
         label = lambda r: r["method"].split(" (")[0] + ("" if r["metric"] == "-" else f" [{r['metric']}]")
         for name in dict.fromkeys(label(r) for r in timed_rows):
