@@ -31,12 +31,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends.custom_op import MAX_FUSED_SLOTS as MAX_SLOTS
+from ..candidates import keep_best
 from .match_epilogues import offer_argmax, offer_classwise, offer_topk, worst_slot
 
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 REDUCTIONS = {"argmax": 0, "topk": 1, "classwise": 2}
 MAX_RESIDENT_D = 128
-MAX_SLOTS = 64
 NUM_STAGES = 3
 
 
@@ -146,16 +147,16 @@ def _pick_splits(num_row_blocks, num_refs, block_m, device):
 def merge_splits(partial_score, partial_index):
     """Merge partial top-k lists [S, N, k] of consecutive bank ranges into [N, k], best first.
 
-    Sorting by index and then stably by score puts equal scores in index order;
-    empty slots hold (-inf, -1) and sort last.
+    The kernel's lists are unsorted: sorting by index and then stably by score
+    puts equal scores in index order; empty slots hold (-inf, -1) and sort last.
     """
     splits, num_rows, k = partial_score.shape
+    if splits * k == 1:  # one best per row already
+        return partial_score[0], partial_index[0]
     score = partial_score.permute(1, 0, 2).reshape(num_rows, splits * k)
     index = partial_index.permute(1, 0, 2).reshape(num_rows, splits * k)
     by_index = index.argsort(dim=1)
-    score, index = score.gather(1, by_index), index.gather(1, by_index)
-    order = score.sort(dim=1, descending=True, stable=True).indices[:, :k]
-    return score.gather(1, order), index.gather(1, order)
+    return keep_best(score.gather(1, by_index), k, index.gather(1, by_index))
 
 
 def launch_config(dim, slots, interpret=False, block_n=None, block_m=None):

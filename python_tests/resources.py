@@ -14,9 +14,9 @@ def cuobjdump():
     the test without it, and fails it in CI, where a skip would hide spills."""
     found = shutil.which("cuobjdump")
     spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations or []) if spec and not found else []:
-        for candidate in sorted(Path(root).glob("cu*/bin/cuobjdump")):
-            found = str(candidate)
+    roots = (spec.submodule_search_locations or []) if spec and not found else []
+    found = found or next((str(path) for root in roots for path in sorted(Path(root).glob("cu*/bin/cuobjdump"))),
+                          None)
     if found is None:
         message = "cuobjdump not found (pip install nvidia-cuda-cuobjdump, in the test extra)"
         if os.environ.get("CI"):

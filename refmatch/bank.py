@@ -197,8 +197,8 @@ class ReferenceBank(nn.Module):
             scores.append(score)
             indices.append(torch.where(index >= 0, index + cls * self.capacity, -1))
             labels.append(torch.where(index >= 0, cls, -1))
-        score, index, label = keep_best(torch.cat(scores, 1), torch.cat(indices, 1), torch.cat(labels, 1),
-                                        k, self.metric)
+        score, index, label = keep_best(torch.cat(scores, 1), k, torch.cat(indices, 1), torch.cat(labels, 1),
+                                        larger_wins=self.metric != "l2")
         if k == 1:
             score, index, label = score[:, 0], index[:, 0], label[:, 0]
         return MatchResult(score, index, label)

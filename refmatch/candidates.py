@@ -9,12 +9,12 @@ def with_k_axis(tensor):
     return tensor, tensor.dim() == 4
 
 
-def keep_best(score, index, label, k, metric):
-    """The k best candidates along dim 1, best first.
+def keep_best(score, k, *companions, larger_wins=True):
+    """The k best candidates along dim 1, best first: (score, *companions) gathered alike.
 
-    Candidates must come source by source in ascending index order, each source
-    best first with ties by index; a stable sort then keeps the lowest-index rule
-    across sources. Scores are similarities (larger wins) or, for "l2", distances.
+    Candidates with equal scores must come in ascending index order (source by
+    source, ascending within each); the stable sort then keeps the lowest-index
+    rule across sources. ``larger_wins=False`` for distances.
     """
-    order = score.sort(dim=1, descending=metric != "l2", stable=True).indices[:, :k]
-    return score.gather(1, order), index.gather(1, order), label.gather(1, order)
+    order = score.sort(dim=1, descending=larger_wins, stable=True).indices[:, :k]
+    return (score.gather(1, order), *(values.gather(1, order) for values in companions))

@@ -101,7 +101,7 @@ class ShardedReferenceBank(ReferenceBank):
             label[:, :local_k] = found.label.reshape(-1, local_k)
         # Shards in rank order, each best first with ties by index.
         candidates = [torch.cat(_gather(t, self.group), dim=1)[mine] for t in (score, index, label)]
-        score, index, label = keep_best(*candidates, k, self.metric)
+        score, index, label = keep_best(candidates[0], k, *candidates[1:], larger_wins=self.metric != "l2")
         if k == 1:
             score, index, label = score[:, 0], index[:, 0], label[:, 0]
         return MatchResult(shape_back(score), shape_back(index), shape_back(label))

@@ -50,6 +50,11 @@ def kernel_metric_and_stat(reference, metric, ignored=None):
     return metric, stat.masked_fill(ignored, float("nan"))
 
 
+def finalize_class_scores(oriented, query, metric):
+    """Public [N, C] class-wise scores from oriented per-class maxima (-inf: no reference)."""
+    return finalize_scores(oriented, torch.where(oriented == float("-inf"), -1, 0), query, metric)
+
+
 def finalize_scores(oriented, index, query, metric):
     """Public scores from oriented ones.
 

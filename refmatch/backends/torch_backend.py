@@ -9,6 +9,7 @@ stays cache-sized so the reduction runs at the speed of the GEMM under it.
 import torch
 import torch.nn.functional as F
 
+from ..candidates import keep_best
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
 
@@ -130,12 +131,11 @@ def _merge_topk(best, best_index, tile, col0):
 
 def _keep_best(best, best_index, candidate, candidate_index):
     """Merge candidates (per row in ascending index, all above earlier blocks'
-    indices) into the running lists; the stable sort keeps lower indices first."""
-    merged_score = torch.cat([best, candidate], dim=1)
-    merged_index = torch.cat([best_index, candidate_index], dim=1)
-    order = merged_score.sort(dim=1, descending=True, stable=True).indices[:, :best.shape[1]]
-    best.copy_(merged_score.gather(1, order))
-    best_index.copy_(merged_index.gather(1, order))
+    indices) into the running lists in place."""
+    score, index = keep_best(torch.cat([best, candidate], dim=1), best.shape[1],
+                             torch.cat([best_index, candidate_index], dim=1))
+    best.copy_(score)
+    best_index.copy_(index)
 
 
 def tiling(query, reference, tile_bytes=None, block_m=None):

@@ -8,7 +8,7 @@ matrix never exists.
 """
 import torch
 
-from .scoring import finalize_scores
+from .scoring import finalize_class_scores
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, tiling
 
 
@@ -41,7 +41,7 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     for col0 in range(0, num_refs, block_m):
         block, bias = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
                                      metric, dtype)
-        block_labels = labels[col0:col0 + block_m].long()
+        block_labels = labels[col0:col0 + block_m]
         for row0 in range(0, num_rows, block_n):
             row_block = rows[row0:row0 + block_n].to(dtype)
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
@@ -52,5 +52,4 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
                 target.scatter_reduce_(1, block_labels.expand(tile.shape[0], -1), tile, "amax")
             else:
                 target[:, label] = torch.maximum(target[:, label], tile.amax(dim=1))
-    present = torch.where(best == float("-inf"), -1, 0)
-    return finalize_scores(best, present, query, metric)
+    return finalize_class_scores(best, query, metric)

@@ -4,11 +4,10 @@ import os
 
 import torch
 
-from .custom_op import fused_kernel_limits, register_classwise_op, register_match_op
-from .scoring import finalize_scores, kernel_metric_and_stat
+from .custom_op import MAX_FUSED_SLOTS, fused_kernel_limits, register_classwise_op, register_match_op
+from .scoring import finalize_class_scores, finalize_scores, kernel_metric_and_stat
 
-
-_FUSED_OPS = "fused argmax, top-k (k <= 64) and class-wise max (C <= 64)"
+_FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
 
 
 def _interpreting():
@@ -38,8 +37,7 @@ def classwise_fused(query, reference, labels, ignored, num_classes, metric):
 
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
     oriented = classwise_max(*_kernel_inputs(query, reference), stat, labels, kernel_metric, num_classes)
-    present = torch.where(oriented == float("-inf"), -1, 0)
-    return finalize_scores(oriented, present, query, metric)
+    return finalize_class_scores(oriented, query, metric)
 
 
 class TritonBackend:

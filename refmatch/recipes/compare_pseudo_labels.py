@@ -50,7 +50,8 @@ def score(labels, truth, num_classes):
 
 
 def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
-    """Score each setting; returns (rows, images [n, 1, H, W], truth, {setting: labels})."""
+    """Score each setting; returns (rows, class names, images [n, 1, H, W], truth [n, H, W],
+    {setting: labels [n, H, W]})."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load(Path(run_dir) / checkpoint, device)
     config = TrainConfig(**state["config"])
