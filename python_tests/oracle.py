@@ -16,8 +16,10 @@ def rows_of(query):
 
 
 def dense_scores(query, reference, metric, dtype=torch.float64):
-    """The full [N, M] score matrix computed in ``dtype`` (the oracle in float64)."""
-    q, r = rows_of(query).to(dtype), reference.to(dtype)
+    """The full [N, M] score matrix computed in ``dtype``: the float64 oracle on the
+    CPU, a low-precision one on the inputs' device (torch's own error there)."""
+    device = "cpu" if dtype == torch.float64 else query.device
+    q, r = rows_of(query).to(device, dtype), reference.to(device, dtype)
     if metric == "cosine":
         return F.normalize(q, dim=1) @ F.normalize(r, dim=1).T
     if metric == "dot":
@@ -41,7 +43,7 @@ def tolerance(query, reference, metric, k=1):
     exact = topk_oracle(query, reference, metric, k)
     if query.dtype == torch.float64:
         return 1e-9 * (1 + exact.abs().max().item())
-    plain = dense_scores(query, reference, metric, dtype=query.dtype).double()
+    plain = dense_scores(query, reference, metric, dtype=query.dtype).double().cpu()
     plain = oriented(oriented(plain, metric).topk(k, dim=1).values, metric)
     finite = torch.isfinite(exact)
     error = (plain - exact)[finite].abs().max().item()

@@ -78,11 +78,13 @@ def test_a_few_steps_of_each_method(tmp_path, method):
         assert list((tmp_path / "images").glob("step_*.png"))
 
 
-def test_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_resume_continues_the_run(tmp_path, device):
+    """Bit-exact on the CPU; on a GPU (checkpoint loaded onto it) within float32 rounding."""
     from refmatch.recipes.train import Trainer
 
     def run(folder, stop_at=None, resume=False):
-        trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=6"]), folder)
+        trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=6", f"device={device}"]), folder)
         try:
             if resume:
                 trainer.resume()
@@ -94,10 +96,20 @@ def test_resume_is_bit_exact(tmp_path):
     straight = run(tmp_path / "straight")
     run(tmp_path / "split", stop_at=3)
     resumed = run(tmp_path / "split", resume=True)
+    exact = dict(rtol=0, atol=0) if device == "cpu" else {}
     for name, value in straight.student.state_dict().items():
-        assert torch.equal(value, resumed.student.state_dict()[name]), name
-    torch.testing.assert_close(straight.pseudo.bank.features, resumed.pseudo.bank.features, rtol=0, atol=0,
+        torch.testing.assert_close(value, resumed.student.state_dict()[name], **exact, msg=name)
+    torch.testing.assert_close(straight.pseudo.bank.features, resumed.pseudo.bank.features, **exact,
                                equal_nan=True)  # empty slots hold NaN
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from refmatch.recipes import run_context
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run_context._pick_device("cuda", local_rank=0, local_world=1) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="2 processes on this node but 1 CUDA device"):
+        run_context._pick_device("cuda", local_rank=1, local_world=2)
 
 
 def test_cli_end_to_end(tmp_path, capsys):
@@ -133,7 +145,7 @@ def _ddp_worker(rank, folder, port):
 
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=2"]), folder)
+    trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=2", "device=cpu"]), folder)
     try:
         trainer.fit()
         # DDP averages gradients: rank 0's saved parameters equal this rank's

@@ -10,12 +10,16 @@ import torch.distributed as dist
 from .checkpoint import save_atomic
 
 
-def _pick_device(name, rank):
+def _pick_device(name, local_rank, local_world):
+    """One GPU per process under torchrun (NCCL cannot share one between ranks)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+        if local_world > torch.cuda.device_count():
+            raise ValueError(f"{local_world} processes on this node but {torch.cuda.device_count()} CUDA "
+                             "device(s): start at most one process per GPU, or train with device=cpu (gloo)")
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -29,7 +33,8 @@ class RunContext:
         self.dir = Path(run_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.device = _pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = _pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")),
+                                   int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
         if self.world > 1 and not dist.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)

@@ -74,7 +74,7 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # loaded onto the run's device
         if self.pseudo:
             self.pseudo.load_state_dict(state["pseudo"])
         self.step, self.best = state["step"], state["best"]
