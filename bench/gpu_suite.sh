@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One command for a lent GPU machine (no internet, ~10 minutes):
-#   build _C -> full test suite with CUDA tests -> compute-sanitizer memcheck and
-#   racecheck on small cases -> benchmark (writes bench/results/) -> summary.
-# A failing stage is recorded and the next stages still run. Logs go to
-# bench/results/gpu_suite-<date>/ and, when $OUT is set, are copied there.
+# One command for a lent GPU machine (no internet, under 10 minutes):
+#   build _C for this card -> full test suite with CUDA tests -> benchmark (writes
+#   bench/results/) -> Triton tile sweep -> compute-sanitizer memcheck and racecheck on small cases -> summary.
+# A failing stage is recorded and the next stages still run. Peer wheels carried in
+# .whl/ (bench/README.md) are installed first. Logs go to bench/results/gpu_suite-<date>/
+# and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
+#   SUITE_SECONDS=570 (all stages)   BENCH_SECONDS=240   BENCH_SIZES="NxMxD ..."
+#   STAGES="build info tests bench tune memcheck racecheck" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +21,7 @@ DEADLINE=$(($(date +%s) + ${SUITE_SECONDS:-570}))  # the device tool stops a com
 stage() {
   local name=$1 limit=$2 begin status left
   shift 2
+  [[ " ${STAGES:-$name} " == *" $name "* ]] || return 0
   begin=$(date +%s)
   left=$((DEADLINE - begin))
   if ((left < 15)); then
@@ -46,33 +50,46 @@ PY
 git rev-parse HEAD >>"$LOGS/device.txt" 2>&1 || true
 cat "$LOGS/device.txt"
 
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python -m pip install -q --no-index --no-deps --no-compile --target /tmp/refmatch-peers .whl/*.whl \
+    && export PYTHONPATH=/tmp/refmatch-peers${PYTHONPATH:+:$PYTHONPATH}
+fi
+# Build for the card that is here only (e.g. "90"): half the compile time of "80;90".
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ')
+export REFMATCH_CUDA_ARCHS=${REFMATCH_CUDA_ARCHS:-${ARCH:-80;90}} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+XDIST=()
+python -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+
 # 1. Build: no isolation and no deps, so pip never reaches for the network.
 stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
-  pip install --no-build-isolation --no-deps --no-index -v -e .
+  python -m pip install --no-build-isolation --no-deps --no-index -v -e .
 stage info 30 python -m refmatch.info
 
 # 2. Whole suite; CUDA-marked tests run because a device is present.
-stage tests 180 python -m pytest python_tests -q -p no:warnings -rs --durations=15
+stage tests 180 python -m pytest python_tests "${XDIST[@]}" -q -p no:warnings -rfs --tb=short --durations=15
 
-# 3. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
+# 3. Benchmark: the issues' target sizes first, then the D and M sweeps, one results
+# file rewritten after every row (a stage cut off at its limit keeps what it measured).
+BENCH_SIZES=${BENCH_SIZES:-262144x1048576x128 262144x1048576x64 262144x4194304x128 262144x65536x128
+  262144x1048576x32 262144x1048576x256}
+stage bench ${BENCH_SECONDS:-240} python bench/bench_match.py --device cuda --dtype bfloat16 \
+  --sizes $BENCH_SIZES
+stage tune 90 python bench/tune_triton.py --sizes 262144x1048576x128
+
+# 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 stage memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
   python bench/sanitize_match.py
 stage racecheck 60 "${SANITIZE[@]}" --tool racecheck \
   python bench/sanitize_match.py --backends cuda
 
-# 4. Benchmark: the issue's target size, then D and M sweeps, one results file.
-stage bench 300 python bench/bench_match.py --device cuda --dtype bfloat16 --sizes \
-  262144x1048576x128 262144x1048576x64 262144x1048576x32 262144x1048576x256 \
-  262144x65536x128 262144x4194304x128
-
 echo
 echo "=== summary ($(head -n 2 "$LOGS/device.txt" | tail -n 1))"
 printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
+grep -E "^(FAILED|ERROR) " "$LOGS/tests.log" 2>/dev/null | head -n 40 || true
 ls bench/results/*.md 2>/dev/null | tail -n 3
 if [[ -n "${OUT:-}" ]]; then
-  mkdir -p "$OUT/gpu_suite"
-  cp -r "$LOGS"/. "$OUT/gpu_suite/"
-  cp bench/results/*-"$STAMP".* "$OUT/gpu_suite/" 2>/dev/null || true
+  cp bench/results/*-"$STAMP".* "$LOGS"/ 2>/dev/null || true
+  tar czf "$OUT/gpu_suite.tgz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
 fi
 exit "$FAILED"

@@ -159,9 +159,9 @@ def merge_splits(partial_score, partial_index):
     return keep_best(score.gather(1, by_index), k, index.gather(1, by_index))
 
 
-def launch_config(dim, slots, interpret=False, block_n=None, block_m=None):
+def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_warps=None, num_stages=None):
     """Compile-time tile shape of a launch: dict of BLOCK_N, BLOCK_M, BLOCK_D, SLOTS_PAD,
-    QUERY_RESIDENT and num_warps.
+    QUERY_RESIDENT, num_warps and num_stages (the keyword arguments override them).
 
     Chosen so that no variant spills registers on sm_80 or sm_90 (checked in CI
     by compiling ahead of time, ``match_aot``); not yet tuned for speed on a GPU.
@@ -179,15 +179,18 @@ def launch_config(dim, slots, interpret=False, block_n=None, block_m=None):
     else:
         default_n, default_m = 32, 64 if resident else 128
     block_n, block_m = block_n or default_n, block_m or default_m
+    # 64 slots beside a resident query spill on 4 warps under triton 3.6 (torch 2.11).
+    wide = block_n >= 128 or (slots_pad > 32 and resident)
     return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, SLOTS_PAD=slots_pad,
-                QUERY_RESIDENT=resident, num_warps=8 if block_n >= 128 else 4)
+                QUERY_RESIDENT=resident, num_warps=num_warps or (8 if wide else 4),
+                num_stages=num_stages or NUM_STAGES)
 
 
-def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, block_n, block_m):
+def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
     """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise)."""
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
-    config = launch_config(dim, slots, _interpret_flag(), block_n, block_m)
+    config = launch_config(dim, slots, _interpret_flag(), **tile)
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
     splits = splits or _pick_splits(row_blocks, num_refs, block_m, query.device)
@@ -207,12 +210,12 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
         num_rows, height * width, width, num_refs, dim, refs_per_split,
         *query.stride(), *reference.stride(),
         METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
-        INPUT_PRECISION=precision, num_stages=NUM_STAGES, **config,
+        INPUT_PRECISION=precision, **config,
     )
     return partial_score, partial_index
 
 
-def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, block_n=None, block_m=None):
+def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):
     """Best k references per query row, with scores before the per-row metric fix-up.
 
     Args:
@@ -223,7 +226,8 @@ def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, block_n=
             (NaN marks a reference that never matches).
         metric: "dot", "cosine" or "l2".
         k: 1 <= k <= MAX_SLOTS.
-        splits, block_n, block_m: overrides of the launch heuristics (tests).
+        splits, **tile: overrides of the launch heuristics (tests, ``bench/tune_triton.py``):
+            block_n, block_m, num_warps, num_stages as in ``launch_config``.
 
     Returns:
         (score [N, k] float32, index [N, k] int64), best first: score is q.r (dot),
@@ -232,7 +236,7 @@ def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, block_n=
     if not 1 <= k <= MAX_SLOTS:
         raise ValueError(f"the fused top-k takes 1 <= k <= {MAX_SLOTS}, got k={k}")
     partial_score, partial_index = _launch(query, reference, ref_stat, None, metric,
-                                           "argmax" if k == 1 else "topk", k, splits, block_n, block_m)
+                                           "argmax" if k == 1 else "topk", k, splits, tile)
     return merge_splits(partial_score, partial_index)
 
 
@@ -242,8 +246,7 @@ def match_argmax(query, reference, ref_stat, metric, **overrides):
     return score[:, 0], index[:, 0]
 
 
-def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, splits=None, block_n=None,
-                  block_m=None):
+def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, splits=None, **tile):
     """Best oriented score per class, [N, C] (-inf where a class has no reference).
 
     Args as in ``match_topk``; labels: [M] integers in [0, C), C <= MAX_SLOTS.
@@ -252,5 +255,5 @@ def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, sp
     if not 1 <= num_classes <= MAX_SLOTS:
         raise ValueError(f"the fused class-wise max takes 1 <= num_classes <= {MAX_SLOTS}, got {num_classes}")
     partial_score, _ = _launch(query, reference, ref_stat, labels, metric, "classwise", num_classes,
-                               splits, block_n, block_m)
+                               splits, tile)
     return partial_score.amax(dim=0)

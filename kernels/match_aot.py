@@ -16,7 +16,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .match import MAX_SLOTS, METRIC_CODES, NUM_STAGES, REDUCTIONS, _match_kernel, launch_config
+from .match import MAX_SLOTS, METRIC_CODES, REDUCTIONS, _match_kernel, launch_config
 
 POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 # (reduction, slots): k = 1, top-8, the largest top-k, 4 and the most classes.
@@ -26,7 +26,7 @@ VARIANTS = [("argmax", 1), ("topk", 8), ("topk", MAX_SLOTS), ("classwise", 4), (
 def compile_variant(arch, dtype, dim, metric, reduction, slots):
     """The compiled kernel (``.asm["cubin"]``, ``.metadata.shared``) for one launch shape."""
     config = launch_config(dim, slots)
-    num_warps = config.pop("num_warps")
+    options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
     constants = dict(config, METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
                      INPUT_PRECISION="tf32" if dtype == "float32" else "ieee")
     pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],
@@ -41,7 +41,7 @@ def compile_variant(arch, dtype, dim, metric, reduction, slots):
                        constexprs={(names.index(name),): value for name, value in constants.items()},
                        attrs={(names.index(name),): [["tt.divisibility", 16]] for name in divisible})
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": NUM_STAGES})
+                          options=options)
 
 
 def main(argv=None):

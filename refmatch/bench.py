@@ -134,40 +134,38 @@ def _close_fraction(picked, best, valid):
 
 
 def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None):
+    """Yields one result row per method for one (N, M, D), the GEMM ceilings first."""
     generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
     query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
     reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
     best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2")}
-    rows = []
+    gemm_tflops = None
     for method in all_methods(query, reference, fits_bytes):
         if only and not any(word in method.name for word in only) and method.metric != "-":
             continue
         row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
                "dtype": str(dtype).replace("torch.", "")}
         if method.skip:
-            rows.append({**row, "skipped": method.skip})
-            print(_line(rows[-1]), flush=True)
+            yield {**row, "skipped": method.skip}
             continue
         begin = time.perf_counter()
         with PeakMemory(device) as memory:  # also the warm-up
             index = method.run()
         first = time.perf_counter() - begin
-        # A method slower than SLOW_SECONDS (KeOps on a CPU) is reported from that run.
-        seconds = first if first > SLOW_SECONDS else timed(method.run, device, repeat)
+        # A method slower than SLOW_SECONDS (KeOps on a CPU) is reported from that run;
+        # one slower than a second is timed once more.
+        seconds = first if first > SLOW_SECONDS else timed(method.run, device, repeat if first < 1 else 1)
         if index is None:
             agreed = None
         elif method.classwise:
             agreed = classwise_agreement(index, best[method.metric])
         else:
             agreed = agreement(index, query, reference, method.metric, best[method.metric])
-        rows.append({**row, "seconds": seconds, "tflops": method.flops / seconds / 1e12,
-                     "peak_mib": memory.peak_mib, "agreement": agreed})
-        print(_line(rows[-1]), flush=True)
-    gemm = rows[0]["tflops"]
-    for row in rows:
-        if "tflops" in row:
-            row["ratio_to_gemm"] = row["tflops"] / gemm
-    return rows
+        tflops = method.flops / seconds / 1e12
+        if method.metric == "-":  # the ceilings come first; the ratio is to the faster
+            gemm_tflops = max(gemm_tflops or 0.0, tflops)
+        yield {**row, "seconds": seconds, "tflops": tflops, "peak_mib": memory.peak_mib, "agreement": agreed,
+               "ratio_to_gemm": tflops / gemm_tflops}
 
 
 def _line(r):
@@ -202,7 +200,8 @@ def plot(rows, path):
         label = lambda r: r["method"].split(" (")[0] + ("" if r["metric"] == "-" else f" [{r['metric']}]")
         for name in dict.fromkeys(label(r) for r in timed_rows):
             points = sorted((r["m"], r["tflops"]) for r in timed_rows if label(r) == name)
-            style = dict(linestyle="--", color="black") if name.startswith("gemm") else dict(marker="o")
+            style = (dict(marker="o") if not name.startswith("gemm") else dict(linestyle="--", color="black")
+                     if "ceiling" in name else dict(linestyle=":", color="grey"))
             axis.plot(*zip(*points), label=name, **style)
         axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s", title=f"D = {d}")
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -244,23 +243,32 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    print(markdown([]))
-    rows = []
-    for size in args.sizes or PRESETS[args.device]:
-        n, m, d = (int(v) for v in size.lower().split("x"))
-        rows += run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only)
     name, description = machine(args.device)
     meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
             "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions()}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{name}-{args.dtype}-{meta['date']}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    figure = plot(rows, stem.with_suffix(".png"))
-    stem.with_suffix(".md").write_text(
-        f"Device: {description}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
-        f"{meta['date']}\n\n{markdown(rows)}\n")
+    print(markdown([]))
+    rows = []
+    for size in args.sizes or PRESETS[args.device]:
+        n, m, d = (int(v) for v in size.lower().split("x"))
+        for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only):
+            rows.append(row)
+            print(_line(row), flush=True)
+            write_results(stem, meta, rows)  # after every row: a killed run keeps what it measured
+        figure = plot(rows, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
+
+
+def write_results(stem, meta, rows):
+    """The rows so far as <stem>.json and <stem>.md, each replaced atomically."""
+    table = (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
+             f"{meta['date']}\n\n{markdown(rows)}\n")
+    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2)), (".md", table)):
+        partial = stem.with_suffix(suffix + ".partial")
+        partial.write_text(text)
+        partial.replace(stem.with_suffix(suffix))
 
 
 def peer_versions():

@@ -105,21 +105,29 @@ def _refmatch_methods(query, reference, flops):
 
 
 def all_methods(query, reference, fits_bytes):
-    """Every method for one (N, M, D), the GEMM ceiling first."""
+    """Every method for one (N, M, D), the GEMM ceilings first."""
     n, m, d = query.shape[0], reference.shape[0], query.shape[1]
     flops = 2.0 * n * m * d
     fits = n * m * query.element_size() <= fits_bytes
     too_big = None if fits else "the N x M score matrix does not fit"
-    # The ceiling is the GEMM rate of this card; when the full N x M product does
-    # not fit it is measured on as many query rows as do (same M, D and dtype).
+    # Two ceilings: the card's dense GEMM rate (a square product, compute-bound) and
+    # torch.mm of this N, M, D, measured on as many query rows as fit; with small D
+    # it is bound by writing the N x M output, which a fused kernel never writes.
     gemm_rows = max(1, min(n, int(fits_bytes // (m * query.element_size()))))
     out = torch.empty(gemm_rows, m, device=query.device, dtype=query.dtype)
-    gemm_name = "gemm torch.mm (ceiling)" if gemm_rows == n else f"gemm torch.mm (ceiling, {gemm_rows} rows)"
+    gemm_name = "gemm torch.mm this shape" + ("" if gemm_rows == n else f" ({gemm_rows} rows)")
+    side = 8192 if query.is_cuda else 2048
+    square = torch.randn(side, side, device=query.device).to(query.dtype)
+    square_out = torch.empty_like(square)
 
     def gemm():
         torch.mm(query[:gemm_rows], reference.T, out=out)
 
+    def square_gemm():
+        torch.mm(square, square, out=square_out)
+
     methods = [
+        Method(f"gemm torch.mm {side}^3 (ceiling)", "-", 1, square_gemm, 2.0 * side ** 3),
         Method(gemm_name, "-", 1, gemm, 2.0 * gemm_rows * m * d),
         Method("naive (q @ r.T).max(1)", "dot", 1, lambda: (query @ reference.T).max(1).indices, flops, too_big),
         Method("torch.cdist + argmin", "l2", 1, lambda: torch.cdist(query.float(), reference.float()).argmin(1),

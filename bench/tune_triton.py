@@ -1,0 +1,96 @@
+"""Tile-shape sweep of the Triton ``match`` kernel on a GPU (input to ``launch_config``).
+
+    python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
+
+For each size and reduction (k = 1, top-8, class-wise C = 4) it times every tile
+candidate (BLOCK_N, BLOCK_M, num_warps, num_stages) with CUDA events (median after
+a warm-up), checks the result against the default tiles, and prints a table of
+TFLOP/s (2*N*M*D / time). A candidate that does not compile or fit is listed with
+the error. Writes bench/results/<card>-triton-tiles-<date>.{json,md}.
+"""
+import argparse
+import json
+from datetime import date
+from pathlib import Path
+
+import torch
+import triton.testing
+
+from refmatch.kernels.match import classwise_max, launch_config, match_topk
+from refmatch.bench import machine
+
+# (block_n, block_m, num_warps, num_stages); the first row of each list is the default.
+CANDIDATES = {
+    "argmax": [None, (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (128, 64, 4, 4), (64, 256, 4, 3)],
+    "top-8": [None, (128, 64, 8, 3), (64, 128, 4, 3)],
+    "classwise-4": [None, (128, 64, 8, 3), (64, 128, 4, 3)],
+}
+
+
+def run(reduction, query, reference, stat, labels, tile):
+    """(scores, indices or None) of one reduction with the given tile overrides."""
+    maps = query.T[None, :, :, None]
+    if reduction == "classwise-4":
+        return classwise_max(maps, reference, stat, labels, "dot", 4, **tile), None
+    return match_topk(maps, reference, stat, "dot", 1 if reduction == "argmax" else 8, **tile)
+
+
+def sweep(n, m, d, dtype):
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(n, d, generator=generator).to("cuda", dtype)
+    reference = torch.randn(m, d, generator=generator).to("cuda", dtype)
+    stat = torch.empty(0, device="cuda")
+    labels = (torch.arange(m, device="cuda") * 4) // m
+    flops = 2.0 * n * m * d
+    for reduction, candidates in CANDIDATES.items():
+        expected = None
+        for candidate in candidates:
+            tile = {} if candidate is None else dict(zip(("block_n", "block_m", "num_warps", "num_stages"),
+                                                         candidate))
+            config = launch_config(d, 1 if reduction == "argmax" else 8 if reduction == "top-8" else 4, **tile)
+            shape = f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
+            row = {"n": n, "m": m, "d": d, "dtype": str(dtype).replace("torch.", ""), "reduction": reduction,
+                   "tiles": shape + (" (default)" if candidate is None else "")}
+            try:
+                score, _ = run(reduction, query, reference, stat, labels, tile)
+                expected = score if expected is None else expected
+                row["agrees"] = bool(torch.allclose(score, expected, rtol=1e-3, atol=1e-3, equal_nan=True))
+                seconds = triton.testing.do_bench(lambda: run(reduction, query, reference, stat, labels, tile),
+                                                  warmup=50, rep=300, return_mode="median") / 1e3
+                row.update(ms=1e3 * seconds, tflops=flops / seconds / 1e12)
+            except Exception as error:  # a tile that does not compile or fit: record why
+                row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            print(line(row), flush=True)
+            yield row
+
+
+def line(row):
+    head = f"| {row['n']} | {row['m']} | {row['d']} | {row['dtype']} | {row['reduction']} | {row['tiles']} |"
+    if "error" in row:
+        return f"{head} {row['error']} | | |"
+    return f"{head} {row['ms']:.1f} | {row['tflops']:.1f} | {'yes' if row['agrees'] else 'NO'} |"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["262144x1048576x128"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
+    parser.add_argument("--out", type=Path, default=Path("bench") / "results")
+    args = parser.parse_args()
+    header = "| N | M | D | dtype | reduction | tiles | ms | TFLOP/s | agrees with default |\n" + "|---" * 9 + "|"
+    print(header)
+    rows = []
+    name, description = machine("cuda")
+    stem = args.out / f"{name}-triton-tiles-{date.today().isoformat()}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for size in args.sizes:
+        n, m, d = (int(v) for v in size.split("x"))
+        for row in sweep(n, m, d, getattr(torch, args.dtype)):
+            rows.append(row)
+            stem.with_suffix(".json").write_text(json.dumps({"device": description, "rows": rows}, indent=2))
+            stem.with_suffix(".md").write_text(f"Device: {description}\n\n{header}\n"
+                                               + "\n".join(line(r) for r in rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
