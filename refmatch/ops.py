@@ -5,7 +5,7 @@ import torch
 
 from .backends import NAMES as BACKEND_NAMES
 from .backends import MatchProblem, select
-from .backends.scoring import METRICS
+from .backends.scoring import METRICS, host_read_allowed
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -80,7 +80,7 @@ def _check_label_values(labels, ignore_index, num_classes=None):
     """
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
-    if torch.compiler.is_compiling() or (labels.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if not host_read_allowed(labels):
         return
     kept = labels if ignore_index is None else labels[labels != ignore_index]
     if kept.numel() == 0:

@@ -10,6 +10,12 @@ METRICS = ("cosine", "dot", "l2")
 NORM_EPS = 1e-12  # as torch.nn.functional.normalize: zero vectors score 0
 
 
+def host_read_allowed(tensor):
+    """False under torch.compile and CUDA graph capture, where reading a tensor's
+    values on the host is not allowed."""
+    return not (torch.compiler.is_compiling() or (tensor.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
 def accumulation_dtype(dtype):
     """float64 inputs (the oracle) stay float64; every other dtype accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
