@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet, under 10 minutes):
 #   build _C for this card -> full test suite with CUDA tests -> benchmark (writes
-#   bench/results/) -> Triton tile sweep -> compute-sanitizer memcheck and racecheck on small cases -> summary.
+#   bench/results/) -> Triton tile sweep -> KeOps apart -> compute-sanitizer memcheck and racecheck on small cases -> summary.
 # A failing stage is recorded and the next stages still run. Peer wheels carried in
 # .whl/ (bench/README.md) are installed first. Logs go to bench/results/gpu_suite-<date>/
 # and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   BENCH_SECONDS=240   BENCH_SIZES="NxMxD ..."
-#   STAGES="build info tests bench tune memcheck racecheck" (a subset runs only those)
+#   STAGES="build info tests bench tune keops memcheck racecheck" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,8 +73,11 @@ stage tests 180 python -m pytest python_tests "${XDIST[@]}" -q -p no:warnings -r
 BENCH_SIZES=${BENCH_SIZES:-262144x1048576x128 262144x1048576x64 262144x4194304x128 262144x65536x128
   262144x1048576x32 262144x1048576x256}
 stage bench ${BENCH_SECONDS:-240} python bench/bench_match.py --device cuda --dtype bfloat16 \
-  --sizes $BENCH_SIZES
-stage tune 90 python bench/tune_triton.py --sizes 262144x1048576x128
+  --sizes $BENCH_SIZES --exclude keops
+stage tune 120 python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
+# KeOps 2.3 crashed (SIGSEGV) generating its D=128 code on an H200 with CUDA 13: its own process and file.
+stage keops 60 python bench/bench_match.py --device cuda --dtype bfloat16 --sizes 262144x1048576x64 \
+  262144x1048576x128 --only keops --out bench/results/keops
 
 # 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)

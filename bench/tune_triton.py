@@ -3,7 +3,7 @@
     python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
 
 For each size and reduction (k = 1, top-8, class-wise C = 4) it times every tile
-candidate (BLOCK_N, BLOCK_M, num_warps, num_stages) with CUDA events (median after
+candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query held in registers or streamed) with CUDA events (median after
 a warm-up), checks the result against the default tiles, and prints a table of
 TFLOP/s (2*N*M*D / time). A candidate that does not compile or fit is listed with
 the error. Writes bench/results/<card>-triton-tiles-<date>.{json,md}.
@@ -19,11 +19,14 @@ import triton.testing
 from refmatch.kernels.match import classwise_max, launch_config, match_topk
 from refmatch.bench import machine
 
-# (block_n, block_m, num_warps, num_stages); the first row of each list is the default.
+# Overrides of launch_config per candidate; the first of each list is the default.
+# query_resident=False streams the query through shared memory in 64-channel chunks.
+_TILE_NAMES = ("block_n", "block_m", "num_warps", "num_stages", "query_resident")
 CANDIDATES = {
-    "argmax": [None, (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (128, 64, 4, 4), (64, 256, 4, 3)],
-    "top-8": [None, (128, 64, 8, 3), (64, 128, 4, 3)],
-    "classwise-4": [None, (128, 64, 8, 3), (64, 128, 4, 3)],
+    "argmax": [(), (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (128, 64, 4, 4), (64, 256, 4, 3),
+               (128, 128, 8, 3, False), (256, 128, 8, 3, False), (128, 256, 8, 3, False)],
+    "top-8": [(), (128, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 3, False)],
+    "classwise-4": [(), (128, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 3, False)],
 }
 
 
@@ -45,12 +48,12 @@ def sweep(n, m, d, dtype):
     for reduction, candidates in CANDIDATES.items():
         expected = None
         for candidate in candidates:
-            tile = {} if candidate is None else dict(zip(("block_n", "block_m", "num_warps", "num_stages"),
-                                                         candidate))
+            tile = dict(zip(_TILE_NAMES, candidate))
             config = launch_config(d, 1 if reduction == "argmax" else 8 if reduction == "top-8" else 4, **tile)
-            shape = f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
+            shape = (f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
+                     + ("" if config["QUERY_RESIDENT"] else " streamed"))
             row = {"n": n, "m": m, "d": d, "dtype": str(dtype).replace("torch.", ""), "reduction": reduction,
-                   "tiles": shape + (" (default)" if candidate is None else "")}
+                   "tiles": shape + ("" if candidate else " (default)")}
             try:
                 score, _ = run(reduction, query, reference, stat, labels, tile)
                 expected = score if expected is None else expected

@@ -159,15 +159,18 @@ def merge_splits(partial_score, partial_index):
     return keep_best(score.gather(1, by_index), k, index.gather(1, by_index))
 
 
-def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_warps=None, num_stages=None):
+def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_warps=None, num_stages=None,
+                  query_resident=None):
     """Compile-time tile shape of a launch: dict of BLOCK_N, BLOCK_M, BLOCK_D, SLOTS_PAD,
     QUERY_RESIDENT, num_warps and num_stages (the keyword arguments override them).
 
     Chosen so that no variant spills registers on sm_80 or sm_90 (checked in CI
-    by compiling ahead of time, ``match_aot``); not yet tuned for speed on a GPU.
+    by compiling ahead of time, ``match_aot``). One sweep on an H200
+    (``bench/tune_triton.py``) found 256x128 argmax tiles 16 % faster at D=128, but
+    they spill, so they are not the default.
     """
     slots_pad = _next_power_of_two(slots)
-    resident = dim <= MAX_RESIDENT_D
+    resident = dim <= MAX_RESIDENT_D if query_resident is None else query_resident
     block_d = max(16, _next_power_of_two(dim)) if resident else 64
     if interpret:
         block_n, block_m = block_n or 32, block_m or 32

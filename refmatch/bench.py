@@ -3,6 +3,7 @@
     refmatch bench                                    # CPU preset: N=8192, M 16K..256K, D 64/128, float32
     refmatch bench --device cuda --dtype bfloat16     # GPU preset: N=262144, M 64K..4M, D 32..256
     refmatch bench --sizes 8192x65536x128 --only torch faiss
+    refmatch bench --device cuda --dtype bfloat16 --exclude keops   # a peer that crashes here
     python bench/bench_match.py ...                   # the same, from a checkout
 
 For each size, in one process: the dense ``torch.mm`` of the same N, M, D (the
@@ -29,6 +30,7 @@ import torch
 
 import refmatch
 from refmatch.bench_peers import all_methods
+from refmatch.bench_plot import plot
 
 RESULTS = Path("bench") / "results"
 SLOW_SECONDS = 20.0
@@ -133,7 +135,7 @@ def _close_fraction(picked, best, valid):
     return (close & valid).double().mean().item()
 
 
-def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None):
+def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None):
     """Yields one result row per method for one (N, M, D), the GEMM ceilings first."""
     generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
     query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
@@ -141,7 +143,9 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None):
     best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2")}
     gemm_tflops = None
     for method in all_methods(query, reference, fits_bytes):
-        if only and not any(word in method.name for word in only) and method.metric != "-":
+        wanted = (not only or any(word in method.name for word in only)) and \
+            not any(word in method.name for word in exclude or ())
+        if not wanted and method.metric != "-":
             continue
         row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
                "dtype": str(dtype).replace("torch.", "")}
@@ -183,36 +187,6 @@ def markdown(rows):
     return "\n".join(header + [_line(r) for r in rows])
 
 
-def plot(rows, path):
-    """Throughput against M per method (one panel per D), the GEMM ceiling dashed."""
-    try:
-        import matplotlib
-        import matplotlib.ticker
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    dims = sorted({r["d"] for r in rows})
-    figure, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4), squeeze=False)
-    for axis, d in zip(axes[0], dims):
-        axis.set_prop_cycle(color=plt.cm.tab20.colors)  # more methods than the default 10 colours
-        timed_rows = [r for r in rows if r["d"] == d and "tflops" in r]
-        label = lambda r: r["method"].split(" (")[0] + ("" if r["metric"] == "-" else f" [{r['metric']}]")
-        for name in dict.fromkeys(label(r) for r in timed_rows):
-            points = sorted((r["m"], r["tflops"]) for r in timed_rows if label(r) == name)
-            style = (dict(marker="o") if not name.startswith("gemm") else dict(linestyle="--", color="black")
-                     if "ceiling" in name else dict(linestyle=":", color="grey"))
-            axis.plot(*zip(*points), label=name, **style)
-        axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s", title=f"D = {d}")
-        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        axis.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
 def git_commit():
     """Short commit of the checkout, with "+dirty" when it has uncommitted changes."""
     try:
@@ -238,6 +212,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--sizes", nargs="+", help="NxMxD sizes (default: the device's preset)")
     parser.add_argument("--only", nargs="+", help="time only methods whose name holds one of these words")
+    parser.add_argument("--exclude", nargs="+", help="leave out methods whose name holds one of these words")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fits-gib", type=float, default=8.0, help="largest dense N x M buffer to try")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -253,7 +228,8 @@ def main(argv=None):
     rows = []
     for size in args.sizes or PRESETS[args.device]:
         n, m, d = (int(v) for v in size.lower().split("x"))
-        for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only):
+        for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
+                              args.exclude):
             rows.append(row)
             print(_line(row), flush=True)
             write_results(stem, meta, rows)  # after every row: a killed run keeps what it measured

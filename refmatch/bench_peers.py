@@ -26,7 +26,9 @@ def _faiss_methods(query, reference, flops):
     try:
         import faiss
     except ImportError:
-        return [Method("faiss flat", "dot", 1, None, flops, "faiss is not installed (pip install faiss-cpu)")]
+        hint = ("faiss-gpu wheels bring the CUDA 12 runtime and cuBLAS; bench/README.md" if query.is_cuda
+                else "pip install faiss-cpu")
+        return [Method("faiss flat", "dot", 1, None, flops, f"faiss is not installed ({hint})")]
     on_gpu = query.is_cuda
     if on_gpu and not hasattr(faiss, "StandardGpuResources"):
         return [Method("faiss-gpu flat", "dot", 1, None, flops, "the installed faiss has no GPU support")]

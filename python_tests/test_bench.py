@@ -1,0 +1,43 @@
+"""``refmatch bench`` end to end on a tiny CPU size: files, ceilings, filters, plot."""
+import json
+
+import pytest
+
+from refmatch import bench
+
+
+def test_writes_rows_ceilings_and_plot(tmp_path, monkeypatch):
+    written = []
+    original = bench.write_results
+    monkeypatch.setattr(bench, "write_results", lambda stem, meta, rows: (written.append(len(rows)),
+                                                                          original(stem, meta, rows)))
+    bench.main(["--sizes", "64x512x16", "64x1024x16", "--only", "torch", "--exclude", "classwise", "k=8",
+                "--repeat", "1", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    rows = json.loads(json_path.read_text())["rows"]
+    assert written == list(range(1, len(rows) + 1)), "the files are rewritten after every row"
+    names = [row["method"] for row in rows if row["m"] == 512]
+    assert names[:2] == ["gemm torch.mm 2048^3 (ceiling)", "gemm torch.mm this shape"]
+    assert "refmatch torch k=1" in names and not any("classwise" in n or "k=8" in n for n in names)
+    assert not any("faiss" in n or "keops" in n for n in names), "--only keeps the ceilings and matches"
+    timed = [row for row in rows if "tflops" in row]
+    ceiling = {row["m"]: max(r["tflops"] for r in timed if r["m"] == row["m"] and r["metric"] == "-")
+               for row in timed}
+    for row in timed:
+        assert row["ratio_to_gemm"] == pytest.approx(row["tflops"] / ceiling[row["m"]])
+        assert row["metric"] == "-" or row["agreement"] == 1.0
+    assert json_path.with_suffix(".md").read_text().count("| 64 |") == len(rows)
+    pytest.importorskip("matplotlib")
+    assert json_path.with_suffix(".png").stat().st_size > 0
+
+
+def test_one_size_plots_bars(tmp_path):
+    pytest.importorskip("matplotlib")
+    from refmatch.bench_plot import plot
+
+    rows = [{"method": "gemm torch.mm 8192^3 (ceiling)", "metric": "-", "n": 8, "m": 16, "d": 4, "dtype": "bfloat16",
+             "tflops": 700.0},
+            {"method": "refmatch triton k=1", "metric": "dot", "n": 8, "m": 16, "d": 4, "dtype": "bfloat16",
+             "tflops": 300.0},
+            {"method": "keops", "metric": "dot", "n": 8, "m": 16, "d": 4, "dtype": "bfloat16", "skipped": "crashed"}]
+    assert plot(rows, tmp_path / "one.png").stat().st_size > 0

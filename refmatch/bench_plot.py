@@ -1,0 +1,67 @@
+"""The benchmark's picture: TFLOP/s per method, one panel per D, the ceilings marked."""
+
+
+def plot(rows, path):
+    """Throughput against M per method (one panel per D); a panel with one M shows
+    bars. The square-GEMM ceiling is black and dashed, this shape's GEMM grey and
+    dotted. Returns ``path``, or None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    dims = sorted({r["d"] for r in rows})
+    figure, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4.5), squeeze=False)
+    for axis, d in zip(axes[0], dims):
+        timed = [r for r in rows if r["d"] == d and "tflops" in r]
+        title = f"{timed[0]['dtype']}, N = {timed[0]['n']}, D = {d}" if timed else f"D = {d}"
+        if len({r["m"] for r in timed}) == 1:
+            _bars(axis, timed, plt.cm.tab20.colors)
+            title += f", M = {timed[0]['m']}" if timed else ""
+        else:
+            _lines(axis, timed, plt.cm.tab20.colors)
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _label(row):
+    return row["method"].split(" (")[0] + ("" if row["metric"] == "-" else f" [{row['metric']}]")
+
+
+def _style(row):
+    if not row["method"].startswith("gemm"):
+        return dict(marker="o")
+    return dict(linestyle="--", color="black") if "ceiling" in row["method"] else dict(linestyle=":", color="grey")
+
+
+def _lines(axis, timed, colours):
+    import matplotlib.ticker
+
+    axis.set_prop_cycle(color=colours)  # more methods than the default 10 colours
+    for name in dict.fromkeys(_label(r) for r in timed):
+        series = [r for r in timed if _label(r) == name]
+        points = sorted((r["m"], r["tflops"]) for r in series)
+        axis.plot(*zip(*points), label=name, **_style(series[0]))
+    axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s")
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.legend(fontsize=7, loc="best")
+
+
+def _bars(axis, timed, colours):
+    methods = [r for r in timed if not r["method"].startswith("gemm")]
+    axis.barh(range(len(methods)), [r["tflops"] for r in methods],
+              color=[colours[i % len(colours)] for i in range(len(methods))])
+    axis.set_yticks(range(len(methods)), [_label(r) for r in methods], fontsize=7)
+    axis.invert_yaxis()
+    for row in timed:
+        if row["method"].startswith("gemm"):
+            style = _style(row)
+            axis.axvline(row["tflops"], color=style["color"], linestyle=style["linestyle"],
+                         label=f"{_label(row)}: {row['tflops']:.0f}")
+    axis.set(xscale="log", xlabel="TFLOP/s (2 N M D / time)")
+    axis.legend(fontsize=7, loc="lower right")
