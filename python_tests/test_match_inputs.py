@@ -87,3 +87,17 @@ def test_backends_agree(n, m, d, metric, seed, duplicates, k):
             assert_matches_oracle(result, query, reference, metric, k=k)
         else:  # small-integer dot products are exact: ties must break identically
             assert torch.equal(result.index, oracle.index), backend
+
+
+@pytest.mark.parametrize("shape, dim", [((3, 5, 7, 4), 1), ((40, 6), 1), ((0, 6), 1)])
+def test_squared_norms_in_chunks_equal_one_pass(shape, dim):
+    from refmatch.backends.scoring import squared_norms
+
+    tensor = torch.randn(shape).bfloat16()
+    expected = tensor.float().square().sum(dim).reshape(-1)
+    for layout in (tensor, tensor.transpose(0, -1).contiguous().transpose(0, -1)):  # strided too
+        torch.testing.assert_close(squared_norms(layout, dim, max_elements=7), expected)
+    rows = tensor.reshape(-1, shape[-1]) if tensor.dim() == 2 else None
+    if rows is not None and rows.numel():  # [1, D, N, 1] row maps: chunks along N
+        torch.testing.assert_close(squared_norms(rows.T[None, :, :, None], 1, max_elements=7),
+                                   rows.float().square().sum(1))

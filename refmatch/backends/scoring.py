@@ -21,15 +21,22 @@ def accumulation_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def squared_norms(tensor, dim, rows_per_chunk=1 << 14):
+def squared_norms(tensor, dim, max_elements=1 << 22):
     """Sum of squares over ``dim`` in the accumulation dtype, flattened to [rows].
 
     Summed directly rather than as a squared norm, so small integers stay exact;
-    converted a chunk of dim-0 slices at a time to bound the workspace.
+    converted a chunk at a time along the longest other dimension (rows of [N, D],
+    the N of [1, D, N, 1] row maps), so the workspace stays near ``max_elements``
+    instead of a float32 copy of the whole input.
     """
     acc = accumulation_dtype(tensor.dtype)
-    parts = [part.to(acc).square().sum(dim).reshape(-1) for part in tensor.split(rows_per_chunk)]
-    return torch.cat(parts) if parts else tensor.new_empty(0, dtype=acc)
+    others = [d for d in range(tensor.dim()) if d != dim]
+    if tensor.numel() == 0 or not others:
+        return tensor.to(acc).square().sum(dim).reshape(-1)
+    along = max(others, key=lambda d: tensor.shape[d])
+    chunk = max(1, max_elements * tensor.shape[along] // tensor.numel())
+    parts = [part.to(acc).square().sum(dim) for part in tensor.split(chunk, dim=along)]
+    return torch.cat(parts, dim=along - (along > dim)).reshape(-1)
 
 
 def reference_stat(reference, metric):
