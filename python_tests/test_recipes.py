@@ -103,6 +103,26 @@ def test_resume_continues_the_run(tmp_path, device):
                                equal_nan=True)  # empty slots hold NaN
 
 
+def test_consensus_keeps_reference_labels_where_the_teacher_agrees():
+    from refmatch.data.phantoms import make_phantom
+    from refmatch.recipes.methods import IGNORE, pseudo_label_source
+
+    images, masks = zip(*(make_phantom(i, size=32) for i in range(6)))
+    images, masks = torch.stack(images), torch.stack(masks).long()
+    teacher = UNet(1, 4, width=4, depth=3).eval()
+    sources = {}
+    for consensus in (False, True):
+        config = load_config(None, TINY + ["method=refmatch", "pl_mode=hard", f"pl_consensus={consensus}"])
+        sources[consensus] = pseudo_label_source("refmatch", teacher, config, 4, "cpu")
+        sources[consensus].refresh(images[:3], masks[:3], batch_size=2)
+    plain, agreed = sources[False](images[3:]), sources[True](images[3:])
+    teacher_labels = teacher(images[3:]).argmax(dim=1)
+    agree = plain.labels == teacher_labels
+    assert 0 < agree.float().mean() < 1, "an untrained teacher agrees with some pixels, not all"
+    assert torch.equal(agreed.labels, torch.where(agree, plain.labels, IGNORE))
+    assert agreed.kept_fraction.item() == pytest.approx(agree.float().mean().item())
+
+
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     from refmatch.recipes import run_context
 

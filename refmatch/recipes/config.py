@@ -39,6 +39,7 @@ class TrainConfig:
     pl_k: int = 1
     pl_temperature: float = 0.1
     pl_threshold: float = 0.0
+    pl_consensus: bool = False            # refmatch: keep a label only where the teacher's argmax agrees
     eval_every: int = 50
     image_every: int = 100
     seed: int = 0

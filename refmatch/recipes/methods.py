@@ -2,7 +2,9 @@
 
 ``meanteacher-pl``: the EMA teacher's own confident predictions (the baseline the
 paper argues against). ``refmatch``: the label of the most similar labelled pixel
-in the teacher's feature space, via ``ReferenceBank`` + ``PseudoLabeler``.
+in the teacher's feature space, via ``ReferenceBank`` + ``PseudoLabeler``; with
+``pl_consensus`` only where the teacher's own argmax agrees (the other pixels are
+ignored, not relabelled).
 """
 import torch
 
@@ -49,6 +51,7 @@ class ReferencePseudoLabels:
         self.labeler = PseudoLabeler(self.bank, k=config.pl_k, mode=config.pl_mode,
                                      threshold=config.pl_threshold or None, temperature=config.pl_temperature,
                                      out_size=(config.image_size, config.image_size), ignore_index=IGNORE)
+        self.consensus = config.pl_consensus
 
     @torch.no_grad()
     def refresh(self, images, masks, batch_size):
@@ -60,8 +63,12 @@ class ReferencePseudoLabels:
 
     @torch.no_grad()
     def __call__(self, images):
-        self.teacher(images)
-        return self.labeler(self.tap.features().float())
+        logits = self.teacher(images)
+        result = self.labeler(self.tap.features().float())
+        if not self.consensus:
+            return result
+        labels = torch.where(logits.argmax(dim=1) == result.labels, result.labels, IGNORE)
+        return PseudoLabels(labels, result.confidence, (labels != IGNORE).float().mean())
 
     def state_dict(self):
         return self.bank.state_dict()
