@@ -230,7 +230,7 @@ def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):
         metric: "dot", "cosine" or "l2".
         k: 1 <= k <= MAX_SLOTS.
         splits, **tile: overrides of the launch heuristics (tests, ``bench/tune_triton.py``):
-            block_n, block_m, num_warps, num_stages as in ``launch_config``.
+            block_n, block_m, num_warps, num_stages, query_resident as in ``launch_config``.
 
     Returns:
         (score [N, k] float32, index [N, k] int64), best first: score is q.r (dot),
