@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet, under 10 minutes):
 #   build _C for this card -> full test suite with CUDA tests -> benchmark (writes
-#   bench/results/) -> Triton tile sweep -> KeOps apart -> compute-sanitizer memcheck and racecheck on small cases -> summary.
+#   bench/results/) -> Triton tile sweep -> KeOps apart -> compute-sanitizer memcheck
+#   and racecheck on small cases -> summary.
 # A failing stage is recorded and the next stages still run. Peer wheels carried in
 # .whl/ (bench/README.md) are installed first. Logs go to bench/results/gpu_suite-<date>/
 # and, when $OUT is set, come back as $OUT/gpu_suite.tgz.

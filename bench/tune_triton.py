@@ -28,14 +28,15 @@ CANDIDATES = {
     "top-8": [(), (128, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 3, False)],
     "classwise-4": [(), (128, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 3, False)],
 }
+SLOTS = {"argmax": 1, "top-8": 8, "classwise-4": 4}  # k, or the number of classes
 
 
 def run(reduction, query, reference, stat, labels, tile):
     """(scores, indices or None) of one reduction with the given tile overrides."""
     maps = query.T[None, :, :, None]
     if reduction == "classwise-4":
-        return classwise_max(maps, reference, stat, labels, "dot", 4, **tile), None
-    return match_topk(maps, reference, stat, "dot", 1 if reduction == "argmax" else 8, **tile)
+        return classwise_max(maps, reference, stat, labels, "dot", SLOTS[reduction], **tile), None
+    return match_topk(maps, reference, stat, "dot", SLOTS[reduction], **tile)
 
 
 def sweep(n, m, d, dtype):
@@ -49,7 +50,7 @@ def sweep(n, m, d, dtype):
         expected = None
         for candidate in candidates:
             tile = dict(zip(_TILE_NAMES, candidate))
-            config = launch_config(d, 1 if reduction == "argmax" else 8 if reduction == "top-8" else 4, **tile)
+            config = launch_config(d, SLOTS[reduction], **tile)
             shape = (f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
                      + ("" if config["QUERY_RESIDENT"] else " streamed"))
             row = {"n": n, "m": m, "d": d, "dtype": str(dtype).replace("torch.", ""), "reduction": reduction,

@@ -52,8 +52,12 @@ class PseudoLabeler:
         self.out_size = None if out_size is None else tuple(out_size)
 
     @torch.no_grad()
-    def __call__(self, features):
-        """features [B, D, h, w] -> PseudoLabels at ``out_size`` (or h x w)."""
+    def __call__(self, features, agree_with=None):
+        """features [B, D, h, w] -> PseudoLabels at ``out_size`` (or h x w).
+
+        agree_with: optional [B, H, W] labels at that size (a teacher's argmax, say);
+        pixels whose pseudo-label differs get ``ignore_index``.
+        """
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             raise ValueError(f"features must be [B, D, h, w], got {getattr(features, 'shape', type(features))}")
         size = self.out_size or tuple(features.shape[-2:])
@@ -76,6 +80,8 @@ class PseudoLabeler:
             labels = torch.where(probabilities.sum(dim=1) > 0, labels, self.ignore_index)
         if self.threshold is not None:
             labels = torch.where(confidence < self.threshold, self.ignore_index, labels)
+        if agree_with is not None:
+            labels = torch.where(labels == agree_with, labels, self.ignore_index)
         kept = (labels != self.ignore_index).float().mean()
         return PseudoLabels(labels, confidence, kept)
 

@@ -64,11 +64,7 @@ class ReferencePseudoLabels:
     @torch.no_grad()
     def __call__(self, images):
         logits = self.teacher(images)
-        result = self.labeler(self.tap.features().float())
-        if not self.consensus:
-            return result
-        labels = torch.where(logits.argmax(dim=1) == result.labels, result.labels, IGNORE)
-        return PseudoLabels(labels, result.confidence, (labels != IGNORE).float().mean())
+        return self.labeler(self.tap.features().float(), logits.argmax(dim=1) if self.consensus else None)
 
     def state_dict(self):
         return self.bank.state_dict()
