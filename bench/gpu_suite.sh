@@ -6,8 +6,9 @@
 # A failing stage is recorded and the next stages still run. Peer wheels carried in
 # .whl/ (bench/README.md) are installed first. Logs go to bench/results/gpu_suite-<date>/
 # and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
-#   SUITE_SECONDS=570 (all stages)   BENCH_SECONDS=240   BENCH_SIZES="NxMxD ..."
-#   STAGES="build info tests bench tune keops memcheck racecheck" (a subset runs only those)
+#   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets)
+#   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
+#   STAGES="build info tests bench sweep fp16 tune keops memcheck racecheck" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,18 +68,23 @@ stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
 stage info 30 python -m refmatch.info
 
 # 2. Whole suite; CUDA-marked tests run because a device is present.
-stage tests 180 python -m pytest python_tests "${XDIST[@]}" -q -p no:warnings -rfs --tb=short --durations=15
+stage tests 180 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" -q -p no:warnings -rfs --tb=short \
+  --durations=15
 
-# 3. Benchmark: the issues' target sizes first, then the D and M sweeps, one results
-# file rewritten after every row (a stage cut off at its limit keeps what it measured).
-BENCH_SIZES=${BENCH_SIZES:-262144x1048576x128 262144x1048576x64 262144x4194304x128 262144x65536x128
-  262144x1048576x32 262144x1048576x256}
-stage bench ${BENCH_SECONDS:-240} python bench/bench_match.py --device cuda --dtype bfloat16 \
-  --sizes $BENCH_SIZES --exclude keops
+# 3. Benchmarks, one results file per run rewritten after every row (a stage cut
+# off at its limit keeps what it measured). The issues' target size with every
+# method; then the D and M sweeps and fp16 without the torch backend (10-50x
+# slower, measured at the target size); KeOps, which computes in float32 and
+# crashed once (SIGSEGV generating D=128 code), in float32 in its own process.
+BENCH=(python bench/bench_match.py --device cuda)
+stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude keops
+SWEEP_SIZES=${SWEEP_SIZES:-262144x1048576x64 262144x65536x128 262144x1048576x32 262144x4194304x128
+  262144x1048576x256}
+stage sweep 150 "${BENCH[@]}" --dtype bfloat16 --sizes $SWEEP_SIZES --exclude keops torch --tag sweep
+stage fp16 60 "${BENCH[@]}" --dtype float16 --sizes 262144x1048576x128 --exclude keops torch
 stage tune 120 python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
-# KeOps 2.3 crashed (SIGSEGV) generating its D=128 code on an H200 with CUDA 13: its own process and file.
-stage keops 60 python bench/bench_match.py --device cuda --dtype bfloat16 --sizes 262144x1048576x64 \
-  262144x1048576x128 --only keops --out bench/results/keops
+stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
+  --only keops "triton k=1" "cuda k=1" --tag keops
 
 # 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)

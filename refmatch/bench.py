@@ -216,6 +216,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fits-gib", type=float, default=8.0, help="largest dense N x M buffer to try")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", help="added to the file names, so runs of one day stay apart (e.g. sweep)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     name, description = machine(args.device)
@@ -223,7 +224,7 @@ def main(argv=None):
             "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
             "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions()}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{name}-{args.dtype}-{meta['date']}"
+    stem = args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]])
     print(markdown([]))
     rows = []
     for size in args.sizes or PRESETS[args.device]:

@@ -17,24 +17,39 @@ TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
 
 
-def _prepare_block(reference, ignored, metric, dtype):
-    """References of one block as GEMM operand, plus the per-column bias added to
-    the scores: -|r|^2 for l2, -inf for ignored references (None when zero)."""
-    block = reference.to(dtype)
-    bias = -block.square().sum(dim=1) if metric == "l2" else None
+def _prepare_block(reference, ignored, metric, operand_dtype, dtype):
+    """One block of references as GEMM operand [block, D], plus what the scores
+    need after the GEMM: a per-column bias (-|r|^2 for l2, -inf for ignored
+    references) and, for cosine on half-precision operands, a per-column scale
+    1/|r|; each None when not needed. Both are in the accumulation dtype."""
+    exact = reference.to(dtype)
+    bias = -exact.square().sum(dim=1) if metric == "l2" else None
     if ignored is not None:
-        bias = block.new_zeros(block.shape[0]) if bias is None else bias
+        bias = exact.new_zeros(exact.shape[0]) if bias is None else bias
         bias = bias.masked_fill(ignored, float("-inf"))
-    if metric == "cosine":
-        block = F.normalize(block, dim=1, eps=NORM_EPS)
-    return block, bias
+    scale = None
+    if metric == "cosine" and operand_dtype == dtype:
+        exact = F.normalize(exact, dim=1, eps=NORM_EPS)
+    elif metric == "cosine":  # normalising in half precision would round the unit vectors
+        scale = exact.norm(dim=1).clamp_min(NORM_EPS).reciprocal()
+    return exact.to(operand_dtype), bias, scale
 
 
-def _score_tile(rows, block, bias, metric, tile):
-    if bias is None:
+def _score_tile(rows, block, bias, scale, metric, tile):
+    """Oriented scores [rows, block] into ``tile``. Half-precision operands (GPUs
+    only) keep tensor cores with a float32 result and take the bias afterwards,
+    since the float32-output addmm wants a half-precision bias."""
+    alpha = 2.0 if metric == "l2" else 1.0
+    if rows.dtype != tile.dtype:
+        torch.mm(rows, block.T, out_dtype=tile.dtype, out=tile)
+        if bias is not None:
+            torch.add(bias[None, :], tile, alpha=alpha, out=tile)
+    elif bias is None:
         torch.mm(rows, block.T, out=tile)
     else:
-        torch.addmm(bias[None, :], rows, block.T, alpha=2.0 if metric == "l2" else 1.0, out=tile)
+        torch.addmm(bias[None, :], rows, block.T, alpha=alpha, out=tile)
+    if scale is not None:
+        tile.mul_(scale)
     return tile
 
 
@@ -139,13 +154,17 @@ def _keep_best(best, best_index, candidate, candidate_index):
 
 
 def tiling(query, reference, tile_bytes=None, block_m=None):
-    """(accumulation dtype, [N, D] row view of the maps, block_m, block_n) from the tile budget."""
+    """(operand dtype, accumulation dtype, [N, D] row view of the maps, block_m,
+    block_n) from the tile budget. Half-precision inputs on a GPU stay the GEMM
+    operands (tensor cores, float32 tiles); elsewhere operands are upcast."""
     dtype = accumulation_dtype(query.dtype)
+    half_on_gpu = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+    operand_dtype = query.dtype if half_on_gpu else dtype
     device = query.device.type if query.device.type in TILE_BYTES else "cuda"
     rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
     block_m = min(reference.shape[0], block_m or BLOCK_M[device])
     block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
-    return dtype, rows, block_m, block_n
+    return operand_dtype, dtype, rows, block_m, block_n
 
 
 def _block_of(ignored, col0, block_m):
@@ -176,7 +195,7 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
     Returns:
         (score [N, k], index [N, k] int64), best first.
     """
-    dtype, rows, block_m, block_n = tiling(query, reference, tile_bytes, block_m)
+    operand_dtype, dtype, rows, block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     num_rows, num_refs = rows.shape[0], reference.shape[0]
     best = torch.full((num_rows, k), float("-inf"), device=query.device, dtype=dtype)
     best_index = torch.full((num_rows, k), -1, device=query.device, dtype=torch.int64)
@@ -187,13 +206,13 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
     skip_nan_pass = not query.is_cuda
     unclean_blocks = _nonfinite_blocks(reference, block_m) if skip_nan_pass else set()
     for col0 in range(0, num_refs, block_m):
-        block, bias = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
-                                     metric, dtype)
+        block, bias, scale = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
+                                            metric, operand_dtype, dtype)
         drop_nan = not skip_nan_pass or col0 // block_m in unclean_blocks
         for row0 in range(0, num_rows, block_n):
-            row_block = rows[row0:row0 + block_n].to(dtype)
+            row_block = rows[row0:row0 + block_n].to(operand_dtype)
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
-            _score_tile(row_block, block, bias, metric, tile)
+            _score_tile(row_block, block, bias, scale, metric, tile)
             if drop_nan:
                 _drop_nan(tile)
             offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)
