@@ -2,10 +2,11 @@
 
     python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
 
-For each size and reduction (k = 1, top-8, class-wise C = 4) it times every tile
-candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query held in registers or streamed) with CUDA events (median after
-a warm-up), checks the result against the default tiles, and prints a table of
-TFLOP/s (2*N*M*D / time). A candidate that does not compile or fit is listed with
+For each size and reduction (k = 1 with dot and l2, top-8, class-wise C = 4) it
+times every tile candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query resident
+or streamed, register cap) with CUDA events (median after a warm-up), checks the
+result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)
+with the registers and spilled bytes per thread of the compiled kernel. A candidate that does not compile or fit is listed with
 the error. Writes bench/results/<card>-triton-tiles-<date>.{json,md}.
 """
 import argparse
@@ -17,49 +18,63 @@ import torch
 import triton.testing
 
 from refmatch.kernels.match import classwise_max, launch_config, match_topk
+from refmatch.kernels.match_aot import compile_variant
 from refmatch.bench import machine
 
 # Overrides of launch_config per candidate; the first of each list is the default.
-# query_resident=False streams the query through shared memory in 64-channel chunks.
-_TILE_NAMES = ("block_n", "block_m", "num_warps", "num_stages", "query_resident")
+# query_resident=False streams the query through shared memory in 64-channel chunks;
+# maxnreg=128 with 2 stages lets two 8-warp programs share an SM (65536 registers,
+# about 2 x 98 KB of shared memory at D=128).
+_TILE_NAMES = ("block_n", "block_m", "num_warps", "num_stages", "query_resident", "maxnreg")
+TWO_PER_SM = (128, 128, 8, 2, None, 128)
 CANDIDATES = {
-    "argmax": [(), (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (128, 64, 4, 4), (64, 256, 4, 3),
-               (128, 128, 8, 3, False), (256, 128, 8, 3, False), (128, 256, 8, 3, False)],
-    "top-8": [(), (128, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 3, False)],
-    "classwise-4": [(), (128, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 3, False)],
+    "argmax": [(), TWO_PER_SM, (128, 128, 8, 2, None, 168), (128, 64, 4, 4), (128, 64, 4, 2),
+               (256, 128, 8, 3), (128, 128, 8, 3, False)],
+    "argmax-l2": [(), TWO_PER_SM, (128, 64, 4, 4)],
+    "top-8": [(), (128, 64, 8, 3), (64, 128, 4, 2, None, 128), (128, 64, 8, 2, None, 128)],
+    "classwise-4": [(), (128, 64, 8, 3), (64, 128, 4, 2, None, 128), (128, 64, 8, 2, None, 128)],
 }
-SLOTS = {"argmax": 1, "top-8": 8, "classwise-4": 4}  # k, or the number of classes
+# Each sweep's kernel: (reduction, k or number of classes, metric).
+KERNELS = {"argmax": ("argmax", 1, "dot"), "argmax-l2": ("argmax", 1, "l2"), "top-8": ("topk", 8, "dot"),
+           "classwise-4": ("classwise", 4, "dot")}
 
 
-def run(reduction, query, reference, stat, labels, tile):
-    """(scores, indices or None) of one reduction with the given tile overrides."""
+def run(sweep_name, query, reference, stats, labels, tile):
+    """(scores, indices or None) of one sweep's kernel with the given tile overrides."""
     maps = query.T[None, :, :, None]
-    if reduction == "classwise-4":
-        return classwise_max(maps, reference, stat, labels, "dot", SLOTS[reduction], **tile), None
-    return match_topk(maps, reference, stat, "dot", SLOTS[reduction], **tile)
+    reduction, slots, metric = KERNELS[sweep_name]
+    if reduction == "classwise":
+        return classwise_max(maps, reference, stats[metric], labels, metric, slots, **tile), None
+    return match_topk(maps, reference, stats[metric], metric, slots, **tile)
 
 
 def sweep(n, m, d, dtype):
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(n, d, generator=generator).to("cuda", dtype)
     reference = torch.randn(m, d, generator=generator).to("cuda", dtype)
-    stat = torch.empty(0, device="cuda")
+    stats = {"dot": torch.empty(0, device="cuda"), "l2": reference.float().square().sum(1)}
     labels = (torch.arange(m, device="cuda") * 4) // m
     flops = 2.0 * n * m * d
     for reduction, candidates in CANDIDATES.items():
         expected = None
         for candidate in candidates:
             tile = dict(zip(_TILE_NAMES, candidate))
-            config = launch_config(d, SLOTS[reduction], **tile)
+            config = launch_config(d, KERNELS[reduction][1], **tile)
             shape = (f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
-                     + ("" if config["QUERY_RESIDENT"] else " streamed"))
+                     + ("" if config["QUERY_RESIDENT"] else " streamed")
+                     + (f" maxnreg {config['maxnreg']}" if "maxnreg" in config else ""))
             row = {"n": n, "m": m, "d": d, "dtype": str(dtype).replace("torch.", ""), "reduction": reduction,
                    "tiles": shape + ("" if candidate else " (default)")}
             try:
-                score, _ = run(reduction, query, reference, stat, labels, tile)
+                kernel_reduction, slots, metric = KERNELS[reduction]
+                kernel = compile_variant(torch.cuda.get_device_capability()[0] * 10, row["dtype"], d, metric,
+                                         kernel_reduction, slots, **tile)
+                kernel._init_handles()  # loads it: registers and spills are known from here
+                row.update(registers=kernel.n_regs, spilled_bytes=kernel.n_spills)
+                score, _ = run(reduction, query, reference, stats, labels, tile)
                 expected = score if expected is None else expected
                 row["agrees"] = bool(torch.allclose(score, expected, rtol=1e-3, atol=1e-3, equal_nan=True))
-                seconds = triton.testing.do_bench(lambda: run(reduction, query, reference, stat, labels, tile),
+                seconds = triton.testing.do_bench(lambda: run(reduction, query, reference, stats, labels, tile),
                                                   warmup=50, rep=300, return_mode="median") / 1e3
                 row.update(ms=1e3 * seconds, tflops=flops / seconds / 1e12)
             except Exception as error:  # a tile that does not compile or fit: record why
@@ -71,8 +86,9 @@ def sweep(n, m, d, dtype):
 def line(row):
     head = f"| {row['n']} | {row['m']} | {row['d']} | {row['dtype']} | {row['reduction']} | {row['tiles']} |"
     if "error" in row:
-        return f"{head} {row['error']} | | |"
-    return f"{head} {row['ms']:.1f} | {row['tflops']:.1f} | {'yes' if row['agrees'] else 'NO'} |"
+        return f"{head} {row['error']} | | | | |"
+    return (f"{head} {row['ms']:.1f} | {row['tflops']:.1f} | {row['registers']} | {row['spilled_bytes']} | "
+            f"{'yes' if row['agrees'] else 'NO'} |")
 
 
 def main():
@@ -81,7 +97,8 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("bench") / "results")
     args = parser.parse_args()
-    header = "| N | M | D | dtype | reduction | tiles | ms | TFLOP/s | agrees with default |\n" + "|---" * 9 + "|"
+    header = ("| N | M | D | dtype | reduction | tiles | ms | TFLOP/s | registers | spilled bytes | agrees with default |\n"
+              + "|---" * 11 + "|")
     print(header)
     rows = []
     name, description = machine("cuda")

@@ -12,11 +12,14 @@ Algorithm
 
 Tiling
     BLOCK_D covers D (padded to a power of two) when D <= MAX_RESIDENT_D = 128, so
-    the query tile is loaded once and stays in registers; larger D loops over
+    the query tile is loaded once and stays resident; larger D loops over
     64-channel chunks of the query and reference inside the tile loop (a resident
     256-channel query spilled on sm_90). Tile shapes come from ``launch_config``. The grid is
     (cdiv(N, BLOCK_N), splits): when N is too small to fill the GPU the bank is cut
     into ``splits`` ranges whose partial bests are merged by ``merge_splits``.
+    The per-reference term (1/|r|, |r|^2) of the next tile is loaded before this
+    tile's dot: loaded where it is used, it waited on global memory after every
+    dot and made l2 1.5-2x slower than dot on an H200.
 
 Semantics and limits
     Ties go to the lowest reference index: strict '>' across tiles, lowest column
@@ -84,8 +87,13 @@ def _match_kernel(
     # Tile columns are int32 offsets from the int64 tile start m0: int64 [BLOCK_N, BLOCK_M]
     # index matrices would take twice the registers (they spilled on sm_90).
     local = tl.arange(0, BLOCK_M)
+    if METRIC != 0:  # the per-reference term is loaded one tile ahead (see the header)
+        next_stat = tl.load(ref_stat_ptr + m_begin + local, mask=local < m_end - m_begin, other=0.0)
     for m0 in range(m_begin, m_end, BLOCK_M):
         col_ok = local < tl.minimum(m_end - m0, BLOCK_M).to(tl.int32)
+        if METRIC != 0:
+            stat = next_stat
+            next_stat = tl.load(ref_stat_ptr + m0 + BLOCK_M + local, mask=local < m_end - m0 - BLOCK_M, other=0.0)
         ref_tile_ptr = reference_ptr + m0 * stride_rm + local[:, None] * stride_rm
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         if QUERY_RESIDENT:
@@ -101,9 +109,9 @@ def _match_kernel(
                             mask=col_ok[:, None] & (d[None, :] < dim), other=0.0)
                 acc = _tile_scores(qd, r, acc, INPUT_PRECISION)
         if METRIC == 1:
-            acc = acc * tl.load(ref_stat_ptr + m0 + local, mask=col_ok, other=0.0)[None, :]
+            acc = acc * stat[None, :]
         elif METRIC == 2:
-            acc = 2.0 * acc - tl.load(ref_stat_ptr + m0 + local, mask=col_ok, other=0.0)[None, :]
+            acc = 2.0 * acc - stat[None, :]
         scores = tl.where(col_ok[None, :] & (acc == acc), acc, float("-inf"))
         if REDUCTION == 0:
             best, best_index = offer_argmax(scores, local, m0, best, best_index, BLOCK_M)
@@ -160,9 +168,10 @@ def merge_splits(partial_score, partial_index):
 
 
 def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_warps=None, num_stages=None,
-                  query_resident=None):
+                  query_resident=None, maxnreg=None):
     """Compile-time tile shape of a launch: dict of BLOCK_N, BLOCK_M, BLOCK_D, SLOTS_PAD,
-    QUERY_RESIDENT, num_warps and num_stages (the keyword arguments override them).
+    QUERY_RESIDENT, num_warps, num_stages and, when given, maxnreg (the register cap
+    per thread that lets two programs share an SM); the keyword arguments override them.
 
     Chosen so that no variant spills registers on sm_80 or sm_90 (checked in CI
     by compiling ahead of time, ``match_aot``). One sweep on an H200
@@ -184,9 +193,10 @@ def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_w
     block_n, block_m = block_n or default_n, block_m or default_m
     # 64 slots beside a resident query spill on 4 warps under triton 3.6 (torch 2.11).
     wide = block_n >= 128 or (slots_pad > 32 and resident)
-    return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, SLOTS_PAD=slots_pad,
-                QUERY_RESIDENT=resident, num_warps=num_warps or (8 if wide else 4),
-                num_stages=num_stages or NUM_STAGES)
+    config = dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, SLOTS_PAD=slots_pad,
+                  QUERY_RESIDENT=resident, num_warps=num_warps or (8 if wide else 4),
+                  num_stages=num_stages or NUM_STAGES)
+    return config if maxnreg is None else dict(config, maxnreg=maxnreg)
 
 
 def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
@@ -230,7 +240,7 @@ def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):
         metric: "dot", "cosine" or "l2".
         k: 1 <= k <= MAX_SLOTS.
         splits, **tile: overrides of the launch heuristics (tests, ``bench/tune_triton.py``):
-            block_n, block_m, num_warps, num_stages, query_resident as in ``launch_config``.
+            block_n, block_m, num_warps, num_stages, query_resident, maxnreg as in ``launch_config``.
 
     Returns:
         (score [N, k] float32, index [N, k] int64), best first: score is q.r (dot),

@@ -23,10 +23,11 @@ POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 VARIANTS = [("argmax", 1), ("topk", 8), ("topk", MAX_SLOTS), ("classwise", 4), ("classwise", MAX_SLOTS)]
 
 
-def compile_variant(arch, dtype, dim, metric, reduction, slots):
-    """The compiled kernel (``.asm["cubin"]``, ``.metadata.shared``) for one launch shape."""
-    config = launch_config(dim, slots)
-    options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+def compile_variant(arch, dtype, dim, metric, reduction, slots, **tile):
+    """The compiled kernel (``.asm["cubin"]``, ``.metadata.shared``) for one launch shape;
+    ``tile`` overrides ``launch_config`` as the launcher's keyword arguments do."""
+    config = launch_config(dim, slots, **tile)
+    options = {name: config.pop(name) for name in ("num_warps", "num_stages", "maxnreg") if name in config}
     constants = dict(config, METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
                      INPUT_PRECISION="tf32" if dtype == "float32" else "ieee")
     pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],

@@ -113,7 +113,7 @@ class PeakMemory:
 
 
 def oracle_best(query, reference, metric):
-    """Float64 best score per row [N] (similarity for dot, distance for l2)."""
+    """Float64 best score per row [N] (similarity for dot and cosine, distance for l2)."""
     return refmatch.match(query.double(), reference.double(), metric=metric, backend="torch").score
 
 
@@ -121,7 +121,10 @@ def agreement(index, query, reference, metric, best):
     """Fraction of rows whose returned (first) index scores within 1e-4 of the float64 best."""
     index = index.reshape(query.shape[0], -1)[:, 0].to(query.device).long()
     q, r = query.double(), reference.double()[index.clamp(min=0)]
-    picked = (q * r).sum(1) if metric == "dot" else (q - r).square().sum(1)
+    if metric == "l2":
+        picked = (q - r).square().sum(1)
+    else:
+        picked = torch.nn.functional.cosine_similarity(q, r, eps=1e-12) if metric == "cosine" else (q * r).sum(1)
     return _close_fraction(picked, best, index >= 0)
 
 
@@ -140,7 +143,7 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
     query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
     reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
-    best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2")}
+    best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2", "cosine")}
     gemm_tflops = None
     for method in all_methods(query, reference, fits_bytes):
         wanted = (not only or any(word in method.name for word in only)) and \

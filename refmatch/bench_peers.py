@@ -84,13 +84,14 @@ def _skip_reason(call):
 
 
 def _refmatch_methods(query, reference, flops):
-    """k = 1, top-8 and a 4-class class-wise max per backend, side by side. The
-    class labels are grouped, as ReferenceBank stores its slots."""
+    """k = 1 (dot, l2 and cosine, the default), top-8 and a 4-class class-wise max
+    per backend, side by side. The class labels are grouped, as ReferenceBank
+    stores its slots."""
     classes = 4
     labels = (torch.arange(reference.shape[0], device=reference.device) * classes) // reference.shape[0]
     methods = []
     for status in refmatch.backends():
-        for metric, k in (("dot", 1), ("dot", 8), ("l2", 1)):
+        for metric, k in (("dot", 1), ("dot", 8), ("l2", 1), ("cosine", 1)):
             def run(backend=status.name, metric=metric, k=k):
                 return refmatch.match(query, reference, k=k, metric=metric, backend=backend).index
             skip = _skip_reason(lambda: refmatch.match(query[:1], reference[:8], k=k, metric=metric,
