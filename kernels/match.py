@@ -174,9 +174,11 @@ def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_w
     per thread that lets two programs share an SM); the keyword arguments override them.
 
     Chosen so that no variant spills registers on sm_80 or sm_90 (checked in CI
-    by compiling ahead of time, ``match_aot``). One sweep on an H200
-    (``bench/tune_triton.py``) found 256x128 argmax tiles 16 % faster at D=128, but
-    they spill, so they are not the default.
+    by compiling ahead of time, ``match_aot``). Sweeps on an H200 with triton 3.6
+    (``bench/tune_triton.py``) found two faster argmax shapes that are not the
+    default: 256x128 tiles (spill), and two programs per SM (2 stages, maxnreg=128:
+    dot 203 -> 170 ms at D=128, no spill under triton 3.6 but 144 bytes under 3.9
+    and 48-64 on sm_80; l2 spilled and was slower).
     """
     slots_pad = _next_power_of_two(slots)
     resident = dim <= MAX_RESIDENT_D if query_resident is None else query_resident
