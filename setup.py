@@ -2,7 +2,7 @@
 
 Environment:
   REFMATCH_CUDA=0/1           force the CUDA kernels off/on (default: on when nvcc is found)
-  REFMATCH_CUDA_ARCHS="80;90" CUDA architectures
+  REFMATCH_CUDA_ARCHS="80;90a" CUDA architectures (90a: with the Hopper wgmma kernel)
   REFMATCH_REQUIRE_EXTENSION=1  fail the install when _C cannot be built (CI, GPU suite)
 """
 import os
@@ -73,7 +73,7 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
         ]
         if cuda_requested():
-            archs = os.environ.get("REFMATCH_CUDA_ARCHS", "80;90")
+            archs = os.environ.get("REFMATCH_CUDA_ARCHS", "80;90a")
             args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={archs}",
                      f"-DCMAKE_CUDA_COMPILER={find_nvcc()}"]
         if shutil.which("ninja"):

@@ -56,9 +56,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   python -m pip install -q --no-index --no-deps --no-compile --target /tmp/refmatch-peers .whl/*.whl \
     && export PYTHONPATH=/tmp/refmatch-peers${PYTHONPATH:+:$PYTHONPATH}
 fi
-# Build for the card that is here only (e.g. "90"): half the compile time of "80;90".
+# Build for the card that is here only (e.g. "90a", with the Hopper wgmma kernel):
+# half the compile time of "80;90a".
 ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ')
-export REFMATCH_CUDA_ARCHS=${REFMATCH_CUDA_ARCHS:-${ARCH:-80;90}} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+[[ $ARCH == 90 ]] && ARCH=90a
+export REFMATCH_CUDA_ARCHS=${REFMATCH_CUDA_ARCHS:-${ARCH:-80;90a}} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 XDIST=()
 python -c "import xdist" 2>/dev/null && XDIST=(-n 8)
 

@@ -5,15 +5,16 @@
 Covers every kernel variant and load path at sizes that stay fast under
 instrumentation: fp16 / bf16 / fp32 (3xTF32 and TF32), all metrics, tile and
 D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
-query maps, reference layouts that cannot use cp.async, ignore_index, and the
-Triton top-k and class-wise reductions.
+query maps, reference layouts that cannot use cp.async, ignore_index, the
+Triton top-k and class-wise reductions, and on sm_90 the wgmma kernel
+(REFMATCH_CUDA_HOPPER=1) on its own cases.
 """
 import argparse
 
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import match_argmax_cuda
+from refmatch.backends.cuda_backend import hopper_kernel, hopper_requested, kernel_name, match_argmax_cuda
 from refmatch.backends.scoring import reference_stat
 
 
@@ -26,6 +27,25 @@ def cases(device):
     yield "strided maps", maps, torch.randn(50, 24, device=device).half()
     yield "transposed bank", torch.randn(40, 24, device=device), torch.randn(24, 90, device=device).T
     yield "wide D (streamed query)", torch.randn(20, 1000, device=device).bfloat16(), torch.randn(70, 1000, device=device).bfloat16()
+
+
+def sanitize_hopper():
+    """The wgmma kernel: D tails, tile tails, 1-4 chunks, splits, every metric."""
+    with hopper_kernel():
+        if not hopper_requested(torch.device("cuda")):
+            print("--  wgmma kernel: not an sm_90 device or no sm_90a build")
+            return
+        for dtype in (torch.float16, torch.bfloat16):
+            for n, m, d in ((130, 197, 72), (7, 300, 256), (1, 1, 8), (129, 129, 136)):
+                query, reference = torch.randn(n, d, device="cuda").to(dtype), torch.randn(m, d, device="cuda").to(dtype)
+                assert kernel_name(query.T[None, :, :, None], reference) == "wgmma"
+                for metric in ("cosine", "dot", "l2"):
+                    refmatch.match(query, reference, metric=metric, backend="cuda")
+        query, reference = torch.randn(50, 64, device="cuda").half(), torch.randn(1000, 64, device="cuda").half()
+        for splits in (2, 7, 40):
+            match_argmax_cuda(query.T[None, :, :, None], reference, reference_stat(reference, "l2"), "l2",
+                              splits=splits)
+    print("ok  wgmma kernel")
 
 
 def main():
@@ -47,6 +67,8 @@ def main():
         refmatch.match(torch.randn(33, 40, device="cuda"), torch.randn(90, 40, device="cuda"), backend="cuda")
         torch.set_float32_matmul_precision(previous)
         print("ok  splits and tf32")
+    if "cuda" in args.backends:
+        sanitize_hopper()
     query, reference = torch.randn(70, 40, device="cuda").bfloat16(), torch.randn(300, 40, device="cuda").bfloat16()
     labels = torch.randint(0, 5, (300,), device="cuda")
     labels[::7] = 255

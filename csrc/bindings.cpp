@@ -13,6 +13,7 @@
 #include "refmatch/cuda_runtime_status.h"
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_plan.h"
+#include "refmatch/match_plan_sm90.h"
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -86,12 +87,12 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
                   int64_t num_refs, std::array<int64_t, 2> reference_strides, uintptr_t ref_stat,
                   int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
                   int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
-                  int device) {
+                  int device, bool hopper) {
   // Aggregate order is MatchArgs' field order.
   refmatch::match_argmax(refmatch::MatchArgs{
       query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
       reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
-      partial_index, stream, device});
+      partial_index, stream, device, hopper});
 }
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
@@ -111,6 +112,23 @@ py::dict match_layout(int64_t dim, int element_bytes, int64_t smem_limit) {
   return layout;
 }
 
+// Tile constants, shared-memory plan and eligibility of the Hopper kernel
+// (host check of match_plan_sm90.h).
+py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit) {
+  using Tile = refmatch::HopperTile;
+  const int64_t chunks = refmatch::match_dim_chunks(dim, 2);
+  const refmatch::HopperSmemLayout plan = refmatch::hopper_smem_layout(chunks);
+  py::dict layout;
+  layout["eligible"] = refmatch::hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit);
+  layout["block_n"] = Tile::kBlockN;
+  layout["block_m"] = Tile::kBlockM;
+  layout["stages"] = plan.stages;
+  layout["threads"] = Tile::kThreads;
+  layout["dim_chunks"] = chunks;
+  layout["smem_bytes"] = plan.total_bytes;
+  return layout;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -127,12 +145,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),
         py::arg("metric"), py::arg("allow_tf32"), py::arg("out_score"), py::arg("out_index"),
         py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
-        py::arg("device"),
+        py::arg("device"), py::arg("hopper") = false,
         "Fused k=1 match on raw device pointers, on the caller's stream; no sync. Writes oriented "
-        "scores float32 [N] and indices int64 [N]. Errors: ValueError, RuntimeError (CUDA).");
+        "scores float32 [N] and indices int64 [N]. hopper: the wgmma kernel where it can serve the "
+        "call. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),
-        "Bank splits that fill the device for this problem (host queries only).");
+        py::arg("hopper") = false, "Bank splits that fill the device for this problem (host queries only).");
+  m.def("match_kernel_name", &refmatch::match_kernel_name, py::arg("dim"), py::arg("dtype"),
+        py::arg("allow_tf32"), py::arg("device"), py::arg("hopper"), py::arg("reference"),
+        py::arg("stride_m"), py::arg("stride_d"), "Kernel a call runs: \"wgmma\" or \"mma.sync\".");
+  m.def("hopper_layout", &hopper_layout, py::arg("dim"), py::arg("dtype"), py::arg("ref_copy_bytes"),
+        py::arg("smem_limit"), "Tile constants, shared-memory plan and eligibility of the wgmma kernel.");
+  m.def("swizzle128_offset", &refmatch::swizzle128_offset, py::arg("row"), py::arg("unit"),
+        "Byte offset of a 16-byte unit of a chunk row in the wgmma 128B swizzle (host check).");
   m.def("match_layout", &match_layout, py::arg("dim"), py::arg("element_bytes"),
         py::arg("smem_limit"), "Tile constants and shared-memory plan of the match kernel.");
   m.def("reference_copy_bytes", &refmatch::reference_copy_bytes, py::arg("address"),
@@ -141,5 +167,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("plan_match_splits", &refmatch::plan_match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("resident_ctas"), "Split count for N rows, M references and resident CTA slots.");
   m.def("match_refs_per_split", &refmatch::match_refs_per_split, py::arg("num_refs"),
-        py::arg("splits"), "References per split (whole tiles).");
+        py::arg("splits"), py::arg("block_m") = refmatch::MatchTile::kBlockM,
+        "References per split (whole tiles of block_m rows).");
 }

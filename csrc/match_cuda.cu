@@ -1,5 +1,6 @@
-// Host side of the fused CUDA match kernel (csrc/include/refmatch/match_kernel.cuh):
-// argument checks, kernel choice per dtype and precision, launch plan, and
+// Host side of the fused CUDA match kernels (csrc/include/refmatch/match_kernel.cuh,
+// mma.sync; match_kernel_sm90.cuh, wgmma): argument checks, kernel choice per
+// device, dtype and precision, launch plan, and
 // errors as exceptions carrying cudaGetErrorString. Launches go on the
 // caller's stream and never synchronise, so they can be captured in a graph.
 #include <cuda_runtime.h>
@@ -9,6 +10,7 @@
 
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_kernel.cuh"
+#include "refmatch/match_kernel_sm90.cuh"
 
 namespace refmatch {
 namespace {
@@ -46,52 +48,78 @@ class DeviceScope {
   int previous_ = 0;
 };
 
-struct KernelChoice {
+// The kernel a call runs and its launch shape. The Hopper kernel is taken when
+// asked for, on a compute capability 9.0 device, for calls it can serve.
+struct LaunchPlan {
   Kernel kernel;
-  int element_bytes;
-};
-
-KernelChoice choose_kernel(int dtype, bool allow_tf32) {
-  switch (static_cast<MatchDtype>(dtype)) {
-    case MatchDtype::kFloat16:
-      return {detail::match_argmax_kernel<mma::Mma16Bit<false>>, 2};
-    case MatchDtype::kBFloat16:
-      return {detail::match_argmax_kernel<mma::Mma16Bit<true>>, 2};
-    case MatchDtype::kFloat32:
-      return {allow_tf32 ? detail::match_argmax_kernel<mma::MmaTf32<false>>
-                         : detail::match_argmax_kernel<mma::MmaTf32<true>>,
-              4};
-  }
-  throw std::invalid_argument("refmatch._C: dtype code must be 0 (float32), 1 (float16) or "
-                              "2 (bfloat16), got " + std::to_string(dtype));
-}
-
-// Shared-memory layout on the current device; lets the kernel use the device's
-// whole opt-in shared memory (per device, cheap, no stream work).
-struct KernelLayout {
+  const char* name;  // "wgmma" or "mma.sync"
+  int threads;
+  int64_t block_m;  // reference rows per tile: splits are whole tiles
   int64_t dim_chunks;
   bool query_resident;
   int64_t smem_bytes;
 };
 
-KernelLayout prepare_kernel(const KernelChoice& choice, int64_t dim, int device) {
+Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
+  switch (static_cast<MatchDtype>(dtype)) {
+    case MatchDtype::kFloat16:
+      return detail::match_argmax_kernel<mma::Mma16Bit<false>>;
+    case MatchDtype::kBFloat16:
+      return detail::match_argmax_kernel<mma::Mma16Bit<true>>;
+    case MatchDtype::kFloat32:
+      return allow_tf32 ? detail::match_argmax_kernel<mma::MmaTf32<false>>
+                        : detail::match_argmax_kernel<mma::MmaTf32<true>>;
+  }
+  throw std::invalid_argument("refmatch._C: dtype code must be 0 (float32), 1 (float16) or "
+                              "2 (bfloat16), got " + std::to_string(dtype));
+}
+
+bool is_hopper(int device) {
+  int major = 0, minor = 0;
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+        "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+        "cudaDeviceGetAttribute(ComputeCapabilityMinor)");
+  return major == 9 && minor == 0;
+}
+
+// Sets the kernel's shared-memory limit to the device's whole opt-in maximum
+// (per device, cheap, no stream work): never the size of this call, so a call
+// with a smaller layout on another thread (or after a graph capture) never lowers it.
+LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool hopper_requested,
+                       int ref_copy_bytes) {
+  const Kernel mma_sync = mma_sync_kernel(dtype, allow_tf32);
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-  KernelLayout layout{};
-  layout.dim_chunks = match_dim_chunks(dim, choice.element_bytes);
-  layout.query_resident = match_query_resident(layout.dim_chunks, smem_limit);
-  layout.smem_bytes = match_smem_layout(layout.dim_chunks, layout.query_resident).total_bytes;
-  if (layout.smem_bytes > smem_limit) {
-    throw std::runtime_error("refmatch CUDA match: needs " + std::to_string(layout.smem_bytes) +
+  LaunchPlan plan{};
+  if (hopper_requested && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) && is_hopper(device)) {
+    const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
+    plan.kernel = bf16 ? detail::match_argmax_sm90_kernel<true> : detail::match_argmax_sm90_kernel<false>;
+    plan.name = "wgmma";
+    plan.threads = HopperTile::kThreads;
+    plan.block_m = HopperTile::kBlockM;
+    plan.dim_chunks = match_dim_chunks(dim, 2);
+    plan.query_resident = true;
+    plan.smem_bytes = hopper_smem_layout(plan.dim_chunks).total_bytes;
+  } else {
+    const int element_bytes = dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
+    plan.kernel = mma_sync;
+    plan.name = "mma.sync";
+    plan.threads = MatchTile::kThreads;
+    plan.block_m = MatchTile::kBlockM;
+    plan.dim_chunks = match_dim_chunks(dim, element_bytes);
+    plan.query_resident = match_query_resident(plan.dim_chunks, smem_limit);
+    plan.smem_bytes = match_smem_layout(plan.dim_chunks, plan.query_resident).total_bytes;
+  }
+  if (plan.smem_bytes > smem_limit) {
+    throw std::runtime_error("refmatch CUDA match: needs " + std::to_string(plan.smem_bytes) +
                              " bytes of shared memory per block, the device allows " +
                              std::to_string(smem_limit));
   }
-  // Always the device's opt-in maximum, never the size of this call: a call with
-  // a smaller layout on another thread (or after a graph capture) never lowers it.
-  check(cudaFuncSetAttribute(choice.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit),
+  check(cudaFuncSetAttribute(plan.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit),
         "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  return layout;
+  return plan;
 }
 
 void check_args(const MatchArgs& a) {
@@ -115,13 +143,12 @@ void check_args(const MatchArgs& a) {
 }  // namespace
 
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device) {
-  const KernelChoice choice = choose_kernel(dtype, allow_tf32);
+                     int device, bool hopper) {
+  mma_sync_kernel(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
   const DeviceScope scope(device);
-  const KernelLayout layout = prepare_kernel(choice, dim, device);
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper, 16);
   int per_sm = 0, sms = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, choice.kernel, MatchTile::kThreads,
-                                                      layout.smem_bytes),
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute(MultiProcessorCount)");
@@ -129,14 +156,26 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
   return splits < kMaxSplits ? splits : kMaxSplits;
 }
 
+const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, bool hopper,
+                              uintptr_t reference, int64_t stride_m, int64_t stride_d) {
+  const int element_bytes = dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
+  const DeviceScope scope(device);
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper,
+                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes));
+  return plan.name;
+}
+
 void match_argmax(const MatchArgs& a) {
-  const KernelChoice choice = choose_kernel(a.dtype, a.allow_tf32);
+  mma_sync_kernel(a.dtype, a.allow_tf32);
   check_args(a);
   const int64_t num_rows = a.batch * a.height * a.width;
   if (num_rows == 0) return;
 
   const DeviceScope scope(a.device);
-  const KernelLayout layout = prepare_kernel(choice, a.dim, a.device);
+  const int element_bytes = a.dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
+  const int copy_bytes = reference_copy_bytes(a.reference, a.reference_strides[0], a.reference_strides[1],
+                                              element_bytes);
+  const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper, copy_bytes);
   const bool split = a.splits > 1;
   detail::MatchParams p{};
   p.query = reinterpret_cast<const void*>(a.query);
@@ -149,8 +188,8 @@ void match_argmax(const MatchArgs& a) {
   p.width = a.width;
   p.dim = a.dim;
   p.num_refs = a.num_refs;
-  p.refs_per_split = match_refs_per_split(a.num_refs, a.splits);
-  p.dim_chunks = layout.dim_chunks;
+  p.refs_per_split = match_refs_per_split(a.num_refs, a.splits, plan.block_m);
+  p.dim_chunks = plan.dim_chunks;
   p.stride_qb = a.query_strides[0];
   p.stride_qd = a.query_strides[1];
   p.stride_qh = a.query_strides[2];
@@ -158,15 +197,14 @@ void match_argmax(const MatchArgs& a) {
   p.stride_rm = a.reference_strides[0];
   p.stride_rd = a.reference_strides[1];
   p.metric = a.metric;
-  p.ref_copy_bytes = reference_copy_bytes(a.reference, a.reference_strides[0], a.reference_strides[1],
-                                          choice.element_bytes);
-  p.query_resident = layout.query_resident;
+  p.ref_copy_bytes = copy_bytes;
+  p.query_resident = plan.query_resident;
 
   const auto stream = reinterpret_cast<cudaStream_t>(a.stream);
   const dim3 grid(static_cast<unsigned>(ceil_div(num_rows, MatchTile::kBlockN)),
                   static_cast<unsigned>(a.splits));
-  choice.kernel<<<grid, MatchTile::kThreads, layout.smem_bytes, stream>>>(p);
-  check(cudaGetLastError(), "match_argmax_kernel launch");
+  plan.kernel<<<grid, plan.threads, plan.smem_bytes, stream>>>(p);
+  check(cudaGetLastError(), "match kernel launch");
   if (split) {
     const auto blocks = static_cast<unsigned>(ceil_div(num_rows, kMergeThreads));
     detail::merge_splits_kernel<<<blocks, kMergeThreads, 0, stream>>>(

@@ -18,6 +18,8 @@ def test_match_kernels_do_not_spill():
     built = {f"sm_{arch}" for arch in _C.build_info()["cuda_archs"].split(",")}
     assert archs == built, f"match kernels for {sorted(archs)}, built for {sorted(built)}"
     assert len(kernels) == 4 * len(archs), "one kernel per fp16, bf16, tf32, 3xtf32 and arch"
+    wgmma = {key for key in resources if "match_argmax_sm90_kernel" in key[1] and key[0] == "sm_90a"}
+    assert len(wgmma) == (2 if "sm_90a" in built else 0), "the Hopper kernel for fp16 and bf16 on sm_90a"
     for (arch, name), usage in resources.items():
         assert_no_spills(f"{name} on {arch}", usage)
         print(f"{arch} REG:{usage['REG']:>3} {name}")
@@ -38,6 +40,37 @@ def test_layout_streams_query_when_resident_tile_does_not_fit():
     streamed = _C.match_layout(100_000, 4, A100_SMEM)
     assert not streamed["query_resident"] and streamed["smem_bytes"] <= 100 * 1024  # fits sm_86/89 too
     assert streamed["smem_bytes"] == _C.match_layout(10**7, 2, A100_SMEM)["smem_bytes"]  # independent of D
+
+
+@pytest.mark.parametrize("dim, dtype, copy_bytes, eligible", [
+    (128, 2, 16, True), (256, 1, 16, True), (8, 2, 16, True), (72, 2, 16, True),
+    (264, 2, 16, False),  # the query tile would not stay resident
+    (36, 2, 16, False),   # D not in whole 16-byte units
+    (128, 0, 16, False),  # float32 stays on mma.sync
+    (128, 2, 8, False),   # reference rows not 16-byte aligned
+])
+def test_hopper_kernel_eligibility_and_layout(dim, dtype, copy_bytes, eligible):
+    layout = _C.hopper_layout(dim, dtype, copy_bytes, H100_SMEM)
+    assert layout["eligible"] is eligible
+    assert layout["threads"] == 384 and layout["block_n"] == 128 and layout["block_m"] == 128
+    if eligible:
+        assert layout["smem_bytes"] <= H100_SMEM
+        # A stage always holds the same chunk, and two tiles fit in flight: the
+        # lagging consumer can then never block the producer (no deadlock).
+        assert layout["stages"] % layout["dim_chunks"] == 0 and layout["stages"] >= 2 * layout["dim_chunks"]
+
+
+def test_hopper_kernel_needs_its_shared_memory():
+    assert _C.hopper_layout(256, 2, 16, H100_SMEM)["eligible"]
+    assert not _C.hopper_layout(256, 2, 16, 160 * 1024)["eligible"]
+
+
+def test_swizzle_permutes_units_within_rows_and_spreads_atoms_over_banks():
+    for row in range(24):
+        offsets = {_C.swizzle128_offset(row, unit) for unit in range(8)}
+        assert offsets == {row * 128 + 16 * unit for unit in range(8)}
+    # unit 0 of the 8 rows of an atom sits in 8 different 16-byte bank groups
+    assert len({_C.swizzle128_offset(row, 0) % 128 for row in range(8)}) == 8
 
 
 @pytest.mark.parametrize("address, stride_m, stride_d, element_bytes, expected", [
@@ -64,6 +97,7 @@ def test_split_plan(rows, refs, ctas, expected):
     assert splits == expected
     per_split = _C.match_refs_per_split(refs, splits)
     assert per_split % _C.match_layout(1, 2, H100_SMEM)["block_m"] == 0
+    assert _C.match_refs_per_split(refs, splits, 128) % 128 == 0
     assert (splits - 1) * per_split < refs <= splits * per_split or splits == 1
 
 

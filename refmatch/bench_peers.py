@@ -75,6 +75,23 @@ def _flash_kmeans_methods(query, reference, flops):
     return [Method("flash-kmeans assign", "l2", 1, assign, flops)]
 
 
+def _wgmma_methods(query, reference, flops):
+    """The CUDA backend's Hopper kernel (REFMATCH_CUDA_HOPPER=1), beside its mma.sync rows."""
+    from refmatch.backends.cuda_backend import hopper_kernel, hopper_requested, native_module
+
+    name = "refmatch cuda wgmma k=1"
+    if not query.is_cuda or native_module() is None:
+        return [Method(name, "dot", 1, None, flops, "needs an sm_90 GPU and a build with sm_90a")]
+    with hopper_kernel():
+        if not hopper_requested(query.device):
+            return [Method(name, "dot", 1, None, flops, "needs an sm_90 GPU and a build with sm_90a")]
+
+    def run(metric):
+        with hopper_kernel():
+            return refmatch.match(query, reference, metric=metric, backend="cuda").index
+    return [Method(name, metric, 1, lambda metric=metric: run(metric), flops) for metric in ("dot", "l2", "cosine")]
+
+
 def _skip_reason(call):
     try:
         call()
@@ -136,5 +153,6 @@ def all_methods(query, reference, fits_bytes):
         Method("torch.cdist + argmin", "l2", 1, lambda: torch.cdist(query.float(), reference.float()).argmin(1),
                flops, too_big),
     ]
-    return methods + _refmatch_methods(query, reference, flops) + _faiss_methods(query, reference, flops) \
-        + _keops_methods(query, reference, flops) + _flash_kmeans_methods(query, reference, flops)
+    return methods + _refmatch_methods(query, reference, flops) + _wgmma_methods(query, reference, flops) \
+        + _faiss_methods(query, reference, flops) + _keops_methods(query, reference, flops) \
+        + _flash_kmeans_methods(query, reference, flops)

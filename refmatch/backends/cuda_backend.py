@@ -1,10 +1,17 @@
-"""CUDA backend: the fused tensor-core kernel compiled into the torch-free ``refmatch._C``.
+"""CUDA backend: the fused tensor-core kernels compiled into the torch-free ``refmatch._C``.
 
-The kernel (csrc/include/refmatch/match_kernel.cuh) takes raw device pointers,
-strides and the caller's stream; this module allocates its outputs and split
-workspace with torch on the query's device and applies the per-row fix-up.
+The kernels (csrc/include/refmatch/match_kernel.cuh, mma.sync on sm_80+;
+match_kernel_sm90.cuh, wgmma on sm_90a) take raw device pointers, strides and
+the caller's stream; this module allocates their outputs and split workspace
+with torch on the query's device and applies the per-row fix-up.
+
+The Hopper kernel has not yet run on a GPU: it is used only with
+``REFMATCH_CUDA_HOPPER=1`` (read at each call), on a compute capability 9.0
+device, from a build that includes sm_90a.
 """
+import contextlib
 import functools
+import os
 
 import torch
 
@@ -28,6 +35,41 @@ def native_module():
 @functools.lru_cache(maxsize=None)
 def _capability(device_index):
     return torch.cuda.get_device_capability(device_index)
+
+
+@functools.lru_cache(maxsize=None)
+def _built_for_hopper():
+    return "90a" in native_module().build_info()["cuda_archs"].split(",")
+
+
+def hopper_requested(device):
+    """True when ``REFMATCH_CUDA_HOPPER=1``, the device is compute capability 9.0
+    and the build has sm_90a code; the kernel still takes only the calls it serves."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return os.environ.get("REFMATCH_CUDA_HOPPER") == "1" and _capability(index) == (9, 0) and _built_for_hopper()
+
+
+@contextlib.contextmanager
+def hopper_kernel():
+    """Inside the block the wgmma kernel serves the calls it can (``REFMATCH_CUDA_HOPPER=1``);
+    the variable is restored after."""
+    previous = os.environ.get("REFMATCH_CUDA_HOPPER")
+    os.environ["REFMATCH_CUDA_HOPPER"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["REFMATCH_CUDA_HOPPER"]
+        else:
+            os.environ["REFMATCH_CUDA_HOPPER"] = previous
+
+
+def kernel_name(query, reference):
+    """The kernel ``match_argmax_cuda`` runs for these inputs: "wgmma" or "mma.sync"."""
+    device = query.device
+    return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], _allow_tf32(query.dtype),
+                                             device.index, hopper_requested(device), reference.data_ptr(),
+                                             *reference.stride())
 
 
 def _allow_tf32(dtype):
@@ -57,12 +99,13 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
     num_rows, num_refs = batch * height * width, reference.shape[0]
     device = query.device
     dtype_code, allow_tf32 = DTYPE_CODES[query.dtype], _allow_tf32(query.dtype)
+    hopper = hopper_requested(device)
     score = torch.empty(num_rows, device=device, dtype=torch.float32)
     index = torch.empty(num_rows, device=device, dtype=torch.int64)
     if num_rows == 0:
         return score, index
     if splits is None:
-        splits = module.match_splits(num_rows, num_refs, dim, dtype_code, allow_tf32, device.index)
+        splits = module.match_splits(num_rows, num_refs, dim, dtype_code, allow_tf32, device.index, hopper)
     partial_score = partial_index = None
     if splits > 1:
         partial_score = torch.empty(splits, num_rows, device=device, dtype=torch.float32)
@@ -75,7 +118,7 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
         score.data_ptr(), index.data_ptr(), splits,
         partial_score.data_ptr() if partial_score is not None else 0,
         partial_index.data_ptr() if partial_index is not None else 0,
-        torch.cuda.current_stream(device).cuda_stream, device.index,
+        torch.cuda.current_stream(device).cuda_stream, device.index, hopper,
     )
     return score, index
 
@@ -109,7 +152,9 @@ class CudaBackend:
         count, error = module.cuda_device_count()
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {error or 'no CUDA device'}"
-        return True, f"compiled for {archs}, {count} device(s); fused k=1 kernel (mma.sync, sm_80+)"
+        hopper = (", wgmma kernel for sm_90 with REFMATCH_CUDA_HOPPER=1 (not yet run on a GPU)"
+                  if _built_for_hopper() else "")
+        return True, f"compiled for {archs}, {count} device(s); fused k=1 kernel (mma.sync, sm_80+){hopper}"
 
     def decline_reason(self, problem):
         available, reason = self.status()

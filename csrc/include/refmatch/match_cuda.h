@@ -33,14 +33,21 @@ struct MatchArgs {
   uintptr_t partial_score = 0, partial_index = 0;
   uintptr_t stream = 0;  // cudaStream_t of the caller
   int device = 0;
+  // Run the wgmma kernel (sm_90a build, compute capability 9.0) where it can
+  // serve the call (hopper_eligible); otherwise, or when false, the mma.sync one.
+  bool hopper = false;
 };
 
 // Launches the match kernel (and the split merge) on args.stream; never syncs.
 void match_argmax(const MatchArgs& args);
 
+// Which kernel a call with these inputs runs: "wgmma" or "mma.sync" (host queries only).
+const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, bool hopper,
+                              uintptr_t reference, int64_t stride_m, int64_t stride_d);
+
 // Split count that fills `device` for N rows and M references (host queries
 // only: capturable, no sync).
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device);
+                     int device, bool hopper = false);
 
 }  // namespace refmatch

@@ -70,20 +70,25 @@ __device__ __forceinline__ void multiply_chunk(Accumulators& acc, const char* qu
   }
 }
 
-// Folds one finished tile (bank rows m0 .. m0 + 63) into the running bests.
-__device__ __forceinline__ void fold_tile(Accumulators& acc, RowBests& best, const float* stats,
+// Folds one finished tile (bank rows m0 .. m0 + 8 kN - 1) into the running
+// bests. The accumulators are m16n8 fragments, as mma.sync and wgmma both leave
+// them: element e of atom [i][j] is row 16 i + lane/4 + 8 (e/2), column
+// 8 j + 2 (lane%4) + e%2, so a row lives in one quad of lanes.
+template <int kM, int kN>
+__device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2], const float* stats,
                                           int metric, int64_t m0, int64_t m_end, int lane) {
+  constexpr int kCols = 8 * kN;
   const int quad_lane = lane & 3;
   const int64_t valid_cols = m_end - m0;
   // Oriented scores; padding and NaN become -inf so that they never win.
 #pragma unroll
-  for (int j = 0; j < kAtomsN; ++j) {
+  for (int j = 0; j < kN; ++j) {
     const int col = 8 * j + 2 * quad_lane;
     const float2 stat = metric == static_cast<int>(MatchMetric::kDot)
                             ? make_float2(0.f, 0.f)
                             : *reinterpret_cast<const float2*>(stats + col);
 #pragma unroll
-    for (int i = 0; i < kAtomsM; ++i) {
+    for (int i = 0; i < kM; ++i) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float& score = acc[i][j][e];
@@ -94,15 +99,15 @@ __device__ __forceinline__ void fold_tile(Accumulators& acc, RowBests& best, con
       }
     }
   }
-  float tile_max[kAtomsM][2];
+  float tile_max[kM][2];
   bool may_improve = false;
 #pragma unroll
-  for (int i = 0; i < kAtomsM; ++i) {
+  for (int i = 0; i < kM; ++i) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float row_max = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < kAtomsN; ++j) row_max = fmaxf(row_max, fmaxf(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
+      for (int j = 0; j < kN; ++j) row_max = fmaxf(row_max, fmaxf(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
       row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
       row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
       tile_max[i][h] = row_max;
@@ -113,18 +118,18 @@ __device__ __forceinline__ void fold_tile(Accumulators& acc, RowBests& best, con
   // Locating is rare once the running bests are good; warp-uniform for the shuffles.
   if (!__any_sync(0xffffffffu, may_improve)) return;
 #pragma unroll
-  for (int i = 0; i < kAtomsM; ++i) {
+  for (int i = 0; i < kM; ++i) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      int lowest = Tile::kBlockM;
+      int lowest = kCols;
 #pragma unroll
-      for (int j = kAtomsN - 1; j >= 0; --j) {
+      for (int j = kN - 1; j >= 0; --j) {
         if (acc[i][j][2 * h + 1] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane + 1;
         if (acc[i][j][2 * h] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane;
       }
       lowest = min(lowest, __shfl_xor_sync(0xffffffffu, lowest, 1));
       lowest = min(lowest, __shfl_xor_sync(0xffffffffu, lowest, 2));
-      if (lowest < Tile::kBlockM) offer(best[i][h], tile_max[i][h], m0 + lowest);
+      if (lowest < kCols) offer(best[i][h], tile_max[i][h], m0 + lowest);
     }
   }
 }

@@ -79,10 +79,10 @@ inline int reference_copy_bytes(uint64_t address, int64_t stride_m, int64_t stri
   return 0;
 }
 
-// References per split, a whole number of tiles. A split count that
-// plan_match_splits did not produce may leave trailing splits empty.
-inline int64_t match_refs_per_split(int64_t num_refs, int64_t splits) {
-  return ceil_div(ceil_div(num_refs, splits), MatchTile::kBlockM) * MatchTile::kBlockM;
+// References per split, a whole number of `block_m`-row tiles. A split count
+// that plan_match_splits did not produce may leave trailing splits empty.
+inline int64_t match_refs_per_split(int64_t num_refs, int64_t splits, int64_t block_m = MatchTile::kBlockM) {
+  return ceil_div(ceil_div(num_refs, splits), block_m) * block_m;
 }
 
 // Bank ranges per row block: enough CTAs to fill `resident_ctas` slots when N

@@ -1,0 +1,198 @@
+// Fused similarity argmax (`match`, k = 1) for Hopper, sm_90a: wgmma with a
+// producer warpgroup and two ping-ponging consumer warpgroups.
+//
+// Algorithm
+//   The streaming argmax of match_kernel.cuh on warpgroup MMAs. A CTA owns
+//   kBlockN = 128 query rows and walks its share of the bank in kBlockM = 128-row
+//   tiles. Consumer warpgroup w computes the 64 x 128 scores of its query rows
+//   with m64n128k16 wgmma from shared memory into float32 registers and folds
+//   them with the mma.sync kernel's epilogue (fold_tile: metric, NaN and padding
+//   to -inf, row max, locate only when a row can improve).
+//
+// Pipeline
+//   D is cut into 64-element chunks stored in the 128B swizzle wgmma reads
+//   (swizzle128_offset); the query tile stays in shared memory (D <= 256). A
+//   step is one (tile, chunk) of the bank, 16 KB, plus the tile's 128 metric
+//   terms beside its last chunk. The producer warpgroup copies steps with
+//   cp.async into `stages` buffers (a multiple of the chunk count, so a stage
+//   always holds the same chunk and the zeros past D stay put) and signals a
+//   `full` mbarrier per stage; consumers release it through an `empty` one.
+//   The consumers take turns on the tensor cores (two named barriers, as in
+//   CUTLASS's ping-pong kernels): one issues its tile's wgmmas while the other
+//   runs its epilogue, so MMA and epilogue overlap across warpgroups.
+//
+// Semantics and limits
+//   As the mma.sync kernel: ties to the lowest index, NaN never wins, rows
+//   without a finite score keep -1, splits merged by merge_splits_kernel, 64-bit
+//   offsets, queries read through their strides. fp16 / bf16 only, D <= 256 in
+//   whole 16-byte units, reference rows 16-byte aligned with unit stride in D
+//   (hopper_eligible); other calls take the mma.sync kernel.
+#pragma once
+
+#include <cstdint>
+
+#include "refmatch/match_kernel.cuh"
+#include "refmatch/match_plan_sm90.h"
+#include "refmatch/wgmma_sm90.cuh"
+
+namespace refmatch::detail {
+
+using HopperAccumulators = float[1][HopperTile::kBlockM / 8][4];
+constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;  // 128 x 40 + 256 x 232 <= 65536
+
+// The query tile, read once through its strides, and zeros past D in the
+// stages holding the last chunk. Zeros past N and D in the query too.
+__device__ __forceinline__ void load_query_and_padding(char* query_tiles, char* stages, const MatchParams& p,
+                                                       const HopperSmemLayout& layout, int64_t row0) {
+  using Tile = HopperTile;
+  const uint16_t* query = static_cast<const uint16_t*>(p.query);
+  const int units = static_cast<int>(p.dim_chunks) * Tile::kUnitsPerRow;
+  for (int i = threadIdx.x; i < Tile::kBlockN * units; i += Tile::kThreads) {
+    const int row = i / units, unit = i % units;
+    const int64_t d0 = int64_t{unit} * 8, query_row = row0 + row;
+    const int64_t pixel = query_row % p.pixels_per_image;
+    const int64_t offset = query_row / p.pixels_per_image * p.stride_qb + pixel / p.width * p.stride_qh +
+                           pixel % p.width * p.stride_qw;
+    uint16_t values[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      values[e] = query_row < p.num_rows && d0 + e < p.dim ? query[offset + (d0 + e) * p.stride_qd] : 0;
+    }
+    char* chunk = query_tiles + unit / Tile::kUnitsPerRow * layout.query_chunk_bytes;
+    *reinterpret_cast<uint4*>(chunk + swizzle128_offset(row, unit % Tile::kUnitsPerRow)) =
+        *reinterpret_cast<const uint4*>(values);
+  }
+  // A stale Inf past D times the query's zero there would make a score NaN.
+  const int64_t filled_units = (p.dim - (p.dim_chunks - 1) * Tile::kChunkElements) / 8;
+  for (int i = threadIdx.x; i < layout.stages * Tile::kBlockM * Tile::kUnitsPerRow; i += Tile::kThreads) {
+    const int64_t stage = i / (Tile::kBlockM * Tile::kUnitsPerRow), row = i / Tile::kUnitsPerRow % Tile::kBlockM;
+    const int unit = i % Tile::kUnitsPerRow;
+    if (stage % p.dim_chunks == p.dim_chunks - 1 && unit >= filled_units) {
+      *reinterpret_cast<uint4*>(stages + stage * layout.stage_bytes + swizzle128_offset(row, unit)) =
+          make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// Producer: step `step` (chunk step % dim_chunks of tile step / dim_chunks) into
+// its stage. Rows past the bank keep stale data; their columns are masked.
+__device__ __forceinline__ void load_step(char* stage, const MatchParams& p, const HopperSmemLayout& layout,
+                                          int64_t step, int64_t m_begin, int64_t m_end, int thread) {
+  using Tile = HopperTile;
+  const int64_t tile = step / p.dim_chunks, chunk = step % p.dim_chunks;
+  const int64_t m0 = m_begin + tile * Tile::kBlockM;
+  const char* reference = static_cast<const char*>(p.reference);
+  for (int i = thread; i < Tile::kBlockM * Tile::kUnitsPerRow; i += Tile::kProducerThreads) {
+    const int row = i / Tile::kUnitsPerRow, unit = i % Tile::kUnitsPerRow;
+    const int64_t d0 = chunk * Tile::kChunkElements + unit * 8;
+    if (m0 + row < m_end && d0 < p.dim) {
+      cp_async_zfill<16>(stage + swizzle128_offset(row, unit), reference + ((m0 + row) * p.stride_rm + d0) * 2, 16);
+    }
+  }
+  if (p.metric != static_cast<int>(MatchMetric::kDot) && chunk + 1 == p.dim_chunks) {
+    for (int i = thread; i < Tile::kBlockM; i += Tile::kProducerThreads) {
+      const bool inside = m0 + i < m_end;
+      const float* src = inside ? p.ref_stat + m0 + i : p.ref_stat;
+      cp_async_zfill<4>(stage + layout.stat_offset + 4 * i, reinterpret_cast<const char*>(src), inside ? 4 : 0);
+    }
+  }
+}
+
+template <bool kBFloat16>
+__global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_kernel(const MatchParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tile = HopperTile;
+  extern __shared__ char smem_raw[];
+  const uint32_t raw = mma::shared_address(smem_raw);
+  char* smem = smem_raw + (round_up(raw, Tile::kAtomBytes) - raw);  // swizzle atoms are 1024-aligned
+  const HopperSmemLayout layout = hopper_smem_layout(p.dim_chunks);
+  char* query_tiles = smem;
+  char* stages = smem + layout.stage_offset;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + layout.barrier_offset);
+  uint64_t* empty = full + layout.stages;
+  const int64_t row0 = int64_t{blockIdx.x} * Tile::kBlockN;
+  load_query_and_padding(query_tiles, stages, p, layout, row0);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < layout.stages; ++s) {
+      wgmma::barrier_init(full + s, Tile::kProducerThreads);
+      wgmma::barrier_init(empty + s, Tile::kConsumerThreads);
+    }
+    wgmma::fence_barrier_init();
+  }
+  wgmma::fence_proxy_async();  // the query stores, before wgmma reads them
+  __syncthreads();
+
+  const int64_t m_begin = int64_t{blockIdx.y} * p.refs_per_split;
+  const int64_t m_end = min(m_begin + p.refs_per_split, p.num_refs);
+  const int64_t tiles = m_end > m_begin ? ceil_div(m_end - m_begin, Tile::kBlockM) : 0;
+  const int warpgroup = threadIdx.x / 128;
+
+  if (warpgroup == 0) {  // producer
+    wgmma::release_registers<kProducerRegisters>();
+    for (int64_t step = 0; step < tiles * p.dim_chunks; ++step) {
+      const int64_t stage = step % layout.stages, round = step / layout.stages;
+      if (round > 0) wgmma::barrier_wait(empty + stage, static_cast<int>((round - 1) & 1));
+      load_step(stages + stage * layout.stage_bytes, p, layout, step, m_begin, m_end, threadIdx.x);
+      wgmma::barrier_arrive_after_copies(full + stage);
+    }
+    cp_async_wait<0>();  // no copy outlives its thread
+    return;
+  }
+
+  wgmma::claim_registers<kConsumerRegisters>();
+  const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp_in_group = threadIdx.x / 32 % 4;
+  const int my_turn = 1 + consumer, other_turn = 2 - consumer;  // named barriers 1 and 2
+  const char* query_rows = query_tiles + consumer * (Tile::kBlockN / 2) * Tile::kChunkBytes;
+  Best best[1][2] = {{empty_best(), empty_best()}};
+  HopperAccumulators acc;
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    // Consumer 0 goes first; afterwards each waits for the other's wgmmas to be issued.
+    if (consumer == 1 || tile > 0) wgmma::named_sync(my_turn, Tile::kConsumerThreads);
+    int64_t stage = 0;
+    for (int64_t chunk = 0; chunk < p.dim_chunks; ++chunk) {
+      const int64_t step = tile * p.dim_chunks + chunk;
+      stage = step % layout.stages;
+      wgmma::barrier_wait(full + stage, static_cast<int>((step / layout.stages) & 1));
+      wgmma::fence_proxy_async();  // the cp.async stores, before wgmma reads them
+      const char* ref_chunk = stages + stage * layout.stage_bytes;
+      const char* query_chunk = query_rows + chunk * layout.query_chunk_bytes;
+      wgmma::pin(acc);
+      wgmma::fence();
+#pragma unroll
+      for (int k = 0; k < Tile::kChunkBytes / 32; ++k) {
+        wgmma::mma_m64n128k16<kBFloat16>(acc, wgmma::descriptor(query_chunk + 32 * k),
+                                         wgmma::descriptor(ref_chunk + 32 * k), chunk > 0 || k > 0);
+      }
+      wgmma::commit();
+      if (chunk > 0) {  // the previous chunk's wgmma is done with its stage
+        wgmma::wait<1>();
+        wgmma::barrier_arrive(empty + (step - 1) % layout.stages);
+      }
+    }
+    // The other consumer may issue its wgmmas; not after its last tile (nobody waits).
+    if (consumer == 0 || tile + 1 < tiles) wgmma::named_arrive(other_turn, Tile::kConsumerThreads);
+    wgmma::wait<0>();
+    wgmma::pin(acc);
+    const char* stats = stages + stage * layout.stage_bytes + layout.stat_offset;
+    fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m_begin + tile * Tile::kBlockM, m_end,
+              lane);
+    wgmma::barrier_arrive(empty + stage);  // after the epilogue read the stage's metric terms
+  }
+
+  if (lane % 4 == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = row0 + consumer * (Tile::kBlockN / 2) + 16 * warp_in_group + 8 * h + lane / 4;
+      if (row < p.num_rows) {
+        const int64_t out = int64_t{blockIdx.y} * p.num_rows + row;
+        p.out_score[out] = best[0][h].score;
+        p.out_index[out] = best[0][h].index;
+      }
+    }
+  }
+#else
+  __trap();  // built without sm_90a: the host never launches it there
+#endif
+}
+
+}  // namespace refmatch::detail

@@ -1,0 +1,71 @@
+// Tile shape, shared-memory layout and eligibility of the Hopper (sm_90a) match
+// kernel, match_kernel_sm90.cuh. Host-callable, so the arithmetic is unit-tested
+// on the CPU through _C like match_plan.h.
+#pragma once
+
+#include <cstdint>
+
+#include "refmatch/match_plan.h"
+
+namespace refmatch {
+
+struct HopperTile {
+  static constexpr int kBlockN = 128;        // query rows per CTA: two consumer warpgroups x 64
+  static constexpr int kBlockM = 128;        // reference rows per tile: the wgmma N
+  static constexpr int kThreads = 384;       // a producer warpgroup and two consumer warpgroups
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kConsumerThreads = 256;
+  static constexpr int kChunkBytes = 128;    // one D chunk: 64 halves, one 128-byte swizzle row
+  static constexpr int kChunkElements = 64;
+  static constexpr int kUnitsPerRow = 8;     // 16-byte units per chunk row
+  static constexpr int kAtomBytes = 1024;    // 8 rows x 128 B: one 128B-swizzle atom
+  static constexpr int kTileChunkBytes = kBlockM * kChunkBytes;  // one pipeline step
+  static constexpr int kMaxStages = 8;
+  static constexpr int kMaxDim = 256;        // the query tile stays resident
+};
+
+// Byte offsets from the 1024-aligned start of dynamic shared memory:
+//   [query: dim_chunks x 128 rows x 128 B] [stages x (reference chunk, 128 stats)]
+//   [full and empty mbarriers, one each per stage]
+struct HopperSmemLayout {
+  int64_t stages;       // a multiple of dim_chunks: a stage always holds the same chunk
+  int64_t query_chunk_bytes;
+  int64_t stage_offset;
+  int64_t stage_bytes;
+  int64_t stat_offset;  // inside a stage
+  int64_t barrier_offset;
+  int64_t total_bytes;  // with the alignment slack
+};
+
+REFMATCH_HOST_DEVICE int64_t round_up(int64_t value, int64_t to) { return ceil_div(value, to) * to; }
+
+REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks) {
+  using Tile = HopperTile;
+  HopperSmemLayout layout{};
+  layout.stages = Tile::kMaxStages / dim_chunks * dim_chunks;
+  layout.query_chunk_bytes = int64_t{Tile::kBlockN} * Tile::kChunkBytes;
+  layout.stage_offset = dim_chunks * layout.query_chunk_bytes;
+  layout.stat_offset = Tile::kTileChunkBytes;
+  layout.stage_bytes = round_up(layout.stat_offset + Tile::kBlockM * int64_t{sizeof(float)}, Tile::kAtomBytes);
+  layout.barrier_offset = layout.stage_offset + layout.stages * layout.stage_bytes;
+  layout.total_bytes = Tile::kAtomBytes + layout.barrier_offset + 2 * layout.stages * int64_t{sizeof(uint64_t)};
+  return layout;
+}
+
+// Byte offset of 16-byte unit `unit` (0..7) of chunk row `row` in the 128B
+// swizzle that wgmma reads: unit bits XOR the row's position in its 8-row atom.
+REFMATCH_HOST_DEVICE int64_t swizzle128_offset(int64_t row, int unit) {
+  return row * HopperTile::kChunkBytes + ((unit ^ static_cast<int>(row & 7)) << 4);
+}
+
+// The Hopper kernel takes fp16/bf16 with D <= 256 in whole 16-byte units and
+// reference rows it can copy 16 bytes at a time; every other call runs the
+// mma.sync kernel.
+inline bool hopper_eligible(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit) {
+  const bool half = dtype == static_cast<int>(MatchDtype::kFloat16) ||
+                    dtype == static_cast<int>(MatchDtype::kBFloat16);
+  if (!half || dim < 1 || dim > HopperTile::kMaxDim || dim % 8 != 0 || ref_copy_bytes != 16) return false;
+  return hopper_smem_layout(match_dim_chunks(dim, 2)).total_bytes <= smem_limit;
+}
+
+}  // namespace refmatch

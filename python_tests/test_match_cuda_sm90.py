@@ -1,0 +1,119 @@
+"""The Hopper (wgmma) CUDA kernel against the float64 oracle. Needs a compute
+capability 9.0 GPU and a build with sm_90a; runs with REFMATCH_CUDA_HOPPER=1."""
+import pytest
+import torch
+
+import refmatch
+from oracle import assert_matches_oracle, tolerance
+
+BLOCK_M = 128  # reference rows per tile (refmatch._C.hopper_layout()["block_m"])
+
+
+def _hopper_build_and_device():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        return False
+    from refmatch.backends.cuda_backend import _built_for_hopper, native_module
+    return native_module() is not None and _built_for_hopper()
+
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not _hopper_build_and_device(),
+                                                   reason="needs an sm_90 GPU and a build with sm_90a")]
+
+
+@pytest.fixture(autouse=True)
+def wgmma_kernel(monkeypatch):
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER", "1")
+
+
+def run_hopper(query, reference, metric="dot", **kwargs):
+    from refmatch.backends.cuda_backend import kernel_name
+
+    maps = query.T[None, :, :, None] if query.dim() == 2 else query
+    assert kernel_name(maps, reference) == "wgmma"
+    return refmatch.match(query, reference, metric=metric, backend="cuda", **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("n, m, d", [(1, 1, 8), (127, 129, 64), (129, 1000, 128), (300, 5000, 72), (64, 257, 200),
+                                     (257, 700, 256), (33, 3 * BLOCK_M, 16)])
+def test_rows_match_oracle(dtype, metric, n, m, d):
+    query = torch.randn(n, d, device="cuda").to(dtype)
+    reference = torch.randn(m, d, device="cuda").to(dtype)
+    labels = torch.randint(0, 3, (m,), device="cuda")
+    assert_matches_oracle(run_hopper(query, reference, metric, labels=labels), query, reference, metric,
+                          labels=labels)
+
+
+@pytest.mark.parametrize("dim, dtype, aligned, expected", [
+    (128, torch.bfloat16, True, "wgmma"), (256, torch.float16, True, "wgmma"),
+    (264, torch.bfloat16, True, "mma.sync"),   # query tile would not stay resident
+    (36, torch.bfloat16, True, "mma.sync"),    # D not a whole number of 16-byte units
+    (128, torch.float32, True, "mma.sync"),    # fp32 stays on mma.sync
+    (128, torch.bfloat16, False, "mma.sync"),  # reference rows not 16-byte aligned
+])
+def test_kernel_choice(dim, dtype, aligned, expected):
+    from refmatch.backends.cuda_backend import kernel_name
+
+    query = torch.randn(1, dim, 4, 4, device="cuda").to(dtype)
+    bank = torch.randn(41 * dim + 1, device="cuda").to(dtype)
+    reference = bank[:-1].view(41, dim) if aligned else bank[1:].view(41, dim)
+    assert kernel_name(query, reference) == expected
+    assert_matches_oracle(refmatch.match(query, reference, backend="cuda"), query, reference, "cosine")
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 5])
+def test_ties_keep_lowest_index_across_tiles_and_splits(splits):
+    from refmatch.backends.cuda_backend import match_argmax_cuda
+    from refmatch.backends.scoring import reference_stat
+
+    reference = torch.randn(3 * BLOCK_M + 22, 16, device="cuda").bfloat16()
+    reference[[37, BLOCK_M + 6, 2 * BLOCK_M + 12, 40, 41]] = 3.0  # ties across tiles, splits, inside a tile
+    query = torch.ones(40, 16, device="cuda").bfloat16()
+    score, index = match_argmax_cuda(query.T[None, :, :, None], reference, reference_stat(reference, "dot"),
+                                     "dot", splits=splits)
+    assert (index == 37).all() and (score == 48.0).all()
+
+
+@pytest.mark.parametrize("dim", [72, 128])
+def test_infinite_and_nan_references_agree_with_torch(dim):
+    # Rows with Inf or NaN must not disturb other rows' scores: zeros past D stay zero.
+    query = torch.randn(200, dim, device="cuda").half()
+    reference = torch.randn(3 * BLOCK_M + 5, dim, device="cuda").half()
+    reference[7, 3] = float("inf")
+    reference[BLOCK_M + 1, dim - 1] = float("nan")
+    reference[2 * BLOCK_M, 0] = float("-inf")
+    query[9] = float("nan")
+    for metric in ("dot", "l2"):
+        fused = run_hopper(query, reference, metric)
+        plain = refmatch.match(query.double(), reference.double(), metric=metric, backend="torch")
+        assert torch.equal(fused.index.cpu(), plain.index.cpu())
+
+
+def test_strided_maps_and_ignore_index():
+    maps = torch.randn(2, 64, 5, 9, device="cuda").bfloat16().to(memory_format=torch.channels_last)[..., 1:8]
+    reference = torch.randn(300, 64, device="cuda").bfloat16()
+    labels = torch.randint(0, 4, (300,), device="cuda")
+    labels[::5] = 255
+    result = run_hopper(maps, reference, "cosine", labels=labels, ignore_index=255)
+    kept = labels != 255
+    expected = refmatch.match(maps.double(), reference[kept].double(), labels[kept], metric="cosine", backend="torch")
+    assert (result.label != 255).all() and kept[result.index.flatten()].all()
+    torch.testing.assert_close(result.score.double().cpu(), expected.score.cpu(), rtol=0,
+                               atol=tolerance(maps, reference[kept], "cosine"))
+    assert_matches_oracle(run_hopper(maps, reference, "l2"), maps, reference, "l2")
+
+
+def test_many_splits_for_few_rows_and_graph_capture():
+    query = torch.randn(100, 64, device="cuda").bfloat16()
+    reference = torch.randn(200_000, 64, device="cuda").bfloat16()
+    expected = run_hopper(query, reference)
+    assert_matches_oracle(expected, query, reference, "dot")
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        run_hopper(query, reference)
+        with torch.cuda.graph(graph, stream=stream):
+            captured = run_hopper(query, reference)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured.index, expected.index)
