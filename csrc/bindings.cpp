@@ -165,7 +165,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stride_m"), py::arg("stride_d"), py::arg("element_bytes"),
         "cp.async width for reference rows (16, 8, 4) or 0 for element loads.");
   m.def("plan_match_splits", &refmatch::plan_match_splits, py::arg("num_rows"), py::arg("num_refs"),
-        py::arg("resident_ctas"), "Split count for N rows, M references and resident CTA slots.");
+        py::arg("resident_ctas"), py::arg("block_m") = refmatch::MatchTile::kBlockM,
+        "Split count for N rows, M references and resident CTA slots (tiles of block_m rows).");
   m.def("match_refs_per_split", &refmatch::match_refs_per_split, py::arg("num_refs"),
         py::arg("splits"), py::arg("block_m") = refmatch::MatchTile::kBlockM,
         "References per split (whole tiles of block_m rows).");

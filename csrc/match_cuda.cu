@@ -54,6 +54,7 @@ struct LaunchPlan {
   Kernel kernel;
   const char* name;  // "wgmma" or "mma.sync"
   int threads;
+  int64_t block_n;  // query rows per CTA
   int64_t block_m;  // reference rows per tile: splits are whole tiles
   int64_t dim_chunks;
   bool query_resident;
@@ -74,6 +75,9 @@ Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
                               "2 (bfloat16), got " + std::to_string(dtype));
 }
 
+// The wgmma kernel has a body only in sm_90a code (plain sm_90 builds trap).
+bool built_for_hopper() { return std::string(REFMATCH_CUDA_ARCHS).find("90a") != std::string::npos; }
+
 bool is_hopper(int device) {
   int major = 0, minor = 0;
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
@@ -93,11 +97,13 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   LaunchPlan plan{};
-  if (hopper_requested && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) && is_hopper(device)) {
+  if (hopper_requested && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
+      is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
     plan.kernel = bf16 ? detail::match_argmax_sm90_kernel<true> : detail::match_argmax_sm90_kernel<false>;
     plan.name = "wgmma";
     plan.threads = HopperTile::kThreads;
+    plan.block_n = HopperTile::kBlockN;
     plan.block_m = HopperTile::kBlockM;
     plan.dim_chunks = match_dim_chunks(dim, 2);
     plan.query_resident = true;
@@ -107,6 +113,7 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool
     plan.kernel = mma_sync;
     plan.name = "mma.sync";
     plan.threads = MatchTile::kThreads;
+    plan.block_n = MatchTile::kBlockN;
     plan.block_m = MatchTile::kBlockM;
     plan.dim_chunks = match_dim_chunks(dim, element_bytes);
     plan.query_resident = match_query_resident(plan.dim_chunks, smem_limit);
@@ -152,7 +159,8 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute(MultiProcessorCount)");
-  const int64_t splits = plan_match_splits(num_rows, num_refs, int64_t{sms} * (per_sm > 0 ? per_sm : 1));
+  const int64_t splits =
+      plan_match_splits(num_rows, num_refs, int64_t{sms} * (per_sm > 0 ? per_sm : 1), plan.block_m);
   return splits < kMaxSplits ? splits : kMaxSplits;
 }
 
@@ -201,7 +209,7 @@ void match_argmax(const MatchArgs& a) {
   p.query_resident = plan.query_resident;
 
   const auto stream = reinterpret_cast<cudaStream_t>(a.stream);
-  const dim3 grid(static_cast<unsigned>(ceil_div(num_rows, MatchTile::kBlockN)),
+  const dim3 grid(static_cast<unsigned>(ceil_div(num_rows, plan.block_n)),
                   static_cast<unsigned>(a.splits));
   plan.kernel<<<grid, plan.threads, plan.smem_bytes, stream>>>(p);
   check(cudaGetLastError(), "match kernel launch");

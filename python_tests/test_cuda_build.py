@@ -97,7 +97,10 @@ def test_split_plan(rows, refs, ctas, expected):
     assert splits == expected
     per_split = _C.match_refs_per_split(refs, splits)
     assert per_split % _C.match_layout(1, 2, H100_SMEM)["block_m"] == 0
-    assert _C.match_refs_per_split(refs, splits, 128) % 128 == 0
+    hopper_splits = _C.plan_match_splits(rows, refs, ctas, 128)  # the wgmma kernel's 128-row tiles
+    hopper_per_split = _C.match_refs_per_split(refs, hopper_splits, 128)
+    assert hopper_per_split % 128 == 0 and hopper_splits <= splits
+    assert (hopper_splits - 1) * hopper_per_split < refs <= hopper_splits * hopper_per_split or hopper_splits == 1
     assert (splits - 1) * per_split < refs <= splits * per_split or splits == 1
 
 

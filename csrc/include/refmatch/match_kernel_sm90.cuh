@@ -53,7 +53,7 @@ __device__ __forceinline__ void load_query_and_padding(char* query_tiles, char* 
     const int64_t pixel = query_row % p.pixels_per_image;
     const int64_t offset = query_row / p.pixels_per_image * p.stride_qb + pixel / p.width * p.stride_qh +
                            pixel % p.width * p.stride_qw;
-    uint16_t values[8];
+    alignas(16) uint16_t values[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       values[e] = query_row < p.num_rows && d0 + e < p.dim ? query[offset + (d0 + e) * p.stride_qd] : 0;
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
       load_step(stages + stage * layout.stage_bytes, p, layout, step, m_begin, m_end, threadIdx.x);
       wgmma::barrier_arrive_after_copies(full + stage);
     }
-    cp_async_wait<0>();  // no copy outlives its thread
+    asm volatile("cp.async.wait_all;\n" ::: "memory");  // no copy outlives its thread
     return;
   }
 

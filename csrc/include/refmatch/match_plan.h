@@ -86,15 +86,17 @@ inline int64_t match_refs_per_split(int64_t num_refs, int64_t splits, int64_t bl
 }
 
 // Bank ranges per row block: enough CTAs to fill `resident_ctas` slots when N
-// alone cannot, but each range keeps at least kMinTilesPerSplit tiles.
-inline int64_t plan_match_splits(int64_t num_rows, int64_t num_refs, int64_t resident_ctas) {
+// alone cannot, but each range keeps at least kMinTilesPerSplit tiles of
+// `block_m` rows (the kernel's; 128 rows for the Hopper kernel).
+inline int64_t plan_match_splits(int64_t num_rows, int64_t num_refs, int64_t resident_ctas,
+                                 int64_t block_m = MatchTile::kBlockM) {
   const int64_t row_blocks = ceil_div(num_rows > 0 ? num_rows : 1, MatchTile::kBlockN);
   if (row_blocks >= resident_ctas) return 1;
   const int64_t wanted = ceil_div(resident_ctas, row_blocks);
-  const int64_t most = ceil_div(num_refs, int64_t{MatchTile::kMinTilesPerSplit} * MatchTile::kBlockM);
+  const int64_t most = ceil_div(num_refs, int64_t{MatchTile::kMinTilesPerSplit} * block_m);
   const int64_t splits = wanted < most ? wanted : most;
   if (splits <= 1) return 1;
-  return ceil_div(num_refs, match_refs_per_split(num_refs, splits));  // drop empty ranges
+  return ceil_div(num_refs, match_refs_per_split(num_refs, splits, block_m));  // drop empty ranges
 }
 
 }  // namespace refmatch
