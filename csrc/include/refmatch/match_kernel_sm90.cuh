@@ -18,8 +18,11 @@
 //   always holds the same chunk and the zeros past D stay put) and signals a
 //   `full` mbarrier per stage; consumers release it through an `empty` one.
 //   The consumers take turns on the tensor cores (two named barriers, as in
-//   CUTLASS's ping-pong kernels): one issues its tile's wgmmas while the other
-//   runs its epilogue, so MMA and epilogue overlap across warpgroups.
+//   CUTLASS's ping-pong kernels): a turn is issuing one tile's wgmmas; then the
+//   other consumer issues while this one waits for its MMAs and runs its
+//   epilogue, so MMA and epilogue overlap across warpgroups. Stages are
+//   released after the tile's MMAs have completed, the last one after the
+//   epilogue has read its metric terms.
 //
 // Semantics and limits
 //   As the mma.sync kernel: ties to the lowest index, NaN never wins, rows
@@ -164,15 +167,14 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
                                          wgmma::descriptor(ref_chunk + 32 * k), chunk > 0 || k > 0);
       }
       wgmma::commit();
-      if (chunk > 0) {  // the previous chunk's wgmma is done with its stage
-        wgmma::wait<1>();
-        wgmma::barrier_arrive(empty + (step - 1) % layout.stages);
-      }
     }
     // The other consumer may issue its wgmmas; not after its last tile (nobody waits).
     if (consumer == 0 || tile + 1 < tiles) wgmma::named_arrive(other_turn, Tile::kConsumerThreads);
     wgmma::wait<0>();
     wgmma::pin(acc);
+    for (int64_t chunk = 0; chunk + 1 < p.dim_chunks; ++chunk) {  // done with these stages
+      wgmma::barrier_arrive(empty + (tile * p.dim_chunks + chunk) % layout.stages);
+    }
     const char* stats = stages + stage * layout.stage_bytes + layout.stat_offset;
     fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m_begin + tile * Tile::kBlockM, m_end,
               lane);
