@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet, under 10 minutes):
-#   build _C for this card -> full test suite with CUDA tests -> benchmark (writes
-#   bench/results/) -> Triton tile sweep -> KeOps apart -> compute-sanitizer memcheck
-#   and racecheck on small cases -> summary.
-# A failing stage is recorded and the next stages still run. Peer wheels carried in
-# .whl/ (bench/README.md) are installed first. Logs go to bench/results/gpu_suite-<date>/
-# and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
+#   build _C for this card -> first check of the Hopper wgmma kernel -> full test
+#   suite with CUDA tests -> benchmark (writes bench/results/) -> compute-sanitizer
+#   memcheck and racecheck on small cases -> D/M sweep, fp16, Triton tile sweep,
+#   KeOps -> summary. The stages most needed come first: SUITE_SECONDS cuts the rest.
+# A failing stage is recorded and the next stages still run; a failed wgmma check
+# keeps that kernel out of the later stages (a hang there would eat the budget).
+# Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
+# bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info tests bench sweep fp16 tune keops memcheck racecheck" (a subset runs only those)
+#   STAGES="build info wgmma tests bench memcheck racecheck sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ LOGS=bench/results/gpu_suite-$STAMP
 mkdir -p "$LOGS"
 SUMMARY=()
 FAILED=0
+FAILED_STAGES=()
 DEADLINE=$(($(date +%s) + ${SUITE_SECONDS:-570}))  # the device tool stops a command at 600 s
 
 # stage NAME SECONDS COMMAND...: runs COMMAND under min(SECONDS, time left), logs to $LOGS/NAME.log.
@@ -38,6 +41,7 @@ stage() {
   else
     status="FAILED (exit $?)"
     FAILED=1
+    FAILED_STAGES+=("$name")
   fi
   tail -n 15 "$LOGS/$name.log"
   SUMMARY+=("$(printf '%-10s %-16s %4ss' "$name" "$status" "$(($(date +%s) - begin))")")
@@ -58,7 +62,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 # Build for the card that is here only (e.g. "90a", with the Hopper wgmma kernel):
 # half the compile time of "80;90a".
-ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ')
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ' || true)
 [[ $ARCH == 90 ]] && ARCH=90a
 export REFMATCH_CUDA_ARCHS=${REFMATCH_CUDA_ARCHS:-${ARCH:-80;90a}} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 XDIST=()
@@ -69,31 +73,39 @@ stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e .
 stage info 30 python -m refmatch.info
 
-# 2. Whole suite; CUDA-marked tests run because a device is present.
-stage tests 180 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" -q -p no:warnings -rfs --tb=short \
-  --durations=15
+# 2. The Hopper kernel's first check, short; then the whole suite (CUDA-marked
+# tests run because a device is present) without that kernel if the check failed.
+stage wgmma 60 python bench/check_wgmma.py
+NO_WGMMA=()
+if [[ " ${FAILED_STAGES[*]} " == *" wgmma "* ]]; then
+  NO_WGMMA=(--ignore=python_tests/test_match_cuda_sm90.py)
+fi
+stage tests 180 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${NO_WGMMA[@]}" -q -p no:warnings -rfs \
+  --tb=short --durations=15
+EXCLUDE=(keops ${NO_WGMMA:+wgmma})
 
 # 3. Benchmarks, one results file per run rewritten after every row (a stage cut
-# off at its limit keeps what it measured). The issues' target size with every
-# method; then the D and M sweeps and fp16 without the torch backend (10-50x
-# slower, measured at the target size); KeOps, which computes in float32 and
-# crashed once (SIGSEGV generating D=128 code), in float32 in its own process.
+# off at its limit keeps what it measured): the issues' target size with every method.
 BENCH=(python bench/bench_match.py --device cuda)
-stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude keops
-SWEEP_SIZES=${SWEEP_SIZES:-262144x1048576x64 262144x65536x128 262144x1048576x32 262144x4194304x128
-  262144x1048576x256}
-stage sweep 150 "${BENCH[@]}" --dtype bfloat16 --sizes $SWEEP_SIZES --exclude keops torch --tag sweep
-stage fp16 60 "${BENCH[@]}" --dtype float16 --sizes 262144x1048576x128 --exclude keops torch
-stage tune 120 python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
-stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
-  --only keops "triton k=1" "cuda k=1" --tag keops
+stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
 
 # 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 stage memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
-  python bench/sanitize_match.py
+  python bench/sanitize_match.py ${NO_WGMMA:+--no-wgmma}
 stage racecheck 60 "${SANITIZE[@]}" --tool racecheck \
-  python bench/sanitize_match.py --backends cuda
+  python bench/sanitize_match.py --backends cuda ${NO_WGMMA:+--no-wgmma}
+
+# 5. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
+# at the target size); the Triton tile sweep; KeOps, which computes in float32 and
+# crashed twice (SIGSEGV generating its code), in float32 in its own process.
+SWEEP_SIZES=${SWEEP_SIZES:-262144x1048576x64 262144x65536x128 262144x1048576x32 262144x4194304x128
+  262144x1048576x256}
+stage sweep 150 "${BENCH[@]}" --dtype bfloat16 --sizes $SWEEP_SIZES --exclude "${EXCLUDE[@]}" torch --tag sweep
+stage fp16 60 "${BENCH[@]}" --dtype float16 --sizes 262144x1048576x128 --exclude "${EXCLUDE[@]}" torch
+stage tune 120 python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
+stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
+  --only keops "triton k=1" "cuda k=1" --tag keops
 
 echo
 echo "=== summary ($(head -n 2 "$LOGS/device.txt" | tail -n 1))"
