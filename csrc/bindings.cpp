@@ -87,12 +87,12 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
                   int64_t num_refs, std::array<int64_t, 2> reference_strides, uintptr_t ref_stat,
                   int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
                   int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
-                  int device, bool hopper) {
+                  int device, bool hopper, uintptr_t split_starts) {
   // Aggregate order is MatchArgs' field order.
   refmatch::match_argmax(refmatch::MatchArgs{
       query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
       reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
-      partial_index, stream, device, hopper});
+      partial_index, stream, device, hopper, split_starts});
 }
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
@@ -145,10 +145,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),
         py::arg("metric"), py::arg("allow_tf32"), py::arg("out_score"), py::arg("out_index"),
         py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
-        py::arg("device"), py::arg("hopper") = false,
+        py::arg("device"), py::arg("hopper") = false, py::arg("split_starts") = 0,
         "Fused k=1 match on raw device pointers, on the caller's stream; no sync. Writes oriented "
-        "scores float32 [N] and indices int64 [N]. hopper: the wgmma kernel where it can serve the "
-        "call. Errors: ValueError, RuntimeError (CUDA).");
+        "scores float32 [N] and indices int64 [N] (and per-split partials [splits, N] when splits > 1). "
+        "hopper: the wgmma kernel where it can serve the call. split_starts: device int64 "
+        "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),
         py::arg("hopper") = false, "Bank splits that fill the device for this problem (host queries only).");

@@ -189,6 +189,7 @@ void match_argmax(const MatchArgs& a) {
   p.query = reinterpret_cast<const void*>(a.query);
   p.reference = reinterpret_cast<const void*>(a.reference);
   p.ref_stat = reinterpret_cast<const float*>(a.ref_stat);
+  p.split_starts = reinterpret_cast<const int64_t*>(a.split_starts);
   p.out_score = reinterpret_cast<float*>(split ? a.partial_score : a.out_score);
   p.out_index = reinterpret_cast<int64_t*>(split ? a.partial_index : a.out_index);
   p.num_rows = num_rows;

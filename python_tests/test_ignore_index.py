@@ -47,10 +47,14 @@ def test_rows_with_only_ignored_candidates_get_minus_one(backend):
     assert (alone.index == -1).all() and (alone.score == float("inf")).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + (["cuda"] if HAS_CUDA else []))
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_classwise_max_skips_ignored_references(backend, metric):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_classwise_max_skips_ignored_references(backend, metric, grouped):
     reference, labels = _bank()
+    if grouped:  # classes in ascending blocks, ignored rows left where they are (ReferenceBank's layout)
+        kept = labels != IGNORE
+        labels[kept] = labels[kept].sort().values
     query = torch.randn(13, 8, device=DEVICE)
     scores = refmatch.classwise_max(query, reference, labels, 3, metric=metric, backend=backend,
                                     ignore_index=IGNORE)

@@ -117,3 +117,18 @@ def test_many_splits_for_few_rows_and_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured.index, expected.index)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_classwise_max_over_class_ranges(grouped, metric):
+    query = torch.randn(150, 128, device="cuda").bfloat16()
+    reference = torch.randn(3000, 128, device="cuda").bfloat16()
+    labels = torch.randint(0, 5, (3000,), device="cuda")
+    if grouped:
+        labels = labels.sort().values
+    run_hopper(query, reference)  # the kernel these calls take
+    scores = refmatch.classwise_max(query, reference, labels, 5, metric=metric, backend="cuda")
+    expected = refmatch.classwise_max(query.double(), reference.double(), labels, 5, metric=metric, backend="torch")
+    torch.testing.assert_close(scores.double().cpu(), expected.cpu(), rtol=0,
+                               atol=tolerance(query, reference, metric))

@@ -160,8 +160,8 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     Args:
         query: [N, D] rows or [B, D, H, W] maps; reference: [M, D]; labels: [M]
             integers in [0, num_classes), or ignore_index.
-        num_classes: C (fused on the Triton backend for C <= 64; the torch
-            backend takes any C).
+        num_classes: C (fused on the Triton and CUDA backends for C <= 64; the
+            torch backend takes any C).
         metric, backend: as in :func:`match`.
         ignore_index: references with this label count for no class.
 

@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from .custom_op import fused_kernel_limits, register_match_op
+from .custom_op import fused_kernel_limits, register_classwise_op, register_match_op
 from .scoring import finalize_scores, kernel_metric_and_stat
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -94,33 +94,53 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
         ``refmatch.kernels.match.match_argmax``: q.r, q.r/|r| or 2 q.r - |r|^2;
         index -1 where no finite score exists.
     """
+    score, index, _ = launch_match(query, reference, ref_stat, metric, splits=splits)
+    return score, index
+
+
+def default_splits(query, num_refs):
+    """Bank ranges that fill the query's device for [B, D, H, W] maps against M references."""
+    batch, dim, height, width = query.shape
+    if batch * height * width == 0:
+        return 1
+    return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
+                                        _allow_tf32(query.dtype), query.device.index,
+                                        hopper_requested(query.device))
+
+
+def launch_match(query, reference, ref_stat, metric, *, splits=None, split_starts=None):
+    """``match_argmax_cuda`` plus the per-range partial bests.
+
+    split_starts: int64 [S + 1] on the device, non-decreasing in [0, M]: range s is
+    bank rows [split_starts[s], split_starts[s + 1]) (S = splits); None: even ranges.
+    Returns (score [N], index [N], partial scores [S, N]); each range's oriented
+    best, -inf where it holds no finite score.
+    """
     module = native_module()
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
     device = query.device
     dtype_code, allow_tf32 = DTYPE_CODES[query.dtype], _allow_tf32(query.dtype)
     hopper = hopper_requested(device)
+    splits = splits or default_splits(query, num_refs)
     score = torch.empty(num_rows, device=device, dtype=torch.float32)
     index = torch.empty(num_rows, device=device, dtype=torch.int64)
+    partial_score = score[None] if splits == 1 else torch.empty(splits, num_rows, device=device,
+                                                                dtype=torch.float32)
+    partial_index = index[None] if splits == 1 else torch.empty_like(partial_score, dtype=torch.int64)
     if num_rows == 0:
-        return score, index
-    if splits is None:
-        splits = module.match_splits(num_rows, num_refs, dim, dtype_code, allow_tf32, device.index, hopper)
-    partial_score = partial_index = None
-    if splits > 1:
-        partial_score = torch.empty(splits, num_rows, device=device, dtype=torch.float32)
-        partial_index = torch.empty(splits, num_rows, device=device, dtype=torch.int64)
+        return score, index, partial_score
     ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
     module.match_argmax(
         query.data_ptr(), dtype_code, batch, dim, height, width, query.stride(),
         reference.data_ptr(), num_refs, reference.stride(),
         ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], allow_tf32,
         score.data_ptr(), index.data_ptr(), splits,
-        partial_score.data_ptr() if partial_score is not None else 0,
-        partial_index.data_ptr() if partial_index is not None else 0,
+        partial_score.data_ptr() if splits > 1 else 0, partial_index.data_ptr() if splits > 1 else 0,
         torch.cuda.current_stream(device).cuda_stream, device.index, hopper,
+        split_starts.data_ptr() if split_starts is not None else 0,
     )
-    return score, index
+    return score, index, partial_score
 
 
 def match_fused(query, reference, ignored, k, metric):
@@ -137,7 +157,10 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self):
+        from .cuda_classwise import classwise_fused
+
         self.op = register_match_op(self.name, match_fused)
+        self.classwise_op = register_classwise_op(self.name, classwise_fused)
 
     @functools.lru_cache(maxsize=1)
     def status(self):
@@ -154,7 +177,8 @@ class CudaBackend:
             return False, f"compiled for {archs}; no usable device: {error or 'no CUDA device'}"
         hopper = (", wgmma kernel for sm_90 with REFMATCH_CUDA_HOPPER=1 (not yet run on a GPU)"
                   if _built_for_hopper() else "")
-        return True, f"compiled for {archs}, {count} device(s); fused k=1 kernel (mma.sync, sm_80+){hopper}"
+        return True, (f"compiled for {archs}, {count} device(s); fused k=1 and class-wise (C <= 64) kernel "
+                      f"(mma.sync, sm_80+){hopper}")
 
     def decline_reason(self, problem):
         available, reason = self.status()
@@ -167,4 +191,4 @@ class CudaBackend:
         if capability < MIN_CAPABILITY:
             return (f"needs compute capability >= 8.0 (tensor-core mma.sync, cp.async); "
                     f"{problem.device} has {capability[0]}.{capability[1]}")
-        return fused_kernel_limits(problem, reductions=("argmax",))
+        return fused_kernel_limits(problem, reductions=("argmax", "classwise"))

@@ -36,6 +36,10 @@ struct MatchArgs {
   // Run the wgmma kernel (sm_90a build, compute capability 9.0) where it can
   // serve the call (hopper_eligible); otherwise, or when false, the mma.sync one.
   bool hopper = false;
+  // Device int64 [splits + 1], non-decreasing in [0, num_refs]: split s scans
+  // bank rows [starts[s], starts[s + 1]) (class-aligned ranges for the class-wise
+  // max, whose per-split partials are the per-class maxima). 0: even splits.
+  uintptr_t split_starts = 0;
 };
 
 // Launches the match kernel (and the split merge) on args.stream; never syncs.

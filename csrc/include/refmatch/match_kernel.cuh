@@ -18,7 +18,8 @@
 //   next to the stages (D <= 704 halves / 352 floats on H100, 448 / 224 on
 //   A100); otherwise each step also re-loads its query chunk. Shared rows carry 16 pad bytes: conflict-free
 //   ldmatrix / LDS. The grid is (cdiv(N, 128), splits); split s scans bank rows
-//   [s R, s R + R) and writes partial bests [splits, N] for merge_splits_kernel.
+//   [s R, s R + R) (or the given split_starts ranges) and writes partial bests
+//   [splits, N] for merge_splits_kernel.
 //
 // Precision
 //   fp16 / bf16: m16n8k16. fp32: TF32 m16n8k8 when allowed, else 3xTF32.
@@ -159,8 +160,8 @@ __global__ void __launch_bounds__(MatchTile::kThreads, MatchTile::kMinCtasPerSm)
     }
   }
 
-  const int64_t m_begin = int64_t{blockIdx.y} * p.refs_per_split;
-  const int64_t m_end = min(m_begin + p.refs_per_split, p.num_refs);
+  const BankRange range = split_range(p);
+  const int64_t m_begin = range.begin, m_end = range.end;
   const int64_t steps = m_end > m_begin ? ceil_div(m_end - m_begin, Tile::kBlockM) * p.dim_chunks : 0;
   const bool with_stats = p.metric != static_cast<int>(MatchMetric::kDot);
 

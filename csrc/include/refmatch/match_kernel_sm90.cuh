@@ -125,8 +125,8 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
   wgmma::fence_proxy_async();  // the query stores, before wgmma reads them
   __syncthreads();
 
-  const int64_t m_begin = int64_t{blockIdx.y} * p.refs_per_split;
-  const int64_t m_end = min(m_begin + p.refs_per_split, p.num_refs);
+  const BankRange range = split_range(p);
+  const int64_t m_begin = range.begin, m_end = range.end;
   const int64_t tiles = m_end > m_begin ? ceil_div(m_end - m_begin, Tile::kBlockM) : 0;
   const int warpgroup = threadIdx.x / 128;
 

@@ -17,6 +17,7 @@ struct MatchParams {
   const void* query;
   const void* reference;
   const float* ref_stat;
+  const int64_t* split_starts;  // [gridDim.y + 1] bank ranges (class-wise), or null: even splits
   float* out_score;    // [gridDim.y, num_rows]
   int64_t* out_index;  // [gridDim.y, num_rows]
   int64_t num_rows, pixels_per_image, width, dim, num_refs, refs_per_split, dim_chunks;
@@ -25,6 +26,18 @@ struct MatchParams {
   int ref_copy_bytes;   // reference_copy_bytes(): 16, 8, 4, or 0 for element loads
   bool query_resident;  // all D chunks of the query tile stay in shared memory
 };
+
+// Bank rows [begin, end) of this CTA's split: refs_per_split rows each, or the
+// given ranges (class-aligned for the class-wise max).
+struct BankRange {
+  int64_t begin, end;
+};
+
+__device__ __forceinline__ BankRange split_range(const MatchParams& p) {
+  if (p.split_starts != nullptr) return {p.split_starts[blockIdx.y], p.split_starts[blockIdx.y + 1]};
+  const int64_t begin = int64_t{blockIdx.y} * p.refs_per_split;
+  return {begin, min(begin + p.refs_per_split, p.num_refs)};
+}
 
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
