@@ -65,7 +65,8 @@ def hopper_kernel():
 
 
 def kernel_name(query, reference):
-    """The kernel ``match_argmax_cuda`` runs for these inputs: "wgmma" or "mma.sync"."""
+    """The kernel ``match_argmax_cuda`` runs for query [B, D, H, W] maps against
+    reference [M, D]: "wgmma" or "mma.sync"."""
     device = query.device
     return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], _allow_tf32(query.dtype),
                                              device.index, hopper_requested(device), reference.data_ptr(),
