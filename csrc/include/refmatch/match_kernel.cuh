@@ -30,7 +30,8 @@
 //   such rows keep index -1. Queries are read through [B, D, H, W] element
 //   strides with plain loads; reference rows need unit stride in D and 4-byte
 //   aligned rows for cp.async, other layouts take slower element loads. All
-//   offsets are 64-bit. k = 1 only.
+//   offsets are 64-bit. k = 1 only (the class-wise max runs it over class-aligned
+//   split ranges, refmatch/backends/cuda_classwise.py).
 #pragma once
 
 #include <cstdint>
