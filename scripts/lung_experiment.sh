@@ -3,7 +3,8 @@
 # mean-teacher pseudo-labels and refmatch with NUM_LABELED labelled images, and full
 # supervision; same model and steps; then one table. Finished runs are not run again.
 # Usage: bash scripts/lung_experiment.sh [SEED] [NUM_LABELED] [REFMATCH_OVERRIDES...]
-#   e.g. bash scripts/lung_experiment.sh 0 6 pl_k=8   (runs/lung_seed0/refmatch_n6_pl_k-8)
+#   e.g. bash scripts/lung_experiment.sh 0 6 pl_mode=soft tap_size=32 pl_consensus=false pl_k=8
+#   (the soft top-8 vote: runs/lung_seed0/refmatch_n6_pl_mode-soft_tap_size-32_pl_consensus-false_pl_k-8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-0}
