@@ -7,11 +7,12 @@ and the N x M matrix never exists. A class is cut into several ranges when that
 is needed to fill the GPU. A bank stored class by class in ascending order (as
 ReferenceBank stores it; ignored rows anywhere) is used in place; any other
 order is sorted by label first, which copies the bank (O(M D) extra memory).
-Finding the ranges reads the class counts on the host (one sync per call).
+Finding the ranges reads the class counts on the host (one sync per call), so
+this path cannot be captured in a CUDA graph (it says so; Triton's can).
 """
 import torch
 
-from .scoring import finalize_class_scores, kernel_metric_and_stat
+from .scoring import finalize_class_scores, host_read_allowed, kernel_metric_and_stat
 
 MIN_RANGE_ROWS = 512  # shorter ranges cost more in launch tails than they add in parallelism
 
@@ -60,6 +61,9 @@ def classwise_fused(query, reference, labels, ignored, num_classes, metric):
     """[N, C] best score per class from the fused CUDA kernel; see ``classwise_chunked``."""
     from .cuda_backend import default_splits, launch_match
 
+    if not host_read_allowed(labels):
+        raise RuntimeError("refmatch: the CUDA class-wise max reads class counts on the host, which CUDA graph "
+                           "capture does not allow; use backend='triton' (or 'torch') inside a captured graph")
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
     reference, labels, stat, ignored = _sorted_by_label(reference, labels, stat, ignored)
     starts, owners = class_ranges(labels, ignored, num_classes, default_splits(query, reference.shape[0]))
