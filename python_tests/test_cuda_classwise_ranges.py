@@ -41,3 +41,12 @@ def test_banks_out_of_class_order_are_sorted_stably():
     grouped = torch.tensor([0, 0, 1, 2])
     same = _sorted_by_label(reference[:4], grouped, stat[:4], torch.tensor([False, True, False, False]))
     assert same[0].data_ptr() == reference.data_ptr() and same[1] is grouped  # in order: used in place
+
+
+def test_refuses_cuda_graph_capture_with_a_reason(monkeypatch):
+    from refmatch.backends import cuda_classwise
+
+    monkeypatch.setattr(cuda_classwise, "host_read_allowed", lambda tensor: False)  # as while capturing
+    with pytest.raises(RuntimeError, match="CUDA graph capture does not allow"):
+        cuda_classwise.classwise_fused(torch.randn(1, 4, 2, 1), torch.randn(5, 4), torch.zeros(5, dtype=torch.long),
+                                       None, 2, "dot")
