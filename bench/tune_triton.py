@@ -6,8 +6,9 @@ For each size and reduction (k = 1 with dot and l2, top-8, class-wise C = 4) it
 times every tile candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query resident
 or streamed, register cap) with CUDA events (median after a warm-up), checks the
 result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)
-with the registers and spilled bytes per thread of the compiled kernel. A candidate that does not compile or fit is listed with
-the error. Writes bench/results/<card>-triton-tiles-<date>.{json,md}.
+with the registers and spilled bytes per thread of the compiled kernel. A candidate
+that does not compile or fit is listed with the error. Writes
+bench/results/<card>-triton-tiles-<date>.{json,md}.
 """
 import argparse
 import json
@@ -56,17 +57,17 @@ def sweep(n, m, d, dtype):
     labels = (torch.arange(m, device="cuda") * 4) // m
     flops = 2.0 * n * m * d
     for reduction, candidates in CANDIDATES.items():
+        kernel_reduction, slots, metric = KERNELS[reduction]
         expected = None
         for candidate in candidates:
             tile = dict(zip(_TILE_NAMES, candidate))
-            config = launch_config(d, KERNELS[reduction][1], **tile)
+            config = launch_config(d, slots, **tile)
             shape = (f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
                      + ("" if config["QUERY_RESIDENT"] else " streamed")
                      + (f" maxnreg {config['maxnreg']}" if "maxnreg" in config else ""))
             row = {"n": n, "m": m, "d": d, "dtype": str(dtype).replace("torch.", ""), "reduction": reduction,
                    "tiles": shape + ("" if candidate else " (default)")}
             try:
-                kernel_reduction, slots, metric = KERNELS[reduction]
                 kernel = compile_variant(torch.cuda.get_device_capability()[0] * 10, row["dtype"], d, metric,
                                          kernel_reduction, slots, **tile)
                 kernel._init_handles()  # loads it: registers and spills are known from here

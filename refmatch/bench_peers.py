@@ -80,11 +80,10 @@ def _wgmma_methods(query, reference, flops):
     from refmatch.backends.cuda_backend import hopper_kernel, hopper_requested, native_module
 
     name = "refmatch cuda wgmma k=1"
-    if not query.is_cuda or native_module() is None:
-        return [Method(name, "dot", 1, None, flops, "needs an sm_90 GPU and a build with sm_90a")]
     with hopper_kernel():
-        if not hopper_requested(query.device):
-            return [Method(name, "dot", 1, None, flops, "needs an sm_90 GPU and a build with sm_90a")]
+        available = query.is_cuda and native_module() is not None and hopper_requested(query.device)
+    if not available:
+        return [Method(name, "dot", 1, None, flops, "needs an sm_90 GPU and a build with sm_90a")]
 
     def run(metric):
         with hopper_kernel():

@@ -27,12 +27,10 @@ def _prepare_block(reference, ignored, metric, operand_dtype, dtype):
     if ignored is not None:
         bias = exact.new_zeros(exact.shape[0]) if bias is None else bias
         bias = bias.masked_fill(ignored, float("-inf"))
-    scale = None
-    if metric == "cosine" and operand_dtype == dtype:
-        exact = F.normalize(exact, dim=1, eps=NORM_EPS)
-    elif metric == "cosine":  # normalising in half precision would round the unit vectors
-        scale = exact.norm(dim=1).clamp_min(NORM_EPS).reciprocal()
-    return exact.to(operand_dtype), bias, scale
+    if operand_dtype != dtype:  # the half-precision references as given; normalising them would round
+        scale = exact.norm(dim=1).clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else None
+        return reference, bias, scale
+    return F.normalize(exact, dim=1, eps=NORM_EPS) if metric == "cosine" else exact, bias, None
 
 
 def _score_tile(rows, block, bias, scale, metric, tile):
