@@ -93,7 +93,7 @@ stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x104
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 stage memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
   python bench/sanitize_match.py ${NO_WGMMA:+--no-wgmma}
-stage racecheck 60 "${SANITIZE[@]}" --tool racecheck \
+stage racecheck 150 "${SANITIZE[@]}" --tool racecheck \
   python bench/sanitize_match.py --backends cuda ${NO_WGMMA:+--no-wgmma}
 
 # 5. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured

@@ -193,8 +193,9 @@ def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_w
     else:
         default_n, default_m = 32, 64 if resident else 128
     block_n, block_m = block_n or default_n, block_m or default_m
-    # 64 slots beside a resident query spill on 4 warps under triton 3.6 (torch 2.11).
-    wide = block_n >= 128 or (slots_pad > 32 and resident)
+    # On 4 warps under triton 3.6 (torch 2.11), 64 slots beside a resident query
+    # spill, and sm_80 top-8 at D=32 keeps an 8-byte stack frame.
+    wide = block_n >= 128 or (slots_pad > 32 and resident) or (slots_pad > 1 and block_d <= 32)
     config = dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, SLOTS_PAD=slots_pad,
                   QUERY_RESIDENT=resident, num_warps=num_warps or (8 if wide else 4),
                   num_stages=num_stages or NUM_STAGES)

@@ -4,8 +4,9 @@
 //   Query-stationary streaming argmax. A CTA owns kBlockN = 128 query rows and
 //   walks its share of the bank in kBlockM = 64-row reference tiles. Per tile it
 //   computes S = Q R^T with mma.sync into float32 accumulators, applies the
-//   metric (cosine: times 1/|r|; l2: 2 q.r - |r|^2; dot: as is), turns NaN and
-//   padding into -inf, takes each row's max and, only when some row of the warp
+//   metric (cosine: times 1/|r|; l2: 2 q.r - |r|^2; dot: as is), masks padding
+//   (last tile only), takes each row's max with fmaxf (which skips NaN: one
+//   instruction per score in a full dot tile) and, only when some row of the warp
 //   can beat its running best, locates the lowest column holding the max and
 //   offers it (refmatch::beats / offer). Scores never leave registers.
 //
@@ -81,26 +82,33 @@ __device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[
                                           int metric, int64_t m0, int64_t m_end, int lane) {
   constexpr int kCols = 8 * kN;
   const int quad_lane = lane & 3;
-  const int64_t valid_cols = m_end - m0;
-  // Oriented scores; padding and NaN become -inf so that they never win.
+  // Oriented scores: one uniform branch per tile, then one instruction per score.
+  if (metric != static_cast<int>(MatchMetric::kDot)) {
+    const bool cosine = metric == static_cast<int>(MatchMetric::kCosine);
 #pragma unroll
-  for (int j = 0; j < kN; ++j) {
-    const int col = 8 * j + 2 * quad_lane;
-    const float2 stat = metric == static_cast<int>(MatchMetric::kDot)
-                            ? make_float2(0.f, 0.f)
-                            : *reinterpret_cast<const float2*>(stats + col);
+    for (int j = 0; j < kN; ++j) {
+      const float2 stat = *reinterpret_cast<const float2*>(stats + 8 * j + 2 * quad_lane);
 #pragma unroll
-    for (int i = 0; i < kM; ++i) {
+      for (int i = 0; i < kM; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float& score = acc[i][j][e];
-        const float term = e % 2 ? stat.y : stat.x;
-        if (metric == static_cast<int>(MatchMetric::kCosine)) score *= term;
-        if (metric == static_cast<int>(MatchMetric::kL2)) score = fmaf(2.f, score, -term);
-        if (col + e % 2 >= valid_cols || score != score) score = -INFINITY;
-      }
+        for (int e = 0; e < 4; ++e) {
+          const float term = e % 2 ? stat.y : stat.x;
+          acc[i][j][e] = cosine ? acc[i][j][e] * term : fmaf(2.f, acc[i][j][e], -term);
+        }
     }
   }
+  // Padding past the bank never wins; only the last tile has any.
+  if (m_end - m0 < kCols) {
+    const int valid_cols = static_cast<int>(m_end - m0);
+#pragma unroll
+    for (int j = 0; j < kN; ++j)
+#pragma unroll
+      for (int i = 0; i < kM; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (8 * j + 2 * quad_lane + e % 2 >= valid_cols) acc[i][j][e] = -INFINITY;
+  }
+  // NaN needs no pass: fmaxf returns the other operand, and NaN equals no row max.
   float tile_max[kM][2];
   bool may_improve = false;
 #pragma unroll
