@@ -12,7 +12,7 @@ import sys
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import hopper_kernel, hopper_requested, kernel_name
+from refmatch.backends.cuda_backend import hopper_kernel, hopper_enabled, kernel_name
 from refmatch.bench import agreement, oracle_best
 
 SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64)]
@@ -23,7 +23,7 @@ def main():
         print("skipped: no GPU")
         return 0
     with hopper_kernel():
-        if not hopper_requested(torch.device("cuda")):
+        if not hopper_enabled(torch.device("cuda")):
             print("skipped: not an sm_90 device, or a build without sm_90a")
             return 0
         worst = 1.0

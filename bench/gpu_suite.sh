@@ -2,15 +2,17 @@
 # One command for a lent GPU machine (no internet, under 10 minutes):
 #   build _C for this card -> first check of the Hopper wgmma kernel -> full test
 #   suite with CUDA tests -> benchmark (writes bench/results/) -> compute-sanitizer
-#   memcheck and racecheck on small cases -> D/M sweep, fp16, Triton tile sweep,
-#   KeOps -> summary. The stages most needed come first: SUITE_SECONDS cuts the rest.
+#   memcheck and racecheck on small cases -> Nsight Compute profile of each fused
+#   kernel -> D/M sweep, fp16, Triton tile sweep, KeOps -> summary. The stages most
+#   needed come first: SUITE_SECONDS cuts the rest.
 # A failing stage is recorded and the next stages still run; a failed wgmma check
-# keeps that kernel out of the later stages (a hang there would eat the budget).
+# keeps that kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there
+# would eat the budget).
 # Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma tests bench memcheck racecheck sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma tests bench memcheck racecheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,10 +81,11 @@ stage wgmma 60 python bench/check_wgmma.py
 NO_WGMMA=()
 if [[ " ${FAILED_STAGES[*]} " == *" wgmma "* ]]; then
   NO_WGMMA=(--ignore=python_tests/test_match_cuda_sm90.py)
+  export REFMATCH_CUDA_HOPPER=0
 fi
 stage tests 180 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${NO_WGMMA[@]}" -q -p no:warnings -rfs \
   --tb=short --durations=15
-EXCLUDE=(keops ${NO_WGMMA:+wgmma})
+EXCLUDE=(keops)
 
 # 3. Benchmarks, one results file per run rewritten after every row (a stage cut
 # off at its limit keeps what it measured): the issues' target size with every method.
@@ -91,12 +94,17 @@ stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x104
 
 # 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
-stage memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
+stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
   python bench/sanitize_match.py ${NO_WGMMA:+--no-wgmma}
 stage racecheck 150 "${SANITIZE[@]}" --tool racecheck \
   python bench/sanitize_match.py --backends cuda ${NO_WGMMA:+--no-wgmma}
 
-# 5. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
+# 5. Where each fused kernel's time goes: Nsight Compute sections, one launch each.
+stage profile 90 ncu --clock-control none -k "regex:match_argmax|_match_kernel" --section SpeedOfLight \
+  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
+  --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py
+
+# 6. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
 # at the target size); the Triton tile sweep; KeOps, which computes in float32 and
 # crashed twice (SIGSEGV generating its code), in float32 in its own process.
 SWEEP_SIZES=${SWEEP_SIZES:-262144x1048576x64 262144x65536x128 262144x1048576x32 262144x4194304x128

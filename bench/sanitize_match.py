@@ -6,15 +6,15 @@ Covers every kernel variant and load path at sizes that stay fast under
 instrumentation: fp16 / bf16 / fp32 (3xTF32 and TF32), all metrics, tile and
 D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
 query maps, reference layouts that cannot use cp.async, ignore_index, the
-class-wise max (CUDA: class-aligned ranges), the Triton top-k, and on sm_90 the wgmma kernel
-(REFMATCH_CUDA_HOPPER=1) on its own cases.
+class-wise max (CUDA: class-aligned ranges) and the Triton top-k, all on the
+mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases.
 """
 import argparse
 
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import hopper_kernel, hopper_requested, kernel_name, match_argmax_cuda
+from refmatch.backends.cuda_backend import hopper_kernel, hopper_enabled, kernel_name, match_argmax_cuda
 from refmatch.backends.scoring import reference_stat
 
 
@@ -32,7 +32,7 @@ def cases(device):
 def sanitize_hopper():
     """The wgmma kernel: D tails, tile tails, 1-4 chunks, splits, every metric."""
     with hopper_kernel():
-        if not hopper_requested(torch.device("cuda")):
+        if not hopper_enabled(torch.device("cuda")):
             print("--  wgmma kernel: not an sm_90 device or no sm_90a build")
             return
         for dtype in (torch.float16, torch.bfloat16):
@@ -50,17 +50,14 @@ def sanitize_hopper():
     print("ok  wgmma kernel")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["cuda", "triton"])
-    parser.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper kernel's cases")
-    args = parser.parse_args()
+def sanitize_cases(backends):
+    """Every case on each backend, then splits, TF32, ignore_index, class-wise and top-k."""
     for name, query, reference in cases("cuda"):
-        for backend in args.backends:
+        for backend in backends:
             for metric in ("cosine", "dot", "l2"):
                 refmatch.match(query, reference, metric=metric, backend=backend)
         print(f"ok  {name}")
-    if "cuda" in args.backends:
+    if "cuda" in backends:
         query, reference = torch.randn(50, 64, device="cuda").half(), torch.randn(1000, 64, device="cuda").half()
         for splits in (2, 7, 40):  # 40: trailing empty splits
             match_argmax_cuda(query.T[None, :, :, None], reference, reference_stat(reference, "l2"), "l2",
@@ -70,19 +67,28 @@ def main():
         refmatch.match(torch.randn(33, 40, device="cuda"), torch.randn(90, 40, device="cuda"), backend="cuda")
         torch.set_float32_matmul_precision(previous)
         print("ok  splits and tf32")
-    if "cuda" in args.backends and not args.no_wgmma:
-        sanitize_hopper()
     query, reference = torch.randn(70, 40, device="cuda").bfloat16(), torch.randn(300, 40, device="cuda").bfloat16()
     labels = torch.randint(0, 5, (300,), device="cuda")
     labels[::7] = 255
-    for backend in args.backends:
+    for backend in backends:
         refmatch.match(query, reference, labels, metric="dot", backend=backend, ignore_index=255)
         refmatch.classwise_max(query, reference, labels, 5, backend=backend, ignore_index=255)  # sorted copy
         refmatch.classwise_max(query, reference, labels.sort().values.clamp(max=4), 5, backend=backend)
-    if "triton" in args.backends:
+    if "triton" in backends:
         for k in (8, 64):
             refmatch.match(query, reference, labels, k=k, backend="triton", ignore_index=255)
     print("ok  ignore_index, class-wise; triton top-k")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    parser.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper kernel's cases")
+    args = parser.parse_args()
+    with hopper_kernel(enabled=False):  # mma.sync on every card; sanitize_hopper covers wgmma
+        sanitize_cases(args.backends)
+    if "cuda" in args.backends and not args.no_wgmma:
+        sanitize_hopper()
     torch.cuda.synchronize()
 
 

@@ -49,7 +49,7 @@ class DeviceScope {
 };
 
 // The kernel a call runs and its launch shape. The Hopper kernel is taken when
-// asked for, on a compute capability 9.0 device, for calls it can serve.
+// enabled (the default on sm_90), on a compute capability 9.0 device, for calls it can serve.
 struct LaunchPlan {
   Kernel kernel;
   const char* name;  // "wgmma" or "mma.sync"
@@ -90,14 +90,14 @@ bool is_hopper(int device) {
 // Sets the kernel's shared-memory limit to the device's whole opt-in maximum
 // (per device, cheap, no stream work): never the size of this call, so a call
 // with a smaller layout on another thread (or after a graph capture) never lowers it.
-LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool hopper_requested,
+LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool hopper_enabled,
                        int ref_copy_bytes) {
   const Kernel mma_sync = mma_sync_kernel(dtype, allow_tf32);
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   LaunchPlan plan{};
-  if (hopper_requested && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
+  if (hopper_enabled && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
       is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
     plan.kernel = bf16 ? detail::match_argmax_sm90_kernel<true> : detail::match_argmax_sm90_kernel<false>;

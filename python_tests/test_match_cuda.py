@@ -10,6 +10,12 @@ SHAPES = [(1, 1, 1), (7, 33, 257), (33, 70, 7), (70, 7, 33), (300, 1000, 128), (
 BLOCK_M = 64  # reference rows per kernel tile (refmatch._C.match_layout()["block_m"])
 
 
+@pytest.fixture(autouse=True)
+def mma_sync_kernel(monkeypatch):
+    """sm_90 cards default to the wgmma kernel (test_match_cuda_sm90.py); this file checks mma.sync on every card."""
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER", "0")
+
+
 def match_cuda(query, reference, metric="dot", **kwargs):
     return refmatch.match(query, reference, metric=metric, backend="cuda", **kwargs)
 

@@ -1,5 +1,5 @@
 """The Hopper (wgmma) CUDA kernel against the float64 oracle. Needs a compute
-capability 9.0 GPU and a build with sm_90a; runs with REFMATCH_CUDA_HOPPER=1."""
+capability 9.0 GPU and a build with sm_90a, where it is the default."""
 import pytest
 import torch
 
@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not _hopper_build_and_device(
 
 
 @pytest.fixture(autouse=True)
-def wgmma_kernel(monkeypatch):
-    monkeypatch.setenv("REFMATCH_CUDA_HOPPER", "1")
+def default_kernel(monkeypatch):
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER", raising=False)
 
 
 def run_hopper(query, reference, metric="dot", **kwargs):

@@ -75,18 +75,18 @@ def _flash_kmeans_methods(query, reference, flops):
     return [Method("flash-kmeans assign", "l2", 1, assign, flops)]
 
 
-def _wgmma_methods(query, reference, flops):
-    """The CUDA backend's Hopper kernel (REFMATCH_CUDA_HOPPER=1), beside its mma.sync rows."""
-    from refmatch.backends.cuda_backend import hopper_kernel, hopper_requested, native_module
+def _mma_sync_methods(query, reference, flops):
+    """The CUDA backend's mma.sync kernel (REFMATCH_CUDA_HOPPER=0) on sm_90 cards,
+    where the default ``cuda`` rows run the wgmma kernel; elsewhere those rows are mma.sync."""
+    from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel, native_module
 
-    name = "refmatch cuda wgmma k=1"
-    with hopper_kernel():
-        available = query.is_cuda and native_module() is not None and hopper_requested(query.device)
+    name = "refmatch cuda mma.sync k=1"
+    available = query.is_cuda and native_module() is not None and hopper_enabled(query.device)
     if not available:
-        return [Method(name, "dot", 1, None, flops, "needs an sm_90 GPU and a build with sm_90a")]
+        return [Method(name, "dot", 1, None, flops, "the cuda rows are the mma.sync kernel here (wgmma needs sm_90)")]
 
     def run(metric):
-        with hopper_kernel():
+        with hopper_kernel(enabled=False):
             return refmatch.match(query, reference, metric=metric, backend="cuda").index
     return [Method(name, metric, 1, lambda metric=metric: run(metric), flops) for metric in ("dot", "l2", "cosine")]
 
@@ -152,6 +152,6 @@ def all_methods(query, reference, fits_bytes):
         Method("torch.cdist + argmin", "l2", 1, lambda: torch.cdist(query.float(), reference.float()).argmin(1),
                flops, too_big),
     ]
-    return methods + _refmatch_methods(query, reference, flops) + _wgmma_methods(query, reference, flops) \
+    return methods + _refmatch_methods(query, reference, flops) + _mma_sync_methods(query, reference, flops) \
         + _faiss_methods(query, reference, flops) + _keops_methods(query, reference, flops) \
         + _flash_kmeans_methods(query, reference, flops)

@@ -5,9 +5,9 @@ match_kernel_sm90.cuh, wgmma on sm_90a) take raw device pointers, strides and
 the caller's stream; this module allocates their outputs and split workspace
 with torch on the query's device and applies the per-row fix-up.
 
-The Hopper kernel has not yet run on a GPU: it is used only with
-``REFMATCH_CUDA_HOPPER=1`` (read at each call), on a compute capability 9.0
-device, from a build that includes sm_90a.
+On a compute capability 9.0 device, with a build that includes sm_90a, the
+Hopper kernel serves the calls it can; ``REFMATCH_CUDA_HOPPER=0`` (read at each
+call) keeps every call on the mma.sync kernel.
 """
 import contextlib
 import functools
@@ -42,19 +42,19 @@ def _built_for_hopper():
     return "90a" in native_module().build_info()["cuda_archs"].split(",")
 
 
-def hopper_requested(device):
-    """True when ``REFMATCH_CUDA_HOPPER=1``, the device is compute capability 9.0
-    and the build has sm_90a code; the kernel still takes only the calls it serves."""
+def hopper_enabled(device):
+    """True on a compute capability 9.0 device with a build that has sm_90a code,
+    unless ``REFMATCH_CUDA_HOPPER=0``; the wgmma kernel still takes only the calls it serves."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return os.environ.get("REFMATCH_CUDA_HOPPER") == "1" and _capability(index) == (9, 0) and _built_for_hopper()
+    return os.environ.get("REFMATCH_CUDA_HOPPER") != "0" and _capability(index) == (9, 0) and _built_for_hopper()
 
 
 @contextlib.contextmanager
-def hopper_kernel():
-    """Inside the block the wgmma kernel serves the calls it can (``REFMATCH_CUDA_HOPPER=1``);
-    the variable is restored after."""
+def hopper_kernel(enabled=True):
+    """Inside the block the wgmma kernel serves the calls it can (``enabled``) or
+    none of them (``REFMATCH_CUDA_HOPPER=0``); the variable is restored after."""
     previous = os.environ.get("REFMATCH_CUDA_HOPPER")
-    os.environ["REFMATCH_CUDA_HOPPER"] = "1"
+    os.environ["REFMATCH_CUDA_HOPPER"] = "1" if enabled else "0"
     try:
         yield
     finally:
@@ -69,7 +69,7 @@ def kernel_name(query, reference):
     reference [M, D]: "wgmma" or "mma.sync"."""
     device = query.device
     return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], _allow_tf32(query.dtype),
-                                             device.index, hopper_requested(device), reference.data_ptr(),
+                                             device.index, hopper_enabled(device), reference.data_ptr(),
                                              *reference.stride())
 
 
@@ -106,7 +106,7 @@ def default_splits(query, num_refs):
         return 1
     return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
                                         _allow_tf32(query.dtype), query.device.index,
-                                        hopper_requested(query.device))
+                                        hopper_enabled(query.device))
 
 
 def launch_match(query, reference, ref_stat, metric, *, splits=None, split_starts=None):
@@ -122,7 +122,7 @@ def launch_match(query, reference, ref_stat, metric, *, splits=None, split_start
     num_rows, num_refs = batch * height * width, reference.shape[0]
     device = query.device
     dtype_code, allow_tf32 = DTYPE_CODES[query.dtype], _allow_tf32(query.dtype)
-    hopper = hopper_requested(device)
+    hopper = hopper_enabled(device)
     splits = splits or default_splits(query, num_refs)
     score = torch.empty(num_rows, device=device, dtype=torch.float32)
     index = torch.empty(num_rows, device=device, dtype=torch.int64)
@@ -176,8 +176,7 @@ class CudaBackend:
         count, error = module.cuda_device_count()
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {error or 'no CUDA device'}"
-        hopper = (", wgmma kernel for sm_90 with REFMATCH_CUDA_HOPPER=1 (not yet run on a GPU)"
-                  if _built_for_hopper() else "")
+        hopper = ", wgmma kernel on sm_90 (REFMATCH_CUDA_HOPPER=0: mma.sync)" if _built_for_hopper() else ""
         return True, (f"compiled for {archs}, {count} device(s); fused k=1 and class-wise (C <= 64) kernel "
                       f"(mma.sync, sm_80+){hopper}")
 

@@ -1,0 +1,45 @@
+"""One launch of each fused match kernel, for Nsight Compute (gpu_suite.sh's profile stage).
+
+    ncu --clock-control none -k "regex:match_argmax|_match_kernel" --section SpeedOfLight \
+        python bench/profile_match.py --size 32768x262144x128
+
+Runs the Triton kernel, the CUDA mma.sync kernel and, on sm_90 with an sm_90a
+build, the CUDA wgmma kernel once each (dot, k = 1; ncu replays a launch with
+flushed caches, so no warm-up is needed). The default size gives 256 CTAs of
+128 query rows, enough to fill an H100.
+"""
+import argparse
+import contextlib
+
+import torch
+
+import refmatch
+from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel
+
+
+def kernels(device):
+    """(name, backend, context) for each fused kernel this device runs."""
+    yield "triton", "triton", contextlib.nullcontext()
+    yield "cuda mma.sync", "cuda", hopper_kernel(enabled=False)
+    if hopper_enabled(device):
+        yield "cuda wgmma", "cuda", hopper_kernel(enabled=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="32768x262144x128", help="NxMxD")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    args = parser.parse_args()
+    n, m, d = (int(part) for part in args.size.split("x"))
+    dtype = getattr(torch, args.dtype)
+    query = torch.randn(n, d, device="cuda").to(dtype)
+    reference = torch.randn(m, d, device="cuda").to(dtype)
+    for name, backend, context in kernels(query.device):
+        with context:
+            refmatch.match(query, reference, metric="dot", backend=backend)
+        torch.cuda.synchronize()
+        print(f"ran {name} at {args.size} {args.dtype}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
