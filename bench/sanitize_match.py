@@ -6,7 +6,7 @@ Covers every kernel variant and load path at sizes that stay fast under
 instrumentation: fp16 / bf16 / fp32 (3xTF32 and TF32), all metrics, tile and
 D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
 query maps, reference layouts that cannot use cp.async, ignore_index, the
-class-wise max (CUDA: class-aligned ranges) and the Triton top-k, all on the
+class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases.
 """
 import argparse
@@ -74,10 +74,11 @@ def sanitize_cases(backends):
         refmatch.match(query, reference, labels, metric="dot", backend=backend, ignore_index=255)
         refmatch.classwise_max(query, reference, labels, 5, backend=backend, ignore_index=255)  # sorted copy
         refmatch.classwise_max(query, reference, labels.sort().values.clamp(max=4), 5, backend=backend)
-    if "triton" in backends:
+    for backend in backends:
         for k in (8, 64):
-            refmatch.match(query, reference, labels, k=k, backend="triton", ignore_index=255)
-    print("ok  ignore_index, class-wise; triton top-k")
+            refmatch.match(query, reference, labels, k=k, backend=backend, ignore_index=255)
+        refmatch.match(query[:3], reference, k=8, backend=backend)  # padding rows past N
+    print("ok  ignore_index, class-wise, top-k")
 
 
 def main():

@@ -14,6 +14,7 @@
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_plan.h"
 #include "refmatch/match_plan_sm90.h"
+#include "refmatch/topk_list.h"
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -59,24 +60,34 @@ std::pair<FloatArray, IndexArray> merge_partial_bests(FloatArray scores, IndexAr
   return {out_scores, out_indices};
 }
 
-// Host check of the per-tile epilogue: streams a score matrix [N, M] through
-// tiles of `tile_cols` columns, keeping a running best per row.
-std::pair<FloatArray, IndexArray> stream_tiles(FloatArray scores, int64_t tile_cols) {
+// Host check of the per-tile epilogues: streams a score matrix [N, M] through
+// tiles of `tile_cols` columns, keeping per row a running best (k = 1) or a
+// sorted top-k list; returns [N, k] scores and indices, best first.
+std::pair<FloatArray, IndexArray> stream_tiles(FloatArray scores, int64_t tile_cols, int k) {
   if (scores.ndim() != 2) throw py::value_error("scores must be [rows, cols]");
   if (tile_cols < 1) throw py::value_error("tile_cols must be >= 1");
+  if (k < 1) throw py::value_error("k must be >= 1");
   const int64_t rows = scores.shape(0), cols = scores.shape(1);
-  FloatArray out_scores(rows);
-  IndexArray out_indices(rows);
-  auto os = out_scores.mutable_unchecked<1>();
-  auto oi = out_indices.mutable_unchecked<1>();
+  FloatArray out_scores({rows, int64_t{k}});
+  IndexArray out_indices({rows, int64_t{k}});
   for (int64_t r = 0; r < rows; ++r) {
+    float* list_scores = out_scores.mutable_data(r, 0);
+    int64_t* list_indices = out_indices.mutable_data(r, 0);
     refmatch::Best best = refmatch::empty_best();
+    for (int slot = 0; slot < k; ++slot) {
+      list_scores[slot] = best.score;
+      list_indices[slot] = best.index;
+    }
     for (int64_t c0 = 0; c0 < cols; c0 += tile_cols) {
       const int64_t width = cols - c0 < tile_cols ? cols - c0 : tile_cols;
-      best = refmatch::offer_tile_row(best, scores.data(r, c0), width, c0);
+      if (k == 1) {
+        best = refmatch::offer_tile_row(best, scores.data(r, c0), width, c0);
+        list_scores[0] = best.score;
+        list_indices[0] = best.index;
+      } else {
+        refmatch::offer_tile_row_topk(list_scores, list_indices, k, scores.data(r, c0), width, c0);
+      }
     }
-    os(r) = best.score;
-    oi(r) = best.index;
   }
   return {out_scores, out_indices};
 }
@@ -87,12 +98,12 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
                   int64_t num_refs, std::array<int64_t, 2> reference_strides, uintptr_t ref_stat,
                   int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
                   int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
-                  int device, bool hopper, uintptr_t split_starts) {
+                  int device, bool hopper, uintptr_t split_starts, int64_t k) {
   // Aggregate order is MatchArgs' field order.
   refmatch::match_argmax(refmatch::MatchArgs{
       query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
       reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
-      partial_index, stream, device, hopper, split_starts});
+      partial_index, stream, device, hopper, split_starts, k});
 }
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
@@ -138,21 +149,23 @@ PYBIND11_MODULE(_C, m) {
         "(count, error) from the CUDA runtime; error is empty on success.");
   m.def("merge_partial_bests", &merge_partial_bests, py::arg("scores"), py::arg("indices"),
         "Merge [S, N] partial bests with the shared tie rule (host check).");
-  m.def("stream_tiles", &stream_tiles, py::arg("scores"), py::arg("tile_cols"),
-        "Running best over column tiles of a [N, M] score matrix (host check).");
+  m.def("stream_tiles", &stream_tiles, py::arg("scores"), py::arg("tile_cols"), py::arg("k") = 1,
+        "Running best (k = 1) or sorted top-k over column tiles of a [N, M] score matrix (host check).");
   m.def("match_argmax", &match_argmax, py::arg("query"), py::arg("dtype"), py::arg("batch"),
         py::arg("dim"), py::arg("height"), py::arg("width"), py::arg("query_strides"),
         py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),
         py::arg("metric"), py::arg("allow_tf32"), py::arg("out_score"), py::arg("out_index"),
         py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
-        py::arg("device"), py::arg("hopper") = false, py::arg("split_starts") = 0,
-        "Fused k=1 match on raw device pointers, on the caller's stream; no sync. Writes oriented "
+        py::arg("device"), py::arg("hopper") = false, py::arg("split_starts") = 0, py::arg("k") = 1,
+        "Fused match on raw device pointers, on the caller's stream; no sync. k = 1: writes oriented "
         "scores float32 [N] and indices int64 [N] (and per-split partials [splits, N] when splits > 1). "
-        "hopper: the wgmma kernel where it can serve the call. split_starts: device int64 "
+        "k = 2..64: sorted top-k lists [splits, N, k] into out_score / out_index (partials unused). "
+        "hopper: the wgmma kernel where it can serve a k = 1 call. split_starts: device int64 "
         "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),
-        py::arg("hopper") = false, "Bank splits that fill the device for this problem (host queries only).");
+        py::arg("hopper") = false, py::arg("k") = 1,
+        "Bank splits that fill the device for this problem (host queries only).");
   m.def("match_kernel_name", &refmatch::match_kernel_name, py::arg("dim"), py::arg("dtype"),
         py::arg("allow_tf32"), py::arg("device"), py::arg("hopper"), py::arg("reference"),
         py::arg("stride_m"), py::arg("stride_d"), "Kernel a call runs: \"wgmma\" or \"mma.sync\".");

@@ -61,15 +61,16 @@ struct LaunchPlan {
   int64_t smem_bytes;
 };
 
+template <bool kTopK>
 Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
   switch (static_cast<MatchDtype>(dtype)) {
     case MatchDtype::kFloat16:
-      return detail::match_argmax_kernel<mma::Mma16Bit<false>>;
+      return detail::match_kernel<mma::Mma16Bit<false>, kTopK>;
     case MatchDtype::kBFloat16:
-      return detail::match_argmax_kernel<mma::Mma16Bit<true>>;
+      return detail::match_kernel<mma::Mma16Bit<true>, kTopK>;
     case MatchDtype::kFloat32:
-      return allow_tf32 ? detail::match_argmax_kernel<mma::MmaTf32<false>>
-                        : detail::match_argmax_kernel<mma::MmaTf32<true>>;
+      return allow_tf32 ? detail::match_kernel<mma::MmaTf32<false>, kTopK>
+                        : detail::match_kernel<mma::MmaTf32<true>, kTopK>;
   }
   throw std::invalid_argument("refmatch._C: dtype code must be 0 (float32), 1 (float16) or "
                               "2 (bfloat16), got " + std::to_string(dtype));
@@ -91,13 +92,13 @@ bool is_hopper(int device) {
 // (per device, cheap, no stream work): never the size of this call, so a call
 // with a smaller layout on another thread (or after a graph capture) never lowers it.
 LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool hopper_enabled,
-                       int ref_copy_bytes) {
-  const Kernel mma_sync = mma_sync_kernel(dtype, allow_tf32);
+                       int ref_copy_bytes, int64_t k) {
+  const Kernel mma_sync = k > 1 ? mma_sync_kernel<true>(dtype, allow_tf32) : mma_sync_kernel<false>(dtype, allow_tf32);
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   LaunchPlan plan{};
-  if (hopper_enabled && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
+  if (k == 1 && hopper_enabled && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
       is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
     plan.kernel = bf16 ? detail::match_argmax_sm90_kernel<true> : detail::match_argmax_sm90_kernel<false>;
@@ -143,17 +144,19 @@ void check_args(const MatchArgs& a) {
   require(a.out_score != 0 && a.out_index != 0, "output pointers must be non-null");
   require(a.metric == static_cast<int>(MatchMetric::kDot) || a.ref_stat != 0,
           "ref_stat must be non-null for cosine and l2");
-  require(a.splits == 1 || (a.partial_score != 0 && a.partial_index != 0),
+  require(a.k >= 1 && a.k <= kMaxTopK, "k must be in [1, " + std::to_string(kMaxTopK) + "], got " +
+                                          std::to_string(a.k));
+  require(a.splits == 1 || a.k > 1 || (a.partial_score != 0 && a.partial_index != 0),
           "splits > 1 needs partial_score and partial_index workspaces [splits, N]");
 }
 
 }  // namespace
 
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device, bool hopper) {
-  mma_sync_kernel(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
+                     int device, bool hopper, int64_t k) {
+  mma_sync_kernel<false>(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper, 16);
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper, 16, k);
   int per_sm = 0, sms = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -169,12 +172,12 @@ const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int devic
   const int element_bytes = dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
   const DeviceScope scope(device);
   const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper,
-                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes));
+                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes), 1);
   return plan.name;
 }
 
 void match_argmax(const MatchArgs& a) {
-  mma_sync_kernel(a.dtype, a.allow_tf32);
+  mma_sync_kernel<false>(a.dtype, a.allow_tf32);
   check_args(a);
   const int64_t num_rows = a.batch * a.height * a.width;
   if (num_rows == 0) return;
@@ -183,8 +186,8 @@ void match_argmax(const MatchArgs& a) {
   const int element_bytes = a.dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
   const int copy_bytes = reference_copy_bytes(a.reference, a.reference_strides[0], a.reference_strides[1],
                                               element_bytes);
-  const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper, copy_bytes);
-  const bool split = a.splits > 1;
+  const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper, copy_bytes, a.k);
+  const bool split = a.splits > 1 && a.k == 1;  // top-k lists go straight to the outputs
   detail::MatchParams p{};
   p.query = reinterpret_cast<const void*>(a.query);
   p.reference = reinterpret_cast<const void*>(a.reference);
@@ -206,6 +209,7 @@ void match_argmax(const MatchArgs& a) {
   p.stride_rm = a.reference_strides[0];
   p.stride_rd = a.reference_strides[1];
   p.metric = a.metric;
+  p.slots = static_cast<int>(a.k);
   p.ref_copy_bytes = copy_bytes;
   p.query_resident = plan.query_resident;
 

@@ -16,7 +16,7 @@ Tiling
     64-channel chunks of the query and reference inside the tile loop (a resident
     256-channel query spilled on sm_90). Tile shapes come from ``launch_config``. The grid is
     (cdiv(N, BLOCK_N), splits): when N is too small to fill the GPU the bank is cut
-    into ``splits`` ranges whose partial bests are merged by ``merge_splits``.
+    into ``splits`` ranges whose partial bests are merged by ``merge_split_lists``.
     The per-reference term (1/|r|, |r|^2) of the next tile is loaded before this
     tile's dot: loaded where it is used, it waited on global memory after every
     dot and made l2 1.5-2x slower than dot on an H200.
@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..backends.custom_op import MAX_FUSED_SLOTS as MAX_SLOTS
-from ..candidates import keep_best
+from ..candidates import merge_split_lists
 from .match_epilogues import offer_argmax, offer_classwise, offer_topk, worst_slot
 
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
@@ -152,21 +152,6 @@ def _pick_splits(num_row_blocks, num_refs, block_m, device):
     return max(1, min(wanted, -(-num_refs // (4 * block_m))))
 
 
-def merge_splits(partial_score, partial_index):
-    """Merge partial top-k lists [S, N, k] of consecutive bank ranges into [N, k], best first.
-
-    The kernel's lists are unsorted: sorting by index and then stably by score
-    puts equal scores in index order; empty slots hold (-inf, -1) and sort last.
-    """
-    splits, num_rows, k = partial_score.shape
-    if splits * k == 1:  # one best per row already
-        return partial_score[0], partial_index[0]
-    score = partial_score.permute(1, 0, 2).reshape(num_rows, splits * k)
-    index = partial_index.permute(1, 0, 2).reshape(num_rows, splits * k)
-    by_index = index.argsort(dim=1)
-    return keep_best(score.gather(1, by_index), k, index.gather(1, by_index))
-
-
 def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_warps=None, num_stages=None,
                   query_resident=None, maxnreg=None):
     """Compile-time tile shape of a launch: dict of BLOCK_N, BLOCK_M, BLOCK_D, SLOTS_PAD,
@@ -253,7 +238,7 @@ def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):
         raise ValueError(f"the fused top-k takes 1 <= k <= {MAX_SLOTS}, got k={k}")
     partial_score, partial_index = _launch(query, reference, ref_stat, None, metric,
                                            "argmax" if k == 1 else "topk", k, splits, tile)
-    return merge_splits(partial_score, partial_index)
+    return merge_split_lists(partial_score, partial_index)
 
 
 def match_argmax(query, reference, ref_stat, metric, **overrides):

@@ -61,10 +61,34 @@ def test_stream_tiles_takes_first_maximum(tile_cols):
     scores[rng.random(scores.shape) < 0.2] = np.nan
     scores[7] = np.nan  # a row with no finite score
     best_scores, best_indices = _C.stream_tiles(scores, tile_cols)
+    assert best_scores.shape == best_indices.shape == (50, 1)
     for row in range(50):
         expected = reference_best(scores[row], range(70))
-        assert (best_scores[row], best_indices[row]) == expected
-    assert best_indices[7] == -1
+        assert (best_scores[row, 0], best_indices[row, 0]) == expected
+    assert best_indices[7, 0] == -1
+
+
+def reference_topk(scores, k):
+    """Plain-Python top-k under the tie rule: finite scores by (score desc, index asc), then (-inf, -1)."""
+    valid = sorted((-score, index) for index, score in enumerate(scores) if np.isfinite(score) or score == np.inf)
+    kept = [(-negated, index) for negated, index in valid[:k]]
+    return kept + [(-np.inf, -1)] * (k - len(kept))
+
+
+@pytest.mark.parametrize("tile_cols", [1, 5, 64, 1000])
+@pytest.mark.parametrize("k", [2, 8, 64])
+def test_stream_tiles_keeps_sorted_topk_lists(tile_cols, k):
+    rng = np.random.default_rng(tile_cols * k)
+    scores = rng.integers(-3, 4, (40, 90)).astype(np.float32)  # many exact ties
+    scores[rng.random(scores.shape) < 0.2] = np.nan
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    scores[3] = np.nan  # a row with no finite score
+    scores[5, 80:] = np.inf
+    lists_scores, lists_indices = _C.stream_tiles(scores, tile_cols, k)
+    assert lists_scores.shape == lists_indices.shape == (40, k)
+    for row in range(40):
+        assert list(zip(lists_scores[row].tolist(), lists_indices[row].tolist())) == reference_topk(scores[row], k)
+    assert (lists_indices[3] == -1).all()
 
 
 def test_bad_shapes_raise():
@@ -72,3 +96,5 @@ def test_bad_shapes_raise():
         _C.merge_partial_bests(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.int64))
     with pytest.raises(ValueError, match="tile_cols"):
         _C.stream_tiles(np.zeros((2, 3), np.float32), 0)
+    with pytest.raises(ValueError, match="k must be"):
+        _C.stream_tiles(np.zeros((2, 3), np.float32), 2, 0)

@@ -18,3 +18,19 @@ def keep_best(score, k, *companions, larger_wins=True):
     """
     order = score.sort(dim=1, descending=larger_wins, stable=True).indices[:, :k]
     return (score.gather(1, order), *(values.gather(1, order) for values in companions))
+
+
+def merge_split_lists(partial_score, partial_index):
+    """Merge partial top-k lists [S, N, k] of consecutive bank ranges into [N, k], best first.
+
+    Lists may be unsorted (Triton) or sorted (CUDA): sorting by index and then
+    stably by score puts equal scores in index order; empty slots hold (-inf, -1)
+    and sort last.
+    """
+    splits, num_rows, k = partial_score.shape
+    if splits * k == 1:  # one best per row already
+        return partial_score[0], partial_index[0]
+    score = partial_score.permute(1, 0, 2).reshape(num_rows, splits * k)
+    index = partial_index.permute(1, 0, 2).reshape(num_rows, splits * k)
+    by_index = index.argsort(dim=1)
+    return keep_best(score.gather(1, by_index), k, index.gather(1, by_index))

@@ -99,14 +99,35 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
     return score, index
 
 
-def default_splits(query, num_refs):
+def default_splits(query, num_refs, k=1):
     """Bank ranges that fill the query's device for [B, D, H, W] maps against M references."""
     batch, dim, height, width = query.shape
     if batch * height * width == 0:
         return 1
     return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
                                         _allow_tf32(query.dtype), query.device.index,
-                                        hopper_enabled(query.device))
+                                        k == 1 and hopper_enabled(query.device), k)
+
+
+def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, splits, partials=(None, None),
+               split_starts=None, k=1):
+    """One launch of ``refmatch._C.match_argmax`` on the caller's stream (see match_cuda.h):
+    k = 1 writes out_score / out_index [N] (partials [S, N] as split workspace);
+    k > 1 writes sorted lists [S, N, k] into them."""
+    batch, dim, height, width = query.shape
+    device = query.device
+    partial_score, partial_index = partials
+    ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
+    native_module().match_argmax(
+        query.data_ptr(), DTYPE_CODES[query.dtype], batch, dim, height, width, query.stride(),
+        reference.data_ptr(), reference.shape[0], reference.stride(),
+        ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], _allow_tf32(query.dtype),
+        out_score.data_ptr(), out_index.data_ptr(), splits,
+        partial_score.data_ptr() if partial_score is not None else 0,
+        partial_index.data_ptr() if partial_index is not None else 0,
+        torch.cuda.current_stream(device).cuda_stream, device.index, k == 1 and hopper_enabled(device),
+        split_starts.data_ptr() if split_starts is not None else 0, k,
+    )
 
 
 def launch_match(query, reference, ref_stat, metric, *, splits=None, split_starts=None):
@@ -117,38 +138,31 @@ def launch_match(query, reference, ref_stat, metric, *, splits=None, split_start
     Returns (score [N], index [N], partial scores [S, N]); each range's oriented
     best, -inf where it holds no finite score.
     """
-    module = native_module()
-    batch, dim, height, width = query.shape
-    num_rows, num_refs = batch * height * width, reference.shape[0]
-    device = query.device
-    dtype_code, allow_tf32 = DTYPE_CODES[query.dtype], _allow_tf32(query.dtype)
-    hopper = hopper_enabled(device)
-    splits = splits or default_splits(query, num_refs)
+    batch, _, height, width = query.shape
+    num_rows, device = batch * height * width, query.device
+    splits = splits or default_splits(query, reference.shape[0])
     score = torch.empty(num_rows, device=device, dtype=torch.float32)
     index = torch.empty(num_rows, device=device, dtype=torch.int64)
     partial_score = score[None] if splits == 1 else torch.empty(splits, num_rows, device=device,
                                                                 dtype=torch.float32)
     partial_index = index[None] if splits == 1 else torch.empty_like(partial_score, dtype=torch.int64)
-    if num_rows == 0:
-        return score, index, partial_score
-    ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
-    module.match_argmax(
-        query.data_ptr(), dtype_code, batch, dim, height, width, query.stride(),
-        reference.data_ptr(), num_refs, reference.stride(),
-        ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], allow_tf32,
-        score.data_ptr(), index.data_ptr(), splits,
-        partial_score.data_ptr() if splits > 1 else 0, partial_index.data_ptr() if splits > 1 else 0,
-        torch.cuda.current_stream(device).cuda_stream, device.index, hopper,
-        split_starts.data_ptr() if split_starts is not None else 0,
-    )
+    if num_rows > 0:
+        run_kernel(query, reference, ref_stat, metric, score, index, splits=splits,
+                   partials=(partial_score, partial_index) if splits > 1 else (None, None),
+                   split_starts=split_starts)
     return score, index, partial_score
 
 
 def match_fused(query, reference, ignored, k, metric):
-    """(score [N, 1], index [N, 1]) from the fused CUDA kernel; see ``match_chunked``."""
+    """(score [N, k], index [N, k]) from the fused CUDA kernel; see ``match_chunked``."""
+    from .cuda_topk import match_topk_cuda
+
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
-    oriented, index = match_argmax_cuda(query, reference, stat, kernel_metric)
-    oriented, index = oriented[:, None], index[:, None]
+    if k == 1:
+        oriented, index = match_argmax_cuda(query, reference, stat, kernel_metric)
+        oriented, index = oriented[:, None], index[:, None]
+    else:
+        oriented, index = match_topk_cuda(query, reference, stat, kernel_metric, k)
     return finalize_scores(oriented, index, query, metric), index
 
 
@@ -177,8 +191,8 @@ class CudaBackend:
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {error or 'no CUDA device'}"
         hopper = ", wgmma kernel on sm_90 (REFMATCH_CUDA_HOPPER=0: mma.sync)" if _built_for_hopper() else ""
-        return True, (f"compiled for {archs}, {count} device(s); fused k=1 and class-wise (C <= 64) kernel "
-                      f"(mma.sync, sm_80+){hopper}")
+        return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
+                      f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")
 
     def decline_reason(self, problem):
         available, reason = self.status()
@@ -191,4 +205,4 @@ class CudaBackend:
         if capability < MIN_CAPABILITY:
             return (f"needs compute capability >= 8.0 (tensor-core mma.sync, cp.async); "
                     f"{problem.device} has {capability[0]}.{capability[1]}")
-        return fused_kernel_limits(problem, reductions=("argmax", "classwise"))
+        return fused_kernel_limits(problem)

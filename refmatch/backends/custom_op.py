@@ -14,14 +14,11 @@ from .scoring import accumulation_dtype
 MAX_FUSED_SLOTS = 64  # top-k entries or classes a fused kernel keeps per row
 
 
-def fused_kernel_limits(problem, reductions=("argmax", "topk", "classwise")):
-    """Why a fused kernel that implements ``reductions`` cannot take ``problem``, or None."""
+def fused_kernel_limits(problem):
+    """Why a fused kernel (argmax, top-k, class-wise max) cannot take ``problem``, or None."""
     if problem.dtype == torch.float64:
         return "float64 runs on the torch backend only"
     reduction = "classwise" if problem.op == "classwise" else "argmax" if problem.k == 1 else "topk"
-    if reduction not in reductions:
-        what = "the class-wise max" if reduction == "classwise" else "top-k (k > 1)"
-        return f"{what} is not in this kernel yet; backend='triton' or 'torch' serves it"
     if reduction == "topk" and problem.k > MAX_FUSED_SLOTS:
         return f"the fused top-k keeps at most k={MAX_FUSED_SLOTS} per row, got k={problem.k}; use backend='torch'"
     if reduction == "classwise" and problem.num_classes > MAX_FUSED_SLOTS:

@@ -1,4 +1,4 @@
-// Host entry points of the fused CUDA match kernel (k = 1), torch-free: raw
+// Host entry points of the fused CUDA match kernels (k = 1 .. 64), torch-free: raw
 // device pointers, element strides and the caller's stream. Errors are thrown
 // as std::invalid_argument (bad arguments, before any CUDA call) or
 // std::runtime_error carrying cudaGetErrorString; pybind11 turns them into
@@ -10,6 +10,8 @@
 #include <cstdint>
 
 namespace refmatch {
+
+constexpr int64_t kMaxTopK = 64;  // list slots per row of the fused top-k
 
 struct MatchArgs {
   // Query maps [batch, dim, height, width], read through element strides
@@ -40,9 +42,13 @@ struct MatchArgs {
   // bank rows [starts[s], starts[s + 1]) (class-aligned ranges for the class-wise
   // max, whose per-split partials are the per-class maxima). 0: even splits.
   uintptr_t split_starts = 0;
+  // k = 1: the best per row, as above. k = 2 .. 64: sorted top-k lists, written
+  // as [splits, N, k] straight into out_score / out_index (the caller merges
+  // the splits; the partials are unused); always the mma.sync kernel.
+  int64_t k = 1;
 };
 
-// Launches the match kernel (and the split merge) on args.stream; never syncs.
+// Launches the match kernel (and the split merge for k = 1) on args.stream; never syncs.
 void match_argmax(const MatchArgs& args);
 
 // Which kernel a call with these inputs runs: "wgmma" or "mma.sync" (host queries only).
@@ -52,6 +58,6 @@ const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int devic
 // Split count that fills `device` for N rows and M references (host queries
 // only: capturable, no sync).
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device, bool hopper = false);
+                     int device, bool hopper = false, int64_t k = 1);
 
 }  // namespace refmatch

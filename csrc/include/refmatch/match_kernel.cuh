@@ -1,14 +1,16 @@
-// Fused similarity argmax (`match`, k = 1) on tensor cores, sm_80+.
+// Fused similarity argmax and top-k (`match`, k = 1 .. 64) on tensor cores, sm_80+.
 //
 // Algorithm
-//   Query-stationary streaming argmax. A CTA owns kBlockN = 128 query rows and
-//   walks its share of the bank in kBlockM = 64-row reference tiles. Per tile it
-//   computes S = Q R^T with mma.sync into float32 accumulators, applies the
-//   metric (cosine: times 1/|r|; l2: 2 q.r - |r|^2; dot: as is), masks padding
-//   (last tile only), takes each row's max with fmaxf (which skips NaN: one
-//   instruction per score in a full dot tile) and, only when some row of the warp
-//   can beat its running best, locates the lowest column holding the max and
-//   offers it (refmatch::beats / offer). Scores never leave registers.
+//   Query-stationary streaming reduction. A CTA owns kBlockN = 128 query rows
+//   and walks its share of the bank in kBlockM = 64-row reference tiles. Per
+//   tile it computes S = Q R^T with mma.sync into float32 accumulators and folds
+//   the tile with an epilogue of match_epilogue.cuh: the metric (cosine: times
+//   1/|r|; l2: 2 q.r - |r|^2; dot: as is), padding masked on the last tile, each
+//   row's max with fmaxf (one instruction per score in a full dot tile), and
+//   only when some row of the warp can improve: k = 1 locates the lowest column
+//   holding the max and offers it (refmatch::beats / offer); top-k inserts the
+//   scores that beat the row's threshold into its sorted list. Scores never
+//   leave registers.
 //
 // Tiling
 //   4 warps; warp w owns query rows [32 w, 32 w + 32) against all 64 columns of
@@ -17,10 +19,11 @@
 //   floats) through a kStages = 3 cp.async pipeline of (tile, chunk) steps. The
 //   query tile is loaded once and stays in shared memory when all its chunks fit
 //   next to the stages (D <= 704 halves / 352 floats on H100, 448 / 224 on
-//   A100); otherwise each step also re-loads its query chunk. Shared rows carry 16 pad bytes: conflict-free
-//   ldmatrix / LDS. The grid is (cdiv(N, 128), splits); split s scans bank rows
-//   [s R, s R + R) (or the given split_starts ranges) and writes partial bests
-//   [splits, N] for merge_splits_kernel.
+//   A100); otherwise each step also re-loads its query chunk. Shared rows carry
+//   16 pad bytes: conflict-free ldmatrix / LDS. The grid is (cdiv(N, 128),
+//   splits); split s scans bank rows [s R, s R + R) (or the given split_starts
+//   ranges) and writes partial results [splits, N, k]: bests for
+//   merge_splits_kernel (k = 1), sorted lists that the caller merges (top-k).
 //
 // Precision
 //   fp16 / bf16: m16n8k16. fp32: TF32 m16n8k8 when allowed, else 3xTF32.
@@ -28,16 +31,17 @@
 // Semantics and limits
 //   Ties go to the lowest reference index (strict order inside a split, lowest
 //   column inside a tile, lowest split in the merge). NaN and -inf never win;
-//   such rows keep index -1. Queries are read through [B, D, H, W] element
-//   strides with plain loads; reference rows need unit stride in D and 4-byte
-//   aligned rows for cp.async, other layouts take slower element loads. All
-//   offsets are 64-bit. k = 1 only (the class-wise max runs it over class-aligned
-//   split ranges, refmatch/backends/cuda_classwise.py).
+//   such rows keep index -1 (top-k: slots without a finite score). Queries are
+//   read through [B, D, H, W] element strides with plain loads; reference rows
+//   need unit stride in D and 4-byte aligned rows for cp.async, other layouts
+//   take slower element loads. All offsets are 64-bit. The class-wise max runs
+//   the k = 1 kernel over class-aligned split ranges (cuda_classwise.py).
 #pragma once
 
 #include <cstdint>
 
 #include "refmatch/best.h"
+#include "refmatch/match_epilogue.cuh"
 #include "refmatch/match_loads.cuh"
 #include "refmatch/match_plan.h"
 
@@ -73,80 +77,9 @@ __device__ __forceinline__ void multiply_chunk(Accumulators& acc, const char* qu
   }
 }
 
-// Folds one finished tile (bank rows m0 .. m0 + 8 kN - 1) into the running
-// bests. The accumulators are m16n8 fragments, as mma.sync and wgmma both leave
-// them: element e of atom [i][j] is row 16 i + lane/4 + 8 (e/2), column
-// 8 j + 2 (lane%4) + e%2, so a row lives in one quad of lanes.
-template <int kM, int kN>
-__device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2], const float* stats,
-                                          int metric, int64_t m0, int64_t m_end, int lane) {
-  constexpr int kCols = 8 * kN;
-  const int quad_lane = lane & 3;
-  // Oriented scores: one uniform branch per tile, then one instruction per score.
-  if (metric != static_cast<int>(MatchMetric::kDot)) {
-    const bool cosine = metric == static_cast<int>(MatchMetric::kCosine);
-#pragma unroll
-    for (int j = 0; j < kN; ++j) {
-      const float2 stat = *reinterpret_cast<const float2*>(stats + 8 * j + 2 * quad_lane);
-#pragma unroll
-      for (int i = 0; i < kM; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float term = e % 2 ? stat.y : stat.x;
-          acc[i][j][e] = cosine ? acc[i][j][e] * term : fmaf(2.f, acc[i][j][e], -term);
-        }
-    }
-  }
-  // Padding past the bank never wins; only the last tile has any.
-  if (m_end - m0 < kCols) {
-    const int valid_cols = static_cast<int>(m_end - m0);
-#pragma unroll
-    for (int j = 0; j < kN; ++j)
-#pragma unroll
-      for (int i = 0; i < kM; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (8 * j + 2 * quad_lane + e % 2 >= valid_cols) acc[i][j][e] = -INFINITY;
-  }
-  // NaN needs no pass: fmaxf returns the other operand, and NaN equals no row max.
-  float tile_max[kM][2];
-  bool may_improve = false;
-#pragma unroll
-  for (int i = 0; i < kM; ++i) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float row_max = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kN; ++j) row_max = fmaxf(row_max, fmaxf(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-      tile_max[i][h] = row_max;
-      // m0 is the lowest index in the tile: a necessary condition to win.
-      may_improve |= beats(row_max, m0, best[i][h].score, best[i][h].index);
-    }
-  }
-  // Locating is rare once the running bests are good; warp-uniform for the shuffles.
-  if (!__any_sync(0xffffffffu, may_improve)) return;
-#pragma unroll
-  for (int i = 0; i < kM; ++i) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int lowest = kCols;
-#pragma unroll
-      for (int j = kN - 1; j >= 0; --j) {
-        if (acc[i][j][2 * h + 1] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane + 1;
-        if (acc[i][j][2 * h] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane;
-      }
-      lowest = min(lowest, __shfl_xor_sync(0xffffffffu, lowest, 1));
-      lowest = min(lowest, __shfl_xor_sync(0xffffffffu, lowest, 2));
-      if (lowest < kCols) offer(best[i][h], tile_max[i][h], m0 + lowest);
-    }
-  }
-}
-
-template <class Mma>
+template <class Mma, bool kTopK>
 __global__ void __launch_bounds__(MatchTile::kThreads, MatchTile::kMinCtasPerSm)
-    match_argmax_kernel(const MatchParams p) {
+    match_kernel(const MatchParams p) {
   using Storage = typename Mma::Storage;
   extern __shared__ __align__(128) char smem[];
   const MatchSmemLayout layout = match_smem_layout(p.dim_chunks, p.query_resident);
@@ -200,9 +133,27 @@ __global__ void __launch_bounds__(MatchTile::kThreads, MatchTile::kMinCtasPerSm)
 #pragma unroll
   for (int s = 0; s < Tile::kStages - 1; ++s) load_next_step();
 
+  // k = 1: the running bests. Top-k: each list's last slot, the lists (empty)
+  // in this split's outputs [N, k], written by the rows' quads only.
   RowBests best;
 #pragma unroll
   for (int i = 0; i < kAtomsM; ++i) best[i][0] = best[i][1] = empty_best();
+  const int64_t first_row = row0 + warp * Tile::kWarpRows + lane / 4;
+  float* list_scores = p.out_score + int64_t{blockIdx.y} * p.num_rows * p.slots;
+  int64_t* list_indices = p.out_index + int64_t{blockIdx.y} * p.num_rows * p.slots;
+  if constexpr (kTopK) {
+#pragma unroll
+    for (int i = 0; i < kAtomsM; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = first_row + 16 * i + 8 * h;
+        for (int slot = lane % 4; row < p.num_rows && slot < p.slots; slot += 4) {
+          list_scores[row * p.slots + slot] = -INFINITY;
+          list_indices[row * p.slots + slot] = kNoMatch;
+        }
+      }
+    __syncwarp();
+  }
   Accumulators acc;
   int64_t chunk = 0, m0 = m_begin;
   int stage = 0;
@@ -222,24 +173,28 @@ __global__ void __launch_bounds__(MatchTile::kThreads, MatchTile::kMinCtasPerSm)
     }
     multiply_chunk<Mma>(acc, query_tile, ref_tile, warp * Tile::kWarpRows, lane);
     if (++chunk == p.dim_chunks) {
-      fold_tile(acc, best, reinterpret_cast<const float*>(ref_tile + layout.stat_offset), p.metric, m0,
-                m_end, lane);
+      const float* stats = reinterpret_cast<const float*>(ref_tile + layout.stat_offset);
+      if constexpr (kTopK) {
+        fold_tile_topk(acc, best, stats, p.metric, m0, m_end, lane, list_scores, list_indices, first_row,
+                       p.num_rows, p.slots);
+      } else {
+        fold_tile(acc, best, stats, p.metric, m0, m_end, lane);
+      }
       chunk = 0;
       m0 += Tile::kBlockM;
     }
     stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
   }
 
-  if (lane % 4 == 0) {
+  if (!kTopK && lane % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < kAtomsM; ++i) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int64_t row = row0 + warp * Tile::kWarpRows + 16 * i + 8 * h + lane / 4;
+        const int64_t row = first_row + 16 * i + 8 * h;
         if (row < p.num_rows) {
-          const int64_t out = int64_t{blockIdx.y} * p.num_rows + row;
-          p.out_score[out] = best[i][h].score;
-          p.out_index[out] = best[i][h].index;
+          list_scores[row] = best[i][h].score;
+          list_indices[row] = best[i][h].index;
         }
       }
     }

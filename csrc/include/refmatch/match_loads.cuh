@@ -18,11 +18,12 @@ struct MatchParams {
   const void* reference;
   const float* ref_stat;
   const int64_t* split_starts;  // [gridDim.y + 1] bank ranges (class-wise), or null: even splits
-  float* out_score;    // [gridDim.y, num_rows]
-  int64_t* out_index;  // [gridDim.y, num_rows]
+  float* out_score;    // [gridDim.y, num_rows, slots]
+  int64_t* out_index;  // [gridDim.y, num_rows, slots]
   int64_t num_rows, pixels_per_image, width, dim, num_refs, refs_per_split, dim_chunks;
   int64_t stride_qb, stride_qd, stride_qh, stride_qw, stride_rm, stride_rd;
   int metric;           // MatchMetric
+  int slots;            // k: 1 (running best) or the top-k list length
   int ref_copy_bytes;   // reference_copy_bytes(): 16, 8, 4, or 0 for element loads
   bool query_resident;  // all D chunks of the query tile stay in shared memory
 };

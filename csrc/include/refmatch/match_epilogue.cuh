@@ -1,0 +1,155 @@
+// Per-tile epilogues of the fused CUDA match kernels: fold one finished score
+// tile (bank rows m0 .. m0 + 8 kN - 1) into per-row state without writing
+// scores anywhere. The accumulators are m16n8 fragments, as mma.sync and wgmma
+// both leave them: element e of atom [i][j] is row 16 i + lane/4 + 8 (e/2),
+// column 8 j + 2 (lane%4) + e%2, so a row lives in one quad of lanes.
+//
+//   fold_tile       k = 1: a running best per row (refmatch::offer).
+//   fold_tile_topk  k = 2 .. 64: a sorted list per row in global memory
+//                   (refmatch/topk_list.h); registers hold its last slot.
+//
+// Both take the row max first (one fmaxf per score; fmaxf skips NaN, and NaN
+// equals nothing, so NaN never wins) and do more only when some row of the warp
+// can improve.
+#pragma once
+
+#include <cstdint>
+
+#include "refmatch/best.h"
+#include "refmatch/match_plan.h"
+#include "refmatch/topk_list.h"
+
+namespace refmatch::detail {
+
+constexpr unsigned kFullWarp = 0xffffffffu;
+
+// Scores oriented so that larger wins (cosine: times 1/|r|; l2: 2 q.r - |r|^2),
+// padding past the bank at -inf: one uniform branch per tile, one instruction per score.
+template <int kM, int kN>
+__device__ __forceinline__ void orient_tile(float (&acc)[kM][kN][4], const float* stats, int metric, int64_t m0,
+                                            int64_t m_end, int quad_lane) {
+  if (metric != static_cast<int>(MatchMetric::kDot)) {
+    const bool cosine = metric == static_cast<int>(MatchMetric::kCosine);
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      const float2 stat = *reinterpret_cast<const float2*>(stats + 8 * j + 2 * quad_lane);
+#pragma unroll
+      for (int i = 0; i < kM; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float term = e % 2 ? stat.y : stat.x;
+          acc[i][j][e] = cosine ? acc[i][j][e] * term : fmaf(2.f, acc[i][j][e], -term);
+        }
+    }
+  }
+  if (m_end - m0 < 8 * kN) {  // only the last tile has padding
+    const int valid_cols = static_cast<int>(m_end - m0);
+#pragma unroll
+    for (int j = 0; j < kN; ++j)
+#pragma unroll
+      for (int i = 0; i < kM; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (8 * j + 2 * quad_lane + e % 2 >= valid_cols) acc[i][j][e] = -INFINITY;
+  }
+}
+
+// Max of row (i, h) over the tile, shared by the row's quad.
+template <int kM, int kN>
+__device__ __forceinline__ float row_max(const float (&acc)[kM][kN][4], int i, int h) {
+  float value = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kN; ++j) value = fmaxf(value, fmaxf(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
+  value = fmaxf(value, __shfl_xor_sync(kFullWarp, value, 1));
+  return fmaxf(value, __shfl_xor_sync(kFullWarp, value, 2));
+}
+
+template <int kM, int kN>
+__device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2], const float* stats,
+                                          int metric, int64_t m0, int64_t m_end, int lane) {
+  constexpr int kCols = 8 * kN;
+  const int quad_lane = lane & 3;
+  orient_tile(acc, stats, metric, m0, m_end, quad_lane);
+  float tile_max[kM][2];
+  bool may_improve = false;
+#pragma unroll
+  for (int i = 0; i < kM; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[i][h] = row_max(acc, i, h);
+      // m0 is the lowest index in the tile: a necessary condition to win.
+      may_improve |= beats(tile_max[i][h], m0, best[i][h].score, best[i][h].index);
+    }
+  // Locating is rare once the running bests are good; warp-uniform for the shuffles.
+  if (!__any_sync(kFullWarp, may_improve)) return;
+#pragma unroll
+  for (int i = 0; i < kM; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int lowest = kCols;
+#pragma unroll
+      for (int j = kN - 1; j >= 0; --j) {
+        if (acc[i][j][2 * h + 1] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane + 1;
+        if (acc[i][j][2 * h] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane;
+      }
+      lowest = min(lowest, __shfl_xor_sync(kFullWarp, lowest, 1));
+      lowest = min(lowest, __shfl_xor_sync(kFullWarp, lowest, 2));
+      if (lowest < kCols) offer(best[i][h], tile_max[i][h], m0 + lowest);
+    }
+  }
+}
+
+// Top-k. `threshold` holds each row's last list slot; `lists` points at row
+// first_row's k slots (scores, indices), rows k apart; rows at or past num_rows
+// are padding and never enter. The four lanes of a quad take turns inserting
+// their candidates into the row's list (one writer per list at a time), then
+// share the raised threshold.
+template <int kM, int kN>
+__device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&threshold)[kM][2],
+                                               const float* stats, int metric, int64_t m0, int64_t m_end, int lane,
+                                               float* list_scores, int64_t* list_indices, int64_t first_row,
+                                               int64_t num_rows, int k) {
+  const int quad_lane = lane & 3;
+  orient_tile(acc, stats, metric, m0, m_end, quad_lane);
+  bool enters[kM][2];
+  bool any_enters = false;
+#pragma unroll
+  for (int i = 0; i < kM; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      enters[i][h] = first_row + 16 * i + 8 * h < num_rows &&
+                     beats(row_max(acc, i, h), m0, threshold[i][h].score, threshold[i][h].index);
+      any_enters |= enters[i][h];
+    }
+  if (!__any_sync(kFullWarp, any_enters)) return;
+  for (int turn = 0; turn < 4; ++turn) {
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (!enters[i][h] || quad_lane != turn) continue;
+        const int64_t row_offset = (first_row + 16 * i + 8 * h) * k;
+#pragma unroll
+        for (int j = 0; j < kN; ++j)
+#pragma unroll
+          for (int t = 0; t < 2; ++t) {
+            const float score = acc[i][j][2 * h + t];
+            const int64_t index = m0 + 8 * j + 2 * quad_lane + t;
+            if (beats(score, index, threshold[i][h].score, threshold[i][h].index)) {
+              threshold[i][h] = insert_sorted(list_scores + row_offset, list_indices + row_offset, k, score, index);
+            }
+          }
+      }
+    __syncwarp();  // this turn's list writes, before the next lane reads them
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int source = (lane & ~3) | turn;
+        threshold[i][h].score = __shfl_sync(kFullWarp, threshold[i][h].score, source);
+        threshold[i][h].index = __shfl_sync(kFullWarp, threshold[i][h].index, source);
+      }
+  }
+}
+
+}  // namespace refmatch::detail
