@@ -2,7 +2,7 @@
 # One command for a lent GPU machine (no internet, under 10 minutes):
 #   build _C for this card -> first check of the Hopper wgmma kernel -> full test
 #   suite with CUDA tests -> benchmark (writes bench/results/) -> compute-sanitizer
-#   memcheck and racecheck on small cases -> Nsight Compute profile of each fused
+#   memcheck, racecheck and synccheck on small cases -> Nsight Compute profile of each fused
 #   kernel -> D/M sweep, fp16, Triton tile sweep, KeOps -> summary. The stages most
 #   needed come first: SUITE_SECONDS cuts the rest.
 # A failing stage is recorded and the next stages still run; a failed wgmma check
@@ -12,7 +12,7 @@
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma tests bench memcheck racecheck profile sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,9 +98,12 @@ stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool 
   python bench/sanitize_match.py ${NO_WGMMA:+--no-wgmma}
 stage racecheck 150 "${SANITIZE[@]}" --tool racecheck \
   python bench/sanitize_match.py --backends cuda ${NO_WGMMA:+--no-wgmma}
+# Warp-synchronous calls (__shfl_sync, __syncwarp) reached by every lane they name: the top-k turns.
+stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
+  python bench/sanitize_match.py --backends cuda ${NO_WGMMA:+--no-wgmma}
 
 # 5. Where each fused kernel's time goes: Nsight Compute sections, one launch each.
-stage profile 90 ncu --clock-control none -k "regex:match_argmax|_match_kernel" --section SpeedOfLight \
+stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
   --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py
 

@@ -1,6 +1,6 @@
 """One launch of each fused match kernel, for Nsight Compute (gpu_suite.sh's profile stage).
 
-    ncu --clock-control none -k "regex:match_argmax|_match_kernel" --section SpeedOfLight \
+    ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
         python bench/profile_match.py --size 32768x262144x128
 
 Runs the Triton kernel, the CUDA mma.sync kernel and, on sm_90 with an sm_90a

@@ -37,7 +37,7 @@ def match_topk_cuda(query, reference, ref_stat, metric, k, *, splits=None):
     num_rows = batch * height * width
     splits = splits or default_splits(query, reference.shape[0], k)
     # The kernel writes every slot, empty ones as (-inf, -1).
-    lists_score = torch.empty(splits, num_rows, k, device=query.device)
+    lists_score = torch.empty(splits, num_rows, k, device=query.device, dtype=torch.float32)
     lists_index = torch.empty(splits, num_rows, k, device=query.device, dtype=torch.int64)
     if num_rows > 0:
         run_kernel(query, reference, ref_stat, metric, lists_score, lists_index, splits=splits, k=k)

@@ -117,8 +117,9 @@ __device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&t
   for (int i = 0; i < kM; ++i)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
+      const float tile_max = row_max(acc, i, h);  // every lane: the max is a full-warp shuffle
       enters[i][h] = first_row + 16 * i + 8 * h < num_rows &&
-                     beats(row_max(acc, i, h), m0, threshold[i][h].score, threshold[i][h].index);
+                     beats(tile_max, m0, threshold[i][h].score, threshold[i][h].index);
       any_enters |= enters[i][h];
     }
   if (!__any_sync(kFullWarp, any_enters)) return;
