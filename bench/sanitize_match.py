@@ -29,6 +29,14 @@ def cases(device):
     yield "wide D (streamed query)", torch.randn(20, 1000, device=device).bfloat16(), torch.randn(70, 1000, device=device).bfloat16()
 
 
+def sanitize_splits():
+    """Split-M with the merge kernel, trailing empty splits (40) included; returns the inputs."""
+    query, reference = torch.randn(50, 64, device="cuda").half(), torch.randn(1000, 64, device="cuda").half()
+    for splits in (2, 7, 40):
+        match_argmax_cuda(query.T[None, :, :, None], reference, reference_stat(reference, "l2"), "l2", splits=splits)
+    return query, reference
+
+
 def sanitize_hopper():
     """The wgmma kernel: D tails, tile tails, 1-4 chunks, splits, every metric."""
     with hopper_kernel():
@@ -41,12 +49,8 @@ def sanitize_hopper():
                 assert kernel_name(query.T[None, :, :, None], reference) == "wgmma"
                 for metric in ("cosine", "dot", "l2"):
                     refmatch.match(query, reference, metric=metric, backend="cuda")
-        query, reference = torch.randn(50, 64, device="cuda").half(), torch.randn(1000, 64, device="cuda").half()
-        for splits in (2, 7, 40):
-            match_argmax_cuda(query.T[None, :, :, None], reference, reference_stat(reference, "l2"), "l2",
-                              splits=splits)
-        labels = torch.randint(0, 3, (1000,), device="cuda")
-        refmatch.classwise_max(query, reference, labels, 3, backend="cuda")
+        query, reference = sanitize_splits()
+        refmatch.classwise_max(query, reference, torch.randint(0, 3, (1000,), device="cuda"), 3, backend="cuda")
     print("ok  wgmma kernel")
 
 
@@ -58,10 +62,7 @@ def sanitize_cases(backends):
                 refmatch.match(query, reference, metric=metric, backend=backend)
         print(f"ok  {name}")
     if "cuda" in backends:
-        query, reference = torch.randn(50, 64, device="cuda").half(), torch.randn(1000, 64, device="cuda").half()
-        for splits in (2, 7, 40):  # 40: trailing empty splits
-            match_argmax_cuda(query.T[None, :, :, None], reference, reference_stat(reference, "l2"), "l2",
-                              splits=splits)
+        sanitize_splits()
         previous = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("high")
         refmatch.match(torch.randn(33, 40, device="cuda"), torch.randn(90, 40, device="cuda"), backend="cuda")
@@ -74,7 +75,6 @@ def sanitize_cases(backends):
         refmatch.match(query, reference, labels, metric="dot", backend=backend, ignore_index=255)
         refmatch.classwise_max(query, reference, labels, 5, backend=backend, ignore_index=255)  # sorted copy
         refmatch.classwise_max(query, reference, labels.sort().values.clamp(max=4), 5, backend=backend)
-    for backend in backends:
         for k in (8, 64):
             refmatch.match(query, reference, labels, k=k, backend=backend, ignore_index=255)
         refmatch.match(query[:3], reference, k=8, backend=backend)  # padding rows past N

@@ -76,6 +76,8 @@ Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
                               "2 (bfloat16), got " + std::to_string(dtype));
 }
 
+int element_bytes_of(int dtype) { return dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2; }
+
 // The wgmma kernel has a body only in sm_90a code (plain sm_90 builds trap).
 bool built_for_hopper() { return std::string(REFMATCH_CUDA_ARCHS).find("90a") != std::string::npos; }
 
@@ -93,7 +95,6 @@ bool is_hopper(int device) {
 // with a smaller layout on another thread (or after a graph capture) never lowers it.
 LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool hopper_enabled,
                        int ref_copy_bytes, int64_t k) {
-  const Kernel mma_sync = k > 1 ? mma_sync_kernel<true>(dtype, allow_tf32) : mma_sync_kernel<false>(dtype, allow_tf32);
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
@@ -110,13 +111,12 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool
     plan.query_resident = true;
     plan.smem_bytes = hopper_smem_layout(plan.dim_chunks).total_bytes;
   } else {
-    const int element_bytes = dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
-    plan.kernel = mma_sync;
+    plan.kernel = k > 1 ? mma_sync_kernel<true>(dtype, allow_tf32) : mma_sync_kernel<false>(dtype, allow_tf32);
     plan.name = "mma.sync";
     plan.threads = MatchTile::kThreads;
     plan.block_n = MatchTile::kBlockN;
     plan.block_m = MatchTile::kBlockM;
-    plan.dim_chunks = match_dim_chunks(dim, element_bytes);
+    plan.dim_chunks = match_dim_chunks(dim, element_bytes_of(dtype));
     plan.query_resident = match_query_resident(plan.dim_chunks, smem_limit);
     plan.smem_bytes = match_smem_layout(plan.dim_chunks, plan.query_resident).total_bytes;
   }
@@ -169,10 +169,9 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
 
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, bool hopper,
                               uintptr_t reference, int64_t stride_m, int64_t stride_d) {
-  const int element_bytes = dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
   const DeviceScope scope(device);
   const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper,
-                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes), 1);
+                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), 1);
   return plan.name;
 }
 
@@ -183,9 +182,8 @@ void match_argmax(const MatchArgs& a) {
   if (num_rows == 0) return;
 
   const DeviceScope scope(a.device);
-  const int element_bytes = a.dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2;
   const int copy_bytes = reference_copy_bytes(a.reference, a.reference_strides[0], a.reference_strides[1],
-                                              element_bytes);
+                                              element_bytes_of(a.dtype));
   const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper, copy_bytes, a.k);
   const bool split = a.splits > 1 && a.k == 1;  // top-k lists go straight to the outputs
   detail::MatchParams p{};

@@ -152,14 +152,15 @@ def _keep_best(best, best_index, candidate, candidate_index):
 
 
 def tiling(query, reference, tile_bytes=None, block_m=None):
-    """(operand dtype, accumulation dtype, [N, D] row view of the maps, block_m,
-    block_n) from the tile budget. Half-precision inputs on a GPU stay the GEMM
-    operands (tensor cores, float32 tiles); elsewhere operands are upcast."""
+    """(operand dtype, accumulation dtype, [N, D] rows of the maps in the operand
+    dtype, block_m, block_n) from the tile budget. Half-precision inputs on a GPU
+    stay the GEMM operands (tensor cores, float32 tiles); elsewhere operands are
+    upcast, once."""
     dtype = accumulation_dtype(query.dtype)
     half_on_gpu = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
     operand_dtype = query.dtype if half_on_gpu else dtype
     device = query.device.type if query.device.type in TILE_BYTES else "cuda"
-    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1]).to(operand_dtype)
     block_m = min(reference.shape[0], block_m or BLOCK_M[device])
     block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
     return operand_dtype, dtype, rows, block_m, block_n
@@ -208,7 +209,7 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
                                             metric, operand_dtype, dtype)
         drop_nan = not skip_nan_pass or col0 // block_m in unclean_blocks
         for row0 in range(0, num_rows, block_n):
-            row_block = rows[row0:row0 + block_n].to(operand_dtype)
+            row_block = rows[row0:row0 + block_n]
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
             _score_tile(row_block, block, bias, scale, metric, tile)
             if drop_nan:

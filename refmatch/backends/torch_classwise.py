@@ -46,7 +46,7 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
                                             metric, operand_dtype, dtype)
         block_labels = labels[col0:col0 + block_m]
         for row0 in range(0, num_rows, block_n):
-            row_block = rows[row0:row0 + block_n].to(operand_dtype)
+            row_block = rows[row0:row0 + block_n]
             tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
             _drop_nan(_score_tile(row_block, block, bias, scale, metric, tile))
             target = best[row0:row0 + block_n]
