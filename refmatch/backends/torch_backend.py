@@ -5,6 +5,8 @@ against ``block_n`` query rows with one BLAS GEMM into a reused tile and reduced
 to a running best (k = 1) or a running top-k. Block sizes come from a tile
 memory budget, so extra memory is fixed whatever N and M are; on the CPU the tile
 stays cache-sized so the reduction runs at the speed of the GEMM under it.
+Float32 k = 1 on CPUs with native bfloat16 GEMMs goes through an exact bfloat16
+screen first (``torch_screening``); rows it cannot settle take the walk here.
 """
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from ..candidates import keep_best
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
+from .torch_screening import match_screened, native_bf16, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
@@ -180,7 +183,7 @@ def _nonfinite_blocks(reference, block_m):
     return set((bad_rows // block_m).tolist())
 
 
-def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m=None):
+def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
     """Top-k references per query row by chunked GEMM.
 
     Args:
@@ -191,18 +194,43 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
             references hold index -1).
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests, benchmarks).
+        screen: use the exact bfloat16 screen (``torch_screening``) for float32
+            k = 1 on the CPU; None decides by hardware and problem size.
     Returns:
         (score [N, k], index [N, k] int64), best first.
     """
-    operand_dtype, dtype, rows, block_m, block_n = tiling(query, reference, tile_bytes, block_m)
+    rows = tiling(query, reference, tile_bytes, block_m)[2]
+    best, best_index = match_rows(rows, reference, ignored, k, metric, tile_bytes, block_m, screen)
+    return finalize_scores(best, best_index, query, metric), best_index
+
+
+def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
+    """Oriented (score [N, k], index [N, k]) of [N, D] query rows in the operand dtype:
+    the bfloat16 screen where it applies (rows it cannot settle take the walk), else the walk."""
+    operand_dtype, dtype, rows, walk_block_m, block_n = tiling(rows.T[None, :, :, None], reference, tile_bytes,
+                                                               block_m)
+
+    def walk(subset):
+        return _walk_blocks(subset, reference, ignored, k, metric, operand_dtype, dtype, walk_block_m, block_n)
+
+    if not (screening_applies(rows, reference, k) if screen is None else screen and k == 1):
+        return walk(rows)
+    best, best_index, unresolved = match_screened(rows, reference, ignored, metric, block_m, tile_bytes)
+    if unresolved.numel():
+        best[unresolved], best_index[unresolved] = walk(rows[unresolved])
+    return best, best_index
+
+
+def _walk_blocks(rows, reference, ignored, k, metric, operand_dtype, dtype, block_m, block_n):
+    """Oriented top-k (score [N, k], index [N, k]) of [N, D] rows, one reference block at a time."""
     num_rows, num_refs = rows.shape[0], reference.shape[0]
-    best = torch.full((num_rows, k), float("-inf"), device=query.device, dtype=dtype)
-    best_index = torch.full((num_rows, k), -1, device=query.device, dtype=torch.int64)
-    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
+    best = torch.full((num_rows, k), float("-inf"), device=rows.device, dtype=dtype)
+    best_index = torch.full((num_rows, k), -1, device=rows.device, dtype=torch.int64)
+    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=rows.device, dtype=dtype)
     offer = _offer_best if k == 1 else _offer_topk
     # Only the CPU can skip the NaN pass, and only for finite blocks (asking a
     # GPU would synchronise); it checks row maxima for NaN instead.
-    skip_nan_pass = not query.is_cuda
+    skip_nan_pass = not rows.is_cuda
     unclean_blocks = _nonfinite_blocks(reference, block_m) if skip_nan_pass else set()
     for col0 in range(0, num_refs, block_m):
         block, bias, scale = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
@@ -216,7 +244,7 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
                 _drop_nan(tile)
             offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)
     best_index.masked_fill_(best == float("-inf"), -1)
-    return finalize_scores(best, best_index, query, metric), best_index
+    return best, best_index
 
 
 class TorchBackend:
@@ -231,7 +259,9 @@ class TorchBackend:
         self.classwise_op = register_classwise_op(self.name, classwise_chunked)
 
     def status(self):
-        return True, "chunked GEMM on any device; the CPU path and the float64 oracle"
+        screen = "exact bfloat16 screen for float32 k=1 on this CPU" if native_bf16() else \
+            "no native bfloat16 on this CPU, so no float32 screen"
+        return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {screen}"
 
     def decline_reason(self, problem):
         return None

@@ -5,12 +5,15 @@ reduced per class with one ``scatter_reduce(amax)`` over the block's labels
 into a running [N, C] maximum. A block of one class (the common case:
 ReferenceBank stores class by class) takes a plain row max instead; finding those
 blocks costs one host read per call, skipped under torch.compile and CUDA graph
-capture. The N x M matrix never exists.
+capture. The N x M matrix never exists. Where the CPU's bfloat16 screen applies
+(``torch_screening``), a bank stored class by class takes one k = 1 match per
+class instead.
 """
 import torch
 
 from .scoring import finalize_class_scores, host_read_allowed
-from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, tiling
+from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
+from .torch_screening import screening_applies
 
 
 def _single_class_blocks(labels, block_m):
@@ -22,7 +25,16 @@ def _single_class_blocks(labels, block_m):
             if same}
 
 
-def classwise_chunked(query, reference, labels, ignored, num_classes, metric, tile_bytes=None, block_m=None):
+def class_ranges(labels, num_classes):
+    """[(class, start, end)] of a bank stored class by class (labels ascending), else None (one host read)."""
+    if labels.numel() > 1 and not bool((labels[1:] >= labels[:-1]).all()):
+        return None
+    ends = torch.bincount(labels, minlength=num_classes).cumsum(0).tolist()
+    return [(cls, start, end) for cls, (start, end) in enumerate(zip([0] + ends[:-1], ends)) if end > start]
+
+
+def classwise_chunked(query, reference, labels, ignored, num_classes, metric, tile_bytes=None, block_m=None,
+                      screen=None):
     """Best score per class.
 
     Args:
@@ -30,14 +42,31 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
         reference: [M, D]; labels: [M] int64 in [0, num_classes), ignored rows included.
         ignored: [M] bool, True for references that never count, or None.
         metric: "cosine", "dot" or "l2".
+        tile_bytes, block_m: overrides of the tile budget (tests).
+        screen: a bank stored class by class takes one k = 1 match per class, each
+            through the bfloat16 screen where it applies; None decides by hardware
+            and size, as ``match_chunked`` does.
     Returns:
         [N, C]: best similarity per class (-inf where a class has no reference),
         or for "l2" the smallest squared distance (+inf where none).
     """
-    operand_dtype, dtype, rows, block_m, block_n = tiling(query, reference, tile_bytes, block_m)
-    num_rows, num_refs = rows.shape[0], reference.shape[0]
-    best = torch.full((num_rows, num_classes), float("-inf"), device=query.device, dtype=dtype)
-    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=query.device, dtype=dtype)
+    operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
+    best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
+    ranges = None
+    if screening_applies(rows, reference, 1) if screen is None else screen:
+        ranges = class_ranges(labels, num_classes)
+    for cls, start, end in ranges or ():
+        best[:, cls] = match_rows(rows, reference[start:end], _block_of(ignored, start, end - start), 1, metric,
+                                  tile_bytes, block_m, screen)[0][:, 0]
+    if ranges is None:
+        _walk_classes(rows, reference, labels, ignored, metric, best, operand_dtype, walk_block_m, block_n)
+    return finalize_class_scores(best, query, metric)
+
+
+def _walk_classes(rows, reference, labels, ignored, metric, best, operand_dtype, block_m, block_n):
+    """Raise the running per-class maxima ``best`` [N, C] one reference block at a time."""
+    num_rows, num_refs, dtype = rows.shape[0], reference.shape[0], best.dtype
+    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=rows.device, dtype=dtype)
     # A one-class block takes a row max; a scatter into few classes is an atomic
     # pile-up on a GPU (46 s against 3 s for k = 1 on an H200 at 262144 x 1M x 128).
     single_class = _single_class_blocks(labels, block_m) if host_read_allowed(labels) else {}
@@ -55,4 +84,3 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
                 target.scatter_reduce_(1, block_labels.expand(tile.shape[0], -1), tile, "amax")
             else:
                 target[:, label] = torch.maximum(target[:, label], tile.amax(dim=1))
-    return finalize_class_scores(best, query, metric)

@@ -1,0 +1,137 @@
+"""Exact float32 k = 1 on CPUs with native bfloat16 GEMMs: screen in bfloat16, rescore in float32.
+
+Algorithm: a bfloat16 GEMM (float32 accumulation, about twice the float32
+rate on AVX512-BF16 and AMX cores) gives every screened score s~ with a proven
+error bound |s~ - s| <= E per query row. A reference can only be the float32
+best if s~ >= max s~ - 2E, so only those candidates (about 4 per row on random
+128-d features) are kept while the bank streams by (``screen_candidates``),
+and rescored with float32 dot products at the end. The result is what the float32 walk returns,
+up to float32 rounding, never the bfloat16 ranking.
+
+Bound (u = 2^-8 for bfloat16, gamma_K = K 2^-24 / (1 - K 2^-24) for float32
+accumulation over K terms): rounding q and r costs (2u + u^2) |q_i r_i| per
+term, accumulation gamma_K, the bfloat16 output u, in all
+E <= ((1 + u)^3 (1 + gamma_K) - 1) sum |q_i r_i| <= c |q| R, R the largest
+reference norm; l2 screens q.r - |r|^2 / 2 with |r|^2 as one more column, so
+its sum gains R^2 / 2. An absolute term covers flushed subnormals.
+
+Limits: k = 1 (see ``screen_candidates``); finite inputs whose bound E stays below 2^90 (no overflow
+anywhere); references holding NaN never match, so they are skipped like ignored ones.
+Rows whose candidates pile up (tight clusters, near-duplicate references) are
+handed back unresolved for the float32 walk; once a quarter of the rows are,
+the screen stops and hands back all of them, having cost about one tile.
+"""
+import torch
+import torch.nn.functional as F
+
+from .scoring import NORM_EPS, squared_norms
+from .screen_candidates import ScreenCandidates
+
+BF16_UNIT = 2.0 ** -8
+BLOCK_M, TILE_BYTES = 256, 4 << 20  # narrow reference blocks, many rows: measured fastest on 2 Zen 4 cores
+MIN_WORK = 1 << 30  # N M D below which the plain float32 walk is as fast
+MAX_DEPTH = 1 << 12  # keeps D 2^-24 far below the 2^-16 the norms are raised by
+
+
+def native_bf16():
+    """True where oneDNN runs bfloat16 GEMMs natively (AVX512-BF16, AMX): twice the float32 rate."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def screening_applies(rows, reference, k):
+    """True when the bfloat16 screen pays for its overhead here."""
+    return (k == 1 and rows.device.type == "cpu" and rows.dtype == torch.float32
+            and reference.dtype == torch.float32
+            and rows.shape[0] * reference.shape[0] * rows.shape[1] >= MIN_WORK and rows.shape[1] <= MAX_DEPTH
+            and native_bf16())
+
+
+def screen_error(query_norm, reference_norm_max, metric, depth):
+    """Bound E [N] (float64) on |screened - float32-defined score| per query row."""
+    terms = depth + (metric == "l2")
+    gamma = terms * 2.0 ** -24 / (1 - terms * 2.0 ** -24)
+    relative = (1 + BF16_UNIT) ** 3 * (1 + gamma) - 1
+    magnitude = query_norm * reference_norm_max
+    if metric == "l2":
+        magnitude = magnitude + reference_norm_max ** 2 / 2
+    subnormal = (terms + 1) * 2.0 ** -124 * (1 + query_norm + reference_norm_max)
+    return relative * magnitude + 2.0 ** -20 * magnitude + subnormal  # 2^-20: threshold arithmetic
+
+
+def _reference_block(block, ignored, metric):
+    """(float32 block as the plain walk scores it, its kept columns or None)."""
+    kept = None
+    if ignored is not None and bool(ignored.any()):
+        kept = (~ignored).nonzero()[:, 0]
+        block = block[kept]
+    return (F.normalize(block, dim=1, eps=NORM_EPS) if metric == "cosine" else block), kept
+
+
+def _screen_query(rows, metric):
+    """bfloat16 GEMM operand of query rows; l2 screens q.r - |r|^2 / 2, so -1/2 joins as a column."""
+    if metric != "l2":
+        return rows.bfloat16()
+    return torch.cat([rows, rows.new_full((rows.shape[0], 1), -0.5)], dim=1).bfloat16()
+
+
+def _screen_operand(exact, metric):
+    """bfloat16 GEMM operand of references; l2 appends |r|^2 as a column."""
+    if metric != "l2":
+        return exact.bfloat16()
+    return torch.cat([exact, exact.square().sum(dim=1, keepdim=True)], dim=1).bfloat16()
+
+
+def match_screened(rows, reference, ignored, metric, block_m=None, tile_bytes=None):
+    """Exact float32 k = 1 through a bfloat16 screen.
+
+    Args:
+        rows: [N, D] float32 query rows (CPU).
+        reference: [M, D] float32.
+        ignored: [M] bool or None.
+        metric: "cosine", "dot" or "l2".
+        block_m, tile_bytes: overrides of the screened tile (tests): references
+            per tile, and bytes of the bfloat16 tile, which set its query rows.
+    Returns:
+        (oriented score [N, 1] float32, index [N, 1] int64, unresolved [U] row
+        indices): unresolved rows (and rows whose inputs the screen cannot
+        bound) hold -inf / -1 and are left to the float32 walk.
+    """
+    num_rows, depth = rows.shape
+    query_norm = _norm_upper_bound(squared_norms(rows, dim=1))
+    reference_norm_sq = squared_norms(reference, dim=1)
+    nan_rows = reference_norm_sq.isnan()  # NaN never matches: such rows are as good as ignored
+    if bool(nan_rows.any()):
+        ignored = nan_rows if ignored is None else ignored | nan_rows
+    matchable = reference_norm_sq if ignored is None else reference_norm_sq[~ignored]
+    reference_norm_max = 1.0 + 2.0 ** -20 if metric == "cosine" else float(
+        _norm_upper_bound(matchable.max() if matchable.numel() else matchable.new_zeros(())))
+    error = screen_error(query_norm, reference_norm_max, metric, depth)
+    if not (bool(torch.isfinite(error).all()) and float(error.max()) < 2.0 ** 90):
+        return _unscreened(num_rows)
+    candidates = ScreenCandidates((2 * error).float())
+    screened_rows = _screen_query(rows, metric)
+    block_m = min(reference.shape[0], block_m or BLOCK_M)
+    block_n = max(1, (tile_bytes or TILE_BYTES) // (2 * block_m))
+    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, dtype=torch.bfloat16)
+    for col0 in range(0, reference.shape[0], block_m):
+        exact, kept = _reference_block(reference[col0:col0 + block_m],
+                                       None if ignored is None else ignored[col0:col0 + block_m], metric)
+        if exact.shape[0] == 0:
+            continue
+        operand = _screen_operand(exact, metric)
+        for row0 in range(0, num_rows, block_n):
+            row_block = screened_rows[row0:row0 + block_n]
+            tile = tile_buffer[: row_block.shape[0] * operand.shape[0]].view(row_block.shape[0], -1)
+            if not candidates.offer(torch.mm(row_block, operand.T, out=tile), row0, col0, kept):
+                return _unscreened(num_rows)  # clustered features: the walk is faster for all rows
+    return candidates.rescore(rows, reference, metric)
+
+
+def _norm_upper_bound(norm_sq):
+    """float64 norms from float32 sums of squares, raised past their rounding (2^-16 >> D 2^-24)."""
+    return norm_sq.double().sqrt() * (1 + 2.0 ** -16)
+
+
+def _unscreened(num_rows):
+    return (torch.full((num_rows, 1), float("-inf")), torch.full((num_rows, 1), -1, dtype=torch.int64),
+            torch.arange(num_rows))
