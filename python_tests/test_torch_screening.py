@@ -6,6 +6,7 @@ import torch
 
 from oracle import assert_matches_oracle, dense_scores
 from refmatch.backends import torch_screening as screening
+from refmatch.backends import screen_candidates
 from refmatch.backends.screen_candidates import row_max_bf16
 from refmatch.backends.torch_backend import match_chunked
 from refmatch.backends.torch_classwise import class_ranges, classwise_chunked
@@ -83,18 +84,21 @@ def test_exact_ties_take_the_lowest_index_across_blocks():
     assert int(result.index[0]) == 10
 
 
-def test_crowded_rows_are_walked_in_float32():
-    """Rows whose best reference has 100 copies in one tile give up screening; the walk picks the
-    first copy. 100 copies spread over tiles stay candidates (within the budget) and are rescored."""
+def test_crowded_rows_are_walked_in_float32(monkeypatch):
+    """Rows whose best reference has 100 copies (in one tile, or spread over tiles) leave the
+    screen at a compaction (forced by a small budget); the float32 walk gives them the first
+    copy, the other rows stay screened."""
+    monkeypatch.setattr(screen_candidates, "MIN_BUDGET", 2000)
+    monkeypatch.setattr(screen_candidates, "BUDGET_PER_ROW", 4)
     generator = torch.Generator().manual_seed(3)
-    reference, query = torch.randn(2048, 8, generator=generator), torch.randn(64, 8, generator=generator)
+    reference, query = torch.randn(2048, 8, generator=generator), torch.randn(256, 8, generator=generator)
     copies = torch.arange(300, 400)
     spread = torch.cat([torch.arange(0, 256, 8), torch.arange(512, 2048, 22)])[:100]  # <= 32 per tile
     query[0] = 3 * torch.nn.functional.normalize(query[0], dim=0)  # copies score 18, the rest about 10 at most
     reference[copies], reference[spread] = query[0] * 2, query[0] * -2
     query[:6], query[6:9] = query[0], -query[0]
-    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 256, 64 * 256 * 2)
-    assert set(range(6)) <= set(unresolved.tolist()) and unresolved.numel() < 16  # (and rows near query 0)
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 256, 256 * 256 * 2)
+    assert set(range(9)) <= set(unresolved.tolist()) and unresolved.numel() < 64  # (and rows near +-query 0)
     result = screened_match(query, reference, "dot", block_m=256)
     assert torch.equal(result.index[:6], copies.min().expand(6))
     assert torch.equal(result.index[6:9], spread.min().expand(3))
@@ -148,12 +152,14 @@ def test_row_max_reads_bfloat16_bits_in_float_order():
     assert torch.equal(row_max_bf16(tile.bfloat16()), expected)
 
 
-def test_screen_applies_only_where_it_pays_and_is_exact():
+def test_screen_applies_only_where_it_pays(monkeypatch):
     rows, reference = torch.empty(8192, 128), torch.empty(65536, 128)
     native = screening.native_bf16()
     assert screening.screening_applies(rows, reference, 1) == native
     assert not screening.screening_applies(rows, reference, 2)
     assert match_chunked(torch.randn(1, 8, 4, 4), torch.randn(50, 8), None, 3, "dot", screen=True)[1].shape == (16, 3)
+    monkeypatch.setenv("REFMATCH_BF16_SCREEN", "0")
+    assert not screening.screening_applies(rows, reference, 1)
     assert not screening.screening_applies(rows.double(), reference.double(), 1)
     assert not screening.screening_applies(rows[:16], reference, 1)
 
@@ -177,3 +183,24 @@ def test_classwise_takes_one_screened_match_per_class(metric, grouped):
         expected = columns.min(1).values if metric == "l2" else columns.max(1).values
         torch.testing.assert_close(scores[:, cls].double(), expected, atol=1e-4, rtol=1e-5)
     assert (scores[:, 3] == (float("inf") if metric == "l2" else float("-inf"))).all()
+
+
+def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
+    """Every reference block holds two near-copies of each query's best: two candidates per row and
+    block, over the limit of 0.5, so the second checkpoint stops the screen half way."""
+    generator = torch.Generator().manual_seed(6)
+    directions = torch.randn(8, 16, generator=generator)
+    query = directions.repeat_interleave(32, dim=0)  # 256 rows, 8 directions
+    blocks = []
+    for _ in range(64):
+        near_copies = 2 * directions.repeat(2, 1) + 1e-4 * torch.randn(16, 16, generator=generator)
+        blocks.append(torch.cat([near_copies, torch.randn(48, 16, generator=generator)]))
+    reference = torch.cat(blocks)
+    decisions = []
+    checkpoint = screen_candidates.ScreenCandidates.checkpoint
+    monkeypatch.setattr(screen_candidates.ScreenCandidates, "checkpoint",
+                        lambda self, done: decisions.append((done, checkpoint(self, done))) or decisions[-1][1])
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 64, 256 * 64 * 2)
+    assert decisions[-1] == (32, False) and unresolved.numel() == 256
+    result = screened_match(query, reference, "dot")
+    assert_matches_oracle(result, query, reference, "dot")

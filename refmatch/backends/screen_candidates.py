@@ -16,6 +16,9 @@ from .scoring import NORM_EPS
 
 CROWD_LIMIT = 64  # candidates per row at which a row is left to the float32 walk
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
+CHECK_EVERY = 16  # reference blocks between checks of the candidates' rate
+MAX_HIT_RATE = 0.5  # candidates per row and reference block above which the screen stops
+BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples before a compaction
 RESCORE_PAIRS = 1 << 16  # candidate pairs rescored at once (D floats each)
 
 
@@ -40,9 +43,11 @@ class ScreenCandidates:
         num_rows = window.shape[0]
         self.window = window
         self.best = torch.full((num_rows,), float("-inf"))  # screened; +inf for rows given up
-        self.parts, self.count, self.rows_seen = [], 0, 0
-        self.budget = max(32 * num_rows, 1 << 16)
+        self.parts, self.count, self.rows_seen, self.offered = [], 0, 0, 0
+        self.budget = max(BUDGET_PER_ROW * num_rows, MIN_BUDGET)
         self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
+        self.row_counts = torch.zeros(num_rows, dtype=torch.int64)  # stored triples per row, stale ones too
+        self.last_check = None  # candidates offered up to the last checkpoint
 
     def offer(self, tile, row0, col0, kept):
         """Take a bfloat16 tile [rows, columns] of rows from ``row0``, columns from
@@ -60,17 +65,29 @@ class ScreenCandidates:
         else:
             near_scores = tile[near].float()
         hit_row, hit_col = (near_scores >= floor[near, None]).nonzero().unbind(1)
-        crowded = torch.bincount(hit_row, minlength=near.numel()) > CROWD_LIMIT
-        if bool(crowded.any()):
-            self._give_up_rows(near[crowded] + row0)
-            kept_hits = ~crowded[hit_row]
-            hit_row, hit_col = hit_row[kept_hits], hit_col[kept_hits]
         cols = hit_col if kept is None else kept[hit_col]
         self.parts.append((near[hit_row] + row0, cols + col0, near_scores[hit_row, hit_col]))
         self.count += hit_row.numel()
-        if self.count > self.budget:
+        self.offered += hit_row.numel()
+        self.row_counts[near + row0] += torch.bincount(hit_row, minlength=near.numel())
+        # Compact when memory asks, or when enough rows look crowded to decide whether to give up.
+        looks_crowded = int((self.row_counts > CROWD_LIMIT).sum()) > GIVE_UP_FRACTION * self.rows_seen
+        if self.count > self.budget or looks_crowded:
             self.compact()
         return int(self.unresolved.sum()) <= GIVE_UP_FRACTION * self.rows_seen
+
+    def checkpoint(self, blocks_done):
+        """After a reference block: every ``CHECK_EVERY`` blocks, from the second check
+        on, False when rows took more than ``MAX_HIT_RATE`` candidates per block since the
+        last check. Handling candidates then costs more than the bfloat16 GEMM saves
+        (measured: 0.9 per block on 4 clusters in l2, 0.97 s screened against the
+        walk's 0.81 s; random and clustered cosine features: 0.1 to 0.3)."""
+        if blocks_done % CHECK_EVERY:
+            return True
+        previous, self.last_check = self.last_check, self.offered
+        if previous is None:  # the first blocks take many candidates while the maxima settle
+            return True
+        return (self.offered - previous) / (self.window.shape[0] * CHECK_EVERY) <= MAX_HIT_RATE
 
     def _give_up_rows(self, rows):
         self.unresolved[rows] = True
@@ -81,12 +98,14 @@ class ScreenCandidates:
         rows, cols, scores = (torch.cat(part) for part in zip(*self.parts))
         keep = scores >= (self.best - self.window)[rows]
         rows, cols, scores = rows[keep], cols[keep], scores[keep]
+        self.row_counts = torch.bincount(rows, minlength=self.window.shape[0])
         if give_up_crowded:
-            crowded = torch.bincount(rows, minlength=self.window.shape[0]) > CROWD_LIMIT
+            crowded = self.row_counts > CROWD_LIMIT
             if bool(crowded.any()):
                 self._give_up_rows(crowded)
                 keep = ~crowded[rows]
                 rows, cols, scores = rows[keep], cols[keep], scores[keep]
+                self.row_counts[crowded] = 0
         self.parts, self.count = [(rows, cols, scores)], rows.numel()
 
     def rescore(self, query_rows, reference, metric):

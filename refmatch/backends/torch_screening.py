@@ -5,8 +5,8 @@ rate on AVX512-BF16 and AMX cores) gives every screened score s~ with a proven
 error bound |s~ - s| <= E per query row. A reference can only be the float32
 best if s~ >= max s~ - 2E, so only those candidates (about 4 per row on random
 128-d features) are kept while the bank streams by (``screen_candidates``),
-and rescored with float32 dot products at the end. The result is what the float32 walk returns,
-up to float32 rounding, never the bfloat16 ranking.
+and rescored with float32 dot products at the end. The result is what the
+float32 walk returns, up to float32 rounding, never the bfloat16 ranking.
 
 Bound (u = 2^-8 for bfloat16, gamma_K = K 2^-24 / (1 - K 2^-24) for float32
 accumulation over K terms): rounding q and r costs (2u + u^2) |q_i r_i| per
@@ -15,12 +15,16 @@ E <= ((1 + u)^3 (1 + gamma_K) - 1) sum |q_i r_i| <= c |q| R, R the largest
 reference norm; l2 screens q.r - |r|^2 / 2 with |r|^2 as one more column, so
 its sum gains R^2 / 2. An absolute term covers flushed subnormals.
 
-Limits: k = 1 (see ``screen_candidates``); finite inputs whose bound E stays below 2^90 (no overflow
-anywhere); references holding NaN never match, so they are skipped like ignored ones.
-Rows whose candidates pile up (tight clusters, near-duplicate references) are
-handed back unresolved for the float32 walk; once a quarter of the rows are,
-the screen stops and hands back all of them, having cost about one tile.
+Limits: k = 1 (see ``screen_candidates``); finite inputs whose bound E stays
+below 2^90 (no overflow anywhere); references holding NaN never match, so they
+are skipped like ignored ones. Rows whose candidates pile up (tight clusters,
+near-duplicate references) are handed back unresolved for the float32 walk.
+The screen stops and hands back every row once a quarter of them crowd (on a
+trained U-Net's features: after one tile), or when candidates keep arriving
+faster than ``MAX_HIT_RATE`` per row and block (after 32 blocks).
 """
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -39,8 +43,9 @@ def native_bf16():
 
 
 def screening_applies(rows, reference, k):
-    """True when the bfloat16 screen pays for its overhead here."""
-    return (k == 1 and rows.device.type == "cpu" and rows.dtype == torch.float32
+    """True when the bfloat16 screen pays for its overhead here (``REFMATCH_BF16_SCREEN=0``: never)."""
+    return (os.environ.get("REFMATCH_BF16_SCREEN", "1") != "0"
+            and k == 1 and rows.device.type == "cpu" and rows.dtype == torch.float32
             and reference.dtype == torch.float32
             and rows.shape[0] * reference.shape[0] * rows.shape[1] >= MIN_WORK and rows.shape[1] <= MAX_DEPTH
             and native_bf16())
@@ -113,17 +118,17 @@ def match_screened(rows, reference, ignored, metric, block_m=None, tile_bytes=No
     block_m = min(reference.shape[0], block_m or BLOCK_M)
     block_n = max(1, (tile_bytes or TILE_BYTES) // (2 * block_m))
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, dtype=torch.bfloat16)
-    for col0 in range(0, reference.shape[0], block_m):
+    for block, col0 in enumerate(range(0, reference.shape[0], block_m)):
         exact, kept = _reference_block(reference[col0:col0 + block_m],
                                        None if ignored is None else ignored[col0:col0 + block_m], metric)
-        if exact.shape[0] == 0:
-            continue
         operand = _screen_operand(exact, metric)
-        for row0 in range(0, num_rows, block_n):
+        for row0 in range(0, num_rows, block_n) if exact.shape[0] else ():
             row_block = screened_rows[row0:row0 + block_n]
             tile = tile_buffer[: row_block.shape[0] * operand.shape[0]].view(row_block.shape[0], -1)
             if not candidates.offer(torch.mm(row_block, operand.T, out=tile), row0, col0, kept):
                 return _unscreened(num_rows)  # clustered features: the walk is faster for all rows
+        if not candidates.checkpoint(block + 1):
+            return _unscreened(num_rows)
     return candidates.rescore(rows, reference, metric)
 
 

@@ -1,0 +1,113 @@
+"""When does the CPU's exact bfloat16 screen pay? Screen against the float32 walk on several feature sets.
+
+    python bench/bench_screening.py                       # random and clustered synthetic features
+    python bench/bench_screening.py --run runs/lung_seed0/refmatch_5pct \\
+        --data ../shared/datasets/nlm-cxr-lung-512        # plus a trained teacher's features of real images
+
+Both paths return the same matches (up to float32 rounding); the table gives the
+time of each, and the share of query rows the screen handed to the float32 walk
+(100 %: it gave up early). Writes bench/results/<machine>-screening-<date>.{json,md}.
+"""
+import argparse
+import json
+import time
+from datetime import date
+
+import torch
+
+from refmatch.backends.torch_backend import match_chunked, tiling
+from refmatch.backends.torch_screening import match_screened, native_bf16
+from refmatch.bench import RESULTS, machine
+
+
+def synthetic(name, n, m, d, generator):
+    """[N, D] queries and [M, D] references: Gaussian, or 4 clusters with per-dimension noise."""
+    if name == "random":
+        return torch.randn(n, d, generator=generator), torch.randn(m, d, generator=generator)
+    noise = float(name.split("=")[1])
+    centers = torch.randn(4, d, generator=generator)
+    pick = lambda count: centers[torch.randint(0, 4, (count,), generator=generator)]  # noqa: E731
+    return (pick(n) + noise * torch.randn(n, d, generator=generator),
+            pick(m) + noise * torch.randn(m, d, generator=generator))
+
+
+def teacher_features(run_dir, data_root, num_images):
+    """Tap features [N, D] of unlabelled images and the reference bank [M, D] of a training run."""
+    from refmatch.data.folder import FolderDataset
+    from refmatch.recipes.cli import _teacher
+    from refmatch.recipes.data_setup import load_split
+    from refmatch.recipes.methods import ReferencePseudoLabels
+
+    model, config, classes = _teacher(f"{run_dir}/best.pt", "cpu")
+    splits = json.loads(open(f"{run_dir}/splits.json").read())
+    load = lambda names: load_split(FolderDataset(data_root, names, size=config.image_size,  # noqa: E731
+                                                  num_classes=classes), 0, config.image_size)
+    labeled, unlabeled = load(splits["labeled"]), load(splits["unlabeled"][:num_images])
+    source = ReferencePseudoLabels(model, config, classes, "cpu")
+    source.refresh(labeled.images, labeled.masks, config.batch_size)
+    with torch.no_grad():
+        model(unlabeled.images)
+        features = source.tap.features().float()
+    rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    bank = source.bank
+    return rows, torch.cat([bank._class_rows(cls) for cls in range(bank.num_classes)]).float()
+
+
+def best_of(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(name, query, reference, metric, repeat):
+    maps = query.T[None, :, :, None]
+    walk = best_of(lambda: match_chunked(maps, reference, None, 1, metric, screen=False), repeat)
+    screen = best_of(lambda: match_chunked(maps, reference, None, 1, metric, screen=True), repeat)
+    rows = tiling(maps, reference)[2]
+    handed_back = match_screened(rows, reference, None, metric)[2].numel() / rows.shape[0]
+    return {"features": name, "N": query.shape[0], "M": reference.shape[0], "D": query.shape[1], "metric": metric,
+            "walk_ms": 1e3 * walk, "screen_ms": 1e3 * screen, "speedup": walk / screen, "walked_rows": handed_back}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="8192x65536x128", help="NxMxD of the synthetic sets")
+    parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"])
+    parser.add_argument("--run", help="training run folder with best.pt and splits.json")
+    parser.add_argument("--data", help="the dataset folder that run trained on")
+    parser.add_argument("--images", type=int, default=16, help="unlabelled images to take features of")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    n, m, d = (int(x) for x in args.size.split("x"))
+    generator = torch.Generator().manual_seed(0)
+    names = ("random", "clusters noise=1", "clusters noise=0.3", "clusters noise=0.1")
+    sets = [(name, *synthetic(name, n, m, d, generator)) for name in names]
+    if args.run:
+        sets.append((f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images)))
+    slug, name = machine("cpu")
+    header = ["features", "N", "M", "D", "metric", "walk ms", "screen ms", "speedup", "rows walked"]
+    lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; {date.today()}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    print("\n".join(lines), flush=True)
+    rows = []
+    for label, query, reference in sets:
+        for metric in args.metrics:
+            row = measure(label, query, reference, metric, args.repeat)
+            rows.append(row)
+            lines.append(f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {row['walk_ms']:.1f} | "
+                         f"{row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % |")
+            print(lines[-1], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{slug}-screening-{date.today()}"
+    stem.with_suffix(".json").write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows},
+                                                    indent=2))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
