@@ -17,7 +17,7 @@ import torch
 
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import match_screened, native_bf16
-from refmatch.bench import RESULTS, machine
+from refmatch.bench import RESULTS, git_commit, machine
 
 
 def synthetic(name, n, m, d, generator):
@@ -90,9 +90,13 @@ def main():
         sets.append((f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images)))
     slug, name = machine("cpu")
     header = ["features", "N", "M", "D", "metric", "walk ms", "screen ms", "speedup", "rows walked"]
-    lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; {date.today()}", "",
+    commit = git_commit()
+    lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
+             f"{date.today()}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     print("\n".join(lines), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{slug}-screening-{date.today()}"
     rows = []
     for label, query, reference in sets:
         for metric in args.metrics:
@@ -101,13 +105,11 @@ def main():
             lines.append(f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {row['walk_ms']:.1f} | "
                          f"{row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % |")
             print(lines[-1], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{slug}-screening-{date.today()}"
-    stem.with_suffix(".json").write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows},
-                                                    indent=2))
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+            # rewritten after every row: a run that is killed keeps what it measured
+            stem.with_suffix(".json").write_text(json.dumps({"device": name, "torch": torch.__version__,
+                                                             "commit": commit, "rows": rows}, indent=2))
+            stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote {stem}.json and .md")
-
 
 if __name__ == "__main__":
     main()

@@ -64,7 +64,15 @@ class ScreenCandidates:
             near, near_scores = torch.arange(tile.shape[0]), tile.float()
         else:
             near_scores = tile[near].float()
-        hit_row, hit_col = (near_scores >= floor[near, None]).nonzero().unbind(1)
+        hits = near_scores >= floor[near, None]
+        if near.numel() == tile.shape[0]:  # early tiles: rows crowded within one tile leave before storing
+            crowded = hits.sum(dim=1) > CROWD_LIMIT
+            if bool(crowded.any()):
+                self._give_up_rows(crowded.nonzero()[:, 0] + row0)
+                if int(self.unresolved.sum()) > GIVE_UP_FRACTION * self.rows_seen:
+                    return False
+                hits[crowded] = False
+        hit_row, hit_col = hits.nonzero().unbind(1)
         cols = hit_col if kept is None else kept[hit_col]
         self.parts.append((near[hit_row] + row0, cols + col0, near_scores[hit_row, hit_col]))
         self.count += hit_row.numel()
