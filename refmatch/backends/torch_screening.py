@@ -33,7 +33,7 @@ from .screen_candidates import ScreenCandidates
 
 BF16_UNIT = 2.0 ** -8
 BLOCK_M, TILE_BYTES = 256, 4 << 20  # narrow reference blocks, many rows: measured fastest on 2 Zen 4 cores
-MIN_WORK = 1 << 32  # N M D below which the float32 walk is as fast (measured at D = 24 to 256)
+MIN_WORK = 1 << 34  # N M D below which it did not pay: the main job's 2^32.6 calls ran 25-45 % slower
 MAX_DEPTH = 1 << 12  # keeps D 2^-24 far below the 2^-16 the norms are raised by
 
 
