@@ -23,6 +23,7 @@ The screen stops and hands back every row once a quarter of them crowd (on a
 trained U-Net's features: after one tile), or when candidates keep arriving
 faster than ``MAX_HIT_RATE`` per row and block (after 32 blocks).
 """
+import functools
 import os
 
 import torch
@@ -37,9 +38,13 @@ MIN_WORK = 1 << 34  # N M D below which it did not pay: the main job's 2^32.6 ca
 MAX_DEPTH = 1 << 12  # keeps D 2^-24 far below the 2^-16 the norms are raised by
 
 
+@functools.cache
 def native_bf16():
     """True where oneDNN runs bfloat16 GEMMs natively (AVX512-BF16, AMX): twice the float32 rate."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the query
+        return False
 
 
 def screening_applies(rows, reference, k):
