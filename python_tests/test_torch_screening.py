@@ -162,6 +162,9 @@ def test_screen_applies_only_where_it_pays(monkeypatch):
     assert not screening.screening_applies(rows, reference, 1)
     assert not screening.screening_applies(rows.double(), reference.double(), 1)
     assert not screening.screening_applies(rows[:16], reference, 1)
+    assert screening.screening_applies(rows[:16], reference, 1, screen=True)  # forced, for tests
+    for unscreenable in [(rows.double(), reference.double(), 1), (rows[:0], reference, 1), (rows, reference, 3)]:
+        assert not screening.screening_applies(*unscreenable, screen=True)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -204,3 +207,21 @@ def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
     assert decisions[-1] == (32, False) and unresolved.numel() == 256
     result = screened_match(query, reference, "dot")
     assert_matches_oracle(result, query, reference, "dot")
+
+
+@pytest.mark.skipif(not screening.native_bf16(), reason="the screen runs by default only with native bfloat16")
+def test_classwise_walks_once_when_a_class_is_too_small_to_screen(monkeypatch):
+    from refmatch.backends import torch_classwise
+
+    per_class_calls = []
+    match_rows = torch_classwise.match_rows
+    monkeypatch.setattr(torch_classwise, "match_rows", lambda *args: per_class_calls.append(1) or match_rows(*args))
+    query, reference = torch.randn(60, 16), torch.randn(500, 16)
+    labels = torch.cat([torch.zeros(450), torch.ones(50)]).long()
+    maps = query.T[None, :, :, None]
+    monkeypatch.setattr(screening, "MIN_WORK", 60 * 400 * 16)  # the bank and class 0 qualify, class 1 does not
+    classwise_chunked(maps, reference, labels, None, 2, "dot")
+    assert per_class_calls == []
+    monkeypatch.setattr(screening, "MIN_WORK", 60 * 40 * 16)  # both classes qualify
+    classwise_chunked(maps, reference, labels, None, 2, "dot")
+    assert per_class_calls == [1, 1]

@@ -213,7 +213,7 @@ def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=Non
     def walk(subset):
         return _walk_blocks(subset, reference, ignored, k, metric, operand_dtype, dtype, walk_block_m, block_n)
 
-    if not (screening_applies(rows, reference, k) if screen is None else screen and k == 1):
+    if not screening_applies(rows, reference, k, screen):
         return walk(rows)
     best, best_index, unresolved = match_screened(rows, reference, ignored, metric, block_m, tile_bytes)
     if unresolved.numel():

@@ -52,9 +52,10 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     """
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
-    ranges = None
-    if screening_applies(rows, reference, 1) if screen is None else screen:
-        ranges = class_ranges(labels, num_classes)
+    ranges = class_ranges(labels, num_classes) if screening_applies(rows, reference, 1, screen) else None
+    if screen is None and ranges and not all(screening_applies(rows, reference[start:end], 1)
+                                             for _, start, end in ranges):
+        ranges = None  # a class too small to screen: one walk over the bank beats one per class
     for cls, start, end in ranges or ():
         best[:, cls] = match_rows(rows, reference[start:end], _block_of(ignored, start, end - start), 1, metric,
                                   tile_bytes, block_m, screen)[0][:, 0]

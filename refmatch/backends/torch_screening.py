@@ -35,7 +35,7 @@ from .screen_candidates import ScreenCandidates
 BF16_UNIT = 2.0 ** -8
 BLOCK_M, TILE_BYTES = 256, 4 << 20  # narrow reference blocks, many rows: measured fastest on 2 Zen 4 cores
 MIN_WORK = 1 << 34  # N M D below which it did not pay: the main job's 2^32.6 calls ran 25-45 % slower
-MAX_DEPTH = 1 << 12  # keeps D 2^-24 far below the 2^-16 the norms are raised by
+MAX_DEPTH = 1 << 12  # keeps the float32 norms' relative error D 2^-24 well below 1
 
 
 @functools.cache
@@ -47,13 +47,17 @@ def native_bf16():
         return False
 
 
-def screening_applies(rows, reference, k):
-    """True when the bfloat16 screen pays for its overhead here (``REFMATCH_BF16_SCREEN=0``: never)."""
-    return (os.environ.get("REFMATCH_BF16_SCREEN", "1") != "0"
-            and k == 1 and rows.device.type == "cpu" and rows.dtype == torch.float32
-            and reference.dtype == torch.float32
-            and rows.shape[0] * reference.shape[0] * rows.shape[1] >= MIN_WORK and rows.shape[1] <= MAX_DEPTH
-            and native_bf16())
+def screening_applies(rows, reference, k, screen=None):
+    """Whether to screen. Never where it is not implemented (k > 1, not float32 on the CPU,
+    empty inputs, D > ``MAX_DEPTH``); otherwise ``screen`` when given, else where it pays:
+    native bfloat16, N M D >= ``MIN_WORK``, and ``REFMATCH_BF16_SCREEN`` not 0."""
+    possible = (k == 1 and rows.device.type == reference.device.type == "cpu"
+                and rows.dtype == reference.dtype == torch.float32
+                and rows.shape[0] > 0 and reference.shape[0] > 0 and rows.shape[1] <= MAX_DEPTH)
+    if not possible or screen is not None:
+        return possible and bool(screen)
+    return (os.environ.get("REFMATCH_BF16_SCREEN", "1") != "0" and native_bf16()
+            and rows.shape[0] * reference.shape[0] * rows.shape[1] >= MIN_WORK)
 
 
 def screen_error(query_norm, reference_norm_max, metric, depth):
@@ -107,14 +111,17 @@ def match_screened(rows, reference, ignored, metric, block_m=None, tile_bytes=No
         bound) hold -inf / -1 and are left to the float32 walk.
     """
     num_rows, depth = rows.shape
-    query_norm = _norm_upper_bound(squared_norms(rows, dim=1))
+    query_norm = _norm_upper_bound(squared_norms(rows, dim=1), depth)
     reference_norm_sq = squared_norms(reference, dim=1)
     nan_rows = reference_norm_sq.isnan()  # NaN never matches: such rows are as good as ignored
     if bool(nan_rows.any()):
         ignored = nan_rows if ignored is None else ignored | nan_rows
     matchable = reference_norm_sq if ignored is None else reference_norm_sq[~ignored]
-    reference_norm_max = 1.0 + 2.0 ** -20 if metric == "cosine" else float(
-        _norm_upper_bound(matchable.max() if matchable.numel() else matchable.new_zeros(())))
+    if metric == "cosine":  # normalised rows: 1 up to float32 rounding
+        largest_norm_sq = matchable.new_ones(())
+    else:
+        largest_norm_sq = matchable.max() if matchable.numel() else matchable.new_zeros(())
+    reference_norm_max = float(_norm_upper_bound(largest_norm_sq, depth))
     error = screen_error(query_norm, reference_norm_max, metric, depth)
     if not (bool(torch.isfinite(error).all()) and float(error.max()) < 2.0 ** 90):
         return _unscreened(num_rows)
@@ -137,9 +144,10 @@ def match_screened(rows, reference, ignored, metric, block_m=None, tile_bytes=No
     return candidates.rescore(rows, reference, metric)
 
 
-def _norm_upper_bound(norm_sq):
-    """float64 norms from float32 sums of squares, raised past their rounding (2^-16 >> D 2^-24)."""
-    return norm_sq.double().sqrt() * (1 + 2.0 ** -16)
+def _norm_upper_bound(norm_sq, depth):
+    """float64 norms from float32 sums of ``depth`` squares, raised past their rounding
+    (relative error at most D 2^-24 / (1 - D 2^-24) on the sum, half that on its root)."""
+    return norm_sq.double().sqrt() * (1 + depth * 2.0 ** -23)
 
 
 def _unscreened(num_rows):
