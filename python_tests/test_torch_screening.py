@@ -9,7 +9,8 @@ from refmatch.backends import torch_screening as screening
 from refmatch.backends import screen_candidates
 from refmatch.backends.screen_candidates import row_max_bf16
 from refmatch.backends.torch_backend import match_chunked
-from refmatch.backends.torch_classwise import class_ranges, classwise_chunked
+from refmatch.backends.cuda_classwise import stored_by_class
+from refmatch.backends.torch_classwise import classwise_chunked
 
 METRICS = ["cosine", "dot", "l2"]
 
@@ -179,7 +180,7 @@ def test_classwise_takes_one_screened_match_per_class(metric, grouped):
     ignored = torch.rand(500, generator=generator) < 0.1
     scores = classwise_chunked(query.T[None, :, :, None], reference, labels, ignored, 4, metric, block_m=64,
                                screen=True)
-    assert (class_ranges(labels, 4) is not None) == grouped
+    assert stored_by_class(labels, ignored) == grouped
     dense = dense_scores(query, reference, metric)
     for cls in range(3):
         columns = dense[:, (labels == cls) & ~ignored]

@@ -17,11 +17,17 @@ from .scoring import finalize_class_scores, host_read_allowed, kernel_metric_and
 MIN_RANGE_ROWS = 512  # shorter ranges cost more in launch tails than they add in parallelism
 
 
+def stored_by_class(labels, ignored):
+    """True when the labels of counted (not ignored) rows never decrease, as
+    ReferenceBank stores them (one host read)."""
+    counted = labels if ignored is None else labels[~ignored]
+    return counted.numel() < 2 or bool((counted[1:] >= counted[:-1]).all())
+
+
 def _sorted_by_label(reference, labels, stat, ignored):
     """The bank (rows, labels, per-reference terms, ignored mask) with the labels of
     counted rows non-decreasing: as given when they already are, else sorted (stable)."""
-    counted = labels if ignored is None else labels[~ignored]
-    if counted.numel() < 2 or bool((counted[1:] >= counted[:-1]).all()):
+    if stored_by_class(labels, ignored):
         return reference, labels, stat, ignored
     order = labels.argsort(stable=True)
     return (reference[order], labels[order], stat[order] if stat.numel() else stat,

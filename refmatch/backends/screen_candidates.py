@@ -43,7 +43,7 @@ class ScreenCandidates:
         num_rows = window.shape[0]
         self.window = window
         self.best = torch.full((num_rows,), float("-inf"))  # screened; +inf for rows given up
-        self.parts, self.count, self.rows_seen, self.offered = [], 0, 0, 0
+        self.parts, self.rows_seen, self.offered = [], 0, 0
         self.budget = max(BUDGET_PER_ROW * num_rows, MIN_BUDGET)
         self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
         self.row_counts = torch.zeros(num_rows, dtype=torch.int64)  # stored triples per row, stale ones too
@@ -75,12 +75,11 @@ class ScreenCandidates:
         hit_row, hit_col = hits.nonzero().unbind(1)
         cols = hit_col if kept is None else kept[hit_col]
         self.parts.append((near[hit_row] + row0, cols + col0, near_scores[hit_row, hit_col]))
-        self.count += hit_row.numel()
         self.offered += hit_row.numel()
         self.row_counts[near + row0] += torch.bincount(hit_row, minlength=near.numel())
         # Compact when memory asks, or when enough rows look crowded to decide whether to give up.
         looks_crowded = int((self.row_counts > CROWD_LIMIT).sum()) > GIVE_UP_FRACTION * self.rows_seen
-        if self.count > self.budget or looks_crowded:
+        if int(self.row_counts.sum()) > self.budget or looks_crowded:
             self.compact()
         return int(self.unresolved.sum()) <= GIVE_UP_FRACTION * self.rows_seen
 
@@ -114,7 +113,7 @@ class ScreenCandidates:
                 keep = ~crowded[rows]
                 rows, cols, scores = rows[keep], cols[keep], scores[keep]
                 self.row_counts[crowded] = 0
-        self.parts, self.count = [(rows, cols, scores)], rows.numel()
+        self.parts = [(rows, cols, scores)]
 
     def rescore(self, query_rows, reference, metric):
         """Float32 best of the surviving candidates: (score [N, 1], index [N, 1],

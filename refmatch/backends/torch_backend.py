@@ -162,11 +162,16 @@ def tiling(query, reference, tile_bytes=None, block_m=None):
     dtype = accumulation_dtype(query.dtype)
     half_on_gpu = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
     operand_dtype = query.dtype if half_on_gpu else dtype
-    device = query.device.type if query.device.type in TILE_BYTES else "cuda"
     rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1]).to(operand_dtype)
+    return (operand_dtype, dtype, rows, *block_sizes(rows, reference, tile_bytes, block_m))
+
+
+def block_sizes(rows, reference, tile_bytes=None, block_m=None):
+    """(block_m, block_n): references per block and query rows per tile, from the tile budget."""
+    device = rows.device.type if rows.device.type in TILE_BYTES else "cuda"
     block_m = min(reference.shape[0], block_m or BLOCK_M[device])
-    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * dtype.itemsize))
-    return operand_dtype, dtype, rows, block_m, block_n
+    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * accumulation_dtype(rows.dtype).itemsize))
+    return block_m, block_n
 
 
 def _block_of(ignored, col0, block_m):
@@ -207,8 +212,8 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
 def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
     """Oriented (score [N, k], index [N, k]) of [N, D] query rows in the operand dtype:
     the bfloat16 screen where it applies (rows it cannot settle take the walk), else the walk."""
-    operand_dtype, dtype, rows, walk_block_m, block_n = tiling(rows.T[None, :, :, None], reference, tile_bytes,
-                                                               block_m)
+    operand_dtype, dtype = rows.dtype, accumulation_dtype(rows.dtype)
+    walk_block_m, block_n = block_sizes(rows, reference, tile_bytes, block_m)
 
     def walk(subset):
         return _walk_blocks(subset, reference, ignored, k, metric, operand_dtype, dtype, walk_block_m, block_n)

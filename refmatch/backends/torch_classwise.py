@@ -11,6 +11,7 @@ class instead.
 """
 import torch
 
+from .cuda_classwise import class_ranges, stored_by_class
 from .scoring import finalize_class_scores, host_read_allowed
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
 from .torch_screening import screening_applies
@@ -23,14 +24,6 @@ def _single_class_blocks(labels, block_m):
     lowest, highest = blocks.amin(dim=1), blocks.amax(dim=1)
     return {block: label for block, (label, same) in enumerate(zip(lowest.tolist(), (lowest == highest).tolist()))
             if same}
-
-
-def class_ranges(labels, num_classes):
-    """[(class, start, end)] of a bank stored class by class (labels ascending), else None (one host read)."""
-    if labels.numel() > 1 and not bool((labels[1:] >= labels[:-1]).all()):
-        return None
-    ends = torch.bincount(labels, minlength=num_classes).cumsum(0).tolist()
-    return [(cls, start, end) for cls, (start, end) in enumerate(zip([0] + ends[:-1], ends)) if end > start]
 
 
 def classwise_chunked(query, reference, labels, ignored, num_classes, metric, tile_bytes=None, block_m=None,
@@ -52,7 +45,11 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     """
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
-    ranges = class_ranges(labels, num_classes) if screening_applies(rows, reference, 1, screen) else None
+    ranges = None
+    if screening_applies(rows, reference, 1, screen) and stored_by_class(labels, ignored):
+        starts, owners = class_ranges(labels, ignored, num_classes, target_ranges=1)  # one range per class
+        ranges = [(cls, start, end) for cls, start, end in zip(owners.tolist(), starts[:-1].tolist(),
+                                                                starts[1:].tolist()) if end > start]
     if screen is None and ranges and not all(screening_applies(rows, reference[start:end], 1)
                                              for _, start, end in ranges):
         ranges = None  # a class too small to screen: one walk over the bank beats one per class
