@@ -1,4 +1,4 @@
-"""The CPU's exact bfloat16 screen for float32 k = 1 (``torch_screening``) against the float64 oracle."""
+"""The CPU's exact bfloat16 screen for float32 top k (``torch_screening``) against the float64 oracle."""
 from types import SimpleNamespace
 
 import pytest
@@ -7,19 +7,27 @@ import torch
 from oracle import assert_matches_oracle, dense_scores
 from refmatch.backends import torch_screening as screening
 from refmatch.backends import screen_candidates
-from refmatch.backends.screen_candidates import row_max_bf16
+from refmatch.backends.screen_candidates import chunk_maxima_bf16
 from refmatch.backends.torch_backend import match_chunked
 from refmatch.backends.cuda_classwise import stored_by_class
 from refmatch.backends.torch_classwise import classwise_chunked
 
 METRICS = ["cosine", "dot", "l2"]
+MAX_HIT_RATE = screen_candidates.MAX_HIT_RATE
 
 
-def screened_match(query, reference, metric, ignored=None, block_m=64):
+@pytest.fixture(autouse=True)
+def screen_small_banks(monkeypatch):
+    """Banks this small take candidates faster than the rate at which the screen stops
+    (where the walk is cheaper anyway); the tests want them screened."""
+    monkeypatch.setattr(screen_candidates, "MAX_HIT_RATE", float("inf"))
+
+
+def screened_match(query, reference, metric, ignored=None, block_m=64, k=1, screen=True):
     """match_chunked with the screen forced on (tiles of 32 rows), as a result the oracle helpers read."""
-    score, index = match_chunked(query.T[None, :, :, None], reference, ignored, 1, metric,
-                                 block_m=block_m, tile_bytes=32 * block_m * 2, screen=True)
-    return SimpleNamespace(score=score[:, 0], index=index[:, 0])
+    score, index = match_chunked(query.T[None, :, :, None], reference, ignored, k, metric,
+                                 block_m=block_m, tile_bytes=32 * block_m * 2, screen=screen)
+    return SimpleNamespace(score=score.squeeze(1), index=index.squeeze(1))
 
 
 def wide_range(*shape, generator):
@@ -46,43 +54,68 @@ def test_error_bound_holds_for_the_bfloat16_gemm(metric, depth):
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("with_ignored", [False, True])
-def test_matches_oracle(metric, with_ignored):
+@pytest.mark.parametrize("k, block_m", [(1, 64), (5, 64), (5, 128)])  # 128: two runs of 64 per tile
+def test_matches_oracle(metric, with_ignored, k, block_m):
     generator = torch.Generator().manual_seed(1)
     query, reference = torch.randn(150, 48, generator=generator), torch.randn(1000, 48, generator=generator)
     ignored = torch.rand(1000, generator=generator) < 0.2 if with_ignored else None
-    result = screened_match(query, reference, metric, ignored)
+    result = screened_match(query, reference, metric, ignored, block_m=block_m, k=k)
     kept = reference if ignored is None else reference[~ignored]
     if ignored is not None:
         assert not ignored[result.index].any()
         result.index = torch.searchsorted((~ignored).nonzero()[:, 0], result.index)  # positions among kept
-    assert_matches_oracle(result, query, kept, metric)
+    assert_matches_oracle(result, query, kept, metric, k=k)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("k, block_m", [(8, 128), (16, 50), (3, 2)])  # 50: one run per tile; 2: tiles narrower than k
+def test_top_k_equals_the_float32_walk(metric, k, block_m):
+    """Same indices as the float32 walk, row for row (random features have no float32 near-ties)."""
+    generator = torch.Generator().manual_seed(7)
+    query, reference = torch.randn(200, 32, generator=generator), torch.randn(3000, 32, generator=generator)
+    screened = screened_match(query, reference, metric, block_m=block_m, k=k)
+    walked = screened_match(query, reference, metric, block_m=block_m, k=k, screen=False)
+    _, _, unresolved = screening.match_screened(query, reference, None, metric, k, block_m=block_m,
+                                                tile_bytes=32 * block_m * 2)
+    assert unresolved.numel() == 0, "random features: every row screened"
+    assert torch.equal(screened.index, walked.index)
+    torch.testing.assert_close(screened.score, walked.score, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["dot", "l2"])
-def test_near_ties_go_to_the_float32_winner(metric):
+@pytest.mark.parametrize("k", [1, 3])
+def test_near_ties_go_to_the_float32_winner(metric, k):
     """Twins a bfloat16 GEMM cannot tell apart, the worse one first: the screen must return the
-    better one. Their gaps are far above float32 rounding and below bfloat16's."""
+    better one (at k = 3 as third, behind two clear leaders). Their gaps are far above float32
+    rounding and below bfloat16's."""
     generator = torch.Generator().manual_seed(2)
     query = torch.randn(16, 32, generator=generator)
-    offsets = torch.nn.functional.normalize(torch.randn(2, 16, 32, generator=generator), dim=2)
+    offsets = torch.nn.functional.normalize(torch.randn(4, 16, 32, generator=generator), dim=2)
     filler = torch.randn(600, 32, generator=generator)
-    if metric == "dot":  # winners score about 0.06 (the rest < 0.03), twins 0.001 less
+    if metric == "dot":  # winners score about 0.06 (the rest < 0.03), twins 0.001 less, leaders 2x and 1.5x
         span = torch.linalg.qr(query.T).Q  # offsets orthogonal to every query
         offsets = offsets - (offsets @ span) @ span.T
         winners, twins, filler = 0.5 * offsets[0] + 2e-3 * query, 0.5 * offsets[1] + 1.97e-3 * query, 1e-3 * filler
-    else:  # winners 0.02 from their query, twins 0.03
+        dual = torch.linalg.pinv(query).T * query.square().sum(1, keepdim=True)  # dual[i].query[j]: |q_i|^2 or 0
+        leaders = [0.5 * offsets[2] + 4e-3 * dual, 0.5 * offsets[3] + 3e-3 * dual]
+    else:  # winners 0.02 from their query, twins 0.03, leaders 0.005 and 0.01
         winners, twins = query + 0.02 * offsets[0], query + 0.03 * offsets[1]
-    reference = torch.cat([twins, filler[:100], winners, filler[100:]])
-    result = screened_match(query, reference, metric)
-    assert torch.equal(result.index, torch.arange(116, 132)), "the float32 winner, not its bfloat16 twin"
+        leaders = [query + 0.005 * offsets[2], query + 0.01 * offsets[3]]
+    reference = torch.cat([twins, filler[:100], winners, filler[100:], *leaders[:k - 1]])
+    result = screened_match(query, reference, metric, k=k)
+    expected = torch.stack([torch.arange(632, 648), torch.arange(648, 664)][:k - 1] + [torch.arange(116, 132)], 1)
+    assert torch.equal(result.index.reshape(16, k), expected), "the float32 winner, not its bfloat16 twin"
 
 
-def test_exact_ties_take_the_lowest_index_across_blocks():
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_exact_ties_take_the_lowest_index_across_blocks(k):
     query = torch.randn(20, 16)
     reference = torch.randn(300, 16)
     reference[250] = reference[10] = reference[130] = query[0] * 3
-    result = screened_match(query, reference, "dot")
-    assert int(result.index[0]) == 10
+    result = screened_match(query, reference, "dot", k=k)
+    assert result.index.reshape(20, k)[0, :3].tolist() == [10, 130, 250][:k]
+    if k == 4:  # then the best of the rest
+        assert int(result.index[0, 3]) == int((reference @ query[0]).topk(4).indices[3])
 
 
 def test_crowded_rows_are_walked_in_float32(monkeypatch):
@@ -98,7 +131,7 @@ def test_crowded_rows_are_walked_in_float32(monkeypatch):
     query[0] = 3 * torch.nn.functional.normalize(query[0], dim=0)  # copies score 18, the rest about 10 at most
     reference[copies], reference[spread] = query[0] * 2, query[0] * -2
     query[:6], query[6:9] = query[0], -query[0]
-    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 256, 256 * 256 * 2)
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", block_m=256, tile_bytes=256 * 256 * 2)
     assert set(range(9)) <= set(unresolved.tolist()) and unresolved.numel() < 64  # (and rows near +-query 0)
     result = screened_match(query, reference, "dot", block_m=256)
     assert torch.equal(result.index[:6], copies.min().expand(6))
@@ -109,7 +142,7 @@ def test_crowded_rows_are_walked_in_float32(monkeypatch):
 def test_screening_gives_up_when_most_rows_crowd():
     """Constant features tie everywhere: every row is handed to the float32 walk, which picks index 0."""
     query, reference = torch.ones(64, 8), torch.ones(2048, 8)
-    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 256, 64 * 256 * 2)
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", block_m=256, tile_bytes=64 * 256 * 2)
     assert unresolved.numel() == 64
     result = screened_match(query, reference, "dot", block_m=256)
     assert torch.equal(result.index, torch.zeros(64, dtype=torch.int64))
@@ -133,11 +166,21 @@ def test_inputs_it_cannot_bound_take_the_float32_walk(bad):
     reference = torch.randn(200, 16)
     reference[7, 3] = bad
     query = torch.randn(30, 16)
-    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 64, 64 * 64 * 2)
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", block_m=64, tile_bytes=64 * 64 * 2)
     assert unresolved.numel() == 30
     screened = screened_match(query, reference, "dot")
     walked = match_chunked(query.T[None, :, :, None], reference, None, 1, "dot", block_m=64, screen=False)
     assert torch.equal(screened.index, walked[1][:, 0])
+
+
+def test_slots_beyond_the_matchable_references_get_minus_one():
+    ignored = torch.ones(100, dtype=torch.bool)
+    ignored[[3, 40, 77]] = False
+    query, reference = torch.randn(5, 8), torch.randn(100, 8)
+    screened = screened_match(query, reference, "l2", ignored=ignored, k=6)
+    walked = screened_match(query, reference, "l2", ignored=ignored, k=6, screen=False)
+    assert torch.equal(screened.index, walked.index) and (screened.index[:, 3:] == -1).all()
+    assert torch.equal(screened.score.isinf(), walked.score.isinf())
 
 
 def test_rows_with_no_matchable_reference_get_minus_one():
@@ -147,24 +190,28 @@ def test_rows_with_no_matchable_reference_get_minus_one():
     assert torch.isneginf(result.score).all()
 
 
-def test_row_max_reads_bfloat16_bits_in_float_order():
-    tile = torch.tensor([[-3.0, -0.0, -1.0], [-5.0, -2.0, -7.0], [0.5, -9.0, 0.25], [-0.0, 0.0, -1.0]])
-    expected = tile.amax(dim=1)
-    assert torch.equal(row_max_bf16(tile.bfloat16()), expected)
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_chunk_maxima_read_bfloat16_bits_in_float_order(chunks):
+    tile = torch.tensor([[-3.0, -0.0, -1.0, 2.0], [-5.0, -2.0, -7.0, -8.0], [0.5, -9.0, 0.25, -1.0],
+                         [-0.0, 0.0, -1.0, -3.0]])
+    expected = tile.view(4, chunks, -1).amax(dim=2)
+    assert torch.equal(chunk_maxima_bf16(tile.bfloat16(), chunks), expected)
 
 
 def test_screen_applies_only_where_it_pays(monkeypatch):
     rows, reference = torch.empty(8192, 128), torch.empty(65536, 128)
     native = screening.native_bf16()
     assert screening.screening_applies(rows, reference, 1) == native
-    assert not screening.screening_applies(rows, reference, 2)
+    assert screening.screening_applies(rows, reference, screening.MAX_K) == native
+    assert not screening.screening_applies(rows, reference, screening.MAX_K + 1)
     assert match_chunked(torch.randn(1, 8, 4, 4), torch.randn(50, 8), None, 3, "dot", screen=True)[1].shape == (16, 3)
     monkeypatch.setenv("REFMATCH_BF16_SCREEN", "0")
     assert not screening.screening_applies(rows, reference, 1)
     assert not screening.screening_applies(rows.double(), reference.double(), 1)
     assert not screening.screening_applies(rows[:16], reference, 1)
     assert screening.screening_applies(rows[:16], reference, 1, screen=True)  # forced, for tests
-    for unscreenable in [(rows.double(), reference.double(), 1), (rows[:0], reference, 1), (rows, reference, 3)]:
+    for unscreenable in [(rows.double(), reference.double(), 1), (rows[:0], reference, 1),
+                         (rows, reference, screening.MAX_K + 1)]:
         assert not screening.screening_applies(*unscreenable, screen=True)
 
 
@@ -190,8 +237,9 @@ def test_classwise_takes_one_screened_match_per_class(metric, grouped):
 
 
 def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
-    """Every reference block holds two near-copies of each query's best: two candidates per row and
-    block, over the limit of 0.5, so the second checkpoint stops the screen half way."""
+    """Every reference block of 64 holds two near-copies of each query's best: 0.03 candidates per
+    row and reference, over the limit of 2e-3, so the second checkpoint stops the screen half way."""
+    monkeypatch.setattr(screen_candidates, "MAX_HIT_RATE", MAX_HIT_RATE)
     generator = torch.Generator().manual_seed(6)
     directions = torch.randn(8, 16, generator=generator)
     query = directions.repeat_interleave(32, dim=0)  # 256 rows, 8 directions
@@ -204,8 +252,8 @@ def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
     checkpoint = screen_candidates.ScreenCandidates.checkpoint
     monkeypatch.setattr(screen_candidates.ScreenCandidates, "checkpoint",
                         lambda self, done: decisions.append((done, checkpoint(self, done))) or decisions[-1][1])
-    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 64, 256 * 64 * 2)
-    assert decisions[-1] == (32, False) and unresolved.numel() == 256
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", block_m=64, tile_bytes=256 * 64 * 2)
+    assert decisions[-1] == (16 * 64, False) and unresolved.numel() == 256
     result = screened_match(query, reference, "dot")
     assert_matches_oracle(result, query, reference, "dot")
 

@@ -1,144 +1,200 @@
 """The candidates of the bfloat16 screen (``torch_screening``): collected per tile, rescored in float32.
 
-Each query row keeps a floor: its best screened score so far minus the window
-2E, raised with every tile's row maximum. A reference whose screened score
-falls below the floor cannot be the float32 best, so it is never stored. Rows
-whose candidates pile up are given up and left to the float32 walk.
-
-Only k = 1: for top-8 the same scheme (a floor under each row's 8th best
-screened score) kept about 42 candidates per row and measured no faster than
-the float32 walk's running top-k (2 Zen 4 cores, 8192 x 65536 x 128).
+Each query row keeps a floor: its k-th best screened score so far minus the
+window 2E. A reference whose screened score falls below the floor cannot be
+among the float32 top k, so it is never stored. Only rows whose tile maximum
+reaches the floor take part in a tile. Rows whose candidates pile up are given
+up and left to the float32 walk.
 """
 import torch
-import torch.nn.functional as F
 
+from ..candidates import keep_best
 from .scoring import NORM_EPS
 
-CROWD_LIMIT = 64  # candidates per row at which a row is left to the float32 walk
+CROWD_LIMIT = 64  # candidates per row and per k at which a row is left to the float32 walk
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
-CHECK_EVERY = 16  # reference blocks between checks of the candidates' rate
-MAX_HIT_RATE = 0.5  # candidates per row and reference block above which the screen stops
-BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples before a compaction
+CHECK_EVERY = 8  # reference blocks between checks of the candidates' rate
+MAX_HIT_RATE = 2e-3  # candidates per row, reference and k above which the screen stops
+BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before a compaction
+CHUNK = 64  # columns per run whose maximum decides whether the run is read
 RESCORE_PAIRS = 1 << 16  # candidate pairs rescored at once (D floats each)
 
 
-def row_max_bf16(tile):
-    """Row maxima of a finite bfloat16 tile, read as int16 (a fast integer reduction).
+def chunk_maxima_bf16(tile, chunks):
+    """Maxima [rows, chunks] (float32) of a finite bfloat16 tile [rows, columns] over
+    ``chunks`` equal runs of columns, read as int16 (a fast integer reduction).
 
-    Non-negative bfloat16 values order as their bits; a row whose largest bit
+    Non-negative bfloat16 values order as their bits; a run whose largest bit
     pattern is negative holds only negative values, whose maximum has the smallest.
     """
-    bits = tile.view(torch.int16)
-    top = bits.amax(dim=1)
+    bits = tile.view(torch.int16).view(tile.shape[0], chunks, -1)
+    top = bits.amax(dim=2)
     negative = top < 0
     if bool(negative.any()):
-        top = torch.where(negative, bits.amin(dim=1), top)
+        top = torch.where(negative, bits.amin(dim=2), top)
     return top.view(torch.bfloat16).float()
 
 
 class ScreenCandidates:
-    """(row, column, screened score) triples above each row's floor."""
+    """(row, column, screened score) triples above each row's floor, for the top ``k``."""
 
-    def __init__(self, window):
+    def __init__(self, window, k=1):
         num_rows = window.shape[0]
-        self.window = window
-        self.best = torch.full((num_rows,), float("-inf"))  # screened; +inf for rows given up
-        self.parts, self.rows_seen, self.offered = [], 0, 0
-        self.budget = max(BUDGET_PER_ROW * num_rows, MIN_BUDGET)
+        self.window, self.k = window, k
+        self.top = torch.full((num_rows, k), float("-inf"))  # k screened scores per row; +inf: given up
+        self.kth_bound = self.top[:, -1].clone()  # the floor's base: their minimum
+        self.crowd_limit = CROWD_LIMIT * k
+        self.parts, self.rows_seen, self.offered, self.stored, self.given_up = [], 0, 0, 0, 0
+        self.budget = max(BUDGET_PER_ROW * k * num_rows, MIN_BUDGET)
         self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
         self.row_counts = torch.zeros(num_rows, dtype=torch.int64)  # stored triples per row, stale ones too
-        self.last_check = None  # candidates offered up to the last checkpoint
+        self.blocks_done, self.last_check = 0, None  # (candidates offered, references) at the last check
 
     def offer(self, tile, row0, col0, kept):
         """Take a bfloat16 tile [rows, columns] of rows from ``row0``, columns from
-        ``col0`` (``kept``: their positions, or None). False: too many rows crowd, give up."""
+        ``col0`` (``kept``: their positions, or None). False: too many rows crowd, give up.
+
+        Runs of ``CHUNK`` columns whose maximum is below the floor are never read
+        again: on random features at k = 8 that skips about 3 in 4 of the runs that
+        a test of whole rows would read."""
+        self.rows_seen = max(self.rows_seen, row0 + tile.shape[0])
+        width = tile.shape[1]
+        chunks = width // CHUNK if self.k > 1 and width % CHUNK == 0 else 1  # k = 1: few rows come near
+        chunk_max = chunk_maxima_bf16(tile, chunks)
+        tile_max = chunk_max.amax(dim=1) if chunks > 1 else chunk_max[:, 0]
         rows = slice(row0, row0 + tile.shape[0])
-        self.rows_seen = max(self.rows_seen, rows.stop)
-        tile_max = row_max_bf16(tile)
-        torch.maximum(self.best[rows], tile_max, out=self.best[rows])
-        floor = self.best[rows] - self.window[rows]
-        near = (tile_max >= floor).nonzero()[:, 0]
+        near = (tile_max >= self.kth_bound[rows] - self.window[rows]).nonzero()[:, 0]
         if near.numel() == 0:
             return True
-        if 4 * near.numel() > tile.shape[0]:  # converting the whole tile beats gathering its rows
-            near, near_scores = torch.arange(tile.shape[0]), tile.float()
-        else:
-            near_scores = tile[near].float()
-        hits = near_scores >= floor[near, None]
+        near_rows = near + row0
+        floor = self._raise_bound(near_rows, chunk_max[near], tile_max[near], tile, near) - self.window[near_rows]
+        pair_row, pair_chunk = (chunk_max[near] >= floor[:, None]).nonzero().unbind(1)
+        runs = tile.view(-1, width // chunks).index_select(0, near[pair_row] * chunks + pair_chunk).float()
+        hit_pair, hit_col = (runs >= floor[pair_row, None]).nonzero().unbind(1)
+        hit_row, hit_scores = pair_row[hit_pair], runs[hit_pair, hit_col]  # ascending row, then column
+        hit_col += pair_chunk[hit_pair] * (width // chunks)
+        counts = torch.bincount(hit_row, minlength=near.numel())
         if near.numel() == tile.shape[0]:  # early tiles: rows crowded within one tile leave before storing
-            crowded = hits.sum(dim=1) > CROWD_LIMIT
+            crowded = counts > self.crowd_limit
             if bool(crowded.any()):
-                self._give_up_rows(crowded.nonzero()[:, 0] + row0)
-                if int(self.unresolved.sum()) > GIVE_UP_FRACTION * self.rows_seen:
+                self._give_up_rows(near_rows[crowded])
+                if self.given_up > GIVE_UP_FRACTION * self.rows_seen:
                     return False
-                hits[crowded] = False
-        hit_row, hit_col = hits.nonzero().unbind(1)
+                keep = ~crowded[hit_row]
+                hit_row, hit_col, hit_scores = hit_row[keep], hit_col[keep], hit_scores[keep]
+                counts[crowded] = 0
         cols = hit_col if kept is None else kept[hit_col]
-        self.parts.append((near[hit_row] + row0, cols + col0, near_scores[hit_row, hit_col]))
+        self.parts.append((near_rows[hit_row], cols + col0, hit_scores))
         self.offered += hit_row.numel()
-        self.row_counts[near + row0] += torch.bincount(hit_row, minlength=near.numel())
-        # Compact when memory asks, or when enough rows look crowded to decide whether to give up.
-        looks_crowded = int((self.row_counts > CROWD_LIMIT).sum()) > GIVE_UP_FRACTION * self.rows_seen
-        if int(self.row_counts.sum()) > self.budget or looks_crowded:
+        self.stored += hit_row.numel()
+        self.row_counts[near_rows] += counts
+        # Compact when memory asks, or when enough rows may crowd to decide whether to give up.
+        may_crowd = self.stored > GIVE_UP_FRACTION * self.rows_seen * self.crowd_limit
+        if self.stored > self.budget or (
+                may_crowd and int((self.row_counts > self.crowd_limit).sum()) > GIVE_UP_FRACTION * self.rows_seen):
             self.compact()
-        return int(self.unresolved.sum()) <= GIVE_UP_FRACTION * self.rows_seen
+        return self.given_up <= GIVE_UP_FRACTION * self.rows_seen
 
-    def checkpoint(self, blocks_done):
-        """After a reference block: every ``CHECK_EVERY`` blocks, from the second check
-        on, False when rows took more than ``MAX_HIT_RATE`` candidates per block since the
-        last check. Handling candidates then costs more than the bfloat16 GEMM saves
-        (measured: 0.9 per block on 4 clusters in l2, 0.97 s screened against the
-        walk's 0.81 s; random and clustered cosine features: 0.1 to 0.3)."""
-        if blocks_done % CHECK_EVERY:
+    def _raise_bound(self, rows, chunk_max, tile_max, tile, near):
+        """Raise the k-th bound of ``rows`` (tile rows ``near``) with a tile; the new bound [R].
+
+        Each row keeps k of its screened scores; the smallest is a lower bound on
+        its k-th best. A row's first tile gives its k best (a sort over the tile,
+        once); later tiles give their run maxima [R, chunks], merged where the tile
+        maximum beats the bound. The bound lags the exact k-th best only where one
+        run holds several of a row's best scores, and never exceeds it.
+        """
+        bound = self.kth_bound[rows]
+        if self.k == 1:
+            bound = torch.maximum(bound, tile_max)
+        elif bool(bound.isneginf().any()):
+            scores = tile.index_select(0, near).float()
+            kept = torch.cat([self.top[rows], scores], dim=1).topk(self.k, dim=1).values
+            self.top[rows], bound = kept, kept[:, -1]
+        else:
+            entering = (tile_max > bound).nonzero()[:, 0]
+            if entering.numel():
+                entering_rows = rows[entering]
+                kept = torch.cat([self.top[entering_rows], chunk_max[entering]], dim=1).topk(self.k, dim=1).values
+                self.top[entering_rows], bound[entering] = kept, kept[:, -1]
+        self.kth_bound[rows] = bound
+        return bound
+
+    def checkpoint(self, references_done):
+        """After each reference block: every ``CHECK_EVERY`` blocks, from the second check
+        on, False when rows took more than ``MAX_HIT_RATE`` k candidates per reference
+        since the last check. Handling candidates then costs more than the bfloat16 GEMM
+        saves (measured at k = 1: 3.5e-3 on 4 clusters in l2, 0.97 s screened against
+        the walk's 0.81 s; random and clustered cosine features: 0.4e-3 to 1.2e-3)."""
+        self.blocks_done += 1
+        if self.blocks_done % CHECK_EVERY:
             return True
-        previous, self.last_check = self.last_check, self.offered
+        previous, self.last_check = self.last_check, (self.offered, references_done)
         if previous is None:  # the first blocks take many candidates while the maxima settle
             return True
-        return (self.offered - previous) / (self.window.shape[0] * CHECK_EVERY) <= MAX_HIT_RATE
+        references = references_done - previous[1]
+        return self.offered - previous[0] <= MAX_HIT_RATE * self.window.shape[0] * references * self.k
 
     def _give_up_rows(self, rows):
         self.unresolved[rows] = True
-        self.best[rows] = float("inf")  # their floor: no more candidates
+        self.given_up = int(self.unresolved.sum())
+        self.kth_bound[rows] = float("inf")  # their floor: no more candidates
+        self.top[rows] = float("inf")
 
     def compact(self, give_up_crowded=True):
         """Drop triples below their row's floor, give up rows with too many."""
         rows, cols, scores = (torch.cat(part) for part in zip(*self.parts))
-        keep = scores >= (self.best - self.window)[rows]
+        keep = scores >= (self.kth_bound - self.window)[rows]
         rows, cols, scores = rows[keep], cols[keep], scores[keep]
         self.row_counts = torch.bincount(rows, minlength=self.window.shape[0])
         if give_up_crowded:
-            crowded = self.row_counts > CROWD_LIMIT
+            crowded = self.row_counts > self.crowd_limit
             if bool(crowded.any()):
                 self._give_up_rows(crowded)
                 keep = ~crowded[rows]
                 rows, cols, scores = rows[keep], cols[keep], scores[keep]
                 self.row_counts[crowded] = 0
-        self.parts = [(rows, cols, scores)]
+        self.parts, self.stored = [(rows, cols, scores)], rows.numel()
 
     def rescore(self, query_rows, reference, metric):
-        """Float32 best of the surviving candidates: (score [N, 1], index [N, 1],
-        unresolved [U] rows, which hold -inf / -1), the lowest index on ties."""
+        """Float32 top k of the surviving candidates: (score [N, k], index [N, k],
+        unresolved [U] rows), best first, the lowest index on ties; rows given up,
+        and slots beyond a row's candidates, hold -inf / -1."""
         num_rows = query_rows.shape[0]
-        best = torch.full((num_rows,), float("-inf"))
-        best_index = torch.full((num_rows,), -1, dtype=torch.int64)
+        rows = cols = torch.zeros(0, dtype=torch.int64)
         if self.parts:
             self.compact(give_up_crowded=False)
             rows, cols, _ = self.parts[0]
-            exact = torch.cat([exact_scores(query_rows[r], reference[c], metric)
-                               for r, c in zip(rows.split(RESCORE_PAIRS), cols.split(RESCORE_PAIRS))]
-                              + [query_rows.new_empty(0)])
-            best.scatter_reduce_(0, rows, exact, "amax")
-            winner = exact == best[rows]
-            best_index.fill_(reference.shape[0]).scatter_reduce_(0, rows[winner], cols[winner], "amin")
-            best_index[best_index == reference.shape[0]] = -1
+        exact = exact_scores(query_rows, reference, rows, cols, metric)
+        # Row by row in ascending column order (as the tiles were offered), padded to one width.
+        order = rows.sort(stable=True).indices
+        rows, cols, exact = rows[order], cols[order], exact[order]
+        counts = torch.bincount(rows, minlength=num_rows)
+        slot = torch.arange(rows.numel()) - (counts.cumsum(0) - counts)[rows]
+        width = max(int(counts.max()) if num_rows else 0, self.k)
+        score = torch.full((num_rows, width), float("-inf"))
+        index = torch.full((num_rows, width), -1, dtype=torch.int64)
+        score[rows, slot], index[rows, slot] = exact, cols
+        best, best_index = keep_best(score, self.k, index)
         unresolved = self.unresolved.nonzero()[:, 0]
         best[unresolved], best_index[unresolved] = float("-inf"), -1
-        return best[:, None], best_index[:, None], unresolved
+        return best, best_index.masked_fill_(best == float("-inf"), -1), unresolved
 
 
-def exact_scores(query_rows, reference_rows, metric):
-    """Oriented float32 scores of paired rows [P, D] x [P, D] -> [P], as the float32 walk defines them."""
-    if metric == "cosine":
-        reference_rows = F.normalize(reference_rows, dim=1, eps=NORM_EPS)
-    dot = (query_rows * reference_rows).sum(dim=1)
-    return 2 * dot - reference_rows.square().sum(dim=1) if metric == "l2" else dot
+def exact_scores(query_rows, reference, rows, cols, metric):
+    """Oriented float32 scores [P] of the pairs (query_rows[rows], reference[cols]),
+    as the float32 walk defines them. The gathered rows go into two buffers reused
+    chunk after chunk: fresh ones cost more in page faults than the gathers."""
+    num_pairs, depth = rows.numel(), query_rows.shape[1]
+    chunk = min(num_pairs, RESCORE_PAIRS)
+    query_buffer, reference_buffer = query_rows.new_empty(chunk, depth), reference.new_empty(chunk, depth)
+    exact = query_rows.new_empty(num_pairs)
+    for start in range(0, num_pairs, RESCORE_PAIRS):
+        pair_rows, pair_cols = rows[start:start + RESCORE_PAIRS], cols[start:start + RESCORE_PAIRS]
+        queries = torch.index_select(query_rows, 0, pair_rows, out=query_buffer[:pair_rows.numel()])
+        references = torch.index_select(reference, 0, pair_cols, out=reference_buffer[:pair_cols.numel()])
+        if metric == "cosine":  # as F.normalize divides, in place
+            references.div_(references.norm(dim=1, keepdim=True).clamp_min(NORM_EPS))
+        dot = torch.einsum("pd,pd->p", queries, references)
+        exact[start:start + pair_rows.numel()] = 2 * dot - references.square().sum(dim=1) if metric == "l2" else dot
+    return exact

@@ -220,7 +220,7 @@ def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=Non
 
     if not screening_applies(rows, reference, k, screen):
         return walk(rows)
-    best, best_index, unresolved = match_screened(rows, reference, ignored, metric, block_m, tile_bytes)
+    best, best_index, unresolved = match_screened(rows, reference, ignored, metric, k, block_m, tile_bytes)
     if unresolved.numel():
         best[unresolved], best_index[unresolved] = walk(rows[unresolved])
     return best, best_index
