@@ -5,8 +5,9 @@
         --data ../shared/datasets/nlm-cxr-lung-512        # plus a trained teacher's features of real images
 
 Both paths return the same matches (up to float32 rounding); the table gives the
-time of each, and the share of query rows the screen handed to the float32 walk
-(100 %: it gave up early). Writes bench/results/<machine>-screening-<date>.{json,md}.
+time of each for k = 1 and top-8 (``--k``), and the share of query rows the screen
+handed to the float32 walk (100 %: it gave up early). Writes
+bench/results/<machine>-screening[-<tag>]-<date>.{json,md}.
 """
 import argparse
 import json
@@ -63,24 +64,27 @@ def best_of(fn, repeat):
     return min(times)
 
 
-def measure(name, query, reference, metric, repeat):
+def measure(name, query, reference, metric, k, repeat):
     maps = query.T[None, :, :, None]
-    walk = best_of(lambda: match_chunked(maps, reference, None, 1, metric, screen=False), repeat)
-    screen = best_of(lambda: match_chunked(maps, reference, None, 1, metric, screen=True), repeat)
+    walk = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
+    screen = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
     rows = tiling(maps, reference)[2]
-    handed_back = match_screened(rows, reference, None, metric)[2].numel() / rows.shape[0]
+    handed_back = match_screened(rows, reference, None, metric, k)[2].numel() / rows.shape[0]
     return {"features": name, "N": query.shape[0], "M": reference.shape[0], "D": query.shape[1], "metric": metric,
-            "walk_ms": 1e3 * walk, "screen_ms": 1e3 * screen, "speedup": walk / screen, "walked_rows": handed_back}
+            "k": k, "walk_ms": 1e3 * walk, "screen_ms": 1e3 * screen, "speedup": walk / screen,
+            "walked_rows": handed_back}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="8192x65536x128", help="NxMxD of the synthetic sets")
     parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"])
+    parser.add_argument("--k", nargs="+", type=int, default=[1, 8], help="matches per row")
     parser.add_argument("--run", help="training run folder with best.pt and splits.json")
     parser.add_argument("--data", help="the dataset folder that run trained on")
     parser.add_argument("--images", type=int, default=16, help="unlabelled images to take features of")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tag", help="added to the file name, so runs of one day stay apart")
     args = parser.parse_args()
     n, m, d = (int(x) for x in args.size.split("x"))
     generator = torch.Generator().manual_seed(0)
@@ -89,20 +93,20 @@ def main():
     if args.run:
         sets.append((f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images)))
     slug, name = machine("cpu")
-    header = ["features", "N", "M", "D", "metric", "walk ms", "screen ms", "speedup", "rows walked"]
+    header = ["features", "N", "M", "D", "metric", "k", "walk ms", "screen ms", "speedup", "rows walked"]
     commit = git_commit()
     lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
              f"{date.today()}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     print("\n".join(lines), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{slug}-screening-{date.today()}"
+    stem = RESULTS / f"{slug}-screening{'-' + args.tag if args.tag else ''}-{date.today()}"
     rows = []
     for label, query, reference in sets:
-        for metric in args.metrics:
-            row = measure(label, query, reference, metric, args.repeat)
+        for metric, k in ((metric, k) for metric in args.metrics for k in args.k):
+            row = measure(label, query, reference, metric, k, args.repeat)
             rows.append(row)
-            lines.append(f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {row['walk_ms']:.1f} | "
+            lines.append(f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {k} | {row['walk_ms']:.1f} | "
                          f"{row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % |")
             print(lines[-1], flush=True)
             # rewritten after every row: a run that is killed keeps what it measured

@@ -238,13 +238,15 @@ def test_classwise_takes_one_screened_match_per_class(metric, grouped):
 
 def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
     """Every reference block of 64 holds two near-copies of each query's best: 0.03 candidates per
-    row and reference, over the limit of 2e-3, so the second checkpoint stops the screen half way."""
+    row and reference, over the limit of 2e-3, so the second checkpoint (at 8192 references) stops
+    the screen half way; the crowd limit is raised so that it is not what stops it first."""
     monkeypatch.setattr(screen_candidates, "MAX_HIT_RATE", MAX_HIT_RATE)
+    monkeypatch.setattr(screen_candidates, "CROWD_LIMIT", 1 << 10)
     generator = torch.Generator().manual_seed(6)
     directions = torch.randn(8, 16, generator=generator)
     query = directions.repeat_interleave(32, dim=0)  # 256 rows, 8 directions
     blocks = []
-    for _ in range(64):
+    for _ in range(128):
         near_copies = 2 * directions.repeat(2, 1) + 1e-4 * torch.randn(16, 16, generator=generator)
         blocks.append(torch.cat([near_copies, torch.randn(48, 16, generator=generator)]))
     reference = torch.cat(blocks)
@@ -253,7 +255,7 @@ def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
     monkeypatch.setattr(screen_candidates.ScreenCandidates, "checkpoint",
                         lambda self, done: decisions.append((done, checkpoint(self, done))) or decisions[-1][1])
     _, _, unresolved = screening.match_screened(query, reference, None, "dot", block_m=64, tile_bytes=256 * 64 * 2)
-    assert decisions[-1] == (16 * 64, False) and unresolved.numel() == 256
+    assert decisions[-1] == (2 * screen_candidates.CHECK_EVERY, False) and unresolved.numel() == 256
     result = screened_match(query, reference, "dot")
     assert_matches_oracle(result, query, reference, "dot")
 

@@ -13,7 +13,7 @@ from .scoring import NORM_EPS
 
 CROWD_LIMIT = 64  # candidates per row and per k at which a row is left to the float32 walk
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
-CHECK_EVERY = 8  # reference blocks between checks of the candidates' rate
+CHECK_EVERY = 4096  # references between checks of the candidates' rate
 MAX_HIT_RATE = 2e-3  # candidates per row, reference and k above which the screen stops
 BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before a compaction
 CHUNK = 64  # columns per run whose maximum decides whether the run is read
@@ -48,7 +48,7 @@ class ScreenCandidates:
         self.budget = max(BUDGET_PER_ROW * k * num_rows, MIN_BUDGET)
         self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
         self.row_counts = torch.zeros(num_rows, dtype=torch.int64)  # stored triples per row, stale ones too
-        self.blocks_done, self.last_check = 0, None  # (candidates offered, references) at the last check
+        self.last_check = None  # (candidates offered, references) at the last check
 
     def offer(self, tile, row0, col0, kept):
         """Take a bfloat16 tile [rows, columns] of rows from ``row0``, columns from
@@ -59,17 +59,18 @@ class ScreenCandidates:
         a test of whole rows would read."""
         self.rows_seen = max(self.rows_seen, row0 + tile.shape[0])
         width = tile.shape[1]
-        chunks = width // CHUNK if self.k > 1 and width % CHUNK == 0 else 1  # k = 1: few rows come near
-        chunk_max = chunk_maxima_bf16(tile, chunks)
-        tile_max = chunk_max.amax(dim=1) if chunks > 1 else chunk_max[:, 0]
+        tile_max = chunk_maxima_bf16(tile, 1)[:, 0]
         rows = slice(row0, row0 + tile.shape[0])
         near = (tile_max >= self.kth_bound[rows] - self.window[rows]).nonzero()[:, 0]
         if near.numel() == 0:
             return True
         near_rows = near + row0
-        floor = self._raise_bound(near_rows, chunk_max[near], tile_max[near], tile, near) - self.window[near_rows]
-        pair_row, pair_chunk = (chunk_max[near] >= floor[:, None]).nonzero().unbind(1)
-        runs = tile.view(-1, width // chunks).index_select(0, near[pair_row] * chunks + pair_chunk).float()
+        near_tile = tile if near.numel() == tile.shape[0] else tile.index_select(0, near)
+        chunks = width // CHUNK if self.k > 1 and width % CHUNK == 0 else 1  # k = 1: few rows come near
+        chunk_max = chunk_maxima_bf16(near_tile, chunks) if chunks > 1 else tile_max[near, None]
+        floor = self._raise_bound(near_rows, chunk_max, tile_max[near], near_tile) - self.window[near_rows]
+        pair_row, pair_chunk = (chunk_max >= floor[:, None]).nonzero().unbind(1)
+        runs = near_tile.view(-1, width // chunks).index_select(0, pair_row * chunks + pair_chunk).float()
         hit_pair, hit_col = (runs >= floor[pair_row, None]).nonzero().unbind(1)
         hit_row, hit_scores = pair_row[hit_pair], runs[hit_pair, hit_col]  # ascending row, then column
         hit_col += pair_chunk[hit_pair] * (width // chunks)
@@ -95,8 +96,8 @@ class ScreenCandidates:
             self.compact()
         return self.given_up <= GIVE_UP_FRACTION * self.rows_seen
 
-    def _raise_bound(self, rows, chunk_max, tile_max, tile, near):
-        """Raise the k-th bound of ``rows`` (tile rows ``near``) with a tile; the new bound [R].
+    def _raise_bound(self, rows, chunk_max, tile_max, tile_rows):
+        """Raise the k-th bound of ``rows`` with their tile rows [R, columns]; the new bound [R].
 
         Each row keeps k of its screened scores; the smallest is a lower bound on
         its k-th best. A row's first tile gives its k best (a sort over the tile,
@@ -108,8 +109,7 @@ class ScreenCandidates:
         if self.k == 1:
             bound = torch.maximum(bound, tile_max)
         elif bool(bound.isneginf().any()):
-            scores = tile.index_select(0, near).float()
-            kept = torch.cat([self.top[rows], scores], dim=1).topk(self.k, dim=1).values
+            kept = torch.cat([self.top[rows], tile_rows.float()], dim=1).topk(self.k, dim=1).values
             self.top[rows], bound = kept, kept[:, -1]
         else:
             entering = (tile_max > bound).nonzero()[:, 0]
@@ -121,13 +121,14 @@ class ScreenCandidates:
         return bound
 
     def checkpoint(self, references_done):
-        """After each reference block: every ``CHECK_EVERY`` blocks, from the second check
-        on, False when rows took more than ``MAX_HIT_RATE`` k candidates per reference
-        since the last check. Handling candidates then costs more than the bfloat16 GEMM
-        saves (measured at k = 1: 3.5e-3 on 4 clusters in l2, 0.97 s screened against
-        the walk's 0.81 s; random and clustered cosine features: 0.4e-3 to 1.2e-3)."""
-        self.blocks_done += 1
-        if self.blocks_done % CHECK_EVERY:
+        """After each reference block: every ``CHECK_EVERY`` references, from the second
+        check on, False when rows took more than ``MAX_HIT_RATE`` k candidates per
+        reference since the last check. Handling candidates then costs more than the
+        bfloat16 GEMM saves (measured at k = 1: 3.5e-3 on 4 clusters in l2, 0.97 s
+        screened against the walk's 0.81 s; random and clustered cosine features:
+        0.4e-3 to 1.2e-3)."""
+        checked = 0 if self.last_check is None else self.last_check[1]
+        if references_done // CHECK_EVERY == checked // CHECK_EVERY:
             return True
         previous, self.last_check = self.last_check, (self.offered, references_done)
         if previous is None:  # the first blocks take many candidates while the maxima settle
