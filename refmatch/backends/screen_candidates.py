@@ -11,10 +11,13 @@ import torch
 from ..candidates import keep_best
 from .scoring import NORM_EPS
 
-CROWD_LIMIT = 64  # candidates per row and per k at which a row is left to the float32 walk
+# Candidates per row above which a row is left to the float32 walk: CROWD_LIMIT + CROWD_PER_K k.
+# On random 128-d features a 512-wide tile gives top-8 rows 17 to 52 hits; clusters of
+# near-duplicates (and a trained U-Net's features) over 100.
+CROWD_LIMIT, CROWD_PER_K = 60, 4
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
 CHECK_EVERY = 4096  # references between checks of the candidates' rate
-MAX_HIT_RATE = 2e-3  # candidates per row, reference and k above which the screen stops
+MAX_HIT_RATE = 1e-3  # candidates per row and reference, per k + 1, above which the screen stops
 BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before a compaction
 CHUNK = 64  # columns per run whose maximum decides whether the run is read
 RESCORE_PAIRS = 1 << 16  # candidate pairs rescored at once (D floats each)
@@ -43,7 +46,7 @@ class ScreenCandidates:
         self.window, self.k = window, k
         self.top = torch.full((num_rows, k), float("-inf"))  # k screened scores per row; +inf: given up
         self.kth_bound = self.top[:, -1].clone()  # the floor's base: their minimum
-        self.crowd_limit = CROWD_LIMIT * k
+        self.crowd_limit = CROWD_LIMIT + CROWD_PER_K * k
         self.parts, self.rows_seen, self.offered, self.stored, self.given_up = [], 0, 0, 0, 0
         self.budget = max(BUDGET_PER_ROW * k * num_rows, MIN_BUDGET)
         self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
@@ -122,11 +125,12 @@ class ScreenCandidates:
 
     def checkpoint(self, references_done):
         """After each reference block: every ``CHECK_EVERY`` references, from the second
-        check on, False when rows took more than ``MAX_HIT_RATE`` k candidates per
+        check on, False when rows took more than ``MAX_HIT_RATE`` (k + 1) candidates per
         reference since the last check. Handling candidates then costs more than the
-        bfloat16 GEMM saves (measured at k = 1: 3.5e-3 on 4 clusters in l2, 0.97 s
-        screened against the walk's 0.81 s; random and clustered cosine features:
-        0.4e-3 to 1.2e-3)."""
+        bfloat16 GEMM saves. Measured rates (8192 x 65536 x 128): 4 loose clusters in l2
+        3.5e-3 at k = 1 (0.97 s screened, the walk 0.81 s) and 15e-3 at k = 8 (1.46 s,
+        the walk 1.10 s); random and clustered cosine features 0.4e-3 to 1.2e-3 at k = 1,
+        3.8e-3 to 6.7e-3 at k = 8, where the screen pays."""
         checked = 0 if self.last_check is None else self.last_check[1]
         if references_done // CHECK_EVERY == checked // CHECK_EVERY:
             return True
@@ -134,7 +138,7 @@ class ScreenCandidates:
         if previous is None:  # the first blocks take many candidates while the maxima settle
             return True
         references = references_done - previous[1]
-        return self.offered - previous[0] <= MAX_HIT_RATE * self.window.shape[0] * references * self.k
+        return self.offered - previous[0] <= MAX_HIT_RATE * (self.k + 1) * self.window.shape[0] * references
 
     def _give_up_rows(self, rows):
         self.unresolved[rows] = True

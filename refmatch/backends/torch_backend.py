@@ -5,7 +5,7 @@ against ``block_n`` query rows with one BLAS GEMM into a reused tile and reduced
 to a running best (k = 1) or a running top-k. Block sizes come from a tile
 memory budget, so extra memory is fixed whatever N and M are; on the CPU the tile
 stays cache-sized so the reduction runs at the speed of the GEMM under it.
-Float32 k = 1 on CPUs with native bfloat16 GEMMs goes through an exact bfloat16
+Float32 k <= 16 on CPUs with native bfloat16 GEMMs goes through an exact bfloat16
 screen first (``torch_screening``); rows it cannot settle take the walk here.
 """
 import torch
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..candidates import keep_best
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
+from .torch_screening import MAX_K as MAX_SCREENED_K
 from .torch_screening import match_screened, native_bf16, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
@@ -200,7 +201,7 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests, benchmarks).
         screen: use the exact bfloat16 screen (``torch_screening``) for float32
-            k = 1 on the CPU; None decides by hardware and problem size.
+            k <= 16 on the CPU; None decides by hardware and problem size.
     Returns:
         (score [N, k], index [N, k] int64), best first.
     """
@@ -264,7 +265,7 @@ class TorchBackend:
         self.classwise_op = register_classwise_op(self.name, classwise_chunked)
 
     def status(self):
-        screen = "exact bfloat16 screen for float32 k=1 on this CPU" if native_bf16() else \
+        screen = f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} on this CPU" if native_bf16() else \
             "no native bfloat16 on this CPU, so no float32 screen"
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {screen}"
 
