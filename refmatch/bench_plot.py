@@ -62,6 +62,6 @@ def _bars(axis, timed, colours):
         if row["method"].startswith("gemm"):
             style = _style(row)
             axis.axvline(row["tflops"], color=style["color"], linestyle=style["linestyle"],
-                         label=f"{_label(row)}: {row['tflops']:.0f}")
+                         label=f"{_label(row)}: {row['tflops']:.3g}")
     axis.set(xscale="log", xlabel="TFLOP/s (2 N M D / time)")
     axis.legend(fontsize=7, loc="lower right")

@@ -22,7 +22,8 @@ are skipped like ignored ones. Rows whose candidates pile up (tight clusters,
 near-duplicate references) are handed back unresolved for the float32 walk.
 The screen stops and hands back every row once a quarter of them crowd (on a
 trained U-Net's features: after one tile), or when candidates keep arriving
-faster than ``MAX_HIT_RATE`` per row, reference and k (checked every 8 blocks).
+faster than ``MAX_HIT_RATE`` (k + 1) per row and reference (checked every
+4096 references).
 """
 import functools
 import os
