@@ -52,6 +52,17 @@ def test_error_bound_holds_for_the_bfloat16_gemm(metric, depth):
     assert float((error / bound[:, None]).max()) > 0.01, "the bound should not be vacuous"
 
 
+def test_l2_norm_column_splits_into_a_bfloat16_head_and_tail():
+    """head + tail hold the float32 |r|^2 to 16 bits, so l2's bound charges it u^2, not 3u."""
+    references = wide_range(500, 9, generator=torch.Generator().manual_seed(8))
+    operand = screening._screen_operand(references, "l2")
+    norm_sq = references.square().sum(dim=1).double()
+    assert torch.equal(operand[:, :9], references.bfloat16())
+    error = (operand[:, 9].double() + operand[:, 10].double() - norm_sq).abs()
+    assert (error <= 2.0 ** -16 * norm_sq + 2.0 ** -126).all()
+    assert (operand[:, 10] != 0).any(), "the tail carries the head's rounding"
+
+
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("with_ignored", [False, True])
 @pytest.mark.parametrize("k, block_m", [(1, 64), (5, 64), (5, 128)])  # 128: two runs of 64 per tile
