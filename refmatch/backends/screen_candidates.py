@@ -18,7 +18,8 @@ CROWD_LIMIT, CROWD_PER_K = 60, 4
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
 CHECK_EVERY = 4096  # references between checks of the candidates' rate
 MAX_HIT_RATE = 1e-3  # candidates per row and reference, per k + 1, above which the screen stops
-BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before a compaction
+BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before the first compaction
+STORED_LIMIT = 1 << 22  # triples (20 bytes each) one pass over the bank may hold: see rows_per_pass
 CHUNK = 64  # columns per run whose maximum decides whether the run is read
 RESCORE_PAIRS = 1 << 16  # candidate pairs rescored at once (D floats each)
 
@@ -38,6 +39,17 @@ def chunk_maxima_bf16(tile, chunks):
     return top.view(torch.bfloat16).float()
 
 
+def crowd_limit(k):
+    return CROWD_LIMIT + CROWD_PER_K * k
+
+
+def rows_per_pass(k):
+    """Query rows one screening pass takes, so that its stored triples stay within
+    ``STORED_LIMIT``: a pass compacts at twice its live candidates (at most
+    ``crowd_limit`` per row) or at its first budget, whichever is larger."""
+    return max(1, STORED_LIMIT // max(BUDGET_PER_ROW * k, 2 * crowd_limit(k)))
+
+
 class ScreenCandidates:
     """(row, column, screened score) triples above each row's floor, for the top ``k``."""
 
@@ -46,9 +58,9 @@ class ScreenCandidates:
         self.window, self.k = window, k
         self.top = torch.full((num_rows, k), float("-inf"))  # k screened scores per row; +inf: given up
         self.kth_bound = self.top[:, -1].clone()  # the floor's base: their minimum
-        self.crowd_limit = CROWD_LIMIT + CROWD_PER_K * k
+        self.crowd_limit = crowd_limit(k)
         self.parts, self.rows_seen, self.offered, self.stored, self.given_up = [], 0, 0, 0, 0
-        self.budget = max(BUDGET_PER_ROW * k * num_rows, MIN_BUDGET)
+        self.budget = max(BUDGET_PER_ROW * k * num_rows, MIN_BUDGET)  # raised to twice what compact keeps
         self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
         self.row_counts = torch.zeros(num_rows, dtype=torch.int64)  # stored triples per row, stale ones too
         self.last_check = None  # (candidates offered, references) at the last check
@@ -146,20 +158,20 @@ class ScreenCandidates:
         self.kth_bound[rows] = float("inf")  # their floor: no more candidates
         self.top[rows] = float("inf")
 
-    def compact(self, give_up_crowded=True):
+    def compact(self):
         """Drop triples below their row's floor, give up rows with too many."""
         rows, cols, scores = (torch.cat(part) for part in zip(*self.parts))
         keep = scores >= (self.kth_bound - self.window)[rows]
         rows, cols, scores = rows[keep], cols[keep], scores[keep]
         self.row_counts = torch.bincount(rows, minlength=self.window.shape[0])
-        if give_up_crowded:
-            crowded = self.row_counts > self.crowd_limit
-            if bool(crowded.any()):
-                self._give_up_rows(crowded)
-                keep = ~crowded[rows]
-                rows, cols, scores = rows[keep], cols[keep], scores[keep]
-                self.row_counts[crowded] = 0
+        crowded = self.row_counts > self.crowd_limit
+        if bool(crowded.any()):
+            self._give_up_rows(crowded)
+            keep = ~crowded[rows]
+            rows, cols, scores = rows[keep], cols[keep], scores[keep]
+            self.row_counts[crowded] = 0
         self.parts, self.stored = [(rows, cols, scores)], rows.numel()
+        self.budget = max(self.budget, 2 * self.stored)  # many live candidates: compact less often
 
     def rescore(self, query_rows, reference, metric):
         """Float32 top k of the surviving candidates: (score [N, k], index [N, k],
@@ -168,7 +180,7 @@ class ScreenCandidates:
         num_rows = query_rows.shape[0]
         rows = cols = torch.zeros(0, dtype=torch.int64)
         if self.parts:
-            self.compact(give_up_crowded=False)
+            self.compact()  # a row crowded since its first tiles leaves too, so the padding stays narrow
             rows, cols, _ = self.parts[0]
         exact = exact_scores(query_rows, reference, rows, cols, metric)
         # Row by row in ascending column order (as the tiles were offered), padded to one width.

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .scoring import NORM_EPS, squared_norms
-from .screen_candidates import ScreenCandidates
+from .screen_candidates import ScreenCandidates, rows_per_pass
 
 BF16_UNIT = 2.0 ** -8
 # Narrow reference blocks, many rows: measured fastest on 2 Zen 4 cores; top k, whose tiles
@@ -126,8 +126,7 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
         unresolved [U] row indices): unresolved rows (and rows whose inputs the
         screen cannot bound) hold -inf / -1 and are left to the float32 walk.
     """
-    num_rows, depth = rows.shape
-    query_norm = _norm_upper_bound(squared_norms(rows, dim=1), depth)
+    depth = rows.shape[1]
     reference_norm_sq = squared_norms(reference, dim=1)
     nan_rows = reference_norm_sq.isnan()  # NaN never matches: such rows are as good as ignored
     if bool(nan_rows.any()):
@@ -138,14 +137,27 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
     else:
         largest_norm_sq = matchable.max() if matchable.numel() else matchable.new_zeros(())
     reference_norm_max = float(_norm_upper_bound(largest_norm_sq, depth))
+    wider = 1 if k == 1 else TOPK_WIDER
+    block_m = min(reference.shape[0], block_m or BLOCK_M * wider)
+    block_n = max(1, (tile_bytes or TILE_BYTES * wider) // (2 * block_m))
+    passes, start = [], 0
+    for part in rows.split(rows_per_pass(k)):  # bounds the candidates' memory whatever N is
+        score, index, unresolved = _screen_pass(part, reference, ignored, metric, k, reference_norm_max,
+                                                block_m, block_n)
+        passes.append((score, index, unresolved + start))
+        start += part.shape[0]
+    return tuple(torch.cat(results) for results in zip(*passes))
+
+
+def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_m, block_n):
+    """``match_screened`` for one pass of query rows (``rows_per_pass``), over the whole bank."""
+    num_rows, depth = rows.shape
+    query_norm = _norm_upper_bound(squared_norms(rows, dim=1), depth)
     error = screen_error(query_norm, reference_norm_max, metric, depth)
     if not (bool(torch.isfinite(error).all()) and float(error.max()) < 2.0 ** 90):
         return _unscreened(num_rows, k)
     candidates = ScreenCandidates((2 * error).float(), k)
     screened_rows = _screen_query(rows, metric)
-    wider = 1 if k == 1 else TOPK_WIDER
-    block_m = min(reference.shape[0], block_m or BLOCK_M * wider)
-    block_n = max(1, (tile_bytes or TILE_BYTES * wider) // (2 * block_m))
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, dtype=torch.bfloat16)
     for col0 in range(0, reference.shape[0], block_m):
         exact, kept = _reference_block(reference[col0:col0 + block_m],
