@@ -17,7 +17,7 @@ from .scoring import NORM_EPS
 CROWD_LIMIT, CROWD_PER_K = 60, 4
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
 CHECK_EVERY = 4096  # references between checks of the candidates' rate
-MAX_HIT_RATE = 1e-3  # candidates per row and reference, per k + 1, above which the screen stops
+MAX_HIT_RATE = 0.8e-3  # candidates per row and reference, per k + 1, above which the screen stops
 BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before the first compaction
 STORED_LIMIT = 1 << 22  # triples (20 bytes each) one pass over the bank may hold: see rows_per_pass
 CHUNK = 64  # columns per run whose maximum decides whether the run is read
@@ -142,10 +142,10 @@ class ScreenCandidates:
         """After each reference block: every ``CHECK_EVERY`` references, from the second
         check on, False when rows took more than ``MAX_HIT_RATE`` (k + 1) candidates per
         reference since the last check. Handling candidates then costs more than the
-        bfloat16 GEMM saves. Measured rates (8192 x 65536 x 128): 4 loose clusters in l2
-        3.5e-3 at k = 1 (0.97 s screened, the walk 0.81 s) and 15e-3 at k = 8 (1.46 s,
-        the walk 1.10 s); random and clustered cosine features 0.4e-3 to 1.2e-3 at k = 1,
-        3.8e-3 to 6.7e-3 at k = 8, where the screen pays."""
+        bfloat16 GEMM saves. Measured at the second check (per k + 1, 8192 x 65536 x 128):
+        4 loose clusters in l2 0.99e-3 at k = 8 (left to crowd, its rows gave up only
+        after 24064 references: 1.33x the walk) and 0.89e-3 at k = 1 (1.09x faster: a marginal gain given up); random and
+        loosely clustered features 0.36e-3 to 0.61e-3, where the screen pays 1.2 to 1.6x."""
         checked = 0 if self.last_check is None else self.last_check[1]
         if references_done // CHECK_EVERY == checked // CHECK_EVERY:
             return True
