@@ -20,6 +20,19 @@ def keep_best(score, k, *companions, larger_wins=True):
     return (score.gather(1, order), *(values.gather(1, order) for values in companions))
 
 
+def pad_by_row(rows, counts, width, score, index):
+    """Candidates grouped by row -> (score [N, width], index [N, width]), padded with (-inf, -1).
+
+    ``rows`` [P] ascending (each row's candidates in their given order), ``counts``
+    [N] its bincount, ``width`` at least the largest count.
+    """
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    padded = score.new_full((counts.numel(), width), float("-inf"))
+    padded_index = index.new_full((counts.numel(), width), -1)
+    padded[rows, slot], padded_index[rows, slot] = score, index
+    return padded, padded_index
+
+
 def merge_split_lists(partial_score, partial_index):
     """Merge partial top-k lists [S, N, k] of consecutive bank ranges into [N, k], best first.
 

@@ -8,7 +8,7 @@ up and left to the float32 walk.
 """
 import torch
 
-from ..candidates import keep_best
+from ..candidates import keep_best, pad_by_row
 from .scoring import NORM_EPS
 
 # Candidates per row above which a row is left to the float32 walk: CROWD_LIMIT + CROWD_PER_K k.
@@ -144,8 +144,9 @@ class ScreenCandidates:
         reference since the last check. Handling candidates then costs more than the
         bfloat16 GEMM saves. Measured at the second check (per k + 1, 8192 x 65536 x 128):
         4 loose clusters in l2 0.99e-3 at k = 8 (left to crowd, its rows gave up only
-        after 24064 references: 1.33x the walk) and 0.89e-3 at k = 1 (1.09x faster: a marginal gain given up); random and
-        loosely clustered features 0.36e-3 to 0.61e-3, where the screen pays 1.2 to 1.6x."""
+        after 24064 references: 1.33x the walk) and 0.89e-3 at k = 1 (1.09x faster: a
+        marginal gain given up); random and loosely clustered features 0.36e-3 to
+        0.61e-3, where the screen pays 1.2 to 1.6x."""
         checked = 0 if self.last_check is None else self.last_check[1]
         if references_done // CHECK_EVERY == checked // CHECK_EVERY:
             return True
@@ -190,11 +191,8 @@ class ScreenCandidates:
         order = rows.sort(stable=True).indices
         rows, cols, exact = rows[order], cols[order], exact[order]
         counts = torch.bincount(rows, minlength=num_rows)
-        slot = torch.arange(rows.numel()) - (counts.cumsum(0) - counts)[rows]
         width = max(int(counts.max()) if num_rows else 0, self.k)
-        score = torch.full((num_rows, width), float("-inf"))
-        index = torch.full((num_rows, width), -1, dtype=torch.int64)
-        score[rows, slot], index[rows, slot] = exact, cols
+        score, index = pad_by_row(rows, counts, width, exact, cols)
         best, best_index = keep_best(score, self.k, index)
         unresolved = self.unresolved.nonzero()[:, 0]
         best[unresolved], best_index[unresolved] = float("-inf"), -1

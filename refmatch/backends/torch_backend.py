@@ -11,11 +11,10 @@ screen first (``torch_screening``); rows it cannot settle take the walk here.
 import torch
 import torch.nn.functional as F
 
-from ..candidates import keep_best
+from ..candidates import keep_best, pad_by_row
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
-from .torch_screening import MAX_K as MAX_SCREENED_K
-from .torch_screening import match_screened, native_bf16, screening_applies
+from .torch_screening import MAX_K as MAX_SCREENED_K, match_screened, native_bf16, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
@@ -121,12 +120,8 @@ def _merge_entering(best, best_index, tile, col0):
     if width > 4 * best.shape[1]:
         _merge_topk(best, best_index, tile, col0)
         return
-    slot = torch.arange(entering.shape[0]) - (counts.cumsum(0) - counts)[entering[:, 0]]
-    candidate = best.new_full((tile.shape[0], width), float("-inf"))
-    candidate_index = best_index.new_full((tile.shape[0], width), -1)
-    candidate[entering[:, 0], slot] = tile[entering[:, 0], entering[:, 1]]
-    candidate_index[entering[:, 0], slot] = entering[:, 1] + col0
-    _keep_best(best, best_index, candidate, candidate_index)
+    row, col = entering.unbind(1)
+    _keep_best(best, best_index, *pad_by_row(row, counts, width, tile[row, col], col + col0))
 
 
 def _merge_topk(best, best_index, tile, col0):
