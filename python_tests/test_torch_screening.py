@@ -205,9 +205,10 @@ def test_rows_with_no_matchable_reference_get_minus_one():
 
 @pytest.mark.parametrize("chunks", [1, 2])
 def test_chunk_maxima_read_bfloat16_bits_in_float_order(chunks):
+    inf = float("inf")
     tile = torch.tensor([[-3.0, -0.0, -1.0, 2.0], [-5.0, -2.0, -7.0, -8.0], [0.5, -9.0, 0.25, -1.0],
-                         [-0.0, 0.0, -1.0, -3.0]])
-    expected = tile.view(4, chunks, -1).amax(dim=2)
+                         [-0.0, 0.0, -1.0, -3.0], [-inf, -2.0, -1.0, -inf], [-inf, -inf, -inf, -inf]])
+    expected = tile.view(6, chunks, -1).amax(dim=2)
     assert torch.equal(chunk_maxima_bf16(tile.bfloat16(), chunks), expected)
 
 
@@ -349,3 +350,22 @@ def test_row_passes_bound_the_candidates_and_keep_row_numbers(monkeypatch):
     assert torch.equal(passes[1][screened], one_pass[1][screened])
     assert torch.equal(passes[0][screened], one_pass[0][screened])
     assert (passes[1][passes[2]] == -1).all() and torch.isneginf(passes[0][passes[2]]).all()
+
+
+def test_top_k_reads_runs_in_blocks_with_ignored_references(monkeypatch):
+    """One reference in 97 ignored: every block drops one and is 127 wide, which the runs of 64
+    cover with -inf padding; the screen stores no more candidates than on the kept bank alone
+    (the bound fell back to tile maxima before: 1.35x the candidates)."""
+    offered = []
+    rescore = screen_candidates.ScreenCandidates.rescore
+    monkeypatch.setattr(screen_candidates.ScreenCandidates, "rescore",
+                        lambda self, *args: offered.append(self.offered) or rescore(self, *args))
+    generator = torch.Generator().manual_seed(12)
+    query, reference = torch.randn(512, 32, generator=generator), torch.randn(8192, 32, generator=generator)
+    ignored = torch.zeros(8192, dtype=torch.bool)
+    ignored[::97] = True
+    with_ignored = screening.match_screened(query, reference, ignored, "cosine", 8, block_m=128)
+    kept_only = screening.match_screened(query, reference[~ignored], None, "cosine", 8, block_m=128)
+    assert with_ignored[2].numel() == kept_only[2].numel() == 0
+    assert torch.equal((~ignored).nonzero()[:, 0][kept_only[1]], with_ignored[1])
+    assert offered[0] <= 1.05 * offered[1], offered
