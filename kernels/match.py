@@ -42,6 +42,13 @@ METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 REDUCTIONS = {"argmax": 0, "topk": 1, "classwise": 2}
 MAX_RESIDENT_D = 128
 NUM_STAGES = 3
+# Two 8-warp programs per SM for the dot argmax on sm_90 with a resident 64- or 128-channel
+# query: on an H200 under triton 3.6 it took D=128 from 203 to 170 ms and D=64 from 159 to
+# 141 ms (bench/results/NVIDIA-H200-triton-tiles-2026-11-26.md); l2 spilled and was slower.
+# Other triton versions may spill under the cap (3.9: 144 bytes); a compile that spills turns
+# it off for its (device, dtype, BLOCK_D).
+TWO_PROGRAMS_PER_SM = dict(num_stages=2, maxnreg=128)
+_CAP_SPILLED = {}
 
 
 @triton.jit
@@ -163,7 +170,8 @@ def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_w
     (``bench/tune_triton.py``) found two faster argmax shapes that are not the
     default: 256x128 tiles (spill), and two programs per SM (2 stages, maxnreg=128:
     dot 203 -> 170 ms at D=128, no spill under triton 3.6 but 144 bytes under 3.9
-    and 48-64 on sm_80; l2 spilled and was slower).
+    and 48-64 on sm_80; l2 spilled and was slower). The launcher takes the second for
+    the dot argmax on sm_90 where it compiles without spills (``TWO_PROGRAMS_PER_SM``).
     """
     slots_pad = _next_power_of_two(slots)
     resident = dim <= MAX_RESIDENT_D if query_resident is None else query_resident
@@ -191,7 +199,8 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
     """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise)."""
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
-    config = launch_config(dim, slots, _interpret_flag(), **tile)
+    capped = _two_programs_per_sm(query, metric, reduction, tile)
+    config = launch_config(dim, slots, _interpret_flag(), **(TWO_PROGRAMS_PER_SM if capped else tile))
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
     splits = splits or _pick_splits(row_blocks, num_refs, block_m, query.device)
@@ -206,14 +215,30 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
         precision = "tf32"
     else:
         precision = "ieee"
-    _match_kernel[(row_blocks, splits)](
+    kernel = _match_kernel[(row_blocks, splits)](
         query, reference, ref_stat, labels if labels is not None else ref_stat, partial_score, partial_index,
         num_rows, height * width, width, num_refs, dim, refs_per_split,
         *query.stride(), *reference.stride(),
         METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
         INPUT_PRECISION=precision, **config,
     )
+    if capped:
+        _CAP_SPILLED[_cap_key(query)] = getattr(kernel, "n_spills", None) != 0  # unknown: as spilled
     return partial_score, partial_index
+
+
+def _cap_key(query):
+    return query.device, query.dtype, launch_config(query.shape[1], 1)["BLOCK_D"]
+
+
+def _two_programs_per_sm(query, metric, reduction, tile):
+    """Whether a launch without tile overrides takes ``TWO_PROGRAMS_PER_SM`` (see there)."""
+    if tile or metric != "dot" or reduction != "argmax" or query.device.type != "cuda" or _interpret_flag():
+        return False
+    config = launch_config(query.shape[1], 1)
+    if not config["QUERY_RESIDENT"] or config["BLOCK_D"] < 64:  # measured at D = 64 and 128 only
+        return False
+    return torch.cuda.get_device_capability(query.device)[0] == 9 and not _CAP_SPILLED.get(_cap_key(query))
 
 
 def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):

@@ -92,3 +92,24 @@ def test_declines_large_k_and_float64_with_reasons():
         refmatch.match(query, reference, k=65, backend="triton")
     with pytest.raises(ValueError, match="float64"):
         refmatch.match(query.double(), reference.double(), backend="triton")
+
+
+@pytest.mark.parametrize("capability, metric, k, dim, tile, expected", [
+    ((9, 0), "dot", 1, 128, {}, True), ((9, 0), "dot", 1, 64, {}, True), ((9, 0), "dot", 1, 40, {}, True),
+    ((9, 0), "dot", 1, 32, {}, False), ((9, 0), "dot", 1, 256, {}, False), ((8, 0), "dot", 1, 128, {}, False),
+    ((9, 0), "l2", 1, 128, {}, False), ((9, 0), "dot", 8, 128, {}, False),
+    ((9, 0), "dot", 1, 128, {"block_n": 64}, False)])
+def test_two_programs_per_sm_only_where_measured(monkeypatch, capability, metric, k, dim, tile, expected):
+    """The register cap of TWO_PROGRAMS_PER_SM goes to the dot argmax on sm_90 at D = 33..128 only,
+    never under tile overrides, and stops for good once its compile spilled."""
+    from types import SimpleNamespace
+
+    from refmatch.kernels import match as kernels
+    monkeypatch.setattr(kernels, "_interpret_flag", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(kernels, "_CAP_SPILLED", {})
+    query = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, dim, 5, 5))
+    reduction = "argmax" if k == 1 else "topk"
+    assert kernels._two_programs_per_sm(query, metric, reduction, tile) == expected
+    kernels._CAP_SPILLED[kernels._cap_key(query)] = True
+    assert not kernels._two_programs_per_sm(query, metric, reduction, tile)

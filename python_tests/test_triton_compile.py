@@ -27,3 +27,20 @@ def test_every_variant_compiles_without_spills(arch, tmp_path):
     for cubin in cubins:
         for (_, function), usage in resource_usage(cubin).items():
             assert_no_spills(f"{cubin.stem} {function}", usage)
+
+
+def test_two_programs_per_sm_keeps_the_register_cap(tmp_path):
+    """The capped dot argmax (``TWO_PROGRAMS_PER_SM``) compiles for sm_90 within 128 registers a
+    thread. Whether it spills depends on the triton version; the launcher checks that itself."""
+    cubin = tmp_path / "capped.cubin"
+    script = ("import sys; from pathlib import Path\n"
+              "from refmatch.kernels.match import TWO_PROGRAMS_PER_SM\n"
+              "from refmatch.kernels.match_aot import compile_variant\n"
+              "kernel = compile_variant(90, 'bfloat16', 128, 'dot', 'argmax', 1, **TWO_PROGRAMS_PER_SM)\n"
+              "Path(sys.argv[1]).write_bytes(kernel.asm['cubin'])\n")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script, str(cubin)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    usages = list(resource_usage(cubin).values())
+    assert len(usages) == 1 and usages[0]["REG"] <= 128, usages
