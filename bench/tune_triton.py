@@ -2,7 +2,7 @@
 
     python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
 
-For each size and reduction (k = 1 with dot and l2, top-8, class-wise C = 4) it
+For each size and reduction (k = 1 with dot, cosine and l2, top-8, class-wise C = 4) it
 times every tile candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query resident
 or streamed, register cap) with CUDA events (median after a warm-up), checks the
 result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)
@@ -18,26 +18,29 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from refmatch.kernels.match import classwise_max, launch_config, match_topk
+from refmatch.kernels.match import (TWO_PROGRAMS_PER_SM, _two_programs_per_sm, classwise_max, launch_config,
+                                    match_topk)
 from refmatch.kernels.match_aot import compile_variant
 from refmatch.bench import machine
 
-# Overrides of launch_config per candidate; the first of each list is the default.
+# Overrides of launch_config per candidate; the first of each list is the launcher's default
+# (on sm_90 the dot argmax's is TWO_PROGRAMS_PER_SM, so (128, 128, 8, 3) is listed beside it).
 # query_resident=False streams the query through shared memory in 64-channel chunks;
 # maxnreg=128 with 2 stages lets two 8-warp programs share an SM (65536 registers,
 # about 2 x 98 KB of shared memory at D=128).
 _TILE_NAMES = ("block_n", "block_m", "num_warps", "num_stages", "query_resident", "maxnreg")
 TWO_PER_SM = (128, 128, 8, 2, None, 128)
 CANDIDATES = {
-    "argmax": [(), TWO_PER_SM, (128, 128, 8, 2, None, 168), (128, 64, 4, 4), (128, 64, 4, 2),
+    "argmax": [(), (128, 128, 8, 3), (128, 128, 8, 2, None, 168), (128, 64, 4, 4), (128, 64, 4, 2),
                (256, 128, 8, 3), (128, 128, 8, 3, False)],
+    "argmax-cosine": [(), TWO_PER_SM],
     "argmax-l2": [(), TWO_PER_SM, (128, 64, 4, 4)],
     "top-8": [(), (128, 64, 8, 3), (64, 128, 4, 2, None, 128), (128, 64, 8, 2, None, 128)],
     "classwise-4": [(), (128, 64, 8, 3), (64, 128, 4, 2, None, 128), (128, 64, 8, 2, None, 128)],
 }
 # Each sweep's kernel: (reduction, k or number of classes, metric).
-KERNELS = {"argmax": ("argmax", 1, "dot"), "argmax-l2": ("argmax", 1, "l2"), "top-8": ("topk", 8, "dot"),
-           "classwise-4": ("classwise", 4, "dot")}
+KERNELS = {"argmax": ("argmax", 1, "dot"), "argmax-cosine": ("argmax", 1, "cosine"), "argmax-l2": ("argmax", 1, "l2"),
+           "top-8": ("topk", 8, "dot"), "classwise-4": ("classwise", 4, "dot")}
 
 
 def run(sweep_name, query, reference, stats, labels, tile):
@@ -53,14 +56,18 @@ def sweep(n, m, d, dtype):
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(n, d, generator=generator).to("cuda", dtype)
     reference = torch.randn(m, d, generator=generator).to("cuda", dtype)
-    stats = {"dot": torch.empty(0, device="cuda"), "l2": reference.float().square().sum(1)}
+    stats = {"dot": torch.empty(0, device="cuda"), "cosine": reference.float().norm(dim=1).reciprocal(),
+             "l2": reference.float().square().sum(1)}
     labels = (torch.arange(m, device="cuda") * 4) // m
+    maps = query.T[None, :, :, None]
     flops = 2.0 * n * m * d
     for reduction, candidates in CANDIDATES.items():
         kernel_reduction, slots, metric = KERNELS[reduction]
         expected = None
         for candidate in candidates:
             tile = dict(zip(_TILE_NAMES, candidate))
+            if not candidate and _two_programs_per_sm(maps, metric, kernel_reduction, tile):
+                tile = dict(TWO_PROGRAMS_PER_SM)  # what the launcher runs without overrides
             config = launch_config(d, slots, **tile)
             shape = (f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
                      + ("" if config["QUERY_RESIDENT"] else " streamed")
