@@ -60,6 +60,29 @@ def test_atomic_save_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
 
 
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Written through a temporary file, yet readable as any file the user writes (not 0600)."""
+    import os
+
+    from refmatch.data.splits import save_splits
+
+    save_atomic({"step": 1}, tmp_path / "latest.pt")
+    save_splits({"labeled": ["a.png"], "unlabeled": [], "val": [], "test": [], "seed": 0}, tmp_path / "splits.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("latest.pt", "splits.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_metrics_json_writes_infinite_hd95_as_null():
+    import math
+
+    from refmatch.recipes.evaluation import metrics_json
+
+    text = metrics_json({"mean_hd95": math.inf, "per_class": {"lung": {"dice": 0.5, "hd95": math.nan}}})
+    assert json.loads(text) == {"mean_hd95": None, "per_class": {"lung": {"dice": 0.5, "hd95": None}}}
+
+
 @pytest.mark.parametrize("method", ["supervised", "meanteacher-pl", "refmatch"])
 def test_a_few_steps_of_each_method(tmp_path, method):
     from refmatch.recipes.train import Trainer
@@ -84,10 +107,9 @@ def test_resume_continues_the_run(tmp_path, device):
     from refmatch.recipes.train import Trainer
 
     def run(folder, stop_at=None, resume=False):
-        trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=6", f"device={device}"]), folder)
+        trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=6", f"device={device}"]), folder,
+                          resume=resume)
         try:
-            if resume:
-                trainer.resume()
             trainer.fit(stop_at=stop_at)
         finally:
             trainer.run.close()
@@ -101,6 +123,41 @@ def test_resume_continues_the_run(tmp_path, device):
         torch.testing.assert_close(value, resumed.student.state_dict()[name], **exact, msg=name)
     torch.testing.assert_close(straight.pseudo.bank.features, resumed.pseudo.bank.features, **exact,
                                equal_nan=True)  # empty slots hold NaN
+
+
+def test_resume_takes_the_saved_config_and_names_settings_it_cannot_change(tmp_path):
+    """As the README: a run with overrides, stopped, then resumed with --out and --resume
+    only. A resume may lengthen the run; changing the method is refused by name."""
+    from refmatch.__main__ import main
+
+    run = tmp_path / "mt"
+    main(["train", *TINY, "method=meanteacher-pl", "seed=1", "steps=4", "--out", str(run), "--stop-at", "2"])
+    assert load(run / "latest.pt")["step"] == 2 and not (run / "metrics.json").exists()
+    with pytest.raises(ValueError, match=r"method \('meanteacher-pl' saved, 'refmatch' given\)"):
+        main(["train", "--out", str(run), "--resume", "method=refmatch"])
+    first_seconds = load(run / "latest.pt")["train_seconds"]
+    main(["train", "--out", str(run), "--resume", "steps=6"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["method"], metrics["config"]["seed"], metrics["config"]["steps"]) == ("meanteacher-pl", 1, 6)
+    assert metrics["train_seconds"] > first_seconds > 0, "a resumed run adds up its parts"
+
+
+def test_a_new_run_keeps_off_an_earlier_runs_folder_unless_told_to_overwrite(tmp_path):
+    """A folder holding checkpoints is refused (its work would be lost); --overwrite starts over
+    with the new settings' splits. A folder with only a stale splits.json gets new splits."""
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=2", "seed=0", "--out", str(run)])
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        main(["train", *TINY, "steps=2", "seed=1", "labeled_fraction=0.5", "--out", str(run)])
+    main(["train", *TINY, "steps=2", "seed=1", "labeled_fraction=0.5", "--out", str(run), "--overwrite"])
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["seed"] == 1 and splits["counts"]["labeled"] == 8  # 3 at labeled_fraction=0.2
+    for name in ("latest.pt", "best.pt", "metrics.json"):
+        (run / name).unlink()
+    main(["train", *TINY, "steps=2", "seed=2", "--out", str(run)])
+    assert json.loads((run / "splits.json").read_text())["seed"] == 2
 
 
 def test_consensus_keeps_reference_labels_where_the_teacher_agrees():
@@ -148,14 +205,37 @@ def test_cli_end_to_end(tmp_path, capsys):
         image, mask = make_phantom(i, size=32)
         Image.fromarray((255 * image[0]).byte().numpy()).save(labeled / "images" / f"p{i}.png")
         Image.fromarray(mask.byte().numpy()).save(labeled / "masks" / f"p{i}.png")
-        Image.fromarray((255 * make_phantom(10 + i, size=32)[0][0]).byte().numpy()).save(unlabeled / f"u{i}.png")
+        unlabeled_image = Image.fromarray((255 * make_phantom(10 + i, size=32)[0][0]).byte().numpy())
+        unlabeled_image.resize((40, 48)).save(unlabeled / f"u{i}.png")  # not the model's 32 x 32
     out = tmp_path / "pseudo"
     main(["pseudo-label", "--checkpoint", str(run / "best.pt"), "--labeled", str(labeled),
           "--unlabeled", str(unlabeled), "--out", str(out)])
     for sub in ("labels", "confidence", "overlays"):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["u0.png", "u1.png", "u2.png"]
-    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--out", str(tmp_path / "m.json")])
+        assert all(Image.open(p).size == (40, 48) for p in (out / sub).iterdir()), "written at the input's size"
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--split", "all",
+          "--out", str(tmp_path / "m.json")])
     assert "mean_dice" in json.loads((tmp_path / "m.json").read_text())
+
+
+def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
+    """The default reproduces the test figures of metrics.json; another folder than the run's data
+    is refused for the run's split (its names are not there), and a run without splits.json says so."""
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=2", "--out", str(run)])
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--out", str(tmp_path / "m.json")])
+    evaluated = json.loads((tmp_path / "m.json").read_text())
+    assert evaluated["mean_dice"] == pytest.approx(trained["mean_dice"], abs=1e-6)
+    (tmp_path / "other" / "images").mkdir(parents=True)
+    (tmp_path / "other" / "masks").mkdir()
+    with pytest.raises(ValueError, match="the run trained on phantom"):
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "other")])
+    (run / "splits.json").unlink()
+    with pytest.raises(FileNotFoundError, match="--split all"):
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom"])
 
 
 def _ddp_worker(rank, folder, port):

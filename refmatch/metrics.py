@@ -9,7 +9,7 @@ Conventions:
   (MedPy/MONAI convention: the larger of the two directed 95th percentiles of
   boundary-to-boundary distances). Both masks empty: 0.0. Exactly one empty:
   inf, since no distance exists; a class mean that includes it is inf too (the
-  json module writes it as ``Infinity``).
+  recipes write it to JSON files as null).
 """
 import math
 

@@ -8,12 +8,12 @@ Names are sorted before the seeded shuffle, so the split depends on the seed and
 the set of names, not on the order they were listed in.
 """
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic_file import write_atomic
 
 SPLIT_KEYS = ("labeled", "unlabeled", "val", "test")
 
@@ -77,20 +77,11 @@ def make_splits(labeled_names, unlabeled_names=(), *, seed, labeled_fraction=Non
 
 
 def save_splits(splits, path):
-    """Write ``splits`` to JSON at ``path`` with its counts; atomically (a temporary
-    file in the same folder, then os.replace), so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``splits`` to JSON at ``path`` with its counts, atomically (``write_atomic``),
+    so a reader never sees half a file."""
     record = {"seed": splits.get("seed"), "counts": {key: len(splits[key]) for key in SPLIT_KEYS}}
     record.update({key: list(splits[key]) for key in SPLIT_KEYS})
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file, indent=1)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_atomic(path, lambda file: json.dump(record, file, indent=1), mode="w")
 
 
 def load_splits(path):

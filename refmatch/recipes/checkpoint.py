@@ -1,25 +1,14 @@
 """Checkpoints written atomically: a kill mid-save leaves the previous file intact."""
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic_file import write_atomic
+
 
 def save_atomic(state, path):
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """torch.save ``state`` to ``path`` through ``write_atomic``."""
+    write_atomic(path, lambda file: torch.save(state, file))
 
 
 def load(path, device="cpu"):

@@ -1,6 +1,7 @@
 """``refmatch train | evaluate | pseudo-label``."""
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 from .checkpoint import load
 from .config import TrainConfig, load_config
-from .evaluation import evaluate
+from .evaluation import evaluate, metrics_json
 from .unet import UNet
 
 
@@ -16,17 +17,21 @@ def train_main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch train", description="Train a U-Net with one of the methods.")
     parser.add_argument("--config", type=Path, help="YAML file (configs/*.yaml)")
     parser.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT/latest.pt with its saved config (key=value may change "
+                             "steps, eval_every, image_every, num_workers, device)")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run")
     parser.add_argument("--stop-at", type=int, help="save and stop after this step (resume later)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_intermixed_args(argv)  # overrides may stand before and after options
-    from .train import Trainer
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    from .train import Trainer, saved_config
 
-    config = load_config(args.config, args.overrides)
-    trainer = Trainer(config, args.out)
+    base = saved_config(args.out) if args.resume else None
+    config = load_config(args.config, args.overrides, base=base)
+    trainer = Trainer(config, args.out, resume=args.resume, overwrite=args.overwrite)
     try:
-        if args.resume:
-            trainer.resume()
         result = trainer.fit(stop_at=args.stop_at)
     finally:
         trainer.run.close()
@@ -49,29 +54,65 @@ def evaluate_main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch evaluate", description="Dice, IoU and HD95 of a checkpoint.")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", required=True, help="folder with images/ and masks/, or 'phantom'")
+    parser.add_argument("--split", choices=("test", "val", "all"), default="test",
+                        help="the run's test or val images (splits.json beside the checkpoint; the default "
+                             "reproduces metrics.json), or all: every labelled image of a folder, or "
+                             "num_phantoms new phantoms")
     parser.add_argument("--out", type=Path, help="write metrics JSON here")
     args = parser.parse_args(argv)
     from ..data.folder import FolderDataset, scan_folder
-    from ..data.phantoms import CLASS_NAMES, PhantomDataset
-    from .data_setup import load_split
+    from ..data.phantoms import PhantomDataset
+    from ..data.splits import load_splits
+    from .data_setup import class_names, load_run_split, load_split
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
-    if args.data == "phantom":
-        split, names = load_split(PhantomDataset(config.num_phantoms, config.image_size, seed=config.seed + 1),
-                             config.num_workers, config.image_size), CLASS_NAMES
+    if args.split != "all":
+        split_file = args.checkpoint.parent / "splits.json"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"{split_file} not found: --split {args.split} scores the run's own split; "
+                                    "--split all scores every labelled image of --data")
+        splits = load_splits(split_file)
+        _check_split_in_data(splits[args.split], args.data, args.split, config)
+        _status(f"evaluating on the run's {args.split} split: {len(splits[args.split])} images")
+        split = load_run_split(config, splits, args.split, args.data)
+    elif args.data == "phantom":  # seeded past the run's own phantoms
+        _status(f"evaluating on {config.num_phantoms} new phantoms")
+        split = load_split(PhantomDataset(config.num_phantoms, config.image_size, seed=config.seed + 1),
+                           config.num_workers, config.image_size)
     else:
         found = scan_folder(args.data)
+        _status(f"evaluating on every labelled image of {args.data}: {len(found['labeled'])} images")
         split = load_split(FolderDataset(args.data, found["labeled"], size=config.image_size, num_classes=classes),
-                      config.num_workers, config.image_size)
-        names = ("background", "lung") if classes == 2 else tuple(f"class{i}" for i in range(classes))
+                           config.num_workers, config.image_size)
+    names = class_names(config) if len(class_names(config)) == classes else tuple(f"class{i}" for i in range(classes))
     metrics = evaluate(model, split, names, device)
-    text = json.dumps(metrics, indent=2)
+    text = metrics_json(metrics)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return metrics
+
+
+def _check_split_in_data(names, data, key, config):
+    """A run's split only makes sense on its own data: phantoms for a phantom run (they are
+    generated from its config), else a folder holding every one of its names."""
+    from ..data.folder import scan_folder
+
+    if data == "phantom":
+        missing = [] if config.data == "phantom" else list(names)
+    else:
+        labeled = set(scan_folder(data)["labeled"])
+        missing = [name for name in names if name not in labeled]
+    if missing:
+        raise ValueError(f"{len(missing)} of the run's {len(names)} {key} images are not in {data} "
+                         f"(e.g. {missing[0]}; the run trained on {config.data}): evaluate on the run's own "
+                         "data, or pass --split all")
+
+
+def _status(message):
+    print(message, file=sys.stderr, flush=True)
 
 
 def _image_folder(root):
@@ -87,35 +128,65 @@ def pseudo_label_main(argv=None):
     parser.add_argument("--unlabeled", type=Path, required=True, help="folder of PNG images (or with images/)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    from PIL import Image
-
     from ..data.folder import FolderDataset, scan_folder
     from .data_setup import load_split
     from .methods import IGNORE, ReferencePseudoLabels
-    from .visual import gray, overlay
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
-                                  num_classes=classes), config.num_workers, config.image_size)
+                                       num_classes=classes), config.num_workers, config.image_size)
     folder = _image_folder(args.unlabeled)
     names = sorted(p.name for p in folder.glob("*.png"))
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
+    _status(f"loaded {len(labeled.names)} labelled images; loading {len(names)} images from {folder}")
     unlabeled = load_split(FolderDataset(folder.parent, names, size=config.image_size, subfolder=folder.name,
-                                    with_masks=False), config.num_workers, config.image_size)
+                                         with_masks=False), config.num_workers, config.image_size)
     source = ReferencePseudoLabels(model, config, classes, device)
     source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
     for sub in ("labels", "confidence", "overlays"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     kept = []
-    for start in range(0, len(names), config.batch_size):
-        images = unlabeled.images[start:start + config.batch_size]
-        pseudo = source(images.to(device))
+    for start in _progress(range(0, len(names), config.batch_size), "pseudo-label", len(names), config.batch_size):
+        pseudo = source(unlabeled.images[start:start + config.batch_size].to(device))
         kept.append(pseudo.kept_fraction.item())
         for i, name in enumerate(names[start:start + config.batch_size]):
-            labels = pseudo.labels[i].cpu()
-            Image.fromarray(labels.numpy().astype(np.uint8)).save(args.out / "labels" / name)
-            Image.fromarray(gray(pseudo.confidence[i], 0.0, 1.0)[..., 0]).save(args.out / "confidence" / name)
-            Image.fromarray(overlay(images[i], labels, ignore_index=IGNORE)).save(args.out / "overlays" / name)
-    print(f"wrote pseudo-labels of {len(names)} images to {args.out} (kept {100 * np.mean(kept):.1f} % of pixels)")
+            _save_pseudo_label(folder / name, args.out, pseudo.labels[i].cpu(), pseudo.confidence[i].cpu())
+    print(f"wrote pseudo-labels of {len(names)} images to {args.out} at their own sizes (labels: class "
+          f"indices, {IGNORE} where none was kept; kept {100 * np.mean(kept):.1f} % of pixels)")
+
+
+def _save_pseudo_label(image_path, out, labels, confidence):
+    """labels/, confidence/ and overlays/ PNGs of one image at its own size: the model's [h, w]
+    labels [h, w] (nearest) and confidence (bilinear, 0..255 for 0..1) resized to the image."""
+    from PIL import Image
+
+    from ..data.folder import read_image
+    from .methods import IGNORE
+    from .visual import gray, overlay
+
+    original = read_image(image_path)  # [1, H, W] in [0, 1]
+    size = (original.shape[2], original.shape[1])  # PIL's (width, height)
+    label_image = Image.fromarray(labels.numpy().astype(np.uint8)).resize(size, Image.NEAREST)
+    label_image.save(out / "labels" / image_path.name)
+    Image.fromarray(gray(confidence, 0.0, 1.0)[..., 0]).resize(size, Image.BILINEAR).save(
+        out / "confidence" / image_path.name)
+    full_size_labels = torch.from_numpy(np.array(label_image)).long()
+    Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)).save(out / "overlays" / image_path.name)
+
+
+def _progress(batches, description, total, batch_size):
+    """``batches`` (start offsets) with a tqdm bar counting images, or as they are without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+
+    def counted():
+        with tqdm(total=total, desc=description, unit="image", mininterval=1.0) as bar:
+            for start in batches:
+                yield start
+                bar.update(min(batch_size, total - start))
+
+    return counted()

@@ -58,34 +58,42 @@ def _split_names(config, labeled_names, unlabeled_names):
                        min_test=config.min_test)
 
 
-def prepare_data(config, run_dir: Optional[Path] = None):
-    """Splits of the configured data as tensors; the split file is written to (or,
-    when present, read back from) ``run_dir/splits.json``."""
+def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False):
+    """Splits of the configured data as tensors. They are drawn from the config and written
+    to ``run_dir/splits.json``; with ``reuse_splits`` (a resumed run) read back from it."""
     split_file = None if run_dir is None else Path(run_dir) / "splits.json"
-    size = config.image_size
-    if config.data == "phantom":
-        phantoms = PhantomDataset(config.num_phantoms, size=size, seed=config.seed)
-        names = [f"phantom_{i:05d}" for i in range(len(phantoms))]
-        splits = load_splits(split_file) if split_file and split_file.exists() else _split_names(config, names, [])
-        datasets = {key: [torch.utils.data.Subset(phantoms, [int(n.split("_")[-1]) for n in splits[key]])]
-                    for key in ("labeled", "unlabeled", "val", "test")}
-        class_names = PHANTOM_CLASSES
+    reuse = reuse_splits and split_file is not None and split_file.exists()
+    if reuse:
+        splits = load_splits(split_file)
+    elif config.data == "phantom":
+        splits = _split_names(config, [f"phantom_{i:05d}" for i in range(config.num_phantoms)], [])
     else:
-        root = Path(config.data)
-        found = scan_folder(root)
-        splits = load_splits(split_file) if split_file and split_file.exists() else \
-            _split_names(config, found["labeled"], found["unlabeled"])
-        hidden = [n for n in splits["unlabeled"] if n in set(found["labeled"])]
-        truly = [n for n in splits["unlabeled"] if n not in set(found["labeled"])]
-        datasets = {key: [FolderDataset(root, splits[key], size=size, num_classes=2)]
-                    for key in ("labeled", "val", "test")}
+        found = scan_folder(config.data)
+        splits = _split_names(config, found["labeled"], found["unlabeled"])
+    if split_file is not None and not reuse:
+        save_splits(splits, split_file)
+    loaded = {key: load_run_split(config, splits, key) for key in ("labeled", "unlabeled", "val", "test")}
+    return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], class_names(config))
+
+
+def class_names(config):
+    return PHANTOM_CLASSES if config.data == "phantom" else ("background", "lung")
+
+
+def load_run_split(config, splits, key, data=None):
+    """The Split of ``splits[key]`` (names of a run's split) from ``data`` (default: the run's
+    ``config.data``): phantom indices, or names in a folder with images/ and masks/."""
+    data, size = data or config.data, config.image_size
+    if data == "phantom":
+        phantoms = PhantomDataset(config.num_phantoms, size=size, seed=config.seed)
+        parts = [torch.utils.data.Subset(phantoms, [int(n.split("_")[-1]) for n in splits[key]])]
+    elif key != "unlabeled":
+        parts = [FolderDataset(data, splits[key], size=size, num_classes=2)]
+    else:
         # Unlabelled: training images whose masks stay hidden (kept to measure
         # pseudo-label accuracy), then the images that have no mask at all.
-        datasets["unlabeled"] = [FolderDataset(root, hidden, size=size, num_classes=2),
-                                 FolderDataset(root, truly, size=size, subfolder="unlabeled", with_masks=False)]
-        class_names = ("background", "lung")
-    if split_file is not None and not split_file.exists():
-        save_splits(splits, split_file)
-    loaded = {key: _concat([load_split(part, config.num_workers, size) for part in parts])
-              for key, parts in datasets.items()}
-    return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], tuple(class_names))
+        labeled = set(scan_folder(data)["labeled"])
+        parts = [FolderDataset(data, [n for n in splits[key] if n in labeled], size=size, num_classes=2),
+                 FolderDataset(data, [n for n in splits[key] if n not in labeled], size=size,
+                               subfolder="unlabeled", with_masks=False)]
+    return _concat([load_split(part, config.num_workers, size) for part in parts])

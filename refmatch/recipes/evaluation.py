@@ -1,4 +1,7 @@
 """Prediction and metrics of a trained model on a split."""
+import json
+import math
+
 import torch
 
 from ..metrics import segmentation_metrics
@@ -19,3 +22,16 @@ def evaluate(model, split, class_names, device, batch_size=16):
     """Dice, IoU and HD95 per class of ``model`` on ``split`` (a Split with masks)."""
     prediction = predict(model, split.images, device, batch_size)
     return segmentation_metrics(prediction, split.masks, len(class_names), class_names)
+
+
+def metrics_json(metrics):
+    """``metrics`` as indented JSON. An infinite HD95 (a class missing from the prediction
+    or the truth) and an undefined (NaN) mean become null: JSON has no Infinity or NaN."""
+    def finite(value):
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    return json.dumps(finite(metrics), indent=2, allow_nan=False)

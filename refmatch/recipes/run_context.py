@@ -1,6 +1,7 @@
 """What a run needs around the model: device, DDP, log file, TensorBoard, progress, saving."""
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,41 @@ def _pick_device(name, local_rank, local_world):
                              "device(s): start at most one process per GPU, or train with device=cpu (gloo)")
         device = torch.device("cuda", local_rank)
     return device
+
+
+# What a run writes into its folder; --overwrite removes them before a new run starts there.
+RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log", "images", "tensorboard")
+
+
+def start_fresh(run_dir, overwrite=False):
+    """Prepare ``run_dir`` for a new run: refuse one that holds a run's checkpoints (its
+    work would be overwritten) unless ``overwrite``, which removes ``RUN_OUTPUTS`` (rank 0)."""
+    run_dir = Path(run_dir)
+    held = [name for name in ("latest.pt", "best.pt") if (run_dir / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{run_dir} holds a run ({', '.join(held)}): continue it with --resume, "
+                              "start it over with --overwrite, or train into another --out")
+    if overwrite and int(os.environ.get("RANK", "0")) == 0:
+        for name in RUN_OUTPUTS:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Log lines on stderr that do not run into the progress bar (tqdm.write lifts it)."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return super().emit(record)
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # as StreamHandler: a broken stream must not stop training
+            self.handleError(record)
 
 
 class RunContext:
@@ -46,7 +82,7 @@ class RunContext:
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._log_to(logging.FileHandler(self.dir / "train.log"))
-            self._log_to(logging.StreamHandler(sys.stderr))
+            self._log_to(_ConsoleHandler(sys.stderr))
             self.writer = self._tensorboard()
 
     def _log_to(self, handler):

@@ -9,7 +9,6 @@ initialisation is drawn from one generator that is checkpointed with the run, so
 """
 import copy
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,10 +18,10 @@ import torch
 from . import augment
 from .checkpoint import load, save_atomic
 from .data_setup import UNKNOWN, prepare_data
-from .evaluation import evaluate, predict
+from .evaluation import evaluate, metrics_json, predict
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, pseudo_label_source
-from .run_context import RunContext
+from .run_context import RunContext, start_fresh
 from .unet import UNet
 from .visual import training_grid
 
@@ -35,13 +34,43 @@ def ema_update(teacher, student, decay):
         t.copy_(s)
 
 
-class Trainer:
-    """Builds everything a run needs from a TrainConfig and trains it in ``run_dir``."""
+# Settings a resumed run may change: they touch neither the model, the data nor the
+# random stream that makes resume exact.
+RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
 
-    def __init__(self, config, run_dir):
+
+def saved_config(run_dir):
+    """The config dict saved in ``run_dir/latest.pt`` (what ``--resume`` continues)."""
+    return load(Path(run_dir) / "latest.pt")["config"]
+
+
+def check_resumable(saved, config):
+    """Raise ValueError naming the settings of ``config`` that differ from the ``saved``
+    dict outside ``RESUMABLE``."""
+    given = dataclasses.asdict(config)
+    changed = [f"{key} ({saved[key]!r} saved, {given[key]!r} given)" for key in given
+               if key not in RESUMABLE and given[key] != saved.get(key)]
+    if changed:
+        raise ValueError("a resumed run continues with its saved config, but these settings differ: "
+                         + ", ".join(changed) + f". Leave them out; only {', '.join(RESUMABLE)} may change "
+                         "on resume (or train a new run into another folder)")
+
+
+class Trainer:
+    """Builds everything a run needs from a TrainConfig and trains it in ``run_dir``.
+    ``resume=True`` continues ``run_dir/latest.pt`` (same config but for ``RESUMABLE``);
+    a new run refuses a folder holding checkpoints unless ``overwrite`` (``start_fresh``)."""
+
+    def __init__(self, config, run_dir, resume=False, overwrite=False):
+        resumed = load(Path(run_dir) / "latest.pt") if resume else None
+        if resumed is not None:
+            check_resumable(resumed["config"], config)
+        else:
+            start_fresh(run_dir, overwrite)
         self.config, self.run = config, RunContext(config, Path(run_dir))
         self.device = self.run.device
-        self.data = prepare_data(config, self.run.dir if self.run.is_main else None)
+        logging.getLogger("refmatch").info("loading %s data", config.data)
+        self.data = prepare_data(config, self.run.dir if self.run.is_main else None, reuse_splits=resume)
         self.num_classes = len(self.data.class_names)
         torch.manual_seed(config.seed)
         self.student = UNet(1, self.num_classes, config.width, config.depth).to(self.device)
@@ -54,30 +83,31 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.pseudo = pseudo_label_source(config.method, self.teacher, config, self.num_classes, self.device)
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * self.run.rank)
-        self.step, self.best = 0, float("-inf")
+        self.step, self.best, self.seconds = 0, float("-inf"), 0.0
         logging.getLogger("refmatch").info(
             "data: %d labelled, %d unlabelled, %d val, %d test images; classes %s", len(self.data.labeled.names),
             len(self.data.unlabeled.names), len(self.data.val.names), len(self.data.test.names),
             ", ".join(self.data.class_names))
+        if resumed is not None:
+            self._load(resumed)
 
     def state(self):
         return {"step": self.step, "best": self.best, "config": dataclasses.asdict(self.config),
                 "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "generator": self.generator.get_state(),
+                "generator": self.generator.get_state(), "train_seconds": self.seconds,
                 "pseudo": self.pseudo.state_dict() if self.pseudo else {}}
 
-    def resume(self):
-        """Continue from ``run_dir/latest.pt``."""
-        state = load(self.run.dir / "latest.pt", self.device)
+    def _load(self, state):
+        """Continue from a ``state()`` (loaded on the CPU)."""
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"].cpu())  # loaded onto the run's device
+        self.generator.set_state(state["generator"])
         if self.pseudo:
             self.pseudo.load_state_dict(state["pseudo"])
-        self.step, self.best = state["step"], state["best"]
+        self.step, self.best, self.seconds = state["step"], state["best"], state.get("train_seconds", 0.0)
         logging.getLogger("refmatch").info("resumed at step %d", self.step)
 
     def _batch(self, split, size):
@@ -142,11 +172,12 @@ class Trainer:
 
     def fit(self, stop_at=None):
         """Train to ``config.steps`` (or ``stop_at``), then test the best checkpoint."""
-        config, started = self.config, time.time()
+        config, started, seconds_before = self.config, time.time(), self.seconds
         last = min(config.steps, stop_at or config.steps)
         for _ in self.run.progress(range(self.step, last)):
             logs = self.train_step()
             self.step += 1
+            self.seconds = seconds_before + time.time() - started  # resumed runs add up their parts
             self.run.scalars(logs, self.step)
             if self.step % config.eval_every == 0 or self.step == config.steps:
                 self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
@@ -155,17 +186,19 @@ class Trainer:
                 self.save_images()
         if self.step < config.steps:
             self.run.save("latest.pt", self.state())
+            logging.getLogger("refmatch").info("stopped at step %d of %d, saved to %s; continue with --resume",
+                                               self.step, config.steps, self.run.dir / "latest.pt")
             return None
-        return self.finish(time.time() - started)
+        return self.finish()
 
-    def finish(self, seconds):
+    def finish(self):
         best = load(self.run.dir / "best.pt", self.device) if (self.run.dir / "best.pt").exists() else self.state()
         self.teacher.load_state_dict(best["teacher"])
         test = evaluate(self.teacher, self.data.test, self.data.class_names, self.device)
         result = {"method": self.config.method, "best_step": best["step"], "val_mean_dice": self.best,
-                  "test": test, "train_seconds": seconds, "config": dataclasses.asdict(self.config)}
+                  "test": test, "train_seconds": self.seconds, "config": dataclasses.asdict(self.config)}
         if self.run.is_main:
-            (self.run.dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            (self.run.dir / "metrics.json").write_text(metrics_json(result))
         logging.getLogger("refmatch").info("test mean Dice %.4f, mean IoU %.4f (best step %d)",
                                            test["mean_dice"], test["mean_iou"], best["step"])
         return result

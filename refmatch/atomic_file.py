@@ -1,0 +1,28 @@
+"""Files written atomically: a kill mid-write leaves the previous file intact."""
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path, write, mode="wb"):
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over
+    ``path``. The file gets the permissions a plain ``open`` would give (mkstemp's are 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, mode) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask():
+    mask = os.umask(0)  # reading it means setting it
+    os.umask(mask)
+    return mask
