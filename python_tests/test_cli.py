@@ -1,8 +1,12 @@
-"""The command line: info and the embedded demo."""
+"""The command line: info, the embedded demo, unknown commands and user errors."""
+import importlib.util
 import subprocess
 import sys
 
-from refmatch import demo
+import pytest
+import torch
+
+from refmatch import demo, info
 from refmatch.__main__ import main
 
 
@@ -19,6 +23,48 @@ def test_demo_pseudo_labels_beat_class_means():
     assert figures["accuracy"] > 0.7
 
 
-def test_unknown_command_shows_usage(capsys):
+def test_unknown_command_is_named_before_the_usage(capsys):
     assert main(["frobnicate"]) == 2
-    assert "demo" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("refmatch: unknown command 'frobnicate'") and "demo" in captured.err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["pl_mood=soft"], "refmatch train: error: unknown config key(s) ['pl_mood']"),
+    (["--config", "missing.yaml"], "refmatch train: error: config not found: missing.yaml"),
+])
+def test_user_errors_print_one_line_from_the_command_line(monkeypatch, capsys, tmp_path, arguments, message):
+    monkeypatch.delenv("REFMATCH_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["refmatch", "train", "--out", str(tmp_path / "run"), *arguments])
+    assert main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_user_errors_raise_under_debug_and_when_called_from_python(monkeypatch, tmp_path):
+    arguments = ["train", "--out", str(tmp_path / "run"), "pl_mood=soft"]
+    with pytest.raises(ValueError, match="unknown config key"):
+        main(arguments)
+    monkeypatch.setenv("REFMATCH_DEBUG", "1")
+    monkeypatch.setattr(sys, "argv", ["refmatch", *arguments])
+    with pytest.raises(ValueError, match="unknown config key"):
+        main()
+
+
+def triton_row(monkeypatch):
+    """The triton row of the backend table of ``refmatch info``, its status asked afresh
+    (statuses are cached)."""
+    monkeypatch.setattr(importlib.import_module("refmatch.backends"), "_STATUS", {})
+    table = info.report().split("\nbackend ")[1]
+    return next(line for line in table.splitlines() if line.startswith("triton"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_info_lists_triton_as_available_only_where_it_runs(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    row = triton_row(monkeypatch)
+    assert row.split()[1] == "no" and "no CUDA device" in row and "TRITON_INTERPRET=1" in row
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_row(monkeypatch).split()[1] == "yes"

@@ -12,17 +12,19 @@ from test_recipes import TINY  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """A run trained with pl_consensus=true and tap_size=16 (TINY), which the settings must not inherit."""
     run = tmp_path_factory.mktemp("run")
-    main(["train", *TINY, "--out", str(run), "method=supervised", "steps=2"])
+    main(["train", *TINY, "--out", str(run), "method=supervised", "steps=2", "pl_consensus=true"])
     return run
 
 
-def test_scores_each_setting_and_draws_them(tiny_run, tmp_path):
+def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys):
     from PIL import Image
 
     settings = ["method=meanteacher-pl", "pl_mode=hard", "pl_mode=soft,pl_k=3"]
     main(["compare-pseudo-labels", "--run", str(tiny_run), "--images", "3", "--out", str(tmp_path),
           *[part for setting in settings for part in ("--setting", setting)]])
+    assert "9/9" in capsys.readouterr().err  # the progress bar: 3 images x 3 settings
     report = json.loads((tmp_path / "compare.json").read_text())
     assert [row["setting"] for row in report["rows"]] == settings and report["images"] == 3
     for row in report["rows"]:
@@ -38,3 +40,14 @@ def test_scores_each_setting_and_draws_them(tiny_run, tmp_path):
 def test_bad_settings_are_named(tiny_run, tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
         main(["compare-pseudo-labels", "--run", str(tiny_run), "--setting", setting, "--out", str(tmp_path)])
+
+
+def test_settings_start_from_the_plain_defaults_not_the_run(tiny_run):
+    from refmatch.recipes.compare_pseudo_labels import compare
+
+    settings = ["pl_mode=hard", "pl_mode=hard,tap_size=16", "pl_mode=hard,pl_consensus=true"]
+    rows, _, _, _, outputs = compare(tiny_run, settings, num_images=3)
+    kept = {row["setting"]: row["kept"] for row in rows}
+    assert kept["pl_mode=hard"] == kept["pl_mode=hard,tap_size=16"] == 1.0
+    assert kept["pl_mode=hard,pl_consensus=true"] < 1.0
+    assert not outputs["pl_mode=hard"].equal(outputs["pl_mode=hard,tap_size=16"])

@@ -39,6 +39,32 @@ def test_cuda_backend_reports_compiled_without_device():
         assert "compiled for sm_" in status.reason and "no usable device" in status.reason
 
 
+INSUFFICIENT_DRIVER = "CUDA driver version is insufficient for CUDA runtime version"
+
+
+class RuntimeWithoutDevice:
+    """A CUDA build of refmatch._C whose runtime reports the missing or too old driver."""
+
+    def build_info(self):
+        return {"cuda": True, "cuda_archs": "80,90a"}
+
+    def cuda_device_count(self):
+        return 0, INSUFFICIENT_DRIVER
+
+
+@pytest.mark.parametrize("driver_loads, reason", [
+    (False, f"no usable device: no CUDA driver or device found (CUDA error: {INSUFFICIENT_DRIVER})"),
+    (True, f"no usable device: {INSUFFICIENT_DRIVER}"),
+])
+def test_cuda_status_tells_a_missing_driver_from_an_old_one(monkeypatch, driver_loads, reason):
+    from refmatch.backends import cuda_backend
+
+    monkeypatch.setattr(cuda_backend, "native_module", lambda: RuntimeWithoutDevice())
+    monkeypatch.setattr(cuda_backend, "_driver_library_loads", lambda: driver_loads)
+    uncached_status = cuda_backend.CudaBackend.status.__wrapped__
+    assert uncached_status(object.__new__(cuda_backend.CudaBackend)) == (False, f"compiled for sm_80, sm_90a; {reason}")
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_merge_partial_bests_follows_tie_rule(seed):
     rng = np.random.default_rng(seed)

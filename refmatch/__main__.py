@@ -1,4 +1,5 @@
 """The ``refmatch`` command line: ``refmatch <command> [options]``."""
+import os
 import sys
 
 COMMANDS = {
@@ -11,20 +12,47 @@ COMMANDS = {
     "bench": ("refmatch.bench:main", "benchmark match against the dense GEMM and peers"),
     "info": ("refmatch.info:main", "versions, compiled archs and backend availability"),
 }
+# What a user's mistake (bad key, missing file, occupied folder) raises in the commands.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: refmatch <command> [options]\n\ncommands:")
-        for name, (_, summary) in COMMANDS.items():
-            print(f"  {name:<22} {summary}")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+def print_usage(file):
+    print("usage: refmatch <command> [options]\n\ncommands:", file=file)
+    for name, (_, summary) in COMMANDS.items():
+        print(f"  {name:<22} {summary}", file=file)
+
+
+def run(argv):
+    """Run ``refmatch <argv>``; the command's exceptions pass through. Returns the exit status."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print_usage(sys.stdout)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"refmatch: unknown command {argv[0]!r}\n", file=sys.stderr)
+        print_usage(sys.stderr)
+        return 2
     import importlib
 
     module_name, function = COMMANDS[argv[0]][0].split(":")
     getattr(importlib.import_module(module_name), function)(argv[1:])
     return 0
+
+
+def main(argv=None):
+    """Entry point of the ``refmatch`` script and ``python -m refmatch``. Without ``argv``
+    (the process's arguments) a user error prints one line, ``refmatch <command>: error: ...``,
+    and returns 2 (``REFMATCH_DEBUG=1``: the traceback instead). Called with a list, as
+    from Python, it is ``run(argv)``: exceptions reach the caller."""
+    if argv is not None:
+        return run(argv)
+    argv = sys.argv[1:]
+    try:
+        return run(argv)
+    except USER_ERRORS as error:
+        if os.environ.get("REFMATCH_DEBUG") == "1":
+            raise
+        print(f"refmatch {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ Hopper kernel serves the calls it can; ``REFMATCH_CUDA_HOPPER=0`` (read at each
 call) keeps every call on the mma.sync kernel.
 """
 import contextlib
+import ctypes
 import functools
 import os
+import sys
 
 import torch
 
@@ -30,6 +32,26 @@ def native_module():
     except ImportError:
         return None
     return _C
+
+
+def _driver_library_loads():
+    """Whether the NVIDIA driver's library loads, as the CUDA runtime loads it."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def _no_device_reason(error):
+    """Why ``refmatch._C.cuda_device_count()`` found no device, from its error string.
+    Without a driver the runtime reports "CUDA driver version is insufficient for CUDA
+    runtime version", which reads as "update your driver"; that case is said plainly."""
+    if not error:
+        return "no CUDA device"
+    if not _driver_library_loads():
+        return f"no CUDA driver or device found (CUDA error: {error})"
+    return error
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,7 +211,7 @@ class CudaBackend:
         archs = ", ".join(f"sm_{arch}" for arch in info["cuda_archs"].split(","))
         count, error = module.cuda_device_count()
         if error or count == 0:
-            return False, f"compiled for {archs}; no usable device: {error or 'no CUDA device'}"
+            return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
         hopper = ", wgmma kernel on sm_90 (REFMATCH_CUDA_HOPPER=0: mma.sync)" if _built_for_hopper() else ""
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")

@@ -55,6 +55,8 @@ class TritonBackend:
             return False, "triton is not installed (pip install triton; Linux x86_64)"
         if _interpreting():
             return True, f"{_FUSED_OPS}; TRITON_INTERPRET=1: CPU tensors run in the interpreter"
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device; CPU tensors run only under TRITON_INTERPRET=1 (slow; for tests)"
         return True, f"{_FUSED_OPS} for CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
 
     def decline_reason(self, problem):

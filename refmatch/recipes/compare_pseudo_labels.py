@@ -5,8 +5,10 @@ labelled images and scores several ``PseudoLabeler`` settings on the run's
 unlabelled training images whose masks were hidden: accuracy of the kept
 pixels, the kept fraction, and recall and Dice per class. The setting
 ``method=meanteacher-pl`` scores the teacher's own confident predictions, the
-baseline. Writes a table (markdown and JSON) and a picture: image, hidden
-truth, then each setting.
+baseline. Every setting starts from the plain pseudo-label defaults
+(``PLAIN_PSEUDO_LABELS``), not from the run's values, so its name lists all it
+changes. Writes a table (markdown and JSON) and a picture: image, hidden truth,
+then each setting.
 """
 import argparse
 import dataclasses
@@ -25,15 +27,36 @@ from .unet import UNet
 
 DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
                     "pl_mode=hard,tap_size=64"]
+# TrainConfig's defaults of the knobs that shape pseudo-labels.
+PLAIN_PSEUDO_LABELS = {key: getattr(TrainConfig, key) for key in (
+    "confidence_threshold", "tap_size", "pl_mode", "pl_k", "pl_temperature", "pl_threshold", "pl_consensus")}
 
 
 def parse_setting(text, config):
-    """'key=value,key=value' -> ``config`` with those values (parsed as in ``refmatch train``);
-    the method is "refmatch" unless the setting names another."""
+    """'key=value,key=value' -> ``config`` with ``PLAIN_PSEUDO_LABELS`` and then those values
+    (parsed as in ``refmatch train``); the method is "refmatch" unless the setting names another."""
     items = [item for item in text.split(",") if item]
     if not any(item.startswith("method=") for item in items):
         items.append("method=refmatch")
-    return load_config(None, items, base=dataclasses.asdict(config))
+    setting = load_config(None, items, base={**dataclasses.asdict(config), **PLAIN_PSEUDO_LABELS})
+    if setting.method == "supervised":
+        raise ValueError(f"setting {text!r}: method=supervised makes no pseudo-labels")
+    return setting
+
+
+def plain_pseudo_labels_text():
+    """``PLAIN_PSEUDO_LABELS`` as key=value, spelled as a setting would spell them."""
+    return ", ".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+                     for key, value in PLAIN_PSEUDO_LABELS.items())
+
+
+def progress_bar(total):
+    """A tqdm bar of ``total`` images, or None without tqdm (it comes with the train extra)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="pseudo-labels", unit="image", dynamic_ncols=True)
 
 
 def score(labels, truth, num_classes):
@@ -55,6 +78,7 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load(Path(run_dir) / checkpoint, device)
     config = TrainConfig(**state["config"])
+    parsed = [(text, parse_setting(text, config)) for text in settings]  # bad settings fail before any work
     data = prepare_data(config, run_dir)
     num_classes = len(data.class_names)
     teacher = UNet(1, num_classes, config.width, config.depth).to(device)
@@ -65,21 +89,23 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
         raise ValueError(f"the run {run_dir} has no unlabelled images with hidden masks to score against")
     images, truth = data.unlabeled.images[hidden], data.unlabeled.masks[hidden]
     rows, outputs = [], {}
-    for text in settings:
-        name, setting = text, parse_setting(text, config)
-        if setting.method == "supervised":
-            raise ValueError(f"setting {text!r}: method=supervised makes no pseudo-labels")
+    bar = progress_bar(len(settings) * images.shape[0])
+    for name, setting in parsed:
         source = pseudo_label_source(setting.method, teacher, setting, num_classes, device)
         source.refresh(data.labeled.images.to(device), data.labeled.masks.to(device), batch_size)
         begin, labels = time.perf_counter(), []
         for start in range(0, images.shape[0], batch_size):
             labels.append(source(images[start:start + batch_size].to(device)).labels.cpu())
+            if bar is not None:
+                bar.update(labels[-1].shape[0])
         seconds = time.perf_counter() - begin
         outputs[name] = torch.cat(labels)
         rows.append({"setting": name, **score(outputs[name], truth, num_classes),
                      "ms_per_image": 1e3 * seconds / images.shape[0]})
         if hasattr(source, "tap"):
             source.tap.close()
+    if bar is not None:
+        bar.close()
     return rows, data.class_names, images, truth, outputs
 
 
@@ -121,7 +147,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch compare-pseudo-labels", description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="run folder with best.pt and splits.json")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run folder")
-    parser.add_argument("--setting", action="append", help="comma-separated key=value config changes "
+    parser.add_argument("--setting", action="append", help="comma-separated key=value config changes from "
+                        f"{plain_pseudo_labels_text()}, not the run's values "
                         f"(repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
     parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score")
     parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "
@@ -132,10 +159,11 @@ def main(argv=None):
                                                         checkpoint=args.checkpoint)
     table = markdown(rows, class_names)
     out.mkdir(parents=True, exist_ok=True)
-    header = f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks\n\n"
+    header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"
+              f"Each setting changes only what it names from {plain_pseudo_labels_text()}.\n\n")
     (out / "compare.md").write_text(header + table + "\n")
-    (out / "compare.json").write_text(json.dumps({"run": str(args.run), "images": images.shape[0], "rows": rows},
-                                                 indent=2))
+    (out / "compare.json").write_text(json.dumps({"run": str(args.run), "images": images.shape[0],
+                                                  "plain_settings": PLAIN_PSEUDO_LABELS, "rows": rows}, indent=2))
     picture(out / "compare.png", images, truth, outputs)
     print(header + table + f"\n\nwrote {out}/compare.md, compare.json and compare.png "
           "(columns: image, truth, then the settings in order)")
