@@ -64,6 +64,18 @@ def worker(rank, port, cases):
         lonely.add(features, torch.ones(1, 2, 2, dtype=torch.long))
     assert lonely.match(torch.ones(2, 6), k=2).index.tolist() == [[4, 5]] * 2
     assert lonely.classwise_max(torch.ones(1, 6))[0, 1].item() == 6.0
+    # k beyond the 4 features of all ranks together: every rank raises as one process
+    # would, before any collective of the match, so the barrier below still lines up.
+    with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(stored features\), got k=5"):
+        lonely.match(torch.ones(2, 6), k=5)
+    # Rows labelled ignore_index never match and count for no class, on every shard.
+    ignored = labels.clone()
+    ignored[::4] = 255
+    sharded = ShardedReferenceBank.from_tensors(reference, ignored)
+    whole = ReferenceBank.from_tensors(reference, ignored)
+    assert sharded.num_classes == whole.num_classes == 4
+    got, want = sharded.match(queries[rank], k=3), whole.match(queries[rank], k=3)
+    assert (got.label != 255).all() and all(torch.equal(g, w) for g, w in zip(got, want))
     # Every check passed on this rank. gloo's teardown at interpreter exit aborts
     # now and then ("terminate called without an active exception", about 1 run
     # in 15 here), so wait for the other rank and leave without destructors.

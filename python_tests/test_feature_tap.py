@@ -42,6 +42,12 @@ def test_size_and_weights():
     tap.close()
 
 
+@pytest.mark.parametrize("size", [0, (4,), (4, 0), "4", (4.0, 4)])
+def test_bad_size(size):
+    with pytest.raises(ValueError, match="size must be None, a positive int or an"):
+        FeatureTap(TinyUNet(), ["encoder"], size=size)
+
+
 def test_hooks_are_removed_on_close():
     model = TinyUNet()
     tap = FeatureTap(model, ["encoder"])

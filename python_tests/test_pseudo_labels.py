@@ -39,6 +39,24 @@ def test_out_size_and_threshold(phantoms):
     assert torch.equal(hard[:, ::4, ::4], PseudoLabeler(bank)(features[:, :, ::2, ::2]).labels)
 
 
+def test_int_out_size_is_square(phantoms):
+    bank, features, _ = phantoms
+    square = PseudoLabeler(bank, mode="soft", out_size=64)(features[:2]).labels
+    assert torch.equal(square, PseudoLabeler(bank, mode="soft", out_size=(64, 64))(features[:2]).labels)
+    with pytest.raises(ValueError, match=r"out_size must be .* got \(64,\)"):
+        PseudoLabeler(bank, out_size=(64,))
+
+
+def test_agree_with_must_match_the_labels_shape(phantoms):
+    bank, features, truth = phantoms
+    labeler = PseudoLabeler(bank)
+    for wrong in (truth[:, ::2, ::2], truth[0], truth.tolist()):
+        with pytest.raises(ValueError, match=r"agree_with must be labels of shape \[B, H, W\] = \[6, 32, 32\]"):
+            labeler(features, agree_with=wrong)
+    labels = labeler(features, agree_with=truth).labels
+    assert ((labels == truth) | (labels == 255)).all()
+
+
 def test_hard_mode_refuses_k():
     with pytest.raises(ValueError, match="k=1"):
         PseudoLabeler(None, k=3, mode="hard")
@@ -68,3 +86,17 @@ def test_vote_maps_and_labels_argument():
         vote(result, num_classes=3)
     with pytest.raises(ValueError, match="num_classes=2"):
         vote(result, labels, num_classes=2)
+
+
+def test_vote_refuses_bad_arguments():
+    reference, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    result = refmatch.match(torch.randn(5, 4), reference, k=3)
+    with pytest.raises(ValueError, match="metric must be one of .*got 'L2'"):
+        vote(torch.randn(5, 3), num_classes=3, metric="L2")
+    with pytest.raises(TypeError, match="MatchResult or a tensor of class-wise scores, got tuple"):
+        vote(tuple(result), labels, num_classes=3)
+    with pytest.raises(ValueError, match="labels must be >= 0, got -1"):
+        vote(result, labels - 1, num_classes=3)
+    matched_minus_one = refmatch.MatchResult(torch.tensor([0.9]), torch.tensor([2]), torch.tensor([-1]))
+    with pytest.raises(ValueError, match="labels must be >= 0, got -1"):
+        vote(matched_minus_one, num_classes=3)

@@ -4,9 +4,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backends.scoring import METRICS
-from .masks import check_masks, downsample_masks
+from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
-from .ops import MatchResult, match
+from .ops import MatchResult, _check_label_values, match
 
 POLICIES = ("ring", "reservoir")
 
@@ -48,6 +48,8 @@ class ReferenceBank(nn.Module):
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if downsample not in DOWNSAMPLING:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {downsample!r}")
         self.dim, self.num_classes, self.capacity = dim, num_classes, capacity_per_class
         self.metric, self.ignore_index, self.policy, self.downsample = metric, ignore_index, policy, downsample
         self._generator = torch.Generator().manual_seed(seed)
@@ -60,24 +62,27 @@ class ReferenceBank(nn.Module):
 
     @classmethod
     def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255):
-        """A fixed bank over given rows: ``reference`` [M, D], ``labels`` [M] in [0, C).
+        """A fixed bank over given rows: ``reference`` [M, D], ``labels`` [M] in [0, C)
+        or ``ignore_index`` (such rows never match and count for no class).
 
-        It matches like any bank (``index`` is the row of ``reference``) but does not
-        take ``add``. Rows are stored as given, in their own dtype.
+        It matches like any bank (``index`` is the row of ``reference``) but takes no
+        ``add``, ``clear`` or ``refresh``. Rows are copied in their own dtype, so the
+        bank never writes into the caller's tensors. ``num_classes`` None means C =
+        the largest label other than ``ignore_index``, plus 1.
         """
         if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
             raise ValueError(f"reference must be [M, D], got {_describe(reference)}")
         if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
             raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {_describe(labels)}")
-        num_classes = int(labels.max()) + 1 if num_classes is None and labels.numel() else num_classes or 1
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+        if num_classes is None:
+            num_classes = inferred_num_classes(labels, ignore_index)
         bank = cls.__new__(cls)
         ReferenceBank.__init__(bank, reference.shape[1], num_classes, 1, reference.dtype, metric, ignore_index)
+        _check_label_values(labels, ignore_index, num_classes)
         bank.capacity = None
-        bank.features = reference.detach()
-        bank.labels = labels.detach().long()
-        bank.counts = torch.bincount(bank.labels, minlength=num_classes).to(reference.device)
+        bank.features = reference.detach().clone()
+        bank.labels = labels.detach().to(torch.long, copy=True)
+        bank.counts = torch.bincount(_kept(bank.labels, ignore_index), minlength=num_classes).to(reference.device)
         bank.seen = bank.counts.clone()
         return bank
 
@@ -98,6 +103,7 @@ class ReferenceBank(nn.Module):
 
     def clear(self):
         """Forget every stored feature (and the images kept for ``refresh``)."""
+        self._require_growable()
         self.features.fill_(float("nan"))
         self.counts.zero_()
         self.seen.zero_()
@@ -116,9 +122,7 @@ class ReferenceBank(nn.Module):
         """
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             raise ValueError(f"features must be [B, D, h, w], got {_describe(features)}")
-        if self.capacity is None:
-            raise RuntimeError("this bank was built by from_tensors and is fixed; build one with "
-                               "ReferenceBank(dim, num_classes, capacity_per_class) to add()")
+        self._require_growable()
         if features.shape[1] != self.dim:
             raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={self.dim}")
         check_masks(masks, features.shape[0], features.shape[2:], self.num_classes, self.ignore_index)
@@ -163,6 +167,7 @@ class ReferenceBank(nn.Module):
         ``embed(images) -> [B, D, h, w]`` is called on every batch given to ``add``
         with ``images``, in the original order; the bank is rebuilt from scratch.
         """
+        self._require_growable()
         if not self._sources:
             raise RuntimeError("refresh needs images: pass images=... to add() for the batches to re-embed")
         sources = self._sources
@@ -170,9 +175,20 @@ class ReferenceBank(nn.Module):
         for images, masks in sources:
             self.add(embed(images.to(self.features.device)), masks, images=images)
 
-    def _require_features(self):
-        if self._stored() == 0:
-            raise ValueError("the reference bank is empty: add() labelled features before matching")
+    def _require_growable(self):
+        if self.capacity is None:
+            raise RuntimeError("this bank was built by from_tensors and is fixed: it takes no add(), clear() or "
+                               "refresh(); build one with ReferenceBank(dim, num_classes, capacity_per_class)")
+
+    def _require_features(self, stored, k=1):
+        """Raise unless ``stored`` features (this process's, or every rank's for a sharded
+        bank) are at least one and at least k."""
+        if stored == 0:
+            fill = ("from_tensors was given no row labelled other than ignore_index" if self.capacity is None
+                    else "add() labelled features before matching")
+            raise ValueError(f"the reference bank is empty: {fill}")
+        if not 1 <= k <= stored:
+            raise ValueError(f"k must satisfy 1 <= k <= {stored} (stored features), got k={k}")
 
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
@@ -181,12 +197,14 @@ class ReferenceBank(nn.Module):
         Only filled slots are scored: one fused match per class over its filled
         prefix, merged with the lowest-index tie rule.
         """
-        self._require_features()
-        if not 1 <= k <= self._stored():
-            raise ValueError(f"k must satisfy 1 <= k <= {self._stored()} (stored features), got k={k}")
+        stored = self._stored()
+        self._require_features(stored, k)
         query = query.to(self.features.dtype)
         if self.capacity is None:
-            return match(query, self.features, self.labels, k=k, metric=self.metric, backend=backend)
+            # The ignored-row mask only when some row is ignored: it changes the kernels' path.
+            ignore_index = self.ignore_index if stored < self.labels.shape[0] else None
+            return match(query, self.features, self.labels, k=k, metric=self.metric, backend=backend,
+                         ignore_index=ignore_index)
         scores, indices, labels = [], [], []
         for cls in range(self.num_classes):
             rows = self._class_rows(cls)
@@ -209,7 +227,7 @@ class ReferenceBank(nn.Module):
         Classes with no stored feature score -inf (+inf distance for l2). Each
         class's slots are contiguous, so this is one fused match per class.
         """
-        self._require_features()
+        self._require_features(self._stored())
         query = query.to(self.features.dtype)
         worst = float("inf") if self.metric == "l2" else float("-inf")
         per_class = []
@@ -230,6 +248,20 @@ class ReferenceBank(nn.Module):
             return self.features[self.labels == cls]
         start = cls * self.capacity
         return self.features[start:start + int(self.counts[cls])]
+
+
+def _kept(labels, ignore_index):
+    """The labels that are not ``ignore_index``."""
+    return labels if ignore_index is None else labels[labels != ignore_index]
+
+
+def inferred_num_classes(labels, ignore_index):
+    """C for ``labels`` [M]: the largest label other than ``ignore_index``, plus 1."""
+    kept = _kept(labels, ignore_index)
+    if kept.numel() == 0:
+        raise ValueError(f"num_classes=None is inferred from the labels, but none of the {labels.numel()} labels "
+                         f"differs from ignore_index={ignore_index}; pass num_classes")
+    return max(int(kept.max()), 0) + 1  # negative labels fail the label check, not num_classes'
 
 
 def _describe(value):

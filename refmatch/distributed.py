@@ -9,7 +9,7 @@ exactly what one process holding the whole bank would return. Only
 import torch
 import torch.distributed as dist
 
-from .bank import ReferenceBank
+from .bank import ReferenceBank, inferred_num_classes
 from .candidates import keep_best
 from .ops import MatchResult
 
@@ -58,8 +58,8 @@ class ShardedReferenceBank(ReferenceBank):
         """This rank's contiguous slice of ``reference`` [M, D] / ``labels`` [M],
         given the same tensors on every rank."""
         world, rank = dist.get_world_size(group), dist.get_rank(group)
-        if num_classes is None:
-            num_classes = int(labels.max()) + 1
+        if num_classes is None:  # from all labels: a rank's slice may lack the top class
+            num_classes = inferred_num_classes(labels, ignore_index)
         start, stop = reference.shape[0] * rank // world, reference.shape[0] * (rank + 1) // world
         bank = super().from_tensors(reference[start:stop], labels[start:stop], num_classes, metric, ignore_index)
         bank.group, bank.index_offset = group, start
@@ -80,13 +80,9 @@ class ShardedReferenceBank(ReferenceBank):
         start = dist.get_rank(self.group) * padded.shape[0]
         return torch.cat(_gather(padded, self.group)), slice(start, start + rows.shape[0]), shape_back
 
-    def _require_any_shard(self):
-        if len(self) == 0:  # collective: the bank is empty only if every shard is
-            raise ValueError("the reference bank is empty on every rank: add() labelled features before matching")
-
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` against the whole sharded bank; ``index`` is global."""
-        self._require_any_shard()
+        self._require_features(len(self), k)  # len is a collective, so every rank raises alike
         all_rows, mine, shape_back = self._gathered_queries(query)
         worst = float("inf") if self.metric == "l2" else float("-inf")
         score = all_rows.new_full((all_rows.shape[0], k), worst, dtype=torch.float32)
@@ -108,7 +104,7 @@ class ShardedReferenceBank(ReferenceBank):
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class over all shards: [N, C] for rows, [B, C, h, w] for maps."""
-        self._require_any_shard()
+        self._require_features(len(self))
         all_rows, mine, shape_back = self._gathered_queries(query)
         if self._stored() > 0:
             scores = ReferenceBank.classwise_max(self, all_rows, backend=backend)

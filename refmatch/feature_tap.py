@@ -3,6 +3,17 @@ import torch
 import torch.nn.functional as F
 
 
+def size_pair(size, name):
+    """None, an int (a square) or an (H, W) pair of positive ints -> None or (H, W)."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else size
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in pair)):
+        raise ValueError(f"{name} must be None, a positive int or an (H, W) pair of positive ints, got {size!r}")
+    return tuple(pair)
+
+
 class FeatureTap:
     """Captures named layers' outputs on every forward pass of ``model``.
 
@@ -29,7 +40,7 @@ class FeatureTap:
         self.weights = [1.0] * len(layers) if weights is None else list(weights)
         if len(self.weights) != len(self.layers):
             raise ValueError(f"weights must give one value per layer ({len(self.layers)}), got {len(self.weights)}")
-        self.size = None if size is None else tuple(size) if not isinstance(size, int) else (size, size)
+        self.size = size_pair(size, "size")
         self._outputs = {}
         self._handles = [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
 

@@ -4,6 +4,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .bank import _describe
+from .feature_tap import size_pair
 from .vote import margin, vote
 
 MODES = ("hard", "soft")
@@ -32,7 +34,8 @@ class PseudoLabeler:
             between the two most probable classes.
         threshold: pixels with confidence below it get ``ignore_index``.
         temperature: softmax temperature of "soft" mode.
-        out_size: (H, W) of the labels; None keeps the feature resolution.
+        out_size: (H, W) of the labels, or an int for H = W; None keeps the feature
+            resolution.
         ignore_index: label of dropped or unmatched pixels.
 
     Example:
@@ -49,7 +52,7 @@ class PseudoLabeler:
             raise ValueError("hard mode takes the single nearest reference (k=1); use mode='soft' for k > 1")
         self.bank, self.k, self.mode, self.threshold = bank, k, mode, threshold
         self.temperature, self.ignore_index = temperature, ignore_index
-        self.out_size = None if out_size is None else tuple(out_size)
+        self.out_size = size_pair(out_size, "out_size")
 
     @torch.no_grad()
     def __call__(self, features, agree_with=None):
@@ -61,6 +64,11 @@ class PseudoLabeler:
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             raise ValueError(f"features must be [B, D, h, w], got {getattr(features, 'shape', type(features))}")
         size = self.out_size or tuple(features.shape[-2:])
+        expected = (features.shape[0], *size)
+        if agree_with is not None and (not isinstance(agree_with, torch.Tensor)
+                                       or tuple(agree_with.shape) != expected):
+            raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, "
+                             f"got {_describe(agree_with)}")
         if self.mode == "hard":
             result = self.bank.match(features, k=1)
             sign = -1.0 if self.bank.metric == "l2" else 1.0

@@ -3,6 +3,7 @@ from typing import NamedTuple
 
 import torch
 
+from .backends.scoring import METRICS
 from .candidates import with_k_axis
 from .ops import MatchResult, _check_label_values
 
@@ -43,12 +44,18 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         ignore_index: matches carrying this label cast no vote (class-wise scores
             have no labels, so it does not apply to them).
     Returns:
-        Vote(probabilities, confidence). Matches with index -1 cast no vote.
+        Vote(probabilities, confidence). Matches with index -1 cast no vote; any
+        other label must be in [0, C) or ``ignore_index``.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if not isinstance(result_or_scores, (MatchResult, torch.Tensor)):
+        raise TypeError("result_or_scores must be a MatchResult or a tensor of class-wise scores, "
+                        f"got {type(result_or_scores).__name__}")
     sign = -1.0 if metric == "l2" else 1.0
     if not isinstance(result_or_scores, MatchResult):
         scores = result_or_scores
@@ -59,15 +66,17 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         probabilities = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no class at all
         return Vote(probabilities, margin(probabilities))
 
+    index = result_or_scores.index
     label = result_or_scores.label
     if label is None:
         if labels is None:
             raise ValueError("the match result has no labels: pass labels=[M] reference labels")
-        index = result_or_scores.index
         label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
     label, _ = with_k_axis(label)
+    index, _ = with_k_axis(index)
     score, _ = with_k_axis(result_or_scores.score.float())
-    _check_label_values(label.masked_fill(label == -1, 0), ignore_index, num_classes)  # -1: no match
+    # A -1 label is "no match" only where the index says so; elsewhere it is a bad label.
+    _check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
     voted = label >= 0 if ignore_index is None else (label >= 0) & (label != ignore_index)
     if weighting == "uniform":
         weight = voted.float()

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..feature_tap import size_pair
+
 BINARY_THRESHOLD = 127
 MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
 LISTED_NAMES = 5        # file names quoted in an error before "and N more"
@@ -97,15 +99,6 @@ def read_mask(path, num_classes=None):
     return torch.from_numpy(array)
 
 
-def _size_pair(size):
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or any(not isinstance(side, int) or side < 1 for side in pair):
-        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
-    return pair
-
-
 class FolderDataset(Dataset):
     """The images ``names`` of ``root/subfolder``, with masks from ``root/masks``.
 
@@ -122,7 +115,7 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, root, names, size=None, subfolder="images", with_masks=True, num_classes=None):
-        self.root, self.names, self.size = Path(root), list(names), _size_pair(size)
+        self.root, self.names, self.size = Path(root), list(names), size_pair(size, "size")
         self.subfolder, self.with_masks, self.num_classes = subfolder, with_masks, num_classes
 
     def __len__(self):
