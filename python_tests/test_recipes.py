@@ -37,6 +37,12 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["steps=many"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="width must be >= 1, got 0"):
+        load_config(None, ["width=0"])
+    with pytest.raises(ValueError, match="pl_mode must be one of"):
+        load_config(None, ["pl_mode=bogus"])
+    with pytest.raises(ValueError, match="pl_mode=hard takes the nearest reference"):
+        load_config(None, ["pl_mode=hard", "pl_k=8"])
 
 
 def test_losses():
@@ -183,6 +189,10 @@ def test_consensus_keeps_reference_labels_where_the_teacher_agrees():
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     from refmatch.recipes import run_context
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA device: train with device=cpu"):
+        run_context._pick_device("cuda", local_rank=0, local_world=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert run_context._pick_device("cuda", local_rank=0, local_world=1) == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="2 processes on this node but 1 CUDA device"):

@@ -3,6 +3,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..pseudo_labels import MODES as PL_MODES
+
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
 
 
@@ -53,9 +55,14 @@ class TrainConfig:
         if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
                              f"tap_size={self.tap_size}")
-        for name in ("steps", "batch_size", "unlabeled_batch_size", "eval_every", "bank_capacity"):
+        for name in ("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_every", "bank_capacity",
+                     "bank_refresh_every", "width", "depth", "image_size", "tap_size", "num_phantoms", "pl_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pl_mode not in PL_MODES:
+            raise ValueError(f"pl_mode must be one of {PL_MODES}, got {self.pl_mode!r}")
+        if self.pl_mode == "hard" and self.pl_k != 1:
+            raise ValueError(f"pl_mode=hard takes the nearest reference (pl_k=1), got pl_k={self.pl_k}")
         return self
 
 

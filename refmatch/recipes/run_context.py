@@ -16,6 +16,9 @@ def _pick_device(name, local_rank, local_world):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but torch {torch.__version__} sees no CUDA device: train with "
+                         "device=cpu (or device=auto)")
     if device.type == "cuda" and device.index is None:
         if local_world > torch.cuda.device_count():
             raise ValueError(f"{local_world} processes on this node but {torch.cuda.device_count()} CUDA "
