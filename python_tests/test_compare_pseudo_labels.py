@@ -51,3 +51,18 @@ def test_settings_start_from_the_plain_defaults_not_the_run(tiny_run):
     assert kept["pl_mode=hard"] == kept["pl_mode=hard,tap_size=16"] == 1.0
     assert kept["pl_mode=hard,pl_consensus=true"] < 1.0
     assert not outputs["pl_mode=hard"].equal(outputs["pl_mode=hard,tap_size=16"])
+
+
+def test_reads_the_runs_own_split_and_leaves_it_alone(tmp_path):
+    """The unlabelled images scored are the run's splits.json's (here cut to two), and the file
+    is not rewritten from the config."""
+    run = tmp_path / "run"
+    main(["train", *TINY, "--out", str(run), "method=supervised", "steps=2"])
+    splits = json.loads((run / "splits.json").read_text())
+    splits["unlabeled"], splits["counts"]["unlabeled"] = splits["unlabeled"][:2], 2
+    (run / "splits.json").write_text(json.dumps(splits))
+    before = (run / "splits.json").read_bytes()
+    main(["compare-pseudo-labels", "--run", str(run), "--images", "8", "--out", str(tmp_path / "out"),
+          "--setting", "pl_mode=hard"])
+    assert json.loads((tmp_path / "out" / "compare.json").read_text())["images"] == 2
+    assert (run / "splits.json").read_bytes() == before

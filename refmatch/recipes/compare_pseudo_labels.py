@@ -12,7 +12,6 @@ then each setting.
 """
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from .checkpoint import load
 from .config import TrainConfig, load_config
 from .data_setup import UNKNOWN, prepare_data
+from .evaluation import metrics_json
 from .methods import IGNORE, pseudo_label_source
 from .unet import UNet
 
@@ -79,7 +79,7 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
     state = load(Path(run_dir) / checkpoint, device)
     config = TrainConfig(**state["config"])
     parsed = [(text, parse_setting(text, config)) for text in settings]  # bad settings fail before any work
-    data = prepare_data(config, run_dir)
+    data = prepare_data(config, run_dir, reuse_splits=True)  # the run's own split, left as it is
     num_classes = len(data.class_names)
     teacher = UNet(1, num_classes, config.width, config.depth).to(device)
     teacher.load_state_dict(state["teacher"])
@@ -162,8 +162,8 @@ def main(argv=None):
     header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"
               f"Each setting changes only what it names from {plain_pseudo_labels_text()}.\n\n")
     (out / "compare.md").write_text(header + table + "\n")
-    (out / "compare.json").write_text(json.dumps({"run": str(args.run), "images": images.shape[0],
-                                                  "plain_settings": PLAIN_PSEUDO_LABELS, "rows": rows}, indent=2))
+    (out / "compare.json").write_text(metrics_json({"run": str(args.run), "images": images.shape[0],
+                                                    "plain_settings": PLAIN_PSEUDO_LABELS, "rows": rows}))
     picture(out / "compare.png", images, truth, outputs)
     print(header + table + f"\n\nwrote {out}/compare.md, compare.json and compare.png "
           "(columns: image, truth, then the settings in order)")
