@@ -148,6 +148,18 @@ def test_resume_takes_the_saved_config_and_names_settings_it_cannot_change(tmp_p
     assert metrics["train_seconds"] > first_seconds > 0, "a resumed run adds up its parts"
 
 
+def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():
+    import dataclasses
+
+    from refmatch.recipes.train import check_resumable
+
+    saved = dataclasses.asdict(load_config(None, ["steps=10"]))
+    del saved["pl_consensus"]  # a run saved before the key existed
+    check_resumable(saved, load_config(None, ["steps=20"]))
+    with pytest.raises(ValueError, match=r"pl_consensus \(False saved, True given\)"):
+        check_resumable(saved, load_config(None, ["steps=10", "pl_consensus=true"]))
+
+
 def test_a_new_run_keeps_off_an_earlier_runs_folder_unless_told_to_overwrite(tmp_path):
     """A folder holding checkpoints is refused (its work would be lost); --overwrite starts over
     with the new settings' splits. A folder with only a stale splits.json gets new splits."""

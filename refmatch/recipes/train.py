@@ -17,6 +17,7 @@ import torch
 
 from . import augment
 from .checkpoint import load, save_atomic
+from .config import TrainConfig
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict
 from .losses import pseudo_label_loss, rampup, supervised_loss
@@ -47,9 +48,10 @@ def saved_config(run_dir):
 def check_resumable(saved, config):
     """Raise ValueError naming the settings of ``config`` that differ from the ``saved``
     dict outside ``RESUMABLE``."""
-    given = dataclasses.asdict(config)
+    given, defaults = dataclasses.asdict(config), dataclasses.asdict(TrainConfig())
+    saved = {**defaults, **saved}  # a key added since the run was saved held its default
     changed = [f"{key} ({saved[key]!r} saved, {given[key]!r} given)" for key in given
-               if key not in RESUMABLE and given[key] != saved.get(key)]
+               if key not in RESUMABLE and given[key] != saved[key]]
     if changed:
         raise ValueError("a resumed run continues with its saved config, but these settings differ: "
                          + ", ".join(changed) + f". Leave them out; only {', '.join(RESUMABLE)} may change "
