@@ -12,7 +12,8 @@ from test_recipes import TINY  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A run trained with pl_consensus=true and tap_size=16 (TINY), which the settings must not inherit."""
+    """A run trained with pl_consensus=true, which the settings must not inherit (tap_size=16, from
+    TINY, they do: it must divide the run's image size)."""
     run = tmp_path_factory.mktemp("run")
     main(["train", *TINY, "--out", str(run), "method=supervised", "steps=2", "pl_consensus=true"])
     return run
@@ -45,19 +46,20 @@ def test_bad_settings_are_named(tiny_run, tmp_path, setting, message):
 def test_settings_start_from_the_plain_defaults_not_the_run(tiny_run):
     from refmatch.recipes.compare_pseudo_labels import compare
 
-    settings = ["pl_mode=hard", "pl_mode=hard,tap_size=16", "pl_mode=hard,pl_consensus=true"]
+    settings = ["pl_mode=hard", "pl_mode=hard,tap_size=32", "pl_mode=hard,pl_consensus=true"]
     rows, _, _, _, outputs = compare(tiny_run, settings, num_images=3)
     kept = {row["setting"]: row["kept"] for row in rows}
-    assert kept["pl_mode=hard"] == kept["pl_mode=hard,tap_size=16"] == 1.0
+    assert kept["pl_mode=hard"] == kept["pl_mode=hard,tap_size=32"] == 1.0
     assert kept["pl_mode=hard,pl_consensus=true"] < 1.0
-    assert not outputs["pl_mode=hard"].equal(outputs["pl_mode=hard,tap_size=16"])
+    assert not outputs["pl_mode=hard"].equal(outputs["pl_mode=hard,tap_size=32"]), "the run's tap_size is 16"
 
 
 def test_reads_the_runs_own_split_and_leaves_it_alone(tmp_path):
     """The unlabelled images scored are the run's splits.json's (here cut to two), and the file
-    is not rewritten from the config."""
+    is not rewritten from the config; without it the command says so. The run's 48 x 48 images
+    take no 32 x 32 features: a setting keeps the run's tap_size unless it names one."""
     run = tmp_path / "run"
-    main(["train", *TINY, "--out", str(run), "method=supervised", "steps=2"])
+    main(["train", *TINY, "--out", str(run), "method=supervised", "steps=2", "image_size=48"])
     splits = json.loads((run / "splits.json").read_text())
     splits["unlabeled"], splits["counts"]["unlabeled"] = splits["unlabeled"][:2], 2
     (run / "splits.json").write_text(json.dumps(splits))
@@ -66,3 +68,7 @@ def test_reads_the_runs_own_split_and_leaves_it_alone(tmp_path):
           "--setting", "pl_mode=hard"])
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["images"] == 2
     assert (run / "splits.json").read_bytes() == before
+    (run / "splits.json").unlink()
+    with pytest.raises(FileNotFoundError, match="splits.json not found"):
+        main(["compare-pseudo-labels", "--run", str(run), "--out", str(tmp_path / "out")])
+    assert not (run / "splits.json").exists()

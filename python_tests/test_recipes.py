@@ -260,24 +260,35 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom"])
 
 
-def _ddp_worker(rank, folder, port):
+def _ddp_worker(rank, folder, ports):
     import os
 
     from refmatch.recipes.train import Trainer
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    trainer = Trainer(load_config(None, TINY + ["method=refmatch", "steps=2", "device=cpu"]), folder)
+    def trainer(port, resume=False):
+        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+        return Trainer(load_config(None, TINY + ["method=refmatch", "steps=4", "device=cpu"]), folder,
+                       resume=resume)
+
+    first = trainer(ports[0])
     try:
-        trainer.fit()
+        first.fit(stop_at=2)
         # DDP averages gradients: rank 0's saved parameters equal this rank's
         # (BatchNorm running statistics stay per rank, as DDP leaves them).
         if rank == 1:
             saved = load(folder / "latest.pt")["student"]
-            for name, value in trainer.student.named_parameters():
+            for name, value in first.student.named_parameters():
                 assert torch.equal(value, saved[name]), name
     finally:
-        trainer.run.close()
+        first.run.close()
+    resumed = trainer(ports[1], resume=True)
+    own_stream = torch.equal(resumed.generator.get_state(), first.generator.get_state())
+    try:
+        resumed.fit()
+    finally:
+        resumed.run.close()
+    assert own_stream, f"rank {rank} resumed another rank's random stream"  # after the collectives
 
 
 def test_ddp_with_two_gloo_processes(tmp_path):
@@ -285,8 +296,38 @@ def test_ddp_with_two_gloo_processes(tmp_path):
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(tmp_path, port), nprocs=2, join=True)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    mp.spawn(_ddp_worker, args=(tmp_path, ports), nprocs=2, join=True)
     assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "refmatch"
+
+
+def test_report_prints_a_null_hd95_as_inf(tmp_path):
+    from refmatch.recipes.report import table
+
+    metrics = {"method": "refmatch", "train_seconds": 60.0, "config": {"steps": 2},
+               "test": {"dice": {"background": 0.9, "lung": 0.0}, "iou": {"background": 0.8, "lung": 0.0},
+                        "hd95": {"background": 1.0, "lung": None}, "mean_dice": 0.0}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "splits.json").write_text(json.dumps({"labeled": ["a.png"]}))
+    assert "| 0.0000 | 0.0000 | inf | 0.0000 | 1.0 |" in table([tmp_path])
+
+
+def test_resume_on_amp_takes_a_cpu_legs_empty_scaler(tmp_path):
+    """A leg trained without AMP saved a disabled GradScaler's empty state; a leg with AMP (a GPU)
+    starts its scaler afresh instead of failing on it."""
+    from refmatch.recipes.train import Trainer
+
+    config = load_config(None, TINY + ["steps=2"])
+    trainer = Trainer(config, tmp_path)
+    try:
+        trainer.fit(stop_at=1)
+        state = load(tmp_path / "latest.pt")
+        assert state["scaler"] == {}
+        trainer.amp, trainer.scaler = True, torch.amp.GradScaler("cpu", enabled=True)
+        trainer._load(state)
+    finally:
+        trainer.run.close()

@@ -6,8 +6,8 @@ unlabelled training images whose masks were hidden: accuracy of the kept
 pixels, the kept fraction, and recall and Dice per class. The setting
 ``method=meanteacher-pl`` scores the teacher's own confident predictions, the
 baseline. Every setting starts from the plain pseudo-label defaults
-(``PLAIN_PSEUDO_LABELS``), not from the run's values, so its name lists all it
-changes. Writes a table (markdown and JSON) and a picture: image, hidden truth,
+(``PLAIN_PSEUDO_LABELS``, and the run's tap_size), not from the run's values,
+so its name lists all it changes. Writes a table (markdown and JSON) and a picture: image, hidden truth,
 then each setting.
 """
 import argparse
@@ -28,8 +28,10 @@ from .unet import UNet
 DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
                     "pl_mode=hard,tap_size=64"]
 # TrainConfig's defaults of the knobs that shape pseudo-labels.
+# TrainConfig's defaults of the knobs that shape pseudo-labels; tap_size stays the run's (its
+# image_size must be a multiple of it).
 PLAIN_PSEUDO_LABELS = {key: getattr(TrainConfig, key) for key in (
-    "confidence_threshold", "tap_size", "pl_mode", "pl_k", "pl_temperature", "pl_threshold", "pl_consensus")}
+    "confidence_threshold", "pl_mode", "pl_k", "pl_temperature", "pl_threshold", "pl_consensus")}
 
 
 def parse_setting(text, config):
@@ -44,10 +46,11 @@ def parse_setting(text, config):
     return setting
 
 
-def plain_pseudo_labels_text():
-    """``PLAIN_PSEUDO_LABELS`` as key=value, spelled as a setting would spell them."""
+def plain_pseudo_labels_text(tap_size=None):
+    """``PLAIN_PSEUDO_LABELS`` (and the run's ``tap_size``) as key=value, spelled as a setting would."""
+    values = {**PLAIN_PSEUDO_LABELS, "tap_size": "the run's" if tap_size is None else tap_size}
     return ", ".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}"
-                     for key, value in PLAIN_PSEUDO_LABELS.items())
+                     for key, value in values.items())
 
 
 def progress_bar(total):
@@ -75,6 +78,9 @@ def score(labels, truth, num_classes):
 def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
     """Score each setting; returns (rows, class names, images [n, 1, H, W], truth [n, H, W],
     {setting: labels [n, H, W]})."""
+    if not (Path(run_dir) / "splits.json").is_file():
+        raise FileNotFoundError(f"{Path(run_dir) / 'splits.json'} not found: the settings are scored on the "
+                                "run's own unlabelled images")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load(Path(run_dir) / checkpoint, device)
     config = TrainConfig(**state["config"])
@@ -159,11 +165,13 @@ def main(argv=None):
                                                         checkpoint=args.checkpoint)
     table = markdown(rows, class_names)
     out.mkdir(parents=True, exist_ok=True)
+    tap_size = TrainConfig(**load(args.run / args.checkpoint)["config"]).tap_size
     header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"
-              f"Each setting changes only what it names from {plain_pseudo_labels_text()}.\n\n")
+              f"Each setting changes only what it names from {plain_pseudo_labels_text(tap_size)}.\n\n")
     (out / "compare.md").write_text(header + table + "\n")
     (out / "compare.json").write_text(metrics_json({"run": str(args.run), "images": images.shape[0],
-                                                    "plain_settings": PLAIN_PSEUDO_LABELS, "rows": rows}))
+                                                    "plain_settings": {**PLAIN_PSEUDO_LABELS, "tap_size": tap_size},
+                                                    "rows": rows}))
     picture(out / "compare.png", images, truth, outputs)
     print(header + table + f"\n\nwrote {out}/compare.md, compare.json and compare.png "
           "(columns: image, truth, then the settings in order)")

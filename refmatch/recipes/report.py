@@ -15,8 +15,14 @@ def table(run_dirs):
         foreground = [name for name in test["dice"] if name != "background"][0]
         lines.append(f"| {run.name} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
                      f"{test['dice'][foreground]:.4f} | {test['iou'][foreground]:.4f} | "
-                     f"{test['hd95'][foreground]:.2f} | {test['mean_dice']:.4f} | {metrics['train_seconds'] / 60:.1f} |")
+                     f"{_number(test['hd95'][foreground], 2)} | {test['mean_dice']:.4f} | "
+                     f"{metrics['train_seconds'] / 60:.1f} |")
     return "\n".join(lines)
+
+
+def _number(value, digits):
+    """metrics.json holds null for an infinite HD95 (a class missing from a prediction)."""
+    return "inf" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -33,13 +33,14 @@ RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log
 
 def start_fresh(run_dir, overwrite=False):
     """Prepare ``run_dir`` for a new run: refuse one that holds a run's checkpoints (its
-    work would be overwritten) unless ``overwrite``, which removes ``RUN_OUTPUTS`` (rank 0)."""
+    work would be overwritten) unless ``overwrite``, which removes that run's ``RUN_OUTPUTS``
+    (rank 0; a folder without checkpoints is left as it is)."""
     run_dir = Path(run_dir)
     held = [name for name in ("latest.pt", "best.pt") if (run_dir / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{run_dir} holds a run ({', '.join(held)}): continue it with --resume, "
                               "start it over with --overwrite, or train into another --out")
-    if overwrite and int(os.environ.get("RANK", "0")) == 0:
+    if held and int(os.environ.get("RANK", "0")) == 0:  # never deletes from a folder holding no run
         for name in RUN_OUTPUTS:
             path = run_dir / name
             if path.is_dir():
@@ -132,6 +133,14 @@ class RunContext:
         if any(key.startswith("val/") for key in values):
             summary = ", ".join(f"{k[4:]} {v:.4f}" for k, v in values.items() if k.count("/") == 1)
             self.logger.info("step %d: %s", step, summary)
+
+    def gather(self, value):
+        """[value of rank 0, rank 1, ...] (a collective when distributed)."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
 
     def save(self, name, state):
         """Rank 0 writes; every rank waits for it, so none reads a checkpoint early."""

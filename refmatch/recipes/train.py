@@ -35,8 +35,8 @@ def ema_update(teacher, student, decay):
         t.copy_(s)
 
 
-# Settings a resumed run may change: they touch neither the model, the data nor the
-# random stream that makes resume exact.
+# Settings a resumed run may change: they touch neither the model's shape, the data nor the
+# random stream. (device may change float rounding: AMP and the bank's dtype follow it.)
 RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
 
 
@@ -105,12 +105,27 @@ class Trainer:
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
+        if self.amp and state["scaler"]:  # a CPU leg saved a disabled scaler's empty state
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(self._rank_generator(state))
         if self.pseudo:
             self.pseudo.load_state_dict(state["pseudo"])
         self.step, self.best, self.seconds = state["step"], state["best"], state.get("train_seconds", 0.0)
         logging.getLogger("refmatch").info("resumed at step %d", self.step)
+
+    def _rank_generator(self, state):
+        """This rank's saved generator state: every rank draws its own batches."""
+        states = state.get("rank_generators", [state["generator"]])  # saved before ranks kept theirs
+        if len(states) != self.run.world:
+            raise ValueError(f"the run was saved by {len(states)} process(es) and resumes with {self.run.world}: "
+                             "resume with as many processes as it was trained with")
+        return states[self.run.rank]
+
+    def _save_latest(self):
+        """latest.pt with every rank's generator (a collective: all ranks call it at the same step)."""
+        state = self.state()
+        state["rank_generators"] = self.run.gather(self.generator.get_state())
+        self.run.save("latest.pt", state)
 
     def _batch(self, split, size):
         index = torch.randint(split.images.shape[0], (size,), generator=self.generator)
@@ -179,15 +194,16 @@ class Trainer:
         for _ in self.run.progress(range(self.step, last)):
             logs = self.train_step()
             self.step += 1
-            self.seconds = seconds_before + time.time() - started  # resumed runs add up their parts
             self.run.scalars(logs, self.step)
             if self.step % config.eval_every == 0 or self.step == config.steps:
                 self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
-                self.run.save("latest.pt", self.state())
+                self.seconds = seconds_before + time.time() - started  # resumed runs add up their parts
+                self._save_latest()
             if self.step % config.image_every == 0:
                 self.save_images()
+        self.seconds = seconds_before + time.time() - started
         if self.step < config.steps:
-            self.run.save("latest.pt", self.state())
+            self._save_latest()
             logging.getLogger("refmatch").info("stopped at step %d of %d, saved to %s; continue with --resume",
                                                self.step, config.steps, self.run.dir / "latest.pt")
             return None
