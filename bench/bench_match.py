@@ -1,5 +1,8 @@
 """``python bench/bench_match.py [options]``: the same as ``refmatch bench``; see refmatch/bench.py."""
-from refmatch.bench import main
+import sys
+
+from refmatch.__main__ import main
 
 if __name__ == "__main__":
-    main()
+    sys.argv[1:1] = ["bench"]  # as the console script: a user error prints one line
+    sys.exit(main())

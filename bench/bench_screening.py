@@ -7,18 +7,19 @@
 Both paths return the same matches (up to float32 rounding); the table gives the
 time of each for k = 1 and top-8 (``--k``), and the share of query rows the screen
 handed to the float32 walk (100 %: it gave up early). Writes
-bench/results/<machine>-screening[-<tag>]-<date>.{json,md}.
+bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when taken).
 """
 import argparse
 import json
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
 
 from refmatch.backends.torch_backend import match_chunked, tiling
-from refmatch.backends.torch_screening import match_screened, native_bf16
-from refmatch.bench import RESULTS, git_commit, machine
+from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
+from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple
 
 
 def synthetic(name, n, m, d, generator):
@@ -77,16 +78,20 @@ def measure(name, query, reference, metric, k, repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="8192x65536x128", help="NxMxD of the synthetic sets")
-    parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"])
-    parser.add_argument("--k", nargs="+", type=int, default=[1, 8], help="matches per row")
+    parser.add_argument("--size", type=size_triple, default="8192x65536x128", help="NxMxD of the synthetic sets")
+    parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"], choices=["cosine", "dot", "l2"])
+    parser.add_argument("--k", nargs="+", type=positive_int, default=[1, 8],
+                        help=f"matches per row, at most {MAX_K} (the screen's limit)")
     parser.add_argument("--run", help="training run folder with best.pt and splits.json")
     parser.add_argument("--data", help="the dataset folder that run trained on")
     parser.add_argument("--images", type=int, default=16, help="unlabelled images to take features of")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=positive_int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--tag", help="added to the file name, so runs of one day stay apart")
     args = parser.parse_args()
-    n, m, d = (int(x) for x in args.size.split("x"))
+    if max(args.k) > MAX_K:
+        parser.error(f"--k: the screen takes k <= {MAX_K}, got {max(args.k)}")
+    n, m, d = args.size
     generator = torch.Generator().manual_seed(0)
     names = ("random", "clusters noise=1", "clusters noise=0.3", "clusters noise=0.1")
     sets = [(name, *synthetic(name, n, m, d, generator)) for name in names]
@@ -99,8 +104,8 @@ def main():
              f"{date.today()}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     print("\n".join(lines), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{slug}-screening{'-' + args.tag if args.tag else ''}-{date.today()}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = fresh_stem(args.out / f"{slug}-screening{'-' + args.tag if args.tag else ''}-{date.today()}")
     rows = []
     for label, query, reference in sets:
         for metric, k in ((metric, k) for metric in args.metrics for k in args.k):

@@ -124,7 +124,7 @@ printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
 grep -E "^(FAILED|ERROR) " "$LOGS/tests.log" 2>/dev/null | head -n 40 || true
 ls bench/results/*.md 2>/dev/null | tail -n 3
 if [[ -n "${OUT:-}" ]]; then
-  cp bench/results/*-"$STAMP".* "$LOGS"/ 2>/dev/null || true
+  cp bench/results/*-"$STAMP".* bench/results/*-"$STAMP"-[0-9]*.* "$LOGS"/ 2>/dev/null || true  # -2 ...: a later run of the day
   tar czf "$OUT/gpu_suite.tgz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
 fi
 exit "$FAILED"

@@ -8,7 +8,7 @@ or streamed, register cap) with CUDA events (median after a warm-up), checks the
 result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)
 with the registers and spilled bytes per thread of the compiled kernel. A candidate
 that does not compile or fit is listed with the error. Writes
-bench/results/<card>-triton-tiles-<date>.{json,md}.
+bench/results/<card>-triton-tiles-<date>.{json,md} (-2, -3 ... when taken).
 """
 import argparse
 import json
@@ -21,10 +21,11 @@ import triton.testing
 from refmatch.kernels.match import (TWO_PROGRAMS_PER_SM, _two_programs_per_sm, classwise_max, launch_config,
                                     match_topk)
 from refmatch.kernels.match_aot import compile_variant
-from refmatch.bench import machine
+from refmatch.bench import fresh_stem, machine
 
 # Overrides of launch_config per candidate; the first of each list is the launcher's default
-# (on sm_90 the dot argmax's is TWO_PROGRAMS_PER_SM, so (128, 128, 8, 3) is listed beside it).
+# (on sm_90 the dot argmax's is TWO_PROGRAMS_PER_SM unless its compile spills; that row shows the
+# capped shape either way, with its spills, and (128, 128, 8, 3) is listed beside it).
 # query_resident=False streams the query through shared memory in 64-channel chunks;
 # maxnreg=128 with 2 stages lets two 8-warp programs share an SM (65536 registers,
 # about 2 x 98 KB of shared memory at D=128).
@@ -110,7 +111,7 @@ def main():
     print(header)
     rows = []
     name, description = machine("cuda")
-    stem = args.out / f"{name}-triton-tiles-{date.today().isoformat()}"
+    stem = fresh_stem(args.out / f"{name}-triton-tiles-{date.today().isoformat()}")
     args.out.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         n, m, d = (int(v) for v in size.split("x"))

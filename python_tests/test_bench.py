@@ -41,3 +41,28 @@ def test_one_size_plots_bars(tmp_path):
              "tflops": 300.0},
             {"method": "keops", "metric": "dot", "n": 8, "m": 16, "d": 4, "dtype": "bfloat16", "skipped": "crashed"}]
     assert plot(rows, tmp_path / "one.png").stat().st_size > 0
+
+
+def test_a_second_run_of_the_day_keeps_the_first(tmp_path):
+    """Same machine, dtype and date: the second run writes <stem>-2 instead of replacing the first."""
+    arguments = ["--sizes", "32x256x8", "--only", "refmatch torch k=1", "--repeat", "1", "--out", str(tmp_path)]
+    bench.main(arguments)
+    (first,) = tmp_path.glob("*.json")
+    before = first.read_text()
+    bench.main(arguments)
+    assert first.read_text() == before
+    assert first.with_name(first.stem + "-2.json").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--sizes", "10x10"], "a size is NxMxD"), (["--sizes", "8x0x4"], "a size is NxMxD"),
+    (["--repeat", "0"], "expected a positive integer")])
+def test_bad_arguments_are_named_before_any_timing(arguments, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(arguments)
+    assert message in capsys.readouterr().err
+
+
+def test_only_matching_nothing_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="left no method but the GEMM ceilings"):
+        bench.main(["--sizes", "32x256x8", "--only", "nosuchmethod", "--repeat", "1", "--out", str(tmp_path)])

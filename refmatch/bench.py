@@ -12,7 +12,8 @@ matrix fits, every refmatch backend (k = 1 and 8, dot and l2), and the peers tha
 are installed (FAISS flat search, KeOps, flash-kmeans' assignment kernel; see
 bench_peers.py). It prints a table (median time after a warm-up, TFLOP/s as
 2*N*M*D/time, ratio to the GEMM, peak extra memory, agreement with the float64
-oracle) and writes bench/results/<machine>-<dtype>-<date>.{json,md,png}.
+oracle) and writes bench/results/<machine>-<dtype>-<date>.{json,md,png}, with -2, -3 ...
+appended when that name is taken (results are never replaced).
 """
 import argparse
 import json
@@ -209,34 +210,64 @@ PRESETS = {
 }
 
 
+def size_triple(text):
+    """argparse type of an NxMxD size: (N, M, D) positive ints."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"a size is NxMxD with positive integers (e.g. 8192x65536x128), got {text!r}")
+    return tuple(int(part) for part in parts)
+
+
+def positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def fresh_stem(stem):
+    """``stem``, or ``stem-2``, ``stem-3`` ...: the first that names no results file yet, so a
+    second run of a day (or a run inside a checkout) never replaces committed or earlier results."""
+    candidate, number = stem, 1
+    while any(candidate.with_suffix(suffix).exists() for suffix in (".json", ".md")):
+        number += 1
+        candidate = stem.with_name(f"{stem.name}-{number}")
+    return candidate
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--sizes", nargs="+", help="NxMxD sizes (default: the device's preset)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="default: float32")
+    parser.add_argument("--sizes", nargs="+", type=size_triple, help="NxMxD sizes (default: the device's preset)")
     parser.add_argument("--only", nargs="+", help="time only methods whose name holds one of these words")
     parser.add_argument("--exclude", nargs="+", help="leave out methods whose name holds one of these words")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--fits-gib", type=float, default=8.0, help="largest dense N x M buffer to try")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs per method (default: 3)")
+    parser.add_argument("--fits-gib", type=float, default=8.0,
+                        help="largest dense N x M buffer to try (default: 8)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--tag", help="added to the file names, so runs of one day stay apart (e.g. sweep)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda, but torch {torch.__version__} sees no CUDA device")
     dtype = getattr(torch, args.dtype)
     name, description = machine(args.device)
     meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
             "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions()}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]])
+    stem = fresh_stem(args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]]))
     print(markdown([]))
     rows = []
-    for size in args.sizes or PRESETS[args.device]:
-        n, m, d = (int(v) for v in size.lower().split("x"))
+    for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
         for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
                               args.exclude):
             rows.append(row)
             print(_line(row), flush=True)
             write_results(stem, meta, rows)  # after every row: a killed run keeps what it measured
+        if not any(row["metric"] != "-" for row in rows):
+            raise ValueError(f"--only {' '.join(args.only or [])} --exclude {' '.join(args.exclude or [])} "
+                             "left no method but the GEMM ceilings (names are in bench/README.md)")
         figure = plot(rows, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
 
