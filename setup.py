@@ -4,8 +4,13 @@ Environment:
   REFMATCH_CUDA=0/1           force the CUDA kernels off/on (default: on when nvcc is found)
   REFMATCH_CUDA_ARCHS="80;90a" CUDA architectures (90a: with the Hopper wgmma kernel)
   REFMATCH_REQUIRE_EXTENSION=1  fail the install when _C cannot be built (CI, GPU suite)
+
+A failed optional build removes any earlier _C beside the package (it would be imported
+silently) and leaves the reason in refmatch/_C_build_failed.txt, which `refmatch info` shows:
+pip prints build output only with -v.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +21,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 ROOT = Path(__file__).resolve().parent
+BUILD_FAILED = "_C_build_failed.txt"  # beside the package's modules; read by the cuda backend
 
 
 def find_nvcc():
@@ -36,6 +42,18 @@ def cuda_requested():
     return flag == "1"
 
 
+def cuda_archs():
+    """REFMATCH_CUDA_ARCHS as CMake takes it, checked: compute capabilities of 8.0 and up
+    (cp.async, bf16 mma), a trailing "a" for arch-specific features (90a: wgmma)."""
+    archs = os.environ.get("REFMATCH_CUDA_ARCHS", "80;90a")
+    entries = [entry.strip() for entry in archs.split(";")]
+    bad = [entry for entry in entries if not re.fullmatch(r"\d+a?", entry) or int(entry.rstrip("a")) < 80]
+    if bad or not entries:
+        raise SystemExit(f"REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80, e.g. "
+                         f"\"80;90a\" (90a: the Hopper wgmma kernel), got {archs!r}")
+    return ";".join(entries)
+
+
 def package_version():
     scope = {}
     exec((ROOT / "refmatch" / "version.py").read_text(), scope)
@@ -50,19 +68,24 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        failure_note = out_dir / BUILD_FAILED
         try:
-            self._cmake_build(ext)
+            self._cmake_build(ext, out_dir)
         except (ImportError, OSError, subprocess.CalledProcessError) as error:
-            raise CompileError(f"refmatch._C was not built ({error}); "
-                               "the torch and triton backends still work") from error
+            for stale in out_dir.glob("_C.*"):  # an earlier build would be imported silently
+                stale.unlink()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            failure_note.write_text(f"{error}\n")
+            raise CompileError(f"refmatch._C was not built ({error})") from error
+        failure_note.unlink(missing_ok=True)
 
-    def _cmake_build(self, ext):
+    def _cmake_build(self, ext, out_dir):
         import pybind11
 
         cmake = shutil.which("cmake")
         if cmake is None:
             raise OSError("cmake not found")
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         args = [
@@ -73,8 +96,7 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
         ]
         if cuda_requested():
-            archs = os.environ.get("REFMATCH_CUDA_ARCHS", "80;90a")
-            args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={archs}",
+            args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={cuda_archs()}",
                      f"-DCMAKE_CUDA_COMPILER={find_nvcc()}"]
         if shutil.which("ninja"):
             args.append("-GNinja")

@@ -1,4 +1,6 @@
-"""Without cmake or a compiler the package still installs, on its Python backends."""
+"""Without cmake or a compiler the package still installs, on its Python backends; a failed
+build says why, and a bad architecture list stops it."""
+import os
 import shutil
 import subprocess
 import sys
@@ -10,14 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
-def test_wheel_builds_without_cmake(tmp_path):
-    source = tmp_path / "src"
+def copy_checkout(target):
+    """The tracked files of the checkout copied to ``target``; their names."""
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     for name in tracked:
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, source / name)
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target / name)
+    return tracked
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_wheel_builds_without_cmake(tmp_path):
+    source = tmp_path / "src"
+    tracked = copy_checkout(source)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
         cwd=source, capture_output=True, text=True, env={"PATH": str(tmp_path / "empty"), "HOME": str(tmp_path)})
@@ -27,4 +35,35 @@ def test_wheel_builds_without_cmake(tmp_path):
     sources = {name for name in tracked if name.startswith("refmatch/") and name.endswith(".py")}
     sources |= {"refmatch/" + name for name in tracked if name.startswith("kernels/") and name.endswith(".py")}
     assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
-    assert not any(name.startswith("refmatch/_C") for name in names)
+    assert not any(name.startswith("refmatch/_C.") for name in names)
+    assert "refmatch/_C_build_failed.txt" in names, "the reason ships with the wheel"
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_a_failed_build_removes_the_old_module_and_says_why(tmp_path):
+    """pip hides build output without -v: a failed optional build must not leave an earlier _C to be
+    imported silently, and leaves its reason where the cuda backend's status reads it."""
+    source = tmp_path / "src"
+    copy_checkout(source)
+    package = tmp_path / "lib" / "refmatch"
+    package.mkdir(parents=True)
+    stale = package / "_C.cpython-311-x86_64-linux-gnu.so"
+    stale.write_bytes(b"an earlier build")
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib")],
+                           cwd=source, capture_output=True, text=True,
+                           env={"PATH": str(tmp_path / "empty"), "HOME": str(tmp_path)})
+    assert build.returncode == 0, build.stdout + build.stderr  # optional: the install goes on
+    assert not stale.exists()
+    assert "cmake not found" in (package / "_C_build_failed.txt").read_text()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None, reason="needs nvcc and cmake")
+@pytest.mark.parametrize("archs", ["sm_80", "75;90a", ""])
+def test_bad_cuda_archs_stop_the_build_with_their_rule(tmp_path, archs):
+    source = tmp_path / "src"
+    copy_checkout(source)
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib")],
+                           cwd=source, capture_output=True, text=True,
+                           env={**os.environ, "REFMATCH_CUDA": "1", "REFMATCH_CUDA_ARCHS": archs})
+    assert build.returncode != 0
+    assert "REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80" in build.stdout + build.stderr

@@ -65,6 +65,20 @@ def test_cuda_status_tells_a_missing_driver_from_an_old_one(monkeypatch, driver_
     assert uncached_status(object.__new__(cuda_backend.CudaBackend)) == (False, f"compiled for sm_80, sm_90a; {reason}")
 
 
+def test_cuda_status_names_a_failed_build(monkeypatch, tmp_path):
+    """setup.py leaves the reason of a failed optional build beside the package (pip hides it)."""
+    from refmatch.backends import cuda_backend
+
+    note = tmp_path / "_C_build_failed.txt"
+    monkeypatch.setattr(cuda_backend, "native_module", lambda: None)
+    monkeypatch.setattr(cuda_backend, "BUILD_FAILED_NOTE", note)
+    uncached_status = cuda_backend.CudaBackend.status.__wrapped__
+    assert "reinstall with a C++ compiler" in uncached_status(object.__new__(cuda_backend.CudaBackend))[1]
+    note.write_text("Command '['cmake', '--build']' returned non-zero exit status 1.\n")
+    reason = uncached_status(object.__new__(cuda_backend.CudaBackend))[1]
+    assert "its build failed (Command '['cmake', '--build']' returned non-zero" in reason and "pip install -v" in reason
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_merge_partial_bests_follows_tie_rule(seed):
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ import ctypes
 import functools
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,7 @@ from .scoring import finalize_scores, kernel_metric_and_stat
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 MIN_CAPABILITY = (8, 0)  # mma.sync bf16 / tf32, cp.async
+BUILD_FAILED_NOTE = Path(__file__).resolve().parent.parent / "_C_build_failed.txt"  # setup.py writes it
 
 
 def native_module():
@@ -204,6 +206,9 @@ class CudaBackend:
         """(available, reason); cached: device count and build do not change in a process."""
         module = native_module()
         if module is None:
+            if BUILD_FAILED_NOTE.is_file():
+                return False, (f"refmatch._C is not built: its build failed ({BUILD_FAILED_NOTE.read_text().strip()}); "
+                               "pip install -v shows the compiler's output")
             return False, "refmatch._C is not built (reinstall with a C++ compiler and cmake; nvcc for CUDA)"
         info = module.build_info()
         if not info["cuda"]:
