@@ -70,8 +70,9 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         failure_note = out_dir / BUILD_FAILED
+        cuda = cuda_archs() if cuda_requested() else None  # bad settings stop the install, first
         try:
-            self._cmake_build(ext, out_dir)
+            self._cmake_build(out_dir, cuda)
         except (ImportError, OSError, subprocess.CalledProcessError) as error:
             for stale in out_dir.glob("_C.*"):  # an earlier build would be imported silently
                 stale.unlink()
@@ -80,7 +81,7 @@ class CMakeBuild(build_ext):
             raise CompileError(f"refmatch._C was not built ({error})") from error
         failure_note.unlink(missing_ok=True)
 
-    def _cmake_build(self, ext, out_dir):
+    def _cmake_build(self, out_dir, cuda_archs):
         import pybind11
 
         cmake = shutil.which("cmake")
@@ -95,8 +96,8 @@ class CMakeBuild(build_ext):
             f"-DREFMATCH_VERSION={package_version()}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
-        if cuda_requested():
-            args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={cuda_archs()}",
+        if cuda_archs:
+            args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={cuda_archs}",
                      f"-DCMAKE_CUDA_COMPILER={find_nvcc()}"]
         if shutil.which("ninja"):
             args.append("-GNinja")

@@ -54,10 +54,11 @@ def test_a_failed_build_removes_the_old_module_and_says_why(tmp_path):
                            env={"PATH": str(tmp_path / "empty"), "HOME": str(tmp_path)})
     assert build.returncode == 0, build.stdout + build.stderr  # optional: the install goes on
     assert not stale.exists()
-    assert "cmake not found" in (package / "_C_build_failed.txt").read_text()
+    reason = (package / "_C_build_failed.txt").read_text()
+    assert "cmake not found" in reason or "pybind11" in reason, reason  # whichever is missing first
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None, reason="needs nvcc and cmake")
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (REFMATCH_CUDA=1 asks for it first)")
 @pytest.mark.parametrize("archs", ["sm_80", "75;90a", ""])
 def test_bad_cuda_archs_stop_the_build_with_their_rule(tmp_path, archs):
     source = tmp_path / "src"
