@@ -22,6 +22,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from datetime import date
@@ -250,6 +251,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda, but torch {torch.__version__} sees no CUDA device")
+    if args.device == "cpu" and args.dtype == "float16":
+        print("warning: CPUs have no fast float16 GEMM (the 2048^3 ceiling alone can take a minute), so "
+              "the ceiling and the 'vs GEMM' ratios say little; bfloat16 or float32 compare better",
+              file=sys.stderr)
     dtype = getattr(torch, args.dtype)
     name, description = machine(args.device)
     meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
@@ -260,6 +265,7 @@ def main(argv=None):
     print(markdown([]))
     rows = []
     for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
+        print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
         for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
                               args.exclude):
             rows.append(row)
