@@ -1,4 +1,5 @@
 """refmatch compare-pseudo-labels on a tiny phantom run."""
+import importlib.util
 import json
 
 import pytest
@@ -25,7 +26,8 @@ def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys):
     settings = ["method=meanteacher-pl", "pl_mode=hard", "pl_mode=soft,pl_k=3"]
     main(["compare-pseudo-labels", "--run", str(tiny_run), "--images", "3", "--out", str(tmp_path),
           *[part for setting in settings for part in ("--setting", setting)]])
-    assert "9/9" in capsys.readouterr().err  # the progress bar: 3 images x 3 settings
+    if importlib.util.find_spec("tqdm"):  # the progress bar: 3 images x 3 settings
+        assert "9/9" in capsys.readouterr().err
     report = json.loads((tmp_path / "compare.json").read_text())
     assert [row["setting"] for row in report["rows"]] == settings and report["images"] == 3
     for row in report["rows"]:
