@@ -46,7 +46,7 @@ def cuda_archs():
     """REFMATCH_CUDA_ARCHS as CMake takes it, checked: compute capabilities of 8.0 and up
     (cp.async, bf16 mma), a trailing "a" for arch-specific features (90a: wgmma)."""
     archs = os.environ.get("REFMATCH_CUDA_ARCHS", "80;90a")
-    entries = [entry.strip() for entry in archs.split(";")]
+    entries = [entry.strip() for entry in archs.split(";") if entry.strip()]
     bad = [entry for entry in entries if not re.fullmatch(r"\d+a?", entry) or int(entry.rstrip("a")) < 80]
     if bad or not entries:
         raise SystemExit(f"REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80, e.g. "
@@ -67,19 +67,27 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
+    def run(self):
+        # build_ext.run() builds with inplace off and copies a built module into the source
+        # tree afterwards (editable installs, --inplace); a failed build must be noted there too.
+        self.into_source = bool(self.inplace or getattr(self, "editable_mode", False))
+        super().run()
+
     def build_extension(self, ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        failure_note = out_dir / BUILD_FAILED
+        package_dirs = [out_dir] + ([ROOT / "refmatch"] if getattr(self, "into_source", False) else [])
         cuda = cuda_archs() if cuda_requested() else None  # bad settings stop the install, first
         try:
             self._cmake_build(out_dir, cuda)
         except (ImportError, OSError, subprocess.CalledProcessError) as error:
-            for stale in out_dir.glob("_C.*"):  # an earlier build would be imported silently
-                stale.unlink()
-            out_dir.mkdir(parents=True, exist_ok=True)
-            failure_note.write_text(f"{error}\n")
+            for folder in package_dirs:
+                for stale in folder.glob("_C.*"):  # an earlier build would be imported silently
+                    stale.unlink()
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / BUILD_FAILED).write_text(f"{error}\n")
             raise CompileError(f"refmatch._C was not built ({error})") from error
-        failure_note.unlink(missing_ok=True)
+        for folder in package_dirs:
+            (folder / BUILD_FAILED).unlink(missing_ok=True)
 
     def _cmake_build(self, out_dir, cuda_archs):
         import pybind11

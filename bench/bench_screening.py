@@ -19,7 +19,7 @@ import torch
 
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
-from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple
+from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple, tag_name
 
 
 def synthetic(name, n, m, d, generator):
@@ -87,7 +87,7 @@ def main():
     parser.add_argument("--images", type=int, default=16, help="unlabelled images to take features of")
     parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
-    parser.add_argument("--tag", help="added to the file name, so runs of one day stay apart")
+    parser.add_argument("--tag", type=tag_name, help="added to the file name, so runs of one day stay apart")
     args = parser.parse_args()
     if max(args.k) > MAX_K:
         parser.error(f"--k: the screen takes k <= {MAX_K}, got {max(args.k)}")

@@ -56,13 +56,24 @@ def test_a_second_run_of_the_day_keeps_the_first(tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--sizes", "10x10"], "a size is NxMxD"), (["--sizes", "8x0x4"], "a size is NxMxD"),
-    (["--repeat", "0"], "expected a positive integer")])
+    (["--repeat", "0"], "expected a positive integer"), (["--tag", "a/b"], "a tag takes")])
 def test_bad_arguments_are_named_before_any_timing(arguments, message, capsys):
     with pytest.raises(SystemExit):
         bench.main(arguments)
     assert message in capsys.readouterr().err
 
 
-def test_only_matching_nothing_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="left no method but the GEMM ceilings"):
+def test_only_matching_nothing_is_an_error_before_any_timing(tmp_path):
+    with pytest.raises(ValueError, match="--only nosuchmethod leaves no method but the GEMM ceilings"):
         bench.main(["--sizes", "32x256x8", "--only", "nosuchmethod", "--repeat", "1", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir()), "nothing timed, nothing written"
+
+
+def test_tags_hold_no_dots(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--tag", "v1.2"])
+    assert "a tag takes letters, digits" in capsys.readouterr().err
+
+
+def test_every_device_has_a_preset():
+    assert set(bench.PRESETS) == {"cpu", "cuda"}

@@ -58,6 +58,20 @@ def test_a_failed_build_removes_the_old_module_and_says_why(tmp_path):
     assert "cmake not found" in reason or "pybind11" in reason, reason  # whichever is missing first
 
 
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_a_failed_in_place_build_notes_it_in_the_source_tree(tmp_path):
+    """Editable installs and --inplace build elsewhere and copy a built module into refmatch/
+    afterwards: a failed build must clear the old module there and leave its note there."""
+    source = tmp_path / "src"
+    copy_checkout(source)
+    stale = source / "refmatch" / "_C.cpython-311-x86_64-linux-gnu.so"
+    stale.write_bytes(b"an earlier build")
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=source, capture_output=True,
+                           text=True, env={"PATH": str(tmp_path / "empty"), "HOME": str(tmp_path)})
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert not stale.exists() and (source / "refmatch" / "_C_build_failed.txt").is_file()
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (REFMATCH_CUDA=1 asks for it first)")
 @pytest.mark.parametrize("archs", ["sm_80", "75;90a", ""])
 def test_bad_cuda_archs_stop_the_build_with_their_rule(tmp_path, archs):

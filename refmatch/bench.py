@@ -207,7 +207,7 @@ def git_commit():
 PRESETS = {
     "cpu": ["8192x16384x64", "8192x65536x64", "8192x262144x64", "8192x16384x128", "8192x65536x128",
             "8192x262144x128"],
-    "gpu": [f"262144x{m}x{d}" for d in (32, 64, 128, 256) for m in (65536, 262144, 1048576, 4194304)],
+    "cuda": [f"262144x{m}x{d}" for d in (32, 64, 128, 256) for m in (65536, 262144, 1048576, 4194304)],
 }
 
 
@@ -217,6 +217,13 @@ def size_triple(text):
     if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
         raise argparse.ArgumentTypeError(f"a size is NxMxD with positive integers (e.g. 8192x65536x128), got {text!r}")
     return tuple(int(part) for part in parts)
+
+
+def tag_name(text):
+    """argparse type of --tag: letters, digits, '-' and '_' (a '.' would read as a file suffix)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        raise argparse.ArgumentTypeError(f"a tag takes letters, digits, '-' and '_', got {text!r}")
+    return text
 
 
 def positive_int(text):
@@ -247,7 +254,8 @@ def main(argv=None):
     parser.add_argument("--fits-gib", type=float, default=8.0,
                         help="largest dense N x M buffer to try (default: 8)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
-    parser.add_argument("--tag", help="added to the file names, so runs of one day stay apart (e.g. sweep)")
+    parser.add_argument("--tag", type=tag_name,
+                        help="added to the file names, so runs of one day stay apart (e.g. sweep)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda, but torch {torch.__version__} sees no CUDA device")
@@ -256,6 +264,7 @@ def main(argv=None):
               "the ceiling and the 'vs GEMM' ratios say little; bfloat16 or float32 compare better",
               file=sys.stderr)
     dtype = getattr(torch, args.dtype)
+    _check_filters(args.only, args.exclude, args.device, dtype)
     name, description = machine(args.device)
     meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
@@ -271,11 +280,20 @@ def main(argv=None):
             rows.append(row)
             print(_line(row), flush=True)
             write_results(stem, meta, rows)  # after every row: a killed run keeps what it measured
-        if not any(row["metric"] != "-" for row in rows):
-            raise ValueError(f"--only {' '.join(args.only or [])} --exclude {' '.join(args.exclude or [])} "
-                             "left no method but the GEMM ceilings (names are in bench/README.md)")
         figure = plot(rows, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
+
+
+def _check_filters(only, exclude, device, dtype):
+    """Raise ValueError, before any timing, when --only / --exclude leave no method but the ceilings."""
+    tiny = torch.zeros(2, 8, device=device, dtype=dtype)
+    names = [method.name for method in all_methods(tiny, tiny, 0) if method.metric != "-"]
+    kept = [name for name in names if (not only or any(word in name for word in only))
+            and not any(word in name for word in exclude or ())]
+    if not kept:
+        given = " ".join(f"--{flag} {' '.join(words)}" for flag, words in (("only", only), ("exclude", exclude))
+                         if words)
+        raise ValueError(f"{given} leaves no method but the GEMM ceilings; methods: {', '.join(names)}")
 
 
 def write_results(stem, meta, rows):
