@@ -77,3 +77,18 @@ def test_tags_hold_no_dots(capsys):
 
 def test_every_device_has_a_preset():
     assert set(bench.PRESETS) == {"cpu", "cuda"}
+
+
+def test_an_excluded_peer_is_not_even_imported(monkeypatch):
+    """--exclude keops skips the KeOps group before its import (on a GPU that import builds a binder)."""
+    import torch
+
+    from refmatch import bench_peers
+
+    built = []
+    monkeypatch.setitem(bench_peers.PEER_GROUPS, "keops", lambda *args: built.append(1) or [])
+    tiny = torch.zeros(2, 8)
+    bench_peers.all_methods(tiny, tiny, 0, exclude=["keops"])
+    assert built == []
+    bench_peers.all_methods(tiny, tiny, 0, exclude=["IndexFlatIP"])
+    assert built == [1], "a word naming single methods filters them later, not the group"

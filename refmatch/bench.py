@@ -147,7 +147,7 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
     best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2", "cosine")}
     gemm_tflops = None
-    for method in all_methods(query, reference, fits_bytes):
+    for method in all_methods(query, reference, fits_bytes, exclude):
         wanted = (not only or any(word in method.name for word in only)) and \
             not any(word in method.name for word in exclude or ())
         if not wanted and method.metric != "-":
@@ -287,7 +287,7 @@ def main(argv=None):
 def _check_filters(only, exclude, device, dtype):
     """Raise ValueError, before any timing, when --only / --exclude leave no method but the ceilings."""
     tiny = torch.zeros(2, 8, device=device, dtype=dtype)
-    names = [method.name for method in all_methods(tiny, tiny, 0) if method.metric != "-"]
+    names = [method.name for method in all_methods(tiny, tiny, 0, exclude) if method.metric != "-"]
     kept = [name for name in names if (not only or any(word in name for word in only))
             and not any(word in name for word in exclude or ())]
     if not kept:

@@ -123,8 +123,14 @@ def _refmatch_methods(query, reference, flops):
     return methods
 
 
-def all_methods(query, reference, fits_bytes):
-    """Every method for one (N, M, D), the GEMM ceilings first."""
+# Peers by a word every one of their method names holds: an --exclude word within it skips the
+# whole group before its library is imported (KeOps builds its nvrtc binder at import on a GPU).
+PEER_GROUPS = {"faiss": _faiss_methods, "keops": _keops_methods, "flash-kmeans": _flash_kmeans_methods}
+
+
+def all_methods(query, reference, fits_bytes, exclude=()):
+    """Every method for one (N, M, D), the GEMM ceilings first; ``exclude``: words of
+    ``--exclude`` (a peer group whose name holds one is not even imported)."""
     n, m, d = query.shape[0], reference.shape[0], query.shape[1]
     flops = 2.0 * n * m * d
     fits = n * m * query.element_size() <= fits_bytes
@@ -152,6 +158,6 @@ def all_methods(query, reference, fits_bytes):
         Method("torch.cdist + argmin", "l2", 1, lambda: torch.cdist(query.float(), reference.float()).argmin(1),
                flops, too_big),
     ]
-    return methods + _refmatch_methods(query, reference, flops) + _mma_sync_methods(query, reference, flops) \
-        + _faiss_methods(query, reference, flops) + _keops_methods(query, reference, flops) \
-        + _flash_kmeans_methods(query, reference, flops)
+    peers = [method for group, builder in PEER_GROUPS.items() if not any(word in group for word in exclude or ())
+             for method in builder(query, reference, flops)]
+    return methods + _refmatch_methods(query, reference, flops) + _mma_sync_methods(query, reference, flops) + peers
