@@ -75,10 +75,10 @@ class CMakeBuild(build_ext):
 
     def build_extension(self, ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        package_dirs = [out_dir] + ([ROOT / "refmatch"] if getattr(self, "into_source", False) else [])
-        cuda = cuda_archs() if cuda_requested() else None  # bad settings stop the install, first
+        package_dirs = [out_dir] + ([ROOT / "refmatch"] if self.into_source else [])
+        archs = cuda_archs() if cuda_requested() else None  # bad settings stop the install, first
         try:
-            self._cmake_build(out_dir, cuda)
+            self._cmake_build(out_dir, archs)
         except (ImportError, OSError, subprocess.CalledProcessError) as error:
             for folder in package_dirs:
                 for stale in folder.glob("_C.*"):  # an earlier build would be imported silently
@@ -89,7 +89,7 @@ class CMakeBuild(build_ext):
         for folder in package_dirs:
             (folder / BUILD_FAILED).unlink(missing_ok=True)
 
-    def _cmake_build(self, out_dir, cuda_archs):
+    def _cmake_build(self, out_dir, archs):
         import pybind11
 
         cmake = shutil.which("cmake")
@@ -104,8 +104,8 @@ class CMakeBuild(build_ext):
             f"-DREFMATCH_VERSION={package_version()}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
-        if cuda_archs:
-            args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={cuda_archs}",
+        if archs:  # None: a build without CUDA
+            args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={archs}",
                      f"-DCMAKE_CUDA_COMPILER={find_nvcc()}"]
         if shutil.which("ninja"):
             args.append("-GNinja")

@@ -46,7 +46,7 @@ NUM_STAGES = 3
 # query: on an H200 under triton 3.6 it took D=128 from 203 to 170 ms and D=64 from 159 to
 # 141 ms (bench/results/NVIDIA-H200-triton-tiles-2026-11-26.md); l2 spilled and was slower.
 # Other triton versions may spill under the cap (3.9: 144 bytes); a compile that spills turns
-# it off for its (device, dtype, BLOCK_D).
+# it off for its (device, dtype, D).
 TWO_PROGRAMS_PER_SM = dict(num_stages=2, maxnreg=128)
 _CAP_SPILLED = {}
 
@@ -228,15 +228,14 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
 
 
 def _cap_key(query):
-    return query.device, query.dtype, launch_config(query.shape[1], 1)["BLOCK_D"]
+    return query.device, query.dtype, query.shape[1]
 
 
 def _two_programs_per_sm(query, metric, reduction, tile):
     """Whether a launch without tile overrides takes ``TWO_PROGRAMS_PER_SM`` (see there)."""
     if tile or metric != "dot" or reduction != "argmax" or query.device.type != "cuda" or _interpret_flag():
         return False
-    config = launch_config(query.shape[1], 1)
-    if not config["QUERY_RESIDENT"] or config["BLOCK_D"] < 64:  # measured at D = 64 and 128 only
+    if not 32 < query.shape[1] <= MAX_RESIDENT_D:  # a resident query of 64 or 128 channels: measured there
         return False
     return torch.cuda.get_device_capability(query.device)[0] == 9 and not _CAP_SPILLED.get(_cap_key(query))
 

@@ -148,9 +148,7 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2", "cosine")}
     gemm_tflops = None
     for method in all_methods(query, reference, fits_bytes, exclude):
-        wanted = (not only or any(word in method.name for word in only)) and \
-            not any(word in method.name for word in exclude or ())
-        if not wanted and method.metric != "-":
+        if not _wanted(method.name, only, exclude) and method.metric != "-":
             continue
         row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
                "dtype": str(dtype).replace("torch.", "")}
@@ -284,13 +282,16 @@ def main(argv=None):
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
 
 
+def _wanted(name, only, exclude):
+    """A method named ``name`` passes --only (a word of it in the name) and --exclude (none)."""
+    return (not only or any(word in name for word in only)) and not any(word in name for word in exclude or ())
+
+
 def _check_filters(only, exclude, device, dtype):
     """Raise ValueError, before any timing, when --only / --exclude leave no method but the ceilings."""
     tiny = torch.zeros(2, 8, device=device, dtype=dtype)
     names = [method.name for method in all_methods(tiny, tiny, 0, exclude) if method.metric != "-"]
-    kept = [name for name in names if (not only or any(word in name for word in only))
-            and not any(word in name for word in exclude or ())]
-    if not kept:
+    if not any(_wanted(name, only, exclude) for name in names):
         given = " ".join(f"--{flag} {' '.join(words)}" for flag, words in (("only", only), ("exclude", exclude))
                          if words)
         raise ValueError(f"{given} leaves no method but the GEMM ceilings; methods: {', '.join(names)}")

@@ -131,6 +131,7 @@ def pseudo_label_main(argv=None):
     from ..data.folder import FolderDataset, scan_folder
     from .data_setup import load_split
     from .methods import IGNORE, ReferencePseudoLabels
+    from .run_context import progress_bar
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
@@ -147,12 +148,16 @@ def pseudo_label_main(argv=None):
     source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
     for sub in ("labels", "confidence", "overlays"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
-    kept = []
-    for start in _progress(range(0, len(names), config.batch_size), "pseudo-label", len(names), config.batch_size):
+    kept, bar = [], progress_bar(len(names), "pseudo-label")
+    for start in range(0, len(names), config.batch_size):
         pseudo = source(unlabeled.images[start:start + config.batch_size].to(device))
         kept.append(pseudo.kept_fraction.item())
         for i, name in enumerate(names[start:start + config.batch_size]):
             _save_pseudo_label(folder / name, args.out, pseudo.labels[i].cpu(), pseudo.confidence[i].cpu())
+        if bar is not None:
+            bar.update(len(names[start:start + config.batch_size]))
+    if bar is not None:
+        bar.close()
     print(f"wrote pseudo-labels of {len(names)} images to {args.out} at their own sizes (labels: class "
           f"indices, {IGNORE} where none was kept; kept {100 * np.mean(kept):.1f} % of pixels)")
 
@@ -174,19 +179,3 @@ def _save_pseudo_label(image_path, out, labels, confidence):
         out / "confidence" / image_path.name)
     full_size_labels = torch.from_numpy(np.array(label_image)).long()
     Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)).save(out / "overlays" / image_path.name)
-
-
-def _progress(batches, description, total, batch_size):
-    """``batches`` (start offsets) with a tqdm bar counting images, or as they are without tqdm."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return batches
-
-    def counted():
-        with tqdm(total=total, desc=description, unit="image", mininterval=1.0) as bar:
-            for start in batches:
-                yield start
-                bar.update(min(batch_size, total - start))
-
-    return counted()

@@ -23,6 +23,7 @@ from .config import TrainConfig, load_config
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import metrics_json
 from .methods import IGNORE, pseudo_label_source
+from .run_context import progress_bar
 from .unet import UNet
 
 DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
@@ -51,15 +52,6 @@ def plain_pseudo_labels_text(tap_size=None):
     values = {**PLAIN_PSEUDO_LABELS, "tap_size": "the run's" if tap_size is None else tap_size}
     return ", ".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}"
                      for key, value in values.items())
-
-
-def progress_bar(total):
-    """A tqdm bar of ``total`` images, or None without tqdm (it comes with the train extra)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="pseudo-labels", unit="image", dynamic_ncols=True)
 
 
 def score(labels, truth, num_classes):
@@ -95,7 +87,7 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
         raise ValueError(f"the run {run_dir} has no unlabelled images with hidden masks to score against")
     images, truth = data.unlabeled.images[hidden], data.unlabeled.masks[hidden]
     rows, outputs = [], {}
-    bar = progress_bar(len(settings) * images.shape[0])
+    bar = progress_bar(len(settings) * images.shape[0], "pseudo-labels")
     for name, setting in parsed:
         source = pseudo_label_source(setting.method, teacher, setting, num_classes, device)
         source.refresh(data.labeled.images.to(device), data.labeled.masks.to(device), batch_size)

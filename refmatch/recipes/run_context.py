@@ -49,6 +49,15 @@ def start_fresh(run_dir, overwrite=False):
                 path.unlink(missing_ok=True)
 
 
+def progress_bar(total, description):
+    """A tqdm bar counting ``total`` images, or None without tqdm (it comes with the train extra)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=description, unit="image", dynamic_ncols=True, mininterval=1.0)
+
+
 class _ConsoleHandler(logging.StreamHandler):
     """Log lines on stderr that do not run into the progress bar (tqdm.write lifts it)."""
 
