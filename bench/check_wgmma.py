@@ -1,12 +1,15 @@
 """First check of the CUDA backend's Hopper (wgmma) kernel on a GPU, kept short so
 that a hang or a wrong result shows before the long stages of gpu_suite.sh.
 
-    python bench/check_wgmma.py      # exit 0: agrees with the float64 oracle, or no sm_90 GPU
+    python bench/check_wgmma.py [--rows 256]  # exit 0: agrees with the float64 oracle, or no sm_90 GPU
 
-For a few shapes (D tails, 1 to 4 chunks, tile tails, a split bank) and every
-metric it runs the kernel with REFMATCH_CUDA_HOPPER=1 and prints the fraction of
-rows whose returned reference scores within 1e-4 of the oracle's best (``refmatch bench``'s check).
+For a few shapes (D tails, 1 to 4 chunks, tile tails, a split bank, more than one
+CTA of rows) and every metric it runs the kernel with REFMATCH_CUDA_HOPPER=1 and
+``--rows`` query rows per CTA (REFMATCH_CUDA_HOPPER_ROWS; 256 runs the 128-row
+kernel where D > 192) and prints the fraction of rows whose returned reference
+scores within 1e-4 of the oracle's best (``refmatch bench``'s check).
 """
+import argparse
 import sys
 
 import torch
@@ -15,14 +18,22 @@ import refmatch
 from refmatch.backends.cuda_backend import hopper_kernel, hopper_enabled, kernel_name
 from refmatch.bench import agreement, oracle_best
 
-SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64)]
+SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64), (700, 3000, 192)]
+
+
+def expected_kernel(rows, dim):
+    """The wgmma kernel's name for `rows` asked and D = dim (256-row tiles fit up to D = 192)."""
+    return "wgmma-256" if rows == 256 and dim <= 192 else "wgmma"
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, choices=[128, 256], default=128, help="query rows per CTA")
+    args = parser.parse_args()
     if not torch.cuda.is_available():
         print("skipped: no GPU")
         return 0
-    with hopper_kernel():
+    with hopper_kernel(rows=args.rows):
         if not hopper_enabled(torch.device("cuda")):
             print("skipped: not an sm_90 device, or a build without sm_90a")
             return 0
@@ -31,7 +42,7 @@ def main():
             for dtype in (torch.bfloat16, torch.float16):
                 query = torch.randn(n, d, device="cuda").to(dtype)
                 reference = torch.randn(m, d, device="cuda").to(dtype)
-                assert kernel_name(query.T[None, :, :, None], reference) == "wgmma"
+                assert kernel_name(query.T[None, :, :, None], reference) == expected_kernel(args.rows, d)
                 for metric in ("dot", "l2", "cosine"):
                     index = refmatch.match(query, reference, metric=metric, backend="cuda").index
                     torch.cuda.synchronize()

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet, under 10 minutes):
-#   build _C for this card -> first check of the Hopper wgmma kernel -> full test
+#   build _C for this card -> first checks of the Hopper wgmma kernel (128 and 256
+#   query rows per CTA) -> full test
 #   suite with CUDA tests -> benchmark (writes bench/results/) -> compute-sanitizer
 #   memcheck, racecheck and synccheck on small cases -> Nsight Compute profile of each fused
 #   kernel -> D/M sweep, fp16, Triton tile sweep, KeOps -> summary. The stages most
 #   needed come first: SUITE_SECONDS cuts the rest.
 # A failing stage is recorded and the next stages still run; a failed wgmma check
 # keeps that kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there
-# would eat the budget).
+# would eat the budget), a failed wgmma256 check its 256-row tiles.
 # Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma wgmma256 tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,14 +79,20 @@ stage info 30 python -m refmatch.info
 # 2. The Hopper kernel's first check, short; then the whole suite (CUDA-marked
 # tests run because a device is present) without that kernel if the check failed.
 stage wgmma 60 python bench/check_wgmma.py
+stage wgmma256 60 python bench/check_wgmma.py --rows 256
 NO_WGMMA=()
+HOPPER_ROWS=(128 256)
+EXCLUDE=(keops)
 if [[ " ${FAILED_STAGES[*]} " == *" wgmma "* ]]; then
   NO_WGMMA=(--ignore=python_tests/test_match_cuda_sm90.py)
   export REFMATCH_CUDA_HOPPER=0
+elif [[ " ${FAILED_STAGES[*]} " == *" wgmma256 "* ]]; then
+  NO_WGMMA=(-k "not rows256")
+  HOPPER_ROWS=(128)
+  EXCLUDE+=(wgmma-256)
 fi
 stage tests 180 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${NO_WGMMA[@]}" -q -p no:warnings -rfs \
   --tb=short --durations=15
-EXCLUDE=(keops)
 
 # 3. Benchmarks, one results file per run rewritten after every row (a stage cut
 # off at its limit keeps what it measured): the issues' target size with every method.
@@ -94,13 +101,15 @@ stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x104
 
 # 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
+SANITIZE_WGMMA=(--hopper-rows "${HOPPER_ROWS[@]}")
+[[ ${REFMATCH_CUDA_HOPPER:-} == 0 ]] && SANITIZE_WGMMA=(--no-wgmma)
 stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
-  python bench/sanitize_match.py ${NO_WGMMA:+--no-wgmma}
+  python bench/sanitize_match.py "${SANITIZE_WGMMA[@]}"
 stage racecheck 150 "${SANITIZE[@]}" --tool racecheck \
-  python bench/sanitize_match.py --backends cuda ${NO_WGMMA:+--no-wgmma}
+  python bench/sanitize_match.py --backends cuda "${SANITIZE_WGMMA[@]}"
 # Warp-synchronous calls (__shfl_sync, __syncwarp) reached by every lane they name: the top-k turns.
 stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
-  python bench/sanitize_match.py --backends cuda ${NO_WGMMA:+--no-wgmma}
+  python bench/sanitize_match.py --backends cuda "${SANITIZE_WGMMA[@]}"
 
 # 5. Where each fused kernel's time goes: Nsight Compute sections, one launch each.
 stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \

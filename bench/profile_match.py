@@ -1,12 +1,12 @@
 """One launch of each fused match kernel, for Nsight Compute (gpu_suite.sh's profile stage).
 
     ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
-        python bench/profile_match.py --size 32768x262144x128
+        python bench/profile_match.py --size 65536x262144x128
 
 Runs the Triton kernel, the CUDA mma.sync kernel and, on sm_90 with an sm_90a
-build, the CUDA wgmma kernel once each (dot, k = 1; ncu replays a launch with
-flushed caches, so no warm-up is needed). The default size gives 256 CTAs of
-128 query rows, enough to fill an H100.
+build, the CUDA wgmma kernel with 128 and with 256 query rows per CTA once each (dot, k = 1; ncu replays a launch with
+flushed caches, so no warm-up is needed). The default size gives 512 CTAs of
+128 query rows (256 of 256), enough to fill an H100 twice.
 """
 import argparse
 import contextlib
@@ -22,12 +22,13 @@ def kernels(device):
     yield "triton", "triton", contextlib.nullcontext()
     yield "cuda mma.sync", "cuda", hopper_kernel(enabled=False)
     if hopper_enabled(device):
-        yield "cuda wgmma", "cuda", hopper_kernel(enabled=True)
+        yield "cuda wgmma", "cuda", hopper_kernel(rows=128)
+        yield "cuda wgmma-256", "cuda", hopper_kernel(rows=256)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="32768x262144x128", help="NxMxD")
+    parser.add_argument("--size", default="65536x262144x128", help="NxMxD")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     args = parser.parse_args()
     n, m, d = (int(part) for part in args.size.split("x"))

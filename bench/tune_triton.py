@@ -33,7 +33,7 @@ _TILE_NAMES = ("block_n", "block_m", "num_warps", "num_stages", "query_resident"
 TWO_PER_SM = (128, 128, 8, 2, None, 128)
 CANDIDATES = {
     "argmax": [(), (128, 128, 8, 3), (128, 128, 8, 2, None, 168), (128, 64, 4, 4), (128, 64, 4, 2),
-               (256, 128, 8, 3), (128, 128, 8, 3, False)],
+               (256, 128, 8, 3), (256, 64, 8, 3), (128, 128, 8, 3, False)],
     "argmax-cosine": [(), TWO_PER_SM],
     "argmax-l2": [(), TWO_PER_SM, (128, 64, 4, 4)],
     "top-8": [(), (128, 64, 8, 3), (64, 128, 4, 2, None, 128), (128, 64, 8, 2, None, 128)],

@@ -98,12 +98,12 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
                   int64_t num_refs, std::array<int64_t, 2> reference_strides, uintptr_t ref_stat,
                   int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
                   int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
-                  int device, bool hopper, uintptr_t split_starts, int64_t k) {
+                  int device, int64_t hopper_rows, uintptr_t split_starts, int64_t k) {
   // Aggregate order is MatchArgs' field order.
   refmatch::match_argmax(refmatch::MatchArgs{
       query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
       reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
-      partial_index, stream, device, hopper, split_starts, k});
+      partial_index, stream, device, hopper_rows, split_starts, k});
 }
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
@@ -123,15 +123,16 @@ py::dict match_layout(int64_t dim, int element_bytes, int64_t smem_limit) {
   return layout;
 }
 
-// Tile constants, shared-memory plan and eligibility of the Hopper kernel
-// (host check of match_plan_sm90.h).
-py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit) {
+// Tile constants, shared-memory plan and eligibility of the Hopper kernel asked
+// for `rows` query rows per CTA (host check of match_plan_sm90.h).
+py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit, int64_t rows) {
   using Tile = refmatch::HopperTile;
   const int64_t chunks = refmatch::match_dim_chunks(dim, 2);
-  const refmatch::HopperSmemLayout plan = refmatch::hopper_smem_layout(chunks);
+  const int row_blocks = refmatch::hopper_row_blocks(dim, rows, smem_limit);
+  const refmatch::HopperSmemLayout plan = refmatch::hopper_smem_layout(chunks, row_blocks);
   py::dict layout;
   layout["eligible"] = refmatch::hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit);
-  layout["block_n"] = Tile::kBlockN;
+  layout["block_n"] = refmatch::hopper_block_n(row_blocks);
   layout["block_m"] = Tile::kBlockM;
   layout["stages"] = plan.stages;
   layout["threads"] = Tile::kThreads;
@@ -156,21 +157,25 @@ PYBIND11_MODULE(_C, m) {
         py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),
         py::arg("metric"), py::arg("allow_tf32"), py::arg("out_score"), py::arg("out_index"),
         py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
-        py::arg("device"), py::arg("hopper") = false, py::arg("split_starts") = 0, py::arg("k") = 1,
+        py::arg("device"), py::arg("hopper_rows") = 0, py::arg("split_starts") = 0, py::arg("k") = 1,
         "Fused match on raw device pointers, on the caller's stream; no sync. k = 1: writes oriented "
         "scores float32 [N] and indices int64 [N] (and per-split partials [splits, N] when splits > 1). "
         "k = 2..64: sorted top-k lists [splits, N, k] into out_score / out_index (partials unused). "
-        "hopper: the wgmma kernel where it can serve a k = 1 call. split_starts: device int64 "
+        "hopper_rows: query rows per CTA of the wgmma kernel (128, or 256 where it fits; 0: off), which runs "
+        "where it can serve a k = 1 call. split_starts: device int64 "
         "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),
-        py::arg("hopper") = false, py::arg("k") = 1,
+        py::arg("hopper_rows") = 0, py::arg("k") = 1,
         "Bank splits that fill the device for this problem (host queries only).");
   m.def("match_kernel_name", &refmatch::match_kernel_name, py::arg("dim"), py::arg("dtype"),
-        py::arg("allow_tf32"), py::arg("device"), py::arg("hopper"), py::arg("reference"),
-        py::arg("stride_m"), py::arg("stride_d"), "Kernel a call runs: \"wgmma\" or \"mma.sync\".");
+        py::arg("allow_tf32"), py::arg("device"), py::arg("hopper_rows"), py::arg("reference"),
+        py::arg("stride_m"), py::arg("stride_d"),
+        "Kernel a call runs: \"wgmma\" (128 query rows per CTA), \"wgmma-256\" or \"mma.sync\".");
   m.def("hopper_layout", &hopper_layout, py::arg("dim"), py::arg("dtype"), py::arg("ref_copy_bytes"),
-        py::arg("smem_limit"), "Tile constants, shared-memory plan and eligibility of the wgmma kernel.");
+        py::arg("smem_limit"), py::arg("rows") = 128,
+        "Tile constants, shared-memory plan and eligibility of the wgmma kernel asked for `rows` query rows "
+        "per CTA (block_n: the rows it runs).");
   m.def("swizzle128_offset", &refmatch::swizzle128_offset, py::arg("row"), py::arg("unit"),
         "Byte offset of a 16-byte unit of a chunk row in the wgmma 128B swizzle (host check).");
   m.def("match_layout", &match_layout, py::arg("dim"), py::arg("element_bytes"),
@@ -180,7 +185,8 @@ PYBIND11_MODULE(_C, m) {
         "cp.async width for reference rows (16, 8, 4) or 0 for element loads.");
   m.def("plan_match_splits", &refmatch::plan_match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("resident_ctas"), py::arg("block_m") = refmatch::MatchTile::kBlockM,
-        "Split count for N rows, M references and resident CTA slots (tiles of block_m rows).");
+        py::arg("block_n") = refmatch::MatchTile::kBlockN,
+        "Split count for N rows, M references and resident CTA slots (tiles of block_n x block_m).");
   m.def("match_refs_per_split", &refmatch::match_refs_per_split, py::arg("num_refs"),
         py::arg("splits"), py::arg("block_m") = refmatch::MatchTile::kBlockM,
         "References per split (whole tiles of block_m rows).");

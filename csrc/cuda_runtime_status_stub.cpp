@@ -18,11 +18,11 @@ int cuda_runtime_version() { return 0; }
 
 void match_argmax(const MatchArgs&) { throw std::runtime_error(kNoCuda); }
 
-int64_t match_splits(int64_t, int64_t, int64_t, int, bool, int, bool, int64_t) {
+int64_t match_splits(int64_t, int64_t, int64_t, int, bool, int, int64_t, int64_t) {
   throw std::runtime_error(kNoCuda);
 }
 
-const char* match_kernel_name(int64_t, int, bool, int, bool, uintptr_t, int64_t, int64_t) {
+const char* match_kernel_name(int64_t, int, bool, int, int64_t, uintptr_t, int64_t, int64_t) {
   throw std::runtime_error(kNoCuda);
 }
 

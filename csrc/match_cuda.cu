@@ -52,7 +52,7 @@ class DeviceScope {
 // enabled (the default on sm_90), on a compute capability 9.0 device, for calls it can serve.
 struct LaunchPlan {
   Kernel kernel;
-  const char* name;  // "wgmma" or "mma.sync"
+  const char* name;  // "wgmma", "wgmma-256" or "mma.sync"
   int threads;
   int64_t block_n;  // query rows per CTA
   int64_t block_m;  // reference rows per tile: splits are whole tiles
@@ -76,6 +76,11 @@ Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
                               "2 (bfloat16), got " + std::to_string(dtype));
 }
 
+template <int kRowBlocks>
+Kernel hopper_kernel(bool bf16) {
+  return bf16 ? detail::match_argmax_sm90_kernel<true, kRowBlocks> : detail::match_argmax_sm90_kernel<false, kRowBlocks>;
+}
+
 int element_bytes_of(int dtype) { return dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2; }
 
 // The wgmma kernel has a body only in sm_90a code (plain sm_90 builds trap).
@@ -93,23 +98,24 @@ bool is_hopper(int device) {
 // Sets the kernel's shared-memory limit to the device's whole opt-in maximum
 // (per device, cheap, no stream work): never the size of this call, so a call
 // with a smaller layout on another thread (or after a graph capture) never lowers it.
-LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, bool hopper_enabled,
+LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int64_t hopper_rows,
                        int ref_copy_bytes, int64_t k) {
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   LaunchPlan plan{};
-  if (k == 1 && hopper_enabled && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
+  if (k == 1 && hopper_rows > 0 && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
       is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
-    plan.kernel = bf16 ? detail::match_argmax_sm90_kernel<true> : detail::match_argmax_sm90_kernel<false>;
-    plan.name = "wgmma";
+    const int row_blocks = hopper_row_blocks(dim, hopper_rows, smem_limit);
+    plan.kernel = row_blocks == 2 ? hopper_kernel<2>(bf16) : hopper_kernel<1>(bf16);
+    plan.name = row_blocks == 2 ? "wgmma-256" : "wgmma";
     plan.threads = HopperTile::kThreads;
-    plan.block_n = HopperTile::kBlockN;
+    plan.block_n = hopper_block_n(row_blocks);
     plan.block_m = HopperTile::kBlockM;
     plan.dim_chunks = match_dim_chunks(dim, 2);
     plan.query_resident = true;
-    plan.smem_bytes = hopper_smem_layout(plan.dim_chunks).total_bytes;
+    plan.smem_bytes = hopper_smem_layout(plan.dim_chunks, row_blocks).total_bytes;
   } else {
     plan.kernel = k > 1 ? mma_sync_kernel<true>(dtype, allow_tf32) : mma_sync_kernel<false>(dtype, allow_tf32);
     plan.name = "mma.sync";
@@ -146,6 +152,8 @@ void check_args(const MatchArgs& a) {
           "ref_stat must be non-null for cosine and l2");
   require(a.k >= 1 && a.k <= kMaxTopK, "k must be in [1, " + std::to_string(kMaxTopK) + "], got " +
                                           std::to_string(a.k));
+  require(a.hopper_rows == 0 || a.hopper_rows == 128 || a.hopper_rows == 256,
+          "hopper_rows must be 0 (mma.sync), 128 or 256, got " + std::to_string(a.hopper_rows));
   require(a.splits == 1 || a.k > 1 || (a.partial_score != 0 && a.partial_index != 0),
           "splits > 1 needs partial_score and partial_index workspaces [splits, N]");
 }
@@ -153,24 +161,24 @@ void check_args(const MatchArgs& a) {
 }  // namespace
 
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device, bool hopper, int64_t k) {
+                     int device, int64_t hopper_rows, int64_t k) {
   mma_sync_kernel<false>(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper, 16, k);
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, 16, k);
   int per_sm = 0, sms = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute(MultiProcessorCount)");
   const int64_t splits =
-      plan_match_splits(num_rows, num_refs, int64_t{sms} * (per_sm > 0 ? per_sm : 1), plan.block_m);
+      plan_match_splits(num_rows, num_refs, int64_t{sms} * (per_sm > 0 ? per_sm : 1), plan.block_m, plan.block_n);
   return splits < kMaxSplits ? splits : kMaxSplits;
 }
 
-const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, bool hopper,
+const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
                               uintptr_t reference, int64_t stride_m, int64_t stride_d) {
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper,
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows,
                                       reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), 1);
   return plan.name;
 }
@@ -184,7 +192,7 @@ void match_argmax(const MatchArgs& a) {
   const DeviceScope scope(a.device);
   const int copy_bytes = reference_copy_bytes(a.reference, a.reference_strides[0], a.reference_strides[1],
                                               element_bytes_of(a.dtype));
-  const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper, copy_bytes, a.k);
+  const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper_rows, copy_bytes, a.k);
   const bool split = a.splits > 1 && a.k == 1;  // top-k lists go straight to the outputs
   detail::MatchParams p{};
   p.query = reinterpret_cast<const void*>(a.query);

@@ -19,7 +19,7 @@ def test_match_kernels_do_not_spill():
     assert archs == built, f"match kernels for {sorted(archs)}, built for {sorted(built)}"
     assert len(kernels) == 8 * len(archs), "k = 1 and top-k kernels per fp16, bf16, tf32, 3xtf32 and arch"
     wgmma = {key for key in resources if "match_argmax_sm90_kernel" in key[1] and key[0] == "sm_90a"}
-    assert len(wgmma) == (2 if "sm_90a" in built else 0), "the Hopper kernel for fp16 and bf16 on sm_90a"
+    assert len(wgmma) == (4 if "sm_90a" in built else 0), "the Hopper kernels (128 and 256 rows) for fp16, bf16"
     for (arch, name), usage in resources.items():
         assert_no_spills(f"{name} on {arch}", usage)
         print(f"{arch} REG:{usage['REG']:>3} {name}")
@@ -65,6 +65,22 @@ def test_hopper_kernel_needs_its_shared_memory():
     assert not _C.hopper_layout(256, 2, 16, 160 * 1024)["eligible"]
 
 
+@pytest.mark.parametrize("dim, smem_limit, block_n", [
+    (8, H100_SMEM, 256), (64, H100_SMEM, 256), (128, H100_SMEM, 256), (192, H100_SMEM, 256),
+    (200, H100_SMEM, 128),  # a 256-row query tile of 4 chunks does not fit beside the stages
+    (256, H100_SMEM, 128),
+    (128, 180 * 1024, 128),  # nor does D=128's on a smaller card
+])
+def test_hopper_kernel_takes_256_rows_where_they_fit(dim, smem_limit, block_n):
+    layout = _C.hopper_layout(dim, 2, 16, smem_limit, rows=256)
+    assert layout["block_n"] == block_n
+    assert layout["smem_bytes"] <= smem_limit
+    assert layout["stages"] % layout["dim_chunks"] == 0 and layout["stages"] >= 2 * layout["dim_chunks"]
+    # Each query chunk holds block_n rows of 128 bytes, all before the stages.
+    assert layout["smem_bytes"] >= layout["dim_chunks"] * block_n * 128 + layout["stages"] * 128 * 128
+    assert _C.hopper_layout(dim, 2, 16, smem_limit)["block_n"] == 128  # the default asks for 128
+
+
 def test_swizzle_permutes_units_within_rows_and_spreads_atoms_over_banks():
     for row in range(24):
         offsets = {_C.swizzle128_offset(row, unit) for unit in range(8)}
@@ -104,6 +120,13 @@ def test_split_plan(rows, refs, ctas, expected):
     assert (splits - 1) * per_split < refs <= splits * per_split or splits == 1
 
 
+def test_split_plan_counts_row_blocks_of_the_kernels_rows():
+    # 256 query rows per CTA: half the row blocks, so twice the splits fill the same CTA slots.
+    assert _C.plan_match_splits(1024, 1 << 20, 132, 128, 128) == 17
+    assert _C.plan_match_splits(1024, 1 << 20, 132, 128, 256) == 33
+    assert _C.plan_match_splits(132 * 256, 1 << 20, 132, 128, 256) == 1
+
+
 def launch_args(**overrides):
     args = dict(query=1 << 20, dtype=2, batch=1, dim=8, height=4, width=1, query_strides=(32, 1, 8, 8),
                 reference=1 << 21, num_refs=5, reference_strides=(8, 1), ref_stat=1 << 22, metric=1,
@@ -118,6 +141,7 @@ def launch_args(**overrides):
     ({"dtype": 7}, "dtype code"), ({"metric": 3}, "metric code"), ({"dim": 0}, "dim"),
     ({"num_refs": 0}, "num_refs"), ({"splits": 0}, "splits"), ({"splits": 2}, "workspaces"),
     ({"ref_stat": 0}, "ref_stat"), ({"query_strides": (1, -1, 1, 1)}, "strides"),
+    ({"hopper_rows": 64}, "hopper_rows"),
 ])
 def test_bad_launch_arguments_raise_value_error_before_cuda(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -1,5 +1,6 @@
 """Which CUDA kernel a call asks for, decided in Python before the launch (no GPU needed):
-wgmma on compute capability 9.0 with an sm_90a build unless REFMATCH_CUDA_HOPPER=0."""
+wgmma on compute capability 9.0 with an sm_90a build unless REFMATCH_CUDA_HOPPER=0, with
+REFMATCH_CUDA_HOPPER_ROWS query rows per CTA."""
 import os
 
 import pytest
@@ -17,6 +18,7 @@ def card(monkeypatch):
         monkeypatch.setattr(cuda_backend, "_capability", lambda index: capability)
         monkeypatch.setattr(cuda_backend, "_built_for_hopper", lambda: built_for_hopper)
     monkeypatch.delenv("REFMATCH_CUDA_HOPPER", raising=False)
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_ROWS", raising=False)
     return set_card
 
 
@@ -44,3 +46,47 @@ def test_hopper_kernel_block_sets_and_restores_the_variable(card, monkeypatch, p
     with cuda_backend.hopper_kernel(enabled=enabled):
         assert cuda_backend.hopper_enabled(DEVICE) is enabled
     assert os.environ.get("REFMATCH_CUDA_HOPPER") == previous
+
+
+@pytest.mark.parametrize("setting, k, rows", [
+    (None, 1, 128),   # the default tile
+    ("128", 1, 128),
+    ("256", 1, 256),
+    ("256", 8, 0),    # top-k runs the mma.sync kernel
+])
+def test_hopper_rows(card, monkeypatch, setting, k, rows):
+    card((9, 0))
+    if setting is not None:
+        monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", setting)
+    assert cuda_backend.hopper_rows(DEVICE, k) == rows
+
+
+def test_hopper_rows_off_without_the_hopper_kernel(card, monkeypatch):
+    card((9, 0))
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", "256")
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER", "0")
+    assert cuda_backend.hopper_rows(DEVICE) == 0
+    card((8, 0))
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER")
+    assert cuda_backend.hopper_rows(DEVICE) == 0
+
+
+@pytest.mark.parametrize("setting", ["64", "512", "two hundred", ""])
+def test_bad_hopper_rows_are_named(card, monkeypatch, setting):
+    card((9, 0))
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", setting)
+    with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_ROWS must be one of 128, 256"):
+        cuda_backend.hopper_rows(DEVICE)
+
+
+@pytest.mark.parametrize("previous", [None, "128"])
+def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previous):
+    card((9, 0))
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_ROWS", raising=False)
+    if previous is not None:
+        monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", previous)
+    with cuda_backend.hopper_kernel(rows=256):
+        assert cuda_backend.hopper_rows(DEVICE) == 256
+    assert os.environ.get("REFMATCH_CUDA_HOPPER_ROWS") == previous
+    with cuda_backend.hopper_kernel():  # rows as set
+        assert cuda_backend.hopper_rows(DEVICE) == int(previous or 128)

@@ -1,5 +1,6 @@
-"""The Hopper (wgmma) CUDA kernel against the float64 oracle. Needs a compute
-capability 9.0 GPU and a build with sm_90a, where it is the default."""
+"""The Hopper (wgmma) CUDA kernel against the float64 oracle, with 128 and with 256
+query rows per CTA (ids rows128, rows256). Needs a compute capability 9.0 GPU and a
+build with sm_90a, where it is the default."""
 import pytest
 import torch
 
@@ -20,23 +21,34 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not _hopper_build_and_device(
                                                    reason="needs an sm_90 GPU and a build with sm_90a")]
 
 
-@pytest.fixture(autouse=True)
-def default_kernel(monkeypatch):
+@pytest.fixture(autouse=True, params=[128, 256], ids=["rows128", "rows256"])
+def rows_per_cta(request, monkeypatch):
     monkeypatch.delenv("REFMATCH_CUDA_HOPPER", raising=False)
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", str(request.param))
+    return request.param
+
+
+def wgmma_name(dim, dtype):
+    """The wgmma kernel's name for this D: 256-row tiles where their layout fits."""
+    from refmatch.backends.cuda_backend import DTYPE_CODES, hopper_rows, native_module
+
+    smem = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
+    layout = native_module().hopper_layout(dim, DTYPE_CODES[dtype], 16, smem, hopper_rows(torch.device("cuda")))
+    return "wgmma-256" if layout["block_n"] == 256 else "wgmma"
 
 
 def run_hopper(query, reference, metric="dot", **kwargs):
     from refmatch.backends.cuda_backend import kernel_name
 
     maps = query.T[None, :, :, None] if query.dim() == 2 else query
-    assert kernel_name(maps, reference) == "wgmma"
+    assert kernel_name(maps, reference) == wgmma_name(maps.shape[1], maps.dtype)
     return refmatch.match(query, reference, metric=metric, backend="cuda", **kwargs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 @pytest.mark.parametrize("n, m, d", [(1, 1, 8), (127, 129, 64), (129, 1000, 128), (300, 5000, 72), (64, 257, 200),
-                                     (257, 700, 256), (33, 3 * BLOCK_M, 16)])
+                                     (257, 700, 256), (33, 3 * BLOCK_M, 16), (700, 900, 192)])
 def test_rows_match_oracle(dtype, metric, n, m, d):
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)
@@ -52,12 +64,14 @@ def test_rows_match_oracle(dtype, metric, n, m, d):
     (128, torch.float32, True, "mma.sync"),    # fp32 stays on mma.sync
     (128, torch.bfloat16, False, "mma.sync"),  # reference rows not 16-byte aligned
 ])
-def test_kernel_choice(dim, dtype, aligned, expected):
+def test_kernel_choice(dim, dtype, aligned, expected, rows_per_cta):
     from refmatch.backends.cuda_backend import kernel_name
 
     query = torch.randn(1, dim, 4, 4, device="cuda").to(dtype)
     bank = torch.randn(41 * dim + 1, device="cuda").to(dtype)
     reference = bank[:-1].view(41, dim) if aligned else bank[1:].view(41, dim)
+    if expected == "wgmma" and rows_per_cta == 256 and dim <= 192:
+        expected = "wgmma-256"
     assert kernel_name(query, reference) == expected
     assert_matches_oracle(refmatch.match(query, reference, backend="cuda"), query, reference, "cosine")
 

@@ -75,20 +75,35 @@ def _flash_kmeans_methods(query, reference, flops):
     return [Method("flash-kmeans assign", "l2", 1, assign, flops)]
 
 
-def _mma_sync_methods(query, reference, flops):
-    """The CUDA backend's mma.sync kernel (REFMATCH_CUDA_HOPPER=0) on sm_90 cards,
-    where the default ``cuda`` rows run the wgmma kernel; elsewhere those rows are mma.sync."""
-    from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel, native_module
+# The cuda backend's other kernels on sm_90 cards, where its default rows run the wgmma kernel
+# with 128 query rows per CTA: each with the hopper_kernel settings that select it.
+CUDA_VARIANTS = {"mma.sync": dict(enabled=False), "wgmma-256": dict(rows=256)}
 
-    name = "refmatch cuda mma.sync k=1"
+
+def _cuda_variant_methods(query, reference, flops):
+    """Every CUDA_VARIANTS kernel at k = 1 on sm_90 cards; elsewhere the ``cuda`` rows are mma.sync."""
+    from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel, kernel_name, native_module
+
     available = query.is_cuda and native_module() is not None and hopper_enabled(query.device)
-    if not available:
-        return [Method(name, "dot", 1, None, flops, "the cuda rows are the mma.sync kernel here (wgmma needs sm_90)")]
+    methods = []
+    for variant, setting in CUDA_VARIANTS.items():
+        name = f"refmatch cuda {variant} k=1"
+        if not available:
+            methods.append(Method(name, "dot", 1, None, flops, "needs sm_90 and an sm_90a build (the cuda rows "
+                                                               "are the mma.sync kernel elsewhere)"))
+            continue
+        with hopper_kernel(**setting):
+            runs = kernel_name(query.T[None, :, :, None], reference)
+        if runs != variant:  # e.g. D=256: a 256-row query tile does not fit beside the pipeline
+            methods.append(Method(name, "dot", 1, None, flops, f"this call runs the {runs} kernel"))
+            continue
 
-    def run(metric):
-        with hopper_kernel(enabled=False):
-            return refmatch.match(query, reference, metric=metric, backend="cuda").index
-    return [Method(name, metric, 1, lambda metric=metric: run(metric), flops) for metric in ("dot", "l2", "cosine")]
+        def run(metric, setting=setting):
+            with hopper_kernel(**setting):
+                return refmatch.match(query, reference, metric=metric, backend="cuda").index
+        methods += [Method(name, metric, 1, lambda metric=metric, run=run: run(metric), flops)
+                    for metric in ("dot", "l2", "cosine")]
+    return methods
 
 
 def _skip_reason(call):
@@ -160,4 +175,5 @@ def all_methods(query, reference, fits_bytes, exclude=()):
     ]
     peers = [method for group, builder in PEER_GROUPS.items() if not any(word in group for word in exclude or ())
              for method in builder(query, reference, flops)]
-    return methods + _refmatch_methods(query, reference, flops) + _mma_sync_methods(query, reference, flops) + peers
+    return (methods + _refmatch_methods(query, reference, flops) + _cuda_variant_methods(query, reference, flops)
+            + peers)

@@ -7,7 +7,9 @@ with torch on the query's device and applies the per-row fix-up.
 
 On a compute capability 9.0 device, with a build that includes sm_90a, the
 Hopper kernel serves the calls it can; ``REFMATCH_CUDA_HOPPER=0`` (read at each
-call) keeps every call on the mma.sync kernel.
+call) keeps every call on the mma.sync kernel. ``REFMATCH_CUDA_HOPPER_ROWS=256``
+gives its CTAs 256 query rows instead of 128 where that tile fits (D <= 192 on an
+H100): half the bank traffic per FLOP; not yet run on a GPU, so not the default.
 """
 import contextlib
 import ctypes
@@ -23,6 +25,7 @@ from .scoring import finalize_scores, kernel_metric_and_stat
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
+HOPPER_ROWS = (128, 256)  # query rows per CTA of the wgmma kernel; the first is the default
 MIN_CAPABILITY = (8, 0)  # mma.sync bf16 / tf32, cp.async
 BUILD_FAILED_NOTE = Path(__file__).resolve().parent.parent / "_C_build_failed.txt"  # setup.py writes it
 
@@ -73,27 +76,45 @@ def hopper_enabled(device):
     return os.environ.get("REFMATCH_CUDA_HOPPER") != "0" and _capability(index) == (9, 0) and _built_for_hopper()
 
 
+def hopper_rows(device, k=1):
+    """Query rows per CTA asked of the wgmma kernel for a k-call on ``device``: 0 where
+    it is off (``hopper_enabled``; top-k always runs mma.sync), else
+    ``REFMATCH_CUDA_HOPPER_ROWS`` (128, the default, or 256)."""
+    if k != 1 or not hopper_enabled(device):
+        return 0
+    setting = os.environ.get("REFMATCH_CUDA_HOPPER_ROWS", str(HOPPER_ROWS[0]))
+    if setting not in {str(rows) for rows in HOPPER_ROWS}:
+        raise ValueError(f"REFMATCH_CUDA_HOPPER_ROWS must be one of {', '.join(map(str, HOPPER_ROWS))}, "
+                         f"got {setting!r}")
+    return int(setting)
+
+
 @contextlib.contextmanager
-def hopper_kernel(enabled=True):
+def hopper_kernel(enabled=True, rows=None):
     """Inside the block the wgmma kernel serves the calls it can (``enabled``) or
-    none of them (``REFMATCH_CUDA_HOPPER=0``); the variable is restored after."""
-    previous = os.environ.get("REFMATCH_CUDA_HOPPER")
-    os.environ["REFMATCH_CUDA_HOPPER"] = "1" if enabled else "0"
+    none of them (``REFMATCH_CUDA_HOPPER=0``), with ``rows`` query rows per CTA
+    (``REFMATCH_CUDA_HOPPER_ROWS``; None: as set); both variables are restored after."""
+    settings = {"REFMATCH_CUDA_HOPPER": "1" if enabled else "0"}
+    if rows is not None:
+        settings["REFMATCH_CUDA_HOPPER_ROWS"] = str(rows)
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["REFMATCH_CUDA_HOPPER"]
-        else:
-            os.environ["REFMATCH_CUDA_HOPPER"] = previous
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def kernel_name(query, reference):
     """The kernel ``match_argmax_cuda`` runs for query [B, D, H, W] maps against
-    reference [M, D]: "wgmma" or "mma.sync"."""
+    reference [M, D]: "wgmma" (128 query rows per CTA), "wgmma-256" or "mma.sync"."""
     device = query.device
     return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], _allow_tf32(query.dtype),
-                                             device.index, hopper_enabled(device), reference.data_ptr(),
+                                             device.index, hopper_rows(device), reference.data_ptr(),
                                              *reference.stride())
 
 
@@ -129,8 +150,7 @@ def default_splits(query, num_refs, k=1):
     if batch * height * width == 0:
         return 1
     return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
-                                        _allow_tf32(query.dtype), query.device.index,
-                                        k == 1 and hopper_enabled(query.device), k)
+                                        _allow_tf32(query.dtype), query.device.index, hopper_rows(query.device, k), k)
 
 
 def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, splits, partials=(None, None),
@@ -149,7 +169,7 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
         out_score.data_ptr(), out_index.data_ptr(), splits,
         partial_score.data_ptr() if partial_score is not None else 0,
         partial_index.data_ptr() if partial_index is not None else 0,
-        torch.cuda.current_stream(device).cuda_stream, device.index, k == 1 and hopper_enabled(device),
+        torch.cuda.current_stream(device).cuda_stream, device.index, hopper_rows(device, k),
         split_starts.data_ptr() if split_starts is not None else 0, k,
     )
 
@@ -217,7 +237,8 @@ class CudaBackend:
         count, error = module.cuda_device_count()
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
-        hopper = ", wgmma kernel on sm_90 (REFMATCH_CUDA_HOPPER=0: mma.sync)" if _built_for_hopper() else ""
+        hopper = (", wgmma kernel on sm_90 (REFMATCH_CUDA_HOPPER=0: mma.sync; REFMATCH_CUDA_HOPPER_ROWS=256: "
+                  "256-row tiles)" if _built_for_hopper() else "")
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")
 

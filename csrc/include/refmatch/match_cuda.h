@@ -35,9 +35,10 @@ struct MatchArgs {
   uintptr_t partial_score = 0, partial_index = 0;
   uintptr_t stream = 0;  // cudaStream_t of the caller
   int device = 0;
-  // Run the wgmma kernel (sm_90a build, compute capability 9.0) where it can
-  // serve the call (hopper_eligible); otherwise, or when false, the mma.sync one.
-  bool hopper = false;
+  // Query rows per CTA of the wgmma kernel (sm_90a build, compute capability 9.0),
+  // run where it can serve the call (hopper_eligible): 128, or 256 where that tile
+  // fits (hopper_row_blocks; else 128). 0, or a call it cannot serve: mma.sync.
+  int64_t hopper_rows = 0;
   // Device int64 [splits + 1], non-decreasing in [0, num_refs]: split s scans
   // bank rows [starts[s], starts[s + 1]) (class-aligned ranges for the class-wise
   // max, whose per-split partials are the per-class maxima). 0: even splits.
@@ -51,13 +52,14 @@ struct MatchArgs {
 // Launches the match kernel (and the split merge for k = 1) on args.stream; never syncs.
 void match_argmax(const MatchArgs& args);
 
-// Which kernel a call with these inputs runs: "wgmma" or "mma.sync" (host queries only).
-const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, bool hopper,
+// Which kernel a call with these inputs runs: "wgmma" (128 query rows per CTA),
+// "wgmma-256" or "mma.sync" (host queries only).
+const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
                               uintptr_t reference, int64_t stride_m, int64_t stride_d);
 
 // Split count that fills `device` for N rows and M references (host queries
 // only: capturable, no sync).
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device, bool hopper = false, int64_t k = 1);
+                     int device, int64_t hopper_rows = 0, int64_t k = 1);
 
 }  // namespace refmatch

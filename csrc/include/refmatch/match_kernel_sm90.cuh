@@ -3,11 +3,15 @@
 //
 // Algorithm
 //   The streaming argmax of match_kernel.cuh on warpgroup MMAs. A CTA owns
-//   kBlockN = 128 query rows and walks its share of the bank in kBlockM = 128-row
-//   tiles. Consumer warpgroup w computes the 64 x 128 scores of its query rows
-//   with m64n128k16 wgmma from shared memory into float32 registers and folds
-//   them with the mma.sync kernel's epilogue (fold_tile: metric, NaN and padding
-//   to -inf, row max, locate only when a row can improve).
+//   128 or 256 query rows (kRowBlocks = 1 or 2 64-row blocks per consumer
+//   warpgroup) and walks its share of the bank in kBlockM = 128-row tiles.
+//   Consumer warpgroup w computes the (64 kRowBlocks) x 128 scores of its query
+//   rows with m64n128k16 wgmmas from shared memory (one per row block, sharing
+//   the reference tile) into float32 registers and folds them with the mma.sync
+//   kernel's epilogue (fold_tile: metric, NaN and padding to -inf, row max,
+//   locate only when a row can improve). Each reference byte read from L2 does
+//   128 FLOP per 128 query rows: 256 rows halve the L2 traffic per FLOP, at 128
+//   accumulator registers per consumer thread.
 //
 // Pipeline
 //   D is cut into 64-element chunks stored in the 128B swizzle wgmma reads
@@ -29,7 +33,8 @@
 //   without a finite score keep -1, splits merged by merge_splits_kernel, 64-bit
 //   offsets, queries read through their strides. fp16 / bf16 only, D <= 256 in
 //   whole 16-byte units, reference rows 16-byte aligned with unit stride in D
-//   (hopper_eligible); other calls take the mma.sync kernel.
+//   (hopper_eligible); other calls take the mma.sync kernel. 256 rows per CTA
+//   only where that query tile fits beside 8 stages (hopper_row_blocks).
 #pragma once
 
 #include <cstdint>
@@ -40,17 +45,19 @@
 
 namespace refmatch::detail {
 
-using HopperAccumulators = float[1][HopperTile::kBlockM / 8][4];
+template <int kRowBlocks>
+using HopperAccumulators = float[kRowBlocks][HopperTile::kBlockM / 8][4];
 constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;  // 128 x 40 + 256 x 232 <= 65536
 
-// The query tile, read once through its strides, and zeros past D in the
-// stages holding the last chunk. Zeros past N and D in the query too.
+// The query tile (kBlockN rows), read once through its strides, and zeros past D
+// in the stages holding the last chunk. Zeros past N and D in the query too.
+template <int kBlockN>
 __device__ __forceinline__ void load_query_and_padding(char* query_tiles, char* stages, const MatchParams& p,
                                                        const HopperSmemLayout& layout, int64_t row0) {
   using Tile = HopperTile;
   const uint16_t* query = static_cast<const uint16_t*>(p.query);
   const int units = static_cast<int>(p.dim_chunks) * Tile::kUnitsPerRow;
-  for (int i = threadIdx.x; i < Tile::kBlockN * units; i += Tile::kThreads) {
+  for (int i = threadIdx.x; i < kBlockN * units; i += Tile::kThreads) {
     const int row = i / units, unit = i % units;
     const int64_t d0 = int64_t{unit} * 8, query_row = row0 + row;
     const int64_t pixel = query_row % p.pixels_per_image;
@@ -101,20 +108,22 @@ __device__ __forceinline__ void load_step(char* stage, const MatchParams& p, con
   }
 }
 
-template <bool kBFloat16>
+template <bool kBFloat16, int kRowBlocks>
 __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_kernel(const MatchParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = HopperTile;
+  constexpr int kBlockN = static_cast<int>(hopper_block_n(kRowBlocks));
+  constexpr int kRowBlockBytes = Tile::kRowBlockRows * Tile::kChunkBytes;  // whole swizzle atoms
   extern __shared__ char smem_raw[];
   const uint32_t raw = mma::shared_address(smem_raw);
   char* smem = smem_raw + (round_up(raw, Tile::kAtomBytes) - raw);  // swizzle atoms are 1024-aligned
-  const HopperSmemLayout layout = hopper_smem_layout(p.dim_chunks);
+  const HopperSmemLayout layout = hopper_smem_layout(p.dim_chunks, kRowBlocks);
   char* query_tiles = smem;
   char* stages = smem + layout.stage_offset;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + layout.barrier_offset);
   uint64_t* empty = full + layout.stages;
-  const int64_t row0 = int64_t{blockIdx.x} * Tile::kBlockN;
-  load_query_and_padding(query_tiles, stages, p, layout, row0);
+  const int64_t row0 = int64_t{blockIdx.x} * kBlockN;
+  load_query_and_padding<kBlockN>(query_tiles, stages, p, layout, row0);
   if (threadIdx.x == 0) {
     for (int s = 0; s < layout.stages; ++s) {
       wgmma::barrier_init(full + s, Tile::kProducerThreads);
@@ -145,9 +154,11 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
   wgmma::claim_registers<kConsumerRegisters>();
   const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp_in_group = threadIdx.x / 32 % 4;
   const int my_turn = 1 + consumer, other_turn = 2 - consumer;  // named barriers 1 and 2
-  const char* query_rows = query_tiles + consumer * (Tile::kBlockN / 2) * Tile::kChunkBytes;
-  Best best[1][2] = {{empty_best(), empty_best()}};
-  HopperAccumulators acc;
+  const char* query_rows = query_tiles + consumer * kRowBlocks * kRowBlockBytes;
+  Best best[kRowBlocks][2];
+#pragma unroll
+  for (int i = 0; i < kRowBlocks; ++i) best[i][0] = best[i][1] = empty_best();
+  HopperAccumulators<kRowBlocks> acc;
   for (int64_t tile = 0; tile < tiles; ++tile) {
     // Consumer 0 goes first; afterwards each waits for the other's wgmmas to be issued.
     if (consumer == 1 || tile > 0) wgmma::named_sync(my_turn, Tile::kConsumerThreads);
@@ -163,8 +174,11 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
       wgmma::fence();
 #pragma unroll
       for (int k = 0; k < Tile::kChunkBytes / 32; ++k) {
-        wgmma::mma_m64n128k16<kBFloat16>(acc, wgmma::descriptor(query_chunk + 32 * k),
-                                         wgmma::descriptor(ref_chunk + 32 * k), chunk > 0 || k > 0);
+#pragma unroll
+        for (int i = 0; i < kRowBlocks; ++i) {
+          wgmma::mma_m64n128k16<kBFloat16>(acc[i], wgmma::descriptor(query_chunk + i * kRowBlockBytes + 32 * k),
+                                           wgmma::descriptor(ref_chunk + 32 * k), chunk > 0 || k > 0);
+        }
       }
       wgmma::commit();
     }
@@ -183,14 +197,17 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
 
   if (lane % 4 == 0) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t row = row0 + consumer * (Tile::kBlockN / 2) + 16 * warp_in_group + 8 * h + lane / 4;
-      if (row < p.num_rows) {
-        const int64_t out = int64_t{blockIdx.y} * p.num_rows + row;
-        p.out_score[out] = best[0][h].score;
-        p.out_index[out] = best[0][h].index;
+    for (int i = 0; i < kRowBlocks; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = row0 + (consumer * kRowBlocks + i) * Tile::kRowBlockRows + 16 * warp_in_group + 8 * h +
+                            lane / 4;
+        if (row < p.num_rows) {
+          const int64_t out = int64_t{blockIdx.y} * p.num_rows + row;
+          p.out_score[out] = best[i][h].score;
+          p.out_index[out] = best[i][h].index;
+        }
       }
-    }
   }
 #else
   __trap();  // built without sm_90a: the host never launches it there

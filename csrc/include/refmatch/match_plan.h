@@ -85,12 +85,13 @@ inline int64_t match_refs_per_split(int64_t num_refs, int64_t splits, int64_t bl
   return ceil_div(ceil_div(num_refs, splits), block_m) * block_m;
 }
 
-// Bank ranges per row block: enough CTAs to fill `resident_ctas` slots when N
-// alone cannot, but each range keeps at least kMinTilesPerSplit tiles of
-// `block_m` rows (the kernel's; 128 rows for the Hopper kernel).
+// Bank ranges per row block of `block_n` query rows: enough CTAs to fill
+// `resident_ctas` slots when N alone cannot, but each range keeps at least
+// kMinTilesPerSplit tiles of `block_m` rows (the kernel's tile sizes; the Hopper
+// kernel's tiles are 128 or 256 query rows by 128 references).
 inline int64_t plan_match_splits(int64_t num_rows, int64_t num_refs, int64_t resident_ctas,
-                                 int64_t block_m = MatchTile::kBlockM) {
-  const int64_t row_blocks = ceil_div(num_rows > 0 ? num_rows : 1, MatchTile::kBlockN);
+                                 int64_t block_m = MatchTile::kBlockM, int64_t block_n = MatchTile::kBlockN) {
+  const int64_t row_blocks = ceil_div(num_rows > 0 ? num_rows : 1, block_n);
   if (row_blocks >= resident_ctas) return 1;
   const int64_t wanted = ceil_div(resident_ctas, row_blocks);
   const int64_t most = ceil_div(num_refs, int64_t{MatchTile::kMinTilesPerSplit} * block_m);

@@ -10,7 +10,9 @@
 namespace refmatch {
 
 struct HopperTile {
-  static constexpr int kBlockN = 128;        // query rows per CTA: two consumer warpgroups x 64
+  static constexpr int kRowBlockRows = 64;   // query rows per wgmma (its M); a consumer owns 1 or 2 blocks
+  static constexpr int kConsumers = 2;
+  static constexpr int kMaxRowBlocks = 2;
   static constexpr int kBlockM = 128;        // reference rows per tile: the wgmma N
   static constexpr int kThreads = 384;       // a producer warpgroup and two consumer warpgroups
   static constexpr int kProducerThreads = 128;
@@ -24,8 +26,13 @@ struct HopperTile {
   static constexpr int kMaxDim = 256;        // the query tile stays resident
 };
 
+// Query rows per CTA with `row_blocks` 64-row blocks per consumer warpgroup: 128 or 256.
+constexpr REFMATCH_HOST_DEVICE int64_t hopper_block_n(int row_blocks) {
+  return int64_t{HopperTile::kConsumers} * HopperTile::kRowBlockRows * row_blocks;
+}
+
 // Byte offsets from the 1024-aligned start of dynamic shared memory:
-//   [query: dim_chunks x 128 rows x 128 B] [stages x (reference chunk, 128 stats)]
+//   [query: dim_chunks x block_n rows x 128 B] [stages x (reference chunk, 128 stats)]
 //   [full and empty mbarriers, one each per stage]
 struct HopperSmemLayout {
   int64_t stages;       // a multiple of dim_chunks: a stage always holds the same chunk
@@ -39,11 +46,11 @@ struct HopperSmemLayout {
 
 REFMATCH_HOST_DEVICE int64_t round_up(int64_t value, int64_t to) { return ceil_div(value, to) * to; }
 
-REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks) {
+REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks, int row_blocks = 1) {
   using Tile = HopperTile;
   HopperSmemLayout layout{};
   layout.stages = Tile::kMaxStages / dim_chunks * dim_chunks;
-  layout.query_chunk_bytes = int64_t{Tile::kBlockN} * Tile::kChunkBytes;
+  layout.query_chunk_bytes = hopper_block_n(row_blocks) * Tile::kChunkBytes;
   layout.stage_offset = dim_chunks * layout.query_chunk_bytes;
   layout.stat_offset = Tile::kTileChunkBytes;
   layout.stage_bytes = round_up(layout.stat_offset + Tile::kBlockM * int64_t{sizeof(float)}, Tile::kAtomBytes);
@@ -66,6 +73,15 @@ inline bool hopper_eligible(int64_t dim, int dtype, int ref_copy_bytes, int64_t 
                     dtype == static_cast<int>(MatchDtype::kBFloat16);
   if (!half || dim < 1 || dim > HopperTile::kMaxDim || dim % 8 != 0 || ref_copy_bytes != 16) return false;
   return hopper_smem_layout(match_dim_chunks(dim, 2)).total_bytes <= smem_limit;
+}
+
+// Row blocks per consumer for an eligible call that asks for `wanted_rows` query rows
+// per CTA (128 or 256): 256 halves the bank bytes each FLOP reads from L2, where its
+// larger query tile fits beside the full pipeline (D <= 192 on an H100); else 128.
+inline int hopper_row_blocks(int64_t dim, int64_t wanted_rows, int64_t smem_limit) {
+  const int wanted = static_cast<int>(wanted_rows / hopper_block_n(1));
+  if (wanted <= 1) return 1;
+  return hopper_smem_layout(match_dim_chunks(dim, 2), wanted).total_bytes <= smem_limit ? wanted : 1;
 }
 
 }  // namespace refmatch

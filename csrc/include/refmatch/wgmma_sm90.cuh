@@ -77,17 +77,19 @@ __device__ __forceinline__ void claim_registers() {
 }
 
 // Keeps the compiler from moving accumulator reads or writes across a wait.
-template <int kN>
-__device__ __forceinline__ void pin(float (&acc)[1][kN][4]) {
+template <int kM, int kN>
+__device__ __forceinline__ void pin(float (&acc)[kM][kN][4]) {
 #pragma unroll
-  for (int j = 0; j < kN; ++j)
+  for (int i = 0; i < kM; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(acc[0][j][e])::"memory");
+    for (int j = 0; j < kN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(acc[i][j][e])::"memory");
 }
 
 #define REFMATCH_ACC8(j) \
-  "+f"(d[0][j][0]), "+f"(d[0][j][1]), "+f"(d[0][j][2]), "+f"(d[0][j][3]), "+f"(d[0][j + 1][0]), \
-      "+f"(d[0][j + 1][1]), "+f"(d[0][j + 1][2]), "+f"(d[0][j + 1][3])
+  "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3]), "+f"(d[j + 1][0]), "+f"(d[j + 1][1]), \
+      "+f"(d[j + 1][2]), "+f"(d[j + 1][3])
 
 #define REFMATCH_WGMMA_M64N128K16(TYPE)                                                              \
   asm volatile(                                                                                     \
@@ -106,7 +108,7 @@ __device__ __forceinline__ void pin(float (&acc)[1][kN][4]) {
 // shared memory; d is the m64n128 accumulator as 16 n8 atoms of 4 floats.
 // accumulate = 0 overwrites d.
 template <bool kBFloat16>
-__device__ __forceinline__ void mma_m64n128k16(float (&d)[1][16][4], uint64_t a, uint64_t b, int accumulate) {
+__device__ __forceinline__ void mma_m64n128k16(float (&d)[16][4], uint64_t a, uint64_t b, int accumulate) {
   if constexpr (kBFloat16) {
     REFMATCH_WGMMA_M64N128K16("bf16");
   } else {
