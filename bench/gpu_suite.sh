@@ -11,7 +11,8 @@
 # would eat the budget), a failed wgmma256 check its 256-row tiles.
 # Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
-#   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets)
+#   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets; no -k: a failed wgmma256
+#   stage adds -k "not rows256")
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
 #   STAGES="build info wgmma wgmma256 tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
@@ -79,14 +80,16 @@ stage info 30 python -m refmatch.info
 # 2. The Hopper kernel's first check, short; then the whole suite (CUDA-marked
 # tests run because a device is present) without that kernel if the check failed.
 stage wgmma 60 python bench/check_wgmma.py
-stage wgmma256 60 python bench/check_wgmma.py --rows 256
 NO_WGMMA=()
 HOPPER_ROWS=(128 256)
 EXCLUDE=(keops)
 if [[ " ${FAILED_STAGES[*]} " == *" wgmma "* ]]; then
   NO_WGMMA=(--ignore=python_tests/test_match_cuda_sm90.py)
   export REFMATCH_CUDA_HOPPER=0
-elif [[ " ${FAILED_STAGES[*]} " == *" wgmma256 "* ]]; then
+else  # the same template: checked only once the 128-row tile passed
+  stage wgmma256 60 python bench/check_wgmma.py --rows 256
+fi
+if [[ " ${FAILED_STAGES[*]} " == *" wgmma256 "* ]]; then
   NO_WGMMA=(-k "not rows256")
   HOPPER_ROWS=(128)
   EXCLUDE+=(wgmma-256)
@@ -114,7 +117,8 @@ stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
 # 5. Where each fused kernel's time goes: Nsight Compute sections, one launch each.
 stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
-  --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py
+  --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py \
+  --hopper-rows "${HOPPER_ROWS[@]}"
 
 # 6. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
 # at the target size); the Triton tile sweep; KeOps, which computes in float32 and

@@ -17,25 +17,27 @@ import refmatch
 from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel
 
 
-def kernels(device):
+def kernels(device, hopper_rows):
     """(name, backend, context) for each fused kernel this device runs."""
     yield "triton", "triton", contextlib.nullcontext()
     yield "cuda mma.sync", "cuda", hopper_kernel(enabled=False)
     if hopper_enabled(device):
-        yield "cuda wgmma", "cuda", hopper_kernel(rows=128)
-        yield "cuda wgmma-256", "cuda", hopper_kernel(rows=256)
+        for rows in hopper_rows:
+            yield f"cuda wgmma {rows} rows", "cuda", hopper_kernel(rows=rows)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="65536x262144x128", help="NxMxD")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--hopper-rows", type=int, nargs="+", choices=[128, 256], default=[128, 256],
+                        help="query rows per CTA of the wgmma kernels to profile")
     args = parser.parse_args()
     n, m, d = (int(part) for part in args.size.split("x"))
     dtype = getattr(torch, args.dtype)
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)
-    for name, backend, context in kernels(query.device):
+    for name, backend, context in kernels(query.device, args.hopper_rows):
         with context:
             refmatch.match(query, reference, metric="dot", backend=backend)
         torch.cuda.synchronize()

@@ -30,6 +30,11 @@ void require(bool condition, const std::string& message) {
   if (!condition) throw std::invalid_argument("refmatch._C.match_argmax: " + message);
 }
 
+void check_hopper_rows(int64_t hopper_rows) {
+  require(hopper_rows == 0 || hopper_rows == hopper_block_n(1) || hopper_rows == hopper_block_n(2),
+          "hopper_rows must be 0 (mma.sync), 128 or 256, got " + std::to_string(hopper_rows));
+}
+
 // Makes `device` current for one launch and restores the caller's device.
 class DeviceScope {
  public:
@@ -152,8 +157,7 @@ void check_args(const MatchArgs& a) {
           "ref_stat must be non-null for cosine and l2");
   require(a.k >= 1 && a.k <= kMaxTopK, "k must be in [1, " + std::to_string(kMaxTopK) + "], got " +
                                           std::to_string(a.k));
-  require(a.hopper_rows == 0 || a.hopper_rows == 128 || a.hopper_rows == 256,
-          "hopper_rows must be 0 (mma.sync), 128 or 256, got " + std::to_string(a.hopper_rows));
+  check_hopper_rows(a.hopper_rows);
   require(a.splits == 1 || a.k > 1 || (a.partial_score != 0 && a.partial_index != 0),
           "splits > 1 needs partial_score and partial_index workspaces [splits, N]");
 }
@@ -163,6 +167,7 @@ void check_args(const MatchArgs& a) {
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
                      int device, int64_t hopper_rows, int64_t k) {
   mma_sync_kernel<false>(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
+  check_hopper_rows(hopper_rows);
   const DeviceScope scope(device);
   const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, 16, k);
   int per_sm = 0, sms = 0;
@@ -177,6 +182,7 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
 
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
                               uintptr_t reference, int64_t stride_m, int64_t stride_d) {
+  check_hopper_rows(hopper_rows);
   const DeviceScope scope(device);
   const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows,
                                       reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), 1);

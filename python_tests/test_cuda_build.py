@@ -79,6 +79,8 @@ def test_hopper_kernel_takes_256_rows_where_they_fit(dim, smem_limit, block_n):
     # Each query chunk holds block_n rows of 128 bytes, all before the stages.
     assert layout["smem_bytes"] >= layout["dim_chunks"] * block_n * 128 + layout["stages"] * 128 * 128
     assert _C.hopper_layout(dim, 2, 16, smem_limit)["block_n"] == 128  # the default asks for 128
+    for rows in (64, 384, 512):  # only 128 and 256 are tiles
+        assert _C.hopper_layout(dim, 2, 16, smem_limit, rows=rows)["block_n"] == 128
 
 
 def test_swizzle_permutes_units_within_rows_and_spreads_atoms_over_banks():
@@ -158,6 +160,15 @@ def test_launch_without_device_raises_cuda_error():
         _C.match_argmax(**launch_args())
     with pytest.raises(RuntimeError, match=re.escape(error)):
         _C.match_splits(128, 1000, 128, 2, False, 0)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("rows", [64, 384])
+def test_bad_hopper_rows_raise_before_cuda_in_every_entry_point(rows):
+    with pytest.raises(ValueError, match="hopper_rows"):
+        _C.match_splits(128, 1000, 128, 2, False, 0, hopper_rows=rows)
+    with pytest.raises(ValueError, match="hopper_rows"):
+        _C.match_kernel_name(128, 2, False, 0, rows, 1 << 20, 128, 1)
 
 
 @needs_cuda_build

@@ -71,9 +71,10 @@ def test_hopper_rows_off_without_the_hopper_kernel(card, monkeypatch):
     assert cuda_backend.hopper_rows(DEVICE) == 0
 
 
+@pytest.mark.parametrize("capability", [(9, 0), (8, 0)])  # refused on every card alike
 @pytest.mark.parametrize("setting", ["64", "512", "two hundred", ""])
-def test_bad_hopper_rows_are_named(card, monkeypatch, setting):
-    card((9, 0))
+def test_bad_hopper_rows_are_named(card, monkeypatch, capability, setting):
+    card(capability)
     monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", setting)
     with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_ROWS must be one of 128, 256"):
         cuda_backend.hopper_rows(DEVICE)

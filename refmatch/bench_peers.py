@@ -75,8 +75,9 @@ def _flash_kmeans_methods(query, reference, flops):
     return [Method("flash-kmeans assign", "l2", 1, assign, flops)]
 
 
-# The cuda backend's other kernels on sm_90 cards, where its default rows run the wgmma kernel
-# with 128 query rows per CTA: each with the hopper_kernel settings that select it.
+# The cuda backend's other kernels on sm_90 cards, where its plain rows run the wgmma kernel with
+# REFMATCH_CUDA_HOPPER_ROWS query rows per CTA (128 unless set): each with the hopper_kernel
+# settings that select it.
 CUDA_VARIANTS = {"mma.sync": dict(enabled=False), "wgmma-256": dict(rows=256)}
 
 

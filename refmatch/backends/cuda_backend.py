@@ -80,13 +80,11 @@ def hopper_rows(device, k=1):
     """Query rows per CTA asked of the wgmma kernel for a k-call on ``device``: 0 where
     it is off (``hopper_enabled``; top-k always runs mma.sync), else
     ``REFMATCH_CUDA_HOPPER_ROWS`` (128, the default, or 256)."""
-    if k != 1 or not hopper_enabled(device):
-        return 0
     setting = os.environ.get("REFMATCH_CUDA_HOPPER_ROWS", str(HOPPER_ROWS[0]))
-    if setting not in {str(rows) for rows in HOPPER_ROWS}:
+    if setting not in {str(rows) for rows in HOPPER_ROWS}:  # refused on every card alike
         raise ValueError(f"REFMATCH_CUDA_HOPPER_ROWS must be one of {', '.join(map(str, HOPPER_ROWS))}, "
                          f"got {setting!r}")
-    return int(setting)
+    return int(setting) if k == 1 and hopper_enabled(device) else 0
 
 
 @contextlib.contextmanager

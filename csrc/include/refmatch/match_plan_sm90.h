@@ -79,9 +79,9 @@ inline bool hopper_eligible(int64_t dim, int dtype, int ref_copy_bytes, int64_t 
 // per CTA (128 or 256): 256 halves the bank bytes each FLOP reads from L2, where its
 // larger query tile fits beside the full pipeline (D <= 192 on an H100); else 128.
 inline int hopper_row_blocks(int64_t dim, int64_t wanted_rows, int64_t smem_limit) {
-  const int wanted = static_cast<int>(wanted_rows / hopper_block_n(1));
-  if (wanted <= 1) return 1;
-  return hopper_smem_layout(match_dim_chunks(dim, 2), wanted).total_bytes <= smem_limit ? wanted : 1;
+  constexpr int kMost = HopperTile::kMaxRowBlocks;
+  if (wanted_rows != hopper_block_n(kMost)) return 1;
+  return hopper_smem_layout(match_dim_chunks(dim, 2), kMost).total_bytes <= smem_limit ? kMost : 1;
 }
 
 }  // namespace refmatch
