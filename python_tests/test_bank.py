@@ -48,6 +48,31 @@ def test_reservoir_is_uniform_over_everything_added():
     assert hits.min() > 45 and hits.max() < 105
 
 
+def test_reservoir_loaded_from_state_dict_draws_on_as_the_saved_one():
+    batches = [one_class_batch([float(v) for v in range(start, start + 8)], 0, size=1) for start in range(0, 40, 8)]
+    saved = ReferenceBank(1, 1, capacity_per_class=10, dtype=torch.float32, metric="dot", policy="reservoir")
+    for batch in batches[:2]:
+        saved.add(*batch)
+    state = {name: value.clone() for name, value in saved.state_dict().items()}
+    resumed = ReferenceBank(1, 1, capacity_per_class=10, dtype=torch.float32, metric="dot", policy="reservoir",
+                            seed=7)
+    resumed.load_state_dict(state)
+    for batch in batches[2:]:
+        saved.add(*batch)
+        resumed.add(*batch)
+    assert torch.equal(saved.features, resumed.features)
+    del state["generator_state"]  # a state_dict saved before the random state was kept
+    ReferenceBank(1, 1, capacity_per_class=10, policy="reservoir").load_state_dict(state)
+
+
+def test_no_ignore_index_stores_every_class_pixel():
+    bank = ReferenceBank(2, 2, capacity_per_class=8, dtype=torch.float32, ignore_index=None)
+    bank.add(torch.randn(1, 2, 2, 2), torch.tensor([[[0, 1], [1, 1]]]))
+    assert bank.class_counts().tolist() == [1, 3]
+    with pytest.raises(ValueError, match=r"label 255, but labels must be in \[0, 2\)$"):
+        bank.add(torch.randn(1, 2, 2, 2), torch.full((1, 2, 2), 255))
+
+
 def test_ignore_index_pixels_are_dropped():
     bank = ReferenceBank(2, 2, capacity_per_class=100, dtype=torch.float32, ignore_index=255)
     masks = torch.full((1, 4, 4), 255)
@@ -166,12 +191,28 @@ def test_fixed_bank_never_writes_the_callers_tensors():
     (lambda b: b.add(torch.randn(1, 4, 2, 2), torch.full((1, 4, 4), -1)), ValueError, "label -1"),
     (lambda b: b.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 4, 4)), TypeError, "integer class labels"),
     (lambda b: b.match(torch.randn(3, 4)), ValueError, "bank is empty"),
+    (lambda b: b.match(torch.randn(3, 5)), ValueError, r"query has D=5 channels \(dim 1\), the bank holds D=4"),
+    (lambda b: b.classwise_max(torch.randn(2, 5, 3, 3)), ValueError, "query has D=5 channels"),
     (lambda b: b.refresh(lambda x: x), RuntimeError, "refresh needs images"),
 ])
 def test_bad_input(call, error, message):
     bank = ReferenceBank(4, 3, capacity_per_class=5)
+    if "D=5 channels" in message:
+        bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(error, match=message):
         call(bank)
+
+
+def test_bad_dtypes_are_named():
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        ReferenceBank(4, 3, 5, dtype=torch.int32)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        ReferenceBank.from_tensors(torch.randn(10, 4).long(), torch.zeros(10, dtype=torch.long))
+    for labels in (torch.full((10,), 1.7), torch.ones(10, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="labels must have an integer dtype"):
+            ReferenceBank.from_tensors(torch.randn(10, 4), labels)
+    with pytest.raises(TypeError, match="ignore_index must be an int or None, got float"):
+        ReferenceBank(4, 3, 5, ignore_index=255.0)
 
 
 def test_bad_constructor_arguments():

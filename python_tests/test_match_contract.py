@@ -45,6 +45,59 @@ def test_l2_without_finite_distance_is_inf(backend):
     assert (result.index == -1).all() and (result.score == float("inf")).all()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul")  # the Triton interpreter's numpy
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_a_query_row_holding_inf_matches_nothing(backend, metric):
+    # cosine and l2 of a row with Inf are NaN or the worst score: no match, as a NaN row.
+    reference = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], device=DEVICE)
+    query = torch.tensor([[float("inf"), 1.0], [1.0, 0.1]], device=DEVICE)
+    result = refmatch.match(query, reference, torch.tensor([2, 1, 0], device=DEVICE), metric=metric,
+                            backend=backend)
+    worst = float("inf") if metric == "l2" else float("-inf")
+    assert result.index.tolist() == [-1, 0] and result.label.tolist() == [-1, 2]
+    assert result.score[0].item() == worst
+    classwise = refmatch.classwise_max(query, reference, torch.tensor([2, 1, 0], device=DEVICE), 3, metric=metric,
+                                       backend=backend)
+    assert (classwise[0] == worst).all() and classwise[1].isfinite().all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 3])
+def test_l2_of_features_with_a_large_offset(backend, k):
+    # Rows around 100 with unit spread: the GEMM form |q|^2 - 2 q.r + |r|^2 cancels 4 of
+    # float32's 7 digits (negative distances, 3 % wrong neighbours before the fix).
+    generator = torch.Generator().manual_seed(0)
+    reference = (100 + torch.randn(400, 16, generator=generator)).to(DEVICE)
+    query = torch.cat([reference[:20] + 1e-3 * torch.randn(20, 16, generator=generator).to(DEVICE),
+                       (100 + torch.randn(60, 16, generator=generator)).to(DEVICE)])
+    result = refmatch.match(query, reference, k=k, metric="l2", backend=backend)
+    score, index = (result.score, result.index) if k > 1 else (result.score[:, None], result.index[:, None])
+    exact = torch.cdist(query.double(), reference.double()).square()
+    assert torch.equal(index.cpu(), exact.topk(k, dim=1, largest=False).indices.cpu())
+    assert (score >= 0).all() and (score[:, 1:] >= score[:, :-1]).all()
+    torch.testing.assert_close(score.double(), exact.gather(1, index), rtol=1e-5, atol=0)
+    classwise = refmatch.classwise_max(query, reference, torch.arange(400, device=DEVICE) % 3, 3, metric="l2",
+                                       backend=backend)
+    assert (classwise >= 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_l2_of_offset_integer_features_keeps_exact_ties(backend):
+    # Raw intensities: integers far from 0. The shift that fixes the cancellation keeps
+    # them integers, so duplicated rows still tie exactly and the lowest index wins.
+    generator = torch.Generator().manual_seed(1)
+    reference = 200 + torch.randint(0, 5, (150, 9), generator=generator).float()
+    reference = torch.cat([reference, reference]).to(DEVICE)  # row i and row 150 + i tie
+    query = (200 + torch.randint(0, 5, (40, 9), generator=generator).float()).to(DEVICE)
+    result = refmatch.match(query, reference, k=2, metric="l2", backend=backend)
+    exact = (query.double()[:, None] - reference.double()[None]).square().sum(-1)
+    best = exact.min(dim=1, keepdim=True).values
+    lowest = torch.where(exact == best, torch.arange(300, device=DEVICE), 300).min(dim=1).values
+    assert torch.equal(result.index[:, 0], lowest) and (result.index[:, 0] < 150).all()
+    assert torch.equal(result.score[:, 0].double(), best[:, 0])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_maps_give_image_shaped_results(backend):
     maps = torch.randn(2, 6, 5, 4, device=DEVICE)

@@ -32,6 +32,7 @@ BAD_INPUTS = [
     (dict(k=0), ValueError, "k must satisfy 1 <= k <= M=10, got k=0"),
     (dict(k=11), ValueError, "k must satisfy 1 <= k <= M=10, got k=11"),
     (dict(k=2.0), TypeError, "k must be an int, got float"),
+    (dict(k=True), TypeError, "k must be an int, got bool"),
     (dict(metric="euclid"), ValueError, r"metric must be one of \('cosine', 'dot', 'l2'\), got 'euclid'"),
     (dict(backend="faiss"), ValueError, "backend must be 'auto' or one of .*got 'faiss'"),
     (dict(backend="cuda"), ValueError, "backend='cuda' cannot run this call"),
@@ -101,3 +102,14 @@ def test_squared_norms_in_chunks_equal_one_pass(shape, dim):
     if rows is not None and rows.numel():  # [1, D, N, 1] row maps: chunks along N
         torch.testing.assert_close(squared_norms(rows.T[None, :, :, None], 1, max_elements=7),
                                    rows.float().square().sum(1))
+
+
+def test_numpy_and_tensor_integers_are_ints():
+    numpy = pytest.importorskip("numpy")
+    labels = torch.tensor([0, 1, 2, 255, 1, 0, 2, 1, 0, 2])
+    expected = refmatch.match(Q, R, labels, k=2, ignore_index=255)
+    for k, ignore in ((numpy.int64(2), numpy.int32(255)), (torch.tensor(2), torch.tensor(255))):
+        result = refmatch.match(Q, R, labels, k=k, ignore_index=ignore)
+        assert torch.equal(result.index, expected.index)
+    scores = refmatch.classwise_max(Q, R, labels, numpy.int64(3), ignore_index=numpy.int64(255))
+    assert scores.shape == (4, 3)

@@ -62,6 +62,25 @@ def test_hard_mode_refuses_k():
         PseudoLabeler(None, k=3, mode="hard")
 
 
+@pytest.mark.parametrize("arguments, error, message", [
+    (dict(mode="soft", k=0), ValueError, "k must be >= 1, got 0"),
+    (dict(temperature=0), ValueError, "temperature must be > 0"),
+    (dict(temperature="0.1"), TypeError, "temperature must be a number, got str"),
+    (dict(threshold="high"), TypeError, "threshold must be a number, got str"),
+    (dict(ignore_index=0), ValueError, "ignore_index=0 is one of the bank's classes 0..3"),
+    (dict(ignore_index=None), TypeError, "ignore_index must be an int, got NoneType"),
+])
+def test_labeler_arguments_are_checked_when_built(phantoms, arguments, error, message):
+    with pytest.raises(error, match=message):
+        PseudoLabeler(phantoms[0], **arguments)
+
+
+def test_agree_with_must_hold_integer_labels(phantoms):
+    bank, features, _ = phantoms
+    with pytest.raises(TypeError, match="agree_with must hold integer labels"):
+        PseudoLabeler(bank)(features[:1], agree_with=torch.zeros(1, 32, 32))
+
+
 def test_vote_by_hand():
     result = refmatch.MatchResult(score=torch.tensor([[0.9, 0.8, 0.1]]), index=torch.tensor([[4, 2, -1]]),
                                   label=torch.tensor([[1, 0, -1]]))
@@ -100,3 +119,19 @@ def test_vote_refuses_bad_arguments():
     matched_minus_one = refmatch.MatchResult(torch.tensor([0.9]), torch.tensor([2]), torch.tensor([-1]))
     with pytest.raises(ValueError, match="labels must be >= 0, got -1"):
         vote(matched_minus_one, num_classes=3)
+    with pytest.raises(TypeError, match="temperature must be a number, got str"):
+        vote(result, labels, num_classes=3, temperature="0.1")
+
+
+def test_vote_refuses_scores_of_another_metric():
+    # l2 distances voted as cosine similarities elect the farthest neighbour.
+    reference, labels = torch.randn(50, 8), torch.randint(0, 4, (50,))
+    distances = refmatch.match(torch.randn(6, 8), reference, labels, k=8, metric="l2")
+    with pytest.raises(ValueError, match="outside a cosine's \\[-1, 1\\]: pass metric="):
+        vote(distances, num_classes=4)
+    assert vote(distances, num_classes=4, metric="l2").probabilities.shape == (6, 4)
+    similarities = refmatch.match(torch.randn(6, 8), reference, labels, k=50, metric="cosine")  # some < 0
+    with pytest.raises(ValueError, match="l2 distances are >= 0"):
+        vote(similarities, num_classes=4, metric="l2")
+    numpy = pytest.importorskip("numpy")
+    assert vote(similarities, num_classes=numpy.int64(4)).probabilities.shape == (6, 4)

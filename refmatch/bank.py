@@ -6,7 +6,7 @@ from torch import nn
 from .backends.scoring import METRICS
 from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
-from .ops import MatchResult, _check_label_values, match
+from .ops import MatchResult, _check_label_values, as_int, match
 
 POLICIES = ("ring", "reservoir")
 
@@ -15,16 +15,21 @@ class ReferenceBank(nn.Module):
     """Labelled pixel features, at most ``capacity_per_class`` per class.
 
     Class c owns the slots [c * capacity, (c + 1) * capacity). Empty slots hold
-    NaN features, which by the ``match`` contract never match. Features, labels
-    and counters are buffers, so ``state_dict``, ``.to(device)`` and DDP work.
+    NaN features, which by the ``match`` contract never match. Features, labels,
+    counters and (reservoir) the random state are buffers, so ``.to(device)``, DDP
+    and ``state_dict`` work, and a bank loaded from a ``state_dict`` draws on as the
+    saved one would. The images kept for ``refresh`` are not in it. A bank built
+    under ``torch.inference_mode()`` holds inference tensors: ``add`` to it only
+    inside that mode (``torch.no_grad()`` has no such limit).
 
     Args:
         dim: feature channels D.
         num_classes: C; labels are 0..C-1.
         capacity_per_class: slots per class.
-        dtype: storage dtype (queries are cast to it when matching).
+        dtype: floating-point storage dtype (queries are cast to it when matching).
         metric: "cosine" (rows stored L2-normalised), "dot" or "l2".
-        ignore_index: mask label that is never stored.
+        ignore_index: mask label that is never stored (None: every mask pixel is a
+            class; "pure" downsampling still drops mixed blocks).
         policy: "ring" replaces the oldest features of a class (for features that
             drift under an EMA teacher); "reservoir" keeps a uniform sample of all
             features ever added.
@@ -41,9 +46,14 @@ class ReferenceBank(nn.Module):
     def __init__(self, dim, num_classes, capacity_per_class, dtype=torch.bfloat16, metric="cosine",
                  ignore_index=255, policy="ring", downsample="majority", seed=0):
         super().__init__()
+        dim, num_classes = as_int("dim", dim), as_int("num_classes", num_classes)
+        capacity_per_class = as_int("capacity_per_class", capacity_per_class)
         for name, value in (("dim", dim), ("num_classes", num_classes), ("capacity_per_class", capacity_per_class)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype (empty slots hold NaN), got {dtype}")
+        ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if policy not in POLICIES:
@@ -54,6 +64,8 @@ class ReferenceBank(nn.Module):
         self.metric, self.ignore_index, self.policy, self.downsample = metric, ignore_index, policy, downsample
         self._generator = torch.Generator().manual_seed(seed)
         self._sources = []
+        if policy == "reservoir":
+            self.register_buffer("generator_state", self._generator.get_state())
         slots = num_classes * capacity_per_class
         self.register_buffer("features", torch.full((slots, dim), float("nan"), dtype=dtype))
         self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(capacity_per_class))
@@ -74,6 +86,9 @@ class ReferenceBank(nn.Module):
             raise ValueError(f"reference must be [M, D], got {_describe(reference)}")
         if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
             raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {_describe(labels)}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+        ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:
             num_classes = inferred_num_classes(labels, ignore_index)
         bank = cls.__new__(cls)
@@ -126,8 +141,9 @@ class ReferenceBank(nn.Module):
         if features.shape[1] != self.dim:
             raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={self.dim}")
         check_masks(masks, features.shape[0], features.shape[2:], self.num_classes, self.ignore_index)
-        labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes,
-                                  self.ignore_index, self.downsample).reshape(-1)
+        dropped = -1 if self.ignore_index is None else self.ignore_index  # never a class: masks are >= 0
+        labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes, dropped,
+                                  self.downsample).reshape(-1)
         rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
         if self.metric == "cosine":
             rows = F.normalize(rows, dim=1)
@@ -138,6 +154,13 @@ class ReferenceBank(nn.Module):
         if images is not None:
             self._sources.append((images.detach().cpu(), masks.detach().cpu()))
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "generator_state" in missing_keys:  # saved before it was a buffer: keep this bank's
+            missing_keys.remove(prefix + "generator_state")
+
     def _insert(self, cls, rows):
         count, seen, start = rows.shape[0], int(self.seen[cls]), cls * self.capacity
         if count == 0:
@@ -147,8 +170,11 @@ class ReferenceBank(nn.Module):
             keep = order[-self.capacity:]  # only the newest can survive one batch
             slots, picked = keep % self.capacity, keep - seen
         else:
-            # Algorithm R: row t enters with probability capacity / (t + 1).
+            # Algorithm R: row t enters with probability capacity / (t + 1). The buffer holds
+            # the generator's state, so a loaded state_dict draws on where the saved bank was.
+            self._generator.set_state(self.generator_state.cpu())
             draw = (torch.rand(count, generator=self._generator, dtype=torch.float64) * (order + 1)).long()
+            self.generator_state.copy_(self._generator.get_state())
             slots = torch.where(order < self.capacity, order, draw)
             enters = slots < self.capacity
             slots, picked = slots[enters], enters.nonzero()[:, 0]
@@ -199,7 +225,7 @@ class ReferenceBank(nn.Module):
         """
         stored = self._stored()
         self._require_features(stored, k)
-        query = query.to(self.features.dtype)
+        query = self._checked_query(query)
         if self.capacity is None:
             # The ignored-row mask only when some row is ignored: it changes the kernels' path.
             ignore_index = self.ignore_index if stored < self.labels.shape[0] else None
@@ -228,7 +254,7 @@ class ReferenceBank(nn.Module):
         class's slots are contiguous, so this is one fused match per class.
         """
         self._require_features(self._stored())
-        query = query.to(self.features.dtype)
+        query = self._checked_query(query)
         worst = float("inf") if self.metric == "l2" else float("-inf")
         per_class = []
         for cls in range(self.num_classes):
@@ -240,6 +266,14 @@ class ReferenceBank(nn.Module):
                 per_class.append(match(query, block, metric=self.metric, backend=backend).score)
         return torch.stack(per_class, dim=1)
 
+
+    def _checked_query(self, query):
+        """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""
+        if not isinstance(query, torch.Tensor) or query.dim() not in (2, 4):
+            raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {_describe(query)}")
+        if query.shape[1] != self.dim:
+            raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={self.dim}")
+        return query.to(self.features.dtype)
 
     def _class_rows(self, cls):
         """[rows, D] features of class ``cls``: the filled prefix of its slots (ring and

@@ -7,7 +7,8 @@ DOWNSAMPLING = ("majority", "nearest", "pure")
 
 def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     """Raise a named error unless ``masks`` is [batch, H, W] integer labels at an
-    integer multiple of ``feature_size`` holding classes < num_classes or ignore_index."""
+    integer multiple of ``feature_size`` holding classes < num_classes or ignore_index
+    (None: classes only)."""
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
     if masks.dtype.is_floating_point or masks.dtype == torch.bool:
@@ -19,11 +20,13 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     if height < h or width < w or height % h or width % w:
         raise ValueError(f"masks are {height}x{width} but features are {h}x{w}: the mask size "
                          f"must be an integer multiple of the feature size")
-    valid = (masks == ignore_index) | ((masks >= 0) & (masks < num_classes))
+    valid = (masks >= 0) & (masks < num_classes)
+    if ignore_index is not None:
+        valid |= masks == ignore_index
     if not bool(valid.all()):
         bad = masks[~valid][0].item()
-        raise ValueError(f"masks hold label {bad}, but labels must be in [0, {num_classes}) "
-                         f"or ignore_index={ignore_index}")
+        allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(f"masks hold label {bad}, but labels must be in [0, {num_classes}){allowed}")
 
 
 def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="majority"):

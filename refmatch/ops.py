@@ -1,11 +1,12 @@
 """Public functional API: ``match`` and ``classwise_max``."""
+import operator
 from typing import NamedTuple, Optional
 
 import torch
 
 from .backends import NAMES as BACKEND_NAMES
 from .backends import MatchProblem, select
-from .backends.scoring import METRICS, host_read_allowed
+from .backends.scoring import METRICS, centred_for_l2, host_read_allowed
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -26,6 +27,20 @@ class MatchResult(NamedTuple):
 
 def _shape(tensor):
     return tuple(tensor.shape)
+
+
+def as_int(name, value, optional=False):
+    """``value`` as a Python int (numpy and 0-d tensor integers too), or a TypeError
+    naming ``name``; bools and floats are refused, None only when ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    kind = "an int or None" if optional else "an int"
+    raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
 
 
 def _check_inputs(query, reference, labels, k, metric, backend):
@@ -62,8 +77,6 @@ def _check_inputs(query, reference, labels, k, metric, backend):
                              f"got shape {_shape(labels)}")
         if labels.device != reference.device:
             raise ValueError(f"labels are on {labels.device} but reference is on {reference.device}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 1 <= k <= reference.shape[0]:
         raise ValueError(f"k must satisfy 1 <= k <= M={reference.shape[0]}, got k={k}")
     if metric not in METRICS:
@@ -78,8 +91,6 @@ def _check_label_values(labels, ignore_index, num_classes=None):
     One host read of the label range. Skipped under torch.compile and CUDA graph
     capture, where a host read is not allowed; the checks then stay the caller's.
     """
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
     if not host_read_allowed(labels):
         return
     kept = labels if ignore_index is None else labels[labels != ignore_index]
@@ -138,6 +149,7 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
         >>> result = refmatch.match(features, bank, bank_labels)      # [B, D, H, W] maps
         >>> pseudo_labels = result.label                              # [B, H, W]
     """
+    k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index, optional=True)
     _check_inputs(query, reference, labels, k, metric, backend)
     if labels is not None:
         _check_label_values(labels, ignore_index)
@@ -146,7 +158,10 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     problem = MatchProblem(query.device, query.dtype, k, metric, query.shape[1])
     chosen = select(problem, backend)
     ignored = _ignored(labels, ignore_index)
-    score, index = chosen.op(_as_maps(query.detach()), reference.detach(), ignored, k, metric)
+    maps, reference = _as_maps(query.detach()), reference.detach()
+    if metric == "l2":
+        maps, reference = centred_for_l2(maps, reference)
+    score, index = chosen.op(maps, reference, ignored, k, metric)
     label = None
     if labels is not None:
         label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
@@ -176,8 +191,9 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     """
     if labels is None:
         raise ValueError("labels are required: one class label per reference row")
+    num_classes, ignore_index = as_int("num_classes", num_classes), as_int("ignore_index", ignore_index, optional=True)
     _check_inputs(query, reference, labels, 1, metric, backend)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     _check_label_values(labels, ignore_index, num_classes)
     problem = MatchProblem(query.device, query.dtype, 1, metric, query.shape[1], op="classwise",
@@ -185,8 +201,10 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     chosen = select(problem, backend)
     ignored = _ignored(labels, ignore_index)
     kernel_labels = labels.long() if ignored is None else labels.long().masked_fill(ignored, 0)
-    scores = chosen.classwise_op(_as_maps(query.detach()), reference.detach(), kernel_labels, ignored,
-                                 num_classes, metric)
+    maps, reference = _as_maps(query.detach()), reference.detach()
+    if metric == "l2":
+        maps, reference = centred_for_l2(maps, reference)
+    scores = chosen.classwise_op(maps, reference, kernel_labels, ignored, num_classes, metric)
     if query.dim() == 2:
         return scores
     batch, _, height, width = query.shape

@@ -1,4 +1,5 @@
 """PseudoLabeler: reference-guided pseudo-labels from a ReferenceBank."""
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -6,6 +7,7 @@ import torch.nn.functional as F
 
 from .bank import _describe
 from .feature_tap import size_pair
+from .ops import as_int
 from .vote import margin, vote
 
 MODES = ("hard", "soft")
@@ -48,8 +50,19 @@ class PseudoLabeler:
                  ignore_index=255):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         if mode == "hard" and k != 1:
             raise ValueError("hard mode takes the single nearest reference (k=1); use mode='soft' for k > 1")
+        for name, value in (("temperature", temperature), ("threshold", threshold)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if 0 <= ignore_index < bank.num_classes:
+            raise ValueError(f"ignore_index={ignore_index} is one of the bank's classes 0..{bank.num_classes - 1}: "
+                             "dropped pixels would read as that class")
         self.bank, self.k, self.mode, self.threshold = bank, k, mode, threshold
         self.temperature, self.ignore_index = temperature, ignore_index
         self.out_size = size_pair(out_size, "out_size")
@@ -69,6 +82,8 @@ class PseudoLabeler:
                                        or tuple(agree_with.shape) != expected):
             raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, "
                              f"got {_describe(agree_with)}")
+        if agree_with is not None and (agree_with.dtype.is_floating_point or agree_with.dtype == torch.bool):
+            raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}")
         if self.mode == "hard":
             result = self.bank.match(features, k=1)
             sign = -1.0 if self.bank.metric == "l2" else 1.0

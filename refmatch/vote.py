@@ -1,11 +1,12 @@
 """``vote``: top-k matches or class-wise scores to a class distribution."""
+import numbers
 from typing import NamedTuple
 
 import torch
 
-from .backends.scoring import METRICS
+from .backends.scoring import METRICS, host_read_allowed
 from .candidates import with_k_axis
-from .ops import MatchResult, _check_label_values
+from .ops import MatchResult, _check_label_values, as_int
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -27,6 +28,24 @@ def margin(probabilities):
     return top[:, 0] - top[:, 1]
 
 
+def _check_scores_fit_metric(scores, metric):
+    """Cosine similarities lie in [-1, 1] and l2 distances are >= 0: scores outside
+    mean ``metric`` is not the one that produced them (l2 distances voted as
+    similarities elect the farthest neighbour). One host read; skipped under
+    torch.compile and graph capture."""
+    if metric == "dot" or not host_read_allowed(scores):
+        return
+    finite = scores[scores.isfinite()].float()
+    if finite.numel() == 0:
+        return
+    if metric == "cosine" and bool(finite.abs().max() > 1.001):
+        raise ValueError(f"scores reach {finite.abs().max().item():.4g}, outside a cosine's [-1, 1]: pass "
+                         "metric= the metric that produced them ('l2' for distances, 'dot')")
+    if metric == "l2" and bool(finite.min() < 0):
+        raise ValueError(f"scores go down to {finite.min().item():.4g}, but l2 distances are >= 0: pass "
+                         "metric= the metric that produced them ('cosine', 'dot')")
+
+
 def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", temperature=0.1,
          metric="cosine", ignore_index=None):
     """Class distribution per query from top-k matches or class-wise scores.
@@ -41,6 +60,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
             Class-wise scores always use softmax over classes.
         temperature: softmax temperature.
         metric: the metric that produced the scores; for "l2" (distances) smaller wins.
+            Scores outside its range (a cosine beyond [-1, 1], a negative distance)
+            raise, since the wrong metric reverses or distorts the vote.
         ignore_index: matches carrying this label cast no vote (class-wise scores
             have no labels, so it does not apply to them).
     Returns:
@@ -49,8 +70,13 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    num_classes, ignore_index = as_int("num_classes", num_classes), as_int("ignore_index", ignore_index, optional=True)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if not isinstance(result_or_scores, (MatchResult, torch.Tensor)):
@@ -62,6 +88,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         if scores.dim() not in (2, 4) or scores.shape[1] != num_classes:
             raise ValueError(f"class-wise scores must be [N, C] or [B, C, H, W] with C={num_classes}, "
                              f"got shape {tuple(scores.shape)}")
+        _check_scores_fit_metric(scores, metric)
         logits = sign * scores.float() / temperature
         probabilities = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no class at all
         return Vote(probabilities, margin(probabilities))
@@ -75,6 +102,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     label, _ = with_k_axis(label)
     index, _ = with_k_axis(index)
     score, _ = with_k_axis(result_or_scores.score.float())
+    _check_scores_fit_metric(score, metric)
     # A -1 label is "no match" only where the index says so; elsewhere it is a bad label.
     _check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
     voted = label >= 0 if ignore_index is None else (label >= 0) & (label != ignore_index)

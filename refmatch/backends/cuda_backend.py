@@ -205,7 +205,7 @@ def match_fused(query, reference, ignored, k, metric):
         oriented, index = oriented[:, None], index[:, None]
     else:
         oriented, index = match_topk_cuda(query, reference, stat, kernel_metric, k)
-    return finalize_scores(oriented, index, query, metric), index
+    return finalize_scores(oriented, index, query, reference, metric)
 
 
 class CudaBackend:

@@ -2,7 +2,8 @@
 
 Kernels rank by an oriented score where larger is better and only the per-row
 terms are left out: q.r (dot), q.r/|r| (cosine) and 2 q.r - |r|^2 (l2). The
-per-row fix-up turns that into the public score.
+per-row fix-up turns that into the public score; l2 distances are recomputed
+from the matched rows, since the GEMM form cancels digits (see ``finalize_scores``).
 """
 import torch
 
@@ -47,6 +48,43 @@ def reference_stat(reference, metric):
     return norm_sq.sqrt().clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else norm_sq
 
 
+OFFSET_RATIO = 16  # centre l2 features whose common offset is 4x their spread (1.2 digits lost)
+
+
+def _mean_squared_deviation(reference, mean, max_rows):
+    """mean over rows of |r - mean|^2, a chunk of rows at a time (no [M, D] copy)."""
+    total = sum((chunk.to(mean.dtype) - mean).square().sum() for chunk in reference.split(max_rows))
+    return total / reference.shape[0]
+
+
+def centred_for_l2(query, reference, max_elements=1 << 22):
+    """(query [B, D, H, W], reference [M, D]) moved by about the references' mean when
+    the features share an offset of more than 4x their spread.
+
+    Distances do not change under a shift, but the GEMM form loses about
+    log10(1 + |offset|^2 / spread^2) digits to cancellation in ranking (rows around
+    100 with unit spread: 4 of float32's 7, a wrong neighbour for 3 % of rows). The
+    shift is the mean rounded to a power-of-two grid no coarser than the spread per
+    channel: at most half a step of offset is left, and integer features (raw
+    intensities) stay integers, so exact ties stay exact. Float32 and float64 only,
+    since shifting half-precision features would round them; not under torch.compile
+    or graph capture (one host read decides); a copy of both when it applies.
+    """
+    if query.dtype not in (torch.float32, torch.float64) or not host_read_allowed(reference):
+        return query, reference
+    mean = reference.mean(dim=0)
+    offset_sq = mean.square().sum()
+    # E|r|^2 - |mean|^2 cancels when the offset dominates, but only by float rounding of
+    # |mean|^2, far below the 1/16 that decides; the step below takes the exact spread.
+    if not bool(offset_sq > OFFSET_RATIO * (squared_norms(reference, dim=1).mean() - offset_sq)):
+        return query, reference
+    spread_sq = _mean_squared_deviation(reference, mean, max(1, max_elements // reference.shape[1]))
+    per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(torch.finfo(mean.dtype).tiny)
+    step = torch.exp2(torch.floor(torch.log2(per_channel)))
+    shift = (torch.round(mean / step) * step).to(query.dtype)
+    return query - shift[None, :, None, None], reference - shift
+
+
 def kernel_metric_and_stat(reference, metric, ignored=None):
     """(metric code for a fused kernel, its per-reference term [M]) with ignored rows folded in.
 
@@ -63,26 +101,72 @@ def kernel_metric_and_stat(reference, metric, ignored=None):
     return metric, stat.masked_fill(ignored, float("nan"))
 
 
+def _worst(metric):
+    return float("inf") if metric == "l2" else float("-inf")
+
+
+def _from_oriented(oriented, query, metric):
+    """Public scores from oriented ones by the per-row term alone."""
+    if metric == "dot":
+        return oriented
+    norm_sq = squared_norms(query, dim=1)[:, None]
+    return oriented / norm_sq.sqrt().clamp_min(NORM_EPS) if metric == "cosine" else norm_sq - oriented
+
+
 def finalize_class_scores(oriented, query, metric):
-    """Public [N, C] class-wise scores from oriented per-class maxima (-inf: no reference)."""
-    return finalize_scores(oriented, torch.where(oriented == float("-inf"), -1, 0), query, metric)
+    """Public [N, C] class-wise scores from oriented per-class maxima (-inf: no reference):
+    the worst score where a class has none, or the query row is not finite (NaN); l2
+    distances that cancellation left below 0 are 0."""
+    score = _from_oriented(oriented, query, metric)
+    if metric == "l2":
+        score = score.clamp_min(0)
+    return torch.where((oriented == float("-inf")) | score.isnan(), _worst(metric), score)
 
 
-def finalize_scores(oriented, index, query, metric):
-    """Public scores from oriented ones.
+def matched_squared_distances(query, reference, index, max_elements=1 << 22):
+    """|q - r|^2 [N, k] of each query row to its matched reference rows, summed directly
+    in the accumulation dtype (index -1: any value; the caller masks it), over row chunks
+    of about ``max_elements`` gathered values."""
+    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    dtype = accumulation_dtype(query.dtype)
+    distances = torch.empty(index.shape, device=index.device, dtype=dtype)
+    chunk = max(1, max_elements // max(1, index.shape[1] * query.shape[1]))
+    for start in range(0, rows.shape[0], chunk):
+        matched = reference[index[start:start + chunk].clamp(min=0)].to(dtype)
+        distances[start:start + chunk] = (rows[start:start + chunk, None, :].to(dtype) - matched).square().sum(-1)
+    return distances
+
+
+def _ascending(score, index):
+    """Each row's slots by score, then by index (ties: lowest index first; -1 last)."""
+    by_index = torch.where(index < 0, torch.iinfo(torch.int64).max, index).argsort(dim=1, stable=True)
+    score, index = score.gather(1, by_index), index.gather(1, by_index)
+    by_score = score.argsort(dim=1, stable=True)
+    return score.gather(1, by_score), index.gather(1, by_score)
+
+
+def finalize_scores(oriented, index, query, reference, metric):
+    """Public (score, index) from the oriented ones.
+
+    l2 distances are recomputed from the matched rows as sum((q - r)^2): the GEMM form
+    |q|^2 - (2 q.r - |r|^2) cancels digits when the features share a large offset (rows
+    around 100 gave negative distances), and top-k lists are re-sorted by them. A score
+    that is NaN or the worst (cosine or l2 of a query row holding Inf) is no match.
 
     Args:
         oriented: [N, k] oriented scores.
         index: [N, k] int64, -1 where nothing matched.
-        query: [B, D, H, W] maps the N rows came from.
+        query: [B, D, H, W] maps the N rows came from; reference: [M, D].
     Returns:
-        [N, k]: similarity (cosine, dot) or squared distance (l2); rows without a
-        match hold -inf (cosine, dot) or +inf (l2).
+        score [N, k]: similarity (cosine, dot) or squared distance (l2), -inf (cosine,
+        dot) or +inf (l2) where nothing matched; index [N, k], -1 there.
     """
-    if metric == "dot":
-        score = oriented
+    if metric == "l2" and index.numel():
+        score = matched_squared_distances(query, reference, index)
+        if index.shape[1] > 1:
+            score, index = _ascending(score.masked_fill(index < 0, float("inf")), index)
     else:
-        norm_sq = squared_norms(query, dim=1)[:, None]
-        score = oriented / norm_sq.sqrt().clamp_min(NORM_EPS) if metric == "cosine" else norm_sq - oriented
-    worst = float("inf") if metric == "l2" else float("-inf")
-    return torch.where(index < 0, torch.full_like(score, worst), score)
+        score = _from_oriented(oriented, query, metric)
+    worst = _worst(metric)
+    no_match = (index < 0) | score.isnan() | (score == worst)
+    return score.masked_fill(no_match, worst), index.masked_fill(no_match, -1)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..candidates import keep_best, pad_by_row
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
-from .torch_screening import MAX_K as MAX_SCREENED_K, match_screened, native_bf16, screening_applies
+from .torch_screening import MAX_K as MAX_SCREENED_K, MIN_WORK, match_screened, native_bf16, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
@@ -202,7 +202,7 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
     """
     rows = tiling(query, reference, tile_bytes, block_m)[2]
     best, best_index = match_rows(rows, reference, ignored, k, metric, tile_bytes, block_m, screen)
-    return finalize_scores(best, best_index, query, metric), best_index
+    return finalize_scores(best, best_index, query, reference, metric)
 
 
 def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
@@ -260,8 +260,10 @@ class TorchBackend:
         self.classwise_op = register_classwise_op(self.name, classwise_chunked)
 
     def status(self):
-        screen = f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} on this CPU" if native_bf16() else \
-            "no native bfloat16 on this CPU, so no float32 screen"
+        screen = (f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} from N*M*D = "
+                  f"2^{MIN_WORK.bit_length() - 1} on this CPU"
+                  if native_bf16() else
+                  "no native bfloat16 on this CPU, so no float32 screen")
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {screen}"
 
     def decline_reason(self, problem):

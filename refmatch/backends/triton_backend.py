@@ -28,7 +28,7 @@ def match_fused(query, reference, ignored, k, metric):
 
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
     oriented, index = match_topk(*_kernel_inputs(query, reference), stat, kernel_metric, k)
-    return finalize_scores(oriented, index, query, metric), index
+    return finalize_scores(oriented, index, query, reference, metric)
 
 
 def classwise_fused(query, reference, labels, ignored, num_classes, metric):
