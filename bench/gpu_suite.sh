@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet, under 10 minutes):
 #   build _C for this card -> first checks of the Hopper wgmma kernel (128 and 256
-#   query rows per CTA) -> full test
+#   query rows per CTA, the query in shared memory or registers) -> full test
 #   suite with CUDA tests -> benchmark (writes bench/results/) -> compute-sanitizer
 #   memcheck, racecheck and synccheck on small cases -> Nsight Compute profile of each fused
 #   kernel -> D/M sweep, fp16, Triton tile sweep, KeOps -> summary. The stages most
 #   needed come first: SUITE_SECONDS cuts the rest.
 # A failing stage is recorded and the next stages still run; a failed wgmma check
 # keeps that kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there
-# would eat the budget), a failed wgmma256 check its 256-row tiles.
+# would eat the budget), a failed wgmma256 check its 256-row tiles, a failed wgmmars
+# check its query in registers.
 # Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets; no -k: a failed wgmma256
-#   stage adds -k "not rows256")
+#   or wgmmars stage adds -k "not wgmma256 and not regs")
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma wgmma256 tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma wgmma256 wgmmars tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,18 +82,31 @@ stage info 30 python -m refmatch.info
 # tests run because a device is present) without that kernel if the check failed.
 stage wgmma 60 python bench/check_wgmma.py
 NO_WGMMA=()
-HOPPER_ROWS=(128 256)
+HOPPER_VARIANTS=(128 256 128-rs 256-rs)  # check_wgmma.VARIANTS
 EXCLUDE=(keops)
+DESELECT=()
 if [[ " ${FAILED_STAGES[*]} " == *" wgmma "* ]]; then
   NO_WGMMA=(--ignore=python_tests/test_match_cuda_sm90.py)
   export REFMATCH_CUDA_HOPPER=0
-else  # the same template: checked only once the 128-row tile passed
+else  # the same template: the variants are checked only once the default passed
   stage wgmma256 60 python bench/check_wgmma.py --rows 256
+  stage wgmmars 90 bash -c "python bench/check_wgmma.py --query registers && \
+    python bench/check_wgmma.py --rows 256 --query registers"
 fi
 if [[ " ${FAILED_STAGES[*]} " == *" wgmma256 "* ]]; then
-  NO_WGMMA=(-k "not rows256")
-  HOPPER_ROWS=(128)
+  DESELECT+=(wgmma256)
+  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/256*/}")
   EXCLUDE+=(wgmma-256)
+fi
+if [[ " ${FAILED_STAGES[*]} " == *" wgmmars "* ]]; then
+  DESELECT+=(regs)
+  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/*-rs/}")
+  EXCLUDE+=(wgmma-rs wgmma-256-rs)
+fi
+HOPPER_VARIANTS=(${HOPPER_VARIANTS[@]})  # drop the emptied entries
+if ((${#DESELECT[@]})); then
+  printf -v KEYWORDS ' and not %s' "${DESELECT[@]}"
+  NO_WGMMA=(-k "${KEYWORDS# and }")
 fi
 stage tests 180 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${NO_WGMMA[@]}" -q -p no:warnings -rfs \
   --tb=short --durations=15
@@ -104,7 +118,7 @@ stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x104
 
 # 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
-SANITIZE_WGMMA=(--hopper-rows "${HOPPER_ROWS[@]}")
+SANITIZE_WGMMA=(--hopper-variants "${HOPPER_VARIANTS[@]}")
 [[ ${REFMATCH_CUDA_HOPPER:-} == 0 ]] && SANITIZE_WGMMA=(--no-wgmma)
 stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
   python bench/sanitize_match.py "${SANITIZE_WGMMA[@]}"
@@ -118,7 +132,7 @@ stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
 stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
   --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py \
-  --hopper-rows "${HOPPER_ROWS[@]}"
+  --hopper-variants "${HOPPER_VARIANTS[@]}"
 
 # 6. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
 # at the target size); the Triton tile sweep; KeOps, which computes in float32 and

@@ -4,7 +4,7 @@
         python bench/profile_match.py --size 65536x262144x128
 
 Runs the Triton kernel, the CUDA mma.sync kernel and, on sm_90 with an sm_90a
-build, the CUDA wgmma kernel with 128 and with 256 query rows per CTA once each (dot, k = 1; ncu replays a launch with
+build, each variant of the CUDA wgmma kernel ``--hopper-variants`` names once each (dot, k = 1; ncu replays a launch with
 flushed caches, so no warm-up is needed). The default size gives 512 CTAs of
 128 query rows (256 of 256), enough to fill an H100 twice.
 """
@@ -16,28 +16,31 @@ import torch
 import refmatch
 from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel
 
+from check_wgmma import VARIANTS
 
-def kernels(device, hopper_rows):
+
+def kernels(device, hopper_variants):
     """(name, backend, context) for each fused kernel this device runs."""
     yield "triton", "triton", contextlib.nullcontext()
     yield "cuda mma.sync", "cuda", hopper_kernel(enabled=False)
     if hopper_enabled(device):
-        for rows in hopper_rows:
-            yield f"cuda wgmma {rows} rows", "cuda", hopper_kernel(rows=rows)
+        for variant in hopper_variants:
+            rows, where = VARIANTS[variant]
+            yield f"cuda wgmma {variant}", "cuda", hopper_kernel(rows=rows, query=where)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="65536x262144x128", help="NxMxD")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    parser.add_argument("--hopper-rows", type=int, nargs="+", choices=[128, 256], default=[128, 256],
-                        help="query rows per CTA of the wgmma kernels to profile")
+    parser.add_argument("--hopper-variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the wgmma kernel's variants to profile: query rows per CTA, -rs: query in registers")
     args = parser.parse_args()
     n, m, d = (int(part) for part in args.size.split("x"))
     dtype = getattr(torch, args.dtype)
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)
-    for name, backend, context in kernels(query.device, args.hopper_rows):
+    for name, backend, context in kernels(query.device, args.hopper_variants):
         with context:
             refmatch.match(query, reference, metric="dot", backend=backend)
         torch.cuda.synchronize()

@@ -8,7 +8,8 @@ D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
 query maps, reference layouts that cannot use cp.async, ignore_index, the
 class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases,
-with 128 and 256 query rows per CTA (``--hopper-rows``).
+in each variant ``--hopper-variants`` names (128 or 256 query rows per CTA, "-rs": the
+query in registers).
 """
 import argparse
 
@@ -18,7 +19,7 @@ import refmatch
 from refmatch.backends.cuda_backend import hopper_kernel, hopper_enabled, kernel_name, match_argmax_cuda
 from refmatch.backends.scoring import reference_stat
 
-from check_wgmma import expected_kernel
+from check_wgmma import VARIANTS, expected_kernel
 
 
 def cases(device):
@@ -40,22 +41,25 @@ def sanitize_splits():
     return query, reference
 
 
-def sanitize_hopper(rows):
-    """The wgmma kernel with `rows` query rows per CTA: D tails, tile tails, 1-4 chunks,
-    two CTAs of rows, splits, every metric."""
-    with hopper_kernel(rows=rows):
+def sanitize_hopper(variant):
+    """The wgmma kernel's `variant` (a VARIANTS name): D tails, tile tails, 1-4 chunks,
+    two CTAs of rows, splits, every metric; fp16 and bf16 for the default variant, bf16
+    for the others (the dtype only changes the MMA instruction), to keep the stage short."""
+    rows, where = VARIANTS[variant]
+    dtypes = (torch.float16, torch.bfloat16) if variant == next(iter(VARIANTS)) else (torch.bfloat16,)
+    with hopper_kernel(rows=rows, query=where):
         if not hopper_enabled(torch.device("cuda")):
             print("--  wgmma kernel: not an sm_90 device or no sm_90a build")
             return
-        for dtype in (torch.float16, torch.bfloat16):
+        for dtype in dtypes:
             for n, m, d in ((130, 197, 72), (7, 300, 256), (1, 1, 8), (129, 129, 136), (300, 260, 64)):
                 query, reference = torch.randn(n, d, device="cuda").to(dtype), torch.randn(m, d, device="cuda").to(dtype)
-                assert kernel_name(query.T[None, :, :, None], reference) == expected_kernel(rows, d)
+                assert kernel_name(query.T[None, :, :, None], reference) == expected_kernel(rows, where, d)
                 for metric in ("cosine", "dot", "l2"):
                     refmatch.match(query, reference, metric=metric, backend="cuda")
         query, reference = sanitize_splits()
         refmatch.classwise_max(query, reference, torch.randint(0, 3, (1000,), device="cuda"), 3, backend="cuda")
-    print(f"ok  wgmma kernel, {rows} rows per CTA")
+    print(f"ok  wgmma kernel {variant}")
 
 
 def sanitize_cases(backends):
@@ -89,14 +93,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["cuda", "triton"])
     parser.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper kernel's cases")
-    parser.add_argument("--hopper-rows", type=int, nargs="+", choices=[128, 256], default=[128, 256],
-                        help="query rows per CTA of the Hopper kernel's cases")
+    parser.add_argument("--hopper-variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the Hopper kernel's variants to run: query rows per CTA, -rs: query in registers")
     args = parser.parse_args()
     with hopper_kernel(enabled=False):  # mma.sync on every card; sanitize_hopper covers wgmma
         sanitize_cases(args.backends)
     if "cuda" in args.backends and not args.no_wgmma:
-        for rows in args.hopper_rows:
-            sanitize_hopper(rows)
+        for variant in args.hopper_variants:
+            sanitize_hopper(variant)
     torch.cuda.synchronize()
 
 

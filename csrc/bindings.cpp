@@ -98,12 +98,13 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
                   int64_t num_refs, std::array<int64_t, 2> reference_strides, uintptr_t ref_stat,
                   int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
                   int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
-                  int device, int64_t hopper_rows, uintptr_t split_starts, int64_t k) {
+                  int device, int64_t hopper_rows, uintptr_t split_starts, int64_t k,
+                  bool hopper_query_registers) {
   // Aggregate order is MatchArgs' field order.
   refmatch::match_argmax(refmatch::MatchArgs{
       query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
       reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
-      partial_index, stream, device, hopper_rows, split_starts, k});
+      partial_index, stream, device, hopper_rows, split_starts, k, hopper_query_registers});
 }
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
@@ -124,7 +125,8 @@ py::dict match_layout(int64_t dim, int element_bytes, int64_t smem_limit) {
 }
 
 // Tile constants, shared-memory plan and eligibility of the Hopper kernel asked
-// for `rows` query rows per CTA (host check of match_plan_sm90.h).
+// for `rows` query rows per CTA (host check of match_plan_sm90.h), and whether the
+// query would stay in registers when asked.
 py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit, int64_t rows) {
   using Tile = refmatch::HopperTile;
   const int64_t chunks = refmatch::match_dim_chunks(dim, 2);
@@ -133,6 +135,7 @@ py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_
   py::dict layout;
   layout["eligible"] = refmatch::hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit);
   layout["block_n"] = refmatch::hopper_block_n(row_blocks);
+  layout["query_fits_registers"] = refmatch::hopper_query_fits_registers(dim, row_blocks);
   layout["block_m"] = Tile::kBlockM;
   layout["stages"] = plan.stages;
   layout["threads"] = Tile::kThreads;
@@ -158,20 +161,23 @@ PYBIND11_MODULE(_C, m) {
         py::arg("metric"), py::arg("allow_tf32"), py::arg("out_score"), py::arg("out_index"),
         py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
         py::arg("device"), py::arg("hopper_rows") = 0, py::arg("split_starts") = 0, py::arg("k") = 1,
+        py::arg("hopper_query_registers") = false,
         "Fused match on raw device pointers, on the caller's stream; no sync. k = 1: writes oriented "
         "scores float32 [N] and indices int64 [N] (and per-split partials [splits, N] when splits > 1). "
         "k = 2..64: sorted top-k lists [splits, N, k] into out_score / out_index (partials unused). "
         "hopper_rows: query rows per CTA of the wgmma kernel (128, or 256 where it fits; 0: off), which runs "
-        "where it can serve a k = 1 call. split_starts: device int64 "
+        "where it can serve a k = 1 call; hopper_query_registers: its query in registers (RS wgmma) "
+        "where D <= 128. split_starts: device int64 "
         "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),
         py::arg("hopper_rows") = 0, py::arg("k") = 1,
         "Bank splits that fill the device for this problem (host queries only).");
   m.def("match_kernel_name", &refmatch::match_kernel_name, py::arg("dim"), py::arg("dtype"),
-        py::arg("allow_tf32"), py::arg("device"), py::arg("hopper_rows"), py::arg("reference"),
-        py::arg("stride_m"), py::arg("stride_d"),
-        "Kernel a call runs: \"wgmma\" (128 query rows per CTA), \"wgmma-256\" or \"mma.sync\".");
+        py::arg("allow_tf32"), py::arg("device"), py::arg("hopper_rows"), py::arg("hopper_query_registers"),
+        py::arg("reference"), py::arg("stride_m"), py::arg("stride_d"),
+        "Kernel a call runs: \"wgmma\" (128 query rows per CTA), \"wgmma-256\", \"wgmma-rs\", "
+        "\"wgmma-256-rs\" (query in registers) or \"mma.sync\".");
   m.def("hopper_layout", &hopper_layout, py::arg("dim"), py::arg("dtype"), py::arg("ref_copy_bytes"),
         py::arg("smem_limit"), py::arg("rows") = 128,
         "Tile constants, shared-memory plan and eligibility of the wgmma kernel asked for `rows` query rows "

@@ -7,6 +7,8 @@
 
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_kernel.cuh"
@@ -57,7 +59,7 @@ class DeviceScope {
 // enabled (the default on sm_90), on a compute capability 9.0 device, for calls it can serve.
 struct LaunchPlan {
   Kernel kernel;
-  const char* name;  // "wgmma", "wgmma-256" or "mma.sync"
+  const char* name;  // "wgmma", "wgmma-256", "wgmma-rs", "wgmma-256-rs" or "mma.sync"
   int threads;
   int64_t block_n;  // query rows per CTA
   int64_t block_m;  // reference rows per tile: splits are whole tiles
@@ -81,9 +83,20 @@ Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
                               "2 (bfloat16), got " + std::to_string(dtype));
 }
 
-template <int kRowBlocks>
+template <int kRowBlocks, bool kQueryInRegisters>
 Kernel hopper_kernel(bool bf16) {
-  return bf16 ? detail::match_argmax_sm90_kernel<true, kRowBlocks> : detail::match_argmax_sm90_kernel<false, kRowBlocks>;
+  return bf16 ? detail::match_argmax_sm90_kernel<true, kRowBlocks, kQueryInRegisters>
+              : detail::match_argmax_sm90_kernel<false, kRowBlocks, kQueryInRegisters>;
+}
+
+// The wgmma variant's kernel and name for 1 or 2 row blocks and where the query lives.
+std::pair<Kernel, const char*> hopper_variant(bool bf16, int row_blocks, bool query_in_registers) {
+  if (row_blocks == 2) {
+    return query_in_registers ? std::make_pair(hopper_kernel<2, true>(bf16), "wgmma-256-rs")
+                              : std::make_pair(hopper_kernel<2, false>(bf16), "wgmma-256");
+  }
+  return query_in_registers ? std::make_pair(hopper_kernel<1, true>(bf16), "wgmma-rs")
+                            : std::make_pair(hopper_kernel<1, false>(bf16), "wgmma");
 }
 
 int element_bytes_of(int dtype) { return dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2; }
@@ -104,7 +117,7 @@ bool is_hopper(int device) {
 // (per device, cheap, no stream work): never the size of this call, so a call
 // with a smaller layout on another thread (or after a graph capture) never lowers it.
 LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int64_t hopper_rows,
-                       int ref_copy_bytes, int64_t k) {
+                       bool hopper_query_registers, int ref_copy_bytes, int64_t k) {
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
@@ -113,8 +126,8 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int6
       is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
     const int row_blocks = hopper_row_blocks(dim, hopper_rows, smem_limit);
-    plan.kernel = row_blocks == 2 ? hopper_kernel<2>(bf16) : hopper_kernel<1>(bf16);
-    plan.name = row_blocks == 2 ? "wgmma-256" : "wgmma";
+    std::tie(plan.kernel, plan.name) =
+        hopper_variant(bf16, row_blocks, hopper_query_registers && hopper_query_fits_registers(dim, row_blocks));
     plan.threads = HopperTile::kThreads;
     plan.block_n = hopper_block_n(row_blocks);
     plan.block_m = HopperTile::kBlockM;
@@ -169,7 +182,7 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
   mma_sync_kernel<false>(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
   check_hopper_rows(hopper_rows);
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, 16, k);
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, false, 16, k);  // same shape
   int per_sm = 0, sms = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -181,10 +194,10 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
 }
 
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
-                              uintptr_t reference, int64_t stride_m, int64_t stride_d) {
+                              bool hopper_query_registers, uintptr_t reference, int64_t stride_m, int64_t stride_d) {
   check_hopper_rows(hopper_rows);
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows,
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, hopper_query_registers,
                                       reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), 1);
   return plan.name;
 }
@@ -198,7 +211,8 @@ void match_argmax(const MatchArgs& a) {
   const DeviceScope scope(a.device);
   const int copy_bytes = reference_copy_bytes(a.reference, a.reference_strides[0], a.reference_strides[1],
                                               element_bytes_of(a.dtype));
-  const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper_rows, copy_bytes, a.k);
+  const LaunchPlan plan =
+      plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper_rows, a.hopper_query_registers, copy_bytes, a.k);
   const bool split = a.splits > 1 && a.k == 1;  // top-k lists go straight to the outputs
   detail::MatchParams p{};
   p.query = reinterpret_cast<const void*>(a.query);

@@ -19,7 +19,7 @@ def test_match_kernels_do_not_spill():
     assert archs == built, f"match kernels for {sorted(archs)}, built for {sorted(built)}"
     assert len(kernels) == 8 * len(archs), "k = 1 and top-k kernels per fp16, bf16, tf32, 3xtf32 and arch"
     wgmma = {key for key in resources if "match_argmax_sm90_kernel" in key[1] and key[0] == "sm_90a"}
-    assert len(wgmma) == (4 if "sm_90a" in built else 0), "the Hopper kernels (128 and 256 rows) for fp16, bf16"
+    assert len(wgmma) == (8 if "sm_90a" in built else 0), "the Hopper kernels (128 and 256 rows, SS and RS) for fp16, bf16"
     for (arch, name), usage in resources.items():
         assert_no_spills(f"{name} on {arch}", usage)
         print(f"{arch} REG:{usage['REG']:>3} {name}")
@@ -81,6 +81,15 @@ def test_hopper_kernel_takes_256_rows_where_they_fit(dim, smem_limit, block_n):
     assert _C.hopper_layout(dim, 2, 16, smem_limit)["block_n"] == 128  # the default asks for 128
     for rows in (64, 384, 512):  # only 128 and 256 are tiles
         assert _C.hopper_layout(dim, 2, 16, smem_limit, rows=rows)["block_n"] == 128
+
+
+@pytest.mark.parametrize("dim, rows, fits", [
+    (64, 128, True), (128, 128, True), (136, 128, False),  # 32 registers: 2 chunks of 128 rows
+    (64, 256, True), (72, 256, False), (128, 256, False),  # or 1 chunk of 256
+    (256, 256, False),
+])
+def test_hopper_query_stays_in_registers_up_to_32_per_thread(dim, rows, fits):
+    assert _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows)["query_fits_registers"] is fits
 
 
 def test_swizzle_permutes_units_within_rows_and_spreads_atoms_over_banks():
@@ -168,7 +177,7 @@ def test_bad_hopper_rows_raise_before_cuda_in_every_entry_point(rows):
     with pytest.raises(ValueError, match="hopper_rows"):
         _C.match_splits(128, 1000, 128, 2, False, 0, hopper_rows=rows)
     with pytest.raises(ValueError, match="hopper_rows"):
-        _C.match_kernel_name(128, 2, False, 0, rows, 1 << 20, 128, 1)
+        _C.match_kernel_name(128, 2, False, 0, rows, False, 1 << 20, 128, 1)
 
 
 @needs_cuda_build

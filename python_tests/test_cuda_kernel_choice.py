@@ -91,3 +91,25 @@ def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previ
     assert os.environ.get("REFMATCH_CUDA_HOPPER_ROWS") == previous
     with cuda_backend.hopper_kernel():  # rows as set
         assert cuda_backend.hopper_rows(DEVICE) == int(previous or 128)
+
+
+@pytest.mark.parametrize("setting, registers", [(None, False), ("shared", False), ("registers", True)])
+def test_hopper_query_setting(monkeypatch, setting, registers):
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_QUERY", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("REFMATCH_CUDA_HOPPER_QUERY", setting)
+    assert cuda_backend.hopper_query_in_registers() is registers
+
+
+def test_bad_hopper_query_is_named(monkeypatch):
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_QUERY", "regs")
+    with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_QUERY must be one of shared, registers, got 'regs'"):
+        cuda_backend.hopper_query_in_registers()
+
+
+def test_hopper_kernel_block_sets_and_restores_the_query(card, monkeypatch):
+    card((9, 0))
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_QUERY", raising=False)
+    with cuda_backend.hopper_kernel(rows=256, query="registers"):
+        assert cuda_backend.hopper_query_in_registers() and cuda_backend.hopper_rows(DEVICE) == 256
+    assert "REFMATCH_CUDA_HOPPER_QUERY" not in os.environ

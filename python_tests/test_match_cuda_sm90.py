@@ -1,5 +1,6 @@
-"""The Hopper (wgmma) CUDA kernel against the float64 oracle, with 128 and with 256
-query rows per CTA (ids rows128, rows256). Needs a compute capability 9.0 GPU and a
+"""The Hopper (wgmma) CUDA kernel against the float64 oracle, in each variant: 128 or
+256 query rows per CTA, the query in shared memory or in registers (ids wgmma128,
+wgmma256, wgmma128regs, wgmma256regs). Needs a compute capability 9.0 GPU and a
 build with sm_90a, where it is the default."""
 import pytest
 import torch
@@ -21,18 +22,28 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not _hopper_build_and_device(
                                                    reason="needs an sm_90 GPU and a build with sm_90a")]
 
 
-@pytest.fixture(autouse=True, params=[128, 256], ids=["rows128", "rows256"])
-def rows_per_cta(request, monkeypatch):
+VARIANTS = {"wgmma128": (128, "shared"), "wgmma256": (256, "shared"), "wgmma128regs": (128, "registers"),
+            "wgmma256regs": (256, "registers")}
+
+
+@pytest.fixture(autouse=True, params=list(VARIANTS.values()), ids=list(VARIANTS))
+def wgmma_variant(request, monkeypatch):
+    rows, query = request.param
     monkeypatch.delenv("REFMATCH_CUDA_HOPPER", raising=False)
-    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", str(request.param))
-    return request.param
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", str(rows))
+    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_QUERY", query)
+    return rows
 
 
 def wgmma_name(dim):
-    """The documented choice: 256-row tiles when asked for, up to D = 192 (H100, H200)."""
-    from refmatch.backends.cuda_backend import hopper_rows
+    """The documented choice: 256-row tiles when asked for, up to D = 192 (H100, H200);
+    the query in registers when asked for, up to 32 registers (D <= 128 for 128 rows,
+    D <= 64 for 256)."""
+    from refmatch.backends.cuda_backend import hopper_query_in_registers, hopper_rows
 
-    return "wgmma-256" if hopper_rows(torch.device("cuda")) == 256 and dim <= 192 else "wgmma"
+    rows = 256 if hopper_rows(torch.device("cuda")) == 256 and dim <= 192 else 128
+    registers = hopper_query_in_registers() and dim <= (128 if rows == 128 else 64)
+    return "wgmma" + ("-256" if rows == 256 else "") + ("-rs" if registers else "")
 
 
 def run_hopper(query, reference, metric="dot", **kwargs):
@@ -62,14 +73,14 @@ def test_rows_match_oracle(dtype, metric, n, m, d):
     (128, torch.float32, True, "mma.sync"),    # fp32 stays on mma.sync
     (128, torch.bfloat16, False, "mma.sync"),  # reference rows not 16-byte aligned
 ])
-def test_kernel_choice(dim, dtype, aligned, expected, rows_per_cta):
+def test_kernel_choice(dim, dtype, aligned, expected):
     from refmatch.backends.cuda_backend import kernel_name
 
     query = torch.randn(1, dim, 4, 4, device="cuda").to(dtype)
     bank = torch.randn(41 * dim + 1, device="cuda").to(dtype)
     reference = bank[:-1].view(41, dim) if aligned else bank[1:].view(41, dim)
-    if expected == "wgmma" and rows_per_cta == 256 and dim <= 192:
-        expected = "wgmma-256"
+    if expected == "wgmma":
+        expected = wgmma_name(dim)
     assert kernel_name(query, reference) == expected
     assert_matches_oracle(refmatch.match(query, reference, backend="cuda"), query, reference, "cosine")
 

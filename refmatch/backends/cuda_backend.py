@@ -9,7 +9,10 @@ On a compute capability 9.0 device, with a build that includes sm_90a, the
 Hopper kernel serves the calls it can; ``REFMATCH_CUDA_HOPPER=0`` (read at each
 call) keeps every call on the mma.sync kernel. ``REFMATCH_CUDA_HOPPER_ROWS=256``
 gives its CTAs 256 query rows instead of 128 where that tile fits (D <= 192 on an
-H100): half the bank traffic per FLOP; not yet run on a GPU, so not the default.
+H100): half the bank traffic per FLOP. ``REFMATCH_CUDA_HOPPER_QUERY=registers``
+holds the query in registers (RS wgmma; D <= 128 with 128 rows, D <= 64 with 256):
+a third less shared-memory traffic per MMA. Neither has run on a GPU yet, so
+neither is the default.
 """
 import contextlib
 import ctypes
@@ -26,6 +29,7 @@ from .scoring import finalize_scores, kernel_metric_and_stat
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 HOPPER_ROWS = (128, 256)  # query rows per CTA of the wgmma kernel; the first is the default
+HOPPER_QUERY = ("shared", "registers")  # where the wgmma kernel's query operand lives; the first is the default
 MIN_CAPABILITY = (8, 0)  # mma.sync bf16 / tf32, cp.async
 BUILD_FAILED_NOTE = Path(__file__).resolve().parent.parent / "_C_build_failed.txt"  # setup.py writes it
 
@@ -87,14 +91,27 @@ def hopper_rows(device, k=1):
     return int(setting) if k == 1 and hopper_enabled(device) else 0
 
 
+def hopper_query_in_registers():
+    """Whether the wgmma kernel holds its query in registers: ``REFMATCH_CUDA_HOPPER_QUERY``
+    "registers" (RS wgmma, where D allows) or "shared" (the default)."""
+    setting = os.environ.get("REFMATCH_CUDA_HOPPER_QUERY", HOPPER_QUERY[0])
+    if setting not in HOPPER_QUERY:
+        raise ValueError(f"REFMATCH_CUDA_HOPPER_QUERY must be one of {', '.join(HOPPER_QUERY)}, got {setting!r}")
+    return setting == "registers"
+
+
 @contextlib.contextmanager
-def hopper_kernel(enabled=True, rows=None):
+def hopper_kernel(enabled=True, rows=None, query=None):
     """Inside the block the wgmma kernel serves the calls it can (``enabled``) or
     none of them (``REFMATCH_CUDA_HOPPER=0``), with ``rows`` query rows per CTA
-    (``REFMATCH_CUDA_HOPPER_ROWS``; None: as set); both variables are restored after."""
+    (``REFMATCH_CUDA_HOPPER_ROWS``) and its query in ``query`` ("shared" or
+    "registers": ``REFMATCH_CUDA_HOPPER_QUERY``); None keeps a setting as it is.
+    The variables are restored after."""
     settings = {"REFMATCH_CUDA_HOPPER": "1" if enabled else "0"}
     if rows is not None:
         settings["REFMATCH_CUDA_HOPPER_ROWS"] = str(rows)
+    if query is not None:
+        settings["REFMATCH_CUDA_HOPPER_QUERY"] = query
     previous = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
@@ -109,11 +126,12 @@ def hopper_kernel(enabled=True, rows=None):
 
 def kernel_name(query, reference):
     """The kernel ``match_argmax_cuda`` runs for query [B, D, H, W] maps against
-    reference [M, D]: "wgmma" (128 query rows per CTA), "wgmma-256" or "mma.sync"."""
+    reference [M, D]: "wgmma" (128 query rows per CTA), "wgmma-256", "wgmma-rs",
+    "wgmma-256-rs" (query in registers) or "mma.sync"."""
     device = query.device
     return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], _allow_tf32(query.dtype),
-                                             device.index, hopper_rows(device), reference.data_ptr(),
-                                             *reference.stride())
+                                             device.index, hopper_rows(device), hopper_query_in_registers(),
+                                             reference.data_ptr(), *reference.stride())
 
 
 def _allow_tf32(dtype):
@@ -168,7 +186,7 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
         partial_score.data_ptr() if partial_score is not None else 0,
         partial_index.data_ptr() if partial_index is not None else 0,
         torch.cuda.current_stream(device).cuda_stream, device.index, hopper_rows(device, k),
-        split_starts.data_ptr() if split_starts is not None else 0, k,
+        split_starts.data_ptr() if split_starts is not None else 0, k, hopper_query_in_registers(),
     )
 
 
@@ -236,7 +254,8 @@ class CudaBackend:
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
         hopper = (", wgmma kernel on sm_90 (REFMATCH_CUDA_HOPPER=0: mma.sync; REFMATCH_CUDA_HOPPER_ROWS=256: "
-                  "256-row tiles)" if _built_for_hopper() else "")
+                  "256-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: query in registers)"
+                  if _built_for_hopper() else "")
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")
 

@@ -47,15 +47,19 @@ struct MatchArgs {
   // as [splits, N, k] straight into out_score / out_index (the caller merges
   // the splits; the partials are unused); always the mma.sync kernel.
   int64_t k = 1;
+  // The wgmma kernel holds the query in registers (RS wgmma) where D <= 128.
+  bool hopper_query_registers = false;
 };
 
 // Launches the match kernel (and the split merge for k = 1) on args.stream; never syncs.
 void match_argmax(const MatchArgs& args);
 
 // Which kernel a call with these inputs runs: "wgmma" (128 query rows per CTA),
-// "wgmma-256" or "mma.sync" (host queries only).
+// "wgmma-256", "wgmma-rs", "wgmma-256-rs" (query in registers) or "mma.sync"
+// (host queries only).
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
-                              uintptr_t reference, int64_t stride_m, int64_t stride_d);
+                              bool hopper_query_registers, uintptr_t reference, int64_t stride_m,
+                              int64_t stride_d);
 
 // Split count that fills `device` for N rows and M references (host queries
 // only: capturable, no sync).

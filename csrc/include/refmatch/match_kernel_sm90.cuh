@@ -1,6 +1,9 @@
 // Fused similarity argmax (`match`, k = 1) for Hopper, sm_90a: wgmma with a
 // producer warpgroup and two ping-ponging consumer warpgroups.
 //
+// Variants (template parameters): 128 or 256 query rows per CTA, and the query
+// operand read from shared memory by every wgmma (SS) or held in registers (RS).
+//
 // Algorithm
 //   The streaming argmax of match_kernel.cuh on warpgroup MMAs. A CTA owns
 //   128 or 256 query rows (kRowBlocks = 1 or 2 64-row blocks per consumer
@@ -11,7 +14,12 @@
 //   kernel's epilogue (fold_tile: metric, NaN and padding to -inf, row max,
 //   locate only when a row can improve). Each reference byte read from L2 does
 //   128 FLOP per 128 query rows: 256 rows halve the L2 traffic per FLOP, at 128
-//   accumulator registers per consumer thread.
+//   accumulator registers per consumer thread. With kQueryInRegisters each
+//   consumer loads its query rows once (ldmatrix from the swizzled tile, 4
+//   registers per row block and k16 step; D <= 128 for 128 rows, D <= 64 for
+//   256: hopper_query_fits_registers) and issues the RS wgmma, which reads
+//   only the reference tile from shared memory: 4 KB per 64-cycle m64n128k16
+//   instead of 6 KB of the 128 bytes per cycle an SM's shared memory delivers.
 //
 // Pipeline
 //   D is cut into 64-element chunks stored in the 128B swizzle wgmma reads
@@ -109,12 +117,35 @@ __device__ __forceinline__ void load_step(char* stage, const MatchParams& p, con
   }
 }
 
-template <bool kBFloat16, int kRowBlocks>
+// Consumer: its query rows (row blocks of 64) of chunk `chunk`, k16 step `k`, as the
+// A fragments of the RS wgmma: ldmatrix.x4 of each warp's 16 x 16 block from the
+// swizzled tile (lanes 0-15: rows, k 0-7; lanes 16-31: rows, k 8-15).
+template <int kRowBlocks, int kChunks>
+__device__ __forceinline__ void load_query_fragments(uint32_t (&fragments)[kRowBlocks][kChunks][4][4],
+                                                     const char* query_tiles, const HopperSmemLayout& layout,
+                                                     int64_t dim_chunks, int first_row, int lane, int warp) {
+#pragma unroll
+  for (int chunk = 0; chunk < kChunks; ++chunk) {
+    if (chunk >= dim_chunks) break;
+#pragma unroll
+    for (int i = 0; i < kRowBlocks; ++i)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int row = first_row + i * HopperTile::kRowBlockRows + 16 * warp + (lane & 15);
+        mma::ldmatrix_x4(fragments[i][chunk][k], query_tiles + chunk * layout.query_chunk_bytes +
+                                                     swizzle128_offset(row, 2 * k + (lane >> 4)));
+      }
+  }
+}
+
+template <bool kBFloat16, int kRowBlocks, bool kQueryInRegisters>
 __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_kernel(const MatchParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = HopperTile;
   constexpr int kBlockN = static_cast<int>(hopper_block_n(kRowBlocks));
   constexpr int kRowBlockBytes = Tile::kRowBlockRows * Tile::kChunkBytes;  // whole swizzle atoms
+  // Chunks unrolled in the loop (a compile-time chunk indexes the query fragments).
+  constexpr int kChunks = kQueryInRegisters ? Tile::kMaxRegisterChunks / kRowBlocks : Tile::kMaxChunks;
   extern __shared__ char smem_raw[];
   const uint32_t raw = mma::shared_address(smem_raw);
   char* smem = smem_raw + (round_up(raw, Tile::kAtomBytes) - raw);  // swizzle atoms are 1024-aligned
@@ -156,6 +187,11 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
   const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp_in_group = threadIdx.x / 32 % 4;
   const int my_turn = 1 + consumer, other_turn = 2 - consumer;  // named barriers 1 and 2
   const char* query_rows = query_tiles + consumer * kRowBlocks * kRowBlockBytes;
+  uint32_t query_fragments[kRowBlocks][kQueryInRegisters ? kChunks : 1][4][4];
+  if constexpr (kQueryInRegisters) {
+    load_query_fragments(query_fragments, query_tiles, layout, p.dim_chunks,
+                         consumer * kRowBlocks * Tile::kRowBlockRows, lane, warp_in_group);
+  }
   Best best[kRowBlocks][2];
 #pragma unroll
   for (int i = 0; i < kRowBlocks; ++i) best[i][0] = best[i][1] = empty_best();
@@ -164,7 +200,9 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
     // Consumer 0 goes first; afterwards each waits for the other's wgmmas to be issued.
     if (consumer == 1 || tile > 0) wgmma::named_sync(my_turn, Tile::kConsumerThreads);
     int64_t stage = 0;
-    for (int64_t chunk = 0; chunk < p.dim_chunks; ++chunk) {
+#pragma unroll
+    for (int chunk = 0; chunk < kChunks; ++chunk) {
+      if (chunk >= p.dim_chunks) break;
       const int64_t step = tile * p.dim_chunks + chunk;
       stage = step % layout.stages;
       wgmma::barrier_wait(full + stage, static_cast<int>((step / layout.stages) & 1));
@@ -177,8 +215,13 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
       for (int k = 0; k < Tile::kChunkBytes / 32; ++k) {
 #pragma unroll
         for (int i = 0; i < kRowBlocks; ++i) {
-          wgmma::mma_m64n128k16<kBFloat16>(acc[i], wgmma::descriptor(query_chunk + i * kRowBlockBytes + 32 * k),
-                                           wgmma::descriptor(ref_chunk + 32 * k), chunk > 0 || k > 0);
+          const uint64_t reference_k = wgmma::descriptor(ref_chunk + 32 * k);
+          if constexpr (kQueryInRegisters) {
+            wgmma::mma_m64n128k16<kBFloat16>(acc[i], query_fragments[i][chunk][k], reference_k, chunk > 0 || k > 0);
+          } else {
+            wgmma::mma_m64n128k16<kBFloat16>(acc[i], wgmma::descriptor(query_chunk + i * kRowBlockBytes + 32 * k),
+                                             reference_k, chunk > 0 || k > 0);
+          }
         }
       }
       wgmma::commit();

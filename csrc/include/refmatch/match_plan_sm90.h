@@ -24,6 +24,10 @@ struct HopperTile {
   static constexpr int kTileChunkBytes = kBlockM * kChunkBytes;  // one pipeline step
   static constexpr int kMaxStages = 8;
   static constexpr int kMaxDim = 256;        // the query tile stays resident
+  static constexpr int kMaxChunks = kMaxDim / kChunkElements;
+  // Query chunks x row blocks held in registers (RS wgmma): 32 registers per consumer
+  // thread, so D <= 128 with 128 rows per CTA and D <= 64 with 256 (more spilled).
+  static constexpr int kMaxRegisterChunks = 2;
 };
 
 // Query rows per CTA with `row_blocks` 64-row blocks per consumer warpgroup: 128 or 256.
@@ -73,6 +77,13 @@ inline bool hopper_eligible(int64_t dim, int dtype, int ref_copy_bytes, int64_t 
                     dtype == static_cast<int>(MatchDtype::kBFloat16);
   if (!half || dim < 1 || dim > HopperTile::kMaxDim || dim % 8 != 0 || ref_copy_bytes != 16) return false;
   return hopper_smem_layout(match_dim_chunks(dim, 2)).total_bytes <= smem_limit;
+}
+
+// Whether the query can stay in registers for the RS form of wgmma with `row_blocks`
+// 64-row blocks per consumer: 4 registers per block and 16 channels, at most 32
+// (kMaxRegisterChunks): D <= 128 for 128 rows per CTA, D <= 64 for 256.
+inline bool hopper_query_fits_registers(int64_t dim, int row_blocks) {
+  return match_dim_chunks(dim, 2) * row_blocks <= HopperTile::kMaxRegisterChunks;
 }
 
 // Row blocks per consumer for an eligible call that asks for `wanted_rows` query rows

@@ -1,6 +1,7 @@
 // Hopper primitives in inline PTX, sm_90a only: shared-memory matrix
 // descriptors for the 128B-swizzled K-major layout, the m64n128k16 fp16/bf16
-// warpgroup MMA (wgmma) with float32 accumulators and its fences, mbarriers
+// warpgroup MMA (wgmma; A from shared memory or registers) with float32
+// accumulators and its fences, mbarriers
 // (with cp.async arrivals), named barriers and warpgroup register reallocation.
 #pragma once
 
@@ -90,19 +91,31 @@ __device__ __forceinline__ void pin(float (&acc)[kM][kN][4]) {
 #define REFMATCH_ACC8(j) \
   "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3]), "+f"(d[j + 1][0]), "+f"(d[j + 1][1]), \
       "+f"(d[j + 1][2]), "+f"(d[j + 1][3])
+#define REFMATCH_ACC64                                                                             \
+  REFMATCH_ACC8(0), REFMATCH_ACC8(2), REFMATCH_ACC8(4), REFMATCH_ACC8(6), REFMATCH_ACC8(8),        \
+      REFMATCH_ACC8(10), REFMATCH_ACC8(12), REFMATCH_ACC8(14)
+#define REFMATCH_D64                                                                               \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                        \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "               \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "               \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
 
-#define REFMATCH_WGMMA_M64N128K16(TYPE)                                                              \
-  asm volatile(                                                                                     \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                  \
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE "\n"                             \
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "            \
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "            \
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "           \
-      "%64, %65, p, 1, 1, 0, 0;\n}\n"                                                               \
-      : REFMATCH_ACC8(0), REFMATCH_ACC8(2), REFMATCH_ACC8(4), REFMATCH_ACC8(6), REFMATCH_ACC8(8),   \
-        REFMATCH_ACC8(10), REFMATCH_ACC8(12), REFMATCH_ACC8(14)                                     \
-      : "l"(a), "l"(b), "r"(accumulate))
+// A from a shared-memory descriptor (operand %64), B from one (%65); %66 = accumulate.
+#define REFMATCH_WGMMA_SS(TYPE)                                                                    \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                       \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE "\n" REFMATCH_D64     \
+               "%64, %65, p, 1, 1, 0, 0;\n}\n"                                                    \
+               : REFMATCH_ACC64                                                                   \
+               : "l"(a), "l"(b), "r"(accumulate))
+
+// A from four registers per thread (%64-%67, m16n8k16's A fragment per warp), B from
+// a shared-memory descriptor (%68); %69 = accumulate.
+#define REFMATCH_WGMMA_RS(TYPE)                                                                    \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                       \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE "\n" REFMATCH_D64     \
+               "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                      \
+               : REFMATCH_ACC64                                                                   \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate))
 
 // d (+)= A B^T for one warpgroup: A 64 x 16 and B 128 x 16, both K-major in
 // shared memory; d is the m64n128 accumulator as 16 n8 atoms of 4 floats.
@@ -110,13 +123,28 @@ __device__ __forceinline__ void pin(float (&acc)[kM][kN][4]) {
 template <bool kBFloat16>
 __device__ __forceinline__ void mma_m64n128k16(float (&d)[16][4], uint64_t a, uint64_t b, int accumulate) {
   if constexpr (kBFloat16) {
-    REFMATCH_WGMMA_M64N128K16("bf16");
+    REFMATCH_WGMMA_SS("bf16");
   } else {
-    REFMATCH_WGMMA_M64N128K16("f16");
+    REFMATCH_WGMMA_SS("f16");
   }
 }
 
-#undef REFMATCH_WGMMA_M64N128K16
+// The same with A in registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15
+// as mma.sync's m16n8k16 A fragment (ldmatrix.x4 of the 16 x 16 block); B as above.
+template <bool kBFloat16>
+__device__ __forceinline__ void mma_m64n128k16(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b,
+                                               int accumulate) {
+  if constexpr (kBFloat16) {
+    REFMATCH_WGMMA_RS("bf16");
+  } else {
+    REFMATCH_WGMMA_RS("f16");
+  }
+}
+
+#undef REFMATCH_WGMMA_RS
+#undef REFMATCH_WGMMA_SS
+#undef REFMATCH_D64
+#undef REFMATCH_ACC64
 #undef REFMATCH_ACC8
 
 }  // namespace refmatch::wgmma
