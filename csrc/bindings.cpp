@@ -184,6 +184,8 @@ PYBIND11_MODULE(_C, m) {
         "per CTA (block_n: the rows it runs).");
   m.def("swizzle128_offset", &refmatch::swizzle128_offset, py::arg("row"), py::arg("unit"),
         "Byte offset of a 16-byte unit of a chunk row in the wgmma 128B swizzle (host check).");
+  m.def("query_fragment_offset", &refmatch::query_fragment_offset, py::arg("first_row"), py::arg("lane"),
+        py::arg("k"), "Byte offset of the row a lane gives ldmatrix.x4 for the RS wgmma's A fragment (host check).");
   m.def("match_layout", &match_layout, py::arg("dim"), py::arg("element_bytes"),
         py::arg("smem_limit"), "Tile constants and shared-memory plan of the match kernel.");
   m.def("reference_copy_bytes", &refmatch::reference_copy_bytes, py::arg("address"),

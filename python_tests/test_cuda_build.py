@@ -183,3 +183,23 @@ def test_bad_hopper_rows_raise_before_cuda_in_every_entry_point(rows):
 @needs_cuda_build
 def test_empty_query_launches_nothing():
     _C.match_argmax(**launch_args(batch=0))  # returns before any CUDA call
+
+
+@pytest.mark.parametrize("first_row", [0, 16, 48, 112, 240])
+@pytest.mark.parametrize("k", range(4))
+def test_query_fragments_follow_the_a_fragment_layout(first_row, k):
+    # ldmatrix.x4: lanes 8j..8j+7 give the rows of matrix j; lane t receives from matrix j
+    # row t/4, elements 2 (t%4) and +1, into register j. The RS wgmma's A fragment wants in
+    # register j row t/4 + 8 (j%2) and columns 2 (t%4) + 8 (j/2) (+1) of the 16x16 block.
+    where = {}  # byte offset in the swizzled chunk -> (row, column) stored there
+    for row in range(first_row, first_row + 16):
+        for unit in range(8):
+            for element in range(8):
+                where[_C.swizzle128_offset(row, unit) + 2 * element] = (row, 8 * unit + element)
+    for lane in range(32):
+        for register in range(4):
+            source = _C.query_fragment_offset(first_row, 8 * register + lane // 4, k) + 4 * (lane % 4)
+            for half in range(2):
+                expected = (first_row + lane // 4 + 8 * (register % 2),
+                            16 * k + 2 * (lane % 4) + 8 * (register // 2) + half)
+                assert where[source + 2 * half] == expected

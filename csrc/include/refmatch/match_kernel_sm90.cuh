@@ -131,9 +131,9 @@ __device__ __forceinline__ void load_query_fragments(uint32_t (&fragments)[kRowB
     for (int i = 0; i < kRowBlocks; ++i)
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const int row = first_row + i * HopperTile::kRowBlockRows + 16 * warp + (lane & 15);
-        mma::ldmatrix_x4(fragments[i][chunk][k], query_tiles + chunk * layout.query_chunk_bytes +
-                                                     swizzle128_offset(row, 2 * k + (lane >> 4)));
+        const int rows = first_row + i * HopperTile::kRowBlockRows + 16 * warp;
+        mma::ldmatrix_x4(fragments[i][chunk][k],
+                         query_tiles + chunk * layout.query_chunk_bytes + query_fragment_offset(rows, lane, k));
       }
   }
 }

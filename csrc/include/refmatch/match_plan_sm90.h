@@ -69,6 +69,14 @@ REFMATCH_HOST_DEVICE int64_t swizzle128_offset(int64_t row, int unit) {
   return row * HopperTile::kChunkBytes + ((unit ^ static_cast<int>(row & 7)) << 4);
 }
 
+// Byte offset, in a swizzled query chunk, of the 16-byte row that lane `lane` hands to
+// ldmatrix.x4 for the A fragment of k16 step `k` (0..3) of the 16 rows from `first_row`:
+// lanes 0-15 give rows 0-15 at k 0-7 (fragment registers 0, 1), lanes 16-31 the same
+// rows at k 8-15 (registers 2, 3), as mma.sync's and wgmma's A fragments expect.
+REFMATCH_HOST_DEVICE int64_t query_fragment_offset(int64_t first_row, int lane, int k) {
+  return swizzle128_offset(first_row + (lane & 15), 2 * k + (lane >> 4));
+}
+
 // The Hopper kernel takes fp16/bf16 with D <= 256 in whole 16-byte units and
 // reference rows it can copy 16 bytes at a time; every other call runs the
 // mma.sync kernel.
