@@ -8,14 +8,14 @@
 #   needed come first: SUITE_SECONDS cuts the rest.
 # A failing stage is recorded and the next stages still run; a failed wgmma check
 # keeps that kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there
-# would eat the budget), a failed wgmma256 check its 256-row tiles, a failed wgmmars
-# check its query in registers.
+# would eat the budget), a failed wgmma256, wgmmars or wgmma256rs check that variant
+# (256 rows, query in registers, both).
 # Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets; no -k: a failed wgmma256
-#   or wgmmars stage adds -k "not wgmma256 and not regs")
+#   wgmmars or wgmma256rs stage adds -k "not wgmma256 and not wgmma128regs ...")
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma wgmma256 wgmmars tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma wgmma256 wgmmars wgmma256rs tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,25 +90,32 @@ if [[ " ${FAILED_STAGES[*]} " == *" wgmma "* ]]; then
   export REFMATCH_CUDA_HOPPER=0
 else  # the same template: the variants are checked only once the default passed
   stage wgmma256 60 python bench/check_wgmma.py --rows 256
-  stage wgmmars 90 bash -c "python bench/check_wgmma.py --query registers && \
-    python bench/check_wgmma.py --rows 256 --query registers"
+  stage wgmmars 60 python bench/check_wgmma.py --query registers
+  if [[ " ${FAILED_STAGES[*]} " != *" wgmma256 "* ]]; then
+    stage wgmma256rs 60 python bench/check_wgmma.py --rows 256 --query registers
+  fi
 fi
-if [[ " ${FAILED_STAGES[*]} " == *" wgmma256 "* ]]; then
+if [[ " ${FAILED_STAGES[*]} " == *" wgmma256 "* ]]; then  # its D > 64 calls run the 256-row SS kernel
   DESELECT+=(wgmma256)
   HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/256*/}")
   EXCLUDE+=(wgmma-256)
 fi
 if [[ " ${FAILED_STAGES[*]} " == *" wgmmars "* ]]; then
-  DESELECT+=(regs)
-  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/*-rs/}")
-  EXCLUDE+=(wgmma-rs wgmma-256-rs)
+  DESELECT+=(wgmma128regs)
+  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/128-rs/}")
+  EXCLUDE+=(wgmma-rs)
+fi
+if [[ " ${FAILED_STAGES[*]} " == *" wgmma256rs "* ]]; then
+  DESELECT+=(wgmma256regs)
+  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/256-rs/}")
+  EXCLUDE+=(wgmma-256-rs)
 fi
 HOPPER_VARIANTS=(${HOPPER_VARIANTS[@]})  # drop the emptied entries
 if ((${#DESELECT[@]})); then
   printf -v KEYWORDS ' and not %s' "${DESELECT[@]}"
   NO_WGMMA=(-k "${KEYWORDS# and }")
 fi
-stage tests 180 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${NO_WGMMA[@]}" -q -p no:warnings -rfs \
+stage tests 240 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${NO_WGMMA[@]}" -q -p no:warnings -rfs \
   --tb=short --durations=15
 
 # 3. Benchmarks, one results file per run rewritten after every row (a stage cut

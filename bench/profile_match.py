@@ -4,8 +4,8 @@
         python bench/profile_match.py --size 65536x262144x128
 
 Runs the Triton kernel, the CUDA mma.sync kernel and, on sm_90 with an sm_90a
-build, each variant of the CUDA wgmma kernel ``--hopper-variants`` names once each (dot, k = 1; ncu replays a launch with
-flushed caches, so no warm-up is needed). The default size gives 512 CTAs of
+build, each variant of the CUDA wgmma kernel that ``--hopper-variants`` names, once
+each (dot, k = 1; ncu replays a launch with flushed caches, so no warm-up is needed). The default size gives 512 CTAs of
 128 query rows (256 of 256), enough to fill an H100 twice.
 """
 import argparse
@@ -14,19 +14,24 @@ import contextlib
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel
+from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel, kernel_name
 
-from check_wgmma import VARIANTS
+from check_wgmma import VARIANTS, expected_kernel
 
 
-def kernels(device, hopper_variants):
-    """(name, backend, context) for each fused kernel this device runs."""
-    yield "triton", "triton", contextlib.nullcontext()
-    yield "cuda mma.sync", "cuda", hopper_kernel(enabled=False)
+def kernels(device, hopper_variants, dim):
+    """(name, backend, context, CUDA kernel name) for each fused kernel this device runs at
+    D = dim; a wgmma variant that D does not allow (256-rs above D = 64) is left out, said so."""
+    yield "triton", "triton", contextlib.nullcontext(), None
+    yield "cuda mma.sync", "cuda", hopper_kernel(enabled=False), "mma.sync"
     if hopper_enabled(device):
         for variant in hopper_variants:
             rows, where = VARIANTS[variant]
-            yield f"cuda wgmma {variant}", "cuda", hopper_kernel(rows=rows, query=where)
+            if expected_kernel(rows, where, dim) != expected_kernel(rows, where, 8):
+                print(f"skipped cuda wgmma {variant}: D={dim} runs {expected_kernel(rows, where, dim)}", flush=True)
+                continue
+            context = hopper_kernel(rows=rows, query=where)
+            yield f"cuda wgmma {variant}", "cuda", context, expected_kernel(rows, where, dim)
 
 
 def main():
@@ -40,8 +45,10 @@ def main():
     dtype = getattr(torch, args.dtype)
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)
-    for name, backend, context in kernels(query.device, args.hopper_variants):
+    for name, backend, context, cuda_kernel in kernels(query.device, args.hopper_variants, d):
         with context:
+            if cuda_kernel is not None:
+                assert kernel_name(query.T[None, :, :, None], reference) == cuda_kernel
             refmatch.match(query, reference, metric="dot", backend=backend)
         torch.cuda.synchronize()
         print(f"ran {name} at {args.size} {args.dtype}", flush=True)

@@ -167,7 +167,7 @@ PYBIND11_MODULE(_C, m) {
         "k = 2..64: sorted top-k lists [splits, N, k] into out_score / out_index (partials unused). "
         "hopper_rows: query rows per CTA of the wgmma kernel (128, or 256 where it fits; 0: off), which runs "
         "where it can serve a k = 1 call; hopper_query_registers: its query in registers (RS wgmma) "
-        "where D <= 128. split_starts: device int64 "
+        "where it fits (any D with 128 rows, D <= 64 with 256). split_starts: device int64 "
         "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),

@@ -37,12 +37,11 @@ def wgmma_variant(request, monkeypatch):
 
 def wgmma_name(dim):
     """The documented choice: 256-row tiles when asked for, up to D = 192 (H100, H200);
-    the query in registers when asked for, up to 32 registers (D <= 128 for 128 rows,
-    D <= 64 for 256)."""
+    the query in registers when asked for, at any D with 128 rows, to D = 64 with 256."""
     from refmatch.backends.cuda_backend import hopper_query_in_registers, hopper_rows
 
     rows = 256 if hopper_rows(torch.device("cuda")) == 256 and dim <= 192 else 128
-    registers = hopper_query_in_registers() and dim <= (128 if rows == 128 else 64)
+    registers = hopper_query_in_registers() and (rows == 128 or dim <= 64)
     return "wgmma" + ("-256" if rows == 256 else "") + ("-rs" if registers else "")
 
 
@@ -57,7 +56,7 @@ def run_hopper(query, reference, metric="dot", **kwargs):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 @pytest.mark.parametrize("n, m, d", [(1, 1, 8), (127, 129, 64), (129, 1000, 128), (300, 5000, 72), (64, 257, 200),
-                                     (257, 700, 256), (33, 3 * BLOCK_M, 16), (700, 900, 192)])
+                                     (257, 700, 256), (33, 3 * BLOCK_M, 16), (700, 900, 192), (300, 700, 64)])
 def test_rows_match_oracle(dtype, metric, n, m, d):
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)

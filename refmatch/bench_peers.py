@@ -78,7 +78,7 @@ def _flash_kmeans_methods(query, reference, flops):
 # The cuda backend's other kernels on sm_90 cards, where its plain rows run the wgmma kernel as
 # REFMATCH_CUDA_HOPPER_ROWS and _QUERY say (128 rows, query in shared memory unless set): each
 # with the hopper_kernel settings that select it.
-CUDA_VARIANTS = {"mma.sync": dict(enabled=False), "wgmma-256": dict(rows=256),
+CUDA_VARIANTS = {"mma.sync": dict(enabled=False), "wgmma-256": dict(rows=256, query="shared"),
                  "wgmma-rs": dict(rows=128, query="registers"), "wgmma-256-rs": dict(rows=256, query="registers")}
 
 

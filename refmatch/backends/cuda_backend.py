@@ -10,7 +10,7 @@ Hopper kernel serves the calls it can; ``REFMATCH_CUDA_HOPPER=0`` (read at each
 call) keeps every call on the mma.sync kernel. ``REFMATCH_CUDA_HOPPER_ROWS=256``
 gives its CTAs 256 query rows instead of 128 where that tile fits (D <= 192 on an
 H100): half the bank traffic per FLOP. ``REFMATCH_CUDA_HOPPER_QUERY=registers``
-holds the query in registers (RS wgmma; D <= 128 with 128 rows, D <= 64 with 256):
+holds the query in registers (RS wgmma; any D with 128 rows, D <= 64 with 256):
 a third less shared-memory traffic per MMA. Neither has run on a GPU yet, so
 neither is the default.
 """

@@ -47,7 +47,8 @@ struct MatchArgs {
   // as [splits, N, k] straight into out_score / out_index (the caller merges
   // the splits; the partials are unused); always the mma.sync kernel.
   int64_t k = 1;
-  // The wgmma kernel holds the query in registers (RS wgmma) where D <= 128.
+  // The wgmma kernel holds the query in registers (RS wgmma) where they suffice
+  // (hopper_query_fits_registers: any D with 128 rows, D <= 64 with 256).
   bool hopper_query_registers = false;
 };
 

@@ -16,8 +16,8 @@
 //   128 FLOP per 128 query rows: 256 rows halve the L2 traffic per FLOP, at 128
 //   accumulator registers per consumer thread. With kQueryInRegisters each
 //   consumer loads its query rows once (ldmatrix from the swizzled tile, 4
-//   registers per row block and k16 step; D <= 128 for 128 rows, D <= 64 for
-//   256: hopper_query_fits_registers) and issues the RS wgmma, which reads
+//   registers per row block and k16 step; any D for 128 rows, D <= 64 for
+//   256: hopper_register_chunks) and issues the RS wgmma, which reads
 //   only the reference tile from shared memory: 4 KB per 64-cycle m64n128k16
 //   instead of 6 KB of the 128 bytes per cycle an SM's shared memory delivers.
 //
@@ -145,7 +145,8 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
   constexpr int kBlockN = static_cast<int>(hopper_block_n(kRowBlocks));
   constexpr int kRowBlockBytes = Tile::kRowBlockRows * Tile::kChunkBytes;  // whole swizzle atoms
   // Chunks unrolled in the loop (a compile-time chunk indexes the query fragments).
-  constexpr int kChunks = kQueryInRegisters ? Tile::kMaxRegisterChunks / kRowBlocks : Tile::kMaxChunks;
+  constexpr int kChunks = kQueryInRegisters ? hopper_register_chunks(kRowBlocks) : Tile::kMaxChunks;
+  if (p.dim_chunks > kChunks) __trap();  // the host never plans it (hopper_query_fits_registers)
   extern __shared__ char smem_raw[];
   const uint32_t raw = mma::shared_address(smem_raw);
   char* smem = smem_raw + (round_up(raw, Tile::kAtomBytes) - raw);  // swizzle atoms are 1024-aligned

@@ -25,9 +25,7 @@ struct HopperTile {
   static constexpr int kMaxStages = 8;
   static constexpr int kMaxDim = 256;        // the query tile stays resident
   static constexpr int kMaxChunks = kMaxDim / kChunkElements;
-  // Query chunks x row blocks held in registers (RS wgmma): 32 registers per consumer
-  // thread, so D <= 128 with 128 rows per CTA and D <= 64 with 256 (more spilled).
-  static constexpr int kMaxRegisterChunks = 2;
+
 };
 
 // Query rows per CTA with `row_blocks` 64-row blocks per consumer warpgroup: 128 or 256.
@@ -87,11 +85,15 @@ inline bool hopper_eligible(int64_t dim, int dtype, int ref_copy_bytes, int64_t 
   return hopper_smem_layout(match_dim_chunks(dim, 2)).total_bytes <= smem_limit;
 }
 
-// Whether the query can stay in registers for the RS form of wgmma with `row_blocks`
-// 64-row blocks per consumer: 4 registers per block and 16 channels, at most 32
-// (kMaxRegisterChunks): D <= 128 for 128 rows per CTA, D <= 64 for 256.
+// D chunks of the query a consumer can hold in registers for the RS form of wgmma, 16
+// per chunk and row block: all 4 (D <= 256) beside the 64 accumulators of 128 rows per
+// CTA; 1 (D <= 64) beside the 128 of 256 rows (2 chunks spilled 312 bytes).
+constexpr REFMATCH_HOST_DEVICE int hopper_register_chunks(int row_blocks) {
+  return row_blocks == 1 ? HopperTile::kMaxChunks : 1;
+}
+
 inline bool hopper_query_fits_registers(int64_t dim, int row_blocks) {
-  return match_dim_chunks(dim, 2) * row_blocks <= HopperTile::kMaxRegisterChunks;
+  return match_dim_chunks(dim, 2) <= hopper_register_chunks(row_blocks);
 }
 
 // Row blocks per consumer for an eligible call that asks for `wanted_rows` query rows
