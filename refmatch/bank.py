@@ -27,7 +27,8 @@ class ReferenceBank(nn.Module):
         num_classes: C; labels are 0..C-1.
         capacity_per_class: slots per class.
         dtype: floating-point storage dtype (queries are cast to it when matching).
-        metric: "cosine" (rows stored L2-normalised), "dot" or "l2".
+        metric: "cosine" (``add`` stores rows L2-normalised; ``from_tensors`` keeps
+            them as given, which scores the same), "dot" or "l2".
         ignore_index: mask label that is never stored (None: every mask pixel is a
             class; "pure" downsampling still drops mixed blocks).
         policy: "ring" replaces the oldest features of a class (for features that
@@ -251,7 +252,8 @@ class ReferenceBank(nn.Module):
         """Best score per class: [N, C] for rows, [B, C, h, w] for maps.
 
         Classes with no stored feature score -inf (+inf distance for l2). Each
-        class's slots are contiguous, so this is one fused match per class.
+        class's slots are contiguous (a ``from_tensors`` bank selects them, a copy), so
+        this is one fused match per class.
         """
         self._require_features(self._stored())
         query = self._checked_query(query)

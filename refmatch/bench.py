@@ -8,7 +8,8 @@
 
 For each size, in one process: the dense ``torch.mm`` of the same N, M, D (the
 ceiling), naive ``(q @ r.T).max(1)`` and ``torch.cdist`` + argmin where the N x M
-matrix fits, every refmatch backend (k = 1 and 8, dot and l2), and the peers that
+matrix fits, every refmatch backend (k = 1 with dot, l2 and cosine, k = 8 with dot, and the
+class-wise max over 4 classes), and the peers that
 are installed (FAISS flat search, KeOps, flash-kmeans' assignment kernel; see
 bench_peers.py). It prints a table (median time after a warm-up, TFLOP/s as
 2*N*M*D/time, ratio to the GEMM, peak extra memory, agreement with the float64

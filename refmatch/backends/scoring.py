@@ -65,8 +65,9 @@ def centred_for_l2(query, reference, max_elements=1 << 22):
     log10(1 + |offset|^2 / spread^2) digits to cancellation in ranking (rows around
     100 with unit spread: 4 of float32's 7, a wrong neighbour for 3 % of rows). The
     shift is the mean rounded to a power-of-two grid no coarser than the spread per
-    channel: at most half a step of offset is left, and integer features (raw
-    intensities) stay integers, so exact ties stay exact. Float32 and float64 only,
+    channel: at most half a step of offset is left, and features stay exactly
+    representable (integers, e.g. raw intensities, when that spread is >= 1), so
+    exact ties stay exact. Float32 and float64 only,
     since shifting half-precision features would round them; not under torch.compile
     or graph capture (one host read decides); a copy of both when it applies.
     """

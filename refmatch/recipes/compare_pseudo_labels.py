@@ -28,7 +28,6 @@ from .unet import UNet
 
 DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
                     "pl_mode=hard,tap_size=64"]
-# TrainConfig's defaults of the knobs that shape pseudo-labels.
 # TrainConfig's defaults of the knobs that shape pseudo-labels; tap_size stays the run's (its
 # image_size must be a multiple of it).
 PLAIN_PSEUDO_LABELS = {key: getattr(TrainConfig, key) for key in (

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 
 def dice_loss(logits, masks, ignore_index=255, eps=1.0):
-    """1 - mean soft Dice over classes present in the batch. logits [B, C, H, W], masks [B, H, W]."""
+    """1 - mean soft Dice over all C classes (eps keeps a class absent from the batch near 1).
+    logits [B, C, H, W], masks [B, H, W]."""
     num_classes = logits.shape[1]
     valid = (masks != ignore_index).unsqueeze(1).float()
     probabilities = logits.float().softmax(dim=1) * valid
