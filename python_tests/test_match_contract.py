@@ -77,9 +77,22 @@ def test_l2_of_features_with_a_large_offset(backend, k):
     assert torch.equal(index.cpu(), exact.topk(k, dim=1, largest=False).indices.cpu())
     assert (score >= 0).all() and (score[:, 1:] >= score[:, :-1]).all()
     torch.testing.assert_close(score.double(), exact.gather(1, index), rtol=1e-5, atol=0)
-    classwise = refmatch.classwise_max(query, reference, torch.arange(400, device=DEVICE) % 3, 3, metric="l2",
-                                       backend=backend)
-    assert (classwise >= 0).all()
+    classes = torch.arange(400, device=DEVICE) % 3
+    classwise = refmatch.classwise_max(query, reference, classes, 3, metric="l2", backend=backend)
+    per_class = torch.stack([exact[:, classes.cpu() == c].min(dim=1).values for c in range(3)], dim=1)
+    torch.testing.assert_close(classwise.double(), per_class, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_l2_against_identical_references_with_an_offset(backend):
+    # Zero spread: the shift is their mean itself (a grid step of 0 once made it infinite).
+    query = (100 + torch.randn(5, 8)).to(DEVICE)
+    for reference in (100 + torch.randn(1, 8), torch.tensor([[7.0, 300.0, 5.0, 1.0] * 2]).repeat(4, 1)):
+        reference = reference.to(DEVICE)
+        result = refmatch.match(query, reference, metric="l2", backend=backend)
+        assert (result.index == 0).all()
+        exact = (query.double() - reference[0].double()).square().sum(1)
+        torch.testing.assert_close(result.score.double(), exact, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -135,3 +135,6 @@ def test_vote_refuses_scores_of_another_metric():
         vote(similarities, num_classes=4, metric="l2")
     numpy = pytest.importorskip("numpy")
     assert vote(similarities, num_classes=numpy.int64(4)).probabilities.shape == (6, 4)
+    uniform = vote(distances, num_classes=4, weighting="uniform")  # never reads the scores
+    assert torch.equal(uniform.probabilities, vote(distances, num_classes=4, weighting="uniform",
+                                                   metric="l2").probabilities)

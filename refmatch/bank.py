@@ -268,10 +268,11 @@ class ReferenceBank(nn.Module):
                 per_class.append(match(query, block, metric=self.metric, backend=backend).score)
         return torch.stack(per_class, dim=1)
 
-
     def _checked_query(self, query):
         """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""
-        if not isinstance(query, torch.Tensor) or query.dim() not in (2, 4):
+        if not isinstance(query, torch.Tensor):
+            raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
+        if query.dim() not in (2, 4):
             raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {_describe(query)}")
         if query.shape[1] != self.dim:
             raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={self.dim}")

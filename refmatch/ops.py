@@ -1,4 +1,5 @@
 """Public functional API: ``match`` and ``classwise_max``."""
+import numbers
 import operator
 from typing import NamedTuple, Optional
 
@@ -29,18 +30,38 @@ def _shape(tensor):
     return tuple(tensor.shape)
 
 
+def _scalar_tensor(value):
+    return isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool
+
+
 def as_int(name, value, optional=False):
-    """``value`` as a Python int (numpy and 0-d tensor integers too), or a TypeError
-    naming ``name``; bools and floats are refused, None only when ``optional``."""
+    """``value`` as a Python int (NumPy and 0-d tensor integers too), or a TypeError
+    naming ``name``; bools, floats and larger tensors are refused, None only when ``optional``."""
     if value is None and optional:
         return None
-    if not isinstance(value, bool):
+    if isinstance(value, torch.Tensor):
+        integral = _scalar_tensor(value) and not (value.dtype.is_floating_point or value.dtype.is_complex)
+    else:
+        integral = not isinstance(value, bool)
+    if integral:
         try:
             return operator.index(value)
         except TypeError:
             pass
     kind = "an int or None" if optional else "an int"
     raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+
+
+def as_number(name, value):
+    """``value`` as a Python float (a real number or a real 0-d tensor), or a TypeError
+    naming ``name``; bools are refused."""
+    if isinstance(value, torch.Tensor):
+        real = _scalar_tensor(value) and not value.dtype.is_complex
+    else:
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if real:
+        return float(value)
+    raise TypeError(f"{name} must be a number, got {type(value).__name__}")
 
 
 def _check_inputs(query, reference, labels, k, metric, backend):
@@ -182,8 +203,9 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
 
     Returns:
         [N, C] for rows, [B, C, H, W] for maps: the best similarity per class, or
-        for "l2" the smallest squared distance; -inf (+inf for l2) for a class
-        with no reference.
+        for "l2" the smallest squared distance (its GEMM form, after the shift that
+        ``match`` makes, clamped at 0); -inf (+inf for l2) for a class with no
+        reference, and in every class of a row that holds Inf or NaN (cosine, l2).
 
     Example:
         >>> scores = refmatch.classwise_max(features, bank, bank_labels, num_classes=3)

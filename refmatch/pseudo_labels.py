@@ -1,5 +1,4 @@
 """PseudoLabeler: reference-guided pseudo-labels from a ReferenceBank."""
-import numbers
 from typing import NamedTuple
 
 import torch
@@ -7,7 +6,7 @@ import torch.nn.functional as F
 
 from .bank import _describe
 from .feature_tap import size_pair
-from .ops import as_int
+from .ops import as_int, as_number
 from .vote import margin, vote
 
 MODES = ("hard", "soft")
@@ -55,9 +54,8 @@ class PseudoLabeler:
             raise ValueError(f"k must be >= 1, got {k}")
         if mode == "hard" and k != 1:
             raise ValueError("hard mode takes the single nearest reference (k=1); use mode='soft' for k > 1")
-        for name, value in (("temperature", temperature), ("threshold", threshold)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        temperature = as_number("temperature", temperature)
+        threshold = None if threshold is None else as_number("threshold", threshold)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if 0 <= ignore_index < bank.num_classes:

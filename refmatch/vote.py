@@ -1,12 +1,11 @@
 """``vote``: top-k matches or class-wise scores to a class distribution."""
-import numbers
 from typing import NamedTuple
 
 import torch
 
 from .backends.scoring import METRICS, host_read_allowed
 from .candidates import with_k_axis
-from .ops import MatchResult, _check_label_values, as_int
+from .ops import MatchResult, _check_label_values, as_int, as_number
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -33,16 +32,16 @@ def _check_scores_fit_metric(scores, metric):
     mean ``metric`` is not the one that produced them (l2 distances voted as
     similarities elect the farthest neighbour). One host read; skipped under
     torch.compile and graph capture."""
-    if metric == "dot" or not host_read_allowed(scores):
+    if metric == "dot" or not host_read_allowed(scores) or scores.numel() == 0:
         return
-    finite = scores[scores.isfinite()].float()
-    if finite.numel() == 0:
-        return
-    if metric == "cosine" and bool(finite.abs().max() > 1.001):
-        raise ValueError(f"scores reach {finite.abs().max().item():.4g}, outside a cosine's [-1, 1]: pass "
+    finite = scores.isfinite()
+    lowest, highest = torch.stack([torch.where(finite, scores, float("inf")).amin(),
+                                   torch.where(finite, scores, float("-inf")).amax()]).tolist()
+    if metric == "cosine" and max(-lowest, highest) > 1.001 and lowest <= highest:
+        raise ValueError(f"scores reach {max(-lowest, highest):.4g}, outside a cosine's [-1, 1]: pass "
                          "metric= the metric that produced them ('l2' for distances, 'dot')")
-    if metric == "l2" and bool(finite.min() < 0):
-        raise ValueError(f"scores go down to {finite.min().item():.4g}, but l2 distances are >= 0: pass "
+    if metric == "l2" and lowest < 0:
+        raise ValueError(f"scores go down to {lowest:.4g}, but l2 distances are >= 0: pass "
                          "metric= the metric that produced them ('cosine', 'dot')")
 
 
@@ -61,7 +60,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         temperature: softmax temperature.
         metric: the metric that produced the scores; for "l2" (distances) smaller wins.
             Scores outside its range (a cosine beyond [-1, 1], a negative distance)
-            raise, since the wrong metric reverses or distorts the vote.
+            raise where they are weighed, since the wrong metric reverses or distorts
+            the vote; "uniform" votes of matches never read them.
         ignore_index: matches carrying this label cast no vote (class-wise scores
             have no labels, so it does not apply to them).
     Returns:
@@ -70,8 +70,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    temperature = as_number("temperature", temperature)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     num_classes, ignore_index = as_int("num_classes", num_classes), as_int("ignore_index", ignore_index, optional=True)
@@ -102,7 +101,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     label, _ = with_k_axis(label)
     index, _ = with_k_axis(index)
     score, _ = with_k_axis(result_or_scores.score.float())
-    _check_scores_fit_metric(score, metric)
+    if weighting == "similarity":  # uniform votes never read the scores
+        _check_scores_fit_metric(score, metric)
     # A -1 label is "no match" only where the index says so; elsewhere it is a bad label.
     _check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
     voted = label >= 0 if ignore_index is None else (label >= 0) & (label != ignore_index)

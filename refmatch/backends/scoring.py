@@ -67,9 +67,10 @@ def centred_for_l2(query, reference, max_elements=1 << 22):
     shift is the mean rounded to a power-of-two grid no coarser than the spread per
     channel: at most half a step of offset is left, and features stay exactly
     representable (integers, e.g. raw intensities, when that spread is >= 1), so
-    exact ties stay exact. Float32 and float64 only,
+    exact ties stay exact. The grid is never finer than the mean's own precision, so
+    identical references (zero spread) shift by their mean. Float32 and float64 only,
     since shifting half-precision features would round them; not under torch.compile
-    or graph capture (one host read decides); a copy of both when it applies.
+    or graph capture (one host read decides, a GPU sync); a copy of both when it applies.
     """
     if query.dtype not in (torch.float32, torch.float64) or not host_read_allowed(reference):
         return query, reference
@@ -80,7 +81,8 @@ def centred_for_l2(query, reference, max_elements=1 << 22):
     if not bool(offset_sq > OFFSET_RATIO * (squared_norms(reference, dim=1).mean() - offset_sq)):
         return query, reference
     spread_sq = _mean_squared_deviation(reference, mean, max(1, max_elements // reference.shape[1]))
-    per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(torch.finfo(mean.dtype).tiny)
+    precision = torch.finfo(mean.dtype).eps * mean.abs().amax()  # > 0: the offset dominates
+    per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(precision)
     step = torch.exp2(torch.floor(torch.log2(per_channel)))
     shift = (torch.round(mean / step) * step).to(query.dtype)
     return query - shift[None, :, None, None], reference - shift
@@ -127,14 +129,18 @@ def finalize_class_scores(oriented, query, metric):
 def matched_squared_distances(query, reference, index, max_elements=1 << 22):
     """|q - r|^2 [N, k] of each query row to its matched reference rows, summed directly
     in the accumulation dtype (index -1: any value; the caller masks it), over row chunks
-    of about ``max_elements`` gathered values."""
-    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    of about ``max_elements`` gathered values; each chunk's query rows are gathered from
+    the [B, D, H, W] maps, so no [N, D] copy of the query is made."""
+    _, dim, height, width = query.shape
     dtype = accumulation_dtype(query.dtype)
     distances = torch.empty(index.shape, device=index.device, dtype=dtype)
-    chunk = max(1, max_elements // max(1, index.shape[1] * query.shape[1]))
-    for start in range(0, rows.shape[0], chunk):
+    chunk = max(1, max_elements // max(1, index.shape[1] * dim))
+    for start in range(0, index.shape[0], chunk):
+        row = torch.arange(start, min(start + chunk, index.shape[0]), device=query.device)
+        pixel = row % (height * width)
+        rows = query[row // (height * width), :, pixel // width, pixel % width].to(dtype)  # [rows, D]
         matched = reference[index[start:start + chunk].clamp(min=0)].to(dtype)
-        distances[start:start + chunk] = (rows[start:start + chunk, None, :].to(dtype) - matched).square().sum(-1)
+        distances[start:start + chunk] = (rows[:, None, :] - matched).square().sum(-1)
     return distances
 
 
