@@ -83,6 +83,18 @@ def test_l2_of_features_with_a_large_offset(backend, k):
     torch.testing.assert_close(classwise.double(), per_class, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_l2_distances_of_maps_equal_those_of_their_rows(layout):
+    # Maps are read a chunk of rows at a time (contiguous) or in place (channels last).
+    maps = torch.randn(2, 6, 5, 7, device=DEVICE)
+    maps = maps.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else maps
+    reference = torch.randn(40, 6, device=DEVICE)
+    from_maps = refmatch.match(maps, reference, k=3, metric="l2", backend="torch")
+    rows = refmatch.match(maps.permute(0, 2, 3, 1).reshape(-1, 6), reference, k=3, metric="l2", backend="torch")
+    assert torch.equal(from_maps.index.permute(0, 2, 3, 1).reshape(-1, 3), rows.index)
+    assert torch.equal(from_maps.score.permute(0, 2, 3, 1).reshape(-1, 3), rows.score)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_l2_against_identical_references_with_an_offset(backend):
     # Zero spread: the shift is their mean itself (a grid step of 0 once made it infinite).

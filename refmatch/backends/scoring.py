@@ -129,16 +129,21 @@ def finalize_class_scores(oriented, query, metric):
 def matched_squared_distances(query, reference, index, max_elements=1 << 22):
     """|q - r|^2 [N, k] of each query row to its matched reference rows, summed directly
     in the accumulation dtype (index -1: any value; the caller masks it), over row chunks
-    of about ``max_elements`` gathered values; each chunk's query rows are gathered from
-    the [B, D, H, W] maps, so no [N, D] copy of the query is made."""
+    of about ``max_elements`` gathered values. Row maps and channels-last maps are read
+    as [N, D] in place; other maps a chunk of rows at a time, so no [N, D] copy is made."""
     _, dim, height, width = query.shape
+    pixels_last = query.permute(0, 2, 3, 1)
+    in_place = pixels_last.reshape(-1, dim) if pixels_last.is_contiguous() else None  # a view
     dtype = accumulation_dtype(query.dtype)
     distances = torch.empty(index.shape, device=index.device, dtype=dtype)
     chunk = max(1, max_elements // max(1, index.shape[1] * dim))
     for start in range(0, index.shape[0], chunk):
-        row = torch.arange(start, min(start + chunk, index.shape[0]), device=query.device)
-        pixel = row % (height * width)
-        rows = query[row // (height * width), :, pixel // width, pixel % width].to(dtype)  # [rows, D]
+        if in_place is not None:
+            rows = in_place[start:start + chunk].to(dtype)
+        else:
+            row = torch.arange(start, min(start + chunk, index.shape[0]), device=query.device)
+            pixel = row % (height * width)
+            rows = query[row // (height * width), :, pixel // width, pixel % width].to(dtype)  # [rows, D]
         matched = reference[index[start:start + chunk].clamp(min=0)].to(dtype)
         distances[start:start + chunk] = (rows[:, None, :] - matched).square().sum(-1)
     return distances
