@@ -6,7 +6,7 @@ from torch import nn
 from .backends.scoring import METRICS
 from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
-from .ops import MatchResult, _check_label_values, as_int, match
+from .ops import MatchResult, _check_label_values, as_int, check_integer_labels, match
 
 POLICIES = ("ring", "reservoir")
 
@@ -16,11 +16,10 @@ class ReferenceBank(nn.Module):
 
     Class c owns the slots [c * capacity, (c + 1) * capacity). Empty slots hold
     NaN features, which by the ``match`` contract never match. Features, labels,
-    counters and (reservoir) the random state are buffers, so ``.to(device)``, DDP
-    and ``state_dict`` work, and a bank loaded from a ``state_dict`` draws on as the
-    saved one would. The images kept for ``refresh`` are not in it. A bank built
-    under ``torch.inference_mode()`` holds inference tensors: ``add`` to it only
-    inside that mode (``torch.no_grad()`` has no such limit).
+    counters and (reservoir) the random state are buffers: ``.to(device)``, DDP and
+    ``state_dict`` work, and a loaded bank draws on as the saved one would (the images
+    kept for ``refresh`` are not saved). Build it outside ``torch.inference_mode()``,
+    whose tensors ``add`` cannot update outside that mode (``no_grad`` is fine).
 
     Args:
         dim: feature channels D.
@@ -55,12 +54,10 @@ class ReferenceBank(nn.Module):
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch.dtype (empty slots hold NaN), got {dtype}")
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        if downsample not in DOWNSAMPLING:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {downsample!r}")
+        for name, value, allowed in (("metric", metric, METRICS), ("policy", policy, POLICIES),
+                                     ("downsample", downsample, DOWNSAMPLING)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.dim, self.num_classes, self.capacity = dim, num_classes, capacity_per_class
         self.metric, self.ignore_index, self.policy, self.downsample = metric, ignore_index, policy, downsample
         self._generator = torch.Generator().manual_seed(seed)
@@ -70,8 +67,8 @@ class ReferenceBank(nn.Module):
         slots = num_classes * capacity_per_class
         self.register_buffer("features", torch.full((slots, dim), float("nan"), dtype=dtype))
         self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(capacity_per_class))
-        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
-        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.long))
+        for name in ("counts", "seen"):  # stored features per class; features ever offered per class
+            self.register_buffer(name, torch.zeros(num_classes, dtype=torch.long))
 
     @classmethod
     def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255):
@@ -87,8 +84,7 @@ class ReferenceBank(nn.Module):
             raise ValueError(f"reference must be [M, D], got {_describe(reference)}")
         if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
             raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {_describe(labels)}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+        check_integer_labels(labels)
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:
             num_classes = inferred_num_classes(labels, ignore_index)
@@ -155,12 +151,10 @@ class ReferenceBank(nn.Module):
         if images is not None:
             self._sources.append((images.detach().cpu(), masks.detach().cpu()))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if prefix + "generator_state" in missing_keys:  # saved before it was a buffer: keep this bank's
-            missing_keys.remove(prefix + "generator_state")
+    def _load_from_state_dict(self, state_dict, prefix, *args):  # args: metadata, strict, missing keys, ...
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if prefix + "generator_state" in args[2]:  # saved before it was a buffer: keep this bank's
+            args[2].remove(prefix + "generator_state")
 
     def _insert(self, cls, rows):
         count, seen, start = rows.shape[0], int(self.seen[cls]), cls * self.capacity
@@ -302,6 +296,5 @@ def inferred_num_classes(labels, ignore_index):
 
 
 def _describe(value):
-    if isinstance(value, torch.Tensor):
-        return f"shape {tuple(value.shape)}"
-    return type(value).__name__
+    """How an argument looks in an error message: its shape, else its type."""
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

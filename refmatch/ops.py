@@ -64,6 +64,12 @@ def as_number(name, value):
     raise TypeError(f"{name} must be a number, got {type(value).__name__}")
 
 
+def check_integer_labels(labels):
+    """TypeError unless ``labels`` has an integer dtype (bool and floats are not labels)."""
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+
+
 def _check_inputs(query, reference, labels, k, metric, backend):
     for name, value in (("query", query), ("reference", reference)):
         if not isinstance(value, torch.Tensor):
@@ -91,8 +97,7 @@ def _check_inputs(query, reference, labels, k, metric, backend):
     if labels is not None:
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+        check_integer_labels(labels)
         if _shape(labels) != (reference.shape[0],):
             raise ValueError(f"labels must be [M] = [{reference.shape[0]}] (one per reference row), "
                              f"got shape {_shape(labels)}")
