@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends.scoring import METRICS
+from .backends.scoring import METRICS, worst_score
 from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
 from .ops import MatchResult, _check_label_values, as_int, check_integer_labels, match
@@ -251,7 +251,7 @@ class ReferenceBank(nn.Module):
         """
         self._require_features(self._stored())
         query = self._checked_query(query)
-        worst = float("inf") if self.metric == "l2" else float("-inf")
+        worst = worst_score(self.metric)
         per_class = []
         for cls in range(self.num_classes):
             block = self._class_rows(cls)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import refmatch
+from refmatch.atomic_file import write_atomic
 from refmatch.bench_peers import all_methods
 from refmatch.bench_plot import plot
 
@@ -303,9 +304,7 @@ def write_results(stem, meta, rows):
     table = (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
              f"{meta['date']}\n\n{markdown(rows)}\n")
     for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2)), (".md", table)):
-        partial = stem.with_suffix(suffix + ".partial")
-        partial.write_text(text)
-        partial.replace(stem.with_suffix(suffix))
+        write_atomic(stem.with_suffix(suffix), lambda file, text=text: file.write(text), mode="w")
 
 
 def peer_versions():

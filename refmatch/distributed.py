@@ -9,6 +9,7 @@ exactly what one process holding the whole bank would return. Only
 import torch
 import torch.distributed as dist
 
+from .backends.scoring import worst_score
 from .bank import ReferenceBank, inferred_num_classes
 from .candidates import keep_best
 from .ops import MatchResult
@@ -84,7 +85,7 @@ class ShardedReferenceBank(ReferenceBank):
         """``refmatch.match`` against the whole sharded bank; ``index`` is global."""
         self._require_features(len(self), k)  # len is a collective, so every rank raises alike
         all_rows, mine, shape_back = self._gathered_queries(query)
-        worst = float("inf") if self.metric == "l2" else float("-inf")
+        worst = worst_score(self.metric)
         score = all_rows.new_full((all_rows.shape[0], k), worst, dtype=torch.float32)
         index = torch.full_like(score, -1, dtype=torch.long)
         label = torch.full_like(index, -1)
@@ -109,7 +110,7 @@ class ShardedReferenceBank(ReferenceBank):
         if self._stored() > 0:
             scores = ReferenceBank.classwise_max(self, all_rows, backend=backend)
         else:
-            worst = float("inf") if self.metric == "l2" else float("-inf")
+            worst = worst_score(self.metric)
             scores = all_rows.new_full((all_rows.shape[0], self.num_classes), worst, dtype=torch.float32)
         op = dist.ReduceOp.MIN if self.metric == "l2" else dist.ReduceOp.MAX
         dist.all_reduce(scores, op=op, group=self.group)

@@ -80,24 +80,27 @@ def hopper_enabled(device):
     return os.environ.get("REFMATCH_CUDA_HOPPER") != "0" and _capability(index) == (9, 0) and _built_for_hopper()
 
 
+def _setting(name, choices):
+    """Environment variable ``name``, one of ``choices`` (the first is the default), or a
+    ValueError naming it; refused on every card alike."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def hopper_rows(device, k=1):
     """Query rows per CTA asked of the wgmma kernel for a k-call on ``device``: 0 where
     it is off (``hopper_enabled``; top-k always runs mma.sync), else
     ``REFMATCH_CUDA_HOPPER_ROWS`` (128, the default, or 256)."""
-    setting = os.environ.get("REFMATCH_CUDA_HOPPER_ROWS", str(HOPPER_ROWS[0]))
-    if setting not in {str(rows) for rows in HOPPER_ROWS}:  # refused on every card alike
-        raise ValueError(f"REFMATCH_CUDA_HOPPER_ROWS must be one of {', '.join(map(str, HOPPER_ROWS))}, "
-                         f"got {setting!r}")
-    return int(setting) if k == 1 and hopper_enabled(device) else 0
+    rows = int(_setting("REFMATCH_CUDA_HOPPER_ROWS", [str(rows) for rows in HOPPER_ROWS]))
+    return rows if k == 1 and hopper_enabled(device) else 0
 
 
 def hopper_query_in_registers():
     """Whether the wgmma kernel holds its query in registers: ``REFMATCH_CUDA_HOPPER_QUERY``
     "registers" (RS wgmma, where D allows) or "shared" (the default)."""
-    setting = os.environ.get("REFMATCH_CUDA_HOPPER_QUERY", HOPPER_QUERY[0])
-    if setting not in HOPPER_QUERY:
-        raise ValueError(f"REFMATCH_CUDA_HOPPER_QUERY must be one of {', '.join(HOPPER_QUERY)}, got {setting!r}")
-    return setting == "registers"
+    return _setting("REFMATCH_CUDA_HOPPER_QUERY", HOPPER_QUERY) == "registers"
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ from the matched rows, since the GEMM form cancels digits (see ``finalize_scores
 """
 import torch
 
+from ..candidates import keep_best
+
 METRICS = ("cosine", "dot", "l2")
 NORM_EPS = 1e-12  # as torch.nn.functional.normalize: zero vectors score 0
 
@@ -104,7 +106,8 @@ def kernel_metric_and_stat(reference, metric, ignored=None):
     return metric, stat.masked_fill(ignored, float("nan"))
 
 
-def _worst(metric):
+def worst_score(metric):
+    """The score that never wins: +inf distance (l2), -inf similarity (cosine, dot)."""
     return float("inf") if metric == "l2" else float("-inf")
 
 
@@ -123,7 +126,7 @@ def finalize_class_scores(oriented, query, metric):
     score = _from_oriented(oriented, query, metric)
     if metric == "l2":
         score = score.clamp_min(0)
-    return torch.where((oriented == float("-inf")) | score.isnan(), _worst(metric), score)
+    return torch.where((oriented == float("-inf")) | score.isnan(), worst_score(metric), score)
 
 
 def matched_squared_distances(query, reference, index, max_elements=1 << 22):
@@ -149,14 +152,6 @@ def matched_squared_distances(query, reference, index, max_elements=1 << 22):
     return distances
 
 
-def _ascending(score, index):
-    """Each row's slots by score, then by index (ties: lowest index first; -1 last)."""
-    by_index = torch.where(index < 0, torch.iinfo(torch.int64).max, index).argsort(dim=1, stable=True)
-    score, index = score.gather(1, by_index), index.gather(1, by_index)
-    by_score = score.argsort(dim=1, stable=True)
-    return score.gather(1, by_score), index.gather(1, by_score)
-
-
 def finalize_scores(oriented, index, query, reference, metric):
     """Public (score, index) from the oriented ones.
 
@@ -175,10 +170,12 @@ def finalize_scores(oriented, index, query, reference, metric):
     """
     if metric == "l2" and index.numel():
         score = matched_squared_distances(query, reference, index)
-        if index.shape[1] > 1:
-            score, index = _ascending(score.masked_fill(index < 0, float("inf")), index)
+        if index.shape[1] > 1:  # by distance, ties by index (as merge_split_lists orders lists)
+            by_index = index.argsort(dim=1)
+            score, index = keep_best(score.masked_fill(index < 0, float("inf")).gather(1, by_index), index.shape[1],
+                                     index.gather(1, by_index), larger_wins=False)
     else:
         score = _from_oriented(oriented, query, metric)
-    worst = _worst(metric)
+    worst = worst_score(metric)
     no_match = (index < 0) | score.isnan() | (score == worst)
     return score.masked_fill(no_match, worst), index.masked_fill(no_match, -1)

@@ -26,11 +26,11 @@ def train_main(argv=None):
     args = parser.parse_intermixed_args(argv)  # overrides may stand before and after options
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
-    from .train import Trainer, saved_config
+    from .train import Trainer, load_latest
 
-    base = saved_config(args.out) if args.resume else None
-    config = load_config(args.config, args.overrides, base=base)
-    trainer = Trainer(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    resumed = load_latest(args.out) if args.resume else None  # read once: its config here, its state in Trainer
+    config = load_config(args.config, args.overrides, base=resumed["config"] if resumed else None)
+    trainer = Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite)
     try:
         result = trainer.fit(stop_at=args.stop_at)
     finally:

@@ -66,14 +66,14 @@ def score(labels, truth, num_classes):
     return row
 
 
-def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt"):
+def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", state=None):
     """Score each setting; returns (rows, class names, images [n, 1, H, W], truth [n, H, W],
-    {setting: labels [n, H, W]})."""
+    {setting: labels [n, H, W]}). ``state``: the checkpoint, when the caller has read it."""
     if not (Path(run_dir) / "splits.json").is_file():
         raise FileNotFoundError(f"{Path(run_dir) / 'splits.json'} not found: the settings are scored on the "
                                 "run's own unlabelled images")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    state = load(Path(run_dir) / checkpoint, device)
+    state = load(Path(run_dir) / checkpoint) if state is None else state
     config = TrainConfig(**state["config"])
     parsed = [(text, parse_setting(text, config)) for text in settings]  # bad settings fail before any work
     data = prepare_data(config, run_dir, reuse_splits=True)  # the run's own split, left as it is
@@ -152,11 +152,12 @@ def main(argv=None):
                         "(default: RUN/compare-pseudo-labels)")
     args = parser.parse_args(argv)
     out = args.out or args.run / "compare-pseudo-labels"
+    state = load(args.run / args.checkpoint)  # read once: the teacher and the header's tap size
     rows, class_names, images, truth, outputs = compare(args.run, args.setting or DEFAULT_SETTINGS, args.images,
-                                                        checkpoint=args.checkpoint)
+                                                        checkpoint=args.checkpoint, state=state)
     table = markdown(rows, class_names)
     out.mkdir(parents=True, exist_ok=True)
-    tap_size = TrainConfig(**load(args.run / args.checkpoint)["config"]).tap_size
+    tap_size = TrainConfig(**state["config"]).tap_size
     header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"
               f"Each setting changes only what it names from {plain_pseudo_labels_text(tap_size)}.\n\n")
     (out / "compare.md").write_text(header + table + "\n")

@@ -40,9 +40,9 @@ def ema_update(teacher, student, decay):
 RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
 
 
-def saved_config(run_dir):
-    """The config dict saved in ``run_dir/latest.pt`` (what ``--resume`` continues)."""
-    return load(Path(run_dir) / "latest.pt")["config"]
+def load_latest(run_dir):
+    """``run_dir/latest.pt``, what ``--resume`` continues (its "config" is the run's config)."""
+    return load(Path(run_dir) / "latest.pt")
 
 
 def check_resumable(saved, config):
@@ -60,11 +60,12 @@ def check_resumable(saved, config):
 
 class Trainer:
     """Builds everything a run needs from a TrainConfig and trains it in ``run_dir``.
-    ``resume=True`` continues ``run_dir/latest.pt`` (same config but for ``RESUMABLE``);
-    a new run refuses a folder holding checkpoints unless ``overwrite`` (``start_fresh``)."""
+    ``resume=True`` continues ``run_dir/latest.pt`` (same config but for ``RESUMABLE``), or
+    ``resume`` is that file's state already read (``load_latest``, as the CLI reads it for
+    the config); a new run refuses a folder holding checkpoints unless ``overwrite``."""
 
     def __init__(self, config, run_dir, resume=False, overwrite=False):
-        resumed = load(Path(run_dir) / "latest.pt") if resume else None
+        resumed = load_latest(run_dir) if resume is True else (resume or None)
         if resumed is not None:
             check_resumable(resumed["config"], config)
         else:
@@ -72,7 +73,8 @@ class Trainer:
         self.config, self.run = config, RunContext(config, Path(run_dir))
         self.device = self.run.device
         logging.getLogger("refmatch").info("loading %s data", config.data)
-        self.data = prepare_data(config, self.run.dir if self.run.is_main else None, reuse_splits=resume)
+        self.data = prepare_data(config, self.run.dir if self.run.is_main else None,
+                                 reuse_splits=resumed is not None)
         self.num_classes = len(self.data.class_names)
         torch.manual_seed(config.seed)
         self.student = UNet(1, self.num_classes, config.width, config.depth).to(self.device)
