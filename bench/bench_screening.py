@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
 from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple, tag_name
@@ -79,7 +80,7 @@ def measure(name, query, reference, metric, k, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=size_triple, default="8192x65536x128", help="NxMxD of the synthetic sets")
-    parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"], choices=["cosine", "dot", "l2"])
+    parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"], choices=METRICS)
     parser.add_argument("--k", nargs="+", type=positive_int, default=[1, 8],
                         help=f"matches per row, at most {MAX_K} (the screen's limit)")
     parser.add_argument("--run", help="training run folder with best.pt and splits.json")

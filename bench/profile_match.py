@@ -15,8 +15,9 @@ import torch
 
 import refmatch
 from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel, kernel_name
+from refmatch.bench import size_triple
 
-from check_wgmma import VARIANTS, expected_kernel
+from check_wgmma import VARIANTS, expected_kernel, serves
 
 
 def kernels(device, hopper_variants, dim):
@@ -27,21 +28,21 @@ def kernels(device, hopper_variants, dim):
     if hopper_enabled(device):
         for variant in hopper_variants:
             rows, where = VARIANTS[variant]
-            if expected_kernel(rows, where, dim) != expected_kernel(rows, where, 8):
-                print(f"skipped cuda wgmma {variant}: D={dim} runs {expected_kernel(rows, where, dim)}", flush=True)
+            runs = expected_kernel(rows, where, dim)
+            if not serves(rows, where, dim):
+                print(f"skipped cuda wgmma {variant}: D={dim} runs {runs}", flush=True)
                 continue
-            context = hopper_kernel(rows=rows, query=where)
-            yield f"cuda wgmma {variant}", "cuda", context, expected_kernel(rows, where, dim)
+            yield f"cuda wgmma {variant}", "cuda", hopper_kernel(rows=rows, query=where), runs
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="65536x262144x128", help="NxMxD")
+    parser.add_argument("--size", type=size_triple, default="65536x262144x128", help="NxMxD")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--hopper-variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="the wgmma kernel's variants to profile: query rows per CTA, -rs: query in registers")
     args = parser.parse_args()
-    n, m, d = (int(part) for part in args.size.split("x"))
+    n, m, d = args.size
     dtype = getattr(torch, args.dtype)
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)
@@ -51,7 +52,7 @@ def main():
                 assert kernel_name(query.T[None, :, :, None], reference) == cuda_kernel
             refmatch.match(query, reference, metric="dot", backend=backend)
         torch.cuda.synchronize()
-        print(f"ran {name} at {args.size} {args.dtype}", flush=True)
+        print(f"ran {name} at {n}x{m}x{d} {args.dtype}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import triton.testing
 from refmatch.kernels.match import (TWO_PROGRAMS_PER_SM, _two_programs_per_sm, classwise_max, launch_config,
                                     match_topk)
 from refmatch.kernels.match_aot import compile_variant
-from refmatch.bench import fresh_stem, machine
+from refmatch.bench import fresh_stem, machine, size_triple
 
 # Overrides of launch_config per candidate; the first of each list is the launcher's default
 # (on sm_90 the dot argmax's is TWO_PROGRAMS_PER_SM unless its compile spills; that row shows the
@@ -102,7 +102,7 @@ def line(row):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["262144x1048576x128"])
+    parser.add_argument("--sizes", nargs="+", type=size_triple, default=[size_triple("262144x1048576x128")])
     parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("bench") / "results")
     args = parser.parse_args()
@@ -113,8 +113,7 @@ def main():
     name, description = machine("cuda")
     stem = fresh_stem(args.out / f"{name}-triton-tiles-{date.today().isoformat()}")
     args.out.mkdir(parents=True, exist_ok=True)
-    for size in args.sizes:
-        n, m, d = (int(v) for v in size.split("x"))
+    for n, m, d in args.sizes:
         for row in sweep(n, m, d, getattr(torch, args.dtype)):
             rows.append(row)
             stem.with_suffix(".json").write_text(json.dumps({"device": description, "rows": rows}, indent=2))

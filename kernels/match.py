@@ -222,7 +222,7 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
         METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
         INPUT_PRECISION=precision, **config,
     )
-    if capped:
+    if capped and _cap_key(query) not in _CAP_SPILLED:  # a compile's spills do not change
         _CAP_SPILLED[_cap_key(query)] = getattr(kernel, "n_spills", None) != 0  # unknown: as spilled
     return partial_score, partial_index
 

@@ -147,9 +147,11 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
     query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
     reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
+    methods = list(all_methods(query, reference, fits_bytes, exclude))
+    _check_filters([method.name for method in methods if method.metric != "-"], only, exclude)
     best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2", "cosine")}
     gemm_tflops = None
-    for method in all_methods(query, reference, fits_bytes, exclude):
+    for method in methods:
         if not _wanted(method.name, only, exclude) and method.metric != "-":
             continue
         row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
@@ -264,7 +266,6 @@ def main(argv=None):
               "the ceiling and the 'vs GEMM' ratios say little; bfloat16 or float32 compare better",
               file=sys.stderr)
     dtype = getattr(torch, args.dtype)
-    _check_filters(args.only, args.exclude, args.device, dtype)
     name, description = machine(args.device)
     meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
@@ -289,10 +290,9 @@ def _wanted(name, only, exclude):
     return (not only or any(word in name for word in only)) and not any(word in name for word in exclude or ())
 
 
-def _check_filters(only, exclude, device, dtype):
-    """Raise ValueError, before any timing, when --only / --exclude leave no method but the ceilings."""
-    tiny = torch.zeros(2, 8, device=device, dtype=dtype)
-    names = [method.name for method in all_methods(tiny, tiny, 0, exclude) if method.metric != "-"]
+def _check_filters(names, only, exclude):
+    """Raise ValueError, before any timing, when --only / --exclude leave none of the method
+    ``names`` (the ceilings aside)."""
     if not any(_wanted(name, only, exclude) for name in names):
         given = " ".join(f"--{flag} {' '.join(words)}" for flag, words in (("only", only), ("exclude", exclude))
                          if words)
