@@ -8,14 +8,14 @@
 #   needed come first: SUITE_SECONDS cuts the rest.
 # A failing stage is recorded and the next stages still run; a failed wgmma check
 # keeps that kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there
-# would eat the budget), a failed wgmma256, wgmmars or wgmma256rs check that variant
-# (256 rows, query in registers, both).
+# would eat the budget), a failed wgmma-256, wgmma-rs or wgmma-256-rs check that variant
+# (256 rows, query in registers, both; wgmma-256 takes wgmma-256-rs with it).
 # Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
-#   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets; no -k: a failed wgmma256
-#   wgmmars or wgmma256rs stage adds -k "not wgmma256 and not wgmma128regs ...")
+#   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets; the wgmma tests run in
+#   the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma wgmma256 wgmmars wgmma256rs tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma wgmma-256 wgmma-rs wgmma-256-rs tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,44 +78,33 @@ stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e .
 stage info 30 python -m refmatch.info
 
-# 2. The Hopper kernel's first check, short; then the whole suite (CUDA-marked
-# tests run because a device is present) without that kernel if the check failed.
-stage wgmma 60 python bench/check_wgmma.py
-NO_WGMMA=()
-HOPPER_VARIANTS=(128 256 128-rs 256-rs)  # check_wgmma.VARIANTS
+# 2. The Hopper kernel's first check, short; then each other variant (the same template,
+# checked only once the default passed); then the whole suite (CUDA-marked tests run
+# because a device is present) without what failed its check.
+failed() { [[ " ${FAILED_STAGES[*]} " == *" $1 "* ]]; }
+stage wgmma 60 python bench/check_wgmma.py --variant wgmma
+WGMMA_TESTS=()
+HOPPER_VARIANTS=()  # cuda_backend.HOPPER_VARIANTS that passed their check (or were not checked)
 EXCLUDE=(keops)
-DESELECT=()
-if [[ " ${FAILED_STAGES[*]} " == *" wgmma "* ]]; then
-  NO_WGMMA=(--ignore=python_tests/test_match_cuda_sm90.py)
+if failed wgmma; then
+  WGMMA_TESTS=(--ignore=python_tests/test_match_cuda_sm90.py)
   export REFMATCH_CUDA_HOPPER=0
-else  # the same template: the variants are checked only once the default passed
-  stage wgmma256 60 python bench/check_wgmma.py --rows 256
-  stage wgmmars 60 python bench/check_wgmma.py --query registers
-  if [[ " ${FAILED_STAGES[*]} " != *" wgmma256 "* ]]; then
-    stage wgmma256rs 60 python bench/check_wgmma.py --rows 256 --query registers
-  fi
+else
+  HOPPER_VARIANTS=(wgmma)
+  for variant in wgmma-256 wgmma-rs wgmma-256-rs; do
+    # wgmma-256-rs runs wgmma-256's kernel above D = 64: out with it
+    if [[ $variant == wgmma-256-rs ]] && failed wgmma-256; then
+      continue
+    fi
+    stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
+    if failed "$variant"; then
+      EXCLUDE+=("$variant")  # bench method names holding it: "cuda wgmma-256" and "cuda wgmma-256-rs"
+    else
+      HOPPER_VARIANTS+=("$variant")
+    fi
+  done
 fi
-if [[ " ${FAILED_STAGES[*]} " == *" wgmma256 "* ]]; then  # its D > 64 calls run the 256-row SS kernel
-  DESELECT+=(wgmma256)
-  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/256*/}")
-  EXCLUDE+=(wgmma-256)
-fi
-if [[ " ${FAILED_STAGES[*]} " == *" wgmmars "* ]]; then
-  DESELECT+=(wgmma128regs)
-  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/128-rs/}")
-  EXCLUDE+=(wgmma-rs)
-fi
-if [[ " ${FAILED_STAGES[*]} " == *" wgmma256rs "* ]]; then
-  DESELECT+=(wgmma256regs)
-  HOPPER_VARIANTS=("${HOPPER_VARIANTS[@]/256-rs/}")
-  EXCLUDE+=(wgmma-256-rs)
-fi
-HOPPER_VARIANTS=(${HOPPER_VARIANTS[@]})  # drop the emptied entries
-if ((${#DESELECT[@]})); then
-  printf -v KEYWORDS ' and not %s' "${DESELECT[@]}"
-  NO_WGMMA=(-k "${KEYWORDS# and }")
-fi
-stage tests 240 python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${NO_WGMMA[@]}" -q -p no:warnings -rfs \
+stage tests 240 env REFMATCH_TEST_HOPPER_VARIANTS="${HOPPER_VARIANTS[*]}" python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${WGMMA_TESTS[@]}" -q -p no:warnings -rfs \
   --tb=short --durations=15
 
 # 3. Benchmarks, one results file per run rewritten after every row (a stage cut
@@ -125,15 +114,13 @@ stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x104
 
 # 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
-SANITIZE_WGMMA=(--hopper-variants "${HOPPER_VARIANTS[@]}")
-[[ ${REFMATCH_CUDA_HOPPER:-} == 0 ]] && SANITIZE_WGMMA=(--no-wgmma)
 stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
-  python bench/sanitize_match.py "${SANITIZE_WGMMA[@]}"
+  python bench/sanitize_match.py --hopper-variants "${HOPPER_VARIANTS[@]}"
 stage racecheck 150 "${SANITIZE[@]}" --tool racecheck \
-  python bench/sanitize_match.py --backends cuda "${SANITIZE_WGMMA[@]}"
+  python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
 # Warp-synchronous calls (__shfl_sync, __syncwarp) reached by every lane they name: the top-k turns.
 stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
-  python bench/sanitize_match.py --backends cuda "${SANITIZE_WGMMA[@]}"
+  python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
 
 # 5. Where each fused kernel's time goes: Nsight Compute sections, one launch each.
 stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \

@@ -14,33 +14,32 @@ import contextlib
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel, kernel_name
+from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel, hopper_enabled, hopper_kernel, \
+    kernel_name
 from refmatch.bench import size_triple
 
-from check_wgmma import VARIANTS, expected_kernel, serves
+from check_wgmma import serves
 
 
 def kernels(device, hopper_variants, dim):
     """(name, backend, context, CUDA kernel name) for each fused kernel this device runs at
     D = dim; a wgmma variant that D does not allow (256-rs above D = 64) is left out, said so."""
     yield "triton", "triton", contextlib.nullcontext(), None
-    yield "cuda mma.sync", "cuda", hopper_kernel(enabled=False), "mma.sync"
+    yield "cuda mma.sync", "cuda", hopper_kernel("mma.sync"), "mma.sync"
     if hopper_enabled(device):
         for variant in hopper_variants:
-            rows, where = VARIANTS[variant]
-            runs = expected_kernel(rows, where, dim)
-            if not serves(rows, where, dim):
-                print(f"skipped cuda wgmma {variant}: D={dim} runs {runs}", flush=True)
+            if not serves(variant, dim):
+                print(f"skipped cuda {variant}: D={dim} runs {documented_hopper_kernel(variant, dim)}", flush=True)
                 continue
-            yield f"cuda wgmma {variant}", "cuda", hopper_kernel(rows=rows, query=where), runs
+            yield f"cuda {variant}", "cuda", hopper_kernel(variant), variant
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=size_triple, default="65536x262144x128", help="NxMxD")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    parser.add_argument("--hopper-variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="the wgmma kernel's variants to profile: query rows per CTA, -rs: query in registers")
+    parser.add_argument("--hopper-variants", nargs="*", choices=list(HOPPER_VARIANTS),
+                        default=list(HOPPER_VARIANTS), help="the wgmma kernel's variants to profile (none: none)")
     args = parser.parse_args()
     n, m, d = args.size
     dtype = getattr(torch, args.dtype)

@@ -8,18 +8,19 @@ D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
 query maps, reference layouts that cannot use cp.async, ignore_index, the
 class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases,
-in each variant ``--hopper-variants`` names (128 or 256 query rows per CTA, "-rs": the
-query in registers).
+in each variant ``--hopper-variants`` names (``cuda_backend.HOPPER_VARIANTS``: 128 or 256
+query rows per CTA, "-rs": the query in registers).
 """
 import argparse
 
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import hopper_kernel, hopper_enabled, kernel_name, match_argmax_cuda
+from refmatch.backends.cuda_backend import HOPPER_VARIANTS, hopper_enabled, hopper_kernel, kernel_name, \
+    match_argmax_cuda
 from refmatch.backends.scoring import reference_stat
 
-from check_wgmma import VARIANTS, expected_kernel, serves
+from check_wgmma import serves
 
 
 def cases(device):
@@ -42,22 +43,21 @@ def sanitize_splits():
 
 
 def sanitize_hopper(variant):
-    """The wgmma kernel's `variant` (a VARIANTS name): D tails, tile tails, 1-4 chunks,
+    """The wgmma kernel's `variant` (a HOPPER_VARIANTS name): D tails, tile tails, 1-4 chunks,
     two CTAs of rows, splits, every metric; fp16 and bf16 for the default variant, bf16
     for the others (the dtype only changes the MMA instruction), and only the shapes each
     variant serves (a fallback is another variant's kernel), to keep the stage short."""
-    rows, where = VARIANTS[variant]
-    dtypes = (torch.float16, torch.bfloat16) if variant == next(iter(VARIANTS)) else (torch.bfloat16,)
-    with hopper_kernel(rows=rows, query=where):
+    dtypes = (torch.float16, torch.bfloat16) if variant == next(iter(HOPPER_VARIANTS)) else (torch.bfloat16,)
+    with hopper_kernel(variant):
         if not hopper_enabled(torch.device("cuda")):
             print("--  wgmma kernel: not an sm_90 device or no sm_90a build")
             return
         for dtype in dtypes:
             for n, m, d in ((130, 197, 72), (7, 300, 256), (1, 1, 8), (129, 129, 136), (300, 260, 64)):
-                if not serves(rows, where, d):
+                if not serves(variant, d):
                     continue
                 query, reference = torch.randn(n, d, device="cuda").to(dtype), torch.randn(m, d, device="cuda").to(dtype)
-                assert kernel_name(query.T[None, :, :, None], reference) == expected_kernel(rows, where, d)
+                assert kernel_name(query.T[None, :, :, None], reference) == variant
                 for metric in ("cosine", "dot", "l2"):
                     refmatch.match(query, reference, metric=metric, backend="cuda")
         query, reference = sanitize_splits()
@@ -95,13 +95,13 @@ def sanitize_cases(backends):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["cuda", "triton"])
-    parser.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper kernel's cases")
-    parser.add_argument("--hopper-variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="the Hopper kernel's variants to run: query rows per CTA, -rs: query in registers")
+    parser.add_argument("--hopper-variants", nargs="*", choices=list(HOPPER_VARIANTS),
+                        default=list(HOPPER_VARIANTS),
+                        help="the wgmma kernel's variants to run (none: leave its cases out)")
     args = parser.parse_args()
-    with hopper_kernel(enabled=False):  # mma.sync on every card; sanitize_hopper covers wgmma
+    with hopper_kernel("mma.sync"):  # mma.sync on every card; sanitize_hopper covers wgmma
         sanitize_cases(args.backends)
-    if "cuda" in args.backends and not args.no_wgmma:
+    if "cuda" in args.backends:
         for variant in args.hopper_variants:
             sanitize_hopper(variant)
     torch.cuda.synchronize()

@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel
 from resources import assert_no_spills, resource_usage
 
 _C = pytest.importorskip("refmatch._C", reason="refmatch._C is not built")
@@ -90,6 +91,17 @@ def test_hopper_kernel_takes_256_rows_where_they_fit(dim, smem_limit, block_n):
 ])
 def test_hopper_query_stays_in_registers_where_they_suffice(dim, rows, fits):
     assert _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows)["query_fits_registers"] is fits
+
+
+@pytest.mark.parametrize("variant", list(HOPPER_VARIANTS))
+def test_documented_kernel_choice_is_the_plans(variant):
+    """The rule the scripts and sm_90 tests check the kernel against is the C++ plan's."""
+    rows, query = HOPPER_VARIANTS[variant]
+    for dim in range(8, 257, 8):
+        layout = _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows)
+        registers = query == "registers" and layout["query_fits_registers"]
+        planned = "wgmma" + ("-256" if layout["block_n"] == 256 else "") + ("-rs" if registers else "")
+        assert documented_hopper_kernel(variant, dim) == planned, dim
 
 
 def test_swizzle_permutes_units_within_rows_and_spreads_atoms_over_banks():

@@ -43,7 +43,7 @@ def test_hopper_kernel_block_sets_and_restores_the_variable(card, monkeypatch, p
     card((9, 0))
     if previous is not None:
         monkeypatch.setenv("REFMATCH_CUDA_HOPPER", previous)
-    with cuda_backend.hopper_kernel(enabled=enabled):
+    with cuda_backend.hopper_kernel(None if enabled else "mma.sync"):
         assert cuda_backend.hopper_enabled(DEVICE) is enabled
     assert os.environ.get("REFMATCH_CUDA_HOPPER") == previous
 
@@ -86,8 +86,8 @@ def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previ
     monkeypatch.delenv("REFMATCH_CUDA_HOPPER_ROWS", raising=False)
     if previous is not None:
         monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", previous)
-    with cuda_backend.hopper_kernel(rows=256):
-        assert cuda_backend.hopper_rows(DEVICE) == 256
+    with cuda_backend.hopper_kernel("wgmma-256"):
+        assert cuda_backend.hopper_rows(DEVICE) == 256 and not cuda_backend.hopper_query_in_registers()
     assert os.environ.get("REFMATCH_CUDA_HOPPER_ROWS") == previous
     with cuda_backend.hopper_kernel():  # rows as set
         assert cuda_backend.hopper_rows(DEVICE) == int(previous or 128)
@@ -110,6 +110,20 @@ def test_bad_hopper_query_is_named(monkeypatch):
 def test_hopper_kernel_block_sets_and_restores_the_query(card, monkeypatch):
     card((9, 0))
     monkeypatch.delenv("REFMATCH_CUDA_HOPPER_QUERY", raising=False)
-    with cuda_backend.hopper_kernel(rows=256, query="registers"):
+    with cuda_backend.hopper_kernel("wgmma-256-rs"):
         assert cuda_backend.hopper_query_in_registers() and cuda_backend.hopper_rows(DEVICE) == 256
     assert "REFMATCH_CUDA_HOPPER_QUERY" not in os.environ
+
+
+def test_variants_are_named_as_the_kernel_reports_them():
+    assert cuda_backend.HOPPER_VARIANTS == {"wgmma": (128, "shared"), "wgmma-256": (256, "shared"),
+                                           "wgmma-rs": (128, "registers"), "wgmma-256-rs": (256, "registers")}
+
+
+@pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])
+def test_unknown_variant_is_named(variant):
+    before = dict(os.environ)
+    with pytest.raises(ValueError, match="variant must be mma.sync or one of wgmma, wgmma-256, wgmma-rs, wgmma-256-rs"):
+        with cuda_backend.hopper_kernel(variant):
+            pass
+    assert dict(os.environ) == before

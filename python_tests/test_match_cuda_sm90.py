@@ -1,7 +1,9 @@
-"""The Hopper (wgmma) CUDA kernel against the float64 oracle, in each variant: 128 or
-256 query rows per CTA, the query in shared memory or in registers (ids wgmma128,
-wgmma256, wgmma128regs, wgmma256regs). Needs a compute capability 9.0 GPU and a
-build with sm_90a, where it is the default."""
+"""The Hopper (wgmma) CUDA kernel against the float64 oracle, in each variant
+(``cuda_backend.HOPPER_VARIANTS``, the test ids: wgmma, wgmma-256, wgmma-rs,
+wgmma-256-rs: 128 or 256 query rows per CTA, the query in shared memory or in
+registers), or in those REFMATCH_TEST_HOPPER_VARIANTS names (gpu_suite.sh: the ones that
+passed their first check). Needs a compute capability 9.0 GPU and a build with sm_90a,
+where it is the default."""
 import os
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 import refmatch
 from oracle import assert_matches_oracle, tolerance
+from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel
 
 BLOCK_M = 128  # reference rows per tile (refmatch._C.hopper_layout()["block_m"])
 
@@ -24,45 +27,32 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not _hopper_build_and_device(
                                                    reason="needs an sm_90 GPU and a build with sm_90a")]
 
 
-VARIANTS = {"wgmma128": (128, "shared"), "wgmma256": (256, "shared"), "wgmma128regs": (128, "registers"),
-            "wgmma256regs": (256, "registers")}
+TESTED_VARIANTS = os.environ.get("REFMATCH_TEST_HOPPER_VARIANTS", " ".join(HOPPER_VARIANTS)).split()
+assert set(TESTED_VARIANTS) <= set(HOPPER_VARIANTS), f"REFMATCH_TEST_HOPPER_VARIANTS: {TESTED_VARIANTS}"
 
 
-@pytest.fixture(autouse=True, params=list(VARIANTS.values()), ids=list(VARIANTS))
-def wgmma_variant(request, monkeypatch):
-    rows, query = request.param
-    monkeypatch.delenv("REFMATCH_CUDA_HOPPER", raising=False)
-    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", str(rows))
-    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_QUERY", query)
-    return rows
+@pytest.fixture(autouse=True, params=TESTED_VARIANTS)
+def wgmma_variant(request):
+    with hopper_kernel(request.param):
+        yield
 
 
 def current_variant():
-    """The VARIANTS name the autouse fixture set."""
+    """The variant the autouse fixture set."""
     setting = (int(os.environ["REFMATCH_CUDA_HOPPER_ROWS"]), os.environ["REFMATCH_CUDA_HOPPER_QUERY"])
-    return next(name for name, value in VARIANTS.items() if value == setting)
-
-
-def wgmma_name(dim, variant):
-    """The documented choice of a VARIANTS setting: 256-row tiles when asked for, up to
-    D = 192 (H100, H200); the query in registers when asked for, at any D with 128 rows,
-    to D = 64 with 256."""
-    asked_rows, query = VARIANTS[variant]
-    rows = 256 if asked_rows == 256 and dim <= 192 else 128
-    registers = query == "registers" and (rows == 128 or dim <= 64)
-    return "wgmma" + ("-256" if rows == 256 else "") + ("-rs" if registers else "")
+    return next(name for name, value in HOPPER_VARIANTS.items() if value == setting)
 
 
 def run_hopper(query, reference, metric="dot", **kwargs):
-    """``match`` on the cuda backend after checking that the variant's kernel runs. A call
-    that an earlier variant runs on the same kernel (256-rs above D = 64, say) is skipped:
-    it keeps the GPU suite's test stage short."""
+    """``match`` on the cuda backend after checking that the documented kernel runs. A call
+    that an earlier tested variant runs on the same kernel (wgmma-256-rs above D = 64, say)
+    is skipped: it keeps the GPU suite's test stage short."""
     from refmatch.backends.cuda_backend import kernel_name
 
     maps = query.T[None, :, :, None] if query.dim() == 2 else query
-    names, current = list(VARIANTS), current_variant()
-    kernel = wgmma_name(maps.shape[1], current)
-    covered = [name for name in names[:names.index(current)] if wgmma_name(maps.shape[1], name) == kernel]
+    names, current = TESTED_VARIANTS, current_variant()
+    kernel = documented_hopper_kernel(current, maps.shape[1])
+    covered = [name for name in names[:names.index(current)] if documented_hopper_kernel(name, maps.shape[1]) == kernel]
     if covered:
         pytest.skip(f"D={maps.shape[1]} runs {kernel}, tested as {covered[0]}")
     assert kernel_name(maps, reference) == kernel
@@ -95,7 +85,7 @@ def test_kernel_choice(dim, dtype, aligned, expected):
     bank = torch.randn(41 * dim + 1, device="cuda").to(dtype)
     reference = bank[:-1].view(41, dim) if aligned else bank[1:].view(41, dim)
     if expected == "wgmma":
-        expected = wgmma_name(dim, current_variant())
+        expected = documented_hopper_kernel(current_variant(), dim)
     assert kernel_name(query, reference) == expected
     assert_matches_oracle(refmatch.match(query, reference, backend="cuda"), query, reference, "cosine")
 

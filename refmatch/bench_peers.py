@@ -75,33 +75,30 @@ def _flash_kmeans_methods(query, reference, flops):
     return [Method("flash-kmeans assign", "l2", 1, assign, flops)]
 
 
-# The cuda backend's other kernels on sm_90 cards, where its plain rows run the wgmma kernel as
-# REFMATCH_CUDA_HOPPER_ROWS and _QUERY say (128 rows, query in shared memory unless set): each
-# with the hopper_kernel settings that select it.
-CUDA_VARIANTS = {"mma.sync": dict(enabled=False), "wgmma-256": dict(rows=256, query="shared"),
-                 "wgmma-rs": dict(rows=128, query="registers"), "wgmma-256-rs": dict(rows=256, query="registers")}
-
-
 def _cuda_variant_methods(query, reference, flops):
-    """Every CUDA_VARIANTS kernel at k = 1 on sm_90 cards; elsewhere the ``cuda`` rows are mma.sync."""
-    from refmatch.backends.cuda_backend import hopper_enabled, hopper_kernel, kernel_name, native_module
+    """The cuda backend's other kernels at k = 1 on sm_90 cards, where its plain rows run the
+    wgmma kernel as REFMATCH_CUDA_HOPPER_ROWS and _QUERY say (the first HOPPER_VARIANTS
+    entry unless set): mma.sync and the other wgmma variants. Elsewhere the ``cuda`` rows
+    are mma.sync and these are skipped."""
+    from refmatch.backends.cuda_backend import HOPPER_VARIANTS, hopper_enabled, hopper_kernel, kernel_name, \
+        native_module
 
     available = query.is_cuda and native_module() is not None and hopper_enabled(query.device)
     methods = []
-    for variant, setting in CUDA_VARIANTS.items():
+    for variant in ["mma.sync", *list(HOPPER_VARIANTS)[1:]]:
         name = f"refmatch cuda {variant} k=1"
         if not available:
             methods.append(Method(name, "dot", 1, None, flops, "needs sm_90 and an sm_90a build (the cuda rows "
                                                                "are the mma.sync kernel elsewhere)"))
             continue
-        with hopper_kernel(**setting):
+        with hopper_kernel(variant):
             runs = kernel_name(query.T[None, :, :, None], reference)
         if runs != variant:  # e.g. D=256: a 256-row query tile does not fit beside the pipeline
             methods.append(Method(name, "dot", 1, None, flops, f"this call runs the {runs} kernel"))
             continue
 
-        def run(metric, setting=setting):
-            with hopper_kernel(**setting):
+        def run(metric, variant=variant):
+            with hopper_kernel(variant):
                 return refmatch.match(query, reference, metric=metric, backend="cuda").index
         methods += [Method(name, metric, 1, lambda metric=metric, run=run: run(metric), flops)
                     for metric in ("dot", "l2", "cosine")]

@@ -30,6 +30,16 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 HOPPER_ROWS = (128, 256)  # query rows per CTA of the wgmma kernel; the first is the default
 HOPPER_QUERY = ("shared", "registers")  # where the wgmma kernel's query operand lives; the first is the default
+WIDEST_256_ROWS = 192  # the widest D whose 256-row query tile fits beside the pipeline (H100, H200)
+WIDEST_256_ROWS_IN_REGISTERS = 64  # the widest D whose 256 query rows fit in a consumer's registers
+
+
+def _wgmma_name(rows, query):
+    return "wgmma" + ("-256" if rows == 256 else "") + ("-rs" if query == "registers" else "")
+
+
+# The wgmma kernel's variants by the names ``kernel_name`` reports: (rows, query); the first is the default.
+HOPPER_VARIANTS = {_wgmma_name(rows, query): (rows, query) for query in HOPPER_QUERY for rows in HOPPER_ROWS}
 MIN_CAPABILITY = (8, 0)  # mma.sync bf16 / tf32, cp.async
 BUILD_FAILED_NOTE = Path(__file__).resolve().parent.parent / "_C_build_failed.txt"  # setup.py writes it
 
@@ -104,17 +114,17 @@ def hopper_query_in_registers():
 
 
 @contextlib.contextmanager
-def hopper_kernel(enabled=True, rows=None, query=None):
-    """Inside the block the wgmma kernel serves the calls it can (``enabled``) or
-    none of them (``REFMATCH_CUDA_HOPPER=0``), with ``rows`` query rows per CTA
-    (``REFMATCH_CUDA_HOPPER_ROWS``) and its query in ``query`` ("shared" or
-    "registers": ``REFMATCH_CUDA_HOPPER_QUERY``); None keeps a setting as it is.
-    The variables are restored after."""
-    settings = {"REFMATCH_CUDA_HOPPER": "1" if enabled else "0"}
-    if rows is not None:
-        settings["REFMATCH_CUDA_HOPPER_ROWS"] = str(rows)
-    if query is not None:
-        settings["REFMATCH_CUDA_HOPPER_QUERY"] = query
+def hopper_kernel(variant=None):
+    """Inside the block the cuda backend runs ``variant`` where a call allows it:
+    "mma.sync" (``REFMATCH_CUDA_HOPPER=0``) or a ``HOPPER_VARIANTS`` name, which sets
+    ``REFMATCH_CUDA_HOPPER_ROWS`` and ``REFMATCH_CUDA_HOPPER_QUERY``; None turns the
+    wgmma kernel on with the rows and query as set. The variables are restored after."""
+    if variant is not None and variant != "mma.sync" and variant not in HOPPER_VARIANTS:
+        raise ValueError(f"variant must be mma.sync or one of {', '.join(HOPPER_VARIANTS)}, got {variant!r}")
+    settings = {"REFMATCH_CUDA_HOPPER": "0" if variant == "mma.sync" else "1"}
+    if variant in HOPPER_VARIANTS:
+        rows, query = HOPPER_VARIANTS[variant]
+        settings.update(REFMATCH_CUDA_HOPPER_ROWS=str(rows), REFMATCH_CUDA_HOPPER_QUERY=query)
     previous = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
@@ -125,6 +135,17 @@ def hopper_kernel(enabled=True, rows=None, query=None):
                 del os.environ[name]
             else:
                 os.environ[name] = value
+
+
+def documented_hopper_kernel(variant, dim):
+    """The wgmma kernel that ``variant``'s setting runs at D = dim, by the documented rule
+    (the scripts and tests check ``kernel_name`` against it): 256-row tiles up to
+    ``WIDEST_256_ROWS``; the query in registers at any D with 128 rows, up to
+    ``WIDEST_256_ROWS_IN_REGISTERS`` with 256."""
+    rows, query = HOPPER_VARIANTS[variant]
+    rows = 256 if rows == 256 and dim <= WIDEST_256_ROWS else 128
+    fits = rows == 128 or dim <= WIDEST_256_ROWS_IN_REGISTERS
+    return _wgmma_name(rows, query if fits else "shared")
 
 
 def kernel_name(query, reference):
