@@ -1,0 +1,21 @@
+"""Helpers for the tests of the CPU's bfloat16 screen (``torch_screening``)."""
+from types import SimpleNamespace
+
+import pytest
+
+from refmatch.backends import screen_candidates
+from refmatch.backends.torch_backend import match_chunked
+
+
+@pytest.fixture(autouse=True)
+def screen_small_banks(monkeypatch):
+    """Banks this small take candidates faster than the rate at which the screen stops
+    (where the walk is cheaper anyway); the tests want them screened."""
+    monkeypatch.setattr(screen_candidates, "MAX_HIT_RATE", float("inf"))
+
+
+def screened_match(query, reference, metric, ignored=None, block_m=64, k=1, screen=True):
+    """match_chunked with the screen forced on (tiles of 32 rows), as a result the oracle helpers read."""
+    score, index = match_chunked(query.T[None, :, :, None], reference, ignored, k, metric,
+                                 block_m=block_m, tile_bytes=32 * block_m * 2, screen=screen)
+    return SimpleNamespace(score=score.squeeze(1), index=index.squeeze(1))
