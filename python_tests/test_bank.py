@@ -81,6 +81,31 @@ def test_ignore_index_pixels_are_dropped():
     assert bank.class_counts().tolist() == [0, 1]
 
 
+def test_an_ignore_index_that_is_a_class_is_never_stored_nor_matched():
+    """ignore_index=0 with classes 0..2: class 0 holds nothing, in a growable and a fixed
+    bank alike, and class-wise scores agree with refmatch.classwise_max."""
+    import refmatch
+    bank = ReferenceBank(2, 3, capacity_per_class=10, dtype=torch.float32, metric="dot", ignore_index=0)
+    bank.add(torch.randn(1, 2, 2, 2), torch.tensor([[[0, 0], [1, 2]]]))
+    assert bank.class_counts().tolist() == [0, 1, 1]
+    reference, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), torch.tensor([0, 1, 2])
+    query = torch.tensor([[1.0, 0.1]])
+    fixed = ReferenceBank.from_tensors(reference, labels, num_classes=3, metric="dot", ignore_index=0)
+    assert fixed.match(query).label.tolist() == [1]
+    expected = refmatch.classwise_max(query, reference, labels, 3, metric="dot", ignore_index=0)
+    assert torch.equal(fixed.classwise_max(query), expected) and expected[0, 0] == float("-inf")
+
+
+def test_rows_that_could_never_match_are_not_stored():
+    """NaN or Inf features would take a slot (evicting good rows under the ring) and never match."""
+    bank = ReferenceBank(2, 1, capacity_per_class=3, dtype=torch.float32, metric="dot")
+    features = torch.randn(1, 2, 2, 2)
+    features[0, 0, 0, 0], features[0, 1, 1, 1] = float("nan"), float("inf")
+    bank.add(features, torch.zeros(1, 2, 2, dtype=torch.long))
+    assert bank.class_counts().tolist() == [2] and bank.seen.tolist() == [2]
+    assert bank.features[:2].isfinite().all()
+
+
 def test_mask_downsampling_modes():
     masks = torch.tensor([[[0, 0, 1, 1],
                            [0, 1, 1, 1],

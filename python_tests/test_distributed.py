@@ -1,4 +1,5 @@
-"""ShardedReferenceBank: 2 gloo processes give exactly the single-process results, ties included."""
+"""ShardedReferenceBank: 2 gloo processes give exactly the single-process results (on features
+whose scores are exact), ties included; misuse raises on every rank."""
 import datetime
 import os
 import socket
@@ -9,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from refmatch import ReferenceBank
-from refmatch.distributed import ShardedReferenceBank
+from refmatch.distributed import ShardedReferenceBank, keep_shards_out_of_ddp
 
 WORLD = 2
 
@@ -83,13 +84,62 @@ def worker(rank, port, cases):
     os._exit(0)
 
 
-def test_two_gloo_ranks_match_one_process():
-    cases = [("dot", 1), ("l2", 1), ("cosine", 1), ("dot", 3), ("l2", 5)]
+def misuse_worker(rank, port):
+    """float64 banks, a bad query on one rank, DDP around a sharded bank, another rank's state_dict."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    # float64 scores stay float64 through the merge: 1 + 1e-12 beats 1 only there.
+    reference, labels = torch.tensor([[1.0], [1.0 + 1e-12]], dtype=torch.float64), torch.tensor([0, 1])
+    found = ShardedReferenceBank.from_tensors(reference, labels, metric="dot").match(torch.ones(1, 1, dtype=torch.float64))
+    assert found.label.tolist() == [1] and found.score.dtype == torch.float64
+    lonely = ShardedReferenceBank.from_tensors(reference[1:], labels[1:], num_classes=2, metric="dot")  # rank 0: empty
+    assert lonely.classwise_max(torch.ones(3, 1, dtype=torch.float64)).dtype == torch.float64
+    # A query that fails its check on one rank stops every rank, none waits in a collective.
+    bank = ShardedReferenceBank.from_tensors(torch.randn(6, 4), torch.tensor([0, 1, 2] * 2))
+    if rank == 0:
+        with pytest.raises(ValueError, match="query has D=5 channels"):
+            bank.match(torch.randn(3, 5))
+    else:
+        with pytest.raises(RuntimeError, match="the query failed its check on 1 other rank"):
+            bank.match(torch.randn(3, 4))
+    # DDP copies rank 0's buffers over every rank unless told to leave the shards alone.
+    for keep_out in (False, True):
+        model = torch.nn.Module()
+        model.head = torch.nn.Linear(2, 2)
+        model.bank = ShardedReferenceBank.from_tensors(torch.arange(8.0)[:, None].repeat(1, 2),
+                                                       torch.tensor([0, 1] * 4), metric="dot")
+        if keep_out:
+            keep_shards_out_of_ddp(model)
+        torch.nn.parallel.DistributedDataParallel(model)
+        if keep_out:
+            assert model.bank.match(torch.ones(1, 2)).index.tolist() == [7]
+        else:
+            with pytest.raises(RuntimeError, match="1 rank.s. hold another rank's shard: DistributedDataParallel"):
+                model.bank.match(torch.ones(1, 2))
+    state = [None] * WORLD
+    dist.all_gather_object(state, model.bank.state_dict())
+    model.bank.load_state_dict(state[1 - rank])
+    with pytest.raises(RuntimeError, match="2 rank.s. hold another rank's shard"):
+        model.bank.match(torch.ones(1, 2))
+    dist.barrier()
+    os._exit(0)
+
+
+def spawn(function, *args):
+    """``function(rank, port, *args)`` on WORLD gloo processes."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with socket.socket() as probe:  # a free loopback port for the TCP rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(worker, args=(port, cases), nprocs=WORLD, join=True)
+    mp.spawn(function, args=(port, *args), nprocs=WORLD, join=True)
+
+
+def test_two_gloo_ranks_match_one_process():
+    spawn(worker, [("dot", 1), ("l2", 1), ("cosine", 1), ("dot", 3), ("l2", 5)])
+
+
+def test_misuse_raises_on_every_rank_and_float64_stays_float64():
+    spawn(misuse_worker)
 
 
 def test_from_tensors_needs_an_initialised_group():

@@ -1,4 +1,7 @@
 """FeatureTap on torchvision-free toy models."""
+import copy
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -42,7 +45,7 @@ def test_size_and_weights():
     tap.close()
 
 
-@pytest.mark.parametrize("size", [0, (4,), (4, 0), "4", (4.0, 4)])
+@pytest.mark.parametrize("size", [0, (4,), (4, 0), "4", (4.0, 4), True, (2, 3, 4)])
 def test_bad_size(size):
     with pytest.raises(ValueError, match="size must be None, a positive int or an"):
         FeatureTap(TinyUNet(), ["encoder"], size=size)
@@ -53,9 +56,34 @@ def test_hooks_are_removed_on_close():
     tap = FeatureTap(model, ["encoder"])
     tap.close()
     model(torch.randn(1, 1, 8, 8))
-    with pytest.raises(RuntimeError, match="no output captured"):
+    with pytest.raises(RuntimeError, match="this FeatureTap is closed"):
         tap.features()
     assert not model.encoder._forward_hooks
+
+
+def test_no_output_before_a_forward_pass():
+    with pytest.raises(RuntimeError, match="no output captured yet for \\['encoder'\\]"):
+        FeatureTap(TinyUNet(), ["encoder"]).features()
+
+
+def test_an_output_changed_in_place_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True))
+    with FeatureTap(model, ["0"]) as tap, torch.no_grad():
+        model(torch.randn(1, 3, 4, 4))
+        with pytest.raises(RuntimeError, match="layer '0'.s output was changed in place after the tap took it"):
+            tap.features()
+    with FeatureTap(model, ["1"]) as tap, torch.inference_mode():  # inference tensors have no version counter
+        model(torch.randn(1, 3, 4, 4))
+        assert (tap.features() >= 0).all()
+
+
+def test_a_deepcopy_of_the_model_leaves_the_tap_alone():
+    model = TinyUNet()
+    with FeatureTap(model, ["encoder"]) as tap:
+        model(torch.randn(2, 1, 8, 8))
+        teacher = copy.deepcopy(model)  # an EMA teacher made from the tapped student
+        teacher(torch.randn(5, 1, 8, 8))
+        assert tap.features().shape[0] == 2
 
 
 def test_tuple_outputs_and_plain_models():
@@ -88,3 +116,8 @@ def test_on_the_recipe_unet():
         model(torch.randn(2, 1, 32, 32))
         features = tap.features()
     assert features.shape == (2, model.decoder_channels("up2") + model.decoder_channels("up1"), 8, 8)
+
+
+def test_size_takes_numpy_and_tensor_integers():
+    assert FeatureTap(TinyUNet(), ["encoder"], size=np.int64(4)).size == (4, 4)
+    assert FeatureTap(TinyUNet(), ["encoder"], size=(torch.tensor(3), 5)).size == (3, 5)

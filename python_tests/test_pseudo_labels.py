@@ -64,7 +64,9 @@ def test_hard_mode_refuses_k():
 
 @pytest.mark.parametrize("arguments, error, message", [
     (dict(mode="soft", k=0), ValueError, "k must be >= 1, got 0"),
-    (dict(temperature=0), ValueError, "temperature must be > 0"),
+    (dict(temperature=0), ValueError, "temperature must be finite and > 0, got 0"),
+    (dict(mode="soft", temperature=float("inf")), ValueError, "temperature must be finite and > 0, got inf"),
+    (dict(threshold=float("nan")), ValueError, "threshold must be a number or None, got nan"),
     (dict(temperature="0.1"), TypeError, "temperature must be a number, got str"),
     (dict(threshold="high"), TypeError, "threshold must be a number, got str"),
     (dict(ignore_index=0), ValueError, "ignore_index=0 is one of the bank's classes 0..3"),

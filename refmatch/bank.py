@@ -6,7 +6,8 @@ from torch import nn
 from .backends.scoring import METRICS, worst_score
 from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
-from .ops import MatchResult, _check_label_values, as_int, check_integer_labels, match
+from .ops import MatchResult, _check_label_values, as_int, check_integer_labels, describe, inferred_num_classes, \
+    kept_labels, match
 
 POLICIES = ("ring", "reservoir")
 
@@ -28,8 +29,9 @@ class ReferenceBank(nn.Module):
         dtype: floating-point storage dtype (queries are cast to it when matching).
         metric: "cosine" (``add`` stores rows L2-normalised; ``from_tensors`` keeps
             them as given, which scores the same), "dot" or "l2".
-        ignore_index: mask label that is never stored (None: every mask pixel is a
-            class; "pure" downsampling still drops mixed blocks).
+        ignore_index: mask label that is never stored, even where it is one of the
+            classes, which then stays empty (None: every mask pixel is a class; "pure"
+            downsampling still drops mixed blocks).
         policy: "ring" replaces the oldest features of a class (for features that
             drift under an EMA teacher); "reservoir" keeps a uniform sample of all
             features ever added.
@@ -42,6 +44,8 @@ class ReferenceBank(nn.Module):
         >>> bank.add(teacher_features, masks)         # [B, 64, h, w], [B, H, W]
         >>> result = bank.match(unlabelled_features)  # result.label: [B, h, w]
     """
+
+    LATE_BUFFERS = ("generator_state",)  # buffers that older state_dicts lack
 
     def __init__(self, dim, num_classes, capacity_per_class, dtype=torch.bfloat16, metric="cosine",
                  ignore_index=255, policy="ring", downsample="majority", seed=0):
@@ -81,9 +85,9 @@ class ReferenceBank(nn.Module):
         the largest label other than ``ignore_index``, plus 1.
         """
         if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
-            raise ValueError(f"reference must be [M, D], got {_describe(reference)}")
+            raise ValueError(f"reference must be [M, D], got {describe(reference)}")
         if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
-            raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {_describe(labels)}")
+            raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {describe(labels)}")
         check_integer_labels(labels)
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:
@@ -94,7 +98,7 @@ class ReferenceBank(nn.Module):
         bank.capacity = None
         bank.features = reference.detach().clone()
         bank.labels = labels.detach().to(torch.long, copy=True)
-        bank.counts = torch.bincount(_kept(bank.labels, ignore_index), minlength=num_classes).to(reference.device)
+        bank.counts = torch.bincount(kept_labels(bank.labels, ignore_index), minlength=num_classes).to(reference.device)
         bank.seen = bank.counts.clone()
         return bank
 
@@ -128,12 +132,13 @@ class ReferenceBank(nn.Module):
         Args:
             features: [B, D, h, w] feature maps.
             masks: [B, H, W] integer labels at image resolution, H and W integer
-                multiples of h and w; ``ignore_index`` pixels are dropped.
+                multiples of h and w; ``ignore_index`` pixels are dropped, as are
+                feature rows holding NaN or Inf (they could never match).
             images: optional [B, ...] inputs of ``features``, kept on the CPU so that
                 ``refresh`` can re-embed them later.
         """
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
-            raise ValueError(f"features must be [B, D, h, w], got {_describe(features)}")
+            raise ValueError(f"features must be [B, D, h, w], got {describe(features)}")
         self._require_growable()
         if features.shape[1] != self.dim:
             raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={self.dim}")
@@ -142,6 +147,8 @@ class ReferenceBank(nn.Module):
         labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes, dropped,
                                   self.downsample).reshape(-1)
         rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
+        # Ignored pixels leave no row (even where ignore_index is a class), nor do rows that could never match.
+        labels = torch.where(rows.isfinite().all(dim=1) & (labels != dropped), labels, -1)
         if self.metric == "cosine":
             rows = F.normalize(rows, dim=1)
         rows = rows.to(device=self.features.device, dtype=self.features.dtype)
@@ -153,8 +160,9 @@ class ReferenceBank(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args):  # args: metadata, strict, missing keys, ...
         super()._load_from_state_dict(state_dict, prefix, *args)
-        if prefix + "generator_state" in args[2]:  # saved before it was a buffer: keep this bank's
-            args[2].remove(prefix + "generator_state")
+        for name in self.LATE_BUFFERS:  # saved before they were buffers: keep this bank's
+            if prefix + name in args[2]:
+                args[2].remove(prefix + name)
 
     def _insert(self, cls, rows):
         count, seen, start = rows.shape[0], int(self.seen[cls]), cls * self.capacity
@@ -267,34 +275,16 @@ class ReferenceBank(nn.Module):
         if not isinstance(query, torch.Tensor):
             raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
         if query.dim() not in (2, 4):
-            raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {_describe(query)}")
+            raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}")
         if query.shape[1] != self.dim:
             raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={self.dim}")
         return query.to(self.features.dtype)
 
     def _class_rows(self, cls):
         """[rows, D] features of class ``cls``: the filled prefix of its slots (ring and
-        reservoir both fill slots in order), or a selection of a fixed bank."""
+        reservoir both fill slots in order), or a selection of a fixed bank (none for a
+        class that is ``ignore_index``)."""
         if self.capacity is None:
-            return self.features[self.labels == cls]
+            return self.features[(self.labels == cls) & (self.labels != self.ignore_index)]
         start = cls * self.capacity
         return self.features[start:start + int(self.counts[cls])]
-
-
-def _kept(labels, ignore_index):
-    """The labels that are not ``ignore_index``."""
-    return labels if ignore_index is None else labels[labels != ignore_index]
-
-
-def inferred_num_classes(labels, ignore_index):
-    """C for ``labels`` [M]: the largest label other than ``ignore_index``, plus 1."""
-    kept = _kept(labels, ignore_index)
-    if kept.numel() == 0:
-        raise ValueError(f"num_classes=None is inferred from the labels, but none of the {labels.numel()} labels "
-                         f"differs from ignore_index={ignore_index}; pass num_classes")
-    return max(int(kept.max()), 0) + 1  # negative labels fail the label check, not num_classes'
-
-
-def _describe(value):
-    """How an argument looks in an error message: its shape, else its type."""
-    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

@@ -3,22 +3,39 @@
 Each rank stores 1/world of the references. ``match`` gathers every rank's
 queries, matches them against the local shard, gathers the partial bests and
 merges them per query with the global lowest-index tie rule, so every rank gets
-exactly what one process holding the whole bank would return. Only
-``torch.distributed`` collectives are used (NCCL and gloo alike).
+what one process holding the whole bank would return, up to the rounding of
+scores: each shard's GEMM has another shape, so a score can differ by about an
+ulp and a near-tie that close can resolve differently (exact where the scores
+are, e.g. small integer features). Only ``torch.distributed`` collectives are
+used (NCCL and gloo alike).
 """
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .backends.scoring import worst_score
-from .bank import ReferenceBank, inferred_num_classes
+from .bank import ReferenceBank
 from .candidates import keep_best
-from .ops import MatchResult
+from .ops import MatchResult, inferred_num_classes
 
 
 def _gather(tensor, group):
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, tensor.contiguous(), group=group)
     return parts
+
+
+def keep_shards_out_of_ddp(model):
+    """Tell DistributedDataParallel to leave the buffers of every ShardedReferenceBank
+    inside ``model`` alone; call it before wrapping ``model``. DDP otherwise copies
+    rank 0's buffers, so rank 0's shard, to every rank (the bank's next call raises).
+    Returns ``model``."""
+    names = [f"{prefix}.{name}" if prefix else name
+             for prefix, module in model.named_modules() if isinstance(module, ShardedReferenceBank)
+             for name, _ in module.named_buffers(recurse=False)]
+    ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored + names)
+    return model
 
 
 def _as_rows(query):
@@ -41,18 +58,22 @@ class ShardedReferenceBank(ReferenceBank):
     ``from_tensors`` from the same tensors on every rank. Global indices are
     rank * local_slots + local slot (or the row of the tensors given to
     ``from_tensors``). ``match`` and ``classwise_max`` are collectives: every rank
-    must call them, with its own queries.
+    must call them, with its own queries; a query that fails its check on one rank
+    makes every rank raise. Scores are float32 (float64 for a float64 bank). Inside a
+    model wrapped in DistributedDataParallel, call ``keep_shards_out_of_ddp(model)``
+    first. A ``state_dict`` holds this rank's shard: load it on the same rank.
 
     Example:
         >>> bank = ShardedReferenceBank.from_tensors(reference, labels, metric="cosine")
         >>> result = bank.match(my_queries)     # same as one process with the whole bank
     """
 
+    LATE_BUFFERS = ReferenceBank.LATE_BUFFERS + ("shard_rank",)
+
     def __init__(self, dim, num_classes, capacity_per_class, *args, group=None, **kwargs):
         world = dist.get_world_size(group)
         super().__init__(dim, num_classes, -(-capacity_per_class // world), *args, **kwargs)
-        self.group = group
-        self.index_offset = dist.get_rank(group) * self.features.shape[0]
+        self._own_shard(group, dist.get_rank(group) * self.features.shape[0])
 
     @classmethod
     def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255, group=None):
@@ -63,8 +84,37 @@ class ShardedReferenceBank(ReferenceBank):
             num_classes = inferred_num_classes(labels, ignore_index)
         start, stop = reference.shape[0] * rank // world, reference.shape[0] * (rank + 1) // world
         bank = super().from_tensors(reference[start:stop], labels[start:stop], num_classes, metric, ignore_index)
-        bank.group, bank.index_offset = group, start
+        bank._own_shard(group, start)
         return bank
+
+    def _own_shard(self, group, index_offset):
+        self.group, self.index_offset = group, index_offset
+        # The rank whose shard the buffers hold: DDP's broadcast or another rank's state_dict shows.
+        self.register_buffer("shard_rank", torch.tensor(dist.get_rank(group), device=self.features.device))
+
+    def _checked_everywhere(self, query, k=1):
+        """``query`` checked and cast as ReferenceBank does, and the features stored over all
+        ranks, in one collective: when a rank's query fails its check, or a rank holds
+        another rank's shard, every rank raises (none is left waiting in a collective)."""
+        try:
+            query, error = self._checked_query(query), None
+        except (TypeError, ValueError) as caught:
+            error = caught
+        flags = torch.stack([self.counts.sum(), self.counts.new_tensor(int(error is not None)),
+                             (self.shard_rank != dist.get_rank(self.group)).long()])
+        dist.all_reduce(flags, group=self.group)
+        stored, failed, foreign = flags.tolist()
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(f"the query failed its check on {failed} other rank(s) (see their error): every "
+                               "rank stops here")
+        if foreign:
+            raise RuntimeError(f"{foreign} rank(s) hold another rank's shard: DistributedDataParallel copied rank "
+                               "0's buffers (call refmatch.distributed.keep_shards_out_of_ddp(model) before wrapping "
+                               "the model), or a state_dict saved on another rank was loaded")
+        self._require_features(stored, k)  # every rank raises alike
+        return query
 
     def __len__(self):
         """References stored over all ranks (a collective)."""
@@ -73,7 +123,7 @@ class ShardedReferenceBank(ReferenceBank):
         return int(total)
 
     def _gathered_queries(self, query):
-        rows, shape_back = _as_rows(query.to(self.features.dtype))
+        rows, shape_back = _as_rows(query)
         count = torch.tensor([rows.shape[0]], device=rows.device)
         counts = [int(c) for c in _gather(count, self.group)]
         padded = rows.new_zeros(max(counts), rows.shape[1])
@@ -83,10 +133,8 @@ class ShardedReferenceBank(ReferenceBank):
 
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` against the whole sharded bank; ``index`` is global."""
-        self._require_features(len(self), k)  # len is a collective, so every rank raises alike
-        all_rows, mine, shape_back = self._gathered_queries(query)
-        worst = worst_score(self.metric)
-        score = all_rows.new_full((all_rows.shape[0], k), worst, dtype=torch.float32)
+        all_rows, mine, shape_back = self._gathered_queries(self._checked_everywhere(query, k))
+        score = all_rows.new_full((all_rows.shape[0], k), worst_score(self.metric), dtype=self._score_dtype())
         index = torch.full_like(score, -1, dtype=torch.long)
         label = torch.full_like(index, -1)
         if self._stored() > 0:  # an empty shard contributes no candidates
@@ -105,14 +153,17 @@ class ShardedReferenceBank(ReferenceBank):
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class over all shards: [N, C] for rows, [B, C, h, w] for maps."""
-        self._require_features(len(self))
-        all_rows, mine, shape_back = self._gathered_queries(query)
+        all_rows, mine, shape_back = self._gathered_queries(self._checked_everywhere(query))
         if self._stored() > 0:
             scores = ReferenceBank.classwise_max(self, all_rows, backend=backend)
         else:
-            worst = worst_score(self.metric)
-            scores = all_rows.new_full((all_rows.shape[0], self.num_classes), worst, dtype=torch.float32)
+            scores = all_rows.new_full((all_rows.shape[0], self.num_classes), worst_score(self.metric),
+                                       dtype=self._score_dtype())
         op = dist.ReduceOp.MIN if self.metric == "l2" else dist.ReduceOp.MAX
         dist.all_reduce(scores, op=op, group=self.group)
         rows = scores[mine]
         return rows if query.dim() == 2 else shape_back(rows).contiguous()
+
+    def _score_dtype(self):
+        """The dtype of ``refmatch.match`` scores for this bank's features."""
+        return torch.float64 if self.features.dtype == torch.float64 else torch.float32

@@ -2,16 +2,22 @@
 import torch
 import torch.nn.functional as F
 
+from .ops import as_int, describe
+
 
 def size_pair(size, name):
-    """None, an int (a square) or an (H, W) pair of positive ints -> None or (H, W)."""
+    """None, an int (a square) or an (H, W) pair of positive ints (NumPy and 0-d tensor
+    integers too) -> None or (H, W) Python ints."""
     if size is None:
         return None
-    pair = (size, size) if isinstance(size, int) else size
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in pair)):
+    pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    try:
+        pair = tuple(as_int(name, side) for side in pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{name} must be None, a positive int or an (H, W) pair of positive ints, got {size!r}")
-    return tuple(pair)
+    return pair
 
 
 class FeatureTap:
@@ -21,6 +27,9 @@ class FeatureTap:
     (the largest, or ``size``), L2-normalises it per layer over channels, scales it
     by its weight and concatenates: one [B, sum(D_i), h, w] map. The model itself
     is not changed; ``close()`` (or leaving the ``with`` block) removes the hooks.
+    A ``copy.deepcopy`` of the model (an EMA teacher, say) carries the hooks, which
+    do nothing there: tap the copy with its own FeatureTap. An output changed in place
+    after capture (by an ``inplace=True`` activation, say) is refused by ``features()``.
 
     Example:
         >>> with FeatureTap(teacher, ["decoder.up2", "decoder.up1"]) as tap:
@@ -41,23 +50,34 @@ class FeatureTap:
         if len(self.weights) != len(self.layers):
             raise ValueError(f"weights must give one value per layer ({len(self.layers)}), got {len(self.weights)}")
         self.size = size_pair(size, "size")
-        self._outputs = {}
+        self._outputs = {}  # name -> (output, its version counter when captured, or None)
+        self._tapped = {name: modules[name] for name in self.layers}
         self._handles = [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
 
     def _keeper(self, name):
         def keep(module, inputs, output):
-            self._outputs[name] = output[0] if isinstance(output, (tuple, list)) else output
+            if module is not self._tapped.get(name):  # the hook as a deepcopy of the model carries it
+                return
+            output = output[0] if isinstance(output, (tuple, list)) else output
+            tracked = isinstance(output, torch.Tensor) and not output.is_inference()
+            self._outputs[name] = (output, output._version if tracked else None)
         return keep
 
     def features(self):
         """[B, sum(D_i), h, w] from the last forward pass."""
+        if not self._handles:
+            raise RuntimeError("this FeatureTap is closed: make a new one to tap the model again")
         missing = [name for name in self.layers if name not in self._outputs]
         if missing:
             raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first")
-        maps = [self._outputs[name] for name in self.layers]
+        maps = [self._outputs[name][0] for name in self.layers]
         for name, feature_map in zip(self.layers, maps):
-            if feature_map.dim() != 4:
-                raise ValueError(f"layer {name!r} gave shape {tuple(feature_map.shape)}; FeatureTap needs [B, D, h, w]")
+            version = self._outputs[name][1]
+            if version is not None and feature_map._version != version:
+                raise RuntimeError(f"layer {name!r}'s output was changed in place after the tap took it (an "
+                                   "inplace=True activation or a += after it?): tap the layer that follows instead")
+            if not isinstance(feature_map, torch.Tensor) or feature_map.dim() != 4:
+                raise ValueError(f"layer {name!r} gave {describe(feature_map)}; FeatureTap needs [B, D, h, w]")
         size = self.size or max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
         parts = []
         for feature_map, weight in zip(maps, self.weights):
@@ -70,7 +90,7 @@ class FeatureTap:
         """Remove the hooks and drop captured outputs."""
         for handle in self._handles:
             handle.remove()
-        self._handles, self._outputs = [], {}
+        self._handles, self._outputs, self._tapped = [], {}, {}
 
     def __enter__(self):
         return self

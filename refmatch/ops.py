@@ -70,6 +70,25 @@ def check_integer_labels(labels):
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
 
 
+def kept_labels(labels, ignore_index):
+    """The labels that are not ``ignore_index``."""
+    return labels if ignore_index is None else labels[labels != ignore_index]
+
+
+def inferred_num_classes(labels, ignore_index):
+    """C for ``labels`` [M]: the largest label other than ``ignore_index``, plus 1."""
+    kept = kept_labels(labels, ignore_index)
+    if kept.numel() == 0:
+        raise ValueError(f"num_classes=None is inferred from the labels, but none of the {labels.numel()} labels "
+                         f"differs from ignore_index={ignore_index}; pass num_classes")
+    return max(int(kept.max()), 0) + 1  # negative labels fail the label check, not num_classes'
+
+
+def describe(value):
+    """How an argument looks in an error message: its shape, else its type."""
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _check_inputs(query, reference, labels, k, metric, backend):
     for name, value in (("query", query), ("reference", reference)):
         if not isinstance(value, torch.Tensor):

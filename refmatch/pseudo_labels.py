@@ -1,12 +1,12 @@
 """PseudoLabeler: reference-guided pseudo-labels from a ReferenceBank."""
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .bank import _describe
 from .feature_tap import size_pair
-from .ops import as_int, as_number
+from .ops import as_int, as_number, describe
 from .vote import margin, vote
 
 MODES = ("hard", "soft")
@@ -56,8 +56,10 @@ class PseudoLabeler:
             raise ValueError("hard mode takes the single nearest reference (k=1); use mode='soft' for k > 1")
         temperature = as_number("temperature", temperature)
         threshold = None if threshold is None else as_number("threshold", threshold)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        if threshold is not None and math.isnan(threshold):
+            raise ValueError("threshold must be a number or None, got nan")
         if 0 <= ignore_index < bank.num_classes:
             raise ValueError(f"ignore_index={ignore_index} is one of the bank's classes 0..{bank.num_classes - 1}: "
                              "dropped pixels would read as that class")
@@ -79,7 +81,7 @@ class PseudoLabeler:
         if agree_with is not None and (not isinstance(agree_with, torch.Tensor)
                                        or tuple(agree_with.shape) != expected):
             raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, "
-                             f"got {_describe(agree_with)}")
+                             f"got {describe(agree_with)}")
         if agree_with is not None and (agree_with.dtype.is_floating_point or agree_with.dtype == torch.bool):
             raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}")
         if self.mode == "hard":
