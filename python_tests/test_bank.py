@@ -135,6 +135,14 @@ def test_state_dict_round_trip():
     assert copy.class_counts().tolist() == bank.class_counts().tolist()
 
 
+def test_a_fixed_banks_state_dict_does_not_load_into_a_growable_bank():
+    fixed = ReferenceBank.from_tensors(torch.randn(3, 2), torch.tensor([2, 0, 1]), num_classes=3, metric="dot")
+    growable = ReferenceBank(2, 3, capacity_per_class=1, dtype=torch.float32, metric="dot")
+    with pytest.raises(RuntimeError, match="labels: from a bank made by from_tensors"):
+        growable.load_state_dict(fixed.state_dict())
+    assert growable.labels.tolist() == [0, 1, 2] and len(growable) == 0  # left as it was
+
+
 def test_match_returns_slot_classes_and_classwise_scores():
     bank = ReferenceBank(2, 3, capacity_per_class=4, dtype=torch.float32)
     features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None]

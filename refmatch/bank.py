@@ -159,6 +159,12 @@ class ReferenceBank(nn.Module):
             self._sources.append((images.detach().cpu(), masks.detach().cpu()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args):  # args: metadata, strict, missing keys, ...
+        saved_labels = state_dict.get(prefix + "labels")
+        if self.capacity is not None and saved_labels is not None and not torch.equal(saved_labels.cpu(),
+                                                                                       self.labels.cpu()):
+            args[4].append(f"{prefix}labels: from a bank made by from_tensors, or of another layout; this bank "
+                           f"groups its slots by class, {self.capacity} per class")
+            return
         super()._load_from_state_dict(state_dict, prefix, *args)
         for name in self.LATE_BUFFERS:  # saved before they were buffers: keep this bank's
             if prefix + name in args[2]:
