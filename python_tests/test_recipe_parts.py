@@ -1,0 +1,108 @@
+"""Training recipe parts: model, config, losses, checkpoint files, metrics and report formats."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("yaml", reason="the train extra is not installed")
+
+from refmatch.recipes.checkpoint import load, save_atomic  # noqa: E402
+from refmatch.recipes.config import load_config  # noqa: E402
+from refmatch.recipes.losses import dice_loss, rampup  # noqa: E402
+from refmatch.recipes.unet import UNet  # noqa: E402
+
+
+def test_unet_shapes_and_decoder_names():
+    model = UNet(1, 3, width=4, depth=3)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+    assert model.decoder_channels("decoder.up2") == 8 and model.decoder_channels("up1") == 4
+    assert "decoder.up1" in dict(model.named_modules())
+
+
+def test_config_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: supervised\nsteps: 5\n")
+    config = load_config(path, ["lr=0.01", "tap_layers=[decoder.up1]"])
+    assert (config.method, config.steps, config.lr, config.tap_layers) == ("supervised", 5, 0.01, ["decoder.up1"])
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(None, ["stepz=3"])
+    with pytest.raises(ValueError, match="method must be one of"):
+        load_config(None, ["method=fixmatch"])
+    with pytest.raises(ValueError, match="steps must be int"):
+        load_config(None, ["steps=many"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="width must be >= 1, got 0"):
+        load_config(None, ["width=0"])
+    with pytest.raises(ValueError, match="pl_mode must be one of"):
+        load_config(None, ["pl_mode=bogus"])
+    with pytest.raises(ValueError, match="pl_mode=hard takes the nearest reference"):
+        load_config(None, ["pl_mode=hard", "pl_k=8"])
+
+
+def test_losses():
+    masks = torch.randint(0, 3, (2, 8, 8))
+    perfect = 50.0 * torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()
+    assert dice_loss(perfect, masks).item() < 1e-3
+    assert rampup(0, 10) == pytest.approx(0.0067, abs=1e-3) and rampup(10, 10) == 1.0 and rampup(5, 0) == 1.0
+
+
+def test_atomic_save_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_atomic({"step": 1}, path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"step": 2}, path)
+    assert load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Written through a temporary file, yet readable as any file the user writes (not 0600)."""
+    import os
+
+    from refmatch.data.splits import save_splits
+
+    save_atomic({"step": 1}, tmp_path / "latest.pt")
+    save_splits({"labeled": ["a.png"], "unlabeled": [], "val": [], "test": [], "seed": 0}, tmp_path / "splits.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("latest.pt", "splits.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_metrics_json_writes_infinite_hd95_as_null():
+    import math
+
+    from refmatch.recipes.evaluation import metrics_json
+
+    text = metrics_json({"mean_hd95": math.inf, "per_class": {"lung": {"dice": 0.5, "hd95": math.nan}}})
+    assert json.loads(text) == {"mean_hd95": None, "per_class": {"lung": {"dice": 0.5, "hd95": None}}}
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from refmatch.recipes import run_context
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA device: train with device=cpu"):
+        run_context._pick_device("cuda", local_rank=0, local_world=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run_context._pick_device("cuda", local_rank=0, local_world=1) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="2 processes on this node but 1 CUDA device"):
+        run_context._pick_device("cuda", local_rank=1, local_world=2)
+
+
+def test_report_prints_a_null_hd95_as_inf(tmp_path):
+    from refmatch.recipes.report import table
+
+    metrics = {"method": "refmatch", "train_seconds": 60.0, "config": {"steps": 2},
+               "test": {"dice": {"background": 0.9, "lung": 0.0}, "iou": {"background": 0.8, "lung": 0.0},
+                        "hd95": {"background": 1.0, "lung": None}, "mean_dice": 0.0}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "splits.json").write_text(json.dumps({"labeled": ["a.png"]}))
+    assert "| 0.0000 | 0.0000 | inf | 0.0000 | 1.0 |" in table([tmp_path])
