@@ -33,13 +33,43 @@ def test_unknown_command_is_named_before_the_usage(capsys):
 @pytest.mark.parametrize("arguments, message", [
     (["pl_mood=soft"], "refmatch train: error: unknown config key(s) ['pl_mood']"),
     (["--config", "missing.yaml"], "refmatch train: error: config not found: missing.yaml"),
+    (["--config", "BAD"], "refmatch train: error: BAD is not valid YAML at line 2, column 4: expected ',' or ']'"),
+    (["--config", "LIST"], "refmatch train: error: LIST must hold key: value lines, got a list"),
+    (["steps=[1"], "refmatch train: error: override 'steps=[1' is not valid YAML at line 1, column 3"),
+    (["steps="], "refmatch train: error: steps must be int, got None"),
+    (["lr=null"], "refmatch train: error: lr must be float, got None"),
+    (["tap_size=0"], "refmatch train: error: tap_size must be >= 1, got 0"),
+    (["seed=-1"], "refmatch train: error: seed must be >= 0, got -1"),
+    (["lr=.nan"], "refmatch train: error: lr must be > 0, got nan"),
+    (["labeled_fraction=1.5"], "refmatch train: error: labeled_fraction must be <= 1, got 1.5"),
+    (["device=foo"], "refmatch train: error: device must be auto, cpu, cuda or cuda:N, got 'foo'"),
+    (["--out", "/dev/null/run"], "refmatch train: error: [Errno 20] Not a directory: '/dev/null/run'"),
+    (["--out", "DAMAGED", "--resume"], "refmatch train: error: DAMAGED/latest.pt is not a readable checkpoint"),
 ])
 def test_user_errors_print_one_line_from_the_command_line(monkeypatch, capsys, tmp_path, arguments, message):
+    """Caught before any data loads: the run folder stays empty."""
+    (tmp_path / "BAD").write_text("steps: [1\nfoo: : :\n")
+    (tmp_path / "LIST").write_text("- a\n- b\n")
+    (tmp_path / "DAMAGED").mkdir()
+    (tmp_path / "DAMAGED" / "latest.pt").write_text("not a checkpoint")
+    arguments = [str(tmp_path / word) if word in ("BAD", "LIST", "DAMAGED") else word for word in arguments]
+    message = message.replace("BAD", str(tmp_path / "BAD")).replace("LIST", str(tmp_path / "LIST"))
+    message = message.replace("DAMAGED", str(tmp_path / "DAMAGED"))
     monkeypatch.delenv("REFMATCH_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["refmatch", "train", "--out", str(tmp_path / "run"), *arguments])
     assert main() == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo, "main", interrupted)
+    monkeypatch.setattr(sys, "argv", ["refmatch", "demo"])
+    assert main() == 130
+    assert capsys.readouterr().err == "refmatch demo: interrupted\n"
 
 
 def test_user_errors_raise_under_debug_and_when_called_from_python(monkeypatch, tmp_path):

@@ -74,3 +74,16 @@ def test_reads_the_runs_own_split_and_leaves_it_alone(tmp_path):
     with pytest.raises(FileNotFoundError, match="splits.json not found"):
         main(["compare-pseudo-labels", "--run", str(run), "--out", str(tmp_path / "out")])
     assert not (run / "splits.json").exists()
+
+
+def test_default_settings_a_run_cannot_take_or_repeats_are_left_out(capsys):
+    from refmatch.recipes.compare_pseudo_labels import DEFAULT_SETTINGS, default_settings
+    from refmatch.recipes.config import load_config
+
+    small = default_settings(load_config(None, ["image_size=32", "tap_size=16"]))
+    assert small == [text for text in DEFAULT_SETTINGS if "tap_size=64" not in text]
+    assert "left out the default setting 'pl_mode=hard,tap_size=64': image_size=32 must be divisible" in \
+        capsys.readouterr().out
+    at_64 = default_settings(load_config(None, ["image_size=128", "tap_size=64"]))
+    assert at_64 == small
+    assert "'pl_mode=hard,tap_size=64': the same as 'pl_mode=hard' here" in capsys.readouterr().out

@@ -235,3 +235,53 @@ def test_resume_on_amp_takes_a_cpu_legs_empty_scaler(tmp_path):
         trainer._load(state)
     finally:
         trainer.run.close()
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplog):
+    """SIGINT during step 3 of 6: the step ends, latest.pt holds step 3 (eval_every is 2),
+    KeyboardInterrupt follows; a second SIGINT stops at once; the resumed run finishes."""
+    import os
+    import signal
+
+    from refmatch.recipes.train import Trainer
+
+    config = load_config(None, TINY + ["steps=6"])
+    trainer = Trainer(config, tmp_path)
+    train_step = trainer.train_step
+
+    def interrupted_step(times):
+        if trainer.step == 2:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return train_step()
+    try:
+        monkeypatch.setattr(trainer, "train_step", lambda: interrupted_step(2))
+        with pytest.raises(KeyboardInterrupt):  # twice: at once, inside the step
+            trainer.fit()
+        assert load(tmp_path / "latest.pt")["step"] == 2
+        monkeypatch.setattr(trainer, "train_step", lambda: interrupted_step(1))
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+        assert trainer.step == 3 and load(tmp_path / "latest.pt")["step"] == 3
+        assert "stopped at step 3 of 6 (SIGINT)" in caplog.text
+    finally:
+        trainer.run.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    resumed = Trainer(config, tmp_path, resume=True)
+    try:
+        assert resumed.fit()["config"]["steps"] == 6
+    finally:
+        resumed.run.close()
+
+
+def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch):
+    from refmatch.__main__ import main
+    from refmatch.recipes import train
+
+    run = tmp_path / "sup"
+    main(["train", *TINY, "method=supervised", "steps=2", "--out", str(run)])
+    assert sorted(path.name for path in (run / "images").iterdir()) == ["step_000002.png"]  # supervised too
+    with pytest.raises(ValueError, match="steps=1 is below the 2 steps the run has trained"):
+        main(["train", "--out", str(run), "--resume", "steps=1"])
+    monkeypatch.setattr(train.Trainer, "finish", lambda self: pytest.fail("a finished run was tested again"))
+    assert main(["train", "--out", str(run), "--resume"]) == 0

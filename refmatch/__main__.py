@@ -12,8 +12,8 @@ COMMANDS = {
     "bench": ("refmatch.bench:main", "benchmark match against the dense GEMM and peers"),
     "info": ("refmatch.info:main", "versions, compiled archs and backend availability"),
 }
-# What a user's mistake (bad key, missing file, occupied folder) raises in the commands.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+# What a user's mistake (bad key, missing file, occupied or unwritable folder) raises in the commands.
+USER_ERRORS = (ValueError, OSError)
 
 
 def print_usage(file):
@@ -41,8 +41,9 @@ def run(argv):
 def main(argv=None):
     """Entry point of the ``refmatch`` script and ``python -m refmatch``. Without ``argv``
     (the process's arguments) a user error prints one line, ``refmatch <command>: error: ...``,
-    and returns 2 (``REFMATCH_DEBUG=1``: the traceback instead). Called with a list, as
-    from Python, it is ``run(argv)``: exceptions reach the caller."""
+    and returns 2 (``REFMATCH_DEBUG=1``: the traceback instead); Ctrl-C prints
+    ``interrupted`` and returns 130. Called with a list, as from Python, it is
+    ``run(argv)``: exceptions reach the caller."""
     if argv is not None:
         return run(argv)
     argv = sys.argv[1:]
@@ -53,6 +54,12 @@ def main(argv=None):
             raise
         print(f"refmatch {argv[0]}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"refmatch {argv[0]}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head, say: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

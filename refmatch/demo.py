@@ -78,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}, but torch {torch.__version__} sees no CUDA device: use --device cpu")
     figures = run(args.labeled, args.unlabeled, args.classes, args.dim, args.size, args.seed,
                   args.backend, args.device)
     print(f"reference bank: {figures['bank_pixels']:,} pixels from {args.labeled} labelled images")

@@ -1,4 +1,6 @@
 """``python -m refmatch.info``: versions, compiled archs and the backend table."""
+import argparse
+import os
 import platform
 import sys
 
@@ -48,7 +50,14 @@ def report():
 
 
 def main(argv=None):
-    print(report())
+    """Print ``report()``; ``--help`` says what it prints."""
+    parser = argparse.ArgumentParser(prog="refmatch info", description="Versions, the compiled CUDA archs of "
+                                     "refmatch._C and which backends can run here, with the reason when not.")
+    parser.parse_args(argv)
+    try:
+        print(report(), flush=True)
+    except BrokenPipeError:  # piped into head, say: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

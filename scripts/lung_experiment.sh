@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's experiment on the Shenzhen lung X-rays at 128x128 on the CPU: supervised,
 # mean-teacher pseudo-labels and refmatch with NUM_LABELED labelled images, and full
-# supervision; same model and steps; then one table. Finished runs are not run again, stopped
-# ones are resumed.
+# supervision; same model and steps; then one table. A run folder that exists is resumed with
+# the same settings: a stopped run goes on, a finished one keeps its result, and one trained
+# with other settings (an earlier config) stops the script, naming them.
 # Usage: bash scripts/lung_experiment.sh [SEED] [NUM_LABELED] [REFMATCH_OVERRIDES...]
 #   e.g. bash scripts/lung_experiment.sh 0 6 pl_mode=soft tap_size=32 pl_consensus=false pl_k=8
 #   (the soft top-8 vote: runs/lung_seed0/refmatch_n6_pl_mode-soft_tap_size-32_pl_consensus-false_pl_k-8)
@@ -15,10 +16,10 @@ out=runs/lung_seed$seed
 tag=$([[ $labeled == 28 ]] && echo 5pct || echo "n$labeled")  # 28 labelled images are 5 % of 566
 variant=$(printf '_%s' "$@" | tr '=' '-')
 [[ $# -gt 0 ]] || variant=""
-run() {  # a run stopped part-way (latest.pt, no metrics.json) is resumed
-  if [[ -f "$1/metrics.json" ]]; then return; fi
-  if [[ -f "$1/latest.pt" ]]; then refmatch train --out "$1" --resume; return; fi
-  refmatch train --config configs/lung_cpu.yaml seed=$seed --out "$@"
+run() {
+  local resume=()
+  [[ -f "$1/latest.pt" ]] && resume=(--resume)
+  refmatch train --config configs/lung_cpu.yaml seed=$seed "${resume[@]}" --out "$@"
 }
 run $out/supervised_$tag method=supervised num_labeled=$labeled
 run $out/meanteacher_$tag method=meanteacher-pl num_labeled=$labeled

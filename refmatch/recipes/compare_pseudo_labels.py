@@ -40,10 +40,32 @@ def parse_setting(text, config):
     items = [item for item in text.split(",") if item]
     if not any(item.startswith("method=") for item in items):
         items.append("method=refmatch")
-    setting = load_config(None, items, base={**dataclasses.asdict(config), **PLAIN_PSEUDO_LABELS})
+    try:
+        setting = load_config(None, items, base={**dataclasses.asdict(config), **PLAIN_PSEUDO_LABELS})
+    except ValueError as error:
+        raise ValueError(f"setting {text!r}: {error}") from None
     if setting.method == "supervised":
         raise ValueError(f"setting {text!r}: method=supervised makes no pseudo-labels")
     return setting
+
+
+def default_settings(config):
+    """``DEFAULT_SETTINGS`` this run can take, each a distinct setting (``pl_mode=hard`` and
+    ``pl_mode=hard,tap_size=64`` are one for a run at tap_size 64); says which it leaves out."""
+    kept, seen = [], []
+    for text in DEFAULT_SETTINGS:
+        try:
+            setting = parse_setting(text, config)
+        except ValueError as error:
+            print(f"left out the default {error}", flush=True)
+            continue
+        if setting in seen:
+            print(f"left out the default setting {text!r}: the same as {kept[seen.index(setting)]!r} here",
+                  flush=True)
+            continue
+        kept.append(text)
+        seen.append(setting)
+    return kept
 
 
 def plain_pseudo_labels_text(tap_size=None):
@@ -147,17 +169,20 @@ def main(argv=None):
     parser.add_argument("--setting", action="append", help="comma-separated key=value config changes from "
                         f"{plain_pseudo_labels_text()}, not the run's values "
                         f"(repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
-    parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score")
+    parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score (>= 1)")
     parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "
                         "(default: RUN/compare-pseudo-labels)")
     args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images must be >= 1, got {args.images}")
     out = args.out or args.run / "compare-pseudo-labels"
     state = load(args.run / args.checkpoint)  # read once: the teacher and the header's tap size
-    rows, class_names, images, truth, outputs = compare(args.run, args.setting or DEFAULT_SETTINGS, args.images,
-                                                        checkpoint=args.checkpoint, state=state)
+    config = TrainConfig(**state["config"])
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before the work
+    rows, class_names, images, truth, outputs = compare(args.run, args.setting or default_settings(config),
+                                                        args.images, checkpoint=args.checkpoint, state=state)
     table = markdown(rows, class_names)
-    out.mkdir(parents=True, exist_ok=True)
-    tap_size = TrainConfig(**state["config"]).tap_size
+    tap_size = config.tap_size
     header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"
               f"Each setting changes only what it names from {plain_pseudo_labels_text(tap_size)}.\n\n")
     (out / "compare.md").write_text(header + table + "\n")

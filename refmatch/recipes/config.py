@@ -1,11 +1,24 @@
 """Training configuration: YAML file + ``key=value`` overrides over typed defaults."""
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..pseudo_labels import MODES as PL_MODES
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
+# (keys, test, what the test asks); NaN fails every test.
+LIMITS = ((("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_every", "bank_capacity",
+            "bank_refresh_every", "width", "depth", "image_size", "tap_size", "num_phantoms", "pl_k"),
+           lambda value: value >= 1, ">= 1"),
+          (("num_labeled", "min_test", "pl_start", "rampup_steps", "seed", "num_workers", "weight_decay",
+            "pl_weight", "val_fraction", "test_fraction", "ema_decay", "confidence_threshold"),
+           lambda value: value >= 0, ">= 0"),
+          (("lr", "pl_temperature", "labeled_fraction"), lambda value: 0 < value < math.inf, "> 0"),
+          (("labeled_fraction", "val_fraction", "test_fraction", "ema_decay", "confidence_threshold"),
+           lambda value: value <= 1, "<= 1"))
 
 
 @dataclass
@@ -50,15 +63,20 @@ class TrainConfig:
     amp: bool = True                      # CUDA only
 
     def validate(self):
+        """Refuse settings that would fail later, after the data loaded and the run folder exists."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for names, test, asked in LIMITS:
+            for name in names:
+                if not test(getattr(self, name)):
+                    raise ValueError(f"{name} must be {asked}, got {getattr(self, name)}")
         if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
                              f"tap_size={self.tap_size}")
-        for name in ("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_every", "bank_capacity",
-                     "bank_refresh_every", "width", "depth", "image_size", "tap_size", "num_phantoms", "pl_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            torch.device("cpu" if self.device == "auto" else self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
         if self.pl_mode not in PL_MODES:
             raise ValueError(f"pl_mode must be one of {PL_MODES}, got {self.pl_mode!r}")
         if self.pl_mode == "hard" and self.pl_k != 1:
@@ -76,12 +94,15 @@ def load_config(path=None, overrides=(), base=None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config not found: {path}")
-        values.update(yaml.safe_load(path.read_text()) or {})
+        loaded = _parsed(yaml, path.read_text(), path) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold key: value lines, got a {type(loaded).__name__}")
+        values.update(loaded)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must be key=value, got {item!r}")
         key, value = item.split("=", 1)
-        values[key] = yaml.safe_load(value)
+        values[key] = _parsed(yaml, value, f"override {item!r}")
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -91,7 +112,17 @@ def load_config(path=None, overrides=(), base=None):
         default = getattr(config, key)
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)
-        if value is not None and default is not None and type(value) is not type(default):
+        if type(value) is not type(default):
             raise ValueError(f"{key} must be {type(default).__name__}, got {value!r}")
         setattr(config, key, value)
     return config.validate()
+
+
+def _parsed(yaml, text, where):
+    """YAML ``text``, or a ValueError naming ``where`` (a file or an override)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{where} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None

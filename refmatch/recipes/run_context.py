@@ -28,7 +28,8 @@ def _pick_device(name, local_rank, local_world):
 
 
 # What a run writes into its folder; --overwrite removes them before a new run starts there.
-RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log", "images", "tensorboard")
+RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log", "images", "tensorboard",
+               "compare-pseudo-labels")
 
 
 def start_fresh(run_dir, overwrite=False):
@@ -142,6 +143,14 @@ class RunContext:
         if any(key.startswith("val/") for key in values):
             summary = ", ".join(f"{k[4:]} {v:.4f}" for k, v in values.items() if k.count("/") == 1)
             self.logger.info("step %d: %s", step, summary)
+
+    def on_any_rank(self, flag):
+        """Whether ``flag`` holds on any rank (a collective when distributed)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value)
 
     def gather(self, value):
         """[value of rank 0, rank 1, ...] (a collective when distributed)."""

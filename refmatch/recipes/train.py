@@ -9,6 +9,7 @@ initialisation is drawn from one generator that is checkpointed with the run, so
 """
 import copy
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from .checkpoint import load, save_atomic
 from .config import TrainConfig
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict
+from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, pseudo_label_source
 from .run_context import RunContext, start_fresh
@@ -42,7 +44,12 @@ RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
 
 def load_latest(run_dir):
     """``run_dir/latest.pt``, what ``--resume`` continues (its "config" is the run's config)."""
-    return load(Path(run_dir) / "latest.pt")
+    path = Path(run_dir) / "latest.pt"
+    state = load(path)
+    missing = [key for key in ("step", "config", "student", "teacher", "optimizer") if key not in state]
+    if missing:
+        raise ValueError(f"{path} is not a training run's checkpoint: it lacks {', '.join(missing)}")
+    return state
 
 
 def check_resumable(saved, config):
@@ -68,6 +75,9 @@ class Trainer:
         resumed = load_latest(run_dir) if resume is True else (resume or None)
         if resumed is not None:
             check_resumable(resumed["config"], config)
+            if config.steps < resumed["step"]:
+                raise ValueError(f"steps={config.steps} is below the {resumed['step']} steps the run has trained: "
+                                 "a resumed run can only go on (train a new run into another folder)")
         else:
             start_fresh(run_dir, overwrite)
         self.config, self.run = config, RunContext(config, Path(run_dir))
@@ -140,6 +150,7 @@ class Trainer:
         config, logs = self.config, {}
         images, masks = self._batch(self.data.labeled, config.batch_size)
         images, masks = augment.weak(images, masks, self.generator)
+        self._last_view = (images, masks, None)  # what the next grid shows until pseudo-labels run
         pseudo = None
         if self.pseudo is not None and self.data.unlabeled.images.shape[0] and self.step >= config.pl_start:
             if config.method == "refmatch" and (self.step - config.pl_start) % config.bank_refresh_every == 0:
@@ -164,7 +175,7 @@ class Trainer:
                          "pseudo/kept_ratio": pseudo.kept_fraction.item()})
             if bool(judged.any()):
                 logs["pseudo/accuracy"] = (pseudo.labels == hidden_truth)[judged].float().mean().item()
-            self._last_pseudo = (weak_view, hidden_truth, pseudo)
+            self._last_view = (weak_view, hidden_truth, pseudo)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -181,33 +192,47 @@ class Trainer:
         return metrics
 
     def save_images(self):
-        if not getattr(self, "_last_pseudo", None):
-            return
-        images, truth, pseudo = self._last_pseudo
+        """A grid of the last step's images: the unlabelled ones with their pseudo-labels and
+        confidence (hidden truth beside), else the labelled ones."""
+        images, truth, pseudo = self._last_view
         count = min(4, images.shape[0])
         prediction = predict(self.teacher, images[:count], self.device)
+        extra = (pseudo.labels[:count].cpu(), pseudo.confidence[:count].cpu()) if pseudo is not None else (None, None)
         self.run.image(f"step_{self.step:06d}.png", training_grid, images[:count].cpu(), truth[:count].cpu(),
-                       prediction, pseudo.labels[:count].cpu(), pseudo.confidence[:count].cpu(), IGNORE)
+                       prediction, *extra, IGNORE)
 
     def fit(self, stop_at=None):
-        """Train to ``config.steps`` (or ``stop_at``), then test the best checkpoint."""
+        """Train to ``config.steps`` (or ``stop_at``), then test the best checkpoint. Ctrl-C
+        or SIGTERM stops after the current step (on every rank), saves latest.pt and raises
+        KeyboardInterrupt (SIGTERM: SystemExit 143); ``stop_at`` returns None instead."""
         config, started, seconds_before = self.config, time.time(), self.seconds
-        last = min(config.steps, stop_at or config.steps)
-        for _ in self.run.progress(range(self.step, last)):
-            logs = self.train_step()
-            self.step += 1
-            self.run.scalars(logs, self.step)
-            if self.step % config.eval_every == 0 or self.step == config.steps:
-                self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
-                self.seconds = seconds_before + time.time() - started  # resumed runs add up their parts
-                self._save_latest()
-            if self.step % config.image_every == 0:
-                self.save_images()
+        finished = self.run.dir / "metrics.json"
+        if self.step == config.steps and finished.is_file():  # resumed as it ended: its result stands
+            logging.getLogger("refmatch").info("the run finished at step %d: %s stands", self.step, finished)
+            return json.loads(finished.read_text())
+        last = config.steps if stop_at is None else min(config.steps, stop_at)
+        stop = StopRequest()
+        with stop.catching():
+            for _ in self.run.progress(range(self.step, last)):
+                logs = self.train_step()
+                self.step += 1
+                self.run.scalars(logs, self.step)
+                if self.step % config.eval_every == 0 or self.step == config.steps:
+                    self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
+                    self.seconds = seconds_before + time.time() - started  # resumed runs add up their parts
+                    self._save_latest()
+                if self.step % config.image_every == 0:
+                    self.save_images()
+                if self.run.on_any_rank(stop.signal is not None):
+                    stop.signal = stop.signal or "a signal on another rank"
+                    break
         self.seconds = seconds_before + time.time() - started
         if self.step < config.steps:
             self._save_latest()
-            logging.getLogger("refmatch").info("stopped at step %d of %d, saved to %s; continue with --resume",
-                                               self.step, config.steps, self.run.dir / "latest.pt")
+            logging.getLogger("refmatch").info("stopped at step %d of %d (%s), saved to %s; continue with --resume",
+                                               self.step, config.steps, stop.signal or f"--stop-at {stop_at}",
+                                               self.run.dir / "latest.pt")
+            stop.raise_it()
             return None
         return self.finish()
 

@@ -20,7 +20,7 @@ def gray(values, low=None, high=None):
     values = values.float().cpu().numpy()
     low = float(np.nanmin(values)) if low is None else low
     high = float(np.nanmax(values)) if high is None else high
-    scaled = np.clip((values - low) / max(high - low, 1e-8), 0, 1)
+    scaled = np.nan_to_num(np.clip((values - low) / max(high - low, 1e-8), 0, 1))  # NaN: black
     return np.repeat((255 * scaled).astype(np.uint8)[..., None], 3, axis=2)
 
 
@@ -48,11 +48,15 @@ def save_grid(path, panels, gap=2, min_size=128):
 
 
 def training_grid(path, images, truth, prediction, pseudo=None, confidence=None, ignore_index=255):
-    """One row per image: image, ground truth, prediction[, pseudo-label, confidence]."""
+    """One row per image: image, ground truth, prediction[, pseudo-label, confidence]; one
+    grey scale for the confidence of every row, so rows compare."""
     rows = []
+    if confidence is not None:
+        finite = confidence[confidence.isfinite()]
+        low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
     for i in range(images.shape[0]):
         row = [gray(images[i, 0], 0.0, 1.0), colorize(truth[i], ignore_index), colorize(prediction[i], ignore_index)]
         if pseudo is not None:
-            row += [colorize(pseudo[i], ignore_index), gray(confidence[i])]
+            row += [colorize(pseudo[i], ignore_index), gray(confidence[i], low, high)]
         rows.append(row)
     save_grid(path, rows)
