@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ..backends.custom_op import MAX_FUSED_SLOTS as MAX_SLOTS
+from ..backends.scoring import tf32_allowed
 from ..candidates import merge_split_lists
 from .match_epilogues import offer_argmax, offer_classwise, offer_topk, worst_slot
 
@@ -211,10 +212,7 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
     partial_index = partial_score if reduction == "classwise" else torch.empty_like(partial_score, dtype=torch.int64)
     if num_rows == 0:
         return partial_score, partial_index
-    if query.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        precision = "tf32"
-    else:
-        precision = "ieee"
+    precision = "tf32" if tf32_allowed(query.dtype) else "ieee"
     kernel = _match_kernel[(row_blocks, splits)](
         query, reference, ref_stat, labels if labels is not None else ref_stat, partial_score, partial_index,
         num_rows, height * width, width, num_refs, dim, refs_per_split,

@@ -46,6 +46,10 @@ def test_reservoir_is_uniform_over_everything_added():
         hits[torch.tensor(stored(bank, 0)).long()] += 1
     # each of 40 items is kept with probability 1/4: 75 expected of 300, sd ~7.5
     assert hits.min() > 45 and hits.max() < 105
+    # and each batch of 8 alike: 600 of 2400, sd ~21 (a draw over the batch's end instead of
+    # each row's ordinal keeps 0.18 to 0.32 of a batch: 430 to 770)
+    per_batch = hits.view(5, 8).sum(dim=1)
+    assert (per_batch - 600).abs().max() < 80, per_batch
 
 
 def test_reservoir_loaded_from_state_dict_draws_on_as_the_saved_one():
@@ -152,6 +156,26 @@ def test_match_returns_slot_classes_and_classwise_scores():
     scores = bank.classwise_max(torch.tensor([[0.0, 1.0]]))
     assert scores[0, 1].item() == float("-inf") and scores[0, 2].item() == pytest.approx(1.0)
     assert bank.memory_bytes() == 12 * 2 * 4 + 12 * 8 + 3 * 8 * 2
+
+
+def test_l2_bank_takes_the_nearest_and_scores_an_empty_class_infinitely_far():
+    bank = ReferenceBank(2, 3, capacity_per_class=4, dtype=torch.float32, metric="l2")
+    features = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 3.0]])[:, :, None, None]
+    bank.add(features, torch.tensor([[[0]], [[0]], [[2]]]))
+    result = bank.match(torch.tensor([[0.1, 0.0], [4.0, 0.0], [0.0, 2.5]]))
+    assert result.index.tolist() == [0, 1, 8] and result.label.tolist() == [0, 0, 2]
+    torch.testing.assert_close(result.score, torch.tensor([0.01, 1.0, 0.25]))
+    scores = bank.classwise_max(torch.tensor([[0.1, 0.0]]))
+    assert scores[0, 1].item() == float("inf")
+    torch.testing.assert_close(scores[0, [0, 2]], torch.tensor([0.01, 9.01]))
+
+
+def test_ties_across_classes_take_the_lowest_slot():
+    """One feature stored in classes 0, 1 and 2 (slots 0, 4, 8): the top-2 are slots 0 and 4."""
+    bank = ReferenceBank(2, 3, capacity_per_class=4, dtype=torch.float32, metric="dot")
+    bank.add(torch.ones(3, 2, 1, 1), torch.tensor([[[2]], [[1]], [[0]]]))
+    found = bank.match(torch.ones(1, 2), k=2)
+    assert found.index.tolist() == [[0, 4]] and found.label.tolist() == [[0, 1]]
 
 
 def test_refresh_re_embeds_kept_images():

@@ -14,10 +14,10 @@ BACKENDS = ["torch"] + FUSED
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 def test_exact_ties_go_to_lowest_index(backend, metric):
-    reference = torch.randn(300, 8, device=DEVICE)
+    reference = torch.randn(1300, 8, device=DEVICE)  # more than one block of 512 (the CPU's) and of Triton's
     query = torch.randn(5, 8, device=DEVICE)
     scale = {"cosine": 2.0, "dot": 100.0, "l2": 1.0}[metric]  # makes the copies the best
-    reference[[150, 3, 299]] = scale * query[0]  # ties in different tiles; 3 is lowest
+    reference[[1100, 3, 700, 1299]] = scale * query[0]  # ties in different tiles; 3 is lowest
     result = refmatch.match(query, reference, metric=metric, backend=backend)
     assert result.index[0].item() == 3
 

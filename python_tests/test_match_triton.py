@@ -1,6 +1,8 @@
 """The fused Triton kernel against the float64 oracle.
 
-Without a GPU it runs under TRITON_INTERPRET=1 (set by conftest), so sizes stay small.
+Without a GPU it runs under TRITON_INTERPRET=1 (set by conftest), so sizes stay small, and
+bfloat16 cases run the kernel on float32 copies (the interpreter computes bfloat16 dots wrongly,
+``triton_backend._kernel_inputs``): the bfloat16 kernel itself is checked on a GPU only.
 """
 import pytest
 import torch
@@ -27,11 +29,16 @@ def test_rows_match_oracle(dtype, metric, n, m, d):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_strided_maps_match_oracle(metric):
+def test_strided_maps_match_oracle(metric, monkeypatch):
     # channels-last maps, sliced in W: read through strides, never made contiguous.
+    from refmatch.kernels import match as kernels
+
     maps = torch.randn(2, 20, 5, 9, device=DEVICE).to(memory_format=torch.channels_last)[..., 1:8]
     reference = torch.randn(45, 20, device=DEVICE)
+    launched, match_topk = [], kernels.match_topk
+    monkeypatch.setattr(kernels, "match_topk", lambda query, *args: launched.append(query) or match_topk(query, *args))
     result = refmatch.match(maps, reference, metric=metric, backend="triton")
+    assert [(query.data_ptr(), query.stride()) for query in launched] == [(maps.data_ptr(), maps.stride())]
     assert result.index.shape == (2, 5, 7)
     assert_matches_oracle(result, maps, reference, metric)
 
@@ -78,6 +85,18 @@ def test_topk_ties_keep_lowest_indices_across_tiles_and_splits(splits):
     assert (index == torch.tensor([5, 37, 70, 100], device=DEVICE)).all() and (score == 48.0).all()
 
 
+@pytest.mark.parametrize("best, expected", [
+    ({0: 0.25, 32: 1.25, 33: 1.25}, [32, 33]),  # a tie across a list the merge must put in index order
+    ({0: 1.25, 1: 1.25, 32: 2.25}, [32, 0]),    # a full list evicts the higher index of its tied worst
+])
+def test_topk_ties_in_lists_and_merges_keep_lowest_indices(best, expected):
+    reference = -torch.ones(40, 4, device=DEVICE)
+    for row, value in best.items():
+        reference[row] = value
+    found = refmatch.match(torch.ones(1, 4, device=DEVICE), reference, k=2, metric="dot", backend="triton")
+    assert found.index.tolist() == [expected]
+
+
 def test_topk_beyond_the_finite_references_is_minus_one():
     reference = torch.randn(6, 8, device=DEVICE)
     reference[[1, 4]] = float("nan")
@@ -113,3 +132,30 @@ def test_two_programs_per_sm_only_where_measured(monkeypatch, capability, metric
     assert kernels._two_programs_per_sm(query, metric, reduction, tile) == expected
     kernels._CAP_SPILLED[kernels._cap_key(query)] = True
     assert not kernels._two_programs_per_sm(query, metric, reduction, tile)
+
+
+@pytest.mark.parametrize("setting, dtype, precision", [
+    ("highest", torch.float32, "ieee"), ("high", torch.float32, "tf32"), ("medium", torch.float32, "tf32"),
+    ("high", torch.float16, "ieee")])
+def test_float32_follows_torch_matmul_precision(setting, dtype, precision, monkeypatch):
+    """The Triton launch takes tl.dot's input precision from torch's setting (the CUDA kernel's
+    TF32 choice reads the same tf32_allowed)."""
+    from refmatch.backends.scoring import tf32_allowed
+    from refmatch.kernels import match as kernels
+
+    class LaunchSpy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs["INPUT_PRECISION"])
+                return real[grid](*args, **kwargs)
+            return launch
+    seen, real = [], kernels._match_kernel
+    monkeypatch.setattr(kernels, "_match_kernel", LaunchSpy())
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        refmatch.match(torch.randn(3, 8, device=DEVICE).to(dtype), torch.randn(5, 8, device=DEVICE).to(dtype),
+                       backend="triton")
+        assert seen == [precision] and tf32_allowed(dtype) is (precision == "tf32")
+    finally:
+        torch.set_float32_matmul_precision(previous)

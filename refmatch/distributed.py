@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .backends.scoring import worst_score
+from .backends.scoring import accumulation_dtype, worst_score
 from .bank import ReferenceBank
 from .candidates import keep_best
 from .ops import MatchResult, inferred_num_classes
@@ -134,7 +134,8 @@ class ShardedReferenceBank(ReferenceBank):
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` against the whole sharded bank; ``index`` is global."""
         all_rows, mine, shape_back = self._gathered_queries(self._checked_everywhere(query, k))
-        score = all_rows.new_full((all_rows.shape[0], k), worst_score(self.metric), dtype=self._score_dtype())
+        score = all_rows.new_full((all_rows.shape[0], k), worst_score(self.metric),
+                                  dtype=accumulation_dtype(self.features.dtype))
         index = torch.full_like(score, -1, dtype=torch.long)
         label = torch.full_like(index, -1)
         if self._stored() > 0:  # an empty shard contributes no candidates
@@ -158,12 +159,8 @@ class ShardedReferenceBank(ReferenceBank):
             scores = ReferenceBank.classwise_max(self, all_rows, backend=backend)
         else:
             scores = all_rows.new_full((all_rows.shape[0], self.num_classes), worst_score(self.metric),
-                                       dtype=self._score_dtype())
+                                       dtype=accumulation_dtype(self.features.dtype))
         op = dist.ReduceOp.MIN if self.metric == "l2" else dist.ReduceOp.MAX
         dist.all_reduce(scores, op=op, group=self.group)
         rows = scores[mine]
         return rows if query.dim() == 2 else shape_back(rows).contiguous()
-
-    def _score_dtype(self):
-        """The dtype of ``refmatch.match`` scores for this bank's features."""
-        return torch.float64 if self.features.dtype == torch.float64 else torch.float32

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .custom_op import fused_kernel_limits, register_classwise_op, register_match_op
-from .scoring import finalize_scores, kernel_metric_and_stat
+from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
@@ -153,14 +153,9 @@ def kernel_name(query, reference):
     reference [M, D]: "wgmma" (128 query rows per CTA), "wgmma-256", "wgmma-rs",
     "wgmma-256-rs" (query in registers) or "mma.sync"."""
     device = query.device
-    return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], _allow_tf32(query.dtype),
+    return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], tf32_allowed(query.dtype),
                                              device.index, hopper_rows(device), hopper_query_in_registers(),
                                              reference.data_ptr(), *reference.stride())
-
-
-def _allow_tf32(dtype):
-    """Float32 follows torch: "highest" runs 3xTF32 (about fp32), "high"/"medium" TF32."""
-    return dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
 
 
 def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
@@ -190,7 +185,7 @@ def default_splits(query, num_refs, k=1):
     if batch * height * width == 0:
         return 1
     return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
-                                        _allow_tf32(query.dtype), query.device.index, hopper_rows(query.device, k), k)
+                                        tf32_allowed(query.dtype), query.device.index, hopper_rows(query.device, k), k)
 
 
 def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, splits, partials=(None, None),
@@ -205,7 +200,7 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
     native_module().match_argmax(
         query.data_ptr(), DTYPE_CODES[query.dtype], batch, dim, height, width, query.stride(),
         reference.data_ptr(), reference.shape[0], reference.stride(),
-        ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], _allow_tf32(query.dtype),
+        ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], tf32_allowed(query.dtype),
         out_score.data_ptr(), out_index.data_ptr(), splits,
         partial_score.data_ptr() if partial_score is not None else 0,
         partial_index.data_ptr() if partial_index is not None else 0,

@@ -24,6 +24,13 @@ def accumulation_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def tf32_allowed(dtype):
+    """Whether a fused kernel may take float32 inputs as TF32: torch's
+    ``get_float32_matmul_precision()`` "high" or "medium" (the CUDA kernel then runs
+    TF32, else 3xTF32; Triton's ``tl.dot`` "tf32", else "ieee")."""
+    return dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+
+
 def squared_norms(tensor, dim, max_elements=1 << 22):
     """Sum of squares over ``dim`` in the accumulation dtype, flattened to [rows].
 
