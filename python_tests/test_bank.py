@@ -108,6 +108,9 @@ def test_rows_that_could_never_match_are_not_stored():
     bank.add(features, torch.zeros(1, 2, 2, dtype=torch.long))
     assert bank.class_counts().tolist() == [2] and bank.seen.tolist() == [2]
     assert bank.features[:2].isfinite().all()
+    half = ReferenceBank(2, 1, capacity_per_class=3, dtype=torch.float16, metric="dot")
+    half.add(torch.tensor([[[[1e5, 1.0]], [[1.0, 1.0]]]]), torch.zeros(1, 1, 2, dtype=torch.long))
+    assert half.class_counts().tolist() == [1], "1e5 is Inf in the bank's float16"
 
 
 def test_mask_downsampling_modes():

@@ -40,8 +40,11 @@ def test_unknown_command_is_named_before_the_usage(capsys):
     (["lr=null"], "refmatch train: error: lr must be float, got None"),
     (["tap_size=0"], "refmatch train: error: tap_size must be >= 1, got 0"),
     (["seed=-1"], "refmatch train: error: seed must be >= 0, got -1"),
-    (["lr=.nan"], "refmatch train: error: lr must be > 0, got nan"),
-    (["labeled_fraction=1.5"], "refmatch train: error: labeled_fraction must be <= 1, got 1.5"),
+    (["lr=.nan"], "refmatch train: error: lr must be > 0 and finite, got nan"),
+    (["lr=true"], "refmatch train: error: lr must be float, got True"),
+    (["tap_layers=[nope]"], "refmatch train: error: tap_layers ['nope'] are not layers of the U-Net at depth=4"),
+    (["val_fraction=0.6", "test_fraction=0.5"], "refmatch train: error: val_fraction + test_fraction must be < 1"),
+    (["labeled_fraction=1.5"], "refmatch train: error: labeled_fraction must be in (0, 1] (num_labeled=0 takes it)"),
     (["device=foo"], "refmatch train: error: device must be auto, cpu, cuda or cuda:N, got 'foo'"),
     (["--out", "/dev/null/run"], "refmatch train: error: [Errno 20] Not a directory: '/dev/null/run'"),
     (["--out", "DAMAGED", "--resume"], "refmatch train: error: DAMAGED/latest.pt is not a readable checkpoint"),
@@ -61,6 +64,14 @@ def test_user_errors_print_one_line_from_the_command_line(monkeypatch, capsys, t
     err = capsys.readouterr().err
     assert err.startswith(message) and "Traceback" not in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_flag_prints_the_usage_and_the_error(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["refmatch", "train", "--stop-at", "0"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.endswith("refmatch train: error: --stop-at must be a step >= 1, got 0\n")
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):

@@ -100,14 +100,22 @@ def misuse_worker(rank, port):
         with pytest.raises(ValueError, match="query has D=5 channels"):
             bank.match(torch.randn(3, 5))
     else:
-        with pytest.raises(RuntimeError, match="the query failed its check on 1 other rank"):
+        with pytest.raises(RuntimeError, match="the call failed on 1 other rank"):
             bank.match(torch.randn(3, 4))
-    # DDP copies rank 0's buffers over every rank unless told to leave the shards alone.
-    for keep_out in (False, True):
+    # So does a match that fails only where a shard holds features (rank 0's holds none here).
+    if rank == 1:
+        with pytest.raises(ValueError, match="backend must be"):
+            lonely.match(torch.ones(3, 1, dtype=torch.float64), backend="nonexistent")
+    else:
+        with pytest.raises(RuntimeError, match="the call failed on 1 other rank"):
+            lonely.match(torch.ones(3, 1, dtype=torch.float64), backend="nonexistent")
+    # DDP copies rank 0's buffers over every rank unless told to leave the shards alone, for
+    # shards of one size (8 rows) and of two (7 rows: 3 and 4).
+    for rows, keep_out in ((8, False), (7, False), (8, True)):
         model = torch.nn.Module()
         model.head = torch.nn.Linear(2, 2)
-        model.bank = ShardedReferenceBank.from_tensors(torch.arange(8.0)[:, None].repeat(1, 2),
-                                                       torch.tensor([0, 1] * 4), metric="dot")
+        model.bank = ShardedReferenceBank.from_tensors(torch.arange(float(rows))[:, None].repeat(1, 2),
+                                                       torch.tensor([0, 1] * 4)[:rows], metric="dot")
         if keep_out:
             keep_shards_out_of_ddp(model)
         torch.nn.parallel.DistributedDataParallel(model)

@@ -118,6 +118,14 @@ def test_on_the_recipe_unet():
     assert features.shape == (2, model.decoder_channels("up2") + model.decoder_channels("up1"), 8, 8)
 
 
+def test_data_parallel_replicas_are_refused_by_name():
+    model = TinyUNet()
+    with FeatureTap(model, ["encoder"]) as tap:
+        model.encoder._replicate_for_data_parallel()(torch.randn(1, 1, 8, 8))  # what a replica runs
+        with pytest.raises(RuntimeError, match="ran as nn.DataParallel replicas"):
+            tap.features()
+
+
 def test_size_takes_numpy_and_tensor_integers():
     assert FeatureTap(TinyUNet(), ["encoder"], size=np.int64(4)).size == (4, 4)
     assert FeatureTap(TinyUNet(), ["encoder"], size=(torch.tensor(3), 5)).size == (3, 5)

@@ -106,3 +106,34 @@ def test_report_prints_a_null_hd95_as_inf(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     (tmp_path / "splits.json").write_text(json.dumps({"labeled": ["a.png"]}))
     assert "| 0.0000 | 0.0000 | inf | 0.0000 | 1.0 |" in table([tmp_path])
+
+
+def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():
+    import dataclasses
+
+    from refmatch.recipes.train import check_resumable
+
+    saved = dataclasses.asdict(load_config(None, ["steps=10"]))
+    del saved["pl_consensus"]  # a run saved before the key existed
+    check_resumable(saved, load_config(None, ["steps=20"]))
+    with pytest.raises(ValueError, match=r"pl_consensus \(False saved, True given\)"):
+        check_resumable(saved, load_config(None, ["steps=10", "pl_consensus=true"]))
+
+
+def test_resume_check_leaves_out_settings_the_method_never_reads():
+    """A supervised run saved with another tap_size resumes under today's config; a refmatch run
+    does not. An older save's None (pl_threshold, num_labeled) reads as the default."""
+    import dataclasses
+
+    from refmatch.recipes.train import check_resumable
+
+    for method, refused in (("supervised", False), ("meanteacher-pl", False), ("refmatch", True)):
+        saved = dataclasses.asdict(load_config(None, [f"method={method}", "tap_size=16"]))
+        given = load_config(None, [f"method={method}", "tap_size=32"], base=saved)
+        if refused:
+            with pytest.raises(ValueError, match=r"tap_size \(16 saved, 32 given\)"):
+                check_resumable(saved, given)
+        else:
+            check_resumable(saved, given)
+    saved = {**dataclasses.asdict(load_config(None, [])), "pl_threshold": None, "num_labeled": None}
+    check_resumable(saved, load_config(None, [], base=saved))

@@ -76,18 +76,6 @@ def test_resume_takes_the_saved_config_and_names_settings_it_cannot_change(tmp_p
     assert metrics["train_seconds"] > first_seconds > 0, "a resumed run adds up its parts"
 
 
-def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():
-    import dataclasses
-
-    from refmatch.recipes.train import check_resumable
-
-    saved = dataclasses.asdict(load_config(None, ["steps=10"]))
-    del saved["pl_consensus"]  # a run saved before the key existed
-    check_resumable(saved, load_config(None, ["steps=20"]))
-    with pytest.raises(ValueError, match=r"pl_consensus \(False saved, True given\)"):
-        check_resumable(saved, load_config(None, ["steps=10", "pl_consensus=true"]))
-
-
 def test_a_new_run_keeps_off_an_earlier_runs_folder_unless_told_to_overwrite(tmp_path):
     """A folder holding checkpoints is refused (its work would be lost); --overwrite starts over
     with the new settings' splits. A folder with only a stale splits.json gets new splits."""
@@ -237,29 +225,38 @@ def test_resume_on_amp_takes_a_cpu_legs_empty_scaler(tmp_path):
         trainer.run.close()
 
 
+def interrupt_at(trainer, monkeypatch, step, times=1):
+    """SIGINT ``times`` during ``trainer``'s step ``step`` + 1."""
+    import os
+    import signal
+
+    train_step = trainer.train_step
+
+    def interrupted_step():
+        if trainer.step == step:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return train_step()
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+
+
 def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplog):
     """SIGINT during step 3 of 6: the step ends, latest.pt holds step 3 (eval_every is 2),
-    KeyboardInterrupt follows; a second SIGINT stops at once; the resumed run finishes."""
-    import os
+    KeyboardInterrupt follows; a second SIGINT stops at once; one in the last step stops
+    before the test, which the next resume runs."""
     import signal
 
     from refmatch.recipes.train import Trainer
 
     config = load_config(None, TINY + ["steps=6"])
     trainer = Trainer(config, tmp_path)
-    train_step = trainer.train_step
-
-    def interrupted_step(times):
-        if trainer.step == 2:
-            for _ in range(times):
-                os.kill(os.getpid(), signal.SIGINT)
-        return train_step()
     try:
-        monkeypatch.setattr(trainer, "train_step", lambda: interrupted_step(2))
+        interrupt_at(trainer, monkeypatch, 2, times=2)
         with pytest.raises(KeyboardInterrupt):  # twice: at once, inside the step
             trainer.fit()
         assert load(tmp_path / "latest.pt")["step"] == 2
-        monkeypatch.setattr(trainer, "train_step", lambda: interrupted_step(1))
+        monkeypatch.undo()
+        interrupt_at(trainer, monkeypatch, 2)
         with pytest.raises(KeyboardInterrupt):
             trainer.fit()
         assert trainer.step == 3 and load(tmp_path / "latest.pt")["step"] == 3
@@ -269,9 +266,17 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplo
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     resumed = Trainer(config, tmp_path, resume=True)
     try:
-        assert resumed.fit()["config"]["steps"] == 6
+        interrupt_at(resumed, monkeypatch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            resumed.fit()
+        assert load(tmp_path / "latest.pt")["step"] == 6 and not (tmp_path / "metrics.json").exists()
     finally:
         resumed.run.close()
+    finished = Trainer(config, tmp_path, resume=True)
+    try:
+        assert finished.fit()["config"]["steps"] == 6 and (tmp_path / "metrics.json").exists()
+    finally:
+        finished.run.close()
 
 
 def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch):

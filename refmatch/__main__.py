@@ -49,6 +49,9 @@ def main(argv=None):
     argv = sys.argv[1:]
     try:
         return run(argv)
+    except BrokenPipeError:  # output piped into head, say: stop quietly (before OSError below)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except USER_ERRORS as error:
         if os.environ.get("REFMATCH_DEBUG") == "1":
             raise
@@ -57,9 +60,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"refmatch {argv[0]}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into head, say: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
 
 
 if __name__ == "__main__":

@@ -147,12 +147,13 @@ class ReferenceBank(nn.Module):
         labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes, dropped,
                                   self.downsample).reshape(-1)
         rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
-        # Ignored pixels leave no row (even where ignore_index is a class), nor do rows that could never match.
-        labels = torch.where(rows.isfinite().all(dim=1) & (labels != dropped), labels, -1)
         if self.metric == "cosine":
             rows = F.normalize(rows, dim=1)
         rows = rows.to(device=self.features.device, dtype=self.features.dtype)
-        labels = labels.to(self.features.device)
+        # Ignored pixels leave no row (even where ignore_index is a class), nor do rows that could
+        # never match: NaN or Inf in the bank's dtype.
+        labels = labels.to(rows.device)
+        labels = torch.where(rows.isfinite().all(dim=1) & (labels != dropped), labels, -1)
         for cls in range(self.num_classes):
             self._insert(cls, rows[labels == cls])
         if images is not None:

@@ -58,8 +58,9 @@ class ShardedReferenceBank(ReferenceBank):
     ``from_tensors`` from the same tensors on every rank. Global indices are
     rank * local_slots + local slot (or the row of the tensors given to
     ``from_tensors``). ``match`` and ``classwise_max`` are collectives: every rank
-    must call them, with its own queries; a query that fails its check on one rank
-    makes every rank raise. Scores are float32 (float64 for a float64 bank). Inside a
+    must call them, with its own queries; a query that fails its check, or a match
+    that fails, on one rank makes every rank raise (an error before the call on one
+    rank leaves the others waiting in it, as in any collective). Scores are float32 (float64 for a float64 bank). Inside a
     model wrapped in DistributedDataParallel, call ``keep_shards_out_of_ddp(model)``
     first. A ``state_dict`` holds this rank's shard: load it on the same rank.
 
@@ -89,26 +90,36 @@ class ShardedReferenceBank(ReferenceBank):
 
     def _own_shard(self, group, index_offset):
         self.group, self.index_offset = group, index_offset
-        # The rank whose shard the buffers hold: DDP's broadcast or another rank's state_dict shows.
-        self.register_buffer("shard_rank", torch.tensor(dist.get_rank(group), device=self.features.device))
+        # The rank whose shard the buffers hold, first of them: DDP's broadcast of rank 0's buffers
+        # overwrites it whatever the shards' sizes, as does loading another rank's state_dict.
+        marker = torch.tensor(dist.get_rank(group), device=self.features.device)
+        others = {name: self._buffers.pop(name) for name in list(self._buffers)}
+        self.register_buffer("shard_rank", marker)
+        self._buffers.update(others)
 
-    def _checked_everywhere(self, query, k=1):
-        """``query`` checked and cast as ReferenceBank does, and the features stored over all
-        ranks, in one collective: when a rank's query fails its check, or a rank holds
-        another rank's shard, every rank raises (none is left waiting in a collective)."""
+    def _agreed(self, compute, *counts):
+        """``compute()`` on this rank, then one all_reduce of whether it raised and of the
+        ``counts`` (0-d tensors, summed over ranks): when it raised on any rank, every rank
+        raises, so none is left waiting in a later collective. Returns (result, sums)."""
         try:
-            query, error = self._checked_query(query), None
-        except (TypeError, ValueError) as caught:
-            error = caught
-        flags = torch.stack([self.counts.sum(), self.counts.new_tensor(int(error is not None)),
-                             (self.shard_rank != dist.get_rank(self.group)).long()])
+            result, error = compute(), None
+        except Exception as caught:  # re-raised below, after the other ranks heard of it
+            result, error = None, caught
+        flags = torch.stack([self.counts.new_tensor(int(error is not None)), *counts])
         dist.all_reduce(flags, group=self.group)
-        stored, failed, foreign = flags.tolist()
+        failed, *sums = flags.tolist()
         if error is not None:
             raise error
         if failed:
-            raise RuntimeError(f"the query failed its check on {failed} other rank(s) (see their error): every "
-                               "rank stops here")
+            raise RuntimeError(f"the call failed on {failed} other rank(s) (see their error): every rank stops here")
+        return result, sums
+
+    def _checked_everywhere(self, query, k=1):
+        """``query`` checked and cast as ReferenceBank does, and the features stored over all
+        ranks; every rank raises when a rank's query fails its check or a rank holds another
+        rank's shard."""
+        foreign = (self.shard_rank != dist.get_rank(self.group)).long()
+        query, (stored, foreign) = self._agreed(lambda: self._checked_query(query), self.counts.sum(), foreign)
         if foreign:
             raise RuntimeError(f"{foreign} rank(s) hold another rank's shard: DistributedDataParallel copied rank "
                                "0's buffers (call refmatch.distributed.keep_shards_out_of_ddp(model) before wrapping "
@@ -138,9 +149,10 @@ class ShardedReferenceBank(ReferenceBank):
                                   dtype=accumulation_dtype(self.features.dtype))
         index = torch.full_like(score, -1, dtype=torch.long)
         label = torch.full_like(index, -1)
-        if self._stored() > 0:  # an empty shard contributes no candidates
-            local_k = min(k, self._stored())
-            found = ReferenceBank.match(self, all_rows, k=local_k, backend=backend)
+        local_k = min(k, self._stored())  # an empty shard contributes no candidates
+        found, _ = self._agreed(lambda: ReferenceBank.match(self, all_rows, k=local_k, backend=backend)
+                                if local_k else None)
+        if local_k:
             score[:, :local_k] = found.score.reshape(-1, local_k)
             hit = found.index.reshape(-1, local_k)
             index[:, :local_k] = torch.where(hit >= 0, hit + self.index_offset, -1)
@@ -155,11 +167,10 @@ class ShardedReferenceBank(ReferenceBank):
     def classwise_max(self, query, backend="auto"):
         """Best score per class over all shards: [N, C] for rows, [B, C, h, w] for maps."""
         all_rows, mine, shape_back = self._gathered_queries(self._checked_everywhere(query))
-        if self._stored() > 0:
-            scores = ReferenceBank.classwise_max(self, all_rows, backend=backend)
-        else:
-            scores = all_rows.new_full((all_rows.shape[0], self.num_classes), worst_score(self.metric),
-                                       dtype=accumulation_dtype(self.features.dtype))
+        scores, _ = self._agreed(lambda: ReferenceBank.classwise_max(self, all_rows, backend=backend)
+                                 if self._stored() else
+                                 all_rows.new_full((all_rows.shape[0], self.num_classes), worst_score(self.metric),
+                                                   dtype=accumulation_dtype(self.features.dtype)))
         op = dist.ReduceOp.MIN if self.metric == "l2" else dist.ReduceOp.MAX
         dist.all_reduce(scores, op=op, group=self.group)
         rows = scores[mine]

@@ -28,7 +28,8 @@ class FeatureTap:
     by its weight and concatenates: one [B, sum(D_i), h, w] map. The model itself
     is not changed; ``close()`` (or leaving the ``with`` block) removes the hooks.
     A ``copy.deepcopy`` of the model (an EMA teacher, say) carries the hooks, which
-    do nothing there: tap the copy with its own FeatureTap. An output changed in place
+    do nothing there: tap the copy with its own FeatureTap. ``nn.DataParallel`` over
+    several GPUs is refused (its replicas see chunks); DDP is fine. An output changed in place
     after capture (by an ``inplace=True`` activation, say) is refused by ``features()``.
 
     Example:
@@ -51,12 +52,14 @@ class FeatureTap:
             raise ValueError(f"weights must give one value per layer ({len(self.layers)}), got {len(self.weights)}")
         self.size = size_pair(size, "size")
         self._outputs = {}  # name -> (output, its version counter when captured, or None)
+        self._replicas = False
         self._tapped = {name: modules[name] for name in self.layers}
         self._handles = [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
 
     def _keeper(self, name):
         def keep(module, inputs, output):
-            if module is not self._tapped.get(name):  # the hook as a deepcopy of the model carries it
+            if module is not self._tapped.get(name):  # a deepcopy of the model carries the hook, as do
+                self._replicas |= getattr(module, "_is_replica", False)  # nn.DataParallel's replicas
                 return
             output = output[0] if isinstance(output, (tuple, list)) else output
             tracked = isinstance(output, torch.Tensor) and not output.is_inference()
@@ -68,6 +71,9 @@ class FeatureTap:
         if not self._handles:
             raise RuntimeError("this FeatureTap is closed: make a new one to tap the model again")
         missing = [name for name in self.layers if name not in self._outputs]
+        if missing and self._replicas:
+            raise RuntimeError("the tapped layers ran as nn.DataParallel replicas, each on a chunk of the batch: "
+                               "FeatureTap takes one model per process (DistributedDataParallel)")
         if missing:
             raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first")
         maps = [self._outputs[name][0] for name in self.layers]

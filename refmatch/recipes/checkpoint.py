@@ -19,6 +19,8 @@ def load(path, device="cpu"):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=device, weights_only=False)
+    except torch.OutOfMemoryError:
+        raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
         raise ValueError(f"{path} is not a readable checkpoint (damaged or not written by refmatch): "
                          f"{' '.join(str(error).split())[:200]}") from None

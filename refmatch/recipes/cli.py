@@ -21,11 +21,13 @@ def train_main(argv=None):
                         help="continue OUT/latest.pt with its saved config (key=value may change "
                              "steps, eval_every, image_every, num_workers, device)")
     parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run")
-    parser.add_argument("--stop-at", type=_positive_int, help="save and stop after this step (resume later)")
+    parser.add_argument("--stop-at", type=int, help="save and stop after this step (resume later)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_intermixed_args(argv)  # overrides may stand before and after options
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if args.stop_at is not None and args.stop_at < 1:
+        parser.error(f"--stop-at must be a step >= 1, got {args.stop_at}")
     from .train import Trainer, load_latest
 
     resumed = load_latest(args.out) if args.resume else None  # read once: its config here, its state in Trainer
@@ -39,13 +41,6 @@ def train_main(argv=None):
         print(json.dumps({"method": result["method"], "test_mean_dice": result["test"]["mean_dice"],
                           "test_mean_iou": result["test"]["mean_iou"], "run": str(args.out)}, indent=2))
     return result
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive step, got {value}")
-    return value
 
 
 def _teacher(checkpoint_path, device):

@@ -9,16 +9,24 @@ import torch
 from ..pseudo_labels import MODES as PL_MODES
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
-# (keys, test, what the test asks); NaN fails every test.
+# (keys, test, what the test asks); NaN fails every test. labeled_fraction: see validate.
 LIMITS = ((("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_every", "bank_capacity",
-            "bank_refresh_every", "width", "depth", "image_size", "tap_size", "num_phantoms", "pl_k"),
+            "bank_refresh_every", "width", "image_size", "tap_size", "num_phantoms", "pl_k"),
            lambda value: value >= 1, ">= 1"),
-          (("num_labeled", "min_test", "pl_start", "rampup_steps", "seed", "num_workers", "weight_decay",
-            "pl_weight", "val_fraction", "test_fraction", "ema_decay", "confidence_threshold"),
-           lambda value: value >= 0, ">= 0"),
-          (("lr", "pl_temperature", "labeled_fraction"), lambda value: 0 < value < math.inf, "> 0"),
-          (("labeled_fraction", "val_fraction", "test_fraction", "ema_decay", "confidence_threshold"),
-           lambda value: value <= 1, "<= 1"))
+          (("depth",), lambda value: value >= 2, ">= 2"),
+          (("num_labeled", "min_test", "pl_start", "rampup_steps", "seed", "num_workers"), lambda value: value >= 0,
+           ">= 0"),
+          (("weight_decay", "pl_weight", "val_fraction", "test_fraction", "ema_decay", "confidence_threshold"),
+           lambda value: 0 <= value < math.inf, ">= 0 and finite"),
+          (("lr", "pl_temperature"), lambda value: 0 < value < math.inf, "> 0 and finite"),
+          (("pl_threshold",), math.isfinite, "finite"),
+          (("val_fraction", "test_fraction", "ema_decay", "confidence_threshold"), lambda value: value <= 1, "<= 1"))
+# Settings a method never reads: a resumed run may differ in them (an earlier config's values).
+REFMATCH_ONLY = ("tap_layers", "tap_size", "bank_capacity", "bank_refresh_every", "pl_mode", "pl_k",
+                 "pl_temperature", "pl_threshold", "pl_consensus")
+UNUSED_BY = {"supervised": REFMATCH_ONLY + ("confidence_threshold", "pl_weight", "pl_start", "rampup_steps",
+                                            "unlabeled_batch_size"),
+             "meanteacher-pl": REFMATCH_ONLY, "refmatch": ("confidence_threshold",)}
 
 
 @dataclass
@@ -70,6 +78,20 @@ class TrainConfig:
             for name in names:
                 if not test(getattr(self, name)):
                     raise ValueError(f"{name} must be {asked}, got {getattr(self, name)}")
+        if self.num_labeled == 0 and not 0 < self.labeled_fraction <= 1:
+            raise ValueError(f"labeled_fraction must be in (0, 1] (num_labeled=0 takes it), "
+                             f"got {self.labeled_fraction}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be < 1 (training needs images), got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        if self.method == "refmatch":
+            from .unet import UNet
+
+            names = dict(UNet(1, 2, width=1, depth=self.depth).named_modules())
+            unknown = [name for name in self.tap_layers if name not in names]
+            if unknown:
+                raise ValueError(f"tap_layers {unknown} are not layers of the U-Net at depth={self.depth}; "
+                                 f"its decoder stages: {', '.join(n for n in names if n.startswith('decoder.') and n.count('.') == 1)}")
         if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
                              f"tap_size={self.tap_size}")
@@ -89,7 +111,7 @@ def load_config(path=None, overrides=(), base=None):
     YAML), applied over the defaults or over ``base`` (a dict of config values)."""
     import yaml
 
-    values = dict(base or {})
+    values = {key: value for key, value in (base or {}).items() if value is not None}  # older saves: None = default
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -110,7 +132,7 @@ def load_config(path=None, overrides=(), base=None):
     config = TrainConfig()
     for key, value in values.items():
         default = getattr(config, key)
-        if isinstance(default, float) and isinstance(value, int):
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not type(default):
             raise ValueError(f"{key} must be {type(default).__name__}, got {value!r}")

@@ -18,7 +18,7 @@ import torch
 
 from . import augment
 from .checkpoint import load, save_atomic
-from .config import TrainConfig
+from .config import UNUSED_BY, TrainConfig
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
@@ -54,11 +54,13 @@ def load_latest(run_dir):
 
 def check_resumable(saved, config):
     """Raise ValueError naming the settings of ``config`` that differ from the ``saved``
-    dict outside ``RESUMABLE``."""
+    dict outside ``RESUMABLE`` and the settings its method never reads (``UNUSED_BY``)."""
     given, defaults = dataclasses.asdict(config), dataclasses.asdict(TrainConfig())
-    saved = {**defaults, **saved}  # a key added since the run was saved held its default
+    # A key added since the run was saved held its default; an older save's None meant it too.
+    saved = {**defaults, **{key: value for key, value in saved.items() if value is not None}}
+    free = RESUMABLE + UNUSED_BY.get(saved["method"], ())
     changed = [f"{key} ({saved[key]!r} saved, {given[key]!r} given)" for key in given
-               if key not in RESUMABLE and given[key] != saved[key]]
+               if key not in free and given[key] != saved[key]]
     if changed:
         raise ValueError("a resumed run continues with its saved config, but these settings differ: "
                          + ", ".join(changed) + f". Leave them out; only {', '.join(RESUMABLE)} may change "
@@ -212,7 +214,7 @@ class Trainer:
             return json.loads(finished.read_text())
         last = config.steps if stop_at is None else min(config.steps, stop_at)
         stop = StopRequest()
-        with stop.catching():
+        with stop.catching():  # to the end of the save below, which a signal must not cut
             for _ in self.run.progress(range(self.step, last)):
                 logs = self.train_step()
                 self.step += 1
@@ -226,9 +228,12 @@ class Trainer:
                 if self.run.on_any_rank(stop.signal is not None):
                     stop.signal = stop.signal or "a signal on another rank"
                     break
-        self.seconds = seconds_before + time.time() - started
-        if self.step < config.steps:
-            self._save_latest()
+            self.seconds = seconds_before + time.time() - started
+            # A signal in the last step stops before the test too (every rank decides alike).
+            stopping = self.step < config.steps or self.run.on_any_rank(stop.signal is not None)
+            if stopping:
+                self._save_latest()
+        if stopping:
             logging.getLogger("refmatch").info("stopped at step %d of %d (%s), saved to %s; continue with --resume",
                                                self.step, config.steps, stop.signal or f"--stop-at {stop_at}",
                                                self.run.dir / "latest.pt")
