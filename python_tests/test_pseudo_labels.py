@@ -64,6 +64,8 @@ def test_hard_mode_refuses_k():
 
 @pytest.mark.parametrize("arguments, error, message", [
     (dict(mode="soft", k=0), ValueError, "k must be >= 1, got 0"),
+    (dict(mode="hard", k=2), ValueError, r"mode=hard takes the nearest reference \(k=1\), got k=2"),
+    (dict(mode="fuzzy"), ValueError, "mode must be one of"),
     (dict(temperature=0), ValueError, "temperature must be finite and > 0, got 0"),
     (dict(mode="soft", temperature=float("inf")), ValueError, "temperature must be finite and > 0, got inf"),
     (dict(threshold=float("nan")), ValueError, "threshold must be a number or None, got nan"),

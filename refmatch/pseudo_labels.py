@@ -12,6 +12,17 @@ from .vote import margin, vote
 MODES = ("hard", "soft")
 
 
+def check_mode(mode, k, names=("mode", "k")):
+    """ValueError unless ``mode`` is one of MODES and ``k`` fits it (hard: the nearest
+    reference, k = 1); ``names``: how the caller spells the two settings."""
+    mode_name, k_name = names
+    if mode not in MODES:
+        raise ValueError(f"{mode_name} must be one of {MODES}, got {mode!r}")
+    if mode == "hard" and k != 1:
+        raise ValueError(f"{mode_name}=hard takes the nearest reference ({k_name}=1), got {k_name}={k}; "
+                         f"{mode_name}=soft votes over k > 1")
+
+
 class PseudoLabels(NamedTuple):
     """labels: [B, H, W] int64 (ignore_index where dropped); confidence: [B, H, W]
     float32; kept_fraction: 0-d tensor, share of pixels not dropped."""
@@ -47,13 +58,10 @@ class PseudoLabeler:
 
     def __init__(self, bank, k=1, mode="hard", threshold=None, temperature=0.1, out_size=None,
                  ignore_index=255):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if mode == "hard" and k != 1:
-            raise ValueError("hard mode takes the single nearest reference (k=1); use mode='soft' for k > 1")
+        check_mode(mode, k)
         temperature = as_number("temperature", temperature)
         threshold = None if threshold is None else as_number("threshold", threshold)
         if not 0 < temperature < math.inf:

@@ -156,10 +156,8 @@ def pseudo_label_main(argv=None):
         kept.append(pseudo.kept_fraction.item())
         for i, name in enumerate(names[start:start + config.batch_size]):
             _save_pseudo_label(folder / name, args.out, pseudo.labels[i].cpu(), pseudo.confidence[i].cpu())
-        if bar is not None:
-            bar.update(len(names[start:start + config.batch_size]))
-    if bar is not None:
-        bar.close()
+        bar.update(len(names[start:start + config.batch_size]))
+    bar.close()
     print(f"wrote pseudo-labels of {len(names)} images to {args.out} at their own sizes (labels: class "
           f"indices, {IGNORE} where none was kept; kept {100 * np.mean(kept):.1f} % of pixels)")
 

@@ -115,16 +115,14 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", s
         begin, labels = time.perf_counter(), []
         for start in range(0, images.shape[0], batch_size):
             labels.append(source(images[start:start + batch_size].to(device)).labels.cpu())
-            if bar is not None:
-                bar.update(labels[-1].shape[0])
+            bar.update(labels[-1].shape[0])
         seconds = time.perf_counter() - begin
         outputs[name] = torch.cat(labels)
         rows.append({"setting": name, **score(outputs[name], truth, num_classes),
                      "ms_per_image": 1e3 * seconds / images.shape[0]})
         if hasattr(source, "tap"):
             source.tap.close()
-    if bar is not None:
-        bar.close()
+    bar.close()
     return rows, data.class_names, images, truth, outputs
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..pseudo_labels import MODES as PL_MODES
+from ..pseudo_labels import check_mode
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
 # (keys, test, what the test asks); NaN fails every test. labeled_fraction: see validate.
@@ -99,10 +99,7 @@ class TrainConfig:
             torch.device("cpu" if self.device == "auto" else self.device)
         except RuntimeError:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
-        if self.pl_mode not in PL_MODES:
-            raise ValueError(f"pl_mode must be one of {PL_MODES}, got {self.pl_mode!r}")
-        if self.pl_mode == "hard" and self.pl_k != 1:
-            raise ValueError(f"pl_mode=hard takes the nearest reference (pl_k=1), got pl_k={self.pl_k}")
+        check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
         return self
 
 

@@ -50,12 +50,23 @@ def start_fresh(run_dir, overwrite=False):
                 path.unlink(missing_ok=True)
 
 
+class _SilentBar:
+    """What ``progress_bar`` gives without tqdm: the calls, no output."""
+
+    def update(self, count=1):
+        pass
+
+    def close(self):
+        pass
+
+
 def progress_bar(total, description):
-    """A tqdm bar counting ``total`` images, or None without tqdm (it comes with the train extra)."""
+    """A tqdm bar counting ``total`` images (without tqdm, which comes with the train
+    extra, one that shows nothing)."""
     try:
         from tqdm import tqdm
     except ImportError:
-        return None
+        return _SilentBar()
     return tqdm(total=total, desc=description, unit="image", dynamic_ncols=True, mininterval=1.0)
 
 
