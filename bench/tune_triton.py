@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from refmatch.kernels.match import (TWO_PROGRAMS_PER_SM, _two_programs_per_sm, classwise_max, launch_config,
-                                    match_topk)
+from refmatch.kernels.match import classwise_max, launch_config, launch_tile, match_topk
 from refmatch.kernels.match_aot import compile_variant
 from refmatch.bench import fresh_stem, machine, size_triple
 
@@ -66,9 +65,7 @@ def sweep(n, m, d, dtype):
         kernel_reduction, slots, metric = KERNELS[reduction]
         expected = None
         for candidate in candidates:
-            tile = dict(zip(_TILE_NAMES, candidate))
-            if not candidate and _two_programs_per_sm(maps, metric, kernel_reduction, tile):
-                tile = dict(TWO_PROGRAMS_PER_SM)  # what the launcher runs without overrides
+            tile = launch_tile(maps, metric, kernel_reduction, dict(zip(_TILE_NAMES, candidate)))  # () as launched
             config = launch_config(d, slots, **tile)
             shape = (f"{config['BLOCK_N']}x{config['BLOCK_M']} w{config['num_warps']} s{config['num_stages']}"
                      + ("" if config["QUERY_RESIDENT"] else " streamed")

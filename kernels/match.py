@@ -200,8 +200,9 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
     """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise)."""
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
-    capped = _two_programs_per_sm(query, metric, reduction, tile)
-    config = launch_config(dim, slots, _interpret_flag(), **(TWO_PROGRAMS_PER_SM if capped else tile))
+    tile = launch_tile(query, metric, reduction, tile)
+    capped = tile == TWO_PROGRAMS_PER_SM
+    config = launch_config(dim, slots, _interpret_flag(), **tile)
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
     splits = splits or _pick_splits(row_blocks, num_refs, block_m, query.device)
@@ -229,13 +230,16 @@ def _cap_key(query):
     return query.device, query.dtype, query.shape[1]
 
 
-def _two_programs_per_sm(query, metric, reduction, tile):
-    """Whether a launch without tile overrides takes ``TWO_PROGRAMS_PER_SM`` (see there)."""
+def launch_tile(query, metric, reduction, tile):
+    """The ``launch_config`` overrides a launch takes: ``tile`` when given; without any,
+    ``TWO_PROGRAMS_PER_SM`` for the dot argmax of a resident 64- or 128-channel query on
+    sm_90 (where it was measured) unless its compile spilled, else none."""
     if tile or metric != "dot" or reduction != "argmax" or query.device.type != "cuda" or _interpret_flag():
-        return False
-    if not 32 < query.shape[1] <= MAX_RESIDENT_D:  # a resident query of 64 or 128 channels: measured there
-        return False
-    return torch.cuda.get_device_capability(query.device)[0] == 9 and not _CAP_SPILLED.get(_cap_key(query))
+        return dict(tile)
+    if not 32 < query.shape[1] <= MAX_RESIDENT_D:
+        return {}
+    capped = torch.cuda.get_device_capability(query.device)[0] == 9 and not _CAP_SPILLED.get(_cap_key(query))
+    return dict(TWO_PROGRAMS_PER_SM) if capped else {}
 
 
 def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):

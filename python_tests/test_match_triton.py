@@ -129,9 +129,10 @@ def test_two_programs_per_sm_only_where_measured(monkeypatch, capability, metric
     monkeypatch.setattr(kernels, "_CAP_SPILLED", {})
     query = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, dim, 5, 5))
     reduction = "argmax" if k == 1 else "topk"
-    assert kernels._two_programs_per_sm(query, metric, reduction, tile) == expected
+    capped = dict(kernels.TWO_PROGRAMS_PER_SM)
+    assert kernels.launch_tile(query, metric, reduction, tile) == (capped if expected else tile)
     kernels._CAP_SPILLED[kernels._cap_key(query)] = True
-    assert not kernels._two_programs_per_sm(query, metric, reduction, tile)
+    assert kernels.launch_tile(query, metric, reduction, tile) == tile
 
 
 @pytest.mark.parametrize("setting, dtype, precision", [
