@@ -63,8 +63,42 @@ def test_resize(dataset_root):
 
 def test_multiclass_mask_with_stray_value_is_an_error(dataset_root):
     root, _, _ = dataset_root
-    with pytest.raises(ValueError, match="gray.png.*num_classes=3"):
+    with pytest.raises(ValueError, match="gray.png holds label.s. .*but the data has 3 classes"):
         FolderDataset(root, ["gray.png"], num_classes=3)[0]
+
+
+@pytest.mark.parametrize("values, num_classes, expected", [
+    ([0, 1, 255], 2, [0, 1, 255]),   # class indices, 255 ignored (as pseudo-label writes them)
+    ([0, 255], 2, [0, 1]),           # a binary mask
+    ([0, 1, 2, 255], 3, [0, 1, 2, 255]),
+    ([0, 1, 2], 2, "holds label.s. 2, but the data has 2 classes"),  # a class beyond the data's
+])
+def test_mask_rule(tmp_path, values, num_classes, expected):
+    from PIL import Image
+
+    from refmatch.data.folder import read_mask
+
+    pixels = np.array(values * 4, dtype=np.uint8).reshape(4, -1)
+    Image.fromarray(pixels).save(tmp_path / "mask.png")
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            read_mask(tmp_path / "mask.png", num_classes)
+    else:
+        assert sorted(read_mask(tmp_path / "mask.png", num_classes).unique().tolist()) == expected
+
+
+def test_colour_masks_are_refused_and_gray_ones_in_rgb_read(tmp_path):
+    from PIL import Image
+
+    from refmatch.data.folder import read_mask
+
+    colour = np.zeros((4, 4, 3), dtype=np.uint8)
+    colour[1:3, 1:3, 0] = 255  # red lung
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match="colour.png is a colour mask"):
+        read_mask(tmp_path / "colour.png", 2)
+    Image.fromarray(np.repeat(colour[..., :1], 3, axis=2)).save(tmp_path / "gray_in_rgb.png")
+    assert read_mask(tmp_path / "gray_in_rgb.png", 2).sum().item() == 4
 
 
 def test_corrupt_and_missing_files_are_named(dataset_root):
@@ -146,10 +180,12 @@ def test_splits_sizes_disjoint_and_deterministic():
     (dict(labeled_fraction=0.1, test_fraction=1.5), "test_fraction"),
     (dict(labeled_fraction=0.1, min_test=95), "no training images"),
     (dict(num_labeled=1, unlabeled_names=NAMES[:1]), "both labelled and unlabelled"),
+    (dict(names=NAMES[:4], num_labeled=1), "val_fraction=0.1 of 4 labelled names rounds to no image"),
 ])
 def test_split_argument_errors(arguments, message):
+    arguments = {"names": NAMES, **arguments}
     with pytest.raises(ValueError, match=message):
-        make_splits(NAMES, seed=0, **arguments)
+        make_splits(arguments.pop("names"), seed=0, **arguments)
 
 
 def test_splits_json_round_trip(tmp_path):

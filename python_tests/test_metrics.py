@@ -96,3 +96,15 @@ def test_segmentation_metrics_skip_classes_absent_everywhere():
     assert metrics["mean_dice"] == 1.0 and metrics["mean_hd95"] == 0.0
     with pytest.raises(ValueError, match="class_names"):
         segmentation_metrics(square(5, 5), square(5, 5), 3, class_names=("a", "b"))
+
+
+def test_ignored_truth_pixels_count_for_no_class():
+    """Pixels whose truth is 255 drop out of Dice, IoU and HD95, whatever the prediction there."""
+    truth = torch.zeros(1, 12, 12, dtype=torch.long)
+    truth[0, 2:6, 2:6] = 1
+    truth[0, :, 9:] = 255
+    pred = torch.where(truth == 255, 1, truth)  # foreground predicted over the ignored band
+    scores = segmentation_metrics(pred, truth, 2, ignore_index=255)
+    assert scores["dice"]["1"] == 1.0 and scores["iou"]["1"] == 1.0 and scores["hd95"]["1"] == 0.0
+    with pytest.raises(ValueError, match="truth holds labels outside"):
+        segmentation_metrics(pred, truth, 2)

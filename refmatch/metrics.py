@@ -82,8 +82,9 @@ def _nanmean(values):
     return sum(values) / len(values) if values else math.nan
 
 
-def segmentation_metrics(pred, truth, num_classes, class_names=None):
-    """Dice, IoU and HD95 of int labels pred, truth [B, H, W] or [H, W].
+def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_index=None):
+    """Dice, IoU and HD95 of int labels pred, truth [B, H, W] or [H, W]; pixels whose
+    truth is ``ignore_index`` count for no class, in either.
 
     Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...},
     "mean_dice", "mean_iou", "mean_hd95"}. Dice and IoU pool the set; HD95 is the
@@ -96,9 +97,11 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None):
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class_names for {num_classes} classes")
-    dice = dice_per_class(pred, truth, num_classes).tolist()
-    iou = iou_per_class(pred, truth, num_classes).tolist()
+    dice = dice_per_class(pred, truth, num_classes, ignore_index).tolist()
+    iou = iou_per_class(pred, truth, num_classes, ignore_index).tolist()
     pred, truth = _as_labels(pred, "pred").numpy(), _as_labels(truth, "truth").numpy()
+    if ignore_index is not None:
+        pred = np.where(truth == ignore_index, -1, pred)  # no class's surface there
     distance = []
     for c in range(num_classes):
         per_image = [hd95(p == c, t == c) for p, t in zip(pred, truth) if (p == c).any() or (t == c).any()]

@@ -2,13 +2,16 @@
 optional ``unlabeled/`` of images without masks.
 
 Images are PNG, grayscale or RGB (RGB is converted to grayscale), read as
-float32 [1, H, W] in [0, 1]. A mask is read by this rule:
+float32 [1, H, W] in [0, 1]. A mask (grayscale, palette, or RGB whose channels
+are equal) is read by this rule, C = ``num_classes`` (128 when None):
 
-* all its values are < ``num_classes`` (or < 128 when ``num_classes`` is None):
-  class indices, kept as they are;
-* otherwise it is a binary 0/255 image (resampled edges may hold 1..254) and is
-  binarised at > 127 into {0, 1}; that is only allowed for two-class data
-  (``num_classes`` 2 or None), so a stray value in a multi-class mask is an error.
+* all its values are < C: class indices, kept as they are;
+* only 0 and 255, for two classes (C 2 or None): a binary mask, read as {0, 1};
+* values < C and 255: class indices, 255 marking pixels to ignore (``IGNORE_LABEL``,
+  as ``refmatch pseudo-label`` writes where it kept no label);
+* for two classes, 0, 255 and values between (edges of a resampled binary mask):
+  binarised at > 127 into {0, 1};
+* anything else (a class >= C, a colour mask) is an error naming the file.
 
 PIL is imported when a file is read, so ``refmatch.data`` imports without the
 ``train`` extra. Files are opened per item and closed at once, so datasets pickle
@@ -24,6 +27,7 @@ from torch.utils.data import Dataset
 from ..feature_tap import size_pair
 
 BINARY_THRESHOLD = 127
+IGNORE_LABEL = 255      # a mask's "ignore this pixel"; the recipe's losses and bank skip it
 MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
 LISTED_NAMES = 5        # file names quoted in an error before "and N more"
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L")  # PIL modes read as they are
@@ -88,15 +92,28 @@ def read_image(path):
 
 
 def read_mask(path, num_classes=None):
-    """A mask PNG as int64 [H, W] class labels, by the module's index-or-binary rule."""
-    array = _read_array(Path(path), GRAY_MODES + ("P",)).astype(np.int64)  # palette masks hold indices
+    """A mask PNG as int64 [H, W] class labels (255: ignore), by the module's rule."""
+    array = _read_array(Path(path), GRAY_MODES + ("P", "RGB", "RGBA")).astype(np.int64)  # palette: indices
+    if array.ndim == 3:  # RGB(A): a gray mask stored in colour, or a colour mask, which has no classes
+        if (array[..., :3] != array[..., :1]).any():
+            raise ValueError(f"{path} is a colour mask: store class indices (or 0/255) in a grayscale or "
+                             "palette PNG")
+        array = array[..., 0]
     limit = MAX_INDEX_LABELS if num_classes is None else num_classes
-    if array.size and (array.min() < 0 or array.max() >= limit):
-        if num_classes not in (None, 2):
-            raise ValueError(f"{path} holds label {array.max()}, but num_classes={num_classes}; "
-                             f"0/255 binary masks are only read for two classes")
-        array = (array > BINARY_THRESHOLD).astype(np.int64)
-    return torch.from_numpy(array)
+    two_classes = num_classes in (None, 2)
+    values = np.unique(array)
+    if values.size == 0 or (values.min() >= 0 and values.max() < limit):
+        return torch.from_numpy(array)
+    if two_classes and set(values.tolist()) <= {0, 255}:
+        return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))
+    classes = values[values != IGNORE_LABEL]
+    if classes.min() >= 0 and classes.max() < limit:
+        return torch.from_numpy(array)  # class indices and ignored pixels
+    if two_classes and values.min() >= 0 and values.max() > BINARY_THRESHOLD and IGNORE_LABEL in values:
+        return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))  # a resampled binary mask
+    bad = [int(value) for value in classes if not 0 <= value < limit]
+    raise ValueError(f"{path} holds label(s) {_listing([str(value) for value in bad])}, but the data has "
+                     f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore, or a 0/255 binary mask)")
 
 
 class FolderDataset(Dataset):

@@ -60,6 +60,10 @@ def make_splits(labeled_names, unlabeled_names=(), *, seed, labeled_fraction=Non
     num_test = max(min_test, round(test_fraction * n))
     num_val = round(val_fraction * n)
     num_train = n - num_test - num_val
+    for name, fraction, count in (("val_fraction", val_fraction, num_val), ("test_fraction", test_fraction, num_test)):
+        if fraction > 0 and count == 0:  # a run would pick no best checkpoint, or test on nothing
+            raise ValueError(f"{name}={fraction} of {n} labelled names rounds to no image: add images or raise "
+                             f"{name}")
     if num_train < 1:
         raise ValueError(f"{n} labelled names leave no training images after {num_test} test and {num_val} val")
     if num_labeled is None:

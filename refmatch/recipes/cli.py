@@ -1,6 +1,5 @@
 """``refmatch train | evaluate | pseudo-label``."""
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,8 +37,8 @@ def train_main(argv=None):
     finally:
         trainer.run.close()
     if result is not None and trainer.run.is_main:
-        print(json.dumps({"method": result["method"], "test_mean_dice": result["test"]["mean_dice"],
-                          "test_mean_iou": result["test"]["mean_iou"], "run": str(args.out)}, indent=2))
+        print(metrics_json({"method": result["method"], "test_mean_dice": result["test"]["mean_dice"],
+                            "test_mean_iou": result["test"]["mean_iou"], "run": str(args.out)}))
     return result
 
 
@@ -130,7 +129,7 @@ def pseudo_label_main(argv=None):
     parser.add_argument("--unlabeled", type=Path, required=True, help="folder of PNG images (or with images/)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    from ..data.folder import FolderDataset, scan_folder
+    from ..data.folder import FolderDataset, png_names, scan_folder
     from .data_setup import load_split
     from .methods import IGNORE, ReferencePseudoLabels
     from .run_context import progress_bar
@@ -140,7 +139,7 @@ def pseudo_label_main(argv=None):
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes), config.num_workers, config.image_size)
     folder = _image_folder(args.unlabeled)
-    names = sorted(p.name for p in folder.glob("*.png"))
+    names = png_names(folder)
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
     _status(f"loaded {len(labeled.names)} labelled images; loading {len(names)} images from {folder}")

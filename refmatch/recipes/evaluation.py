@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from ..data.folder import IGNORE_LABEL
 from ..metrics import segmentation_metrics
 
 
@@ -19,9 +20,10 @@ def predict(model, images, device, batch_size=16):
 
 
 def evaluate(model, split, class_names, device, batch_size=16):
-    """Dice, IoU and HD95 per class of ``model`` on ``split`` (a Split with masks)."""
+    """Dice, IoU and HD95 per class of ``model`` on ``split`` (a Split with masks, 255
+    where a pixel is ignored), at the split's resolution: HD95 is in its pixels."""
     prediction = predict(model, split.images, device, batch_size)
-    return segmentation_metrics(prediction, split.masks, len(class_names), class_names)
+    return segmentation_metrics(prediction, split.masks, len(class_names), class_names, ignore_index=IGNORE_LABEL)
 
 
 def metrics_json(metrics):

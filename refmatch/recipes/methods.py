@@ -9,10 +9,11 @@ ignored, not relabelled).
 import torch
 
 from ..bank import ReferenceBank
+from ..data.folder import IGNORE_LABEL
 from ..feature_tap import FeatureTap
 from ..pseudo_labels import PseudoLabeler, PseudoLabels
 
-IGNORE = 255
+IGNORE = IGNORE_LABEL  # a mask's ignored pixels and a dropped pseudo-label: the losses skip both
 
 
 class TeacherPredictions:

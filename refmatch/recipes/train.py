@@ -172,7 +172,7 @@ class Trainer:
                 weight = config.pl_weight * rampup(self.step - config.pl_start, config.rampup_steps)
                 loss = loss + weight * unlabeled_loss
         if pseudo is not None:
-            judged = (pseudo.labels != IGNORE) & (hidden_truth != UNKNOWN)
+            judged = (pseudo.labels != IGNORE) & (hidden_truth != UNKNOWN) & (hidden_truth != IGNORE)
             logs.update({"loss/pseudo_label": unlabeled_loss.item(), "pseudo/weight": weight,
                          "pseudo/kept_ratio": pseudo.kept_fraction.item()})
             if bool(judged.any()):
