@@ -108,3 +108,11 @@ def test_ignored_truth_pixels_count_for_no_class():
     assert scores["dice"]["1"] == 1.0 and scores["iou"]["1"] == 1.0 and scores["hd95"]["1"] == 0.0
     with pytest.raises(ValueError, match="truth holds labels outside"):
         segmentation_metrics(pred, truth, 2)
+
+
+@pytest.mark.parametrize("spacing", [0.0, -1.0, math.nan, (1.0, 0.0)])
+def test_hd95_refuses_a_spacing_that_is_no_pixel_size(spacing):
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[1:3, 1:3] = True
+    with pytest.raises(ValueError, match="spacing must be positive and finite"):
+        hd95(mask, np.roll(mask, 2, axis=0), spacing=spacing)

@@ -6,8 +6,9 @@ Conventions:
   divided by the sums of areas (not a mean of per-image scores). A class absent
   from both prediction and truth everywhere is NaN, and is left out of means.
 * HD95 is in pixels times ``spacing``, between the inner boundaries of two masks
-  (MedPy/MONAI convention: the larger of the two directed 95th percentiles of
-  boundary-to-boundary distances). Both masks empty: 0.0. Exactly one empty:
+  (MONAI's convention: the larger of the two directed 95th percentiles of
+  boundary-to-boundary distances; MedPy's hd95 takes the percentile of both
+  directions pooled, which can be smaller). Both masks empty: 0.0. Exactly one empty:
   inf, since no distance exists; a class mean that includes it is inf too (the
   recipes write it to JSON files as null).
 """
@@ -65,6 +66,8 @@ def hd95(pred_mask, truth_mask, spacing=1.0):
     from scipy import ndimage
 
     pred_mask, truth_mask = np.asarray(pred_mask, dtype=bool), np.asarray(truth_mask, dtype=bool)
+    if not np.all(np.isfinite(spacing)) or np.any(np.asarray(spacing) <= 0):
+        raise ValueError(f"spacing must be positive and finite (a pixel size), got {spacing!r}")
     if pred_mask.shape != truth_mask.shape:
         raise ValueError(f"pred_mask {pred_mask.shape} and truth_mask {truth_mask.shape} differ in shape")
     if not pred_mask.any() and not truth_mask.any():
