@@ -19,7 +19,7 @@ import torch
 import refmatch
 from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel, hopper_enabled, hopper_kernel, \
     kernel_name
-from refmatch.bench import agreement, oracle_best
+from refmatch.bench_oracle import Float64Oracle
 
 SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64), (700, 3000, 192),
           (300, 2000, 40)]
@@ -48,10 +48,11 @@ def main():
                 query = torch.randn(n, d, device="cuda").to(dtype)
                 reference = torch.randn(m, d, device="cuda").to(dtype)
                 assert kernel_name(query.T[None, :, :, None], reference) == args.variant
+                oracle = Float64Oracle(query, reference)
                 for metric in ("dot", "l2", "cosine"):
                     index = refmatch.match(query, reference, metric=metric, backend="cuda").index
                     torch.cuda.synchronize()
-                    fraction = agreement(index, query, reference, metric, oracle_best(query, reference, metric))
+                    fraction = oracle.agreement(index, metric)
                     worst = min(worst, fraction)
                     print(f"{n}x{m}x{d} {str(dtype)[6:]:8} {metric:6} agreement {100 * fraction:6.2f} %", flush=True)
     print(f"worst agreement {100 * worst:.2f} %")

@@ -56,7 +56,8 @@ def test_a_second_run_of_the_day_keeps_the_first(tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--sizes", "10x10"], "a size is NxMxD"), (["--sizes", "8x0x4"], "a size is NxMxD"),
-    (["--repeat", "0"], "expected a positive integer"), (["--tag", "a/b"], "a tag takes")])
+    (["--repeat", "0"], "expected a positive integer"), (["--tag", "a/b"], "a tag takes"),
+    (["--fits-gib", "nan"], "expected a positive number"), (["--fits-gib", "-1"], "expected a positive number")])
 def test_bad_arguments_are_named_before_any_timing(arguments, message, capsys):
     with pytest.raises(SystemExit):
         bench.main(arguments)
@@ -92,3 +93,33 @@ def test_an_excluded_peer_is_not_even_imported(monkeypatch):
     assert built == []
     bench_peers.all_methods(tiny, tiny, 0, exclude=["IndexFlatIP"])
     assert built == [1], "a word naming single methods filters them later, not the group"
+
+
+def test_a_failing_method_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    from refmatch import bench_peers
+
+    methods = bench_peers.all_methods
+
+    def with_a_broken_peer(query, reference, fits_bytes, exclude=()):
+        def broken():
+            raise RuntimeError("out of memory\n  somewhere deep")
+        return [bench_peers.Method("broken peer", "dot", 1, broken, 1.0)] + methods(query, reference, fits_bytes,
+                                                                                     exclude)
+    monkeypatch.setattr(bench, "all_methods", with_a_broken_peer)
+    bench.main(["--sizes", "32x256x8", "--only", "broken", "refmatch torch k=1", "--repeat", "2",
+                "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    results = json.loads(json_path.read_text())
+    rows = {row["method"]: row for row in results["rows"]}
+    assert rows["broken peer"]["error"] == "RuntimeError: out of memory somewhere deep"
+    assert rows["refmatch torch k=1"]["agreement"] == 1.0 and rows["refmatch torch k=1"]["runs"] == 2
+    assert results["meta"]["repeat"] == 2 and "--only" in results["meta"]["argv"] and "native_bf16" in results["meta"]
+
+
+def test_only_methods_that_cannot_run_here_is_an_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the cuda rows run here")
+    with pytest.raises(ValueError, match="--only cuda leaves no method but the GEMM ceilings"):
+        bench.main(["--sizes", "32x256x8", "--only", "cuda", "--repeat", "1", "--out", str(tmp_path)])

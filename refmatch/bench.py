@@ -24,7 +24,6 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -33,8 +32,10 @@ import torch
 
 import refmatch
 from refmatch.atomic_file import write_atomic
-from refmatch.bench_peers import all_methods
+from refmatch.bench_oracle import Float64Oracle
+from refmatch.bench_peers import CLASSES, all_methods, bench_labels
 from refmatch.bench_plot import plot
+from refmatch.bench_timing import PeakMemory, timed
 
 RESULTS = Path("bench") / "results"
 SLOW_SECONDS = 20.0
@@ -58,98 +59,14 @@ def machine(device):
     return slug, name
 
 
-def timed(fn, device, repeat):
-    """Median seconds over ``repeat`` runs (the caller has warmed ``fn`` up)."""
-    times = []
-    for _ in range(repeat):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
-class PeakMemory:
-    """Extra memory a block of code takes at its peak, in MiB: the CUDA allocator's
-    peak on GPUs; on the CPU the resident set, sampled every millisecond."""
-
-    def __init__(self, device):
-        self.device, self.peak_mib = device, 0.0
-
-    @staticmethod
-    def _rss():
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self):
-        while not self._done.is_set():
-            self._peak = max(self._peak, self._rss())
-            self._done.wait(0.001)
-
-    def __enter__(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            self._base = self._peak = self._rss()
-            self._done = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            self._done.set()
-            self._thread.join()
-            peak = max(self._peak, self._rss())
-        self.peak_mib = (peak - self._base) / 2**20
-
-
-def oracle_best(query, reference, metric):
-    """Float64 best score per row [N] (similarity for dot and cosine, distance for l2)."""
-    return refmatch.match(query.double(), reference.double(), metric=metric, backend="torch").score
-
-
-def agreement(index, query, reference, metric, best):
-    """Fraction of rows whose returned (first) index scores within 1e-4 of the float64 best."""
-    index = index.reshape(query.shape[0], -1)[:, 0].to(query.device).long()
-    q, r = query.double(), reference.double()[index.clamp(min=0)]
-    if metric == "l2":
-        picked = (q - r).square().sum(1)
-    else:
-        picked = torch.nn.functional.cosine_similarity(q, r, eps=1e-12) if metric == "cosine" else (q * r).sum(1)
-    return _close_fraction(picked, best, index >= 0)
-
-
-def classwise_agreement(scores, best):
-    """Fraction of rows whose best class-wise score is within 1e-4 of the float64 best."""
-    return _close_fraction(scores.double().amax(dim=1), best, torch.ones_like(best, dtype=torch.bool))
-
-
-def _close_fraction(picked, best, valid):
-    close = (picked - best).abs() <= 1e-4 * best.abs().clamp(min=1)
-    return (close & valid).double().mean().item()
-
-
 def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None):
     """Yields one result row per method for one (N, M, D), the GEMM ceilings first."""
     generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
     query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
     reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
     methods = list(all_methods(query, reference, fits_bytes, exclude))
-    _check_filters([method.name for method in methods if method.metric != "-"], only, exclude)
-    best = {metric: oracle_best(query, reference, metric) for metric in ("dot", "l2", "cosine")}
+    _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only, exclude)
+    oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
     gemm_tflops = None
     for method in methods:
         if not _wanted(method.name, only, exclude) and method.metric != "-":
@@ -159,30 +76,36 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
         if method.skip:
             yield {**row, "skipped": method.skip}
             continue
-        begin = time.perf_counter()
-        with PeakMemory(device) as memory:  # also the warm-up
-            index = method.run()
-        first = time.perf_counter() - begin
-        # A method slower than SLOW_SECONDS (KeOps on a CPU) is reported from that run;
-        # one slower than a second is timed once more.
-        seconds = first if first > SLOW_SECONDS else timed(method.run, device, repeat if first < 1 else 1)
+        try:
+            begin = time.perf_counter()
+            with PeakMemory(device) as memory:  # also the warm-up
+                index = method.run()
+            first = time.perf_counter() - begin
+            # A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is reported
+            # from that run; one slower than a second is timed once more.
+            times = [first] if first > SLOW_SECONDS else timed(method.run, device, repeat if first < 1 else 1)
+        except Exception as error:  # a peer that fails here (memory, its own bug): a row, and on
+            yield {**row, "error": f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"}
+            continue
         if index is None:
             agreed = None
         elif method.classwise:
-            agreed = classwise_agreement(index, best[method.metric])
+            agreed = oracle.classwise_agreement(index, method.metric, dtype)
         else:
-            agreed = agreement(index, query, reference, method.metric, best[method.metric])
+            agreed = oracle.agreement(index, method.metric)
+        seconds = statistics.median(times)
         tflops = method.flops / seconds / 1e12
         if method.metric == "-":  # the ceilings come first; the ratio is to the faster
             gemm_tflops = max(gemm_tflops or 0.0, tflops)
-        yield {**row, "seconds": seconds, "tflops": tflops, "peak_mib": memory.peak_mib, "agreement": agreed,
+        yield {**row, "seconds": seconds, "runs": len(times), "min_seconds": min(times), "max_seconds": max(times),
+               "tflops": tflops, "peak_mib": memory.peak_mib, "agreement": agreed,
                "ratio_to_gemm": tflops / gemm_tflops}
 
 
 def _line(r):
     size = f"| {r['n']} | {r['m']} | {r['d']} | {r['dtype']} | {r['method']} | {r['metric']} | {r['k']} |"
-    if "skipped" in r:
-        return f"{size} skipped: {r['skipped']} | | | | |"
+    if "skipped" in r or "error" in r:
+        return f"{size} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']} | | | | |"
     agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f} %"
     ratio = f"{r['ratio_to_gemm']:.2f}" if "ratio_to_gemm" in r else ""
     return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {ratio} | {r['peak_mib']:.0f} | {agree} |")
@@ -195,12 +118,14 @@ def markdown(rows):
 
 
 def git_commit():
-    """Short commit of the checkout, with "+dirty" when it has uncommitted changes."""
+    """Short commit of the checkout refmatch is imported from (not the working directory's),
+    with "+dirty" when it has uncommitted changes; "unknown" for an installed package."""
+    checkout = Path(refmatch.__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
@@ -228,6 +153,16 @@ def tag_name(text):
     return text
 
 
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def positive_int(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -253,7 +188,7 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", help="time only methods whose name holds one of these words")
     parser.add_argument("--exclude", nargs="+", help="leave out methods whose name holds one of these words")
     parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs per method (default: 3)")
-    parser.add_argument("--fits-gib", type=float, default=8.0,
+    parser.add_argument("--fits-gib", type=positive_float, default=8.0,
                         help="largest dense N x M buffer to try (default: 8)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--tag", type=tag_name,
@@ -267,9 +202,14 @@ def main(argv=None):
               file=sys.stderr)
     dtype = getattr(torch, args.dtype)
     name, description = machine(args.device)
+    from refmatch.backends.torch_screening import native_bf16
+
     meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
-            "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions()}
+            "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions(),
+            "argv": sys.argv[1:] if argv is None else list(argv), "repeat": args.repeat,
+            "native_bf16": native_bf16(), "env": {key: value for key, value in os.environ.items()
+                                                  if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))}}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = fresh_stem(args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]]))
     print(markdown([]))

@@ -14,12 +14,12 @@ import refmatch
 @dataclass
 class Method:
     name: str
-    metric: str                  # "dot" or "l2"; "-" for the GEMM ceiling
+    metric: str                  # "dot", "l2" or "cosine"; "-" for the GEMM ceiling
     k: int
     run: Callable                # () -> indices [N] / [N, k], class-wise scores [N, C], or None (GEMM)
     flops: float
     skip: Optional[str] = None
-    classwise: bool = False      # run returns class-wise scores, judged by their best
+    classwise: bool = False      # run returns class-wise scores [N, CLASSES], judged class by class
 
 
 def _faiss_methods(query, reference, flops):
@@ -113,12 +113,18 @@ def _skip_reason(call):
     return None
 
 
+CLASSES = 4  # of the class-wise rows
+
+
+def bench_labels(num_refs, device):
+    """[M] labels of the class-wise rows: ``CLASSES`` grouped, as ReferenceBank stores its slots."""
+    return (torch.arange(num_refs, device=device) * CLASSES) // num_refs
+
+
 def _refmatch_methods(query, reference, flops):
-    """k = 1 (dot, l2 and cosine, the default), top-8 and a 4-class class-wise max
-    per backend, side by side. The class labels are grouped, as ReferenceBank
-    stores its slots."""
-    classes = 4
-    labels = (torch.arange(reference.shape[0], device=reference.device) * classes) // reference.shape[0]
+    """k = 1 (dot, l2 and cosine, the default), top-8 and the class-wise max per backend,
+    side by side."""
+    classes, labels = CLASSES, bench_labels(reference.shape[0], reference.device)
     methods = []
     for status in refmatch.backends():
         for metric, k in (("dot", 1), ("dot", 8), ("l2", 1), ("cosine", 1)):

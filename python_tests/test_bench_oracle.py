@@ -1,0 +1,39 @@
+"""The benchmark's float64 oracle and agreement checks: they must fail wrong answers."""
+import torch
+
+import refmatch
+from refmatch.bench_oracle import Float64Oracle
+
+
+def inputs():
+    generator = torch.Generator().manual_seed(0)
+    query, reference = torch.randn(50, 16, generator=generator), torch.randn(300, 16, generator=generator)
+    return query, reference, torch.arange(300) * 4 // 300
+
+
+def test_top_slots_and_class_maxima_are_the_dense_float64_ones():
+    query, reference, labels = inputs()
+    oracle = Float64Oracle(query, reference, labels, 4, chunk_bytes=8 * 300 * 7)  # chunks of 7 rows
+    dense = query.double() @ reference.double().T
+    exact = dict(rtol=1e-12, atol=1e-12)  # chunks of another shape round another way in the last bit
+    torch.testing.assert_close(oracle.top["dot"], dense.sort(dim=1, descending=True).values[:, :8], **exact)
+    distances = torch.cdist(query.double(), reference.double()).square()
+    torch.testing.assert_close(oracle.top["l2"], distances.sort(dim=1).values[:, :8])
+    torch.testing.assert_close(oracle.per_class["dot"][:, 2], dense[:, labels == 2].amax(dim=1), **exact)
+
+
+def test_right_answers_agree_and_wrong_ones_do_not():
+    query, reference, labels = inputs()
+    oracle = Float64Oracle(query, reference, labels, 4)
+    for metric in ("dot", "l2", "cosine"):
+        top8 = refmatch.match(query, reference, k=8, metric=metric, backend="torch").index
+        assert oracle.agreement(top8, metric) == 1.0 and oracle.agreement(top8[:, 0], metric) == 1.0
+    wrong = top8.clone()
+    wrong[:, 1:] = top8[:, -1:]  # the first slot right, the other seven not
+    assert oracle.agreement(wrong, "cosine") == 0.0
+    assert oracle.agreement(torch.full((50,), -1), "dot") == 0.0
+    scores = refmatch.classwise_max(query, reference, labels, 4, metric="dot", backend="torch")
+    assert oracle.classwise_agreement(scores, "dot", torch.float32) == 1.0
+    assert oracle.classwise_agreement(scores[:, [1, 0, 2, 3]], "dot", torch.float32) == 0.0
+    best_everywhere = scores.amax(dim=1, keepdim=True).expand(-1, 4)
+    assert oracle.classwise_agreement(best_everywhere, "dot", torch.float32) == 0.0

@@ -1,0 +1,84 @@
+"""The benchmark's float64 oracle and its agreement checks, independent of refmatch's backends.
+
+The oracle scores every (query, reference) pair densely in float64, a chunk of query
+rows at a time (``chunk_bytes`` of scores), and keeps per metric the best
+``slots`` scores of each row and the best score per class. A method agrees on a row
+when every slot it returns scores, recomputed in float64 from the rows it names,
+within ``1e-4 * max(1, |oracle|)`` of the oracle's slot (both best first, so exact
+ties may come in any index order); class-wise scores are compared class by class.
+"""
+import torch
+import torch.nn.functional as F
+
+METRICS = ("dot", "l2", "cosine")
+RELATIVE_TOLERANCE = 1e-4
+# Class-wise scores come from the kernels, not recomputed: half-precision GEMMs (the CPU's)
+# round them to their own precision.
+CLASSWISE_TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def _scores(query, reference, metric):
+    """[n, M] float64 scores: q.r, cosine, or squared distance."""
+    dot = query @ reference.T
+    if metric == "dot":
+        return dot
+    if metric == "cosine":
+        return dot / (query.norm(dim=1, keepdim=True) * reference.norm(dim=1)[None]).clamp_min(1e-12)
+    return (query.square().sum(1, keepdim=True) - 2 * dot + reference.square().sum(1)[None]).clamp_min(0)
+
+
+class Float64Oracle:
+    """Best ``slots`` scores per row [N, slots] (``top[metric]``, distances ascending for
+    l2) and, with ``labels`` [M] in [0, classes), the best per class [N, classes]
+    (``per_class[metric]``) of query [N, D] against reference [M, D]."""
+
+    def __init__(self, query, reference, labels=None, classes=0, slots=8, chunk_bytes=1 << 28):
+        self.query, self.reference = query.double(), reference.double()
+        rows = max(1, chunk_bytes // (8 * max(1, reference.shape[0])))
+        slots = min(slots, reference.shape[0])
+        parts = {metric: ([], []) for metric in METRICS}
+        for start in range(0, query.shape[0], rows):
+            chunk = self.query[start:start + rows]
+            for metric in METRICS:
+                scores = _scores(chunk, self.reference, metric)
+                largest = metric != "l2"
+                parts[metric][0].append(scores.topk(slots, dim=1, largest=largest).values)
+                if labels is not None:
+                    pick = torch.amax if largest else torch.amin
+                    worst = float("-inf") if largest else float("inf")
+                    parts[metric][1].append(torch.stack(
+                        [pick(scores[:, labels == c], dim=1) if bool((labels == c).any())
+                         else scores.new_full((scores.shape[0],), worst) for c in range(classes)], dim=1))
+        self.top = {metric: torch.cat(top) for metric, (top, _) in parts.items()}
+        self.per_class = {metric: torch.cat(per_class) for metric, (_, per_class) in parts.items() if per_class}
+
+    def agreement(self, index, metric):
+        """Fraction of rows whose returned indices [N] or [N, k] score, slot by slot, within
+        tolerance of the oracle's best k (an index of -1 or past M never agrees)."""
+        index = index.reshape(self.query.shape[0], -1).to(self.query.device).long()
+        k = index.shape[1]
+        valid = ((index >= 0) & (index < self.reference.shape[0])).all(dim=1)
+        rows = self.reference[index.clamp(0, self.reference.shape[0] - 1)]  # [N, k, D]
+        queries = self.query[:, None, :]
+        if metric == "dot":
+            picked = (queries * rows).sum(2)
+        elif metric == "cosine":
+            picked = F.cosine_similarity(queries, rows, dim=2, eps=1e-12)
+        else:
+            picked = (queries - rows).square().sum(2)
+        picked = picked.sort(dim=1, descending=metric != "l2").values
+        return self._fraction(picked, self.top[metric][:, :k], valid, RELATIVE_TOLERANCE)
+
+    def classwise_agreement(self, scores, metric, dtype):
+        """Fraction of rows whose class-wise scores [N, C] all match the oracle's per class."""
+        expected = self.per_class[metric]
+        scores = scores.reshape(expected.shape).to(expected.device).double()
+        empty = torch.isinf(expected) & (scores == expected)  # a class with no reference
+        tolerance = CLASSWISE_TOLERANCE.get(dtype, RELATIVE_TOLERANCE)
+        close = (scores - expected).abs() <= tolerance * expected.abs().clamp(min=1)
+        return (close | empty).all(dim=1).double().mean().item()
+
+    @staticmethod
+    def _fraction(picked, best, valid, tolerance):
+        close = ((picked - best).abs() <= tolerance * best.abs().clamp(min=1)).all(dim=1)
+        return (close & valid).double().mean().item()
