@@ -14,8 +14,10 @@ def test_writes_rows_ceilings_and_plot(tmp_path, monkeypatch):
     bench.main(["--sizes", "64x512x16", "64x1024x16", "--only", "torch", "--exclude", "classwise", "k=8",
                 "--repeat", "1", "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("*.json")
-    rows = json.loads(json_path.read_text())["rows"]
-    assert written == list(range(1, len(rows) + 1)), "the files are rewritten after every row"
+    results = json.loads(json_path.read_text())
+    rows = results["rows"]
+    assert written == list(range(1, len(rows) + 1)) + [len(rows)], "rewritten after every row, and at the end"
+    assert results["meta"]["complete"]
     names = [row["method"] for row in rows if row["m"] == 512]
     assert names[:2] == ["gemm torch.mm 2048^3 (ceiling)", "gemm torch.mm this shape"]
     assert "refmatch torch k=1" in names and not any("classwise" in n or "k=8" in n for n in names)
@@ -52,6 +54,9 @@ def test_a_second_run_of_the_day_keeps_the_first(tmp_path):
     bench.main(arguments)
     assert first.read_text() == before
     assert first.with_name(first.stem + "-2.json").exists()
+    # A name is claimed when chosen, so two runs starting together write apart.
+    stem = tmp_path / "race"
+    assert bench.fresh_stem(stem) == stem and bench.fresh_stem(stem) == tmp_path / "race-2"
 
 
 @pytest.mark.parametrize("arguments, message", [

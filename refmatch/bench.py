@@ -170,13 +170,19 @@ def positive_int(text):
 
 
 def fresh_stem(stem):
-    """``stem``, or ``stem-2``, ``stem-3`` ...: the first that names no results file yet, so a
-    second run of a day (or a run inside a checkout) never replaces committed or earlier results."""
+    """``stem``, or ``stem-2``, ``stem-3`` ...: the first that names no results file yet, claimed
+    by creating its (empty) .json, so a second run of a day, one started at the same moment, or a
+    run inside a checkout never replaces committed or earlier results."""
     candidate, number = stem, 1
-    while any(candidate.with_suffix(suffix).exists() for suffix in (".json", ".md")):
+    while True:
+        if not any(candidate.with_suffix(suffix).exists() for suffix in (".md", ".png")):
+            try:
+                candidate.with_suffix(".json").open("x").close()
+                return candidate
+            except FileExistsError:
+                pass
         number += 1
         candidate = stem.with_name(f"{stem.name}-{number}")
-    return candidate
 
 
 def main(argv=None):
@@ -209,19 +215,23 @@ def main(argv=None):
             "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions(),
             "argv": sys.argv[1:] if argv is None else list(argv), "repeat": args.repeat,
             "native_bf16": native_bf16(), "env": {key: value for key, value in os.environ.items()
-                                                  if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))}}
+                                                  if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))},
+            "complete": False}  # until every size ran: a file of a killed run says so
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = fresh_stem(args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]]))
     print(markdown([]))
-    rows = []
+    rows, stem = [], None
     for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
         print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
         for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
                               args.exclude):
             rows.append(row)
             print(_line(row), flush=True)
+            stem = stem or fresh_stem(args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else [])
+                                                          + [meta["date"]]))
             write_results(stem, meta, rows)  # after every row: a killed run keeps what it measured
         figure = plot(rows, stem.with_suffix(".png"))
+    meta["complete"] = True
+    write_results(stem, meta, rows)
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
 
 
