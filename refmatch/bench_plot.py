@@ -2,20 +2,21 @@
 
 
 def plot(rows, path):
-    """Throughput against M per method (one panel per D); a panel with one M shows
-    bars. The square-GEMM ceiling is black and dashed, this shape's GEMM grey and
-    dotted. Returns ``path``, or None without matplotlib."""
+    """Throughput against M per method (one panel per N and D); a panel with one M
+    shows bars. The square-GEMM ceiling is black and dashed, this shape's GEMM grey
+    and dotted; legends sit beside the panels. Returns ``path``, or None without
+    matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    dims = sorted({r["d"] for r in rows})
-    figure, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4.5), squeeze=False)
-    for axis, d in zip(axes[0], dims):
-        timed = [r for r in rows if r["d"] == d and "tflops" in r]
-        title = f"{timed[0]['dtype']}, N = {timed[0]['n']}, D = {d}" if timed else f"D = {d}"
+    panels = sorted({(r["n"], r["d"]) for r in rows})
+    figure, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels), 4.5), squeeze=False)
+    for axis, (n, d) in zip(axes[0], panels):
+        timed = [r for r in rows if (r["n"], r["d"]) == (n, d) and "tflops" in r]
+        title = f"{timed[0]['dtype']}, N = {n}, D = {d}" if timed else f"N = {n}, D = {d}"
         if len({r["m"] for r in timed}) == 1:
             _bars(axis, timed, plt.cm.tab20.colors)
             title += f", M = {timed[0]['m']}" if timed else ""
@@ -30,7 +31,7 @@ def plot(rows, path):
 
 
 def _label(row):
-    return row["method"].split(" (")[0] + ("" if row["metric"] == "-" else f" [{row['metric']}]")
+    return row["method"] + ("" if row["metric"] == "-" else f" [{row['metric']}]")
 
 
 def _style(row):
@@ -48,8 +49,9 @@ def _lines(axis, timed, colours):
         points = sorted((r["m"], r["tflops"]) for r in series)
         axis.plot(*zip(*points), label=name, **_style(series[0]))
     axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s")
-    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axis.legend(fontsize=7, loc="best")
+    for ticks in (axis.xaxis, axis.yaxis):  # log minor labels overlap
+        ticks.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
 def _bars(axis, timed, colours):
@@ -64,4 +66,4 @@ def _bars(axis, timed, colours):
             axis.axvline(row["tflops"], color=style["color"], linestyle=style["linestyle"],
                          label=f"{_label(row)}: {row['tflops']:.3g}")
     axis.set(xscale="log", xlabel="TFLOP/s (2 N M D / time)")
-    axis.legend(fontsize=7, loc="lower right")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
