@@ -20,7 +20,7 @@ import triton.testing
 
 from refmatch.kernels.match import classwise_max, launch_config, launch_tile, match_topk
 from refmatch.kernels.match_aot import compile_variant
-from refmatch.bench import fresh_stem, machine, size_triple
+from refmatch.bench import fresh_stem, git_commit, machine, size_triple
 
 # Overrides of launch_config per candidate; the first of each list is the launcher's default
 # (on sm_90 the dot argmax's is TWO_PROGRAMS_PER_SM unless its compile spills; that row shows the
@@ -103,18 +103,23 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("bench") / "results")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("the tile sweep compiles and times Triton kernels on a CUDA device; torch sees none")
     header = ("| N | M | D | dtype | reduction | tiles | ms | TFLOP/s | registers | spilled bytes | agrees with default |\n"
               + "|---" * 11 + "|")
     print(header)
     rows = []
     name, description = machine("cuda")
-    stem = fresh_stem(args.out / f"{name}-triton-tiles-{date.today().isoformat()}")
+    meta = {"device": description, "commit": git_commit(), "torch": torch.__version__,
+            "triton": triton.__version__, "date": date.today().isoformat()}
     args.out.mkdir(parents=True, exist_ok=True)
+    stem = fresh_stem(args.out / f"{name}-triton-tiles-{meta['date']}")
     for n, m, d in args.sizes:
         for row in sweep(n, m, d, getattr(torch, args.dtype)):
             rows.append(row)
-            stem.with_suffix(".json").write_text(json.dumps({"device": description, "rows": rows}, indent=2))
-            stem.with_suffix(".md").write_text(f"Device: {description}\n\n{header}\n"
+            stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+            stem.with_suffix(".md").write_text(f"Device: {description}; torch {meta['torch']}; triton "
+                                               f"{meta['triton']}; commit {meta['commit']}\n\n{header}\n"
                                                + "\n".join(line(r) for r in rows) + "\n")
 
 

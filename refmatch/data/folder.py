@@ -34,8 +34,10 @@ GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L")  # PIL modes read as they are
 
 
 def png_names(folder):
-    """Sorted names of the PNG files directly in ``folder``."""
-    return sorted(path.name for path in Path(folder).iterdir() if path.suffix.lower() == ".png" and path.is_file())
+    """Sorted names of the PNG files directly in ``folder`` (.png or .PNG; hidden files such as
+    macOS's ``._name.png`` left out)."""
+    return sorted(path.name for path in Path(folder).iterdir()
+                  if path.suffix.lower() == ".png" and path.is_file() and not path.name.startswith("."))
 
 
 def _listing(names):
