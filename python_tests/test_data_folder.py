@@ -33,6 +33,7 @@ def dataset_root(tmp_path):
     write_png(tmp_path / "masks" / "gray.png", binary)
     write_png(tmp_path / "masks" / "rgb.png", np.indices((12, 16))[1] % 3)
     write_png(tmp_path / "unlabeled" / "extra.png", gray)
+    (tmp_path / "images" / "._gray.png").write_bytes(b"macOS metadata")  # hidden: never an image
     return tmp_path, gray, binary
 
 
