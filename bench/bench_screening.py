@@ -106,8 +106,7 @@ def main():
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     print("\n".join(lines), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = fresh_stem(args.out / f"{slug}-screening{'-' + args.tag if args.tag else ''}-{date.today()}")
-    rows = []
+    name_base, stem, rows = args.out / f"{slug}-screening{'-' + args.tag if args.tag else ''}-{date.today()}", None, []
     for label, query, reference in sets:
         for metric, k in ((metric, k) for metric in args.metrics for k in args.k):
             row = measure(label, query, reference, metric, k, args.repeat)
@@ -116,6 +115,7 @@ def main():
                          f"{row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % |")
             print(lines[-1], flush=True)
             # rewritten after every row: a run that is killed keeps what it measured
+            stem = stem or fresh_stem(name_base)  # claimed with the first row: a failed start leaves no file
             stem.with_suffix(".json").write_text(json.dumps({"device": name, "torch": torch.__version__,
                                                              "commit": commit, "rows": rows}, indent=2))
             stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

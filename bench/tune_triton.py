@@ -113,10 +113,11 @@ def main():
     meta = {"device": description, "commit": git_commit(), "torch": torch.__version__,
             "triton": triton.__version__, "date": date.today().isoformat()}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = fresh_stem(args.out / f"{name}-triton-tiles-{meta['date']}")
+    stem = None
     for n, m, d in args.sizes:
         for row in sweep(n, m, d, getattr(torch, args.dtype)):
             rows.append(row)
+            stem = stem or fresh_stem(args.out / f"{name}-triton-tiles-{meta['date']}")  # with the first row
             stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
             stem.with_suffix(".md").write_text(f"Device: {description}; torch {meta['torch']}; triton "
                                                f"{meta['triton']}; commit {meta['commit']}\n\n{header}\n"

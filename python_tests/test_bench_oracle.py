@@ -27,13 +27,23 @@ def test_right_answers_agree_and_wrong_ones_do_not():
     oracle = Float64Oracle(query, reference, labels, 4)
     for metric in ("dot", "l2", "cosine"):
         top8 = refmatch.match(query, reference, k=8, metric=metric, backend="torch").index
-        assert oracle.agreement(top8, metric) == 1.0 and oracle.agreement(top8[:, 0], metric) == 1.0
+        assert oracle.agreement(top8, metric, 8) == 1.0 and oracle.agreement(top8[:, 0], metric) == 1.0
     wrong = top8.clone()
     wrong[:, 1:] = top8[:, -1:]  # the first slot right, the other seven not
-    assert oracle.agreement(wrong, "cosine") == 0.0
+    assert oracle.agreement(wrong, "cosine", 8) == 0.0
+    assert oracle.agreement(top8.flip(1), "cosine", 8) == 0.0, "worst first"
+    assert oracle.agreement(top8[:, :2], "cosine", 8) == 0.0, "two slots of eight"
     assert oracle.agreement(torch.full((50,), -1), "dot") == 0.0
     scores = refmatch.classwise_max(query, reference, labels, 4, metric="dot", backend="torch")
     assert oracle.classwise_agreement(scores, "dot", torch.float32) == 1.0
     assert oracle.classwise_agreement(scores[:, [1, 0, 2, 3]], "dot", torch.float32) == 0.0
     best_everywhere = scores.amax(dim=1, keepdim=True).expand(-1, 4)
     assert oracle.classwise_agreement(best_everywhere, "dot", torch.float32) == 0.0
+
+
+def test_slots_past_the_references_never_agree():
+    query, reference, _ = inputs()
+    oracle = Float64Oracle(query, reference[:4])
+    padded = torch.cat([refmatch.match(query, reference[:4], k=4, backend="torch").index,
+                        torch.full((50, 4), -1)], dim=1)  # as FAISS pads a k=8 list of 4 references
+    assert oracle.agreement(padded, "cosine", 8) == 0.0 and oracle.agreement(padded[:, :4], "cosine", 4) == 1.0

@@ -87,3 +87,12 @@ def test_default_settings_a_run_cannot_take_or_repeats_are_left_out(capsys):
     at_64 = default_settings(load_config(None, ["image_size=128", "tap_size=64"]))
     assert at_64 == small
     assert "'pl_mode=hard,tap_size=64': the same as 'pl_mode=hard' here" in capsys.readouterr().out
+
+
+def test_score_leaves_pixels_the_truth_ignores_out():
+    import torch
+
+    from refmatch.recipes.compare_pseudo_labels import score
+
+    row = score(torch.tensor([[0, 1, 1, 1]]), torch.tensor([[0, 1, 255, 255]]), 2)
+    assert (row["kept"], row["accuracy"], row["dice_1"], row["recall_1"]) == (1.0, 1.0, 1.0, 1.0)

@@ -84,15 +84,15 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
             # A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is reported
             # from that run; one slower than a second is timed once more.
             times = [first] if first > SLOW_SECONDS else timed(method.run, device, repeat if first < 1 else 1)
+            if index is None:
+                agreed = None
+            elif method.classwise:
+                agreed = oracle.classwise_agreement(index, method.metric, dtype)
+            else:
+                agreed = oracle.agreement(index, method.metric, method.k)
         except Exception as error:  # a peer that fails here (memory, its own bug): a row, and on
             yield {**row, "error": f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"}
             continue
-        if index is None:
-            agreed = None
-        elif method.classwise:
-            agreed = oracle.classwise_agreement(index, method.metric, dtype)
-        else:
-            agreed = oracle.agreement(index, method.metric)
         seconds = statistics.median(times)
         tflops = method.flops / seconds / 1e12
         if method.metric == "-":  # the ceilings come first; the ratio is to the faster

@@ -3,9 +3,10 @@
 The oracle scores every (query, reference) pair densely in float64, a chunk of query
 rows at a time (``chunk_bytes`` of scores), and keeps per metric the best
 ``slots`` scores of each row and the best score per class. A method agrees on a row
-when every slot it returns scores, recomputed in float64 from the rows it names,
-within ``1e-4 * max(1, |oracle|)`` of the oracle's slot (both best first, so exact
-ties may come in any index order); class-wise scores are compared class by class.
+when it returns the k slots asked for, best first (within tolerance: exact ties may
+come in any index order), each scoring, recomputed in float64 from the row it names,
+within ``1e-4 * max(1, |oracle|)`` of the oracle's slot; a slot past M's references
+(-1) never agrees. Class-wise scores are compared class by class.
 """
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ class Float64Oracle:
     def __init__(self, query, reference, labels=None, classes=0, slots=8, chunk_bytes=1 << 28):
         self.query, self.reference = query.double(), reference.double()
         rows = max(1, chunk_bytes // (8 * max(1, reference.shape[0])))
-        slots = min(slots, reference.shape[0])
+        self.slots, slots = slots, min(slots, reference.shape[0])
         parts = {metric: ([], []) for metric in METRICS}
         for start in range(0, query.shape[0], rows):
             chunk = self.query[start:start + rows]
@@ -49,14 +50,18 @@ class Float64Oracle:
                     parts[metric][1].append(torch.stack(
                         [pick(scores[:, labels == c], dim=1) if bool((labels == c).any())
                          else scores.new_full((scores.shape[0],), worst) for c in range(classes)], dim=1))
-        self.top = {metric: torch.cat(top) for metric, (top, _) in parts.items()}
+        # Slots past M hold the worst score, which no returned slot can match.
+        self.top = {metric: F.pad(torch.cat(top), (0, self.slots - slots),
+                                  value=float("inf") if metric == "l2" else float("-inf"))
+                    for metric, (top, _) in parts.items()}
         self.per_class = {metric: torch.cat(per_class) for metric, (_, per_class) in parts.items() if per_class}
 
-    def agreement(self, index, metric):
-        """Fraction of rows whose returned indices [N] or [N, k] score, slot by slot, within
-        tolerance of the oracle's best k (an index of -1 or past M never agrees)."""
+    def agreement(self, index, metric, k=1):
+        """Fraction of rows whose returned indices ([N] or [N, k], k <= ``slots``) score,
+        slot by slot, within tolerance of the oracle's best k."""
         index = index.reshape(self.query.shape[0], -1).to(self.query.device).long()
-        k = index.shape[1]
+        if index.shape[1] != k:
+            return 0.0  # fewer (or more) slots than asked for
         valid = ((index >= 0) & (index < self.reference.shape[0])).all(dim=1)
         rows = self.reference[index.clamp(0, self.reference.shape[0] - 1)]  # [N, k, D]
         queries = self.query[:, None, :]
@@ -66,8 +71,11 @@ class Float64Oracle:
             picked = F.cosine_similarity(queries, rows, dim=2, eps=1e-12)
         else:
             picked = (queries - rows).square().sum(2)
+        better_first = picked if metric != "l2" else -picked
+        step = better_first[:, :-1] - better_first[:, 1:]  # >= 0 best first; ties within tolerance
+        ordered = (step >= -RELATIVE_TOLERANCE * better_first[:, :-1].abs().clamp(min=1)).all(dim=1)
         picked = picked.sort(dim=1, descending=metric != "l2").values
-        return self._fraction(picked, self.top[metric][:, :k], valid, RELATIVE_TOLERANCE)
+        return self._fraction(picked, self.top[metric][:, :k], valid & ordered, RELATIVE_TOLERANCE)
 
     def classwise_agreement(self, scores, metric, dtype):
         """Fraction of rows whose class-wise scores [N, C] all match the oracle's per class."""

@@ -49,8 +49,7 @@ def _lines(axis, timed, colours):
         points = sorted((r["m"], r["tflops"]) for r in series)
         axis.plot(*zip(*points), label=name, **_style(series[0]))
     axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s")
-    for ticks in (axis.xaxis, axis.yaxis):  # log minor labels overlap
-        ticks.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # M's minor labels overlap
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 

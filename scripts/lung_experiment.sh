@@ -19,7 +19,7 @@ variant=$(printf '_%s' "$@" | tr '=' '-')
 run() {
   local resume=()
   [[ -f "$1/latest.pt" ]] && resume=(--resume)
-  refmatch train --config configs/lung_cpu.yaml seed=$seed "${resume[@]}" --out "$@"
+  refmatch train --config configs/lung_cpu.yaml seed=$seed ${resume[@]+"${resume[@]}"} --out "$@"  # bash 3.2 too
 }
 run $out/supervised_$tag method=supervised num_labeled=$labeled
 run $out/meanteacher_$tag method=meanteacher-pl num_labeled=$labeled

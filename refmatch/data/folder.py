@@ -6,12 +6,17 @@ float32 [1, H, W] in [0, 1]. A mask (grayscale, palette, or RGB whose channels
 are equal) is read by this rule, C = ``num_classes`` (128 when None):
 
 * all its values are < C: class indices, kept as they are;
-* only 0 and 255, for two classes (C 2 or None): a binary mask, read as {0, 1};
-* values < C and 255: class indices, 255 marking pixels to ignore (``IGNORE_LABEL``,
-  as ``refmatch pseudo-label`` writes where it kept no label);
-* for two classes, 0, 255 and values between (edges of a resampled binary mask):
-  binarised at > 127 into {0, 1};
+* for two classes (C 2 or None), 0 and one value above 127 (0/255, 0/65535 ...): a
+  binary mask, read as {0, 1};
+* values < C (for C None: 0 and 1) and 255: class indices, 255 marking pixels to
+  ignore (``IGNORE_LABEL``, as ``refmatch pseudo-label`` writes where it kept no label);
+* for two classes, 0, values above 127 and values between (edges of a resampled
+  binary mask): binarised at > 127 into {0, 1};
 * anything else (a class >= C, a colour mask) is an error naming the file.
+
+The rule reads one file at a time, so a 0/1 mask whose only other value is 255 (no
+foreground, some pixels to ignore: a ``refmatch pseudo-label`` file where no lung
+was kept) reads as a 0/255 binary mask: keep such files out of masks/.
 
 PIL is imported when a file is read, so ``refmatch.data`` imports without the
 ``train`` extra. Files are opened per item and closed at once, so datasets pickle
@@ -106,12 +111,13 @@ def read_mask(path, num_classes=None):
     values = np.unique(array)
     if values.size == 0 or (values.min() >= 0 and values.max() < limit):
         return torch.from_numpy(array)
-    if two_classes and set(values.tolist()) <= {0, 255}:
+    binary = two_classes and values.min() >= 0 and values.max() > BINARY_THRESHOLD
+    if binary and values.size <= 2:  # 0 and one bright value
         return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))
     classes = values[values != IGNORE_LABEL]
-    if classes.min() >= 0 and classes.max() < limit:
+    if IGNORE_LABEL in values and classes.min() >= 0 and classes.max() < (num_classes or 2):
         return torch.from_numpy(array)  # class indices and ignored pixels
-    if two_classes and values.min() >= 0 and values.max() > BINARY_THRESHOLD and IGNORE_LABEL in values:
+    if binary:
         return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))  # a resampled binary mask
     bad = [int(value) for value in classes if not 0 <= value < limit]
     raise ValueError(f"{path} holds label(s) {_listing([str(value) for value in bad])}, but the data has "

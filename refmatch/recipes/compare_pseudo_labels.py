@@ -76,7 +76,10 @@ def plain_pseudo_labels_text(tap_size=None):
 
 
 def score(labels, truth, num_classes):
-    """Pixel statistics of pseudo-labels [n, H, W] against truth [n, H, W] (IGNORE = not kept)."""
+    """Pixel statistics of pseudo-labels [n, H, W] against truth [n, H, W] (IGNORE: not kept in
+    labels, ignored in truth; such truth pixels count nowhere)."""
+    known = truth != IGNORE
+    labels, truth = labels[known], truth[known]
     kept = labels != IGNORE
     row = {"kept": kept.float().mean().item(),
            "accuracy": (labels == truth)[kept].float().mean().item() if kept.any() else float("nan")}

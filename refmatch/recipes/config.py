@@ -84,17 +84,19 @@ class TrainConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction + test_fraction must be < 1 (training needs images), got "
                              f"{self.val_fraction} + {self.test_fraction}")
-        if self.method == "refmatch":
-            from .unet import UNet
-
-            names = dict(UNet(1, 2, width=1, depth=self.depth).named_modules())
-            unknown = [name for name in self.tap_layers if name not in names]
-            if unknown:
-                raise ValueError(f"tap_layers {unknown} are not layers of the U-Net at depth={self.depth}; "
-                                 f"its decoder stages: {', '.join(n for n in names if n.startswith('decoder.') and n.count('.') == 1)}")
         if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
                              f"tap_size={self.tap_size}")
+        if self.method == "refmatch":
+            from .unet import UNet
+
+            with torch.device("meta"):  # names only: no memory, whatever the depth
+                names = dict(UNet(1, 2, width=1, depth=self.depth).named_modules())
+            unknown = [name for name in self.tap_layers if name not in names]
+            if unknown:
+                stages = ", ".join(name for name in names if name.startswith("decoder.") and name.count(".") == 1)
+                raise ValueError(f"tap_layers {unknown} are not layers of the U-Net at depth={self.depth}; "
+                                 f"its decoder stages: {stages}")
         try:
             torch.device("cpu" if self.device == "auto" else self.device)
         except RuntimeError:

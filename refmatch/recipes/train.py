@@ -231,6 +231,8 @@ class Trainer:
             self.seconds = seconds_before + time.time() - started
             # A signal in the last step stops before the test too (every rank decides alike).
             stopping = self.step < config.steps or self.run.on_any_rank(stop.signal is not None)
+            if stopping and self.step == config.steps:
+                stop.signal = stop.signal or "a signal on another rank"
             if stopping:
                 self._save_latest()
         if stopping:
