@@ -292,6 +292,6 @@ class ReferenceBank(nn.Module):
         reservoir both fill slots in order), or a selection of a fixed bank (none for a
         class that is ``ignore_index``)."""
         if self.capacity is None:
-            return self.features[(self.labels == cls) & (self.labels != self.ignore_index)]
+            return self.features[self.labels == cls] if cls != self.ignore_index else self.features[:0]
         start = cls * self.capacity
         return self.features[start:start + int(self.counts[cls])]

@@ -220,14 +220,14 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     print(markdown([]))
     rows, stem = [], None
+    stem_wanted = args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]])
     for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
         print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
         for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
                               args.exclude):
             rows.append(row)
             print(_line(row), flush=True)
-            stem = stem or fresh_stem(args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else [])
-                                                          + [meta["date"]]))
+            stem = stem or fresh_stem(stem_wanted)  # claimed with the first row
             write_results(stem, meta, rows)  # after every row: a killed run keeps what it measured
         figure = plot(rows, stem.with_suffix(".png"))
     meta["complete"] = True

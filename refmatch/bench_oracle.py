@@ -11,6 +11,8 @@ within ``1e-4 * max(1, |oracle|)`` of the oracle's slot; a slot past M's referen
 import torch
 import torch.nn.functional as F
 
+from .backends.scoring import worst_score
+
 METRICS = ("dot", "l2", "cosine")
 RELATIVE_TOLERANCE = 1e-4
 # Class-wise scores come from the kernels, not recomputed: half-precision GEMMs (the CPU's)
@@ -18,14 +20,12 @@ RELATIVE_TOLERANCE = 1e-4
 CLASSWISE_TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
-def _scores(query, reference, metric):
-    """[n, M] float64 scores: q.r, cosine, or squared distance."""
+def _scores(query, reference, reference_norm_sq):
+    """{metric: [n, M] float64 scores}: q.r, cosine and squared distance, from one product."""
     dot = query @ reference.T
-    if metric == "dot":
-        return dot
-    if metric == "cosine":
-        return dot / (query.norm(dim=1, keepdim=True) * reference.norm(dim=1)[None]).clamp_min(1e-12)
-    return (query.square().sum(1, keepdim=True) - 2 * dot + reference.square().sum(1)[None]).clamp_min(0)
+    query_norm_sq = query.square().sum(1, keepdim=True)
+    cosine = dot / (query_norm_sq.sqrt() * reference_norm_sq.sqrt()[None]).clamp_min(1e-12)
+    return {"dot": dot, "cosine": cosine, "l2": (query_norm_sq - 2 * dot + reference_norm_sq[None]).clamp_min(0)}
 
 
 class Float64Oracle:
@@ -38,21 +38,20 @@ class Float64Oracle:
         rows = max(1, chunk_bytes // (8 * max(1, reference.shape[0])))
         self.slots, slots = slots, min(slots, reference.shape[0])
         parts = {metric: ([], []) for metric in METRICS}
+        reference_norm_sq = self.reference.square().sum(1)
+        members = [] if labels is None else [labels == c for c in range(classes)]
+        members = [(member, bool(member.any())) for member in members]  # one host read per class
         for start in range(0, query.shape[0], rows):
-            chunk = self.query[start:start + rows]
-            for metric in METRICS:
-                scores = _scores(chunk, self.reference, metric)
-                largest = metric != "l2"
+            for metric, scores in _scores(self.query[start:start + rows], self.reference, reference_norm_sq).items():
+                largest, worst = metric != "l2", worst_score(metric)
                 parts[metric][0].append(scores.topk(slots, dim=1, largest=largest).values)
-                if labels is not None:
+                if members:
                     pick = torch.amax if largest else torch.amin
-                    worst = float("-inf") if largest else float("inf")
                     parts[metric][1].append(torch.stack(
-                        [pick(scores[:, labels == c], dim=1) if bool((labels == c).any())
-                         else scores.new_full((scores.shape[0],), worst) for c in range(classes)], dim=1))
+                        [pick(scores[:, member], dim=1) if present else scores.new_full((scores.shape[0],), worst)
+                         for member, present in members], dim=1))
         # Slots past M hold the worst score, which no returned slot can match.
-        self.top = {metric: F.pad(torch.cat(top), (0, self.slots - slots),
-                                  value=float("inf") if metric == "l2" else float("-inf"))
+        self.top = {metric: F.pad(torch.cat(top), (0, self.slots - slots), value=worst_score(metric))
                     for metric, (top, _) in parts.items()}
         self.per_class = {metric: torch.cat(per_class) for metric, (_, per_class) in parts.items() if per_class}
 

@@ -124,7 +124,7 @@ def bench_labels(num_refs, device):
 def _refmatch_methods(query, reference, flops):
     """k = 1 (dot, l2 and cosine, the default), top-8 and the class-wise max per backend,
     side by side."""
-    classes, labels = CLASSES, bench_labels(reference.shape[0], reference.device)
+    labels = bench_labels(reference.shape[0], reference.device)
     methods = []
     for status in refmatch.backends():
         for metric, k in (("dot", 1), ("dot", 8), ("l2", 1), ("cosine", 1)):
@@ -135,10 +135,10 @@ def _refmatch_methods(query, reference, flops):
             methods.append(Method(f"refmatch {status.name} k={k}", metric, k, run, flops, skip))
 
         def classwise(backend=status.name, labels=labels):
-            return refmatch.classwise_max(query, reference, labels, classes, metric="dot", backend=backend)
-        skip = _skip_reason(lambda: refmatch.classwise_max(query[:1], reference[:8], labels[:8], classes,
+            return refmatch.classwise_max(query, reference, labels, CLASSES, metric="dot", backend=backend)
+        skip = _skip_reason(lambda: refmatch.classwise_max(query[:1], reference[:8], labels[:8], CLASSES,
                                                            metric="dot", backend=status.name))
-        methods.append(Method(f"refmatch {status.name} classwise C={classes}", "dot", 1, classwise, flops, skip,
+        methods.append(Method(f"refmatch {status.name} classwise C={CLASSES}", "dot", 1, classwise, flops, skip,
                               classwise=True))
     return methods
 

@@ -1,6 +1,5 @@
 """``python -m refmatch.info``: versions, compiled archs and the backend table."""
 import argparse
-import os
 import platform
 import sys
 
@@ -54,11 +53,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch info", description="Versions, the compiled CUDA archs of "
                                      "refmatch._C and which backends can run here, with the reason when not.")
     parser.parse_args(argv)
-    try:
-        print(report(), flush=True)
-    except BrokenPipeError:  # piped into head, say: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(report(), flush=True)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # as ``refmatch info``: one-line errors, a closed pipe ends quietly
+    from refmatch.__main__ import main as command_line
+
+    sys.argv[1:1] = ["info"]
+    sys.exit(command_line())

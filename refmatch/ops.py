@@ -138,7 +138,7 @@ def _check_label_values(labels, ignore_index, num_classes=None):
     """
     if not host_read_allowed(labels):
         return
-    kept = labels if ignore_index is None else labels[labels != ignore_index]
+    kept = kept_labels(labels, ignore_index)
     if kept.numel() == 0:
         return
     lowest, highest = (int(value) for value in kept.aminmax())

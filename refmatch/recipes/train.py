@@ -213,7 +213,7 @@ class Trainer:
             logging.getLogger("refmatch").info("the run finished at step %d: %s stands", self.step, finished)
             return json.loads(finished.read_text())
         last = config.steps if stop_at is None else min(config.steps, stop_at)
-        stop = StopRequest()
+        stop, interrupted = StopRequest(), False
         with stop.catching():  # to the end of the save below, which a signal must not cut
             for _ in self.run.progress(range(self.step, last)):
                 logs = self.train_step()
@@ -225,14 +225,12 @@ class Trainer:
                     self._save_latest()
                 if self.step % config.image_every == 0:
                     self.save_images()
-                if self.run.on_any_rank(stop.signal is not None):
+                interrupted = self.run.on_any_rank(stop.signal is not None)  # every rank decides alike
+                if interrupted:
                     stop.signal = stop.signal or "a signal on another rank"
                     break
             self.seconds = seconds_before + time.time() - started
-            # A signal in the last step stops before the test too (every rank decides alike).
-            stopping = self.step < config.steps or self.run.on_any_rank(stop.signal is not None)
-            if stopping and self.step == config.steps:
-                stop.signal = stop.signal or "a signal on another rank"
+            stopping = self.step < config.steps or interrupted  # a signal in the last step stops before the test
             if stopping:
                 self._save_latest()
         if stopping:
