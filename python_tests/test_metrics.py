@@ -116,3 +116,22 @@ def test_hd95_refuses_a_spacing_that_is_no_pixel_size(spacing):
     mask[1:3, 1:3] = True
     with pytest.raises(ValueError, match="spacing must be positive and finite"):
         hd95(mask, np.roll(mask, 2, axis=0), spacing=spacing)
+
+
+def test_images_of_different_sizes_pool_as_one_set():
+    """Lists of [H_i, W_i] images (scored at each file's size) pool Dice like a stacked batch, and
+    HD95 is the mean over images, each in its own pixels."""
+    small_pred, small_truth = square(2, 2, side=4, size=12), square(2, 3, side=4, size=12)
+    large_pred, large_truth = square(4, 4, side=8, size=24), square(4, 4, side=8, size=24)
+    scores = segmentation_metrics([small_pred, large_pred], [small_truth, large_truth], 2)
+    intersection, areas = 12 + 64, 16 + 16 + 64 + 64
+    assert scores["dice"]["1"] == pytest.approx(2 * intersection / areas)
+    assert scores["hd95"]["1"] == pytest.approx((1.0 + 0.0) / 2)
+    preds, truths = [large_pred, large_pred], [large_truth, small_truth.repeat(2, 2)]
+    assert segmentation_metrics(preds, truths, 2) == segmentation_metrics(torch.stack(preds), torch.stack(truths), 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        segmentation_metrics([small_pred], [large_truth], 2)
+    with pytest.raises(ValueError, match="both lists"):
+        segmentation_metrics([small_pred, large_pred], [small_truth], 2)
+    with pytest.raises(ValueError, match="both lists"):
+        segmentation_metrics([small_pred], small_truth, 2)

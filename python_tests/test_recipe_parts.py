@@ -1,6 +1,8 @@
 """Training recipe parts: model, config, losses, checkpoint files, metrics and report formats."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -148,3 +150,40 @@ def test_progress_bar_without_tqdm_shows_nothing_and_takes_the_same_calls(monkey
     bar = progress_bar(10, "pseudo-label")
     bar.update(4)
     bar.close()
+
+
+class SquareModel(torch.nn.Module):
+    """Logits [b, 2, h, w] predicting class 1 on the square [h/4, h/2) x [w/4, w/2), whatever the image."""
+
+    def forward(self, images):
+        square = torch.zeros_like(images)
+        h, w = images.shape[-2:]
+        square[..., h // 4:h // 2, w // 4:w // 2] = 1
+        return torch.cat([0.5 - square, square - 0.5], dim=1) * 10
+
+
+def test_evaluate_at_file_size_scores_each_mask_where_it_was_stored(tmp_path):
+    """The model sees 16 x 16 images; its probabilities are resized back to each 32 x 32 or
+    48 x 48 mask, where its square lands exactly on the mask's, or one pixel beside it."""
+    from PIL import Image
+
+    from refmatch.data.folder import FolderDataset
+    from refmatch.recipes.evaluation import evaluate, evaluate_at_file_size
+    from refmatch.recipes.data_setup import load_split
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for name, size, shift in (("a.png", 32, 0), ("b.png", 48, 1)):
+        image = np.zeros((size, size), dtype=np.uint8)
+        image[size // 4:size // 2, size // 4:size // 2] = 255
+        Image.fromarray(image).save(tmp_path / "images" / name)
+        Image.fromarray(np.roll(image, shift, axis=1)).save(tmp_path / "masks" / name)
+    native = FolderDataset(tmp_path, ["a.png", "b.png"], size=16, resize_masks=False)
+    assert [tuple(native[i]["mask"].shape) for i in range(2)] == [(32, 32), (48, 48)]
+    scores = evaluate_at_file_size(SquareModel(), native, ("background", "lung"), "cpu")
+    assert scores["hd95"]["lung"] == pytest.approx((0.0 + 1.0) / 2)
+    # at 3x, bilinear rounds off the square's four corner pixels: 140 of 144, 130 on the shifted mask
+    assert scores["dice"]["lung"] == pytest.approx(2 * (64 + 130) / (64 + 64 + 140 + 144))
+    resized = FolderDataset(tmp_path, ["a.png"], size=16)
+    at_training_size = evaluate(SquareModel(), load_split(resized, 0, 16), ("background", "lung"), "cpu")
+    assert at_training_size["dice"]["lung"] == 1.0

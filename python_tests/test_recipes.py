@@ -141,6 +141,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--split", "all",
           "--out", str(tmp_path / "m.json")])
     assert "mean_dice" in json.loads((tmp_path / "m.json").read_text())
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--split", "all",
+          "--resolution", "native", "--out", str(tmp_path / "native.json")])
+    assert json.loads((tmp_path / "native.json").read_text())["resolution"] == "native (each mask file's size)"
 
 
 def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
@@ -156,6 +159,8 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
     assert evaluated["mean_dice"] == pytest.approx(trained["mean_dice"], abs=1e-6)
     (tmp_path / "other" / "images").mkdir(parents=True)
     (tmp_path / "other" / "masks").mkdir()
+    with pytest.raises(ValueError, match="phantoms are generated at the run's image_size"):
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--resolution", "native"])
     with pytest.raises(ValueError, match="the run trained on phantom"):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "other")])
     (run / "splits.json").unlink()

@@ -26,11 +26,28 @@ def _as_labels(labels, name):
     return labels.long().reshape(-1, *labels.shape[-2:])
 
 
+def _image_pairs(pred, truth):
+    """(pred, truth) per image, each [H, W] int64: from [B, H, W] / [H, W] tensors, or from
+    lists of [H_i, W_i] images whose sizes differ from image to image."""
+    if isinstance(pred, (list, tuple)) or isinstance(truth, (list, tuple)):
+        if not isinstance(pred, (list, tuple)) or not isinstance(truth, (list, tuple)) or len(pred) != len(truth):
+            raise ValueError("pred and truth must both be tensors or both lists of one [H, W] image per item, "
+                             "of equal length")
+        pred = [_as_labels(image, "pred")[0] for image in pred]
+        truth = [_as_labels(image, "truth")[0] for image in truth]
+    else:
+        pred, truth = _as_labels(pred, "pred"), _as_labels(truth, "truth")
+    for p, t in ((pred, truth),) if torch.is_tensor(pred) else zip(pred, truth):
+        if p.shape != t.shape:
+            raise ValueError(f"pred {tuple(p.shape)} and truth {tuple(t.shape)} differ in shape")
+    return list(zip(pred, truth))
+
+
 def _class_areas(pred, truth, num_classes, ignore_index):
     """Per class: intersection, predicted area, true area, each [C] float64."""
-    pred, truth = _as_labels(pred, "pred"), _as_labels(truth, "truth")
-    if pred.shape != truth.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} differ in shape")
+    pairs = _image_pairs(pred, truth)
+    pred = torch.cat([p.reshape(-1) for p, _ in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
+    truth = torch.cat([t.reshape(-1) for _, t in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
     keep = torch.ones_like(truth, dtype=torch.bool) if ignore_index is None else truth != ignore_index
     pred, truth = pred[keep], truth[keep]
     for name, labels in (("pred", pred), ("truth", truth)):
@@ -41,14 +58,16 @@ def _class_areas(pred, truth, num_classes, ignore_index):
 
 def dice_per_class(pred, truth, num_classes, ignore_index=None):
     """Dice 2|P∩T| / (|P| + |T|) per class over the whole set: [C] float64,
-    NaN for a class absent from both. pred, truth: int [B, H, W] or [H, W]."""
+    NaN for a class absent from both. pred, truth: int [B, H, W] or [H, W], or lists
+    of [H_i, W_i] images."""
     intersection, predicted, true = _class_areas(pred, truth, num_classes, ignore_index)
     return 2 * intersection / (predicted + true)
 
 
 def iou_per_class(pred, truth, num_classes, ignore_index=None):
     """IoU |P∩T| / |P∪T| per class over the whole set: [C] float64, NaN for a
-    class absent from both. pred, truth: int [B, H, W] or [H, W]."""
+    class absent from both. pred, truth: int [B, H, W] or [H, W], or lists of
+    [H_i, W_i] images."""
     intersection, predicted, true = _class_areas(pred, truth, num_classes, ignore_index)
     return intersection / (predicted + true - intersection)
 
@@ -86,8 +105,9 @@ def _nanmean(values):
 
 
 def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_index=None):
-    """Dice, IoU and HD95 of int labels pred, truth [B, H, W] or [H, W]; pixels whose
-    truth is ``ignore_index`` count for no class, in either.
+    """Dice, IoU and HD95 of int labels pred, truth [B, H, W] or [H, W], or lists of
+    [H_i, W_i] images (sizes may differ between images, e.g. at each file's own size);
+    pixels whose truth is ``ignore_index`` count for no class, in either.
 
     Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...},
     "mean_dice", "mean_iou", "mean_hd95"}. Dice and IoU pool the set; HD95 is the
@@ -102,12 +122,12 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
         raise ValueError(f"{len(names)} class_names for {num_classes} classes")
     dice = dice_per_class(pred, truth, num_classes, ignore_index).tolist()
     iou = iou_per_class(pred, truth, num_classes, ignore_index).tolist()
-    pred, truth = _as_labels(pred, "pred").numpy(), _as_labels(truth, "truth").numpy()
+    pairs = [(p.numpy(), t.numpy()) for p, t in _image_pairs(pred, truth)]
     if ignore_index is not None:
-        pred = np.where(truth == ignore_index, -1, pred)  # no class's surface there
+        pairs = [(np.where(t == ignore_index, -1, p), t) for p, t in pairs]  # no class's surface there
     distance = []
     for c in range(num_classes):
-        per_image = [hd95(p == c, t == c) for p, t in zip(pred, truth) if (p == c).any() or (t == c).any()]
+        per_image = [hd95(p == c, t == c) for p, t in pairs if (p == c).any() or (t == c).any()]
         distance.append(float(np.mean(per_image)) if per_image else math.nan)
     result = {"dice": dict(zip(names, dice)), "iou": dict(zip(names, iou)), "hd95": dict(zip(names, distance))}
     for key, values in (("dice", dice), ("iou", iou), ("hd95", distance)):

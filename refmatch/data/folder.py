@@ -132,6 +132,8 @@ class FolderDataset(Dataset):
         names: file names to serve, in this order.
         size: None (native size), an int, or (H, W); images are resized bilinearly
             with antialiasing, masks by nearest neighbour.
+        resize_masks: False keeps masks at their file's size (to score predictions
+            there, after resizing them back).
         subfolder: where the images are ("images" or "unlabeled").
         with_masks: read ``root/masks/<name>`` too.
         num_classes: for the mask rule in the module docstring.
@@ -139,9 +141,11 @@ class FolderDataset(Dataset):
     Item: {"image": [1, H, W] float32, "mask": [H, W] int64 (with_masks only), "name": str}.
     """
 
-    def __init__(self, root, names, size=None, subfolder="images", with_masks=True, num_classes=None):
+    def __init__(self, root, names, size=None, subfolder="images", with_masks=True, num_classes=None,
+                 resize_masks=True):
         self.root, self.names, self.size = Path(root), list(names), size_pair(size, "size")
         self.subfolder, self.with_masks, self.num_classes = subfolder, with_masks, num_classes
+        self.resize_masks = resize_masks
 
     def __len__(self):
         return len(self.names)
@@ -160,7 +164,7 @@ class FolderDataset(Dataset):
         if self.size is not None:
             item["image"] = F.interpolate(image[None], size=self.size, mode="bilinear", antialias=True,
                                           align_corners=False)[0].clamp(0, 1)
-            if "mask" in item:
+            if "mask" in item and self.resize_masks:
                 item["mask"] = F.interpolate(item["mask"][None, None].float(), size=self.size,
                                              mode="nearest-exact")[0, 0].long()
         return item

@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import load
 from .config import TrainConfig, load_config
-from .evaluation import evaluate, metrics_json
+from .evaluation import evaluate, evaluate_at_file_size, metrics_json
 from .unet import UNet
 
 
@@ -59,8 +59,14 @@ def evaluate_main(argv=None):
                         help="the run's test or val images (splits.json beside the checkpoint; the default "
                              "reproduces metrics.json), or all: every labelled image of a folder, or "
                              "num_phantoms new phantoms")
+    parser.add_argument("--resolution", choices=("training", "native"), default="training",
+                        help="training: at the run's image_size, as metrics.json; native: predictions resized "
+                             "to each mask file's own size and scored there, HD95 in its pixels (folders only)")
     parser.add_argument("--out", type=Path, help="write metrics JSON here")
     args = parser.parse_args(argv)
+    if args.resolution == "native" and args.data == "phantom":
+        raise ValueError("--resolution native scores masks at their files' size; phantoms are generated at "
+                         "the run's image_size, which --resolution training already scores")
     from ..data.folder import FolderDataset, scan_folder
     from ..data.phantoms import PhantomDataset
     from ..data.splits import load_splits
@@ -73,21 +79,28 @@ def evaluate_main(argv=None):
         if not split_file.is_file():
             raise FileNotFoundError(f"{split_file} not found: --split {args.split} scores the run's own split; "
                                     "--split all scores every labelled image of --data")
-        splits = load_splits(split_file)
-        _check_split_in_data(splits[args.split], args.data, args.split, config)
-        _status(f"evaluating on the run's {args.split} split: {len(splits[args.split])} images")
-        split = load_run_split(config, splits, args.split, args.data)
+        names = load_splits(split_file)[args.split]
+        _check_split_in_data(names, args.data, args.split, config)
+        _status(f"evaluating on the run's {args.split} split: {len(names)} images")
     elif args.data == "phantom":  # seeded past the run's own phantoms
         _status(f"evaluating on {config.num_phantoms} new phantoms")
-        split = load_split(PhantomDataset(config.num_phantoms, config.image_size, seed=config.seed + 1),
-                           config.num_workers, config.image_size)
+        names = None
     else:
-        found = scan_folder(args.data)
-        _status(f"evaluating on every labelled image of {args.data}: {len(found['labeled'])} images")
-        split = load_split(FolderDataset(args.data, found["labeled"], size=config.image_size, num_classes=classes),
-                           config.num_workers, config.image_size)
-    names = class_names(config) if len(class_names(config)) == classes else tuple(f"class{i}" for i in range(classes))
-    metrics = evaluate(model, split, names, device)
+        names = scan_folder(args.data)["labeled"]
+        _status(f"evaluating on every labelled image of {args.data}: {len(names)} images")
+    labels = class_names(config) if len(class_names(config)) == classes else tuple(f"class{i}" for i in range(classes))
+    if args.data == "phantom":
+        split = (load_run_split(config, {args.split: names}, args.split, args.data) if names is not None else
+                 load_split(PhantomDataset(config.num_phantoms, config.image_size, seed=config.seed + 1),
+                            config.num_workers, config.image_size))
+        metrics = evaluate(model, split, labels, device)
+    else:
+        dataset = FolderDataset(args.data, names, size=config.image_size, num_classes=classes,
+                                resize_masks=args.resolution == "training")
+        metrics = (evaluate(model, load_split(dataset, config.num_workers, config.image_size), labels, device)
+                   if args.resolution == "training" else evaluate_at_file_size(model, dataset, labels, device))
+    metrics["resolution"] = (f"training ({config.image_size}x{config.image_size})" if args.resolution == "training"
+                             else "native (each mask file's size)")
     text = metrics_json(metrics)
     print(text)
     if args.out:

@@ -3,19 +3,27 @@ import json
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..data.folder import IGNORE_LABEL
 from ..metrics import segmentation_metrics
 
 
 @torch.no_grad()
-def predict(model, images, device, batch_size=16):
-    """Argmax labels [n, H, W] (on the CPU) of ``images`` [n, 1, H, W]."""
+def _batched_logits(model, images, device, batch_size):
+    """Logits [b, C, H, W] (float32, on the CPU) of ``images`` [n, 1, H, W], batch by batch."""
     was_training = model.training
     model.eval()
-    labels = [model(images[start:start + batch_size].to(device)).argmax(dim=1).cpu()
-              for start in range(0, images.shape[0], batch_size)]
-    model.train(was_training)
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            yield model(images[start:start + batch_size].to(device)).float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def predict(model, images, device, batch_size=16):
+    """Argmax labels [n, H, W] (on the CPU) of ``images`` [n, 1, H, W]."""
+    labels = [logits.argmax(dim=1) for logits in _batched_logits(model, images, device, batch_size)]
     return torch.cat(labels) if labels else torch.zeros(0, *images.shape[2:], dtype=torch.long)
 
 
@@ -24,6 +32,24 @@ def evaluate(model, split, class_names, device, batch_size=16):
     where a pixel is ignored), at the split's resolution: HD95 is in its pixels."""
     prediction = predict(model, split.images, device, batch_size)
     return segmentation_metrics(prediction, split.masks, len(class_names), class_names, ignore_index=IGNORE_LABEL)
+
+
+def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16):
+    """As ``evaluate``, but scored at each mask file's own size: ``dataset`` is a
+    FolderDataset with ``resize_masks=False`` (images [1, h, w] at the model's size, masks
+    [H_i, W_i] as stored). Class probabilities are resized bilinearly to each mask, then
+    the argmax taken; HD95 is in the file's pixels, so it compares across training sizes."""
+    items = [dataset[index] for index in range(len(dataset))]
+    images = torch.stack([item["image"] for item in items]) if items else torch.zeros(0, 1, 1, 1)
+    predictions = []
+    for logits in _batched_logits(model, images, device, batch_size):
+        for item_logits in logits:
+            size = items[len(predictions)]["mask"].shape
+            probabilities = F.interpolate(item_logits.softmax(dim=0)[None], size=size, mode="bilinear",
+                                          align_corners=False)
+            predictions.append(probabilities[0].argmax(dim=0))
+    return segmentation_metrics(predictions, [item["mask"] for item in items], len(class_names), class_names,
+                                ignore_index=IGNORE_LABEL)
 
 
 def metrics_json(metrics):
