@@ -4,9 +4,10 @@
     python bench/bench_screening.py --run runs/lung_seed0/refmatch_5pct \\
         --data ../shared/datasets/nlm-cxr-lung-512        # plus a trained teacher's features of real images
 
-Both paths return the same matches (up to float32 rounding); the table gives the
-time of each for k = 1 and top-8 (``--k``), and the share of query rows the screen
-handed to the float32 walk (100 %: it gave up early). Writes
+Both paths should return the same matches (up to float32 rounding); the table gives
+the time of each for k = 1 and top-8 (``--k``), the share of query rows the screen
+handed to the float32 walk (100 %: it gave up early), and each path's agreement with
+the benchmark's float64 oracle (``refmatch.bench_oracle``: every slot, best first). Writes
 bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when taken).
 """
 import argparse
@@ -21,6 +22,7 @@ from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
 from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple, tag_name
+from refmatch.bench_oracle import Float64Oracle
 
 
 def synthetic(name, n, m, d, generator):
@@ -57,24 +59,25 @@ def teacher_features(run_dir, data_root, num_images):
 
 
 def best_of(fn, repeat):
-    fn()
-    times = []
+    """(fastest of ``repeat`` timed calls after a warm-up, in seconds; the last call's result)."""
+    result, times = fn(), []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        result = fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return min(times), result
 
 
-def measure(name, query, reference, metric, k, repeat):
+def measure(name, query, reference, oracle, metric, k, repeat):
     maps = query.T[None, :, :, None]
-    walk = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
-    screen = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
+    walk, (_, walk_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
+    screen, (_, screen_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
     rows = tiling(maps, reference)[2]
     handed_back = match_screened(rows, reference, None, metric, k)[2].numel() / rows.shape[0]
     return {"features": name, "N": query.shape[0], "M": reference.shape[0], "D": query.shape[1], "metric": metric,
             "k": k, "walk_ms": 1e3 * walk, "screen_ms": 1e3 * screen, "speedup": walk / screen,
-            "walked_rows": handed_back}
+            "walked_rows": handed_back, "walk_agreement": oracle.agreement(walk_index, metric, k),
+            "screen_agreement": oracle.agreement(screen_index, metric, k)}
 
 
 def main():
@@ -99,7 +102,8 @@ def main():
     if args.run:
         sets.append((f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images)))
     slug, name = machine("cpu")
-    header = ["features", "N", "M", "D", "metric", "k", "walk ms", "screen ms", "speedup", "rows walked"]
+    header = ["features", "N", "M", "D", "metric", "k", "walk ms", "screen ms", "speedup", "rows walked",
+              "walk agrees", "screen agrees"]
     commit = git_commit()
     lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
              f"{date.today()}", "",
@@ -108,11 +112,13 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     name_base, stem, rows = args.out / f"{slug}-screening{'-' + args.tag if args.tag else ''}-{date.today()}", None, []
     for label, query, reference in sets:
+        oracle = Float64Oracle(query, reference, slots=max(args.k))
         for metric, k in ((metric, k) for metric in args.metrics for k in args.k):
-            row = measure(label, query, reference, metric, k, args.repeat)
+            row = measure(label, query, reference, oracle, metric, k, args.repeat)
             rows.append(row)
             lines.append(f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {k} | {row['walk_ms']:.1f} | "
-                         f"{row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % |")
+                         f"{row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % | "
+                         f"{100 * row['walk_agreement']:.2f} % | {100 * row['screen_agreement']:.2f} % |")
             print(lines[-1], flush=True)
             # rewritten after every row: a run that is killed keeps what it measured
             stem = stem or fresh_stem(name_base)  # claimed with the first row: a failed start leaves no file
