@@ -14,7 +14,9 @@ Tiling
     BLOCK_D covers D (padded to a power of two) when D <= MAX_RESIDENT_D = 128, so
     the query tile is loaded once and stays resident; larger D loops over
     64-channel chunks of the query and reference inside the tile loop (a resident
-    256-channel query spilled on sm_90). Tile shapes come from ``launch_config``. The grid is
+    256-channel query spilled on sm_90). Tile shapes come from ``match_tiles``: where
+    one needs more shared memory than the GPU has (float32 at D = 65..128 on every card),
+    the launcher steps down its ``shared_memory_ladder`` to one that fits. The grid is
     (cdiv(N, BLOCK_N), splits): when N is too small to fill the GPU the bank is cut
     into ``splits`` ranges whose partial bests are merged by ``merge_split_lists``.
     The per-reference term (1/|r|, |r|^2) of the next tile is loaded before this
@@ -28,28 +30,23 @@ Semantics and limits
     as B=1, H=N, W=1). Offsets are 64-bit. The state of top-k and class-wise rows
     lives in registers, so BLOCK_N shrinks as k or C grows; MAX_SLOTS = 64.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ..backends.custom_op import MAX_FUSED_SLOTS as MAX_SLOTS
 from ..backends.scoring import tf32_allowed
 from ..candidates import merge_split_lists
 from .match_epilogues import offer_argmax, offer_classwise, offer_topk, worst_slot
+from .match_tiles import (TWO_PROGRAMS_PER_SM, interpret_flag, launch_config, launch_tile, note_cap_spills,
+                          pick_splits, shared_memory_ladder)
+
+# Per call signature, the step of shared_memory_ladder whose shape loaded on its device.
+_FITTING_STEP = {}
 
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 REDUCTIONS = {"argmax": 0, "topk": 1, "classwise": 2}
-MAX_RESIDENT_D = 128
-NUM_STAGES = 3
-# Two 8-warp programs per SM for the dot argmax on sm_90 with a resident 64- or 128-channel
-# query: on an H200 under triton 3.6 it took D=128 from 203 to 170 ms and D=64 from 159 to
-# 141 ms (bench/results/NVIDIA-H200-triton-tiles-2026-11-26.md); l2 spilled and was slower.
-# Other triton versions may spill under the cap (3.9: 144 bytes); a compile that spills turns
-# it off for its (device, dtype, D).
-TWO_PROGRAMS_PER_SM = dict(num_stages=2, maxnreg=128)
-_CAP_SPILLED = {}
 
 
 @triton.jit
@@ -143,69 +140,38 @@ def _match_kernel(
             tl.store(out_index_ptr + out_slots, best_index, mask=slot_ok)
 
 
-def _next_power_of_two(value):
-    return 1 << max(0, value - 1).bit_length()
-
-
-def _interpret_flag():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _pick_splits(num_row_blocks, num_refs, block_m, device):
-    """Cut the bank into ranges when the row blocks alone cannot fill the GPU."""
-    if device.type != "cuda":
-        return 1
-    target_programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    wanted = -(-target_programs // num_row_blocks)
-    return max(1, min(wanted, -(-num_refs // (4 * block_m))))
-
-
-def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_warps=None, num_stages=None,
-                  query_resident=None, maxnreg=None):
-    """Compile-time tile shape of a launch: dict of BLOCK_N, BLOCK_M, BLOCK_D, SLOTS_PAD,
-    QUERY_RESIDENT, num_warps, num_stages and, when given, maxnreg (the register cap
-    per thread that lets two programs share an SM); the keyword arguments override them.
-
-    Chosen so that no variant spills registers on sm_80 or sm_90 (checked in CI
-    by compiling ahead of time, ``match_aot``). Sweeps on an H200 with triton 3.6
-    (``bench/tune_triton.py``) found two faster argmax shapes that are not the
-    default: 256x128 tiles (spill), and two programs per SM (2 stages, maxnreg=128:
-    dot 203 -> 170 ms at D=128, no spill under triton 3.6 but 144 bytes under 3.9
-    and 48-64 on sm_80; l2 spilled and was slower). The launcher takes the second for
-    the dot argmax on sm_90 where it compiles without spills (``TWO_PROGRAMS_PER_SM``).
-    """
-    slots_pad = _next_power_of_two(slots)
-    resident = dim <= MAX_RESIDENT_D if query_resident is None else query_resident
-    block_d = max(16, _next_power_of_two(dim)) if resident else 64
-    if interpret:
-        block_n, block_m = block_n or 32, block_m or 32
-    # Top-k and class-wise rows keep slots_pad scores in registers: smaller tiles.
-    if slots_pad == 1:
-        default_n, default_m = 128, 128
-    elif slots_pad <= 32:
-        default_n, default_m = 64, 64
-    else:
-        default_n, default_m = 32, 64 if resident else 128
-    block_n, block_m = block_n or default_n, block_m or default_m
-    # On 4 warps under triton 3.6 (torch 2.11), 64 slots beside a resident query
-    # spill, and sm_80 top-8 at D=32 keeps an 8-byte stack frame.
-    wide = block_n >= 128 or (slots_pad > 32 and resident) or (slots_pad > 1 and block_d <= 32)
-    config = dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, SLOTS_PAD=slots_pad,
-                  QUERY_RESIDENT=resident, num_warps=num_warps or (8 if wide else 4),
-                  num_stages=num_stages or NUM_STAGES)
-    return config if maxnreg is None else dict(config, maxnreg=maxnreg)
-
-
 def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
-    """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise)."""
+    """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise).
+    Explicit ``tile`` overrides run as given; otherwise a shape the GPU cannot hold (Triton's
+    OutOfResources, raised before anything runs) gives way to the next step of the ladder."""
+    dim = query.shape[1]
+    chosen = launch_tile(query, metric, reduction, tile)
+    steps = [chosen] if tile or interpret_flag() else shared_memory_ladder(dim, slots, chosen)
+    key = (query.device, query.dtype, dim, metric, reduction, slots, tuple(sorted(chosen.items())))
+    for position in range(_FITTING_STEP.get(key, 0), len(steps)):
+        try:
+            partial = _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits,
+                                    steps[position])
+        except OutOfResources as error:
+            if position + 1 < len(steps):
+                continue
+            if tile:
+                raise  # the caller's own shape
+            raise RuntimeError(f"the Triton match kernel has no tile shape that fits this GPU ({error}); "
+                               "backend='cuda' or backend='torch' runs this call") from error
+        _FITTING_STEP[key] = position
+        return partial
+
+
+def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
+    """``_launch`` with one shape: ``launch_config`` overrides ``tile``."""
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
-    tile = launch_tile(query, metric, reduction, tile)
     capped = tile == TWO_PROGRAMS_PER_SM
-    config = launch_config(dim, slots, _interpret_flag(), **tile)
+    config = launch_config(dim, slots, interpret_flag(), **tile)
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
-    splits = splits or _pick_splits(row_blocks, num_refs, block_m, query.device)
+    splits = splits or pick_splits(row_blocks, num_refs, block_m, query.device)
     refs_per_split = triton.cdiv(triton.cdiv(num_refs, splits), block_m) * block_m
     splits = triton.cdiv(num_refs, refs_per_split)
 
@@ -221,25 +187,9 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
         METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
         INPUT_PRECISION=precision, **config,
     )
-    if capped and _cap_key(query) not in _CAP_SPILLED:  # a compile's spills do not change
-        _CAP_SPILLED[_cap_key(query)] = getattr(kernel, "n_spills", None) != 0  # unknown: as spilled
+    if capped:
+        note_cap_spills(query, kernel)
     return partial_score, partial_index
-
-
-def _cap_key(query):
-    return query.device, query.dtype, query.shape[1]
-
-
-def launch_tile(query, metric, reduction, tile):
-    """The ``launch_config`` overrides a launch takes: ``tile`` when given; without any,
-    ``TWO_PROGRAMS_PER_SM`` for the dot argmax of a resident 64- or 128-channel query on
-    sm_90 (where it was measured) unless its compile spilled, else none."""
-    if tile or metric != "dot" or reduction != "argmax" or query.device.type != "cuda" or _interpret_flag():
-        return dict(tile)
-    if not 32 < query.shape[1] <= MAX_RESIDENT_D:
-        return {}
-    capped = torch.cuda.get_device_capability(query.device)[0] == 9 and not _CAP_SPILLED.get(_cap_key(query))
-    return dict(TWO_PROGRAMS_PER_SM) if capped else {}
 
 
 def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):

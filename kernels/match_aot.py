@@ -6,6 +6,8 @@ only show on a GPU. This compiles every reduction ahead of time with the
 launcher's own tile shapes (``launch_config``), to a cubin per variant.
 
     python -m refmatch.kernels.match_aot --arch 90 --dim 128 --out DIR   # DIR/<variant>.cubin
+    python -m refmatch.kernels.match_aot --arch 86 --dtype float32 --shared-limit 101376 --out DIR
+        # each at the first step of the launcher's shared-memory ladder that fits a 99 KB card
 
 Needs triton with its CUDA backend and must run without TRITON_INTERPRET=1.
 """
@@ -16,7 +18,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .match import MAX_SLOTS, METRIC_CODES, REDUCTIONS, _match_kernel, launch_config
+from .match import MAX_SLOTS, METRIC_CODES, REDUCTIONS, _match_kernel
+from .match_tiles import launch_config, shared_memory_ladder
 
 POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 # (reduction, slots): k = 1, top-8, the largest top-k, 4 and the most classes.
@@ -45,20 +48,40 @@ def compile_variant(arch, dtype, dim, metric, reduction, slots, **tile):
                           options=options)
 
 
+def fitting_variant(arch, dtype, dim, metric, reduction, slots, shared_limit):
+    """(ladder step, compiled kernel) of the first ``shared_memory_ladder`` step whose shared
+    memory is within ``shared_limit`` bytes, as the launcher picks on such a GPU; (None, None)
+    when no step fits."""
+    for step, tile in enumerate(shared_memory_ladder(dim, slots, {})):
+        kernel = compile_variant(arch, dtype, dim, metric, reduction, slots, **tile)
+        if kernel.metadata.shared <= shared_limit:
+            return step, kernel
+    return None, None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(POINTER_TYPES))
     parser.add_argument("--dim", type=int, nargs="+", default=[128])
+    parser.add_argument("--shared-limit", type=int,
+                        help="bytes of shared memory a block may take (the card's opt-in limit): compile the "
+                             "first step of the launcher's ladder that fits, as it would")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for dim in args.dim:
         for reduction, slots in VARIANTS:
-            kernel = compile_variant(args.arch, args.dtype, dim, "cosine", reduction, slots)
             name = f"sm{args.arch}-{args.dtype}-d{dim}-{reduction}{slots}"
+            if args.shared_limit is None:
+                step, kernel = 0, compile_variant(args.arch, args.dtype, dim, "cosine", reduction, slots)
+            else:
+                step, kernel = fitting_variant(args.arch, args.dtype, dim, "cosine", reduction, slots,
+                                               args.shared_limit)
+            if kernel is None:
+                raise SystemExit(f"{name}: no step of the ladder fits {args.shared_limit} bytes")
             (args.out / f"{name}.cubin").write_bytes(kernel.asm["cubin"])
-            print(f"{name}: {kernel.metadata.shared} bytes of shared memory", flush=True)
+            print(f"{name}: {kernel.metadata.shared} bytes of shared memory (ladder step {step})", flush=True)
 
 
 if __name__ == "__main__":

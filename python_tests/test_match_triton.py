@@ -14,7 +14,8 @@ from oracle import assert_matches_oracle
 pytestmark = pytest.mark.skipif(not (HAS_CUDA or INTERPRETING),
                                 reason="needs a CUDA device or TRITON_INTERPRET=1")
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-SHAPES = [(1, 1, 1), (7, 33, 257), (33, 70, 7), (70, 7, 33)]
+# D = 100: float32 needs the shared-memory ladder on a GPU (match_tiles)
+SHAPES = [(1, 1, 1), (7, 33, 257), (33, 70, 7), (70, 7, 33), (9, 40, 100)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -123,16 +124,16 @@ def test_two_programs_per_sm_only_where_measured(monkeypatch, capability, metric
     never under tile overrides, and stops for good once its compile spilled."""
     from types import SimpleNamespace
 
-    from refmatch.kernels import match as kernels
-    monkeypatch.setattr(kernels, "_interpret_flag", lambda: False)
+    from refmatch.kernels import match_tiles as tiles
+    monkeypatch.setattr(tiles, "interpret_flag", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(kernels, "_CAP_SPILLED", {})
+    monkeypatch.setattr(tiles, "_CAP_SPILLED", {})
     query = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, dim, 5, 5))
     reduction = "argmax" if k == 1 else "topk"
-    capped = dict(kernels.TWO_PROGRAMS_PER_SM)
-    assert kernels.launch_tile(query, metric, reduction, tile) == (capped if expected else tile)
-    kernels._CAP_SPILLED[kernels._cap_key(query)] = True
-    assert kernels.launch_tile(query, metric, reduction, tile) == tile
+    capped = dict(tiles.TWO_PROGRAMS_PER_SM)
+    assert tiles.launch_tile(query, metric, reduction, tile) == (capped if expected else tile)
+    tiles._CAP_SPILLED[tiles.cap_key(query)] = True
+    assert tiles.launch_tile(query, metric, reduction, tile) == tile
 
 
 @pytest.mark.parametrize("setting, dtype, precision", [
@@ -160,3 +161,41 @@ def test_float32_follows_torch_matmul_precision(setting, dtype, precision, monke
         assert seen == [precision] and tf32_allowed(dtype) is (precision == "tf32")
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def test_a_shape_the_gpu_cannot_hold_steps_down_the_ladder(monkeypatch):
+    """Where Triton refuses a shape for its shared memory (before anything runs), the launch
+    takes the next step of shared_memory_ladder and keeps the one that loaded for later calls;
+    explicit tile overrides are not changed, and a GPU that fits no step gets a named error."""
+    from triton.runtime.errors import OutOfResources
+
+    from refmatch.kernels import match as kernels
+
+    class SharedMemoryLimit:  # stands in for the jitted kernel: refuses what a small GPU would
+        limit = 40_000
+
+        def __getitem__(self, grid):
+            def launch(*args, **config):
+                shapes.append((config["BLOCK_N"], config["BLOCK_M"], config["BLOCK_D"], config["num_stages"]))
+                needed = config["num_stages"] * config["BLOCK_M"] * config["BLOCK_D"] * 4
+                if needed > self.limit:
+                    raise OutOfResources(needed, self.limit, "shared memory")
+            return launch
+
+    kernel, shapes = SharedMemoryLimit(), []
+    monkeypatch.setattr(kernels, "_match_kernel", kernel)
+    monkeypatch.setattr(kernels, "interpret_flag", lambda: False)
+    monkeypatch.setattr(kernels, "_FITTING_STEP", {})
+    query, reference, stat = torch.randn(1, 100, 5, 1), torch.randn(300, 100), torch.empty(0)
+    kernels.match_topk(query, reference, stat, "dot")
+    assert shapes == [(128, 128, 128, 3), (128, 128, 128, 2), (128, 128, 64, 2), (128, 64, 64, 2)]
+    shapes.clear()
+    kernels.match_topk(query, reference, stat, "dot")
+    assert shapes == [(128, 64, 64, 2)], "the shape that loaded is kept"
+    shapes.clear()
+    with pytest.raises(OutOfResources):
+        kernels.match_topk(query, reference, stat, "dot", block_m=128)
+    assert shapes == [(128, 128, 128, 3)], "explicit overrides run as given"
+    kernel.limit = 0
+    with pytest.raises(RuntimeError, match="no tile shape that fits this GPU.*backend='torch'"):
+        kernels.match_topk(query[:, :50], reference[:, :50], stat, "dot")

@@ -4,6 +4,7 @@ The interpreter checks the kernels' logic; this compiles every reduction with
 the launcher's tile shapes for sm_80 and sm_90 (``refmatch.kernels.match_aot``)
 and fails on register spills, which only a lowering shows.
 """
+import json
 import os
 import subprocess
 import sys
@@ -44,3 +45,39 @@ def test_two_programs_per_sm_keeps_the_register_cap(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     usages = list(resource_usage(cubin).values())
     assert len(usages) == 1 and usages[0]["REG"] <= 128, usages
+
+
+# (compute capability, opt-in shared memory per block): RTX 3090 / A6000 class, A100, H100 / H200.
+CARDS = [(86, 101376), (80, 166912), (90, 232448)]
+
+
+@pytest.mark.parametrize("arch, shared_limit", CARDS)
+def test_the_ladder_fits_every_card(arch, shared_limit, tmp_path):
+    """float32 at D = 128 needs more shared memory than any of these cards has at the default
+    shape; the launcher's shared-memory ladder reaches a shape that fits each, for k = 1 and
+    top-8 in float32 and bfloat16, keeps the default shape where it fits, and the shapes it
+    steps down to do not spill (default shapes: the test above, in bfloat16)."""
+    script = ("import json, sys; from pathlib import Path\n"
+              "from refmatch.kernels.match_aot import fitting_variant\n"
+              "arch, limit, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])\n"
+              "steps = {}\n"
+              "for dtype in ('float32', 'bfloat16'):\n"
+              "    for dim in (128, 256):\n"
+              "        for reduction, slots in (('argmax', 1), ('topk', 8)):\n"
+              "            name = f'{dtype}-d{dim}-{reduction}{slots}'\n"
+              "            step, kernel = fitting_variant(arch, dtype, dim, 'cosine', reduction, slots, limit)\n"
+              "            steps[name] = step\n"
+              "            if step:\n"
+              "                (out / f'{name}.cubin').write_bytes(kernel.asm['cubin'])\n"
+              "print(json.dumps(steps))\n")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script, str(arch), str(shared_limit), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = json.loads(done.stdout.strip().splitlines()[-1])
+    assert None not in steps.values(), steps
+    if shared_limit >= 166912:  # A100, H100: bfloat16 keeps the measured default shape
+        assert all(step == 0 for name, step in steps.items() if name.startswith("bfloat16")), steps
+    for cubin in sorted(tmp_path.glob("*.cubin")):
+        for (_, function), usage in resource_usage(cubin).items():
+            assert_no_spills(f"{cubin.stem} {function}", usage)
