@@ -199,3 +199,26 @@ def test_a_shape_the_gpu_cannot_hold_steps_down_the_ladder(monkeypatch):
     kernel.limit = 0
     with pytest.raises(RuntimeError, match="no tile shape that fits this GPU.*backend='torch'"):
         kernels.match_topk(query[:, :50], reference[:, :50], stat, "dot")
+
+
+@pytest.mark.parametrize("capability, declined", [((7, 5), True), ((7, 0), True), ((8, 0), False), ((8, 9), False)])
+def test_cards_before_ampere_go_to_the_torch_backend(monkeypatch, capability, declined):
+    """Before compute capability 8.0 the Triton kernel's bf16 and tf32 dots fall back to spilling
+    FMAs: it declines the card by name, and auto picks the torch backend."""
+    import importlib
+
+    registry = importlib.import_module("refmatch.backends")  # refmatch.backends is also a function
+    from refmatch.backends import triton_backend
+
+    monkeypatch.setattr(triton_backend, "device_capability", lambda index: capability)
+    monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
+    problem = registry.MatchProblem(torch.device("cuda", 0), torch.bfloat16, 1, "cosine", 128)
+    reason = registry._BACKENDS["triton"].decline_reason(problem)
+    assert registry.select(problem, "auto").name == ("torch" if declined else "triton")
+    if declined:
+        assert reason == f"needs compute capability >= 8.0 (bf16 / tf32 tensor-core dots); cuda:0 has " \
+                         f"{capability[0]}.{capability[1]}"
+        with pytest.raises(ValueError, match="backend='triton' cannot run this call: needs compute capability"):
+            registry.select(problem, "triton")
+    else:
+        assert reason is None

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .custom_op import fused_kernel_limits, register_classwise_op, register_match_op
+from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
+from .custom_op import device_capability as _capability
 from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -40,7 +41,6 @@ def _wgmma_name(rows, query):
 
 # The wgmma kernel's variants by the names ``kernel_name`` reports: (rows, query); the first is the default.
 HOPPER_VARIANTS = {_wgmma_name(rows, query): (rows, query) for query in HOPPER_QUERY for rows in HOPPER_ROWS}
-MIN_CAPABILITY = (8, 0)  # mma.sync bf16 / tf32, cp.async
 BUILD_FAILED_NOTE = Path(__file__).resolve().parent.parent / "_C_build_failed.txt"  # setup.py writes it
 
 
@@ -71,11 +71,6 @@ def _no_device_reason(error):
     if not _driver_library_loads():
         return f"no CUDA driver or device found (CUDA error: {error})"
     return error
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(device_index):
-    return torch.cuda.get_device_capability(device_index)
 
 
 @functools.lru_cache(maxsize=None)
@@ -286,7 +281,5 @@ class CudaBackend:
             return f"runs on CUDA tensors, got device {problem.device}"
         capability = _capability(problem.device.index if problem.device.index is not None
                                  else torch.cuda.current_device())
-        if capability < MIN_CAPABILITY:
-            return (f"needs compute capability >= 8.0 (tensor-core mma.sync, cp.async); "
-                    f"{problem.device} has {capability[0]}.{capability[1]}")
-        return fused_kernel_limits(problem)
+        return (capability_reason(problem.device, capability, "tensor-core mma.sync, cp.async")
+                or fused_kernel_limits(problem))

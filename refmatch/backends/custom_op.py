@@ -4,6 +4,7 @@ Registering the backend call as an opaque op with a fake (meta) implementation
 lets ``torch.compile(fullgraph=True)`` and CUDA graphs trace code that calls
 ``refmatch.match`` without looking inside the kernels.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -12,6 +13,21 @@ from .scoring import accumulation_dtype
 
 
 MAX_FUSED_SLOTS = 64  # top-k entries or classes a fused kernel keeps per row
+MIN_CAPABILITY = (8, 0)  # bf16 / tf32 tensor-core dots, cp.async
+
+
+@functools.lru_cache(maxsize=None)
+def device_capability(device_index):
+    """(major, minor) compute capability of a CUDA device, read once."""
+    return torch.cuda.get_device_capability(device_index)
+
+
+def capability_reason(device, capability, needs):
+    """Why a fused kernel declines CUDA ``device`` of ``capability`` (major, minor): below
+    MIN_CAPABILITY, ``needs`` saying what it lacks; None otherwise."""
+    if tuple(capability) < MIN_CAPABILITY:
+        return f"needs compute capability >= 8.0 ({needs}); {device} has {capability[0]}.{capability[1]}"
+    return None
 
 
 def fused_kernel_limits(problem):

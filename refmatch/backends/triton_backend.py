@@ -4,7 +4,8 @@ import os
 
 import torch
 
-from .custom_op import MAX_FUSED_SLOTS, fused_kernel_limits, register_classwise_op, register_match_op
+from .custom_op import (MAX_FUSED_SLOTS, capability_reason, device_capability, fused_kernel_limits,
+                        register_classwise_op, register_match_op)
 from .scoring import finalize_class_scores, finalize_scores, kernel_metric_and_stat
 
 _FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
@@ -67,4 +68,10 @@ class TritonBackend:
             return "CPU tensors run only under TRITON_INTERPRET=1 (slow; meant for tests)"
         if problem.device.type not in ("cpu", "cuda"):
             return f"runs on CUDA tensors, got device {problem.device}"
+        if problem.device.type == "cuda":
+            index = problem.device.index if problem.device.index is not None else torch.cuda.current_device()
+            # Before sm_80 its bf16 and tf32 dots fall back to FMAs that spill (6 KB a thread on sm_75).
+            reason = capability_reason(problem.device, device_capability(index), "bf16 / tf32 tensor-core dots")
+            if reason:
+                return reason
         return fused_kernel_limits(problem)
