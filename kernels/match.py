@@ -30,6 +30,8 @@ Semantics and limits
     as B=1, H=N, W=1). Offsets are 64-bit. The state of top-k and class-wise rows
     lives in registers, so BLOCK_N shrinks as k or C grows; MAX_SLOTS = 64.
 """
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -150,8 +152,10 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
     key = (query.device, query.dtype, dim, metric, reduction, slots, tuple(sorted(chosen.items())))
     for position in range(_FITTING_STEP.get(key, 0), len(steps)):
         try:
-            partial = _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits,
-                                    steps[position])
+            # Triton launches on the current device and its stream, not the tensors' device.
+            with torch.cuda.device(query.device) if query.device.type == "cuda" else contextlib.nullcontext():
+                partial = _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits,
+                                        steps[position])
         except OutOfResources as error:
             if position + 1 < len(steps):
                 continue

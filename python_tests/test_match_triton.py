@@ -222,3 +222,14 @@ def test_cards_before_ampere_go_to_the_torch_backend(monkeypatch, capability, de
             registry.select(problem, "triton")
     else:
         assert reason is None
+
+
+def test_runs_on_the_device_of_its_inputs():
+    """Triton launches on the current device: the launcher makes it the inputs' device."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    query, reference = torch.randn(70, 32, device="cuda:1"), torch.randn(90, 32, device="cuda:1")
+    with torch.cuda.device(0):
+        result = refmatch.match(query, reference, metric="dot", backend="triton")
+    assert result.index.device == torch.device("cuda:1")
+    assert_matches_oracle(result, query, reference, "dot")
