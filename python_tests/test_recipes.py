@@ -190,7 +190,12 @@ def _ddp_worker(rank, folder, ports):
                 assert torch.equal(value, saved[name]), name
     finally:
         first.run.close()
-    resumed = trainer(ports[1], resume=True)
+    if rank == 0:  # a split that a fresh draw would not give (as after images were added)
+        splits = json.loads((folder / "splits.json").read_text())
+        splits["labeled"][0], splits["unlabeled"][0] = splits["unlabeled"][0], splits["labeled"][0]
+        (folder / "splits.json").write_text(json.dumps(splits))
+    resumed = trainer(ports[1], resume=True)  # rank 1 joins once rank 0 has rewritten the file
+    assert sorted(resumed.data.labeled.names) == sorted(json.loads((folder / "splits.json").read_text())["labeled"])
     own_stream = torch.equal(resumed.generator.get_state(), first.generator.get_state())
     try:
         resumed.fit()
