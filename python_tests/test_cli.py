@@ -109,3 +109,21 @@ def test_info_lists_triton_as_available_only_where_it_runs(monkeypatch):
     assert row.split()[1] == "no" and "no CUDA device" in row and "TRITON_INTERPRET=1" in row
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert triton_row(monkeypatch).split()[1] == "yes"
+
+
+def test_info_names_the_backend_auto_runs_on_each_gpu(monkeypatch):
+    """One line per CUDA device: its capability and auto's backend, with the reason Triton
+    declined a card before sm_80."""
+    from refmatch.backends import triton_backend
+
+    monkeypatch.setattr(importlib.import_module("refmatch.backends"), "_STATUS", {})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: ["NVIDIA A100", "Tesla T4"][index])
+    capabilities = [(8, 0), (7, 5)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(triton_backend, "device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
+    lines = info.report().split("\n\n")[-1].splitlines()
+    assert lines == ["cuda:0   NVIDIA A100, sm_80: backend='auto' runs triton",
+                     "cuda:1   Tesla T4, sm_75: backend='auto' runs torch (triton: needs compute capability >= 8.0 "
+                     "(bf16 / tf32 tensor-core dots); cuda:1 has 7.5)"]

@@ -30,6 +30,23 @@ def _native_summary():
     return f"built ({info['compiler']}), CUDA runtime {runtime // 1000}.{runtime % 1000 // 10}, archs {archs}"
 
 
+def _device_lines():
+    """Per CUDA device: name, compute capability, and the backend ``backend="auto"`` runs a
+    k = 1 call on there (with why the fused one declined, when it did)."""
+    from .backends import _BACKENDS, MatchProblem, select
+
+    lines = []
+    for index in range(torch.cuda.device_count()):
+        device = torch.device("cuda", index)
+        major, minor = torch.cuda.get_device_capability(index)
+        problem = MatchProblem(device, torch.bfloat16, 1, "cosine", 128)
+        chosen = select(problem, "auto").name
+        why = "" if chosen == "triton" else f" (triton: {_BACKENDS['triton'].decline_reason(problem)})"
+        lines.append(f"{str(device):<8} {torch.cuda.get_device_name(index)}, sm_{major}{minor}: "
+                     f"backend='auto' runs {chosen}{why}")
+    return lines
+
+
 def report():
     """The info text as one string."""
     cuda = torch.version.cuda or "none"
@@ -45,13 +62,15 @@ def report():
     ]
     for status in backends():
         lines.append(f"{status.name:<8} {'yes' if status.available else 'no':<10} {status.reason}")
-    return "\n".join(lines)
+    devices = _device_lines()
+    return "\n".join(lines + ([""] + devices if devices else []))
 
 
 def main(argv=None):
     """Print ``report()``; ``--help`` says what it prints."""
     parser = argparse.ArgumentParser(prog="refmatch info", description="Versions, the compiled CUDA archs of "
-                                     "refmatch._C and which backends can run here, with the reason when not.")
+                                     "refmatch._C, which backends can run here, with the reason when not, and per GPU "
+                                     "the backend backend='auto' runs there.")
     parser.parse_args(argv)
     print(report(), flush=True)
 
