@@ -27,7 +27,9 @@ Semantics and limits
     Ties go to the lowest reference index: strict '>' across tiles, lowest column
     inside a tile, lowest split in the merge. NaN and -inf never win; such rows keep
     index -1. Queries are read through their [B, D, H, W] strides (rows are given
-    as B=1, H=N, W=1). Offsets are 64-bit. The state of top-k and class-wise rows
+    as B=1, H=N, W=1). Row and tile offsets are 64-bit; channel and in-tile row steps
+    times a stride are int32 unless an input spans 2^31 elements (``needs_wide_offsets``).
+    The state of top-k and class-wise rows
     lives in registers, so BLOCK_N shrinks as k or C grows; MAX_SLOTS = 64.
 """
 import contextlib
@@ -64,6 +66,7 @@ def _match_kernel(
     METRIC: tl.constexpr, REDUCTION: tl.constexpr, SLOTS: tl.constexpr, SLOTS_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, QUERY_RESIDENT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    WIDE_OFFSETS: tl.constexpr,
 ):
     split = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -72,9 +75,17 @@ def _match_kernel(
     pixel = rows % rows_per_image
     row_offset = image * stride_qb + (pixel // width) * stride_qh + (pixel % width) * stride_qw
     channels = tl.arange(0, BLOCK_D)
+    # Tile columns are int32 offsets from the int64 tile start m0: int64 [BLOCK_N, BLOCK_M]
+    # index matrices would take twice the registers (they spilled on sm_90). Channel and
+    # row steps times a stride go int64 only where an input spans 2^31 elements or more.
+    local = tl.arange(0, BLOCK_M)
+    if WIDE_OFFSETS:
+        channel_step, row_step = channels.to(tl.int64), local.to(tl.int64)
+    else:
+        channel_step, row_step = channels, local
 
     if QUERY_RESIDENT:
-        q = tl.load(query_ptr + row_offset[:, None] + channels[None, :] * stride_qd,
+        q = tl.load(query_ptr + row_offset[:, None] + channel_step[None, :] * stride_qd,
                     mask=row_ok[:, None] & (channels[None, :] < dim), other=0.0)
 
     m_begin = split.to(tl.int64) * refs_per_split
@@ -91,9 +102,6 @@ def _match_kernel(
         best = tl.zeros((BLOCK_N, SLOTS_PAD), tl.float32) + padding[None, :]
         best_index = tl.full((BLOCK_N, SLOTS_PAD), -1, tl.int64)
         worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
-    # Tile columns are int32 offsets from the int64 tile start m0: int64 [BLOCK_N, BLOCK_M]
-    # index matrices would take twice the registers (they spilled on sm_90).
-    local = tl.arange(0, BLOCK_M)
     if METRIC != 0:  # the per-reference term is loaded one tile ahead (see the header)
         next_stat = tl.load(ref_stat_ptr + m_begin + local, mask=local < m_end - m_begin, other=0.0)
     for m0 in range(m_begin, m_end, BLOCK_M):
@@ -101,18 +109,18 @@ def _match_kernel(
         if METRIC != 0:
             stat = next_stat
             next_stat = tl.load(ref_stat_ptr + m0 + BLOCK_M + local, mask=local < m_end - m0 - BLOCK_M, other=0.0)
-        ref_tile_ptr = reference_ptr + m0 * stride_rm + local[:, None] * stride_rm
+        ref_tile_ptr = reference_ptr + m0 * stride_rm + row_step[:, None] * stride_rm
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         if QUERY_RESIDENT:
-            r = tl.load(ref_tile_ptr + channels[None, :] * stride_rd,
+            r = tl.load(ref_tile_ptr + channel_step[None, :] * stride_rd,
                         mask=col_ok[:, None] & (channels[None, :] < dim), other=0.0)
             acc = _tile_scores(q, r, acc, INPUT_PRECISION)
         else:
             for d0 in range(0, dim, BLOCK_D):
-                d = d0 + channels
-                qd = tl.load(query_ptr + row_offset[:, None] + d[None, :] * stride_qd,
+                d, d_step = d0 + channels, d0 + channel_step
+                qd = tl.load(query_ptr + row_offset[:, None] + d_step[None, :] * stride_qd,
                              mask=row_ok[:, None] & (d[None, :] < dim), other=0.0)
-                r = tl.load(ref_tile_ptr + d[None, :] * stride_rd,
+                r = tl.load(ref_tile_ptr + d_step[None, :] * stride_rd,
                             mask=col_ok[:, None] & (d[None, :] < dim), other=0.0)
                 acc = _tile_scores(qd, r, acc, INPUT_PRECISION)
         if METRIC == 1:
@@ -140,6 +148,15 @@ def _match_kernel(
         tl.store(out_score_ptr + out_slots, best, mask=slot_ok)
         if REDUCTION == 1:
             tl.store(out_index_ptr + out_slots, best_index, mask=slot_ok)
+
+
+def needs_wide_offsets(query, reference):
+    """True when the kernel's int32 stride products could pass 2^31 elements: a channel step
+    (up to the padded tile width, 2 D + 64) times the channel stride of ``query`` [B, D, H, W]
+    or ``reference`` [M, D], or an in-tile row step (up to 256) times the bank's row stride.
+    E.g. a transposed [M, D] view of 2^24 rows at D = 128, or NCHW maps of 2^24 pixels."""
+    channel_reach = max((2 * t.shape[1] + 64) * abs(t.stride(1)) for t in (query, reference))
+    return max(channel_reach, 256 * abs(reference.stride(0))) >= 2 ** 31
 
 
 def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
@@ -189,7 +206,7 @@ def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, 
         num_rows, height * width, width, num_refs, dim, refs_per_split,
         *query.stride(), *reference.stride(),
         METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
-        INPUT_PRECISION=precision, **config,
+        INPUT_PRECISION=precision, WIDE_OFFSETS=needs_wide_offsets(query, reference), **config,
     )
     if capped:
         note_cap_spills(query, kernel)

@@ -26,13 +26,14 @@ POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 VARIANTS = [("argmax", 1), ("topk", 8), ("topk", MAX_SLOTS), ("classwise", 4), ("classwise", MAX_SLOTS)]
 
 
-def compile_variant(arch, dtype, dim, metric, reduction, slots, **tile):
-    """The compiled kernel (``.asm["cubin"]``, ``.metadata.shared``) for one launch shape;
-    ``tile`` overrides ``launch_config`` as the launcher's keyword arguments do."""
+def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=False, **tile):
+    """The compiled kernel (``.asm["cubin"]``, ``.asm["ttir"]``, ``.metadata.shared``) for one
+    launch shape; ``tile`` overrides ``launch_config`` as the launcher's keyword arguments do,
+    ``wide_offsets`` as for inputs spanning 2^31 elements."""
     config = launch_config(dim, slots, **tile)
     options = {name: config.pop(name) for name in ("num_warps", "num_stages", "maxnreg") if name in config}
     constants = dict(config, METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
-                     INPUT_PRECISION="tf32" if dtype == "float32" else "ieee")
+                     INPUT_PRECISION="tf32" if dtype == "float32" else "ieee", WIDE_OFFSETS=wide_offsets)
     pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],
                 "ref_stat_ptr": "*fp32", "labels_ptr": "*i64", "out_score_ptr": "*fp32", "out_index_ptr": "*i64"}
     # As the JIT specialises a call with [N, D] rows and a contiguous [M, D] bank:

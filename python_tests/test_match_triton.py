@@ -233,3 +233,33 @@ def test_runs_on_the_device_of_its_inputs():
         result = refmatch.match(query, reference, metric="dot", backend="triton")
     assert result.index.device == torch.device("cuda:1")
     assert_matches_oracle(result, query, reference, "dot")
+
+
+def test_inputs_spanning_two_to_the_31_elements_take_int64_strides():
+    """A transposed bank view of 2^24 rows at D = 128 puts channel d at d * 2^24 elements: past
+    int32. Such inputs (meta tensors here: no memory) switch the kernel's stride products to int64."""
+    from refmatch.kernels.match import needs_wide_offsets
+
+    maps = torch.empty(1, 128, 64, 64, device="meta")
+    assert not needs_wide_offsets(maps, torch.empty(1 << 20, 128, device="meta"))
+    assert needs_wide_offsets(maps, torch.empty(128, 1 << 24, device="meta").T)
+    bank = torch.empty(4096, 64, device="meta")
+    assert needs_wide_offsets(torch.empty(1, 64, 6000, 6000, device="meta"), bank)  # NCHW, 36M pixels
+    channels_last = torch.empty(1, 64, 6000, 6000, device="meta").to(memory_format=torch.channels_last)
+    assert not needs_wide_offsets(channels_last, bank)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_wide_offsets_give_the_same_matches(metric, monkeypatch):
+    """The int64 stride path of the kernel, forced on small strided inputs, returns what the
+    int32 path does, and matches the oracle."""
+    from refmatch.kernels import match as kernels
+
+    maps = torch.randn(2, 20, 5, 9, device=DEVICE)[..., 1:8]
+    reference = torch.randn(20, 45, device=DEVICE).T  # a transposed view
+    plain = [refmatch.match(maps, reference, k=k, metric=metric, backend="triton") for k in (1, 3)]
+    monkeypatch.setattr(kernels, "needs_wide_offsets", lambda query, reference: True)
+    wide = [refmatch.match(maps, reference, k=k, metric=metric, backend="triton") for k in (1, 3)]
+    for expected, result in zip(plain, wide):
+        assert torch.equal(result.index, expected.index) and torch.equal(result.score, expected.score)
+    assert_matches_oracle(wide[0], maps, reference, metric)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -81,3 +82,25 @@ def test_the_ladder_fits_every_card(arch, shared_limit, tmp_path):
     for cubin in sorted(tmp_path.glob("*.cubin")):
         for (_, function), usage in resource_usage(cubin).items():
             assert_no_spills(f"{cubin.stem} {function}", usage)
+
+
+def test_wide_offsets_reach_the_lowered_pointer_arithmetic(tmp_path):
+    """With WIDE_OFFSETS the query and bank tiles' pointer offsets are int64 in Triton's IR, for
+    a resident (D = 128) and a streamed (D = 256) query; without, they stay int32 (registers)."""
+    script = textwrap.dedent(r"""
+        import json, re
+        from refmatch.kernels.match_aot import compile_variant
+        types = {}
+        for dim in (128, 256):
+            for wide in (False, True):
+                ttir = compile_variant(90, "bfloat16", dim, "cosine", "argmax", 1, wide_offsets=wide).asm["ttir"]
+                found = re.findall(r"tt.addptr .*: tensor<\d+x\d+x!tt.ptr<bf16>>, tensor<\d+x\d+x(i\d+)>", ttir)
+                types[f"{dim} {wide}"] = sorted(set(found))
+        print(json.dumps(types))
+        """)
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    types = json.loads(done.stdout.strip().splitlines()[-1])
+    for dim in (128, 256):  # plain: the query rows' offsets are int64 already, the strided steps int32
+        assert types[f"{dim} False"] == ["i32", "i64"] and types[f"{dim} True"] == ["i64"], types
