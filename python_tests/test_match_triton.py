@@ -263,3 +263,24 @@ def test_wide_offsets_give_the_same_matches(metric, monkeypatch):
     for expected, result in zip(plain, wide):
         assert torch.equal(result.index, expected.index) and torch.equal(result.score, expected.score)
     assert_matches_oracle(wide[0], maps, reference, metric)
+
+
+@pytest.mark.parametrize("dtype, precision, k, op, expected", [
+    (torch.float32, "highest", 1, "match", "cuda"), (torch.float32, "high", 1, "match", "triton"),
+    (torch.bfloat16, "highest", 1, "match", "triton"), (torch.float32, "highest", 8, "match", "triton"),
+    (torch.float32, "highest", 1, "classwise", "triton")])
+def test_auto_takes_the_cuda_kernel_for_exact_float32(monkeypatch, dtype, precision, k, op, expected):
+    """float32 at torch's default "highest" precision, k = 1: Triton's exact dot spills, so auto
+    takes the CUDA kernel's 3xTF32 where it is built; everything else stays on Triton."""
+    import importlib
+
+    registry = importlib.import_module("refmatch.backends")
+    for name in ("cuda", "triton"):
+        monkeypatch.setattr(type(registry._BACKENDS[name]), "decline_reason", lambda self, problem: None)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        problem = registry.MatchProblem(torch.device("cuda", 0), dtype, k, "cosine", 128, op=op, num_classes=4)
+        assert registry.select(problem, "auto").name == expected
+    finally:
+        torch.set_float32_matmul_precision(previous)
