@@ -78,6 +78,26 @@ def _built_for_hopper():
     return "90a" in native_module().build_info()["cuda_archs"].split(",")
 
 
+def built_code_serves(archs, capability):
+    """Whether a build for ``archs`` ("80,90a" as build_info says) has code that runs on a card
+    of ``capability``: a plain "XY" (SASS plus PTX) serves every card from X.Y up, the PTX being
+    compiled by the driver; an arch-specific "XYa" serves X.Y alone."""
+    for arch in archs.split(","):
+        major, minor = int(arch.rstrip("a")[:-1]), int(arch.rstrip("a")[-1])
+        if (tuple(capability) == (major, minor)) if arch.endswith("a") else (tuple(capability) >= (major, minor)):
+            return True
+    return False
+
+
+def _missing_code_reason(device, capability):
+    archs = native_module().build_info()["cuda_archs"]
+    if built_code_serves(archs, capability):
+        return None
+    wanted = f"{capability[0]}{capability[1]}"
+    return (f"refmatch._C was compiled for {archs}, which has no code for {device} (compute capability "
+            f"{capability[0]}.{capability[1]}); rebuild with REFMATCH_CUDA_ARCHS=\"{wanted}\" (or add it to the list)")
+
+
 def hopper_enabled(device):
     """True on a compute capability 9.0 device with a build that has sm_90a code,
     unless ``REFMATCH_CUDA_HOPPER=0``; the wgmma kernel still takes only the calls it serves."""
@@ -282,4 +302,4 @@ class CudaBackend:
         capability = _capability(problem.device.index if problem.device.index is not None
                                  else torch.cuda.current_device())
         return (capability_reason(problem.device, capability, "tensor-core mma.sync, cp.async")
-                or fused_kernel_limits(problem))
+                or _missing_code_reason(problem.device, capability) or fused_kernel_limits(problem))
