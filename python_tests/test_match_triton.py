@@ -284,3 +284,22 @@ def test_auto_takes_the_cuda_kernel_for_exact_float32(monkeypatch, dtype, precis
         assert registry.select(problem, "auto").name == expected
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.parametrize("version, k, op, declined", [
+    ((3, 6), 1, "match", True), ((3, 9), 1, "match", False), ((3, 6), 8, "match", False),
+    ((3, 6), 1, "classwise", False)])
+def test_sm100_k1_needs_a_triton_that_compiles_it(monkeypatch, version, k, op, declined):
+    """Triton 3.6 fails to compile the k = 1 kernel for sm_100 (TMEM layout pass; compiled ahead of
+    time here); the backend declines those calls there, so auto runs another, and keeps the rest."""
+    import importlib
+
+    registry = importlib.import_module("refmatch.backends")
+    from refmatch.backends import triton_backend
+
+    monkeypatch.setattr(triton_backend, "device_capability", lambda index: (10, 0))
+    monkeypatch.setattr(triton_backend, "_triton_version", lambda: version)
+    monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
+    problem = registry.MatchProblem(torch.device("cuda", 0), torch.bfloat16, k, "cosine", 128, op=op, num_classes=4)
+    reason = registry._BACKENDS["triton"].decline_reason(problem)
+    assert (reason is not None and "fails to compile the k = 1 kernel for sm_100" in reason) is declined

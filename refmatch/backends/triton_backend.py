@@ -11,6 +11,12 @@ from .scoring import finalize_class_scores, finalize_scores, kernel_metric_and_s
 _FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
 
 
+def _triton_version():
+    import triton
+
+    return tuple(int(part) for part in triton.__version__.split("+")[0].split(".")[:2])
+
+
 def _interpreting():
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -70,8 +76,14 @@ class TritonBackend:
             return f"runs on CUDA tensors, got device {problem.device}"
         if problem.device.type == "cuda":
             index = problem.device.index if problem.device.index is not None else torch.cuda.current_device()
+            capability = device_capability(index)
             # Before sm_80 its bf16 and tf32 dots fall back to FMAs that spill (6 KB a thread on sm_75).
-            reason = capability_reason(problem.device, device_capability(index), "bf16 / tf32 tensor-core dots")
+            reason = capability_reason(problem.device, capability, "bf16 / tf32 tensor-core dots")
             if reason:
                 return reason
+            argmax = problem.op == "match" and problem.k == 1
+            if capability[0] == 10 and argmax and _triton_version() < (3, 9):
+                return (f"triton {'.'.join(map(str, _triton_version()))} fails to compile the k = 1 kernel for "
+                        "sm_100 (its TritonNvidiaGPUOptimizeTMemLayoutsPass; seen with 3.6, 3.9 compiles it): "
+                        "upgrade triton; top-k and class-wise run here")
         return fused_kernel_limits(problem)
