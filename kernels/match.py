@@ -46,6 +46,9 @@ from .match_epilogues import offer_argmax, offer_classwise, offer_topk, worst_sl
 from .match_tiles import (TWO_PROGRAMS_PER_SM, interpret_flag, launch_config, launch_tile, note_cap_spills,
                           pick_splits, shared_memory_ladder)
 
+# Fused multiply-adds in the epilogue (2 q.r - |r|^2), as triton has always compiled it; set
+# explicitly because triton 3.10 turns the default off (3.9 warns about it).
+FP_FUSION = True
 # Per call signature, the step of shared_memory_ladder whose shape loaded on its device.
 _FITTING_STEP = {}
 
@@ -206,7 +209,8 @@ def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, 
         num_rows, height * width, width, num_refs, dim, refs_per_split,
         *query.stride(), *reference.stride(),
         METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
-        INPUT_PRECISION=precision, WIDE_OFFSETS=needs_wide_offsets(query, reference), **config,
+        INPUT_PRECISION=precision, WIDE_OFFSETS=needs_wide_offsets(query, reference),
+        enable_fp_fusion=FP_FUSION, **config,
     )
     if capped:
         note_cap_spills(query, kernel)

@@ -18,7 +18,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .match import MAX_SLOTS, METRIC_CODES, REDUCTIONS, _match_kernel
+from ..backends.triton_backend import triton_version
+from .match import FP_FUSION, MAX_SLOTS, METRIC_CODES, REDUCTIONS, _match_kernel
 from .match_tiles import launch_config, shared_memory_ladder
 
 POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
@@ -30,8 +31,11 @@ def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=Fal
     """The compiled kernel (``.asm["cubin"]``, ``.asm["ttir"]``, ``.metadata.shared``) for one
     launch shape; ``tile`` overrides ``launch_config`` as the launcher's keyword arguments do,
     ``wide_offsets`` as for inputs spanning 2^31 elements."""
+    if triton_version() < (3, 3):  # ASTSource(constexprs=...) arrived in triton 3.3
+        raise RuntimeError(f"ahead-of-time compiles need triton >= 3.3, found {triton.__version__}")
     config = launch_config(dim, slots, **tile)
     options = {name: config.pop(name) for name in ("num_warps", "num_stages", "maxnreg") if name in config}
+    options["enable_fp_fusion"] = FP_FUSION
     constants = dict(config, METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
                      INPUT_PRECISION="tf32" if dtype == "float32" else "ieee", WIDE_OFFSETS=wide_offsets)
     pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],

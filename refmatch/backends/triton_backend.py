@@ -2,6 +2,7 @@
 import importlib.util
 import os
 
+import numpy as np
 import torch
 
 from .custom_op import (MAX_FUSED_SLOTS, capability_reason, device_capability, fused_kernel_limits,
@@ -11,10 +12,15 @@ from .scoring import finalize_class_scores, finalize_scores, kernel_metric_and_s
 _FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
 
 
-def _triton_version():
+def triton_version():
+    """The installed triton's (major, minor)."""
     import triton
 
     return tuple(int(part) for part in triton.__version__.split("+")[0].split(".")[:2])
+
+
+def _dotted(version):
+    return ".".join(map(str, version))
 
 
 def _interpreting():
@@ -60,7 +66,16 @@ class TritonBackend:
     def status(self):
         if importlib.util.find_spec("triton") is None:
             return False, "triton is not installed (pip install triton; Linux x86_64)"
+        version = triton_version()
+        if version < (3, 0):
+            return False, f"triton {_dotted(version)} is older than the 3.0 the kernel needs (pip install 'triton>=3')"
         if _interpreting():
+            numpy_version = tuple(int(part) for part in np.__version__.split(".")[:2])
+            # Seen in an audit: garbage indices with no error under triton 3.0-3.1 and numpy 2;
+            # "only 0-dimensional arrays" errors under triton < 3.7 and numpy >= 2.4.
+            if (version < (3, 2) and numpy_version >= (2, 0)) or (version < (3, 7) and numpy_version >= (2, 4)):
+                return False, (f"TRITON_INTERPRET=1 with triton {_dotted(version)} and numpy {np.__version__} "
+                               "computes wrong results or fails: use triton >= 3.7, or numpy < 2.4 with triton >= 3.2")
             return True, f"{_FUSED_OPS}; TRITON_INTERPRET=1: CPU tensors run in the interpreter"
         if not torch.cuda.is_available():
             return False, "torch sees no CUDA device; CPU tensors run only under TRITON_INTERPRET=1 (slow; for tests)"
@@ -82,8 +97,8 @@ class TritonBackend:
             if reason:
                 return reason
             argmax = problem.op == "match" and problem.k == 1
-            if capability[0] == 10 and argmax and _triton_version() < (3, 9):
-                return (f"triton {'.'.join(map(str, _triton_version()))} fails to compile the k = 1 kernel for "
+            if capability[0] == 10 and argmax and triton_version() < (3, 9):
+                return (f"triton {_dotted(triton_version())} fails to compile the k = 1 kernel for "
                         "sm_100 (its TritonNvidiaGPUOptimizeTMemLayoutsPass; seen with 3.6, 3.9 compiles it): "
                         "upgrade triton; top-k and class-wise run here")
         return fused_kernel_limits(problem)
