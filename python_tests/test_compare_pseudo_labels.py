@@ -33,7 +33,8 @@ def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys):
     for row in report["rows"]:
         assert 0.0 <= row["kept"] <= 1.0 and all(0.0 <= row[f"dice_{c}"] <= 1.0 for c in range(4))
     assert (tmp_path / "compare.md").read_text().count("\n| pl_mode") == 2
-    width, height = Image.open(tmp_path / "compare.png").size
+    with Image.open(tmp_path / "compare.png") as picture:
+        width, height = picture.size
     assert width == 32 * (2 + len(settings)) and height == 42 + 32 * 3
 
 

@@ -137,7 +137,9 @@ def test_cli_end_to_end(tmp_path, capsys):
           "--unlabeled", str(unlabeled), "--out", str(out)])
     for sub in ("labels", "confidence", "overlays"):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["u0.png", "u1.png", "u2.png"]
-        assert all(Image.open(p).size == (40, 48) for p in (out / sub).iterdir()), "written at the input's size"
+        for path in (out / sub).iterdir():
+            with Image.open(path) as written:
+                assert written.size == (40, 48), "written at the input's size"
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--split", "all",
           "--out", str(tmp_path / "m.json")])
     assert "mean_dice" in json.loads((tmp_path / "m.json").read_text())
