@@ -249,14 +249,14 @@ def test_inputs_spanning_two_to_the_31_elements_take_int64_strides():
     assert not needs_wide_offsets(channels_last, bank)
 
 
-@pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_wide_offsets_give_the_same_matches(metric, monkeypatch):
+@pytest.mark.parametrize("metric, dim", [("cosine", 20), ("l2", 20), ("l2", 130)])  # 130: a streamed query
+def test_wide_offsets_give_the_same_matches(metric, dim, monkeypatch):
     """The int64 stride path of the kernel, forced on small strided inputs, returns what the
     int32 path does, and matches the oracle."""
     from refmatch.kernels import match as kernels
 
-    maps = torch.randn(2, 20, 5, 9, device=DEVICE)[..., 1:8]
-    reference = torch.randn(20, 45, device=DEVICE).T  # a transposed view
+    maps = torch.randn(2, dim, 5, 9, device=DEVICE)[..., 1:8]
+    reference = torch.randn(dim, 45, device=DEVICE).T  # a transposed view
     plain = [refmatch.match(maps, reference, k=k, metric=metric, backend="triton") for k in (1, 3)]
     monkeypatch.setattr(kernels, "needs_wide_offsets", lambda query, reference: True)
     wide = [refmatch.match(maps, reference, k=k, metric=metric, backend="triton") for k in (1, 3)]
