@@ -15,8 +15,9 @@ Tiling
     the query tile is loaded once and stays resident; larger D loops over
     64-channel chunks of the query and reference inside the tile loop (a resident
     256-channel query spilled on sm_90). Tile shapes come from ``match_tiles``: where
-    one needs more shared memory than the GPU has (float32 at D = 65..128 on every card),
-    the launcher steps down its ``shared_memory_ladder`` to one that fits. The grid is
+    one needs more shared memory than the GPU has (float32 at D = 65..128: TF32 on every
+    card, exact below an H100's 227 KB), the launcher steps down its
+    ``shared_memory_ladder`` to one that fits. The grid is
     (cdiv(N, BLOCK_N), splits): when N is too small to fill the GPU the bank is cut
     into ``splits`` ranges whose partial bests are merged by ``merge_split_lists``.
     The per-reference term (1/|r|, |r|^2) of the next tile is loaded before this
@@ -154,12 +155,13 @@ def _match_kernel(
 
 
 def needs_wide_offsets(query, reference):
-    """True when the kernel's int32 stride products could pass 2^31 elements: a channel step
-    (up to the padded tile width, 2 D + 64) times the channel stride of ``query`` [B, D, H, W]
-    or ``reference`` [M, D], or an in-tile row step (up to 256) times the bank's row stride.
-    E.g. a transposed [M, D] view of 2^24 rows at D = 128, or NCHW maps of 2^24 pixels."""
-    channel_reach = max((2 * t.shape[1] + 64) * abs(t.stride(1)) for t in (query, reference))
-    return max(channel_reach, 256 * abs(reference.stride(0))) >= 2 ** 31
+    """True when an int32 stride product the kernel loads through could pass 2^31: the last
+    channel's (D - 1 times the channel stride) of ``query`` [B, D, H, W] or ``reference``
+    [M, D], or the last in-tile row's (up to 255 times the bank's row stride); masked lanes
+    are never loaded. E.g. a transposed [M, D] bank view of 2^25 rows at D = 128, or NCHW
+    maps of 2^25 pixels at D = 64."""
+    channel_reach = max((t.shape[1] - 1) * abs(t.stride(1)) for t in (query, reference))
+    return max(channel_reach, 255 * abs(reference.stride(0))) >= 2 ** 31
 
 
 def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):

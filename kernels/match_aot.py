@@ -27,17 +27,19 @@ POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 VARIANTS = [("argmax", 1), ("topk", 8), ("topk", MAX_SLOTS), ("classwise", 4), ("classwise", MAX_SLOTS)]
 
 
-def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=False, **tile):
+def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=False, exact=False, **tile):
     """The compiled kernel (``.asm["cubin"]``, ``.asm["ttir"]``, ``.metadata.shared``) for one
     launch shape; ``tile`` overrides ``launch_config`` as the launcher's keyword arguments do,
-    ``wide_offsets`` as for inputs spanning 2^31 elements."""
+    ``wide_offsets`` as for inputs spanning 2^31 elements, ``exact`` float32 as at torch's
+    "highest" matmul precision (else TF32)."""
     if triton_version() < (3, 3):  # ASTSource(constexprs=...) arrived in triton 3.3
         raise RuntimeError(f"ahead-of-time compiles need triton >= 3.3, found {triton.__version__}")
     config = launch_config(dim, slots, **tile)
     options = {name: config.pop(name) for name in ("num_warps", "num_stages", "maxnreg") if name in config}
     options["enable_fp_fusion"] = FP_FUSION
     constants = dict(config, METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
-                     INPUT_PRECISION="tf32" if dtype == "float32" else "ieee", WIDE_OFFSETS=wide_offsets)
+                     INPUT_PRECISION="tf32" if dtype == "float32" and not exact else "ieee",
+                     WIDE_OFFSETS=wide_offsets)
     pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],
                 "ref_stat_ptr": "*fp32", "labels_ptr": "*i64", "out_score_ptr": "*fp32", "out_index_ptr": "*i64"}
     # As the JIT specialises a call with [N, D] rows and a contiguous [M, D] bank:
@@ -53,12 +55,12 @@ def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=Fal
                           options=options)
 
 
-def fitting_variant(arch, dtype, dim, metric, reduction, slots, shared_limit):
+def fitting_variant(arch, dtype, dim, metric, reduction, slots, shared_limit, exact=False):
     """(ladder step, compiled kernel) of the first ``shared_memory_ladder`` step whose shared
     memory is within ``shared_limit`` bytes, as the launcher picks on such a GPU; (None, None)
     when no step fits."""
     for step, tile in enumerate(shared_memory_ladder(dim, slots, {})):
-        kernel = compile_variant(arch, dtype, dim, metric, reduction, slots, **tile)
+        kernel = compile_variant(arch, dtype, dim, metric, reduction, slots, exact=exact, **tile)
         if kernel.metadata.shared <= shared_limit:
             return step, kernel
     return None, None

@@ -3,9 +3,9 @@ and the steps down when a shape needs more shared memory than the GPU has.
 
 Shared memory per program (triton 3.6-3.9, compiled by ``match_aot``) is about
 ``num_stages`` reference tiles of BLOCK_M x BLOCK_D, plus query tiles on sm_90.
-float32 at D = 65..128 (BLOCK_D = 128) takes 262 KB on sm_90 and 198 KB on sm_80
-with the default shape: more than an H100 gives a block (227 KB), an A100 (163 KB) or
-a 99 KB card (RTX 3090 and 4090, A6000, L40S). So the launcher tries the shapes of
+float32 at D = 65..128 (BLOCK_D = 128) takes, at the default shape, 262 KB on sm_90 with
+TF32 (197 KB exact) and 198 KB on sm_80: more than an H100 gives a block (227 KB), an
+A100 (163 KB) or a 99 KB card (RTX 3090 and 4090, A6000, L40S). So the launcher tries the shapes of
 ``shared_memory_ladder`` in turn and keeps, per call signature, the first that loads.
 """
 import os

@@ -201,29 +201,6 @@ def test_a_shape_the_gpu_cannot_hold_steps_down_the_ladder(monkeypatch):
         kernels.match_topk(query[:, :50], reference[:, :50], stat, "dot")
 
 
-@pytest.mark.parametrize("capability, declined", [((7, 5), True), ((7, 0), True), ((8, 0), False), ((8, 9), False)])
-def test_cards_before_ampere_go_to_the_torch_backend(monkeypatch, capability, declined):
-    """Before compute capability 8.0 the Triton kernel's bf16 and tf32 dots fall back to spilling
-    FMAs: it declines the card by name, and auto picks the torch backend."""
-    import importlib
-
-    registry = importlib.import_module("refmatch.backends")  # refmatch.backends is also a function
-    from refmatch.backends import triton_backend
-
-    monkeypatch.setattr(triton_backend, "device_capability", lambda index: capability)
-    monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
-    problem = registry.MatchProblem(torch.device("cuda", 0), torch.bfloat16, 1, "cosine", 128)
-    reason = registry._BACKENDS["triton"].decline_reason(problem)
-    assert registry.select(problem, "auto").name == ("torch" if declined else "triton")
-    if declined:
-        assert reason == f"needs compute capability >= 8.0 (bf16 / tf32 tensor-core dots); cuda:0 has " \
-                         f"{capability[0]}.{capability[1]}"
-        with pytest.raises(ValueError, match="backend='triton' cannot run this call: needs compute capability"):
-            registry.select(problem, "triton")
-    else:
-        assert reason is None
-
-
 def test_runs_on_the_device_of_its_inputs():
     """Triton launches on the current device: the launcher makes it the inputs' device."""
     if torch.cuda.device_count() < 2:
@@ -236,15 +213,18 @@ def test_runs_on_the_device_of_its_inputs():
 
 
 def test_inputs_spanning_two_to_the_31_elements_take_int64_strides():
-    """A transposed bank view of 2^24 rows at D = 128 puts channel d at d * 2^24 elements: past
-    int32. Such inputs (meta tensors here: no memory) switch the kernel's stride products to int64."""
+    """A transposed bank view puts channel d at d * M elements: at D = 128, past int32 from
+    M = 2^31 / 127 rows on. Such inputs (meta tensors here: no memory) switch the kernel's
+    stride products to int64; the bound is the last channel a tile loads, not its padding."""
     from refmatch.kernels.match import needs_wide_offsets
 
     maps = torch.empty(1, 128, 64, 64, device="meta")
     assert not needs_wide_offsets(maps, torch.empty(1 << 20, 128, device="meta"))
-    assert needs_wide_offsets(maps, torch.empty(128, 1 << 24, device="meta").T)
+    assert not needs_wide_offsets(maps, torch.empty(128, 1 << 24, device="meta").T)  # 127 * 2^24 < 2^31
+    assert needs_wide_offsets(maps, torch.empty(128, (1 << 24) + (1 << 20), device="meta").T)
     bank = torch.empty(4096, 64, device="meta")
     assert needs_wide_offsets(torch.empty(1, 64, 6000, 6000, device="meta"), bank)  # NCHW, 36M pixels
+    assert not needs_wide_offsets(torch.empty(1, 64, 4096, 4096, device="meta"), bank)  # 63 * 2^24 < 2^31
     channels_last = torch.empty(1, 64, 6000, 6000, device="meta").to(memory_format=torch.channels_last)
     assert not needs_wide_offsets(channels_last, bank)
 
@@ -263,62 +243,3 @@ def test_wide_offsets_give_the_same_matches(metric, dim, monkeypatch):
     for expected, result in zip(plain, wide):
         assert torch.equal(result.index, expected.index) and torch.equal(result.score, expected.score)
     assert_matches_oracle(wide[0], maps, reference, metric)
-
-
-@pytest.mark.parametrize("dtype, precision, k, op, expected", [
-    (torch.float32, "highest", 1, "match", "cuda"), (torch.float32, "high", 1, "match", "triton"),
-    (torch.bfloat16, "highest", 1, "match", "triton"), (torch.float32, "highest", 8, "match", "triton"),
-    (torch.float32, "highest", 1, "classwise", "triton")])
-def test_auto_takes_the_cuda_kernel_for_exact_float32(monkeypatch, dtype, precision, k, op, expected):
-    """float32 at torch's default "highest" precision, k = 1: Triton's exact dot spills, so auto
-    takes the CUDA kernel's 3xTF32 where it is built; everything else stays on Triton."""
-    import importlib
-
-    registry = importlib.import_module("refmatch.backends")
-    for name in ("cuda", "triton"):
-        monkeypatch.setattr(type(registry._BACKENDS[name]), "decline_reason", lambda self, problem: None)
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        problem = registry.MatchProblem(torch.device("cuda", 0), dtype, k, "cosine", 128, op=op, num_classes=4)
-        assert registry.select(problem, "auto").name == expected
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
-@pytest.mark.parametrize("version, k, op, declined", [
-    ((3, 6), 1, "match", True), ((3, 9), 1, "match", False), ((3, 6), 8, "match", False),
-    ((3, 6), 1, "classwise", False)])
-def test_sm100_k1_needs_a_triton_that_compiles_it(monkeypatch, version, k, op, declined):
-    """Triton 3.6 fails to compile the k = 1 kernel for sm_100 (TMEM layout pass; compiled ahead of
-    time here); the backend declines those calls there, so auto runs another, and keeps the rest."""
-    import importlib
-
-    registry = importlib.import_module("refmatch.backends")
-    from refmatch.backends import triton_backend
-
-    monkeypatch.setattr(triton_backend, "device_capability", lambda index: (10, 0))
-    monkeypatch.setattr(triton_backend, "triton_version", lambda: version)
-    monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
-    problem = registry.MatchProblem(torch.device("cuda", 0), torch.bfloat16, k, "cosine", 128, op=op, num_classes=4)
-    reason = registry._BACKENDS["triton"].decline_reason(problem)
-    assert (reason is not None and "fails to compile the k = 1 kernel for sm_100" in reason) is declined
-
-
-@pytest.mark.parametrize("version, numpy_version, interpreting, available", [
-    ((2, 3), "1.26.4", False, False), ((3, 1), "2.3.5", True, False), ((3, 1), "1.26.4", True, True),
-    ((3, 6), "2.4.6", True, False), ((3, 6), "2.3.5", True, True), ((3, 7), "2.4.6", True, True),
-    ((3, 6), "2.4.6", False, True)])
-def test_triton_versions_that_cannot_run_it_are_named(monkeypatch, version, numpy_version, interpreting, available):
-    """triton < 3.0 lacks the kernel's tl.dot arguments; the interpreter of triton 3.0-3.1 under
-    numpy 2 returns garbage, and of triton < 3.7 under numpy 2.4 fails: unavailable, by name."""
-    from refmatch.backends import triton_backend
-
-    monkeypatch.setattr(triton_backend, "triton_version", lambda: version)
-    monkeypatch.setattr(triton_backend.np, "__version__", numpy_version)
-    monkeypatch.setattr(triton_backend, "_interpreting", lambda: interpreting)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    ready, reason = triton_backend.TritonBackend.status(None)
-    assert ready is available, reason
-    if not available:
-        assert f"triton {version[0]}.{version[1]}" in reason

@@ -135,3 +135,11 @@ def test_images_of_different_sizes_pool_as_one_set():
         segmentation_metrics([small_pred, large_pred], [small_truth], 2)
     with pytest.raises(ValueError, match="both lists"):
         segmentation_metrics([small_pred], small_truth, 2)
+
+
+def test_lists_of_batches_count_every_image():
+    """A list item [B, H, W] is B images, not its first one."""
+    pred, truth = torch.stack([square(2, 2, 4, 12), square(5, 5, 4, 12)]), torch.stack([square(2, 2, 4, 12)] * 2)
+    assert segmentation_metrics([pred], [truth], 2) == segmentation_metrics(pred, truth, 2)
+    with pytest.raises(ValueError, match="pred holds 2 images and truth 1"):
+        segmentation_metrics([pred], [truth[:1]], 2)

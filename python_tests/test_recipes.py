@@ -1,5 +1,5 @@
-"""Training recipe runs: a few steps of each method, resume, run folders, pseudo-label consensus, DDP, CLI
-(the parts: test_recipe_parts.py)."""
+"""Training recipe runs: a few steps of each method, resume, run folders, pseudo-label consensus, CLI
+(the parts: test_recipe_parts.py; DDP: test_ddp_training.py)."""
 import json
 
 import pytest
@@ -168,56 +168,6 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
     (run / "splits.json").unlink()
     with pytest.raises(FileNotFoundError, match="--split all"):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom"])
-
-
-def _ddp_worker(rank, folder, ports):
-    import os
-
-    from refmatch.recipes.train import Trainer
-
-    def trainer(port, resume=False):
-        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
-        return Trainer(load_config(None, TINY + ["method=refmatch", "steps=4", "device=cpu"]), folder,
-                       resume=resume)
-
-    first = trainer(ports[0])
-    try:
-        first.fit(stop_at=2)
-        # DDP averages gradients: rank 0's saved parameters equal this rank's
-        # (BatchNorm running statistics stay per rank, as DDP leaves them).
-        if rank == 1:
-            saved = load(folder / "latest.pt")["student"]
-            for name, value in first.student.named_parameters():
-                assert torch.equal(value, saved[name]), name
-    finally:
-        first.run.close()
-    if rank == 0:  # a split that a fresh draw would not give (as after images were added)
-        splits = json.loads((folder / "splits.json").read_text())
-        splits["labeled"][0], splits["unlabeled"][0] = splits["unlabeled"][0], splits["labeled"][0]
-        (folder / "splits.json").write_text(json.dumps(splits))
-    resumed = trainer(ports[1], resume=True)  # rank 1 joins once rank 0 has rewritten the file
-    assert sorted(resumed.data.labeled.names) == sorted(json.loads((folder / "splits.json").read_text())["labeled"])
-    own_stream = torch.equal(resumed.generator.get_state(), first.generator.get_state())
-    try:
-        resumed.fit()
-    finally:
-        resumed.run.close()
-    assert own_stream, f"rank {rank} resumed another rank's random stream"  # after the collectives
-
-
-def test_ddp_with_two_gloo_processes(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    mp.spawn(_ddp_worker, args=(tmp_path, ports), nprocs=2, join=True)
-    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "refmatch"
 
 
 def test_resume_on_amp_takes_a_cpu_legs_empty_scaler(tmp_path):

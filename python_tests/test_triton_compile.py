@@ -56,7 +56,8 @@ CARDS = [(86, 101376), (80, 166912), (90, 232448)]
 def test_the_ladder_fits_every_card(arch, shared_limit):
     """float32 at D = 128 needs more shared memory than any of these cards has at the default
     shape; the launcher's shared-memory ladder reaches a shape that fits each, for k = 1 and
-    top-8 in float32 and bfloat16, and keeps the default shape where it fits. Spills at the
+    top-8 in float32 (TF32, and exact for k = 1) and bfloat16, and keeps the default shape where
+    it fits. Spills at the
     shapes it steps down to depend on the triton version (float32 on sm_86 keeps 16 bytes of
     stack under 3.6, none under 3.9), so they are not asserted; the default shapes' are above."""
     script = ("import json, sys\n"
@@ -69,6 +70,8 @@ def test_the_ladder_fits_every_card(arch, shared_limit):
               "            name = f'{dtype}-d{dim}-{reduction}{slots}'\n"
               "            step, kernel = fitting_variant(arch, dtype, dim, 'cosine', reduction, slots, limit)\n"
               "            steps[name] = step\n"
+              "steps['exact-float32-d128-argmax1'] = fitting_variant(arch, 'float32', 128, 'cosine', 'argmax', 1, "
+              "limit, exact=True)[0]\n"
               "print(json.dumps(steps))\n")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", script, str(arch), str(shared_limit)], env=env,

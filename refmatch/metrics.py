@@ -28,13 +28,15 @@ def _as_labels(labels, name):
 
 def _image_pairs(pred, truth):
     """(pred, truth) per image, each [H, W] int64: from [B, H, W] / [H, W] tensors, or from
-    lists of [H_i, W_i] images whose sizes differ from image to image."""
+    lists of [H_i, W_i] images (or [B_i, H_i, W_i] batches) whose sizes differ between items."""
     if isinstance(pred, (list, tuple)) or isinstance(truth, (list, tuple)):
         if not isinstance(pred, (list, tuple)) or not isinstance(truth, (list, tuple)) or len(pred) != len(truth):
             raise ValueError("pred and truth must both be tensors or both lists of one [H, W] image per item, "
                              "of equal length")
-        pred = [_as_labels(image, "pred")[0] for image in pred]
-        truth = [_as_labels(image, "truth")[0] for image in truth]
+        pred = [image for item in pred for image in _as_labels(item, "pred")]  # [B, H, W] items: B images
+        truth = [image for item in truth for image in _as_labels(item, "truth")]
+        if len(pred) != len(truth):
+            raise ValueError(f"pred holds {len(pred)} images and truth {len(truth)}")
     else:
         pred, truth = _as_labels(pred, "pred"), _as_labels(truth, "truth")
     for p, t in ((pred, truth),) if torch.is_tensor(pred) else zip(pred, truth):

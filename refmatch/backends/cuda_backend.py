@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
+from .cuda_archs import missing_code_reason
 from .custom_op import device_capability as _capability
 from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
@@ -74,28 +75,12 @@ def _no_device_reason(error):
 
 
 @functools.lru_cache(maxsize=None)
+def _build_archs():
+    return native_module().build_info()["cuda_archs"]
+
+
 def _built_for_hopper():
-    return "90a" in native_module().build_info()["cuda_archs"].split(",")
-
-
-def built_code_serves(archs, capability):
-    """Whether a build for ``archs`` ("80,90a" as build_info says) has code that runs on a card
-    of ``capability``: a plain "XY" (SASS plus PTX) serves every card from X.Y up, the PTX being
-    compiled by the driver; an arch-specific "XYa" serves X.Y alone."""
-    for arch in archs.split(","):
-        major, minor = int(arch.rstrip("a")[:-1]), int(arch.rstrip("a")[-1])
-        if (tuple(capability) == (major, minor)) if arch.endswith("a") else (tuple(capability) >= (major, minor)):
-            return True
-    return False
-
-
-def _missing_code_reason(device, capability):
-    archs = native_module().build_info()["cuda_archs"]
-    if built_code_serves(archs, capability):
-        return None
-    wanted = f"{capability[0]}{capability[1]}"
-    return (f"refmatch._C was compiled for {archs}, which has no code for {device} (compute capability "
-            f"{capability[0]}.{capability[1]}); rebuild with REFMATCH_CUDA_ARCHS=\"{wanted}\" (or add it to the list)")
+    return "90a" in _build_archs().split(",")
 
 
 def hopper_enabled(device):
@@ -302,4 +287,4 @@ class CudaBackend:
         capability = _capability(problem.device.index if problem.device.index is not None
                                  else torch.cuda.current_device())
         return (capability_reason(problem.device, capability, "tensor-core mma.sync, cp.async")
-                or _missing_code_reason(problem.device, capability) or fused_kernel_limits(problem))
+                or missing_code_reason(_build_archs(), problem.device, capability) or fused_kernel_limits(problem))

@@ -4,7 +4,6 @@ Registering the backend call as an opaque op with a fake (meta) implementation
 lets ``torch.compile(fullgraph=True)`` and CUDA graphs trace code that calls
 ``refmatch.match`` without looking inside the kernels.
 """
-import functools
 from typing import Optional
 
 import torch
@@ -16,9 +15,8 @@ MAX_FUSED_SLOTS = 64  # top-k entries or classes a fused kernel keeps per row
 MIN_CAPABILITY = (8, 0)  # bf16 / tf32 tensor-core dots, cp.async
 
 
-@functools.lru_cache(maxsize=None)
 def device_capability(device_index):
-    """(major, minor) compute capability of a CUDA device, read once."""
+    """(major, minor) compute capability of a CUDA device (torch caches the device's properties)."""
     return torch.cuda.get_device_capability(device_index)
 
 

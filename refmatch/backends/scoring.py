@@ -28,7 +28,12 @@ def tf32_allowed(dtype):
     """Whether a fused kernel may take float32 inputs as TF32: torch's
     ``get_float32_matmul_precision()`` "high" or "medium" (the CUDA kernel then runs
     TF32, else 3xTF32; Triton's ``tl.dot`` "tf32", else "ieee")."""
-    return dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+    if dtype != torch.float32:
+        return False
+    try:
+        return torch.get_float32_matmul_precision() != "highest"
+    except RuntimeError:  # torch >= 2.9 refuses it once the per-backend API set a precision
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
 def squared_norms(tensor, dim, max_elements=1 << 22):

@@ -1,10 +1,10 @@
 """Triton backend: the fused kernel of ``refmatch.kernels.match`` behind the op contract."""
 import importlib.util
-import os
 
 import numpy as np
 import torch
 
+from ..kernels.match_tiles import interpret_flag
 from .custom_op import (MAX_FUSED_SLOTS, capability_reason, device_capability, fused_kernel_limits,
                         register_classwise_op, register_match_op)
 from .scoring import finalize_class_scores, finalize_scores, kernel_metric_and_stat
@@ -23,12 +23,10 @@ def _dotted(version):
     return ".".join(map(str, version))
 
 
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _kernel_inputs(query, reference):
-    if _interpreting() and query.dtype == torch.bfloat16:
+    if interpret_flag() and query.dtype == torch.bfloat16:
         # The interpreter computes bfloat16 dots wrongly; bf16 -> fp32 is exact and
         # the kernel accumulates in fp32 anyway, so results keep their meaning.
         return query.float(), reference.float()
@@ -66,10 +64,13 @@ class TritonBackend:
     def status(self):
         if importlib.util.find_spec("triton") is None:
             return False, "triton is not installed (pip install triton; Linux x86_64)"
-        version = triton_version()
+        try:
+            version = triton_version()
+        except Exception as error:  # installed but broken (a missing library, a mismatched build)
+            return False, f"triton is installed but does not import: {type(error).__name__}: {error}"
         if version < (3, 0):
             return False, f"triton {_dotted(version)} is older than the 3.0 the kernel needs (pip install 'triton>=3')"
-        if _interpreting():
+        if interpret_flag():
             numpy_version = tuple(int(part) for part in np.__version__.split(".")[:2])
             # Seen in an audit: garbage indices with no error under triton 3.0-3.1 and numpy 2;
             # "only 0-dimensional arrays" errors under triton < 3.7 and numpy >= 2.4.
@@ -85,7 +86,7 @@ class TritonBackend:
         available, reason = self.status()
         if not available:
             return reason
-        if problem.device.type == "cpu" and not _interpreting():
+        if problem.device.type == "cpu" and not interpret_flag():
             return "CPU tensors run only under TRITON_INTERPRET=1 (slow; meant for tests)"
         if problem.device.type not in ("cpu", "cuda"):
             return f"runs on CUDA tensors, got device {problem.device}"

@@ -58,22 +58,24 @@ def _split_names(config, labeled_names, unlabeled_names):
                        min_test=config.min_test)
 
 
-def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, share=None):
+def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, from_main=None):
     """Splits of the configured data as tensors. They are drawn from the config and written
     to ``run_dir/splits.json``; with ``reuse_splits`` (a resumed run) read back from it.
-    ``share(splits)`` returns the splits every process uses: under DDP rank 0's, as only
-    rank 0 has the run folder (a fresh draw elsewhere differs once the data folder changed)."""
+    ``from_main(draw)`` runs ``draw`` once and hands its splits to every process: under DDP
+    on rank 0, which alone has the run folder (a fresh draw elsewhere differs once the data
+    folder has changed)."""
     split_file = None if run_dir is None else Path(run_dir) / "splits.json"
     reuse = reuse_splits and split_file is not None and split_file.exists()
-    if reuse:
-        splits = load_splits(split_file)
-    elif config.data == "phantom":
-        splits = _split_names(config, [f"phantom_{i:05d}" for i in range(config.num_phantoms)], [])
-    else:
+
+    def draw():
+        if reuse:
+            return load_splits(split_file)
+        if config.data == "phantom":
+            return _split_names(config, [f"phantom_{i:05d}" for i in range(config.num_phantoms)], [])
         found = scan_folder(config.data)
-        splits = _split_names(config, found["labeled"], found["unlabeled"])
-    if share is not None:
-        splits = share(splits)
+        return _split_names(config, found["labeled"], found["unlabeled"])
+
+    splits = draw() if from_main is None else from_main(draw)
     if split_file is not None and not reuse:
         save_splits(splits, split_file)
     loaded = {key: load_run_split(config, splits, key) for key in ("labeled", "unlabeled", "val", "test")}

@@ -171,6 +171,25 @@ class RunContext:
         dist.all_gather_object(values, value)
         return values
 
+    def from_main(self, compute):
+        """``compute()`` run on rank 0, its result on every rank (one collective when
+        distributed); an error there raises on every rank instead of leaving them waiting."""
+        if self.world == 1:
+            return compute()
+        box = [None]
+        if self.is_main:
+            try:
+                box[0] = ("value", compute())
+            except Exception as error:
+                box[0] = ("error", f"{type(error).__name__}: {error}")
+                dist.broadcast_object_list(box, src=0)
+                raise
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value
+
     def save(self, name, state):
         """Rank 0 writes; every rank waits for it, so none reads a checkpoint early."""
         if self.is_main:

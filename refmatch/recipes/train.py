@@ -86,7 +86,7 @@ class Trainer:
         self.device = self.run.device
         logging.getLogger("refmatch").info("loading %s data", config.data)
         self.data = prepare_data(config, self.run.dir if self.run.is_main else None,
-                                 reuse_splits=resumed is not None, share=lambda splits: self.run.gather(splits)[0])
+                                 reuse_splits=resumed is not None, from_main=self.run.from_main)
         self.num_classes = len(self.data.class_names)
         torch.manual_seed(config.seed)
         self.student = UNet(1, self.num_classes, config.width, config.depth).to(self.device)

@@ -1,0 +1,117 @@
+"""Which backend a call goes to, and why one declines: by card, triton and numpy version and
+float32 precision (stand-ins for the card; no GPU needed)."""
+import importlib
+
+import pytest
+import torch
+
+registry = importlib.import_module("refmatch.backends")  # refmatch.backends is also a function
+
+
+@pytest.mark.parametrize("capability, declined", [((7, 5), True), ((7, 0), True), ((8, 0), False), ((8, 9), False)])
+def test_cards_before_ampere_go_to_the_torch_backend(monkeypatch, capability, declined):
+    """Before compute capability 8.0 the Triton kernel's bf16 and tf32 dots fall back to spilling
+    FMAs: it declines the card by name, and auto picks the torch backend."""
+    from refmatch.backends import triton_backend
+
+    monkeypatch.setattr(triton_backend, "device_capability", lambda index: capability)
+    monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
+    problem = registry.MatchProblem(torch.device("cuda", 0), torch.bfloat16, 1, "cosine", 128)
+    reason = registry._BACKENDS["triton"].decline_reason(problem)
+    assert registry.select(problem, "auto").name == ("torch" if declined else "triton")
+    if declined:
+        assert reason == f"needs compute capability >= 8.0 (bf16 / tf32 tensor-core dots); cuda:0 has " \
+                         f"{capability[0]}.{capability[1]}"
+        with pytest.raises(ValueError, match="backend='triton' cannot run this call: needs compute capability"):
+            registry.select(problem, "triton")
+    else:
+        assert reason is None
+
+
+@pytest.mark.parametrize("dtype, precision, k, op, expected", [
+    (torch.float32, "highest", 1, "match", "cuda"), (torch.float32, "high", 1, "match", "triton"),
+    (torch.bfloat16, "highest", 1, "match", "triton"), (torch.float32, "highest", 8, "match", "triton"),
+    (torch.float32, "highest", 1, "classwise", "triton")])
+def test_auto_takes_the_cuda_kernel_for_exact_float32(monkeypatch, dtype, precision, k, op, expected):
+    """float32 at torch's default "highest" precision, k = 1: Triton's exact dot spills, so auto
+    takes the CUDA kernel's 3xTF32 where it is built; everything else stays on Triton."""
+    for name in ("cuda", "triton"):
+        monkeypatch.setattr(type(registry._BACKENDS[name]), "decline_reason", lambda self, problem: None)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        problem = registry.MatchProblem(torch.device("cuda", 0), dtype, k, "cosine", 128, op=op, num_classes=4)
+        assert registry.select(problem, "auto").name == expected
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.parametrize("version, k, op, declined", [
+    ((3, 6), 1, "match", True), ((3, 9), 1, "match", False), ((3, 6), 8, "match", False),
+    ((3, 6), 1, "classwise", False)])
+def test_sm100_k1_needs_a_triton_that_compiles_it(monkeypatch, version, k, op, declined):
+    """Triton 3.6 fails to compile the k = 1 kernel for sm_100 (TMEM layout pass; compiled ahead of
+    time here); the backend declines those calls there, so auto runs another, and keeps the rest."""
+    from refmatch.backends import triton_backend
+
+    monkeypatch.setattr(triton_backend, "device_capability", lambda index: (10, 0))
+    monkeypatch.setattr(triton_backend, "triton_version", lambda: version)
+    monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
+    problem = registry.MatchProblem(torch.device("cuda", 0), torch.bfloat16, k, "cosine", 128, op=op, num_classes=4)
+    reason = registry._BACKENDS["triton"].decline_reason(problem)
+    assert (reason is not None and "fails to compile the k = 1 kernel for sm_100" in reason) is declined
+
+
+@pytest.mark.parametrize("version, numpy_version, interpreting, available", [
+    ((2, 3), "1.26.4", False, False), ((3, 1), "2.3.5", True, False), ((3, 1), "1.26.4", True, True),
+    ((3, 6), "2.4.6", True, False), ((3, 6), "2.3.5", True, True), ((3, 7), "2.4.6", True, True),
+    ((3, 6), "2.4.6", False, True)])
+def test_triton_versions_that_cannot_run_it_are_named(monkeypatch, version, numpy_version, interpreting, available):
+    """triton < 3.0 lacks the kernel's tl.dot arguments; the interpreter of triton 3.0-3.1 under
+    numpy 2 returns garbage, and of triton < 3.7 under numpy 2.4 fails: unavailable, by name."""
+    from refmatch.backends import triton_backend
+
+    monkeypatch.setattr(triton_backend, "triton_version", lambda: version)
+    monkeypatch.setattr(triton_backend.np, "__version__", numpy_version)
+    monkeypatch.setattr(triton_backend, "interpret_flag", lambda: interpreting)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ready, reason = triton_backend.TritonBackend.status(None)
+    assert ready is available, reason
+    if not available:
+        assert f"triton {version[0]}.{version[1]}" in reason
+
+
+def test_compiled_calls_keep_triton_for_exact_float32(monkeypatch):
+    """torch.compile cannot trace the precision setting: under it auto keeps Triton first."""
+    for name in ("cuda", "triton"):
+        monkeypatch.setattr(type(registry._BACKENDS[name]), "decline_reason", lambda self, problem: None)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    problem = registry.MatchProblem(torch.device("cuda", 0), torch.float32, 1, "cosine", 128)
+    assert registry.select(problem, "auto").name == "triton"
+
+
+@pytest.mark.parametrize("setting, allowed", [("tf32", True), ("ieee", False)])
+def test_tf32_follows_the_per_backend_precision_api(setting, allowed):
+    """Once torch.backends.cuda.matmul.fp32_precision is set, torch refuses the legacy getter;
+    the TF32 choice reads the new setting instead of raising."""
+    from refmatch.backends.scoring import tf32_allowed
+
+    previous = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = setting
+    try:
+        assert tf32_allowed(torch.float32) is allowed and tf32_allowed(torch.bfloat16) is False
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = previous
+
+
+def test_a_triton_that_does_not_import_is_unavailable_by_name(monkeypatch):
+    """A broken triton install makes the backend unavailable with the import error, so auto
+    falls back instead of raising it from every call."""
+    from refmatch.backends import triton_backend
+
+    def broken():
+        raise ImportError("libcuda.so.1: cannot open shared object file")
+    monkeypatch.setattr(triton_backend, "triton_version", broken)
+    ready, reason = triton_backend.TritonBackend.status(None)
+    assert not ready and reason == ("triton is installed but does not import: ImportError: libcuda.so.1: cannot "
+                                    "open shared object file")

@@ -1,0 +1,81 @@
+"""Training under DDP: two gloo processes on the CPU, and rank 0's work handed to every rank."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("yaml", reason="the train extra is not installed")
+pytest.importorskip("PIL", reason="the train extra is not installed")
+
+from refmatch.recipes.checkpoint import load  # noqa: E402
+from refmatch.recipes.config import load_config  # noqa: E402
+from test_recipes import TINY  # noqa: E402
+
+
+def _ddp_worker(rank, folder, ports):
+    import os
+
+    from refmatch.recipes.train import Trainer
+
+    def trainer(port, resume=False):
+        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+        return Trainer(load_config(None, TINY + ["method=refmatch", "steps=4", "device=cpu"]), folder,
+                       resume=resume)
+
+    first = trainer(ports[0])
+    try:
+        first.fit(stop_at=2)
+        # DDP averages gradients: rank 0's saved parameters equal this rank's
+        # (BatchNorm running statistics stay per rank, as DDP leaves them).
+        if rank == 1:
+            saved = load(folder / "latest.pt")["student"]
+            for name, value in first.student.named_parameters():
+                assert torch.equal(value, saved[name]), name
+    finally:
+        first.run.close()
+    if rank == 0:  # a split that a fresh draw would not give (as after images were added)
+        splits = json.loads((folder / "splits.json").read_text())
+        splits["labeled"][0], splits["unlabeled"][0] = splits["unlabeled"][0], splits["labeled"][0]
+        (folder / "splits.json").write_text(json.dumps(splits))
+    resumed = trainer(ports[1], resume=True)  # rank 1 joins once rank 0 has rewritten the file
+    assert sorted(resumed.data.labeled.names) == sorted(json.loads((folder / "splits.json").read_text())["labeled"])
+    own_stream = torch.equal(resumed.generator.get_state(), first.generator.get_state())
+    try:
+        resumed.fit()
+    finally:
+        resumed.run.close()
+    assert own_stream, f"rank {rank} resumed another rank's random stream"  # after the collectives
+
+
+def test_ddp_with_two_gloo_processes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    mp.spawn(_ddp_worker, args=(tmp_path, ports), nprocs=2, join=True)
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "refmatch"
+
+
+@pytest.mark.parametrize("rank_zero_fails", [False, True])
+def test_from_main_hands_rank_zeros_result_or_error_to_every_rank(monkeypatch, rank_zero_fails):
+    """A non-zero rank never runs the work, takes rank 0's result, and raises rank 0's error
+    (rank 0 broadcasts it before raising) instead of waiting for a result that never comes."""
+    from refmatch.recipes import run_context
+
+    context = run_context.RunContext.__new__(run_context.RunContext)
+    context.world, context.is_main = 2, False
+    sent = ("error", "ValueError: no images") if rank_zero_fails else ("value", {"labeled": ["a.png"]})
+    monkeypatch.setattr(run_context.dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, sent))
+    ran = []
+    if rank_zero_fails:
+        with pytest.raises(RuntimeError, match="rank 0 failed: ValueError: no images"):
+            context.from_main(lambda: ran.append(1))
+    else:
+        assert context.from_main(lambda: ran.append(1)) == {"labeled": ["a.png"]}
+    assert ran == []
