@@ -98,7 +98,8 @@ def evaluate_main(argv=None):
         dataset = FolderDataset(args.data, names, size=config.image_size, num_classes=classes,
                                 resize_masks=args.resolution == "training")
         metrics = (evaluate(model, load_split(dataset, config.num_workers, config.image_size), labels, device)
-                   if args.resolution == "training" else evaluate_at_file_size(model, dataset, labels, device))
+                   if args.resolution == "training" else
+                   evaluate_at_file_size(model, dataset, labels, device, num_workers=config.num_workers))
     metrics["resolution"] = (f"training ({config.image_size}x{config.image_size})" if args.resolution == "training"
                              else "native (each mask file's size)")
     text = metrics_json(metrics)

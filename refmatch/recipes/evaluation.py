@@ -4,6 +4,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from ..data.folder import IGNORE_LABEL
 from ..metrics import segmentation_metrics
@@ -34,22 +35,23 @@ def evaluate(model, split, class_names, device, batch_size=16):
     return segmentation_metrics(prediction, split.masks, len(class_names), class_names, ignore_index=IGNORE_LABEL)
 
 
-def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16):
+def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16, num_workers=0):
     """As ``evaluate``, but scored at each mask file's own size: ``dataset`` is a
     FolderDataset with ``resize_masks=False`` (images [1, h, w] at the model's size, masks
     [H_i, W_i] as stored). Class probabilities are resized bilinearly to each mask, then
-    the argmax taken; HD95 is in the file's pixels, so it compares across training sizes."""
-    items = [dataset[index] for index in range(len(dataset))]
-    images = torch.stack([item["image"] for item in items]) if items else torch.zeros(0, 1, 1, 1)
-    predictions = []
-    for logits in _batched_logits(model, images, device, batch_size):
-        for item_logits in logits:
-            size = items[len(predictions)]["mask"].shape
-            probabilities = F.interpolate(item_logits.softmax(dim=0)[None], size=size, mode="bilinear",
-                                          align_corners=False)
-            predictions.append(probabilities[0].argmax(dim=0))
-    return segmentation_metrics(predictions, [item["mask"] for item in items], len(class_names), class_names,
-                                ignore_index=IGNORE_LABEL)
+    the argmax taken; HD95 is in the file's pixels, so it compares across training sizes.
+    Files are read on ``num_workers`` processes, a batch at a time; labels are kept as uint8."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    predictions, masks = [], []
+    for items in loader:
+        images = torch.stack([item["image"] for item in items])
+        logits = torch.cat(list(_batched_logits(model, images, device, batch_size)))
+        for item, item_logits in zip(items, logits):
+            probabilities = F.interpolate(item_logits.softmax(dim=0)[None], size=item["mask"].shape,
+                                          mode="bilinear", align_corners=False)
+            predictions.append(probabilities[0].argmax(dim=0).to(torch.uint8))
+            masks.append(item["mask"].to(torch.uint8))  # classes and IGNORE_LABEL (255) fit
+    return segmentation_metrics(predictions, masks, len(class_names), class_names, ignore_index=IGNORE_LABEL)
 
 
 def metrics_json(metrics):
