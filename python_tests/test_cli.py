@@ -123,7 +123,10 @@ def test_info_names_the_backend_auto_runs_on_each_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
     monkeypatch.setattr(triton_backend, "device_capability", lambda index: capabilities[index])
     monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
+    monkeypatch.setattr(importlib.import_module("refmatch.backends.cuda_backend").CudaBackend, "decline_reason",
+                        lambda self, problem: "not built here")
     lines = info.report().split("\n\n")[-1].splitlines()
-    assert lines == ["cuda:0   NVIDIA A100, sm_80: backend='auto' runs triton",
-                     "cuda:1   Tesla T4, sm_75: backend='auto' runs torch (triton: needs compute capability >= 8.0 "
-                     "(bf16 / tf32 tensor-core dots); cuda:1 has 7.5)"]
+    declined = "(triton: needs compute capability >= 8.0 (bf16 / tf32 tensor-core dots); cuda:1 has 7.5)"
+    assert lines == ["cuda:0   NVIDIA A100, sm_80: backend='auto' runs bfloat16 on triton, float32 (exact) on triton",
+                     f"cuda:1   Tesla T4, sm_75: backend='auto' runs bfloat16 on torch, float32 (exact) on torch "
+                     f"{declined}"]

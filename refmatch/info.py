@@ -32,18 +32,25 @@ def _native_summary():
 
 def _device_lines():
     """Per CUDA device: name, compute capability, and the backend ``backend="auto"`` runs a
-    k = 1 call on there (with why the fused one declined, when it did)."""
+    bfloat16 and a float32 k = 1 match on there (float32 at the current matmul precision),
+    with Triton's reason where it declined."""
     from .backends import _BACKENDS, MatchProblem, select
+    from .backends.scoring import tf32_allowed
 
+    precision = "TF32" if tf32_allowed(torch.float32) else "exact"
     lines = []
     for index in range(torch.cuda.device_count()):
         device = torch.device("cuda", index)
         major, minor = torch.cuda.get_device_capability(index)
-        problem = MatchProblem(device, torch.bfloat16, 1, "cosine", 128)
-        chosen = select(problem, "auto").name
-        why = "" if chosen == "triton" else f" (triton: {_BACKENDS['triton'].decline_reason(problem)})"
+        picks, reasons = [], []
+        for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, f"float32 ({precision})")):
+            problem = MatchProblem(device, dtype, 1, "cosine", 128)
+            picks.append(f"{name} on {select(problem, 'auto').name}")
+            declined = _BACKENDS["triton"].decline_reason(problem)
+            reasons += [declined] if declined and declined not in reasons else []
+        why = "".join(f" (triton: {reason})" for reason in reasons)
         lines.append(f"{str(device):<8} {torch.cuda.get_device_name(index)}, sm_{major}{minor}: "
-                     f"backend='auto' runs {chosen}{why}")
+                     f"backend='auto' runs {', '.join(picks)}{why}")
     return lines
 
 
