@@ -120,8 +120,8 @@ def test_info_names_the_backend_auto_runs_on_each_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: ["NVIDIA A100", "Tesla T4"][index])
     capabilities = [(8, 0), (7, 5)]
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
-    monkeypatch.setattr(triton_backend, "device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device: capabilities[getattr(device, "index", device)])  # a device or an index
     monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
     monkeypatch.setattr(importlib.import_module("refmatch.backends.cuda_backend").CudaBackend, "decline_reason",
                         lambda self, problem: "not built here")

@@ -45,9 +45,8 @@ def _image_pairs(pred, truth):
     return list(zip(pred, truth))
 
 
-def _class_areas(pred, truth, num_classes, ignore_index):
-    """Per class: intersection, predicted area, true area, each [C] float64."""
-    pairs = _image_pairs(pred, truth)
+def _class_areas(pairs, num_classes, ignore_index):
+    """Per class over (pred, truth) ``pairs``: intersection, predicted area, true area, each [C] float64."""
     pred = torch.cat([p.reshape(-1) for p, _ in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
     truth = torch.cat([t.reshape(-1) for _, t in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
     keep = torch.ones_like(truth, dtype=torch.bool) if ignore_index is None else truth != ignore_index
@@ -58,20 +57,26 @@ def _class_areas(pred, truth, num_classes, ignore_index):
     return [torch.bincount(labels, minlength=num_classes).double() for labels in (truth[pred == truth], pred, truth)]
 
 
+def _dice(intersection, predicted, true):
+    return 2 * intersection / (predicted + true)
+
+
+def _iou(intersection, predicted, true):
+    return intersection / (predicted + true - intersection)
+
+
 def dice_per_class(pred, truth, num_classes, ignore_index=None):
     """Dice 2|P∩T| / (|P| + |T|) per class over the whole set: [C] float64,
     NaN for a class absent from both. pred, truth: int [B, H, W] or [H, W], or lists
     of [H_i, W_i] images."""
-    intersection, predicted, true = _class_areas(pred, truth, num_classes, ignore_index)
-    return 2 * intersection / (predicted + true)
+    return _dice(*_class_areas(_image_pairs(pred, truth), num_classes, ignore_index))
 
 
 def iou_per_class(pred, truth, num_classes, ignore_index=None):
     """IoU |P∩T| / |P∪T| per class over the whole set: [C] float64, NaN for a
     class absent from both. pred, truth: int [B, H, W] or [H, W], or lists of
     [H_i, W_i] images."""
-    intersection, predicted, true = _class_areas(pred, truth, num_classes, ignore_index)
-    return intersection / (predicted + true - intersection)
+    return _iou(*_class_areas(_image_pairs(pred, truth), num_classes, ignore_index))
 
 
 def _boundary(mask):
@@ -122,9 +127,10 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class_names for {num_classes} classes")
-    dice = dice_per_class(pred, truth, num_classes, ignore_index).tolist()
-    iou = iou_per_class(pred, truth, num_classes, ignore_index).tolist()
-    pairs = [(p.numpy(), t.numpy()) for p, t in _image_pairs(pred, truth)]
+    pairs = _image_pairs(pred, truth)
+    areas = _class_areas(pairs, num_classes, ignore_index)
+    dice, iou = _dice(*areas).tolist(), _iou(*areas).tolist()
+    pairs = [(p.numpy(), t.numpy()) for p, t in pairs]
     if ignore_index is not None:
         pairs = [(np.where(t == ignore_index, -1, p), t) for p, t in pairs]  # no class's surface there
     distance = []

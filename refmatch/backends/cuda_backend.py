@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
 from .cuda_archs import missing_code_reason
+from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
 from .custom_op import device_capability as _capability
 from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
@@ -86,8 +86,7 @@ def _built_for_hopper():
 def hopper_enabled(device):
     """True on a compute capability 9.0 device with a build that has sm_90a code,
     unless ``REFMATCH_CUDA_HOPPER=0``; the wgmma kernel still takes only the calls it serves."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return os.environ.get("REFMATCH_CUDA_HOPPER") != "0" and _capability(index) == (9, 0) and _built_for_hopper()
+    return os.environ.get("REFMATCH_CUDA_HOPPER") != "0" and _capability(device) == (9, 0) and _built_for_hopper()
 
 
 def _setting(name, choices):
@@ -284,7 +283,6 @@ class CudaBackend:
             return reason
         if problem.device.type != "cuda":
             return f"runs on CUDA tensors, got device {problem.device}"
-        capability = _capability(problem.device.index if problem.device.index is not None
-                                 else torch.cuda.current_device())
+        capability = _capability(problem.device)
         return (capability_reason(problem.device, capability, "tensor-core mma.sync, cp.async")
                 or missing_code_reason(_build_archs(), problem.device, capability) or fused_kernel_limits(problem))

@@ -15,9 +15,10 @@ MAX_FUSED_SLOTS = 64  # top-k entries or classes a fused kernel keeps per row
 MIN_CAPABILITY = (8, 0)  # bf16 / tf32 tensor-core dots, cp.async
 
 
-def device_capability(device_index):
-    """(major, minor) compute capability of a CUDA device (torch caches the device's properties)."""
-    return torch.cuda.get_device_capability(device_index)
+def device_capability(device):
+    """(major, minor) compute capability of a CUDA device or index (None index: the current
+    device; torch caches the device's properties)."""
+    return torch.cuda.get_device_capability(device)
 
 
 def capability_reason(device, capability, needs):

@@ -1,4 +1,5 @@
 """Triton backend: the fused kernel of ``refmatch.kernels.match`` behind the op contract."""
+import functools
 import importlib.util
 
 import numpy as np
@@ -12,8 +13,9 @@ from .scoring import finalize_class_scores, finalize_scores, kernel_metric_and_s
 _FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
 
 
+@functools.lru_cache(maxsize=None)
 def triton_version():
-    """The installed triton's (major, minor)."""
+    """The installed triton's (major, minor); read once (``status`` runs on every call)."""
     import triton
 
     return tuple(int(part) for part in triton.__version__.split("+")[0].split(".")[:2])
@@ -21,8 +23,6 @@ def triton_version():
 
 def _dotted(version):
     return ".".join(map(str, version))
-
-
 
 
 def _kernel_inputs(query, reference):
@@ -91,15 +91,14 @@ class TritonBackend:
         if problem.device.type not in ("cpu", "cuda"):
             return f"runs on CUDA tensors, got device {problem.device}"
         if problem.device.type == "cuda":
-            index = problem.device.index if problem.device.index is not None else torch.cuda.current_device()
-            capability = device_capability(index)
+            capability = device_capability(problem.device)
             # Before sm_80 its bf16 and tf32 dots fall back to FMAs that spill (6 KB a thread on sm_75).
             reason = capability_reason(problem.device, capability, "bf16 / tf32 tensor-core dots")
             if reason:
                 return reason
-            argmax = problem.op == "match" and problem.k == 1
-            if capability[0] == 10 and argmax and triton_version() < (3, 9):
-                return (f"triton {_dotted(triton_version())} fails to compile the k = 1 kernel for "
+            argmax, version = problem.op == "match" and problem.k == 1, triton_version()
+            if capability[0] == 10 and argmax and version < (3, 9):
+                return (f"triton {_dotted(version)} fails to compile the k = 1 kernel for "
                         "sm_100 (its TritonNvidiaGPUOptimizeTMemLayoutsPass; seen with 3.6, 3.9 compiles it): "
                         "upgrade triton; top-k and class-wise run here")
         return fused_kernel_limits(problem)
