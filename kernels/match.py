@@ -22,7 +22,14 @@ Tiling
     into ``splits`` ranges whose partial bests are merged by ``merge_split_lists``.
     The per-reference term (1/|r|, |r|^2) of the next tile is loaded before this
     tile's dot: loaded where it is used, it waited on global memory after every
-    dot and made l2 1.5-2x slower than dot on an H200.
+    dot and made l2 1.5-2x slower than dot on an H200. The launcher pads that term
+    by a tile past the bank so these loads go unmasked.
+
+Epilogue cost
+    On sm_90 the MMA at D = 64 leaves about 4 issue slots per score, so the epilogue
+    works per score only where it must: the metric's multiply-add and one max (NaN needs no
+    select: tl.max reduces with maxnum, which skips NaN, and NaN fails every compare).
+    Padding columns are masked only in a range's last, partial tile.
 
 Semantics and limits
     Ties go to the lowest reference index: strict '>' across tiles, lowest column
@@ -34,6 +41,7 @@ Semantics and limits
     lives in registers, so BLOCK_N shrinks as k or C grows; MAX_SLOTS = 64.
 """
 import contextlib
+import warnings
 
 import torch
 import triton
@@ -107,12 +115,12 @@ def _match_kernel(
         best_index = tl.full((BLOCK_N, SLOTS_PAD), -1, tl.int64)
         worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
     if METRIC != 0:  # the per-reference term is loaded one tile ahead (see the header)
-        next_stat = tl.load(ref_stat_ptr + m_begin + local, mask=local < m_end - m_begin, other=0.0)
+        next_stat = tl.load(ref_stat_ptr + m_begin + local)
     for m0 in range(m_begin, m_end, BLOCK_M):
         col_ok = local < tl.minimum(m_end - m0, BLOCK_M).to(tl.int32)
         if METRIC != 0:
             stat = next_stat
-            next_stat = tl.load(ref_stat_ptr + m0 + BLOCK_M + local, mask=local < m_end - m0 - BLOCK_M, other=0.0)
+            next_stat = tl.load(ref_stat_ptr + m0 + BLOCK_M + local)
         ref_tile_ptr = reference_ptr + m0 * stride_rm + row_step[:, None] * stride_rm
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         if QUERY_RESIDENT:
@@ -131,7 +139,10 @@ def _match_kernel(
             acc = acc * stat[None, :]
         elif METRIC == 2:
             acc = 2.0 * acc - stat[None, :]
-        scores = tl.where(col_ok[None, :] & (acc == acc), acc, float("-inf"))
+        # No per-score select on full tiles (see the header): it was 3 of ~6 ops per score.
+        scores = acc
+        if m0 + BLOCK_M > m_end:
+            scores = tl.where(col_ok[None, :], acc, float("-inf"))
         if REDUCTION == 0:
             best, best_index = offer_argmax(scores, local, m0, best, best_index, BLOCK_M)
         elif REDUCTION == 1:
@@ -164,6 +175,20 @@ def needs_wide_offsets(query, reference):
     return max(channel_reach, 255 * abs(reference.stride(0))) >= 2 ** 31
 
 
+@contextlib.contextmanager
+def _launch_context(device):
+    """Triton launches on the current device and its stream, not the tensors' device. On the
+    CPU the interpreter's tl.max is numpy's nanmax, which warns on a tile row of only NaN:
+    a case the kernel expects (that row's maximum is NaN and never wins)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            yield
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+            yield
+
+
 def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
     """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise).
     Explicit ``tile`` overrides run as given; otherwise a shape the GPU cannot hold (Triton's
@@ -174,8 +199,7 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
     key = (query.device, query.dtype, dim, metric, reduction, slots, tuple(sorted(chosen.items())))
     for position in range(_FITTING_STEP.get(key, 0), len(steps)):
         try:
-            # Triton launches on the current device and its stream, not the tensors' device.
-            with torch.cuda.device(query.device) if query.device.type == "cuda" else contextlib.nullcontext():
+            with _launch_context(query.device):
                 partial = _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits,
                                         steps[position])
         except OutOfResources as error:
@@ -205,6 +229,10 @@ def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, 
     partial_index = partial_score if reduction == "classwise" else torch.empty_like(partial_score, dtype=torch.int64)
     if num_rows == 0:
         return partial_score, partial_index
+    if metric != "dot":
+        # Padded past the last tile and its look-ahead, so stat loads need no mask (a
+        # compare per column and tile); padding columns are masked in the scores.
+        ref_stat = torch.nn.functional.pad(ref_stat, (0, splits * refs_per_split + block_m - num_refs))
     precision = "tf32" if tf32_allowed(query.dtype) else "ieee"
     kernel = _match_kernel[(row_blocks, splits)](
         query, reference, ref_stat, labels if labels is not None else ref_stat, partial_score, partial_index,

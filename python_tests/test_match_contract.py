@@ -23,16 +23,17 @@ def test_exact_ties_go_to_lowest_index(backend, metric):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_never_wins_and_empty_rows_get_minus_one(backend):
-    reference = torch.randn(40, 8, device=DEVICE)
+@pytest.mark.parametrize("num_refs", [40, 256])  # a partial tile, and only full ones (Triton masks no NaN there)
+def test_nan_never_wins_and_empty_rows_get_minus_one(backend, num_refs):
+    reference = torch.randn(num_refs, 8, device=DEVICE)
     reference[[0, 17]] = float("nan")
-    labels = torch.arange(40, device=DEVICE)
+    labels = torch.arange(num_refs, device=DEVICE)
     query = torch.randn(3, 8, device=DEVICE)
     query[1] = float("nan")
     result = refmatch.match(query, reference, labels, metric="dot", backend=backend)
     assert result.index[1].item() == -1 and result.label[1].item() == -1
     assert result.score[1].item() == float("-inf")
-    kept = torch.ones(40, dtype=torch.bool)
+    kept = torch.ones(num_refs, dtype=torch.bool)
     kept[[0, 17]] = False
     clean = refmatch.match(query[[0, 2]], reference[kept], metric="dot", backend="torch")
     assert result.index[[0, 2]].tolist() == kept.nonzero()[:, 0][clean.index.cpu()].tolist()

@@ -106,6 +106,18 @@ def test_topk_beyond_the_finite_references_is_minus_one():
     assert sorted(result.index[0, :4].tolist()) == [0, 2, 3, 5]
 
 
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+def test_nan_references_in_full_tiles_never_enter_a_topk(metric):
+    # 256 rows fill whole tiles, where the kernel leaves NaN to maxnum instead of masking it.
+    reference = torch.randn(256, 8, device=DEVICE)
+    reference[::3] = float("nan")
+    query = torch.randn(5, 8, device=DEVICE)
+    result = refmatch.match(query, reference, k=4, metric=metric, backend="triton")
+    finite = torch.arange(256, device=DEVICE) % 3 != 0
+    expected = refmatch.match(query, reference[finite], k=4, metric=metric, backend="torch")
+    assert result.index.tolist() == finite.nonzero()[:, 0][expected.index].tolist()
+
+
 def test_declines_large_k_and_float64_with_reasons():
     query, reference = torch.randn(4, 8, device=DEVICE), torch.randn(90, 8, device=DEVICE)
     with pytest.raises(ValueError, match="at most k=64"):

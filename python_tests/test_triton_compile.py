@@ -6,6 +6,7 @@ and fails on register spills, which only a lowering shows.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -103,3 +104,39 @@ def test_wide_offsets_reach_the_lowered_pointer_arithmetic():
     types = json.loads(done.stdout.strip().splitlines()[-1])
     for dim in (128, 256):  # plain: the query rows' offsets are int64 already, the strided steps int32
         assert types[f"{dim} False"] == ["i32", "i64"] and types[f"{dim} True"] == ["i64"], types
+
+
+def test_full_tiles_take_no_per_score_mask():
+    """At the k = 1 loop's top level (every tile) the [BLOCK_N, BLOCK_M] scores get no compare
+    or select: the NaN and padding masks there cost 3 of ~6 instructions per score on sm_90
+    (NaN is left to maxnum; padding is masked inside the branch for a partial tile). The
+    per-reference terms load unmasked from their padded copy."""
+    script = textwrap.dedent(r"""
+        import json, re
+        from refmatch.kernels.match_aot import compile_variant
+        found = {}
+        for metric in ("dot", "l2"):
+            lines = compile_variant(90, "bfloat16", 64, metric, "argmax", 1).asm["ttir"].splitlines()
+            start = next(i for i, line in enumerate(lines) if "scf.for %m0" in line)
+            depth = len(lines[start]) - len(lines[start].lstrip()) + 2
+            body = []
+            for line in lines[start + 1:]:
+                indent = len(line) - len(line.lstrip())
+                if indent < depth:
+                    break
+                if indent == depth:
+                    body.append(line.strip())
+            found[metric] = {
+                "masks": [line for line in body if re.search(r"arith\.(select|cmpf) .*tensor<128x128x", line)],
+                "stat_loads": [line for line in lines if re.search(r"tt\.load .*tensor<128x!tt\.ptr<f32>>", line)],
+                "branches": sum(line.startswith("%") and "scf.if" in line for line in body)}
+        print(json.dumps(found))
+        """)
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    for metric, parts in found.items():
+        assert parts["masks"] == [] and parts["branches"] >= 2, (metric, parts)  # partial-tile mask, locate
+    stat_loads = found["l2"]["stat_loads"]
+    assert len(stat_loads) == 2 and all(re.match(r"\S+ = tt\.load %\S+ :", line.strip()) for line in stat_loads)
