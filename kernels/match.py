@@ -29,7 +29,7 @@ Epilogue cost
     On sm_90 the MMA at D = 64 leaves about 4 issue slots per score, so the epilogue
     works per score only where it must: the metric's multiply-add and one max (NaN needs no
     select: tl.max reduces with maxnum, which skips NaN, and NaN fails every compare).
-    Padding columns are masked only in a range's last, partial tile.
+    Padding columns are masked only in a range's last, partial tile (class-wise: by label).
 
 Semantics and limits
     Ties go to the lowest reference index: strict '>' across tiles, lowest column
@@ -140,8 +140,10 @@ def _match_kernel(
         elif METRIC == 2:
             acc = 2.0 * acc - stat[None, :]
         # No per-score select on full tiles (see the header): it was 3 of ~6 ops per score.
+        # Class-wise leaves padding to its labels (-1, no class).
         scores = acc
-        if m0 + BLOCK_M > m_end:
+        full_tile = m0 + BLOCK_M <= m_end
+        if REDUCTION != 2 and not full_tile:
             scores = tl.where(col_ok[None, :], acc, float("-inf"))
         if REDUCTION == 0:
             best, best_index = offer_argmax(scores, local, m0, best, best_index, BLOCK_M)
@@ -149,8 +151,8 @@ def _match_kernel(
             best, best_index, worst, worst_at = offer_topk(scores, local, m0, best, best_index, worst, worst_at,
                                                           slots, BLOCK_M, SLOTS_PAD)
         else:
-            labels = tl.load(labels_ptr + m0 + local, mask=col_ok, other=0).to(tl.int32)
-            best = offer_classwise(scores, labels, col_ok, best, slots)
+            labels = tl.load(labels_ptr + m0 + local, mask=col_ok, other=-1).to(tl.int32)
+            best = offer_classwise(scores, labels, full_tile, best, slots)
 
     # Outputs are [splits, N, SLOTS] (SLOTS = 1 for argmax).
     out = (split.to(tl.int64) * num_rows + rows) * SLOTS

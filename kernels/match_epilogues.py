@@ -66,13 +66,18 @@ def offer_topk(scores, local, m0, best, best_index, worst, worst_at, slots, BLOC
 
 
 @triton.jit
-def offer_classwise(scores, labels, col_ok, best, slots):
-    """Running per-class maxima [BLOCK_N, C_PAD]. Only the classes present in the
-    tile are visited, so a bank stored class by class (as ReferenceBank stores
-    it) costs about one masked max per score."""
-    lowest = tl.min(tl.where(col_ok, labels, 1 << 30), axis=0)
-    highest = tl.max(tl.where(col_ok, labels, -1), axis=0)
+def offer_classwise(scores, labels, full_tile, best, slots):
+    """Running per-class maxima [BLOCK_N, C_PAD]; padding columns carry label -1. Only
+    the classes present in the tile are visited, and a full tile of one class takes no
+    select per score, so a bank stored class by class (as ReferenceBank stores it)
+    costs about one max per score."""
+    lowest = tl.min(tl.where(labels >= 0, labels, 1 << 30), axis=0)
+    highest = tl.max(labels, axis=0)
     for label in range(lowest, highest + 1):
-        class_best = tl.max(tl.where(labels[None, :] == label, scores, float("-inf")), axis=1)
+        # The branch yields row maxima, not a tile of scores: merging tiles cost a copy per score.
+        if full_tile and lowest == highest:
+            class_best = tl.max(scores, axis=1)
+        else:
+            class_best = tl.max(tl.where(labels[None, :] == label, scores, float("-inf")), axis=1)
         best = tl.where(slots[None, :] == label, tl.maximum(best, class_best[:, None]), best)
     return best
