@@ -31,11 +31,13 @@ from refmatch.bench import fresh_stem, git_commit, machine, size_triple
 # about 2 x 98 KB of shared memory at D=128).
 _TILE_NAMES = ("block_n", "block_m", "num_warps", "num_stages", "query_resident", "maxnreg")
 TWO_PER_SM = (128, 128, 8, 2, None, 128)
+# One-warpgroup programs (64 rows, 4 warps) fit 3-5 to an SM at D = 64 (ahead-of-time compile,
+# triton 3.9), so one program's epilogue can overlap another's MMA; at D = 128 the 64 x 128 shape spills.
 CANDIDATES = {
     "argmax": [(), (128, 128, 8, 3), (128, 128, 8, 2, None, 168), (128, 64, 4, 4), (128, 64, 4, 2),
-               (256, 128, 8, 3), (256, 64, 8, 3), (128, 128, 8, 3, False)],
+               (256, 128, 8, 3), (256, 64, 8, 3), (128, 128, 8, 3, False), (64, 128, 4, 3), (64, 64, 4, 4)],
     "argmax-cosine": [(), TWO_PER_SM],
-    "argmax-l2": [(), TWO_PER_SM, (128, 64, 4, 4)],
+    "argmax-l2": [(), TWO_PER_SM, (128, 64, 4, 4), (64, 128, 4, 3), (64, 64, 4, 4)],
     "top-8": [(), (128, 64, 8, 3), (64, 128, 4, 2, None, 128), (128, 64, 8, 2, None, 128)],
     "classwise-4": [(), (128, 64, 8, 3), (64, 128, 4, 2, None, 128), (128, 64, 8, 2, None, 128)],
 }
