@@ -5,7 +5,7 @@ Algorithm
     walks its share of the reference bank in BLOCK_M-row tiles. Per tile it
     computes the scores S = Q R^T with ``tl.dot`` into float32 accumulators,
     applies the metric (cosine: times 1/|r|; l2: 2 q.r - |r|^2; dot: as is), masks
-    NaN and padding to -inf and folds the tile into the running state of one of
+    padding columns of a partial tile to -inf and folds the tile into the running state of one of
     three reductions (``match_epilogues``): the best (k = 1: row max first, locate
     only when some row improves), an unsorted top-k list behind a per-row
     threshold (k <= 64), or per-class maxima (C <= 64). Scores never leave registers.

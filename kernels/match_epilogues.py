@@ -1,7 +1,8 @@
 """Per-tile reductions of the fused Triton ``match`` kernel.
 
-Each takes one tile of oriented scores [BLOCK_N, BLOCK_M] (larger is better;
-NaN and padding already -inf) whose columns are bank rows m0 + ``local``
+Each takes one tile of oriented scores [BLOCK_N, BLOCK_M] (larger is better; padding
+already -inf, or labelled -1 for class-wise; NaN left in, as maxnum reductions skip it
+and it fails every compare) whose columns are bank rows m0 + ``local``
 (``local`` = 0 .. BLOCK_M - 1, int32), and folds it into a per-row running state. Tiles arrive in ascending
 bank order, which the tie rule (lowest index wins) relies on.
 """
