@@ -70,3 +70,20 @@ def test_vote_gives_ignored_labels_no_vote():
     assert voted.probabilities.tolist() == [[0.0, 1.0]]
     with pytest.raises(ValueError, match="labels must be < num_classes=2"):
         refmatch.vote(result, num_classes=2, weighting="uniform")
+
+
+def test_ignore_index_is_compared_by_value_in_small_label_dtypes():
+    # torch's == casts the number to the tensor's dtype: uint8 255 == -1 and int8 -1 == 255.
+    query = torch.randn(4, 8)
+    reference = torch.randn(6, 8)
+    reference[0] = 5 * query[0]
+    labels = torch.tensor([255, 1, 1, 1, 1, 0], dtype=torch.uint8)
+    found = refmatch.match(query, reference, labels, ignore_index=-1)
+    assert found.index[0].item() == 0 and found.label[0].item() == 255  # 255 is a label here
+    assert refmatch.vote(found, num_classes=256, ignore_index=-1).probabilities[0, 255].item() == 1.0
+    with pytest.raises(ValueError, match="labels must be >= 0"):
+        refmatch.match(query, reference, labels.to(torch.int8), ignore_index=255)
+    bank = refmatch.ReferenceBank(dim=8, num_classes=2, capacity_per_class=8, ignore_index=255)
+    masks = torch.tensor([[[0, -1], [1, 1]]], dtype=torch.int8)
+    with pytest.raises(ValueError, match="masks hold label -1"):
+        bank.add(torch.randn(1, 8, 2, 2), masks)

@@ -5,6 +5,16 @@ import torch.nn.functional as F
 DOWNSAMPLING = ("majority", "nearest", "pure")
 
 
+def label_is(labels, value):
+    """Bool tensor of ``labels`` (any integer dtype) equal to the integer ``value``, by value:
+    torch's own ``==`` casts the number to the tensor's dtype, so a uint8 label 255 would equal
+    -1 and an int8 label -1 would equal 255."""
+    info = torch.iinfo(labels.dtype)
+    if not info.min <= value <= info.max:
+        return torch.zeros_like(labels, dtype=torch.bool)
+    return labels == value
+
+
 def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     """Raise a named error unless ``masks`` is [batch, H, W] integer labels at an
     integer multiple of ``feature_size`` holding classes < num_classes or ignore_index
@@ -22,7 +32,7 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
                          f"must be an integer multiple of the feature size")
     valid = (masks >= 0) & (masks < num_classes)
     if ignore_index is not None:
-        valid |= masks == ignore_index
+        valid |= label_is(masks, ignore_index)
     if not bool(valid.all()):
         bad = masks[~valid][0].item()
         allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
@@ -45,7 +55,7 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
     if mode == "nearest":
         return F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
     # One channel per class plus one for ignored pixels; block averages are label shares.
-    slot = torch.where(masks == ignore_index, num_classes, masks.long())
+    slot = torch.where(label_is(masks, ignore_index), num_classes, masks.long())
     onehot = F.one_hot(slot, num_classes + 1).permute(0, 3, 1, 2).float()
     share = F.avg_pool2d(onehot, kernel_size=(masks.shape[1] // h, masks.shape[2] // w))
     top_share, label = share.max(dim=1)

@@ -8,6 +8,7 @@ import torch
 from .backends import NAMES as BACKEND_NAMES
 from .backends import MatchProblem, select
 from .backends.scoring import METRICS, centred_for_l2, host_read_allowed
+from .masks import label_is
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -72,7 +73,7 @@ def check_integer_labels(labels):
 
 def kept_labels(labels, ignore_index):
     """The labels that are not ``ignore_index``."""
-    return labels if ignore_index is None else labels[labels != ignore_index]
+    return labels if ignore_index is None else labels[~label_is(labels, ignore_index)]
 
 
 def inferred_num_classes(labels, ignore_index):
@@ -151,7 +152,7 @@ def _check_label_values(labels, ignore_index, num_classes=None):
 
 def _ignored(labels, ignore_index):
     """[M] bool mask of references that never match, or None (computed on the device, no sync)."""
-    return None if ignore_index is None else labels == ignore_index
+    return None if ignore_index is None else label_is(labels, ignore_index)
 
 
 def _as_maps(query):

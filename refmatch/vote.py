@@ -5,6 +5,7 @@ import torch
 
 from .backends.scoring import METRICS, host_read_allowed
 from .candidates import with_k_axis
+from .masks import label_is
 from .ops import MatchResult, _check_label_values, as_int, as_number
 
 WEIGHTINGS = ("uniform", "similarity")
@@ -105,7 +106,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         _check_scores_fit_metric(score, metric)
     # A -1 label is "no match" only where the index says so; elsewhere it is a bad label.
     _check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
-    voted = label >= 0 if ignore_index is None else (label >= 0) & (label != ignore_index)
+    voted = label >= 0 if ignore_index is None else (label >= 0) & ~label_is(label, ignore_index)
     if weighting == "uniform":
         weight = voted.float()
     else:
