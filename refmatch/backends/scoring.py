@@ -65,10 +65,21 @@ def reference_stat(reference, metric):
 OFFSET_RATIO = 16  # centre l2 features whose common offset is 4x their spread (1.2 digits lost)
 
 
-def _mean_squared_deviation(reference, mean, max_rows):
-    """mean over rows of |r - mean|^2, a chunk of rows at a time (no [M, D] copy)."""
-    total = sum((chunk.to(mean.dtype) - mean).square().sum() for chunk in reference.split(max_rows))
-    return total / reference.shape[0]
+def _finite_row_chunks(reference, max_rows):
+    """(rows, finite [rows, 1]) chunks of ``reference`` in its accumulation dtype, rows that
+    hold NaN or Inf zeroed: such rows never match, and would make every statistic NaN."""
+    for chunk in reference.split(max_rows):
+        chunk = chunk.to(accumulation_dtype(reference.dtype))
+        finite = chunk.isfinite().all(dim=1, keepdim=True)
+        yield torch.where(finite, chunk, 0), finite
+
+
+def _finite_row_moments(reference, max_rows):
+    """(number, mean [D], mean squared norm) of the finite rows, a chunk of rows at a time."""
+    count, total, total_sq = 0, 0, 0
+    for rows, finite in _finite_row_chunks(reference, max_rows):
+        count, total, total_sq = count + finite.sum(), total + rows.sum(dim=0), total_sq + rows.square().sum()
+    return count, total / count, total_sq / count
 
 
 def centred_for_l2(query, reference, max_elements=1 << 22):
@@ -82,19 +93,23 @@ def centred_for_l2(query, reference, max_elements=1 << 22):
     channel: at most half a step of offset is left, and features stay exactly
     representable (integers, e.g. raw intensities, when that spread is >= 1), so
     exact ties stay exact. The grid is never finer than the mean's own precision, so
-    identical references (zero spread) shift by their mean. Float32 and float64 only,
+    identical references (zero spread) shift by their mean. Statistics come from the
+    rows without NaN or Inf (which never match). Float32 and float64 only,
     since shifting half-precision features would round them; not under torch.compile
     or graph capture (one host read decides, a GPU sync); a copy of both when it applies.
     """
     if query.dtype not in (torch.float32, torch.float64) or not host_read_allowed(reference):
         return query, reference
-    mean = reference.mean(dim=0)
+    max_rows = max(1, max_elements // reference.shape[1])
+    count, mean, mean_norm_sq = _finite_row_moments(reference, max_rows)
     offset_sq = mean.square().sum()
     # E|r|^2 - |mean|^2 cancels when the offset dominates, but only by float rounding of
     # |mean|^2, far below the 1/16 that decides; the step below takes the exact spread.
-    if not bool(offset_sq > OFFSET_RATIO * (squared_norms(reference, dim=1).mean() - offset_sq)):
+    # Without finite rows the moments are NaN and the test fails.
+    if not bool(offset_sq > OFFSET_RATIO * (mean_norm_sq - offset_sq)):
         return query, reference
-    spread_sq = _mean_squared_deviation(reference, mean, max(1, max_elements // reference.shape[1]))
+    spread_sq = sum(torch.where(finite, rows - mean, 0).square().sum()
+                    for rows, finite in _finite_row_chunks(reference, max_rows)) / count
     precision = torch.finfo(mean.dtype).eps * mean.abs().amax()  # > 0: the offset dominates
     per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(precision)
     step = torch.exp2(torch.floor(torch.log2(per_channel)))
