@@ -125,6 +125,23 @@ def test_vote_refuses_bad_arguments():
         vote(matched_minus_one, num_classes=3)
     with pytest.raises(TypeError, match="temperature must be a number, got str"):
         vote(result, labels, num_classes=3, temperature="0.1")
+    with pytest.raises(TypeError, match="integer dtype, got torch.float32"):
+        vote(result, labels.float(), num_classes=3)
+    with pytest.raises(ValueError, match="labels has 2 rows"):
+        vote(result._replace(index=result.index.clamp(min=2)), labels[:2], num_classes=3)
+    with pytest.raises(ValueError, match="carries labels already"):
+        vote(refmatch.match(torch.randn(5, 4), reference, labels, k=3), labels, num_classes=3)
+
+
+def test_vote_of_infinite_scores():
+    # Scaled after subtracting the row's best: 3e38 / 0.1 overflowed, and softmax gave NaN -> 0.
+    assert vote(torch.tensor([[1e38, 2e38, 3e38]]), num_classes=3, metric="l2").probabilities.tolist() == [[1, 0, 0]]
+    infinite = vote(torch.tensor([[float("inf"), 1.0, float("inf")]]), num_classes=3, metric="dot")
+    assert infinite.probabilities.tolist() == [[0.5, 0, 0.5]]  # +inf dot products share the vote
+    result = refmatch.MatchResult(score=torch.tensor([[float("inf"), 5.0]]), index=torch.tensor([[0, 1]]),
+                                  label=torch.tensor([[2, 0]]))
+    assert vote(result, num_classes=3, metric="dot").probabilities.tolist() == [[0, 0, 1]]
+    assert vote(torch.full((1, 2), float("-inf")), num_classes=2).probabilities.tolist() == [[0, 0]]
 
 
 def test_vote_refuses_scores_of_another_metric():

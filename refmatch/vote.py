@@ -6,7 +6,7 @@ import torch
 from .backends.scoring import METRICS, host_read_allowed
 from .candidates import with_k_axis
 from .masks import label_is
-from .ops import MatchResult, _check_label_values, as_int, as_number
+from .ops import MatchResult, _check_label_values, as_int, as_number, check_integer_labels
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -26,6 +26,33 @@ def margin(probabilities):
         return probabilities[:, 0]
     top = probabilities.topk(2, dim=1).values
     return top[:, 0] - top[:, 1]
+
+
+def _softmax(oriented, temperature):
+    """softmax(oriented / temperature) over dim 1, for scores where larger wins and -inf casts
+    no vote. Scaled after subtracting each row's best, so that large scores do not overflow
+    to inf (and the softmax to NaN); a row whose best is +inf (a dot product can be) shares its
+    weight among its +inf entries, and a row of only -inf gets none."""
+    best = oriented.amax(dim=1, keepdim=True)
+    weight = torch.softmax((oriented - best) / temperature, dim=1)  # NaN rows where best is infinite
+    at_infinity = (oriented == best) & (best == float("inf"))
+    return torch.where(best.isinf(), at_infinity / at_infinity.sum(dim=1, keepdim=True).clamp_min(1), weight)
+
+
+def _check_reference_labels(labels, index):
+    """``labels`` is an [M] integer tensor on the matches' device that covers every matched
+    index (M is unknown here; one host read of the largest index, skipped under compile)."""
+    if labels is None:
+        raise ValueError("the match result has no labels: pass labels=[M] reference labels")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    check_integer_labels(labels)
+    if labels.dim() != 1 or labels.device != index.device:
+        raise ValueError(f"labels must be [M] reference labels on {index.device}, got shape "
+                         f"{tuple(labels.shape)} on {labels.device}")
+    if host_read_allowed(index) and index.numel() and int(index.max()) >= labels.shape[0]:
+        raise ValueError(f"the matches reach reference row {int(index.max())}, but labels has "
+                         f"{labels.shape[0]} rows: pass the labels of the reference that was matched")
 
 
 def _check_scores_fit_metric(scores, metric):
@@ -89,16 +116,16 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
             raise ValueError(f"class-wise scores must be [N, C] or [B, C, H, W] with C={num_classes}, "
                              f"got shape {tuple(scores.shape)}")
         _check_scores_fit_metric(scores, metric)
-        logits = sign * scores.float() / temperature
-        probabilities = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no class at all
+        probabilities = _softmax(sign * scores.float(), temperature)
         return Vote(probabilities, margin(probabilities))
 
     index = result_or_scores.index
     label = result_or_scores.label
     if label is None:
-        if labels is None:
-            raise ValueError("the match result has no labels: pass labels=[M] reference labels")
+        _check_reference_labels(labels, index)
         label = torch.where(index >= 0, labels[index.clamp(min=0)].long(), -1)
+    elif labels is not None:
+        raise ValueError("the match result carries labels already (match was given them): leave out labels=")
     label, _ = with_k_axis(label)
     index, _ = with_k_axis(index)
     score, _ = with_k_axis(result_or_scores.score.float())
@@ -110,8 +137,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     if weighting == "uniform":
         weight = voted.float()
     else:
-        logits = torch.where(voted, sign * score / temperature, float("-inf"))
-        weight = torch.softmax(logits, dim=1).nan_to_num(0.0)
+        weight = _softmax(torch.where(voted, sign * score, float("-inf")), temperature)
     shape = list(label.shape)
     shape[1] = num_classes
     totals = torch.zeros(shape, device=label.device).scatter_add_(1, label.masked_fill(~voted, 0), weight * voted)
