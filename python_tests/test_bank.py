@@ -150,6 +150,16 @@ def test_a_fixed_banks_state_dict_does_not_load_into_a_growable_bank():
     assert growable.labels.tolist() == [0, 1, 2] and len(growable) == 0  # left as it was
 
 
+def test_state_dict_with_impossible_counts_is_refused():
+    bank = ReferenceBank(4, 3, capacity_per_class=10)
+    bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    state = bank.state_dict()
+    state["counts"] = torch.tensor([100, -5, 3])  # a slot index past its class would take the next class's label
+    with pytest.raises(RuntimeError, match=r"counts: \[100, -5, 3\] stored features per class, but a class holds 0 to 10"):
+        bank.load_state_dict(state)
+    assert bank.class_counts().tolist() == [4, 0, 0]
+
+
 def test_match_returns_slot_classes_and_classwise_scores():
     bank = ReferenceBank(2, 3, capacity_per_class=4, dtype=torch.float32)
     features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None]
@@ -187,6 +197,19 @@ def test_refresh_re_embeds_kept_images():
     bank.add(images.clone(), torch.zeros(4, 1, 1, dtype=torch.long), images=images)
     bank.refresh(lambda batch: 10 * batch)
     assert stored(bank, 0) == [0.0, 10.0, 20.0, 30.0]
+
+
+def test_a_failed_refresh_leaves_the_bank_as_it_was():
+    bank = ReferenceBank(1, 2, capacity_per_class=8, dtype=torch.float32, metric="dot", policy="reservoir")
+    images = torch.arange(4.0).reshape(4, 1, 1, 1)
+    bank.add(images.clone(), torch.tensor([0, 1, 0, 1]).reshape(4, 1, 1), images=images)
+    before = {name: buffer.clone() for name, buffer in bank.named_buffers()}
+    with pytest.raises(ValueError, match="features have D=3 channels"):
+        bank.refresh(lambda batch: batch.repeat(1, 3, 1, 1))
+    for name, buffer in bank.named_buffers():
+        torch.testing.assert_close(buffer, before[name], rtol=0, atol=0, equal_nan=True)
+    bank.refresh(lambda batch: 10 * batch)  # the kept images are still there
+    assert stored(bank, 0) == [0.0, 20.0] and stored(bank, 1) == [10.0, 30.0]
 
 
 def test_fixed_bank_from_tensors():

@@ -102,6 +102,12 @@ def misuse_worker(rank, port):
     else:
         with pytest.raises(RuntimeError, match="the call failed on 1 other rank"):
             bank.match(torch.randn(3, 4))
+    # So do different k on the ranks (gloo aborted the process), or a k too large on one.
+    for ks in ((2, 3), (1, 41)):
+        with pytest.raises(ValueError, match=f"the ranks asked for different k .this rank k={ks[rank]}"):
+            bank.match(torch.randn(3, 4), k=ks[rank])
+    with pytest.raises((TypeError, RuntimeError), match="k must be an int, got str|1 other rank"):
+        bank.match(torch.randn(3, 4), k=[2, "2"][rank])
     # So does a match that fails only where a shard holds features (rank 0's holds none here).
     if rank == 1:
         with pytest.raises(ValueError, match="backend must be"):

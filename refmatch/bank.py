@@ -166,6 +166,12 @@ class ReferenceBank(nn.Module):
             args[4].append(f"{prefix}labels: from a bank made by from_tensors, or of another layout; this bank "
                            f"groups its slots by class, {self.capacity} per class")
             return
+        saved_counts = state_dict.get(prefix + "counts")
+        if self.capacity is not None and saved_counts is not None and not bool(
+                ((saved_counts >= 0) & (saved_counts <= self.capacity)).all()):
+            args[4].append(f"{prefix}counts: {saved_counts.tolist()} stored features per class, but a class "
+                           f"holds 0 to {self.capacity} in this bank")
+            return
         super()._load_from_state_dict(state_dict, prefix, *args)
         for name in self.LATE_BUFFERS:  # saved before they were buffers: keep this bank's
             if prefix + name in args[2]:
@@ -202,14 +208,23 @@ class ReferenceBank(nn.Module):
 
         ``embed(images) -> [B, D, h, w]`` is called on every batch given to ``add``
         with ``images``, in the original order; the bank is rebuilt from scratch.
+        When ``embed`` or an ``add`` raises, the bank is put back as it was (from a
+        copy of its buffers in host memory) and the error goes on.
         """
         self._require_growable()
         if not self._sources:
             raise RuntimeError("refresh needs images: pass images=... to add() for the batches to re-embed")
         sources = self._sources
+        saved = {name: buffer.to("cpu", copy=True) for name, buffer in self.named_buffers()}
         self.clear()
-        for images, masks in sources:
-            self.add(embed(images.to(self.features.device)), masks, images=images)
+        try:
+            for images, masks in sources:
+                self.add(embed(images.to(self.features.device)), masks, images=images)
+        except BaseException:
+            for name, buffer in self.named_buffers():
+                buffer.copy_(saved[name])
+            self._sources = sources
+            raise
 
     def _require_growable(self):
         if self.capacity is None:

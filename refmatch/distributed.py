@@ -9,6 +9,8 @@ ulp and a near-tie that close can resolve differently (exact where the scores
 are, e.g. small integer features). Only ``torch.distributed`` collectives are
 used (NCCL and gloo alike).
 """
+import operator
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -16,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .backends.scoring import accumulation_dtype, worst_score
 from .bank import ReferenceBank
 from .candidates import keep_best
-from .ops import MatchResult, inferred_num_classes
+from .ops import MatchResult, as_int, inferred_num_classes
 
 
 def _gather(tensor, group):
@@ -116,10 +118,18 @@ class ShardedReferenceBank(ReferenceBank):
 
     def _checked_everywhere(self, query, k=1):
         """``query`` checked and cast as ReferenceBank does, and the features stored over all
-        ranks; every rank raises when a rank's query fails its check or a rank holds another
-        rank's shard."""
+        ranks; every rank raises when a rank's query or k fails its check, the ranks' k differ,
+        or a rank holds another rank's shard."""
         foreign = (self.shard_rank != dist.get_rank(self.group)).long()
-        query, (stored, foreign) = self._agreed(lambda: self._checked_query(query), self.counts.sum(), foreign)
+        try:
+            asked = self.counts.new_tensor(operator.index(k))
+        except TypeError:
+            asked = self.counts.new_tensor(-1)  # as_int below raises on this rank, so on every rank
+        query, (stored, foreign, k_sum, k_square_sum) = self._agreed(
+            lambda: (self._checked_query(query), as_int("k", k))[0], self.counts.sum(), foreign, asked, asked * asked)
+        if k_square_sum * dist.get_world_size(self.group) != k_sum * k_sum:  # equal only when every k is
+            raise ValueError(f"the ranks asked for different k (this rank k={k}): every rank must call match "
+                             "with the same k")
         if foreign:
             raise RuntimeError(f"{foreign} rank(s) hold another rank's shard: DistributedDataParallel copied rank "
                                "0's buffers (call refmatch.distributed.keep_shards_out_of_ddp(model) before wrapping "
