@@ -45,7 +45,10 @@ class PseudoLabeler:
             upsampled bilinearly before the argmax; confidence is the margin
             between the two most probable classes.
         threshold: pixels with confidence below it get ``ignore_index``.
-        temperature: softmax temperature of "soft" mode.
+        temperature: softmax temperature of "soft" mode, in the bank metric's score units:
+            the default 0.1 suits cosine similarities (in [-1, 1]); l2 scores are squared
+            distances, whose gaps depend on the features' scale, so an l2 bank needs one
+            of about that gap (at 0.1, typical distances make every vote one-hot).
         out_size: (H, W) of the labels, or an int for H = W; None keeps the feature
             resolution.
         ignore_index: label of dropped or unmatched pixels.
