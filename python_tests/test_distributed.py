@@ -159,5 +159,5 @@ def test_misuse_raises_on_every_rank_and_float64_stays_float64():
 def test_from_tensors_needs_an_initialised_group():
     if dist.is_initialized():
         pytest.skip("a process group exists")
-    with pytest.raises((RuntimeError, ValueError)):
+    with pytest.raises((RuntimeError, ValueError), match="process group"):
         ShardedReferenceBank.from_tensors(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))

@@ -47,6 +47,16 @@ def test_l2_without_finite_distance_is_inf(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_dot_products_of_inf_are_matches_and_nan_ones_are_skipped(backend):
+    # q.r is NaN (inf * 0) for reference 0, which must not hide reference 1's +inf (a match:
+    # the best there is); the second row is finite.
+    query = torch.tensor([[float("inf"), 1.0], [1.0, 2.0]], device=DEVICE)
+    reference = torch.tensor([[0.0, 1.0], [1.0, 0.0]], device=DEVICE)
+    result = refmatch.match(query, reference, metric="dot", backend=backend)
+    assert result.index.tolist() == [1, 0] and result.score.tolist() == [float("inf"), 2.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_a_query_row_holding_inf_matches_nothing(backend, metric):
     # cosine and l2 of a row with Inf are NaN or the worst score: no match, as a NaN row.

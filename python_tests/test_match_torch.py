@@ -27,6 +27,7 @@ def test_rows_match_oracle(device, dtype, metric, n, m, d):
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 @pytest.mark.parametrize("block_m, tile_bytes", [(1, 64), (7, 4 * 7 * 5), (64, 1 << 20)])
 def test_many_small_tiles(metric, block_m, tile_bytes):
+    # Against the default tiling, which test_rows_match_oracle checks against the oracle.
     query = torch.randn(2, 9, 6, 5)
     reference = torch.randn(83, 9)
     maps = match_chunked(query, reference, None, 1, metric, tile_bytes=tile_bytes, block_m=block_m)

@@ -57,6 +57,28 @@ def test_hd95_of_shifted_square_is_the_shift():
     assert hd95(truth, truth) == 0.0
 
 
+def _brute_force_hd95(pred, truth):
+    """Boundaries as mask pixels with a 4-neighbour outside, every pairwise distance."""
+    def edge(mask):
+        padded = np.pad(mask, 1)
+        inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        return np.argwhere(mask & ~inner)
+    a, b = edge(pred), edge(truth)
+    distances = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    return max(np.percentile(distances.min(1), 95), np.percentile(distances.min(0), 95))
+
+
+def test_hd95_of_nested_squares_takes_the_larger_direction_between_boundaries():
+    # Inner to outer boundary is 6 px everywhere, outer to inner reaches the corners' 6 sqrt 2:
+    # the two directions differ, and both differ from distances between whole masks.
+    pytest.importorskip("scipy")
+    outer = square(10, 10, side=20, size=40).numpy().astype(bool)
+    inner = square(16, 16, side=8, size=40).numpy().astype(bool)
+    expected = _brute_force_hd95(inner, outer)
+    assert expected > 6.5
+    assert hd95(inner, outer) == pytest.approx(expected) and hd95(outer, inner) == pytest.approx(expected)
+
+
 def test_hd95_ignores_a_few_outlying_pixels():
     pytest.importorskip("scipy")
     truth = square(5, 5, size=40).numpy().astype(bool)

@@ -159,3 +159,27 @@ def test_vote_refuses_scores_of_another_metric():
     uniform = vote(distances, num_classes=4, weighting="uniform")  # never reads the scores
     assert torch.equal(uniform.probabilities, vote(distances, num_classes=4, weighting="uniform",
                                                    metric="l2").probabilities)
+
+
+def test_l2_votes_and_pseudo_labels_follow_the_nearest_reference():
+    # Distances: the nearest (smallest) wins, in votes, soft and hard pseudo-labels and confidence.
+    close = refmatch.MatchResult(score=torch.tensor([[0.1, 5.0, 5.0]]), index=torch.tensor([[0, 1, 2]]),
+                                 label=torch.tensor([[1, 0, 0]]))
+    share = 1 / (1 + 2 * torch.exp(torch.tensor(-4.9)))  # softmax of -(0.1, 5, 5) at temperature 1
+    torch.testing.assert_close(vote(close, num_classes=2, temperature=1.0, metric="l2").probabilities,
+                               torch.stack([1 - share, share])[None])
+    bank = ReferenceBank(2, 2, capacity_per_class=4, dtype=torch.float32, metric="l2")
+    bank.add(torch.tensor([[0.0, 0.0], [4.0, 0.0], [4.2, 0.0]]).T[None, :, :, None], torch.tensor([[[1], [0], [0]]]))
+    queries = torch.tensor([[0.1, 0.0], [3.0, 0.0], [50.0, 0.0], [float("nan"), 0.0]]).T[None, :, :, None]
+    assert PseudoLabeler(bank, ignore_index=9)(queries).labels[0, :, 0].tolist() == [1, 0, 0, 9]
+    hard = PseudoLabeler(bank, threshold=-1.0, ignore_index=9)(queries)
+    assert hard.labels[0, :, 0].tolist() == [1, 0, 9, 9]  # far (45.8^2 away) and unmatched (NaN) dropped
+    torch.testing.assert_close(hard.confidence[0, :3, 0], torch.tensor([-0.01, -1.0, -45.8 ** 2]))
+    # k = 3 at temperature 0.1: one close class-1 reference outvotes two farther class-0 ones
+    # (uniform votes would elect class 0); NaN features get ignore_index in soft mode too.
+    soft = PseudoLabeler(bank, k=3, mode="soft", ignore_index=9)(queries[:, :, [0, 3]])
+    assert soft.labels[0, :, 0].tolist() == [1, 9]
+
+
+def test_margin_of_one_class_is_its_probability():
+    assert vote(torch.tensor([[0.3], [float("-inf")]]), num_classes=1).confidence.tolist() == [1.0, 0.0]

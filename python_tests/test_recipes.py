@@ -50,9 +50,13 @@ def test_resume_continues_the_run(tmp_path, device):
         return trainer
 
     straight = run(tmp_path / "straight")
-    run(tmp_path / "split", stop_at=3)
+    stopped = run(tmp_path / "split", stop_at=3)
     resumed = run(tmp_path / "split", resume=True)
     exact = dict(rtol=0, atol=0) if device == "cpu" else {}
+    # The step-2 validation score comes back, so a worse later step cannot take best.pt.
+    assert stopped.best > float("-inf") and resumed.best == pytest.approx(straight.best, rel=0 if exact else 1e-4)
+    if exact:
+        assert load(tmp_path / "straight" / "best.pt")["step"] == load(tmp_path / "split" / "best.pt")["step"]
     for name, value in straight.student.state_dict().items():
         torch.testing.assert_close(value, resumed.student.state_dict()[name], **exact, msg=name)
     torch.testing.assert_close(straight.pseudo.bank.features, resumed.pseudo.bank.features, **exact,
