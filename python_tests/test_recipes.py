@@ -215,6 +215,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplo
     from refmatch.recipes.train import Trainer
 
     config = load_config(None, TINY + ["steps=6"])
+    outside = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest was started in the background
     trainer = Trainer(config, tmp_path)
     try:
         interrupt_at(trainer, monkeypatch, 2, times=2)
@@ -229,7 +230,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplo
         assert "stopped at step 3 of 6 (SIGINT)" in caplog.text
     finally:
         trainer.run.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is outside  # put back
     resumed = Trainer(config, tmp_path, resume=True)
     try:
         interrupt_at(resumed, monkeypatch, 5)
