@@ -103,9 +103,12 @@ def misuse_worker(rank, port):
         with pytest.raises(RuntimeError, match="the call failed on 1 other rank"):
             bank.match(torch.randn(3, 4))
     # So do different k on the ranks (gloo aborted the process), or a k too large on one.
-    for ks in ((2, 3), (1, 41)):
+    for ks in ((2, 3), (1, 41), (2, 2 ** 63), (1, 3 * 2 ** 31 + 1)):
         with pytest.raises(ValueError, match=f"the ranks asked for different k .this rank k={ks[rank]}"):
             bank.match(torch.randn(3, 4), k=ks[rank])
+    for k in (2 ** 63, 2 ** 40):  # too large on every rank: each says so, none overflows
+        with pytest.raises(ValueError, match=f"k must satisfy 1 <= k <= 6 .stored features., got k={k}"):
+            bank.match(torch.randn(3, 4), k=k)
     with pytest.raises((TypeError, RuntimeError), match="k must be an int, got str|1 other rank"):
         bank.match(torch.randn(3, 4), k=[2, "2"][rank])
     # So does a match that fails only where a shard holds features (rank 0's holds none here).

@@ -122,9 +122,13 @@ class ShardedReferenceBank(ReferenceBank):
         or a rank holds another rank's shard."""
         foreign = (self.shard_rank != dist.get_rank(self.group)).long()
         try:
-            asked = self.counts.new_tensor(operator.index(k))
+            asked = operator.index(k)
         except TypeError:
-            asked = self.counts.new_tensor(-1)  # as_int below raises on this rank, so on every rank
+            asked = -1  # as_int below raises on this rank, so on every rank
+        # Compared as k and k^2 summed in int64: a k that cannot be stored (1 <= k <= stored
+        # fails on every rank that asks it) is sent as -1, so the sums neither overflow nor
+        # hide a difference.
+        asked = self.counts.new_tensor(asked if 1 <= asked < 2 ** 31 else -1)
         query, (stored, foreign, k_sum, k_square_sum) = self._agreed(
             lambda: (self._checked_query(query), as_int("k", k))[0], self.counts.sum(), foreign, asked, asked * asked)
         if k_square_sum * dist.get_world_size(self.group) != k_sum * k_sum:  # equal only when every k is
