@@ -1,4 +1,6 @@
 """ReferenceBank: caps, ring and reservoir, ignore handling, masks, state_dict, errors."""
+import re
+
 import pytest
 import torch
 
@@ -154,10 +156,13 @@ def test_state_dict_with_impossible_counts_is_refused():
     bank = ReferenceBank(4, 3, capacity_per_class=10)
     bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     state = bank.state_dict()
-    state["counts"] = torch.tensor([100, -5, 3])  # a slot index past its class would take the next class's label
-    with pytest.raises(RuntimeError, match=r"counts: \[100, -5, 3\] stored features per class, but a class holds 0 to 10"):
-        bank.load_state_dict(state)
-    assert bank.class_counts().tolist() == [4, 0, 0]
+    # A slot index past its class would take the next class's label; each bound on its own.
+    for counts in ([11, 0, 3], [0, -1, 3]):
+        state["counts"] = torch.tensor(counts)
+        with pytest.raises(RuntimeError, match=re.escape(f"counts: {counts} stored features per class, but a "
+                                                         "class holds 0 to 10")):
+            bank.load_state_dict(state)
+        assert bank.class_counts().tolist() == [4, 0, 0]
 
 
 def test_match_returns_slot_classes_and_classwise_scores():
@@ -242,6 +247,7 @@ def test_fixed_bank_rows_labelled_ignore_index_never_match():
     (torch.tensor([0, 1, 2]), 2, "labels must be < num_classes=2"),
     (torch.tensor([0, -1, 2]), None, "labels must be >= 0"),
     (torch.tensor([255, 255, 255]), None, "none of the 3 labels differs from ignore_index=255"),
+    (torch.tensor([0, 2 ** 40, 1]), None, "one label is 1099511627776 .ignore_index=255.: pass the ignore_index"),
 ])
 def test_fixed_bank_num_classes_errors(labels, num_classes, message):
     with pytest.raises(ValueError, match=message):

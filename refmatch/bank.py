@@ -82,7 +82,8 @@ class ReferenceBank(nn.Module):
         It matches like any bank (``index`` is the row of ``reference``) but takes no
         ``add``, ``clear`` or ``refresh``. Rows are copied in their own dtype, so the
         bank never writes into the caller's tensors. ``num_classes`` None means C =
-        the largest label other than ``ignore_index``, plus 1.
+        the largest label other than ``ignore_index``, plus 1 (refused above 65536 classes, most
+        likely a stray label: pass ``num_classes`` for more).
         """
         if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
             raise ValueError(f"reference must be [M, D], got {describe(reference)}")

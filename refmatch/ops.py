@@ -76,13 +76,24 @@ def kept_labels(labels, ignore_index):
     return labels if ignore_index is None else labels[~label_is(labels, ignore_index)]
 
 
+# A bank keeps a slot and a counter per class: a stray label (uninitialised memory, an
+# ignore value other than ignore_index) inferred as 2^40 classes would fail to allocate.
+MAX_INFERRED_CLASSES = 1 << 16
+
+
 def inferred_num_classes(labels, ignore_index):
-    """C for ``labels`` [M]: the largest label other than ``ignore_index``, plus 1."""
+    """C for ``labels`` [M]: the largest label other than ``ignore_index``, plus 1, at most
+    ``MAX_INFERRED_CLASSES`` (a larger C must be passed)."""
     kept = kept_labels(labels, ignore_index)
     if kept.numel() == 0:
         raise ValueError(f"num_classes=None is inferred from the labels, but none of the {labels.numel()} labels "
                          f"differs from ignore_index={ignore_index}; pass num_classes")
-    return max(int(kept.max()), 0) + 1  # negative labels fail the label check, not num_classes'
+    largest = int(kept.max())
+    if largest >= MAX_INFERRED_CLASSES:
+        raise ValueError(f"num_classes=None is inferred from the labels, but one label is {largest} (ignore_index="
+                         f"{ignore_index}): pass the ignore_index that label means, or num_classes if the classes "
+                         "are that many")
+    return max(largest, 0) + 1  # negative labels fail the label check, not num_classes'
 
 
 def describe(value):
