@@ -142,6 +142,12 @@ def test_vote_of_infinite_scores():
                                   label=torch.tensor([[2, 0]]))
     assert vote(result, num_classes=3, metric="dot").probabilities.tolist() == [[0, 0, 1]]
     assert vote(torch.full((1, 2), float("-inf")), num_classes=2).probabilities.tolist() == [[0, 0]]
+    # NaN never wins a match, so it casts no vote (it made the whole row NaN).
+    nan = float("nan")
+    assert vote(torch.tensor([[nan, 0.5], [nan, nan]]), num_classes=2).probabilities.tolist() == [[0, 1], [0, 0]]
+    result = refmatch.MatchResult(score=torch.tensor([[nan, 0.5]]), index=torch.tensor([[0, 1]]),
+                                  label=torch.tensor([[1, 0]]))
+    assert vote(result, num_classes=2).probabilities.tolist() == [[1, 0]]
 
 
 def test_vote_refuses_scores_of_another_metric():

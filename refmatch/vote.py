@@ -29,10 +29,11 @@ def margin(probabilities):
 
 
 def _softmax(oriented, temperature):
-    """softmax(oriented / temperature) over dim 1, for scores where larger wins and -inf casts
-    no vote. Scaled after subtracting each row's best, so that large scores do not overflow
-    to inf (and the softmax to NaN); a row whose best is +inf (a dot product can be) shares its
-    weight among its +inf entries, and a row of only -inf gets none."""
+    """softmax(oriented / temperature) over dim 1, for scores where larger wins and -inf or NaN
+    (which never wins a match) casts no vote. Scaled after subtracting each row's best, so that
+    large scores do not overflow to inf (and the softmax to NaN); a row whose best is +inf (a dot
+    product can be) shares its weight among its +inf entries, and a row of none gets none."""
+    oriented = oriented.masked_fill(oriented.isnan(), float("-inf"))
     best = oriented.amax(dim=1, keepdim=True)
     weight = torch.softmax((oriented - best) / temperature, dim=1)  # NaN rows where best is infinite
     at_infinity = (oriented == best) & (best == float("inf"))
@@ -84,7 +85,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         num_classes: C.
         weighting: for matches, "uniform" (each of the k neighbours one vote) or
             "similarity" (votes weighted by softmax(score / temperature) over k).
-            Class-wise scores always use softmax over classes.
+            Class-wise scores always use softmax over classes. A NaN score casts no vote.
         temperature: softmax temperature.
         metric: the metric that produced the scores; for "l2" (distances) smaller wins.
             Scores outside its range (a cosine beyond [-1, 1], a negative distance)
