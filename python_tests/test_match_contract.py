@@ -138,6 +138,24 @@ def test_l2_of_offset_integer_features_keeps_exact_ties(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_cosine_ignores_the_scale_of_rows_whose_squared_norm_overflows(backend):
+    # Norms above 1.8e19 square to inf in float32: the reference term 1/|r| was 0 and the
+    # public score of a query that large divided by inf. (Fused kernels take q.r before
+    # 1/|r|, so |q| |r| must stay below float32's 3.4e38.)
+    generator = torch.Generator().manual_seed(3)
+    reference, query = torch.randn(300, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    expected = refmatch.match(query.double(), reference.double(), metric="cosine", backend="torch")
+    for reference_scale, query_scale in ((1e30, 1.0), (1.0, 1e25)):
+        scaled_reference, scaled_query = reference.clone(), query.clone()
+        scaled_reference[::2] *= reference_scale
+        scaled_query[0] *= query_scale
+        result = refmatch.match(scaled_query.to(DEVICE), scaled_reference.to(DEVICE), metric="cosine",
+                                backend=backend)
+        assert result.index.tolist() == expected.index.tolist()
+        torch.testing.assert_close(result.score.cpu().double(), expected.score, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_maps_give_image_shaped_results(backend):
     maps = torch.randn(2, 6, 5, 4, device=DEVICE)
     reference = torch.randn(30, 6, device=DEVICE)

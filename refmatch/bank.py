@@ -1,9 +1,8 @@
 """ReferenceBank: a class-balanced store of labelled pixel features."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .backends.scoring import METRICS, worst_score
+from .backends.scoring import METRICS, normalized_rows, worst_score
 from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
 from .ops import MatchResult, _check_label_values, as_int, check_integer_labels, describe, inferred_num_classes, \
@@ -149,7 +148,7 @@ class ReferenceBank(nn.Module):
                                   self.downsample).reshape(-1)
         rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
         if self.metric == "cosine":
-            rows = F.normalize(rows, dim=1)
+            rows = normalized_rows(rows)
         rows = rows.to(device=self.features.device, dtype=self.features.dtype)
         # Ignored pixels leave no row (even where ignore_index is a class), nor do rows that could
         # never match: NaN or Inf in the bank's dtype.

@@ -36,30 +36,60 @@ def tf32_allowed(dtype):
         return torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
-def squared_norms(tensor, dim, max_elements=1 << 22):
-    """Sum of squares over ``dim`` in the accumulation dtype, flattened to [rows].
-
-    Summed directly rather than as a squared norm, so small integers stay exact;
-    converted a chunk at a time along the longest other dimension (rows of [N, D],
-    the N of [1, D, N, 1] row maps), so the workspace stays near ``max_elements``
-    instead of a float32 copy of the whole input.
-    """
+def _reduced_by_chunks(tensor, dim, reduce, max_elements):
+    """``reduce(part)`` over ``dim`` of ``tensor`` in its accumulation dtype, flattened to
+    [rows]; converted a chunk at a time along the longest other dimension (rows of [N, D],
+    the N of [1, D, N, 1] row maps), so the workspace stays near ``max_elements`` instead
+    of a float32 copy of the whole input."""
     acc = accumulation_dtype(tensor.dtype)
     others = [d for d in range(tensor.dim()) if d != dim]
     if tensor.numel() == 0 or not others:
-        return tensor.to(acc).square().sum(dim).reshape(-1)
+        return reduce(tensor.to(acc), dim).reshape(-1)
     along = max(others, key=lambda d: tensor.shape[d])
     chunk = max(1, max_elements * tensor.shape[along] // tensor.numel())
-    parts = [part.to(acc).square().sum(dim) for part in tensor.split(chunk, dim=along)]
+    parts = [reduce(part.to(acc), dim) for part in tensor.split(chunk, dim=along)]
     return torch.cat(parts, dim=along - (along > dim)).reshape(-1)
+
+
+def _sum_of_squares(part, dim):
+    return part.square().sum(dim)
+
+
+def _scaled_norm(part, dim):
+    # Scaled by a power of two near the largest entry (exact), so that no square
+    # overflows (float32 rows above 1.8e19) or underflows.
+    largest = part.abs().amax(dim, keepdim=True).clamp_min(torch.finfo(part.dtype).tiny)
+    scale = torch.exp2(torch.floor(torch.log2(largest)))
+    return (part / scale).square().sum(dim).sqrt() * scale.squeeze(dim)
+
+
+def squared_norms(tensor, dim, max_elements=1 << 22):
+    """Sum of squares over ``dim`` in the accumulation dtype, flattened to [rows], with a
+    workspace near ``max_elements``. Summed directly rather than as a squared norm, so
+    small integers stay exact."""
+    return _reduced_by_chunks(tensor, dim, _sum_of_squares, max_elements)
+
+
+def norms(tensor, dim, max_elements=1 << 22):
+    """Euclidean norms over ``dim`` in the accumulation dtype, flattened to [rows], with a
+    workspace near ``max_elements``: finite for every finite row (a squared norm overflows
+    float32 above 1.8e19, and cosine scores then came out wrong), NaN for rows with NaN or Inf."""
+    return _reduced_by_chunks(tensor, dim, _scaled_norm, max_elements)
+
+
+def normalized_rows(rows):
+    """[M, D] rows over their norms (``norms``), as ``F.normalize(rows, dim=1)`` with eps
+    NORM_EPS, but exact for rows whose squared norm overflows."""
+    return rows / norms(rows, dim=1).clamp_min(NORM_EPS).to(rows.dtype)[:, None]
 
 
 def reference_stat(reference, metric):
     """Per-reference term [M]: 1/|r| (cosine), |r|^2 (l2), or an empty tensor (dot)."""
     if metric == "dot":
         return reference.new_empty(0, dtype=accumulation_dtype(reference.dtype))
-    norm_sq = squared_norms(reference, dim=1)
-    return norm_sq.sqrt().clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else norm_sq
+    if metric == "cosine":
+        return norms(reference, dim=1).clamp_min(NORM_EPS).reciprocal()
+    return squared_norms(reference, dim=1)
 
 
 OFFSET_RATIO = 16  # centre l2 features whose common offset is 4x their spread (1.2 digits lost)
@@ -142,8 +172,9 @@ def _from_oriented(oriented, query, metric):
     """Public scores from oriented ones by the per-row term alone."""
     if metric == "dot":
         return oriented
-    norm_sq = squared_norms(query, dim=1)[:, None]
-    return oriented / norm_sq.sqrt().clamp_min(NORM_EPS) if metric == "cosine" else norm_sq - oriented
+    if metric == "cosine":
+        return oriented / norms(query, dim=1)[:, None].clamp_min(NORM_EPS)
+    return squared_norms(query, dim=1)[:, None] - oriented
 
 
 def finalize_class_scores(oriented, query, metric):

@@ -9,7 +9,7 @@ up and left to the float32 walk.
 import torch
 
 from ..candidates import keep_best, pad_by_row
-from .scoring import NORM_EPS
+from .scoring import NORM_EPS, norms
 
 # Candidates per row above which a row is left to the float32 walk: CROWD_LIMIT + CROWD_PER_K k.
 # On random 128-d features a 512-wide tile gives top-8 rows 17 to 52 hits; clusters of
@@ -224,8 +224,8 @@ def exact_scores(query_rows, reference, rows, cols, metric):
         pair_rows, pair_cols = rows[start:start + RESCORE_PAIRS], cols[start:start + RESCORE_PAIRS]
         queries = torch.index_select(query_rows, 0, pair_rows, out=query_buffer[:pair_rows.numel()])
         references = torch.index_select(reference, 0, pair_cols, out=reference_buffer[:pair_cols.numel()])
-        if metric == "cosine":  # as F.normalize divides, in place
-            references.div_(references.norm(dim=1, keepdim=True).clamp_min(NORM_EPS))
+        if metric == "cosine":  # as normalized_rows divides, in place
+            references.div_(norms(references, dim=1).clamp_min(NORM_EPS)[:, None])
         dot = torch.einsum("pd,pd->p", queries, references)
         exact[start:start + pair_rows.numel()] = 2 * dot - references.square().sum(dim=1) if metric == "l2" else dot
     return exact

@@ -9,11 +9,10 @@ Float32 k <= 16 on CPUs with native bfloat16 GEMMs goes through an exact bfloat1
 screen first (``torch_screening``); rows it cannot settle take the walk here.
 """
 import torch
-import torch.nn.functional as F
 
 from ..candidates import keep_best, pad_by_row
 from .custom_op import register_classwise_op, register_match_op
-from .scoring import NORM_EPS, accumulation_dtype, finalize_scores
+from .scoring import NORM_EPS, accumulation_dtype, finalize_scores, norms, normalized_rows
 from .torch_screening import MAX_K as MAX_SCREENED_K, MIN_WORK, match_screened, native_bf16, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
@@ -31,9 +30,9 @@ def _prepare_block(reference, ignored, metric, operand_dtype, dtype):
         bias = exact.new_zeros(exact.shape[0]) if bias is None else bias
         bias = bias.masked_fill(ignored, float("-inf"))
     if operand_dtype != dtype:  # the half-precision references as given; normalising them would round
-        scale = exact.norm(dim=1).clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else None
+        scale = norms(exact, dim=1).clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else None
         return reference, bias, scale
-    return F.normalize(exact, dim=1, eps=NORM_EPS) if metric == "cosine" else exact, bias, None
+    return normalized_rows(exact) if metric == "cosine" else exact, bias, None
 
 
 def _score_tile(rows, block, bias, scale, metric, tile):

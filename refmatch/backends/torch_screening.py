@@ -30,9 +30,8 @@ import functools
 import os
 
 import torch
-import torch.nn.functional as F
 
-from .scoring import NORM_EPS, squared_norms
+from .scoring import normalized_rows, squared_norms
 from .screen_candidates import ScreenCandidates, rows_per_pass
 
 BF16_UNIT = 2.0 ** -8
@@ -90,7 +89,7 @@ def _reference_block(block, ignored, metric):
     if ignored is not None and bool(ignored.any()):
         kept = (~ignored).nonzero()[:, 0]
         block = block[kept]
-    return (F.normalize(block, dim=1, eps=NORM_EPS) if metric == "cosine" else block), kept
+    return (normalized_rows(block) if metric == "cosine" else block), kept
 
 
 def _screen_query(rows, metric):

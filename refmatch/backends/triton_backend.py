@@ -2,7 +2,6 @@
 import functools
 import importlib.util
 
-import numpy as np
 import torch
 
 from ..kernels.match_tiles import interpret_flag

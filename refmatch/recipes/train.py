@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import augment
-from .checkpoint import load, save_atomic
+from .checkpoint import load
 from .config import UNUSED_BY, TrainConfig
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict

@@ -1,6 +1,5 @@
 """PNG grids of image / ground truth / prediction / pseudo-label / confidence."""
 import numpy as np
-import torch
 
 PALETTE = np.array([[0, 0, 0], [230, 80, 60], [70, 160, 230], [250, 200, 40], [120, 200, 90],
                     [200, 110, 220], [240, 240, 240], [140, 90, 40]], dtype=np.uint8)
