@@ -55,12 +55,15 @@ def _sum_of_squares(part, dim):
     return part.square().sum(dim)
 
 
-def _scaled_norm(part, dim):
-    # Scaled by a power of two near the largest entry (exact), so that no square
-    # overflows (float32 rows above 1.8e19) or underflows.
+def _norm(part, dim):
+    norm = torch.linalg.vector_norm(part, dim=dim)
+    overflowed = norm.isinf()  # a squared norm above float32's range, or a row holding Inf
+    if part.device.type == "cpu" and host_read_allowed(part) and not bool(overflowed.any()):
+        return norm  # the usual case: one pass (a GPU would synchronise to know)
+    # Scaled by a power of two near the largest entry first (exact), so no square overflows.
     largest = part.abs().amax(dim, keepdim=True).clamp_min(torch.finfo(part.dtype).tiny)
     scale = torch.exp2(torch.floor(torch.log2(largest)))
-    return (part / scale).square().sum(dim).sqrt() * scale.squeeze(dim)
+    return torch.where(overflowed, (part / scale).square().sum(dim).sqrt() * scale.squeeze(dim), norm)
 
 
 def squared_norms(tensor, dim, max_elements=1 << 22):
@@ -74,7 +77,7 @@ def norms(tensor, dim, max_elements=1 << 22):
     """Euclidean norms over ``dim`` in the accumulation dtype, flattened to [rows], with a
     workspace near ``max_elements``: finite for every finite row (a squared norm overflows
     float32 above 1.8e19, and cosine scores then came out wrong), NaN for rows with NaN or Inf."""
-    return _reduced_by_chunks(tensor, dim, _scaled_norm, max_elements)
+    return _reduced_by_chunks(tensor, dim, _norm, max_elements)
 
 
 def normalized_rows(rows):
