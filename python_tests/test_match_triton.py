@@ -57,6 +57,37 @@ def test_split_merge_keeps_lowest_index(splits):
     assert (index == 37).all() and (score == 48.0).all()
 
 
+@pytest.mark.parametrize("num_refs, splits", [(150, 1), (150, 3), (160, 5), (16, 1)])
+@pytest.mark.parametrize("k", [1, 3])
+def test_reference_terms_cover_every_look_ahead(num_refs, splits, k, monkeypatch):
+    """The kernel loads the next tile's per-reference term unmasked (see its header); the
+    launcher pads the term so that a split's loads, a tile past its last tile, stay inside.
+    Read from each launch's arguments: the interpreter reads past an end without a word."""
+    from refmatch.kernels import match as kernels
+
+    launches, kernel = [], kernels._match_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **options):
+                launches.append((grid[1], dict(zip(kernel.arg_names, args)), options["BLOCK_M"]))
+                return kernel[grid](*args, **options)
+            return launch
+
+    monkeypatch.setattr(kernels, "_match_kernel", Recording())
+    reference = torch.randn(num_refs, 8, device=DEVICE)
+    stat = reference.square().sum(dim=1)
+    kernels.match_topk(torch.randn(8, 5, device=DEVICE)[None, :, :, None], reference, stat, "l2", k,
+                       splits=splits, block_m=16)
+    (launched_splits, arguments, block_m), = launches
+    assert launched_splits == splits
+    refs_per_split = arguments["refs_per_split"]
+    for split in range(splits):
+        begin = split * refs_per_split
+        last_tile = begin + (min(begin + refs_per_split, num_refs) - begin - 1) // block_m * block_m
+        assert arguments["ref_stat_ptr"].numel() >= last_tile + 2 * block_m
+
+
 def test_wide_rows_loop_over_channel_chunks():
     query = torch.randn(20, 300, device=DEVICE)  # D > MAX_RESIDENT_D: not held in registers
     reference = torch.randn(40, 300, device=DEVICE)
