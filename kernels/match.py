@@ -35,7 +35,8 @@ Semantics and limits
     Ties go to the lowest reference index: strict '>' across tiles, lowest column
     inside a tile, lowest split in the merge. NaN and -inf never win; such rows keep
     index -1. Queries are read through their [B, D, H, W] strides (rows are given
-    as B=1, H=N, W=1). Row and tile offsets are 64-bit; channel and in-tile row steps
+    as B=1, H=N, W=1). Row and tile offsets are 64-bit, kept indices int32 offsets into
+    a split of at most MAX_SPLIT_REFS rows (fewer registers); channel and in-tile row steps
     times a stride are int32 unless an input spans 2^31 elements (``needs_wide_offsets``).
     The state of top-k and class-wise rows
     lives in registers, so BLOCK_N shrinks as k or C grows; MAX_SLOTS = 64.
@@ -60,6 +61,7 @@ from .match_tiles import (TWO_PROGRAMS_PER_SM, interpret_flag, launch_config, la
 FP_FUSION = True
 # Per call signature, the step of shared_memory_ladder whose shape loaded on its device.
 _FITTING_STEP = {}
+MAX_SPLIT_REFS = 1 << 30  # bank rows per split: a power of two, so rounding up to tiles stays below 2^31
 
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
 REDUCTIONS = {"argmax": 0, "topk": 1, "classwise": 2}
@@ -103,16 +105,18 @@ def _match_kernel(
     m_begin = split.to(tl.int64) * refs_per_split
     m_end = tl.minimum(m_begin + refs_per_split, num_refs)
     # argmax: [BLOCK_N] best; top-k / class-wise: [BLOCK_N, SLOTS_PAD] lists, with
-    # padding slots at +inf so that they are never a row's worst.
+    # padding slots at +inf so that they are never a row's worst. Indices are int32 from
+    # m_begin (the launcher keeps a split under 2^31 rows): int64 ones spilled under the
+    # two-programs-per-SM register cap.
     slots = tl.arange(0, SLOTS_PAD)
     if REDUCTION == 0:
         best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-        best_index = tl.full((BLOCK_N,), -1, tl.int64)
+        best_index = tl.full((BLOCK_N,), -1, tl.int32)
         worst, worst_at = best, best_index  # top-k state; unused here
     else:
         padding = tl.where(slots < SLOTS, float("-inf"), float("inf"))
         best = tl.zeros((BLOCK_N, SLOTS_PAD), tl.float32) + padding[None, :]
-        best_index = tl.full((BLOCK_N, SLOTS_PAD), -1, tl.int64)
+        best_index = tl.full((BLOCK_N, SLOTS_PAD), -1, tl.int32)
         worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
     if METRIC != 0:  # the per-reference term is loaded one tile ahead (see the header)
         next_stat = tl.load(ref_stat_ptr + m_begin + local)
@@ -143,12 +147,13 @@ def _match_kernel(
         # Class-wise leaves padding to its labels (-1, no class).
         scores = acc
         full_tile = m0 + BLOCK_M <= m_end
+        tile_start = (m0 - m_begin).to(tl.int32)
         if REDUCTION != 2 and not full_tile:
             scores = tl.where(col_ok[None, :], acc, float("-inf"))
         if REDUCTION == 0:
-            best, best_index = offer_argmax(scores, local, m0, best, best_index, BLOCK_M)
+            best, best_index = offer_argmax(scores, local, tile_start, best, best_index, BLOCK_M)
         elif REDUCTION == 1:
-            best, best_index, worst, worst_at = offer_topk(scores, local, m0, best, best_index, worst, worst_at,
+            best, best_index, worst, worst_at = offer_topk(scores, local, tile_start, best, best_index, worst, worst_at,
                                                           slots, BLOCK_M, SLOTS_PAD)
         else:
             labels = tl.load(labels_ptr + m0 + local, mask=col_ok, other=-1).to(tl.int32)
@@ -156,15 +161,16 @@ def _match_kernel(
 
     # Outputs are [splits, N, SLOTS] (SLOTS = 1 for argmax).
     out = (split.to(tl.int64) * num_rows + rows) * SLOTS
+    index = tl.where(best_index >= 0, m_begin + best_index, -1)
     if REDUCTION == 0:
         tl.store(out_score_ptr + out, best, mask=row_ok)
-        tl.store(out_index_ptr + out, best_index, mask=row_ok)
+        tl.store(out_index_ptr + out, index, mask=row_ok)
     else:
         out_slots = out[:, None] + slots[None, :]
         slot_ok = row_ok[:, None] & (slots[None, :] < SLOTS)
         tl.store(out_score_ptr + out_slots, best, mask=slot_ok)
         if REDUCTION == 1:
-            tl.store(out_index_ptr + out_slots, best_index, mask=slot_ok)
+            tl.store(out_index_ptr + out_slots, index, mask=slot_ok)
 
 
 def needs_wide_offsets(query, reference):
@@ -225,7 +231,9 @@ def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, 
     config = launch_config(dim, slots, interpret_flag(), **tile)
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
-    splits = splits or pick_splits(row_blocks, num_refs, block_m, query.device)
+    # Kept indices are int32 offsets into a split, so no split spans 2^31 rows.
+    splits = max(splits or pick_splits(row_blocks, num_refs, block_m, query.device),
+                 triton.cdiv(num_refs, MAX_SPLIT_REFS))
     refs_per_split = triton.cdiv(triton.cdiv(num_refs, splits), block_m) * block_m
     splits = triton.cdiv(num_refs, refs_per_split)
 

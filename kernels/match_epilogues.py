@@ -2,9 +2,10 @@
 
 Each takes one tile of oriented scores [BLOCK_N, BLOCK_M] (larger is better; padding
 already -inf, or labelled -1 for class-wise; NaN left in, as maxnum reductions skip it
-and it fails every compare) whose columns are bank rows m0 + ``local``
-(``local`` = 0 .. BLOCK_M - 1, int32), and folds it into a per-row running state. Tiles arrive in ascending
-bank order, which the tie rule (lowest index wins) relies on.
+and it fails every compare) whose columns are bank rows ``tile_start`` + ``local`` of the
+program's split (both int32; ``local`` = 0 .. BLOCK_M - 1), and folds it into a per-row
+running state. Tiles arrive in ascending bank order, which the tie rule (lowest index
+wins) relies on.
 """
 import triton
 import triton.language as tl
@@ -17,12 +18,12 @@ def lowest_column(scores, tile_best, local, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def offer_argmax(scores, local, m0, best, best_index, BLOCK_M: tl.constexpr):
+def offer_argmax(scores, local, tile_start, best, best_index, BLOCK_M: tl.constexpr):
     """k = 1. One compare per score; locate only when some row improves."""
     tile_best = tl.max(scores, axis=1)
     improved = tile_best > best
     if tl.max(improved.to(tl.int32), axis=0) > 0:
-        tile_index = m0 + lowest_column(scores, tile_best, local, BLOCK_M)
+        tile_index = tile_start + lowest_column(scores, tile_best, local, BLOCK_M)
         best_index = tl.where(improved, tile_index, best_index)
         best = tl.where(improved, tile_best, best)
     return best, best_index
@@ -44,7 +45,7 @@ def worst_slot(best, best_index, slots, SLOTS_PAD: tl.constexpr):
 
 
 @triton.jit
-def offer_topk(scores, local, m0, best, best_index, worst, worst_at, slots, BLOCK_M: tl.constexpr,
+def offer_topk(scores, local, tile_start, best, best_index, worst, worst_at, slots, BLOCK_M: tl.constexpr,
                SLOTS_PAD: tl.constexpr):
     """Top-k behind a per-row threshold: a tile whose row max does not beat the
     row's worst kept score costs one compare per score. Otherwise the tile's best
@@ -58,7 +59,7 @@ def offer_topk(scores, local, m0, best, best_index, worst, worst_at, slots, BLOC
         col = lowest_column(scores, tile_best, local, BLOCK_M)
         replace = entering[:, None] & (slots[None, :] == worst_at[:, None])
         best = tl.where(replace, tile_best[:, None], best)
-        best_index = tl.where(replace, m0 + col[:, None], best_index)
+        best_index = tl.where(replace, tile_start + col[:, None], best_index)
         scores = tl.where(entering[:, None] & (local[None, :] == col[:, None]), float("-inf"), scores)
         worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
         tile_best = tl.max(scores, axis=1)

@@ -19,8 +19,9 @@ MIN_BLOCK = 32  # the ladder halves BLOCK_M, then BLOCK_N, down to this
 # Two 8-warp programs per SM for the dot argmax on sm_90 with a resident 64- or 128-channel
 # query: on an H200 under triton 3.6 it took D=128 from 203 to 170 ms and D=64 from 159 to
 # 141 ms (bench/results/NVIDIA-H200-triton-tiles-2026-11-26.md); l2 spilled and was slower.
-# Other triton versions may spill under the cap (3.9: 144 bytes); a compile that spills turns
-# it off for its (device, dtype, D).
+# Whether it spills depends on the triton version (ahead-of-time sm_90 compiles of the dot
+# argmax with int32 indices: none under 3.6; 56 bytes at D=128 and 8 at D=64 under 3.9); a
+# compile that spills turns it off for its (device, dtype, D).
 TWO_PROGRAMS_PER_SM = dict(num_stages=2, maxnreg=128)
 _CAP_SPILLED = {}
 
@@ -52,8 +53,8 @@ def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_w
     by compiling ahead of time, ``match_aot``). Sweeps on an H200 with triton 3.6
     (``bench/tune_triton.py``) found two faster argmax shapes that are not the
     default: 256x128 tiles (spill), and two programs per SM (2 stages, maxnreg=128:
-    dot 203 -> 170 ms at D=128, no spill under triton 3.6 but 144 bytes under 3.9
-    and 48-64 on sm_80; l2 spilled and was slower). The launcher takes the second for
+    dot 203 -> 170 ms at D=128; spills depend on the triton version, see
+    ``TWO_PROGRAMS_PER_SM``; l2 spilled and was slower). The launcher takes the second for
     the dot argmax on sm_90 where it compiles without spills (``TWO_PROGRAMS_PER_SM``).
     """
     slots_pad = _next_power_of_two(slots)

@@ -57,12 +57,8 @@ def test_split_merge_keeps_lowest_index(splits):
     assert (index == 37).all() and (score == 48.0).all()
 
 
-@pytest.mark.parametrize("num_refs, splits", [(150, 1), (150, 3), (160, 5), (16, 1)])
-@pytest.mark.parametrize("k", [1, 3])
-def test_reference_terms_cover_every_look_ahead(num_refs, splits, k, monkeypatch):
-    """The kernel loads the next tile's per-reference term unmasked (see its header); the
-    launcher pads the term so that a split's loads, a tile past its last tile, stay inside.
-    Read from each launch's arguments: the interpreter reads past an end without a word."""
+def record_launches(monkeypatch):
+    """A list that each launch of the Triton kernel appends (splits, {argument: value}, BLOCK_M) to."""
     from refmatch.kernels import match as kernels
 
     launches, kernel = [], kernels._match_kernel
@@ -75,6 +71,18 @@ def test_reference_terms_cover_every_look_ahead(num_refs, splits, k, monkeypatch
             return launch
 
     monkeypatch.setattr(kernels, "_match_kernel", Recording())
+    return launches
+
+
+@pytest.mark.parametrize("num_refs, splits", [(150, 1), (150, 3), (160, 5), (16, 1)])
+@pytest.mark.parametrize("k", [1, 3])
+def test_reference_terms_cover_every_look_ahead(num_refs, splits, k, monkeypatch):
+    """The kernel loads the next tile's per-reference term unmasked (see its header); the
+    launcher pads the term so that a split's loads, a tile past its last tile, stay inside.
+    Read from each launch's arguments: the interpreter reads past an end without a word."""
+    from refmatch.kernels import match as kernels
+
+    launches = record_launches(monkeypatch)
     reference = torch.randn(num_refs, 8, device=DEVICE)
     stat = reference.square().sum(dim=1)
     kernels.match_topk(torch.randn(8, 5, device=DEVICE)[None, :, :, None], reference, stat, "l2", k,
@@ -86,6 +94,25 @@ def test_reference_terms_cover_every_look_ahead(num_refs, splits, k, monkeypatch
         begin = split * refs_per_split
         last_tile = begin + (min(begin + refs_per_split, num_refs) - begin - 1) // block_m * block_m
         assert arguments["ref_stat_ptr"].numel() >= last_tile + 2 * block_m
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_indices_are_offsets_into_splits_of_at_most_max_split_refs(k, monkeypatch):
+    """Kept indices are int32 offsets from a split's start; the launcher adds splits so that
+    none spans MAX_SPLIT_REFS rows (2^30; 32 here, so a 150-row bank takes 5 splits)."""
+    from refmatch.kernels import match as kernels
+
+    monkeypatch.setattr(kernels, "MAX_SPLIT_REFS", 32)
+    launches = record_launches(monkeypatch)
+    reference = torch.randn(150, 8, device=DEVICE)
+    reference[[20, 97, 149]] *= 10  # best rows in the first, a middle and the last split
+    query = torch.cat([reference[[20, 97, 149]], torch.randn(4, 8, device=DEVICE)])
+    stat = torch.empty(0, device=DEVICE)
+    score, index = kernels.match_topk(query.T[None, :, :, None], reference, stat, "dot", k, splits=1, block_m=16)
+    expected = (query @ reference.T).topk(k, dim=1)
+    assert [(splits, arguments["refs_per_split"]) for splits, arguments, _ in launches] == [(5, 32)]
+    assert torch.equal(index.cpu(), expected.indices.cpu())
+    torch.testing.assert_close(score, expected.values)
 
 
 def test_wide_rows_loop_over_channel_chunks():
