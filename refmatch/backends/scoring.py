@@ -56,14 +56,12 @@ def _sum_of_squares(part, dim):
 
 
 def _norm(part, dim):
-    norm = torch.linalg.vector_norm(part, dim=dim)
-    overflowed = norm.isinf()  # a squared norm above float32's range, or a row holding Inf
-    if part.device.type == "cpu" and host_read_allowed(part) and not bool(overflowed.any()):
-        return norm  # the usual case: one pass (a GPU would synchronise to know)
-    # Scaled by a power of two near the largest entry first (exact), so no square overflows.
-    largest = part.abs().amax(dim, keepdim=True).clamp_min(torch.finfo(part.dtype).tiny)
-    scale = torch.exp2(torch.floor(torch.log2(largest)))
-    return torch.where(overflowed, (part / scale).square().sum(dim).sqrt() * scale.squeeze(dim), norm)
+    if part.device.type == "cpu" and host_read_allowed(part):
+        norm = torch.linalg.vector_norm(part, dim=dim)
+        if not bool(norm.isinf().any()):  # the usual case: one float32 pass (a GPU would synchronise to know)
+            return norm
+    # Squares summed in float64 cannot overflow for float32 entries (a float32 squared norm does above 1.8e19).
+    return torch.linalg.vector_norm(part, dim=dim, dtype=torch.float64).to(part.dtype)
 
 
 def squared_norms(tensor, dim, max_elements=1 << 22):
@@ -76,7 +74,7 @@ def squared_norms(tensor, dim, max_elements=1 << 22):
 def norms(tensor, dim, max_elements=1 << 22):
     """Euclidean norms over ``dim`` in the accumulation dtype, flattened to [rows], with a
     workspace near ``max_elements``: finite for every finite row (a squared norm overflows
-    float32 above 1.8e19, and cosine scores then came out wrong), NaN for rows with NaN or Inf."""
+    float32 above 1.8e19, and cosine scores then came out wrong), Inf or NaN for rows holding them."""
     return _reduced_by_chunks(tensor, dim, _norm, max_elements)
 
 
