@@ -80,6 +80,24 @@ def test_resume_takes_the_saved_config_and_names_settings_it_cannot_change(tmp_p
     assert metrics["train_seconds"] > first_seconds > 0, "a resumed run adds up its parts"
 
 
+def test_an_overwrite_that_fails_before_training_keeps_the_earlier_run(tmp_path):
+    """--overwrite with inputs that fail (here a missing data folder) leaves the earlier run as
+    it was; the failed run's log handlers are gone, so the next run's lines stay out of its log."""
+    import logging
+
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=2", "seed=0", "--out", str(run)])
+    before = {path.relative_to(run): path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    handlers = list(logging.getLogger("refmatch").handlers)
+    with pytest.raises(FileNotFoundError, match="missing/images not found"):
+        main(["train", *TINY, "steps=2", f"data={tmp_path / 'missing'}", "--out", str(run), "--overwrite"])
+    after = {path.relative_to(run): path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    assert after == before and not (run / ".overwritten").exists()
+    assert logging.getLogger("refmatch").handlers == handlers
+
+
 def test_a_new_run_keeps_off_an_earlier_runs_folder_unless_told_to_overwrite(tmp_path):
     """A folder holding checkpoints is refused (its work would be lost); --overwrite starts over
     with the new settings' splits. A folder with only a stale splits.json gets new splits."""

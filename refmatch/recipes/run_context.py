@@ -1,4 +1,5 @@
 """What a run needs around the model: device, DDP, log file, TensorBoard, progress, saving."""
+import contextlib
 import logging
 import os
 import shutil
@@ -32,22 +33,47 @@ RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log
                "compare-pseudo-labels")
 
 
-def start_fresh(run_dir, overwrite=False):
-    """Prepare ``run_dir`` for a new run: refuse one that holds a run's checkpoints (its
-    work would be overwritten) unless ``overwrite``, which removes that run's ``RUN_OUTPUTS``
-    (rank 0; a folder without checkpoints is left as it is)."""
+OVERWRITTEN = ".overwritten"  # where --overwrite keeps the earlier run until the new one has started
+
+
+@contextlib.contextmanager
+def fresh_run(run_dir, overwrite=False):
+    """Around building a new run in ``run_dir``: refuse a folder that holds a run's checkpoints
+    (its work would be overwritten) unless ``overwrite``. Then that run's ``RUN_OUTPUTS`` move
+    into ``run_dir/.overwritten`` (rank 0) and are deleted once the body has built the new run;
+    if the body raises (bad data, a model that cannot be built, Ctrl-C), the new run's outputs
+    go and the earlier run's come back. A killed process leaves them in ``.overwritten``."""
     run_dir = Path(run_dir)
     held = [name for name in ("latest.pt", "best.pt") if (run_dir / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{run_dir} holds a run ({', '.join(held)}): continue it with --resume, "
                               "start it over with --overwrite, or train into another --out")
-    if held and int(os.environ.get("RANK", "0")) == 0:  # never deletes from a folder holding no run
-        for name in RUN_OUTPUTS:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+    aside, moved = run_dir / OVERWRITTEN, []
+    if held and int(os.environ.get("RANK", "0")) == 0:  # never touches a folder holding no run
+        _remove(aside)
+        aside.mkdir()
+        moved = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+        for name in moved:
+            (run_dir / name).rename(aside / name)
+    try:
+        yield
+    except BaseException:
+        if moved:
+            for name in RUN_OUTPUTS:
+                _remove(run_dir / name)
+            for name in moved:
+                (aside / name).rename(run_dir / name)
+            aside.rmdir()
+        raise
+    if moved:
+        _remove(aside)
+
+
+def _remove(path):
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class _SilentBar:
@@ -202,14 +228,19 @@ class RunContext:
             (self.dir / "images").mkdir(exist_ok=True)
             draw(self.dir / "images" / name, *args)
 
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+    def release_files(self):
+        """Close the TensorBoard writer and the log handlers (the log file is left in place)."""
         if self.writer is not None:
             self.writer.close()
         for handler in getattr(self, "_handlers", []):
             self.logger.removeHandler(handler)
             handler.close()
+        self.writer, self._handlers = None, []
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        self.release_files()
         if self.world > 1 and dist.is_initialized():
             dist.barrier()  # no rank tears the group down while another still talks to it
             dist.destroy_process_group()

@@ -7,6 +7,7 @@ labels come from ``methods.pseudo_label_source``. All randomness after model
 initialisation is drawn from one generator that is checkpointed with the run, so
 ``resume`` continues bit-exactly on the CPU.
 """
+import contextlib
 import copy
 import dataclasses
 import json
@@ -24,7 +25,7 @@ from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, pseudo_label_source
-from .run_context import RunContext, start_fresh
+from .run_context import RunContext, fresh_run
 from .unet import UNet
 from .visual import training_grid
 
@@ -80,9 +81,17 @@ class Trainer:
             if config.steps < resumed["step"]:
                 raise ValueError(f"steps={config.steps} is below the {resumed['step']} steps the run has trained: "
                                  "a resumed run can only go on (train a new run into another folder)")
-        else:
-            start_fresh(run_dir, overwrite)
-        self.config, self.run = config, RunContext(config, Path(run_dir))
+        # An overwritten run is deleted only once this one is built: bad data keeps it.
+        with fresh_run(run_dir, overwrite) if resumed is None else contextlib.nullcontext():
+            self.config, self.run = config, RunContext(config, Path(run_dir))
+            try:
+                self._build(resumed)
+            except BaseException:
+                self.run.release_files()  # else a later run's lines would go to this log too
+                raise
+
+    def _build(self, resumed):
+        config = self.config
         self.device = self.run.device
         logging.getLogger("refmatch").info("loading %s data", config.data)
         self.data = prepare_data(config, self.run.dir if self.run.is_main else None,
