@@ -42,7 +42,13 @@ def test_unknown_command_is_named_before_the_usage(capsys):
     (["seed=-1"], "refmatch train: error: seed must be >= 0, got -1"),
     (["lr=.nan"], "refmatch train: error: lr must be > 0 and finite, got nan"),
     (["lr=true"], "refmatch train: error: lr must be float, got True"),
-    (["tap_layers=[nope]"], "refmatch train: error: tap_layers ['nope'] are not layers of the U-Net at depth=4"),
+    (["lr=1e-3x"], "refmatch train: error: lr must be float, got '1e-3x'"),
+    (["tap_layers=[nope]"], "refmatch train: error: tap_layers must be a non-empty list of decoder stages of the "
+                            "U-Net at depth=4 (decoder.up3, decoder.up2, decoder.up1), got ['nope']"),
+    # Layers of the U-Net that are not decoder stages have no channel count for the bank.
+    (["tap_layers=[encoder.3]"], "refmatch train: error: tap_layers must be a non-empty list of decoder stages"),
+    (["tap_layers=[decoder.up1.conv]"], "refmatch train: error: tap_layers must be a non-empty list of decoder"),
+    (["tap_layers=[]"], "refmatch train: error: tap_layers must be a non-empty list of decoder stages"),
     (["val_fraction=0.6", "test_fraction=0.5"], "refmatch train: error: val_fraction + test_fraction must be < 1"),
     (["labeled_fraction=1.5"], "refmatch train: error: labeled_fraction must be in (0, 1] (num_labeled=0 takes it)"),
     (["device=foo"], "refmatch train: error: device must be auto, cpu, cuda or cuda:N, got 'foo'"),

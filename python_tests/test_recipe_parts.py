@@ -26,6 +26,10 @@ def test_config_overrides_and_errors(tmp_path):
     path.write_text("method: supervised\nsteps: 5\n")
     config = load_config(path, ["lr=0.01", "tap_layers=[decoder.up1]"])
     assert (config.method, config.steps, config.lr, config.tap_layers) == ("supervised", 5, 0.01, ["decoder.up1"])
+    # YAML 1.1 reads exponents without a dot as text: taken as floats, in a file and as overrides.
+    path.write_text("lr: 1e-3\n")
+    assert (load_config(path).lr, load_config(None, ["weight_decay=2E-4"]).weight_decay) == (0.001, 0.0002)
+    path.write_text("method: supervised\nsteps: 5\n")
     with pytest.raises(ValueError, match="unknown config key"):
         load_config(None, ["stepz=3"])
     with pytest.raises(ValueError, match="method must be one of"):

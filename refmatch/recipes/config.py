@@ -92,11 +92,12 @@ class TrainConfig:
 
             with torch.device("meta"):  # names only: no memory, whatever the depth
                 names = dict(UNet(1, 2, width=1, depth=self.depth).named_modules())
-            unknown = [name for name in self.tap_layers if name not in names]
-            if unknown:
-                stages = ", ".join(name for name in names if name.startswith("decoder.") and name.count(".") == 1)
-                raise ValueError(f"tap_layers {unknown} are not layers of the U-Net at depth={self.depth}; "
-                                 f"its decoder stages: {stages}")
+            # Features are tapped where a decoder stage ends, whose channels the bank sizes by.
+            stages = [name for name in names if name.startswith("decoder.") and name.count(".") == 1]
+            unknown = [name for name in self.tap_layers if name not in stages]
+            if unknown or not self.tap_layers:
+                raise ValueError(f"tap_layers must be a non-empty list of decoder stages of the U-Net at "
+                                 f"depth={self.depth} ({', '.join(stages)}), got {self.tap_layers}")
         try:
             torch.device("cpu" if self.device == "auto" else self.device)
         except RuntimeError:
@@ -131,12 +132,20 @@ def load_config(path=None, overrides=(), base=None):
     config = TrainConfig()
     for key, value in values.items():
         default = getattr(config, key)
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        if isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = _as_float(value)
         if type(value) is not type(default):
             raise ValueError(f"{key} must be {type(default).__name__}, got {value!r}")
         setattr(config, key, value)
     return config.validate()
+
+
+def _as_float(value):
+    """An int as float, and a string YAML 1.1 left unread: it takes 1e-3 (no dot) as text."""
+    try:
+        return float(value)
+    except ValueError:
+        return value  # refused by the type check, naming the key
 
 
 def _parsed(yaml, text, where):
