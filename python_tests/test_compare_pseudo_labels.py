@@ -97,3 +97,31 @@ def test_score_leaves_pixels_the_truth_ignores_out():
 
     row = score(torch.tensor([[0, 1, 1, 1]]), torch.tensor([[0, 1, 255, 255]]), 2)
     assert (row["kept"], row["accuracy"], row["dice_1"], row["recall_1"]) == (1.0, 1.0, 1.0, 1.0)
+
+
+def test_a_settings_first_call_setup_is_not_timed(tiny_run, monkeypatch):
+    """The first call of a pseudo-label source may set up (a backend, a compile): a source whose
+    first call takes 0.5 s and the rest nothing must time at about nothing per image."""
+    import time
+
+    from refmatch.recipes import compare_pseudo_labels
+
+    make_source = compare_pseudo_labels.pseudo_label_source
+
+    def slow_to_start(*args):
+        source, calls = make_source(*args), []
+
+        class FirstCallSlow:
+            def refresh(self, *refresh_args):
+                source.refresh(*refresh_args)
+
+            def __call__(self, images):
+                if not calls:
+                    time.sleep(0.5)
+                calls.append(images.shape[0])
+                return source(images)
+        return FirstCallSlow()
+
+    monkeypatch.setattr(compare_pseudo_labels, "pseudo_label_source", slow_to_start)
+    rows, *_ = compare_pseudo_labels.compare(tiny_run, ["pl_mode=hard"], num_images=3)
+    assert rows[0]["ms_per_image"] < 100
