@@ -191,3 +191,37 @@ def test_evaluate_at_file_size_scores_each_mask_where_it_was_stored(tmp_path):
     resized = FolderDataset(tmp_path, ["a.png"], size=16)
     at_training_size = evaluate(SquareModel(), load_split(resized, 0, 16), ("background", "lung"), "cpu")
     assert at_training_size["dice"]["lung"] == 1.0
+
+
+@pytest.mark.parametrize("policy, images_kept", [("reservoir", 6), ("ring", 2)])
+def test_the_bank_keeps_pixels_of_every_labelled_image(policy, images_kept):
+    """Each refresh adds the labelled images in one order; a full class must not keep only the
+    last ones (the ring policy does: 6 images of 16 x 16 one-class pixels, 512 slots)."""
+    from refmatch.recipes.methods import ReferencePseudoLabels
+
+    config = load_config(None, ["width=4", "image_size=16", "tap_size=16", "bank_capacity=512",
+                                f"bank_policy={policy}"])
+    teacher = UNet(1, 2, config.width, config.depth).eval()
+    source = ReferencePseudoLabels(teacher, config, 2, "cpu")
+    images = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    source.refresh(images, torch.zeros(6, 16, 16, dtype=torch.long), batch_size=1)  # rows as found below
+    stored = source.bank.features[:int(source.bank.counts[0])]
+    kept = 0
+    for image in images:
+        teacher(image[None])
+        rows = torch.nn.functional.normalize(source.tap.features().float().flatten(2)[0].T, dim=1)
+        kept += bool((rows[:, None, :] == stored[None]).all(dim=2).any())  # some row stored as it is
+    assert kept == images_kept
+
+
+def test_weak_augmentation_labels_padding_as_asked():
+    """Pixels moved in from outside are background in training masks but unknown in hidden
+    truth, which scores pseudo-labels (mask-less images had 10 % made-up background)."""
+    from refmatch.recipes import augment
+
+    images, masks = torch.rand(8, 1, 32, 32), torch.full((8, 32, 32), -1, dtype=torch.long)
+    masks[:, 8:24, 8:24] = 2
+    moved = {outside: augment.weak(images, masks, torch.Generator().manual_seed(0), shift=0.2, outside=outside)[1]
+             for outside in (0, -1)}
+    assert moved[0].unique().tolist() == [-1, 0, 2] and moved[-1].unique().tolist() == [-1, 2]
+    assert torch.equal(moved[-1], torch.where(moved[0] == 0, -1, moved[0]))

@@ -14,14 +14,16 @@ def _uniform(generator, count, low, high):
     return low + (high - low) * torch.rand(count, generator=generator)
 
 
-def weak(images, masks=None, generator=None, max_degrees=10.0, scale=(0.9, 1.1), shift=0.05):
+def weak(images, masks=None, generator=None, max_degrees=10.0, scale=(0.9, 1.1), shift=0.05, outside=0):
     """Random rotation, scale and shift, then brightness/contrast jitter.
 
     Args:
         images: [B, C, H, W] in [0, 1]; masks: optional [B, H, W] labels.
+        outside: the label of mask pixels moved in from outside the image (whose image
+            value is 0): 0, background, for training masks; unknown for hidden truth
+            that only scores pseudo-labels, so the padding is not scored.
     Returns:
-        (images, masks) transformed alike (masks by nearest; pixels moved in from
-        outside keep label 0 and image value 0).
+        (images, masks) transformed alike (masks by nearest).
     """
     batch = images.shape[0]
     angle = _uniform(generator, batch, -max_degrees, max_degrees) * math.pi / 180
@@ -32,8 +34,9 @@ def weak(images, masks=None, generator=None, max_degrees=10.0, scale=(0.9, 1.1),
     grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if masks is not None:
-        moved = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        masks = moved[:, 0].long()
+        moved = F.grid_sample((masks[:, None] - outside).float(), grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False)
+        masks = moved[:, 0].long() + outside
     gain = _uniform(generator, batch, 0.9, 1.1).view(-1, 1, 1, 1).to(images)
     bias = _uniform(generator, batch, -0.05, 0.05).view(-1, 1, 1, 1).to(images)
     return (images * gain + bias).clamp(0, 1), masks

@@ -168,7 +168,7 @@ class Trainer:
                 self.pseudo.refresh(self.data.labeled.images.to(self.device),
                                     self.data.labeled.masks.to(self.device), config.batch_size)
             unlabeled, hidden_truth = self._batch(self.data.unlabeled, config.unlabeled_batch_size)
-            weak_view, hidden_truth = augment.weak(unlabeled, hidden_truth, self.generator)
+            weak_view, hidden_truth = augment.weak(unlabeled, hidden_truth, self.generator, outside=UNKNOWN)
             strong_view = augment.strong(weak_view, self.generator)
             pseudo = self.pseudo(weak_view)
             images = torch.cat([images, strong_view])
