@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..bank import POLICIES
 from ..pseudo_labels import check_mode
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
@@ -22,7 +23,7 @@ LIMITS = ((("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_
           (("pl_threshold",), math.isfinite, "finite"),
           (("val_fraction", "test_fraction", "ema_decay", "confidence_threshold"), lambda value: value <= 1, "<= 1"))
 # Settings a method never reads: a resumed run may differ in them (an earlier config's values).
-REFMATCH_ONLY = ("tap_layers", "tap_size", "bank_capacity", "bank_refresh_every", "pl_mode", "pl_k",
+REFMATCH_ONLY = ("tap_layers", "tap_size", "bank_capacity", "bank_refresh_every", "bank_policy", "pl_mode", "pl_k",
                  "pl_temperature", "pl_threshold", "pl_consensus")
 UNUSED_BY = {"supervised": REFMATCH_ONLY + ("confidence_threshold", "pl_weight", "pl_start", "rampup_steps",
                                             "unlabeled_batch_size"),
@@ -58,6 +59,8 @@ class TrainConfig:
     tap_size: int = 32                    # features are matched at this resolution
     bank_capacity: int = 4096             # per class
     bank_refresh_every: int = 25          # steps between re-embedding the labelled images
+    bank_policy: str = "reservoir"        # which labelled pixels a full class keeps: a uniform sample
+                                          # ("reservoir"), or the last images added ("ring")
     pl_mode: str = "soft"
     pl_k: int = 1
     pl_temperature: float = 0.1
@@ -74,6 +77,8 @@ class TrainConfig:
         """Refuse settings that would fail later, after the data loaded and the run folder exists."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.bank_policy not in POLICIES:
+            raise ValueError(f"bank_policy must be one of {POLICIES}, got {self.bank_policy!r}")
         for names, test, asked in LIMITS:
             for name in names:
                 if not test(getattr(self, name)):

@@ -47,8 +47,10 @@ class ReferencePseudoLabels:
         self.tap = FeatureTap(teacher, config.tap_layers, size=config.tap_size)
         dim = sum(teacher.decoder_channels(name) for name in config.tap_layers)
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        # Each refresh adds every labelled image in the same order: a ring bank would keep the last
+        # ones only, whenever a class has more pixels than bank_capacity.
         self.bank = ReferenceBank(dim, num_classes, config.bank_capacity, dtype=dtype, metric="cosine",
-                                  ignore_index=IGNORE).to(device)
+                                  ignore_index=IGNORE, policy=config.bank_policy, seed=config.seed).to(device)
         self.labeler = PseudoLabeler(self.bank, k=config.pl_k, mode=config.pl_mode,
                                      threshold=config.pl_threshold or None, temperature=config.pl_temperature,
                                      out_size=(config.image_size, config.image_size), ignore_index=IGNORE)
