@@ -124,6 +124,12 @@ def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():
     check_resumable(saved, load_config(None, ["steps=20"]))
     with pytest.raises(ValueError, match=r"pl_consensus \(False saved, True given\)"):
         check_resumable(saved, load_config(None, ["steps=10", "pl_consensus=true"]))
+    # A key whose default changed since: such runs resume as they ran (the ring bank).
+    del saved["bank_policy"]
+    assert load_config(None, ["steps=20"], base=saved).bank_policy == "ring"
+    check_resumable(saved, load_config(None, ["steps=20"], base=saved))
+    with pytest.raises(ValueError, match=r"bank_policy \('ring' saved, 'reservoir' given\)"):
+        check_resumable(saved, load_config(None, ["steps=20"]))
 
 
 def test_resume_check_leaves_out_settings_the_method_never_reads():

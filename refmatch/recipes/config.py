@@ -111,12 +111,23 @@ class TrainConfig:
         return self
 
 
+# Keys added after runs were saved with a default that changed since: the value such runs used.
+SAVED_BEFORE_KEY = {"bank_policy": "ring"}
+
+
+def as_saved(saved):
+    """A saved run's config values as that run used them: a key it predates takes its
+    ``SAVED_BEFORE_KEY`` value, or else (left out) today's default; None meant the default."""
+    return {**SAVED_BEFORE_KEY, **{key: value for key, value in saved.items() if value is not None}}
+
+
 def load_config(path=None, overrides=(), base=None):
     """TrainConfig from an optional YAML file and ``key=value`` strings (values parsed as
-    YAML), applied over the defaults or over ``base`` (a dict of config values)."""
+    YAML), applied over the defaults or over ``base`` (a saved run's config dict, read by
+    ``as_saved``)."""
     import yaml
 
-    values = {key: value for key, value in (base or {}).items() if value is not None}  # older saves: None = default
+    values = as_saved(base) if base is not None else {}
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -19,7 +19,7 @@ import torch
 
 from . import augment
 from .checkpoint import load
-from .config import UNUSED_BY, TrainConfig
+from .config import UNUSED_BY, TrainConfig, as_saved
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
@@ -57,8 +57,7 @@ def check_resumable(saved, config):
     """Raise ValueError naming the settings of ``config`` that differ from the ``saved``
     dict outside ``RESUMABLE`` and the settings its method never reads (``UNUSED_BY``)."""
     given, defaults = dataclasses.asdict(config), dataclasses.asdict(TrainConfig())
-    # A key added since the run was saved held its default; an older save's None meant it too.
-    saved = {**defaults, **{key: value for key, value in saved.items() if value is not None}}
+    saved = {**defaults, **as_saved(saved)}
     free = RESUMABLE + UNUSED_BY.get(saved["method"], ())
     changed = [f"{key} ({saved[key]!r} saved, {given[key]!r} given)" for key in given
                if key not in free and given[key] != saved[key]]
