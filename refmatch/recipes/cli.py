@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load
-from .config import TrainConfig, as_saved, load_config
+from .config import load_config, saved_config
 from .evaluation import evaluate, evaluate_at_file_size, metrics_json
 from .unet import UNet
 
@@ -44,7 +44,7 @@ def train_main(argv=None):
 
 def _teacher(checkpoint_path, device):
     state = load(checkpoint_path, device)
-    config = TrainConfig(**as_saved(state["config"]))
+    config = saved_config(state["config"])
     classes = state["teacher"]["head.weight"].shape[0]
     model = UNet(1, classes, config.width, config.depth).to(device)
     model.load_state_dict(state["teacher"])

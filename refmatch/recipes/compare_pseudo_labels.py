@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load
-from .config import TrainConfig, as_saved, load_config
+from .config import TrainConfig, load_config, saved_config
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import metrics_json
 from .methods import IGNORE, pseudo_label_source
@@ -99,7 +99,7 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", s
                                 "run's own unlabelled images")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load(Path(run_dir) / checkpoint) if state is None else state
-    config = TrainConfig(**as_saved(state["config"]))
+    config = saved_config(state["config"])
     parsed = [(text, parse_setting(text, config)) for text in settings]  # bad settings fail before any work
     data = prepare_data(config, run_dir, reuse_splits=True)  # the run's own split, left as it is
     num_classes = len(data.class_names)
@@ -179,7 +179,7 @@ def main(argv=None):
         parser.error(f"--images must be >= 1, got {args.images}")
     out = args.out or args.run / "compare-pseudo-labels"
     state = load(args.run / args.checkpoint)  # read once: the teacher and the header's tap size
-    config = TrainConfig(**as_saved(state["config"]))
+    config = saved_config(state["config"])
     out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before the work
     rows, class_names, images, truth, outputs = compare(args.run, args.setting or default_settings(config),
                                                         args.images, checkpoint=args.checkpoint, state=state)

@@ -121,6 +121,11 @@ def as_saved(saved):
     return {**SAVED_BEFORE_KEY, **{key: value for key, value in saved.items() if value is not None}}
 
 
+def saved_config(saved):
+    """The TrainConfig a checkpoint's "config" dict ran with (``as_saved``)."""
+    return TrainConfig(**as_saved(saved))
+
+
 def load_config(path=None, overrides=(), base=None):
     """TrainConfig from an optional YAML file and ``key=value`` strings (values parsed as
     YAML), applied over the defaults or over ``base`` (a saved run's config dict, read by
