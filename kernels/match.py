@@ -9,6 +9,8 @@ Algorithm
     three reductions (``match_epilogues``): the best (k = 1: row max first, locate
     only when some row improves), an unsorted top-k list behind a per-row
     threshold (k <= 64), or per-class maxima (C <= 64). Scores never leave registers.
+    Triton software-pipelines the tile loop (num_stages): the reductions' own loops sit
+    inside branches, as a loop directly in its body would stop the pipeliner.
 
 Tiling
     BLOCK_D covers D (padded to a power of two) when D <= MAX_RESIDENT_D = 128, so

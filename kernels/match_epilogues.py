@@ -55,31 +55,33 @@ def offer_topk(scores, local, tile_start, best, best_index, worst, worst_at, slo
     """
     tile_best = tl.max(scores, axis=1)
     entering = tile_best > worst
-    while tl.max(entering.to(tl.int32), axis=0) > 0:
-        col = lowest_column(scores, tile_best, local, BLOCK_M)
-        replace = entering[:, None] & (slots[None, :] == worst_at[:, None])
-        best = tl.where(replace, tile_best[:, None], best)
-        best_index = tl.where(replace, tile_start + col[:, None], best_index)
-        scores = tl.where(entering[:, None] & (local[None, :] == col[:, None]), float("-inf"), scores)
-        worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
-        tile_best = tl.max(scores, axis=1)
-        entering = tile_best > worst
+    # A loop directly in the tile loop's body stops triton's software pipelining of the
+    # bank loads (3.6, 3.9); inside a branch it does not.
+    if tl.max(entering.to(tl.int32), axis=0) > 0:
+        while tl.max(entering.to(tl.int32), axis=0) > 0:
+            col = lowest_column(scores, tile_best, local, BLOCK_M)
+            replace = entering[:, None] & (slots[None, :] == worst_at[:, None])
+            best = tl.where(replace, tile_best[:, None], best)
+            best_index = tl.where(replace, tile_start + col[:, None], best_index)
+            scores = tl.where(entering[:, None] & (local[None, :] == col[:, None]), float("-inf"), scores)
+            worst, worst_at = worst_slot(best, best_index, slots, SLOTS_PAD)
+            tile_best = tl.max(scores, axis=1)
+            entering = tile_best > worst
     return best, best_index, worst, worst_at
 
 
 @triton.jit
 def offer_classwise(scores, labels, full_tile, best, slots):
-    """Running per-class maxima [BLOCK_N, C_PAD]; padding columns carry label -1. Only
-    the classes present in the tile are visited, and a full tile of one class takes no
-    select per score, so a bank stored class by class (as ReferenceBank stores it)
-    costs about one max per score."""
+    """Running per-class maxima [BLOCK_N, C_PAD]; padding columns carry label -1. A full
+    tile of one class (as ReferenceBank stores a bank, class by class) costs about one
+    max per score; other tiles visit each class present in them (in a branch, so that
+    the tile loop stays pipelined: see offer_topk)."""
     lowest = tl.min(tl.where(labels >= 0, labels, 1 << 30), axis=0)
     highest = tl.max(labels, axis=0)
-    for label in range(lowest, highest + 1):
-        # The branch yields row maxima, not a tile of scores: merging tiles cost a copy per score.
-        if full_tile and lowest == highest:
-            class_best = tl.max(scores, axis=1)
-        else:
+    if full_tile and lowest == highest:
+        best = tl.where(slots[None, :] == lowest, tl.maximum(best, tl.max(scores, axis=1)[:, None]), best)
+    else:
+        for label in range(lowest, highest + 1):
             class_best = tl.max(tl.where(labels[None, :] == label, scores, float("-inf")), axis=1)
-        best = tl.where(slots[None, :] == label, tl.maximum(best, class_best[:, None]), best)
+            best = tl.where(slots[None, :] == label, tl.maximum(best, class_best[:, None]), best)
     return best

@@ -106,6 +106,28 @@ def test_wide_offsets_reach_the_lowered_pointer_arithmetic():
         assert types[f"{dim} False"] == ["i32", "i64"] and types[f"{dim} True"] == ["i64"], types
 
 
+def test_every_reduction_loop_is_software_pipelined():
+    """The tile loop streams the bank through shared memory with asynchronous copies issued
+    stages ahead, for top-k and class-wise too: their insertion and per-class loops sit inside
+    a branch, because a loop directly in the tile loop's body stops triton's pipeliner (the
+    top-k and class-wise tiles each waited for their own load before)."""
+    script = textwrap.dedent(r"""
+        import json
+        from refmatch.kernels.match_aot import VARIANTS, compile_variant
+        found = {}
+        for arch in (80, 90):
+            for reduction, slots in VARIANTS:
+                ttgir = compile_variant(arch, "bfloat16", 128, "dot", reduction, slots).asm["ttgir"]
+                found[f"sm{arch} {reduction}{slots}"] = ttgir.count("ttg.async_copy_global_to_local")
+        print(json.dumps(found))
+        """)
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    copies = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(copies) == 2 * 5 and all(count >= 2 for count in copies.values()), copies  # prologue and loop
+
+
 def test_full_tiles_take_no_per_score_mask():
     """At the k = 1 loop's top level (every tile) the [BLOCK_N, BLOCK_M] scores get no compare
     or select: the NaN and padding masks there cost 3 of ~6 instructions per score on sm_90
