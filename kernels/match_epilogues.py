@@ -55,8 +55,9 @@ def offer_topk(scores, local, tile_start, best, best_index, worst, worst_at, slo
     """
     tile_best = tl.max(scores, axis=1)
     entering = tile_best > worst
-    # A loop directly in the tile loop's body stops triton's software pipelining of the
-    # bank loads (3.6, 3.9); inside a branch it does not.
+    # A loop directly in the tile loop's body makes that an "outer loop", which triton
+    # (3.6, 3.9) does not software-pipeline; its check looks at the body's own operations
+    # only, so a loop inside a branch leaves the bank loads pipelined.
     if tl.max(entering.to(tl.int32), axis=0) > 0:
         while tl.max(entering.to(tl.int32), axis=0) > 0:
             col = lowest_column(scores, tile_best, local, BLOCK_M)
