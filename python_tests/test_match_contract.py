@@ -180,6 +180,17 @@ def test_empty_query_gives_empty_results():
     assert result.score.shape == (0,) and result.index.shape == (0,)
 
 
+def test_meta_tensors_give_result_shapes():
+    """Shape inference (meta tensors) runs the public calls without reading label values."""
+    maps, reference = torch.empty(2, 8, 3, 5, device="meta"), torch.empty(20, 8, device="meta")
+    labels = torch.empty(20, dtype=torch.long, device="meta")
+    assert refmatch.match(maps, reference, labels, k=3, ignore_index=255).label.shape == (2, 3, 3, 5)
+    scores = refmatch.classwise_max(maps, reference, labels, 4)
+    assert scores.shape == (2, 4, 3, 5) and scores.is_meta
+    probabilities, confidence = refmatch.vote(scores, num_classes=4)
+    assert probabilities.shape == (2, 4, 3, 5) and confidence.shape == (2, 3, 5)
+
+
 def test_results_carry_no_gradient():
     query = torch.randn(4, 8, requires_grad=True)
     result = refmatch.match(query, torch.randn(6, 8))

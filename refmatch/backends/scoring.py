@@ -15,8 +15,9 @@ NORM_EPS = 1e-12  # as torch.nn.functional.normalize: zero vectors score 0
 
 def host_read_allowed(tensor):
     """False under torch.compile and CUDA graph capture, where reading a tensor's
-    values on the host is not allowed."""
-    return not (torch.compiler.is_compiling() or (tensor.is_cuda and torch.cuda.is_current_stream_capturing()))
+    values on the host is not allowed, and for meta tensors, which have none."""
+    return not (tensor.is_meta or torch.compiler.is_compiling()
+                or (tensor.is_cuda and torch.cuda.is_current_stream_capturing()))
 
 
 def accumulation_dtype(dtype):
