@@ -12,7 +12,7 @@ import torch
 
 from ..candidates import keep_best, pad_by_row
 from .custom_op import register_classwise_op, register_match_op
-from .scoring import NORM_EPS, accumulation_dtype, finalize_scores, norms, normalized_rows
+from .scoring import accumulation_dtype, finalize_scores, normalized_rows, reference_stat
 from .torch_screening import MAX_K as MAX_SCREENED_K, MIN_WORK, match_screened, native_bf16, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
@@ -30,7 +30,7 @@ def _prepare_block(reference, ignored, metric, operand_dtype, dtype):
         bias = exact.new_zeros(exact.shape[0]) if bias is None else bias
         bias = bias.masked_fill(ignored, float("-inf"))
     if operand_dtype != dtype:  # the half-precision references as given; normalising them would round
-        scale = norms(exact, dim=1).clamp_min(NORM_EPS).reciprocal() if metric == "cosine" else None
+        scale = reference_stat(exact, metric) if metric == "cosine" else None
         return reference, bias, scale
     return normalized_rows(exact) if metric == "cosine" else exact, bias, None
 
