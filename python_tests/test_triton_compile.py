@@ -18,13 +18,24 @@ from resources import assert_no_spills, resource_usage
 pytest.importorskip("triton", minversion="3.3", reason="needs triton >= 3.3 (ahead-of-time compile API)")
 
 
+def _run_python(arguments):
+    """stdout of ``python ARGUMENTS`` run without TRITON_INTERPRET (a compile needs triton's
+    real backend), which must succeed."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, *arguments], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _script_json(script, *arguments):
+    """The JSON that ``script`` prints on its last line."""
+    return json.loads(_run_python(["-c", script, *arguments]).strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 def test_every_variant_compiles_without_spills(arch, tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    command = [sys.executable, "-m", "refmatch.kernels.match_aot", "--arch", str(arch), "--dim", "32", "128", "256",
-               "--out", str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_python(["-m", "refmatch.kernels.match_aot", "--arch", str(arch), "--dim", "32", "128", "256",
+                 "--out", str(tmp_path)])
     cubins = sorted(tmp_path.glob("*.cubin"))
     assert len(cubins) == 3 * 5, [path.name for path in cubins]  # dims x variants
     for cubin in cubins:
@@ -41,10 +52,7 @@ def test_two_programs_per_sm_keeps_the_register_cap(tmp_path):
               "from refmatch.kernels.match_aot import compile_variant\n"
               "kernel = compile_variant(90, 'bfloat16', 128, 'dot', 'argmax', 1, **TWO_PROGRAMS_PER_SM)\n"
               "Path(sys.argv[1]).write_bytes(kernel.asm['cubin'])\n")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(cubin)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_python(["-c", script, str(cubin)])
     usages = list(resource_usage(cubin).values())
     assert len(usages) == 1 and usages[0]["REG"] <= 128, usages
 
@@ -74,11 +82,7 @@ def test_the_ladder_fits_every_card(arch, shared_limit):
               "steps['exact-float32-d128-argmax1'] = fitting_variant(arch, 'float32', 128, 'cosine', 'argmax', 1, "
               "limit, exact=True)[0]\n"
               "print(json.dumps(steps))\n")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(arch), str(shared_limit)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    steps = json.loads(done.stdout.strip().splitlines()[-1])
+    steps = _script_json(script, str(arch), str(shared_limit))
     assert None not in steps.values(), steps
     if shared_limit >= 166912:  # A100, H100: bfloat16 keeps the measured default shape
         assert all(step == 0 for name, step in steps.items() if name.startswith("bfloat16")), steps
@@ -98,10 +102,7 @@ def test_wide_offsets_reach_the_lowered_pointer_arithmetic():
                 types[f"{dim} {wide}"] = sorted(set(found))
         print(json.dumps(types))
         """)
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    types = json.loads(done.stdout.strip().splitlines()[-1])
+    types = _script_json(script)
     for dim in (128, 256):  # plain: the query rows' offsets are int64 already, the strided steps int32
         assert types[f"{dim} False"] == ["i32", "i64"] and types[f"{dim} True"] == ["i64"], types
 
@@ -121,10 +122,7 @@ def test_every_reduction_loop_is_software_pipelined():
                 found[f"sm{arch} {reduction}{slots}"] = ttgir.count("ttg.async_copy_global_to_local")
         print(json.dumps(found))
         """)
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    copies = json.loads(done.stdout.strip().splitlines()[-1])
+    copies = _script_json(script)
     assert len(copies) == 2 * 5 and all(count >= 2 for count in copies.values()), copies  # prologue and loop
 
 
@@ -154,10 +152,7 @@ def test_full_tiles_take_no_per_score_mask():
                 "branches": sum(line.startswith("%") and "scf.if" in line for line in body)}
         print(json.dumps(found))
         """)
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = _script_json(script)
     for metric, parts in found.items():
         assert parts["masks"] == [] and parts["branches"] >= 2, (metric, parts)  # partial-tile mask, locate
     stat_loads = found["l2"]["stat_loads"]
