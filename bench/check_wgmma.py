@@ -1,7 +1,7 @@
 """First check of the CUDA backend's Hopper (wgmma) kernel on a GPU, kept short so
 that a hang or a wrong result shows before the long stages of gpu_suite.sh.
 
-    python bench/check_wgmma.py [--variant wgmma-256]  # exit 0: agrees with the float64
+    python bench/check_wgmma.py [--variant wgmma]      # exit 0: agrees with the float64
                                                        # oracle, or no sm_90 GPU
 
 For a few shapes (D tails, 1 to 4 chunks, tile tails, a split bank, more than one

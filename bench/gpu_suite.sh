@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet, under 10 minutes):
-#   build _C for this card -> first checks of the Hopper wgmma kernel (128 and 256
+#   build _C for this card -> first checks of the Hopper wgmma kernel (256 and 128
 #   query rows per CTA, the query in shared memory or registers) -> full test
 #   suite with CUDA tests -> benchmark (writes bench/results/) -> compute-sanitizer
 #   memcheck, racecheck and synccheck on small cases -> Nsight Compute profile of each fused
 #   kernel -> D/M sweep, fp16, Triton tile sweep, KeOps -> summary. The stages most
 #   needed come first: SUITE_SECONDS cuts the rest.
-# A failing stage is recorded and the next stages still run; a failed wgmma check
-# keeps that kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there
-# would eat the budget), a failed wgmma-256, wgmma-rs or wgmma-256-rs check that variant
-# (256 rows, query in registers, both; wgmma-256 takes wgmma-256-rs with it).
+# A failing stage is recorded and the next stages still run. The default runs two
+# kernels, wgmma-256 up to D = 192 and wgmma above: a failed check of either keeps the
+# wgmma kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there would
+# eat the budget); a failed wgmma-256-rs or wgmma-rs check (query in registers), that variant.
 # Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
 # bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
 #   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets; the wgmma tests run in
 #   the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma wgmma-256 wgmma-rs wgmma-256-rs tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma-256 wgmma wgmma-256-rs wgmma-rs tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,27 +78,27 @@ stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e .
 stage info 30 python -m refmatch.info
 
-# 2. The Hopper kernel's first check, short; then each other variant (the same template,
-# checked only once the default passed); then the whole suite (CUDA-marked tests run
-# because a device is present) without what failed its check.
+# 2. The Hopper kernel's first checks, short: the default's two kernels, then each
+# variant with the query in registers (the same template, checked only once the default
+# passed); then the whole suite (CUDA-marked tests run because a device is present)
+# without what failed its check.
 failed() { [[ " ${FAILED_STAGES[*]} " == *" $1 "* ]]; }
-stage wgmma 60 python bench/check_wgmma.py --variant wgmma
+for variant in wgmma-256 wgmma; do
+  stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
+done
 WGMMA_TESTS=()
 HOPPER_VARIANTS=()  # cuda_backend.HOPPER_VARIANTS that passed their check (or were not checked)
 EXCLUDE=(keops)
-if failed wgmma; then
+if failed wgmma-256 || failed wgmma; then
   WGMMA_TESTS=(--ignore=python_tests/test_match_cuda_sm90.py)
   export REFMATCH_CUDA_HOPPER=0
 else
-  HOPPER_VARIANTS=(wgmma)
-  for variant in wgmma-256 wgmma-rs wgmma-256-rs; do
-    # wgmma-256-rs runs wgmma-256's kernel from D = 72 to 192: out with it (wgmma-rs's above: the tests skip it)
-    if [[ $variant == wgmma-256-rs ]] && failed wgmma-256; then
-      continue
-    fi
+  HOPPER_VARIANTS=(wgmma-256 wgmma)
+  for variant in wgmma-256-rs wgmma-rs; do
+    # wgmma-256-rs runs wgmma-256's kernel from D = 72 to 192, wgmma-rs's above (the tests skip it if that failed)
     stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
     if failed "$variant"; then
-      EXCLUDE+=("$variant")  # bench method names holding it: "cuda wgmma-256" and "cuda wgmma-256-rs"
+      EXCLUDE+=("$variant")  # the bench method name holding it: "cuda wgmma-256-rs" or "cuda wgmma-rs"
     else
       HOPPER_VARIANTS+=("$variant")
     fi

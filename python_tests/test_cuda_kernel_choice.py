@@ -1,6 +1,6 @@
 """Which CUDA kernel a call asks for, decided in Python before the launch (no GPU needed):
 wgmma on compute capability 9.0 with an sm_90a build unless REFMATCH_CUDA_HOPPER=0, with
-REFMATCH_CUDA_HOPPER_ROWS query rows per CTA."""
+REFMATCH_CUDA_HOPPER_ROWS query rows per CTA (256 unless set)."""
 import os
 
 import pytest
@@ -49,9 +49,10 @@ def test_hopper_kernel_block_sets_and_restores_the_variable(card, monkeypatch, p
 
 
 @pytest.mark.parametrize("setting, k, rows", [
-    (None, 1, 128),   # the default tile
+    (None, 1, 256),   # the default tile
     ("128", 1, 128),
     ("256", 1, 256),
+    (None, 8, 0),
     ("256", 8, 0),    # top-k runs the mma.sync kernel
 ])
 def test_hopper_rows(card, monkeypatch, setting, k, rows):
@@ -76,21 +77,22 @@ def test_hopper_rows_off_without_the_hopper_kernel(card, monkeypatch):
 def test_bad_hopper_rows_are_named(card, monkeypatch, capability, setting):
     card(capability)
     monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", setting)
-    with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_ROWS must be one of 128, 256"):
+    with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_ROWS must be one of 256, 128"):
         cuda_backend.hopper_rows(DEVICE)
 
 
-@pytest.mark.parametrize("previous", [None, "128"])
-def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previous):
+@pytest.mark.parametrize("previous", [None, "128", "256"])
+@pytest.mark.parametrize("variant, rows", [("wgmma", 128), ("wgmma-256", 256)])
+def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previous, variant, rows):
     card((9, 0))
     monkeypatch.delenv("REFMATCH_CUDA_HOPPER_ROWS", raising=False)
     if previous is not None:
         monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", previous)
-    with cuda_backend.hopper_kernel("wgmma-256"):
-        assert cuda_backend.hopper_rows(DEVICE) == 256 and not cuda_backend.hopper_query_in_registers()
+    with cuda_backend.hopper_kernel(variant):
+        assert cuda_backend.hopper_rows(DEVICE) == rows and not cuda_backend.hopper_query_in_registers()
     assert os.environ.get("REFMATCH_CUDA_HOPPER_ROWS") == previous
     with cuda_backend.hopper_kernel():  # rows as set
-        assert cuda_backend.hopper_rows(DEVICE) == int(previous or 128)
+        assert cuda_backend.hopper_rows(DEVICE) == int(previous or 256)
 
 
 @pytest.mark.parametrize("setting, registers", [(None, False), ("shared", False), ("registers", True)])
@@ -118,12 +120,19 @@ def test_hopper_kernel_block_sets_and_restores_the_query(card, monkeypatch):
 def test_variants_are_named_as_the_kernel_reports_them():
     assert cuda_backend.HOPPER_VARIANTS == {"wgmma": (128, "shared"), "wgmma-256": (256, "shared"),
                                            "wgmma-rs": (128, "registers"), "wgmma-256-rs": (256, "registers")}
+    assert next(iter(cuda_backend.HOPPER_VARIANTS)) == "wgmma-256"  # the default, first
+
+
+@pytest.mark.parametrize("dim, kernel", [(8, "wgmma-256"), (128, "wgmma-256"), (192, "wgmma-256"), (200, "wgmma"),
+                                         (256, "wgmma")])
+def test_the_default_takes_256_rows_where_they_fit(dim, kernel):
+    assert cuda_backend.documented_hopper_kernel(next(iter(cuda_backend.HOPPER_VARIANTS)), dim) == kernel
 
 
 @pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])
 def test_unknown_variant_is_named(variant):
     before = dict(os.environ)
-    with pytest.raises(ValueError, match="variant must be mma.sync or one of wgmma, wgmma-256, wgmma-rs, wgmma-256-rs"):
+    with pytest.raises(ValueError, match="variant must be mma.sync or one of wgmma-256, wgmma, wgmma-256-rs, wgmma-rs"):
         with cuda_backend.hopper_kernel(variant):
             pass
     assert dict(os.environ) == before

@@ -1,9 +1,10 @@
 """The Hopper (wgmma) CUDA kernel against the float64 oracle, in each variant
-(``cuda_backend.HOPPER_VARIANTS``, the test ids: wgmma, wgmma-256, wgmma-rs,
-wgmma-256-rs: 128 or 256 query rows per CTA, the query in shared memory or in
-registers), or in those REFMATCH_TEST_HOPPER_VARIANTS names (gpu_suite.sh: the ones that
-passed their first check). Needs a compute capability 9.0 GPU and a build with sm_90a,
-where it is the default."""
+(``cuda_backend.HOPPER_VARIANTS``, the test ids: wgmma-256, wgmma, wgmma-256-rs,
+wgmma-rs: 256 or 128 query rows per CTA, the query in shared memory or in
+registers; wgmma-256, the default, runs wgmma's kernel above D = 192), or in those
+REFMATCH_TEST_HOPPER_VARIANTS names (gpu_suite.sh: the ones that passed their first
+check). Needs a compute capability 9.0 GPU and a build with sm_90a, where it is the
+default."""
 import os
 
 import pytest

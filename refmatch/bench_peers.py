@@ -78,7 +78,7 @@ def _flash_kmeans_methods(query, reference, flops):
 def _cuda_variant_methods(query, reference, flops):
     """The cuda backend's other kernels at k = 1 on sm_90 cards, where its plain rows run the
     wgmma kernel as REFMATCH_CUDA_HOPPER_ROWS and _QUERY say (the first HOPPER_VARIANTS
-    entry unless set): mma.sync and the other wgmma variants. Elsewhere the ``cuda`` rows
+    entry, wgmma-256, unless set): mma.sync and the other wgmma variants. Elsewhere the ``cuda`` rows
     are mma.sync and these are skipped."""
     from refmatch.backends.cuda_backend import HOPPER_VARIANTS, hopper_enabled, hopper_kernel, kernel_name, \
         native_module

@@ -7,12 +7,13 @@ with torch on the query's device and applies the per-row fix-up.
 
 On a compute capability 9.0 device, with a build that includes sm_90a, the
 Hopper kernel serves the calls it can; ``REFMATCH_CUDA_HOPPER=0`` (read at each
-call) keeps every call on the mma.sync kernel. ``REFMATCH_CUDA_HOPPER_ROWS=256``
-gives its CTAs 256 query rows instead of 128 where that tile fits (D <= 192 on an
-H100): half the bank traffic per FLOP. ``REFMATCH_CUDA_HOPPER_QUERY=registers``
-holds the query in registers (RS wgmma; any D with 128 rows, D <= 64 with 256):
-a third less shared-memory traffic per MMA. Neither has run on a GPU yet, so
-neither is the default.
+call) keeps every call on the mma.sync kernel. Its CTAs take 256 query rows where
+that tile fits beside the pipeline (D <= 192 on an H100 or H200; 128 above): half
+the bank traffic per FLOP of 128 rows, 1.7x faster at D = 128 on an H200 (session
+14). ``REFMATCH_CUDA_HOPPER_ROWS=128`` keeps 128 rows at every D.
+``REFMATCH_CUDA_HOPPER_QUERY=registers`` holds the query in registers (RS wgmma;
+any D with 128 rows, D <= 64 with 256): a third less shared-memory traffic per
+MMA, no faster on an H200 (311.7 against 315.2 ms with 128 rows), so not the default.
 """
 import contextlib
 import ctypes
@@ -30,7 +31,7 @@ from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
-HOPPER_ROWS = (128, 256)  # query rows per CTA of the wgmma kernel; the first is the default
+HOPPER_ROWS = (256, 128)  # query rows per CTA of the wgmma kernel; the first is the default
 HOPPER_QUERY = ("shared", "registers")  # where the wgmma kernel's query operand lives; the first is the default
 WIDEST_256_ROWS = 192  # the widest D whose 256-row query tile fits beside the pipeline (H100, H200)
 WIDEST_256_ROWS_IN_REGISTERS = 64  # the widest D whose 256 query rows fit in a consumer's registers
@@ -101,7 +102,8 @@ def _setting(name, choices):
 def hopper_rows(device, k=1):
     """Query rows per CTA asked of the wgmma kernel for a k-call on ``device``: 0 where
     it is off (``hopper_enabled``; top-k always runs mma.sync), else
-    ``REFMATCH_CUDA_HOPPER_ROWS`` (128, the default, or 256)."""
+    ``REFMATCH_CUDA_HOPPER_ROWS`` (256, the default, or 128; the kernel takes 128 where
+    256 rows do not fit, see ``documented_hopper_kernel``)."""
     rows = int(_setting("REFMATCH_CUDA_HOPPER_ROWS", [str(rows) for rows in HOPPER_ROWS]))
     return rows if k == 1 and hopper_enabled(device) else 0
 
@@ -271,8 +273,9 @@ class CudaBackend:
         count, error = module.cuda_device_count()
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
-        hopper = (", wgmma kernel on sm_90 (REFMATCH_CUDA_HOPPER=0: mma.sync; REFMATCH_CUDA_HOPPER_ROWS=256: "
-                  "256-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: query in registers)"
+        hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192 (REFMATCH_CUDA_HOPPER=0: mma.sync; "
+                  "REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: query in "
+                  "registers)"
                   if _built_for_hopper() else "")
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")
