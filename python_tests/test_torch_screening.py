@@ -7,7 +7,7 @@ from refmatch.backends import torch_screening as screening
 from refmatch.backends import screen_candidates
 from refmatch.backends.screen_candidates import chunk_maxima_bf16
 from refmatch.backends.torch_backend import match_chunked
-from refmatch.backends.cuda_classwise import stored_by_class
+from refmatch.backends.class_ranges import stored_by_class
 from refmatch.backends.torch_classwise import classwise_chunked
 from screened import screen_small_banks, screened_match  # noqa: F401 (an autouse fixture)
 

@@ -11,7 +11,7 @@ class instead.
 """
 import torch
 
-from .cuda_classwise import class_ranges, stored_by_class
+from .class_ranges import class_ranges, stored_by_class
 from .scoring import finalize_class_scores, host_read_allowed
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
 from .torch_screening import screening_applies

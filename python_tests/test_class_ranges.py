@@ -1,8 +1,8 @@
-"""Class-aligned bank ranges of the CUDA class-wise max (host logic, runs on the CPU)."""
+"""Class-aligned bank ranges of the CUDA and Triton class-wise max (host logic, runs on the CPU)."""
 import pytest
 import torch
 
-from refmatch.backends.cuda_classwise import MIN_RANGE_ROWS, _sorted_by_label, class_ranges
+from refmatch.backends.class_ranges import MIN_RANGE_ROWS, class_ranges, sorted_by_label
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -35,11 +35,11 @@ def test_ranges_when_nothing_counts():
 def test_banks_out_of_class_order_are_sorted_stably():
     reference = torch.arange(12.0).view(6, 2)
     labels, stat = torch.tensor([2, 0, 1, 0, 2, 1]), torch.arange(6.0)
-    rows, sorted_labels, sorted_stat, ignored = _sorted_by_label(reference, labels, stat, None)
+    rows, sorted_labels, sorted_stat, ignored = sorted_by_label(reference, labels, stat, None)
     assert sorted_labels.tolist() == [0, 0, 1, 1, 2, 2] and sorted_stat.tolist() == [1, 3, 2, 5, 0, 4]
     assert torch.equal(rows[:, 0], 2 * sorted_stat) and ignored is None
     grouped = torch.tensor([0, 0, 1, 2])
-    same = _sorted_by_label(reference[:4], grouped, stat[:4], torch.tensor([False, True, False, False]))
+    same = sorted_by_label(reference[:4], grouped, stat[:4], torch.tensor([False, True, False, False]))
     assert same[0].data_ptr() == reference.data_ptr() and same[1] is grouped  # in order: used in place
 
 
