@@ -21,7 +21,9 @@ Tiling
     card, exact below an H100's 227 KB), the launcher steps down its
     ``shared_memory_ladder`` to one that fits. The grid is
     (cdiv(N, BLOCK_N), splits): when N is too small to fill the GPU the bank is cut
-    into ``splits`` ranges whose partial bests are merged by ``merge_split_lists``.
+    into ``splits`` even ranges whose partial bests are merged by ``merge_split_lists``.
+    ``range_maxima`` gives the ranges instead (RANGES: their starts in memory), so that
+    the k = 1 loop yields the class-wise max of a bank stored class by class.
     The per-reference term (1/|r|, |r|^2) of the next tile is loaded before this
     tile's dot: loaded where it is used, it waited on global memory after every
     dot and made l2 1.5-2x slower than dot on an H200. The launcher pads that term
@@ -76,13 +78,13 @@ def _tile_scores(q, ref_tile, acc, INPUT_PRECISION: tl.constexpr):
 
 @triton.jit
 def _match_kernel(
-    query_ptr, reference_ptr, ref_stat_ptr, labels_ptr, out_score_ptr, out_index_ptr,
+    query_ptr, reference_ptr, ref_stat_ptr, labels_ptr, split_starts_ptr, out_score_ptr, out_index_ptr,
     num_rows, rows_per_image, width, num_refs, dim, refs_per_split,
     stride_qb, stride_qd, stride_qh, stride_qw, stride_rm, stride_rd,
     METRIC: tl.constexpr, REDUCTION: tl.constexpr, SLOTS: tl.constexpr, SLOTS_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, QUERY_RESIDENT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    WIDE_OFFSETS: tl.constexpr,
+    WIDE_OFFSETS: tl.constexpr, RANGES: tl.constexpr,
 ):
     split = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -104,8 +106,12 @@ def _match_kernel(
         q = tl.load(query_ptr + row_offset[:, None] + channel_step[None, :] * stride_qd,
                     mask=row_ok[:, None] & (channels[None, :] < dim), other=0.0)
 
-    m_begin = split.to(tl.int64) * refs_per_split
-    m_end = tl.minimum(m_begin + refs_per_split, num_refs)
+    if RANGES:  # split s is bank rows [split_starts[s], split_starts[s + 1]): class ranges
+        m_begin = tl.load(split_starts_ptr + split)
+        m_end = tl.load(split_starts_ptr + split + 1)
+    else:
+        m_begin = split.to(tl.int64) * refs_per_split
+        m_end = tl.minimum(m_begin + refs_per_split, num_refs)
     # argmax: [BLOCK_N] best; top-k / class-wise: [BLOCK_N, SLOTS_PAD] lists, with
     # padding slots at +inf so that they are never a row's worst. Indices are int32 from
     # m_begin (the launcher keeps a split under 2^31 rows): int64 ones spilled under the
@@ -201,8 +207,9 @@ def _launch_context(device):
             yield
 
 
-def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
-    """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise).
+def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile, split_starts=None):
+    """Run the kernel; partial results [splits, N, slots] (scores, and indices but for class-wise),
+    over even bank ranges or, given ``split_starts`` [S + 1], over those ranges.
     Explicit ``tile`` overrides run as given; otherwise a shape the GPU cannot hold (Triton's
     OutOfResources, raised before anything runs) gives way to the next step of the ladder."""
     dim = query.shape[1]
@@ -213,7 +220,7 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
         try:
             with _launch_context(query.device):
                 partial = _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits,
-                                        steps[position])
+                                        steps[position], split_starts)
         except OutOfResources as error:
             if position + 1 < len(steps):
                 continue
@@ -225,7 +232,7 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
         return partial
 
 
-def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile):
+def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, splits, tile, split_starts):
     """``_launch`` with one shape: ``launch_config`` overrides ``tile``."""
     batch, dim, height, width = query.shape
     num_rows, num_refs = batch * height * width, reference.shape[0]
@@ -233,27 +240,32 @@ def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, 
     config = launch_config(dim, slots, interpret_flag(), **tile)
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
-    # Kept indices are int32 offsets into a split, so no split spans 2^31 rows.
-    splits = max(splits or pick_splits(row_blocks, num_refs, block_m, query.device),
-                 triton.cdiv(num_refs, MAX_SPLIT_REFS))
-    refs_per_split = triton.cdiv(triton.cdiv(num_refs, splits), block_m) * block_m
-    splits = triton.cdiv(num_refs, refs_per_split)
+    if split_starts is None:
+        # Kept indices are int32 offsets into a split, so no split spans 2^31 rows.
+        splits = max(splits or pick_splits(row_blocks, num_refs, block_m, query.device),
+                     triton.cdiv(num_refs, MAX_SPLIT_REFS))
+        refs_per_split = triton.cdiv(triton.cdiv(num_refs, splits), block_m) * block_m
+        splits = triton.cdiv(num_refs, refs_per_split)
+    else:
+        splits, refs_per_split = split_starts.shape[0] - 1, 0
 
     partial_score = torch.empty(splits, num_rows, slots, device=query.device, dtype=torch.float32)
     partial_index = partial_score if reduction == "classwise" else torch.empty_like(partial_score, dtype=torch.int64)
     if num_rows == 0:
         return partial_score, partial_index
     if metric != "dot":
-        # Padded past the last tile and its look-ahead, so stat loads need no mask (a
-        # compare per column and tile); padding columns are masked in the scores.
-        ref_stat = torch.nn.functional.pad(ref_stat, (0, splits * refs_per_split + block_m - num_refs))
+        # Padded past the last tile and its look-ahead (a range may end anywhere), so stat
+        # loads need no mask (a compare per column and tile); padding columns are masked in the scores.
+        ref_stat = torch.nn.functional.pad(ref_stat, (0, triton.cdiv(num_refs, block_m) * block_m + 2 * block_m
+                                                      - num_refs))
     precision = "tf32" if tf32_allowed(query.dtype) else "ieee"
     kernel = _match_kernel[(row_blocks, splits)](
-        query, reference, ref_stat, labels if labels is not None else ref_stat, partial_score, partial_index,
+        query, reference, ref_stat, labels if labels is not None else ref_stat,
+        split_starts if split_starts is not None else ref_stat, partial_score, partial_index,
         num_rows, height * width, width, num_refs, dim, refs_per_split,
         *query.stride(), *reference.stride(),
         METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
-        INPUT_PRECISION=precision, WIDE_OFFSETS=needs_wide_offsets(query, reference),
+        INPUT_PRECISION=precision, WIDE_OFFSETS=needs_wide_offsets(query, reference), RANGES=split_starts is not None,
         enable_fp_fusion=FP_FUSION, **config,
     )
     if capped:
@@ -293,7 +305,9 @@ def match_argmax(query, reference, ref_stat, metric, **overrides):
 
 
 def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, splits=None, **tile):
-    """Best oriented score per class, [N, C] (-inf where a class has no reference).
+    """Best oriented score per class, [N, C] (-inf where a class has no reference), from
+    C running maxima per row: no host read, so CUDA graph capture and torch.compile take
+    it; eager calls take ``range_maxima`` over class ranges (the k = 1 loop), faster.
 
     Args as in ``match_topk``; labels: [M] integers in [0, C), C <= MAX_SLOTS.
     Fastest when references are grouped by class: a tile visits only its classes.
@@ -303,3 +317,25 @@ def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, sp
     partial_score, _ = _launch(query, reference, ref_stat, labels, metric, "classwise", num_classes,
                                splits, tile)
     return partial_score.amax(dim=0)
+
+
+def fill_splits(query, num_refs):
+    """Bank ranges a k = 1 launch at the default tile shape cuts M references into, for
+    [B, D, H, W] maps: enough to fill the GPU, none over MAX_SPLIT_REFS rows."""
+    batch, dim, height, width = query.shape
+    config = launch_config(dim, 1, interpret_flag())
+    row_blocks = triton.cdiv(max(batch * height * width, 1), config["BLOCK_N"])
+    return max(pick_splits(row_blocks, num_refs, config["BLOCK_M"], query.device), triton.cdiv(num_refs, MAX_SPLIT_REFS))
+
+
+def range_maxima(query, reference, ref_stat, metric, split_starts, **tile):
+    """Best score per query row within each bank range, from the k = 1 kernel: [S, N]
+    float32 (-inf where a range holds no finite score), before the per-row fix-up.
+
+    Args as in ``match_topk``; split_starts: int64 [S + 1] on the query's device,
+    non-decreasing from >= 0 to <= M: range s is bank rows [split_starts[s],
+    split_starts[s + 1]), at most MAX_SPLIT_REFS of them (``class_ranges`` cut to
+    ``fill_splits`` keeps to that).
+    """
+    partial_score, _ = _launch(query, reference, ref_stat, None, metric, "argmax", 1, None, tile, split_starts)
+    return partial_score[:, :, 0]

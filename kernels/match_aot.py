@@ -23,15 +23,21 @@ from .match import FP_FUSION, MAX_SLOTS, METRIC_CODES, REDUCTIONS, _match_kernel
 from .match_tiles import launch_config, shared_memory_ladder
 
 POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
-# (reduction, slots): k = 1, top-8, the largest top-k, 4 and the most classes.
-VARIANTS = [("argmax", 1), ("topk", 8), ("topk", MAX_SLOTS), ("classwise", 4), ("classwise", MAX_SLOTS)]
+# The launcher's kernels by name: k = 1 (over even ranges, and over given ones: the class-wise
+# max on class ranges), top-8, the largest top-k, 4 and the most classes (no host read: graph capture).
+VARIANTS = {"argmax1": dict(reduction="argmax", slots=1), "ranges1": dict(reduction="argmax", slots=1, ranges=True),
+            "topk8": dict(reduction="topk", slots=8), f"topk{MAX_SLOTS}": dict(reduction="topk", slots=MAX_SLOTS),
+            "classwise4": dict(reduction="classwise", slots=4),
+            f"classwise{MAX_SLOTS}": dict(reduction="classwise", slots=MAX_SLOTS)}
 
 
-def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=False, exact=False, **tile):
+def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=False, exact=False, ranges=False,
+                    **tile):
     """The compiled kernel (``.asm["cubin"]``, ``.asm["ttir"]``, ``.metadata.shared``) for one
     launch shape; ``tile`` overrides ``launch_config`` as the launcher's keyword arguments do,
     ``wide_offsets`` as for inputs spanning 2^31 elements, ``exact`` float32 as at torch's
-    "highest" matmul precision (else TF32)."""
+    "highest" matmul precision (else TF32), ``ranges`` with bank ranges given by their starts
+    (``range_maxima``, the class-wise max on class ranges)."""
     if triton_version() < (3, 3):  # ASTSource(constexprs=...) arrived in triton 3.3
         raise RuntimeError(f"ahead-of-time compiles need triton >= 3.3, found {triton.__version__}")
     config = launch_config(dim, slots, **tile)
@@ -39,9 +45,9 @@ def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=Fal
     options["enable_fp_fusion"] = FP_FUSION
     constants = dict(config, METRIC=METRIC_CODES[metric], REDUCTION=REDUCTIONS[reduction], SLOTS=slots,
                      INPUT_PRECISION="tf32" if dtype == "float32" and not exact else "ieee",
-                     WIDE_OFFSETS=wide_offsets)
+                     WIDE_OFFSETS=wide_offsets, RANGES=ranges)
     pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],
-                "ref_stat_ptr": "*fp32", "labels_ptr": "*i64", "out_score_ptr": "*fp32", "out_index_ptr": "*i64"}
+                "ref_stat_ptr": "*fp32", "labels_ptr": "*i64", "split_starts_ptr": "*i64", "out_score_ptr": "*fp32", "out_index_ptr": "*i64"}
     # As the JIT specialises a call with [N, D] rows and a contiguous [M, D] bank:
     # unit strides become constants, pointers and D-multiples are 16-divisible.
     constants.update(stride_qd=1, stride_qw=1, stride_rd=1)
@@ -55,12 +61,12 @@ def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=Fal
                           options=options)
 
 
-def fitting_variant(arch, dtype, dim, metric, reduction, slots, shared_limit, exact=False):
+def fitting_variant(arch, dtype, dim, metric, reduction, slots, shared_limit, exact=False, ranges=False):
     """(ladder step, compiled kernel) of the first ``shared_memory_ladder`` step whose shared
     memory is within ``shared_limit`` bytes, as the launcher picks on such a GPU; (None, None)
     when no step fits."""
     for step, tile in enumerate(shared_memory_ladder(dim, slots, {})):
-        kernel = compile_variant(arch, dtype, dim, metric, reduction, slots, exact=exact, **tile)
+        kernel = compile_variant(arch, dtype, dim, metric, reduction, slots, exact=exact, ranges=ranges, **tile)
         if kernel.metadata.shared <= shared_limit:
             return step, kernel
     return None, None
@@ -78,13 +84,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for dim in args.dim:
-        for reduction, slots in VARIANTS:
-            name = f"sm{args.arch}-{args.dtype}-d{dim}-{reduction}{slots}"
+        for variant_name, variant in VARIANTS.items():
+            name = f"sm{args.arch}-{args.dtype}-d{dim}-{variant_name}"
             if args.shared_limit is None:
-                step, kernel = 0, compile_variant(args.arch, args.dtype, dim, "cosine", reduction, slots)
+                step, kernel = 0, compile_variant(args.arch, args.dtype, dim, "cosine", **variant)
             else:
-                step, kernel = fitting_variant(args.arch, args.dtype, dim, "cosine", reduction, slots,
-                                               args.shared_limit)
+                step, kernel = fitting_variant(args.arch, args.dtype, dim, "cosine", shared_limit=args.shared_limit,
+                                               **variant)
             if kernel is None:
                 raise SystemExit(f"{name}: no step of the ladder fits {args.shared_limit} bytes")
             (args.out / f"{name}.cubin").write_bytes(kernel.asm["cubin"])

@@ -37,7 +37,7 @@ def test_every_variant_compiles_without_spills(arch, tmp_path):
     _run_python(["-m", "refmatch.kernels.match_aot", "--arch", str(arch), "--dim", "32", "128", "256",
                  "--out", str(tmp_path)])
     cubins = sorted(tmp_path.glob("*.cubin"))
-    assert len(cubins) == 3 * 5, [path.name for path in cubins]  # dims x variants
+    assert len(cubins) == 3 * 6, [path.name for path in cubins]  # dims x variants
     for cubin in cubins:
         for (_, function), usage in resource_usage(cubin).items():
             assert_no_spills(f"{cubin.stem} {function}", usage)
@@ -117,13 +117,13 @@ def test_every_reduction_loop_is_software_pipelined():
         from refmatch.kernels.match_aot import VARIANTS, compile_variant
         found = {}
         for arch in (80, 90):
-            for reduction, slots in VARIANTS:
-                ttgir = compile_variant(arch, "bfloat16", 128, "dot", reduction, slots).asm["ttgir"]
-                found[f"sm{arch} {reduction}{slots}"] = ttgir.count("ttg.async_copy_global_to_local")
+            for name, variant in VARIANTS.items():
+                ttgir = compile_variant(arch, "bfloat16", 128, "dot", **variant).asm["ttgir"]
+                found[f"sm{arch} {name}"] = ttgir.count("ttg.async_copy_global_to_local")
         print(json.dumps(found))
         """)
     copies = _script_json(script)
-    assert len(copies) == 2 * 5 and all(count >= 2 for count in copies.values()), copies  # prologue and loop
+    assert len(copies) == 2 * 6 and all(count >= 2 for count in copies.values()), copies  # prologue and loop
 
 
 def test_full_tiles_take_no_per_score_mask():

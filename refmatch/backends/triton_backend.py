@@ -7,7 +7,8 @@ import torch
 from ..kernels.match_tiles import interpret_flag
 from .custom_op import (MAX_FUSED_SLOTS, capability_reason, device_capability, fused_kernel_limits,
                         register_classwise_op, register_match_op)
-from .scoring import finalize_class_scores, finalize_scores, kernel_metric_and_stat
+from .class_ranges import class_ranges, fold_range_maxima, sorted_by_label
+from .scoring import finalize_class_scores, finalize_scores, host_read_allowed, kernel_metric_and_stat
 
 _FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
 
@@ -42,12 +43,23 @@ def match_fused(query, reference, ignored, k, metric):
 
 
 def classwise_fused(query, reference, labels, ignored, num_classes, metric):
-    """[N, C] best score per class from the fused Triton kernel; see ``classwise_chunked``."""
-    from refmatch.kernels.match import classwise_max
+    """[N, C] best score per class from the fused Triton kernel; see ``classwise_chunked``.
+
+    Where the labels may be read on the host, the k = 1 kernel runs over class-aligned
+    bank ranges (``class_ranges``; a bank out of class order is sorted, a copy): the
+    same loop as ``match``. Under CUDA graph capture and torch.compile, which allow no
+    host read, the kernel keeps a running maximum per class instead (C slots a row)."""
+    from refmatch.kernels.match import classwise_max, fill_splits, range_maxima
 
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
-    oriented = classwise_max(*_kernel_inputs(query, reference), stat, labels, kernel_metric, num_classes)
-    return finalize_class_scores(oriented, query, metric)
+    kernel_query, kernel_reference = _kernel_inputs(query, reference)
+    if not host_read_allowed(labels):
+        oriented = classwise_max(kernel_query, kernel_reference, stat, labels, kernel_metric, num_classes)
+        return finalize_class_scores(oriented, query, metric)
+    kernel_reference, labels, stat, ignored = sorted_by_label(kernel_reference, labels, stat, ignored)
+    starts, owners = class_ranges(labels, ignored, num_classes, fill_splits(kernel_query, kernel_reference.shape[0]))
+    partial = range_maxima(kernel_query, kernel_reference, stat, kernel_metric, starts)
+    return finalize_class_scores(fold_range_maxima(partial, owners, num_classes), query, metric)
 
 
 class TritonBackend:
