@@ -2,7 +2,8 @@
 
     python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
 
-For each size and reduction (k = 1 with dot, cosine and l2, top-8, class-wise C = 4) it
+For each size and reduction (k = 1 with dot, cosine and l2, top-8, class-wise C = 4: the
+per-class kernel that graph capture runs; eager calls take the k = 1 rows' kernel) it
 times every tile candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query resident
 or streamed, register cap) with CUDA events (median after a warm-up), checks the
 result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)
@@ -33,10 +34,11 @@ _TILE_NAMES = ("block_n", "block_m", "num_warps", "num_stages", "query_resident"
 TWO_PER_SM = (128, 128, 8, 2, None, 128)
 # One-warpgroup programs (64 rows, 4 warps) fit 3-5 to an SM at D = 64 (ahead-of-time compile,
 # triton 3.9), so one program's epilogue can overlap another's MMA; at D = 128 the 64 x 128 shape spills.
-# Top-k and class-wise come first (their loops are software-pipelined since session 14, not yet timed):
-# one stage (s1) does not pipeline, as they ran before; s2 fits four 64 x 64 programs to an SM at
-# D = 128, s3 three; 128 x 128 is the k = 1 default's shape.
-PIPELINE_CANDIDATES = [(), (64, 64, 4, 1), (64, 64, 4, 2), (128, 128, 8, 3), (128, 128, 8, 2)]
+# Top-k and class-wise come first (their loops are software-pipelined since session 14, which timed
+# these on an H200): one stage (s1) does not pipeline, as they ran before; s2 fits four 64 x 64 programs to an SM at
+# D = 128, s3 three; 128 x 128 is the k = 1 default's shape, uncapped and capped (TWO_PER_SM: its
+# compile under triton 3.6 keeps 64 bytes of stack for top-8, 8 for class-wise; not yet timed).
+PIPELINE_CANDIDATES = [(), (64, 64, 4, 1), (64, 64, 4, 2), (128, 128, 8, 3), (128, 128, 8, 2), TWO_PER_SM]
 CANDIDATES = {
     "top-8": PIPELINE_CANDIDATES,
     "classwise-4": PIPELINE_CANDIDATES,
