@@ -311,3 +311,21 @@ def test_bad_constructor_arguments():
         ReferenceBank(4, 3, 5, policy="fifo")
     with pytest.raises(ValueError, match="downsample must be one of .*got 'bilinear'"):
         ReferenceBank(4, 3, 5, downsample="bilinear")
+
+
+def test_meta_tensors_are_refused_by_name():
+    """What a bank keeps depends on values: meta tensors get a ValueError naming the input,
+    not an error from deep inside torch (nonzero, item)."""
+    bank = ReferenceBank(dim=8, num_classes=3, capacity_per_class=10)
+    meta_features, meta_masks = torch.empty(2, 8, 4, 4, device="meta"), torch.zeros(2, 8, 8, dtype=torch.long,
+                                                                                      device="meta")
+    with pytest.raises(ValueError, match="features is a meta tensor"):
+        bank.add(meta_features, meta_masks)
+    bank.add(torch.randn(2, 8, 4, 4), torch.zeros(2, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="query is a meta tensor"):
+        bank.match(torch.empty(5, 8, device="meta"))
+    with pytest.raises(ValueError, match="bank is a meta tensor"):
+        bank.to("meta").classwise_max(torch.randn(5, 8))
+    with pytest.raises(ValueError, match="reference is a meta tensor"):
+        ReferenceBank.from_tensors(torch.empty(20, 8, device="meta"), torch.zeros(20, dtype=torch.long,
+                                                                                   device="meta"), num_classes=3)

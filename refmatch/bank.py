@@ -89,6 +89,7 @@ class ReferenceBank(nn.Module):
         if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
             raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {describe(labels)}")
         check_integer_labels(labels)
+        _require_values(reference=reference, labels=labels)
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:
             num_classes = inferred_num_classes(labels, ignore_index)
@@ -107,6 +108,7 @@ class ReferenceBank(nn.Module):
 
     def _stored(self):
         """Features held by this process (``__len__`` of a sharded bank counts all ranks)."""
+        _require_values(bank=self.counts)
         return int(self.counts.sum())
 
     def class_counts(self):
@@ -140,6 +142,7 @@ class ReferenceBank(nn.Module):
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             raise ValueError(f"features must be [B, D, h, w], got {describe(features)}")
         self._require_growable()
+        _require_values(features=features, masks=masks, bank=self.features)
         if features.shape[1] != self.dim:
             raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={self.dim}")
         check_masks(masks, features.shape[0], features.shape[2:], self.num_classes, self.ignore_index)
@@ -300,6 +303,7 @@ class ReferenceBank(nn.Module):
             raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}")
         if query.shape[1] != self.dim:
             raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={self.dim}")
+        _require_values(query=query, bank=self.features)
         return query.to(self.features.dtype)
 
     def _class_rows(self, cls):
@@ -310,3 +314,13 @@ class ReferenceBank(nn.Module):
             return self.features[self.labels == cls] if cls != self.ignore_index else self.features[:0]
         start = cls * self.capacity
         return self.features[start:start + int(self.counts[cls])]
+
+
+def _require_values(**tensors):
+    """Raise for a meta tensor among ``tensors`` (name=tensor): which rows a bank keeps and
+    matches depends on values, which meta tensors lack."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            raise ValueError(f"{name} is a meta tensor: a ReferenceBank needs tensors that hold values (what it "
+                             "stores and matches depends on them); refmatch.match and classwise_max take meta "
+                             "tensors to infer result shapes")
