@@ -16,8 +16,8 @@ import argparse
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import HOPPER_VARIANTS, hopper_enabled, hopper_kernel, kernel_name, \
-    match_argmax_cuda
+from refmatch.backends.cuda_backend import HOPPER_VARIANTS, default_hopper_kernels, hopper_enabled, hopper_kernel, \
+    kernel_name, match_argmax_cuda
 from refmatch.backends.scoring import reference_stat
 
 from check_wgmma import serves
@@ -44,10 +44,11 @@ def sanitize_splits():
 
 def sanitize_hopper(variant):
     """The wgmma kernel's `variant` (a HOPPER_VARIANTS name): D tails, tile tails, 1-4 chunks,
-    two CTAs of rows, splits, every metric; fp16 and bf16 for the default variant, bf16
-    for the others (the dtype only changes the MMA instruction), and only the shapes each
+    two CTAs of rows, splits, every metric; fp16 and bf16 for the kernels the default runs
+    (``default_hopper_kernels``), bf16 for the others (the dtype only changes the MMA
+    instruction), and only the shapes each
     variant serves (a fallback is another variant's kernel), to keep the stage short."""
-    dtypes = (torch.float16, torch.bfloat16) if variant == next(iter(HOPPER_VARIANTS)) else (torch.bfloat16,)
+    dtypes = (torch.float16, torch.bfloat16) if variant in default_hopper_kernels() else (torch.bfloat16,)
     with hopper_kernel(variant):
         if not hopper_enabled(torch.device("cuda")):
             print("--  wgmma kernel: not an sm_90 device or no sm_90a build")

@@ -3,7 +3,7 @@
     python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
 
 For each size and reduction (k = 1 with dot, cosine and l2, top-8, class-wise C = 4: the
-per-class kernel that graph capture runs; eager calls take the k = 1 rows' kernel) it
+per-class kernel that graph capture runs; other calls take the k = 1 rows' kernel) it
 times every tile candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query resident
 or streamed, register cap) with CUDA events (median after a warm-up), checks the
 result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)

@@ -27,7 +27,8 @@ Tiling
     The per-reference term (1/|r|, |r|^2) of the next tile is loaded before this
     tile's dot: loaded where it is used, it waited on global memory after every
     dot and made l2 1.5-2x slower than dot on an H200. The launcher pads that term
-    by a tile past the bank so these loads go unmasked.
+    by two tiles past the bank's last whole tile (a range may end anywhere), so these
+    loads go unmasked.
 
 Epilogue cost
     On sm_90 the MMA at D = 64 leaves about 4 issue slots per score, so the epilogue
@@ -172,7 +173,8 @@ def _match_kernel(
     index = tl.where(best_index >= 0, m_begin + best_index, -1)
     if REDUCTION == 0:
         tl.store(out_score_ptr + out, best, mask=row_ok)
-        tl.store(out_index_ptr + out, index, mask=row_ok)
+        if not RANGES:  # range maxima are scores only
+            tl.store(out_index_ptr + out, index, mask=row_ok)
     else:
         out_slots = out[:, None] + slots[None, :]
         slot_ok = row_ok[:, None] & (slots[None, :] < SLOTS)
@@ -213,9 +215,10 @@ def _launch(query, reference, ref_stat, labels, metric, reduction, slots, splits
     Explicit ``tile`` overrides run as given; otherwise a shape the GPU cannot hold (Triton's
     OutOfResources, raised before anything runs) gives way to the next step of the ladder."""
     dim = query.shape[1]
-    chosen = launch_tile(query, metric, reduction, tile)
+    chosen = launch_tile(query, metric, reduction, tile, split_starts is not None)
     steps = [chosen] if tile or interpret_flag() else shared_memory_ladder(dim, slots, chosen)
-    key = (query.device, query.dtype, dim, metric, reduction, slots, tuple(sorted(chosen.items())))
+    key = (query.device, query.dtype, dim, metric, reduction, slots, split_starts is not None,
+           tuple(sorted(chosen.items())))
     for position in range(_FITTING_STEP.get(key, 0), len(steps)):
         try:
             with _launch_context(query.device):
@@ -241,16 +244,15 @@ def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, 
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     row_blocks = triton.cdiv(max(num_rows, 1), block_n)
     if split_starts is None:
-        # Kept indices are int32 offsets into a split, so no split spans 2^31 rows.
-        splits = max(splits or pick_splits(row_blocks, num_refs, block_m, query.device),
-                     triton.cdiv(num_refs, MAX_SPLIT_REFS))
+        splits = _filling_splits(row_blocks, num_refs, block_m, query.device, splits)
         refs_per_split = triton.cdiv(triton.cdiv(num_refs, splits), block_m) * block_m
         splits = triton.cdiv(num_refs, refs_per_split)
     else:
         splits, refs_per_split = split_starts.shape[0] - 1, 0
 
     partial_score = torch.empty(splits, num_rows, slots, device=query.device, dtype=torch.float32)
-    partial_index = partial_score if reduction == "classwise" else torch.empty_like(partial_score, dtype=torch.int64)
+    scores_only = reduction == "classwise" or split_starts is not None
+    partial_index = partial_score if scores_only else torch.empty_like(partial_score, dtype=torch.int64)
     if num_rows == 0:
         return partial_score, partial_index
     if metric != "dot":
@@ -269,7 +271,7 @@ def _launch_shape(query, reference, ref_stat, labels, metric, reduction, slots, 
         enable_fp_fusion=FP_FUSION, **config,
     )
     if capped:
-        note_cap_spills(query, kernel)
+        note_cap_spills(query, kernel, split_starts is not None)
     return partial_score, partial_index
 
 
@@ -306,8 +308,8 @@ def match_argmax(query, reference, ref_stat, metric, **overrides):
 
 def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, splits=None, **tile):
     """Best oriented score per class, [N, C] (-inf where a class has no reference), from
-    C running maxima per row: no host read, so CUDA graph capture and torch.compile take
-    it; eager calls take ``range_maxima`` over class ranges (the k = 1 loop), faster.
+    C running maxima per row. It needs no host read, so the Triton backend takes it under
+    CUDA graph capture; other calls take ``range_maxima`` over class ranges (the k = 1 loop).
 
     Args as in ``match_topk``; labels: [M] integers in [0, C), C <= MAX_SLOTS.
     Fastest when references are grouped by class: a tile visits only its classes.
@@ -319,13 +321,19 @@ def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, sp
     return partial_score.amax(dim=0)
 
 
+def _filling_splits(row_blocks, num_refs, block_m, device, asked=None):
+    """Bank ranges: ``asked``, or enough to fill the GPU beside ``row_blocks`` programs of rows;
+    more where a range would span over MAX_SPLIT_REFS rows (kept indices are int32 offsets into it)."""
+    return max(asked or pick_splits(row_blocks, num_refs, block_m, device), triton.cdiv(num_refs, MAX_SPLIT_REFS))
+
+
 def fill_splits(query, num_refs):
     """Bank ranges a k = 1 launch at the default tile shape cuts M references into, for
-    [B, D, H, W] maps: enough to fill the GPU, none over MAX_SPLIT_REFS rows."""
+    [B, D, H, W] maps (``_filling_splits``)."""
     batch, dim, height, width = query.shape
     config = launch_config(dim, 1, interpret_flag())
-    row_blocks = triton.cdiv(max(batch * height * width, 1), config["BLOCK_N"])
-    return max(pick_splits(row_blocks, num_refs, config["BLOCK_M"], query.device), triton.cdiv(num_refs, MAX_SPLIT_REFS))
+    return _filling_splits(triton.cdiv(max(batch * height * width, 1), config["BLOCK_N"]), num_refs,
+                           config["BLOCK_M"], query.device)
 
 
 def range_maxima(query, reference, ref_stat, metric, split_starts, **tile):

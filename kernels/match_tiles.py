@@ -79,25 +79,28 @@ def launch_config(dim, slots, interpret=False, block_n=None, block_m=None, num_w
     return config if maxnreg is None else dict(config, maxnreg=maxnreg)
 
 
-def cap_key(query):
-    return query.device, query.dtype, query.shape[1]
+def cap_key(query, ranges=False):
+    return query.device, query.dtype, query.shape[1], ranges
 
 
-def note_cap_spills(query, kernel):
+def note_cap_spills(query, kernel, ranges=False):
     """Record whether the capped kernel (``TWO_PROGRAMS_PER_SM``) spilled for this query's
-    (device, dtype, D): a compile's spills do not change, and unknown counts as spilled."""
-    _CAP_SPILLED.setdefault(cap_key(query), getattr(kernel, "n_spills", None) != 0)
+    (device, dtype, D), over even or given bank ranges (two compiles): a compile's spills do
+    not change, and unknown counts as spilled."""
+    _CAP_SPILLED.setdefault(cap_key(query, ranges), getattr(kernel, "n_spills", None) != 0)
 
 
-def launch_tile(query, metric, reduction, tile):
+def launch_tile(query, metric, reduction, tile, ranges=False):
     """The ``launch_config`` overrides a launch takes: ``tile`` when given; without any,
-    ``TWO_PROGRAMS_PER_SM`` for the dot argmax of a resident 64- or 128-channel query on
-    sm_90 (where it was measured) unless its compile spilled, else none."""
+    ``TWO_PROGRAMS_PER_SM`` for the dot argmax (over even bank ranges, or given ones when
+    ``ranges``) of a resident 64- or 128-channel query on sm_90 (where it was measured)
+    unless its compile spilled, else none."""
     if tile or metric != "dot" or reduction != "argmax" or query.device.type != "cuda" or interpret_flag():
         return dict(tile)
     if not 32 < query.shape[1] <= MAX_RESIDENT_D:
         return {}
-    capped = torch.cuda.get_device_capability(query.device)[0] == 9 and not _CAP_SPILLED.get(cap_key(query))
+    capped = (torch.cuda.get_device_capability(query.device)[0] == 9
+              and not _CAP_SPILLED.get(cap_key(query, ranges)))
     return dict(TWO_PROGRAMS_PER_SM) if capped else {}
 
 

@@ -127,6 +127,7 @@ def test_variants_are_named_as_the_kernel_reports_them():
                                          (256, "wgmma")])
 def test_the_default_takes_256_rows_where_they_fit(dim, kernel):
     assert cuda_backend.documented_hopper_kernel(next(iter(cuda_backend.HOPPER_VARIANTS)), dim) == kernel
+    assert cuda_backend.default_hopper_kernels() == ("wgmma-256", "wgmma")
 
 
 @pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])

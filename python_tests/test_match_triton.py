@@ -191,7 +191,8 @@ def test_declines_large_k_and_float64_with_reasons():
     ((9, 0), "dot", 1, 128, {"block_n": 64}, False)])
 def test_two_programs_per_sm_only_where_measured(monkeypatch, capability, metric, k, dim, tile, expected):
     """The register cap of TWO_PROGRAMS_PER_SM goes to the dot argmax on sm_90 at D = 33..128 only,
-    never under tile overrides, and stops for good once its compile spilled."""
+    never under tile overrides, and stops for good once its compile spilled: over even bank
+    ranges and over given ones (the class-wise max), each by its own compile."""
     from types import SimpleNamespace
 
     from refmatch.kernels import match_tiles as tiles
@@ -204,6 +205,9 @@ def test_two_programs_per_sm_only_where_measured(monkeypatch, capability, metric
     assert tiles.launch_tile(query, metric, reduction, tile) == (capped if expected else tile)
     tiles._CAP_SPILLED[tiles.cap_key(query)] = True
     assert tiles.launch_tile(query, metric, reduction, tile) == tile
+    assert tiles.launch_tile(query, metric, reduction, tile, ranges=True) == (capped if expected else tile)
+    tiles._CAP_SPILLED[tiles.cap_key(query, ranges=True)] = True
+    assert tiles.launch_tile(query, metric, reduction, tile, ranges=True) == tile
 
 
 @pytest.mark.parametrize("setting, dtype, precision", [

@@ -43,16 +43,19 @@ def test_every_variant_compiles_without_spills(arch, tmp_path):
             assert_no_spills(f"{cubin.stem} {function}", usage)
 
 
-def test_two_programs_per_sm_keeps_the_register_cap(tmp_path):
-    """The capped dot argmax (``TWO_PROGRAMS_PER_SM``) compiles for sm_90 within 128 registers a
-    thread. Whether it spills depends on the triton version; the launcher checks that itself."""
+@pytest.mark.parametrize("ranges", [False, True])
+def test_two_programs_per_sm_keeps_the_register_cap(tmp_path, ranges):
+    """The capped dot argmax (``TWO_PROGRAMS_PER_SM``), over even bank ranges or given ones (the
+    class-wise max), compiles for sm_90 within 128 registers a thread. Whether it spills depends
+    on the triton version; the launcher checks that itself."""
     cubin = tmp_path / "capped.cubin"
     script = ("import sys; from pathlib import Path\n"
               "from refmatch.kernels.match import TWO_PROGRAMS_PER_SM\n"
               "from refmatch.kernels.match_aot import compile_variant\n"
-              "kernel = compile_variant(90, 'bfloat16', 128, 'dot', 'argmax', 1, **TWO_PROGRAMS_PER_SM)\n"
+              "kernel = compile_variant(90, 'bfloat16', 128, 'dot', 'argmax', 1, ranges=sys.argv[2] == 'True',\n"
+              "                         **TWO_PROGRAMS_PER_SM)\n"
               "Path(sys.argv[1]).write_bytes(kernel.asm['cubin'])\n")
-    _run_python(["-c", script, str(cubin)])
+    _run_python(["-c", script, str(cubin), str(ranges)])
     usages = list(resource_usage(cubin).values())
     assert len(usages) == 1 and usages[0]["REG"] <= 128, usages
 

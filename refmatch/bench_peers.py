@@ -76,23 +76,30 @@ def _flash_kmeans_methods(query, reference, flops):
 
 
 def _cuda_variant_methods(query, reference, flops):
-    """The cuda backend's other kernels at k = 1 on sm_90 cards, where its plain rows run the
-    wgmma kernel as REFMATCH_CUDA_HOPPER_ROWS and _QUERY say (the first HOPPER_VARIANTS
-    entry, wgmma-256, unless set): mma.sync and the other wgmma variants. Elsewhere the ``cuda`` rows
-    are mma.sync and these are skipped."""
+    """The cuda backend's other kernels at k = 1 on sm_90 cards: mma.sync and the wgmma
+    variants (HOPPER_VARIANTS) but the one its plain rows run (wgmma-256 up to D = 192 and
+    wgmma above, unless REFMATCH_CUDA_HOPPER_ROWS and _QUERY say otherwise), each skipped
+    where the call runs another kernel. Elsewhere the ``cuda`` rows are mma.sync and these
+    are skipped."""
     from refmatch.backends.cuda_backend import HOPPER_VARIANTS, hopper_enabled, hopper_kernel, kernel_name, \
         native_module
 
     available = query.is_cuda and native_module() is not None and hopper_enabled(query.device)
+    maps = query.T[None, :, :, None]
+    plain = kernel_name(maps, reference) if available else "mma.sync"
     methods = []
-    for variant in ["mma.sync", *list(HOPPER_VARIANTS)[1:]]:
+    for variant in ["mma.sync", *HOPPER_VARIANTS]:
         name = f"refmatch cuda {variant} k=1"
         if not available:
-            methods.append(Method(name, "dot", 1, None, flops, "needs sm_90 and an sm_90a build (the cuda rows "
-                                                               "are the mma.sync kernel elsewhere)"))
+            if variant != plain:
+                methods.append(Method(name, "dot", 1, None, flops, "needs sm_90 and an sm_90a build (the cuda "
+                                                                   "rows are the mma.sync kernel elsewhere)"))
             continue
         with hopper_kernel(variant):
-            runs = kernel_name(query.T[None, :, :, None], reference)
+            runs = kernel_name(maps, reference)
+        if runs == plain:  # e.g. wgmma-256 at D = 128: the plain cuda rows time it
+            methods.append(Method(name, "dot", 1, None, flops, f"the cuda rows run the {runs} kernel"))
+            continue
         if runs != variant:  # e.g. D=256: a 256-row query tile does not fit beside the pipeline
             methods.append(Method(name, "dot", 1, None, flops, f"this call runs the {runs} kernel"))
             continue

@@ -66,3 +66,17 @@ def fold_range_maxima(partial, owners, num_classes):
     bests ``partial`` [S, N] of ranges whose classes are ``owners`` [S]."""
     best = partial.new_full((partial.shape[1], num_classes), float("-inf"))
     return best.scatter_reduce_(1, owners[None, :].expand(partial.shape[1], -1), partial.T, "amax")
+
+
+def classwise_over_ranges(reference, labels, stat, ignored, num_classes, target_ranges, range_maxima):
+    """[N, C] oriented per-class maxima from a backend's k = 1 kernel over class ranges.
+
+    Args:
+        reference: [M, D]; labels: [M] in [0, C) for counted rows; stat: [M] per-reference
+            term (empty for dot); ignored: [M] bool or None.
+        target_ranges: ranges that fill the device (a class is cut into several when needed).
+        range_maxima: ``(reference, stat, starts [S + 1]) -> [S, N]`` each range's best.
+    """
+    reference, labels, stat, ignored = sorted_by_label(reference, labels, stat, ignored)
+    starts, owners = class_ranges(labels, ignored, num_classes, target_ranges)
+    return fold_range_maxima(range_maxima(reference, stat, starts), owners, num_classes)

@@ -149,6 +149,12 @@ def documented_hopper_kernel(variant, dim):
     return _wgmma_name(rows, query if fits else "shared")
 
 
+def default_hopper_kernels():
+    """The wgmma kernels the default setting runs, by D: ("wgmma-256", "wgmma")."""
+    default = next(iter(HOPPER_VARIANTS))
+    return tuple(dict.fromkeys(documented_hopper_kernel(default, dim) for dim in range(8, 257, 8)))
+
+
 def kernel_name(query, reference):
     """The kernel ``match_argmax_cuda`` runs for query [B, D, H, W] maps against
     reference [M, D]: "wgmma" (128 query rows per CTA), "wgmma-256", "wgmma-rs",

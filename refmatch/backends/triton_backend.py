@@ -7,7 +7,7 @@ import torch
 from ..kernels.match_tiles import interpret_flag
 from .custom_op import (MAX_FUSED_SLOTS, capability_reason, device_capability, fused_kernel_limits,
                         register_classwise_op, register_match_op)
-from .class_ranges import class_ranges, fold_range_maxima, sorted_by_label
+from .class_ranges import classwise_over_ranges
 from .scoring import finalize_class_scores, finalize_scores, host_read_allowed, kernel_metric_and_stat
 
 _FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
@@ -45,21 +45,27 @@ def match_fused(query, reference, ignored, k, metric):
 def classwise_fused(query, reference, labels, ignored, num_classes, metric):
     """[N, C] best score per class from the fused Triton kernel; see ``classwise_chunked``.
 
-    Where the labels may be read on the host, the k = 1 kernel runs over class-aligned
-    bank ranges (``class_ranges``; a bank out of class order is sorted, a copy): the
-    same loop as ``match``. Under CUDA graph capture and torch.compile, which allow no
-    host read, the kernel keeps a running maximum per class instead (C slots a row)."""
+    The k = 1 kernel runs over class-aligned bank ranges (``class_ranges``; a bank out of
+    class order is sorted, a copy): the same loop as ``match``. Under CUDA graph capture,
+    which allows no host read of the class counts, and where the k = 1 kernel does not
+    compile (``_argmax_kernel_compiles``), the kernel keeps C running maxima a row instead."""
     from refmatch.kernels.match import classwise_max, fill_splits, range_maxima
 
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
     kernel_query, kernel_reference = _kernel_inputs(query, reference)
-    if not host_read_allowed(labels):
+    if host_read_allowed(labels) and _argmax_kernel_compiles(query.device):
+        oriented = classwise_over_ranges(
+            kernel_reference, labels, stat, ignored, num_classes, fill_splits(kernel_query, reference.shape[0]),
+            lambda bank, bank_stat, starts: range_maxima(kernel_query, bank, bank_stat, kernel_metric, starts))
+    else:
         oriented = classwise_max(kernel_query, kernel_reference, stat, labels, kernel_metric, num_classes)
-        return finalize_class_scores(oriented, query, metric)
-    kernel_reference, labels, stat, ignored = sorted_by_label(kernel_reference, labels, stat, ignored)
-    starts, owners = class_ranges(labels, ignored, num_classes, fill_splits(kernel_query, kernel_reference.shape[0]))
-    partial = range_maxima(kernel_query, kernel_reference, stat, kernel_metric, starts)
-    return finalize_class_scores(fold_range_maxima(partial, owners, num_classes), query, metric)
+    return finalize_class_scores(oriented, query, metric)
+
+
+def _argmax_kernel_compiles(device):
+    """False on sm_100 with triton < 3.9, which fails to compile the k = 1 kernel there
+    (its TritonNvidiaGPUOptimizeTMemLayoutsPass; seen with 3.6, 3.9 compiles it)."""
+    return device.type != "cuda" or device_capability(device)[0] != 10 or triton_version() >= (3, 9)
 
 
 class TritonBackend:
@@ -106,9 +112,8 @@ class TritonBackend:
             reason = capability_reason(problem.device, capability, "bf16 / tf32 tensor-core dots")
             if reason:
                 return reason
-            argmax, version = problem.op == "match" and problem.k == 1, triton_version()
-            if capability[0] == 10 and argmax and version < (3, 9):
-                return (f"triton {_dotted(version)} fails to compile the k = 1 kernel for "
+            if problem.op == "match" and problem.k == 1 and not _argmax_kernel_compiles(problem.device):
+                return (f"triton {_dotted(triton_version())} fails to compile the k = 1 kernel for "
                         "sm_100 (its TritonNvidiaGPUOptimizeTMemLayoutsPass; seen with 3.6, 3.9 compiles it): "
                         "upgrade triton; top-k and class-wise run here")
         return fused_kernel_limits(problem)
