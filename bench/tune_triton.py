@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from refmatch.kernels.match import classwise_max, match_topk
+from refmatch.kernels.match_launch import classwise_max, match_topk
 from refmatch.kernels.match_tiles import launch_config, launch_tile
 from refmatch.kernels.match_aot import compile_variant
 from refmatch.bench import fresh_stem, git_commit, machine, size_triple

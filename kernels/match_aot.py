@@ -19,7 +19,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ..backends.triton_backend import triton_version
-from .match import FP_FUSION, MAX_SLOTS, METRIC_CODES, REDUCTIONS, _match_kernel
+from .match import FP_FUSION, METRIC_CODES, REDUCTIONS, _match_kernel
+from .match_launch import MAX_SLOTS
 from .match_tiles import launch_config, shared_memory_ladder
 
 POINTER_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}

@@ -32,7 +32,7 @@ def test_rows_match_oracle(dtype, metric, n, m, d):
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_strided_maps_match_oracle(metric, monkeypatch):
     # channels-last maps, sliced in W: read through strides, never made contiguous.
-    from refmatch.kernels import match as kernels
+    from refmatch.kernels import match_launch as kernels
 
     maps = torch.randn(2, 20, 5, 9, device=DEVICE).to(memory_format=torch.channels_last)[..., 1:8]
     reference = torch.randn(45, 20, device=DEVICE)
@@ -46,7 +46,7 @@ def test_strided_maps_match_oracle(metric, monkeypatch):
 
 @pytest.mark.parametrize("splits", [1, 2, 5])
 def test_split_merge_keeps_lowest_index(splits):
-    from refmatch.kernels.match import match_argmax
+    from refmatch.kernels.match_launch import match_argmax
 
     reference = torch.randn(150, 16, device=DEVICE)
     reference[[37, 70, 140]] = 3.0  # identical best rows in different tiles and splits
@@ -59,7 +59,7 @@ def test_split_merge_keeps_lowest_index(splits):
 
 def record_launches(monkeypatch):
     """A list that each launch of the Triton kernel appends (splits, {argument: value}, BLOCK_M) to."""
-    from refmatch.kernels import match as kernels
+    from refmatch.kernels import match_launch as kernels
 
     launches, kernel = [], kernels._match_kernel
 
@@ -80,7 +80,7 @@ def test_reference_terms_cover_every_look_ahead(num_refs, splits, k, monkeypatch
     """The kernel loads the next tile's per-reference term unmasked (see its header); the
     launcher pads the term so that a split's loads, a tile past its last tile, stay inside.
     Read from each launch's arguments: the interpreter reads past an end without a word."""
-    from refmatch.kernels import match as kernels
+    from refmatch.kernels import match_launch as kernels
 
     launches = record_launches(monkeypatch)
     reference = torch.randn(num_refs, 8, device=DEVICE)
@@ -100,7 +100,7 @@ def test_reference_terms_cover_every_look_ahead(num_refs, splits, k, monkeypatch
 def test_indices_are_offsets_into_splits_of_at_most_max_split_refs(k, monkeypatch):
     """Kept indices are int32 offsets from a split's start; the launcher adds splits so that
     none spans MAX_SPLIT_REFS rows (2^30; 32 here, so a 150-row bank takes 5 splits)."""
-    from refmatch.kernels import match as kernels
+    from refmatch.kernels import match_launch as kernels
 
     monkeypatch.setattr(kernels, "MAX_SPLIT_REFS", 32)
     launches = record_launches(monkeypatch)
@@ -134,7 +134,7 @@ def test_topk_matches_oracle(metric, k):
 
 @pytest.mark.parametrize("splits", [1, 3])
 def test_topk_ties_keep_lowest_indices_across_tiles_and_splits(splits):
-    from refmatch.kernels.match import match_topk
+    from refmatch.kernels.match_launch import match_topk
 
     reference = torch.randn(150, 16, device=DEVICE)
     reference[[140, 37, 70, 5, 100]] = 3.0  # five identical best rows
@@ -184,97 +184,6 @@ def test_declines_large_k_and_float64_with_reasons():
         refmatch.match(query.double(), reference.double(), backend="triton")
 
 
-@pytest.mark.parametrize("capability, metric, k, dim, tile, expected", [
-    ((9, 0), "dot", 1, 128, {}, True), ((9, 0), "dot", 1, 64, {}, True), ((9, 0), "dot", 1, 40, {}, True),
-    ((9, 0), "dot", 1, 32, {}, False), ((9, 0), "dot", 1, 256, {}, False), ((8, 0), "dot", 1, 128, {}, False),
-    ((9, 0), "l2", 1, 128, {}, False), ((9, 0), "dot", 8, 128, {}, False),
-    ((9, 0), "dot", 1, 128, {"block_n": 64}, False)])
-def test_two_programs_per_sm_only_where_measured(monkeypatch, capability, metric, k, dim, tile, expected):
-    """The register cap of TWO_PROGRAMS_PER_SM goes to the dot argmax on sm_90 at D = 33..128 only,
-    never under tile overrides, and stops for good once its compile spilled: over even bank
-    ranges and over given ones (the class-wise max), each by its own compile."""
-    from types import SimpleNamespace
-
-    from refmatch.kernels import match_tiles as tiles
-    monkeypatch.setattr(tiles, "interpret_flag", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(tiles, "_CAP_SPILLED", {})
-    query = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, dim, 5, 5))
-    reduction = "argmax" if k == 1 else "topk"
-    capped = dict(tiles.TWO_PROGRAMS_PER_SM)
-    assert tiles.launch_tile(query, metric, reduction, tile) == (capped if expected else tile)
-    tiles._CAP_SPILLED[tiles.cap_key(query)] = True
-    assert tiles.launch_tile(query, metric, reduction, tile) == tile
-    assert tiles.launch_tile(query, metric, reduction, tile, ranges=True) == (capped if expected else tile)
-    tiles._CAP_SPILLED[tiles.cap_key(query, ranges=True)] = True
-    assert tiles.launch_tile(query, metric, reduction, tile, ranges=True) == tile
-
-
-@pytest.mark.parametrize("setting, dtype, precision", [
-    ("highest", torch.float32, "ieee"), ("high", torch.float32, "tf32"), ("medium", torch.float32, "tf32"),
-    ("high", torch.float16, "ieee")])
-def test_float32_follows_torch_matmul_precision(setting, dtype, precision, monkeypatch):
-    """The Triton launch takes tl.dot's input precision from torch's setting (the CUDA kernel's
-    TF32 choice reads the same tf32_allowed)."""
-    from refmatch.backends.scoring import tf32_allowed
-    from refmatch.kernels import match as kernels
-
-    class LaunchSpy:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append(kwargs["INPUT_PRECISION"])
-                return real[grid](*args, **kwargs)
-            return launch
-    seen, real = [], kernels._match_kernel
-    monkeypatch.setattr(kernels, "_match_kernel", LaunchSpy())
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(setting)
-    try:
-        refmatch.match(torch.randn(3, 8, device=DEVICE).to(dtype), torch.randn(5, 8, device=DEVICE).to(dtype),
-                       backend="triton")
-        assert seen == [precision] and tf32_allowed(dtype) is (precision == "tf32")
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
-def test_a_shape_the_gpu_cannot_hold_steps_down_the_ladder(monkeypatch):
-    """Where Triton refuses a shape for its shared memory (before anything runs), the launch
-    takes the next step of shared_memory_ladder and keeps the one that loaded for later calls;
-    explicit tile overrides are not changed, and a GPU that fits no step gets a named error."""
-    from triton.runtime.errors import OutOfResources
-
-    from refmatch.kernels import match as kernels
-
-    class SharedMemoryLimit:  # stands in for the jitted kernel: refuses what a small GPU would
-        limit = 40_000
-
-        def __getitem__(self, grid):
-            def launch(*args, **config):
-                shapes.append((config["BLOCK_N"], config["BLOCK_M"], config["BLOCK_D"], config["num_stages"]))
-                needed = config["num_stages"] * config["BLOCK_M"] * config["BLOCK_D"] * 4
-                if needed > self.limit:
-                    raise OutOfResources(needed, self.limit, "shared memory")
-            return launch
-
-    kernel, shapes = SharedMemoryLimit(), []
-    monkeypatch.setattr(kernels, "_match_kernel", kernel)
-    monkeypatch.setattr(kernels, "interpret_flag", lambda: False)
-    monkeypatch.setattr(kernels, "_FITTING_STEP", {})
-    query, reference, stat = torch.randn(1, 100, 5, 1), torch.randn(300, 100), torch.empty(0)
-    kernels.match_topk(query, reference, stat, "dot")
-    assert shapes == [(128, 128, 128, 3), (128, 128, 128, 2), (128, 128, 64, 2), (128, 64, 64, 2)]
-    shapes.clear()
-    kernels.match_topk(query, reference, stat, "dot")
-    assert shapes == [(128, 64, 64, 2)], "the shape that loaded is kept"
-    shapes.clear()
-    with pytest.raises(OutOfResources):
-        kernels.match_topk(query, reference, stat, "dot", block_m=128)
-    assert shapes == [(128, 128, 128, 3)], "explicit overrides run as given"
-    kernel.limit = 0
-    with pytest.raises(RuntimeError, match="no tile shape that fits this GPU.*backend='torch'"):
-        kernels.match_topk(query[:, :50], reference[:, :50], stat, "dot")
-
-
 def test_runs_on_the_device_of_its_inputs():
     """Triton launches on the current device: the launcher makes it the inputs' device."""
     if torch.cuda.device_count() < 2:
@@ -290,7 +199,7 @@ def test_inputs_spanning_two_to_the_31_elements_take_int64_strides():
     """A transposed bank view puts channel d at d * M elements: at D = 128, past int32 from
     M = 2^31 / 127 rows on. Such inputs (meta tensors here: no memory) switch the kernel's
     stride products to int64; the bound is the last channel a tile loads, not its padding."""
-    from refmatch.kernels.match import needs_wide_offsets
+    from refmatch.kernels.match_launch import needs_wide_offsets
 
     maps = torch.empty(1, 128, 64, 64, device="meta")
     assert not needs_wide_offsets(maps, torch.empty(1 << 20, 128, device="meta"))
@@ -307,7 +216,7 @@ def test_inputs_spanning_two_to_the_31_elements_take_int64_strides():
 def test_wide_offsets_give_the_same_matches(metric, dim, monkeypatch):
     """The int64 stride path of the kernel, forced on small strided inputs, returns what the
     int32 path does, and matches the oracle."""
-    from refmatch.kernels import match as kernels
+    from refmatch.kernels import match_launch as kernels
 
     maps = torch.randn(2, dim, 5, 9, device=DEVICE)[..., 1:8]
     reference = torch.randn(dim, 45, device=DEVICE).T  # a transposed view

@@ -25,7 +25,7 @@ def _stat(reference, metric):
     [70, 70],                # nothing at all
 ])
 def test_each_range_keeps_its_own_best(metric, starts):
-    from refmatch.kernels.match import range_maxima
+    from refmatch.kernels.match_launch import range_maxima
 
     query, reference = torch.randn(9, 12, device=DEVICE), torch.randn(70, 12, device=DEVICE)
     reference[40] = float("nan")  # a NaN row never wins its range
@@ -63,7 +63,7 @@ def test_class_ranges_agree_with_the_per_class_kernel(monkeypatch, metric, group
     if grouped:
         labels = labels.sort().values
     monkeypatch.setattr(ranges_module, "MIN_RANGE_ROWS", 16)
-    monkeypatch.setattr("refmatch.kernels.match.fill_splits", lambda query, num_refs: 7)
+    monkeypatch.setattr("refmatch.kernels.match_launch.fill_splits", lambda query, num_refs: 7)
     cut, class_ranges = [], ranges_module.class_ranges
     monkeypatch.setattr(ranges_module, "class_ranges", lambda *args: cut.append(class_ranges(*args)) or cut[-1])
     eager = refmatch.classwise_max(query, reference, labels, 5, metric=metric, backend="triton")
@@ -77,7 +77,7 @@ def test_class_ranges_agree_with_the_per_class_kernel(monkeypatch, metric, group
 
 
 def test_ranges_fill_the_device_and_stay_under_the_index_limit(monkeypatch):
-    from refmatch.kernels import match
+    from refmatch.kernels import match_launch as match
 
     maps = torch.empty(1, 64, 8, 1, device="meta")
     monkeypatch.setattr(match, "MAX_SPLIT_REFS", 256)

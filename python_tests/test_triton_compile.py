@@ -50,7 +50,7 @@ def test_two_programs_per_sm_keeps_the_register_cap(tmp_path, ranges):
     on the triton version; the launcher checks that itself."""
     cubin = tmp_path / "capped.cubin"
     script = ("import sys; from pathlib import Path\n"
-              "from refmatch.kernels.match import TWO_PROGRAMS_PER_SM\n"
+              "from refmatch.kernels.match_tiles import TWO_PROGRAMS_PER_SM\n"
               "from refmatch.kernels.match_aot import compile_variant\n"
               "kernel = compile_variant(90, 'bfloat16', 128, 'dot', 'argmax', 1, ranges=sys.argv[2] == 'True',\n"
               "                         **TWO_PROGRAMS_PER_SM)\n"

@@ -179,7 +179,7 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
 
     Returns:
         (score [N] float32, index [N] int64) exactly like
-        ``refmatch.kernels.match.match_argmax``: q.r, q.r/|r| or 2 q.r - |r|^2;
+        ``refmatch.kernels.match_launch.match_argmax``: q.r, q.r/|r| or 2 q.r - |r|^2;
         index -1 where no finite score exists.
     """
     score, index, _ = launch_match(query, reference, ref_stat, metric, splits=splits)

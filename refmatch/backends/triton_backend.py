@@ -1,4 +1,4 @@
-"""Triton backend: the fused kernel of ``refmatch.kernels.match`` behind the op contract."""
+"""Triton backend: the fused kernels of ``refmatch.kernels`` behind the op contract."""
 import functools
 import importlib.util
 
@@ -35,7 +35,7 @@ def _kernel_inputs(query, reference):
 
 def match_fused(query, reference, ignored, k, metric):
     """(score [N, k], index [N, k]) from the fused Triton kernel; see ``match_chunked``."""
-    from refmatch.kernels.match import match_topk
+    from refmatch.kernels.match_launch import match_topk
 
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
     oriented, index = match_topk(*_kernel_inputs(query, reference), stat, kernel_metric, k)
@@ -49,7 +49,7 @@ def classwise_fused(query, reference, labels, ignored, num_classes, metric):
     class order is sorted, a copy): the same loop as ``match``. Under CUDA graph capture,
     which allows no host read of the class counts, and where the k = 1 kernel does not
     compile (``_argmax_kernel_compiles``), the kernel keeps C running maxima a row instead."""
-    from refmatch.kernels.match import classwise_max, fill_splits, range_maxima
+    from refmatch.kernels.match_launch import classwise_max, fill_splits, range_maxima
 
     kernel_metric, stat = kernel_metric_and_stat(reference, metric, ignored)
     kernel_query, kernel_reference = _kernel_inputs(query, reference)
