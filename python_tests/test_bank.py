@@ -1,4 +1,4 @@
-"""ReferenceBank: caps, ring and reservoir, ignore handling, masks, state_dict, errors."""
+"""ReferenceBank: caps, ignore handling, masks, state_dict, errors (policies: test_bank_policies)."""
 import re
 
 import pytest
@@ -26,49 +26,6 @@ def test_class_balance_caps_and_counts():
     bank.add(torch.randn(2, 4, 4, 4), masks)
     assert bank.class_counts().tolist() == [5, 5, 0] and len(bank) == 10
     assert bank.seen.tolist() == [24, 8, 0]
-
-
-def test_ring_keeps_the_newest():
-    bank = ReferenceBank(1, 1, capacity_per_class=4, dtype=torch.float32, metric="dot")
-    bank.add(*one_class_batch([1.0, 2.0], 0, size=1))
-    bank.add(*one_class_batch([3.0, 4.0, 5.0], 0, size=1))
-    assert stored(bank, 0) == [2.0, 3.0, 4.0, 5.0]
-    bank.add(*one_class_batch([float(v) for v in range(10, 17)], 0, size=1))  # more than capacity at once
-    assert stored(bank, 0) == [13.0, 14.0, 15.0, 16.0]
-
-
-def test_reservoir_is_uniform_over_everything_added():
-    hits = torch.zeros(40)
-    for seed in range(300):
-        bank = ReferenceBank(1, 1, capacity_per_class=10, dtype=torch.float32, metric="dot",
-                             policy="reservoir", seed=seed)
-        for start in range(0, 40, 8):
-            bank.add(*one_class_batch([float(v) for v in range(start, start + 8)], 0, size=1))
-        assert len(stored(bank, 0)) == 10
-        hits[torch.tensor(stored(bank, 0)).long()] += 1
-    # each of 40 items is kept with probability 1/4: 75 expected of 300, sd ~7.5
-    assert hits.min() > 45 and hits.max() < 105
-    # and each batch of 8 alike: 600 of 2400, sd ~21 (a draw over the batch's end instead of
-    # each row's ordinal keeps 0.18 to 0.32 of a batch: 430 to 770)
-    per_batch = hits.view(5, 8).sum(dim=1)
-    assert (per_batch - 600).abs().max() < 80, per_batch
-
-
-def test_reservoir_loaded_from_state_dict_draws_on_as_the_saved_one():
-    batches = [one_class_batch([float(v) for v in range(start, start + 8)], 0, size=1) for start in range(0, 40, 8)]
-    saved = ReferenceBank(1, 1, capacity_per_class=10, dtype=torch.float32, metric="dot", policy="reservoir")
-    for batch in batches[:2]:
-        saved.add(*batch)
-    state = {name: value.clone() for name, value in saved.state_dict().items()}
-    resumed = ReferenceBank(1, 1, capacity_per_class=10, dtype=torch.float32, metric="dot", policy="reservoir",
-                            seed=7)
-    resumed.load_state_dict(state)
-    for batch in batches[2:]:
-        saved.add(*batch)
-        resumed.add(*batch)
-    assert torch.equal(saved.features, resumed.features)
-    del state["generator_state"]  # a state_dict saved before the random state was kept
-    ReferenceBank(1, 1, capacity_per_class=10, policy="reservoir").load_state_dict(state)
 
 
 def test_no_ignore_index_stores_every_class_pixel():

@@ -3,12 +3,11 @@ import torch
 from torch import nn
 
 from .backends.scoring import METRICS, normalized_rows, worst_score
+from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
 from .ops import MatchResult, _check_label_values, as_int, check_integer_labels, describe, inferred_num_classes, \
     kept_labels, match
-
-POLICIES = ("ring", "reservoir")
 
 
 class ReferenceBank(nn.Module):
@@ -184,23 +183,13 @@ class ReferenceBank(nn.Module):
         count, seen, start = rows.shape[0], int(self.seen[cls]), cls * self.capacity
         if count == 0:
             return
-        order = torch.arange(seen, seen + count)  # ordinal of each new row in its class stream
         if self.policy == "ring":
-            keep = order[-self.capacity:]  # only the newest can survive one batch
-            slots, picked = keep % self.capacity, keep - seen
+            slots, picked = ring_slots(seen, count, self.capacity)
         else:
-            # Algorithm R: row t enters with probability capacity / (t + 1). The buffer holds
-            # the generator's state, so a loaded state_dict draws on where the saved bank was.
+            # The buffer holds the generator's state, so a loaded state_dict draws on where the saved bank was.
             self._generator.set_state(self.generator_state.cpu())
-            draw = (torch.rand(count, generator=self._generator, dtype=torch.float64) * (order + 1)).long()
+            slots, picked = reservoir_slots(seen, count, self.capacity, self._generator)
             self.generator_state.copy_(self._generator.get_state())
-            slots = torch.where(order < self.capacity, order, draw)
-            enters = slots < self.capacity
-            slots, picked = slots[enters], enters.nonzero()[:, 0]
-            # Within one batch a later row overwrites an earlier one in the same slot.
-            last = torch.full((self.capacity,), -1, dtype=torch.long).scatter_reduce_(0, slots, picked, "amax")
-            slots = (last >= 0).nonzero()[:, 0]
-            picked = last[slots]
         self.features[start + slots.to(self.features.device)] = rows[picked.to(rows.device)]
         self.seen[cls] += count
         self.counts[cls] = min(self.capacity, seen + count)
