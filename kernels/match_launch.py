@@ -151,7 +151,8 @@ def match_argmax(query, reference, ref_stat, metric, **overrides):
 def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, splits=None, **tile):
     """Best oriented score per class, [N, C] (-inf where a class has no reference), from
     C running maxima per row. It needs no host read, so the Triton backend takes it under
-    CUDA graph capture; other calls take ``range_maxima`` over class ranges (the k = 1 loop).
+    CUDA graph capture (and where the k = 1 kernel does not compile: sm_100, triton < 3.9);
+    other calls take ``range_maxima`` over class ranges (the k = 1 loop).
 
     Args as in ``match_topk``; labels: [M] integers in [0, C), C <= MAX_SLOTS.
     Fastest when references are grouped by class: a tile visits only its classes.
