@@ -106,6 +106,9 @@ def test_unknown_layer_lists_valid_names():
         FeatureTap(TinyUNet(), ["decoder.up3"])
     with pytest.raises(ValueError, match="one value per layer"):
         FeatureTap(TinyUNet(), ["encoder"], weights=[1.0, 2.0])
+    for layers in ("encoder", [], (name for name in ["encoder"])):  # a generator would be used up checking it
+        with pytest.raises(ValueError, match="layers must be a non-empty list of module names"):
+            FeatureTap(TinyUNet(), layers)
 
 
 def test_on_the_recipe_unet():

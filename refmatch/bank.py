@@ -2,7 +2,8 @@
 import torch
 from torch import nn
 
-from .backends.scoring import METRICS, normalized_rows, worst_score
+from .backends.scoring import METRICS, accumulation_dtype, normalized_rows, worst_score
+from .bank_checks import check_feature_maps, check_images, require_values, state_dict_problem
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .masks import DOWNSAMPLING, check_masks, downsample_masks
 from .candidates import keep_best, with_k_axis
@@ -88,7 +89,9 @@ class ReferenceBank(nn.Module):
         if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
             raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {describe(labels)}")
         check_integer_labels(labels)
-        _require_values(reference=reference, labels=labels)
+        if not reference.dtype.is_floating_point:
+            raise TypeError(f"reference must hold floating-point features, got {reference.dtype}")
+        require_values(reference=reference, labels=labels)
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:
             num_classes = inferred_num_classes(labels, ignore_index)
@@ -107,7 +110,7 @@ class ReferenceBank(nn.Module):
 
     def _stored(self):
         """Features held by this process (``__len__`` of a sharded bank counts all ranks)."""
-        _require_values(bank=self.counts)
+        require_values(bank=self.counts)
         return int(self.counts.sum())
 
     def class_counts(self):
@@ -138,13 +141,11 @@ class ReferenceBank(nn.Module):
             images: optional [B, ...] inputs of ``features``, kept on the CPU so that
                 ``refresh`` can re-embed them later.
         """
-        if not isinstance(features, torch.Tensor) or features.dim() != 4:
-            raise ValueError(f"features must be [B, D, h, w], got {describe(features)}")
+        check_feature_maps(features, self.dim)
         self._require_growable()
-        _require_values(features=features, masks=masks, bank=self.features)
-        if features.shape[1] != self.dim:
-            raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={self.dim}")
+        require_values(features=features, masks=masks, bank=self.features)
         check_masks(masks, features.shape[0], features.shape[2:], self.num_classes, self.ignore_index)
+        check_images(images, features.shape[0])
         dropped = -1 if self.ignore_index is None else self.ignore_index  # never a class: masks are >= 0
         labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes, dropped,
                                   self.downsample).reshape(-1)
@@ -162,17 +163,9 @@ class ReferenceBank(nn.Module):
             self._sources.append((images.detach().cpu(), masks.detach().cpu()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args):  # args: metadata, strict, missing keys, ...
-        saved_labels = state_dict.get(prefix + "labels")
-        if self.capacity is not None and saved_labels is not None and not torch.equal(saved_labels.cpu(),
-                                                                                       self.labels.cpu()):
-            args[4].append(f"{prefix}labels: from a bank made by from_tensors, or of another layout; this bank "
-                           f"groups its slots by class, {self.capacity} per class")
-            return
-        saved_counts = state_dict.get(prefix + "counts")
-        if self.capacity is not None and saved_counts is not None and not bool(
-                ((saved_counts >= 0) & (saved_counts <= self.capacity)).all()):
-            args[4].append(f"{prefix}counts: {saved_counts.tolist()} stored features per class, but a class "
-                           f"holds 0 to {self.capacity} in this bank")
+        problem = state_dict_problem(self, state_dict, prefix)
+        if problem is not None:
+            args[4].append(problem)  # error_msgs: load_state_dict raises with them
             return
         super()._load_from_state_dict(state_dict, prefix, *args)
         for name in self.LATE_BUFFERS:  # saved before they were buffers: keep this bank's
@@ -279,7 +272,8 @@ class ReferenceBank(nn.Module):
             block = self._class_rows(cls)
             if block.shape[0] == 0:
                 shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
-                per_class.append(torch.full(shape, worst, device=query.device))
+                per_class.append(torch.full(shape, worst, device=query.device,
+                                            dtype=accumulation_dtype(self.features.dtype)))
             else:
                 per_class.append(match(query, block, metric=self.metric, backend=backend).score)
         return torch.stack(per_class, dim=1)
@@ -292,7 +286,7 @@ class ReferenceBank(nn.Module):
             raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}")
         if query.shape[1] != self.dim:
             raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={self.dim}")
-        _require_values(query=query, bank=self.features)
+        require_values(query=query, bank=self.features)
         return query.to(self.features.dtype)
 
     def _class_rows(self, cls):
@@ -304,12 +298,3 @@ class ReferenceBank(nn.Module):
         start = cls * self.capacity
         return self.features[start:start + int(self.counts[cls])]
 
-
-def _require_values(**tensors):
-    """Raise for a meta tensor among ``tensors`` (name=tensor): which rows a bank keeps and
-    matches depends on values, which meta tensors lack."""
-    for name, tensor in tensors.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
-            raise ValueError(f"{name} is a meta tensor: a ReferenceBank needs tensors that hold values (what it "
-                             "stores and matches depends on them); refmatch.match and classwise_max take meta "
-                             "tensors to infer result shapes")

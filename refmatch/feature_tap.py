@@ -39,7 +39,7 @@ class FeatureTap:
     """
 
     def __init__(self, model, layers, size=None, weights=None):
-        if isinstance(layers, str) or not layers:
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
         modules = dict(model.named_modules())
         unknown = [name for name in layers if name not in modules]

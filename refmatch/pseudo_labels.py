@@ -88,13 +88,6 @@ class PseudoLabeler:
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             raise ValueError(f"features must be [B, D, h, w], got {getattr(features, 'shape', type(features))}")
         size = self.out_size or tuple(features.shape[-2:])
-        expected = (features.shape[0], *size)
-        if agree_with is not None and (not isinstance(agree_with, torch.Tensor)
-                                       or tuple(agree_with.shape) != expected):
-            raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, "
-                             f"got {describe(agree_with)}")
-        if agree_with is not None and (agree_with.dtype.is_floating_point or agree_with.dtype == torch.bool):
-            raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}")
         if self.mode == "hard":
             result = self.bank.match(features, k=1)
             sign = -1.0 if self.bank.metric == "l2" else 1.0
@@ -115,9 +108,19 @@ class PseudoLabeler:
         if self.threshold is not None:
             labels = torch.where(confidence < self.threshold, self.ignore_index, labels)
         if agree_with is not None:
+            # Checked after the bank's call: on a sharded bank, a rank raising before it
+            # would leave the other ranks waiting in its collectives.
+            _check_agreement_labels(agree_with, (features.shape[0], *size))
             labels = torch.where(labels == agree_with, labels, self.ignore_index)
         kept = (labels != self.ignore_index).float().mean()
         return PseudoLabels(labels, confidence, kept)
+
+
+def _check_agreement_labels(agree_with, expected):
+    if not isinstance(agree_with, torch.Tensor) or tuple(agree_with.shape) != expected:
+        raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, got {describe(agree_with)}")
+    if agree_with.dtype.is_floating_point or agree_with.dtype == torch.bool:
+        raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}")
 
 
 def _resize_nearest(maps, size):

@@ -1,0 +1,97 @@
+"""ReferenceBank's input checks (``bank_checks``): each refuses by name, before the bank
+changes, so a refused call or load leaves it as it was."""
+import pytest
+import torch
+
+from refmatch import PseudoLabeler, ReferenceBank
+
+
+def filled_bank(**options):
+    bank = ReferenceBank(dim=4, num_classes=2, capacity_per_class=8, dtype=torch.float32, **options)
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    masks[:, :, 2:] = 1
+    bank.add(torch.randn(2, 4, 4, 4), masks)
+    return bank
+
+
+def snapshot(bank):
+    return {name: buffer.clone() for name, buffer in bank.state_dict().items()}, len(bank._sources)
+
+
+def assert_unchanged(bank, before):
+    buffers, sources = before
+    assert len(bank._sources) == sources
+    for name, buffer in bank.state_dict().items():
+        assert torch.equal(buffer.nan_to_num(-7.0), buffers[name].nan_to_num(-7.0)), name
+
+
+def test_a_state_dict_of_another_shape_loads_nothing():
+    """torch skips a buffer of the wrong shape but would load the counts beside it: a bank
+    claiming features it does not hold."""
+    bank = ReferenceBank(dim=4, num_classes=2, capacity_per_class=8)
+    before = snapshot(bank)
+    other = ReferenceBank(dim=8, num_classes=2, capacity_per_class=8)
+    other.add(torch.randn(1, 8, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=r"features: saved with shape \(16, 8\), this bank's is \(16, 4\)"):
+        bank.load_state_dict(other.state_dict())
+    assert_unchanged(bank, before)
+
+
+@pytest.mark.parametrize("images, message", [
+    ([torch.zeros(3, 8, 8)] * 2, "got list"), (torch.zeros(3, 1, 8, 8), "got shape \\(3, 1, 8, 8\\)")])
+def test_images_for_refresh_are_checked_before_anything_is_stored(images, message):
+    bank = filled_bank()
+    before = snapshot(bank)
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"images must be None or a tensor of B=2 inputs.*{message}"):
+        bank.add(torch.randn(2, 4, 4, 4), masks, images=images)
+    assert_unchanged(bank, before)
+
+
+def test_feature_maps_without_pixels_are_refused_by_name():
+    bank = filled_bank()
+    with pytest.raises(ValueError, match="features must have h, w >= 1"):
+        bank.add(torch.randn(1, 4, 0, 2), torch.zeros(1, 0, 2, dtype=torch.long))
+
+
+def test_an_empty_class_scores_in_the_banks_result_dtype():
+    """Not torch's default dtype: on a sharded bank, ranks summing float32 and float64 would
+    break the all_reduce."""
+    bank = ReferenceBank(dim=4, num_classes=3, capacity_per_class=8, dtype=torch.float32)
+    bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        scores = bank.classwise_max(torch.randn(5, 4))
+    finally:
+        torch.set_default_dtype(previous)
+    assert scores.dtype == torch.float32 and (scores[:, 1:] == float("-inf")).all()
+
+
+def test_agreement_labels_are_checked_after_the_banks_call(monkeypatch):
+    """On a sharded bank every rank must reach the bank's collectives: a rank refusing its
+    agree_with before them would leave the others waiting."""
+    bank = filled_bank()
+    calls, match = [], bank.match
+    monkeypatch.setattr(bank, "match", lambda *args, **kwargs: calls.append(1) or match(*args, **kwargs))
+    with pytest.raises(TypeError, match="agree_with must hold integer labels"):
+        PseudoLabeler(bank, mode="hard")(torch.randn(2, 4, 4, 4), agree_with=torch.zeros(2, 4, 4))
+    assert calls == [1]
+
+
+def test_meta_tensors_are_refused_by_name():
+    """What a bank keeps depends on values: meta tensors get a ValueError naming the input,
+    not an error from deep inside torch (nonzero, item)."""
+    bank = ReferenceBank(dim=8, num_classes=3, capacity_per_class=10)
+    meta_features, meta_masks = torch.empty(2, 8, 4, 4, device="meta"), torch.zeros(2, 8, 8, dtype=torch.long,
+                                                                                      device="meta")
+    with pytest.raises(ValueError, match="features is a meta tensor"):
+        bank.add(meta_features, meta_masks)
+    bank.add(torch.randn(2, 8, 4, 4), torch.zeros(2, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="query is a meta tensor"):
+        bank.match(torch.empty(5, 8, device="meta"))
+    with pytest.raises(ValueError, match="bank is a meta tensor"):
+        bank.to("meta").classwise_max(torch.randn(5, 8))
+    with pytest.raises(ValueError, match="reference is a meta tensor"):
+        ReferenceBank.from_tensors(torch.empty(20, 8, device="meta"), torch.zeros(20, dtype=torch.long,
+                                                                                   device="meta"), num_classes=3)
