@@ -1,12 +1,18 @@
+import contextlib
+import importlib
 import os
 
 import pytest
 import torch
 
 # Without a GPU, Triton kernels run in the interpreter on CPU tensors. It must be
-# chosen before triton.jit decorates the kernels, so before refmatch.kernels loads.
+# chosen before triton.jit decorates the kernels, so before refmatch.kernels loads, and
+# before triton itself loads: its own jitted helpers (tl.max's combine function) are
+# decorated then, and a test that unsets the variable must not be the first to import it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    with contextlib.suppress(ImportError):
+        importlib.import_module("triton.language")
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"

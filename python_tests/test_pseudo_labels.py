@@ -125,12 +125,16 @@ def test_vote_refuses_bad_arguments():
         vote(matched_minus_one, num_classes=3)
     with pytest.raises(TypeError, match="temperature must be a number, got str"):
         vote(result, labels, num_classes=3, temperature="0.1")
-    with pytest.raises(TypeError, match="integer dtype, got torch.float32"):
+    with pytest.raises(TypeError, match=r"integer dtype \(.*\), got torch.float32"):
         vote(result, labels.float(), num_classes=3)
     with pytest.raises(ValueError, match="labels has 2 rows"):
         vote(result._replace(index=result.index.clamp(min=2)), labels[:2], num_classes=3)
     with pytest.raises(ValueError, match="carries labels already"):
         vote(refmatch.match(torch.randn(5, 4), reference, labels, k=3), labels, num_classes=3)
+    with pytest.raises(TypeError, match="class-wise scores must be floating point .*got torch.int64"):
+        vote(torch.ones(5, 3, dtype=torch.long), num_classes=3)
+    with pytest.raises(ValueError, match="class-wise scores carry their classes in dim 1: leave out labels="):
+        vote(torch.rand(5, 3), labels, num_classes=3)
 
 
 def test_vote_of_infinite_scores():

@@ -65,10 +65,18 @@ def as_number(name, value):
     raise TypeError(f"{name} must be a number, got {type(value).__name__}")
 
 
+# uint16, uint32 and uint64 lack the CPU kernels the label checks need (aminmax).
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
 def check_integer_labels(labels):
-    """TypeError unless ``labels`` has an integer dtype (bool and floats are not labels)."""
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    """TypeError unless ``labels`` has one of the integer dtypes torch computes with
+    (bool and floats are not labels)."""
+    if labels.dtype not in _LABEL_DTYPES:
+        names = ", ".join(str(dtype).replace("torch.", "") for dtype in _LABEL_DTYPES)
+        unsigned = labels.dtype in (torch.uint16, torch.uint32, torch.uint64)
+        raise TypeError(f"labels must have an integer dtype ({names}), got {labels.dtype}"
+                        + ("; .long() converts them" if unsigned else ""))
 
 
 def kept_labels(labels, ignore_index):
@@ -105,6 +113,9 @@ def _check_inputs(query, reference, labels, k, metric, backend):
     for name, value in (("query", query), ("reference", reference)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}; .to_dense() "
+                            "converts it")
     if query.dim() not in (2, 4):
         raise ValueError(f"query must be [N, D] rows or [B, D, H, W] feature maps, "
                          f"got shape {_shape(query)}")

@@ -81,7 +81,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     Args:
         result_or_scores: a ``MatchResult`` of ``match`` (any k), or class-wise scores
             [N, C] / [B, C, H, W] as ``classwise_max`` returns them.
-        labels: [M] labels of the references, needed when the result has none.
+        labels: [M] labels of the references, needed when the result has none (refused
+            with class-wise scores, whose classes are their dim 1).
         num_classes: C.
         weighting: for matches, "uniform" (each of the k neighbours one vote) or
             "similarity" (votes weighted by softmax(score / temperature) over k).
@@ -116,6 +117,10 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         if scores.dim() not in (2, 4) or scores.shape[1] != num_classes:
             raise ValueError(f"class-wise scores must be [N, C] or [B, C, H, W] with C={num_classes}, "
                              f"got shape {tuple(scores.shape)}")
+        if not scores.dtype.is_floating_point:
+            raise TypeError(f"class-wise scores must be floating point (classwise_max's), got {scores.dtype}")
+        if labels is not None:
+            raise ValueError("class-wise scores carry their classes in dim 1: leave out labels=")
         _check_scores_fit_metric(scores, metric)
         probabilities = _softmax(sign * scores.float(), temperature)
         return Vote(probabilities, margin(probabilities))
