@@ -109,8 +109,21 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
 // (host check of match_plan.h; also what tests use to place ties across tiles).
+// Plan helpers take Python ints: a value the plan divides by or sizes with must be in range,
+// or the call raises ValueError (a zero divisor would kill the interpreter).
+void require_at_least(const char* name, int64_t value, int64_t least) {
+  if (value < least) {
+    throw py::value_error(std::string(name) + " must be >= " + std::to_string(least) + ", got " +
+                          std::to_string(value));
+  }
+}
+
 py::dict match_layout(int64_t dim, int element_bytes, int64_t smem_limit) {
   using Tile = refmatch::MatchTile;
+  require_at_least("dim", dim, 1);
+  if (element_bytes != 2 && element_bytes != 4) {
+    throw py::value_error("element_bytes must be 2 or 4, got " + std::to_string(element_bytes));
+  }
   const int64_t chunks = refmatch::match_dim_chunks(dim, element_bytes);
   const bool resident = refmatch::match_query_resident(chunks, smem_limit);
   py::dict layout;
@@ -129,6 +142,10 @@ py::dict match_layout(int64_t dim, int element_bytes, int64_t smem_limit) {
 // query would stay in registers when asked.
 py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit, int64_t rows) {
   using Tile = refmatch::HopperTile;
+  require_at_least("dim", dim, 1);
+  if (rows != refmatch::hopper_block_n(1) && rows != refmatch::hopper_block_n(2)) {
+    throw py::value_error("rows must be 128 or 256, got " + std::to_string(rows));
+  }
   const int64_t chunks = refmatch::match_dim_chunks(dim, 2);
   const int row_blocks = refmatch::hopper_row_blocks(dim, rows, smem_limit);
   const refmatch::HopperSmemLayout plan = refmatch::hopper_smem_layout(chunks, row_blocks);
@@ -142,6 +159,22 @@ py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_
   layout["dim_chunks"] = chunks;
   layout["smem_bytes"] = plan.total_bytes;
   return layout;
+}
+
+int64_t plan_match_splits(int64_t num_rows, int64_t num_refs, int64_t resident_ctas, int64_t block_m,
+                          int64_t block_n) {
+  require_at_least("num_rows", num_rows, 0);
+  require_at_least("num_refs", num_refs, 0);
+  require_at_least("block_m", block_m, 1);
+  require_at_least("block_n", block_n, 1);
+  return refmatch::plan_match_splits(num_rows, num_refs, resident_ctas, block_m, block_n);
+}
+
+int64_t match_refs_per_split(int64_t num_refs, int64_t splits, int64_t block_m) {
+  require_at_least("num_refs", num_refs, 0);
+  require_at_least("splits", splits, 1);
+  require_at_least("block_m", block_m, 1);
+  return refmatch::match_refs_per_split(num_refs, splits, block_m);
 }
 
 }  // namespace
@@ -180,8 +213,8 @@ PYBIND11_MODULE(_C, m) {
         "\"wgmma-256-rs\" (query in registers) or \"mma.sync\".");
   m.def("hopper_layout", &hopper_layout, py::arg("dim"), py::arg("dtype"), py::arg("ref_copy_bytes"),
         py::arg("smem_limit"), py::arg("rows") = 128,
-        "Tile constants, shared-memory plan and eligibility of the wgmma kernel asked for `rows` query rows "
-        "per CTA (block_n: the rows it runs).");
+        "Tile constants, shared-memory plan and eligibility of the wgmma kernel asked for `rows` (128 or 256; "
+        "the cuda backend asks 256 by default) query rows per CTA (block_n: the rows it runs).");
   m.def("swizzle128_offset", &refmatch::swizzle128_offset, py::arg("row"), py::arg("unit"),
         "Byte offset of a 16-byte unit of a chunk row in the wgmma 128B swizzle (host check).");
   m.def("query_fragment_offset", &refmatch::query_fragment_offset, py::arg("first_row"), py::arg("lane"),
@@ -191,11 +224,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("reference_copy_bytes", &refmatch::reference_copy_bytes, py::arg("address"),
         py::arg("stride_m"), py::arg("stride_d"), py::arg("element_bytes"),
         "cp.async width for reference rows (16, 8, 4) or 0 for element loads.");
-  m.def("plan_match_splits", &refmatch::plan_match_splits, py::arg("num_rows"), py::arg("num_refs"),
+  m.def("plan_match_splits", &plan_match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("resident_ctas"), py::arg("block_m") = refmatch::MatchTile::kBlockM,
         py::arg("block_n") = refmatch::MatchTile::kBlockN,
         "Split count for N rows, M references and resident CTA slots (tiles of block_n x block_m).");
-  m.def("match_refs_per_split", &refmatch::match_refs_per_split, py::arg("num_refs"),
+  m.def("match_refs_per_split", &match_refs_per_split, py::arg("num_refs"),
         py::arg("splits"), py::arg("block_m") = refmatch::MatchTile::kBlockM,
         "References per split (whole tiles of block_m rows).");
 }

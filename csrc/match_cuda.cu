@@ -20,6 +20,7 @@ namespace {
 using Kernel = void (*)(detail::MatchParams);
 constexpr int kMergeThreads = 256;
 constexpr int64_t kMaxSplits = 65535;  // gridDim.y limit
+constexpr int64_t kMaxRowBlocks = 2147483647;  // gridDim.x limit
 
 void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
@@ -55,8 +56,9 @@ class DeviceScope {
   int previous_ = 0;
 };
 
-// The kernel a call runs and its launch shape. The Hopper kernel is taken when
-// enabled (the default on sm_90), on a compute capability 9.0 device, for calls it can serve.
+// The kernel a call runs and its launch shape. The Hopper kernel is taken when asked
+// (hopper_rows > 0: the cuda backend's default on sm_90), on a compute capability 9.0
+// device, for calls it can serve.
 struct LaunchPlan {
   Kernel kernel;
   const char* name;  // "wgmma", "wgmma-256", "wgmma-rs", "wgmma-256-rs" or "mma.sync"
@@ -158,6 +160,9 @@ void check_args(const MatchArgs& a) {
   require(a.metric >= 0 && a.metric <= 2, "metric code must be 0 (dot), 1 (cosine) or 2 (l2), got " +
                                               std::to_string(a.metric));
   require(a.batch >= 0 && a.height >= 0 && a.width >= 0, "batch, height and width must be >= 0");
+  int64_t pixels = 0, rows = 0;
+  require(!__builtin_mul_overflow(a.height, a.width, &pixels) && !__builtin_mul_overflow(a.batch, pixels, &rows),
+          "batch * height * width overflows int64");
   require(a.dim >= 1, "dim must be >= 1, got " + std::to_string(a.dim));
   require(a.num_refs >= 1, "num_refs must be >= 1, got " + std::to_string(a.num_refs));
   require(a.splits >= 1 && a.splits <= kMaxSplits,
@@ -240,8 +245,11 @@ void match_argmax(const MatchArgs& a) {
   p.query_resident = plan.query_resident;
 
   const auto stream = reinterpret_cast<cudaStream_t>(a.stream);
-  const dim3 grid(static_cast<unsigned>(ceil_div(num_rows, plan.block_n)),
-                  static_cast<unsigned>(a.splits));
+  const int64_t row_blocks = ceil_div(num_rows, plan.block_n);
+  require(row_blocks <= kMaxRowBlocks, std::to_string(num_rows) + " query rows need " + std::to_string(row_blocks) +
+                                           " CTAs of " + std::to_string(plan.block_n) + " rows; a grid takes at most " +
+                                           std::to_string(kMaxRowBlocks) + ": match fewer rows per call");
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(a.splits));
   plan.kernel<<<grid, plan.threads, plan.smem_bytes, stream>>>(p);
   check(cudaGetLastError(), "match kernel launch");
   if (split) {

@@ -50,3 +50,18 @@ def test_refuses_cuda_graph_capture_with_a_reason(monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA graph capture does not allow"):
         cuda_classwise.classwise_fused(torch.randn(1, 4, 2, 1), torch.randn(5, 4), torch.zeros(5, dtype=torch.long),
                                        None, 2, "dot")
+
+
+
+@pytest.mark.parametrize("starts", [
+    torch.tensor([0, 5, 10], dtype=torch.int32),  # read as int64, pairs of these would be one start
+    torch.tensor([0, 10]),                        # not splits + 1 entries
+    torch.tensor([0, 0, 5, 5, 10, 10])[::2],      # not contiguous
+])
+def test_cuda_ranges_are_checked_before_a_launch(starts):
+    """The kernel reads split_starts as a contiguous int64 [splits + 1] (and clamps each range
+    into the bank): anything else is refused by name."""
+    from refmatch.backends.cuda_backend import launch_match
+
+    with pytest.raises(ValueError, match=r"split_starts must be a contiguous int64 \[splits \+ 1\] = \[3\]"):
+        launch_match(torch.randn(1, 4, 3, 1), torch.randn(10, 4), torch.empty(0), "dot", splits=2, split_starts=starts)

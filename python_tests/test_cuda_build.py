@@ -80,8 +80,9 @@ def test_hopper_kernel_takes_256_rows_where_they_fit(dim, smem_limit, block_n):
     # Each query chunk holds block_n rows of 128 bytes, all before the stages.
     assert layout["smem_bytes"] >= layout["dim_chunks"] * block_n * 128 + layout["stages"] * 128 * 128
     assert _C.hopper_layout(dim, 2, 16, smem_limit)["block_n"] == 128  # the default asks for 128
-    for rows in (64, 384, 512):  # only 128 and 256 are tiles
-        assert _C.hopper_layout(dim, 2, 16, smem_limit, rows=rows)["block_n"] == 128
+    for rows in (64, 384, 512):  # only 128 and 256 are tiles, as the launcher's check_hopper_rows says
+        with pytest.raises(ValueError, match=f"rows must be 128 or 256, got {rows}"):
+            _C.hopper_layout(dim, 2, 16, smem_limit, rows=rows)
 
 
 @pytest.mark.parametrize("dim, rows, fits", [
@@ -165,6 +166,7 @@ def launch_args(**overrides):
     ({"num_refs": 0}, "num_refs"), ({"splits": 0}, "splits"), ({"splits": 2}, "workspaces"),
     ({"ref_stat": 0}, "ref_stat"), ({"query_strides": (1, -1, 1, 1)}, "strides"),
     ({"hopper_rows": 64}, "hopper_rows"),
+    ({"batch": 2 ** 62, "height": 4}, "batch \\* height \\* width overflows int64"),  # wrapped to 0 rows before
 ])
 def test_bad_launch_arguments_raise_value_error_before_cuda(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -190,6 +192,20 @@ def test_bad_hopper_rows_raise_before_cuda_in_every_entry_point(rows):
         _C.match_splits(128, 1000, 128, 2, False, 0, hopper_rows=rows)
     with pytest.raises(ValueError, match="hopper_rows"):
         _C.match_kernel_name(128, 2, False, 0, rows, False, 1 << 20, 128, 1)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: _C.hopper_layout(0, 2, 16, 232448), "dim must be >= 1, got 0"),
+    (lambda: _C.match_layout(-1000, 2, 232448), "dim must be >= 1, got -1000"),
+    (lambda: _C.match_layout(64, 3, 232448), "element_bytes must be 2 or 4, got 3"),
+    (lambda: _C.plan_match_splits(10, 100, 4, block_m=0), "block_m must be >= 1, got 0"),
+    (lambda: _C.plan_match_splits(10, 100, 4, block_n=0), "block_n must be >= 1, got 0"),
+    (lambda: _C.match_refs_per_split(100, 0), "splits must be >= 1, got 0"),
+])
+def test_plan_helpers_refuse_what_they_would_divide_by(call, message):
+    """A zero divisor in these host helpers killed the interpreter (SIGFPE); now a ValueError."""
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 @needs_cuda_build

@@ -151,6 +151,26 @@ def test_built_code_serves_the_card(archs, capability, served):
     assert built_code_serves(archs, capability) is served
 
 
+@pytest.mark.parametrize("archs, built", [("80,90a", True), ("90a-real", True), ("90a-virtual", True),
+                                          ("80,90", False), ("100a", False)])
+def test_an_sm90a_build_is_read_from_every_form_of_the_arch_list(monkeypatch, archs, built):
+    """CMake's "90a-real" carries the wgmma kernel as plainly as setup.py's "90a" (the C++ side
+    looks for "90a" in the list too)."""
+    monkeypatch.setattr(cuda_backend, "_build_archs", lambda: archs)
+    assert cuda_backend._built_for_hopper() is built
+
+
+def test_a_hopper_card_without_code_is_told_to_add_90a(card, monkeypatch):
+    from types import SimpleNamespace
+
+    card((9, 0))
+    monkeypatch.setattr(cuda_backend, "_build_archs", lambda: "100a")
+    problem = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, k=1, op="match",
+                              metric="cosine", dim=64, num_classes=0)
+    reason = cuda_backend.CudaBackend.decline_reason(SimpleNamespace(status=lambda: (True, "stand-in")), problem)
+    assert reason.endswith('rebuild with REFMATCH_CUDA_ARCHS="100a;90a"'), reason
+
+
 def test_a_card_the_build_has_no_code_for_is_declined_by_name(card, monkeypatch):
     from types import SimpleNamespace
 

@@ -81,7 +81,8 @@ def _build_archs():
 
 
 def _built_for_hopper():
-    return "90a" in _build_archs().split(",")
+    """Whether the build carries sm_90a code: an entry "90a", or CMake's "90a-real" / "90a-virtual"."""
+    return any(entry.split("-")[0] == "90a" for entry in _build_archs().split(","))
 
 
 def hopper_enabled(device):
@@ -227,6 +228,10 @@ def launch_match(query, reference, ref_stat, metric, *, splits=None, split_start
     batch, _, height, width = query.shape
     num_rows, device = batch * height * width, query.device
     splits = splits or default_splits(query, reference.shape[0])
+    if split_starts is not None and (split_starts.dtype != torch.int64 or split_starts.device != device
+                                     or split_starts.shape != (splits + 1,) or not split_starts.is_contiguous()):
+        raise ValueError(f"split_starts must be a contiguous int64 [splits + 1] = [{splits + 1}] tensor on {device}, "
+                         f"got {split_starts.dtype} {tuple(split_starts.shape)} on {split_starts.device}")
     score = torch.empty(num_rows, device=device, dtype=torch.float32)
     index = torch.empty(num_rows, device=device, dtype=torch.int64)
     partial_score = score[None] if splits == 1 else torch.empty(splits, num_rows, device=device,

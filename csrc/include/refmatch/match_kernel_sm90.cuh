@@ -42,8 +42,8 @@
 //   offsets, queries read through their strides. fp16 / bf16 only, D <= 256 in
 //   whole 16-byte units, reference rows 16-byte aligned with unit stride in D
 //   (hopper_eligible); other calls take the mma.sync kernel. 256 rows per CTA
-//   only where that query tile fits beside two tiles of stages (hopper_row_blocks:
-//   D <= 192 on H100 / H200; 6 stages from D = 136).
+//   only where that query tile fits beside the full pipeline (hopper_row_blocks:
+//   kMaxStages steps, rounded to whole tiles; D <= 192 on H100 / H200).
 #pragma once
 
 #include <cstdint>

@@ -35,7 +35,10 @@ struct BankRange {
 };
 
 __device__ __forceinline__ BankRange split_range(const MatchParams& p) {
-  if (p.split_starts != nullptr) return {p.split_starts[blockIdx.y], p.split_starts[blockIdx.y + 1]};
+  if (p.split_starts != nullptr) {  // clamped into the bank: a bad range reads nothing outside it
+    const int64_t begin = max(int64_t{0}, min(p.split_starts[blockIdx.y], p.num_refs));
+    return {begin, max(begin, min(p.split_starts[blockIdx.y + 1], p.num_refs))};
+  }
   const int64_t begin = int64_t{blockIdx.y} * p.refs_per_split;
   return {begin, min(begin + p.refs_per_split, p.num_refs)};
 }
