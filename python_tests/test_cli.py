@@ -72,6 +72,29 @@ def test_user_errors_print_one_line_from_the_command_line(monkeypatch, capsys, t
     assert not (tmp_path / "run").exists()
 
 
+def test_an_error_in_a_data_loader_worker_prints_its_own_line(monkeypatch, capsys):
+    """A worker process's exception arrives with the worker's traceback in its message: the
+    command prints that error's own line, not the traceback."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    class Refusing(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise ValueError("masks/7.png holds label(s) 3, but the data has 3 classes")
+
+    def command(arguments):
+        list(DataLoader(Refusing(), num_workers=1))
+    monkeypatch.setattr("refmatch.recipes.cli.evaluate_main", command)
+    monkeypatch.delenv("REFMATCH_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["refmatch", "evaluate"])
+    assert main() == 2
+    assert capsys.readouterr().err == ("refmatch evaluate: error: masks/7.png holds label(s) 3, but the data has 3 "
+                                       "classes\n")
+
+
 def test_a_malformed_flag_prints_the_usage_and_the_error(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["refmatch", "train", "--stop-at", "0"])
     with pytest.raises(SystemExit) as stopped:

@@ -63,8 +63,41 @@ def test_atomic_save_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         save_atomic({"step": 2}, path)
-    assert load(path)["step"] == 1
+    assert load(path, required=("step",))["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"a": 1}, "lacks config, teacher"), ({"config": {}}, "lacks teacher"),
+    (UNet(1, 2, 4, 2).state_dict(), "lacks config, teacher .a plain model state_dict"),
+])
+def test_a_file_that_is_no_refmatch_checkpoint_is_named(tmp_path, state, message):
+    path = tmp_path / "best.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=f"{path} is not a refmatch checkpoint: it {message}"):
+        load(path)
+
+
+def test_a_teacher_that_does_not_fit_its_config_is_named(tmp_path):
+    from refmatch.recipes.checkpoint import saved_teacher
+
+    state = {"config": {"width": 8, "depth": 2}, "teacher": UNet(1, 2, 4, 2).state_dict()}
+    with pytest.raises(ValueError, match="best.pt: its teacher does not fit its own config .width 8, depth 2"):
+        saved_teacher(state, tmp_path / "best.pt", "cpu")
+
+
+def test_a_finished_result_stands_only_for_the_runs_own_step_count(tmp_path):
+    """A resume taking a finished run further, killed before its test, left the shorter run's
+    metrics.json, which then stood as the longer run's result."""
+    from refmatch.recipes.train import _finished_result
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": {"steps": 4}, "test": {}}))
+    assert _finished_result(path, 4) == {"config": {"steps": 4}, "test": {}}
+    assert _finished_result(path, 6) is None
+    path.write_text('{"config": {"steps": 4}')  # cut off mid-write
+    assert _finished_result(path, 4) is None
+    assert _finished_result(tmp_path / "none.json", 4) is None
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path):

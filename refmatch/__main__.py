@@ -38,6 +38,15 @@ def run(argv):
     return 0
 
 
+def _one_line(error):
+    """The error's message; one raised in a DataLoader worker process carries that worker's
+    traceback in its message, so only the worker's own last line is kept."""
+    text = str(error)
+    if "Original Traceback" in text:
+        return text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv=None):
     """Entry point of the ``refmatch`` script and ``python -m refmatch``. Without ``argv``
     (the process's arguments) a user error prints one line, ``refmatch <command>: error: ...``,
@@ -55,7 +64,7 @@ def main(argv=None):
     except USER_ERRORS as error:
         if os.environ.get("REFMATCH_DEBUG") == "1":
             raise
-        print(f"refmatch {argv[0]}: error: {error}", file=sys.stderr)
+        print(f"refmatch {argv[0]}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"refmatch {argv[0]}: interrupted", file=sys.stderr)

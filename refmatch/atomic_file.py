@@ -22,6 +22,11 @@ def write_atomic(path, write, mode="wb"):
         raise
 
 
+def write_text_atomic(path, text):
+    """``Path(path).write_text(text)`` through ``write_atomic``."""
+    write_atomic(path, lambda file: file.write(text), mode="w")
+
+
 def _umask():
     mask = os.umask(0)  # reading it means setting it
     os.umask(mask)

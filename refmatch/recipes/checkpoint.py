@@ -5,6 +5,8 @@ from pathlib import Path
 import torch
 
 from ..atomic_file import write_atomic
+from .config import saved_config
+from .unet import UNet
 
 
 def save_atomic(state, path):
@@ -12,8 +14,9 @@ def save_atomic(state, path):
     write_atomic(path, lambda file: torch.save(state, file))
 
 
-def load(path, device="cpu"):
-    """A checkpoint dict; raises FileNotFoundError, or ValueError for a damaged file, naming the path."""
+def load(path, device="cpu", required=("config", "teacher")):
+    """A checkpoint dict holding the ``required`` keys (every refmatch checkpoint has a config and
+    a teacher); raises FileNotFoundError, or ValueError for a damaged or foreign file, naming the path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -26,4 +29,23 @@ def load(path, device="cpu"):
                          f"{' '.join(str(error).split())[:200]}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a refmatch checkpoint: it holds a {type(state).__name__}")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"{path} is not a refmatch checkpoint: it lacks {', '.join(missing)} (a plain model "
+                         "state_dict? refmatch train writes best.pt and latest.pt)")
     return state
+
+
+def saved_teacher(state, path, device, num_classes=None):
+    """(teacher UNet in eval mode on ``device``, its run's config) from a checkpoint ``state``
+    read from ``path``; ``num_classes`` None: as many as its head has. Weights that do not fit
+    the saved config raise ValueError naming the file."""
+    config = saved_config(state["config"])
+    classes = state["teacher"]["head.weight"].shape[0] if num_classes is None else num_classes
+    model = UNet(1, classes, config.width, config.depth).to(device)
+    try:
+        model.load_state_dict(state["teacher"])
+    except RuntimeError as error:  # weights of another width, depth or class count
+        raise ValueError(f"{path}: its teacher does not fit its own config (width {config.width}, depth "
+                         f"{config.depth}, {classes} classes): {' '.join(str(error).split())[:200]}") from None
+    return model.eval(), config

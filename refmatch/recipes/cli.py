@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load
-from .config import load_config, saved_config
+from ..atomic_file import write_text_atomic
+from .checkpoint import load, saved_teacher
+from .config import load_config
 from .evaluation import evaluate, evaluate_at_file_size, metrics_json
-from .unet import UNet
 
 
 def train_main(argv=None):
@@ -43,12 +43,8 @@ def train_main(argv=None):
 
 
 def _teacher(checkpoint_path, device):
-    state = load(checkpoint_path, device)
-    config = saved_config(state["config"])
-    classes = state["teacher"]["head.weight"].shape[0]
-    model = UNet(1, classes, config.width, config.depth).to(device)
-    model.load_state_dict(state["teacher"])
-    return model.eval(), config, classes
+    model, config = saved_teacher(load(checkpoint_path, device), checkpoint_path, device)
+    return model, config, model.head.out_channels
 
 
 def evaluate_main(argv=None):
@@ -105,8 +101,7 @@ def evaluate_main(argv=None):
     text = metrics_json(metrics)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_text_atomic(args.out, text)
     return metrics
 
 

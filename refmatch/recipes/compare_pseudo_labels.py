@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load
+from ..atomic_file import write_text_atomic
+from .checkpoint import load, saved_teacher
 from .config import TrainConfig, load_config, saved_config
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import metrics_json
 from .methods import IGNORE, pseudo_label_source
 from .run_context import progress_bar
-from .unet import UNet
 
 DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
                     "pl_mode=hard,tap_size=64"]
@@ -103,9 +103,7 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", s
     parsed = [(text, parse_setting(text, config)) for text in settings]  # bad settings fail before any work
     data = prepare_data(config, run_dir, reuse_splits=True)  # the run's own split, left as it is
     num_classes = len(data.class_names)
-    teacher = UNet(1, num_classes, config.width, config.depth).to(device)
-    teacher.load_state_dict(state["teacher"])
-    teacher.eval()
+    teacher, _ = saved_teacher(state, Path(run_dir) / checkpoint, device, num_classes)
     hidden = (data.unlabeled.masks != UNKNOWN).flatten(1).all(dim=1).nonzero()[:, 0][:num_images]
     if hidden.numel() == 0:
         raise ValueError(f"the run {run_dir} has no unlabelled images with hidden masks to score against")
@@ -187,10 +185,11 @@ def main(argv=None):
     tap_size = config.tap_size
     header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"
               f"Each setting changes only what it names from {plain_pseudo_labels_text(tap_size)}.\n\n")
-    (out / "compare.md").write_text(header + table + "\n")
-    (out / "compare.json").write_text(metrics_json({"run": str(args.run), "images": images.shape[0],
-                                                    "plain_settings": {**PLAIN_PSEUDO_LABELS, "tap_size": tap_size},
-                                                    "rows": rows}))
+    write_text_atomic(out / "compare.md", header + table + "\n")
+    write_text_atomic(out / "compare.json", metrics_json({"run": str(args.run), "images": images.shape[0],
+                                                          "plain_settings": {**PLAIN_PSEUDO_LABELS,
+                                                                             "tap_size": tap_size},
+                                                          "rows": rows}))
     picture(out / "compare.png", images, truth, outputs)
     print(header + table + f"\n\nwrote {out}/compare.md, compare.json and compare.png "
           "(columns: image, truth, then the settings in order)")

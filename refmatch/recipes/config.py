@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..bank import POLICIES
+from ..bank_policies import POLICIES
 from ..pseudo_labels import check_mode
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")

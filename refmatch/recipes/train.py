@@ -4,8 +4,9 @@ One loop, three methods: every method trains the student on labelled images
 (cross-entropy + Dice) and keeps an EMA teacher; the two semi-supervised methods
 add a pseudo-label loss on strongly augmented unlabelled images, ramped up, whose
 labels come from ``methods.pseudo_label_source``. All randomness after model
-initialisation is drawn from one generator that is checkpointed with the run, so
-``resume`` continues bit-exactly on the CPU.
+initialisation is drawn from one generator that is checkpointed with the run (a
+reservoir bank draws from its own, saved in the bank's state), so ``resume``
+continues bit-exactly on the CPU.
 """
 import contextlib
 import copy
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import augment
+from ..atomic_file import write_text_atomic
 from .checkpoint import load
 from .config import UNUSED_BY, TrainConfig, as_saved
 from .data_setup import UNKNOWN, prepare_data
@@ -45,12 +47,7 @@ RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
 
 def load_latest(run_dir):
     """``run_dir/latest.pt``, what ``--resume`` continues (its "config" is the run's config)."""
-    path = Path(run_dir) / "latest.pt"
-    state = load(path)
-    missing = [key for key in ("step", "config", "student", "teacher", "optimizer") if key not in state]
-    if missing:
-        raise ValueError(f"{path} is not a training run's checkpoint: it lacks {', '.join(missing)}")
-    return state
+    return load(Path(run_dir) / "latest.pt", required=("step", "config", "student", "teacher", "optimizer"))
 
 
 def check_resumable(saved, config):
@@ -216,10 +213,11 @@ class Trainer:
         or SIGTERM stops after the current step (on every rank), saves latest.pt and raises
         KeyboardInterrupt (SIGTERM: SystemExit 143); ``stop_at`` returns None instead."""
         config, started, seconds_before = self.config, time.time(), self.seconds
-        finished = self.run.dir / "metrics.json"
-        if self.step == config.steps and finished.is_file():  # resumed as it ended: its result stands
-            logging.getLogger("refmatch").info("the run finished at step %d: %s stands", self.step, finished)
-            return json.loads(finished.read_text())
+        finished = _finished_result(self.run.dir / "metrics.json", config.steps)
+        if self.step == config.steps and finished is not None:  # resumed as it ended: its result stands
+            logging.getLogger("refmatch").info("the run finished at step %d: %s stands", self.step,
+                                               self.run.dir / "metrics.json")
+            return finished
         last = config.steps if stop_at is None else min(config.steps, stop_at)
         stop, interrupted = StopRequest(), False
         with stop.catching():  # to the end of the save below, which a signal must not cut
@@ -256,10 +254,21 @@ class Trainer:
         result = {"method": self.config.method, "best_step": best["step"], "val_mean_dice": self.best,
                   "test": test, "train_seconds": self.seconds, "config": dataclasses.asdict(self.config)}
         if self.run.is_main:
-            (self.run.dir / "metrics.json").write_text(metrics_json(result))
+            write_text_atomic(self.run.dir / "metrics.json", metrics_json(result))
         logging.getLogger("refmatch").info("test mean Dice %.4f, mean IoU %.4f (best step %d)",
                                            test["mean_dice"], test["mean_iou"], best["step"])
         return result
+
+
+def _finished_result(path, steps):
+    """The result in a run's metrics.json when it is this run's: written at the end of a run
+    of ``steps`` steps (not of a shorter run that a resume took further, nor cut off mid-write
+    by an older version), else None and the test runs again."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("config", {}).get("steps") == steps else None
 
 
 def _flat(metrics):
