@@ -205,6 +205,9 @@ def test_screen_applies_only_where_it_pays(monkeypatch):
     assert match_chunked(torch.randn(1, 8, 4, 4), torch.randn(50, 8), None, 3, "dot", screen=True)[1].shape == (16, 3)
     monkeypatch.setenv("REFMATCH_BF16_SCREEN", "0")
     assert not screening.screening_applies(rows, reference, 1)
+    if native:  # refmatch info says it is off, not what the CPU could do
+        from refmatch.backends.torch_backend import TorchBackend
+        assert TorchBackend.status(None)[1].endswith("the float32 screen is off (REFMATCH_BF16_SCREEN=0)")
     assert not screening.screening_applies(rows.double(), reference.double(), 1)
     assert not screening.screening_applies(rows[:16], reference, 1)
     assert screening.screening_applies(rows[:16], reference, 1, screen=True)  # forced, for tests

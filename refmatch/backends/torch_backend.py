@@ -13,7 +13,8 @@ import torch
 from ..candidates import keep_best, pad_by_row
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import accumulation_dtype, finalize_scores, normalized_rows, reference_stat
-from .torch_screening import MAX_K as MAX_SCREENED_K, MIN_WORK, match_screened, native_bf16, screening_applies
+from .torch_screening import (MAX_K as MAX_SCREENED_K, MIN_WORK, match_screened, native_bf16, screen_switched_off,
+                              screening_applies)
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
@@ -259,10 +260,13 @@ class TorchBackend:
         self.classwise_op = register_classwise_op(self.name, classwise_chunked)
 
     def status(self):
-        screen = (f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} from N*M*D = "
-                  f"2^{MIN_WORK.bit_length() - 1} on this CPU"
-                  if native_bf16() else
-                  "no native bfloat16 on this CPU, so no float32 screen")
+        if not native_bf16():
+            screen = "no native bfloat16 on this CPU, so no float32 screen"
+        elif screen_switched_off():
+            screen = "the float32 screen is off (REFMATCH_BF16_SCREEN=0)"
+        else:
+            screen = (f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} from N*M*D = "
+                      f"2^{MIN_WORK.bit_length() - 1} on this CPU")
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {screen}"
 
     def decline_reason(self, problem):

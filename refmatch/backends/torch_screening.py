@@ -52,6 +52,11 @@ def native_bf16():
         return False
 
 
+def screen_switched_off():
+    """``REFMATCH_BF16_SCREEN=0``: the float32 screen stays off where it would pay."""
+    return os.environ.get("REFMATCH_BF16_SCREEN", "1") == "0"
+
+
 def screening_applies(rows, reference, k, screen=None):
     """Whether to screen. Never where it is not implemented (k > ``MAX_K``, not float32 on the CPU,
     empty inputs, D > ``MAX_DEPTH``); otherwise ``screen`` when given, else where it pays:
@@ -61,7 +66,7 @@ def screening_applies(rows, reference, k, screen=None):
                 and rows.shape[0] > 0 and reference.shape[0] > 0 and rows.shape[1] <= MAX_DEPTH)
     if not possible or screen is not None:
         return possible and bool(screen)
-    return (os.environ.get("REFMATCH_BF16_SCREEN", "1") != "0" and native_bf16()
+    return (not screen_switched_off() and native_bf16()
             and rows.shape[0] * reference.shape[0] * rows.shape[1] >= MIN_WORK)
 
 
