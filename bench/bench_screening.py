@@ -12,12 +12,14 @@ bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when take
 """
 import argparse
 import json
+import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from refmatch.atomic_file import write_text_atomic
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
@@ -105,8 +107,11 @@ def main():
     header = ["features", "N", "M", "D", "metric", "k", "walk ms", "screen ms", "speedup", "rows walked",
               "walk agrees", "screen agrees"]
     commit = git_commit()
+    meta = {"device": name, "torch": torch.__version__, "commit": commit, "date": date.today().isoformat(),
+            "native_bf16": native_bf16(), "threads": torch.get_num_threads(), "argv": sys.argv[1:],
+            "timing": f"fastest of {args.repeat} runs after a warm-up"}
     lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
-             f"{date.today()}", "",
+             f"{date.today()}; {torch.get_num_threads()} threads; {meta['timing']}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     print("\n".join(lines), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -122,9 +127,8 @@ def main():
             print(lines[-1], flush=True)
             # rewritten after every row: a run that is killed keeps what it measured
             stem = stem or fresh_stem(name_base)  # claimed with the first row: a failed start leaves no file
-            stem.with_suffix(".json").write_text(json.dumps({"device": name, "torch": torch.__version__,
-                                                             "commit": commit, "rows": rows}, indent=2))
-            stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+            write_text_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2))
+            write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"\nwrote {stem}.json and .md")
 
 if __name__ == "__main__":

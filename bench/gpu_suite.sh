@@ -37,11 +37,12 @@ stage() {
   if ((left < 15)); then
     SUMMARY+=("$(printf '%-10s %-16s' "$name" "SKIPPED (no time)")")
     FAILED=1
+    FAILED_STAGES+=("$name")  # a check that never ran has not passed
     return
   fi
   ((limit > left)) && limit=$left
   echo "=== $name (limit ${limit}s): $*"
-  if timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1; then
+  if timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1; then  # -k: SIGKILL what ignores SIGTERM
     status=ok
   else
     status="FAILED (exit $?)"

@@ -5,7 +5,7 @@
 For each size and reduction (k = 1 with dot, cosine and l2, top-8, class-wise C = 4: the
 per-class kernel that graph capture runs; other calls take the k = 1 rows' kernel) it
 times every tile candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query resident
-or streamed, register cap) with CUDA events (median after a warm-up), checks the
+or streamed, register cap) with CUDA events (median of RUNS after a warm-up), checks the
 result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)
 with the registers and spilled bytes per thread of the compiled kernel. A candidate
 that does not compile or fit is listed with the error. Writes
@@ -13,16 +13,23 @@ bench/results/<card>-triton-tiles-<date>.{json,md} (-2, -3 ... when taken).
 """
 import argparse
 import json
+import os
+import statistics
+import sys
 from datetime import date
 from pathlib import Path
 
 import torch
-import triton.testing
+import triton
 
+from refmatch.atomic_file import write_text_atomic
+from refmatch.bench import fresh_stem, git_commit, machine, size_triple
+from refmatch.bench_timing import timed
+from refmatch.kernels.match_aot import compile_variant
 from refmatch.kernels.match_launch import classwise_max, match_topk
 from refmatch.kernels.match_tiles import launch_config, launch_tile
-from refmatch.kernels.match_aot import compile_variant
-from refmatch.bench import fresh_stem, git_commit, machine, size_triple
+
+RUNS = 5  # timed runs per candidate, after the run that compiles and checks it (its warm-up)
 
 # Overrides of launch_config per candidate; the first of each list is the launcher's default
 # (on sm_90 the dot argmax's is TWO_PROGRAMS_PER_SM unless its compile spills; that row shows the
@@ -89,9 +96,9 @@ def sweep(n, m, d, dtype):
                 score, _ = run(reduction, query, reference, stats, labels, tile)
                 expected = score if expected is None else expected
                 row["agrees"] = bool(torch.allclose(score, expected, rtol=1e-3, atol=1e-3, equal_nan=True))
-                seconds = triton.testing.do_bench(lambda: run(reduction, query, reference, stats, labels, tile),
-                                                  warmup=50, rep=300, return_mode="median") / 1e3
-                row.update(ms=1e3 * seconds, tflops=flops / seconds / 1e12)
+                times = timed(lambda: run(reduction, query, reference, stats, labels, tile), "cuda", RUNS)
+                seconds = statistics.median(times)
+                row.update(ms=1e3 * seconds, runs=len(times), tflops=flops / seconds / 1e12)
             except Exception as error:  # a tile that does not compile or fit: record why
                 row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
             print(line(row), flush=True)
@@ -101,9 +108,9 @@ def sweep(n, m, d, dtype):
 def line(row):
     head = f"| {row['n']} | {row['m']} | {row['d']} | {row['dtype']} | {row['reduction']} | {row['tiles']} |"
     if "error" in row:
-        return f"{head} {row['error']} | | | | |"
-    return (f"{head} {row['ms']:.1f} | {row['tflops']:.1f} | {row['registers']} | {row['spilled_bytes']} | "
-            f"{'yes' if row['agrees'] else 'NO'} |")
+        return f"{head} {row['error']} | | | | | |"
+    return (f"{head} {row['ms']:.1f} | {row['runs']} | {row['tflops']:.1f} | {row['registers']} | "
+            f"{row['spilled_bytes']} | {'yes' if row['agrees'] else 'NO'} |")
 
 
 def main():
@@ -114,23 +121,25 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("the tile sweep compiles and times Triton kernels on a CUDA device; torch sees none")
-    header = ("| N | M | D | dtype | reduction | tiles | ms | TFLOP/s | registers | spilled bytes | agrees with default |\n"
-              + "|---" * 11 + "|")
+    header = ("| N | M | D | dtype | reduction | tiles | ms (median) | runs | TFLOP/s | registers | spilled bytes "
+              "| agrees with default |\n" + "|---" * 12 + "|")
     print(header)
     rows = []
     name, description = machine("cuda")
     meta = {"device": description, "commit": git_commit(), "torch": torch.__version__,
-            "triton": triton.__version__, "date": date.today().isoformat()}
+            "triton": triton.__version__, "date": date.today().isoformat(), "argv": sys.argv[1:],
+            "runs_per_candidate": RUNS, "environment": {key: value for key, value in os.environ.items()
+                                                        if key.startswith(("TRITON_", "REFMATCH_"))}}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = None
     for n, m, d in args.sizes:
         for row in sweep(n, m, d, getattr(torch, args.dtype)):
             rows.append(row)
             stem = stem or fresh_stem(args.out / f"{name}-triton-tiles-{meta['date']}")  # with the first row
-            stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-            stem.with_suffix(".md").write_text(f"Device: {description}; torch {meta['torch']}; triton "
-                                               f"{meta['triton']}; commit {meta['commit']}\n\n{header}\n"
-                                               + "\n".join(line(r) for r in rows) + "\n")
+            write_text_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2))
+            write_text_atomic(stem.with_suffix(".md"), f"Device: {description}; torch {meta['torch']}; triton "
+                              f"{meta['triton']}; commit {meta['commit']}; median of {RUNS} timed runs after one "
+                              f"warm-up\n\n{header}\n" + "\n".join(line(r) for r in rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -105,11 +105,11 @@ def test_a_failing_method_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
 
     methods = bench_peers.all_methods
 
-    def with_a_broken_peer(query, reference, fits_bytes, exclude=()):
+    def with_a_broken_peer(query, reference, fits_bytes, only=None, exclude=()):
         def broken():
             raise RuntimeError("out of memory\n  somewhere deep")
         return [bench_peers.Method("broken peer", "dot", 1, broken, 1.0)] + methods(query, reference, fits_bytes,
-                                                                                     exclude)
+                                                                                     only, exclude)
     monkeypatch.setattr(bench, "all_methods", with_a_broken_peer)
     bench.main(["--sizes", "32x256x8", "--only", "broken", "refmatch torch k=1", "--repeat", "2",
                 "--out", str(tmp_path)])
@@ -119,6 +119,30 @@ def test_a_failing_method_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
     assert rows["broken peer"]["error"] == "RuntimeError: out of memory somewhere deep"
     assert rows["refmatch torch k=1"]["agreement"] == 1.0 and rows["refmatch torch k=1"]["runs"] == 2
     assert results["meta"]["repeat"] == 2 and "--only" in results["meta"]["argv"] and "native_bf16" in results["meta"]
+
+
+def test_a_backend_whose_probe_fails_is_a_skipped_row_and_filtered_ones_are_not_probed(monkeypatch):
+    """Only a ValueError is a backend declining; any other error in the 1 x 8 probe (a compile
+    or CUDA error) skips that row with the error instead of ending the run; methods --only and
+    --exclude leave out are never called."""
+    import torch
+
+    from refmatch import bench_peers
+
+    calls, match = [], bench_peers.refmatch.match
+
+    def probed(query, reference, *args, backend="auto", **kwargs):
+        calls.append((backend, kwargs.get("k", 1)))
+        if backend == "torch" and kwargs.get("k", 1) == 8:
+            raise RuntimeError("a compile error\n  deep inside")
+        return match(query, reference, *args, backend=backend, **kwargs)
+    monkeypatch.setattr(bench_peers.refmatch, "match", probed)
+    tiny = torch.randn(16, 8)
+    methods = {m.name: m for m in bench_peers.all_methods(tiny, tiny, 1 << 20, only=["refmatch torch"],
+                                                         exclude=["classwise"]) if m.name.startswith("refmatch")}
+    assert set(methods) == {"refmatch torch k=1", "refmatch torch k=8"}
+    assert methods["refmatch torch k=8"].skip == "its 1 x 8 probe failed: RuntimeError: a compile error deep inside"
+    assert {backend for backend, _ in calls} == {"torch"}
 
 
 def test_only_methods_that_cannot_run_here_is_an_error(tmp_path):

@@ -34,6 +34,10 @@ def test_right_answers_agree_and_wrong_ones_do_not():
     assert oracle.agreement(top8.flip(1), "cosine", 8) == 0.0, "worst first"
     assert oracle.agreement(top8[:, :2], "cosine", 8) == 0.0, "two slots of eight"
     assert oracle.agreement(torch.full((50,), -1), "dot") == 0.0
+    twins = torch.cat([reference, reference[top8[:1, 0]]])  # row 0's best, twice: its top two tie exactly
+    best_twice = refmatch.match(query[:1], twins, k=8, metric="cosine", backend="torch").index
+    best_twice[:, 1] = best_twice[:, 0]
+    assert Float64Oracle(query[:1], twins).agreement(best_twice, "cosine", 8) == 0.0, "a reference named twice"
     scores = refmatch.classwise_max(query, reference, labels, 4, metric="dot", backend="torch")
     assert oracle.classwise_agreement(scores, "dot", torch.float32) == 1.0
     assert oracle.classwise_agreement(scores[:, [1, 0, 2, 3]], "dot", torch.float32) == 0.0

@@ -33,7 +33,7 @@ import torch
 import refmatch
 from refmatch.atomic_file import write_atomic
 from refmatch.bench_oracle import Float64Oracle
-from refmatch.bench_peers import CLASSES, all_methods, bench_labels
+from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
 from refmatch.bench_plot import plot
 from refmatch.bench_timing import PeakMemory, timed
 
@@ -64,12 +64,12 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
     query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
     reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
-    methods = list(all_methods(query, reference, fits_bytes, exclude))
+    methods = list(all_methods(query, reference, fits_bytes, only, exclude))
     _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only, exclude)
     oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
     gemm_tflops = None
     for method in methods:
-        if not _wanted(method.name, only, exclude) and method.metric != "-":
+        if not wanted(method.name, only, exclude) and method.metric != "-":
             continue
         row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
                "dtype": str(dtype).replace("torch.", "")}
@@ -82,8 +82,11 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
                 index = method.run()
             first = time.perf_counter() - begin
             # A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is reported
-            # from that run; one slower than a second is timed once more.
-            times = [first] if first > SLOW_SECONDS else timed(method.run, device, repeat if first < 1 else 1)
+            # from that run. Otherwise a warm run decides, without the first call's compiles: one
+            # slower than a second is all, else ``repeat`` runs in all.
+            times = [first] if first > SLOW_SECONDS else timed(method.run, device, 1)
+            if first <= SLOW_SECONDS and times[0] < 1:
+                times += timed(method.run, device, repeat - 1)
             if index is None:
                 agreed = None
             elif method.classwise:
@@ -235,15 +238,10 @@ def main(argv=None):
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
 
 
-def _wanted(name, only, exclude):
-    """A method named ``name`` passes --only (a word of it in the name) and --exclude (none)."""
-    return (not only or any(word in name for word in only)) and not any(word in name for word in exclude or ())
-
-
 def _check_filters(names, only, exclude):
     """Raise ValueError, before any timing, when --only / --exclude leave none of the method
     ``names`` (the ceilings aside)."""
-    if not any(_wanted(name, only, exclude) for name in names):
+    if not any(wanted(name, only, exclude) for name in names):
         given = " ".join(f"--{flag} {' '.join(words)}" for flag, words in (("only", only), ("exclude", exclude))
                          if words)
         raise ValueError(f"{given} leaves no method but the GEMM ceilings; methods: {', '.join(names)}")

@@ -62,6 +62,8 @@ class Float64Oracle:
         if index.shape[1] != k:
             return 0.0  # fewer (or more) slots than asked for
         valid = ((index >= 0) & (index < self.reference.shape[0])).all(dim=1)
+        ranked = index.sort(dim=1).values  # a reference named twice is one neighbour, not two
+        valid &= (ranked[:, 1:] != ranked[:, :-1]).all(dim=1)
         rows = self.reference[index.clamp(0, self.reference.shape[0] - 1)]  # [N, k, D]
         queries = self.query[:, None, :]
         if metric == "dot":

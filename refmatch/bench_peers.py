@@ -3,6 +3,7 @@
 Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
 is not installed, or cannot run on the device, is listed with the reason.
 """
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -87,13 +88,15 @@ def _cuda_variant_methods(query, reference, flops):
     available = query.is_cuda and native_module() is not None and hopper_enabled(query.device)
     maps = query.T[None, :, :, None]
     plain = kernel_name(maps, reference) if available else "mma.sync"
+    switched_off = os.environ.get("REFMATCH_CUDA_HOPPER") == "0"  # gpu_suite.sh: a wgmma check failed
+    unavailable = ("REFMATCH_CUDA_HOPPER=0 keeps every call on mma.sync" if switched_off else
+                   "needs sm_90 and an sm_90a build (the cuda rows are the mma.sync kernel elsewhere)")
     methods = []
     for variant in ["mma.sync", *HOPPER_VARIANTS]:
         name = f"refmatch cuda {variant} k=1"
         if not available:
             if variant != plain:
-                methods.append(Method(name, "dot", 1, None, flops, "needs sm_90 and an sm_90a build (the cuda "
-                                                                   "rows are the mma.sync kernel elsewhere)"))
+                methods.append(Method(name, "dot", 1, None, flops, unavailable))
             continue
         with hopper_kernel(variant):
             runs = kernel_name(maps, reference)
@@ -113,11 +116,20 @@ def _cuda_variant_methods(query, reference, flops):
 
 
 def _skip_reason(call):
+    """None when a 1 x 8 probe of a method runs; else why not: the backend's own reason for
+    declining (ValueError), or the probe's error, so one broken backend costs a row, not the run."""
     try:
         call()
     except ValueError as error:
         return str(error).split(": ", 1)[-1]
+    except Exception as error:  # noqa: BLE001 - a compile or CUDA error of one backend
+        return f"its 1 x 8 probe failed: {type(error).__name__}: {' '.join(str(error).split())[:160]}"
     return None
+
+
+def wanted(name, only, exclude):
+    """A method named ``name`` passes --only (a word of it in the name) and --exclude (none)."""
+    return (not only or any(word in name for word in only)) and not any(word in name for word in exclude or ())
 
 
 CLASSES = 4  # of the class-wise rows
@@ -128,25 +140,28 @@ def bench_labels(num_refs, device):
     return (torch.arange(num_refs, device=device) * CLASSES) // num_refs
 
 
-def _refmatch_methods(query, reference, flops):
+def _refmatch_methods(query, reference, flops, keep):
     """k = 1 (dot, l2 and cosine, the default), top-8 and the class-wise max per backend,
-    side by side."""
+    side by side; only those whose name ``keep`` takes are probed and listed."""
     labels = bench_labels(reference.shape[0], reference.device)
     methods = []
     for status in refmatch.backends():
         for metric, k in (("dot", 1), ("dot", 8), ("l2", 1), ("cosine", 1)):
             def run(backend=status.name, metric=metric, k=k):
                 return refmatch.match(query, reference, k=k, metric=metric, backend=backend).index
-            skip = _skip_reason(lambda: refmatch.match(query[:1], reference[:8], k=k, metric=metric,
-                                                       backend=status.name))
-            methods.append(Method(f"refmatch {status.name} k={k}", metric, k, run, flops, skip))
+            name = f"refmatch {status.name} k={k}"
+            if keep(name):
+                skip = _skip_reason(lambda: refmatch.match(query[:1], reference[:8], k=k, metric=metric,
+                                                           backend=status.name))
+                methods.append(Method(name, metric, k, run, flops, skip))
 
         def classwise(backend=status.name, labels=labels):
             return refmatch.classwise_max(query, reference, labels, CLASSES, metric="dot", backend=backend)
-        skip = _skip_reason(lambda: refmatch.classwise_max(query[:1], reference[:8], labels[:8], CLASSES,
-                                                           metric="dot", backend=status.name))
-        methods.append(Method(f"refmatch {status.name} classwise C={CLASSES}", "dot", 1, classwise, flops, skip,
-                              classwise=True))
+        name = f"refmatch {status.name} classwise C={CLASSES}"
+        if keep(name):
+            skip = _skip_reason(lambda: refmatch.classwise_max(query[:1], reference[:8], labels[:8], CLASSES,
+                                                               metric="dot", backend=status.name))
+            methods.append(Method(name, "dot", 1, classwise, flops, skip, classwise=True))
     return methods
 
 
@@ -155,9 +170,10 @@ def _refmatch_methods(query, reference, flops):
 PEER_GROUPS = {"faiss": _faiss_methods, "keops": _keops_methods, "flash-kmeans": _flash_kmeans_methods}
 
 
-def all_methods(query, reference, fits_bytes, exclude=()):
-    """Every method for one (N, M, D), the GEMM ceilings first; ``exclude``: words of
-    ``--exclude`` (a peer group whose name holds one is not even imported)."""
+def all_methods(query, reference, fits_bytes, only=None, exclude=()):
+    """Every method for one (N, M, D) that --only and --exclude (``only``, ``exclude``: their
+    words) leave, the GEMM ceilings first; a refmatch method they leave out is not probed, a
+    peer group whose name holds an --exclude word not even imported."""
     n, m, d = query.shape[0], reference.shape[0], query.shape[1]
     flops = 2.0 * n * m * d
     fits = n * m * query.element_size() <= fits_bytes
@@ -166,11 +182,12 @@ def all_methods(query, reference, fits_bytes, exclude=()):
     # torch.mm of this N, M, D, measured on as many query rows as fit; with small D
     # it is bound by writing the N x M output, which a fused kernel never writes.
     gemm_rows = max(1, min(n, int(fits_bytes // (m * query.element_size()))))
-    out = torch.empty(gemm_rows, m, device=query.device, dtype=query.dtype)
+    # Zeroed, not empty: pages touched here, before the rows' memory baseline, on the CPU too.
+    out = torch.zeros(gemm_rows, m, device=query.device, dtype=query.dtype)
     gemm_name = "gemm torch.mm this shape" + ("" if gemm_rows == n else f" ({gemm_rows} rows)")
     side = 8192 if query.is_cuda else 2048
     square = torch.randn(side, side, device=query.device).to(query.dtype)
-    square_out = torch.empty_like(square)
+    square_out = torch.zeros_like(square)
 
     def gemm():
         torch.mm(query[:gemm_rows], reference.T, out=out)
@@ -187,5 +204,7 @@ def all_methods(query, reference, fits_bytes, exclude=()):
     ]
     peers = [method for group, builder in PEER_GROUPS.items() if not any(word in group for word in exclude or ())
              for method in builder(query, reference, flops)]
-    return (methods + _refmatch_methods(query, reference, flops) + _cuda_variant_methods(query, reference, flops)
-            + peers)
+    def keep(name):
+        return wanted(name, only, exclude)
+    return (methods + _refmatch_methods(query, reference, flops, keep)
+            + [method for method in _cuda_variant_methods(query, reference, flops) if keep(method.name)] + peers)
