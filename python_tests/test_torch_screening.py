@@ -158,6 +158,35 @@ def test_nan_references_are_skipped_like_ignored_ones():
     assert_matches_oracle(result, query, reference[kept], "cosine")
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_cosine_skips_references_holding_inf_as_the_walk_does(k):
+    """Under cosine a row holding Inf normalises to NaN and never matches; the screen, whose
+    cosine bound takes |r| = 1, skipped whole blocks or lost a top-k slot to it."""
+    generator = torch.Generator().manual_seed(6)
+    query, reference = torch.randn(30, 8, generator=generator), torch.randn(300, 8, generator=generator)
+    reference[[7, 150], 2] = float("inf")
+    screened = screened_match(query, reference, "cosine", k=k)
+    walked = match_chunked(query.T[None, :, :, None], reference, None, k, "cosine", screen=False)
+    assert torch.equal(screened.index.reshape(30, k), walked[1]) and (walked[1] >= 0).all()
+
+
+@pytest.mark.parametrize("metric, a, b", [
+    ("dot", [8 * (1 + 2 ** -8 - 3 * 2 ** -16), 0.0], [8 * (1 + 2 ** -8 + 2 ** -16), -8 * (2 ** -8 - 2 * 2 ** -16)]),
+    ("cosine", [0.9364381432533264, 0.9364283084869385], [1.0304782390594482, 1.0023787021636963])])
+def test_query_rows_too_small_for_a_float32_squared_norm_keep_their_bound(metric, a, b):
+    """Entries of 2^-80: their float32 sum of squares underflows to 0, and the error bound
+    built on it kept only bfloat16's favourite, b, over the exact best, a."""
+    reference = torch.randn(64, 16, generator=torch.Generator().manual_seed(7))
+    reference[10], reference[11] = 0, 0
+    reference[10, :2], reference[11, :2] = torch.tensor(a), torch.tensor(b)
+    query = torch.zeros(1, 16)
+    query[0, :2] = 2.0 ** -80
+    exact = query.double() @ (reference.double() if metric == "dot" else
+                              reference.double() / reference.double().norm(dim=1, keepdim=True)).T
+    assert exact.argmax() == 10
+    assert screened_match(query, reference, metric).index.item() == 10
+
+
 @pytest.mark.parametrize("bad", [float("inf"), -float("inf"), 1e30])
 def test_inputs_it_cannot_bound_take_the_float32_walk(bad):
     reference = torch.randn(200, 16)

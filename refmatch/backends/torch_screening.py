@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from .scoring import normalized_rows, squared_norms
+from .scoring import normalized_rows
 from .screen_candidates import ScreenCandidates, rows_per_pass
 
 BF16_UNIT = 2.0 ** -8
@@ -131,10 +131,12 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
         screen cannot bound) hold -inf / -1 and are left to the float32 walk.
     """
     depth = rows.shape[1]
-    reference_norm_sq = squared_norms(reference, dim=1)
-    nan_rows = reference_norm_sq.isnan()  # NaN never matches: such rows are as good as ignored
-    if bool(nan_rows.any()):
-        ignored = nan_rows if ignored is None else ignored | nan_rows
+    reference_norm_sq = squared_norms_float64(reference)
+    # NaN never matches, nor under cosine does a row holding Inf (it normalises to NaN): such
+    # rows are as good as ignored. (Under dot and l2 an Inf row makes the bound infinite: the walk.)
+    never = ~reference_norm_sq.isfinite() if metric == "cosine" else reference_norm_sq.isnan()
+    if bool(never.any()):
+        ignored = never if ignored is None else ignored | never
     matchable = reference_norm_sq if ignored is None else reference_norm_sq[~ignored]
     if metric == "cosine":  # normalised rows: 1 up to float32 rounding
         largest_norm_sq = matchable.new_ones(())
@@ -156,7 +158,7 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
 def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_m, block_n):
     """``match_screened`` for one pass of query rows (``rows_per_pass``), over the whole bank."""
     num_rows, depth = rows.shape
-    query_norm = _norm_upper_bound(squared_norms(rows, dim=1), depth)
+    query_norm = _norm_upper_bound(squared_norms_float64(rows), depth)
     error = screen_error(query_norm, reference_norm_max, metric, depth)
     if not (bool(torch.isfinite(error).all()) and float(error.max()) < 2.0 ** 90):
         return _unscreened(num_rows, k)
@@ -177,10 +179,19 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
     return candidates.rescore(rows, reference, metric)
 
 
+def squared_norms_float64(rows, max_elements=1 << 22):
+    """[R] float64 sums of squares of float32 rows, in chunks of about ``max_elements``: a
+    float32 sum underflows to 0 for entries below about 2^-75, and a bound built on it
+    (the screen's error bound) would shrink to nothing."""
+    chunk = max(1, max_elements // max(1, rows.shape[1]))
+    return torch.cat([part.double().square().sum(dim=1) for part in rows.split(chunk)]) if rows.shape[0] else \
+        rows.new_zeros(0, dtype=torch.float64)
+
+
 def _norm_upper_bound(norm_sq, depth):
-    """float64 norms from float32 sums of ``depth`` squares, raised past their rounding
-    (relative error at most D 2^-24 / (1 - D 2^-24) on the sum, half that on its root)."""
-    return norm_sq.double().sqrt() * (1 + depth * 2.0 ** -23)
+    """Norms from float64 sums of ``depth`` squares, raised past their rounding (a float32-rounding
+    allowance, far above float64's D 2^-53)."""
+    return norm_sq.sqrt() * (1 + depth * 2.0 ** -23)
 
 
 def _unscreened(num_rows, k):
