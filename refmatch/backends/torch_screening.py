@@ -179,7 +179,7 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
     return candidates.rescore(rows, reference, metric)
 
 
-def squared_norms_float64(rows, max_elements=1 << 22):
+def squared_norms_float64(rows, max_elements=1 << 20):
     """[R] float64 sums of squares of float32 rows, in chunks of about ``max_elements``: a
     float32 sum underflows to 0 for entries below about 2^-75, and a bound built on it
     (the screen's error bound) would shrink to nothing."""
