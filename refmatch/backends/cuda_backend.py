@@ -5,15 +5,12 @@ match_kernel_sm90.cuh, wgmma on sm_90a) take raw device pointers, strides and
 the caller's stream; this module allocates their outputs and split workspace
 with torch on the query's device and applies the per-row fix-up.
 
-On a compute capability 9.0 device, with a build that includes sm_90a, the
-Hopper kernel serves the calls it can; ``REFMATCH_CUDA_HOPPER=0`` (read at each
-call) keeps every call on the mma.sync kernel. Its CTAs take 256 query rows where
-that tile fits beside the pipeline (D <= 192 on an H100 or H200; 128 above): half
-the bank traffic per FLOP of 128 rows, 1.7x faster at D = 128 on an H200 (session
-14). ``REFMATCH_CUDA_HOPPER_ROWS=128`` keeps 128 rows at every D.
-``REFMATCH_CUDA_HOPPER_QUERY=registers`` holds the query in registers (RS wgmma;
-any D with 128 rows, D <= 64 with 256): a third less shared-memory traffic per
-MMA, no faster on an H200 (311.7 against 315.2 ms with 128 rows), so not the default.
+On sm_90 with an sm_90a build the Hopper kernel serves the calls it can
+(``REFMATCH_CUDA_HOPPER=0``, read at each call: mma.sync only), with 256 query rows
+per CTA where the tile fits (D <= 192 on H100/H200; 128 above): half the bank
+traffic per FLOP, 1.7x faster at D = 128 on an H200. ``REFMATCH_CUDA_HOPPER_ROWS=128``
+keeps 128 rows; ``REFMATCH_CUDA_HOPPER_QUERY=registers`` holds the query in registers
+(RS wgmma; any D with 128 rows, D <= 64 with 256), no faster on an H200.
 """
 import contextlib
 import ctypes
