@@ -48,7 +48,8 @@ def compile_variant(arch, dtype, dim, metric, reduction, slots, wide_offsets=Fal
                      INPUT_PRECISION="tf32" if dtype == "float32" and not exact else "ieee",
                      WIDE_OFFSETS=wide_offsets, RANGES=ranges)
     pointers = {"query_ptr": POINTER_TYPES[dtype], "reference_ptr": POINTER_TYPES[dtype],
-                "ref_stat_ptr": "*fp32", "labels_ptr": "*i64", "split_starts_ptr": "*i64", "out_score_ptr": "*fp32", "out_index_ptr": "*i64"}
+                "ref_stat_ptr": "*fp32", "labels_ptr": "*i64", "split_starts_ptr": "*i64",
+                "out_score_ptr": "*fp32", "out_index_ptr": "*i64"}
     # As the JIT specialises a call with [N, D] rows and a contiguous [M, D] bank:
     # unit strides become constants, pointers and D-multiples are 16-divisible.
     constants.update(stride_qd=1, stride_qw=1, stride_rd=1)

@@ -297,4 +297,3 @@ class ReferenceBank(nn.Module):
             return self.features[self.labels == cls] if cls != self.ignore_index else self.features[:0]
         start = cls * self.capacity
         return self.features[start:start + int(self.counts[cls])]
-

@@ -84,9 +84,12 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
             # A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is reported
             # from that run. Otherwise a warm run decides, without the first call's compiles: one
             # slower than a second is all, else ``repeat`` runs in all.
-            times = [first] if first > SLOW_SECONDS else timed(method.run, device, 1)
-            if first <= SLOW_SECONDS and times[0] < 1:
-                times += timed(method.run, device, repeat - 1)
+            if first > SLOW_SECONDS:
+                times = [first]
+            else:
+                times = timed(method.run, device, 1)
+                if times[0] < 1:
+                    times += timed(method.run, device, repeat - 1)
             if index is None:
                 agreed = None
             elif method.classwise:

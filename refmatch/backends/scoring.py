@@ -37,12 +37,12 @@ def tf32_allowed(dtype):
         return torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
-def _reduced_by_chunks(tensor, dim, reduce, max_elements):
-    """``reduce(part)`` over ``dim`` of ``tensor`` in its accumulation dtype, flattened to
-    [rows]; converted a chunk at a time along the longest other dimension (rows of [N, D],
-    the N of [1, D, N, 1] row maps), so the workspace stays near ``max_elements`` instead
-    of a float32 copy of the whole input."""
-    acc = accumulation_dtype(tensor.dtype)
+def _reduced_by_chunks(tensor, dim, reduce, max_elements, dtype=None):
+    """``reduce(part)`` over ``dim`` of ``tensor`` in ``dtype`` (default: its accumulation
+    dtype), flattened to [rows]; converted a chunk at a time along the longest other
+    dimension (rows of [N, D], the N of [1, D, N, 1] row maps), so the workspace stays near
+    ``max_elements`` instead of a float32 copy of the whole input."""
+    acc = dtype or accumulation_dtype(tensor.dtype)
     others = [d for d in range(tensor.dim()) if d != dim]
     if tensor.numel() == 0 or not others:
         return reduce(tensor.to(acc), dim).reshape(-1)
@@ -65,11 +65,11 @@ def _norm(part, dim):
     return torch.linalg.vector_norm(part, dim=dim, dtype=torch.float64).to(part.dtype)
 
 
-def squared_norms(tensor, dim, max_elements=1 << 22):
-    """Sum of squares over ``dim`` in the accumulation dtype, flattened to [rows], with a
-    workspace near ``max_elements``. Summed directly rather than as a squared norm, so
-    small integers stay exact."""
-    return _reduced_by_chunks(tensor, dim, _sum_of_squares, max_elements)
+def squared_norms(tensor, dim, max_elements=1 << 22, dtype=None):
+    """Sum of squares over ``dim`` in ``dtype`` (default: the accumulation dtype), flattened
+    to [rows], with a workspace near ``max_elements``. Summed directly rather than as a
+    squared norm, so small integers stay exact."""
+    return _reduced_by_chunks(tensor, dim, _sum_of_squares, max_elements, dtype)
 
 
 def norms(tensor, dim, max_elements=1 << 22):

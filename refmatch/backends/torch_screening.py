@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from .scoring import normalized_rows
+from .scoring import normalized_rows, squared_norms
 from .screen_candidates import ScreenCandidates, rows_per_pass
 
 BF16_UNIT = 2.0 ** -8
@@ -131,7 +131,7 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
         screen cannot bound) hold -inf / -1 and are left to the float32 walk.
     """
     depth = rows.shape[1]
-    reference_norm_sq = squared_norms_float64(reference)
+    reference_norm_sq = _squared_norms_float64(reference)
     # NaN never matches, nor under cosine does a row holding Inf (it normalises to NaN): such
     # rows are as good as ignored. (Under dot and l2 an Inf row makes the bound infinite: the walk.)
     never = ~reference_norm_sq.isfinite() if metric == "cosine" else reference_norm_sq.isnan()
@@ -158,7 +158,7 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
 def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_m, block_n):
     """``match_screened`` for one pass of query rows (``rows_per_pass``), over the whole bank."""
     num_rows, depth = rows.shape
-    query_norm = _norm_upper_bound(squared_norms_float64(rows), depth)
+    query_norm = _norm_upper_bound(_squared_norms_float64(rows), depth)
     error = screen_error(query_norm, reference_norm_max, metric, depth)
     if not (bool(torch.isfinite(error).all()) and float(error.max()) < 2.0 ** 90):
         return _unscreened(num_rows, k)
@@ -179,13 +179,10 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
     return candidates.rescore(rows, reference, metric)
 
 
-def squared_norms_float64(rows, max_elements=1 << 20):
-    """[R] float64 sums of squares of float32 rows, in chunks of about ``max_elements``: a
-    float32 sum underflows to 0 for entries below about 2^-75, and a bound built on it
-    (the screen's error bound) would shrink to nothing."""
-    chunk = max(1, max_elements // max(1, rows.shape[1]))
-    return torch.cat([part.double().square().sum(dim=1) for part in rows.split(chunk)]) if rows.shape[0] else \
-        rows.new_zeros(0, dtype=torch.float64)
+def _squared_norms_float64(rows):
+    """[R] sums of squares of float32 rows, summed in float64: a float32 sum underflows to 0
+    for entries below about 2^-75, and the error bound built on it would shrink to nothing."""
+    return squared_norms(rows, dim=1, max_elements=1 << 20, dtype=torch.float64)
 
 
 def _norm_upper_bound(norm_sq, depth):
