@@ -131,3 +131,24 @@ def test_top_k_reads_runs_in_blocks_with_ignored_references(monkeypatch):
     assert with_ignored[2].numel() == kept_only[2].numel() == 0
     assert torch.equal((~ignored).nonzero()[:, 0][kept_only[1]], with_ignored[1])
     assert offered[0] <= 1.05 * offered[1], offered
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2", "cosine"])
+def test_rescoring_in_small_pieces_gives_the_scores_of_one_piece(monkeypatch, metric):
+    """Pairs are rescored a few at a time (buffers that stay in cache); with room for 5 pairs of
+    16 floats per piece, 23 pairs take 5 pieces, the last one short, and score as one piece does."""
+    generator = torch.Generator().manual_seed(13)
+    query, reference = torch.randn(6, 16, generator=generator), torch.randn(40, 16, generator=generator)
+    rows = torch.randint(0, 6, (23,), generator=generator).sort().values
+    cols = torch.randint(0, 40, (23,), generator=generator)
+    whole = screen_candidates.exact_scores(query, reference, rows, cols, metric)
+    monkeypatch.setattr(screen_candidates, "RESCORE_BYTES", 5 * 16 * 4)
+    pieces = screen_candidates.exact_scores(query, reference, rows, cols, metric)
+    torch.testing.assert_close(pieces, whole, rtol=0, atol=0)
+    exact = query.double()[rows], reference.double()[cols]
+    if metric == "cosine":
+        exact = exact[0], exact[1] / exact[1].norm(dim=1, keepdim=True)
+    oriented = (exact[0] * exact[1]).sum(1)
+    if metric == "l2":
+        oriented = 2 * oriented - exact[1].square().sum(1)
+    torch.testing.assert_close(pieces.double(), oriented, rtol=1e-5, atol=1e-5)
