@@ -174,8 +174,9 @@ def _from_oriented(oriented, query, metric):
     """Public scores from oriented ones by the per-row term alone."""
     if metric == "dot":
         return oriented
-    if metric == "cosine":
-        return oriented / norms(query, dim=1)[:, None].clamp_min(NORM_EPS)
+    if metric == "cosine":  # rounding of the two norms can land a hair outside [-1, 1]: acos would give NaN
+        cosine = oriented / norms(query, dim=1)[:, None].clamp_min(NORM_EPS)
+        return torch.where(cosine.isfinite(), cosine.clamp(-1, 1), cosine)
     return squared_norms(query, dim=1)[:, None] - oriented
 
 
