@@ -39,6 +39,15 @@ def test_out_size_and_threshold(phantoms):
     assert torch.equal(hard[:, ::4, ::4], PseudoLabeler(bank)(features[:, :, ::2, ::2]).labels)
 
 
+@pytest.mark.parametrize("mode, k", [("hard", 1), ("soft", 1), ("soft", 8)])
+def test_an_empty_batch_gives_empty_labels_and_keeps_nothing(phantoms, mode, k):
+    """A mean over no pixels is NaN, which spoiled the averages of a training log."""
+    bank, features, _ = phantoms
+    labels, confidence, kept = PseudoLabeler(bank, k=k, mode=mode, out_size=64)(features[:0])
+    assert labels.shape == confidence.shape == (0, 64, 64)
+    assert kept.dtype == torch.float32 and kept.item() == 0
+
+
 def test_int_out_size_is_square(phantoms):
     bank, features, _ = phantoms
     square = PseudoLabeler(bank, mode="soft", out_size=64)(features[:2]).labels

@@ -253,6 +253,27 @@ def test_the_bank_keeps_pixels_of_every_labelled_image(policy, images_kept):
     assert kept == images_kept
 
 
+def test_pl_k_beyond_the_labelled_pixels_is_refused_before_pseudo_labels_start():
+    """The check counts what ``add`` stores: each class's pixels at tap resolution (ignored ones
+    dropped), at most bank_capacity each; the refresh checks the bank it built the same way."""
+    from refmatch.recipes.methods import IGNORE, ReferencePseudoLabels, check_pl_k
+
+    masks = torch.zeros(3, 16, 16, dtype=torch.long)
+    masks[:, :, 8:] = 1
+    masks[2] = IGNORE  # 2 images x 4 x 4 tap pixels: 16 of class 0 (capacity 12), 16 of class 1
+    config = load_config(None, ["width=4", "image_size=16", "tap_size=4", "bank_capacity=12",
+                                "pl_mode=soft", "pl_k=25"])
+    source = ReferencePseudoLabels(UNet(1, 2, config.width, config.depth).eval(), config, 2, "cpu")
+    with pytest.raises(ValueError, match=r"pl_k=25 but the labelled images give the bank 24 pixels \(tap_size=4"):
+        check_pl_k(config, masks, 2)
+    with pytest.raises(ValueError, match=r"pl_k=25 but the labelled images give the bank 24 pixels"):
+        source.refresh(torch.rand(3, 1, 16, 16), masks, batch_size=2)
+    config.pl_k = source.labeler.k = 24
+    check_pl_k(config, masks, 2)
+    source.refresh(torch.rand(3, 1, 16, 16), masks, batch_size=2)
+    assert len(source.bank) == 24
+
+
 def test_weak_augmentation_labels_padding_as_asked():
     """Pixels moved in from outside are background in training masks but unknown in hidden
     truth, which scores pseudo-labels (mask-less images had 10 % made-up background)."""

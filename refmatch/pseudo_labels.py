@@ -25,7 +25,7 @@ def check_mode(mode, k, names=("mode", "k")):
 
 class PseudoLabels(NamedTuple):
     """labels: [B, H, W] int64 (ignore_index where dropped); confidence: [B, H, W]
-    float32; kept_fraction: 0-d tensor, share of pixels not dropped."""
+    float32; kept_fraction: 0-d float32 tensor, share of pixels not dropped (0 for an empty batch)."""
 
     labels: torch.Tensor
     confidence: torch.Tensor
@@ -112,8 +112,14 @@ class PseudoLabeler:
             # would leave the other ranks waiting in its collectives.
             _check_agreement_labels(agree_with, (features.shape[0], *size))
             labels = torch.where(labels == agree_with, labels, self.ignore_index)
-        kept = (labels != self.ignore_index).float().mean()
-        return PseudoLabels(labels, confidence, kept)
+        return PseudoLabels(labels, confidence, kept_fraction(labels, self.ignore_index))
+
+
+def kept_fraction(labels, ignore_index):
+    """0-d float32 share of ``labels`` other than ``ignore_index``; 0 for no labels (a mean of
+    nothing is NaN, which would spoil the averages of a training log)."""
+    kept = (labels != ignore_index).sum().double()  # counts exact past float32's 2^24
+    return (kept / labels.numel() if labels.numel() else kept).float()
 
 
 def _check_agreement_labels(agree_with, expected):

@@ -23,7 +23,7 @@ from .checkpoint import load, saved_teacher
 from .config import TrainConfig, load_config, saved_config
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import metrics_json
-from .methods import IGNORE, pseudo_label_source
+from .methods import IGNORE, check_pl_k, pseudo_label_source
 from .run_context import progress_bar
 
 DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
@@ -103,6 +103,9 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", s
     parsed = [(text, parse_setting(text, config)) for text in settings]  # bad settings fail before any work
     data = prepare_data(config, run_dir, reuse_splits=True)  # the run's own split, left as it is
     num_classes = len(data.class_names)
+    for _, setting in parsed:
+        if setting.method == "refmatch":
+            check_pl_k(setting, data.labeled.masks, num_classes)
     teacher, _ = saved_teacher(state, Path(run_dir) / checkpoint, device, num_classes)
     hidden = (data.unlabeled.masks != UNKNOWN).flatten(1).all(dim=1).nonzero()[:, 0][:num_images]
     if hidden.numel() == 0:

@@ -11,7 +11,8 @@ import torch
 from ..bank import ReferenceBank
 from ..data.folder import IGNORE_LABEL
 from ..feature_tap import FeatureTap
-from ..pseudo_labels import PseudoLabeler, PseudoLabels
+from ..masks import downsample_masks
+from ..pseudo_labels import PseudoLabeler, PseudoLabels, kept_fraction
 
 IGNORE = IGNORE_LABEL  # a mask's ignored pixels and a dropped pseudo-label: the losses skip both
 
@@ -27,7 +28,7 @@ class TeacherPredictions:
         probabilities = self.teacher(images).float().softmax(dim=1)
         confidence, labels = probabilities.max(dim=1)
         labels = torch.where(confidence >= self.threshold, labels, IGNORE)
-        return PseudoLabels(labels, confidence, (labels != IGNORE).float().mean())
+        return PseudoLabels(labels, confidence, kept_fraction(labels, IGNORE))
 
     def refresh(self, images, masks, batch_size):
         """Nothing to refresh: predictions follow the teacher by construction."""
@@ -55,6 +56,7 @@ class ReferencePseudoLabels:
                                      threshold=config.pl_threshold or None, temperature=config.pl_temperature,
                                      out_size=(config.image_size, config.image_size), ignore_index=IGNORE)
         self.consensus = config.pl_consensus
+        self.config = config
 
     @torch.no_grad()
     def refresh(self, images, masks, batch_size):
@@ -63,6 +65,7 @@ class ReferencePseudoLabels:
         for start in range(0, images.shape[0], batch_size):
             self.teacher(images[start:start + batch_size])
             self.bank.add(self.tap.features().float(), masks[start:start + batch_size])
+        require_k_references(self.config, len(self.bank))  # rows holding NaN or Inf are not stored
 
     @torch.no_grad()
     def __call__(self, images):
@@ -74,6 +77,26 @@ class ReferencePseudoLabels:
 
     def load_state_dict(self, state):
         self.bank.load_state_dict(state)
+
+
+def check_pl_k(config, masks, num_classes, batch_size=16):
+    """ValueError, before any training, when the bank that refmatch builds from the labelled
+    ``masks`` [L, H, W] would hold fewer references than ``config.pl_k``: the votes would fail
+    only once pseudo-labels start. Counts each class's pixels at the tap's resolution, as the
+    bank's ``add`` does (majority downsampling, ``IGNORE`` dropped), at most bank_capacity each."""
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for start in range(0, masks.shape[0], batch_size):  # one-hot blocks of a few masks at a time
+        labels = downsample_masks(masks[start:start + batch_size], (config.tap_size, config.tap_size),
+                                  num_classes, IGNORE).flatten()
+        counts += torch.bincount(labels[labels < num_classes].cpu(), minlength=num_classes)
+    require_k_references(config, int(counts.clamp(max=config.bank_capacity).sum()))
+
+
+def require_k_references(config, references):
+    if references < config.pl_k:
+        raise ValueError(f"pl_k={config.pl_k} but the labelled images give the bank {references} pixels "
+                         f"(tap_size={config.tap_size} squared per labelled image, at most "
+                         f"bank_capacity={config.bank_capacity} per class): lower pl_k, or label more images")
 
 
 def pseudo_label_source(method, teacher, config, num_classes, device):

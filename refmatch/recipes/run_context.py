@@ -42,28 +42,34 @@ def fresh_run(run_dir, overwrite=False):
     (its work would be overwritten) unless ``overwrite``. Then that run's ``RUN_OUTPUTS`` move
     into ``run_dir/.overwritten`` (rank 0) and are deleted once the body has built the new run;
     if the body raises (bad data, a model that cannot be built, Ctrl-C), the new run's outputs
-    go and the earlier run's come back. A killed process leaves them in ``.overwritten``."""
+    go (a folder it made too, if left empty) and the earlier run's come back: the folder is as
+    it was. A killed process leaves them in ``.overwritten``."""
     run_dir = Path(run_dir)
     held = [name for name in ("latest.pt", "best.pt") if (run_dir / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{run_dir} holds a run ({', '.join(held)}): continue it with --resume, "
                               "start it over with --overwrite, or train into another --out")
-    aside, moved = run_dir / OVERWRITTEN, []
-    if held and int(os.environ.get("RANK", "0")) == 0:  # never touches a folder holding no run
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    aside, moved, folder_existed = run_dir / OVERWRITTEN, [], run_dir.exists()
+    kept = {name for name in RUN_OUTPUTS if (run_dir / name).exists()}  # a folder holding no run: not ours
+    if held and main_rank:
         _remove(aside)
         aside.mkdir()
-        moved = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+        moved, kept = sorted(kept), set()
         for name in moved:
             (run_dir / name).rename(aside / name)
     try:
         yield
     except BaseException:
-        if moved:
-            for name in RUN_OUTPUTS:
+        if main_rank and run_dir.is_dir():  # else it never got made (an --out under a file, say)
+            for name in set(RUN_OUTPUTS) - kept:
                 _remove(run_dir / name)
             for name in moved:
                 (aside / name).rename(run_dir / name)
-            aside.rmdir()
+            if moved:
+                aside.rmdir()
+            if not folder_existed and not any(run_dir.iterdir()):
+                run_dir.rmdir()
         raise
     if moved:
         _remove(aside)

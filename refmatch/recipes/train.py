@@ -26,7 +26,7 @@ from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
-from .methods import IGNORE, pseudo_label_source
+from .methods import IGNORE, check_pl_k, pseudo_label_source
 from .run_context import RunContext, fresh_run
 from .unet import UNet
 from .visual import training_grid
@@ -103,6 +103,8 @@ class Trainer:
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.pseudo = pseudo_label_source(config.method, self.teacher, config, self.num_classes, self.device)
+        if config.method == "refmatch":
+            check_pl_k(config, self.data.labeled.masks, self.num_classes)
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * self.run.rank)
         self.step, self.best, self.seconds = 0, float("-inf"), 0.0
         logging.getLogger("refmatch").info(
