@@ -77,8 +77,10 @@ def test_a_row_crowding_after_its_first_tiles_is_walked_not_padded(monkeypatch):
 def test_many_live_candidates_do_not_compact_every_tile(monkeypatch):
     """Each row keeps 40 to 48 tied candidates (under the crowd limit of 64, over the first budget
     of 32 per row), and every later block brings one more for some rows: the budget rises to twice
-    what a compaction keeps, so compactions stay few instead of one per block."""
+    what a compaction keeps, so compactions stay few instead of one per block. (A first block this
+    crowded would stop the screen: that check is off here.)"""
     monkeypatch.setattr(screen_candidates, "MIN_BUDGET", 0)
+    monkeypatch.setattr(screen_candidates, "FIRST_BLOCK_CANDIDATES", float("inf"))
     generator = torch.Generator().manual_seed(10)
     centers = torch.nn.functional.normalize(torch.randn(8, 16, generator=generator), dim=1)
     query = centers.repeat_interleave(32, dim=0)
@@ -152,3 +154,29 @@ def test_rescoring_in_small_pieces_gives_the_scores_of_one_piece(monkeypatch, me
     if metric == "l2":
         oriented = 2 * oriented - exact[1].square().sum(1)
     torch.testing.assert_close(pieces.double(), oriented, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 8])
+def test_features_crowded_from_the_first_block_stop_the_screen_there(monkeypatch, k):
+    """Tight clusters: a quarter of each 128-reference block lies within a row's window, far above
+    what random features give (about 1 per row and k + 1), so the screen hands every row to the
+    walk after its first block (it went on for blocks before, crowding slowly). Random features of
+    the same shape are screened to the end; a bank of one block is never given up for its crowd."""
+    blocks = []
+    offer = screen_candidates.ScreenCandidates.offer
+    monkeypatch.setattr(screen_candidates.ScreenCandidates, "offer",
+                        lambda self, tile, row0, col0, kept: blocks.append(col0) or offer(self, tile, row0, col0, kept))
+    generator = torch.Generator().manual_seed(14)
+    centers = torch.randn(4, 32, generator=generator)
+    pick = lambda count: centers[torch.randint(0, 4, (count,), generator=generator)]  # noqa: E731
+    query, reference = pick(256) + 0.05 * torch.randn(256, 32, generator=generator), pick(4096)
+    reference += 0.05 * torch.randn(4096, 32, generator=generator)
+    _, index, unresolved = screening.match_screened(query, reference, None, "dot", k, block_m=128)
+    assert set(blocks) == {0} and unresolved.numel() == 256 and (index == -1).all()
+    blocks.clear()
+    _, _, unresolved = screening.match_screened(query, reference[:128], None, "dot", k, block_m=128)
+    assert unresolved.numel() < 256  # one block: its candidates are rescored, not thrown away
+    blocks.clear()
+    query, reference = torch.randn(256, 32, generator=generator), torch.randn(4096, 32, generator=generator)
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", k, block_m=128)
+    assert len(set(blocks)) == 32 and unresolved.numel() == 0

@@ -18,6 +18,14 @@ CROWD_LIMIT, CROWD_PER_K = 60, 4
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
 CHECK_EVERY = 4096  # references between checks of the candidates' rate
 MAX_HIT_RATE = 0.8e-3  # candidates per row and reference, per k + 1, above which the screen stops
+# Candidates per row, per k + 1, in the first reference block, above which the screen stops there
+# (``offer``), times sqrt(D / 128) above D = 128: the window grows with D against the spread of
+# random features' scores. Measured at 256 (k = 1) and 512 (k = 8) references: random and loosely
+# clustered features, where the screen pays, 1.1 to 2.1 at D = 128 (random: 2.5 at D = 256, 3.6
+# at 512, 5.3 at 1024); tight clusters and a lung teacher's features 3.6 to 5.6 (such features were
+# screened for up to 8192 references before giving up: on the teacher's 32768 x 23156 x 24
+# pseudo-label call the screen took 1.35x the walk's time at k = 1).
+FIRST_BLOCK_CANDIDATES, FIRST_BLOCK_DEPTH = 2.8, 128
 BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before the first compaction
 STORED_LIMIT = 1 << 22  # triples (20 bytes each) one pass over the bank may hold: see rows_per_pass
 CHUNK = 64  # columns per run whose maximum decides whether the run is read
@@ -56,9 +64,14 @@ def rows_per_pass(k):
 class ScreenCandidates:
     """(row, column, screened score) triples above each row's floor, for the top ``k``."""
 
-    def __init__(self, window, k=1):
+    def __init__(self, window, k=1, depth=FIRST_BLOCK_DEPTH, more_blocks=True):
+        """window: [N] float32, twice each row's error bound; depth: D; more_blocks: whether
+        the bank takes more than one reference block (else a crowded first block is no reason
+        to stop: its work is done)."""
         num_rows = window.shape[0]
         self.window, self.k = window, k
+        self.first_block_limit = (FIRST_BLOCK_CANDIDATES * max(1.0, (depth / FIRST_BLOCK_DEPTH) ** 0.5)
+                                  * (k + 1) if more_blocks else float("inf"))
         self.top = torch.full((num_rows, k), float("-inf"))  # k screened scores per row; +inf: given up
         self.kth_bound = self.top[:, -1].clone()  # the floor's base: their minimum
         self.crowd_limit = crowd_limit(k)
@@ -111,6 +124,8 @@ class ScreenCandidates:
         self.offered += hit_row.numel()
         self.stored += hit_row.numel()
         self.row_counts[near_rows] += counts
+        if col0 == 0 and self.offered > self.first_block_limit * self.rows_seen:
+            return False  # crowded from the start: the walk is faster
         # Compact when memory asks, or when enough rows may crowd to decide whether to give up.
         may_crowd = self.stored > GIVE_UP_FRACTION * self.rows_seen * self.crowd_limit
         if self.stored > self.budget or (
@@ -161,7 +176,8 @@ class ScreenCandidates:
         4 loose clusters in l2 0.99e-3 at k = 8 (left to crowd, its rows gave up only
         after 24064 references: 1.33x the walk) and 0.89e-3 at k = 1 (1.09x faster: a
         marginal gain given up); random and loosely clustered features 0.36e-3 to
-        0.61e-3, where the screen pays 1.2 to 1.6x."""
+        0.61e-3, where the screen pays 1.2 to 1.6x. (Features that crowd from the first
+        block on leave earlier: ``offer``.)"""
         checked = 0 if self.last_check is None else self.last_check[1]
         if references_done // CHECK_EVERY == checked // CHECK_EVERY:
             return True

@@ -162,7 +162,7 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
     error = screen_error(query_norm, reference_norm_max, metric, depth)
     if not (bool(torch.isfinite(error).all()) and float(error.max()) < 2.0 ** 90):
         return _unscreened(num_rows, k)
-    candidates = ScreenCandidates((2 * error).float(), k)
+    candidates = ScreenCandidates((2 * error).float(), k, depth, more_blocks=reference.shape[0] > block_m)
     screened_rows = _screen_query(rows, metric)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, dtype=torch.bfloat16)
     for col0 in range(0, reference.shape[0], block_m):
