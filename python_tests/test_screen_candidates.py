@@ -180,3 +180,22 @@ def test_features_crowded_from_the_first_block_stop_the_screen_there(monkeypatch
     query, reference = torch.randn(256, 32, generator=generator), torch.randn(4096, 32, generator=generator)
     _, _, unresolved = screening.match_screened(query, reference, None, "dot", k, block_m=128)
     assert len(set(blocks)) == 32 and unresolved.numel() == 0
+
+
+def test_after_a_pass_gives_up_on_crowded_features_the_later_passes_walk(monkeypatch):
+    """200 rows in 5 passes of 48 against tight clusters: the first pass gives up in its first
+    block, and the other 4 hand their rows to the walk without screening a block (each screened
+    its first block and gave up too, before)."""
+    monkeypatch.setattr(screen_candidates, "STORED_LIMIT", 48 * 2 * screen_candidates.crowd_limit(4))
+    passes = []
+    screen_pass = screening._screen_pass
+    monkeypatch.setattr(screening, "_screen_pass", lambda part, *args: passes.append(part.shape[0])
+                        or screen_pass(part, *args))
+    generator = torch.Generator().manual_seed(15)
+    centers = torch.randn(4, 16, generator=generator)
+    pick = lambda count: centers[torch.randint(0, 4, (count,), generator=generator)]  # noqa: E731
+    query = pick(200) + 0.05 * torch.randn(200, 16, generator=generator)
+    reference = pick(2000) + 0.05 * torch.randn(2000, 16, generator=generator)
+    score, index, unresolved = screening.match_screened(query, reference, None, "l2", 4, block_m=64)
+    assert passes == [48] and torch.equal(unresolved, torch.arange(200))
+    assert (index == -1).all() and torch.isneginf(score).all()

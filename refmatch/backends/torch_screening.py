@@ -146,10 +146,16 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
     wider = 1 if k == 1 else TOPK_WIDER
     block_m = min(reference.shape[0], block_m or BLOCK_M * wider)
     block_n = max(1, (tile_bytes or TILE_BYTES * wider) // (2 * block_m))
-    passes, start = [], 0
+    passes, start, walk_the_rest = [], 0, False
     for part in rows.split(rows_per_pass(k)):  # bounds the candidates' memory whatever N is
-        score, index, unresolved = _screen_pass(part, reference, ignored, metric, k, reference_norm_max,
-                                                block_m, block_n)
+        if walk_the_rest:
+            score, index, unresolved = _unscreened(part.shape[0], k)
+        else:
+            score, index, unresolved = _screen_pass(part, reference, ignored, metric, k, reference_norm_max,
+                                                    block_m, block_n)
+            # A pass that handed back every row found the features crowded (or could not bound
+            # them): the next would most likely waste its first block the same way.
+            walk_the_rest = unresolved.numel() == part.shape[0]
         passes.append((score, index, unresolved + start))
         start += part.shape[0]
     return tuple(torch.cat(results) for results in zip(*passes))
