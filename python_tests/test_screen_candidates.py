@@ -145,7 +145,11 @@ def test_rescoring_in_small_pieces_gives_the_scores_of_one_piece(monkeypatch, me
     cols = torch.randint(0, 40, (23,), generator=generator)
     whole = screen_candidates.exact_scores(query, reference, rows, cols, metric)
     monkeypatch.setattr(screen_candidates, "RESCORE_BYTES", 5 * 16 * 4)
+    einsum, piece_sizes = torch.einsum, []
+    monkeypatch.setattr(torch, "einsum",
+                        lambda equation, a, b: piece_sizes.append(a.shape[0]) or einsum(equation, a, b))
     pieces = screen_candidates.exact_scores(query, reference, rows, cols, metric)
+    assert piece_sizes == [5, 5, 5, 5, 3]
     torch.testing.assert_close(pieces, whole, rtol=0, atol=0)
     exact = query.double()[rows], reference.double()[cols]
     if metric == "cosine":

@@ -199,6 +199,20 @@ def test_inputs_it_cannot_bound_take_the_float32_walk(bad):
     assert torch.equal(screened.index, walked[1][:, 0])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
+def test_a_query_row_it_cannot_bound_is_walked_alone(bad):
+    """One query row holding NaN, Inf or a huge value: that row goes to the walk, the other 29
+    stay screened (the whole pass of rows went to the walk before), and all match as walked."""
+    generator = torch.Generator().manual_seed(16)
+    reference, query = torch.randn(200, 16, generator=generator), torch.randn(30, 16, generator=generator)
+    query[5, 3] = bad
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", block_m=64, tile_bytes=64 * 64 * 2)
+    assert unresolved.tolist() == [5]
+    screened = screened_match(query, reference, "dot")
+    walked = match_chunked(query.T[None, :, :, None], reference, None, 1, "dot", block_m=64, screen=False)
+    assert torch.equal(screened.index, walked[1][:, 0])
+
+
 def test_slots_beyond_the_matchable_references_get_minus_one():
     ignored = torch.ones(100, dtype=torch.bool)
     ignored[[3, 40, 77]] = False

@@ -26,6 +26,7 @@ MAX_HIT_RATE = 0.8e-3  # candidates per row and reference, per k + 1, above whic
 # screened for up to 8192 references before giving up: on the teacher's 32768 x 23156 x 24
 # pseudo-label call the screen took 1.35x the walk's time at k = 1).
 FIRST_BLOCK_CANDIDATES, FIRST_BLOCK_DEPTH = 2.8, 128
+FIRST_BLOCK_ROWS = 2048  # rows offered (or all of them) before the count is trusted: a few crowded rows
 BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before the first compaction
 STORED_LIMIT = 1 << 22  # triples (20 bytes each) one pass over the bank may hold: see rows_per_pass
 CHUNK = 64  # columns per run whose maximum decides whether the run is read
@@ -64,20 +65,26 @@ def rows_per_pass(k):
 class ScreenCandidates:
     """(row, column, screened score) triples above each row's floor, for the top ``k``."""
 
-    def __init__(self, window, k=1, depth=FIRST_BLOCK_DEPTH, more_blocks=True):
+    def __init__(self, window, k=1, depth=FIRST_BLOCK_DEPTH, more_blocks=True, unbounded=None):
         """window: [N] float32, twice each row's error bound; depth: D; more_blocks: whether
         the bank takes more than one reference block (else a crowded first block is no reason
-        to stop: its work is done)."""
+        to stop: its work is done); unbounded: [N] bool, rows the screen cannot bound (NaN or
+        Inf in them), handed back unresolved from the start without counting as crowded."""
         num_rows = window.shape[0]
         self.window, self.k = window, k
         self.first_block_limit = (FIRST_BLOCK_CANDIDATES * max(1.0, (depth / FIRST_BLOCK_DEPTH) ** 0.5)
                                   * (k + 1) if more_blocks else float("inf"))
+        self.first_block = True  # until a block with references offered has ended
         self.top = torch.full((num_rows, k), float("-inf"))  # k screened scores per row; +inf: given up
         self.kth_bound = self.top[:, -1].clone()  # the floor's base: their minimum
         self.crowd_limit = crowd_limit(k)
         self.parts, self.rows_seen, self.offered, self.stored, self.given_up = [], 0, 0, 0, 0
         self.budget = max(BUDGET_PER_ROW * k * num_rows, MIN_BUDGET)  # raised to twice what compact keeps
         self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
+        self.unbounded = 0
+        if unbounded is not None and bool(unbounded.any()):
+            self._give_up_rows(unbounded)
+            self.unbounded, self.given_up = self.given_up, 0
         self.row_counts = torch.zeros(num_rows, dtype=torch.int64)  # stored triples per row, stale ones too
         self.last_check = None  # (candidates offered, references) at the last check
 
@@ -124,7 +131,8 @@ class ScreenCandidates:
         self.offered += hit_row.numel()
         self.stored += hit_row.numel()
         self.row_counts[near_rows] += counts
-        if col0 == 0 and self.offered > self.first_block_limit * self.rows_seen:
+        if (self.first_block and self.rows_seen >= min(FIRST_BLOCK_ROWS, self.window.shape[0])
+                and self.offered > self.first_block_limit * self.rows_seen):
             return False  # crowded from the start: the walk is faster
         # Compact when memory asks, or when enough rows may crowd to decide whether to give up.
         may_crowd = self.stored > GIVE_UP_FRACTION * self.rows_seen * self.crowd_limit
@@ -178,6 +186,7 @@ class ScreenCandidates:
         marginal gain given up); random and loosely clustered features 0.36e-3 to
         0.61e-3, where the screen pays 1.2 to 1.6x. (Features that crowd from the first
         block on leave earlier: ``offer``.)"""
+        self.first_block = self.first_block and self.rows_seen == 0
         checked = 0 if self.last_check is None else self.last_check[1]
         if references_done // CHECK_EVERY == checked // CHECK_EVERY:
             return True
@@ -189,7 +198,7 @@ class ScreenCandidates:
 
     def _give_up_rows(self, rows):
         self.unresolved[rows] = True
-        self.given_up = int(self.unresolved.sum())
+        self.given_up = int(self.unresolved.sum()) - self.unbounded
         self.kth_bound[rows] = float("inf")  # their floor: no more candidates
         self.top[rows] = float("inf")
 

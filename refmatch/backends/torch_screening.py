@@ -17,14 +17,17 @@ reference norm; l2 screens q.r - |r|^2 / 2 with |r|^2 as two more columns (a
 bfloat16 head and tail), so its bound gains (c - 2u) R^2 / 2. An absolute term
 covers flushed subnormals.
 
-Limits: k <= ``MAX_K``; finite inputs whose bound E stays
-below 2^90 (no overflow anywhere); references holding NaN never match, so they
-are skipped like ignored ones. Rows whose candidates pile up (tight clusters,
-near-duplicate references) are handed back unresolved for the float32 walk.
-The screen stops and hands back every row once a quarter of them crowd (on a
-trained U-Net's features: after one tile), or when candidates keep arriving
-faster than ``MAX_HIT_RATE`` (k + 1) per row and reference (checked every
-4096 references).
+Limits: k <= ``MAX_K``; query rows whose bound E is not finite or reaches 2^90
+(NaN or Inf in them; no overflow anywhere) go to the walk alone, and a reference
+holding Inf (under dot and l2) sends them all; references holding NaN never
+match, so they are skipped like ignored ones. Rows whose candidates pile up
+(tight clusters, near-duplicate references) are handed back unresolved for the
+float32 walk. The screen stops and hands back every row once a quarter of them
+crowd, when the first reference block brings too many candidates (a trained
+U-Net's features: ``screen_candidates.FIRST_BLOCK_CANDIDATES``), or when
+candidates keep arriving faster than ``MAX_HIT_RATE`` (k + 1) per row and
+reference (checked every 4096 references); the later passes of rows then walk
+without screening.
 """
 import functools
 import os
@@ -146,30 +149,31 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
     wider = 1 if k == 1 else TOPK_WIDER
     block_m = min(reference.shape[0], block_m or BLOCK_M * wider)
     block_n = max(1, (tile_bytes or TILE_BYTES * wider) // (2 * block_m))
-    passes, start, walk_the_rest = [], 0, False
+    passes, start, crowded = [], 0, False
     for part in rows.split(rows_per_pass(k)):  # bounds the candidates' memory whatever N is
-        if walk_the_rest:
+        if crowded:  # the features crowded the last pass: the next would waste its first block alike
             score, index, unresolved = _unscreened(part.shape[0], k)
         else:
-            score, index, unresolved = _screen_pass(part, reference, ignored, metric, k, reference_norm_max,
-                                                    block_m, block_n)
-            # A pass that handed back every row found the features crowded (or could not bound
-            # them): the next would most likely waste its first block the same way.
-            walk_the_rest = unresolved.numel() == part.shape[0]
+            score, index, unresolved, crowded = _screen_pass(part, reference, ignored, metric, k,
+                                                             reference_norm_max, block_m, block_n)
         passes.append((score, index, unresolved + start))
         start += part.shape[0]
     return tuple(torch.cat(results) for results in zip(*passes))
 
 
 def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_m, block_n):
-    """``match_screened`` for one pass of query rows (``rows_per_pass``), over the whole bank."""
+    """``match_screened`` for one pass of query rows (``rows_per_pass``), over the whole bank:
+    (score, index, unresolved, whether it stopped because the features crowd). Rows whose
+    bound is not finite or reaches 2^90 (NaN or Inf in them) are handed back unscreened."""
     num_rows, depth = rows.shape
     query_norm = _norm_upper_bound(_squared_norms_float64(rows), depth)
     error = screen_error(query_norm, reference_norm_max, metric, depth)
-    if not (bool(torch.isfinite(error).all()) and float(error.max()) < 2.0 ** 90):
-        return _unscreened(num_rows, k)
-    candidates = ScreenCandidates((2 * error).float(), k, depth, more_blocks=reference.shape[0] > block_m)
-    screened_rows = _screen_query(rows, metric)
+    bounded = torch.isfinite(error) & (error < 2.0 ** 90)
+    if not bool(bounded.any()):
+        return *_unscreened(num_rows, k), False
+    candidates = ScreenCandidates(torch.where(bounded, 2 * error, 0).float(), k, depth,
+                                  more_blocks=reference.shape[0] > block_m, unbounded=~bounded)
+    screened_rows = _screen_query(rows.masked_fill(~bounded[:, None], 0), metric)  # no NaN or Inf in tiles
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, dtype=torch.bfloat16)
     for col0 in range(0, reference.shape[0], block_m):
         exact, kept = _reference_block(reference[col0:col0 + block_m],
@@ -179,10 +183,10 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
             row_block = screened_rows[row0:row0 + block_n]
             tile = tile_buffer[: row_block.shape[0] * operand.shape[0]].view(row_block.shape[0], -1)
             if not candidates.offer(torch.mm(row_block, operand.T, out=tile), row0, col0, kept):
-                return _unscreened(num_rows, k)  # clustered features: the walk is faster for all rows
+                return *_unscreened(num_rows, k), True  # clustered features: the walk is faster for all rows
         if not candidates.checkpoint(col0 + block_m):
-            return _unscreened(num_rows, k)
-    return candidates.rescore(rows, reference, metric)
+            return *_unscreened(num_rows, k), True
+    return *candidates.rescore(rows, reference, metric), False
 
 
 def _squared_norms_float64(rows):
