@@ -280,16 +280,16 @@ def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch):
 @pytest.mark.parametrize("folder_existed", [False, True])
 def test_a_new_run_that_fails_before_training_leaves_the_folder_as_it_was(tmp_path, folder_existed):
     """A pl_k the labelled pixels cannot fill is refused before any step; the failed run's log,
-    splits and TensorBoard folder go, and so does the folder it made (a user's files stay)."""
+    splits and TensorBoard folder go, and so do the folders it made (a user's files stay)."""
     from refmatch.__main__ import main
 
-    run = tmp_path / "run"
+    run = tmp_path / "new" / "run"
     if folder_existed:
-        run.mkdir()
+        run.mkdir(parents=True)
         (run / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"pl_k=5000 but the labelled images give the bank \d+ pixels"):
         main(["train", *TINY, "steps=2", "pl_mode=soft", "pl_k=5000", "--out", str(run)])
     if folder_existed:
         assert [path.name for path in run.iterdir()] == ["notes.txt"]
     else:
-        assert not run.exists()
+        assert not (tmp_path / "new").exists()

@@ -42,15 +42,17 @@ def fresh_run(run_dir, overwrite=False):
     (its work would be overwritten) unless ``overwrite``. Then that run's ``RUN_OUTPUTS`` move
     into ``run_dir/.overwritten`` (rank 0) and are deleted once the body has built the new run;
     if the body raises (bad data, a model that cannot be built, Ctrl-C), the new run's outputs
-    go (a folder it made too, if left empty) and the earlier run's come back: the folder is as
-    it was. A killed process leaves them in ``.overwritten``."""
+    go (and the folders it made, if left empty) and the earlier run's come back. In a folder
+    holding no checkpoint, outputs found there stay, as the new run left them (it rewrites
+    ``splits.json`` and adds to ``train.log``). A killed process leaves them in ``.overwritten``."""
     run_dir = Path(run_dir)
     held = [name for name in ("latest.pt", "best.pt") if (run_dir / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{run_dir} holds a run ({', '.join(held)}): continue it with --resume, "
                               "start it over with --overwrite, or train into another --out")
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    aside, moved, folder_existed = run_dir / OVERWRITTEN, [], run_dir.exists()
+    aside, moved = run_dir / OVERWRITTEN, []
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     kept = {name for name in RUN_OUTPUTS if (run_dir / name).exists()}  # a folder holding no run: not ours
     if held and main_rank:
         _remove(aside)
@@ -68,8 +70,9 @@ def fresh_run(run_dir, overwrite=False):
                 (aside / name).rename(run_dir / name)
             if moved:
                 aside.rmdir()
-            if not folder_existed and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+            for folder in made:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
     if moved:
         _remove(aside)
