@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# One command for a lent GPU machine (no internet, under 10 minutes):
-#   build _C for this card -> first checks of the Hopper wgmma kernel (256 and 128
-#   query rows per CTA, the query in shared memory or registers) -> full test
-#   suite with CUDA tests -> benchmark (writes bench/results/) -> compute-sanitizer
-#   memcheck, racecheck and synccheck on small cases -> Nsight Compute profile of each fused
-#   kernel -> D/M sweep, fp16, Triton tile sweep, KeOps -> summary. The stages most
-#   needed come first: SUITE_SECONDS cuts the rest.
+# One command for a lent GPU machine (no internet, under 10 minutes; a session's device time is
+# about 15 minutes in all, so this runs once). The stages run most valuable first, each under its
+# own limit and SUITE_SECONDS (570) for all of them; what time cuts is listed as SKIPPED and fails:
+#   build _C for this card (a failed build ends the suite) -> first checks of the Hopper wgmma
+#   kernel (256 and 128 query rows per CTA, the query in shared memory or registers) -> benchmark
+#   at the target size with every method -> Triton tile sweep of top-8 and class-wise (D = 128)
+#   -> Nsight Compute profile of each fused kernel -> compute-sanitizer memcheck, racecheck and
+#   synccheck on small cases -> the GPU test files -> D/M sweep, fp16, KeOps -> summary.
 # A failing stage is recorded and the next stages still run. The default runs two
 # kernels, wgmma-256 up to D = 192 and wgmma above: a failed check of either keeps the
 # wgmma kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there would
 # eat the budget); a failed wgmma-256-rs or wgmma-rs check (query in registers), that variant.
-# Peer wheels carried in .whl/ (bench/README.md) are installed first. Logs go to
-# bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as $OUT/gpu_suite.tgz.
-#   SUITE_SECONDS=570 (all stages)   TESTS=python_tests (pytest targets; the wgmma tests run in
-#   the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
+# Peer wheels carried in .whl/ (bench/README.md) are installed first (the tests run without
+# them). Logs go to bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as
+# $OUT/gpu_suite.tgz, packed again after every stage (a command killed early keeps what ran).
+#   SUITE_SECONDS=570   TESTS="python_tests/test_match_cuda.py ..." (pytest targets; the wgmma
+#   tests run in the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma-256 wgmma wgmma-256-rs wgmma-rs tests bench memcheck racecheck synccheck profile sweep fp16 tune keops" (a subset runs only those)
+#   STAGES="build info wgmma-256 wgmma wgmma-256-rs wgmma-rs bench tune profile memcheck racecheck synccheck tests sweep fp16 keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STAMP=$(date +%Y-%m-%d)
 LOGS=bench/results/gpu_suite-$STAMP
 mkdir -p "$LOGS"
+STARTED=$LOGS/.started  # results files newer than this are this run's
+touch "$STARTED"
+export PYTHONUNBUFFERED=1  # a stage cut at its limit keeps its last lines
 SUMMARY=()
 FAILED=0
 FAILED_STAGES=()
@@ -51,6 +56,25 @@ stage() {
   fi
   tail -n 15 "$LOGS/$name.log"
   SUMMARY+=("$(printf '%-10s %-16s %4ss' "$name" "$status" "$(($(date +%s) - begin))")")
+  printf '%s\n' "${SUMMARY[@]}" >"$LOGS/summary.txt"
+  pack
+}
+
+# This run's results files and logs into $OUT/gpu_suite.tgz (when $OUT is set).
+pack() {
+  [[ -n "${OUT:-}" ]] || return 0
+  find bench/results -maxdepth 1 -type f -newer "$STARTED" -exec cp {} "$LOGS"/ \;
+  tar czf "$OUT/gpu_suite.tgz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
+}
+
+finish() {
+  echo
+  echo "=== summary ($(head -n 2 "$LOGS/device.txt" | tail -n 1))"
+  printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
+  grep -E "(FAILED|ERROR)" "$LOGS/tests.log" 2>/dev/null | grep -v "^=" | head -n 40 || true
+  find bench/results -maxdepth 1 -type f -newer "$STARTED" -name "*.md"
+  pack
+  exit "$FAILED"
 }
 
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv >"$LOGS/device.txt" 2>&1 || true
@@ -62,6 +86,7 @@ PY
 git rev-parse HEAD >>"$LOGS/device.txt" 2>&1 || true
 cat "$LOGS/device.txt"
 
+TEST_PYTHONPATH=${PYTHONPATH:-}  # the tests import no peers (KeOps alone slowed test_bench 4x)
 if compgen -G ".whl/*.whl" >/dev/null; then
   python -m pip install -q --no-index --no-deps --no-compile --target /tmp/refmatch-peers .whl/*.whl \
     && export PYTHONPATH=/tmp/refmatch-peers${PYTHONPATH:+:$PYTHONPATH}
@@ -77,13 +102,13 @@ python -c "import xdist" 2>/dev/null && XDIST=(-n 8)
 # 1. Build: no isolation and no deps, so pip never reaches for the network.
 stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e .
+failed() { [[ " ${FAILED_STAGES[*]} " == *" $1 "* ]]; }
+failed build && finish  # every later stage imports the editable install
 stage info 30 python -m refmatch.info
 
 # 2. The Hopper kernel's first checks, short: the default's two kernels, then each
 # variant with the query in registers (the same template, checked only once the default
-# passed); then the whole suite (CUDA-marked tests run because a device is present)
-# without what failed its check.
-failed() { [[ " ${FAILED_STAGES[*]} " == *" $1 "* ]]; }
+# passed). Later stages leave out what failed its check.
 for variant in wgmma-256 wgmma; do
   stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
 done
@@ -105,15 +130,21 @@ else
     fi
   done
 fi
-stage tests 240 env REFMATCH_TEST_HOPPER_VARIANTS="${HOPPER_VARIANTS[*]}" python -m pytest ${TESTS:-python_tests} "${XDIST[@]}" "${WGMMA_TESTS[@]}" -q -p no:warnings -rfs \
-  --tb=short --durations=15
 
-# 3. Benchmarks, one results file per run rewritten after every row (a stage cut
-# off at its limit keeps what it measured): the issues' target size with every method.
+# 3. The issues' target size with every method (one results file, rewritten after every row:
+# a stage cut off at its limit keeps what it measured); then the Triton tile sweep of the
+# reductions still short of #4's targets, at D = 128.
 BENCH=(python bench/bench_match.py --device cuda)
-stage bench 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
+stage bench 180 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
+stage tune 100 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 classwise-4
 
-# 4. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
+# 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each.
+stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
+  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
+  --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py \
+  --hopper-variants "${HOPPER_VARIANTS[@]}"
+
+# 5. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
   python bench/sanitize_match.py --hopper-variants "${HOPPER_VARIANTS[@]}"
@@ -123,30 +154,25 @@ stage racecheck 150 "${SANITIZE[@]}" --tool racecheck \
 stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
   python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
 
-# 5. Where each fused kernel's time goes: Nsight Compute sections, one launch each.
-stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
-  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
-  --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py \
-  --hopper-variants "${HOPPER_VARIANTS[@]}"
+# 6. The test files that run on a GPU (CI runs the rest, CPU-only), one line per test as it ends.
+GPU_TESTS="python_tests/test_match_cuda.py python_tests/test_match_cuda_sm90.py python_tests/test_match_cuda_topk.py
+  python_tests/test_match_triton.py python_tests/test_triton_launch.py python_tests/test_triton_class_ranges.py
+  python_tests/test_match_contract.py python_tests/test_classwise.py python_tests/test_ignore_index.py
+  python_tests/test_match_inputs.py python_tests/test_backend_choice.py python_tests/test_cuda_kernel_choice.py
+  python_tests/test_native.py python_tests/test_recipes.py::test_resume_continues_the_run[cuda]"
+set -f  # [cuda] in a test id is no glob
+stage tests 240 env PYTHONPATH="$TEST_PYTHONPATH" REFMATCH_TEST_HOPPER_VARIANTS="${HOPPER_VARIANTS[*]}" \
+  python -m pytest ${TESTS:-$GPU_TESTS} "${XDIST[@]}" "${WGMMA_TESTS[@]}" -v -p no:warnings -rfs --tb=short --durations=15
+set +f
 
-# 6. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
-# at the target size); the Triton tile sweep; KeOps, which computes in float32 and
-# crashed twice (SIGSEGV generating its code), in float32 in its own process.
+# 7. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
+# at the target size); KeOps, which computes in float32 and crashed twice (SIGSEGV
+# generating its code), in float32 in its own process.
 SWEEP_SIZES=${SWEEP_SIZES:-262144x1048576x64 262144x65536x128 262144x1048576x32 262144x4194304x128
   262144x1048576x256}
 stage sweep 150 "${BENCH[@]}" --dtype bfloat16 --sizes $SWEEP_SIZES --exclude "${EXCLUDE[@]}" torch --tag sweep
 stage fp16 60 "${BENCH[@]}" --dtype float16 --sizes 262144x1048576x128 --exclude "${EXCLUDE[@]}" torch
-stage tune 120 python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
 stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
   --only keops "triton k=1" "cuda k=1" --tag keops
 
-echo
-echo "=== summary ($(head -n 2 "$LOGS/device.txt" | tail -n 1))"
-printf '%s\n' "${SUMMARY[@]}" | tee "$LOGS/summary.txt"
-grep -E "^(FAILED|ERROR) " "$LOGS/tests.log" 2>/dev/null | head -n 40 || true
-ls bench/results/*.md 2>/dev/null | tail -n 3
-if [[ -n "${OUT:-}" ]]; then
-  cp bench/results/*-"$STAMP".* bench/results/*-"$STAMP"-[0-9]*.* "$LOGS"/ 2>/dev/null || true  # -2 ...: a later run of the day
-  tar czf "$OUT/gpu_suite.tgz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
-fi
-exit "$FAILED"
+finish

@@ -44,8 +44,9 @@ TWO_PER_SM = (128, 128, 8, 2, None, 128)
 # Top-k and class-wise come first (their loops are software-pipelined since session 14, which timed
 # these on an H200): one stage (s1) does not pipeline, as they ran before; s2 fits four 64 x 64 programs to an SM at
 # D = 128, s3 three; 128 x 128 is the k = 1 default's shape, uncapped and capped (TWO_PER_SM: its
-# compile under triton 3.6 keeps 64 bytes of stack for top-8, 8 for class-wise; not yet timed).
-PIPELINE_CANDIDATES = [(), (64, 64, 4, 1), (64, 64, 4, 2), (128, 128, 8, 3), (128, 128, 8, 2), TWO_PER_SM]
+# compile under triton 3.6 keeps 64 bytes of stack for top-8, 8 for class-wise; not yet timed, so
+# it comes right after the default: a sweep cut short still times it).
+PIPELINE_CANDIDATES = [(), TWO_PER_SM, (64, 64, 4, 1), (64, 64, 4, 2), (128, 128, 8, 3), (128, 128, 8, 2)]
 CANDIDATES = {
     "top-8": PIPELINE_CANDIDATES,
     "classwise-4": PIPELINE_CANDIDATES,
@@ -68,7 +69,7 @@ def run(sweep_name, query, reference, stats, labels, tile):
     return match_topk(maps, reference, stats[metric], metric, slots, **tile)
 
 
-def sweep(n, m, d, dtype):
+def sweep(n, m, d, dtype, reductions):
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(n, d, generator=generator).to("cuda", dtype)
     reference = torch.randn(m, d, generator=generator).to("cuda", dtype)
@@ -77,7 +78,8 @@ def sweep(n, m, d, dtype):
     labels = (torch.arange(m, device="cuda") * 4) // m
     maps = query.T[None, :, :, None]
     flops = 2.0 * n * m * d
-    for reduction, candidates in CANDIDATES.items():
+    for reduction in reductions:
+        candidates = CANDIDATES[reduction]
         kernel_reduction, slots, metric = KERNELS[reduction]
         expected = None
         for candidate in candidates:
@@ -118,6 +120,8 @@ def main():
     parser.add_argument("--sizes", nargs="+", type=size_triple, default=[size_triple("262144x1048576x128")])
     parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("bench") / "results")
+    parser.add_argument("--reductions", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                        help="sweeps to run, in this order (default: all)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("the tile sweep compiles and times Triton kernels on a CUDA device; torch sees none")
@@ -133,7 +137,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     stem = None
     for n, m, d in args.sizes:
-        for row in sweep(n, m, d, getattr(torch, args.dtype)):
+        for row in sweep(n, m, d, getattr(torch, args.dtype), args.reductions):
             rows.append(row)
             stem = stem or fresh_stem(args.out / f"{name}-triton-tiles-{meta['date']}")  # with the first row
             write_text_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2))

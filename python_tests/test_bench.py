@@ -152,3 +152,21 @@ def test_only_methods_that_cannot_run_here_is_an_error(tmp_path):
         pytest.skip("the cuda rows run here")
     with pytest.raises(ValueError, match="--only cuda leaves no method but the GEMM ceilings"):
         bench.main(["--sizes", "32x256x8", "--only", "cuda", "--repeat", "1", "--out", str(tmp_path)])
+
+
+def test_gpu_suite_parses_and_its_test_list_names_every_gpu_test_file():
+    """The lent GPU runs the suite once: a shell error, a renamed test file or a GPU test file left
+    out of its list (a file that uses CUDA tensors or the cuda mark) would only show there."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    suite = root / "bench" / "gpu_suite.sh"
+    assert subprocess.run(["bash", "-n", str(suite)]).returncode == 0
+    listed = set(re.findall(r"python_tests/(test_\w+\.py)", suite.read_text()))
+    assert listed and all((root / "python_tests" / name).exists() for name in listed)
+    uses_gpu = {path.name for path in (root / "python_tests").glob("test_*.py")
+                if re.search(r"HAS_CUDA|mark\.cuda|device=\"cuda\"", path.read_text())}
+    # test_cuda_build: CI's checks of the build; this file: the pattern above
+    assert uses_gpu - {"test_cuda_build.py", "test_bench.py"} <= listed, uses_gpu - listed
