@@ -203,3 +203,25 @@ def test_after_a_pass_gives_up_on_crowded_features_the_later_passes_walk(monkeyp
     score, index, unresolved = screening.match_screened(query, reference, None, "l2", 4, block_m=64)
     assert passes == [48] and torch.equal(unresolved, torch.arange(200))
     assert (index == -1).all() and torch.isneginf(score).all()
+
+
+def test_crowded_features_stop_after_the_first_tile_of_2048_rows(monkeypatch):
+    """Tiles would take all 4096 rows; the first block's first tile takes 2048, after which
+    crowded features stop the screen (half the work wasted before)."""
+    tiles = []
+    offer = screen_candidates.ScreenCandidates.offer
+    monkeypatch.setattr(screen_candidates.ScreenCandidates, "offer",
+                        lambda self, tile, row0, col0, kept: tiles.append((row0, col0, tile.shape[0]))
+                        or offer(self, tile, row0, col0, kept))
+    generator = torch.Generator().manual_seed(17)
+    centers = torch.randn(4, 8, generator=generator)
+    pick = lambda count: centers[torch.randint(0, 4, (count,), generator=generator)]  # noqa: E731
+    query, reference = pick(4096) + 0.05 * torch.randn(4096, 8, generator=generator), pick(512)
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", 1, block_m=128,
+                                                tile_bytes=4096 * 128 * 2)
+    assert tiles == [(0, 0, 2048)] and unresolved.numel() == 4096
+    tiles.clear()
+    query = torch.randn(4096, 8, generator=generator)
+    screening.match_screened(query, torch.randn(512, 8, generator=generator), None, "dot", 1, block_m=128,
+                             tile_bytes=4096 * 128 * 2)
+    assert tiles[:3] == [(0, 0, 2048), (2048, 0, 2048), (0, 128, 4096)]

@@ -26,7 +26,11 @@ MAX_HIT_RATE = 0.8e-3  # candidates per row and reference, per k + 1, above whic
 # screened for up to 8192 references before giving up: on the teacher's 32768 x 23156 x 24
 # pseudo-label call the screen took 1.35x the walk's time at k = 1).
 FIRST_BLOCK_CANDIDATES, FIRST_BLOCK_DEPTH = 2.8, 128
-FIRST_BLOCK_ROWS = 2048  # rows offered (or all of them) before the count is trusted: a few crowded rows
+# Rows of the first tile (torch_screening), and rows offered (or all of them) before the first
+# block's count is trusted: a few crowded rows in a small tile are no reason to stop, and crowded
+# features stop after one such tile (a lung teacher's 8192-row top-8: 0.87x the walk's speed with
+# 8192-row tiles, 0.97x).
+FIRST_BLOCK_ROWS = 2048
 BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before the first compaction
 STORED_LIMIT = 1 << 22  # triples (20 bytes each) one pass over the bank may hold: see rows_per_pass
 CHUNK = 64  # columns per run whose maximum decides whether the run is read

@@ -35,7 +35,7 @@ import os
 import torch
 
 from .scoring import normalized_rows, squared_norms
-from .screen_candidates import ScreenCandidates, rows_per_pass
+from .screen_candidates import FIRST_BLOCK_ROWS, ScreenCandidates, rows_per_pass
 
 BF16_UNIT = 2.0 ** -8
 # Narrow reference blocks, many rows: measured fastest on 2 Zen 4 cores; top k, whose tiles
@@ -179,8 +179,10 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
         exact, kept = _reference_block(reference[col0:col0 + block_m],
                                        None if ignored is None else ignored[col0:col0 + block_m], metric)
         operand = _screen_operand(exact, metric)
-        for row0 in range(0, num_rows, block_n) if exact.shape[0] else ():
-            row_block = screened_rows[row0:row0 + block_n]
+        # The first block's first tile takes FIRST_BLOCK_ROWS rows: crowded features stop there.
+        first = min(block_n, FIRST_BLOCK_ROWS) if candidates.first_block else block_n
+        for row0 in [0, *range(first, num_rows, block_n)] if exact.shape[0] else ():
+            row_block = screened_rows[row0:row0 + (first if row0 == 0 else block_n)]
             tile = tile_buffer[: row_block.shape[0] * operand.shape[0]].view(row_block.shape[0], -1)
             if not candidates.offer(torch.mm(row_block, operand.T, out=tile), row0, col0, kept):
                 return *_unscreened(num_rows, k), True  # clustered features: the walk is faster for all rows
