@@ -73,6 +73,10 @@ def test_multiclass_mask_with_stray_value_is_an_error(dataset_root):
     ([0, 255], 2, [0, 1]),           # a binary mask
     ([0, 1, 2, 255], 3, [0, 1, 2, 255]),
     ([0, 1, 2], 2, "holds label.s. 2, but the data has 2 classes"),  # a class beyond the data's
+    ([1, 255], 2, [1, 255]),         # class 1 and ignored (no 0: no binary mask; it read swapped, as 0/1)
+    ([1, 255], None, [1, 255]),
+    ([255], 2, [255]),               # all ignored (it read as all class 1) ...
+    ([255], 3, [255]),               # ... and crashed in numpy for 3 classes
 ])
 def test_mask_rule(tmp_path, values, num_classes, expected):
     from PIL import Image

@@ -134,6 +134,9 @@ def test_vote_refuses_bad_arguments():
         vote(matched_minus_one, num_classes=3)
     with pytest.raises(TypeError, match="temperature must be a number, got str"):
         vote(result, labels, num_classes=3, temperature="0.1")
+    for temperature in (0.0, float("inf")):  # inf: a -inf score (no vote) over inf is NaN in the softmax
+        with pytest.raises(ValueError, match=f"temperature must be finite and > 0, got {temperature}"):
+            vote(result, labels, num_classes=3, temperature=temperature)
     with pytest.raises(TypeError, match=r"integer dtype \(.*\), got torch.float32"):
         vote(result, labels.float(), num_classes=3)
     with pytest.raises(ValueError, match="labels has 2 rows"):

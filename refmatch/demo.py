@@ -54,7 +54,9 @@ def run(num_labeled=4, num_unlabeled=16, num_classes=4, dim=64, size=64, seed=0,
     seconds = time.perf_counter() - start
 
     means = torch.stack([F.normalize(bank[bank_labels == c].mean(0), dim=0) for c in range(num_classes)])
-    baseline = torch.einsum("bdhw,cd->bchw", F.normalize(query, dim=1), means).argmax(1)
+    similarity = torch.einsum("bdhw,cd->bchw", F.normalize(query, dim=1), means)
+    # A class no labelled pixel shows has a NaN mean, which argmax would pick everywhere: it gets no vote.
+    baseline = similarity.nan_to_num(nan=float("-inf")).argmax(1)
     pairs = query.shape[0] * size * size * bank.shape[0]
     return {
         "bank_pixels": bank.shape[0],

@@ -1,4 +1,5 @@
 """``vote``: top-k matches or class-wise scores to a class distribution."""
+import math
 from typing import NamedTuple
 
 import torch
@@ -101,8 +102,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     temperature = as_number("temperature", temperature)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < temperature < math.inf:  # inf: -inf / inf (no vote) would be NaN in the softmax
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     num_classes, ignore_index = as_int("num_classes", num_classes), as_int("ignore_index", ignore_index, optional=True)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")

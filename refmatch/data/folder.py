@@ -10,6 +10,7 @@ are equal) is read by this rule, C = ``num_classes`` (128 when None):
   binary mask, read as {0, 1};
 * values < C (for C None: 0 and 1) and 255: class indices, 255 marking pixels to
   ignore (``IGNORE_LABEL``, as ``refmatch pseudo-label`` writes where it kept no label);
+  a mask of 255 alone is all ignored, and one of 1 and 255 (no 0) is class 1 and ignored;
 * for two classes, 0, values above 127 and values between (edges of a resampled
   binary mask): binarised at > 127 into {0, 1};
 * anything else (a class >= C, a colour mask) is an error naming the file.
@@ -111,12 +112,12 @@ def read_mask(path, num_classes=None):
     values = np.unique(array)
     if values.size == 0 or (values.min() >= 0 and values.max() < limit):
         return torch.from_numpy(array)
-    binary = two_classes and values.min() >= 0 and values.max() > BINARY_THRESHOLD
+    binary = two_classes and values.min() == 0 and values.max() > BINARY_THRESHOLD
     if binary and values.size <= 2:  # 0 and one bright value
         return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))
     classes = values[values != IGNORE_LABEL]
-    if IGNORE_LABEL in values and classes.min() >= 0 and classes.max() < (num_classes or 2):
-        return torch.from_numpy(array)  # class indices and ignored pixels
+    if IGNORE_LABEL in values and (classes.size == 0 or (classes.min() >= 0 and classes.max() < (num_classes or 2))):
+        return torch.from_numpy(array)  # class indices and ignored pixels (all ignored: no class at all)
     if binary:
         return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))  # a resampled binary mask
     bad = [int(value) for value in classes if not 0 <= value < limit]
