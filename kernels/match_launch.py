@@ -30,7 +30,7 @@ def needs_wide_offsets(query, reference):
     channel's (D - 1 times the channel stride) of ``query`` [B, D, H, W] or ``reference``
     [M, D], or the last in-tile row's (up to 255 times the bank's row stride); masked lanes
     are never loaded. E.g. a transposed [M, D] bank view of 2^25 rows at D = 128, or NCHW
-    maps of 2^25 pixels at D = 64."""
+    maps of 2^25 pixels at D = 65."""
     channel_reach = max((t.shape[1] - 1) * abs(t.stride(1)) for t in (query, reference))
     return max(channel_reach, 255 * abs(reference.stride(0))) >= 2 ** 31
 
@@ -133,7 +133,8 @@ def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):
 
     Returns:
         (score [N, k] float32, index [N, k] int64), best first: score is q.r (dot),
-        q.r/|r| (cosine) or 2 q.r - |r|^2 (l2); index -1 where no finite score exists.
+        q.r/|r| (cosine) or 2 q.r - |r|^2 (l2); index -1 where no score but -inf or NaN exists
+        (a +inf dot product is a match).
     """
     if not 1 <= k <= MAX_SLOTS:
         raise ValueError(f"the fused top-k takes 1 <= k <= {MAX_SLOTS}, got k={k}")
@@ -181,7 +182,7 @@ def fill_splits(query, num_refs):
 
 def range_maxima(query, reference, ref_stat, metric, split_starts, **tile):
     """Best score per query row within each bank range, from the k = 1 kernel: [S, N]
-    float32 (-inf where a range holds no finite score), before the per-row fix-up.
+    float32 (-inf where a range holds no score but -inf or NaN), before the per-row fix-up.
 
     Args as in ``match_topk``; split_starts: int64 [S + 1] on the query's device,
     non-decreasing from >= 0 to <= M: range s is bank rows [split_starts[s],

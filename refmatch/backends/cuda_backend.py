@@ -178,7 +178,7 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
     Returns:
         (score [N] float32, index [N] int64) exactly like
         ``refmatch.kernels.match_launch.match_argmax``: q.r, q.r/|r| or 2 q.r - |r|^2;
-        index -1 where no finite score exists.
+        index -1 where no score but -inf or NaN exists (a +inf dot product is a match).
     """
     score, index, _ = launch_match(query, reference, ref_stat, metric, splits=splits)
     return score, index
@@ -220,7 +220,7 @@ def launch_match(query, reference, ref_stat, metric, *, splits=None, split_start
     split_starts: int64 [S + 1] on the device, non-decreasing in [0, M]: range s is
     bank rows [split_starts[s], split_starts[s + 1]) (S = splits); None: even ranges.
     Returns (score [N], index [N], partial scores [S, N]); each range's oriented
-    best, -inf where it holds no finite score.
+    best, -inf where it holds no score but -inf or NaN.
     """
     batch, _, height, width = query.shape
     num_rows, device = batch * height * width, query.device
