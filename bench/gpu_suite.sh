@@ -155,15 +155,14 @@ stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
   python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
 
 # 6. The test files that run on a GPU (CI runs the rest, CPU-only), one line per test as it ends.
-GPU_TESTS="python_tests/test_match_cuda.py python_tests/test_match_cuda_sm90.py python_tests/test_match_cuda_topk.py
+GPU_TESTS=(python_tests/test_match_cuda.py python_tests/test_match_cuda_sm90.py python_tests/test_match_cuda_topk.py
   python_tests/test_match_triton.py python_tests/test_triton_launch.py python_tests/test_triton_class_ranges.py
   python_tests/test_match_contract.py python_tests/test_classwise.py python_tests/test_ignore_index.py
   python_tests/test_match_inputs.py python_tests/test_backend_choice.py python_tests/test_cuda_kernel_choice.py
-  python_tests/test_native.py python_tests/test_recipes.py::test_resume_continues_the_run[cuda]"
-set -f  # [cuda] in a test id is no glob
+  python_tests/test_native.py "python_tests/test_recipes.py::test_resume_continues_the_run[cuda]")
+[[ -z "${TESTS:-}" ]] || GPU_TESTS=($TESTS)  # split and glob-expanded (the list's [cuda] stays literal)
 stage tests 240 env PYTHONPATH="$TEST_PYTHONPATH" REFMATCH_TEST_HOPPER_VARIANTS="${HOPPER_VARIANTS[*]}" \
-  python -m pytest ${TESTS:-$GPU_TESTS} "${XDIST[@]}" "${WGMMA_TESTS[@]}" -v -p no:warnings -rfs --tb=short --durations=15
-set +f
+  python -m pytest "${GPU_TESTS[@]}" "${XDIST[@]}" "${WGMMA_TESTS[@]}" -v -p no:warnings -rfs --tb=short --durations=15
 
 # 7. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
 # at the target size); KeOps, which computes in float32 and crashed twice (SIGSEGV

@@ -77,6 +77,7 @@ def test_multiclass_mask_with_stray_value_is_an_error(dataset_root):
     ([1, 255], None, [1, 255]),
     ([255], 2, [255]),               # all ignored (it read as all class 1) ...
     ([255], 3, [255]),               # ... and crashed in numpy for 3 classes
+    ([254, 255], 2, [1]),            # a resampled all-foreground binary mask
 ])
 def test_mask_rule(tmp_path, values, num_classes, expected):
     from PIL import Image

@@ -137,6 +137,9 @@ def test_vote_refuses_bad_arguments():
     for temperature in (0.0, float("inf")):  # inf: a -inf score (no vote) over inf is NaN in the softmax
         with pytest.raises(ValueError, match=f"temperature must be finite and > 0, got {temperature}"):
             vote(result, labels, num_classes=3, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature=1e-300 rounds to 0 in float32: use at least 1.18e-38"):
+        vote(result, labels, num_classes=3, temperature=1e-300)  # gave NaN probabilities
+    assert vote(result, labels, num_classes=3, temperature=1.2e-38).probabilities.isfinite().all()
     with pytest.raises(TypeError, match=r"integer dtype \(.*\), got torch.float32"):
         vote(result, labels.float(), num_classes=3)
     with pytest.raises(ValueError, match="labels has 2 rows"):

@@ -213,6 +213,26 @@ def test_a_query_row_it_cannot_bound_is_walked_alone(bad):
     assert torch.equal(screened.index, walked[1][:, 0])
 
 
+@pytest.mark.parametrize("side", ["query", "reference"])
+def test_entries_that_bfloat16_rounds_to_inf_take_the_float32_walk(side):
+    """3.4e38 is a float32 number but inf in bfloat16; with tiny other rows the error bound stayed
+    small, and the query row came back resolved with no match (the walk finds reference 15)."""
+    generator = torch.Generator().manual_seed(19)
+    query, reference = torch.zeros(2, 8), torch.randn(300, 8, generator=generator) * 1e-30
+    query[1] = torch.randn(8, generator=generator)
+    if side == "query":
+        query[0, 0] = 3.4e38
+        reference[::2, 0] = 0
+    else:
+        query[0] = torch.randn(8, generator=generator) * 1e-30
+        reference[15, 0] = 3.4e38
+    _, _, unresolved = screening.match_screened(query, reference, None, "dot", block_m=64, tile_bytes=64 * 64 * 2)
+    assert 0 in unresolved.tolist()
+    screened = screened_match(query, reference, "dot")
+    walked = match_chunked(query.T[None, :, :, None], reference, None, 1, "dot", block_m=64, screen=False)
+    assert torch.equal(screened.index, walked[1][:, 0])
+
+
 def test_slots_beyond_the_matchable_references_get_minus_one():
     ignored = torch.ones(100, dtype=torch.bool)
     ignored[[3, 40, 77]] = False

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .feature_tap import size_pair
 from .ops import as_int, as_number, describe
-from .vote import margin, vote
+from .vote import checked_temperature, margin, vote
 
 MODES = ("hard", "soft")
 
@@ -65,10 +65,8 @@ class PseudoLabeler:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         check_mode(mode, k)
-        temperature = as_number("temperature", temperature)
+        temperature = checked_temperature(temperature)
         threshold = None if threshold is None else as_number("threshold", threshold)
-        if not 0 < temperature < math.inf:
-            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         if threshold is not None and math.isnan(threshold):
             raise ValueError("threshold must be a number or None, got nan")
         if 0 <= ignore_index < bank.num_classes:

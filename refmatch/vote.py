@@ -75,6 +75,19 @@ def _check_scores_fit_metric(scores, metric):
                          "metric= the metric that produced them ('cosine', 'dot')")
 
 
+def checked_temperature(temperature):
+    """``temperature`` as a float; ValueError unless finite and > 0, and TypeError for a
+    non-number. Scores divide by it in float32: inf would make -inf / inf (no vote) NaN, and a
+    value below float32's smallest normal number rounds to 0 there (0 / 0 for the best)."""
+    temperature = as_number("temperature", temperature)
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if temperature < torch.finfo(torch.float32).tiny:
+        raise ValueError(f"temperature={temperature} rounds to 0 in float32: use at least "
+                         f"{torch.finfo(torch.float32).tiny:.3g}")
+    return temperature
+
+
 def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", temperature=0.1,
          metric="cosine", ignore_index=None):
     """Class distribution per query from top-k matches or class-wise scores.
@@ -101,9 +114,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    temperature = as_number("temperature", temperature)
-    if not 0 < temperature < math.inf:  # inf: -inf / inf (no vote) would be NaN in the softmax
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    temperature = checked_temperature(temperature)
     num_classes, ignore_index = as_int("num_classes", num_classes), as_int("ignore_index", ignore_index, optional=True)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")

@@ -176,9 +176,7 @@ def _from_oriented(oriented, query, metric):
         return oriented
     if metric == "cosine":  # rounding of the two norms can land a hair outside [-1, 1]: acos would give NaN
         cosine = oriented / norms(query, dim=1)[:, None].clamp_min(NORM_EPS)
-        # +inf: q.r overflowed in a fused kernel's float32 (|q| |r| > 3.4e38): no cosine, NaN (no match)
-        overflowed = cosine.masked_fill(cosine == float("inf"), float("nan"))
-        return torch.where(cosine.isfinite(), cosine.clamp(-1, 1), overflowed)
+        return torch.where(cosine.isfinite(), cosine.clamp(-1, 1), cosine)  # +inf: a fused kernel's overflow
     return squared_norms(query, dim=1)[:, None] - oriented
 
 

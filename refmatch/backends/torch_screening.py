@@ -17,9 +17,10 @@ reference norm; l2 screens q.r - |r|^2 / 2 with |r|^2 as two more columns (a
 bfloat16 head and tail), so its bound gains (c - 2u) R^2 / 2. An absolute term
 covers flushed subnormals.
 
-Limits: k <= ``MAX_K``; query rows whose bound E is not finite or reaches 2^90
-(NaN or Inf in them; no overflow anywhere) go to the walk alone, and a reference
-holding Inf (under dot and l2) sends them all; references holding NaN never
+Limits: k <= ``MAX_K``; query rows whose bound E is not finite or reaches 2^90,
+or whose norm reaches 2^127 (NaN or Inf in them, an entry that bfloat16 rounds
+to inf; no overflow anywhere) go to the walk alone, and such a reference (under
+dot and l2) sends them all; references holding NaN never
 match, so they are skipped like ignored ones. Rows whose candidates pile up
 (tight clusters, near-duplicate references) are handed back unresolved for the
 float32 walk. The screen stops and hands back every row once a quarter of them
@@ -38,6 +39,7 @@ from .scoring import normalized_rows, squared_norms
 from .screen_candidates import FIRST_BLOCK_ROWS, ScreenCandidates, rows_per_pass
 
 BF16_UNIT = 2.0 ** -8
+BF16_SAFE_NORM = 2.0 ** 127  # rows below it have no entry that rounds to inf in bfloat16
 # Narrow reference blocks, many rows: measured fastest on 2 Zen 4 cores; top k, whose tiles
 # cost more fixed work each, takes them TOPK_WIDER times as wide (8192 x 65536 x 128: 6 % faster).
 BLOCK_M, TILE_BYTES, TOPK_WIDER = 256, 4 << 20, 2
@@ -146,6 +148,8 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
     else:
         largest_norm_sq = matchable.max() if matchable.numel() else matchable.new_zeros(())
     reference_norm_max = float(_norm_upper_bound(largest_norm_sq, depth))
+    if metric != "cosine" and not reference_norm_max < BF16_SAFE_NORM:  # (cosine screens normalised rows)
+        return _unscreened(rows.shape[0], k)
     wider = 1 if k == 1 else TOPK_WIDER
     block_m = min(reference.shape[0], block_m or BLOCK_M * wider)
     block_n = max(1, (tile_bytes or TILE_BYTES * wider) // (2 * block_m))
@@ -168,7 +172,8 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
     num_rows, depth = rows.shape
     query_norm = _norm_upper_bound(_squared_norms_float64(rows), depth)
     error = screen_error(query_norm, reference_norm_max, metric, depth)
-    bounded = torch.isfinite(error) & (error < 2.0 ** 90)
+    # A float32 entry above bfloat16's largest (3.39e38) rounds to inf in the operand: no bound holds.
+    bounded = torch.isfinite(error) & (error < 2.0 ** 90) & (query_norm < BF16_SAFE_NORM)
     if not bool(bounded.any()):
         return *_unscreened(num_rows, k), False
     candidates = ScreenCandidates(torch.where(bounded, 2 * error, 0).float(), k, depth,

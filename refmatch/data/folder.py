@@ -112,14 +112,14 @@ def read_mask(path, num_classes=None):
     values = np.unique(array)
     if values.size == 0 or (values.min() >= 0 and values.max() < limit):
         return torch.from_numpy(array)
-    binary = two_classes and values.min() == 0 and values.max() > BINARY_THRESHOLD
-    if binary and values.size <= 2:  # 0 and one bright value
+    binary = two_classes and values.min() >= 0 and values.max() > BINARY_THRESHOLD
+    if binary and values.size <= 2 and values.min() == 0:  # 0 and one bright value
         return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))
     classes = values[values != IGNORE_LABEL]
     if IGNORE_LABEL in values and (classes.size == 0 or (classes.min() >= 0 and classes.max() < (num_classes or 2))):
         return torch.from_numpy(array)  # class indices and ignored pixels (all ignored: no class at all)
-    if binary:
-        return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))  # a resampled binary mask
+    if binary:  # a resampled binary mask, or one bright value alone (all foreground, as 65535 alone)
+        return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))
     bad = [int(value) for value in classes if not 0 <= value < limit]
     raise ValueError(f"{path} holds label(s) {_listing([str(value) for value in bad])}, but the data has "
                      f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore, or a 0/255 binary mask)")
