@@ -84,11 +84,9 @@ class ScreenCandidates:
         self.crowd_limit = crowd_limit(k)
         self.parts, self.rows_seen, self.offered, self.stored, self.given_up = [], 0, 0, 0, 0
         self.budget = max(BUDGET_PER_ROW * k * num_rows, MIN_BUDGET)  # raised to twice what compact keeps
-        self.unresolved = torch.zeros(num_rows, dtype=torch.bool)
-        self.unbounded = 0
-        if unbounded is not None and bool(unbounded.any()):
-            self._give_up_rows(unbounded)
-            self.unbounded, self.given_up = self.given_up, 0
+        self.unresolved = torch.zeros(num_rows, dtype=torch.bool) if unbounded is None else unbounded.clone()
+        self.unbounded = int(self.unresolved.sum())  # not crowded: left out of given_up
+        self.kth_bound[self.unresolved] = self.top[self.unresolved] = float("inf")  # no candidates
         self.row_counts = torch.zeros(num_rows, dtype=torch.int64)  # stored triples per row, stale ones too
         self.last_check = None  # (candidates offered, references) at the last check
 

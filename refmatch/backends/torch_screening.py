@@ -168,7 +168,8 @@ def match_screened(rows, reference, ignored, metric, k=1, block_m=None, tile_byt
 def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_m, block_n):
     """``match_screened`` for one pass of query rows (``rows_per_pass``), over the whole bank:
     (score, index, unresolved, whether it stopped because the features crowd). Rows whose
-    bound is not finite or reaches 2^90 (NaN or Inf in them) are handed back unscreened."""
+    bound is not finite or reaches 2^90, or whose norm reaches ``BF16_SAFE_NORM``, are handed
+    back unscreened."""
     num_rows, depth = rows.shape
     query_norm = _norm_upper_bound(_squared_norms_float64(rows), depth)
     error = screen_error(query_norm, reference_norm_max, metric, depth)
@@ -178,7 +179,8 @@ def _screen_pass(rows, reference, ignored, metric, k, reference_norm_max, block_
         return *_unscreened(num_rows, k), False
     candidates = ScreenCandidates(torch.where(bounded, 2 * error, 0).float(), k, depth,
                                   more_blocks=reference.shape[0] > block_m, unbounded=~bounded)
-    screened_rows = _screen_query(rows.masked_fill(~bounded[:, None], 0), metric)  # no NaN or Inf in tiles
+    # No NaN or Inf in the tiles; a copy only where some row needs it.
+    screened_rows = _screen_query(rows if bool(bounded.all()) else rows.masked_fill(~bounded[:, None], 0), metric)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, dtype=torch.bfloat16)
     for col0 in range(0, reference.shape[0], block_m):
         exact, kept = _reference_block(reference[col0:col0 + block_m],
