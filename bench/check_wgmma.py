@@ -6,8 +6,8 @@ that a hang or a wrong result shows before the long stages of gpu_suite.sh.
 
 For a few shapes (D tails, 1 to 4 chunks, tile tails, a split bank, more than one
 CTA of rows) and every metric it runs the kernel in ``--variant`` (a
-``cuda_backend.HOPPER_VARIANTS`` name: 128 or 256 query rows per CTA, "-rs": the query
-in registers), on the shapes whose D runs that variant rather than a fallback, and
+``hopper_variants.HOPPER_VARIANTS`` name: 128 or 256 query rows per CTA, "-rs": the query
+in registers, "-tma": the bank loaded through TMA), on the shapes whose D runs that variant rather than a fallback, and
 prints the fraction of rows whose returned reference scores within 1e-4 of the
 oracle's best (``refmatch bench``'s check).
 """
@@ -17,8 +17,8 @@ import sys
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel, hopper_enabled, hopper_kernel, \
-    kernel_name
+from refmatch.backends.cuda_backend import hopper_enabled, kernel_name
+from refmatch.backends.hopper_variants import HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel
 from refmatch.bench_oracle import Float64Oracle
 
 SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64), (700, 3000, 192),
@@ -33,7 +33,7 @@ def serves(variant, dim):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=list(HOPPER_VARIANTS), default=next(iter(HOPPER_VARIANTS)),
-                        help="query rows per CTA (-256) and the query in registers (-rs)")
+                        help="query rows per CTA (-256), the query in registers (-rs), TMA loads (-tma)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("skipped: no GPU")

@@ -14,8 +14,8 @@ import contextlib
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel, hopper_enabled, hopper_kernel, \
-    kernel_name
+from refmatch.backends.cuda_backend import hopper_enabled, kernel_name
+from refmatch.backends.hopper_variants import HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel
 from refmatch.bench import size_triple
 
 from check_wgmma import serves

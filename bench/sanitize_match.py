@@ -8,16 +8,16 @@ D tails, split-M with the merge kernel, the streamed (wide-D) query, strided
 query maps, reference layouts that cannot use cp.async, ignore_index, the
 class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases,
-in each variant ``--hopper-variants`` names (``cuda_backend.HOPPER_VARIANTS``: 128 or 256
-query rows per CTA, "-rs": the query in registers).
+in each variant ``--hopper-variants`` names (``hopper_variants.HOPPER_VARIANTS``: 128 or 256
+query rows per CTA, "-rs": the query in registers, "-tma": the bank loaded through TMA).
 """
 import argparse
 
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import HOPPER_VARIANTS, default_hopper_kernels, hopper_enabled, hopper_kernel, \
-    kernel_name, match_argmax_cuda
+from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, match_argmax_cuda
+from refmatch.backends.hopper_variants import HOPPER_VARIANTS, default_hopper_kernels, hopper_kernel
 from refmatch.backends.scoring import reference_stat
 
 from check_wgmma import serves

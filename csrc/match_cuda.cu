@@ -10,6 +10,7 @@
 #include <tuple>
 #include <utility>
 
+#include "refmatch/hopper_tma.cuh"
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_kernel.cuh"
 #include "refmatch/match_kernel_sm90.cuh"
@@ -61,13 +62,14 @@ class DeviceScope {
 // device, for calls it can serve.
 struct LaunchPlan {
   Kernel kernel;
-  const char* name;  // "wgmma", "wgmma-256", "wgmma-rs", "wgmma-256-rs" or "mma.sync"
+  const char* name;  // "wgmma" + "-256" (256 query rows) + "-rs" (query in registers) + "-tma", or "mma.sync"
   int threads;
   int64_t block_n;  // query rows per CTA
   int64_t block_m;  // reference rows per tile: splits are whole tiles
   int64_t dim_chunks;
   bool query_resident;
   int64_t smem_bytes;
+  bool tma_loads;  // the wgmma kernel's producer loads through TMA
 };
 
 template <bool kTopK>
@@ -91,14 +93,16 @@ Kernel hopper_kernel(bool bf16) {
               : detail::match_argmax_sm90_kernel<false, kRowBlocks, kQueryInRegisters>;
 }
 
-// The wgmma variant's kernel and name for 1 or 2 row blocks and where the query lives.
-std::pair<Kernel, const char*> hopper_variant(bool bf16, int row_blocks, bool query_in_registers) {
+// The wgmma variant's kernel and name for 1 or 2 row blocks, where the query lives
+// and how the bank is loaded (a parameter of the same kernel).
+std::pair<Kernel, const char*> hopper_variant(bool bf16, int row_blocks, bool query_in_registers, bool tma) {
+  static const char* const names[2][2][2] = {{{"wgmma", "wgmma-tma"}, {"wgmma-rs", "wgmma-rs-tma"}},
+                                             {{"wgmma-256", "wgmma-256-tma"}, {"wgmma-256-rs", "wgmma-256-rs-tma"}}};
+  const char* name = names[row_blocks - 1][query_in_registers][tma];
   if (row_blocks == 2) {
-    return query_in_registers ? std::make_pair(hopper_kernel<2, true>(bf16), "wgmma-256-rs")
-                              : std::make_pair(hopper_kernel<2, false>(bf16), "wgmma-256");
+    return {query_in_registers ? hopper_kernel<2, true>(bf16) : hopper_kernel<2, false>(bf16), name};
   }
-  return query_in_registers ? std::make_pair(hopper_kernel<1, true>(bf16), "wgmma-rs")
-                            : std::make_pair(hopper_kernel<1, false>(bf16), "wgmma");
+  return {query_in_registers ? hopper_kernel<1, true>(bf16) : hopper_kernel<1, false>(bf16), name};
 }
 
 int element_bytes_of(int dtype) { return dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2; }
@@ -118,8 +122,9 @@ bool is_hopper(int device) {
 // Sets the kernel's shared-memory limit to the device's whole opt-in maximum
 // (per device, cheap, no stream work): never the size of this call, so a call
 // with a smaller layout on another thread (or after a graph capture) never lowers it.
+// hopper_tma: TMA loads asked for and possible (hopper_tma_eligible).
 LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int64_t hopper_rows,
-                       bool hopper_query_registers, int ref_copy_bytes, int64_t k) {
+                       bool hopper_query_registers, bool hopper_tma, int ref_copy_bytes, int64_t k) {
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
@@ -128,8 +133,9 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int6
       is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
     const int row_blocks = hopper_row_blocks(dim, hopper_rows, smem_limit);
-    std::tie(plan.kernel, plan.name) =
-        hopper_variant(bf16, row_blocks, hopper_query_registers && hopper_query_fits_registers(dim, row_blocks));
+    std::tie(plan.kernel, plan.name) = hopper_variant(
+        bf16, row_blocks, hopper_query_registers && hopper_query_fits_registers(dim, row_blocks), hopper_tma);
+    plan.tma_loads = hopper_tma;
     plan.threads = HopperTile::kThreads;
     plan.block_n = hopper_block_n(row_blocks);
     plan.block_m = HopperTile::kBlockM;
@@ -187,7 +193,7 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
   mma_sync_kernel<false>(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
   check_hopper_rows(hopper_rows);
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, false, 16, k);  // same shape
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, false, false, 16, k);  // same shape
   int per_sm = 0, sms = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -199,10 +205,12 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
 }
 
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
-                              bool hopper_query_registers, uintptr_t reference, int64_t stride_m, int64_t stride_d) {
+                              bool hopper_query_registers, uintptr_t reference, int64_t stride_m, int64_t stride_d,
+                              int64_t num_refs, bool hopper_tma_loads) {
   check_hopper_rows(hopper_rows);
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, hopper_query_registers,
+  const bool tma = hopper_tma_loads && hopper_tma_eligible(num_refs, dim, reference, stride_m, 0);
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, hopper_query_registers, tma,
                                       reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), 1);
   return plan.name;
 }
@@ -216,8 +224,11 @@ void match_argmax(const MatchArgs& a) {
   const DeviceScope scope(a.device);
   const int copy_bytes = reference_copy_bytes(a.reference, a.reference_strides[0], a.reference_strides[1],
                                               element_bytes_of(a.dtype));
-  const LaunchPlan plan =
-      plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper_rows, a.hopper_query_registers, copy_bytes, a.k);
+  const uintptr_t stat = a.metric == static_cast<int>(MatchMetric::kDot) ? 0 : a.ref_stat;
+  const bool tma = a.hopper_tma_loads &&
+                   hopper_tma_eligible(a.num_refs, a.dim, a.reference, a.reference_strides[0], stat);
+  const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper_rows,
+                                      a.hopper_query_registers, tma, copy_bytes, a.k);
   const bool split = a.splits > 1 && a.k == 1;  // top-k lists go straight to the outputs
   detail::MatchParams p{};
   p.query = reinterpret_cast<const void*>(a.query);
@@ -243,6 +254,8 @@ void match_argmax(const MatchArgs& a) {
   p.slots = static_cast<int>(a.k);
   p.ref_copy_bytes = copy_bytes;
   p.query_resident = plan.query_resident;
+  p.tma_loads = plan.tma_loads;
+  if (p.tma_loads) encode_hopper_tma_maps(p);
 
   const auto stream = reinterpret_cast<cudaStream_t>(a.stream);
   const int64_t row_blocks = ceil_div(num_rows, plan.block_n);

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel
+from refmatch.backends.hopper_variants import HOPPER_VARIANTS, documented_hopper_kernel
 from resources import assert_no_spills, resource_usage
 
 _C = pytest.importorskip("refmatch._C", reason="refmatch._C is not built")
@@ -97,12 +97,29 @@ def test_hopper_query_stays_in_registers_where_they_suffice(dim, rows, fits):
 @pytest.mark.parametrize("variant", list(HOPPER_VARIANTS))
 def test_documented_kernel_choice_is_the_plans(variant):
     """The rule the scripts and sm_90 tests check the kernel against is the C++ plan's."""
-    rows, query = HOPPER_VARIANTS[variant]
+    rows, query, loads = HOPPER_VARIANTS[variant]
     for dim in range(8, 257, 8):
         layout = _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows)
         registers = query == "registers" and layout["query_fits_registers"]
-        planned = "wgmma" + ("-256" if layout["block_n"] == 256 else "") + ("-rs" if registers else "")
+        tma = loads == "tma" and _C.hopper_tma_eligible(1 << 20, dim, 1 << 20, dim, 1 << 21)  # a contiguous bank
+        planned = ("wgmma" + ("-256" if layout["block_n"] == 256 else "") + ("-rs" if registers else "")
+                   + ("-tma" if tma else ""))
         assert documented_hopper_kernel(variant, dim) == planned, dim
+
+
+@pytest.mark.parametrize("num_refs, dim, reference, stride_m, ref_stat, eligible", [
+    (1 << 20, 128, 1 << 20, 128, 1 << 21, True),   # a contiguous bf16 bank
+    (1 << 20, 128, 1 << 20, 128, 0, True),         # dot: no metric terms
+    ((1 << 31) - 1, 8, 1 << 20, 8, 0, True),       # the last row TMA's int32 coordinates reach
+    (1 << 31, 8, 1 << 20, 8, 0, False),
+    (1 << 20, 128, (1 << 20) + 8, 128, 0, False),  # an 8-byte aligned base
+    (1 << 20, 128, 1 << 20, 132, 0, False),        # 264-byte rows
+    (1 << 20, 128, 1 << 20, 64, 0, False),         # rows overlap (stride below D)
+    (1 << 20, 128, 1 << 20, 1 << 39, 0, False),    # a row stride of 2^40 bytes
+    (1 << 20, 128, 1 << 20, 128, (1 << 21) + 4, False),  # a sliced ref_stat
+])
+def test_tma_loads_need_aligned_rows_and_int32_coordinates(num_refs, dim, reference, stride_m, ref_stat, eligible):
+    assert _C.hopper_tma_eligible(num_refs, dim, reference, stride_m, ref_stat) is eligible
 
 
 def test_swizzle_permutes_units_within_rows_and_spreads_atoms_over_banks():
@@ -191,7 +208,7 @@ def test_bad_hopper_rows_raise_before_cuda_in_every_entry_point(rows):
     with pytest.raises(ValueError, match="hopper_rows"):
         _C.match_splits(128, 1000, 128, 2, False, 0, hopper_rows=rows)
     with pytest.raises(ValueError, match="hopper_rows"):
-        _C.match_kernel_name(128, 2, False, 0, rows, False, 1 << 20, 128, 1)
+        _C.match_kernel_name(128, 2, False, 0, rows, False, 1 << 20, 128, 1, 1000)
 
 
 @pytest.mark.parametrize("call, message", [

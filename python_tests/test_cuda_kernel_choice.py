@@ -1,12 +1,13 @@
 """Which CUDA kernel a call asks for, decided in Python before the launch (no GPU needed):
 wgmma on compute capability 9.0 with an sm_90a build unless REFMATCH_CUDA_HOPPER=0, with
-REFMATCH_CUDA_HOPPER_ROWS query rows per CTA (256 unless set)."""
+REFMATCH_CUDA_HOPPER_ROWS query rows per CTA (256 unless set), the query where
+REFMATCH_CUDA_HOPPER_QUERY says and the bank loaded as REFMATCH_CUDA_HOPPER_LOADS says."""
 import os
 
 import pytest
 import torch
 
-from refmatch.backends import cuda_backend
+from refmatch.backends import cuda_backend, hopper_variants
 
 DEVICE = torch.device("cuda", 0)
 
@@ -43,7 +44,7 @@ def test_hopper_kernel_block_sets_and_restores_the_variable(card, monkeypatch, p
     card((9, 0))
     if previous is not None:
         monkeypatch.setenv("REFMATCH_CUDA_HOPPER", previous)
-    with cuda_backend.hopper_kernel(None if enabled else "mma.sync"):
+    with hopper_variants.hopper_kernel(None if enabled else "mma.sync"):
         assert cuda_backend.hopper_enabled(DEVICE) is enabled
     assert os.environ.get("REFMATCH_CUDA_HOPPER") == previous
 
@@ -88,53 +89,68 @@ def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previ
     monkeypatch.delenv("REFMATCH_CUDA_HOPPER_ROWS", raising=False)
     if previous is not None:
         monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", previous)
-    with cuda_backend.hopper_kernel(variant):
-        assert cuda_backend.hopper_rows(DEVICE) == rows and not cuda_backend.hopper_query_in_registers()
+    with hopper_variants.hopper_kernel(variant):
+        assert cuda_backend.hopper_rows(DEVICE) == rows and not hopper_variants.hopper_query_in_registers()
     assert os.environ.get("REFMATCH_CUDA_HOPPER_ROWS") == previous
-    with cuda_backend.hopper_kernel():  # rows as set
+    with hopper_variants.hopper_kernel():  # rows as set
         assert cuda_backend.hopper_rows(DEVICE) == int(previous or 256)
 
 
-@pytest.mark.parametrize("setting, registers", [(None, False), ("shared", False), ("registers", True)])
-def test_hopper_query_setting(monkeypatch, setting, registers):
-    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_QUERY", raising=False)
-    if setting is not None:
-        monkeypatch.setenv("REFMATCH_CUDA_HOPPER_QUERY", setting)
-    assert cuda_backend.hopper_query_in_registers() is registers
+# Each on / off setting: (variable, its reader, the default, the other value, a refused spelling).
+SWITCHES = [("REFMATCH_CUDA_HOPPER_QUERY", hopper_variants.hopper_query_in_registers, "shared", "registers", "regs"),
+            ("REFMATCH_CUDA_HOPPER_LOADS", hopper_variants.hopper_tma_loads, "cp.async", "tma", "TMA")]
 
 
-def test_bad_hopper_query_is_named(monkeypatch):
-    monkeypatch.setenv("REFMATCH_CUDA_HOPPER_QUERY", "regs")
-    with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_QUERY must be one of shared, registers, got 'regs'"):
-        cuda_backend.hopper_query_in_registers()
+@pytest.mark.parametrize("variable, reader, default, other, _", SWITCHES)
+def test_hopper_switch_settings(monkeypatch, variable, reader, default, other, _):
+    monkeypatch.delenv(variable, raising=False)
+    assert reader() is False
+    for value, on in ((default, False), (other, True)):
+        monkeypatch.setenv(variable, value)
+        assert reader() is on
 
 
-def test_hopper_kernel_block_sets_and_restores_the_query(card, monkeypatch):
+@pytest.mark.parametrize("variable, reader, default, other, bad", SWITCHES)
+def test_bad_hopper_switch_is_named(monkeypatch, variable, reader, default, other, bad):
+    monkeypatch.setenv(variable, bad)
+    with pytest.raises(ValueError, match=f"{variable} must be one of {default}, {other}, got '{bad}'"):
+        reader()
+
+
+@pytest.mark.parametrize("variant, rows, registers, tma", [("wgmma-256-rs", 256, True, False),
+                                                           ("wgmma-tma", 128, False, True)])
+def test_hopper_kernel_block_sets_and_restores_the_switches(card, monkeypatch, variant, rows, registers, tma):
     card((9, 0))
-    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_QUERY", raising=False)
-    with cuda_backend.hopper_kernel("wgmma-256-rs"):
-        assert cuda_backend.hopper_query_in_registers() and cuda_backend.hopper_rows(DEVICE) == 256
-    assert "REFMATCH_CUDA_HOPPER_QUERY" not in os.environ
+    for variable, *_ in SWITCHES:
+        monkeypatch.delenv(variable, raising=False)
+    with hopper_variants.hopper_kernel(variant):
+        assert cuda_backend.hopper_rows(DEVICE) == rows
+        assert hopper_variants.hopper_query_in_registers() is registers and hopper_variants.hopper_tma_loads() is tma
+    assert not any(variable in os.environ for variable, *_ in SWITCHES)
 
 
 def test_variants_are_named_as_the_kernel_reports_them():
-    assert cuda_backend.HOPPER_VARIANTS == {"wgmma": (128, "shared"), "wgmma-256": (256, "shared"),
-                                           "wgmma-rs": (128, "registers"), "wgmma-256-rs": (256, "registers")}
-    assert next(iter(cuda_backend.HOPPER_VARIANTS)) == "wgmma-256"  # the default, first
+    expected = {}
+    for loads, suffix in (("cp.async", ""), ("tma", "-tma")):
+        expected.update({"wgmma-256" + suffix: (256, "shared", loads), "wgmma" + suffix: (128, "shared", loads),
+                         "wgmma-256-rs" + suffix: (256, "registers", loads),
+                         "wgmma-rs" + suffix: (128, "registers", loads)})
+    assert hopper_variants.HOPPER_VARIANTS == expected
+    assert next(iter(hopper_variants.HOPPER_VARIANTS)) == "wgmma-256"  # the default, first
 
 
 @pytest.mark.parametrize("dim, kernel", [(8, "wgmma-256"), (128, "wgmma-256"), (192, "wgmma-256"), (200, "wgmma"),
                                          (256, "wgmma")])
 def test_the_default_takes_256_rows_where_they_fit(dim, kernel):
-    assert cuda_backend.documented_hopper_kernel(next(iter(cuda_backend.HOPPER_VARIANTS)), dim) == kernel
-    assert cuda_backend.default_hopper_kernels() == ("wgmma-256", "wgmma")
+    assert hopper_variants.documented_hopper_kernel(next(iter(hopper_variants.HOPPER_VARIANTS)), dim) == kernel
+    assert hopper_variants.default_hopper_kernels() == ("wgmma-256", "wgmma")
 
 
 @pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])
 def test_unknown_variant_is_named(variant):
     before = dict(os.environ)
     with pytest.raises(ValueError, match="variant must be mma.sync or one of wgmma-256, wgmma, wgmma-256-rs, wgmma-rs"):
-        with cuda_backend.hopper_kernel(variant):
+        with hopper_variants.hopper_kernel(variant):
             pass
     assert dict(os.environ) == before
 

@@ -1,7 +1,8 @@
 """The Hopper (wgmma) CUDA kernel against the float64 oracle, in each variant
-(``cuda_backend.HOPPER_VARIANTS``, the test ids: wgmma-256, wgmma, wgmma-256-rs,
-wgmma-rs: 256 or 128 query rows per CTA, the query in shared memory or in
-registers; wgmma-256, the default, runs wgmma's kernel above D = 192), or in those
+(``hopper_variants.HOPPER_VARIANTS``, the test ids: wgmma-256, wgmma, wgmma-256-rs,
+wgmma-rs and each with -tma: 256 or 128 query rows per CTA, the query in shared
+memory or in registers, the bank loaded by cp.async or TMA; wgmma-256, the default,
+runs wgmma's kernel above D = 192), or in those
 REFMATCH_TEST_HOPPER_VARIANTS names (gpu_suite.sh: the ones that passed their first
 check). Needs a compute capability 9.0 GPU and a build with sm_90a, where it is the
 default."""
@@ -12,7 +13,7 @@ import torch
 
 import refmatch
 from oracle import assert_matches_oracle, tolerance
-from refmatch.backends.cuda_backend import HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel
+from refmatch.backends.hopper_variants import HOPPER_VARIANTS, SETTINGS, documented_hopper_kernel, hopper_kernel
 
 BLOCK_M = 128  # reference rows per tile (refmatch._C.hopper_layout()["block_m"])
 
@@ -40,8 +41,8 @@ def wgmma_variant(request):
 
 def current_variant():
     """The variant the autouse fixture set."""
-    setting = (int(os.environ["REFMATCH_CUDA_HOPPER_ROWS"]), os.environ["REFMATCH_CUDA_HOPPER_QUERY"])
-    return next(name for name, value in HOPPER_VARIANTS.items() if value == setting)
+    setting = tuple(os.environ[name] for name in SETTINGS)
+    return next(name for name, value in HOPPER_VARIANTS.items() if tuple(map(str, value)) == setting)
 
 
 def skip_unless_first_to_run(dim):
@@ -129,6 +130,14 @@ def test_infinite_and_nan_references_agree_with_torch(dim):
         fused = run_hopper(query, reference, metric)
         plain = refmatch.match(query.double(), reference.double(), metric=metric, backend="torch")
         assert torch.equal(fused.index.cpu(), plain.index.cpu())
+
+
+@pytest.mark.parametrize("metric", ["dot", "cosine"])
+def test_bank_rows_read_through_their_stride(metric):
+    """A bank of padded rows (row stride 136 > D = 72; TMA: the tensor map's stride), two chunks."""
+    query = torch.randn(200, 72, device="cuda").bfloat16()
+    reference = torch.randn(1000, 136, device="cuda").bfloat16()[:, :72]
+    assert_matches_oracle(run_hopper(query, reference, metric), query, reference, metric)
 
 
 def test_strided_maps_and_ignore_index():

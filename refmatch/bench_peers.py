@@ -79,11 +79,11 @@ def _flash_kmeans_methods(query, reference, flops):
 def _cuda_variant_methods(query, reference, flops):
     """The cuda backend's other kernels at k = 1 on sm_90 cards: mma.sync and the wgmma
     variants (HOPPER_VARIANTS) but the one its plain rows run (wgmma-256 up to D = 192 and
-    wgmma above, unless REFMATCH_CUDA_HOPPER_ROWS and _QUERY say otherwise), each skipped
+    wgmma above, unless the REFMATCH_CUDA_HOPPER_* settings say otherwise), each skipped
     where the call runs another kernel. Elsewhere the ``cuda`` rows are mma.sync and these
     are skipped."""
-    from refmatch.backends.cuda_backend import HOPPER_VARIANTS, hopper_enabled, hopper_kernel, kernel_name, \
-        native_module
+    from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, native_module
+    from refmatch.backends.hopper_variants import HOPPER_VARIANTS, hopper_kernel
 
     available = query.is_cuda and native_module() is not None and hopper_enabled(query.device)
     maps = query.T[None, :, :, None]

@@ -8,11 +8,10 @@ with torch on the query's device and applies the per-row fix-up.
 On sm_90 with an sm_90a build the Hopper kernel serves the calls it can
 (``REFMATCH_CUDA_HOPPER=0``, read at each call: mma.sync only), with 256 query rows
 per CTA where the tile fits (D <= 192 on H100/H200; 128 above): half the bank
-traffic per FLOP, 1.7x faster at D = 128 on an H200. ``REFMATCH_CUDA_HOPPER_ROWS=128``
-keeps 128 rows; ``REFMATCH_CUDA_HOPPER_QUERY=registers`` holds the query in registers
-(RS wgmma; any D with 128 rows, D <= 64 with 256), no faster on an H200.
+traffic per FLOP, 1.7x faster at D = 128 on an H200. Its other variants (query rows,
+the query in registers, TMA loads) are picked by environment variables: see
+``hopper_variants``.
 """
-import contextlib
 import ctypes
 import functools
 import os
@@ -24,22 +23,11 @@ import torch
 from .cuda_archs import missing_code_reason
 from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
 from .custom_op import device_capability as _capability
+from .hopper_variants import hopper_query_in_registers, hopper_tma_loads, rows_setting
 from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 METRIC_CODES = {"dot": 0, "cosine": 1, "l2": 2}
-HOPPER_ROWS = (256, 128)  # query rows per CTA of the wgmma kernel; the first is the default
-HOPPER_QUERY = ("shared", "registers")  # where the wgmma kernel's query operand lives; the first is the default
-WIDEST_256_ROWS = 192  # the widest D whose 256-row query tile fits beside the pipeline (H100, H200)
-WIDEST_256_ROWS_IN_REGISTERS = 64  # the widest D whose 256 query rows fit in a consumer's registers
-
-
-def _wgmma_name(rows, query):
-    return "wgmma" + ("-256" if rows == 256 else "") + ("-rs" if query == "registers" else "")
-
-
-# The wgmma kernel's variants by the names ``kernel_name`` reports: (rows, query); the first is the default.
-HOPPER_VARIANTS = {_wgmma_name(rows, query): (rows, query) for query in HOPPER_QUERY for rows in HOPPER_ROWS}
 BUILD_FAILED_NOTE = Path(__file__).resolve().parent.parent / "_C_build_failed.txt"  # setup.py writes it
 
 
@@ -88,79 +76,24 @@ def hopper_enabled(device):
     return os.environ.get("REFMATCH_CUDA_HOPPER") != "0" and _capability(device) == (9, 0) and _built_for_hopper()
 
 
-def _setting(name, choices):
-    """Environment variable ``name``, one of ``choices`` (the first is the default), or a
-    ValueError naming it; refused on every card alike."""
-    value = os.environ.get(name, choices[0])
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
 def hopper_rows(device, k=1):
     """Query rows per CTA asked of the wgmma kernel for a k-call on ``device``: 0 where
     it is off (``hopper_enabled``; top-k always runs mma.sync), else
     ``REFMATCH_CUDA_HOPPER_ROWS`` (256, the default, or 128; the kernel takes 128 where
-    256 rows do not fit, see ``documented_hopper_kernel``)."""
-    rows = int(_setting("REFMATCH_CUDA_HOPPER_ROWS", [str(rows) for rows in HOPPER_ROWS]))
+    256 rows do not fit, see ``hopper_variants.documented_hopper_kernel``)."""
+    rows = rows_setting()
     return rows if k == 1 and hopper_enabled(device) else 0
-
-
-def hopper_query_in_registers():
-    """Whether the wgmma kernel holds its query in registers: ``REFMATCH_CUDA_HOPPER_QUERY``
-    "registers" (RS wgmma, where D allows) or "shared" (the default)."""
-    return _setting("REFMATCH_CUDA_HOPPER_QUERY", HOPPER_QUERY) == "registers"
-
-
-@contextlib.contextmanager
-def hopper_kernel(variant=None):
-    """Inside the block the cuda backend runs ``variant`` where a call allows it:
-    "mma.sync" (``REFMATCH_CUDA_HOPPER=0``) or a ``HOPPER_VARIANTS`` name, which sets
-    ``REFMATCH_CUDA_HOPPER_ROWS`` and ``REFMATCH_CUDA_HOPPER_QUERY``; None turns the
-    wgmma kernel on with the rows and query as set. The variables are restored after."""
-    if variant is not None and variant != "mma.sync" and variant not in HOPPER_VARIANTS:
-        raise ValueError(f"variant must be mma.sync or one of {', '.join(HOPPER_VARIANTS)}, got {variant!r}")
-    settings = {"REFMATCH_CUDA_HOPPER": "0" if variant == "mma.sync" else "1"}
-    if variant in HOPPER_VARIANTS:
-        rows, query = HOPPER_VARIANTS[variant]
-        settings.update(REFMATCH_CUDA_HOPPER_ROWS=str(rows), REFMATCH_CUDA_HOPPER_QUERY=query)
-    previous = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
-
-
-def documented_hopper_kernel(variant, dim):
-    """The wgmma kernel that ``variant``'s setting runs at D = dim, by the documented rule
-    (the scripts and tests check ``kernel_name`` against it): 256-row tiles up to
-    ``WIDEST_256_ROWS``; the query in registers at any D with 128 rows, up to
-    ``WIDEST_256_ROWS_IN_REGISTERS`` with 256."""
-    rows, query = HOPPER_VARIANTS[variant]
-    rows = 256 if rows == 256 and dim <= WIDEST_256_ROWS else 128
-    fits = rows == 128 or dim <= WIDEST_256_ROWS_IN_REGISTERS
-    return _wgmma_name(rows, query if fits else "shared")
-
-
-def default_hopper_kernels():
-    """The wgmma kernels the default setting runs, by D: ("wgmma-256", "wgmma")."""
-    default = next(iter(HOPPER_VARIANTS))
-    return tuple(dict.fromkeys(documented_hopper_kernel(default, dim) for dim in range(8, 257, 8)))
 
 
 def kernel_name(query, reference):
     """The kernel ``match_argmax_cuda`` runs for query [B, D, H, W] maps against
-    reference [M, D]: "wgmma" (128 query rows per CTA), "wgmma-256", "wgmma-rs",
-    "wgmma-256-rs" (query in registers) or "mma.sync"."""
+    reference [M, D]: "mma.sync" or a ``hopper_variants.HOPPER_VARIANTS`` name ("wgmma",
+    "wgmma-256", with "-rs" for the query in registers and "-tma" for TMA loads)."""
     device = query.device
     return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], tf32_allowed(query.dtype),
                                              device.index, hopper_rows(device), hopper_query_in_registers(),
-                                             reference.data_ptr(), *reference.stride())
+                                             reference.data_ptr(), *reference.stride(), reference.shape[0],
+                                             hopper_tma_loads())
 
 
 def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
@@ -202,6 +135,8 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
     device = query.device
     partial_score, partial_index = partials
     ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
+    if ref_stat.data_ptr() % 16:  # a sliced stat: TMA loads need 16-byte aligned rows
+        ref_stat = ref_stat.clone()
     native_module().match_argmax(
         query.data_ptr(), DTYPE_CODES[query.dtype], batch, dim, height, width, query.stride(),
         reference.data_ptr(), reference.shape[0], reference.stride(),
@@ -211,6 +146,7 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
         partial_index.data_ptr() if partial_index is not None else 0,
         torch.cuda.current_stream(device).cuda_stream, device.index, hopper_rows(device, k),
         split_starts.data_ptr() if split_starts is not None else 0, k, hopper_query_in_registers(),
+        hopper_tma_loads(),
     )
 
 
@@ -283,7 +219,7 @@ class CudaBackend:
             return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
         hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192 (REFMATCH_CUDA_HOPPER=0: mma.sync; "
                   "REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: query in "
-                  "registers)"
+                  "registers; REFMATCH_CUDA_HOPPER_LOADS=tma: TMA loads)"
                   if _built_for_hopper() else "")
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")

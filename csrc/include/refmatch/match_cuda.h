@@ -50,17 +50,20 @@ struct MatchArgs {
   // The wgmma kernel holds the query in registers (RS wgmma) where they suffice
   // (hopper_query_fits_registers: any D with 128 rows, D <= 64 with 256).
   bool hopper_query_registers = false;
+  // The wgmma kernel's producer loads the bank through TMA where the call allows
+  // (hopper_tma_eligible: 16-byte aligned bank and metric terms, M < 2^31).
+  bool hopper_tma_loads = false;
 };
 
 // Launches the match kernel (and the split merge for k = 1) on args.stream; never syncs.
 void match_argmax(const MatchArgs& args);
 
-// Which kernel a call with these inputs runs: "wgmma" (128 query rows per CTA),
-// "wgmma-256", "wgmma-rs", "wgmma-256-rs" (query in registers) or "mma.sync"
-// (host queries only).
+// Which kernel a call with these inputs runs: "wgmma" (128 query rows per CTA) or
+// "wgmma-256", each with "-rs" (query in registers) and "-tma" (TMA loads; ref_stat
+// taken as aligned) where asked and possible, or "mma.sync" (host queries only).
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
                               bool hopper_query_registers, uintptr_t reference, int64_t stride_m,
-                              int64_t stride_d);
+                              int64_t stride_d, int64_t num_refs, bool hopper_tma_loads);
 
 // Split count that fills `device` for N rows and M references (host queries
 // only: capturable, no sync).

@@ -29,6 +29,10 @@
 //   cp.async into `stages` buffers (a multiple of the chunk count, so a stage
 //   always holds the same chunk and the zeros past D stay put) and signals a
 //   `full` mbarrier per stage; consumers release it through an `empty` one.
+//   With tma_loads (REFMATCH_CUDA_HOPPER_LOADS=tma, hopper_tma_eligible) one
+//   producer thread issues a TMA box load per step instead, counted in bytes on
+//   the `full` barrier: no copy instructions or address arithmetic on the
+//   schedulers the consumers use, and TMA writes the zeros past D and the bank.
 //   The consumers take turns on the tensor cores (two named barriers, as in
 //   CUTLASS's ping-pong kernels): a turn is issuing one tile's wgmmas; then the
 //   other consumer issues while this one waits for its MMAs and runs its
@@ -81,7 +85,9 @@ __device__ __forceinline__ void load_query_and_padding(char* query_tiles, char* 
     *reinterpret_cast<uint4*>(chunk + swizzle128_offset(row, unit % Tile::kUnitsPerRow)) =
         *reinterpret_cast<const uint4*>(values);
   }
-  // A stale Inf past D times the query's zero there would make a score NaN.
+  // A stale Inf past D times the query's zero there would make a score NaN (TMA
+  // writes the zeros itself).
+  if (p.tma_loads) return;
   const int64_t filled_units = (p.dim - (p.dim_chunks - 1) * Tile::kChunkElements) / 8;
   for (int i = threadIdx.x; i < layout.stages * Tile::kBlockM * Tile::kUnitsPerRow; i += Tile::kThreads) {
     const int64_t stage = i / (Tile::kBlockM * Tile::kUnitsPerRow), row = i / Tile::kUnitsPerRow % Tile::kBlockM;
@@ -117,6 +123,28 @@ __device__ __forceinline__ void load_step(char* stage, const MatchParams& p, con
   }
 }
 
+// Producer with TMA, one thread: each step is one box of the bank (and of ref_stat
+// beside a tile's last chunk) into its stage, counted in bytes on the stage's `full`
+// barrier. Boxes are whole: rows past the bank and columns past D arrive as zeros.
+__device__ __forceinline__ void load_steps_with_tma(char* stages, uint64_t* full, uint64_t* empty, const MatchParams& p,
+                                                    const HopperSmemLayout& layout, int64_t m_begin, int64_t tiles) {
+  using Tile = HopperTile;
+  wgmma::prefetch_tensor_map(&p.reference_map);
+  const bool with_stats = p.metric != static_cast<int>(MatchMetric::kDot);
+  for (int64_t step = 0; step < tiles * p.dim_chunks; ++step) {
+    const int64_t stage = step % layout.stages, round = step / layout.stages;
+    const int64_t tile = step / p.dim_chunks, chunk = step % p.dim_chunks;
+    const int m0 = static_cast<int>(m_begin + tile * Tile::kBlockM);  // hopper_tma_eligible: M < 2^31
+    const bool stats = with_stats && chunk + 1 == p.dim_chunks;
+    if (round > 0) wgmma::barrier_wait(empty + stage, static_cast<int>((round - 1) & 1));
+    char* destination = stages + stage * layout.stage_bytes;
+    wgmma::barrier_arrive_expect_bytes(full + stage, Tile::kTileChunkBytes + (stats ? Tile::kBlockM * 4 : 0));
+    wgmma::tma_load(destination, &p.reference_map, static_cast<int>(chunk * Tile::kChunkElements), m0,
+                    full + stage);
+    if (stats) wgmma::tma_load(destination + layout.stat_offset, &p.stat_map, m0, full + stage);
+  }
+}
+
 // Consumer: its query rows (row blocks of 64) of chunk `chunk`, k16 step `k`, as the
 // A fragments of the RS wgmma: ldmatrix.x4 of each warp's 16 x 16 block from the
 // swizzled tile (lanes 0-15: rows, k 0-7; lanes 16-31: rows, k 8-15).
@@ -139,7 +167,7 @@ __device__ __forceinline__ void load_query_fragments(uint32_t (&fragments)[kRowB
 }
 
 template <bool kBFloat16, int kRowBlocks, bool kQueryInRegisters>
-__global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_kernel(const MatchParams p) {
+__global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_kernel(const __grid_constant__ MatchParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = HopperTile;
   constexpr int kBlockN = static_cast<int>(hopper_block_n(kRowBlocks));
@@ -159,7 +187,7 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
   load_query_and_padding<kBlockN>(query_tiles, stages, p, layout, row0);
   if (threadIdx.x == 0) {
     for (int s = 0; s < layout.stages; ++s) {
-      wgmma::barrier_init(full + s, Tile::kProducerThreads);
+      wgmma::barrier_init(full + s, p.tma_loads ? 1 : Tile::kProducerThreads);
       wgmma::barrier_init(empty + s, Tile::kConsumerThreads);
     }
     wgmma::fence_barrier_init();
@@ -174,6 +202,10 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
 
   if (warpgroup == 0) {  // producer
     wgmma::release_registers<kProducerRegisters>();
+    if (p.tma_loads) {
+      if (threadIdx.x == 0) load_steps_with_tma(stages, full, empty, p, layout, m_begin, tiles);
+      return;
+    }
     for (int64_t step = 0; step < tiles * p.dim_chunks; ++step) {
       const int64_t stage = step % layout.stages, round = step / layout.stages;
       if (round > 0) wgmma::barrier_wait(empty + stage, static_cast<int>((round - 1) & 1));
@@ -207,7 +239,7 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
       const int64_t step = tile * p.dim_chunks + chunk;
       stage = step % layout.stages;
       wgmma::barrier_wait(full + stage, static_cast<int>((step / layout.stages) & 1));
-      wgmma::fence_proxy_async();  // the cp.async stores, before wgmma reads them
+      if (!p.tma_loads) wgmma::fence_proxy_async();  // the cp.async stores, before wgmma reads them
       const char* ref_chunk = stages + stage * layout.stage_bytes;
       const char* query_chunk = query_rows + chunk * layout.query_chunk_bytes;
       wgmma::pin(acc);

@@ -5,6 +5,8 @@
 // shared-memory row of MatchTile::kRowBytes.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
+
 #include <cstdint>
 
 #include "refmatch/match_plan.h"
@@ -26,6 +28,10 @@ struct MatchParams {
   int slots;            // k: 1 (running best) or the top-k list length
   int ref_copy_bytes;   // reference_copy_bytes(): 16, 8, 4, or 0 for element loads
   bool query_resident;  // all D chunks of the query tile stay in shared memory
+  // The wgmma kernel loads the bank through TMA (hopper_tma.cu): reference_map cuts it
+  // into 128-row x 64-element boxes in the 128B swizzle, stat_map ref_stat into 128s.
+  bool tma_loads;
+  CUtensorMap reference_map, stat_map;
 };
 
 // Bank rows [begin, end) of this CTA's split: refs_per_split rows each, or the

@@ -85,6 +85,16 @@ inline bool hopper_eligible(int64_t dim, int dtype, int ref_copy_bytes, int64_t 
   return hopper_smem_layout(match_dim_chunks(dim, 2)).total_bytes <= smem_limit;
 }
 
+// Whether an eligible call's producer can load through TMA (hopper_tma.cu): tensor
+// maps need 16-byte aligned bases and row strides of at least a row (below 2^40
+// bytes), and box coordinates are int32, so M < 2^31. ref_stat: 0 for dot.
+inline bool hopper_tma_eligible(int64_t num_refs, int64_t dim, uint64_t reference, int64_t stride_m,
+                                uint64_t ref_stat) {
+  const int64_t row_bytes = stride_m * 2;
+  return num_refs >= 1 && num_refs <= INT32_MAX && reference % 16 == 0 && ref_stat % 16 == 0 &&
+         stride_m >= dim && row_bytes % 16 == 0 && row_bytes < (int64_t{1} << 40);
+}
+
 // D chunks of the query a consumer can hold in registers for the RS form of wgmma, 16
 // per chunk and row block: all 4 (D <= 256) beside the 64 accumulators of 128 rows per
 // CTA; 1 (D <= 64) beside the 128 of 256 rows (2 chunks spilled 312 bytes).

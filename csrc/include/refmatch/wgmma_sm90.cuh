@@ -1,8 +1,9 @@
 // Hopper primitives in inline PTX, sm_90a only: shared-memory matrix
 // descriptors for the 128B-swizzled K-major layout, the m64n128k16 fp16/bf16
 // warpgroup MMA (wgmma; A from shared memory or registers) with float32
-// accumulators and its fences, mbarriers
-// (with cp.async arrivals), named barriers and warpgroup register reallocation.
+// accumulators and its fences, mbarriers (with cp.async arrivals and TMA
+// transaction counts), TMA tile loads, named barriers and warpgroup register
+// reallocation.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,31 @@ __device__ __forceinline__ void barrier_arrive_after_copies(uint64_t* barrier) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(mma::shared_address(barrier))
                : "memory");
 }
+// Arrives and adds `bytes` to the phase's expected transactions: the phase completes
+// once the TMA loads signalling this barrier have delivered that many bytes.
+__device__ __forceinline__ void barrier_arrive_expect_bytes(uint64_t* barrier, int bytes) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
+               ::"r"(mma::shared_address(barrier)), "r"(bytes) : "memory");
+}
+
+// TMA tile loads: the box of `map` (a __grid_constant__ kernel parameter) at these
+// element coordinates (innermost first) into shared memory at `destination`, zeros
+// outside the tensor; completion counts the box's bytes on `barrier`.
+__device__ __forceinline__ void tma_load(void* destination, const void* map, int x, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2}], [%3];\n"
+      ::"r"(mma::shared_address(destination)), "l"(map), "r"(x), "r"(mma::shared_address(barrier)) : "memory");
+}
+__device__ __forceinline__ void tma_load(void* destination, const void* map, int x, int y, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+      "[%4];\n" ::"r"(mma::shared_address(destination)), "l"(map), "r"(x), "r"(y),
+      "r"(mma::shared_address(barrier)) : "memory");
+}
+__device__ __forceinline__ void prefetch_tensor_map(const void* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
+}
+
 // Blocks until the phase with this parity (0 for the first) has completed.
 __device__ __forceinline__ void barrier_wait(uint64_t* barrier, int parity) {
   asm volatile(

@@ -1,0 +1,100 @@
+"""The Hopper (wgmma) kernel's variants and the environment variables that pick one.
+
+Three settings, each read at every call and refused by name when unknown:
+
+- ``REFMATCH_CUDA_HOPPER_ROWS``: query rows per CTA, 256 (the default; 128 where D > 192,
+  as that tile does not fit beside the pipeline) or 128;
+- ``REFMATCH_CUDA_HOPPER_QUERY``: "shared" (the default) or "registers" (RS wgmma; any D
+  with 128 rows, D <= 64 with 256);
+- ``REFMATCH_CUDA_HOPPER_LOADS``: "cp.async" (the default: a producer warpgroup copies the
+  bank) or "tma" (one producer thread issues TMA box loads; needs a 16-byte aligned bank
+  with M < 2^31, else cp.async). Not yet run on a GPU, hence not the default.
+
+A variant's name is the one ``cuda_backend.kernel_name`` reports: "wgmma", then "-256",
+"-rs" and "-tma" for the non-default settings.
+"""
+import contextlib
+import os
+
+HOPPER_ROWS = (256, 128)  # query rows per CTA; the first is the default
+HOPPER_QUERY = ("shared", "registers")  # where the query operand lives; the first is the default
+HOPPER_LOADS = ("cp.async", "tma")  # how the producer loads the bank; the first is the default
+WIDEST_256_ROWS = 192  # the widest D whose 256-row query tile fits beside the pipeline (H100, H200)
+WIDEST_256_ROWS_IN_REGISTERS = 64  # the widest D whose 256 query rows fit in a consumer's registers
+SETTINGS = ("REFMATCH_CUDA_HOPPER_ROWS", "REFMATCH_CUDA_HOPPER_QUERY", "REFMATCH_CUDA_HOPPER_LOADS")
+
+
+def wgmma_name(rows, query, loads):
+    return ("wgmma" + ("-256" if rows == 256 else "") + ("-rs" if query == "registers" else "")
+            + ("-tma" if loads == "tma" else ""))
+
+
+# Variants by name: (rows, query, loads); the first is the default.
+HOPPER_VARIANTS = {wgmma_name(rows, query, loads): (rows, query, loads)
+                   for loads in HOPPER_LOADS for query in HOPPER_QUERY for rows in HOPPER_ROWS}
+
+
+def setting(name, choices):
+    """Environment variable ``name``, one of ``choices`` (the first is the default), or a
+    ValueError naming it; refused on every card alike."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def rows_setting():
+    """``REFMATCH_CUDA_HOPPER_ROWS`` as an int: 256 (the default) or 128."""
+    return int(setting("REFMATCH_CUDA_HOPPER_ROWS", [str(rows) for rows in HOPPER_ROWS]))
+
+
+def hopper_query_in_registers():
+    """Whether the wgmma kernel holds its query in registers: ``REFMATCH_CUDA_HOPPER_QUERY``
+    "registers" (RS wgmma, where D allows) or "shared" (the default)."""
+    return setting("REFMATCH_CUDA_HOPPER_QUERY", HOPPER_QUERY) == "registers"
+
+
+def hopper_tma_loads():
+    """Whether the wgmma kernel loads the bank through TMA: ``REFMATCH_CUDA_HOPPER_LOADS``
+    "tma" (where the bank allows) or "cp.async" (the default)."""
+    return setting("REFMATCH_CUDA_HOPPER_LOADS", HOPPER_LOADS) == "tma"
+
+
+@contextlib.contextmanager
+def hopper_kernel(variant=None):
+    """Inside the block the cuda backend runs ``variant`` where a call allows it:
+    "mma.sync" (``REFMATCH_CUDA_HOPPER=0``) or a ``HOPPER_VARIANTS`` name, which sets the
+    three ``SETTINGS``; None turns the wgmma kernel on with the settings as they are. The
+    variables are restored after."""
+    if variant is not None and variant != "mma.sync" and variant not in HOPPER_VARIANTS:
+        raise ValueError(f"variant must be mma.sync or one of {', '.join(HOPPER_VARIANTS)}, got {variant!r}")
+    settings = {"REFMATCH_CUDA_HOPPER": "0" if variant == "mma.sync" else "1"}
+    if variant in HOPPER_VARIANTS:
+        settings.update(zip(SETTINGS, map(str, HOPPER_VARIANTS[variant])))
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def documented_hopper_kernel(variant, dim):
+    """The wgmma kernel that ``variant``'s setting runs at D = dim on a contiguous bank, by the
+    documented rule (the scripts and tests check ``kernel_name`` against it): 256-row tiles
+    up to ``WIDEST_256_ROWS``; the query in registers at any D with 128 rows, up to
+    ``WIDEST_256_ROWS_IN_REGISTERS`` with 256; TMA loads as asked."""
+    rows, query, loads = HOPPER_VARIANTS[variant]
+    rows = 256 if rows == 256 and dim <= WIDEST_256_ROWS else 128
+    fits = rows == 128 or dim <= WIDEST_256_ROWS_IN_REGISTERS
+    return wgmma_name(rows, query if fits else "shared", loads)
+
+
+def default_hopper_kernels():
+    """The wgmma kernels the default setting runs, by D: ("wgmma-256", "wgmma")."""
+    default = next(iter(HOPPER_VARIANTS))
+    return tuple(dict.fromkeys(documented_hopper_kernel(default, dim) for dim in range(8, 257, 8)))
