@@ -5,7 +5,7 @@
 #   build _C for this card (a failed build ends the suite) -> first checks of the Hopper wgmma
 #   kernel (256 and 128 query rows per CTA, the query in shared memory or registers, the bank
 #   loaded by cp.async or TMA) -> benchmark
-#   at the target size with every method -> Triton tile sweep of top-8 and class-wise (D = 128)
+#   at the target size with every method -> the wgmma kernel timed with stages left out -> Triton tile sweep of top-8 and class-wise (D = 128)
 #   -> Nsight Compute profile of each fused kernel -> compute-sanitizer memcheck, racecheck and
 #   synccheck on small cases -> the GPU test files -> D/M sweep, fp16, KeOps -> summary.
 # A failing stage is recorded and the next stages still run. The default runs two
@@ -19,7 +19,7 @@
 #   SUITE_SECONDS=570   TESTS="python_tests/test_match_cuda.py ..." (pytest targets; the wgmma
 #   tests run in the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma-256 wgmma wgmma-256-rs wgmma-rs wgmma-256-tma wgmma-tma bench tune profile memcheck racecheck synccheck tests sweep fp16 keops" (a subset runs only those)
+#   STAGES="build info wgmma-256 wgmma wgmma-256-rs wgmma-rs wgmma-256-tma wgmma-tma bench ablate tune profile memcheck racecheck synccheck tests sweep fp16 keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -134,19 +134,25 @@ else
   done
 fi
 
-# 3. The issues' target size with every method (one results file, rewritten after every row:
-# a stage cut off at its limit keeps what it measured); then the Triton tile sweep of the
-# reductions still short of #4's targets, at D = 128.
-BENCH=(python bench/bench_match.py --device cuda)
-stage bench 180 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
-stage tune 100 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 classwise-4
-
-# 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each; of the wgmma
-# variants the default and its TMA form (issue #3's question), where they passed their checks.
+# The wgmma variants whose time the ablate and profile stages place: the default and its TMA
+# form (issue #3's question), where they passed their checks.
 PROFILED=()
 for variant in wgmma-256 wgmma-256-tma; do
   if [[ " ${HOPPER_VARIANTS[*]} " == *" $variant "* ]]; then PROFILED+=("$variant"); fi
 done
+
+# 3. The issues' target size with every method (one results file, rewritten after every row:
+# a stage cut off at its limit keeps what it measured); then the wgmma kernel with stages left
+# out, and the Triton tile sweep of the reductions still short of #4's targets, at D = 128.
+BENCH=(python bench/bench_match.py --device cuda)
+stage bench 180 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
+# Where the default wgmma kernel's time goes, and its TMA form's: each timed whole, without its
+# epilogue, without its loads, and with neither (no hardware counters needed).
+stage ablate 60 python bench/ablate_wgmma.py --variants "${PROFILED[@]}"
+stage tune 100 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 classwise-4
+
+# 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each; of the wgmma
+# variants the default and its TMA form (PROFILED, as the ablate stage).
 stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
   --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py \

@@ -99,12 +99,13 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
                   int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
                   int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
                   int device, int64_t hopper_rows, uintptr_t split_starts, int64_t k,
-                  bool hopper_query_registers, bool hopper_tma_loads) {
+                  bool hopper_query_registers, bool hopper_tma_loads, int ablate) {
   // Aggregate order is MatchArgs' field order.
   refmatch::match_argmax(refmatch::MatchArgs{
       query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
       reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
-      partial_index, stream, device, hopper_rows, split_starts, k, hopper_query_registers, hopper_tma_loads});
+      partial_index, stream, device, hopper_rows, split_starts, k, hopper_query_registers, hopper_tma_loads,
+      ablate});
 }
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
@@ -194,14 +195,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("metric"), py::arg("allow_tf32"), py::arg("out_score"), py::arg("out_index"),
         py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
         py::arg("device"), py::arg("hopper_rows") = 0, py::arg("split_starts") = 0, py::arg("k") = 1,
-        py::arg("hopper_query_registers") = false, py::arg("hopper_tma_loads") = false,
+        py::arg("hopper_query_registers") = false, py::arg("hopper_tma_loads") = false, py::arg("ablate") = 0,
         "Fused match on raw device pointers, on the caller's stream; no sync. k = 1: writes oriented "
         "scores float32 [N] and indices int64 [N] (and per-split partials [splits, N] when splits > 1). "
         "k = 2..64: sorted top-k lists [splits, N, k] into out_score / out_index (partials unused). "
         "hopper_rows: query rows per CTA of the wgmma kernel (128, or 256 where it fits; 0: off), which runs "
         "where it can serve a k = 1 call; hopper_query_registers: its query in registers (RS wgmma) "
         "where it fits (any D with 128 rows, D <= 64 with 256); hopper_tma_loads: its bank loaded through TMA "
-        "where the call allows (16-byte aligned bank and ref_stat, M < 2^31). split_starts: device int64 "
+        "where the call allows (16-byte aligned bank and ref_stat, M < 2^31); ablate (diagnostics, results "
+        "meaningless): wgmma stages left out, 1 loads + 2 epilogue. split_starts: device int64 "
         "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),

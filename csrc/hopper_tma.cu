@@ -18,19 +18,27 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   static const PFN_cuTensorMapEncodeTiled_v12000 function = [] {
     void* pointer = nullptr;
     cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
     const cudaError_t status =
         cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &pointer, 12000, cudaEnableDefault, &found);
+#else  // CUDA 12.0 - 12.4: the lookup without a version
+    const cudaError_t status = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &pointer, cudaEnableDefault, &found);
+#endif
     if (status != cudaSuccess || found != cudaDriverEntryPointSuccess || pointer == nullptr) {
-      throw std::runtime_error(std::string("refmatch CUDA match: the driver offers no cuTensorMapEncodeTiled for "
-                                           "TMA loads (REFMATCH_CUDA_HOPPER_LOADS=cp.async does without): ") +
-                               cudaGetErrorString(status));
+      const std::string reason = status != cudaSuccess ? cudaGetErrorString(status)
+                                 : found == cudaDriverEntryPointVersionNotSufficent
+                                     ? "the driver is older than CUDA 12.0"
+                                     : "the driver has no such symbol";
+      throw std::runtime_error("refmatch CUDA match: no cuTensorMapEncodeTiled for TMA loads (" + reason +
+                               "); REFMATCH_CUDA_HOPPER_LOADS=cp.async does without");
     }
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(pointer);
   }();
   return function;
 }
 
-// One map of `rank` (1 or 2) dimensions, innermost first; strides in bytes for the outer one.
+// One map of `rank` (1 or 2) dimensions, innermost first; strides[rank - 1] in bytes for the
+// outer ones (a rank-1 map passes one it does not read, as some drivers may want a pointer).
 void encode(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, const void* address,
             const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapSwizzle swizzle,
             const char* what) {
@@ -56,8 +64,9 @@ void encode_hopper_tma_maps(detail::MatchParams& p) {
          CU_TENSOR_MAP_SWIZZLE_128B, "reference");
   if (p.metric == static_cast<int>(MatchMetric::kDot)) return;  // dot reads no metric terms
   const cuuint64_t stat_dims[1] = {static_cast<cuuint64_t>(p.num_refs)};
+  const cuuint64_t stat_strides[1] = {static_cast<cuuint64_t>(round_up(p.num_refs * 4, 16))};  // unread
   const cuuint32_t stat_box[1] = {Tile::kBlockM};
-  encode(&p.stat_map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1, p.ref_stat, stat_dims, nullptr, stat_box,
+  encode(&p.stat_map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1, p.ref_stat, stat_dims, stat_strides, stat_box,
          CU_TENSOR_MAP_SWIZZLE_NONE, "ref_stat");
 }
 

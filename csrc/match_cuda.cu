@@ -182,6 +182,7 @@ void check_args(const MatchArgs& a) {
   require(a.k >= 1 && a.k <= kMaxTopK, "k must be in [1, " + std::to_string(kMaxTopK) + "], got " +
                                           std::to_string(a.k));
   check_hopper_rows(a.hopper_rows);
+  require(a.ablate >= 0 && a.ablate <= kAblateAll, "ablate must be 0, 1 (no loads), 2 (no epilogue) or 3 (neither)");
   require(a.splits == 1 || a.k > 1 || (a.partial_score != 0 && a.partial_index != 0),
           "splits > 1 needs partial_score and partial_index workspaces [splits, N]");
 }
@@ -229,6 +230,8 @@ void match_argmax(const MatchArgs& a) {
                    hopper_tma_eligible(a.num_refs, a.dim, a.reference, a.reference_strides[0], stat);
   const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper_rows,
                                       a.hopper_query_registers, tma, copy_bytes, a.k);
+  require(a.ablate == 0 || std::string(plan.name) != "mma.sync",
+          "ablate leaves out stages of the wgmma kernel, and this call runs mma.sync");
   const bool split = a.splits > 1 && a.k == 1;  // top-k lists go straight to the outputs
   detail::MatchParams p{};
   p.query = reinterpret_cast<const void*>(a.query);
@@ -255,6 +258,7 @@ void match_argmax(const MatchArgs& a) {
   p.ref_copy_bytes = copy_bytes;
   p.query_resident = plan.query_resident;
   p.tma_loads = plan.tma_loads;
+  p.ablate = a.ablate;
   if (p.tma_loads) encode_hopper_tma_maps(p);
 
   const auto stream = reinterpret_cast<cudaStream_t>(a.stream);

@@ -182,7 +182,7 @@ def launch_args(**overrides):
     ({"dtype": 7}, "dtype code"), ({"metric": 3}, "metric code"), ({"dim": 0}, "dim"),
     ({"num_refs": 0}, "num_refs"), ({"splits": 0}, "splits"), ({"splits": 2}, "workspaces"),
     ({"ref_stat": 0}, "ref_stat"), ({"query_strides": (1, -1, 1, 1)}, "strides"),
-    ({"hopper_rows": 64}, "hopper_rows"),
+    ({"hopper_rows": 64}, "hopper_rows"), ({"ablate": 4}, "ablate must be 0, 1"), ({"ablate": -1}, "ablate"),
     ({"batch": 2 ** 62, "height": 4}, "batch \\* height \\* width overflows int64"),  # wrapped to 0 rows before
 ])
 def test_bad_launch_arguments_raise_value_error_before_cuda(overrides, message):

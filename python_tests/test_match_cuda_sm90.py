@@ -170,6 +170,22 @@ def test_many_splits_for_few_rows_and_graph_capture():
     assert torch.equal(captured.index, expected.index)
 
 
+def test_ablated_runs_finish_and_other_kernels_refuse_them():
+    """bench/ablate_wgmma.py's runs (stages left out, results meaningless) end without a CUDA
+    error in every variant; a call the wgmma kernel does not serve refuses them."""
+    from refmatch.backends.cuda_backend import launch_match
+    from refmatch.backends.scoring import reference_stat
+
+    skip_unless_first_to_run(64)
+    query = torch.randn(300, 64, device="cuda").bfloat16().T[None, :, :, None]
+    reference = torch.randn(1000, 64, device="cuda").bfloat16()
+    for ablate in (1, 2, 3):
+        launch_match(query, reference, reference_stat(reference, "l2"), "l2", ablate=ablate)
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match="ablate leaves out stages of the wgmma kernel"):
+        launch_match(query.float(), reference.float(), reference_stat(reference, "dot"), "dot", ablate=1)
+
+
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_classwise_max_over_class_ranges(grouped, metric):

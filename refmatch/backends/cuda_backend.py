@@ -127,10 +127,11 @@ def default_splits(query, num_refs, k=1):
 
 
 def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, splits, partials=(None, None),
-               split_starts=None, k=1):
+               split_starts=None, k=1, ablate=0):
     """One launch of ``refmatch._C.match_argmax`` on the caller's stream (see match_cuda.h):
     k = 1 writes out_score / out_index [N] (partials [S, N] as split workspace);
-    k > 1 writes sorted lists [S, N, k] into them."""
+    k > 1 writes sorted lists [S, N, k] into them. ablate: diagnostics only (the wgmma
+    kernel's stages left out, ``bench/ablate_wgmma.py``; results meaningless)."""
     batch, dim, height, width = query.shape
     device = query.device
     partial_score, partial_index = partials
@@ -146,17 +147,17 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
         partial_index.data_ptr() if partial_index is not None else 0,
         torch.cuda.current_stream(device).cuda_stream, device.index, hopper_rows(device, k),
         split_starts.data_ptr() if split_starts is not None else 0, k, hopper_query_in_registers(),
-        hopper_tma_loads(),
+        hopper_tma_loads(), ablate,
     )
 
 
-def launch_match(query, reference, ref_stat, metric, *, splits=None, split_starts=None):
+def launch_match(query, reference, ref_stat, metric, *, splits=None, split_starts=None, ablate=0):
     """``match_argmax_cuda`` plus the per-range partial bests.
 
     split_starts: int64 [S + 1] on the device, non-decreasing in [0, M]: range s is
     bank rows [split_starts[s], split_starts[s + 1]) (S = splits); None: even ranges.
     Returns (score [N], index [N], partial scores [S, N]); each range's oriented
-    best, -inf where it holds no score but -inf or NaN.
+    best, -inf where it holds no score but -inf or NaN. ablate: see ``run_kernel``.
     """
     batch, _, height, width = query.shape
     num_rows, device = batch * height * width, query.device
@@ -173,7 +174,7 @@ def launch_match(query, reference, ref_stat, metric, *, splits=None, split_start
     if num_rows > 0:
         run_kernel(query, reference, ref_stat, metric, score, index, splits=splits,
                    partials=(partial_score, partial_index) if splits > 1 else (None, None),
-                   split_starts=split_starts)
+                   split_starts=split_starts, ablate=ablate)
     return score, index, partial_score
 
 

@@ -53,6 +53,10 @@ struct MatchArgs {
   // The wgmma kernel's producer loads the bank through TMA where the call allows
   // (hopper_tma_eligible: 16-byte aligned bank and metric terms, M < 2^31).
   bool hopper_tma_loads = false;
+  // Diagnostics only: HopperAblation bits (1 bank loads, 2 epilogue) that
+  // the wgmma kernel leaves out, to time its stages by difference. Results are
+  // meaningless; a call that runs another kernel is refused.
+  int ablate = 0;
 };
 
 // Launches the match kernel (and the split merge for k = 1) on args.stream; never syncs.

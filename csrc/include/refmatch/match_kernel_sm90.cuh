@@ -40,6 +40,12 @@
 //   released after the tile's MMAs have completed, the last one after the
 //   epilogue has read its metric terms.
 //
+// Ablation (p.ablate, diagnostics only: results are meaningless)
+//   Bits of HopperAblation leave out the bank loads or the epilogue, so that
+//   timing differences place the kernel's time without hardware counters
+//   (bench/ablate_wgmma.py). Not the MMAs: a wgmma group that may be empty
+//   makes ptxas add a dummy wgmma to every group.
+//
 // Semantics and limits
 //   As the mma.sync kernel: ties to the lowest index, NaN never wins, rows
 //   without a finite score keep -1, splits merged by merge_splits_kernel, 64-bit
@@ -53,6 +59,7 @@
 #include <cstdint>
 
 #include "refmatch/match_kernel.cuh"
+#include "refmatch/match_loads_sm90.cuh"
 #include "refmatch/match_plan_sm90.h"
 #include "refmatch/wgmma_sm90.cuh"
 
@@ -61,89 +68,6 @@ namespace refmatch::detail {
 template <int kRowBlocks>
 using HopperAccumulators = float[kRowBlocks][HopperTile::kBlockM / 8][4];
 constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;  // 128 x 40 + 256 x 232 <= 65536
-
-// The query tile (kBlockN rows), read once through its strides, and zeros past D
-// in the stages holding the last chunk. Zeros past N and D in the query too.
-template <int kBlockN>
-__device__ __forceinline__ void load_query_and_padding(char* query_tiles, char* stages, const MatchParams& p,
-                                                       const HopperSmemLayout& layout, int64_t row0) {
-  using Tile = HopperTile;
-  const uint16_t* query = static_cast<const uint16_t*>(p.query);
-  const int units = static_cast<int>(p.dim_chunks) * Tile::kUnitsPerRow;
-  for (int i = threadIdx.x; i < kBlockN * units; i += Tile::kThreads) {
-    const int row = i / units, unit = i % units;
-    const int64_t d0 = int64_t{unit} * 8, query_row = row0 + row;
-    const int64_t pixel = query_row % p.pixels_per_image;
-    const int64_t offset = query_row / p.pixels_per_image * p.stride_qb + pixel / p.width * p.stride_qh +
-                           pixel % p.width * p.stride_qw;
-    alignas(16) uint16_t values[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      values[e] = query_row < p.num_rows && d0 + e < p.dim ? query[offset + (d0 + e) * p.stride_qd] : 0;
-    }
-    char* chunk = query_tiles + unit / Tile::kUnitsPerRow * layout.query_chunk_bytes;
-    *reinterpret_cast<uint4*>(chunk + swizzle128_offset(row, unit % Tile::kUnitsPerRow)) =
-        *reinterpret_cast<const uint4*>(values);
-  }
-  // A stale Inf past D times the query's zero there would make a score NaN (TMA
-  // writes the zeros itself).
-  if (p.tma_loads) return;
-  const int64_t filled_units = (p.dim - (p.dim_chunks - 1) * Tile::kChunkElements) / 8;
-  for (int i = threadIdx.x; i < layout.stages * Tile::kBlockM * Tile::kUnitsPerRow; i += Tile::kThreads) {
-    const int64_t stage = i / (Tile::kBlockM * Tile::kUnitsPerRow), row = i / Tile::kUnitsPerRow % Tile::kBlockM;
-    const int unit = i % Tile::kUnitsPerRow;
-    if (stage % p.dim_chunks == p.dim_chunks - 1 && unit >= filled_units) {
-      *reinterpret_cast<uint4*>(stages + stage * layout.stage_bytes + swizzle128_offset(row, unit)) =
-          make_uint4(0, 0, 0, 0);
-    }
-  }
-}
-
-// Producer: step `step` (chunk step % dim_chunks of tile step / dim_chunks) into
-// its stage. Rows past the bank keep stale data; their columns are masked.
-__device__ __forceinline__ void load_step(char* stage, const MatchParams& p, const HopperSmemLayout& layout,
-                                          int64_t step, int64_t m_begin, int64_t m_end, int thread) {
-  using Tile = HopperTile;
-  const int64_t tile = step / p.dim_chunks, chunk = step % p.dim_chunks;
-  const int64_t m0 = m_begin + tile * Tile::kBlockM;
-  const char* reference = static_cast<const char*>(p.reference);
-  for (int i = thread; i < Tile::kBlockM * Tile::kUnitsPerRow; i += Tile::kProducerThreads) {
-    const int row = i / Tile::kUnitsPerRow, unit = i % Tile::kUnitsPerRow;
-    const int64_t d0 = chunk * Tile::kChunkElements + unit * 8;
-    if (m0 + row < m_end && d0 < p.dim) {
-      cp_async_zfill<16>(stage + swizzle128_offset(row, unit), reference + ((m0 + row) * p.stride_rm + d0) * 2, 16);
-    }
-  }
-  if (p.metric != static_cast<int>(MatchMetric::kDot) && chunk + 1 == p.dim_chunks) {
-    for (int i = thread; i < Tile::kBlockM; i += Tile::kProducerThreads) {
-      const bool inside = m0 + i < m_end;
-      const float* src = inside ? p.ref_stat + m0 + i : p.ref_stat;
-      cp_async_zfill<4>(stage + layout.stat_offset + 4 * i, reinterpret_cast<const char*>(src), inside ? 4 : 0);
-    }
-  }
-}
-
-// Producer with TMA, one thread: each step is one box of the bank (and of ref_stat
-// beside a tile's last chunk) into its stage, counted in bytes on the stage's `full`
-// barrier. Boxes are whole: rows past the bank and columns past D arrive as zeros.
-__device__ __forceinline__ void load_steps_with_tma(char* stages, uint64_t* full, uint64_t* empty, const MatchParams& p,
-                                                    const HopperSmemLayout& layout, int64_t m_begin, int64_t tiles) {
-  using Tile = HopperTile;
-  wgmma::prefetch_tensor_map(&p.reference_map);
-  const bool with_stats = p.metric != static_cast<int>(MatchMetric::kDot);
-  for (int64_t step = 0; step < tiles * p.dim_chunks; ++step) {
-    const int64_t stage = step % layout.stages, round = step / layout.stages;
-    const int64_t tile = step / p.dim_chunks, chunk = step % p.dim_chunks;
-    const int m0 = static_cast<int>(m_begin + tile * Tile::kBlockM);  // hopper_tma_eligible: M < 2^31
-    const bool stats = with_stats && chunk + 1 == p.dim_chunks;
-    if (round > 0) wgmma::barrier_wait(empty + stage, static_cast<int>((round - 1) & 1));
-    char* destination = stages + stage * layout.stage_bytes;
-    wgmma::barrier_arrive_expect_bytes(full + stage, Tile::kTileChunkBytes + (stats ? Tile::kBlockM * 4 : 0));
-    wgmma::tma_load(destination, &p.reference_map, static_cast<int>(chunk * Tile::kChunkElements), m0,
-                    full + stage);
-    if (stats) wgmma::tma_load(destination + layout.stat_offset, &p.stat_map, m0, full + stage);
-  }
-}
 
 // Consumer: its query rows (row blocks of 64) of chunk `chunk`, k16 step `k`, as the
 // A fragments of the RS wgmma: ldmatrix.x4 of each warp's 16 x 16 block from the
@@ -209,7 +133,9 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
     for (int64_t step = 0; step < tiles * p.dim_chunks; ++step) {
       const int64_t stage = step % layout.stages, round = step / layout.stages;
       if (round > 0) wgmma::barrier_wait(empty + stage, static_cast<int>((round - 1) & 1));
-      load_step(stages + stage * layout.stage_bytes, p, layout, step, m_begin, m_end, threadIdx.x);
+      if (!(p.ablate & kAblateLoads)) {
+        load_step(stages + stage * layout.stage_bytes, p, layout, step, m_begin, m_end, threadIdx.x);
+      }
       wgmma::barrier_arrive_after_copies(full + stage);
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");  // no copy outlives its thread
@@ -267,8 +193,10 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
       wgmma::barrier_arrive(empty + (tile * p.dim_chunks + chunk) % layout.stages);
     }
     const char* stats = stages + stage * layout.stage_bytes + layout.stat_offset;
-    fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m_begin + tile * Tile::kBlockM, m_end,
-              lane);
+    if (!(p.ablate & kAblateEpilogue)) {
+      fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m_begin + tile * Tile::kBlockM, m_end,
+                lane);
+    }
     wgmma::barrier_arrive(empty + stage);  // after the epilogue read the stage's metric terms
   }
 

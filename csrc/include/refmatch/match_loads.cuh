@@ -31,6 +31,7 @@ struct MatchParams {
   // The wgmma kernel loads the bank through TMA (hopper_tma.cu): reference_map cuts it
   // into 128-row x 64-element boxes in the 128B swizzle, stat_map ref_stat into 128s.
   bool tma_loads;
+  int ablate;  // HopperAblation bits, diagnostics only (the wgmma kernel); 0 otherwise
   CUtensorMap reference_map, stat_map;
 };
 

@@ -28,6 +28,10 @@ struct HopperTile {
 
 };
 
+// Stages the wgmma kernel leaves out for timing by difference (MatchParams::ablate,
+// bench/ablate_wgmma.py): the producer's bank loads, the consumers' epilogue.
+enum HopperAblation : int { kAblateLoads = 1, kAblateEpilogue = 2, kAblateAll = 3 };
+
 // Query rows per CTA with `row_blocks` 64-row blocks per consumer warpgroup: 128 or 256.
 constexpr REFMATCH_HOST_DEVICE int64_t hopper_block_n(int row_blocks) {
   return int64_t{HopperTile::kConsumers} * HopperTile::kRowBlockRows * row_blocks;
