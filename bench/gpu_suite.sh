@@ -4,9 +4,9 @@
 # own limit and SUITE_SECONDS (570) for all of them; what time cuts is listed as SKIPPED and fails:
 #   build _C for this card (a failed build ends the suite) -> first checks of the Hopper wgmma
 #   kernel (256 and 128 query rows per CTA, the query in shared memory or registers, the bank
-#   loaded by cp.async or TMA) -> benchmark
-#   at the target size with every method -> the wgmma kernel timed with stages left out -> Triton tile sweep of top-8 and class-wise (D = 128)
-#   -> Nsight Compute profile of each fused kernel -> compute-sanitizer memcheck, racecheck and
+#   loaded by cp.async or TMA) -> benchmark at the target size with every method -> the wgmma
+#   kernel timed with stages left out -> Triton tile sweep of top-8 and class-wise (D = 128)
+#   -> Nsight Compute profile of the fused kernels -> compute-sanitizer memcheck, racecheck and
 #   synccheck on small cases -> the GPU test files -> D/M sweep, fp16, KeOps -> summary.
 # A failing stage is recorded and the next stages still run. The default runs two
 # kernels, wgmma-256 up to D = 192 and wgmma above: a failed check of either keeps the
@@ -104,7 +104,8 @@ python -c "import xdist" 2>/dev/null && XDIST=(-n 8)
 # 1. Build: no isolation and no deps, so pip never reaches for the network.
 stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e .
-failed() { [[ " ${FAILED_STAGES[*]} " == *" $1 "* ]]; }
+listed() { local item=$1; shift; [[ " $* " == *" $item "* ]]; }  # listed ITEM LIST...
+failed() { listed "$1" "${FAILED_STAGES[@]}"; }
 failed build && finish  # every later stage imports the editable install
 stage info 30 python -m refmatch.info
 
@@ -115,7 +116,7 @@ for variant in wgmma-256 wgmma; do
   stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
 done
 WGMMA_TESTS=()
-HOPPER_VARIANTS=()  # cuda_backend.HOPPER_VARIANTS that passed their check (or were not checked)
+HOPPER_VARIANTS=()  # hopper_variants.HOPPER_VARIANTS that passed their check (or were not checked)
 EXCLUDE=(keops rs-tma)
 if failed wgmma-256 || failed wgmma; then
   WGMMA_TESTS=(--ignore=python_tests/test_match_cuda_sm90.py)
@@ -138,7 +139,7 @@ fi
 # form (issue #3's question), where they passed their checks.
 PROFILED=()
 for variant in wgmma-256 wgmma-256-tma; do
-  if [[ " ${HOPPER_VARIANTS[*]} " == *" $variant "* ]]; then PROFILED+=("$variant"); fi
+  if listed "$variant" "${HOPPER_VARIANTS[@]}"; then PROFILED+=("$variant"); fi
 done
 
 # 3. The issues' target size with every method (one results file, rewritten after every row:

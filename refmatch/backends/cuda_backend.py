@@ -136,7 +136,7 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
     device = query.device
     partial_score, partial_index = partials
     ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
-    if ref_stat.data_ptr() % 16:  # a sliced stat: TMA loads need 16-byte aligned rows
+    if metric != "dot" and ref_stat.data_ptr() % 16:  # a sliced stat: TMA loads need it 16-byte aligned
         ref_stat = ref_stat.clone()
     native_module().match_argmax(
         query.data_ptr(), DTYPE_CODES[query.dtype], batch, dim, height, width, query.stride(),
