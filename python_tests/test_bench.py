@@ -170,3 +170,25 @@ def test_gpu_suite_parses_and_its_test_list_names_every_gpu_test_file():
                 if re.search(r"HAS_CUDA|mark\.cuda|device=\"cuda\"", path.read_text())}
     # test_cuda_build: CI's checks of the build; this file: the pattern above
     assert uses_gpu - {"test_cuda_build.py", "test_bench.py"} <= listed, uses_gpu - listed
+
+
+def test_top_k_and_classwise_rows_are_timed_against_k1_interleaved(tmp_path, monkeypatch):
+    """Each top-8 or class-wise run follows one of the backend's k = 1 dot, and "vs k=1" is the
+    median of the runs' ratios, so a host whose speed drifts moves both alike."""
+    from refmatch import bench_timing
+
+    calls = []
+
+    def fake_seconds(fn, device):  # the baseline (k = 1 dot) 0.5 s; other calls 0.01, 0.02 ... s
+        baseline = getattr(fn, "__name__", "") == "search"
+        calls.append(baseline)
+        return 0.5 if baseline else len(calls) / 100
+    monkeypatch.setattr(bench_timing, "_seconds", fake_seconds)
+    bench.main(["--sizes", "32x256x8", "--only", "torch k=8", "torch classwise", "--repeat", "3", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    rows = [row for row in json.loads(json_path.read_text())["rows"] if "seconds" in row and row["metric"] != "-"]
+    assert [row["method"] for row in rows] == ["refmatch torch k=8", "refmatch torch classwise C=4"]
+    for row in rows:  # runs of 0.08, 0.10, 0.12 s (class-wise 0.14, 0.16, 0.18 s), each after 0.5 s of k = 1
+        assert row["runs"] == 3 and row["ratio_to_k1"] == pytest.approx(row["seconds"] / 0.5)
+    assert calls == [False] * 6 + [True, False] * 6, "the ceilings' 3 runs each, then each run after a k = 1 run"
+    assert "| vs k=1 |" in json_path.with_suffix(".md").read_text()

@@ -12,8 +12,9 @@ matrix fits, every refmatch backend (k = 1 with dot, l2 and cosine, k = 8 with d
 class-wise max over 4 classes), and the peers that
 are installed (FAISS flat search, KeOps, flash-kmeans' assignment kernel; see
 bench_peers.py). It prints a table (median time after a warm-up, TFLOP/s as
-2*N*M*D/time, ratio to the GEMM, peak extra memory, agreement with the float64
-oracle) and writes bench/results/<machine>-<dtype>-<date>.{json,md,png}, with -2, -3 ...
+2*N*M*D/time, ratio to the GEMM, top-8's and the class-wise max's time against
+the backend's k = 1 dot in runs interleaved with it, peak extra memory, agreement
+with the float64 oracle) and writes bench/results/<machine>-<dtype>-<date>.{json,md,png}, with -2, -3 ...
 appended when that name is taken (results are never replaced).
 """
 import argparse
@@ -35,7 +36,7 @@ from refmatch.atomic_file import write_atomic
 from refmatch.bench_oracle import Float64Oracle
 from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
 from refmatch.bench_plot import plot
-from refmatch.bench_timing import PeakMemory, timed
+from refmatch.bench_timing import PeakMemory, timed, timed_against
 
 RESULTS = Path("bench") / "results"
 SLOW_SECONDS = 20.0
@@ -84,12 +85,21 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
             # A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is reported
             # from that run. Otherwise a warm run decides, without the first call's compiles: one
             # slower than a second is all, else ``repeat`` runs in all.
+            # Top-8 and class-wise rows time each run right after one of the backend's k = 1 dot,
+            # whose ratio "vs k=1" is the median of the runs' ratios.
+            ratios = []
             if first > SLOW_SECONDS:
                 times = [first]
-            else:
+            elif method.baseline is None:
                 times = timed(method.run, device, 1)
                 if times[0] < 1:
                     times += timed(method.run, device, repeat - 1)
+            else:
+                method.baseline()  # its warm-up, in case --only left its own row out
+                times, ratios = timed_against(method.run, method.baseline, device, 1)
+                if times[0] < 1:
+                    more = timed_against(method.run, method.baseline, device, repeat - 1)
+                    times, ratios = times + more[0], ratios + more[1]
             if index is None:
                 agreed = None
             elif method.classwise:
@@ -105,21 +115,23 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
             gemm_tflops = max(gemm_tflops or 0.0, tflops)
         yield {**row, "seconds": seconds, "runs": len(times), "min_seconds": min(times), "max_seconds": max(times),
                "tflops": tflops, "peak_mib": memory.peak_mib, "agreement": agreed,
-               "ratio_to_gemm": tflops / gemm_tflops}
+               "ratio_to_gemm": tflops / gemm_tflops, **({"ratio_to_k1": statistics.median(ratios)} if ratios else {})}
 
 
 def _line(r):
     size = f"| {r['n']} | {r['m']} | {r['d']} | {r['dtype']} | {r['method']} | {r['metric']} | {r['k']} |"
     if "skipped" in r or "error" in r:
-        return f"{size} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']} | | | | |"
+        return f"{size} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']} | | | | | |"
     agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f} %"
     ratio = f"{r['ratio_to_gemm']:.2f}" if "ratio_to_gemm" in r else ""
-    return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {ratio} | {r['peak_mib']:.0f} | {agree} |")
+    to_k1 = f"{r['ratio_to_k1']:.2f}" if "ratio_to_k1" in r else ""
+    return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {ratio} | {to_k1} | {r['peak_mib']:.0f} | "
+            f"{agree} |")
 
 
 def markdown(rows):
-    header = ["| N | M | D | dtype | method | metric | k | time (ms) | TFLOP/s | vs GEMM | peak extra MiB | agreement |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["| N | M | D | dtype | method | metric | k | time (ms) | TFLOP/s | vs GEMM | vs k=1 | peak extra MiB "
+              "| agreement |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(header + [_line(r) for r in rows])
 
 

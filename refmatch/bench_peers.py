@@ -3,6 +3,7 @@
 Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
 is not installed, or cannot run on the device, is listed with the reason.
 """
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -21,6 +22,7 @@ class Method:
     flops: float
     skip: Optional[str] = None
     classwise: bool = False      # run returns class-wise scores [N, CLASSES], judged class by class
+    baseline: Optional[Callable] = None  # the same backend's k = 1 dot, timed interleaved ("vs k=1")
 
 
 def _faiss_methods(query, reference, flops):
@@ -142,18 +144,20 @@ def bench_labels(num_refs, device):
 
 def _refmatch_methods(query, reference, flops, keep):
     """k = 1 (dot, l2 and cosine, the default), top-8 and the class-wise max per backend,
-    side by side; only those whose name ``keep`` takes are probed and listed."""
+    side by side; only those whose name ``keep`` takes are probed and listed. Top-8 and the
+    class-wise max carry the backend's k = 1 dot as their baseline (issue #4's ratios)."""
     labels = bench_labels(reference.shape[0], reference.device)
     methods = []
     for status in refmatch.backends():
+        def search(backend=status.name, metric="dot", k=1):  # by default the baseline, k = 1 dot
+            return refmatch.match(query, reference, k=k, metric=metric, backend=backend).index
         for metric, k in (("dot", 1), ("dot", 8), ("l2", 1), ("cosine", 1)):
-            def run(backend=status.name, metric=metric, k=k):
-                return refmatch.match(query, reference, k=k, metric=metric, backend=backend).index
             name = f"refmatch {status.name} k={k}"
             if keep(name):
                 skip = _skip_reason(lambda: refmatch.match(query[:1], reference[:8], k=k, metric=metric,
                                                            backend=status.name))
-                methods.append(Method(name, metric, k, run, flops, skip))
+                methods.append(Method(name, metric, k, functools.partial(search, metric=metric, k=k), flops, skip,
+                                      baseline=search if k > 1 else None))
 
         def classwise(backend=status.name, labels=labels):
             return refmatch.classwise_max(query, reference, labels, CLASSES, metric="dot", backend=backend)
@@ -161,7 +165,7 @@ def _refmatch_methods(query, reference, flops, keep):
         if keep(name):
             skip = _skip_reason(lambda: refmatch.classwise_max(query[:1], reference[:8], labels[:8], CLASSES,
                                                                metric="dot", backend=status.name))
-            methods.append(Method(name, "dot", 1, classwise, flops, skip, classwise=True))
+            methods.append(Method(name, "dot", 1, classwise, flops, skip, classwise=True, baseline=search))
     return methods
 
 

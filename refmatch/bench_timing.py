@@ -9,20 +9,32 @@ import torch
 
 def timed(fn, device, repeat):
     """Seconds of each of ``repeat`` runs (the caller has warmed ``fn`` up)."""
-    times = []
+    return [_seconds(fn, device) for _ in range(repeat)]
+
+
+def timed_against(fn, baseline, device, repeat):
+    """(seconds of each of ``repeat`` runs of ``fn``, each run's ratio to a run of ``baseline``
+    right before it). Interleaved, so that a host whose speed drifts during the benchmark (a
+    shared CPU machine, a GPU's clocks) moves both alike; both warmed up by the caller."""
+    times, ratios = [], []
     for _ in range(repeat):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    return times
+        before = _seconds(baseline, device)
+        times.append(_seconds(fn, device))
+        ratios.append(times[-1] / before)
+    return times, ratios
+
+
+def _seconds(fn, device):
+    if device != "cuda":
+        begin = time.perf_counter()
+        fn()
+        return time.perf_counter() - begin
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
 class PeakMemory:
