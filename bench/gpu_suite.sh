@@ -181,7 +181,7 @@ stage tests 240 env PYTHONPATH="$TEST_PYTHONPATH" REFMATCH_TEST_HOPPER_VARIANTS=
 
 # 7. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
 # at the target size); KeOps, which computes in float32 and crashed twice (SIGSEGV
-# generating its code), in float32 in its own process.
+# generating its code), in float32 in its own process (a crash of its probe child: a skipped row).
 SWEEP_SIZES=${SWEEP_SIZES:-262144x1048576x64 262144x65536x128 262144x1048576x32 262144x4194304x128
   262144x1048576x256}
 stage sweep 150 "${BENCH[@]}" --dtype bfloat16 --sizes $SWEEP_SIZES --exclude "${EXCLUDE[@]}" torch --tag sweep

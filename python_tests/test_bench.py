@@ -192,3 +192,31 @@ def test_top_k_and_classwise_rows_are_timed_against_k1_interleaved(tmp_path, mon
         assert row["runs"] == 3 and row["ratio_to_k1"] == pytest.approx(row["seconds"] / 0.5)
     assert calls == [False] * 6 + [True, False] * 6, "the ceilings' 3 runs each, then each run after a k = 1 run"
     assert "| vs k=1 |" in json_path.with_suffix(".md").read_text()
+
+
+def test_a_peer_that_kills_its_probe_process_is_a_skipped_row(monkeypatch):
+    """KeOps runs once in a child process first: a segmentation fault there (KeOps 2.3 on
+    CUDA 13) skips its rows with the signal and the child's last line, and the run goes on."""
+    import torch
+
+    from refmatch import bench_peers
+
+    crash = bench_peers.crash_reason("import os, signal, sys; print('generating ArgMin', file=sys.stderr); "
+                                     "os.kill(os.getpid(), signal.SIGSEGV)", timeout=60)
+    assert crash == "it killed a probe process (SIGSEGV; last line: generating ArgMin)"
+    assert bench_peers.crash_reason("raise ValueError('no nvrtc')", timeout=60) == \
+        "its probe in a child process failed (ValueError: no nvrtc)"
+    assert bench_peers.crash_reason("pass", timeout=60) is None
+    assert "ran past 1 s" in bench_peers.crash_reason("import time; time.sleep(30)", timeout=1)
+
+    pytest.importorskip("pykeops")  # installed: its rows carry the probe's reason, probed only when wanted
+    probes = []
+    monkeypatch.setattr(bench_peers, "crash_reason", lambda statement, timeout: probes.append(statement) or
+                        "it killed a probe process (SIGSEGV)")
+    tiny = torch.zeros(2, 8)
+    assert bench_peers.PEER_GROUPS["keops"](tiny, tiny, 1.0, lambda name: "keops" not in name) == []
+    assert probes == []
+    rows = bench_peers.PEER_GROUPS["keops"](tiny, tiny, 1.0, lambda name: True)
+    assert probes == ["from refmatch.bench_peers import keops_probe; keops_probe('cpu', 8)"]
+    assert [(row.name, row.skip) for row in rows] == [(name, "it killed a probe process (SIGSEGV)")
+                                                      for name, *_ in bench_peers.KEOPS_FORMULAS]

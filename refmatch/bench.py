@@ -82,24 +82,7 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
             with PeakMemory(device) as memory:  # also the warm-up
                 index = method.run()
             first = time.perf_counter() - begin
-            # A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is reported
-            # from that run. Otherwise a warm run decides, without the first call's compiles: one
-            # slower than a second is all, else ``repeat`` runs in all.
-            # Top-8 and class-wise rows time each run right after one of the backend's k = 1 dot,
-            # whose ratio "vs k=1" is the median of the runs' ratios.
-            ratios = []
-            if first > SLOW_SECONDS:
-                times = [first]
-            elif method.baseline is None:
-                times = timed(method.run, device, 1)
-                if times[0] < 1:
-                    times += timed(method.run, device, repeat - 1)
-            else:
-                method.baseline()  # its warm-up, in case --only left its own row out
-                times, ratios = timed_against(method.run, method.baseline, device, 1)
-                if times[0] < 1:
-                    more = timed_against(method.run, method.baseline, device, repeat - 1)
-                    times, ratios = times + more[0], ratios + more[1]
+            times, ratios = ([first], []) if first > SLOW_SECONDS else _timed_runs(method, device, repeat)
             if index is None:
                 agreed = None
             elif method.classwise:
@@ -116,6 +99,26 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
         yield {**row, "seconds": seconds, "runs": len(times), "min_seconds": min(times), "max_seconds": max(times),
                "tflops": tflops, "peak_mib": memory.peak_mib, "agreement": agreed,
                "ratio_to_gemm": tflops / gemm_tflops, **({"ratio_to_k1": statistics.median(ratios)} if ratios else {})}
+
+
+def _timed_runs(method, device, repeat):
+    """(seconds of each timed run, each run's ratio to the k = 1 run right before it, or []).
+
+    A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is
+    reported from its warm-up, by the caller. Otherwise a warm run decides: one
+    slower than a second is all, else ``repeat`` runs in all. Top-8 and class-wise
+    rows (``method.baseline``) run each time right after the backend's k = 1 dot."""
+    def measure(count):
+        if method.baseline is None:
+            return timed(method.run, device, count), []
+        return timed_against(method.run, method.baseline, device, count)
+    if method.baseline is not None:
+        method.baseline()  # its warm-up, in case --only left its own row out
+    times, ratios = measure(1)
+    if times[0] < 1:
+        more_times, more_ratios = measure(repeat - 1)
+        times, ratios = times + more_times, ratios + more_ratios
+    return times, ratios
 
 
 def _line(r):

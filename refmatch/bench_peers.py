@@ -4,7 +4,11 @@ Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
 is not installed, or cannot run on the device, is listed with the reason.
 """
 import functools
+import importlib.util
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -25,7 +29,7 @@ class Method:
     baseline: Optional[Callable] = None  # the same backend's k = 1 dot, timed interleaved ("vs k=1")
 
 
-def _faiss_methods(query, reference, flops):
+def _faiss_methods(query, reference, flops, keep):
     try:
         import faiss
     except ImportError:
@@ -35,34 +39,81 @@ def _faiss_methods(query, reference, flops):
     on_gpu = query.is_cuda
     if on_gpu and not hasattr(faiss, "StandardGpuResources"):
         return [Method("faiss-gpu flat", "dot", 1, None, flops, "the installed faiss has no GPU support")]
-    methods = []
+    methods, prefix = [], "faiss-gpu" if on_gpu else "faiss-cpu"
     for kind, metric in (("IndexFlatIP", "dot"), ("IndexFlatL2", "l2")):
+        ks = [k for k in ((1, 8) if metric == "dot" else (1,)) if keep(f"{prefix} {kind} k={k}")]
+        if not ks:  # no index built for rows left out
+            continue
         index = getattr(faiss, kind)(query.shape[1])
         if on_gpu:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), query.device.index or 0, index)
         index.add(reference.float().cpu().numpy())
         queries = query.float().cpu().numpy()
-        for k in ((1, 8) if metric == "dot" else (1,)):
+        for k in ks:
             def run(index=index, k=k):
                 return torch.from_numpy(index.search(queries, k)[1])
-            prefix = "faiss-gpu" if on_gpu else "faiss-cpu"
             methods.append(Method(f"{prefix} {kind} k={k}", metric, k, run, flops))
     return methods
 
 
-def _keops_methods(query, reference, flops):
+def _keops_argmax(q, r):
+    return (-(q * r).sum(-1)).argmin(dim=1)[:, 0]
+
+
+def _keops_l2_top8(q, r):
+    return ((q - r) ** 2).sum(-1).argKmin(8, dim=1)
+
+
+KEOPS_FORMULAS = (("keops LazyTensor argmax", "dot", 1, _keops_argmax),
+                  ("keops LazyTensor argKmin l2 k=8", "l2", 8, _keops_l2_top8))
+KEOPS_PROBE_SECONDS = 300  # its code generation and compiles, on a cold cache
+
+
+def keops_probe(device, depth):
+    """Every KeOps formula once on 64 float32 rows of ``depth`` (in the child process of
+    ``crash_reason``); its compiled code stays in KeOps' cache for the timed runs."""
+    from pykeops.torch import LazyTensor
+
+    rows = torch.randn(64, depth, device=device)
+    for *_, formula in KEOPS_FORMULAS:
+        formula(LazyTensor(rows[:, None, :]), LazyTensor(rows[None, :, :]))
+
+
+def crash_reason(statement, timeout):
+    """None when Python ``statement`` runs cleanly in a child process; else why not. A peer
+    that kills its process (KeOps 2.3 on CUDA 13: a segmentation fault while generating its
+    ArgMin code) is then a skipped row, and the benchmark goes on."""
     try:
-        from pykeops.torch import LazyTensor
-    except ImportError:
+        child = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"its probe in a child process ran past {timeout} s"
+    if child.returncode == 0:
+        return None
+    last = " ".join((child.stderr.strip().splitlines() or ["no output"])[-1].split())[:160]
+    if child.returncode < 0:
+        return f"it killed a probe process ({signal.Signals(-child.returncode).name}; last line: {last})"
+    return f"its probe in a child process failed ({last})"
+
+
+def _keops_methods(query, reference, flops, keep):
+    if importlib.util.find_spec("pykeops") is None:
         return [Method("keops", "dot", 1, None, flops, "pykeops is not installed (pip install pykeops)")]
-    q = LazyTensor(query.float()[:, None, :])
-    r = LazyTensor(reference.float()[None, :, :])
-    return [Method("keops LazyTensor argmax", "dot", 1, lambda: (-(q * r).sum(-1)).argmin(dim=1)[:, 0], flops),
-            Method("keops LazyTensor argKmin l2 k=8", "l2", 8, lambda: ((q - r) ** 2).sum(-1).argKmin(8, dim=1),
-                   flops)]
+    if not any(keep(name) for name, *_ in KEOPS_FORMULAS):
+        return []
+    # Probed in a child first: a crash there costs these rows, not the benchmark.
+    crash = crash_reason(f"from refmatch.bench_peers import keops_probe; "
+                         f"keops_probe({str(query.device)!r}, {query.shape[1]})", KEOPS_PROBE_SECONDS)
+    if crash:
+        return [Method(name, metric, k, None, flops, crash) for name, metric, k, _ in KEOPS_FORMULAS]
+    from pykeops.torch import LazyTensor
+
+    q, r = LazyTensor(query.float()[:, None, :]), LazyTensor(reference.float()[None, :, :])
+    return [Method(name, metric, k, functools.partial(formula, q, r), flops) for name, metric, k, formula in KEOPS_FORMULAS]
 
 
-def _flash_kmeans_methods(query, reference, flops):
+def _flash_kmeans_methods(query, reference, flops, keep):
+    if not keep("flash-kmeans assign"):
+        return []
     if not query.is_cuda:
         return [Method("flash-kmeans assign", "l2", 1, None, flops, "its Triton assignment kernel needs a GPU")]
     try:
@@ -206,9 +257,9 @@ def all_methods(query, reference, fits_bytes, only=None, exclude=()):
         Method("torch.cdist + argmin", "l2", 1, lambda: torch.cdist(query.float(), reference.float()).argmin(1),
                flops, too_big),
     ]
-    peers = [method for group, builder in PEER_GROUPS.items() if not any(word in group for word in exclude or ())
-             for method in builder(query, reference, flops)]
     def keep(name):
         return wanted(name, only, exclude)
+    peers = [method for group, builder in PEER_GROUPS.items() if not any(word in group for word in exclude or ())
+             for method in builder(query, reference, flops, keep)]
     return (methods + _refmatch_methods(query, reference, flops, keep)
             + [method for method in _cuda_variant_methods(query, reference, flops) if keep(method.name)] + peers)
