@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <tuple>
 #include <string>
 #include <utility>
 
@@ -14,6 +15,7 @@
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_plan.h"
 #include "refmatch/match_plan_sm90.h"
+#include "refmatch/screen_tile.h"
 #include "refmatch/topk_list.h"
 
 namespace py = pybind11;
@@ -90,6 +92,24 @@ std::pair<FloatArray, IndexArray> stream_tiles(FloatArray scores, int64_t tile_c
     }
   }
   return {out_scores, out_indices};
+}
+
+// The CPU bfloat16 screen's candidates of one tile (screen_tile.h), from raw host pointers;
+// the pass runs without the GIL.
+std::tuple<IndexArray, IndexArray, FloatArray, int64_t> screen_tile_candidates(
+    uintptr_t tile, int64_t rows, int64_t width, int k, uintptr_t top, uintptr_t bound, uintptr_t window) {
+  if (rows < 0 || width < 1 || k < 1 || k > 64) {
+    throw py::value_error("screen_tile_candidates: rows >= 0, width >= 1 and 1 <= k <= 64");
+  }
+  refmatch::TileCandidates found;
+  {
+    py::gil_scoped_release released;
+    refmatch::screen_tile(reinterpret_cast<const uint16_t*>(tile), rows, width, k, reinterpret_cast<float*>(top),
+                          reinterpret_cast<float*>(bound), reinterpret_cast<const float*>(window), found);
+  }
+  const auto count = static_cast<py::ssize_t>(found.rows.size());
+  return {IndexArray(count, found.rows.data()), IndexArray(count, found.cols.data()),
+          FloatArray(count, found.scores.data()), found.near_rows};
 }
 
 // Launch of the fused CUDA match kernel from raw pointers (see match_cuda.h).
@@ -189,6 +209,11 @@ PYBIND11_MODULE(_C, m) {
         "Merge [S, N] partial bests with the shared tie rule (host check).");
   m.def("stream_tiles", &stream_tiles, py::arg("scores"), py::arg("tile_cols"), py::arg("k") = 1,
         "Running best (k = 1) or sorted top-k over column tiles of a [N, M] score matrix (host check).");
+  m.def("screen_tile_candidates", &screen_tile_candidates, py::arg("tile"), py::arg("rows"), py::arg("width"),
+        py::arg("k"), py::arg("top"), py::arg("bound"), py::arg("window"),
+        "CPU bfloat16 screen, one tile [rows, width] (bfloat16 bits): raises the rows' k-th bounds (float32 "
+        "[rows], and top k: their kept scores [rows, k]) and returns the candidates at or above each row's "
+        "floor, bound - window (float32 [rows]): (rows int64, cols int64, scores float32, rows near).");
   m.def("match_argmax", &match_argmax, py::arg("query"), py::arg("dtype"), py::arg("batch"),
         py::arg("dim"), py::arg("height"), py::arg("width"), py::arg("query_strides"),
         py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),

@@ -14,6 +14,15 @@ def screen_small_banks(monkeypatch):
     monkeypatch.setattr(screen_candidates, "MAX_HIT_RATE", float("inf"))
 
 
+@pytest.fixture(autouse=True, params=["native tile pass", "torch tile pass"])
+def tile_pass(request, monkeypatch):
+    """Every screen test on both tile passes: refmatch._C's (where it was built) and torch's."""
+    if request.param.startswith("native") and screen_candidates.native_screen() is None:
+        pytest.skip("refmatch._C is not built")
+    if request.param.startswith("torch"):
+        monkeypatch.setattr(screen_candidates, "native_screen", lambda: None)
+
+
 def screened_match(query, reference, metric, ignored=None, block_m=64, k=1, screen=True):
     """match_chunked with the screen forced on (tiles of 32 rows), as a result the oracle helpers read."""
     score, index = match_chunked(query.T[None, :, :, None], reference, ignored, k, metric,

@@ -7,7 +7,7 @@ from oracle import assert_matches_oracle
 from refmatch.backends import screen_candidates
 from refmatch.backends import torch_screening as screening
 from refmatch.backends.torch_classwise import classwise_chunked
-from screened import screen_small_banks, screened_match  # noqa: F401 (an autouse fixture)
+from screened import screen_small_banks, screened_match, tile_pass  # noqa: F401 (autouse fixtures)
 
 MAX_HIT_RATE = screen_candidates.MAX_HIT_RATE
 

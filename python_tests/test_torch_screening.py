@@ -9,7 +9,7 @@ from refmatch.backends.screen_candidates import chunk_maxima_bf16
 from refmatch.backends.torch_backend import match_chunked
 from refmatch.backends.class_ranges import stored_by_class
 from refmatch.backends.torch_classwise import classwise_chunked
-from screened import screen_small_banks, screened_match  # noqa: F401 (an autouse fixture)
+from screened import screen_small_banks, screened_match, tile_pass  # noqa: F401 (autouse fixtures)
 
 METRICS = ["cosine", "dot", "l2"]
 

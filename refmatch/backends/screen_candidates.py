@@ -6,6 +6,8 @@ among the float32 top k, so it is never stored. Only rows whose tile maximum
 reaches the floor take part in a tile. Rows whose candidates pile up are given
 up and left to the float32 walk.
 """
+import functools
+
 import torch
 
 from ..candidates import keep_best, pad_by_row
@@ -37,6 +39,17 @@ CHUNK = 64  # columns per run whose maximum decides whether the run is read
 # Bytes of each gathered operand rescored at once: small enough to stay in cache between the
 # gather and the dot products (8192 x 65536 x 128, top-8's 229K pairs: 30.5 ms at 32 MiB, 10.7 ms at 4 MiB).
 RESCORE_BYTES = 4 << 20
+
+
+@functools.cache
+def native_screen():
+    """``refmatch._C.screen_tile_candidates``, or None where the extension was not built:
+    the tile pass of ``ScreenCandidates.offer`` in C++ (csrc/include/refmatch/screen_tile.h)."""
+    try:
+        from refmatch import _C
+    except ImportError:
+        return None
+    return getattr(_C, "screen_tile_candidates", None)
 
 
 def chunk_maxima_bf16(tile, chunks):
@@ -92,47 +105,30 @@ class ScreenCandidates:
 
     def offer(self, tile, row0, col0, kept):
         """Take a bfloat16 tile [rows, columns] of rows from ``row0``, columns from
-        ``col0`` (``kept``: their positions, or None). False: too many rows crowd, give up.
-
-        Runs of ``CHUNK`` columns whose maximum is below the floor are never read
-        again: on random features at k = 8 that skips about 3 in 4 of the runs that
-        a test of whole rows would read."""
+        ``col0`` (``kept``: their positions, or None). False: too many rows crowd, give up."""
         self.rows_seen = max(self.rows_seen, row0 + tile.shape[0])
-        width = tile.shape[1]
-        tile_max = chunk_maxima_bf16(tile, 1)[:, 0]
         rows = slice(row0, row0 + tile.shape[0])
-        near = (tile_max >= self.kth_bound[rows] - self.window[rows]).nonzero()[:, 0]
-        if near.numel() == 0:
+        native = native_screen()
+        found = (self._tile_candidates(tile, rows) if native is None or not tile.is_contiguous()
+                 else self._native_candidates(native, tile, rows))
+        if found is None:
             return True
-        near_rows = near + row0
-        near_tile = self._near_tile(tile, near)
-        padded_width = near_tile.shape[1]
-        chunks = padded_width // CHUNK if self.k > 1 else 1  # k = 1: few rows come near
-        chunk_max = chunk_maxima_bf16(near_tile, chunks) if chunks > 1 else tile_max[near, None]
-        floor = self._raise_bound(near_rows, chunk_max, tile_max[near], near_tile) - self.window[near_rows]
-        pair_row, pair_chunk = (chunk_max >= floor[:, None]).nonzero().unbind(1)
-        runs = near_tile.view(-1, padded_width // chunks).index_select(0, pair_row * chunks + pair_chunk).float()
-        hit_pair, hit_col = (runs >= floor[pair_row, None]).nonzero().unbind(1)
-        hit_row, hit_scores = pair_row[hit_pair], runs[hit_pair, hit_col]  # ascending row, then column
-        hit_col += pair_chunk[hit_pair] * (padded_width // chunks)
-        if padded_width > width:  # a floor of -inf (fewer than k scores yet) takes the padding too
-            real = hit_col < width
-            hit_row, hit_col, hit_scores = hit_row[real], hit_col[real], hit_scores[real]
-        counts = torch.bincount(hit_row, minlength=near.numel())
-        if near.numel() == tile.shape[0]:  # early tiles: rows crowded within one tile leave before storing
+        hit_row, hit_col, hit_scores, all_near = found
+        counts = torch.bincount(hit_row, minlength=tile.shape[0])
+        if all_near:  # early tiles: rows crowded within one tile leave before storing
             crowded = counts > self.crowd_limit
             if bool(crowded.any()):
-                self._give_up_rows(near_rows[crowded])
+                self._give_up_rows(crowded.nonzero()[:, 0] + row0)
                 if self.given_up > GIVE_UP_FRACTION * self.rows_seen:
                     return False
                 keep = ~crowded[hit_row]
                 hit_row, hit_col, hit_scores = hit_row[keep], hit_col[keep], hit_scores[keep]
                 counts[crowded] = 0
         cols = hit_col if kept is None else kept[hit_col]
-        self.parts.append((near_rows[hit_row], cols + col0, hit_scores))
+        self.parts.append((hit_row + row0, cols + col0, hit_scores))
         self.offered += hit_row.numel()
         self.stored += hit_row.numel()
-        self.row_counts[near_rows] += counts
+        self.row_counts[rows] += counts
         if (self.first_block and self.rows_seen >= min(FIRST_BLOCK_ROWS, self.window.shape[0])
                 and self.offered > self.first_block_limit * self.rows_seen):
             return False  # crowded from the start: the walk is faster
@@ -142,6 +138,45 @@ class ScreenCandidates:
                 may_crowd and int((self.row_counts > self.crowd_limit).sum()) > GIVE_UP_FRACTION * self.rows_seen):
             self.compact()
         return self.given_up <= GIVE_UP_FRACTION * self.rows_seen
+
+    def _tile_candidates(self, tile, rows):
+        """The tile's candidates (tile row [H], column [H], screened score [H], ascending row
+        then column; whether every row came near), or None when no row comes near; raises
+        the bounds of the ``rows`` of the tile that come near.
+
+        Runs of ``CHUNK`` columns whose maximum is below the floor are never read
+        again: on random features at k = 8 that skips about 3 in 4 of the runs that
+        a test of whole rows would read."""
+        width = tile.shape[1]
+        tile_max = chunk_maxima_bf16(tile, 1)[:, 0]
+        near = (tile_max >= self.kth_bound[rows] - self.window[rows]).nonzero()[:, 0]
+        if near.numel() == 0:
+            return None
+        near_rows = near + rows.start
+        near_tile = self._near_tile(tile, near)
+        padded_width = near_tile.shape[1]
+        chunks = padded_width // CHUNK if self.k > 1 else 1  # k = 1: few rows come near
+        chunk_max = chunk_maxima_bf16(near_tile, chunks) if chunks > 1 else tile_max[near, None]
+        floor = self._raise_bound(near_rows, chunk_max, tile_max[near], near_tile) - self.window[near_rows]
+        pair_row, pair_chunk = (chunk_max >= floor[:, None]).nonzero().unbind(1)
+        runs = near_tile.view(-1, padded_width // chunks).index_select(0, pair_row * chunks + pair_chunk).float()
+        hit_pair, hit_col = (runs >= floor[pair_row, None]).nonzero().unbind(1)
+        hit_row, hit_scores = near[pair_row[hit_pair]], runs[hit_pair, hit_col]
+        hit_col += pair_chunk[hit_pair] * (padded_width // chunks)
+        if padded_width > width:  # a floor of -inf (fewer than k scores yet) takes the padding too
+            real = hit_col < width
+            hit_row, hit_col, hit_scores = hit_row[real], hit_col[real], hit_scores[real]
+        return hit_row, hit_col, hit_scores, near.numel() == tile.shape[0]
+
+    def _native_candidates(self, native, tile, rows):
+        """``_tile_candidates`` in one pass of refmatch._C (screen_tile.h), the same results."""
+        top, bound, window = self.top[rows], self.kth_bound[rows], self.window[rows]
+        hit_row, hit_col, hit_scores, near = native(tile.data_ptr(), tile.shape[0], tile.shape[1], self.k,
+                                                    top.data_ptr(), bound.data_ptr(), window.data_ptr())
+        if near == 0:
+            return None
+        return (torch.from_numpy(hit_row), torch.from_numpy(hit_col), torch.from_numpy(hit_scores),
+                near == tile.shape[0])
 
     def _near_tile(self, tile, near):
         """The tile's rows ``near``; for top k, widened with -inf to whole runs of ``CHUNK``
@@ -158,16 +193,19 @@ class ScreenCandidates:
         """Raise the k-th bound of ``rows`` with their tile rows [R, columns]; the new bound [R].
 
         Each row keeps k of its screened scores; the smallest is a lower bound on
-        its k-th best. A row's first tile gives its k best (a sort over the tile,
-        once); later tiles give their run maxima [R, chunks], merged where the tile
-        maximum beats the bound. The bound lags the exact k-th best only where one
+        its k-th best. A row's first tile gives its k best (a sort over the tile
+        row, until it holds k scores); later tiles give their run maxima [R, chunks],
+        merged where the tile maximum beats the bound. The bound lags the exact k-th best only where one
         run holds several of a row's best scores, and never exceeds it.
         """
         bound = self.kth_bound[rows]
         if self.k == 1:
             bound = torch.maximum(bound, tile_max)
-        elif bool(bound.isneginf().any()):
-            kept = torch.cat([self.top[rows], tile_rows.float()], dim=1).topk(self.k, dim=1).values
+        elif bool(bound.isneginf().any()):  # rows short of k scores take their whole tile rows
+            first = bound.isneginf()[:, None]
+            offered = torch.cat([chunk_max.masked_fill(first, float("-inf")),
+                                 tile_rows.float().masked_fill(~first, float("-inf"))], dim=1)
+            kept = torch.cat([self.top[rows], offered], dim=1).topk(self.k, dim=1).values
             self.top[rows], bound = kept, kept[:, -1]
         else:
             entering = (tile_max > bound).nonzero()[:, 0]

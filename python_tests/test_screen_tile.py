@@ -1,0 +1,67 @@
+"""The screen's tile pass in C++ (refmatch._C, screen_tile.h) against the torch one: the same
+candidates, bounds and kept scores, tile after tile."""
+import pytest
+import torch
+
+from refmatch.backends import screen_candidates
+
+native = screen_candidates.native_screen()
+pytestmark = pytest.mark.skipif(native is None, reason="refmatch._C is not built")
+
+
+def bf16_tile(rows, width, generator, zeros=0.1):
+    """Scores with ties, both zeros and negatives, as a screened tile holds them."""
+    tile = (torch.randn(rows, width, generator=generator) * 4).round() / 4
+    signed_zero = torch.where(torch.rand(rows, width, generator=generator) < 0.5, 0.0, -0.0)
+    return torch.where(torch.rand(rows, width, generator=generator) < zeros, signed_zero, tile).bfloat16()
+
+
+def both_passes(k, rows, window, state=None):
+    """Two ScreenCandidates with equal state, the second on the torch tile pass."""
+    stores = [screen_candidates.ScreenCandidates(window.clone(), k) for _ in range(2)]
+    if state is not None:
+        for store in stores:
+            state(store)
+    return stores
+
+
+@pytest.mark.parametrize("k, width", [(1, 96), (1, 7), (8, 128), (8, 100), (3, 2), (16, 513)])
+def test_tile_after_tile_the_same_as_the_torch_pass(k, width, monkeypatch):
+    generator = torch.Generator().manual_seed(k * 1000 + width)
+    rows = 300
+    window = torch.rand(rows, generator=generator) * 2
+    window[::7] = 0.0
+
+    def give_up_some(store):
+        store._give_up_rows(torch.arange(5, rows, 50))
+    with_native, with_torch = both_passes(k, rows, window, give_up_some)
+    for step in range(6):
+        tile = bf16_tile(rows if step % 2 else 64, width, generator)  # tiles of 64 rows from row 64, too
+        row0 = 0 if step % 2 else 64
+        accepted = with_native.offer(tile, row0, step * width, None)
+        monkeypatch.setattr(screen_candidates, "native_screen", lambda: None)
+        assert with_torch.offer(tile, row0, step * width, None) == accepted
+        monkeypatch.undo()
+        for mine, theirs in zip(with_native.parts, with_torch.parts, strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                assert torch.equal(a, b)
+        assert torch.equal(with_native.kth_bound, with_torch.kth_bound)
+        if k > 1:
+            assert torch.equal(with_native.top, with_torch.top)
+        assert torch.equal(with_native.row_counts, with_torch.row_counts)
+    assert with_native.offered > 0
+
+
+def test_a_floor_of_zero_takes_negative_zero():
+    """Keys order -0 below +0, floats call them equal: a floor of 0 takes both (row 1; row 0's
+    bound rises to 2 first)."""
+    tile = torch.tensor([[-0.0, 0.0, -1.0, 2.0], [0.0, -0.0, -3.0, -0.0]]).bfloat16()
+    bound, top, window = torch.zeros(2), torch.zeros(2, 1), torch.zeros(2)
+    rows, cols, scores, near = native(tile.data_ptr(), 2, 4, 1, top.data_ptr(), bound.data_ptr(), window.data_ptr())
+    assert near == 2 and rows.tolist() == [0, 1, 1, 1] and cols.tolist() == [3, 0, 1, 3]
+    assert bound.tolist() == [2.0, 0.0]
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="1 <= k <= 64"):
+        native(0, 1, 1, 65, 0, 0, 0)
