@@ -88,7 +88,7 @@ class ScreenCandidates:
         to stop: its work is done); unbounded: [N] bool, rows the screen cannot bound (NaN or
         Inf in them), handed back unresolved from the start without counting as crowded."""
         num_rows = window.shape[0]
-        self.window, self.k = window, k
+        self.window, self.k = window.float().contiguous(), k  # the C++ pass reads it by pointer
         self.first_block_limit = (FIRST_BLOCK_CANDIDATES * max(1.0, (depth / FIRST_BLOCK_DEPTH) ** 0.5)
                                   * (k + 1) if more_blocks else float("inf"))
         self.first_block = True  # until a block with references offered has ended
@@ -109,7 +109,8 @@ class ScreenCandidates:
         self.rows_seen = max(self.rows_seen, row0 + tile.shape[0])
         rows = slice(row0, row0 + tile.shape[0])
         native = native_screen()
-        found = (self._tile_candidates(tile, rows) if native is None or not tile.is_contiguous()
+        found = (self._tile_candidates(tile, rows)
+                 if native is None or tile.dtype != torch.bfloat16 or not tile.is_contiguous()
                  else self._native_candidates(native, tile, rows))
         if found is None:
             return True
