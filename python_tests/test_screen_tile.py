@@ -65,3 +65,11 @@ def test_a_floor_of_zero_takes_negative_zero():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="1 <= k <= 64"):
         native(0, 1, 1, 65, 0, 0, 0)
+
+
+def test_a_tile_taller_than_the_store_is_refused_not_written_past_it():
+    """The C++ pass reads and writes by pointer: a tile whose rows overrun the store takes the
+    torch pass, which refuses it, instead of writing past the store's tensors."""
+    store = screen_candidates.ScreenCandidates(torch.ones(4), k=1)
+    with pytest.raises(RuntimeError):
+        store.offer(torch.zeros(4096, 64, dtype=torch.bfloat16), 2, 0, None)

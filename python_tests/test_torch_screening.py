@@ -136,6 +136,24 @@ def test_crowded_rows_are_walked_in_float32(monkeypatch):
     assert_matches_oracle(result, query, reference, "dot")
 
 
+@pytest.mark.parametrize("k", [1, 5])
+def test_a_float64_default_dtype_changes_nothing(k):
+    """The screen's state is float32 whatever torch's default dtype (the C++ pass reads it as
+    float32): the same matches as the float32 walk, crowded rows (walked) included."""
+    generator = torch.Generator().manual_seed(k)
+    reference, query = torch.randn(2048, 8, generator=generator), torch.randn(256, 8, generator=generator)
+    reference[300:400] = 2 * query[0]  # row 0 crowds: walked
+    for bank in (reference, torch.ones(2048, 8)):  # constant features: the screen gives up on all rows
+        walked = screened_match(query, bank, "dot", block_m=256, k=k, screen=False)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            screened = screened_match(query, bank, "dot", block_m=256, k=k)
+        finally:
+            torch.set_default_dtype(default)
+        assert torch.equal(screened.index, walked.index) and screened.score.dtype == torch.float32
+
+
 def test_screening_gives_up_when_most_rows_crowd():
     """Constant features tie everywhere: every row is handed to the float32 walk, which picks index 0."""
     query, reference = torch.ones(64, 8), torch.ones(2048, 8)

@@ -92,7 +92,8 @@ class ScreenCandidates:
         self.first_block_limit = (FIRST_BLOCK_CANDIDATES * max(1.0, (depth / FIRST_BLOCK_DEPTH) ** 0.5)
                                   * (k + 1) if more_blocks else float("inf"))
         self.first_block = True  # until a block with references offered has ended
-        self.top = torch.full((num_rows, k), float("-inf"))  # k screened scores per row; +inf: given up
+        # k screened scores per row (+inf: given up); float32 whatever the default dtype, as the C++ pass reads it
+        self.top = torch.full((num_rows, k), float("-inf"), dtype=torch.float32)
         self.kth_bound = self.top[:, -1].clone()  # the floor's base: their minimum
         self.crowd_limit = crowd_limit(k)
         self.parts, self.rows_seen, self.offered, self.stored, self.given_up = [], 0, 0, 0, 0
@@ -109,9 +110,9 @@ class ScreenCandidates:
         self.rows_seen = max(self.rows_seen, row0 + tile.shape[0])
         rows = slice(row0, row0 + tile.shape[0])
         native = native_screen()
-        found = (self._tile_candidates(tile, rows)
-                 if native is None or tile.dtype != torch.bfloat16 or not tile.is_contiguous()
-                 else self._native_candidates(native, tile, rows))
+        fits = (tile.dtype == torch.bfloat16 and tile.device.type == "cpu" and tile.is_contiguous()
+                and rows.stop <= self.window.shape[0])  # else the torch pass (it names a misfit)
+        found = self._native_candidates(native, tile, rows) if native and fits else self._tile_candidates(tile, rows)
         if found is None:
             return True
         hit_row, hit_col, hit_scores, all_near = found

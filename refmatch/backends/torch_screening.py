@@ -211,5 +211,5 @@ def _norm_upper_bound(norm_sq, depth):
 
 
 def _unscreened(num_rows, k):
-    return (torch.full((num_rows, k), float("-inf")), torch.full((num_rows, k), -1, dtype=torch.int64),
-            torch.arange(num_rows))
+    return (torch.full((num_rows, k), float("-inf"), dtype=torch.float32),
+            torch.full((num_rows, k), -1, dtype=torch.int64), torch.arange(num_rows))

@@ -27,9 +27,10 @@
 #include <cstring>
 #include <vector>
 
-// One copy per x86-64 level, picked at load time (GCC/Clang ifunc on Linux): the int16
-// maxima run 8, 16 or 32 lanes wide.
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+// One copy per x86-64 level, picked at load time (ifunc on Linux): the int16 maxima run 8,
+// 16 or 32 lanes wide. Levels as clone targets need GCC 12; Clang before 18 never picks them.
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 18) || (!defined(__clang__) && __GNUC__ >= 12))
 #define REFMATCH_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define REFMATCH_CPU_CLONES
