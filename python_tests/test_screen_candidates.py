@@ -14,8 +14,9 @@ MAX_HIT_RATE = screen_candidates.MAX_HIT_RATE
 
 def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
     """Every reference block of 64 holds two near-copies of each query's best: 0.03 candidates per
-    row and reference, over the limit of 2e-3, so the second checkpoint (at 8192 references) stops
-    the screen half way; the crowd limit is raised so that it is not what stops it first."""
+    row and reference, over the limit of 3e-3 at k = 1, so the second checkpoint (at 8192
+    references) stops the screen half way; the crowd limit is raised so that it is not what
+    stops it first."""
     monkeypatch.setattr(screen_candidates, "MAX_HIT_RATE", MAX_HIT_RATE)
     monkeypatch.setattr(screen_candidates, "CROWD_LIMIT", 1 << 10)
     generator = torch.Generator().manual_seed(6)

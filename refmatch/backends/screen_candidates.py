@@ -19,7 +19,9 @@ from .scoring import NORM_EPS, norms
 CROWD_LIMIT, CROWD_PER_K = 60, 4
 GIVE_UP_FRACTION = 0.25  # of rows crowded, at which screening the rest would cost more than it saves
 CHECK_EVERY = 4096  # references between checks of the candidates' rate
-MAX_HIT_RATE = 0.8e-3  # candidates per row and reference, per k + 1, above which the screen stops
+# Candidates per row and reference, per k + 1, above which the screen stops: MAX_HIT_RATE +
+# SMALL_K_HIT_RATE / k (k = 1: 1.5e-3, k = 8: 0.71e-3; ``checkpoint``).
+MAX_HIT_RATE, SMALL_K_HIT_RATE = 0.6e-3, 0.9e-3
 # Candidates per row, per k + 1, in the first reference block, above which the screen stops there
 # (``offer``), times sqrt(D / 128) above D = 128: the window grows with D against the spread of
 # random features' scores. Measured at 256 (k = 1) and 512 (k = 8) references: random and loosely
@@ -220,14 +222,14 @@ class ScreenCandidates:
 
     def checkpoint(self, references_done):
         """After each reference block: every ``CHECK_EVERY`` references, from the second
-        check on, False when rows took more than ``MAX_HIT_RATE`` (k + 1) candidates per
-        reference since the last check. Handling candidates then costs more than the
-        bfloat16 GEMM saves. Measured at the second check (per k + 1, 8192 x 65536 x 128):
-        4 loose clusters in l2 0.99e-3 at k = 8 (left to crowd, its rows gave up only
-        after 24064 references: 1.33x the walk) and 0.89e-3 at k = 1 (1.09x faster: a
-        marginal gain given up); random and loosely clustered features 0.36e-3 to
-        0.61e-3, where the screen pays 1.2 to 1.6x. (Features that crowd from the first
-        block on leave earlier: ``offer``.)"""
+        check on, False when rows took more candidates per reference since the last check
+        than (``MAX_HIT_RATE`` + ``SMALL_K_HIT_RATE`` / k)(k + 1). Screening on costs more
+        than the walk then. Measured at the second check (per k + 1, 8192 x 65536 x 128,
+        4 clusters with noise, session 18's C++ tile pass), each screened through against
+        the walk: k = 1 at 0.85e-3 to 1.36e-3 1.6 to 1.9x faster (a limit of 0.8e-3, fitted
+        to the torch pass, gave those up: 0.9x); k = 8 at 0.59e-3 to 0.68e-3 1.6 to 2.0x
+        faster, at 0.82e-3 and 0.86e-3 1.26x and 1.44x slower (its rows crowd late). (Features
+        that crowd from the first block on leave earlier: ``offer``.)"""
         self.first_block = self.first_block and self.rows_seen == 0
         checked = 0 if self.last_check is None else self.last_check[1]
         if references_done // CHECK_EVERY == checked // CHECK_EVERY:
@@ -236,7 +238,8 @@ class ScreenCandidates:
         if previous is None:  # the first blocks take many candidates while the maxima settle
             return True
         references = references_done - previous[1]
-        return self.offered - previous[0] <= MAX_HIT_RATE * (self.k + 1) * self.window.shape[0] * references
+        limit = (MAX_HIT_RATE + SMALL_K_HIT_RATE / self.k) * (self.k + 1)
+        return self.offered - previous[0] <= limit * self.window.shape[0] * references
 
     def _give_up_rows(self, rows):
         self.unresolved[rows] = True

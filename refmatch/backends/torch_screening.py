@@ -26,8 +26,8 @@ match, so they are skipped like ignored ones. Rows whose candidates pile up
 float32 walk. The screen stops and hands back every row once a quarter of them
 crowd, when the first reference block brings too many candidates (a trained
 U-Net's features: ``screen_candidates.FIRST_BLOCK_CANDIDATES``), or when
-candidates keep arriving faster than ``MAX_HIT_RATE`` (k + 1) per row and
-reference (checked every 4096 references); the later passes of rows then walk
+candidates keep arriving faster than a k-dependent rate per row and reference
+(``ScreenCandidates.checkpoint``, every 4096 references); the later passes of rows then walk
 without screening.
 """
 import functools
