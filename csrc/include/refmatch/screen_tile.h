@@ -26,6 +26,9 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#if defined(_MSC_VER)
+#include <intrin.h>
+#endif
 
 // One copy per x86-64 level, picked at load time (ifunc on Linux): the int16 maxima run 8,
 // 16 or 32 lanes wide. Levels as clone targets need GCC 12; Clang before 18 never picks them.
@@ -79,6 +82,16 @@ inline int16_t run_max_key(const uint16_t* values, int64_t count) {
     best = key > best ? key : best;
   }
   return best;
+}
+
+inline int lowest_set_bit(uint64_t bits) {  // bits != 0
+#if defined(_MSC_VER)
+  unsigned long index;
+  _BitScanForward64(&index, bits);
+  return static_cast<int>(index);
+#else
+  return __builtin_ctzll(bits);
+#endif
 }
 
 // Bit i set where values[i] >= the threshold's value, i < count <= 64 (vectorisable compares).
@@ -140,7 +153,7 @@ REFMATCH_CPU_CLONES inline void screen_tile(const uint16_t* tile, int64_t rows, 
       for (int64_t block = begin; block < end; block += 64) {
         const uint64_t hits = columns_at_least(values + block, end - block < 64 ? end - block : 64, threshold);
         for (uint64_t rest = hits; rest != 0; rest &= rest - 1) {
-          const int64_t col = block + __builtin_ctzll(rest);
+          const int64_t col = block + lowest_set_bit(rest);
           out.rows.push_back(row);
           out.cols.push_back(col);
           out.scores.push_back(bf16_value(values[col]));
