@@ -169,6 +169,20 @@ def test_vote_of_infinite_scores():
     assert vote(result, num_classes=2).probabilities.tolist() == [[1, 0]]
 
 
+def test_vote_keeps_float32_under_a_float64_default_dtype():
+    """Its own tensors (the +inf share, the class totals) take the scores' dtype, not torch's default."""
+    result = refmatch.MatchResult(score=torch.tensor([[0.9, 0.5, 0.1]]), index=torch.tensor([[0, 1, 2]]),
+                                  label=torch.tensor([[2, 0, 2]]))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        votes = [vote(result, num_classes=3, weighting=weighting) for weighting in ("uniform", "similarity")]
+    finally:
+        torch.set_default_dtype(default)
+    assert all(v.probabilities.dtype == torch.float32 for v in votes)
+    assert votes[0].probabilities[0].tolist() == pytest.approx([1 / 3, 0, 2 / 3])
+
+
 def test_vote_refuses_scores_of_another_metric():
     # l2 distances voted as cosine similarities elect the farthest neighbour.
     reference, labels = torch.randn(50, 8), torch.randint(0, 4, (50,))

@@ -37,7 +37,7 @@ def _softmax(oriented, temperature):
     oriented = oriented.masked_fill(oriented.isnan(), float("-inf"))
     best = oriented.amax(dim=1, keepdim=True)
     weight = torch.softmax((oriented - best) / temperature, dim=1)  # NaN rows where best is infinite
-    at_infinity = (oriented == best) & (best == float("inf"))
+    at_infinity = ((oriented == best) & (best == float("inf"))).to(weight.dtype)  # not the default dtype
     return torch.where(best.isinf(), at_infinity / at_infinity.sum(dim=1, keepdim=True).clamp_min(1), weight)
 
 
@@ -158,6 +158,6 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         weight = _softmax(torch.where(voted, sign * score, float("-inf")), temperature)
     shape = list(label.shape)
     shape[1] = num_classes
-    totals = torch.zeros(shape, device=label.device).scatter_add_(1, label.masked_fill(~voted, 0), weight * voted)
+    totals = weight.new_zeros(shape).scatter_add_(1, label.masked_fill(~voted, 0), weight * voted)
     probabilities = totals / totals.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return Vote(probabilities, margin(probabilities))
