@@ -174,49 +174,56 @@ def test_gpu_suite_parses_and_its_test_list_names_every_gpu_test_file():
 
 def test_top_k_and_classwise_rows_are_timed_against_k1_interleaved(tmp_path, monkeypatch):
     """Each top-8 or class-wise run follows one of the backend's k = 1 dot, and "vs k=1" is the
-    median of the runs' ratios, so a host whose speed drifts moves both alike."""
+    median of the runs' ratios (not the ratio of the medians), so a host whose speed drifts
+    moves both alike; the JSON keeps the k = 1 runs' median."""
     from refmatch import bench_timing
 
-    calls = []
+    calls, baseline_seconds, run_seconds = [], iter([0.1, 0.4, 0.2] * 2), iter([0.3, 0.2, 0.1] * 2)
 
-    def fake_seconds(fn, device):  # the baseline (k = 1 dot) 0.5 s; other calls 0.01, 0.02 ... s
+    def fake_seconds(fn, device):  # after the ceilings: ratios 3, 0.5, 0.5 per row
         baseline = getattr(fn, "__name__", "") == "search"
         calls.append(baseline)
-        return 0.5 if baseline else len(calls) / 100
+        if len(calls) <= 6:
+            return 0.01
+        return next(baseline_seconds) if baseline else next(run_seconds)
     monkeypatch.setattr(bench_timing, "_seconds", fake_seconds)
-    bench.main(["--sizes", "32x256x8", "--only", "torch k=8", "torch classwise", "--repeat", "3", "--out", str(tmp_path)])
+    bench.main(["--sizes", "32x256x8", "--only", "torch k=8", "torch classwise", "--repeat", "3",
+                "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("*.json")
     rows = [row for row in json.loads(json_path.read_text())["rows"] if "seconds" in row and row["metric"] != "-"]
     assert [row["method"] for row in rows] == ["refmatch torch k=8", "refmatch torch classwise C=4"]
-    for row in rows:  # runs of 0.08, 0.10, 0.12 s (class-wise 0.14, 0.16, 0.18 s), each after 0.5 s of k = 1
-        assert row["runs"] == 3 and row["ratio_to_k1"] == pytest.approx(row["seconds"] / 0.5)
+    for row in rows:  # medians: 0.2 s against 0.2 s, yet each run's ratio is 3, 0.5 or 0.5
+        assert row["runs"] == 3 and row["ratio_to_k1"] == pytest.approx(0.5) and row["k1_seconds"] == 0.2
     assert calls == [False] * 6 + [True, False] * 6, "the ceilings' 3 runs each, then each run after a k = 1 run"
     assert "| vs k=1 |" in json_path.with_suffix(".md").read_text()
 
 
-def test_a_peer_that_kills_its_probe_process_is_a_skipped_row(monkeypatch):
-    """KeOps runs once in a child process first: a segmentation fault there (KeOps 2.3 on
-    CUDA 13) skips its rows with the signal and the child's last line, and the run goes on."""
+def test_a_peer_that_kills_its_probe_process_is_a_skipped_row(tmp_path, monkeypatch):
+    """KeOps runs once in a child process before its rows: a segmentation fault there (KeOps 2.3
+    on CUDA 13) skips its rows with the signal and the child's last line (stdout or stderr), and
+    the run goes on; the probe runs only when a KeOps row is wanted, after the rows before it."""
     import torch
 
-    from refmatch import bench_peers
+    from refmatch import bench_keops
 
-    crash = bench_peers.crash_reason("import os, signal, sys; print('generating ArgMin', file=sys.stderr); "
+    crash = bench_keops.crash_reason("import os, signal; print('Generating code for ArgMin'); "
                                      "os.kill(os.getpid(), signal.SIGSEGV)", timeout=60)
-    assert crash == "it killed a probe process (SIGSEGV; last line: generating ArgMin)"
-    assert bench_peers.crash_reason("raise ValueError('no nvrtc')", timeout=60) == \
-        "its probe in a child process failed (ValueError: no nvrtc)"
-    assert bench_peers.crash_reason("pass", timeout=60) is None
-    assert "ran past 1 s" in bench_peers.crash_reason("import time; time.sleep(30)", timeout=1)
+    assert crash == "it killed a probe process (SIGSEGV; last line: Generating code for ArgMin)"
+    assert bench_keops.crash_reason("import os; os.kill(os.getpid(), 40)", timeout=60).startswith(
+        "it killed a probe process (signal 40;")
+    assert bench_keops.crash_reason("import sys; sys.stdout.buffer.write(b'\\xff'); raise ValueError('no nvrtc')",
+                                    timeout=60) == "its probe in a child process failed (ValueError: no nvrtc)"
+    assert bench_keops.crash_reason("import refmatch.bench_keops", timeout=60) is None, "this process's import path"
+    assert "ran past 1 s" in bench_keops.crash_reason("import time; time.sleep(30)", timeout=1)
 
-    pytest.importorskip("pykeops")  # installed: its rows carry the probe's reason, probed only when wanted
+    pytest.importorskip("pykeops")  # installed: its rows carry the probe's reason
     probes = []
-    monkeypatch.setattr(bench_peers, "crash_reason", lambda statement, timeout: probes.append(statement) or
+    monkeypatch.setattr(bench_keops, "crash_reason", lambda statement, timeout: probes.append(statement) or
                         "it killed a probe process (SIGSEGV)")
     tiny = torch.zeros(2, 8)
-    assert bench_peers.PEER_GROUPS["keops"](tiny, tiny, 1.0, lambda name: "keops" not in name) == []
-    assert probes == []
-    rows = bench_peers.PEER_GROUPS["keops"](tiny, tiny, 1.0, lambda name: True)
-    assert probes == ["from refmatch.bench_peers import keops_probe; keops_probe('cpu', 8)"]
-    assert [(row.name, row.skip) for row in rows] == [(name, "it killed a probe process (SIGSEGV)")
-                                                      for name, *_ in bench_peers.KEOPS_FORMULAS]
+    assert bench_keops.keops_rows(tiny, tiny, lambda name: "keops" not in name) == [] and probes == []
+    bench.main(["--sizes", "32x256x8", "--only", "keops", "refmatch torch k=1", "--repeat", "1",
+                "--out", str(tmp_path)])
+    rows = {row["method"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]}
+    assert [rows[name].get("skipped") for name in bench_keops.FORMULAS] == ["it killed a probe process (SIGSEGV)"] * 2
+    assert rows["refmatch torch k=1"]["agreement"] == 1.0 and len(probes) == 1, "one probe for both rows"

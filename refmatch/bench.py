@@ -74,15 +74,16 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
             continue
         row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
                "dtype": str(dtype).replace("torch.", "")}
-        if method.skip:
-            yield {**row, "skipped": method.skip}
+        skip = method.skip or (method.prepare() if method.prepare else None)
+        if skip:
+            yield {**row, "skipped": skip}
             continue
         try:
             begin = time.perf_counter()
             with PeakMemory(device) as memory:  # also the warm-up
                 index = method.run()
             first = time.perf_counter() - begin
-            times, ratios = ([first], []) if first > SLOW_SECONDS else _timed_runs(method, device, repeat)
+            times, baseline_times = ([first], []) if first > SLOW_SECONDS else _timed_runs(method, device, repeat)
             if index is None:
                 agreed = None
             elif method.classwise:
@@ -98,11 +99,19 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
             gemm_tflops = max(gemm_tflops or 0.0, tflops)
         yield {**row, "seconds": seconds, "runs": len(times), "min_seconds": min(times), "max_seconds": max(times),
                "tflops": tflops, "peak_mib": memory.peak_mib, "agreement": agreed,
-               "ratio_to_gemm": tflops / gemm_tflops, **({"ratio_to_k1": statistics.median(ratios)} if ratios else {})}
+               "ratio_to_gemm": tflops / gemm_tflops, **_against_k1(times, baseline_times)}
+
+
+def _against_k1(times, baseline_times):
+    """The k = 1 runs' median seconds and the median of each run's ratio to its k = 1 run."""
+    if not baseline_times:
+        return {}
+    return {"k1_seconds": statistics.median(baseline_times),
+            "ratio_to_k1": statistics.median(t / b for t, b in zip(times, baseline_times))}
 
 
 def _timed_runs(method, device, repeat):
-    """(seconds of each timed run, each run's ratio to the k = 1 run right before it, or []).
+    """(seconds of each timed run, seconds of the k = 1 run right before each, or []).
 
     A method slower than SLOW_SECONDS (KeOps on a CPU, its compile included) is
     reported from its warm-up, by the caller. Otherwise a warm run decides: one
@@ -114,11 +123,11 @@ def _timed_runs(method, device, repeat):
         return timed_against(method.run, method.baseline, device, count)
     if method.baseline is not None:
         method.baseline()  # its warm-up, in case --only left its own row out
-    times, ratios = measure(1)
+    times, baseline_times = measure(1)
     if times[0] < 1:
-        more_times, more_ratios = measure(repeat - 1)
-        times, ratios = times + more_times, ratios + more_ratios
-    return times, ratios
+        more_times, more_baseline_times = measure(repeat - 1)
+        times, baseline_times = times + more_times, baseline_times + more_baseline_times
+    return times, baseline_times
 
 
 def _line(r):

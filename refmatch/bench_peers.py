@@ -4,17 +4,14 @@ Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
 is not installed, or cannot run on the device, is listed with the reason.
 """
 import functools
-import importlib.util
 import os
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 import refmatch
+from refmatch.bench_keops import keops_rows
 
 
 @dataclass
@@ -27,6 +24,7 @@ class Method:
     skip: Optional[str] = None
     classwise: bool = False      # run returns class-wise scores [N, CLASSES], judged class by class
     baseline: Optional[Callable] = None  # the same backend's k = 1 dot, timed interleaved ("vs k=1")
+    prepare: Optional[Callable] = None   # before the warm-up, untimed: a reason to skip, or None (KeOps)
 
 
 def _faiss_methods(query, reference, flops, keep):
@@ -56,59 +54,9 @@ def _faiss_methods(query, reference, flops, keep):
     return methods
 
 
-def _keops_argmax(q, r):
-    return (-(q * r).sum(-1)).argmin(dim=1)[:, 0]
-
-
-def _keops_l2_top8(q, r):
-    return ((q - r) ** 2).sum(-1).argKmin(8, dim=1)
-
-
-KEOPS_FORMULAS = (("keops LazyTensor argmax", "dot", 1, _keops_argmax),
-                  ("keops LazyTensor argKmin l2 k=8", "l2", 8, _keops_l2_top8))
-KEOPS_PROBE_SECONDS = 300  # its code generation and compiles, on a cold cache
-
-
-def keops_probe(device, depth):
-    """Every KeOps formula once on 64 float32 rows of ``depth`` (in the child process of
-    ``crash_reason``); its compiled code stays in KeOps' cache for the timed runs."""
-    from pykeops.torch import LazyTensor
-
-    rows = torch.randn(64, depth, device=device)
-    for *_, formula in KEOPS_FORMULAS:
-        formula(LazyTensor(rows[:, None, :]), LazyTensor(rows[None, :, :]))
-
-
-def crash_reason(statement, timeout):
-    """None when Python ``statement`` runs cleanly in a child process; else why not. A peer
-    that kills its process (KeOps 2.3 on CUDA 13: a segmentation fault while generating its
-    ArgMin code) is then a skipped row, and the benchmark goes on."""
-    try:
-        child = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"its probe in a child process ran past {timeout} s"
-    if child.returncode == 0:
-        return None
-    last = " ".join((child.stderr.strip().splitlines() or ["no output"])[-1].split())[:160]
-    if child.returncode < 0:
-        return f"it killed a probe process ({signal.Signals(-child.returncode).name}; last line: {last})"
-    return f"its probe in a child process failed ({last})"
-
-
 def _keops_methods(query, reference, flops, keep):
-    if importlib.util.find_spec("pykeops") is None:
-        return [Method("keops", "dot", 1, None, flops, "pykeops is not installed (pip install pykeops)")]
-    if not any(keep(name) for name, *_ in KEOPS_FORMULAS):
-        return []
-    # Probed in a child first: a crash there costs these rows, not the benchmark.
-    crash = crash_reason(f"from refmatch.bench_peers import keops_probe; "
-                         f"keops_probe({str(query.device)!r}, {query.shape[1]})", KEOPS_PROBE_SECONDS)
-    if crash:
-        return [Method(name, metric, k, None, flops, crash) for name, metric, k, _ in KEOPS_FORMULAS]
-    from pykeops.torch import LazyTensor
-
-    q, r = LazyTensor(query.float()[:, None, :]), LazyTensor(reference.float()[None, :, :])
-    return [Method(name, metric, k, functools.partial(formula, q, r), flops) for name, metric, k, formula in KEOPS_FORMULAS]
+    return [Method(name, metric, k, run, flops, skip, prepare=prepare)
+            for name, metric, k, run, skip, prepare in keops_rows(query, reference, keep)]
 
 
 def _flash_kmeans_methods(query, reference, flops, keep):

@@ -13,15 +13,14 @@ def timed(fn, device, repeat):
 
 
 def timed_against(fn, baseline, device, repeat):
-    """(seconds of each of ``repeat`` runs of ``fn``, each run's ratio to a run of ``baseline``
-    right before it). Interleaved, so that a host whose speed drifts during the benchmark (a
+    """(seconds of each of ``repeat`` runs of ``fn``, seconds of the run of ``baseline`` right
+    before each). Interleaved, so that a host whose speed drifts during the benchmark (a
     shared CPU machine, a GPU's clocks) moves both alike; both warmed up by the caller."""
-    times, ratios = [], []
+    times, baseline_times = [], []
     for _ in range(repeat):
-        before = _seconds(baseline, device)
+        baseline_times.append(_seconds(baseline, device))
         times.append(_seconds(fn, device))
-        ratios.append(times[-1] / before)
-    return times, ratios
+    return times, baseline_times
 
 
 def _seconds(fn, device):
