@@ -37,6 +37,19 @@ def test_slowly_crowding_rows_give_up_at_a_checkpoint(monkeypatch):
     assert_matches_oracle(result, query, reference, "dot")
 
 
+@pytest.mark.parametrize("k, rate, screens_on", [(1, 1.45e-3, True), (1, 1.55e-3, False), (8, 0.70e-3, True),
+                                                 (8, 0.73e-3, False)])
+def test_the_rate_limit_is_looser_for_small_k(monkeypatch, k, rate, screens_on):
+    """Candidates per row, reference and k + 1 since the last check, against the limit
+    0.6e-3 + 0.9e-3 / k: 1.5e-3 at k = 1, 0.7125e-3 at k = 8."""
+    monkeypatch.setattr(screen_candidates, "MAX_HIT_RATE", MAX_HIT_RATE)
+    rows = 1000
+    store = screen_candidates.ScreenCandidates(torch.ones(rows), k)
+    assert store.checkpoint(screen_candidates.CHECK_EVERY)  # the first check only records
+    store.offered += round(rate * (k + 1) * rows * screen_candidates.CHECK_EVERY)
+    assert store.checkpoint(2 * screen_candidates.CHECK_EVERY) == screens_on
+
+
 @pytest.mark.skipif(not screening.native_bf16(), reason="the screen runs by default only with native bfloat16")
 def test_classwise_walks_once_when_a_class_is_too_small_to_screen(monkeypatch):
     from refmatch.backends import torch_classwise

@@ -5,7 +5,6 @@ import torch
 from oracle import assert_matches_oracle, dense_scores
 from refmatch.backends import torch_screening as screening
 from refmatch.backends import screen_candidates
-from refmatch.backends.screen_candidates import chunk_maxima_bf16
 from refmatch.backends.torch_backend import match_chunked
 from refmatch.backends.class_ranges import stored_by_class
 from refmatch.backends.torch_classwise import classwise_chunked
@@ -136,24 +135,6 @@ def test_crowded_rows_are_walked_in_float32(monkeypatch):
     assert_matches_oracle(result, query, reference, "dot")
 
 
-@pytest.mark.parametrize("k", [1, 5])
-def test_a_float64_default_dtype_changes_nothing(k):
-    """The screen's state is float32 whatever torch's default dtype (the C++ pass reads it as
-    float32): the same matches as the float32 walk, crowded rows (walked) included."""
-    generator = torch.Generator().manual_seed(k)
-    reference, query = torch.randn(2048, 8, generator=generator), torch.randn(256, 8, generator=generator)
-    reference[300:400] = 2 * query[0]  # row 0 crowds: walked
-    for bank in (reference, torch.ones(2048, 8)):  # constant features: the screen gives up on all rows
-        walked = screened_match(query, bank, "dot", block_m=256, k=k, screen=False)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            screened = screened_match(query, bank, "dot", block_m=256, k=k)
-        finally:
-            torch.set_default_dtype(default)
-        assert torch.equal(screened.index, walked.index) and screened.score.dtype == torch.float32
-
-
 def test_screening_gives_up_when_most_rows_crowd():
     """Constant features tie everywhere: every row is handed to the float32 walk, which picks index 0."""
     query, reference = torch.ones(64, 8), torch.ones(2048, 8)
@@ -266,15 +247,6 @@ def test_rows_with_no_matchable_reference_get_minus_one():
     result = screened_match(torch.randn(5, 8), reference, "cosine", ignored=torch.ones(100, dtype=torch.bool))
     assert torch.equal(result.index, torch.full((5,), -1))
     assert torch.isneginf(result.score).all()
-
-
-@pytest.mark.parametrize("chunks", [1, 2])
-def test_chunk_maxima_read_bfloat16_bits_in_float_order(chunks):
-    inf = float("inf")
-    tile = torch.tensor([[-3.0, -0.0, -1.0, 2.0], [-5.0, -2.0, -7.0, -8.0], [0.5, -9.0, 0.25, -1.0],
-                         [-0.0, 0.0, -1.0, -3.0], [-inf, -2.0, -1.0, -inf], [-inf, -inf, -inf, -inf]])
-    expected = tile.view(6, chunks, -1).amax(dim=2)
-    assert torch.equal(chunk_maxima_bf16(tile.bfloat16(), chunks), expected)
 
 
 def test_screen_applies_only_where_it_pays(monkeypatch):

@@ -6,12 +6,11 @@ among the float32 top k, so it is never stored. Only rows whose tile maximum
 reaches the floor take part in a tile. Rows whose candidates pile up are given
 up and left to the float32 walk.
 """
-import functools
-
 import torch
 
 from ..candidates import keep_best, pad_by_row
 from .scoring import NORM_EPS, norms
+from .screen_tiles import native_screen, native_tile_candidates, torch_tile_candidates
 
 # Candidates per row above which a row is left to the float32 walk: CROWD_LIMIT + CROWD_PER_K k.
 # On random 128-d features a 512-wide tile gives top-8 rows 17 to 52 hits; clusters of
@@ -37,37 +36,9 @@ FIRST_BLOCK_CANDIDATES, FIRST_BLOCK_DEPTH = 2.8, 128
 FIRST_BLOCK_ROWS = 2048
 BUDGET_PER_ROW, MIN_BUDGET = 32, 1 << 16  # stored triples (per k) before the first compaction
 STORED_LIMIT = 1 << 22  # triples (20 bytes each) one pass over the bank may hold: see rows_per_pass
-CHUNK = 64  # columns per run whose maximum decides whether the run is read
 # Bytes of each gathered operand rescored at once: small enough to stay in cache between the
 # gather and the dot products (8192 x 65536 x 128, top-8's 229K pairs: 30.5 ms at 32 MiB, 10.7 ms at 4 MiB).
 RESCORE_BYTES = 4 << 20
-
-
-@functools.cache
-def native_screen():
-    """``refmatch._C.screen_tile_candidates``, or None where the extension was not built:
-    the tile pass of ``ScreenCandidates.offer`` in C++ (csrc/include/refmatch/screen_tile.h)."""
-    try:
-        from refmatch import _C
-    except ImportError:
-        return None
-    return getattr(_C, "screen_tile_candidates", None)
-
-
-def chunk_maxima_bf16(tile, chunks):
-    """Maxima [rows, chunks] (float32) of a bfloat16 tile [rows, columns] without NaN over
-    ``chunks`` equal runs of columns, read as int16 (a fast integer reduction).
-
-    Non-negative bfloat16 values order as their bits; a run whose largest bit
-    pattern is negative holds only negative values (-inf included), whose maximum
-    has the smallest.
-    """
-    bits = tile.view(torch.int16).view(tile.shape[0], chunks, -1)
-    top = bits.amax(dim=2)
-    negative = top < 0
-    if bool(negative.any()):
-        top = torch.where(negative, bits.amin(dim=2), top)
-    return top.view(torch.bfloat16).float()
 
 
 def crowd_limit(k):
@@ -114,7 +85,8 @@ class ScreenCandidates:
         native = native_screen()
         fits = (tile.dtype == torch.bfloat16 and tile.device.type == "cpu" and tile.is_contiguous()
                 and rows.stop <= self.window.shape[0])  # else the torch pass (it names a misfit)
-        found = self._native_candidates(native, tile, rows) if native and fits else self._tile_candidates(tile, rows)
+        found = native_tile_candidates(native, self, tile, rows) if native and fits else \
+            torch_tile_candidates(self, tile, rows)
         if found is None:
             return True
         hit_row, hit_col, hit_scores, all_near = found
@@ -143,64 +115,15 @@ class ScreenCandidates:
             self.compact()
         return self.given_up <= GIVE_UP_FRACTION * self.rows_seen
 
-    def _tile_candidates(self, tile, rows):
-        """The tile's candidates (tile row [H], column [H], screened score [H], ascending row
-        then column; whether every row came near), or None when no row comes near; raises
-        the bounds of the ``rows`` of the tile that come near.
-
-        Runs of ``CHUNK`` columns whose maximum is below the floor are never read
-        again: on random features at k = 8 that skips about 3 in 4 of the runs that
-        a test of whole rows would read."""
-        width = tile.shape[1]
-        tile_max = chunk_maxima_bf16(tile, 1)[:, 0]
-        near = (tile_max >= self.kth_bound[rows] - self.window[rows]).nonzero()[:, 0]
-        if near.numel() == 0:
-            return None
-        near_rows = near + rows.start
-        near_tile = self._near_tile(tile, near)
-        padded_width = near_tile.shape[1]
-        chunks = padded_width // CHUNK if self.k > 1 else 1  # k = 1: few rows come near
-        chunk_max = chunk_maxima_bf16(near_tile, chunks) if chunks > 1 else tile_max[near, None]
-        floor = self._raise_bound(near_rows, chunk_max, tile_max[near], near_tile) - self.window[near_rows]
-        pair_row, pair_chunk = (chunk_max >= floor[:, None]).nonzero().unbind(1)
-        runs = near_tile.view(-1, padded_width // chunks).index_select(0, pair_row * chunks + pair_chunk).float()
-        hit_pair, hit_col = (runs >= floor[pair_row, None]).nonzero().unbind(1)
-        hit_row, hit_scores = near[pair_row[hit_pair]], runs[hit_pair, hit_col]
-        hit_col += pair_chunk[hit_pair] * (padded_width // chunks)
-        if padded_width > width:  # a floor of -inf (fewer than k scores yet) takes the padding too
-            real = hit_col < width
-            hit_row, hit_col, hit_scores = hit_row[real], hit_col[real], hit_scores[real]
-        return hit_row, hit_col, hit_scores, near.numel() == tile.shape[0]
-
-    def _native_candidates(self, native, tile, rows):
-        """``_tile_candidates`` in one pass of refmatch._C (screen_tile.h), the same results."""
-        top, bound, window = self.top[rows], self.kth_bound[rows], self.window[rows]
-        hit_row, hit_col, hit_scores, near = native(tile.data_ptr(), tile.shape[0], tile.shape[1], self.k,
-                                                    top.data_ptr(), bound.data_ptr(), window.data_ptr())
-        if near == 0:
-            return None
-        return (torch.from_numpy(hit_row), torch.from_numpy(hit_col), torch.from_numpy(hit_scores),
-                near == tile.shape[0])
-
-    def _near_tile(self, tile, near):
-        """The tile's rows ``near``; for top k, widened with -inf to whole runs of ``CHUNK``
-        (a block with ignored references drops them, so its width is rarely a multiple)."""
-        width = tile.shape[1]
-        padded_width = width if self.k == 1 else -(-width // CHUNK) * CHUNK
-        if padded_width == width:
-            return tile if near.numel() == tile.shape[0] else tile.index_select(0, near)
-        near_tile = tile.new_full((near.numel(), padded_width), float("-inf"))
-        near_tile[:, :width] = tile[near]
-        return near_tile
-
-    def _raise_bound(self, rows, chunk_max, tile_max, tile_rows):
-        """Raise the k-th bound of ``rows`` with their tile rows [R, columns]; the new bound [R].
+    def raise_bound(self, rows, chunk_max, tile_max, tile_rows):
+        """Raise the k-th bound of ``rows`` with their tile rows [R, columns]; the new bound [R]
+        (the torch tile pass's; screen_tile.h does the same row by row).
 
         Each row keeps k of its screened scores; the smallest is a lower bound on
         its k-th best. A row's first tile gives its k best (a sort over the tile
         row, until it holds k scores); later tiles give their run maxima [R, chunks],
-        merged where the tile maximum beats the bound. The bound lags the exact k-th best only where one
-        run holds several of a row's best scores, and never exceeds it.
+        merged where the tile maximum beats the bound. The bound lags the exact k-th
+        best only where one run holds several of a row's best scores, and never exceeds it.
         """
         bound = self.kth_bound[rows]
         if self.k == 1:
@@ -224,12 +147,13 @@ class ScreenCandidates:
         """After each reference block: every ``CHECK_EVERY`` references, from the second
         check on, False when rows took more candidates per reference since the last check
         than (``MAX_HIT_RATE`` + ``SMALL_K_HIT_RATE`` / k)(k + 1). Screening on costs more
-        than the walk then. Measured at the second check (per k + 1, 8192 x 65536 x 128,
-        4 clusters with noise, session 18's C++ tile pass), each screened through against
-        the walk: k = 1 at 0.85e-3 to 1.36e-3 1.6 to 1.9x faster (a limit of 0.8e-3, fitted
-        to the torch pass, gave those up: 0.9x); k = 8 at 0.59e-3 to 0.68e-3 1.6 to 2.0x
-        faster, at 0.82e-3 and 0.86e-3 1.26x and 1.44x slower (its rows crowd late). (Features
-        that crowd from the first block on leave earlier: ``offer``.)"""
+        than the walk then. Measured by hand in session 18 (not in a results file) at the
+        second check, per k + 1, 8192 x 65536 x 128, 4 clusters with noise, each screened
+        through against the walk: k = 1 at 0.85e-3 to 1.36e-3 1.6 to 2.1x faster with the
+        C++ tile pass and 1.4 to 1.9x with the torch pass (a limit of 0.8e-3 gave those up:
+        0.9x); k = 8 at 0.59e-3 to 0.68e-3 1.6 to 2.0x faster, at 0.82e-3 and 0.86e-3 1.26
+        to 1.44x slower (its rows crowd late). (Features that crowd from the first block on
+        leave earlier: ``offer``.)"""
         self.first_block = self.first_block and self.rows_seen == 0
         checked = 0 if self.last_check is None else self.last_check[1]
         if references_done // CHECK_EVERY == checked // CHECK_EVERY:

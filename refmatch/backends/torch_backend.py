@@ -13,7 +13,7 @@ import torch
 from ..candidates import keep_best, pad_by_row
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import accumulation_dtype, finalize_scores, normalized_rows, reference_stat
-from .screen_candidates import native_screen
+from .screen_tiles import tile_pass_name
 from .torch_screening import (MAX_K as MAX_SCREENED_K, MIN_WORK, match_screened, native_bf16, screen_switched_off,
                               screening_applies)
 
@@ -270,9 +270,8 @@ class TorchBackend:
         elif screen_switched_off():
             screen = "the float32 screen is off (REFMATCH_BF16_SCREEN=0)"
         else:
-            tile_pass = "C++ (refmatch._C)" if native_screen() else "torch (refmatch._C not built)"
             screen = (f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} from N*M*D = "
-                      f"2^{MIN_WORK.bit_length() - 1} on this CPU, its tile pass in {tile_pass}")
+                      f"2^{MIN_WORK.bit_length() - 1} on this CPU, its tile pass in {tile_pass_name()}")
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {screen}"
 
     def decline_reason(self, problem):

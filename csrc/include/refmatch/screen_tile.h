@@ -101,11 +101,15 @@ inline uint64_t columns_at_least(const uint16_t* values, int64_t count, int16_t 
   uint8_t flags[64] = {};
   for (int64_t i = 0; i < count; ++i) flags[i] = bf16_order_key(values[i]) >= threshold;
   uint64_t hits = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  for (int i = 0; i < 64; ++i) hits |= static_cast<uint64_t>(flags[i]) << i;
+#else
   for (int byte = 0; byte < 8; ++byte) {
     uint64_t eight;
     std::memcpy(&eight, flags + 8 * byte, sizeof(eight));
     hits |= ((eight * 0x0102040810204080ull) >> 56) << (8 * byte);  // byte j's 0/1 to bit j
   }
+#endif
   return hits;
 }
 
