@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from refmatch.backends import screen_candidates
+from refmatch.backends import screen_candidates, screen_tiles
 from refmatch.backends.torch_backend import match_chunked
 
 
@@ -17,10 +17,10 @@ def screen_small_banks(monkeypatch):
 @pytest.fixture(autouse=True, params=["native tile pass", "torch tile pass"])
 def tile_pass(request, monkeypatch):
     """Every screen test on both tile passes: refmatch._C's (where it was built) and torch's."""
-    if request.param.startswith("native") and screen_candidates.native_screen() is None:
+    if request.param.startswith("native") and screen_tiles.native_screen() is None:
         pytest.skip("refmatch._C is not built")
     if request.param.startswith("torch"):
-        monkeypatch.setattr(screen_candidates, "native_screen", lambda: None)
+        monkeypatch.setattr(screen_tiles, "native_screen", lambda: None)
 
 
 def screened_match(query, reference, metric, ignored=None, block_m=64, k=1, screen=True):

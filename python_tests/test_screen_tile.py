@@ -34,7 +34,7 @@ def counting(monkeypatch):
     def counted(*args):
         calls[0] += 1
         return native(*args)
-    monkeypatch.setattr(screen_candidates, "native_screen", lambda: counted)
+    monkeypatch.setattr(screen_tiles, "native_screen", lambda: counted)
     return calls
 
 
@@ -55,7 +55,7 @@ def test_tile_after_tile_the_same_as_the_torch_pass(k, width, monkeypatch):
         calls = counting(monkeypatch)
         accepted = with_native.offer(tile, row0, step * width, None)
         assert calls == [1], "the C++ pass ran"
-        monkeypatch.setattr(screen_candidates, "native_screen", lambda: None)
+        monkeypatch.setattr(screen_tiles, "native_screen", lambda: None)
         assert with_torch.offer(tile, row0, step * width, None) == accepted
         monkeypatch.undo()
         for mine, theirs in zip(with_native.parts, with_torch.parts, strict=True):
@@ -106,7 +106,7 @@ def test_a_float64_default_dtype_changes_nothing(k, tile_pass, monkeypatch):
             pytest.skip("refmatch._C is not built")
         calls = counting(monkeypatch)
     else:
-        monkeypatch.setattr(screen_candidates, "native_screen", lambda: None)
+        monkeypatch.setattr(screen_tiles, "native_screen", lambda: None)
     generator = torch.Generator().manual_seed(k)
     reference, query = torch.randn(2048, 8, generator=generator), torch.randn(256, 8, generator=generator)
     reference[300:400] = 2 * query[0]  # row 0 crowds: walked

@@ -10,7 +10,7 @@ import torch
 
 from ..candidates import keep_best, pad_by_row
 from .scoring import NORM_EPS, norms
-from .screen_tiles import native_screen, native_tile_candidates, torch_tile_candidates
+from .screen_tiles import tile_candidates
 
 # Candidates per row above which a row is left to the float32 walk: CROWD_LIMIT + CROWD_PER_K k.
 # On random 128-d features a 512-wide tile gives top-8 rows 17 to 52 hits; clusters of
@@ -82,11 +82,7 @@ class ScreenCandidates:
         ``col0`` (``kept``: their positions, or None). False: too many rows crowd, give up."""
         self.rows_seen = max(self.rows_seen, row0 + tile.shape[0])
         rows = slice(row0, row0 + tile.shape[0])
-        native = native_screen()
-        fits = (tile.dtype == torch.bfloat16 and tile.device.type == "cpu" and tile.is_contiguous()
-                and rows.stop <= self.window.shape[0])  # else the torch pass (it names a misfit)
-        found = native_tile_candidates(native, self, tile, rows) if native and fits else \
-            torch_tile_candidates(self, tile, rows)
+        found = tile_candidates(self, tile, rows)
         if found is None:
             return True
         hit_row, hit_col, hit_scores, all_near = found
@@ -114,34 +110,6 @@ class ScreenCandidates:
                 may_crowd and int((self.row_counts > self.crowd_limit).sum()) > GIVE_UP_FRACTION * self.rows_seen):
             self.compact()
         return self.given_up <= GIVE_UP_FRACTION * self.rows_seen
-
-    def raise_bound(self, rows, chunk_max, tile_max, tile_rows):
-        """Raise the k-th bound of ``rows`` with their tile rows [R, columns]; the new bound [R]
-        (the torch tile pass's; screen_tile.h does the same row by row).
-
-        Each row keeps k of its screened scores; the smallest is a lower bound on
-        its k-th best. A row's first tile gives its k best (a sort over the tile
-        row, until it holds k scores); later tiles give their run maxima [R, chunks],
-        merged where the tile maximum beats the bound. The bound lags the exact k-th
-        best only where one run holds several of a row's best scores, and never exceeds it.
-        """
-        bound = self.kth_bound[rows]
-        if self.k == 1:
-            bound = torch.maximum(bound, tile_max)
-        elif bool(bound.isneginf().any()):  # rows short of k scores take their whole tile rows
-            first = bound.isneginf()[:, None]
-            offered = torch.cat([chunk_max.masked_fill(first, float("-inf")),
-                                 tile_rows.float().masked_fill(~first, float("-inf"))], dim=1)
-            kept = torch.cat([self.top[rows], offered], dim=1).topk(self.k, dim=1).values
-            self.top[rows], bound = kept, kept[:, -1]
-        else:
-            entering = (tile_max > bound).nonzero()[:, 0]
-            if entering.numel():
-                entering_rows = rows[entering]
-                kept = torch.cat([self.top[entering_rows], chunk_max[entering]], dim=1).topk(self.k, dim=1).values
-                self.top[entering_rows], bound[entering] = kept, kept[:, -1]
-        self.kth_bound[rows] = bound
-        return bound
 
     def checkpoint(self, references_done):
         """After each reference block: every ``CHECK_EVERY`` references, from the second
