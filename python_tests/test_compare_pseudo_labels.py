@@ -35,7 +35,8 @@ def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys):
     assert (tmp_path / "compare.md").read_text().count("\n| pl_mode") == 2
     with Image.open(tmp_path / "compare.png") as picture:
         width, height = picture.size
-    assert width == 32 * (2 + len(settings)) and height == 42 + 32 * 3
+    # 32-pixel images drawn at 128; a title strip of two lines ("pl_mode=soft", "pl_k=3"); a legend
+    assert width == 130 * (2 + len(settings)) and height == 30 + 130 * 3 + 18
 
 
 @pytest.mark.parametrize("setting, message", [("pl_k", "override must be key=value"),

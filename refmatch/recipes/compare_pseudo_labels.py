@@ -15,7 +15,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..atomic_file import write_text_atomic
@@ -142,27 +141,14 @@ def markdown(rows, class_names):
     return "\n".join(lines)
 
 
-def picture(path, images, truth, outputs, count=4):
+def picture(path, images, truth, outputs, class_names, count=4):
     """Rows: images; columns: image, hidden truth, then each setting's pseudo-labels
-    (grey: not kept), under a title strip naming the columns."""
-    from PIL import Image, ImageDraw
+    (grey: not kept), titled one config change per line, over a legend of the classes."""
+    from .visual import class_legend, colorize, gray, save_grid
 
-    from .visual import colorize, gray
-
-    rows = []
-    for i in range(min(count, images.shape[0])):
-        tiles = [gray(images[i, 0], 0.0, 1.0), colorize(truth[i], IGNORE)]
-        tiles += [colorize(labels[i], IGNORE) for labels in outputs.values()]
-        rows.append(np.concatenate(tiles, axis=1))
-    grid = np.concatenate(rows, axis=0)
-    width = images.shape[-1]
-    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + 14 * 3), "white")
-    canvas.paste(Image.fromarray(grid), (0, 14 * 3))
-    draw = ImageDraw.Draw(canvas)
-    for column, title in enumerate(["image", "truth", *outputs]):
-        for line, part in enumerate(title.split(",")[:3]):  # one config change per line
-            draw.text((column * width + 2, 1 + 14 * line), part, fill="black")
-    canvas.save(path)
+    rows = [[gray(images[i, 0], 0.0, 1.0), colorize(truth[i], IGNORE),
+             *(colorize(labels[i], IGNORE) for labels in outputs.values())] for i in range(min(count, len(images)))]
+    save_grid(path, rows, ["image", "truth", *outputs], class_legend(class_names))
 
 
 def main(argv=None):
@@ -193,7 +179,7 @@ def main(argv=None):
                                                           "plain_settings": {**PLAIN_PSEUDO_LABELS,
                                                                              "tap_size": tap_size},
                                                           "rows": rows}))
-    picture(out / "compare.png", images, truth, outputs)
+    picture(out / "compare.png", images, truth, outputs, class_names)
     print(header + table + f"\n\nwrote {out}/compare.md, compare.json and compare.png "
           "(columns: image, truth, then the settings in order)")
     return rows

@@ -232,10 +232,19 @@ class RunContext:
         if self.world > 1:
             dist.barrier()
 
-    def image(self, name, draw, *args):
-        if self.is_main:
-            (self.dir / "images").mkdir(exist_ok=True)
-            draw(self.dir / "images" / name, *args)
+    def image(self, name, step, draw, *args):
+        """images/<name>: a PNG that ``draw(path, *args)`` writes, also in TensorBoard at ``step``."""
+        if not self.is_main:
+            return
+        (self.dir / "images").mkdir(exist_ok=True)
+        path = self.dir / "images" / name
+        draw(path, *args)
+        if self.writer is not None:
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as picture:
+                self.writer.add_image("images", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
 
     def release_files(self):
         """Close the TensorBoard writer and the log handlers (the log file is left in place)."""

@@ -207,8 +207,8 @@ class Trainer:
         count = min(4, images.shape[0])
         prediction = predict(self.teacher, images[:count], self.device)
         extra = (pseudo.labels[:count].cpu(), pseudo.confidence[:count].cpu()) if pseudo is not None else (None, None)
-        self.run.image(f"step_{self.step:06d}.png", training_grid, images[:count].cpu(), truth[:count].cpu(),
-                       prediction, *extra, IGNORE)
+        self.run.image(f"step_{self.step:06d}.png", self.step, training_grid, images[:count].cpu(),
+                       truth[:count].cpu(), prediction, *extra, IGNORE, self.data.class_names)
 
     def fit(self, stop_at=None):
         """Train to ``config.steps`` (or ``stop_at``), then test the best checkpoint. Ctrl-C

@@ -31,24 +31,75 @@ def overlay(image, labels, alpha=0.45, ignore_index=255):
     return np.where(foreground, (1 - alpha) * base + alpha * colors, base).astype(np.uint8)
 
 
-def save_grid(path, panels, gap=2, min_size=128):
-    """Save rows of equally sized [H, W, 3] uint8 panels as one PNG (small panels enlarged)."""
-    from PIL import Image
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1: its fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrapped(text, font, width):
+    """`text` in lines no wider than `width` pixels, broken after "=", "_" or "-" where one
+    fits, else between characters."""
+    lines = []
+    while text and font.getlength(text) > width:
+        fits = max(1, max((n for n in range(1, len(text)) if font.getlength(text[:n]) <= width), default=1))
+        breaks = [n + 1 for n in range(fits) if text[n] in "=_-"]
+        cut = breaks[-1] if breaks else fits
+        lines.append(text[:cut])
+        text = text[cut:]
+    return lines + [text]
+
+
+def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
+    """Save rows of equally sized [H, W, 3] uint8 panels as one PNG (small panels enlarged),
+    under a strip naming the columns (a title's commas start new lines) and above a legend of
+    (RGB colour, name) swatches."""
+    from PIL import Image, ImageDraw
 
     scale = max(1, min_size // panels[0][0].shape[0])
     panels = [[panel.repeat(scale, axis=0).repeat(scale, axis=1) for panel in row] for row in panels]
     height, width = panels[0][0].shape[:2]
     columns = max(len(row) for row in panels)
-    canvas = np.full((len(panels) * (height + gap), columns * (width + gap), 3), 255, dtype=np.uint8)
+    font = _font()
+    title_lines = [[part for line in title.split(",") for part in _wrapped(line.strip(), font, width - 4)]
+                   for title in titles]
+    line = 14
+    top = line * max(map(len, title_lines), default=0) + (2 if titles else 0)
+    bottom = line + 4 if len(legend) else 0
+    canvas = np.full((top + len(panels) * (height + gap) + bottom, columns * (width + gap), 3), 255,
+                     dtype=np.uint8)
     for r, row in enumerate(panels):
         for c, panel in enumerate(row):
-            canvas[r * (height + gap):r * (height + gap) + height, c * (width + gap):c * (width + gap) + width] = panel
-    Image.fromarray(canvas).save(path)
+            y, x = top + r * (height + gap), c * (width + gap)
+            canvas[y:y + height, x:x + width] = panel
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for c, lines in enumerate(title_lines):
+        for i, text in enumerate(lines):
+            draw.text((c * (width + gap) + 2, 1 + line * i), text, fill="black", font=font)
+    x, y = 2, canvas.shape[0] - line - 1
+    for color, name in legend:
+        draw.rectangle((x, y + 2, x + 9, y + 11), fill=tuple(int(v) for v in color), outline="black")
+        draw.text((x + 13, y), name, fill="black", font=font)
+        x += 13 + int(draw.textlength(name, font=font)) + 12
+    picture.save(path)
 
 
-def training_grid(path, images, truth, prediction, pseudo=None, confidence=None, ignore_index=255):
+def class_legend(class_names, ignored="not kept / ignored"):
+    """(colour, name) pairs of `colorize`'s palette for save_grid's legend; background (black)
+    left out."""
+    pairs = [(PALETTE[min(c, len(PALETTE) - 1)], name) for c, name in enumerate(class_names) if c > 0]
+    return pairs + [(IGNORED, ignored)]
+
+
+def training_grid(path, images, truth, prediction, pseudo=None, confidence=None, ignore_index=255,
+                  class_names=()):
     """One row per image: image, ground truth, prediction[, pseudo-label, confidence]; one
-    grey scale for the confidence of every row, so rows compare."""
+    grey scale for the confidence of every row, so rows compare. Columns are titled, and with
+    ``class_names`` a legend names the colours."""
     rows = []
     if confidence is not None:
         finite = confidence[confidence.isfinite()]
@@ -58,4 +109,7 @@ def training_grid(path, images, truth, prediction, pseudo=None, confidence=None,
         if pseudo is not None:
             row += [colorize(pseudo[i], ignore_index), gray(confidence[i], low, high)]
         rows.append(row)
-    save_grid(path, rows)
+    titles = ["image", "truth" + (" (hidden)" if pseudo is not None else ""), "teacher"]
+    if pseudo is not None:
+        titles += ["pseudo-label", f"confidence,{low:.2f} black,{high:.2f} white"]
+    save_grid(path, rows, titles, class_legend(class_names) if class_names else ())

@@ -1,0 +1,67 @@
+"""The PNG grids of training runs and `compare-pseudo-labels`: panels where they belong, a
+title strip naming the columns, a legend naming the class colours."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from refmatch.recipes.visual import PALETTE, class_legend, save_grid, training_grid  # noqa: E402
+
+
+def _read(path):
+    with Image.open(path) as picture:
+        return np.asarray(picture.convert("RGB"))
+
+
+def _inked(strip):
+    return (strip < 200).any(axis=-1)
+
+
+def test_panels_sit_under_their_titles_above_the_legend(tmp_path):
+    panels = [[np.full((8, 8, 3), 10 * (3 * r + c), np.uint8) for c in range(3)] for r in range(2)]
+    save_grid(tmp_path / "grid.png", panels, ["one", "two,lines", ""], [(PALETTE[1], "lung")])
+    canvas = _read(tmp_path / "grid.png")
+    top, size, gap = 2 * 14 + 2, 128, 2  # two title lines; 8-pixel panels enlarged 16x
+    assert canvas.shape == (top + 2 * (size + gap) + 18, 3 * (size + gap), 3)
+    for r in range(2):
+        for c in range(3):
+            y, x = top + r * (size + gap), c * (size + gap)
+            assert (canvas[y:y + size, x:x + size] == 10 * (3 * r + c)).all()
+    title_ink = _inked(canvas[:top])
+    assert title_ink[:14, :size].any() and title_ink[14:top, size + gap:2 * size].any()  # "lines" on line 2
+    assert not title_ink[14:top, :size].any() and not title_ink[:, 2 * (size + gap):].any()
+    legend = canvas[-18:].reshape(-1, 3)
+    assert (legend == PALETTE[1]).all(axis=1).any()
+
+
+def test_without_titles_or_legend_only_panels(tmp_path):
+    save_grid(tmp_path / "grid.png", [[np.zeros((128, 128, 3), np.uint8)]])
+    assert _read(tmp_path / "grid.png").shape == (130, 130, 3)
+
+
+def test_training_grid_titles_its_five_columns_and_names_the_classes(tmp_path):
+    images = torch.rand(2, 1, 16, 16)
+    labels = torch.randint(0, 3, (2, 16, 16))
+    confidence = torch.rand(2, 16, 16)
+    training_grid(tmp_path / "grid.png", images, labels, labels, labels, confidence, 255,
+                  ["background", "lung", "heart"])
+    canvas = _read(tmp_path / "grid.png")
+    assert canvas.shape[1] == 5 * 130
+    title_ink = _inked(canvas[:30])
+    assert all(title_ink[:, 130 * c:130 * c + 128].any() for c in range(5))
+    legend = canvas[-18:].reshape(-1, 3)
+    for color, _ in class_legend(["background", "lung", "heart"]):
+        assert (legend == color).all(axis=1).any()
+    assert [name for _, name in class_legend(["background", "lung"])] == ["lung", "not kept / ignored"]
+
+
+def test_a_long_title_wraps_inside_its_column(tmp_path):
+    panels = [[np.zeros((128, 128, 3), np.uint8)] * 2]
+    save_grid(tmp_path / "grid.png", panels, ["method=meanteacher-pl,pl_temperature=0.05_and_more", ""])
+    canvas = _read(tmp_path / "grid.png")
+    top = canvas.shape[0] - 130
+    assert top > 3 * 14  # wrapped onto more lines than the two commas give
+    title_ink = _inked(canvas[:top])
+    assert title_ink[:, :128].any() and not title_ink[:, 128:].any()
