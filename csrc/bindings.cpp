@@ -6,11 +6,14 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cstdint>
 #include <tuple>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "refmatch/best.h"
+#include "refmatch/cpu_argmax.h"
 #include "refmatch/cuda_runtime_status.h"
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_plan.h"
@@ -110,6 +113,61 @@ std::tuple<IndexArray, IndexArray, FloatArray, int64_t> screen_tile_candidates(
   const auto count = static_cast<py::ssize_t>(found.rows.size());
   return {IndexArray(count, found.rows.data()), IndexArray(count, found.cols.data()),
           FloatArray(count, found.scores.data()), found.near_rows};
+}
+
+// The CPU fused argmax's vector widths that this module holds and this CPU (and its OS) runs,
+// widest first: "avx512", "avx2".
+std::vector<std::string> cpu_argmax_isas() {
+  std::vector<std::string> isas;
+#ifdef REFMATCH_CPU_ARGMAX
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+    isas.emplace_back("avx512");
+  }
+  if (avx2) isas.emplace_back("avx2");
+#endif
+  return isas;
+}
+
+#ifdef REFMATCH_CPU_ARGMAX
+bool is_avx512(const std::string& isa) {
+  for (const auto& held : cpu_argmax_isas()) {
+    if (held == isa) return isa == "avx512";
+  }
+  throw py::value_error("cpu_argmax: isa must be one of cpu_argmax_isas() on this CPU, got '" + isa + "'");
+}
+#endif
+
+int cpu_argmax_width(const std::string& isa) {
+#ifdef REFMATCH_CPU_ARGMAX
+  return is_avx512(isa) ? refmatch::cpu_argmax_width_avx512() : refmatch::cpu_argmax_width_avx2();
+#else
+  throw py::value_error("cpu_argmax: this build has no CPU fused argmax, got isa '" + isa + "'");
+#endif
+}
+
+// Rows [begin, end) of the CPU fused argmax over one reference block (cpu_argmax.h), from raw
+// host pointers; runs without the GIL, so threads can share the rows.
+void cpu_argmax_rows(const std::string& isa, uintptr_t query, int64_t rows, int64_t dim, uintptr_t reference,
+                     int64_t refs, uintptr_t bias, float alpha, int64_t first_index, uintptr_t state_score,
+                     uintptr_t state_index, int64_t begin, int64_t end) {
+  if (rows < 0 || dim < 1 || refs < 0 || first_index < 0 || first_index + refs > INT32_MAX || begin < 0 ||
+      end > rows || begin > end) {
+    throw py::value_error("cpu_argmax_rows: needs dim >= 1, 0 <= begin <= end <= rows, references below 2^31");
+  }
+#ifdef REFMATCH_CPU_ARGMAX
+  const bool avx512 = is_avx512(isa);
+  const refmatch::ArgmaxBlock block{reinterpret_cast<const float*>(query), rows, dim,
+                                    reinterpret_cast<const float*>(reference), refs,
+                                    reinterpret_cast<const float*>(bias), alpha, first_index,
+                                    reinterpret_cast<float*>(state_score), reinterpret_cast<int32_t*>(state_index)};
+  py::gil_scoped_release released;
+  (avx512 ? refmatch::cpu_argmax_rows_avx512 : refmatch::cpu_argmax_rows_avx2)(block, begin, end);
+#else
+  cpu_argmax_width(isa);  // raises
+#endif
 }
 
 // Launch of the fused CUDA match kernel from raw pointers (see match_cuda.h).
@@ -214,6 +272,15 @@ PYBIND11_MODULE(_C, m) {
         "CPU bfloat16 screen, one tile [rows, width] (bfloat16 bits): raises the rows' k-th bounds (float32 "
         "[rows], and top k: their kept scores [rows, k]) and returns the candidates at or above each row's "
         "floor, bound - window (float32 [rows]): (rows int64, cols int64, scores float32, rows near).");
+  m.def("cpu_argmax_isas", &cpu_argmax_isas,
+        "Vector widths of the CPU fused argmax that this build holds and this CPU runs, widest first.");
+  m.def("cpu_argmax_width", &cpu_argmax_width, py::arg("isa"), "Lanes per row of the CPU fused argmax's state.");
+  m.def("cpu_argmax_rows", &cpu_argmax_rows, py::arg("isa"), py::arg("query"), py::arg("rows"), py::arg("dim"),
+        py::arg("reference"), py::arg("refs"), py::arg("bias"), py::arg("alpha"), py::arg("first_index"),
+        py::arg("state_score"), py::arg("state_index"), py::arg("begin"), py::arg("end"),
+        "CPU fused argmax (k = 1, float32) of query rows [begin, end) of [rows, dim] against a block of references "
+        "[refs, dim] (contiguous): score = alpha * q.r + bias (float32 [refs], or 0 for none), raising the per-lane "
+        "running bests state_score float32 / state_index int32 [rows, width]; no GIL held.");
   m.def("match_argmax", &match_argmax, py::arg("query"), py::arg("dtype"), py::arg("batch"),
         py::arg("dim"), py::arg("height"), py::arg("width"), py::arg("query_strides"),
         py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),

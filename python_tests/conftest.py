@@ -28,3 +28,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["native argmax", "torch walk"])
+def both_cpu_walks(request, monkeypatch):
+    """A torch-backend test on both k = 1 float32 CPU walks: refmatch._C's fused argmax (where
+    built for this CPU) and the torch GEMM walk. Other backends' cases run once."""
+    from refmatch.backends import cpu_argmax
+
+    backend = request.node.callspec.params.get("backend", "torch")
+    if request.param == "native argmax" and not cpu_argmax.native_isas():
+        pytest.skip("refmatch._C has no fused argmax for this CPU")
+    if request.param == "torch walk":
+        if backend != "torch":
+            pytest.skip("one run: the variant is the torch backend's")
+        monkeypatch.setenv("REFMATCH_CPU_ARGMAX", "0")

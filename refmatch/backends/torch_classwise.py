@@ -11,6 +11,7 @@ class instead.
 """
 import torch
 
+from . import cpu_argmax
 from .class_ranges import class_ranges, stored_by_class
 from .scoring import finalize_class_scores, host_read_allowed
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
@@ -37,22 +38,23 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests).
         screen: a bank stored class by class takes one k = 1 match per class, each
-            through the bfloat16 screen where it applies; None decides by hardware
-            and size, as ``match_chunked`` does.
+            through the bfloat16 screen where it applies (else the walk, fused in C++
+            where ``cpu_argmax`` runs); None decides by hardware and size, as
+            ``match_chunked`` does.
     Returns:
         [N, C]: best similarity per class (-inf where a class has no reference),
         or for "l2" the smallest squared distance (+inf where none).
     """
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
-    ranges = None
-    if screening_applies(rows, reference, 1, screen) and stored_by_class(labels, ignored):
+    ranges, fused = None, cpu_argmax.applies(rows, reference, 1)
+    if (fused or screening_applies(rows, reference, 1, screen)) and stored_by_class(labels, ignored):
         starts, owners = class_ranges(labels, ignored, num_classes, target_ranges=1)  # one range per class
         ranges = [(cls, start, end) for cls, start, end in zip(owners.tolist(), starts[:-1].tolist(),
                                                                 starts[1:].tolist()) if end > start]
-    if screen is None and ranges and not all(screening_applies(rows, reference[start:end], 1)
-                                             for _, start, end in ranges):
-        ranges = None  # a class too small to screen: one walk over the bank beats one per class
+    if screen is None and ranges and not fused and not all(screening_applies(rows, reference[start:end], 1)
+                                                           for _, start, end in ranges):
+        ranges = None  # a class too small to screen: one GEMM walk over the bank beats one per class
     for cls, start, end in ranges or ():
         best[:, cls] = match_rows(rows, reference[start:end], _block_of(ignored, start, end - start), 1, metric,
                                   tile_bytes, block_m, screen)[0][:, 0]
