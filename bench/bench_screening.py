@@ -4,14 +4,19 @@
     python bench/bench_screening.py --run runs/lung_seed0/refmatch_5pct \\
         --data ../shared/datasets/nlm-cxr-lung-512        # plus a trained teacher's features of real images
 
-Both paths should return the same matches (up to float32 rounding); the table gives
-the time of each for k = 1 and top-8 (``--k``), the share of query rows the screen
-handed to the float32 walk (100 %: it gave up early), and each path's agreement with
-the benchmark's float64 oracle (``refmatch.bench_oracle``: every slot, best first). Writes
+Every path should return the same matches (up to float32 rounding); the table gives
+the time of each for k = 1 and top-8 (``--k``): the torch GEMM walk, the C++ fused walk
+(k = 1, where refmatch._C has it for this CPU) and the screen, whose given-up rows take
+the fused walk where it applies; "speedup" is the screen against that walk. Also the
+share of query rows the screen handed to the walk (100 %: it gave up early), and the
+agreement of the torch walk and the screen with the benchmark's float64 oracle
+(``refmatch.bench_oracle``: every slot, best first). Writes
 bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when taken).
 """
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from datetime import date
@@ -20,6 +25,7 @@ from pathlib import Path
 import torch
 
 from refmatch.atomic_file import write_text_atomic
+from refmatch.backends import cpu_argmax
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
@@ -71,15 +77,32 @@ def best_of(fn, repeat):
 
 
 def measure(name, query, reference, oracle, metric, k, repeat):
+    """The torch GEMM walk, the C++ fused walk (k = 1, where _C has it) and the screen, whose
+    given-up rows take the fused walk where it applies: the walk the screen competes with."""
     maps = query.T[None, :, :, None]
-    walk, (_, walk_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
-    screen, (_, screen_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
+    with torch_walk():
+        walk, (_, walk_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
     rows = tiling(maps, reference)[2]
+    fused = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)[0] \
+        if cpu_argmax.applies(rows, reference, k) else None
+    screen, (_, screen_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
     handed_back = match_screened(rows, reference, None, metric, k)[2].numel() / rows.shape[0]
     return {"features": name, "N": query.shape[0], "M": reference.shape[0], "D": query.shape[1], "metric": metric,
-            "k": k, "walk_ms": 1e3 * walk, "screen_ms": 1e3 * screen, "speedup": walk / screen,
-            "walked_rows": handed_back, "walk_agreement": oracle.agreement(walk_index, metric, k),
+            "k": k, "walk_ms": 1e3 * walk, "fused_ms": fused and 1e3 * fused, "screen_ms": 1e3 * screen,
+            "speedup": (fused or walk) / screen, "walked_rows": handed_back,
+            "walk_agreement": oracle.agreement(walk_index, metric, k),
             "screen_agreement": oracle.agreement(screen_index, metric, k)}
+
+
+@contextlib.contextmanager
+def torch_walk():
+    """The torch GEMM walk even where _C has the fused one."""
+    before = os.environ.get("REFMATCH_CPU_ARGMAX")
+    os.environ["REFMATCH_CPU_ARGMAX"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("REFMATCH_CPU_ARGMAX") if before is None else os.environ.update(REFMATCH_CPU_ARGMAX=before)
 
 
 def main():
@@ -104,11 +127,11 @@ def main():
     if args.run:
         sets.append((f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images)))
     slug, name = machine("cpu")
-    header = ["features", "N", "M", "D", "metric", "k", "walk ms", "screen ms", "speedup", "rows walked",
-              "walk agrees", "screen agrees"]
+    header = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
+              "rows walked", "walk agrees", "screen agrees"]
     commit = git_commit()
     meta = {"device": name, "torch": torch.__version__, "commit": commit, "date": date.today().isoformat(),
-            "native_bf16": native_bf16(), "threads": torch.get_num_threads(), "argv": sys.argv[1:],
+            "native_bf16": native_bf16(), "fused_argmax": cpu_argmax.native_isas(), "threads": torch.get_num_threads(), "argv": sys.argv[1:],
             "timing": f"fastest of {args.repeat} runs after a warm-up"}
     lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
              f"{date.today()}; {torch.get_num_threads()} threads; {meta['timing']}", "",
@@ -121,8 +144,9 @@ def main():
         for metric, k in ((metric, k) for metric in args.metrics for k in args.k):
             row = measure(label, query, reference, oracle, metric, k, args.repeat)
             rows.append(row)
+            fused = "-" if row["fused_ms"] is None else f"{row['fused_ms']:.1f}"
             lines.append(f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {k} | {row['walk_ms']:.1f} | "
-                         f"{row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % | "
+                         f"{fused} | {row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % | "
                          f"{100 * row['walk_agreement']:.2f} % | {100 * row['screen_agreement']:.2f} % |")
             print(lines[-1], flush=True)
             # rewritten after every row: a run that is killed keeps what it measured
