@@ -18,8 +18,7 @@ pytestmark = pytest.mark.skipif(not ISAS, reason="refmatch._C has no fused argma
 def isa(request, monkeypatch):
     """Each vector width this CPU runs; small native calls (600 references at D = 4) and row
     chunks, so that a few hundred references and rows cross every boundary."""
-    walk = cpu_argmax.argmax_walk
-    monkeypatch.setattr(cpu_argmax, "argmax_walk", lambda *args: walk(*args, isa=request.param))
+    monkeypatch.setenv("REFMATCH_CPU_ARGMAX", request.param)
     monkeypatch.setattr(cpu_argmax, "PREPARED_BYTES", 600 * 4 * 4)
     monkeypatch.setattr(cpu_argmax, "ROW_CHUNK", 40)
     return request.param
@@ -29,9 +28,9 @@ def walks(query, reference, metric, ignored=None, monkeypatch=None):
     """(fused, torch walk) results of match_chunked on [N, D] rows."""
     maps = query.T[None, :, :, None]
     fused = match_chunked(maps, reference, ignored, 1, metric)
-    monkeypatch.setenv("REFMATCH_CPU_ARGMAX", "0")
-    walked = match_chunked(maps, reference, ignored, 1, metric)
-    monkeypatch.delenv("REFMATCH_CPU_ARGMAX")
+    with monkeypatch.context() as torch_walk:
+        torch_walk.setenv("REFMATCH_CPU_ARGMAX", "0")
+        walked = match_chunked(maps, reference, ignored, 1, metric)
     return fused, walked
 
 
@@ -132,6 +131,10 @@ def test_why_it_does_not_run_is_named(monkeypatch):
     assert cpu_argmax.unavailable_reason() is None and "fused in C++" in TorchBackend().status()[1]
     monkeypatch.setenv("REFMATCH_CPU_ARGMAX", "0")
     assert cpu_argmax.native_isas() == [] and "REFMATCH_CPU_ARGMAX=0" in TorchBackend().status()[1]
+    monkeypatch.setenv("REFMATCH_CPU_ARGMAX", "sse9")
+    assert cpu_argmax.native_isas() == [] and "REFMATCH_CPU_ARGMAX=sse9: this CPU" in TorchBackend().status()[1]
+    monkeypatch.setenv("REFMATCH_CPU_ARGMAX", ISAS[-1])
+    assert cpu_argmax.native_isas() == [ISAS[-1]]
     monkeypatch.delenv("REFMATCH_CPU_ARGMAX")
     monkeypatch.setattr(cpu_argmax, "native_module", lambda: None)
     assert cpu_argmax.unavailable_reason() == "refmatch._C is not built"
@@ -148,3 +151,19 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         child = pool.apply_async(match_chunked, (query.T[None, :, :, None], reference, None, 1, "dot"))
         assert torch.equal(child.get(timeout=60)[1], expected)
+
+
+def test_its_benchmark_writes_a_row_per_walk(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "bench_cpu_argmax.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--sizes", "64x300x8", "--metrics", "l2", "--repeat", "1",
+                                      "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    (result,) = tmp_path.glob("*-cpu-argmax-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert [row["walk"] for row in rows] == ["torch GEMM walk"] + [f"fused {cpu_argmax.ISA_NAMES[i]}" for i in ISAS]
+    assert all(row["agreement"] == 1.0 and row["ms"] > 0 for row in rows)

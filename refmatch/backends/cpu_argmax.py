@@ -24,22 +24,28 @@ _pools = {}                # (process id, threads) -> executor: a forked child s
 
 
 def native_isas():
-    """Vector widths the fused argmax can run at here, widest first ("avx512", "avx2"); empty
-    where ``unavailable_reason()`` says why."""
-    return [] if unavailable_reason() else list(native_module().cpu_argmax_isas())
+    """Vector widths the fused argmax can run at here, widest first ("avx512", "avx2"), or the
+    one ``REFMATCH_CPU_ARGMAX`` names; empty where ``unavailable_reason()`` says why."""
+    if unavailable_reason():
+        return []
+    held, wanted = list(native_module().cpu_argmax_isas()), os.environ.get("REFMATCH_CPU_ARGMAX")
+    return [wanted] if wanted in held else held
 
 
 def unavailable_reason():
     """Why the fused argmax does not run here, or None."""
-    module = native_module()
-    if os.environ.get("REFMATCH_CPU_ARGMAX") == "0":
+    module, wanted = native_module(), os.environ.get("REFMATCH_CPU_ARGMAX")
+    if wanted == "0":
         return "REFMATCH_CPU_ARGMAX=0"
     if module is None:
         return "refmatch._C is not built"
     if not hasattr(module, "cpu_argmax_isas"):
         return "refmatch._C predates it: rebuild"
-    if not module.cpu_argmax_isas():
+    held = module.cpu_argmax_isas()
+    if not held:
         return "built without it (not x86-64 GCC or Clang) or a CPU without AVX2 and FMA"
+    if wanted not in (None, "", "1", *held):
+        return f"REFMATCH_CPU_ARGMAX={wanted}: this CPU and build run {', '.join(held)} (or 0 for off)"
     return None
 
 
@@ -65,7 +71,7 @@ def argmax_walk(rows, num_refs, prepared_block, alpha, isa=None):
         prepared_block: (col0, count) -> ([count, D] float32 references from col0 on, at most
             count of them, bias [count] or None), as the walk prepares them.
         alpha: score = alpha * q.r + bias (2 for l2's 2 q.r - |r|^2, else 1).
-        isa: a width from ``native_isas()`` (tests); default the widest.
+        isa: a width from ``native_isas()``; default its first.
     """
     module = native_module()
     isa = isa or native_isas()[0]
