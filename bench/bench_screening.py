@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from refmatch.atomic_file import write_text_atomic
-from refmatch.backends import cpu_argmax
+from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
@@ -84,7 +84,7 @@ def measure(name, query, reference, oracle, metric, k, repeat):
         walk, (_, walk_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
     rows = tiling(maps, reference)[2]
     fused = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)[0] \
-        if cpu_argmax.applies(rows, reference, k) else None
+        if cpu_topk.applies(rows, reference, k) else None
     screen, (_, screen_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
     handed_back = match_screened(rows, reference, None, metric, k)[2].numel() / rows.shape[0]
     return {"features": name, "N": query.shape[0], "M": reference.shape[0], "D": query.shape[1], "metric": metric,
@@ -97,12 +97,12 @@ def measure(name, query, reference, oracle, metric, k, repeat):
 @contextlib.contextmanager
 def torch_walk():
     """The torch GEMM walk even where _C has the fused one."""
-    before = os.environ.get("REFMATCH_CPU_ARGMAX")
-    os.environ["REFMATCH_CPU_ARGMAX"] = "0"
+    before = os.environ.get("REFMATCH_CPU_TOPK")
+    os.environ["REFMATCH_CPU_TOPK"] = "0"
     try:
         yield
     finally:
-        os.environ.pop("REFMATCH_CPU_ARGMAX") if before is None else os.environ.update(REFMATCH_CPU_ARGMAX=before)
+        os.environ.pop("REFMATCH_CPU_TOPK") if before is None else os.environ.update(REFMATCH_CPU_TOPK=before)
 
 
 def main():
@@ -131,7 +131,7 @@ def main():
               "rows walked", "walk agrees", "screen agrees"]
     commit = git_commit()
     meta = {"device": name, "torch": torch.__version__, "commit": commit, "date": date.today().isoformat(),
-            "native_bf16": native_bf16(), "fused_argmax": cpu_argmax.native_isas(), "threads": torch.get_num_threads(), "argv": sys.argv[1:],
+            "native_bf16": native_bf16(), "fused_argmax": cpu_topk.native_isas(), "threads": torch.get_num_threads(), "argv": sys.argv[1:],
             "timing": f"fastest of {args.repeat} runs after a warm-up"}
     lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
              f"{date.today()}; {torch.get_num_threads()} threads; {meta['timing']}", "",

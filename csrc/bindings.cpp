@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "refmatch/best.h"
-#include "refmatch/cpu_argmax.h"
+#include "refmatch/cpu_topk.h"
 #include "refmatch/cuda_runtime_status.h"
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_plan.h"
@@ -115,11 +115,11 @@ std::tuple<IndexArray, IndexArray, FloatArray, int64_t> screen_tile_candidates(
           FloatArray(count, found.scores.data()), found.near_rows};
 }
 
-// The CPU fused argmax's vector widths that this module holds and this CPU (and its OS) runs,
+// The CPU fused top-k's vector widths that this module holds and this CPU (and its OS) runs,
 // widest first: "avx512", "avx2".
-std::vector<std::string> cpu_argmax_isas() {
+std::vector<std::string> cpu_topk_isas() {
   std::vector<std::string> isas;
-#ifdef REFMATCH_CPU_ARGMAX
+#ifdef REFMATCH_CPU_TOPK
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -131,42 +131,26 @@ std::vector<std::string> cpu_argmax_isas() {
   return isas;
 }
 
-#ifdef REFMATCH_CPU_ARGMAX
-bool is_avx512(const std::string& isa) {
-  for (const auto& held : cpu_argmax_isas()) {
-    if (held == isa) return isa == "avx512";
-  }
-  throw py::value_error("cpu_argmax: isa must be one of cpu_argmax_isas() on this CPU, got '" + isa + "'");
-}
-#endif
-
-int cpu_argmax_width(const std::string& isa) {
-#ifdef REFMATCH_CPU_ARGMAX
-  return is_avx512(isa) ? refmatch::cpu_argmax_width_avx512() : refmatch::cpu_argmax_width_avx2();
-#else
-  throw py::value_error("cpu_argmax: this build has no CPU fused argmax, got isa '" + isa + "'");
-#endif
-}
-
-// Rows [begin, end) of the CPU fused argmax over one reference block (cpu_argmax.h), from raw
+// Rows [begin, end) of the CPU fused top-k over one reference block (cpu_topk.h), from raw
 // host pointers; runs without the GIL, so threads can share the rows.
-void cpu_argmax_rows(const std::string& isa, uintptr_t query, int64_t rows, int64_t dim, uintptr_t reference,
-                     int64_t refs, uintptr_t bias, float alpha, int64_t first_index, uintptr_t state_score,
-                     uintptr_t state_index, int64_t begin, int64_t end) {
-  if (rows < 0 || dim < 1 || refs < 0 || first_index < 0 || first_index + refs > INT32_MAX || begin < 0 ||
-      end > rows || begin > end) {
-    throw py::value_error("cpu_argmax_rows: needs dim >= 1, 0 <= begin <= end <= rows, references below 2^31");
+void cpu_topk_rows(const std::string& isa, uintptr_t query, int64_t rows, int64_t dim, uintptr_t reference,
+                   int64_t refs, uintptr_t bias, float alpha, int64_t first_index, int64_t k, uintptr_t state_score,
+                   uintptr_t state_index, int64_t begin, int64_t end) {
+  if (rows < 0 || dim < 1 || refs < 0 || first_index < 0 || first_index + refs > INT32_MAX || k < 1 || k > 64 ||
+      begin < 0 || end > rows || begin > end) {
+    throw py::value_error("cpu_topk_rows: needs dim >= 1, 1 <= k <= 64, 0 <= begin <= end <= rows, references "
+                          "below 2^31");
   }
-#ifdef REFMATCH_CPU_ARGMAX
-  const bool avx512 = is_avx512(isa);
-  const refmatch::ArgmaxBlock block{reinterpret_cast<const float*>(query), rows, dim,
-                                    reinterpret_cast<const float*>(reference), refs,
-                                    reinterpret_cast<const float*>(bias), alpha, first_index,
-                                    reinterpret_cast<float*>(state_score), reinterpret_cast<int32_t*>(state_index)};
+  bool known = false;
+  for (const auto& held : cpu_topk_isas()) known = known || held == isa;
+  if (!known) throw py::value_error("cpu_topk_rows: isa must be one of cpu_topk_isas() on this CPU, got '" + isa + "'");
+#ifdef REFMATCH_CPU_TOPK
+  const refmatch::TopkBlock block{reinterpret_cast<const float*>(query), rows, dim,
+                                  reinterpret_cast<const float*>(reference), refs,
+                                  reinterpret_cast<const float*>(bias), alpha, first_index, k,
+                                  reinterpret_cast<float*>(state_score), reinterpret_cast<int32_t*>(state_index)};
   py::gil_scoped_release released;
-  (avx512 ? refmatch::cpu_argmax_rows_avx512 : refmatch::cpu_argmax_rows_avx2)(block, begin, end);
-#else
-  cpu_argmax_width(isa);  // raises
+  (isa == "avx512" ? refmatch::cpu_topk_rows_avx512 : refmatch::cpu_topk_rows_avx2)(block, begin, end);
 #endif
 }
 
@@ -272,15 +256,14 @@ PYBIND11_MODULE(_C, m) {
         "CPU bfloat16 screen, one tile [rows, width] (bfloat16 bits): raises the rows' k-th bounds (float32 "
         "[rows], and top k: their kept scores [rows, k]) and returns the candidates at or above each row's "
         "floor, bound - window (float32 [rows]): (rows int64, cols int64, scores float32, rows near).");
-  m.def("cpu_argmax_isas", &cpu_argmax_isas,
-        "Vector widths of the CPU fused argmax that this build holds and this CPU runs, widest first.");
-  m.def("cpu_argmax_width", &cpu_argmax_width, py::arg("isa"), "Lanes per row of the CPU fused argmax's state.");
-  m.def("cpu_argmax_rows", &cpu_argmax_rows, py::arg("isa"), py::arg("query"), py::arg("rows"), py::arg("dim"),
+  m.def("cpu_topk_isas", &cpu_topk_isas,
+        "Vector widths of the CPU fused top-k that this build holds and this CPU runs, widest first.");
+  m.def("cpu_topk_rows", &cpu_topk_rows, py::arg("isa"), py::arg("query"), py::arg("rows"), py::arg("dim"),
         py::arg("reference"), py::arg("refs"), py::arg("bias"), py::arg("alpha"), py::arg("first_index"),
-        py::arg("state_score"), py::arg("state_index"), py::arg("begin"), py::arg("end"),
-        "CPU fused argmax (k = 1, float32) of query rows [begin, end) of [rows, dim] against a block of references "
-        "[refs, dim] (contiguous): score = alpha * q.r + bias (float32 [refs], or 0 for none), raising the per-lane "
-        "running bests state_score float32 / state_index int32 [rows, width]; no GIL held.");
+        py::arg("k"), py::arg("state_score"), py::arg("state_index"), py::arg("begin"), py::arg("end"),
+        "CPU fused top-k (float32) of query rows [begin, end) of [rows, dim] against a block of references "
+        "[refs, dim] (contiguous, indices from first_index): score = alpha * q.r + bias (float32 [refs], or 0 for "
+        "none), merged into the sorted lists state_score float32 / state_index int32 [rows, k]; no GIL held.");
   m.def("match_argmax", &match_argmax, py::arg("query"), py::arg("dtype"), py::arg("batch"),
         py::arg("dim"), py::arg("height"), py::arg("width"), py::arg("query_strides"),
         py::arg("reference"), py::arg("num_refs"), py::arg("reference_strides"), py::arg("ref_stat"),

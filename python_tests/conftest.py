@@ -30,16 +30,16 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(params=["native argmax", "torch walk"])
+@pytest.fixture(params=["native top-k", "torch walk"])
 def both_cpu_walks(request, monkeypatch):
-    """A torch-backend test on both k = 1 float32 CPU walks: refmatch._C's fused argmax (where
-    built for this CPU) and the torch GEMM walk. Other backends' cases run once."""
-    from refmatch.backends import cpu_argmax
+    """A torch-backend test on both float32 CPU walks: refmatch._C's fused top-k (where built for
+    this CPU) and the torch GEMM walk. Other backends' cases run once."""
+    from refmatch.backends import cpu_topk
 
     backend = request.node.callspec.params.get("backend", "torch")
-    if request.param == "native argmax" and not cpu_argmax.native_isas():
-        pytest.skip("refmatch._C has no fused argmax for this CPU")
+    if request.param == "native top-k" and not cpu_topk.native_isas():
+        pytest.skip("refmatch._C has no fused top-k for this CPU")
     if request.param == "torch walk":
         if backend != "torch":
             pytest.skip("one run: the variant is the torch backend's")
-        monkeypatch.setenv("REFMATCH_CPU_ARGMAX", "0")
+        monkeypatch.setenv("REFMATCH_CPU_TOPK", "0")

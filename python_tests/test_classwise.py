@@ -11,7 +11,7 @@ FUSED = ["triton"] if (HAS_CUDA or INTERPRETING) else []
 CASES = [("torch", dtype) for dtype in (torch.bfloat16, torch.float32, torch.float64)]
 CASES += [(backend, dtype) for backend in FUSED + (["cuda"] if HAS_CUDA else [])
           for dtype in (torch.bfloat16, torch.float32)]
-pytestmark = pytest.mark.usefixtures("both_cpu_walks")  # the CPU fused argmax and the torch walk
+pytestmark = pytest.mark.usefixtures("both_cpu_walks")  # the CPU fused top-k and the torch walk
 
 
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])

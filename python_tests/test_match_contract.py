@@ -9,7 +9,7 @@ from oracle import assert_matches_oracle
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 FUSED = ["triton"] if (HAS_CUDA or INTERPRETING) else []
 BACKENDS = ["torch"] + FUSED
-pytestmark = pytest.mark.usefixtures("both_cpu_walks")  # the CPU fused argmax and the torch walk
+pytestmark = pytest.mark.usefixtures("both_cpu_walks")  # the CPU fused top-k and the torch walk
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,7 +8,7 @@ from refmatch.backends.torch_backend import match_chunked
 
 SHAPES = [(1, 1, 1), (7, 33, 257), (257, 7, 33), (33, 257, 7), (257, 257, 64), (1, 257, 33)]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-pytestmark = pytest.mark.usefixtures("both_cpu_walks")  # the CPU fused argmax and the torch walk
+pytestmark = pytest.mark.usefixtures("both_cpu_walks")  # the CPU fused top-k and the torch walk
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -52,8 +52,9 @@ def test_the_rate_limit_is_looser_for_small_k(monkeypatch, k, rate, screens_on):
 
 @pytest.mark.skipif(not screening.native_bf16(), reason="the screen runs by default only with native bfloat16")
 def test_classwise_walks_once_when_a_class_is_too_small_to_screen(monkeypatch):
-    from refmatch.backends import torch_classwise
+    from refmatch.backends import cpu_topk, torch_classwise
 
+    monkeypatch.setenv("REFMATCH_CPU_TOPK", "0")  # the GEMM walk: with the fused one, every class takes its own
     per_class_calls = []
     match_rows = torch_classwise.match_rows
     monkeypatch.setattr(torch_classwise, "match_rows", lambda *args: per_class_calls.append(1) or match_rows(*args))
@@ -66,6 +67,10 @@ def test_classwise_walks_once_when_a_class_is_too_small_to_screen(monkeypatch):
     monkeypatch.setattr(screening, "MIN_WORK", 60 * 40 * 16)  # both classes qualify
     classwise_chunked(maps, reference, labels, None, 2, "dot")
     assert per_class_calls == [1, 1]
+    monkeypatch.setattr(screening, "MIN_WORK", 60 * 400 * 16)
+    monkeypatch.delenv("REFMATCH_CPU_TOPK")
+    classwise_chunked(maps, reference, labels, None, 2, "dot")
+    assert per_class_calls == [1, 1] + [1, 1] * bool(cpu_topk.native_isas())
 
 
 def test_a_row_crowding_after_its_first_tiles_is_walked_not_padded(monkeypatch):

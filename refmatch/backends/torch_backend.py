@@ -11,7 +11,7 @@ screen first (``torch_screening``); rows it cannot settle take the walk here.
 import torch
 
 from ..candidates import keep_best, pad_by_row
-from . import cpu_argmax
+from . import cpu_topk
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import accumulation_dtype, finalize_scores, normalized_rows, reference_stat
 from .screen_tiles import tile_pass_name
@@ -231,12 +231,12 @@ def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=Non
 def _walk_blocks(rows, reference, ignored, k, metric, operand_dtype, dtype, block_m, block_n):
     """Oriented top-k (score [N, k], index [N, k]) of [N, D] rows, one reference block at a time."""
     num_rows, num_refs = rows.shape[0], reference.shape[0]
-    if cpu_argmax.applies(rows, reference, k):
+    if cpu_topk.applies(rows, reference, k):
         def prepared_block(col0, count):
             return _prepare_block(reference[col0:col0 + count], _block_of(ignored, col0, count), metric,
                                   operand_dtype, dtype)[:2]
 
-        return cpu_argmax.argmax_walk(rows, num_refs, prepared_block, 2.0 if metric == "l2" else 1.0)
+        return cpu_topk.topk_walk(rows, num_refs, prepared_block, 2.0 if metric == "l2" else 1.0, k)
     best = torch.full((num_rows, k), float("-inf"), device=rows.device, dtype=dtype)
     best_index = torch.full((num_rows, k), -1, device=rows.device, dtype=torch.int64)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=rows.device, dtype=dtype)
@@ -279,9 +279,9 @@ class TorchBackend:
         else:
             screen = (f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} from N*M*D = "
                       f"2^{MIN_WORK.bit_length() - 1} on this CPU, its tile pass in {tile_pass_name()}")
-        isas = cpu_argmax.native_isas()
-        walk = (f"float32 k=1 walks fused in C++ ({cpu_argmax.ISA_NAMES[isas[0]]})" if isas else
-                f"float32 k=1 walks on GEMM tiles (no fused one: {cpu_argmax.unavailable_reason()})")
+        isas = cpu_topk.native_isas()
+        walk = (f"float32 walks (k<={cpu_topk.MAX_K}) fused in C++ ({cpu_topk.ISA_NAMES[isas[0]]})" if isas else
+                f"float32 walks on GEMM tiles (no fused one: {cpu_topk.unavailable_reason()})")
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {walk}; {screen}"
 
     def decline_reason(self, problem):

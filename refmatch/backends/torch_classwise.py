@@ -11,7 +11,7 @@ class instead.
 """
 import torch
 
-from . import cpu_argmax
+from . import cpu_topk
 from .class_ranges import class_ranges, stored_by_class
 from .scoring import finalize_class_scores, host_read_allowed
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
@@ -47,7 +47,7 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     """
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
-    ranges, fused = None, cpu_argmax.applies(rows, reference, 1)
+    ranges, fused = None, cpu_topk.applies(rows, reference, 1)
     if (fused or screening_applies(rows, reference, 1, screen)) and stored_by_class(labels, ignored):
         starts, owners = class_ranges(labels, ignored, num_classes, target_ranges=1)  # one range per class
         ranges = [(cls, start, end) for cls, start, end in zip(owners.tolist(), starts[:-1].tolist(),

@@ -1,14 +1,15 @@
-"""Is the C++ fused argmax faster than the torch GEMM walk on this CPU? Each vector width against it.
+"""Is the C++ fused top-k faster than the torch GEMM walk on this CPU? Each vector width against it.
 
-    python bench/bench_cpu_argmax.py                          # the main job's shape and the #7 sizes
-    python bench/bench_cpu_argmax.py --sizes 65536x22586x24 --metrics cosine l2
+    python bench/bench_cpu_topk.py                          # the main job's shape and the #7 sizes
+    python bench/bench_cpu_topk.py --sizes 65536x22586x24 --metrics cosine l2
 
-Times the torch backend's float32 k = 1 walk without the bfloat16 screen (``screen=False``)
-three ways, interleaved per repeat so that a drifting host moves all alike: the GEMM walk
-(``REFMATCH_CPU_ARGMAX=0``) and the fused walk at each vector width this CPU runs
-(``REFMATCH_CPU_ARGMAX=avx512`` / ``avx2``). Reports median milliseconds, the speed-up over
+Times the torch backend's float32 walk, k = 1 and top-8 (``--k``), without the bfloat16
+screen (``screen=False``), three ways, interleaved per repeat so that a drifting host
+moves all alike: the GEMM walk (``REFMATCH_CPU_TOPK=0``) and the fused walk at each
+vector width this CPU runs
+(``REFMATCH_CPU_TOPK=avx512`` / ``avx2``). Reports median milliseconds, the speed-up over
 the GEMM walk, GFLOP/s (2 N M D / time) and each walk's agreement with the float64 oracle
-(``refmatch.bench_oracle``). Writes bench/results/<machine>-cpu-argmax[-<tag>]-<date>.{json,md}.
+(``refmatch.bench_oracle``). Writes bench/results/<machine>-cpu-topk[-<tag>]-<date>.{json,md}.
 """
 import argparse
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from refmatch.atomic_file import write_text_atomic
-from refmatch.backends import cpu_argmax
+from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked
 from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple, tag_name
@@ -31,31 +32,31 @@ from refmatch.bench_oracle import Float64Oracle
 SIZES = ["32768x8192x24", "8192x16384x64", "8192x65536x128"]  # a main-job class; two of #7's CPU sizes
 
 
-def walk(maps, reference, metric, setting):
-    """One k = 1 walk, screen off, with REFMATCH_CPU_ARGMAX=setting: (seconds, index [N])."""
-    before = os.environ.get("REFMATCH_CPU_ARGMAX")
-    os.environ["REFMATCH_CPU_ARGMAX"] = setting
+def walk(maps, reference, metric, k, setting):
+    """One walk, screen off, with REFMATCH_CPU_TOPK=setting: (seconds, index [N, k])."""
+    before = os.environ.get("REFMATCH_CPU_TOPK")
+    os.environ["REFMATCH_CPU_TOPK"] = setting
     try:
         start = time.perf_counter()
-        index = match_chunked(maps, reference, None, 1, metric, screen=False)[1][:, 0]
+        index = match_chunked(maps, reference, None, k, metric, screen=False)[1]
         return time.perf_counter() - start, index
     finally:
-        os.environ.pop("REFMATCH_CPU_ARGMAX") if before is None else os.environ.update(REFMATCH_CPU_ARGMAX=before)
+        os.environ.pop("REFMATCH_CPU_TOPK") if before is None else os.environ.update(REFMATCH_CPU_TOPK=before)
 
 
-def measure(n, m, d, metric, isas, repeat, generator):
-    query, reference = torch.randn(n, d, generator=generator), torch.randn(m, d, generator=generator)
-    maps, oracle = query.T[None, :, :, None], Float64Oracle(query, reference)
+def measure(query, reference, oracle, metric, k, isas, repeat):
+    (n, d), m = query.shape, reference.shape[0]
+    maps = query.T[None, :, :, None]
     settings = ["0", *isas]
     times, agreement = {setting: [] for setting in settings}, {}
     for setting in settings:  # warm-up, and the agreement of each walk
-        agreement[setting] = oracle.agreement(walk(maps, reference, metric, setting)[1][:, None], metric, 1)
+        agreement[setting] = oracle.agreement(walk(maps, reference, metric, k, setting)[1], metric, k)
     for _ in range(repeat):
         for setting in settings:
-            times[setting].append(walk(maps, reference, metric, setting)[0])
+            times[setting].append(walk(maps, reference, metric, k, setting)[0])
     median = {setting: statistics.median(values) for setting, values in times.items()}
-    return [{"N": n, "M": m, "D": d, "metric": metric, "walk": "torch GEMM walk" if setting == "0" else
-             f"fused {cpu_argmax.ISA_NAMES[setting]}", "ms": 1e3 * median[setting],
+    return [{"N": n, "M": m, "D": d, "metric": metric, "k": k, "walk": "torch GEMM walk" if setting == "0" else
+             f"fused {cpu_topk.ISA_NAMES[setting]}", "ms": 1e3 * median[setting],
              "speedup": median["0"] / median[setting], "gflops": 2 * n * m * d / median[setting] / 1e9,
              "agreement": agreement[setting]} for setting in settings]
 
@@ -65,29 +66,36 @@ def main():
     parser.add_argument("--sizes", nargs="+", type=size_triple, default=[size_triple(s) for s in SIZES],
                         help=f"NxMxD (default: {' '.join(SIZES)})")
     parser.add_argument("--metrics", nargs="+", default=["cosine"], choices=METRICS)
+    parser.add_argument("--k", nargs="+", type=positive_int, default=[1, 8],
+                        help=f"matches per row, at most {cpu_topk.MAX_K} (the fused walk's limit)")
     parser.add_argument("--repeat", type=positive_int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--tag", type=tag_name, help="added to the file name, so runs of one day stay apart")
     args = parser.parse_args()
-    isas = cpu_argmax.native_isas()
+    if max(args.k) > cpu_topk.MAX_K:
+        parser.error(f"--k: the fused walk takes k <= {cpu_topk.MAX_K}, got {max(args.k)}")
+    isas = cpu_topk.native_isas()
     if not isas:
-        parser.error(f"the fused argmax does not run here: {cpu_argmax.unavailable_reason()}")
+        parser.error(f"the fused top-k does not run here: {cpu_topk.unavailable_reason()}")
     slug, name = machine("cpu")
     commit, threads = git_commit(), torch.get_num_threads()
     meta = {"device": name, "torch": torch.__version__, "commit": commit, "date": date.today().isoformat(),
             "isas": isas, "threads": threads, "argv": sys.argv[1:],
             "timing": f"median of {args.repeat} interleaved runs after a warm-up; screen off"}
-    header = ["N", "M", "D", "metric", "walk", "ms", "vs GEMM walk", "GFLOP/s", "agreement"]
+    header = ["N", "M", "D", "metric", "k", "walk", "ms", "vs GEMM walk", "GFLOP/s", "agreement"]
     lines = [f"Device: {name}; torch {torch.__version__}; commit {commit}; {date.today()}; {threads} threads; "
              f"{meta['timing']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     print("\n".join(lines), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    name_base = args.out / f"{slug}-cpu-argmax{'-' + args.tag if args.tag else ''}-{date.today()}"
+    name_base = args.out / f"{slug}-cpu-topk{'-' + args.tag if args.tag else ''}-{date.today()}"
     stem, rows, generator = None, [], torch.Generator().manual_seed(0)
-    for (n, m, d), metric in ((size, metric) for size in args.sizes for metric in args.metrics):
-        for row in measure(n, m, d, metric, isas, args.repeat, generator):
+    for n, m, d in args.sizes:
+        query, reference = torch.randn(n, d, generator=generator), torch.randn(m, d, generator=generator)
+        oracle = Float64Oracle(query, reference, slots=max(args.k))
+        for row in (row for metric in args.metrics for k in args.k
+                    for row in measure(query, reference, oracle, metric, k, isas, args.repeat)):
             rows.append(row)
-            lines.append(f"| {n} | {m} | {d} | {metric} | {row['walk']} | {row['ms']:.1f} | {row['speedup']:.2f} | "
+            lines.append(f"| {n} | {m} | {d} | {row['metric']} | {row['k']} | {row['walk']} | {row['ms']:.1f} | {row['speedup']:.2f} | "
                          f"{row['gflops']:.0f} | {100 * row['agreement']:.2f} % |")
             print(lines[-1], flush=True)
         # rewritten after every size: a run that is killed keeps what it measured

@@ -1,0 +1,28 @@
+// The CPU fused top-k (1 <= k <= 64, float32; csrc/cpu_topk_isa.cpp): one compiled
+// copy per x86 vector width, each in its own translation unit with its own ISA flags.
+// Only plain data and functions cross this header, so no inline or template code
+// built with AVX-512 flags can be merged into code that runs on other CPUs.
+#pragma once
+
+#include <cstdint>
+
+namespace refmatch {
+
+struct TopkBlock {
+  const float* query;      // [rows, dim], contiguous
+  int64_t rows, dim;
+  const float* reference;  // [refs, dim], contiguous
+  int64_t refs;
+  const float* bias;       // [refs] or nullptr
+  float alpha;             // score = alpha * (q . r) + bias
+  int64_t first_index;     // index of reference row 0; first_index + refs < 2^31
+  int64_t k;
+  float* state_score;      // [rows, k]: each row's best so far, best first
+  int32_t* state_index;    // [rows, k]
+};
+
+// The update of rows [begin, end) by one block, per vector width.
+void cpu_topk_rows_avx512(const TopkBlock& block, int64_t begin, int64_t end);
+void cpu_topk_rows_avx2(const TopkBlock& block, int64_t begin, int64_t end);
+
+}  // namespace refmatch

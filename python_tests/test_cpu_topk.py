@@ -1,0 +1,190 @@
+"""The CPU fused top-k of refmatch._C (float32, 1 <= k <= 64) against the torch walk and the
+float64 oracle: ties across lanes, sub-blocks, native calls and threads; NaN, infinities,
+ignored references, unfilled slots; both vector widths where this CPU runs them."""
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from oracle import assert_matches_oracle
+from refmatch.backends import cpu_topk
+from refmatch.backends.torch_backend import match_chunked
+
+ISAS = cpu_topk.native_isas()
+pytestmark = pytest.mark.skipif(not ISAS, reason="refmatch._C has no fused top-k for this CPU")
+
+
+@pytest.fixture(params=ISAS or ["none"])
+def isa(request, monkeypatch):
+    """Each vector width this CPU runs; small native calls (600 references at D = 4), so that a
+    few hundred references cross every boundary."""
+    monkeypatch.setenv("REFMATCH_CPU_TOPK", request.param)
+    monkeypatch.setattr(cpu_topk, "PREPARED_BYTES", 600 * 4 * 4)
+    return request.param
+
+
+def fused_match(query, reference, metric, k=1, ignored=None):
+    """match_chunked of [N, D] rows: (score [N, k], index [N, k])."""
+    return match_chunked(query.T[None, :, :, None], reference, ignored, k, metric)
+
+
+def both_walks(query, reference, metric, k=1, ignored=None):
+    """(fused, torch walk) results."""
+    fused = fused_match(query, reference, metric, k, ignored)
+    before = os.environ["REFMATCH_CPU_TOPK"]
+    os.environ["REFMATCH_CPU_TOPK"] = "0"
+    try:
+        return fused, fused_match(query, reference, metric, k, ignored)
+    finally:
+        os.environ["REFMATCH_CPU_TOPK"] = before
+
+
+class SpyModule:
+    def __init__(self, module, calls):
+        self.module, self.calls = module, calls
+
+    def __getattr__(self, name):
+        if name != "cpu_topk_rows":
+            return getattr(self.module, name)
+        return lambda *args: (self.calls.append(args), self.module.cpu_topk_rows(*args))[1]
+
+
+def test_the_native_pass_runs(isa, monkeypatch):
+    calls, module = [], cpu_topk.native_module()
+    monkeypatch.setattr(cpu_topk, "native_module", lambda: SpyModule(module, calls))
+    fused_match(torch.randn(50, 8), torch.randn(300, 8), "dot", k=3)
+    assert calls and all(call[0] == isa and call[9] == 3 for call in calls)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("n, m, d", [(1, 5, 1), (7, 33, 5), (101, 257, 24), (45, 200, 130)])
+def test_matches_the_oracle(isa, metric, k, n, m, d):
+    query, reference = torch.randn(n, d), torch.randn(m, d)
+    score, index = fused_match(query, reference, metric, k)
+    result = SimpleNamespace(score=score if k > 1 else score[:, 0], index=index if k > 1 else index[:, 0], label=None)
+    assert_matches_oracle(result, query, reference, metric, k=k)
+
+
+@pytest.mark.parametrize("k", [1, 4, 64])
+def test_integer_features_give_the_walks_exact_results(isa, k):
+    # Small integers: every sum is exact in any order, so ties are real and both walks agree.
+    query = torch.randint(-2, 3, (90, 6)).float()
+    reference = torch.randint(-2, 3, (700, 6)).float()
+    for metric in ("dot", "l2"):
+        fused, walked = both_walks(query, reference, metric, k)
+        assert torch.equal(fused[0], walked[0]) and torch.equal(fused[1], walked[1])
+
+
+def test_ties_go_to_the_lowest_index_across_lanes_blocks_and_threads(isa, monkeypatch):
+    reference = torch.randn(700, 4)
+    tied = [5, 37, 511, 512, 600, 699]  # lanes apart, across a 512-row sub-block, a native call (600), last
+    reference[tied] = 3.0
+    query = torch.ones(70, 4)  # parts for two threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    score, index = fused_match(query, reference, "dot", k=4)
+    assert (index == torch.tensor(tied[:4])).all() and (score == 12.0).all()
+    for winner in tied:
+        score, index = fused_match(query, reference, "dot")
+        assert (index == winner).all() and (score == 12.0).all()
+        reference[winner] = 0.0
+
+
+def test_nan_inf_ignored_references_and_unfilled_slots(isa):
+    reference = torch.randn(700, 8)
+    reference[10] = float("nan")
+    reference[20, 0] = float("inf")
+    query = torch.randn(50, 8)
+    query[0] = float("nan")
+    query[1] = 0.0
+    query[1, 0] = 1.0  # its dot with row 20 is +inf: a match
+    ignored = torch.zeros(700, dtype=torch.bool)
+    ignored[6:] = True  # 6 references left for 8 slots
+    for metric in ("dot", "l2", "cosine"):
+        fused, walked = both_walks(query, reference, metric, 8, ignored)
+        assert torch.equal(fused[1], walked[1])
+        torch.testing.assert_close(fused[0], walked[0], rtol=1e-5, atol=1e-5)
+        assert (fused[1][0] == -1).all() and (fused[1][2:, :6] >= 0).all() and (fused[1][:, 6:] == -1).all()
+    ignored[6:21] = False
+    assert both_walks(query, reference, "dot", 1, ignored)[0][1][1, 0] == 20
+
+
+def test_every_reference_ignored_gives_minus_one(isa):
+    ignored = torch.ones(1300, dtype=torch.bool)
+    score, index = match_chunked(torch.randn(1, 4, 9, 1), torch.randn(1300, 4), ignored, 3, "l2")
+    assert (index == -1).all() and (score == float("inf")).all()
+
+
+def test_one_thread_and_two_agree(isa, monkeypatch):
+    query, reference = torch.randn(333, 16), torch.randn(500, 16)
+    one = fused_match(query, reference, "cosine", k=6)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    two = fused_match(query, reference, "cosine", k=6)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_above_its_largest_k_the_torch_walk_runs(monkeypatch):
+    calls, module = [], cpu_topk.native_module()
+    monkeypatch.setattr(cpu_topk, "native_module", lambda: SpyModule(module, calls))
+    fused_match(torch.randn(20, 4), torch.randn(100, 4), "dot", k=cpu_topk.MAX_K + 1)
+    assert not calls
+
+
+def test_bad_native_arguments_are_refused():
+    module = cpu_topk.native_module()
+    state = torch.zeros(4, 64)
+    pointers = (state.data_ptr(), state.data_ptr())
+    with pytest.raises(ValueError, match="isa must be one of"):
+        module.cpu_topk_rows("sse9", 0, 4, 8, 0, 4, 0, 1.0, 0, 1, *pointers, 0, 4)
+    with pytest.raises(ValueError, match="begin <= end <= rows"):
+        module.cpu_topk_rows(ISAS[0], 0, 4, 8, 0, 4, 0, 1.0, 0, 1, *pointers, 0, 5)
+    with pytest.raises(ValueError, match="1 <= k <= 64"):
+        module.cpu_topk_rows(ISAS[0], 0, 4, 8, 0, 4, 0, 1.0, 0, 65, *pointers, 0, 4)
+    with pytest.raises(ValueError, match="below 2\\^31"):
+        module.cpu_topk_rows(ISAS[0], 0, 4, 8, 0, 4, 0, 1.0, 2**31 - 2, 1, *pointers, 0, 4)
+
+
+def test_why_it_does_not_run_is_named(monkeypatch):
+    from refmatch.backends.torch_backend import TorchBackend
+
+    assert cpu_topk.unavailable_reason() is None and "fused in C++" in TorchBackend().status()[1]
+    monkeypatch.setenv("REFMATCH_CPU_TOPK", "0")
+    assert cpu_topk.native_isas() == [] and "REFMATCH_CPU_TOPK=0" in TorchBackend().status()[1]
+    monkeypatch.setenv("REFMATCH_CPU_TOPK", "sse9")
+    assert cpu_topk.native_isas() == [] and "REFMATCH_CPU_TOPK=sse9: this CPU" in TorchBackend().status()[1]
+    monkeypatch.setenv("REFMATCH_CPU_TOPK", ISAS[-1])
+    assert cpu_topk.native_isas() == [ISAS[-1]]
+    monkeypatch.delenv("REFMATCH_CPU_TOPK")
+    monkeypatch.setattr(cpu_topk, "native_module", lambda: None)
+    assert cpu_topk.unavailable_reason() == "refmatch._C is not built"
+    assert not cpu_topk.applies(torch.zeros(4, 2), torch.zeros(3, 2), 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_threads(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    query, reference = torch.randn(500, 8), torch.randn(300, 8)
+    expected = fused_match(query, reference, "dot")[1]  # the parent's pool exists from here on
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(match_chunked, (query.T[None, :, :, None], reference, None, 1, "dot"))
+        assert torch.equal(child.get(timeout=60)[1], expected)
+
+
+def test_its_benchmark_writes_a_row_per_walk(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "bench_cpu_topk.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--sizes", "64x300x8", "--metrics", "l2", "--k", "1", "3",
+                                      "--repeat", "1", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    (result,) = tmp_path.glob("*-cpu-topk-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    walks = ["torch GEMM walk"] + [f"fused {cpu_topk.ISA_NAMES[isa]}" for isa in ISAS]
+    assert [(row["k"], row["walk"]) for row in rows] == [(k, walk) for k in (1, 3) for walk in walks]
+    assert all(row["agreement"] == 1.0 and row["ms"] > 0 for row in rows)

@@ -1,0 +1,102 @@
+"""The CPU fused top-k (1 <= k <= 64, float32) of ``refmatch._C``: the torch backend's
+walk without its score tile (csrc/cpu_topk_isa.cpp).
+
+The walk prepares reference blocks in torch as before (normalised for cosine, -|r|^2
+and -inf biases for l2 and ignored rows), up to ``PREPARED_BYTES`` at a time; the
+native pass scores a block in registers and merges into each row's sorted top-k only
+the scores above its k-th. Rows are split over ``torch.get_num_threads()`` threads,
+each call holding no GIL. Few, large calls: torch's OpenMP threads spin for a while
+after each torch operation, and calls made among such operations ran 15 % slower.
+Extra memory: one prepared block, and int32 indices beside the [N, k] result.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .cuda_backend import native_module
+
+PREPARED_BYTES = 32 << 20  # references prepared per native call
+MAX_K = 64                 # a row's sorted list is shifted on each insert
+ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2"}
+_INDEX_LIMIT = 2**31       # the native pass keeps int32 indices
+_pools = {}                # (process id, threads) -> executor: a forked child starts its own
+
+
+def native_isas():
+    """Vector widths the fused top-k can run at here, widest first ("avx512", "avx2"), or the
+    one ``REFMATCH_CPU_TOPK`` names; empty where ``unavailable_reason()`` says why."""
+    if unavailable_reason():
+        return []
+    held, wanted = list(native_module().cpu_topk_isas()), os.environ.get("REFMATCH_CPU_TOPK")
+    return [wanted] if wanted in held else held
+
+
+def unavailable_reason():
+    """Why the fused top-k does not run here, or None."""
+    module, wanted = native_module(), os.environ.get("REFMATCH_CPU_TOPK")
+    if wanted == "0":
+        return "REFMATCH_CPU_TOPK=0"
+    if module is None:
+        return "refmatch._C is not built"
+    if not hasattr(module, "cpu_topk_isas"):
+        return "refmatch._C predates it: rebuild"
+    held = module.cpu_topk_isas()
+    if not held:
+        return "built without it (not x86-64 GCC or Clang) or a CPU without AVX2 and FMA"
+    if wanted not in (None, "", "1", *held):
+        return f"REFMATCH_CPU_TOPK={wanted}: this CPU and build run {', '.join(held)} (or 0 for off)"
+    return None
+
+
+def applies(rows, reference, k):
+    """Whether a top-k walk of [N, D] ``rows`` (operand dtype) against ``reference`` takes the fused one."""
+    return (1 <= k <= MAX_K and rows.device.type == "cpu" and rows.dtype == torch.float32 and rows.shape[0] > 0
+            and reference.shape[0] < _INDEX_LIMIT and bool(native_isas()))
+
+
+def _pool(threads):
+    key = (os.getpid(), threads)  # a fork leaves the parent's executor without its threads
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="refmatch-cpu-topk")
+    return _pools[key]
+
+
+def topk_walk(rows, num_refs, prepared_block, alpha, k, isa=None):
+    """Oriented top-k (score [N, k] float32, index [N, k] int64), best first, ties to the lowest
+    index; -inf and -1 in the slots nothing fills.
+
+    Args:
+        rows: [N, D] float32 query rows.
+        num_refs: M, the references the walk covers.
+        prepared_block: (col0, count) -> ([count, D] float32 references from col0 on, at most
+            count of them, bias [count] or None), as the walk prepares them.
+        alpha: score = alpha * q.r + bias (2 for l2's 2 q.r - |r|^2, else 1).
+        k: 1 <= k <= ``MAX_K``.
+        isa: a width from ``native_isas()``; default its first.
+    """
+    module = native_module()
+    isa = isa or native_isas()[0]
+    (num_rows, dim), rows = rows.shape, rows.contiguous()
+    refs_per_call = max(1, PREPARED_BYTES // (4 * dim))
+    # the sorted lists the native pass merges into; explicit dtypes: the default may be float64
+    score = torch.full((num_rows, k), float("-inf"), dtype=torch.float32)
+    index = torch.full((num_rows, k), -1, dtype=torch.int32)
+    for col0 in range(0, num_refs, refs_per_call):
+        block, bias = prepared_block(col0, refs_per_call)
+        block, bias = block.contiguous(), None if bias is None else bias.contiguous()
+        bias_pointer = 0 if bias is None else bias.data_ptr()
+        _each_row_part(num_rows, lambda begin, end: module.cpu_topk_rows(
+            isa, rows.data_ptr(), num_rows, dim, block.data_ptr(), block.shape[0], bias_pointer, alpha, col0, k,
+            score.data_ptr(), index.data_ptr(), begin, end))
+    return score, index.to(torch.int64)
+
+
+def _each_row_part(num_rows, run):
+    """``run(begin, end)`` over contiguous parts of the rows, one per torch thread."""
+    threads = max(1, min(torch.get_num_threads(), num_rows // 64))
+    bounds = [num_rows * part // threads for part in range(threads + 1)]
+    if threads == 1:
+        run(0, num_rows)
+        return
+    list(_pool(threads).map(run, bounds[:-1], bounds[1:]))  # re-raises a part's exception
