@@ -188,3 +188,30 @@ def test_its_benchmark_writes_a_row_per_walk(tmp_path, monkeypatch):
     walks = ["torch GEMM walk"] + [f"fused {cpu_topk.ISA_NAMES[isa]}" for isa in ISAS]
     assert [(row["k"], row["walk"]) for row in rows] == [(k, walk) for k in (1, 3) for walk in walks]
     assert all(row["agreement"] == 1.0 and row["ms"] > 0 for row in rows)
+
+
+def test_threads_matching_at_once_share_one_pool_and_agree(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(cpu_topk, "_pools", {})
+    query, reference = torch.randn(400, 16), torch.randn(900, 16)
+    expected = fused_match(query, reference, "l2", k=3)
+    monkeypatch.setattr(cpu_topk, "_pools", {})
+    with ThreadPoolExecutor(4) as callers:
+        results = list(callers.map(lambda _: fused_match(query, reference, "l2", k=3), range(8)))
+    assert all(torch.equal(index, expected[1]) for _, index in results) and len(cpu_topk._pools) == 1
+
+
+def test_a_failing_part_is_raised_after_every_part_ends(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    ended = []
+
+    def run(begin, end):
+        if begin == 0:
+            raise RuntimeError("part 0 failed")
+        ended.append(end)
+
+    with pytest.raises(RuntimeError, match="part 0 failed"):
+        cpu_topk._each_row_part(200, run)
+    assert ended == [200]
