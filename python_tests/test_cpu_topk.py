@@ -2,6 +2,7 @@
 float64 oracle: ties across lanes, sub-blocks, native calls and threads; NaN, infinities,
 ignored references, unfilled slots; both vector widths where this CPU runs them."""
 import os
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -210,6 +211,7 @@ def test_a_failing_part_is_raised_after_every_part_ends(monkeypatch):
     def run(begin, end):
         if begin == 0:
             raise RuntimeError("part 0 failed")
+        time.sleep(0.2)  # still running when part 0 fails
         ended.append(end)
 
     with pytest.raises(RuntimeError, match="part 0 failed"):
