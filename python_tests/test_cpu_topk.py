@@ -217,3 +217,18 @@ def test_a_failing_part_is_raised_after_every_part_ends(monkeypatch):
     with pytest.raises(RuntimeError, match="part 0 failed"):
         cpu_topk._each_row_part(200, run)
     assert ended == [200]
+
+
+def test_the_classwise_max_of_a_mixed_bank_takes_one_fused_walk_per_class(isa, monkeypatch):
+    import refmatch
+    from oracle import dense_scores
+
+    calls, module = [], cpu_topk.native_module()
+    monkeypatch.setattr(cpu_topk, "native_module", lambda: SpyModule(module, calls))
+    query, reference = torch.randn(30, 8), torch.randn(200, 8)
+    labels = torch.randint(0, 3, (200,))  # mixed: sorted first, a copy
+    best = refmatch.classwise_max(query, reference, labels, 3, metric="dot", backend="torch")
+    scores = dense_scores(query, reference, "dot")
+    expected = torch.stack([scores[:, labels == c].amax(dim=1) for c in range(3)], dim=1)
+    torch.testing.assert_close(best.double(), expected, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 3 and all(call[9] == 1 for call in calls)

@@ -12,7 +12,7 @@ class instead.
 import torch
 
 from . import cpu_topk
-from .class_ranges import class_ranges, stored_by_class
+from .class_ranges import class_ranges, sorted_by_label, stored_by_class
 from .scoring import finalize_class_scores, host_read_allowed
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
 from .torch_screening import screening_applies
@@ -37,10 +37,10 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
         ignored: [M] bool, True for references that never count, or None.
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests).
-        screen: a bank stored class by class takes one k = 1 match per class, each
-            through the bfloat16 screen where it applies (else the walk, fused in C++
-            where ``cpu_argmax`` runs); None decides by hardware and size, as
-            ``match_chunked`` does.
+        screen: a bank stored class by class (or sorted so, a copy, where the fused
+            ``cpu_topk`` walk runs) takes one k = 1 match per class, each through the
+            bfloat16 screen where it applies, else the walk; None decides by hardware
+            and size, as ``match_chunked`` does.
     Returns:
         [N, C]: best similarity per class (-inf where a class has no reference),
         or for "l2" the smallest squared distance (+inf where none).
@@ -48,6 +48,8 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
     ranges, fused = None, cpu_topk.applies(rows, reference, 1)
+    if fused and host_read_allowed(labels):  # one fused walk per class: a bank stored otherwise is sorted, a copy
+        reference, labels, _, ignored = sorted_by_label(reference, labels, reference.new_empty(0), ignored)
     if (fused or screening_applies(rows, reference, 1, screen)) and stored_by_class(labels, ignored):
         starts, owners = class_ranges(labels, ignored, num_classes, target_ranges=1)  # one range per class
         ranges = [(cls, start, end) for cls, start, end in zip(owners.tolist(), starts[:-1].tolist(),
