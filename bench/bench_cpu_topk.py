@@ -13,7 +13,6 @@ the GEMM walk, GFLOP/s (2 N M D / time) and each walk's agreement with the float
 """
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,14 +33,10 @@ SIZES = ["32768x8192x24", "8192x16384x64", "8192x65536x128"]  # a main-job class
 
 def walk(maps, reference, metric, k, setting):
     """One walk, screen off, with REFMATCH_CPU_TOPK=setting: (seconds, index [N, k])."""
-    before = os.environ.get("REFMATCH_CPU_TOPK")
-    os.environ["REFMATCH_CPU_TOPK"] = setting
-    try:
+    with cpu_topk.forced(setting):
         start = time.perf_counter()
         index = match_chunked(maps, reference, None, k, metric, screen=False)[1]
         return time.perf_counter() - start, index
-    finally:
-        os.environ.pop("REFMATCH_CPU_TOPK") if before is None else os.environ.update(REFMATCH_CPU_TOPK=before)
 
 
 def measure(query, reference, oracle, metric, k, isas, repeat):

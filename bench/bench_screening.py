@@ -14,9 +14,7 @@ agreement of the torch walk and the screen with the benchmark's float64 oracle
 bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when taken).
 """
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 from datetime import date
@@ -80,7 +78,7 @@ def measure(name, query, reference, oracle, metric, k, repeat):
     """The torch GEMM walk, the C++ fused walk (k = 1, where _C has it) and the screen, whose
     given-up rows take the fused walk where it applies: the walk the screen competes with."""
     maps = query.T[None, :, :, None]
-    with torch_walk():
+    with cpu_topk.forced("0"):  # the torch GEMM walk even where _C has the fused one
         walk, (_, walk_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
     rows = tiling(maps, reference)[2]
     fused = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)[0] \
@@ -92,17 +90,6 @@ def measure(name, query, reference, oracle, metric, k, repeat):
             "speedup": (fused or walk) / screen, "walked_rows": handed_back,
             "walk_agreement": oracle.agreement(walk_index, metric, k),
             "screen_agreement": oracle.agreement(screen_index, metric, k)}
-
-
-@contextlib.contextmanager
-def torch_walk():
-    """The torch GEMM walk even where _C has the fused one."""
-    before = os.environ.get("REFMATCH_CPU_TOPK")
-    os.environ["REFMATCH_CPU_TOPK"] = "0"
-    try:
-        yield
-    finally:
-        os.environ.pop("REFMATCH_CPU_TOPK") if before is None else os.environ.update(REFMATCH_CPU_TOPK=before)
 
 
 def main():

@@ -33,12 +33,8 @@ def fused_match(query, reference, metric, k=1, ignored=None):
 def both_walks(query, reference, metric, k=1, ignored=None):
     """(fused, torch walk) results."""
     fused = fused_match(query, reference, metric, k, ignored)
-    before = os.environ["REFMATCH_CPU_TOPK"]
-    os.environ["REFMATCH_CPU_TOPK"] = "0"
-    try:
+    with cpu_topk.forced("0"):
         return fused, fused_match(query, reference, metric, k, ignored)
-    finally:
-        os.environ["REFMATCH_CPU_TOPK"] = before
 
 
 class SpyModule:

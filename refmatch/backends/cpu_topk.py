@@ -9,6 +9,7 @@ each call holding no GIL. Few, large calls: torch's OpenMP threads spin for a wh
 after each torch operation, and calls made among such operations ran 15 % slower.
 Extra memory: one prepared block, and int32 indices beside the [N, k] result.
 """
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -28,27 +29,45 @@ _pools_lock = threading.Lock()
 def native_isas():
     """Vector widths the fused top-k can run at here, widest first ("avx512", "avx2"), or the
     one ``REFMATCH_CPU_TOPK`` names; empty where ``unavailable_reason()`` says why."""
-    if unavailable_reason():
-        return []
-    held, wanted = list(native_module().cpu_topk_isas()), os.environ.get("REFMATCH_CPU_TOPK")
-    return [wanted] if wanted in held else held
+    held, reason = _widths()
+    wanted = os.environ.get("REFMATCH_CPU_TOPK")
+    return [] if reason else [wanted] if wanted in held else held
 
 
 def unavailable_reason():
     """Why the fused top-k does not run here, or None."""
+    return _widths()[1]
+
+
+def _widths():
+    """(the widths _C holds and this CPU runs, why the fused top-k does not run here or None)."""
     module, wanted = native_module(), os.environ.get("REFMATCH_CPU_TOPK")
     if wanted == "0":
-        return "REFMATCH_CPU_TOPK=0"
+        return [], "REFMATCH_CPU_TOPK=0"
     if module is None:
-        return "refmatch._C is not built"
+        return [], "refmatch._C is not built"
     if not hasattr(module, "cpu_topk_isas"):
-        return "refmatch._C predates it: rebuild"
-    held = module.cpu_topk_isas()
+        return [], "refmatch._C predates it: rebuild"
+    held = list(module.cpu_topk_isas())
     if not held:
-        return "built without it (not x86-64 GCC or Clang) or a CPU without AVX2 and FMA"
+        return held, "built without it (not x86-64 GCC or Clang) or a CPU without AVX2 and FMA"
     if wanted not in (None, "", "1", *held):
-        return f"REFMATCH_CPU_TOPK={wanted}: this CPU and build run {', '.join(held)} (or 0 for off)"
-    return None
+        return held, f"REFMATCH_CPU_TOPK={wanted}: this CPU and build run {', '.join(held)} (or 0 for off)"
+    return held, None
+
+
+@contextlib.contextmanager
+def forced(setting):
+    """``REFMATCH_CPU_TOPK=setting`` ("0", "avx512", "avx2") inside the block, as it was after."""
+    before = os.environ.get("REFMATCH_CPU_TOPK")
+    os.environ["REFMATCH_CPU_TOPK"] = setting
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["REFMATCH_CPU_TOPK"]
+        else:
+            os.environ["REFMATCH_CPU_TOPK"] = before
 
 
 def applies(rows, reference, k):
@@ -65,7 +84,7 @@ def _pool(threads):
         return _pools[key]
 
 
-def topk_walk(rows, num_refs, prepared_block, alpha, k, isa=None):
+def topk_walk(rows, num_refs, prepared_block, alpha, k):
     """Oriented top-k (score [N, k] float32, index [N, k] int64), best first, ties to the lowest
     index; -inf and -1 in the slots nothing fills.
 
@@ -76,10 +95,9 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k, isa=None):
             count of them, bias [count] or None), as the walk prepares them.
         alpha: score = alpha * q.r + bias (2 for l2's 2 q.r - |r|^2, else 1).
         k: 1 <= k <= ``MAX_K``.
-        isa: a width from ``native_isas()``; default its first.
+    Runs at the first width of ``native_isas()``.
     """
-    module = native_module()
-    isa = isa or native_isas()[0]
+    module, isa = native_module(), native_isas()[0]
     (num_rows, dim), rows = rows.shape, rows.contiguous()
     refs_per_call = max(1, PREPARED_BYTES // (4 * dim))
     # the sorted lists the native pass merges into; explicit dtypes: the default may be float64

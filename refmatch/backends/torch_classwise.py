@@ -48,9 +48,10 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
     ranges, fused = None, cpu_topk.applies(rows, reference, 1)
-    if fused and host_read_allowed(labels):  # one fused walk per class: a bank stored otherwise is sorted, a copy
+    sorted_bank = fused and host_read_allowed(labels)
+    if sorted_bank:  # one fused walk per class: a bank stored otherwise is sorted, a copy
         reference, labels, _, ignored = sorted_by_label(reference, labels, reference.new_empty(0), ignored)
-    if (fused or screening_applies(rows, reference, 1, screen)) and stored_by_class(labels, ignored):
+    if sorted_bank or (screening_applies(rows, reference, 1, screen) and stored_by_class(labels, ignored)):
         starts, owners = class_ranges(labels, ignored, num_classes, target_ranges=1)  # one range per class
         ranges = [(cls, start, end) for cls, start, end in zip(owners.tolist(), starts[:-1].tolist(),
                                                                 starts[1:].tolist()) if end > start]

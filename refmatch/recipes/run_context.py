@@ -233,18 +233,15 @@ class RunContext:
             dist.barrier()
 
     def image(self, name, step, draw, *args):
-        """images/<name>: a PNG that ``draw(path, *args)`` writes, also in TensorBoard at ``step``."""
+        """images/<name>: a PNG that ``draw(path, *args)`` writes and returns ([H, W, 3] uint8),
+        also in TensorBoard at ``step``."""
         if not self.is_main:
             return
         (self.dir / "images").mkdir(exist_ok=True)
         path = self.dir / "images" / name
-        draw(path, *args)
+        picture = draw(path, *args)
         if self.writer is not None:
-            import numpy as np
-            from PIL import Image
-
-            with Image.open(path) as picture:
-                self.writer.add_image("images", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
+            self.writer.add_image("images", picture, step, dataformats="HWC")
 
     def release_files(self):
         """Close the TensorBoard writer and the log handlers (the log file is left in place)."""

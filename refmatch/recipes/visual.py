@@ -56,7 +56,7 @@ def _wrapped(text, font, width):
 def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
     """Save rows of equally sized [H, W, 3] uint8 panels as one PNG (small panels enlarged),
     under a strip naming the columns (a title's commas start new lines) and above a legend of
-    (RGB colour, name) swatches."""
+    (RGB colour, name) swatches; returns the picture, [H, W, 3] uint8."""
     from PIL import Image, ImageDraw
 
     scale = max(1, min_size // panels[0][0].shape[0])
@@ -86,6 +86,7 @@ def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
         draw.text((x + 13, y), name, fill="black", font=font)
         x += 13 + int(draw.textlength(name, font=font)) + 12
     picture.save(path)
+    return np.asarray(picture)
 
 
 def class_legend(class_names, ignored="not kept / ignored"):
@@ -99,7 +100,7 @@ def training_grid(path, images, truth, prediction, pseudo=None, confidence=None,
                   class_names=()):
     """One row per image: image, ground truth, prediction[, pseudo-label, confidence]; one
     grey scale for the confidence of every row, so rows compare. Columns are titled, and with
-    ``class_names`` a legend names the colours."""
+    ``class_names`` a legend names the colours. Returns the picture, as ``save_grid``."""
     rows = []
     if confidence is not None:
         finite = confidence[confidence.isfinite()]
@@ -112,4 +113,4 @@ def training_grid(path, images, truth, prediction, pseudo=None, confidence=None,
     titles = ["image", "truth" + (" (hidden)" if pseudo is not None else ""), "teacher"]
     if pseudo is not None:
         titles += ["pseudo-label", f"confidence,{low:.2f} black,{high:.2f} white"]
-    save_grid(path, rows, titles, class_legend(class_names) if class_names else ())
+    return save_grid(path, rows, titles, class_legend(class_names) if class_names else ())
