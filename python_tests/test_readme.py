@@ -1,7 +1,10 @@
 """The README's Usage example runs as written (its training-loop block is a sketch with the
 user's own model and data, so it is not run)."""
+import importlib.util
 import re
 from pathlib import Path
+
+import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -33,3 +36,26 @@ def test_volumes_go_in_flattened_as_the_contract_says():
         labelled = refmatch.match(maps, reference, labels, k=4).label.unflatten(-2, (3, 5))
         for z in range(3):
             assert torch.equal(labelled[:, :, z], refmatch.match(volume[:, :, z], reference, labels, k=4).label)
+
+
+def test_lung_tables_means_and_picture_agree_with_their_seeds(tmp_path):
+    """The five-seed lung tables: each row's mean Dice column is the mean of its seeds, and
+    scripts/plot_lung_experiment.py reads every row (4 methods x 5 seeds at 28 and 6 labels)
+    and draws them; the README shows the committed picture."""
+    spec = importlib.util.spec_from_file_location("plot_lung", README.parent / "scripts" / "plot_lung_experiment.py")
+    plot_lung = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_lung)
+    text = README.read_text()
+    tables = plot_lung.seed_tables(text)
+    assert sorted(tables) == [6, 28]
+    for count, (seeds, rows) in tables.items():
+        assert seeds == [0, 1, 2, 3, 4] and len(rows) == 4
+        block = text.split(f"| {count} labelled images | seed 0 |", 1)[1].split("\n\n", 1)[0]
+        for line in block.splitlines()[2:]:  # past the header's rest and the rule
+            cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+            values = rows[re.sub(r"[`*]", "", cells[0])]
+            assert len(values) == 5 and all(0 < value < 1 for value in values), (count, cells[0])
+            assert abs(float(cells[6]) - sum(values) / len(values)) <= 5.1e-5, (count, cells[0], cells[6])
+    assert "](docs/lung_experiment.png)" in text and (README.parent / "docs" / "lung_experiment.png").is_file()
+    pytest.importorskip("matplotlib", reason="the bench extra is not installed")
+    assert plot_lung.plot(tables, tmp_path / "lung.png").stat().st_size > 10_000
