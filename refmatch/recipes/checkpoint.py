@@ -42,10 +42,11 @@ def saved_teacher(state, path, device, num_classes=None):
     the saved config raise ValueError naming the file."""
     config = saved_config(state["config"])
     classes = state["teacher"]["head.weight"].shape[0] if num_classes is None else num_classes
-    model = UNet(1, classes, config.width, config.depth).to(device)
+    model = UNet(1, classes, config.width, config.depth, config.norm).to(device)
     try:
         model.load_state_dict(state["teacher"])
-    except RuntimeError as error:  # weights of another width, depth or class count
+    except RuntimeError as error:  # weights of another width, depth, norm or class count
         raise ValueError(f"{path}: its teacher does not fit its own config (width {config.width}, depth "
-                         f"{config.depth}, {classes} classes): {' '.join(str(error).split())[:200]}") from None
+                         f"{config.depth}, norm {config.norm}, {classes} classes): "
+                         f"{' '.join(str(error).split())[:200]}") from None
     return model.eval(), config

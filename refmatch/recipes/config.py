@@ -8,6 +8,7 @@ import torch
 
 from ..bank_policies import POLICIES
 from ..pseudo_labels import check_mode
+from .unet import NORMS
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
 # (keys, test, what the test asks); NaN fails every test. labeled_fraction: see validate.
@@ -50,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     width: int = 16
     depth: int = 4
+    norm: str = "instance"                # the U-Net's normalisation: "instance" or "batch" (unet.NORMS)
     ema_decay: float = 0.99
     pl_weight: float = 1.0
     pl_start: int = 0                     # supervised-only warm-up steps before pseudo-labels
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.bank_policy not in POLICIES:
             raise ValueError(f"bank_policy must be one of {POLICIES}, got {self.bank_policy!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
         for names, test, asked in LIMITS:
             for name in names:
                 if not test(getattr(self, name)):
@@ -112,7 +116,7 @@ class TrainConfig:
 
 
 # Keys added after runs were saved with a default that changed since: the value such runs used.
-SAVED_BEFORE_KEY = {"bank_policy": "ring"}
+SAVED_BEFORE_KEY = {"bank_policy": "ring", "norm": "batch"}
 
 
 def as_saved(saved):

@@ -94,7 +94,7 @@ class Trainer:
                                  reuse_splits=resumed is not None, from_main=self.run.from_main)
         self.num_classes = len(self.data.class_names)
         torch.manual_seed(config.seed)
-        self.student = UNet(1, self.num_classes, config.width, config.depth).to(self.device)
+        self.student = UNet(1, self.num_classes, config.width, config.depth, config.norm).to(self.device)
         self.teacher = copy.deepcopy(self.student).eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
@@ -154,8 +154,8 @@ class Trainer:
 
     def train_step(self):
         """One optimiser step. Labelled and strongly augmented unlabelled images go
-        through the student in one forward pass (shared BatchNorm statistics, and
-        one autograd graph per step, as DDP expects)."""
+        through the student in one forward pass (one autograd graph per step, as DDP
+        expects; with norm=batch they share batch statistics)."""
         config, logs = self.config, {}
         images, masks = self._batch(self.data.labeled, config.batch_size)
         images, masks = augment.weak(images, masks, self.generator)

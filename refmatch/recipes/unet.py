@@ -3,23 +3,28 @@ import torch
 from torch import nn
 
 
-def conv_block(in_channels, out_channels):
-    """Two 3x3 conv + BatchNorm + ReLU."""
+# "instance": per image and channel, the same in training and evaluation (nnU-Net's choice).
+# "batch": running statistics, which a batch mixing strongly augmented unlabelled images skews
+# away from clean images, and an EMA teacher's averaged weights do not match (README, phantoms).
+NORMS = {"batch": nn.BatchNorm2d, "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True)}
+
+
+def conv_block(in_channels, out_channels, norm="batch"):
+    """Two 3x3 conv + normalisation (``NORMS``) + ReLU."""
+    layer = NORMS[norm]
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), layer(out_channels), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), layer(out_channels), nn.ReLU(inplace=True),
     )
 
 
 class UpBlock(nn.Module):
     """Upsample x2, concatenate the skip connection, conv block."""
 
-    def __init__(self, in_channels, skip_channels, out_channels):
+    def __init__(self, in_channels, skip_channels, out_channels, norm="batch"):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
-        self.conv = conv_block(in_channels // 2 + skip_channels, out_channels)
+        self.conv = conv_block(in_channels // 2 + skip_channels, out_channels, norm)
 
     def forward(self, x, skip):
         return self.conv(torch.cat([self.up(x), skip], dim=1))
@@ -29,9 +34,9 @@ class UNet(nn.Module):
     """U-Net: [B, in_channels, H, W] -> logits [B, num_classes, H, W].
 
     H and W must be divisible by 2**(depth - 1). Encoder level i has
-    width * 2**i channels. Decoder stages are named ``decoder.up{i}`` with
-    ``up1`` at full resolution and ``up{depth-1}`` the coarsest, the names
-    ``FeatureTap`` takes.
+    width * 2**i channels; ``norm`` is "batch" or "instance" (``NORMS``). Decoder
+    stages are named ``decoder.up{i}`` with ``up1`` at full resolution and
+    ``up{depth-1}`` the coarsest, the names ``FeatureTap`` takes.
 
     Example:
         >>> model = UNet(in_channels=1, num_classes=2, width=16, depth=4)
@@ -39,18 +44,20 @@ class UNet(nn.Module):
         torch.Size([2, 2, 128, 128])
     """
 
-    def __init__(self, in_channels=1, num_classes=2, width=16, depth=4):
+    def __init__(self, in_channels=1, num_classes=2, width=16, depth=4, norm="batch"):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         channels = [width * 2 ** level for level in range(depth)]
         self.depth = depth
         self.encoder = nn.ModuleList(
-            [conv_block(in_channels, channels[0])]
-            + [conv_block(channels[level - 1], channels[level]) for level in range(1, depth)])
+            [conv_block(in_channels, channels[0], norm)]
+            + [conv_block(channels[level - 1], channels[level], norm) for level in range(1, depth)])
         self.pool = nn.MaxPool2d(2)
         self.decoder = nn.ModuleDict({
-            f"up{level}": UpBlock(channels[level], channels[level - 1], channels[level - 1])
+            f"up{level}": UpBlock(channels[level], channels[level - 1], channels[level - 1], norm)
             for level in range(depth - 1, 0, -1)})
         self.head = nn.Conv2d(channels[0], num_classes, 1)
 
