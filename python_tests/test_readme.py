@@ -38,24 +38,28 @@ def test_volumes_go_in_flattened_as_the_contract_says():
             assert torch.equal(labelled[:, :, z], refmatch.match(volume[:, :, z], reference, labels, k=4).label)
 
 
-def test_lung_tables_means_and_picture_agree_with_their_seeds(tmp_path):
-    """The five-seed lung tables: each row's mean Dice column is the mean of its seeds, and
-    scripts/plot_lung_experiment.py reads every row (4 methods x 5 seeds at 28 and 6 labels)
-    and draws them; the README shows the committed picture."""
-    spec = importlib.util.spec_from_file_location("plot_lung", README.parent / "scripts" / "plot_lung_experiment.py")
-    plot_lung = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_lung)
+@pytest.mark.parametrize("which, picture, names", [
+    ("labelled images", "lung_experiment.png", ["28 labelled images", "6 labelled images"]),
+    ("labelled phantoms", "phantom_seeds.png", ["6 labelled phantoms, BatchNorm", "6 labelled phantoms, instance norm"]),
+])
+def test_seed_tables_means_and_pictures_agree_with_their_seeds(tmp_path, which, picture, names):
+    """The five-seed tables: each row's mean Dice column is the mean of its seeds, and
+    scripts/plot_seed_tables.py reads every row (4 methods x 5 seeds) and draws them; the
+    README shows the committed picture."""
+    spec = importlib.util.spec_from_file_location("plot_seed_tables", README.parent / "scripts" / "plot_seed_tables.py")
+    plot_seed_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_seed_tables)
     text = README.read_text()
-    tables = plot_lung.seed_tables(text)
-    assert sorted(tables) == [6, 28]
-    for count, (seeds, rows) in tables.items():
+    tables = plot_seed_tables.seed_tables(text, which)
+    assert list(tables) == names
+    for name, (seeds, rows) in tables.items():
         assert seeds == [0, 1, 2, 3, 4] and len(rows) == 4
-        block = text.split(f"| {count} labelled images | seed 0 |", 1)[1].split("\n\n", 1)[0]
+        block = text.split(f"| {name} | seed 0 |", 1)[1].split("\n\n", 1)[0]
         for line in block.splitlines()[2:]:  # past the header's rest and the rule
             cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
             values = rows[re.sub(r"[`*]", "", cells[0])]
-            assert len(values) == 5 and all(0 < value < 1 for value in values), (count, cells[0])
-            assert abs(float(cells[6]) - sum(values) / len(values)) <= 5.1e-5, (count, cells[0], cells[6])
-    assert "](docs/lung_experiment.png)" in text and (README.parent / "docs" / "lung_experiment.png").is_file()
+            assert len(values) == 5 and all(0 < value < 1 for value in values), (name, cells[0])
+            assert abs(float(cells[6]) - sum(values) / len(values)) <= 5.1e-5, (name, cells[0], cells[6])
+    assert f"](docs/{picture})" in text and (README.parent / "docs" / picture).is_file()
     pytest.importorskip("matplotlib", reason="the bench extra is not installed")
-    assert plot_lung.plot(tables, tmp_path / "lung.png").stat().st_size > 10_000
+    assert plot_seed_tables.plot(tables, tmp_path / picture).stat().st_size > 10_000
