@@ -6,7 +6,7 @@ Usage (matplotlib, from the bench extra):
   python scripts/plot_seed_tables.py "labelled images" docs/lung_experiment.png \
       --title "Shenzhen lung X-rays" --ylabel "test Dice (lung), 128×128"
   python scripts/plot_seed_tables.py "labelled phantoms" docs/phantom_seeds.png \
-      --title "Chest phantoms (the main job)" --ylabel "test mean Dice (lung, heart, clavicle)"
+      --title "Chest phantoms, the main job's config" --ylabel "test mean Dice (lung, heart, clavicle)"
 """
 import argparse
 import re
@@ -47,8 +47,8 @@ def plot(tables, path, title="", ylabel="test Dice"):
     limits = floor - 0.04 * span, max(everything) + 0.18 * span  # room for the legend above
     figure, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.2), sharey=True, squeeze=False)
     for axis, (name, (seeds, rows)) in zip(axes[0], tables.items()):
-        full = next((name for name in rows if name.startswith("supervised, all")), None)
-        methods = [name for name in rows if name != full]
+        full = next((row for row in rows if row.startswith("supervised, all")), None)
+        methods = [row for row in rows if row != full]
         for position, method in enumerate(methods):
             values = rows[method]
             shown = [value for value in values if value >= floor]
