@@ -39,7 +39,8 @@ def test_volumes_go_in_flattened_as_the_contract_says():
 
 
 @pytest.mark.parametrize("which, picture, names", [
-    ("labelled images", "lung_experiment.png", ["28 labelled images", "6 labelled images"]),
+    ("labelled images", "lung_experiment.png",
+     ["28 labelled images, BatchNorm", "6 labelled images, BatchNorm", "6 labelled images, instance norm"]),
     ("labelled phantoms", "phantom_seeds.png", ["6 labelled phantoms, BatchNorm", "6 labelled phantoms, instance norm"]),
 ])
 def test_seed_tables_means_and_pictures_agree_with_their_seeds(tmp_path, which, picture, names):
