@@ -10,6 +10,7 @@ Usage (matplotlib, from the bench extra):
 """
 import argparse
 import re
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def plot(tables, path, title="", ylabel="test Dice"):
             axis.axhline(full_mean, color="black", linestyle="--", linewidth=1,
                          label=f"{full} (mean {full_mean:.4f})")
             axis.legend(loc="upper left", fontsize=8)
-        axis.set_xticks(range(len(methods)), [_wrapped(name) for name in methods], fontsize=8)
+        axis.set_xticks(range(len(methods)), [textwrap.fill(name, 22) for name in methods], fontsize=8)
         axis.set_xlim(-0.5, len(methods) - 0.2)
         axis.set_ylim(*limits)
         axis.set_title(f"{name}, {len(seeds)} seeds")
@@ -87,18 +88,6 @@ def _axis_floor(values):
     gap, above = max((ordered[i + 1] - ordered[i], i + 1) for i in range(len(ordered) - 1))
     rest = ordered[above:]
     return rest[0] - (rest[-1] - rest[0]) * 0.05 if gap > rest[-1] - rest[0] else ordered[0]
-
-
-def _wrapped(name, width=22):
-    """Method names on lines of about `width` characters, broken at spaces."""
-    lines, line = [], ""
-    for word in name.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "\n".join(lines + [line])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from torch import nn
 NORMS = {"batch": nn.BatchNorm2d, "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True)}
 
 
-def conv_block(in_channels, out_channels, norm="batch"):
+def conv_block(in_channels, out_channels, norm):
     """Two 3x3 conv + normalisation (``NORMS``) + ReLU."""
     layer = NORMS[norm]
     return nn.Sequential(
@@ -21,7 +21,7 @@ def conv_block(in_channels, out_channels, norm="batch"):
 class UpBlock(nn.Module):
     """Upsample x2, concatenate the skip connection, conv block."""
 
-    def __init__(self, in_channels, skip_channels, out_channels, norm="batch"):
+    def __init__(self, in_channels, skip_channels, out_channels, norm):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
         self.conv = conv_block(in_channels // 2 + skip_channels, out_channels, norm)
