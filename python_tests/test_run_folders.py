@@ -1,0 +1,134 @@
+"""Run folders survive failures: an overwrite or a new run that fails before training leaves the
+folder as it was, Ctrl-C finishes the step and saves, a finished run keeps its result."""
+import json
+
+import pytest
+
+pytest.importorskip("yaml", reason="the train extra is not installed")
+pytest.importorskip("PIL", reason="the train extra is not installed")
+
+from refmatch.recipes.checkpoint import load  # noqa: E402
+from refmatch.recipes.config import load_config  # noqa: E402
+from test_recipes import TINY  # noqa: E402
+
+
+def test_an_overwrite_that_fails_before_training_keeps_the_earlier_run(tmp_path):
+    """--overwrite with inputs that fail (here a missing data folder) leaves the earlier run as
+    it was; the failed run's log handlers are gone, so the next run's lines stay out of its log."""
+    import logging
+
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=2", "seed=0", "--out", str(run)])
+    before = {path.relative_to(run): path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    handlers = list(logging.getLogger("refmatch").handlers)
+    with pytest.raises(FileNotFoundError, match="missing/images not found"):
+        main(["train", *TINY, "steps=2", f"data={tmp_path / 'missing'}", "--out", str(run), "--overwrite"])
+    after = {path.relative_to(run): path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    assert after == before and not (run / ".overwritten").exists()
+    assert logging.getLogger("refmatch").handlers == handlers
+
+
+def test_a_new_run_keeps_off_an_earlier_runs_folder_unless_told_to_overwrite(tmp_path):
+    """A folder holding checkpoints is refused (its work would be lost); --overwrite starts over
+    with the new settings' splits. A folder with only a stale splits.json gets new splits."""
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=2", "seed=0", "--out", str(run)])
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        main(["train", *TINY, "steps=2", "seed=1", "labeled_fraction=0.5", "--out", str(run)])
+    main(["train", *TINY, "steps=2", "seed=1", "labeled_fraction=0.5", "--out", str(run), "--overwrite"])
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["seed"] == 1 and splits["counts"]["labeled"] == 8  # 3 at labeled_fraction=0.2
+    for name in ("latest.pt", "best.pt", "metrics.json"):
+        (run / name).unlink()
+    main(["train", *TINY, "steps=2", "seed=2", "--out", str(run)])
+    assert json.loads((run / "splits.json").read_text())["seed"] == 2
+
+
+def interrupt_at(trainer, monkeypatch, step, times=1):
+    """SIGINT ``times`` during ``trainer``'s step ``step`` + 1."""
+    import os
+    import signal
+
+    train_step = trainer.train_step
+
+    def interrupted_step():
+        if trainer.step == step:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return train_step()
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplog):
+    """SIGINT during step 3 of 6: the step ends, latest.pt holds step 3 (eval_every is 2),
+    KeyboardInterrupt follows; a second SIGINT stops at once; one in the last step stops
+    before the test, which the next resume runs."""
+    import signal
+
+    from refmatch.recipes.train import Trainer
+
+    config = load_config(None, TINY + ["steps=6"])
+    outside = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest was started in the background
+    trainer = Trainer(config, tmp_path)
+    try:
+        interrupt_at(trainer, monkeypatch, 2, times=2)
+        with pytest.raises(KeyboardInterrupt):  # twice: at once, inside the step
+            trainer.fit()
+        assert load(tmp_path / "latest.pt")["step"] == 2
+        monkeypatch.undo()
+        interrupt_at(trainer, monkeypatch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+        assert trainer.step == 3 and load(tmp_path / "latest.pt")["step"] == 3
+        assert "stopped at step 3 of 6 (SIGINT)" in caplog.text
+    finally:
+        trainer.run.close()
+    assert signal.getsignal(signal.SIGINT) is outside  # put back
+    resumed = Trainer(config, tmp_path, resume=True)
+    try:
+        interrupt_at(resumed, monkeypatch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            resumed.fit()
+        assert load(tmp_path / "latest.pt")["step"] == 6 and not (tmp_path / "metrics.json").exists()
+    finally:
+        resumed.run.close()
+    finished = Trainer(config, tmp_path, resume=True)
+    try:
+        assert finished.fit()["config"]["steps"] == 6 and (tmp_path / "metrics.json").exists()
+    finally:
+        finished.run.close()
+
+
+def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch):
+    from refmatch.__main__ import main
+    from refmatch.recipes import train
+
+    run = tmp_path / "sup"
+    main(["train", *TINY, "method=supervised", "steps=2", "--out", str(run)])
+    assert sorted(path.name for path in (run / "images").iterdir()) == ["step_000002.png"]  # supervised too
+    with pytest.raises(ValueError, match="steps=1 is below the 2 steps the run has trained"):
+        main(["train", "--out", str(run), "--resume", "steps=1"])
+    monkeypatch.setattr(train.Trainer, "finish", lambda self: pytest.fail("a finished run was tested again"))
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("folder_existed", [False, True])
+def test_a_new_run_that_fails_before_training_leaves_the_folder_as_it_was(tmp_path, folder_existed):
+    """A pl_k the labelled pixels cannot fill is refused before any step; the failed run's log,
+    splits and TensorBoard folder go, and so do the folders it made (a user's files stay)."""
+    from refmatch.__main__ import main
+
+    run = tmp_path / "new" / "run"
+    if folder_existed:
+        run.mkdir(parents=True)
+        (run / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"pl_k=5000 but the labelled images give the bank \d+ pixels"):
+        main(["train", *TINY, "steps=2", "pl_mode=soft", "pl_k=5000", "--out", str(run)])
+    if folder_existed:
+        assert [path.name for path in run.iterdir()] == ["notes.txt"]
+    else:
+        assert not (tmp_path / "new").exists()
