@@ -1,5 +1,6 @@
 """The README's Usage example runs as written (its training-loop block is a sketch with the
-user's own model and data, so it is not run)."""
+user's own model and data, so it is not run); its experiment summary and docs/experiments.md's
+five-seed tables agree with their seeds."""
 import importlib.util
 import re
 from pathlib import Path
@@ -7,6 +8,14 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+EXPERIMENTS = README.parent / "docs" / "experiments.md"
+
+
+def plot_seed_tables_module():
+    spec = importlib.util.spec_from_file_location("plot_seed_tables", README.parent / "scripts" / "plot_seed_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def python_blocks():
@@ -39,18 +48,18 @@ def test_volumes_go_in_flattened_as_the_contract_says():
 
 
 @pytest.mark.parametrize("which, picture, names", [
-    ("labelled images", "lung_experiment.png",
-     ["28 labelled images, BatchNorm", "6 labelled images, BatchNorm", "6 labelled images, instance norm"]),
+    ("labelled images, instance norm", "lung_experiment.png",
+     ["6 labelled images, instance norm", "28 labelled images, instance norm"]),
+    ("labelled images, BatchNorm", "lung_experiment_batchnorm.png",
+     ["28 labelled images, BatchNorm", "6 labelled images, BatchNorm"]),
     ("labelled phantoms", "phantom_seeds.png", ["6 labelled phantoms, BatchNorm", "6 labelled phantoms, instance norm"]),
 ])
 def test_seed_tables_means_and_pictures_agree_with_their_seeds(tmp_path, which, picture, names):
-    """The five-seed tables: each row's mean Dice column is the mean of its seeds, and
-    scripts/plot_seed_tables.py reads every row (4 methods x 5 seeds) and draws them; the
-    README shows the committed picture."""
-    spec = importlib.util.spec_from_file_location("plot_seed_tables", README.parent / "scripts" / "plot_seed_tables.py")
-    plot_seed_tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_seed_tables)
-    text = README.read_text()
+    """docs/experiments.md's five-seed tables: each row's mean Dice column is the mean of its
+    seeds, and scripts/plot_seed_tables.py reads every row (4 methods x 5 seeds) and draws them;
+    the README or docs/experiments.md shows the committed picture."""
+    plot_seed_tables = plot_seed_tables_module()
+    text = EXPERIMENTS.read_text()
     tables = plot_seed_tables.seed_tables(text, which)
     assert list(tables) == names
     for name, (seeds, rows) in tables.items():
@@ -61,6 +70,24 @@ def test_seed_tables_means_and_pictures_agree_with_their_seeds(tmp_path, which, 
             values = rows[re.sub(r"[`*]", "", cells[0])]
             assert len(values) == 5 and all(0 < value < 1 for value in values), (name, cells[0])
             assert abs(float(cells[6]) - sum(values) / len(values)) <= 5.1e-5, (name, cells[0], cells[6])
-    assert f"](docs/{picture})" in text and (README.parent / "docs" / picture).is_file()
+    assert (README.parent / "docs" / picture).is_file()
+    assert f"](docs/{picture})" in README.read_text() or f"]({picture})" in text
     pytest.importorskip("matplotlib", reason="the bench extra is not installed")
     assert plot_seed_tables.plot(tables, tmp_path / picture).stat().st_size > 10_000
+
+
+def test_the_readme_summary_is_the_mean_of_the_instance_norm_seed_tables():
+    """Each cell of the README's experiment summary (supervised, mean teacher, refmatch, all labels)
+    is the mean of the matching row of docs/experiments.md's five-seed table."""
+    tables = plot_seed_tables_module().seed_tables(EXPERIMENTS.read_text(), "instance norm")
+    sources = {"lung X-rays, 28 labelled": "28 labelled images, instance norm",
+               "lung X-rays, 6 labelled": "6 labelled images, instance norm",
+               "chest phantoms, 6 labelled (the main job)": "6 labelled phantoms, instance norm"}
+    summary = README.read_text().split("| mean test Dice over five seeds |", 1)[1].split("\n\n", 1)[0]
+    rows = summary.splitlines()[2:]  # past the header's rest and the rule
+    assert [line.split("|")[1].strip() for line in rows] == list(sources)
+    for line in rows:
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        _, methods = tables[sources[cells[0]]]
+        means = [sum(values) / len(values) for values in methods.values()]
+        assert [float(cell) for cell in cells[1:]] == pytest.approx(means, abs=5.1e-5), cells[0]

@@ -1,10 +1,12 @@
-"""The README's per-seed tables as pictures: test Dice per method, a dot per seed.
+"""The experiments' per-seed tables as pictures: test Dice per method, a dot per seed.
 
-Reads the tables from README.md itself, so a picture shows exactly the published numbers: those
-whose header's first cell holds WHICH and whose next cells are "seed 0", "seed 1", ...
+Reads the tables from docs/experiments.md itself, so a picture shows exactly the published
+numbers: those whose header's first cell holds WHICH and whose next cells are "seed 0", "seed 1", ...
 Usage (matplotlib, from the bench extra):
-  python scripts/plot_seed_tables.py "labelled images" docs/lung_experiment.png \
+  python scripts/plot_seed_tables.py "labelled images, instance norm" docs/lung_experiment.png \
       --title "Shenzhen lung X-rays" --ylabel "test Dice (lung), 128×128"
+  python scripts/plot_seed_tables.py "labelled images, BatchNorm" docs/lung_experiment_batchnorm.png \
+      --title "Shenzhen lung X-rays, BatchNorm" --ylabel "test Dice (lung), 128×128"
   python scripts/plot_seed_tables.py "labelled phantoms" docs/phantom_seeds.png \
       --title "Chest phantoms, the main job's config" --ylabel "test mean Dice (lung, heart, clavicle)"
 """
@@ -16,13 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def seed_tables(readme_text, which):
-    """{first header cell: (seeds, {method: [test Dice per seed]})} of the README's tables whose
-    header reads "| ...WHICH... | seed 0 | ..."; the method names lose their Markdown."""
+def seed_tables(markdown, which):
+    """{first header cell: (seeds, {method: [test Dice per seed]})} of the Markdown text's tables
+    whose header reads "| ...WHICH... | seed 0 | ..."; the method names lose their Markdown."""
     tables = {}
     for name, header, body in re.findall(
             rf"^\| ([^|\n]*{re.escape(which)}[^|\n]*) (\| seed 0 \|[^\n]*)\n\|[-|]+\n((?:\|[^\n]*\n)+)",
-            readme_text, re.M):
+            markdown, re.M):
         seeds = [int(seed) for seed in re.findall(r"seed (\d+)", header)]
         rows = {}
         for line in body.splitlines():
@@ -30,7 +32,7 @@ def seed_tables(readme_text, which):
             rows[re.sub(r"[`*]", "", cells[0])] = [float(cell.strip("*")) for cell in cells[1:1 + len(seeds)]]
         tables[name] = seeds, rows
     if not tables:
-        raise ValueError(f"no '| ...{which}... | seed 0 | ...' table in the README")
+        raise ValueError(f"no '| ...{which}... | seed 0 | ...' table")
     return tables
 
 
@@ -94,9 +96,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("which", help="text in the first header cell of the tables to draw, e.g. 'labelled images'")
     parser.add_argument("png", type=Path)
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "experiments.md")
     parser.add_argument("--title", default="")
     parser.add_argument("--ylabel", default="test Dice")
     arguments = parser.parse_args()
-    print(plot(seed_tables(arguments.readme.read_text(), arguments.which), arguments.png, arguments.title,
+    print(plot(seed_tables(arguments.markdown.read_text(), arguments.which), arguments.png, arguments.title,
                arguments.ylabel))

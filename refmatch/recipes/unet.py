@@ -5,7 +5,8 @@ from torch import nn
 
 # "instance": per image and channel, the same in training and evaluation (nnU-Net's choice).
 # "batch": running statistics, which a batch mixing strongly augmented unlabelled images skews
-# away from clean images, and an EMA teacher's averaged weights do not match (README, phantoms).
+# away from clean images, and an EMA teacher's averaged weights do not match (docs/experiments.md,
+# phantoms).
 NORMS = {"batch": nn.BatchNorm2d, "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True)}
 
 
