@@ -1,15 +1,21 @@
 """scripts/lung_experiment.sh trains the four runs of a seed with one normalisation, in the folder
-that names it, and refuses an unknown NORM (refmatch and python are stand-ins that log their calls)."""
+that names it, reports them and every seed finished so far, and refuses an unknown NORM. It runs
+from a copy in a scratch folder, with stand-ins for refmatch and python that log their calls."""
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "lung_experiment.sh"
+NAMES = ["supervised_n6", "meanteacher_n6", "refmatch_n6_pl_k-8", "supervised_100pct"]
 
 
 def run_script(tmp_path, *arguments, norm=None):
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    shutil.copy(SCRIPT, tmp_path / "scripts")
     stand_ins, calls = tmp_path / "bin", tmp_path / "calls"
     stand_ins.mkdir(exist_ok=True)
     for name in ("refmatch", "python"):
@@ -19,22 +25,32 @@ def run_script(tmp_path, *arguments, norm=None):
     environment.pop("NORM", None)
     if norm:
         environment["NORM"] = norm
-    done = subprocess.run(["bash", str(SCRIPT), *arguments], env=environment, capture_output=True, text=True)
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name), *arguments], env=environment,
+                          capture_output=True, text=True)
     return done, calls.read_text().splitlines() if calls.exists() else []
 
 
-@pytest.mark.parametrize("norm, folder", [(None, "runs/lung_seed97"), ("batch", "runs/lung_batchnorm_seed97")])
+def finish(run):
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test": {}}))
+
+
+@pytest.mark.parametrize("norm, folder", [(None, "runs/lung_seed"), ("batch", "runs/lung_batchnorm_seed")])
 def test_all_four_runs_take_the_norm_and_its_folder(tmp_path, norm, folder):
+    for name in NAMES:  # seed 96 finished earlier, in both folders
+        for finished in ("runs/lung_seed96", "runs/lung_batchnorm_seed96"):
+            finish(tmp_path / finished / name)
+    finish(tmp_path / f"{folder}96" / "refmatch_n6")  # another setting's run: not in the report
     done, calls = run_script(tmp_path, "97", "6", "pl_k=8", norm=norm)
     assert done.returncode == 0, done.stderr
     trains = [call for call in calls if call.startswith("refmatch train")]
     expected = "batch" if norm else "instance"
-    assert len(trains) == 4 and all(f"seed=97 norm={expected} --out {folder}/" in call for call in trains)
-    assert [call.split("--out ")[1].split()[0] for call in trains] == [
-        f"{folder}/supervised_n6", f"{folder}/meanteacher_n6", f"{folder}/refmatch_n6_pl_k-8",
-        f"{folder}/supervised_100pct"]
+    assert len(trains) == 4 and all(f"seed=97 norm={expected} --out {folder}97/" in call for call in trains)
+    assert [call.split("--out ")[1].split()[0] for call in trains] == [f"{folder}97/{name}" for name in NAMES]
     assert "pl_k=8" in trains[2] and not any("pl_k" in call for call in trains[:2] + trains[3:])
-    assert calls[-1].startswith("python -m refmatch.recipes.report")
+    assert calls[-2] == "python -m refmatch.recipes.report " + " ".join(f"{folder}97/{name}" for name in NAMES)
+    # the stand-in trains nothing, so only seed 96 has finished
+    assert calls[-1] == "python -m refmatch.recipes.report --by-seed " + " ".join(f"{folder}96/{name}" for name in NAMES)
 
 
 def test_an_unknown_norm_is_refused_before_any_run(tmp_path):

@@ -1,4 +1,4 @@
-"""Training recipe parts: model, config, losses, checkpoint files, metrics and report formats."""
+"""Training recipe parts: model, config, losses, checkpoint files and metrics (reports: test_report.py)."""
 import json
 
 import numpy as np
@@ -134,17 +134,6 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     assert run_context._pick_device("cuda", local_rank=0, local_world=1) == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="2 processes on this node but 1 CUDA device"):
         run_context._pick_device("cuda", local_rank=1, local_world=2)
-
-
-def test_report_prints_a_null_hd95_as_inf(tmp_path):
-    from refmatch.recipes.report import table
-
-    metrics = {"method": "refmatch", "train_seconds": 60.0, "config": {"steps": 2},
-               "test": {"dice": {"background": 0.9, "lung": 0.0}, "iou": {"background": 0.8, "lung": 0.0},
-                        "hd95": {"background": 1.0, "lung": None}, "mean_dice": 0.0}}
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    (tmp_path / "splits.json").write_text(json.dumps({"labeled": ["a.png"]}))
-    assert "| 0.0000 | 0.0000 | inf | 0.0000 | 1.0 |" in table([tmp_path])
 
 
 def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's experiment on the Shenzhen lung X-rays at 128x128 on the CPU: supervised,
 # mean-teacher pseudo-labels and refmatch with NUM_LABELED labelled images, and full
-# supervision; same model and steps; then one table. A run folder that exists is resumed with
-# the same settings: a stopped run goes on, a finished one keeps its result, and one trained
-# with other settings (an earlier config) stops the script, naming them.
+# supervision; same model and steps; then their table, and one across the seeds finished so far.
+# A run folder that exists is resumed with the same settings: a stopped run goes on, a finished
+# one keeps its result, and one trained with other settings (an earlier config) stops the
+# script, naming them.
 # Usage: [NORM=batch] bash scripts/lung_experiment.sh [SEED] [NUM_LABELED] [REFMATCH_OVERRIDES...]
 #   e.g. bash scripts/lung_experiment.sh 0 6 pl_mode=soft tap_size=32 pl_consensus=false pl_k=8
 #   (the soft top-8 vote: runs/lung_seed0/refmatch_n6_pl_mode-soft_tap_size-32_pl_consensus-false_pl_k-8)
@@ -34,3 +35,13 @@ run $out/refmatch_$tag$variant method=refmatch num_labeled=$labeled "$@"
 run $out/supervised_100pct method=supervised num_labeled=0 labeled_fraction=1.0
 python -m refmatch.recipes.report $out/supervised_$tag $out/meanteacher_$tag $out/refmatch_$tag$variant \
     $out/supervised_100pct
+# The same runs of every seed finished so far, a column per seed (docs/experiments.md's tables)
+finished=()
+for name in supervised_$tag meanteacher_$tag refmatch_$tag$variant supervised_100pct; do
+  for metrics in "${out%$seed}"*/$name/metrics.json; do
+    [[ -f $metrics ]] && finished+=("${metrics%/metrics.json}")
+  done
+done
+if [[ ${#finished[@]} -gt 0 ]]; then
+  python -m refmatch.recipes.report --by-seed "${finished[@]}"
+fi

@@ -1,6 +1,7 @@
-"""``python -m refmatch.recipes.report RUN_DIR...``: one Markdown table of finished runs."""
+"""``python -m refmatch.recipes.report [--by-seed] RUN_DIR...``: one Markdown table of finished runs,
+or with ``--by-seed`` one row per run name across seeds, as docs/experiments.md's five-seed tables."""
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -20,10 +21,43 @@ def table(run_dirs):
     return "\n".join(lines)
 
 
+def seed_table(run_dirs):
+    """Markdown rows, one per run folder name (in order of first appearance): test mean Dice per
+    seed (the run config's), then over the seeds the mean Dice, the mean of the mean HD95 and the
+    range of training minutes. A seed that a row lacks shows "–", and so do that row's means."""
+    rows, seeds = {}, set()
+    for run in map(Path, run_dirs):
+        metrics = json.loads((run / "metrics.json").read_text())
+        seed = metrics["config"]["seed"]
+        if seed in rows.setdefault(run.name, {}):
+            raise ValueError(f"two runs named {run.name} with seed {seed}: {rows[run.name][seed]['folder']} and {run}")
+        rows[run.name][seed] = {**metrics, "folder": run}
+        seeds.add(seed)
+    seeds = sorted(seeds)
+    lines = ["| run | " + " | ".join(f"seed {seed}" for seed in seeds)
+             + " | mean test Dice | mean HD95 | minutes per run |", "|---" * (len(seeds) + 4) + "|"]
+    for name, by_seed in rows.items():
+        runs = [by_seed.get(seed) for seed in seeds]
+        dice = [f"{run['test']['mean_dice']:.4f}" if run else "–" for run in runs]
+        complete = None not in runs
+        hd95 = [run["test"]["mean_hd95"] for run in by_seed.values()]
+        minutes = [run["train_seconds"] / 60 for run in by_seed.values()]
+        mean_dice = f"{sum(run['test']['mean_dice'] for run in runs) / len(runs):.4f}" if complete else "–"
+        mean_hd95 = ("inf" if None in hd95 else f"{sum(hd95) / len(hd95):.2f}") if complete else "–"
+        lines.append(f"| {name} | " + " | ".join(dice)
+                     + f" | {mean_dice} | {mean_hd95} | {min(minutes):.1f}–{max(minutes):.1f} |")
+    return "\n".join(lines)
+
+
 def _number(value, digits):
     """metrics.json holds null for an infinite HD95 (a class missing from a prediction)."""
     return "inf" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
-    print(table(sys.argv[1:]))
+    parser = argparse.ArgumentParser(prog="python -m refmatch.recipes.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--by-seed", action="store_true",
+                        help="one row per run folder name, a column per seed, and the means over the seeds")
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (with metrics.json)")
+    arguments = parser.parse_args()
+    print((seed_table if arguments.by_seed else table)(arguments.runs))

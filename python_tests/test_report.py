@@ -1,0 +1,46 @@
+"""refmatch.recipes.report: the table of finished runs, and the table across seeds that
+scripts/lung_experiment.sh prints and docs/experiments.md's five-seed tables show."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refmatch.recipes.report import seed_table, table
+
+
+def finished_run(folder, seed, dice, hd95, minutes):
+    folder.mkdir(parents=True)
+    metrics = {"method": "refmatch", "train_seconds": 60.0 * minutes, "config": {"steps": 2, "seed": seed},
+               "test": {"dice": {"background": 0.9, "lung": dice}, "iou": {"background": 0.8, "lung": dice / 2},
+                        "hd95": {"background": 1.0, "lung": hd95}, "mean_dice": dice, "mean_hd95": hd95}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "splits.json").write_text(json.dumps({"labeled": ["a.png"]}))
+    return folder
+
+
+def test_report_prints_a_null_hd95_as_inf(tmp_path):
+    run = finished_run(tmp_path / "run", 0, 0.0, None, 1.0)
+    assert "| 0.0000 | 0.0000 | inf | 0.0000 | 1.0 |" in table([run])
+
+
+def test_a_row_per_run_name_a_column_per_seed_and_the_means(tmp_path):
+    runs = [finished_run(tmp_path / "seed3" / "refmatch", 3, 0.95, 4.0, 6.0),
+            finished_run(tmp_path / "seed1" / "refmatch", 1, 0.93, 6.0, 7.5),
+            finished_run(tmp_path / "seed1" / "supervised", 1, 0.92, None, 1.5)]
+    assert seed_table(runs).splitlines() == [
+        "| run | seed 1 | seed 3 | mean test Dice | mean HD95 | minutes per run |",
+        "|---|---|---|---|---|---|",
+        "| refmatch | 0.9300 | 0.9500 | 0.9400 | 5.00 | 6.0–7.5 |",
+        "| supervised | 0.9200 | – | – | – | 1.5–1.5 |"]  # a seed missing: no means
+    runs.append(finished_run(tmp_path / "seed3" / "supervised", 3, 0.94, 3.0, 1.6))
+    assert seed_table(runs).splitlines()[-1] == "| supervised | 0.9200 | 0.9400 | 0.9300 | inf | 1.5–1.6 |"
+
+
+def test_two_runs_of_one_name_and_seed_are_refused_and_the_cli_takes_by_seed(tmp_path):
+    runs = [finished_run(tmp_path / folder / "refmatch", 2, 0.9, 5.0, 1.0) for folder in ("a", "b")]
+    with pytest.raises(ValueError, match="two runs named refmatch with seed 2: .*a/refmatch and .*b/refmatch"):
+        seed_table(runs)
+    printed = subprocess.run([sys.executable, "-m", "refmatch.recipes.report", "--by-seed", str(runs[0])],
+                             capture_output=True, text=True, check=True).stdout
+    assert printed.splitlines()[2] == "| refmatch | 0.9000 | 0.9000 | 5.00 | 1.0–1.0 |"
