@@ -18,6 +18,11 @@ def plot_seed_tables_module():
     return module
 
 
+def table_cells(line):
+    """A Markdown table row's cells, without their bold marks."""
+    return [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+
+
 def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
@@ -66,7 +71,7 @@ def test_seed_tables_means_and_pictures_agree_with_their_seeds(tmp_path, which, 
         assert seeds == [0, 1, 2, 3, 4] and len(rows) == 4
         block = text.split(f"| {name} | seed 0 |", 1)[1].split("\n\n", 1)[0]
         for line in block.splitlines()[2:]:  # past the header's rest and the rule
-            cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+            cells = table_cells(line)
             values = rows[re.sub(r"[`*]", "", cells[0])]
             assert len(values) == 5 and all(0 < value < 1 for value in values), (name, cells[0])
             assert abs(float(cells[6]) - sum(values) / len(values)) <= 5.1e-5, (name, cells[0], cells[6])
@@ -87,7 +92,7 @@ def test_the_readme_summary_is_the_mean_of_the_instance_norm_seed_tables():
     rows = summary.splitlines()[2:]  # past the header's rest and the rule
     assert [line.split("|")[1].strip() for line in rows] == list(sources)
     for line in rows:
-        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        cells = table_cells(line)
         _, methods = tables[sources[cells[0]]]
         means = [sum(values) / len(values) for values in methods.values()]
         assert [float(cell) for cell in cells[1:]] == pytest.approx(means, abs=5.1e-5), cells[0]

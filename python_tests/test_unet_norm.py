@@ -37,7 +37,7 @@ def test_norm_is_checked_and_defaults_to_instance():
         load_config(None, ["norm=group"])
     with pytest.raises(ValueError, match="norm must be one of batch, instance, got 'layer'"):
         UNet(norm="layer")
-    for config in sorted(CONFIGS.glob("*.yaml")):  # every shipped config: the README tables ran so
+    for config in sorted(CONFIGS.glob("*.yaml")):  # every shipped config takes the default
         assert load_config(config).norm == "instance", config.name
 
 

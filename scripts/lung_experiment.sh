@@ -33,11 +33,11 @@ run $out/supervised_$tag method=supervised num_labeled=$labeled
 run $out/meanteacher_$tag method=meanteacher-pl num_labeled=$labeled
 run $out/refmatch_$tag$variant method=refmatch num_labeled=$labeled "$@"
 run $out/supervised_100pct method=supervised num_labeled=0 labeled_fraction=1.0
-python -m refmatch.recipes.report $out/supervised_$tag $out/meanteacher_$tag $out/refmatch_$tag$variant \
-    $out/supervised_100pct
+names=(supervised_$tag meanteacher_$tag refmatch_$tag$variant supervised_100pct)
+python -m refmatch.recipes.report "${names[@]/#/$out/}"
 # The same runs of every seed finished so far, a column per seed (docs/experiments.md's tables)
 finished=()
-for name in supervised_$tag meanteacher_$tag refmatch_$tag$variant supervised_100pct; do
+for name in "${names[@]}"; do
   for metrics in "${out%$seed}"*/$name/metrics.json; do
     [[ -f $metrics ]] && finished+=("${metrics%/metrics.json}")
   done
