@@ -163,6 +163,9 @@ py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_
   layout["threads"] = Tile::kThreads;
   layout["dim_chunks"] = chunks;
   layout["smem_bytes"] = plan.total_bytes;
+  layout["stage_bytes"] = plan.stage_bytes;
+  layout["stat_offset"] = plan.stat_offset;
+  layout["stat_box_rows"] = Tile::kStatBoxRows;
   return layout;
 }
 
@@ -227,6 +230,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("smem_limit"), py::arg("rows") = 128,
         "Tile constants, shared-memory plan and eligibility of the wgmma kernel asked for `rows` (128 or 256; "
         "the cuda backend asks 256 by default) query rows per CTA (block_n: the rows it runs).");
+  m.def("hopper_stat_lead", [](int64_t m0) { return refmatch::hopper_stat_lead(m0); }, py::arg("m0"),
+        "Rows between a tile's TMA box of metric terms (16-byte aligned) and its first row m0 (host check).");
   m.def("swizzle128_offset", &refmatch::swizzle128_offset, py::arg("row"), py::arg("unit"),
         "Byte offset of a 16-byte unit of a chunk row in the wgmma 128B swizzle (host check).");
   m.def("query_fragment_offset", &refmatch::query_fragment_offset, py::arg("first_row"), py::arg("lane"),

@@ -65,7 +65,7 @@ void encode_hopper_tma_maps(detail::MatchParams& p) {
   if (p.metric == static_cast<int>(MatchMetric::kDot)) return;  // dot reads no metric terms
   const cuuint64_t stat_dims[1] = {static_cast<cuuint64_t>(p.num_refs)};
   const cuuint64_t stat_strides[1] = {static_cast<cuuint64_t>(round_up(p.num_refs * 4, 16))};  // unread
-  const cuuint32_t stat_box[1] = {Tile::kBlockM};
+  const cuuint32_t stat_box[1] = {Tile::kStatBoxRows};
   encode(&p.stat_map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1, p.ref_stat, stat_dims, stat_strides, stat_box,
          CU_TENSOR_MAP_SWIZZLE_NONE, "ref_stat");
 }

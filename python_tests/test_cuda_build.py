@@ -61,6 +61,20 @@ def test_hopper_kernel_eligibility_and_layout(dim, dtype, copy_bytes, eligible):
         assert layout["stages"] % layout["dim_chunks"] == 0 and layout["stages"] >= 2 * layout["dim_chunks"]
 
 
+@pytest.mark.parametrize("range_start", [0, 1, 2, 3, 587, 1000, 2**31 - 129])
+def test_tma_box_of_metric_terms_starts_aligned_and_covers_the_tile(range_start):
+    # Class ranges start at any row; a TMA box at an unaligned float was an illegal
+    # instruction on an H200 (session 22). Each tile's box starts 16-byte aligned and
+    # still holds its 128 rows, inside the stage's room for terms.
+    layout = _C.hopper_layout(128, 2, 16, H100_SMEM, rows=256)
+    for m0 in (range_start, range_start + layout["block_m"]):
+        lead = _C.hopper_stat_lead(m0)
+        assert (m0 - lead) * 4 % 16 == 0 and 0 <= lead < 4
+        assert lead + layout["block_m"] <= layout["stat_box_rows"]
+    assert layout["stat_offset"] + 4 * layout["stat_box_rows"] <= layout["stage_bytes"]
+    assert layout["stat_box_rows"] * 4 % 16 == 0 and layout["stat_box_rows"] <= 256  # TMA box limits
+
+
 def test_hopper_kernel_needs_its_shared_memory():
     assert _C.hopper_layout(256, 2, 16, H100_SMEM)["eligible"]
     assert not _C.hopper_layout(256, 2, 16, 160 * 1024)["eligible"]

@@ -32,12 +32,15 @@ __device__ __forceinline__ void orient_tile(float (&acc)[kM][kN][4], const float
     const bool cosine = metric == static_cast<int>(MatchMetric::kCosine);
 #pragma unroll
     for (int j = 0; j < kN; ++j) {
-      const float2 stat = *reinterpret_cast<const float2*>(stats + 8 * j + 2 * quad_lane);
+      // Two 4-byte reads, not one float2: the TMA box of a range that starts at an odd
+      // row leaves the tile's terms 4-byte aligned only (hopper_stat_lead).
+      const float* pair = stats + 8 * j + 2 * quad_lane;
+      const float even = pair[0], odd = pair[1];
 #pragma unroll
       for (int i = 0; i < kM; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float term = e % 2 ? stat.y : stat.x;
+          const float term = e % 2 ? odd : even;
           acc[i][j][e] = cosine ? acc[i][j][e] * term : fmaf(2.f, acc[i][j][e], -term);
         }
     }

@@ -192,10 +192,11 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
     for (int64_t chunk = 0; chunk + 1 < p.dim_chunks; ++chunk) {  // done with these stages
       wgmma::barrier_arrive(empty + (tile * p.dim_chunks + chunk) % layout.stages);
     }
-    const char* stats = stages + stage * layout.stage_bytes + layout.stat_offset;
+    const int64_t m0 = m_begin + tile * Tile::kBlockM;
+    const char* stats = stages + stage * layout.stage_bytes + layout.stat_offset +
+                        (p.tma_loads ? 4 * hopper_stat_lead(m0) : 0);  // where the TMA box put row m0
     if (!(p.ablate & kAblateEpilogue)) {
-      fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m_begin + tile * Tile::kBlockM, m_end,
-                lane);
+      fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m0, m_end, lane);
     }
     wgmma::barrier_arrive(empty + stage);  // after the epilogue read the stage's metric terms
   }

@@ -74,7 +74,9 @@ __device__ __forceinline__ void load_step(char* stage, const MatchParams& p, con
 
 // Producer with TMA, one thread: each step is one box of the bank (and of ref_stat
 // beside a tile's last chunk) into its stage, counted in bytes on the stage's `full`
-// barrier. Boxes are whole: rows past the bank and columns past D arrive as zeros.
+// barrier. Boxes are whole: rows past the bank and columns past D arrive as zeros. The
+// terms' box starts 16-byte aligned, hopper_stat_lead rows before the tile (class ranges
+// start anywhere).
 __device__ __forceinline__ void load_steps_with_tma(char* stages, uint64_t* full, uint64_t* empty, const MatchParams& p,
                                                     const HopperSmemLayout& layout, int64_t m_begin, int64_t tiles) {
   using Tile = HopperTile;
@@ -90,11 +92,13 @@ __device__ __forceinline__ void load_steps_with_tma(char* stages, uint64_t* full
     if (round > 0) wgmma::barrier_wait(empty + stage, static_cast<int>((round - 1) & 1));
     char* destination = stages + stage * layout.stage_bytes;
     wgmma::barrier_arrive_expect_bytes(full + stage,
-                                       loads ? Tile::kTileChunkBytes + (stats ? Tile::kBlockM * 4 : 0) : 0);
+                                       loads ? Tile::kTileChunkBytes + (stats ? Tile::kStatBoxRows * 4 : 0) : 0);
     if (!loads) continue;
     wgmma::tma_load(destination, &p.reference_map, static_cast<int>(chunk * Tile::kChunkElements), m0,
                     full + stage);
-    if (stats) wgmma::tma_load(destination + layout.stat_offset, &p.stat_map, m0, full + stage);
+    if (stats) {
+      wgmma::tma_load(destination + layout.stat_offset, &p.stat_map, m0 - hopper_stat_lead(m0), full + stage);
+    }
   }
 }
 

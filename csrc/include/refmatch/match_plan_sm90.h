@@ -25,7 +25,9 @@ struct HopperTile {
   static constexpr int kMaxStages = 8;
   static constexpr int kMaxDim = 256;        // the query tile stays resident
   static constexpr int kMaxChunks = kMaxDim / kChunkElements;
-
+  // TMA boxes start at 16-byte aligned addresses (a box at an unaligned float is an illegal
+  // instruction), so the metric terms' box starts up to 3 rows early: 4 rows more.
+  static constexpr int kStatBoxRows = kBlockM + 4;
 };
 
 // Stages the wgmma kernel leaves out for timing by difference (MatchParams::ablate,
@@ -38,7 +40,7 @@ constexpr REFMATCH_HOST_DEVICE int64_t hopper_block_n(int row_blocks) {
 }
 
 // Byte offsets from the 1024-aligned start of dynamic shared memory:
-//   [query: dim_chunks x block_n rows x 128 B] [stages x (reference chunk, 128 stats)]
+//   [query: dim_chunks x block_n rows x 128 B] [stages x (reference chunk, 132 stats)]
 //   [full and empty mbarriers, one each per stage]
 struct HopperSmemLayout {
   int64_t stages;       // a multiple of dim_chunks: a stage always holds the same chunk
@@ -59,11 +61,15 @@ REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks, int
   layout.query_chunk_bytes = hopper_block_n(row_blocks) * Tile::kChunkBytes;
   layout.stage_offset = dim_chunks * layout.query_chunk_bytes;
   layout.stat_offset = Tile::kTileChunkBytes;
-  layout.stage_bytes = round_up(layout.stat_offset + Tile::kBlockM * int64_t{sizeof(float)}, Tile::kAtomBytes);
+  layout.stage_bytes = round_up(layout.stat_offset + Tile::kStatBoxRows * int64_t{sizeof(float)}, Tile::kAtomBytes);
   layout.barrier_offset = layout.stage_offset + layout.stages * layout.stage_bytes;
   layout.total_bytes = Tile::kAtomBytes + layout.barrier_offset + 2 * layout.stages * int64_t{sizeof(uint64_t)};
   return layout;
 }
+
+// Rows between the TMA box of a tile's metric terms and the tile's first row m0: the box
+// starts at m0 rounded down to 4 floats (16 bytes), so the tile's terms begin this far in.
+constexpr REFMATCH_HOST_DEVICE int hopper_stat_lead(int64_t m0) { return static_cast<int>(m0 & 3); }
 
 // Byte offset of 16-byte unit `unit` (0..7) of chunk row `row` in the 128B
 // swizzle that wgmma reads: unit bits XOR the row's position in its 8-row atom.
