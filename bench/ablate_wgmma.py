@@ -1,6 +1,6 @@
 """Where the Hopper wgmma kernel's time goes, by difference, without hardware counters.
 
-    python bench/ablate_wgmma.py [--size 262144x1048576x128] [--variants wgmma-256 wgmma-256-tma]
+    python bench/ablate_wgmma.py [--size 262144x1048576x128] [--variants wgmma-256-tma wgmma-256]
 
 For each variant (``hopper_variants.HOPPER_VARIANTS``) it times the dot k = 1 kernel four
 ways with CUDA events (median of --repeat runs after a warm-up): whole; without the
@@ -75,7 +75,7 @@ def line(row):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=size_triple, default="262144x1048576x128", help="NxMxD")
-    parser.add_argument("--variants", nargs="*", choices=list(HOPPER_VARIANTS), default=["wgmma-256", "wgmma-256-tma"],
+    parser.add_argument("--variants", nargs="*", choices=list(HOPPER_VARIANTS), default=["wgmma-256-tma", "wgmma-256"],
                         help="the wgmma variants to time (none: nothing to do)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per row, after one warm-up")
     parser.add_argument("--out", type=Path, default=Path("bench") / "results")

@@ -4,22 +4,23 @@
 # own limit and SUITE_SECONDS (570) for all of them; what time cuts is listed as SKIPPED and fails:
 #   build _C for this card (a failed build ends the suite) -> first checks of the Hopper wgmma
 #   kernel (256 and 128 query rows per CTA, the query in shared memory or registers, the bank
-#   loaded by cp.async or TMA) -> benchmark at the target size with every method -> the wgmma
+#   loaded by TMA or cp.async) -> benchmark at the target size with every method -> the wgmma
 #   kernel timed with stages left out -> Triton tile sweep of top-8 and class-wise (D = 128)
 #   -> Nsight Compute profile of the fused kernels -> compute-sanitizer memcheck, racecheck and
 #   synccheck on small cases -> the GPU test files -> D/M sweep, fp16, KeOps -> summary.
 # A failing stage is recorded and the next stages still run. The default runs two
-# kernels, wgmma-256 up to D = 192 and wgmma above: a failed check of either keeps the
-# wgmma kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there would
-# eat the budget); a failed check of another variant (-rs: query in registers; -tma: TMA
-# loads), that variant. The -rs-tma variants are not checked, so neither tested nor timed.
+# kernels, wgmma-256-tma up to D = 192 and wgmma-tma above: a failed check of either keeps
+# the wgmma kernel out of the later stages (REFMATCH_CUDA_HOPPER=0: a hang there would
+# eat the budget); a failed check of another variant (-rs: query in registers; no -tma:
+# cp.async loads), that variant. The -rs-tma variants are not checked, so neither tested
+# nor timed.
 # Peer wheels carried in .whl/ (bench/README.md) are installed first (the tests run without
 # them). Logs go to bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as
 # $OUT/gpu_suite.tgz, packed again after every stage (a command killed early keeps what ran).
 #   SUITE_SECONDS=570   TESTS="python_tests/test_match_cuda.py ..." (pytest targets; the wgmma
 #   tests run in the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
-#   STAGES="build info wgmma-256 wgmma wgmma-256-rs wgmma-rs wgmma-256-tma wgmma-tma bench ablate tune profile memcheck racecheck synccheck tests sweep fp16 keops" (a subset runs only those)
+#   STAGES="build info wgmma-256-tma wgmma-tma wgmma-256 wgmma wgmma-256-rs wgmma-rs bench ablate tune profile memcheck racecheck synccheck tests sweep fp16 keops" (a subset runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,20 +113,20 @@ stage info 30 python -m refmatch.info
 # 2. The Hopper kernel's first checks, short: the default's two kernels, then each
 # variant with the query in registers or the bank loaded through TMA (the same template,
 # checked only once the default passed). Later stages leave out what failed its check.
-for variant in wgmma-256 wgmma; do
+for variant in wgmma-256-tma wgmma-tma; do
   stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
 done
 WGMMA_TESTS=()
 HOPPER_VARIANTS=()  # hopper_variants.HOPPER_VARIANTS that passed their check (or were not checked)
 EXCLUDE=(keops rs-tma)
-if failed wgmma-256 || failed wgmma; then
+if failed wgmma-256-tma || failed wgmma-tma; then
   WGMMA_TESTS=(--ignore=python_tests/test_match_cuda_sm90.py)
   export REFMATCH_CUDA_HOPPER=0
 else
-  HOPPER_VARIANTS=(wgmma-256 wgmma)
-  for variant in wgmma-256-rs wgmma-rs wgmma-256-tma wgmma-tma; do
-    # wgmma-256-rs runs wgmma-256's kernel from D = 72 to 192 and wgmma-rs's above, wgmma-256-tma
-    # wgmma-tma's above D = 192 (the tests skip a D whose kernel failed its check)
+  HOPPER_VARIANTS=(wgmma-256-tma wgmma-tma)
+  for variant in wgmma-256 wgmma wgmma-256-rs wgmma-rs; do
+    # wgmma-256-rs runs wgmma-256's kernel from D = 72 to 192 and wgmma-rs's above, wgmma-256
+    # wgmma's above D = 192 (the tests skip a D whose kernel failed its check)
     stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
     if failed "$variant"; then
       EXCLUDE+=("$variant ")  # the bench method name holding it: "cuda wgmma-256-rs k=1"
@@ -135,10 +136,10 @@ else
   done
 fi
 
-# The wgmma variants whose time the ablate and profile stages place: the default and its TMA
-# form (issue #3's question), where they passed their checks.
+# The wgmma variants whose time the ablate and profile stages place: the default and its
+# cp.async form (issue #3's question), where they passed their checks.
 PROFILED=()
-for variant in wgmma-256 wgmma-256-tma; do
+for variant in wgmma-256-tma wgmma-256; do
   if listed "$variant" "${HOPPER_VARIANTS[@]}"; then PROFILED+=("$variant"); fi
 done
 
@@ -153,7 +154,7 @@ stage ablate 60 python bench/ablate_wgmma.py --variants "${PROFILED[@]}"
 stage tune 100 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 classwise-4
 
 # 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each; of the wgmma
-# variants the default and its TMA form (PROFILED, as the ablate stage).
+# variants the default and its cp.async form (PROFILED, as the ablate stage).
 stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
   --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py \

@@ -96,22 +96,24 @@ def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previ
         assert cuda_backend.hopper_rows(DEVICE) == int(previous or 256)
 
 
-# Each on / off setting: (variable, its reader, the default, the other value, a refused spelling).
-SWITCHES = [("REFMATCH_CUDA_HOPPER_QUERY", hopper_variants.hopper_query_in_registers, "shared", "registers", "regs"),
-            ("REFMATCH_CUDA_HOPPER_LOADS", hopper_variants.hopper_tma_loads, "cp.async", "tma", "TMA")]
+# Each on / off setting: (variable, its reader, the default, the other value, a refused
+# spelling, the reader's answer by default).
+SWITCHES = [("REFMATCH_CUDA_HOPPER_QUERY", hopper_variants.hopper_query_in_registers, "shared", "registers", "regs",
+             False),
+            ("REFMATCH_CUDA_HOPPER_LOADS", hopper_variants.hopper_tma_loads, "tma", "cp.async", "TMA", True)]
 
 
-@pytest.mark.parametrize("variable, reader, default, other, _", SWITCHES)
-def test_hopper_switch_settings(monkeypatch, variable, reader, default, other, _):
+@pytest.mark.parametrize("variable, reader, default, other, _, default_on", SWITCHES)
+def test_hopper_switch_settings(monkeypatch, variable, reader, default, other, _, default_on):
     monkeypatch.delenv(variable, raising=False)
-    assert reader() is False
-    for value, on in ((default, False), (other, True)):
+    assert reader() is default_on
+    for value, on in ((default, default_on), (other, not default_on)):
         monkeypatch.setenv(variable, value)
         assert reader() is on
 
 
-@pytest.mark.parametrize("variable, reader, default, other, bad", SWITCHES)
-def test_bad_hopper_switch_is_named(monkeypatch, variable, reader, default, other, bad):
+@pytest.mark.parametrize("variable, reader, default, other, bad, _", SWITCHES)
+def test_bad_hopper_switch_is_named(monkeypatch, variable, reader, default, other, bad, _):
     monkeypatch.setenv(variable, bad)
     with pytest.raises(ValueError, match=f"{variable} must be one of {default}, {other}, got '{bad}'"):
         reader()
@@ -131,25 +133,25 @@ def test_hopper_kernel_block_sets_and_restores_the_switches(card, monkeypatch, v
 
 def test_variants_are_named_as_the_kernel_reports_them():
     expected = {}
-    for loads, suffix in (("cp.async", ""), ("tma", "-tma")):
+    for loads, suffix in (("tma", "-tma"), ("cp.async", "")):
         expected.update({"wgmma-256" + suffix: (256, "shared", loads), "wgmma" + suffix: (128, "shared", loads),
                          "wgmma-256-rs" + suffix: (256, "registers", loads),
                          "wgmma-rs" + suffix: (128, "registers", loads)})
     assert hopper_variants.HOPPER_VARIANTS == expected
-    assert next(iter(hopper_variants.HOPPER_VARIANTS)) == "wgmma-256"  # the default, first
+    assert next(iter(hopper_variants.HOPPER_VARIANTS)) == "wgmma-256-tma"  # the default, first
 
 
-@pytest.mark.parametrize("dim, kernel", [(8, "wgmma-256"), (128, "wgmma-256"), (192, "wgmma-256"), (200, "wgmma"),
-                                         (256, "wgmma")])
+@pytest.mark.parametrize("dim, kernel", [(8, "wgmma-256-tma"), (128, "wgmma-256-tma"), (192, "wgmma-256-tma"),
+                                         (200, "wgmma-tma"), (256, "wgmma-tma")])
 def test_the_default_takes_256_rows_where_they_fit(dim, kernel):
     assert hopper_variants.documented_hopper_kernel(next(iter(hopper_variants.HOPPER_VARIANTS)), dim) == kernel
-    assert hopper_variants.default_hopper_kernels() == ("wgmma-256", "wgmma")
+    assert hopper_variants.default_hopper_kernels() == ("wgmma-256-tma", "wgmma-tma")
 
 
 @pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])
 def test_unknown_variant_is_named(variant):
     before = dict(os.environ)
-    with pytest.raises(ValueError, match="variant must be mma.sync or one of wgmma-256, wgmma, wgmma-256-rs, wgmma-rs"):
+    with pytest.raises(ValueError, match="variant must be mma.sync or one of wgmma-256-tma, wgmma-tma, wgmma-256-rs-tma"):
         with hopper_variants.hopper_kernel(variant):
             pass
     assert dict(os.environ) == before

@@ -1,8 +1,8 @@
 """The Hopper (wgmma) CUDA kernel against the float64 oracle, in each variant
-(``hopper_variants.HOPPER_VARIANTS``, the test ids: wgmma-256, wgmma, wgmma-256-rs,
-wgmma-rs and each with -tma: 256 or 128 query rows per CTA, the query in shared
-memory or in registers, the bank loaded by cp.async or TMA; wgmma-256, the default,
-runs wgmma's kernel above D = 192), or in those
+(``hopper_variants.HOPPER_VARIANTS``, the test ids: wgmma-256-tma, wgmma-tma,
+wgmma-256-rs-tma, wgmma-rs-tma and each without -tma: 256 or 128 query rows per CTA, the
+query in shared memory or in registers, the bank loaded by TMA or cp.async; wgmma-256-tma,
+the default, runs wgmma-tma's kernel above D = 192), or in those
 REFMATCH_TEST_HOPPER_VARIANTS names (gpu_suite.sh: the ones that passed their first
 check). Needs a compute capability 9.0 GPU and a build with sm_90a, where it is the
 default."""

@@ -79,8 +79,8 @@ def _flash_kmeans_methods(query, reference, flops, keep):
 
 def _cuda_variant_methods(query, reference, flops):
     """The cuda backend's other kernels at k = 1 on sm_90 cards: mma.sync and the wgmma
-    variants (HOPPER_VARIANTS) but the one its plain rows run (wgmma-256 up to D = 192 and
-    wgmma above, unless the REFMATCH_CUDA_HOPPER_* settings say otherwise), each skipped
+    variants (HOPPER_VARIANTS) but the one its plain rows run (wgmma-256-tma up to D = 192
+    and wgmma-tma above, unless the REFMATCH_CUDA_HOPPER_* settings say otherwise), each skipped
     where the call runs another kernel. Elsewhere the ``cuda`` rows are mma.sync and these
     are skipped."""
     from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, native_module
@@ -101,7 +101,7 @@ def _cuda_variant_methods(query, reference, flops):
             continue
         with hopper_kernel(variant):
             runs = kernel_name(maps, reference)
-        if runs == plain:  # e.g. wgmma-256 at D = 128: the plain cuda rows time it
+        if runs == plain:  # e.g. wgmma-256-tma at D = 128: the plain cuda rows time it
             methods.append(Method(name, "dot", 1, None, flops, f"the cuda rows run the {runs} kernel"))
             continue
         if runs != variant:  # e.g. D=256: a 256-row query tile does not fit beside the pipeline

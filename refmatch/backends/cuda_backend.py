@@ -218,9 +218,9 @@ class CudaBackend:
         count, error = module.cuda_device_count()
         if error or count == 0:
             return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
-        hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192 (REFMATCH_CUDA_HOPPER=0: mma.sync; "
-                  "REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: query in "
-                  "registers; REFMATCH_CUDA_HOPPER_LOADS=tma: TMA loads)"
+        hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192, TMA loads (REFMATCH_CUDA_HOPPER=0: "
+                  "mma.sync; REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: "
+                  "query in registers; REFMATCH_CUDA_HOPPER_LOADS=cp.async: cp.async loads)"
                   if _built_for_hopper() else "")
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")
