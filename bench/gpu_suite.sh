@@ -171,6 +171,8 @@ stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
   python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
 
 # 6. The test files that run on a GPU (CI runs the rest, CPU-only), one line per test as it ends.
+# A test that breaks its worker's CUDA context ends that worker, and xdist starts a fresh one
+# (python_tests/cuda_worker_guard.py): one crashed test, not every test after it.
 GPU_TESTS=(python_tests/test_match_cuda.py python_tests/test_match_cuda_sm90.py python_tests/test_match_cuda_topk.py
   python_tests/test_match_triton.py python_tests/test_triton_launch.py python_tests/test_triton_class_ranges.py
   python_tests/test_match_contract.py python_tests/test_classwise.py python_tests/test_ignore_index.py

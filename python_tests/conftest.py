@@ -14,6 +14,8 @@ if not torch.cuda.is_available():
     with contextlib.suppress(ImportError):
         importlib.import_module("triton.language")
 
+pytest_plugins = ["cuda_worker_guard"]  # a worker whose CUDA context broke leaves (xdist)
+
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
