@@ -29,10 +29,13 @@
 //   cp.async into `stages` buffers (a multiple of the chunk count, so a stage
 //   always holds the same chunk and the zeros past D stay put) and signals a
 //   `full` mbarrier per stage; consumers release it through an `empty` one.
-//   With tma_loads (REFMATCH_CUDA_HOPPER_LOADS=tma, hopper_tma_eligible) one
-//   producer thread issues a TMA box load per step instead, counted in bytes on
-//   the `full` barrier: no copy instructions or address arithmetic on the
-//   schedulers the consumers use, and TMA writes the zeros past D and the bank.
+//   With tma_loads (the default where hopper_tma_eligible;
+//   REFMATCH_CUDA_HOPPER_LOADS=cp.async turns it off) one producer thread issues
+//   a TMA box load per step instead, counted in bytes on the `full` barrier: no
+//   copy instructions or address arithmetic on the schedulers the consumers use,
+//   and TMA writes the zeros past D and the bank. TMA boxes start 16-byte
+//   aligned, so the box of metric terms starts up to 3 rows before a tile whose
+//   range starts anywhere (class ranges; hopper_stat_lead).
 //   The consumers take turns on the tensor cores (two named barriers, as in
 //   CUTLASS's ping-pong kernels): a turn is issuing one tile's wgmmas; then the
 //   other consumer issues while this one waits for its MMAs and runs its
