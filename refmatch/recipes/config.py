@@ -7,10 +7,13 @@ from pathlib import Path
 import torch
 
 from ..bank_policies import POLICIES
+from ..data.folder import IGNORE_LABEL
+from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..pseudo_labels import check_mode
 from .unet import NORMS
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
+MAX_CLASSES = IGNORE_LABEL  # mask values 0..254 name classes; 255 is "ignore"
 # (keys, test, what the test asks); NaN fails every test. labeled_fraction: see validate.
 LIMITS = ((("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_every", "bank_capacity",
             "bank_refresh_every", "width", "image_size", "tap_size", "num_phantoms", "pl_k"),
@@ -36,6 +39,8 @@ class TrainConfig:
     """Every knob of ``refmatch train``; YAML keys use these names."""
 
     data: str = "phantom"                 # "phantom" or a folder with images/ and masks/
+    classes: list = field(default_factory=list)  # a folder's class names, mask values 0..C-1 in order;
+                                          # empty: background and lung (binary masks)
     image_size: int = 128
     num_phantoms: int = 160
     num_labeled: int = 0                  # 0: use labeled_fraction
@@ -81,6 +86,7 @@ class TrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.bank_policy not in POLICIES:
             raise ValueError(f"bank_policy must be one of {POLICIES}, got {self.bank_policy!r}")
+        self._validate_classes()
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
         for names, test, asked in LIMITS:
@@ -113,6 +119,18 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
         check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
         return self
+
+
+    def _validate_classes(self):
+        if not self.classes:
+            return
+        if self.data == "phantom":
+            raise ValueError(f"classes names a folder's mask values; phantoms have their own "
+                             f"({', '.join(PHANTOM_CLASSES)}): leave classes out, got {self.classes}")
+        names = [name for name in self.classes if isinstance(name, str) and name.strip()]
+        if len(names) != len(self.classes) or len(set(names)) != len(names) or not 2 <= len(names) <= MAX_CLASSES:
+            raise ValueError(f"classes must be 2 to {MAX_CLASSES} different, non-empty names (mask values 0, 1, ... "
+                             f"in order; {IGNORE_LABEL} marks ignored pixels), got {self.classes}")
 
 
 # Keys added after runs were saved with a default that changed since: the value such runs used.

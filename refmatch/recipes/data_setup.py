@@ -82,24 +82,31 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
     return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], class_names(config))
 
 
+FOLDER_CLASSES = ("background", "lung")  # a folder's classes when the config names none
+
+
 def class_names(config):
-    return PHANTOM_CLASSES if config.data == "phantom" else ("background", "lung")
+    """The run's class names, index order: the phantoms', the config's ``classes``, or
+    background and lung."""
+    if config.data == "phantom":
+        return PHANTOM_CLASSES
+    return tuple(config.classes) or FOLDER_CLASSES
 
 
 def load_run_split(config, splits, key, data=None):
     """The Split of ``splits[key]`` (names of a run's split) from ``data`` (default: the run's
     ``config.data``): phantom indices, or names in a folder with images/ and masks/."""
-    data, size = data or config.data, config.image_size
+    data, size, classes = data or config.data, config.image_size, len(class_names(config))
     if data == "phantom":
         phantoms = PhantomDataset(config.num_phantoms, size=size, seed=config.seed)
         parts = [torch.utils.data.Subset(phantoms, [int(n.split("_")[-1]) for n in splits[key]])]
     elif key != "unlabeled":
-        parts = [FolderDataset(data, splits[key], size=size, num_classes=2)]
+        parts = [FolderDataset(data, splits[key], size=size, num_classes=classes)]
     else:
         # Unlabelled: training images whose masks stay hidden (kept to measure
         # pseudo-label accuracy), then the images that have no mask at all.
         labeled = set(scan_folder(data)["labeled"])
-        parts = [FolderDataset(data, [n for n in splits[key] if n in labeled], size=size, num_classes=2),
+        parts = [FolderDataset(data, [n for n in splits[key] if n in labeled], size=size, num_classes=classes),
                  FolderDataset(data, [n for n in splits[key] if n not in labeled], size=size,
                                subfolder="unlabeled", with_masks=False)]
     return _concat([load_split(part, config.num_workers, size) for part in parts])

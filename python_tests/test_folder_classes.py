@@ -1,0 +1,71 @@
+"""Training on a folder whose masks hold more classes than background and lung (``classes``)."""
+import json
+
+import pytest
+
+pytest.importorskip("PIL")
+pytest.importorskip("yaml")
+
+from refmatch.data.phantoms import CLASS_NAMES, make_phantom  # noqa: E402
+from refmatch.recipes.config import load_config  # noqa: E402
+from test_recipes import TINY  # noqa: E402
+
+FOLDER_RUN = [item for item in TINY if not item.startswith(("data=", "num_phantoms="))] + ["steps=2"]
+
+
+@pytest.fixture
+def phantom_folder(tmp_path):
+    """12 phantoms as a folder: masks hold the four phantom classes 0..3."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(12):
+        image, mask = make_phantom(i, size=32)
+        Image.fromarray((255 * image[0]).byte().numpy()).save(root / "images" / f"p{i:02d}.png")
+        Image.fromarray(mask.byte().numpy()).save(root / "masks" / f"p{i:02d}.png")
+    return root
+
+
+def classes_setting(names):
+    return "classes=[" + ", ".join(names) + "]"
+
+
+def test_a_folder_trains_the_classes_it_names(tmp_path, phantom_folder):
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=refmatch", classes_setting(CLASS_NAMES),
+          "--out", str(run)])
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert set(test["dice"]) == set(CLASS_NAMES)
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(phantom_folder), "--split", "all",
+          "--out", str(tmp_path / "all.json")])
+    assert set(json.loads((tmp_path / "all.json").read_text())["dice"]) == set(CLASS_NAMES)
+
+
+def test_a_mask_with_more_classes_than_named_is_refused_by_name(tmp_path, phantom_folder):
+    from refmatch.__main__ import main
+
+    with pytest.raises(ValueError, match=r"p\d\d\.png holds label\(s\) 3, but the data has 3 classes"):
+        main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=supervised",
+              classes_setting(["background", "lung", "heart"]), "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("classes, message", [
+    ("[lung]", "classes must be 2 to 255 different, non-empty names"),
+    ("[background, lung, lung]", "classes must be 2 to 255 different"),
+    ("[background, '']", "non-empty names"),
+    ("[background, 3]", "non-empty names"),
+    ("background", "classes must be list"),
+])
+def test_bad_classes_are_refused(tmp_path, classes, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [f"data={tmp_path}", f"classes={classes}"])
+
+
+def test_phantoms_keep_their_own_classes():
+    with pytest.raises(ValueError, match="phantoms have their own"):
+        load_config(None, ["data=phantom", "classes=[background, lung]"])
+    assert load_config(None, ["data=phantom"]).classes == []
