@@ -5,20 +5,28 @@
 # A run folder that exists is resumed with the same settings: a stopped run goes on, a finished
 # one keeps its result, and one trained with other settings (an earlier config) stops the
 # script, naming them.
-# Usage: [NORM=batch] bash scripts/lung_experiment.sh [SEED] [NUM_LABELED] [REFMATCH_OVERRIDES...]
+# Usage: [TASK=sides] [NORM=batch] bash scripts/lung_experiment.sh [SEED] [NUM_LABELED] [REFMATCH_OVERRIDES...]
 #   e.g. bash scripts/lung_experiment.sh 0 6 pl_mode=soft tap_size=32 pl_consensus=false pl_k=8
 #   (the soft top-8 vote: runs/lung_seed0/refmatch_n6_pl_mode-soft_tap_size-32_pl_consensus-false_pl_k-8)
 #   NORM=batch trains all four with BatchNorm, as the earlier tables (docs/experiments.md) ran,
 #   in runs/lung_batchnorm_seedSEED; the config's instance norm writes runs/lung_seedSEED.
+#   TASK=sides: right and left lung as two classes (configs/lung_sides_cpu.yaml; its data comes
+#   from python scripts/split_lungs.py), in runs/lung_sides_seedSEED (_batchnorm as above).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-0}
 labeled=${2:-28}
 shift $(( $# < 2 ? $# : 2 ))
+task=${TASK:-lung}
+case $task in
+  lung) config=configs/lung_cpu.yaml; prefix=runs/lung ;;
+  sides) config=configs/lung_sides_cpu.yaml; prefix=runs/lung_sides ;;
+  *) echo "TASK=$task: use lung or sides" >&2; exit 2 ;;
+esac
 norm=${NORM:-instance}
 case $norm in
-  instance) out=runs/lung_seed$seed ;;
-  batch) out=runs/lung_batchnorm_seed$seed ;;
+  instance) out=${prefix}_seed$seed ;;
+  batch) out=${prefix}_batchnorm_seed$seed ;;
   *) echo "NORM=$norm: use instance or batch" >&2; exit 2 ;;
 esac
 tag=$([[ $labeled == 28 ]] && echo 5pct || echo "n$labeled")  # 28 labelled images are 5 % of 566
@@ -27,7 +35,7 @@ variant=$(printf '_%s' "$@" | tr '=' '-')
 run() {
   local resume=()
   [[ -f "$1/latest.pt" ]] && resume=(--resume)
-  refmatch train --config configs/lung_cpu.yaml seed=$seed norm=$norm ${resume[@]+"${resume[@]}"} --out "$@"  # bash 3.2 too
+  refmatch train --config $config seed=$seed norm=$norm ${resume[@]+"${resume[@]}"} --out "$@"  # bash 3.2 too
 }
 run $out/supervised_$tag method=supervised num_labeled=$labeled
 run $out/meanteacher_$tag method=meanteacher-pl num_labeled=$labeled
