@@ -44,3 +44,17 @@ def test_two_runs_of_one_name_and_seed_are_refused_and_the_cli_takes_by_seed(tmp
     printed = subprocess.run([sys.executable, "-m", "refmatch.recipes.report", "--by-seed", str(runs[0])],
                              capture_output=True, text=True, check=True).stdout
     assert printed.splitlines()[2] == "| refmatch | 0.9000 | 0.9000 | 5.00 | 1.0–1.0 |"
+
+
+def test_every_foreground_class_gets_its_columns_and_tasks_do_not_mix(tmp_path):
+    sides = finished_run(tmp_path / "sides", 0, 0.9, 4.0, 1.0)
+    metrics = json.loads((sides / "metrics.json").read_text())
+    for measure, values in (("dice", (0.96, 0.94)), ("iou", (0.92, 0.89)), ("hd95", (3.0, None))):
+        metrics["test"][measure] = {"background": 1.0, "right lung": values[0], "left lung": values[1]}
+    (sides / "metrics.json").write_text(json.dumps(metrics))
+    header, _, row = table([sides]).splitlines()
+    assert header.startswith("| run | method | labelled | steps | test Dice (right lung) | test IoU (right lung) | "
+                             "test HD95 (right lung) | test Dice (left lung) |")
+    assert row.endswith("| 0.9600 | 0.9200 | 3.00 | 0.9400 | 0.8900 | inf | 0.9000 | 1.0 |")
+    with pytest.raises(ValueError, match="report runs of one task together"):
+        table([sides, finished_run(tmp_path / "lung", 0, 0.9, 4.0, 1.0)])

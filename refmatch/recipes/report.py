@@ -6,18 +6,24 @@ from pathlib import Path
 
 
 def table(run_dirs):
-    """Markdown rows of method, labelled images, steps, test Dice/IoU/HD95 per run."""
-    lines = ["| run | method | labelled | steps | test Dice (lung) | test IoU (lung) | test HD95 (lung) | mean Dice | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for run in map(Path, run_dirs):
-        metrics = json.loads((run / "metrics.json").read_text())
+    """Markdown rows of method, labelled images, steps, then test Dice / IoU / HD95 of each
+    foreground class, mean Dice and minutes per run. The runs must share their classes."""
+    runs = [(Path(run), json.loads((Path(run) / "metrics.json").read_text())) for run in run_dirs]
+    classes = [name for name in runs[0][1]["test"]["dice"] if name != "background"]
+    for run, metrics in runs:
+        if [name for name in metrics["test"]["dice"] if name != "background"] != classes:
+            raise ValueError(f"{run} has classes {list(metrics['test']['dice'])}, {runs[0][0]} "
+                             f"{['background', *classes]}: report runs of one task together")
+    per_class = [f"test {measure} ({name})" for name in classes for measure in ("Dice", "IoU", "HD95")]
+    lines = ["| " + " | ".join(["run", "method", "labelled", "steps", *per_class, "mean Dice", "minutes"]) + " |",
+             "|---" * (len(per_class) + 6) + "|"]
+    for run, metrics in runs:
         splits = json.loads((run / "splits.json").read_text())
         test, config = metrics["test"], metrics["config"]
-        foreground = [name for name in test["dice"] if name != "background"][0]
+        scores = [f"{test['dice'][name]:.4f} | {test['iou'][name]:.4f} | {_number(test['hd95'][name], 2)}"
+                  for name in classes]
         lines.append(f"| {run.name} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
-                     f"{test['dice'][foreground]:.4f} | {test['iou'][foreground]:.4f} | "
-                     f"{_number(test['hd95'][foreground], 2)} | {test['mean_dice']:.4f} | "
-                     f"{metrics['train_seconds'] / 60:.1f} |")
+                     + " | ".join(scores) + f" | {test['mean_dice']:.4f} | {metrics['train_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
