@@ -58,23 +58,27 @@ def test_volumes_go_in_flattened_as_the_contract_says():
     ("labelled images, BatchNorm", "lung_experiment_batchnorm.png",
      ["28 labelled images, BatchNorm", "6 labelled images, BatchNorm"]),
     ("labelled phantoms", "phantom_seeds.png", ["6 labelled phantoms, BatchNorm", "6 labelled phantoms, instance norm"]),
+    ("right and left lung", "lung_sides.png",
+     ["right and left lung, 28 labelled images", "right and left lung, 6 labelled images"]),
 ])
 def test_seed_tables_means_and_pictures_agree_with_their_seeds(tmp_path, which, picture, names):
-    """docs/experiments.md's five-seed tables: each row's mean Dice column is the mean of its
-    seeds, and scripts/plot_seed_tables.py reads every row (4 methods x 5 seeds) and draws them;
-    the README or docs/experiments.md shows the committed picture."""
+    """docs/experiments.md's per-seed tables: each row's mean Dice column is the mean of its
+    seeds, and scripts/plot_seed_tables.py reads every row (4 methods x 5 seeds; 3 seeds for the
+    right and left lung) and draws them; the README or docs/experiments.md shows the committed
+    picture."""
     plot_seed_tables = plot_seed_tables_module()
     text = EXPERIMENTS.read_text()
     tables = plot_seed_tables.seed_tables(text, which)
     assert list(tables) == names
+    count = 3 if which == "right and left lung" else 5
     for name, (seeds, rows) in tables.items():
-        assert seeds == [0, 1, 2, 3, 4] and len(rows) == 4
+        assert seeds == list(range(count)) and len(rows) == 4
         block = text.split(f"| {name} | seed 0 |", 1)[1].split("\n\n", 1)[0]
         for line in block.splitlines()[2:]:  # past the header's rest and the rule
             cells = table_cells(line)
             values = rows[re.sub(r"[`*]", "", cells[0])]
-            assert len(values) == 5 and all(0 < value < 1 for value in values), (name, cells[0])
-            assert abs(float(cells[6]) - sum(values) / len(values)) <= 5.1e-5, (name, cells[0], cells[6])
+            assert len(values) == count and all(0 < value < 1 for value in values), (name, cells[0])
+            assert abs(float(cells[1 + count]) - sum(values) / count) <= 5.1e-5, (name, cells[0], cells[1 + count])
     assert (README.parent / "docs" / picture).is_file()
     assert f"](docs/{picture})" in README.read_text() or f"]({picture})" in text
     pytest.importorskip("matplotlib", reason="the bench extra is not installed")
