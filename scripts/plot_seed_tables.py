@@ -9,6 +9,8 @@ Usage (matplotlib, from the bench extra):
       --title "Shenzhen lung X-rays, BatchNorm" --ylabel "test Dice (lung), 128×128"
   python scripts/plot_seed_tables.py "labelled phantoms" docs/phantom_seeds.png \
       --title "Chest phantoms, the main job's config" --ylabel "test mean Dice (lung, heart, clavicle)"
+  python scripts/plot_seed_tables.py "right and left lung" docs/lung_sides.png \
+      --ylabel "test mean Dice of the two lungs"
 """
 import argparse
 import re

@@ -120,7 +120,6 @@ class TrainConfig:
         check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
         return self
 
-
     def _validate_classes(self):
         if not self.classes:
             return

@@ -15,6 +15,7 @@ from ..data.phantoms import PhantomDataset
 from ..data.splits import load_splits, make_splits, save_splits
 
 UNKNOWN = -1  # mask value of truly unlabelled pixels (no hidden ground truth)
+FOLDER_CLASSES = ("background", "lung")  # a folder's classes when the config names none
 
 
 class Split(NamedTuple):
@@ -80,9 +81,6 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
         save_splits(splits, split_file)
     loaded = {key: load_run_split(config, splits, key) for key in ("labeled", "unlabeled", "val", "test")}
     return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], class_names(config))
-
-
-FOLDER_CLASSES = ("background", "lung")  # a folder's classes when the config names none
 
 
 def class_names(config):

@@ -9,9 +9,9 @@ def table(run_dirs):
     """Markdown rows of method, labelled images, steps, then test Dice / IoU / HD95 of each
     foreground class, mean Dice and minutes per run. The runs must share their classes."""
     runs = [(Path(run), json.loads((Path(run) / "metrics.json").read_text())) for run in run_dirs]
-    classes = [name for name in runs[0][1]["test"]["dice"] if name != "background"]
+    classes = _foreground(runs[0][1])
     for run, metrics in runs:
-        if [name for name in metrics["test"]["dice"] if name != "background"] != classes:
+        if _foreground(metrics) != classes:
             raise ValueError(f"{run} has classes {list(metrics['test']['dice'])}, {runs[0][0]} "
                              f"{['background', *classes]}: report runs of one task together")
     per_class = [f"test {measure} ({name})" for name in classes for measure in ("Dice", "IoU", "HD95")]
@@ -53,6 +53,10 @@ def seed_table(run_dirs):
         lines.append(f"| {name} | " + " | ".join(dice)
                      + f" | {mean_dice} | {mean_hd95} | {min(minutes):.1f}–{max(minutes):.1f} |")
     return "\n".join(lines)
+
+
+def _foreground(metrics):
+    return [name for name in metrics["test"]["dice"] if name != "background"]
 
 
 def _number(value, digits):
