@@ -46,6 +46,41 @@ def test_auto_takes_the_cuda_kernel_for_exact_float32(monkeypatch, dtype, precis
         torch.set_float32_matmul_precision(previous)
 
 
+@pytest.mark.parametrize("dtype, metric, dim, k, setting, hopper, built, expected", [
+    (torch.bfloat16, "cosine", 128, 1, None, True, True, "cuda"),
+    (torch.bfloat16, "l2", 64, 1, None, True, True, "cuda"),
+    (torch.bfloat16, "dot", 128, 1, None, True, True, "triton"),  # Triton's dot was faster
+    (torch.float16, "cosine", 128, 1, None, True, True, "triton"),  # not timed
+    (torch.bfloat16, "cosine", 256, 1, None, True, True, "triton"),  # not timed
+    (torch.bfloat16, "cosine", 100, 1, None, True, True, "triton"),  # rows not 16-byte aligned: cp.async
+    (torch.bfloat16, "cosine", 128, 8, None, True, True, "triton"),  # cuda top-k runs mma.sync
+    (torch.bfloat16, "cosine", 128, 1, None, False, True, "triton"),  # no Hopper card or build
+    (torch.bfloat16, "cosine", 128, 1, ("REFMATCH_CUDA_HOPPER_LOADS", "cp.async"), True, True, "triton"),
+    (torch.bfloat16, "cosine", 128, 1, ("REFMATCH_CUDA_HOPPER_ROWS", "128"), True, True, "triton"),
+    (torch.bfloat16, "cosine", 128, 1, ("REFMATCH_CUDA_HOPPER_QUERY", "registers"), True, True, "triton"),
+    (torch.bfloat16, "cosine", 128, 1, None, True, False, "triton")])  # cuda not built: not even asked
+def test_auto_takes_the_wgmma_kernel_where_it_beat_triton(monkeypatch, dtype, metric, dim, k, setting, hopper,
+                                                          built, expected):
+    """On Hopper the default wgmma kernel (TMA loads) beat Triton on l2 and cosine k = 1 in
+    bfloat16 at D = 64 and 128; auto takes it there and only there."""
+    from refmatch.backends import cuda_backend
+
+    def hopper_enabled(device):
+        assert built, "the Hopper check ran without a built cuda backend"
+        return hopper
+
+    for name in ("cuda", "triton"):
+        monkeypatch.setattr(type(registry._BACKENDS[name]), "decline_reason", lambda self, problem: None)
+    monkeypatch.setitem(registry._STATUS, "cuda", (built, "stand-in"))
+    monkeypatch.setattr(cuda_backend, "hopper_enabled", hopper_enabled)
+    for name in ("REFMATCH_CUDA_HOPPER_LOADS", "REFMATCH_CUDA_HOPPER_ROWS", "REFMATCH_CUDA_HOPPER_QUERY"):
+        monkeypatch.delenv(name, raising=False)
+    if setting is not None:
+        monkeypatch.setenv(*setting)
+    problem = registry.MatchProblem(torch.device("cuda", 0), dtype, k, metric, dim)
+    assert registry.select(problem, "auto").name == expected
+
+
 @pytest.mark.parametrize("version, k, op, declined", [
     ((3, 6), 1, "match", True), ((3, 9), 1, "match", False), ((3, 6), 8, "match", False),
     ((3, 6), 1, "classwise", False)])

@@ -149,20 +149,26 @@ def test_info_lists_triton_as_available_only_where_it_runs(monkeypatch):
 
 def test_info_names_the_backend_auto_runs_on_each_gpu(monkeypatch):
     """One line per CUDA device: its capability and auto's backend, with the reason Triton
-    declined a card before sm_80."""
-    from refmatch.backends import triton_backend
+    declined a card before sm_80; on Hopper with the cuda backend built, cosine goes to cuda."""
+    from refmatch.backends import cuda_backend, triton_backend
 
-    monkeypatch.setattr(importlib.import_module("refmatch.backends"), "_STATUS", {})
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: ["NVIDIA A100", "Tesla T4"][index])
-    capabilities = [(8, 0), (7, 5)]
+    monkeypatch.setattr(importlib.import_module("refmatch.backends"), "_STATUS", {"cuda": (True, "stand-in")})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: ["NVIDIA A100", "Tesla T4", "NVIDIA H100"][index])
+    capabilities = [(8, 0), (7, 5), (9, 0)]
     monkeypatch.setattr(torch.cuda, "get_device_capability",
                         lambda device: capabilities[getattr(device, "index", device)])  # a device or an index
     monkeypatch.setattr(triton_backend.TritonBackend, "status", lambda self: (True, "stand-in"))
-    monkeypatch.setattr(importlib.import_module("refmatch.backends.cuda_backend").CudaBackend, "decline_reason",
-                        lambda self, problem: "not built here")
+    on_hopper = {2}  # the devices the stand-in cuda backend runs on
+    monkeypatch.setattr(cuda_backend.CudaBackend, "decline_reason",
+                        lambda self, problem: None if problem.device.index in on_hopper else "not built here")
+    monkeypatch.setattr(cuda_backend, "hopper_enabled", lambda device: device.index in on_hopper)
     lines = info.report().split("\n\n")[-1].splitlines()
     declined = "(triton: needs compute capability >= 8.0 (bf16 / tf32 tensor-core dots); cuda:1 has 7.5)"
-    assert lines == ["cuda:0   NVIDIA A100, sm_80: backend='auto' runs bfloat16 on triton, float32 (exact) on triton",
-                     f"cuda:1   Tesla T4, sm_75: backend='auto' runs bfloat16 on torch, float32 (exact) on torch "
-                     f"{declined}"]
+    assert lines == [
+        "cuda:0   NVIDIA A100, sm_80: backend='auto' runs bfloat16 cosine on triton, dot on triton, "
+        "float32 (exact) cosine on triton",
+        f"cuda:1   Tesla T4, sm_75: backend='auto' runs bfloat16 cosine on torch, dot on torch, "
+        f"float32 (exact) cosine on torch {declined}",
+        "cuda:2   NVIDIA H100, sm_90: backend='auto' runs bfloat16 cosine on cuda, dot on triton, "
+        "float32 (exact) cosine on cuda"]

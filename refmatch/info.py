@@ -32,8 +32,8 @@ def _native_summary():
 
 def _device_lines():
     """Per CUDA device: name, compute capability, and the backend ``backend="auto"`` runs a
-    bfloat16 and a float32 k = 1 match on there (float32 at the current matmul precision),
-    with Triton's reason where it declined."""
+    k = 1 match of D = 128 on there in bfloat16 (cosine, the default metric, and dot) and in
+    float32 (cosine, at the current matmul precision), with Triton's reason where it declined."""
     from .backends import _BACKENDS, MatchProblem, select
     from .backends.scoring import tf32_allowed
 
@@ -43,8 +43,9 @@ def _device_lines():
         device = torch.device("cuda", index)
         major, minor = torch.cuda.get_device_capability(index)
         picks, reasons = [], []
-        for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, f"float32 ({precision})")):
-            problem = MatchProblem(device, dtype, 1, "cosine", 128)
+        for dtype, metric, name in ((torch.bfloat16, "cosine", "bfloat16 cosine"), (torch.bfloat16, "dot", "dot"),
+                                    (torch.float32, "cosine", f"float32 ({precision}) cosine")):
+            problem = MatchProblem(device, dtype, 1, metric, 128)
             picks.append(f"{name} on {select(problem, 'auto').name}")
             declined = _BACKENDS["triton"].decline_reason(problem)
             reasons += [declined] if declined and declined not in reasons else []
