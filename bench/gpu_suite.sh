@@ -15,7 +15,7 @@
 # cp.async loads), that variant. The -rs-tma variants are not checked, so neither tested
 # nor timed.
 # Peer wheels carried in .whl/ (bench/README.md) are installed first (the tests run without
-# them). Logs go to bench/results/gpu_suite-<date>/ and, when $OUT is set, come back as
+# them). Logs go to bench/results/gpu_suite-<date>/ (-2, -3 ... when taken) and, when $OUT is set, come back as
 # $OUT/gpu_suite.tgz, packed again after every stage (a command killed early keeps what ran).
 #   SUITE_SECONDS=570   TESTS="python_tests/test_match_cuda.py ..." (pytest targets; the wgmma
 #   tests run in the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
@@ -26,6 +26,9 @@ cd "$(dirname "$0")/.."
 
 STAMP=$(date +%Y-%m-%d)
 LOGS=bench/results/gpu_suite-$STAMP
+for taken in 2 3 4 5 6 7 8 9; do  # a committed folder of the same date stays as it is
+  [[ -e $LOGS ]] && LOGS=bench/results/gpu_suite-$STAMP-$taken
+done
 mkdir -p "$LOGS"
 STARTED=$LOGS/.started  # results files newer than this are this run's
 touch "$STARTED"
@@ -145,13 +148,14 @@ done
 
 # 3. The issues' target size with every method (one results file, rewritten after every row:
 # a stage cut off at its limit keeps what it measured); then the wgmma kernel with stages left
-# out, and the Triton tile sweep of the reductions still short of #4's targets, at D = 128.
+# out, and the Triton tile sweep of the reductions still short of #4's targets, at D = 128, with
+# k = 1 on top-8's tile (it splits top-8's cost into its tile's and its epilogue's).
 BENCH=(python bench/bench_match.py --device cuda)
 stage bench 180 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
 # Where the default wgmma kernel's time goes, and its TMA form's: each timed whole, without its
 # epilogue, without its loads, and with neither (no hardware counters needed).
 stage ablate 60 python bench/ablate_wgmma.py --variants "${PROFILED[@]}"
-stage tune 100 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 classwise-4
+stage tune 130 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 argmax-topk-tile classwise-4
 
 # 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each; of the wgmma
 # variants the default and its cp.async form (PROFILED, as the ablate stage).
@@ -164,8 +168,13 @@ stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" -
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
   python bench/sanitize_match.py --hopper-variants "${HOPPER_VARIANTS[@]}"
-stage racecheck 150 "${SANITIZE[@]}" --tool racecheck \
-  python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
+# racecheck is the slowest sanitizer: the default's two kernels only (150 s reached one of six wgmma variants).
+RACECHECKED=()
+for variant in wgmma-256-tma wgmma-tma; do
+  if listed "$variant" "${HOPPER_VARIANTS[@]}"; then RACECHECKED+=("$variant"); fi
+done
+stage racecheck 200 "${SANITIZE[@]}" --tool racecheck \
+  python bench/sanitize_match.py --backends cuda --hopper-variants "${RACECHECKED[@]}"
 # Warp-synchronous calls (__shfl_sync, __syncwarp) reached by every lane they name: the top-k turns.
 stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
   python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
@@ -183,11 +192,13 @@ stage tests 240 env PYTHONPATH="$TEST_PYTHONPATH" REFMATCH_TEST_HOPPER_VARIANTS=
   python -m pytest "${GPU_TESTS[@]}" "${XDIST[@]}" "${WGMMA_TESTS[@]}" -v -p no:warnings -rfs --tb=short --durations=15
 
 # 7. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured
-# at the target size); KeOps, which computes in float32 and crashed twice (SIGSEGV
+# at the target size); the sweep also without the cuda kernel's other variants (timed at the
+# target size by bench; with them, 150 s covered two of five sizes); KeOps, which computes in float32 and crashed twice (SIGSEGV
 # generating its code), in float32 in its own process (a crash of its probe child: a skipped row).
 SWEEP_SIZES=${SWEEP_SIZES:-262144x1048576x64 262144x65536x128 262144x1048576x32 262144x4194304x128
   262144x1048576x256}
-stage sweep 150 "${BENCH[@]}" --dtype bfloat16 --sizes $SWEEP_SIZES --exclude "${EXCLUDE[@]}" torch --tag sweep
+stage sweep 240 "${BENCH[@]}" --dtype bfloat16 --sizes $SWEEP_SIZES --exclude "${EXCLUDE[@]}" torch "cuda wgmma" \
+  mma.sync --tag sweep
 stage fp16 60 "${BENCH[@]}" --dtype float16 --sizes 262144x1048576x128 --exclude "${EXCLUDE[@]}" torch
 stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
   --only keops "triton k=1" "cuda k=1" --tag keops

@@ -2,8 +2,9 @@
 
     python bench/tune_triton.py --sizes 262144x1048576x128 262144x1048576x64
 
-For each size and reduction (k = 1 with dot, cosine and l2, top-8, class-wise C = 4: the
-per-class kernel that graph capture runs; other calls take the k = 1 rows' kernel) it
+For each size and reduction (k = 1 with dot, cosine and l2, k = 1 on top-8's tile, top-8,
+class-wise C = 4: the per-class kernel that graph capture runs; other calls take the k = 1
+rows' kernel) it
 times every tile candidate (BLOCK_N, BLOCK_M, num_warps, num_stages, query resident
 or streamed, register cap) with CUDA events (median of RUNS after a warm-up), checks the
 result against the default tiles, and prints a table of TFLOP/s (2*N*M*D / time)
@@ -52,11 +53,15 @@ CANDIDATES = {
     "classwise-4": PIPELINE_CANDIDATES,
     "argmax": [(), (128, 128, 8, 3), (128, 128, 8, 2, None, 168), (128, 64, 4, 4), (128, 64, 4, 2),
                (256, 128, 8, 3), (256, 64, 8, 3), (128, 128, 8, 3, False), (64, 128, 4, 3), (64, 64, 4, 4)],
+    # k = 1 on top-8's default tile (64 x 64, 4 warps, 3 stages; launch_config): top-8's time over
+    # this row is its epilogue's, over the k = 1 default's (first row) also the smaller tile's.
+    "argmax-topk-tile": [(), (64, 64, 4, 3)],
     "argmax-cosine": [(), TWO_PER_SM],
     "argmax-l2": [(), TWO_PER_SM, (128, 64, 4, 4), (64, 128, 4, 3), (64, 64, 4, 4)],
 }
 # Each sweep's kernel: (reduction, k or number of classes, metric).
-KERNELS = {"argmax": ("argmax", 1, "dot"), "argmax-cosine": ("argmax", 1, "cosine"), "argmax-l2": ("argmax", 1, "l2"),
+KERNELS = {"argmax": ("argmax", 1, "dot"), "argmax-topk-tile": ("argmax", 1, "dot"),
+           "argmax-cosine": ("argmax", 1, "cosine"), "argmax-l2": ("argmax", 1, "l2"),
            "top-8": ("topk", 8, "dot"), "classwise-4": ("classwise", 4, "dot")}
 
 
