@@ -46,6 +46,30 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["pl_mode=hard", "pl_k=8"])
 
 
+def test_a_config_extends_another_and_keeps_only_its_changes(tmp_path):
+    """``extends`` (relative to the file) takes the other file's values first, over a chain;
+    a missing file names who extended it, a loop and a value that names no file are refused."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "root.yaml").write_text("method: supervised\nsteps: 5\nlr: 0.01\n")
+    (tmp_path / "base" / "middle.yaml").write_text("extends: root.yaml\nsteps: 7\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base/middle.yaml\nlr: 0.02\n")
+    config = load_config(child, ["width=4"])
+    assert (config.method, config.steps, config.lr, config.width) == ("supervised", 7, 0.02, 4)
+    child.write_text("extends: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"config not found: .*gone.yaml \(extended by .*child.yaml\)"):
+        load_config(child)
+    (tmp_path / "base" / "root.yaml").write_text("extends: ../child.yaml\n")
+    child.write_text("extends: base/middle.yaml\n")
+    with pytest.raises(ValueError, match=r"loop: .*child.yaml -> .*middle.yaml -> .*root.yaml -> .*child.yaml"):
+        load_config(child)
+    child.write_text("extends: [a.yaml, b.yaml]\n")
+    with pytest.raises(ValueError, match="extends must name one config file"):
+        load_config(child)
+    with pytest.raises(ValueError, match="unknown config key.*extends"):  # a file key, not an override
+        load_config(None, ["extends=child.yaml"])
+
+
 def test_losses():
     masks = torch.randint(0, 3, (2, 8, 8))
     perfect = 50.0 * torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()

@@ -150,18 +150,13 @@ def saved_config(saved):
 def load_config(path=None, overrides=(), base=None):
     """TrainConfig from an optional YAML file and ``key=value`` strings (values parsed as
     YAML), applied over the defaults or over ``base`` (a saved run's config dict, read by
-    ``as_saved``)."""
+    ``as_saved``). A file's ``extends: other.yaml`` (relative to the file) takes that file's
+    values first, so that a config holds only what it changes."""
     import yaml
 
     values = as_saved(base) if base is not None else {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config not found: {path}")
-        loaded = _parsed(yaml, path.read_text(), path) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path} must hold key: value lines, got a {type(loaded).__name__}")
-        values.update(loaded)
+        values.update(_file_values(yaml, Path(path)))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must be key=value, got {item!r}")
@@ -180,6 +175,27 @@ def load_config(path=None, overrides=(), base=None):
             raise ValueError(f"{key} must be {type(default).__name__}, got {value!r}")
         setattr(config, key, value)
     return config.validate()
+
+
+def _file_values(yaml, path, extended_by=()):
+    """The key: value pairs of config file ``path`` over those of the file it extends;
+    ``extended_by``: the files that extend it, nearest last (to name a loop or a missing file)."""
+    if not path.is_file():
+        via = f" (extended by {' <- '.join(map(str, reversed(extended_by)))})" if extended_by else ""
+        raise FileNotFoundError(f"config not found: {path}{via}")
+    if path.resolve() in {child.resolve() for child in extended_by}:
+        raise ValueError(f"configs extend each other in a loop: {' -> '.join(map(str, extended_by + (path,)))}")
+    loaded = _parsed(yaml, path.read_text(), path) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} must hold key: value lines, got a {type(loaded).__name__}")
+    parent = loaded.pop("extends", None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"{path}: extends must name one config file, got {parent!r}")
+    values = _file_values(yaml, path.parent / parent, extended_by + (path,))
+    values.update(loaded)
+    return values
 
 
 def _as_float(value):
