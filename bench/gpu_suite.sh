@@ -158,11 +158,12 @@ stage ablate 60 python bench/ablate_wgmma.py --variants "${PROFILED[@]}"
 stage tune 130 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 argmax-topk-tile classwise-4
 
 # 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each; of the wgmma
-# variants the default and its cp.async form (PROFILED, as the ablate stage).
-stage profile 90 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
+# variants the default and its cp.async form (PROFILED, as the ablate stage); then the top-8
+# kernels, Triton's and cuda's (mma.sync), with their stalls by instruction (SourceCounters).
+stage profile 120 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
-  --section SchedulerStats --section Occupancy --section LaunchStats python bench/profile_match.py \
-  --hopper-variants "${PROFILED[@]}"
+  --section SchedulerStats --section Occupancy --section LaunchStats --section SourceCounters \
+  python bench/profile_match.py --hopper-variants "${PROFILED[@]}" --top-k 8
 
 # 5. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)

@@ -5,8 +5,10 @@
 
 Runs the Triton kernel, the CUDA mma.sync kernel and, on sm_90 with an sm_90a
 build, each variant of the CUDA wgmma kernel that ``--hopper-variants`` names, once
-each (dot, k = 1; ncu replays a launch with flushed caches, so no warm-up is needed). The default size gives 512 CTAs of
-128 query rows (256 of 256), enough to fill an H100 twice.
+each (dot, k = 1; ncu replays a launch with flushed caches, so no warm-up is needed); then
+the top-k kernels of Triton and CUDA (mma.sync: the only CUDA top-k) for each ``--top-k``,
+whose cost over k = 1 issue #4 asks about. The default size gives 512 CTAs of 128 query rows
+(256 of 256), enough to fill an H100 twice.
 """
 import argparse
 import contextlib
@@ -21,17 +23,21 @@ from refmatch.bench import size_triple
 from check_wgmma import serves
 
 
-def kernels(device, hopper_variants, dim):
-    """(name, backend, context, CUDA kernel name) for each fused kernel this device runs at
-    D = dim; a wgmma variant that D does not allow (256-rs above D = 64) is left out, said so."""
-    yield "triton", "triton", contextlib.nullcontext(), None
-    yield "cuda mma.sync", "cuda", hopper_kernel("mma.sync"), "mma.sync"
+def kernels(device, hopper_variants, dim, top_ks):
+    """(name, backend, context, CUDA kernel name or None, k) for each fused kernel this device
+    runs at D = dim; a wgmma variant that D does not allow (256-rs above D = 64) is left out,
+    said so."""
+    yield "triton", "triton", contextlib.nullcontext(), None, 1
+    yield "cuda mma.sync", "cuda", hopper_kernel("mma.sync"), "mma.sync", 1
     if hopper_enabled(device):
         for variant in hopper_variants:
             if not serves(variant, dim):
                 print(f"skipped cuda {variant}: D={dim} runs {documented_hopper_kernel(variant, dim)}", flush=True)
                 continue
-            yield f"cuda {variant}", "cuda", hopper_kernel(variant), variant
+            yield f"cuda {variant}", "cuda", hopper_kernel(variant), variant, 1
+    for k in top_ks:
+        yield f"triton top-{k}", "triton", contextlib.nullcontext(), None, k
+        yield f"cuda top-{k} (mma.sync)", "cuda", contextlib.nullcontext(), None, k
 
 
 def main():
@@ -40,16 +46,17 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--hopper-variants", nargs="*", choices=list(HOPPER_VARIANTS),
                         default=list(HOPPER_VARIANTS), help="the wgmma kernel's variants to profile (none: none)")
+    parser.add_argument("--top-k", nargs="*", type=int, default=[8], help="top-k kernels to profile (none: none)")
     args = parser.parse_args()
     n, m, d = args.size
     dtype = getattr(torch, args.dtype)
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)
-    for name, backend, context, cuda_kernel in kernels(query.device, args.hopper_variants, d):
+    for name, backend, context, cuda_kernel, k in kernels(query.device, args.hopper_variants, d, args.top_k):
         with context:
             if cuda_kernel is not None:
                 assert kernel_name(query.T[None, :, :, None], reference) == cuda_kernel
-            refmatch.match(query, reference, metric="dot", backend=backend)
+            refmatch.match(query, reference, k=k, metric="dot", backend=backend)
         torch.cuda.synchronize()
         print(f"ran {name} at {n}x{m}x{d} {args.dtype}", flush=True)
 
