@@ -58,3 +58,17 @@ def test_every_foreground_class_gets_its_columns_and_tasks_do_not_mix(tmp_path):
     assert row.endswith("| 0.9600 | 0.9200 | 3.00 | 0.9400 | 0.8900 | inf | 0.9000 | 1.0 |")
     with pytest.raises(ValueError, match="report runs of one task together"):
         table([sides, finished_run(tmp_path / "lung", 0, 0.9, 4.0, 1.0)])
+
+
+def test_an_unfinished_or_missing_run_is_one_line_naming_it(tmp_path):
+    """A run still training (no metrics.json yet) or a wrong path: exit 2 and one error line that
+    names the folder, not a traceback."""
+    finished = finished_run(tmp_path / "seed0" / "refmatch", 0, 0.9, 5.0, 1.0)
+    (tmp_path / "seed1" / "refmatch").mkdir(parents=True)
+    for folder, why in ((tmp_path / "seed1" / "refmatch", "no metrics.json: still training, or stopped"),
+                        (tmp_path / "nowhere", "not a run folder")):
+        result = subprocess.run([sys.executable, "-m", "refmatch.recipes.report", "--by-seed", str(finished),
+                                 str(folder)], capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.splitlines()[-1] == f"python -m refmatch.recipes.report: error: {folder}: {why}" + (
+            " (refmatch train --resume)" if "training" in why else "")

@@ -8,7 +8,7 @@ from pathlib import Path
 def table(run_dirs):
     """Markdown rows of method, labelled images, steps, then test Dice / IoU / HD95 of each
     foreground class, mean Dice and minutes per run. The runs must share their classes."""
-    runs = [(Path(run), json.loads((Path(run) / "metrics.json").read_text())) for run in run_dirs]
+    runs = [(Path(run), _metrics(Path(run))) for run in run_dirs]
     classes = _foreground(runs[0][1])
     for run, metrics in runs:
         if _foreground(metrics) != classes:
@@ -33,7 +33,7 @@ def seed_table(run_dirs):
     range of training minutes. A seed that a row lacks shows "–", and so do that row's means."""
     rows, seeds = {}, set()
     for run in map(Path, run_dirs):
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = _metrics(run)
         seed = metrics["config"]["seed"]
         if seed in rows.setdefault(run.name, {}):
             raise ValueError(f"two runs named {run.name} with seed {seed}: {rows[run.name][seed]['folder']} and {run}")
@@ -55,6 +55,16 @@ def seed_table(run_dirs):
     return "\n".join(lines)
 
 
+def _metrics(run):
+    """A finished run's metrics.json, or a FileNotFoundError saying why there is none."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        why = ("no metrics.json: still training, or stopped (refmatch train --resume)" if run.is_dir()
+               else "not a run folder")
+        raise FileNotFoundError(f"{run}: {why}")
+    return json.loads(path.read_text())
+
+
 def _foreground(metrics):
     return [name for name in metrics["test"]["dice"] if name != "background"]
 
@@ -70,4 +80,7 @@ if __name__ == "__main__":
                         help="one row per run folder name, a column per seed, and the means over the seeds")
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (with metrics.json)")
     arguments = parser.parse_args()
-    print((seed_table if arguments.by_seed else table)(arguments.runs))
+    try:
+        print((seed_table if arguments.by_seed else table)(arguments.runs))
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
