@@ -141,10 +141,11 @@ fi
 
 # The wgmma variants whose time the ablate and profile stages place: the default and its
 # cp.async form (issue #3's question), where they passed their checks.
-PROFILED=()
-for variant in wgmma-256-tma wgmma-256; do
-  if listed "$variant" "${HOPPER_VARIANTS[@]}"; then PROFILED+=("$variant"); fi
-done
+passed_checks() {  # passed_checks VARIANT...: those of them in HOPPER_VARIANTS, one a line
+  local variant
+  for variant; do if listed "$variant" "${HOPPER_VARIANTS[@]}"; then echo "$variant"; fi; done
+}
+PROFILED=($(passed_checks wgmma-256-tma wgmma-256))
 
 # 3. The issues' target size with every method (one results file, rewritten after every row:
 # a stage cut off at its limit keeps what it measured); then the wgmma kernel with stages left
@@ -170,10 +171,7 @@ SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
   python bench/sanitize_match.py --hopper-variants "${HOPPER_VARIANTS[@]}"
 # racecheck is the slowest sanitizer: the default's two kernels only (150 s reached one of six wgmma variants).
-RACECHECKED=()
-for variant in wgmma-256-tma wgmma-tma; do
-  if listed "$variant" "${HOPPER_VARIANTS[@]}"; then RACECHECKED+=("$variant"); fi
-done
+RACECHECKED=($(passed_checks wgmma-256-tma wgmma-tma))
 stage racecheck 200 "${SANITIZE[@]}" --tool racecheck \
   python bench/sanitize_match.py --backends cuda --hopper-variants "${RACECHECKED[@]}"
 # Warp-synchronous calls (__shfl_sync, __syncwarp) reached by every lane they name: the top-k turns.

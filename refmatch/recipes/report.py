@@ -8,7 +8,7 @@ from pathlib import Path
 def table(run_dirs):
     """Markdown rows of method, labelled images, steps, then test Dice / IoU / HD95 of each
     foreground class, mean Dice and minutes per run. The runs must share their classes."""
-    runs = [(Path(run), _metrics(Path(run))) for run in run_dirs]
+    runs = [(run, _metrics(run)) for run in map(Path, run_dirs)]
     classes = _foreground(runs[0][1])
     for run, metrics in runs:
         if _foreground(metrics) != classes:
