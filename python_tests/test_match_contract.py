@@ -75,27 +75,36 @@ def test_a_query_row_holding_inf_matches_nothing(backend, metric):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("bad_rows", [False, True])
+@pytest.mark.parametrize("bad_rows", ["none", "not finite", "ignored"])
 def test_l2_of_features_with_a_large_offset(backend, k, bad_rows):
     # Rows around 100 with unit spread: the GEMM form |q|^2 - 2 q.r + |r|^2 cancels 4 of
     # float32's 7 digits (negative distances, 3 % wrong neighbours before the fix). Rows
-    # holding NaN or Inf never match, and must not spoil the shift (a NaN mean turned it off).
+    # that never match must not spoil the shift: NaN or Inf (a NaN mean turned it off) and
+    # ignored rows far away (zero rows halved the mean: half the neighbours wrong).
     generator = torch.Generator().manual_seed(0)
     reference = (100 + torch.randn(400, 16, generator=generator)).to(DEVICE)
     query = torch.cat([reference[:20] + 1e-3 * torch.randn(20, 16, generator=generator).to(DEVICE),
                        (100 + torch.randn(60, 16, generator=generator)).to(DEVICE)])
-    if bad_rows:
-        reference[250, 3], reference[399] = float("inf"), float("nan")
-    result = refmatch.match(query, reference, k=k, metric="l2", backend=backend)
-    score, index = (result.score, result.index) if k > 1 else (result.score[:, None], result.index[:, None])
-    exact = torch.cdist(query.double(), reference.double()).square().nan_to_num(float("inf"))
-    assert torch.equal(index.cpu(), exact.topk(k, dim=1, largest=False).indices.cpu())
-    assert (score >= 0).all() and (score[:, 1:] >= score[:, :-1]).all()
-    torch.testing.assert_close(score.double(), exact.gather(1, index), rtol=1e-5, atol=0)
     classes = torch.arange(400, device=DEVICE) % 3
-    classwise = refmatch.classwise_max(query, reference, classes, 3, metric="l2", backend=backend)
+    never = torch.zeros(400, dtype=torch.bool)
+    if bad_rows == "not finite":
+        reference[250, 3], reference[399] = float("inf"), float("nan")
+        never[[250, 399]] = True
+    elif bad_rows == "ignored":
+        reference[300:], classes[300:] = 0.0, 255
+        never[300:] = True
+    ignore_index = 255 if bad_rows == "ignored" else None
+    result = refmatch.match(query, reference, classes, k=k, metric="l2", backend=backend, ignore_index=ignore_index)
+    score, index = (result.score, result.index) if k > 1 else (result.score[:, None], result.index[:, None])
+    exact = torch.cdist(query.double(), reference.double()).square().cpu()
+    exact[:, never] = float("inf")
+    assert torch.equal(index.cpu(), exact.topk(k, dim=1, largest=False).indices)
+    assert (score >= 0).all() and (score[:, 1:] >= score[:, :-1]).all()
+    torch.testing.assert_close(score.double().cpu(), exact.gather(1, index.cpu()), rtol=1e-5, atol=0)
+    classwise = refmatch.classwise_max(query, reference, classes, 3, metric="l2", backend=backend,
+                                       ignore_index=ignore_index)
     per_class = torch.stack([exact[:, classes.cpu() == c].min(dim=1).values for c in range(3)], dim=1)
-    torch.testing.assert_close(classwise.double(), per_class, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(classwise.double().cpu(), per_class, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -228,7 +228,7 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     ignored = _ignored(labels, ignore_index)
     maps, reference = _as_maps(query.detach()), reference.detach()
     if metric == "l2":
-        maps, reference = centred_for_l2(maps, reference)
+        maps, reference = centred_for_l2(maps, reference, ignored)
     score, index = chosen.op(maps, reference, ignored, k, metric)
     label = None
     if labels is not None:
@@ -272,7 +272,7 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     kernel_labels = labels.long() if ignored is None else labels.long().masked_fill(ignored, 0)
     maps, reference = _as_maps(query.detach()), reference.detach()
     if metric == "l2":
-        maps, reference = centred_for_l2(maps, reference)
+        maps, reference = centred_for_l2(maps, reference, ignored)
     scores = chosen.classwise_op(maps, reference, kernel_labels, ignored, num_classes, metric)
     if query.dim() == 2:
         return scores

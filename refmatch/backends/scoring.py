@@ -97,24 +97,28 @@ def reference_stat(reference, metric):
 OFFSET_RATIO = 16  # centre l2 features whose common offset is 4x their spread (1.2 digits lost)
 
 
-def _finite_row_chunks(reference, max_rows):
-    """(rows, finite [rows, 1]) chunks of ``reference`` in its accumulation dtype, rows that
-    hold NaN or Inf zeroed: such rows never match, and would make every statistic NaN."""
-    for chunk in reference.split(max_rows):
+def _matchable_row_chunks(reference, ignored, max_rows):
+    """(rows, matchable [rows, 1]) chunks of ``reference`` in its accumulation dtype, rows that
+    can never match zeroed: ignored ones (``ignored`` [M] bool or None) and those holding NaN
+    or Inf, which would make every statistic NaN."""
+    masks = [None] * -(-reference.shape[0] // max_rows) if ignored is None else ignored.split(max_rows)
+    for chunk, chunk_ignored in zip(reference.split(max_rows), masks):
         chunk = chunk.to(accumulation_dtype(reference.dtype))
-        finite = chunk.isfinite().all(dim=1, keepdim=True)
-        yield torch.where(finite, chunk, 0), finite
+        matchable = chunk.isfinite().all(dim=1, keepdim=True)
+        if chunk_ignored is not None:
+            matchable &= ~chunk_ignored[:, None]
+        yield torch.where(matchable, chunk, 0), matchable
 
 
-def _finite_row_moments(reference, max_rows):
-    """(number, mean [D], mean squared norm) of the finite rows, a chunk of rows at a time."""
+def _matchable_row_moments(reference, ignored, max_rows):
+    """(number, mean [D], mean squared norm) of the rows that can match, a chunk at a time."""
     count, total, total_sq = 0, 0, 0
-    for rows, finite in _finite_row_chunks(reference, max_rows):
-        count, total, total_sq = count + finite.sum(), total + rows.sum(dim=0), total_sq + rows.square().sum()
+    for rows, matchable in _matchable_row_chunks(reference, ignored, max_rows):
+        count, total, total_sq = count + matchable.sum(), total + rows.sum(dim=0), total_sq + rows.square().sum()
     return count, total / count, total_sq / count
 
 
-def centred_for_l2(query, reference, max_elements=1 << 22):
+def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
     """(query [B, D, H, W], reference [M, D]) moved by about the references' mean when
     the features share an offset of more than 4x their spread.
 
@@ -133,15 +137,15 @@ def centred_for_l2(query, reference, max_elements=1 << 22):
     if query.dtype not in (torch.float32, torch.float64) or not host_read_allowed(reference):
         return query, reference
     max_rows = max(1, max_elements // reference.shape[1])
-    count, mean, mean_norm_sq = _finite_row_moments(reference, max_rows)
+    count, mean, mean_norm_sq = _matchable_row_moments(reference, ignored, max_rows)
     offset_sq = mean.square().sum()
     # E|r|^2 - |mean|^2 cancels when the offset dominates, but only by float rounding of
     # |mean|^2, far below the 1/16 that decides; the step below takes the exact spread.
-    # Without finite rows the moments are NaN and the test fails.
+    # Without matchable rows the moments are NaN and the test fails.
     if not bool(offset_sq > OFFSET_RATIO * (mean_norm_sq - offset_sq)):
         return query, reference
-    spread_sq = sum(torch.where(finite, rows - mean, 0).square().sum()
-                    for rows, finite in _finite_row_chunks(reference, max_rows)) / count
+    spread_sq = sum(torch.where(matchable, rows - mean, 0).square().sum()
+                    for rows, matchable in _matchable_row_chunks(reference, ignored, max_rows)) / count
     precision = torch.finfo(mean.dtype).eps * mean.abs().amax()  # > 0: the offset dominates
     per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(precision)
     step = torch.exp2(torch.floor(torch.log2(per_channel)))
