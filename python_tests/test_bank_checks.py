@@ -95,3 +95,29 @@ def test_meta_tensors_are_refused_by_name():
     with pytest.raises(ValueError, match="reference is a meta tensor"):
         ReferenceBank.from_tensors(torch.empty(20, 8, device="meta"), torch.zeros(20, dtype=torch.long,
                                                                                    device="meta"), num_classes=3)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda bank: bank.match(torch.randn(2, 4), k="2"), TypeError, "k must be an int, got str"),
+    (lambda bank: bank.add(torch.ones(1, 4, 2, 2, dtype=torch.int64), torch.zeros(1, 2, 2, dtype=torch.long)),
+     TypeError, "features must be floating point"),
+    (lambda bank: ReferenceBank.from_tensors(torch.randn(10, 0), torch.zeros(10, dtype=torch.long)),
+     ValueError, r"reference must have D >= 1 channels, got shape \(10, 0\)"),
+    (lambda bank: PseudoLabeler(None), TypeError, "bank must be a ReferenceBank"),
+    (lambda bank: PseudoLabeler(bank)(torch.randn(2, 4, 4, 4), agree_with=torch.zeros(2, 4, 4, dtype=torch.long,
+                                                                                       device="meta")),
+     ValueError, "agree_with is on meta, the pseudo-labels on cpu"),
+])
+def test_bad_arguments_are_refused_by_name(call, error, message):
+    bank = filled_bank()
+    before = snapshot(bank)
+    with pytest.raises(error, match=message):
+        call(bank)
+    assert_unchanged(bank, before)
+
+
+def test_a_float64_bank_stores_its_features_unrounded():
+    bank = ReferenceBank(dim=2, num_classes=1, capacity_per_class=4, dtype=torch.float64, metric="dot")
+    row = torch.tensor([1 + 1e-12, 0.1], dtype=torch.float64)
+    bank.add(row.reshape(1, 2, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long))
+    assert torch.equal(bank.features[0], row)

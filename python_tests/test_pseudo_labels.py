@@ -66,11 +66,6 @@ def test_agree_with_must_match_the_labels_shape(phantoms):
     assert ((labels == truth) | (labels == 255)).all()
 
 
-def test_hard_mode_refuses_k():
-    with pytest.raises(ValueError, match="k=1"):
-        PseudoLabeler(None, k=3, mode="hard")
-
-
 @pytest.mark.parametrize("arguments, error, message", [
     (dict(mode="soft", k=0), ValueError, "k must be >= 1, got 0"),
     (dict(mode="hard", k=2), ValueError, r"mode=hard takes the nearest reference \(k=1\), got k=2"),

@@ -91,6 +91,8 @@ class ReferenceBank(nn.Module):
         check_integer_labels(labels)
         if not reference.dtype.is_floating_point:
             raise TypeError(f"reference must hold floating-point features, got {reference.dtype}")
+        if reference.shape[1] == 0:
+            raise ValueError(f"reference must have D >= 1 channels, got {describe(reference)}")
         require_values(reference=reference, labels=labels)
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:
@@ -149,7 +151,9 @@ class ReferenceBank(nn.Module):
         dropped = -1 if self.ignore_index is None else self.ignore_index  # never a class: masks are >= 0
         labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes, dropped,
                                   self.downsample).reshape(-1)
-        rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
+        # Normalised in float32 at least, in float64 for a float64 bank (no rounding on the way).
+        rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        rows = rows.to(torch.promote_types(torch.promote_types(rows.dtype, self.features.dtype), torch.float32))
         if self.metric == "cosine":
             rows = normalized_rows(rows)
         rows = rows.to(device=self.features.device, dtype=self.features.dtype)
@@ -233,6 +237,7 @@ class ReferenceBank(nn.Module):
         Only filled slots are scored: one fused match per class over its filled
         prefix, merged with the lowest-index tie rule.
         """
+        k = as_int("k", k)
         stored = self._stored()
         self._require_features(stored, k)
         query = self._checked_query(query)

@@ -20,6 +20,8 @@ def check_feature_maps(features, dim):
     """``add``'s features: [B, D, h, w] with the bank's D and h, w >= 1."""
     if not isinstance(features, torch.Tensor) or features.dim() != 4:
         raise ValueError(f"features must be [B, D, h, w], got {describe(features)}")
+    if not features.dtype.is_floating_point:
+        raise TypeError(f"features must be floating point, as match's query, got {features.dtype}")
     if features.shape[1] != dim:
         raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={dim}")
     if 0 in features.shape[2:]:

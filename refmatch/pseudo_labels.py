@@ -61,6 +61,8 @@ class PseudoLabeler:
 
     def __init__(self, bank, k=1, mode="hard", threshold=None, temperature=0.1, out_size=None,
                  ignore_index=255):
+        if not all(hasattr(bank, name) for name in ("match", "classwise_max", "num_classes", "metric")):
+            raise TypeError(f"bank must be a ReferenceBank (or ShardedReferenceBank), got {type(bank).__name__}")
         k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -108,7 +110,7 @@ class PseudoLabeler:
         if agree_with is not None:
             # Checked after the bank's call: on a sharded bank, a rank raising before it
             # would leave the other ranks waiting in its collectives.
-            _check_agreement_labels(agree_with, (features.shape[0], *size))
+            _check_agreement_labels(agree_with, (features.shape[0], *size), labels.device)
             labels = torch.where(labels == agree_with, labels, self.ignore_index)
         return PseudoLabels(labels, confidence, kept_fraction(labels, self.ignore_index))
 
@@ -120,11 +122,14 @@ def kept_fraction(labels, ignore_index):
     return (kept / labels.numel() if labels.numel() else kept).float()
 
 
-def _check_agreement_labels(agree_with, expected):
+def _check_agreement_labels(agree_with, expected, device):
     if not isinstance(agree_with, torch.Tensor) or tuple(agree_with.shape) != expected:
         raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, got {describe(agree_with)}")
     if agree_with.dtype.is_floating_point or agree_with.dtype == torch.bool:
         raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}")
+    if agree_with.device != device:
+        raise ValueError(f"agree_with is on {agree_with.device}, the pseudo-labels on {device} (the features' "
+                         "device): move it there")
 
 
 def _resize_nearest(maps, size):
