@@ -30,6 +30,18 @@ def test_demo_baseline_ignores_classes_the_labelled_pixels_lack():
     assert figures["class_mean_accuracy"] > 0.15
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--size", "1"], "argument --size: expected an integer >= 2, got '1'"),
+    (["--unlabeled", "0"], "argument --unlabeled: expected an integer >= 1, got '0'"),
+    (["--classes", "x"], "argument --classes: expected an integer >= 1, got 'x'"),
+    (["--device", "meta"], "argument --device: expected cpu, cuda or cuda:N, got 'meta'"),
+])
+def test_demo_refuses_bad_flags_with_its_usage(capsys, arguments, message):
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(arguments)
+    assert stopped.value.code == 2 and capsys.readouterr().err.endswith(f"refmatch demo: error: {message}\n")
+
+
 def test_unknown_command_is_named_before_the_usage(capsys):
     assert main(["frobnicate"]) == 2
     captured = capsys.readouterr()
@@ -59,6 +71,13 @@ def test_unknown_command_is_named_before_the_usage(capsys):
     (["val_fraction=0.6", "test_fraction=0.5"], "refmatch train: error: val_fraction + test_fraction must be < 1"),
     (["labeled_fraction=1.5"], "refmatch train: error: labeled_fraction must be in (0, 1] (num_labeled=0 takes it)"),
     (["device=foo"], "refmatch train: error: device must be auto, cpu, cuda or cuda:N, got 'foo'"),
+    # torch parses these, but the run would fail at its end (cpu:0) or at once (meta, mps)
+    (["device=cpu:0"], "refmatch train: error: device must be auto, cpu, cuda or cuda:N, got 'cpu:0'"),
+    (["device=meta"], "refmatch train: error: device must be auto, cpu, cuda or cuda:N, got 'meta'"),
+    (["val_fraction=0"], "refmatch train: error: val_fraction must be > 0: best.pt is the step with the best"),
+    (["depth=7", "image_size=64", "tap_size=64"],
+     "refmatch train: error: depth=7 is too deep for image_size=64: the U-Net's deepest stage would be 1x1; use "
+     "depth <= 6"),
     (["--out", "/dev/null/run"], "refmatch train: error: [Errno 20] Not a directory: '/dev/null/run'"),
     (["--out", "DAMAGED", "--resume"], "refmatch train: error: DAMAGED/latest.pt is not a readable checkpoint"),
 ])

@@ -40,8 +40,11 @@ def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("setting, message", [("pl_k", "override must be key=value"),
-                                              ("pl_mood=soft", "unknown config key"),
-                                              ("method=supervised", "makes no pseudo-labels")])
+                                              ("pl_mood=soft", "pl_mood does not shape pseudo-labels"),
+                                              ("method=supervised", "makes no pseudo-labels"),
+                                              # would fail against the run's teacher, or change nothing
+                                              ("image_size=16,tap_size=16", "image_size does not shape pseudo-labels"),
+                                              ("pl_mode=hard,width=4", "width does not shape pseudo-labels")])
 def test_bad_settings_are_named(tiny_run, tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
         main(["compare-pseudo-labels", "--run", str(tiny_run), "--setting", setting, "--out", str(tmp_path)])

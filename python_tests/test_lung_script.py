@@ -58,9 +58,9 @@ def test_all_four_runs_take_the_task_and_norm_and_their_folder(tmp_path, task, n
                                     for call in trains)
     assert [call.split("--out ")[1].split()[0] for call in trains] == [f"{folder}97/{name}" for name in NAMES]
     assert "pl_k=8" in trains[2] and not any("pl_k" in call for call in trains[:2] + trains[3:])
-    assert calls[-2] == "python -m refmatch.recipes.report " + " ".join(f"{folder}97/{name}" for name in NAMES)
+    assert calls[-2] == "refmatch report " + " ".join(f"{folder}97/{name}" for name in NAMES)
     # the stand-in trains nothing, so only seed 96 has finished
-    assert calls[-1] == "python -m refmatch.recipes.report --by-seed " + " ".join(f"{folder}96/{name}" for name in NAMES)
+    assert calls[-1] == "refmatch report --by-seed " + " ".join(f"{folder}96/{name}" for name in NAMES)
 
 
 def test_an_unknown_norm_or_task_is_refused_before_any_run(tmp_path):

@@ -1,4 +1,4 @@
-"""refmatch.recipes.report: the table of finished runs, and the table across seeds that
+"""refmatch report: the table of finished runs, and the table across seeds that
 scripts/lung_experiment.sh prints and docs/experiments.md's five-seed tables show."""
 import json
 import subprocess
@@ -70,5 +70,5 @@ def test_an_unfinished_or_missing_run_is_one_line_naming_it(tmp_path):
         result = subprocess.run([sys.executable, "-m", "refmatch.recipes.report", "--by-seed", str(finished),
                                  str(folder)], capture_output=True, text=True)
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.splitlines()[-1] == f"python -m refmatch.recipes.report: error: {folder}: {why}" + (
+        assert result.stderr.splitlines()[-1] == f"refmatch report: error: {folder}: {why}" + (
             " (refmatch train --resume)" if "training" in why else "")

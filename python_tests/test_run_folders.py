@@ -3,6 +3,7 @@ folder as it was, Ctrl-C finishes the step and saves, a finished run keeps its r
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("yaml", reason="the train extra is not installed")
 pytest.importorskip("PIL", reason="the train extra is not installed")
@@ -103,7 +104,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplo
         finished.run.close()
 
 
-def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch):
+def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch, capsys):
     from refmatch.__main__ import main
     from refmatch.recipes import train
 
@@ -112,6 +113,17 @@ def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch):
     assert sorted(path.name for path in (run / "images").iterdir()) == ["step_000002.png"]  # supervised too
     with pytest.raises(ValueError, match="steps=1 is below the 2 steps the run has trained"):
         main(["train", "--out", str(run), "--resume", "steps=1"])
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(run), "--resume", "--stop-at", "2"])
+    assert "--stop-at 2 is not after the step" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--out", str(run)])
+    assert "is a folder: name the JSON file to write" in capsys.readouterr().err
+    state = torch.load(run / "best.pt", weights_only=False)
+    state["config"]["pl_future_knob"] = 1
+    torch.save(state, run / "newer.pt")
+    with pytest.raises(ValueError, match=r"config holds keys this refmatch does not know: \['pl_future_knob'\]"):
+        main(["evaluate", "--checkpoint", str(run / "newer.pt"), "--data", "phantom"])
     monkeypatch.setattr(train.Trainer, "finish", lambda self: pytest.fail("a finished run was tested again"))
     assert main(["train", "--out", str(run), "--resume"]) == 0
 

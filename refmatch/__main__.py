@@ -9,6 +9,7 @@ COMMANDS = {
     "compare-pseudo-labels": ("refmatch.recipes.compare_pseudo_labels:main",
                               "score pseudo-label settings of a run against hidden masks"),
     "demo": ("refmatch.demo:main", "pseudo-labels from a synthetic reference bank"),
+    "report": ("refmatch.recipes.report:main", "Markdown tables of finished runs, or by seed"),
     "bench": ("refmatch.bench:main", "benchmark match against the dense GEMM and peers"),
     "info": ("refmatch.info:main", "versions, compiled archs and backend availability"),
 }
@@ -55,7 +56,11 @@ def main(argv=None):
     ``run(argv)``: exceptions reach the caller."""
     if argv is not None:
         return run(argv)
-    argv = sys.argv[1:]
+    return command_line(sys.argv[1:])
+
+
+def command_line(argv):
+    """``run(argv)`` as the ``refmatch`` script runs it: user errors and Ctrl-C as in ``main``."""
     try:
         return run(argv)
     except BrokenPipeError:  # output piped into head, say: stop quietly (before OSError below)

@@ -66,7 +66,8 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
     reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
     methods = list(all_methods(query, reference, fits_bytes, only, exclude))
-    _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only, exclude)
+    _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only, exclude,
+                   lambda: [method for method in all_methods(query, reference, fits_bytes) if method.metric != "-"])
     oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
     gemm_tflops = None
     for method in methods:
@@ -265,13 +266,18 @@ def main(argv=None):
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
 
 
-def _check_filters(names, only, exclude):
-    """Raise ValueError, before any timing, when --only / --exclude leave none of the method
-    ``names`` (the ceilings aside)."""
+def _check_filters(names, only, exclude, every_method):
+    """Raise ValueError, before any timing, when --only / --exclude leave none of the runnable
+    method ``names`` (the ceilings aside), naming ``every_method()``'s methods: those that run
+    here and those that cannot."""
     if not any(wanted(name, only, exclude) for name in names):
         given = " ".join(f"--{flag} {' '.join(words)}" for flag, words in (("only", only), ("exclude", exclude))
                          if words)
-        raise ValueError(f"{given} leaves no method but the GEMM ceilings; methods: {', '.join(names)}")
+        methods = every_method()
+        runnable = list(dict.fromkeys(method.name for method in methods if not method.skip))  # metrics share names
+        skipped = list(dict.fromkeys(method.name for method in methods if method.skip))
+        raise ValueError(f"{given} leaves no method that runs here but the GEMM ceilings; methods here: "
+                         f"{', '.join(runnable)}" + (f"; not on this machine: {', '.join(skipped)}" if skipped else ""))
 
 
 def write_results(stem, meta, rows):

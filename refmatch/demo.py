@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .ops import match
+from .ops import is_cpu_or_cuda, match
 
 
 def synthetic_batch(num_images, num_classes, dim, size, generator, modes=3):
@@ -69,16 +69,35 @@ def run(num_labeled=4, num_unlabeled=16, num_classes=4, dim=64, size=64, seed=0,
     }
 
 
+def _at_least(minimum):
+    """argparse type: an int >= ``minimum``, else a usage error naming the value."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _device(text):
+    if not is_cpu_or_cuda(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--labeled", type=int, default=4)
-    parser.add_argument("--unlabeled", type=int, default=16)
-    parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--labeled", type=_at_least(1), default=4)
+    parser.add_argument("--unlabeled", type=_at_least(1), default=16)
+    parser.add_argument("--classes", type=_at_least(1), default=4)
+    parser.add_argument("--dim", type=_at_least(1), default=64)
+    parser.add_argument("--size", type=_at_least(2), default=64, help="image side in pixels (>= 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}, but torch {torch.__version__} sees no CUDA device: use --device cpu")

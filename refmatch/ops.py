@@ -65,6 +65,15 @@ def as_number(name, value):
     raise TypeError(f"{name} must be a number, got {type(value).__name__}")
 
 
+def is_cpu_or_cuda(text):
+    """Whether ``text`` names a device the recipes run on: "cpu", "cuda" or "cuda:N"."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and device.index is None)
+
+
 # uint16, uint32 and uint64 lack the CPU kernels the label checks need (aminmax).
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 

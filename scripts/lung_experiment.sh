@@ -42,7 +42,7 @@ run $out/meanteacher_$tag method=meanteacher-pl num_labeled=$labeled
 run $out/refmatch_$tag$variant method=refmatch num_labeled=$labeled "$@"
 run $out/supervised_100pct method=supervised num_labeled=0 labeled_fraction=1.0
 names=(supervised_$tag meanteacher_$tag refmatch_$tag$variant supervised_100pct)
-python -m refmatch.recipes.report "${names[@]/#/$out/}"
+refmatch report "${names[@]/#/$out/}"
 # The same runs of every seed finished so far, a column per seed (docs/experiments.md's tables)
 finished=()
 for name in "${names[@]}"; do
@@ -51,5 +51,5 @@ for name in "${names[@]}"; do
   done
 done
 if [[ ${#finished[@]} -gt 0 ]]; then
-  python -m refmatch.recipes.report --by-seed "${finished[@]}"
+  refmatch report --by-seed "${finished[@]}"
 fi

@@ -30,6 +30,8 @@ def train_main(argv=None):
     from .train import Trainer, load_latest
 
     resumed = load_latest(args.out) if args.resume else None  # read once: its config here, its state in Trainer
+    if resumed and args.stop_at is not None and args.stop_at <= resumed["step"]:
+        parser.error(f"--stop-at {args.stop_at} is not after the step {args.out} was saved at ({resumed['step']})")
     config = load_config(args.config, args.overrides, base=resumed["config"] if resumed else None)
     trainer = Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite)
     try:
@@ -60,6 +62,8 @@ def evaluate_main(argv=None):
                              "to each mask file's own size and scored there, HD95 in its pixels (folders only)")
     parser.add_argument("--out", type=Path, help="write metrics JSON here")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder: name the JSON file to write, e.g. {args.out / 'metrics.json'}")
     if args.resolution == "native" and args.data == "phantom":
         raise ValueError("--resolution native scores masks at their files' size; phantoms are generated at "
                          "the run's image_size, which --resolution training already scores")

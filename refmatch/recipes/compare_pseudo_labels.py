@@ -31,12 +31,19 @@ DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=har
 # image_size must be a multiple of it).
 PLAIN_PSEUDO_LABELS = {key: getattr(TrainConfig, key) for key in (
     "confidence_threshold", "pl_mode", "pl_k", "pl_temperature", "pl_threshold", "pl_consensus")}
+# What a setting may change: the keys that shape pseudo-labels. Others (image_size, width, data, ...)
+# would either fail against the run's teacher or change nothing under a name that says they did.
+SETTING_KEYS = ("method", *PLAIN_PSEUDO_LABELS, "tap_size", "tap_layers", "bank_capacity", "bank_policy")
 
 
 def parse_setting(text, config):
     """'key=value,key=value' -> ``config`` with ``PLAIN_PSEUDO_LABELS`` and then those values
     (parsed as in ``refmatch train``); the method is "refmatch" unless the setting names another."""
     items = [item for item in text.split(",") if item]
+    other = [item.split("=", 1)[0].strip() for item in items if item.split("=", 1)[0].strip() not in SETTING_KEYS]
+    if other:
+        raise ValueError(f"setting {text!r}: {', '.join(other)} does not shape pseudo-labels; a setting changes "
+                         f"{', '.join(SETTING_KEYS)}")
     if not any(item.startswith("method=") for item in items):
         items.append("method=refmatch")
     try:
@@ -156,7 +163,7 @@ def main(argv=None):
     parser.add_argument("--run", type=Path, required=True, help="run folder with best.pt and splits.json")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run folder")
     parser.add_argument("--setting", action="append", help="comma-separated key=value config changes from "
-                        f"{plain_pseudo_labels_text()}, not the run's values "
+                        f"{plain_pseudo_labels_text()}, not the run's values; keys: {', '.join(SETTING_KEYS)} "
                         f"(repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
     parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score (>= 1)")
     parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "

@@ -9,6 +9,7 @@ import torch
 from ..bank_policies import POLICIES
 from ..data.folder import IGNORE_LABEL
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
+from ..ops import is_cpu_or_cuda
 from ..pseudo_labels import check_mode
 from .unet import NORMS
 
@@ -96,12 +97,17 @@ class TrainConfig:
         if self.num_labeled == 0 and not 0 < self.labeled_fraction <= 1:
             raise ValueError(f"labeled_fraction must be in (0, 1] (num_labeled=0 takes it), "
                              f"got {self.labeled_fraction}")
+        if self.val_fraction == 0:
+            raise ValueError("val_fraction must be > 0: best.pt is the step with the best validation Dice, got 0")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction + test_fraction must be < 1 (training needs images), got "
                              f"{self.val_fraction} + {self.test_fraction}")
         if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
                              f"tap_size={self.tap_size}")
+        if self.image_size < 2 ** self.depth:  # normalisation needs more than one value per channel
+            raise ValueError(f"depth={self.depth} is too deep for image_size={self.image_size}: the U-Net's deepest "
+                             f"stage would be 1x1; use depth <= {(self.image_size // 2).bit_length()}")
         if self.method == "refmatch":
             from .unet import UNet
 
@@ -113,10 +119,8 @@ class TrainConfig:
             if unknown or not self.tap_layers:
                 raise ValueError(f"tap_layers must be a non-empty list of decoder stages of the U-Net at "
                                  f"depth={self.depth} ({', '.join(stages)}), got {self.tap_layers}")
-        try:
-            torch.device("cpu" if self.device == "auto" else self.device)
-        except RuntimeError:
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
+        if self.device != "auto" and not is_cpu_or_cuda(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
         return self
 
@@ -143,8 +147,14 @@ def as_saved(saved):
 
 
 def saved_config(saved):
-    """The TrainConfig a checkpoint's "config" dict ran with (``as_saved``)."""
-    return TrainConfig(**as_saved(saved))
+    """The TrainConfig a checkpoint's "config" dict ran with (``as_saved``); ValueError naming
+    keys this version does not know (a checkpoint of a newer refmatch)."""
+    values = as_saved(saved)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"the checkpoint's config holds keys this refmatch does not know: {unknown} (written by a "
+                         "newer version? update refmatch)")
+    return TrainConfig(**values)
 
 
 def load_config(path=None, overrides=(), base=None):

@@ -1,7 +1,8 @@
-"""``python -m refmatch.recipes.report [--by-seed] RUN_DIR...``: one Markdown table of finished runs,
+"""``refmatch report [--by-seed] RUN_DIR...``: one Markdown table of finished runs,
 or with ``--by-seed`` one row per run name across seeds, as docs/experiments.md's five-seed tables."""
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -74,13 +75,17 @@ def _number(value, digits):
     return "inf" if value is None else f"{value:.{digits}f}"
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m refmatch.recipes.report", description=__doc__.split("\n")[0])
+def main(argv=None):
+    """``refmatch report`` (also ``python -m refmatch.recipes.report``): print the table."""
+    parser = argparse.ArgumentParser(prog="refmatch report", description=" ".join(__doc__.split()))
     parser.add_argument("--by-seed", action="store_true",
                         help="one row per run folder name, a column per seed, and the means over the seeds")
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (with metrics.json)")
-    arguments = parser.parse_args()
-    try:
-        print((seed_table if arguments.by_seed else table)(arguments.runs))
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+    arguments = parser.parse_args(argv)
+    print((seed_table if arguments.by_seed else table)(arguments.runs))
+
+
+if __name__ == "__main__":
+    from refmatch.__main__ import command_line
+
+    sys.exit(command_line(["report", *sys.argv[1:]]))
