@@ -136,6 +136,11 @@ def test_scan_errors_name_the_files(dataset_root):
         scan_folder(root)
     with pytest.raises(FileNotFoundError, match="images"):
         scan_folder(root / "unlabeled")
+    empty = root / "empty"
+    for sub in ("images", "masks"):
+        (empty / sub).mkdir(parents=True)
+    with pytest.raises(ValueError, match="no labelled images: .*images and .*masks hold no PNG files"):
+        scan_folder(empty)
 
 
 def test_dataloader_with_workers(dataset_root):

@@ -71,6 +71,8 @@ def scan_folder(root):
         problems.append(f"{len(no_image)} mask(s) in {root / 'masks'} have no image in images/: {_listing(no_image)}")
     if problems:
         raise ValueError("; ".join(problems) + " (put images without masks in unlabeled/)")
+    if not images:
+        raise ValueError(f"no labelled images: {root / 'images'} and {root / 'masks'} hold no PNG files")
     unlabeled = png_names(root / "unlabeled") if (root / "unlabeled").is_dir() else []
     return {"labeled": images, "unlabeled": unlabeled}
 
