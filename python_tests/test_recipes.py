@@ -178,3 +178,12 @@ def test_resume_on_amp_takes_a_cpu_legs_empty_scaler(tmp_path):
         trainer._load(state)
     finally:
         trainer.run.close()
+
+
+def test_a_run_without_test_images_says_so_and_saves_null_test_figures(tmp_path, caplog):
+    from refmatch.__main__ import main
+
+    with caplog.at_level("INFO", logger="refmatch"):
+        main(["train", *TINY, "method=supervised", "steps=2", "test_fraction=0", "--out", str(tmp_path)])
+    assert "no test images (test_fraction=0, min_test=0): no test metrics" in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["mean_dice"] is None

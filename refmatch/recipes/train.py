@@ -257,8 +257,12 @@ class Trainer:
                   "test": test, "train_seconds": self.seconds, "config": dataclasses.asdict(self.config)}
         if self.run.is_main:
             write_text_atomic(self.run.dir / "metrics.json", metrics_json(result))
-        logging.getLogger("refmatch").info("test mean Dice %.4f, mean IoU %.4f (best step %d)",
-                                           test["mean_dice"], test["mean_iou"], best["step"])
+        if len(self.data.test.images):
+            logging.getLogger("refmatch").info("test mean Dice %.4f, mean IoU %.4f (best step %d)",
+                                               test["mean_dice"], test["mean_iou"], best["step"])
+        else:  # metrics.json holds null for each test figure
+            logging.getLogger("refmatch").info("no test images (test_fraction=0, min_test=0): no test metrics "
+                                               "(best step %d)", best["step"])
         return result
 
 
