@@ -96,8 +96,9 @@ def _match_kernel(
                     mask=row_ok[:, None] & (channels[None, :] < dim), other=0.0)
 
     if RANGES:  # split s is bank rows [split_starts[s], split_starts[s + 1]): class ranges
-        m_begin = tl.load(split_starts_ptr + split)
-        m_end = tl.load(split_starts_ptr + split + 1)
+        # clamped into [0, M] as the CUDA kernel does: a bad range reads nothing out of bounds
+        m_begin = tl.minimum(tl.maximum(tl.load(split_starts_ptr + split), 0), num_refs)
+        m_end = tl.minimum(tl.maximum(tl.load(split_starts_ptr + split + 1), m_begin), num_refs)
     else:
         m_begin = split.to(tl.int64) * refs_per_split
         m_end = tl.minimum(m_begin + refs_per_split, num_refs)

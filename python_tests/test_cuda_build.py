@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 
 from refmatch.backends.hopper_variants import HOPPER_VARIANTS, documented_hopper_kernel
 from resources import assert_no_spills, resource_usage
@@ -242,6 +243,19 @@ def test_plan_helpers_refuse_what_they_would_divide_by(call, message):
 @needs_cuda_build
 def test_empty_query_launches_nothing():
     _C.match_argmax(**launch_args(batch=0))  # returns before any CUDA call
+
+
+@pytest.mark.parametrize("reference, stat_rows, message", [
+    (torch.zeros(40, 8, dtype=torch.float16), 40, r"reference must be \[M, 8\] torch.bfloat16 on cpu like the query"),
+    (torch.zeros(40, 6, dtype=torch.bfloat16), 40, r"reference must be \[M, 8\]"),
+    (torch.zeros(40, 8, dtype=torch.bfloat16), 39, "cosine needs a per-reference term for each of the M=40 rows"),
+])
+def test_the_launch_wrapper_refuses_what_the_kernel_would_misread(reference, stat_rows, message):
+    """Checked before any CUDA call: a bank of another dtype is read as the query's, a short stat past its end."""
+    from refmatch.backends.cuda_backend import run_kernel
+    query = torch.zeros(1, 8, 3, 1, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=message):
+        run_kernel(query, reference, torch.ones(stat_rows), "cosine", torch.empty(3), torch.empty(3), splits=1)
 
 
 @pytest.mark.parametrize("first_row", [0, 16, 48, 112, 240])

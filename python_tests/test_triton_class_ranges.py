@@ -40,6 +40,18 @@ def test_each_range_keeps_its_own_best(metric, starts):
         torch.testing.assert_close(partial[split].double().cpu(), expected, atol=atol, rtol=0)
 
 
+def test_ranges_past_the_bank_are_clamped_into_it():
+    """As the CUDA kernel: a range starting below 0 or ending past M reads only [0, M)."""
+    from refmatch.kernels.match_launch import range_maxima
+
+    query, reference = torch.randn(5, 8, device=DEVICE), torch.randn(40, 8, device=DEVICE)
+    stat = _stat(reference, "dot")
+    maps = query.T[None, :, :, None]
+    clamped = range_maxima(maps, reference, stat, "dot", torch.tensor([-5, 10, 1000], device=DEVICE))
+    valid = range_maxima(maps, reference, stat, "dot", torch.tensor([0, 10, 40], device=DEVICE))
+    assert torch.equal(clamped, valid)
+
+
 def _oriented_scores(query, reference, metric):
     """[N, M] scores as the kernel orients them: q.r, q.r / |r| or 2 q.r - |r|^2."""
     dots = query @ reference.T

@@ -143,6 +143,14 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
     kernel's stages left out, ``bench/ablate_wgmma.py``; results meaningless)."""
     batch, dim, height, width = query.shape
     device = query.device
+    # What the kernel assumes and cannot check: it reads the bank in the query's dtype, and
+    # reads M per-reference terms. match() checks all this first; direct callers (bench, tests) may not.
+    if reference.dtype != query.dtype or reference.device != device or reference.shape[1] != dim:
+        raise ValueError(f"reference must be [M, {dim}] {query.dtype} on {device} like the query, got "
+                         f"{tuple(reference.shape)} {reference.dtype} on {reference.device}")
+    if metric != "dot" and ref_stat.numel() < reference.shape[0]:
+        raise ValueError(f"{metric} needs a per-reference term for each of the M={reference.shape[0]} rows, "
+                         f"got {ref_stat.numel()}")
     partial_score, partial_index = partials
     ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
     if metric != "dot" and ref_stat.data_ptr() % 16:  # a sliced stat: TMA loads need it 16-byte aligned
