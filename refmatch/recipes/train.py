@@ -34,10 +34,16 @@ from .visual import training_grid
 
 @torch.no_grad()
 def ema_update(teacher, student, decay):
+    """teacher = decay * teacher + (1 - decay) * student, for the weights and for floating
+    buffers (BatchNorm's running statistics, which must fit the averaged weights: copied from
+    the student until session 24, they skewed every norm=batch teacher); counters are copied."""
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(decay).add_(s.detach(), alpha=1 - decay)
     for t, s in zip(teacher.buffers(), student.buffers()):
-        t.copy_(s)
+        if t.dtype.is_floating_point:
+            t.mul_(decay).add_(s, alpha=1 - decay)
+        else:
+            t.copy_(s)
 
 
 # Settings a resumed run may change: they touch neither the model's shape, the data nor the
