@@ -76,13 +76,17 @@ def test_mask_downsampling_modes():
     masks = torch.tensor([[[0, 0, 1, 1],
                            [0, 1, 1, 1],
                            [2, 2, 255, 255],
-                           [2, 2, 255, 0]]])
+                           [2, 2, 255, 0]],
+                          [[0, 1, 1, 1],  # ties: no majority, so dropped (not the lower label, background)
+                           [0, 1, 1, 1],
+                           [2, 2, 0, 0],
+                           [255, 255, 0, 0]]])
     majority = downsample_masks(masks, (2, 2), 3, 255, "majority")
-    assert majority.tolist() == [[[0, 1], [2, 255]]]
+    assert majority.tolist() == [[[0, 1], [2, 255]], [[255, 1], [255, 0]]]
     pure = downsample_masks(masks, (2, 2), 3, 255, "pure")
-    assert pure.tolist() == [[[255, 1], [2, 255]]]
+    assert pure.tolist() == [[[255, 1], [2, 255]], [[255, 1], [255, 0]]]
     nearest = downsample_masks(masks, (2, 2), 3, 255, "nearest")
-    assert nearest.tolist() == [[[0, 1], [2, 255]]]
+    assert nearest.tolist() == [[[0, 1], [2, 255]], [[0, 1], [2, 0]]]
 
 
 def test_cosine_rows_are_stored_normalised():

@@ -152,8 +152,11 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--out", str(tmp_path / "m.json")])
     evaluated = json.loads((tmp_path / "m.json").read_text())
     assert evaluated["mean_dice"] == pytest.approx(trained["mean_dice"], abs=1e-6)
-    (tmp_path / "other" / "images").mkdir(parents=True)
-    (tmp_path / "other" / "masks").mkdir()
+    from PIL import Image
+
+    for sub in ("images", "masks"):  # a folder of one image: not the run's phantoms
+        (tmp_path / "other" / sub).mkdir(parents=True)
+        Image.new("L", (32, 32)).save(tmp_path / "other" / sub / "one.png")
     with pytest.raises(ValueError, match="phantoms are generated at the run's image_size"):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--resolution", "native"])
     with pytest.raises(ValueError, match="the run trained on phantom"):

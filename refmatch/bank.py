@@ -34,8 +34,9 @@ class ReferenceBank(nn.Module):
         policy: "ring" replaces the oldest features of a class (for features that
             drift under an EMA teacher); "reservoir" keeps a uniform sample of all
             features ever added.
-        downsample: how masks reach feature resolution: "majority", "nearest" or
-            "pure" (majority, dropping pixels on class borders).
+        downsample: how masks reach feature resolution: "majority" (a block's most
+            frequent label; a tie is dropped), "nearest" or "pure" (majority, dropping
+            pixels on class borders).
         seed: seed of the reservoir's random draws.
 
     Example:

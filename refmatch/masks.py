@@ -44,7 +44,9 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
 
     mode:
         "majority": each feature pixel takes the most frequent label of its
-            (H/h x W/w) block, ignore_index where ignored pixels are the majority;
+            (H/h x W/w) block; ignore_index where ignored pixels are the majority, or
+            where two labels tie (a 2x2 block half lung, half background: taking the
+            lower label, as until session 24, eroded every class into background);
         "nearest": the label at the block's nearest sample (torch's "nearest");
         "pure": majority, but blocks that mix labels become ignore_index, which
             drops pixels on class borders.
@@ -59,7 +61,5 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
     onehot = F.one_hot(slot, num_classes + 1).permute(0, 3, 1, 2).float()
     share = F.avg_pool2d(onehot, kernel_size=(masks.shape[1] // h, masks.shape[2] // w))
     top_share, label = share.max(dim=1)
-    label = torch.where(label == num_classes, ignore_index, label)
-    if mode == "pure":
-        label = torch.where(top_share < 1.0, ignore_index, label)
-    return label
+    no_majority = top_share < 1.0 if mode == "pure" else (share == top_share[:, None]).sum(dim=1) > 1
+    return torch.where((label == num_classes) | no_majority, ignore_index, label)
