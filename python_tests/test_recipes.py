@@ -161,6 +161,15 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--resolution", "native"])
     with pytest.raises(ValueError, match="the run trained on phantom"):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "other")])
+    binary = tmp_path / "binary"  # 0/255 masks: for a 4-class model, background and ignored pixels
+    for sub in ("images", "masks"):
+        (binary / sub).mkdir(parents=True)
+    Image.new("L", (32, 32)).save(binary / "images" / "one.png")
+    mask = Image.new("L", (32, 32))
+    mask.paste(255, (8, 8, 24, 24))
+    mask.save(binary / "masks" / "one.png")
+    with pytest.raises(ValueError, match="holds only 0 and 255: a binary folder, but the model has 4 classes"):
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(binary), "--split", "all"])
     (run / "splits.json").unlink()
     with pytest.raises(FileNotFoundError, match="--split all"):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom"])

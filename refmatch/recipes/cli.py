@@ -70,7 +70,7 @@ def evaluate_main(argv=None):
     from ..data.folder import FolderDataset, scan_folder
     from ..data.phantoms import PhantomDataset
     from ..data.splits import load_splits
-    from .data_setup import class_names, load_run_split, load_split
+    from .data_setup import check_folder_fits_classes, class_names, load_run_split, load_split
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
@@ -97,7 +97,8 @@ def evaluate_main(argv=None):
     else:
         dataset = FolderDataset(args.data, names, size=config.image_size, num_classes=classes,
                                 resize_masks=args.resolution == "training")
-        metrics = (evaluate(model, load_split(dataset, config.num_workers, config.image_size), labels, device)
+        metrics = (evaluate(model, check_folder_fits_classes(load_split(dataset, config.num_workers, config.image_size),
+                                                            classes, args.data), labels, device)
                    if args.resolution == "training" else
                    evaluate_at_file_size(model, dataset, labels, device, num_workers=config.num_workers))
     metrics["resolution"] = (f"training ({config.image_size}x{config.image_size})" if args.resolution == "training"
@@ -143,7 +144,7 @@ def pseudo_label_main(argv=None):
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     from ..data.folder import FolderDataset, png_names, scan_folder
-    from .data_setup import load_split
+    from .data_setup import check_folder_fits_classes, load_split
     from .methods import IGNORE, ReferencePseudoLabels
     from .run_context import progress_bar
 
@@ -151,6 +152,7 @@ def pseudo_label_main(argv=None):
     model, config, classes = _teacher(args.checkpoint, device)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes), config.num_workers, config.image_size)
+    check_folder_fits_classes(labeled, classes, args.labeled)
     folder = _image_folder(args.unlabeled)
     names = png_names(folder)
     if not names:

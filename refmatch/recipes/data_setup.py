@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.folder import FolderDataset, scan_folder
+from ..data.folder import IGNORE_LABEL, FolderDataset, scan_folder
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..data.phantoms import PhantomDataset
 from ..data.splits import load_splits, make_splits, save_splits
@@ -108,3 +108,14 @@ def load_run_split(config, splits, key, data=None):
                  FolderDataset(data, [n for n in splits[key] if n not in labeled], size=size,
                                subfolder="unlabeled", with_masks=False)]
     return _concat([load_split(part, config.num_workers, size) for part in parts])
+
+
+def check_folder_fits_classes(split, num_classes, folder):
+    """ValueError when a model of more than two classes meets a folder whose masks hold only 0
+    and 255: a binary (0/255) folder, which for such a model reads as background and ignored
+    pixels (every foreground Dice 0, nothing to learn from). Returns ``split``."""
+    values = set(split.masks.unique().tolist())
+    if num_classes > 2 and IGNORE_LABEL in values and values <= {0, IGNORE_LABEL}:
+        raise ValueError(f"every mask in {folder} holds only 0 and {IGNORE_LABEL}: a binary folder, but the model has "
+                         f"{num_classes} classes, for which {IGNORE_LABEL} means an ignored pixel")
+    return split
