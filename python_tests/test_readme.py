@@ -57,8 +57,9 @@ def test_volumes_go_in_flattened_as_the_contract_says():
      ["6 labelled images, instance norm", "28 labelled images, instance norm"]),
     ("labelled images, BatchNorm", "lung_experiment_batchnorm.png",
      ["28 labelled images, BatchNorm", "6 labelled images, BatchNorm"]),
-    ("labelled phantoms", "phantom_seeds.png", ["6 labelled phantoms, BatchNorm", "6 labelled phantoms, instance norm",
-                                                "6 labelled phantoms, 2400 steps"]),
+    ("labelled phantoms", "phantom_seeds.png", ["6 labelled phantoms, BatchNorm",
+                                                "6 labelled phantoms, BatchNorm, statistics averaged",
+                                                "6 labelled phantoms, instance norm", "6 labelled phantoms, 2400 steps"]),
     ("right and left lung", "lung_sides.png",
      ["right and left lung, 28 labelled images", "right and left lung, 6 labelled images"]),
 ])
