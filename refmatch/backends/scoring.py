@@ -5,6 +5,8 @@ terms are left out: q.r (dot), q.r/|r| (cosine) and 2 q.r - |r|^2 (l2). The
 per-row fix-up turns that into the public score; l2 distances are recomputed
 from the matched rows, since the GEMM form cancels digits (see ``finalize_scores``).
 """
+import itertools
+
 import torch
 
 from ..candidates import keep_best
@@ -101,7 +103,7 @@ def _matchable_row_chunks(reference, ignored, max_rows):
     """(rows, matchable [rows, 1]) chunks of ``reference`` in its accumulation dtype, rows that
     can never match zeroed: ignored ones (``ignored`` [M] bool or None) and those holding NaN
     or Inf, which would make every statistic NaN."""
-    masks = [None] * -(-reference.shape[0] // max_rows) if ignored is None else ignored.split(max_rows)
+    masks = itertools.repeat(None) if ignored is None else ignored.split(max_rows)
     for chunk, chunk_ignored in zip(reference.split(max_rows), masks):
         chunk = chunk.to(accumulation_dtype(reference.dtype))
         matchable = chunk.isfinite().all(dim=1, keepdim=True)

@@ -97,10 +97,12 @@ def evaluate_main(argv=None):
     else:
         dataset = FolderDataset(args.data, names, size=config.image_size, num_classes=classes,
                                 resize_masks=args.resolution == "training")
-        metrics = (evaluate(model, check_folder_fits_classes(load_split(dataset, config.num_workers, config.image_size),
-                                                            classes, args.data), labels, device)
-                   if args.resolution == "training" else
-                   evaluate_at_file_size(model, dataset, labels, device, num_workers=config.num_workers))
+        if args.resolution == "training":
+            split = load_split(dataset, config.num_workers, config.image_size)
+            check_folder_fits_classes(split, classes, args.data)
+            metrics = evaluate(model, split, labels, device)
+        else:
+            metrics = evaluate_at_file_size(model, dataset, labels, device, num_workers=config.num_workers)
     metrics["resolution"] = (f"training ({config.image_size}x{config.image_size})" if args.resolution == "training"
                              else "native (each mask file's size)")
     text = metrics_json(metrics)

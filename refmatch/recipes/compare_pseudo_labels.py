@@ -40,7 +40,8 @@ def parse_setting(text, config):
     """'key=value,key=value' -> ``config`` with ``PLAIN_PSEUDO_LABELS`` and then those values
     (parsed as in ``refmatch train``); the method is "refmatch" unless the setting names another."""
     items = [item for item in text.split(",") if item]
-    other = [item.split("=", 1)[0].strip() for item in items if item.split("=", 1)[0].strip() not in SETTING_KEYS]
+    keys = [item.split("=", 1)[0].strip() for item in items]
+    other = [key for key in keys if key not in SETTING_KEYS]
     if other:
         raise ValueError(f"setting {text!r}: {', '.join(other)} does not shape pseudo-labels; a setting changes "
                          f"{', '.join(SETTING_KEYS)}")

@@ -113,9 +113,8 @@ def load_run_split(config, splits, key, data=None):
 def check_folder_fits_classes(split, num_classes, folder):
     """ValueError when a model of more than two classes meets a folder whose masks hold only 0
     and 255: a binary (0/255) folder, which for such a model reads as background and ignored
-    pixels (every foreground Dice 0, nothing to learn from). Returns ``split``."""
+    pixels (every foreground Dice 0, nothing to learn from)."""
     values = set(split.masks.unique().tolist())
     if num_classes > 2 and IGNORE_LABEL in values and values <= {0, IGNORE_LABEL}:
         raise ValueError(f"every mask in {folder} holds only 0 and {IGNORE_LABEL}: a binary folder, but the model has "
                          f"{num_classes} classes, for which {IGNORE_LABEL} means an ignored pixel")
-    return split
