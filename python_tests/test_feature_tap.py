@@ -86,6 +86,25 @@ def test_a_deepcopy_of_the_model_leaves_the_tap_alone():
         assert tap.features().shape[0] == 2
 
 
+def test_a_layer_the_last_pass_skipped_is_refused():
+    class AuxiliaryHead(nn.Module):  # deep supervision: the auxiliary head runs in training only
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Conv2d(1, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x, aux):
+            features = self.body(x)
+            return (features, self.aux(features)) if aux else features
+
+    model = AuxiliaryHead()
+    with FeatureTap(model, ["body", "aux"]) as tap:
+        model(torch.randn(2, 1, 4, 4), aux=True)
+        assert tap.features().shape == (2, 6, 4, 4)
+        model(torch.randn(3, 1, 4, 4), aux=False)
+        with pytest.raises(RuntimeError, match=r"last forward pass did not run \['aux'\]"):
+            tap.features()
+
+
 def test_tuple_outputs_and_plain_models():
     class TwoHeads(nn.Module):
         def __init__(self):

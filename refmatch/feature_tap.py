@@ -30,7 +30,10 @@ class FeatureTap:
     A ``copy.deepcopy`` of the model (an EMA teacher, say) carries the hooks, which
     do nothing there: tap the copy with its own FeatureTap. ``nn.DataParallel`` over
     several GPUs is refused (its replicas see chunks); DDP is fine. An output changed in place
-    after capture (by an ``inplace=True`` activation, say) is refused by ``features()``.
+    after capture (by an ``inplace=True`` activation, say) is refused by ``features()``, as is
+    a layer that the model's last forward pass did not run (a train-only auxiliary head, say),
+    whose older output would not belong to this batch. A layer that returns a tuple or list is
+    tapped at its first element; one called twice in a pass gives its last call's output.
 
     Example:
         >>> with FeatureTap(teacher, ["decoder.up2", "decoder.up1"]) as tap:
@@ -53,8 +56,17 @@ class FeatureTap:
         self.size = size_pair(size, "size")
         self._outputs = {}  # name -> (output, its version counter when captured, or None)
         self._replicas = False
+        self._passes = 0  # the model's forward passes since the tap was made
         self._tapped = {name: modules[name] for name in self.layers}
-        self._handles = [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
+        self._handles = [model.register_forward_pre_hook(self._new_pass(model))]
+        self._handles += [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
+
+    def _new_pass(self, model):
+        def forget(module, inputs):
+            if module is model:  # not a deepcopy of it, which carries this hook
+                self._outputs = {}
+                self._passes += 1
+        return forget
 
     def _keeper(self, name):
         def keep(module, inputs, output):
@@ -74,6 +86,9 @@ class FeatureTap:
         if missing and self._replicas:
             raise RuntimeError("the tapped layers ran as nn.DataParallel replicas, each on a chunk of the batch: "
                                "FeatureTap takes one model per process (DistributedDataParallel)")
+        if missing and self._passes:
+            raise RuntimeError(f"the model's last forward pass did not run {missing} (a layer used only in some "
+                               "passes?): tap layers that every pass runs")
         if missing:
             raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first")
         maps = [self._outputs[name][0] for name in self.layers]
