@@ -111,6 +111,23 @@ def misuse_worker(rank, port):
             bank.match(torch.randn(3, 4), k=k)
     with pytest.raises((TypeError, RuntimeError), match="k must be an int, got str|1 other rank"):
         bank.match(torch.randn(3, 4), k=[2, "2"][rank])
+    # Banks built unlike on the ranks raise by name on every rank (another D or dtype aborted gloo;
+    # another metric, capacity or set of rows gave wrong neighbours).
+    labels6 = torch.tensor([0, 1, 2] * 2)
+    unlike = [("metric", ShardedReferenceBank.from_tensors(torch.ones(6, 4), labels6, metric=["dot", "l2"][rank])),
+              ("dim", ShardedReferenceBank.from_tensors(torch.ones(6, 4 + rank), labels6)),
+              ("dtype", ShardedReferenceBank.from_tensors(torch.ones(6, 4, dtype=[torch.float32, torch.float64][rank]),
+                                                          labels6)),
+              ("layout", ShardedReferenceBank.from_tensors(torch.ones(6 + 2 * rank, 4), torch.arange(6 + 2 * rank) % 3)),
+              ("layout", ShardedReferenceBank(4, 3, capacity_per_class=[8, 6][rank]))]
+    for name, unlike_bank in unlike:
+        query = torch.ones(2, unlike_bank.dim, dtype=unlike_bank.features.dtype)
+        with pytest.raises(ValueError, match=f"the ranks' banks or calls differ in {name} "):
+            unlike_bank.match(query)
+    # A rank whose last batch holds no images gets empty results, as one process does.
+    empty = bank.match(torch.randn(1 - rank, 4, 3, 3), k=2)
+    assert empty.index.shape == (1 - rank, 2, 3, 3)
+    assert bank.classwise_max(torch.randn(1 - rank, 4, 3, 3)).shape == (1 - rank, 3, 3, 3)
     # So does a match that fails only where a shard holds features (rank 0's holds none here).
     if rank == 1:
         with pytest.raises(ValueError, match="backend must be"):

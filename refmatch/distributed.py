@@ -6,16 +6,20 @@ merges them per query with the global lowest-index tie rule, so every rank gets
 what one process holding the whole bank would return, up to the rounding of
 scores: each shard's GEMM has another shape, so a score can differ by about an
 ulp and a near-tie that close can resolve differently (exact where the scores
-are, e.g. small integer features). Only ``torch.distributed`` collectives are
+are, e.g. small integer features). One exception: an l2 ``classwise_max`` returns
+distances that each shard computes about its own centre (see the README's l2
+note), so far from the origin they can differ from one process's by more than an
+ulp, and are then the more accurate. Only ``torch.distributed`` collectives are
 used (NCCL and gloo alike).
 """
+import math
 import operator
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .backends.scoring import accumulation_dtype, worst_score
+from .backends.scoring import METRICS, accumulation_dtype, worst_score
 from .bank import ReferenceBank
 from .candidates import keep_best
 from .ops import MatchResult, as_int, inferred_num_classes
@@ -27,6 +31,13 @@ def _gather(tensor, group):
     return parts
 
 
+def _world_size(group):
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be None (the default group) or a torch.distributed ProcessGroup, got "
+                        f"{type(group).__name__}")
+    return dist.get_world_size(group)
+
+
 def keep_shards_out_of_ddp(model):
     """Tell DistributedDataParallel to leave the buffers of every ShardedReferenceBank
     inside ``model`` alone; call it before wrapping ``model``. DDP otherwise copies
@@ -36,7 +47,7 @@ def keep_shards_out_of_ddp(model):
              for prefix, module in model.named_modules() if isinstance(module, ShardedReferenceBank)
              for name, _ in module.named_buffers(recurse=False)]
     ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored + names)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(dict.fromkeys(ignored + names)))
     return model
 
 
@@ -47,7 +58,8 @@ def _as_rows(query):
     batch, dim, height, width = query.shape
 
     def to_maps(values):  # [N] or [N, k] -> [B, h, w] or [B, k, h, w]
-        maps = values.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+        k = 1 if values.dim() == 1 else values.shape[1]  # not -1: N may be 0
+        maps = values.reshape(batch, height, width, k).permute(0, 3, 1, 2)
         return maps[:, 0] if values.dim() == 1 else maps
     return query.permute(0, 2, 3, 1).reshape(-1, dim), to_maps
 
@@ -64,7 +76,10 @@ class ShardedReferenceBank(ReferenceBank):
     that fails, on one rank makes every rank raise (an error before the call on one
     rank leaves the others waiting in it, as in any collective). Scores are float32 (float64 for a float64 bank). Inside a
     model wrapped in DistributedDataParallel, call ``keep_shards_out_of_ddp(model)``
-    first. A ``state_dict`` holds this rank's shard: load it on the same rank.
+    first. A ``state_dict`` holds this rank's shard: load it on the same rank. The ring
+    and reservoir policies act per shard, on the features that rank added (a class that
+    only one rank sees gets that rank's slots only). ``len(bank)`` (and so ``bool(bank)``)
+    is a collective too; ``class_counts`` and ``memory_bytes`` describe this rank's shard.
 
     Example:
         >>> bank = ShardedReferenceBank.from_tensors(reference, labels, metric="cosine")
@@ -74,7 +89,10 @@ class ShardedReferenceBank(ReferenceBank):
     LATE_BUFFERS = ReferenceBank.LATE_BUFFERS + ("shard_rank",)
 
     def __init__(self, dim, num_classes, capacity_per_class, *args, group=None, **kwargs):
-        world = dist.get_world_size(group)
+        world = _world_size(group)
+        capacity_per_class = as_int("capacity_per_class", capacity_per_class)
+        if capacity_per_class < 1:
+            raise ValueError(f"capacity_per_class must be a positive int, got {capacity_per_class}")
         super().__init__(dim, num_classes, -(-capacity_per_class // world), *args, **kwargs)
         self._own_shard(group, dist.get_rank(group) * self.features.shape[0])
 
@@ -82,16 +100,19 @@ class ShardedReferenceBank(ReferenceBank):
     def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255, group=None):
         """This rank's contiguous slice of ``reference`` [M, D] / ``labels`` [M],
         given the same tensors on every rank."""
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        world, rank = _world_size(group), dist.get_rank(group)
         if num_classes is None:  # from all labels: a rank's slice may lack the top class
             num_classes = inferred_num_classes(labels, ignore_index)
         start, stop = reference.shape[0] * rank // world, reference.shape[0] * (rank + 1) // world
         bank = super().from_tensors(reference[start:stop], labels[start:stop], num_classes, metric, ignore_index)
-        bank._own_shard(group, start)
+        bank._own_shard(group, start, layout=reference.shape[0])
         return bank
 
-    def _own_shard(self, group, index_offset):
+    def _own_shard(self, group, index_offset, layout=None):
+        # layout: what every rank must share to give each shard its global indices, the slots
+        # per class of a growable bank or the rows of from_tensors' tensors.
         self.group, self.index_offset = group, index_offset
+        self.layout = self.capacity if layout is None else layout
         # The rank whose shard the buffers hold, first of them: DDP's broadcast of rank 0's buffers
         # overwrites it whatever the shards' sizes, as does loading another rank's state_dict.
         marker = torch.tensor(dist.get_rank(group), device=self.features.device)
@@ -116,24 +137,39 @@ class ShardedReferenceBank(ReferenceBank):
             raise RuntimeError(f"the call failed on {failed} other rank(s) (see their error): every rank stops here")
         return result, sums
 
-    def _checked_everywhere(self, query, k=1):
-        """``query`` checked and cast as ReferenceBank does, and the features stored over all
-        ranks; every rank raises when a rank's query or k fails its check, the ranks' k differ,
-        or a rank holds another rank's shard."""
-        foreign = (self.shard_rank != dist.get_rank(self.group)).long()
+    def _settings(self, k):
+        """What every rank's bank and call must agree on, as int64 codes by name."""
         try:
             asked = operator.index(k)
         except TypeError:
-            asked = -1  # as_int below raises on this rank, so on every rank
-        # Compared as k and k^2 summed in int64: a k that cannot be stored (1 <= k <= stored
-        # fails on every rank that asks it) is sent as -1, so the sums neither overflow nor
-        # hide a difference.
-        asked = self.counts.new_tensor(asked if 1 <= asked < 2 ** 31 else -1)
-        query, (stored, foreign, k_sum, k_square_sum) = self._agreed(
-            lambda: (self._checked_query(query), as_int("k", k))[0], self.counts.sum(), foreign, asked, asked * asked)
-        if k_square_sum * dist.get_world_size(self.group) != k_sum * k_sum:  # equal only when every k is
+            asked = -1  # as_int raises on this rank, so on every rank
+        precision = torch.finfo(self.features.dtype)
+        return {"k": asked if 1 <= asked < 2 ** 62 else -1, "dim": self.dim, "num_classes": self.num_classes,
+                "dtype": precision.bits * 1000 - round(math.log2(precision.eps)), "metric": METRICS.index(self.metric),
+                "ignore_index": -(2 ** 62) if self.ignore_index is None else self.ignore_index,
+                "fixed (from_tensors)": int(self.capacity is None), "layout (capacity or rows)": self.layout}
+
+    def _checked_everywhere(self, query, k=1):
+        """``query`` checked and cast as ReferenceBank does, and the features stored over all
+        ranks; every rank raises when a rank's query or k fails its check, the ranks' banks or
+        k differ, or a rank holds another rank's shard."""
+        foreign = (self.shard_rank != dist.get_rank(self.group)).long()
+        query, (stored, foreign) = self._agreed(
+            lambda: (self._checked_query(query), as_int("k", k))[0], self.counts.sum(), foreign)
+        settings = self._settings(k)
+        codes = self.counts.new_tensor(list(settings.values()))
+        spread = torch.cat([codes, -codes])  # one MAX reduction gives the largest and the smallest
+        dist.all_reduce(spread, op=dist.ReduceOp.MAX, group=self.group)
+        differ = [name for name, high, low in zip(settings, spread[:codes.numel()].tolist(),
+                                                  spread[codes.numel():].tolist()) if high != -low]
+        if differ == ["k"]:
             raise ValueError(f"the ranks asked for different k (this rank k={k}): every rank must call match "
                              "with the same k")
+        if differ:
+            mine = f"dim={self.dim}, num_classes={self.num_classes}, dtype={self.features.dtype}, " \
+                   f"metric={self.metric!r}, ignore_index={self.ignore_index}, layout={self.layout}"
+            raise ValueError(f"the ranks' banks or calls differ in {', '.join(differ)} (this rank: {mine}, k={k}): "
+                             "build the bank with the same arguments (from_tensors: the same tensors) on every rank")
         if foreign:
             raise RuntimeError(f"{foreign} rank(s) hold another rank's shard: DistributedDataParallel copied rank "
                                "0's buffers (call refmatch.distributed.keep_shards_out_of_ddp(model) before wrapping "
