@@ -10,6 +10,7 @@ class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases,
 in each variant ``--hopper-variants`` names (``hopper_variants.HOPPER_VARIANTS``: 128 or 256
 query rows per CTA, "-rs": the query in registers, "-tma": the bank loaded through TMA).
+``--backends`` with no name leaves the first part out (the wgmma variants' cases alone).
 """
 import argparse
 
@@ -95,16 +96,17 @@ def sanitize_cases(backends):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    parser.add_argument("--backends", nargs="*", choices=["cuda", "triton"], default=["cuda", "triton"],
+                        help="backends of the mma.sync and Triton cases (none: only the wgmma variants' cases)")
     parser.add_argument("--hopper-variants", nargs="*", choices=list(HOPPER_VARIANTS),
                         default=list(HOPPER_VARIANTS),
                         help="the wgmma kernel's variants to run (none: leave its cases out)")
     args = parser.parse_args()
-    with hopper_kernel("mma.sync"):  # mma.sync on every card; sanitize_hopper covers wgmma
-        sanitize_cases(args.backends)
-    if "cuda" in args.backends:
-        for variant in args.hopper_variants:
-            sanitize_hopper(variant)
+    if args.backends:
+        with hopper_kernel("mma.sync"):  # mma.sync on every card; sanitize_hopper covers wgmma
+            sanitize_cases(args.backends)
+    for variant in args.hopper_variants:
+        sanitize_hopper(variant)
     torch.cuda.synchronize()
 
 

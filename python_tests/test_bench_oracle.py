@@ -22,6 +22,19 @@ def test_top_slots_and_class_maxima_are_the_dense_float64_ones():
     torch.testing.assert_close(oracle.per_class["dot"][:, 2], dense[:, labels == 2].amax(dim=1), **exact)
 
 
+def test_class_maxima_from_sorted_and_shuffled_labels_with_an_empty_class():
+    query, reference, labels = inputs()
+    labels = labels.clamp(max=2)  # class 3 of 5 has no reference, nor has class 4
+    dense = query.double() @ reference.double().T
+    shuffled = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    for columns in (labels, labels[shuffled]):  # slices, then masks
+        oracle = Float64Oracle(query, reference if columns is labels else reference[shuffled], columns, 5)
+        expected = torch.stack([dense[:, labels == c].amax(dim=1) for c in range(3)], dim=1)
+        torch.testing.assert_close(oracle.per_class["dot"][:, :3], expected, rtol=1e-12, atol=1e-12)
+        assert (oracle.per_class["dot"][:, 3:] == -float("inf")).all()
+        assert (oracle.per_class["l2"][:, 3:] == float("inf")).all()
+
+
 def test_right_answers_agree_and_wrong_ones_do_not():
     query, reference, labels = inputs()
     oracle = Float64Oracle(query, reference, labels, 4)
