@@ -93,6 +93,48 @@ def test_mask_rule(tmp_path, values, num_classes, expected):
         assert sorted(read_mask(tmp_path / "mask.png", num_classes).unique().tolist()) == expected
 
 
+def test_grey_levels_off_the_borders_are_refused_and_resampled_edges_kept(tmp_path):
+    from PIL import Image
+
+    from refmatch.data.folder import read_mask
+
+    three = np.zeros((32, 32), dtype=np.uint8)
+    three[4:14, 4:28], three[18:28, 4:28] = 128, 255  # three classes in grey levels (they read as two)
+    Image.fromarray(three).save(tmp_path / "three.png")
+    for num_classes in (None, 2):
+        with pytest.raises(ValueError, match="three.png holds grey levels 0, 128, 255 away from class borders"):
+            read_mask(tmp_path / "three.png", num_classes)
+    disc = np.zeros((64, 64), dtype=np.uint8)
+    disc[(np.indices((64, 64)) - 32).__pow__(2).sum(0) < 20 ** 2] = 255
+    resampled = np.array(Image.fromarray(disc).resize((24, 24), Image.BILINEAR))  # edges in between
+    assert 5 < np.unique(resampled).size
+    Image.fromarray(resampled).save(tmp_path / "resampled.png")
+    assert torch.equal(read_mask(tmp_path / "resampled.png"), torch.from_numpy((resampled > 127).astype(np.int64)))
+
+
+def test_a_16_bit_binary_mask_is_split_at_half_its_bright_value(tmp_path):
+    from PIL import Image
+
+    from refmatch.data.folder import read_mask
+
+    mask = np.zeros((8, 8), dtype=np.uint16)
+    mask[2:6, 2:6] = 65535
+    mask[6, 2:6], mask[1, 2:6] = 1000, 40000  # resampled edges: background, foreground
+    Image.fromarray(mask).save(tmp_path / "mask16.png")
+    expected = np.zeros((8, 8), dtype=np.int64)
+    expected[1:6, 2:6] = 1
+    assert torch.equal(read_mask(tmp_path / "mask16.png", 2), torch.from_numpy(expected))
+
+
+def test_images_in_other_formats_are_refused_by_name(dataset_root):
+    from PIL import Image
+
+    root, gray, _ = dataset_root
+    Image.fromarray(gray.astype(np.uint8)).save(root / "unlabeled" / "scan_001.jpg")
+    with pytest.raises(ValueError, match=r"unlabeled holds 1 image file.s. that are not PNG: scan_001.jpg"):
+        scan_folder(root)
+
+
 def test_colour_masks_are_refused_and_gray_ones_in_rgb_read(tmp_path):
     from PIL import Image
 
@@ -162,6 +204,10 @@ def test_real_lung_data():
         assert item["image"].shape == (1, 128, 128) and item["mask"].shape == (128, 128)
         assert set(item["mask"].unique().tolist()) == {0, 1}
         assert 0.05 < item["mask"].float().mean() < 0.5
+    from refmatch.data.folder import read_mask
+
+    for name in found["labeled"][::14]:  # resampled edges on the borders (all 566: session 25)
+        assert set(read_mask(LUNG_DATA / "masks" / name, 2).unique().tolist()) == {0, 1}
     unlabeled = FolderDataset(LUNG_DATA, found["unlabeled"][:1], size=128, subfolder="unlabeled", with_masks=False)
     assert unlabeled[0]["image"].shape == (1, 128, 128)
 

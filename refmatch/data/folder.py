@@ -1,7 +1,8 @@
 """Folder datasets: ``images/`` and ``masks/`` matched by file name, plus an
 optional ``unlabeled/`` of images without masks.
 
-Images are PNG, grayscale or RGB (RGB is converted to grayscale), read as
+Images are PNG (another image format in these folders is refused by name, not skipped),
+grayscale or RGB (RGB is converted to grayscale), read as
 float32 [1, H, W] in [0, 1]. A mask (grayscale, palette, or RGB whose channels
 are equal) is read by this rule, C = ``num_classes`` (128 when None):
 
@@ -11,9 +12,12 @@ are equal) is read by this rule, C = ``num_classes`` (128 when None):
 * values < C (for C None: 0 and 1) and 255: class indices, 255 marking pixels to
   ignore (``IGNORE_LABEL``, as ``refmatch pseudo-label`` writes where it kept no label);
   a mask of 255 alone is all ignored, and one of 1 and 255 (no 0) is class 1 and ignored;
-* for two classes, 0, values above 127 and values between (edges of a resampled
-  binary mask): binarised at > 127 into {0, 1};
-* anything else (a class >= C, a colour mask) is an error naming the file.
+* for two classes, 0, values above 127 and values between them on the borders (edges
+  of a resampled binary mask: all but a tenth of them within 2 pixels of both a darker
+  and a brighter pixel): binarised at half the brightest value into {0, 1} (a 16-bit
+  mask's edge value 1000 is background);
+* anything else (a class >= C, a colour mask, grey levels of more classes such as
+  0/128/255) is an error naming the file.
 
 The rule reads one file at a time, so a 0/1 mask whose only other value is 255 (no
 foreground, some pixels to ignore: a ``refmatch pseudo-label`` file where no lung
@@ -33,6 +37,9 @@ from torch.utils.data import Dataset
 from ..feature_tap import size_pair
 
 BINARY_THRESHOLD = 127
+EDGE_REACH = 2             # pixels from a resampled binary mask's in-between value to both its sides
+EDGE_EXCEPTIONS = 0.1      # in-between pixels allowed off the borders (the 566 lung masks: at most 0.04)
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".nii", ".gz", ".npy")
 IGNORE_LABEL = 255      # a mask's "ignore this pixel"; the recipe's losses and bank skip it
 MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
 LISTED_NAMES = 5        # file names quoted in an error before "and N more"
@@ -41,9 +48,14 @@ GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L")  # PIL modes read as they are
 
 def png_names(folder):
     """Sorted names of the PNG files directly in ``folder`` (.png or .PNG; hidden files such as
-    macOS's ``._name.png`` left out)."""
-    return sorted(path.name for path in Path(folder).iterdir()
-                  if path.suffix.lower() == ".png" and path.is_file() and not path.name.startswith("."))
+    macOS's ``._name.png`` left out). Raises ValueError naming image files of other formats
+    (JPEG, TIFF, DICOM ...), which would otherwise be left out without a word."""
+    files = [path for path in Path(folder).iterdir() if path.is_file() and not path.name.startswith(".")]
+    others = sorted(path.name for path in files if path.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+    if others:
+        raise ValueError(f"{folder} holds {len(others)} image file(s) that are not PNG: {_listing(others)}; "
+                         "refmatch reads PNG only: convert them (a lossless format, for masks) or move them out")
+    return sorted(path.name for path in files if path.suffix.lower() == ".png")
 
 
 def _listing(names):
@@ -101,6 +113,19 @@ def read_image(path):
     return torch.from_numpy(array.astype(np.float32) / scale)[None]
 
 
+def _on_borders(array, values):
+    """Whether ``array``'s values strictly between its darkest and brightest lie on borders,
+    as a resampled binary mask's do: all but EDGE_EXCEPTIONS of them have a darker and a
+    brighter pixel within EDGE_REACH pixels."""
+    between = (array > values[0]) & (array < values[-1])
+    window = 2 * EDGE_REACH + 1
+    pixels = torch.from_numpy(array).double()[None, None]
+    brightest = F.max_pool2d(pixels, window, 1, EDGE_REACH)[0, 0].numpy()
+    darkest = -F.max_pool2d(-pixels, window, 1, EDGE_REACH)[0, 0].numpy()
+    off_borders = between & ~((darkest < array) & (brightest > array))
+    return off_borders.sum() <= EDGE_EXCEPTIONS * between.sum()
+
+
 def read_mask(path, num_classes=None):
     """A mask PNG as int64 [H, W] class labels (255: ignore), by the module's rule."""
     array = _read_array(Path(path), GRAY_MODES + ("P", "RGB", "RGBA")).astype(np.int64)  # palette: indices
@@ -115,13 +140,18 @@ def read_mask(path, num_classes=None):
     if values.size == 0 or (values.min() >= 0 and values.max() < limit):
         return torch.from_numpy(array)
     binary = two_classes and values.min() >= 0 and values.max() > BINARY_THRESHOLD
+    foreground = array > values.max() // 2  # half the bright value: 127 for 0/255, 32767 for 0/65535
     if binary and values.size <= 2 and values.min() == 0:  # 0 and one bright value
-        return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))
+        return torch.from_numpy(foreground.astype(np.int64))
     classes = values[values != IGNORE_LABEL]
     if IGNORE_LABEL in values and (classes.size == 0 or (classes.min() >= 0 and classes.max() < (num_classes or 2))):
         return torch.from_numpy(array)  # class indices and ignored pixels (all ignored: no class at all)
-    if binary:  # a resampled binary mask, or one bright value alone (all foreground, as 65535 alone)
-        return torch.from_numpy((array > BINARY_THRESHOLD).astype(np.int64))
+    if binary and (values.size == 1 or _on_borders(array, values)):
+        return torch.from_numpy(foreground.astype(np.int64))  # resampled binary, or one bright value alone
+    if binary:
+        raise ValueError(f"{path} holds grey levels {_listing([str(value) for value in values])} away from class "
+                         "borders, not a resampled 0/255 mask: a mask of more classes? Store class indices "
+                         "0..C-1 (255 to ignore) and set classes in the config")
     bad = [int(value) for value in classes if not 0 <= value < limit]
     raise ValueError(f"{path} holds label(s) {_listing([str(value) for value in bad])}, but the data has "
                      f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore, or a 0/255 binary mask)")
