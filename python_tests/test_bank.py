@@ -134,7 +134,7 @@ def test_match_returns_slot_classes_and_classwise_scores():
     assert result.label.tolist() == [2, 0] and result.index.tolist() == [8, 0]
     scores = bank.classwise_max(torch.tensor([[0.0, 1.0]]))
     assert scores[0, 1].item() == float("-inf") and scores[0, 2].item() == pytest.approx(1.0)
-    assert bank.memory_bytes() == 12 * 2 * 4 + 12 * 8 + 3 * 8 * 2
+    assert bank.memory_bytes() == 12 * 2 * 4 + 12 * 8 + 3 * 8 * 2 + 2 * 8  # features, labels, counts, settings
 
 
 def test_l2_bank_takes_the_nearest_and_scores_an_empty_class_infinitely_far():

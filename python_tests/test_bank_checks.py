@@ -1,5 +1,7 @@
 """ReferenceBank's input checks (``bank_checks``): each refuses by name, before the bank
 changes, so a refused call or load leaves it as it was."""
+import warnings
+
 import pytest
 import torch
 
@@ -34,6 +36,21 @@ def test_a_state_dict_of_another_shape_loads_nothing():
     other.add(torch.randn(1, 8, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(RuntimeError, match=r"features: saved with shape \(16, 8\), this bank's is \(16, 4\)"):
         bank.load_state_dict(other.state_dict())
+    assert_unchanged(bank, before)
+
+
+def test_a_state_dict_of_another_metric_policy_or_capacity_is_refused_by_what_differs():
+    bank = filled_bank(metric="l2")
+    before = snapshot(bank)
+    with pytest.raises(RuntimeError, match="settings: saved by a bank with metric='cosine', policy='ring', this one "
+                                           "has metric='l2', policy='ring'"):
+        bank.load_state_dict(filled_bank().state_dict())  # cosine rows are normalised: l2 would misread them
+    with pytest.raises(RuntimeError, match="policy='reservoir', this one has metric='l2', policy='ring'"):
+        bank.load_state_dict(filled_bank(metric="l2", policy="reservoir").state_dict(), strict=False)
+    smaller = ReferenceBank(dim=4, num_classes=2, capacity_per_class=4, metric="l2")
+    with pytest.raises(RuntimeError, match=r"features: saved with shape \(8, 4\), this bank's is \(16, 4\) "
+                                           r"\(another dim, num_classes or capacity_per_class\)"):
+        bank.load_state_dict(smaller.state_dict())
     assert_unchanged(bank, before)
 
 
@@ -121,3 +138,31 @@ def test_a_float64_bank_stores_its_features_unrounded():
     row = torch.tensor([1 + 1e-12, 0.1], dtype=torch.float64)
     bank.add(row.reshape(1, 2, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long))
     assert torch.equal(bank.features[0], row)
+
+
+def test_classes_lost_before_storing_are_named_in_a_warning():
+    """A 2-pixel band (class 2) and a 4x4 nodule off the block grid (class 3) at 16x16 features
+    of 64x64 masks: no block holds a majority of either."""
+    masks = torch.zeros(1, 64, 64, dtype=torch.long)
+    masks[:, 20:40, 8:56] = 1
+    masks[:, 30:32, :] = 2
+    masks[:, 46:50, 46:50] = 3
+    bank = ReferenceBank(dim=4, num_classes=4, capacity_per_class=64, dtype=torch.float32)
+    with pytest.warns(UserWarning, match=r"class\(es\) \[2, 3\] of the masks kept no pixel at the features' 16x16"):
+        bank.add(torch.randn(1, 4, 16, 16), masks)
+    assert bank.class_counts().tolist()[2:] == [0, 0]
+    features = torch.randn(1, 4, 16, 16)
+    features[:, :, 5:10] = float("nan")  # class 1's rows
+    with pytest.warns(UserWarning, match=r"class\(es\) \[1\]: every feature row held NaN or Inf"):
+        ReferenceBank(dim=4, num_classes=2, capacity_per_class=64).add(features, masks.clamp(max=1))
+    ignored = torch.full((1, 8, 8), 255)  # ignored pixels count for no class: nothing to warn about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bank.add(torch.randn(1, 4, 8, 8), ignored)
+
+
+def test_memory_bytes_counts_the_images_kept_for_refresh():
+    bank = ReferenceBank(dim=4, num_classes=2, capacity_per_class=8, dtype=torch.float32)
+    buffers = bank.memory_bytes()
+    bank.add(torch.randn(2, 4, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), images=torch.zeros(2, 1, 4, 4))
+    assert bank.memory_bytes() == buffers + 2 * 16 * 4 + 2 * 16 * 8  # the images (float32) and masks (int64)

@@ -3,12 +3,12 @@ import torch
 from torch import nn
 
 from .backends.scoring import METRICS, accumulation_dtype, normalized_rows, worst_score
-from .bank_checks import check_feature_maps, check_images, require_values, state_dict_problem
+from .bank_checks import check_feature_maps, check_images, check_query, check_reference_rows, \
+    checked_bank_arguments, require_values, state_dict_problem
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
-from .masks import DOWNSAMPLING, check_masks, downsample_masks
+from .masks import check_masks, downsample_masks, warn_lost_classes
 from .candidates import keep_best, with_k_axis
-from .ops import MatchResult, _check_label_values, as_int, check_integer_labels, describe, inferred_num_classes, \
-    kept_labels, match
+from .ops import MatchResult, _check_label_values, as_int, inferred_num_classes, kept_labels, match
 
 
 class ReferenceBank(nn.Module):
@@ -45,29 +45,23 @@ class ReferenceBank(nn.Module):
         >>> result = bank.match(unlabelled_features)  # result.label: [B, h, w]
     """
 
-    LATE_BUFFERS = ("generator_state",)  # buffers that older state_dicts lack
+    LATE_KEYS = ("generator_state", "settings")  # buffers that older state_dicts lack
 
     def __init__(self, dim, num_classes, capacity_per_class, dtype=torch.bfloat16, metric="cosine",
                  ignore_index=255, policy="ring", downsample="majority", seed=0):
         super().__init__()
-        dim, num_classes = as_int("dim", dim), as_int("num_classes", num_classes)
-        capacity_per_class = as_int("capacity_per_class", capacity_per_class)
-        for name, value in (("dim", dim), ("num_classes", num_classes), ("capacity_per_class", capacity_per_class)):
-            if value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point torch.dtype (empty slots hold NaN), got {dtype}")
-        ignore_index = as_int("ignore_index", ignore_index, optional=True)
-        for name, value, allowed in (("metric", metric, METRICS), ("policy", policy, POLICIES),
-                                     ("downsample", downsample, DOWNSAMPLING)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        dim, num_classes, capacity_per_class, ignore_index = checked_bank_arguments(
+            dim, num_classes, capacity_per_class, dtype, ignore_index, metric=metric, policy=policy,
+            downsample=downsample)
         self.dim, self.num_classes, self.capacity = dim, num_classes, capacity_per_class
         self.metric, self.ignore_index, self.policy, self.downsample = metric, ignore_index, policy, downsample
         self._generator = torch.Generator().manual_seed(seed)
         self._sources = []
         if policy == "reservoir":
             self.register_buffer("generator_state", self._generator.get_state())
+        # What gives the stored rows and slots their meaning: a state_dict of a bank with another
+        # metric or policy is refused on loading (bank_checks.state_dict_problem).
+        self.register_buffer("settings", torch.tensor([METRICS.index(metric), POLICIES.index(policy)]))
         slots = num_classes * capacity_per_class
         self.register_buffer("features", torch.full((slots, dim), float("nan"), dtype=dtype))
         self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(capacity_per_class))
@@ -85,16 +79,7 @@ class ReferenceBank(nn.Module):
         the largest label other than ``ignore_index``, plus 1 (refused above 65536 classes, most
         likely a stray label: pass ``num_classes`` for more).
         """
-        if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
-            raise ValueError(f"reference must be [M, D], got {describe(reference)}")
-        if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
-            raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {describe(labels)}")
-        check_integer_labels(labels)
-        if not reference.dtype.is_floating_point:
-            raise TypeError(f"reference must hold floating-point features, got {reference.dtype}")
-        if reference.shape[1] == 0:
-            raise ValueError(f"reference must have D >= 1 channels, got {describe(reference)}")
-        require_values(reference=reference, labels=labels)
+        check_reference_rows(reference, labels)
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:
             num_classes = inferred_num_classes(labels, ignore_index)
@@ -121,8 +106,11 @@ class ReferenceBank(nn.Module):
         return self.counts.clone()
 
     def memory_bytes(self):
-        """Bytes held by the bank's buffers."""
-        return sum(buffer.numel() * buffer.element_size() for buffer in self.buffers())
+        """Bytes held by the bank's buffers and by the images (and masks) kept for ``refresh``,
+        which are in host memory."""
+        kept = [tensor for source in self._sources for tensor in source]
+        return sum(tensor.numel() * tensor.element_size() for tensor in [*self.buffers(), *kept])
+
 
     def clear(self):
         """Forget every stored feature (and the images kept for ``refresh``)."""
@@ -142,7 +130,12 @@ class ReferenceBank(nn.Module):
                 multiples of h and w; ``ignore_index`` pixels are dropped, as are
                 feature rows holding NaN or Inf (they could never match).
             images: optional [B, ...] inputs of ``features``, kept on the CPU so that
-                ``refresh`` can re-embed them later.
+                ``refresh`` can re-embed them later (every such batch, until ``clear``: host
+                memory grows with them; ``memory_bytes`` counts them).
+
+        Warns when a class of the masks leaves no row: its pixels did not survive the
+        downsampling to h x w (a structure thinner than a feature pixel) or its features
+        held NaN or Inf.
         """
         check_feature_maps(features, self.dim)
         self._require_growable()
@@ -161,9 +154,11 @@ class ReferenceBank(nn.Module):
         # Ignored pixels leave no row (even where ignore_index is a class), nor do rows that could
         # never match: NaN or Inf in the bank's dtype.
         labels = labels.to(rows.device)
-        labels = torch.where(rows.isfinite().all(dim=1) & (labels != dropped), labels, -1)
+        kept = (labels != dropped) & (labels >= 0)
+        finite = torch.where(rows.isfinite().all(dim=1) & kept, labels, -1)
+        warn_lost_classes(masks, dropped, labels[kept], finite[finite >= 0], self.num_classes, features.shape[2:])
         for cls in range(self.num_classes):
-            self._insert(cls, rows[labels == cls])
+            self._insert(cls, rows[finite == cls])
         if images is not None:
             self._sources.append((images.detach().cpu(), masks.detach().cpu()))
 
@@ -173,7 +168,7 @@ class ReferenceBank(nn.Module):
             args[4].append(problem)  # error_msgs: load_state_dict raises with them
             return
         super()._load_from_state_dict(state_dict, prefix, *args)
-        for name in self.LATE_BUFFERS:  # saved before they were buffers: keep this bank's
+        for name in self.LATE_KEYS:  # saved before they were buffers: keep this bank's
             if prefix + name in args[2]:
                 args[2].remove(prefix + name)
 
@@ -226,7 +221,8 @@ class ReferenceBank(nn.Module):
         bank) are at least one and at least k."""
         if stored == 0:
             fill = ("from_tensors was given no row labelled other than ignore_index" if self.capacity is None
-                    else "add() labelled features before matching")
+                    else "add() labelled features before matching (it stores no ignored pixel and no "
+                         "feature row holding NaN or Inf)")
             raise ValueError(f"the reference bank is empty: {fill}")
         if not 1 <= k <= stored:
             raise ValueError(f"k must satisfy 1 <= k <= {stored} (stored features), got k={k}")
@@ -286,13 +282,7 @@ class ReferenceBank(nn.Module):
 
     def _checked_query(self, query):
         """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""
-        if not isinstance(query, torch.Tensor):
-            raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
-        if query.dim() not in (2, 4):
-            raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}")
-        if query.shape[1] != self.dim:
-            raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={self.dim}")
-        require_values(query=query, bank=self.features)
+        check_query(query, self.features)
         return query.to(self.features.dtype)
 
     def _class_rows(self, cls):

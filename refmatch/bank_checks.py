@@ -3,7 +3,10 @@ kept for ``refresh``, and a state_dict that fits the bank. Each raises (or repor
 bank changes, so a refused call or load leaves it as it was."""
 import torch
 
-from .ops import describe
+from .backends.scoring import METRICS
+from .bank_policies import POLICIES
+from .masks import DOWNSAMPLING
+from .ops import as_int, check_integer_labels, describe
 
 
 def require_values(**tensors):
@@ -14,6 +17,34 @@ def require_values(**tensors):
             raise ValueError(f"{name} is a meta tensor: a ReferenceBank needs tensors that hold values (what it "
                              "stores and matches depends on them); refmatch.match and classwise_max take meta "
                              "tensors to infer result shapes")
+
+
+def checked_bank_arguments(dim, num_classes, capacity_per_class, dtype, ignore_index, **choices):
+    """The constructor's sizes as ints >= 1 and ignore_index as an int or None, after checking
+    the storage dtype and the ``choices`` (metric, policy, downsample) by name."""
+    sizes = {"dim": dim, "num_classes": num_classes, "capacity_per_class": capacity_per_class}
+    sizes = {name: as_int(name, value) for name, value in sizes.items()}
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (empty slots hold NaN), got {dtype}")
+    allowed = {"metric": METRICS, "policy": POLICIES, "downsample": DOWNSAMPLING}
+    for name, value in choices.items():
+        if value not in allowed[name]:
+            raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
+    return (*sizes.values(), as_int("ignore_index", ignore_index, optional=True))
+
+
+def check_query(query, bank_features):
+    """A query of ``match``/``classwise_max``: [N, D] rows or [B, D, h, w] maps with the bank's D."""
+    if not isinstance(query, torch.Tensor):
+        raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
+    if query.dim() not in (2, 4):
+        raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}")
+    if query.shape[1] != bank_features.shape[1]:
+        raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={bank_features.shape[1]}")
+    require_values(query=query, bank=bank_features)
 
 
 def check_feature_maps(features, dim):
@@ -28,6 +59,20 @@ def check_feature_maps(features, dim):
         raise ValueError(f"features must have h, w >= 1 (a pixel per feature row), got {describe(features)}")
 
 
+def check_reference_rows(reference, labels):
+    """``from_tensors``' rows: floating-point [M, D] with D >= 1, and integer labels [M]."""
+    if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
+        raise ValueError(f"reference must be [M, D], got {describe(reference)}")
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (reference.shape[0],):
+        raise ValueError(f"labels must be [M] = [{reference.shape[0]}], got {describe(labels)}")
+    check_integer_labels(labels)
+    if not reference.dtype.is_floating_point:
+        raise TypeError(f"reference must hold floating-point features, got {reference.dtype}")
+    if reference.shape[1] == 0:
+        raise ValueError(f"reference must have D >= 1 channels, got {describe(reference)}")
+    require_values(reference=reference, labels=labels)
+
+
 def check_images(images, batch):
     """``add``'s images, kept for ``refresh``: None or a tensor with one entry per feature map."""
     if images is not None and (not isinstance(images, torch.Tensor) or images.dim() < 1
@@ -37,9 +82,21 @@ def check_images(images, batch):
 
 
 def state_dict_problem(bank, state_dict, prefix):
-    """Why ``state_dict`` cannot load into ``bank`` (a growable bank's slot layout and counts,
-    every buffer's shape), or None. Checked before anything loads: torch skips only a buffer
-    of the wrong shape and would load the counts beside features it left out."""
+    """Why ``state_dict`` cannot load into ``bank`` (every buffer's shape, the metric and policy
+    that give the rows their meaning, a growable bank's slot layout and counts), or None. Checked before
+    anything loads: torch skips only a buffer of the wrong shape and would load the counts
+    beside features it left out."""
+    for name, buffer in bank.named_buffers(recurse=False):
+        saved = state_dict.get(prefix + name)
+        if isinstance(saved, torch.Tensor) and saved.shape != buffer.shape:
+            return (f"{prefix}{name}: saved with shape {tuple(saved.shape)}, this bank's is {tuple(buffer.shape)} "
+                    "(another dim, num_classes or capacity_per_class); nothing was loaded")
+    saved_settings = state_dict.get(prefix + "settings")  # state_dicts before session 25 have none
+    if saved_settings is not None and not torch.equal(saved_settings.cpu(), bank.settings.cpu()):
+        metric, policy = saved_settings.tolist()
+        return (f"{prefix}settings: saved by a bank with metric={METRICS[metric]!r}, policy={POLICIES[policy]!r}, "
+                f"this one has metric={bank.metric!r}, policy={bank.policy!r}: its rows or slots would mean "
+                "something else here; nothing was loaded")
     saved_labels = state_dict.get(prefix + "labels")
     if bank.capacity is not None and saved_labels is not None and not torch.equal(saved_labels.cpu(),
                                                                                    bank.labels.cpu()):
@@ -50,9 +107,4 @@ def state_dict_problem(bank, state_dict, prefix):
             ((saved_counts >= 0) & (saved_counts <= bank.capacity)).all()):
         return (f"{prefix}counts: {saved_counts.tolist()} stored features per class, but a class holds 0 to "
                 f"{bank.capacity} in this bank")
-    for name, buffer in bank.named_buffers(recurse=False):
-        saved = state_dict.get(prefix + name)
-        if isinstance(saved, torch.Tensor) and saved.shape != buffer.shape:
-            return (f"{prefix}{name}: saved with shape {tuple(saved.shape)}, this bank's is {tuple(buffer.shape)} "
-                    "(another dim, num_classes or capacity_per_class); nothing was loaded")
     return None

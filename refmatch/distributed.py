@@ -86,7 +86,7 @@ class ShardedReferenceBank(ReferenceBank):
         >>> result = bank.match(my_queries)     # same as one process with the whole bank
     """
 
-    LATE_BUFFERS = ReferenceBank.LATE_BUFFERS + ("shard_rank",)
+    LATE_KEYS = ReferenceBank.LATE_KEYS + ("shard_rank",)
 
     def __init__(self, dim, num_classes, capacity_per_class, *args, group=None, **kwargs):
         world = _world_size(group)

@@ -1,4 +1,6 @@
 """Bringing label masks from image resolution down to feature resolution."""
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -63,3 +65,24 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
     top_share, label = share.max(dim=1)
     no_majority = top_share < 1.0 if mode == "pure" else (share == top_share[:, None]).sum(dim=1) > 1
     return torch.where((label == num_classes) | no_majority, ignore_index, label)
+
+
+def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, feature_size):
+    """Warn for each class present in ``masks`` [B, H, W] that none of the ``downsampled``
+    labels (of the pixels that were not dropped) keeps, a structure thinner than a feature
+    pixel at ``feature_size``, or that ``stored`` (the labels of the rows kept) lacks, where
+    every row held NaN or Inf. Pixels equal to ``ignore_index`` count for no class."""
+    present = masks[~label_is(masks, ignore_index)].long()
+    counts = torch.stack([torch.bincount(labels.reshape(-1).long().cpu(), minlength=num_classes)[:num_classes]
+                          for labels in (present, downsampled, stored)])
+    in_masks, survived, kept = (counts > 0).tolist()
+    lost = [c for c in range(num_classes) if in_masks[c] and not survived[c]]
+    non_finite = [c for c in range(num_classes) if survived[c] and not kept[c]]
+    if lost:
+        warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {feature_size[0]}x"
+                      f"{feature_size[1]}: thinner than a feature pixel (or tied in every block); they cannot "
+                      "be matched: tap finer features (a larger size) or use downsample='nearest'", stacklevel=3)
+    if non_finite:
+        warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf, so none was stored",
+                      stacklevel=3)
+
