@@ -69,3 +69,24 @@ def test_phantoms_keep_their_own_classes():
     with pytest.raises(ValueError, match="phantoms have their own"):
         load_config(None, ["data=phantom", "classes=[background, lung]"])
     assert load_config(None, ["data=phantom"]).classes == []
+
+
+def test_dark_16_bit_images_are_named_in_the_runs_log(tmp_path, phantom_folder):
+    """12-bit data in 16-bit PNGs reads at most 1/16 of the range: the run says so in train.log
+    (Python warnings go to the log while a run lasts, and no longer after it)."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from refmatch.__main__ import main
+
+    shown = warnings.showwarning
+    for path in (phantom_folder / "images").iterdir():
+        twelve_bit = np.array(Image.open(path)).astype(np.uint16) * 16  # 0..4080 of 65535
+        Image.fromarray(twelve_bit).save(path)
+    run = tmp_path / "run"
+    main(["train", *FOLDER_RUN, f"data={phantom_folder}", classes_setting(CLASS_NAMES), "--out", str(run)])
+    assert "UserWarning: the labelled images of" in (run / "train.log").read_text()
+    assert "data reach at most 0.05" in (run / "train.log").read_text()
+    assert warnings.showwarning is shown

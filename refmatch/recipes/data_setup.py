@@ -3,6 +3,7 @@
 Holding every split in memory makes batches a seeded index draw, so training
 and ``--resume`` replay exactly; loading itself runs on a worker pool.
 """
+import warnings
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -16,6 +17,7 @@ from ..data.splits import load_splits, make_splits, save_splits
 
 UNKNOWN = -1  # mask value of truly unlabelled pixels (no hidden ground truth)
 FOLDER_CLASSES = ("background", "lung")  # a folder's classes when the config names none
+DARK_LIMIT = 1 / 8  # 12-bit data in a 16-bit PNG reaches 1/16 of the range
 
 
 class Split(NamedTuple):
@@ -80,7 +82,17 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
     if split_file is not None and not reuse:
         save_splits(splits, split_file)
     loaded = {key: load_run_split(config, splits, key) for key in ("labeled", "unlabeled", "val", "test")}
+    warn_if_dark(loaded["labeled"].images, config.data)
     return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], class_names(config))
+
+
+def warn_if_dark(images, folder):
+    """Warn when ``images`` [n, 1, H, W] (scaled by their files' bit depth) all stay below
+    DARK_LIMIT: 12-bit data stored in 16-bit PNGs, which the model then sees nearly black."""
+    brightest = float(images.max()) if images.numel() else 1.0
+    if brightest < DARK_LIMIT:
+        warnings.warn(f"the labelled images of {folder} reach at most {brightest:.4f} of their bit depth's range "
+                      "(12-bit data in 16-bit PNGs?): rescale the files to their full range", stacklevel=2)
 
 
 def class_names(config):

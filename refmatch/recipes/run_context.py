@@ -4,6 +4,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -141,6 +142,10 @@ class RunContext:
         self.writer, self.bar = None, None
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
+            # A warning (a class lost to downsampling, dark images) becomes a line of train.log.
+            self._shown_warnings = warnings.showwarning
+            warnings.showwarning = lambda message, category, *where: self.logger.warning(
+                f"{category.__name__}: {message}")
             self._log_to(logging.FileHandler(self.dir / "train.log"))
             self._log_to(_ConsoleHandler(sys.stderr))
             self.writer = self._tensorboard()
@@ -250,6 +255,8 @@ class RunContext:
         for handler in getattr(self, "_handlers", []):
             self.logger.removeHandler(handler)
             handler.close()
+        if getattr(self, "_shown_warnings", None) is not None:
+            warnings.showwarning, self._shown_warnings = self._shown_warnings, None
         self.writer, self._handlers = None, []
 
     def close(self):
