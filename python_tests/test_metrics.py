@@ -132,6 +132,23 @@ def test_ignored_truth_pixels_count_for_no_class():
         segmentation_metrics(pred, truth, 2)
 
 
+def test_holes_of_ignored_pixels_in_an_organ_leave_hd95_alone():
+    """Isolated ignored pixels inside the organ made boundaries in both masks at distance 0,
+    which pulled HD95 from 6 to 0 (session 25's review)."""
+    truth = torch.zeros(64, 64, dtype=torch.long)
+    truth[10:50, 10:50] = 1
+    pred = truth.clone()
+    pred[10:22, 50:56] = 1  # a 6-pixel overshoot along 12 rows
+    assert segmentation_metrics(pred, truth, 2, ignore_index=255)["hd95"]["1"] == pytest.approx(6.0)
+    holes = truth.clone()
+    holes[12:48:4, 12:48:4] = 255
+    assert segmentation_metrics(pred, holes, 2, ignore_index=255)["hd95"]["1"] == pytest.approx(6.0)
+    ring = truth.clone()
+    ring[8:52, 8:52] = 255
+    ring[10:50, 10:50] = 1  # an unknown ring around the organ: no boundary point left to measure
+    assert math.isnan(hd95((truth == 1).numpy(), (ring == 1).numpy(), ignored=(ring == 255).numpy()))
+
+
 @pytest.mark.parametrize("spacing", [0.0, -1.0, math.nan, (1.0, 0.0)])
 def test_hd95_refuses_a_spacing_that_is_no_pixel_size(spacing):
     mask = np.zeros((6, 6), dtype=bool)

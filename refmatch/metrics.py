@@ -8,7 +8,7 @@ Conventions:
 * HD95 is in pixels times ``spacing``, between the inner boundaries of two masks
   (MONAI's convention: the larger of the two directed 95th percentiles of
   boundary-to-boundary distances; MedPy's hd95 takes the percentile of both
-  directions pooled, which can be smaller). Both masks empty: 0.0. Exactly one empty:
+  directions pooled, mostly smaller). Both masks empty: 0.0. Exactly one empty:
   inf, since no distance exists; a class mean that includes it is inf too (the
   recipes write it to JSON files as null).
 """
@@ -79,19 +79,25 @@ def iou_per_class(pred, truth, num_classes, ignore_index=None):
     return _iou(*_class_areas(_image_pairs(pred, truth), num_classes, ignore_index))
 
 
-def _boundary(mask):
+def _boundary(mask, ignored):
+    """Inner boundary of ``mask``; ``ignored`` pixels count as inside, so that a hole of unknown
+    truth makes no boundary, and are never boundary points themselves."""
     from scipy import ndimage
 
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+    filled = mask | ignored
+    return filled & ~ndimage.binary_erosion(filled, border_value=0) & ~ignored
 
 
-def hd95(pred_mask, truth_mask, spacing=1.0):
+def hd95(pred_mask, truth_mask, spacing=1.0, ignored=None):
     """95th percentile symmetric Hausdorff distance between the boundaries of two
     boolean masks [H, W] (see the module docstring for the conventions);
-    ``spacing`` is a pixel size, a float or one per axis."""
+    ``spacing`` is a pixel size, a float or one per axis. ``ignored`` [H, W] marks pixels
+    of unknown truth: they neither count in a mask nor put a boundary around themselves
+    (NaN where they leave a nonempty mask no boundary point)."""
     from scipy import ndimage
 
-    pred_mask, truth_mask = np.asarray(pred_mask, dtype=bool), np.asarray(truth_mask, dtype=bool)
+    ignored = np.zeros(np.shape(truth_mask), dtype=bool) if ignored is None else np.asarray(ignored, dtype=bool)
+    pred_mask, truth_mask = (np.asarray(mask, dtype=bool) & ~ignored for mask in (pred_mask, truth_mask))
     if not np.all(np.isfinite(spacing)) or np.any(np.asarray(spacing) <= 0):
         raise ValueError(f"spacing must be positive and finite (a pixel size), got {spacing!r}")
     if pred_mask.shape != truth_mask.shape:
@@ -100,7 +106,9 @@ def hd95(pred_mask, truth_mask, spacing=1.0):
         return 0.0
     if not pred_mask.any() or not truth_mask.any():
         return math.inf
-    pred_edge, truth_edge = _boundary(pred_mask), _boundary(truth_mask)
+    pred_edge, truth_edge = _boundary(pred_mask, ignored), _boundary(truth_mask, ignored)
+    if not pred_edge.any() or not truth_edge.any():
+        return math.nan
     to_truth = ndimage.distance_transform_edt(~truth_edge, sampling=spacing)[pred_edge]
     to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing)[truth_edge]
     return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
@@ -119,7 +127,8 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...},
     "mean_dice", "mean_iou", "mean_hd95"}. Dice and IoU pool the set; HD95 is the
     mean over images of a class, skipping images where the class is absent from
-    both (NaN when it is absent everywhere). Means are over the foreground
+    both (NaN when it is absent everywhere), with ignored pixels neither in a mask nor
+    on a boundary (a hole of them in an organ leaves its distances alone). Means are over the foreground
     classes 1..C-1, skipping NaN.
     """
     if num_classes < 2:
@@ -131,12 +140,12 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     areas = _class_areas(pairs, num_classes, ignore_index)
     dice, iou = _dice(*areas).tolist(), _iou(*areas).tolist()
     pairs = [(p.numpy(), t.numpy()) for p, t in pairs]
-    if ignore_index is not None:
-        pairs = [(np.where(t == ignore_index, -1, p), t) for p, t in pairs]  # no class's surface there
+    unknown = [np.zeros(t.shape, dtype=bool) if ignore_index is None else t == ignore_index for _, t in pairs]
     distance = []
     for c in range(num_classes):
-        per_image = [hd95(p == c, t == c) for p, t in pairs if (p == c).any() or (t == c).any()]
-        distance.append(float(np.mean(per_image)) if per_image else math.nan)
+        per_image = [hd95(p == c, t == c, ignored=u) for (p, t), u in zip(pairs, unknown)
+                     if ((p == c) & ~u).any() or (t == c).any()]
+        distance.append(_nanmean(per_image))
     result = {"dice": dict(zip(names, dice)), "iou": dict(zip(names, iou)), "hd95": dict(zip(names, distance))}
     for key, values in (("dice", dice), ("iou", iou), ("hd95", distance)):
         result[f"mean_{key}"] = _nanmean(values[1:])

@@ -259,8 +259,10 @@ class Trainer:
         best = load(self.run.dir / "best.pt", self.device) if (self.run.dir / "best.pt").exists() else self.state()
         self.teacher.load_state_dict(best["teacher"])
         test = evaluate(self.teacher, self.data.test, self.data.class_names, self.device)
+        size = self.config.image_size
         result = {"method": self.config.method, "best_step": best["step"], "val_mean_dice": self.best,
-                  "test": test, "train_seconds": self.seconds, "config": dataclasses.asdict(self.config)}
+                  "test": test, "resolution": f"training ({size}x{size}), the EMA teacher",
+                  "train_seconds": self.seconds, "config": dataclasses.asdict(self.config)}
         if self.run.is_main:
             write_text_atomic(self.run.dir / "metrics.json", metrics_json(result))
         if len(self.data.test.images):
