@@ -69,6 +69,8 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only, exclude,
                    lambda: [method for method in all_methods(query, reference, fits_bytes) if method.metric != "-"])
     oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the oracle's chunks stay cached otherwise: peers outside torch's allocator
     gemm_tflops = None
     for method in methods:
         if not wanted(method.name, only, exclude) and method.metric != "-":
