@@ -108,7 +108,7 @@ def test_consensus_keeps_reference_labels_where_the_teacher_agrees():
     assert agreed.kept_fraction.item() == pytest.approx(agree.float().mean().item())
 
 
-def test_cli_end_to_end(tmp_path, capsys):
+def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
     from refmatch.__main__ import main
@@ -134,6 +134,25 @@ def test_cli_end_to_end(tmp_path, capsys):
         for path in (out / sub).iterdir():
             with Image.open(path) as written:
                 assert written.size == (40, 48), "written at the input's size"
+    record = json.loads((out / "pseudo-label.json").read_text())
+    assert record["complete"] and record["written"] == record["images"] == 3
+    from refmatch.recipes import cli  # a Ctrl-C at the second image leaves a folder that says it is incomplete
+
+    saved, calls = cli._save_pseudo_label, []
+
+    def save_then_interrupt(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        saved(*args)
+
+    monkeypatch.setattr(cli, "_save_pseudo_label", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        main(["pseudo-label", "--checkpoint", str(run / "best.pt"), "--labeled", str(labeled),
+              "--unlabeled", str(unlabeled), "--out", str(out)])
+    assert "stopped after 1 of 3 images" in capsys.readouterr().err
+    record = json.loads((out / "pseudo-label.json").read_text())
+    assert not record["complete"] and record["written"] == 1
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--split", "all",
           "--out", str(tmp_path / "m.json")])
     assert "mean_dice" in json.loads((tmp_path / "m.json").read_text())

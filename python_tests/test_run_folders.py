@@ -128,6 +128,63 @@ def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch, caps
     assert main(["train", "--out", str(run), "--resume"]) == 0
 
 
+def test_a_run_stopped_while_writing_its_first_latest_pt_resumes_from_best_pt(tmp_path, caplog):
+    """best.pt is written just before latest.pt: a kill between them left a run that neither
+    resumed (no latest.pt) nor restarted (it holds best.pt)."""
+    import shutil
+
+    from refmatch.__main__ import main
+
+    run, killed = tmp_path / "run", tmp_path / "killed"
+    main(["train", *TINY, "steps=4", "--out", str(run), "--stop-at", "2"])
+    shutil.copytree(run, killed)
+    (killed / "latest.pt").unlink()
+    for folder in (run, killed):
+        main(["train", "--out", str(folder), "--resume"])
+    assert "no latest.pt (stopped while writing it?): resuming from best.pt" in caplog.text
+    assert json.loads((killed / "metrics.json").read_text())["test"] == json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_tensorboard_keeps_one_point_per_step_across_a_kill_and_resume(tmp_path):
+    """A kill after a step was logged but before its checkpoint: the resumed run logs that step
+    again, and the stopped part's point is purged (two points zigzagged on a GPU)."""
+    import shutil
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=4", "--out", str(run), "--stop-at", "2"])
+    shutil.copy(run / "latest.pt", tmp_path / "step2.pt")
+    main(["train", "--out", str(run), "--resume", "--stop-at", "3"])  # logs step 3, saves it ...
+    shutil.copy(tmp_path / "step2.pt", run / "latest.pt")  # ... which the kill would have lost
+    main(["train", "--out", str(run), "--resume"])
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss/total")] == [1, 2, 3, 4]
+
+
+def test_a_second_run_in_a_live_runs_folder_is_refused_and_stale_temporaries_go(tmp_path):
+    """A --resume started twice trained twice into one folder; a killed write's temp file stayed."""
+    from refmatch.recipes.run_lock import RunFolderLock
+    from refmatch.recipes.train import Trainer
+
+    run = tmp_path / "run"
+    first = Trainer(load_config(None, TINY + ["steps=2"]), run)
+    try:
+        with pytest.raises(BlockingIOError, match="is in use by another refmatch run"):
+            RunFolderLock(run)
+        assert (run / ".lock").exists()
+    finally:
+        first.run.close()
+    assert not (run / ".lock").exists()
+    (run / ".latest.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    RunFolderLock(run).release()
+    assert not list(run.glob(".*.tmp"))
+
+
 @pytest.mark.parametrize("folder_existed", [False, True])
 def test_a_new_run_that_fails_before_training_leaves_the_folder_as_it_was(tmp_path, folder_existed):
     """A pl_k the labelled pixels cannot fill is refused before any step; the failed run's log,

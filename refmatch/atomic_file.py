@@ -27,6 +27,12 @@ def write_text_atomic(path, text):
     write_atomic(path, lambda file: file.write(text), mode="w")
 
 
+def save_png_atomic(image, path):
+    """A PIL ``image`` to ``path`` as PNG through ``write_atomic``: a kill mid-write leaves no
+    half picture under the final name."""
+    write_atomic(path, lambda file: image.save(file, format="PNG"))
+
+
 def _umask():
     mask = os.umask(0)  # reading it means setting it
     os.umask(mask)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic_file import write_text_atomic
+from ..atomic_file import save_png_atomic, write_text_atomic
 from .checkpoint import load, saved_teacher
 from .config import load_config
 from .evaluation import evaluate, evaluate_at_file_size, metrics_json
@@ -137,6 +137,9 @@ def _image_folder(root):
     return root / "images" if (root / "images").is_dir() else root
 
 
+RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
+
+
 def pseudo_label_main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch pseudo-label",
                                      description="Reference-guided pseudo-labels for a folder of images.")
@@ -150,15 +153,19 @@ def pseudo_label_main(argv=None):
     from .methods import IGNORE, ReferencePseudoLabels
     from .run_context import progress_bar
 
+    folder = _image_folder(args.unlabeled)
+    names = png_names(folder)
+    if not names:
+        raise FileNotFoundError(f"no PNG images in {folder}")
+    # Written first (an unwritable --out fails before any work) and last: whether the folder is complete.
+    record = {"checkpoint": str(args.checkpoint), "labeled": str(args.labeled), "unlabeled": str(folder),
+              "images": len(names), "written": 0, "complete": False}
+    write_text_atomic(args.out / RECORD, metrics_json(record))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes), config.num_workers, config.image_size)
     check_folder_fits_classes(labeled, classes, args.labeled)
-    folder = _image_folder(args.unlabeled)
-    names = png_names(folder)
-    if not names:
-        raise FileNotFoundError(f"no PNG images in {folder}")
     _status(f"loaded {len(labeled.names)} labelled images; loading {len(names)} images from {folder}")
     unlabeled = load_split(FolderDataset(folder.parent, names, size=config.image_size, subfolder=folder.name,
                                          with_masks=False), config.num_workers, config.image_size)
@@ -167,15 +174,25 @@ def pseudo_label_main(argv=None):
     for sub in ("labels", "confidence", "overlays"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     kept, bar = [], progress_bar(len(names), "pseudo-label")
-    for start in range(0, len(names), config.batch_size):
-        pseudo = source(unlabeled.images[start:start + config.batch_size].to(device))
-        kept.append(pseudo.kept_fraction.item())
-        for i, name in enumerate(names[start:start + config.batch_size]):
-            _save_pseudo_label(folder / name, args.out, pseudo.labels[i].cpu(), pseudo.confidence[i].cpu())
-        bar.update(len(names[start:start + config.batch_size]))
+    try:
+        for start in range(0, len(names), config.batch_size):
+            pseudo = source(unlabeled.images[start:start + config.batch_size].to(device))
+            kept.append(pseudo.kept_fraction.item())
+            for i, name in enumerate(names[start:start + config.batch_size]):
+                _save_pseudo_label(folder / name, args.out, pseudo.labels[i].cpu(), pseudo.confidence[i].cpu())
+                record["written"] += 1
+            bar.update(len(names[start:start + config.batch_size]))
+    except BaseException:
+        bar.close()
+        write_text_atomic(args.out / RECORD, metrics_json(record))
+        _status(f"stopped after {record['written']} of {len(names)} images: {args.out} is incomplete "
+                f"({RECORD} says so); run the command again to write them all")
+        raise
     bar.close()
+    record.update(complete=True, kept_percent=100 * float(np.mean(kept)))
+    write_text_atomic(args.out / RECORD, metrics_json(record))
     print(f"wrote pseudo-labels of {len(names)} images to {args.out} at their own sizes (labels: class "
-          f"indices, {IGNORE} where none was kept; kept {100 * np.mean(kept):.1f} % of pixels)")
+          f"indices, {IGNORE} where none was kept; kept {record['kept_percent']:.1f} % of pixels; {RECORD})")
 
 
 def _save_pseudo_label(image_path, out, labels, confidence):
@@ -190,8 +207,10 @@ def _save_pseudo_label(image_path, out, labels, confidence):
     original = read_image(image_path)  # [1, H, W] in [0, 1]
     size = (original.shape[2], original.shape[1])  # PIL's (width, height)
     label_image = Image.fromarray(labels.numpy().astype(np.uint8)).resize(size, Image.NEAREST)
-    label_image.save(out / "labels" / image_path.name)
-    Image.fromarray(gray(confidence, 0.0, 1.0)[..., 0]).resize(size, Image.BILINEAR).save(
-        out / "confidence" / image_path.name)
+    confidence_image = Image.fromarray(gray(confidence, 0.0, 1.0)[..., 0]).resize(size, Image.BILINEAR)
     full_size_labels = torch.from_numpy(np.array(label_image)).long()
-    Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)).save(out / "overlays" / image_path.name)
+    # Atomic, labels last: an interrupted run leaves no half file, and a labels/ file only for a finished image.
+    save_png_atomic(confidence_image, out / "confidence" / image_path.name)
+    save_png_atomic(Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)),
+                    out / "overlays" / image_path.name)
+    save_png_atomic(label_image, out / "labels" / image_path.name)

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import save_atomic
+from .run_lock import RunFolderLock
 
 
 def _pick_device(name, local_rank, local_world):
@@ -126,7 +127,7 @@ class RunContext:
     Only rank 0 writes files; every rank trains.
     """
 
-    def __init__(self, config, run_dir):
+    def __init__(self, config, run_dir, resumed_step=None):
         self.dir = Path(run_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -139,29 +140,32 @@ class RunContext:
         self.is_main = self.rank == 0
         self.logger = logging.getLogger("refmatch")
         self.logger.setLevel(logging.INFO)
-        self.writer, self.bar = None, None
+        self.writer, self.bar, self.lock = None, None, None
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunFolderLock(self.dir)  # first: a refused run touches nothing
             # A warning (a class lost to downsampling, dark images) becomes a line of train.log.
             self._shown_warnings = warnings.showwarning
             warnings.showwarning = lambda message, category, *where: self.logger.warning(
                 f"{category.__name__}: {message}")
             self._log_to(logging.FileHandler(self.dir / "train.log"))
             self._log_to(_ConsoleHandler(sys.stderr))
-            self.writer = self._tensorboard()
+            self.writer = self._tensorboard(resumed_step)
 
     def _log_to(self, handler):
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         self.logger.addHandler(handler)
         self._handlers = getattr(self, "_handlers", []) + [handler]
 
-    def _tensorboard(self):
+    def _tensorboard(self, resumed_step):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             self.logger.warning("tensorboard is not installed; scalars go to train.log only")
             return None
-        return SummaryWriter(str(self.dir / "tensorboard"))
+        # A resumed run drops what its stopped part logged after the checkpoint: those steps run again.
+        purge_step = None if resumed_step is None else resumed_step + 1
+        return SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge_step)
 
     def wrap(self, model):
         """DDP around ``model`` when distributed, else ``model`` itself."""
@@ -257,6 +261,8 @@ class RunContext:
             handler.close()
         if getattr(self, "_shown_warnings", None) is not None:
             warnings.showwarning, self._shown_warnings = self._shown_warnings, None
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
         self.writer, self._handlers = None, []
 
     def close(self):

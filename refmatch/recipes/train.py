@@ -52,8 +52,15 @@ RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
 
 
 def load_latest(run_dir):
-    """``run_dir/latest.pt``, what ``--resume`` continues (its "config" is the run's config)."""
-    return load(Path(run_dir) / "latest.pt", required=("step", "config", "student", "teacher", "optimizer"))
+    """``run_dir/latest.pt``, what ``--resume`` continues (its "config" is the run's config), or
+    ``best.pt`` where a run was stopped while writing its first latest.pt: best.pt, written just
+    before it, holds the same step (under DDP with rank 0's batch generator on every rank)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "latest.pt"
+    if not path.exists() and (run_dir / "best.pt").exists():
+        logging.getLogger("refmatch").warning("no latest.pt (stopped while writing it?): resuming from best.pt")
+        path = run_dir / "best.pt"
+    return load(path, required=("step", "config", "student", "teacher", "optimizer"))
 
 
 def check_resumable(saved, config):
@@ -85,7 +92,8 @@ class Trainer:
                                  "a resumed run can only go on (train a new run into another folder)")
         # An overwritten run is deleted only once this one is built: bad data keeps it.
         with fresh_run(run_dir, overwrite) if resumed is None else contextlib.nullcontext():
-            self.config, self.run = config, RunContext(config, Path(run_dir))
+            self.config = config
+            self.run = RunContext(config, Path(run_dir), resumed_step=None if resumed is None else resumed["step"])
             try:
                 self._build(resumed)
             except BaseException:
@@ -233,12 +241,12 @@ class Trainer:
                 logs = self.train_step()
                 self.step += 1
                 self.run.scalars(logs, self.step)
+                if self.step % config.image_every == 0:  # before the checkpoint: a kill here redoes it
+                    self.save_images()
                 if self.step % config.eval_every == 0 or self.step == config.steps:
                     self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
                     self.seconds = seconds_before + time.time() - started  # resumed runs add up their parts
                     self._save_latest()
-                if self.step % config.image_every == 0:
-                    self.save_images()
                 interrupted = self.run.on_any_rank(stop.signal is not None)  # every rank decides alike
                 if interrupted:
                     stop.signal = stop.signal or "a signal on another rank"

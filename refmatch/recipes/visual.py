@@ -1,6 +1,8 @@
 """PNG grids of image / ground truth / prediction / pseudo-label / confidence."""
 import numpy as np
 
+from ..atomic_file import save_png_atomic
+
 PALETTE = np.array([[0, 0, 0], [230, 80, 60], [70, 160, 230], [250, 200, 40], [120, 200, 90],
                     [200, 110, 220], [240, 240, 240], [140, 90, 40]], dtype=np.uint8)
 IGNORED = np.array([90, 90, 90], dtype=np.uint8)
@@ -85,7 +87,7 @@ def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
         draw.rectangle((x, y + 2, x + 9, y + 11), fill=tuple(int(v) for v in color), outline="black")
         draw.text((x + 13, y), name, fill="black", font=font)
         x += 13 + int(draw.textlength(name, font=font)) + 12
-    picture.save(path)
+    save_png_atomic(picture, path)
     return np.asarray(picture)
 
 

@@ -1,0 +1,44 @@
+"""One process per run folder: a second ``refmatch train`` in a folder that a live run holds
+(a ``--resume`` started twice, say) would interleave checkpoints and logs, so it is refused.
+
+The lock is an advisory ``flock`` on ``run_dir/.lock``, which the kernel drops when its
+process ends, however it ends: a killed run leaves the file but no lock. Where the file
+system cannot lock (some network mounts) or the platform has no ``fcntl``, runs go unlocked.
+"""
+import logging
+from pathlib import Path
+
+LOCK_NAME = ".lock"
+
+
+class RunFolderLock:
+    """Holds ``run_dir/.lock`` until ``release()``; raises BlockingIOError naming the folder
+    when another process holds it. Once held, it also removes the temporary files a killed
+    run's atomic writes left (``.<name>.<random>.tmp``): no live run is writing them."""
+
+    def __init__(self, run_dir):
+        self.path, self.file = Path(run_dir) / LOCK_NAME, None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.file = open(self.path, "w")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise BlockingIOError(f"{self.path.parent} is in use by another refmatch run (it holds "
+                                  f"{LOCK_NAME}): wait for that run to end, or stop it") from None
+        except OSError as error:  # no locks on this file system: go on without one
+            logging.getLogger("refmatch").warning("cannot lock %s (%s): running without a lock", self.path, error)
+            self.release()
+            return
+        for stale in self.path.parent.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def release(self):
+        """Drop the lock and its file (a no-op when none is held)."""
+        if self.file is not None:
+            self.file.close()
+            self.path.unlink(missing_ok=True)
+            self.file = None
