@@ -132,9 +132,10 @@ def test_ignored_truth_pixels_count_for_no_class():
         segmentation_metrics(pred, truth, 2)
 
 
-def test_holes_of_ignored_pixels_in_an_organ_leave_hd95_alone():
+def test_holes_of_ignored_pixels_in_an_organ_leave_hd95_alone_and_borders_count_as_outside():
     """Isolated ignored pixels inside the organ made boundaries in both masks at distance 0,
-    which pulled HD95 from 6 to 0 (session 25's review)."""
+    which pulled HD95 from 6 to 0 (session 25's review); ignored pixels on a border (where
+    pseudo-labels put them) count as outside both masks, as before."""
     truth = torch.zeros(64, 64, dtype=torch.long)
     truth[10:50, 10:50] = 1
     pred = truth.clone()
@@ -143,10 +144,14 @@ def test_holes_of_ignored_pixels_in_an_organ_leave_hd95_alone():
     holes = truth.clone()
     holes[12:48:4, 12:48:4] = 255
     assert segmentation_metrics(pred, holes, 2, ignore_index=255)["hd95"]["1"] == pytest.approx(6.0)
-    ring = truth.clone()
-    ring[8:52, 8:52] = 255
-    ring[10:50, 10:50] = 1  # an unknown ring around the organ: no boundary point left to measure
-    assert math.isnan(hd95((truth == 1).numpy(), (ring == 1).numpy(), ignored=(ring == 255).numpy()))
+    wide = truth.clone()
+    wide[10:50, 50:56] = 1  # 6 pixels too wide along the whole right edge
+    for band in ((slice(10, 50), slice(50, 52)), (slice(8, 52), slice(8, 52))):  # right of the edge; a ring
+        unknown = truth.clone()
+        unknown[band] = 255
+        unknown[10:50, 10:50] = 1
+        outside = hd95((wide == 1) & (unknown != 255), (unknown == 1).numpy())
+        assert segmentation_metrics(wide, unknown, 2, ignore_index=255)["hd95"]["1"] == pytest.approx(outside)
 
 
 @pytest.mark.parametrize("spacing", [0.0, -1.0, math.nan, (1.0, 0.0)])

@@ -79,36 +79,46 @@ def iou_per_class(pred, truth, num_classes, ignore_index=None):
     return _iou(*_class_areas(_image_pairs(pred, truth), num_classes, ignore_index))
 
 
-def _boundary(mask, ignored):
-    """Inner boundary of ``mask``; ``ignored`` pixels count as inside, so that a hole of unknown
-    truth makes no boundary, and are never boundary points themselves."""
+def _boundary(mask):
     from scipy import ndimage
 
-    filled = mask | ignored
-    return filled & ~ndimage.binary_erosion(filled, border_value=0) & ~ignored
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _known(pred_mask, truth_mask, ignored):
+    """The two masks where the truth is unknown (``ignored``): a hole of ignored pixels in the
+    truth's mask (a component that touches no known pixel outside it, nor the image's edge)
+    counts as inside in both, so it puts no boundary (at distance 0 in both) into either; other
+    ignored pixels, at a border, count as outside in both."""
+    from scipy import ndimage
+
+    holes, _ = ndimage.label(ignored)
+    outside = np.pad(~truth_mask & ~ignored, 1, constant_values=True)
+    reaching_out = np.unique(holes[ndimage.binary_dilation(outside)[1:-1, 1:-1] & ignored])
+    enclosed = ignored & ~np.isin(holes, reaching_out)
+    return (pred_mask & ~ignored) | enclosed, (truth_mask & ~ignored) | enclosed
 
 
 def hd95(pred_mask, truth_mask, spacing=1.0, ignored=None):
     """95th percentile symmetric Hausdorff distance between the boundaries of two
     boolean masks [H, W] (see the module docstring for the conventions);
     ``spacing`` is a pixel size, a float or one per axis. ``ignored`` [H, W] marks pixels
-    of unknown truth: they neither count in a mask nor put a boundary around themselves
-    (NaN where they leave a nonempty mask no boundary point)."""
+    of unknown truth: holes of them in the truth's mask count as inside both masks, the
+    others as outside both."""
     from scipy import ndimage
 
-    ignored = np.zeros(np.shape(truth_mask), dtype=bool) if ignored is None else np.asarray(ignored, dtype=bool)
-    pred_mask, truth_mask = (np.asarray(mask, dtype=bool) & ~ignored for mask in (pred_mask, truth_mask))
+    pred_mask, truth_mask = np.asarray(pred_mask, dtype=bool), np.asarray(truth_mask, dtype=bool)
     if not np.all(np.isfinite(spacing)) or np.any(np.asarray(spacing) <= 0):
         raise ValueError(f"spacing must be positive and finite (a pixel size), got {spacing!r}")
     if pred_mask.shape != truth_mask.shape:
         raise ValueError(f"pred_mask {pred_mask.shape} and truth_mask {truth_mask.shape} differ in shape")
+    if ignored is not None:
+        pred_mask, truth_mask = _known(pred_mask, truth_mask, np.asarray(ignored, dtype=bool))
     if not pred_mask.any() and not truth_mask.any():
         return 0.0
     if not pred_mask.any() or not truth_mask.any():
         return math.inf
-    pred_edge, truth_edge = _boundary(pred_mask, ignored), _boundary(truth_mask, ignored)
-    if not pred_edge.any() or not truth_edge.any():
-        return math.nan
+    pred_edge, truth_edge = _boundary(pred_mask), _boundary(truth_mask)
     to_truth = ndimage.distance_transform_edt(~truth_edge, sampling=spacing)[pred_edge]
     to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing)[truth_edge]
     return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
@@ -127,8 +137,8 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...},
     "mean_dice", "mean_iou", "mean_hd95"}. Dice and IoU pool the set; HD95 is the
     mean over images of a class, skipping images where the class is absent from
-    both (NaN when it is absent everywhere), with ignored pixels neither in a mask nor
-    on a boundary (a hole of them in an organ leaves its distances alone). Means are over the foreground
+    both (NaN when it is absent everywhere); ignored pixels as ``hd95`` takes them (a
+    hole of them in an organ adds no boundary, other ignored pixels count for no class). Means are over the foreground
     classes 1..C-1, skipping NaN.
     """
     if num_classes < 2:
@@ -143,9 +153,9 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     unknown = [np.zeros(t.shape, dtype=bool) if ignore_index is None else t == ignore_index for _, t in pairs]
     distance = []
     for c in range(num_classes):
-        per_image = [hd95(p == c, t == c, ignored=u) for (p, t), u in zip(pairs, unknown)
+        per_image = [hd95(p == c, t == c, ignored=u if u.any() else None) for (p, t), u in zip(pairs, unknown)
                      if ((p == c) & ~u).any() or (t == c).any()]
-        distance.append(_nanmean(per_image))
+        distance.append(float(np.mean(per_image)) if per_image else math.nan)
     result = {"dice": dict(zip(names, dice)), "iou": dict(zip(names, iou)), "hd95": dict(zip(names, distance))}
     for key, values in (("dice", dice), ("iou", iou), ("hd95", distance)):
         result[f"mean_{key}"] = _nanmean(values[1:])
