@@ -104,12 +104,21 @@ def test_grey_levels_off_the_borders_are_refused_and_resampled_edges_kept(tmp_pa
     for num_classes in (None, 2):
         with pytest.raises(ValueError, match="three.png holds grey levels 0, 128, 255 away from class borders"):
             read_mask(tmp_path / "three.png", num_classes)
-    disc = np.zeros((64, 64), dtype=np.uint8)
-    disc[(np.indices((64, 64)) - 32).__pow__(2).sum(0) < 20 ** 2] = 255
-    resampled = np.array(Image.fromarray(disc).resize((24, 24), Image.BILINEAR))  # edges in between
-    assert 5 < np.unique(resampled).size
-    Image.fromarray(resampled).save(tmp_path / "resampled.png")
-    assert torch.equal(read_mask(tmp_path / "resampled.png"), torch.from_numpy((resampled > 127).astype(np.int64)))
+    nested = np.zeros((64, 64), dtype=np.uint8)
+    nested[8:56, 8:56], nested[20:44, 20:44] = 128, 255  # lungs inside a body: the grey touches both sides
+    Image.fromarray(nested).save(tmp_path / "nested.png")
+    with pytest.raises(ValueError, match="nested.png holds grey levels 0, 128, 255"):
+        read_mask(tmp_path / "nested.png", 2)
+    binary = np.zeros((128, 128), dtype=np.uint8)
+    binary[((np.indices((128, 128)) - 64) ** 2).sum(0) < 40 ** 2] = 255
+    binary[20:22, :], binary[:, 100:103] = 255, 255  # thin lines: all grey once shrunk by 4
+    shrunk = Image.fromarray(binary).resize((16, 16), Image.BILINEAR)
+    for resampled in (np.array(Image.fromarray(binary).resize((32, 32), Image.BILINEAR)),
+                      np.array(Image.fromarray(binary).resize((32, 32), Image.BOX)),
+                      np.array(shrunk.resize((64, 64), Image.NEAREST))):  # grey plateaus 4 pixels wide
+        assert 3 < np.unique(resampled).size  # edges in between
+        Image.fromarray(resampled).save(tmp_path / "resampled.png")
+        assert torch.equal(read_mask(tmp_path / "resampled.png"), torch.from_numpy((resampled > 127).astype(np.int64)))
 
 
 def test_a_16_bit_binary_mask_is_split_at_half_its_bright_value(tmp_path):

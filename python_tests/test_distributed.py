@@ -118,7 +118,8 @@ def misuse_worker(rank, port):
               ("dim", ShardedReferenceBank.from_tensors(torch.ones(6, 4 + rank), labels6)),
               ("dtype", ShardedReferenceBank.from_tensors(torch.ones(6, 4, dtype=[torch.float32, torch.float64][rank]),
                                                           labels6)),
-              ("layout", ShardedReferenceBank.from_tensors(torch.ones(6 + 2 * rank, 4), torch.arange(6 + 2 * rank) % 3)),
+              ("layout", ShardedReferenceBank.from_tensors(torch.ones(6 + 2 * rank, 4),
+                                                           torch.arange(6 + 2 * rank) % 3)),
               ("layout", ShardedReferenceBank(4, 3, capacity_per_class=[8, 6][rank]))]
     for name, unlike_bank in unlike:
         query = torch.ones(2, unlike_bank.dim, dtype=unlike_bank.features.dtype)

@@ -13,9 +13,9 @@ are equal) is read by this rule, C = ``num_classes`` (128 when None):
   ignore (``IGNORE_LABEL``, as ``refmatch pseudo-label`` writes where it kept no label);
   a mask of 255 alone is all ignored, and one of 1 and 255 (no 0) is class 1 and ignored;
 * for two classes, 0, values above 127 and values between them on the borders (edges
-  of a resampled binary mask: all but a tenth of them within 2 pixels of both a darker
-  and a brighter pixel): binarised at half the brightest value into {0, 1} (a 16-bit
-  mask's edge value 1000 is background);
+  of a resampled binary mask: all but a tenth of them off any plateau of one grey value
+  or within 3 pixels of both a darker and a brighter pixel): binarised at half the
+  brightest value into {0, 1} (a 16-bit mask's edge value 1000 is background);
 * anything else (a class >= C, a colour mask, grey levels of more classes such as
   0/128/255) is an error naming the file.
 
@@ -37,8 +37,8 @@ from torch.utils.data import Dataset
 from ..feature_tap import size_pair
 
 BINARY_THRESHOLD = 127
-EDGE_REACH = 2             # pixels from a resampled binary mask's in-between value to both its sides
-EDGE_EXCEPTIONS = 0.1      # in-between pixels allowed off the borders (the 566 lung masks: at most 0.04)
+EDGE_REACH = 3             # pixels from a resampled binary mask's in-between value to both its sides
+EDGE_EXCEPTIONS = 0.1      # in-between pixels allowed off the borders (the 566 lung masks: none)
 OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".nii", ".gz", ".npy")
 IGNORE_LABEL = 255      # a mask's "ignore this pixel"; the recipe's losses and bank skip it
 MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
@@ -115,14 +115,23 @@ def read_image(path):
 
 def _on_borders(array, values):
     """Whether ``array``'s values strictly between its darkest and brightest lie on borders,
-    as a resampled binary mask's do: all but EDGE_EXCEPTIONS of them have a darker and a
-    brighter pixel within EDGE_REACH pixels."""
+    as a resampled binary mask's do. A grey pixel is off the borders where it sits inside a
+    plateau (its 3 x 3 neighbourhood all one value) with no darker and brighter pixel both
+    within EDGE_REACH pixels; a class region of a grey-level multi-class mask is such a
+    plateau, while edge ramps and thin lines shrunk below a pixel are not. True unless more
+    than EDGE_EXCEPTIONS of the grey pixels are off the borders."""
     between = (array > values[0]) & (array < values[-1])
-    window = 2 * EDGE_REACH + 1
     pixels = torch.from_numpy(array).double()[None, None]
-    brightest = F.max_pool2d(pixels, window, 1, EDGE_REACH)[0, 0].numpy()
-    darkest = -F.max_pool2d(-pixels, window, 1, EDGE_REACH)[0, 0].numpy()
-    off_borders = between & ~((darkest < array) & (brightest > array))
+
+    def extremes(reach):  # brightest and darkest within ``reach`` pixels
+        window = 2 * reach + 1
+        return (F.max_pool2d(pixels, window, 1, reach)[0, 0].numpy(),
+                -F.max_pool2d(-pixels, window, 1, reach)[0, 0].numpy())
+
+    brightest, darkest = extremes(1)
+    plateau = (brightest == array) & (darkest == array)
+    brightest, darkest = extremes(EDGE_REACH)
+    off_borders = between & plateau & ~((darkest < array) & (brightest > array))
     return off_borders.sum() <= EDGE_EXCEPTIONS * between.sum()
 
 
