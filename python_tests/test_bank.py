@@ -273,3 +273,6 @@ def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="downsample must be one of .*got 'bilinear'"):
         ReferenceBank(4, 3, 5, downsample="bilinear")
 
+    for label in (2 ** 70, -(2 ** 63)):  # int64 overflow, and a value whose negation is itself
+        with pytest.raises(ValueError, match="ignore_index must be a label within"):
+            ReferenceBank(4, 3, 5, ignore_index=label)

@@ -105,6 +105,18 @@ def test_a_layer_the_last_pass_skipped_is_refused():
             tap.features()
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_a_checkpointed_models_recompute_leaves_the_captures(use_reentrant):
+    """backward recomputes a checkpointed model's forward, and may stop part way: that is no new pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    model = TinyUNet()
+    with FeatureTap(model, ["encoder", "decoder.up1"]) as tap:
+        images = torch.randn(2, 1, 8, 8, requires_grad=True)
+        checkpoint(model, images, use_reentrant=use_reentrant).sum().backward()
+        assert tap.features().shape == (2, 22, 8, 8) and tap._passes == 1
+
+
 def test_tuple_outputs_and_plain_models():
     class TwoHeads(nn.Module):
         def __init__(self):

@@ -30,7 +30,7 @@ def test_a_few_steps_of_each_method(tmp_path, method):
         trainer.run.close()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == method and 0 <= metrics["test"]["mean_dice"] <= 1
-    assert metrics["resolution"] == "training (32x32), the EMA teacher"
+    assert metrics["resolution"] == "training (32x32)" and metrics["model"] == "EMA teacher"
     assert result["best_step"] in (2, 4)
     assert (tmp_path / "best.pt").exists() and (tmp_path / "latest.pt").exists()
     assert (tmp_path / "splits.json").exists() and (tmp_path / "train.log").exists()

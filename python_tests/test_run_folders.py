@@ -185,6 +185,17 @@ def test_a_second_run_in_a_live_runs_folder_is_refused_and_stale_temporaries_go(
     assert not list(run.glob(".*.tmp"))
 
 
+def test_a_warning_becomes_one_line_of_the_log(tmp_path):
+    """At 4x4 features of 32x32 phantoms the clavicles keep no pixel: the bank warns at every
+    refresh (Python shows it again whenever evaluation changes its filters), train.log once."""
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=6", "tap_size=4", "method=refmatch", "--out", str(run)])
+    log = (run / "train.log").read_text()
+    assert log.count("UserWarning: class(es) [3] of the masks kept no pixel at the features' 4x4") == 1
+
+
 @pytest.mark.parametrize("folder_existed", [False, True])
 def test_a_new_run_that_fails_before_training_leaves_the_folder_as_it_was(tmp_path, folder_existed):
     """A pl_k the labelled pixels cannot fill is refused before any step; the failed run's log,

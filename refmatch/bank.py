@@ -111,7 +111,6 @@ class ReferenceBank(nn.Module):
         kept = [tensor for source in self._sources for tensor in source]
         return sum(tensor.numel() * tensor.element_size() for tensor in [*self.buffers(), *kept])
 
-
     def clear(self):
         """Forget every stored feature (and the images kept for ``refresh``)."""
         self._require_growable()
@@ -154,7 +153,7 @@ class ReferenceBank(nn.Module):
         # Ignored pixels leave no row (even where ignore_index is a class), nor do rows that could
         # never match: NaN or Inf in the bank's dtype.
         labels = labels.to(rows.device)
-        kept = (labels != dropped) & (labels >= 0)
+        kept = labels != dropped
         finite = torch.where(rows.isfinite().all(dim=1) & kept, labels, -1)
         warn_lost_classes(masks, dropped, labels[kept], finite[finite >= 0], self.num_classes, features.shape[2:])
         for cls in range(self.num_classes):

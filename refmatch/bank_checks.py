@@ -33,7 +33,10 @@ def checked_bank_arguments(dim, num_classes, capacity_per_class, dtype, ignore_i
     for name, value in choices.items():
         if value not in allowed[name]:
             raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
-    return (*sizes.values(), as_int("ignore_index", ignore_index, optional=True))
+    ignore_index = as_int("ignore_index", ignore_index, optional=True)
+    if ignore_index is not None and not -2 ** 62 < ignore_index < 2 ** 62:  # a label tensors (and ranks) can hold
+        raise ValueError(f"ignore_index must be a label within (-2**62, 2**62), got {ignore_index}")
+    return (*sizes.values(), ignore_index)
 
 
 def check_query(query, bank_features):

@@ -6,16 +6,14 @@
     refmatch bench --device cuda --dtype bfloat16 --exclude keops   # a peer that crashes here
     python bench/bench_match.py ...                   # the same, from a checkout
 
-For each size, in one process: the dense ``torch.mm`` of the same N, M, D (the
-ceiling), naive ``(q @ r.T).max(1)`` and ``torch.cdist`` + argmin where the N x M
-matrix fits, every refmatch backend (k = 1 with dot, l2 and cosine, k = 8 with dot, and the
-class-wise max over 4 classes), and the peers that
-are installed (FAISS flat search, KeOps, flash-kmeans' assignment kernel; see
-bench_peers.py). It prints a table (median time after a warm-up, TFLOP/s as
-2*N*M*D/time, ratio to the GEMM, top-8's and the class-wise max's time against
-the backend's k = 1 dot in runs interleaved with it, peak extra memory, agreement
-with the float64 oracle) and writes bench/results/<machine>-<dtype>-<date>.{json,md,png}, with -2, -3 ...
-appended when that name is taken (results are never replaced).
+For each size, in one process: the dense ``torch.mm`` of the same N, M, D (the ceiling),
+naive ``(q @ r.T).max(1)`` and ``torch.cdist`` + argmin where the N x M matrix fits, every
+refmatch backend (k = 1 with dot, l2 and cosine, k = 8 with dot, and the class-wise max over 4
+classes), and the installed peers (FAISS flat search, KeOps, flash-kmeans' assignment kernel;
+bench_peers.py). It prints a table (median time after a warm-up, TFLOP/s as 2*N*M*D/time, ratio
+to the GEMM, top-8's and the class-wise max's time against the backend's k = 1 dot in runs
+interleaved with it, peak extra memory, agreement with the float64 oracle) and writes
+bench/results/<machine>-<dtype>-<date>.{json,md,png}, -2, -3 ... appended when that name is taken.
 """
 import argparse
 import json
@@ -69,8 +67,7 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only, exclude,
                    lambda: [method for method in all_methods(query, reference, fits_bytes) if method.metric != "-"])
     oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
-    if device == "cuda":
-        torch.cuda.empty_cache()  # the oracle's chunks stay cached otherwise: peers outside torch's allocator
+    torch.cuda.empty_cache()  # the oracle's cached chunks, for peers outside torch's allocator (CPU: no-op)
     gemm_tflops = None
     for method in methods:
         if not wanted(method.name, only, exclude) and method.metric != "-":

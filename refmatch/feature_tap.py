@@ -20,6 +20,12 @@ def size_pair(size, name):
     return pair
 
 
+def _in_backward():
+    """Whether autograd is running a backward pass (torch's graph-task id is -1 outside one)."""
+    graph_task = getattr(torch._C, "_current_graph_task_id", None)
+    return graph_task is not None and graph_task() != -1
+
+
 class FeatureTap:
     """Captures named layers' outputs on every forward pass of ``model``.
 
@@ -63,7 +69,9 @@ class FeatureTap:
 
     def _new_pass(self, model):
         def forget(module, inputs):
-            if module is model:  # not a deepcopy of it, which carries this hook
+            # Not a deepcopy of the model, which carries this hook, nor the recompute of a model
+            # under activation checkpointing, which backward runs and may stop part way.
+            if module is model and not _in_backward():
                 self._outputs = {}
                 self._passes += 1
         return forget

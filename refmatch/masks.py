@@ -73,16 +73,17 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
     pixel at ``feature_size``, or that ``stored`` (the labels of the rows kept) lacks, where
     every row held NaN or Inf. Pixels equal to ``ignore_index`` count for no class."""
     present = masks[~label_is(masks, ignore_index)].long()
-    counts = torch.stack([torch.bincount(labels.reshape(-1).long().cpu(), minlength=num_classes)[:num_classes]
-                          for labels in (present, downsampled, stored)])
+    counts = torch.stack([torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].cpu()
+                          for labels in (present, downsampled, stored)])  # each on its own device
     in_masks, survived, kept = (counts > 0).tolist()
     lost = [c for c in range(num_classes) if in_masks[c] and not survived[c]]
     non_finite = [c for c in range(num_classes) if survived[c] and not kept[c]]
+    # stacklevel 4: past add and torch.no_grad's wrapper, at add's caller
     if lost:
         warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {feature_size[0]}x"
                       f"{feature_size[1]}: thinner than a feature pixel (or tied in every block); they cannot "
-                      "be matched: tap finer features (a larger size) or use downsample='nearest'", stacklevel=3)
+                      "be matched: tap finer features (FeatureTap's size; the recipe's tap_size) or use "
+                      "downsample='nearest'", stacklevel=4)
     if non_finite:
         warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf, so none was stored",
-                      stacklevel=3)
-
+                      stacklevel=4)

@@ -144,13 +144,18 @@ class RunContext:
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lock = RunFolderLock(self.dir)  # first: a refused run touches nothing
-            # A warning (a class lost to downsampling, dark images) becomes a line of train.log.
-            self._shown_warnings = warnings.showwarning
-            warnings.showwarning = lambda message, category, *where: self.logger.warning(
-                f"{category.__name__}: {message}")
+            # A warning (a class lost to downsampling, dark images) becomes a line of train.log, once.
+            self._shown_warnings, self._warned = warnings.showwarning, set()
+            warnings.showwarning = self._log_warning
             self._log_to(logging.FileHandler(self.dir / "train.log"))
             self._log_to(_ConsoleHandler(sys.stderr))
             self.writer = self._tensorboard(resumed_step)
+
+    def _log_warning(self, message, category, *where):
+        line = f"{category.__name__}: {message}"
+        if line not in self._warned:  # Python shows a warning again whenever its filters change
+            self._warned.add(line)
+            self.logger.warning(line)
 
     def _log_to(self, handler):
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

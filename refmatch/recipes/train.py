@@ -269,7 +269,7 @@ class Trainer:
         test = evaluate(self.teacher, self.data.test, self.data.class_names, self.device)
         size = self.config.image_size
         result = {"method": self.config.method, "best_step": best["step"], "val_mean_dice": self.best,
-                  "test": test, "resolution": f"training ({size}x{size}), the EMA teacher",
+                  "test": test, "resolution": f"training ({size}x{size})", "model": "EMA teacher",
                   "train_seconds": self.seconds, "config": dataclasses.asdict(self.config)}
         if self.run.is_main:
             write_text_atomic(self.run.dir / "metrics.json", metrics_json(result))
