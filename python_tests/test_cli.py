@@ -50,7 +50,7 @@ def test_unknown_command_is_named_before_the_usage(capsys):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["pl_mood=soft"], "refmatch train: error: unknown config key(s) ['pl_mood']"),
+    (["pl_mood=soft"], "refmatch train: error: unknown config key(s) 'pl_mood' (did you mean 'pl_mode'?)"),
     (["--config", "missing.yaml"], "refmatch train: error: config not found: missing.yaml"),
     (["--config", "BAD"], "refmatch train: error: BAD is not valid YAML at line 2, column 4: expected ',' or ']'"),
     (["--config", "LIST"], "refmatch train: error: LIST must hold key: value lines, got a list"),

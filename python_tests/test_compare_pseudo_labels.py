@@ -20,9 +20,12 @@ def tiny_run(tmp_path_factory):
     return run
 
 
-def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys):
+def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys, monkeypatch):
+    import sys
+
     from PIL import Image
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars show on a terminal only
     settings = ["method=meanteacher-pl", "pl_mode=hard", "pl_mode=soft,pl_k=3"]
     main(["compare-pseudo-labels", "--run", str(tiny_run), "--images", "3", "--out", str(tmp_path),
           *[part for setting in settings for part in ("--setting", setting)]])

@@ -197,17 +197,6 @@ def test_resume_check_leaves_out_settings_the_method_never_reads():
     check_resumable(saved, load_config(None, [], base=saved))
 
 
-def test_progress_bar_without_tqdm_shows_nothing_and_takes_the_same_calls(monkeypatch):
-    import sys
-
-    from refmatch.recipes.run_context import progress_bar
-
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed
-    bar = progress_bar(10, "pseudo-label")
-    bar.update(4)
-    bar.close()
-
-
 class SquareModel(torch.nn.Module):
     """Logits [b, 2, h, w] predicting class 1 on the square [h/4, h/2) x [w/4, w/2), whatever the image."""
 

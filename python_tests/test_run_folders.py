@@ -212,3 +212,17 @@ def test_a_new_run_that_fails_before_training_leaves_the_folder_as_it_was(tmp_pa
         assert [path.name for path in run.iterdir()] == ["notes.txt"]
     else:
         assert not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_is_an_error_naming_the_file(tmp_path):
+    """torch's writer turned ENOSPC into a RuntimeError about a stream position: a traceback."""
+    import errno
+
+    from refmatch.atomic_file import write_atomic
+
+    def full(file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left on device: '.*latest.pt'"):
+        write_atomic(tmp_path / "latest.pt", full)
+    assert not list(tmp_path.iterdir())

@@ -1,4 +1,5 @@
 """Checkpoints written atomically: a kill mid-save leaves the previous file intact."""
+import io
 import pickle
 from pathlib import Path
 
@@ -10,8 +11,12 @@ from .unet import UNet
 
 
 def save_atomic(state, path):
-    """torch.save ``state`` to ``path`` through ``write_atomic``."""
-    write_atomic(path, lambda file: torch.save(state, file))
+    """torch.save ``state`` to ``path`` through ``write_atomic``. Serialised in memory first: a
+    full disk then fails in Python's own write, an OSError naming the file (torch's writer turns
+    it into a RuntimeError about a stream position)."""
+    serialised = io.BytesIO()
+    torch.save(state, serialised)
+    write_atomic(path, lambda file: file.write(serialised.getbuffer()))
 
 
 def load(path, device="cpu", required=("config", "teacher")):

@@ -33,6 +33,8 @@ def train_main(argv=None):
     if resumed and args.stop_at is not None and args.stop_at <= resumed["step"]:
         parser.error(f"--stop-at {args.stop_at} is not after the step {args.out} was saved at ({resumed['step']})")
     config = load_config(args.config, args.overrides, base=resumed["config"] if resumed else None)
+    if not resumed and config.data != "phantom":  # the saved config serves resumes from any folder
+        config.data = str(Path(config.data).resolve())
     trainer = Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite)
     try:
         result = trainer.fit(stop_at=args.stop_at)
@@ -151,7 +153,7 @@ def pseudo_label_main(argv=None):
     from ..data.folder import FolderDataset, png_names, scan_folder
     from .data_setup import check_folder_fits_classes, load_split
     from .methods import IGNORE, ReferencePseudoLabels
-    from .run_context import progress_bar
+    from .progress import progress_bar
 
     folder = _image_folder(args.unlabeled)
     names = png_names(folder)

@@ -23,7 +23,7 @@ from .config import TrainConfig, load_config, saved_config
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import metrics_json
 from .methods import IGNORE, check_pl_k, pseudo_label_source
-from .run_context import progress_bar
+from .progress import progress_bar
 
 DEFAULT_SETTINGS = ["method=meanteacher-pl", "pl_mode=soft,pl_k=1", "pl_mode=hard", "pl_mode=soft,pl_k=8",
                     "pl_mode=hard,tap_size=64"]

@@ -1,5 +1,6 @@
 """Training configuration: YAML file + ``key=value`` overrides over typed defaults."""
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,9 @@ def load_config(path=None, overrides=(), base=None):
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
+        named = [repr(name) + "".join(f" (did you mean {close!r}?)"
+                                      for close in difflib.get_close_matches(name, known, n=1)) for name in unknown]
+        raise ValueError(f"unknown config key(s) {', '.join(named)}; known: {sorted(known)}")
     config = TrainConfig()
     for key, value in values.items():
         default = getattr(config, key)

@@ -14,6 +14,7 @@ from ..data.folder import IGNORE_LABEL, FolderDataset, scan_folder
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..data.phantoms import PhantomDataset
 from ..data.splits import load_splits, make_splits, save_splits
+from .progress import progress_bar
 
 UNKNOWN = -1  # mask value of truly unlabelled pixels (no hidden ground truth)
 FOLDER_CLASSES = ("background", "lung")  # a folder's classes when the config names none
@@ -40,11 +41,14 @@ def load_split(dataset, num_workers, size):
         return Split(torch.zeros(0, 1, size, size), torch.zeros(0, size, size, dtype=torch.long), [])
     loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, shuffle=False)
     images, masks, names = [], [], []
+    bar = progress_bar(len(dataset), "loading", delay=2.0)
     for batch in loader:
+        bar.update(len(batch["name"]))
         images.append(batch["image"])
         masks.append(batch["mask"] if "mask" in batch else torch.full(batch["image"].shape[:1] + batch["image"].shape[2:],
                                                                       UNKNOWN, dtype=torch.long))
         names += list(batch["name"])
+    bar.close()
     return Split(torch.cat(images), torch.cat(masks), names)
 
 

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..data.folder import IGNORE_LABEL
 from ..metrics import segmentation_metrics
+from .progress import progress_bar
 
 
 @torch.no_grad()
@@ -43,7 +44,9 @@ def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16, nu
     Files are read on ``num_workers`` processes, a batch at a time; labels are kept as uint8."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     predictions, masks = [], []
+    bar = progress_bar(len(dataset), "evaluate", delay=2.0)
     for items in loader:
+        bar.update(len(items))
         images = torch.stack([item["image"] for item in items])
         logits = torch.cat(list(_batched_logits(model, images, device, batch_size)))
         for item, item_logits in zip(items, logits):
@@ -51,6 +54,7 @@ def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16, nu
                                           mode="bilinear", align_corners=False)
             predictions.append(probabilities[0].argmax(dim=0).to(torch.uint8))
             masks.append(item["mask"].to(torch.uint8))  # classes and IGNORE_LABEL (255) fit
+    bar.close()
     return segmentation_metrics(predictions, masks, len(class_names), class_names, ignore_index=IGNORE_LABEL)
 
 

@@ -13,6 +13,7 @@ from ..data.folder import IGNORE_LABEL
 from ..feature_tap import FeatureTap
 from ..masks import downsample_masks
 from ..pseudo_labels import PseudoLabeler, PseudoLabels, kept_fraction
+from .progress import progress_bar
 
 IGNORE = IGNORE_LABEL  # a mask's ignored pixels and a dropped pseudo-label: the losses skip both
 
@@ -62,9 +63,12 @@ class ReferencePseudoLabels:
     def refresh(self, images, masks, batch_size):
         """Rebuild the bank from the current teacher's features of all labelled images."""
         self.bank.clear()
+        bar = progress_bar(images.shape[0], "reference bank", delay=2.0)
         for start in range(0, images.shape[0], batch_size):
             self.teacher(images[start:start + batch_size])
             self.bank.add(self.tap.features().float(), masks[start:start + batch_size])
+            bar.update(images[start:start + batch_size].shape[0])
+        bar.close()
         require_k_references(self.config, len(self.bank))  # rows holding NaN or Inf are not stored
 
     @torch.no_grad()

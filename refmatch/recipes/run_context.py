@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import save_atomic
+from .progress import ConsoleHandler, progress_bar, reported_steps
 from .run_lock import RunFolderLock
 
 
@@ -87,40 +88,6 @@ def _remove(path):
         path.unlink(missing_ok=True)
 
 
-class _SilentBar:
-    """What ``progress_bar`` gives without tqdm: the calls, no output."""
-
-    def update(self, count=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(total, description):
-    """A tqdm bar counting ``total`` images (without tqdm, which comes with the train
-    extra, one that shows nothing)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _SilentBar()
-    return tqdm(total=total, desc=description, unit="image", dynamic_ncols=True, mininterval=1.0)
-
-
-class _ConsoleHandler(logging.StreamHandler):
-    """Log lines on stderr that do not run into the progress bar (tqdm.write lifts it)."""
-
-    def emit(self, record):
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return super().emit(record)
-        try:
-            tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # as StreamHandler: a broken stream must not stop training
-            self.handleError(record)
-
-
 class RunContext:
     """Run folder services; under torchrun (WORLD_SIZE > 1) also the process group.
 
@@ -147,8 +114,8 @@ class RunContext:
             # A warning (a class lost to downsampling, dark images) becomes a line of train.log, once.
             self._shown_warnings, self._warned = warnings.showwarning, set()
             warnings.showwarning = self._log_warning
-            self._log_to(logging.FileHandler(self.dir / "train.log"))
-            self._log_to(_ConsoleHandler(sys.stderr))
+            self._log_to(logging.FileHandler(self.dir / "train.log"), "%Y-%m-%d %H:%M:%S")  # runs span days
+            self._log_to(ConsoleHandler(sys.stderr), "%H:%M:%S")
             self.writer = self._tensorboard(resumed_step)
 
     def _log_warning(self, message, category, *where):
@@ -157,8 +124,8 @@ class RunContext:
             self._warned.add(line)
             self.logger.warning(line)
 
-    def _log_to(self, handler):
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    def _log_to(self, handler, time_format):
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", time_format))
         self.logger.addHandler(handler)
         self._handlers = getattr(self, "_handlers", []) + [handler]
 
@@ -181,16 +148,11 @@ class RunContext:
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def progress(self, steps):
-        """``steps`` with a tqdm bar on rank 0 (plain iteration without tqdm)."""
+        """``steps`` (a range), on rank 0 with a bar (on a terminal) and a log line each tenth."""
         if not self.is_main:
             return steps
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return steps
-        self.bar = tqdm(steps, desc="train", dynamic_ncols=True, mininterval=1.0, initial=steps.start,
-                        total=steps.stop)
-        return self.bar
+        self.bar = progress_bar(steps.stop, "train", unit="step", initial=steps.start)
+        return reported_steps(steps, self.bar, self.logger)
 
     def scalars(self, values, step):
         if not self.is_main:

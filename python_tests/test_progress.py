@@ -1,0 +1,38 @@
+"""Progress of long work: bars on a terminal only, and log lines with the pace and the time left."""
+import logging
+
+import pytest
+
+from refmatch.recipes.progress import _SilentBar, _duration, progress_bar, reported_steps
+
+
+def test_a_tenth_of_the_steps_between_log_lines_and_none_after_the_last(caplog):
+    caplog.set_level(logging.INFO, logger="refmatch.test")
+    steps = list(reported_steps(range(20, 45), _SilentBar(), logging.getLogger("refmatch.test")))
+    assert steps == list(range(20, 45))
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["step 22/45", "step 24/45", "step 26/45", "step 28/45",
+                                                      "step 30/45", "step 32/45", "step 34/45", "step 36/45",
+                                                      "step 38/45", "step 40/45", "step 42/45", "step 44/45"]
+    assert "s a step, about 0m00s left" in lines[-1]
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0m00s"), (61, "1m01s"), (3599.6, "1h00m"), (7322, "2h02m")])
+def test_durations_read_as_minutes_or_hours(seconds, text):
+    assert _duration(seconds) == text
+
+
+def test_no_bar_where_stderr_is_no_terminal(monkeypatch):
+    """A cluster job's redirected output would fill with the bar's carriage returns."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    assert isinstance(progress_bar(10, "train"), _SilentBar)
+
+
+def test_progress_bar_without_tqdm_shows_nothing_and_takes_the_same_calls(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed
+    bar = progress_bar(10, "pseudo-label")
+    bar.update(4)
+    bar.set_postfix(loss="0.1")
+    bar.close()
