@@ -89,6 +89,10 @@ def state_dict_problem(bank, state_dict, prefix):
     that give the rows their meaning, a growable bank's slot layout and counts), or None. Checked before
     anything loads: torch skips only a buffer of the wrong shape and would load the counts
     beside features it left out."""
+    saved_rank, rank = state_dict.get(prefix + "shard_rank"), getattr(bank, "shard_rank", None)
+    if saved_rank is not None and rank is not None and int(saved_rank) != int(rank):  # a ShardedReferenceBank
+        return (f"{prefix}shard_rank: saved on rank {int(saved_rank)}, this is rank {int(rank)}: each rank loads "
+                "the state_dict it saved (its own shard); nothing was loaded")
     for name, buffer in bank.named_buffers(recurse=False):
         saved = state_dict.get(prefix + name)
         if isinstance(saved, torch.Tensor) and saved.shape != buffer.shape:
