@@ -37,14 +37,15 @@ def progress_bar(total, description, unit="image", initial=0, delay=0.0):
 
 
 def reported_steps(steps, bar, logger):
-    """Iterates ``steps`` (a range), moving ``bar`` on, and logs the step, the pace and the time
-    left after each tenth of them (not after the last step: the run's own lines follow)."""
-    every, began = max(1, len(steps) // REPORTS), time.time()
+    """Iterates ``steps`` (a range), moving ``bar`` on, and logs the step, the pace of the last
+    tenth (a run's phases differ: pseudo-label steps are slower) and the time left after each
+    tenth of them (not after the last step: the run's own lines follow)."""
+    every, since = max(1, len(steps) // REPORTS), time.time()
     for done, step in enumerate(steps, 1):
         yield step
         bar.update(1)
         if done % every == 0 and step + 1 < steps.stop:
-            pace = (time.time() - began) / done
+            pace, since = (time.time() - since) / every, time.time()
             logger.info("step %d/%d, %.2f s a step, about %s left", step + 1, steps.stop, pace,
                         _duration(pace * (steps.stop - step - 1)))
 
