@@ -179,10 +179,27 @@ def test_a_second_run_in_a_live_runs_folder_is_refused_and_stale_temporaries_go(
         assert (run / ".lock").exists()
     finally:
         first.run.close()
-    assert not (run / ".lock").exists()
     (run / ".latest.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
-    RunFolderLock(run).release()
-    assert not list(run.glob(".*.tmp"))
+    RunFolderLock(run).release()  # free again once the run ended; the file stays (deleting it raced)
+    assert not list(run.glob(".*.tmp")) and (run / ".lock").exists()
+
+
+def test_an_overwrite_refused_by_a_live_run_moves_nothing(tmp_path):
+    """fresh_run moved the live run's outputs aside before the lock was tried: a checkpoint the
+    live run wrote meanwhile was lost when the refused run put the older ones back."""
+    from refmatch.__main__ import main
+    from refmatch.recipes.train import Trainer
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=2", "--out", str(run)])
+    live = Trainer(load_config(None, TINY + ["steps=4"]), run, resume=True)
+    try:
+        before = sorted(path.name for path in run.iterdir())
+        with pytest.raises(BlockingIOError, match="is in use by another refmatch run"):
+            main(["train", *TINY, "steps=2", "--out", str(run), "--overwrite"])
+        assert sorted(path.name for path in run.iterdir()) == before and not (run / ".overwritten").exists()
+    finally:
+        live.run.close()
 
 
 def test_a_warning_becomes_one_line_of_the_log(tmp_path):

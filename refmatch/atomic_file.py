@@ -19,7 +19,7 @@ def write_atomic(path, write, mode="wb"):
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
-        if error.filename is None:  # a failed write (a full disk) says which file
+        if error.filename is None and error.errno is not None:  # a failed write (a full disk) says which file
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     except BaseException:

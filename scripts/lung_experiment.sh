@@ -34,7 +34,7 @@ variant=$(printf '_%s' "$@" | tr '=' '-')
 [[ $# -gt 0 ]] || variant=""
 run() {
   local resume=()
-  [[ -f "$1/latest.pt" ]] && resume=(--resume)
+  [[ -f "$1/latest.pt" || -f "$1/best.pt" ]] && resume=(--resume)  # best.pt alone: killed at its first save
   refmatch train --config $config seed=$seed norm=$norm ${resume[@]+"${resume[@]}"} --out "$@"  # bash 3.2 too
 }
 run $out/supervised_$tag method=supervised num_labeled=$labeled

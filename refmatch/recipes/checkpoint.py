@@ -1,5 +1,6 @@
 """Checkpoints written atomically: a kill mid-save leaves the previous file intact."""
 import io
+import logging
 import pickle
 from pathlib import Path
 
@@ -55,3 +56,15 @@ def saved_teacher(state, path, device, num_classes=None):
                          f"{config.depth}, norm {config.norm}, {classes} classes): "
                          f"{' '.join(str(error).split())[:200]}") from None
     return model.eval(), config
+
+
+def load_latest(run_dir):
+    """``run_dir/latest.pt``, what ``--resume`` continues (its "config" is the run's config), or
+    ``best.pt`` where a run was stopped while writing its first latest.pt: best.pt, written just
+    before it, holds the same step."""
+    run_dir = Path(run_dir)
+    path = run_dir / "latest.pt"
+    if not path.exists() and (run_dir / "best.pt").exists():
+        logging.getLogger("refmatch").warning("no latest.pt (stopped while writing it?): resuming from best.pt")
+        path = run_dir / "best.pt"
+    return load(path, required=("step", "config", "student", "teacher", "optimizer"))

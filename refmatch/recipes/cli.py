@@ -1,5 +1,6 @@
 """``refmatch train | evaluate | pseudo-label``."""
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,14 +28,13 @@ def train_main(argv=None):
         parser.error("--resume and --overwrite exclude each other")
     if args.stop_at is not None and args.stop_at < 1:
         parser.error(f"--stop-at must be a step >= 1, got {args.stop_at}")
-    from .train import Trainer, load_latest
+    from .checkpoint import load_latest
+    from .train import Trainer
 
     resumed = load_latest(args.out) if args.resume else None  # read once: its config here, its state in Trainer
     if resumed and args.stop_at is not None and args.stop_at <= resumed["step"]:
         parser.error(f"--stop-at {args.stop_at} is not after the step {args.out} was saved at ({resumed['step']})")
     config = load_config(args.config, args.overrides, base=resumed["config"] if resumed else None)
-    if not resumed and config.data != "phantom":  # the saved config serves resumes from any folder
-        config.data = str(Path(config.data).resolve())
     trainer = Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite)
     try:
         result = trainer.fit(stop_at=args.stop_at)
@@ -159,10 +159,9 @@ def pseudo_label_main(argv=None):
     names = png_names(folder)
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
-    # Written first (an unwritable --out fails before any work) and last: whether the folder is complete.
-    record = {"checkpoint": str(args.checkpoint), "labeled": str(args.labeled), "unlabeled": str(folder),
-              "images": len(names), "written": 0, "complete": False}
-    write_text_atomic(args.out / RECORD, metrics_json(record))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not os.access(args.out, os.W_OK):  # refused before the data load and the bank
+        raise PermissionError(f"cannot write into {args.out}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
@@ -175,6 +174,11 @@ def pseudo_label_main(argv=None):
     source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
     for sub in ("labels", "confidence", "overlays"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
+    # Written before the first image (a failed setup leaves a finished folder's record alone) and
+    # after the last: whether the folder is complete.
+    record = {"checkpoint": str(args.checkpoint), "labeled": str(args.labeled), "unlabeled": str(folder),
+              "images": len(names), "written": 0, "complete": False}
+    write_text_atomic(args.out / RECORD, metrics_json(record))
     kept, bar = [], progress_bar(len(names), "pseudo-label")
     try:
         for start in range(0, len(names), config.batch_size):

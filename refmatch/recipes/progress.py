@@ -2,6 +2,7 @@
 run is and how long it has left, which also reach train.log and redirected output (a cluster
 job's log file would otherwise fill with a bar's carriage returns)."""
 import logging
+import os
 import sys
 import time
 
@@ -30,7 +31,7 @@ def progress_bar(total, description, unit="image", initial=0, delay=0.0):
         from tqdm import tqdm
     except ImportError:
         return _SilentBar()
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0:  # one bar, rank 0's
         return _SilentBar()
     return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, mininterval=1.0, initial=initial,
                 delay=delay, leave=not delay)
@@ -40,12 +41,12 @@ def reported_steps(steps, bar, logger):
     """Iterates ``steps`` (a range), moving ``bar`` on, and logs the step, the pace of the last
     tenth (a run's phases differ: pseudo-label steps are slower) and the time left after each
     tenth of them (not after the last step: the run's own lines follow)."""
-    every, since = max(1, len(steps) // REPORTS), time.time()
+    reported, since = 0, time.time()
     for done, step in enumerate(steps, 1):
         yield step
         bar.update(1)
-        if done % every == 0 and step + 1 < steps.stop:
-            pace, since = (time.time() - since) / every, time.time()
+        if done * REPORTS // len(steps) > reported * REPORTS // len(steps) and step + 1 < steps.stop:
+            pace, since, reported = (time.time() - since) / (done - reported), time.time(), done
             logger.info("step %d/%d, %.2f s a step, about %s left", step + 1, steps.stop, pace,
                         _duration(pace * (steps.stop - step - 1)))
 

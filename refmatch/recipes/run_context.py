@@ -40,12 +40,46 @@ OVERWRITTEN = ".overwritten"  # where --overwrite keeps the earlier run until th
 
 
 @contextlib.contextmanager
+def claimed_run_folder(run_dir, new_run, overwrite=False):
+    """Around building a run in ``run_dir``: its lock first (rank 0; nothing moves while another
+    run holds the folder), then, for a ``new_run``, ``fresh_run``. Yields the lock, which the run
+    keeps until it ends (``RunContext.release_files``); building that fails releases it and
+    removes the folders it made, lock file included."""
+    run_dir = Path(run_dir)
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = RunFolderLock(run_dir)
+        except BaseException:
+            _remove_empty(made)
+            raise
+    try:
+        with fresh_run(run_dir, overwrite) if new_run else contextlib.nullcontext():
+            yield lock
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            if lock.created:  # the folder is left as it was
+                lock.path.unlink(missing_ok=True)
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(folders):
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
 def fresh_run(run_dir, overwrite=False):
     """Around building a new run in ``run_dir``: refuse a folder that holds a run's checkpoints
     (its work would be overwritten) unless ``overwrite``. Then that run's ``RUN_OUTPUTS`` move
     into ``run_dir/.overwritten`` (rank 0) and are deleted once the body has built the new run;
     if the body raises (bad data, a model that cannot be built, Ctrl-C), the new run's outputs
-    go (and the folders it made, if left empty) and the earlier run's come back. In a folder
+    go (``claimed_run_folder`` removes the folders it made) and the earlier run's come back. In a folder
     holding no checkpoint, outputs found there stay, as the new run left them (it rewrites
     ``splits.json`` and adds to ``train.log``). A killed process leaves them in ``.overwritten``."""
     run_dir = Path(run_dir)
@@ -55,7 +89,6 @@ def fresh_run(run_dir, overwrite=False):
                               "start it over with --overwrite, or train into another --out")
     main_rank = int(os.environ.get("RANK", "0")) == 0
     aside, moved = run_dir / OVERWRITTEN, []
-    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     kept = {name for name in RUN_OUTPUTS if (run_dir / name).exists()}  # a folder holding no run: not ours
     if held and main_rank:
         _remove(aside)
@@ -73,9 +106,6 @@ def fresh_run(run_dir, overwrite=False):
                 (aside / name).rename(run_dir / name)
             if moved:
                 aside.rmdir()
-            for folder in made:
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
         raise
     if moved:
         _remove(aside)
@@ -94,7 +124,7 @@ class RunContext:
     Only rank 0 writes files; every rank trains.
     """
 
-    def __init__(self, config, run_dir, resumed_step=None):
+    def __init__(self, config, run_dir, resumed_step=None, lock=None):
         self.dir = Path(run_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -110,7 +140,7 @@ class RunContext:
         self.writer, self.bar, self.lock = None, None, None
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.lock = RunFolderLock(self.dir)  # first: a refused run touches nothing
+            self.lock = lock  # claimed_run_folder's, released with the log handlers
             # A warning (a class lost to downsampling, dark images) becomes a line of train.log, once.
             self._shown_warnings, self._warned = warnings.showwarning, set()
             warnings.showwarning = self._log_warning

@@ -2,8 +2,9 @@
 (a ``--resume`` started twice, say) would interleave checkpoints and logs, so it is refused.
 
 The lock is an advisory ``flock`` on ``run_dir/.lock``, which the kernel drops when its
-process ends, however it ends: a killed run leaves the file but no lock. Where the file
-system cannot lock (some network mounts) or the platform has no ``fcntl``, runs go unlocked.
+process ends, however it ends. The file stays: deleting it while locked would let a second
+run lock a new file of the same name. Where the file system cannot lock (some network
+mounts) or the platform has no ``fcntl``, runs go unlocked.
 """
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ class RunFolderLock:
 
     def __init__(self, run_dir):
         self.path, self.file = Path(run_dir) / LOCK_NAME, None
+        self.created = not self.path.exists()  # a run that fails to start removes a lock file it made
         try:
             import fcntl
         except ImportError:
@@ -37,8 +39,7 @@ class RunFolderLock:
             stale.unlink(missing_ok=True)
 
     def release(self):
-        """Drop the lock and its file (a no-op when none is held)."""
+        """Drop the lock (a no-op when none is held); the file stays."""
         if self.file is not None:
             self.file.close()
-            self.path.unlink(missing_ok=True)
             self.file = None

@@ -8,7 +8,6 @@ initialisation is drawn from one generator that is checkpointed with the run (a
 reservoir bank draws from its own, saved in the bank's state), so ``resume``
 continues bit-exactly on the CPU.
 """
-import contextlib
 import copy
 import dataclasses
 import json
@@ -20,14 +19,14 @@ import torch
 
 from . import augment
 from ..atomic_file import write_text_atomic
-from .checkpoint import load
+from .checkpoint import load, load_latest
 from .config import UNUSED_BY, TrainConfig, as_saved
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, check_pl_k, pseudo_label_source
-from .run_context import RunContext, fresh_run
+from .run_context import RunContext, claimed_run_folder
 from .unet import UNet
 from .visual import training_grid
 
@@ -49,18 +48,6 @@ def ema_update(teacher, student, decay):
 # Settings a resumed run may change: they touch neither the model's shape, the data nor the
 # random stream. (device may change float rounding: AMP and the bank's dtype follow it.)
 RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
-
-
-def load_latest(run_dir):
-    """``run_dir/latest.pt``, what ``--resume`` continues (its "config" is the run's config), or
-    ``best.pt`` where a run was stopped while writing its first latest.pt: best.pt, written just
-    before it, holds the same step (under DDP with rank 0's batch generator on every rank)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "latest.pt"
-    if not path.exists() and (run_dir / "best.pt").exists():
-        logging.getLogger("refmatch").warning("no latest.pt (stopped while writing it?): resuming from best.pt")
-        path = run_dir / "best.pt"
-    return load(path, required=("step", "config", "student", "teacher", "optimizer"))
 
 
 def check_resumable(saved, config):
@@ -91,9 +78,9 @@ class Trainer:
                 raise ValueError(f"steps={config.steps} is below the {resumed['step']} steps the run has trained: "
                                  "a resumed run can only go on (train a new run into another folder)")
         # An overwritten run is deleted only once this one is built: bad data keeps it.
-        with fresh_run(run_dir, overwrite) if resumed is None else contextlib.nullcontext():
+        with claimed_run_folder(run_dir, resumed is None, overwrite) as lock:
             self.config = config
-            self.run = RunContext(config, Path(run_dir), resumed_step=None if resumed is None else resumed["step"])
+            self.run = RunContext(config, Path(run_dir), None if resumed is None else resumed["step"], lock)
             try:
                 self._build(resumed)
             except BaseException:
@@ -156,11 +143,13 @@ class Trainer:
                              "resume with as many processes as it was trained with")
         return states[self.run.rank]
 
-    def _save_latest(self):
-        """latest.pt with every rank's generator (a collective: all ranks call it at the same step)."""
+    def _save(self, *names):
+        """The state into each of ``names`` (latest.pt, best.pt) with every rank's generator, so
+        that either resumes (a collective: all ranks call it at the same step)."""
         state = self.state()
         state["rank_generators"] = self.run.gather(self.generator.get_state())
-        self.run.save("latest.pt", state)
+        for name in names:
+            self.run.save(name, state)
 
     def _batch(self, split, size):
         index = torch.randint(split.images.shape[0], (size,), generator=self.generator)
@@ -208,10 +197,12 @@ class Trainer:
         return logs
 
     def validate(self):
+        """Validation metrics; saves best.pt, then latest.pt (best first: a run killed between
+        them resumes from best.pt, load_latest)."""
         metrics = evaluate(self.teacher, self.data.val, self.data.class_names, self.device)
-        if metrics["mean_dice"] > self.best:
-            self.best = metrics["mean_dice"]
-            self.run.save("best.pt", self.state())
+        improved = metrics["mean_dice"] > self.best
+        self.best = max(self.best, metrics["mean_dice"])
+        self._save(*(["best.pt"] if improved else []), "latest.pt")  # one collective on every rank
         return metrics
 
     def save_images(self):
@@ -244,9 +235,8 @@ class Trainer:
                 if self.step % config.image_every == 0:  # before the checkpoint: a kill here redoes it
                     self.save_images()
                 if self.step % config.eval_every == 0 or self.step == config.steps:
-                    self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
                     self.seconds = seconds_before + time.time() - started  # resumed runs add up their parts
-                    self._save_latest()
+                    self.run.scalars({f"val/{k}": v for k, v in _flat(self.validate()).items()}, self.step)
                 interrupted = self.run.on_any_rank(stop.signal is not None)  # every rank decides alike
                 if interrupted:
                     stop.signal = stop.signal or "a signal on another rank"
@@ -254,7 +244,7 @@ class Trainer:
             self.seconds = seconds_before + time.time() - started
             stopping = self.step < config.steps or interrupted  # a signal in the last step stops before the test
             if stopping:
-                self._save_latest()
+                self._save("latest.pt")
         if stopping:
             logging.getLogger("refmatch").info("stopped at step %d of %d (%s), saved to %s; continue with --resume",
                                                self.step, config.steps, stop.signal or f"--stop-at {stop_at}",
