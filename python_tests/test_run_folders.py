@@ -231,6 +231,30 @@ def test_a_new_run_that_fails_before_training_leaves_the_folder_as_it_was(tmp_pa
         assert not (tmp_path / "new").exists()
 
 
+def test_a_run_on_a_relative_data_folder_resumes_from_anywhere(tmp_path, monkeypatch):
+    """The saved config held the data folder as given: a resume from another directory did not
+    find it, while a resume naming it relative again (scripts/lung_experiment.sh) must still work."""
+    from PIL import Image
+
+    from refmatch.__main__ import main
+    from refmatch.data.phantoms import make_phantom
+
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(12):
+        image, mask = make_phantom(i, size=32)
+        Image.fromarray((255 * image[0]).byte().numpy()).save(tmp_path / "data" / "images" / f"p{i:02d}.png")
+        Image.fromarray(mask.clamp(max=1).byte().numpy()).save(tmp_path / "data" / "masks" / f"p{i:02d}.png")
+    folder_run = [item for item in TINY if not item.startswith(("data=", "num_phantoms="))]
+    monkeypatch.chdir(tmp_path)
+    main(["train", *folder_run, "data=data", "steps=4", "--out", "run", "--stop-at", "2"])
+    assert load(tmp_path / "run" / "latest.pt", required=("config",))["config"]["data"] == str(tmp_path / "data")
+    main(["train", *folder_run, "data=data", "steps=4", "--out", "run", "--resume", "--stop-at", "3"])
+    monkeypatch.chdir(tmp_path / "run")
+    main(["train", "--out", ".", "--resume"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["steps"] == 4
+
+
 def test_a_full_disk_is_an_error_naming_the_file(tmp_path):
     """torch's writer turned ENOSPC into a RuntimeError about a stream position: a traceback."""
     import errno

@@ -9,7 +9,7 @@ import torch
 
 from ..atomic_file import save_png_atomic, write_text_atomic
 from .checkpoint import load, saved_teacher
-from .config import load_config
+from .config import data_location, load_config
 from .evaluation import evaluate, evaluate_at_file_size, metrics_json
 
 
@@ -35,6 +35,7 @@ def train_main(argv=None):
     if resumed and args.stop_at is not None and args.stop_at <= resumed["step"]:
         parser.error(f"--stop-at {args.stop_at} is not after the step {args.out} was saved at ({resumed['step']})")
     config = load_config(args.config, args.overrides, base=resumed["config"] if resumed else None)
+    config.data = data_location(config.data)
     trainer = Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite)
     try:
         result = trainer.fit(stop_at=args.stop_at)

@@ -2,6 +2,7 @@
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,3 +228,9 @@ def _parsed(yaml, text, where):
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ValueError(f"{where} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
+
+
+def data_location(data):
+    """``data`` as a run keeps it: "phantom", or the folder's absolute path (not resolved through
+    symlinks), so that a resume finds it from any working directory."""
+    return data if data == "phantom" else os.path.abspath(data)

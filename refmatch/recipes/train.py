@@ -20,7 +20,7 @@ import torch
 from . import augment
 from ..atomic_file import write_text_atomic
 from .checkpoint import load, load_latest
-from .config import UNUSED_BY, TrainConfig, as_saved
+from .config import UNUSED_BY, TrainConfig, as_saved, data_location
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
@@ -55,6 +55,8 @@ def check_resumable(saved, config):
     dict outside ``RESUMABLE`` and the settings its method never reads (``UNUSED_BY``)."""
     given, defaults = dataclasses.asdict(config), dataclasses.asdict(TrainConfig())
     saved = {**defaults, **as_saved(saved)}
+    for values in (given, saved):  # a data folder is the same folder whether named relative or absolute
+        values["data"] = data_location(values["data"])
     free = RESUMABLE + UNUSED_BY.get(saved["method"], ())
     changed = [f"{key} ({saved[key]!r} saved, {given[key]!r} given)" for key in given
                if key not in free and given[key] != saved[key]]
