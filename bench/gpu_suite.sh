@@ -44,15 +44,19 @@ FAILED=0
 FAILED_STAGES=()
 DEADLINE=$(($(date +%s) + ${SUITE_SECONDS:-570}))  # the device tool stops a command at 600 s
 
+wanted() { [[ " ${STAGES:-$1} " == *" $1 "* ]]; }  # wanted NAME: STAGES (or no STAGES) names it
+# skipped NAME WHY: lists NAME as skipped, where wanted.
+skipped() { if wanted "$1"; then SUMMARY+=("$(printf '%-10s %-16s' "$1" "SKIPPED ($2)")"); fi; }
+
 # stage NAME SECONDS COMMAND...: runs COMMAND under min(SECONDS, time left), logs to $LOGS/NAME.log.
 stage() {
   local name=$1 limit=$2 begin status left
   shift 2
-  [[ " ${STAGES:-$name} " == *" $name "* ]] || return 0
+  wanted "$name" || return 0
   begin=$(date +%s)
   left=$((DEADLINE - begin))
   if ((left < 15)); then
-    SUMMARY+=("$(printf '%-10s %-16s' "$name" "SKIPPED (no time)")")
+    skipped "$name" "no time"
     FAILED=1
     FAILED_STAGES+=("$name")  # a check that never ran has not passed
     return
@@ -204,8 +208,8 @@ fi
 if ((${#GPU_TESTS[@]})); then  # an empty list would make pytest collect every test file
   stage tests 240 env PYTHONPATH="$TEST_PYTHONPATH" REFMATCH_TEST_HOPPER_VARIANTS="${HOPPER_VARIANTS[*]}" \
     python -m pytest "${GPU_TESTS[@]}" "${XDIST[@]}" -v -p no:warnings -rfs --tb=short --durations=15
-elif listed tests ${STAGES:-tests}; then
-  SUMMARY+=("$(printf '%-10s %-16s' tests "SKIPPED (no test file left)")")
+else
+  skipped tests "no test file left"
 fi
 
 # 7. The D and M sweeps and fp16 without the torch backend (10-50x slower, measured at the
@@ -218,8 +222,8 @@ fi
 if timeout 60 python -c "import pykeops" 2>/dev/null; then
   stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
     --only keops "triton k=1" "cuda k=1" --tag keops
-elif listed keops ${STAGES:-keops}; then
-  SUMMARY+=("$(printf '%-10s %-16s' keops "SKIPPED (no pykeops wheel in .whl/)")")
+else
+  skipped keops "no pykeops wheel in .whl/"
 fi
 FUSED_ONLY=(--exclude "${EXCLUDE[@]}" torch "cuda wgmma" mma.sync)
 stage fp16 90 "${BENCH[@]}" --dtype float16 --sizes 262144x1048576x128 "${FUSED_ONLY[@]}"

@@ -17,13 +17,10 @@ def write_atomic(path, write, mode="wb"):
             os.fsync(file.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if error.filename is None and error.errno is not None:  # a failed write (a full disk) says which file
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error  # a full disk: say which file
         raise
 
 

@@ -85,10 +85,10 @@ def check_images(images, batch):
 
 
 def state_dict_problem(bank, state_dict, prefix):
-    """Why ``state_dict`` cannot load into ``bank`` (every buffer's shape, the metric and policy
-    that give the rows their meaning, a growable bank's slot layout and counts), or None. Checked before
-    anything loads: torch skips only a buffer of the wrong shape and would load the counts
-    beside features it left out."""
+    """Why ``state_dict`` cannot load into ``bank`` (its shard's rank, every buffer's shape, the
+    metric and policy that give the rows their meaning, a growable bank's slot layout and
+    counts), or None. Checked before anything loads: torch skips only a buffer of the wrong
+    shape and would load the counts beside features it left out."""
     saved_rank, rank = state_dict.get(prefix + "shard_rank"), getattr(bank, "shard_rank", None)
     if saved_rank is not None and rank is not None and int(saved_rank) != int(rank):  # a ShardedReferenceBank
         return (f"{prefix}shard_rank: saved on rank {int(saved_rank)}, this is rank {int(rank)}: each rank loads "

@@ -8,6 +8,8 @@ come in any index order), each scoring, recomputed in float64 from the row it na
 within ``1e-4 * max(1, |oracle|)`` of the oracle's slot; a slot past M's references
 (-1) never agrees. Class-wise scores are compared class by class.
 """
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -34,7 +36,7 @@ def _class_columns(labels, classes):
     boolean masks."""
     counts = torch.bincount(labels, minlength=classes)[:classes].tolist()
     if labels.numel() < 2 or bool((labels[1:] >= labels[:-1]).all()):
-        ends = torch.tensor(counts).cumsum(0).tolist()
+        ends = itertools.accumulate(counts)
         return [(slice(end - count, end), count > 0) for end, count in zip(ends, counts)]
     return [(labels == c, count > 0) for c, count in enumerate(counts)]
 

@@ -138,8 +138,8 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     "mean_dice", "mean_iou", "mean_hd95"}. Dice and IoU pool the set; HD95 is the
     mean over images of a class, skipping images where the class is absent from
     both (NaN when it is absent everywhere); ignored pixels as ``hd95`` takes them (a
-    hole of them in an organ adds no boundary, other ignored pixels count for no class). Means are over the foreground
-    classes 1..C-1, skipping NaN.
+    hole of them in an organ adds no boundary, other ignored pixels count for no class).
+    Means are over the foreground classes 1..C-1, skipping NaN.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (background plus a foreground class), got {num_classes}")
@@ -150,11 +150,12 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     areas = _class_areas(pairs, num_classes, ignore_index)
     dice, iou = _dice(*areas).tolist(), _iou(*areas).tolist()
     pairs = [(p.numpy(), t.numpy()) for p, t in pairs]
-    unknown = [np.zeros(t.shape, dtype=bool) if ignore_index is None else t == ignore_index for _, t in pairs]
+    unknown = [None if ignore_index is None or not (t == ignore_index).any() else t == ignore_index
+               for _, t in pairs]  # once per image, None where no pixel is ignored
     distance = []
     for c in range(num_classes):
-        per_image = [hd95(p == c, t == c, ignored=u if u.any() else None) for (p, t), u in zip(pairs, unknown)
-                     if ((p == c) & ~u).any() or (t == c).any()]
+        per_image = [hd95(p == c, t == c, ignored=u) for (p, t), u in zip(pairs, unknown)
+                     if (p == c if u is None else (p == c) & ~u).any() or (t == c).any()]
         distance.append(float(np.mean(per_image)) if per_image else math.nan)
     result = {"dice": dict(zip(names, dice)), "iou": dict(zip(names, iou)), "hd95": dict(zip(names, distance))}
     for key, values in (("dice", dice), ("iou", iou), ("hd95", distance)):

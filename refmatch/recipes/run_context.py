@@ -48,7 +48,7 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
     run_dir = Path(run_dir)
     made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     lock = None
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _main_rank():
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             lock = RunFolderLock(run_dir)
@@ -67,6 +67,11 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
         raise
 
 
+def _main_rank():
+    """Whether this process is rank 0, the one that writes the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _remove_empty(folders):
     for folder in folders:
         if folder.is_dir() and not any(folder.iterdir()):
@@ -79,15 +84,15 @@ def fresh_run(run_dir, overwrite=False):
     (its work would be overwritten) unless ``overwrite``. Then that run's ``RUN_OUTPUTS`` move
     into ``run_dir/.overwritten`` (rank 0) and are deleted once the body has built the new run;
     if the body raises (bad data, a model that cannot be built, Ctrl-C), the new run's outputs
-    go (``claimed_run_folder`` removes the folders it made) and the earlier run's come back. In a folder
-    holding no checkpoint, outputs found there stay, as the new run left them (it rewrites
+    go (``claimed_run_folder`` removes the folders it made) and the earlier run's come back. In a
+    folder holding no checkpoint, outputs found there stay, as the new run left them (it rewrites
     ``splits.json`` and adds to ``train.log``). A killed process leaves them in ``.overwritten``."""
     run_dir = Path(run_dir)
     held = [name for name in ("latest.pt", "best.pt") if (run_dir / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{run_dir} holds a run ({', '.join(held)}): continue it with --resume, "
                               "start it over with --overwrite, or train into another --out")
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = _main_rank()
     aside, moved = run_dir / OVERWRITTEN, []
     kept = {name for name in RUN_OUTPUTS if (run_dir / name).exists()}  # a folder holding no run: not ours
     if held and main_rank:
@@ -99,7 +104,7 @@ def fresh_run(run_dir, overwrite=False):
     try:
         yield
     except BaseException:
-        if main_rank and run_dir.is_dir():  # else it never got made (an --out under a file, say)
+        if main_rank:
             for name in set(RUN_OUTPUTS) - kept:
                 _remove(run_dir / name)
             for name in moved:
