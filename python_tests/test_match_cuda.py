@@ -48,8 +48,7 @@ def test_tf32_follows_matmul_precision(metric):
         result = match_cuda(query, reference, metric)
     finally:
         torch.set_float32_matmul_precision(previous)
-    # TF32 keeps 10 mantissa bits, as float16 does: hold it to the float16 tolerance.
-    tol = tolerance(query.half(), reference.half(), metric)
+    tol = tolerance(query, reference, metric, operands_rounded_to=torch.float16)
     exact = topk_oracle(query, reference, metric)[:, 0]
     picked = dense_scores(query, reference, metric).gather(1, result.index.cpu()[:, None])[:, 0]
     torch.testing.assert_close(picked, exact, atol=tol, rtol=0)
