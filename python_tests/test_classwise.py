@@ -77,6 +77,7 @@ def test_fused_backends_decline_with_reasons():
             refmatch.classwise_max(query, reference, labels, 70, backend="triton")
 
 
+@pytest.mark.torch_walk_only
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_blocks_of_one_class_take_the_row_max_path(metric):
     from refmatch.backends.torch_classwise import classwise_chunked

@@ -25,6 +25,7 @@ def test_rows_match_oracle(device, dtype, metric, n, m, d):
     assert_matches_oracle(result, query, reference, metric, labels=labels)
 
 
+@pytest.mark.torch_walk_only
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 @pytest.mark.parametrize("block_m, tile_bytes", [(1, 64), (7, 4 * 7 * 5), (64, 1 << 20)])
 def test_many_small_tiles(metric, block_m, tile_bytes):
