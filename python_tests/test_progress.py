@@ -28,11 +28,14 @@ def test_no_bar_where_stderr_is_no_terminal(monkeypatch):
     assert isinstance(progress_bar(10, "train"), _SilentBar)
 
 
-def test_progress_bar_without_tqdm_shows_nothing_and_takes_the_same_calls(monkeypatch):
+def test_progress_bar_without_tqdm_shows_nothing_and_takes_the_same_calls(monkeypatch, capfd):
     import sys
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)  # where tqdm would draw a bar
     bar = progress_bar(10, "pseudo-label")
+    assert isinstance(bar, _SilentBar)
     bar.update(4)
     bar.set_postfix(loss="0.1")
     bar.close()
+    assert capfd.readouterr() == ("", "")

@@ -1,6 +1,6 @@
 """The README's Usage example runs as written (its training-loop block is a sketch with the
 user's own model and data, so it is not run); its experiment summary and docs/experiments.md's
-five-seed tables agree with their seeds."""
+five-seed tables agree with their seeds; the defaults it lists are the code's."""
 import importlib.util
 import re
 from pathlib import Path
@@ -102,3 +102,13 @@ def test_the_readme_summary_is_the_mean_of_the_instance_norm_seed_tables():
         _, methods = tables[sources[cells[0]]]
         means = [sum(values) / len(values) for values in methods.values()]
         assert [float(cell) for cell in cells[1:]] == pytest.approx(means, abs=5.1e-5), cells[0]
+
+
+def test_compare_pseudo_labels_defaults_are_the_readmes():
+    """The plain pseudo-label defaults a compared setting starts from, as the README lists them."""
+    from refmatch.recipes.compare_pseudo_labels import PLAIN_PSEUDO_LABELS
+
+    text = " ".join(README.read_text().split())
+    stated = re.search(r"plain pseudo-label defaults \(`([^`]*)`", text).group(1)
+    assert dict(item.split("=") for item in stated.split()) == \
+        {key: str(value).lower() for key, value in PLAIN_PSEUDO_LABELS.items()}

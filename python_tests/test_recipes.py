@@ -208,6 +208,9 @@ def test_resume_on_amp_takes_a_cpu_legs_empty_scaler(tmp_path):
         assert state["scaler"] == {}
         trainer.amp, trainer.scaler = True, torch.amp.GradScaler("cpu", enabled=True)
         trainer._load(state)
+        assert trainer.scaler.is_enabled() and trainer.scaler.state_dict()["scale"] == 2.0 ** 16  # afresh
+        trainer._load({**state, "scaler": torch.amp.GradScaler("cpu", init_scale=1024.0).state_dict()})
+        assert trainer.scaler.state_dict()["scale"] == 1024.0  # an AMP leg's scale goes on
     finally:
         trainer.run.close()
 
