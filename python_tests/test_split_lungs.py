@@ -61,15 +61,43 @@ def test_the_folder_gets_three_class_masks_and_links_to_the_images(split_lungs, 
     written = np.asarray(Image.open(out / "masks" / "a.png"))
     assert (written == split_lungs.sides_mask(two_lungs())).all()
     assert (out / "images").resolve() == (data / "images").resolve() and (out / "unlabeled").is_symlink()
-    Image.fromarray(np.full((20, 100), 255, dtype=np.uint8)).save(data / "masks" / "b.png")
+    Image.fromarray(np.ones((20, 100), dtype=np.uint8)).save(data / "masks" / "b.png")  # lung everywhere
     with pytest.raises(ValueError, match=r"b\.png: no lung-free column"):
         split_lungs.main(["--data", str(data), "--out", str(out)])
 
 
-@pytest.mark.skipif(not LUNG_DATA.is_dir(), reason="the lung X-ray folder is not here")
-def test_every_shenzhen_mask_splits(split_lungs):
+def test_sixteen_bit_masks_and_ignored_pixels_read_as_training_reads_them(split_lungs, tmp_path):
+    """A resampled 16-bit edge below half the bright value is background (8-bit conversion clipped
+    it to 255: lung); index masks keep their ignored pixels."""
     from PIL import Image
 
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "masks").mkdir(parents=True)
+    sixteen = (65535 * two_lungs()).astype(np.uint16)
+    sixteen[10, 9] = 30000  # just outside the right lung's outer edge
+    Image.fromarray(sixteen).save(data / "masks" / "a.png")
+    indices = two_lungs().astype(np.uint8)
+    indices[0, :5] = 255
+    Image.fromarray(indices).save(data / "masks" / "b.png")
+    assert split_lungs.main(["--data", str(data), "--out", str(out)]) == 0
+    assert (np.asarray(Image.open(out / "masks" / "a.png")) == split_lungs.sides_mask(two_lungs())).all()
+    written = np.asarray(Image.open(out / "masks" / "b.png"))
+    assert (written[0, :5] == 255).all() and (written[1:] == split_lungs.sides_mask(two_lungs())[1:]).all()
+
+
+def test_every_phantom_lung_mask_splits(split_lungs):
+    """The synthetic chest phantoms' lungs (the heart bulging into one) split as the X-rays' do."""
+    from refmatch.data.phantoms import make_phantom
+
+    for seed in range(20):
+        lung = make_phantom(seed, size=64)[1].numpy() == 1
+        sides = split_lungs.sides_mask(lung)
+        assert ((sides > 0) == lung).all()
+
+
+@pytest.mark.skipif(not LUNG_DATA.is_dir(), reason="the lung X-ray folder is not here")
+def test_every_shenzhen_mask_splits(split_lungs):
+    from refmatch.data.folder import read_mask
+
     for path in sorted((LUNG_DATA / "masks").glob("*.png")):
-        with Image.open(path) as image:
-            split_lungs.sides_mask(np.asarray(image.convert("L")) > 127)
+        split_lungs.sides_mask(read_mask(path, num_classes=2).numpy() == 1)

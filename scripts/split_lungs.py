@@ -6,8 +6,9 @@ The Shenzhen masks merge both lungs. In every one of their 566 masks the mediast
 columns without lung in the middle of the image, so each mask splits at the centre of the widest
 such gap in the middle 40 % of its width: lung left of it is the patient's right lung (class 1,
 as radiographs are viewed facing the patient), lung right of it the left lung (class 2). A
-mask without such a gap, or with a side left empty, is refused by name. Masks are written as
-0/1/2 PNGs; images/ and unlabeled/ link to the originals (nothing is copied). Train with
+mask without such a gap, or with a side left empty, is refused by name. Masks are read as training
+reads them (refmatch.data.folder.read_mask) and written as 0/1/2 PNGs, 255 where the source
+ignores; images/ and unlabeled/ link to the originals (nothing is copied). Train with
 configs/lung_sides_cpu.yaml, whose ``classes`` name the three.
 """
 import argparse
@@ -53,6 +54,8 @@ def main(argv=None):
     from PIL import Image
     from tqdm import tqdm
 
+    from refmatch.data.folder import IGNORE_LABEL, read_mask
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/nlm-cxr-lung-512"))
     parser.add_argument("--out", type=Path, default=Path("runs/data/lung-sides-512"))
@@ -66,12 +69,12 @@ def main(argv=None):
         if (args.data / sub).is_dir() and not link.exists():
             link.symlink_to((args.data / sub).resolve(), target_is_directory=True)
     for path in tqdm(masks, desc="splitting masks", unit="mask"):
-        with Image.open(path) as image:
-            lung = np.asarray(image.convert("L")) > 127  # the folder's rule for resampled edges
+        mask = read_mask(path, num_classes=2).numpy()  # as training reads it: 8 or 16 bits, resampled edges
         try:
-            sides = sides_mask(lung)
+            sides = sides_mask(mask == 1)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+        sides[mask == IGNORE_LABEL] = IGNORE_LABEL
         Image.fromarray(sides).save(args.out / "masks" / path.name)
     print(f"wrote {len(masks)} masks (0 background, 1 right lung, 2 left lung) to {args.out / 'masks'}")
     return 0
