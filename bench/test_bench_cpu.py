@@ -1,7 +1,8 @@
 """CPU micro-benchmarks for pytest-benchmark: ``pytest bench --benchmark-only``.
 
-They sit outside python_tests/, so the CI suite never runs them. Each times one
-method at N=2048, M=16384, D=128, float32, on the same inputs.
+They sit outside python_tests/, so the CI suite never runs them. Each match test times
+one method at N=2048, M=16384, D=128, float32, on the same inputs; the last times the main
+job's phantom generator on one thread, as in a DataLoader worker.
 """
 import pytest
 import torch
@@ -35,3 +36,14 @@ def test_faiss_flat_ip(benchmark, inputs):
     index = faiss.IndexFlatIP(D)
     index.add(reference.numpy())
     benchmark(lambda: index.search(query.numpy(), 1))
+
+
+def test_phantom_on_one_thread(benchmark):
+    from refmatch.data.phantoms import make_phantom
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        benchmark(make_phantom, 0)
+    finally:
+        torch.set_num_threads(threads)
