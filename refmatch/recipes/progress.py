@@ -9,6 +9,11 @@ import time
 REPORTS = 10  # log lines over a run: one each tenth
 
 
+def launched_rank():
+    """This process's rank as the launcher (torchrun) set it; 0 when run alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 class _SilentBar:
     """What ``progress_bar`` gives without tqdm or a terminal: the calls, no output."""
 
@@ -31,7 +36,7 @@ def progress_bar(total, description, unit="image", initial=0, delay=0.0):
         from tqdm import tqdm
     except ImportError:
         return _SilentBar()
-    if not sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0:  # one bar, rank 0's
+    if not sys.stderr.isatty() or launched_rank() != 0:  # one bar, rank 0's
         return _SilentBar()
     return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, mininterval=1.0, initial=initial,
                 delay=delay, leave=not delay)

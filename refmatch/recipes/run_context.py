@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import save_atomic
-from .progress import ConsoleHandler, progress_bar, reported_steps
+from .progress import ConsoleHandler, launched_rank, progress_bar, reported_steps
 from .run_lock import RunFolderLock
 
 
@@ -48,7 +48,7 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
     run_dir = Path(run_dir)
     made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     lock = None
-    if _main_rank():
+    if launched_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             lock = RunFolderLock(run_dir)
@@ -65,11 +65,6 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
                 lock.path.unlink(missing_ok=True)
         _remove_empty(made)
         raise
-
-
-def _main_rank():
-    """Whether this process is rank 0, the one that writes the run folder."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _remove_empty(folders):
@@ -92,7 +87,7 @@ def fresh_run(run_dir, overwrite=False):
     if held and not overwrite:
         raise FileExistsError(f"{run_dir} holds a run ({', '.join(held)}): continue it with --resume, "
                               "start it over with --overwrite, or train into another --out")
-    main_rank = _main_rank()
+    main_rank = launched_rank() == 0
     aside, moved = run_dir / OVERWRITTEN, []
     kept = {name for name in RUN_OUTPUTS if (run_dir / name).exists()}  # a folder holding no run: not ours
     if held and main_rank:
@@ -132,7 +127,7 @@ class RunContext:
     def __init__(self, config, run_dir, resumed_step=None, lock=None):
         self.dir = Path(run_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = launched_rank()
         self.device = _pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")),
                                    int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
         if self.world > 1 and not dist.is_initialized():
@@ -255,7 +250,8 @@ class RunContext:
             self.writer.add_image("images", picture, step, dataformats="HWC")
 
     def release_files(self):
-        """Close the TensorBoard writer and the log handlers (the log file is left in place)."""
+        """Close the TensorBoard writer and the log handlers (the log file is left in place), give
+        Python's warnings back their own display, and release the run folder's lock."""
         if self.writer is not None:
             self.writer.close()
         for handler in getattr(self, "_handlers", []):
