@@ -9,7 +9,6 @@ each call holding no GIL. Few, large calls: torch's OpenMP threads spin for a wh
 after each torch operation, and calls made among such operations ran 15 % slower.
 Extra memory: one prepared block, and int32 indices beside the [N, k] result.
 """
-import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -17,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import torch
 
 from .cuda_backend import native_module
+from .settings import environment
 
 PREPARED_BYTES = 32 << 20  # references prepared per native call
 MAX_K = 64                 # a row's sorted list is shifted on each insert
@@ -56,18 +56,9 @@ def _widths():
     return held, None
 
 
-@contextlib.contextmanager
 def forced(setting):
     """``REFMATCH_CPU_TOPK=setting`` ("0", "avx512", "avx2") inside the block, as it was after."""
-    before = os.environ.get("REFMATCH_CPU_TOPK")
-    os.environ["REFMATCH_CPU_TOPK"] = setting
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["REFMATCH_CPU_TOPK"]
-        else:
-            os.environ["REFMATCH_CPU_TOPK"] = before
+    return environment({"REFMATCH_CPU_TOPK": setting})
 
 
 def applies(rows, reference, k):

@@ -14,8 +14,7 @@ Three settings, each read at every call and refused by name when unknown:
 A variant's name is the one ``cuda_backend.kernel_name`` reports: "wgmma", then "-256"
 (256 query rows), "-rs" (query in registers) and "-tma" (TMA loads).
 """
-import contextlib
-import os
+from .settings import environment, setting
 
 HOPPER_ROWS = (256, 128)  # query rows per CTA; the first is the default
 HOPPER_QUERY = ("shared", "registers")  # where the query operand lives; the first is the default
@@ -35,15 +34,6 @@ HOPPER_VARIANTS = {wgmma_name(rows, query, loads): (rows, query, loads)
                    for loads in HOPPER_LOADS for query in HOPPER_QUERY for rows in HOPPER_ROWS}
 
 
-def setting(name, choices):
-    """Environment variable ``name``, one of ``choices`` (the first is the default), or a
-    ValueError naming it; refused on every card alike."""
-    value = os.environ.get(name, choices[0])
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
 def rows_setting():
     """``REFMATCH_CUDA_HOPPER_ROWS`` as an int: 256 (the default) or 128."""
     return int(setting("REFMATCH_CUDA_HOPPER_ROWS", [str(rows) for rows in HOPPER_ROWS]))
@@ -61,7 +51,6 @@ def hopper_tma_loads():
     return setting("REFMATCH_CUDA_HOPPER_LOADS", HOPPER_LOADS) == "tma"
 
 
-@contextlib.contextmanager
 def hopper_kernel(variant=None):
     """Inside the block the cuda backend runs ``variant`` where a call allows it:
     "mma.sync" (``REFMATCH_CUDA_HOPPER=0``) or a ``HOPPER_VARIANTS`` name, which sets the
@@ -72,16 +61,7 @@ def hopper_kernel(variant=None):
     settings = {"REFMATCH_CUDA_HOPPER": "0" if variant == "mma.sync" else "1"}
     if variant in HOPPER_VARIANTS:
         settings.update(zip(SETTINGS, map(str, HOPPER_VARIANTS[variant])))
-    previous = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
+    return environment(settings)
 
 
 def documented_hopper_kernel(variant, dim):
