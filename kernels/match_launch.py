@@ -1,5 +1,5 @@
 """Launches of the fused Triton ``match`` kernel (``match.py``): the public entry points
-``match_topk``, ``match_argmax``, ``classwise_max`` and ``range_maxima``.
+``match_topk`` (k = 1 included), ``classwise_max`` and ``range_maxima``.
 
 Each call picks a tile shape (``match_tiles``: the register-capped two-programs-per-SM
 shape where measured, else the default), steps down the shared-memory ladder when a
@@ -141,12 +141,6 @@ def match_topk(query, reference, ref_stat, metric, k=1, *, splits=None, **tile):
     partial_score, partial_index = _launch(query, reference, ref_stat, None, metric,
                                            "argmax" if k == 1 else "topk", k, splits, tile)
     return merge_split_lists(partial_score, partial_index)
-
-
-def match_argmax(query, reference, ref_stat, metric, **overrides):
-    """``match_topk`` with k = 1, shaped (score [N], index [N])."""
-    score, index = match_topk(query, reference, ref_stat, metric, 1, **overrides)
-    return score[:, 0], index[:, 0]
 
 
 def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, splits=None, **tile):

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def rows_of(query):

@@ -46,15 +46,14 @@ def test_strided_maps_match_oracle(metric, monkeypatch):
 
 @pytest.mark.parametrize("splits", [1, 2, 5])
 def test_split_merge_keeps_lowest_index(splits):
-    from refmatch.kernels.match_launch import match_argmax
+    from refmatch.kernels.match_launch import match_topk
 
     reference = torch.randn(150, 16, device=DEVICE)
     reference[[37, 70, 140]] = 3.0  # identical best rows in different tiles and splits
     query = torch.ones(40, 16, device=DEVICE)
     stat = torch.empty(0, device=DEVICE)
-    score, index = match_argmax(query.T[None, :, :, None], reference, stat, "dot",
-                                splits=splits, block_m=16)
-    assert (index == 37).all() and (score == 48.0).all()
+    score, index = match_topk(query.T[None, :, :, None], reference, stat, "dot", 1, splits=splits, block_m=16)
+    assert (index == 37).all() and (score == 48.0).all() and index.shape == (40, 1)
 
 
 def record_launches(monkeypatch):

@@ -230,8 +230,9 @@ class ReferenceBank(nn.Module):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
         dtype) against the stored features; ``index`` is a slot, ``label`` its class.
 
-        Only filled slots are scored: one fused match per class over its filled
-        prefix, merged with the lowest-index tie rule.
+        Only filled slots are scored: a growable bank runs one fused match per class
+        over its filled prefix, merged with the lowest-index tie rule; a ``from_tensors``
+        bank one match over all its rows (ignored labels never match).
         """
         k = as_int("k", k)
         stored = self._stored()

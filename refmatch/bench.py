@@ -135,10 +135,9 @@ def _line(r):
     if "skipped" in r or "error" in r:
         return f"{size} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']} | | | | | |"
     agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f} %"
-    ratio = f"{r['ratio_to_gemm']:.2f}" if "ratio_to_gemm" in r else ""
     to_k1 = f"{r['ratio_to_k1']:.2f}" if "ratio_to_k1" in r else ""
-    return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {ratio} | {to_k1} | {r['peak_mib']:.0f} | "
-            f"{agree} |")
+    return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {r['ratio_to_gemm']:.2f} | {to_k1} | "
+            f"{r['peak_mib']:.0f} | {agree} |")
 
 
 def markdown(rows):

@@ -1,4 +1,5 @@
-"""The benchmark's float64 oracle and its agreement checks, independent of refmatch's backends.
+"""The benchmark's float64 oracle and its agreement checks, independent of refmatch's kernels
+(it takes only the worst score per metric from ``backends.scoring``).
 
 The oracle scores every (query, reference) pair densely in float64, a chunk of query
 rows at a time (``chunk_bytes`` of scores), and keeps per metric the best

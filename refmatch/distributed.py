@@ -193,7 +193,9 @@ class ShardedReferenceBank(ReferenceBank):
         return torch.cat(_gather(padded, self.group)), slice(start, start + rows.shape[0]), shape_back
 
     def match(self, query, k=1, backend="auto"):
-        """``refmatch.match`` against the whole sharded bank; ``index`` is global."""
+        """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], this rank's) against the whole
+        sharded bank; a collective. Results as ``ReferenceBank.match``'s ([N, k] or
+        [B, k, h, w]; [N] / [B, h, w] for k = 1), with global ``index``."""
         all_rows, mine, shape_back = self._gathered_queries(self._checked_everywhere(query, k))
         score = all_rows.new_full((all_rows.shape[0], k), worst_score(self.metric),
                                   dtype=accumulation_dtype(self.features.dtype))

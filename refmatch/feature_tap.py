@@ -41,6 +41,12 @@ class FeatureTap:
     whose older output would not belong to this batch. A layer that returns a tuple or list is
     tapped at its first element; one called twice in a pass gives its last call's output.
 
+    Args:
+        model: the ``nn.Module`` to tap.
+        layers: names of its submodules (as ``model.named_modules()`` gives them).
+        size: (h, w) or an int for square maps; None: the largest captured map's size.
+        weights: one float per layer (1.0 each by default), applied after normalising.
+
     Example:
         >>> with FeatureTap(teacher, ["decoder.up2", "decoder.up1"]) as tap:
         ...     teacher(images)

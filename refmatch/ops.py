@@ -258,7 +258,8 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
         ignore_index: references with this label count for no class.
 
     Returns:
-        [N, C] for rows, [B, C, H, W] for maps: the best similarity per class, or
+        [N, C] for rows, [B, C, H, W] for maps (float32; float64 for float64
+        inputs): the best similarity per class, or
         for "l2" the smallest squared distance (its GEMM form, after the shift that
         ``match`` makes, clamped at 0); -inf (+inf for l2) for a class with no
         reference, and in every class of a row that holds Inf or NaN (cosine, l2).

@@ -13,16 +13,17 @@ WEIGHTINGS = ("uniform", "similarity")
 
 
 class Vote(NamedTuple):
-    """probabilities: [N, C] or [B, C, H, W], summing to 1 over C where any
+    """probabilities: float32 [N, C] or [B, C, H, W], summing to 1 over C where any
     candidate exists (0 everywhere otherwise); confidence: the margin between the
-    two most probable classes, [N] or [B, H, W]."""
+    two most probable classes, float32 [N] or [B, H, W]."""
 
     probabilities: torch.Tensor
     confidence: torch.Tensor
 
 
 def margin(probabilities):
-    """Top-1 minus top-2 probability over dim 1 (the whole top-1 when C = 1)."""
+    """Top-1 minus top-2 probability over dim 1 (the whole top-1 when C = 1): [N, C] -> [N],
+    [B, C, H, W] -> [B, H, W]."""
     if probabilities.shape[1] == 1:
         return probabilities[:, 0]
     top = probabilities.topk(2, dim=1).values

@@ -118,8 +118,8 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
         splits: number of bank ranges (default: enough to fill the device).
 
     Returns:
-        (score [N] float32, index [N] int64) exactly like
-        ``refmatch.kernels.match_launch.match_argmax``: q.r, q.r/|r| or 2 q.r - |r|^2;
+        (score [N] float32, index [N] int64) exactly like column 0 of
+        ``refmatch.kernels.match_launch.match_topk`` at k = 1: q.r, q.r/|r| or 2 q.r - |r|^2;
         index -1 where no score but -inf or NaN exists (a +inf dot product is a match).
     """
     score, index, _ = launch_match(query, reference, ref_stat, metric, splits=splits)

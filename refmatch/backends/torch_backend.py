@@ -202,7 +202,7 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
         k: number of matches per row, 1 <= k <= M (slots beyond the matchable
             references hold index -1).
         metric: "cosine", "dot" or "l2".
-        tile_bytes, block_m: overrides of the tile budget (tests, benchmarks).
+        tile_bytes, block_m: overrides of the tile budget (tests).
         screen: use the exact bfloat16 screen (``torch_screening``) for float32
             k <= 16 on the CPU; None decides by hardware and problem size.
     Returns:

@@ -17,12 +17,14 @@ def dice_loss(logits, masks, ignore_index=255, eps=1.0):
 
 
 def supervised_loss(logits, masks, ignore_index=255):
-    """Cross-entropy + Dice, the loss on labelled images."""
+    """Cross-entropy + Dice, the loss on labelled images: logits [B, C, H, W], masks [B, H, W]
+    int64 (``ignore_index`` where unlabelled); a 0-d float32 tensor."""
     return F.cross_entropy(logits.float(), masks, ignore_index=ignore_index) + dice_loss(logits, masks, ignore_index)
 
 
 def pseudo_label_loss(logits, pseudo_labels, ignore_index=255):
-    """Cross-entropy over kept pseudo-labelled pixels (0 when none is kept)."""
+    """Cross-entropy over kept pseudo-labelled pixels (0 when none is kept): logits
+    [B, C, H, W], pseudo_labels [B, H, W] int64 (``ignore_index`` where not kept); 0-d float32."""
     kept = pseudo_labels != ignore_index
     if not bool(kept.any()):
         return logits.sum() * 0.0

@@ -61,7 +61,8 @@ class ReferencePseudoLabels:
 
     @torch.no_grad()
     def refresh(self, images, masks, batch_size):
-        """Rebuild the bank from the current teacher's features of all labelled images."""
+        """Rebuild the bank from the current teacher's features of all labelled images:
+        images [L, 1, H, W], masks [L, H, W] int64, ``batch_size`` images a forward pass."""
         self.bank.clear()
         bar = progress_bar(images.shape[0], "reference bank", delay=2.0)
         for start in range(0, images.shape[0], batch_size):
