@@ -201,6 +201,29 @@ def test_topk_maps_are_b_k_h_w():
     assert (result.score[:, 0] >= result.score[:, 1]).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int32, torch.int64])
+def test_labels_come_back_int64_and_none_without_labels(backend, label_dtype):
+    query, reference = torch.randn(5, 8, device=DEVICE), torch.randn(12, 8, device=DEVICE)
+    labels = torch.arange(12, device=DEVICE).remainder(3).to(label_dtype)
+    result = refmatch.match(query, reference, labels, k=2, backend=backend)
+    assert result.label.dtype == torch.int64 and torch.equal(result.label, labels.long()[result.index])
+    assert refmatch.match(query, reference, k=2, backend=backend).label is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cosine_of_zero_rows_is_zero(backend):
+    """As F.normalize: a zero query row scores 0 with every reference, and a zero reference 0 with
+    every query; -inf is not its score, so the zero row still matches (the lowest index)."""
+    query, reference = torch.randn(4, 8, device=DEVICE), -torch.rand(6, 8, device=DEVICE)
+    query[1] = 0
+    query[2] = reference[0].abs()  # all positive: every cosine but the zero reference's is negative
+    reference[3] = 0
+    result = refmatch.match(query, reference, metric="cosine", backend=backend)
+    assert result.score[1] == 0 and result.index[1] == 0
+    assert result.score[2] == 0 and result.index[2] == 3
+
+
 def test_empty_query_gives_empty_results():
     result = refmatch.match(torch.randn(0, 8), torch.randn(5, 8))
     assert result.score.shape == (0,) and result.index.shape == (0,)
@@ -242,7 +265,19 @@ def test_compile_fullgraph():
         # The label check's host read is skipped while compiling.
         return refmatch.match(features, bank, bank_labels, metric="cosine", ignore_index=2).label + 0
 
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def soft_labels(features, bank, bank_labels):
+        per_class = refmatch.classwise_max(features, bank, bank_labels, 3)
+        top = refmatch.match(features, bank, k=4)
+        return (refmatch.vote(per_class, num_classes=3).probabilities,
+                refmatch.vote(top, bank_labels, num_classes=3, ignore_index=2).probabilities)
+
     maps = torch.randn(2, 8, 3, 5)
     bank, bank_labels = torch.randn(20, 8), torch.randint(0, 3, (20,))
     expected = refmatch.match(maps, bank, bank_labels, ignore_index=2).label
     assert torch.equal(pseudo_labels(maps, bank, bank_labels), expected)
+    from_classes, from_top = soft_labels(maps, bank, bank_labels)
+    torch.testing.assert_close(from_classes, refmatch.vote(refmatch.classwise_max(maps, bank, bank_labels, 3),
+                                                           num_classes=3).probabilities)
+    torch.testing.assert_close(from_top, refmatch.vote(refmatch.match(maps, bank, k=4), bank_labels, num_classes=3,
+                                                       ignore_index=2).probabilities)
