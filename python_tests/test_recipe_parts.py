@@ -168,6 +168,9 @@ def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():
     saved = dataclasses.asdict(load_config(None, ["steps=10"]))
     del saved["pl_consensus"]  # a run saved before the key existed
     check_resumable(saved, load_config(None, ["steps=20"]))
+    # What the README says a resume may change (and the steps trained), all at once:
+    check_resumable(saved, load_config(None, ["steps=20", "eval_every=7", "image_every=3", "num_workers=0",
+                                              "device=cpu"]))
     with pytest.raises(ValueError, match=r"pl_consensus \(False saved, True given\)"):
         check_resumable(saved, load_config(None, ["steps=10", "pl_consensus=true"]))
     # A key whose default changed since: such runs resume as they ran (the ring bank).
