@@ -41,6 +41,10 @@ def test_a_few_steps_of_each_method(tmp_path, method):
         events = EventAccumulator(str(tmp_path / "tensorboard"))
         events.Reload()
         assert [image.step for image in events.Images("images")] == [2, 4]
+        tags = set(events.Tags()["scalars"])
+        assert {"loss/supervised", "loss/total", "val/mean_dice"} <= tags
+        pseudo = {"loss/pseudo_label", "pseudo/weight", "pseudo/kept_ratio", "pseudo/accuracy"}
+        assert pseudo <= tags if method != "supervised" else not pseudo & tags
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
