@@ -5,6 +5,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .bank_checks import check_feature_maps
 from .feature_tap import size_pair
 from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
@@ -85,8 +86,7 @@ class PseudoLabeler:
         agree_with: optional [B, H, W] labels at that size (a teacher's argmax, say);
         pixels whose pseudo-label differs get ``ignore_index``.
         """
-        if not isinstance(features, torch.Tensor) or features.dim() != 4:
-            raise ValueError(f"features must be [B, D, h, w], got {getattr(features, 'shape', type(features))}")
+        check_feature_maps(features, self.bank.dim)
         size = self.out_size or tuple(features.shape[-2:])
         if self.mode == "hard":
             result = self.bank.match(features, k=1)
