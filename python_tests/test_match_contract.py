@@ -74,6 +74,22 @@ def test_a_query_row_holding_inf_matches_nothing(backend, metric):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's numpy GEMM
+def test_cosine_of_a_query_row_whose_norm_overflows_matches_nothing(backend, k):
+    """Finite entries around 1e38 whose norm passes float32's range: its products overflowed
+    too, so the row matches nothing in any slot, as a row holding Inf (k = 2 returned the slots
+    [-1, 0] unsorted, its finite products read as cosine 0)."""
+    reference = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]], device=DEVICE)
+    query = torch.tensor([[3e38, 3e38, 3e38, 3e38], [2e38, 0.0, 2e38, 0.0]], device=DEVICE)
+    result = refmatch.match(query, reference, k=k, metric="cosine", backend=backend)
+    index, score = result.index.reshape(2, k), result.score.reshape(2, k)
+    assert (index[0] == -1).all() and (score[0] == float("-inf")).all()
+    if backend == "torch":  # the fused kernels' q.r overflows there, as the README says
+        assert index[1, 0] in (0, 1) and score[1, 0].item() == pytest.approx(0.5 ** 0.5)  # |q| = 2.8e38 fits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("bad_rows", ["none", "not finite", "ignored"])
 def test_l2_of_features_with_a_large_offset(backend, k, bad_rows):

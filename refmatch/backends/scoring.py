@@ -181,7 +181,10 @@ def _from_oriented(oriented, query, metric):
     if metric == "dot":
         return oriented
     if metric == "cosine":  # rounding of the two norms can land a hair outside [-1, 1]: acos would give NaN
-        cosine = oriented / norms(query, dim=1)[:, None].clamp_min(NORM_EPS)
+        norm = norms(query, dim=1)[:, None]
+        # A row whose norm passes float32's range (entries around 1e38) overflowed its products
+        # too: it matches nothing, as a row holding Inf (else its finite ones would read as 0).
+        cosine = torch.where(norm.isinf(), float("nan"), oriented / norm.clamp_min(NORM_EPS))
         return torch.where(cosine.isfinite(), cosine.clamp(-1, 1), cosine)  # +inf: a fused kernel's overflow
     return squared_norms(query, dim=1)[:, None] - oriented
 
