@@ -89,6 +89,27 @@ def test_cosine_of_a_query_row_whose_norm_overflows_matches_nothing(backend, k):
         assert index[1, 0] in (0, 1) and score[1, 0].item() == pytest.approx(0.5 ** 0.5)  # |q| = 2.8e38 fits
 
 
+def test_cosine_reference_rows_whose_norm_overflows_match_nothing():
+    """A reference row such as [2e38, 2e38, 2e38, 0] normalised to zeros and scored 0, beating
+    the true best of negative cosines; now it never matches, as a reference holding Inf."""
+    reference = torch.tensor([[2e38, 2e38, 2e38, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]])
+    query = torch.tensor([[-1.0, -0.5, 0.0, 0.0]])
+    result = refmatch.match(query, reference, k=3, metric="cosine", backend="torch")
+    assert result.index.tolist() == [[1, 2, -1]]
+    scores = refmatch.classwise_max(query, reference, torch.tensor([0, 1, 1]), 2, backend="torch")
+    assert scores[0, 0] == float("-inf") and scores[0, 1] > 0.8
+
+
+def test_l2_centres_banks_whose_float32_moments_overflow():
+    """A tight cluster around 1e20: the bank's sum of squares passes float32's range, which kept
+    it from being shifted, so every distance overflowed and no query matched."""
+    generator = torch.Generator().manual_seed(0)
+    reference = 1e20 + 1e18 * torch.randn(64, 4, generator=generator)
+    query = reference[:8] + 1e17 * torch.randn(8, 4, generator=generator)
+    result = refmatch.match(query, reference, metric="l2", backend="torch")
+    assert result.index.tolist() == list(range(8)) and result.score.isfinite().all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("bad_rows", ["none", "not finite", "ignored"])

@@ -81,10 +81,17 @@ def norms(tensor, dim, max_elements=1 << 22):
     return _reduced_by_chunks(tensor, dim, _norm, max_elements)
 
 
+def _cosine_norms(rows):
+    """``norms`` clamped at NORM_EPS, NaN where the norm itself passes the dtype's range (entries
+    around 1e38 in float32): such a row's cosines cannot be had from its scaled copy, so it
+    matches nothing, as a row holding Inf."""
+    return norms(rows, dim=1).clamp_min(NORM_EPS).nan_to_num(posinf=float("nan"))
+
+
 def normalized_rows(rows):
     """[M, D] rows over their norms (``norms``), as ``F.normalize(rows, dim=1)`` with eps
-    NORM_EPS, but exact for rows whose squared norm overflows."""
-    return rows / norms(rows, dim=1).clamp_min(NORM_EPS).to(rows.dtype)[:, None]
+    NORM_EPS, but exact for rows whose squared norm overflows; NaN rows where the norm does."""
+    return rows / _cosine_norms(rows).to(rows.dtype)[:, None]
 
 
 def reference_stat(reference, metric):
@@ -92,7 +99,7 @@ def reference_stat(reference, metric):
     if metric == "dot":
         return reference.new_empty(0, dtype=accumulation_dtype(reference.dtype))
     if metric == "cosine":
-        return norms(reference, dim=1).clamp_min(NORM_EPS).reciprocal()
+        return _cosine_norms(reference).reciprocal()
     return squared_norms(reference, dim=1)
 
 
@@ -113,9 +120,12 @@ def _matchable_row_chunks(reference, ignored, max_rows):
 
 
 def _matchable_row_moments(reference, ignored, max_rows):
-    """(number, mean [D], mean squared norm) of the rows that can match, a chunk at a time."""
+    """(number, mean [D], mean squared norm) of the rows that can match, a chunk at a time, in
+    float64: float32 sums of squares of a large bank overflow from features around 1e17, and
+    the test below then never shifts."""
     count, total, total_sq = 0, 0, 0
     for rows, matchable in _matchable_row_chunks(reference, ignored, max_rows):
+        rows = rows.double()
         count, total, total_sq = count + matchable.sum(), total + rows.sum(dim=0), total_sq + rows.square().sum()
     return count, total / count, total_sq / count
 
@@ -148,7 +158,7 @@ def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
         return query, reference
     spread_sq = sum(torch.where(matchable, rows - mean, 0).square().sum()
                     for rows, matchable in _matchable_row_chunks(reference, ignored, max_rows)) / count
-    precision = torch.finfo(mean.dtype).eps * mean.abs().amax()  # > 0: the offset dominates
+    precision = torch.finfo(accumulation_dtype(reference.dtype)).eps * mean.abs().amax()  # > 0: the offset dominates
     per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(precision)
     step = torch.exp2(torch.floor(torch.log2(per_channel)))
     shift = (torch.round(mean / step) * step).to(query.dtype)
