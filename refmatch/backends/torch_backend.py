@@ -186,9 +186,11 @@ def _nonfinite_blocks(reference, block_m):
     """Indices of the reference blocks that may hold a NaN or infinity (one host read).
 
     A row sum is non-finite when the row holds a NaN or infinity (or overflows,
-    which only costs that block the NaN pass), without an [M, D] temporary.
+    which only costs that block the NaN pass), without an [M, D] temporary: summed in the
+    bank's own dtype, as a dtype= argument casts the whole bank first (a float32 copy of a
+    bfloat16 or float64 bank on every call).
     """
-    bad_rows = (~torch.isfinite(reference.sum(dim=1, dtype=torch.float32))).nonzero()[:, 0]
+    bad_rows = (~torch.isfinite(reference.sum(dim=1))).nonzero()[:, 0]
     return set((bad_rows // block_m).tolist())
 
 
