@@ -82,9 +82,9 @@ def norms(tensor, dim, max_elements=1 << 22):
 
 
 def _cosine_norms(rows):
-    """``norms`` clamped at NORM_EPS, NaN where the norm itself passes the dtype's range (entries
-    around 1e38 in float32): such a row's cosines cannot be had from its scaled copy, so it
-    matches nothing, as a row holding Inf."""
+    """``norms`` over dim 1 clamped at NORM_EPS, NaN where the norm itself passes the dtype's
+    range (entries around 1e38 in float32): such a row, query or reference, matches nothing,
+    as a row holding Inf."""
     return norms(rows, dim=1).clamp_min(NORM_EPS).nan_to_num(posinf=float("nan"))
 
 
@@ -191,10 +191,8 @@ def _from_oriented(oriented, query, metric):
     if metric == "dot":
         return oriented
     if metric == "cosine":  # rounding of the two norms can land a hair outside [-1, 1]: acos would give NaN
-        norm = norms(query, dim=1)[:, None]
-        # A row whose norm passes float32's range (entries around 1e38) overflowed its products
-        # too: it matches nothing, as a row holding Inf (else its finite ones would read as 0).
-        cosine = torch.where(norm.isinf(), float("nan"), oriented / norm.clamp_min(NORM_EPS))
+        # NaN for a row whose norm overflows: its products overflowed too (finite ones would read as 0).
+        cosine = oriented / _cosine_norms(query)[:, None]
         return torch.where(cosine.isfinite(), cosine.clamp(-1, 1), cosine)  # +inf: a fused kernel's overflow
     return squared_norms(query, dim=1)[:, None] - oriented
 
