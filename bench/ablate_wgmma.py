@@ -13,7 +13,6 @@ and writes bench/results/<card>-ablation-<date>.{json,md}. Needs an sm_90 GPU an
 build with sm_90a.
 """
 import argparse
-import json
 import statistics
 import sys
 from datetime import date
@@ -21,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from refmatch.atomic_file import write_text_atomic
 from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, launch_match
 from refmatch.backends.hopper_variants import HOPPER_VARIANTS, hopper_kernel
 from refmatch.backends.scoring import reference_stat
-from refmatch.bench import fresh_stem, git_commit, machine, size_triple
+from refmatch.bench import machine, size_triple
+from refmatch.bench_files import fresh_stem, git_commit, write_results
 from refmatch.bench_timing import timed
 
 # What each run leaves out (HopperAblation bits: 1 the bank loads, 2 the epilogue).
@@ -96,11 +95,10 @@ def main():
     stem = fresh_stem(args.out / f"{name}-ablation-{meta['date']}")
     for variant in args.variants:
         rows += ablation_rows(variant, query, reference, args.repeat, gemm)
-        write_text_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2))
-        write_text_atomic(stem.with_suffix(".md"), f"Device: {description}; torch {meta['torch']}; commit "
-                          f"{meta['commit']}; bf16 N={n} M={m} D={d}, dot k=1, median of {args.repeat} runs after "
-                          f"a warm-up; dense bf16 GEMM {gemm:.1f} TFLOP/s\n\n{HEADER}\n"
-                          + "\n".join(line(row) for row in rows) + "\n")
+        write_results(stem, meta, rows, f"Device: {description}; torch {meta['torch']}; commit "
+                      f"{meta['commit']}; bf16 N={n} M={m} D={d}, dot k=1, median of {args.repeat} runs after "
+                      f"a warm-up; dense bf16 GEMM {gemm:.1f} TFLOP/s\n\n{HEADER}\n"
+                      + "\n".join(line(row) for row in rows) + "\n")
     return 0
 
 

@@ -12,7 +12,6 @@ the GEMM walk, GFLOP/s (2 N M D / time) and each walk's agreement with the float
 (``refmatch.bench_oracle``). Writes bench/results/<machine>-cpu-topk[-<tag>]-<date>.{json,md}.
 """
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -21,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from refmatch.atomic_file import write_text_atomic
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked
-from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple, tag_name
+from refmatch.bench import RESULTS, machine, positive_int, size_triple, tag_name
+from refmatch.bench_files import fresh_stem, git_commit, write_results
 from refmatch.bench_oracle import Float64Oracle
 
 SIZES = ["32768x8192x24", "8192x16384x64", "8192x65536x128"]  # a main-job class; two of #7's CPU sizes
@@ -95,8 +94,7 @@ def main():
             print(lines[-1], flush=True)
         # rewritten after every size: a run that is killed keeps what it measured
         stem = stem or fresh_stem(name_base)
-        write_text_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2))
-        write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+        write_results(stem, meta, rows, "\n".join(lines))
     print(f"\nwrote {stem}.json and .md")
 
 

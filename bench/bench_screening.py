@@ -15,6 +15,7 @@ bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when take
 """
 import argparse
 import json
+import statistics
 import sys
 import time
 from datetime import date
@@ -22,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from refmatch.atomic_file import write_text_atomic
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
-from refmatch.bench import RESULTS, fresh_stem, git_commit, machine, positive_int, size_triple, tag_name
+from refmatch.bench import RESULTS, machine, positive_int, size_triple, tag_name
+from refmatch.bench_files import fresh_stem, git_commit, write_results
 from refmatch.bench_oracle import Float64Oracle
 
 
@@ -64,14 +65,14 @@ def teacher_features(run_dir, data_root, num_images):
     return rows, torch.cat([bank._class_rows(cls) for cls in range(bank.num_classes)]).float()
 
 
-def best_of(fn, repeat):
-    """(fastest of ``repeat`` timed calls after a warm-up, in seconds; the last call's result)."""
+def median_of(fn, repeat):
+    """(median of ``repeat`` timed calls after a warm-up, in seconds; the last call's result)."""
     result, times = fn(), []
     for _ in range(repeat):
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)
-    return min(times), result
+    return statistics.median(times), result
 
 
 def measure(name, query, reference, oracle, metric, k, repeat):
@@ -79,11 +80,11 @@ def measure(name, query, reference, oracle, metric, k, repeat):
     given-up rows take the fused walk where it applies: the walk the screen competes with."""
     maps = query.T[None, :, :, None]
     with cpu_topk.forced("0"):  # the torch GEMM walk even where _C has the fused one
-        walk, (_, walk_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
+        walk, (_, walk_index) = median_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
     rows = tiling(maps, reference)[2]
-    fused = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)[0] \
+    fused = median_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)[0] \
         if cpu_topk.applies(rows, reference, k) else None
-    screen, (_, screen_index) = best_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
+    screen, (_, screen_index) = median_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
     handed_back = match_screened(rows, reference, None, metric, k)[2].numel() / rows.shape[0]
     return {"features": name, "N": query.shape[0], "M": reference.shape[0], "D": query.shape[1], "metric": metric,
             "k": k, "walk_ms": 1e3 * walk, "fused_ms": fused and 1e3 * fused, "screen_ms": 1e3 * screen,
@@ -119,7 +120,7 @@ def main():
     commit = git_commit()
     meta = {"device": name, "torch": torch.__version__, "commit": commit, "date": date.today().isoformat(),
             "native_bf16": native_bf16(), "fused_argmax": cpu_topk.native_isas(), "threads": torch.get_num_threads(), "argv": sys.argv[1:],
-            "timing": f"fastest of {args.repeat} runs after a warm-up"}
+            "timing": f"median of {args.repeat} runs after a warm-up"}
     lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
              f"{date.today()}; {torch.get_num_threads()} threads; {meta['timing']}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -138,8 +139,7 @@ def main():
             print(lines[-1], flush=True)
             # rewritten after every row: a run that is killed keeps what it measured
             stem = stem or fresh_stem(name_base)  # claimed with the first row: a failed start leaves no file
-            write_text_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2))
-            write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+            write_results(stem, meta, rows, "\n".join(lines))
     print(f"\nwrote {stem}.json and .md")
 
 if __name__ == "__main__":

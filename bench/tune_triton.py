@@ -13,7 +13,6 @@ that does not compile or fit is listed with the error. Writes
 bench/results/<card>-triton-tiles-<date>.{json,md} (-2, -3 ... when taken).
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,8 +22,8 @@ from pathlib import Path
 import torch
 import triton
 
-from refmatch.atomic_file import write_text_atomic
-from refmatch.bench import fresh_stem, git_commit, machine, size_triple
+from refmatch.bench import machine, size_triple
+from refmatch.bench_files import fresh_stem, git_commit, write_results
 from refmatch.bench_timing import timed
 from refmatch.kernels.match_aot import compile_variant
 from refmatch.kernels.match_launch import classwise_max, match_topk
@@ -145,10 +144,9 @@ def main():
         for row in sweep(n, m, d, getattr(torch, args.dtype), args.reductions):
             rows.append(row)
             stem = stem or fresh_stem(args.out / f"{name}-triton-tiles-{meta['date']}")  # with the first row
-            write_text_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2))
-            write_text_atomic(stem.with_suffix(".md"), f"Device: {description}; torch {meta['torch']}; triton "
-                              f"{meta['triton']}; commit {meta['commit']}; median of {RUNS} timed runs after one "
-                              f"warm-up\n\n{header}\n" + "\n".join(line(r) for r in rows) + "\n")
+            write_results(stem, meta, rows, f"Device: {description}; torch {meta['torch']}; triton "
+                          f"{meta['triton']}; commit {meta['commit']}; median of {RUNS} timed runs after one "
+                          f"warm-up\n\n{header}\n" + "\n".join(line(r) for r in rows) + "\n")
 
 
 if __name__ == "__main__":

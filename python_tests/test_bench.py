@@ -4,13 +4,14 @@ import json
 import pytest
 
 from refmatch import bench
+from refmatch.bench_files import fresh_stem
 
 
 def test_writes_rows_ceilings_and_plot(tmp_path, monkeypatch):
     written = []
     original = bench.write_results
-    monkeypatch.setattr(bench, "write_results", lambda stem, meta, rows: (written.append(len(rows)),
-                                                                          original(stem, meta, rows)))
+    monkeypatch.setattr(bench, "write_results", lambda stem, meta, rows, table: (written.append(len(rows)),
+                                                                                 original(stem, meta, rows, table)))
     bench.main(["--sizes", "64x512x16", "64x1024x16", "--only", "torch", "--exclude", "classwise", "k=8",
                 "--repeat", "1", "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("*.json")
@@ -56,7 +57,7 @@ def test_a_second_run_of_the_day_keeps_the_first(tmp_path):
     assert first.with_name(first.stem + "-2.json").exists()
     # A name is claimed when chosen, so two runs starting together write apart.
     stem = tmp_path / "race"
-    assert bench.fresh_stem(stem) == stem and bench.fresh_stem(stem) == tmp_path / "race-2"
+    assert fresh_stem(stem) == stem and fresh_stem(stem) == tmp_path / "race-2"
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -231,3 +232,21 @@ def test_a_peer_that_kills_its_probe_process_is_a_skipped_row(tmp_path, monkeypa
     rows = {row["method"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]}
     assert [rows[name].get("skipped") for name in bench_keops.FORMULAS] == ["it killed a probe process (SIGSEGV)"] * 2
     assert rows["refmatch torch k=1"]["agreement"] == 1.0 and len(probes) == 1, "one probe for both rows"
+
+
+def test_screening_benchmark_writes_a_row_per_feature_set(tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "bench_screening.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--size", "64x600x8", "--metrics", "l2", "--k", "2",
+                                      "--repeat", "1", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    (result,) = tmp_path.glob("*-screening-*.json")
+    results = json.loads(result.read_text())
+    assert results["meta"]["timing"] == "median of 1 runs after a warm-up"
+    assert [row["features"] for row in results["rows"]] == ["random", "clusters noise=1", "clusters noise=0.3",
+                                                            "clusters noise=0.1"]
+    assert all(row["walk_agreement"] == 1.0 and row["screen_agreement"] == 1.0 for row in results["rows"])
+    assert result.with_suffix(".md").read_text().count("| l2 | 2 |") == 4

@@ -181,7 +181,9 @@ def test_its_benchmark_writes_a_row_per_walk(tmp_path, monkeypatch):
                                       "--repeat", "1", "--out", str(tmp_path)])
     runpy.run_path(str(script), run_name="__main__")
     (result,) = tmp_path.glob("*-cpu-topk-*.json")
-    rows = json.loads(result.read_text())["rows"]
+    results = json.loads(result.read_text())
+    rows = results["rows"]
+    assert results["meta"]["isas"] == list(ISAS) and "median of 1" in results["meta"]["timing"]
     walks = ["torch GEMM walk"] + [f"fused {cpu_topk.ISA_NAMES[isa]}" for isa in ISAS]
     assert [(row["k"], row["walk"]) for row in rows] == [(k, walk) for k in (1, 3) for walk in walks]
     assert all(row["agreement"] == 1.0 and row["ms"] > 0 for row in rows)

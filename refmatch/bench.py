@@ -16,12 +16,10 @@ interleaved with it, peak extra memory, agreement with the float64 oracle) and w
 bench/results/<machine>-<dtype>-<date>.{json,md,png}, -2, -3 ... appended when that name is taken.
 """
 import argparse
-import json
 import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -30,7 +28,7 @@ from pathlib import Path
 import torch
 
 import refmatch
-from refmatch.atomic_file import write_atomic
+from refmatch.bench_files import fresh_stem, git_commit, write_results
 from refmatch.bench_oracle import Float64Oracle
 from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
 from refmatch.bench_plot import plot
@@ -146,20 +144,6 @@ def markdown(rows):
     return "\n".join(header + [_line(r) for r in rows])
 
 
-def git_commit():
-    """Short commit of the checkout refmatch is imported from (not the working directory's),
-    with "+dirty" when it has uncommitted changes; "unknown" for an installed package."""
-    checkout = Path(refmatch.__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 PRESETS = {
     "cpu": ["8192x16384x64", "8192x65536x64", "8192x262144x64", "8192x16384x128", "8192x65536x128",
             "8192x262144x128"],
@@ -196,22 +180,6 @@ def positive_int(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
-
-
-def fresh_stem(stem):
-    """``stem``, or ``stem-2``, ``stem-3`` ...: the first that names no results file yet, claimed
-    by creating its (empty) .json, so a second run of a day, one started at the same moment, or a
-    run inside a checkout never replaces committed or earlier results."""
-    candidate, number = stem, 1
-    while True:
-        if not any(candidate.with_suffix(suffix).exists() for suffix in (".md", ".png")):
-            try:
-                candidate.with_suffix(".json").open("x").close()
-                return candidate
-            except FileExistsError:
-                pass
-        number += 1
-        candidate = stem.with_name(f"{stem.name}-{number}")
 
 
 def main(argv=None):
@@ -257,10 +225,10 @@ def main(argv=None):
             rows.append(row)
             print(_line(row), flush=True)
             stem = stem or fresh_stem(stem_wanted)  # claimed with the first row
-            write_results(stem, meta, rows)  # after every row: a killed run keeps what it measured
+            write_results(stem, meta, rows, results_table(meta, rows))  # after every row
         figure = plot(rows, stem.with_suffix(".png"))
     meta["complete"] = True
-    write_results(stem, meta, rows)
+    write_results(stem, meta, rows, results_table(meta, rows))
     print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
 
 
@@ -278,12 +246,10 @@ def _check_filters(names, only, exclude, every_method):
                          f"{', '.join(runnable)}" + (f"; not on this machine: {', '.join(skipped)}" if skipped else ""))
 
 
-def write_results(stem, meta, rows):
-    """The rows so far as <stem>.json and <stem>.md, each replaced atomically."""
-    table = (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
-             f"{meta['date']}\n\n{markdown(rows)}\n")
-    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2)), (".md", table)):
-        write_atomic(stem.with_suffix(suffix), lambda file, text=text: file.write(text), mode="w")
+def results_table(meta, rows):
+    """The markdown results file: a line naming the run, then the table."""
+    return (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
+            f"{meta['date']}\n\n{markdown(rows)}\n")
 
 
 def peer_versions():
