@@ -3,6 +3,7 @@ whose scores are exact), ties included; misuse raises on every rank."""
 import datetime
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -155,6 +156,13 @@ def misuse_worker(rank, port):
     dist.all_gather_object(state, model.bank.state_dict())
     with pytest.raises(RuntimeError, match=f"shard_rank: saved on rank {1 - rank}, this is rank {rank}"):
         model.bank.load_state_dict(state[1 - rank])  # before session 25: a shape error, or the next match's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.bank.load_state_dict(state[rank])  # its own, with shard_rank: quiet
+    older = {name: value for name, value in state[rank].items() if name != "shard_rank"}  # saved before session 25
+    with pytest.warns(UserWarning, match=f"no shard_rank .saved by an older refmatch., so this rank .{rank}. cannot"):
+        model.bank.load_state_dict(older)
+    assert model.bank.match(torch.ones(1, 2)).index.tolist() == [7]
     dist.barrier()
     os._exit(0)
 

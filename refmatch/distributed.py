@@ -14,6 +14,7 @@ used (NCCL and gloo alike).
 """
 import math
 import operator
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -76,7 +77,8 @@ class ShardedReferenceBank(ReferenceBank):
     that fails, on one rank makes every rank raise (an error before the call on one
     rank leaves the others waiting in it, as in any collective). Scores are float32 (float64 for a float64 bank). Inside a
     model wrapped in DistributedDataParallel, call ``keep_shards_out_of_ddp(model)``
-    first. A ``state_dict`` holds this rank's shard: load it on the same rank. The ring
+    first. A ``state_dict`` holds this rank's shard: load it on the same rank (another rank's is
+    refused; an older refmatch's has no ``shard_rank`` and loads with a warning). The ring
     and reservoir policies act per shard, on the features that rank added (a class that
     only one rank sees gets that rank's slots only). ``len(bank)`` (and so ``bool(bank)``)
     is a collective too; ``class_counts`` and ``memory_bytes`` describe this rank's shard.
@@ -119,6 +121,13 @@ class ShardedReferenceBank(ReferenceBank):
         others = {name: self._buffers.pop(name) for name in list(self._buffers)}
         self.register_buffer("shard_rank", marker)
         self._buffers.update(others)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        if prefix + "shard_rank" not in state_dict:  # saved before shard_rank was a buffer
+            warnings.warn(f"{prefix or 'the '}state_dict has no shard_rank (saved by an older refmatch), so this "
+                          f"rank ({int(self.shard_rank)}) cannot check the shard is its own: load on each rank the "
+                          "state_dict that rank saved", stacklevel=3)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _agreed(self, compute, *counts):
         """``compute()`` on this rank, then one all_reduce of whether it raised and of the
