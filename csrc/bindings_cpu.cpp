@@ -57,9 +57,9 @@ std::vector<std::string> cpu_topk_isas() {
 void cpu_topk_rows(const std::string& isa, uintptr_t query, int64_t rows, int64_t dim, uintptr_t reference,
                    int64_t refs, uintptr_t bias, float alpha, int64_t first_index, int64_t k, uintptr_t state_score,
                    uintptr_t state_index, int64_t begin, int64_t end) {
-  if (rows < 0 || dim < 1 || refs < 0 || first_index < 0 || refs > INT32_MAX - first_index || k < 1 || k > 64 ||
+  if (rows < 0 || dim < 1 || refs < 0 || first_index < 0 || refs > INT32_MAX - first_index || k < 1 ||
       begin < 0 || end > rows || begin > end) {
-    throw py::value_error("cpu_topk_rows: needs dim >= 1, 1 <= k <= 64, 0 <= begin <= end <= rows, references "
+    throw py::value_error("cpu_topk_rows: needs dim >= 1, k >= 1, 0 <= begin <= end <= rows, references "
                           "below 2^31");
   }
   bool known = false;

@@ -1,4 +1,4 @@
-// Fused similarity top-k on the CPU (1 <= k <= 64, float32): the torch backend's
+// Fused similarity top-k on the CPU (k >= 1, float32): the torch backend's
 // walk (refmatch/backends/cpu_topk.py) without its score tile. CMake compiles this
 // file twice: REFMATCH_CPU_ISA=1 with AVX-512 flags, 2 with AVX2 + FMA flags.
 // Everything here has internal linkage and uses no standard-library template, so
@@ -24,8 +24,10 @@
 //   pair (bench/bench_cpu_topk.py): AVX-512 6 rows x 2 vectors of 16 lanes;
 //   AVX2 4 rows x 2 vectors of 8 (its 16 registers).
 //
-// Limits: float32; rows are split over threads by the caller (each call owns rows
-// [begin, end)); state lists initialised by the caller to -inf and index -1.
+// Limits: float32; any k, though the caller stops at 1024, where the GEMM walk catches
+// up (each entering score moves part of the list); rows are split over threads by the
+// caller (each call owns rows [begin, end)); state lists initialised by the caller to
+// -inf and index -1.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -70,12 +72,20 @@ constexpr int kWidth = kLanes * kPanels;
 static_assert(kSubBlock % kWidth == 0, "whole steps per sub-block");
 
 // Inserts (score, index) into a row's sorted list of k, above its k-th score; returns the new k-th.
+// The slot: a binary search for the first score below it (equal scores stay ahead: lower
+// indices), then one move of the tail, so long lists (k in the hundreds) stay cheap.
 float insert(float* scores, int32_t* indices, int64_t k, float score, int32_t index) {
-  int64_t slot = k - 1;
-  for (; slot > 0 && scores[slot - 1] < score; --slot) {  // equal scores stay ahead: lower indices
-    scores[slot] = scores[slot - 1];
-    indices[slot] = indices[slot - 1];
+  int64_t slot = 0, last = k - 1;  // scores[k - 1] < score: the slot is in [slot, last]
+  while (slot < last) {
+    const int64_t middle = (slot + last) / 2;
+    if (scores[middle] < score) {
+      last = middle;
+    } else {
+      slot = middle + 1;
+    }
   }
+  std::memmove(scores + slot + 1, scores + slot, (k - 1 - slot) * sizeof(float));
+  std::memmove(indices + slot + 1, indices + slot, (k - 1 - slot) * sizeof(int32_t));
   scores[slot] = score;
   indices[slot] = index;
   return scores[k - 1];

@@ -7,7 +7,7 @@ memory budget, so extra memory is fixed whatever N and M are; on the CPU the til
 stays cache-sized so the reduction runs at the speed of the GEMM under it.
 Float32 k <= 16 on CPUs with native bfloat16 GEMMs goes through an exact bfloat16
 screen first (``torch_screening``); rows it cannot settle take the walk here. On
-x86 CPUs where refmatch._C has it, a float32 walk with k <= 64 runs fused in C++
+x86 CPUs where refmatch._C has it, a float32 walk with k <= 1024 runs fused in C++
 (``cpu_topk``): the same prepared blocks, no score tile.
 """
 import torch

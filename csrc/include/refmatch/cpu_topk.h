@@ -1,4 +1,4 @@
-// The CPU fused top-k (1 <= k <= 64, float32; csrc/cpu_topk_isa.cpp): one compiled
+// The CPU fused top-k (k >= 1, float32; csrc/cpu_topk_isa.cpp): one compiled
 // copy per x86 vector width, each in its own translation unit with its own ISA flags.
 // Only plain data and functions cross this header, so no inline or template code
 // built with AVX-512 flags can be merged into code that runs on other CPUs.
