@@ -1,6 +1,7 @@
 """The command line: info, the embedded demo, unknown commands and user errors."""
 import importlib.util
 import subprocess
+import time
 import sys
 
 import pytest
@@ -191,3 +192,32 @@ def test_info_names_the_backend_auto_runs_on_each_gpu(monkeypatch):
         f"float32 (exact) cosine on torch {declined}",
         "cuda:2   NVIDIA H100, sm_90: backend='auto' runs bfloat16 cosine on cuda, dot on triton, "
         "float32 (exact) cosine on cuda"]
+
+
+def test_sigterm_in_data_setup_prints_one_line_exits_143_and_frees_the_folder(monkeypatch, capsys, tmp_path):
+    """Before the training loop (which saves first) SIGTERM ended the process without a word."""
+    import os
+    import signal
+
+    from refmatch.recipes import train
+
+    def preempted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    outside = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "prepare_data", preempted)
+        patched.setattr(sys, "argv", ["refmatch", "train", "--out", str(tmp_path / "run"), "steps=2"])
+        assert main() == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.endswith("refmatch train: terminated (SIGTERM)\n")
+    assert signal.getsignal(signal.SIGTERM) is outside
+    assert not (tmp_path / "run").exists(), "the folder it made, lock included, is gone: a rerun starts afresh"
+    # An --overwrite stopped there puts the earlier run back (a killed process left it in .overwritten).
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "latest.pt").write_text("the earlier run")
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "prepare_data", preempted)
+        patched.setattr(sys, "argv", ["refmatch", "train", "--out", str(tmp_path / "old"), "--overwrite"])
+        assert main() == 128 + signal.SIGTERM
+    assert (tmp_path / "old" / "latest.pt").read_text() == "the earlier run"
+    assert not (tmp_path / "old" / ".overwritten").exists()

@@ -1,5 +1,6 @@
 """The ``refmatch`` command line: ``refmatch <command> [options]``."""
 import os
+import signal
 import sys
 
 COMMANDS = {
@@ -15,6 +16,16 @@ COMMANDS = {
 }
 # What a user's mistake (bad key, missing file, occupied or unwritable folder) raises in the commands.
 USER_ERRORS = (ValueError, OSError)
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which catches it to save first): a BaseException, so
+    that no ``except Exception`` on the way swallows it, and atomic writes drop their
+    temporary files."""
+
+
+def _raise_terminated(number, frame):
+    raise Terminated
 
 
 def print_usage(file):
@@ -52,7 +63,8 @@ def main(argv=None):
     """Entry point of the ``refmatch`` script and ``python -m refmatch``. Without ``argv``
     (the process's arguments) a user error prints one line, ``refmatch <command>: error: ...``,
     and returns 2 (``REFMATCH_DEBUG=1``: the traceback instead); Ctrl-C prints
-    ``interrupted`` and returns 130. Called with a list, as from Python, it is
+    ``interrupted`` and returns 130, SIGTERM outside the training loop ``terminated (SIGTERM)``
+    and 143. Called with a list, as from Python, it is
     ``run(argv)``: exceptions reach the caller."""
     if argv is not None:
         return run(argv)
@@ -60,9 +72,15 @@ def main(argv=None):
 
 
 def command_line(argv):
-    """``run(argv)`` as the ``refmatch`` script runs it: user errors and Ctrl-C as in ``main``."""
+    """``run(argv)`` as the ``refmatch`` script runs it: user errors and Ctrl-C as in ``main``;
+    SIGTERM outside the training loop (data setup, evaluation, a benchmark) prints
+    ``terminated (SIGTERM)`` and returns 143 instead of ending the process without a word."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return run(argv)
+    except Terminated:
+        print(f"refmatch {argv[0]}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # output piped into head, say: stop quietly (before OSError below)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -74,6 +92,8 @@ def command_line(argv):
     except KeyboardInterrupt:
         print(f"refmatch {argv[0]}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
 if __name__ == "__main__":
