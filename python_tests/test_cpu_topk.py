@@ -233,9 +233,26 @@ def test_the_classwise_max_of_a_mixed_bank_takes_one_fused_walk_per_class(isa, m
     calls, module = [], cpu_topk.native_module()
     monkeypatch.setattr(cpu_topk, "native_module", lambda: SpyModule(module, calls))
     query, reference = torch.randn(30, 8), torch.randn(200, 8)
-    labels = torch.randint(0, 3, (200,))  # mixed: sorted first, a copy
-    best = refmatch.classwise_max(query, reference, labels, 3, metric="dot", backend="torch")
+    labels = torch.randint(0, 4, (200,))  # mixed: each class's rows copied in turn
+    labels[labels == 2] = 255  # ignored
+    best = refmatch.classwise_max(query, reference, labels, 4, metric="dot", backend="torch", ignore_index=255)
     scores = dense_scores(query, reference, "dot")
-    expected = torch.stack([scores[:, labels == c].amax(dim=1) for c in range(3)], dim=1)
-    torch.testing.assert_close(best.double(), expected, rtol=1e-5, atol=1e-5)
-    assert len(calls) == 3 and all(call[9] == 1 for call in calls)
+    expected = torch.stack([scores[:, labels == c].amax(dim=1) for c in (0, 1, 3)], dim=1)
+    assert (best[:, 2] == float("-inf")).all()
+    torch.testing.assert_close(best[:, [0, 1, 3]].double(), expected, rtol=1e-5, atol=1e-5)
+    assert [call[5] for call in calls] == [int((labels == c).sum()) for c in (0, 1, 3)] and all(
+        call[9] == 1 for call in calls), "one walk per present class, over its counted rows only"
+
+
+def test_the_classwise_max_of_a_mixed_bank_never_copies_the_bank():
+    """Before session 27 a bank not stored class by class was sorted, a copy of it all."""
+    import refmatch
+    from refmatch.bench_timing import PeakMemory
+
+    reference = torch.randn(800_000, 64)  # 195 MiB
+    labels = torch.arange(800_000) % 4  # mixed; classes of 49 MiB
+    query = torch.randn(16, 64)
+    refmatch.classwise_max(query, reference, labels, 4, backend="torch")  # warm-up
+    with PeakMemory("cpu") as peak:
+        refmatch.classwise_max(query, reference, labels, 4, backend="torch")
+    assert peak.peak_mib < 150, "a class's copy and one prepared block (32 MiB), not the bank's 195 MiB"

@@ -5,14 +5,15 @@ reduced per class with one ``scatter_reduce(amax)`` over the block's labels
 into a running [N, C] maximum. A block of one class (the common case:
 ReferenceBank stores class by class) takes a plain row max instead; finding those
 blocks costs one host read per call, skipped under torch.compile and CUDA graph
-capture. The N x M matrix never exists. Where the CPU's bfloat16 screen applies
-(``torch_screening``), a bank stored class by class takes one k = 1 match per
-class instead.
+capture. The N x M matrix never exists. Where the CPU's fused walk (``cpu_topk``) or
+bfloat16 screen (``torch_screening``) applies, each class takes one k = 1 match
+instead: over its range of a bank stored class by class, else over a copy of its
+rows made when its turn comes (the largest class, never the whole bank, at once).
 """
 import torch
 
 from . import cpu_topk
-from .class_ranges import class_ranges, sorted_by_label, stored_by_class
+from .class_ranges import class_ranges, stored_by_class
 from .scoring import finalize_class_scores, host_read_allowed
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
 from .torch_screening import screening_applies
@@ -37,33 +38,44 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
         ignored: [M] bool, True for references that never count, or None.
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests).
-        screen: a bank stored class by class (or sorted so, a copy, where the fused
-            ``cpu_topk`` walk runs) takes one k = 1 match per class, each through the
-            bfloat16 screen where it applies, else the walk; None decides by hardware
-            and size, as ``match_chunked`` does.
+        screen: whether the per-class k = 1 matches take the bfloat16 screen where
+            it applies; None decides by hardware and size, as ``match_chunked`` does.
     Returns:
         [N, C]: best similarity per class (-inf where a class has no reference),
         or for "l2" the smallest squared distance (+inf where none).
     """
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
-    ranges, fused = None, cpu_topk.applies(rows, reference, 1)
-    sorted_bank = fused and host_read_allowed(labels)
-    if sorted_bank:  # one fused walk per class: a bank stored otherwise is sorted, a copy
-        reference, labels, _, ignored = sorted_by_label(reference, labels, reference.new_empty(0), ignored)
-    if sorted_bank or (screening_applies(rows, reference, 1, screen) and stored_by_class(labels, ignored)):
-        starts, owners = class_ranges(labels, ignored, num_classes, target_ranges=1)  # one range per class
-        ranges = [(cls, start, end) for cls, start, end in zip(owners.tolist(), starts[:-1].tolist(),
-                                                                starts[1:].tolist()) if end > start]
-    if screen is None and ranges and not fused and not all(screening_applies(rows, reference[start:end], 1)
-                                                           for _, start, end in ranges):
-        ranges = None  # a class too small to screen: one GEMM walk over the bank beats one per class
-    for cls, start, end in ranges or ():
-        best[:, cls] = match_rows(rows, reference[start:end], _block_of(ignored, start, end - start), 1, metric,
-                                  tile_bytes, block_m, screen)[0][:, 0]
-    if ranges is None:
+    parts = None
+    if host_read_allowed(labels):
+        fused = cpu_topk.applies(rows, reference, 1)
+        if stored_by_class(labels, ignored) and (fused or screening_applies(rows, reference, 1, screen)):
+            parts = _class_ranges(reference, labels, ignored, num_classes)
+        elif fused:  # one fused walk per class, on a copy of that class's rows: never the whole bank's
+            parts = _gathered_classes(reference, labels, ignored, num_classes)
+        if parts is not None and screen is None and not fused and not all(
+                screening_applies(rows, part, 1) for _, part, _ in parts):
+            parts = None  # a class too small to screen: one GEMM walk over the bank beats one per class
+    for cls, part, part_ignored in parts or ():
+        best[:, cls] = match_rows(rows, part, part_ignored, 1, metric, tile_bytes, block_m, screen)[0][:, 0]
+    if parts is None:
         _walk_classes(rows, reference, labels, ignored, metric, best, operand_dtype, walk_block_m, block_n)
     return finalize_class_scores(best, query, metric)
+
+
+def _class_ranges(reference, labels, ignored, num_classes):
+    """[(class, its rows [M_c, D], their ignored mask or None)] of a bank stored class by class: views."""
+    starts, owners = class_ranges(labels, ignored, num_classes, target_ranges=1)  # one range per class
+    return [(cls, reference[start:end], _block_of(ignored, start, end - start))
+            for cls, start, end in zip(owners.tolist(), starts[:-1].tolist(), starts[1:].tolist()) if end > start]
+
+
+def _gathered_classes(reference, labels, ignored, num_classes):
+    """(class, its counted rows [M_c, D], None) one class at a time, each a copy made when its
+    turn comes, so the largest class is the most that is copied at once."""
+    counted = labels if ignored is None else labels.masked_fill(ignored, num_classes)  # ignored: a class past C
+    present = torch.bincount(counted, minlength=num_classes + 1)[:num_classes].nonzero()[:, 0].tolist()
+    return ((cls, reference[(counted == cls).nonzero()[:, 0]], None) for cls in present)
 
 
 def _walk_classes(rows, reference, labels, ignored, metric, best, operand_dtype, block_m, block_n):
