@@ -162,6 +162,21 @@ def test_vote_of_infinite_scores():
     result = refmatch.MatchResult(score=torch.tensor([[nan, 0.5]]), index=torch.tensor([[0, 1]]),
                                   label=torch.tensor([[1, 0]]))
     assert vote(result, num_classes=2).probabilities.tolist() == [[1, 0]]
+    # An ignored +inf match casts no vote; the others share as if it were not there.
+    result = refmatch.MatchResult(score=torch.tensor([[float("inf"), 5.0, 5.0]]), index=torch.tensor([[0, 1, 2]]),
+                                  label=torch.tensor([[255, 0, 1]]))
+    assert vote(result, num_classes=2, metric="dot", ignore_index=255).probabilities.tolist() == [[0.5, 0.5]]
+
+
+def test_vote_on_classwise_scores_takes_little_memory():
+    """About 2.3 times the scores' size besides the result (6.7 before session 27)."""
+    from refmatch.bench_timing import PeakMemory
+
+    scores = torch.rand(16, 4, 512, 512) * 2 - 1  # 64 MiB
+    vote(scores, num_classes=4)  # warm-up
+    with PeakMemory("cpu") as peak:
+        voted = vote(scores, num_classes=4)
+    assert peak.peak_mib < 4 * 64 and voted.probabilities.shape == scores.shape
 
 
 def test_vote_keeps_float32_under_a_float64_default_dtype():

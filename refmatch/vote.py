@@ -30,16 +30,21 @@ def margin(probabilities):
     return top[:, 0] - top[:, 1]
 
 
-def _softmax(oriented, temperature):
-    """softmax(oriented / temperature) over dim 1, for scores where larger wins and -inf or NaN
-    (which never wins a match) casts no vote. Scaled after subtracting each row's best, so that
-    large scores do not overflow to inf (and the softmax to NaN); a row whose best is +inf (a dot
-    product can be) shares its weight among its +inf entries, and a row of none gets none."""
-    oriented = oriented.masked_fill(oriented.isnan(), float("-inf"))
-    best = oriented.amax(dim=1, keepdim=True)
-    weight = torch.softmax((oriented - best) / temperature, dim=1)  # NaN rows where best is infinite
-    at_infinity = ((oriented == best) & (best == float("inf"))).to(weight.dtype)  # not the default dtype
-    return torch.where(best.isinf(), at_infinity / at_infinity.sum(dim=1, keepdim=True).clamp_min(1), weight)
+def _softmax(scores, sign, temperature, voted=None):
+    """softmax(sign * scores / temperature) over dim 1 in float32, where NaN (which never wins a
+    match) and entries outside ``voted`` (bool, scores' shape, or None) cast no vote. Scaled after
+    subtracting each row's best, so that large scores do not overflow to inf (and the softmax to
+    NaN); a row whose best is +inf (a dot product can be) shares its weight among its +inf
+    entries, and a row of none gets none. Works in place on one float32 copy: about 2.3 times
+    the scores' float32 size at its peak, where out-of-place steps took 5.3."""
+    oriented = scores.float().mul(sign)  # the copy the steps below change in place
+    no_vote = oriented.isnan() if voted is None else oriented.isnan().logical_or_(voted.logical_not())
+    best = oriented.masked_fill_(no_vote, float("-inf")).amax(dim=1, keepdim=True)
+    weight = torch.softmax(oriented.sub_(best).div_(temperature), dim=1)  # NaN rows where best is infinite
+    at_infinity = oriented.isnan().logical_and_(best == float("inf"))  # inf - inf; -inf rows have best -inf
+    shares = oriented.copy_(at_infinity)  # reused; a float sum: a bool one widens to int64 first
+    shares.div_(shares.sum(dim=1, keepdim=True).clamp_min(1))
+    return weight.masked_fill_(best.isinf(), 0.0).add_(shares)
 
 
 def _check_reference_labels(labels, index):
@@ -65,9 +70,11 @@ def _check_scores_fit_metric(scores, metric):
     torch.compile and graph capture."""
     if metric == "dot" or not host_read_allowed(scores) or scores.numel() == 0:
         return
-    finite = scores.isfinite()
-    lowest, highest = torch.stack([torch.where(finite, scores, float("inf")).amin(),
-                                   torch.where(finite, scores, float("-inf")).amax()]).tolist()
+    lowest, highest = torch.stack(torch.aminmax(scores)).tolist()
+    if not math.isfinite(lowest) or not math.isfinite(highest):  # the finite ones: a masked copy at a time
+        finite = scores.isfinite()
+        lowest, highest = torch.stack([torch.where(finite, scores, float("inf")).amin(),
+                                       torch.where(finite, scores, float("-inf")).amax()]).tolist()
     if metric == "cosine" and max(-lowest, highest) > 1.001 and lowest <= highest:
         raise ValueError(f"scores reach {max(-lowest, highest):.4g}, outside a cosine's [-1, 1]: pass "
                          "metric= the metric that produced them ('l2' for distances, 'dot')")
@@ -135,7 +142,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         if labels is not None:
             raise ValueError("class-wise scores carry their classes in dim 1: leave out labels=")
         _check_scores_fit_metric(scores, metric)
-        probabilities = _softmax(sign * scores.float(), temperature)
+        probabilities = _softmax(scores, sign, temperature)
         return Vote(probabilities, margin(probabilities))
 
     index = result_or_scores.index
@@ -147,7 +154,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         raise ValueError("the match result carries labels already (match was given them): leave out labels=")
     label, _ = with_k_axis(label)
     index, _ = with_k_axis(index)
-    score, _ = with_k_axis(result_or_scores.score.float())
+    score, _ = with_k_axis(result_or_scores.score)
     if weighting == "similarity":  # uniform votes never read the scores
         _check_scores_fit_metric(score, metric)
     # A -1 label is "no match" only where the index says so; elsewhere it is a bad label.
@@ -156,9 +163,9 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     if weighting == "uniform":
         weight = voted.float()
     else:
-        weight = _softmax(torch.where(voted, sign * score, float("-inf")), temperature)
+        weight = _softmax(score, sign, temperature, voted)
     shape = list(label.shape)
     shape[1] = num_classes
-    totals = weight.new_zeros(shape).scatter_add_(1, label.masked_fill(~voted, 0), weight * voted)
+    totals = weight.new_zeros(shape).scatter_add_(1, label.masked_fill(~voted, 0), weight)  # 0 where not voted
     probabilities = totals / totals.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return Vote(probabilities, margin(probabilities))
