@@ -256,4 +256,4 @@ def finalize_scores(oriented, index, query, reference, metric):
         score = _from_oriented(oriented, query, metric)
     worst = worst_score(metric)
     no_match = (index < 0) | score.isnan() | (score == worst)
-    return score.masked_fill(no_match, worst), index.masked_fill(no_match, -1)
+    return score.masked_fill_(no_match, worst), index.masked_fill_(no_match, -1)  # the backends' own: in place
