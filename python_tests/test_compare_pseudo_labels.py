@@ -108,7 +108,9 @@ def test_score_leaves_pixels_the_truth_ignores_out():
 
 def test_a_settings_first_call_setup_is_not_timed(tiny_run, monkeypatch):
     """The first call of a pseudo-label source may set up (a backend, a compile): a source whose
-    first call takes 0.5 s and the rest nothing must time at about nothing per image."""
+    first call takes 3 s and the rest nothing must time at the images' own cost: timed, that call
+    alone would add 1000 ms to each of the 3 images (the real cost stays far below it, even on a
+    loaded 2-core host, where a 0.5 s first call against a 100 ms bound failed)."""
     import time
 
     from refmatch.recipes import compare_pseudo_labels
@@ -124,11 +126,11 @@ def test_a_settings_first_call_setup_is_not_timed(tiny_run, monkeypatch):
 
             def __call__(self, images):
                 if not calls:
-                    time.sleep(0.5)
+                    time.sleep(3.0)
                 calls.append(images.shape[0])
                 return source(images)
         return FirstCallSlow()
 
     monkeypatch.setattr(compare_pseudo_labels, "pseudo_label_source", slow_to_start)
     rows, *_ = compare_pseudo_labels.compare(tiny_run, ["pl_mode=hard"], num_images=3)
-    assert rows[0]["ms_per_image"] < 100
+    assert rows[0]["ms_per_image"] < 1000

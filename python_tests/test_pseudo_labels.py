@@ -169,14 +169,15 @@ def test_vote_of_infinite_scores():
 
 
 def test_vote_on_classwise_scores_takes_little_memory():
-    """About 2.3 times the scores' size besides the result (6.7 before session 27)."""
+    """208 MiB extra here (3.3 times the scores, result included), 260 in a loaded CI run; the
+    out-of-place steps before session 27 took 428 (6.7 times)."""
     from refmatch.bench_timing import PeakMemory
 
     scores = torch.rand(16, 4, 512, 512) * 2 - 1  # 64 MiB
     vote(scores, num_classes=4)  # warm-up
     with PeakMemory("cpu") as peak:
         voted = vote(scores, num_classes=4)
-    assert peak.peak_mib < 4 * 64 and voted.probabilities.shape == scores.shape
+    assert peak.peak_mib < 5 * 64 and voted.probabilities.shape == scores.shape
 
 
 def test_vote_keeps_float32_under_a_float64_default_dtype():
