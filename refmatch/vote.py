@@ -71,7 +71,7 @@ def _check_scores_fit_metric(scores, metric):
     if metric == "dot" or not host_read_allowed(scores) or scores.numel() == 0:
         return
     lowest, highest = torch.stack(torch.aminmax(scores)).tolist()
-    if not math.isfinite(lowest) or not math.isfinite(highest):  # the finite ones: a masked copy at a time
+    if not math.isfinite(lowest) or not math.isfinite(highest):  # then over the finite ones (masked copies)
         finite = scores.isfinite()
         lowest, highest = torch.stack([torch.where(finite, scores, float("inf")).amin(),
                                        torch.where(finite, scores, float("-inf")).amax()]).tolist()

@@ -49,7 +49,7 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     parts = None
     if host_read_allowed(labels):
         fused = cpu_topk.applies(rows, reference, 1)
-        if stored_by_class(labels, ignored) and (fused or screening_applies(rows, reference, 1, screen)):
+        if (fused or screening_applies(rows, reference, 1, screen)) and stored_by_class(labels, ignored):
             parts = _class_ranges(reference, labels, ignored, num_classes)
         elif fused:  # one fused walk per class, on a copy of that class's rows: never the whole bank's
             parts = _gathered_classes(reference, labels, ignored, num_classes)
