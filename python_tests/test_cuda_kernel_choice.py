@@ -78,7 +78,7 @@ def test_hopper_rows_off_without_the_hopper_kernel(card, monkeypatch):
 def test_bad_hopper_rows_are_named(card, monkeypatch, capability, setting):
     card(capability)
     monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", setting)
-    with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_ROWS must be one of 256, 128"):
+    with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_ROWS must be one of '256', '128'"):
         cuda_backend.hopper_rows(DEVICE)
 
 
@@ -115,7 +115,7 @@ def test_hopper_switch_settings(monkeypatch, variable, reader, default, other, _
 @pytest.mark.parametrize("variable, reader, default, other, bad, _", SWITCHES)
 def test_bad_hopper_switch_is_named(monkeypatch, variable, reader, default, other, bad, _):
     monkeypatch.setenv(variable, bad)
-    with pytest.raises(ValueError, match=f"{variable} must be one of {default}, {other}, got '{bad}'"):
+    with pytest.raises(ValueError, match=f"{variable} must be one of '{default}', '{other}', got '{bad}'"):
         reader()
 
 
@@ -151,7 +151,7 @@ def test_the_default_takes_256_rows_where_they_fit(dim, kernel):
 @pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])
 def test_unknown_variant_is_named(variant):
     before = dict(os.environ)
-    with pytest.raises(ValueError, match="variant must be mma.sync or one of wgmma-256-tma, wgmma-tma, wgmma-256-rs-tma"):
+    with pytest.raises(ValueError, match="variant must be one of 'mma.sync', 'wgmma-256-tma', 'wgmma-tma', 'wgmma-256-rs-tma'"):
         with hopper_variants.hopper_kernel(variant):
             pass
     assert dict(os.environ) == before

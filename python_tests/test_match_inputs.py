@@ -1,4 +1,5 @@
 """Bad input raises a clear error before any kernel runs; backends agree on random input."""
+import numpy
 import pytest
 import torch
 from hypothesis import given, settings
@@ -37,8 +38,10 @@ BAD_INPUTS = [
     (dict(k=11), ValueError, "k must satisfy 1 <= k <= M=10, got k=11"),
     (dict(k=2.0), TypeError, "k must be an int, got float"),
     (dict(k=True), TypeError, "k must be an int, got bool"),
-    (dict(metric="euclid"), ValueError, r"metric must be one of \('cosine', 'dot', 'l2'\), got 'euclid'"),
-    (dict(backend="faiss"), ValueError, "backend must be 'auto' or one of .*got 'faiss'"),
+    (dict(metric="euclid"), ValueError, "metric must be one of 'cosine', 'dot', 'l2', got 'euclid'"),
+    (dict(metric=numpy.array(["cosine", "dot"])), ValueError,  # refused by type, never compared elementwise
+     r"metric must be one of .*got array\(\['cosine', 'dot'\]"),
+    (dict(backend="faiss"), ValueError, "backend must be one of 'auto', 'cuda', 'triton', 'torch', got 'faiss'"),
     (dict(backend="cuda"), ValueError, "backend='cuda' cannot run this call"),
 ]
 

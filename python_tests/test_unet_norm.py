@@ -33,9 +33,9 @@ def test_instance_norm_treats_each_image_alone_in_training_and_evaluation():
 
 def test_norm_is_checked_and_defaults_to_instance():
     assert load_config(None).norm == "instance" and load_config(None, ["norm=batch"]).norm == "batch"
-    with pytest.raises(ValueError, match="norm must be one of .'batch', 'instance'., got 'group'"):
+    with pytest.raises(ValueError, match="norm must be one of 'batch', 'instance', got 'group'"):
         load_config(None, ["norm=group"])
-    with pytest.raises(ValueError, match="norm must be one of batch, instance, got 'layer'"):
+    with pytest.raises(ValueError, match="norm must be one of 'batch', 'instance', got 'layer'"):
         UNet(norm="layer")
     for config in sorted(CONFIGS.glob("*.yaml")):  # every shipped config takes the default
         assert load_config(config).norm == "instance", config.name

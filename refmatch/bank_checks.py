@@ -5,6 +5,7 @@ import torch
 
 from .backends.scoring import METRICS
 from .bank_policies import POLICIES
+from .choices import check_choice
 from .masks import DOWNSAMPLING
 from .ops import as_int, check_integer_labels, describe
 
@@ -31,8 +32,7 @@ def checked_bank_arguments(dim, num_classes, capacity_per_class, dtype, ignore_i
         raise TypeError(f"dtype must be a floating-point torch.dtype (empty slots hold NaN), got {dtype}")
     allowed = {"metric": METRICS, "policy": POLICIES, "downsample": DOWNSAMPLING}
     for name, value in choices.items():
-        if value not in allowed[name]:
-            raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
+        check_choice(name, value, allowed[name])
     ignore_index = as_int("ignore_index", ignore_index, optional=True)
     if ignore_index is not None and not -2 ** 62 < ignore_index < 2 ** 62:  # a label tensors (and ranks) can hold
         raise ValueError(f"ignore_index must be a label within (-2**62, 2**62), got {ignore_index}")

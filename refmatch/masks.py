@@ -4,6 +4,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .choices import check_choice
+
 DOWNSAMPLING = ("majority", "nearest", "pure")
 
 
@@ -53,8 +55,7 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
         "pure": majority, but blocks that mix labels become ignore_index, which
             drops pixels on class borders.
     """
-    if mode not in DOWNSAMPLING:
-        raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {mode!r}")
+    check_choice("downsample", mode, DOWNSAMPLING)
     h, w = feature_size
     if mode == "nearest":
         return F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()

@@ -8,6 +8,7 @@ import torch
 from .backends import NAMES as BACKEND_NAMES
 from .backends import MatchProblem, select
 from .backends.scoring import METRICS, centred_for_l2, host_read_allowed
+from .choices import check_choice
 from .masks import label_is
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -156,10 +157,8 @@ def _check_inputs(query, reference, labels, k, metric, backend):
             raise ValueError(f"labels are on {labels.device} but reference is on {reference.device}")
     if not 1 <= k <= reference.shape[0]:
         raise ValueError(f"k must satisfy 1 <= k <= M={reference.shape[0]}, got k={k}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if backend != "auto" and backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+    check_choice("metric", metric, METRICS)
+    check_choice("backend", backend, ("auto", *BACKEND_NAMES))
 
 
 def _check_label_values(labels, ignore_index, num_classes=None):

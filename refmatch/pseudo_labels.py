@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .bank_checks import check_feature_maps
+from .choices import check_choice
 from .feature_tap import size_pair
 from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
@@ -17,8 +18,7 @@ def check_mode(mode, k, names=("mode", "k")):
     """ValueError unless ``mode`` is one of MODES and ``k`` fits it (hard: the nearest
     reference, k = 1); ``names``: how the caller spells the two settings."""
     mode_name, k_name = names
-    if mode not in MODES:
-        raise ValueError(f"{mode_name} must be one of {MODES}, got {mode!r}")
+    check_choice(mode_name, mode, MODES)
     if mode == "hard" and k != 1:
         raise ValueError(f"{mode_name}=hard takes the nearest reference ({k_name}=1), got {k_name}={k}; "
                          f"{mode_name}=soft votes over k > 1")

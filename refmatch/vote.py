@@ -6,6 +6,7 @@ import torch
 
 from .backends.scoring import METRICS, host_read_allowed
 from .candidates import with_k_axis
+from .choices import check_choice
 from .masks import label_is
 from .ops import MatchResult, _check_label_values, as_int, as_number, check_integer_labels
 
@@ -120,14 +121,12 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         Vote(probabilities, confidence). Matches with index -1 cast no vote; any
         other label must be in [0, C) or ``ignore_index``.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    check_choice("weighting", weighting, WEIGHTINGS)
     temperature = checked_temperature(temperature)
     num_classes, ignore_index = as_int("num_classes", num_classes), as_int("ignore_index", ignore_index, optional=True)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    check_choice("metric", metric, METRICS)
     if not isinstance(result_or_scores, (MatchResult, torch.Tensor)):
         raise TypeError("result_or_scores must be a MatchResult or a tensor of class-wise scores, "
                         f"got {type(result_or_scores).__name__}")

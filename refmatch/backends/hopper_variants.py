@@ -14,6 +14,7 @@ Three settings, each read at every call and refused by name when unknown:
 A variant's name is the one ``cuda_backend.kernel_name`` reports: "wgmma", then "-256"
 (256 query rows), "-rs" (query in registers) and "-tma" (TMA loads).
 """
+from ..choices import check_choice
 from .settings import environment, setting
 
 HOPPER_ROWS = (256, 128)  # query rows per CTA; the first is the default
@@ -56,8 +57,8 @@ def hopper_kernel(variant=None):
     "mma.sync" (``REFMATCH_CUDA_HOPPER=0``) or a ``HOPPER_VARIANTS`` name, which sets the
     three ``SETTINGS``; None turns the wgmma kernel on with the settings as they are. The
     variables are restored after."""
-    if variant is not None and variant != "mma.sync" and variant not in HOPPER_VARIANTS:
-        raise ValueError(f"variant must be mma.sync or one of {', '.join(HOPPER_VARIANTS)}, got {variant!r}")
+    if variant is not None:
+        check_choice("variant", variant, ("mma.sync", *HOPPER_VARIANTS))
     settings = {"REFMATCH_CUDA_HOPPER": "0" if variant == "mma.sync" else "1"}
     if variant in HOPPER_VARIANTS:
         settings.update(zip(SETTINGS, map(str, HOPPER_VARIANTS[variant])))

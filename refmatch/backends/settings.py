@@ -2,14 +2,13 @@
 import contextlib
 import os
 
+from ..choices import check_choice
+
 
 def setting(name, choices):
     """Environment variable ``name``, one of ``choices`` (the first is the default), or a
     ValueError naming it; refused on every card alike."""
-    value = os.environ.get(name, choices[0])
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+    return check_choice(name, os.environ.get(name, choices[0]), choices)
 
 
 @contextlib.contextmanager

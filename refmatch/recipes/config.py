@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..bank_policies import POLICIES
+from ..choices import check_choice
 from ..data.folder import IGNORE_LABEL
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..ops import is_cpu_or_cuda
@@ -85,13 +86,10 @@ class TrainConfig:
 
     def validate(self):
         """Refuse settings that would fail later, after the data loaded and the run folder exists."""
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.bank_policy not in POLICIES:
-            raise ValueError(f"bank_policy must be one of {POLICIES}, got {self.bank_policy!r}")
+        check_choice("method", self.method, METHODS)
+        check_choice("bank_policy", self.bank_policy, POLICIES)
         self._validate_classes()
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
+        check_choice("norm", self.norm, tuple(NORMS))
         for names, test, asked in LIMITS:
             for name in names:
                 if not test(getattr(self, name)):

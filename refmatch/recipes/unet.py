@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from ..choices import check_choice
+
 
 # "instance": per image and channel, the same in training and evaluation (nnU-Net's choice).
 # "batch": running statistics, which a batch mixing strongly augmented unlabelled images skews
@@ -49,8 +51,7 @@ class UNet(nn.Module):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        check_choice("norm", norm, tuple(NORMS))
         channels = [width * 2 ** level for level in range(depth)]
         self.depth = depth
         self.encoder = nn.ModuleList(

@@ -1,0 +1,13 @@
+"""The one check for an argument that names a choice (a metric, mode, policy, setting ...).
+
+A leaf module, importing nothing from refmatch, so that every layer (ops, masks, the recipes,
+the backends' environment settings) can raise the same message."""
+
+
+def check_choice(name, value, choices):
+    """``value`` if it is one of ``choices`` (strings), else a ValueError naming ``name``,
+    the choices and what arrived, e.g. ``metric must be one of 'cosine', 'dot', 'l2', got 'euclid'``.
+    A value that is not a string (a tensor, a list) is refused the same way, never compared."""
+    if not (isinstance(value, str) and value in choices):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
