@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .backends.scoring import METRICS, accumulation_dtype, worst_score
 from .bank import ReferenceBank
 from .candidates import keep_best
-from .ops import MatchResult, as_int, inferred_num_classes
+from .ops import MatchResult, _shape_result, as_int, inferred_num_classes, rows_as_query
 
 
 def _gather(tensor, group):
@@ -50,19 +50,6 @@ def keep_shards_out_of_ddp(model):
     ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(dict.fromkeys(ignored + names)))
     return model
-
-
-def _as_rows(query):
-    """[N, D] rows of rows or [B, D, h, w] maps, and a function giving results the query's shape."""
-    if query.dim() == 2:
-        return query, lambda values: values
-    batch, dim, height, width = query.shape
-
-    def to_maps(values):  # [N] or [N, k] -> [B, h, w] or [B, k, h, w]
-        k = 1 if values.dim() == 1 else values.shape[1]  # not -1: N may be 0
-        maps = values.reshape(batch, height, width, k).permute(0, 3, 1, 2)
-        return maps[:, 0] if values.dim() == 1 else maps
-    return query.permute(0, 2, 3, 1).reshape(-1, dim), to_maps
 
 
 class ShardedReferenceBank(ReferenceBank):
@@ -193,19 +180,21 @@ class ShardedReferenceBank(ReferenceBank):
         return int(total)
 
     def _gathered_queries(self, query):
-        rows, shape_back = _as_rows(query)
+        """Every rank's [N, D] query rows, one after another (each padded to the largest N), and
+        the slice that holds this rank's."""
+        rows = query if query.dim() == 2 else query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
         count = torch.tensor([rows.shape[0]], device=rows.device)
         counts = [int(c) for c in _gather(count, self.group)]
         padded = rows.new_zeros(max(counts), rows.shape[1])
         padded[: rows.shape[0]] = rows
         start = dist.get_rank(self.group) * padded.shape[0]
-        return torch.cat(_gather(padded, self.group)), slice(start, start + rows.shape[0]), shape_back
+        return torch.cat(_gather(padded, self.group)), slice(start, start + rows.shape[0])
 
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], this rank's) against the whole
         sharded bank; a collective. Results as ``ReferenceBank.match``'s ([N, k] or
         [B, k, h, w]; [N] / [B, h, w] for k = 1), with global ``index``."""
-        all_rows, mine, shape_back = self._gathered_queries(self._checked_everywhere(query, k))
+        all_rows, mine = self._gathered_queries(self._checked_everywhere(query, k))
         score = all_rows.new_full((all_rows.shape[0], k), worst_score(self.metric),
                                   dtype=accumulation_dtype(self.features.dtype))
         index = torch.full_like(score, -1, dtype=torch.long)
@@ -220,19 +209,16 @@ class ShardedReferenceBank(ReferenceBank):
             label[:, :local_k] = found.label.reshape(-1, local_k)
         # Shards in rank order, each best first with ties by index.
         candidates = [torch.cat(_gather(t, self.group), dim=1)[mine] for t in (score, index, label)]
-        score, index, label = keep_best(candidates[0], k, *candidates[1:], larger_wins=self.metric != "l2")
-        if k == 1:
-            score, index, label = score[:, 0], index[:, 0], label[:, 0]
-        return MatchResult(shape_back(score), shape_back(index), shape_back(label))
+        best = keep_best(candidates[0], k, *candidates[1:], larger_wins=self.metric != "l2")
+        return MatchResult(*(_shape_result(values, query, k) for values in best))
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class over all shards: [N, C] for rows, [B, C, h, w] for maps."""
-        all_rows, mine, shape_back = self._gathered_queries(self._checked_everywhere(query))
+        all_rows, mine = self._gathered_queries(self._checked_everywhere(query))
         scores, _ = self._agreed(lambda: ReferenceBank.classwise_max(self, all_rows, backend=backend)
                                  if self._stored() else
                                  all_rows.new_full((all_rows.shape[0], self.num_classes), worst_score(self.metric),
                                                    dtype=accumulation_dtype(self.features.dtype)))
         op = dist.ReduceOp.MIN if self.metric == "l2" else dist.ReduceOp.MAX
         dist.all_reduce(scores, op=op, group=self.group)
-        rows = scores[mine]
-        return rows if query.dim() == 2 else shape_back(rows).contiguous()
+        return rows_as_query(scores[mine], query)

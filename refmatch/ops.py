@@ -190,13 +190,19 @@ def _as_maps(query):
     return query.T[None, :, :, None] if query.dim() == 2 else query
 
 
-def _shape_result(values, query, k):
-    """[N, k] backend output to the public shape of ``query``'s results."""
+def rows_as_query(values, query):
+    """[N, c] per-row values in ``query``'s layout: [N, c] for rows, [B, c, H, W] (a view)
+    for [B, D, H, W] maps, whose rows run over (b, h, w)."""
     if query.dim() == 2:
-        return values[:, 0] if k == 1 else values
+        return values
     batch, _, height, width = query.shape
-    maps = values.view(batch, height, width, k)
-    return maps[..., 0] if k == 1 else maps.permute(0, 3, 1, 2)
+    return values.reshape(batch, height, width, values.shape[1]).permute(0, 3, 1, 2)
+
+
+def _shape_result(values, query, k):
+    """[N, k] matches to the public shape of ``query``'s results (without the k axis for k = 1)."""
+    shaped = rows_as_query(values, query)
+    return shaped[:, 0] if k == 1 else shaped
 
 
 def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto", ignore_index=None):
@@ -282,8 +288,4 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     maps, reference = _as_maps(query.detach()), reference.detach()
     if metric == "l2":
         maps, reference = centred_for_l2(maps, reference, ignored)
-    scores = chosen.classwise_op(maps, reference, kernel_labels, ignored, num_classes, metric)
-    if query.dim() == 2:
-        return scores
-    batch, _, height, width = query.shape
-    return scores.view(batch, height, width, num_classes).permute(0, 3, 1, 2)
+    return rows_as_query(chosen.classwise_op(maps, reference, kernel_labels, ignored, num_classes, metric), query)
