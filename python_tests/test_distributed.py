@@ -34,7 +34,7 @@ def expected_results(metric, k):
     reference, labels, queries, maps = shared_inputs()
     whole = ReferenceBank.from_tensors(reference, labels, metric=metric)
     return [whole.match(query, k=k) for query in queries], whole.match(maps, k=k), \
-        [whole.classwise_max(query) for query in queries]
+        [whole.classwise_max(query) for query in queries], whole.classwise_max(maps)
 
 
 def worker(rank, port, cases):
@@ -43,7 +43,7 @@ def worker(rank, port, cases):
                             timeout=datetime.timedelta(seconds=60))
     reference, labels, queries, maps = shared_inputs()
     for metric, k in cases:
-        rows, on_maps, classwise = expected_results(metric, k)
+        rows, on_maps, classwise, classwise_on_maps = expected_results(metric, k)
         bank = ShardedReferenceBank.from_tensors(reference, labels, metric=metric)
         assert bank.features.shape[0] in (30, 31)
         for got, want in zip(bank.match(queries[rank], k=k), rows[rank]):
@@ -52,6 +52,8 @@ def worker(rank, port, cases):
             assert torch.equal(got, want), (metric, k, "maps")
         got = bank.classwise_max(queries[rank])
         assert torch.equal(got, classwise[rank]), (metric, k, got - classwise[rank])
+        got = bank.classwise_max(maps)  # [B, C, h, w], as one process's
+        assert got.shape == classwise_on_maps.shape and torch.equal(got, classwise_on_maps), (metric, "maps")
     # A bank filled through add(): each rank adds its own batch.
     filled = ShardedReferenceBank(6, 3, capacity_per_class=8, dtype=torch.float32, metric="dot")
     assert filled.capacity == 4
