@@ -104,11 +104,33 @@ def test_the_readme_summary_is_the_mean_of_the_instance_norm_seed_tables():
         assert [float(cell) for cell in cells[1:]] == pytest.approx(means, abs=5.1e-5), cells[0]
 
 
-def test_compare_pseudo_labels_defaults_are_the_readmes():
-    """The plain pseudo-label defaults a compared setting starts from, as the README lists them."""
+def test_compare_pseudo_labels_defaults_are_the_docs():
+    """The plain pseudo-label defaults a compared setting starts from, as docs/training.md lists them."""
     from refmatch.recipes.compare_pseudo_labels import PLAIN_PSEUDO_LABELS
 
-    text = " ".join(README.read_text().split())
+    text = " ".join((README.parent / "docs" / "training.md").read_text().split())
     stated = re.search(r"plain pseudo-label defaults \(`([^`]*)`", text).group(1)
     assert dict(item.split("=") for item in stated.split()) == \
         {key: str(value).lower() for key, value in PLAIN_PSEUDO_LABELS.items()}
+
+
+def _github_anchors(markdown):
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces as '-'."""
+    headings = re.findall(r"^#+ (.*)$", markdown, re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def test_relative_links_of_the_docs_resolve():
+    """Every relative link of the README, docs/*.md and bench/README.md names a file that exists,
+    and a heading of it where it names one (sections move between these files)."""
+    pages = [README, *sorted((README.parent / "docs").glob("*.md")), README.parent / "bench" / "README.md"]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            name, _, anchor = target.partition("#")
+            linked = (page.parent / name) if name else page
+            if not linked.exists() or anchor and anchor not in _github_anchors(linked.read_text()):
+                broken.append(f"{page.relative_to(README.parent)}: {target}")
+    assert len(pages) >= 6 and not broken, broken

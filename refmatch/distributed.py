@@ -7,7 +7,7 @@ what one process holding the whole bank would return, up to the rounding of
 scores: each shard's GEMM has another shape, so a score can differ by about an
 ulp and a near-tie that close can resolve differently (exact where the scores
 are, e.g. small integer features). One exception: an l2 ``classwise_max`` returns
-distances that each shard computes about its own centre (see the README's l2
+distances that each shard computes about its own centre (see docs/contract.md's l2
 note), so far from the origin they can differ from one process's by more than an
 ulp, and are then the more accurate. Only ``torch.distributed`` collectives are
 used (NCCL and gloo alike).
