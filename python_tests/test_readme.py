@@ -134,3 +134,13 @@ def test_relative_links_of_the_docs_resolve():
             if not linked.exists() or anchor and anchor not in _github_anchors(linked.read_text()):
                 broken.append(f"{page.relative_to(README.parent)}: {target}")
     assert len(pages) >= 6 and not broken, broken
+
+
+def test_the_fused_match_picture_is_drawn_by_its_script(tmp_path):
+    """scripts/draw_fused_match.py draws the schematic the README shows (committed as docs/fused_match.png)."""
+    spec = importlib.util.spec_from_file_location("draw_fused_match", README.parent / "scripts" / "draw_fused_match.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    drawn = module.draw(tmp_path / "fused_match.png")
+    assert drawn.stat().st_size > 10_000 and (README.parent / "docs" / "fused_match.png").is_file()
+    assert "](docs/fused_match.png)" in README.read_text()
