@@ -147,6 +147,40 @@ def test_vote_refuses_bad_arguments():
         vote(torch.rand(5, 3), labels, num_classes=3)
 
 
+def test_vote_names_a_top_k_list_ranked_under_another_metric():
+    """l2 distances below 1 fit a cosine's range, so only their order gives them away: voted as
+    cosines (vote's default) they elected the farthest neighbours' class."""
+    reference = torch.zeros(10, 4)
+    reference[:6, 0], reference[6:, 0] = 0.2, 0.8  # class 0 at squared distance 0.04, class 1 at 0.64
+    labels = torch.tensor([0] * 6 + [1] * 4)
+    distances = refmatch.match(torch.zeros(1, 4), reference, labels, k=8, metric="l2")
+    with pytest.raises(ValueError, match="rise along k .* as l2 distances do.*pass metric= .*'l2'"):
+        vote(distances, num_classes=2)  # gave class 1 a probability of 0.993
+    assert vote(distances, num_classes=2, metric="l2").probabilities.argmax(1).tolist() == [0]
+    assert vote(distances, num_classes=2, weighting="uniform").probabilities.tolist() == [[0.75, 0.25]]  # no scores read
+    similarities = refmatch.match(torch.ones(3, 4), reference.abs() + 0.1, labels, k=8, metric="cosine")
+    with pytest.raises(ValueError, match="fall along k .* as similarities do.*'cosine' or 'dot'"):
+        vote(similarities, num_classes=2, metric="l2")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("screen", [False, True])
+def test_vote_takes_every_top_k_list_of_its_metric(metric, screen):
+    """No false alarm from the order check: integer features full of exact ties (ordered by index,
+    or, where the CPU's bfloat16 screen rescores them, as rounding falls), and the rows of a map."""
+    from refmatch.backends.torch_backend import match_chunked
+
+    generator = torch.Generator().manual_seed(3)
+    query, reference = (torch.randint(-2, 3, (n, 6), generator=generator).float() for n in (64, 300))
+    labels = torch.randint(0, 3, (300,), generator=generator)
+    score, index = match_chunked(query.T[None, :, :, None], reference, None, 8, metric, block_m=64,
+                                 tile_bytes=32 * 64 * 2, screen=screen)
+    result = refmatch.MatchResult(score, index, labels[index])
+    assert vote(result, num_classes=3, metric=metric).probabilities.sum(1).allclose(torch.ones(64))
+    maps = refmatch.match(query.T.reshape(1, 6, 8, 8), reference, labels, k=8, metric=metric)
+    assert vote(maps, num_classes=3, metric=metric).probabilities.shape == (1, 3, 8, 8)
+
+
 def test_vote_of_infinite_scores():
     # Scaled after subtracting the row's best: 3e38 / 0.1 overflowed, and softmax gave NaN -> 0.
     assert vote(torch.tensor([[1e38, 2e38, 3e38]]), num_classes=3, metric="l2").probabilities.tolist() == [[1, 0, 0]]

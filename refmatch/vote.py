@@ -84,6 +84,27 @@ def _check_scores_fit_metric(scores, metric):
                          "metric= the metric that produced them ('cosine', 'dot')")
 
 
+def _check_best_first(score, metric):
+    """A top-k list [N, k] comes best first, so no slot may clearly beat its row's first under
+    ``metric``: one that does means the list was ranked under another metric (l2 distances rise
+    along k, similarities fall), which ``_check_scores_fit_metric`` misses where the scores stay
+    in range (l2 distances below 1 voted as cosines elect the farthest neighbour). The slack
+    (1e-4 of the first score, at least 1e-4) lets through the ulps by which near-ties can be
+    ordered. One host read; skipped under torch.compile and graph capture."""
+    if score.shape[1] < 2 or score.numel() == 0 or not host_read_allowed(score):
+        return
+    first = score[:, :1].float()
+    gain = score[:, 1:] - first  # a new tensor; NaN where either is NaN or both the same infinity: never "beats"
+    if metric == "l2":
+        gain.neg_()
+    if bool((gain > 1e-4 * first.abs().clamp_min(1)).any()):
+        trend, like, best, hint = (("fall", "similarities", "smallest", "'cosine' or 'dot'") if metric == "l2" else
+                                   ("rise", "l2 distances", "largest", "'l2'"))
+        raise ValueError(f"the top-k scores {trend} along k in some row, as {like} do, but a match with "
+                         f"metric={metric!r} lists them best ({best}) first: pass metric= the metric of the match "
+                         f"({hint})")
+
+
 def checked_temperature(temperature):
     """``temperature`` as a float; ValueError unless finite and > 0, and TypeError for a
     non-number. Scores divide by it in float32: inf would make -inf / inf (no vote) NaN, and a
@@ -112,9 +133,11 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
             Class-wise scores always use softmax over classes. A NaN score casts no vote.
         temperature: softmax temperature.
         metric: the metric that produced the scores; for "l2" (distances) smaller wins.
-            Scores outside its range (a cosine beyond [-1, 1], a negative distance)
-            raise where they are weighed, since the wrong metric reverses or distorts
-            the vote; "uniform" votes of matches never read them.
+            Scores outside its range (a cosine beyond [-1, 1], a negative distance),
+            and top-k lists in another metric's order (distances rise along k,
+            similarities fall), raise where they are weighed, since the wrong metric
+            reverses or distorts the vote; "uniform" votes of matches never read them.
+            Class-wise scores in range are taken as they come: pass their metric.
         ignore_index: matches carrying this label cast no vote (class-wise scores
             have no labels, so it does not apply to them).
     Returns:
@@ -156,6 +179,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
     score, _ = with_k_axis(result_or_scores.score)
     if weighting == "similarity":  # uniform votes never read the scores
         _check_scores_fit_metric(score, metric)
+        _check_best_first(score, metric)
     # A -1 label is "no match" only where the index says so; elsewhere it is a bad label.
     _check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
     voted = label >= 0 if ignore_index is None else (label >= 0) & ~label_is(label, ignore_index)
