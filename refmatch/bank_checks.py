@@ -7,7 +7,7 @@ from .backends.scoring import METRICS
 from .bank_policies import POLICIES
 from .choices import check_choice
 from .masks import DOWNSAMPLING
-from .ops import as_int, check_integer_labels, describe
+from .ops import as_int, channels_last_hint, check_integer_labels, describe
 
 
 def require_values(**tensors):
@@ -46,7 +46,8 @@ def check_query(query, bank_features):
     if query.dim() not in (2, 4):
         raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}")
     if query.shape[1] != bank_features.shape[1]:
-        raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={bank_features.shape[1]}")
+        raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={bank_features.shape[1]}"
+                         + channels_last_hint(query, bank_features.shape[1]))
     require_values(query=query, bank=bank_features)
 
 
@@ -57,7 +58,8 @@ def check_feature_maps(features, dim):
     if not features.dtype.is_floating_point:
         raise TypeError(f"features must be floating point, as match's query, got {features.dtype}")
     if features.shape[1] != dim:
-        raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={dim}")
+        raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={dim}"
+                         + channels_last_hint(features, dim))
     if 0 in features.shape[2:]:
         raise ValueError(f"features must have h, w >= 1 (a pixel per feature row), got {describe(features)}")
 

@@ -119,6 +119,14 @@ def describe(value):
     return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
+def channels_last_hint(maps, dim):
+    """For an error about ``maps``' channels: how to pass a [B, H, W, D] tensor (numpy's image
+    layout) whose last axis has the expected ``dim``, or "" where that is not the mix-up."""
+    if maps.dim() == 4 and maps.shape[1] != dim and maps.shape[-1] == dim:
+        return "; maps are [B, D, H, W]: .permute(0, 3, 1, 2) passes [B, H, W, D] as a view"
+    return ""
+
+
 def _check_inputs(query, reference, labels, k, metric, backend):
     for name, value in (("query", query), ("reference", reference)):
         if not isinstance(value, torch.Tensor):
@@ -133,7 +141,7 @@ def _check_inputs(query, reference, labels, k, metric, backend):
         raise ValueError(f"reference must be [M, D], got shape {_shape(reference)}")
     dim = query.shape[1]
     if reference.shape[1] != dim:
-        where = "D = query.shape[1]"
+        where = "D = query.shape[1]" + channels_last_hint(query, reference.shape[1])
         raise ValueError(f"reference has D={reference.shape[1]} channels but query has {dim} ({where})")
     if dim == 0:
         raise ValueError("query and reference have D=0 channels; need D >= 1")
