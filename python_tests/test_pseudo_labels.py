@@ -62,6 +62,9 @@ def test_agree_with_must_match_the_labels_shape(phantoms):
     for wrong in (truth[:, ::2, ::2], truth[0], truth.tolist()):
         with pytest.raises(ValueError, match=r"agree_with must be labels of shape \[B, H, W\] = \[6, 32, 32\]"):
             labeler(features, agree_with=wrong)
+    logits = torch.randn(6, 4, 32, 32)  # the teacher's output itself: the fix is named
+    with pytest.raises(ValueError, match=r"\(6, 4, 32, 32\); for \[B, C, H, W\] logits pass their .argmax\(1\)"):
+        labeler(features, agree_with=logits)
     labels = labeler(features, agree_with=truth).labels
     assert ((labels == truth) | (labels == 255)).all()
 
@@ -157,7 +160,8 @@ def test_vote_names_a_top_k_list_ranked_under_another_metric():
     with pytest.raises(ValueError, match="rise along k .* as l2 distances do.*pass metric= .*'l2'"):
         vote(distances, num_classes=2)  # gave class 1 a probability of 0.993
     assert vote(distances, num_classes=2, metric="l2").probabilities.argmax(1).tolist() == [0]
-    assert vote(distances, num_classes=2, weighting="uniform").probabilities.tolist() == [[0.75, 0.25]]  # no scores read
+    uniform = vote(distances, num_classes=2, weighting="uniform")  # reads no scores
+    assert uniform.probabilities.tolist() == [[0.75, 0.25]]
     similarities = refmatch.match(torch.ones(3, 4), reference.abs() + 0.1, labels, k=8, metric="cosine")
     with pytest.raises(ValueError, match="fall along k .* as similarities do.*'cosine' or 'dot'"):
         vote(similarities, num_classes=2, metric="l2")

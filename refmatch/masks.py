@@ -29,7 +29,9 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
         raise TypeError(f"masks must hold integer class labels, got {masks.dtype}")
     h, w = feature_size
     if masks.dim() != 3 or masks.shape[0] != batch:
-        raise ValueError(f"masks must be [B={batch}, H, W], got shape {tuple(masks.shape)}")
+        channel_axis = masks.dim() == 4 and masks.shape[1] == 1
+        hint = ": pass masks[:, 0] (a view) for a channel axis of one" if channel_axis else ""
+        raise ValueError(f"masks must be [B={batch}, H, W], got shape {tuple(masks.shape)}{hint}")
     height, width = masks.shape[1:]
     if height < h or width < w or height % h or width % w:
         raise ValueError(f"masks are {height}x{width} but features are {h}x{w}: the mask size "

@@ -124,7 +124,10 @@ def kept_fraction(labels, ignore_index):
 
 def _check_agreement_labels(agree_with, expected, device):
     if not isinstance(agree_with, torch.Tensor) or tuple(agree_with.shape) != expected:
-        raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, got {describe(agree_with)}")
+        logits = isinstance(agree_with, torch.Tensor) and agree_with.dim() == 4 and \
+            (agree_with.shape[0], *agree_with.shape[2:]) == expected
+        raise ValueError(f"agree_with must be labels of shape [B, H, W] = {list(expected)}, got {describe(agree_with)}"
+                         + ("; for [B, C, H, W] logits pass their .argmax(1)" if logits else ""))
     if agree_with.dtype.is_floating_point or agree_with.dtype == torch.bool:
         raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}")
     if agree_with.device != device:
