@@ -78,12 +78,27 @@ def test_agree_with_must_match_the_labels_shape(phantoms):
     (dict(threshold=float("nan")), ValueError, "threshold must be a number or None, got nan"),
     (dict(temperature="0.1"), TypeError, "temperature must be a number, got str"),
     (dict(threshold="high"), TypeError, "threshold must be a number, got str"),
+    (dict(threshold=2), ValueError, r"threshold=2.0 would keep no pixel: hard mode's .* cosine .* \[-1, 1\]"),
+    (dict(mode="soft", threshold=1.5), ValueError, r"would keep no pixel: soft mode's confidence, the margin"),
     (dict(ignore_index=0), ValueError, "ignore_index=0 is one of the bank's classes 0..3"),
     (dict(ignore_index=None), TypeError, "ignore_index must be an int, got NoneType"),
 ])
 def test_labeler_arguments_are_checked_when_built(phantoms, arguments, error, message):
     with pytest.raises(error, match=message):
         PseudoLabeler(phantoms[0], **arguments)
+
+
+def test_a_threshold_above_every_confidence_is_refused_per_metric():
+    """An l2 bank's hard confidence is minus the squared distance: a distance-like positive
+    threshold kept no pixel, silently. Thresholds that can keep pixels pass, dot's any."""
+    l2_bank = ReferenceBank.from_tensors(torch.randn(8, 4), torch.arange(8) % 2, metric="l2")
+    with pytest.raises(ValueError, match=r"threshold=0.5 would keep no pixel: .*l2 bank .* threshold=-d"):
+        PseudoLabeler(l2_bank, threshold=0.5)
+    kept = PseudoLabeler(l2_bank, threshold=-4.0)(torch.randn(2, 4, 3, 3)).kept_fraction
+    assert 0 < kept.item() <= 1
+    for metric, mode, threshold in [("cosine", "hard", 1.0), ("dot", "hard", 1e6), ("l2", "soft", 1.0)]:
+        bank = ReferenceBank.from_tensors(torch.randn(8, 4), torch.arange(8) % 2, metric=metric)
+        PseudoLabeler(bank, mode=mode, threshold=threshold, temperature=1.0)
 
 
 def test_agree_with_must_hold_integer_labels(phantoms):

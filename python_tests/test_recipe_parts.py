@@ -44,6 +44,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["pl_mode=bogus"])
     with pytest.raises(ValueError, match="pl_mode=hard takes the nearest reference"):
         load_config(None, ["pl_mode=hard", "pl_k=8"])
+    with pytest.raises(ValueError, match=r"pl_threshold must be <= 1 \(a higher one keeps no pseudo-label\), got 1.5"):
+        load_config(None, ["pl_threshold=1.5"])
 
 
 def test_a_config_extends_another_and_keeps_only_its_changes(tmp_path):

@@ -72,6 +72,7 @@ class PseudoLabeler:
         threshold = None if threshold is None else as_number("threshold", threshold)
         if threshold is not None and math.isnan(threshold):
             raise ValueError("threshold must be a number or None, got nan")
+        _check_threshold_can_keep(threshold, mode, bank.metric)
         if 0 <= ignore_index < bank.num_classes:
             raise ValueError(f"ignore_index={ignore_index} is one of the bank's classes 0..{bank.num_classes - 1}: "
                              "dropped pixels would read as that class")
@@ -120,6 +121,23 @@ def kept_fraction(labels, ignore_index):
     nothing is NaN, which would spoil the averages of a training log)."""
     kept = (labels != ignore_index).sum().double()  # counts exact past float32's 2^24
     return (kept / labels.numel() if labels.numel() else kept).float()
+
+
+def _check_threshold_can_keep(threshold, mode, metric):
+    """ValueError for a threshold above every confidence ``mode`` gives on a ``metric`` bank,
+    which would drop every pixel: soft margins and cosines are at most 1, hard l2 confidences
+    (minus a squared distance) at most 0."""
+    if threshold is None or mode == "hard" and metric == "dot":
+        return
+    if mode == "soft":
+        highest, what = 1.0, "soft mode's confidence, the margin between the two most probable classes, lies in [0, 1]"
+    elif metric == "cosine":
+        highest, what = 1.0, "hard mode's confidence on a cosine bank, the nearest similarity, lies in [-1, 1]"
+    else:
+        highest, what = 0.0, ("hard mode's confidence on an l2 bank is minus the squared distance to the nearest "
+                              "reference (<= 0): threshold=-d keeps the pixels within d")
+    if threshold > highest:
+        raise ValueError(f"threshold={threshold} would keep no pixel: {what}")
 
 
 def _check_agreement_labels(agree_with, expected, device):
