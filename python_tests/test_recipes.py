@@ -112,7 +112,8 @@ def test_consensus_keeps_reference_labels_where_the_teacher_agrees():
     assert agreed.kept_fraction.item() == pytest.approx(agree.float().mean().item())
 
 
-def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
+def test_cli_end_to_end(tmp_path, capsys):
+    """train, then evaluate on a folder (refmatch pseudo-label: test_pseudo_label_command.py)."""
     from PIL import Image
 
     from refmatch.__main__ import main
@@ -121,42 +122,13 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     main(["train", *TINY, "--out", str(run), "method=refmatch", "steps=2"])  # overrides on both sides
     assert "test_mean_dice" in capsys.readouterr().out
-    labeled, unlabeled = tmp_path / "labeled", tmp_path / "unlabeled"
-    for folder in (labeled / "images", labeled / "masks", unlabeled):
+    labeled = tmp_path / "labeled"
+    for folder in (labeled / "images", labeled / "masks"):
         folder.mkdir(parents=True)
     for i in range(3):
         image, mask = make_phantom(i, size=32)
         Image.fromarray((255 * image[0]).byte().numpy()).save(labeled / "images" / f"p{i}.png")
         Image.fromarray(mask.byte().numpy()).save(labeled / "masks" / f"p{i}.png")
-        unlabeled_image = Image.fromarray((255 * make_phantom(10 + i, size=32)[0][0]).byte().numpy())
-        unlabeled_image.resize((40, 48)).save(unlabeled / f"u{i}.png")  # not the model's 32 x 32
-    out = tmp_path / "pseudo"
-    main(["pseudo-label", "--checkpoint", str(run / "best.pt"), "--labeled", str(labeled),
-          "--unlabeled", str(unlabeled), "--out", str(out)])
-    for sub in ("labels", "confidence", "overlays"):
-        assert sorted(p.name for p in (out / sub).iterdir()) == ["u0.png", "u1.png", "u2.png"]
-        for path in (out / sub).iterdir():
-            with Image.open(path) as written:
-                assert written.size == (40, 48), "written at the input's size"
-    record = json.loads((out / "pseudo-label.json").read_text())
-    assert record["complete"] and record["written"] == record["images"] == 3
-    from refmatch.recipes import cli  # a Ctrl-C at the second image leaves a folder that says it is incomplete
-
-    saved, calls = cli._save_pseudo_label, []
-
-    def save_then_interrupt(*args):
-        calls.append(args)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        saved(*args)
-
-    monkeypatch.setattr(cli, "_save_pseudo_label", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        main(["pseudo-label", "--checkpoint", str(run / "best.pt"), "--labeled", str(labeled),
-              "--unlabeled", str(unlabeled), "--out", str(out)])
-    assert "stopped after 1 of 3 images" in capsys.readouterr().err
-    record = json.loads((out / "pseudo-label.json").read_text())
-    assert not record["complete"] and record["written"] == 1
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(labeled), "--split", "all",
           "--out", str(tmp_path / "m.json")])
     assert "mean_dice" in json.loads((tmp_path / "m.json").read_text())

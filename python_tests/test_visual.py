@@ -70,7 +70,7 @@ def test_a_long_title_wraps_inside_its_column(tmp_path):
 def test_pseudo_label_files_hold_classes_255_and_scaled_confidence(tmp_path):
     """refmatch pseudo-label's files of one image, written at the image's own size (twice the
     model's here): labels nearest-upscaled with 255 where none was kept, confidence 0..1 as 0..255."""
-    from refmatch.recipes.cli import _save_pseudo_label
+    from refmatch.recipes.pseudo_label import _save_pseudo_label
 
     for sub in ("labels", "confidence", "overlays"):
         (tmp_path / sub).mkdir()

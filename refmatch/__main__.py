@@ -6,7 +6,7 @@ import sys
 COMMANDS = {
     "train": ("refmatch.recipes.cli:train_main", "train a U-Net: supervised, meanteacher-pl or refmatch"),
     "evaluate": ("refmatch.recipes.cli:evaluate_main", "Dice, IoU and HD95 of a checkpoint on a dataset"),
-    "pseudo-label": ("refmatch.recipes.cli:pseudo_label_main", "write pseudo-label PNGs for a folder of images"),
+    "pseudo-label": ("refmatch.recipes.pseudo_label:pseudo_label_main", "write pseudo-label PNGs for a folder of images"),
     "compare-pseudo-labels": ("refmatch.recipes.compare_pseudo_labels:main",
                               "score pseudo-label settings of a run against hidden masks"),
     "demo": ("refmatch.demo:main", "pseudo-labels from a synthetic reference bank"),

@@ -1,13 +1,11 @@
-"""``refmatch train | evaluate | pseudo-label``."""
+"""``refmatch train | evaluate`` (``pseudo-label``: pseudo_label.py)."""
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..atomic_file import save_png_atomic, write_text_atomic
+from ..atomic_file import write_text_atomic
 from .checkpoint import load, saved_teacher
 from .config import data_location, load_config
 from .evaluation import evaluate, evaluate_at_file_size, metrics_json
@@ -138,86 +136,3 @@ def _status(message):
 def _image_folder(root):
     root = Path(root)
     return root / "images" if (root / "images").is_dir() else root
-
-
-RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
-
-
-def pseudo_label_main(argv=None):
-    parser = argparse.ArgumentParser(prog="refmatch pseudo-label",
-                                     description="Reference-guided pseudo-labels for a folder of images.")
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--labeled", type=Path, required=True, help="folder with images/ and masks/")
-    parser.add_argument("--unlabeled", type=Path, required=True, help="folder of PNG images (or with images/)")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    from ..data.folder import FolderDataset, png_names, scan_folder
-    from .data_setup import check_folder_fits_classes, load_split
-    from .methods import IGNORE, ReferencePseudoLabels
-    from .progress import progress_bar
-
-    folder = _image_folder(args.unlabeled)
-    names = png_names(folder)
-    if not names:
-        raise FileNotFoundError(f"no PNG images in {folder}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    if not os.access(args.out, os.W_OK):  # refused before the data load and the bank
-        raise PermissionError(f"cannot write into {args.out}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, classes = _teacher(args.checkpoint, device)
-    labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
-                                       num_classes=classes), config.num_workers, config.image_size)
-    check_folder_fits_classes(labeled, classes, args.labeled)
-    _status(f"loaded {len(labeled.names)} labelled images; loading {len(names)} images from {folder}")
-    unlabeled = load_split(FolderDataset(folder.parent, names, size=config.image_size, subfolder=folder.name,
-                                         with_masks=False), config.num_workers, config.image_size)
-    source = ReferencePseudoLabels(model, config, classes, device)
-    source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
-    for sub in ("labels", "confidence", "overlays"):
-        (args.out / sub).mkdir(parents=True, exist_ok=True)
-    # Written before the first image (a failed setup leaves a finished folder's record alone) and
-    # after the last: whether the folder is complete.
-    record = {"checkpoint": str(args.checkpoint), "labeled": str(args.labeled), "unlabeled": str(folder),
-              "images": len(names), "written": 0, "complete": False}
-    write_text_atomic(args.out / RECORD, metrics_json(record))
-    kept, bar = [], progress_bar(len(names), "pseudo-label")
-    try:
-        for start in range(0, len(names), config.batch_size):
-            pseudo = source(unlabeled.images[start:start + config.batch_size].to(device))
-            kept.append(pseudo.kept_fraction.item())
-            for i, name in enumerate(names[start:start + config.batch_size]):
-                _save_pseudo_label(folder / name, args.out, pseudo.labels[i].cpu(), pseudo.confidence[i].cpu())
-                record["written"] += 1
-            bar.update(len(names[start:start + config.batch_size]))
-    except BaseException:
-        bar.close()
-        write_text_atomic(args.out / RECORD, metrics_json(record))
-        _status(f"stopped after {record['written']} of {len(names)} images: {args.out} is incomplete "
-                f"({RECORD} says so); run the command again to write them all")
-        raise
-    bar.close()
-    record.update(complete=True, kept_percent=100 * float(np.mean(kept)))
-    write_text_atomic(args.out / RECORD, metrics_json(record))
-    print(f"wrote pseudo-labels of {len(names)} images to {args.out} at their own sizes (labels: class "
-          f"indices, {IGNORE} where none was kept; kept {record['kept_percent']:.1f} % of pixels; {RECORD})")
-
-
-def _save_pseudo_label(image_path, out, labels, confidence):
-    """labels/, confidence/ and overlays/ PNGs of one image at its own size: the model's [h, w]
-    labels [h, w] (nearest) and confidence (bilinear, 0..255 for 0..1) resized to the image."""
-    from PIL import Image
-
-    from ..data.folder import read_image
-    from .methods import IGNORE
-    from .visual import gray, overlay
-
-    original = read_image(image_path)  # [1, H, W] in [0, 1]
-    size = (original.shape[2], original.shape[1])  # PIL's (width, height)
-    label_image = Image.fromarray(labels.numpy().astype(np.uint8)).resize(size, Image.NEAREST)
-    confidence_image = Image.fromarray(gray(confidence, 0.0, 1.0)[..., 0]).resize(size, Image.BILINEAR)
-    full_size_labels = torch.from_numpy(np.array(label_image)).long()
-    # Atomic, labels last: an interrupted run leaves no half file, and a labels/ file only for a finished image.
-    save_png_atomic(confidence_image, out / "confidence" / image_path.name)
-    save_png_atomic(Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)),
-                    out / "overlays" / image_path.name)
-    save_png_atomic(label_image, out / "labels" / image_path.name)

@@ -1,0 +1,115 @@
+"""``refmatch pseudo-label``: files at each image's size, streamed batches, a record of how far
+a folder got, --resume after a stop, and an occupied folder refused without --resume or
+--overwrite."""
+import json
+
+import pytest
+
+pytest.importorskip("yaml", reason="the train extra is not installed")
+pytest.importorskip("PIL", reason="the train extra is not installed")
+
+from PIL import Image  # noqa: E402
+
+from refmatch.__main__ import main  # noqa: E402
+from refmatch.data.folder import FolderDataset  # noqa: E402
+from refmatch.data.phantoms import make_phantom  # noqa: E402
+from refmatch.recipes import pseudo_label  # noqa: E402
+
+TINY = ["data=phantom", "num_phantoms=24", "image_size=32", "width=4", "depth=3", "tap_size=16", "batch_size=2",
+        "unlabeled_batch_size=2", "bank_capacity=512", "bank_refresh_every=2", "eval_every=2", "image_every=2",
+        "rampup_steps=2", "num_workers=0", "labeled_fraction=0.2", "method=refmatch", "steps=2"]
+NAMES = ["u0.png", "u1.png", "u2.png"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """(a trained run's best.pt, labelled folder, unlabelled folder of 40 x 48 images: not the model's 32 x 32)."""
+    root = tmp_path_factory.mktemp("pseudo_label")
+    main(["train", *TINY, "--out", str(root / "run")])
+    labeled, unlabeled = root / "labeled", root / "unlabeled"
+    for folder in (labeled / "images", labeled / "masks", unlabeled):
+        folder.mkdir(parents=True)
+    for i in range(3):
+        image, mask = make_phantom(i, size=32)
+        Image.fromarray((255 * image[0]).byte().numpy()).save(labeled / "images" / f"p{i}.png")
+        Image.fromarray(mask.byte().numpy()).save(labeled / "masks" / f"p{i}.png")
+        unlabeled_image = Image.fromarray((255 * make_phantom(10 + i, size=32)[0][0]).byte().numpy())
+        unlabeled_image.resize((40, 48)).save(unlabeled / NAMES[i])
+    return root / "run" / "best.pt", labeled, unlabeled
+
+
+def command(folders, out, *flags, checkpoint=None):
+    best, labeled, unlabeled = folders
+    return ["pseudo-label", "--checkpoint", str(checkpoint or best), "--labeled", str(labeled),
+            "--unlabeled", str(unlabeled), "--out", str(out), *flags]
+
+
+def record(out):
+    return json.loads((out / pseudo_label.RECORD).read_text())
+
+
+def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, monkeypatch):
+    """The second batch's image is read after the first batch's files are written: the images
+    stream through (a folder of 100k radiographs no longer loads whole first)."""
+    events, read, save = [], FolderDataset.__getitem__, pseudo_label._save_pseudo_label
+    monkeypatch.setattr(FolderDataset, "__getitem__", lambda self, i: events.append(("read", self.names[i]))
+                        or read(self, i))
+    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", lambda path, *rest: events.append(("save", path.name))
+                        or save(path, *rest))
+    out = tmp_path / "pseudo"
+    main(command(folders, out))
+    for sub in pseudo_label.OUTPUTS:
+        assert sorted(p.name for p in (out / sub).iterdir()) == NAMES
+        for path in (out / sub).iterdir():
+            with Image.open(path) as written:
+                assert written.size == (40, 48), "written at the input's size"
+    assert record(out)["complete"] and record(out)["written"] == record(out)["images"] == 3
+    unlabeled_events = [event for event in events if event[1] in NAMES]
+    assert unlabeled_events.index(("save", "u0.png")) < unlabeled_events.index(("read", "u2.png"))
+
+
+def test_a_stopped_folder_resumes_where_it_stopped(folders, tmp_path, monkeypatch, capsys):
+    out, saved, calls = tmp_path / "pseudo", pseudo_label._save_pseudo_label, []
+
+    def save_then_interrupt(path, *rest):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        saved(path, *rest)
+
+    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        main(command(folders, out))
+    assert "stopped after 1 of 3 images" in capsys.readouterr().err
+    assert not record(out)["complete"] and record(out)["written"] == 1
+    calls.clear()
+    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", lambda path, *rest: calls.append(path.name) or
+                        saved(path, *rest))
+    main(command(folders, out, "--resume"))
+    assert calls == ["u1.png", "u2.png"], "the finished image is not labelled again"
+    done = record(out)
+    assert done["complete"] and done["written"] == 3 and done["kept_counted"] == 3
+    assert 0 < done["kept_percent"] <= 100
+    main(command(folders, out, "--resume"))
+    assert "is complete: 3 images, nothing to do" in capsys.readouterr().out
+
+
+def test_an_occupied_folder_takes_resume_or_overwrite(folders, tmp_path, capsys):
+    out = tmp_path / "pseudo"
+    main(command(folders, out))
+    with pytest.raises(FileExistsError, match="holds pseudo-labels: finish them with --resume, or start over with "
+                                              "--overwrite"):
+        main(command(folders, out))
+    stale = out / "labels" / "gone.png"  # from an earlier, other folder of images
+    stale.write_bytes(b"")
+    main(command(folders, out, "--overwrite"))
+    assert not stale.exists() and record(out)["complete"]
+    other = tmp_path / "other.pt"
+    other.write_bytes(folders[0].read_bytes())
+    with pytest.raises(ValueError, match="--resume: .* labelled with another checkpoint"):
+        main(command(folders, out, "--resume", checkpoint=other))
+    with pytest.raises(FileNotFoundError, match="--resume: .*pseudo-label.json not found"):
+        main(command(folders, tmp_path / "new", "--resume"))
+    with pytest.raises(SystemExit) as stopped:
+        main(command(folders, out, "--resume", "--overwrite"))
+    assert stopped.value.code == 2 and "--resume and --overwrite exclude each other" in capsys.readouterr().err

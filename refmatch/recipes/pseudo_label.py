@@ -1,0 +1,161 @@
+"""``refmatch pseudo-label``: reference-guided pseudo-labels for a folder of images.
+
+The unlabelled images stream through in batches (memory stays flat however many there are),
+and each image's files are written as soon as its batch is labelled: ``labels/`` last, so a
+``labels/`` file marks a finished image. ``pseudo-label.json`` records what the folder holds
+and whether it is complete; ``--resume`` continues an interrupted folder where it stopped.
+"""
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..atomic_file import save_png_atomic, write_text_atomic
+from .evaluation import metrics_json
+
+RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
+OUTPUTS = ("labels", "confidence", "overlays")
+
+
+def pseudo_label_main(argv=None):
+    parser = argparse.ArgumentParser(prog="refmatch pseudo-label",
+                                     description="Reference-guided pseudo-labels for a folder of images.")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--labeled", type=Path, required=True, help="folder with images/ and masks/")
+    parser.add_argument("--unlabeled", type=Path, required=True, help="folder of PNG images (or with images/)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted OUT: skip the images it has finished (same checkpoint "
+                             "and folders)")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds pseudo-labels")
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    from ..data.folder import FolderDataset, png_names, scan_folder
+    from .cli import _image_folder, _status, _teacher
+    from .data_setup import check_folder_fits_classes, load_split
+    from .methods import IGNORE, ReferencePseudoLabels
+    from .progress import progress_bar
+
+    folder = _image_folder(args.unlabeled)
+    names = png_names(folder)
+    if not names:
+        raise FileNotFoundError(f"no PNG images in {folder}")
+    record = {"checkpoint": str(args.checkpoint), "labeled": str(args.labeled), "unlabeled": str(folder),
+              "images": len(names), "written": 0, "complete": False}
+    done = _finished_before(args, record, names)  # refuses an occupied OUT before the bank is built
+    if done is None:
+        return None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, config, classes = _teacher(args.checkpoint, device)
+    labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
+                                       num_classes=classes), config.num_workers, config.image_size)
+    check_folder_fits_classes(labeled, classes, args.labeled)
+    todo = [name for name in names if name not in done]
+    _status(f"loaded {len(labeled.names)} labelled images; labelling {len(todo)} images of {folder}"
+            + (f" ({len(done)} finished before)" if done else ""))
+    source = ReferencePseudoLabels(model, config, classes, device)
+    source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
+    for sub in OUTPUTS:
+        (args.out / sub).mkdir(parents=True, exist_ok=True)
+    # Written before the first image (a failed setup leaves a finished folder's record alone) and
+    # after the last or a stop: how far the folder got, and the share of pixels kept in the
+    # images it counted (a killed run's last images are finished but uncounted).
+    previous = _previous(args.out) if done else {}
+    record.update(written=len(done), kept_percent=previous.get("kept_percent", 0.0),
+                  kept_counted=min(previous.get("kept_counted", previous.get("written", 0)), len(done)))
+    write_text_atomic(args.out / RECORD, metrics_json(record))
+    unlabeled = DataLoader(FolderDataset(folder.parent, todo, size=config.image_size, subfolder=folder.name,
+                                         with_masks=False), batch_size=config.batch_size,
+                           num_workers=config.num_workers, shuffle=False)
+    bar = progress_bar(len(names), "pseudo-label", initial=len(done))
+    try:
+        for batch in unlabeled:
+            pseudo = source(batch["image"].to(device))
+            for name, labels, confidence in zip(batch["name"], pseudo.labels.cpu(), pseudo.confidence.cpu()):
+                _save_pseudo_label(folder / name, args.out, labels, confidence)
+                record["kept_counted"] += 1
+                kept = 100 * float((labels != IGNORE).float().mean())
+                record["kept_percent"] += (kept - record["kept_percent"]) / record["kept_counted"]  # a running mean
+                record["written"] += 1
+                bar.update(1)
+    except BaseException:
+        bar.close()
+        write_text_atomic(args.out / RECORD, metrics_json(record))
+        _status(f"stopped after {record['written']} of {len(names)} images: {args.out} is incomplete "
+                f"({RECORD} says so); add --resume to the command to finish it")
+        raise
+    bar.close()
+    record["complete"] = True
+    write_text_atomic(args.out / RECORD, metrics_json(record))
+    counted = "" if record["kept_counted"] == len(names) else f" of the {record['kept_counted']} images counted"
+    print(f"wrote pseudo-labels of {len(names)} images to {args.out} at their own sizes (labels: class "
+          f"indices, {IGNORE} where none was kept; kept {record['kept_percent']:.1f} % of pixels{counted}; {RECORD})")
+    return record
+
+
+def _previous(out):
+    """The record an earlier run left in ``out``, or {}."""
+    path = out / RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _finished_before(args, record, names):
+    """The names of ``names`` that an earlier run finished in ``args.out`` and this one skips (a
+    set), or None when that run is complete and there is nothing to do. An OUT holding
+    pseudo-labels takes --resume (the same checkpoint and folders) or --overwrite (its outputs
+    are deleted first); a new OUT is made here, and an unwritable one refused before any work."""
+    previous = _previous(args.out)
+    held = previous or any((args.out / sub).is_dir() and any((args.out / sub).iterdir()) for sub in OUTPUTS)
+    if held and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{args.out} holds pseudo-labels: finish them with --resume, or start over with "
+                              "--overwrite")
+    if args.resume:
+        if not previous:
+            raise FileNotFoundError(f"--resume: {args.out / RECORD} not found; there is nothing to continue")
+        differ = [key for key in ("checkpoint", "labeled", "unlabeled") if previous.get(key) != record[key]]
+        if differ:
+            raise ValueError(f"--resume: {args.out} was labelled with another {', '.join(differ)} "
+                             f"({', '.join(str(previous.get(key)) for key in differ)}): pass the same, or "
+                             "--overwrite")
+        if previous.get("complete") and previous.get("images") == len(names):
+            print(f"{args.out} is complete: {len(names)} images, nothing to do")
+            return None
+        return {name for name in names if (args.out / "labels" / name).is_file()}
+    if args.overwrite:
+        for sub in OUTPUTS:
+            shutil.rmtree(args.out / sub, ignore_errors=True)
+        (args.out / RECORD).unlink(missing_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    probe = args.out / ".refmatch-write-test"
+    try:  # refused before the data load and the bank
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write into {args.out}: {error.strerror}") from None
+    return set()
+
+
+def _save_pseudo_label(image_path, out, labels, confidence):
+    """labels/, confidence/ and overlays/ PNGs of one image at its own size: the model's [h, w]
+    labels [h, w] (nearest) and confidence (bilinear, 0..255 for 0..1) resized to the image."""
+    from PIL import Image
+
+    from ..data.folder import read_image
+    from .methods import IGNORE
+    from .visual import gray, overlay
+
+    original = read_image(image_path)  # [1, H, W] in [0, 1]
+    size = (original.shape[2], original.shape[1])  # PIL's (width, height)
+    label_image = Image.fromarray(labels.numpy().astype(np.uint8)).resize(size, Image.NEAREST)
+    confidence_image = Image.fromarray(gray(confidence, 0.0, 1.0)[..., 0]).resize(size, Image.BILINEAR)
+    full_size_labels = torch.from_numpy(np.array(label_image)).long()
+    # Atomic, labels last: an interrupted run leaves no half file, and a labels/ file only for a finished image.
+    save_png_atomic(confidence_image, out / "confidence" / image_path.name)
+    save_png_atomic(Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)),
+                    out / "overlays" / image_path.name)
+    save_png_atomic(label_image, out / "labels" / image_path.name)
