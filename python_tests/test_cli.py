@@ -79,7 +79,7 @@ def test_unknown_command_is_named_before_the_usage(capsys):
     (["depth=7", "image_size=64", "tap_size=64"],
      "refmatch train: error: depth=7 is too deep for image_size=64: the U-Net's deepest stage would be 1x1; use "
      "depth <= 6"),
-    (["--out", "/dev/null/run"], "refmatch train: error: [Errno 20] Not a directory: '/dev/null/run'"),
+    (["--out", "/dev/null/run"], "refmatch train: error: --out /dev/null/run: /dev/null is not a folder"),
     (["--out", "DAMAGED", "--resume"], "refmatch train: error: DAMAGED/latest.pt is not a readable checkpoint"),
 ])
 def test_user_errors_print_one_line_from_the_command_line(monkeypatch, capsys, tmp_path, arguments, message):
@@ -120,6 +120,32 @@ def test_an_error_in_a_data_loader_worker_prints_its_own_line(monkeypatch, capsy
     assert main() == 2
     assert capsys.readouterr().err == ("refmatch evaluate: error: masks/7.png holds label(s) 3, but the data has 3 "
                                        "classes\n")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["train", "--out", "FILE"], "refmatch train: error: --out FILE: FILE is not a folder"),
+    (["train", "--out", "FILE/run"], "refmatch train: error: --out FILE/run: FILE is not a folder"),
+    (["pseudo-label", "--checkpoint", "c.pt", "--labeled", "l", "--unlabeled", "NOWHERE", "--out", "o"],
+     "refmatch pseudo-label: error: --unlabeled NOWHERE: no such folder"),
+    (["pseudo-label", "--checkpoint", "c.pt", "--labeled", "l", "--unlabeled", "NOWHERE", "--out", "FILE"],
+     "refmatch pseudo-label: error: --out FILE: FILE is not a folder"),
+    # checked before the evaluation, whose metrics it would keep (it failed after scoring every image)
+    (["evaluate", "--checkpoint", "c.pt", "--data", "phantom", "--out", "FILE/m.json"],
+     "refmatch evaluate: error: --out FILE/m.json: FILE is not a folder"),
+    (["evaluate", "--checkpoint", "c.pt", "--data", "phantom", "--out", "NOWHERE/m.json"],
+     "refmatch evaluate: error: --out NOWHERE/m.json: the folder NOWHERE does not exist"),
+])
+def test_path_arguments_are_named_before_any_work(monkeypatch, capsys, tmp_path, arguments, message):
+    """An --out that cannot be written, or an input folder that is not there, names its flag (the
+    system's '[Errno 17] File exists' named neither), before a checkpoint is even read."""
+    (tmp_path / "FILE").write_text("not a folder")
+    names = {"FILE": str(tmp_path / "FILE"), "NOWHERE": str(tmp_path / "NOWHERE")}
+    replace = lambda text: names["FILE"].join(part.replace("NOWHERE", names["NOWHERE"])  # noqa: E731
+                                              for part in text.split("FILE"))
+    monkeypatch.delenv("REFMATCH_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["refmatch", *map(replace, arguments)])
+    assert main() == 2
+    assert capsys.readouterr().err == replace(message) + "\n"
 
 
 def test_a_malformed_flag_prints_the_usage_and_the_error(monkeypatch, capsys):

@@ -68,6 +68,22 @@ def test_multiclass_mask_with_stray_value_is_an_error(dataset_root):
         FolderDataset(root, ["gray.png"], num_classes=3)[0]
 
 
+def test_a_binary_mask_against_a_checkpoint_of_more_classes_names_the_checkpoint(tmp_path):
+    """A command that takes its classes from a checkpoint says so, and that 0/255 masks fit two
+    classes only (the message offered 'or a 0/255 binary mask' to a 4-class model)."""
+    from PIL import Image
+
+    from refmatch.data.folder import read_mask
+
+    pixels = np.zeros((4, 8), dtype=np.uint8)
+    pixels[:, 4:], pixels[:, 3] = 255, 128  # a resampled edge between 0 and 255
+    Image.fromarray(pixels).save(tmp_path / "mask.png")
+    with pytest.raises(ValueError, match=r"holds label\(s\) 128, but the model of run/best.pt has 4 classes "
+                                         r"\(labels 0..3, 255 to ignore; a 0/255 binary mask fits 2 classes only\)"):
+        read_mask(tmp_path / "mask.png", 4, classes_from="the model of run/best.pt")
+    assert sorted(read_mask(tmp_path / "mask.png", 2).unique().tolist()) == [0, 1]
+
+
 @pytest.mark.parametrize("values, num_classes, expected", [
     ([0, 1, 255], 2, [0, 1, 255]),   # class indices, 255 ignored (as pseudo-label writes them)
     ([0, 255], 2, [0, 1]),           # a binary mask

@@ -135,8 +135,9 @@ def _on_borders(array, values):
     return off_borders.sum() <= EDGE_EXCEPTIONS * between.sum()
 
 
-def read_mask(path, num_classes=None):
-    """A mask PNG as int64 [H, W] class labels (255: ignore), by the module's rule."""
+def read_mask(path, num_classes=None, classes_from="the data"):
+    """A mask PNG as int64 [H, W] class labels (255: ignore), by the module's rule;
+    ``classes_from`` names what set ``num_classes`` in an error (a checkpoint, say)."""
     array = _read_array(Path(path), GRAY_MODES + ("P", "RGB", "RGBA")).astype(np.int64)  # palette: indices
     if array.ndim == 3:  # RGB(A): a gray mask stored in colour, or a colour mask, which has no classes
         if (array[..., :3] != array[..., :1]).any():
@@ -162,8 +163,9 @@ def read_mask(path, num_classes=None):
                          "borders, not a resampled 0/255 mask: a mask of more classes? Store class indices "
                          "0..C-1 (255 to ignore) and set classes in the config")
     bad = [int(value) for value in classes if not 0 <= value < limit]
-    raise ValueError(f"{path} holds label(s) {_listing([str(value) for value in bad])}, but the data has "
-                     f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore, or a 0/255 binary mask)")
+    binary_fits = "or a 0/255 binary mask" if two_classes else "a 0/255 binary mask fits 2 classes only"
+    raise ValueError(f"{path} holds label(s) {_listing([str(value) for value in bad])}, but {classes_from} has "
+                     f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore; {binary_fits})")
 
 
 class FolderDataset(Dataset):
@@ -179,15 +181,17 @@ class FolderDataset(Dataset):
         subfolder: where the images are ("images" or "unlabeled").
         with_masks: read ``root/masks/<name>`` too.
         num_classes: for the mask rule in the module docstring.
+        classes_from: what set ``num_classes``, as a mask error names it ("the data", or
+            a checkpoint's model where a command reads the classes from one).
 
     Item: {"image": [1, H, W] float32, "mask": [H, W] int64 (with_masks only), "name": str}.
     """
 
     def __init__(self, root, names, size=None, subfolder="images", with_masks=True, num_classes=None,
-                 resize_masks=True):
+                 resize_masks=True, classes_from="the data"):
         self.root, self.names, self.size = Path(root), list(names), size_pair(size, "size")
         self.subfolder, self.with_masks, self.num_classes = subfolder, with_masks, num_classes
-        self.resize_masks = resize_masks
+        self.resize_masks, self.classes_from = resize_masks, classes_from
 
     def __len__(self):
         return len(self.names)
@@ -199,7 +203,7 @@ class FolderDataset(Dataset):
         item = {"image": image, "name": name}
         if self.with_masks:
             mask_path = self.root / "masks" / name
-            mask = read_mask(mask_path, self.num_classes)
+            mask = read_mask(mask_path, self.num_classes, self.classes_from)
             if mask.shape != image.shape[1:]:
                 raise ValueError(f"{mask_path} is {tuple(mask.shape)} but {image_path} is {tuple(image.shape[1:])}")
             item["mask"] = mask

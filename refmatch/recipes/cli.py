@@ -1,5 +1,6 @@
 """``refmatch train | evaluate`` (``pseudo-label``: pseudo_label.py)."""
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def train_main(argv=None):
         parser.error("--resume and --overwrite exclude each other")
     if args.stop_at is not None and args.stop_at < 1:
         parser.error(f"--stop-at must be a step >= 1, got {args.stop_at}")
+    check_folder_argument(args.out, "--out")
     from .checkpoint import load_latest
     from .train import Trainer
 
@@ -63,8 +65,8 @@ def evaluate_main(argv=None):
                              "to each mask file's own size and scored there, HD95 in its pixels (folders only)")
     parser.add_argument("--out", type=Path, help="write metrics JSON here")
     args = parser.parse_args(argv)
-    if args.out is not None and args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder: name the JSON file to write, e.g. {args.out / 'metrics.json'}")
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     if args.resolution == "native" and args.data == "phantom":
         raise ValueError("--resolution native scores masks at their files' size; phantoms are generated at "
                          "the run's image_size, which --resolution training already scores")
@@ -97,6 +99,7 @@ def evaluate_main(argv=None):
         metrics = evaluate(model, split, labels, device)
     else:
         dataset = FolderDataset(args.data, names, size=config.image_size, num_classes=classes,
+                                classes_from=f"the model of {args.checkpoint}",
                                 resize_masks=args.resolution == "training")
         if args.resolution == "training":
             split = load_split(dataset, config.num_workers, config.image_size)
@@ -131,6 +134,27 @@ def _check_split_in_data(names, data, key, config):
 
 def _status(message):
     print(message, file=sys.stderr, flush=True)
+
+
+def check_folder_argument(path, flag, given=None):
+    """NotADirectoryError naming ``flag`` (and ``given``, what it was given: ``path`` by default)
+    where ``path`` cannot be a folder: it, or the first of its parents that exists, is a file (the
+    system's own error names neither the flag nor the file)."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())  # "." and "/" exist
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{flag} {given or path}: {existing} is not a folder")
+
+
+def check_output_file(path, flag):
+    """OSError naming ``flag`` unless a file can be written at ``path``: checked before the work
+    whose result it keeps, not after."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder: name the file to write, e.g. {path / 'metrics.json'}")
+    check_folder_argument(path.parent, flag, given=path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"{flag} {path}: the folder {path.parent} is not writable")
 
 
 def _image_folder(root):

@@ -36,12 +36,15 @@ def pseudo_label_main(argv=None):
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     from ..data.folder import FolderDataset, png_names, scan_folder
-    from .cli import _image_folder, _status, _teacher
+    from .cli import _image_folder, _status, _teacher, check_folder_argument
     from .data_setup import check_folder_fits_classes, load_split
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
 
+    check_folder_argument(args.out, "--out")
     folder = _image_folder(args.unlabeled)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--unlabeled {args.unlabeled}: no such folder")
     names = png_names(folder)
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
@@ -53,7 +56,8 @@ def pseudo_label_main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
-                                       num_classes=classes), config.num_workers, config.image_size)
+                                       num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
+                        config.num_workers, config.image_size)
     check_folder_fits_classes(labeled, classes, args.labeled)
     todo = [name for name in names if name not in done]
     _status(f"loaded {len(labeled.names)} labelled images; labelling {len(todo)} images of {folder}"
