@@ -17,6 +17,17 @@ def test_a_line_each_tenth_of_the_steps_and_none_after_the_last(caplog):
     assert "s a step, about 0m00s left" in lines[-1]
 
 
+def test_lines_before_pseudo_labels_start_say_the_estimate_will_grow(caplog):
+    """The main job's estimate at step 300 said 16 s, but pseudo-labels from there made each step
+    six times slower: the lines up to that step say so, the later ones (paced on them) do not."""
+    caplog.set_level(logging.INFO, logger="refmatch.test")
+    list(reported_steps(range(0, 20), _SilentBar(), logging.getLogger("refmatch.test"), slower_from=10))
+    lines = [record.getMessage() for record in caplog.records]
+    named = [line.split(",")[0] for line in lines
+             if line.endswith("left at this pace; more, as pseudo-labels from step 10 make steps slower")]
+    assert named == ["step 2/20", "step 4/20", "step 6/20", "step 8/20", "step 10/20"] and len(lines) == 9
+
+
 @pytest.mark.parametrize("seconds, text", [(0.4, "0m00s"), (61, "1m01s"), (3599.6, "1h00m"), (7322, "2h02m")])
 def test_durations_read_as_minutes_or_hours(seconds, text):
     assert _duration(seconds) == text

@@ -177,12 +177,13 @@ class RunContext:
 
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def progress(self, steps):
-        """``steps`` (a range), on rank 0 with a bar (on a terminal) and a log line each tenth."""
+    def progress(self, steps, slower_from=None):
+        """``steps`` (a range), on rank 0 with a bar (on a terminal) and a log line each tenth
+        (``slower_from``: the step where pseudo-labels start, which the lines before it name)."""
         if not self.is_main:
             return steps
         self.bar = progress_bar(steps.stop, "train", unit="step", initial=steps.start)
-        return reported_steps(steps, self.bar, self.logger)
+        return reported_steps(steps, self.bar, self.logger, slower_from)
 
     def scalars(self, values, step):
         if not self.is_main:
