@@ -259,6 +259,16 @@ def test_bad_input(call, error, message):
         call(bank)
 
 
+def test_a_bank_prints_its_settings_and_fill():
+    bank = ReferenceBank(4, 3, capacity_per_class=5, metric="l2", policy="reservoir")
+    bank.add(torch.randn(1, 4, 2, 2), torch.tensor([[[0, 0], [2, 255]]]))
+    assert repr(bank) == ("ReferenceBank(dim=4, num_classes=3, capacity_per_class=5, policy='reservoir', metric='l2', "
+                          "dtype=torch.bfloat16, ignore_index=255, held per class=[2, 0, 1])")
+    fixed = ReferenceBank.from_tensors(torch.randn(3, 2), torch.tensor([1, 1, 0]))
+    assert "num_classes=2, from tensors, metric='cosine'" in repr(fixed) and "held per class=[1, 2]" in repr(fixed)
+    assert repr(bank.to("meta")).endswith("held per class=meta)"), "no host read of a meta bank's counts"
+
+
 def test_bad_dtypes_are_named():
     with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
         ReferenceBank(4, 3, 5, dtype=torch.int32)

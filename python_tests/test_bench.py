@@ -157,6 +157,16 @@ def test_only_methods_that_cannot_run_here_is_an_error(tmp_path):
         bench.main(["--sizes", "32x256x8", "--only", "cuda", "--repeat", "1", "--out", str(tmp_path)])
 
 
+def test_cuda_kernel_rows_on_cpu_tensors_say_they_need_a_device():
+    """On a CPU run the wgmma rows said 'needs sm_90 and an sm_90a build', as if the card were the reason."""
+    import torch
+
+    from refmatch.bench_peers import _cuda_variant_methods
+
+    methods = _cuda_variant_methods(torch.randn(4, 8), torch.randn(16, 8), flops=1.0)
+    assert methods and all(method.skip == "needs a CUDA device" for method in methods)
+
+
 def test_gpu_suite_parses_and_its_test_list_names_every_gpu_test_file():
     """The lent GPU runs the suite once: a shell error, a renamed test file or a GPU test file left
     out of its list (a file that uses CUDA tensors or the cuda mark) would only show there."""

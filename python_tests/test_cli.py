@@ -47,7 +47,9 @@ def test_unknown_command_is_named_before_the_usage(capsys):
     assert main(["frobnicate"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("refmatch: unknown command 'frobnicate'") and "demo" in captured.err
+    assert captured.err.startswith("refmatch: unknown command 'frobnicate'\n") and "demo" in captured.err
+    assert main(["pseudo-labels"]) == 2  # a near miss gets a suggestion
+    assert capsys.readouterr().err.startswith("refmatch: unknown command 'pseudo-labels' (did you mean 'pseudo-label'?)")
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -40,7 +40,11 @@ def run(argv):
         print_usage(sys.stdout)
         return 0
     if argv[0] not in COMMANDS:
-        print(f"refmatch: unknown command {argv[0]!r}\n", file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        print(f"refmatch: unknown command {argv[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + "\n",
+              file=sys.stderr)
         print_usage(sys.stderr)
         return 2
     import importlib

@@ -96,6 +96,13 @@ class ReferenceBank(nn.Module):
     def __len__(self):
         return self._stored()
 
+    def extra_repr(self):
+        """``print(bank)``: the settings and the features held here per class (a host read)."""
+        size = f"capacity_per_class={self.capacity}, policy={self.policy!r}" if self.capacity else "from tensors"
+        return (f"dim={self.dim}, num_classes={self.num_classes}, {size}, metric={self.metric!r}, "
+                f"dtype={self.features.dtype}, ignore_index={self.ignore_index}, "
+                f"held per class={'meta' if self.counts.is_meta else self.counts.tolist()}")
+
     def _stored(self):
         """Features held by this process (``__len__`` of a sharded bank counts all ranks)."""
         require_values(bank=self.counts)
@@ -253,11 +260,9 @@ class ReferenceBank(nn.Module):
             scores.append(score)
             indices.append(torch.where(index >= 0, index + cls * self.capacity, -1))
             labels.append(torch.where(index >= 0, cls, -1))
-        score, index, label = keep_best(torch.cat(scores, 1), k, torch.cat(indices, 1), torch.cat(labels, 1),
-                                        larger_wins=self.metric != "l2")
-        if k == 1:
-            score, index, label = score[:, 0], index[:, 0], label[:, 0]
-        return MatchResult(score, index, label)
+        best = keep_best(torch.cat(scores, 1), k, torch.cat(indices, 1), torch.cat(labels, 1),
+                         larger_wins=self.metric != "l2")
+        return MatchResult(*(values[:, 0] if k == 1 else values for values in best))  # k = 1: no k axis
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class: [N, C] for rows, [B, C, h, w] for maps.

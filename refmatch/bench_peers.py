@@ -91,6 +91,7 @@ def _cuda_variant_methods(query, reference, flops):
     plain = kernel_name(maps, reference) if available else "mma.sync"
     switched_off = os.environ.get("REFMATCH_CUDA_HOPPER") == "0"  # gpu_suite.sh: a wgmma check failed
     unavailable = ("REFMATCH_CUDA_HOPPER=0 keeps every call on mma.sync" if switched_off else
+                   "needs a CUDA device" if not query.is_cuda else
                    "needs sm_90 and an sm_90a build (the cuda rows are the mma.sync kernel elsewhere)")
     methods = []
     for variant in ["mma.sync", *HOPPER_VARIANTS]:

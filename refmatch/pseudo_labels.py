@@ -56,7 +56,7 @@ class PseudoLabeler:
 
     Example:
         >>> labeler = PseudoLabeler(bank, mode="soft", threshold=0.2, out_size=(256, 256))
-        >>> labels, confidence, kept = labeler(teacher_features)   # [B, 256, 256]
+        >>> labels, confidence, kept_fraction = labeler(teacher_features)   # [B, 256, 256] twice, a 0-d share
         >>> loss = F.cross_entropy(student_logits, labels, ignore_index=255)
     """
 

@@ -9,7 +9,10 @@ running best per row is all that leaves. The N x M score matrix is drawn dashed:
 import sys
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:  # not in the train extra; the test and bench extras have it
+    sys.exit("draw_fused_match.py needs matplotlib: pip install matplotlib")
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
