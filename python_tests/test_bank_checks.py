@@ -67,7 +67,7 @@ def test_images_for_refresh_are_checked_before_anything_is_stored(images, messag
 
 def test_feature_maps_without_pixels_are_refused_by_name():
     bank = filled_bank()
-    with pytest.raises(ValueError, match="features must have h, w >= 1"):
+    with pytest.raises(ValueError, match="features must have sides >= 1"):
         bank.add(torch.randn(1, 4, 0, 2), torch.zeros(1, 0, 2, dtype=torch.long))
 
 

@@ -45,7 +45,7 @@ def test_size_and_weights():
     tap.close()
 
 
-@pytest.mark.parametrize("size", [0, (4,), (4, 0), "4", (4.0, 4), True, (2, 3, 4)])
+@pytest.mark.parametrize("size", [0, (4,), (4, 0), "4", (4.0, 4), True, (2, 3, 4, 5)])
 def test_bad_size(size):
     with pytest.raises(ValueError, match="size must be None, a positive int or an"):
         FeatureTap(TinyUNet(), ["encoder"], size=size)
@@ -161,5 +161,5 @@ def test_data_parallel_replicas_are_refused_by_name():
 
 
 def test_size_takes_numpy_and_tensor_integers():
-    assert FeatureTap(TinyUNet(), ["encoder"], size=np.int64(4)).size == (4, 4)
+    assert FeatureTap(TinyUNet(), ["encoder"], size=np.int64(4)).size == (4,)  # every side
     assert FeatureTap(TinyUNet(), ["encoder"], size=(torch.tensor(3), 5)).size == (3, 5)

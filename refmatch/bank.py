@@ -131,9 +131,9 @@ class ReferenceBank(nn.Module):
         """Store the labelled pixels of a batch.
 
         Args:
-            features: [B, D, h, w] feature maps.
-            masks: [B, H, W] integer labels at image resolution, H and W integer
-                multiples of h and w; ``ignore_index`` pixels are dropped, as are
+            features: [B, D, h, w] feature maps, or [B, D, z, h, w] volumes.
+            masks: [B, H, W] integer labels at image resolution ([B, Z, H, W]), each side an
+                integer multiple of the features'; ``ignore_index`` pixels are dropped, as are
                 feature rows holding NaN or Inf (they could never match).
             images: optional [B, ...] inputs of ``features``, kept on the CPU so that
                 ``refresh`` can re-embed them later (every such batch, until ``clear``: host
@@ -152,7 +152,7 @@ class ReferenceBank(nn.Module):
         labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes, dropped,
                                   self.downsample).reshape(-1)
         # Normalised in float32 at least, in float64 for a float64 bank (no rounding on the way).
-        rows = features.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        rows = features.movedim(1, -1).reshape(-1, self.dim)
         rows = rows.to(torch.promote_types(torch.promote_types(rows.dtype, self.features.dtype), torch.float32))
         if self.metric == "cosine":
             rows = normalized_rows(rows)

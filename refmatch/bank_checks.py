@@ -52,16 +52,17 @@ def check_query(query, bank_features):
 
 
 def check_feature_maps(features, dim):
-    """``add``'s features: [B, D, h, w] with the bank's D and h, w >= 1."""
-    if not isinstance(features, torch.Tensor) or features.dim() != 4:
-        raise ValueError(f"features must be [B, D, h, w], got {describe(features)}")
+    """``add``'s and PseudoLabeler's features: [B, D, h, w] maps or [B, D, z, h, w] volumes with
+    the bank's D and every side >= 1."""
+    if not isinstance(features, torch.Tensor) or features.dim() not in (4, 5):
+        raise ValueError(f"features must be [B, D, h, w] maps or [B, D, z, h, w] volumes, got {describe(features)}")
     if not features.dtype.is_floating_point:
         raise TypeError(f"features must be floating point, as match's query, got {features.dtype}")
     if features.shape[1] != dim:
         raise ValueError(f"features have D={features.shape[1]} channels, the bank holds D={dim}"
                          + channels_last_hint(features, dim))
     if 0 in features.shape[2:]:
-        raise ValueError(f"features must have h, w >= 1 (a pixel per feature row), got {describe(features)}")
+        raise ValueError(f"features must have sides >= 1 (a pixel per feature row), got {describe(features)}")
 
 
 def check_reference_rows(reference, labels):

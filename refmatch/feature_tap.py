@@ -20,6 +20,32 @@ def size_pair(size, name):
     return pair
 
 
+def spatial_size(size, name):
+    """None, an int (every side) or a (h, w) / (z, h, w) tuple of positive ints -> None, (int,)
+    for an int, or the tuple of Python ints; ``sides`` fits it to maps of 2 or 3 spatial dims."""
+    if size is None:
+        return None
+    given = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+    try:
+        given = tuple(as_int(name, side) for side in given)
+    except TypeError:
+        given = ()
+    if not 1 <= len(given) <= 3 or min(given) < 1 or (isinstance(size, (tuple, list)) and len(given) == 1):
+        raise ValueError(f"{name} must be None, a positive int or an (h, w) or (z, h, w) tuple of positive ints, "
+                         f"got {size!r}")
+    return given
+
+
+def sides(size, dims, name):
+    """``spatial_size``'s result as ``dims`` sides (an int on every side), or a ValueError where a
+    tuple gives another number of sides than the maps have."""
+    if len(size) == 1:
+        return size * dims
+    if len(size) != dims:
+        raise ValueError(f"{name}={size} gives {len(size)} sides, but the maps have {dims} spatial dims")
+    return size
+
+
 def _in_backward():
     """Whether autograd is running a backward pass (torch's graph-task id is -1 outside one)."""
     graph_task = getattr(torch._C, "_current_graph_task_id", None)
@@ -31,7 +57,8 @@ class FeatureTap:
 
     ``features()`` resizes each captured [B, D_i, h_i, w_i] map to a common size
     (the largest, or ``size``), L2-normalises it per layer over channels, scales it
-    by its weight and concatenates: one [B, sum(D_i), h, w] map. The model itself
+    by its weight and concatenates: one [B, sum(D_i), h, w] map; a 3-D model's
+    [B, D_i, z_i, h_i, w_i] volumes likewise (trilinear) to [B, sum(D_i), z, h, w]. The model itself
     is not changed; ``close()`` (or leaving the ``with`` block) removes the hooks.
     A ``copy.deepcopy`` of the model (an EMA teacher, say) carries the hooks, which
     do nothing there: tap the copy with its own FeatureTap. ``nn.DataParallel`` over
@@ -44,7 +71,8 @@ class FeatureTap:
     Args:
         model: the ``nn.Module`` to tap.
         layers: names of its submodules (as ``model.named_modules()`` gives them).
-        size: (h, w) or an int for square maps; None: the largest captured map's size.
+        size: (h, w), (z, h, w) for volumes, or an int for every side; None: the largest
+            captured map's size.
         weights: one float per layer (1.0 each by default), applied after normalising.
 
     Example:
@@ -65,7 +93,7 @@ class FeatureTap:
         self.weights = [1.0] * len(layers) if weights is None else list(weights)
         if len(self.weights) != len(self.layers):
             raise ValueError(f"weights must give one value per layer ({len(self.layers)}), got {len(self.weights)}")
-        self.size = size_pair(size, "size")
+        self.size = spatial_size(size, "size")
         self._outputs = {}  # name -> (output, its version counter when captured, or None)
         self._replicas = False
         self._passes = 0  # the model's forward passes since the tap was made
@@ -93,7 +121,7 @@ class FeatureTap:
         return keep
 
     def features(self):
-        """[B, sum(D_i), h, w] from the last forward pass."""
+        """[B, sum(D_i), h, w] (or [B, sum(D_i), z, h, w]) from the last forward pass."""
         if not self._handles:
             raise RuntimeError("this FeatureTap is closed: make a new one to tap the model again")
         missing = [name for name in self.layers if name not in self._outputs]
@@ -111,13 +139,18 @@ class FeatureTap:
             if version is not None and feature_map._version != version:
                 raise RuntimeError(f"layer {name!r}'s output was changed in place after the tap took it (an "
                                    "inplace=True activation or a += after it?): tap the layer that follows instead")
-            if not isinstance(feature_map, torch.Tensor) or feature_map.dim() != 4:
-                raise ValueError(f"layer {name!r} gave {describe(feature_map)}; FeatureTap needs [B, D, h, w]")
-        size = self.size or max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
+            if not isinstance(feature_map, torch.Tensor) or feature_map.dim() != maps[0].dim() or \
+                    feature_map.dim() not in (4, 5):
+                raise ValueError(f"layer {name!r} gave {describe(feature_map)}; FeatureTap needs [B, D, h, w] maps "
+                                 "or [B, D, z, h, w] volumes from every layer alike")
+        dims = maps[0].dim() - 2
+        largest = max((tuple(m.shape[2:]) for m in maps), key=lambda shape: torch.Size(shape).numel())
+        size = sides(self.size, dims, "size") if self.size else largest
         parts = []
         for feature_map, weight in zip(maps, self.weights):
-            if tuple(feature_map.shape[-2:]) != tuple(size):
-                feature_map = F.interpolate(feature_map, size=tuple(size), mode="bilinear", align_corners=False)
+            if tuple(feature_map.shape[2:]) != size:
+                feature_map = F.interpolate(feature_map, size=size, mode=("bilinear", "trilinear")[dims - 2],
+                                            align_corners=False)
             parts.append(weight * F.normalize(feature_map, dim=1))
         return torch.cat(parts, dim=1)
 

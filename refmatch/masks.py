@@ -20,22 +20,21 @@ def label_is(labels, value):
 
 
 def check_masks(masks, batch, feature_size, num_classes, ignore_index):
-    """Raise a named error unless ``masks`` is [batch, H, W] integer labels at an
-    integer multiple of ``feature_size`` holding classes < num_classes or ignore_index
-    (None: classes only)."""
+    """Raise a named error unless ``masks`` is [batch, H, W] (for volumes [batch, Z, H, W])
+    integer labels at an integer multiple of ``feature_size`` ((h, w) or (z, h, w)) holding
+    classes < num_classes or ignore_index (None: classes only)."""
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
     if masks.dtype.is_floating_point or masks.dtype == torch.bool:
         raise TypeError(f"masks must hold integer class labels, got {masks.dtype}")
-    h, w = feature_size
-    if masks.dim() != 3 or masks.shape[0] != batch:
-        channel_axis = masks.dim() == 4 and masks.shape[1] == 1
+    axes = ("H, W", "Z, H, W")[len(feature_size) - 2]
+    if masks.dim() != 1 + len(feature_size) or masks.shape[0] != batch:
+        channel_axis = masks.dim() == 2 + len(feature_size) and masks.shape[1] == 1
         hint = ": pass masks[:, 0] (a view) for a channel axis of one" if channel_axis else ""
-        raise ValueError(f"masks must be [B={batch}, H, W], got shape {tuple(masks.shape)}{hint}")
-    height, width = masks.shape[1:]
-    if height < h or width < w or height % h or width % w:
-        raise ValueError(f"masks are {height}x{width} but features are {h}x{w}: the mask size "
-                         f"must be an integer multiple of the feature size")
+        raise ValueError(f"masks must be [B={batch}, {axes}], got shape {tuple(masks.shape)}{hint}")
+    if any(side < feature or side % feature for side, feature in zip(masks.shape[1:], feature_size)):
+        raise ValueError(f"masks are {_size_text(masks.shape[1:])} but features are {_size_text(feature_size)}: "
+                         "the mask size must be an integer multiple of the feature size")
     valid = (masks >= 0) & (masks < num_classes)
     if ignore_index is not None:
         valid |= label_is(masks, ignore_index)
@@ -45,8 +44,13 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
         raise ValueError(f"masks hold label {bad}, but labels must be in [0, {num_classes}){allowed}")
 
 
+def _size_text(size):
+    return "x".join(str(side) for side in size)
+
+
 def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="majority"):
-    """[B, H, W] labels -> [B, h, w] labels at feature resolution.
+    """[B, H, W] labels -> [B, h, w] labels at feature resolution (volumes: [B, Z, H, W] ->
+    [B, z, h, w], over blocks in all three axes).
 
     mode:
         "majority": each feature pixel takes the most frequent label of its
@@ -58,13 +62,13 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
             drops pixels on class borders.
     """
     check_choice("downsample", mode, DOWNSAMPLING)
-    h, w = feature_size
     if mode == "nearest":
-        return F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+        return F.interpolate(masks[:, None].float(), size=tuple(feature_size), mode="nearest")[:, 0].long()
     # One channel per class plus one for ignored pixels; block averages are label shares.
     slot = torch.where(label_is(masks, ignore_index), num_classes, masks.long())
-    onehot = F.one_hot(slot, num_classes + 1).permute(0, 3, 1, 2).float()
-    share = F.avg_pool2d(onehot, kernel_size=(masks.shape[1] // h, masks.shape[2] // w))
+    onehot = F.one_hot(slot, num_classes + 1).movedim(-1, 1).float()
+    pool = F.avg_pool2d if len(feature_size) == 2 else F.avg_pool3d
+    share = pool(onehot, kernel_size=tuple(side // feature for side, feature in zip(masks.shape[1:], feature_size)))
     top_share, label = share.max(dim=1)
     no_majority = top_share < 1.0 if mode == "pure" else (share == top_share[:, None]).sum(dim=1) > 1
     return torch.where((label == num_classes) | no_majority, ignore_index, label)
@@ -83,8 +87,8 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
     non_finite = [c for c in range(num_classes) if survived[c] and not kept[c]]
     # stacklevel 4: past add and torch.no_grad's wrapper, at add's caller
     if lost:
-        warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {feature_size[0]}x"
-                      f"{feature_size[1]}: thinner than a feature pixel (or tied in every block); they cannot "
+        warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {_size_text(feature_size)}"
+                      ": thinner than a feature pixel (or tied in every block); they cannot "
                       "be matched: tap finer features (FeatureTap's size; the recipe's tap_size) or use "
                       "downsample='nearest'", stacklevel=4)
     if non_finite:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .bank_checks import check_feature_maps
 from .choices import check_choice
-from .feature_tap import size_pair
+from .feature_tap import sides, spatial_size
 from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
 
@@ -50,8 +50,8 @@ class PseudoLabeler:
             the default 0.1 suits cosine similarities (in [-1, 1]); l2 scores are squared
             distances, whose gaps depend on the features' scale, so an l2 bank needs one
             of about that gap (at 0.1, typical distances make every vote one-hot).
-        out_size: (H, W) of the labels, or an int for H = W; None keeps the feature
-            resolution.
+        out_size: (H, W) of the labels ((Z, H, W) for volumes), or an int for every
+            side; None keeps the feature resolution.
         ignore_index: label of dropped or unmatched pixels.
 
     Example:
@@ -78,32 +78,37 @@ class PseudoLabeler:
                              "dropped pixels would read as that class")
         self.bank, self.k, self.mode, self.threshold = bank, k, mode, threshold
         self.temperature, self.ignore_index = temperature, ignore_index
-        self.out_size = size_pair(out_size, "out_size")
+        self.out_size = spatial_size(out_size, "out_size")
 
     @torch.no_grad()
     def __call__(self, features, agree_with=None):
-        """features [B, D, h, w] -> PseudoLabels at ``out_size`` (or h x w).
+        """features [B, D, h, w] -> PseudoLabels at ``out_size`` (or h x w); [B, D, z, h, w]
+        volumes -> labels [B, Z, H, W] (nearest, or trilinear probabilities in soft mode).
 
-        agree_with: optional [B, H, W] labels at that size (a teacher's argmax, say);
-        pixels whose pseudo-label differs get ``ignore_index``.
+        agree_with: optional [B, H, W] ([B, Z, H, W]) labels at that size (a teacher's argmax,
+        say); pixels whose pseudo-label differs get ``ignore_index``.
         """
         check_feature_maps(features, self.bank.dim)
-        size = self.out_size or tuple(features.shape[-2:])
+        spatial = tuple(features.shape[2:])
+        size = sides(self.out_size, len(spatial), "out_size") if self.out_size else spatial
+        maps = features.flatten(2, 3) if len(spatial) == 3 else features  # volumes as maps (z*h, w)
         if self.mode == "hard":
-            result = self.bank.match(features, k=1)
+            result = self.bank.match(maps, k=1)
             sign = -1.0 if self.bank.metric == "l2" else 1.0
-            labels = _resize_nearest(result.label, size)
-            confidence = _resize_nearest(sign * result.score.float(), size)
+            labels = _resize_nearest(result.label.reshape(features.shape[0], *spatial), size)
+            confidence = _resize_nearest(sign * result.score.float().reshape(features.shape[0], *spatial), size)
             labels = torch.where(labels < 0, self.ignore_index, labels)
         else:
             if self.k == 1:
-                scores = self.bank.classwise_max(features)
+                scores = self.bank.classwise_max(maps)
             else:
-                scores = self.bank.match(features, k=self.k)
+                scores = self.bank.match(maps, k=self.k)
             probabilities = vote(scores, num_classes=self.bank.num_classes, weighting="similarity",
                                  temperature=self.temperature, metric=self.bank.metric).probabilities
-            if tuple(probabilities.shape[-2:]) != size:
-                probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+            probabilities = probabilities.reshape(*probabilities.shape[:2], *spatial)
+            if tuple(probabilities.shape[2:]) != size:
+                probabilities = F.interpolate(probabilities, size=size, mode=("bilinear", "trilinear")[len(size) - 2],
+                                              align_corners=False)
             labels, confidence = probabilities.argmax(dim=1), margin(probabilities)
             labels = torch.where(probabilities.sum(dim=1) > 0, labels, self.ignore_index)
         if self.threshold is not None:
@@ -154,6 +159,7 @@ def _check_agreement_labels(agree_with, expected, device):
 
 
 def _resize_nearest(maps, size):
-    if tuple(maps.shape[-2:]) == tuple(size):
+    """[B, *sides] labels or scores to [B, *size] by nearest."""
+    if tuple(maps.shape[1:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None].float(), size=size, mode="nearest")[:, 0].to(maps.dtype)
