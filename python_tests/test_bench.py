@@ -157,11 +157,13 @@ def test_only_methods_that_cannot_run_here_is_an_error(tmp_path):
         bench.main(["--sizes", "32x256x8", "--only", "cuda", "--repeat", "1", "--out", str(tmp_path)])
 
 
-def test_cuda_kernel_rows_on_cpu_tensors_say_they_need_a_device():
+def test_cuda_kernel_rows_on_cpu_tensors_say_they_need_a_device(monkeypatch):
     """On a CPU run the wgmma rows said 'needs sm_90 and an sm_90a build', as if the card were the reason."""
     import torch
 
     from refmatch.bench_peers import _cuda_variant_methods
+
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER", raising=False)  # =0 gives its own reason first
 
     methods = _cuda_variant_methods(torch.randn(4, 8), torch.randn(16, 8), flops=1.0)
     assert methods and all(method.skip == "needs a CUDA device" for method in methods)

@@ -134,16 +134,18 @@ def test_an_error_in_a_data_loader_worker_prints_its_own_line(monkeypatch, capsy
     # checked before the evaluation, whose metrics it would keep (it failed after scoring every image)
     (["evaluate", "--checkpoint", "c.pt", "--data", "phantom", "--out", "FILE/m.json"],
      "refmatch evaluate: error: --out FILE/m.json: FILE is not a folder"),
-    (["evaluate", "--checkpoint", "c.pt", "--data", "phantom", "--out", "NOWHERE/m.json"],
-     "refmatch evaluate: error: --out NOWHERE/m.json: the folder NOWHERE does not exist"),
+    (["evaluate", "--checkpoint", "c.pt", "--data", "phantom", "--out", "NOWHERE/new/m.json"],  # folders made later
+     "refmatch evaluate: error: checkpoint not found: c.pt"),
+    (["train", "--out", "LINK"], "refmatch train: error: --out LINK: LINK is a broken symbolic link"),
 ])
 def test_path_arguments_are_named_before_any_work(monkeypatch, capsys, tmp_path, arguments, message):
     """An --out that cannot be written, or an input folder that is not there, names its flag (the
     system's '[Errno 17] File exists' named neither), before a checkpoint is even read."""
     (tmp_path / "FILE").write_text("not a folder")
-    names = {"FILE": str(tmp_path / "FILE"), "NOWHERE": str(tmp_path / "NOWHERE")}
-    replace = lambda text: names["FILE"].join(part.replace("NOWHERE", names["NOWHERE"])  # noqa: E731
-                                              for part in text.split("FILE"))
+    (tmp_path / "LINK").symlink_to(tmp_path / "gone")
+    names = {name: str(tmp_path / name) for name in ("FILE", "NOWHERE", "LINK")}
+    replace = lambda text: names["FILE"].join(part.replace("NOWHERE", names["NOWHERE"]).replace(  # noqa: E731
+        "LINK", names["LINK"]) for part in text.split("FILE"))
     monkeypatch.delenv("REFMATCH_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["refmatch", *map(replace, arguments)])
     assert main() == 2

@@ -113,3 +113,58 @@ def test_an_occupied_folder_takes_resume_or_overwrite(folders, tmp_path, capsys)
     with pytest.raises(SystemExit) as stopped:
         main(command(folders, out, "--resume", "--overwrite"))
     assert stopped.value.code == 2 and "--resume and --overwrite exclude each other" in capsys.readouterr().err
+
+
+def test_overwrite_deletes_nothing_before_the_new_run_has_loaded(folders, tmp_path):
+    """A mistyped --checkpoint with --overwrite deleted the earlier pseudo-labels; a labels/ folder
+    that refmatch did not write (a dataset's own annotations) is never taken for them."""
+    out = tmp_path / "pseudo"
+    main(command(folders, out))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        main(command(folders, out, "--overwrite", checkpoint=tmp_path / "typo.pt"))
+    assert sorted(p.name for p in (out / "labels").iterdir()) == NAMES and record(out)["complete"]
+    annotations = tmp_path / "dataset"
+    (annotations / "labels").mkdir(parents=True)
+    (annotations / "labels" / "case1.txt").write_text("the user's own")
+    for flags in ((), ("--overwrite",)):
+        with pytest.raises(FileExistsError, match="holds labels that refmatch pseudo-label did not write"):
+            main(command(folders, annotations, *flags))
+    assert (annotations / "labels" / "case1.txt").exists()
+
+
+def test_resume_knows_its_sources_by_path_and_checkpoint_file(folders, tmp_path, monkeypatch, capsys):
+    """Relative and absolute names of the same folders resume; a best.pt trained on since, or a
+    renamed image, does not pass for the folder's own."""
+    import os
+    import shutil
+
+    best, labeled, unlabeled = folders
+    images = tmp_path / "images"
+    shutil.copytree(unlabeled, images)
+    out = tmp_path / "pseudo"
+    main(command((best, labeled, images), out))
+    monkeypatch.chdir(tmp_path)
+    main(command((os.path.relpath(best), os.path.relpath(labeled), "images"), "pseudo", "--resume"))
+    assert "is complete: 3 images, nothing to do" in capsys.readouterr().out
+    (images / "u2.png").rename(images / "u9.png")  # the count is the same; the names are not
+    main(command((best, labeled, images), out, "--resume"))
+    assert (out / "labels" / "u9.png").is_file() and record(out)["complete"]
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy2(best, checkpoint)
+    main(command((checkpoint, labeled, images), tmp_path / "second"))
+    os.utime(checkpoint, ns=(0, 0))  # as if trained on and saved again
+    with pytest.raises(ValueError, match=r"another checkpoint file \(changed since"):
+        main(command((checkpoint, labeled, images), tmp_path / "second", "--resume"))
+
+
+def test_a_resumed_record_of_an_older_refmatch_counts_only_what_it_can(folders, tmp_path):
+    """A stopped folder of an older refmatch records no kept share: the resumed one averages only
+    the images it labels (it averaged in a share of 0 for the earlier ones)."""
+    out = tmp_path / "pseudo"
+    main(command(folders, out))
+    for name in NAMES[1:]:
+        (out / "labels" / name).unlink()
+    older = {key: record(out)[key] for key in ("checkpoint", "labeled", "unlabeled", "images")}
+    (out / pseudo_label.RECORD).write_text(json.dumps({**older, "written": 1, "complete": False}))
+    main(command(folders, out, "--resume"))
+    assert record(out)["kept_counted"] == 2 and record(out)["kept_percent"] == pytest.approx(100.0)

@@ -109,6 +109,10 @@ class ShardedReferenceBank(ReferenceBank):
         self.register_buffer("shard_rank", marker)
         self._buffers.update(others)
 
+    def extra_repr(self):
+        """ReferenceBank's, of this rank's shard (its capacity and counts: no collective here)."""
+        return f"shard of rank {int(self.shard_rank)} of {_world_size(self.group)}: {super().extra_repr()}"
+
     def _load_from_state_dict(self, state_dict, prefix, *args):
         if prefix + "shard_rank" not in state_dict:  # saved before shard_rank was a buffer
             warnings.warn(f"{prefix or 'the '}state_dict has no shard_rank (saved by an older refmatch), so this "

@@ -140,7 +140,7 @@ def _check_threshold_can_keep(threshold, mode, metric):
         highest, what = 1.0, "hard mode's confidence on a cosine bank, the nearest similarity, lies in [-1, 1]"
     else:
         highest, what = 0.0, ("hard mode's confidence on an l2 bank is minus the squared distance to the nearest "
-                              "reference (<= 0): threshold=-d keeps the pixels within d")
+                              "reference (<= 0): threshold=-d keeps the pixels within squared distance d")
     if threshold > highest:
         raise ValueError(f"threshold={threshold} would keep no pixel: {what}")
 

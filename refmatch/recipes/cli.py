@@ -138,23 +138,25 @@ def _status(message):
 
 def check_folder_argument(path, flag, given=None):
     """NotADirectoryError naming ``flag`` (and ``given``, what it was given: ``path`` by default)
-    where ``path`` cannot be a folder: it, or the first of its parents that exists, is a file (the
-    system's own error names neither the flag nor the file)."""
-    existing = next(folder for folder in (path, *path.parents) if folder.exists())  # "." and "/" exist
+    where ``path`` cannot be a folder: it, or the first of its parents that exists, is a file or a
+    broken symbolic link (the system's own error names neither the flag nor the file). Returns
+    that first existing folder."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink())
+    if existing.is_symlink() and not existing.exists():
+        raise NotADirectoryError(f"{flag} {given or path}: {existing} is a broken symbolic link")
     if not existing.is_dir():
         raise NotADirectoryError(f"{flag} {given or path}: {existing} is not a folder")
+    return existing
 
 
 def check_output_file(path, flag):
-    """OSError naming ``flag`` unless a file can be written at ``path``: checked before the work
-    whose result it keeps, not after."""
+    """OSError naming ``flag`` unless a file can be written at ``path`` (its missing folders are
+    made when it is written): checked before the work whose result it keeps, not after."""
     if path.is_dir():
         raise IsADirectoryError(f"{flag} {path} is a folder: name the file to write, e.g. {path / 'metrics.json'}")
-    check_folder_argument(path.parent, flag, given=path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{flag} {path}: the folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"{flag} {path}: the folder {path.parent} is not writable")
+    existing = check_folder_argument(path.parent, flag, given=path)
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{flag} {path}: the folder {existing} is not writable")
 
 
 def _image_folder(root):

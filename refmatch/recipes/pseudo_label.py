@@ -48,10 +48,15 @@ def pseudo_label_main(argv=None):
     names = png_names(folder)
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
-    record = {"checkpoint": str(args.checkpoint), "labeled": str(args.labeled), "unlabeled": str(folder),
-              "images": len(names), "written": 0, "complete": False}
+    record = {**_sources(args.checkpoint, args.labeled, folder), "images": len(names), "written": 0,
+              "complete": False}
     done = _finished_before(args, record, names)  # refuses an occupied OUT before the bank is built
-    if done is None:
+    if done == set(names):  # every image has its labels/ file (a run killed after its last, say)
+        previous = _previous(args.out)
+        if not previous.get("complete"):
+            write_text_atomic(args.out / RECORD, metrics_json({**previous, **record, "written": len(names),
+                                                                 "complete": True}))
+        print(f"{args.out} is complete: {len(names)} images, nothing to do")
         return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = _teacher(args.checkpoint, device)
@@ -64,14 +69,17 @@ def pseudo_label_main(argv=None):
             + (f" ({len(done)} finished before)" if done else ""))
     source = ReferencePseudoLabels(model, config, classes, device)
     source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
+    if args.overwrite:  # only now that the checkpoint and both folders have loaded
+        _clear(args.out)
     for sub in OUTPUTS:
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     # Written before the first image (a failed setup leaves a finished folder's record alone) and
     # after the last or a stop: how far the folder got, and the share of pixels kept in the
     # images it counted (a killed run's last images are finished but uncounted).
     previous = _previous(args.out) if done else {}
+    counted = previous.get("kept_counted", previous.get("written", 0)) if "kept_percent" in previous else 0
     record.update(written=len(done), kept_percent=previous.get("kept_percent", 0.0),
-                  kept_counted=min(previous.get("kept_counted", previous.get("written", 0)), len(done)))
+                  kept_counted=min(counted, len(done)))
     write_text_atomic(args.out / RECORD, metrics_json(record))
     unlabeled = DataLoader(FolderDataset(folder.parent, todo, size=config.image_size, subfolder=folder.name,
                                          with_masks=False), batch_size=config.batch_size,
@@ -108,32 +116,42 @@ def _previous(out):
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _sources(checkpoint, labeled, unlabeled):
+    """What a folder's pseudo-labels come from, as its record keeps it: absolute paths (a resume
+    may name them relatively, from elsewhere) and the checkpoint's size and modification time (a
+    best.pt that went on training is another teacher)."""
+    stat = Path(checkpoint).stat() if Path(checkpoint).is_file() else None
+    return {"checkpoint": str(Path(checkpoint).resolve()), "labeled": str(Path(labeled).resolve()),
+            "unlabeled": str(Path(unlabeled).resolve()),
+            "checkpoint_file": None if stat is None else [stat.st_size, stat.st_mtime_ns]}
+
+
 def _finished_before(args, record, names):
     """The names of ``names`` that an earlier run finished in ``args.out`` and this one skips (a
-    set), or None when that run is complete and there is nothing to do. An OUT holding
-    pseudo-labels takes --resume (the same checkpoint and folders) or --overwrite (its outputs
-    are deleted first); a new OUT is made here, and an unwritable one refused before any work."""
+    set; all of them: nothing to do). An OUT holding pseudo-labels (a record) takes --resume (the
+    same checkpoint, unchanged, and folders) or --overwrite (its outputs are deleted once the new
+    run has loaded); one holding other files in labels/, confidence/ or overlays/ is refused. A
+    new OUT is made here, and an unwritable one refused, before any work."""
     previous = _previous(args.out)
-    held = previous or any((args.out / sub).is_dir() and any((args.out / sub).iterdir()) for sub in OUTPUTS)
-    if held and not (args.resume or args.overwrite):
+    foreign = [sub for sub in OUTPUTS if (args.out / sub).is_dir() and any((args.out / sub).iterdir())]
+    if foreign and not previous:
+        raise FileExistsError(f"{args.out} holds {', '.join(foreign)} that refmatch pseudo-label did not write (no "
+                              f"{RECORD}): name another --out")
+    if previous and not (args.resume or args.overwrite):
         raise FileExistsError(f"{args.out} holds pseudo-labels: finish them with --resume, or start over with "
                               "--overwrite")
     if args.resume:
         if not previous:
             raise FileNotFoundError(f"--resume: {args.out / RECORD} not found; there is nothing to continue")
-        differ = [key for key in ("checkpoint", "labeled", "unlabeled") if previous.get(key) != record[key]]
+        earlier = {**previous, **{key: str(Path(previous.get(key, "")).resolve())
+                                  for key in ("checkpoint", "labeled", "unlabeled")}}
+        differ = [key for key in ("checkpoint", "labeled", "unlabeled") if earlier[key] != record[key]]
+        if "checkpoint_file" in previous and previous["checkpoint_file"] != record["checkpoint_file"]:
+            differ.append("checkpoint file (changed since: trained on?)")
         if differ:
-            raise ValueError(f"--resume: {args.out} was labelled with another {', '.join(differ)} "
-                             f"({', '.join(str(previous.get(key)) for key in differ)}): pass the same, or "
-                             "--overwrite")
-        if previous.get("complete") and previous.get("images") == len(names):
-            print(f"{args.out} is complete: {len(names)} images, nothing to do")
-            return None
+            raise ValueError(f"--resume: {args.out} was labelled with another {', '.join(differ)}: pass the same, "
+                             "or --overwrite")
         return {name for name in names if (args.out / "labels" / name).is_file()}
-    if args.overwrite:
-        for sub in OUTPUTS:
-            shutil.rmtree(args.out / sub, ignore_errors=True)
-        (args.out / RECORD).unlink(missing_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     probe = args.out / ".refmatch-write-test"
     try:  # refused before the data load and the bank
@@ -142,6 +160,16 @@ def _finished_before(args, record, names):
     except OSError as error:
         raise PermissionError(f"cannot write into {args.out}: {error.strerror}") from None
     return set()
+
+
+def _clear(out):
+    """Delete an earlier run's outputs and record in ``out`` (--overwrite)."""
+    for sub in OUTPUTS:
+        if (out / sub).is_symlink():
+            (out / sub).unlink()
+        elif (out / sub).exists():
+            shutil.rmtree(out / sub)
+    (out / RECORD).unlink(missing_ok=True)
 
 
 def _save_pseudo_label(image_path, out, labels, confidence):

@@ -230,7 +230,8 @@ class Trainer:
         last = config.steps if stop_at is None else min(config.steps, stop_at)
         stop, interrupted = StopRequest(), False
         with stop.catching():  # to the end of the save below, which a signal must not cut
-            pseudo_labels_later = self.pseudo is not None and self.step < config.pl_start < last
+            pseudo_labels_later = (self.pseudo is not None and self.data.unlabeled.images.shape[0] > 0
+                                   and self.step < config.pl_start < last)  # as train_step starts them
             for _ in self.run.progress(range(self.step, last), config.pl_start if pseudo_labels_later else None):
                 logs = self.train_step()
                 self.step += 1
