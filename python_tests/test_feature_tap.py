@@ -160,6 +160,14 @@ def test_data_parallel_replicas_are_refused_by_name():
             tap.features()
 
 
+def test_a_compiled_model_points_to_the_module_it_compiled():
+    model = TinyUNet()
+    with pytest.raises(ValueError, match=r"unknown layer\(s\) \['encoder'\]; a torch.compile'd model: tap the "
+                                         r"module it compiled \(model._orig_mod\); valid names: _orig_mod, "):
+        FeatureTap(torch.compile(model), ["encoder"])
+    FeatureTap(torch.compile(model)._orig_mod, ["encoder"]).close()
+
+
 def test_size_takes_numpy_and_tensor_integers():
     assert FeatureTap(TinyUNet(), ["encoder"], size=np.int64(4)).size == (4,)  # every side
     assert FeatureTap(TinyUNet(), ["encoder"], size=(torch.tensor(3), 5)).size == (3, 5)

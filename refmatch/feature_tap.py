@@ -88,7 +88,9 @@ class FeatureTap:
         unknown = [name for name in layers if name not in modules]
         if unknown:
             valid = ", ".join(name for name in modules if name)
-            raise ValueError(f"unknown layer(s) {unknown}; valid names: {valid}")
+            compiled = "_orig_mod" in modules and not any(name.startswith("_orig_mod") for name in unknown)
+            hint = "; a torch.compile'd model: tap the module it compiled (model._orig_mod)" if compiled else ""
+            raise ValueError(f"unknown layer(s) {unknown}{hint}; valid names: {valid}")
         self.layers = list(layers)
         self.weights = [1.0] * len(layers) if weights is None else list(weights)
         if len(self.weights) != len(self.layers):
