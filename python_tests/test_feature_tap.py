@@ -35,6 +35,16 @@ def test_concatenates_normalised_layers_at_the_largest_size():
     torch.testing.assert_close(features[:, 12:].norm(dim=1), torch.ones(2, 16, 16))
 
 
+def test_layers_keep_their_magnitudes_without_normalising():
+    """For an l2 or dot bank that should see magnitudes: normalised layers make l2 a function of cosine."""
+    model, seen = TinyUNet(), []
+    model.decoder.up1.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    with FeatureTap(model, ["decoder.up1"], normalize=False, weights=[3.0]) as tap:
+        model(torch.randn(2, 1, 16, 16))
+        torch.testing.assert_close(tap.features(), 3.0 * seen[-1])
+        assert not torch.allclose(tap.features().norm(dim=1), torch.full((2, 16, 16), 3.0))
+
+
 def test_size_and_weights():
     model = TinyUNet()
     tap = FeatureTap(model, ["decoder.up2", "decoder.up1"], size=4, weights=[2.0, 0.5])

@@ -56,8 +56,9 @@ class FeatureTap:
     """Captures named layers' outputs on every forward pass of ``model``.
 
     ``features()`` resizes each captured [B, D_i, h_i, w_i] map to a common size
-    (the largest, or ``size``), L2-normalises it per layer over channels, scales it
-    by its weight and concatenates: one [B, sum(D_i), h, w] map; a 3-D model's
+    (the largest, or ``size``), L2-normalises it per layer over channels (unless
+    ``normalize=False``), scales it by its weight and concatenates: one
+    [B, sum(D_i), h, w] map; a 3-D model's
     [B, D_i, z_i, h_i, w_i] volumes likewise (trilinear) to [B, sum(D_i), z, h, w]. The model itself
     is not changed; ``close()`` (or leaving the ``with`` block) removes the hooks.
     A ``copy.deepcopy`` of the model (an EMA teacher, say) carries the hooks, which
@@ -74,6 +75,8 @@ class FeatureTap:
         size: (h, w), (z, h, w) for volumes, or an int for every side; None: the largest
             captured map's size.
         weights: one float per layer (1.0 each by default), applied after normalising.
+        normalize: False keeps each layer's magnitudes (for an "l2" or "dot" bank that
+            should see them; normalised layers make l2 a function of cosine).
 
     Example:
         >>> with FeatureTap(teacher, ["decoder.up2", "decoder.up1"]) as tap:
@@ -81,7 +84,7 @@ class FeatureTap:
         ...     features = tap.features()      # [B, D_up2 + D_up1, h, w]
     """
 
-    def __init__(self, model, layers, size=None, weights=None):
+    def __init__(self, model, layers, size=None, weights=None, normalize=True):
         if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
         modules = dict(model.named_modules())
@@ -95,7 +98,7 @@ class FeatureTap:
         self.weights = [1.0] * len(layers) if weights is None else list(weights)
         if len(self.weights) != len(self.layers):
             raise ValueError(f"weights must give one value per layer ({len(self.layers)}), got {len(self.weights)}")
-        self.size = spatial_size(size, "size")
+        self.size, self.normalize = spatial_size(size, "size"), bool(normalize)
         self._outputs = {}  # name -> (output, its version counter when captured, or None)
         self._replicas = False
         self._passes = 0  # the model's forward passes since the tap was made
@@ -153,7 +156,7 @@ class FeatureTap:
             if tuple(feature_map.shape[2:]) != size:
                 feature_map = F.interpolate(feature_map, size=size, mode=("bilinear", "trilinear")[dims - 2],
                                             align_corners=False)
-            parts.append(weight * F.normalize(feature_map, dim=1))
+            parts.append(weight * (F.normalize(feature_map, dim=1) if self.normalize else feature_map))
         return torch.cat(parts, dim=1)
 
     def close(self):
