@@ -57,8 +57,9 @@ def worker(rank, port, cases):
     # A bank filled through add(): each rank adds its own batch.
     filled = ShardedReferenceBank(6, 3, capacity_per_class=8, dtype=torch.float32, metric="dot")
     assert filled.capacity == 4
-    assert repr(filled).startswith(f"ShardedReferenceBank(shard of rank {rank} of 2: dim=6, num_classes=3, "
+    assert repr(filled).startswith(f"ShardedReferenceBank(shard of rank {rank}: dim=6, num_classes=3, "
                                    "capacity_per_class=4,")  # a shard's capacity, named as one
+    assert "shard of rank ?: " in repr(ShardedReferenceBank(6, 3, capacity_per_class=8).to("meta"))
     features = torch.full((1, 6, 2, 2), float(rank + 1))
     filled.add(features, torch.zeros(1, 2, 2, dtype=torch.long))
     assert len(filled) == 8

@@ -106,7 +106,7 @@ def test_an_occupied_folder_takes_resume_or_overwrite(folders, tmp_path, capsys)
     assert not stale.exists() and record(out)["complete"]
     other = tmp_path / "other.pt"
     other.write_bytes(folders[0].read_bytes())
-    with pytest.raises(ValueError, match="--resume: .* labelled with another checkpoint"):
+    with pytest.raises(ValueError, match=r"--resume: .* labelled with another checkpoint \(.*best.pt\)"):
         main(command(folders, out, "--resume", checkpoint=other))
     with pytest.raises(FileNotFoundError, match="--resume: .*pseudo-label.json not found"):
         main(command(folders, tmp_path / "new", "--resume"))
@@ -146,14 +146,20 @@ def test_resume_knows_its_sources_by_path_and_checkpoint_file(folders, tmp_path,
     monkeypatch.chdir(tmp_path)
     main(command((os.path.relpath(best), os.path.relpath(labeled), "images"), "pseudo", "--resume"))
     assert "is complete: 3 images, nothing to do" in capsys.readouterr().out
-    (images / "u2.png").rename(images / "u9.png")  # the count is the same; the names are not
+    shutil.copy(images / "u2.png", images / "u9.png")  # a new image: labelled by the resume
     main(command((best, labeled, images), out, "--resume"))
-    assert (out / "labels" / "u9.png").is_file() and record(out)["complete"]
+    assert (out / "labels" / "u9.png").is_file() and record(out)["complete"] and record(out)["images"] == 4
+    (images / "u2.png").unlink()  # an image gone since: its labels would stay behind
+    with pytest.raises(ValueError, match="labels holds 1 file.s. of images no longer in .*images .e.g. u2.png.: "
+                                         "--overwrite"):
+        main(command((best, labeled, images), out, "--resume"))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*moved.pt"):
+        main(command((tmp_path / "moved.pt", labeled, images), out, "--resume"))
     checkpoint = tmp_path / "best.pt"
     shutil.copy2(best, checkpoint)
     main(command((checkpoint, labeled, images), tmp_path / "second"))
     os.utime(checkpoint, ns=(0, 0))  # as if trained on and saved again
-    with pytest.raises(ValueError, match=r"another checkpoint file \(changed since"):
+    with pytest.raises(ValueError, match=r"another checkpoint file \(its size or time changed since"):
         main(command((checkpoint, labeled, images), tmp_path / "second", "--resume"))
 
 

@@ -53,8 +53,10 @@ def test_pseudo_labels_of_volumes_come_back_at_the_volume_size(mode, k):
     agree = labels.clone()
     agree[0, 0, 0, 0] = (agree[0, 0, 0, 0] + 1) % 3
     assert (labeler(features, agree_with=agree).labels == 255).sum() == 1
-    with pytest.raises(ValueError, match=r"agree_with must be labels of shape \[B, H, W\] = \[2, 6, 8, 10\]"):
+    with pytest.raises(ValueError, match=r"agree_with must be labels of shape \[B, Z, H, W\] = \[2, 6, 8, 10\]"):
         labeler(features, agree_with=nearest[:, 0])
+    with pytest.raises(ValueError, match=r"for \[B, C, Z, H, W\] logits pass their .argmax\(1\)"):
+        labeler(features, agree_with=torch.randn(2, 3, 6, 8, 10))
     with pytest.raises(ValueError, match=r"out_size=\(6, 8\) gives 2 sides, but the maps have 3 spatial dims"):
         PseudoLabeler(bank, out_size=(6, 8))(features)
 

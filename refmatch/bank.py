@@ -197,7 +197,7 @@ class ReferenceBank(nn.Module):
     def refresh(self, embed):
         """Re-embed the kept images after the teacher changed.
 
-        ``embed(images) -> [B, D, h, w]`` is called on every batch given to ``add``
+        ``embed(images) -> [B, D, h, w]`` (or volumes) is called on every batch given to ``add``
         with ``images``, in the original order; the bank is rebuilt from scratch.
         When ``embed`` or an ``add`` raises, the bank is put back as it was (from a
         copy of its buffers in host memory) and the error goes on.

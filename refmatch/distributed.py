@@ -110,8 +110,9 @@ class ShardedReferenceBank(ReferenceBank):
         self._buffers.update(others)
 
     def extra_repr(self):
-        """ReferenceBank's, of this rank's shard (its capacity and counts: no collective here)."""
-        return f"shard of rank {int(self.shard_rank)} of {_world_size(self.group)}: {super().extra_repr()}"
+        """ReferenceBank's, of this rank's shard (its capacity and counts): no collective and no
+        process group needed, so a meta bank or one printed after teardown prints too."""
+        return f"shard of rank {'?' if self.shard_rank.is_meta else int(self.shard_rank)}: {super().extra_repr()}"
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         if prefix + "shard_rank" not in state_dict:  # saved before shard_rank was a buffer

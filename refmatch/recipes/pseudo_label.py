@@ -143,15 +143,21 @@ def _finished_before(args, record, names):
     if args.resume:
         if not previous:
             raise FileNotFoundError(f"--resume: {args.out / RECORD} not found; there is nothing to continue")
-        earlier = {**previous, **{key: str(Path(previous.get(key, "")).resolve())
-                                  for key in ("checkpoint", "labeled", "unlabeled")}}
-        differ = [key for key in ("checkpoint", "labeled", "unlabeled") if earlier[key] != record[key]]
+        if record["checkpoint_file"] is None:
+            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        earlier = {key: str(Path(previous.get(key, "")).resolve()) for key in ("checkpoint", "labeled", "unlabeled")}
+        differ = [f"{key} ({previous.get(key)})" for key in earlier if earlier[key] != record[key]]
         if "checkpoint_file" in previous and previous["checkpoint_file"] != record["checkpoint_file"]:
-            differ.append("checkpoint file (changed since: trained on?)")
+            differ.append("checkpoint file (its size or time changed since: trained on?)")
         if differ:
             raise ValueError(f"--resume: {args.out} was labelled with another {', '.join(differ)}: pass the same, "
                              "or --overwrite")
-        return {name for name in names if (args.out / "labels" / name).is_file()}
+        labelled = {path.name for path in (args.out / "labels").glob("*") if path.is_file()}
+        stale = sorted(labelled - set(names))
+        if stale:
+            raise ValueError(f"--resume: {args.out / 'labels'} holds {len(stale)} file(s) of images no longer in "
+                             f"{record['unlabeled']} (e.g. {stale[0]}): --overwrite to label the folder as it is")
+        return labelled & set(names)
     args.out.mkdir(parents=True, exist_ok=True)
     probe = args.out / ".refmatch-write-test"
     try:  # refused before the data load and the bank
