@@ -64,11 +64,12 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
     check_choice("downsample", mode, DOWNSAMPLING)
     if mode == "nearest":
         return F.interpolate(masks[:, None].float(), size=tuple(feature_size), mode="nearest")[:, 0].long()
-    # One channel per class plus one for ignored pixels; block averages are label shares.
+    # One channel per class plus one for ignored pixels; block averages are label shares. Pooled
+    # one class at a time: a one-hot of a CT volume ([B, Z, H, W, C + 1] int64) would not fit.
     slot = torch.where(label_is(masks, ignore_index), num_classes, masks.long())
-    onehot = F.one_hot(slot, num_classes + 1).movedim(-1, 1).float()
     pool = F.avg_pool2d if len(feature_size) == 2 else F.avg_pool3d
-    share = pool(onehot, kernel_size=tuple(side // feature for side, feature in zip(masks.shape[1:], feature_size)))
+    kernel = tuple(side // feature for side, feature in zip(masks.shape[1:], feature_size))
+    share = torch.cat([pool((slot == c).float()[:, None], kernel) for c in range(num_classes + 1)], dim=1)
     top_share, label = share.max(dim=1)
     no_majority = top_share < 1.0 if mode == "pure" else (share == top_share[:, None]).sum(dim=1) > 1
     return torch.where((label == num_classes) | no_majority, ignore_index, label)
