@@ -36,6 +36,14 @@ def test_usage_example_runs_and_its_shapes_hold():
     assert scope["per_class"].shape == (8, 4, 32, 32) and scope["soft"].probabilities.shape == (8, 4, 32, 32)
 
 
+def test_the_volume_example_runs_and_its_shapes_hold():
+    volumes = next(block for block in python_blocks() if "nn.Conv3d" in block)
+    scope = {}
+    exec(compile(volumes, str(README), "exec"), scope)
+    assert scope["labels"].shape == scope["confidence"].shape == (1, 8, 32, 32)
+    assert scope["bank"].counts.sum() == 2 * 8 * 32 * 32 and 0 < scope["kept_fraction"] <= 1
+
+
 def test_volumes_go_in_flattened_as_the_contract_says():
     """[B, D, Z, H, W] volumes as [B, D, Z*H, W] maps (a view), results unflattened back: the same
     matches as each slice on its own, for contiguous and channels-last-3d volumes."""
