@@ -1,5 +1,6 @@
 """FeatureTap on torchvision-free toy models."""
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -87,13 +88,20 @@ def test_an_output_changed_in_place_is_refused():
         assert (tap.features() >= 0).all()
 
 
-def test_a_deepcopy_of_the_model_leaves_the_tap_alone():
+def test_a_deepcopy_of_the_model_leaves_the_tap_alone_and_says_so():
+    """The copy's hooks capture nothing: features() gives the tapped model's pass, with a warning
+    where the copy ran after it (a researcher took those for the teacher's features)."""
     model = TinyUNet()
     with FeatureTap(model, ["encoder"]) as tap:
         model(torch.randn(2, 1, 8, 8))
         teacher = copy.deepcopy(model)  # an EMA teacher made from the tapped student
         teacher(torch.randn(5, 1, 8, 8))
-        assert tap.features().shape[0] == 2
+        with pytest.warns(UserWarning, match=r"a copy of the tapped model \(copy.deepcopy: an EMA teacher\?\) ran"):
+            assert tap.features().shape[0] == 2
+        model(torch.randn(3, 1, 8, 8))  # the tapped model's own pass, last: no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert tap.features().shape[0] == 3
 
 
 def test_a_layer_the_last_pass_skipped_is_refused():

@@ -1,4 +1,6 @@
 """FeatureTap: multi-layer features of any nn.Module through forward hooks."""
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -58,11 +60,12 @@ class FeatureTap:
     ``features()`` resizes each captured [B, D_i, h_i, w_i] map to a common size
     (the largest, or ``size``), L2-normalises it per layer over channels (unless
     ``normalize=False``), scales it by its weight and concatenates: one
-    [B, sum(D_i), h, w] map; a 3-D model's
-    [B, D_i, z_i, h_i, w_i] volumes likewise (trilinear) to [B, sum(D_i), z, h, w]. The model itself
-    is not changed; ``close()`` (or leaving the ``with`` block) removes the hooks.
+    [B, sum(D_i), h, w] map; a 3-D model's [B, D_i, z_i, h_i, w_i] volumes likewise
+    (trilinear) to [B, sum(D_i), z, h, w]. The model itself is not changed; ``close()``
+    (or leaving the ``with`` block) removes the hooks.
     A ``copy.deepcopy`` of the model (an EMA teacher, say) carries the hooks, which
-    do nothing there: tap the copy with its own FeatureTap. ``nn.DataParallel`` over
+    do nothing there: tap the copy with its own FeatureTap (``features()`` warns where
+    such a copy ran after the tapped model's last pass). ``nn.DataParallel`` over
     several GPUs is refused (its replicas see chunks); DDP is fine. An output changed in place
     after capture (by an ``inplace=True`` activation, say) is refused by ``features()``, as is
     a layer that the model's last forward pass did not run (a train-only auxiliary head, say),
@@ -101,6 +104,7 @@ class FeatureTap:
         self.size, self.normalize = spatial_size(size, "size"), bool(normalize)
         self._outputs = {}  # name -> (output, its version counter when captured, or None)
         self._replicas = False
+        self._copy_ran = False  # a deepcopy of the model (an EMA teacher?) ran after its last pass
         self._passes = 0  # the model's forward passes since the tap was made
         self._tapped = {name: modules[name] for name in self.layers}
         self._handles = [model.register_forward_pre_hook(self._new_pass(model))]
@@ -113,12 +117,15 @@ class FeatureTap:
             if module is model and not _in_backward():
                 self._outputs = {}
                 self._passes += 1
+                self._copy_ran = False
         return forget
 
     def _keeper(self, name):
         def keep(module, inputs, output):
             if module is not self._tapped.get(name):  # a deepcopy of the model carries the hook, as do
-                self._replicas |= getattr(module, "_is_replica", False)  # nn.DataParallel's replicas
+                replica = getattr(module, "_is_replica", False)  # nn.DataParallel's replicas
+                self._replicas |= replica
+                self._copy_ran |= not replica and bool(self._tapped)
                 return
             output = output[0] if isinstance(output, (tuple, list)) else output
             tracked = isinstance(output, torch.Tensor) and not output.is_inference()
@@ -138,6 +145,10 @@ class FeatureTap:
                                "passes?): tap layers that every pass runs")
         if missing:
             raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first")
+        if self._copy_ran:
+            warnings.warn("a copy of the tapped model (copy.deepcopy: an EMA teacher?) ran after the model's last "
+                          "pass; its hooks capture nothing, so these features are the tapped model's own: tap the "
+                          "copy with its own FeatureTap for its features", stacklevel=2)
         maps = [self._outputs[name][0] for name in self.layers]
         for name, feature_map in zip(self.layers, maps):
             version = self._outputs[name][1]
