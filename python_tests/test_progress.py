@@ -24,7 +24,7 @@ def test_lines_before_pseudo_labels_start_say_the_estimate_will_grow(caplog):
     list(reported_steps(range(0, 20), _SilentBar(), logging.getLogger("refmatch.test"), slower_from=10))
     lines = [record.getMessage() for record in caplog.records]
     named = [line.split(",")[0] for line in lines
-             if line.endswith("left at this pace; more, as pseudo-labels from step 10 make steps slower")]
+             if line.endswith("left at this pace; more, as pseudo-labels from step 11 make steps slower")]
     assert named == ["step 2/20", "step 4/20", "step 6/20", "step 8/20", "step 10/20"] and len(lines) == 9
 
 

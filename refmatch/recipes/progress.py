@@ -45,8 +45,9 @@ def progress_bar(total, description, unit="image", initial=0, delay=0.0):
 def reported_steps(steps, bar, logger, slower_from=None):
     """Iterates ``steps`` (a range), moving ``bar`` on, and logs the step, the pace of the last
     tenth (a run's phases differ: pseudo-label steps are slower) and the time left after each
-    tenth of them (not after the last step: the run's own lines follow). Before step
-    ``slower_from`` (where pseudo-labels start) the line says the estimate will grow: in one run
+    tenth of them (not after the last step: the run's own lines follow). Up to step index
+    ``slower_from`` (where pseudo-labels start: step slower_from + 1 as the lines count, from 1)
+    the line says the estimate will grow: in one run
     of the main job its steps took about six times as long after it."""
     reported, since = 0, time.time()
     for done, step in enumerate(steps, 1):
@@ -54,7 +55,7 @@ def reported_steps(steps, bar, logger, slower_from=None):
         bar.update(1)
         if done * REPORTS // len(steps) > reported * REPORTS // len(steps) and step + 1 < steps.stop:
             pace, since, reported = (time.time() - since) / (done - reported), time.time(), done
-            later = (f" at this pace; more, as pseudo-labels from step {slower_from} make steps slower"
+            later = (f" at this pace; more, as pseudo-labels from step {slower_from + 1} make steps slower"
                      if slower_from is not None and step + 1 <= slower_from else "")
             logger.info("step %d/%d, %.2f s a step, about %s left%s", step + 1, steps.stop, pace,
                         _duration(pace * (steps.stop - step - 1)), later)
