@@ -35,6 +35,9 @@ def test_out_size_and_threshold(phantoms):
     assert ((labels == 255) == (confidence < 0.5)).all()
     assert 0 < kept.item() < 1
     assert kept.item() == pytest.approx((labels != 255).float().mean().item())
+    probabilities = labeler.probabilities(features[:, :, ::2, ::2])  # soft targets: the threshold's not applied
+    assert probabilities.shape == (6, 4, 64, 64) and torch.equal(probabilities.argmax(1)[labels != 255],
+                                                                 labels[labels != 255])
     hard = PseudoLabeler(bank, out_size=(64, 64))(features[:, :, ::2, ::2]).labels
     assert torch.equal(hard[:, ::4, ::4], PseudoLabeler(bank)(features[:, :, ::2, ::2]).labels)
 

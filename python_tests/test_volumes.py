@@ -50,6 +50,13 @@ def test_pseudo_labels_of_volumes_come_back_at_the_volume_size(mode, k):
         at_features = PseudoLabeler(bank, mode=mode, k=k, temperature=0.01)(features).labels
         assert torch.equal(at_features, coarse)
         assert (labels == nearest).float().mean() > 0.6 and labels.unique().tolist() == [0, 1, 2]
+    if mode == "soft":  # the distribution whose argmax the labels are, for soft-target losses
+        probabilities = labeler.probabilities(features)
+        assert probabilities.shape == (2, 3, 6, 8, 10) and torch.equal(probabilities.argmax(1), labels)
+        torch.testing.assert_close(probabilities.sum(1), torch.ones(2, 6, 8, 10))
+    else:
+        with pytest.raises(ValueError, match="probabilities are soft mode's"):
+            labeler.probabilities(features)
     agree = labels.clone()
     agree[0, 0, 0, 0] = (agree[0, 0, 0, 0] + 1) % 3
     assert (labeler(features, agree_with=agree).labels == 255).sum() == 1

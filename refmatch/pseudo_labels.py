@@ -88,10 +88,7 @@ class PseudoLabeler:
         agree_with: optional [B, H, W] ([B, Z, H, W]) labels at that size (a teacher's argmax,
         say); pixels whose pseudo-label differs get ``ignore_index``.
         """
-        check_feature_maps(features, self.bank.dim)
-        spatial = tuple(features.shape[2:])
-        size = sides(self.out_size, len(spatial), "out_size") if self.out_size else spatial
-        maps = features.flatten(2, 3) if len(spatial) == 3 else features  # volumes as maps (z*h, w)
+        spatial, size, maps = self._shapes(features)
         if self.mode == "hard":
             result = self.bank.match(maps, k=1)
             sign = -1.0 if self.bank.metric == "l2" else 1.0
@@ -99,16 +96,7 @@ class PseudoLabeler:
             confidence = _resize_nearest(sign * result.score.float().reshape(features.shape[0], *spatial), size)
             labels = torch.where(labels < 0, self.ignore_index, labels)
         else:
-            if self.k == 1:
-                scores = self.bank.classwise_max(maps)
-            else:
-                scores = self.bank.match(maps, k=self.k)
-            probabilities = vote(scores, num_classes=self.bank.num_classes, weighting="similarity",
-                                 temperature=self.temperature, metric=self.bank.metric).probabilities
-            probabilities = probabilities.reshape(*probabilities.shape[:2], *spatial)
-            if tuple(probabilities.shape[2:]) != size:
-                probabilities = F.interpolate(probabilities, size=size, mode=("bilinear", "trilinear")[len(size) - 2],
-                                              align_corners=False)
+            probabilities = self._soft_probabilities(maps, spatial, size)
             labels, confidence = probabilities.argmax(dim=1), margin(probabilities)
             labels = torch.where(probabilities.sum(dim=1) > 0, labels, self.ignore_index)
         if self.threshold is not None:
@@ -119,6 +107,35 @@ class PseudoLabeler:
             _check_agreement_labels(agree_with, (features.shape[0], *size), labels.device)
             labels = torch.where(labels == agree_with, labels, self.ignore_index)
         return PseudoLabels(labels, confidence, kept_fraction(labels, self.ignore_index))
+
+
+    @torch.no_grad()
+    def probabilities(self, features):
+        """Soft mode's class distribution, float32 [B, C, H, W] at ``out_size`` ([B, C, Z, H, W]
+        for volumes): soft targets for a KL or soft cross-entropy loss, where ``__call__`` gives
+        their argmax. Zero over C where no reference voted; ``threshold`` and ``agree_with``
+        do not apply. Hard mode has none (ValueError)."""
+        if self.mode != "soft":
+            raise ValueError("probabilities are soft mode's: build the PseudoLabeler with mode='soft'")
+        spatial, size, maps = self._shapes(features)
+        return self._soft_probabilities(maps, spatial, size)
+
+    def _shapes(self, features):
+        """(the features' spatial sides, the labels' size, the features as maps: volumes flattened)."""
+        check_feature_maps(features, self.bank.dim)
+        spatial = tuple(features.shape[2:])
+        size = sides(self.out_size, len(spatial), "out_size") if self.out_size else spatial
+        return spatial, size, features.flatten(2, 3) if len(spatial) == 3 else features  # volumes: (z*h, w)
+
+    def _soft_probabilities(self, maps, spatial, size):
+        scores = self.bank.classwise_max(maps) if self.k == 1 else self.bank.match(maps, k=self.k)
+        probabilities = vote(scores, num_classes=self.bank.num_classes, weighting="similarity",
+                             temperature=self.temperature, metric=self.bank.metric).probabilities
+        probabilities = probabilities.reshape(*probabilities.shape[:2], *spatial)
+        if tuple(probabilities.shape[2:]) == size:
+            return probabilities
+        mode = ("bilinear", "trilinear")[len(size) - 2]
+        return F.interpolate(probabilities, size=size, mode=mode, align_corners=False)
 
 
 def kept_fraction(labels, ignore_index):
