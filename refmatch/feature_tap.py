@@ -10,16 +10,8 @@ from .ops import as_int, describe
 def size_pair(size, name):
     """None, an int (a square) or an (H, W) pair of positive ints (NumPy and 0-d tensor
     integers too) -> None or (H, W) Python ints."""
-    if size is None:
-        return None
-    pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    try:
-        pair = tuple(as_int(name, side) for side in pair)
-    except TypeError:
-        pair = ()
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be None, a positive int or an (H, W) pair of positive ints, got {size!r}")
-    return pair
+    given = spatial_size(size, name)
+    return None if given is None else sides(given, 2, name)
 
 
 def spatial_size(size, name):
@@ -46,6 +38,11 @@ def sides(size, dims, name):
     if len(size) != dims:
         raise ValueError(f"{name}={size} gives {len(size)} sides, but the maps have {dims} spatial dims")
     return size
+
+
+def linear_mode(dims):
+    """``F.interpolate``'s linear mode for maps of ``dims`` (2 or 3) spatial dims."""
+    return ("bilinear", "trilinear")[dims - 2]
 
 
 def _in_backward():
@@ -125,7 +122,7 @@ class FeatureTap:
             if module is not self._tapped.get(name):  # a deepcopy of the model carries the hook, as do
                 replica = getattr(module, "_is_replica", False)  # nn.DataParallel's replicas
                 self._replicas |= replica
-                self._copy_ran |= not replica and bool(self._tapped)
+                self._copy_ran |= not replica
                 return
             output = output[0] if isinstance(output, (tuple, list)) else output
             tracked = isinstance(output, torch.Tensor) and not output.is_inference()
@@ -165,8 +162,7 @@ class FeatureTap:
         parts = []
         for feature_map, weight in zip(maps, self.weights):
             if tuple(feature_map.shape[2:]) != size:
-                feature_map = F.interpolate(feature_map, size=size, mode=("bilinear", "trilinear")[dims - 2],
-                                            align_corners=False)
+                feature_map = F.interpolate(feature_map, size=size, mode=linear_mode(dims), align_corners=False)
             parts.append(weight * (F.normalize(feature_map, dim=1) if self.normalize else feature_map))
         return torch.cat(parts, dim=1)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .bank_checks import check_feature_maps
 from .choices import check_choice
-from .feature_tap import sides, spatial_size
+from .feature_tap import linear_mode, sides, spatial_size
 from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
 
@@ -108,7 +108,6 @@ class PseudoLabeler:
             labels = torch.where(labels == agree_with, labels, self.ignore_index)
         return PseudoLabels(labels, confidence, kept_fraction(labels, self.ignore_index))
 
-
     @torch.no_grad()
     def probabilities(self, features):
         """Soft mode's class distribution, float32 [B, C, H, W] at ``out_size`` ([B, C, Z, H, W]
@@ -134,8 +133,7 @@ class PseudoLabeler:
         probabilities = probabilities.reshape(*probabilities.shape[:2], *spatial)
         if tuple(probabilities.shape[2:]) == size:
             return probabilities
-        mode = ("bilinear", "trilinear")[len(size) - 2]
-        return F.interpolate(probabilities, size=size, mode=mode, align_corners=False)
+        return F.interpolate(probabilities, size=size, mode=linear_mode(len(size)), align_corners=False)
 
 
 def kept_fraction(labels, ignore_index):

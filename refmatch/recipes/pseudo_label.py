@@ -50,9 +50,9 @@ def pseudo_label_main(argv=None):
         raise FileNotFoundError(f"no PNG images in {folder}")
     record = {**_sources(args.checkpoint, args.labeled, folder), "images": len(names), "written": 0,
               "complete": False}
-    done = _finished_before(args, record, names)  # refuses an occupied OUT before the bank is built
+    previous = _previous(args.out)
+    done = _finished_before(args, previous, record, names)  # refuses an occupied OUT before the bank is built
     if done == set(names):  # every image has its labels/ file (a run killed after its last, say)
-        previous = _previous(args.out)
         if not previous.get("complete"):
             write_text_atomic(args.out / RECORD, metrics_json({**previous, **record, "written": len(names),
                                                                  "complete": True}))
@@ -76,7 +76,7 @@ def pseudo_label_main(argv=None):
     # Written before the first image (a failed setup leaves a finished folder's record alone) and
     # after the last or a stop: how far the folder got, and the share of pixels kept in the
     # images it counted (a killed run's last images are finished but uncounted).
-    previous = _previous(args.out) if done else {}
+    previous = previous if done else {}  # --overwrite's record is gone
     counted = previous.get("kept_counted", previous.get("written", 0)) if "kept_percent" in previous else 0
     record.update(written=len(done), kept_percent=previous.get("kept_percent", 0.0),
                   kept_counted=min(counted, len(done)))
@@ -126,13 +126,13 @@ def _sources(checkpoint, labeled, unlabeled):
             "checkpoint_file": None if stat is None else [stat.st_size, stat.st_mtime_ns]}
 
 
-def _finished_before(args, record, names):
+def _finished_before(args, previous, record, names):
     """The names of ``names`` that an earlier run finished in ``args.out`` and this one skips (a
     set; all of them: nothing to do). An OUT holding pseudo-labels (a record) takes --resume (the
     same checkpoint, unchanged, and folders) or --overwrite (its outputs are deleted once the new
     run has loaded); one holding other files in labels/, confidence/ or overlays/ is refused. A
-    new OUT is made here, and an unwritable one refused, before any work."""
-    previous = _previous(args.out)
+    new OUT is made here, and an unwritable one refused, before any work. ``previous``: the
+    record found in OUT ({} for none)."""
     foreign = [sub for sub in OUTPUTS if (args.out / sub).is_dir() and any((args.out / sub).iterdir())]
     if foreign and not previous:
         raise FileExistsError(f"{args.out} holds {', '.join(foreign)} that refmatch pseudo-label did not write (no "
