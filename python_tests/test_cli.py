@@ -43,6 +43,13 @@ def test_demo_refuses_bad_flags_with_its_usage(capsys, arguments, message):
     assert stopped.value.code == 2 and capsys.readouterr().err.endswith(f"refmatch demo: error: {message}\n")
 
 
+def test_missing_command_prints_the_usage_and_fails(capsys):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("refmatch: missing command\n") and "pseudo-label" in captured.err
+    assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: refmatch <command>")
+
+
 def test_unknown_command_is_named_before_the_usage(capsys):
     assert main(["frobnicate"]) == 2
     captured = capsys.readouterr()

@@ -36,9 +36,13 @@ def print_usage(file):
 
 def run(argv):
     """Run ``refmatch <argv>``; the command's exceptions pass through. Returns the exit status."""
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print_usage(sys.stdout)
         return 0
+    if not argv:  # a script that forgot its command must not pass as a success
+        print("refmatch: missing command\n", file=sys.stderr)
+        print_usage(sys.stderr)
+        return 2
     if argv[0] not in COMMANDS:
         import difflib
 
