@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import refmatch
+
 from oracle import assert_matches_oracle
 from refmatch.backends import cpu_topk
 from refmatch.backends.torch_backend import match_chunked
@@ -159,12 +161,19 @@ def test_why_it_does_not_run_is_named(monkeypatch):
     assert cpu_topk.native_isas() == [] and "REFMATCH_CPU_TOPK=0" in TorchBackend().status()[1]
     monkeypatch.setenv("REFMATCH_CPU_TOPK", "sse9")
     assert cpu_topk.native_isas() == [] and "REFMATCH_CPU_TOPK=sse9: this CPU" in TorchBackend().status()[1]
+    with pytest.raises(ValueError, match="REFMATCH_CPU_TOPK=sse9: this CPU and build run "):  # not a quiet GEMM walk
+        refmatch.match(torch.randn(4, 2), torch.randn(3, 2), backend="torch")
+    assert refmatch.match(torch.randn(4, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64),
+                          backend="torch")[1].shape == (4,)  # a walk it never takes runs on
     monkeypatch.setenv("REFMATCH_CPU_TOPK", ISAS[-1])
     assert cpu_topk.native_isas() == [ISAS[-1]]
     monkeypatch.delenv("REFMATCH_CPU_TOPK")
     monkeypatch.setattr(cpu_topk, "native_module", lambda: None)
     assert cpu_topk.unavailable_reason() == "refmatch._C is not built"
     assert not cpu_topk.applies(torch.zeros(4, 2), torch.zeros(3, 2), 1)
+    monkeypatch.setenv("REFMATCH_CPU_TOPK", "avx2")
+    with pytest.raises(ValueError, match="REFMATCH_CPU_TOPK=avx2: refmatch._C is not built"):
+        cpu_topk.applies(torch.zeros(4, 2), torch.zeros(3, 2), 1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -62,9 +62,17 @@ def forced(setting):
 
 
 def applies(rows, reference, k):
-    """Whether a top-k walk of [N, D] ``rows`` (operand dtype) against ``reference`` takes the fused one."""
-    return (1 <= k <= MAX_K and rows.device.type == "cpu" and rows.dtype == torch.float32 and rows.shape[0] > 0
-            and reference.shape[0] < _INDEX_LIMIT and bool(native_isas()))
+    """Whether a top-k walk of [N, D] ``rows`` (operand dtype) against ``reference`` takes the fused
+    one. A width ``REFMATCH_CPU_TOPK`` names that cannot run here raises a ValueError instead of
+    quietly walking GEMM tiles."""
+    if not (1 <= k <= MAX_K and rows.device.type == "cpu" and rows.dtype == torch.float32 and rows.shape[0] > 0
+            and reference.shape[0] < _INDEX_LIMIT):
+        return False
+    wanted = os.environ.get("REFMATCH_CPU_TOPK")
+    held, reason = _widths()
+    if wanted not in (None, "", "0", "1", *held):
+        raise ValueError(reason if reason.startswith("REFMATCH_CPU_TOPK=") else f"REFMATCH_CPU_TOPK={wanted}: {reason}")
+    return bool(native_isas())
 
 
 def _pool(threads):
