@@ -91,19 +91,6 @@ def test_labeler_arguments_are_checked_when_built(phantoms, arguments, error, me
         PseudoLabeler(phantoms[0], **arguments)
 
 
-def test_a_threshold_above_every_confidence_is_refused_per_metric():
-    """An l2 bank's hard confidence is minus the squared distance: a distance-like positive
-    threshold kept no pixel, silently. Thresholds that can keep pixels pass, dot's any."""
-    l2_bank = ReferenceBank.from_tensors(torch.randn(8, 4), torch.arange(8) % 2, metric="l2")
-    with pytest.raises(ValueError, match=r"threshold=0.5 would keep no pixel: .*l2 bank .* threshold=-d"):
-        PseudoLabeler(l2_bank, threshold=0.5)
-    kept = PseudoLabeler(l2_bank, threshold=-4.0)(torch.randn(2, 4, 3, 3)).kept_fraction
-    assert 0 < kept.item() <= 1
-    for metric, mode, threshold in [("cosine", "hard", 1.0), ("dot", "hard", 1e6), ("l2", "soft", 1.0)]:
-        bank = ReferenceBank.from_tensors(torch.randn(8, 4), torch.arange(8) % 2, metric=metric)
-        PseudoLabeler(bank, mode=mode, threshold=threshold, temperature=1.0)
-
-
 def test_agree_with_must_hold_integer_labels(phantoms):
     bank, features, _ = phantoms
     with pytest.raises(TypeError, match="agree_with must hold integer labels"):

@@ -45,7 +45,9 @@ class PseudoLabeler:
             similarity-weighted votes, a softmax over classes at ``temperature``,
             upsampled bilinearly before the argmax; confidence is the margin
             between the two most probable classes.
-        threshold: pixels with confidence below it get ``ignore_index``.
+        threshold: pixels with confidence below it get ``ignore_index``; a float, or one per
+            class ([C] sequence or tensor, indexed by the pixel's pseudo-label: a rare or
+            hard class can keep pixels at a lower confidence than the background).
         temperature: softmax temperature of "soft" mode, in the bank metric's score units:
             the default 0.1 suits cosine similarities (in [-1, 1]); l2 scores are squared
             distances, whose gaps depend on the features' scale, so an l2 bank needs one
@@ -69,10 +71,7 @@ class PseudoLabeler:
             raise ValueError(f"k must be >= 1, got {k}")
         check_mode(mode, k)
         temperature = checked_temperature(temperature)
-        threshold = None if threshold is None else as_number("threshold", threshold)
-        if threshold is not None and math.isnan(threshold):
-            raise ValueError("threshold must be a number or None, got nan")
-        _check_threshold_can_keep(threshold, mode, bank.metric)
+        threshold = _checked_threshold(threshold, mode, bank)
         if 0 <= ignore_index < bank.num_classes:
             raise ValueError(f"ignore_index={ignore_index} is one of the bank's classes 0..{bank.num_classes - 1}: "
                              "dropped pixels would read as that class")
@@ -100,7 +99,7 @@ class PseudoLabeler:
             labels, confidence = probabilities.argmax(dim=1), margin(probabilities)
             labels = torch.where(probabilities.sum(dim=1) > 0, labels, self.ignore_index)
         if self.threshold is not None:
-            labels = torch.where(confidence < self.threshold, self.ignore_index, labels)
+            labels = torch.where(confidence < self._threshold_of(labels), self.ignore_index, labels)
         if agree_with is not None:
             # Checked after the bank's call: on a sharded bank, a rank raising before it
             # would leave the other ranks waiting in its collectives.
@@ -118,6 +117,13 @@ class PseudoLabeler:
             raise ValueError("probabilities are soft mode's: build the PseudoLabeler with mode='soft'")
         spatial, size, maps = self._shapes(features)
         return self._soft_probabilities(maps, spatial, size)
+
+    def _threshold_of(self, labels):
+        """The threshold: a float, or each pixel's class's ([*labels.shape] float32)."""
+        if isinstance(self.threshold, float):
+            return self.threshold
+        per_class = torch.tensor(self.threshold, dtype=torch.float32, device=labels.device)
+        return per_class[labels.clamp(0, len(self.threshold) - 1)]  # ignore_index pixels are dropped anyway
 
     def _shapes(self, features):
         """(the features' spatial sides, the labels' size, the features as maps: volumes flattened)."""
@@ -143,11 +149,30 @@ def kept_fraction(labels, ignore_index):
     return (kept / labels.numel() if labels.numel() else kept).float()
 
 
-def _check_threshold_can_keep(threshold, mode, metric):
-    """ValueError for a threshold above every confidence ``mode`` gives on a ``metric`` bank,
-    which would drop every pixel: soft margins and cosines are at most 1, hard l2 confidences
-    (minus a squared distance) at most 0."""
-    if threshold is None or mode == "hard" and metric == "dot":
+def _checked_threshold(threshold, mode, bank):
+    """None, a float, or a tuple of ``bank.num_classes`` floats; ValueError for NaN, a wrong
+    count, or a threshold above every confidence ``mode`` gives on the bank's metric, which
+    would drop every pixel (of its class): soft margins and cosines are at most 1, hard l2
+    confidences (minus a squared distance) at most 0."""
+    if threshold is None:
+        return None
+    per_class = isinstance(threshold, (list, tuple)) or getattr(threshold, "ndim", 0) == 1  # tensors, NumPy arrays
+    if per_class and len(threshold) != bank.num_classes:
+        raise ValueError(f"threshold must be a number or one per class ({bank.num_classes} for this bank), "
+                         f"got {len(threshold)} values")
+    values = [as_number(f"threshold[{c}]", value) for c, value in enumerate(threshold)] if per_class else \
+        [as_number("threshold", threshold)]
+    for c, value in enumerate(values):
+        name = f"threshold[{c}]" if per_class else "threshold"
+        if math.isnan(value):
+            raise ValueError(f"{name} must be a number{'' if per_class else ' or None'}, got nan")
+        _check_threshold_can_keep(name, value, mode, bank.metric)
+    return tuple(values) if per_class else values[0]
+
+
+def _check_threshold_can_keep(name, threshold, mode, metric):
+    """ValueError for a ``threshold`` (called ``name``) above every confidence ``mode`` gives on a ``metric`` bank."""
+    if mode == "hard" and metric == "dot":
         return
     if mode == "soft":
         highest, what = 1.0, "soft mode's confidence, the margin between the two most probable classes, lies in [0, 1]"
@@ -157,7 +182,8 @@ def _check_threshold_can_keep(threshold, mode, metric):
         highest, what = 0.0, ("hard mode's confidence on an l2 bank is minus the squared distance to the nearest "
                               "reference (<= 0): threshold=-d keeps the pixels within squared distance d")
     if threshold > highest:
-        raise ValueError(f"threshold={threshold} would keep no pixel: {what}")
+        raise ValueError(f"{name}={threshold} would keep no pixel" + (" of its class" if "[" in name else "")
+                         + f": {what}")
 
 
 def _check_agreement_labels(agree_with, expected, device):
