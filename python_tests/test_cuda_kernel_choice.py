@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from refmatch.backends import cuda_backend, hopper_variants
+from refmatch.backends.torch_screening import screen_switched_off
 
 DEVICE = torch.device("cuda", 0)
 
@@ -80,6 +81,19 @@ def test_bad_hopper_rows_are_named(card, monkeypatch, capability, setting):
     monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", setting)
     with pytest.raises(ValueError, match="REFMATCH_CUDA_HOPPER_ROWS must be one of '256', '128'"):
         cuda_backend.hopper_rows(DEVICE)
+
+
+@pytest.mark.parametrize("name, test", [("REFMATCH_CUDA_HOPPER", lambda: cuda_backend.hopper_enabled(DEVICE)),
+                                        ("REFMATCH_BF16_SCREEN", screen_switched_off)])
+@pytest.mark.parametrize("setting", ["off", "false", ""])
+def test_on_off_switches_refuse_what_they_do_not_read(card, monkeypatch, name, test, setting):
+    """Read as ``!= "0"`` before, "off" and "false" left the wgmma kernel and the screen on."""
+    card((9, 0))
+    monkeypatch.setenv(name, setting)
+    with pytest.raises(ValueError, match=f"{name} must be one of '1', '0', got '{setting}'"):
+        test()
+    monkeypatch.setenv(name, "0")
+    assert test() is (name == "REFMATCH_BF16_SCREEN")
 
 
 @pytest.mark.parametrize("previous", [None, "128", "256"])

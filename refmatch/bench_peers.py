@@ -4,7 +4,6 @@ Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
 is not installed, or cannot run on the device, is listed with the reason.
 """
 import functools
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -84,12 +83,12 @@ def _cuda_variant_methods(query, reference, flops):
     where the call runs another kernel. Elsewhere the ``cuda`` rows are mma.sync and these
     are skipped."""
     from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, native_module
-    from refmatch.backends.hopper_variants import HOPPER_VARIANTS, hopper_kernel
+    from refmatch.backends.hopper_variants import HOPPER_VARIANTS, hopper_kernel, hopper_switched_off
 
     available = query.is_cuda and native_module() is not None and hopper_enabled(query.device)
     maps = query.T[None, :, :, None]
     plain = kernel_name(maps, reference) if available else "mma.sync"
-    switched_off = os.environ.get("REFMATCH_CUDA_HOPPER") == "0"  # gpu_suite.sh: a wgmma check failed
+    switched_off = hopper_switched_off()  # gpu_suite.sh: a wgmma check failed
     unavailable = ("REFMATCH_CUDA_HOPPER=0 keeps every call on mma.sync" if switched_off else
                    "needs a CUDA device" if not query.is_cuda else
                    "needs sm_90 and an sm_90a build (the cuda rows are the mma.sync kernel elsewhere)")

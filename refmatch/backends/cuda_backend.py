@@ -14,7 +14,6 @@ the query in registers, TMA loads) are picked by environment variables: see
 """
 import ctypes
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import torch
 from .cuda_archs import missing_code_reason
 from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
 from .custom_op import device_capability as _capability
-from .hopper_variants import (HOPPER_ROWS, WIDEST_256_ROWS, hopper_query_in_registers, hopper_tma_loads,
-                              rows_setting)
+from .hopper_variants import (HOPPER_ROWS, WIDEST_256_ROWS, hopper_query_in_registers, hopper_switched_off,
+                              hopper_tma_loads, rows_setting)
 from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -74,7 +73,7 @@ def _built_for_hopper():
 def hopper_enabled(device):
     """True on a compute capability 9.0 device with a build that has sm_90a code,
     unless ``REFMATCH_CUDA_HOPPER=0``; the wgmma kernel still takes only the calls it serves."""
-    return os.environ.get("REFMATCH_CUDA_HOPPER") != "0" and _capability(device) == (9, 0) and _built_for_hopper()
+    return not hopper_switched_off() and _capability(device) == (9, 0) and _built_for_hopper()
 
 
 def runs_default_hopper_kernel(device, dim):

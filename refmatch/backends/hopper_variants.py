@@ -35,6 +35,12 @@ HOPPER_VARIANTS = {wgmma_name(rows, query, loads): (rows, query, loads)
                    for loads in HOPPER_LOADS for query in HOPPER_QUERY for rows in HOPPER_ROWS}
 
 
+def hopper_switched_off():
+    """``REFMATCH_CUDA_HOPPER=0``: every call stays on the mma.sync kernel ("1", the default: the
+    wgmma kernel where it serves the call)."""
+    return setting("REFMATCH_CUDA_HOPPER", ("1", "0")) == "0"
+
+
 def rows_setting():
     """``REFMATCH_CUDA_HOPPER_ROWS`` as an int: 256 (the default) or 128."""
     return int(setting("REFMATCH_CUDA_HOPPER_ROWS", [str(rows) for rows in HOPPER_ROWS]))

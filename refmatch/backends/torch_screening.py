@@ -31,12 +31,12 @@ candidates keep arriving faster than a k-dependent rate per row and reference
 without screening.
 """
 import functools
-import os
 
 import torch
 
 from .scoring import normalized_rows, squared_norms
 from .screen_candidates import FIRST_BLOCK_ROWS, ScreenCandidates, rows_per_pass
+from .settings import setting
 
 BF16_UNIT = 2.0 ** -8
 BF16_SAFE_NORM = 2.0 ** 127  # rows below it have no entry that rounds to inf in bfloat16
@@ -58,8 +58,9 @@ def native_bf16():
 
 
 def screen_switched_off():
-    """``REFMATCH_BF16_SCREEN=0``: the float32 screen stays off where it would pay."""
-    return os.environ.get("REFMATCH_BF16_SCREEN", "1") == "0"
+    """``REFMATCH_BF16_SCREEN=0``: the float32 screen stays off where it would pay ("1", the
+    default, keeps it; any other value is a ValueError, not a silent "on")."""
+    return setting("REFMATCH_BF16_SCREEN", ("1", "0")) == "0"
 
 
 def screening_applies(rows, reference, k, screen=None):
