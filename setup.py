@@ -31,15 +31,22 @@ def find_nvcc():
     return shutil.which("nvcc")
 
 
+def switch(name):
+    """Environment variable ``name`` as True/False ("1"/"0"), None where unset; any other value
+    stops the install (a "true" read as "not 1" was silently off)."""
+    flag = os.environ.get(name)
+    if flag not in (None, "0", "1"):
+        raise SystemExit(f"{name} must be 0 or 1, got {flag!r}")
+    return None if flag is None else flag == "1"
+
+
 def cuda_requested():
-    flag = os.environ.get("REFMATCH_CUDA")
+    flag = switch("REFMATCH_CUDA")
     if flag is None:
         return find_nvcc() is not None
-    if flag not in ("0", "1"):
-        raise SystemExit(f"REFMATCH_CUDA must be 0 or 1, got {flag!r}")
-    if flag == "1" and find_nvcc() is None:
+    if flag and find_nvcc() is None:
         raise SystemExit("REFMATCH_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
-    return flag == "1"
+    return flag
 
 
 def cuda_archs():
@@ -51,7 +58,21 @@ def cuda_archs():
     if bad or not entries:
         raise SystemExit(f"REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80, e.g. "
                          f"\"80;90a\" (90a: the Hopper wgmma kernel), got {archs!r}")
+    known = nvcc_archs()
+    unknown = [entry for entry in entries if known and entry.rstrip("a") not in known]
+    if unknown:  # else nvcc fails deep in the optional build, and the install reports success
+        raise SystemExit(f"REFMATCH_CUDA_ARCHS: {find_nvcc()} cannot compile for {', '.join(unknown)} "
+                         f"(it knows {', '.join(known)}), got {archs!r}")
     return ";".join(entries)
+
+
+def nvcc_archs():
+    """The compute capabilities nvcc compiles for ("80", "90", ...); empty where it cannot say."""
+    try:
+        listing = subprocess.run([find_nvcc(), "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return re.findall(r"compute_(\d+)", listing)
 
 
 def package_version():
@@ -63,7 +84,7 @@ def package_version():
 class CMakeExtension(Extension):
     def __init__(self, name):
         # optional: a failed build leaves a working pure-Python install.
-        super().__init__(name, sources=[], optional=os.environ.get("REFMATCH_REQUIRE_EXTENSION") != "1")
+        super().__init__(name, sources=[], optional=not switch("REFMATCH_REQUIRE_EXTENSION"))
 
 
 class CMakeBuild(build_ext):
@@ -109,9 +130,22 @@ class CMakeBuild(build_ext):
                      f"-DCMAKE_CUDA_COMPILER={find_nvcc()}"]
         if shutil.which("ninja"):
             args.append("-GNinja")
-        subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
-        jobs = str(os.cpu_count() or 1)
-        subprocess.run([cmake, "--build", str(build_dir), "--parallel", jobs], check=True)
+        run_step("configure", [cmake, "-S", str(ROOT), "-B", str(build_dir), *args])
+        run_step("build", [cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 1)])
+
+
+def run_step(step, command):
+    """Runs a CMake step, echoing its output (pip shows it with -v); a failure raises an OSError
+    with the first error line, which the failure note keeps (the exit status alone said nothing)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    lines = []
+    for line in process.stdout:
+        sys.stdout.write(line)
+        lines.append(line.strip())
+    if process.wait():
+        errors = [line for line in lines if re.search(r"\berror\b|\bfatal\b", line, re.IGNORECASE)]
+        cause = (errors or lines[-1:] or ["no output"])[0]
+        raise OSError(f"the CMake {step} step failed (exit {process.returncode}): {cause}")
 
 
 setup(ext_modules=[CMakeExtension("refmatch._C")], cmdclass={"build_ext": CMakeBuild})

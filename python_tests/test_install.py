@@ -72,13 +72,45 @@ def test_a_failed_in_place_build_notes_it_in_the_source_tree(tmp_path):
     assert not stale.exists() and (source / "refmatch" / "_C_build_failed.txt").is_file()
 
 
+RULE = "REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80"
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (REFMATCH_CUDA=1 asks for it first)")
-@pytest.mark.parametrize("archs", ["sm_80", "75;90a", ""])
-def test_bad_cuda_archs_stop_the_build_with_their_rule(tmp_path, archs):
+@pytest.mark.parametrize("archs, message", [
+    ("sm_80", RULE), ("75;90a", RULE), ("", RULE),
+    # they passed the rule, failed deep in the optional build, and the install reported success
+    ("860", "cannot compile for 860 (it knows "), ("80;95", "cannot compile for 95 (it knows ")])
+def test_bad_cuda_archs_stop_the_build_before_it_starts(tmp_path, archs, message):
     source = tmp_path / "src"
     copy_checkout(source)
     build = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib")],
                            cwd=source, capture_output=True, text=True,
                            env={**os.environ, "REFMATCH_CUDA": "1", "REFMATCH_CUDA_ARCHS": archs})
-    assert build.returncode != 0
-    assert "REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80" in build.stdout + build.stderr
+    assert build.returncode != 0 and message in build.stderr, build.stderr
+
+
+@pytest.mark.parametrize("name", ["REFMATCH_REQUIRE_EXTENSION", "REFMATCH_CUDA"])
+def test_switches_other_than_0_or_1_stop_the_build(tmp_path, name):
+    """REFMATCH_REQUIRE_EXTENSION=true was read as "not 1": a failed build went unnoticed."""
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib")],
+                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, name: "true"})
+    assert build.returncode != 0 and f"{name} must be 0 or 1, got 'true'" in build.stderr
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_the_failure_note_names_the_first_error_line(tmp_path):
+    """The note held only "returned non-zero exit status 1" and temporary paths."""
+    source = tmp_path / "src"
+    copy_checkout(source)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "cmake").write_text("#!/bin/sh\necho '-- configuring'\necho 'CMake Error at CMakeLists.txt:3: boom'\n"
+                                 "echo '-- done'\nexit 1\n")
+    (tools / "cmake").chmod(0o755)
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib")],
+                           cwd=source, capture_output=True, text=True,
+                           env={"PATH": f"{tools}:{os.path.dirname(shutil.which('sh'))}", "HOME": str(tmp_path),
+                                "REFMATCH_CUDA": "0"})
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert (tmp_path / "lib" / "refmatch" / "_C_build_failed.txt").read_text() == \
+        "the CMake configure step failed (exit 1): CMake Error at CMakeLists.txt:3: boom\n"

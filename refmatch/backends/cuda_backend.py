@@ -229,7 +229,8 @@ class CudaBackend:
             return False, "refmatch._C is not built (reinstall with a C++ compiler and cmake; nvcc for CUDA)"
         info = module.build_info()
         if not info["cuda"]:
-            return False, "refmatch._C was built without CUDA (no nvcc, or REFMATCH_CUDA=0)"
+            return False, ("refmatch._C was built without CUDA (no nvcc, or REFMATCH_CUDA=0): reinstall with nvcc on "
+                           "PATH or CUDA_HOME set; REFMATCH_CUDA=1 makes a missing nvcc stop the install")
         archs = ", ".join(f"sm_{arch}" for arch in info["cuda_archs"].split(","))
         count, error = module.cuda_device_count()
         if error or count == 0:
