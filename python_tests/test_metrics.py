@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from refmatch.metrics import dice_per_class, hd95, iou_per_class, segmentation_metrics
+from refmatch.metrics import hd95, segmentation_metrics
 
 
 def square(top, left, side=10, size=32):
@@ -15,38 +15,42 @@ def square(top, left, side=10, size=32):
     return mask
 
 
+def pooled(pred, truth, num_classes, ignore_index=None):
+    """(Dice, IoU) per class, as lists, from segmentation_metrics (which needs scipy for HD95)."""
+    pytest.importorskip("scipy")
+    metrics = segmentation_metrics(pred, truth, num_classes, ignore_index=ignore_index)
+    return list(metrics["dice"].values()), list(metrics["iou"].values())
+
+
 def test_dice_and_iou_of_offset_squares():
     # Two 10x10 squares, one shifted 3 columns: overlap 10 x 7 = 70 pixels.
-    pred, truth = square(5, 8), square(5, 5)
-    dice = dice_per_class(pred, truth, num_classes=2)
-    iou = iou_per_class(pred, truth, num_classes=2)
-    assert dice.dtype == torch.float64 and dice.shape == (2,)
-    assert dice[1].item() == pytest.approx(2 * 70 / 200)
-    assert iou[1].item() == pytest.approx(70 / 130)
+    dice, iou = pooled(square(5, 8), square(5, 5), num_classes=2)
+    assert dice[1] == pytest.approx(2 * 70 / 200)
+    assert iou[1] == pytest.approx(70 / 130)
     # Background: 1024 - 130 = 894 pixels shared out of 924 on each side.
-    assert dice[0].item() == pytest.approx(2 * 894 / (924 + 924))
-    assert iou[0].item() == pytest.approx(894 / 954)
+    assert dice[0] == pytest.approx(2 * 894 / (924 + 924))
+    assert iou[0] == pytest.approx(894 / 954)
 
 
 def test_set_pooling_absent_class_and_ignore_index():
     # Image 1 is perfect, image 2 misses its square entirely: pooled, not averaged.
     pred = torch.stack([square(5, 5), torch.zeros(32, 32, dtype=torch.long)])
     truth = torch.stack([square(5, 5), square(5, 5)])
-    assert dice_per_class(pred, truth, 3)[1].item() == pytest.approx(2 * 100 / (100 + 200))
-    assert math.isnan(dice_per_class(pred, truth, 3)[2].item())  # class 2 nowhere
-    assert math.isnan(iou_per_class(pred, truth, 3)[2].item())
+    dice, iou = pooled(pred, truth, 3)
+    assert dice[1] == pytest.approx(2 * 100 / (100 + 200))
+    assert math.isnan(dice[2]) and math.isnan(iou[2])  # class 2 nowhere
     ignored = truth.clone()
     ignored[1] = 255  # the missed image is ignored: perfect again
-    assert dice_per_class(pred, ignored, 2, ignore_index=255)[1].item() == 1.0
+    assert pooled(pred, ignored, 2, ignore_index=255)[0][1] == 1.0
 
 
 def test_bad_labels():
     with pytest.raises(ValueError, match="outside"):
-        dice_per_class(square(0, 0) * 2, square(0, 0), 2)
+        pooled(square(0, 0) * 2, square(0, 0), 2)
     with pytest.raises(ValueError, match="shape"):
-        iou_per_class(square(0, 0), square(0, 0)[:5], 2)
+        pooled(square(0, 0), square(0, 0)[:5], 2)
     with pytest.raises(ValueError, match="integer"):
-        dice_per_class(square(0, 0).float(), square(0, 0), 2)
+        pooled(square(0, 0).float(), square(0, 0), 2)
 
 
 def test_hd95_of_shifted_square_is_the_shift():

@@ -87,11 +87,11 @@ def test_bad_arguments_are_refused():
 
 @needs_native
 def test_a_tile_taller_than_the_store_is_refused_not_written_past_it(monkeypatch):
-    """The C++ pass reads and writes by pointer: a tile whose rows overrun the store takes the
-    torch pass, which refuses it, instead of writing past the store's tensors."""
+    """The C++ pass reads and writes by pointer: a tile whose rows overrun the store is refused
+    before either pass runs, instead of writing past the store's tensors."""
     calls = counting(monkeypatch)
     store = screen_candidates.ScreenCandidates(torch.ones(4), k=1)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"tile rows 2\.\.4098 overrun the store's 4 rows"):
         store.offer(torch.zeros(4096, 64, dtype=torch.bfloat16), 2, 0, None)
     assert calls == [0]
 

@@ -65,20 +65,6 @@ def _iou(intersection, predicted, true):
     return intersection / (predicted + true - intersection)
 
 
-def dice_per_class(pred, truth, num_classes, ignore_index=None):
-    """Dice 2|P∩T| / (|P| + |T|) per class over the whole set: [C] float64,
-    NaN for a class absent from both. pred, truth: int [B, H, W] or [H, W], or lists
-    of [H_i, W_i] images."""
-    return _dice(*_class_areas(_image_pairs(pred, truth), num_classes, ignore_index))
-
-
-def iou_per_class(pred, truth, num_classes, ignore_index=None):
-    """IoU |P∩T| / |P∪T| per class over the whole set: [C] float64, NaN for a
-    class absent from both. pred, truth: int [B, H, W] or [H, W], or lists of
-    [H_i, W_i] images."""
-    return _iou(*_class_areas(_image_pairs(pred, truth), num_classes, ignore_index))
-
-
 def _boundary(mask):
     from scipy import ndimage
 

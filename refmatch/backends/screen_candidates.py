@@ -80,6 +80,8 @@ class ScreenCandidates:
     def offer(self, tile, row0, col0, kept):
         """Take a bfloat16 tile [rows, columns] of rows from ``row0``, columns from
         ``col0`` (``kept``: their positions, or None). False: too many rows crowd, give up."""
+        if not 0 <= row0 <= row0 + tile.shape[0] <= self.top.shape[0]:  # the C++ pass writes by pointer
+            raise ValueError(f"tile rows {row0}..{row0 + tile.shape[0]} overrun the store's {self.top.shape[0]} rows")
         self.rows_seen = max(self.rows_seen, row0 + tile.shape[0])
         rows = slice(row0, row0 + tile.shape[0])
         found = tile_candidates(self, tile, rows)
