@@ -56,22 +56,3 @@ def test_weights_of_the_other_norm_are_named(tmp_path):
     with pytest.raises(ValueError, match="best.pt: its teacher does not fit its own config .width 4, depth 3, "
                                          "norm instance, 3 classes"):
         saved_teacher(state, tmp_path / "best.pt", "cpu")
-
-
-def test_the_ema_teacher_averages_batchnorm_statistics_as_its_weights():
-    """Running statistics that fit the averaged weights: copying the student's (before session
-    24) paired the teacher's slow weights with the student's current statistics."""
-    from refmatch.recipes.train import ema_update
-
-    student = UNet(1, 3, width=4, depth=2, norm="batch")
-    teacher = UNet(1, 3, width=4, depth=2, norm="batch")
-    teacher.load_state_dict(student.state_dict())
-    before = {name: buffer.clone() for name, buffer in teacher.named_buffers()}
-    student(torch.randn(2, 1, 16, 16) * 3 + 1)  # train mode: moves the student's running statistics
-    ema_update(teacher, student, decay=0.9)
-    students = dict(student.named_buffers())
-    for name, buffer in teacher.named_buffers():
-        if buffer.dtype.is_floating_point:
-            torch.testing.assert_close(buffer, 0.9 * before[name] + 0.1 * students[name])
-        else:
-            assert torch.equal(buffer, students[name]), name  # num_batches_tracked

@@ -22,6 +22,7 @@ from ..atomic_file import write_text_atomic
 from .checkpoint import load, load_latest
 from .config import UNUSED_BY, TrainConfig, as_saved, data_location
 from .data_setup import UNKNOWN, prepare_data
+from .ema import ema_decay_at, ema_update
 from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
@@ -29,20 +30,6 @@ from .methods import IGNORE, check_pl_k, pseudo_label_source
 from .run_context import RunContext, claimed_run_folder
 from .unet import UNet
 from .visual import training_grid
-
-
-@torch.no_grad()
-def ema_update(teacher, student, decay):
-    """teacher = decay * teacher + (1 - decay) * student, for the weights and for floating
-    buffers (BatchNorm's running statistics, which must fit the averaged weights: copied from
-    the student until session 24, they skewed every norm=batch teacher); counters are copied."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(decay).add_(s.detach(), alpha=1 - decay)
-    for t, s in zip(teacher.buffers(), student.buffers()):
-        if t.dtype.is_floating_point:
-            t.mul_(decay).add_(s, alpha=1 - decay)
-        else:
-            t.copy_(s)
 
 
 # Settings a resumed run may change: they touch neither the model's shape, the data nor the
@@ -194,7 +181,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        ema_update(self.teacher, self.student, config.ema_decay)
+        ema_update(self.teacher, self.student, ema_decay_at(self.step, config.ema_decay))
         logs["loss/total"] = loss.item()
         return logs
 
