@@ -34,7 +34,7 @@ def test_writes_rows_ceilings_and_plot(tmp_path, monkeypatch):
     assert json_path.with_suffix(".png").stat().st_size > 0
 
 
-def test_one_size_plots_bars(tmp_path):
+def test_one_size_plots_dots(tmp_path):
     pytest.importorskip("matplotlib")
     from refmatch.bench_plot import plot
 

@@ -57,47 +57,64 @@ def machine(device):
 
 
 def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None):
-    """Yields one result row per method for one (N, M, D), the GEMM ceilings first."""
-    generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
-    query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
-    reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
-    methods = list(all_methods(query, reference, fits_bytes, only, exclude))
-    _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only, exclude,
-                   lambda: [method for method in all_methods(query, reference, fits_bytes) if method.metric != "-"])
-    oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
+    """Yields one result row per method for one (N, M, D), the GEMM ceilings first (both timed
+    before either is yielded: "vs GEMM" is the ratio to the faster). Inputs or an oracle that do
+    not fit in memory give one failed row for the size, and the run goes on."""
+    size = {"n": n, "m": m, "d": d, "dtype": str(dtype).replace("torch.", "")}
+    try:
+        generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
+        query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
+        reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
+        methods = list(all_methods(query, reference, fits_bytes, only, exclude))
+        _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only,
+                       exclude, lambda: [method for method in all_methods(query, reference, fits_bytes)
+                                         if method.metric != "-"])
+        oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
+    except RuntimeError as error:  # torch.OutOfMemoryError included; CPU allocators raise a plain RuntimeError
+        if "memory" not in str(error).lower():
+            raise
+        yield {"method": "inputs and float64 oracle", "metric": "-", "k": "-", **size, "error": _one_line(error)}
+        return
     torch.cuda.empty_cache()  # the oracle's cached chunks, for peers outside torch's allocator (CPU: no-op)
-    gemm_tflops = None
+    methods = [method for method in methods if wanted(method.name, only, exclude) or method.metric == "-"]
+    ceilings = [_measured(method, size, device, repeat, oracle) for method in methods if method.metric == "-"]
+    gemm_tflops = max((row["tflops"] for row in ceilings if "tflops" in row), default=None)
     for method in methods:
-        if not wanted(method.name, only, exclude) and method.metric != "-":
-            continue
-        row = {"method": method.name, "metric": method.metric, "k": method.k, "n": n, "m": m, "d": d,
-               "dtype": str(dtype).replace("torch.", "")}
-        skip = method.skip or (method.prepare() if method.prepare else None)
-        if skip:
-            yield {**row, "skipped": skip}
-            continue
-        try:
-            begin = time.perf_counter()
-            with PeakMemory(device) as memory:  # also the warm-up
-                index = method.run()
-            first = time.perf_counter() - begin
-            times, baseline_times = ([first], []) if first > SLOW_SECONDS else _timed_runs(method, device, repeat)
-            if index is None:
-                agreed = None
-            elif method.classwise:
-                agreed = oracle.classwise_agreement(index, method.metric, dtype)
-            else:
-                agreed = oracle.agreement(index, method.metric, method.k)
-        except Exception as error:  # a peer that fails here (memory, its own bug): a row, and on
-            yield {**row, "error": f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"}
-            continue
-        seconds = statistics.median(times)
-        tflops = method.flops / seconds / 1e12
-        if method.metric == "-":  # the ceilings come first; the ratio is to the faster
-            gemm_tflops = max(gemm_tflops or 0.0, tflops)
-        yield {**row, "seconds": seconds, "runs": len(times), "min_seconds": min(times), "max_seconds": max(times),
-               "tflops": tflops, "peak_mib": memory.peak_mib, "agreement": agreed,
-               "ratio_to_gemm": tflops / gemm_tflops, **_against_k1(times, baseline_times)}
+        row = ceilings.pop(0) if method.metric == "-" else _measured(method, size, device, repeat, oracle)
+        if "tflops" in row:
+            row["ratio_to_gemm"] = row["tflops"] / gemm_tflops if gemm_tflops else None
+        yield row
+
+
+def _measured(method, size, device, repeat, oracle):
+    """One method's result row: timed, its memory and its agreement with ``oracle``; skipped or failed rows
+    carry the reason."""
+    row = {"method": method.name, "metric": method.metric, "k": method.k, **size}
+    skip = method.skip or (method.prepare() if method.prepare else None)
+    if skip:
+        return {**row, "skipped": skip}
+    try:
+        begin = time.perf_counter()
+        with PeakMemory(device) as memory:  # also the warm-up
+            index = method.run()
+        first = time.perf_counter() - begin
+        times, baseline_times = ([first], []) if first > SLOW_SECONDS else _timed_runs(method, device, repeat)
+        if index is None:
+            agreed = None
+        elif method.classwise:
+            agreed = oracle.classwise_agreement(index, method.metric, getattr(torch, size["dtype"]))
+        else:
+            agreed = oracle.agreement(index, method.metric, method.k)
+    except Exception as error:  # a peer that fails here (memory, its own bug): a row, and on
+        return {**row, "error": _one_line(error)}
+    seconds = statistics.median(times)
+    return {**row, "seconds": seconds, "runs": len(times), "min_seconds": min(times), "max_seconds": max(times),
+            "tflops": method.flops / seconds / 1e12, "peak_mib": memory.peak_mib, "agreement": agreed,
+            **_against_k1(times, baseline_times)}
+
+
+def _one_line(error):
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
 def _against_k1(times, baseline_times):
@@ -134,7 +151,8 @@ def _line(r):
         return f"{size} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']} | | | | | |"
     agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f} %"
     to_k1 = f"{r['ratio_to_k1']:.2f}" if "ratio_to_k1" in r else ""
-    return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {r['ratio_to_gemm']:.2f} | {to_k1} | "
+    to_gemm = "" if r["ratio_to_gemm"] is None else f"{r['ratio_to_gemm']:.2f}"  # no ceiling ran
+    return (f"{size} {1e3 * r['seconds']:.1f} | {r['tflops']:.4f} | {to_gemm} | {to_k1} | "
             f"{r['peak_mib']:.0f} | {agree} |")
 
 
@@ -218,18 +236,24 @@ def main(argv=None):
     print(markdown([]))
     rows, stem = [], None
     stem_wanted = args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]])
-    for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
-        print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
-        for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
-                              args.exclude):
-            rows.append(row)
-            print(_line(row), flush=True)
-            stem = stem or fresh_stem(stem_wanted)  # claimed with the first row
-            write_results(stem, meta, rows, results_table(meta, rows))  # after every row
-        figure = plot(rows, stem.with_suffix(".png"))
+    try:
+        for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
+            print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
+            for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
+                                args.exclude):
+                rows.append(row)
+                print(_line(row), flush=True)
+                stem = stem or fresh_stem(stem_wanted)  # claimed with the first row
+                write_results(stem, meta, rows, results_table(meta, rows))  # after every row
+            figure = plot(rows, stem.with_suffix(".png"))
+    except BaseException:  # Ctrl-C, SIGTERM or an error: say where the rows so far are
+        if stem is not None:
+            print(f"\nstopped: the {len(rows)} rows so far are in {stem.resolve()}.json and .md (marked "
+                  "incomplete)", file=sys.stderr)
+        raise
     meta["complete"] = True
     write_results(stem, meta, rows, results_table(meta, rows))
-    print(f"\nwrote {stem}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
+    print(f"\nwrote {stem.resolve()}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
 
 
 def _check_filters(names, only, exclude, every_method):
@@ -247,9 +271,11 @@ def _check_filters(names, only, exclude, every_method):
 
 
 def results_table(meta, rows):
-    """The markdown results file: a line naming the run, then the table."""
+    """The markdown results file: lines naming the run and the command, then the table."""
+    stopped = "" if meta["complete"] else "\n\n**Incomplete:** the run stopped before its last row."
     return (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
-            f"{meta['date']}\n\n{markdown(rows)}\n")
+            f"{meta['date']}\n\nCommand: `refmatch bench {' '.join(meta['argv'])}` (up to {meta['repeat']} timed runs per "
+            f"method; one where a run takes over a second){stopped}\n\n{markdown(rows)}\n")
 
 
 def peer_versions():

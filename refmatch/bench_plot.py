@@ -1,9 +1,11 @@
 """The benchmark's picture: TFLOP/s per method, one panel per D, the ceilings marked."""
+import re
 
 
 def plot(rows, path):
     """Throughput against M per method (one panel per N and D); a panel with one M
-    shows bars. The square-GEMM ceiling is black and dashed, this shape's GEMM grey
+    shows a dot per method on a log axis (bars on a log axis have lengths that mean
+    nothing). The square-GEMM ceiling is black and dashed, this shape's GEMM grey
     and dotted; legends sit beside the panels. Returns ``path``, or None without
     matplotlib."""
     try:
@@ -13,12 +15,14 @@ def plot(rows, path):
     except ImportError:
         return None
     panels = sorted({(r["n"], r["d"]) for r in rows})
-    figure, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels), 4.5), squeeze=False)
+    tallest = max(sum(1 for r in rows if (r["n"], r["d"]) == panel) for panel in panels)  # dot panels: a line a method
+    figure, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels), max(4.5, 1.5 + 0.22 * tallest)),
+                                squeeze=False)
     for axis, (n, d) in zip(axes[0], panels):
         timed = [r for r in rows if (r["n"], r["d"]) == (n, d) and "tflops" in r]
         title = f"{timed[0]['dtype']}, N = {n}, D = {d}" if timed else f"N = {n}, D = {d}"
         if len({r["m"] for r in timed}) == 1:
-            _bars(axis, timed, plt.cm.tab20.colors)
+            _dots(axis, timed, plt.cm.tab20.colors)
             title += f", M = {timed[0]['m']}" if timed else ""
         else:
             _lines(axis, timed, plt.cm.tab20.colors)
@@ -31,13 +35,17 @@ def plot(rows, path):
 
 
 def _label(row):
-    return row["method"] + ("" if row["metric"] == "-" else f" [{row['metric']}]")
+    """The method's series name; this shape's GEMM is one series whatever rows of it fit each M."""
+    return re.sub(r" \(\d+ rows\)$", " (the rows that fit)", row["method"]) + \
+        ("" if row["metric"] == "-" else f" [{row['metric']}]")
 
 
 def _style(row):
     if not row["method"].startswith("gemm"):
         return dict(marker="o")
-    return dict(linestyle="--", color="black") if "ceiling" in row["method"] else dict(linestyle=":", color="grey")
+    # markers too: a series of one point draws no line
+    return dict(linestyle="--", marker="s", color="black") if "ceiling" in row["method"] else \
+        dict(linestyle=":", marker="^", color="grey")
 
 
 def _lines(axis, timed, colours):
@@ -50,13 +58,17 @@ def _lines(axis, timed, colours):
         axis.plot(*zip(*points), label=name, **_style(series[0]))
     axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s")
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # M's minor labels overlap
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _legend(axis)
 
 
-def _bars(axis, timed, colours):
+def _dots(axis, timed, colours):
+    import matplotlib.ticker
+
     methods = [r for r in timed if not r["method"].startswith("gemm")]
-    axis.barh(range(len(methods)), [r["tflops"] for r in methods],
-              color=[colours[i % len(colours)] for i in range(len(methods))])
+    for position, row in enumerate(methods):
+        axis.plot(row["tflops"], position, "o", color=colours[position % len(colours)])
+        axis.annotate(f"{row['tflops']:.3g}", (row["tflops"], position), xytext=(5, 0), textcoords="offset points",
+                      va="center", fontsize=7)
     axis.set_yticks(range(len(methods)), [_label(r) for r in methods], fontsize=7)
     axis.invert_yaxis()
     for row in timed:
@@ -65,4 +77,10 @@ def _bars(axis, timed, colours):
             axis.axvline(row["tflops"], color=style["color"], linestyle=style["linestyle"],
                          label=f"{_label(row)}: {row['tflops']:.3g}")
     axis.set(xscale="log", xlabel="TFLOP/s (2 N M D / time)")
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlapped
+    _legend(axis)
+
+
+def _legend(axis):
+    if axis.get_legend_handles_labels()[0]:  # a size whose every row failed has nothing to name
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

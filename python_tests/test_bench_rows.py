@@ -1,0 +1,78 @@
+"""``refmatch bench`` rows in the cases a user hits: a faster GEMM of this shape, a size that
+does not fit in memory, a run stopped half way; the plot's series of this shape's GEMM."""
+import json
+import time
+
+import pytest
+
+from refmatch import bench, bench_peers
+
+
+def ceilings_then(methods, this_shape_flops):
+    """all_methods with two stand-in ceilings, this shape's ``this_shape_flops`` a run, first."""
+    def with_ceilings(query, reference, fits_bytes, only=None, exclude=()):
+        def pause():
+            time.sleep(0.002)
+        return [bench_peers.Method("gemm square (ceiling)", "-", 1, pause, 1e6),
+                bench_peers.Method("gemm torch.mm this shape (3 rows)", "-", 1, pause, this_shape_flops)] + \
+            [method for method in methods(query, reference, fits_bytes, only, exclude) if method.metric != "-"]
+    return with_ceilings
+
+
+def test_vs_gemm_is_the_ratio_to_the_faster_ceiling_even_the_second(tmp_path, monkeypatch):
+    """The first ceiling was yielded before the second was timed: it read 1.00 beside a faster one."""
+    monkeypatch.setattr(bench, "all_methods", ceilings_then(bench_peers.all_methods, 1e9))
+    bench.main(["--sizes", "16x64x8", "--only", "refmatch torch k=1", "--repeat", "1", "--out", str(tmp_path)])
+    rows = {row["method"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]}
+    fastest = rows["gemm torch.mm this shape (3 rows)"]["tflops"]
+    assert fastest > rows["gemm square (ceiling)"]["tflops"]
+    for row in rows.values():
+        assert row["ratio_to_gemm"] == pytest.approx(row["tflops"] / fastest)
+
+
+def test_a_size_whose_inputs_do_not_fit_is_one_failed_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    real_oracle = bench.Float64Oracle
+
+    def oracle(query, reference, labels, classes):
+        if reference.shape[0] == 128:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return real_oracle(query, reference, labels, classes)
+    monkeypatch.setattr(bench, "Float64Oracle", oracle)
+    bench.main(["--sizes", "8x128x4", "8x64x4", "--only", "refmatch torch k=1", "--repeat", "1",
+                "--out", str(tmp_path)])
+    results = json.loads(next(tmp_path.glob("*.json")).read_text())
+    failed, *rest = results["rows"]
+    assert failed["m"] == 128 and failed["method"] == "inputs and float64 oracle"
+    assert failed["error"].startswith("RuntimeError: [enforce fail at alloc_cpu.cpp:127]")
+    assert {row["m"] for row in rest} == {64} and any(row.get("agreement") == 1.0 for row in rest)
+    assert results["meta"]["complete"]
+
+
+def test_a_stopped_run_says_where_its_rows_are_and_its_table_says_incomplete(tmp_path, monkeypatch, capsys):
+    real_measured = bench._measured
+
+    def measured(method, size, *arguments):
+        if size["m"] == 64 and method.metric != "-":
+            raise KeyboardInterrupt
+        return real_measured(method, size, *arguments)
+    monkeypatch.setattr(bench, "_measured", measured)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--sizes", "8x32x4", "8x64x4", "--only", "refmatch torch k=1", "--repeat", "1",
+                    "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    results = json.loads(json_path.read_text())
+    assert not results["meta"]["complete"]
+    assert {row["m"] for row in results["rows"] if row["method"] == "refmatch torch k=1"} == {32}
+    table = json_path.with_suffix(".md").read_text()
+    assert "**Incomplete:** the run stopped before its last row." in table
+    assert "Command: `refmatch bench --sizes 8x32x4 8x64x4 --only refmatch torch k=1 --repeat 1 --out" in table
+    rows = len(results["rows"])
+    assert f"stopped: the {rows} rows so far are in {json_path.with_suffix('')}.json and .md" in capsys.readouterr().err
+
+
+def test_this_shapes_gemm_is_one_series_whatever_rows_fit():
+    from refmatch.bench_plot import _label, _style
+
+    labels = {_label({"method": f"gemm torch.mm this shape ({rows} rows)", "metric": "-"}) for rows in (409, 1638)}
+    assert labels == {"gemm torch.mm this shape (the rows that fit)"}
+    assert _style({"method": "gemm torch.mm this shape (409 rows)"})["marker"]  # one point still shows
