@@ -96,8 +96,10 @@ def test_an_excluded_peer_is_not_even_imported(monkeypatch):
     built = []
     monkeypatch.setitem(bench_peers.PEER_GROUPS, "keops", lambda *args: built.append(1) or [])
     tiny = torch.zeros(2, 8)
-    bench_peers.all_methods(tiny, tiny, 0, exclude=["keops"])
+    bench_peers.all_methods(tiny, tiny, 0, exclude=["KeOps"])  # as the docs spell it
     assert built == []
+    assert bench_peers.wanted("faiss-cpu IndexFlatIP k=1", ["FAISS"], None)
+    assert not bench_peers.wanted("faiss-cpu IndexFlatIP k=1", None, ["indexflatip"])
     bench_peers.all_methods(tiny, tiny, 0, exclude=["IndexFlatIP"])
     assert built == [1], "a word naming single methods filters them later, not the group"
 

@@ -76,3 +76,12 @@ def test_this_shapes_gemm_is_one_series_whatever_rows_fit():
     labels = {_label({"method": f"gemm torch.mm this shape ({rows} rows)", "metric": "-"}) for rows in (409, 1638)}
     assert labels == {"gemm torch.mm this shape (the rows that fit)"}
     assert _style({"method": "gemm torch.mm this shape (409 rows)"})["marker"]  # one point still shows
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_timing(tmp_path, monkeypatch, capsys):
+    """It was found only when the first row was written, after the oracle and the ceiling."""
+    monkeypatch.setattr(bench.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(bench, "run_size", lambda *arguments: pytest.fail("timed before the check"))
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--sizes", "8x32x4", "--out", str(tmp_path / "results")])
+    assert stopped.value.code == 2 and f"--out {tmp_path / 'results'}: cannot write there" in capsys.readouterr().err

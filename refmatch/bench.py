@@ -210,7 +210,8 @@ def main(argv=None):
     parser.add_argument("--exclude", nargs="+", help="leave out methods whose name holds one of these words")
     parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs per method (default: 3)")
     parser.add_argument("--fits-gib", type=positive_float, default=8.0,
-                        help="largest dense N x M buffer to try (default: 8)")
+                        help="largest dense N x M buffer to try, for this shape's GEMM and each plain-PyTorch row; "
+                             "the run can hold two such at once (default: 8)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--tag", type=tag_name,
                         help="added to the file names, so runs of one day stay apart (e.g. sweep)")
@@ -233,6 +234,8 @@ def main(argv=None):
                                                   if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))},
             "complete": False}  # until every size ran: a file of a killed run says so
     args.out.mkdir(parents=True, exist_ok=True)
+    if not os.access(args.out, os.W_OK):  # else found only when the first row is written
+        parser.error(f"--out {args.out}: cannot write there")
     print(markdown([]))
     rows, stem = [], None
     stem_wanted = args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]])

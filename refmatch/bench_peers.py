@@ -129,8 +129,11 @@ def _skip_reason(call):
 
 
 def wanted(name, only, exclude):
-    """A method named ``name`` passes --only (a word of it in the name) and --exclude (none)."""
-    return (not only or any(word in name for word in only)) and not any(word in name for word in exclude or ())
+    """A method named ``name`` passes --only (a word of it in the name) and --exclude (none);
+    case aside (the docs spell the peers FAISS and KeOps, their rows faiss and keops)."""
+    name = name.lower()
+    return (not only or any(word.lower() in name for word in only)) and \
+        not any(word.lower() in name for word in exclude or ())
 
 
 CLASSES = 4  # of the class-wise rows
@@ -207,7 +210,7 @@ def all_methods(query, reference, fits_bytes, only=None, exclude=()):
     ]
     def keep(name):
         return wanted(name, only, exclude)
-    peers = [method for group, builder in PEER_GROUPS.items() if not any(word in group for word in exclude or ())
+    peers = [method for group, builder in PEER_GROUPS.items() if not any(word.lower() in group for word in exclude or ())
              for method in builder(query, reference, flops, keep)]
     return (methods + _refmatch_methods(query, reference, flops, keep)
             + [method for method in _cuda_variant_methods(query, reference, flops) if keep(method.name)] + peers)
