@@ -46,7 +46,8 @@ def test_demo_refuses_bad_flags_with_its_usage(capsys, arguments, message):
 def test_missing_command_prints_the_usage_and_fails(capsys):
     assert main([]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.startswith("refmatch: missing command\n") and "pseudo-label" in captured.err
+    assert captured.out == "" and captured.err.startswith("refmatch: missing command\n")
+    assert "pseudo-label" in captured.err
     assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: refmatch <command>")
 
 

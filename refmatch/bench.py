@@ -277,8 +277,8 @@ def results_table(meta, rows):
     """The markdown results file: lines naming the run and the command, then the table."""
     stopped = "" if meta["complete"] else "\n\n**Incomplete:** the run stopped before its last row."
     return (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
-            f"{meta['date']}\n\nCommand: `refmatch bench {' '.join(meta['argv'])}` (up to {meta['repeat']} timed runs per "
-            f"method; one where a run takes over a second){stopped}\n\n{markdown(rows)}\n")
+            f"{meta['date']}\n\nCommand: `refmatch bench {' '.join(meta['argv'])}` (up to {meta['repeat']} timed "
+            f"runs per method; one where a run takes over a second){stopped}\n\n{markdown(rows)}\n")
 
 
 def peer_versions():

@@ -210,7 +210,8 @@ def all_methods(query, reference, fits_bytes, only=None, exclude=()):
     ]
     def keep(name):
         return wanted(name, only, exclude)
-    peers = [method for group, builder in PEER_GROUPS.items() if not any(word.lower() in group for word in exclude or ())
+    excluded_groups = [group for group in PEER_GROUPS if any(word.lower() in group for word in exclude or ())]
+    peers = [method for group, builder in PEER_GROUPS.items() if group not in excluded_groups
              for method in builder(query, reference, flops, keep)]
     return (methods + _refmatch_methods(query, reference, flops, keep)
             + [method for method in _cuda_variant_methods(query, reference, flops) if keep(method.name)] + peers)

@@ -50,7 +50,7 @@ def run(num_labeled=4, num_unlabeled=16, num_classes=4, dim=64, size=64, seed=0,
     start = time.perf_counter()
     result = match(query, bank, bank_labels, metric="cosine", backend=backend)
     if device != "cpu":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # the match's device: cuda:1 is not the current one
     seconds = time.perf_counter() - start
 
     means = torch.stack([F.normalize(bank[bank_labels == c].mean(0), dim=0) for c in range(num_classes)])

@@ -25,8 +25,9 @@ def check_mode(mode, k, names=("mode", "k")):
 
 
 class PseudoLabels(NamedTuple):
-    """labels: [B, H, W] int64 (ignore_index where dropped); confidence: [B, H, W]
-    float32; kept_fraction: 0-d float32 tensor, share of pixels not dropped (0 for an empty batch)."""
+    """labels: [B, H, W] ([B, Z, H, W] for volumes) int64, ignore_index where dropped; confidence:
+    the same shape, float32; kept_fraction: 0-d float32 tensor, share of pixels not dropped (0 for
+    an empty batch)."""
 
     labels: torch.Tensor
     confidence: torch.Tensor
@@ -43,7 +44,7 @@ class PseudoLabeler:
             nearest; confidence is its similarity (minus the distance for l2).
             "soft": class-wise best scores (k = 1) or the k nearest references'
             similarity-weighted votes, a softmax over classes at ``temperature``,
-            upsampled bilinearly before the argmax; confidence is the margin
+            upsampled bilinearly (trilinearly for volumes) before the argmax; confidence is the margin
             between the two most probable classes.
         threshold: pixels with confidence below it get ``ignore_index``; a float, or one per
             class ([C] sequence or tensor, indexed by the pixel's pseudo-label: a rare or
@@ -143,7 +144,7 @@ class PseudoLabeler:
 
 
 def kept_fraction(labels, ignore_index):
-    """0-d float32 share of ``labels`` other than ``ignore_index``; 0 for no labels (a mean of
+    """0-d float32 share of ``labels`` (any shape) other than ``ignore_index``; 0 for no labels (a mean of
     nothing is NaN, which would spoil the averages of a training log)."""
     kept = (labels != ignore_index).sum().double()  # counts exact past float32's 2^24
     return (kept / labels.numel() if labels.numel() else kept).float()
@@ -166,12 +167,13 @@ def _checked_threshold(threshold, mode, bank):
         name = f"threshold[{c}]" if per_class else "threshold"
         if math.isnan(value):
             raise ValueError(f"{name} must be a number{'' if per_class else ' or None'}, got nan")
-        _check_threshold_can_keep(name, value, mode, bank.metric)
+        _check_threshold_can_keep(name, value, mode, bank.metric, per_class)
     return tuple(values) if per_class else values[0]
 
 
-def _check_threshold_can_keep(name, threshold, mode, metric):
-    """ValueError for a ``threshold`` (called ``name``) above every confidence ``mode`` gives on a ``metric`` bank."""
+def _check_threshold_can_keep(name, threshold, mode, metric, per_class):
+    """ValueError for a ``threshold`` (called ``name``; one class's if ``per_class``) above every
+    confidence ``mode`` gives on a ``metric`` bank."""
     if mode == "hard" and metric == "dot":
         return
     if mode == "soft":
@@ -182,7 +184,7 @@ def _check_threshold_can_keep(name, threshold, mode, metric):
         highest, what = 0.0, ("hard mode's confidence on an l2 bank is minus the squared distance to the nearest "
                               "reference (<= 0): threshold=-d keeps the pixels within squared distance d")
     if threshold > highest:
-        raise ValueError(f"{name}={threshold} would keep no pixel" + (" of its class" if "[" in name else "")
+        raise ValueError(f"{name}={threshold} would keep no pixel" + (" of its class" if per_class else "")
                          + f": {what}")
 
 

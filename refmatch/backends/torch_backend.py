@@ -265,7 +265,7 @@ def _walk_blocks(rows, reference, ignored, k, metric, operand_dtype, dtype, bloc
 
 
 class TorchBackend:
-    """Always available; any device, dtype (float64 included), metric and k."""
+    """Always available; any device, metric and k, and every dtype ``match`` takes (float64 included)."""
 
     name = "torch"
 

@@ -14,11 +14,12 @@ def _uniform(generator, count, low, high):
     return low + (high - low) * torch.rand(count, generator=generator)
 
 
-def weak(images, masks=None, generator=None, max_degrees=10.0, scale=(0.9, 1.1), shift=0.05, outside=0):
+def weak(images, masks, generator, max_degrees=10.0, scale=(0.9, 1.1), shift=0.05, outside=0):
     """Random rotation, scale and shift, then brightness/contrast jitter.
 
     Args:
-        images: [B, C, H, W] in [0, 1]; masks: optional [B, H, W] labels.
+        images: [B, C, H, W] in [0, 1]; masks: [B, H, W] labels, or None.
+        generator: the torch.Generator every draw comes from (the run's, saved with it).
         outside: the label of mask pixels moved in from outside the image (whose image
             value is 0): 0, background, for training masks; unknown for hidden truth
             that only scores pseudo-labels, so the padding is not scored.
@@ -42,8 +43,8 @@ def weak(images, masks=None, generator=None, max_degrees=10.0, scale=(0.9, 1.1),
     return (images * gain + bias).clamp(0, 1), masks
 
 
-def strong(images, generator=None):
-    """Gamma, contrast, brightness, blur and noise: [B, C, H, W] -> same shape."""
+def strong(images, generator):
+    """Gamma, contrast, brightness, blur and noise: [B, C, H, W] -> same shape, drawn from ``generator``."""
     batch = images.shape[0]
     gamma = torch.exp(_uniform(generator, batch, -0.4, 0.4)).view(-1, 1, 1, 1).to(images)
     contrast = _uniform(generator, batch, 0.6, 1.4).view(-1, 1, 1, 1).to(images)

@@ -49,8 +49,8 @@ class ReferencePseudoLabels:
         self.tap = FeatureTap(teacher, config.tap_layers, size=config.tap_size)
         dim = sum(teacher.decoder_channels(name) for name in config.tap_layers)
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        # Each refresh adds every labelled image in the same order: a ring bank would keep the last
-        # ones only, whenever a class has more pixels than bank_capacity.
+        # bank_policy: each refresh adds every labelled image in the same order, so a ring bank keeps
+        # the last ones only wherever a class has more pixels than bank_capacity (why reservoir is the default).
         self.bank = ReferenceBank(dim, num_classes, config.bank_capacity, dtype=dtype, metric="cosine",
                                   ignore_index=IGNORE, policy=config.bank_policy, seed=config.seed).to(device)
         self.labeler = PseudoLabeler(self.bank, k=config.pl_k, mode=config.pl_mode,
@@ -90,7 +90,7 @@ def check_pl_k(config, masks, num_classes, batch_size=16):
     only once pseudo-labels start. Counts each class's pixels at the tap's resolution, as the
     bank's ``add`` does (majority downsampling, ``IGNORE`` dropped), at most bank_capacity each."""
     counts = torch.zeros(num_classes, dtype=torch.int64)
-    for start in range(0, masks.shape[0], batch_size):  # one-hot blocks of a few masks at a time
+    for start in range(0, masks.shape[0], batch_size):  # a few masks at a time: bounded memory at any dataset size
         labels = downsample_masks(masks[start:start + batch_size], (config.tap_size, config.tap_size),
                                   num_classes, IGNORE).flatten()
         counts += torch.bincount(labels[labels < num_classes].cpu(), minlength=num_classes)
