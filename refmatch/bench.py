@@ -201,6 +201,7 @@ def positive_int(text):
 
 
 def main(argv=None):
+    """``refmatch bench``: every size's rows printed and written to the results files as they come."""
     parser = argparse.ArgumentParser(prog="refmatch bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

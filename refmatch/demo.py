@@ -89,6 +89,7 @@ def _device(text):
 
 
 def main(argv=None):
+    """``refmatch demo``: pseudo-labels of synthetic feature maps from a bank of labelled ones."""
     parser = argparse.ArgumentParser(prog="refmatch demo", description=__doc__.splitlines()[0])
     parser.add_argument("--labeled", type=_at_least(1), default=4)
     parser.add_argument("--unlabeled", type=_at_least(1), default=16)

@@ -13,6 +13,7 @@ from .evaluation import evaluate, evaluate_at_file_size, metrics_json
 
 
 def train_main(argv=None):
+    """``refmatch train [--config FILE] [--out DIR] [--resume] [key=value ...]``."""
     parser = argparse.ArgumentParser(prog="refmatch train", description="Train a U-Net with one of the methods.")
     parser.add_argument("--config", type=Path, help="YAML file (configs/*.yaml)")
     parser.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
@@ -53,6 +54,7 @@ def _teacher(checkpoint_path, device):
 
 
 def evaluate_main(argv=None):
+    """``refmatch evaluate``: a checkpoint's Dice, IoU and HD95 on a dataset, as JSON."""
     parser = argparse.ArgumentParser(prog="refmatch evaluate", description="Dice, IoU and HD95 of a checkpoint.")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", required=True, help="folder with images/ and masks/, or 'phantom'")

@@ -160,6 +160,7 @@ def picture(path, images, truth, outputs, class_names, count=4):
 
 
 def main(argv=None):
+    """``refmatch compare-pseudo-labels RUN``: each setting's pseudo-labels scored against hidden masks."""
     parser = argparse.ArgumentParser(prog="refmatch compare-pseudo-labels", description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="run folder with best.pt and splits.json")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run folder")

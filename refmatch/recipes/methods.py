@@ -26,6 +26,7 @@ class TeacherPredictions:
 
     @torch.no_grad()
     def __call__(self, images):
+        """images [B, C, H, W] -> PseudoLabels [B, H, W]: the teacher's argmax where confident enough."""
         probabilities = self.teacher(images).float().softmax(dim=1)
         confidence, labels = probabilities.max(dim=1)
         labels = torch.where(confidence >= self.threshold, labels, IGNORE)
@@ -74,6 +75,7 @@ class ReferencePseudoLabels:
 
     @torch.no_grad()
     def __call__(self, images):
+        """images [B, C, H, W] -> PseudoLabels at [B, H, W] from the teacher's tapped features."""
         logits = self.teacher(images)
         return self.labeler(self.tap.features().float(), logits.argmax(dim=1) if self.consensus else None)
 
@@ -98,6 +100,7 @@ def check_pl_k(config, masks, num_classes, batch_size=16):
 
 
 def require_k_references(config, references):
+    """ValueError when a bank of ``references`` rows cannot give ``config.pl_k`` neighbours."""
     if references < config.pl_k:
         raise ValueError(f"pl_k={config.pl_k} but the labelled images give the bank {references} pixels "
                          f"(tap_size={config.tap_size} squared per labelled image, at most "

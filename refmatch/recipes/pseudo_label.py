@@ -22,6 +22,7 @@ OUTPUTS = ("labels", "confidence", "overlays")
 
 
 def pseudo_label_main(argv=None):
+    """``refmatch pseudo-label``: a run's teacher and bank label a folder of images, as PNGs."""
     parser = argparse.ArgumentParser(prog="refmatch pseudo-label",
                                      description="Reference-guided pseudo-labels for a folder of images.")
     parser.add_argument("--checkpoint", type=Path, required=True)

@@ -30,6 +30,7 @@ class UpBlock(nn.Module):
         self.conv = conv_block(in_channels // 2 + skip_channels, out_channels, norm)
 
     def forward(self, x, skip):
+        """x [B, C_in, h, w], skip [B, C_skip, 2h, 2w] -> [B, C_out, 2h, 2w]."""
         return self.conv(torch.cat([self.up(x), skip], dim=1))
 
 
@@ -68,6 +69,7 @@ class UNet(nn.Module):
         return self.decoder[name.split(".")[-1]].conv[-2].num_features
 
     def forward(self, images):
+        """images [B, in_channels, H, W] (H, W divisible by 2^(depth - 1)) -> logits [B, num_classes, H, W]."""
         skips = []
         x = images
         for level, block in enumerate(self.encoder):
