@@ -62,7 +62,7 @@ def test_a_second_run_of_the_day_keeps_the_first(tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--sizes", "10x10"], "a size is NxMxD"), (["--sizes", "8x0x4"], "a size is NxMxD"),
-    (["--repeat", "0"], "expected a positive integer"), (["--tag", "a/b"], "a tag takes"),
+    (["--repeat", "0"], "expected an integer >= 1, got '0'"), (["--tag", "a/b"], "a tag takes"),
     (["--fits-gib", "nan"], "expected a positive number"), (["--fits-gib", "-1"], "expected a positive number")])
 def test_bad_arguments_are_named_before_any_timing(arguments, message, capsys):
     with pytest.raises(SystemExit):

@@ -165,7 +165,8 @@ def test_a_malformed_flag_prints_the_usage_and_the_error(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         main()
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.endswith("refmatch train: error: --stop-at must be a step >= 1, got 0\n")
+    message = "refmatch train: error: argument --stop-at: expected an integer >= 1, got '0'\n"
+    assert capsys.readouterr().err.endswith(message)
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):

@@ -29,6 +29,7 @@ import torch
 
 import refmatch
 from refmatch.bench_files import fresh_stem, git_commit, write_results
+from refmatch.choices import at_least
 from refmatch.bench_oracle import Float64Oracle
 from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
 from refmatch.bench_plot import plot
@@ -194,10 +195,7 @@ def positive_float(text):
     return value
 
 
-def positive_int(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
+positive_int = at_least(1)  # the bench scripts' counts
 
 
 def main(argv=None):

@@ -1,7 +1,9 @@
-"""The one check for an argument that names a choice (a metric, mode, policy, setting ...).
+"""The one check for an argument that names a choice (a metric, mode, policy, setting ...),
+and the one command-line type of a bounded integer.
 
 A leaf module, importing nothing from refmatch, so that every layer (ops, masks, the recipes,
-the backends' environment settings) can raise the same message."""
+the backends' environment settings, the commands) can raise the same message."""
+import argparse
 
 
 def check_choice(name, value, choices):
@@ -11,3 +13,17 @@ def check_choice(name, value, choices):
     if not (isinstance(value, str) and value in choices):
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def at_least(minimum):
+    """argparse type: an int >= ``minimum`` ("+3" and " 3" too, as int() reads them), else a
+    usage error naming the value."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse

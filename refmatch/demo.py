@@ -15,6 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .choices import at_least
 from .ops import is_cpu_or_cuda, match
 
 
@@ -69,19 +70,6 @@ def run(num_labeled=4, num_unlabeled=16, num_classes=4, dim=64, size=64, seed=0,
     }
 
 
-def _at_least(minimum):
-    """argparse type: an int >= ``minimum``, else a usage error naming the value."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
-
-
 def _device(text):
     if not is_cpu_or_cuda(text):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
@@ -91,11 +79,11 @@ def _device(text):
 def main(argv=None):
     """``refmatch demo``: pseudo-labels of synthetic feature maps from a bank of labelled ones."""
     parser = argparse.ArgumentParser(prog="refmatch demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--labeled", type=_at_least(1), default=4)
-    parser.add_argument("--unlabeled", type=_at_least(1), default=16)
-    parser.add_argument("--classes", type=_at_least(1), default=4)
-    parser.add_argument("--dim", type=_at_least(1), default=64)
-    parser.add_argument("--size", type=_at_least(2), default=64, help="image side in pixels (>= 2)")
+    parser.add_argument("--labeled", type=at_least(1), default=4)
+    parser.add_argument("--unlabeled", type=at_least(1), default=16)
+    parser.add_argument("--classes", type=at_least(1), default=4)
+    parser.add_argument("--dim", type=at_least(1), default=64)
+    parser.add_argument("--size", type=at_least(2), default=64, help="image side in pixels (>= 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..atomic_file import write_text_atomic
+from ..choices import at_least
 from .checkpoint import load, saved_teacher
 from .config import data_location, load_config
 from .evaluation import evaluate, evaluate_at_file_size, metrics_json
@@ -21,13 +22,11 @@ def train_main(argv=None):
                         help="continue OUT/latest.pt with its saved config (key=value may change "
                              "steps, eval_every, image_every, num_workers, device)")
     parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run")
-    parser.add_argument("--stop-at", type=int, help="save and stop after this step (resume later)")
+    parser.add_argument("--stop-at", type=at_least(1), help="save and stop after this step (resume later)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_intermixed_args(argv)  # overrides may stand before and after options
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
-    if args.stop_at is not None and args.stop_at < 1:
-        parser.error(f"--stop-at must be a step >= 1, got {args.stop_at}")
     check_folder_argument(args.out, "--out")
     from .checkpoint import load_latest
     from .train import Trainer
