@@ -47,7 +47,8 @@ def train_main(argv=None):
     return result
 
 
-def _teacher(checkpoint_path, device):
+def checkpoint_teacher(checkpoint_path, device):
+    """(the checkpoint's teacher U-Net on ``device``, its training config, its number of classes)."""
     model, config = saved_teacher(load(checkpoint_path, device), checkpoint_path, device)
     return model, config, model.head.out_channels
 
@@ -77,7 +78,7 @@ def evaluate_main(argv=None):
     from .data_setup import check_folder_fits_classes, class_names, load_run_split, load_split
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, classes = _teacher(args.checkpoint, device)
+    model, config, classes = checkpoint_teacher(args.checkpoint, device)
     if args.split != "all":
         split_file = args.checkpoint.parent / "splits.json"
         if not split_file.is_file():
@@ -85,13 +86,13 @@ def evaluate_main(argv=None):
                                     "--split all scores every labelled image of --data")
         names = load_splits(split_file)[args.split]
         _check_split_in_data(names, args.data, args.split, config)
-        _status(f"evaluating on the run's {args.split} split: {len(names)} images")
+        status(f"evaluating on the run's {args.split} split: {len(names)} images")
     elif args.data == "phantom":  # seeded past the run's own phantoms
-        _status(f"evaluating on {config.num_phantoms} new phantoms")
+        status(f"evaluating on {config.num_phantoms} new phantoms")
         names = None
     else:
         names = scan_folder(args.data)["labeled"]
-        _status(f"evaluating on every labelled image of {args.data}: {len(names)} images")
+        status(f"evaluating on every labelled image of {args.data}: {len(names)} images")
     labels = class_names(config) if len(class_names(config)) == classes else tuple(f"class{i}" for i in range(classes))
     if args.data == "phantom":
         split = (load_run_split(config, {args.split: names}, args.split, args.data) if names is not None else
@@ -133,7 +134,8 @@ def _check_split_in_data(names, data, key, config):
                          "data, or pass --split all")
 
 
-def _status(message):
+def status(message):
+    """One progress line on stderr (stdout keeps the command's result)."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -158,8 +160,3 @@ def check_output_file(path, flag):
     existing = check_folder_argument(path.parent, flag, given=path)
     if not os.access(existing, os.W_OK):
         raise PermissionError(f"{flag} {path}: the folder {existing} is not writable")
-
-
-def _image_folder(root):
-    root = Path(root)
-    return root / "images" if (root / "images").is_dir() else root

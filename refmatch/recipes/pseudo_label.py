@@ -37,13 +37,13 @@ def pseudo_label_main(argv=None):
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     from ..data.folder import FolderDataset, png_names, scan_folder
-    from .cli import _image_folder, _status, _teacher, check_folder_argument
+    from .cli import check_folder_argument, checkpoint_teacher, status
     from .data_setup import check_folder_fits_classes, load_split
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
 
     check_folder_argument(args.out, "--out")
-    folder = _image_folder(args.unlabeled)
+    folder = image_folder(args.unlabeled)
     if not folder.is_dir():
         raise FileNotFoundError(f"--unlabeled {args.unlabeled}: no such folder")
     names = png_names(folder)
@@ -60,13 +60,13 @@ def pseudo_label_main(argv=None):
         print(f"{args.out} is complete: {len(names)} images, nothing to do")
         return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, classes = _teacher(args.checkpoint, device)
+    model, config, classes = checkpoint_teacher(args.checkpoint, device)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)
     check_folder_fits_classes(labeled, classes, args.labeled)
     todo = [name for name in names if name not in done]
-    _status(f"loaded {len(labeled.names)} labelled images; labelling {len(todo)} images of {folder}"
+    status(f"loaded {len(labeled.names)} labelled images; labelling {len(todo)} images of {folder}"
             + (f" ({len(done)} finished before)" if done else ""))
     source = ReferencePseudoLabels(model, config, classes, device)
     source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
@@ -99,7 +99,7 @@ def pseudo_label_main(argv=None):
     except BaseException:
         bar.close()
         write_text_atomic(args.out / RECORD, metrics_json(record))
-        _status(f"stopped after {record['written']} of {len(names)} images: {args.out} is incomplete "
+        status(f"stopped after {record['written']} of {len(names)} images: {args.out} is incomplete "
                 f"({RECORD} says so); add --resume to the command to finish it")
         raise
     bar.close()
@@ -198,3 +198,9 @@ def _save_pseudo_label(image_path, out, labels, confidence):
     save_png_atomic(Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)),
                     out / "overlays" / image_path.name)
     save_png_atomic(label_image, out / "labels" / image_path.name)
+
+
+def image_folder(root):
+    """The images of a folder: its images/ subfolder where there is one, else the folder itself."""
+    root = Path(root)
+    return root / "images" if (root / "images").is_dir() else root
