@@ -63,7 +63,7 @@ class TrainConfig:
     width: int = 16
     depth: int = 4
     norm: str = "instance"                # the U-Net's normalisation: "instance" or "batch" (unet.NORMS)
-    ema_decay: float = 0.99
+    ema_decay: float = 0.99               # the teacher's, reached after a 1 - 1/(step + 1) warm-up (recipes/ema.py)
     pl_weight: float = 1.0
     pl_start: int = 0                     # supervised-only warm-up steps before pseudo-labels
     rampup_steps: int = 100
