@@ -212,7 +212,8 @@ def test_top_k_and_classwise_rows_are_timed_against_k1_interleaved(tmp_path, mon
     for row in rows:  # medians: 0.2 s against 0.2 s, yet each run's ratio is 3, 0.5 or 0.5
         assert row["runs"] == 3 and row["ratio_to_k1"] == pytest.approx(0.5) and row["k1_seconds"] == 0.2
     assert calls == [False] * 6 + [True, False] * 6, "the ceilings' 3 runs each, then each run after a k = 1 run"
-    assert "| vs k=1 |" in json_path.with_suffix(".md").read_text()
+    table = json_path.with_suffix(".md").read_text()
+    assert "| vs k=1 |" in table and table.count("| 0.50 of 200.0 ms |") == 2  # the paired runs' own k = 1 time
 
 
 def test_a_peer_that_kills_its_probe_process_is_a_skipped_row(tmp_path, monkeypatch):
