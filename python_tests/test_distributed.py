@@ -172,13 +172,35 @@ def misuse_worker(rank, port):
     os._exit(0)
 
 
-def spawn(function, *args):
-    """``function(rank, port, *args)`` on WORLD gloo processes."""
+def subgroup_worker(rank, port, world):
+    """Ranks 0 and 1 share a bank over their own group, rank 2 holds one alone in its group: a
+    collective on the default group would wait for a rank that never joins it (a timeout)."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    groups = [dist.new_group([0, 1]), dist.new_group([2])]  # every rank makes every group, in one order
+    group = groups[rank // 2]
+    reference, labels, queries, maps = shared_inputs()
+    bank = ShardedReferenceBank.from_tensors(reference, labels, metric="dot", group=group)
+    assert bank.features.shape[0] in ((61,) if rank == 2 else (30, 31)) and bank.group is group
+    whole = ReferenceBank.from_tensors(reference, labels, metric="dot")
+    query = queries[rank % 2]
+    for got, want in zip(bank.match(query, k=3), whole.match(query, k=3)):
+        assert torch.equal(got, want), (rank, got, want)
+    assert torch.equal(bank.classwise_max(maps), whole.classwise_max(maps))
+    filled = ShardedReferenceBank(6, 3, capacity_per_class=8, dtype=torch.float32, metric="dot", group=group)
+    filled.add(torch.full((1, 6, 2, 2), float(rank + 1)), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert len(filled) == (4 if rank == 2 else 8)
+    dist.barrier()
+    os._exit(0)
+
+
+def spawn(function, *args, world=WORLD):
+    """``function(rank, port, *args)`` on ``world`` gloo processes."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with socket.socket() as probe:  # a free loopback port for the TCP rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(function, args=(port, *args), nprocs=WORLD, join=True)
+    mp.spawn(function, args=(port, *args), nprocs=world, join=True)
 
 
 def test_two_gloo_ranks_match_one_process():
@@ -187,6 +209,10 @@ def test_two_gloo_ranks_match_one_process():
 
 def test_misuse_raises_on_every_rank_and_float64_stays_float64():
     spawn(misuse_worker)
+
+
+def test_a_bank_shards_over_its_own_group_only():
+    spawn(subgroup_worker, 3, world=3)
 
 
 def test_from_tensors_needs_an_initialised_group():
