@@ -40,14 +40,16 @@ def kernels(device, hopper_variants, dim, top_ks):
         yield f"cuda top-{k} (mma.sync)", "cuda", contextlib.nullcontext(), None, k
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=size_triple, default="65536x262144x128", help="NxMxD")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--hopper-variants", nargs="*", choices=list(HOPPER_VARIANTS),
                         default=list(HOPPER_VARIANTS), help="the wgmma kernel's variants to profile (none: none)")
     parser.add_argument("--top-k", nargs="*", type=int, default=[8], help="top-k kernels to profile (none: none)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error(f"needs a CUDA device (it launches the fused CUDA kernels); torch {torch.__version__} sees none")
     n, m, d = args.size
     dtype = getattr(torch, args.dtype)
     query = torch.randn(n, d, device="cuda").to(dtype)

@@ -94,14 +94,16 @@ def sanitize_cases(backends):
     print("ok  ignore_index, class-wise, top-k")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="*", choices=["cuda", "triton"], default=["cuda", "triton"],
                         help="backends of the mma.sync and Triton cases (none: only the wgmma variants' cases)")
     parser.add_argument("--hopper-variants", nargs="*", choices=list(HOPPER_VARIANTS),
                         default=list(HOPPER_VARIANTS),
                         help="the wgmma kernel's variants to run (none: leave its cases out)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error(f"needs a CUDA device (it runs the CUDA and Triton kernels); torch {torch.__version__} sees none")
     if args.backends:
         with hopper_kernel("mma.sync"):  # mma.sync on every card; sanitize_hopper covers wgmma
             sanitize_cases(args.backends)

@@ -1,9 +1,13 @@
-"""CPU micro-benchmarks for pytest-benchmark: ``pytest bench --benchmark-only``.
+"""CPU micro-benchmarks for pytest-benchmark (``pytest bench --benchmark-only``), and checks of the
+bench scripts' command lines (``pytest bench/test_bench_cpu.py``; seconds).
 
 They sit outside python_tests/, so the CI suite never runs them. Each match test times
-one method at N=2048, M=16384, D=128, float32, on the same inputs; the last times the main
-job's phantom generator on one thread, as in a DataLoader worker.
+one method at N=2048, M=16384, D=128, float32, on the same inputs; the phantom test times the main
+job's phantom generator on one thread, as in a DataLoader worker. The script checks run each
+script's ``main`` on tiny sizes.
 """
+import importlib
+
 import pytest
 import torch
 
@@ -47,3 +51,11 @@ def test_phantom_on_one_thread(benchmark):
         benchmark(make_phantom, 0)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("script", ["profile_match", "sanitize_match"])
+def test_the_cuda_scripts_refuse_a_machine_without_cuda(script, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as refused:
+        importlib.import_module(script).main([])
+    assert refused.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err.splitlines()[-1]
