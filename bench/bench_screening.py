@@ -6,8 +6,9 @@
 
 Every path should return the same matches (up to float32 rounding); the table gives
 the time of each for k = 1 and top-8 (``--k``): the torch GEMM walk, the C++ fused walk
-(k = 1, where refmatch._C has it for this CPU) and the screen, whose given-up rows take
-the fused walk where it applies; "speedup" is the screen against that walk. Also the
+(every k here, as the screen's limit is below ``cpu_topk.MAX_K``, where refmatch._C has it for
+this CPU) and the screen, whose given-up rows take the fused walk where it applies; "speedup"
+is the screen against that walk. Also the
 share of query rows the screen handed to the walk (100 %: it gave up early), and the
 agreement of the torch walk and the screen with the benchmark's float64 oracle
 (``refmatch.bench_oracle``: every slot, best first). Writes
@@ -76,7 +77,7 @@ def median_of(fn, repeat):
 
 
 def measure(name, query, reference, oracle, metric, k, repeat):
-    """The torch GEMM walk, the C++ fused walk (k = 1, where _C has it) and the screen, whose
+    """The torch GEMM walk, the C++ fused walk (where _C has it for this CPU) and the screen, whose
     given-up rows take the fused walk where it applies: the walk the screen competes with."""
     maps = query.T[None, :, :, None]
     with cpu_topk.forced("0"):  # the torch GEMM walk even where _C has the fused one
