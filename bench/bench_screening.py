@@ -12,14 +12,15 @@ is the screen against that walk. Also the
 share of query rows the screen handed to the walk (100 %: it gave up early), and the
 agreement of the torch walk and the screen with the benchmark's float64 oracle
 (``refmatch.bench_oracle``: every slot, best first). Writes
-bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when taken).
+bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when taken), rewritten
+after every row; Ctrl-C keeps the rows so far (exit status 130).
 """
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -27,10 +28,12 @@ import torch
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
-from refmatch.backends.torch_screening import MAX_K, match_screened, native_bf16
-from refmatch.bench import RESULTS, machine, positive_int, size_triple, tag_name
-from refmatch.bench_files import fresh_stem, git_commit, write_results
+from refmatch.backends.torch_screening import MAX_K, match_screened
+from refmatch.bench import RESULTS, positive_int, size_triple, tag_name
 from refmatch.bench_oracle import Float64Oracle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runpy.run_path (the tests) leaves the script's folder out
+from bench_cpu_topk import ResultsFile, refuse_k_above_m, run_meta  # noqa: E402
 
 
 def synthetic(name, n, m, d, generator):
@@ -94,54 +97,43 @@ def measure(name, query, reference, oracle, metric, k, repeat):
             "screen_agreement": oracle.agreement(screen_index, metric, k)}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=size_triple, default="8192x65536x128", help="NxMxD of the synthetic sets")
     parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"], choices=METRICS)
     parser.add_argument("--k", nargs="+", type=positive_int, default=[1, 8],
-                        help=f"matches per row, at most {MAX_K} (the screen's limit)")
+                        help=f"matches per row, at most {MAX_K} (the screen's limit) and at most M")
     parser.add_argument("--run", help="training run folder with best.pt and splits.json")
     parser.add_argument("--data", help="the dataset folder that run trained on")
     parser.add_argument("--images", type=int, default=16, help="unlabelled images to take features of")
     parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--tag", type=tag_name, help="added to the file name, so runs of one day stay apart")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if max(args.k) > MAX_K:
         parser.error(f"--k: the screen takes k <= {MAX_K}, got {max(args.k)}")
-    n, m, d = args.size
-    generator = torch.Generator().manual_seed(0)
-    names = ("random", "clusters noise=1", "clusters noise=0.3", "clusters noise=0.1")
-    sets = [(name, *synthetic(name, n, m, d, generator)) for name in names]
-    if args.run:
-        sets.append((f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images)))
-    slug, name = machine("cpu")
-    header = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
-              "rows walked", "walk agrees", "screen agrees"]
-    commit = git_commit()
-    meta = {"device": name, "torch": torch.__version__, "commit": commit, "date": date.today().isoformat(),
-            "native_bf16": native_bf16(), "fused_argmax": cpu_topk.native_isas(), "threads": torch.get_num_threads(), "argv": sys.argv[1:],
-            "timing": f"median of {args.repeat} runs after a warm-up"}
-    lines = [f"Device: {name}; torch {torch.__version__}; native bfloat16: {native_bf16()}; commit {commit}; "
-             f"{date.today()}; {torch.get_num_threads()} threads; {meta['timing']}", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    print("\n".join(lines), flush=True)
+    refuse_k_above_m(parser, max(args.k), [args.size])
+    meta = run_meta(argv, args.repeat, f"median of {args.repeat} runs after a warm-up")
     args.out.mkdir(parents=True, exist_ok=True)
-    name_base, stem, rows = args.out / f"{slug}-screening{'-' + args.tag if args.tag else ''}-{date.today()}", None, []
-    for label, query, reference in sets:
-        oracle = Float64Oracle(query, reference, slots=max(args.k))
-        for metric, k in ((metric, k) for metric in args.metrics for k in args.k):
-            row = measure(label, query, reference, oracle, metric, k, args.repeat)
-            rows.append(row)
-            fused = "-" if row["fused_ms"] is None else f"{row['fused_ms']:.1f}"
-            lines.append(f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {k} | {row['walk_ms']:.1f} | "
-                         f"{fused} | {row['screen_ms']:.1f} | {row['speedup']:.2f} | {100 * row['walked_rows']:.1f} % | "
-                         f"{100 * row['walk_agreement']:.2f} % | {100 * row['screen_agreement']:.2f} % |")
-            print(lines[-1], flush=True)
-            # rewritten after every row: a run that is killed keeps what it measured
-            stem = stem or fresh_stem(name_base)  # claimed with the first row: a failed start leaves no file
-            write_results(stem, meta, rows, "\n".join(lines))
-    print(f"\nwrote {stem}.json and .md")
+    columns = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
+               "rows walked", "walk agrees", "screen agrees"]
+    with ResultsFile(parser.prog, args.out, "screening", args.tag, meta, columns) as results:
+        teacher_set = ([(f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images))]
+                       if args.run else [])
+        results.print_header()
+        generator, (n, m, d) = torch.Generator().manual_seed(0), args.size
+        names = ("random", "clusters noise=1", "clusters noise=0.3", "clusters noise=0.1")
+        synthetic_sets = ((name, *synthetic(name, n, m, d, generator)) for name in names)  # one at a time
+        for label, query, reference in itertools.chain(synthetic_sets, teacher_set):
+            oracle = Float64Oracle(query, reference, slots=max(args.k))
+            for metric, k in ((metric, k) for metric in args.metrics for k in args.k):
+                row = measure(label, query, reference, oracle, metric, k, args.repeat)
+                fused = "-" if row["fused_ms"] is None else f"{row['fused_ms']:.1f}"
+                results.add(row, f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {k} | "
+                                 f"{row['walk_ms']:.1f} | {fused} | {row['screen_ms']:.1f} | {row['speedup']:.2f} | "
+                                 f"{100 * row['walked_rows']:.1f} % | {100 * row['walk_agreement']:.2f} % | "
+                                 f"{100 * row['screen_agreement']:.2f} % |")
+
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ job's phantom generator on one thread, as in a DataLoader worker. The script che
 script's ``main`` on tiny sizes.
 """
 import importlib
+import json
 
 import pytest
 import torch
@@ -51,6 +52,46 @@ def test_phantom_on_one_thread(benchmark):
         benchmark(make_phantom, 0)
     finally:
         torch.set_num_threads(threads)
+
+
+SCRIPT_RUNS = {"bench_cpu_topk": ["--sizes", "64x300x8", "--k", "1", "2"], "bench_screening": ["--size", "64x300x8"]}
+
+
+@pytest.mark.parametrize("script", SCRIPT_RUNS)
+def test_an_interrupted_script_keeps_its_rows_and_exits_130(script, tmp_path, monkeypatch, capsys):
+    from refmatch.backends import cpu_topk
+
+    if not cpu_topk.native_isas():
+        pytest.skip(f"the fused top-k does not run here: {cpu_topk.unavailable_reason()}")
+    module = importlib.import_module(script)
+    measure, calls = module.measure, []
+
+    def measure_then_interrupt(*args):  # Ctrl-C while the second row is timed
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(*args)
+
+    monkeypatch.setattr(module, "measure", measure_then_interrupt)
+    with pytest.raises(SystemExit) as stopped:
+        module.main([*SCRIPT_RUNS[script], "--metrics", "l2", "--repeat", "1", "--out", str(tmp_path)])
+    (result,) = tmp_path.glob("*.json")
+    results, error = json.loads(result.read_text()), capsys.readouterr().err
+    assert stopped.value.code == 130 and error.count("\n") == 1
+    assert "interrupted" in error and str(result.resolve()) in error
+    assert results["meta"]["complete"] is False and results["meta"]["repeat"] == 1 and "env" in results["meta"]
+    first_rows = 1 + len(cpu_topk.native_isas()) if script == "bench_cpu_topk" else 1  # a row per walk / one
+    assert len(results["rows"]) == first_rows
+    assert result.with_suffix(".md").read_text().count("| l2 |") == len(results["rows"])
+
+
+@pytest.mark.parametrize("script, argv, size", [("bench_cpu_topk", ["--sizes", "64x512x8", "--k", "1024"], "64x512x8"),
+                                                ("bench_screening", ["--size", "64x8x8", "--k", "16"], "64x8x8")])
+def test_a_k_above_m_is_refused_before_timing(script, argv, size, tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        importlib.import_module(script).main([*argv, "--out", str(tmp_path)])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert refused.value.code == 2 and "--k" in error and size in error and not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("script", ["profile_match", "sanitize_match"])
