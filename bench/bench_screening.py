@@ -3,6 +3,7 @@
     python bench/bench_screening.py                       # random and clustered synthetic features
     python bench/bench_screening.py --run runs/lung_seed0/refmatch_5pct \\
         --data ../shared/datasets/nlm-cxr-lung-512        # plus a trained teacher's features of real images
+    python bench/bench_screening.py --run runs/phantom    # a phantom run: its phantoms are generated again
 
 Every path should return the same matches (up to float32 rounding); the table gives
 the time of each for k = 1 and top-8 (``--k``): the torch GEMM walk, the C++ fused walk
@@ -17,7 +18,6 @@ after every row; Ctrl-C keeps the rows so far (exit status 130).
 """
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from refmatch.__main__ import _one_line as one_line  # a DataLoader worker's error: its last line
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
@@ -47,18 +48,19 @@ def synthetic(name, n, m, d, generator):
             pick(m) + noise * torch.randn(m, d, generator=generator))
 
 
-def teacher_features(run_dir, data_root, num_images):
-    """Tap features [N, D] of unlabelled images and the reference bank [M, D] of a training run."""
-    from refmatch.data.folder import FolderDataset
+def teacher_features(run_dir, data, num_images):
+    """Tap features [N, D] of a training run's first ``num_images`` unlabelled images and its reference
+    bank [M, D]. ``data`` (default: the run's own, a folder or "phantom") is loaded as training loads
+    it: a phantom run's phantoms are generated again from its config."""
+    from refmatch.data.splits import load_splits
     from refmatch.recipes.cli import _teacher
-    from refmatch.recipes.data_setup import load_split
+    from refmatch.recipes.data_setup import load_run_split
     from refmatch.recipes.methods import ReferencePseudoLabels
 
-    model, config, classes = _teacher(f"{run_dir}/best.pt", "cpu")
-    splits = json.loads(open(f"{run_dir}/splits.json").read())
-    load = lambda names: load_split(FolderDataset(data_root, names, size=config.image_size,  # noqa: E731
-                                                  num_classes=classes), 0, config.image_size)
-    labeled, unlabeled = load(splits["labeled"]), load(splits["unlabeled"][:num_images])
+    model, config, classes = _teacher(run_dir / "best.pt", "cpu")
+    splits = load_splits(run_dir / "splits.json")
+    splits["unlabeled"] = splits["unlabeled"][:num_images]
+    labeled, unlabeled = (load_run_split(config, splits, key, data) for key in ("labeled", "unlabeled"))
     source = ReferencePseudoLabels(model, config, classes, "cpu")
     source.refresh(labeled.images, labeled.masks, config.batch_size)
     with torch.no_grad():
@@ -103,9 +105,9 @@ def main(argv=None):
     parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"], choices=METRICS)
     parser.add_argument("--k", nargs="+", type=positive_int, default=[1, 8],
                         help=f"matches per row, at most {MAX_K} (the screen's limit) and at most M")
-    parser.add_argument("--run", help="training run folder with best.pt and splits.json")
-    parser.add_argument("--data", help="the dataset folder that run trained on")
-    parser.add_argument("--images", type=int, default=16, help="unlabelled images to take features of")
+    parser.add_argument("--run", type=Path, help="training run folder with best.pt and splits.json")
+    parser.add_argument("--data", help="the dataset folder that run trained on, or phantom (default: the run's own)")
+    parser.add_argument("--images", type=positive_int, default=16, help="unlabelled images to take features of")
     parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--tag", type=tag_name, help="added to the file name, so runs of one day stay apart")
@@ -118,9 +120,8 @@ def main(argv=None):
     columns = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
                "rows walked", "walk agrees", "screen agrees"]
     with ResultsFile(parser.prog, args.out, "screening", args.tag, meta, columns) as results:
-        teacher_set = ([(f"teacher features ({args.run})", *teacher_features(args.run, args.data, args.images))]
-                       if args.run else [])
-        results.print_header()
+        teacher_set = [(f"teacher features ({args.run})", *teacher(parser, args))] if args.run else []
+        results.print_header()  # after the run is loaded: a bad --run is refused before the table
         generator, (n, m, d) = torch.Generator().manual_seed(0), args.size
         names = ("random", "clusters noise=1", "clusters noise=0.3", "clusters noise=0.1")
         synthetic_sets = ((name, *synthetic(name, n, m, d, generator)) for name in names)  # one at a time
@@ -133,6 +134,17 @@ def main(argv=None):
                                  f"{row['walk_ms']:.1f} | {fused} | {row['screen_ms']:.1f} | {row['speedup']:.2f} | "
                                  f"{100 * row['walked_rows']:.1f} % | {100 * row['walk_agreement']:.2f} % | "
                                  f"{100 * row['screen_agreement']:.2f} % |")
+
+
+def teacher(parser, args):
+    """``teacher_features`` of --run; a run, data or k it cannot take is argparse's error (exit status 2)."""
+    try:
+        query, reference = teacher_features(args.run, args.data, args.images)
+    except (OSError, ValueError) as error:  # a missing or foreign file, a folder that does not hold the run's images
+        parser.error(f"--run {args.run}: {' '.join(one_line(error).split())}")
+    if max(args.k) > reference.shape[0]:
+        parser.error(f"--k {max(args.k)} is more than the {reference.shape[0]} references of --run {args.run}'s bank")
+    return query, reference
 
 
 if __name__ == "__main__":

@@ -94,6 +94,13 @@ def test_a_k_above_m_is_refused_before_timing(script, argv, size, tmp_path, caps
     assert refused.value.code == 2 and "--k" in error and size in error and not any(tmp_path.iterdir())
 
 
+def test_a_run_folder_the_screening_benchmark_cannot_read_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        importlib.import_module("bench_screening").main(["--run", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert refused.value.code == 2 and "checkpoint not found" in error and not any(tmp_path.glob("*.json"))
+
+
 @pytest.mark.parametrize("script", ["profile_match", "sanitize_match"])
 def test_the_cuda_scripts_refuse_a_machine_without_cuda(script, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
