@@ -53,11 +53,11 @@ def teacher_features(run_dir, data, num_images):
     bank [M, D]. ``data`` (default: the run's own, a folder or "phantom") is loaded as training loads
     it: a phantom run's phantoms are generated again from its config."""
     from refmatch.data.splits import load_splits
-    from refmatch.recipes.cli import _teacher
+    from refmatch.recipes.cli import checkpoint_teacher
     from refmatch.recipes.data_setup import load_run_split
     from refmatch.recipes.methods import ReferencePseudoLabels
 
-    model, config, classes = _teacher(run_dir / "best.pt", "cpu")
+    model, config, classes = checkpoint_teacher(run_dir / "best.pt", "cpu")
     splits = load_splits(run_dir / "splits.json")
     splits["unlabeled"] = splits["unlabeled"][:num_images]
     labeled, unlabeled = (load_run_split(config, splits, key, data) for key in ("labeled", "unlabeled"))
