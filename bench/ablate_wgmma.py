@@ -23,8 +23,8 @@ import torch
 from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, launch_match
 from refmatch.backends.hopper_variants import HOPPER_VARIANTS, hopper_kernel
 from refmatch.backends.scoring import reference_stat
-from refmatch.bench import machine, size_triple
-from refmatch.bench_files import fresh_stem, git_commit, write_results
+from refmatch.bench import size_triple
+from refmatch.bench_files import fresh_stem, git_commit, machine, write_results
 from refmatch.bench_timing import timed
 
 # What each run leaves out (HopperAblation bits: 1 the bank loads, 2 the epilogue).

@@ -13,83 +13,20 @@ the GEMM walk, GFLOP/s (2 N M D / time) and each walk's agreement with the float
 (-2, -3 ... when taken), rewritten after every row; Ctrl-C keeps the rows so far (exit status 130).
 """
 import argparse
-import os
 import statistics
-import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
-import refmatch
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked
-from refmatch.backends.torch_screening import native_bf16
-from refmatch.bench import RESULTS, cpu_model, machine, peer_versions, positive_int, size_triple, tag_name
-from refmatch.bench_files import fresh_stem, git_commit, write_results
+from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
+from refmatch.bench_files import ResultsFile, machine, results_stem, run_meta
 from refmatch.bench_oracle import Float64Oracle
 
 SIZES = ["32768x8192x24", "8192x16384x64", "8192x65536x128"]  # a main-job class; two of #7's CPU sizes
-
-
-def run_meta(argv, repeat, timing):
-    """What every results file records (bench/README.md), as ``refmatch bench`` records it."""
-    return {"device": machine("cpu")[1], "cpu": cpu_model(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
-            "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions(),
-            "argv": sys.argv[1:] if argv is None else list(argv), "repeat": repeat, "native_bf16": native_bf16(),
-            "isas": cpu_topk.native_isas(), "timing": timing,
-            "env": {key: value for key, value in os.environ.items()
-                    if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))},
-            "complete": False}  # until the last row: the file of a stopped run says so
-
-
-class ResultsFile:
-    """One run's table, printed and rewritten to <stem>.json and .md after every row, as ``refmatch
-    bench`` writes them (the stem is claimed with the first row: a run refused before it leaves no
-    file). As a context: a block that ends marks the file complete; Ctrl-C prints one line saying
-    where the rows so far are and exits with status 130 instead of a traceback."""
-
-    def __init__(self, prog, out, kind, tag, meta, columns):
-        self.prog, self.meta, self.rows, self.stem = prog, meta, [], None
-        self.stem_wanted = out / "-".join([machine("cpu")[0], kind] + ([tag] if tag else []) + [meta["date"]])
-        self.lines = [f"Device: {meta['device']}; torch {meta['torch']}; native bfloat16: {meta['native_bf16']}; "
-                      f"fused top-k: {', '.join(meta['isas']) or 'none'}; commit {meta['commit']}; {meta['date']}; "
-                      f"{meta['threads']} threads; {meta['timing']}", "",
-                      "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-
-    def __enter__(self):
-        return self
-
-    def print_header(self):
-        print("\n".join(self.lines), flush=True)
-
-    def add(self, row, line):
-        self.rows.append(row)
-        self.lines.append(line)
-        print(line, flush=True)
-        self.stem = self.stem or fresh_stem(self.stem_wanted)
-        write_results(self.stem, self.meta, self.rows, "\n".join(self.lines))
-
-    def __exit__(self, kind, error, traceback):
-        if kind is None:
-            self.meta["complete"] = True
-            write_results(self.stem, self.meta, self.rows, "\n".join(self.lines))
-            print(f"\nwrote {self.stem.resolve()}.json and .md")
-        elif issubclass(kind, KeyboardInterrupt):
-            where = (f"the rows so far ({len(self.rows)}) are in {self.stem.resolve()}.json and .md "
-                     '("complete": false)' if self.stem else "no row was measured, no file written")
-            print(f"{self.prog}: interrupted; {where}", file=sys.stderr)
-            raise SystemExit(130) from None
-
-
-def refuse_k_above_m(parser, k, sizes):
-    """argparse's error (exit status 2) for a k above a size's M: it has fewer matches to return."""
-    for n, m, d in sizes:
-        if k > m:
-            parser.error(f"--k {k} is more than M = {m} references of size {n}x{m}x{d}")
 
 
 def walk(maps, reference, metric, k, setting):
@@ -134,10 +71,12 @@ def main(argv=None):
     isas = cpu_topk.native_isas()
     if not isas:
         parser.error(f"the fused top-k does not run here: {cpu_topk.unavailable_reason()}")
-    meta = run_meta(argv, args.repeat, f"median of {args.repeat} interleaved runs after a warm-up; screen off")
+    meta = run_meta(machine("cpu")[1], argv, args.repeat, isas=isas,
+                    timing=f"median of {args.repeat} interleaved runs after a warm-up; screen off")
     args.out.mkdir(parents=True, exist_ok=True)
     columns = ["N", "M", "D", "metric", "k", "walk", "ms", "vs GEMM walk", "GFLOP/s", "agreement"]
-    with ResultsFile(parser.prog, args.out, "cpu-topk", args.tag, meta, columns) as results:
+    stem = results_stem(args.out, machine("cpu")[0], "cpu-topk", args.tag, meta["date"])
+    with ResultsFile(parser.prog, stem, meta, columns) as results:
         results.print_header()
         generator = torch.Generator().manual_seed(0)
         for n, m, d in args.sizes:

@@ -19,7 +19,6 @@ after every row; Ctrl-C keeps the rows so far (exit status 130).
 import argparse
 import itertools
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -30,11 +29,9 @@ from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened
-from refmatch.bench import RESULTS, positive_int, size_triple, tag_name
+from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
+from refmatch.bench_files import ResultsFile, machine, results_stem, run_meta
 from refmatch.bench_oracle import Float64Oracle
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runpy.run_path (the tests) leaves the script's folder out
-from bench_cpu_topk import ResultsFile, refuse_k_above_m, run_meta  # noqa: E402
 
 
 def synthetic(name, n, m, d, generator):
@@ -115,11 +112,13 @@ def main(argv=None):
     if max(args.k) > MAX_K:
         parser.error(f"--k: the screen takes k <= {MAX_K}, got {max(args.k)}")
     refuse_k_above_m(parser, max(args.k), [args.size])
-    meta = run_meta(argv, args.repeat, f"median of {args.repeat} runs after a warm-up")
+    meta = run_meta(machine("cpu")[1], argv, args.repeat, isas=cpu_topk.native_isas(),
+                    timing=f"median of {args.repeat} runs after a warm-up")
     args.out.mkdir(parents=True, exist_ok=True)
     columns = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
                "rows walked", "walk agrees", "screen agrees"]
-    with ResultsFile(parser.prog, args.out, "screening", args.tag, meta, columns) as results:
+    stem = results_stem(args.out, machine("cpu")[0], "screening", args.tag, meta["date"])
+    with ResultsFile(parser.prog, stem, meta, columns) as results:
         teacher_set = [(f"teacher features ({args.run})", *teacher(parser, args))] if args.run else []
         results.print_header()  # after the run is loaded: a bad --run is refused before the table
         generator, (n, m, d) = torch.Generator().manual_seed(0), args.size

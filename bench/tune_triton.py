@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import triton
 
-from refmatch.bench import machine, size_triple
-from refmatch.bench_files import fresh_stem, git_commit, write_results
+from refmatch.bench import size_triple
+from refmatch.bench_files import fresh_stem, git_commit, machine, write_results
 from refmatch.bench_timing import timed
 from refmatch.kernels.match_aot import compile_variant
 from refmatch.kernels.match_launch import classwise_max, match_topk

@@ -17,44 +17,23 @@ bench/results/<machine>-<dtype>-<date>.{json,md,png}, -2, -3 ... appended when t
 """
 import argparse
 import os
-import platform
 import re
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
-import refmatch
-from refmatch.bench_files import fresh_stem, git_commit, write_results
-from refmatch.choices import at_least
+from refmatch.bench_files import fresh_stem, machine, results_stem, run_meta, write_results
 from refmatch.bench_oracle import Float64Oracle
 from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
 from refmatch.bench_plot import plot
 from refmatch.bench_timing import PeakMemory, timed, timed_against
+from refmatch.choices import at_least
 
 RESULTS = Path("bench") / "results"
 SLOW_SECONDS = 20.0
-
-
-def cpu_model():
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def machine(device):
-    """(file-name slug, description) of the device that runs the benchmark."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = f"{cpu_model()} x{os.cpu_count()}"
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", name.replace("(R)", "").replace("(TM)", "")).strip("-")
-    return slug, name
 
 
 def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None):
@@ -224,21 +203,13 @@ def main(argv=None):
               file=sys.stderr)
     dtype = getattr(torch, args.dtype)
     name, description = machine(args.device)
-    from refmatch.backends.torch_screening import native_bf16
-
-    meta = {"device": description, "cpu": cpu_model(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "date": date.today().isoformat(), "commit": git_commit(),
-            "torch": torch.__version__, "refmatch": refmatch.__version__, "peers": peer_versions(),
-            "argv": sys.argv[1:] if argv is None else list(argv), "repeat": args.repeat,
-            "native_bf16": native_bf16(), "env": {key: value for key, value in os.environ.items()
-                                                  if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))},
-            "complete": False}  # until every size ran: a file of a killed run says so
+    meta = run_meta(description, argv, args.repeat)
     args.out.mkdir(parents=True, exist_ok=True)
     if not os.access(args.out, os.W_OK):  # else found only when the first row is written
         parser.error(f"--out {args.out}: cannot write there")
     print(markdown([]))
     rows, stem = [], None
-    stem_wanted = args.out / "-".join([name, args.dtype] + ([args.tag] if args.tag else []) + [meta["date"]])
+    stem_wanted = results_stem(args.out, name, args.dtype, args.tag, meta["date"])
     try:
         for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
             print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
@@ -257,6 +228,13 @@ def main(argv=None):
     meta["complete"] = True
     write_results(stem, meta, rows, results_table(meta, rows))
     print(f"\nwrote {stem.resolve()}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
+
+
+def refuse_k_above_m(parser, k, sizes):
+    """argparse's error (exit status 2) for a k above a size's M: it has fewer matches to return."""
+    for n, m, d in sizes:
+        if k > m:
+            parser.error(f"--k {k} is more than M = {m} references of size {n}x{m}x{d}")
 
 
 def _check_filters(names, only, exclude, every_method):
@@ -279,16 +257,3 @@ def results_table(meta, rows):
     return (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
             f"{meta['date']}\n\nCommand: `refmatch bench {' '.join(meta['argv'])}` (up to {meta['repeat']} timed "
             f"runs per method; one where a run takes over a second){stopped}\n\n{markdown(rows)}\n")
-
-
-def peer_versions():
-    """Installed versions of the peers, by distribution name."""
-    from importlib import metadata
-
-    versions = {}
-    for dist in ("faiss-cpu", "faiss-gpu", "pykeops", "flash-kmeans", "triton"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions

@@ -1,10 +1,17 @@
-"""Where benchmark results go: the commit they measured, a results name no run has taken,
-and the rows written as <stem>.json and <stem>.md. Shared by ``refmatch bench`` and the
+"""Where benchmark results go: the machine and commit they measured, a results name no run has
+taken, and the rows written as <stem>.json and <stem>.md. Shared by ``refmatch bench`` and the
 scripts under bench/, so every results file has one layout: ``{"meta": {...}, "rows": [...]}``.
 """
 import json
+import os
+import platform
+import re
 import subprocess
+import sys
+from datetime import date
 from pathlib import Path
+
+import torch
 
 import refmatch
 from refmatch.atomic_file import write_text_atomic
@@ -45,3 +52,92 @@ def write_results(stem, meta, rows, table):
     each replaced atomically. Called after every row, so a killed run keeps what it measured."""
     write_text_atomic(stem.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
     write_text_atomic(stem.with_suffix(".md"), table.rstrip("\n") + "\n")
+
+
+def cpu_model():
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine(device):
+    """(file-name slug, description) of the device that runs the benchmark."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"{cpu_model()} x{os.cpu_count()}"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name.replace("(R)", "").replace("(TM)", "")).strip("-")
+    return slug, name
+
+
+def run_meta(device, argv, repeat, **extra):
+    """What every results file records (bench/README.md), ``extra`` fields too; "complete" stays
+    False until the last row, so the file of a stopped run says so."""
+    from refmatch.backends.torch_screening import native_bf16
+
+    return {"device": device, "cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "date": date.today().isoformat(), "commit": git_commit(), "torch": torch.__version__,
+            "refmatch": refmatch.__version__, "peers": peer_versions(),
+            "argv": sys.argv[1:] if argv is None else list(argv), "repeat": repeat, "native_bf16": native_bf16(),
+            "env": {key: value for key, value in os.environ.items()
+                    if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))},
+            **extra, "complete": False}
+
+
+def results_stem(out, machine_slug, kind, tag, day):
+    """<out>/<machine>-<kind>[-<tag>]-<day>: a results file's name before ``fresh_stem`` claims it."""
+    return out / "-".join([machine_slug, kind] + ([tag] if tag else []) + [day])
+
+
+def peer_versions():
+    """Installed versions of the peers, by distribution name."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("faiss-cpu", "faiss-gpu", "pykeops", "flash-kmeans", "triton"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class ResultsFile:
+    """For the CPU scripts under bench/: one run's table (``meta`` from ``run_meta`` with "isas"
+    and "timing"), printed and rewritten to <stem>.json and .md after every row, as ``refmatch
+    bench`` writes them (the stem is claimed with the first row: a run refused before it leaves no
+    file). As a context: a block that ends marks the file complete; Ctrl-C prints one line saying
+    where the rows so far are and exits with status 130 instead of a traceback."""
+
+    def __init__(self, prog, stem_wanted, meta, columns):
+        self.prog, self.stem_wanted, self.meta, self.rows, self.stem = prog, stem_wanted, meta, [], None
+        self.lines = [f"Device: {meta['device']}; torch {meta['torch']}; native bfloat16: {meta['native_bf16']}; "
+                      f"fused top-k: {', '.join(meta['isas']) or 'none'}; commit {meta['commit']}; {meta['date']}; "
+                      f"{meta['threads']} threads; {meta['timing']}", "",
+                      "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+    def __enter__(self):
+        return self
+
+    def print_header(self):
+        print("\n".join(self.lines), flush=True)
+
+    def add(self, row, line):
+        self.rows.append(row)
+        self.lines.append(line)
+        print(line, flush=True)
+        self.stem = self.stem or fresh_stem(self.stem_wanted)
+        write_results(self.stem, self.meta, self.rows, "\n".join(self.lines))
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None:
+            self.meta["complete"] = True
+            write_results(self.stem, self.meta, self.rows, "\n".join(self.lines))
+            print(f"\nwrote {self.stem.resolve()}.json and .md")
+        elif issubclass(kind, KeyboardInterrupt):
+            where = (f"the rows so far ({len(self.rows)}) are in {self.stem.resolve()}.json and .md "
+                     '("complete": false)' if self.stem else "no row was measured, no file written")
+            print(f"{self.prog}: interrupted; {where}", file=sys.stderr)
+            raise SystemExit(130) from None
