@@ -65,7 +65,7 @@ def test_a_stopped_run_says_where_its_rows_are_and_its_table_says_incomplete(tmp
     assert {row["m"] for row in results["rows"] if row["method"] == "refmatch torch k=1"} == {32}
     table = json_path.with_suffix(".md").read_text()
     assert "**Incomplete:** the run stopped before its last row." in table
-    assert "Command: `refmatch bench --sizes 8x32x4 8x64x4 --only refmatch torch k=1 --repeat 1 --out" in table
+    assert "Command: `refmatch bench --sizes 8x32x4 8x64x4 --only 'refmatch torch k=1' --repeat 1 --out" in table
     rows = len(results["rows"])
     assert f"stopped: the {rows} rows so far are in {json_path.with_suffix('')}.json and .md" in capsys.readouterr().err
 

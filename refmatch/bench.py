@@ -18,6 +18,7 @@ bench/results/<machine>-<dtype>-<date>.{json,md,png}, -2, -3 ... appended when t
 import argparse
 import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -255,5 +256,5 @@ def results_table(meta, rows):
     """The markdown results file: lines naming the run and the command, then the table."""
     stopped = "" if meta["complete"] else "\n\n**Incomplete:** the run stopped before its last row."
     return (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
-            f"{meta['date']}\n\nCommand: `refmatch bench {' '.join(meta['argv'])}` (up to {meta['repeat']} timed "
+            f"{meta['date']}\n\nCommand: `refmatch bench {shlex.join(meta['argv'])}` (up to {meta['repeat']} timed "
             f"runs per method; one where a run takes over a second){stopped}\n\n{markdown(rows)}\n")
