@@ -85,3 +85,19 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_timing(tmp_p
     with pytest.raises(SystemExit) as stopped:
         bench.main(["--sizes", "8x32x4", "--out", str(tmp_path / "results")])
     assert stopped.value.code == 2 and f"--out {tmp_path / 'results'}: cannot write there" in capsys.readouterr().err
+
+
+def test_a_plot_that_cannot_be_written_names_its_file(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import errno
+
+    import matplotlib.figure
+
+    from refmatch.bench_plot import plot
+
+    def full_disk(self, path, **options):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    row = {"method": "refmatch torch k=1", "metric": "dot", "n": 8, "m": 16, "d": 4, "dtype": "float32", "tflops": 1.0}
+    with pytest.raises(OSError, match=f"No space left on device: {tmp_path / 'full.png'}"):
+        plot([row], tmp_path / "full.png")

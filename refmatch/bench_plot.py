@@ -29,8 +29,12 @@ def plot(rows, path):
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=110)
+    except OSError as error:  # a full disk's "[Errno 28] No space left on device" names no file
+        raise OSError(error.errno, f"{error.strerror}: {path}") from error
+    finally:
+        plt.close(figure)
     return path
 
 
