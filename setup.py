@@ -58,19 +58,33 @@ def cuda_archs():
     if bad or not entries:
         raise SystemExit(f"REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80, e.g. "
                          f"\"80;90a\" (90a: the Hopper wgmma kernel), got {archs!r}")
-    known = nvcc_archs()
-    unknown = [entry for entry in entries if known and entry.rstrip("a") not in known]
-    if unknown:  # else nvcc fails deep in the optional build, and the install reports success
-        raise SystemExit(f"REFMATCH_CUDA_ARCHS: {find_nvcc()} cannot compile for {', '.join(unknown)} "
-                         f"(it knows {', '.join(known)}), got {archs!r}")
+    refused = {entry: why for entry in entries if (why := nvcc_refuses(entry))}
+    if refused:  # else nvcc fails deep in the optional build, and the install reports success
+        raise SystemExit(f"REFMATCH_CUDA_ARCHS: {find_nvcc()} cannot compile for {', '.join(refused)} "
+                         f"({next(iter(refused.values()))}; it compiles for {', '.join(nvcc_archs()) or '?'}, "
+                         f"and an 'a' entry only where the card has arch-specific features, as 90a), got {archs!r}")
     return ";".join(entries)
 
 
-def nvcc_archs():
-    """The compute capabilities nvcc compiles for ("80", "90", ...); empty where it cannot say."""
+def nvcc_refuses(entry):
+    """nvcc's complaint about compiling for ``entry`` ("86", "90a"), or None: a dry run, which
+    checks the architecture without compiling ("a" entries too, which --list-gpu-arch omits)."""
+    command = [find_nvcc(), "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull,
+               "-gencode", f"arch=compute_{entry},code=sm_{entry}"]
     try:
-        listing = subprocess.run([find_nvcc(), "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+        run = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # nvcc cannot be asked: the build itself will say
+    complaint = [line.strip() for line in (run.stderr + run.stdout).splitlines() if line.strip()]
+    return None if run.returncode == 0 else (complaint or [f"exit status {run.returncode}"])[-1]
+
+
+def nvcc_archs():
+    """The compute capabilities nvcc lists ("80", "90", ...); empty where it cannot say."""
+    try:
+        listing = subprocess.run([find_nvcc(), "--list-gpu-arch"], capture_output=True, text=True, check=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
         return []
     return re.findall(r"compute_(\d+)", listing)
 
@@ -143,7 +157,9 @@ def run_step(step, command):
         sys.stdout.write(line)
         lines.append(line.strip())
     if process.wait():
-        errors = [line for line in lines if re.search(r"\berror\b|\bfatal\b", line, re.IGNORECASE)]
+        # a link error's own line ("ld: cannot find -lcudart") comes before collect2's "error: ld returned 1"
+        errors = [line for line in lines if re.search(r"\berror\b|\bfatal\b|\bld: |undefined reference", line,
+                                                      re.IGNORECASE)]
         cause = (errors or lines[-1:] or ["no output"])[0]
         raise OSError(f"the CMake {step} step failed (exit {process.returncode}): {cause}")
 

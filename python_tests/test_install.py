@@ -79,7 +79,8 @@ RULE = "REFMATCH_CUDA_ARCHS must be ';'-separated compute capabilities >= 80"
 @pytest.mark.parametrize("archs, message", [
     ("sm_80", RULE), ("75;90a", RULE), ("", RULE),
     # they passed the rule, failed deep in the optional build, and the install reported success
-    ("860", "cannot compile for 860 (it knows "), ("80;95", "cannot compile for 95 (it knows ")])
+    ("860", "cannot compile for 860 (nvcc fatal"), ("80;95", "cannot compile for 95 (nvcc fatal"),
+    ("80a;90a", "cannot compile for 80a (nvcc fatal")])  # --list-gpu-arch names no "a" entry
 def test_bad_cuda_archs_stop_the_build_before_it_starts(tmp_path, archs, message):
     source = tmp_path / "src"
     copy_checkout(source)
