@@ -288,3 +288,13 @@ def test_classwise_takes_one_screened_match_per_class(metric, grouped):
         expected = columns.min(1).values if metric == "l2" else columns.max(1).values
         torch.testing.assert_close(scores[:, cls].double(), expected, atol=1e-4, rtol=1e-5)
     assert (scores[:, 3] == (float("inf") if metric == "l2" else float("-inf"))).all()
+
+
+def test_info_names_a_bad_screen_setting_instead_of_failing(monkeypatch):
+    """refmatch info stopped at the error, the one time its report was needed."""
+    from refmatch.backends import torch_backend
+
+    monkeypatch.setattr(torch_backend, "native_bf16", lambda: True)
+    monkeypatch.setenv("REFMATCH_BF16_SCREEN", "off")
+    assert torch_backend.TorchBackend.status(None)[1].endswith(
+        "float32 calls raise: REFMATCH_BF16_SCREEN must be one of '1', '0', got 'off'")

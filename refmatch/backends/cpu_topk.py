@@ -68,11 +68,16 @@ def applies(rows, reference, k):
     if not (1 <= k <= MAX_K and rows.device.type == "cpu" and rows.dtype == torch.float32 and rows.shape[0] > 0
             and reference.shape[0] < _INDEX_LIMIT):
         return False
-    wanted = os.environ.get("REFMATCH_CPU_TOPK")
-    held, reason = _widths()
-    if wanted not in (None, "", "0", "1", *held):
+    if setting_is_refused():
+        reason = unavailable_reason()
+        wanted = os.environ["REFMATCH_CPU_TOPK"]
         raise ValueError(reason if reason.startswith("REFMATCH_CPU_TOPK=") else f"REFMATCH_CPU_TOPK={wanted}: {reason}")
     return bool(native_isas())
+
+
+def setting_is_refused():
+    """Whether ``REFMATCH_CPU_TOPK`` names a width that cannot run here (float32 CPU walks raise)."""
+    return os.environ.get("REFMATCH_CPU_TOPK") not in (None, "", "0", "1", *_widths()[0])
 
 
 def _pool(threads):

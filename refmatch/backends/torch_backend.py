@@ -276,16 +276,24 @@ class TorchBackend:
         self.classwise_op = register_classwise_op(self.name, classwise_chunked)
 
     def status(self):
+        """(True, what the CPU path runs here); a bad setting is named where float32 calls raise on it."""
+        try:
+            screen_off = native_bf16() and screen_switched_off()
+        except ValueError as error:
+            screen_off = error
         if not native_bf16():
             screen = "no native bfloat16 on this CPU, so no float32 screen"
-        elif screen_switched_off():
+        elif isinstance(screen_off, ValueError):
+            screen = f"float32 calls raise: {screen_off}"
+        elif screen_off:
             screen = "the float32 screen is off (REFMATCH_BF16_SCREEN=0)"
         else:
             screen = (f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} from N*M*D = "
                       f"2^{MIN_WORK.bit_length() - 1} on this CPU, its tile pass in {tile_pass_name()}")
-        isas = cpu_topk.native_isas()
+        isas, reason = cpu_topk.native_isas(), cpu_topk.unavailable_reason()
         walk = (f"float32 walks (k<={cpu_topk.MAX_K}) fused in C++ ({cpu_topk.ISA_NAMES[isas[0]]})" if isas else
-                f"float32 walks on GEMM tiles (no fused one: {cpu_topk.unavailable_reason()})")
+                f"float32 walks raise: {reason}" if cpu_topk.setting_is_refused() else
+                f"float32 walks on GEMM tiles (no fused one: {reason})")
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {walk}; {screen}"
 
     def decline_reason(self, problem):
