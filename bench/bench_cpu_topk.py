@@ -23,7 +23,7 @@ from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked
 from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
-from refmatch.bench_files import ResultsFile, machine, results_stem, run_meta
+from refmatch.bench_files import ResultsFile, machine, prepared_out_folder, results_stem, run_meta
 from refmatch.bench_oracle import Float64Oracle
 
 SIZES = ["32768x8192x24", "8192x16384x64", "8192x65536x128"]  # a main-job class; two of #7's CPU sizes
@@ -55,7 +55,7 @@ def measure(query, reference, oracle, metric, k, isas, repeat):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python bench/bench_cpu_topk.py", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", type=size_triple, default=[size_triple(s) for s in SIZES],
                         help=f"NxMxD (default: {' '.join(SIZES)})")
     parser.add_argument("--metrics", nargs="+", default=["cosine"], choices=METRICS)
@@ -73,7 +73,7 @@ def main(argv=None):
         parser.error(f"the fused top-k does not run here: {cpu_topk.unavailable_reason()}")
     meta = run_meta(machine("cpu")[1], argv, args.repeat, isas=isas,
                     timing=f"median of {args.repeat} interleaved runs after a warm-up; screen off")
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepared_out_folder(parser, args.out)
     columns = ["N", "M", "D", "metric", "k", "walk", "ms", "vs GEMM walk", "GFLOP/s", "agreement"]
     stem = results_stem(args.out, machine("cpu")[0], "cpu-topk", args.tag, meta["date"])
     with ResultsFile(parser.prog, stem, meta, columns) as results:

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from refmatch.__main__ import _one_line as one_line  # a DataLoader worker's error: its last line
+from refmatch.__main__ import one_line  # a DataLoader worker's error: its last line
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked, tiling
 from refmatch.backends.torch_screening import MAX_K, match_screened
 from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
-from refmatch.bench_files import ResultsFile, machine, results_stem, run_meta
+from refmatch.bench_files import ResultsFile, machine, prepared_out_folder, results_stem, run_meta
 from refmatch.bench_oracle import Float64Oracle
 
 
@@ -57,6 +57,8 @@ def teacher_features(run_dir, data, num_images):
     model, config, classes = checkpoint_teacher(run_dir / "best.pt", "cpu")
     splits = load_splits(run_dir / "splits.json")
     splits["unlabeled"] = splits["unlabeled"][:num_images]
+    if not splits["unlabeled"]:  # a fully supervised run (labeled_fraction=1.0): the model would fail on no images
+        raise ValueError("the run has no unlabelled images to take features of: take a run that has some")
     labeled, unlabeled = (load_run_split(config, splits, key, data) for key in ("labeled", "unlabeled"))
     source = ReferencePseudoLabels(model, config, classes, "cpu")
     source.refresh(labeled.images, labeled.masks, config.batch_size)
@@ -97,7 +99,7 @@ def measure(name, query, reference, oracle, metric, k, repeat):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python bench/bench_screening.py", description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=size_triple, default="8192x65536x128", help="NxMxD of the synthetic sets")
     parser.add_argument("--metrics", nargs="+", default=["cosine", "l2"], choices=METRICS)
     parser.add_argument("--k", nargs="+", type=positive_int, default=[1, 8],
@@ -114,7 +116,7 @@ def main(argv=None):
     refuse_k_above_m(parser, max(args.k), [args.size])
     meta = run_meta(machine("cpu")[1], argv, args.repeat, isas=cpu_topk.native_isas(),
                     timing=f"median of {args.repeat} runs after a warm-up")
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepared_out_folder(parser, args.out)
     columns = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
                "rows walked", "walk agrees", "screen agrees"]
     stem = results_stem(args.out, machine("cpu")[0], "screening", args.tag, meta["date"])

@@ -82,7 +82,9 @@ def test_an_interrupted_script_keeps_its_rows_and_exits_130(script, tmp_path, mo
     assert results["meta"]["complete"] is False and results["meta"]["repeat"] == 1 and "env" in results["meta"]
     first_rows = 1 + len(cpu_topk.native_isas()) if script == "bench_cpu_topk" else 1  # a row per walk / one
     assert len(results["rows"]) == first_rows
-    assert result.with_suffix(".md").read_text().count("| l2 |") == len(results["rows"])
+    table = result.with_suffix(".md").read_text()
+    assert table.count("| l2 |") == len(results["rows"]) and "**Incomplete:** the run stopped" in table
+    assert f"Command: `python bench/{script}.py " in table and "--metrics l2 --repeat 1" in table
 
 
 @pytest.mark.parametrize("script, argv, size", [("bench_cpu_topk", ["--sizes", "64x512x8", "--k", "1024"], "64x512x8"),

@@ -80,7 +80,9 @@ def test_this_shapes_gemm_is_one_series_whatever_rows_fit():
 
 def test_an_out_folder_that_cannot_be_written_is_refused_before_any_timing(tmp_path, monkeypatch, capsys):
     """It was found only when the first row was written, after the oracle and the ceiling."""
-    monkeypatch.setattr(bench.os, "access", lambda path, mode: False)
+    from refmatch import bench_files
+
+    monkeypatch.setattr(bench_files.os, "access", lambda path, mode: False)
     monkeypatch.setattr(bench, "run_size", lambda *arguments: pytest.fail("timed before the check"))
     with pytest.raises(SystemExit) as stopped:
         bench.main(["--sizes", "8x32x4", "--out", str(tmp_path / "results")])

@@ -70,6 +70,7 @@ def test_unknown_command_is_named_before_the_usage(capsys):
     (["lr=null"], "refmatch train: error: lr must be float, got None"),
     (["tap_size=0"], "refmatch train: error: tap_size must be >= 1, got 0"),
     (["seed=-1"], "refmatch train: error: seed must be >= 0, got -1"),
+    (["ema_decay=1"], "refmatch train: error: ema_decay must be < 1, got 1.0"),  # never reached by the warm-up
     (["lr=.nan"], "refmatch train: error: lr must be > 0 and finite, got nan"),
     (["lr=true"], "refmatch train: error: lr must be float, got True"),
     (["lr=1e-3x"], "refmatch train: error: lr must be float, got '1e-3x'"),

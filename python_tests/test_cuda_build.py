@@ -241,8 +241,7 @@ def test_plan_helpers_refuse_what_they_would_divide_by(call, message):
 
 
 @needs_cuda_build
-def test_empty_query_launches_nothing():
-    """The pointers are made up: any CUDA call would fail here (no device) or fault on a GPU."""
+def test_empty_query_launches_nothing():  # made-up pointers: a CUDA call would fail (no device) or fault
     _C.match_argmax(**launch_args(batch=0))
 
 

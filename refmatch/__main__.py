@@ -58,7 +58,7 @@ def run(argv):
     return 0
 
 
-def _one_line(error):
+def one_line(error):
     """The error's message; one raised in a DataLoader worker process carries that worker's
     traceback in its message, so only the worker's own last line is kept."""
     text = str(error)
@@ -95,7 +95,7 @@ def command_line(argv):
     except USER_ERRORS as error:
         if os.environ.get("REFMATCH_DEBUG") == "1":
             raise
-        print(f"refmatch {argv[0]}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"refmatch {argv[0]}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"refmatch {argv[0]}: interrupted", file=sys.stderr)

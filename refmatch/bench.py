@@ -16,7 +16,6 @@ interleaved with it, peak extra memory, agreement with the float64 oracle) and w
 bench/results/<machine>-<dtype>-<date>.{json,md,png}, -2, -3 ... appended when that name is taken.
 """
 import argparse
-import os
 import re
 import shlex
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from refmatch.bench_files import fresh_stem, machine, results_stem, run_meta, write_results
+from refmatch.bench_files import fresh_stem, machine, prepared_out_folder, results_stem, run_meta, write_results
 from refmatch.bench_oracle import Float64Oracle
 from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
 from refmatch.bench_plot import plot
@@ -51,9 +50,9 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
                        exclude, lambda: [method for method in all_methods(query, reference, fits_bytes)
                                          if method.metric != "-"])
         oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
-    except RuntimeError as error:  # torch.OutOfMemoryError included; CPU allocators raise a plain RuntimeError
-        if "memory" not in str(error).lower():
-            raise
+    except RuntimeError as error:  # torch.OutOfMemoryError; the CPU allocator's is a plain RuntimeError
+        if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
+            raise  # not memory (an illegal access, say): the run cannot go on
         yield {"method": "inputs and float64 oracle", "metric": "-", "k": "-", **size, "error": _one_line(error)}
         return
     torch.cuda.empty_cache()  # the oracle's cached chunks, for peers outside torch's allocator (CPU: no-op)
@@ -205,9 +204,7 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     name, description = machine(args.device)
     meta = run_meta(description, argv, args.repeat)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if not os.access(args.out, os.W_OK):  # else found only when the first row is written
-        parser.error(f"--out {args.out}: cannot write there")
+    prepared_out_folder(parser, args.out)
     print(markdown([]))
     rows, stem = [], None
     stem_wanted = results_stem(args.out, name, args.dtype, args.tag, meta["date"])

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from datetime import date
@@ -104,40 +105,59 @@ def peer_versions():
     return versions
 
 
+def prepared_out_folder(parser, out):
+    """``out``, made; argparse's error (exit status 2) where it cannot be written, before any
+    timing (else found only when the first row is written)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out {out}: {error.strerror}")
+    if not os.access(out, os.W_OK):
+        parser.error(f"--out {out}: cannot write there")
+    return out
+
+
 class ResultsFile:
     """For the CPU scripts under bench/: one run's table (``meta`` from ``run_meta`` with "isas"
     and "timing"), printed and rewritten to <stem>.json and .md after every row, as ``refmatch
-    bench`` writes them (the stem is claimed with the first row: a run refused before it leaves no
-    file). As a context: a block that ends marks the file complete; Ctrl-C prints one line saying
-    where the rows so far are and exits with status 130 instead of a traceback."""
+    bench`` writes them: the command above the table, marked incomplete until the block ends (the
+    stem is claimed with the first row: a run refused before it leaves no file). Ctrl-C prints one
+    line saying where the rows so far are and exits with status 130 instead of a traceback."""
 
     def __init__(self, prog, stem_wanted, meta, columns):
         self.prog, self.stem_wanted, self.meta, self.rows, self.stem = prog, stem_wanted, meta, [], None
-        self.lines = [f"Device: {meta['device']}; torch {meta['torch']}; native bfloat16: {meta['native_bf16']}; "
-                      f"fused top-k: {', '.join(meta['isas']) or 'none'}; commit {meta['commit']}; {meta['date']}; "
-                      f"{meta['threads']} threads; {meta['timing']}", "",
-                      "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        self.head = [f"Device: {meta['device']}; torch {meta['torch']}; native bfloat16: {meta['native_bf16']}; "
+                     f"fused top-k: {', '.join(meta['isas']) or 'none'}; commit {meta['commit']}; {meta['date']}; "
+                     f"{meta['threads']} threads; {meta['timing']}", "",
+                     f"Command: `{prog} {shlex.join(meta['argv'])}`", ""]
+        self.lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
     def __enter__(self):
         return self
 
     def print_header(self):
-        print("\n".join(self.lines), flush=True)
+        print("\n".join(self.head + self.lines), flush=True)
 
     def add(self, row, line):
         self.rows.append(row)
         self.lines.append(line)
         print(line, flush=True)
         self.stem = self.stem or fresh_stem(self.stem_wanted)
-        write_results(self.stem, self.meta, self.rows, "\n".join(self.lines))
+        self._write()
+
+    def _write(self):
+        stopped = [] if self.meta["complete"] else ["**Incomplete:** the run stopped before its last row.", ""]
+        write_results(self.stem, self.meta, self.rows, "\n".join(self.head + stopped + self.lines))
 
     def __exit__(self, kind, error, traceback):
-        if kind is None:
+        if kind is None and self.stem is not None:
             self.meta["complete"] = True
-            write_results(self.stem, self.meta, self.rows, "\n".join(self.lines))
+            self._write()
             print(f"\nwrote {self.stem.resolve()}.json and .md")
+        elif kind is None:
+            print("\nno row was measured, no file written")
         elif issubclass(kind, KeyboardInterrupt):
             where = (f"the rows so far ({len(self.rows)}) are in {self.stem.resolve()}.json and .md "
-                     '("complete": false)' if self.stem else "no row was measured, no file written")
+                     "(marked incomplete)" if self.stem else "no row was measured, no file written")
             print(f"{self.prog}: interrupted; {where}", file=sys.stderr)
             raise SystemExit(130) from None

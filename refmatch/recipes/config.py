@@ -29,7 +29,9 @@ LIMITS = ((("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_
            lambda value: 0 <= value < math.inf, ">= 0 and finite"),
           (("lr", "pl_temperature"), lambda value: 0 < value < math.inf, "> 0 and finite"),
           (("pl_threshold",), math.isfinite, "finite"),
-          (("val_fraction", "test_fraction", "ema_decay", "confidence_threshold"), lambda value: value <= 1, "<= 1"),
+          (("val_fraction", "test_fraction", "confidence_threshold"), lambda value: value <= 1, "<= 1"),
+          # 1 would never be reached: the teacher a running mean of every step's student
+          (("ema_decay",), lambda value: value < 1, "< 1"),
           # the recipe's bank is cosine: hard confidences (similarities) and soft ones (margins) are <= 1
           (("pl_threshold",), lambda value: value <= 1, "<= 1 (a higher one keeps no pseudo-label)"))
 # Settings a method never reads: a resumed run may differ in them (an earlier config's values).
