@@ -67,7 +67,10 @@ def test_volumes_go_in_flattened_as_the_contract_says():
      ["28 labelled images, BatchNorm", "6 labelled images, BatchNorm"]),
     ("labelled phantoms", "phantom_seeds.png", ["6 labelled phantoms, BatchNorm",
                                                 "6 labelled phantoms, BatchNorm, statistics averaged",
-                                                "6 labelled phantoms, instance norm", "6 labelled phantoms, 2400 steps"]),
+                                                "6 labelled phantoms, instance norm",
+                                                "6 labelled phantoms, BatchNorm, EMA warm-up",
+                                                "6 labelled phantoms, instance norm, EMA warm-up",
+                                                "6 labelled phantoms, 2400 steps"]),
     ("right and left lung", "lung_sides.png",
      ["right and left lung, 28 labelled images", "right and left lung, 6 labelled images"]),
 ])

@@ -39,7 +39,7 @@ def seed_tables(markdown, which):
 
 
 def plot(tables, path, title="", ylabel="test Dice"):
-    """One panel per table: a dot per seed and a bar at the mean for each method, the
+    """One panel per table (three to a row): a dot per seed and a bar at the mean for each method, the
     fully supervised mean dashed across the panel; a run far below the rest sits at the axis'
     floor as a triangle with its value (and a mean below the floor, dotted there). Returns ``path``."""
     import matplotlib
@@ -50,8 +50,12 @@ def plot(tables, path, title="", ylabel="test Dice"):
     floor = _axis_floor(everything)
     span = max(everything) - floor
     limits = floor - 0.04 * span, max(everything) + 0.18 * span  # room for the legend above
-    figure, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.2), sharey=True, squeeze=False)
-    for axis, (name, (seeds, rows)) in zip(axes[0], tables.items()):
+    columns = min(3, len(tables))
+    lines = -(-len(tables) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 4.2 * lines), sharey=True, squeeze=False)
+    for axis in axes.flat[len(tables):]:  # a last row with fewer panels
+        axis.set_visible(False)
+    for axis, (name, (seeds, rows)) in zip(axes.flat, tables.items()):
         full = next((row for row in rows if row.startswith("supervised, all")), None)
         methods = [row for row in rows if row != full]
         for position, method in enumerate(methods):
@@ -76,7 +80,8 @@ def plot(tables, path, title="", ylabel="test Dice"):
         axis.set_ylim(*limits)
         axis.set_title(f"{name}, {len(seeds)} seeds")
         axis.grid(True, axis="y", alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
+    for row_axes in axes:
+        row_axes[0].set_ylabel(ylabel)
     figure.suptitle(f"{title}: a dot per seed, a bar at the mean" if title else "A dot per seed, a bar at the mean")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
