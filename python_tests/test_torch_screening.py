@@ -294,7 +294,7 @@ def test_info_names_a_bad_screen_setting_instead_of_failing(monkeypatch):
     """refmatch info stopped at the error, the one time its report was needed."""
     from refmatch.backends import torch_backend
 
-    monkeypatch.setattr(torch_backend, "native_bf16", lambda: True)
+    monkeypatch.setattr(screening, "native_bf16", lambda: True)
     monkeypatch.setenv("REFMATCH_BF16_SCREEN", "off")
     assert torch_backend.TorchBackend.status(None)[1].endswith(
         "float32 calls raise: REFMATCH_BF16_SCREEN must be one of '1', '0', got 'off'")

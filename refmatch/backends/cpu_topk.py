@@ -63,16 +63,18 @@ def forced(setting):
 
 def applies(rows, reference, k):
     """Whether a top-k walk of [N, D] ``rows`` (operand dtype) against ``reference`` takes the fused
-    one. A width ``REFMATCH_CPU_TOPK`` names that cannot run here raises a ValueError instead of
-    quietly walking GEMM tiles."""
-    if not (1 <= k <= MAX_K and rows.device.type == "cpu" and rows.dtype == torch.float32 and rows.shape[0] > 0
-            and reference.shape[0] < _INDEX_LIMIT):
-        return False
+    one (``check_setting`` has refused a width that cannot run here, before the call)."""
+    return (1 <= k <= MAX_K and rows.device.type == "cpu" and rows.dtype == torch.float32 and rows.shape[0] > 0
+            and reference.shape[0] < _INDEX_LIMIT and bool(native_isas()))
+
+
+def check_setting():
+    """ValueError where ``REFMATCH_CPU_TOPK`` names a width that cannot run here: float32 CPU calls
+    refuse it rather than quietly walk GEMM tiles."""
     if setting_is_refused():
         reason = unavailable_reason()
         wanted = os.environ["REFMATCH_CPU_TOPK"]
         raise ValueError(reason if reason.startswith("REFMATCH_CPU_TOPK=") else f"REFMATCH_CPU_TOPK={wanted}: {reason}")
-    return bool(native_isas())
 
 
 def setting_is_refused():

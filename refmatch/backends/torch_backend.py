@@ -16,9 +16,7 @@ from ..candidates import keep_best, pad_by_row
 from . import cpu_topk
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import accumulation_dtype, finalize_scores, normalized_rows, reference_stat
-from .screen_tiles import tile_pass_name
-from .torch_screening import (MAX_K as MAX_SCREENED_K, MIN_WORK, match_screened, native_bf16, screen_switched_off,
-                              screening_applies)
+from .torch_screening import match_screened, screen_status, screen_switched_off, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
@@ -277,24 +275,16 @@ class TorchBackend:
 
     def status(self):
         """(True, what the CPU path runs here); a bad setting is named where float32 calls raise on it."""
-        try:
-            screen_off = native_bf16() and screen_switched_off()
-        except ValueError as error:
-            screen_off = error
-        if not native_bf16():
-            screen = "no native bfloat16 on this CPU, so no float32 screen"
-        elif isinstance(screen_off, ValueError):
-            screen = f"float32 calls raise: {screen_off}"
-        elif screen_off:
-            screen = "the float32 screen is off (REFMATCH_BF16_SCREEN=0)"
-        else:
-            screen = (f"exact bfloat16 screen for float32 k<={MAX_SCREENED_K} from N*M*D = "
-                      f"2^{MIN_WORK.bit_length() - 1} on this CPU, its tile pass in {tile_pass_name()}")
         isas, reason = cpu_topk.native_isas(), cpu_topk.unavailable_reason()
         walk = (f"float32 walks (k<={cpu_topk.MAX_K}) fused in C++ ({cpu_topk.ISA_NAMES[isas[0]]})" if isas else
                 f"float32 walks raise: {reason}" if cpu_topk.setting_is_refused() else
                 f"float32 walks on GEMM tiles (no fused one: {reason})")
-        return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {walk}; {screen}"
+        return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {walk}; {screen_status()}"
 
     def decline_reason(self, problem):
+        """None: it runs every call. Settings that float32 CPU calls read are checked here, before the
+        op, so their error never crosses the dispatcher (one CI run segfaulted while it did, torch 2.13)."""
+        if problem.device.type == "cpu" and problem.dtype == torch.float32:
+            cpu_topk.check_setting()
+            screen_switched_off()
         return None

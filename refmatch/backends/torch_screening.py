@@ -63,6 +63,22 @@ def screen_switched_off():
     return setting("REFMATCH_BF16_SCREEN", ("1", "0")) == "0"
 
 
+def screen_status():
+    """What ``refmatch info`` says of the screen here; a setting that float32 calls refuse is named."""
+    from .screen_tiles import tile_pass_name
+
+    if not native_bf16():
+        return "no native bfloat16 on this CPU, so no float32 screen"
+    try:
+        switched_off = screen_switched_off()
+    except ValueError as error:
+        return f"float32 calls raise: {error}"
+    if switched_off:
+        return "the float32 screen is off (REFMATCH_BF16_SCREEN=0)"
+    return (f"exact bfloat16 screen for float32 k<={MAX_K} from N*M*D = 2^{MIN_WORK.bit_length() - 1} on this CPU, "
+            f"its tile pass in {tile_pass_name()}")
+
+
 def screening_applies(rows, reference, k, screen=None):
     """Whether to screen. Never where it is not implemented (k > ``MAX_K``, not float32 on the CPU,
     empty inputs, D > ``MAX_DEPTH``); otherwise ``screen`` when given, else where it pays:
