@@ -152,16 +152,15 @@ def run_step(step, command):
     """Runs a CMake step, echoing its output (pip shows it with -v); a failure raises an OSError
     with the first error line, which the failure note keeps (the exit status alone said nothing)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    lines = []
+    first_error, last = None, "no output"
     for line in process.stdout:
         sys.stdout.write(line)
-        lines.append(line.strip())
-    if process.wait():
+        last = line.strip() or last
         # a link error's own line ("ld: cannot find -lcudart") comes before collect2's "error: ld returned 1"
-        errors = [line for line in lines if re.search(r"\berror\b|\bfatal\b|\bld: |undefined reference", line,
-                                                      re.IGNORECASE)]
-        cause = (errors or lines[-1:] or ["no output"])[0]
-        raise OSError(f"the CMake {step} step failed (exit {process.returncode}): {cause}")
+        if first_error is None and re.search(r"\berror\b|\bfatal\b|\bld: |undefined reference", line, re.IGNORECASE):
+            first_error = line.strip()
+    if process.wait():
+        raise OSError(f"the CMake {step} step failed (exit {process.returncode}): {first_error or last}")
 
 
 setup(ext_modules=[CMakeExtension("refmatch._C")], cmdclass={"build_ext": CMakeBuild})

@@ -71,11 +71,12 @@ def main(argv=None):
     isas = cpu_topk.native_isas()
     if not isas:
         parser.error(f"the fused top-k does not run here: {cpu_topk.unavailable_reason()}")
-    meta = run_meta(machine("cpu")[1], argv, args.repeat, isas=isas,
+    slug, description = machine("cpu")
+    meta = run_meta(description, argv, args.repeat, isas=isas,
                     timing=f"median of {args.repeat} interleaved runs after a warm-up; screen off")
     prepared_out_folder(parser, args.out)
     columns = ["N", "M", "D", "metric", "k", "walk", "ms", "vs GEMM walk", "GFLOP/s", "agreement"]
-    stem = results_stem(args.out, machine("cpu")[0], "cpu-topk", args.tag, meta["date"])
+    stem = results_stem(args.out, slug, "cpu-topk", args.tag, meta["date"])
     with ResultsFile(parser.prog, stem, meta, columns) as results:
         results.print_header()
         generator = torch.Generator().manual_seed(0)

@@ -114,12 +114,13 @@ def main(argv=None):
     if max(args.k) > MAX_K:
         parser.error(f"--k: the screen takes k <= {MAX_K}, got {max(args.k)}")
     refuse_k_above_m(parser, max(args.k), [args.size])
-    meta = run_meta(machine("cpu")[1], argv, args.repeat, isas=cpu_topk.native_isas(),
+    slug, description = machine("cpu")
+    meta = run_meta(description, argv, args.repeat, isas=cpu_topk.native_isas(),
                     timing=f"median of {args.repeat} runs after a warm-up")
     prepared_out_folder(parser, args.out)
     columns = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
                "rows walked", "walk agrees", "screen agrees"]
-    stem = results_stem(args.out, machine("cpu")[0], "screening", args.tag, meta["date"])
+    stem = results_stem(args.out, slug, "screening", args.tag, meta["date"])
     with ResultsFile(parser.prog, stem, meta, columns) as results:
         teacher_set = [(f"teacher features ({args.run})", *teacher(parser, args))] if args.run else []
         results.print_header()  # after the run is loaded: a bad --run is refused before the table

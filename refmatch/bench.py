@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from refmatch.bench_files import fresh_stem, machine, prepared_out_folder, results_stem, run_meta, write_results
+from refmatch.bench_files import (INCOMPLETE, fresh_stem, machine, prepared_out_folder, results_stem, run_meta,
+                                  write_results)
 from refmatch.bench_oracle import Float64Oracle
 from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
 from refmatch.bench_plot import plot
@@ -53,7 +54,7 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
     except RuntimeError as error:  # torch.OutOfMemoryError; the CPU allocator's is a plain RuntimeError
         if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
             raise  # not memory (an illegal access, say): the run cannot go on
-        yield {"method": "inputs and float64 oracle", "metric": "-", "k": "-", **size, "error": _one_line(error)}
+        yield {"method": "inputs and float64 oracle", "metric": "-", "k": "-", **size, "error": _error_text(error)}
         return
     torch.cuda.empty_cache()  # the oracle's cached chunks, for peers outside torch's allocator (CPU: no-op)
     methods = [method for method in methods if wanted(method.name, only, exclude) or method.metric == "-"]
@@ -86,14 +87,14 @@ def _measured(method, size, device, repeat, oracle):
         else:
             agreed = oracle.agreement(index, method.metric, method.k)
     except Exception as error:  # a peer that fails here (memory, its own bug): a row, and on
-        return {**row, "error": _one_line(error)}
+        return {**row, "error": _error_text(error)}
     seconds = statistics.median(times)
     return {**row, "seconds": seconds, "runs": len(times), "min_seconds": min(times), "max_seconds": max(times),
             "tflops": method.flops / seconds / 1e12, "peak_mib": memory.peak_mib, "agreement": agreed,
             **_against_k1(times, baseline_times)}
 
 
-def _one_line(error):
+def _error_text(error):
     return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
@@ -251,7 +252,7 @@ def _check_filters(names, only, exclude, every_method):
 
 def results_table(meta, rows):
     """The markdown results file: lines naming the run and the command, then the table."""
-    stopped = "" if meta["complete"] else "\n\n**Incomplete:** the run stopped before its last row."
+    stopped = "" if meta["complete"] else f"\n\n{INCOMPLETE}"
     return (f"Device: {meta['device']}; torch {meta['torch']}; peers {meta['peers']}; commit {meta['commit']}; "
             f"{meta['date']}\n\nCommand: `refmatch bench {shlex.join(meta['argv'])}` (up to {meta['repeat']} timed "
             f"runs per method; one where a run takes over a second){stopped}\n\n{markdown(rows)}\n")

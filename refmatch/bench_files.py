@@ -55,6 +55,9 @@ def write_results(stem, meta, rows, table):
     write_text_atomic(stem.with_suffix(".md"), table.rstrip("\n") + "\n")
 
 
+INCOMPLETE = "**Incomplete:** the run stopped before its last row."  # under the command, until the last row
+
+
 def cpu_model():
     cpuinfo = Path("/proc/cpuinfo")
     for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
@@ -146,7 +149,7 @@ class ResultsFile:
         self._write()
 
     def _write(self):
-        stopped = [] if self.meta["complete"] else ["**Incomplete:** the run stopped before its last row.", ""]
+        stopped = [] if self.meta["complete"] else [INCOMPLETE, ""]
         write_results(self.stem, self.meta, self.rows, "\n".join(self.head + stopped + self.lines))
 
     def __exit__(self, kind, error, traceback):

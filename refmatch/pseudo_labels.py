@@ -76,7 +76,7 @@ class PseudoLabeler:
         if 0 <= ignore_index < bank.num_classes:
             raise ValueError(f"ignore_index={ignore_index} is one of the bank's classes 0..{bank.num_classes - 1}: "
                              "dropped pixels would read as that class")
-        self.bank, self.k, self.mode, self.threshold = bank, k, mode, threshold
+        self.bank, self.k, self.mode, self.threshold, self._per_class = bank, k, mode, threshold, None
         self.temperature, self.ignore_index = temperature, ignore_index
         self.out_size = spatial_size(out_size, "out_size")
 
@@ -123,8 +123,9 @@ class PseudoLabeler:
         """The threshold: a float, or each pixel's class's ([*labels.shape] float32)."""
         if isinstance(self.threshold, float):
             return self.threshold
-        per_class = torch.tensor(self.threshold, dtype=torch.float32, device=labels.device)
-        return per_class[labels.clamp(0, len(self.threshold) - 1)]  # ignore_index pixels are dropped anyway
+        if self._per_class is None or self._per_class.device != labels.device:  # copied once per device
+            self._per_class = torch.tensor(self.threshold, dtype=torch.float32, device=labels.device)
+        return self._per_class[labels.clamp(0, len(self.threshold) - 1)]  # ignore_index pixels are dropped anyway
 
     def _shapes(self, features):
         """(the features' spatial sides, the labels' size, the features as maps: volumes flattened)."""
@@ -161,10 +162,9 @@ def _checked_threshold(threshold, mode, bank):
     if per_class and len(threshold) != bank.num_classes:
         raise ValueError(f"threshold must be a number or one per class ({bank.num_classes} for this bank), "
                          f"got {len(threshold)} values")
-    values = [as_number(f"threshold[{c}]", value) for c, value in enumerate(threshold)] if per_class else \
-        [as_number("threshold", threshold)]
-    for c, value in enumerate(values):
-        name = f"threshold[{c}]" if per_class else "threshold"
+    names = [f"threshold[{c}]" for c in range(len(threshold))] if per_class else ["threshold"]
+    values = [as_number(name, value) for name, value in zip(names, threshold if per_class else [threshold])]
+    for name, value in zip(names, values):
         if math.isnan(value):
             raise ValueError(f"{name} must be a number{'' if per_class else ' or None'}, got nan")
         _check_threshold_can_keep(name, value, mode, bank.metric, per_class)

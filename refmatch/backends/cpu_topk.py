@@ -71,15 +71,10 @@ def applies(rows, reference, k):
 def check_setting():
     """ValueError where ``REFMATCH_CPU_TOPK`` names a width that cannot run here: float32 CPU calls
     refuse it rather than quietly walk GEMM tiles."""
-    if setting_is_refused():
-        reason = unavailable_reason()
-        wanted = os.environ["REFMATCH_CPU_TOPK"]
+    held, reason = _widths()
+    wanted = os.environ.get("REFMATCH_CPU_TOPK")
+    if wanted not in (None, "", "0", "1", *held):
         raise ValueError(reason if reason.startswith("REFMATCH_CPU_TOPK=") else f"REFMATCH_CPU_TOPK={wanted}: {reason}")
-
-
-def setting_is_refused():
-    """Whether ``REFMATCH_CPU_TOPK`` names a width that cannot run here (float32 CPU walks raise)."""
-    return os.environ.get("REFMATCH_CPU_TOPK") not in (None, "", "0", "1", *_widths()[0])
 
 
 def _pool(threads):

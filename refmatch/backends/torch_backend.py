@@ -275,10 +275,15 @@ class TorchBackend:
 
     def status(self):
         """(True, what the CPU path runs here); a bad setting is named where float32 calls raise on it."""
-        isas, reason = cpu_topk.native_isas(), cpu_topk.unavailable_reason()
+        isas = cpu_topk.native_isas()
+        try:
+            cpu_topk.check_setting()
+            refused = None
+        except ValueError as error:
+            refused = error
         walk = (f"float32 walks (k<={cpu_topk.MAX_K}) fused in C++ ({cpu_topk.ISA_NAMES[isas[0]]})" if isas else
-                f"float32 walks raise: {reason}" if cpu_topk.setting_is_refused() else
-                f"float32 walks on GEMM tiles (no fused one: {reason})")
+                f"float32 walks raise: {refused}" if refused else
+                f"float32 walks on GEMM tiles (no fused one: {cpu_topk.unavailable_reason()})")
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {walk}; {screen_status()}"
 
     def decline_reason(self, problem):
