@@ -134,3 +134,16 @@ def test_a_settings_first_call_setup_is_not_timed(tiny_run, monkeypatch):
     monkeypatch.setattr(compare_pseudo_labels, "pseudo_label_source", slow_to_start)
     rows, *_ = compare_pseudo_labels.compare(tiny_run, ["pl_mode=hard"], num_images=3)
     assert rows[0]["ms_per_image"] < 1000
+
+
+def test_a_setting_may_list_a_value():
+    """Commas inside [...] belong to a list value (per-class thresholds, tap layers)."""
+    from refmatch.recipes.compare_pseudo_labels import parse_setting
+    from refmatch.recipes.config import load_config
+
+    setting = parse_setting("pl_mode=hard,pl_threshold=[0.5, 0.2,0.3,0.1],tap_layers=[decoder.up2,decoder.up1]",
+                            load_config(None, []))
+    assert (setting.pl_mode, setting.pl_threshold, setting.tap_layers) == \
+        ("hard", [0.5, 0.2, 0.3, 0.1], ["decoder.up2", "decoder.up1"])
+    with pytest.raises(ValueError, match=r"setting 'pl_threshold=\[0.5,0.2\]': pl_threshold must be one number or one"):
+        parse_setting("pl_threshold=[0.5,0.2]", load_config(None, []))

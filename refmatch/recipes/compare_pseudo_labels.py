@@ -12,6 +12,7 @@ then each setting.
 """
 import argparse
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ SETTING_KEYS = ("method", *PLAIN_PSEUDO_LABELS, "tap_size", "tap_layers", "bank_
 def parse_setting(text, config):
     """'key=value,key=value' -> ``config`` with ``PLAIN_PSEUDO_LABELS`` and then those values
     (parsed as in ``refmatch train``); the method is "refmatch" unless the setting names another."""
-    items = [item for item in text.split(",") if item]
+    items = [item for item in re.split(r",(?![^\[]*\])", text) if item]  # commas inside [...] list a value
     keys = [item.split("=", 1)[0].strip() for item in items]
     other = [key for key in keys if key not in SETTING_KEYS]
     if other:

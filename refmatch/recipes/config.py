@@ -34,6 +34,8 @@ LIMITS = ((("steps", "batch_size", "unlabeled_batch_size", "eval_every", "image_
           (("ema_decay",), lambda value: value < 1, "< 1"),
           # the recipe's bank is cosine: hard confidences (similarities) and soft ones (margins) are <= 1
           (("pl_threshold",), lambda value: value <= 1, "<= 1 (a higher one keeps no pseudo-label)"))
+# Keys that take one number or a list of one per class (in the run's class order).
+PER_CLASS = ("pl_threshold",)
 # Settings a method never reads: a resumed run may differ in them (an earlier config's values).
 REFMATCH_ONLY = ("tap_layers", "tap_size", "bank_capacity", "bank_refresh_every", "bank_policy", "pl_mode", "pl_k",
                  "pl_temperature", "pl_threshold", "pl_consensus")
@@ -79,7 +81,7 @@ class TrainConfig:
     pl_mode: str = "soft"
     pl_k: int = 1
     pl_temperature: float = 0.1
-    pl_threshold: float = 0.0
+    pl_threshold: float = 0.0             # refmatch: drop pseudo-labels less confident; or one per class
     pl_consensus: bool = False            # refmatch: keep a label only where the teacher's argmax agrees
     eval_every: int = 50
     image_every: int = 100
@@ -94,10 +96,13 @@ class TrainConfig:
         check_choice("bank_policy", self.bank_policy, POLICIES)
         self._validate_classes()
         check_choice("norm", self.norm, tuple(NORMS))
+        self._validate_per_class()
         for names, test, asked in LIMITS:
             for name in names:
-                if not test(getattr(self, name)):
-                    raise ValueError(f"{name} must be {asked}, got {getattr(self, name)}")
+                value = getattr(self, name)
+                for at, number in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                    if not test(number):
+                        raise ValueError(f"{name}{'' if at is None else f'[{at}]'} must be {asked}, got {number}")
         if self.num_labeled == 0 and not 0 < self.labeled_fraction <= 1:
             raise ValueError(f"labeled_fraction must be in (0, 1] (num_labeled=0 takes it), "
                              f"got {self.labeled_fraction}")
@@ -127,6 +132,16 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
         return self
+
+    def _validate_per_class(self):
+        from .data_setup import class_names
+
+        names = class_names(self)
+        for key in PER_CLASS:
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != len(names):
+                raise ValueError(f"{key} must be one number or one per class ({len(names)}: {', '.join(names)}), "
+                                 f"got {len(value)} values: {value}")
 
     def _validate_classes(self):
         if not self.classes:
@@ -185,10 +200,15 @@ def load_config(path=None, overrides=(), base=None):
     config = TrainConfig()
     for key, value in values.items():
         default = getattr(config, key)
-        if isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-            value = _as_float(value)
-        if type(value) is not type(default):
-            raise ValueError(f"{key} must be {type(default).__name__}, got {value!r}")
+        if key in PER_CLASS and isinstance(value, list):
+            value = [_as_float(number) for number in value]
+            valid = all(type(number) is float for number in value)
+        else:
+            value = _as_float(value) if isinstance(default, float) else value
+            valid = type(value) is type(default)
+        if not valid:
+            wanted = "a number or a list of numbers (one per class)" if key in PER_CLASS else type(default).__name__
+            raise ValueError(f"{key} must be {wanted}, got {value!r}")
         setattr(config, key, value)
     return config.validate()
 
@@ -215,11 +235,14 @@ def _file_values(yaml, path, extended_by=()):
 
 
 def _as_float(value):
-    """An int as float, and a string YAML 1.1 left unread: it takes 1e-3 (no dot) as text."""
+    """An int as float, and a string YAML 1.1 left unread: it takes 1e-3 (no dot) as text;
+    anything else (a bool, a list, other text) as it is, for the type check to refuse."""
+    if not isinstance(value, (int, str)) or isinstance(value, bool):
+        return value
     try:
         return float(value)
     except ValueError:
-        return value  # refused by the type check, naming the key
+        return value
 
 
 def _parsed(yaml, text, where):

@@ -6,6 +6,8 @@ in the teacher's feature space, via ``ReferenceBank`` + ``PseudoLabeler``; with
 ``pl_consensus`` only where the teacher's own argmax agrees (the other pixels are
 ignored, not relabelled).
 """
+import math
+
 import torch
 
 from ..bank import ReferenceBank
@@ -42,6 +44,14 @@ class TeacherPredictions:
         pass
 
 
+def labeler_threshold(pl_threshold):
+    """The config's ``pl_threshold`` as PseudoLabeler's ``threshold``: 0 keeps every pseudo-label
+    (None; for a list, that class's -inf), as hard labels with a negative similarity too."""
+    if isinstance(pl_threshold, list):
+        return [value or -math.inf for value in pl_threshold]
+    return pl_threshold or None
+
+
 class ReferencePseudoLabels:
     """Pseudo-labels by matching teacher features against a bank of labelled pixels."""
 
@@ -55,7 +65,7 @@ class ReferencePseudoLabels:
         self.bank = ReferenceBank(dim, num_classes, config.bank_capacity, dtype=dtype, metric="cosine",
                                   ignore_index=IGNORE, policy=config.bank_policy, seed=config.seed).to(device)
         self.labeler = PseudoLabeler(self.bank, k=config.pl_k, mode=config.pl_mode,
-                                     threshold=config.pl_threshold or None, temperature=config.pl_temperature,
+                                     threshold=labeler_threshold(config.pl_threshold), temperature=config.pl_temperature,
                                      out_size=(config.image_size, config.image_size), ignore_index=IGNORE)
         self.consensus = config.pl_consensus
         self.config = config
