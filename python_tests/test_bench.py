@@ -109,11 +109,11 @@ def test_a_failing_method_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
 
     methods = bench_peers.all_methods
 
-    def with_a_broken_peer(query, reference, fits_bytes, only=None, exclude=()):
+    def with_a_broken_peer(query, reference, fits_bytes, only=None, exclude=(), considered=None):
         def broken():
             raise RuntimeError("out of memory\n  somewhere deep")
         return [bench_peers.Method("broken peer", "dot", 1, broken, 1.0)] + methods(query, reference, fits_bytes,
-                                                                                     only, exclude)
+                                                                                     only, exclude, considered)
     monkeypatch.setattr(bench, "all_methods", with_a_broken_peer)
     bench.main(["--sizes", "32x256x8", "--only", "broken", "refmatch torch k=1", "--repeat", "2",
                 "--out", str(tmp_path)])

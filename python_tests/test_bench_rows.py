@@ -10,12 +10,13 @@ from refmatch import bench, bench_peers
 
 def ceilings_then(methods, this_shape_flops):
     """all_methods with two stand-in ceilings, this shape's ``this_shape_flops`` a run, first."""
-    def with_ceilings(query, reference, fits_bytes, only=None, exclude=()):
+    def with_ceilings(query, reference, fits_bytes, only=None, exclude=(), considered=None):
         def pause():
             time.sleep(0.002)
         return [bench_peers.Method("gemm square (ceiling)", "-", 1, pause, 1e6),
                 bench_peers.Method("gemm torch.mm this shape (3 rows)", "-", 1, pause, this_shape_flops)] + \
-            [method for method in methods(query, reference, fits_bytes, only, exclude) if method.metric != "-"]
+            [method for method in methods(query, reference, fits_bytes, only, exclude, considered)
+             if method.metric != "-"]
     return with_ceilings
 
 
@@ -103,3 +104,23 @@ def test_a_plot_that_cannot_be_written_names_its_file(tmp_path, monkeypatch):
     row = {"method": "refmatch torch k=1", "metric": "dot", "n": 8, "m": 16, "d": 4, "dtype": "float32", "tflops": 1.0}
     with pytest.raises(OSError, match=f"No space left on device: {tmp_path / 'full.png'}"):
         plot([row], tmp_path / "full.png")
+
+
+def test_a_results_file_name_as_out_is_refused_with_its_folder(tmp_path, monkeypatch, capsys):
+    """--out run.json made a folder called run.json holding the run's own files."""
+    monkeypatch.setattr(bench, "run_size", lambda *arguments: pytest.fail("timed before the check"))
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--sizes", "8x32x4", "--out", str(tmp_path / "run.json")])
+    assert stopped.value.code == 2 and f"use --out {tmp_path}" in capsys.readouterr().err
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_a_filter_word_no_method_holds_is_named_once_a_run(tmp_path, capsys):
+    """--exclude keosp (a typo of keops) passed in silence. Words that some method holds, run
+    here or left out (classwise, k=8, keops: a peer group left out before its import), do not warn."""
+    bench.main(["--sizes", "8x32x4", "8x64x4", "--only", "refmatch torch", "--exclude", "keosp", "classwise", "k=8",
+                "KeOps", "--repeat", "1", "--out", str(tmp_path)])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --exclude keosp: no method here holds this word; "
+                                                         "methods here: ")
+    assert "refmatch torch k=1" in warnings[0]

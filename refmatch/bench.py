@@ -28,7 +28,7 @@ import torch
 from refmatch.bench_files import (INCOMPLETE, fresh_stem, machine, prepared_out_folder, results_stem, run_meta,
                                   write_results)
 from refmatch.bench_oracle import Float64Oracle
-from refmatch.bench_peers import CLASSES, all_methods, bench_labels, wanted
+from refmatch.bench_peers import CLASSES, all_methods, bench_labels, unmatched_words, wanted
 from refmatch.bench_plot import plot
 from refmatch.bench_timing import PeakMemory, timed, timed_against
 from refmatch.choices import at_least
@@ -37,16 +37,19 @@ RESULTS = Path("bench") / "results"
 SLOW_SECONDS = 20.0
 
 
-def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None):
+def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None, warned=None):
     """Yields one result row per method for one (N, M, D), the GEMM ceilings first (both timed
     before either is yielded: "vs GEMM" is the ratio to the faster). Inputs or an oracle that do
-    not fit in memory give one failed row for the size, and the run goes on."""
+    not fit in memory give one failed row for the size, and the run goes on. ``warned``: the
+    run's set of filter warnings already printed (``_warn_unmatched``)."""
     size = {"n": n, "m": m, "d": d, "dtype": str(dtype).replace("torch.", "")}
     try:
         generator = torch.Generator().manual_seed(n * 31 + m * 7 + d)
         query = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
         reference = torch.randn(m, d, generator=generator).to(device=device, dtype=dtype)
-        methods = list(all_methods(query, reference, fits_bytes, only, exclude))
+        considered, warned = [], set() if warned is None else warned
+        methods = list(all_methods(query, reference, fits_bytes, only, exclude, considered))
+        _warn_unmatched(only, exclude, considered, warned)
         _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only,
                        exclude, lambda: [method for method in all_methods(query, reference, fits_bytes)
                                          if method.metric != "-"])
@@ -207,13 +210,13 @@ def main(argv=None):
     meta = run_meta(description, argv, args.repeat)
     prepared_out_folder(parser, args.out)
     print(markdown([]))
-    rows, stem = [], None
+    rows, stem, warned = [], None, set()
     stem_wanted = results_stem(args.out, name, args.dtype, args.tag, meta["date"])
     try:
         for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
             print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
             for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
-                                args.exclude):
+                                args.exclude, warned):
                 rows.append(row)
                 print(_line(row), flush=True)
                 stem = stem or fresh_stem(stem_wanted)  # claimed with the first row
@@ -234,6 +237,19 @@ def refuse_k_above_m(parser, k, sizes):
     for n, m, d in sizes:
         if k > m:
             parser.error(f"--k {k} is more than M = {m} references of size {n}x{m}x{d}")
+
+
+def _warn_unmatched(only, exclude, names, warned):
+    """A warning on stderr for filter words no method ``names`` holds, a typo that --exclude
+    would otherwise pass in silence (a word may name a peer installed elsewhere); each once a
+    run: ``warned`` holds those printed."""
+    for flag, words in (("only", only), ("exclude", exclude)):
+        unmatched = tuple(unmatched_words(words, names))
+        if unmatched and (flag, unmatched) not in warned:
+            warned.add((flag, unmatched))
+            print(f"warning: --{flag} {' '.join(unmatched)}: no method here holds "
+                  f"{'this word' if len(unmatched) == 1 else 'these words'}; methods here: "
+                  f"{', '.join(dict.fromkeys(names))}", file=sys.stderr)
 
 
 def _check_filters(names, only, exclude, every_method):

@@ -110,7 +110,11 @@ def peer_versions():
 
 def prepared_out_folder(parser, out):
     """``out``, made; argparse's error (exit status 2) where it cannot be written, before any
-    timing (else found only when the first row is written)."""
+    timing (else found only when the first row is written). A results file's name (x.json) is
+    refused: the run names its files itself, in that folder."""
+    if out.suffix.lower() in (".json", ".md", ".png") and not out.is_dir():
+        parser.error(f"--out {out}: --out is the results folder, where the run names its files by machine and "
+                     f"date (--tag WORD adds a word): use --out {out.parent}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -176,10 +176,11 @@ def _refmatch_methods(query, reference, flops, keep):
 PEER_GROUPS = {"faiss": _faiss_methods, "keops": _keops_methods, "flash-kmeans": _flash_kmeans_methods}
 
 
-def all_methods(query, reference, fits_bytes, only=None, exclude=()):
+def all_methods(query, reference, fits_bytes, only=None, exclude=(), considered=None):
     """Every method for one (N, M, D) that --only and --exclude (``only``, ``exclude``: their
     words) leave, the GEMM ceilings first; a refmatch method they leave out is not probed, a
-    peer group whose name holds an --exclude word not even imported."""
+    peer group whose name holds an --exclude word not even imported. ``considered``, a list,
+    receives every name the words were tried on (``unmatched_words``)."""
     n, m, d = query.shape[0], reference.shape[0], query.shape[1]
     flops = 2.0 * n * m * d
     fits = n * m * query.element_size() <= fits_bytes
@@ -208,10 +209,20 @@ def all_methods(query, reference, fits_bytes, only=None, exclude=()):
         Method("torch.cdist + argmin", "l2", 1, lambda: torch.cdist(query.float(), reference.float()).argmin(1),
                flops, too_big),
     ]
+    considered = [] if considered is None else considered
+
     def keep(name):
+        considered.append(name)
         return wanted(name, only, exclude)
     excluded_groups = [group for group in PEER_GROUPS if any(word.lower() in group for word in exclude or ())]
     peers = [method for group, builder in PEER_GROUPS.items() if group not in excluded_groups
              for method in builder(query, reference, flops, keep)]
-    return (methods + _refmatch_methods(query, reference, flops, keep)
-            + [method for method in _cuda_variant_methods(query, reference, flops) if keep(method.name)] + peers)
+    methods += _refmatch_methods(query, reference, flops, keep)
+    methods += [method for method in _cuda_variant_methods(query, reference, flops) if keep(method.name)] + peers
+    considered += excluded_groups + [method.name for method in methods]
+    return methods
+
+
+def unmatched_words(words, names):
+    """The --only / --exclude ``words`` that no method name holds (case aside): likely typos."""
+    return [word for word in words or () if not any(word.lower() in name.lower() for name in names)]
