@@ -88,6 +88,42 @@ def test_an_output_changed_in_place_is_refused():
         assert (tap.features() >= 0).all()
 
 
+def test_under_inference_mode_the_tap_keeps_the_layers_own_output():
+    """Without a version counter the in-place ReLU after the tapped conv went unseen: the
+    features were the ReLU's, silently."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 3, 1))
+    images = torch.randn(1, 1, 8, 8)
+    with FeatureTap(model, ["0"], normalize=False) as tap, torch.inference_mode():
+        model(images)
+        features = tap.features()
+        assert torch.equal(features, model[0](images)) and (features < 0).any()
+
+
+def test_layers_from_a_call_outside_the_models_pass_are_not_mixed_with_its_own():
+    """model.embed(b) after model(a) re-ran the encoder only: its features joined b's encoder
+    to a's decoder. A tap whose layers all ran in one such call is fine."""
+    class Embedding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, images):
+            return self.decoder(self.encoder(images))
+
+        def embed(self, images):
+            return self.encoder(images)
+
+    model, images, others = Embedding(), torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    with FeatureTap(model, ["encoder", "decoder"]) as tap, FeatureTap(model, ["encoder"], normalize=False) as encoder:
+        model(images)
+        model.embed(others)
+        with pytest.raises(RuntimeError, match=r"\['encoder'\] ran outside the model's forward"):
+            tap.features()
+        assert torch.equal(encoder.features(), model.encoder(others))
+        model(images)
+        assert tap.features().shape == (2, 8, 4, 4)
+
+
 def test_a_deepcopy_of_the_model_leaves_the_tap_alone_and_says_so():
     """The copy's hooks capture nothing: features() gives the tapped model's pass, with a warning
     where the copy ran after it (a researcher took those for the teacher's features)."""

@@ -66,8 +66,12 @@ class FeatureTap:
     several GPUs is refused (its replicas see chunks); DDP is fine. An output changed in place
     after capture (by an ``inplace=True`` activation, say) is refused by ``features()``, as is
     a layer that the model's last forward pass did not run (a train-only auxiliary head, say),
-    whose older output would not belong to this batch. A layer that returns a tuple or list is
-    tapped at its first element; one called twice in a pass gives its last call's output.
+    whose older output would not belong to this batch, and a mix of layers from the model's pass
+    and from a call outside it (a submodule, or a method such as ``model.embed``, called on its
+    own). Under ``torch.inference_mode``, whose tensors carry no version counter, the tap keeps a
+    copy of each output instead. A layer that returns a tuple or list is tapped at its first
+    element; one called twice in a pass gives its last call's output; backward's recompute of a
+    checkpointed model leaves the captures alone.
 
     Args:
         model: the ``nn.Module`` to tap.
@@ -99,12 +103,14 @@ class FeatureTap:
         if len(self.weights) != len(self.layers):
             raise ValueError(f"weights must give one value per layer ({len(self.layers)}), got {len(self.weights)}")
         self.size, self.normalize = spatial_size(size, "size"), bool(normalize)
-        self._outputs = {}  # name -> (output, its version counter when captured, or None)
+        self._outputs = {}  # name -> (output, its version counter when captured or None, in the model's pass)
+        self._in_pass = False  # between the model's forward pre-hook and its forward hook
         self._replicas = False
         self._copy_ran = False  # a deepcopy of the model (an EMA teacher?) ran after its last pass
         self._passes = 0  # the model's forward passes since the tap was made
         self._tapped = {name: modules[name] for name in self.layers}
-        self._handles = [model.register_forward_pre_hook(self._new_pass(model))]
+        self._handles = [model.register_forward_pre_hook(self._new_pass(model)),
+                         model.register_forward_hook(self._end_pass(model), always_call=True)]
         self._handles += [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
 
     def _new_pass(self, model):
@@ -114,8 +120,14 @@ class FeatureTap:
             if module is model and not _in_backward():
                 self._outputs = {}
                 self._passes += 1
-                self._copy_ran = False
+                self._copy_ran, self._in_pass = False, True
         return forget
+
+    def _end_pass(self, model):
+        def end(module, inputs, output):
+            if module is model and not _in_backward():
+                self._in_pass = False
+        return end
 
     def _keeper(self, name):
         def keep(module, inputs, output):
@@ -124,9 +136,13 @@ class FeatureTap:
                 self._replicas |= replica
                 self._copy_ran |= not replica
                 return
+            if _in_backward():  # a checkpointed model's recompute: the forward pass's outputs stand
+                return
             output = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(output, torch.Tensor) and output.is_inference():
+                output = output.clone()  # no version counter to check: a copy no later in-place op reaches
             tracked = isinstance(output, torch.Tensor) and not output.is_inference()
-            self._outputs[name] = (output, output._version if tracked else None)
+            self._outputs[name] = (output, output._version if tracked else None, self._in_pass)
         return keep
 
     def features(self):
@@ -142,6 +158,11 @@ class FeatureTap:
                                "passes?): tap layers that every pass runs")
         if missing:
             raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first")
+        outside = [name for name in self.layers if not self._outputs[name][2]]
+        if outside and len(outside) < len(self.layers):
+            raise RuntimeError(f"{outside} ran outside the model's forward (a submodule or a method such as "
+                               "model.embed called on its own) after the model's last pass, which gave the other "
+                               "layers: their outputs belong to different batches; tap layers that one call runs")
         if self._copy_ran:
             warnings.warn("a copy of the tapped model (copy.deepcopy: an EMA teacher?) ran after the model's last "
                           "pass; its hooks capture nothing, so these features are the tapped model's own: tap the "
