@@ -246,14 +246,15 @@ def test_fixed_bank_never_writes_the_callers_tensors():
     (lambda b: b.match(torch.randn(3, 5)), ValueError, r"query has D=5 channels \(dim 1\), the bank holds D=4"),
     (lambda b: b.classwise_max(torch.randn(2, 5, 3, 3)), ValueError, "query has D=5 channels"),
     (lambda b: b.match(torch.randn(2, 3, 3, 4)), ValueError,  # channels last: the fix is named
-     r"query has D=3 channels .*D=4; maps are \[B, D, H, W\]: .permute\(0, 3, 1, 2\)"),
+     r"query has D=3 channels .*D=4; if it is \[B, H, W, D\] .*, .permute\(0, 3, 1, 2\)"),
     (lambda b: b.add(torch.randn(1, 2, 2, 4), torch.zeros(1, 2, 2, dtype=torch.long)), ValueError,
-     r"features have D=2 channels, the bank holds D=4; maps are \[B, D, H, W\]"),
+     r"features have D=2 channels, the bank holds D=4; if it is \[B, H, W, D\]"),
+    (lambda b: b.match(torch.randn(1, 4, 2, 3, 3)), ValueError, r"a volume \[B, D, Z, H, W\] goes in as volume"),
     (lambda b: b.refresh(lambda x: x), RuntimeError, "refresh needs images"),
 ])
 def test_bad_input(call, error, message):
     bank = ReferenceBank(4, 3, capacity_per_class=5)
-    if "query has D=" in message:  # a query is checked after the bank has features
+    if "query has D=" in message or "a volume" in message:  # a query is checked after the bank has features
         bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(error, match=message):
         call(bank)

@@ -16,8 +16,13 @@ BAD_INPUTS = [
     (dict(query=torch.randn(4, 8, 2)), ValueError, r"query must be \[N, D\].*got shape \(4, 8, 2\)"),
     (dict(reference=torch.randn(10)), ValueError, r"reference must be \[M, D\], got shape \(10,\)"),
     (dict(reference=torch.randn(10, 7)), ValueError, "reference has D=7 channels but query has 8"),
-    (dict(query=torch.randn(2, 4, 4, 8)), ValueError,  # channels last, as a numpy image: the fix is named
-     r"query has 4 \(D = query.shape\[1\]; maps are \[B, D, H, W\]: .permute\(0, 3, 1, 2\) passes"),
+    (dict(query=torch.randn(2, 4, 4, 8)), ValueError,  # channels last, as a numpy image: the fix is named, with
+     # an "if": a [B, D, H, W] map whose width equals the reference's D (the wrong layer tapped) looks the same
+     r"query has 4 \(D = query.shape\[1\]; if it is \[B, H, W, D\] \(NumPy's image layout\), "
+     r".permute\(0, 3, 1, 2\) passes it as a view\)"),
+    (dict(query=torch.randn(1, 8, 2, 3, 4)), ValueError,  # a volume: how it goes in
+     r"got shape \(1, 8, 2, 3, 4\); a volume \[B, D, Z, H, W\] goes in as volume.flatten\(2, 3\), its results "
+     r"come back with .unflatten\(-2, \(Z, H\)\)"),
     (dict(query=torch.randn(4, 0), reference=torch.randn(3, 0)), ValueError, "D=0"),
     (dict(reference=torch.randn(0, 8)), ValueError, "reference is empty"),
     (dict(query=Q.int(), reference=R.int()), TypeError, "query must be float16.*got torch.int32"),

@@ -7,7 +7,7 @@ from .backends.scoring import METRICS
 from .bank_policies import POLICIES
 from .choices import check_choice
 from .masks import DOWNSAMPLING
-from .ops import as_int, channels_last_hint, check_integer_labels, describe
+from .ops import as_int, channels_last_hint, check_integer_labels, describe, volume_hint
 
 
 def require_values(**tensors):
@@ -44,7 +44,8 @@ def check_query(query, bank_features):
     if not isinstance(query, torch.Tensor):
         raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
     if query.dim() not in (2, 4):
-        raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}")
+        raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}"
+                         + volume_hint(query))
     if query.shape[1] != bank_features.shape[1]:
         raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={bank_features.shape[1]}"
                          + channels_last_hint(query, bank_features.shape[1]))

@@ -1,9 +1,11 @@
-"""The one check for an argument that names a choice (a metric, mode, policy, setting ...),
+"""The one check for an argument that names a choice (a metric, mode, policy, setting, device ...),
 and the one command-line type of a bounded integer.
 
 A leaf module, importing nothing from refmatch, so that every layer (ops, masks, the recipes,
 the backends' environment settings, the commands) can raise the same message."""
 import argparse
+
+import torch
 
 
 def check_choice(name, value, choices):
@@ -27,3 +29,12 @@ def at_least(minimum):
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
         return value
     return parse
+
+
+def is_cpu_or_cuda(text):
+    """Whether ``text`` names a device the recipes run on: "cpu", "cuda" or "cuda:N"."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and device.index is None)

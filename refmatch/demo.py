@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .choices import at_least
-from .ops import is_cpu_or_cuda, match
+from .choices import at_least, is_cpu_or_cuda
+from .ops import match
 
 
 def synthetic_batch(num_images, num_classes, dim, size, generator, modes=3):

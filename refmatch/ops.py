@@ -66,15 +66,6 @@ def as_number(name, value):
     raise TypeError(f"{name} must be a number, got {type(value).__name__}")
 
 
-def is_cpu_or_cuda(text):
-    """Whether ``text`` names a device the recipes run on: "cpu", "cuda" or "cuda:N"."""
-    try:
-        device = torch.device(text)
-    except (RuntimeError, TypeError):
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and device.index is None)
-
-
 # uint16, uint32 and uint64 lack the CPU kernels the label checks need (aminmax).
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -121,9 +112,18 @@ def describe(value):
 
 def channels_last_hint(maps, dim):
     """For an error about ``maps``' channels: how to pass a [B, H, W, D] tensor (numpy's image
-    layout) whose last axis has the expected ``dim``, or "" where that is not the mix-up."""
+    layout) whose last axis has the expected ``dim``, or "" where that cannot be the mix-up. A
+    map whose width merely equals ``dim`` looks the same: the hint says "if"."""
     if maps.dim() == 4 and maps.shape[1] != dim and maps.shape[-1] == dim:
-        return "; maps are [B, D, H, W]: .permute(0, 3, 1, 2) passes [B, H, W, D] as a view"
+        return "; if it is [B, H, W, D] (NumPy's image layout), .permute(0, 3, 1, 2) passes it as a view"
+    return ""
+
+
+def volume_hint(query):
+    """For an error about a query's rank: how a [B, D, Z, H, W] volume goes in, or ""."""
+    if isinstance(query, torch.Tensor) and query.dim() == 5:
+        return ("; a volume [B, D, Z, H, W] goes in as volume.flatten(2, 3), its results come back with "
+                ".unflatten(-2, (Z, H))")
     return ""
 
 
@@ -136,7 +136,7 @@ def _check_inputs(query, reference, labels, k, metric, backend):
                             "converts it")
     if query.dim() not in (2, 4):
         raise ValueError(f"query must be [N, D] rows or [B, D, H, W] feature maps, "
-                         f"got shape {_shape(query)}")
+                         f"got shape {_shape(query)}" + volume_hint(query))
     if reference.dim() != 2:
         raise ValueError(f"reference must be [M, D], got shape {_shape(reference)}")
     dim = query.shape[1]

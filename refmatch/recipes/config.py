@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 
 from ..bank_policies import POLICIES
-from ..choices import check_choice
+from ..choices import check_choice, is_cpu_or_cuda
 from ..data.folder import IGNORE_LABEL
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
-from ..ops import is_cpu_or_cuda
 from ..pseudo_labels import check_mode
 from .unet import NORMS
 
