@@ -159,6 +159,33 @@ def test_classes_lost_before_storing_are_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bank.add(torch.randn(1, 4, 8, 8), ignored)
+    nearest = ReferenceBank(dim=4, num_classes=4, capacity_per_class=64, downsample="nearest")
+    with pytest.warns(UserWarning, match=r"class\(es\) \[2\] .*the recipe's tap_size\)$"):  # not "use nearest" again
+        nearest.add(torch.randn(1, 4, 16, 16), masks)
+
+
+def test_finite_rows_that_overflow_the_banks_dtype_are_counted_in_a_warning():
+    """A float16 l2 bank of features near 1e5: 6 of class 1's 8 rows became Inf and were dropped
+    in silence (only a class that lost every row was named)."""
+    features = torch.ones(1, 4, 4, 4)
+    features[0, :, :2, :3] = 1e5
+    masks = torch.ones(1, 4, 4, dtype=torch.long)
+    masks[0, 2:] = 0
+    bank = ReferenceBank(dim=4, num_classes=2, capacity_per_class=16, dtype=torch.float16, metric="l2")
+    with pytest.warns(UserWarning, match=r"6 finite feature row\(s\) overflowed the bank's torch.float16 \(values "
+                                         r"beyond 6.55e\+04\) and were not stored"):
+        bank.add(features, masks)
+    assert bank.class_counts().tolist() == [8, 2]
+
+
+def test_a_bank_built_under_inference_mode_names_the_cause_outside_it():
+    with torch.inference_mode():
+        bank = ReferenceBank(dim=4, num_classes=2, capacity_per_class=8)
+    with pytest.raises(RuntimeError, match=r"built under torch.inference_mode\(\), whose tensors cannot change"):
+        bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    with torch.inference_mode():  # inside the mode it works
+        bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert len(bank) == 4
 
 
 def test_memory_bytes_counts_the_images_kept_for_refresh():

@@ -1,5 +1,7 @@
 """The bank's fill policies: ``bank_policies`` on its own, and ring and reservoir through
 ReferenceBank.add, across batches and a state_dict round trip."""
+import warnings
+
 import pytest
 import torch
 
@@ -30,8 +32,15 @@ def test_ring_keeps_the_newest():
     bank.add(*one_class_batch([1.0, 2.0], 0, size=1))
     bank.add(*one_class_batch([3.0, 4.0, 5.0], 0, size=1))
     assert stored(bank, 0) == [2.0, 3.0, 4.0, 5.0]
-    bank.add(*one_class_batch([float(v) for v in range(10, 17)], 0, size=1))  # more than capacity at once
+    with pytest.warns(UserWarning, match=r"one add\(\) gave class 0 7 rows for its 4 slots: policy='ring' keeps "
+                      r"the batch's last 4 in raster order .*policy='reservoir' keeps a uniform sample"):
+        bank.add(*one_class_batch([float(v) for v in range(10, 17)], 0, size=1))  # more than capacity at once
     assert stored(bank, 0) == [13.0, 14.0, 15.0, 16.0]
+    with warnings.catch_warnings():  # once per bank
+        warnings.simplefilter("error")
+        bank.add(*one_class_batch([float(v) for v in range(20, 27)], 0, size=1))
+        sampled = ReferenceBank(1, 1, capacity_per_class=4, dtype=torch.float32, metric="dot", policy="reservoir")
+        sampled.add(*one_class_batch([float(v) for v in range(10, 17)], 0, size=1))
 
 
 def test_reservoir_is_uniform_over_everything_added():

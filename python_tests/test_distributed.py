@@ -75,6 +75,14 @@ def worker(rank, port, cases):
     # would, before any collective of the match, so the barrier below still lines up.
     with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(stored features\), got k=5"):
         lonely.match(torch.ones(2, 6), k=5)
+    # The reservoir draws with seed + rank: the same draws kept the same steps' rows on every shard.
+    sampled = ShardedReferenceBank(1, 1, capacity_per_class=8, dtype=torch.float32, metric="dot",
+                                   policy="reservoir", seed=5)
+    for step in range(10):
+        sampled.add(torch.arange(4.0).view(1, 1, 2, 2) + 4 * step, torch.zeros(1, 2, 2, dtype=torch.long))
+    kept = [torch.empty(4) for _ in range(WORLD)]
+    dist.all_gather(kept, sampled.features[:, 0].sort().values)
+    assert sampled._generator.initial_seed() == 5 + rank and not torch.equal(kept[0], kept[1])
     # Rows labelled ignore_index never match and count for no class, on every shard.
     ignored = labels.clone()
     ignored[::4] = 255

@@ -2,11 +2,12 @@
 import torch
 from torch import nn
 
-from .backends.scoring import METRICS, accumulation_dtype, normalized_rows, worst_score
+from .backends.scoring import METRICS, accumulation_dtype, worst_score
 from .bank_checks import check_feature_maps, check_images, check_query, check_reference_rows, \
     checked_bank_arguments, require_values, state_dict_problem
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
-from .masks import check_masks, downsample_masks, warn_lost_classes
+from .bank_rows import bank_rows, warn_ring_overflow
+from .masks import check_masks
 from .candidates import keep_best, with_k_axis
 from .ops import MatchResult, _check_label_values, as_int, inferred_num_classes, kept_labels, match
 
@@ -32,8 +33,9 @@ class ReferenceBank(nn.Module):
             classes, which then stays empty (None: every mask pixel is a class; "pure"
             downsampling still drops mixed blocks).
         policy: "ring" replaces the oldest features of a class (for features that
-            drift under an EMA teacher); "reservoir" keeps a uniform sample of all
-            features ever added.
+            drift under an EMA teacher; within one ``add``, the batch's last rows in
+            raster order: warned once where one batch overflows a class); "reservoir"
+            keeps a uniform sample of all features ever added.
         downsample: how masks reach feature resolution: "majority" (a block's most
             frequent label; a tie is dropped), "nearest" or "pure" (majority, dropping
             pixels on class borders).
@@ -56,7 +58,7 @@ class ReferenceBank(nn.Module):
         self.dim, self.num_classes, self.capacity = dim, num_classes, capacity_per_class
         self.metric, self.ignore_index, self.policy, self.downsample = metric, ignore_index, policy, downsample
         self._generator = torch.Generator().manual_seed(seed)
-        self._sources = []
+        self._sources, self._ring_overflowed = [], False
         if policy == "reservoir":
             self.register_buffer("generator_state", self._generator.get_state())
         # What gives the stored rows and slots their meaning: a state_dict of a bank with another
@@ -148,23 +150,9 @@ class ReferenceBank(nn.Module):
         require_values(features=features, masks=masks, bank=self.features)
         check_masks(masks, features.shape[0], features.shape[2:], self.num_classes, self.ignore_index)
         check_images(images, features.shape[0])
-        dropped = -1 if self.ignore_index is None else self.ignore_index  # never a class: masks are >= 0
-        labels = downsample_masks(masks.to(features.device), features.shape[2:], self.num_classes, dropped,
-                                  self.downsample).reshape(-1)
-        # Normalised in float32 at least, in float64 for a float64 bank (no rounding on the way).
-        rows = features.movedim(1, -1).reshape(-1, self.dim)
-        rows = rows.to(torch.promote_types(torch.promote_types(rows.dtype, self.features.dtype), torch.float32))
-        if self.metric == "cosine":
-            rows = normalized_rows(rows)
-        rows = rows.to(device=self.features.device, dtype=self.features.dtype)
-        # Ignored pixels leave no row (even where ignore_index is a class), nor do rows that could
-        # never match: NaN or Inf in the bank's dtype.
-        labels = labels.to(rows.device)
-        kept = labels != dropped
-        finite = torch.where(rows.isfinite().all(dim=1) & kept, labels, -1)
-        warn_lost_classes(masks, dropped, labels[kept], finite[finite >= 0], self.num_classes, features.shape[2:])
+        rows, classes = bank_rows(self, features, masks)
         for cls in range(self.num_classes):
-            self._insert(cls, rows[finite == cls])
+            self._insert(cls, rows[classes == cls])
         if images is not None:
             self._sources.append((images.detach().cpu(), masks.detach().cpu()))
 
@@ -183,6 +171,9 @@ class ReferenceBank(nn.Module):
         if count == 0:
             return
         if self.policy == "ring":
+            if count > self.capacity and not self._ring_overflowed:
+                self._ring_overflowed = True
+                warn_ring_overflow(cls, count, self.capacity)
             slots, picked = ring_slots(seen, count, self.capacity)
         else:
             # The buffer holds the generator's state, so a loaded state_dict draws on where the saved bank was.
@@ -221,6 +212,9 @@ class ReferenceBank(nn.Module):
         if self.capacity is None:
             raise RuntimeError("this bank was built by from_tensors and is fixed: it takes no add(), clear() or "
                                "refresh(); build one with ReferenceBank(dim, num_classes, capacity_per_class)")
+        if self.features.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError("this bank was built under torch.inference_mode(), whose tensors cannot change outside "
+                               "it: build the bank outside inference_mode (torch.no_grad is fine)")
 
     def _require_features(self, stored, k=1):
         """Raise unless ``stored`` features (this process's, or every rank's for a sharded

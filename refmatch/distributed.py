@@ -67,7 +67,7 @@ class ShardedReferenceBank(ReferenceBank):
     first. A ``state_dict`` holds this rank's shard: load it on the same rank (another rank's is
     refused; an older refmatch's has no ``shard_rank`` and loads with a warning). The ring
     and reservoir policies act per shard, on the features that rank added (a class that
-    only one rank sees gets that rank's slots only). ``len(bank)`` (and so ``bool(bank)``)
+    only one rank sees gets that rank's slots only); the reservoir draws with ``seed`` + rank. ``len(bank)`` (and so ``bool(bank)``)
     is a collective too; ``class_counts`` and ``memory_bytes`` describe this rank's shard.
 
     Example:
@@ -83,7 +83,12 @@ class ShardedReferenceBank(ReferenceBank):
         if capacity_per_class < 1:
             raise ValueError(f"capacity_per_class must be a positive int, got {capacity_per_class}")
         super().__init__(dim, num_classes, -(-capacity_per_class // world), *args, **kwargs)
-        self._own_shard(group, dist.get_rank(group) * self.features.shape[0])
+        rank = dist.get_rank(group)
+        # seed + rank: the same draws on every rank would keep the same steps' rows on each shard
+        self._generator.manual_seed(self._generator.initial_seed() + rank)
+        if self.policy == "reservoir":
+            self.generator_state.copy_(self._generator.get_state())
+        self._own_shard(group, rank * self.features.shape[0])
 
     @classmethod
     def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255, group=None):

@@ -1,6 +1,4 @@
 """Bringing label masks from image resolution down to feature resolution."""
-import warnings
-
 import torch
 import torch.nn.functional as F
 
@@ -33,7 +31,7 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
         hint = ": pass masks[:, 0] (a view) for a channel axis of one" if channel_axis else ""
         raise ValueError(f"masks must be [B={batch}, {axes}], got shape {tuple(masks.shape)}{hint}")
     if any(side < feature or side % feature for side, feature in zip(masks.shape[1:], feature_size)):
-        raise ValueError(f"masks are {_size_text(masks.shape[1:])} but features are {_size_text(feature_size)}: "
+        raise ValueError(f"masks are {size_text(masks.shape[1:])} but features are {size_text(feature_size)}: "
                          "the mask size must be an integer multiple of the feature size")
     valid = (masks >= 0) & (masks < num_classes)
     if ignore_index is not None:
@@ -44,7 +42,7 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
         raise ValueError(f"masks hold label {bad}, but labels must be in [0, {num_classes}){allowed}")
 
 
-def _size_text(size):
+def size_text(size):
     return "x".join(str(side) for side in size)
 
 
@@ -73,25 +71,3 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
     top_share, label = share.max(dim=1)
     no_majority = top_share < 1.0 if mode == "pure" else (share == top_share[:, None]).sum(dim=1) > 1
     return torch.where((label == num_classes) | no_majority, ignore_index, label)
-
-
-def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, feature_size):
-    """Warn for each class present in ``masks`` [B, H, W] that none of the ``downsampled``
-    labels (of the pixels that were not dropped) keeps, a structure thinner than a feature
-    pixel at ``feature_size``, or that ``stored`` (the labels of the rows kept) lacks, where
-    every row held NaN or Inf. Pixels equal to ``ignore_index`` count for no class."""
-    present = masks[~label_is(masks, ignore_index)].long()
-    counts = torch.stack([torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].cpu()
-                          for labels in (present, downsampled, stored)])  # each on its own device
-    in_masks, survived, kept = (counts > 0).tolist()
-    lost = [c for c in range(num_classes) if in_masks[c] and not survived[c]]
-    non_finite = [c for c in range(num_classes) if survived[c] and not kept[c]]
-    # stacklevel 4: past add and torch.no_grad's wrapper, at add's caller
-    if lost:
-        warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {_size_text(feature_size)}"
-                      ": thinner than a feature pixel (or tied in every block); they cannot "
-                      "be matched: tap finer features (FeatureTap's size; the recipe's tap_size) or use "
-                      "downsample='nearest'", stacklevel=4)
-    if non_finite:
-        warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf, so none was stored",
-                      stacklevel=4)

@@ -1,0 +1,72 @@
+"""The rows a ReferenceBank stores from one batch of feature maps and masks, and the
+warnings about what it could not store."""
+import warnings
+
+import torch
+
+from .backends.scoring import normalized_rows
+from .masks import downsample_masks, label_is, size_text
+
+# past bank_rows, add and torch.no_grad's wrapper: at add's caller
+CALLER = 4
+
+
+def bank_rows(bank, features, masks):
+    """features [B, D, *sides] and masks [B, *mask sides] -> (rows [P, D] in ``bank``'s dtype
+    and on its device, L2-normalised for cosine; classes [P]: each row's class, or -1 where
+    nothing is stored: an ignored or tied pixel, or a row holding NaN or Inf in the bank's
+    dtype). Warns for a class of the masks that keeps no row, and for finite rows that
+    overflow the bank's dtype (a float16 bank of large features)."""
+    dropped = -1 if bank.ignore_index is None else bank.ignore_index  # never a class: masks are >= 0
+    labels = downsample_masks(masks.to(features.device), features.shape[2:], bank.num_classes, dropped,
+                              bank.downsample).reshape(-1)
+    rows = features.movedim(1, -1).reshape(-1, bank.dim)
+    # Normalised in float32 at least, in float64 for a float64 bank (no rounding on the way).
+    rows = rows.to(torch.promote_types(torch.promote_types(rows.dtype, bank.features.dtype), torch.float32))
+    if bank.metric == "cosine":
+        rows = normalized_rows(rows)
+    finite_before = rows.isfinite().all(dim=1)
+    rows = rows.to(device=bank.features.device, dtype=bank.features.dtype)
+    labels, finite = labels.to(rows.device), rows.isfinite().all(dim=1)
+    kept = labels != dropped
+    classes = torch.where(finite & kept, labels, -1)
+    warn_lost_classes(masks, dropped, labels[kept], classes[classes >= 0], bank.num_classes, features.shape[2:],
+                      bank.downsample)
+    overflowed = int((finite_before.to(rows.device) & ~finite & kept).sum())
+    if overflowed:
+        warnings.warn(f"{overflowed} finite feature row(s) overflowed the bank's {bank.features.dtype} (values "
+                      f"beyond {torch.finfo(bank.features.dtype).max:.4g}) and were not stored: scale the features "
+                      "down, use metric='cosine', or a bank dtype of wider range (bfloat16, float32)",
+                      stacklevel=CALLER)
+    return rows, classes
+
+
+def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, feature_size, downsample):
+    """Warn for each class present in ``masks`` [B, H, W] that none of the ``downsampled``
+    labels (of the pixels that were not dropped) keeps, a structure thinner than a feature
+    pixel at ``feature_size`` under the ``downsample`` mode, or that ``stored`` (the labels of
+    the rows kept) lacks, where every row held NaN or Inf. Pixels equal to ``ignore_index``
+    count for no class."""
+    present = masks[~label_is(masks, ignore_index)].long()
+    counts = torch.stack([torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].cpu()
+                          for labels in (present, downsampled, stored)])  # each on its own device
+    in_masks, survived, kept = (counts > 0).tolist()
+    lost = [c for c in range(num_classes) if in_masks[c] and not survived[c]]
+    non_finite = [c for c in range(num_classes) if survived[c] and not kept[c]]
+    if lost:
+        nearest = "" if downsample == "nearest" else " or use downsample='nearest'"
+        warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {size_text(feature_size)}"
+                      ": thinner than a feature pixel (or tied in every block); they cannot "
+                      f"be matched: tap finer features (FeatureTap's size; the recipe's tap_size){nearest}",
+                      stacklevel=CALLER + 1)
+    if non_finite:
+        warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf, so none was stored",
+                      stacklevel=CALLER + 1)
+
+
+def warn_ring_overflow(cls, count, capacity):
+    """Warn that one ``add`` gave class ``cls`` more rows than its ``capacity`` ring slots."""
+    warnings.warn(f"one add() gave class {cls} {count} rows for its {capacity} slots: policy='ring' keeps the batch's "
+                  f"last {capacity} in raster order (the bottom rows of its last images), not a spread over it; "
+                  "policy='reservoir' keeps a uniform sample, or add fewer images at a time (warned once per bank)",
+                  stacklevel=CALLER + 1)
