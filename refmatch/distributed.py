@@ -62,13 +62,14 @@ class ShardedReferenceBank(ReferenceBank):
     ``from_tensors``). ``match`` and ``classwise_max`` are collectives: every rank
     must call them, with its own queries; a query that fails its check, or a match
     that fails, on one rank makes every rank raise (an error before the call on one
-    rank leaves the others waiting in it, as in any collective). Scores are float32 (float64 for a float64 bank). Inside a
-    model wrapped in DistributedDataParallel, call ``keep_shards_out_of_ddp(model)``
-    first. A ``state_dict`` holds this rank's shard: load it on the same rank (another rank's is
-    refused; an older refmatch's has no ``shard_rank`` and loads with a warning). The ring
-    and reservoir policies act per shard, on the features that rank added (a class that
-    only one rank sees gets that rank's slots only); the reservoir draws with ``seed`` + rank. ``len(bank)`` (and so ``bool(bank)``)
-    is a collective too; ``class_counts`` and ``memory_bytes`` describe this rank's shard.
+    rank leaves the others waiting in it, as in any collective). Scores are float32 (float64
+    for a float64 bank). Inside a model wrapped in DistributedDataParallel, call
+    ``keep_shards_out_of_ddp(model)`` first. A ``state_dict`` holds this rank's shard: load it
+    on the same rank (another rank's is refused; an older refmatch's has no ``shard_rank`` and
+    loads with a warning). The ring and reservoir policies act per shard, on the features that
+    rank added (a class that only one rank sees gets that rank's slots only); the reservoir
+    draws with ``seed`` + rank. ``len(bank)`` (and so ``bool(bank)``) is a collective too;
+    ``class_counts`` and ``memory_bytes`` describe this rank's shard.
 
     Example:
         >>> bank = ShardedReferenceBank.from_tensors(reference, labels, metric="cosine")

@@ -65,7 +65,8 @@ class ReferencePseudoLabels:
         self.bank = ReferenceBank(dim, num_classes, config.bank_capacity, dtype=dtype, metric="cosine",
                                   ignore_index=IGNORE, policy=config.bank_policy, seed=config.seed).to(device)
         self.labeler = PseudoLabeler(self.bank, k=config.pl_k, mode=config.pl_mode,
-                                     threshold=labeler_threshold(config.pl_threshold), temperature=config.pl_temperature,
+                                     threshold=labeler_threshold(config.pl_threshold),
+                                     temperature=config.pl_temperature,
                                      out_size=(config.image_size, config.image_size), ignore_index=IGNORE)
         self.consensus = config.pl_consensus
         self.config = config
