@@ -72,3 +72,24 @@ def test_an_unfinished_or_missing_run_is_one_line_naming_it(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.splitlines()[-1] == f"refmatch report: error: {folder}: {why}" + (
             " (refmatch train --resume)" if "training" in why else "")
+
+
+def test_undefined_scores_print_as_a_dash_and_names_stay_in_their_cells(tmp_path):
+    """A class in neither the truth nor the prediction has null Dice, IoU and HD95 (the table
+    raised TypeError); a | in a class name split its cell."""
+    run = finished_run(tmp_path / "run", 0, 0.9, 4.0, 1.0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for measure, value in (("dice", None), ("iou", None), ("hd95", None)):
+        metrics["test"][measure]["tri|angle"] = value
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    header, _, row = table([run]).splitlines()
+    assert "test Dice (tri\\|angle)" in header and row.endswith("| 4.00 | – | – | – | 0.9000 | 1.0 |")
+    metrics["test"]["mean_dice"] = None  # no class scored at all
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert table([run]).splitlines()[2].endswith("| – | 1.0 |")
+    assert seed_table([run]).splitlines()[2] == "| run | – | – | – | 1.0–1.0 |"
+
+
+def test_runs_of_one_name_are_told_apart_by_their_paths(tmp_path):
+    runs = [finished_run(tmp_path / f"seed{seed}" / "refmatch", seed, 0.9, 4.0, 1.0) for seed in (0, 1)]
+    assert [line.split(" | ")[0] for line in table(runs).splitlines()[2:]] == ["| seed0/refmatch", "| seed1/refmatch"]

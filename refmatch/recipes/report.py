@@ -2,6 +2,7 @@
 or with ``--by-seed`` one row per run name across seeds, as docs/experiments.md's five-seed tables."""
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,16 +16,15 @@ def table(run_dirs):
         if _foreground(metrics) != classes:
             raise ValueError(f"{run} has classes {list(metrics['test']['dice'])}, {runs[0][0]} "
                              f"{['background', *classes]}: report runs of one task together")
-    per_class = [f"test {measure} ({name})" for name in classes for measure in ("Dice", "IoU", "HD95")]
+    per_class = [f"test {measure} ({_cell(name)})" for name in classes for measure in ("Dice", "IoU", "HD95")]
     lines = ["| " + " | ".join(["run", "method", "labelled", "steps", *per_class, "mean Dice", "minutes"]) + " |",
              "|---" * (len(per_class) + 6) + "|"]
-    for run, metrics in runs:
+    for (run, metrics), name in zip(runs, _distinct_names([run for run, _ in runs])):
         splits = json.loads((run / "splits.json").read_text())
         test, config = metrics["test"], metrics["config"]
-        scores = [f"{test['dice'][name]:.4f} | {test['iou'][name]:.4f} | {_number(test['hd95'][name], 2)}"
-                  for name in classes]
-        lines.append(f"| {run.name} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
-                     + " | ".join(scores) + f" | {test['mean_dice']:.4f} | {metrics['train_seconds'] / 60:.1f} |")
+        scores = [" | ".join(_class_scores(test, name)) for name in classes]
+        lines.append(f"| {_cell(name)} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
+                     + " | ".join(scores) + f" | {_score(test['mean_dice'])} | {metrics['train_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -45,13 +45,13 @@ def seed_table(run_dirs):
              + " | mean test Dice | mean HD95 | minutes per run |", "|---" * (len(seeds) + 4) + "|"]
     for name, by_seed in rows.items():
         runs = [by_seed.get(seed) for seed in seeds]
-        dice = [f"{run['test']['mean_dice']:.4f}" if run else "–" for run in runs]
-        complete = None not in runs
+        dice = [_score(run["test"]["mean_dice"]) if run else "–" for run in runs]
+        complete = None not in runs and "–" not in dice
         hd95 = [run["test"]["mean_hd95"] for run in by_seed.values()]
         minutes = [run["train_seconds"] / 60 for run in by_seed.values()]
         mean_dice = f"{sum(run['test']['mean_dice'] for run in runs) / len(runs):.4f}" if complete else "–"
         mean_hd95 = ("inf" if None in hd95 else f"{sum(hd95) / len(hd95):.2f}") if complete else "–"
-        lines.append(f"| {name} | " + " | ".join(dice)
+        lines.append(f"| {_cell(name)} | " + " | ".join(dice)
                      + f" | {mean_dice} | {mean_hd95} | {min(minutes):.1f}–{max(minutes):.1f} |")
     return "\n".join(lines)
 
@@ -70,14 +70,39 @@ def _foreground(metrics):
     return [name for name in metrics["test"]["dice"] if name != "background"]
 
 
-def _number(value, digits):
-    """metrics.json holds null for an infinite HD95 (a class missing from a prediction)."""
-    return "inf" if value is None else f"{value:.{digits}f}"
+def _distinct_names(runs):
+    """The runs' folder names, or where two share one (seed0/refmatch, seed1/refmatch) their
+    paths below the folder all of them share."""
+    names = [run.name for run in runs]
+    if len(set(names)) == len(names):
+        return names
+    shared = Path(os.path.commonpath([run.resolve() for run in runs]))
+    return [str(run.resolve().relative_to(shared)) for run in runs]
+
+
+def _class_scores(test, name):
+    """Dice, IoU and HD95 of class ``name``. metrics.json holds null for an undefined Dice and IoU
+    (a class in neither the truth nor the prediction: its HD95 is undefined too, "–") and for
+    an infinite HD95 (a class in only one of them, "inf")."""
+    if test["dice"][name] is None:
+        return "–", "–", "–"
+    hd95 = test["hd95"][name]
+    return _score(test["dice"][name]), _score(test["iou"][name]), "inf" if hd95 is None else f"{hd95:.2f}"
+
+
+def _score(value):
+    """A Dice or IoU, or "–" for null (undefined)."""
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _cell(text):
+    """``text`` in a Markdown table cell: a | would start another cell."""
+    return str(text).replace("|", "\\|")
 
 
 def main(argv=None):
     """``refmatch report`` (also ``python -m refmatch.recipes.report``): print the table."""
-    parser = argparse.ArgumentParser(prog="refmatch report", description=" ".join(__doc__.split()))
+    parser = argparse.ArgumentParser(prog="refmatch report", description=" ".join(__doc__.replace("``", "").split()))
     parser.add_argument("--by-seed", action="store_true",
                         help="one row per run folder name, a column per seed, and the means over the seeds")
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (with metrics.json)")
