@@ -90,3 +90,34 @@ def test_dark_16_bit_images_are_named_in_the_runs_log(tmp_path, phantom_folder):
     assert "UserWarning: the labelled images of" in (run / "train.log").read_text()
     assert "data reach at most 0.05" in (run / "train.log").read_text()
     assert warnings.showwarning is shown
+
+
+def test_a_class_no_mask_holds_is_named_and_phantoms_refuse_its_model(tmp_path, phantom_folder):
+    """A fifth name (a typo, or a class the split left out) trained without a word, and its
+    model met the phantoms' 4 classes only after generating them, as a label error."""
+    from refmatch.__main__ import main
+
+    run = tmp_path / "run"
+    main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=supervised",
+          classes_setting([*CLASS_NAMES, "nodule"]), "--out", str(run)])
+    assert "class(es) 'nodule' (4) appear in no mask of " in \
+        (run / "train.log").read_text()
+    with pytest.raises(ValueError, match=r"best.pt predicts 5 classes, phantoms have 4 \(background, lung"):
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--split", "all"])
+
+
+def test_a_binary_mask_among_class_indices_is_named(tmp_path, phantom_folder):
+    """With more than two classes 255 marks ignored pixels: a 0/255 mask lost its foreground
+    in silence."""
+    import numpy as np
+    from PIL import Image
+
+    from refmatch.__main__ import main
+
+    mask = phantom_folder / "masks" / "p03.png"
+    Image.fromarray(np.where(np.array(Image.open(mask)) > 0, 255, 0).astype(np.uint8)).save(mask)
+    run = tmp_path / "run"
+    main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=supervised", classes_setting(CLASS_NAMES),
+          "--out", str(run)])
+    assert "1 mask(s) of " in (run / "train.log").read_text()
+    assert "hold only 0 and 255 (p03.png): with 4 classes 255 marks ignored pixels" in (run / "train.log").read_text()

@@ -9,7 +9,7 @@ import torch
 from ..atomic_file import write_text_atomic
 from ..choices import at_least
 from .checkpoint import load, saved_teacher
-from .config import data_location, load_config
+from .config import data_location, load_config, unread_keys
 from .evaluation import evaluate, evaluate_at_file_size, metrics_json
 
 
@@ -36,6 +36,10 @@ def train_main(argv=None):
         parser.error(f"--stop-at {args.stop_at} is not after the step {args.out} was saved at ({resumed['step']})")
     config = load_config(args.config, args.overrides, base=resumed["config"] if resumed else None)
     config.data = data_location(config.data)
+    unread = unread_keys(config, [item.split("=", 1)[0] for item in args.overrides])
+    if unread:  # a config file may hold other methods' settings; a command line names its own
+        print(f"warning: method={config.method} never reads {', '.join(unread)} (given on the command line)",
+              file=sys.stderr)
     trainer = Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite)
     try:
         result = trainer.fit(stop_at=args.stop_at)
@@ -73,12 +77,16 @@ def evaluate_main(argv=None):
         raise ValueError("--resolution native scores masks at their files' size; phantoms are generated at "
                          "the run's image_size, which --resolution training already scores")
     from ..data.folder import FolderDataset, scan_folder
+    from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
     from ..data.phantoms import PhantomDataset
     from ..data.splits import load_splits
     from .data_setup import check_folder_fits_classes, class_names, load_run_split, load_split
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = checkpoint_teacher(args.checkpoint, device)
+    if args.data == "phantom" and classes != len(PHANTOM_CLASSES):  # before generating them
+        raise ValueError(f"{args.checkpoint} predicts {classes} classes, phantoms have {len(PHANTOM_CLASSES)} "
+                         f"({', '.join(PHANTOM_CLASSES)}): evaluate it on the data it was trained for")
     if args.split != "all":
         split_file = args.checkpoint.parent / "splits.json"
         if not split_file.is_file():

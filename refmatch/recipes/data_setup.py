@@ -87,7 +87,34 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
         save_splits(splits, split_file)
     loaded = {key: load_run_split(config, splits, key) for key in ("labeled", "unlabeled", "val", "test")}
     warn_if_dark(loaded["labeled"].images, config.data)
+    if config.data != "phantom":
+        warn_about_masks(list(loaded.values()), class_names(config), config.data)
     return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], class_names(config))
+
+
+def warn_about_masks(splits, names, folder):
+    """Warn about the masks of ``splits`` (mask-less images' UNKNOWN ones aside) that cannot mean what the
+    config's classes ``names`` say: masks holding only 0 and 255 where there are more than two
+    classes (255 marks ignored pixels there, so a binary mask's foreground is lost), and
+    classes that no mask holds (a name too many, or a rare class the split left out)."""
+    binary, counts = [], torch.zeros(len(names), dtype=torch.long)
+    for split in splits:  # split by split: no copy of every mask at once
+        binary += [file for file, mask in zip(split.names, split.masks)
+                   if len(names) > 2 and set(mask.unique().tolist()) == {0, IGNORE_LABEL}]
+        counts += torch.bincount(split.masks[(split.masks >= 0) & (split.masks < len(names))], minlength=len(names))
+    if binary:
+        warnings.warn(f"{len(binary)} mask(s) of {folder} hold only 0 and {IGNORE_LABEL} ({_some(binary)}): with "
+                      f"{len(names)} classes {IGNORE_LABEL} marks ignored pixels, so they give background only; "
+                      f"store a structure as its class index (1..{len(names) - 1})", stacklevel=3)
+    absent = [f"{name!r} ({value})" for value, name in enumerate(names) if counts[value] == 0]
+    if absent:
+        warnings.warn(f"class(es) {', '.join(absent)} appear in no mask of {folder}: nothing to learn or score "
+                      "them by; check classes (mask values 0..C-1 in order)",
+                      stacklevel=3)
+
+
+def _some(names, shown=3):
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def warn_if_dark(images, folder):
