@@ -120,7 +120,7 @@ def line(row):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--sizes", nargs="+", type=size_triple, default=[size_triple("262144x1048576x128")])
     parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("bench") / "results")

@@ -147,3 +147,19 @@ def test_a_setting_may_list_a_value():
         ("hard", [0.5, 0.2, 0.3, 0.1], ["decoder.up2", "decoder.up1"])
     with pytest.raises(ValueError, match=r"setting 'pl_threshold=\[0.5,0.2\]': pl_threshold must be one number or one"):
         parse_setting("pl_threshold=[0.5,0.2]", load_config(None, []))
+    spaced = parse_setting("pl_mode=hard, pl_threshold=[0.5, 0.2, 0.3, 0.1]", load_config(None, []))  # as typed
+    assert (spaced.pl_mode, spaced.pl_threshold) == ("hard", [0.5, 0.2, 0.3, 0.1])
+    with pytest.raises(ValueError, match=r"setting 'pl_threshold=\[0.5,0.2' opens 1 \[ and closes 0 \]"):
+        parse_setting("pl_threshold=[0.5,0.2", load_config(None, []))
+
+
+@pytest.mark.parametrize("text, unread", [("method=meanteacher-pl,pl_threshold=0.5", "pl_threshold"),
+                                          ("method=meanteacher-pl,pl_mode=hard,pl_k=1", "pl_mode, pl_k"),
+                                          ("pl_mode=hard,confidence_threshold=0.5", "confidence_threshold")])
+def test_a_setting_the_method_never_reads_is_refused(text, unread):
+    """Its row was named after a change that changed nothing (three identical rows)."""
+    from refmatch.recipes.compare_pseudo_labels import parse_setting
+    from refmatch.recipes.config import load_config
+
+    with pytest.raises(ValueError, match=rf"never reads {unread}"):
+        parse_setting(text, load_config(None, []))

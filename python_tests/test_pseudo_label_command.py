@@ -106,8 +106,8 @@ def test_an_occupied_folder_takes_resume_or_overwrite(folders, tmp_path, capsys)
     assert not stale.exists() and record(out)["complete"]
     other = tmp_path / "other.pt"
     other.write_bytes(folders[0].read_bytes())
-    with pytest.raises(ValueError, match=r"--resume: .* labelled with another checkpoint \(.*best.pt\)"):
-        main(command(folders, out, "--resume", checkpoint=other))
+    with pytest.raises(ValueError, match=r"--resume: .* labelled with another checkpoint \(.*best.pt\): pass the same"):
+        main(command(folders, out, "--resume", checkpoint=other))  # another path: not "its size or time changed"
     with pytest.raises(FileNotFoundError, match="--resume: .*pseudo-label.json not found"):
         main(command(folders, tmp_path / "new", "--resume"))
     with pytest.raises(SystemExit) as stopped:

@@ -74,3 +74,14 @@ def test_each_class_keeps_its_pixels_above_its_own_threshold():
     plain, thresholded = labels[0.0], labels[1.0]
     assert (plain == 0).any() and (plain == 1).any() and (plain != 255).all()  # both classes, none dropped
     assert torch.equal(thresholded, torch.where(plain == 1, 1, 255))
+
+
+def test_train_warns_of_a_command_line_setting_the_method_never_reads(tmp_path, capsys):
+    """pl_threshold under meanteacher-pl trained as if it were not there, without a word."""
+    from refmatch.__main__ import main
+    from test_recipes import TINY
+
+    main(["train", *TINY, "--out", str(tmp_path / "run"), "method=meanteacher-pl", "steps=1", "pl_threshold=0.5"])
+    err = capsys.readouterr().err
+    assert "warning: method=meanteacher-pl never reads tap_size, bank_capacity, bank_refresh_every, pl_threshold " \
+           "(given on the command line)" in err

@@ -85,3 +85,25 @@ def test_pseudo_label_files_hold_classes_255_and_scaled_confidence(tmp_path):
     assert shade.shape == (8, 12) and shade[:, 0].max() == 0 and shade[:, -1].min() == 255
     assert (np.diff(shade[0]) >= 0).all(), "bilinear between the model's pixels keeps the order"
     assert np.asarray(Image.open(tmp_path / "overlays" / "x.png")).shape == (8, 12, 3)
+
+
+def test_a_list_value_keeps_its_commas_in_one_title_line(tmp_path):
+    """compare-pseudo-labels titled pl_threshold=[0.2,0.5,0.5] as three lines that read as settings."""
+    panels = [[np.zeros((256, 256, 3), np.uint8)]]  # wide enough for each change on one line
+    save_grid(tmp_path / "grid.png", panels, ["pl_mode=hard,pl_threshold=[0.2,0.5,0.5]"])
+    assert _read(tmp_path / "grid.png").shape[0] == 2 * 14 + 2 + 258  # two lines: the setting's two changes
+
+
+def test_a_mask_less_images_truth_is_not_drawn_as_ignored_pixels(tmp_path):
+    """Its truth panel was the grey that the legend calls "not kept / ignored"."""
+    from refmatch.recipes.visual import IGNORED, NO_MASK
+
+    images, labels = torch.rand(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16))
+    truth = labels.clone()
+    truth[1] = -1  # an image from unlabeled/: no mask at all
+    grid = training_grid(tmp_path / "grid.png", images, truth, labels, labels, torch.rand(2, 16, 16), 255,
+                         ["background", "lung"])
+    top = grid.shape[0] - 2 * 130 - 18
+    panel = grid[top + 130:top + 258, 130:258].reshape(-1, 3)
+    assert (panel == NO_MASK).all() and not (panel == IGNORED).all(axis=1).any()
+    assert (grid[-18:].reshape(-1, 3) == NO_MASK).all(axis=1).any()  # and the legend says so

@@ -184,7 +184,7 @@ positive_int = at_least(1)  # the bench scripts' counts
 
 def main(argv=None):
     """``refmatch bench``: every size's rows printed and written to the results files as they come."""
-    parser = argparse.ArgumentParser(prog="refmatch bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="refmatch bench", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="default: float32")

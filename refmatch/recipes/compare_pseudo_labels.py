@@ -12,7 +12,6 @@ then each setting.
 """
 import argparse
 import dataclasses
-import re
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from ..atomic_file import write_text_atomic
 from .checkpoint import load, saved_teacher
-from .config import TrainConfig, load_config, saved_config
+from .config import TrainConfig, comma_items, load_config, saved_config, unread_keys
 from .data_setup import UNKNOWN, prepare_data
 from .evaluation import metrics_json
 from .methods import IGNORE, check_pl_k, pseudo_label_source
@@ -40,7 +39,10 @@ SETTING_KEYS = ("method", *PLAIN_PSEUDO_LABELS, "tap_size", "tap_layers", "bank_
 def parse_setting(text, config):
     """'key=value,key=value' -> ``config`` with ``PLAIN_PSEUDO_LABELS`` and then those values
     (parsed as in ``refmatch train``); the method is "refmatch" unless the setting names another."""
-    items = [item for item in re.split(r",(?![^\[]*\])", text) if item]  # commas inside [...] list a value
+    try:
+        items = comma_items(text)
+    except ValueError as error:
+        raise ValueError(f"setting {error}") from None
     keys = [item.split("=", 1)[0].strip() for item in items]
     other = [key for key in keys if key not in SETTING_KEYS]
     if other:
@@ -54,6 +56,11 @@ def parse_setting(text, config):
         raise ValueError(f"setting {text!r}: {error}") from None
     if setting.method == "supervised":
         raise ValueError(f"setting {text!r}: method=supervised makes no pseudo-labels")
+    unread = unread_keys(setting, keys)
+    if unread:  # the row's name would claim a change that changes nothing
+        raise ValueError(f"setting {text!r}: method={setting.method} never reads {', '.join(unread)}"
+                         + (" (its pseudo-labels are the teacher's predictions above confidence_threshold)"
+                            if setting.method == "meanteacher-pl" else ""))
     return setting
 
 
@@ -162,12 +169,13 @@ def picture(path, images, truth, outputs, class_names, count=4):
 
 def main(argv=None):
     """``refmatch compare-pseudo-labels RUN``: each setting's pseudo-labels scored against hidden masks."""
-    parser = argparse.ArgumentParser(prog="refmatch compare-pseudo-labels", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="refmatch compare-pseudo-labels",
+                                     description="Which pseudo-label setting suits a dataset?")
     parser.add_argument("--run", type=Path, required=True, help="run folder with best.pt and splits.json")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run folder")
     parser.add_argument("--setting", action="append", help="comma-separated key=value config changes from "
-                        f"{plain_pseudo_labels_text()}, not the run's values; keys: {', '.join(SETTING_KEYS)} "
-                        f"(repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
+                        f"the plain pseudo-labels ({plain_pseudo_labels_text()}), not from the run's own settings; "
+                        f"keys: {', '.join(SETTING_KEYS)} (repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
     parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score (>= 1)")
     parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "
                         "(default: RUN/compare-pseudo-labels)")

@@ -3,6 +3,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,19 @@ def saved_config(saved):
         raise ValueError(f"the checkpoint's config holds keys this refmatch does not know: {unknown} (written by a "
                          "newer version? update refmatch)")
     return TrainConfig(**values)
+
+
+def comma_items(text):
+    """'a=1, b=[2,3]' -> ['a=1', 'b=[2,3]']: comma-separated items, stripped; a comma inside
+    [...] belongs to its list value. ValueError for brackets that do not pair."""
+    if text.count("[") != text.count("]"):
+        raise ValueError(f"{text!r} opens {text.count('[')} [ and closes {text.count(']')} ]")
+    return [item.strip() for item in re.split(r",(?![^\[]*\])", text) if item.strip()]
+
+
+def unread_keys(config, keys):
+    """Those of ``keys`` that ``config.method`` never reads (``UNUSED_BY``)."""
+    return [key for key in keys if key in UNUSED_BY[config.method]]
 
 
 def load_config(path=None, overrides=(), base=None):

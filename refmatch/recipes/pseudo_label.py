@@ -148,7 +148,8 @@ def _finished_before(args, previous, record, names):
             raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
         earlier = {key: str(Path(previous.get(key, "")).resolve()) for key in ("checkpoint", "labeled", "unlabeled")}
         differ = [f"{key} ({previous.get(key)})" for key in earlier if earlier[key] != record[key]]
-        if "checkpoint_file" in previous and previous["checkpoint_file"] != record["checkpoint_file"]:
+        same_path = earlier["checkpoint"] == record["checkpoint"]
+        if same_path and previous.get("checkpoint_file", record["checkpoint_file"]) != record["checkpoint_file"]:
             differ.append("checkpoint file (its size or time changed since: trained on?)")
         if differ:
             raise ValueError(f"--resume: {args.out} was labelled with another {', '.join(differ)}: pass the same, "

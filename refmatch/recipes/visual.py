@@ -2,17 +2,20 @@
 import numpy as np
 
 from ..atomic_file import save_png_atomic
+from .config import comma_items
 
 PALETTE = np.array([[0, 0, 0], [230, 80, 60], [70, 160, 230], [250, 200, 40], [120, 200, 90],
                     [200, 110, 220], [240, 240, 240], [140, 90, 40]], dtype=np.uint8)
 IGNORED = np.array([90, 90, 90], dtype=np.uint8)
+NO_MASK = np.array([60, 60, 130], dtype=np.uint8)  # an unlabelled image's truth: there is none
 
 
 def colorize(labels, ignore_index=255):
-    """[H, W] labels -> [H, W, 3] uint8; ignored or unknown pixels grey."""
+    """[H, W] labels -> [H, W, 3] uint8; ignored pixels grey, unknown ones (< 0) slate blue."""
     labels = labels.cpu().numpy()
     out = PALETTE[np.clip(labels, 0, len(PALETTE) - 1)]
-    out[(labels == ignore_index) | (labels < 0)] = IGNORED
+    out[labels == ignore_index] = IGNORED
+    out[labels < 0] = NO_MASK
     return out
 
 
@@ -57,7 +60,8 @@ def _wrapped(text, font, width):
 
 def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
     """Save rows of equally sized [H, W, 3] uint8 panels as one PNG (small panels enlarged),
-    under a strip naming the columns (a title's commas start new lines) and above a legend of
+    under a strip naming the columns (a title's commas start new lines, but for those inside
+    [...], which belong to a list value) and above a legend of
     (RGB colour, name) swatches; returns the picture, [H, W, 3] uint8."""
     from PIL import Image, ImageDraw
 
@@ -66,7 +70,7 @@ def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
     height, width = panels[0][0].shape[:2]
     columns = max(len(row) for row in panels)
     font = _font()
-    title_lines = [[part for line in title.split(",") for part in _wrapped(line.strip(), font, width - 4)]
+    title_lines = [[part for line in comma_items(title) for part in _wrapped(line, font, width - 4)]
                    for title in titles]
     line = 14
     top = line * max(map(len, title_lines), default=0) + (2 if titles else 0)
@@ -115,4 +119,7 @@ def training_grid(path, images, truth, prediction, pseudo=None, confidence=None,
     titles = ["image", "truth" + (" (hidden)" if pseudo is not None else ""), "teacher"]
     if pseudo is not None:
         titles += ["pseudo-label", f"confidence,{low:.2f} black,{high:.2f} white"]
-    return save_grid(path, rows, titles, class_legend(class_names) if class_names else ())
+    legend = class_legend(class_names) if class_names else []
+    if legend and bool((truth < 0).any()):  # mask-less unlabelled images
+        legend.append((NO_MASK, "no mask"))
+    return save_grid(path, rows, titles, legend)
