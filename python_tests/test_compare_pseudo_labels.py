@@ -149,8 +149,10 @@ def test_a_setting_may_list_a_value():
         parse_setting("pl_threshold=[0.5,0.2]", load_config(None, []))
     spaced = parse_setting("pl_mode=hard, pl_threshold=[0.5, 0.2, 0.3, 0.1]", load_config(None, []))  # as typed
     assert (spaced.pl_mode, spaced.pl_threshold) == ("hard", [0.5, 0.2, 0.3, 0.1])
-    with pytest.raises(ValueError, match=r"setting 'pl_threshold=\[0.5,0.2' opens 1 \[ and closes 0 \]"):
+    with pytest.raises(ValueError, match=r"setting 'pl_threshold=\[0.5,0.2' leaves a \[ unclosed"):
         parse_setting("pl_threshold=[0.5,0.2", load_config(None, []))
+    with pytest.raises(ValueError, match=r"setting 'pl_k=1\],pl_threshold=\[0.5' has a \] before its \["):
+        parse_setting("pl_k=1],pl_threshold=[0.5", load_config(None, []))  # as many [ as ]
 
 
 @pytest.mark.parametrize("text, unread", [("method=meanteacher-pl,pl_threshold=0.5", "pl_threshold"),

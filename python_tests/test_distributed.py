@@ -75,14 +75,14 @@ def worker(rank, port, cases):
     # would, before any collective of the match, so the barrier below still lines up.
     with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(stored features\), got k=5"):
         lonely.match(torch.ones(2, 6), k=5)
-    # The reservoir draws with seed + rank: the same draws kept the same steps' rows on every shard.
+    # Each rank's reservoir draws with its own seed: the same draws kept the same steps' rows on every shard.
     sampled = ShardedReferenceBank(1, 1, capacity_per_class=8, dtype=torch.float32, metric="dot",
                                    policy="reservoir", seed=5)
     for step in range(10):
         sampled.add(torch.arange(4.0).view(1, 1, 2, 2) + 4 * step, torch.zeros(1, 2, 2, dtype=torch.long))
     kept = [torch.empty(4) for _ in range(WORLD)]
     dist.all_gather(kept, sampled.features[:, 0].sort().values)
-    assert sampled._generator.initial_seed() == 5 + rank and not torch.equal(kept[0], kept[1])
+    assert (sampled._generator.initial_seed() == 5) == (rank == 0) and not torch.equal(kept[0], kept[1])
     # Rows labelled ignore_index never match and count for no class, on every shard.
     ignored = labels.clone()
     ignored[::4] = 255
@@ -228,3 +228,13 @@ def test_from_tensors_needs_an_initialised_group():
         pytest.skip("a process group exists")
     with pytest.raises((RuntimeError, ValueError), match="process group"):
         ShardedReferenceBank.from_tensors(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_rank_seeds_differ_across_ranks_and_neighbouring_seeds():
+    """seed + rank made seed 0's rank 1 draw as seed 1's rank 0; huge and negative seeds fit too."""
+    from refmatch.distributed import rank_seed
+
+    seeds = {(seed, rank): seed if rank == 0 else rank_seed(seed, rank) for seed in range(4) for rank in range(4)}
+    assert len(set(seeds.values())) == len(seeds)
+    for seed in (2**64 - 1, -1):
+        torch.Generator().manual_seed(rank_seed(torch.Generator().manual_seed(seed).initial_seed(), 3))

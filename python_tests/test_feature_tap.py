@@ -122,6 +122,9 @@ def test_layers_from_a_call_outside_the_models_pass_are_not_mixed_with_its_own()
         assert torch.equal(encoder.features(), model.encoder(others))
         model(images)
         assert tap.features().shape == (2, 8, 4, 4)
+    with FeatureTap(model, ["encoder", ""]) as tap:  # the model itself is tapped within its own pass
+        model(images)
+        assert tap.features().shape == (2, 8, 4, 4)
 
 
 def test_a_deepcopy_of_the_model_leaves_the_tap_alone_and_says_so():

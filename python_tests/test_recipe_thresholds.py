@@ -31,8 +31,9 @@ def test_the_count_must_match_the_runs_classes():
 
 
 @pytest.mark.parametrize("values, message", [
-    ("[0.5, nan, 0, 0]", r"pl_threshold\[1\] must be finite, got nan"),
-    ("[0.5, 0, 0, 1.5]", r"pl_threshold\[3\] must be <= 1 \(a higher one keeps no pseudo-label\), got 1.5"),
+    ("[0.5, nan, 0, 0]", r"pl_threshold\[1\] \(lung\) must be finite, got nan"),
+    ("[0.5, 0, 0, 1.5]",
+     r"pl_threshold\[3\] \(clavicle\) must be <= 1 \(a higher one keeps no pseudo-label\), got 1.5"),
     ("[0.5, high, 0, 0]", r"pl_threshold must be a number or a list of numbers \(one per class\)"),
     ("[0.5, true, 0, 0]", r"pl_threshold must be a number or a list of numbers"),
     ("[[0.5], 0, 0, 0]", r"pl_threshold must be a number or a list of numbers"),

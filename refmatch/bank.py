@@ -143,7 +143,8 @@ class ReferenceBank(nn.Module):
 
         Warns when a class of the masks leaves no row: its pixels did not survive the
         downsampling to h x w (a structure thinner than a feature pixel) or its features
-        held NaN or Inf.
+        held NaN or Inf; when finite rows overflow the bank's dtype; and, once per bank, when
+        one batch gives a class more rows than its ring slots (``bank_rows.py``).
         """
         check_feature_maps(features, self.dim)
         self._require_growable()

@@ -60,8 +60,8 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
                       f"be matched: tap finer features (FeatureTap's size; the recipe's tap_size){nearest}",
                       stacklevel=CALLER + 1)
     if non_finite:
-        warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf, so none was stored",
-                      stacklevel=CALLER + 1)
+        warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf in the bank's dtype, so none "
+                      "was stored", stacklevel=CALLER + 1)
 
 
 def warn_ring_overflow(cls, count, capacity):

@@ -52,6 +52,12 @@ def keep_shards_out_of_ddp(model):
     return model
 
 
+def rank_seed(seed, rank):
+    """The reservoir seed of ``rank`` > 0: the rank-th draw of a generator seeded with ``seed``,
+    so that no rank of one seed repeats a rank of a neighbouring seed (as seed + rank would)."""
+    return int(torch.randint(2**62, (rank,), generator=torch.Generator().manual_seed(seed))[-1])
+
+
 class ShardedReferenceBank(ReferenceBank):
     """A ``ReferenceBank`` whose references are split over the ranks of ``group``.
 
@@ -68,7 +74,7 @@ class ShardedReferenceBank(ReferenceBank):
     on the same rank (another rank's is refused; an older refmatch's has no ``shard_rank`` and
     loads with a warning). The ring and reservoir policies act per shard, on the features that
     rank added (a class that only one rank sees gets that rank's slots only); the reservoir
-    draws with ``seed`` + rank. ``len(bank)`` (and so ``bool(bank)``) is a collective too;
+    of rank r > 0 draws with ``rank_seed(seed, r)``. ``len(bank)`` (and so ``bool(bank)``) is a collective too;
     ``class_counts`` and ``memory_bytes`` describe this rank's shard.
 
     Example:
@@ -85,10 +91,10 @@ class ShardedReferenceBank(ReferenceBank):
             raise ValueError(f"capacity_per_class must be a positive int, got {capacity_per_class}")
         super().__init__(dim, num_classes, -(-capacity_per_class // world), *args, **kwargs)
         rank = dist.get_rank(group)
-        # seed + rank: the same draws on every rank would keep the same steps' rows on each shard
-        self._generator.manual_seed(self._generator.initial_seed() + rank)
-        if self.policy == "reservoir":
-            self.generator_state.copy_(self._generator.get_state())
+        if rank:  # the same draws on every rank would keep the same steps' rows on each shard
+            self._generator.manual_seed(rank_seed(self._generator.initial_seed(), rank))
+            if self.policy == "reservoir":
+                self.generator_state.copy_(self._generator.get_state())
         self._own_shard(group, rank * self.features.shape[0])
 
     @classmethod

@@ -109,9 +109,11 @@ class FeatureTap:
         self._copy_ran = False  # a deepcopy of the model (an EMA teacher?) ran after its last pass
         self._passes = 0  # the model's forward passes since the tap was made
         self._tapped = {name: modules[name] for name in self.layers}
-        self._handles = [model.register_forward_pre_hook(self._new_pass(model)),
-                         model.register_forward_hook(self._end_pass(model), always_call=True)]
+        self._handles = [model.register_forward_pre_hook(self._new_pass(model))]
         self._handles += [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
+        # Last: a tap of the model itself ("") captures within the pass. always_call covers an
+        # Exception; a KeyboardInterrupt mid-pass leaves _in_pass set until the next pass.
+        self._handles.append(model.register_forward_hook(self._end_pass(model), always_call=True))
 
     def _new_pass(self, model):
         def forget(module, inputs):

@@ -43,6 +43,7 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
 
 
 def size_text(size):
+    """(64, 64) -> "64x64", for messages."""
     return "x".join(str(side) for side in size)
 
 

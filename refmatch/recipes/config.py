@@ -3,7 +3,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +101,8 @@ class TrainConfig:
                 value = getattr(self, name)
                 for at, number in enumerate(value) if isinstance(value, list) else [(None, value)]:
                     if not test(number):
-                        raise ValueError(f"{name}{'' if at is None else f'[{at}]'} must be {asked}, got {number}")
+                        where = "" if at is None else f"[{at}] ({self.class_names()[at]})"
+                        raise ValueError(f"{name}{where} must be {asked}, got {number}")
         if self.num_labeled == 0 and not 0 < self.labeled_fraction <= 1:
             raise ValueError(f"labeled_fraction must be in (0, 1] (num_labeled=0 takes it), "
                              f"got {self.labeled_fraction}")
@@ -133,10 +133,14 @@ class TrainConfig:
         check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
         return self
 
-    def _validate_per_class(self):
+    def class_names(self):
+        """The run's class names, in mask-value order (``data_setup.class_names``)."""
         from .data_setup import class_names
 
-        names = class_names(self)
+        return class_names(self)
+
+    def _validate_per_class(self):
+        names = self.class_names()
         for key in PER_CLASS:
             value = getattr(self, key)
             if isinstance(value, list) and len(value) != len(names):
@@ -178,10 +182,16 @@ def saved_config(saved):
 
 def comma_items(text):
     """'a=1, b=[2,3]' -> ['a=1', 'b=[2,3]']: comma-separated items, stripped; a comma inside
-    [...] belongs to its list value. ValueError for brackets that do not pair."""
-    if text.count("[") != text.count("]"):
-        raise ValueError(f"{text!r} opens {text.count('[')} [ and closes {text.count(']')} ]")
-    return [item.strip() for item in re.split(r",(?![^\[]*\])", text) if item.strip()]
+    [...] (nested too) belongs to its list value. ValueError for brackets that do not pair."""
+    items, depth, start = [], 0, 0
+    for at, char in enumerate(text + ","):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0 or (at == len(text) and depth):
+            raise ValueError(f"{text!r} has a ] before its [" if depth < 0 else f"{text!r} leaves a [ unclosed")
+        if char == "," and depth == 0:
+            items.append(text[start:at].strip())
+            start = at + 1
+    return [item for item in items if item]
 
 
 def unread_keys(config, keys):

@@ -76,7 +76,7 @@ def _distinct_names(runs):
     names = [run.name for run in runs]
     if len(set(names)) == len(names):
         return names
-    shared = Path(os.path.commonpath([run.resolve() for run in runs]))
+    shared = Path(os.path.commonpath([run.resolve().parent for run in runs]))  # the parents': never a run itself
     return [str(run.resolve().relative_to(shared)) for run in runs]
 
 
