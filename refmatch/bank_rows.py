@@ -25,14 +25,16 @@ def bank_rows(bank, features, masks):
     rows = rows.to(torch.promote_types(torch.promote_types(rows.dtype, bank.features.dtype), torch.float32))
     if bank.metric == "cosine":
         rows = normalized_rows(rows)
-    finite_before = rows.isfinite().all(dim=1)
+    # Only a cast to a narrower range (float16, bfloat16 from float32) can overflow: no extra pass otherwise.
+    narrowing = torch.finfo(bank.features.dtype).max < torch.finfo(rows.dtype).max
+    finite_before = rows.isfinite().all(dim=1) if narrowing else None
     rows = rows.to(device=bank.features.device, dtype=bank.features.dtype)
     labels, finite = labels.to(rows.device), rows.isfinite().all(dim=1)
     kept = labels != dropped
     classes = torch.where(finite & kept, labels, -1)
     warn_lost_classes(masks, dropped, labels[kept], classes[classes >= 0], bank.num_classes, features.shape[2:],
                       bank.downsample)
-    overflowed = int((finite_before.to(rows.device) & ~finite & kept).sum())
+    overflowed = int((finite_before.to(rows.device) & ~finite & kept).sum()) if narrowing else 0
     if overflowed:
         warnings.warn(f"{overflowed} finite feature row(s) overflowed the bank's {bank.features.dtype} (values "
                       f"beyond {torch.finfo(bank.features.dtype).max:.4g}) and were not stored: scale the features "

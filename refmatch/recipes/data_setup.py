@@ -103,9 +103,10 @@ def warn_about_masks(splits, names, folder, chunk=64):
     for split in splits:
         for start in range(0, split.masks.shape[0], chunk):
             flat = split.masks[start:start + chunk].flatten(1)
-            zero, ignored = flat == 0, flat == IGNORE_LABEL
-            only = (zero | ignored).all(1) & zero.any(1) & ignored.any(1)
-            binary += [split.names[start + i] for i in only.nonzero()[:, 0].tolist()] if len(names) > 2 else []
+            if len(names) > 2:  # with two classes 0/255 is a binary mask, read as such
+                zero, ignored = flat == 0, flat == IGNORE_LABEL
+                only = (zero | ignored).all(1) & zero.any(1) & ignored.any(1)
+                binary += [split.names[start + i] for i in only.nonzero()[:, 0].tolist()]
             # -1 (UNKNOWN) and labels >= C land in the two outer bins
             counts += torch.bincount(flat.clamp(-1, len(names)).flatten() + 1, minlength=len(names) + 2)
     if binary:
