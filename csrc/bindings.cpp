@@ -220,9 +220,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("match_kernel_name", &refmatch::match_kernel_name, py::arg("dim"), py::arg("dtype"),
         py::arg("allow_tf32"), py::arg("device"), py::arg("hopper_rows"), py::arg("hopper_query_registers"),
         py::arg("reference"), py::arg("stride_m"), py::arg("stride_d"), py::arg("num_refs"),
-        py::arg("hopper_tma_loads") = false,
-        "Kernel a call runs: \"wgmma\" (128 query rows per CTA), \"wgmma-256\", each with \"-rs\" (query in "
-        "registers) and \"-tma\" (TMA loads) as asked and possible, or \"mma.sync\".");
+        py::arg("hopper_tma_loads") = false, py::arg("k") = 1,
+        "Kernel a k-call runs: \"wgmma\" (128 query rows per CTA), \"wgmma-256\" (k = 1), each with \"-rs\" "
+        "(query in registers) and \"-tma\" (TMA loads) as asked and possible, or \"mma.sync\".");
   m.def("hopper_tma_eligible", &refmatch::hopper_tma_eligible, py::arg("num_refs"), py::arg("dim"),
         py::arg("reference"), py::arg("stride_m"), py::arg("ref_stat"),
         "Whether the wgmma kernel can load this bank through TMA (host check of match_plan_sm90.h).");

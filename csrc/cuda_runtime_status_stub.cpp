@@ -22,7 +22,8 @@ int64_t match_splits(int64_t, int64_t, int64_t, int, bool, int, int64_t, int64_t
   throw std::runtime_error(kNoCuda);
 }
 
-const char* match_kernel_name(int64_t, int, bool, int, int64_t, bool, uintptr_t, int64_t, int64_t, int64_t, bool) {
+const char* match_kernel_name(int64_t, int, bool, int, int64_t, bool, uintptr_t, int64_t, int64_t, int64_t, bool,
+                              int64_t) {
   throw std::runtime_error(kNoCuda);
 }
 

@@ -58,8 +58,8 @@ class DeviceScope {
 };
 
 // The kernel a call runs and its launch shape. The Hopper kernel is taken when asked
-// (hopper_rows > 0: the cuda backend's default on sm_90), on a compute capability 9.0
-// device, for calls it can serve.
+// (hopper_rows > 0: the cuda backend's default on sm_90 at k = 1, and for top-k where
+// REFMATCH_CUDA_HOPPER_TOPK=wgmma), on a compute capability 9.0 device, for calls it can serve.
 struct LaunchPlan {
   Kernel kernel;
   const char* name;  // "wgmma" + "-256" (256 query rows) + "-rs" (query in registers) + "-tma", or "mma.sync"
@@ -87,22 +87,27 @@ Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
                               "2 (bfloat16), got " + std::to_string(dtype));
 }
 
-template <int kRowBlocks, bool kQueryInRegisters>
+template <int kRowBlocks, bool kQueryInRegisters, bool kTopK>
 Kernel hopper_kernel(bool bf16) {
-  return bf16 ? detail::match_argmax_sm90_kernel<true, kRowBlocks, kQueryInRegisters>
-              : detail::match_argmax_sm90_kernel<false, kRowBlocks, kQueryInRegisters>;
+  return bf16 ? detail::match_sm90_kernel<true, kRowBlocks, kQueryInRegisters, kTopK>
+              : detail::match_sm90_kernel<false, kRowBlocks, kQueryInRegisters, kTopK>;
 }
 
 // The wgmma variant's kernel and name for 1 or 2 row blocks, where the query lives
-// and how the bank is loaded (a parameter of the same kernel).
-std::pair<Kernel, const char*> hopper_variant(bool bf16, int row_blocks, bool query_in_registers, bool tma) {
+// and how the bank is loaded (a parameter of the same kernel), k = 1 or top-k (one
+// row block, plan_launch).
+std::pair<Kernel, const char*> hopper_variant(bool bf16, int row_blocks, bool query_in_registers, bool tma,
+                                              bool top_k) {
   static const char* const names[2][2][2] = {{{"wgmma", "wgmma-tma"}, {"wgmma-rs", "wgmma-rs-tma"}},
                                              {{"wgmma-256", "wgmma-256-tma"}, {"wgmma-256-rs", "wgmma-256-rs-tma"}}};
   const char* name = names[row_blocks - 1][query_in_registers][tma];
-  if (row_blocks == 2) {
-    return {query_in_registers ? hopper_kernel<2, true>(bf16) : hopper_kernel<2, false>(bf16), name};
+  if (top_k) {
+    return {query_in_registers ? hopper_kernel<1, true, true>(bf16) : hopper_kernel<1, false, true>(bf16), name};
   }
-  return {query_in_registers ? hopper_kernel<1, true>(bf16) : hopper_kernel<1, false>(bf16), name};
+  if (row_blocks == 2) {
+    return {query_in_registers ? hopper_kernel<2, true, false>(bf16) : hopper_kernel<2, false, false>(bf16), name};
+  }
+  return {query_in_registers ? hopper_kernel<1, true, false>(bf16) : hopper_kernel<1, false, false>(bf16), name};
 }
 
 int element_bytes_of(int dtype) { return dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2; }
@@ -129,12 +134,13 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int6
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   LaunchPlan plan{};
-  if (k == 1 && hopper_rows > 0 && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
+  if (hopper_rows > 0 && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
       is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
-    const int row_blocks = hopper_row_blocks(dim, hopper_rows, smem_limit);
+    // Top-k: 128 query rows. With 256, the accumulators beside the lists' registers spill.
+    const int row_blocks = k > 1 ? 1 : hopper_row_blocks(dim, hopper_rows, smem_limit);
     std::tie(plan.kernel, plan.name) = hopper_variant(
-        bf16, row_blocks, hopper_query_registers && hopper_query_fits_registers(dim, row_blocks), hopper_tma);
+        bf16, row_blocks, hopper_query_registers && hopper_query_fits_registers(dim, row_blocks), hopper_tma, k > 1);
     plan.tma_loads = hopper_tma;
     plan.threads = HopperTile::kThreads;
     plan.block_n = hopper_block_n(row_blocks);
@@ -207,12 +213,13 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
 
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
                               bool hopper_query_registers, uintptr_t reference, int64_t stride_m, int64_t stride_d,
-                              int64_t num_refs, bool hopper_tma_loads) {
+                              int64_t num_refs, bool hopper_tma_loads, int64_t k) {
   check_hopper_rows(hopper_rows);
+  require(k >= 1 && k <= kMaxTopK, "k must be in [1, " + std::to_string(kMaxTopK) + "], got " + std::to_string(k));
   const DeviceScope scope(device);
   const bool tma = hopper_tma_loads && hopper_tma_eligible(num_refs, dim, reference, stride_m, 0);
   const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, hopper_query_registers, tma,
-                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), 1);
+                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), k);
   return plan.name;
 }
 

@@ -20,6 +20,15 @@ HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def hopper_build_and_device():
+    """Whether the cuda backend's wgmma kernel can run: a compute capability 9.0 GPU and a
+    build with sm_90a code."""
+    if not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0):
+        return False
+    from refmatch.backends.cuda_backend import _built_for_hopper, native_module
+    return native_module() is not None and _built_for_hopper()
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

@@ -1,7 +1,8 @@
 """Which CUDA kernel a call asks for, decided in Python before the launch (no GPU needed):
 wgmma on compute capability 9.0 with an sm_90a build unless REFMATCH_CUDA_HOPPER=0, with
 REFMATCH_CUDA_HOPPER_ROWS query rows per CTA (256 unless set), the query where
-REFMATCH_CUDA_HOPPER_QUERY says and the bank loaded as REFMATCH_CUDA_HOPPER_LOADS says."""
+REFMATCH_CUDA_HOPPER_QUERY says and the bank loaded as REFMATCH_CUDA_HOPPER_LOADS says; top-k
+there only where REFMATCH_CUDA_HOPPER_TOPK=wgmma."""
 import os
 
 import pytest
@@ -50,18 +51,40 @@ def test_hopper_kernel_block_sets_and_restores_the_variable(card, monkeypatch, p
     assert os.environ.get("REFMATCH_CUDA_HOPPER") == previous
 
 
-@pytest.mark.parametrize("setting, k, rows", [
-    (None, 1, 256),   # the default tile
-    ("128", 1, 128),
-    ("256", 1, 256),
-    (None, 8, 0),
-    ("256", 8, 0),    # top-k runs the mma.sync kernel
+@pytest.mark.parametrize("setting, k, topk_kernel, rows", [
+    (None, 1, None, 256),   # the default tile
+    ("128", 1, None, 128),
+    ("256", 1, None, 256),
+    (None, 8, None, 0),
+    ("256", 8, None, 0),    # top-k runs the mma.sync kernel by default
+    ("256", 8, "mma.sync", 0),
+    (None, 8, "wgmma", 256),  # asked for; the kernel takes 128 rows for top-k (documented_hopper_kernel)
+    ("128", 64, "wgmma", 128),
+    (None, 1, "mma.sync", 256),  # k = 1 whatever the top-k setting
 ])
-def test_hopper_rows(card, monkeypatch, setting, k, rows):
+def test_hopper_rows(card, monkeypatch, setting, k, topk_kernel, rows):
     card((9, 0))
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_TOPK", raising=False)
     if setting is not None:
         monkeypatch.setenv("REFMATCH_CUDA_HOPPER_ROWS", setting)
+    if topk_kernel is not None:
+        monkeypatch.setenv("REFMATCH_CUDA_HOPPER_TOPK", topk_kernel)
     assert cuda_backend.hopper_rows(DEVICE, k) == rows
+
+
+def test_topk_setting_block_sets_restores_and_refuses(card, monkeypatch):
+    card((9, 0))
+    monkeypatch.delenv("REFMATCH_CUDA_HOPPER_TOPK", raising=False)
+    with hopper_variants.hopper_topk_kernel("wgmma"):
+        assert cuda_backend.hopper_rows(DEVICE, 8) == 256
+        with hopper_variants.hopper_kernel("mma.sync"):  # REFMATCH_CUDA_HOPPER=0 wins
+            assert cuda_backend.hopper_rows(DEVICE, 8) == 0
+    assert "REFMATCH_CUDA_HOPPER_TOPK" not in os.environ and cuda_backend.hopper_rows(DEVICE, 8) == 0
+    card((8, 0))
+    with hopper_variants.hopper_topk_kernel("wgmma"):
+        assert cuda_backend.hopper_rows(DEVICE, 8) == 0
+    with pytest.raises(ValueError, match="kernel must be one of 'mma.sync', 'wgmma'"):
+        hopper_variants.hopper_topk_kernel("wgmma-256")
 
 
 def test_hopper_rows_off_without_the_hopper_kernel(card, monkeypatch):
@@ -114,7 +137,8 @@ def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previ
 # spelling, the reader's answer by default).
 SWITCHES = [("REFMATCH_CUDA_HOPPER_QUERY", hopper_variants.hopper_query_in_registers, "shared", "registers", "regs",
              False),
-            ("REFMATCH_CUDA_HOPPER_LOADS", hopper_variants.hopper_tma_loads, "tma", "cp.async", "TMA", True)]
+            ("REFMATCH_CUDA_HOPPER_LOADS", hopper_variants.hopper_tma_loads, "tma", "cp.async", "TMA", True),
+            ("REFMATCH_CUDA_HOPPER_TOPK", hopper_variants.hopper_topk, "mma.sync", "wgmma", "WGMMA", False)]
 
 
 @pytest.mark.parametrize("variable, reader, default, other, _, default_on", SWITCHES)
@@ -158,8 +182,12 @@ def test_variants_are_named_as_the_kernel_reports_them():
 @pytest.mark.parametrize("dim, kernel", [(8, "wgmma-256-tma"), (128, "wgmma-256-tma"), (192, "wgmma-256-tma"),
                                          (200, "wgmma-tma"), (256, "wgmma-tma")])
 def test_the_default_takes_256_rows_where_they_fit(dim, kernel):
-    assert hopper_variants.documented_hopper_kernel(next(iter(hopper_variants.HOPPER_VARIANTS)), dim) == kernel
+    default = next(iter(hopper_variants.HOPPER_VARIANTS))
+    assert hopper_variants.documented_hopper_kernel(default, dim) == kernel
     assert hopper_variants.default_hopper_kernels() == ("wgmma-256-tma", "wgmma-tma")
+    for k in (2, 8, 64):  # top-k: 128 rows at every D
+        assert hopper_variants.documented_hopper_kernel(default, dim, k) == "wgmma-tma"
+        assert hopper_variants.documented_hopper_kernel("wgmma-256-rs", dim, k) == "wgmma-rs"
 
 
 @pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])

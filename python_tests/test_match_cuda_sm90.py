@@ -12,20 +12,15 @@ import pytest
 import torch
 
 import refmatch
+from conftest import hopper_build_and_device
 from oracle import assert_matches_oracle, tolerance
-from refmatch.backends.hopper_variants import HOPPER_VARIANTS, SETTINGS, documented_hopper_kernel, hopper_kernel
+from refmatch.backends.hopper_variants import (HOPPER_VARIANTS, SETTINGS, documented_hopper_kernel, hopper_kernel,
+                                               hopper_topk_kernel)
 
 BLOCK_M = 128  # reference rows per tile (refmatch._C.hopper_layout()["block_m"])
 
 
-def _hopper_build_and_device():
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
-        return False
-    from refmatch.backends.cuda_backend import _built_for_hopper, native_module
-    return native_module() is not None and _built_for_hopper()
-
-
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not _hopper_build_and_device(),
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not hopper_build_and_device(),
                                                    reason="needs an sm_90 GPU and a build with sm_90a")]
 
 
@@ -81,6 +76,26 @@ def test_rows_match_oracle(dtype, metric, n, m, d):
     labels = torch.randint(0, 3, (m,), device="cuda")
     assert_matches_oracle(run_hopper(query, reference, metric, labels=labels), query, reference, metric,
                           labels=labels)
+
+
+@pytest.mark.parametrize("k", [2, 8, 64])
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_topk_in_the_variants_that_run_it(metric, k):
+    """Top-k on the wgmma kernel (REFMATCH_CUDA_HOPPER_TOPK=wgmma) runs the 128-row variants:
+    three tiles with a tail, three CTAs of rows with padding, two chunks of D."""
+    from refmatch.backends.cuda_backend import kernel_name
+
+    if os.environ.get("REFMATCH_TEST_HOPPER_TOPK", "1") != "1":
+        pytest.skip("REFMATCH_TEST_HOPPER_TOPK=0: the wgmma top-k failed its check (gpu_suite.sh)")
+    variant = current_variant()
+    if documented_hopper_kernel(variant, 72, k) != variant:
+        pytest.skip(f"top-k runs {documented_hopper_kernel(variant, 72, k)}, tested as that variant")
+    query = torch.randn(300, 72, device="cuda").bfloat16()
+    reference = torch.randn(3 * BLOCK_M + 5, 72, device="cuda").bfloat16()
+    with hopper_topk_kernel("wgmma"):
+        assert kernel_name(query.T[None, :, :, None], reference, k) == variant
+        result = refmatch.match(query, reference, k=k, metric=metric, backend="cuda")
+    assert_matches_oracle(result, query, reference, metric, k=k)
 
 
 @pytest.mark.parametrize("dim, dtype, aligned, expected", [

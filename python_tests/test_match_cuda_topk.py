@@ -1,12 +1,26 @@
-"""The CUDA top-k (k = 2 .. 64) against the float64 oracle. Needs a GPU (sm_80+)."""
+"""The CUDA top-k (k = 2 .. 64) against the float64 oracle. Needs a GPU (sm_80+). On sm_90
+with an sm_90a build every test runs twice: on the mma.sync kernel, and on the wgmma kernel
+(REFMATCH_CUDA_HOPPER_TOPK=wgmma; its default variant) unless REFMATCH_TEST_HOPPER_TOPK=0
+(gpu_suite.sh: its first check failed)."""
+import os
+
 import pytest
 import torch
 
 import refmatch
+from conftest import hopper_build_and_device
 from oracle import assert_matches_oracle, tolerance
+from refmatch.backends.hopper_variants import hopper_topk_kernel
 
 pytestmark = pytest.mark.cuda
-BLOCK_M = 64  # reference rows per kernel tile (refmatch._C.match_layout()["block_m"])
+BLOCK_M = 64  # reference rows per mma.sync tile (the wgmma kernel's are 128: these cross both)
+WGMMA_TESTED = os.environ.get("REFMATCH_TEST_HOPPER_TOPK", "1") == "1" and hopper_build_and_device()
+
+
+@pytest.fixture(autouse=True, params=["mma.sync", "wgmma"] if WGMMA_TESTED else ["mma.sync"])
+def topk_kernel(request):
+    with hopper_topk_kernel(request.param):
+        yield request.param
 
 
 def topk_cuda(query, reference, metric="dot", k=8, **kwargs):
@@ -36,6 +50,17 @@ def test_ties_keep_lowest_indices_across_tiles_and_splits(splits):
     score, index = match_topk_cuda(query.T[None, :, :, None], reference, torch.empty(0, device="cuda"), "dot", 5,
                                    splits=splits)
     assert (index == torch.tensor(sorted(tied)[:5], device="cuda")).all() and (score == 48.0).all()
+
+
+def test_wgmma_topk_runs_where_asked(topk_kernel):
+    from refmatch.backends.cuda_backend import kernel_name
+
+    if topk_kernel != "wgmma":
+        pytest.skip("the wgmma kernel's own check")
+    maps = torch.randn(1, 128, 4, 4, device="cuda").bfloat16()
+    reference = torch.randn(300, 128, device="cuda").bfloat16()
+    assert kernel_name(maps, reference, 8) == "wgmma-tma" and kernel_name(maps, reference) == "wgmma-256-tma"
+    assert kernel_name(maps.float(), reference.float(), 8) == "mma.sync"
 
 
 def test_beyond_the_finite_references_is_minus_one():

@@ -10,7 +10,7 @@ On sm_90 with an sm_90a build the Hopper kernel serves the calls it can
 per CTA where the tile fits (D <= 192 on H100/H200; 128 above): half the bank
 traffic per FLOP, 1.7x faster at D = 128 on an H200. Its other variants (query rows,
 the query in registers, TMA loads) are picked by environment variables: see
-``hopper_variants``.
+``hopper_variants``. Top-k takes it only where ``REFMATCH_CUDA_HOPPER_TOPK=wgmma``.
 """
 import ctypes
 import functools
@@ -23,7 +23,7 @@ from .cuda_archs import missing_code_reason
 from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
 from .custom_op import device_capability as _capability
 from .hopper_variants import (HOPPER_ROWS, WIDEST_256_ROWS, hopper_query_in_registers, hopper_switched_off,
-                              hopper_tma_loads, rows_setting)
+                              hopper_tma_loads, hopper_topk, rows_setting)
 from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -86,22 +86,22 @@ def runs_default_hopper_kernel(device, dim):
 
 def hopper_rows(device, k=1):
     """Query rows per CTA asked of the wgmma kernel for a k-call on ``device``: 0 where
-    it is off (``hopper_enabled``; top-k always runs mma.sync), else
-    ``REFMATCH_CUDA_HOPPER_ROWS`` (256, the default, or 128; the kernel takes 128 where
+    it is off (``hopper_enabled``; top-k runs mma.sync unless ``REFMATCH_CUDA_HOPPER_TOPK=wgmma``),
+    else ``REFMATCH_CUDA_HOPPER_ROWS`` (256, the default, or 128; the kernel takes 128 where
     256 rows do not fit, see ``hopper_variants.documented_hopper_kernel``)."""
     rows = rows_setting()
-    return rows if k == 1 and hopper_enabled(device) else 0
+    return rows if (k == 1 or hopper_topk()) and hopper_enabled(device) else 0
 
 
-def kernel_name(query, reference):
-    """The kernel ``match_argmax_cuda`` runs for query [B, D, H, W] maps against
+def kernel_name(query, reference, k=1):
+    """The kernel a k-call of the cuda backend runs for query [B, D, H, W] maps against
     reference [M, D]: "mma.sync" or a ``hopper_variants.HOPPER_VARIANTS`` name ("wgmma",
     "wgmma-256", with "-rs" for the query in registers and "-tma" for TMA loads)."""
     device = query.device
     return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], tf32_allowed(query.dtype),
-                                             device.index, hopper_rows(device), hopper_query_in_registers(),
+                                             device.index, hopper_rows(device, k), hopper_query_in_registers(),
                                              reference.data_ptr(), *reference.stride(), reference.shape[0],
-                                             hopper_tma_loads())
+                                             hopper_tma_loads(), k)
 
 
 def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
@@ -237,7 +237,8 @@ class CudaBackend:
             return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
         hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192, TMA loads (REFMATCH_CUDA_HOPPER=0: "
                   "mma.sync; REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: "
-                  "query in registers; REFMATCH_CUDA_HOPPER_LOADS=cp.async: cp.async loads)"
+                  "query in registers; REFMATCH_CUDA_HOPPER_LOADS=cp.async: cp.async loads; "
+                  "REFMATCH_CUDA_HOPPER_TOPK=wgmma: top-k on it too, not yet checked on a GPU)"
                   if _built_for_hopper() else "")
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")

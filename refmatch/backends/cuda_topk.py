@@ -1,4 +1,5 @@
-"""Top-k (k = 2 .. 64) on the CUDA backend's mma.sync kernel.
+"""Top-k (k = 2 .. 64) on the CUDA backend's mma.sync kernel, or on sm_90 its wgmma kernel
+where ``REFMATCH_CUDA_HOPPER_TOPK=wgmma`` (opt-in until a GPU run has checked it).
 
 Each query row keeps a sorted list of its k best references in the kernel's
 output, [splits, N, k]; a tile whose row max cannot beat the list's last slot

@@ -13,6 +13,11 @@ Three settings, each read at every call and refused by name when unknown:
 
 A variant's name is the one ``cuda_backend.kernel_name`` reports: "wgmma", then "-256"
 (256 query rows), "-rs" (query in registers) and "-tma" (TMA loads).
+
+Top-k (k = 2 .. 64) runs the mma.sync kernel unless ``REFMATCH_CUDA_HOPPER_TOPK=wgmma``,
+which takes the variant the three settings pick with the top-k epilogue. It is opt-in until
+a GPU run has checked it (written in session 31 on a machine without a GPU; gpu_suite.sh
+checks, tests and times it).
 """
 from ..choices import check_choice
 from .settings import environment, setting
@@ -20,6 +25,7 @@ from .settings import environment, setting
 HOPPER_ROWS = (256, 128)  # query rows per CTA; the first is the default
 HOPPER_QUERY = ("shared", "registers")  # where the query operand lives; the first is the default
 HOPPER_LOADS = ("tma", "cp.async")  # how the producer loads the bank; the first is the default
+HOPPER_TOPK = ("mma.sync", "wgmma")  # the kernel of top-k calls on sm_90; the first is the default
 WIDEST_256_ROWS = 192  # the widest D whose 256-row query tile fits beside the pipeline (H100, H200)
 WIDEST_256_ROWS_IN_REGISTERS = 64  # the widest D whose 256 query rows fit in a consumer's registers
 SETTINGS = ("REFMATCH_CUDA_HOPPER_ROWS", "REFMATCH_CUDA_HOPPER_QUERY", "REFMATCH_CUDA_HOPPER_LOADS")
@@ -58,6 +64,19 @@ def hopper_tma_loads():
     return setting("REFMATCH_CUDA_HOPPER_LOADS", HOPPER_LOADS) == "tma"
 
 
+def hopper_topk():
+    """Whether top-k calls take the wgmma kernel: ``REFMATCH_CUDA_HOPPER_TOPK`` "wgmma", or
+    "mma.sync" (the default)."""
+    return setting("REFMATCH_CUDA_HOPPER_TOPK", HOPPER_TOPK) == "wgmma"
+
+
+def hopper_topk_kernel(kernel):
+    """Inside the block top-k calls on sm_90 run ``kernel`` ("mma.sync" or "wgmma",
+    ``REFMATCH_CUDA_HOPPER_TOPK``); the variable is restored after."""
+    check_choice("kernel", kernel, HOPPER_TOPK)
+    return environment({"REFMATCH_CUDA_HOPPER_TOPK": kernel})
+
+
 def hopper_kernel(variant=None):
     """Inside the block the cuda backend runs ``variant`` where a call allows it:
     "mma.sync" (``REFMATCH_CUDA_HOPPER=0``) or a ``HOPPER_VARIANTS`` name, which sets the
@@ -71,13 +90,14 @@ def hopper_kernel(variant=None):
     return environment(settings)
 
 
-def documented_hopper_kernel(variant, dim):
-    """The wgmma kernel that ``variant``'s setting runs at D = dim on a contiguous bank, by the
-    documented rule (the scripts and tests check ``kernel_name`` against it): 256-row tiles
-    up to ``WIDEST_256_ROWS``; the query in registers at any D with 128 rows, up to
+def documented_hopper_kernel(variant, dim, k=1):
+    """The wgmma kernel that ``variant``'s setting runs for a k-call at D = dim on a contiguous
+    bank, by the documented rule (the scripts and tests check ``kernel_name`` against it):
+    256-row tiles up to ``WIDEST_256_ROWS`` at k = 1 (top-k: 128 rows, as 256 rows' registers
+    spill); the query in registers at any D with 128 rows, up to
     ``WIDEST_256_ROWS_IN_REGISTERS`` with 256; TMA loads as asked."""
     rows, query, loads = HOPPER_VARIANTS[variant]
-    rows = 256 if rows == 256 and dim <= WIDEST_256_ROWS else 128
+    rows = 256 if rows == 256 and dim <= WIDEST_256_ROWS and k == 1 else 128
     fits = rows == 128 or dim <= WIDEST_256_ROWS_IN_REGISTERS
     return wgmma_name(rows, query if fits else "shared", loads)
 

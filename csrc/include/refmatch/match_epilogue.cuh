@@ -7,6 +7,7 @@
 //   fold_tile       k = 1: a running best per row (refmatch::offer).
 //   fold_tile_topk  k = 2 .. 64: a sorted list per row in global memory
 //                   (refmatch/topk_list.h); registers hold its last slot.
+//   init_topk_lists the lists a fold_tile_topk starts from: empty slots.
 //
 // Both take the row max first (one fmaxf per score; fmaxf skips NaN, and NaN
 // equals nothing, so NaN never wins) and do more only when some row of the warp
@@ -104,10 +105,11 @@ __device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[
 
 // Top-k. `threshold` holds each row's last list slot; `lists` points at row
 // first_row's k slots (scores, indices), rows k apart; rows at or past num_rows
-// are padding and never enter. The four lanes of a quad take turns inserting
-// their candidates into the row's list (one writer per list at a time), then
-// share the raised threshold.
-template <int kM, int kN>
+// are padding and never enter. Atom i holds rows first_row + kAtomRows i (+ 8):
+// 16 for a warp's mma.sync atoms, 64 for wgmma's 64-row blocks. The four lanes
+// of a quad take turns inserting their candidates into the row's list (one
+// writer per list at a time), then share the raised threshold.
+template <int kAtomRows, int kM, int kN>
 __device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&threshold)[kM][2],
                                                const float* stats, int metric, int64_t m0, int64_t m_end, int lane,
                                                float* list_scores, int64_t* list_indices, int64_t first_row,
@@ -121,7 +123,7 @@ __device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&t
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const float tile_max = row_max(acc, i, h);  // every lane: the max is a full-warp shuffle
-      enters[i][h] = first_row + 16 * i + 8 * h < num_rows &&
+      enters[i][h] = first_row + kAtomRows * i + 8 * h < num_rows &&
                      beats(tile_max, m0, threshold[i][h].score, threshold[i][h].index);
       any_enters |= enters[i][h];
     }
@@ -132,7 +134,7 @@ __device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&t
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         if (!enters[i][h] || quad_lane != turn) continue;
-        const int64_t row_offset = (first_row + 16 * i + 8 * h) * k;
+        const int64_t row_offset = (first_row + kAtomRows * i + 8 * h) * k;
 #pragma unroll
         for (int j = 0; j < kN; ++j)
 #pragma unroll
@@ -154,6 +156,24 @@ __device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&t
         threshold[i][h].index = __shfl_sync(kFullWarp, threshold[i][h].index, source);
       }
   }
+}
+
+// Empties the k-slot lists of a thread's rows (as fold_tile_topk numbers them),
+// each quad's lanes sharing the slots; the warp syncs before its first fold.
+template <int kAtomRows, int kM>
+__device__ __forceinline__ void init_topk_lists(float* list_scores, int64_t* list_indices, int64_t first_row,
+                                                int64_t num_rows, int k, int lane) {
+#pragma unroll
+  for (int i = 0; i < kM; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = first_row + kAtomRows * i + 8 * h;
+      for (int slot = lane % 4; row < num_rows && slot < k; slot += 4) {
+        list_scores[row * k + slot] = -INFINITY;
+        list_indices[row * k + slot] = kNoMatch;
+      }
+    }
+  __syncwarp();
 }
 
 }  // namespace refmatch::detail

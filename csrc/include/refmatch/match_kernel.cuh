@@ -141,19 +141,7 @@ __global__ void __launch_bounds__(MatchTile::kThreads, MatchTile::kMinCtasPerSm)
   const int64_t first_row = row0 + warp * Tile::kWarpRows + lane / 4;
   float* list_scores = p.out_score + int64_t{blockIdx.y} * p.num_rows * p.slots;
   int64_t* list_indices = p.out_index + int64_t{blockIdx.y} * p.num_rows * p.slots;
-  if constexpr (kTopK) {
-#pragma unroll
-    for (int i = 0; i < kAtomsM; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t row = first_row + 16 * i + 8 * h;
-        for (int slot = lane % 4; row < p.num_rows && slot < p.slots; slot += 4) {
-          list_scores[row * p.slots + slot] = -INFINITY;
-          list_indices[row * p.slots + slot] = kNoMatch;
-        }
-      }
-    __syncwarp();
-  }
+  if constexpr (kTopK) init_topk_lists<16, kAtomsM>(list_scores, list_indices, first_row, p.num_rows, p.slots, lane);
   Accumulators acc;
   int64_t chunk = 0, m0 = m_begin;
   int stage = 0;
@@ -175,8 +163,8 @@ __global__ void __launch_bounds__(MatchTile::kThreads, MatchTile::kMinCtasPerSm)
     if (++chunk == p.dim_chunks) {
       const float* stats = reinterpret_cast<const float*>(ref_tile + layout.stat_offset);
       if constexpr (kTopK) {
-        fold_tile_topk(acc, best, stats, p.metric, m0, m_end, lane, list_scores, list_indices, first_row,
-                       p.num_rows, p.slots);
+        fold_tile_topk<16>(acc, best, stats, p.metric, m0, m_end, lane, list_scores, list_indices, first_row,
+                           p.num_rows, p.slots);
       } else {
         fold_tile(acc, best, stats, p.metric, m0, m_end, lane);
       }

@@ -1,8 +1,9 @@
-// Fused similarity argmax (`match`, k = 1) for Hopper, sm_90a: wgmma with a
-// producer warpgroup and two ping-ponging consumer warpgroups.
+// Fused similarity argmax and top-k (`match`, k = 1 .. 64) for Hopper, sm_90a:
+// wgmma with a producer warpgroup and two ping-ponging consumer warpgroups.
 //
-// Variants (template parameters): 128 or 256 query rows per CTA, and the query
-// operand read from shared memory by every wgmma (SS) or held in registers (RS).
+// Variants (template parameters): 128 or 256 query rows per CTA, the query
+// operand read from shared memory by every wgmma (SS) or held in registers
+// (RS), and k = 1 or top-k.
 //
 // Algorithm
 //   The streaming argmax of match_kernel.cuh on warpgroup MMAs. A CTA owns
@@ -11,8 +12,9 @@
 //   Consumer warpgroup w computes the (64 kRowBlocks) x 128 scores of its query
 //   rows with m64n128k16 wgmmas from shared memory (one per row block, sharing
 //   the reference tile) into float32 registers and folds them with the mma.sync
-//   kernel's epilogue (fold_tile: metric, NaN and padding to -inf, row max,
-//   locate only when a row can improve). Each reference byte read from L2 does
+//   kernel's epilogues (fold_tile: metric, NaN and padding to -inf, row max,
+//   locate only when a row can improve; top-k: fold_tile_topk, each row's
+//   sorted list in this split's outputs [N, k], its last slot in registers). Each reference byte read from L2 does
 //   128 FLOP per 128 query rows: 256 rows halve the L2 traffic per FLOP, at 128
 //   accumulator registers per consumer thread. With kQueryInRegisters each
 //   consumer loads its query rows once (ldmatrix from the swizzled tile, 4
@@ -51,7 +53,8 @@
 //
 // Semantics and limits
 //   As the mma.sync kernel: ties to the lowest index, NaN never wins, rows
-//   without a finite score keep -1, splits merged by merge_splits_kernel, 64-bit
+//   without a finite score keep -1, splits merged by merge_splits_kernel (k = 1;
+//   the caller merges top-k lists), 64-bit
 //   offsets, queries read through their strides. fp16 / bf16 only, D <= 256 in
 //   whole 16-byte units, reference rows 16-byte aligned with unit stride in D
 //   (hopper_eligible); other calls take the mma.sync kernel. 256 rows per CTA
@@ -93,8 +96,8 @@ __device__ __forceinline__ void load_query_fragments(uint32_t (&fragments)[kRowB
   }
 }
 
-template <bool kBFloat16, int kRowBlocks, bool kQueryInRegisters>
-__global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_kernel(const __grid_constant__ MatchParams p) {
+template <bool kBFloat16, int kRowBlocks, bool kQueryInRegisters, bool kTopK>
+__global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(const __grid_constant__ MatchParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = HopperTile;
   constexpr int kBlockN = static_cast<int>(hopper_block_n(kRowBlocks));
@@ -154,9 +157,18 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
     load_query_fragments(query_fragments, query_tiles, layout, p.dim_chunks,
                          consumer * kRowBlocks * Tile::kRowBlockRows, lane, warp_in_group);
   }
+  // k = 1: the running bests. Top-k: each list's last slot, the lists (empty) in this
+  // split's outputs [N, k]; a warp's rows are first_row + 64 i (+ 8), as wgmma leaves them.
   Best best[kRowBlocks][2];
 #pragma unroll
   for (int i = 0; i < kRowBlocks; ++i) best[i][0] = best[i][1] = empty_best();
+  const int64_t first_row = row0 + consumer * kRowBlocks * Tile::kRowBlockRows + 16 * warp_in_group + lane / 4;
+  float* list_scores = p.out_score + int64_t{blockIdx.y} * p.num_rows * p.slots;
+  int64_t* list_indices = p.out_index + int64_t{blockIdx.y} * p.num_rows * p.slots;
+  if constexpr (kTopK) {
+    init_topk_lists<Tile::kRowBlockRows, kRowBlocks>(list_scores, list_indices, first_row, p.num_rows, p.slots,
+                                                     lane);
+  }
   HopperAccumulators<kRowBlocks> acc;
   for (int64_t tile = 0; tile < tiles; ++tile) {
     // Consumer 0 goes first; afterwards each waits for the other's wgmmas to be issued.
@@ -199,22 +211,25 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_argmax_sm90_ker
     const char* stats = stages + stage * layout.stage_bytes + layout.stat_offset +
                         (p.tma_loads ? 4 * hopper_stat_lead(m0) : 0);  // where the TMA box put row m0
     if (!(p.ablate & kAblateEpilogue)) {
-      fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m0, m_end, lane);
+      if constexpr (kTopK) {
+        fold_tile_topk<Tile::kRowBlockRows>(acc, best, reinterpret_cast<const float*>(stats), p.metric, m0, m_end,
+                                            lane, list_scores, list_indices, first_row, p.num_rows, p.slots);
+      } else {
+        fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m0, m_end, lane);
+      }
     }
     wgmma::barrier_arrive(empty + stage);  // after the epilogue read the stage's metric terms
   }
 
-  if (lane % 4 == 0) {
+  if (!kTopK && lane % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < kRowBlocks; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int64_t row = row0 + (consumer * kRowBlocks + i) * Tile::kRowBlockRows + 16 * warp_in_group + 8 * h +
-                            lane / 4;
+        const int64_t row = first_row + i * Tile::kRowBlockRows + 8 * h;
         if (row < p.num_rows) {
-          const int64_t out = int64_t{blockIdx.y} * p.num_rows + row;
-          p.out_score[out] = best[i][h].score;
-          p.out_index[out] = best[i][h].index;
+          list_scores[row] = best[i][h].score;
+          list_indices[row] = best[i][h].index;
         }
       }
   }
