@@ -1,8 +1,8 @@
 """First check of the CUDA backend's Hopper (wgmma) kernel on a GPU, kept short so
 that a hang or a wrong result shows before the long stages of gpu_suite.sh.
 
-    python bench/check_wgmma.py [--variant wgmma]      # exit 0: agrees with the float64
-                                                       # oracle, or no sm_90 GPU
+    python bench/check_wgmma.py [--variant wgmma] [--top-k 8]   # exit 0: agrees with the
+                                                                # float64 oracle, or no sm_90 GPU
 
 For a few shapes (D tails, 1 to 4 chunks, tile tails, a split bank, more than one
 CTA of rows) and every metric it runs the kernel in ``--variant`` (a
@@ -11,7 +11,9 @@ in registers, "-tma": the bank loaded through TMA), on the shapes whose D runs t
 prints the fraction of rows whose returned reference scores within 1e-4 of the
 oracle's best (``refmatch bench``'s check). Then the class-wise max, whose class ranges
 start at any row (an unaligned TMA box of metric terms was an illegal instruction on an
-H200 in session 22), against the float64 torch backend.
+H200 in session 22), against the float64 torch backend. With ``--top-k K`` (2 .. 64) it
+checks the variant's top-k instead (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``): every one of the K
+slots against the oracle's, on the shapes with at least K references.
 """
 import argparse
 import sys
@@ -20,16 +22,17 @@ import torch
 
 import refmatch
 from refmatch.backends.cuda_backend import hopper_enabled, kernel_name
-from refmatch.backends.hopper_variants import HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel
+from refmatch.backends.hopper_variants import (HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel,
+                                               hopper_topk_kernel)
 from refmatch.bench_oracle import Float64Oracle
 
 SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64), (700, 3000, 192),
           (300, 2000, 40)]
 
 
-def serves(variant, dim):
-    """Whether D = dim runs ``variant`` itself, not a fallback that another variant covers."""
-    return documented_hopper_kernel(variant, dim) == variant
+def serves(variant, dim, k=1):
+    """Whether a k-call at D = dim runs ``variant`` itself, not a fallback that another variant covers."""
+    return documented_hopper_kernel(variant, dim, k) == variant
 
 
 def class_ranges_error(variant):
@@ -53,32 +56,46 @@ def class_ranges_error(variant):
     return worst
 
 
+def top_k(text):
+    """--top-k's value: an int in 1 .. 64 (the fused kernels' limit)."""
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 64, got {text!r}")
+    return int(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=list(HOPPER_VARIANTS), default=next(iter(HOPPER_VARIANTS)),
                         help="query rows per CTA (-256), the query in registers (-rs), TMA loads (-tma)")
+    parser.add_argument("--top-k", type=top_k, default=1, metavar="K",
+                        help="check top-K (2 .. 64) on the wgmma kernel instead of k = 1 (default 1)")
     args = parser.parse_args()
+    k = args.top_k
+    if k > 1 and documented_hopper_kernel(args.variant, 64, k) != args.variant:
+        parser.error(f"top-k runs 128 query rows: --variant {documented_hopper_kernel(args.variant, 64, k)}, "
+                     f"not {args.variant}")
     if not torch.cuda.is_available():
         print("skipped: no GPU")
         return 0
-    with hopper_kernel(args.variant):
+    with hopper_kernel(args.variant), hopper_topk_kernel("wgmma"):
         if not hopper_enabled(torch.device("cuda")):
             print("skipped: not an sm_90 device, or a build without sm_90a")
             return 0
         worst = 1.0
-        for n, m, d in [shape for shape in SHAPES if serves(args.variant, shape[2])]:
+        for n, m, d in [shape for shape in SHAPES if serves(args.variant, shape[2], k) and shape[1] >= k]:
             for dtype in (torch.bfloat16, torch.float16):
                 query = torch.randn(n, d, device="cuda").to(dtype)
                 reference = torch.randn(m, d, device="cuda").to(dtype)
-                assert kernel_name(query.T[None, :, :, None], reference) == args.variant
-                oracle = Float64Oracle(query, reference)
+                assert kernel_name(query.T[None, :, :, None], reference, k) == args.variant
+                oracle = Float64Oracle(query, reference, slots=k)
                 for metric in ("dot", "l2", "cosine"):
-                    index = refmatch.match(query, reference, metric=metric, backend="cuda").index
+                    index = refmatch.match(query, reference, k=k, metric=metric, backend="cuda").index
                     torch.cuda.synchronize()
-                    fraction = oracle.agreement(index, metric)
+                    fraction = oracle.agreement(index, metric, k=k)
                     worst = min(worst, fraction)
-                    print(f"{n}x{m}x{d} {str(dtype)[6:]:8} {metric:6} agreement {100 * fraction:6.2f} %", flush=True)
-        class_error = class_ranges_error(args.variant)
+                    print(f"{n}x{m}x{d} {str(dtype)[6:]:8} {metric:6} k={k} agreement {100 * fraction:6.2f} %",
+                          flush=True)
+        class_error = class_ranges_error(args.variant) if k == 1 else 0.0
     print(f"worst agreement {100 * worst:.2f} %, class-wise relative error {class_error:.1e}")
     return 0 if worst == 1.0 and class_error <= 1e-3 else 1
 

@@ -4,8 +4,9 @@
 # own limit and SUITE_SECONDS (570) for all of them; what time cuts is listed as SKIPPED and fails:
 #   build _C for this card (a failed build ends the suite) -> first checks of the Hopper wgmma
 #   kernel (256 and 128 query rows per CTA, the query in shared memory or registers, the bank
-#   loaded by TMA or cp.async) -> benchmark at the target size with every method -> the wgmma
-#   kernel timed with stages left out -> Triton tile sweep of top-8 and class-wise (D = 128)
+#   loaded by TMA or cp.async; its opt-in top-k) -> benchmark at the target size with every
+#   method -> top-8 against k = 1 -> the wgmma kernel timed with stages left out -> Triton tile
+#   sweep of top-8 and class-wise (D = 128)
 #   -> Nsight Compute profile of the fused kernels -> compute-sanitizer memcheck, racecheck and
 #   synccheck on small cases -> the GPU test files -> KeOps, fp16, D/M sweep -> summary.
 # A failing stage is recorded and the next stages still run. The default runs two
@@ -18,14 +19,15 @@
 # them). Logs go to bench/results/gpu_suite-<date>/ (-2, -3 ... when taken) and, when $OUT is set, come back as
 # $OUT/gpu_suite.tgz, packed again after every stage (a command killed early keeps what ran).
 #   SUITE_SECONDS=570   TESTS="python_tests/test_match_cuda.py ..." (pytest targets; the wgmma
-#   tests run in the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS)
+#   tests run in the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS; the wgmma
+#   top-k where wgmma-topk passed: REFMATCH_TEST_HOPPER_TOPK)   TOPK_SIZES="NxMxD ..." (topk)
 #   BENCH_SIZES="NxMxD ..." (every method)   SWEEP_SIZES="NxMxD ..." (fused kernels and peers)
 #   STAGES="build info wgmma-256-tma ... keops fp16 sweep" (KNOWN_STAGES; a subset runs only those, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KNOWN_STAGES="build info wgmma-256-tma wgmma-tma wgmma-256 wgmma wgmma-256-rs wgmma-rs bench ablate tune profile
-  memcheck racecheck synccheck tests keops fp16 sweep"
+KNOWN_STAGES="build info wgmma-256-tma wgmma-tma wgmma-topk wgmma-256 wgmma wgmma-256-rs wgmma-rs bench topk ablate
+  tune profile memcheck racecheck synccheck tests keops fp16 sweep"
 for name in ${STAGES:-}; do  # a mistyped stage would silently not run: refuse before any GPU time
   [[ " $(echo $KNOWN_STAGES) " == *" $name "* ]] || { echo "unknown stage $name; known: $(echo $KNOWN_STAGES)" >&2; exit 2; }
 done
@@ -132,13 +134,24 @@ for variant in wgmma-256-tma wgmma-tma; do
   stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
 done
 WITHOUT_WGMMA=0
+PROFILE_WGMMA_TOPK=()  # profile_match.py's flag where the wgmma top-k passed its check
 HOPPER_VARIANTS=()  # hopper_variants.HOPPER_VARIANTS that passed their check (or were not checked)
 EXCLUDE=(keops rs-tma)
 if failed wgmma-256-tma || failed wgmma-tma; then
   WITHOUT_WGMMA=1
-  export REFMATCH_CUDA_HOPPER=0
+  export REFMATCH_CUDA_HOPPER=0 REFMATCH_TEST_HOPPER_TOPK=0
+  skipped wgmma-topk "the wgmma kernel failed its check"
 else
   HOPPER_VARIANTS=(wgmma-256-tma wgmma-tma)
+  # Top-k on the wgmma kernel (opt-in, REFMATCH_CUDA_HOPPER_TOPK=wgmma; 128 query rows): where it
+  # fails, the tests leave it out and the bench its row.
+  stage wgmma-topk 60 python bench/check_wgmma.py --variant wgmma-tma --top-k 8
+  if failed wgmma-topk; then
+    export REFMATCH_TEST_HOPPER_TOPK=0
+    EXCLUDE+=(wgmma-topk)
+  else
+    PROFILE_WGMMA_TOPK=(--wgmma-top-k)
+  fi
   for variant in wgmma-256 wgmma wgmma-256-rs wgmma-rs; do
     # wgmma-256-rs runs wgmma-256's kernel from D = 72 to 192 and wgmma-rs's above, wgmma-256
     # wgmma's above D = 192 (the tests skip a D whose kernel failed its check)
@@ -165,6 +178,9 @@ PROFILED=($(passed_checks wgmma-256-tma wgmma-256))
 # k = 1 on top-8's tile (it splits top-8's cost into its tile's and its epilogue's).
 BENCH=(python bench/bench_match.py --device cuda)
 stage bench 180 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
+# Issue #4's top-8 against k = 1 (dot, paired runs) for every fused top-8, the wgmma one included.
+stage topk 120 "${BENCH[@]}" --dtype bfloat16 --sizes ${TOPK_SIZES:-262144x1048576x128 262144x1048576x64} \
+  --only "cuda k=" "triton k=" wgmma-topk --exclude "${EXCLUDE[@]}" --tag topk
 # Where the default wgmma kernel's time goes, and its TMA form's: each timed whole, without its
 # epilogue, without its loads, and with neither (no hardware counters needed).
 stage ablate 60 python bench/ablate_wgmma.py --variants "${PROFILED[@]}"
@@ -172,11 +188,12 @@ stage tune 130 python bench/tune_triton.py --sizes 262144x1048576x128 --reductio
 
 # 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each; of the wgmma
 # variants the default and its cp.async form (PROFILED, as the ablate stage); then the top-8
-# kernels, Triton's and cuda's (mma.sync), with their stalls by instruction (SourceCounters).
-stage profile 120 ncu --clock-control none -k "regex:match_argmax|match_kernel" --section SpeedOfLight \
+# kernels, Triton's and cuda's (mma.sync; wgmma where it passed its check), with their stalls by
+# instruction (SourceCounters).
+stage profile 120 ncu --clock-control none -k "regex:match_kernel|match_sm90_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
   --section SchedulerStats --section Occupancy --section LaunchStats --section SourceCounters \
-  python bench/profile_match.py --hopper-variants "${PROFILED[@]}" --top-k 8
+  python bench/profile_match.py --hopper-variants "${PROFILED[@]}" --top-k 8 "${PROFILE_WGMMA_TOPK[@]}"
 
 # 5. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)

@@ -9,7 +9,8 @@ query maps, reference layouts that cannot use cp.async, ignore_index, the
 class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases,
 in each variant ``--hopper-variants`` names (``hopper_variants.HOPPER_VARIANTS``: 128 or 256
-query rows per CTA, "-rs": the query in registers, "-tma": the bank loaded through TMA).
+query rows per CTA, "-rs": the query in registers, "-tma": the bank loaded through TMA), with
+its opt-in top-k (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``) in the 128-row variants, which run it.
 ``--backends`` with no name leaves the first part out (the wgmma variants' cases alone).
 """
 import argparse
@@ -18,7 +19,8 @@ import torch
 
 import refmatch
 from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, match_argmax_cuda
-from refmatch.backends.hopper_variants import HOPPER_VARIANTS, default_hopper_kernels, hopper_kernel
+from refmatch.backends.hopper_variants import (HOPPER_VARIANTS, default_hopper_kernels, documented_hopper_kernel,
+                                               hopper_kernel, hopper_topk_kernel)
 from refmatch.backends.scoring import reference_stat
 
 from check_wgmma import serves
@@ -64,6 +66,11 @@ def sanitize_hopper(variant):
                     refmatch.match(query, reference, metric=metric, backend="cuda")
         query, reference = sanitize_splits()
         refmatch.classwise_max(query, reference, torch.randint(0, 3, (1000,), device="cuda"), 3, backend="cuda")
+        if documented_hopper_kernel(variant, query.shape[1], k=8) == variant:
+            with hopper_topk_kernel("wgmma"):
+                assert kernel_name(query.T[None, :, :, None], reference, 8) == variant
+                for k in (8, 64):  # splits' lists, padding rows past N (50 of a 128-row CTA)
+                    refmatch.match(query, reference, k=k, metric="l2", backend="cuda")
     print(f"ok  wgmma kernel {variant}")
 
 
