@@ -21,7 +21,7 @@ import sys
 import torch
 
 import refmatch
-from refmatch.backends.cuda_backend import hopper_enabled, kernel_name
+from refmatch.backends.cuda_backend import _built_for_hopper, hopper_enabled, kernel_name
 from refmatch.backends.hopper_variants import (HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel,
                                                hopper_topk_kernel)
 from refmatch.bench_oracle import Float64Oracle
@@ -79,7 +79,10 @@ def main():
         return 0
     with hopper_kernel(args.variant), hopper_topk_kernel("wgmma"):
         if not hopper_enabled(torch.device("cuda")):
-            print("skipped: not an sm_90 device, or a build without sm_90a")
+            if torch.cuda.get_device_capability() == (9, 0) and not _built_for_hopper():
+                print("failed: an sm_90 device, and this build has no sm_90a code (REFMATCH_CUDA_ARCHS?)")
+                return 1  # a check that could have run and did not: not a pass
+            print("skipped: not an sm_90 device")
             return 0
         worst = 1.0
         for n, m, d in [shape for shape in SHAPES if serves(args.variant, shape[2], k) and shape[1] >= k]:

@@ -16,7 +16,7 @@
 # cp.async loads), that variant. The -rs-tma variants are not checked, so neither tested
 # nor timed.
 # Peer wheels carried in .whl/ (bench/README.md) are installed first (the tests run without
-# them). Logs go to bench/results/gpu_suite-<date>/ (-2, -3 ... when taken) and, when $OUT is set, come back as
+# them). Logs go to bench/results/gpu_suite-<card>-<date>/ (-2, -3 ... when taken) and, when $OUT is set, come back as
 # $OUT/gpu_suite.tgz, packed again after every stage (a command killed early keeps what ran).
 #   SUITE_SECONDS=570   TESTS="python_tests/test_match_cuda.py ..." (pytest targets; the wgmma
 #   tests run in the variants that passed their check: REFMATCH_TEST_HOPPER_VARIANTS; the wgmma
@@ -32,9 +32,16 @@ for name in ${STAGES:-}; do  # a mistyped stage would silently not run: refuse b
   [[ " $(echo $KNOWN_STAGES) " == *" $name "* ]] || { echo "unknown stage $name; known: $(echo $KNOWN_STAGES)" >&2; exit 2; }
 done
 
-STAMP=$(date +%Y-%m-%d)
+if [[ -n "${STAGES:-}" && " $STAGES " != *" build "* ]] && ! python -c "import refmatch._C" 2>/dev/null; then
+  echo "STAGES leaves out build, and refmatch._C does not import here: every stage needs it" >&2
+  exit 2
+fi
+
+# The logs' folder names the card (a plain call may get an H100 or an H200) and the date.
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '-' || true)
+STAMP=${CARD:-unknown-card}-$(date +%Y-%m-%d)
 LOGS=bench/results/gpu_suite-$STAMP
-for taken in 2 3 4 5 6 7 8 9; do  # a committed folder of the same date stays as it is
+for taken in 2 3 4 5 6 7 8 9; do  # a committed folder of the same card and date stays as it is
   [[ -e $LOGS ]] && LOGS=bench/results/gpu_suite-$STAMP-$taken
 done
 mkdir -p "$LOGS"
@@ -44,6 +51,7 @@ export PYTHONUNBUFFERED=1  # a stage cut at its limit keeps its last lines
 SUMMARY=()
 FAILED=0
 FAILED_STAGES=()
+PASSED_STAGES=()  # a check that never ran has not passed: later stages ask passed NAME
 DEADLINE=$(($(date +%s) + ${SUITE_SECONDS:-570}))  # the device tool stops a command at 600 s
 
 wanted() { [[ " ${STAGES:-$1} " == *" $1 "* ]]; }  # wanted NAME: STAGES (or no STAGES) names it
@@ -67,6 +75,7 @@ stage() {
   echo "=== $name (limit ${limit}s): $*"
   if timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1; then  # -k: SIGKILL what ignores SIGTERM
     status=ok
+    PASSED_STAGES+=("$name")
   else
     status="FAILED (exit $?)"
     FAILED=1
@@ -118,12 +127,15 @@ ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | he
 export REFMATCH_CUDA_ARCHS=${REFMATCH_CUDA_ARCHS:-${ARCH:-80;90a}} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 XDIST=()
 python -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+TEST_TIMEOUT=()  # a hung test fails alone instead of holding its worker to the stage's limit
+python -c "import pytest_timeout" 2>/dev/null && TEST_TIMEOUT=(--timeout 90 --timeout-method thread)
 
 # 1. Build: no isolation and no deps, so pip never reaches for the network.
 stage build 180 env REFMATCH_REQUIRE_EXTENSION=1 REFMATCH_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e .
 listed() { local item=$1; shift; [[ " $* " == *" $item "* ]]; }  # listed ITEM LIST...
 failed() { listed "$1" "${FAILED_STAGES[@]}"; }
+passed() { listed "$1" "${PASSED_STAGES[@]}"; }
 failed build && finish  # every later stage imports the editable install
 stage info 30 python -m refmatch.info
 
@@ -134,35 +146,35 @@ for variant in wgmma-256-tma wgmma-tma; do
   stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
 done
 WITHOUT_WGMMA=0
-PROFILE_WGMMA_TOPK=()  # profile_match.py's flag where the wgmma top-k passed its check
-HOPPER_VARIANTS=()  # hopper_variants.HOPPER_VARIANTS that passed their check (or were not checked)
+WGMMA_TOPK=()  # --wgmma-top-k for the profile and sanitizer scripts, where the wgmma top-k passed its check
+HOPPER_VARIANTS=()  # hopper_variants.HOPPER_VARIANTS that passed their check
 EXCLUDE=(keops rs-tma)
-if failed wgmma-256-tma || failed wgmma-tma; then
+export REFMATCH_TEST_HOPPER_TOPK=0  # until its check passes
+if ! passed wgmma-256-tma || ! passed wgmma-tma; then  # failed, or not run
   WITHOUT_WGMMA=1
-  export REFMATCH_CUDA_HOPPER=0 REFMATCH_TEST_HOPPER_TOPK=0
-  skipped wgmma-topk "the wgmma kernel failed its check"
+  export REFMATCH_CUDA_HOPPER=0
+  skipped wgmma-topk "the default wgmma kernels did not pass their checks"
 else
   HOPPER_VARIANTS=(wgmma-256-tma wgmma-tma)
-  # Top-k on the wgmma kernel (opt-in, REFMATCH_CUDA_HOPPER_TOPK=wgmma; 128 query rows): where it
-  # fails, the tests leave it out and the bench its row.
+  # Top-k on the wgmma kernel (opt-in, REFMATCH_CUDA_HOPPER_TOPK=wgmma; 128 query rows): unless it
+  # passes, the tests, sanitizers and profile leave it out and the bench its row.
   stage wgmma-topk 60 python bench/check_wgmma.py --variant wgmma-tma --top-k 8
-  if failed wgmma-topk; then
-    export REFMATCH_TEST_HOPPER_TOPK=0
-    EXCLUDE+=(wgmma-topk)
-  else
-    PROFILE_WGMMA_TOPK=(--wgmma-top-k)
+  if passed wgmma-topk; then
+    export REFMATCH_TEST_HOPPER_TOPK=1
+    WGMMA_TOPK=(--wgmma-top-k)
   fi
   for variant in wgmma-256 wgmma wgmma-256-rs wgmma-rs; do
     # wgmma-256-rs runs wgmma-256's kernel from D = 72 to 192 and wgmma-rs's above, wgmma-256
-    # wgmma's above D = 192 (the tests skip a D whose kernel failed its check)
+    # wgmma's above D = 192 (the tests skip a D whose kernel did not pass its check)
     stage "$variant" 60 python bench/check_wgmma.py --variant "$variant"
-    if failed "$variant"; then
-      EXCLUDE+=("$variant ")  # the bench method name holding it: "cuda wgmma-256-rs k=1"
-    else
+    if passed "$variant"; then
       HOPPER_VARIANTS+=("$variant")
+    else
+      EXCLUDE+=("$variant ")  # the bench method name holding it: "cuda wgmma-256-rs k=1"
     fi
   done
 fi
+passed wgmma-topk || EXCLUDE+=(wgmma-topk)
 
 # The wgmma variants whose time the ablate and profile stages place: the default and its
 # cp.async form (issue #3's question), where they passed their checks.
@@ -193,22 +205,23 @@ stage tune 130 python bench/tune_triton.py --sizes 262144x1048576x128 --reductio
 stage profile 120 ncu --clock-control none -k "regex:match_kernel|match_sm90_kernel" --section SpeedOfLight \
   --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
   --section SchedulerStats --section Occupancy --section LaunchStats --section SourceCounters \
-  python bench/profile_match.py --hopper-variants "${PROFILED[@]}" --top-k 8 "${PROFILE_WGMMA_TOPK[@]}"
+  python bench/profile_match.py --hopper-variants "${PROFILED[@]}" --top-k 8 "${WGMMA_TOPK[@]}"
 
 # 5. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
 stage memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SANITIZE[@]}" --tool memcheck \
-  python bench/sanitize_match.py --hopper-variants "${HOPPER_VARIANTS[@]}"
+  python bench/sanitize_match.py --hopper-variants "${HOPPER_VARIANTS[@]}" "${WGMMA_TOPK[@]}"
 # racecheck is the slowest sanitizer: the default's two kernels only, without the mma.sync cases
 # (race-checked in sessions 3, 5 and 14; 150 s with them reached one of six wgmma variants).
 RACECHECKED=($(passed_checks wgmma-256-tma wgmma-tma))
 RACE_BACKENDS=()  # none: the wgmma kernels alone; where they failed their checks, the mma.sync cases
 ((${#RACECHECKED[@]})) || RACE_BACKENDS=(cuda)
 stage racecheck 200 "${SANITIZE[@]}" --tool racecheck \
-  python bench/sanitize_match.py --backends "${RACE_BACKENDS[@]}" --hopper-variants "${RACECHECKED[@]}"
+  python bench/sanitize_match.py --backends "${RACE_BACKENDS[@]}" --hopper-variants "${RACECHECKED[@]}" \
+  "${WGMMA_TOPK[@]}"
 # Warp-synchronous calls (__shfl_sync, __syncwarp) reached by every lane they name: the top-k turns.
 stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
-  python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}"
+  python bench/sanitize_match.py --backends cuda --hopper-variants "${HOPPER_VARIANTS[@]}" "${WGMMA_TOPK[@]}"
 
 # 6. The test files that run on a GPU (CI runs the rest, CPU-only), one line per test as it ends.
 # A test that breaks its worker's CUDA context ends that worker, and xdist starts a fresh one
@@ -224,7 +237,8 @@ if ((WITHOUT_WGMMA)); then  # pytest would still collect a file named here that 
 fi
 if ((${#GPU_TESTS[@]})); then  # an empty list would make pytest collect every test file
   stage tests 240 env PYTHONPATH="$TEST_PYTHONPATH" REFMATCH_TEST_HOPPER_VARIANTS="${HOPPER_VARIANTS[*]}" \
-    python -m pytest "${GPU_TESTS[@]}" "${XDIST[@]}" -v -p no:warnings -rfs --tb=short --durations=15
+    python -m pytest "${GPU_TESTS[@]}" "${XDIST[@]}" "${TEST_TIMEOUT[@]}" -v -p no:warnings -rfs --tb=short \
+    --durations=15
 else
   skipped tests "no test file left"
 fi
@@ -236,7 +250,7 @@ fi
 # in float32 and crashed twice (SIGSEGV generating its code): in float32, in its own process (a
 # crash of its probe child: a skipped row), and only where its wheels were carried.
 # The sweep runs last: it keeps every size it finished when the deadline cuts it.
-if timeout 60 python -c "import pykeops" 2>/dev/null; then
+if compgen -G ".whl/pykeops-*.whl" >/dev/null; then  # its import (nvrtc binder) runs in the stage, timed
   stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
     --only keops "triton k=1" "cuda k=1" --tag keops
 else

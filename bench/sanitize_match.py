@@ -9,8 +9,9 @@ query maps, reference layouts that cannot use cp.async, ignore_index, the
 class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases,
 in each variant ``--hopper-variants`` names (``hopper_variants.HOPPER_VARIANTS``: 128 or 256
-query rows per CTA, "-rs": the query in registers, "-tma": the bank loaded through TMA), with
-its opt-in top-k (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``) in the 128-row variants, which run it.
+query rows per CTA, "-rs": the query in registers, "-tma": the bank loaded through TMA), and
+with ``--wgmma-top-k`` its opt-in top-k (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``) in the 128-row
+variants, which run it.
 ``--backends`` with no name leaves the first part out (the wgmma variants' cases alone).
 """
 import argparse
@@ -45,7 +46,7 @@ def sanitize_splits():
     return query, reference
 
 
-def sanitize_hopper(variant):
+def sanitize_hopper(variant, top_k=False):
     """The wgmma kernel's `variant` (a HOPPER_VARIANTS name): D tails, tile tails, 1-4 chunks,
     two CTAs of rows, splits, every metric; fp16 and bf16 for the kernels the default runs
     (``default_hopper_kernels``), bf16 for the others (the dtype only changes the MMA
@@ -66,7 +67,7 @@ def sanitize_hopper(variant):
                     refmatch.match(query, reference, metric=metric, backend="cuda")
         query, reference = sanitize_splits()
         refmatch.classwise_max(query, reference, torch.randint(0, 3, (1000,), device="cuda"), 3, backend="cuda")
-        if documented_hopper_kernel(variant, query.shape[1], k=8) == variant:
+        if top_k and documented_hopper_kernel(variant, query.shape[1], k=8) == variant:
             with hopper_topk_kernel("wgmma"):
                 assert kernel_name(query.T[None, :, :, None], reference, 8) == variant
                 for k in (8, 64):  # splits' lists, padding rows past N (50 of a 128-row CTA)
@@ -108,6 +109,8 @@ def main(argv=None):
     parser.add_argument("--hopper-variants", nargs="*", choices=list(HOPPER_VARIANTS),
                         default=list(HOPPER_VARIANTS),
                         help="the wgmma kernel's variants to run (none: leave its cases out)")
+    parser.add_argument("--wgmma-top-k", action="store_true",
+                        help="also the wgmma kernel's top-k (REFMATCH_CUDA_HOPPER_TOPK=wgmma) in the 128-row variants")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error(f"needs a CUDA device (it runs the CUDA and Triton kernels); torch {torch.__version__} sees none")
@@ -115,7 +118,7 @@ def main(argv=None):
         with hopper_kernel("mma.sync"):  # mma.sync on every card; sanitize_hopper covers wgmma
             sanitize_cases(args.backends)
     for variant in args.hopper_variants:
-        sanitize_hopper(variant)
+        sanitize_hopper(variant, args.wgmma_top_k)
     torch.cuda.synchronize()
 
 
