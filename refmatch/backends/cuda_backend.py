@@ -98,10 +98,11 @@ def kernel_name(query, reference, k=1):
     reference [M, D]: "mma.sync" or a ``hopper_variants.HOPPER_VARIANTS`` name ("wgmma",
     "wgmma-256", with "-rs" for the query in registers and "-tma" for TMA loads)."""
     device = query.device
-    return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], tf32_allowed(query.dtype),
-                                             device.index, hopper_rows(device, k), hopper_query_in_registers(),
-                                             reference.data_ptr(), *reference.stride(), reference.shape[0],
-                                             hopper_tma_loads(), k)
+    with torch.cuda.device(device):  # as in run_kernel
+        return native_module().match_kernel_name(query.shape[1], DTYPE_CODES[query.dtype], tf32_allowed(query.dtype),
+                                                 device.index, hopper_rows(device, k), hopper_query_in_registers(),
+                                                 reference.data_ptr(), *reference.stride(), reference.shape[0],
+                                                 hopper_tma_loads(), k)
 
 
 def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
@@ -130,8 +131,10 @@ def default_splits(query, num_refs, k=1):
     batch, dim, height, width = query.shape
     if batch * height * width == 0:
         return 1
-    return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
-                                        tf32_allowed(query.dtype), query.device.index, hopper_rows(query.device, k), k)
+    with torch.cuda.device(query.device):  # as in run_kernel
+        return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
+                                            tf32_allowed(query.dtype), query.device.index,
+                                            hopper_rows(query.device, k), k)
 
 
 def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, splits, partials=(None, None),
@@ -154,17 +157,21 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
     ref_stat = ref_stat.to(device=device, dtype=torch.float32).contiguous()
     if metric != "dot" and ref_stat.data_ptr() % 16:  # a sliced stat: TMA loads need it 16-byte aligned
         ref_stat = ref_stat.clone()
-    native_module().match_argmax(
-        query.data_ptr(), DTYPE_CODES[query.dtype], batch, dim, height, width, query.stride(),
-        reference.data_ptr(), reference.shape[0], reference.stride(),
-        ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], tf32_allowed(query.dtype),
-        out_score.data_ptr(), out_index.data_ptr(), splits,
-        partial_score.data_ptr() if partial_score is not None else 0,
-        partial_index.data_ptr() if partial_index is not None else 0,
-        torch.cuda.current_stream(device).cuda_stream, device.index, hopper_rows(device, k),
-        split_starts.data_ptr() if split_starts is not None else 0, k, hopper_query_in_registers(),
-        hopper_tma_loads(), ablate,
-    )
+    # The kernel's device made current here (restored by torch only where a context exists):
+    # the extension's own switch and restore would create one on device 0 in a process that
+    # never set a device. The same in default_splits and kernel_name.
+    with torch.cuda.device(device):
+        native_module().match_argmax(
+            query.data_ptr(), DTYPE_CODES[query.dtype], batch, dim, height, width, query.stride(),
+            reference.data_ptr(), reference.shape[0], reference.stride(),
+            ref_stat.data_ptr() if metric != "dot" else 0, METRIC_CODES[metric], tf32_allowed(query.dtype),
+            out_score.data_ptr(), out_index.data_ptr(), splits,
+            partial_score.data_ptr() if partial_score is not None else 0,
+            partial_index.data_ptr() if partial_index is not None else 0,
+            torch.cuda.current_stream(device).cuda_stream, device.index, hopper_rows(device, k),
+            split_starts.data_ptr() if split_starts is not None else 0, k, hopper_query_in_registers(),
+            hopper_tma_loads(), ablate,
+        )
 
 
 def launch_match(query, reference, ref_stat, metric, *, splits=None, split_starts=None, ablate=0):
