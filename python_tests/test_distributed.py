@@ -134,7 +134,9 @@ def misuse_worker(rank, port):
                                                           labels6)),
               ("layout", ShardedReferenceBank.from_tensors(torch.ones(6 + 2 * rank, 4),
                                                            torch.arange(6 + 2 * rank) % 3)),
-              ("layout", ShardedReferenceBank(4, 3, capacity_per_class=[8, 6][rank]))]
+              ("layout", ShardedReferenceBank(4, 3, capacity_per_class=[8, 6][rank])),
+              ("policy", ShardedReferenceBank(4, 3, capacity_per_class=8, policy=["ring", "reservoir"][rank])),
+              ("downsample", ShardedReferenceBank(4, 3, capacity_per_class=8, downsample=["majority", "pure"][rank]))]
     for name, unlike_bank in unlike:
         query = torch.ones(2, unlike_bank.dim, dtype=unlike_bank.features.dtype)
         with pytest.raises(ValueError, match=f"the ranks' banks or calls differ in {name} "):
@@ -172,10 +174,30 @@ def misuse_worker(rank, port):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.bank.load_state_dict(state[rank])  # its own, with shard_rank: quiet
-    older = {name: value for name, value in state[rank].items() if name != "shard_rank"}  # saved before session 25
-    with pytest.warns(UserWarning, match=f"no shard_rank .saved by an older refmatch., so this rank .{rank}. cannot"):
+    # Without shard_rank: a plain bank's (its rows in every shard) or one saved before session 25.
+    older = {name: value for name, value in state[rank].items() if name != "shard_rank"}
+    with pytest.raises(RuntimeError, match="state_dict has no shard_rank: a ReferenceBank's, whose rows every shard"):
         model.bank.load_state_dict(older)
+    model.bank.load_state_dict({**older, "shard_rank": torch.tensor(rank)})  # as the error says
     assert model.bank.match(torch.ones(1, 2)).index.tolist() == [7]
+    dist.barrier()
+    os._exit(0)
+
+
+def one_rank_error_worker(rank, port):
+    """Errors that only one rank's data triggers raise on every rank, none waits in a collective."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    from refmatch import PseudoLabeler
+
+    labels = torch.tensor([0, 1, 2, 0, 1, 5])  # 5: in rank 1's slice only
+    with pytest.raises(ValueError, match="labels must be < num_classes=3 .or ignore_index=255., got 5"):
+        ShardedReferenceBank.from_tensors(torch.randn(6, 4), labels, num_classes=3)
+    labeler = PseudoLabeler(ShardedReferenceBank.from_tensors(torch.randn(6, 4), torch.tensor([0, 1, 2] * 2)))
+    errors = ["features have D=5 channels, the bank holds D=4", "the call failed on 1 other rank"]
+    with pytest.raises((ValueError, RuntimeError), match=errors[rank]):
+        labeler(torch.randn(2, 4 + (1 - rank), 3, 3))  # rank 0's features are wrong
+    assert labeler(torch.randn(rank, 4, 3, 3)).labels.shape == (rank, 3, 3)  # then it goes on
     dist.barrier()
     os._exit(0)
 
@@ -217,6 +239,10 @@ def test_two_gloo_ranks_match_one_process():
 
 def test_misuse_raises_on_every_rank_and_float64_stays_float64():
     spawn(misuse_worker)
+
+
+def test_an_error_of_one_ranks_data_raises_on_every_rank():
+    spawn(one_rank_error_worker)
 
 
 def test_a_bank_shards_over_its_own_group_only():

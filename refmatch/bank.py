@@ -217,6 +217,10 @@ class ReferenceBank(nn.Module):
             raise RuntimeError("this bank was built under torch.inference_mode(), whose tensors cannot change outside "
                                "it: build the bank outside inference_mode (torch.no_grad is fine)")
 
+    def _on_every_rank(self, compute):
+        """``compute()``; a sharded bank makes every rank raise where it raises on one."""
+        return compute()
+
     def _require_features(self, stored, k=1):
         """Raise unless ``stored`` features (this process's, or every rank's for a sharded
         bank) are at least one and at least k."""

@@ -14,7 +14,6 @@ used (NCCL and gloo alike).
 """
 import math
 import operator
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -22,8 +21,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .backends.scoring import METRICS, accumulation_dtype, worst_score
 from .bank import ReferenceBank
+from .bank_checks import check_reference_rows
+from .bank_policies import POLICIES
 from .candidates import keep_best
-from .ops import MatchResult, _shape_result, as_int, inferred_num_classes, rows_as_query
+from .masks import DOWNSAMPLING
+from .ops import MatchResult, _check_label_values, _shape_result, as_int, inferred_num_classes, rows_as_query
 
 
 def _gather(tensor, group):
@@ -71,11 +73,13 @@ class ShardedReferenceBank(ReferenceBank):
     rank leaves the others waiting in it, as in any collective). Scores are float32 (float64
     for a float64 bank). Inside a model wrapped in DistributedDataParallel, call
     ``keep_shards_out_of_ddp(model)`` first. A ``state_dict`` holds this rank's shard: load it
-    on the same rank (another rank's is refused; an older refmatch's has no ``shard_rank`` and
-    loads with a warning). The ring and reservoir policies act per shard, on the features that
-    rank added (a class that only one rank sees gets that rank's slots only); the reservoir
-    of rank r > 0 draws with ``rank_seed(seed, r)``. ``len(bank)`` (and so ``bool(bank)``) is a collective too;
-    ``class_counts`` and ``memory_bytes`` describe this rank's shard.
+    on the same rank (another rank's is refused, as is one without ``shard_rank``: a plain
+    ``ReferenceBank``'s, which every shard would hold, or an older refmatch's). The ring and
+    reservoir policies act per shard, on the features that rank added (a class that only one
+    rank sees gets that rank's slots only); the reservoir of rank r > 0 draws with
+    ``rank_seed(seed, r)``. ``len(bank)`` (and so ``bool(bank)``) is a collective too;
+    ``class_counts`` and ``memory_bytes`` describe this rank's shard. It saves memory, not
+    compute: each rank matches every rank's queries against its shard.
 
     Example:
         >>> bank = ShardedReferenceBank.from_tensors(reference, labels, metric="cosine")
@@ -102,8 +106,13 @@ class ShardedReferenceBank(ReferenceBank):
         """This rank's contiguous slice of ``reference`` [M, D] / ``labels`` [M],
         given the same tensors on every rank."""
         world, rank = _world_size(group), dist.get_rank(group)
+        # Checked whole, as every rank holds the same tensors: a bad row in one rank's slice
+        # would make that rank alone raise and leave the others waiting in their first match.
+        check_reference_rows(reference, labels)
+        ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:  # from all labels: a rank's slice may lack the top class
             num_classes = inferred_num_classes(labels, ignore_index)
+        _check_label_values(labels, ignore_index, as_int("num_classes", num_classes))
         start, stop = reference.shape[0] * rank // world, reference.shape[0] * (rank + 1) // world
         bank = super().from_tensors(reference[start:stop], labels[start:stop], num_classes, metric, ignore_index)
         bank._own_shard(group, start, layout=reference.shape[0])
@@ -127,10 +136,13 @@ class ShardedReferenceBank(ReferenceBank):
         return f"shard of rank {'?' if self.shard_rank.is_meta else int(self.shard_rank)}: {super().extra_repr()}"
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
-        if prefix + "shard_rank" not in state_dict:  # saved before shard_rank was a buffer
-            warnings.warn(f"{prefix or 'the '}state_dict has no shard_rank (saved by an older refmatch), so this "
-                          f"rank ({int(self.shard_rank)}) cannot check the shard is its own: load on each rank the "
-                          "state_dict that rank saved", stacklevel=3)
+        if prefix + "shard_rank" not in state_dict:
+            # A plain ReferenceBank's would load its rows into every shard: each row once per rank.
+            args[4].append(f"{prefix or 'the '}state_dict has no shard_rank: a ReferenceBank's, whose rows every "
+                           "shard would hold (rebuild the sharded bank with from_tensors from its features and "
+                           "labels, or add() again), or a ShardedReferenceBank's saved before session 25 (set "
+                           f"state_dict['{prefix}shard_rank'] = torch.tensor(rank) on the rank that saved it)")
+            return
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _agreed(self, compute, *counts):
@@ -150,6 +162,10 @@ class ShardedReferenceBank(ReferenceBank):
             raise RuntimeError(f"the call failed on {failed} other rank(s) (see their error): every rank stops here")
         return result, sums
 
+    def _on_every_rank(self, compute):
+        """``compute()`` here; where it raises on any rank, every rank raises (``_agreed``)."""
+        return self._agreed(compute)[0]
+
     def _settings(self, k):
         """What every rank's bank and call must agree on, as int64 codes by name."""
         try:
@@ -160,7 +176,8 @@ class ShardedReferenceBank(ReferenceBank):
         return {"k": asked if 1 <= asked < 2 ** 62 else -1, "dim": self.dim, "num_classes": self.num_classes,
                 "dtype": precision.bits * 1000 - round(math.log2(precision.eps)), "metric": METRICS.index(self.metric),
                 "ignore_index": -(2 ** 62) if self.ignore_index is None else self.ignore_index,
-                "fixed (from_tensors)": int(self.capacity is None), "layout (capacity or rows)": self.layout}
+                "fixed (from_tensors)": int(self.capacity is None), "layout (capacity or rows)": self.layout,
+                "policy": POLICIES.index(self.policy), "downsample": DOWNSAMPLING.index(self.downsample)}
 
     def _checked_everywhere(self, query, k=1):
         """``query`` checked and cast as ReferenceBank does, and the features stored over all

@@ -128,10 +128,14 @@ class PseudoLabeler:
         return self._per_class[labels.clamp(0, len(self.threshold) - 1)]  # ignore_index pixels are dropped anyway
 
     def _shapes(self, features):
-        """(the features' spatial sides, the labels' size, the features as maps: volumes flattened)."""
-        check_feature_maps(features, self.bank.dim)
-        spatial = tuple(features.shape[2:])
-        size = sides(self.out_size, len(spatial), "out_size") if self.out_size else spatial
+        """(the features' spatial sides, the labels' size, the features as maps: volumes flattened).
+        Checked on every rank of a sharded bank at once: a rank raising alone would leave the
+        others waiting in the bank's collectives."""
+        def checked():
+            check_feature_maps(features, self.bank.dim)
+            spatial = tuple(features.shape[2:])
+            return spatial, sides(self.out_size, len(spatial), "out_size") if self.out_size else spatial
+        spatial, size = self.bank._on_every_rank(checked)
         return spatial, size, features.flatten(2, 3) if len(spatial) == 3 else features  # volumes: (z*h, w)
 
     def _soft_probabilities(self, maps, spatial, size):
