@@ -1,7 +1,7 @@
 """The CUDA top-k (k = 2 .. 64) against the float64 oracle. Needs a GPU (sm_80+). On sm_90
 with an sm_90a build every test runs twice: on the mma.sync kernel, and on the wgmma kernel
 (REFMATCH_CUDA_HOPPER_TOPK=wgmma; its default variant) unless REFMATCH_TEST_HOPPER_TOPK=0
-(gpu_suite.sh: its first check failed)."""
+(gpu_suite.sh: its first check did not pass) or REFMATCH_CUDA_HOPPER=0."""
 import os
 
 import pytest
@@ -10,11 +10,12 @@ import torch
 import refmatch
 from conftest import hopper_build_and_device
 from oracle import assert_matches_oracle, tolerance
-from refmatch.backends.hopper_variants import hopper_topk_kernel
+from refmatch.backends.hopper_variants import hopper_switched_off, hopper_topk_kernel
 
 pytestmark = pytest.mark.cuda
 BLOCK_M = 64  # reference rows per mma.sync tile (the wgmma kernel's are 128: these cross both)
-WGMMA_TESTED = os.environ.get("REFMATCH_TEST_HOPPER_TOPK", "1") == "1" and hopper_build_and_device()
+WGMMA_TESTED = (os.environ.get("REFMATCH_TEST_HOPPER_TOPK", "1") == "1" and hopper_build_and_device()
+                and not hopper_switched_off())  # REFMATCH_CUDA_HOPPER=0 keeps every call on mma.sync
 
 
 @pytest.fixture(autouse=True, params=["mma.sync", "wgmma"] if WGMMA_TESTED else ["mma.sync"])

@@ -1,8 +1,9 @@
 // Per-tile epilogues of the fused CUDA match kernels: fold one finished score
 // tile (bank rows m0 .. m0 + 8 kN - 1) into per-row state without writing
 // scores anywhere. The accumulators are m16n8 fragments, as mma.sync and wgmma
-// both leave them: element e of atom [i][j] is row 16 i + lane/4 + 8 (e/2),
-// column 8 j + 2 (lane%4) + e%2, so a row lives in one quad of lanes.
+// both leave them: element e of atom [i][j] is row R i + lane/4 + 8 (e/2) of the
+// warp's rows, column 8 j + 2 (lane%4) + e%2 (R: 16 for a warp's mma.sync atoms,
+// 64 for wgmma's row blocks), so a row lives in one quad of lanes.
 //
 //   fold_tile       k = 1: a running best per row (refmatch::offer).
 //   fold_tile_topk  k = 2 .. 64: a sorted list per row in global memory
