@@ -198,6 +198,10 @@ def one_rank_error_worker(rank, port):
     with pytest.raises((ValueError, RuntimeError), match=errors[rank]):
         labeler(torch.randn(2, 4 + (1 - rank), 3, 3))  # rank 0's features are wrong
     assert labeler(torch.randn(rank, 4, 3, 3)).labels.shape == (rank, 3, 3)  # then it goes on
+    # A shard saved at another world size (another shard size) is named as a possible cause.
+    saved = ShardedReferenceBank(4, 3, capacity_per_class=8).state_dict()
+    with pytest.raises(RuntimeError, match="capacity_per_class, or a shard of another world size"):
+        ShardedReferenceBank(4, 3, capacity_per_class=16).load_state_dict(saved)
     dist.barrier()
     os._exit(0)
 

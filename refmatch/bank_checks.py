@@ -100,8 +100,9 @@ def state_dict_problem(bank, state_dict, prefix):
     for name, buffer in bank.named_buffers(recurse=False):
         saved = state_dict.get(prefix + name)
         if isinstance(saved, torch.Tensor) and saved.shape != buffer.shape:
+            sharded = ", or a shard of another world size" if rank is not None else ""
             return (f"{prefix}{name}: saved with shape {tuple(saved.shape)}, this bank's is {tuple(buffer.shape)} "
-                    "(another dim, num_classes or capacity_per_class); nothing was loaded")
+                    f"(another dim, num_classes or capacity_per_class{sharded}); nothing was loaded")
     saved_settings = state_dict.get(prefix + "settings")  # state_dicts before session 25 have none
     if saved_settings is not None and not torch.equal(saved_settings.cpu(), bank.settings.cpu()):
         metric, policy = saved_settings.tolist()
