@@ -177,6 +177,23 @@ def test_why_it_does_not_run_is_named(monkeypatch):
         cpu_topk.check_setting()
 
 
+@pytest.mark.parametrize("setting, refused", [("avx-512", True), ("AVX2", True), ("avx512", False), ("0", False)])
+def test_under_torch_compile_a_misspelt_width_is_refused(monkeypatch, setting, refused):
+    """torch.compile's trace cannot ask _C which widths it holds; a value that names none is still refused."""
+    from refmatch.backends import MatchProblem
+    from refmatch.backends.torch_backend import TorchBackend
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(cpu_topk, "native_module", lambda: pytest.fail("asked _C while tracing"))
+    monkeypatch.setenv("REFMATCH_CPU_TOPK", setting)
+    problem = MatchProblem(torch.device("cpu"), torch.float32, 1, "dot", 8)
+    if refused:
+        with pytest.raises(ValueError, match=f"REFMATCH_CPU_TOPK={setting}: not a setting; use 0 .off., 1"):
+            TorchBackend().decline_reason(problem)
+    else:
+        assert TorchBackend().decline_reason(problem) is None
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_its_own_threads(monkeypatch):
     import multiprocessing

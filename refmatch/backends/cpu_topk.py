@@ -68,11 +68,17 @@ def applies(rows, reference, k):
             and reference.shape[0] < _INDEX_LIMIT and bool(native_isas()))
 
 
-def check_setting():
+def check_setting(spelling_only=False):
     """ValueError where ``REFMATCH_CPU_TOPK`` names a width that cannot run here: float32 CPU calls
-    refuse it rather than quietly walk GEMM tiles."""
-    held, reason = _widths()
+    refuse it rather than quietly walk GEMM tiles. ``spelling_only`` (under torch.compile, which
+    cannot ask ``_C`` what it holds): only a value that names no width at all."""
     wanted = os.environ.get("REFMATCH_CPU_TOPK")
+    if spelling_only:
+        if wanted not in (None, "", "0", "1", *ISA_NAMES):
+            raise ValueError(f"REFMATCH_CPU_TOPK={wanted}: not a setting; use 0 (off), 1 or unset (the widest "
+                             f"this CPU runs), or a width: {', '.join(ISA_NAMES)}")
+        return
+    held, reason = _widths()
     if wanted not in (None, "", "0", "1", *held):
         raise ValueError(reason if reason.startswith("REFMATCH_CPU_TOPK=") else f"REFMATCH_CPU_TOPK={wanted}: {reason}")
 
