@@ -21,6 +21,8 @@ namespace py = pybind11;
 
 // csrc/bindings_cpu.cpp: the CPU passes (bfloat16 screen tile, fused top-k).
 void bind_cpu_passes(py::module_& m);
+// csrc/epilogue_host.cpp: the CUDA kernels' epilogues run on the host (stream_tiles).
+void bind_epilogue_host(py::module_& m);
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IndexArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
@@ -60,38 +62,6 @@ std::pair<FloatArray, IndexArray> merge_partial_bests(FloatArray scores, IndexAr
     for (int64_t p = 0; p < splits; ++p) best = refmatch::merge(best, {s(p, r), i(p, r)});
     os(r) = best.score;
     oi(r) = best.index;
-  }
-  return {out_scores, out_indices};
-}
-
-// Host check of the per-tile epilogues: streams a score matrix [N, M] through
-// tiles of `tile_cols` columns, keeping per row a running best (k = 1) or a
-// sorted top-k list; returns [N, k] scores and indices, best first.
-std::pair<FloatArray, IndexArray> stream_tiles(FloatArray scores, int64_t tile_cols, int k) {
-  if (scores.ndim() != 2) throw py::value_error("scores must be [rows, cols]");
-  if (tile_cols < 1) throw py::value_error("tile_cols must be >= 1");
-  if (k < 1) throw py::value_error("k must be >= 1");
-  const int64_t rows = scores.shape(0), cols = scores.shape(1);
-  FloatArray out_scores({rows, int64_t{k}});
-  IndexArray out_indices({rows, int64_t{k}});
-  for (int64_t r = 0; r < rows; ++r) {
-    float* list_scores = out_scores.mutable_data(r, 0);
-    int64_t* list_indices = out_indices.mutable_data(r, 0);
-    refmatch::Best best = refmatch::empty_best();
-    for (int slot = 0; slot < k; ++slot) {
-      list_scores[slot] = best.score;
-      list_indices[slot] = best.index;
-    }
-    for (int64_t c0 = 0; c0 < cols; c0 += tile_cols) {
-      const int64_t width = cols - c0 < tile_cols ? cols - c0 : tile_cols;
-      if (k == 1) {
-        best = refmatch::offer_tile_row(best, scores.data(r, c0), width, c0);
-        list_scores[0] = best.score;
-        list_indices[0] = best.index;
-      } else {
-        refmatch::offer_tile_row_topk(list_scores, list_indices, k, scores.data(r, c0), width, c0);
-      }
-    }
   }
   return {out_scores, out_indices};
 }
@@ -194,8 +164,7 @@ PYBIND11_MODULE(_C, m) {
         "(count, error) from the CUDA runtime; error is empty on success.");
   m.def("merge_partial_bests", &merge_partial_bests, py::arg("scores"), py::arg("indices"),
         "Merge [S, N] partial bests with the shared tie rule (host check).");
-  m.def("stream_tiles", &stream_tiles, py::arg("scores"), py::arg("tile_cols"), py::arg("k") = 1,
-        "Running best (k = 1) or sorted top-k over column tiles of a [N, M] score matrix (host check).");
+  bind_epilogue_host(m);
   bind_cpu_passes(m);
   m.def("match_argmax", &match_argmax, py::arg("query"), py::arg("dtype"), py::arg("batch"),
         py::arg("dim"), py::arg("height"), py::arg("width"), py::arg("query_strides"),

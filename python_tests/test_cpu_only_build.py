@@ -23,7 +23,7 @@ def test_builds_and_imports_without_cuda(tmp_path):
     # A stub whose signature drifted from match_cuda.h leaves an undefined symbol: the import fails.
     check = ("import sys; sys.path.insert(0, sys.argv[1]); import _C, numpy as np; "
              "assert _C.build_info()['cuda'] is False; assert _C.cuda_device_count()[0] == 0; "
-             "scores, indices = _C.stream_tiles(np.eye(3, dtype=np.float32), 2, 2); "
+             "scores, indices = _C.stream_tiles(np.eye(3, dtype=np.float32), 'wgmma', 2); "
              "assert indices[:, 0].tolist() == [0, 1, 2]")
     done = subprocess.run([sys.executable, "-c", check, str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

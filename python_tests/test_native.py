@@ -97,20 +97,6 @@ def test_merge_partial_bests_follows_tie_rule(seed):
         assert (merged_scores[row], merged_indices[row]) == expected
 
 
-@pytest.mark.parametrize("tile_cols", [1, 3, 16, 1000])
-def test_stream_tiles_takes_first_maximum(tile_cols):
-    rng = np.random.default_rng(tile_cols)
-    scores = rng.integers(-3, 4, (50, 70)).astype(np.float32)
-    scores[rng.random(scores.shape) < 0.2] = np.nan
-    scores[7] = np.nan  # a row with no finite score
-    best_scores, best_indices = _C.stream_tiles(scores, tile_cols)
-    assert best_scores.shape == best_indices.shape == (50, 1)
-    for row in range(50):
-        expected = reference_best(scores[row], range(70))
-        assert (best_scores[row, 0], best_indices[row, 0]) == expected
-    assert best_indices[7, 0] == -1
-
-
 def reference_topk(scores, k):
     """Plain-Python top-k under the tie rule: finite scores by (score desc, index asc), then (-inf, -1)."""
     valid = sorted((-score, index) for index, score in enumerate(scores) if np.isfinite(score) or score == np.inf)
@@ -118,26 +104,49 @@ def reference_topk(scores, k):
     return kept + [(-np.inf, -1)] * (k - len(kept))
 
 
-@pytest.mark.parametrize("tile_cols", [1, 5, 64, 1000])
-@pytest.mark.parametrize("k", [2, 8, 64])
-def test_stream_tiles_keeps_sorted_topk_lists(tile_cols, k):
-    rng = np.random.default_rng(tile_cols * k)
-    scores = rng.integers(-3, 4, (40, 90)).astype(np.float32)  # many exact ties
-    scores[rng.random(scores.shape) < 0.2] = np.nan
-    scores[rng.random(scores.shape) < 0.05] = -np.inf
-    scores[3] = np.nan  # a row with no finite score
-    scores[5, 80:] = np.inf
-    lists_scores, lists_indices = _C.stream_tiles(scores, tile_cols, k)
-    assert lists_scores.shape == lists_indices.shape == (40, k)
-    for row in range(40):
-        assert list(zip(lists_scores[row].tolist(), lists_indices[row].tolist())) == reference_topk(scores[row], k)
+def oriented(products, metric, stats):
+    """The kernels' scores from their products, in float32: dot as is, cosine times 1/|r|, l2 2x - |r|^2."""
+    return products if metric == 0 else products * stats if metric == 1 else np.float32(2) * products - stats
+
+
+# The CUDA kernels' epilogues, run on the host by 32 threads as one warp (host_warp.h): each
+# layout's tiling (mma.sync: a warp's 32 rows by 64-column tiles; wgmma: 16 rows of a 64-row
+# block by 128 columns; wgmma-256: two such blocks), row padding (rows not a multiple of the
+# warp's), column padding of the last tile, NaN and -inf that never win, +inf that does, ties.
+@pytest.mark.parametrize("layout", ["mma.sync", "wgmma", "wgmma-256"])
+@pytest.mark.parametrize("metric", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 2, 8, 64])
+def test_stream_tiles_runs_the_kernels_epilogues(layout, metric, k):
+    rng = np.random.default_rng(100 * k + 10 * metric + len(layout))
+    rows, cols = 37, 300  # 300 = 4 tiles of 64 + 44, or 2 of 128 + 44
+    products = rng.integers(-3, 4, (rows, cols)).astype(np.float32)  # many exact ties
+    products[rng.random(products.shape) < 0.15] = np.nan
+    products[rng.random(products.shape) < 0.05] = -np.inf
+    products[3] = np.nan  # a row with no finite score
+    products[5, 250:] = np.inf
+    stats = rng.integers(1, 4, cols).astype(np.float32)
+    stats[::17] = np.nan  # ignored references: NaN terms never match
+    lists_scores, lists_indices = _C.stream_tiles(products, layout, k, metric, stats if metric else None)
+    assert lists_scores.shape == lists_indices.shape == (rows, k)
+    with np.errstate(invalid="ignore"):
+        scores = oriented(products, metric, stats)
+    for row in range(rows):
+        got = list(zip(lists_scores[row].tolist(), lists_indices[row].tolist()))
+        assert got == reference_topk(scores[row], k), (row, got[:4])
     assert (lists_indices[3] == -1).all()
+
+
+def test_stream_tiles_refuses_what_no_kernel_runs():
+    with pytest.raises(ValueError, match="layout must be 'mma.sync', 'wgmma' or 'wgmma-256', got 'wmma'"):
+        _C.stream_tiles(np.zeros((2, 3), np.float32), "wmma")
+    with pytest.raises(ValueError, match="k must be in .1, 64."):
+        _C.stream_tiles(np.zeros((2, 3), np.float32), "wgmma", 65)
+    with pytest.raises(ValueError, match="cosine and l2 need stats .cols."):
+        _C.stream_tiles(np.zeros((2, 3), np.float32), "wgmma", 1, 2, np.zeros(2, np.float32))
 
 
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="equal shapes"):
         _C.merge_partial_bests(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.int64))
-    with pytest.raises(ValueError, match="tile_cols"):
-        _C.stream_tiles(np.zeros((2, 3), np.float32), 0)
     with pytest.raises(ValueError, match="k must be"):
-        _C.stream_tiles(np.zeros((2, 3), np.float32), 2, 0)
+        _C.stream_tiles(np.zeros((2, 3), np.float32), "mma.sync", 0)

@@ -46,19 +46,4 @@ REFMATCH_HOST_DEVICE Best merge(Best a, const Best& b) {
   return a;
 }
 
-// Best of one row of a score tile whose first column is reference `col0`.
-// Takes the row max first (one compare per score) and locates the lowest
-// column holding it only when that max can beat `running`, as the fused
-// kernels do per tile.
-REFMATCH_HOST_DEVICE Best offer_tile_row(Best running, const float* scores,
-                                         int64_t num_cols, int64_t col0) {
-  float row_max = -INFINITY;
-  for (int64_t c = 0; c < num_cols; ++c) row_max = fmaxf(row_max, scores[c]);
-  if (!(row_max >= running.score) || !(row_max > -INFINITY)) return running;
-  int64_t c = 0;
-  while (scores[c] != row_max) ++c;
-  offer(running, row_max, col0 + c);
-  return running;
-}
-
 }  // namespace refmatch

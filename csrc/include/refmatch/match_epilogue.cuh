@@ -12,7 +12,9 @@
 //
 // Both take the row max first (one fmaxf per score; fmaxf skips NaN, and NaN
 // equals nothing, so NaN never wins) and do more only when some row of the warp
-// can improve.
+// can improve. Their shuffles and votes come from the Warp parameter
+// (warp_ops.h): the hardware warp in the kernels, 32 host threads in the CPU
+// tests (host_warp.h, refmatch._C.stream_tiles), which so run this very code.
 #pragma once
 
 #include <cstdint>
@@ -20,15 +22,14 @@
 #include "refmatch/best.h"
 #include "refmatch/match_plan.h"
 #include "refmatch/topk_list.h"
+#include "refmatch/warp_ops.h"
 
 namespace refmatch::detail {
-
-constexpr unsigned kFullWarp = 0xffffffffu;
 
 // Scores oriented so that larger wins (cosine: times 1/|r|; l2: 2 q.r - |r|^2),
 // padding past the bank at -inf: one uniform branch per tile, one instruction per score.
 template <int kM, int kN>
-__device__ __forceinline__ void orient_tile(float (&acc)[kM][kN][4], const float* stats, int metric, int64_t m0,
+REFMATCH_HOST_DEVICE void orient_tile(float (&acc)[kM][kN][4], const float* stats, int metric, int64_t m0,
                                             int64_t m_end, int quad_lane) {
   if (metric != static_cast<int>(MatchMetric::kDot)) {
     const bool cosine = metric == static_cast<int>(MatchMetric::kCosine);
@@ -60,17 +61,17 @@ __device__ __forceinline__ void orient_tile(float (&acc)[kM][kN][4], const float
 }
 
 // Max of row (i, h) over the tile, shared by the row's quad.
-template <int kM, int kN>
-__device__ __forceinline__ float row_max(const float (&acc)[kM][kN][4], int i, int h) {
+template <class Warp, int kM, int kN>
+REFMATCH_HOST_DEVICE float row_max(const float (&acc)[kM][kN][4], int i, int h) {
   float value = -INFINITY;
 #pragma unroll
   for (int j = 0; j < kN; ++j) value = fmaxf(value, fmaxf(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
-  value = fmaxf(value, __shfl_xor_sync(kFullWarp, value, 1));
-  return fmaxf(value, __shfl_xor_sync(kFullWarp, value, 2));
+  value = fmaxf(value, Warp::shfl_xor(value, 1));
+  return fmaxf(value, Warp::shfl_xor(value, 2));
 }
 
-template <int kM, int kN>
-__device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2], const float* stats,
+template <int kM, int kN, class Warp = DeviceWarp>
+REFMATCH_HOST_DEVICE void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2], const float* stats,
                                           int metric, int64_t m0, int64_t m_end, int lane) {
   constexpr int kCols = 8 * kN;
   const int quad_lane = lane & 3;
@@ -81,12 +82,12 @@ __device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[
   for (int i = 0; i < kM; ++i)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      tile_max[i][h] = row_max(acc, i, h);
+      tile_max[i][h] = row_max<Warp>(acc, i, h);
       // m0 is the lowest index in the tile: a necessary condition to win.
       may_improve |= beats(tile_max[i][h], m0, best[i][h].score, best[i][h].index);
     }
   // Locating is rare once the running bests are good; warp-uniform for the shuffles.
-  if (!__any_sync(kFullWarp, may_improve)) return;
+  if (!Warp::any(may_improve)) return;
 #pragma unroll
   for (int i = 0; i < kM; ++i) {
 #pragma unroll
@@ -97,8 +98,10 @@ __device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[
         if (acc[i][j][2 * h + 1] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane + 1;
         if (acc[i][j][2 * h] == tile_max[i][h]) lowest = 8 * j + 2 * quad_lane;
       }
-      lowest = min(lowest, __shfl_xor_sync(kFullWarp, lowest, 1));
-      lowest = min(lowest, __shfl_xor_sync(kFullWarp, lowest, 2));
+      for (int lane_mask = 1; lane_mask <= 2; lane_mask *= 2) {
+        const int other = Warp::shfl_xor(lowest, lane_mask);
+        lowest = other < lowest ? other : lowest;
+      }
       if (lowest < kCols) offer(best[i][h], tile_max[i][h], m0 + lowest);
     }
   }
@@ -110,8 +113,8 @@ __device__ __forceinline__ void fold_tile(float (&acc)[kM][kN][4], Best (&best)[
 // 16 for a warp's mma.sync atoms, 64 for wgmma's 64-row blocks. The four lanes
 // of a quad take turns inserting their candidates into the row's list (one
 // writer per list at a time), then share the raised threshold.
-template <int kAtomRows, int kM, int kN>
-__device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&threshold)[kM][2],
+template <int kAtomRows, int kM, int kN, class Warp = DeviceWarp>
+REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&threshold)[kM][2],
                                                const float* stats, int metric, int64_t m0, int64_t m_end, int lane,
                                                float* list_scores, int64_t* list_indices, int64_t first_row,
                                                int64_t num_rows, int k) {
@@ -123,12 +126,12 @@ __device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&t
   for (int i = 0; i < kM; ++i)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float tile_max = row_max(acc, i, h);  // every lane: the max is a full-warp shuffle
+      const float tile_max = row_max<Warp>(acc, i, h);  // every lane: the max is a full-warp shuffle
       enters[i][h] = first_row + kAtomRows * i + 8 * h < num_rows &&
                      beats(tile_max, m0, threshold[i][h].score, threshold[i][h].index);
       any_enters |= enters[i][h];
     }
-  if (!__any_sync(kFullWarp, any_enters)) return;
+  if (!Warp::any(any_enters)) return;
   for (int turn = 0; turn < 4; ++turn) {
 #pragma unroll
     for (int i = 0; i < kM; ++i)
@@ -147,22 +150,22 @@ __device__ __forceinline__ void fold_tile_topk(float (&acc)[kM][kN][4], Best (&t
             }
           }
       }
-    __syncwarp();  // this turn's list writes, before the next lane reads them
+    Warp::sync();  // this turn's list writes, before the next lane reads them
 #pragma unroll
     for (int i = 0; i < kM; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int source = (lane & ~3) | turn;
-        threshold[i][h].score = __shfl_sync(kFullWarp, threshold[i][h].score, source);
-        threshold[i][h].index = __shfl_sync(kFullWarp, threshold[i][h].index, source);
+        threshold[i][h].score = Warp::shfl(threshold[i][h].score, source);
+        threshold[i][h].index = Warp::shfl(threshold[i][h].index, source);
       }
   }
 }
 
 // Empties the k-slot lists of a thread's rows (as fold_tile_topk numbers them),
 // each quad's lanes sharing the slots; the warp syncs before its first fold.
-template <int kAtomRows, int kM>
-__device__ __forceinline__ void init_topk_lists(float* list_scores, int64_t* list_indices, int64_t first_row,
+template <int kAtomRows, int kM, class Warp = DeviceWarp>
+REFMATCH_HOST_DEVICE void init_topk_lists(float* list_scores, int64_t* list_indices, int64_t first_row,
                                                 int64_t num_rows, int k, int lane) {
 #pragma unroll
   for (int i = 0; i < kM; ++i)
@@ -174,7 +177,7 @@ __device__ __forceinline__ void init_topk_lists(float* list_scores, int64_t* lis
         list_indices[row * k + slot] = kNoMatch;
       }
     }
-  __syncwarp();
+  Warp::sync();
 }
 
 }  // namespace refmatch::detail

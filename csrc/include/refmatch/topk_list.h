@@ -28,20 +28,4 @@ REFMATCH_HOST_DEVICE Best insert_sorted(float* scores, int64_t* indices, int k, 
   return Best{scores[k - 1], indices[k - 1]};
 }
 
-// Offers one row of a score tile whose first column is reference `col0` to the
-// row's list, as the kernel does per tile: the row max first, then each score
-// that beats the current threshold.
-REFMATCH_HOST_DEVICE void offer_tile_row_topk(float* scores, int64_t* indices, int k, const float* tile,
-                                              int64_t num_cols, int64_t col0) {
-  float row_max = -INFINITY;
-  for (int64_t c = 0; c < num_cols; ++c) row_max = fmaxf(row_max, tile[c]);
-  Best threshold{scores[k - 1], indices[k - 1]};
-  if (!beats(row_max, col0, threshold.score, threshold.index)) return;
-  for (int64_t c = 0; c < num_cols; ++c) {
-    if (beats(tile[c], col0 + c, threshold.score, threshold.index)) {
-      threshold = insert_sorted(scores, indices, k, tile[c], col0 + c);
-    }
-  }
-}
-
 }  // namespace refmatch
