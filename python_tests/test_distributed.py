@@ -1,5 +1,6 @@
 """ShardedReferenceBank: 2 gloo processes give exactly the single-process results (on features
 whose scores are exact), ties included; misuse raises on every rank."""
+import copy
 import datetime
 import os
 import socket
@@ -224,6 +225,10 @@ def subgroup_worker(rank, port, world):
     filled = ShardedReferenceBank(6, 3, capacity_per_class=8, dtype=torch.float32, metric="dot", group=group)
     filled.add(torch.full((1, 6, 2, 2), float(rank + 1)), torch.zeros(1, 2, 2, dtype=torch.long))
     assert len(filled) == (4 if rank == 2 else 8)
+    teacher = copy.deepcopy(torch.nn.ModuleDict({"bank": filled}))  # an EMA teacher's copy of a model
+    copied = teacher["bank"]
+    assert copied.group is group and copied.features.nan_to_num(7).equal(filled.features.nan_to_num(7))  # NaN: empty
+    assert copied.features.data_ptr() != filled.features.data_ptr() and len(copied) == len(filled)
     dist.barrier()
     os._exit(0)
 

@@ -12,6 +12,7 @@ note), so far from the origin they can differ from one process's by more than an
 ulp, and are then the more accurate. Only ``torch.distributed`` collectives are
 used (NCCL and gloo alike).
 """
+import copy
 import math
 import operator
 
@@ -129,6 +130,13 @@ class ShardedReferenceBank(ReferenceBank):
         others = {name: self._buffers.pop(name) for name in list(self._buffers)}
         self.register_buffer("shard_rank", marker)
         self._buffers.update(others)
+
+    def __deepcopy__(self, memo):
+        """A copy (an EMA teacher's, say) shares the process group, which cannot be copied."""
+        memo[id(self.group)] = self.group
+        clone = memo[id(self)] = type(self).__new__(type(self))
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     def extra_repr(self):
         """ReferenceBank's, of this rank's shard (its capacity and counts): no collective and no
