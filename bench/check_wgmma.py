@@ -24,6 +24,7 @@ import refmatch
 from refmatch.backends.cuda_backend import _built_for_hopper, hopper_enabled, kernel_name
 from refmatch.backends.hopper_variants import (HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel,
                                                hopper_topk_kernel)
+from refmatch.backends.custom_op import MAX_FUSED_SLOTS
 from refmatch.bench_oracle import Float64Oracle
 
 SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64), (700, 3000, 192),
@@ -57,9 +58,9 @@ def class_ranges_error(variant):
 
 
 def top_k(text):
-    """--top-k's value: an int in 1 .. 64 (the fused kernels' limit)."""
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 64, got {text!r}")
+    """--top-k's value: an int from 1 to the fused kernels' limit (MAX_FUSED_SLOTS)."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_FUSED_SLOTS:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_FUSED_SLOTS}, got {text!r}")
     return int(text)
 
 

@@ -15,7 +15,6 @@
 
 #include "refmatch/host_warp.h"
 #include "refmatch/match_cuda.h"
-#pragma GCC diagnostic ignored "-Wunknown-pragmas"  // the epilogues' #pragma unroll is nvcc's
 #include "refmatch/match_epilogue.cuh"
 
 namespace py = pybind11;

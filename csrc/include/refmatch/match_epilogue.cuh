@@ -30,7 +30,7 @@ namespace refmatch::detail {
 // padding past the bank at -inf: one uniform branch per tile, one instruction per score.
 template <int kM, int kN>
 REFMATCH_HOST_DEVICE void orient_tile(float (&acc)[kM][kN][4], const float* stats, int metric, int64_t m0,
-                                            int64_t m_end, int quad_lane) {
+                                      int64_t m_end, int quad_lane) {
   if (metric != static_cast<int>(MatchMetric::kDot)) {
     const bool cosine = metric == static_cast<int>(MatchMetric::kCosine);
 #pragma unroll
@@ -72,7 +72,7 @@ REFMATCH_HOST_DEVICE float row_max(const float (&acc)[kM][kN][4], int i, int h) 
 
 template <int kM, int kN, class Warp = DeviceWarp>
 REFMATCH_HOST_DEVICE void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2], const float* stats,
-                                          int metric, int64_t m0, int64_t m_end, int lane) {
+                                    int metric, int64_t m0, int64_t m_end, int lane) {
   constexpr int kCols = 8 * kN;
   const int quad_lane = lane & 3;
   orient_tile(acc, stats, metric, m0, m_end, quad_lane);
@@ -115,9 +115,9 @@ REFMATCH_HOST_DEVICE void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2]
 // writer per list at a time), then share the raised threshold.
 template <int kAtomRows, int kM, int kN, class Warp = DeviceWarp>
 REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&threshold)[kM][2],
-                                               const float* stats, int metric, int64_t m0, int64_t m_end, int lane,
-                                               float* list_scores, int64_t* list_indices, int64_t first_row,
-                                               int64_t num_rows, int k) {
+                                         const float* stats, int metric, int64_t m0, int64_t m_end, int lane,
+                                         float* list_scores, int64_t* list_indices, int64_t first_row,
+                                         int64_t num_rows, int k) {
   const int quad_lane = lane & 3;
   orient_tile(acc, stats, metric, m0, m_end, quad_lane);
   bool enters[kM][2];
@@ -166,7 +166,7 @@ REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&thresho
 // each quad's lanes sharing the slots; the warp syncs before its first fold.
 template <int kAtomRows, int kM, class Warp = DeviceWarp>
 REFMATCH_HOST_DEVICE void init_topk_lists(float* list_scores, int64_t* list_indices, int64_t first_row,
-                                                int64_t num_rows, int k, int lane) {
+                                          int64_t num_rows, int k, int lane) {
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
