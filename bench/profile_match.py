@@ -41,7 +41,7 @@ def kernels(device, hopper_variants, dim, top_ks, wgmma_top_k=False):
         yield f"triton top-{k}", "triton", contextlib.nullcontext(), None, k
         yield f"cuda top-{k} (mma.sync)", "cuda", hopper_topk_kernel("mma.sync"), "mma.sync", k
         if wgmma_top_k and hopper_enabled(device):
-            kernel = documented_hopper_kernel(next(iter(HOPPER_VARIANTS)), dim, k)
+            kernel = documented_hopper_kernel(next(iter(HOPPER_VARIANTS)), dim)
             yield f"cuda top-{k} ({kernel})", "cuda", hopper_topk_kernel("wgmma"), kernel, k
 
 

@@ -10,8 +10,7 @@ class-wise max (CUDA: class-aligned ranges) and the top-k, all on the
 mma.sync kernel (REFMATCH_CUDA_HOPPER=0); then, on sm_90, the wgmma kernel on its own cases,
 in each variant ``--hopper-variants`` names (``hopper_variants.HOPPER_VARIANTS``: 128 or 256
 query rows per CTA, "-rs": the query in registers, "-tma": the bank loaded through TMA), and
-with ``--wgmma-top-k`` its opt-in top-k (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``) in the 128-row
-variants, which run it.
+with ``--wgmma-top-k`` its opt-in top-k (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``) in each of them.
 ``--backends`` with no name leaves the first part out (the wgmma variants' cases alone).
 """
 import argparse
@@ -20,8 +19,7 @@ import torch
 
 import refmatch
 from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, match_argmax_cuda
-from refmatch.backends.hopper_variants import (HOPPER_VARIANTS, default_hopper_kernels, documented_hopper_kernel,
-                                               hopper_kernel, hopper_topk_kernel)
+from refmatch.backends.hopper_variants import HOPPER_VARIANTS, default_hopper_kernels, hopper_kernel, hopper_topk_kernel
 from refmatch.backends.scoring import reference_stat
 
 from check_wgmma import serves
@@ -67,7 +65,7 @@ def sanitize_hopper(variant, top_k=False):
                     refmatch.match(query, reference, metric=metric, backend="cuda")
         query, reference = sanitize_splits()
         refmatch.classwise_max(query, reference, torch.randint(0, 3, (1000,), device="cuda"), 3, backend="cuda")
-        if top_k and documented_hopper_kernel(variant, query.shape[1], k=8) == variant:
+        if top_k and serves(variant, query.shape[1]):
             with hopper_topk_kernel("wgmma"):
                 assert kernel_name(query.T[None, :, :, None], reference, 8) == variant
                 for k in (8, 64):  # splits' lists, padding rows past N (50 of a 128-row CTA)
@@ -110,7 +108,7 @@ def main(argv=None):
                         default=list(HOPPER_VARIANTS),
                         help="the wgmma kernel's variants to run (none: leave its cases out)")
     parser.add_argument("--wgmma-top-k", action="store_true",
-                        help="also the wgmma kernel's top-k (REFMATCH_CUDA_HOPPER_TOPK=wgmma) in the 128-row variants")
+                        help="also the wgmma kernel's top-k (REFMATCH_CUDA_HOPPER_TOPK=wgmma) in each variant")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error(f"needs a CUDA device (it runs the CUDA and Triton kernels); torch {torch.__version__} sees none")

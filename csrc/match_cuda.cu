@@ -87,27 +87,29 @@ Kernel mma_sync_kernel(int dtype, bool allow_tf32) {
                               "2 (bfloat16), got " + std::to_string(dtype));
 }
 
-template <int kRowBlocks, bool kQueryInRegisters, bool kTopK>
-Kernel hopper_kernel(bool bf16) {
-  return bf16 ? detail::match_sm90_kernel<true, kRowBlocks, kQueryInRegisters, kTopK>
-              : detail::match_sm90_kernel<false, kRowBlocks, kQueryInRegisters, kTopK>;
+template <int kRowBlocks, bool kTopK>
+Kernel hopper_kernel(bool bf16, bool query_in_registers) {
+  if (query_in_registers) {
+    return bf16 ? detail::match_sm90_kernel<true, kRowBlocks, true, kTopK>
+                : detail::match_sm90_kernel<false, kRowBlocks, true, kTopK>;
+  }
+  return bf16 ? detail::match_sm90_kernel<true, kRowBlocks, false, kTopK>
+              : detail::match_sm90_kernel<false, kRowBlocks, false, kTopK>;
 }
 
 // The wgmma variant's kernel and name for 1 or 2 row blocks, where the query lives
-// and how the bank is loaded (a parameter of the same kernel), k = 1 or top-k (one
-// row block, plan_launch).
+// and how the bank is loaded (a parameter of the same kernel), k = 1 or top-k.
 std::pair<Kernel, const char*> hopper_variant(bool bf16, int row_blocks, bool query_in_registers, bool tma,
                                               bool top_k) {
   static const char* const names[2][2][2] = {{{"wgmma", "wgmma-tma"}, {"wgmma-rs", "wgmma-rs-tma"}},
                                              {{"wgmma-256", "wgmma-256-tma"}, {"wgmma-256-rs", "wgmma-256-rs-tma"}}};
   const char* name = names[row_blocks - 1][query_in_registers][tma];
-  if (top_k) {
-    return {query_in_registers ? hopper_kernel<1, true, true>(bf16) : hopper_kernel<1, false, true>(bf16), name};
-  }
   if (row_blocks == 2) {
-    return {query_in_registers ? hopper_kernel<2, true, false>(bf16) : hopper_kernel<2, false, false>(bf16), name};
+    return {top_k ? hopper_kernel<2, true>(bf16, query_in_registers) : hopper_kernel<2, false>(bf16, query_in_registers),
+            name};
   }
-  return {query_in_registers ? hopper_kernel<1, true, false>(bf16) : hopper_kernel<1, false, false>(bf16), name};
+  return {top_k ? hopper_kernel<1, true>(bf16, query_in_registers) : hopper_kernel<1, false>(bf16, query_in_registers),
+          name};
 }
 
 int element_bytes_of(int dtype) { return dtype == static_cast<int>(MatchDtype::kFloat32) ? 4 : 2; }
@@ -137,8 +139,7 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int6
   if (hopper_rows > 0 && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
       is_hopper(device)) {
     const bool bf16 = dtype == static_cast<int>(MatchDtype::kBFloat16);
-    // Top-k: 128 query rows. With 256, the accumulators beside the lists' registers spill.
-    const int row_blocks = k > 1 ? 1 : hopper_row_blocks(dim, hopper_rows, smem_limit);
+    const int row_blocks = hopper_row_blocks(dim, hopper_rows, smem_limit);
     std::tie(plan.kernel, plan.name) = hopper_variant(
         bf16, row_blocks, hopper_query_registers && hopper_query_fits_registers(dim, row_blocks), hopper_tma, k > 1);
     plan.tma_loads = hopper_tma;

@@ -58,7 +58,7 @@ def test_hopper_kernel_block_sets_and_restores_the_variable(card, monkeypatch, p
     (None, 8, None, 0),
     ("256", 8, None, 0),    # top-k runs the mma.sync kernel by default
     ("256", 8, "mma.sync", 0),
-    (None, 8, "wgmma", 256),  # asked for; the kernel takes 128 rows for top-k (documented_hopper_kernel)
+    (None, 8, "wgmma", 256),  # top-k takes the k = 1 tiles (documented_hopper_kernel)
     ("128", 64, "wgmma", 128),
     (None, 1, "mma.sync", 256),  # k = 1 whatever the top-k setting
 ])
@@ -185,9 +185,6 @@ def test_the_default_takes_256_rows_where_they_fit(dim, kernel):
     default = next(iter(hopper_variants.HOPPER_VARIANTS))
     assert hopper_variants.documented_hopper_kernel(default, dim) == kernel
     assert hopper_variants.default_hopper_kernels() == ("wgmma-256-tma", "wgmma-tma")
-    for k in (2, 8, 64):  # top-k: 128 rows at every D
-        assert hopper_variants.documented_hopper_kernel(default, dim, k) == "wgmma-tma"
-        assert hopper_variants.documented_hopper_kernel("wgmma-256-rs", dim, k) == "wgmma-rs"
 
 
 @pytest.mark.parametrize("variant", ["wgmma-128", "256", "", "mma"])

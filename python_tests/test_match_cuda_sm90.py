@@ -81,15 +81,15 @@ def test_rows_match_oracle(dtype, metric, n, m, d):
 @pytest.mark.parametrize("k", [2, 8, 64])
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 def test_topk_in_the_variants_that_run_it(metric, k):
-    """Top-k on the wgmma kernel (REFMATCH_CUDA_HOPPER_TOPK=wgmma) runs the 128-row variants:
-    three tiles with a tail, three CTAs of rows with padding, two chunks of D."""
+    """Top-k on the wgmma kernel (REFMATCH_CUDA_HOPPER_TOPK=wgmma) in every variant that runs at
+    D = 72: three tiles with a tail, CTAs of rows with padding, two chunks of D."""
     from refmatch.backends.cuda_backend import kernel_name
 
     if os.environ.get("REFMATCH_TEST_HOPPER_TOPK", "1") != "1":
         pytest.skip("REFMATCH_TEST_HOPPER_TOPK=0: the wgmma top-k failed its check (gpu_suite.sh)")
     variant = current_variant()
-    if documented_hopper_kernel(variant, 72, k) != variant:
-        pytest.skip(f"top-k runs {documented_hopper_kernel(variant, 72, k)}, tested as that variant")
+    if documented_hopper_kernel(variant, 72) != variant:
+        pytest.skip(f"D = 72 runs {documented_hopper_kernel(variant, 72)}, tested as that variant")
     query = torch.randn(300, 72, device="cuda").bfloat16()
     reference = torch.randn(3 * BLOCK_M + 5, 72, device="cuda").bfloat16()
     with hopper_topk_kernel("wgmma"):

@@ -90,14 +90,13 @@ def hopper_kernel(variant=None):
     return environment(settings)
 
 
-def documented_hopper_kernel(variant, dim, k=1):
-    """The wgmma kernel that ``variant``'s setting runs for a k-call at D = dim on a contiguous
-    bank, by the documented rule (the scripts and tests check ``kernel_name`` against it):
-    256-row tiles up to ``WIDEST_256_ROWS`` at k = 1 (top-k: 128 rows, as 256 rows' registers
-    spill); the query in registers at any D with 128 rows, up to
-    ``WIDEST_256_ROWS_IN_REGISTERS`` with 256; TMA loads as asked."""
+def documented_hopper_kernel(variant, dim):
+    """The wgmma kernel that ``variant``'s setting runs at D = dim on a contiguous bank, for
+    k = 1 and top-k alike, by the documented rule (the scripts and tests check ``kernel_name``
+    against it): 256-row tiles up to ``WIDEST_256_ROWS``; the query in registers at any D with
+    128 rows, up to ``WIDEST_256_ROWS_IN_REGISTERS`` with 256; TMA loads as asked."""
     rows, query, loads = HOPPER_VARIANTS[variant]
-    rows = 256 if rows == 256 and dim <= WIDEST_256_ROWS and k == 1 else 128
+    rows = 256 if rows == 256 and dim <= WIDEST_256_ROWS else 128
     fits = rows == 128 or dim <= WIDEST_256_ROWS_IN_REGISTERS
     return wgmma_name(rows, query if fits else "shared", loads)
 

@@ -65,8 +65,8 @@ void match_argmax(const MatchArgs& args);
 
 // Which kernel a call with these inputs runs: "wgmma" (128 query rows per CTA) or
 // "wgmma-256", each with "-rs" (query in registers) and "-tma" (TMA loads; ref_stat
-// taken as aligned) where asked and possible, or "mma.sync" (host queries only). A
-// top-k call (k > 1) takes 128 query rows.
+// taken as aligned) where asked and possible, or "mma.sync" (host queries only); top-k
+// calls (k > 1) take the same tiles.
 const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int device, int64_t hopper_rows,
                               bool hopper_query_registers, uintptr_t reference, int64_t stride_m,
                               int64_t stride_d, int64_t num_refs, bool hopper_tma_loads, int64_t k = 1);

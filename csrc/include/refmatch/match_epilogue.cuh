@@ -60,6 +60,14 @@ REFMATCH_HOST_DEVICE void orient_tile(float (&acc)[kM][kN][4], const float* stat
   }
 }
 
+// `value`, which the optimiser may no longer move out of the loop computing it.
+REFMATCH_HOST_DEVICE int64_t opaque(int64_t value) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+l"(value));
+#endif
+  return value;
+}
+
 // Max of row (i, h) over the tile, shared by the row's quad.
 template <class Warp, int kM, int kN>
 REFMATCH_HOST_DEVICE float row_max(const float (&acc)[kM][kN][4], int i, int h) {
@@ -139,12 +147,15 @@ REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&thresho
       for (int h = 0; h < 2; ++h) {
         if (!enters[i][h] || quad_lane != turn) continue;
         const int64_t row_offset = (first_row + kAtomRows * i + 8 * h) * k;
+        // Recomputed each turn: hoisted, the 2 kN 64-bit indices stay live across the
+        // turns (64 registers for wgmma's 256 rows, which then spilled).
+        const int64_t lane_first_index = opaque(m0 + 2 * quad_lane);
 #pragma unroll
         for (int j = 0; j < kN; ++j)
 #pragma unroll
           for (int t = 0; t < 2; ++t) {
             const float score = acc[i][j][2 * h + t];
-            const int64_t index = m0 + 8 * j + 2 * quad_lane + t;
+            const int64_t index = lane_first_index + 8 * j + t;
             if (beats(score, index, threshold[i][h].score, threshold[i][h].index)) {
               threshold[i][h] = insert_sorted(list_scores + row_offset, list_indices + row_offset, k, score, index);
             }
