@@ -193,3 +193,17 @@ def test_memory_bytes_counts_the_images_kept_for_refresh():
     buffers = bank.memory_bytes()
     bank.add(torch.randn(2, 4, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), images=torch.zeros(2, 1, 4, 4))
     assert bank.memory_bytes() == buffers + 2 * 16 * 4 + 2 * 16 * 8  # the images (float32) and masks (int64)
+
+
+def test_bank_warnings_point_at_the_users_line():
+    """The bank's warnings (here a lost class, and the ring's overflow in add) name the line
+    that called add() or refresh(), not bank.py."""
+    masks = torch.zeros(1, 64, 64, dtype=torch.long)
+    masks[:, 30:32, :] = 1  # a 2-pixel band: no 16x16 feature pixel keeps it
+    bank = ReferenceBank(dim=4, num_classes=2, capacity_per_class=64)
+    images = torch.randn(1, 1, 64, 64)
+    with pytest.warns(UserWarning, match="kept no pixel") as added:
+        bank.add(torch.randn(1, 4, 16, 16), masks, images=images)
+    with pytest.warns(UserWarning, match="kept no pixel") as refreshed:
+        bank.refresh(lambda batch: torch.randn(1, 4, 16, 16))
+    assert {warning.filename for warning in (*added, *refreshed)} == {__file__}

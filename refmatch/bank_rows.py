@@ -1,5 +1,7 @@
 """The rows a ReferenceBank stores from one batch of feature maps and masks, and the
 warnings about what it could not store."""
+import os
+import sys
 import warnings
 
 import torch
@@ -7,8 +9,19 @@ import torch
 from .backends.scoring import normalized_rows
 from .masks import downsample_masks, label_is, size_text
 
-# past bank_rows, add and torch.no_grad's wrapper: at add's caller
-CALLER = 4
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_INTERNAL = (_PACKAGE + os.sep, os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+
+
+def user_stacklevel():
+    """The ``stacklevel`` at which a warning from the function calling this points at the
+    user's line: past refmatch's own frames (``add``, ``refresh``, a sharded bank's) and
+    torch's (``no_grad``'s wrapper). The recipes count as the user's code."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL) and \
+            not frame.f_code.co_filename.startswith(os.path.join(_PACKAGE, "recipes") + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def bank_rows(bank, features, masks):
@@ -39,7 +52,7 @@ def bank_rows(bank, features, masks):
         warnings.warn(f"{overflowed} finite feature row(s) overflowed the bank's {bank.features.dtype} (values "
                       f"beyond {torch.finfo(bank.features.dtype).max:.4g}) and were not stored: scale the features "
                       "down, use metric='cosine', or a bank dtype of wider range (bfloat16, float32)",
-                      stacklevel=CALLER)
+                      stacklevel=user_stacklevel())
     return rows, classes
 
 
@@ -60,10 +73,10 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
         warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {size_text(feature_size)}"
                       ": thinner than a feature pixel (or tied in every block); they cannot "
                       f"be matched: tap finer features (FeatureTap's size; the recipe's tap_size){nearest}",
-                      stacklevel=CALLER + 1)
+                      stacklevel=user_stacklevel())
     if non_finite:
         warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf in the bank's dtype, so none "
-                      "was stored", stacklevel=CALLER + 1)
+                      "was stored", stacklevel=user_stacklevel())
 
 
 def warn_ring_overflow(cls, count, capacity):
@@ -71,4 +84,4 @@ def warn_ring_overflow(cls, count, capacity):
     warnings.warn(f"one add() gave class {cls} {count} rows for its {capacity} slots: policy='ring' keeps the batch's "
                   f"last {capacity} in raster order (the bottom rows of its last images), not a spread over it; "
                   "policy='reservoir' keeps a uniform sample, or add fewer images at a time (warned once per bank)",
-                  stacklevel=CALLER + 1)
+                  stacklevel=user_stacklevel())
