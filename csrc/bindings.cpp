@@ -183,14 +183,15 @@ PYBIND11_MODULE(_C, m) {
         "meaningless): wgmma stages left out, 1 loads + 2 epilogue. split_starts: device int64 "
         "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
-        py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"),
-        py::arg("hopper_rows") = 0, py::arg("k") = 1,
-        "Bank splits that fill the device for this problem (host queries only).");
+        py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"), py::arg("reference"),
+        py::arg("stride_m"), py::arg("stride_d"), py::arg("hopper_rows") = 0, py::arg("k") = 1,
+        "Bank splits that fill the device for this problem, in the tiles its launch takes (the bank's "
+        "address and strides in elements decide the kernel; host queries only).");
   m.def("match_kernel_name", &refmatch::match_kernel_name, py::arg("dim"), py::arg("dtype"),
         py::arg("allow_tf32"), py::arg("device"), py::arg("hopper_rows"), py::arg("hopper_query_registers"),
         py::arg("reference"), py::arg("stride_m"), py::arg("stride_d"), py::arg("num_refs"),
         py::arg("hopper_tma_loads") = false, py::arg("k") = 1,
-        "Kernel a k-call runs: \"wgmma\" (128 query rows per CTA), \"wgmma-256\" (k = 1), each with \"-rs\" "
+        "Kernel a k-call runs: \"wgmma\" (128 query rows per CTA), \"wgmma-256\", each with \"-rs\" "
         "(query in registers) and \"-tma\" (TMA loads) as asked and possible, or \"mma.sync\".");
   m.def("hopper_tma_eligible", &refmatch::hopper_tma_eligible, py::arg("num_refs"), py::arg("dim"),
         py::arg("reference"), py::arg("stride_m"), py::arg("ref_stat"),

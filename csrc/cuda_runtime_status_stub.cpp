@@ -18,7 +18,7 @@ int cuda_runtime_version() { return 0; }
 
 void match_argmax(const MatchArgs&) { throw std::runtime_error(kNoCuda); }
 
-int64_t match_splits(int64_t, int64_t, int64_t, int, bool, int, int64_t, int64_t) {
+int64_t match_splits(int64_t, int64_t, int64_t, int, bool, int, uintptr_t, int64_t, int64_t, int64_t, int64_t) {
   throw std::runtime_error(kNoCuda);
 }
 

@@ -197,11 +197,15 @@ void check_args(const MatchArgs& a) {
 }  // namespace
 
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device, int64_t hopper_rows, int64_t k) {
+                     int device, uintptr_t reference, int64_t stride_m, int64_t stride_d, int64_t hopper_rows,
+                     int64_t k) {
   mma_sync_kernel<false>(dtype, allow_tf32);  // a bad dtype raises before any CUDA call
   check_hopper_rows(hopper_rows);
   const DeviceScope scope(device);
-  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, false, false, 16, k);  // same shape
+  // The launch's tiles: the bank's alignment decides between the wgmma and mma.sync kernels
+  // (the query's place and the loads do not change the tiles).
+  const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, false, false,
+                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), k);
   int per_sm = 0, sms = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");

@@ -215,14 +215,14 @@ def test_launch_without_device_raises_cuda_error():
     with pytest.raises(RuntimeError, match=re.escape(error)):
         _C.match_argmax(**launch_args())
     with pytest.raises(RuntimeError, match=re.escape(error)):
-        _C.match_splits(128, 1000, 128, 2, False, 0)
+        _C.match_splits(128, 1000, 128, 2, False, 0, 1 << 20, 128, 1)
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("rows", [64, 384])
 def test_bad_hopper_rows_raise_before_cuda_in_every_entry_point(rows):
     with pytest.raises(ValueError, match="hopper_rows"):
-        _C.match_splits(128, 1000, 128, 2, False, 0, hopper_rows=rows)
+        _C.match_splits(128, 1000, 128, 2, False, 0, 1 << 20, 128, 1, hopper_rows=rows)
     with pytest.raises(ValueError, match="hopper_rows"):
         _C.match_kernel_name(128, 2, False, 0, rows, False, 1 << 20, 128, 1, 1000)
 

@@ -113,7 +113,7 @@ def test_many_splits_fill_the_device_for_few_rows():
     query = torch.randn(100, 64, device="cuda").bfloat16()
     reference = torch.randn(200_000, 64, device="cuda").bfloat16()
     from refmatch import _C
-    splits = _C.match_splits(100, 200_000, 64, 2, False, query.device.index)
+    splits = _C.match_splits(100, 200_000, 64, 2, False, query.device.index, reference.data_ptr(), *reference.stride())
     assert splits > 1
     assert_matches_oracle(match_cuda(query, reference), query, reference, "dot")
 

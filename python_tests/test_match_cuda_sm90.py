@@ -214,3 +214,17 @@ def test_classwise_max_over_class_ranges(grouped, metric):
     expected = refmatch.classwise_max(query.double(), reference.double(), labels, 5, metric=metric, backend="torch")
     torch.testing.assert_close(scores.double().cpu(), expected.cpu(), rtol=0,
                                atol=tolerance(query, reference, metric))
+
+
+def test_an_unaligned_bank_is_split_in_the_mma_sync_tiles_it_runs():
+    """A bank whose rows are not 16-byte aligned runs the mma.sync kernel; its splits are
+    planned in that kernel's tiles (they were planned in wgmma's, which can under-fill the GPU)."""
+    from refmatch import _C
+    from refmatch.backends.cuda_backend import default_splits, kernel_name
+
+    query = torch.randn(100, 64, device="cuda").bfloat16().T[None, :, :, None]
+    unaligned = torch.randn(200_000, 65, device="cuda").bfloat16()[:, :64]  # rows 130 bytes apart
+    aligned = unaligned.contiguous()
+    assert kernel_name(query, unaligned) == "mma.sync" and kernel_name(query, aligned) == current_variant()
+    mma_sync = _C.match_splits(100, 200_000, 64, 2, False, query.device.index, aligned.data_ptr(), *aligned.stride())
+    assert default_splits(query, unaligned) == mma_sync

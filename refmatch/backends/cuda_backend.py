@@ -126,15 +126,16 @@ def match_argmax_cuda(query, reference, ref_stat, metric, *, splits=None):
     return score, index
 
 
-def default_splits(query, num_refs, k=1):
-    """Bank ranges that fill the query's device for [B, D, H, W] maps against M references."""
+def default_splits(query, reference, k=1):
+    """Bank ranges that fill the query's device for [B, D, H, W] maps against reference [M, D],
+    in the tiles of the kernel the call runs (an unaligned bank runs mma.sync's)."""
     batch, dim, height, width = query.shape
     if batch * height * width == 0:
         return 1
     with torch.cuda.device(query.device):  # as in run_kernel
-        return native_module().match_splits(batch * height * width, num_refs, dim, DTYPE_CODES[query.dtype],
-                                            tf32_allowed(query.dtype), query.device.index,
-                                            hopper_rows(query.device, k), k)
+        return native_module().match_splits(batch * height * width, reference.shape[0], dim,
+                                            DTYPE_CODES[query.dtype], tf32_allowed(query.dtype), query.device.index,
+                                            reference.data_ptr(), *reference.stride(), hopper_rows(query.device, k), k)
 
 
 def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, splits, partials=(None, None),
@@ -184,7 +185,7 @@ def launch_match(query, reference, ref_stat, metric, *, splits=None, split_start
     """
     batch, _, height, width = query.shape
     num_rows, device = batch * height * width, query.device
-    splits = splits or default_splits(query, reference.shape[0])
+    splits = splits or default_splits(query, reference)
     if split_starts is not None and (split_starts.dtype != torch.int64 or split_starts.device != device
                                      or split_starts.shape != (splits + 1,) or not split_starts.is_contiguous()):
         raise ValueError(f"split_starts must be a contiguous int64 [splits + 1] = [{splits + 1}] tensor on {device}, "

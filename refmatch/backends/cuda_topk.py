@@ -36,7 +36,7 @@ def match_topk_cuda(query, reference, ref_stat, metric, k, *, splits=None):
         raise ValueError(f"the CUDA top-k takes 2 <= k <= {MAX_FUSED_SLOTS}, got k={k}")
     batch, _, height, width = query.shape
     num_rows = batch * height * width
-    splits = splits or default_splits(query, reference.shape[0], k)
+    splits = splits or default_splits(query, reference, k)
     # The kernel writes every slot, empty ones as (-inf, -1).
     lists_score = torch.empty(splits, num_rows, k, device=query.device, dtype=torch.float32)
     lists_index = torch.empty(splits, num_rows, k, device=query.device, dtype=torch.int64)

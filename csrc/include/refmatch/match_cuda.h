@@ -71,9 +71,11 @@ const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int devic
                               bool hopper_query_registers, uintptr_t reference, int64_t stride_m,
                               int64_t stride_d, int64_t num_refs, bool hopper_tma_loads, int64_t k = 1);
 
-// Split count that fills `device` for N rows and M references (host queries
-// only: capturable, no sync).
+// Split count that fills `device` for N rows and M references at `reference`
+// (strides in elements), in the tiles the launch takes (host queries only:
+// capturable, no sync).
 int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype, bool allow_tf32,
-                     int device, int64_t hopper_rows = 0, int64_t k = 1);
+                     int device, uintptr_t reference, int64_t stride_m, int64_t stride_d, int64_t hopper_rows = 0,
+                     int64_t k = 1);
 
 }  // namespace refmatch
