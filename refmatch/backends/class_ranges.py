@@ -74,9 +74,11 @@ def classwise_over_ranges(reference, labels, stat, ignored, num_classes, target_
     Args:
         reference: [M, D]; labels: [M] in [0, C) for counted rows; stat: [M] per-reference
             term (empty for dot); ignored: [M] bool or None.
-        target_ranges: ranges that fill the device (a class is cut into several when needed).
+        target_ranges: ``(reference) -> int``, the ranges that fill the device for the bank
+            the kernel gets (sorted by label: a copy where the labels were not grouped); a
+            class is cut into several when needed.
         range_maxima: ``(reference, stat, starts [S + 1]) -> [S, N]`` each range's best.
     """
     reference, labels, stat, ignored = sorted_by_label(reference, labels, stat, ignored)
-    starts, owners = class_ranges(labels, ignored, num_classes, target_ranges)
+    starts, owners = class_ranges(labels, ignored, num_classes, target_ranges(reference))
     return fold_range_maxima(range_maxima(reference, stat, starts), owners, num_classes)

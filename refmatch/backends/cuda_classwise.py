@@ -18,5 +18,5 @@ def classwise_fused(query, reference, labels, ignored, num_classes, metric):
     def range_maxima(bank, bank_stat, starts):
         return launch_match(query, bank, bank_stat, kernel_metric, splits=starts.shape[0] - 1, split_starts=starts)[2]
     oriented = classwise_over_ranges(reference, labels, stat, ignored, num_classes,
-                                     default_splits(query, reference), range_maxima)
+                                     lambda bank: default_splits(query, bank), range_maxima)
     return finalize_class_scores(oriented, query, metric)

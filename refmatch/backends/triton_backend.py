@@ -55,7 +55,7 @@ def classwise_fused(query, reference, labels, ignored, num_classes, metric):
     kernel_query, kernel_reference = _kernel_inputs(query, reference)
     if host_read_allowed(labels) and _argmax_kernel_compiles(query.device):
         oriented = classwise_over_ranges(
-            kernel_reference, labels, stat, ignored, num_classes, fill_splits(kernel_query, reference.shape[0]),
+            kernel_reference, labels, stat, ignored, num_classes, lambda bank: fill_splits(kernel_query, bank.shape[0]),
             lambda bank, bank_stat, starts: range_maxima(kernel_query, bank, bank_stat, kernel_metric, starts))
     else:
         oriented = classwise_max(kernel_query, kernel_reference, stat, labels, kernel_metric, num_classes)
