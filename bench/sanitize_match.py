@@ -68,7 +68,7 @@ def sanitize_hopper(variant, top_k=False):
         if top_k and serves(variant, query.shape[1]):
             with hopper_topk_kernel("wgmma"):
                 assert kernel_name(query.T[None, :, :, None], reference, 8) == variant
-                for k in (8, 64):  # splits' lists, padding rows past N (50 of a 128-row CTA)
+                for k in (8, 64):  # splits' lists, padding rows past N (50 rows of a 128- or 256-row CTA)
                     refmatch.match(query, reference, k=k, metric="l2", backend="cuda")
     print(f"ok  wgmma kernel {variant}")
 

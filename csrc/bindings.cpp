@@ -176,7 +176,7 @@ PYBIND11_MODULE(_C, m) {
         "Fused match on raw device pointers, on the caller's stream; no sync. k = 1: writes oriented "
         "scores float32 [N] and indices int64 [N] (and per-split partials [splits, N] when splits > 1). "
         "k = 2..64: sorted top-k lists [splits, N, k] into out_score / out_index (partials unused). "
-        "hopper_rows: query rows per CTA of the wgmma kernel (128, or 256 where it fits at k = 1; 0: off), "
+        "hopper_rows: query rows per CTA of the wgmma kernel (128, or 256 where it fits; 0: off), "
         "which runs where it can serve the call; hopper_query_registers: its query in registers (RS wgmma) "
         "where it fits (any D with 128 rows, D <= 64 with 256); hopper_tma_loads: its bank loaded through TMA "
         "where the call allows (16-byte aligned bank and ref_stat, M < 2^31); ablate (diagnostics, results "

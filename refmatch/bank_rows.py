@@ -9,8 +9,9 @@ import torch
 from .backends.scoring import normalized_rows
 from .masks import downsample_masks, label_is, size_text
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-_INTERNAL = (_PACKAGE + os.sep, os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+_PACKAGE = os.path.normcase(os.path.dirname(os.path.abspath(__file__)))
+_INTERNAL = (_PACKAGE + os.sep, os.path.normcase(os.path.dirname(os.path.abspath(torch.__file__))) + os.sep)
+_RECIPES = os.path.join(_PACKAGE, "recipes") + os.sep
 
 
 def user_stacklevel():
@@ -18,8 +19,10 @@ def user_stacklevel():
     user's line: past refmatch's own frames (``add``, ``refresh``, a sharded bank's) and
     torch's (``no_grad``'s wrapper). The recipes count as the user's code."""
     frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL) and \
-            not frame.f_code.co_filename.startswith(os.path.join(_PACKAGE, "recipes") + os.sep):
+    while frame.f_back is not None:
+        path = os.path.normcase(os.path.abspath(frame.f_code.co_filename))
+        if not path.startswith(_INTERNAL) or path.startswith(_RECIPES):
+            break
         frame, level = frame.f_back, level + 1
     return level
 

@@ -16,7 +16,7 @@ A variant's name is the one ``cuda_backend.kernel_name`` reports: "wgmma", then 
 
 Top-k (k = 2 .. 64) runs the mma.sync kernel unless ``REFMATCH_CUDA_HOPPER_TOPK=wgmma``,
 which takes the variant the three settings pick with the top-k epilogue. It is opt-in until
-a GPU run has checked it (written in session 31 on a machine without a GPU; gpu_suite.sh
+a GPU run has checked it (written in sessions 31 and 32 on machines without a GPU; gpu_suite.sh
 checks, tests and times it).
 """
 from ..choices import check_choice

@@ -45,8 +45,8 @@ struct MatchArgs {
   uintptr_t split_starts = 0;
   // k = 1: the best per row, as above. k = 2 .. 64: sorted top-k lists, written
   // as [splits, N, k] straight into out_score / out_index (the caller merges
-  // the splits; the partials are unused); on the wgmma kernel (128 query rows)
-  // where hopper_rows > 0, else mma.sync.
+  // the splits; the partials are unused); on the wgmma kernel (in the tiles
+  // hopper_rows picks) where hopper_rows > 0, else mma.sync.
   int64_t k = 1;
   // The wgmma kernel holds the query in registers (RS wgmma) where they suffice
   // (hopper_query_fits_registers: any D with 128 rows, D <= 64 with 256).
