@@ -13,20 +13,23 @@ oracle's best (``refmatch bench``'s check). Then the class-wise max, whose class
 start at any row (an unaligned TMA box of metric terms was an illegal instruction on an
 H200 in session 22), against the float64 torch backend. With ``--top-k K`` (2 .. 64) it
 checks the variant's top-k instead (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``): every one of the K
-slots against the oracle's, on the shapes with at least K references.
+slots against the oracle's, on the shapes with at least K references, with the lists in shared
+memory where they fit and in the outputs throughout (``REFMATCH_CUDA_HOPPER_TOPK_LISTS``).
 """
 import argparse
+import itertools
 import sys
 
 import torch
 
 import refmatch
 from refmatch.backends.cuda_backend import _built_for_hopper, hopper_enabled, kernel_name
-from refmatch.backends.hopper_variants import (HOPPER_VARIANTS, documented_hopper_kernel, hopper_kernel,
-                                               hopper_topk_kernel)
+from refmatch.backends.hopper_variants import (HOPPER_TOPK_LISTS, HOPPER_VARIANTS, documented_hopper_kernel,
+                                               hopper_kernel, hopper_topk_kernel, hopper_topk_lists)
 from refmatch.backends.custom_op import MAX_FUSED_SLOTS
 from refmatch.bench_oracle import Float64Oracle
 
+LISTS = HOPPER_TOPK_LISTS  # where the top-k keeps its lists; k = 1 has none
 SHAPES = [(1, 1, 8), (130, 197, 72), (129, 1000, 128), (300, 4000, 256), (64, 50_000, 64), (700, 3000, 192),
           (300, 2000, 40)]
 
@@ -89,13 +92,14 @@ def main():
                 reference = torch.randn(m, d, device="cuda").to(dtype)
                 assert kernel_name(query.T[None, :, :, None], reference, k) == args.variant
                 oracle = Float64Oracle(query, reference, slots=k)
-                for metric in ("dot", "l2", "cosine"):
-                    index = refmatch.match(query, reference, k=k, metric=metric, backend="cuda").index
+                for metric, lists in itertools.product(("dot", "l2", "cosine"), LISTS if k > 1 else LISTS[:1]):
+                    with hopper_topk_lists(lists):
+                        index = refmatch.match(query, reference, k=k, metric=metric, backend="cuda").index
                     torch.cuda.synchronize()
                     fraction = oracle.agreement(index, metric, k=k)
                     worst = min(worst, fraction)
-                    print(f"{n}x{m}x{d} {str(dtype)[6:]:8} {metric:6} k={k} agreement {100 * fraction:6.2f} %",
-                          flush=True)
+                    print(f"{n}x{m}x{d} {str(dtype)[6:]:8} {metric:6} k={k} lists {lists:6} "
+                          f"agreement {100 * fraction:6.2f} %", flush=True)
         class_error = class_ranges_error(args.variant) if k == 1 else 0.0
     print(f"worst agreement {100 * worst:.2f} %, class-wise relative error {class_error:.1e}")
     return 0 if worst == 1.0 and class_error <= 1e-3 else 1

@@ -73,13 +73,13 @@ void match_argmax(uintptr_t query, int dtype, int64_t batch, int64_t dim, int64_
                   int metric, bool allow_tf32, uintptr_t out_score, uintptr_t out_index,
                   int64_t splits, uintptr_t partial_score, uintptr_t partial_index, uintptr_t stream,
                   int device, int64_t hopper_rows, uintptr_t split_starts, int64_t k,
-                  bool hopper_query_registers, bool hopper_tma_loads, int ablate) {
+                  bool hopper_query_registers, bool hopper_tma_loads, int ablate, bool hopper_shared_lists) {
   // Aggregate order is MatchArgs' field order.
   refmatch::match_argmax(refmatch::MatchArgs{
       query, dtype, batch, dim, height, width, query_strides, reference, num_refs,
       reference_strides, ref_stat, metric, allow_tf32, out_score, out_index, splits, partial_score,
       partial_index, stream, device, hopper_rows, split_starts, k, hopper_query_registers, hopper_tma_loads,
-      ablate});
+      ablate, hopper_shared_lists});
 }
 
 // Tile constants and the shared-memory plan for D channels of `element_bytes`
@@ -115,7 +115,7 @@ py::dict match_layout(int64_t dim, int element_bytes, int64_t smem_limit) {
 // Tile constants, shared-memory plan and eligibility of the Hopper kernel asked
 // for `rows` query rows per CTA (host check of match_plan_sm90.h), and whether the
 // query would stay in registers when asked.
-py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit, int64_t rows) {
+py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_limit, int64_t rows, int64_t k) {
   using Tile = refmatch::HopperTile;
   require_at_least("dim", dim, 1);
   if (rows != refmatch::hopper_block_n(1) && rows != refmatch::hopper_block_n(2)) {
@@ -123,6 +123,7 @@ py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_
   }
   const int64_t chunks = refmatch::match_dim_chunks(dim, 2);
   const int row_blocks = refmatch::hopper_row_blocks(dim, rows, smem_limit);
+  require_at_least("k", k, 1);
   const refmatch::HopperSmemLayout plan = refmatch::hopper_smem_layout(chunks, row_blocks);
   py::dict layout;
   layout["eligible"] = refmatch::hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit);
@@ -136,6 +137,9 @@ py::dict hopper_layout(int64_t dim, int dtype, int ref_copy_bytes, int64_t smem_
   layout["stage_bytes"] = plan.stage_bytes;
   layout["stat_offset"] = plan.stat_offset;
   layout["stat_box_rows"] = Tile::kStatBoxRows;
+  layout["list_offset"] = plan.list_offset;
+  layout["lists_fit"] = k > 1 && refmatch::hopper_lists_fit(dim, row_blocks, k, smem_limit);
+  layout["smem_bytes_with_lists"] = refmatch::hopper_smem_layout(chunks, row_blocks, k).total_bytes;
   return layout;
 }
 
@@ -173,6 +177,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("splits"), py::arg("partial_score"), py::arg("partial_index"), py::arg("stream"),
         py::arg("device"), py::arg("hopper_rows") = 0, py::arg("split_starts") = 0, py::arg("k") = 1,
         py::arg("hopper_query_registers") = false, py::arg("hopper_tma_loads") = false, py::arg("ablate") = 0,
+        py::arg("hopper_shared_lists") = false,
         "Fused match on raw device pointers, on the caller's stream; no sync. k = 1: writes oriented "
         "scores float32 [N] and indices int64 [N] (and per-split partials [splits, N] when splits > 1). "
         "k = 2..64: sorted top-k lists [splits, N, k] into out_score / out_index (partials unused). "
@@ -180,7 +185,8 @@ PYBIND11_MODULE(_C, m) {
         "which runs where it can serve the call; hopper_query_registers: its query in registers (RS wgmma) "
         "where it fits (any D with 128 rows, D <= 64 with 256); hopper_tma_loads: its bank loaded through TMA "
         "where the call allows (16-byte aligned bank and ref_stat, M < 2^31); ablate (diagnostics, results "
-        "meaningless): wgmma stages left out, 1 loads + 2 epilogue. split_starts: device int64 "
+        "meaningless): wgmma stages left out, 1 loads + 2 epilogue; hopper_shared_lists: its top-k lists in "
+        "shared memory where they fit beside the pipeline, else in the outputs. split_starts: device int64 "
         "[splits + 1] bank ranges, or 0 for even splits. Errors: ValueError, RuntimeError (CUDA).");
   m.def("match_splits", &refmatch::match_splits, py::arg("num_rows"), py::arg("num_refs"),
         py::arg("dim"), py::arg("dtype"), py::arg("allow_tf32"), py::arg("device"), py::arg("reference"),
@@ -197,9 +203,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("reference"), py::arg("stride_m"), py::arg("ref_stat"),
         "Whether the wgmma kernel can load this bank through TMA (host check of match_plan_sm90.h).");
   m.def("hopper_layout", &hopper_layout, py::arg("dim"), py::arg("dtype"), py::arg("ref_copy_bytes"),
-        py::arg("smem_limit"), py::arg("rows") = 128,
+        py::arg("smem_limit"), py::arg("rows") = 128, py::arg("k") = 1,
         "Tile constants, shared-memory plan and eligibility of the wgmma kernel asked for `rows` (128 or 256; "
-        "the cuda backend asks 256 by default) query rows per CTA (block_n: the rows it runs).");
+        "the cuda backend asks 256 by default) query rows per CTA (block_n: the rows it runs); for a top-k "
+        "call (k > 1) whether its lists fit in shared memory beside the pipeline (lists_fit), and its bytes "
+        "with them.");
   m.def("hopper_stat_lead", [](int64_t m0) { return refmatch::hopper_stat_lead(m0); }, py::arg("m0"),
         "Rows between a tile's TMA box of metric terms (16-byte aligned) and its first row m0 (host check).");
   m.def("swizzle128_offset", &refmatch::swizzle128_offset, py::arg("row"), py::arg("unit"),

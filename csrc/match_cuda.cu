@@ -70,6 +70,7 @@ struct LaunchPlan {
   bool query_resident;
   int64_t smem_bytes;
   bool tma_loads;  // the wgmma kernel's producer loads through TMA
+  bool shared_lists;  // the wgmma kernel's top-k lists live in shared memory (hopper_lists_fit)
 };
 
 template <bool kTopK>
@@ -129,9 +130,11 @@ bool is_hopper(int device) {
 // Sets the kernel's shared-memory limit to the device's whole opt-in maximum
 // (per device, cheap, no stream work): never the size of this call, so a call
 // with a smaller layout on another thread (or after a graph capture) never lowers it.
-// hopper_tma: TMA loads asked for and possible (hopper_tma_eligible).
+// hopper_tma: TMA loads asked for and possible (hopper_tma_eligible); shared_lists: top-k
+// lists in shared memory asked for (taken where hopper_lists_fit).
 LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int64_t hopper_rows,
-                       bool hopper_query_registers, bool hopper_tma, int ref_copy_bytes, int64_t k) {
+                       bool hopper_query_registers, bool hopper_tma, int ref_copy_bytes, int64_t k,
+                       bool shared_lists) {
   int smem_limit = 0;
   check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
@@ -148,7 +151,8 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int6
     plan.block_m = HopperTile::kBlockM;
     plan.dim_chunks = match_dim_chunks(dim, 2);
     plan.query_resident = true;
-    plan.smem_bytes = hopper_smem_layout(plan.dim_chunks, row_blocks).total_bytes;
+    plan.shared_lists = shared_lists && k > 1 && hopper_lists_fit(dim, row_blocks, k, smem_limit);
+    plan.smem_bytes = hopper_smem_layout(plan.dim_chunks, row_blocks, plan.shared_lists ? k : 0).total_bytes;
   } else {
     plan.kernel = k > 1 ? mma_sync_kernel<true>(dtype, allow_tf32) : mma_sync_kernel<false>(dtype, allow_tf32);
     plan.name = "mma.sync";
@@ -205,7 +209,8 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
   // The launch's tiles: the bank's alignment decides between the wgmma and mma.sync kernels
   // (the query's place and the loads do not change the tiles).
   const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, false, false,
-                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), k);
+                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), k,
+                                      false);
   int per_sm = 0, sms = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -224,7 +229,8 @@ const char* match_kernel_name(int64_t dim, int dtype, bool allow_tf32, int devic
   const DeviceScope scope(device);
   const bool tma = hopper_tma_loads && hopper_tma_eligible(num_refs, dim, reference, stride_m, 0);
   const LaunchPlan plan = plan_launch(dtype, allow_tf32, dim, device, hopper_rows, hopper_query_registers, tma,
-                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), k);
+                                      reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), k,
+                                      false);
   return plan.name;
 }
 
@@ -241,7 +247,7 @@ void match_argmax(const MatchArgs& a) {
   const bool tma = a.hopper_tma_loads &&
                    hopper_tma_eligible(a.num_refs, a.dim, a.reference, a.reference_strides[0], stat);
   const LaunchPlan plan = plan_launch(a.dtype, a.allow_tf32, a.dim, a.device, a.hopper_rows,
-                                      a.hopper_query_registers, tma, copy_bytes, a.k);
+                                      a.hopper_query_registers, tma, copy_bytes, a.k, a.hopper_shared_lists);
   require(a.ablate == 0 || std::string(plan.name) != "mma.sync",
           "ablate leaves out stages of the wgmma kernel, and this call runs mma.sync");
   const bool split = a.splits > 1 && a.k == 1;  // top-k lists go straight to the outputs
@@ -270,6 +276,7 @@ void match_argmax(const MatchArgs& a) {
   p.ref_copy_bytes = copy_bytes;
   p.query_resident = plan.query_resident;
   p.tma_loads = plan.tma_loads;
+  p.shared_lists = plan.shared_lists;
   p.ablate = a.ablate;
   if (p.tma_loads) encode_hopper_tma_maps(p);
 

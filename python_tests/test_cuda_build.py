@@ -110,6 +110,20 @@ def test_hopper_query_stays_in_registers_where_they_suffice(dim, rows, fits):
     assert _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows)["query_fits_registers"] is fits
 
 
+@pytest.mark.parametrize("dim, rows, most_slots", [(64, 256, 19), (128, 256, 8), (192, 256, 9), (256, 256, 17)])
+def test_topk_lists_go_to_shared_memory_where_they_fit_beside_the_pipeline(dim, rows, most_slots):
+    """Lists of k slots (float score, int64 index) per row after the barriers, 16-byte aligned;
+    the pipeline keeps every stage (D = 256 runs 128 rows). k = 1 keeps no list."""
+    layout = _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows, k=most_slots)
+    assert layout["lists_fit"] and not _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows, k=most_slots + 1)["lists_fit"]
+    assert layout["smem_bytes_with_lists"] - layout["smem_bytes"] == layout["block_n"] * most_slots * 12
+    assert layout["list_offset"] % 16 == 0 and layout["smem_bytes"] == 1024 + layout["list_offset"]
+    assert layout["list_offset"] >= (layout["dim_chunks"] * layout["block_n"] * 128
+                                     + layout["stages"] * (layout["stage_bytes"] + 16))
+    assert layout["stages"] == _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows)["stages"]
+    assert not _C.hopper_layout(dim, 2, 16, H100_SMEM, rows=rows, k=1)["lists_fit"]
+
+
 @pytest.mark.parametrize("variant", list(HOPPER_VARIANTS))
 def test_documented_kernel_choice_is_the_plans(variant):
     """The rule the scripts and sm_90 tests check the kernel against is the C++ plan's."""

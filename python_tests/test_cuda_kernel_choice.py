@@ -138,7 +138,9 @@ def test_hopper_kernel_block_sets_and_restores_the_rows(card, monkeypatch, previ
 SWITCHES = [("REFMATCH_CUDA_HOPPER_QUERY", hopper_variants.hopper_query_in_registers, "shared", "registers", "regs",
              False),
             ("REFMATCH_CUDA_HOPPER_LOADS", hopper_variants.hopper_tma_loads, "tma", "cp.async", "TMA", True),
-            ("REFMATCH_CUDA_HOPPER_TOPK", hopper_variants.hopper_topk, "mma.sync", "wgmma", "WGMMA", False)]
+            ("REFMATCH_CUDA_HOPPER_TOPK", hopper_variants.hopper_topk, "mma.sync", "wgmma", "WGMMA", False),
+            ("REFMATCH_CUDA_HOPPER_TOPK_LISTS", hopper_variants.hopper_shared_lists, "shared", "global", "smem",
+             True)]
 
 
 @pytest.mark.parametrize("variable, reader, default, other, _, default_on", SWITCHES)

@@ -1,7 +1,8 @@
 """The CUDA top-k (k = 2 .. 64) against the float64 oracle. Needs a GPU (sm_80+). On sm_90
-with an sm_90a build every test runs twice: on the mma.sync kernel, and on the wgmma kernel
-(REFMATCH_CUDA_HOPPER_TOPK=wgmma; its default variant) unless REFMATCH_TEST_HOPPER_TOPK=0
-(gpu_suite.sh: its first check did not pass) or REFMATCH_CUDA_HOPPER=0."""
+with an sm_90a build every test runs three times: on the mma.sync kernel, and on the wgmma kernel
+(REFMATCH_CUDA_HOPPER_TOPK=wgmma; its default variant) with its lists in shared memory where they
+fit and in the outputs throughout (REFMATCH_CUDA_HOPPER_TOPK_LISTS=global), unless
+REFMATCH_TEST_HOPPER_TOPK=0 (gpu_suite.sh: its first check did not pass) or REFMATCH_CUDA_HOPPER=0."""
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import refmatch
 from conftest import hopper_build_and_device
 from oracle import assert_matches_oracle, tolerance
-from refmatch.backends.hopper_variants import hopper_switched_off, hopper_topk_kernel
+from refmatch.backends.hopper_variants import hopper_switched_off, hopper_topk_kernel, hopper_topk_lists
 
 pytestmark = pytest.mark.cuda
 BLOCK_M = 64  # reference rows per mma.sync tile (the wgmma kernel's are 128: these cross both)
@@ -18,10 +19,11 @@ WGMMA_TESTED = (os.environ.get("REFMATCH_TEST_HOPPER_TOPK", "1") == "1" and hopp
                 and not hopper_switched_off())  # REFMATCH_CUDA_HOPPER=0 keeps every call on mma.sync
 
 
-@pytest.fixture(autouse=True, params=["mma.sync", "wgmma"] if WGMMA_TESTED else ["mma.sync"])
+@pytest.fixture(autouse=True, params=["mma.sync", "wgmma", "wgmma-global"] if WGMMA_TESTED else ["mma.sync"])
 def topk_kernel(request):
-    with hopper_topk_kernel(request.param):
-        yield request.param
+    kernel, _, lists = request.param.partition("-")
+    with hopper_topk_kernel(kernel), hopper_topk_lists(lists or "shared"):
+        yield kernel
 
 
 def topk_cuda(query, reference, metric="dot", k=8, **kwargs):

@@ -81,7 +81,8 @@ def _cuda_variant_methods(query, reference, flops):
     variants (HOPPER_VARIANTS) but the one its plain rows run (wgmma-256-tma up to D = 192
     and wgmma-tma above, unless the REFMATCH_CUDA_HOPPER_* settings say otherwise), each skipped
     where the call runs another kernel; then top-8 on the wgmma kernel
-    (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``, opt-in: "wgmma-topk"), against the cuda k = 1 dot.
+    (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``, opt-in: "wgmma-topk", and "wgmma-topk-global" with its
+    lists in the outputs throughout), against the cuda k = 1 dot.
     Elsewhere the ``cuda`` rows are mma.sync and these are skipped."""
     from refmatch.backends.cuda_backend import hopper_enabled, kernel_name, native_module
     from refmatch.backends.hopper_variants import HOPPER_VARIANTS, hopper_kernel, hopper_switched_off
@@ -114,17 +115,19 @@ def _cuda_variant_methods(query, reference, flops):
                 return refmatch.match(query, reference, metric=metric, backend="cuda").index
         methods += [Method(name, metric, 1, lambda metric=metric, run=run: run(metric), flops)
                     for metric in ("dot", "l2", "cosine")]
-    return methods + [_wgmma_topk_method(query, reference, flops, None if available else unavailable)]
+    return methods + [_wgmma_topk_method(query, reference, flops, None if available else unavailable, lists)
+                      for lists in ("shared", "global")]
 
 
-def _wgmma_topk_method(query, reference, flops, unavailable, k=8):
-    """Top-k on the wgmma kernel (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``), with the cuda backend's
-    k = 1 dot as its baseline (issue #4's ratio); skipped where the call runs mma.sync."""
+def _wgmma_topk_method(query, reference, flops, unavailable, lists, k=8):
+    """Top-k on the wgmma kernel (``REFMATCH_CUDA_HOPPER_TOPK=wgmma``), its lists kept as ``lists``
+    says ("shared": in shared memory where they fit, "global": in the outputs), with the cuda
+    backend's k = 1 dot as its baseline (issue #4's ratio); skipped where the call runs mma.sync."""
     from refmatch.backends.cuda_backend import kernel_name
-    from refmatch.backends.hopper_variants import hopper_topk_kernel
+    from refmatch.backends.hopper_variants import hopper_topk_kernel, hopper_topk_lists
 
     def top_k():
-        with hopper_topk_kernel("wgmma"):
+        with hopper_topk_kernel("wgmma"), hopper_topk_lists(lists):
             return refmatch.match(query, reference, k=k, metric="dot", backend="cuda").index
 
     def baseline():
@@ -133,7 +136,8 @@ def _wgmma_topk_method(query, reference, flops, unavailable, k=8):
         with hopper_topk_kernel("wgmma"):
             runs = kernel_name(query.T[None, :, :, None], reference, k)
         unavailable = "this call runs the mma.sync kernel" if runs == "mma.sync" else None
-    return Method(f"refmatch cuda wgmma-topk k={k}", "dot", k, top_k, flops, unavailable, baseline=baseline)
+    name = "wgmma-topk" if lists == "shared" else "wgmma-topk-global"
+    return Method(f"refmatch cuda {name} k={k}", "dot", k, top_k, flops, unavailable, baseline=baseline)
 
 
 def _skip_reason(call):

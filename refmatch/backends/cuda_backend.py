@@ -23,7 +23,7 @@ from .cuda_archs import missing_code_reason
 from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
 from .custom_op import device_capability as _capability
 from .hopper_variants import (HOPPER_ROWS, WIDEST_256_ROWS, hopper_query_in_registers, hopper_switched_off,
-                              hopper_tma_loads, hopper_topk, rows_setting)
+                              hopper_shared_lists, hopper_tma_loads, hopper_topk, rows_setting)
 from .scoring import finalize_scores, kernel_metric_and_stat, tf32_allowed
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -171,7 +171,7 @@ def run_kernel(query, reference, ref_stat, metric, out_score, out_index, *, spli
             partial_index.data_ptr() if partial_index is not None else 0,
             torch.cuda.current_stream(device).cuda_stream, device.index, hopper_rows(device, k),
             split_starts.data_ptr() if split_starts is not None else 0, k, hopper_query_in_registers(),
-            hopper_tma_loads(), ablate,
+            hopper_tma_loads(), ablate, k > 1 and hopper_shared_lists(),
         )
 
 
@@ -246,7 +246,8 @@ class CudaBackend:
         hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192, TMA loads (REFMATCH_CUDA_HOPPER=0: "
                   "mma.sync; REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: "
                   "query in registers; REFMATCH_CUDA_HOPPER_LOADS=cp.async: cp.async loads; "
-                  "REFMATCH_CUDA_HOPPER_TOPK=wgmma: top-k on it too, not yet checked on a GPU)"
+                  "REFMATCH_CUDA_HOPPER_TOPK=wgmma: top-k on it too, its lists in shared memory where they fit "
+                  "(REFMATCH_CUDA_HOPPER_TOPK_LISTS=global: in the outputs), not yet checked on a GPU)"
                   if _built_for_hopper() else "")
         return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
                       f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")

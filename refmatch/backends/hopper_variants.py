@@ -17,7 +17,9 @@ A variant's name is the one ``cuda_backend.kernel_name`` reports: "wgmma", then 
 Top-k (k = 2 .. 64) runs the mma.sync kernel unless ``REFMATCH_CUDA_HOPPER_TOPK=wgmma``,
 which takes the variant the three settings pick with the top-k epilogue. It is opt-in until
 a GPU run has checked it (written in sessions 31 and 32 on machines without a GPU; gpu_suite.sh
-checks, tests and times it).
+checks, tests and times it). There ``REFMATCH_CUDA_HOPPER_TOPK_LISTS`` says where the rows' lists
+live: "shared" (the default: in shared memory where they fit beside the pipeline, k <= 8 at
+D <= 192 on an H100 or H200, else in the outputs) or "global" (in the outputs throughout).
 """
 from ..choices import check_choice
 from .settings import environment, setting
@@ -26,6 +28,7 @@ HOPPER_ROWS = (256, 128)  # query rows per CTA; the first is the default
 HOPPER_QUERY = ("shared", "registers")  # where the query operand lives; the first is the default
 HOPPER_LOADS = ("tma", "cp.async")  # how the producer loads the bank; the first is the default
 HOPPER_TOPK = ("mma.sync", "wgmma")  # the kernel of top-k calls on sm_90; the first is the default
+HOPPER_TOPK_LISTS = ("shared", "global")  # where the wgmma top-k keeps its lists; the first is the default
 WIDEST_256_ROWS = 192  # the widest D whose 256-row query tile fits beside the pipeline (H100, H200)
 WIDEST_256_ROWS_IN_REGISTERS = 64  # the widest D whose 256 query rows fit in a consumer's registers
 SETTINGS = ("REFMATCH_CUDA_HOPPER_ROWS", "REFMATCH_CUDA_HOPPER_QUERY", "REFMATCH_CUDA_HOPPER_LOADS")
@@ -68,6 +71,19 @@ def hopper_topk():
     """Whether top-k calls take the wgmma kernel: ``REFMATCH_CUDA_HOPPER_TOPK`` "wgmma", or
     "mma.sync" (the default)."""
     return setting("REFMATCH_CUDA_HOPPER_TOPK", HOPPER_TOPK) == "wgmma"
+
+
+def hopper_shared_lists():
+    """Whether the wgmma top-k keeps its lists in shared memory where they fit:
+    ``REFMATCH_CUDA_HOPPER_TOPK_LISTS`` "shared" (the default) or "global"."""
+    return setting("REFMATCH_CUDA_HOPPER_TOPK_LISTS", HOPPER_TOPK_LISTS) == "shared"
+
+
+def hopper_topk_lists(where):
+    """Inside the block the wgmma top-k keeps its lists ``where`` ("shared" or "global",
+    ``REFMATCH_CUDA_HOPPER_TOPK_LISTS``); the variable is restored after."""
+    check_choice("lists", where, HOPPER_TOPK_LISTS)
+    return environment({"REFMATCH_CUDA_HOPPER_TOPK_LISTS": where})
 
 
 def hopper_topk_kernel(kernel):

@@ -58,6 +58,9 @@ struct MatchArgs {
   // the wgmma kernel leaves out, to time its stages by difference. Results are
   // meaningless; a call that runs another kernel is refused.
   int ablate = 0;
+  // The wgmma kernel's top-k keeps its lists in shared memory where they fit beside the
+  // pipeline (hopper_lists_fit: k <= 8 at D <= 192 on an H100), else in the outputs.
+  bool hopper_shared_lists = false;
 };
 
 // Launches the match kernel (and the split merge for k = 1) on args.stream; never syncs.

@@ -6,9 +6,10 @@
 // 64 for wgmma's row blocks), so a row lives in one quad of lanes.
 //
 //   fold_tile       k = 1: a running best per row (refmatch::offer).
-//   fold_tile_topk  k = 2 .. 64: a sorted list per row in global memory
+//   fold_tile_topk  k = 2 .. 64: a sorted list per row in global or shared memory
 //                   (refmatch/topk_list.h); registers hold its last slot.
 //   init_topk_lists the lists a fold_tile_topk starts from: empty slots.
+//   copy_topk_lists lists kept in shared memory, to the outputs at the end.
 //
 // Both take the row max first (one fmaxf per score; fmaxf skips NaN, and NaN
 // equals nothing, so NaN never wins) and do more only when some row of the warp
@@ -173,22 +174,42 @@ REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&thresho
   }
 }
 
-// Empties the k-slot lists of a thread's rows (as fold_tile_topk numbers them),
-// each quad's lanes sharing the slots; the warp syncs before its first fold.
-template <int kAtomRows, int kM, class Warp = DeviceWarp>
-REFMATCH_HOST_DEVICE void init_topk_lists(float* list_scores, int64_t* list_indices, int64_t first_row,
-                                          int64_t num_rows, int k, int lane) {
+// Calls visit(slot offset) for every list slot of a thread's rows below num_rows (as
+// fold_tile_topk numbers them: first_row + kAtomRows i (+ 8)), rows k slots apart, each
+// quad's lanes sharing a row's slots.
+template <int kAtomRows, int kM, class Visit>
+REFMATCH_HOST_DEVICE void for_each_list_slot(int64_t first_row, int64_t num_rows, int k, int lane, Visit visit) {
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t row = first_row + kAtomRows * i + 8 * h;
-      for (int slot = lane % 4; row < num_rows && slot < k; slot += 4) {
-        list_scores[row * k + slot] = -INFINITY;
-        list_indices[row * k + slot] = kNoMatch;
-      }
+      for (int slot = lane % 4; row < num_rows && slot < k; slot += 4) visit(row * k + slot);
     }
+}
+
+// Empties the k-slot lists of a thread's rows; the warp syncs before its first fold.
+template <int kAtomRows, int kM, class Warp = DeviceWarp>
+REFMATCH_HOST_DEVICE void init_topk_lists(float* list_scores, int64_t* list_indices, int64_t first_row,
+                                          int64_t num_rows, int k, int lane) {
+  for_each_list_slot<kAtomRows, kM>(first_row, num_rows, k, lane, [&](int64_t slot) {
+    list_scores[slot] = -INFINITY;
+    list_indices[slot] = kNoMatch;
+  });
   Warp::sync();
+}
+
+// Copies a thread's rows' lists from `from` to `to`, whose rows are `row_shift` further
+// on; after the warp's last fold (whose turns' writes other lanes made).
+template <int kAtomRows, int kM, class Warp = DeviceWarp>
+REFMATCH_HOST_DEVICE void copy_topk_lists(const float* from_scores, const int64_t* from_indices, float* to_scores,
+                                          int64_t* to_indices, int64_t first_row, int64_t row_shift,
+                                          int64_t num_rows, int k, int lane) {
+  Warp::sync();
+  for_each_list_slot<kAtomRows, kM>(first_row, num_rows, k, lane, [&](int64_t slot) {
+    to_scores[slot + row_shift * k] = from_scores[slot];
+    to_indices[slot + row_shift * k] = from_indices[slot];
+  });
 }
 
 }  // namespace refmatch::detail

@@ -158,15 +158,26 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(con
                          consumer * kRowBlocks * Tile::kRowBlockRows, lane, warp_in_group);
   }
   // k = 1: the running bests. Top-k: each list's last slot, the lists (empty) in this
-  // split's outputs [N, k]; a warp's rows are first_row + 64 i (+ 8), as wgmma leaves them.
+  // split's outputs [N, k] or, with shared_lists, in shared memory [block_n, k] (rows
+  // counted from row0) until the end; a warp's rows are first_row + 64 i (+ 8), as wgmma
+  // leaves them.
   Best best[kRowBlocks][2];
 #pragma unroll
   for (int i = 0; i < kRowBlocks; ++i) best[i][0] = best[i][1] = empty_best();
   const int64_t first_row = row0 + consumer * kRowBlocks * Tile::kRowBlockRows + 16 * warp_in_group + lane / 4;
-  float* list_scores = p.out_score + int64_t{blockIdx.y} * p.num_rows * p.slots;
-  int64_t* list_indices = p.out_index + int64_t{blockIdx.y} * p.num_rows * p.slots;
+  float* out_scores = p.out_score + int64_t{blockIdx.y} * p.num_rows * p.slots;
+  int64_t* out_indices = p.out_index + int64_t{blockIdx.y} * p.num_rows * p.slots;
+  float* list_scores = out_scores;
+  int64_t* list_indices = out_indices;
+  int64_t list_first_row = first_row, list_rows = p.num_rows;
+  if (kTopK && p.shared_lists) {
+    list_scores = reinterpret_cast<float*>(smem + layout.list_offset);
+    list_indices = reinterpret_cast<int64_t*>(smem + layout.list_offset + kBlockN * p.slots * sizeof(float));
+    list_first_row = first_row - row0;
+    list_rows = min(int64_t{kBlockN}, p.num_rows - row0);
+  }
   if constexpr (kTopK) {
-    init_topk_lists<Tile::kRowBlockRows, kRowBlocks>(list_scores, list_indices, first_row, p.num_rows, p.slots,
+    init_topk_lists<Tile::kRowBlockRows, kRowBlocks>(list_scores, list_indices, list_first_row, list_rows, p.slots,
                                                      lane);
   }
   HopperAccumulators<kRowBlocks> acc;
@@ -213,7 +224,7 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(con
     if (!(p.ablate & kAblateEpilogue)) {
       if constexpr (kTopK) {
         fold_tile_topk<Tile::kRowBlockRows>(acc, best, reinterpret_cast<const float*>(stats), p.metric, m0, m_end,
-                                            lane, list_scores, list_indices, first_row, p.num_rows, p.slots);
+                                            lane, list_scores, list_indices, list_first_row, list_rows, p.slots);
       } else {
         fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m0, m_end, lane);
       }
@@ -221,6 +232,10 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(con
     wgmma::barrier_arrive(empty + stage);  // after the epilogue read the stage's metric terms
   }
 
+  if (kTopK && p.shared_lists) {
+    copy_topk_lists<Tile::kRowBlockRows, kRowBlocks>(list_scores, list_indices, out_scores, out_indices,
+                                                     list_first_row, row0, list_rows, p.slots, lane);
+  }
   if (!kTopK && lane % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < kRowBlocks; ++i)
@@ -228,8 +243,8 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(con
       for (int h = 0; h < 2; ++h) {
         const int64_t row = first_row + i * Tile::kRowBlockRows + 8 * h;
         if (row < p.num_rows) {
-          list_scores[row] = best[i][h].score;
-          list_indices[row] = best[i][h].index;
+          out_scores[row] = best[i][h].score;
+          out_indices[row] = best[i][h].index;
         }
       }
   }

@@ -32,6 +32,9 @@ struct MatchParams {
   // into 128-row x 64-element boxes in the 128B swizzle, stat_map ref_stat into 128s.
   bool tma_loads;
   int ablate;  // HopperAblation bits, diagnostics only (the wgmma kernel); 0 otherwise
+  // The wgmma kernel's top-k lists live in shared memory (HopperSmemLayout::list_offset)
+  // and go to out_score / out_index at the end; false: in out_score / out_index throughout.
+  bool shared_lists;
   CUtensorMap reference_map, stat_map;
 };
 

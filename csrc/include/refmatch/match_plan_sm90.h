@@ -41,7 +41,8 @@ constexpr REFMATCH_HOST_DEVICE int64_t hopper_block_n(int row_blocks) {
 
 // Byte offsets from the 1024-aligned start of dynamic shared memory:
 //   [query: dim_chunks x block_n rows x 128 B] [stages x (reference chunk, 132 stats)]
-//   [full and empty mbarriers, one each per stage]
+//   [full and empty mbarriers, one each per stage] [top-k lists, where they live here:
+//   scores float [block_n, slots], then indices int64 [block_n, slots]]
 struct HopperSmemLayout {
   int64_t stages;       // a multiple of dim_chunks: a stage always holds the same chunk
   int64_t query_chunk_bytes;
@@ -49,12 +50,15 @@ struct HopperSmemLayout {
   int64_t stage_bytes;
   int64_t stat_offset;  // inside a stage
   int64_t barrier_offset;
+  int64_t list_offset;  // 0 bytes of lists unless list_slots > 0
   int64_t total_bytes;  // with the alignment slack
 };
 
 REFMATCH_HOST_DEVICE int64_t round_up(int64_t value, int64_t to) { return ceil_div(value, to) * to; }
 
-REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks, int row_blocks = 1) {
+// list_slots > 0: room for the CTA's top-k lists (k slots a row) after the barriers.
+REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks, int row_blocks = 1,
+                                                         int64_t list_slots = 0) {
   using Tile = HopperTile;
   HopperSmemLayout layout{};
   layout.stages = Tile::kMaxStages / dim_chunks * dim_chunks;
@@ -63,7 +67,9 @@ REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks, int
   layout.stat_offset = Tile::kTileChunkBytes;
   layout.stage_bytes = round_up(layout.stat_offset + Tile::kStatBoxRows * int64_t{sizeof(float)}, Tile::kAtomBytes);
   layout.barrier_offset = layout.stage_offset + layout.stages * layout.stage_bytes;
-  layout.total_bytes = Tile::kAtomBytes + layout.barrier_offset + 2 * layout.stages * int64_t{sizeof(uint64_t)};
+  layout.list_offset = round_up(layout.barrier_offset + 2 * layout.stages * int64_t{sizeof(uint64_t)}, 16);
+  const int64_t list_bytes = hopper_block_n(row_blocks) * list_slots * int64_t{sizeof(float) + sizeof(int64_t)};
+  layout.total_bytes = Tile::kAtomBytes + layout.list_offset + list_bytes;
   return layout;
 }
 
@@ -114,6 +120,13 @@ constexpr REFMATCH_HOST_DEVICE int hopper_register_chunks(int row_blocks) {
 
 inline bool hopper_query_fits_registers(int64_t dim, int row_blocks) {
   return match_dim_chunks(dim, 2) <= hopper_register_chunks(row_blocks);
+}
+
+// Whether a top-k call's lists (k slots a row) fit in shared memory beside the full
+// pipeline, where they cost a few cycles an access instead of a global round trip:
+// k <= 8 at D <= 192 with 256 rows on an H100 or H200 (227 KB a block).
+inline bool hopper_lists_fit(int64_t dim, int row_blocks, int64_t k, int64_t smem_limit) {
+  return hopper_smem_layout(match_dim_chunks(dim, 2), row_blocks, k).total_bytes <= smem_limit;
 }
 
 // Row blocks per consumer for an eligible call that asks for `wanted_rows` query rows
