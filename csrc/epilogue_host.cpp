@@ -45,6 +45,11 @@ void stream_warp(const Stream& s, int64_t first) {
   const int64_t num_rows = kernel_row(rows - 1) + 1;  // the rows past it are padding, as in the kernel
   std::vector<float> list_scores(kSpan * s.k);
   std::vector<int64_t> list_indices(kSpan * s.k);
+  // The lists leave as the wgmma kernel's shared lists do (copy_topk_lists), to rows kShift
+  // further on: here into a buffer of kernel-numbered rows, read out below.
+  constexpr int64_t kShift = 3;
+  std::vector<float> copied_scores((kSpan + kShift) * s.k, NAN);
+  std::vector<int64_t> copied_indices((kSpan + kShift) * s.k, -2);
   HostWarp::run([&](int lane) {
     Best best[kM][2];
     for (auto& pair : best) pair[0] = pair[1] = refmatch::empty_best();
@@ -69,6 +74,11 @@ void stream_warp(const Stream& s, int64_t first) {
             num_rows, s.k);
       }
     }
+    if (s.k > 1) {
+      refmatch::detail::copy_topk_lists<kAtomRows, kM, HostWarp>(list_scores.data(), list_indices.data(),
+                                                                 copied_scores.data(), copied_indices.data(),
+                                                                 lane / 4, kShift, num_rows, s.k, lane);
+    }
     if (s.k == 1 && lane % 4 == 0) {
       for (int i = 0; i < kM; ++i)
         for (int h = 0; h < 2; ++h) {
@@ -81,8 +91,8 @@ void stream_warp(const Stream& s, int64_t first) {
     }
   });
   for (int64_t row = 0; s.k > 1 && row < rows; ++row) {
-    std::copy_n(&list_scores[kernel_row(row) * s.k], s.k, s.out_score + (first + row) * s.k);
-    std::copy_n(&list_indices[kernel_row(row) * s.k], s.k, s.out_index + (first + row) * s.k);
+    std::copy_n(&copied_scores[(kernel_row(row) + kShift) * s.k], s.k, s.out_score + (first + row) * s.k);
+    std::copy_n(&copied_indices[(kernel_row(row) + kShift) * s.k], s.k, s.out_index + (first + row) * s.k);
   }
 }
 
