@@ -59,7 +59,7 @@ struct MatchArgs {
   // meaningless; a call that runs another kernel is refused.
   int ablate = 0;
   // The wgmma kernel's top-k keeps its lists in shared memory where they fit beside the
-  // pipeline (hopper_lists_fit: k <= 8 at D <= 192 on an H100), else in the outputs.
+  // pipeline (hopper_lists_fit: k <= 8 at D = 128 on an H100), else in the outputs.
   bool hopper_shared_lists = false;
 };
 

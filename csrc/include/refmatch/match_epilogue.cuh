@@ -27,27 +27,34 @@
 
 namespace refmatch::detail {
 
+// Each score s of the tile becomes orient(s, term), term its bank row's metric term.
+template <int kM, int kN, class Orient>
+REFMATCH_HOST_DEVICE void apply_metric_terms(float (&acc)[kM][kN][4], const float* stats, int quad_lane,
+                                             Orient orient) {
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+    // Two 4-byte reads, not one float2: the TMA box of a range that starts at an odd
+    // row leaves the tile's terms 4-byte aligned only (hopper_stat_lead).
+    const float* pair = stats + 8 * j + 2 * quad_lane;
+    const float even = pair[0], odd = pair[1];
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = orient(acc[i][j][e], e % 2 ? odd : even);
+  }
+}
+
 // Scores oriented so that larger wins (cosine: times 1/|r|; l2: 2 q.r - |r|^2),
 // padding past the bank at -inf: one uniform branch per tile, one instruction per score.
+// One loop per metric: a select inside one loop is compiled to both instructions,
+// predicated, which costs two issue slots per score.
 template <int kM, int kN>
 REFMATCH_HOST_DEVICE void orient_tile(float (&acc)[kM][kN][4], const float* stats, int metric, int64_t m0,
                                       int64_t m_end, int quad_lane) {
-  if (metric != static_cast<int>(MatchMetric::kDot)) {
-    const bool cosine = metric == static_cast<int>(MatchMetric::kCosine);
-#pragma unroll
-    for (int j = 0; j < kN; ++j) {
-      // Two 4-byte reads, not one float2: the TMA box of a range that starts at an odd
-      // row leaves the tile's terms 4-byte aligned only (hopper_stat_lead).
-      const float* pair = stats + 8 * j + 2 * quad_lane;
-      const float even = pair[0], odd = pair[1];
-#pragma unroll
-      for (int i = 0; i < kM; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float term = e % 2 ? odd : even;
-          acc[i][j][e] = cosine ? acc[i][j][e] * term : fmaf(2.f, acc[i][j][e], -term);
-        }
-    }
+  if (metric == static_cast<int>(MatchMetric::kCosine)) {
+    apply_metric_terms(acc, stats, quad_lane, [](float score, float term) { return score * term; });
+  } else if (metric == static_cast<int>(MatchMetric::kL2)) {
+    apply_metric_terms(acc, stats, quad_lane, [](float score, float term) { return fmaf(2.f, score, -term); });
   }
   if (m_end - m0 < 8 * kN) {  // only the last tile has padding
     const int valid_cols = static_cast<int>(m_end - m0);

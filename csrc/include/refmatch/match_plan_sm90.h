@@ -124,7 +124,8 @@ inline bool hopper_query_fits_registers(int64_t dim, int row_blocks) {
 
 // Whether a top-k call's lists (k slots a row) fit in shared memory beside the full
 // pipeline, where they cost a few cycles an access instead of a global round trip:
-// k <= 8 at D <= 192 with 256 rows on an H100 or H200 (227 KB a block).
+// on an H100 or H200 (227 KB a block), k <= 19 at D <= 64, 8 at D <= 128, 9 at D <= 192
+// with 256 rows, 17 at D = 256 (128 rows); test_cuda_build.py checks these limits.
 inline bool hopper_lists_fit(int64_t dim, int row_blocks, int64_t k, int64_t smem_limit) {
   return hopper_smem_layout(match_dim_chunks(dim, 2), row_blocks, k).total_bytes <= smem_limit;
 }
