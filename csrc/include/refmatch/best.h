@@ -29,12 +29,12 @@ struct Best {
 
 REFMATCH_HOST_DEVICE Best empty_best() { return Best{-INFINITY, kNoMatch}; }
 
-// True when (score, index) should replace (best_score, best_index).
+// True when (score, index) should replace (best_score, best_index). Bitwise, not
+// short-circuit, operators: compares and no branches (a tile's fast path makes a few).
 REFMATCH_HOST_DEVICE bool beats(float score, int64_t index, float best_score,
                                 int64_t best_index) {
-  if (!(score > -INFINITY)) return false;  // false for NaN and -inf
-  if (best_index < 0) return true;
-  return score > best_score || (score == best_score && index < best_index);
+  const bool valid = score > -INFINITY;  // false for NaN and -inf
+  return valid & ((best_index < 0) | (score > best_score) | ((score == best_score) & (index < best_index)));
 }
 
 REFMATCH_HOST_DEVICE void offer(Best& best, float score, int64_t index) {

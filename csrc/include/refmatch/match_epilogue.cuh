@@ -76,14 +76,30 @@ REFMATCH_HOST_DEVICE int64_t opaque(int64_t value) {
   return value;
 }
 
-// Max of row (i, h) over the tile, shared by the row's quad.
+// Each row's max over the tile, shared by the row's quad: a tree over the thread's 2 kN
+// scores of the row (depth log2, where a running max is a chain of 2 kN dependent
+// instructions), all rows side by side so that their trees and shuffles overlap.
 template <class Warp, int kM, int kN>
-REFMATCH_HOST_DEVICE float row_max(const float (&acc)[kM][kN][4], int i, int h) {
-  float value = -INFINITY;
+REFMATCH_HOST_DEVICE void row_maxima(const float (&acc)[kM][kN][4], float (&maxima)[kM][2]) {
 #pragma unroll
-  for (int j = 0; j < kN; ++j) value = fmaxf(value, fmaxf(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
-  value = fmaxf(value, Warp::shfl_xor(value, 1));
-  return fmaxf(value, Warp::shfl_xor(value, 2));
+  for (int i = 0; i < kM; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float part[kN];
+#pragma unroll
+      for (int j = 0; j < kN; ++j) part[j] = fmaxf(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+#pragma unroll
+      for (int stride = 1; stride < kN; stride *= 2)
+#pragma unroll
+        for (int j = 0; j + stride < kN; j += 2 * stride) part[j] = fmaxf(part[j], part[j + stride]);
+      maxima[i][h] = part[0];
+    }
+#pragma unroll
+  for (int lane_mask = 1; lane_mask <= 2; lane_mask *= 2)
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) maxima[i][h] = fmaxf(maxima[i][h], Warp::shfl_xor(maxima[i][h], lane_mask));
 }
 
 template <int kM, int kN, class Warp = DeviceWarp>
@@ -93,12 +109,12 @@ REFMATCH_HOST_DEVICE void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2]
   const int quad_lane = lane & 3;
   orient_tile(acc, stats, metric, m0, m_end, quad_lane);
   float tile_max[kM][2];
+  row_maxima<Warp>(acc, tile_max);
   bool may_improve = false;
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      tile_max[i][h] = row_max<Warp>(acc, i, h);
       // m0 is the lowest index in the tile: a necessary condition to win.
       may_improve |= beats(tile_max[i][h], m0, best[i][h].score, best[i][h].index);
     }
@@ -136,15 +152,16 @@ REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&thresho
                                          int64_t num_rows, int k) {
   const int quad_lane = lane & 3;
   orient_tile(acc, stats, metric, m0, m_end, quad_lane);
+  float tile_max[kM][2];
+  row_maxima<Warp>(acc, tile_max);  // every lane: the max is a full-warp shuffle
   bool enters[kM][2];
   bool any_enters = false;
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float tile_max = row_max<Warp>(acc, i, h);  // every lane: the max is a full-warp shuffle
       enters[i][h] = first_row + kAtomRows * i + 8 * h < num_rows &&
-                     beats(tile_max, m0, threshold[i][h].score, threshold[i][h].index);
+                     beats(tile_max[i][h], m0, threshold[i][h].score, threshold[i][h].index);
       any_enters |= enters[i][h];
     }
   if (!Warp::any(any_enters)) return;
