@@ -76,11 +76,11 @@ REFMATCH_HOST_DEVICE int64_t opaque(int64_t value) {
   return value;
 }
 
-// Each row's max over the tile, shared by the row's quad: a tree over the thread's 2 kN
-// scores of the row (depth log2, where a running max is a chain of 2 kN dependent
-// instructions), all rows side by side so that their trees and shuffles overlap.
-template <class Warp, int kM, int kN>
-REFMATCH_HOST_DEVICE void row_maxima(const float (&acc)[kM][kN][4], float (&maxima)[kM][2]) {
+// Each row's max over the thread's scores of the tile: a tree over its 2 kN scores
+// (depth log2, where a running max is a chain of 2 kN dependent instructions), all
+// rows side by side so that their trees overlap.
+template <int kM, int kN>
+REFMATCH_HOST_DEVICE void lane_row_maxima(const float (&acc)[kM][kN][4], float (&maxima)[kM][2]) {
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
@@ -94,6 +94,13 @@ REFMATCH_HOST_DEVICE void row_maxima(const float (&acc)[kM][kN][4], float (&maxi
         for (int j = 0; j + stride < kN; j += 2 * stride) part[j] = fmaxf(part[j], part[j + stride]);
       maxima[i][h] = part[0];
     }
+}
+
+// Each row's max over the tile, shared by the row's quad: the lanes' maxima, then
+// both shuffle rounds for all rows side by side.
+template <class Warp, int kM, int kN>
+REFMATCH_HOST_DEVICE void row_maxima(const float (&acc)[kM][kN][4], float (&maxima)[kM][2]) {
+  lane_row_maxima(acc, maxima);
 #pragma unroll
   for (int lane_mask = 1; lane_mask <= 2; lane_mask *= 2)
 #pragma unroll
@@ -152,8 +159,11 @@ REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&thresho
                                          int64_t num_rows, int k) {
   const int quad_lane = lane & 3;
   orient_tile(acc, stats, metric, m0, m_end, quad_lane);
-  float tile_max[kM][2];
-  row_maxima<Warp>(acc, tile_max);  // every lane: the max is a full-warp shuffle
+  // A lane whose own best score of a row cannot beat the row's threshold (at the tile's
+  // lowest index) has nothing to insert, whatever the other lanes insert first, as
+  // thresholds only rise: it skips its turn's scan. A row enters where one of its lanes does.
+  float lane_max[kM][2];
+  lane_row_maxima(acc, lane_max);
   bool enters[kM][2];
   bool any_enters = false;
 #pragma unroll
@@ -161,11 +171,18 @@ REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&thresho
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       enters[i][h] = first_row + kAtomRows * i + 8 * h < num_rows &&
-                     beats(tile_max[i][h], m0, threshold[i][h].score, threshold[i][h].index);
+                     beats(lane_max[i][h], m0, threshold[i][h].score, threshold[i][h].index);
       any_enters |= enters[i][h];
     }
   if (!Warp::any(any_enters)) return;
   for (int turn = 0; turn < 4; ++turn) {
+    bool scans = false;
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) scans |= enters[i][h] && quad_lane == turn;
+    // Warp-uniform: no lane's turn, so no list changes and the thresholds stand.
+    if (!Warp::any(scans)) continue;
 #pragma unroll
     for (int i = 0; i < kM; ++i)
 #pragma unroll
