@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "refmatch/best.h"
 #include "refmatch/cuda_runtime_status.h"
@@ -208,6 +209,17 @@ PYBIND11_MODULE(_C, m) {
         "the cuda backend asks 256 by default) query rows per CTA (block_n: the rows it runs); for a top-k "
         "call (k > 1) whether its lists fit in shared memory beside the pipeline (lists_fit), and its bytes "
         "with them.");
+  m.def("hopper_tile_stages", [](int64_t dim_chunks, int64_t tiles) {
+          const int stages = static_cast<int>(refmatch::hopper_smem_layout(dim_chunks).stages);
+          refmatch::HopperTileStages walk;
+          std::vector<std::pair<int, int>> seen;
+          for (int64_t tile = 0; tile < tiles; ++tile, walk.next(static_cast<int>(dim_chunks), stages)) {
+            seen.emplace_back(walk.first(stages), walk.parity(stages));
+          }
+          return seen;
+        }, py::arg("dim_chunks"), py::arg("tiles"),
+        "(first stage, barrier parity) of each of a consumer's first `tiles` tiles in the wgmma kernel's "
+        "ring of stages, as its loop walks them (host check).");
   m.def("hopper_stat_lead", [](int64_t m0) { return refmatch::hopper_stat_lead(m0); }, py::arg("m0"),
         "Rows between a tile's TMA box of metric terms (16-byte aligned) and its first row m0 (host check).");
   m.def("swizzle128_offset", &refmatch::swizzle128_offset, py::arg("row"), py::arg("unit"),

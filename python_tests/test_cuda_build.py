@@ -77,6 +77,19 @@ def test_tma_box_of_metric_terms_starts_aligned_and_covers_the_tile(range_start)
     assert layout["stat_box_rows"] * 4 % 16 == 0 and layout["stat_box_rows"] <= 256  # TMA box limits
 
 
+@pytest.mark.parametrize("dim_chunks", [1, 2, 3, 4])
+def test_consumers_walk_the_ring_of_stages_as_the_producer_fills_it(dim_chunks):
+    # The producer fills step s = tile * dim_chunks + chunk into stage s % stages in round
+    # s // stages; a consumer walks its tiles' stages without dividing, and must land on
+    # the same stage and barrier parity (a wrong parity would hang the kernel).
+    stages = _C.hopper_layout(64 * dim_chunks, 2, 16, H100_SMEM)["stages"]
+    walked = _C.hopper_tile_stages(dim_chunks, 5 * stages)
+    for tile, (first, parity) in enumerate(walked):
+        for chunk in range(dim_chunks):
+            step = tile * dim_chunks + chunk
+            assert (first + chunk, parity) == (step % stages, step // stages % 2)
+
+
 def test_hopper_kernel_needs_its_shared_memory():
     assert _C.hopper_layout(256, 2, 16, H100_SMEM)["eligible"]
     assert not _C.hopper_layout(256, 2, 16, 160 * 1024)["eligible"]

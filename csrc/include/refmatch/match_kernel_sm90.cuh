@@ -181,16 +181,17 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(con
                                                      lane);
   }
   HopperAccumulators<kRowBlocks> acc;
-  for (int64_t tile = 0; tile < tiles; ++tile) {
+  HopperTileStages tile_stages;  // of the tile at hand; every consumer walks every tile
+  const int ring_stages = static_cast<int>(layout.stages);
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += Tile::kBlockM) {  // m0: the tile's first bank row
     // Consumer 0 goes first; afterwards each waits for the other's wgmmas to be issued.
-    if (consumer == 1 || tile > 0) wgmma::named_sync(my_turn, Tile::kConsumerThreads);
-    int64_t stage = 0;
+    if (consumer == 1 || m0 > m_begin) wgmma::named_sync(my_turn, Tile::kConsumerThreads);
+    const int first_stage = tile_stages.first(ring_stages);
 #pragma unroll
     for (int chunk = 0; chunk < kChunks; ++chunk) {
       if (chunk >= p.dim_chunks) break;
-      const int64_t step = tile * p.dim_chunks + chunk;
-      stage = step % layout.stages;
-      wgmma::barrier_wait(full + stage, static_cast<int>((step / layout.stages) & 1));
+      const int stage = first_stage + chunk;
+      wgmma::barrier_wait(full + stage, tile_stages.parity(ring_stages));
       if (!p.tma_loads) wgmma::fence_proxy_async();  // the cp.async stores, before wgmma reads them
       const char* ref_chunk = stages + stage * layout.stage_bytes;
       const char* query_chunk = query_rows + chunk * layout.query_chunk_bytes;
@@ -212,14 +213,12 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(con
       wgmma::commit();
     }
     // The other consumer may issue its wgmmas; not after its last tile (nobody waits).
-    if (consumer == 0 || tile + 1 < tiles) wgmma::named_arrive(other_turn, Tile::kConsumerThreads);
+    if (consumer == 0 || m0 + Tile::kBlockM < m_end) wgmma::named_arrive(other_turn, Tile::kConsumerThreads);
     wgmma::wait<0>();
     wgmma::pin(acc);
-    for (int64_t chunk = 0; chunk + 1 < p.dim_chunks; ++chunk) {  // done with these stages
-      wgmma::barrier_arrive(empty + (tile * p.dim_chunks + chunk) % layout.stages);
-    }
-    const int64_t m0 = m_begin + tile * Tile::kBlockM;
-    const char* stats = stages + stage * layout.stage_bytes + layout.stat_offset +
+    const int last_stage = first_stage + static_cast<int>(p.dim_chunks) - 1;
+    for (int stage = first_stage; stage < last_stage; ++stage) wgmma::barrier_arrive(empty + stage);  // done with these
+    const char* stats = stages + last_stage * layout.stage_bytes + layout.stat_offset +
                         (p.tma_loads ? 4 * hopper_stat_lead(m0) : 0);  // where the TMA box put row m0
     if (!(p.ablate & kAblateEpilogue)) {
       if constexpr (kTopK) {
@@ -229,7 +228,8 @@ __global__ void __launch_bounds__(HopperTile::kThreads, 1) match_sm90_kernel(con
         fold_tile(acc, best, reinterpret_cast<const float*>(stats), p.metric, m0, m_end, lane);
       }
     }
-    wgmma::barrier_arrive(empty + stage);  // after the epilogue read the stage's metric terms
+    wgmma::barrier_arrive(empty + last_stage);  // after the epilogue read the stage's metric terms
+    tile_stages.next(static_cast<int>(p.dim_chunks), ring_stages);
   }
 
   if (kTopK && p.shared_lists) {

@@ -73,6 +73,22 @@ REFMATCH_HOST_DEVICE HopperSmemLayout hopper_smem_layout(int64_t dim_chunks, int
   return layout;
 }
 
+// Where a consumer's tile sits in the ring of stages: its dim_chunks steps take the
+// consecutive stages from first(), all in one round (stages is a multiple of
+// dim_chunks), so one barrier parity. Walked tile by tile: the consumer's loop takes
+// no 64-bit division (an emulated one, about 20 instructions on its critical path),
+// and one register (the RS top-k kernel at 256 rows spilled with two).
+struct HopperTileStages {
+  int position = 0;  // tile x dim_chunks, modulo two rounds of the ring
+
+  REFMATCH_HOST_DEVICE int first(int stages) const { return position < stages ? position : position - stages; }
+  REFMATCH_HOST_DEVICE int parity(int stages) const { return position < stages ? 0 : 1; }
+  REFMATCH_HOST_DEVICE void next(int dim_chunks, int stages) {
+    position += dim_chunks;
+    if (position == 2 * stages) position = 0;
+  }
+};
+
 // Rows between the TMA box of a tile's metric terms and the tile's first row m0: the box
 // starts at m0 rounded down to 4 floats (16 bytes), so the tile's terms begin this far in.
 constexpr REFMATCH_HOST_DEVICE int hopper_stat_lead(int64_t m0) { return static_cast<int>(m0 & 3); }
