@@ -11,9 +11,10 @@
 //   init_topk_lists the lists a fold_tile_topk starts from: empty slots.
 //   copy_topk_lists lists kept in shared memory, to the outputs at the end.
 //
-// Both take the row max first (one fmaxf per score; fmaxf skips NaN, and NaN
-// equals nothing, so NaN never wins) and do more only when some row of the warp
-// can improve. Their shuffles and votes come from the Warp parameter
+// Both take each lane's max of each row first (a tree, one fmaxf per score; fmaxf
+// skips NaN, and NaN equals nothing, so NaN never wins) and do more, shuffles
+// included, only when some row of the warp can improve: one vote a tile on the
+// fast path. Their shuffles and votes come from the Warp parameter
 // (warp_ops.h): the hardware warp in the kernels, 32 host threads in the CPU
 // tests (host_warp.h, refmatch._C.stream_tiles), which so run this very code.
 #pragma once
@@ -96,11 +97,10 @@ REFMATCH_HOST_DEVICE void lane_row_maxima(const float (&acc)[kM][kN][4], float (
     }
 }
 
-// Each row's max over the tile, shared by the row's quad: the lanes' maxima, then
-// both shuffle rounds for all rows side by side.
-template <class Warp, int kM, int kN>
-REFMATCH_HOST_DEVICE void row_maxima(const float (&acc)[kM][kN][4], float (&maxima)[kM][2]) {
-  lane_row_maxima(acc, maxima);
+// The lanes' maxima of each row made the row's max, shared by its quad: both shuffle
+// rounds for all rows side by side.
+template <class Warp, int kM>
+REFMATCH_HOST_DEVICE void share_in_quads(float (&maxima)[kM][2]) {
 #pragma unroll
   for (int lane_mask = 1; lane_mask <= 2; lane_mask *= 2)
 #pragma unroll
@@ -115,18 +115,18 @@ REFMATCH_HOST_DEVICE void fold_tile(float (&acc)[kM][kN][4], Best (&best)[kM][2]
   constexpr int kCols = 8 * kN;
   const int quad_lane = lane & 3;
   orient_tile(acc, stats, metric, m0, m_end, quad_lane);
+  // A row can improve where one of its lanes' own maxima beats the row's best (the quad's
+  // lanes hold the same best) at m0, the tile's lowest index: the fast path needs no shuffles.
   float tile_max[kM][2];
-  row_maxima<Warp>(acc, tile_max);
+  lane_row_maxima(acc, tile_max);
   bool may_improve = false;
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      // m0 is the lowest index in the tile: a necessary condition to win.
-      may_improve |= beats(tile_max[i][h], m0, best[i][h].score, best[i][h].index);
-    }
+    for (int h = 0; h < 2; ++h) may_improve |= beats(tile_max[i][h], m0, best[i][h].score, best[i][h].index);
   // Locating is rare once the running bests are good; warp-uniform for the shuffles.
   if (!Warp::any(may_improve)) return;
+  share_in_quads<Warp>(tile_max);
 #pragma unroll
   for (int i = 0; i < kM; ++i) {
 #pragma unroll
