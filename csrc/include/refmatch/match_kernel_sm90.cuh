@@ -43,7 +43,8 @@
 //   other consumer issues while this one waits for its MMAs and runs its
 //   epilogue, so MMA and epilogue overlap across warpgroups. Stages are
 //   released after the tile's MMAs have completed, the last one after the
-//   epilogue has read its metric terms.
+//   epilogue has read its metric terms. A tile's steps lie in one round of the
+//   ring, so consumers walk it tile by tile (HopperTileStages), not dividing.
 //
 // Ablation (p.ablate, diagnostics only: results are meaningless)
 //   Bits of HopperAblation leave out the bank loads or the epilogue, so that
