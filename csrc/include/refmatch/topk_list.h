@@ -15,17 +15,23 @@
 namespace refmatch {
 
 // Inserts (score, index), which must beat the last slot, keeping the list sorted;
-// returns the new last slot (the row's next threshold).
+// returns the new last slot (the row's next threshold) from registers: the entry
+// itself, or the one it pushed down into the last slot. Read back, it would add a
+// load after the stores, a round trip to global memory where the lists live there.
 REFMATCH_HOST_DEVICE Best insert_sorted(float* scores, int64_t* indices, int k, float score, int64_t index) {
+  Best last{score, index};
   int slot = k - 1;
-  while (slot > 0 && beats(score, index, scores[slot - 1], indices[slot - 1])) {
-    scores[slot] = scores[slot - 1];
-    indices[slot] = indices[slot - 1];
+  while (slot > 0) {
+    const Best above{scores[slot - 1], indices[slot - 1]};
+    if (!beats(score, index, above.score, above.index)) break;
+    scores[slot] = above.score;
+    indices[slot] = above.index;
+    if (slot == k - 1) last = above;
     --slot;
   }
   scores[slot] = score;
   indices[slot] = index;
-  return Best{scores[k - 1], indices[k - 1]};
+  return last;
 }
 
 }  // namespace refmatch
