@@ -251,10 +251,13 @@ def test_fixed_bank_never_writes_the_callers_tensors():
      r"features have D=2 channels, the bank holds D=4; if it is \[B, H, W, D\]"),
     (lambda b: b.match(torch.randn(1, 4, 2, 3, 3)), ValueError, r"a volume \[B, D, Z, H, W\] goes in as volume"),
     (lambda b: b.refresh(lambda x: x), RuntimeError, "refresh needs images"),
+    (lambda b: b.match(torch.ones(3, 4, dtype=torch.long)), TypeError, "query must be floating point.*int64"),
+    (lambda b: b.classwise_max(torch.ones(1, 4, 2, 2, dtype=torch.int32)), TypeError,
+     "query must be floating point.*int32"),
 ])
 def test_bad_input(call, error, message):
     bank = ReferenceBank(4, 3, capacity_per_class=5)
-    if "query has D=" in message or "a volume" in message:  # a query is checked after the bank has features
+    if "query" in message or "a volume" in message:  # a query is checked after the bank has features
         bank.add(torch.randn(1, 4, 2, 2), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(error, match=message):
         call(bank)

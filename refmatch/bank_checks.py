@@ -46,6 +46,8 @@ def check_query(query, bank_features):
     if query.dim() not in (2, 4):
         raise ValueError(f"query must be [N, D] rows or [B, D, h, w] maps, got {describe(query)}"
                          + volume_hint(query))
+    if not query.dtype.is_floating_point:  # the bank casts queries to its dtype: an integer one would pass
+        raise TypeError(f"query must be floating point, as match's, got {query.dtype}")
     if query.shape[1] != bank_features.shape[1]:
         raise ValueError(f"query has D={query.shape[1]} channels (dim 1), the bank holds D={bank_features.shape[1]}"
                          + channels_last_hint(query, bank_features.shape[1]))
