@@ -19,7 +19,8 @@ which takes the variant the three settings pick with the top-k epilogue. It is o
 a GPU run has checked it (written in sessions 31 and 32 on machines without a GPU; gpu_suite.sh
 checks, tests and times it). There ``REFMATCH_CUDA_HOPPER_TOPK_LISTS`` says where the rows' lists
 live: "shared" (the default: in shared memory where they fit beside the pipeline, on an H100 or
-H200 k <= 19 at D <= 64, 8 at D <= 128, 9 at D <= 192, 17 at D = 256; else in the outputs) or "global" (in the outputs throughout).
+H200 k <= 19 at D <= 64, 8 at D <= 128, 9 at D <= 192, 17 at D = 256; else in the outputs) or
+"global" (in the outputs throughout).
 """
 from ..choices import check_choice
 from .settings import environment, setting

@@ -176,13 +176,8 @@ REFMATCH_HOST_DEVICE void fold_tile_topk(float (&acc)[kM][kN][4], Best (&thresho
     }
   if (!Warp::any(any_enters)) return;
   for (int turn = 0; turn < 4; ++turn) {
-    bool scans = false;
-#pragma unroll
-    for (int i = 0; i < kM; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) scans |= enters[i][h] && quad_lane == turn;
-    // Warp-uniform: no lane's turn, so no list changes and the thresholds stand.
-    if (!Warp::any(scans)) continue;
+    // Warp-uniform: no lane whose turn it is enters, so no list changes and the thresholds stand.
+    if (!Warp::any(any_enters && quad_lane == turn)) continue;
 #pragma unroll
     for (int i = 0; i < kM; ++i)
 #pragma unroll
