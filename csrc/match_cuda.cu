@@ -286,6 +286,9 @@ void match_argmax(const MatchArgs& a) {
                                            " CTAs of " + std::to_string(plan.block_n) + " rows; a grid takes at most " +
                                            std::to_string(kMaxRowBlocks) + ": match fewer rows per call");
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(a.splits));
+  // The static runtime's error record holds this module's calls only, each raised where it failed
+  // (a caller may have caught that and called again): cleared, so the check below names this launch.
+  static_cast<void>(cudaGetLastError());
   plan.kernel<<<grid, plan.threads, plan.smem_bytes, stream>>>(p);
   check(cudaGetLastError(), "match kernel launch");
   if (split) {

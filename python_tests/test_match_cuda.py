@@ -134,6 +134,18 @@ def test_runs_on_the_device_of_its_inputs():
     assert_matches_oracle(result, query, reference, "dot")
 
 
+def test_a_failed_call_leaves_no_error_for_the_next_launch():
+    """The extension's static CUDA runtime records a failed call's error; the check after the
+    next launch must name that launch's own status, not the stale one."""
+    from refmatch.backends.cuda_backend import DTYPE_CODES, native_module
+
+    with pytest.raises(RuntimeError, match="cudaSetDevice"):  # an ordinal past the last device
+        native_module().match_splits(64, 300, 32, DTYPE_CODES[torch.float32], False, torch.cuda.device_count(),
+                                     0, 32, 1, 0, 1)
+    query, reference = torch.randn(64, 32, device="cuda"), torch.randn(300, 32, device="cuda")
+    assert_matches_oracle(match_cuda(query, reference), query, reference, "dot")
+
+
 def test_capturable_in_a_cuda_graph():
     query = torch.randn(64, 48, device="cuda").half()
     reference = torch.randn(4000, 48, device="cuda").half()
