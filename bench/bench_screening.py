@@ -1,18 +1,17 @@
-"""When does the CPU's exact bfloat16 screen pay? Screen against the float32 walk on several feature sets.
+"""When does the CPU's bfloat16 screen pay? The fused walk with and without it, on several feature sets.
 
     python bench/bench_screening.py                       # random and clustered synthetic features
     python bench/bench_screening.py --run runs/lung_seed0/refmatch_5pct \\
         --data ../shared/datasets/nlm-cxr-lung-512        # plus a trained teacher's features of real images
     python bench/bench_screening.py --run runs/phantom    # a phantom run: its phantoms are generated again
 
-Every path should return the same matches (up to float32 rounding); the table gives
-the time of each for k = 1 and top-8 (``--k``): the torch GEMM walk, the C++ fused walk
-(every k here, as the screen's limit is below ``cpu_topk.MAX_K``, where refmatch._C has it for
-this CPU) and the screen, whose given-up rows take the fused walk where it applies; "speedup"
-is the screen against that walk. Also the
-share of query rows the screen handed to the walk (100 %: it gave up early), and the
-agreement of the torch walk and the screen with the benchmark's float64 oracle
-(``refmatch.bench_oracle``: every slot, best first). Writes
+Every path should return the same matches (the screen: the fused walk's, to the bit); the
+table gives the time of each for k = 1 and top-8 (``--k``): the torch GEMM walk, the C++
+fused walk and the screened fused walk; "speedup" is the screen against the fused walk.
+Also the share of (row, vector of references) pairs the screen scored in float32 as well
+(100 %: every row tile walked), and the agreement of the torch walk and the screen with the
+benchmark's float64 oracle (``refmatch.bench_oracle``: every slot, best first). Needs the
+screen (refmatch._C on an AVX-512 CPU with AVX512_BF16). Writes
 bench/results/<machine>-screening[-<tag>]-<date>.{json,md} (-2, -3 ... when taken), rewritten
 after every row; Ctrl-C keeps the rows so far (exit status 130).
 """
@@ -27,8 +26,8 @@ import torch
 from refmatch.__main__ import one_line  # a DataLoader worker's error: its last line
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
-from refmatch.backends.torch_backend import match_chunked, tiling
-from refmatch.backends.torch_screening import MAX_K, match_screened
+from refmatch.backends.torch_backend import _prepare_block, match_chunked
+from refmatch.backends.torch_screening import MAX_K, screen_window
 from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
 from refmatch.bench_files import ResultsFile, machine, prepared_out_folder, results_stem, run_meta
 from refmatch.bench_oracle import Float64Oracle
@@ -80,20 +79,27 @@ def median_of(fn, repeat):
     return statistics.median(times), result
 
 
+def float32_share(query, reference, metric, k):
+    """The share of (row, vector of references) pairs the screened fused walk scores in float32."""
+    def prepared(col0, count):
+        return _prepare_block(reference[col0:col0 + count], None, metric, torch.float32, torch.float32)[:2]
+
+    window = screen_window(query, reference, None, metric)
+    vectors, float32 = cpu_topk.topk_walk(query, reference.shape[0], prepared, 2.0 if metric == "l2" else 1.0, k,
+                                          window)[2]
+    return float32 / vectors
+
+
 def measure(name, query, reference, oracle, metric, k, repeat):
-    """The torch GEMM walk, the C++ fused walk (where _C has it for this CPU) and the screen, whose
-    given-up rows take the fused walk where it applies: the walk the screen competes with."""
+    """The torch GEMM walk, the C++ fused walk and the screened fused walk."""
     maps = query.T[None, :, :, None]
     with cpu_topk.forced("0"):  # the torch GEMM walk even where _C has the fused one
         walk, (_, walk_index) = median_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)
-    rows = tiling(maps, reference)[2]
-    fused = median_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)[0] \
-        if cpu_topk.applies(rows, reference, k) else None
+    fused = median_of(lambda: match_chunked(maps, reference, None, k, metric, screen=False), repeat)[0]
     screen, (_, screen_index) = median_of(lambda: match_chunked(maps, reference, None, k, metric, screen=True), repeat)
-    handed_back = match_screened(rows, reference, None, metric, k)[2].numel() / rows.shape[0]
     return {"features": name, "N": query.shape[0], "M": reference.shape[0], "D": query.shape[1], "metric": metric,
-            "k": k, "walk_ms": 1e3 * walk, "fused_ms": fused and 1e3 * fused, "screen_ms": 1e3 * screen,
-            "speedup": (fused or walk) / screen, "walked_rows": handed_back,
+            "k": k, "walk_ms": 1e3 * walk, "fused_ms": 1e3 * fused, "screen_ms": 1e3 * screen,
+            "speedup": fused / screen, "float32_share": float32_share(query, reference, metric, k),
             "walk_agreement": oracle.agreement(walk_index, metric, k),
             "screen_agreement": oracle.agreement(screen_index, metric, k)}
 
@@ -113,13 +119,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if max(args.k) > MAX_K:
         parser.error(f"--k: the screen takes k <= {MAX_K}, got {max(args.k)}")
+    if not cpu_topk.screen_available():
+        parser.error("no bfloat16 screen here: it needs refmatch._C's fused walk on an AVX-512 CPU with AVX512_BF16")
     refuse_k_above_m(parser, max(args.k), [args.size])
     slug, description = machine("cpu")
     meta = run_meta(description, argv, args.repeat, isas=cpu_topk.native_isas(),
                     timing=f"median of {args.repeat} runs after a warm-up")
     prepared_out_folder(parser, args.out)
     columns = ["features", "N", "M", "D", "metric", "k", "walk ms", "fused ms", "screen ms", "speedup",
-               "rows walked", "walk agrees", "screen agrees"]
+               "float32 share", "walk agrees", "screen agrees"]
     stem = results_stem(args.out, slug, "screening", args.tag, meta["date"])
     with ResultsFile(parser.prog, stem, meta, columns) as results:
         teacher_set = [(f"teacher features ({args.run})", *teacher(parser, args))] if args.run else []
@@ -131,10 +139,10 @@ def main(argv=None):
             oracle = Float64Oracle(query, reference, slots=max(args.k))
             for metric, k in ((metric, k) for metric in args.metrics for k in args.k):
                 row = measure(label, query, reference, oracle, metric, k, args.repeat)
-                fused = "-" if row["fused_ms"] is None else f"{row['fused_ms']:.1f}"
                 results.add(row, f"| {label} | {row['N']} | {row['M']} | {row['D']} | {metric} | {k} | "
-                                 f"{row['walk_ms']:.1f} | {fused} | {row['screen_ms']:.1f} | {row['speedup']:.2f} | "
-                                 f"{100 * row['walked_rows']:.1f} % | {100 * row['walk_agreement']:.2f} % | "
+                                 f"{row['walk_ms']:.1f} | {row['fused_ms']:.1f} | {row['screen_ms']:.1f} | "
+                                 f"{row['speedup']:.2f} | {100 * row['float32_share']:.1f} % | "
+                                 f"{100 * row['walk_agreement']:.2f} % | "
                                  f"{100 * row['screen_agreement']:.2f} % |")
 
 

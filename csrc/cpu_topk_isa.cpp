@@ -1,8 +1,8 @@
-// Fused similarity top-k on the CPU (k >= 1, float32): the torch backend's
-// walk (refmatch/backends/cpu_topk.py) without its score tile. CMake compiles this
-// file twice: REFMATCH_CPU_ISA=1 with AVX-512 flags, 2 with AVX2 + FMA flags.
-// Everything here has internal linkage and uses no standard-library template, so
-// nothing compiled with these flags can stand in for code other CPUs run.
+// Fused similarity top-k on the CPU (k >= 1, float32): the torch backend's walk
+// (refmatch/backends/cpu_topk.py) without its score tile. CMake compiles this file with
+// REFMATCH_CPU_ISA=1 (AVX-512), 2 (AVX2 + FMA) and 3 (AVX-512 and AVX512_BF16: the screen).
+// All of it has internal linkage and no standard-library template, so nothing compiled
+// with these flags can stand in for code other CPUs run.
 //
 // Algorithm
 //   score(q, r) = alpha * (q . r) + bias[r], the larger wins. Each query row keeps
@@ -10,24 +10,30 @@
 //   its k-th score as a threshold in a vector register. A step's scores arrive
 //   in ascending index order (vector by vector, lane by lane); one compare per
 //   vector against the threshold, and only lanes above it are inserted, lowest
-//   lane first. So a score equal to the k-th never enters (its index is higher:
-//   ties go to the lowest index) and NaN, false in every compare, never does.
-//   After the first few steps a vector almost never holds such a lane.
+//   lane first. So a score equal to the k-th never enters (its index is higher: ties go
+//   to the lowest index) nor does NaN; after the first steps few vectors hold such a lane.
+//
+// Screen (ISA 3, where the caller gives each row a window E >= |screened - score|)
+//   A step is first scored from bfloat16 copies of both sides (vdpbf16ps: twice the
+//   float32 FMA rate). A vector none of whose screened scores beats the k-th minus E
+//   cannot hold an entering score; the others are scored again in float32 by the
+//   very operations of the walk and offered as above, so results are the walk's to
+//   the bit. A row tile whose float32 vectors enter nothing more than
+//   kCrowdedVectors times in a sub-block (clustered features) walks from then on,
+//   as does one with a row E does not bound (not finite).
 //
 // Tiling
-//   References come in 512-row sub-blocks packed as [steps][D][width] (zeros,
-//   and bias -inf, past the block's end). kRows query rows (copied, zero-padded)
-//   times one step of `width` = kLanes * kPanels references accumulate in
-//   kRows * kPanels vector registers over D by FMAs. Scores never leave
-//   registers: behind the walk, the GEMM writes and rereads every score, which
-//   at D = 24 took as long as the GEMM itself. Shapes, measured on a Zen 5 core
-//   pair (bench/bench_cpu_topk.py): AVX-512 6 rows x 2 vectors of 16 lanes;
-//   AVX2 4 rows x 2 vectors of 8 (its 16 registers).
+//   References come in 512-row sub-blocks packed as [steps][D][width] (zeros, and bias
+//   -inf, past the block's end), for the screen also as bfloat16 channel pairs [steps]
+//   [D / 2][width]. kRows query rows times one step of `width` = kLanes * kPanels
+//   references accumulate in kRows * kPanels vector registers over D. Scores never leave
+//   registers: behind the walk, the GEMM writes and rereads every score, which at D = 24
+//   took as long as the GEMM itself. Shapes, measured on a Zen 5 core pair
+//   (bench/bench_cpu_topk.py): AVX-512 6 rows x 2 vectors of 16; AVX2 4 rows x 2 of 8.
 //
-// Limits: float32; any k, though the caller stops at 1024, where the GEMM walk catches
-// up (each entering score moves part of the list); rows are split over threads by the
-// caller (each call owns rows [begin, end)); state lists initialised by the caller to
-// -inf and index -1.
+// Limits: float32; any k, though the caller stops at 1024, where the GEMM walk catches up
+// (each entering score moves part of the list); rows split over threads by the caller
+// (each call owns rows [begin, end)); state lists initialised to -inf and index -1.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -39,25 +45,32 @@ namespace refmatch {
 namespace {
 
 constexpr int64_t kSubBlock = 512;
+// Float32 vectors of a row tile that enter nothing, per sub-block, above which its screen
+// costs more than it saves (a float32 vector rescored alone: about 4 walk vectors' time).
+constexpr int64_t kCrowdedVectors = 32;
+constexpr int kWholeStepVectors = 3;  // vectors of a screened step from which it is scored whole in float32
 
 int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
-struct Floats32 {  // a heap buffer without std::vector (see the note at the top)
-  explicit Floats32(int64_t count) : data(new float[count]) {}
-  ~Floats32() { delete[] data; }
-  Floats32(const Floats32&) = delete;
-  Floats32& operator=(const Floats32&) = delete;
-  float* data;
+template <typename T>
+struct Buffer {  // a heap buffer without std::vector (see the note at the top)
+  explicit Buffer(int64_t count) : data(new T[count > 0 ? count : 1]) {}
+  ~Buffer() { delete[] data; }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T* data;
 };
 
-// Per vector width: the tile shape, the vector type, and the lanes of `score` above
-// `threshold` as bits, lane 0 lowest.
-#if REFMATCH_CPU_ISA == 1
+// Per vector width: the tile shape, the vector type, the lanes of `score` above
+// `threshold` as bits (lane 0 lowest), and a * b + c rounded once: spelled out, so
+// that the screen's float32 vectors and the walk's are the same operations.
+#if REFMATCH_CPU_ISA == 1 || REFMATCH_CPU_ISA == 3
 constexpr int kLanes = 16, kRows = 6, kPanels = 2;
 typedef float Floats __attribute__((vector_size(64)));
 uint32_t lanes_above(Floats score, Floats threshold) {
   return _mm512_cmp_ps_mask((__m512)score, (__m512)threshold, _CMP_GT_OQ);
 }
+Floats multiply_add(Floats a, Floats b, Floats c) { return (Floats)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
 #elif REFMATCH_CPU_ISA == 2
 constexpr int kLanes = 8, kRows = 4, kPanels = 2;
 typedef float Floats __attribute__((vector_size(32)));
@@ -65,11 +78,14 @@ uint32_t lanes_above(Floats score, Floats threshold) {
   return static_cast<uint32_t>(_mm256_movemask_ps(
       _mm256_cmp_ps((__m256)score, (__m256)threshold, _CMP_GT_OQ)));
 }
+Floats multiply_add(Floats a, Floats b, Floats c) { return (Floats)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 #else
-#error "REFMATCH_CPU_ISA must be 1 (AVX-512) or 2 (AVX2)"
+#error "REFMATCH_CPU_ISA must be 1 (AVX-512), 2 (AVX2) or 3 (AVX-512 with the bfloat16 screen)"
 #endif
+constexpr bool kScreen = REFMATCH_CPU_ISA == 3;
 constexpr int kWidth = kLanes * kPanels;
 static_assert(kSubBlock % kWidth == 0, "whole steps per sub-block");
+static_assert(kRows * kPanels <= 32, "a step's vectors as bits of one word");
 
 // Inserts (score, index) into a row's sorted list of k, above its k-th score; returns the new k-th.
 // The slot: a binary search for the first score below it (equal scores stay ahead: lower
@@ -91,9 +107,92 @@ float insert(float* scores, int32_t* indices, int64_t k, float score, int32_t in
   return scores[k - 1];
 }
 
-void topk_rows(const TopkBlock& b, int64_t row_begin, int64_t row_end) {
-  const int64_t dim = b.dim, k = b.k;
-  Floats32 packed(kSubBlock * dim), bias(kSubBlock), query(kRows * dim);
+// Offers one vector of a row's scores (references first, first + 1, ...) to its list
+// behind `threshold`, its k-th score in every lane; whether any entered.
+bool offer(Floats score, Floats& threshold, float* scores, int32_t* indices, int64_t k, int64_t first) {
+  uint32_t above = lanes_above(score, threshold);
+  if (__builtin_expect(above == 0, 1)) return false;
+  float kth = threshold[0];
+  for (; above; above &= above - 1) {
+    const int lane = __builtin_ctz(above);
+    if (score[lane] > kth) kth = insert(scores, indices, k, score[lane], static_cast<int32_t>(first + lane));
+  }
+  threshold = Floats{} + kth;  // the k-th may have risen within this vector
+  return true;
+}
+
+// One row's float32 scores of one panel of a packed step, as the walk computes them.
+Floats exact_scores(const float* query_row, const float* step_panel, int p, int64_t dim, float alpha,
+                    Floats column_bias) {
+  Floats acc = {};
+  for (int64_t c = 0; c < dim; ++c) {
+    Floats ref;
+    std::memcpy(&ref, step_panel + c * kWidth + p * kLanes, sizeof(Floats));
+    acc = multiply_add(Floats{} + query_row[c], ref, acc);
+  }
+  return multiply_add(acc, Floats{} + alpha, column_bias);
+}
+
+#if REFMATCH_CPU_ISA == 3
+// A row of D floats as (D + 1) / 2 words of two bfloat16 channels, the first low, converted as
+// vdpbf16ps reads them (nearest even, subnormals to zero; an odd D's last word padded with 0).
+void bf16_pairs(const float* row, int64_t dim, uint32_t* pairs) {
+  const int64_t count = (dim + 1) / 2;
+  for (int64_t c = 0; c < dim; c += 16) {
+    const __mmask16 lanes = dim - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (dim - c)) - 1);
+    const __m256bh half = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lanes, row + c));
+    uint32_t words[8];
+    std::memcpy(words, &half, sizeof(words));
+    for (int64_t w = 0; w < 8 && c / 2 + w < count; ++w) pairs[c / 2 + w] = words[w];
+  }
+}
+
+// A step's screened dot products, query pairs [kRows][pairs] against panel pairs [pairs][kWidth].
+void screened_dots(const uint32_t* query_pairs, const uint32_t* step_pairs, int64_t pairs,
+                   Floats acc[kRows][kPanels]) {
+  __m512 sums[kRows][kPanels];
+  for (int r = 0; r < kRows; ++r)
+    for (int p = 0; p < kPanels; ++p) sums[r][p] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < pairs; ++c) {
+    __m512bh ref[kPanels];
+    for (int p = 0; p < kPanels; ++p) ref[p] = (__m512bh)_mm512_loadu_si512(step_pairs + c * kWidth + p * kLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh q = (__m512bh)_mm512_set1_epi32(static_cast<int>(query_pairs[r * pairs + c]));
+#pragma GCC unroll 4
+      for (int p = 0; p < kPanels; ++p) sums[r][p] = _mm512_dpbf16_ps(sums[r][p], q, ref[p]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int p = 0; p < kPanels; ++p) acc[r][p] = (Floats)sums[r][p];
+}
+#endif
+
+TopkCounts topk_rows(const TopkBlock& b, int64_t row_begin, int64_t row_end) {
+  const int64_t dim = b.dim, k = b.k, pairs = (dim + 1) / 2;
+  const bool screen = kScreen && b.window != nullptr;
+  Buffer<float> packed(kSubBlock * dim), bias(kSubBlock), query(kRows * dim);
+  // Per row tile: whether it walks (no screen, a row without a finite window, or crowded).
+  const int64_t tiles = (row_end - row_begin + kRows - 1) / kRows;
+  Buffer<bool> walks(tiles);
+  // The screen's bfloat16 operands: a sub-block's, and every row's (padding rows 0), converted once.
+  Buffer<uint32_t> packed_pairs(screen ? kSubBlock * pairs : 0), row_pairs(screen ? pairs : 0),
+      query_pairs(screen ? tiles * kRows * pairs : 0);
+#if REFMATCH_CPU_ISA == 3
+  for (int64_t row = 0; screen && row < tiles * kRows; ++row) {
+    if (row_begin + row < row_end) {
+      bf16_pairs(b.query + (row_begin + row) * dim, dim, query_pairs.data + row * pairs);
+    } else {
+      std::memset(query_pairs.data + row * pairs, 0, pairs * sizeof(uint32_t));
+    }
+  }
+#endif
+  for (int64_t t = 0; t < tiles; ++t) {
+    walks.data[t] = !screen;
+    for (int64_t row = row_begin + t * kRows; screen && row < smaller(row_end, row_begin + (t + 1) * kRows); ++row)
+      walks.data[t] = walks.data[t] || !std::isfinite(b.window[row]);
+  }
+  TopkCounts counts{0, 0};
   for (int64_t m0 = 0; m0 < b.refs; m0 += kSubBlock) {
     const int64_t count = smaller(kSubBlock, b.refs - m0), steps = (count + kWidth - 1) / kWidth;
     for (int64_t j = 0; j < steps * kWidth; ++j) {
@@ -102,27 +201,61 @@ void topk_rows(const TopkBlock& b, int64_t row_begin, int64_t row_end) {
       float* column = packed.data + (j / kWidth) * dim * kWidth + j % kWidth;
       for (int64_t c = 0; c < dim; ++c) column[c * kWidth] = real ? b.reference[(m0 + j) * dim + c] : 0.f;
     }
-    for (int64_t r0 = row_begin; r0 < row_end; r0 += kRows) {
+#if REFMATCH_CPU_ISA == 3
+    for (int64_t j = 0; screen && j < steps * kWidth; ++j) {
+      uint32_t* column = packed_pairs.data + (j / kWidth) * pairs * kWidth + j % kWidth;
+      if (j < count) bf16_pairs(b.reference + (m0 + j) * dim, dim, row_pairs.data);
+      for (int64_t c = 0; c < pairs; ++c) column[c * kWidth] = j < count ? row_pairs.data[c] : 0;
+    }
+#endif
+    for (int64_t r0 = row_begin, tile = 0; r0 < row_end; r0 += kRows, ++tile) {
       const int rows = static_cast<int>(smaller(kRows, row_end - r0));
       for (int r = 0; r < kRows; ++r)
         for (int64_t c = 0; c < dim; ++c) query.data[r * dim + c] = r < rows ? b.query[(r0 + r) * dim + c] : 0.f;
-      Floats threshold[kRows];
+      Floats threshold[kRows], window[kRows], screen_threshold[kRows];
       for (int r = 0; r < kRows; ++r) {  // padding rows: +inf, nothing enters
-        const float kth = r < rows ? b.state_score[(r0 + r) * k + k - 1] : INFINITY;
-        threshold[r] = Floats{} + kth;
+        threshold[r] = Floats{} + (r < rows ? b.state_score[(r0 + r) * k + k - 1] : INFINITY);
+        window[r] = Floats{} + (screen && r < rows ? b.window[r0 + r] : 0.f);
+        screen_threshold[r] = threshold[r] - window[r];
       }
+      int64_t idle_vectors = 0;  // float32 vectors of the screen that entered nothing
+      const bool walking = !screen || walks.data[tile];  // known at compile time without the screen
       for (int64_t step = 0; step < steps; ++step) {
-        Floats acc[kRows][kPanels] = {};
         const float* panel = packed.data + step * dim * kWidth;
-        for (int64_t c = 0; c < dim; ++c) {
-          Floats ref[kPanels];
-          for (int p = 0; p < kPanels; ++p) std::memcpy(&ref[p], panel + c * kWidth + p * kLanes, sizeof(Floats));
-#pragma GCC unroll 16
-          for (int r = 0; r < kRows; ++r) {
-            const float q = query.data[r * dim + c];
-#pragma GCC unroll 4
-            for (int p = 0; p < kPanels; ++p) acc[r][p] += q * ref[p];
+        const int64_t first = b.first_index + m0 + step * kWidth;
+        Floats acc[kRows][kPanels] = {};
+        uint32_t offered = walking ? ~0u : 0u;  // bit r * kPanels + p: vectors scored in float32
+        counts.vectors += rows * kPanels;
+        if (!walking) {
+#if REFMATCH_CPU_ISA == 3
+          screened_dots(query_pairs.data + tile * kRows * pairs, packed_pairs.data + step * pairs * kWidth, pairs, acc);
+#endif
+          for (int p = 0; p < kPanels; ++p) {
+            Floats column_bias;
+            std::memcpy(&column_bias, bias.data + step * kWidth + p * kLanes, sizeof(Floats));
+            for (int r = 0; r < kRows; ++r) {
+              const Floats screened = multiply_add(acc[r][p], Floats{} + b.alpha, column_bias);
+              offered |= static_cast<uint32_t>(lanes_above(screened, screen_threshold[r]) != 0) << (r * kPanels + p);
+            }
           }
+        }
+        // The whole step in float32 where enough vectors need it: its 12 FMA chains run side by
+        // side, a vector alone waits on one chain's latency.
+        const bool whole_step = walking || __builtin_popcount(offered) >= kWholeStepVectors;
+        if (whole_step) {
+          for (int r = 0; r < kRows; ++r)  // (they held the screened sums)
+            for (int p = 0; p < kPanels; ++p) acc[r][p] = Floats{};
+          for (int64_t c = 0; c < dim; ++c) {
+            Floats ref[kPanels];
+            for (int p = 0; p < kPanels; ++p) std::memcpy(&ref[p], panel + c * kWidth + p * kLanes, sizeof(Floats));
+#pragma GCC unroll 16
+            for (int r = 0; r < kRows; ++r) {
+              const Floats q = Floats{} + query.data[r * dim + c];
+#pragma GCC unroll 4
+              for (int p = 0; p < kPanels; ++p) acc[r][p] = multiply_add(q, ref[p], acc[r][p]);
+            }
+          }
+          counts.float32 += rows * kPanels;
         }
 #pragma GCC unroll 4
         for (int p = 0; p < kPanels; ++p) {
@@ -130,33 +263,38 @@ void topk_rows(const TopkBlock& b, int64_t row_begin, int64_t row_end) {
           std::memcpy(&column_bias, bias.data + step * kWidth + p * kLanes, sizeof(Floats));
 #pragma GCC unroll 16
           for (int r = 0; r < kRows; ++r) {
-            const Floats score = acc[r][p] * b.alpha + column_bias;
-            uint32_t above = lanes_above(score, threshold[r]);
-            if (__builtin_expect(above == 0, 1)) continue;
-            float* scores = b.state_score + (r0 + r) * k;
-            int32_t* indices = b.state_index + (r0 + r) * k;
-            float kth = threshold[r][0];
-            for (; above; above &= above - 1) {
-              const int lane = __builtin_ctz(above);
-              if (score[lane] > kth) {  // the k-th may have risen within this vector
-                kth = insert(scores, indices, k, score[lane],
-                             static_cast<int32_t>(b.first_index + m0 + step * kWidth + p * kLanes + lane));
-              }
-            }
-            threshold[r] = Floats{} + kth;
+            if (!(offered >> (r * kPanels + p) & 1u)) continue;
+            const Floats score = whole_step ? multiply_add(acc[r][p], Floats{} + b.alpha, column_bias)
+                                            : exact_scores(query.data + r * dim, panel, p, dim, b.alpha, column_bias);
+            counts.float32 += !whole_step;
+            const bool entered = offer(score, threshold[r], b.state_score + (r0 + r) * k,
+                                       b.state_index + (r0 + r) * k, k, first + p * kLanes);
+            idle_vectors += !walking && !entered;
+            screen_threshold[r] = threshold[r] - window[r];
           }
         }
       }
+      // Not on the walk's first sub-block, where every list fills.
+      walks.data[tile] = walks.data[tile] || (idle_vectors > kCrowdedVectors && b.first_index + m0 > 0);
     }
   }
+  return counts;
 }
 
 }  // namespace
 
 #if REFMATCH_CPU_ISA == 1
-void cpu_topk_rows_avx512(const TopkBlock& block, int64_t begin, int64_t end) { topk_rows(block, begin, end); }
+TopkCounts cpu_topk_rows_avx512(const TopkBlock& block, int64_t begin, int64_t end) {
+  return topk_rows(block, begin, end);
+}
+#elif REFMATCH_CPU_ISA == 2
+TopkCounts cpu_topk_rows_avx2(const TopkBlock& block, int64_t begin, int64_t end) {
+  return topk_rows(block, begin, end);
+}
 #else
-void cpu_topk_rows_avx2(const TopkBlock& block, int64_t begin, int64_t end) { topk_rows(block, begin, end); }
+TopkCounts cpu_topk_rows_avx512_bf16(const TopkBlock& block, int64_t begin, int64_t end) {
+  return topk_rows(block, begin, end);
+}
 #endif
 
 }  // namespace refmatch

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from refmatch import bench
+from refmatch.backends import cpu_topk
 from refmatch.bench_files import fresh_stem
 
 
@@ -122,7 +123,7 @@ def test_a_failing_method_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
     rows = {row["method"]: row for row in results["rows"]}
     assert rows["broken peer"]["error"] == "RuntimeError: out of memory somewhere deep"
     assert rows["refmatch torch k=1"]["agreement"] == 1.0 and rows["refmatch torch k=1"]["runs"] == 2
-    assert results["meta"]["repeat"] == 2 and "--only" in results["meta"]["argv"] and "native_bf16" in results["meta"]
+    assert results["meta"]["repeat"] == 2 and "--only" in results["meta"]["argv"] and "bf16_screen" in results["meta"]
 
 
 def test_a_backend_whose_probe_fails_is_a_skipped_row_and_filtered_ones_are_not_probed(monkeypatch):
@@ -231,6 +232,7 @@ def test_a_peer_that_kills_its_probe_process_is_a_skipped_row(tmp_path, monkeypa
     assert rows["refmatch torch k=1"]["agreement"] == 1.0 and len(probes) == 1, "one probe for both rows"
 
 
+@pytest.mark.skipif(not cpu_topk.screen_available(), reason="no bfloat16 screen on this CPU or build")
 def test_screening_benchmark_writes_a_row_per_feature_set(tmp_path, monkeypatch):
     import runpy
     import sys

@@ -79,12 +79,12 @@ def machine(device):
 def run_meta(device, argv, repeat, **extra):
     """What every results file records (bench/README.md), ``extra`` fields too; "complete" stays
     False until the last row, so the file of a stopped run says so."""
-    from refmatch.backends.torch_screening import native_bf16
+    from refmatch.backends.cpu_topk import screen_available
 
     return {"device": device, "cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "date": date.today().isoformat(), "commit": git_commit(), "torch": torch.__version__,
             "refmatch": refmatch.__version__, "peers": peer_versions(),
-            "argv": sys.argv[1:] if argv is None else list(argv), "repeat": repeat, "native_bf16": native_bf16(),
+            "argv": sys.argv[1:] if argv is None else list(argv), "repeat": repeat, "bf16_screen": screen_available(),
             "env": {key: value for key, value in os.environ.items()
                     if key.startswith(("REFMATCH_", "TRITON_", "OMP_"))},
             **extra, "complete": False}
@@ -133,7 +133,7 @@ class ResultsFile:
 
     def __init__(self, prog, stem_wanted, meta, columns):
         self.prog, self.stem_wanted, self.meta, self.rows, self.stem = prog, stem_wanted, meta, [], None
-        self.head = [f"Device: {meta['device']}; torch {meta['torch']}; native bfloat16: {meta['native_bf16']}; "
+        self.head = [f"Device: {meta['device']}; torch {meta['torch']}; bfloat16 screen: {meta['bf16_screen']}; "
                      f"fused top-k: {', '.join(meta['isas']) or 'none'}; commit {meta['commit']}; {meta['date']}; "
                      f"{meta['threads']} threads; {meta['timing']}", "",
                      f"Command: `{prog} {shlex.join(meta['argv'])}`", ""]

@@ -26,6 +26,13 @@ _pools = {}                # (process id, threads) -> executor: a forked child s
 _pools_lock = threading.Lock()
 
 
+def screen_available():
+    """Whether ``topk_walk`` can screen in bfloat16 here (``_C`` built with it, an AVX-512 CPU
+    with AVX512_BF16, and the fused walk on at the "avx512" width)."""
+    module = native_module()
+    return (getattr(module, "cpu_screen_available", lambda: False)() and native_isas()[:1] == ["avx512"])
+
+
 def native_isas():
     """Vector widths the fused top-k can run at here, widest first ("avx512", "avx2"), or the
     one ``REFMATCH_CPU_TOPK`` names; empty where ``unavailable_reason()`` says why."""
@@ -91,9 +98,10 @@ def _pool(threads):
         return _pools[key]
 
 
-def topk_walk(rows, num_refs, prepared_block, alpha, k):
+def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
     """Oriented top-k (score [N, k] float32, index [N, k] int64), best first, ties to the lowest
-    index; -inf and -1 in the slots nothing fills.
+    index; -inf and -1 in the slots nothing fills; and (row, vector of references) pairs visited
+    and those of them scored in float32 (all without a screen).
 
     Args:
         rows: [N, D] float32 query rows.
@@ -102,7 +110,9 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k):
             count of them, bias [count] or None), as the walk prepares them.
         alpha: score = alpha * q.r + bias (2 for l2's 2 q.r - |r|^2, else 1).
         k: 1 <= k <= ``MAX_K``.
-    Runs at the first width of ``native_isas()``.
+        window: float32 [N] bounds on |bfloat16 screened - float32 score| per row (not finite:
+            that row's tile walks unscreened), or None: no screen (``screen_available()``).
+    Runs at the first width of ``native_isas()``; the screen's results are the walk's.
     """
     module, isa = native_module(), native_isas()[0]
     (num_rows, dim), rows = rows.shape, rows.contiguous()
@@ -110,24 +120,25 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k):
     # the sorted lists the native pass merges into; explicit dtypes: the default may be float64
     score = torch.full((num_rows, k), float("-inf"), dtype=torch.float32)
     index = torch.full((num_rows, k), -1, dtype=torch.int32)
+    window_pointer = 0 if window is None else window.float().contiguous()
+    counts = []
     for col0 in range(0, num_refs, refs_per_call):
         block, bias = prepared_block(col0, refs_per_call)
         block, bias = block.contiguous(), None if bias is None else bias.contiguous()
         bias_pointer = 0 if bias is None else bias.data_ptr()
-        _each_row_part(num_rows, lambda begin, end: module.cpu_topk_rows(
+        counts += _each_row_part(num_rows, lambda begin, end: module.cpu_topk_rows(
             isa, rows.data_ptr(), num_rows, dim, block.data_ptr(), block.shape[0], bias_pointer, alpha, col0, k,
-            score.data_ptr(), index.data_ptr(), begin, end))
-    return score, index.to(torch.int64)
+            score.data_ptr(), index.data_ptr(), begin, end,
+            0 if window is None else window_pointer.data_ptr()))
+    return score, index.to(torch.int64), tuple(map(sum, zip((0, 0), *counts)))
 
 
 def _each_row_part(num_rows, run):
-    """``run(begin, end)`` over contiguous parts of the rows, one per torch thread."""
+    """[``run(begin, end)``] over contiguous parts of the rows, one per torch thread."""
     threads = max(1, min(torch.get_num_threads(), num_rows // 64))
     bounds = [num_rows * part // threads for part in range(threads + 1)]
     if threads == 1:
-        run(0, num_rows)
-        return
+        return [run(0, num_rows)]
     parts = [_pool(threads).submit(run, begin, end) for begin, end in zip(bounds[:-1], bounds[1:])]
     wait(parts)  # every part done before a failure is raised: none writes on behind the caller
-    for part in parts:
-        part.result()
+    return [part.result() for part in parts]

@@ -5,10 +5,9 @@ against ``block_n`` query rows with one BLAS GEMM into a reused tile and reduced
 to a running best (k = 1) or a running top-k. Block sizes come from a tile
 memory budget, so extra memory is fixed whatever N and M are; on the CPU the tile
 stays cache-sized so the reduction runs at the speed of the GEMM under it.
-Float32 k <= 16 on CPUs with native bfloat16 GEMMs goes through an exact bfloat16
-screen first (``torch_screening``); rows it cannot settle take the walk here. On
-x86 CPUs where refmatch._C has it, a float32 walk with k <= 1024 runs fused in C++
-(``cpu_topk``): the same prepared blocks, no score tile.
+On x86 CPUs where refmatch._C has it, a float32 walk with k <= 1024 runs fused in C++
+(``cpu_topk``): the same prepared blocks, no score tile; on AVX512_BF16 cores it screens
+in bfloat16 first (``torch_screening``), with the same results.
 """
 import torch
 
@@ -16,7 +15,7 @@ from ..candidates import keep_best, pad_by_row
 from . import cpu_topk
 from .custom_op import register_classwise_op, register_match_op
 from .scoring import accumulation_dtype, finalize_scores, normalized_rows, reference_stat
-from .torch_screening import match_screened, screen_status, screen_switched_off, screening_applies
+from .torch_screening import screen_status, screen_switched_off, screen_window, screening_applies
 
 TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
 BLOCK_M = {"cpu": 512, "cuda": 16384}
@@ -203,8 +202,8 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
             references hold index -1).
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests).
-        screen: use the exact bfloat16 screen (``torch_screening``) for float32
-            k <= 16 on the CPU; None decides by hardware and problem size.
+        screen: let the CPU's fused float32 walk screen in bfloat16 (``torch_screening``;
+            the same results) where it can; None decides by problem size.
     Returns:
         (score [N, k], index [N, k] int64), best first.
     """
@@ -214,31 +213,19 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
 
 
 def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
-    """Oriented (score [N, k], index [N, k]) of [N, D] query rows in the operand dtype:
-    the bfloat16 screen where it applies (rows it cannot settle take the walk), else the walk."""
+    """Oriented (score [N, k], index [N, k]) of [N, D] query rows in the operand dtype, one
+    reference block at a time: fused in C++ where it can (screened where ``screen`` allows)."""
     operand_dtype, dtype = rows.dtype, accumulation_dtype(rows.dtype)
-    walk_block_m, block_n = block_sizes(rows, reference, tile_bytes, block_m)
-
-    def walk(subset):
-        return _walk_blocks(subset, reference, ignored, k, metric, operand_dtype, dtype, walk_block_m, block_n)
-
-    if not screening_applies(rows, reference, k, screen):
-        return walk(rows)
-    best, best_index, unresolved = match_screened(rows, reference, ignored, metric, k, block_m, tile_bytes)
-    if unresolved.numel():
-        best[unresolved], best_index[unresolved] = walk(rows[unresolved])
-    return best, best_index
-
-
-def _walk_blocks(rows, reference, ignored, k, metric, operand_dtype, dtype, block_m, block_n):
-    """Oriented top-k (score [N, k], index [N, k]) of [N, D] rows, one reference block at a time."""
+    block_m, block_n = block_sizes(rows, reference, tile_bytes, block_m)
     num_rows, num_refs = rows.shape[0], reference.shape[0]
     if cpu_topk.applies(rows, reference, k):
         def prepared_block(col0, count):
             return _prepare_block(reference[col0:col0 + count], _block_of(ignored, col0, count), metric,
                                   operand_dtype, dtype)[:2]
 
-        return cpu_topk.topk_walk(rows, num_refs, prepared_block, 2.0 if metric == "l2" else 1.0, k)
+        window = screen_window(rows, reference, ignored, metric) if screening_applies(rows, reference, k, screen) \
+            else None
+        return cpu_topk.topk_walk(rows, num_refs, prepared_block, 2.0 if metric == "l2" else 1.0, k, window)[:2]
     best = torch.full((num_rows, k), float("-inf"), device=rows.device, dtype=dtype)
     best_index = torch.full((num_rows, k), -1, device=rows.device, dtype=torch.int64)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=rows.device, dtype=dtype)

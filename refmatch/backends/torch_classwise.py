@@ -5,10 +5,10 @@ reduced per class with one ``scatter_reduce(amax)`` over the block's labels
 into a running [N, C] maximum. A block of one class (the common case:
 ReferenceBank stores class by class) takes a plain row max instead; finding those
 blocks costs one host read per call, skipped under torch.compile and CUDA graph
-capture. The N x M matrix never exists. Where the CPU's fused walk (``cpu_topk``) or
-bfloat16 screen (``torch_screening``) applies, each class takes one k = 1 match
-instead: over its range of a bank stored class by class, else over a copy of its
-rows made when its turn comes (the largest class, never the whole bank, at once).
+capture. The N x M matrix never exists. Where the CPU's fused walk (``cpu_topk``, with
+its bfloat16 screen) applies, each class takes one k = 1 match instead: over its range
+of a bank stored class by class, else over a copy of its rows made when its turn comes
+(the largest class, never the whole bank, at once).
 """
 import torch
 
@@ -16,7 +16,6 @@ from . import cpu_topk
 from .class_ranges import class_ranges, stored_by_class
 from .scoring import finalize_class_scores, host_read_allowed
 from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
-from .torch_screening import screening_applies
 
 
 def _single_class_blocks(labels, block_m):
@@ -38,8 +37,8 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
         ignored: [M] bool, True for references that never count, or None.
         metric: "cosine", "dot" or "l2".
         tile_bytes, block_m: overrides of the tile budget (tests).
-        screen: whether the per-class k = 1 matches take the bfloat16 screen where
-            it applies; None decides by hardware and size, as ``match_chunked`` does.
+        screen: whether the per-class k = 1 fused walks screen in bfloat16 where they
+            can; None decides by size, as ``match_chunked`` does.
     Returns:
         [N, C]: best similarity per class (-inf where a class has no reference),
         or for "l2" the smallest squared distance (+inf where none).
@@ -47,15 +46,10 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
     operand_dtype, dtype, rows, walk_block_m, block_n = tiling(query, reference, tile_bytes, block_m)
     best = torch.full((rows.shape[0], num_classes), float("-inf"), device=query.device, dtype=dtype)
     parts = None
-    if host_read_allowed(labels):
-        fused = cpu_topk.applies(rows, reference, 1)
-        if (fused or screening_applies(rows, reference, 1, screen)) and stored_by_class(labels, ignored):
-            parts = _class_ranges(reference, labels, ignored, num_classes)
-        elif fused:  # one fused walk per class, on a copy of that class's rows: never the whole bank's
-            parts = _gathered_classes(reference, labels, ignored, num_classes)
-        if parts is not None and screen is None and not fused and not all(
-                screening_applies(rows, part, 1) for _, part, _ in parts):
-            parts = None  # a class too small to screen: one GEMM walk over the bank beats one per class
+    if host_read_allowed(labels) and cpu_topk.applies(rows, reference, 1):
+        # one fused walk per class: its range, or a copy of its rows (never the whole bank's)
+        by_class = _class_ranges if stored_by_class(labels, ignored) else _gathered_classes
+        parts = by_class(reference, labels, ignored, num_classes)
     for cls, part, part_ignored in parts or ():
         best[:, cls] = match_rows(rows, part, part_ignored, 1, metric, tile_bytes, block_m, screen)[0][:, 0]
     if parts is None:
