@@ -11,8 +11,8 @@ from refmatch.backends.class_ranges import stored_by_class
 from refmatch.backends.torch_backend import _prepare_block, match_chunked
 from refmatch.backends.torch_classwise import classwise_chunked
 
-pytestmark = pytest.mark.skipif(not cpu_topk.screen_available(),
-                                reason="no bfloat16 screen here (refmatch._C, AVX-512 with AVX512_BF16)")
+needs_screen = pytest.mark.skipif(not cpu_topk.screen_available(),
+                                  reason="no bfloat16 screen here (refmatch._C, AVX-512 with AVX512_BF16)")
 METRICS = ["cosine", "dot", "l2"]
 
 
@@ -47,6 +47,7 @@ def screened_and_walked(query, reference, metric, k=1, ignored=None):
     return float32 / vectors
 
 
+@needs_screen
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("features", ["gaussian", "wide range", "clusters"])
 @pytest.mark.parametrize("k, depth", [(1, 64), (3, 1), (8, 7), (40, 33)])
@@ -66,6 +67,7 @@ def test_the_walks_results_to_the_bit(metric, features, k, depth):
         assert share < 0.2, "random features: most vectors screened out"
 
 
+@needs_screen
 def test_the_window_is_what_keeps_the_float32_winner():
     """Without its window the screen drops references that only float32 ranks first: the
     equality above rests on the window, not on features too easy to tell apart."""
@@ -92,6 +94,7 @@ def test_error_bound_holds_for_bfloat16_dot_products():
         assert float(error.max()) <= 1 and float(error.max()) > 0.01, (metric, depth, float(error.max()))
 
 
+@needs_screen
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_exact_ties_take_the_lowest_index_across_calls(k):
     query, reference = torch.randn(20, 16), torch.randn(3000, 16)
@@ -101,6 +104,7 @@ def test_exact_ties_take_the_lowest_index_across_calls(k):
         0, :3].tolist() == [10, 1300, 2500][:k]
 
 
+@needs_screen
 @pytest.mark.parametrize("metric", ["dot", "l2"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_near_ties_go_to_the_float32_winner(metric, k):
@@ -114,6 +118,7 @@ def test_near_ties_go_to_the_float32_winner(metric, k):
     screened_and_walked(query, reference, metric, k)
 
 
+@needs_screen
 def test_crowded_row_tiles_walk():
     """Near-duplicate features: almost every screened vector would be scored again, so the row
     tiles walk in float32 after the first sub-block."""
@@ -123,6 +128,7 @@ def test_crowded_row_tiles_walk():
     assert screened_and_walked(query, reference, "cosine", 4) > 0.9
 
 
+@needs_screen
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30, 3.4e38])
 def test_a_query_row_it_cannot_bound_walks_with_its_tile(bad):
     """3.4e38 is a float32 number but inf in bfloat16; 1e30 squared overflows nothing in float64
@@ -134,6 +140,7 @@ def test_a_query_row_it_cannot_bound_walks_with_its_tile(bad):
     assert screened_and_walked(query, reference, "dot") < 0.5
 
 
+@needs_screen
 @pytest.mark.parametrize("bad", [float("inf"), -float("inf"), 3.4e38])
 def test_a_reference_it_cannot_bound_sends_every_row_to_the_walk(bad):
     reference, query = torch.randn(2000, 16), torch.randn(30, 16)
@@ -145,6 +152,7 @@ def test_a_reference_it_cannot_bound_sends_every_row_to_the_walk(bad):
     assert torch.isfinite(screening.screen_window(query, reference, ignored, "dot")).all()
 
 
+@needs_screen
 def test_nan_and_inf_references_never_match_under_cosine():
     generator = torch.Generator().manual_seed(4)
     query, reference = torch.randn(30, 16, generator=generator), torch.randn(2000, 16, generator=generator)
@@ -155,6 +163,7 @@ def test_nan_and_inf_references_never_match_under_cosine():
     assert not torch.isin(index, torch.tensor([7, 8, 1500, 1501])).any()
 
 
+@needs_screen
 def test_slots_beyond_the_matchable_references_get_minus_one():
     ignored = torch.ones(1000, dtype=torch.bool)
     ignored[[3, 400, 777]] = False
@@ -164,6 +173,7 @@ def test_slots_beyond_the_matchable_references_get_minus_one():
     assert (result[1][:, :3] >= 0).all() and (result[1][:, 3:] == -1).all()
 
 
+@needs_screen
 @pytest.mark.parametrize("metric", METRICS)
 def test_public_match_screens_and_agrees_with_the_oracle(metric, monkeypatch):
     monkeypatch.setattr(screening, "MIN_WORK", 0)
@@ -179,6 +189,7 @@ def test_public_match_screens_and_agrees_with_the_oracle(metric, monkeypatch):
     assert result.index.shape == (2, 3, 6, 5)
 
 
+@needs_screen
 def test_screen_applies_only_where_it_pays(monkeypatch):
     rows, reference = torch.empty(8192, 128), torch.empty(65536, 128)
     assert screening.screening_applies(rows, reference, 1)
@@ -197,7 +208,12 @@ def test_screen_applies_only_where_it_pays(monkeypatch):
     assert TorchBackend.status(None)[1].endswith("the float32 screen is off (REFMATCH_BF16_SCREEN=0)")
 
 
-def test_a_window_needs_the_avx512_width():
+@needs_screen
+def test_a_window_needs_the_avx512_width_and_a_bound_per_row():
+    query, reference = torch.randn(7, 8), torch.randn(40, 8)
+    for bad in [torch.ones(6), torch.ones(7, 1), -torch.ones(7)]:  # the native pass reads 7 by pointer
+        with pytest.raises(ValueError, match=r"window must be \[N\] = \[7\] non-negative bounds"):
+            fused(query, reference, "dot", window=bad)
     module = cpu_topk.native_module()
     state = torch.full((4, 1), float("-inf")), torch.full((4, 1), -1, dtype=torch.int32)
     query, window = torch.randn(4, 8), torch.ones(4)
@@ -206,6 +222,7 @@ def test_a_window_needs_the_avx512_width():
                              state[0].data_ptr(), state[1].data_ptr(), 0, 4, window.data_ptr())
 
 
+@needs_screen
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("grouped", [True, False])
 def test_classwise_takes_one_screened_match_per_class(metric, grouped):
@@ -225,6 +242,7 @@ def test_classwise_takes_one_screened_match_per_class(metric, grouped):
     assert (scores[:, 3] == (float("inf") if metric == "l2" else float("-inf"))).all()
 
 
+@needs_screen
 def test_info_names_a_bad_screen_setting_instead_of_failing(monkeypatch):
     """refmatch info stopped at the error, the one time its report was needed."""
     from refmatch.backends import torch_backend

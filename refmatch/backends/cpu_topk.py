@@ -7,7 +7,9 @@ native pass scores a block in registers and merges into each row's sorted top-k 
 the scores above its k-th. Rows are split over ``torch.get_num_threads()`` threads,
 each call holding no GIL. Few, large calls: torch's OpenMP threads spin for a while
 after each torch operation, and calls made among such operations ran 15 % slower.
-Extra memory: one prepared block, and int32 indices beside the [N, k] result.
+Extra memory: one prepared block, and int32 indices beside the [N, k] result; with the
+bfloat16 screen (``window``), bfloat16 copies of the query rows (N D 2 bytes) and of a
+512-reference sub-block per thread.
 """
 import os
 import threading
@@ -120,6 +122,10 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
     # the sorted lists the native pass merges into; explicit dtypes: the default may be float64
     score = torch.full((num_rows, k), float("-inf"), dtype=torch.float32)
     index = torch.full((num_rows, k), -1, dtype=torch.int32)
+    if window is not None and (window.shape != (num_rows,) or window.device.type != "cpu"
+                               or bool((window < 0).any())):  # the native pass reads it by pointer
+        raise ValueError(f"window must be [N] = [{num_rows}] non-negative bounds on the CPU, got "
+                         f"{tuple(window.shape)} on {window.device}")
     window_pointer = 0 if window is None else window.float().contiguous()
     counts = []
     for col0 in range(0, num_refs, refs_per_call):

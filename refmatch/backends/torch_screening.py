@@ -25,7 +25,6 @@ l2) is matchable; references holding NaN never match (in either scoring).
 import torch
 
 from . import cpu_topk
-from .scoring import squared_norms
 from .settings import setting
 
 BF16_UNIT = 2.0 ** -8
@@ -94,26 +93,25 @@ def screen_window(rows, reference, ignored, metric):
     """
     depth = rows.shape[1]
     if metric == "cosine":  # normalised rows: 1 up to float32 rounding
-        largest_norm_sq = torch.ones((), dtype=torch.float64)
+        reference_norm_max = 1 + depth * 2.0 ** -23
     else:
-        norm_sq = _squared_norms_float64(reference)
-        matchable = ~norm_sq.isnan() if ignored is None else ~norm_sq.isnan() & ~ignored  # NaN never matches
-        largest_norm_sq = norm_sq[matchable].max() if bool(matchable.any()) else norm_sq.new_zeros(())
-    reference_norm_max = float(_norm_upper_bound(largest_norm_sq, depth))
-    query_norm = _norm_upper_bound(_squared_norms_float64(rows), depth)
+        norms = _norm_upper_bounds(reference)
+        matchable = ~norms.isnan() if ignored is None else ~norms.isnan() & ~ignored  # NaN never matches
+        reference_norm_max = float(norms[matchable].max()) if bool(matchable.any()) else 0.0
+    query_norm = _norm_upper_bounds(rows)
     error = screen_error(query_norm, reference_norm_max, metric, depth) * (2 if metric == "l2" else 1)
     bounded = (torch.isfinite(error) & (error < 2.0 ** 90) & (query_norm < BF16_SAFE_NORM)
                & (metric == "cosine" or reference_norm_max < BF16_SAFE_NORM))
     return torch.where(bounded, error, float("inf")).float()
 
 
-def _squared_norms_float64(rows):
-    """[R] sums of squares of float32 rows, summed in float64: a float32 sum underflows to 0
-    for entries below about 2^-75, and the error bound built on it would shrink to nothing."""
-    return squared_norms(rows, dim=1, max_elements=1 << 20, dtype=torch.float64)
-
-
-def _norm_upper_bound(norm_sq, depth):
-    """Norms from float64 sums of ``depth`` squares, raised past their rounding (a float32-rounding
-    allowance, far above float64's D 2^-53)."""
-    return norm_sq.sqrt() * (1 + depth * 2.0 ** -23)
+def _norm_upper_bounds(rows):
+    """[R] float64 upper bounds on the Euclidean norms of float32 rows [R, D], raised past their
+    rounding (D 2^-23). One float32 pass; rows whose float32 norm leaves [2^-60, 2^60], where
+    squares of their entries may underflow (the bound would shrink to nothing) or overflow,
+    again in float64 (NaN for rows holding NaN, inf for Inf)."""
+    norm = torch.linalg.vector_norm(rows, dim=1).double()
+    outside = ~((norm >= 2.0 ** -60) & (norm <= 2.0 ** 60))
+    if bool(outside.any()):
+        norm[outside] = torch.linalg.vector_norm(rows[outside].double(), dim=1)
+    return norm * (1 + rows.shape[1] * 2.0 ** -23)
