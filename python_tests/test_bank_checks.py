@@ -159,6 +159,11 @@ def test_classes_lost_before_storing_are_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bank.add(torch.randn(1, 4, 8, 8), ignored)
+    outvoted = torch.full((1, 16, 16), 255)
+    outvoted[0, 0, 0] = 2  # one pixel of its 4x4 block: the ignored ones outvote it
+    with pytest.warns(UserWarning, match=r"class\(es\) \[2\] .*outnumbered or tied in every block \(by another "
+                                         r"class or by ignored pixels\)"):
+        ReferenceBank(dim=8, num_classes=3, capacity_per_class=100).add(torch.randn(1, 8, 4, 4), outvoted)
     nearest = ReferenceBank(dim=4, num_classes=4, capacity_per_class=64, downsample="nearest")
     with pytest.warns(UserWarning, match=r"class\(es\) \[2\] .*the recipe's tap_size\)$"):  # not "use nearest" again
         nearest.add(torch.randn(1, 4, 16, 16), masks)
@@ -176,6 +181,11 @@ def test_finite_rows_that_overflow_the_banks_dtype_are_counted_in_a_warning():
                                          r"beyond 6.55e\+04\) and were not stored"):
         bank.add(features, masks)
     assert bank.class_counts().tolist() == [8, 2]
+    features[0, :, 2:] = 1e5  # every row of both classes overflows: one warning, not also "NaN or Inf"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bank.add(features, masks)
+    assert [str(warning.message)[:34] for warning in caught] == ["14 finite feature row(s) overflowe"]
 
 
 def test_a_bank_built_under_inference_mode_names_the_cause_outside_it():

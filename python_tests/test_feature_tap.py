@@ -141,6 +141,10 @@ def test_a_deepcopy_of_the_model_leaves_the_tap_alone_and_says_so():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert tap.features().shape[0] == 3
+    with FeatureTap(model, ["encoder"]) as tap:  # only the copy ran: it said "run a forward pass first"
+        copy.deepcopy(model)(torch.randn(5, 1, 8, 8))
+        with pytest.raises(RuntimeError, match=r"only a copy of the tapped model \(copy.deepcopy"):
+            tap.features()
 
 
 def test_a_layer_the_last_pass_skipped_is_refused():

@@ -48,9 +48,11 @@ def bank_rows(bank, features, masks):
     labels, finite = labels.to(rows.device), rows.isfinite().all(dim=1)
     kept = labels != dropped
     classes = torch.where(finite & kept, labels, -1)
-    warn_lost_classes(masks, dropped, labels[kept], classes[classes >= 0], bank.num_classes, features.shape[2:],
-                      bank.downsample)
-    overflowed = int((finite_before.to(rows.device) & ~finite & kept).sum()) if narrowing else 0
+    overflow = finite_before.to(rows.device) & ~finite & kept if narrowing else torch.zeros_like(kept)
+    # A class lost to overflow alone has the overflow warning below, not the NaN or Inf one.
+    warn_lost_classes(masks, dropped, labels[kept], labels[(finite | overflow) & kept], bank.num_classes,
+                      features.shape[2:], bank.downsample)
+    overflowed = int(overflow.sum())
     if overflowed:
         warnings.warn(f"{overflowed} finite feature row(s) overflowed the bank's {bank.features.dtype} (values "
                       f"beyond {torch.finfo(bank.features.dtype).max:.4g}) and were not stored: scale the features "
@@ -63,8 +65,8 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
     """Warn for each class present in ``masks`` [B, H, W] that none of the ``downsampled``
     labels (of the pixels that were not dropped) keeps, a structure thinner than a feature
     pixel at ``feature_size`` under the ``downsample`` mode, or that ``stored`` (the labels of
-    the rows kept) lacks, where every row held NaN or Inf. Pixels equal to ``ignore_index``
-    count for no class."""
+    the rows kept, or lost to overflow only) lacks, where every row held NaN or Inf. Pixels
+    equal to ``ignore_index`` count for no class."""
     present = masks[~label_is(masks, ignore_index)].long()
     counts = torch.stack([torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].cpu()
                           for labels in (present, downsampled, stored)])  # each on its own device
@@ -74,7 +76,8 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
     if lost:
         nearest = "" if downsample == "nearest" else " or use downsample='nearest'"
         warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {size_text(feature_size)}"
-                      ": thinner than a feature pixel (or tied in every block); they cannot "
+                      ": thinner than a feature pixel, or outnumbered or tied in every block (by another class or by "
+                      "ignored pixels); they cannot "
                       f"be matched: tap finer features (FeatureTap's size; the recipe's tap_size){nearest}",
                       stacklevel=user_stacklevel())
     if non_finite:

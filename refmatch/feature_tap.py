@@ -158,6 +158,10 @@ class FeatureTap:
         if missing and self._passes:
             raise RuntimeError(f"the model's last forward pass did not run {missing} (a layer used only in some "
                                "passes?): tap layers that every pass runs")
+        if missing and self._copy_ran:
+            raise RuntimeError(f"no output captured for {missing}: only a copy of the tapped model (copy.deepcopy: "
+                               "an EMA teacher?) has run, and its hooks capture nothing; run the tapped model, or "
+                               "tap the copy with its own FeatureTap")
         if missing:
             raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first")
         outside = [name for name in self.layers if not self._outputs[name][2]]
