@@ -5,6 +5,8 @@ import importlib
 import pytest
 import torch
 
+import refmatch
+
 registry = importlib.import_module("refmatch.backends")  # refmatch.backends is also a function
 
 
@@ -147,3 +149,21 @@ def test_a_triton_that_does_not_import_is_unavailable_by_name(monkeypatch):
     ready, reason = triton_backend.TritonBackend.status(None)
     assert not ready and reason == ("triton is installed but does not import: ImportError: libcuda.so.1: cannot "
                                     "open shared object file")
+
+
+def test_a_backend_made_again_keeps_the_registered_ops():
+    """A second torch.library.custom_op of one name replaced the first; once collected it freed the
+    operator that the registry's backend still called: later matches crashed or raised
+    std::bad_alloc (tests make TorchBackend() objects; the CI's unexplained failures)."""
+    import gc
+
+    from refmatch.backends.torch_backend import TorchBackend
+
+    registered = registry._BACKENDS["torch"]
+    again = TorchBackend()
+    assert again.op is registered.op and again.classwise_op is registered.classwise_op
+    del again
+    gc.collect()
+    query, reference = torch.randn(5, 4), torch.randn(9, 4)
+    assert refmatch.match(query, reference, backend="torch").index.shape == (5,)
+    assert refmatch.classwise_max(query, reference, torch.arange(9) % 3, 3, backend="torch").shape == (5, 3)

@@ -13,6 +13,11 @@ from .scoring import accumulation_dtype
 
 MAX_FUSED_SLOTS = 64  # top-k entries or classes a fused kernel keeps per row
 MIN_CAPABILITY = (8, 0)  # bf16 / tf32 tensor-core dots, cp.async
+# Ops by name, registered once per process: a second custom_op of a name replaces the first, and
+# when the second's library is collected torch frees the operator that the first's holders still
+# call (a use-after-free: every backend object made after the registry's, as tests make them, and
+# collected, left refmatch.match crashing or raising std::bad_alloc later).
+_REGISTERED = {}
 
 
 def device_capability(device):
@@ -43,12 +48,30 @@ def fused_kernel_limits(problem):
 
 
 def register_match_op(backend_name, impl):
-    """Register ``refmatch::match_<backend_name>``.
+    """Register ``refmatch::match_<backend_name>`` (once: later calls return the first op).
 
     ``impl(query [B, D, H, W], reference [M, D], ignored [M] bool or None, k, metric)``
     must return (score [N, k], index [N, k] int64) with N = B * H * W.
     """
+    return _registered_once(f"refmatch::match_{backend_name}", lambda: _match_op(backend_name, impl))
 
+
+def register_classwise_op(backend_name, impl):
+    """Register ``refmatch::classwise_max_<backend_name>`` (once: later calls return the first op).
+
+    ``impl(query [B, D, H, W], reference [M, D], labels [M], ignored [M] bool or None,
+    num_classes, metric)`` must return the best score per class, [N, C].
+    """
+    return _registered_once(f"refmatch::classwise_max_{backend_name}", lambda: _classwise_op(backend_name, impl))
+
+
+def _registered_once(name, register):
+    if name not in _REGISTERED:
+        _REGISTERED[name] = register()
+    return _REGISTERED[name]
+
+
+def _match_op(backend_name, impl):
     @torch.library.custom_op(f"refmatch::match_{backend_name}", mutates_args=())
     def match_op(query: torch.Tensor, reference: torch.Tensor, ignored: Optional[torch.Tensor], k: int,
                  metric: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,13 +86,7 @@ def register_match_op(backend_name, impl):
     return match_op
 
 
-def register_classwise_op(backend_name, impl):
-    """Register ``refmatch::classwise_max_<backend_name>``.
-
-    ``impl(query [B, D, H, W], reference [M, D], labels [M], ignored [M] bool or None,
-    num_classes, metric)`` must return the best score per class, [N, C].
-    """
-
+def _classwise_op(backend_name, impl):
     @torch.library.custom_op(f"refmatch::classwise_max_{backend_name}", mutates_args=())
     def classwise_op(query: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
                      ignored: Optional[torch.Tensor], num_classes: int, metric: str) -> torch.Tensor:
