@@ -26,7 +26,7 @@ import torch
 from refmatch.__main__ import one_line  # a DataLoader worker's error: its last line
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
-from refmatch.backends.torch_backend import _prepare_block, match_chunked
+from refmatch.backends.torch_backend import fused_walk, match_chunked
 from refmatch.backends.torch_screening import MAX_K, screen_window
 from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
 from refmatch.bench_files import ResultsFile, machine, prepared_out_folder, results_stem, run_meta
@@ -81,12 +81,7 @@ def median_of(fn, repeat):
 
 def float32_share(query, reference, metric, k):
     """The share of (row, vector of references) pairs the screened fused walk scores in float32."""
-    def prepared(col0, count):
-        return _prepare_block(reference[col0:col0 + count], None, metric, torch.float32, torch.float32)[:2]
-
-    window = screen_window(query, reference, None, metric)
-    vectors, float32 = cpu_topk.topk_walk(query, reference.shape[0], prepared, 2.0 if metric == "l2" else 1.0, k,
-                                          window)[2]
+    vectors, float32 = fused_walk(query, reference, None, k, metric, screen_window(query, reference, None, metric))[2]
     return float32 / vectors
 
 

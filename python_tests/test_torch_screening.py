@@ -8,7 +8,7 @@ from oracle import assert_matches_oracle, dense_scores
 from refmatch.backends import cpu_topk
 from refmatch.backends import torch_screening as screening
 from refmatch.backends.class_ranges import stored_by_class
-from refmatch.backends.torch_backend import _prepare_block, match_chunked
+from refmatch.backends.torch_backend import fused_walk, match_chunked
 from refmatch.backends.torch_classwise import classwise_chunked
 
 needs_screen = pytest.mark.skipif(not cpu_topk.screen_available(),
@@ -30,11 +30,7 @@ def wide_range(*shape, generator):
 
 def fused(query, reference, metric, k=1, ignored=None, window=None):
     """The fused walk of [N, D] rows: (score [N, k], index [N, k], (vectors, float32 vectors))."""
-    def prepared(col0, count):
-        part = None if ignored is None else ignored[col0:col0 + count]
-        return _prepare_block(reference[col0:col0 + count], part, metric, torch.float32, torch.float32)[:2]
-
-    return cpu_topk.topk_walk(query, reference.shape[0], prepared, 2.0 if metric == "l2" else 1.0, k, window)
+    return fused_walk(query, reference, ignored, k, metric, window)
 
 
 def screened_and_walked(query, reference, metric, k=1, ignored=None):

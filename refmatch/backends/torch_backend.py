@@ -219,13 +219,9 @@ def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=Non
     block_m, block_n = block_sizes(rows, reference, tile_bytes, block_m)
     num_rows, num_refs = rows.shape[0], reference.shape[0]
     if cpu_topk.applies(rows, reference, k):
-        def prepared_block(col0, count):
-            return _prepare_block(reference[col0:col0 + count], _block_of(ignored, col0, count), metric,
-                                  operand_dtype, dtype)[:2]
-
         window = screen_window(rows, reference, ignored, metric) if screening_applies(rows, reference, k, screen) \
             else None
-        return cpu_topk.topk_walk(rows, num_refs, prepared_block, 2.0 if metric == "l2" else 1.0, k, window)[:2]
+        return fused_walk(rows, reference, ignored, k, metric, window)[:2]
     best = torch.full((num_rows, k), float("-inf"), device=rows.device, dtype=dtype)
     best_index = torch.full((num_rows, k), -1, device=rows.device, dtype=torch.int64)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=rows.device, dtype=dtype)
@@ -247,6 +243,17 @@ def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=Non
             offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)
     best_index.masked_fill_(best == float("-inf"), -1)
     return best, best_index
+
+
+def fused_walk(rows, reference, ignored, k, metric, window=None):
+    """``cpu_topk.topk_walk`` of float32 [N, D] query rows over ``reference``'s prepared blocks
+    (``ignored`` [M] bool or None): (score [N, k], index [N, k], (vectors, float32 vectors));
+    ``window`` [N]: the bfloat16 screen's per-row bounds (``screen_window``), or None."""
+    def prepared_block(col0, count):
+        return _prepare_block(reference[col0:col0 + count], _block_of(ignored, col0, count), metric, rows.dtype,
+                              accumulation_dtype(rows.dtype))[:2]
+
+    return cpu_topk.topk_walk(rows, reference.shape[0], prepared_block, 2.0 if metric == "l2" else 1.0, k, window)
 
 
 class TorchBackend:

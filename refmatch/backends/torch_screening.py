@@ -57,9 +57,8 @@ def screening_applies(rows, reference, k, screen=None):
     """Whether the fused walk screens. Never where it cannot (not the fused float32 walk at AVX-512
     width with AVX512_BF16, k > ``MAX_K``, D > ``MAX_DEPTH``); otherwise ``screen`` when given,
     else where it pays: N M D >= ``MIN_WORK`` and ``REFMATCH_BF16_SCREEN`` not 0."""
-    possible = (k <= MAX_K and rows.shape[1] <= MAX_DEPTH and reference.dtype == torch.float32
-                and reference.device.type == "cpu" and cpu_topk.applies(rows, reference, k)
-                and reference.shape[0] > 0 and cpu_topk.screen_available())
+    possible = (k <= MAX_K and rows.shape[1] <= MAX_DEPTH and reference.shape[0] > 0
+                and cpu_topk.applies(rows, reference, k) and cpu_topk.screen_available())
     if not possible or screen is not None:
         return possible and bool(screen)
     return not screen_switched_off() and rows.shape[0] * reference.shape[0] * rows.shape[1] >= MIN_WORK
