@@ -1,8 +1,6 @@
 """The CPU fused top-k of refmatch._C (float32, 1 <= k <= 1024) against the torch walk and the
 float64 oracle: ties across lanes, sub-blocks, native calls and threads; NaN, infinities,
 ignored references, unfilled slots; both vector widths where this CPU runs them."""
-import os
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -194,18 +192,6 @@ def test_under_torch_compile_a_misspelt_width_is_refused(monkeypatch, setting, r
         assert TorchBackend().decline_reason(problem) is None
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_gets_its_own_threads(monkeypatch):
-    import multiprocessing
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    query, reference = torch.randn(500, 8), torch.randn(300, 8)
-    expected = fused_match(query, reference, "dot")[1]  # the parent's pool exists from here on
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        child = pool.apply_async(match_chunked, (query.T[None, :, :, None], reference, None, 1, "dot"))
-        assert torch.equal(child.get(timeout=60)[1], expected)
-
-
 def test_its_benchmark_writes_a_row_per_walk(tmp_path, monkeypatch):
     import json
     import runpy
@@ -223,34 +209,6 @@ def test_its_benchmark_writes_a_row_per_walk(tmp_path, monkeypatch):
     walks = ["torch GEMM walk"] + [f"fused {cpu_topk.ISA_NAMES[isa]}" for isa in ISAS]
     assert [(row["k"], row["walk"]) for row in rows] == [(k, walk) for k in (1, 3) for walk in walks]
     assert all(row["agreement"] == 1.0 and row["ms"] > 0 for row in rows)
-
-
-def test_threads_matching_at_once_share_one_pool_and_agree(monkeypatch):
-    from concurrent.futures import ThreadPoolExecutor
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(cpu_topk, "_pools", {})
-    query, reference = torch.randn(400, 16), torch.randn(900, 16)
-    expected = fused_match(query, reference, "l2", k=3)
-    monkeypatch.setattr(cpu_topk, "_pools", {})
-    with ThreadPoolExecutor(4) as callers:
-        results = list(callers.map(lambda _: fused_match(query, reference, "l2", k=3), range(8)))
-    assert all(torch.equal(index, expected[1]) for _, index in results) and len(cpu_topk._pools) == 1
-
-
-def test_a_failing_part_is_raised_after_every_part_ends(monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    ended = []
-
-    def run(begin, end):
-        if begin == 0:
-            raise RuntimeError("part 0 failed")
-        time.sleep(0.2)  # still running when part 0 fails
-        ended.append(end)
-
-    with pytest.raises(RuntimeError, match="part 0 failed"):
-        cpu_topk._each_row_part(200, run)
-    assert ended == [200]
 
 
 def test_the_classwise_max_of_a_mixed_bank_takes_one_fused_walk_per_class(isa, monkeypatch):

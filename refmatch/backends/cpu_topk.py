@@ -4,16 +4,17 @@ walk without its score tile (csrc/cpu_topk_isa.cpp).
 The walk prepares reference blocks in torch as before (normalised for cosine, -|r|^2
 and -inf biases for l2 and ignored rows), up to ``PREPARED_BYTES`` at a time; the
 native pass scores a block in registers and merges into each row's sorted top-k only
-the scores above its k-th. Rows are split over ``torch.get_num_threads()`` threads,
-each call holding no GIL. Few, large calls: torch's OpenMP threads spin for a while
-after each torch operation, and calls made among such operations ran 15 % slower.
+the scores above its k-th. Rows are split over ``torch.get_num_threads()`` threads of
+torch's own OpenMP team (csrc/cpu_team.cpp; threads started per call where torch has
+none, and in a forked child), each call holding no GIL: after each parallel torch
+operation that team's workers spin for some milliseconds, and threads of our own
+shared the cores with them (a k = 1 walk after the norms of its window: 60 ms
+against 51 at 8192 x 16384 x 64 on 2 cores).
 Extra memory: one prepared block, and int32 indices beside the [N, k] result; with the
 bfloat16 screen (``window``), bfloat16 copies of the query rows (N D 2 bytes) and of a
 512-reference sub-block per thread.
 """
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 
@@ -24,8 +25,7 @@ PREPARED_BYTES = 32 << 20  # references prepared per native call
 MAX_K = 1024               # above it, with most scores entering, the GEMM walk catches up (k = M = 4096: 1.24x)
 ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2"}
 _INDEX_LIMIT = 2**31       # the native pass keeps int32 indices
-_pools = {}                # (process id, threads) -> executor: a forked child starts its own
-_pools_lock = threading.Lock()
+_team = {"attached": None}  # whether native passes run on torch's OpenMP team; None: not yet asked
 
 
 def screen_available():
@@ -92,12 +92,26 @@ def check_setting(spelling_only=False):
         raise ValueError(reason if reason.startswith("REFMATCH_CPU_TOPK=") else f"REFMATCH_CPU_TOPK={wanted}: {reason}")
 
 
-def _pool(threads):
-    key = (os.getpid(), threads)  # a fork leaves the parent's executor without its threads
-    with _pools_lock:  # two threads matching at once build one executor
-        if key not in _pools:
-            _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="refmatch-cpu-topk")
-        return _pools[key]
+def openmp_team():
+    """Whether the fused walk runs on torch's OpenMP team (asked once per process: torch's
+    parallel backend is OpenMP and ``_C`` finds its runtime), else on threads started per call."""
+    if _team["attached"] is None:
+        module = native_module()
+        openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+        _team["attached"] = bool(module is not None and hasattr(module, "attach_openmp_team") and openmp
+                                 and module.attach_openmp_team(torch._C.__file__))
+    return _team["attached"]
+
+
+def _forked():
+    """In a forked child the team's threads are gone: its GOMP_parallel would wait for them."""
+    if _team["attached"]:
+        native_module().detach_openmp_team()
+    _team["attached"] = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
@@ -126,25 +140,15 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
                                or bool((window < 0).any())):  # the native pass reads it by pointer
         raise ValueError(f"window must be [N] = [{num_rows}] non-negative bounds on the CPU, got "
                          f"{tuple(window.shape)} on {window.device}")
-    window_pointer = 0 if window is None else window.float().contiguous()
+    window = None if window is None else window.float().contiguous()
+    threads = max(1, torch.get_num_threads())
+    openmp_team()
     counts = []
     for col0 in range(0, num_refs, refs_per_call):
         block, bias = prepared_block(col0, refs_per_call)
         block, bias = block.contiguous(), None if bias is None else bias.contiguous()
-        bias_pointer = 0 if bias is None else bias.data_ptr()
-        counts += _each_row_part(num_rows, lambda begin, end: module.cpu_topk_rows(
-            isa, rows.data_ptr(), num_rows, dim, block.data_ptr(), block.shape[0], bias_pointer, alpha, col0, k,
-            score.data_ptr(), index.data_ptr(), begin, end,
-            0 if window is None else window_pointer.data_ptr()))
+        counts.append(module.cpu_topk_rows(
+            isa, rows.data_ptr(), num_rows, dim, block.data_ptr(), block.shape[0],
+            0 if bias is None else bias.data_ptr(), alpha, col0, k, score.data_ptr(), index.data_ptr(), 0, num_rows,
+            0 if window is None else window.data_ptr(), threads))
     return score, index.to(torch.int64), tuple(map(sum, zip((0, 0), *counts)))
-
-
-def _each_row_part(num_rows, run):
-    """[``run(begin, end)``] over contiguous parts of the rows, one per torch thread."""
-    threads = max(1, min(torch.get_num_threads(), num_rows // 64))
-    bounds = [num_rows * part // threads for part in range(threads + 1)]
-    if threads == 1:
-        return [run(0, num_rows)]
-    parts = [_pool(threads).submit(run, begin, end) for begin, end in zip(bounds[:-1], bounds[1:])]
-    wait(parts)  # every part done before a failure is raised: none writes on behind the caller
-    return [part.result() for part in parts]

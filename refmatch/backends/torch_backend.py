@@ -275,7 +275,9 @@ class TorchBackend:
             refused = None
         except ValueError as error:
             refused = error
-        walk = (f"float32 walks (k<={cpu_topk.MAX_K}) fused in C++ ({cpu_topk.ISA_NAMES[isas[0]]})" if isas else
+        threads = "torch's OpenMP team" if isas and cpu_topk.openmp_team() else "threads started per call"
+        walk = (f"float32 walks (k<={cpu_topk.MAX_K}) fused in C++ ({cpu_topk.ISA_NAMES[isas[0]]}, on {threads})"
+                if isas else
                 f"float32 walks raise: {refused}" if refused else
                 f"float32 walks on GEMM tiles (no fused one: {cpu_topk.unavailable_reason()})")
         return True, f"chunked GEMM on any device; the CPU path and the float64 oracle; {walk}; {screen_status()}"
