@@ -18,8 +18,10 @@
 //   float32 FMA rate). A vector none of whose screened scores beats the k-th minus E
 //   cannot hold an entering score; the others are scored again in float32 by the
 //   very operations of the walk and offered as above, so results are the walk's to
-//   the bit. A row tile whose float32 vectors enter nothing more than
-//   kCrowdedVectors times in a sub-block (clustered features) walks from then on,
+//   the bit: the whole step where kWholeStepVectors or more need it, else queued and
+//   scored 8 at a time, side by side (a vector alone waits on its FMA chain's latency;
+//   top-8 at 8192 x 16384 x 64: 76 -> 70 ms). A row tile whose float32 vectors enter
+//   nothing more than kCrowdedVectors times in a sub-block (clustered features) walks from then on,
 //   as does one with a row E does not bound (not finite).
 //
 // Tiling
@@ -41,14 +43,16 @@
 
 #include "refmatch/cpu_topk.h"
 
+#include "cpu_topk_vectors.h"
+
 namespace refmatch {
 namespace {
 
 constexpr int64_t kSubBlock = 512;
 // Float32 vectors of a row tile that enter nothing, per sub-block, above which its screen
-// costs more than it saves (a float32 vector rescored alone: about 4 walk vectors' time).
+// costs more than it saves (a vector rescored outside a whole step loads its own operands).
 constexpr int64_t kCrowdedVectors = 32;
-constexpr int kWholeStepVectors = 3;  // vectors of a screened step from which it is scored whole in float32
+constexpr int kWholeStepVectors = 6;  // vectors of a screened step from which it is scored whole in float32
 
 int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -61,77 +65,9 @@ struct Buffer {  // a heap buffer without std::vector (see the note at the top)
   T* data;
 };
 
-// Per vector width: the tile shape, the vector type, the lanes of `score` above
-// `threshold` as bits (lane 0 lowest), and a * b + c rounded once: spelled out, so
-// that the screen's float32 vectors and the walk's are the same operations.
-#if REFMATCH_CPU_ISA == 1 || REFMATCH_CPU_ISA == 3
-constexpr int kLanes = 16, kRows = 6, kPanels = 2;
-typedef float Floats __attribute__((vector_size(64)));
-uint32_t lanes_above(Floats score, Floats threshold) {
-  return _mm512_cmp_ps_mask((__m512)score, (__m512)threshold, _CMP_GT_OQ);
-}
-Floats multiply_add(Floats a, Floats b, Floats c) { return (Floats)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
-#elif REFMATCH_CPU_ISA == 2
-constexpr int kLanes = 8, kRows = 4, kPanels = 2;
-typedef float Floats __attribute__((vector_size(32)));
-uint32_t lanes_above(Floats score, Floats threshold) {
-  return static_cast<uint32_t>(_mm256_movemask_ps(
-      _mm256_cmp_ps((__m256)score, (__m256)threshold, _CMP_GT_OQ)));
-}
-Floats multiply_add(Floats a, Floats b, Floats c) { return (Floats)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
-#else
-#error "REFMATCH_CPU_ISA must be 1 (AVX-512), 2 (AVX2) or 3 (AVX-512 with the bfloat16 screen)"
-#endif
 constexpr bool kScreen = REFMATCH_CPU_ISA == 3;
-constexpr int kWidth = kLanes * kPanels;
 static_assert(kSubBlock % kWidth == 0, "whole steps per sub-block");
 static_assert(kRows * kPanels <= 32, "a step's vectors as bits of one word");
-
-// Inserts (score, index) into a row's sorted list of k, above its k-th score; returns the new k-th.
-// The slot: a binary search for the first score below it (equal scores stay ahead: lower
-// indices), then one move of the tail, so long lists (k in the hundreds) stay cheap.
-float insert(float* scores, int32_t* indices, int64_t k, float score, int32_t index) {
-  int64_t slot = 0, last = k - 1;  // scores[k - 1] < score: the slot is in [slot, last]
-  while (slot < last) {
-    const int64_t middle = (slot + last) / 2;
-    if (scores[middle] < score) {
-      last = middle;
-    } else {
-      slot = middle + 1;
-    }
-  }
-  std::memmove(scores + slot + 1, scores + slot, (k - 1 - slot) * sizeof(float));
-  std::memmove(indices + slot + 1, indices + slot, (k - 1 - slot) * sizeof(int32_t));
-  scores[slot] = score;
-  indices[slot] = index;
-  return scores[k - 1];
-}
-
-// Offers one vector of a row's scores (references first, first + 1, ...) to its list
-// behind `threshold`, its k-th score in every lane; whether any entered.
-bool offer(Floats score, Floats& threshold, float* scores, int32_t* indices, int64_t k, int64_t first) {
-  uint32_t above = lanes_above(score, threshold);
-  if (__builtin_expect(above == 0, 1)) return false;
-  float kth = threshold[0];
-  for (; above; above &= above - 1) {
-    const int lane = __builtin_ctz(above);
-    if (score[lane] > kth) kth = insert(scores, indices, k, score[lane], static_cast<int32_t>(first + lane));
-  }
-  threshold = Floats{} + kth;  // the k-th may have risen within this vector
-  return true;
-}
-
-// One row's float32 scores of one panel of a packed step, as the walk computes them.
-Floats exact_scores(const float* query_row, const float* step_panel, int p, int64_t dim, float alpha,
-                    Floats column_bias) {
-  Floats acc = {};
-  for (int64_t c = 0; c < dim; ++c) {
-    Floats ref;
-    std::memcpy(&ref, step_panel + c * kWidth + p * kLanes, sizeof(Floats));
-    acc = multiply_add(Floats{} + query_row[c], ref, acc);
-  }
-  return multiply_add(acc, Floats{} + alpha, column_bias);
-}
 
 #if REFMATCH_CPU_ISA == 3
 // A row of D floats as (D + 1) / 2 words of two bfloat16 channels, the first low, converted as
@@ -220,6 +156,22 @@ TopkCounts topk_rows(const TopkBlock& b, int64_t row_begin, int64_t row_end) {
       }
       int64_t idle_vectors = 0;  // float32 vectors of the screen that entered nothing
       const bool walking = !screen || walks.data[tile];  // known at compile time without the screen
+      Pending pending[kPending];
+      int queued = 0;
+      // Offers the pending vectors, oldest first, so each row's in index order. Until then later steps
+      // screen against older thresholds: lower, so they only pass more vectors.
+      auto offer_pending = [&]() {
+        Floats scores[kPending];
+        rescore_all(pending, queued, dim, b.alpha, scores);
+        for (int i = 0; i < queued; ++i) {
+          const int r = pending[i].row;
+          idle_vectors += !offer(scores[i], threshold[r], b.state_score + (r0 + r) * k, b.state_index + (r0 + r) * k,
+                                 k, pending[i].first);
+          screen_threshold[r] = threshold[r] - window[r];
+        }
+        counts.float32 += queued;
+        queued = 0;
+      };
       for (int64_t step = 0; step < steps; ++step) {
         const float* panel = packed.data + step * dim * kWidth;
         const int64_t first = b.first_index + m0 + step * kWidth;
@@ -239,24 +191,32 @@ TopkCounts topk_rows(const TopkBlock& b, int64_t row_begin, int64_t row_end) {
             }
           }
         }
-        // The whole step in float32 where enough vectors need it: its 12 FMA chains run side by
-        // side, a vector alone waits on one chain's latency.
-        const bool whole_step = walking || __builtin_popcount(offered) >= kWholeStepVectors;
-        if (whole_step) {
-          for (int r = 0; r < kRows; ++r)  // (they held the screened sums)
-            for (int p = 0; p < kPanels; ++p) acc[r][p] = Floats{};
-          for (int64_t c = 0; c < dim; ++c) {
-            Floats ref[kPanels];
-            for (int p = 0; p < kPanels; ++p) std::memcpy(&ref[p], panel + c * kWidth + p * kLanes, sizeof(Floats));
-#pragma GCC unroll 16
+        // The whole step in float32 where enough vectors need it (its 12 FMA chains share each
+        // reference load); else the vectors wait, kPending at a time.
+        if (!walking && __builtin_popcount(offered) < kWholeStepVectors) {
+          for (int p = 0; p < kPanels; ++p)
             for (int r = 0; r < kRows; ++r) {
-              const Floats q = Floats{} + query.data[r * dim + c];
-#pragma GCC unroll 4
-              for (int p = 0; p < kPanels; ++p) acc[r][p] = multiply_add(q, ref[p], acc[r][p]);
+              if (!(offered >> (r * kPanels + p) & 1u)) continue;
+              pending[queued++] = {query.data + r * dim, panel + p * kLanes, bias.data + step * kWidth + p * kLanes, r,
+                                   first + p * kLanes};
+              if (queued == kPending) offer_pending();
             }
-          }
-          counts.float32 += rows * kPanels;
+          continue;
         }
+        if (queued) offer_pending();  // earlier steps' vectors first
+        for (int r = 0; r < kRows; ++r)  // (they held the screened sums)
+          for (int p = 0; p < kPanels; ++p) acc[r][p] = Floats{};
+        for (int64_t c = 0; c < dim; ++c) {
+          Floats ref[kPanels];
+          for (int p = 0; p < kPanels; ++p) std::memcpy(&ref[p], panel + c * kWidth + p * kLanes, sizeof(Floats));
+#pragma GCC unroll 16
+          for (int r = 0; r < kRows; ++r) {
+            const Floats q = Floats{} + query.data[r * dim + c];
+#pragma GCC unroll 4
+            for (int p = 0; p < kPanels; ++p) acc[r][p] = multiply_add(q, ref[p], acc[r][p]);
+          }
+        }
+        counts.float32 += rows * kPanels;
 #pragma GCC unroll 4
         for (int p = 0; p < kPanels; ++p) {
           Floats column_bias;
@@ -264,16 +224,15 @@ TopkCounts topk_rows(const TopkBlock& b, int64_t row_begin, int64_t row_end) {
 #pragma GCC unroll 16
           for (int r = 0; r < kRows; ++r) {
             if (!(offered >> (r * kPanels + p) & 1u)) continue;
-            const Floats score = whole_step ? multiply_add(acc[r][p], Floats{} + b.alpha, column_bias)
-                                            : exact_scores(query.data + r * dim, panel, p, dim, b.alpha, column_bias);
-            counts.float32 += !whole_step;
-            const bool entered = offer(score, threshold[r], b.state_score + (r0 + r) * k,
-                                       b.state_index + (r0 + r) * k, k, first + p * kLanes);
+            const Floats score = multiply_add(acc[r][p], Floats{} + b.alpha, column_bias);
+            const bool entered = offer(score, threshold[r], b.state_score + (r0 + r) * k, b.state_index + (r0 + r) * k,
+                                       k, first + p * kLanes);
             idle_vectors += !walking && !entered;
             screen_threshold[r] = threshold[r] - window[r];
           }
         }
       }
+      if (queued) offer_pending();
       // Not on the walk's first sub-block, where every list fills.
       walks.data[tile] = walks.data[tile] || (idle_vectors > kCrowdedVectors && b.first_index + m0 > 0);
     }

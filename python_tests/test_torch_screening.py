@@ -101,6 +101,31 @@ def test_exact_ties_take_the_lowest_index_across_calls(k):
 
 
 @needs_screen
+@pytest.mark.parametrize("k", [1, 3])
+def test_exact_ties_a_step_apart_take_the_lowest_index(k):
+    """Each step of 32 references repeats the one before: a row's twins are rescored in float32
+    side by side (8 vectors at a time), and the lower index of each pair still comes first."""
+    generator = torch.Generator().manual_seed(k)
+    query, steps = torch.randn(300, 32, generator=generator), torch.randn(64, 32, 32, generator=generator)
+    reference = steps.repeat_interleave(2, dim=0).reshape(-1, 32)  # reference j + 32 = reference j
+    assert screened_and_walked(query, reference, "dot", k) < 0.2, "most vectors screened out"
+    index = fused(query, reference, "dot", k)[1]
+    assert bool((index // 32 % 2 == 0).all() if k == 1 else (index[:, 1] == index[:, 0] + 32).all())
+
+
+@needs_screen
+def test_vectors_waiting_for_float32_are_offered_before_a_later_whole_step():
+    """Row 0's best sits in step 100, queued alone; its twin in step 101, scored whole with the
+    other rows' bests: the queued one must enter first (ties: the lowest index)."""
+    generator = torch.Generator().manual_seed(0)
+    query, reference = torch.randn(6, 32, generator=generator), 0.1 * torch.randn(4096, 32, generator=generator)
+    reference[3200] = reference[3232] = 2 * query[0]
+    reference[3233:3238] = 2 * query[1:]
+    screened = fused(query, reference, "dot", window=screening.screen_window(query, reference, None, "dot"))
+    assert screened[1][:, 0].tolist() == [3200, 3233, 3234, 3235, 3236, 3237]
+
+
+@needs_screen
 @pytest.mark.parametrize("metric", ["dot", "l2"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_near_ties_go_to_the_float32_winner(metric, k):
