@@ -76,7 +76,7 @@ std::tuple<int64_t, int64_t> cpu_topk_rows(const std::string& isa, uintptr_t que
   if (window != 0) update = refmatch::cpu_topk_rows_avx512_bf16;
 #endif
   // A part per thread: each packs every reference sub-block again (more parts, 8 at 8192 x 16384 x 64
-  // on 2 threads, took 56 ms against 52), so none below kPartRows rows.
+  // on 2 threads, took 56 ms against 52); and at least kPartRows rows a part, for the same reason.
   constexpr int64_t kPartRows = 64;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, (end - begin) / kPartRows));
   std::vector<refmatch::TopkCounts> counts(parts, refmatch::TopkCounts{0, 0});
@@ -108,10 +108,11 @@ void bind_cpu_passes(py::module_& m) {
         "threads, no GIL held. window: float32 [rows] bounds on |bfloat16 - float32 score| (the screen: the same "
         "results), or 0. Returns the (row, vector of references) pairs visited and those of them scored in float32.");
   m.def("attach_openmp_team", &refmatch::attach_openmp_team, py::arg("library"),
-        "Run CPU passes on the OpenMP team of the runtime that `library` (a loaded shared object: torch's "
-        "extension module) links; whether its GOMP_parallel was found.");
+        "Run CPU passes on the team of the OpenMP runtime torch's calls bind to: the global scope's "
+        "GOMP_parallel, else one among the dependencies of `library` (torch's loaded extension module); "
+        "whether found.");
   m.def("detach_openmp_team", &refmatch::detach_openmp_team,
         "Run CPU passes on threads started per call (a forked child).");
-  m.def("openmp_team_attached", &refmatch::openmp_team_attached,
-        "Whether CPU passes run on an attached OpenMP team.");
+  m.def("openmp_team_library", &refmatch::openmp_team_library,
+        "The file of the OpenMP runtime CPU passes run on, or '' where they start their own threads.");
 }

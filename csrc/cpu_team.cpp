@@ -19,7 +19,7 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
-#include <system_error>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -53,23 +53,35 @@ void take_parts(void* data) {
 }  // namespace
 
 bool attach_openmp_team(const std::string& library) {
-#ifndef REFMATCH_HAS_DLOPEN
-  (void)library;
-  return false;
+  GompParallel parallel = nullptr;
+#ifdef REFMATCH_HAS_DLOPEN
+  // Where the dynamic linker binds torch's own calls: the global scope first (a runtime in
+  // LD_PRELOAD, or torch's libgomp, which libtorch_global_deps loads there), then the
+  // dependencies of `library`, which a handle's lookup covers.
+  parallel = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+  void* handle = parallel == nullptr ? dlopen(library.c_str(), RTLD_NOW | RTLD_NOLOAD) : nullptr;
+  if (handle != nullptr) {
+    parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
+    dlclose(handle);  // drops the reference dlopen took; torch keeps the library loaded
+  }
 #else
-  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_NOLOAD);  // only if already loaded
-  if (handle == nullptr) return false;
-  // A handle's lookup covers its dependencies: the runtime torch's own parallel regions call.
-  const auto parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
-  dlclose(handle);  // drops the reference dlopen took; torch keeps the library loaded
+  (void)library;
+#endif
   team_parallel = parallel;
   return parallel != nullptr;
-#endif
 }
 
 void detach_openmp_team() { team_parallel = nullptr; }
 
-bool openmp_team_attached() { return team_parallel.load() != nullptr; }
+std::string openmp_team_library() {
+  const GompParallel parallel = team_parallel.load();
+#ifdef REFMATCH_HAS_DLOPEN
+  Dl_info where;
+  if (parallel != nullptr && dladdr(reinterpret_cast<void*>(parallel), &where) != 0 && where.dli_fname != nullptr)
+    return where.dli_fname;
+#endif
+  return parallel != nullptr ? "?" : "";
+}
 
 void run_parts(int64_t parts, int threads, const std::function<void(int64_t)>& run) {
   Parts work;
@@ -83,9 +95,10 @@ void run_parts(int64_t parts, int threads, const std::function<void(int64_t)>& r
     parallel(take_parts, &work, static_cast<unsigned>(team), 0);
   } else {
     std::vector<std::thread> helpers;
-    try {
+    try {  // reserved first: a vector that grows could throw with threads it has not joined
+      helpers.reserve(team - 1);
       for (int64_t t = 1; t < team; ++t) helpers.emplace_back(take_parts, &work);
-    } catch (const std::system_error&) {  // fewer threads: the others take more parts
+    } catch (...) {  // fewer threads: the others take more parts
     }
     take_parts(&work);
     for (auto& helper : helpers) helper.join();

@@ -115,8 +115,9 @@ def test_exact_ties_a_step_apart_take_the_lowest_index(k):
 
 @needs_screen
 def test_vectors_waiting_for_float32_are_offered_before_a_later_whole_step():
-    """Row 0's best sits in step 100, queued alone; its twin in step 101, scored whole with the
-    other rows' bests: the queued one must enter first (ties: the lowest index)."""
+    """Row 0's best (reference 3200) is queued alone for float32; its twin 32 references on, one step
+    of the AVX-512 walk later, is scored in a whole step with the other rows' bests (6 vectors:
+    kWholeStepVectors): the queued one must enter first (ties: the lowest index)."""
     generator = torch.Generator().manual_seed(0)
     query, reference = torch.randn(6, 32, generator=generator), 0.1 * torch.randn(4096, 32, generator=generator)
     reference[3200] = reference[3232] = 2 * query[0]

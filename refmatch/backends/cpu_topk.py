@@ -5,11 +5,14 @@ The walk prepares reference blocks in torch as before (normalised for cosine, -|
 and -inf biases for l2 and ignored rows), up to ``PREPARED_BYTES`` at a time; the
 native pass scores a block in registers and merges into each row's sorted top-k only
 the scores above its k-th. Rows are split over ``torch.get_num_threads()`` threads of
-torch's own OpenMP team (csrc/cpu_team.cpp; threads started per call where torch has
-none, and in a forked child), each call holding no GIL: after each parallel torch
-operation that team's workers spin for some milliseconds, and threads of our own
-shared the cores with them (a k = 1 walk after the norms of its window: 60 ms
-against 51 at 8192 x 16384 x 64 on 2 cores).
+torch's own OpenMP team (csrc/cpu_team.cpp; the calling thread's, as for torch's own
+operations; threads started per call where torch has none, and in a child forked after
+refmatch was imported), each call holding no GIL: after each parallel torch operation
+that team's workers spin for some milliseconds, and threads of our own shared the
+cores with them (a k = 1 walk after the norms of its window: 60 ms against 51 at
+8192 x 16384 x 64 on 2 cores). A child forked before refmatch was imported, from a
+parent whose torch ran in parallel, hangs in the walk as in torch's own parallel
+operations (the team's threads are gone): set ``torch.set_num_threads(1)`` there.
 Extra memory: one prepared block, and int32 indices beside the [N, k] result; with the
 bfloat16 screen (``window``), bfloat16 copies of the query rows (N D 2 bytes) and of a
 512-reference sub-block per thread.
@@ -25,7 +28,7 @@ PREPARED_BYTES = 32 << 20  # references prepared per native call
 MAX_K = 1024               # above it, with most scores entering, the GEMM walk catches up (k = M = 4096: 1.24x)
 ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2"}
 _INDEX_LIMIT = 2**31       # the native pass keeps int32 indices
-_team = {"attached": None}  # whether native passes run on torch's OpenMP team; None: not yet asked
+_team = {"library": None}  # the OpenMP runtime file native passes run on, "" for none; None: not yet asked
 
 
 def screen_available():
@@ -93,21 +96,22 @@ def check_setting(spelling_only=False):
 
 
 def openmp_team():
-    """Whether the fused walk runs on torch's OpenMP team (asked once per process: torch's
-    parallel backend is OpenMP and ``_C`` finds its runtime), else on threads started per call."""
-    if _team["attached"] is None:
+    """The file of torch's OpenMP runtime, whose team the fused walk runs on, or "" where it
+    starts threads per call (asked once per process: torch's parallel backend is OpenMP and
+    ``_C`` finds the runtime torch's calls bind to)."""
+    if _team["library"] is None:
         module = native_module()
         openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
-        _team["attached"] = bool(module is not None and hasattr(module, "attach_openmp_team") and openmp
-                                 and module.attach_openmp_team(torch._C.__file__))
-    return _team["attached"]
+        attached = module is not None and openmp and module.attach_openmp_team(torch._C.__file__)
+        _team["library"] = module.openmp_team_library() if attached else ""
+    return _team["library"]
 
 
 def _forked():
     """In a forked child the team's threads are gone: its GOMP_parallel would wait for them."""
-    if _team["attached"]:
+    if _team["library"]:
         native_module().detach_openmp_team()
-    _team["attached"] = False
+    _team["library"] = ""
 
 
 if hasattr(os, "register_at_fork"):
@@ -142,7 +146,7 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
                          f"{tuple(window.shape)} on {window.device}")
     window = None if window is None else window.float().contiguous()
     threads = max(1, torch.get_num_threads())
-    openmp_team()
+    openmp_team()  # attaches the native passes to torch's team, once
     counts = []
     for col0 in range(0, num_refs, refs_per_call):
         block, bias = prepared_block(col0, refs_per_call)

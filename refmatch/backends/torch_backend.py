@@ -9,6 +9,8 @@ On x86 CPUs where refmatch._C has it, a float32 walk with k <= 1024 runs fused i
 (``cpu_topk``): the same prepared blocks, no score tile; on AVX512_BF16 cores it screens
 in bfloat16 first (``torch_screening``), with the same results.
 """
+import os
+
 import torch
 
 from ..candidates import keep_best, pad_by_row
@@ -275,7 +277,8 @@ class TorchBackend:
             refused = None
         except ValueError as error:
             refused = error
-        threads = "torch's OpenMP team" if isas and cpu_topk.openmp_team() else "threads started per call"
+        team = cpu_topk.openmp_team() if isas else ""
+        threads = f"torch's OpenMP team ({os.path.basename(team)})" if team else "threads started per call"
         walk = (f"float32 walks (k<={cpu_topk.MAX_K}) fused in C++ ({cpu_topk.ISA_NAMES[isas[0]]}, on {threads})"
                 if isas else
                 f"float32 walks raise: {refused}" if refused else

@@ -8,15 +8,16 @@
 
 namespace refmatch {
 
-// Finds GOMP_parallel among the dependencies of `library`, a shared object this process has
-// loaded (torch's extension module), and runs later passes on that runtime's team; whether found.
+// Finds the GOMP_parallel that torch's own calls bind to (the global scope's, else one among the
+// dependencies of `library`, torch's loaded extension module) and runs later passes on that
+// runtime's team (the calling thread's: libgomp keeps one per thread); whether found.
 bool attach_openmp_team(const std::string& library);
 
 // From now on, threads started per call (a forked child: its OpenMP team's threads are gone).
 void detach_openmp_team();
 
-// Whether passes run on an attached OpenMP team.
-bool openmp_team_attached();
+// The file of the attached OpenMP runtime, or "" where passes start their own threads.
+std::string openmp_team_library();
 
 // Calls run(part) for every part in [0, parts), each once, on up to `threads` threads (the
 // caller's among them); returns when all have ended, then rethrows the first exception any raised.
