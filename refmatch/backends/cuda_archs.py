@@ -24,5 +24,6 @@ def missing_code_reason(archs, device, capability):
     if built_code_serves(archs, capability):
         return None
     wanted = f"{capability[0]}{capability[1]}" + ("a" if capability == (9, 0) else "")  # 90a: the wgmma kernel too
+    rebuild = f"REFMATCH_CUDA_ARCHS=\"{archs.replace(',', ';')};{wanted}\""
     return (f"refmatch._C was compiled for {archs}, which has no code for {device} (compute capability "
-            f"{capability[0]}.{capability[1]}); rebuild with REFMATCH_CUDA_ARCHS=\"{archs.replace(',', ';')};{wanted}\"")
+            f"{capability[0]}.{capability[1]}); rebuild with {rebuild}")
