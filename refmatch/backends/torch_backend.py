@@ -217,13 +217,13 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
 def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
     """Oriented (score [N, k], index [N, k]) of [N, D] query rows in the operand dtype, one
     reference block at a time: fused in C++ where it can (screened where ``screen`` allows)."""
-    operand_dtype, dtype = rows.dtype, accumulation_dtype(rows.dtype)
-    block_m, block_n = block_sizes(rows, reference, tile_bytes, block_m)
-    num_rows, num_refs = rows.shape[0], reference.shape[0]
     if cpu_topk.applies(rows, reference, k):
         window = screen_window(rows, reference, ignored, metric) if screening_applies(rows, reference, k, screen) \
             else None
         return fused_walk(rows, reference, ignored, k, metric, window)[:2]
+    operand_dtype, dtype = rows.dtype, accumulation_dtype(rows.dtype)
+    block_m, block_n = block_sizes(rows, reference, tile_bytes, block_m)
+    num_rows, num_refs = rows.shape[0], reference.shape[0]
     best = torch.full((num_rows, k), float("-inf"), device=rows.device, dtype=dtype)
     best_index = torch.full((num_rows, k), -1, device=rows.device, dtype=torch.int64)
     tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=rows.device, dtype=dtype)
