@@ -1,5 +1,6 @@
 """The CUDA build without a GPU: kernel resources, launch plan and the binding layer."""
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,20 @@ def test_match_kernels_do_not_spill():
     for (arch, name), usage in resources.items():
         assert_no_spills(f"{name} on {arch}", usage)
         print(f"{arch} REG:{usage['REG']:>3} {name}")
+    for key in wgmma:
+        assert_register_handoff_fits(key[1], resources[key]["REG"])
+
+
+def assert_register_handoff_fits(name, registers):
+    """The wgmma kernels' producer warpgroup gives registers up (setmaxnreg.dec) and the two consumer
+    ones claim them (setmaxnreg.inc), out of the CTA's allocation at launch: 384 threads times the
+    compiled count. A claim beyond it waits forever, a hang on the GPU, so the build must allocate
+    at least what the claims add up to."""
+    header = (Path(__file__).parents[1] / "csrc/include/refmatch/match_kernel_sm90.cuh").read_text()
+    producer, consumer = map(int, re.search(r"kProducerRegisters = (\d+), kConsumerRegisters = (\d+)", header).groups())
+    claimed = 128 * producer + 256 * consumer
+    assert 384 * registers >= claimed, (f"{name}: compiled for {registers} registers a thread, 384 x {registers} = "
+                                        f"{384 * registers} < the {claimed} its warpgroups claim")
 
 
 @pytest.mark.parametrize("dim, element_bytes, resident", [
