@@ -231,7 +231,8 @@ GPU_TESTS=(python_tests/test_match_cuda.py python_tests/test_match_cuda_sm90.py 
   python_tests/test_match_triton.py python_tests/test_triton_launch.py python_tests/test_triton_class_ranges.py
   python_tests/test_match_contract.py python_tests/test_classwise.py python_tests/test_ignore_index.py
   python_tests/test_match_inputs.py python_tests/test_backend_choice.py python_tests/test_cuda_kernel_choice.py
-  python_tests/test_native.py "python_tests/test_recipes.py::test_resume_continues_the_run[cuda]")
+  python_tests/test_native.py python_tests/test_fuzz.py
+  "python_tests/test_recipes.py::test_resume_continues_the_run[cuda]")
 [[ -z "${TESTS:-}" ]] || GPU_TESTS=($TESTS)  # split and glob-expanded (the list's [cuda] stays literal)
 if ((WITHOUT_WGMMA)); then  # pytest would still collect a file named here that --ignore names
   for i in "${!GPU_TESTS[@]}"; do [[ ${GPU_TESTS[$i]} == *test_match_cuda_sm90.py ]] && unset "GPU_TESTS[$i]"; done

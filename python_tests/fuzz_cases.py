@@ -16,9 +16,9 @@ from oracle import dense_scores, oriented, rows_of
 IGNORE = 255
 
 
-def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu"):
+def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depths=None, ks=None):
     """One random call on ``device``: a dict of match's arguments plus the CPU walk settings it
-    runs under."""
+    runs under. ``depths`` and ``ks``: the D and k to draw from (fewer kernels to JIT), or any."""
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(low, high):
@@ -32,6 +32,7 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu"):
 
     metric = ["cosine", "dot", "l2"][integer(0, 2)]
     depth = integer(1, 140) if chance(0.7) else integer(1, 20)
+    depth = depths[integer(0, len(depths) - 1)] if depths else depth
     num_refs = integer(1, max_refs)
     num_rows = integer(1, max_rows)
     kind = ["gaussian", "wide", "clusters", "integers"][integer(0, 3)]
@@ -70,6 +71,7 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu"):
             "threads": integer(1, 3), "refs_per_call": integer(1, 1200), "ignore_index": None, "labels": None}
     k_limit = min(num_refs, max_k, 70 if chance(0.85) else 1100)
     case["k"] = 1 if chance(0.4) else integer(1, k_limit)
+    case["k"] = min(num_refs, ks[integer(0, len(ks) - 1)]) if ks else case["k"]
     if chance(0.6):
         case["num_classes"] = integer(1, 5)
         labels = torch.randint(case["num_classes"], (num_refs,), generator=gen)

@@ -25,9 +25,10 @@ from conftest import HAS_CUDA, INTERPRETING, hopper_build_and_device  # first: i
 import refmatch
 from fuzz_cases import check_classwise, check_match, describe, draw_case, oracle_scores, tolerance
 from refmatch.backends import cpu_topk, torch_screening
+from refmatch.backends.hopper_variants import hopper_switched_off
 from refmatch.backends.settings import environment
 
-CI_CASES = {"cpu": 80, "triton": 30, "gpu": 60}
+CI_CASES = {"cpu": 80, "triton": 30, "gpu": 40}
 
 
 def cpu_walks():
@@ -41,9 +42,10 @@ def cpu_walks():
 
 def gpu_walks():
     """(name, backend, environment) of the GPU kernels: triton, cuda as it chooses, and on a Hopper
-    build and card mma.sync alone and the wgmma top-k (unless REFMATCH_TEST_HOPPER_TOPK=0)."""
+    build and card mma.sync alone and the wgmma top-k (unless REFMATCH_TEST_HOPPER_TOPK=0; none of
+    them under REFMATCH_CUDA_HOPPER=0)."""
     named = [("triton", "triton", {}), ("cuda", "cuda", {})]
-    if hopper_build_and_device():
+    if hopper_build_and_device() and not hopper_switched_off():  # gpu_suite.sh: a failed wgmma check
         named.append(("cuda mma.sync", "cuda", {"REFMATCH_CUDA_HOPPER": "0"}))
         if os.environ.get("REFMATCH_TEST_HOPPER_TOPK", "1") == "1":
             named.append(("cuda wgmma top-k", "cuda", {"REFMATCH_CUDA_HOPPER_TOPK": "wgmma"}))
@@ -55,7 +57,8 @@ FAMILIES = {
     "cpu": (lambda: True, {}, cpu_walks),
     "triton": (lambda: INTERPRETING, {"max_rows": 64, "max_refs": 400, "max_k": 64},
                lambda: [("triton", "triton", {})]),
-    "gpu": (lambda: HAS_CUDA, {"max_rows": 512, "max_refs": 8192, "max_k": 64, "device": "cuda"}, gpu_walks),
+    "gpu": (lambda: HAS_CUDA, {"max_rows": 512, "max_refs": 8192, "device": "cuda",
+                               "depths": (5, 13, 24, 64, 72, 128, 136, 256), "ks": (1, 2, 8, 16, 64)}, gpu_walks),
 }
 
 
