@@ -16,9 +16,11 @@ from oracle import dense_scores, oriented, rows_of
 IGNORE = 255
 
 
-def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depths=None, ks=None):
+def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depths=None, ks=None, cosine_decades=60):
     """One random call on ``device``: a dict of match's arguments plus the CPU walk settings it
-    runs under. ``depths`` and ``ks``: the D and k to draw from (fewer kernels to JIT), or any."""
+    runs under. ``depths`` and ``ks``: the D and k to draw from (fewer kernels to JIT), or any;
+    ``cosine_decades``: the span of row scales under cosine (the fused kernels' q.r overflows
+    float32 from features around 1e19, where the contract leaves their results undefined)."""
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(low, high):
@@ -50,7 +52,7 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depth
         else:
             return torch.randint(-3, 4, (count, depth), generator=gen).float()
         if chance(0.3):  # rows of very different norms; cosine's beyond float32's squares
-            decades = 60 if metric == "cosine" and chance(0.3) else 4
+            decades = cosine_decades if metric == "cosine" and chance(0.3) else 4
             values = values * 10.0 ** (decades * torch.rand(count, 1, generator=gen) - decades / 2)
         return values + (uniform(-50, 50) if chance(0.15) else 0.0)  # far from the origin (l2's shift)
 

@@ -55,9 +55,9 @@ def gpu_walks():
 # family: (whether it runs here, draw_case's sizes and device, its walks)
 FAMILIES = {
     "cpu": (lambda: True, {}, cpu_walks),
-    "triton": (lambda: INTERPRETING, {"max_rows": 64, "max_refs": 400, "max_k": 64},
+    "triton": (lambda: INTERPRETING, {"max_rows": 64, "max_refs": 400, "max_k": 64, "cosine_decades": 24},
                lambda: [("triton", "triton", {})]),
-    "gpu": (lambda: HAS_CUDA, {"max_rows": 512, "max_refs": 8192, "device": "cuda",
+    "gpu": (lambda: HAS_CUDA, {"max_rows": 512, "max_refs": 8192, "device": "cuda", "cosine_decades": 24,
                                "depths": (5, 13, 24, 64, 72, 128, 136, 256), "ks": (1, 2, 8, 16, 64)}, gpu_walks),
 }
 
