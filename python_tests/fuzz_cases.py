@@ -117,8 +117,8 @@ def oracle_scores(case):
 
 def tolerance(case, exact):
     """2x plain float32 torch's error on the scores both keep finite, plus epsilon (oracle.py's rule)."""
-    plain = oriented(dense_scores(case["query"], case["reference"], case["metric"], torch.float32).double(),
-                     case["metric"])
+    plain = dense_scores(case["query"], case["reference"], case["metric"], torch.float32)  # on the inputs' device
+    plain = oriented(plain.double().cpu(), case["metric"])
     finite = exact.isfinite() & plain.isfinite()
     if not finite.any():
         return 0.0
