@@ -81,6 +81,9 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depth
         if chance(0.4):
             case["ignore_index"] = IGNORE
             labels[torch.rand(num_refs, generator=gen) < (1.0 if chance(0.1) else uniform(0, 0.5))] = IGNORE
+        if chance(0.3):  # stored class by class, as ReferenceBank keeps a bank: the class ranges' path
+            order = labels.argsort(stable=True)
+            labels, reference = labels[order], reference[order]
         case["labels"] = labels
     case["query"] = layout_query(query.to(device, dtype), gen)
     reference = reference.to(device, dtype)
