@@ -33,45 +33,92 @@ Floats multiply_add(Floats a, Floats b, Floats c) { return (Floats)_mm256_fmadd_
 #endif
 constexpr int kWidth = kLanes * kPanels;
 
-// A list of k <= kLanes in one vector: the slot is the count of scores >= the new one (a
-// sorted prefix; equal scores stay ahead, as lower indices), the lanes behind it move up one.
-// No branch: the binary search's mispredicted steps and two memmove calls cost 3-4 times more.
+// Lists of k <= kShortList sit in up to 4 vectors. The slot is the count of scores >= the new
+// one (a sorted prefix; equal scores stay ahead, as lower indices); from the slot's vector on,
+// the lanes behind it move up one, lane 0 taking the previous vector's last. No data-dependent
+// branch but the count's end: the binary search's mispredicted steps and two memmove calls
+// cost 3-4 times more.
+constexpr int64_t kShortList = 4 * kLanes;
 #if REFMATCH_CPU_ISA == 1 || REFMATCH_CPU_ISA == 3
+__mmask16 lanes_in_list(int64_t k, int64_t first) {
+  return k - first >= kLanes ? 0xFFFF : static_cast<__mmask16>((1u << (k - first)) - 1);
+}
+
 float insert_short(float* scores, int32_t* indices, int64_t k, float score, int32_t index) {
-  const __mmask16 kept = static_cast<__mmask16>((1u << k) - 1);
-  const __m512 list = _mm512_maskz_loadu_ps(kept, scores), entering = _mm512_set1_ps(score);
-  const __m512i ids = _mm512_maskz_loadu_epi32(kept, indices);
-  const int slot = __builtin_popcount(_mm512_mask_cmp_ps_mask(kept, list, entering, _CMP_GE_OQ));
-  const __m512i from_below = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
-  const __mmask16 behind = static_cast<__mmask16>(kept & ~((2u << slot) - 1)), at = static_cast<__mmask16>(1u << slot);
-  const __m512 moved = _mm512_mask_mov_ps(_mm512_mask_permutexvar_ps(list, behind, from_below, list), at, entering);
-  const __m512i moved_ids = _mm512_mask_mov_epi32(_mm512_mask_permutexvar_epi32(ids, behind, from_below, ids), at,
-                                                  _mm512_set1_epi32(index));
-  _mm512_mask_storeu_ps(scores, kept, moved);
-  _mm512_mask_storeu_epi32(indices, kept, moved_ids);
-  return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(static_cast<int>(k - 1)), moved));
+  const __m512 entering = _mm512_set1_ps(score);
+  int64_t slot = 0, first = 0;
+  for (; first < k; first += kLanes) {
+    const __mmask16 kept = lanes_in_list(k, first);
+    const int ahead = __builtin_popcount(
+        _mm512_mask_cmp_ps_mask(kept, _mm512_maskz_loadu_ps(kept, scores + first), entering, _CMP_GE_OQ));
+    slot += ahead;
+    if (ahead < __builtin_popcount(kept)) break;
+  }
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i from_below = _mm512_add_epi32(lane, _mm512_set1_epi32(15));  // (previous, list): 15, 16, ..
+  __m512 previous = entering, moved = entering;
+  __m512i previous_ids = _mm512_setzero_si512();
+  for (; first < k; first += kLanes) {  // from the slot's vector: those before it keep their lanes
+    const __mmask16 kept = lanes_in_list(k, first);
+    const __m512 list = _mm512_maskz_loadu_ps(kept, scores + first);
+    const __m512i ids = _mm512_maskz_loadu_epi32(kept, indices + first);
+    const __m512i position = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int>(first)));
+    const __mmask16 behind = _mm512_cmpgt_epi32_mask(position, _mm512_set1_epi32(static_cast<int>(slot)));
+    const __mmask16 at = _mm512_cmpeq_epi32_mask(position, _mm512_set1_epi32(static_cast<int>(slot)));
+    moved = _mm512_mask_mov_ps(_mm512_mask_blend_ps(behind, list, _mm512_permutex2var_ps(previous, from_below, list)),
+                               at, entering);
+    const __m512i moved_ids = _mm512_mask_mov_epi32(
+        _mm512_mask_blend_epi32(behind, ids, _mm512_permutex2var_epi32(previous_ids, from_below, ids)), at,
+        _mm512_set1_epi32(index));
+    _mm512_mask_storeu_ps(scores + first, kept, moved);
+    _mm512_mask_storeu_epi32(indices + first, kept, moved_ids);
+    previous = list, previous_ids = ids;
+  }
+  const int last = static_cast<int>((k - 1) % kLanes);  // the k-th score: in the last vector stored
+  return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(last), moved));
 }
 #else
+__m256i lanes_in_list(int64_t k, int64_t first) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k - first)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 float insert_short(float* scores, int32_t* indices, int64_t k, float score, int32_t index) {
+  const __m256 entering = _mm256_set1_ps(score);
+  int64_t slot = 0, first = 0;
+  for (; first < k; first += kLanes) {
+    const __m256i kept = lanes_in_list(k, first);
+    const __m256 ge = _mm256_and_ps(_mm256_cmp_ps(_mm256_maskload_ps(scores + first, kept), entering, _CMP_GE_OQ),
+                                    _mm256_castsi256_ps(kept));
+    const int ahead = __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_ps(ge)));
+    slot += ahead;
+    if (ahead < __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(kept))))) break;
+  }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i kept = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), lane);
-  const __m256 list = _mm256_maskload_ps(scores, kept), entering = _mm256_set1_ps(score);
-  const __m256i ids = _mm256_maskload_epi32(indices, kept);
-  const int slot = __builtin_popcount(
-      static_cast<uint32_t>(_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(list, entering, _CMP_GE_OQ),
-                                                             _mm256_castsi256_ps(kept)))));
-  const __m256i from_below = _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6), at_slot = _mm256_set1_epi32(slot);
-  const __m256 behind = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, at_slot));
-  const __m256 at = _mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, at_slot));
-  const __m256 moved = _mm256_blendv_ps(
-      _mm256_blendv_ps(list, _mm256_permutevar8x32_ps(list, from_below), behind), entering, at);
-  const __m256 moved_ids = _mm256_blendv_ps(
-      _mm256_blendv_ps(_mm256_castsi256_ps(ids), _mm256_permutevar8x32_ps(_mm256_castsi256_ps(ids), from_below),
-                       behind),
-      _mm256_castsi256_ps(_mm256_set1_epi32(index)), at);
-  _mm256_maskstore_ps(scores, kept, moved);
-  _mm256_maskstore_epi32(indices, kept, _mm256_castps_si256(moved_ids));
-  return _mm256_cvtss_f32(_mm256_permutevar8x32_ps(moved, _mm256_set1_epi32(static_cast<int>(k - 1))));
+  const __m256i from_below = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+  __m256 previous = entering, previous_ids = entering, moved = entering;
+  for (; first < k; first += kLanes) {  // from the slot's vector: those before it keep their lanes
+    const __m256i kept = lanes_in_list(k, first);
+    const __m256 list = _mm256_maskload_ps(scores + first, kept);
+    const __m256 ids = _mm256_castsi256_ps(_mm256_maskload_epi32(indices + first, kept));
+    const __m256i position = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(first)));
+    const __m256i at_slot = _mm256_set1_epi32(static_cast<int>(slot));
+    const __m256 behind = _mm256_castsi256_ps(_mm256_cmpgt_epi32(position, at_slot));
+    const __m256 at = _mm256_castsi256_ps(_mm256_cmpeq_epi32(position, at_slot));
+    const __m256 lane_zero = _mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_setzero_si256()));
+    // lanes up one: lane 0 takes the previous vector's lane 7
+    const __m256 up = _mm256_blendv_ps(_mm256_permutevar8x32_ps(list, from_below),
+                                       _mm256_permutevar8x32_ps(previous, from_below), lane_zero);
+    const __m256 up_ids = _mm256_blendv_ps(_mm256_permutevar8x32_ps(ids, from_below),
+                                           _mm256_permutevar8x32_ps(previous_ids, from_below), lane_zero);
+    moved = _mm256_blendv_ps(_mm256_blendv_ps(list, up, behind), entering, at);
+    const __m256 moved_ids = _mm256_blendv_ps(_mm256_blendv_ps(ids, up_ids, behind),
+                                              _mm256_castsi256_ps(_mm256_set1_epi32(index)), at);
+    _mm256_maskstore_ps(scores + first, kept, moved);
+    _mm256_maskstore_epi32(indices + first, kept, _mm256_castps_si256(moved_ids));
+    previous = list, previous_ids = ids;
+  }
+  const int last = static_cast<int>((k - 1) % kLanes);  // the k-th score: in the last vector stored
+  return _mm256_cvtss_f32(_mm256_permutevar8x32_ps(moved, _mm256_set1_epi32(last)));
 }
 #endif
 
@@ -79,7 +126,7 @@ float insert_short(float* scores, int32_t* indices, int64_t k, float score, int3
 // Longer lists: a binary search for the first score below it (equal scores stay ahead: lower
 // indices), then one move of the tail, so long lists (k in the hundreds) stay cheap.
 float insert(float* scores, int32_t* indices, int64_t k, float score, int32_t index) {
-  if (k <= kLanes) return insert_short(scores, indices, k, score, index);
+  if (k <= kShortList) return insert_short(scores, indices, k, score, index);
   int64_t slot = 0, last = k - 1;  // scores[k - 1] < score: the slot is in [slot, last]
   while (slot < last) {
     const int64_t middle = (slot + last) / 2;
