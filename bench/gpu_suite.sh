@@ -239,6 +239,7 @@ if ((WITHOUT_WGMMA)); then  # pytest would still collect a file named here that 
 fi
 if ((${#GPU_TESTS[@]})); then  # an empty list would make pytest collect every test file
   stage tests 240 env PYTHONPATH="$TEST_PYTHONPATH" REFMATCH_TEST_HOPPER_VARIANTS="${HOPPER_VARIANTS[*]}" \
+    REFMATCH_TEST_FUZZ_FAMILIES=gpu \
     python -m pytest "${GPU_TESTS[@]}" "${XDIST[@]}" "${TEST_TIMEOUT[@]}" -v -p no:warnings -rfs --tb=short \
     --durations=15
 else
