@@ -16,9 +16,11 @@ from oracle import dense_scores, oriented, rows_of
 IGNORE = 255
 
 
-def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depths=None, ks=None, cosine_decades=60):
+def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depths=None, ks=None, cosine_decades=60,
+              other_dtypes=(torch.float16, torch.bfloat16)):
     """One random call on ``device``: a dict of match's arguments plus the CPU walk settings it
     runs under. ``depths`` and ``ks``: the D and k to draw from (fewer kernels to JIT), or any;
+    ``other_dtypes``: those a fifth of the cases take instead of float32;
     ``cosine_decades``: the span of row scales under cosine (the fused kernels' q.r overflows
     float32 from features around 1e19, where the contract leaves their results undefined)."""
     gen = torch.Generator().manual_seed(seed)
@@ -68,7 +70,7 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depth
                 rows = torch.rand(len(values), generator=gen) < 0.05
                 values[rows, torch.randint(depth, (), generator=gen)] = special
 
-    dtype = torch.float32 if chance(0.8) else [torch.float16, torch.bfloat16][integer(0, 1)]
+    dtype = torch.float32 if chance(0.8) else other_dtypes[integer(0, len(other_dtypes) - 1)]
     case = {"metric": metric, "seed": seed, "kind": kind,
             "threads": integer(1, 3), "refs_per_call": integer(1, 1200), "ignore_index": None, "labels": None}
     k_limit = min(num_refs, max_k, 70 if chance(0.85) else 1100)
@@ -120,13 +122,27 @@ def oracle_scores(case):
 
 def tolerance(case, exact):
     """[N, 1] per query row: 2x plain float32 torch's error on the row's scores both keep finite,
-    plus 1e-6 of its largest (oracle.py's rule, per row: rows of very different scales would
-    otherwise take the largest row's tolerance, under which any match of a small row passes)."""
+    plus 1e-5 of their scale (oracle.py's rule, per row: rows of very different scales would
+    otherwise take the largest row's tolerance, under which any match of a small row passes);
+    float64 inputs: 1e-9 of the scale."""
+    scale = score_scale(case)
+    if case["query"].dtype == torch.float64:  # the torch backend's own float64 walk
+        return 1e-9 * scale
     plain = dense_scores(case["query"], case["reference"], case["metric"], torch.float32)  # on the inputs' device
     plain = oriented(plain.double().cpu(), case["metric"])
     finite = exact.isfinite() & plain.isfinite()
-    error = torch.where(finite, (plain - exact).abs(), 0.0).amax(dim=1, keepdim=True)
-    return 2 * error + 1e-6 * torch.where(finite, exact.abs(), 0.0).amax(dim=1, keepdim=True)
+    return 2 * torch.where(finite, (plain - exact).abs(), 0.0).amax(dim=1, keepdim=True) + 1e-5 * scale
+
+
+def score_scale(case):
+    """[N, 1]: the size of a row's scores' rounding, whatever their values: 1 for cosine,
+    |q| max|r| for dot, (|q| + max|r|)^2 for l2, over the finite rows."""
+    if case["metric"] == "cosine":
+        return torch.ones(rows_of(case["query"]).shape[0], 1, dtype=torch.float64)
+    query, reference = rows_of(case["query"]).double().cpu(), case["reference"].double().cpu()
+    query_norm = torch.where(query.isfinite(), query, 0.0).norm(dim=1, keepdim=True)
+    reference_norm = torch.where(reference.isfinite(), reference, 0.0).norm(dim=1).max()
+    return query_norm * reference_norm if case["metric"] == "dot" else (query_norm + reference_norm) ** 2
 
 
 def gap(got, expected):

@@ -55,7 +55,7 @@ def gpu_walks():
 
 # family: (whether it runs here, draw_case's sizes and device, its walks)
 FAMILIES = {
-    "cpu": (lambda: True, {}, cpu_walks),
+    "cpu": (lambda: True, {"other_dtypes": (torch.float16, torch.bfloat16, torch.float64)}, cpu_walks),
     "triton": (lambda: INTERPRETING, {"max_rows": 64, "max_refs": 400, "max_k": 64, "cosine_decades": 24},
                lambda: [("triton", "triton", {})]),
     "gpu": (lambda: HAS_CUDA, {"max_rows": 512, "max_refs": 8192, "device": "cuda", "cosine_decades": 24,
