@@ -1,0 +1,76 @@
+"""``vote`` on random matches and class-wise scores against a plain per-row statement of its rule."""
+import math
+
+import pytest
+import torch
+
+import refmatch
+
+IGNORE = 255
+
+
+def expected_vote(scores, labels, num_classes, weighting, temperature, sign):
+    """Per row: each candidate (label >= 0, not IGNORE, score not NaN; every candidate for
+    uniform votes) adds its weight to its class, then the totals are normalised (0 where no
+    candidate). Weights: 1 (uniform) or softmax(sign * score / temperature) over the row's
+    candidates. Returns (probabilities [N, C], confidence [N])."""
+    probabilities = torch.zeros(scores.shape[0], num_classes, dtype=torch.float64)
+    for row, (row_scores, row_labels) in enumerate(zip(scores.double().tolist(), labels.tolist())):
+        voters = [(s, c) for s, c in zip(row_scores, row_labels)
+                  if c >= 0 and c != IGNORE and (weighting == "uniform" or not math.isnan(s))]
+        if not voters:
+            continue
+        if weighting == "uniform":
+            weights = [1.0] * len(voters)
+        else:
+            best = max(sign * s for s, _ in voters)
+            weights = [math.exp((sign * s - best) / temperature) for s, _ in voters]
+        for weight, (_, label) in zip(weights, voters):
+            probabilities[row, label] += weight / sum(weights)
+    top = probabilities.topk(min(2, num_classes), dim=1).values
+    confidence = top[:, 0] - (top[:, 1] if num_classes > 1 else 0)
+    return probabilities, confidence
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_vote_follows_its_rule_on_random_matches(seed):
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = int(torch.randint(1, 6, (), generator=gen))
+    metric = ["cosine", "dot", "l2"][seed % 3]
+    num_refs, depth = int(torch.randint(1, 300, (), generator=gen)), int(torch.randint(1, 20, (), generator=gen))
+    query, reference = torch.randn(40, depth, generator=gen), torch.randn(num_refs, depth, generator=gen)
+    labels = torch.randint(num_classes, (num_refs,), generator=gen)
+    labels[torch.rand(num_refs, generator=gen) < 0.3] = IGNORE
+    k = int(torch.randint(1, min(num_refs, 12) + 1, (), generator=gen))
+    weighting = ["uniform", "similarity"][seed // 3 % 2]
+    temperature = [0.05, 0.1, 1.0][seed // 6 % 3]
+    # matched without ignore_index, IGNORE labels reach the vote, which must leave them out
+    matched_ignore = IGNORE if seed % 4 < 2 else None
+    result = refmatch.match(query, reference, labels, k=k, metric=metric, backend="torch", ignore_index=matched_ignore)
+    voted = refmatch.vote(result, num_classes=num_classes, weighting=weighting, temperature=temperature,
+                          metric=metric, ignore_index=IGNORE)
+    sign = -1.0 if metric == "l2" else 1.0
+    expected = expected_vote(result.score.reshape(40, -1), result.label.reshape(40, -1), num_classes, weighting,
+                             temperature, sign)
+    torch.testing.assert_close(voted.probabilities.double(), expected[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(voted.confidence.double(), expected[1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_vote_follows_its_rule_on_random_classwise_scores(seed):
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = int(torch.randint(1, 6, (), generator=gen))
+    metric = ["cosine", "dot", "l2"][seed % 3]
+    query, reference = torch.randn(30, 8, generator=gen), torch.randn(60, 8, generator=gen)
+    labels = torch.randint(num_classes + 1, (60,), generator=gen)  # class num_classes: IGNORE
+    labels[labels == num_classes] = IGNORE
+    scores = refmatch.classwise_max(query, reference, labels, num_classes, metric=metric, backend="torch",
+                                    ignore_index=IGNORE)
+    scores[torch.rand(scores.shape, generator=gen) < 0.1] = float("nan")  # NaN casts no vote
+    temperature = [0.05, 0.5][seed // 3 % 2]
+    voted = refmatch.vote(scores, num_classes=num_classes, temperature=temperature, metric=metric)
+    sign = -1.0 if metric == "l2" else 1.0
+    finite_classes = torch.where(scores.isinf(), -1, torch.arange(num_classes))  # no reference: no vote
+    expected = expected_vote(scores, finite_classes, num_classes, "similarity", temperature, sign)
+    torch.testing.assert_close(voted.probabilities.double(), expected[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(voted.confidence.double(), expected[1], atol=1e-6, rtol=0)
