@@ -141,7 +141,12 @@ def main():
         print(f"seed {args.seed} passed: {', '.join(families)}")
         return
     deadline, seed, failures, cases = time.monotonic() + 60 * args.minutes, args.first_seed, 0, 0
+    next_report = time.monotonic() + 60
     while time.monotonic() < deadline:
+        if time.monotonic() >= next_report:  # a line a minute: a long search shows it is alive
+            minutes_left = (deadline - time.monotonic()) / 60
+            print(f"{cases} cases, {failures} failed, at seed {seed}; {minutes_left:.1f} min left", flush=True)
+            next_report += 60
         for family in families:
             cases += 1
             try:
