@@ -52,7 +52,7 @@ float insert_short(float* scores, int32_t* indices, int64_t k, float score, int3
     const int ahead = __builtin_popcount(
         _mm512_mask_cmp_ps_mask(kept, _mm512_maskz_loadu_ps(kept, scores + first), entering, _CMP_GE_OQ));
     slot += ahead;
-    if (ahead < __builtin_popcount(kept)) break;
+    if (ahead < __builtin_popcount(kept)) break;  // a lane below it: the slot's vector
   }
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i from_below = _mm512_add_epi32(lane, _mm512_set1_epi32(15));  // (previous, list): 15, 16, ..
@@ -91,10 +91,11 @@ float insert_short(float* scores, int32_t* indices, int64_t k, float score, int3
                                     _mm256_castsi256_ps(kept));
     const int ahead = __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_ps(ge)));
     slot += ahead;
-    if (ahead < __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(kept))))) break;
+    if (ahead < (k - first < kLanes ? k - first : kLanes)) break;  // a lane below it: the slot's vector
   }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i from_below = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+  const __m256 lane_zero = _mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_setzero_si256()));
   __m256 previous = entering, previous_ids = entering, moved = entering;
   for (; first < k; first += kLanes) {  // from the slot's vector: those before it keep their lanes
     const __m256i kept = lanes_in_list(k, first);
@@ -104,7 +105,6 @@ float insert_short(float* scores, int32_t* indices, int64_t k, float score, int3
     const __m256i at_slot = _mm256_set1_epi32(static_cast<int>(slot));
     const __m256 behind = _mm256_castsi256_ps(_mm256_cmpgt_epi32(position, at_slot));
     const __m256 at = _mm256_castsi256_ps(_mm256_cmpeq_epi32(position, at_slot));
-    const __m256 lane_zero = _mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_setzero_si256()));
     // lanes up one: lane 0 takes the previous vector's lane 7
     const __m256 up = _mm256_blendv_ps(_mm256_permutevar8x32_ps(list, from_below),
                                        _mm256_permutevar8x32_ps(previous, from_below), lane_zero);

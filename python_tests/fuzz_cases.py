@@ -34,12 +34,14 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depth
     def integer(low, high):  # inclusive
         return int(torch.randint(low, high + 1, (), generator=gen))
 
-    metric = ["cosine", "dot", "l2"][integer(0, 2)]
-    depth = integer(1, 140) if chance(0.7) else integer(1, 20)
-    depth = depths[integer(0, len(depths) - 1)] if depths else depth
+    def choice(options):
+        return options[integer(0, len(options) - 1)]
+
+    metric = choice(["cosine", "dot", "l2"])
+    depth = choice(depths) if depths else integer(1, 140) if chance(0.7) else integer(1, 20)
     num_refs = integer(1, max_refs)
     num_rows = integer(1, max_rows)
-    kind = ["gaussian", "wide", "clusters", "integers"][integer(0, 3)]
+    kind = choice(["gaussian", "wide", "clusters", "integers"])
     centers = torch.randn(integer(1, 6), depth, generator=gen)
 
     def features(count):
@@ -60,7 +62,7 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depth
 
     query, reference = features(num_rows), features(num_refs)
     if chance(0.3) and num_refs > 1:  # exact duplicates of earlier rows: ties
-        later = torch.randint(1, num_refs, (max(1, num_refs // 5),), generator=gen)
+        later = torch.randint(1, num_refs, (max(1, num_refs // 5),), generator=gen).unique()  # repeats: any may win
         reference[later] = reference[(later * torch.rand(len(later), generator=gen)).long()]
     for values in (query, reference):
         if chance(0.2):
@@ -70,12 +72,14 @@ def draw_case(seed, max_rows=300, max_refs=3000, max_k=1100, device="cpu", depth
                 rows = torch.rand(len(values), generator=gen) < 0.05
                 values[rows, torch.randint(depth, (), generator=gen)] = special
 
-    dtype = torch.float32 if chance(0.8) else other_dtypes[integer(0, len(other_dtypes) - 1)]
+    dtype = torch.float32 if chance(0.8) else choice(other_dtypes)
     case = {"metric": metric, "seed": seed, "kind": kind,
             "threads": integer(1, 3), "refs_per_call": integer(1, 1200), "ignore_index": None, "labels": None}
-    k_limit = min(num_refs, max_k, 70 if chance(0.85) else 1100)
-    case["k"] = 1 if chance(0.4) else integer(1, k_limit)
-    case["k"] = min(num_refs, ks[integer(0, len(ks) - 1)]) if ks else case["k"]
+    if ks:
+        case["k"] = min(num_refs, choice(ks))
+    else:
+        k_limit = min(num_refs, max_k, 70 if chance(0.85) else 1100)
+        case["k"] = 1 if chance(0.4) else integer(1, k_limit)
     if chance(0.6):
         case["num_classes"] = integer(1, 5)
         labels = torch.randint(case["num_classes"], (num_refs,), generator=gen)
