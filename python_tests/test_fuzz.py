@@ -53,7 +53,7 @@ def gpu_walks():
     return named
 
 
-# family: (whether it runs here, draw_case's sizes and device, its walks)
+# family: (whether it runs here, its draw_case arguments, its walks)
 FAMILIES = {
     "cpu": (lambda: True, {"other_dtypes": (torch.float16, torch.bfloat16, torch.float64)}, cpu_walks),
     "triton": (lambda: INTERPRETING, {"max_rows": 64, "max_refs": 400, "max_k": 64, "cosine_decades": 24},
