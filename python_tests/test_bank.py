@@ -157,6 +157,25 @@ def test_ties_across_classes_take_the_lowest_slot():
     assert found.index.tolist() == [[0, 4]] and found.label.tolist() == [[0, 1]]
 
 
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_partly_filled_bank_matches_as_its_whole_buffer(metric, k):
+    """The filled slots gathered for one walk give what a match over the whole buffer gives, where
+    the empty slots' NaN never matches: slots, classes, scores and class-wise maxima (class 3 empty)."""
+    import refmatch
+    torch.manual_seed(0)
+    bank = ReferenceBank(6, 4, capacity_per_class=32, dtype=torch.float32, metric=metric)
+    masks = torch.tensor([0, 1, 2]).repeat_interleave(torch.tensor([40, 9, 15]))  # class 0 fills, 1 and 2 do not
+    bank.add(torch.randn(1, 6, 8, 8), masks[torch.randperm(64)].view(1, 8, 8))
+    maps = torch.randn(2, 6, 3, 5)
+    found = bank.match(maps, k=k)
+    whole = refmatch.match(maps, bank.features, bank.labels, k=k, metric=metric)
+    assert torch.equal(found.index, whole.index) and torch.equal(found.label, whole.label)
+    torch.testing.assert_close(found.score, whole.score)
+    torch.testing.assert_close(bank.classwise_max(maps), refmatch.classwise_max(maps, bank.features, bank.labels, 4,
+                                                                               metric=metric))
+
+
 def test_refresh_re_embeds_kept_images():
     bank = ReferenceBank(1, 1, capacity_per_class=8, dtype=torch.float32, metric="dot")
     images = torch.arange(4.0).reshape(4, 1, 1, 1)

@@ -2,14 +2,13 @@
 import torch
 from torch import nn
 
-from .backends.scoring import METRICS, accumulation_dtype, worst_score
+from .backends.scoring import METRICS
 from .bank_checks import check_feature_maps, check_images, check_query, check_reference_rows, \
     checked_bank_arguments, require_values, state_dict_problem
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .bank_rows import bank_rows, warn_ring_overflow
 from .masks import check_masks
-from .candidates import keep_best, with_k_axis
-from .ops import MatchResult, _check_label_values, as_int, inferred_num_classes, kept_labels, match
+from .ops import MatchResult, _check_label_values, as_int, classwise_max, inferred_num_classes, kept_labels, match
 
 
 class ReferenceBank(nn.Module):
@@ -236,64 +235,51 @@ class ReferenceBank(nn.Module):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
         dtype) against the stored features; ``index`` is a slot, ``label`` its class.
 
-        Only filled slots are scored: a growable bank runs one fused match per class
-        over its filled prefix, merged with the lowest-index tie rule; a ``from_tensors``
-        bank one match over all its rows (ignored labels never match).
+        One fused match over the rows that ``_matched_rows`` gives: a growable bank's filled
+        slots only, a ``from_tensors`` bank's rows (ignored labels never match).
         """
         k = as_int("k", k)
-        stored = self._stored()
-        self._require_features(stored, k)
+        self._require_features(self._stored(), k)
         query = self._checked_query(query)
-        if self.capacity is None:
-            # The ignored-row mask only when some row is ignored: it changes the kernels' path.
-            ignore_index = self.ignore_index if stored < self.labels.shape[0] else None
-            return match(query, self.features, self.labels, k=k, metric=self.metric, backend=backend,
-                         ignore_index=ignore_index)
-        scores, indices, labels = [], [], []
-        for cls in range(self.num_classes):
-            rows = self._class_rows(cls)
-            if rows.shape[0] == 0:
-                continue
-            found = match(query, rows, k=min(k, rows.shape[0]), metric=self.metric, backend=backend)
-            score, index = with_k_axis(found.score)[0], with_k_axis(found.index)[0]
-            scores.append(score)
-            indices.append(torch.where(index >= 0, index + cls * self.capacity, -1))
-            labels.append(torch.where(index >= 0, cls, -1))
-        best = keep_best(torch.cat(scores, 1), k, torch.cat(indices, 1), torch.cat(labels, 1),
-                         larger_wins=self.metric != "l2")
-        return MatchResult(*(values[:, 0] if k == 1 else values for values in best))  # k = 1: no k axis
+        rows, labels, ignore_index, slot_offset = self._matched_rows()
+        found = match(query, rows, labels, k=k, metric=self.metric, backend=backend, ignore_index=ignore_index)
+        if slot_offset is None:
+            return found
+        slot = torch.where(found.index >= 0, found.index + slot_offset[found.label.clamp(min=0)], -1)
+        return MatchResult(found.score, slot, found.label)
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class: [N, C] for rows, [B, C, h, w] for maps.
 
-        Classes with no stored feature score -inf (+inf distance for l2). Each
-        class's slots are contiguous (a ``from_tensors`` bank selects them, a copy), so
-        this is one fused match per class.
+        Classes with no stored feature score -inf (+inf distance for l2). One
+        ``refmatch.classwise_max`` over the rows that ``_matched_rows`` gives.
         """
         self._require_features(self._stored())
         query = self._checked_query(query)
-        worst = worst_score(self.metric)
-        per_class = []
-        for cls in range(self.num_classes):
-            block = self._class_rows(cls)
-            if block.shape[0] == 0:
-                shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
-                per_class.append(torch.full(shape, worst, device=query.device,
-                                            dtype=accumulation_dtype(self.features.dtype)))
-            else:
-                per_class.append(match(query, block, metric=self.metric, backend=backend).score)
-        return torch.stack(per_class, dim=1)
+        rows, labels, ignore_index, _ = self._matched_rows()
+        return classwise_max(query, rows, labels, self.num_classes, metric=self.metric, backend=backend,
+                             ignore_index=ignore_index)
 
     def _checked_query(self, query):
         """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""
         check_query(query, self.features)
         return query.to(self.features.dtype)
 
-    def _class_rows(self, cls):
-        """[rows, D] features of class ``cls``: the filled prefix of its slots (ring and
-        reservoir both fill slots in order), or a selection of a fixed bank (none for a
-        class that is ``ignore_index``)."""
+    def _matched_rows(self):
+        """(rows [S, D], labels [S], ignore_index or None, slot_offset [C] or None): what a match
+        runs over. A ``from_tensors`` bank: its rows, and ``ignore_index`` where some row is
+        ignored (the mask changes the kernels' path). A growable bank: each class's filled
+        prefix of slots (ring and reservoir both fill slots in order), class after class (a view
+        for one class, else a copy: one fused walk over S rows costs less than a walk per class,
+        each preparing the queries again); row i is slot i + slot_offset[labels[i]]."""
         if self.capacity is None:
-            return self.features[self.labels == cls] if cls != self.ignore_index else self.features[:0]
-        start = cls * self.capacity
-        return self.features[start:start + int(self.counts[cls])]
+            return self.features, self.labels, self.ignore_index if self._stored() < self.labels.shape[0] else None, None
+        counts = self.counts.tolist()  # one host read
+        classes = [cls for cls, count in enumerate(counts) if count]
+        parts = [self.features[cls * self.capacity:cls * self.capacity + counts[cls]] for cls in classes]
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts)
+        labels = torch.repeat_interleave(torch.arange(self.num_classes, device=self.counts.device), self.counts,
+                                         output_size=rows.shape[0])
+        first_row = torch.cumsum(self.counts, 0) - self.counts
+        slot_offset = torch.arange(self.num_classes, device=self.counts.device) * self.capacity - first_row
+        return rows, labels, None, slot_offset

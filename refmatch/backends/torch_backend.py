@@ -211,7 +211,13 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
     """
     rows = tiling(query, reference, tile_bytes, block_m)[2]
     best, best_index = match_rows(rows, reference, ignored, k, metric, tile_bytes, block_m, screen)
-    return finalize_scores(best, best_index, query, reference, metric)
+    return finalize_scores(best, best_index, row_maps(rows), reference, metric)
+
+
+def row_maps(rows):
+    """[N, D] rows as the [1, D, N, 1] maps that scoring takes: its norms then reduce contiguous
+    rows (over the D of [B, D, H, W] maps, 30 times slower at 8 x 24 x 64 x 64)."""
+    return rows.T[None, :, :, None]
 
 
 def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
