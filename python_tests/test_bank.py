@@ -176,6 +176,34 @@ def test_partly_filled_bank_matches_as_its_whole_buffer(metric, k):
                                                                                metric=metric))
 
 
+def test_l2_bank_shifts_each_class_by_its_own_mean():
+    """Classes around 0 and 1000 (D = 16): a shift by the whole bank's mean cancels the far class's
+    digits (class-wise distances were 400 % off); class by class they are float32-close, for a
+    growable bank and a from_tensors one alike."""
+    torch.manual_seed(0)
+    near, far = torch.randn(300, 16), torch.randn(300, 16) + 1000
+    growable = ReferenceBank(16, 2, 512, dtype=torch.float32, metric="l2")
+    growable.add(torch.cat([near, far]).T.reshape(1, 16, 600, 1),
+                 torch.tensor([0, 1]).repeat_interleave(300).view(1, 600, 1))
+    fixed = ReferenceBank.from_tensors(torch.cat([far[:150], near, far[150:]]),
+                                       torch.tensor([1, 0, 1]).repeat_interleave(torch.tensor([150, 300, 150])),
+                                       metric="l2")
+    query = far[:200] + 0.3 * torch.randn(200, 16)
+    truth = torch.cdist(query.double(), far.double()).square()
+    for bank in (growable, fixed):
+        torch.testing.assert_close(bank.classwise_max(query)[:, 1].double(), truth.min(1).values, rtol=1e-5, atol=0)
+        torch.testing.assert_close(bank.match(query).score.double(), truth.min(1).values, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+def test_ties_across_classes_take_the_lowest_slot_in_either_grouping(metric):
+    """One feature in classes 2, 0 and 1 of a from_tensors bank (rows 0, 1, 2): the top-2 are rows 0
+    and 1 whether the classes are matched at once (dot) or one by one (l2)."""
+    bank = ReferenceBank.from_tensors(torch.ones(3, 2), torch.tensor([2, 0, 1]), metric=metric)
+    found = bank.match(torch.ones(1, 2), k=2)
+    assert found.index.tolist() == [[0, 1]] and found.label.tolist() == [[2, 0]]
+
+
 def test_refresh_re_embeds_kept_images():
     bank = ReferenceBank(1, 1, capacity_per_class=8, dtype=torch.float32, metric="dot")
     images = torch.arange(4.0).reshape(4, 1, 1, 1)

@@ -5,10 +5,11 @@ from torch import nn
 from .backends.scoring import METRICS
 from .bank_checks import check_feature_maps, check_images, check_query, check_reference_rows, \
     checked_bank_arguments, require_values, state_dict_problem
+from .bank_groups import bank_groups, merged_classwise, merged_matches
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .bank_rows import bank_rows, warn_ring_overflow
 from .masks import check_masks
-from .ops import MatchResult, _check_label_values, as_int, classwise_max, inferred_num_classes, kept_labels, match
+from .ops import _check_label_values, as_int, classwise_max, inferred_num_classes, kept_labels, match
 
 
 class ReferenceBank(nn.Module):
@@ -235,51 +236,31 @@ class ReferenceBank(nn.Module):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
         dtype) against the stored features; ``index`` is a slot, ``label`` its class.
 
-        One fused match over the rows that ``_matched_rows`` gives: a growable bank's filled
-        slots only, a ``from_tensors`` bank's rows (ignored labels never match).
+        Only stored rows are scored (``bank_groups``): one fused match over all of them,
+        class by class for l2 (each class shifted by its own mean), merged with the
+        lowest-slot tie rule; a ``from_tensors`` bank's ignored rows never match.
         """
         k = as_int("k", k)
         self._require_features(self._stored(), k)
         query = self._checked_query(query)
-        rows, labels, ignore_index, slot_offset = self._matched_rows()
-        found = match(query, rows, labels, k=k, metric=self.metric, backend=backend, ignore_index=ignore_index)
-        if slot_offset is None:
-            return found
-        slot = torch.where(found.index >= 0, found.index + slot_offset[found.label.clamp(min=0)], -1)
-        return MatchResult(found.score, slot, found.label)
+        groups = bank_groups(self)
+        results = [match(query, group.rows, group.labels, k=min(k, group.rows.shape[0]), metric=self.metric,
+                         backend=backend, ignore_index=group.ignore_index) for group in groups]
+        return merged_matches(results, groups, k, larger_wins=self.metric != "l2")
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class: [N, C] for rows, [B, C, h, w] for maps.
 
         Classes with no stored feature score -inf (+inf distance for l2). One
-        ``refmatch.classwise_max`` over the rows that ``_matched_rows`` gives.
+        ``refmatch.classwise_max`` per group of ``bank_groups``.
         """
         self._require_features(self._stored())
         query = self._checked_query(query)
-        rows, labels, ignore_index, _ = self._matched_rows()
-        return classwise_max(query, rows, labels, self.num_classes, metric=self.metric, backend=backend,
-                             ignore_index=ignore_index)
+        per_group = [classwise_max(query, group.rows, group.labels, self.num_classes, metric=self.metric,
+                                   backend=backend, ignore_index=group.ignore_index) for group in bank_groups(self)]
+        return merged_classwise(per_group, larger_wins=self.metric != "l2")
 
     def _checked_query(self, query):
         """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""
         check_query(query, self.features)
         return query.to(self.features.dtype)
-
-    def _matched_rows(self):
-        """(rows [S, D], labels [S], ignore_index or None, slot_offset [C] or None): what a match
-        runs over. A ``from_tensors`` bank: its rows, and ``ignore_index`` where some row is
-        ignored (the mask changes the kernels' path). A growable bank: each class's filled
-        prefix of slots (ring and reservoir both fill slots in order), class after class (a view
-        for one class, else a copy: one fused walk over S rows costs less than a walk per class,
-        each preparing the queries again); row i is slot i + slot_offset[labels[i]]."""
-        if self.capacity is None:
-            return self.features, self.labels, self.ignore_index if self._stored() < self.labels.shape[0] else None, None
-        counts = self.counts.tolist()  # one host read
-        classes = [cls for cls, count in enumerate(counts) if count]
-        parts = [self.features[cls * self.capacity:cls * self.capacity + counts[cls]] for cls in classes]
-        rows = parts[0] if len(parts) == 1 else torch.cat(parts)
-        labels = torch.repeat_interleave(torch.arange(self.num_classes, device=self.counts.device), self.counts,
-                                         output_size=rows.shape[0])
-        first_row = torch.cumsum(self.counts, 0) - self.counts
-        slot_offset = torch.arange(self.num_classes, device=self.counts.device) * self.capacity - first_row
-        return rows, labels, None, slot_offset
