@@ -159,21 +159,21 @@ def test_ties_across_classes_take_the_lowest_slot():
 
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_partly_filled_bank_matches_as_its_whole_buffer(metric, k):
-    """The filled slots gathered for one walk give what a match over the whole buffer gives, where
-    the empty slots' NaN never matches: slots, classes, scores and class-wise maxima (class 3 empty)."""
+@pytest.mark.parametrize("pixels", [(40, 9, 15, 0), (40, 40, 15, 0), (40, 0, 15, 9), (0, 0, 64, 0)],
+                         ids=["copy", "one-run", "gap", "one-class"])
+def test_filled_slots_match_as_the_whole_buffer(metric, k, pixels):
+    """Matching only the filled slots (a view of them where they form one run, else a copy; l2 class
+    by class) gives what a match over the whole buffer gives, whose empty slots' NaN never matches."""
     import refmatch
     torch.manual_seed(0)
     bank = ReferenceBank(6, 4, capacity_per_class=32, dtype=torch.float32, metric=metric)
-    masks = torch.tensor([0, 1, 2]).repeat_interleave(torch.tensor([40, 9, 15]))  # class 0 fills, 1 and 2 do not
+    masks = torch.arange(4).repeat_interleave(torch.tensor(pixels))  # a class of 40 fills its 32 slots
     bank.add(torch.randn(1, 6, 8, 8), masks[torch.randperm(64)].view(1, 8, 8))
     maps = torch.randn(2, 6, 3, 5)
     found = bank.match(maps, k=k)
     whole = refmatch.match(maps, bank.features, bank.labels, k=k, metric=metric)
     assert torch.equal(found.index, whole.index) and torch.equal(found.label, whole.label)
     torch.testing.assert_close(found.score, whole.score)
-    torch.testing.assert_close(bank.classwise_max(maps), refmatch.classwise_max(maps, bank.features, bank.labels, 4,
-                                                                               metric=metric))
 
 
 def test_l2_bank_shifts_each_class_by_its_own_mean():

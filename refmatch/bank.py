@@ -2,14 +2,14 @@
 import torch
 from torch import nn
 
-from .backends.scoring import METRICS
+from .backends.scoring import METRICS, accumulation_dtype, worst_score
 from .bank_checks import check_feature_maps, check_images, check_query, check_reference_rows, \
     checked_bank_arguments, require_values, state_dict_problem
-from .bank_groups import bank_groups, merged_classwise, merged_matches
+from .bank_match import match_filled_slots
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .bank_rows import bank_rows, warn_ring_overflow
 from .masks import check_masks
-from .ops import _check_label_values, as_int, classwise_max, inferred_num_classes, kept_labels, match
+from .ops import _check_label_values, as_int, inferred_num_classes, kept_labels, match
 
 
 class ReferenceBank(nn.Module):
@@ -236,31 +236,52 @@ class ReferenceBank(nn.Module):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
         dtype) against the stored features; ``index`` is a slot, ``label`` its class.
 
-        Only stored rows are scored (``bank_groups``): one fused match over all of them,
-        class by class for l2 (each class shifted by its own mean), merged with the
-        lowest-slot tie rule; a ``from_tensors`` bank's ignored rows never match.
+        Only filled slots are scored (``bank_match``): a growable cosine or dot bank runs one
+        fused match over them, an l2 one a match per class; a ``from_tensors`` bank one match
+        over all its rows (ignored labels never match).
         """
         k = as_int("k", k)
-        self._require_features(self._stored(), k)
+        stored = self._stored()
+        self._require_features(stored, k)
         query = self._checked_query(query)
-        groups = bank_groups(self)
-        results = [match(query, group.rows, group.labels, k=min(k, group.rows.shape[0]), metric=self.metric,
-                         backend=backend, ignore_index=group.ignore_index) for group in groups]
-        return merged_matches(results, groups, k, larger_wins=self.metric != "l2")
+        if self.capacity is not None:
+            return match_filled_slots(self, query, k, backend)
+        # The ignored-row mask only when some row is ignored: it changes the kernels' path.
+        ignore_index = self.ignore_index if stored < self.labels.shape[0] else None
+        return match(query, self.features, self.labels, k=k, metric=self.metric, backend=backend,
+                     ignore_index=ignore_index)
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class: [N, C] for rows, [B, C, h, w] for maps.
 
-        Classes with no stored feature score -inf (+inf distance for l2). One
-        ``refmatch.classwise_max`` per group of ``bank_groups``.
+        Classes with no stored feature score -inf (+inf distance for l2). Each
+        class's slots are contiguous (a ``from_tensors`` bank selects them, a copy), so
+        this is one fused match per class.
         """
         self._require_features(self._stored())
         query = self._checked_query(query)
-        per_group = [classwise_max(query, group.rows, group.labels, self.num_classes, metric=self.metric,
-                                   backend=backend, ignore_index=group.ignore_index) for group in bank_groups(self)]
-        return merged_classwise(per_group, larger_wins=self.metric != "l2")
+        worst = worst_score(self.metric)
+        per_class = []
+        for cls in range(self.num_classes):
+            block = self._class_rows(cls)
+            if block.shape[0] == 0:
+                shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
+                per_class.append(torch.full(shape, worst, device=query.device,
+                                            dtype=accumulation_dtype(self.features.dtype)))
+            else:
+                per_class.append(match(query, block, metric=self.metric, backend=backend).score)
+        return torch.stack(per_class, dim=1)
 
     def _checked_query(self, query):
         """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""
         check_query(query, self.features)
         return query.to(self.features.dtype)
+
+    def _class_rows(self, cls):
+        """[rows, D] features of class ``cls``: the filled prefix of its slots (ring and
+        reservoir both fill slots in order), or a selection of a fixed bank (none for a
+        class that is ``ignore_index``)."""
+        if self.capacity is None:
+            return self.features[self.labels == cls] if cls != self.ignore_index else self.features[:0]
+        start = cls * self.capacity
+        return self.features[start:start + int(self.counts[cls])]

@@ -1,0 +1,57 @@
+"""``match`` over a growable ``ReferenceBank``'s filled slots.
+
+Class c owns slots [c * capacity, (c + 1) * capacity) and fills them in order, so its stored
+rows are a prefix of its range. A cosine or dot bank runs one match over all of them: a view
+of the slots where they form one run (each class between the first and the last holding rows
+is full: a bank in steady state), else a copy of the stored rows. One walk costs less than a
+walk per class, each preparing the queries again: a lung teacher's hard pseudo-labels (32768
+queries, 16110 + 2070 references, D = 24, one thread) took 198-224 ms against 272. An l2 bank
+runs one match per class, each class shifted by its own mean (the contract's l2 shift: one
+shift for classes around 0 and 1000 loses the far class's digits), merged by score with the
+lowest slot first among equals.
+"""
+import itertools
+
+import torch
+
+from .candidates import keep_best, with_k_axis
+from .ops import MatchResult, match
+
+
+def match_filled_slots(bank, query, k, backend):
+    """``MatchResult`` of ``query`` ([N, D] or [B, D, h, w], in the bank's dtype) against a
+    growable ``bank``'s stored rows (at least k of them): ``index`` a slot, ``label`` its class;
+    [N] / [B, h, w] for k = 1, else [N, k] / [B, k, h, w]."""
+    counts = bank.counts.tolist()  # one host read
+    classes = [cls for cls, count in enumerate(counts) if count]
+    if bank.metric == "l2":
+        return _match_class_by_class(bank, query, k, backend, classes, counts)
+    first, last, capacity = classes[0], classes[-1], bank.capacity
+    if all(counts[cls] == capacity for cls in range(first, last)):  # the stored slots are one run
+        rows = bank.features[first * capacity:last * capacity + counts[last]]
+        row_starts = [(cls - first) * capacity for cls in classes]
+    else:
+        rows = torch.cat([bank.features[cls * capacity:cls * capacity + counts[cls]] for cls in classes])
+        row_starts = list(itertools.accumulate([counts[cls] for cls in classes[:-1]], initial=0))
+    found = match(query, rows, k=k, metric=bank.metric, backend=backend)
+    starts = torch.tensor(row_starts, device=found.index.device)
+    owners = torch.tensor(classes, device=found.index.device)
+    group = (torch.searchsorted(starts, found.index, right=True) - 1).clamp(min=0)  # index -1: any group
+    matched = found.index >= 0
+    slot = torch.where(matched, found.index - starts[group] + owners[group] * capacity, -1)
+    return MatchResult(found.score, slot, torch.where(matched, owners[group], -1))
+
+
+def _match_class_by_class(bank, query, k, backend, classes, counts):
+    """The l2 bank's match: one per class, merged best first (ties: lower class, lower slot)."""
+    scores, slots, labels = [], [], []
+    for cls in classes:
+        start = cls * bank.capacity
+        found = match(query, bank.features[start:start + counts[cls]], k=min(k, counts[cls]), metric=bank.metric,
+                      backend=backend)
+        score, index = with_k_axis(found.score)[0], with_k_axis(found.index)[0]
+        scores.append(score)
+        slots.append(torch.where(index >= 0, index + start, -1))
+        labels.append(torch.where(index >= 0, cls, -1))
+    best = keep_best(torch.cat(scores, 1), k, torch.cat(slots, 1), torch.cat(labels, 1), larger_wins=False)
+    return MatchResult(*(values[:, 0] if k == 1 else values for values in best))  # k = 1: no k axis
