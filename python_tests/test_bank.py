@@ -166,7 +166,7 @@ def test_filled_slots_match_as_the_whole_buffer(metric, k, pixels):
     by class) gives what a match over the whole buffer gives, whose empty slots' NaN never matches."""
     import refmatch
     torch.manual_seed(0)
-    bank = ReferenceBank(6, 4, capacity_per_class=32, dtype=torch.float32, metric=metric)
+    bank = ReferenceBank(6, 4, capacity_per_class=32, dtype=torch.float32, metric=metric, policy="reservoir")
     masks = torch.arange(4).repeat_interleave(torch.tensor(pixels))  # a class of 40 fills its 32 slots
     bank.add(torch.randn(1, 6, 8, 8), masks[torch.randperm(64)].view(1, 8, 8))
     maps = torch.randn(2, 6, 3, 5)

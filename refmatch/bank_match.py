@@ -33,10 +33,11 @@ def match_filled_slots(bank, query, k, backend):
     else:
         rows = torch.cat([bank.features[cls * capacity:cls * capacity + counts[cls]] for cls in classes])
         row_starts = list(itertools.accumulate([counts[cls] for cls in classes[:-1]], initial=0))
+    # before the match: a copy to a GPU after it would wait for it
+    starts, owners = (torch.tensor(values, device=rows.device) for values in (row_starts, classes))
     found = match(query, rows, k=k, metric=bank.metric, backend=backend)
-    starts = torch.tensor(row_starts, device=found.index.device)
-    owners = torch.tensor(classes, device=found.index.device)
-    group = (torch.searchsorted(starts, found.index, right=True) - 1).clamp(min=0)  # index -1: any group
+    # contiguous: map results' index is a permuted view, which searchsorted would copy with a warning
+    group = (torch.searchsorted(starts, found.index.contiguous(), right=True) - 1).clamp(min=0)  # -1: any group
     matched = found.index >= 0
     slot = torch.where(matched, found.index - starts[group] + owners[group] * capacity, -1)
     return MatchResult(found.score, slot, torch.where(matched, owners[group], -1))
