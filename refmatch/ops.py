@@ -7,7 +7,7 @@ import torch
 
 from .backends import NAMES as BACKEND_NAMES
 from .backends import MatchProblem, select
-from .backends.scoring import METRICS, centred_for_l2, host_read_allowed
+from .backends.scoring import METRICS, as_maps, centred_for_l2, host_read_allowed
 from .choices import check_choice
 from .masks import label_is
 
@@ -193,11 +193,6 @@ def _ignored(labels, ignore_index):
     return None if ignore_index is None else label_is(labels, ignore_index)
 
 
-def _as_maps(query):
-    """[N, D] rows as a [1, D, N, 1] strided view, so every backend sees maps."""
-    return query.T[None, :, :, None] if query.dim() == 2 else query
-
-
 def rows_as_query(values, query):
     """[N, c] per-row values in ``query``'s layout: [N, c] for rows, [B, c, H, W] (a view)
     for [B, D, H, W] maps, whose rows run over (b, h, w)."""
@@ -248,7 +243,7 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     problem = MatchProblem(query.device, query.dtype, k, metric, query.shape[1])
     chosen = select(problem, backend)
     ignored = _ignored(labels, ignore_index)
-    maps, reference = _as_maps(query.detach()), reference.detach()
+    maps, reference = as_maps(query.detach()), reference.detach()
     if metric == "l2":
         maps, reference = centred_for_l2(maps, reference, ignored)
     score, index = chosen.op(maps, reference, ignored, k, metric)
@@ -293,7 +288,7 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     chosen = select(problem, backend)
     ignored = _ignored(labels, ignore_index)
     kernel_labels = labels.long() if ignored is None else labels.long().masked_fill(ignored, 0)
-    maps, reference = _as_maps(query.detach()), reference.detach()
+    maps, reference = as_maps(query.detach()), reference.detach()
     if metric == "l2":
         maps, reference = centred_for_l2(maps, reference, ignored)
     return rows_as_query(chosen.classwise_op(maps, reference, kernel_labels, ignored, num_classes, metric), query)

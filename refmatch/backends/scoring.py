@@ -39,6 +39,13 @@ def tf32_allowed(dtype):
         return torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
+def as_maps(query):
+    """[N, D] rows as a [1, D, N, 1] strided view, so every backend sees maps ([B, D, H, W] maps
+    as they are). Scoring rows this way reduces contiguous rows: a norm over the D of
+    [B, D, H, W] maps took 30 times longer at 8 x 24 x 64 x 64."""
+    return query.T[None, :, :, None] if query.dim() == 2 else query
+
+
 def _reduced_by_chunks(tensor, dim, reduce, max_elements, dtype=None):
     """``reduce(part)`` over ``dim`` of ``tensor`` in ``dtype`` (default: its accumulation
     dtype), flattened to [rows]; converted a chunk at a time along the longest other

@@ -14,8 +14,8 @@ import torch
 
 from . import cpu_topk
 from .class_ranges import class_ranges, stored_by_class
-from .scoring import finalize_class_scores, host_read_allowed
-from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, row_maps, tiling
+from .scoring import as_maps, finalize_class_scores, host_read_allowed
+from .torch_backend import _block_of, _drop_nan, _prepare_block, _score_tile, match_rows, tiling
 
 
 def _single_class_blocks(labels, block_m):
@@ -54,7 +54,7 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
         best[:, cls] = match_rows(rows, part, part_ignored, 1, metric, tile_bytes, block_m, screen)[0][:, 0]
     if parts is None:
         _walk_classes(rows, reference, labels, ignored, metric, best, operand_dtype, walk_block_m, block_n)
-    return finalize_class_scores(best, row_maps(rows), metric)
+    return finalize_class_scores(best, as_maps(rows), metric)  # norms over contiguous rows
 
 
 def _class_ranges(reference, labels, ignored, num_classes):
