@@ -2,9 +2,11 @@
 optional ``unlabeled/`` of images without masks.
 
 Images are PNG (another image format in these folders is refused by name, not skipped),
-grayscale or RGB (RGB is converted to grayscale), read as
-float32 [1, H, W] in [0, 1]. A mask (grayscale, palette, or RGB whose channels
-are equal) is read by this rule, C = ``num_classes`` (128 when None):
+grayscale or RGB (RGB is converted to grayscale, alpha dropped), read as float32 [1, H, W]
+in [0, 1] by their bit depth; a 16-bit PNG in colour or with alpha, which PIL reads cut to
+8 bits, is refused by name. A mask (grayscale, palette, or RGB whose channels are equal;
+with alpha, unless its grey is one value and its alpha marks regions, which is refused)
+is read by this rule, C = ``num_classes`` (128 when None):
 
 * all its values are < C: class indices, kept as they are;
 * for two classes (C 2 or None), 0 and one value above 127 (0/255, 0/65535 ...): a
@@ -44,6 +46,8 @@ IGNORE_LABEL = 255      # a mask's "ignore this pixel"; the recipe's losses and 
 MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
 LISTED_NAMES = 5        # file names quoted in an error before "and N more"
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L")  # PIL modes read as they are
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR_TYPES = {2: "RGB", 4: "grey + alpha", 6: "RGBA"}  # PNG colour types PIL reads at 8 bits only
 
 
 def png_names(folder):
@@ -89,14 +93,28 @@ def scan_folder(root):
     return {"labeled": images, "unlabeled": unlabeled}
 
 
+def _png_header(path):
+    """(bit depth, PNG colour type) from the file's IHDR chunk, or None for a file that is not PNG."""
+    with open(path, "rb") as file:
+        head = file.read(26)
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
 def _read_array(path, keep_modes):
-    """The file's pixels as a 2-D numpy array; images whose PIL mode is not in
-    ``keep_modes`` are converted to 8-bit grayscale. Raises FileNotFoundError or
-    ValueError naming the file."""
+    """The file's pixels as a numpy array ([H, W], or [H, W, channels] for a mode in
+    ``keep_modes`` that has them); images whose PIL mode is not in ``keep_modes`` are
+    converted to 8-bit grayscale. Raises FileNotFoundError or ValueError naming the file,
+    also for a 16-bit PNG in colour or with alpha, which PIL would cut to 8 bits."""
     from PIL import Image
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    header = _png_header(path)
+    if header is not None and header[0] == 16 and header[1] in PNG_COLOUR_TYPES:
+        raise ValueError(f"{path} is a 16-bit {PNG_COLOUR_TYPES[header[1]]} PNG, which PIL reads cut to 8 bits "
+                         "(12-bit data to 16 grey levels): save it as a 16-bit grayscale PNG without alpha")
     try:
         with Image.open(path) as image:
             if image.mode not in keep_modes:
@@ -138,12 +156,17 @@ def _on_borders(array, values):
 def read_mask(path, num_classes=None, classes_from="the data"):
     """A mask PNG as int64 [H, W] class labels (255: ignore), by the module's rule;
     ``classes_from`` names what set ``num_classes`` in an error (a checkpoint, say)."""
-    array = _read_array(Path(path), GRAY_MODES + ("P", "RGB", "RGBA")).astype(np.int64)  # palette: indices
-    if array.ndim == 3:  # RGB(A): a gray mask stored in colour, or a colour mask, which has no classes
-        if (array[..., :3] != array[..., :1]).any():
+    array = _read_array(Path(path), GRAY_MODES + ("P", "LA", "RGB", "RGBA")).astype(np.int64)  # palette: indices
+    if array.ndim == 3:  # LA, RGB(A): a grey mask stored in colour, or a colour mask, which has no classes
+        colour, alpha = (array[..., :-1], array[..., -1]) if array.shape[-1] in (2, 4) else (array, None)
+        if (colour != colour[..., :1]).any():
             raise ValueError(f"{path} is a colour mask: store class indices (or 0/255) in a grayscale or "
                              "palette PNG")
-        array = array[..., 0]
+        array = colour[..., 0]
+        if alpha is not None and (array == array.flat[0]).all() and (alpha != alpha.flat[0]).any():
+            raise ValueError(f"{path} marks its regions in the alpha channel alone (grey {array.flat[0]} "
+                             f"everywhere, alpha {_listing([str(v) for v in np.unique(alpha)])}): refmatch reads "
+                             "the grey values; store the classes there (class indices or 0/255)")
     limit = MAX_INDEX_LABELS if num_classes is None else num_classes
     two_classes = num_classes in (None, 2)
     values = np.unique(array)

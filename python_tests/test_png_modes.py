@@ -1,0 +1,74 @@
+"""PNG layouts that PIL reads other than they look: 16-bit colour cut to 8 bits, masks in alpha."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+
+from refmatch.data.folder import read_image, read_mask  # noqa: E402
+
+
+def write_raw_png(path, array, colour_type):
+    """A 16-bit PNG that PIL cannot write: [H, W] grey (type 0), [H, W, 2] grey + alpha (4),
+    [H, W, 3] RGB (2) or [H, W, 4] RGBA (6)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = array.shape[:2]
+    rows = b"".join(b"\x00" + np.ascontiguousarray(row, dtype=">u2").tobytes() for row in array)
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def twelve_bit_ramp():
+    return (np.arange(64, dtype=np.uint16).reshape(8, 8) * 64) % 4096  # 12-bit values, 64 levels
+
+
+def test_16_bit_grey_keeps_every_level(tmp_path):
+    values = twelve_bit_ramp()
+    write_raw_png(tmp_path / "grey.png", values, 0)
+    assert torch.equal(read_image(tmp_path / "grey.png")[0], torch.from_numpy(values / 65535.0).float())
+
+
+@pytest.mark.parametrize("colour_type, channels, kind", [(2, 3, "RGB"), (4, 2, "grey \\+ alpha"), (6, 4, "RGBA")])
+def test_16_bit_colour_or_alpha_is_refused_by_name(tmp_path, colour_type, channels, kind):
+    # PIL reads these at 8 bits: the 12-bit ramp would keep 16 of its 64 levels, without a word.
+    pixels = np.repeat(twelve_bit_ramp()[..., None], channels, axis=2)
+    if channels in (2, 4):
+        pixels[..., -1] = 65535  # opaque
+    write_raw_png(tmp_path / "xray.png", pixels, colour_type)
+    with pytest.raises(ValueError, match=f"xray.png is a 16-bit {kind} PNG, which PIL reads cut to 8 bits"):
+        read_image(tmp_path / "xray.png")
+    with pytest.raises(ValueError, match="save it as a 16-bit grayscale PNG"):
+        read_mask(tmp_path / "xray.png", 2)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_a_mask_in_the_alpha_channel_alone_is_refused(tmp_path, mode):
+    from PIL import Image
+
+    lung = np.zeros((6, 6), dtype=np.uint8)
+    lung[1:4, 2:5] = 255
+    grey = np.full_like(lung, 255)  # an annotation tool's white layer, the lung in its alpha
+    Image.fromarray(np.stack([grey] * (len(mode) - 1) + [lung], axis=2), mode).save(tmp_path / "alpha.png")
+    with pytest.raises(ValueError, match=r"alpha.png marks its regions in the alpha channel alone "
+                                         r"\(grey 255 everywhere, alpha 0, 255\)"):
+        read_mask(tmp_path / "alpha.png", 2)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_a_mask_with_alpha_reads_its_grey_values(tmp_path, mode):
+    from PIL import Image
+
+    lung = np.zeros((6, 6), dtype=np.uint8)
+    lung[1:4, 2:5] = 255
+    transparent_background = np.stack([lung] * len(mode), axis=2)  # alpha as the grey values
+    Image.fromarray(transparent_background, mode).save(tmp_path / "layer.png")
+    assert torch.equal(read_mask(tmp_path / "layer.png", 2), torch.from_numpy(lung // 255).long())
+    opaque = np.stack([lung] * (len(mode) - 1) + [np.full_like(lung, 255)], axis=2)
+    Image.fromarray(opaque, mode).save(tmp_path / "opaque.png")
+    assert torch.equal(read_mask(tmp_path / "opaque.png", 2), torch.from_numpy(lung // 255).long())
