@@ -80,7 +80,8 @@ def evaluate_main(argv=None):
     from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
     from ..data.phantoms import PhantomDataset
     from ..data.splits import load_splits
-    from .data_setup import check_folder_fits_classes, class_names, load_run_split, load_split
+    from .data_setup import (check_folder_fits_classes, class_names, dark_images, load_run_split, load_split,
+                             warn_if_dark)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = checkpoint_teacher(args.checkpoint, device)
@@ -114,6 +115,7 @@ def evaluate_main(argv=None):
         if args.resolution == "training":
             split = load_split(dataset, config.num_workers, config.image_size)
             check_folder_fits_classes(split, classes, args.data)
+            warn_if_dark(dark_images(split.images, split.names), dataset.root / dataset.subfolder)
             metrics = evaluate(model, split, labels, device)
         else:
             metrics = evaluate_at_file_size(model, dataset, labels, device, num_workers=config.num_workers)

@@ -3,6 +3,7 @@
 Holding every split in memory makes batches a seeded index draw, so training
 and ``--resume`` replay exactly; loading itself runs on a worker pool.
 """
+import math
 import warnings
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -19,6 +20,7 @@ from .progress import progress_bar
 UNKNOWN = -1  # mask value of truly unlabelled pixels (no hidden ground truth)
 FOLDER_CLASSES = ("background", "lung")  # a folder's classes when the config names none
 DARK_LIMIT = 1 / 8  # 12-bit data in a 16-bit PNG reaches 1/16 of the range
+DARK_SHARE = 0.99  # of an image's pixels below DARK_LIMIT for it to read dark
 
 
 class Split(NamedTuple):
@@ -86,7 +88,9 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
     if split_file is not None and not reuse:
         save_splits(splits, split_file)
     loaded = {key: load_run_split(config, splits, key) for key in ("labeled", "unlabeled", "val", "test")}
-    warn_if_dark(loaded["labeled"].images, config.data)
+    if config.data != "phantom":
+        warn_if_dark([name for split in loaded.values() for name in dark_images(split.images, split.names)],
+                     config.data)
     if config.data != "phantom":
         warn_about_masks(list(loaded.values()), class_names(config), config.data)
     return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], class_names(config))
@@ -123,13 +127,26 @@ def _some(names, shown=3):
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def warn_if_dark(images, folder):
-    """Warn when ``images`` [n, 1, H, W] (scaled by their files' bit depth) all stay below
-    DARK_LIMIT: 12-bit data stored in 16-bit PNGs, which the model then sees nearly black."""
-    brightest = float(images.max()) if images.numel() else 1.0
-    if brightest < DARK_LIMIT:
-        warnings.warn(f"the labelled images of {folder} reach at most {brightest:.4f} of their bit depth's range "
-                      "(12-bit data in 16-bit PNGs?): rescale the files to their full range", stacklevel=2)
+def dark_images(images, names, chunk=64):
+    """The names of ``images`` [n, 1, H, W] (scaled by their files' bit depth) that stay below
+    DARK_LIMIT in all but a 1 - DARK_SHARE of their pixels (so a burned-in white marker does not
+    hide one): 12-bit data stored in 16-bit PNGs, which the model sees nearly black."""
+    dark = []
+    for start in range(0, images.shape[0], chunk):
+        flat = images[start:start + chunk].flatten(1)
+        if flat.shape[1]:
+            share = flat.kthvalue(max(1, math.ceil(DARK_SHARE * flat.shape[1])), dim=1).values
+            dark += [names[start + i] for i in (share < DARK_LIMIT).nonzero()[:, 0].tolist()]
+    return dark
+
+
+def warn_if_dark(names, where):
+    """Warn, naming some of them, that the images ``names`` of ``where`` (``dark_images``') read
+    nearly black; nothing for none."""
+    if names:
+        warnings.warn(f"{len(names)} image(s) of {where} stay below {DARK_LIMIT:.3f} of their bit depth's range "
+                      f"in {DARK_SHARE:.0%} of their pixels ({_some(names)}): 12-bit data in 16-bit PNGs? The "
+                      "model sees them nearly black: rescale the files to their full range", stacklevel=2)
 
 
 def class_names(config):

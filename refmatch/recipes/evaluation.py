@@ -42,12 +42,15 @@ def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16, nu
     [H_i, W_i] as stored). Class probabilities are resized bilinearly to each mask, then
     the argmax taken; HD95 is in the file's pixels, so it compares across training sizes.
     Files are read on ``num_workers`` processes, a batch at a time; labels are kept as uint8."""
+    from .data_setup import dark_images, warn_if_dark
+
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
-    predictions, masks = [], []
+    predictions, masks, dark = [], [], []
     bar = progress_bar(len(dataset), "evaluate", delay=2.0)
     for items in loader:
         bar.update(len(items))
         images = torch.stack([item["image"] for item in items])
+        dark += dark_images(images, [item["name"] for item in items])
         logits = torch.cat(list(_batched_logits(model, images, device, batch_size)))
         for item, item_logits in zip(items, logits):
             probabilities = F.interpolate(item_logits.softmax(dim=0)[None], size=item["mask"].shape,
@@ -55,6 +58,7 @@ def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16, nu
             predictions.append(probabilities[0].argmax(dim=0).to(torch.uint8))
             masks.append(item["mask"].to(torch.uint8))  # classes and IGNORE_LABEL (255) fit
     bar.close()
+    warn_if_dark(dark, dataset.root / dataset.subfolder)
     return segmentation_metrics(predictions, masks, len(class_names), class_names, ignore_index=IGNORE_LABEL)
 
 

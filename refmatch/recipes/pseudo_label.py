@@ -38,7 +38,7 @@ def pseudo_label_main(argv=None):
         parser.error("--resume and --overwrite exclude each other")
     from ..data.folder import FolderDataset, png_names, scan_folder
     from .cli import check_folder_argument, checkpoint_teacher, status
-    from .data_setup import check_folder_fits_classes, load_split
+    from .data_setup import check_folder_fits_classes, dark_images, load_split, warn_if_dark
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
 
@@ -65,6 +65,7 @@ def pseudo_label_main(argv=None):
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)
     check_folder_fits_classes(labeled, classes, args.labeled)
+    warn_if_dark(dark_images(labeled.images, labeled.names), args.labeled)
     todo = [name for name in names if name not in done]
     status(f"loaded {len(labeled.names)} labelled images; labelling {len(todo)} images of {folder}"
             + (f" ({len(done)} finished before)" if done else ""))
@@ -86,8 +87,13 @@ def pseudo_label_main(argv=None):
                                          with_masks=False), batch_size=config.batch_size,
                            num_workers=config.num_workers, shuffle=False)
     bar = progress_bar(len(names), "pseudo-label", initial=len(done))
+    dark_warned = False
     try:
         for batch in unlabeled:
+            if not dark_warned:  # once, at the first batch that holds any: a warning per batch would flood
+                dark = dark_images(batch["image"], batch["name"])
+                warn_if_dark(dark, f"{folder} (the first found)")
+                dark_warned = bool(dark)
             pseudo = source(batch["image"].to(device))
             for name, labels, confidence in zip(batch["name"], pseudo.labels.cpu(), pseudo.confidence.cpu()):
                 _save_pseudo_label(folder / name, args.out, labels, confidence)
