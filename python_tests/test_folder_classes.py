@@ -139,3 +139,46 @@ def test_a_binary_mask_among_class_indices_is_named(tmp_path, phantom_folder):
           "--out", str(run)])
     assert "1 mask(s) of " in (run / "train.log").read_text()
     assert "hold only 0 and 255 (p03.png): with 4 classes 255 marks ignored pixels" in (run / "train.log").read_text()
+
+
+def test_a_pseudo_label_method_without_unlabelled_images_is_refused(tmp_path, phantom_folder):
+    """All images labelled and no unlabeled/: refmatch trained as supervised, under its own name."""
+    from refmatch.__main__ import main
+
+    with pytest.raises(ValueError, match=r"method=refmatch learns from unlabelled images, but .*data leaves none "
+                                         r"\(labeled_fraction=1.0, num_labeled=0; unlabeled/ empty or missing\)"):
+        main(["train", *FOLDER_RUN, f"data={phantom_folder}", classes_setting(CLASS_NAMES), "labeled_fraction=1.0",
+              "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def split_of(*masks):
+    import torch
+
+    from refmatch.recipes.data_setup import Split
+
+    masks = torch.tensor(masks)
+    return Split(torch.zeros(len(masks), 1, *masks.shape[1:]), masks, [f"m{i}.png" for i in range(len(masks))])
+
+
+def test_masks_are_checked_against_the_labelled_split():
+    """A class that only unlabelled, val or test masks hold is never learnt (and refmatch's bank
+    has no reference of it); labelled masks with no class pixel at all leave nothing to learn."""
+    import warnings
+
+    from refmatch.recipes.data_setup import check_masks
+
+    names = ("background", "right", "left")
+    labeled, others = split_of([[0, 1], [1, 255]]), split_of([[0, 2]], [[2, 1]])
+    with pytest.warns(UserWarning, match=r"class\(es\) 'left' \(2\) appear in none of the 1 labelled masks of this "
+                                         r"run's split of DATA, only in other splits"):
+        check_masks([labeled, others], names, "DATA")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_masks([split_of([[0, 1], [2, 255]]), others], names, "DATA")  # every class labelled: no word
+    with pytest.warns(UserWarning) as caught:
+        check_masks([labeled], names, "DATA")  # absent everywhere: that warning alone
+    assert [str(w.message)[:46] for w in caught] == ["class(es) 'left' (2) appear in no mask of DATA"]
+    with pytest.raises(ValueError, match=r"the 2 labelled mask\(s\) of DATA \(m0.png, m1.png\) hold no class pixel: "
+                                         r"every pixel is 255 \(ignored\)"):
+        check_masks([split_of([[255, 255]], [[255, 255]]), others], names, "DATA")

@@ -279,6 +279,8 @@ def test_pl_k_beyond_the_labelled_pixels_is_refused_before_pseudo_labels_start()
     check_pl_k(config, masks, 2)
     source.refresh(torch.rand(3, 1, 16, 16), masks, batch_size=2)
     assert len(source.bank) == 24
+    with pytest.raises(ValueError, match=r"give the bank no pixel at tap_size=4: .* check masks/, or raise"):
+        check_pl_k(config, masks[2:], 2)  # no advice to lower a pl_k of 1
 
 
 def test_weak_augmentation_labels_padding_as_asked():

@@ -80,7 +80,7 @@ def evaluate_main(argv=None):
     from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
     from ..data.phantoms import PhantomDataset
     from ..data.splits import load_splits
-    from .data_setup import (check_folder_fits_classes, class_names, dark_images, load_run_split, load_split,
+    from .data_setup import (check_folder_fits_classes, dark_images, load_run_split, load_split, model_class_names,
                              warn_if_dark)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,7 +102,7 @@ def evaluate_main(argv=None):
     else:
         names = scan_folder(args.data)["labeled"]
         status(f"evaluating on every labelled image of {args.data}: {len(names)} images")
-    labels = class_names(config) if len(class_names(config)) == classes else tuple(f"class{i}" for i in range(classes))
+    labels = model_class_names(config, classes)
     if args.data == "phantom":
         split = (load_run_split(config, {args.split: names}, args.split, args.data) if names is not None else
                  load_split(PhantomDataset(config.num_phantoms, config.image_size, seed=config.seed + 1),

@@ -91,20 +91,22 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
     if config.data != "phantom":
         warn_if_dark([name for split in loaded.values() for name in dark_images(split.images, split.names)],
                      config.data)
-    if config.data != "phantom":
-        warn_about_masks(list(loaded.values()), class_names(config), config.data)
+        check_masks(list(loaded.values()), class_names(config), config.data)
     return RunData(loaded["labeled"], loaded["unlabeled"], loaded["val"], loaded["test"], class_names(config))
 
 
-def warn_about_masks(splits, names, folder, chunk=64):
-    """Warn about the masks of ``splits`` (mask-less images' UNKNOWN ones aside) that cannot mean
-    what the config's classes ``names`` say: masks holding just 0 and 255 where there are more
-    than two classes (255 marks ignored pixels there, so a binary mask's foreground is lost; a
-    slice with no structure but an ignored region reads the same, hence a warning), and classes
-    that no mask holds (a name too many, or a rare class the split left out). ``chunk`` masks
-    at a time, vectorised: no per-mask sort, no copy of a whole split."""
-    binary, counts = [], torch.zeros(len(names) + 2, dtype=torch.long)
+def check_masks(splits, names, folder, chunk=64):
+    """Check the masks of ``splits`` (the labelled split first; mask-less images' UNKNOWN ones
+    aside) against the config's classes ``names``. Raises ValueError when the labelled masks
+    hold no class pixel (all ignored: nothing to learn from). Warns of masks holding just 0
+    and 255 where there are more than two classes (255 marks ignored pixels there, so a binary
+    mask's foreground is lost; a slice with no structure but an ignored region reads the same,
+    hence a warning), of classes that no mask holds (a name too many, or a rare class), and of
+    classes that only the other splits hold (the model never learns them). ``chunk`` masks at a
+    time, vectorised: no per-mask sort, no copy of a whole split."""
+    binary, counts = [], []
     for split in splits:
+        counts.append(torch.zeros(len(names) + 2, dtype=torch.long))
         for start in range(0, split.masks.shape[0], chunk):
             flat = split.masks[start:start + chunk].flatten(1)
             if len(names) > 2:  # with two classes 0/255 is a binary mask, read as such
@@ -112,15 +114,28 @@ def warn_about_masks(splits, names, folder, chunk=64):
                 only = (zero | ignored).all(1) & zero.any(1) & ignored.any(1)
                 binary += [split.names[start + i] for i in only.nonzero()[:, 0].tolist()]
             # -1 (UNKNOWN) and labels >= C land in the two outer bins
-            counts += torch.bincount(flat.clamp(-1, len(names)).flatten() + 1, minlength=len(names) + 2)
+            counts[-1] += torch.bincount(flat.clamp(-1, len(names)).flatten() + 1, minlength=len(names) + 2)
+    labeled = splits[0]
+    if labeled.names and counts[0][1:-1].sum() == 0:
+        raise ValueError(f"the {len(labeled.names)} labelled mask(s) of {folder} ({_some(labeled.names)}) hold no "
+                         f"class pixel: every pixel is {IGNORE_LABEL} (ignored); store the classes as 0..C-1 "
+                         "(0/255 for a binary mask)")
     if binary:
         warnings.warn(f"{len(binary)} mask(s) of {folder} hold only 0 and {IGNORE_LABEL} ({_some(binary)}): with "
                       f"{len(names)} classes {IGNORE_LABEL} marks ignored pixels, so they give background only; "
                       f"store a structure as its class index (1..{len(names) - 1})", stacklevel=3)
-    absent = [f"{name!r} ({value})" for value, name in enumerate(names) if counts[value + 1] == 0]
+    total = sum(counts)
+    absent = [f"{name!r} ({value})" for value, name in enumerate(names) if total[value + 1] == 0]
     if absent:
         warnings.warn(f"class(es) {', '.join(absent)} appear in no mask of {folder}: nothing to learn or score "
                       "them by; check classes (mask values 0..C-1 in order)", stacklevel=3)
+    unlearned = [f"{name!r} ({value})" for value, name in enumerate(names)
+                 if counts[0][value + 1] == 0 < total[value + 1]]
+    if unlearned:
+        warnings.warn(f"class(es) {', '.join(unlearned)} appear in none of the {len(labeled.names)} labelled masks "
+                      f"of this run's split of {folder}, only in other splits: the model never learns them, nor "
+                      "does refmatch's bank hold a reference of them; label more images (num_labeled, "
+                      "labeled_fraction) or draw another split (seed)", stacklevel=3)
 
 
 def _some(names, shown=3):
@@ -155,6 +170,13 @@ def class_names(config):
     if config.data == "phantom":
         return PHANTOM_CLASSES
     return tuple(config.classes) or FOLDER_CLASSES
+
+
+def model_class_names(config, num_classes):
+    """The class names of a checkpoint's model of ``num_classes`` outputs: its run's, or class0,
+    class1 ... where they do not fit."""
+    names = class_names(config)
+    return names if len(names) == num_classes else tuple(f"class{i}" for i in range(num_classes))
 
 
 def load_run_split(config, splits, key, data=None):

@@ -112,6 +112,9 @@ def check_pl_k(config, masks, num_classes, batch_size=16):
 
 def require_k_references(config, references):
     """ValueError when a bank of ``references`` rows cannot give ``config.pl_k`` neighbours."""
+    if references == 0:
+        raise ValueError(f"the labelled masks give the bank no pixel at tap_size={config.tap_size}: at that "
+                         f"size every pixel of them is ignored ({IGNORE}); check masks/, or raise tap_size")
     if references < config.pl_k:
         raise ValueError(f"pl_k={config.pl_k} but the labelled images give the bank {references} pixels "
                          f"(tap_size={config.tap_size} squared per labelled image, at most "

@@ -38,7 +38,8 @@ def pseudo_label_main(argv=None):
         parser.error("--resume and --overwrite exclude each other")
     from ..data.folder import FolderDataset, png_names, scan_folder
     from .cli import check_folder_argument, checkpoint_teacher, status
-    from .data_setup import check_folder_fits_classes, dark_images, load_split, warn_if_dark
+    from .data_setup import (check_folder_fits_classes, check_masks, dark_images, load_split, model_class_names,
+                             warn_if_dark)
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
 
@@ -65,6 +66,7 @@ def pseudo_label_main(argv=None):
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)
     check_folder_fits_classes(labeled, classes, args.labeled)
+    check_masks([labeled], model_class_names(config, classes), args.labeled)  # a class no mask holds: never labelled
     warn_if_dark(dark_images(labeled.images, labeled.names), args.labeled)
     todo = [name for name in names if name not in done]
     status(f"loaded {len(labeled.names)} labelled images; labelling {len(todo)} images of {folder}"

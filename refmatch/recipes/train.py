@@ -93,6 +93,11 @@ class Trainer:
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.pseudo = pseudo_label_source(config.method, self.teacher, config, self.num_classes, self.device)
+        if self.pseudo is not None and not self.data.unlabeled.names:  # it would train as supervised, by name
+            raise ValueError(f"method={config.method} learns from unlabelled images, but {config.data} leaves none "
+                             f"(labeled_fraction={config.labeled_fraction}, num_labeled={config.num_labeled}; "
+                             "unlabeled/ empty or missing): add images to unlabeled/, label fewer, or use "
+                             "method=supervised")
         if config.method == "refmatch":
             check_pl_k(config, self.data.labeled.masks, self.num_classes)
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * self.run.rank)
