@@ -174,3 +174,17 @@ def test_a_resumed_record_of_an_older_refmatch_counts_only_what_it_can(folders, 
     (out / pseudo_label.RECORD).write_text(json.dumps({**older, "written": 1, "complete": False}))
     main(command(folders, out, "--resume"))
     assert record(out)["kept_counted"] == 2 and record(out)["kept_percent"] == pytest.approx(100.0)
+
+
+def test_a_dataset_folder_with_images_and_unlabeled_is_refused_as_unlabeled(folders, tmp_path):
+    """It labelled images/, the labelled images, where the user meant unlabeled/."""
+    best, labeled, unlabeled = folders
+    (labeled / "unlabeled").mkdir(exist_ok=True)
+    try:
+        with pytest.raises(ValueError, match=r"--unlabeled .*labeled holds both images/ and unlabeled/: name the "
+                                             r"folder to label \(.*labeled.unlabeled for its unlabelled images\)"):
+            main(command((best, labeled, labeled), tmp_path / "pseudo"))
+    finally:
+        (labeled / "unlabeled").rmdir()
+    main(command((best, labeled, labeled), tmp_path / "pseudo"))  # images/ alone: those
+    assert sorted(path.name for path in (tmp_path / "pseudo" / "labels").iterdir()) == ["p0.png", "p1.png", "p2.png"]

@@ -27,7 +27,7 @@ def pseudo_label_main(argv=None):
                                      description="Reference-guided pseudo-labels for a folder of images.")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--labeled", type=Path, required=True, help="folder with images/ and masks/")
-    parser.add_argument("--unlabeled", type=Path, required=True, help="folder of PNG images (or with images/)")
+    parser.add_argument("--unlabeled", type=Path, required=True, help="folder of PNG images (or its images/; not a dataset folder with unlabeled/ too)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted OUT: skip the images it has finished (same checkpoint "
@@ -210,6 +210,10 @@ def _save_pseudo_label(image_path, out, labels, confidence):
 
 
 def image_folder(root):
-    """The images of a folder: its images/ subfolder where there is one, else the folder itself."""
+    """The images of a folder: its images/ subfolder where there is one, else the folder itself.
+    Raises ValueError for a dataset folder that has unlabeled/ beside images/: which to label?"""
     root = Path(root)
+    if (root / "images").is_dir() and (root / "unlabeled").is_dir():
+        raise ValueError(f"--unlabeled {root} holds both images/ and unlabeled/: name the folder to label "
+                         f"({root / 'unlabeled'} for its unlabelled images)")
     return root / "images" if (root / "images").is_dir() else root
