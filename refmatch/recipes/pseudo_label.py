@@ -27,7 +27,8 @@ def pseudo_label_main(argv=None):
                                      description="Reference-guided pseudo-labels for a folder of images.")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--labeled", type=Path, required=True, help="folder with images/ and masks/")
-    parser.add_argument("--unlabeled", type=Path, required=True, help="folder of PNG images (or its images/; not a dataset folder with unlabeled/ too)")
+    parser.add_argument("--unlabeled", type=Path, required=True,
+                        help="folder of PNG images (or its images/; not a dataset folder with unlabeled/ too)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted OUT: skip the images it has finished (same checkpoint "
