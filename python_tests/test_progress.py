@@ -50,3 +50,20 @@ def test_progress_bar_without_tqdm_shows_nothing_and_takes_the_same_calls(monkey
     bar.set_postfix(loss="0.1")
     bar.close()
     assert capfd.readouterr() == ("", "")
+
+
+def test_commands_without_a_terminal_get_a_line_each_tenth(monkeypatch, capfd):
+    """refmatch pseudo-label over 240 images ran 21 s with nothing between its first and last
+    lines where stderr went to a file; the training bar (lines=False) keeps its own log lines."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    bar = progress_bar(25, "pseudo-label", initial=5, lines=True)
+    for _ in range(20):
+        bar.update(1)
+    bar.close()
+    lines = capfd.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"pseudo-label: {done}/25 images"
+                                                      for done in (8, 10, 13, 15, 18, 20, 23)]
+    assert lines[-1].endswith(" s per image, about 0m00s left")
+    assert isinstance(progress_bar(25, "train", lines=False), _SilentBar)
+    monkeypatch.setenv("RANK", "1")
+    assert isinstance(progress_bar(25, "pseudo-label", lines=True), _SilentBar)  # rank 0's alone

@@ -48,7 +48,7 @@ def record(out):
     return json.loads((out / pseudo_label.RECORD).read_text())
 
 
-def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, monkeypatch):
+def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, monkeypatch, capfd):
     """The second batch's image is read after the first batch's files are written: the images
     stream through (a folder of 100k radiographs no longer loads whole first)."""
     events, read, save = [], FolderDataset.__getitem__, pseudo_label._save_pseudo_label
@@ -66,6 +66,7 @@ def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, mon
     assert record(out)["complete"] and record(out)["written"] == record(out)["images"] == 3
     unlabeled_events = [event for event in events if event[1] in NAMES]
     assert unlabeled_events.index(("save", "u0.png")) < unlabeled_events.index(("read", "u2.png"))
+    assert "\npseudo-label: 2/3 images, " in capfd.readouterr().err  # no terminal here: progress lines
 
 
 def test_a_stopped_folder_resumes_where_it_stopped(folders, tmp_path, monkeypatch, capsys):

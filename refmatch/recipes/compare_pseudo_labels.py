@@ -127,7 +127,7 @@ def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", s
         raise ValueError(f"the run {run_dir} has no unlabelled images with hidden masks to score against")
     images, truth = data.unlabeled.images[hidden], data.unlabeled.masks[hidden]
     rows, outputs = [], {}
-    bar = progress_bar(len(settings) * images.shape[0], "pseudo-labels")
+    bar = progress_bar(len(settings) * images.shape[0], "pseudo-labels", lines=True)
     for name, setting in parsed:
         source = pseudo_label_source(setting.method, teacher, setting, num_classes, device)
         source.refresh(data.labeled.images.to(device), data.labeled.masks.to(device), batch_size)

@@ -46,7 +46,7 @@ def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16, nu
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     predictions, masks, dark = [], [], []
-    bar = progress_bar(len(dataset), "evaluate", delay=2.0)
+    bar = progress_bar(len(dataset), "evaluate", delay=2.0, lines=True)
     for items in loader:
         bar.update(len(items))
         images = torch.stack([item["image"] for item in items])

@@ -27,17 +27,38 @@ class _SilentBar:
         pass
 
 
-def progress_bar(total, description, unit="image", initial=0, delay=0.0):
-    """A tqdm bar counting ``total`` ``unit``s where stderr is a terminal (a silent one without
-    tqdm, which comes with the train extra, or without a terminal). With a ``delay``, it shows
-    only once that many seconds have passed and goes when closed: quick or nested work (a bank
-    refresh under the training bar) leaves no line."""
+class _TenthLines(_SilentBar):
+    """What ``progress_bar(lines=True)`` gives without tqdm or a terminal: a line on stderr after
+    each tenth of the work but the last, with the pace and the time left."""
+
+    def __init__(self, total, description, unit, initial):
+        self.total, self.description, self.unit = total, description, unit
+        self.done = self.reported = self.started_at = initial
+        self.since = time.time()
+
+    def update(self, count=1):
+        self.done += count
+        if self.done * REPORTS // self.total > self.reported * REPORTS // self.total and self.done < self.total:
+            pace = (time.time() - self.since) / (self.done - self.started_at)
+            self.reported = self.done
+            print(f"{self.description}: {self.done}/{self.total} {self.unit}s, {pace:.2f} s per {self.unit}, about "
+                  f"{_duration(pace * (self.total - self.done))} left", file=sys.stderr, flush=True)
+
+
+def progress_bar(total, description, unit="image", initial=0, delay=0.0, lines=False):
+    """A tqdm bar counting ``total`` ``unit``s where stderr is a terminal. Without tqdm (which
+    comes with the train extra) or a terminal: with ``lines``, a line each tenth (a command's
+    redirected output, where a bar's carriage returns would pile up); else nothing. With a
+    ``delay``, a bar shows only once that many seconds have passed and goes when closed: quick
+    or nested work (a bank refresh under the training bar) leaves no line."""
+    if launched_rank() != 0:  # one bar, rank 0's
+        return _SilentBar()
     try:
         from tqdm import tqdm
     except ImportError:
-        return _SilentBar()
-    if not sys.stderr.isatty() or launched_rank() != 0:  # one bar, rank 0's
-        return _SilentBar()
+        tqdm = None
+    if tqdm is None or not sys.stderr.isatty():
+        return _TenthLines(total, description, unit, initial) if lines and total > 0 else _SilentBar()
     return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, mininterval=1.0, initial=initial,
                 delay=delay, leave=not delay)
 

@@ -89,7 +89,7 @@ def pseudo_label_main(argv=None):
     unlabeled = DataLoader(FolderDataset(folder.parent, todo, size=config.image_size, subfolder=folder.name,
                                          with_masks=False), batch_size=config.batch_size,
                            num_workers=config.num_workers, shuffle=False)
-    bar = progress_bar(len(names), "pseudo-label", initial=len(done))
+    bar = progress_bar(len(names), "pseudo-label", initial=len(done), lines=True)
     dark_warned = False
     try:
         for batch in unlabeled:
