@@ -10,6 +10,7 @@ pytest.importorskip("PIL", reason="the train extra is not installed")
 
 from PIL import Image  # noqa: E402
 
+from refmatch import ReferenceBank  # noqa: E402
 from refmatch.__main__ import main  # noqa: E402
 from refmatch.data.folder import FolderDataset  # noqa: E402
 from refmatch.data.phantoms import make_phantom  # noqa: E402
@@ -189,3 +190,29 @@ def test_a_dataset_folder_with_images_and_unlabeled_is_refused_as_unlabeled(fold
         (labeled / "unlabeled").rmdir()
     main(command((best, labeled, labeled), tmp_path / "pseudo"))  # images/ alone: those
     assert sorted(path.name for path in (tmp_path / "pseudo" / "labels").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+
+
+def test_the_bank_can_keep_other_pixels_than_the_run_did(folders, tmp_path, monkeypatch, capsys):
+    """A run trained with a ring bank (the lung config's) kept only the last labelled images'
+    pixels of a larger --labeled folder, and warned of a setting the command could not change."""
+    from refmatch.recipes import methods
+
+    built = []
+    monkeypatch.setattr(methods, "ReferenceBank", lambda *args, **kwargs: built.append((args, kwargs))
+                        or ReferenceBank(*args, **kwargs))
+    out = tmp_path / "pseudo"
+    with pytest.warns(UserWarning, match="policy='ring' keeps the batch's last 7"):  # 16 x 16 tap, 2 images
+        main(command(folders, out, "--bank-capacity", "7", "--bank-policy", "ring"))
+    (_, _, capacity), settings = built[-1]
+    assert capacity == 7 and settings["policy"] == "ring" and record(out)["complete"]
+    assert "(bank: ring, 7 pixels per class)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"labelled with another --bank-capacity \(7\), --bank-policy \(ring\)"):
+        main(command(folders, out, "--resume"))
+    (out / "labels" / NAMES[0]).unlink()
+    with pytest.warns(UserWarning, match="policy='ring'"):
+        main(command(folders, out, "--resume", "--bank-capacity", "7", "--bank-policy", "ring"))  # the same
+    assert (out / "labels" / NAMES[0]).is_file()
+    main(command(folders, tmp_path / "default"))
+    assert built[-1][0][2] == 512 and built[-1][1]["policy"] == "reservoir"  # the run's (TINY, the default)
+    with pytest.raises(SystemExit):
+        main(command(folders, tmp_path / "bad", "--bank-capacity", "0"))

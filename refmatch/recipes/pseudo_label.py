@@ -6,6 +6,7 @@ and each image's files are written as soon as its batch is labelled: ``labels/``
 and whether it is complete; ``--resume`` continues an interrupted folder where it stopped.
 """
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..atomic_file import save_png_atomic, write_text_atomic
+from ..bank_policies import POLICIES
+from ..choices import at_least
 from .evaluation import metrics_json
 
 RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
@@ -34,6 +37,11 @@ def pseudo_label_main(argv=None):
                         help="continue an interrupted OUT: skip the images it has finished (same checkpoint "
                              "and folders)")
     parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds pseudo-labels")
+    parser.add_argument("--bank-capacity", type=at_least(1),
+                        help="labelled pixels the bank keeps per class (default: the run's bank_capacity)")
+    parser.add_argument("--bank-policy", choices=POLICIES,
+                        help="which labelled pixels a full class keeps (default: the run's bank_policy; ring: "
+                             "the last images' only, reservoir: a uniform sample)")
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
@@ -51,8 +59,8 @@ def pseudo_label_main(argv=None):
     names = png_names(folder)
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
-    record = {**_sources(args.checkpoint, args.labeled, folder), "images": len(names), "written": 0,
-              "complete": False}
+    record = {**_sources(args.checkpoint, args.labeled, folder), "bank_capacity": args.bank_capacity,
+              "bank_policy": args.bank_policy, "images": len(names), "written": 0, "complete": False}
     previous = _previous(args.out)
     done = _finished_before(args, previous, record, names)  # refuses an occupied OUT before the bank is built
     if done == set(names):  # every image has its labels/ file (a run killed after its last, say)
@@ -63,6 +71,8 @@ def pseudo_label_main(argv=None):
         return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = checkpoint_teacher(args.checkpoint, device)
+    config = dataclasses.replace(config, bank_capacity=args.bank_capacity or config.bank_capacity,
+                                 bank_policy=args.bank_policy or config.bank_policy)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)
@@ -70,8 +80,9 @@ def pseudo_label_main(argv=None):
     check_masks([labeled], model_class_names(config, classes), args.labeled)  # a class no mask holds: never labelled
     warn_if_dark(dark_images(labeled.images, labeled.names), args.labeled)
     todo = [name for name in names if name not in done]
-    status(f"loaded {len(labeled.names)} labelled images; labelling {len(todo)} images of {folder}"
-            + (f" ({len(done)} finished before)" if done else ""))
+    status(f"loaded {len(labeled.names)} labelled images (bank: {config.bank_policy}, {config.bank_capacity} "
+           f"pixels per class); labelling {len(todo)} images of {folder}"
+           + (f" ({len(done)} finished before)" if done else ""))
     source = ReferencePseudoLabels(model, config, classes, device)
     source.refresh(labeled.images.to(device), labeled.masks.to(device), config.batch_size)
     if args.overwrite:  # only now that the checkpoint and both folders have loaded
@@ -157,6 +168,10 @@ def _finished_before(args, previous, record, names):
             raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
         earlier = {key: str(Path(previous.get(key, "")).resolve()) for key in ("checkpoint", "labeled", "unlabeled")}
         differ = [f"{key} ({previous.get(key)})" for key in earlier if earlier[key] != record[key]]
+        for key in ("bank_capacity", "bank_policy"):  # None: the run's setting
+            if previous.get(key) != record[key]:
+                earlier_value = "the run's" if previous.get(key) is None else previous[key]
+                differ.append(f"--{key.replace('_', '-')} ({earlier_value})")
         same_path = earlier["checkpoint"] == record["checkpoint"]
         if same_path and previous.get("checkpoint_file", record["checkpoint_file"]) != record["checkpoint_file"]:
             differ.append("checkpoint file (its size or time changed since: trained on?)")
