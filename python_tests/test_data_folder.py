@@ -191,7 +191,7 @@ def test_corrupt_and_missing_files_are_named(dataset_root):
 def test_mask_of_another_size_is_an_error(dataset_root):
     root, _, _ = dataset_root
     write_png(root / "masks" / "gray.png", np.zeros((5, 5)))
-    with pytest.raises(ValueError, match=r"masks.gray\.png is \(5, 5\)"):
+    with pytest.raises(ValueError, match=r"masks.gray\.png is \(5, 5\) .*: a mask needs its image's size"):
         FolderDataset(root, ["gray.png"])[0]
 
 
@@ -200,6 +200,9 @@ def test_scan_errors_name_the_files(dataset_root):
     write_png(root / "images" / "lonely.png", gray)
     write_png(root / "masks" / "orphan.png", gray)
     with pytest.raises(ValueError, match="lonely.png.*orphan.png"):
+        scan_folder(root)
+    write_png(root / "masks" / "Lonely.PNG", gray)
+    with pytest.raises(ValueError, match=r"1 name.s. differ in letter case only \(lonely.png\)"):
         scan_folder(root)
     with pytest.raises(FileNotFoundError, match="images"):
         scan_folder(root / "unlabeled")
@@ -261,8 +264,12 @@ def test_splits_sizes_disjoint_and_deterministic():
     (dict(labeled_fraction=0.0), "labeled_fraction"),
     (dict(labeled_fraction=0.1, test_fraction=1.5), "test_fraction"),
     (dict(labeled_fraction=0.1, min_test=95), "no training images"),
-    (dict(num_labeled=1, unlabeled_names=NAMES[:1]), "both labelled and unlabelled"),
+    (dict(num_labeled=1, unlabeled_names=NAMES[:1]), "1 name.s. are both labelled and unlabelled: .* must not share"),
     (dict(names=NAMES[:4], num_labeled=1), "val_fraction=0.1 of 4 labelled names rounds to no image"),
+    # no fraction could split these: "raise val_fraction" sent users in a circle
+    (dict(names=NAMES[:1], num_labeled=1), r"1 labelled name.s.: a split needs at least 3 \(one to train on, one to "
+                                           r"validate on, 1 to test on\): label more images"),
+    (dict(names=NAMES[:3], num_labeled=1, min_test=2), "3 labelled name.s.: a split needs at least 4"),
 ])
 def test_split_argument_errors(arguments, message):
     arguments = {"names": NAMES, **arguments}

@@ -70,19 +70,23 @@ def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, mon
     assert "\npseudo-label: 2/3 images, " in capfd.readouterr().err  # no terminal here: progress lines
 
 
-def test_a_stopped_folder_resumes_where_it_stopped(folders, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("stop, advice", [(KeyboardInterrupt, "; add --resume"),
+                                          (ValueError, "; fix what the error names, then add --resume")])
+def test_a_stopped_folder_resumes_where_it_stopped(folders, tmp_path, monkeypatch, capsys, stop, advice):
+    """A stop, or an error such as a damaged image (which a plain --resume would meet again)."""
     out, saved, calls = tmp_path / "pseudo", pseudo_label._save_pseudo_label, []
 
-    def save_then_interrupt(path, *rest):
+    def save_then_stop(path, *rest):
         calls.append(path.name)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            raise stop
         saved(path, *rest)
 
-    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", save_then_stop)
+    with pytest.raises(stop):
         main(command(folders, out))
-    assert "stopped after 1 of 3 images" in capsys.readouterr().err
+    assert f"stopped after 1 of 3 images: {out} is incomplete (pseudo-label.json says so){advice} to the command" \
+        in capsys.readouterr().err
     assert not record(out)["complete"] and record(out)["written"] == 1
     calls.clear()
     monkeypatch.setattr(pseudo_label, "_save_pseudo_label", lambda path, *rest: calls.append(path.name) or

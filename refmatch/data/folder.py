@@ -85,6 +85,10 @@ def scan_folder(root):
     no_image = sorted(set(masks) - set(images))
     if no_image:
         problems.append(f"{len(no_image)} mask(s) in {root / 'masks'} have no image in images/: {_listing(no_image)}")
+    folded = {name.lower() for name in no_mask} & {name.lower() for name in no_image}
+    if folded:
+        problems.append(f"{len(folded)} name(s) differ in letter case only ({_listing(sorted(folded))}): an image "
+                        "and its mask need the same name exactly")
     if problems:
         raise ValueError("; ".join(problems) + " (put images without masks in unlabeled/)")
     if not images:
@@ -228,7 +232,8 @@ class FolderDataset(Dataset):
             mask_path = self.root / "masks" / name
             mask = read_mask(mask_path, self.num_classes, self.classes_from)
             if mask.shape != image.shape[1:]:
-                raise ValueError(f"{mask_path} is {tuple(mask.shape)} but {image_path} is {tuple(image.shape[1:])}")
+                raise ValueError(f"{mask_path} is {tuple(mask.shape)} but {image_path} is {tuple(image.shape[1:])}: "
+                                 "a mask needs its image's size (resize it with nearest neighbour)")
             item["mask"] = mask
         if self.size is not None:
             item["image"] = F.interpolate(image[None], size=self.size, mode="bilinear", antialias=True,

@@ -48,7 +48,8 @@ def make_splits(labeled_names, unlabeled_names=(), *, seed, labeled_fraction=Non
     unlabeled_names = _distinct(unlabeled_names, "unlabeled_names")
     both = sorted(set(labeled_names) & set(unlabeled_names))
     if both:
-        raise ValueError(f"names are both labelled and unlabelled: {both[:5]}")
+        raise ValueError(f"{len(both)} name(s) are both labelled and unlabelled: {both[:5]} (a folder's images/ and "
+                         "unlabeled/ must not share file names: rename or remove one copy)")
     if (num_labeled is None) == (labeled_fraction is None):
         raise ValueError(f"give exactly one of num_labeled and labeled_fraction, got {num_labeled!r} "
                          f"and {labeled_fraction!r}")
@@ -57,6 +58,11 @@ def make_splits(labeled_names, unlabeled_names=(), *, seed, labeled_fraction=Non
     if isinstance(min_test, bool) or not isinstance(min_test, int) or min_test < 0:
         raise ValueError(f"min_test must be an int >= 0, got {min_test!r}")
     n = len(labeled_names)
+    tested = max(min_test, int(test_fraction > 0))
+    if n < 1 + (val_fraction > 0) + tested:  # no fraction could split them
+        validated = ", one to validate on" if val_fraction > 0 else ""
+        raise ValueError(f"{n} labelled name(s): a split needs at least {1 + (val_fraction > 0) + tested} (one to "
+                         f"train on{validated}{f', {tested} to test on' if tested else ''}): label more images")
     num_test = max(min_test, round(test_fraction * n))
     num_val = round(val_fraction * n)
     num_train = n - num_test - num_val

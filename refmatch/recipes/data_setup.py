@@ -47,8 +47,8 @@ def load_split(dataset, num_workers, size):
     for batch in loader:
         bar.update(len(batch["name"]))
         images.append(batch["image"])
-        masks.append(batch["mask"] if "mask" in batch else torch.full(batch["image"].shape[:1] + batch["image"].shape[2:],
-                                                                      UNKNOWN, dtype=torch.long))
+        unknown = torch.full(batch["image"].shape[:1] + batch["image"].shape[2:], UNKNOWN, dtype=torch.long)
+        masks.append(batch["mask"] if "mask" in batch else unknown)
         names += list(batch["name"])
     bar.close()
     return Split(torch.cat(images), torch.cat(masks), names)

@@ -116,11 +116,12 @@ def pseudo_label_main(argv=None):
                 record["kept_percent"] += (kept - record["kept_percent"]) / record["kept_counted"]  # a running mean
                 record["written"] += 1
                 bar.update(1)
-    except BaseException:
+    except BaseException as error:
         bar.close()
         write_text_atomic(args.out / RECORD, metrics_json(record))
+        first = "" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "fix what the error names, then "
         status(f"stopped after {record['written']} of {len(names)} images: {args.out} is incomplete "
-                f"({RECORD} says so); add --resume to the command to finish it")
+               f"({RECORD} says so); {first}add --resume to the command to finish it")
         raise
     bar.close()
     record["complete"] = True
