@@ -158,6 +158,11 @@ def test_images_in_other_formats_are_refused_by_name(dataset_root):
     Image.fromarray(gray.astype(np.uint8)).save(root / "unlabeled" / "scan_001.jpg")
     with pytest.raises(ValueError, match=r"unlabeled holds 1 image file.s. that are not PNG: scan_001.jpg"):
         scan_folder(root)
+    (root / "unlabeled" / "scan_001.jpg").unlink()
+    write_png(root / "unlabeled" / "patient 7" / "day 2" / "a.png", gray)  # one folder per patient
+    (root / "unlabeled" / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"unlabeled holds PNG files in subfolder.s. patient 7/: refmatch reads"):
+        scan_folder(root)
 
 
 def test_colour_masks_are_refused_and_gray_ones_in_rgb_read(tmp_path):

@@ -53,13 +53,24 @@ PNG_COLOUR_TYPES = {2: "RGB", 4: "grey + alpha", 6: "RGBA"}  # PNG colour types 
 def png_names(folder):
     """Sorted names of the PNG files directly in ``folder`` (.png or .PNG; hidden files such as
     macOS's ``._name.png`` left out). Raises ValueError naming image files of other formats
-    (JPEG, TIFF, DICOM ...), which would otherwise be left out without a word."""
-    files = [path for path in Path(folder).iterdir() if path.is_file() and not path.name.startswith(".")]
+    (JPEG, TIFF, DICOM ...) and subfolders holding PNGs (one per patient, say), which would
+    otherwise be left out without a word."""
+    entries = [path for path in Path(folder).iterdir() if not path.name.startswith(".")]
+    nested = sorted(path.name + "/" for path in entries if path.is_dir() and holds_png(path))
+    if nested:
+        raise ValueError(f"{folder} holds PNG files in subfolder(s) {_listing(nested)}: refmatch reads the PNGs "
+                         "directly in it; move them up (or the subfolders out)")
+    files = [path for path in entries if path.is_file()]
     others = sorted(path.name for path in files if path.suffix.lower() in OTHER_IMAGE_SUFFIXES)
     if others:
         raise ValueError(f"{folder} holds {len(others)} image file(s) that are not PNG: {_listing(others)}; "
                          "refmatch reads PNG only: convert them (a lossless format, for masks) or move them out")
     return sorted(path.name for path in files if path.suffix.lower() == ".png")
+
+
+def holds_png(folder):
+    """Whether ``folder`` or a folder in it holds a PNG file (hidden ones aside)."""
+    return any(not path.name.startswith(".") for path in Path(folder).rglob("*") if path.suffix.lower() == ".png")
 
 
 def _listing(names):
