@@ -7,7 +7,7 @@
 #   loaded by TMA or cp.async; its opt-in top-k) -> benchmark at the target size with every
 #   method -> top-8 against k = 1 -> the wgmma kernel timed with stages left out -> Triton tile
 #   sweep of top-8 and class-wise (D = 128)
-#   -> Nsight Compute profile of the fused kernels -> compute-sanitizer memcheck, racecheck and
+#   -> Nsight Compute profiles of the fused kernels, k = 1 then top-8 -> compute-sanitizer memcheck, racecheck and
 #   synccheck on small cases -> the GPU test files -> KeOps, fp16, D/M sweep -> summary.
 # A failing stage is recorded and the next stages still run. The default runs two
 # kernels, wgmma-256-tma up to D = 192 and wgmma-tma above: a failed check of either keeps
@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KNOWN_STAGES="build info wgmma-256-tma wgmma-tma wgmma-topk wgmma-256 wgmma wgmma-256-rs wgmma-rs bench topk ablate
-  tune profile memcheck racecheck synccheck tests keops fp16 sweep"
+  tune profile profile-topk memcheck racecheck synccheck tests keops fp16 sweep"
 for name in ${STAGES:-}; do  # a mistyped stage would silently not run: refuse before any GPU time
   [[ " $(echo $KNOWN_STAGES) " == *" $name "* ]] || { echo "unknown stage $name; known: $(echo $KNOWN_STAGES)" >&2; exit 2; }
 done
@@ -192,21 +192,23 @@ PROFILED=($(passed_checks wgmma-256-tma wgmma-256))
 BENCH=(python bench/bench_match.py --device cuda)
 stage bench 180 "${BENCH[@]}" --dtype bfloat16 --sizes ${BENCH_SIZES:-262144x1048576x128} --exclude "${EXCLUDE[@]}"
 # Issue #4's top-8 against k = 1 (dot, paired runs) for every fused top-8, the wgmma one included.
-stage topk 120 "${BENCH[@]}" --dtype bfloat16 --sizes ${TOPK_SIZES:-262144x1048576x128 262144x1048576x64} \
+stage topk 150 "${BENCH[@]}" --dtype bfloat16 --sizes ${TOPK_SIZES:-262144x1048576x128 262144x1048576x64} \
   --only "cuda k=" "triton k=" wgmma-topk --exclude "${EXCLUDE[@]}" --tag topk
 # Where the default wgmma kernel's time goes, and its TMA form's: each timed whole, without its
 # epilogue, without its loads, and with neither (no hardware counters needed).
 stage ablate 60 python bench/ablate_wgmma.py --variants "${PROFILED[@]}"
 stage tune 130 python bench/tune_triton.py --sizes 262144x1048576x128 --reductions top-8 argmax-topk-tile classwise-4
 
-# 4. Where each fused kernel's time goes: Nsight Compute sections, one launch each; of the wgmma
-# variants the default and its cp.async form (PROFILED, as the ablate stage); then the top-8
-# kernels, Triton's and cuda's (mma.sync; wgmma where it passed its check), with their stalls by
-# instruction (SourceCounters).
-stage profile 120 ncu --clock-control none -k "regex:match_kernel|match_sm90_kernel" --section SpeedOfLight \
-  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
-  --section SchedulerStats --section Occupancy --section LaunchStats --section SourceCounters \
-  python bench/profile_match.py --hopper-variants "${PROFILED[@]}" --top-k 8 "${WGMMA_TOPK[@]}"
+# 4. Where each fused kernel's time goes: Nsight Compute sections with the stalls by instruction
+# (SourceCounters), one launch each: the k = 1 kernels, of the wgmma variants the default and its
+# cp.async form (PROFILED, as the ablate stage); then, in a second ncu whose cut would not lose
+# the first's report (ncu prints every section at its end), the top-8 kernels, Triton's and
+# cuda's (mma.sync; wgmma where it passed its check).
+NCU=(ncu --clock-control none -k "regex:match_kernel|match_sm90_kernel" --section SpeedOfLight
+  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats
+  --section SchedulerStats --section Occupancy --section LaunchStats --section SourceCounters)
+stage profile 75 "${NCU[@]}" python bench/profile_match.py --hopper-variants "${PROFILED[@]}" --top-k
+stage profile-topk 75 "${NCU[@]}" python bench/profile_match.py --top-k-only --top-k 8 "${WGMMA_TOPK[@]}"
 
 # 5. Sanitizers on small cases; no caching allocator, so reads past a tensor's end are caught.
 SANITIZE=(compute-sanitizer --error-exitcode 1 --print-limit 20)
@@ -253,9 +255,10 @@ fi
 # in float32 and crashed twice (SIGSEGV generating its code): in float32, in its own process (a
 # crash of its probe child: a skipped row), and only where its wheels were carried.
 # The sweep runs last: it keeps every size it finished when the deadline cuts it.
+# One size, against cuda's k = 1 (float32's fastest here): its oracle, KeOps' first compile and
+# the rows before it took most of 90 s (session 23's was cut in its oracle).
 if compgen -G ".whl/pykeops-*.whl" >/dev/null; then  # its import (nvrtc binder) runs in the stage, timed
-  stage keops 90 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 262144x1048576x128 \
-    --only keops "triton k=1" "cuda k=1" --tag keops
+  stage keops 150 "${BENCH[@]}" --dtype float32 --sizes 262144x1048576x64 --only keops "cuda k=1" --tag keops
 else
   skipped keops "no pykeops wheel in .whl/"
 fi

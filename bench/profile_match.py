@@ -25,13 +25,14 @@ from refmatch.bench import size_triple
 from check_wgmma import serves
 
 
-def kernels(device, hopper_variants, dim, top_ks, wgmma_top_k=False):
+def kernels(device, hopper_variants, dim, top_ks, wgmma_top_k=False, with_k1=True):
     """(name, backend, context, CUDA kernel name or None, k) for each fused kernel this device
-    runs at D = dim; a wgmma variant that D does not allow (256-rs above D = 64) is left out,
-    said so."""
-    yield "triton", "triton", contextlib.nullcontext(), None, 1
-    yield "cuda mma.sync", "cuda", hopper_kernel("mma.sync"), "mma.sync", 1
-    if hopper_enabled(device):
+    runs at D = dim (the k = 1 ones unless ``with_k1`` is False); a wgmma variant that D does
+    not allow (256-rs above D = 64) is left out, said so."""
+    if with_k1:
+        yield "triton", "triton", contextlib.nullcontext(), None, 1
+        yield "cuda mma.sync", "cuda", hopper_kernel("mma.sync"), "mma.sync", 1
+    if with_k1 and hopper_enabled(device):
         for variant in hopper_variants:
             if not serves(variant, dim):
                 print(f"skipped cuda {variant}: D={dim} runs {documented_hopper_kernel(variant, dim)}", flush=True)
@@ -54,6 +55,7 @@ def main(argv=None):
     parser.add_argument("--top-k", nargs="*", type=int, default=[8], help="top-k kernels to profile (none: none)")
     parser.add_argument("--wgmma-top-k", action="store_true",
                         help="also the wgmma kernel's top-k (REFMATCH_CUDA_HOPPER_TOPK=wgmma) on sm_90")
+    parser.add_argument("--top-k-only", action="store_true", help="the top-k kernels alone, no k = 1 kernel")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error(f"needs a CUDA device (it launches the fused CUDA kernels); torch {torch.__version__} sees none")
@@ -62,7 +64,7 @@ def main(argv=None):
     query = torch.randn(n, d, device="cuda").to(dtype)
     reference = torch.randn(m, d, device="cuda").to(dtype)
     for name, backend, context, cuda_kernel, k in kernels(query.device, args.hopper_variants, d, args.top_k,
-                                                          args.wgmma_top_k):
+                                                          args.wgmma_top_k, with_k1=not args.top_k_only):
         with context:
             if cuda_kernel is not None:
                 assert kernel_name(query.T[None, :, :, None], reference, k) == cuda_kernel

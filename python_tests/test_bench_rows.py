@@ -124,3 +124,24 @@ def test_a_filter_word_no_method_holds_is_named_once_a_run(tmp_path, capsys):
     assert len(warnings) == 1 and warnings[0].startswith("warning: --exclude keosp: no method here holds this word; "
                                                          "methods here: ")
     assert "refmatch torch k=1" in warnings[0]
+
+
+@pytest.mark.parametrize("broken_in", ["probe", "run"])
+def test_a_refmatch_row_that_failed_fails_the_run_after_writing_it(tmp_path, monkeypatch, capsys, broken_in):
+    """A kernel that crashed (a CUDA error in its probe, a skipped row; or in its timed run, a
+    failed row) left the run's exit status 0, so gpu_suite.sh reported its stage ok."""
+    match = bench_peers.refmatch.match
+
+    def crashing(query, reference, *args, **kwargs):
+        if kwargs.get("k", 1) == 8 and (query.shape[0] == 1) == (broken_in == "probe"):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return match(query, reference, *args, **kwargs)
+    monkeypatch.setattr(bench_peers.refmatch, "match", crashing)
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--sizes", "16x64x8", "--only", "refmatch torch k=", "--repeat", "1", "--out", str(tmp_path)])
+    assert stopped.value.code == 1
+    assert "1 refmatch row(s) failed: refmatch torch k=8 (their errors" in capsys.readouterr().err
+    results = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = {row["method"]: row for row in results["rows"]}
+    assert results["meta"]["complete"] and rows["refmatch torch k=1"]["agreement"] == 1.0
+    assert "illegal memory access" in rows["refmatch torch k=8"].get("error", rows["refmatch torch k=8"].get("skipped"))

@@ -65,15 +65,17 @@ def dry_run(tmp_path, stages):
 
 
 def test_dry_run_passes_the_checks_verdicts_to_the_later_stages(tmp_path):
-    code, stdout, logs, commands = dry_run(tmp_path, "info wgmma-256-tma wgmma-tma wgmma-topk profile synccheck")
+    stages = "info wgmma-256-tma wgmma-tma wgmma-topk profile profile-topk synccheck"
+    code, stdout, logs, commands = dry_run(tmp_path, stages)
     assert code == 0, stdout
     summary = (logs / "summary.txt").read_text()
-    for stage in ("info", "wgmma-256-tma", "wgmma-tma", "wgmma-topk", "profile", "synccheck"):
+    for stage in stages.split():
         assert re.search(rf"^{stage} +ok", summary, re.M), summary
     assert (logs / "wgmma-topk.log").read_text().count("skipped: no GPU") == 2, "both default kernels' top-k"
-    profile, synccheck = commands
-    assert profile.startswith("ncu ") and profile.endswith(
-        "profile_match.py --hopper-variants wgmma-256-tma --top-k 8 --wgmma-top-k")
+    profile, profile_topk, synccheck = commands  # two ncu runs: a cut second keeps the first's report
+    assert profile.startswith("ncu ") and profile.endswith("profile_match.py --hopper-variants wgmma-256-tma --top-k")
+    assert profile_topk.startswith("ncu ") and "SourceCounters" in profile_topk and profile_topk.endswith(
+        "profile_match.py --top-k-only --top-k 8 --wgmma-top-k")
     assert synccheck.startswith("compute-sanitizer ") and synccheck.endswith(
         "sanitize_match.py --backends cuda --hopper-variants wgmma-256-tma wgmma-tma --wgmma-top-k")
 

@@ -28,7 +28,7 @@ import torch
 from refmatch.bench_files import (INCOMPLETE, fresh_stem, machine, prepared_out_folder, results_stem, run_meta,
                                   write_results)
 from refmatch.bench_oracle import Float64Oracle
-from refmatch.bench_peers import CLASSES, all_methods, bench_labels, unmatched_words, wanted
+from refmatch.bench_peers import CLASSES, PROBE_FAILED, all_methods, bench_labels, unmatched_words, wanted
 from refmatch.bench_plot import plot
 from refmatch.bench_timing import PeakMemory, timed, timed_against
 from refmatch.choices import at_least
@@ -230,6 +230,12 @@ def main(argv=None):
     meta["complete"] = True
     write_results(stem, meta, rows, results_table(meta, rows))
     print(f"\nwrote {stem.resolve()}.json, .md" + (" and .png" if figure else " (no plot: matplotlib missing)"))
+    failed = [row["method"] for row in rows if row["method"].startswith("refmatch ") and
+              ("error" in row or row.get("skipped", "").startswith(PROBE_FAILED))]
+    if failed:  # a peer's failure is its row; refmatch's own is the run's (a kernel that crashed)
+        print(f"{len(failed)} refmatch row(s) failed: {', '.join(dict.fromkeys(failed))} (their errors are in the "
+              "results files)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def refuse_k_above_m(parser, k, sizes):
