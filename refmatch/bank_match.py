@@ -10,6 +10,7 @@ runs one match per class, each class shifted by its own mean (the contract's l2 
 shift for classes around 0 and 1000 loses the far class's digits), merged by score with the
 lowest slot first among equals.
 """
+import contextlib
 import itertools
 
 import torch
@@ -31,7 +32,8 @@ def match_filled_slots(bank, query, k, backend):
         rows = bank.features[first * capacity:last * capacity + counts[last]]
         row_starts = [(cls - first) * capacity for cls in classes]
     else:
-        rows = torch.cat([_stored_rows(bank, cls, counts) for cls in classes])
+        with autocast_off(bank.features.device):  # under float16 autocast, cat of bfloat16 rows raises in torch
+            rows = torch.cat([_stored_rows(bank, cls, counts) for cls in classes])
         row_starts = list(itertools.accumulate([counts[cls] for cls in classes[:-1]], initial=0))
     # before the match: a copy to a GPU after it would wait for it
     starts, owners = (torch.tensor(values, device=rows.device) for values in (row_starts, classes))
@@ -41,6 +43,13 @@ def match_filled_slots(bank, query, k, backend):
     matched = found.index >= 0
     slot = torch.where(matched, found.index - starts[group] + owners[group] * capacity, -1)
     return MatchResult(found.score, slot, torch.where(matched, owners[group], -1))
+
+
+def autocast_off(device):
+    """A context in which ``device``'s autocast is off (a no-op where it has none, as meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _match_class_by_class(bank, query, k, backend, classes, counts):

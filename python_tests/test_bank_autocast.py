@@ -1,0 +1,33 @@
+"""A bank's calls inside the caller's autocast (mixed-precision training) give what they give outside it."""
+import pytest
+import torch
+
+import refmatch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def half_filled_bank(device, metric):
+    """A bfloat16 bank (the default dtype) whose middle class is not full: its stored rows are
+    copied together before the match, where float16 autocast made torch.cat raise inside torch."""
+    torch.manual_seed(0)
+    bank = refmatch.ReferenceBank(dim=8, num_classes=3, capacity_per_class=20, metric=metric).to(device)
+    masks = torch.tensor([0, 0, 1, 2] * 4).reshape(1, 4, 4).to(device)
+    bank.add(torch.randn(1, 8, 4, 4, device=device), masks)
+    bank.add(torch.randn(1, 8, 4, 4, device=device), torch.zeros_like(masks))  # class 0 full, 1 not
+    return bank
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16])
+def test_match_classwise_and_labels_ignore_the_callers_autocast(device, metric, autocast_dtype):
+    bank = half_filled_bank(device, metric)
+    assert bank.counts.tolist() == [20, 4, 4]
+    query = torch.randn(2, 8, 4, 4, device=device)
+    labeler = refmatch.PseudoLabeler(bank, mode="hard", out_size=(8, 8))
+    expected = (bank.match(query, k=3), bank.classwise_max(query), labeler(query))
+    with torch.no_grad(), torch.autocast(device, dtype=autocast_dtype):
+        found = (bank.match(query, k=3), bank.classwise_max(query), labeler(query))
+    for before, after in zip(expected[0] + (expected[1],) + expected[2], found[0] + (found[1],) + found[2]):
+        assert torch.equal(before, after)
