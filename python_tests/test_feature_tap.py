@@ -229,6 +229,27 @@ def test_a_compiled_model_points_to_the_module_it_compiled():
     FeatureTap(torch.compile(model)._orig_mod, ["encoder"]).close()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, from compiling
+def test_a_tap_made_after_a_compiled_call_says_why_it_saw_nothing():
+    """Dynamo does not guard on module hooks: code compiled before the tap runs without them,
+    which read as "a layer used only in some passes"."""
+    model = torch.compile(TinyUNet(), backend="eager")
+    images = torch.randn(1, 1, 8, 8)
+    try:
+        with torch.no_grad():
+            model(images)  # warm-up steps before pseudo-labels start, say
+            tap = FeatureTap(model, ["_orig_mod.encoder"])
+            model(images)
+            with pytest.raises(RuntimeError, match=r"or the model was torch.compile'd and ran before this tap was "
+                                                   r"made, .*torch._dynamo.reset\(\) after making it"):
+                tap.features()
+            torch._dynamo.reset()
+            model(images)
+            assert tap.features().shape == (1, 16, 4, 4)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_size_takes_numpy_and_tensor_integers():
     assert FeatureTap(TinyUNet(), ["encoder"], size=np.int64(4)).size == (4,)  # every side
     assert FeatureTap(TinyUNet(), ["encoder"], size=(torch.tensor(3), 5)).size == (3, 5)

@@ -51,6 +51,13 @@ def _in_backward():
     return graph_task is not None and graph_task() != -1
 
 
+# Dynamo does not guard on module hooks (skip_nnmodule_hook_guards): code compiled before a
+# tap's hooks existed runs without them.
+COMPILED_HINT = ("; or the model was torch.compile'd and ran before this tap was made, and its compiled code "
+                 "runs without the tap's hooks: make the FeatureTap before the first compiled call, or call "
+                 "torch._dynamo.reset() after making it")
+
+
 class FeatureTap:
     """Captures named layers' outputs on every forward pass of ``model``.
 
@@ -108,6 +115,7 @@ class FeatureTap:
         self._replicas = False
         self._copy_ran = False  # a deepcopy of the model (an EMA teacher?) ran after its last pass
         self._passes = 0  # the model's forward passes since the tap was made
+        self._compiled = "_orig_mod" in modules  # a torch.compile'd model (OptimizedModule)
         self._tapped = {name: modules[name] for name in self.layers}
         self._handles = [model.register_forward_pre_hook(self._new_pass(model))]
         self._handles += [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
@@ -157,13 +165,14 @@ class FeatureTap:
                                "FeatureTap takes one model per process (DistributedDataParallel)")
         if missing and self._passes:
             raise RuntimeError(f"the model's last forward pass did not run {missing} (a layer used only in some "
-                               "passes?): tap layers that every pass runs")
+                               f"passes?): tap layers that every pass runs{COMPILED_HINT if self._compiled else ''}")
         if missing and self._copy_ran:
             raise RuntimeError(f"no output captured for {missing}: only a copy of the tapped model (copy.deepcopy: "
                                "an EMA teacher?) has run, and its hooks capture nothing; run the tapped model, or "
                                "tap the copy with its own FeatureTap")
         if missing:
-            raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first")
+            raise RuntimeError(f"no output captured yet for {missing}: run a forward pass of the model first"
+                               f"{COMPILED_HINT}")
         outside = [name for name in self.layers if not self._outputs[name][2]]
         if outside and len(outside) < len(self.layers):
             raise RuntimeError(f"{outside} ran outside the model's forward (a submodule or a method such as "
