@@ -168,6 +168,16 @@ def misuse_worker(rank, port):
         else:
             with pytest.raises(RuntimeError, match="1 rank.s. hold another rank's shard: DistributedDataParallel"):
                 model.bank.match(torch.ones(1, 2))
+    # A plain bank inside the wrapped model: DDP copied rank 0's over rank 1's, in silence.
+    for keep_out in (False, True):
+        plain = torch.nn.Module()
+        plain.head = torch.nn.Linear(2, 2)
+        plain.bank = ReferenceBank(2, 2, capacity_per_class=4, dtype=torch.float32)
+        plain.bank.add(torch.ones(1, 2, 1, 1), torch.full((1, 1, 1), rank))  # rank r labels class r
+        if keep_out:
+            keep_shards_out_of_ddp(plain)
+        torch.nn.parallel.DistributedDataParallel(plain)
+        assert plain.bank.class_counts().tolist() == ([1, 0] if rank == 0 or not keep_out else [0, 1])
     state = [None] * WORLD
     dist.all_gather_object(state, model.bank.state_dict())
     with pytest.raises(RuntimeError, match=f"shard_rank: saved on rank {1 - rank}, this is rank {rank}"):

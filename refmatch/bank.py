@@ -17,9 +17,11 @@ class ReferenceBank(nn.Module):
 
     Class c owns the slots [c * capacity, (c + 1) * capacity). Empty slots hold
     NaN features, which by the ``match`` contract never match. Features, labels,
-    counters and (reservoir) the random state are buffers: ``.to(device)``, DDP and
-    ``state_dict`` work, and a loaded bank draws on as the saved one would (the images
-    kept for ``refresh`` are not saved). Build it outside ``torch.inference_mode()``,
+    counters and (reservoir) the random state are buffers: ``.to(device)`` and ``state_dict``
+    work, and a loaded bank draws on as the saved one would (the images kept for ``refresh``
+    are not saved). Inside a model wrapped in DistributedDataParallel, DDP copies rank 0's
+    bank over every rank's: ``refmatch.distributed.keep_shards_out_of_ddp(model)`` first keeps
+    each rank's own. Build it outside ``torch.inference_mode()``,
     whose tensors ``add`` cannot update outside that mode (``no_grad`` is fine).
 
     Args:

@@ -43,12 +43,13 @@ def _world_size(group):
 
 
 def keep_shards_out_of_ddp(model):
-    """Tell DistributedDataParallel to leave the buffers of every ShardedReferenceBank
-    inside ``model`` alone; call it before wrapping ``model``. DDP otherwise copies
-    rank 0's buffers, so rank 0's shard, to every rank (the bank's next call raises).
-    Returns ``model``."""
+    """Tell DistributedDataParallel to leave the buffers of every ShardedReferenceBank, and
+    every plain ReferenceBank, inside ``model`` alone; call it before wrapping ``model``. DDP
+    otherwise copies rank 0's buffers to every rank, at wrapping and each forward pass: rank
+    0's shard (the bank's next call raises), or rank 0's plain bank over each rank's own
+    (silently: the rows the other ranks added are lost). Returns ``model``."""
     names = [f"{prefix}.{name}" if prefix else name
-             for prefix, module in model.named_modules() if isinstance(module, ShardedReferenceBank)
+             for prefix, module in model.named_modules() if isinstance(module, ReferenceBank)
              for name, _ in module.named_buffers(recurse=False)]
     ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(dict.fromkeys(ignored + names)))
