@@ -178,21 +178,6 @@ def test_a_checkpointed_models_recompute_leaves_the_captures(use_reentrant):
         assert tap.features().shape == (2, 22, 8, 8) and tap._passes == 1
 
 
-def test_tuple_outputs_and_plain_models():
-    class TwoHeads(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Conv2d(3, 5, 1)
-
-        def forward(self, x):
-            return self.body(x), x
-
-    model = nn.Sequential(TwoHeads())
-    with FeatureTap(model, ["0"]) as tap:
-        model(torch.randn(2, 3, 6, 6))
-        assert tap.features().shape == (2, 5, 6, 6)
-
-
 def test_unknown_layer_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \['decoder.up3'\]; valid names: .*decoder.up1"):
         FeatureTap(TinyUNet(), ["decoder.up3"])
@@ -253,3 +238,47 @@ def test_a_tap_made_after_a_compiled_call_says_why_it_saw_nothing():
 def test_size_takes_numpy_and_tensor_integers():
     assert FeatureTap(TinyUNet(), ["encoder"], size=np.int64(4)).size == (4,)  # every side
     assert FeatureTap(TinyUNet(), ["encoder"], size=(torch.tensor(3), 5)).size == (3, 5)
+
+
+class TwoHeaded(nn.Module):
+    """A decoder stage that returns (auxiliary logits, features), or a dict of them."""
+
+    def __init__(self, as_dict=False):
+        super().__init__()
+        self.as_dict = as_dict
+        self.aux, self.features = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 5, 1)
+
+    def forward(self, images):
+        pair = (self.aux(images), self.features(images))
+        return dict(zip(("aux", "features"), pair)) if self.as_dict else pair
+
+
+def test_select_takes_an_element_of_a_tuple_or_dict_output():
+    """A stage returning (aux_logits, features) was tapped at aux_logits without a word."""
+    model, images = nn.Sequential(TwoHeaded()), torch.randn(1, 1, 4, 4)
+    with FeatureTap(model, ["0"]) as tap:
+        model(images)
+        with pytest.warns(UserWarning, match=r"layer '0' returned 2 elements; the tap takes the first: "
+                                             r"select=\{'0': i\} takes another \(warned once\)"):
+            assert tap.features().shape == (1, 2, 4, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model(images)
+            tap.features()  # once
+    with FeatureTap(model, ["0"], select={"0": 1}) as tap:
+        model(images)
+        assert tap.features().shape == (1, 5, 4, 4)
+    model = nn.Sequential(TwoHeaded(as_dict=True))
+    with FeatureTap(model, ["0"]) as tap:
+        model(images)
+        with pytest.raises(ValueError, match=r"layer '0' gave dict \(keys \['aux', 'features'\]\): "
+                                             r"select=\{'0': key\} picks one"):
+            tap.features()
+    with FeatureTap(model, ["0"], select={"0": "features"}) as tap:
+        model(images)
+        assert tap.features().shape == (1, 5, 4, 4)
+    with FeatureTap(model, ["0"], select={"0": "logits"}):
+        with pytest.raises(ValueError, match=r"select=\{'0': 'logits'\}, but layer '0' returned keys \['aux', "):
+            model(images)
+    with pytest.raises(ValueError, match=r"select names layers that are not tapped: \['1'\]"):
+        FeatureTap(model, ["0"], select={"1": 0})

@@ -45,6 +45,16 @@ def linear_mode(dims):
     return ("bilinear", "trilinear")[dims - 2]
 
 
+def _element(name, output, key):
+    """``output[key]``, the element ``select`` names of layer ``name``'s output."""
+    try:
+        return output[key]
+    except (IndexError, KeyError, TypeError):
+        held = (f"keys {list(output)}" if isinstance(output, dict) else f"a {type(output).__name__} of "
+                f"{len(output)}" if isinstance(output, (tuple, list)) else describe(output))
+        raise ValueError(f"select={{{name!r}: {key!r}}}, but layer {name!r} returned {held}") from None
+
+
 def _in_backward():
     """Whether autograd is running a backward pass (torch's graph-task id is -1 outside one)."""
     graph_task = getattr(torch._C, "_current_graph_task_id", None)
@@ -77,8 +87,9 @@ class FeatureTap:
     and from a call outside it (a submodule, or a method such as ``model.embed``, called on its
     own). Under ``torch.inference_mode``, whose tensors carry no version counter, the tap keeps a
     copy of each output instead. A layer that returns a tuple or list is tapped at its first
-    element; one called twice in a pass gives its last call's output; backward's recompute of a
-    checkpointed model leaves the captures alone.
+    element (``features()`` warns once where it held more), or at the index or key ``select``
+    names (a dict output needs one); one called twice in a pass gives its last call's output;
+    backward's recompute of a checkpointed model leaves the captures alone.
 
     Args:
         model: the ``nn.Module`` to tap.
@@ -88,6 +99,8 @@ class FeatureTap:
         weights: one float per layer (1.0 each by default), applied after normalising.
         normalize: False keeps each layer's magnitudes (for an "l2" or "dot" bank that
             should see them; normalised layers make l2 a function of cosine).
+        select: {layer name: index or key} of the element to tap where a layer returns a
+            tuple, list or dict (``{"decoder.up1": "features"}``).
 
     Example:
         >>> with FeatureTap(teacher, ["decoder.up2", "decoder.up1"]) as tap:
@@ -95,9 +108,13 @@ class FeatureTap:
         ...     features = tap.features()      # [B, D_up2 + D_up1, h, w]
     """
 
-    def __init__(self, model, layers, size=None, weights=None, normalize=True):
+    def __init__(self, model, layers, size=None, weights=None, normalize=True, select=None):
         if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
+        self.select = dict(select or {})
+        if not set(self.select) <= set(layers):
+            raise ValueError(f"select names layers that are not tapped: {sorted(set(self.select) - set(layers))} "
+                             f"(layers: {list(layers)})")
         modules = dict(model.named_modules())
         unknown = [name for name in layers if name not in modules]
         if unknown:
@@ -116,6 +133,7 @@ class FeatureTap:
         self._copy_ran = False  # a deepcopy of the model (an EMA teacher?) ran after its last pass
         self._passes = 0  # the model's forward passes since the tap was made
         self._compiled = "_orig_mod" in modules  # a torch.compile'd model (OptimizedModule)
+        self._unselected = {}  # layer -> elements of the tuple it returned, of which the tap took the first
         self._tapped = {name: modules[name] for name in self.layers}
         self._handles = [model.register_forward_pre_hook(self._new_pass(model))]
         self._handles += [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
@@ -148,7 +166,12 @@ class FeatureTap:
                 return
             if _in_backward():  # a checkpointed model's recompute: the forward pass's outputs stand
                 return
-            output = output[0] if isinstance(output, (tuple, list)) else output
+            if name in self.select:
+                output = _element(name, output, self.select[name])
+            elif isinstance(output, (tuple, list)) and output:
+                if len(output) > 1:
+                    self._unselected.setdefault(name, len(output))
+                output = output[0]
             if isinstance(output, torch.Tensor) and output.is_inference():
                 output = output.clone()  # no version counter to check: a copy no later in-place op reaches
             tracked = isinstance(output, torch.Tensor) and not output.is_inference()
@@ -182,6 +205,10 @@ class FeatureTap:
             warnings.warn("a copy of the tapped model (copy.deepcopy: an EMA teacher?) ran after the model's last "
                           "pass; its hooks capture nothing, so these features are the tapped model's own: tap the "
                           "copy with its own FeatureTap for its features", stacklevel=2)
+        for name in [name for name in self._unselected if self._unselected[name]]:
+            warnings.warn(f"layer {name!r} returned {self._unselected[name]} elements; the tap takes the first: "
+                          f"select={{{name!r}: i}} takes another (warned once)", stacklevel=2)
+            self._unselected[name] = 0
         maps = [self._outputs[name][0] for name in self.layers]
         for name, feature_map in zip(self.layers, maps):
             version = self._outputs[name][1]
@@ -190,8 +217,10 @@ class FeatureTap:
                                    "inplace=True activation or a += after it?): tap the layer that follows instead")
             if not isinstance(feature_map, torch.Tensor) or feature_map.dim() != maps[0].dim() or \
                     feature_map.dim() not in (4, 5):
-                raise ValueError(f"layer {name!r} gave {describe(feature_map)}; FeatureTap needs [B, D, h, w] maps "
-                                 "or [B, D, z, h, w] volumes from every layer alike")
+                keys = f" (keys {list(feature_map)}): select={{{name!r}: key}} picks one" \
+                    if isinstance(feature_map, dict) else ""
+                raise ValueError(f"layer {name!r} gave {describe(feature_map)}{keys}; FeatureTap needs [B, D, h, w] "
+                                 "maps or [B, D, z, h, w] volumes from every layer alike")
         dims = maps[0].dim() - 2
         largest = max((tuple(m.shape[2:]) for m in maps), key=lambda shape: torch.Size(shape).numel())
         size = sides(self.size, dims, "size") if self.size else largest
