@@ -297,7 +297,7 @@ def test_fixed_bank_never_writes_the_callers_tensors():
     (lambda b: b.add(torch.randn(1, 2, 2, 4), torch.zeros(1, 2, 2, dtype=torch.long)), ValueError,
      r"features have D=2 channels, the bank holds D=4; if it is \[B, H, W, D\]"),
     (lambda b: b.match(torch.randn(1, 4, 2, 3, 3)), ValueError, r"a volume \[B, D, Z, H, W\] goes in as volume"),
-    (lambda b: b.refresh(lambda x: x), RuntimeError, "refresh needs images"),
+    (lambda b: b.refresh(lambda x: x), RuntimeError, r"refresh needs images: .* \(a bank loaded from a state_dict"),
     (lambda b: b.match(torch.ones(3, 4, dtype=torch.long)), TypeError, "query must be floating point.*int64"),
     (lambda b: b.classwise_max(torch.ones(1, 4, 2, 2, dtype=torch.int32)), TypeError,
      "query must be floating point.*int32"),

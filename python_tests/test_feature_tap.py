@@ -183,6 +183,15 @@ def test_unknown_layer_lists_valid_names():
         FeatureTap(TinyUNet(), ["decoder.up3"])
     with pytest.raises(ValueError, match="one value per layer"):
         FeatureTap(TinyUNet(), ["encoder"], weights=[1.0, 2.0])
+    ema = torch.optim.swa_utils.AveragedModel(TinyUNet())  # wraps as DDP and DataParallel do: module.<name>
+    with pytest.raises(ValueError, match=r"\['decoder.up1'\]; a wrapped model \(DistributedDataParallel, "
+                                         r"DataParallel, AveragedModel\) names them \['module.decoder.up1'\]"):
+        FeatureTap(ema, ["decoder.up1"])
+    with pytest.raises(ValueError, match=r"unknown layer\(s\) \[1\]; layer names are strings \(\['1'\]\)"):
+        FeatureTap(nn.Sequential(nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1)), [1])
+    deep = nn.Sequential(*[nn.Identity() for _ in range(50)])
+    with pytest.raises(ValueError, match=r"valid names: 0, 1, .*, 39 and 10 more$"):
+        FeatureTap(deep, ["x"])
     for layers in ("encoder", [], (name for name in ["encoder"])):  # a generator would be used up checking it
         with pytest.raises(ValueError, match="layers must be a non-empty list of module names"):
             FeatureTap(TinyUNet(), layers)

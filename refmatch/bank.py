@@ -198,7 +198,8 @@ class ReferenceBank(nn.Module):
         """
         self._require_growable()
         if not self._sources:
-            raise RuntimeError("refresh needs images: pass images=... to add() for the batches to re-embed")
+            raise RuntimeError("refresh needs images: pass images=... to add() for the batches to re-embed (a bank "
+                               "loaded from a state_dict has none: its images are not saved; add them again)")
         sources = self._sources
         saved = {name: buffer.to("cpu", copy=True) for name, buffer in self.named_buffers()}
         self.clear()

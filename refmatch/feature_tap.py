@@ -45,6 +45,23 @@ def linear_mode(dims):
     return ("bilinear", "trilinear")[dims - 2]
 
 
+def _naming_hint(unknown, modules):
+    """Why ``unknown`` layer names may miss ``modules`` (a model's named_modules()): the
+    model wraps the one they name, or they are not strings."""
+    if not all(isinstance(name, str) for name in unknown):
+        return f"; layer names are strings ({[str(name) for name in unknown]})"
+    if "_orig_mod" in modules and not any(name.startswith("_orig_mod") for name in unknown):
+        return "; a torch.compile'd model: tap the module it compiled (model._orig_mod)"
+    if all(f"module.{name}" in modules for name in unknown):
+        return ("; a wrapped model (DistributedDataParallel, DataParallel, AveragedModel) names them "
+                f"{[f'module.{name}' for name in unknown]}, or tap model.module")
+    return ""
+
+
+def _some_names(names, shown=40):
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def _element(name, output, key):
     """``output[key]``, the element ``select`` names of layer ``name``'s output."""
     try:
@@ -118,10 +135,8 @@ class FeatureTap:
         modules = dict(model.named_modules())
         unknown = [name for name in layers if name not in modules]
         if unknown:
-            valid = ", ".join(name for name in modules if name)
-            compiled = "_orig_mod" in modules and not any(name.startswith("_orig_mod") for name in unknown)
-            hint = "; a torch.compile'd model: tap the module it compiled (model._orig_mod)" if compiled else ""
-            raise ValueError(f"unknown layer(s) {unknown}{hint}; valid names: {valid}")
+            raise ValueError(f"unknown layer(s) {unknown}{_naming_hint(unknown, modules)}; valid names: "
+                             f"{_some_names([name for name in modules if name])}")
         self.layers = list(layers)
         self.weights = [1.0] * len(layers) if weights is None else list(weights)
         if len(self.weights) != len(self.layers):
