@@ -16,6 +16,8 @@ BAD_INPUTS = [
     (dict(query=torch.randn(4, 8, 2)), ValueError, r"query must be \[N, D\].*got shape \(4, 8, 2\)"),
     (dict(reference=torch.randn(10)), ValueError, r"reference must be \[M, D\], got shape \(10,\)"),
     (dict(reference=torch.randn(10, 7)), ValueError, "reference has D=7 channels but query has 8"),
+    (dict(reference=torch.randn(8, 10)), ValueError, r"has 8 \(D = query.shape\[1\]; a \[D, M\] reference\? pass "
+                                                     r"reference.T\)"),
     (dict(query=torch.randn(2, 4, 4, 8)), ValueError,  # channels last, as a numpy image: the fix is named, with
      # an "if": a [B, D, H, W] map whose width equals the reference's D (the wrong layer tapped) looks the same
      r"query has 4 \(D = query.shape\[1\]; if it is \[B, H, W, D\] \(NumPy's image layout\), "

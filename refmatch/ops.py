@@ -142,6 +142,8 @@ def _check_inputs(query, reference, labels, k, metric, backend):
     dim = query.shape[1]
     if reference.shape[1] != dim:
         where = "D = query.shape[1]" + channels_last_hint(query, reference.shape[1])
+        if reference.shape[0] == dim:
+            where += "; a [D, M] reference? pass reference.T"
         raise ValueError(f"reference has D={reference.shape[1]} channels but query has {dim} ({where})")
     if dim == 0:
         raise ValueError("query and reference have D=0 channels; need D >= 1")
