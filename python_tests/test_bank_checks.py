@@ -49,7 +49,9 @@ def test_a_state_dict_of_another_metric_policy_or_capacity_is_refused_by_what_di
         bank.load_state_dict(filled_bank(metric="l2", policy="reservoir").state_dict(), strict=False)
     smaller = ReferenceBank(dim=4, num_classes=2, capacity_per_class=4, metric="l2")
     with pytest.raises(RuntimeError, match=r"features: saved with shape \(8, 4\), this bank's is \(16, 4\) "
-                                           r"\(another dim, num_classes or capacity_per_class\)"):
+                                           r"\(another dim, num_classes or capacity_per_class\): saved 2 x 4 "
+                                           r"slots of dim 4, this bank 2 x 8 slots of dim 4 \(classes x "
+                                           r"capacity_per_class\)"):
         bank.load_state_dict(smaller.state_dict())
     assert_unchanged(bank, before)
 

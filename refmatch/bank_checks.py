@@ -90,6 +90,18 @@ def check_images(images, batch):
                          f"got {describe(images)}")
 
 
+def _layouts(bank, state_dict, prefix):
+    """The saved and this bank's dim, classes and slots per class, where both are growable, as
+    text (", saved ...: ..."), else ""."""
+    features, counts = state_dict.get(prefix + "features"), state_dict.get(prefix + "counts")
+    if bank.capacity is None or not isinstance(features, torch.Tensor) or not isinstance(counts, torch.Tensor) \
+            or features.dim() != 2 or counts.dim() != 1 or not counts.numel():
+        return ""
+    layout = "{} x {} slots of dim {}".format
+    return (f": saved {layout(counts.numel(), features.shape[0] // counts.numel(), features.shape[1])}, this bank "
+            f"{layout(bank.num_classes, bank.capacity, bank.dim)} (classes x capacity_per_class)")
+
+
 def state_dict_problem(bank, state_dict, prefix):
     """Why ``state_dict`` cannot load into ``bank`` (its shard's rank, every buffer's shape, the
     metric and policy that give the rows their meaning, a growable bank's slot layout and
@@ -104,7 +116,8 @@ def state_dict_problem(bank, state_dict, prefix):
         if isinstance(saved, torch.Tensor) and saved.shape != buffer.shape:
             sharded = ", or a shard of another world size" if rank is not None else ""
             return (f"{prefix}{name}: saved with shape {tuple(saved.shape)}, this bank's is {tuple(buffer.shape)} "
-                    f"(another dim, num_classes or capacity_per_class{sharded}); nothing was loaded")
+                    f"(another dim, num_classes or capacity_per_class{sharded}){_layouts(bank, state_dict, prefix)}; "
+                    "nothing was loaded")
     saved_settings = state_dict.get(prefix + "settings")  # state_dicts before session 25 have none
     if saved_settings is not None and not torch.equal(saved_settings.cpu(), bank.settings.cpu()):
         metric, policy = saved_settings.tolist()
