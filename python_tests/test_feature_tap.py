@@ -291,3 +291,7 @@ def test_select_takes_an_element_of_a_tuple_or_dict_output():
             model(images)
     with pytest.raises(ValueError, match=r"select names layers that are not tapped: \['1'\]"):
         FeatureTap(model, ["0"], select={"1": 0})
+    model = nn.Sequential(nn.Conv2d(1, 2, 1))  # a tensor: select={"0": 0} would take sample 0 of the batch
+    with FeatureTap(model, ["0"], select={"0": 0}):
+        with pytest.raises(ValueError, match=r"select=\{'0': 0\}, but layer '0' returned shape \(3, 2, 4, 4\)"):
+            model(torch.randn(3, 1, 4, 4))

@@ -75,8 +75,8 @@ def test_dark_16_bit_images_are_named_by_every_command(tmp_path, phantom_folder)
     """12-bit data in 16-bit PNGs reads at most 1/16 of the range: the run says so in train.log
     (Python warnings go to the log while a run lasts, and no longer after it), and so do the
     commands that read images with a trained model, where data stored otherwise than for
-    training gave a lung Dice of 0.40 instead of 0.94 without a word. A burned-in white marker
-    does not hide an image."""
+    training gave a lung Dice of 0.40 instead of 0.94 without a word. Per image: a rescaled
+    file does not hide the others; a blank (constant) one is not named."""
     import warnings
 
     import numpy as np
@@ -87,26 +87,26 @@ def test_dark_16_bit_images_are_named_by_every_command(tmp_path, phantom_folder)
     shown = warnings.showwarning
     for path in (phantom_folder / "images").iterdir():
         twelve_bit = np.array(Image.open(path)).astype(np.uint16) * 16  # 0..4080 of 65535
-        twelve_bit[0, 0] = 65535 if path.name == "p00.png" else twelve_bit[0, 0]  # a marker
         Image.fromarray(twelve_bit).save(path)
     bright = phantom_folder / "images" / "p11.png"
     Image.fromarray((np.array(Image.open(bright)) * 16).astype(np.uint16)).save(bright)  # rescaled
+    Image.fromarray(np.full((32, 32), 7, dtype=np.uint16)).save(phantom_folder / "images" / "p10.png")  # blank
     run = tmp_path / "run"
     main(["train", *FOLDER_RUN, f"data={phantom_folder}", classes_setting(CLASS_NAMES), "--out", str(run)])
     log = (run / "train.log").read_text()
-    assert f"UserWarning: 11 image(s) of {phantom_folder} stay below 0.125 of their bit depth's range in 99% " \
-           "of their pixels (" in log and "12-bit data in 16-bit PNGs?" in log and "p11.png" not in log
+    assert f"UserWarning: 10 image(s) of {phantom_folder} stay below 0.125 of their bit depth's range (" in log
+    assert "12-bit data in 16-bit PNGs?" in log and "p11.png" not in log and "p10.png" not in log
     assert warnings.showwarning is shown
     checkpoint = str(run / "best.pt")
     for resolution in ("training", "native"):
-        with pytest.warns(UserWarning, match=r"11 image\(s\) of .*data.images stay below 0.125 .*p00.png"):
+        with pytest.warns(UserWarning, match=r"10 image\(s\) of .*data.images stay below 0.125 .*p00.png"):
             main(["evaluate", "--checkpoint", checkpoint, "--data", str(phantom_folder), "--split", "all",
                   "--resolution", resolution])
     with pytest.warns(UserWarning) as caught:
         main(["pseudo-label", "--checkpoint", checkpoint, "--labeled", str(phantom_folder),
               "--unlabeled", str(phantom_folder / "images"), "--out", str(tmp_path / "labels")])
     messages = [str(warning.message) for warning in caught if "bit depth" in str(warning.message)]
-    assert len(messages) == 2 and messages[0].startswith("11 image(s) of ")  # labelled, then the first batch of 2
+    assert len(messages) == 2 and messages[0].startswith("10 image(s) of ")  # labelled, then the first batch of 2
     assert messages[1].startswith(f"2 image(s) of {phantom_folder / 'images'} (the first found)")
 
 
@@ -182,3 +182,17 @@ def test_masks_are_checked_against_the_labelled_split():
     with pytest.raises(ValueError, match=r"the 2 labelled mask\(s\) of DATA \(m0.png, m1.png\) hold no class pixel: "
                                          r"every pixel is 255 \(ignored\)"):
         check_masks([split_of([[255, 255]], [[255, 255]]), others], names, "DATA")
+
+
+def test_dark_images_are_named_by_their_brightest_pixel():
+    """A dim image with a small bright structure (fluorescence, an end slice with a little
+    tissue) is an ordinary 8-bit image; 12-bit data in 16 bits tops out at 1/16."""
+    import torch
+
+    from refmatch.recipes.data_setup import dark_images
+
+    images = torch.full((4, 1, 16, 16), 0.02)
+    images[0, 0, 4:6, 4:6] = 1.0  # one bright cell
+    images[1] *= torch.linspace(0, 3, 16)  # 12-bit: at most 0.06
+    images[3, 0, 0, 0] = 0.124
+    assert dark_images(images, ["cell", "twelve bit", "blank", "dim"]) == ["twelve bit", "dim"]

@@ -35,15 +35,24 @@ def test_16_bit_grey_keeps_every_level(tmp_path):
 
 
 @pytest.mark.parametrize("colour_type, channels, kind", [(2, 3, "RGB"), (4, 2, "grey \\+ alpha"), (6, 4, "RGBA")])
-def test_16_bit_colour_or_alpha_is_refused_by_name(tmp_path, colour_type, channels, kind):
-    # PIL reads these at 8 bits: the 12-bit ramp would keep 16 of its 64 levels, without a word.
-    pixels = np.repeat(twelve_bit_ramp()[..., None], channels, axis=2)
+def test_16_bit_colour_or_alpha_reads_at_8_bits_and_such_masks_are_refused(tmp_path, colour_type, channels, kind):
+    """PIL reads these at 8 bits: an image at full range loses only precision (12-bit data in one
+    reads dark, which the commands name: test_folder_classes), but a mask's class indices below
+    256 would all read 0."""
+    from refmatch.recipes.data_setup import dark_images
+
+    full_range = twelve_bit_ramp() * 16 + 15  # 16-bit values whose high byte is the 12-bit one's top 8 bits
+    pixels = np.repeat(full_range[..., None], channels, axis=2)
     if channels in (2, 4):
         pixels[..., -1] = 65535  # opaque
     write_raw_png(tmp_path / "xray.png", pixels, colour_type)
-    with pytest.raises(ValueError, match=f"xray.png is a 16-bit {kind} PNG, which PIL reads cut to 8 bits"):
-        read_image(tmp_path / "xray.png")
-    with pytest.raises(ValueError, match="save it as a 16-bit grayscale PNG"):
+    image = read_image(tmp_path / "xray.png")
+    assert torch.equal(image[0], torch.from_numpy(full_range // 256 / 255.0).float())
+    pixels[..., :channels - (channels in (2, 4))] = twelve_bit_ramp()[..., None]  # 12-bit data: 16 levels left
+    write_raw_png(tmp_path / "dark.png", pixels, colour_type)
+    assert dark_images(read_image(tmp_path / "dark.png")[None], ["dark.png"]) == ["dark.png"]
+    with pytest.raises(ValueError, match=f"xray.png is a 16-bit {kind} mask, which PIL reads cut to 8 bits "
+                                         r"\(class indices below 256 to 0\)"):
         read_mask(tmp_path / "xray.png", 2)
 
 

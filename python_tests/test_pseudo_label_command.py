@@ -210,13 +210,16 @@ def test_the_bank_can_keep_other_pixels_than_the_run_did(folders, tmp_path, monk
     (_, _, capacity), settings = built[-1]
     assert capacity == 7 and settings["policy"] == "ring" and record(out)["complete"]
     assert "(bank: ring, 7 pixels per class)" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"labelled with another --bank-capacity \(7\), --bank-policy \(ring\)"):
-        main(command(folders, out, "--resume"))
     (out / "labels" / NAMES[0]).unlink()
+    with pytest.raises(ValueError, match=r"labelled with a bank of --bank-capacity 7, --bank-policy ring: pass "):
+        main(command(folders, out, "--resume"))
     with pytest.warns(UserWarning, match="policy='ring'"):
         main(command(folders, out, "--resume", "--bank-capacity", "7", "--bank-policy", "ring"))  # the same
     assert (out / "labels" / NAMES[0]).is_file()
     main(command(folders, tmp_path / "default"))
     assert built[-1][0][2] == 512 and built[-1][1]["policy"] == "reservoir"  # the run's (TINY, the default)
+    (tmp_path / "default" / "labels" / NAMES[0]).unlink()
+    main(command(folders, tmp_path / "default", "--resume", "--bank-policy", "reservoir"))  # the run's own: as used
+    assert (tmp_path / "default" / "labels" / NAMES[0]).is_file()
     with pytest.raises(SystemExit):
         main(command(folders, tmp_path / "bad", "--bank-capacity", "0"))

@@ -1,5 +1,5 @@
 """The one check for an argument that names a choice (a metric, mode, policy, setting, device ...),
-and the one command-line type of a bounded integer.
+the one command-line type of a bounded integer, and the one way a message lists names.
 
 A leaf module, importing nothing from refmatch, so that every layer (ops, masks, the recipes,
 the backends' environment settings, the commands) can raise the same message."""
@@ -38,3 +38,9 @@ def is_cpu_or_cuda(text):
     except (RuntimeError, TypeError):
         return False
     return device.type == "cuda" or (device.type == "cpu" and device.index is None)
+
+
+def listing(names, shown=5):
+    """``names`` (strings) for a message: the first ``shown``, comma-separated, then "and N more"."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -4,6 +4,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .choices import listing
 from .ops import as_int, describe
 
 
@@ -58,13 +59,12 @@ def _naming_hint(unknown, modules):
     return ""
 
 
-def _some_names(names, shown=40):
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def _element(name, output, key):
-    """``output[key]``, the element ``select`` names of layer ``name``'s output."""
+    """``output[key]``, the element ``select`` names of layer ``name``'s output (a tuple, list or
+    dict: indexing a tensor would take one sample of the batch)."""
     try:
+        if isinstance(output, torch.Tensor):
+            raise TypeError
         return output[key]
     except (IndexError, KeyError, TypeError):
         held = (f"keys {list(output)}" if isinstance(output, dict) else f"a {type(output).__name__} of "
@@ -136,7 +136,7 @@ class FeatureTap:
         unknown = [name for name in layers if name not in modules]
         if unknown:
             raise ValueError(f"unknown layer(s) {unknown}{_naming_hint(unknown, modules)}; valid names: "
-                             f"{_some_names([name for name in modules if name])}")
+                             f"{listing([name for name in modules if name], shown=40)}")
         self.layers = list(layers)
         self.weights = [1.0] * len(layers) if weights is None else list(weights)
         if len(self.weights) != len(self.layers):

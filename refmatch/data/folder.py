@@ -3,10 +3,10 @@ optional ``unlabeled/`` of images without masks.
 
 Images are PNG (another image format in these folders is refused by name, not skipped),
 grayscale or RGB (RGB is converted to grayscale, alpha dropped), read as float32 [1, H, W]
-in [0, 1] by their bit depth; a 16-bit PNG in colour or with alpha, which PIL reads cut to
-8 bits, is refused by name. A mask (grayscale, palette, or RGB whose channels are equal;
-with alpha, unless its grey is one value and its alpha marks regions, which is refused)
-is read by this rule, C = ``num_classes`` (128 when None):
+in [0, 1] by their bit depth (PIL reads a 16-bit PNG in colour or with alpha at 8 bits). A
+mask (grayscale, palette, or RGB whose channels are equal; with alpha, unless its grey is
+one value and its alpha marks regions, which is refused; not 16-bit in colour, which PIL
+would cut to 8 bits) is read by this rule, C = ``num_classes`` (128 when None):
 
 * all its values are < C: class indices, kept as they are;
 * for two classes (C 2 or None), 0 and one value above 127 (0/255, 0/65535 ...): a
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..choices import listing
 from ..feature_tap import size_pair
 
 BINARY_THRESHOLD = 127
@@ -44,7 +45,6 @@ EDGE_EXCEPTIONS = 0.1      # in-between pixels allowed off the borders (the 566 
 OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".nii", ".gz", ".npy")
 IGNORE_LABEL = 255      # a mask's "ignore this pixel"; the recipe's losses and bank skip it
 MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
-LISTED_NAMES = 5        # file names quoted in an error before "and N more"
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L")  # PIL modes read as they are
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPES = {2: "RGB", 4: "grey + alpha", 6: "RGBA"}  # PNG colour types PIL reads at 8 bits only
@@ -53,30 +53,25 @@ PNG_COLOUR_TYPES = {2: "RGB", 4: "grey + alpha", 6: "RGBA"}  # PNG colour types 
 def png_names(folder):
     """Sorted names of the PNG files directly in ``folder`` (.png or .PNG; hidden files such as
     macOS's ``._name.png`` left out). Raises ValueError naming image files of other formats
-    (JPEG, TIFF, DICOM ...) and subfolders holding PNGs (one per patient, say), which would
-    otherwise be left out without a word."""
+    (JPEG, TIFF, DICOM ...), and a folder whose PNGs all sit in subfolders (one per patient,
+    say), which would otherwise be left out without a word."""
     entries = [path for path in Path(folder).iterdir() if not path.name.startswith(".")]
-    nested = sorted(path.name + "/" for path in entries if path.is_dir() and holds_png(path))
-    if nested:
-        raise ValueError(f"{folder} holds PNG files in subfolder(s) {_listing(nested)}: refmatch reads the PNGs "
-                         "directly in it; move them up (or the subfolders out)")
     files = [path for path in entries if path.is_file()]
     others = sorted(path.name for path in files if path.suffix.lower() in OTHER_IMAGE_SUFFIXES)
     if others:
-        raise ValueError(f"{folder} holds {len(others)} image file(s) that are not PNG: {_listing(others)}; "
+        raise ValueError(f"{folder} holds {len(others)} image file(s) that are not PNG: {listing(others)}; "
                          "refmatch reads PNG only: convert them (a lossless format, for masks) or move them out")
-    return sorted(path.name for path in files if path.suffix.lower() == ".png")
+    names = sorted(path.name for path in files if path.suffix.lower() == ".png")
+    nested = [] if names else sorted(path.name + "/" for path in entries if path.is_dir() and holds_png(path))
+    if nested:  # beside PNGs of its own, a subfolder is something else (pseudo-labels written there, say)
+        raise ValueError(f"{folder} holds no PNG file itself but PNGs in subfolder(s) {listing(nested)}: refmatch "
+                         "reads the PNGs directly in it; move them up")
+    return names
 
 
 def holds_png(folder):
     """Whether ``folder`` or a folder in it holds a PNG file (hidden ones aside)."""
     return any(not path.name.startswith(".") for path in Path(folder).rglob("*") if path.suffix.lower() == ".png")
-
-
-def _listing(names):
-    shown = ", ".join(names[:LISTED_NAMES])
-    more = len(names) - LISTED_NAMES
-    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def scan_folder(root):
@@ -89,17 +84,17 @@ def scan_folder(root):
         if not (root / sub).is_dir():
             raise FileNotFoundError(f"{root / sub} not found: a dataset folder needs images/ and masks/")
     images, masks = png_names(root / "images"), png_names(root / "masks")
+    no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+    masks_by_case = {name.lower(): name for name in no_image}
+    pairs = [f"{name} / {masks_by_case[name.lower()]}" for name in no_mask if name.lower() in masks_by_case]
+    if pairs:
+        raise ValueError(f"{len(pairs)} image(s) in {root / 'images'} and their masks differ in letter case only "
+                         f"(image / mask: {listing(pairs)}): an image and its mask need the same name exactly")
     problems = []
-    no_mask = sorted(set(images) - set(masks))
     if no_mask:
-        problems.append(f"{len(no_mask)} image(s) in {root / 'images'} have no mask in masks/: {_listing(no_mask)}")
-    no_image = sorted(set(masks) - set(images))
+        problems.append(f"{len(no_mask)} image(s) in {root / 'images'} have no mask in masks/: {listing(no_mask)}")
     if no_image:
-        problems.append(f"{len(no_image)} mask(s) in {root / 'masks'} have no image in images/: {_listing(no_image)}")
-    folded = {name.lower() for name in no_mask} & {name.lower() for name in no_image}
-    if folded:
-        problems.append(f"{len(folded)} name(s) differ in letter case only ({_listing(sorted(folded))}): an image "
-                        "and its mask need the same name exactly")
+        problems.append(f"{len(no_image)} mask(s) in {root / 'masks'} have no image in images/: {listing(no_image)}")
     if problems:
         raise ValueError("; ".join(problems) + " (put images without masks in unlabeled/)")
     if not images:
@@ -109,7 +104,10 @@ def scan_folder(root):
 
 
 def _png_header(path):
-    """(bit depth, PNG colour type) from the file's IHDR chunk, or None for a file that is not PNG."""
+    """(bit depth, PNG colour type) from the file's IHDR chunk, or None for a file that is not
+    PNG (or not there: the read that follows names it)."""
+    if not Path(path).is_file():
+        return None
     with open(path, "rb") as file:
         head = file.read(26)
     if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
@@ -120,16 +118,11 @@ def _png_header(path):
 def _read_array(path, keep_modes):
     """The file's pixels as a numpy array ([H, W], or [H, W, channels] for a mode in
     ``keep_modes`` that has them); images whose PIL mode is not in ``keep_modes`` are
-    converted to 8-bit grayscale. Raises FileNotFoundError or ValueError naming the file,
-    also for a 16-bit PNG in colour or with alpha, which PIL would cut to 8 bits."""
+    converted to 8-bit grayscale. Raises FileNotFoundError or ValueError naming the file."""
     from PIL import Image
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    header = _png_header(path)
-    if header is not None and header[0] == 16 and header[1] in PNG_COLOUR_TYPES:
-        raise ValueError(f"{path} is a 16-bit {PNG_COLOUR_TYPES[header[1]]} PNG, which PIL reads cut to 8 bits "
-                         "(12-bit data to 16 grey levels): save it as a 16-bit grayscale PNG without alpha")
     try:
         with Image.open(path) as image:
             if image.mode not in keep_modes:
@@ -140,7 +133,8 @@ def _read_array(path, keep_modes):
 
 
 def read_image(path):
-    """A grayscale PNG as float32 [1, H, W] in [0, 1] (8- or 16-bit; RGB converted to L)."""
+    """A grayscale PNG as float32 [1, H, W] in [0, 1] (8- or 16-bit; RGB converted to L; a
+    16-bit colour PNG at 8 bits, as PIL reads it: 12-bit data in it reads dark)."""
     array = _read_array(Path(path), GRAY_MODES)
     scale = 255.0 if array.dtype == np.uint8 else 65535.0  # 16-bit PNGs arrive as uint16 or int32
     return torch.from_numpy(array.astype(np.float32) / scale)[None]
@@ -171,6 +165,10 @@ def _on_borders(array, values):
 def read_mask(path, num_classes=None, classes_from="the data"):
     """A mask PNG as int64 [H, W] class labels (255: ignore), by the module's rule;
     ``classes_from`` names what set ``num_classes`` in an error (a checkpoint, say)."""
+    header = _png_header(path)
+    if header is not None and header[0] == 16 and header[1] in PNG_COLOUR_TYPES:
+        raise ValueError(f"{path} is a 16-bit {PNG_COLOUR_TYPES[header[1]]} mask, which PIL reads cut to 8 bits "
+                         "(class indices below 256 to 0): save it as a grayscale PNG without alpha")
     array = _read_array(Path(path), GRAY_MODES + ("P", "LA", "RGB", "RGBA")).astype(np.int64)  # palette: indices
     if array.ndim == 3:  # LA, RGB(A): a grey mask stored in colour, or a colour mask, which has no classes
         colour, alpha = (array[..., :-1], array[..., -1]) if array.shape[-1] in (2, 4) else (array, None)
@@ -180,7 +178,7 @@ def read_mask(path, num_classes=None, classes_from="the data"):
         array = colour[..., 0]
         if alpha is not None and (array == array.flat[0]).all() and (alpha != alpha.flat[0]).any():
             raise ValueError(f"{path} marks its regions in the alpha channel alone (grey {array.flat[0]} "
-                             f"everywhere, alpha {_listing([str(v) for v in np.unique(alpha)])}): refmatch reads "
+                             f"everywhere, alpha {listing([str(v) for v in np.unique(alpha)])}): refmatch reads "
                              "the grey values; store the classes there (class indices or 0/255)")
     limit = MAX_INDEX_LABELS if num_classes is None else num_classes
     two_classes = num_classes in (None, 2)
@@ -197,12 +195,12 @@ def read_mask(path, num_classes=None, classes_from="the data"):
     if binary and (values.size == 1 or _on_borders(array, values)):
         return torch.from_numpy(foreground.astype(np.int64))  # resampled binary, or one bright value alone
     if binary:
-        raise ValueError(f"{path} holds grey levels {_listing([str(value) for value in values])} away from class "
+        raise ValueError(f"{path} holds grey levels {listing([str(value) for value in values])} away from class "
                          "borders, not a resampled 0/255 mask: a mask of more classes? Store class indices "
                          "0..C-1 (255 to ignore) and set classes in the config")
     bad = [int(value) for value in classes if not 0 <= value < limit]
     binary_fits = "or a 0/255 binary mask" if two_classes else "a 0/255 binary mask fits 2 classes only"
-    raise ValueError(f"{path} holds label(s) {_listing([str(value) for value in bad])}, but {classes_from} has "
+    raise ValueError(f"{path} holds label(s) {listing([str(value) for value in bad])}, but {classes_from} has "
                      f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore; {binary_fits})")
 
 

@@ -3,7 +3,6 @@
 Holding every split in memory makes batches a seeded index draw, so training
 and ``--resume`` replay exactly; loading itself runs on a worker pool.
 """
-import math
 import warnings
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -11,6 +10,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from ..choices import listing
 from ..data.folder import IGNORE_LABEL, FolderDataset, scan_folder
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..data.phantoms import PhantomDataset
@@ -20,7 +20,6 @@ from .progress import progress_bar
 UNKNOWN = -1  # mask value of truly unlabelled pixels (no hidden ground truth)
 FOLDER_CLASSES = ("background", "lung")  # a folder's classes when the config names none
 DARK_LIMIT = 1 / 8  # 12-bit data in a 16-bit PNG reaches 1/16 of the range
-DARK_SHARE = 0.99  # of an image's pixels below DARK_LIMIT for it to read dark
 
 
 class Split(NamedTuple):
@@ -117,11 +116,11 @@ def check_masks(splits, names, folder, chunk=64):
             counts[-1] += torch.bincount(flat.clamp(-1, len(names)).flatten() + 1, minlength=len(names) + 2)
     labeled = splits[0]
     if labeled.names and counts[0][1:-1].sum() == 0:
-        raise ValueError(f"the {len(labeled.names)} labelled mask(s) of {folder} ({_some(labeled.names)}) hold no "
+        raise ValueError(f"the {len(labeled.names)} labelled mask(s) of {folder} ({listing(labeled.names)}) hold no "
                          f"class pixel: every pixel is {IGNORE_LABEL} (ignored); store the classes as 0..C-1 "
                          "(0/255 for a binary mask)")
     if binary:
-        warnings.warn(f"{len(binary)} mask(s) of {folder} hold only 0 and {IGNORE_LABEL} ({_some(binary)}): with "
+        warnings.warn(f"{len(binary)} mask(s) of {folder} hold only 0 and {IGNORE_LABEL} ({listing(binary)}): with "
                       f"{len(names)} classes {IGNORE_LABEL} marks ignored pixels, so they give background only; "
                       f"store a structure as its class index (1..{len(names) - 1})", stacklevel=3)
     total = sum(counts)
@@ -138,20 +137,19 @@ def check_masks(splits, names, folder, chunk=64):
                       "labeled_fraction) or draw another split (seed)", stacklevel=3)
 
 
-def _some(names, shown=3):
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def dark_images(images, names, chunk=64):
-    """The names of ``images`` [n, 1, H, W] (scaled by their files' bit depth) that stay below
-    DARK_LIMIT in all but a 1 - DARK_SHARE of their pixels (so a burned-in white marker does not
-    hide one): 12-bit data stored in 16-bit PNGs, which the model sees nearly black."""
+    """The names of ``images`` [n, 1, H, W] (scaled by their files' bit depth) whose brightest
+    pixel stays below DARK_LIMIT, constant ones aside (a blank slice): 12-bit data stored in
+    16-bit PNGs, which the model sees nearly black. Per image, so that bright images elsewhere
+    in the folder do not hide them; by the brightest pixel, so that a dim image with a few
+    bright structures (fluorescence, an end slice with a little tissue) is not named."""
     dark = []
     for start in range(0, images.shape[0], chunk):
         flat = images[start:start + chunk].flatten(1)
         if flat.shape[1]:
-            share = flat.kthvalue(max(1, math.ceil(DARK_SHARE * flat.shape[1])), dim=1).values
-            dark += [names[start + i] for i in (share < DARK_LIMIT).nonzero()[:, 0].tolist()]
+            brightest, darkest = flat.amax(dim=1), flat.amin(dim=1)
+            dark += [names[start + i] for i in ((brightest < DARK_LIMIT) & (brightest > darkest)).nonzero()[:, 0]
+                     .tolist()]
     return dark
 
 
@@ -160,8 +158,8 @@ def warn_if_dark(names, where):
     nearly black; nothing for none."""
     if names:
         warnings.warn(f"{len(names)} image(s) of {where} stay below {DARK_LIMIT:.3f} of their bit depth's range "
-                      f"in {DARK_SHARE:.0%} of their pixels ({_some(names)}): 12-bit data in 16-bit PNGs? The "
-                      "model sees them nearly black: rescale the files to their full range", stacklevel=2)
+                      f"({listing(names)}): 12-bit data in 16-bit PNGs? The model sees them nearly black: rescale "
+                      "the files to their full range", stacklevel=2)
 
 
 def class_names(config):

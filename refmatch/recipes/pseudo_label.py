@@ -22,6 +22,7 @@ from .evaluation import metrics_json
 
 RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
 OUTPUTS = ("labels", "confidence", "overlays")
+BANK_SETTINGS = ("bank_capacity", "bank_policy")  # the run's, or --bank-capacity / --bank-policy
 
 
 def pseudo_label_main(argv=None):
@@ -34,8 +35,8 @@ def pseudo_label_main(argv=None):
                         help="folder of PNG images (or its images/; not a dataset folder with unlabeled/ too)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted OUT: skip the images it has finished (same checkpoint "
-                             "and folders)")
+                        help="continue an interrupted OUT: skip the images it has finished (same checkpoint, "
+                             "folders and bank settings)")
     parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds pseudo-labels")
     parser.add_argument("--bank-capacity", type=at_least(1),
                         help="labelled pixels the bank keeps per class (default: the run's bank_capacity)")
@@ -59,8 +60,8 @@ def pseudo_label_main(argv=None):
     names = png_names(folder)
     if not names:
         raise FileNotFoundError(f"no PNG images in {folder}")
-    record = {**_sources(args.checkpoint, args.labeled, folder), "bank_capacity": args.bank_capacity,
-              "bank_policy": args.bank_policy, "images": len(names), "written": 0, "complete": False}
+    record = {**_sources(args.checkpoint, args.labeled, folder), "images": len(names), "written": 0,
+              "complete": False}
     previous = _previous(args.out)
     done = _finished_before(args, previous, record, names)  # refuses an occupied OUT before the bank is built
     if done == set(names):  # every image has its labels/ file (a run killed after its last, say)
@@ -73,6 +74,13 @@ def pseudo_label_main(argv=None):
     model, config, classes = checkpoint_teacher(args.checkpoint, device)
     config = dataclasses.replace(config, bank_capacity=args.bank_capacity or config.bank_capacity,
                                  bank_policy=args.bank_policy or config.bank_policy)
+    bank = {key: getattr(config, key) for key in BANK_SETTINGS}  # as used: a flag naming the run's is no change
+    changed = [f"--{key.replace('_', '-')} {previous[key]}" for key in bank
+               if done and key in previous and previous[key] != bank[key]]
+    if changed:
+        raise ValueError(f"--resume: {args.out} was labelled with a bank of {', '.join(changed)}: pass the same, or "
+                         "--overwrite")
+    record.update(bank)
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)
@@ -151,7 +159,8 @@ def _sources(checkpoint, labeled, unlabeled):
 def _finished_before(args, previous, record, names):
     """The names of ``names`` that an earlier run finished in ``args.out`` and this one skips (a
     set; all of them: nothing to do). An OUT holding pseudo-labels (a record) takes --resume (the
-    same checkpoint, unchanged, and folders) or --overwrite (its outputs are deleted once the new
+    same checkpoint, unchanged, and folders; the bank's settings are compared once the checkpoint
+    has loaded) or --overwrite (its outputs are deleted once the new
     run has loaded); one holding other files in labels/, confidence/ or overlays/ is refused. A
     new OUT is made here, and an unwritable one refused, before any work. ``previous``: the
     record found in OUT ({} for none)."""
@@ -169,10 +178,6 @@ def _finished_before(args, previous, record, names):
             raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
         earlier = {key: str(Path(previous.get(key, "")).resolve()) for key in ("checkpoint", "labeled", "unlabeled")}
         differ = [f"{key} ({previous.get(key)})" for key in earlier if earlier[key] != record[key]]
-        for key in ("bank_capacity", "bank_policy"):  # None: the run's setting
-            if previous.get(key) != record[key]:
-                earlier_value = "the run's" if previous.get(key) is None else previous[key]
-                differ.append(f"--{key.replace('_', '-')} ({earlier_value})")
         same_path = earlier["checkpoint"] == record["checkpoint"]
         if same_path and previous.get("checkpoint_file", record["checkpoint_file"]) != record["checkpoint_file"]:
             differ.append("checkpoint file (its size or time changed since: trained on?)")
