@@ -196,3 +196,19 @@ def test_dark_images_are_named_by_their_brightest_pixel():
     images[1] *= torch.linspace(0, 3, 16)  # 12-bit: at most 0.06
     images[3, 0, 0, 0] = 0.124
     assert dark_images(images, ["cell", "twelve bit", "blank", "dim"]) == ["twelve bit", "dim"]
+
+
+def test_a_run_never_writes_into_a_dataset_folder(tmp_path, phantom_folder):
+    """--out at the data folder wrote the run's grids into its images/, and --overwrite then
+    deleted images/ as a run's output: 40 training images gone."""
+    from refmatch.__main__ import main
+
+    images = sorted(path.name for path in (phantom_folder / "images").iterdir())
+    settings = [*FOLDER_RUN, f"data={phantom_folder}", classes_setting(CLASS_NAMES)]
+    with pytest.raises(ValueError, match=r"--out .*data holds masks/: a dataset folder, whose images/ a run would"):
+        main(["train", *settings, "--out", str(phantom_folder), "--overwrite"])
+    with pytest.raises(ValueError, match=r"--out .*data.images.run lies in the data's image folders"):
+        main(["train", *settings, "--out", str(phantom_folder / "images" / "run")])
+    assert sorted(path.name for path in (phantom_folder / "images").iterdir()) == images
+    with pytest.raises(ValueError, match="holds masks/: a dataset folder"):  # any dataset, not only the run's
+        main(["train", *FOLDER_RUN, "method=supervised", "--out", str(phantom_folder)])

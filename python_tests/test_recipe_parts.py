@@ -115,15 +115,15 @@ def test_a_teacher_that_does_not_fit_its_config_is_named(tmp_path):
 def test_a_finished_result_stands_only_for_the_runs_own_step_count(tmp_path):
     """A resume taking a finished run further, killed before its test, left the shorter run's
     metrics.json, which then stood as the longer run's result."""
-    from refmatch.recipes.train import _finished_result
+    from refmatch.recipes.checkpoint import finished_result
 
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps({"config": {"steps": 4}, "test": {}}))
-    assert _finished_result(path, 4) == {"config": {"steps": 4}, "test": {}}
-    assert _finished_result(path, 6) is None
+    assert finished_result(path, 4) == {"config": {"steps": 4}, "test": {}}
+    assert finished_result(path, 6) is None
     path.write_text('{"config": {"steps": 4}')  # cut off mid-write
-    assert _finished_result(path, 4) is None
-    assert _finished_result(tmp_path / "none.json", 4) is None
+    assert finished_result(path, 4) is None
+    assert finished_result(tmp_path / "none.json", 4) is None
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path):

@@ -146,6 +146,10 @@ def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch, caps
         main(["evaluate", "--checkpoint", str(run / "newer.pt"), "--data", "phantom"])
     monkeypatch.setattr(train.Trainer, "finish", lambda self: pytest.fail("a finished run was tested again"))
     assert main(["train", "--out", str(run), "--resume"]) == 0
+    # Taken further and stopped: the 2-step result no longer reads as the run's (best.pt moved on).
+    finished = (run / "metrics.json").read_text()
+    main(["train", "--out", str(run), "--resume", "steps=4", "--stop-at", "3"])
+    assert not (run / "metrics.json").exists() and (run / "metrics_at_step_2.json").read_text() == finished
 
 
 def test_a_run_stopped_while_writing_its_first_latest_pt_resumes_from_best_pt(tmp_path, caplog):

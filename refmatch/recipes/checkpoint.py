@@ -1,5 +1,7 @@
-"""Checkpoints written atomically: a kill mid-save leaves the previous file intact."""
+"""Checkpoints written atomically: a kill mid-save leaves the previous file intact; a run's
+metrics.json read back (its result stands) or set aside (a resume takes the run further)."""
 import io
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -68,3 +70,25 @@ def load_latest(run_dir):
         logging.getLogger("refmatch").warning("no latest.pt (stopped while writing it?): resuming from best.pt")
         path = run_dir / "best.pt"
     return load(path, required=("step", "config", "student", "teacher", "optimizer"))
+
+
+def finished_result(path, steps):
+    """The result in a run's metrics.json when it is this run's: written at the end of a run
+    of ``steps`` steps (not of a shorter run that a resume took further, nor cut off mid-write
+    by an older version), else None and the test runs again."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("config", {}).get("steps") == steps else None
+
+
+def set_aside_shorter_result(path):
+    """A metrics.json that a resume takes further (``steps=`` raised) becomes
+    metrics_at_step_N.json: read as the run's while it trains on, it named a best.pt that the
+    extended run has since replaced."""
+    try:
+        steps = json.loads(path.read_text()).get("config", {}).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return
+    path.replace(path.with_name(f"metrics_at_step_{steps}.json"))

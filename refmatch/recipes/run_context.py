@@ -37,6 +37,20 @@ RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log
 
 
 OVERWRITTEN = ".overwritten"  # where --overwrite keeps the earlier run until the new one has started
+DATASET_PARTS = ("images", "masks", "unlabeled")
+
+
+def check_not_a_dataset(run_dir, data):
+    """Refuse a run folder that is a dataset folder (it holds masks/) or lies in one of ``data``'s
+    image folders: a run writes its grids into its images/, and --overwrite deletes a run's
+    outputs by name, images/ among them (40 training images went so)."""
+    run_dir = Path(os.path.abspath(run_dir))
+    if (run_dir / "masks").is_dir():
+        raise ValueError(f"--out {run_dir} holds masks/: a dataset folder, whose images/ a run would write its grids "
+                         "into (and --overwrite delete); train into a folder of its own")
+    inside = [] if data == "phantom" else [Path(os.path.abspath(data)) / part for part in DATASET_PARTS]
+    if any(folder in inside for folder in (run_dir, *run_dir.parents)):
+        raise ValueError(f"--out {run_dir} lies in the data's image folders ({data}): train into a folder of its own")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ continues bit-exactly on the CPU.
 """
 import copy
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from . import augment
 from ..atomic_file import write_text_atomic
-from .checkpoint import load, load_latest
+from .checkpoint import finished_result, load, load_latest, set_aside_shorter_result
 from .config import UNUSED_BY, TrainConfig, as_saved, data_location
 from .data_setup import UNKNOWN, prepare_data
 from .ema import ema_decay_at, ema_update
@@ -27,7 +26,7 @@ from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, check_pl_k, pseudo_label_source
-from .run_context import RunContext, claimed_run_folder
+from .run_context import RunContext, check_not_a_dataset, claimed_run_folder
 from .unet import UNet
 from .visual import training_grid
 
@@ -66,6 +65,7 @@ class Trainer:
             if config.steps < resumed["step"]:
                 raise ValueError(f"steps={config.steps} is below the {resumed['step']} steps the run has trained: "
                                  "a resumed run can only go on (train a new run into another folder)")
+        check_not_a_dataset(run_dir, config.data)
         # An overwritten run is deleted only once this one is built: bad data keeps it.
         with claimed_run_folder(run_dir, resumed is None, overwrite) as lock:
             self.config = config
@@ -214,11 +214,13 @@ class Trainer:
         or SIGTERM stops after the current step (on every rank), saves latest.pt and raises
         KeyboardInterrupt (SIGTERM: SystemExit 143); ``stop_at`` returns None instead."""
         config, started, seconds_before = self.config, time.time(), self.seconds
-        finished = _finished_result(self.run.dir / "metrics.json", config.steps)
+        finished = finished_result(self.run.dir / "metrics.json", config.steps)
         if self.step == config.steps and finished is not None:  # resumed as it ended: its result stands
             logging.getLogger("refmatch").info("the run finished at step %d: %s stands", self.step,
                                                self.run.dir / "metrics.json")
             return finished
+        if self.run.is_main:
+            set_aside_shorter_result(self.run.dir / "metrics.json")
         last = config.steps if stop_at is None else min(config.steps, stop_at)
         stop, interrupted = StopRequest(), False
         with stop.catching():  # to the end of the save below, which a signal must not cut
@@ -266,17 +268,6 @@ class Trainer:
             logging.getLogger("refmatch").info("no test images (test_fraction=0, min_test=0): no test metrics "
                                                "(best step %d)", best["step"])
         return result
-
-
-def _finished_result(path, steps):
-    """The result in a run's metrics.json when it is this run's: written at the end of a run
-    of ``steps`` steps (not of a shorter run that a resume took further, nor cut off mid-write
-    by an older version), else None and the test runs again."""
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and result.get("config", {}).get("steps") == steps else None
 
 
 def _flat(metrics):
