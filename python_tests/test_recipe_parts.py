@@ -112,20 +112,6 @@ def test_a_teacher_that_does_not_fit_its_config_is_named(tmp_path):
         saved_teacher(state, tmp_path / "best.pt", "cpu")
 
 
-def test_a_finished_result_stands_only_for_the_runs_own_step_count(tmp_path):
-    """A resume taking a finished run further, killed before its test, left the shorter run's
-    metrics.json, which then stood as the longer run's result."""
-    from refmatch.recipes.checkpoint import finished_result
-
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"config": {"steps": 4}, "test": {}}))
-    assert finished_result(path, 4) == {"config": {"steps": 4}, "test": {}}
-    assert finished_result(path, 6) is None
-    path.write_text('{"config": {"steps": 4}')  # cut off mid-write
-    assert finished_result(path, 4) is None
-    assert finished_result(tmp_path / "none.json", 4) is None
-
-
 def test_saved_files_get_the_usual_permissions(tmp_path):
     """Written through a temporary file, yet readable as any file the user writes (not 0600)."""
     import os
@@ -294,3 +280,4 @@ def test_weak_augmentation_labels_padding_as_asked():
              for outside in (0, -1)}
     assert moved[0].unique().tolist() == [-1, 0, 2] and moved[-1].unique().tolist() == [-1, 2]
     assert torch.equal(moved[-1], torch.where(moved[0] == 0, -1, moved[0]))
+

@@ -12,6 +12,8 @@ from ..atomic_file import write_atomic
 from .config import saved_config
 from .unet import UNet
 
+OVERWRITTEN = ".overwritten"  # where --overwrite keeps the earlier run until the new one has started
+
 
 def save_atomic(state, path):
     """torch.save ``state`` to ``path`` through ``write_atomic``. Serialised in memory first: a
@@ -69,6 +71,14 @@ def load_latest(run_dir):
     if not path.exists() and (run_dir / "best.pt").exists():
         logging.getLogger("refmatch").warning("no latest.pt (stopped while writing it?): resuming from best.pt")
         path = run_dir / "best.pt"
+    aside = run_dir / OVERWRITTEN
+    if not path.exists() and any((aside / name).exists() for name in ("latest.pt", "best.pt")):
+        raise FileNotFoundError(f"checkpoint not found: {path}; an --overwrite was killed before its new run saved "
+                                f"one, and the earlier run waits in {aside}: move its files back into {run_dir} "
+                                "to resume it, or --overwrite again")
+    if not path.exists() and (run_dir / "train.log").exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}; the run stopped before its first checkpoint: start "
+                                "it again without --resume")
     return load(path, required=("step", "config", "student", "teacher", "optimizer"))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import save_atomic
+from .checkpoint import OVERWRITTEN, save_atomic
 from .progress import ConsoleHandler, launched_rank, progress_bar, reported_steps
 from .run_lock import RunFolderLock
 
@@ -36,7 +36,6 @@ RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log
                "compare-pseudo-labels")
 
 
-OVERWRITTEN = ".overwritten"  # where --overwrite keeps the earlier run until the new one has started
 DATASET_PARTS = ("images", "masks", "unlabeled")
 
 

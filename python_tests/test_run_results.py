@@ -1,0 +1,34 @@
+"""What a run folder's files say when read back: a finished result that stands, a checkpoint
+that is missing for a reason."""
+import json
+
+import pytest
+
+pytest.importorskip("yaml", reason="the train extra is not installed")
+
+from refmatch.recipes.checkpoint import finished_result, load_latest  # noqa: E402
+
+
+def test_a_finished_result_stands_only_for_the_runs_own_step_count(tmp_path):
+    """A resume taking a finished run further, killed before its test, left the shorter run's
+    metrics.json, which then stood as the longer run's result."""
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"config": {"steps": 4}, "test": {}}))
+    assert finished_result(path, 4) == {"config": {"steps": 4}, "test": {}}
+    assert finished_result(path, 6) is None
+    path.write_text('{"config": {"steps": 4}')  # cut off mid-write
+    assert finished_result(path, 4) is None
+    assert finished_result(tmp_path / "none.json", 4) is None
+
+
+def test_resume_without_a_checkpoint_says_why_and_what_to_do(tmp_path):
+    """An --overwrite killed before the new run saved left the earlier run hidden in .overwritten/,
+    and a run stopped before its first checkpoint: both said only "checkpoint not found"."""
+    (tmp_path / ".overwritten").mkdir()
+    (tmp_path / ".overwritten" / "best.pt").write_bytes(b"earlier run")
+    with pytest.raises(FileNotFoundError, match=r"latest.pt; an --overwrite was killed .* waits in .*\.overwritten"):
+        load_latest(tmp_path)
+    (tmp_path / ".overwritten" / "best.pt").unlink()
+    (tmp_path / "train.log").write_text("")
+    with pytest.raises(FileNotFoundError, match="stopped before its first checkpoint: start it again without --resume"):
+        load_latest(tmp_path)
