@@ -32,3 +32,10 @@ def test_resume_without_a_checkpoint_says_why_and_what_to_do(tmp_path):
     (tmp_path / "train.log").write_text("")
     with pytest.raises(FileNotFoundError, match="stopped before its first checkpoint: start it again without --resume"):
         load_latest(tmp_path)
+
+
+def test_a_checkpoint_that_is_a_folder_says_which_file_to_name(tmp_path):
+    from refmatch.recipes.checkpoint import load
+
+    with pytest.raises(IsADirectoryError, match=r"is a folder: name the file in it \(a run's best.pt or latest.pt"):
+        load(tmp_path)

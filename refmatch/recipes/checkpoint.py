@@ -28,6 +28,8 @@ def load(path, device="cpu", required=("config", "teacher")):
     """A checkpoint dict holding the ``required`` keys (every refmatch checkpoint has a config and
     a teacher); raises FileNotFoundError, or ValueError for a damaged or foreign file, naming the path."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder: name the file in it (a run's best.pt or latest.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
