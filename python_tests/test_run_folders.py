@@ -204,8 +204,10 @@ def test_a_second_run_in_a_live_runs_folder_is_refused_and_stale_temporaries_go(
     finally:
         first.run.close()
     (run / ".latest.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    (run / "images").mkdir(exist_ok=True)
+    (run / "images" / ".step_000003.png.a1b2.tmp").write_bytes(b"half a grid")
     RunFolderLock(run).release()  # free again once the run ended; the file stays (deleting it raced)
-    assert not list(run.glob(".*.tmp")) and (run / ".lock").exists()
+    assert not list(run.rglob(".*.tmp")) and (run / ".lock").exists()
 
 
 def test_an_overwrite_refused_by_a_live_run_moves_nothing(tmp_path):

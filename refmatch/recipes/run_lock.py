@@ -35,8 +35,9 @@ class RunFolderLock:
             logging.getLogger("refmatch").warning("cannot lock %s (%s): running without a lock", self.path, error)
             self.release()
             return
-        for stale in self.path.parent.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        for pattern in (".*.tmp", "images/.*.tmp"):  # the grids' folder too
+            for stale in self.path.parent.glob(pattern):
+                stale.unlink(missing_ok=True)
 
     def release(self):
         """Drop the lock (a no-op when none is held); the file stays."""
