@@ -112,8 +112,7 @@ class TrainConfig:
             raise ValueError(f"val_fraction + test_fraction must be < 1 (training needs images), got "
                              f"{self.val_fraction} + {self.test_fraction}")
         if self.image_size % 2 ** (self.depth - 1):
-            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) = "
-                             f"{2 ** (self.depth - 1)}")
+            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) = {2 ** (self.depth - 1)}")
         if self.method == "refmatch" and self.image_size % self.tap_size:  # other methods never tap
             raise ValueError(f"image_size={self.image_size} must be divisible by tap_size={self.tap_size}")
         if self.image_size < 2 ** self.depth:  # normalisation needs more than one value per channel
