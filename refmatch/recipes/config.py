@@ -111,10 +111,9 @@ class TrainConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction + test_fraction must be < 1 (training needs images), got "
                              f"{self.val_fraction} + {self.test_fraction}")
-        if self.image_size % 2 ** (self.depth - 1):
-            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) = {2 ** (self.depth - 1)}")
-        if self.method == "refmatch" and self.image_size % self.tap_size:  # other methods never tap
-            raise ValueError(f"image_size={self.image_size} must be divisible by tap_size={self.tap_size}")
+        if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
+            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
+                             f"tap_size={self.tap_size}")
         if self.image_size < 2 ** self.depth:  # normalisation needs more than one value per channel
             raise ValueError(f"depth={self.depth} is too deep for image_size={self.image_size}: the U-Net's deepest "
                              f"stage would be 1x1; use depth <= {(self.image_size // 2).bit_length()}")
@@ -131,8 +130,7 @@ class TrainConfig:
                                  f"depth={self.depth} ({', '.join(stages)}), got {self.tap_layers}")
         if self.device != "auto" and not is_cpu_or_cuda(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.method == "refmatch":
-            check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
+        check_mode(self.pl_mode, self.pl_k, names=("pl_mode", "pl_k"))
         return self
 
     def class_names(self):
