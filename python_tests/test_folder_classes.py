@@ -192,7 +192,7 @@ def test_dark_images_are_named_by_their_brightest_pixel():
     from refmatch.recipes.data_setup import dark_images
 
     images = torch.full((4, 1, 16, 16), 0.02)
-    images[0, 0, 4:6, 4:6] = 1.0  # one bright cell
+    images[0, 0, 4, 4] = 1.0  # one bright pixel of 256: a 99th percentile would call the image dark
     images[1] *= torch.linspace(0, 3, 16)  # 12-bit: at most 0.06
     images[3, 0, 0, 0] = 0.124
     assert dark_images(images, ["cell", "twelve bit", "blank", "dim"]) == ["twelve bit", "dim"]

@@ -280,4 +280,3 @@ def test_weak_augmentation_labels_padding_as_asked():
              for outside in (0, -1)}
     assert moved[0].unique().tolist() == [-1, 0, 2] and moved[-1].unique().tolist() == [-1, 2]
     assert torch.equal(moved[-1], torch.where(moved[0] == 0, -1, moved[0]))
-

@@ -150,6 +150,9 @@ def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch, caps
     finished = (run / "metrics.json").read_text()
     main(["train", "--out", str(run), "--resume", "steps=4", "--stop-at", "3"])
     assert not (run / "metrics.json").exists() and (run / "metrics_at_step_2.json").read_text() == finished
+    monkeypatch.undo()  # the new run is tested
+    main(["train", *TINY, "method=supervised", "steps=2", "--out", str(run), "--overwrite"])
+    assert not (run / "metrics_at_step_2.json").exists(), "the overwritten run's, naming a best.pt gone"
 
 
 def test_a_run_stopped_while_writing_its_first_latest_pt_resumes_from_best_pt(tmp_path, caplog):

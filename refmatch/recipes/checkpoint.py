@@ -103,4 +103,5 @@ def set_aside_shorter_result(path):
         steps = json.loads(path.read_text()).get("config", {}).get("steps")
     except (OSError, ValueError, AttributeError):
         return
-    path.replace(path.with_name(f"metrics_at_step_{steps}.json"))
+    if isinstance(steps, int):  # else not a run's result: left as it is
+        path.replace(path.with_name(f"metrics_at_step_{steps}.json"))

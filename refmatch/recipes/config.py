@@ -113,7 +113,8 @@ class TrainConfig:
                              f"{self.val_fraction} + {self.test_fraction}")
         if self.image_size % 2 ** (self.depth - 1) or self.image_size % self.tap_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**(depth-1) and by "
-                             f"tap_size={self.tap_size}")
+                             f"tap_size={self.tap_size} (for every method: refmatch pseudo-label taps any run's "
+                             "teacher at its tap_size)")
         if self.image_size < 2 ** self.depth:  # normalisation needs more than one value per channel
             raise ValueError(f"depth={self.depth} is too deep for image_size={self.image_size}: the U-Net's deepest "
                              f"stage would be 1x1; use depth <= {(self.image_size // 2).bit_length()}")

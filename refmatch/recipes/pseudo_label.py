@@ -76,7 +76,7 @@ def pseudo_label_main(argv=None):
                                  bank_policy=args.bank_policy or config.bank_policy)
     bank = {key: getattr(config, key) for key in BANK_SETTINGS}  # as used: a flag naming the run's is no change
     changed = [f"--{key.replace('_', '-')} {previous[key]}" for key in bank
-               if done and key in previous and previous[key] != bank[key]]
+               if done and previous.get(key) is not None and previous[key] != bank[key]]
     if changed:
         raise ValueError(f"--resume: {args.out} was labelled with a bank of {', '.join(changed)}: pass the same, or "
                          "--overwrite")

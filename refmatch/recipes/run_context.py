@@ -102,7 +102,9 @@ def fresh_run(run_dir, overwrite=False):
                               "start it over with --overwrite, or train into another --out")
     main_rank = launched_rank() == 0
     aside, moved = run_dir / OVERWRITTEN, []
-    kept = {name for name in RUN_OUTPUTS if (run_dir / name).exists()}  # a folder holding no run: not ours
+    # A resume that took a run further set its shorter result aside (checkpoint.set_aside_shorter_result).
+    outputs = (*RUN_OUTPUTS, *sorted(path.name for path in run_dir.glob("metrics_at_step_*.json")))
+    kept = {name for name in outputs if (run_dir / name).exists()}  # a folder holding no run: not ours
     if held and main_rank:
         _remove(aside)
         aside.mkdir()
@@ -113,7 +115,7 @@ def fresh_run(run_dir, overwrite=False):
         yield
     except BaseException:
         if main_rank:
-            for name in set(RUN_OUTPUTS) - kept:
+            for name in set(outputs) - kept:
                 _remove(run_dir / name)
             for name in moved:
                 (aside / name).rename(run_dir / name)
