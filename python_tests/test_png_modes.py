@@ -28,6 +28,13 @@ def twelve_bit_ramp():
     return (np.arange(64, dtype=np.uint16).reshape(8, 8) * 64) % 4096  # 12-bit values, 64 levels
 
 
+def lung_mask():
+    """A 6 x 6 0/255 mask with a 3 x 3 lung."""
+    lung = np.zeros((6, 6), dtype=np.uint8)
+    lung[1:4, 2:5] = 255
+    return lung
+
+
 def test_16_bit_grey_keeps_every_level(tmp_path):
     values = twelve_bit_ramp()
     write_raw_png(tmp_path / "grey.png", values, 0)
@@ -60,8 +67,7 @@ def test_16_bit_colour_or_alpha_reads_at_8_bits_and_such_masks_are_refused(tmp_p
 def test_a_mask_in_the_alpha_channel_alone_is_refused(tmp_path, mode):
     from PIL import Image
 
-    lung = np.zeros((6, 6), dtype=np.uint8)
-    lung[1:4, 2:5] = 255
+    lung = lung_mask()
     grey = np.full_like(lung, 255)  # an annotation tool's white layer, the lung in its alpha
     Image.fromarray(np.stack([grey] * (len(mode) - 1) + [lung], axis=2), mode).save(tmp_path / "alpha.png")
     with pytest.raises(ValueError, match=r"alpha.png marks its regions in the alpha channel alone "
@@ -73,8 +79,7 @@ def test_a_mask_in_the_alpha_channel_alone_is_refused(tmp_path, mode):
 def test_a_mask_with_alpha_reads_its_grey_values(tmp_path, mode):
     from PIL import Image
 
-    lung = np.zeros((6, 6), dtype=np.uint8)
-    lung[1:4, 2:5] = 255
+    lung = lung_mask()
     transparent_background = np.stack([lung] * len(mode), axis=2)  # alpha as the grey values
     Image.fromarray(transparent_background, mode).save(tmp_path / "layer.png")
     assert torch.equal(read_mask(tmp_path / "layer.png", 2), torch.from_numpy(lung // 255).long())

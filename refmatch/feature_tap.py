@@ -62,14 +62,13 @@ def _naming_hint(unknown, modules):
 def _element(name, output, key):
     """``output[key]``, the element ``select`` names of layer ``name``'s output (a tuple, list or
     dict: indexing a tensor would take one sample of the batch)."""
-    try:
-        if isinstance(output, torch.Tensor):
-            raise TypeError
+    if isinstance(output, dict) and key in output:
         return output[key]
-    except (IndexError, KeyError, TypeError):
-        held = (f"keys {list(output)}" if isinstance(output, dict) else f"a {type(output).__name__} of "
-                f"{len(output)}" if isinstance(output, (tuple, list)) else describe(output))
-        raise ValueError(f"select={{{name!r}: {key!r}}}, but layer {name!r} returned {held}") from None
+    if isinstance(output, (tuple, list)) and isinstance(key, int) and -len(output) <= key < len(output):
+        return output[key]
+    held = (f"keys {list(output)}" if isinstance(output, dict) else f"a {type(output).__name__} of "
+            f"{len(output)}" if isinstance(output, (tuple, list)) else describe(output))
+    raise ValueError(f"select={{{name!r}: {key!r}}}, but layer {name!r} returned {held}")
 
 
 def _in_backward():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic_file import write_atomic
+from ..choices import listing
 
 SPLIT_KEYS = ("labeled", "unlabeled", "val", "test")
 
@@ -48,8 +49,8 @@ def make_splits(labeled_names, unlabeled_names=(), *, seed, labeled_fraction=Non
     unlabeled_names = _distinct(unlabeled_names, "unlabeled_names")
     both = sorted(set(labeled_names) & set(unlabeled_names))
     if both:
-        raise ValueError(f"{len(both)} name(s) are both labelled and unlabelled: {both[:5]} (a folder's images/ and "
-                         "unlabeled/ must not share file names: rename or remove one copy)")
+        raise ValueError(f"{len(both)} name(s) are both labelled and unlabelled: {listing(both)} (a folder's "
+                         "images/ and unlabeled/ must not share file names: rename or remove one copy)")
     if (num_labeled is None) == (labeled_fraction is None):
         raise ValueError(f"give exactly one of num_labeled and labeled_fraction, got {num_labeled!r} "
                          f"and {labeled_fraction!r}")

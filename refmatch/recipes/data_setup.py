@@ -148,8 +148,8 @@ def dark_images(images, names, chunk=64):
         flat = images[start:start + chunk].flatten(1)
         if flat.shape[1]:
             brightest, darkest = flat.amax(dim=1), flat.amin(dim=1)
-            dark += [names[start + i] for i in ((brightest < DARK_LIMIT) & (brightest > darkest)).nonzero()[:, 0]
-                     .tolist()]
+            named = ((brightest < DARK_LIMIT) & (brightest > darkest)).nonzero()[:, 0]
+            dark += [names[start + i] for i in named.tolist()]
     return dark
 
 
