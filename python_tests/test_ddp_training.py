@@ -63,19 +63,71 @@ def test_ddp_with_two_gloo_processes(tmp_path):
 
 
 @pytest.mark.parametrize("rank_zero_fails", [False, True])
-def test_from_main_hands_rank_zeros_result_or_error_to_every_rank(monkeypatch, rank_zero_fails):
-    """A non-zero rank never runs the work, takes rank 0's result, and raises rank 0's error
-    (rank 0 broadcasts it before raising) instead of waiting for a result that never comes."""
-    from refmatch.recipes import run_context
+def test_on_rank_zero_hands_its_result_or_error_to_every_rank(monkeypatch, rank_zero_fails):
+    """A non-zero rank never runs the work, takes rank 0's result, and raises rank 0's own error
+    (a ValueError stays one: the command line prints it as one line) instead of waiting."""
+    from refmatch.recipes import ranks
 
-    context = run_context.RunContext.__new__(run_context.RunContext)
-    context.world, context.is_main = 2, False
-    sent = ("error", "ValueError: no images") if rank_zero_fails else ("value", {"labeled": ["a.png"]})
-    monkeypatch.setattr(run_context.dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, sent))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(ranks.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(ranks.dist, "get_world_size", lambda: 2)
+    sent = ("error", ranks._portable(ValueError("no images"))) if rank_zero_fails else ("value", {"labeled": ["a"]})
+    monkeypatch.setattr(ranks.dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, sent))
     ran = []
     if rank_zero_fails:
-        with pytest.raises(RuntimeError, match="rank 0 failed: ValueError: no images"):
-            context.from_main(lambda: ran.append(1))
+        with pytest.raises(ValueError, match="^no images$"):
+            ranks.on_rank_zero(lambda: ran.append(1))
     else:
-        assert context.from_main(lambda: ran.append(1)) == {"labeled": ["a.png"]}
+        assert ranks.on_rank_zero(lambda: ran.append(1)) == {"labeled": ["a"]}
     assert ran == []
+
+
+def test_an_error_that_cannot_be_pickled_reaches_other_ranks_by_name():
+    from refmatch.recipes import ranks
+
+    class Unpicklable(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    assert str(ranks._portable(Unpicklable(1, 2))) == "rank 0 failed: Unpicklable: 1 and 2"
+
+
+def _locked_folder_worker(rank, folder, port):
+    import os
+
+    from refmatch.recipes.train import Trainer
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    try:
+        Trainer(load_config(None, TINY + ["device=cpu"]), folder)
+    except BlockingIOError as error:
+        (folder / f"rank{rank}.txt").write_text(str(error))
+
+
+def test_every_rank_refuses_a_folder_that_another_run_holds(tmp_path):
+    """Rank 0 takes the lock; the other ranks learn of its refusal at once (they waited in
+    the process group's start-up until torchrun killed them)."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    from refmatch.recipes.run_lock import RunFolderLock
+
+    holder = RunFolderLock(tmp_path)
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        ranks = mp.spawn(_locked_folder_worker, args=(tmp_path, port), nprocs=2, join=False)
+        deadline = time.monotonic() + 60
+        while not ranks.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in ranks.processes:
+                    process.kill()
+                pytest.fail("a rank still waited 60 s after rank 0 refused the folder")
+    finally:
+        holder.release()
+    for rank in (0, 1):
+        assert "in use by another refmatch run" in (tmp_path / f"rank{rank}.txt").read_text()

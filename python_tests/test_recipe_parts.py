@@ -136,16 +136,16 @@ def test_metrics_json_writes_infinite_hd95_as_null():
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from refmatch.recipes import run_context
+    from refmatch.recipes import ranks
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="sees no CUDA device: train with device=cpu"):
-        run_context._pick_device("cuda", local_rank=0, local_world=1)
+        ranks.pick_device("cuda", local_rank=0, local_world=1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert run_context._pick_device("cuda", local_rank=0, local_world=1) == torch.device("cuda", 0)
+    assert ranks.pick_device("cuda", local_rank=0, local_world=1) == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="2 processes on this node but 1 CUDA device"):
-        run_context._pick_device("cuda", local_rank=1, local_world=2)
+        ranks.pick_device("cuda", local_rank=1, local_world=2)
 
 
 def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():

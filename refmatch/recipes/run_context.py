@@ -12,23 +12,8 @@ import torch.distributed as dist
 
 from .checkpoint import OVERWRITTEN, save_atomic
 from .progress import ConsoleHandler, launched_rank, progress_bar, reported_steps
+from .ranks import on_rank_zero
 from .run_lock import RunFolderLock
-
-
-def _pick_device(name, local_rank, local_world):
-    """One GPU per process under torchrun (NCCL cannot share one between ranks)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but torch {torch.__version__} sees no CUDA device: train with "
-                         "device=cpu (or device=auto)")
-    if device.type == "cuda" and device.index is None:
-        if local_world > torch.cuda.device_count():
-            raise ValueError(f"{local_world} processes on this node but {torch.cuda.device_count()} CUDA "
-                             "device(s): start at most one process per GPU, or train with device=cpu (gloo)")
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 # What a run writes into its folder; --overwrite removes them before a new run starts there.
@@ -55,19 +40,22 @@ def check_not_a_dataset(run_dir, data):
 @contextlib.contextmanager
 def claimed_run_folder(run_dir, new_run, overwrite=False):
     """Around building a run in ``run_dir``: its lock first (rank 0; nothing moves while another
-    run holds the folder), then, for a ``new_run``, ``fresh_run``. Yields the lock, which the run
-    keeps until it ends (``RunContext.release_files``); building that fails releases it and
-    removes the folders it made, lock file included."""
+    run holds the folder; under torchrun, ``ranks.join_process_group`` comes before, so that
+    every rank raises rank 0's refusal), then, for a ``new_run``, ``fresh_run``. Yields the lock
+    (None on other ranks), which the run keeps until it ends (``RunContext.release_files``);
+    building that fails releases it and removes the folders it made, lock file included."""
     run_dir = Path(run_dir)
     made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
-    lock = None
-    if launched_rank() == 0:
+
+    def take_lock():
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            lock = RunFolderLock(run_dir)
+            return RunFolderLock(run_dir)
         except BaseException:
             _remove_empty(made)
             raise
+
+    lock = on_rank_zero(take_lock, share_result=False)  # under torchrun every rank learns of a refusal
     try:
         with fresh_run(run_dir, overwrite) if new_run else contextlib.nullcontext():
             yield lock
@@ -134,21 +122,16 @@ def _remove(path):
 
 
 class RunContext:
-    """Run folder services; under torchrun (WORLD_SIZE > 1) also the process group.
+    """Run folder services on ``device`` (``ranks.join_process_group``'s, which under torchrun
+    joined the process group; ``close`` tears the group down).
 
     Only rank 0 writes files; every rank trains.
     """
 
-    def __init__(self, config, run_dir, resumed_step=None, lock=None):
-        self.dir = Path(run_dir)
+    def __init__(self, run_dir, device, resumed_step=None, lock=None):
+        self.dir, self.device = Path(run_dir), device
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = launched_rank()
-        self.device = _pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")),
-                                   int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
-        if self.world > 1 and not dist.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.is_main = self.rank == 0
         self.logger = logging.getLogger("refmatch")
         self.logger.setLevel(logging.INFO)
@@ -229,23 +212,8 @@ class RunContext:
         return values
 
     def from_main(self, compute):
-        """``compute()`` run on rank 0, its result on every rank (one collective when
-        distributed); an error there raises on every rank instead of leaving them waiting."""
-        if self.world == 1:
-            return compute()
-        box = [None]
-        if self.is_main:
-            try:
-                box[0] = ("value", compute())
-            except Exception as error:
-                box[0] = ("error", f"{type(error).__name__}: {error}")
-                dist.broadcast_object_list(box, src=0)
-                raise
-        dist.broadcast_object_list(box, src=0)
-        kind, value = box[0]
-        if kind == "error":
-            raise RuntimeError(f"rank 0 failed: {value}")
-        return value
+        """``compute()`` run on rank 0, its result, or its error, on every rank (``on_rank_zero``)."""
+        return on_rank_zero(compute)
 
     def save(self, name, state):
         """Rank 0 writes; every rank waits for it, so none reads a checkpoint early."""

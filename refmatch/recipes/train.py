@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import torch
 
@@ -26,6 +25,7 @@ from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, check_pl_k, pseudo_label_source
+from .ranks import join_process_group
 from .run_context import RunContext, check_not_a_dataset, claimed_run_folder
 from .unet import UNet
 from .visual import training_grid
@@ -67,9 +67,10 @@ class Trainer:
                                  "a resumed run can only go on (train a new run into another folder)")
         check_not_a_dataset(run_dir, config.data)
         # An overwritten run is deleted only once this one is built: bad data keeps it.
+        device = join_process_group(config.device)
         with claimed_run_folder(run_dir, resumed is None, overwrite) as lock:
             self.config = config
-            self.run = RunContext(config, Path(run_dir), None if resumed is None else resumed["step"], lock)
+            self.run = RunContext(run_dir, device, None if resumed is None else resumed["step"], lock)
             try:
                 self._build(resumed)
             except BaseException:
