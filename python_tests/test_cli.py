@@ -261,3 +261,19 @@ def test_sigterm_in_data_setup_prints_one_line_exits_143_and_frees_the_folder(mo
         assert main() == 128 + signal.SIGTERM
     assert (tmp_path / "old" / "latest.pt").read_text() == "the earlier run"
     assert not (tmp_path / "old" / ".overwritten").exists()
+
+
+def test_a_commands_warning_is_one_line_that_names_the_command(monkeypatch, capsys):
+    """pseudo-label's and compare-pseudo-labels' warnings printed Python's file:line, category and
+    source line; the command line prints one line, and gives Python's format back after."""
+    import warnings
+
+    def command(arguments):  # as Python's default showwarning prints (pytest records warnings instead)
+        sys.stderr.write(warnings.formatwarning("class(es) heart appear in no mask of masks/", UserWarning,
+                                                "/x/refmatch/__main__.py", 57, "getattr(importlib..."))
+    monkeypatch.setattr("refmatch.recipes.pseudo_label.pseudo_label_main", command)
+    monkeypatch.setattr(sys, "argv", ["refmatch", "pseudo-label"])
+    python_format = warnings.formatwarning
+    assert main() == 0
+    assert capsys.readouterr().err == "refmatch pseudo-label: warning: class(es) heart appear in no mask of masks/\n"
+    assert warnings.formatwarning is python_format

@@ -106,6 +106,25 @@ def test_score_leaves_pixels_the_truth_ignores_out():
     assert (row["kept"], row["accuracy"], row["dice_1"], row["recall_1"]) == (1.0, 1.0, 1.0, 1.0)
 
 
+def test_a_class_the_truth_lacks_is_undefined_not_missed():
+    """Perfect pseudo-labels of images without class 2 read "–" there, not recall and Dice 0;
+    a class only the pseudo-labels hold has Dice 0 (wrong pixels) and no recall."""
+    import math
+
+    import torch
+
+    from refmatch.recipes.compare_pseudo_labels import markdown, score
+
+    row = score(torch.tensor([[0, 1, 1, 0]]), torch.tensor([[0, 1, 1, 0]]), 3)
+    assert (row["recall_1"], row["dice_1"]) == (1.0, 1.0)
+    assert math.isnan(row["recall_2"]) and math.isnan(row["dice_2"])
+    line = markdown([{**row, "setting": "s", "ms_per_image": 1.0}], ["background", "lung", "heart"]).splitlines()[-1]
+    assert line == "| s | 1.000 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | – | – | 1.0 |"
+    row = score(torch.tensor([[0, 2, 1, 0]]), torch.tensor([[0, 1, 1, 0]]), 3)
+    assert math.isnan(row["recall_2"]) and row["dice_2"] == 0.0
+    assert math.isnan(score(torch.tensor([[255, 255]]), torch.tensor([[0, 1]]), 2)["accuracy"])  # nothing kept
+
+
 def test_a_settings_first_call_setup_is_not_timed(tiny_run, monkeypatch):
     """The first call of a pseudo-label source may set up (a backend, a compile): a source whose
     first call takes 3 s and the rest nothing must time at the images' own cost: timed, that call

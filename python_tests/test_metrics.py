@@ -104,15 +104,30 @@ def test_segmentation_metrics_summary():
     truth = torch.stack([square(5, 5), square(5, 5)])
     pred[1, 20:24, 20:24] = 2  # class 2 predicted only in image 2, absent from truth
     metrics = segmentation_metrics(pred, truth, 3, class_names=("background", "lung", "heart"))
-    assert set(metrics) == {"dice", "iou", "hd95", "mean_dice", "mean_iou", "mean_hd95"}
+    assert set(metrics) == {"dice", "iou", "hd95", "hd95_finite", "hd95_inf_images", "mean_dice", "mean_iou",
+                            "mean_hd95", "mean_hd95_finite"}
     assert metrics["dice"]["lung"] == pytest.approx(2 * 170 / 400)
     assert metrics["iou"]["lung"] == pytest.approx(170 / 230)
     assert metrics["dice"]["heart"] == 0.0
     assert metrics["hd95"]["lung"] == pytest.approx((3.0 + 0.0) / 2)
     assert metrics["hd95"]["heart"] == math.inf  # predicted where truth has none; image 1 skipped
+    # the images where HD95 is finite still read: none for the heart, both for the lung
+    assert math.isnan(metrics["hd95_finite"]["heart"]) and metrics["hd95_inf_images"] == {
+        "background": 0, "lung": 0, "heart": 1}
+    assert metrics["hd95_finite"]["lung"] == metrics["hd95"]["lung"] == metrics["mean_hd95_finite"]
     assert metrics["mean_dice"] == pytest.approx((2 * 170 / 400 + 0.0) / 2)
     assert all(type(value) is float for value in metrics["dice"].values())
     assert json.loads(json.dumps(metrics))["mean_iou"] == pytest.approx(metrics["mean_iou"])
+
+
+def test_a_class_missed_in_one_image_keeps_a_finite_hd95_over_the_others():
+    pytest.importorskip("scipy")
+    truth = torch.stack([square(5, 5), square(5, 5), torch.zeros(32, 32, dtype=torch.long)])
+    pred = torch.stack([square(5, 8), torch.zeros(32, 32, dtype=torch.long), torch.zeros(32, 32, dtype=torch.long)])
+    metrics = segmentation_metrics(pred, truth, 2)  # image 2 misses the class, image 3 holds it nowhere
+    assert metrics["hd95"]["1"] == math.inf and metrics["mean_hd95"] == math.inf
+    assert metrics["hd95_finite"]["1"] == metrics["mean_hd95_finite"] == pytest.approx(3.0)
+    assert metrics["hd95_inf_images"]["1"] == 1
 
 
 def test_segmentation_metrics_skip_classes_absent_everywhere():

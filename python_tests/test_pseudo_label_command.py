@@ -65,6 +65,9 @@ def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, mon
             with Image.open(path) as written:
                 assert written.size == (40, 48), "written at the input's size"
     assert record(out)["complete"] and record(out)["written"] == record(out)["images"] == 3
+    # how the folder was labelled: the model's classes, the run's settings, what confidence/ holds
+    assert record(out)["classes"][:2] == ["background", "lung"] and record(out)["settings"]["pl_mode"] == "soft"
+    assert record(out)["confidence"].startswith("margin between the two most probable classes")
     unlabeled_events = [event for event in events if event[1] in NAMES]
     assert unlabeled_events.index(("save", "u0.png")) < unlabeled_events.index(("read", "u2.png"))
     assert "\npseudo-label: 2/3 images, " in capfd.readouterr().err  # no terminal here: progress lines

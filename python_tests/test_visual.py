@@ -54,7 +54,26 @@ def test_training_grid_titles_its_five_columns_and_names_the_classes(tmp_path):
     legend = canvas[-18:].reshape(-1, 3)
     for color, _ in class_legend(["background", "lung", "heart"]):
         assert (legend == color).all(axis=1).any()
-    assert [name for _, name in class_legend(["background", "lung"])] == ["lung", "not kept / ignored"]
+    assert [name for _, name in class_legend(["background", "lung"])] == ["background", "lung", "not kept / ignored"]
+
+
+def test_every_class_a_config_may_name_has_a_colour_of_its_own():
+    """Classes 8 to 12 of a 13-organ dataset all took the eighth colour, in grids and legends."""
+    from refmatch.recipes.config import MAX_CLASSES
+
+    colours = [tuple(colour) for colour, _ in class_legend([f"organ {c}" for c in range(MAX_CLASSES)])]
+    assert len(set(colours)) == len(colours) == MAX_CLASSES + 1  # and the ignored grey
+
+
+def test_an_overlay_hatches_the_pixels_without_a_label():
+    """Dropped pixels were drawn as the image itself, like background: now dark stripes."""
+    from refmatch.recipes.visual import overlay
+
+    image = torch.full((1, 8, 8), 0.5)
+    plain = overlay(image, torch.zeros(8, 8, dtype=torch.long))
+    dropped = overlay(image, torch.full((8, 8), 255))
+    assert (plain == 128).all()
+    assert (dropped < 128).any() and (dropped == 128).any()  # striped: some pixels darker, some as they were
 
 
 def test_a_long_title_wraps_inside_its_column(tmp_path):

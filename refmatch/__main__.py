@@ -83,7 +83,12 @@ def command_line(argv):
     """``run(argv)`` as the ``refmatch`` script runs it: user errors and Ctrl-C as in ``main``;
     SIGTERM outside the training loop (data setup, evaluation, a benchmark) prints
     ``terminated (SIGTERM)`` and returns 143 instead of ending the process without a word."""
+    import warnings
+
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    python_format = warnings.formatwarning
+    # One line per warning, named by the command, not Python's file:line and source line.
+    warnings.formatwarning = lambda message, *_, **__: f"refmatch {argv[0] if argv else ''}: warning: {message}\n"
     try:
         return run(argv)
     except Terminated:
@@ -102,6 +107,7 @@ def command_line(argv):
         return 130
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        warnings.formatwarning = python_format
 
 
 if __name__ == "__main__":

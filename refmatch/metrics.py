@@ -120,11 +120,14 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     [H_i, W_i] images (sizes may differ between images, e.g. at each file's own size);
     pixels whose truth is ``ignore_index`` count for no class, in either.
 
-    Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...},
-    "mean_dice", "mean_iou", "mean_hd95"}. Dice and IoU pool the set; HD95 is the
-    mean over images of a class, skipping images where the class is absent from
-    both (NaN when it is absent everywhere); ignored pixels as ``hd95`` takes them (a
-    hole of them in an organ adds no boundary, other ignored pixels count for no class).
+    Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...}, "hd95_finite": {...},
+    "hd95_inf_images": {name: int}, "mean_dice", "mean_iou", "mean_hd95", "mean_hd95_finite"}.
+    Dice and IoU pool the set; HD95 is the mean over images of a class, skipping images where
+    the class is absent from both (NaN when it is absent everywhere); ignored pixels as
+    ``hd95`` takes them (a hole of them in an organ adds no boundary, other ignored pixels
+    count for no class). One image where only the prediction or only the truth holds a class
+    makes its HD95 inf; "hd95_finite" is the mean over the other images (NaN if none) and
+    "hd95_inf_images" counts those images, so that a class a few images lack still reads.
     Means are over the foreground classes 1..C-1, skipping NaN.
     """
     if num_classes < 2:
@@ -138,12 +141,16 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     pairs = [(p.numpy(), t.numpy()) for p, t in pairs]
     unknown = [None if ignore_index is None or not (t == ignore_index).any() else t == ignore_index
                for _, t in pairs]  # once per image, None where no pixel is ignored
-    distance = []
+    distance, finite_distance, infinite = [], [], []
     for c in range(num_classes):
         per_image = [hd95(p == c, t == c, ignored=u) for (p, t), u in zip(pairs, unknown)
                      if (p == c if u is None else (p == c) & ~u).any() or (t == c).any()]
+        finite = [value for value in per_image if value != math.inf]
         distance.append(float(np.mean(per_image)) if per_image else math.nan)
-    result = {"dice": dict(zip(names, dice)), "iou": dict(zip(names, iou)), "hd95": dict(zip(names, distance))}
-    for key, values in (("dice", dice), ("iou", iou), ("hd95", distance)):
+        finite_distance.append(float(np.mean(finite)) if finite else math.nan)
+        infinite.append(len(per_image) - len(finite))
+    result = {"dice": dict(zip(names, dice)), "iou": dict(zip(names, iou)), "hd95": dict(zip(names, distance)),
+              "hd95_finite": dict(zip(names, finite_distance)), "hd95_inf_images": dict(zip(names, infinite))}
+    for key, values in (("dice", dice), ("iou", iou), ("hd95", distance), ("hd95_finite", finite_distance)):
         result[f"mean_{key}"] = _nanmean(values[1:])
     return result

@@ -12,6 +12,7 @@ then each setting.
 """
 import argparse
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -96,14 +97,18 @@ def score(labels, truth, num_classes):
     known = truth != IGNORE
     labels, truth = labels[known], truth[known]
     kept = labels != IGNORE
-    row = {"kept": kept.float().mean().item(),
-           "accuracy": (labels == truth)[kept].float().mean().item() if kept.any() else float("nan")}
+    row = {"kept": kept.float().mean().item(), "accuracy": _ratio((labels == truth)[kept].sum(), kept.sum())}
     for cls in range(num_classes):
         predicted, actual = labels == cls, truth == cls
-        overlap = (predicted & actual).sum().item()
-        row[f"recall_{cls}"] = overlap / max(actual.sum().item(), 1)
-        row[f"dice_{cls}"] = 2 * overlap / max(predicted.sum().item() + actual.sum().item(), 1)
+        overlap = (predicted & actual).sum()
+        row[f"recall_{cls}"] = _ratio(overlap, actual.sum())  # undefined (NaN) where the truth lacks the class
+        row[f"dice_{cls}"] = _ratio(2 * overlap, predicted.sum() + actual.sum())
     return row
+
+
+def _ratio(part, whole):
+    """part / whole as a float; NaN for 0 / 0 (undefined, printed "–"), not a score of 0."""
+    return part.item() / whole.item() if whole.item() else float("nan")
 
 
 def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", state=None):
@@ -152,9 +157,13 @@ def markdown(rows, class_names):
              "|---" * (4 + len(per_class)) + "|"]
     for row in rows:
         values = [row[f"{kind}_{cls}"] for cls in range(len(class_names)) for kind in ("recall", "dice")]
-        lines.append(f"| {row['setting']} | {row['kept']:.3f} | {row['accuracy']:.4f} | "
-                     + " | ".join(f"{v:.4f}" for v in values) + f" | {row['ms_per_image']:.1f} |")
+        lines.append(f"| {row['setting']} | {row['kept']:.3f} | {_cell(row['accuracy'])} | "
+                     + " | ".join(map(_cell, values)) + f" | {row['ms_per_image']:.1f} |")
     return "\n".join(lines)
+
+
+def _cell(value):
+    return "–" if math.isnan(value) else f"{value:.4f}"
 
 
 def picture(path, images, truth, outputs, class_names, count=4):
@@ -176,7 +185,7 @@ def main(argv=None):
     parser.add_argument("--setting", action="append", help="comma-separated key=value config changes from "
                         f"the plain pseudo-labels ({plain_pseudo_labels_text()}), not from the run's own settings; "
                         f"keys: {', '.join(SETTING_KEYS)} (repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
-    parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score (>= 1)")
+    parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score (>= 1; default 64)")
     parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "
                         "(default: RUN/compare-pseudo-labels)")
     args = parser.parse_args(argv)

@@ -23,6 +23,10 @@ from .evaluation import metrics_json
 RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
 OUTPUTS = ("labels", "confidence", "overlays")
 BANK_SETTINGS = ("bank_capacity", "bank_policy")  # the run's, or --bank-capacity / --bank-policy
+# The run's settings that shape the labels, recorded so that a folder says how it was labelled.
+LABEL_SETTINGS = ("tap_layers", "tap_size", "pl_mode", "pl_k", "pl_temperature", "pl_threshold", "pl_consensus")
+CONFIDENCE = {"hard": "cosine similarity of the nearest reference, 0..255 for 0..1 (below 0: 0)",
+              "soft": "margin between the two most probable classes, 0..255 for 0..1"}
 
 
 def pseudo_label_main(argv=None):
@@ -80,7 +84,8 @@ def pseudo_label_main(argv=None):
     if changed:
         raise ValueError(f"--resume: {args.out} was labelled with a bank of {', '.join(changed)}: pass the same, or "
                          "--overwrite")
-    record.update(bank)
+    record.update(bank, classes=model_class_names(config, classes), confidence=CONFIDENCE[config.pl_mode],
+                  settings={key: getattr(config, key) for key in LABEL_SETTINGS})
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)

@@ -1,11 +1,18 @@
 """PNG grids of image / ground truth / prediction / pseudo-label / confidence."""
+import colorsys
+
 import numpy as np
 
 from ..atomic_file import save_png_atomic
-from .config import comma_items
+from .config import MAX_CLASSES, comma_items
 
-PALETTE = np.array([[0, 0, 0], [230, 80, 60], [70, 160, 230], [250, 200, 40], [120, 200, 90],
-                    [200, 110, 220], [240, 240, 240], [140, 90, 40]], dtype=np.uint8)
+CHOSEN_COLOURS = [[0, 0, 0], [230, 80, 60], [70, 160, 230], [250, 200, 40], [120, 200, 90], [200, 110, 220],
+                  [240, 240, 240], [140, 90, 40]]
+# A colour for every class a config may name: past the chosen eight, hues a golden angle apart
+# at two saturations (classes 8 to 12 all took the eighth colour until session 39).
+PALETTE = np.array(CHOSEN_COLOURS + [
+    [round(255 * v) for v in colorsys.hsv_to_rgb((0.45 + 0.618034 * c) % 1.0, (0.85, 0.5)[c % 2], 0.9)]
+    for c in range(MAX_CLASSES - len(CHOSEN_COLOURS))], dtype=np.uint8)
 IGNORED = np.array([90, 90, 90], dtype=np.uint8)
 NO_MASK = np.array([60, 60, 130], dtype=np.uint8)  # an unlabelled image's truth: there is none
 
@@ -25,15 +32,20 @@ def gray(values, low=None, high=None):
     low = float(np.nanmin(values)) if low is None else low
     high = float(np.nanmax(values)) if high is None else high
     scaled = np.nan_to_num(np.clip((values - low) / max(high - low, 1e-8), 0, 1))  # NaN: black
-    return np.repeat((255 * scaled).astype(np.uint8)[..., None], 3, axis=2)
+    return np.repeat(np.rint(255 * scaled).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def overlay(image, labels, alpha=0.45, ignore_index=255):
-    """Image [1, H, W] with class colours blended over foreground pixels."""
+    """Image [1, H, W] with class colours blended over foreground pixels and dark diagonal
+    stripes over ``ignore_index`` ones (a grey blend would vanish on a grey radiograph)."""
     base = gray(image[0], 0.0, 1.0).astype(np.float32)
     colors = colorize(labels, ignore_index).astype(np.float32)
-    foreground = ((labels.cpu().numpy() > 0) & (labels.cpu().numpy() != ignore_index))[..., None]
-    return np.where(foreground, (1 - alpha) * base + alpha * colors, base).astype(np.uint8)
+    values = labels.cpu().numpy()
+    foreground = ((values > 0) & (values != ignore_index))[..., None]
+    rows, columns = np.indices(values.shape)
+    hatched = ((values == ignore_index) & ((rows + columns) // 4 % 2 == 0))[..., None]
+    blended = np.where(foreground, (1 - alpha) * base + alpha * colors, base)
+    return np.where(hatched, (1 - alpha) * blended, blended).astype(np.uint8)
 
 
 def _font():
@@ -96,10 +108,8 @@ def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
 
 
 def class_legend(class_names, ignored="not kept / ignored"):
-    """(colour, name) pairs of `colorize`'s palette for save_grid's legend; background (black)
-    left out."""
-    pairs = [(PALETTE[min(c, len(PALETTE) - 1)], name) for c, name in enumerate(class_names) if c > 0]
-    return pairs + [(IGNORED, ignored)]
+    """(colour, name) pairs of `colorize`'s palette for save_grid's legend, background (black) first."""
+    return [(PALETTE[c], name) for c, name in enumerate(class_names)] + [(IGNORED, ignored)]
 
 
 def training_grid(path, images, truth, prediction, pseudo=None, confidence=None, ignore_index=255,
