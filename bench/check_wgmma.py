@@ -68,7 +68,7 @@ def top_k(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--variant", choices=list(HOPPER_VARIANTS), default=next(iter(HOPPER_VARIANTS)),
                         help="query rows per CTA (-256), the query in registers (-rs), TMA loads (-tma)")
     parser.add_argument("--top-k", type=top_k, default=1, metavar="K",

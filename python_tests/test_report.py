@@ -24,6 +24,16 @@ def test_report_prints_a_null_hd95_as_inf(tmp_path):
     assert "| 0.0000 | 0.0000 | inf | 0.0000 | 1.0 |" in table([run])
 
 
+def test_an_infinite_hd95_is_broken_down_under_the_table(tmp_path):
+    run = finished_run(tmp_path / "run", 0, 0.8, None, 1.0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"].update(hd95_finite={"background": 1.0, "lung": 4.5}, hd95_inf_images={"background": 0, "lung": 2})
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    lines = table([run, finished_run(tmp_path / "older", 0, 0.8, None, 1.0)]).splitlines()
+    assert lines[-3:] == ["", "HD95 inf: a class that only the prediction or only the truth holds in an image.",
+                          "- run, lung: HD95 inf in 2 test image(s), 4.50 over the others"]  # older: no breakdown
+
+
 def test_a_row_per_run_name_a_column_per_seed_and_the_means(tmp_path):
     runs = [finished_run(tmp_path / "seed3" / "refmatch", 3, 0.95, 4.0, 6.0),
             finished_run(tmp_path / "seed1" / "refmatch", 1, 0.93, 6.0, 7.5),
@@ -56,8 +66,10 @@ def test_every_foreground_class_gets_its_columns_and_tasks_do_not_mix(tmp_path):
     assert header.startswith("| run | method | labelled | steps | test Dice (right lung) | test IoU (right lung) | "
                              "test HD95 (right lung) | test Dice (left lung) |")
     assert row.endswith("| 0.9600 | 0.9200 | 3.00 | 0.9400 | 0.8900 | inf | 0.9000 | 1.0 |")
-    with pytest.raises(ValueError, match="report runs of one task together"):
-        table([sides, finished_run(tmp_path / "lung", 0, 0.9, 4.0, 1.0)])
+    lung = finished_run(tmp_path / "lung", 1, 0.9, 4.0, 1.0)
+    for report in (table, seed_table):  # by seed: two tasks' runs named alike would be averaged
+        with pytest.raises(ValueError, match="report runs of one task together"):
+            report([sides, lung])
 
 
 def test_an_unfinished_or_missing_run_is_one_line_naming_it(tmp_path):

@@ -227,7 +227,7 @@ def test_screen_applies_only_where_it_pays(monkeypatch):
     monkeypatch.setenv("REFMATCH_BF16_SCREEN", "0")
     assert not screening.screening_applies(rows, reference, 1)
     from refmatch.backends.torch_backend import TorchBackend
-    assert TorchBackend.status(None)[1].endswith("the float32 screen is off (REFMATCH_BF16_SCREEN=0)")
+    assert TorchBackend.status(None)[1].endswith("the bfloat16 screen of float32 calls is off (REFMATCH_BF16_SCREEN=0)")
 
 
 @needs_screen

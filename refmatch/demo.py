@@ -79,14 +79,15 @@ def _device(text):
 def main(argv=None):
     """``refmatch demo``: pseudo-labels of synthetic feature maps from a bank of labelled ones."""
     parser = argparse.ArgumentParser(prog="refmatch demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--labeled", type=at_least(1), default=4)
-    parser.add_argument("--unlabeled", type=at_least(1), default=16)
-    parser.add_argument("--classes", type=at_least(1), default=4)
-    parser.add_argument("--dim", type=at_least(1), default=64)
-    parser.add_argument("--size", type=at_least(2), default=64, help="image side in pixels (>= 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--labeled", type=at_least(1), default=4, help="labelled images in the bank (default 4)")
+    parser.add_argument("--unlabeled", type=at_least(1), default=16, help="images to pseudo-label (default 16)")
+    parser.add_argument("--classes", type=at_least(1), default=4, help="classes (default 4)")
+    parser.add_argument("--dim", type=at_least(1), default=64, help="feature channels D (default 64)")
+    parser.add_argument("--size", type=at_least(2), default=64, help="image side in pixels (>= 2; default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic features (default 0)")
+    parser.add_argument("--backend", default="auto", help="match backend: auto, torch, triton or cuda (default auto)")
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda where torch sees a GPU, else cpu)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}, but torch {torch.__version__} sees no CUDA device: use --device cpu")

@@ -35,7 +35,7 @@ MAX_DEPTH = 1 << 12  # keeps the float32 norms' relative error D 2^-24 well belo
 
 
 def screen_switched_off():
-    """``REFMATCH_BF16_SCREEN=0``: the float32 screen stays off where it would pay ("1", the
+    """``REFMATCH_BF16_SCREEN=0``: the bfloat16 screen of float32 calls stays off where it would pay ("1", the
     default, keeps it; any other value is a ValueError, not a silent "on")."""
     return setting("REFMATCH_BF16_SCREEN", ("1", "0")) == "0"
 
@@ -49,7 +49,7 @@ def screen_status():
     except ValueError as error:
         return f"float32 calls raise: {error}"
     if switched_off:
-        return "the float32 screen is off (REFMATCH_BF16_SCREEN=0)"
+        return "the bfloat16 screen of float32 calls is off (REFMATCH_BF16_SCREEN=0)"
     return f"the fused walk screens in bfloat16 for float32 k<={MAX_K} from N*M*D = 2^{MIN_WORK.bit_length() - 1}"
 
 

@@ -17,7 +17,7 @@ def train_main(argv=None):
     """``refmatch train [--config FILE] [--out DIR] [--resume] [key=value ...]``."""
     parser = argparse.ArgumentParser(prog="refmatch train", description="Train a U-Net with one of the methods.")
     parser.add_argument("--config", type=Path, help="YAML file (configs/*.yaml)")
-    parser.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")
     parser.add_argument("--resume", action="store_true",
                         help="continue OUT/latest.pt with its saved config (key=value may change "
                              "steps, eval_every, image_every, num_workers, device)")

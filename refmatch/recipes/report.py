@@ -11,11 +11,7 @@ def table(run_dirs):
     """Markdown rows of method, labelled images, steps, then test Dice / IoU / HD95 of each
     foreground class, mean Dice and minutes per run. The runs must share their classes."""
     runs = [(run, _metrics(run)) for run in map(Path, run_dirs)]
-    classes = _foreground(runs[0][1])
-    for run, metrics in runs:
-        if _foreground(metrics) != classes:
-            raise ValueError(f"{run} has classes {list(metrics['test']['dice'])}, {runs[0][0]} "
-                             f"{['background', *classes]}: report runs of one task together")
+    classes = _one_task(runs)
     per_class = [f"test {measure} ({_cell(name)})" for name in classes for measure in ("Dice", "IoU", "HD95")]
     lines = ["| " + " | ".join(["run", "method", "labelled", "steps", *per_class, "mean Dice", "minutes"]) + " |",
              "|---" * (len(per_class) + 6) + "|"]
@@ -25,16 +21,35 @@ def table(run_dirs):
         scores = [" | ".join(_class_scores(test, name)) for name in classes]
         lines.append(f"| {_cell(name)} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
                      + " | ".join(scores) + f" | {_score(test['mean_dice'])} | {metrics['train_seconds'] / 60:.1f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _infinite_notes(runs, classes))
+
+
+def _infinite_notes(runs, classes):
+    """Lines under the table for each infinite HD95 that metrics.json breaks down (since
+    session 39): how many test images made it inf, and the mean over the others."""
+    notes = []
+    for (run, metrics), name in zip(runs, _distinct_names([run for run, _ in runs])):
+        test = metrics["test"]
+        for label in classes:
+            count = test.get("hd95_inf_images", {}).get(label)
+            if test["hd95"][label] is None and count:
+                finite = test["hd95_finite"][label]
+                others = "no other image" if finite is None else f"{finite:.2f} over the others"
+                notes.append(f"- {name}, {label}: HD95 inf in {count} test image(s), {others}")
+    if notes:
+        notes.insert(0, "\nHD95 inf: a class that only the prediction or only the truth holds in an image.")
+    return notes
 
 
 def seed_table(run_dirs):
     """Markdown rows, one per run folder name (in order of first appearance): test mean Dice per
     seed (the run config's), then over the seeds the mean Dice, the mean of the mean HD95 and the
-    range of training minutes. A seed that a row lacks shows "–", and so do that row's means."""
+    range of training minutes. A seed that a row lacks shows "–", and so do that row's means.
+    The runs must share their classes."""
     rows, seeds = {}, set()
-    for run in map(Path, run_dirs):
-        metrics = _metrics(run)
+    runs = [(run, _metrics(run)) for run in map(Path, run_dirs)]
+    _one_task(runs)  # else runs of another task, named alike, would be averaged in
+    for run, metrics in runs:
         seed = metrics["config"]["seed"]
         if seed in rows.setdefault(run.name, {}):
             raise ValueError(f"two runs named {run.name} with seed {seed}: {rows[run.name][seed]['folder']} and {run}")
@@ -54,6 +69,16 @@ def seed_table(run_dirs):
         lines.append(f"| {_cell(name)} | " + " | ".join(dice)
                      + f" | {mean_dice} | {mean_hd95} | {min(minutes):.1f}–{max(minutes):.1f} |")
     return "\n".join(lines)
+
+
+def _one_task(runs):
+    """The foreground classes that every (run, metrics) of ``runs`` shares; ValueError otherwise."""
+    classes = _foreground(runs[0][1])
+    for run, metrics in runs:
+        if _foreground(metrics) != classes:
+            raise ValueError(f"{run} has classes {list(metrics['test']['dice'])}, {runs[0][0]} "
+                             f"{['background', *classes]}: report runs of one task together")
+    return classes
 
 
 def _metrics(run):
