@@ -43,6 +43,12 @@ def test_a_folder_trains_the_classes_it_names(tmp_path, phantom_folder):
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(phantom_folder), "--split", "all",
           "--out", str(tmp_path / "all.json")])
     assert set(json.loads((tmp_path / "all.json").read_text())["dice"]) == set(CLASS_NAMES)
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "test.json")])  # its own data
+    assert json.loads((tmp_path / "test.json").read_text())["mean_dice"] == pytest.approx(
+        test["mean_dice"], abs=1e-6)
+    phantom_folder.rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match=f"the run's data folder {phantom_folder} is gone: name where"):
+        main(["evaluate", "--checkpoint", str(run / "best.pt")])
 
 
 def test_a_mask_with_more_classes_than_named_is_refused_by_name(tmp_path, phantom_folder):

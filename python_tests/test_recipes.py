@@ -145,7 +145,7 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
     run = tmp_path / "run"
     main(["train", *TINY, "steps=2", "--out", str(run)])
     trained = json.loads((run / "metrics.json").read_text())["test"]
-    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom", "--out", str(tmp_path / "m.json")])
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "m.json")])  # its own data
     evaluated = json.loads((tmp_path / "m.json").read_text())
     assert evaluated["mean_dice"] == pytest.approx(trained["mean_dice"], abs=1e-6)
     from PIL import Image

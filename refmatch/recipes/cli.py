@@ -61,7 +61,7 @@ def evaluate_main(argv=None):
     """``refmatch evaluate``: a checkpoint's Dice, IoU and HD95 on a dataset, as JSON."""
     parser = argparse.ArgumentParser(prog="refmatch evaluate", description="Dice, IoU and HD95 of a checkpoint.")
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--data", required=True, help="folder with images/ and masks/, or 'phantom'")
+    parser.add_argument("--data", help="folder with images/ and masks/, or 'phantom' (default: the run's own data)")
     parser.add_argument("--split", choices=("test", "val", "all"), default="test",
                         help="the run's test or val images (splits.json beside the checkpoint; the default "
                              "reproduces metrics.json), or all: every labelled image of a folder, or "
@@ -73,9 +73,6 @@ def evaluate_main(argv=None):
     args = parser.parse_args(argv)
     if args.out is not None:
         check_output_file(args.out, "--out")
-    if args.resolution == "native" and args.data == "phantom":
-        raise ValueError("--resolution native scores masks at their files' size; phantoms are generated at "
-                         "the run's image_size, which --resolution training already scores")
     from ..data.folder import FolderDataset, scan_folder
     from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
     from ..data.phantoms import PhantomDataset
@@ -85,6 +82,13 @@ def evaluate_main(argv=None):
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = checkpoint_teacher(args.checkpoint, device)
+    if args.data is None:  # the run's, saved as an absolute path
+        args.data = config.data
+        if args.data != "phantom" and not Path(args.data).is_dir():
+            raise FileNotFoundError(f"the run's data folder {args.data} is gone: name where it is now with --data")
+    if args.resolution == "native" and args.data == "phantom":
+        raise ValueError("--resolution native scores masks at their files' size; phantoms are generated at "
+                         "the run's image_size, which --resolution training already scores")
     if args.data == "phantom" and classes != len(PHANTOM_CLASSES):  # before generating them
         raise ValueError(f"{args.checkpoint} predicts {classes} classes, phantoms have {len(PHANTOM_CLASSES)} "
                          f"({', '.join(PHANTOM_CLASSES)}): evaluate it on the data it was trained for")
