@@ -65,6 +65,17 @@ def test_every_class_a_config_may_name_has_a_colour_of_its_own():
     assert len(set(colours)) == len(colours) == MAX_CLASSES + 1  # and the ignored grey
 
 
+def test_a_long_legend_wraps_onto_rows_that_show_every_class(tmp_path):
+    names = ["background", *(f"organ number {c}" for c in range(1, 13))]
+    labels = torch.arange(16 * 16).reshape(16, 16) % 13
+    grid = training_grid(tmp_path / "grid.png", torch.rand(1, 1, 16, 16), labels[None], labels[None],
+                         class_names=names)
+    assert grid.shape[0] > 14 + 130 + 2 * 14  # titles, one row of panels, a legend of several rows
+    legend = grid[14 + 130:].reshape(-1, 3)
+    for color, _ in class_legend(names):
+        assert (legend == color).all(axis=1).any()
+
+
 def test_an_overlay_hatches_the_pixels_without_a_label():
     """Dropped pixels were drawn as the image itself, like background: now dark stripes."""
     from refmatch.recipes.visual import overlay

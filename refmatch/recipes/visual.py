@@ -14,7 +14,7 @@ PALETTE = np.array(CHOSEN_COLOURS + [
     [round(255 * v) for v in colorsys.hsv_to_rgb((0.45 + 0.618034 * c) % 1.0, (0.85, 0.5)[c % 2], 0.9)]
     for c in range(MAX_CLASSES - len(CHOSEN_COLOURS))], dtype=np.uint8)
 IGNORED = np.array([90, 90, 90], dtype=np.uint8)
-NO_MASK = np.array([60, 60, 130], dtype=np.uint8)  # an unlabelled image's truth: there is none
+NO_MASK = np.array([60, 60, 130], dtype=np.uint8)  # no truth: a mask-less image's, or augmentation padding
 
 
 def colorize(labels, ignore_index=255):
@@ -70,6 +70,22 @@ def _wrapped(text, font, width):
     return lines + [text]
 
 
+def _swatch_width(name, font):
+    return 13 + int(font.getlength(name)) + 12
+
+
+def _legend_rows(legend, font, width):
+    """The legend's (colour, name) swatches in rows no wider than ``width`` (13 organs overflowed one)."""
+    rows, used = [], width
+    for color, name in legend:
+        if used + _swatch_width(name, font) > width - 2 and (not rows or rows[-1]):
+            rows.append([])
+            used = 0
+        rows[-1].append((color, name))
+        used += _swatch_width(name, font)
+    return rows
+
+
 def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
     """Save rows of equally sized [H, W, 3] uint8 panels as one PNG (small panels enlarged),
     under a strip naming the columns (a title's commas start new lines, but for those inside
@@ -86,7 +102,8 @@ def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
                    for title in titles]
     line = 14
     top = line * max(map(len, title_lines), default=0) + (2 if titles else 0)
-    bottom = line + 4 if len(legend) else 0
+    legend_rows = _legend_rows(legend, font, columns * (width + gap))
+    bottom = line * len(legend_rows) + 4 if legend_rows else 0
     canvas = np.full((top + len(panels) * (height + gap) + bottom, columns * (width + gap), 3), 255,
                      dtype=np.uint8)
     for r, row in enumerate(panels):
@@ -98,11 +115,12 @@ def save_grid(path, panels, titles=(), legend=(), gap=2, min_size=128):
     for c, lines in enumerate(title_lines):
         for i, text in enumerate(lines):
             draw.text((c * (width + gap) + 2, 1 + line * i), text, fill="black", font=font)
-    x, y = 2, canvas.shape[0] - line - 1
-    for color, name in legend:
-        draw.rectangle((x, y + 2, x + 9, y + 11), fill=tuple(int(v) for v in color), outline="black")
-        draw.text((x + 13, y), name, fill="black", font=font)
-        x += 13 + int(draw.textlength(name, font=font)) + 12
+    for r, row in enumerate(legend_rows):
+        x, y = 2, canvas.shape[0] - bottom + 3 + r * line
+        for color, name in row:
+            draw.rectangle((x, y + 2, x + 9, y + 11), fill=tuple(int(v) for v in color), outline="black")
+            draw.text((x + 13, y), name, fill="black", font=font)
+            x += _swatch_width(name, font)
     save_png_atomic(picture, path)
     return np.asarray(picture)
 
@@ -130,6 +148,6 @@ def training_grid(path, images, truth, prediction, pseudo=None, confidence=None,
     if pseudo is not None:
         titles += ["pseudo-label", f"confidence,{low:.2f} black,{high:.2f} white"]
     legend = class_legend(class_names) if class_names else []
-    if legend and bool((truth < 0).any()):  # mask-less unlabelled images
-        legend.append((NO_MASK, "no mask"))
+    if legend and bool((truth < 0).any()):  # mask-less unlabelled images, or padding a rotation moved in
+        legend.append((NO_MASK, "no truth (no mask, or moved in by augmentation)"))
     return save_grid(path, rows, titles, legend)
