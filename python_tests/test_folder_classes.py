@@ -1,5 +1,6 @@
 """Training on a folder whose masks hold more classes than background and lung (``classes``)."""
 import json
+import re
 
 import pytest
 
@@ -40,6 +41,9 @@ def test_a_folder_trains_the_classes_it_names(tmp_path, phantom_folder):
           "--out", str(run)])
     test = json.loads((run / "metrics.json").read_text())["test"]
     assert set(test["dice"]) == set(CLASS_NAMES)
+    validation = [line for line in (run / "train.log").read_text().splitlines() if "mean_dice" in line]
+    assert validation and all(re.search("; Dice " + ", ".join(fr"{name} [\d.na]+" for name in CLASS_NAMES[1:]) + "$",
+                                        line) for line in validation), "each class's Dice on the validation lines"
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(phantom_folder), "--split", "all",
           "--out", str(tmp_path / "all.json")])
     assert set(json.loads((tmp_path / "all.json").read_text())["dice"]) == set(CLASS_NAMES)

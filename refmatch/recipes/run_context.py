@@ -193,6 +193,9 @@ class RunContext:
             self.bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
         if any(key.startswith("val/") for key in values):
             summary = ", ".join(f"{k[4:]} {v:.4f}" for k, v in values.items() if k.count("/") == 1)
+            foreground = [(k[9:], v) for k, v in values.items() if k.startswith("val/dice/")][1:]  # class 0 first
+            if len(foreground) > 1:  # the mean hides which structure lags
+                summary += "; Dice " + ", ".join(f"{name} {value:.4f}" for name, value in foreground)
             self.logger.info("step %d: %s", step, summary)
 
     def on_any_rank(self, flag):
