@@ -23,7 +23,8 @@ would cut to 8 bits) is read by this rule, C = ``num_classes`` (128 when None):
 
 The rule reads one file at a time, so a 0/1 mask whose only other value is 255 (no
 foreground, some pixels to ignore: a ``refmatch pseudo-label`` file where no lung
-was kept) reads as a 0/255 binary mask: keep such files out of masks/.
+was kept) reads as a 0/255 binary mask: keep such files out of masks/ (``refmatch pseudo-label``
+names them in a warning and in its record).
 
 PIL is imported when a file is read, so ``refmatch.data`` imports without the
 ``train`` extra. Files are opened per item and closed at once, so datasets pickle

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..atomic_file import save_png_atomic, write_text_atomic
 from ..bank_policies import POLICIES
-from ..choices import at_least
+from ..choices import at_least, listing
 from .evaluation import metrics_json
 
 RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
@@ -108,7 +109,8 @@ def pseudo_label_main(argv=None):
     previous = previous if done else {}  # --overwrite's record is gone
     counted = previous.get("kept_counted", previous.get("written", 0)) if "kept_percent" in previous else 0
     record.update(written=len(done), kept_percent=previous.get("kept_percent", 0.0),
-                  kept_counted=min(counted, len(done)))
+                  kept_counted=min(counted, len(done)),
+                  read_as_binary_masks=[name for name in previous.get("read_as_binary_masks", []) if name in done])
     write_text_atomic(args.out / RECORD, metrics_json(record))
     unlabeled = DataLoader(FolderDataset(folder.parent, todo, size=config.image_size, subfolder=folder.name,
                                          with_masks=False), batch_size=config.batch_size,
@@ -124,6 +126,8 @@ def pseudo_label_main(argv=None):
             pseudo = source(batch["image"].to(device))
             for name, labels, confidence in zip(batch["name"], pseudo.labels.cpu(), pseudo.confidence.cpu()):
                 _save_pseudo_label(folder / name, args.out, labels, confidence)
+                if classes == 2 and set(labels.unique().tolist()) == {0, IGNORE}:
+                    record["read_as_binary_masks"].append(name)
                 record["kept_counted"] += 1
                 kept = 100 * float((labels != IGNORE).float().mean())
                 record["kept_percent"] += (kept - record["kept_percent"]) / record["kept_counted"]  # a running mean
@@ -139,6 +143,11 @@ def pseudo_label_main(argv=None):
     bar.close()
     record["complete"] = True
     write_text_atomic(args.out / RECORD, metrics_json(record))
+    binary = sorted(record["read_as_binary_masks"])
+    if binary:  # a 0/255 file is a binary mask to every reader: its ignored pixels would become the class
+        warnings.warn(f"{len(binary)} labels/ file(s) hold only 0 and {IGNORE} (no {record['classes'][1]} pixel "
+                      f"kept; {listing(binary)}): as masks they read as 0/{IGNORE} binary masks, {IGNORE} the "
+                      f"class; keep them out of a masks/ folder ({RECORD} lists them)")
     counted = "" if record["kept_counted"] == len(names) else f" of the {record['kept_counted']} images counted"
     print(f"wrote pseudo-labels of {len(names)} images to {args.out} at their own sizes (labels: class "
           f"indices, {IGNORE} where none was kept; kept {record['kept_percent']:.1f} % of pixels{counted}; {RECORD})")
