@@ -94,13 +94,28 @@ def test_a_stopped_folder_resumes_where_it_stopped(folders, tmp_path, monkeypatc
     calls.clear()
     monkeypatch.setattr(pseudo_label, "_save_pseudo_label", lambda path, *rest: calls.append(path.name) or
                         saved(path, *rest))
+    for sub in pseudo_label.OUTPUTS:  # as a kill in the middle of a write leaves them
+        (out / sub / ".u1.png.k2j3h4x_.tmp").write_bytes(b"half a PNG")
     main(command(folders, out, "--resume"))
     assert calls == ["u1.png", "u2.png"], "the finished image is not labelled again"
+    assert not list(out.glob("*/.*.tmp")), "the temporaries neither block a resume nor stay"
     done = record(out)
     assert done["complete"] and done["written"] == 3 and done["kept_counted"] == 3
     assert 0 < done["kept_percent"] <= 100
     main(command(folders, out, "--resume"))
     assert "is complete: 3 images, nothing to do" in capsys.readouterr().out
+
+
+def test_a_folder_that_another_pseudo_label_holds_is_refused(folders, tmp_path):
+    from refmatch.recipes.run_lock import RunFolderLock
+
+    (tmp_path / "pseudo").mkdir()
+    holder = RunFolderLock(tmp_path / "pseudo")
+    try:
+        with pytest.raises(BlockingIOError, match="is in use by another refmatch run"):
+            main(command(folders, tmp_path / "pseudo"))
+    finally:
+        holder.release()
 
 
 def test_an_occupied_folder_takes_resume_or_overwrite(folders, tmp_path, capsys):

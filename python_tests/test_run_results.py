@@ -25,10 +25,15 @@ def test_resume_without_a_checkpoint_says_why_and_what_to_do(tmp_path):
     """An --overwrite killed before the new run saved left the earlier run hidden in .overwritten/,
     and a run stopped before its first checkpoint: both said only "checkpoint not found"."""
     (tmp_path / ".overwritten").mkdir()
-    (tmp_path / ".overwritten" / "best.pt").write_bytes(b"earlier run")
-    with pytest.raises(FileNotFoundError, match=r"latest.pt; an --overwrite was killed .* waits in .*\.overwritten"):
+    for name in ("best.pt", "train.log", "splits.json"):
+        (tmp_path / ".overwritten" / name).write_bytes(b"earlier run")
+    (tmp_path / "splits.json").write_text("{}")  # the stopped run's: moving the earlier one back would fail on it
+    with pytest.raises(FileNotFoundError, match=r"latest.pt; an --overwrite was stopped .* waits in .*\.overwritten: "
+                                                r"to resume that run, delete what the stopped run wrote \(splits.json\), "
+                                                r"then move .overwritten's files back"):
         load_latest(tmp_path)
-    (tmp_path / ".overwritten" / "best.pt").unlink()
+    for name in ("best.pt", "train.log", "splits.json"):
+        (tmp_path / ".overwritten" / name).unlink()
     (tmp_path / "train.log").write_text("")
     with pytest.raises(FileNotFoundError, match="stopped before its first checkpoint: start it again without --resume"):
         load_latest(tmp_path)
@@ -39,3 +44,22 @@ def test_a_checkpoint_that_is_a_folder_says_which_file_to_name(tmp_path):
 
     with pytest.raises(IsADirectoryError, match=r"is a folder: name the file in it \(a run's best.pt or latest.pt"):
         load(tmp_path)
+
+
+def test_a_run_set_aside_by_a_stopped_overwrite_is_refused_or_overwritten(tmp_path):
+    """A new run there went on without a word and left .overwritten/ behind for good."""
+    from refmatch.recipes.run_context import fresh_run
+
+    aside = tmp_path / ".overwritten"
+    aside.mkdir()
+    (aside / "latest.pt").write_bytes(b"earlier run")
+    with pytest.raises(FileExistsError, match=r"\.overwritten holds the earlier run that an --overwrite set aside"):
+        with fresh_run(tmp_path):
+            pass
+    with pytest.raises(RuntimeError):  # a new run that fails to build keeps it
+        with fresh_run(tmp_path, overwrite=True):
+            raise RuntimeError("bad data")
+    assert (aside / "latest.pt").exists()
+    with fresh_run(tmp_path, overwrite=True):
+        pass
+    assert not aside.exists()

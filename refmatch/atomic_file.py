@@ -9,7 +9,7 @@ def write_atomic(path, write, mode="wb"):
     ``path``. The file gets the permissions a plain ``open`` would give (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # temporaries()
     try:
         with os.fdopen(handle, mode) as file:
             write(file)
@@ -22,6 +22,11 @@ def write_atomic(path, write, mode="wb"):
         if isinstance(error, OSError) and error.filename is None and error.errno is not None:
             raise OSError(error.errno, error.strerror, str(path)) from error  # a full disk: say which file
         raise
+
+
+def temporaries(folder):
+    """The temporary files that killed ``write_atomic`` calls left in ``folder`` (``.<name>.<random>.tmp``)."""
+    return sorted(Path(folder).glob(".*.tmp"))
 
 
 def write_text_atomic(path, text):

@@ -75,9 +75,11 @@ def load_latest(run_dir):
         path = run_dir / "best.pt"
     aside = run_dir / OVERWRITTEN
     if not path.exists() and any((aside / name).exists() for name in ("latest.pt", "best.pt")):
-        raise FileNotFoundError(f"checkpoint not found: {path}; an --overwrite was killed before its new run saved "
-                                f"one, and the earlier run waits in {aside}: move its files back into {run_dir} "
-                                "to resume it, or --overwrite again")
+        left = [name for name in sorted(path.name for path in aside.iterdir()) if (run_dir / name).exists()]
+        clear = f"delete what the stopped run wrote ({', '.join(left)}), then " if left else ""
+        raise FileNotFoundError(f"checkpoint not found: {path}; an --overwrite was stopped before its new run saved "
+                                f"one, and the earlier run waits in {aside}: to resume that run, {clear}move "
+                                f"{aside.name}'s files back into {run_dir}; or start over with --overwrite")
     if not path.exists() and (run_dir / "train.log").exists():
         raise FileNotFoundError(f"checkpoint not found: {path}; the run stopped before its first checkpoint: start "
                                 "it again without --resume")

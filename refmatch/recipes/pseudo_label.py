@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..atomic_file import save_png_atomic, write_text_atomic
+from ..atomic_file import save_png_atomic, temporaries, write_text_atomic
 from ..bank_policies import POLICIES
 from ..choices import at_least, listing
 from .evaluation import metrics_json
@@ -51,14 +51,30 @@ def pseudo_label_main(argv=None):
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    from .cli import check_folder_argument
+    from .run_lock import RunFolderLock
+
+    check_folder_argument(args.out, "--out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:  # one process per OUT: a second would mix checkpoints, or delete the first's temporary files
+        lock = RunFolderLock(args.out)
+    except PermissionError as error:
+        raise PermissionError(f"cannot write into {args.out}: {error.strerror}") from None
+    try:
+        return _label_folder(args)
+    finally:
+        lock.release()
+
+
+def _label_folder(args):
+    """``pseudo_label_main``'s work, in an OUT this process holds."""
     from ..data.folder import FolderDataset, png_names, scan_folder
-    from .cli import check_folder_argument, checkpoint_teacher, status
+    from .cli import checkpoint_teacher, status
     from .data_setup import (check_folder_fits_classes, check_masks, dark_images, load_split, model_class_names,
                              warn_if_dark)
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
 
-    check_folder_argument(args.out, "--out")
     folder = image_folder(args.unlabeled)
     if not folder.is_dir():
         raise FileNotFoundError(f"--unlabeled {args.unlabeled}: no such folder")
@@ -178,7 +194,8 @@ def _finished_before(args, previous, record, names):
     run has loaded); one holding other files in labels/, confidence/ or overlays/ is refused. A
     new OUT is made here, and an unwritable one refused, before any work. ``previous``: the
     record found in OUT ({} for none)."""
-    foreign = [sub for sub in OUTPUTS if (args.out / sub).is_dir() and any((args.out / sub).iterdir())]
+    foreign = [sub for sub in OUTPUTS if (args.out / sub).is_dir() and set((args.out / sub).iterdir())
+               - set(temporaries(args.out / sub))]
     if foreign and not previous:
         raise FileExistsError(f"{args.out} holds {', '.join(foreign)} that refmatch pseudo-label did not write (no "
                               f"{RECORD}): name another --out")
@@ -198,6 +215,9 @@ def _finished_before(args, previous, record, names):
         if differ:
             raise ValueError(f"--resume: {args.out} was labelled with another {', '.join(differ)}: pass the same, "
                              "or --overwrite")
+        for sub in OUTPUTS:  # a kill mid-write left them (this process holds OUT: no other run writes them)
+            for stale in temporaries(args.out / sub):
+                stale.unlink(missing_ok=True)
         labelled = {path.name for path in (args.out / "labels").glob("*") if path.is_file()}
         stale = sorted(labelled - set(names))
         if stale:

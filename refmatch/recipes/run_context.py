@@ -82,7 +82,8 @@ def fresh_run(run_dir, overwrite=False):
     if the body raises (bad data, a model that cannot be built, Ctrl-C), the new run's outputs
     go (``claimed_run_folder`` removes the folders it made) and the earlier run's come back. In a
     folder holding no checkpoint, outputs found there stay, as the new run left them (it rewrites
-    ``splits.json`` and adds to ``train.log``). A killed process leaves them in ``.overwritten``."""
+    ``splits.json`` and adds to ``train.log``). A killed process leaves them in ``.overwritten``,
+    which a new run there then refuses without ``overwrite`` and deletes with it."""
     run_dir = Path(run_dir)
     held = [name for name in ("latest.pt", "best.pt") if (run_dir / name).exists()]
     if held and not overwrite:
@@ -90,6 +91,11 @@ def fresh_run(run_dir, overwrite=False):
                               "start it over with --overwrite, or train into another --out")
     main_rank = launched_rank() == 0
     aside, moved = run_dir / OVERWRITTEN, []
+    # An --overwrite killed before its run saved a checkpoint left the earlier run aside.
+    stranded = not held and any((aside / name).exists() for name in ("latest.pt", "best.pt"))
+    if stranded and not overwrite:
+        raise FileExistsError(f"{aside} holds the earlier run that an --overwrite set aside before it was stopped: "
+                              "start over with --overwrite (which deletes it), or train into another --out")
     # A resume that took a run further set its shorter result aside (checkpoint.set_aside_shorter_result).
     outputs = (*RUN_OUTPUTS, *sorted(path.name for path in run_dir.glob("metrics_at_step_*.json")))
     kept = {name for name in outputs if (run_dir / name).exists()}  # a folder holding no run: not ours
@@ -110,7 +116,7 @@ def fresh_run(run_dir, overwrite=False):
             if moved:
                 aside.rmdir()
         raise
-    if moved:
+    if moved or stranded:
         _remove(aside)
 
 

@@ -9,6 +9,8 @@ mounts) or the platform has no ``fcntl``, runs go unlocked.
 import logging
 from pathlib import Path
 
+from ..atomic_file import temporaries
+
 LOCK_NAME = ".lock"
 
 
@@ -35,8 +37,8 @@ class RunFolderLock:
             logging.getLogger("refmatch").warning("cannot lock %s (%s): running without a lock", self.path, error)
             self.release()
             return
-        for pattern in (".*.tmp", "images/.*.tmp"):  # the grids' folder too
-            for stale in self.path.parent.glob(pattern):
+        for folder in (self.path.parent, self.path.parent / "images"):  # the grids' folder too
+            for stale in temporaries(folder):
                 stale.unlink(missing_ok=True)
 
     def release(self):
