@@ -67,3 +67,4 @@ def test_commands_without_a_terminal_get_a_line_each_tenth(monkeypatch, capfd):
     assert isinstance(progress_bar(25, "train", lines=False), _SilentBar)
     monkeypatch.setenv("RANK", "1")
     assert isinstance(progress_bar(25, "pseudo-label", lines=True), _SilentBar)  # rank 0's alone
+

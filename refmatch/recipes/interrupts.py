@@ -43,3 +43,12 @@ class StopRequest:
             raise KeyboardInterrupt
         if self.signal is not None:
             raise SystemExit(128 + signal.SIGTERM)
+
+
+def worker_ignores_stop_signals(worker_id):
+    """``worker_init_fn`` of the recipe's DataLoaders. A Ctrl-C or a scheduler's SIGTERM reaches
+    every process of the group; the main process stops the workers itself, and a worker the
+    signal killed first turned a clean stop into "DataLoader worker ... killed by signal" and
+    exit status 1."""
+    for number in SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
