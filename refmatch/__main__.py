@@ -3,6 +3,8 @@ import os
 import signal
 import sys
 
+from .recipes.interrupts import note_stop, noted_stop, take_noted_stop
+
 COMMANDS = {
     "train": ("refmatch.recipes.cli:train_main", "train a U-Net: supervised, meanteacher-pl or refmatch"),
     "evaluate": ("refmatch.recipes.cli:evaluate_main", "Dice, IoU and HD95 of a checkpoint on a dataset"),
@@ -25,7 +27,13 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(number, frame):
+    note_stop("SIGTERM")  # should the exception be lost (recipes.interrupts)
     raise Terminated
+
+
+def _raise_interrupted(number, frame):
+    note_stop("SIGINT")
+    raise KeyboardInterrupt
 
 
 def print_usage(file):
@@ -85,7 +93,9 @@ def command_line(argv):
     ``terminated (SIGTERM)`` and returns 143 instead of ending the process without a word."""
     import warnings
 
+    take_noted_stop()  # an earlier command's, run in this process
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
     python_format = warnings.formatwarning
     # One line per warning, named by the command, not Python's file:line and source line.
     warnings.formatwarning = lambda message, *_, **__: f"refmatch {argv[0] if argv else ''}: warning: {message}\n"
@@ -105,8 +115,17 @@ def command_line(argv):
     except KeyboardInterrupt:
         print(f"refmatch {argv[0]}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError:
+        if noted_stop() is None:
+            raise
+        # A DataLoader worker the same Ctrl-C or SIGTERM stopped first: the stop, not a crash.
+        print(f"refmatch {argv[0]}: " + ("interrupted" if noted_stop() == "SIGINT" else "terminated (SIGTERM)"),
+              file=sys.stderr)
+        return 130 if noted_stop() == "SIGINT" else 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous_int is None else previous_int)
+        take_noted_stop()
         warnings.formatwarning = python_format
 
 

@@ -7,6 +7,28 @@ import signal
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The stop signal the command line's handlers last raised for (``note_stop``). Python drops an
+# exception raised inside os.fork's at-fork hooks, as when a DataLoader starts its workers, and
+# the run then trained to its end; the training loop takes a noted signal as its own.
+_noted = None
+
+
+def note_stop(name):
+    """Remember that the command line raised for signal ``name`` ("SIGINT" or "SIGTERM")."""
+    global _noted
+    _noted = name
+
+
+def noted_stop():
+    """The noted signal's name, or None."""
+    return _noted
+
+
+def take_noted_stop():
+    """The noted signal's name, or None; forgets it."""
+    global _noted
+    noted, _noted = _noted, None
+    return noted
 
 
 class StopRequest:
@@ -31,6 +53,11 @@ class StopRequest:
             yield self
             return
         previous = {number: signal.signal(number, self._handle) for number in SIGNALS}
+        noted = take_noted_stop()
+        if noted is not None and self.signal is None:
+            self.signal = noted
+            logging.getLogger("refmatch").warning("%s came before training started (where Python lost it): stopping "
+                                                  "after this step, once latest.pt is saved", noted)
         try:
             yield self
         finally:
@@ -45,10 +72,10 @@ class StopRequest:
             raise SystemExit(128 + signal.SIGTERM)
 
 
-def worker_ignores_stop_signals(worker_id):
-    """``worker_init_fn`` of the recipe's DataLoaders. A Ctrl-C or a scheduler's SIGTERM reaches
-    every process of the group; the main process stops the workers itself, and a worker the
-    signal killed first turned a clean stop into "DataLoader worker ... killed by signal" and
-    exit status 1."""
-    for number in SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+def worker_ignores_ctrl_c(worker_id):
+    """``worker_init_fn`` of the recipe's DataLoaders. Ctrl-C reaches every process of the
+    terminal's group; a worker it stopped first turned the main process's clean stop into
+    "DataLoader worker ... exited unexpectedly" and exit status 1. (SIGTERM stays: DataLoader
+    and multiprocessing stop workers with it; the command line names a worker killed by a
+    SIGTERM it received too as that stop.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

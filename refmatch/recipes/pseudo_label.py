@@ -72,7 +72,7 @@ def _label_folder(args):
     from .cli import checkpoint_teacher, status
     from .data_setup import (check_folder_fits_classes, check_masks, dark_images, load_split, model_class_names,
                              warn_if_dark)
-    from .interrupts import worker_ignores_stop_signals
+    from .interrupts import noted_stop, worker_ignores_ctrl_c
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
 
@@ -131,7 +131,7 @@ def _label_folder(args):
     write_text_atomic(args.out / RECORD, metrics_json(record))
     unlabeled = DataLoader(FolderDataset(folder.parent, todo, size=config.image_size, subfolder=folder.name,
                                          with_masks=False), batch_size=config.batch_size,
-                           num_workers=config.num_workers, shuffle=False, worker_init_fn=worker_ignores_stop_signals)
+                           num_workers=config.num_workers, shuffle=False, worker_init_fn=worker_ignores_ctrl_c)
     bar = progress_bar(len(names), "pseudo-label", initial=len(done), lines=True)
     dark_warned = False
     try:
@@ -153,7 +153,8 @@ def _label_folder(args):
     except BaseException as error:
         bar.close()
         write_text_atomic(args.out / RECORD, metrics_json(record))
-        first = "" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "fix what the error names, then "
+        stopped = not isinstance(error, Exception) or noted_stop() is not None  # a stop (its worker's error too)
+        first = "" if stopped else "fix what the error names, then "
         status(f"stopped after {record['written']} of {len(names)} images: {args.out} is incomplete "
                f"({RECORD} says so); {first}add --resume to the command to finish it")
         raise
