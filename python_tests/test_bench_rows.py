@@ -102,8 +102,9 @@ def test_a_plot_that_cannot_be_written_names_its_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
     row = {"method": "refmatch torch k=1", "metric": "dot", "n": 8, "m": 16, "d": 4, "dtype": "float32", "tflops": 1.0}
-    with pytest.raises(OSError, match=f"No space left on device: {tmp_path / 'full.png'}"):
+    with pytest.raises(OSError, match=f"No space left on device: '{tmp_path / 'full.png'}'"):
         plot([row], tmp_path / "full.png")
+    assert not list(tmp_path.iterdir()), "no half picture, no temporary file"
 
 
 def test_a_results_file_name_as_out_is_refused_with_its_folder(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,8 @@
 """The benchmark's picture: TFLOP/s per method, one panel per D, the ceilings marked."""
 import re
 
+from .atomic_file import write_atomic
+
 
 def plot(rows, path):
     """Throughput against M per method (one panel per N and D); a panel with one M
@@ -29,10 +31,8 @@ def plot(rows, path):
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    try:
-        figure.savefig(path, dpi=110)
-    except OSError as error:  # a full disk's "[Errno 28] No space left on device" names no file
-        raise OSError(error.errno, f"{error.strerror}: {path}") from error
+    try:  # atomically, as the results files: a kill mid-write leaves no half picture (write_atomic names a full disk's file)
+        write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=110))
     finally:
         plt.close(figure)
     return path
