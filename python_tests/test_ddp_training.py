@@ -99,10 +99,12 @@ def _locked_folder_worker(rank, folder, port):
 
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    import torch.distributed as dist
+
     try:
         Trainer(load_config(None, TINY + ["device=cpu"]), folder)
-    except BlockingIOError as error:
-        (folder / f"rank{rank}.txt").write_text(str(error))
+    except BlockingIOError as error:  # and the group torn down: a process exiting in one aborted (SIGABRT)
+        (folder / f"rank{rank}.txt").write_text(f"{error}; group left: {not dist.is_initialized()}")
 
 
 def test_every_rank_refuses_a_folder_that_another_run_holds(tmp_path):
@@ -131,3 +133,4 @@ def test_every_rank_refuses_a_folder_that_another_run_holds(tmp_path):
         holder.release()
     for rank in (0, 1):
         assert "in use by another refmatch run" in (tmp_path / f"rank{rank}.txt").read_text()
+        assert (tmp_path / f"rank{rank}.txt").read_text().endswith("group left: True")

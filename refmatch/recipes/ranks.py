@@ -39,6 +39,13 @@ def join_process_group(device_name):
     return device
 
 
+def leave_process_group():
+    """Tear the process group down, where there is one: a process that exits holding a gloo
+    group aborts ("terminate called without an active exception", SIGABRT) after its error line."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def on_rank_zero(compute, share_result=True):
     """``compute()`` on rank 0 alone. When distributed, rank 0's exception is raised on every
     rank (the same exception, so a user's mistake reads as one line there too) instead of

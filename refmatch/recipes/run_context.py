@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from .checkpoint import OVERWRITTEN, save_atomic
 from .progress import ConsoleHandler, launched_rank, progress_bar, reported_steps
-from .ranks import on_rank_zero
+from .ranks import leave_process_group, on_rank_zero
 from .run_lock import RunFolderLock
 
 
@@ -262,4 +262,4 @@ class RunContext:
         self.release_files()
         if self.world > 1 and dist.is_initialized():
             dist.barrier()  # no rank tears the group down while another still talks to it
-            dist.destroy_process_group()
+            leave_process_group()

@@ -25,7 +25,7 @@ from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, check_pl_k, pseudo_label_source
-from .ranks import join_process_group
+from .ranks import join_process_group, leave_process_group
 from .run_context import RunContext, check_not_a_dataset, claimed_run_folder
 from .unet import UNet
 from .visual import training_grid
@@ -68,14 +68,18 @@ class Trainer:
         check_not_a_dataset(run_dir, config.data)
         # An overwritten run is deleted only once this one is built: bad data keeps it.
         device = join_process_group(config.device)
-        with claimed_run_folder(run_dir, resumed is None, overwrite) as lock:
-            self.config = config
-            self.run = RunContext(run_dir, device, None if resumed is None else resumed["step"], lock)
-            try:
-                self._build(resumed)
-            except BaseException:
-                self.run.release_files()  # else a later run's lines would go to this log too
-                raise
+        try:
+            with claimed_run_folder(run_dir, resumed is None, overwrite) as lock:
+                self.config = config
+                self.run = RunContext(run_dir, device, None if resumed is None else resumed["step"], lock)
+                try:
+                    self._build(resumed)
+                except BaseException:
+                    self.run.release_files()  # else a later run's lines would go to this log too
+                    raise
+        except BaseException:
+            leave_process_group()
+            raise
 
     def _build(self, resumed):
         config = self.config
