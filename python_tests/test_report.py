@@ -84,6 +84,10 @@ def test_an_unfinished_or_missing_run_is_one_line_naming_it(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.splitlines()[-1] == f"refmatch report: error: {folder}: {why}" + (
             " (refmatch train --resume)" if "training" in why else "")
+    (tmp_path / "seed1" / "refmatch" / ".overwritten").mkdir()  # an --overwrite killed before its test
+    (tmp_path / "seed1" / "refmatch" / ".overwritten" / "metrics.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="an --overwrite stopped before its run finished, the earlier run's"):
+        seed_table([finished, tmp_path / "seed1" / "refmatch"])
 
 
 def test_undefined_scores_print_as_a_dash_and_names_stay_in_their_cells(tmp_path):

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from .checkpoint import OVERWRITTEN
+
 
 def table(run_dirs):
     """Markdown rows of method, labelled images, steps, then test Dice / IoU / HD95 of each
@@ -87,6 +89,9 @@ def _metrics(run):
     if not path.is_file():
         why = ("no metrics.json: still training, or stopped (refmatch train --resume)" if run.is_dir()
                else "not a run folder")
+        if (run / OVERWRITTEN / "metrics.json").is_file():
+            why = (f"no metrics.json: an --overwrite stopped before its run finished, the earlier run's waits in "
+                   f"{OVERWRITTEN}/ (refmatch train --resume says how to move it back)")
         raise FileNotFoundError(f"{run}: {why}")
     return json.loads(path.read_text())
 
