@@ -156,9 +156,11 @@ def test_path_arguments_are_named_before_any_work(monkeypatch, capsys, tmp_path,
     replace = lambda text: names["FILE"].join(part.replace("NOWHERE", names["NOWHERE"]).replace(  # noqa: E731
         "LINK", names["LINK"]) for part in text.split("FILE"))
     monkeypatch.delenv("REFMATCH_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)  # relative paths land here
     monkeypatch.setattr(sys, "argv", ["refmatch", *map(replace, arguments)])
     assert main() == 2
     assert capsys.readouterr().err == replace(message) + "\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["FILE", "LINK"], "no folder or lock file left"
 
 
 def test_a_malformed_flag_prints_the_usage_and_the_error(monkeypatch, capsys):

@@ -50,6 +50,13 @@ def test_a_folder_trains_the_classes_it_names(tmp_path, phantom_folder):
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "test.json")])  # its own data
     assert json.loads((tmp_path / "test.json").read_text())["mean_dice"] == pytest.approx(
         test["mean_dice"], abs=1e-6)
+    import torch
+
+    older = torch.load(run / "best.pt", weights_only=False)  # a run that saved its data folder relative
+    older["config"]["data"] = "data/folder"
+    torch.save(older, tmp_path / "older.pt")
+    with pytest.raises(ValueError, match="saved its data folder as data/folder, relative to where it trained"):
+        main(["evaluate", "--checkpoint", str(tmp_path / "older.pt")])
     phantom_folder.rename(tmp_path / "moved")
     with pytest.raises(FileNotFoundError, match=f"the run's data folder {phantom_folder} is gone: name where"):
         main(["evaluate", "--checkpoint", str(run / "best.pt")])

@@ -31,7 +31,8 @@ def read_after_signalling_the_workers(worker_init_fn):
 def test_ctrl_c_leaves_the_workers_reading_and_the_main_process_decides():
     """A worker that Ctrl-C stopped first made the main process raise "DataLoader worker ...
     exited unexpectedly" (a traceback, exit status 1) instead of its own clean stop."""
-    with pytest.raises(RuntimeError, match="DataLoader worker .* (killed by signal|exited unexpectedly)"):
+    # torch's error about the dead worker, or, by timing, the broken queue or shared memory under it
+    with pytest.raises((RuntimeError, EOFError, OSError)):
         read_after_signalling_the_workers(None)
     assert read_after_signalling_the_workers(worker_ignores_ctrl_c) == list(range(6))
 
@@ -67,7 +68,8 @@ def test_a_stop_python_lost_before_training_stops_the_run_after_its_first_step(t
     assert load(tmp_path / "latest.pt")["step"] == 1
 
 
-@pytest.mark.parametrize("name, status, line", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
+@pytest.mark.parametrize("name, status, line", [("SIGTERM", 143, "terminated (SIGTERM)"),
+                                                 ("SIGINT", 130, "interrupted")])
 def test_a_worker_the_same_stop_killed_reads_as_the_stop(monkeypatch, capsys, name, status, line):
     """A SIGTERM to the process group kills the workers too (DataLoader stops them with it, so they
     keep it): torch's error about them is the stop, with its status and line, not a traceback."""
@@ -85,7 +87,26 @@ def test_a_worker_the_same_stop_killed_reads_as_the_stop(monkeypatch, capsys, na
     assert capsys.readouterr().err == f"refmatch evaluate: {line}\n"
 
     def crash(arguments):
-        raise RuntimeError("a real error")
+        note_stop(name)
+        raise RuntimeError("CUDA error: out of memory")
     monkeypatch.setattr("refmatch.recipes.cli.evaluate_main", crash)
-    with pytest.raises(RuntimeError, match="a real error"):  # without a stop: a crash, as it is
+    with pytest.raises(RuntimeError, match="out of memory"):  # not a worker's: a crash, as it is
         main()
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored(monkeypatch):
+    """A job started with `cmd &` in a script ignores SIGINT; the command line took it over."""
+    import sys
+
+    from refmatch.__main__ import main
+
+    seen = []
+    monkeypatch.setattr("refmatch.recipes.cli.evaluate_main", lambda arguments: seen.append(signal.getsignal(
+        signal.SIGINT)))
+    monkeypatch.setattr(sys, "argv", ["refmatch", "evaluate"])
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert main() == 0 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIG_IGN]

@@ -40,3 +40,16 @@ def test_files_that_read_as_binary_masks_are_named(tmp_path, monkeypatch):
         main(["pseudo-label", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--labeled",
               str(tmp_path / "data"), "--unlabeled", str(tmp_path / "unlabeled"), "--out", str(out)])
     assert json.loads((out / pseudo_label.RECORD).read_text())["read_as_binary_masks"] == ["u0.png"]
+
+
+def test_a_resumed_folder_of_an_older_refmatch_has_its_files_read(tmp_path):
+    """Its record has no read_as_binary_masks: the finished images' files are read instead."""
+    import numpy as np
+
+    (tmp_path / "labels").mkdir()
+    for name, values in (("u0.png", [0, 255]), ("u1.png", [0, 1]), ("u2.png", [0, 255])):
+        Image.fromarray(np.array([values], dtype=np.uint8)).save(tmp_path / "labels" / name)
+    done = {"u0.png", "u1.png"}
+    assert pseudo_label._binary_before(tmp_path, {}, done, 2) == ["u0.png"]
+    assert pseudo_label._binary_before(tmp_path, {"read_as_binary_masks": ["u2.png"]}, done, 2) == []
+    assert pseudo_label._binary_before(tmp_path, {}, done, 3) == []  # 255 is "ignored" to a 3-class reader

@@ -28,9 +28,9 @@ def test_resume_without_a_checkpoint_says_why_and_what_to_do(tmp_path):
     for name in ("best.pt", "train.log", "splits.json"):
         (tmp_path / ".overwritten" / name).write_bytes(b"earlier run")
     (tmp_path / "splits.json").write_text("{}")  # the stopped run's: moving the earlier one back would fail on it
-    with pytest.raises(FileNotFoundError, match=r"latest.pt; an --overwrite was stopped .* waits in .*\.overwritten: "
-                                                r"to resume that run, delete what the stopped run wrote \(splits.json\), "
-                                                r"then move .overwritten's files back"):
+    expected = (r"latest.pt; an --overwrite was stopped .* waits in .*\.overwritten: to resume that run, delete "
+                r"what the stopped run wrote \(splits.json\), then move .overwritten's files back")
+    with pytest.raises(FileNotFoundError, match=expected):
         load_latest(tmp_path)
     for name in ("best.pt", "train.log", "splits.json"):
         (tmp_path / ".overwritten" / name).unlink()
@@ -46,7 +46,7 @@ def test_a_checkpoint_that_is_a_folder_says_which_file_to_name(tmp_path):
         load(tmp_path)
 
 
-def test_a_run_set_aside_by_a_stopped_overwrite_is_refused_or_overwritten(tmp_path):
+def test_a_run_set_aside_by_a_stopped_overwrite_is_refused_or_overwritten(tmp_path, monkeypatch):
     """A new run there went on without a word and left .overwritten/ behind for good."""
     from refmatch.recipes.run_context import fresh_run
 
@@ -60,6 +60,11 @@ def test_a_run_set_aside_by_a_stopped_overwrite_is_refused_or_overwritten(tmp_pa
         with fresh_run(tmp_path, overwrite=True):
             raise RuntimeError("bad data")
     assert (aside / "latest.pt").exists()
+    monkeypatch.setenv("RANK", "1")  # under torchrun rank 0 alone deletes it: every rank raced to
+    with fresh_run(tmp_path, overwrite=True):
+        pass
+    assert (aside / "latest.pt").exists()
+    monkeypatch.setenv("RANK", "0")
     with fresh_run(tmp_path, overwrite=True):
         pass
     assert not aside.exists()

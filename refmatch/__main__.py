@@ -94,8 +94,10 @@ def command_line(argv):
     import warnings
 
     take_noted_stop()  # an earlier command's, run in this process
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
+    # A signal the process was started ignoring (SIGINT under `cmd &` in a script) stays ignored.
+    installed = {number: signal.signal(number, handler)
+                 for number, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGINT, _raise_interrupted))
+                 if signal.getsignal(number) is not signal.SIG_IGN}
     python_format = warnings.formatwarning
     # One line per warning, named by the command, not Python's file:line and source line.
     warnings.formatwarning = lambda message, *_, **__: f"refmatch {argv[0] if argv else ''}: warning: {message}\n"
@@ -115,16 +117,16 @@ def command_line(argv):
     except KeyboardInterrupt:
         print(f"refmatch {argv[0]}: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError:
-        if noted_stop() is None:
-            raise
+    except RuntimeError as error:
         # A DataLoader worker the same Ctrl-C or SIGTERM stopped first: the stop, not a crash.
+        if noted_stop() is None or "DataLoader worker" not in str(error) or os.environ.get("REFMATCH_DEBUG") == "1":
+            raise
         print(f"refmatch {argv[0]}: " + ("interrupted" if noted_stop() == "SIGINT" else "terminated (SIGTERM)"),
               file=sys.stderr)
         return 130 if noted_stop() == "SIGINT" else 128 + signal.SIGTERM
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous_int is None else previous_int)
+        for number, previous in installed.items():  # None: set outside Python
+            signal.signal(number, previous if previous is not None else signal.SIG_DFL)
         take_noted_stop()
         warnings.formatwarning = python_format
 

@@ -31,7 +31,7 @@ def plot(rows, path):
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    try:  # atomically, as the results files: a kill mid-write leaves no half picture (write_atomic names a full disk's file)
+    try:  # atomically, as the results files: a kill mid-write leaves no half picture (and a full disk names it)
         write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=110))
     finally:
         plt.close(figure)

@@ -75,7 +75,7 @@ def load_latest(run_dir):
         path = run_dir / "best.pt"
     aside = run_dir / OVERWRITTEN
     if not path.exists() and any((aside / name).exists() for name in ("latest.pt", "best.pt")):
-        left = [name for name in sorted(path.name for path in aside.iterdir()) if (run_dir / name).exists()]
+        left = [name for name in sorted(entry.name for entry in aside.iterdir()) if (run_dir / name).exists()]
         clear = f"delete what the stopped run wrote ({', '.join(left)}), then " if left else ""
         raise FileNotFoundError(f"checkpoint not found: {path}; an --overwrite was stopped before its new run saved "
                                 f"one, and the earlier run waits in {aside}: to resume that run, {clear}move "

@@ -82,8 +82,11 @@ def evaluate_main(argv=None):
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = checkpoint_teacher(args.checkpoint, device)
-    if args.data is None:  # the run's, saved as an absolute path
+    if args.data is None:  # the run's, saved as an absolute path by refmatch train
         args.data = config.data
+        if args.data != "phantom" and not Path(args.data).is_absolute():  # an older run's, or one trained from Python
+            raise ValueError(f"the run saved its data folder as {args.data}, relative to where it trained: name it "
+                             "with --data")
         if args.data != "phantom" and not Path(args.data).is_dir():
             raise FileNotFoundError(f"the run's data folder {args.data} is gone: name where it is now with --data")
     if args.resolution == "native" and args.data == "phantom":

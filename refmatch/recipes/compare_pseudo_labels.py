@@ -185,7 +185,8 @@ def main(argv=None):
     parser.add_argument("--setting", action="append", help="comma-separated key=value config changes from "
                         f"the plain pseudo-labels ({plain_pseudo_labels_text()}), not from the run's own settings; "
                         f"keys: {', '.join(SETTING_KEYS)} (repeatable; default: {' '.join(DEFAULT_SETTINGS)})")
-    parser.add_argument("--images", type=int, default=64, help="unlabelled images with hidden masks to score (>= 1; default 64)")
+    parser.add_argument("--images", type=int, default=64,
+                        help="unlabelled images with hidden masks to score (>= 1; default 64)")
     parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "
                         "(default: RUN/compare-pseudo-labels)")
     args = parser.parse_args(argv)

@@ -52,7 +52,8 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {number: signal.signal(number, self._handle) for number in SIGNALS}
+        previous = {number: signal.signal(number, self._handle) for number in SIGNALS
+                    if signal.getsignal(number) is not signal.SIG_IGN}  # a signal started ignored stays so
         noted = take_noted_stop()
         if noted is not None and self.signal is None:
             self.signal = noted

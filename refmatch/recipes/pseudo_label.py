@@ -52,18 +52,16 @@ def pseudo_label_main(argv=None):
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     from .cli import check_folder_argument
-    from .run_lock import RunFolderLock
+    from .run_lock import LOCK_NAME, locked_folder
 
     check_folder_argument(args.out, "--out")
-    args.out.mkdir(parents=True, exist_ok=True)
     try:  # one process per OUT: a second would mix checkpoints, or delete the first's temporary files
-        lock = RunFolderLock(args.out)
+        with locked_folder(args.out):
+            return _label_folder(args)
     except PermissionError as error:
+        if error.filename != str(args.out / LOCK_NAME):  # the lock file is the first thing written
+            raise
         raise PermissionError(f"cannot write into {args.out}: {error.strerror}") from None
-    try:
-        return _label_folder(args)
-    finally:
-        lock.release()
 
 
 def _label_folder(args):
@@ -127,7 +125,7 @@ def _label_folder(args):
     counted = previous.get("kept_counted", previous.get("written", 0)) if "kept_percent" in previous else 0
     record.update(written=len(done), kept_percent=previous.get("kept_percent", 0.0),
                   kept_counted=min(counted, len(done)),
-                  read_as_binary_masks=[name for name in previous.get("read_as_binary_masks", []) if name in done])
+                  read_as_binary_masks=_binary_before(args.out, previous, done, classes))
     write_text_atomic(args.out / RECORD, metrics_json(record))
     unlabeled = DataLoader(FolderDataset(folder.parent, todo, size=config.image_size, subfolder=folder.name,
                                          with_masks=False), batch_size=config.batch_size,
@@ -142,8 +140,8 @@ def _label_folder(args):
                 dark_warned = bool(dark)
             pseudo = source(batch["image"].to(device))
             for name, labels, confidence in zip(batch["name"], pseudo.labels.cpu(), pseudo.confidence.cpu()):
-                _save_pseudo_label(folder / name, args.out, labels, confidence)
-                if classes == 2 and set(labels.unique().tolist()) == {0, IGNORE}:
+                written = _save_pseudo_label(folder / name, args.out, labels, confidence)
+                if classes == 2 and _reads_as_binary_mask(written):
                     record["read_as_binary_masks"].append(name)
                 record["kept_counted"] += 1
                 kept = 100 * float((labels != IGNORE).float().mean())
@@ -188,13 +186,26 @@ def _sources(checkpoint, labeled, unlabeled):
             "checkpoint_file": None if stat is None else [stat.st_size, stat.st_mtime_ns]}
 
 
+def _binary_before(out, previous, done, classes):
+    """The finished images (``done``) whose labels/ files read as binary masks: as the record
+    says, or for a record of an older refmatch, which has no such list, read from the files."""
+    if "read_as_binary_masks" in previous or classes != 2:
+        return [name for name in previous.get("read_as_binary_masks", []) if name in done]
+    from PIL import Image
+
+    def values(name):
+        with Image.open(out / "labels" / name) as image:
+            return set(np.unique(np.array(image)).tolist())
+    return [name for name in sorted(done) if _reads_as_binary_mask(values(name))]
+
+
 def _finished_before(args, previous, record, names):
     """The names of ``names`` that an earlier run finished in ``args.out`` and this one skips (a
     set; all of them: nothing to do). An OUT holding pseudo-labels (a record) takes --resume (the
     same checkpoint, unchanged, and folders; the bank's settings are compared once the checkpoint
     has loaded) or --overwrite (its outputs are deleted once the new
-    run has loaded); one holding other files in labels/, confidence/ or overlays/ is refused. A
-    new OUT is made here, and an unwritable one refused, before any work. ``previous``: the
+    run has loaded); one holding other files in labels/, confidence/ or overlays/ is refused, and
+    an unwritable one (its lock file may be writable) before any work. ``previous``: the
     record found in OUT ({} for none)."""
     foreign = [sub for sub in OUTPUTS if (args.out / sub).is_dir() and set((args.out / sub).iterdir())
                - set(temporaries(args.out / sub))]
@@ -226,7 +237,6 @@ def _finished_before(args, previous, record, names):
             raise ValueError(f"--resume: {args.out / 'labels'} holds {len(stale)} file(s) of images no longer in "
                              f"{record['unlabeled']} (e.g. {stale[0]}): --overwrite to label the folder as it is")
         return labelled & set(names)
-    args.out.mkdir(parents=True, exist_ok=True)
     probe = args.out / ".refmatch-write-test"
     try:  # refused before the data load and the bank
         probe.touch()
@@ -248,7 +258,8 @@ def _clear(out):
 
 def _save_pseudo_label(image_path, out, labels, confidence):
     """labels/, confidence/ and overlays/ PNGs of one image at its own size: the model's [h, w]
-    labels [h, w] (nearest) and confidence (bilinear, 0..255 for 0..1) resized to the image."""
+    labels [h, w] (nearest) and confidence (bilinear, 0..255 for 0..1) resized to the image.
+    Returns the label values the file holds (a resize to a smaller image may drop some)."""
     from PIL import Image
 
     from ..data.folder import read_image
@@ -265,6 +276,14 @@ def _save_pseudo_label(image_path, out, labels, confidence):
     save_png_atomic(Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)),
                     out / "overlays" / image_path.name)
     save_png_atomic(label_image, out / "labels" / image_path.name)
+    return set(np.unique(np.array(label_image)).tolist())
+
+
+def _reads_as_binary_mask(values):
+    """Whether a two-class labels/ file of these values is a 0/255 binary mask to a mask reader."""
+    from .methods import IGNORE
+
+    return values == {0, IGNORE}
 
 
 def image_folder(root):

@@ -70,8 +70,11 @@ def on_rank_zero(compute, share_result=True):
 
 
 def _portable(error):
-    """``error`` itself where it survives pickling, else a RuntimeError naming it."""
+    """``error`` itself where it survives pickling unchanged, else a RuntimeError naming it."""
     try:
-        return pickle.loads(pickle.dumps(error))
+        copy = pickle.loads(pickle.dumps(error))
+        if str(copy) == str(error):  # an __init__ that formats its argument would format it twice
+            return copy
     except Exception:
-        return RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
+        pass
+    return RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")

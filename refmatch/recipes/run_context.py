@@ -13,7 +13,7 @@ import torch.distributed as dist
 from .checkpoint import OVERWRITTEN, save_atomic
 from .progress import ConsoleHandler, launched_rank, progress_bar, reported_steps
 from .ranks import leave_process_group, on_rank_zero
-from .run_lock import RunFolderLock
+from .run_lock import RunFolderLock, remove_empty_folders
 
 
 # What a run writes into its folder; --overwrite removes them before a new run starts there.
@@ -52,7 +52,7 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
         try:
             return RunFolderLock(run_dir)
         except BaseException:
-            _remove_empty(made)
+            remove_empty_folders(made)
             raise
 
     lock = on_rank_zero(take_lock, share_result=False)  # under torchrun every rank learns of a refusal
@@ -64,14 +64,8 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
             lock.release()
             if lock.created:  # the folder is left as it was
                 lock.path.unlink(missing_ok=True)
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise
-
-
-def _remove_empty(folders):
-    for folder in folders:
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
 
 
 @contextlib.contextmanager
@@ -116,7 +110,7 @@ def fresh_run(run_dir, overwrite=False):
             if moved:
                 aside.rmdir()
         raise
-    if moved or stranded:
+    if main_rank and (moved or stranded):  # rank 0 alone: every rank deleting it raced
         _remove(aside)
 
 

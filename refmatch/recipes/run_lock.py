@@ -6,6 +6,7 @@ process ends, however it ends. The file stays: deleting it while locked would le
 run lock a new file of the same name. Where the file system cannot lock (some network
 mounts) or the platform has no ``fcntl``, runs go unlocked.
 """
+import contextlib
 import logging
 from pathlib import Path
 
@@ -46,3 +47,35 @@ class RunFolderLock:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def remove_empty_folders(folders):
+    """Remove those of ``folders`` (deepest first) that are empty."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def locked_folder(folder):
+    """``folder``, made with its parents and held (``RunFolderLock``) for the body, which gets
+    the lock. A body that raises takes what this made with it: the lock file it created and
+    the folders it left empty (a mistyped flag leaves no folder behind)."""
+    folder = Path(folder)
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunFolderLock(folder)
+    except BaseException:
+        remove_empty_folders(made)
+        raise
+    try:
+        yield lock
+    except BaseException:
+        lock.release()
+        if lock.created:
+            lock.path.unlink(missing_ok=True)
+        remove_empty_folders(made)
+        raise
+    finally:
+        lock.release()
