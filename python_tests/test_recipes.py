@@ -43,7 +43,7 @@ def test_a_few_steps_of_each_method(tmp_path, method):
         assert [image.step for image in events.Images("images")] == [2, 4]
         tags = set(events.Tags()["scalars"])
         assert {"loss/supervised", "loss/total", "val/mean_dice"} <= tags
-        pseudo = {"loss/pseudo_label", "pseudo/weight", "pseudo/kept_ratio", "pseudo/accuracy"}
+        pseudo = {"loss/pseudo_label", "pseudo/weight", "pseudo/kept_ratio", "pseudo/accuracy", "pseudo/recall/lung"}
         assert pseudo <= tags if method != "supervised" else not pseudo & tags
 
 

@@ -186,6 +186,11 @@ class Trainer:
                          "pseudo/kept_ratio": pseudo.kept_fraction.item()})
             if bool(judged.any()):
                 logs["pseudo/accuracy"] = (pseudo.labels == hidden_truth)[judged].float().mean().item()
+            known = (hidden_truth != UNKNOWN) & (hidden_truth != IGNORE)
+            for value, name in list(enumerate(self.data.class_names))[1:]:  # the background dominates accuracy
+                truth = known & (hidden_truth == value)
+                if bool(truth.any()):  # the share of the class's hidden pixels labelled as it (dropped: missed)
+                    logs[f"pseudo/recall/{name}"] = (pseudo.labels == value)[truth].float().mean().item()
             self._last_view = (weak_view, hidden_truth, pseudo)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
