@@ -105,7 +105,8 @@ def test_the_readme_summary_is_the_mean_of_the_instance_norm_seed_tables():
     tables = plot_seed_tables_module().seed_tables(EXPERIMENTS.read_text(), "instance norm")
     sources = {"lung X-rays, 28 labelled (EMA warm-up, session 31)": "28 labelled images, instance norm, EMA warm-up",
                "lung X-rays, 6 labelled (EMA warm-up, session 30)": "6 labelled images, instance norm, EMA warm-up",
-               "chest phantoms, 6 labelled (the main job)": "6 labelled phantoms, instance norm"}
+               "chest phantoms, 6 labelled (the main job, EMA warm-up, session 29)":
+                   "6 labelled phantoms, instance norm, EMA warm-up"}
     summary = README.read_text().split("| mean test Dice over five seeds |", 1)[1].split("\n\n", 1)[0]
     rows = summary.splitlines()[2:]  # past the header's rest and the rule
     assert [line.split("|")[1].strip() for line in rows] == list(sources)
