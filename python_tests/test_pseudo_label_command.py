@@ -112,7 +112,7 @@ def test_a_folder_that_another_pseudo_label_holds_is_refused(folders, tmp_path):
     (tmp_path / "pseudo").mkdir()
     holder = RunFolderLock(tmp_path / "pseudo")
     try:
-        with pytest.raises(BlockingIOError, match="is in use by another refmatch run"):
+        with pytest.raises(BlockingIOError, match="is held by a run in this process that was not closed"):
             main(command(folders, tmp_path / "pseudo"))
     finally:
         holder.release()

@@ -151,7 +151,7 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
 def test_resume_check_reads_keys_missing_from_an_older_save_as_defaults():
     import dataclasses
 
-    from refmatch.recipes.train import check_resumable
+    from refmatch.recipes.checkpoint import check_resumable
 
     saved = dataclasses.asdict(load_config(None, ["steps=10"]))
     del saved["pl_consensus"]  # a run saved before the key existed
@@ -174,7 +174,7 @@ def test_resume_check_leaves_out_settings_the_method_never_reads():
     does not. An older save's None (pl_threshold, num_labeled) reads as the default."""
     import dataclasses
 
-    from refmatch.recipes.train import check_resumable
+    from refmatch.recipes.checkpoint import check_resumable
 
     for method, refused in (("supervised", False), ("meanteacher-pl", False), ("refmatch", True)):
         saved = dataclasses.asdict(load_config(None, [f"method={method}", "tap_size=16"]))

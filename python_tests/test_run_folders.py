@@ -201,7 +201,7 @@ def test_a_second_run_in_a_live_runs_folder_is_refused_and_stale_temporaries_go(
     run = tmp_path / "run"
     first = Trainer(load_config(None, TINY + ["steps=2"]), run)
     try:
-        with pytest.raises(BlockingIOError, match="is in use by another refmatch run"):
+        with pytest.raises(BlockingIOError, match="is held by a run in this process that was not closed"):
             RunFolderLock(run)
         assert (run / ".lock").exists()
     finally:
@@ -224,7 +224,7 @@ def test_an_overwrite_refused_by_a_live_run_moves_nothing(tmp_path):
     live = Trainer(load_config(None, TINY + ["steps=4"]), run, resume=True)
     try:
         before = sorted(path.name for path in run.iterdir())
-        with pytest.raises(BlockingIOError, match="is in use by another refmatch run"):
+        with pytest.raises(BlockingIOError, match="is held by a run in this process that was not closed"):
             main(["train", *TINY, "steps=2", "--out", str(run), "--overwrite"])
         assert sorted(path.name for path in run.iterdir()) == before and not (run / ".overwritten").exists()
     finally:

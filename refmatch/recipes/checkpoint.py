@@ -1,5 +1,6 @@
 """Checkpoints written atomically: a kill mid-save leaves the previous file intact; a run's
 metrics.json read back (its result stands) or set aside (a resume takes the run further)."""
+import dataclasses
 import io
 import json
 import logging
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..atomic_file import write_atomic
-from .config import saved_config
+from .config import UNUSED_BY, TrainConfig, as_saved, data_location, saved_config
 from .unet import UNet
 
 OVERWRITTEN = ".overwritten"  # where --overwrite keeps the earlier run until the new one has started
@@ -107,3 +108,24 @@ def set_aside_shorter_result(path):
         return
     if isinstance(steps, int):  # else not a run's result: left as it is
         path.replace(path.with_name(f"metrics_at_step_{steps}.json"))
+
+
+# Settings a resumed run may change: they touch neither the model's shape, the data nor the
+# random stream. (device may change float rounding: AMP and the bank's dtype follow it.)
+RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
+
+
+def check_resumable(saved, config):
+    """Raise ValueError naming the settings of ``config`` that differ from the ``saved``
+    dict outside ``RESUMABLE`` and the settings its method never reads (``UNUSED_BY``)."""
+    given, defaults = dataclasses.asdict(config), dataclasses.asdict(TrainConfig())
+    saved = {**defaults, **as_saved(saved)}
+    for values in (given, saved):  # a data folder is the same folder whether named relative or absolute
+        values["data"] = data_location(values["data"])
+    free = RESUMABLE + UNUSED_BY.get(saved["method"], ())
+    changed = [f"{key} ({saved[key]!r} saved, {given[key]!r} given)" for key in given
+               if key not in free and given[key] != saved[key]]
+    if changed:
+        raise ValueError("a resumed run continues with its saved config, but these settings differ: "
+                         + ", ".join(changed) + f". Leave them out; only {', '.join(RESUMABLE)} may change "
+                         "on resume (or train a new run into another folder)")

@@ -40,11 +40,8 @@ def train_main(argv=None):
     if unread:  # a config file may hold other methods' settings; a command line names its own
         print(f"warning: method={config.method} never reads {', '.join(unread)} (given on the command line)",
               file=sys.stderr)
-    trainer = Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite)
-    try:
+    with Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite) as trainer:
         result = trainer.fit(stop_at=args.stop_at)
-    finally:
-        trainer.run.close()
     if result is not None and trainer.run.is_main:
         print(metrics_json({"method": result["method"], "test_mean_dice": result["test"]["mean_dice"],
                             "test_mean_iou": result["test"]["mean_iou"], "run": str(args.out)}))

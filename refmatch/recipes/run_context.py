@@ -121,6 +121,36 @@ def _remove(path):
         path.unlink(missing_ok=True)
 
 
+# The runs open in this process, the latest last, and what the first of them changed: a warning
+# (a class lost to downsampling, dark images) becomes a line of the latest run's train.log, once,
+# and the "refmatch" logger logs at INFO. The last run to close gives both back as it found them.
+_open_runs, _before_runs = [], {}
+
+
+def _show_warning(message, category, *where, **options):
+    _open_runs[-1]._log_warning(message, category)
+
+
+def _open_run(run):
+    if not _open_runs:
+        logger = logging.getLogger("refmatch")
+        _before_runs.update(showwarning=warnings.showwarning, level=logger.level)
+        warnings.showwarning = _show_warning
+        logger.setLevel(logging.INFO)
+    _open_runs.append(run)
+
+
+def _close_run(run):
+    if run not in _open_runs:
+        return
+    _open_runs.remove(run)
+    if not _open_runs:
+        logger = logging.getLogger("refmatch")
+        if warnings.showwarning is _show_warning:  # not where the caller has replaced it since
+            warnings.showwarning = _before_runs["showwarning"]
+        logger.setLevel(_before_runs["level"])
+
+
 class RunContext:
     """Run folder services on ``device`` (``ranks.join_process_group``'s, which under torchrun
     joined the process group; ``close`` tears the group down).
@@ -134,14 +164,11 @@ class RunContext:
         self.rank = launched_rank()
         self.is_main = self.rank == 0
         self.logger = logging.getLogger("refmatch")
-        self.logger.setLevel(logging.INFO)
-        self.writer, self.bar, self.lock = None, None, None
+        self.writer, self.bar, self.lock, self._warned = None, None, None, set()
+        _open_run(self)
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lock = lock  # claimed_run_folder's, released with the log handlers
-            # A warning (a class lost to downsampling, dark images) becomes a line of train.log, once.
-            self._shown_warnings, self._warned = warnings.showwarning, set()
-            warnings.showwarning = self._log_warning
             self._log_to(logging.FileHandler(self.dir / "train.log"), "%Y-%m-%d %H:%M:%S")  # runs span days
             self._log_to(ConsoleHandler(sys.stderr), "%H:%M:%S")
             self.writer = self._tensorboard(resumed_step)
@@ -238,14 +265,14 @@ class RunContext:
 
     def release_files(self):
         """Close the TensorBoard writer and the log handlers (the log file is left in place), give
-        Python's warnings back their own display, and release the run folder's lock."""
+        Python's warnings and the logger back as they were once no run is open, and release the
+        run folder's lock."""
         if self.writer is not None:
             self.writer.close()
         for handler in getattr(self, "_handlers", []):
             self.logger.removeHandler(handler)
             handler.close()
-        if getattr(self, "_shown_warnings", None) is not None:
-            warnings.showwarning, self._shown_warnings = self._shown_warnings, None
+        _close_run(self)
         if getattr(self, "lock", None) is not None:
             self.lock.release()
         self.writer, self._handlers = None, []

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..atomic_file import temporaries
 
 LOCK_NAME = ".lock"
+_held_here = set()  # the lock files this process holds: a refusal says when the holder is this process
 
 
 class RunFolderLock:
@@ -32,12 +33,16 @@ class RunFolderLock:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
+            if self.path.resolve() in _held_here:
+                raise BlockingIOError(f"{self.path.parent} is held by a run in this process that was not closed (a "
+                                      "Trainer: call its close(), or build it in a with block)") from None
             raise BlockingIOError(f"{self.path.parent} is in use by another refmatch run (it holds "
                                   f"{LOCK_NAME}): wait for that run to end, or stop it") from None
         except OSError as error:  # no locks on this file system: go on without one
             logging.getLogger("refmatch").warning("cannot lock %s (%s): running without a lock", self.path, error)
             self.release()
             return
+        _held_here.add(self.path.resolve())
         for folder in (self.path.parent, self.path.parent / "images"):  # the grids' folder too
             for stale in temporaries(folder):
                 stale.unlink(missing_ok=True)
@@ -47,6 +52,7 @@ class RunFolderLock:
         if self.file is not None:
             self.file.close()
             self.file = None
+            _held_here.discard(self.path.resolve())
 
 
 def remove_empty_folders(folders):

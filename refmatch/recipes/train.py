@@ -17,8 +17,7 @@ import torch
 
 from . import augment
 from ..atomic_file import write_text_atomic
-from .checkpoint import finished_result, load, load_latest, set_aside_shorter_result
-from .config import UNUSED_BY, TrainConfig, as_saved, data_location
+from .checkpoint import check_resumable, finished_result, load, load_latest, set_aside_shorter_result
 from .data_setup import UNKNOWN, prepare_data
 from .ema import ema_decay_at, ema_update
 from .evaluation import evaluate, metrics_json, predict
@@ -31,32 +30,13 @@ from .unet import UNet
 from .visual import training_grid
 
 
-# Settings a resumed run may change: they touch neither the model's shape, the data nor the
-# random stream. (device may change float rounding: AMP and the bank's dtype follow it.)
-RESUMABLE = ("steps", "eval_every", "image_every", "num_workers", "device")
-
-
-def check_resumable(saved, config):
-    """Raise ValueError naming the settings of ``config`` that differ from the ``saved``
-    dict outside ``RESUMABLE`` and the settings its method never reads (``UNUSED_BY``)."""
-    given, defaults = dataclasses.asdict(config), dataclasses.asdict(TrainConfig())
-    saved = {**defaults, **as_saved(saved)}
-    for values in (given, saved):  # a data folder is the same folder whether named relative or absolute
-        values["data"] = data_location(values["data"])
-    free = RESUMABLE + UNUSED_BY.get(saved["method"], ())
-    changed = [f"{key} ({saved[key]!r} saved, {given[key]!r} given)" for key in given
-               if key not in free and given[key] != saved[key]]
-    if changed:
-        raise ValueError("a resumed run continues with its saved config, but these settings differ: "
-                         + ", ".join(changed) + f". Leave them out; only {', '.join(RESUMABLE)} may change "
-                         "on resume (or train a new run into another folder)")
-
-
 class Trainer:
     """Builds everything a run needs from a TrainConfig and trains it in ``run_dir``.
     ``resume=True`` continues ``run_dir/latest.pt`` (same config but for ``RESUMABLE``), or
     ``resume`` is that file's state already read (``load_latest``, as the CLI reads it for
-    the config); a new run refuses a folder holding checkpoints unless ``overwrite``."""
+    the config); a new run refuses a folder holding checkpoints unless ``overwrite``. It holds
+    the run folder, log handlers and the teacher's feature hooks until ``close()``: build it in a
+    ``with`` block (``fit`` may be called again after a stop, as long as it is open)."""
 
     def __init__(self, config, run_dir, resume=False, overwrite=False):
         resumed = load_latest(run_dir) if resume is True else (resume or None)
@@ -73,13 +53,26 @@ class Trainer:
                 self.config = config
                 self.run = RunContext(run_dir, device, None if resumed is None else resumed["step"], lock)
                 try:
-                    self._build(resumed)
+                    with torch.random.fork_rng(devices=[]):  # the seed below, and the loaders' draws
+                        self._build(resumed)
                 except BaseException:
                     self.run.release_files()  # else a later run's lines would go to this log too
                     raise
         except BaseException:
             leave_process_group()
             raise
+
+    def close(self):
+        """Release the run folder, the log handlers and the teacher's feature hooks."""
+        self.run.close()
+        if getattr(self.pseudo, "tap", None) is not None:
+            self.pseudo.tap.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.close()
 
     def _build(self, resumed):
         config = self.config
@@ -88,7 +81,7 @@ class Trainer:
         self.data = prepare_data(config, self.run.dir if self.run.is_main else None,
                                  reuse_splits=resumed is not None, from_main=self.run.from_main)
         self.num_classes = len(self.data.class_names)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # in _build's fork_rng: the caller's global generator stays as it was
         self.student = UNet(1, self.num_classes, config.width, config.depth, config.norm).to(self.device)
         self.teacher = copy.deepcopy(self.student).eval()
         for parameter in self.teacher.parameters():
