@@ -42,12 +42,27 @@ def test_a_run_leaves_the_global_generator_warnings_and_logger_as_it_found_them(
     expected = torch.rand(3)
     torch.manual_seed(5)
     first = Trainer(load_config(None, TINY + ["steps=2"]), tmp_path / "a")
-    assert torch.equal(torch.rand(3), expected)
-    second = Trainer(load_config(None, TINY + ["steps=2", "seed=1"]), tmp_path / "b")
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.warn("a class lost to downsampling")  # goes to the latest run's train.log
-    first.close()
+    try:
+        assert torch.equal(torch.rand(3), expected)
+        second = Trainer(load_config(None, TINY + ["steps=2", "seed=1"]), tmp_path / "b")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a class lost to downsampling")  # goes to the latest run's train.log
+    finally:
+        first.close()
     second.close()
     assert "a class lost to downsampling" in (tmp_path / "b" / "train.log").read_text()
     assert warnings.showwarning is shown and logger.level == level
+
+
+def test_a_run_that_fails_while_it_is_set_up_leaves_nothing_attached(tmp_path):
+    """Its log handlers and the warning display stayed, and every later run logged into its train.log."""
+    pytest.importorskip("tensorboard")
+    from refmatch.recipes import run_context
+
+    shown = warnings.showwarning
+    (tmp_path / "tensorboard").write_text("a file where the run's TensorBoard folder goes")
+    with pytest.raises(OSError):
+        Trainer(load_config(None, TINY + ["steps=2"]), tmp_path)
+    assert run_context._open_runs == [] and not logging.getLogger("refmatch").handlers
+    assert warnings.showwarning is shown

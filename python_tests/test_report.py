@@ -86,7 +86,7 @@ def test_an_unfinished_or_missing_run_is_one_line_naming_it(tmp_path):
             " (refmatch train --resume)" if "training" in why else "")
     (tmp_path / "seed1" / "refmatch" / ".overwritten").mkdir()  # an --overwrite killed before its test
     (tmp_path / "seed1" / "refmatch" / ".overwritten" / "metrics.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="an --overwrite stopped before its run finished, the earlier run's"):
+    with pytest.raises(FileNotFoundError, match="an --overwrite stopped before its run finished; the earlier run waits"):
         seed_table([finished, tmp_path / "seed1" / "refmatch"])
 
 

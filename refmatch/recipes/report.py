@@ -90,7 +90,7 @@ def _metrics(run):
         why = ("no metrics.json: still training, or stopped (refmatch train --resume)" if run.is_dir()
                else "not a run folder")
         if (run / OVERWRITTEN / "metrics.json").is_file():
-            why = (f"no metrics.json: an --overwrite stopped before its run finished, the earlier run's waits in "
+            why = (f"no metrics.json: an --overwrite stopped before its run finished; the earlier run waits in "
                    f"{OVERWRITTEN}/ (refmatch train --resume says how to move it back)")
         raise FileNotFoundError(f"{run}: {why}")
     return json.loads(path.read_text())

@@ -128,10 +128,12 @@ _open_runs, _before_runs = [], {}
 
 
 def _show_warning(message, category, *where, **options):
+    """``warnings.showwarning`` while runs are open: into the latest run's train.log."""
     _open_runs[-1]._log_warning(message, category)
 
 
 def _open_run(run):
+    """Count ``run`` among the open runs; the first takes over the warning display and the level."""
     if not _open_runs:
         logger = logging.getLogger("refmatch")
         _before_runs.update(showwarning=warnings.showwarning, level=logger.level)
@@ -141,6 +143,7 @@ def _open_run(run):
 
 
 def _close_run(run):
+    """Count ``run`` out; the last gives the warning display and the level back."""
     if run not in _open_runs:
         return
     _open_runs.remove(run)
@@ -167,13 +170,17 @@ class RunContext:
         self.writer, self.bar, self.lock, self._warned = None, None, None, set()
         _open_run(self)
         if self.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
             self.lock = lock  # claimed_run_folder's, released with the log handlers
-            self._log_to(logging.FileHandler(self.dir / "train.log"), "%Y-%m-%d %H:%M:%S")  # runs span days
-            self._log_to(ConsoleHandler(sys.stderr), "%H:%M:%S")
-            self.writer = self._tensorboard(resumed_step)
+            try:  # a half-built run would keep its handlers and the warning display for good
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._log_to(logging.FileHandler(self.dir / "train.log"), "%Y-%m-%d %H:%M:%S")  # runs span days
+                self._log_to(ConsoleHandler(sys.stderr), "%H:%M:%S")
+                self.writer = self._tensorboard(resumed_step)
+            except BaseException:
+                self.release_files()
+                raise
 
-    def _log_warning(self, message, category, *where):
+    def _log_warning(self, message, category):
         line = f"{category.__name__}: {message}"
         if line not in self._warned:  # Python shows a warning again whenever its filters change
             self._warned.add(line)

@@ -35,14 +35,16 @@ class RunFolderLock:
             self.file.close()
             if self.path.resolve() in _held_here:
                 raise BlockingIOError(f"{self.path.parent} is held by a run in this process that was not closed (a "
-                                      "Trainer: call its close(), or build it in a with block)") from None
+                                      "Trainer: call its close(), or build it in a with block; a pseudo-label "
+                                      "still running)") from None
             raise BlockingIOError(f"{self.path.parent} is in use by another refmatch run (it holds "
                                   f"{LOCK_NAME}): wait for that run to end, or stop it") from None
         except OSError as error:  # no locks on this file system: go on without one
             logging.getLogger("refmatch").warning("cannot lock %s (%s): running without a lock", self.path, error)
             self.release()
             return
-        _held_here.add(self.path.resolve())
+        self._key = self.path.resolve()  # as taken: a later chdir or relinked folder would miss it
+        _held_here.add(self._key)
         for folder in (self.path.parent, self.path.parent / "images"):  # the grids' folder too
             for stale in temporaries(folder):
                 stale.unlink(missing_ok=True)
@@ -52,7 +54,7 @@ class RunFolderLock:
         if self.file is not None:
             self.file.close()
             self.file = None
-            _held_here.discard(self.path.resolve())
+            _held_here.discard(self._key)
 
 
 def remove_empty_folders(folders):

@@ -81,7 +81,7 @@ class Trainer:
         self.data = prepare_data(config, self.run.dir if self.run.is_main else None,
                                  reuse_splits=resumed is not None, from_main=self.run.from_main)
         self.num_classes = len(self.data.class_names)
-        torch.manual_seed(config.seed)  # in _build's fork_rng: the caller's global generator stays as it was
+        torch.default_generator.manual_seed(config.seed)  # the CPU's, in _build's fork_rng: the caller's stays
         self.student = UNet(1, self.num_classes, config.width, config.depth, config.norm).to(self.device)
         self.teacher = copy.deepcopy(self.student).eval()
         for parameter in self.teacher.parameters():
@@ -174,14 +174,14 @@ class Trainer:
                 weight = config.pl_weight * rampup(self.step - config.pl_start, config.rampup_steps)
                 loss = loss + weight * unlabeled_loss
         if pseudo is not None:
-            judged = (pseudo.labels != IGNORE) & (hidden_truth != UNKNOWN) & (hidden_truth != IGNORE)
+            known = (hidden_truth != UNKNOWN) & (hidden_truth != IGNORE)
+            judged = (pseudo.labels != IGNORE) & known
             logs.update({"loss/pseudo_label": unlabeled_loss.item(), "pseudo/weight": weight,
                          "pseudo/kept_ratio": pseudo.kept_fraction.item()})
             if bool(judged.any()):
                 logs["pseudo/accuracy"] = (pseudo.labels == hidden_truth)[judged].float().mean().item()
-            known = (hidden_truth != UNKNOWN) & (hidden_truth != IGNORE)
             for value, name in list(enumerate(self.data.class_names))[1:]:  # the background dominates accuracy
-                truth = known & (hidden_truth == value)
+                truth = hidden_truth == value
                 if bool(truth.any()):  # the share of the class's hidden pixels labelled as it (dropped: missed)
                     logs[f"pseudo/recall/{name}"] = (pseudo.labels == value)[truth].float().mean().item()
             self._last_view = (weak_view, hidden_truth, pseudo)
