@@ -68,3 +68,18 @@ def test_a_run_set_aside_by_a_stopped_overwrite_is_refused_or_overwritten(tmp_pa
     with fresh_run(tmp_path, overwrite=True):
         pass
     assert not aside.exists()
+
+
+def test_a_command_reads_a_runs_data_where_it_is_now(tmp_path):
+    """evaluate and compare-pseudo-labels take the run's own data by default; a relative saved path
+    (an older run's) read from wherever the command ran, and a moved folder said only 'not found'."""
+    from refmatch.recipes.config import TrainConfig
+    from refmatch.recipes.data_setup import data_of_run
+
+    assert data_of_run(TrainConfig(data="phantom")) == "phantom"
+    assert data_of_run(TrainConfig(data=str(tmp_path))) == str(tmp_path)
+    assert data_of_run(TrainConfig(data="relative/data"), "elsewhere") == "elsewhere"
+    with pytest.raises(ValueError, match="saved its data folder as relative/data, relative to where it trained"):
+        data_of_run(TrainConfig(data="relative/data"))
+    with pytest.raises(FileNotFoundError, match=f"the run's data folder {tmp_path / 'gone'} is gone: name where"):
+        data_of_run(TrainConfig(data=str(tmp_path / "gone")))

@@ -74,18 +74,12 @@ def evaluate_main(argv=None):
     from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
     from ..data.phantoms import PhantomDataset
     from ..data.splits import load_splits
-    from .data_setup import (check_folder_fits_classes, dark_images, load_run_split, load_split, model_class_names,
-                             warn_if_dark)
+    from .data_setup import (check_folder_fits_classes, dark_images, data_of_run, load_run_split, load_split,
+                             model_class_names, warn_if_dark)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config, classes = checkpoint_teacher(args.checkpoint, device)
-    if args.data is None:  # the run's, saved as an absolute path by refmatch train
-        args.data = config.data
-        if args.data != "phantom" and not Path(args.data).is_absolute():  # an older run's, or one trained from Python
-            raise ValueError(f"the run saved its data folder as {args.data}, relative to where it trained: name it "
-                             "with --data")
-        if args.data != "phantom" and not Path(args.data).is_dir():
-            raise FileNotFoundError(f"the run's data folder {args.data} is gone: name where it is now with --data")
+    args.data = data_of_run(config, args.data)
     if args.resolution == "native" and args.data == "phantom":
         raise ValueError("--resolution native scores masks at their files' size; phantoms are generated at "
                          "the run's image_size, which --resolution training already scores")

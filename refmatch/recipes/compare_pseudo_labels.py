@@ -21,7 +21,7 @@ import torch
 from ..atomic_file import write_text_atomic
 from .checkpoint import load, saved_teacher
 from .config import TrainConfig, comma_items, load_config, saved_config, unread_keys
-from .data_setup import UNKNOWN, prepare_data
+from .data_setup import UNKNOWN, data_of_run, prepare_data
 from .evaluation import metrics_json
 from .methods import IGNORE, check_pl_k, pseudo_label_source
 from .progress import progress_bar
@@ -111,15 +111,17 @@ def _ratio(part, whole):
     return part.item() / whole.item() if whole.item() else float("nan")
 
 
-def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", state=None):
+def compare(run_dir, settings, num_images, batch_size=8, checkpoint="best.pt", state=None, data=None):
     """Score each setting; returns (rows, class names, images [n, 1, H, W], truth [n, H, W],
-    {setting: labels [n, H, W]}). ``state``: the checkpoint, when the caller has read it."""
+    {setting: labels [n, H, W]}). ``state``: the checkpoint, when the caller has read it;
+    ``data``: where the run's data is now (``data_of_run``)."""
     if not (Path(run_dir) / "splits.json").is_file():
         raise FileNotFoundError(f"{Path(run_dir) / 'splits.json'} not found: the settings are scored on the "
                                 "run's own unlabelled images")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load(Path(run_dir) / checkpoint) if state is None else state
     config = saved_config(state["config"])
+    config = dataclasses.replace(config, data=data_of_run(config, data))
     parsed = [(text, parse_setting(text, config)) for text in settings]  # bad settings fail before any work
     data = prepare_data(config, run_dir, reuse_splits=True)  # the run's own split, left as it is
     num_classes = len(data.class_names)
@@ -189,6 +191,7 @@ def main(argv=None):
                         help="unlabelled images with hidden masks to score (>= 1; default 64)")
     parser.add_argument("--out", type=Path, help="folder for compare.md, compare.json and compare.png "
                         "(default: RUN/compare-pseudo-labels)")
+    parser.add_argument("--data", help="where the run's data folder is now (default: the run's own)")
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be >= 1, got {args.images}")
@@ -197,7 +200,8 @@ def main(argv=None):
     config = saved_config(state["config"])
     out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before the work
     rows, class_names, images, truth, outputs = compare(args.run, args.setting or default_settings(config),
-                                                        args.images, checkpoint=args.checkpoint, state=state)
+                                                        args.images, checkpoint=args.checkpoint, state=state,
+                                                        data=args.data)
     table = markdown(rows, class_names)
     tap_size = config.tap_size
     header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"

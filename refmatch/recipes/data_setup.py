@@ -139,6 +139,21 @@ def check_masks(splits, names, folder, chunk=64):
                       "labeled_fraction) or draw another split (seed)", stacklevel=3)
 
 
+def data_of_run(config, data=None):
+    """The data a command reads a run's images from: ``data`` where given ("phantom" or a
+    folder), else the run's own, which refmatch train saves as an absolute path; a relative one
+    (an older run's, or one trained from Python) or a folder gone since is refused, naming
+    ``--data``."""
+    if data is not None:
+        return data
+    if config.data != "phantom" and not Path(config.data).is_absolute():
+        raise ValueError(f"the run saved its data folder as {config.data}, relative to where it trained: name it "
+                         "with --data")
+    if config.data != "phantom" and not Path(config.data).is_dir():
+        raise FileNotFoundError(f"the run's data folder {config.data} is gone: name where it is now with --data")
+    return config.data
+
+
 def dark_images(images, names, chunk=64):
     """The names of ``images`` [n, 1, H, W] (scaled by their files' bit depth) whose brightest
     pixel stays below DARK_LIMIT, constant ones aside (a blank slice): 12-bit data stored in
