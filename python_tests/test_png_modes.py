@@ -63,13 +63,18 @@ def test_16_bit_colour_or_alpha_reads_at_8_bits_and_such_masks_are_refused(tmp_p
         read_mask(tmp_path / "xray.png", 2)
 
 
-@pytest.mark.parametrize("mode", ["LA", "RGBA"])
-def test_a_mask_in_the_alpha_channel_alone_is_refused(tmp_path, mode):
+def save_layers(path, layers, mode):
+    """The [H, W] uint8 ``layers`` as one PNG of PIL ``mode``, its channels in order."""
     from PIL import Image
 
+    Image.fromarray(np.stack(layers, axis=2), mode).save(path)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_a_mask_in_the_alpha_channel_alone_is_refused(tmp_path, mode):
     lung = lung_mask()
     grey = np.full_like(lung, 255)  # an annotation tool's white layer, the lung in its alpha
-    Image.fromarray(np.stack([grey] * (len(mode) - 1) + [lung], axis=2), mode).save(tmp_path / "alpha.png")
+    save_layers(tmp_path / "alpha.png", [grey] * (len(mode) - 1) + [lung], mode)
     with pytest.raises(ValueError, match=r"alpha.png marks its regions in the alpha channel alone "
                                          r"\(grey 255 everywhere, alpha 0, 255\)"):
         read_mask(tmp_path / "alpha.png", 2)
@@ -77,12 +82,8 @@ def test_a_mask_in_the_alpha_channel_alone_is_refused(tmp_path, mode):
 
 @pytest.mark.parametrize("mode", ["LA", "RGBA"])
 def test_a_mask_with_alpha_reads_its_grey_values(tmp_path, mode):
-    from PIL import Image
-
     lung = lung_mask()
-    transparent_background = np.stack([lung] * len(mode), axis=2)  # alpha as the grey values
-    Image.fromarray(transparent_background, mode).save(tmp_path / "layer.png")
+    save_layers(tmp_path / "layer.png", [lung] * len(mode), mode)  # a transparent background: alpha as the grey
     assert torch.equal(read_mask(tmp_path / "layer.png", 2), torch.from_numpy(lung // 255).long())
-    opaque = np.stack([lung] * (len(mode) - 1) + [np.full_like(lung, 255)], axis=2)
-    Image.fromarray(opaque, mode).save(tmp_path / "opaque.png")
+    save_layers(tmp_path / "opaque.png", [lung] * (len(mode) - 1) + [np.full_like(lung, 255)], mode)
     assert torch.equal(read_mask(tmp_path / "opaque.png", 2), torch.from_numpy(lung // 255).long())

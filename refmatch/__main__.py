@@ -119,11 +119,12 @@ def command_line(argv):
         return 130
     except RuntimeError as error:
         # A DataLoader worker the same Ctrl-C or SIGTERM stopped first: the stop, not a crash.
-        if noted_stop() is None or "DataLoader worker" not in str(error) or os.environ.get("REFMATCH_DEBUG") == "1":
+        stop = noted_stop()
+        if stop is None or "DataLoader worker" not in str(error) or os.environ.get("REFMATCH_DEBUG") == "1":
             raise
-        print(f"refmatch {argv[0]}: " + ("interrupted" if noted_stop() == "SIGINT" else "terminated (SIGTERM)"),
+        print(f"refmatch {argv[0]}: " + ("interrupted" if stop == "SIGINT" else "terminated (SIGTERM)"),
               file=sys.stderr)
-        return 130 if noted_stop() == "SIGINT" else 128 + signal.SIGTERM
+        return 130 if stop == "SIGINT" else 128 + signal.SIGTERM
     finally:
         for number, previous in installed.items():  # None: set outside Python
             signal.signal(number, previous if previous is not None else signal.SIG_DFL)

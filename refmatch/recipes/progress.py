@@ -38,7 +38,7 @@ class _TenthLines(_SilentBar):
 
     def update(self, count=1):
         self.done += count
-        if self.done * REPORTS // self.total > self.reported * REPORTS // self.total and self.done < self.total:
+        if _new_tenth(self.done, self.reported, self.total) and self.done < self.total:
             pace = (time.time() - self.since) / (self.done - self.started_at)
             self.reported = self.done
             print(f"{self.description}: {self.done}/{self.total} {self.unit}s, {pace:.2f} s per {self.unit}, about "
@@ -74,12 +74,17 @@ def reported_steps(steps, bar, logger, slower_from=None):
     for done, step in enumerate(steps, 1):
         yield step
         bar.update(1)
-        if done * REPORTS // len(steps) > reported * REPORTS // len(steps) and step + 1 < steps.stop:
+        if _new_tenth(done, reported, len(steps)) and step + 1 < steps.stop:
             pace, since, reported = (time.time() - since) / (done - reported), time.time(), done
             later = (f" at this pace; more, as pseudo-labels from step {slower_from + 1} make steps slower"
                      if slower_from is not None and step + 1 <= slower_from else "")
             logger.info("step %d/%d, %.2f s a step, about %s left%s", step + 1, steps.stop, pace,
                         _duration(pace * (steps.stop - step - 1)), later)
+
+
+def _new_tenth(done, reported, total):
+    """Whether ``done`` of ``total`` has crossed into a tenth that ``reported`` had not reached."""
+    return done * REPORTS // total > reported * REPORTS // total
 
 
 def _duration(seconds):

@@ -106,7 +106,7 @@ def _label_folder(args):
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)
     check_folder_fits_classes(labeled, classes, args.labeled)
-    check_masks([labeled], model_class_names(config, classes), args.labeled)  # a class no mask holds: never labelled
+    check_masks([labeled], record["classes"], args.labeled)  # a class no mask holds: never labelled
     warn_if_dark(dark_images(labeled.images, labeled.names), args.labeled)
     todo = [name for name in names if name not in done]
     status(f"loaded {len(labeled.names)} labelled images (bank: {config.bank_policy}, {config.bank_capacity} "

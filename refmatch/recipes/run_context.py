@@ -13,7 +13,7 @@ import torch.distributed as dist
 from .checkpoint import OVERWRITTEN, save_atomic
 from .progress import ConsoleHandler, launched_rank, progress_bar, reported_steps
 from .ranks import leave_process_group, on_rank_zero
-from .run_lock import RunFolderLock, remove_empty_folders
+from .run_lock import folders_to_make, take_lock, undo_lock
 
 
 # What a run writes into its folder; --overwrite removes them before a new run starts there.
@@ -45,26 +45,14 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
     (None on other ranks), which the run keeps until it ends (``RunContext.release_files``);
     building that fails releases it and removes the folders it made, lock file included."""
     run_dir = Path(run_dir)
-    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
-
-    def take_lock():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            return RunFolderLock(run_dir)
-        except BaseException:
-            remove_empty_folders(made)
-            raise
-
-    lock = on_rank_zero(take_lock, share_result=False)  # under torchrun every rank learns of a refusal
+    made = folders_to_make(run_dir)
+    # under torchrun every rank learns of a refusal
+    lock = on_rank_zero(lambda: take_lock(run_dir, made), share_result=False)
     try:
         with fresh_run(run_dir, overwrite) if new_run else contextlib.nullcontext():
             yield lock
     except BaseException:
-        if lock is not None:
-            lock.release()
-            if lock.created:  # the folder is left as it was
-                lock.path.unlink(missing_ok=True)
-        remove_empty_folders(made)
+        undo_lock(lock, made)  # the folder is left as it was
         raise
 
 

@@ -64,26 +64,44 @@ def remove_empty_folders(folders):
             folder.rmdir()
 
 
-@contextlib.contextmanager
-def locked_folder(folder):
-    """``folder``, made with its parents and held (``RunFolderLock``) for the body, which gets
-    the lock. A body that raises takes what this made with it: the lock file it created and
-    the folders it left empty (a mistyped flag leaves no folder behind)."""
+def folders_to_make(folder):
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
     folder = Path(folder)
-    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
-    folder.mkdir(parents=True, exist_ok=True)
+    return [path for path in (folder, *folder.parents) if not path.exists()]
+
+
+def take_lock(folder, made):
+    """``folder`` made and held (``RunFolderLock``); where that fails, the folders of ``made``
+    (``folders_to_make``'s) that it left empty go again."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
     try:
-        lock = RunFolderLock(folder)
+        return RunFolderLock(folder)
     except BaseException:
         remove_empty_folders(made)
         raise
-    try:
-        yield lock
-    except BaseException:
+
+
+def undo_lock(lock, made):
+    """After a failed start: release ``lock`` (None: held elsewhere), delete the lock file it
+    created, and remove the folders of ``made`` left empty, so the folder is as it was."""
+    if lock is not None:
         lock.release()
         if lock.created:
             lock.path.unlink(missing_ok=True)
-        remove_empty_folders(made)
+    remove_empty_folders(made)
+
+
+@contextlib.contextmanager
+def locked_folder(folder):
+    """``folder``, made with its parents and held (``RunFolderLock``) for the body, which gets
+    the lock. A body that raises takes what this made with it (``undo_lock``: a mistyped flag
+    leaves no folder behind)."""
+    made = folders_to_make(folder)
+    lock = take_lock(folder, made)
+    try:
+        yield lock
+    except BaseException:
+        undo_lock(lock, made)
         raise
     finally:
         lock.release()
