@@ -146,3 +146,12 @@ def test_a_refmatch_row_that_failed_fails_the_run_after_writing_it(tmp_path, mon
     rows = {row["method"]: row for row in results["rows"]}
     assert results["meta"]["complete"] and rows["refmatch torch k=1"]["agreement"] == 1.0
     assert "illegal memory access" in rows["refmatch torch k=8"].get("error", rows["refmatch torch k=8"].get("skipped"))
+
+
+def test_a_peer_asked_for_more_neighbours_than_the_bank_holds_is_skipped_not_scored_wrong(tmp_path):
+    """FAISS pads a list past M with -1: its k = 8 row on 4 references read 0 % agreement."""
+    pytest.importorskip("faiss")
+    bench.main(["--sizes", "16x4x8", "--only", "faiss", "--repeat", "1", "--out", str(tmp_path)])
+    rows = {row["method"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]}
+    assert rows["faiss-cpu IndexFlatIP k=8"]["skipped"] == "k must satisfy 1 <= k <= M=4, got k=8"
+    assert rows["faiss-cpu IndexFlatIP k=1"]["agreement"] == 1.0

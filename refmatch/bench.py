@@ -195,7 +195,8 @@ def main(argv=None):
     parser.add_argument("--fits-gib", type=positive_float, default=8.0,
                         help="largest dense N x M buffer to try, for this shape's GEMM and each plain-PyTorch row; "
                              "the run can hold two such at once (default: 8)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help=f"results folder (default: {RESULTS} under the current folder)")
     parser.add_argument("--tag", type=tag_name,
                         help="added to the file names, so runs of one day stay apart (e.g. sweep)")
     args = parser.parse_args(argv)
@@ -221,7 +222,7 @@ def main(argv=None):
                 print(_line(row), flush=True)
                 stem = stem or fresh_stem(stem_wanted)  # claimed with the first row
                 write_results(stem, meta, rows, results_table(meta, rows))  # after every row
-            figure = plot(rows, stem.with_suffix(".png"))
+            figure = plot(rows, stem.with_suffix(".png"), f"{meta['device']}; commit {meta['commit']}")
     except BaseException:  # Ctrl-C, SIGTERM or an error: say where the rows so far are
         if stem is not None:
             print(f"\nstopped: the {len(rows)} rows so far are in {stem.resolve()}.json and .md (marked "

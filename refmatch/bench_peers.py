@@ -4,6 +4,7 @@ Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
 is not installed, or cannot run on the device, is listed with the reason.
 """
 import functools
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -245,7 +246,9 @@ def all_methods(query, reference, fits_bytes, only=None, exclude=(), considered=
     methods += _refmatch_methods(query, reference, flops, keep)
     methods += [method for method in _cuda_variant_methods(query, reference, flops) if keep(method.name)] + peers
     considered += excluded_groups + [method.name for method in methods]
-    return methods
+    # A peer would pad its list past M (FAISS with -1) and score as wrong: skipped as refmatch's rows.
+    return [dataclasses.replace(method, skip=f"k must satisfy 1 <= k <= M={m}, got k={method.k}")
+            if method.k > m and not method.skip else method for method in methods]
 
 
 def unmatched_words(words, names):

@@ -4,12 +4,12 @@ import re
 from .atomic_file import write_atomic
 
 
-def plot(rows, path):
+def plot(rows, path, caption=None):
     """Throughput against M per method (one panel per N and D); a panel with one M
     shows a dot per method on a log axis (bars on a log axis have lengths that mean
     nothing). The square-GEMM ceiling is black and dashed, this shape's GEMM grey
-    and dotted; legends sit beside the panels. Returns ``path``, or None without
-    matplotlib."""
+    and dotted; legends sit beside the panels. ``caption`` (the machine and commit)
+    heads the figure. Returns ``path``, or None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -30,6 +30,8 @@ def plot(rows, path):
             _lines(axis, timed, plt.cm.tab20.colors)
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
+    if caption:
+        figure.suptitle(caption, fontsize=9)
     figure.tight_layout()
     try:  # atomically, as the results files: a kill mid-write leaves no half picture (and a full disk names it)
         write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=110))
@@ -62,12 +64,11 @@ def _lines(axis, timed, colours):
         axis.plot(*zip(*points), label=name, **_style(series[0]))
     axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s")
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # M's minor labels overlap
+    _value_ticks(axis.yaxis)
     _legend(axis)
 
 
 def _dots(axis, timed, colours):
-    import matplotlib.ticker
-
     methods = [r for r in timed if not r["method"].startswith("gemm")]
     for position, row in enumerate(methods):
         axis.plot(row["tflops"], position, "o", color=colours[position % len(colours)])
@@ -81,8 +82,18 @@ def _dots(axis, timed, colours):
             axis.axvline(row["tflops"], color=style["color"], linestyle=style["linestyle"],
                          label=f"{_label(row)}: {row['tflops']:.3g}")
     axis.set(xscale="log", xlabel="TFLOP/s (2 N M D / time)")
-    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlapped
+    _value_ticks(axis.xaxis)
     _legend(axis)
+
+
+def _value_ticks(value_axis):
+    """Labels at 1, 2 and 5 times each power of ten, as plain numbers: with decades only, rates
+    that all fall within one decade left the axis without a number."""
+    import matplotlib.ticker
+
+    value_axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    value_axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    value_axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _legend(axis):
