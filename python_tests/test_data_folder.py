@@ -206,8 +206,12 @@ def test_scan_errors_name_the_files(dataset_root):
     root, gray, _ = dataset_root
     write_png(root / "images" / "lonely.png", gray)
     write_png(root / "masks" / "orphan.png", gray)
-    with pytest.raises(ValueError, match="lonely.png.*orphan.png"):
+    with pytest.raises(ValueError, match="lonely.png.*orphan.png.*; put images without masks in unlabeled/$"):
         scan_folder(root)
+    write_png(root / "masks" / "lonely_mask.png", gray)  # named after its image: rename it, not unlabeled/
+    with pytest.raises(ValueError, match=r"look named after their image: lonely.png / lonely_mask.png; rename them$"):
+        scan_folder(root)
+    (root / "masks" / "lonely_mask.png").unlink()
     write_png(root / "masks" / "Lonely.PNG", gray)
     with pytest.raises(ValueError, match=r"1 image.s. in .*images and their masks differ in letter case only "
                                          r"\(image / mask: lonely.png / Lonely.PNG\): .* the same name exactly$"):

@@ -65,7 +65,7 @@ def test_a_folder_trains_the_classes_it_names(tmp_path, phantom_folder):
 def test_a_mask_with_more_classes_than_named_is_refused_by_name(tmp_path, phantom_folder):
     from refmatch.__main__ import main
 
-    with pytest.raises(ValueError, match=r"p\d\d\.png holds label\(s\) 3, but the data has 3 classes"):
+    with pytest.raises(ValueError, match=r"p\d\d\.png holds label\(s\) 3, but the config \(classes\) has 3 classes"):
         main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=supervised",
               classes_setting(["background", "lung", "heart"]), "--out", str(tmp_path / "run")])
 
@@ -156,6 +156,39 @@ def test_a_binary_mask_among_class_indices_is_named(tmp_path, phantom_folder):
           "--out", str(run)])
     assert "1 mask(s) of " in (run / "train.log").read_text()
     assert "hold only 0 and 255 (p03.png): with 4 classes 255 marks ignored pixels" in (run / "train.log").read_text()
+
+
+def test_a_binary_folder_is_refused_where_the_config_names_more_classes(tmp_path, phantom_folder):
+    """Every mask 0/255 with three classes named: train warned, then learnt from background and
+    ignored pixels alone (test Dice 0); evaluate and pseudo-label refused the same folder."""
+    import numpy as np
+    from PIL import Image
+
+    from refmatch.__main__ import main
+
+    for mask in (phantom_folder / "masks").iterdir():
+        Image.fromarray(np.where(np.array(Image.open(mask)) > 0, 255, 0).astype(np.uint8)).save(mask)
+    with pytest.raises(ValueError, match=r"every mask in .*data holds only 0 and 255: a binary folder, but the "
+                                         r"config \(classes\) has 3 classes, .*; name two classes for a binary"):
+        main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=supervised",
+              classes_setting(CLASS_NAMES[:3]), "--out", str(tmp_path / "run")])
+
+
+def test_class_indices_beyond_the_named_classes_say_which_setting_to_change(tmp_path, phantom_folder):
+    """Masks of 0..3 and 255 under the default two classes read as grey levels of a 0/255
+    mask, with advice to store class indices, which they were."""
+    import numpy as np
+    from PIL import Image
+
+    from refmatch.__main__ import main
+
+    for mask in (phantom_folder / "masks").iterdir():
+        indices = np.array(Image.open(mask))
+        indices[:2] = 255
+        Image.fromarray(indices).save(mask)
+    with pytest.raises(ValueError, match=r"p\d\d.png holds label\(s\) 2, 3, but the config \(classes\) has 2 classes "
+                                         r"\(.*\); name the masks' classes in order in the config's classes$"):
+        main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=supervised", "--out", str(tmp_path / "run")])
 
 
 def test_a_pseudo_label_method_without_unlabelled_images_is_refused(tmp_path, phantom_folder):

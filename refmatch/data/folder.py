@@ -46,6 +46,7 @@ EDGE_EXCEPTIONS = 0.1      # in-between pixels allowed off the borders (the 566 
 OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".nii", ".gz", ".npy")
 IGNORE_LABEL = 255      # a mask's "ignore this pixel"; the recipe's losses and bank skip it
 MAX_INDEX_LABELS = 128  # without num_classes, larger values mean a 0/255 mask
+CONFIG_CLASSES = "the config (classes)"  # what sets a training run's classes, as mask errors name it
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L")  # PIL modes read as they are
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPES = {2: "RGB", 4: "grey + alpha", 6: "RGBA"}  # PNG colour types PIL reads at 8 bits only
@@ -96,12 +97,30 @@ def scan_folder(root):
         problems.append(f"{len(no_mask)} image(s) in {root / 'images'} have no mask in masks/: {listing(no_mask)}")
     if no_image:
         problems.append(f"{len(no_image)} mask(s) in {root / 'masks'} have no image in images/: {listing(no_image)}")
+    renamed = _renamed_pairs(no_mask, no_image)
+    if renamed:
+        problems.append(f"an image and its mask need the same file name (images/a.png, masks/a.png), and "
+                        f"{len(renamed)} mask(s) look named after their image: {listing(renamed)}; rename them")
+    elif no_mask:
+        problems.append("put images without masks in unlabeled/")
     if problems:
-        raise ValueError("; ".join(problems) + " (put images without masks in unlabeled/)")
+        raise ValueError("; ".join(problems))
     if not images:
         raise ValueError(f"no labelled images: {root / 'images'} and {root / 'masks'} hold no PNG files")
     unlabeled = png_names(root / "unlabeled") if (root / "unlabeled").is_dir() else []
     return {"labeled": images, "unlabeled": unlabeled}
+
+
+def _renamed_pairs(no_mask, no_image):
+    """'image / mask' for each mask whose name extends an image's stem (a.png / a_mask.png), the
+    longest stem first, among images without a mask and masks without an image."""
+    images = sorted(no_mask, key=lambda name: len(Path(name).stem), reverse=True)
+    pairs = []
+    for mask in no_image:
+        image = next((name for name in images if Path(mask).stem.startswith(Path(name).stem)), None)
+        if image is not None:
+            pairs.append(f"{image} / {mask}")
+    return pairs
 
 
 def _png_header(path):
@@ -195,14 +214,16 @@ def read_mask(path, num_classes=None, classes_from="the data"):
         return torch.from_numpy(array)  # class indices and ignored pixels (all ignored: no class at all)
     if binary and (values.size == 1 or _on_borders(array, values)):
         return torch.from_numpy(foreground.astype(np.int64))  # resampled binary, or one bright value alone
-    if binary:
+    fix = "; name the masks' classes in order in the config's classes" if classes_from == CONFIG_CLASSES else ""
+    indices_and_ignored = IGNORE_LABEL in values and (classes == np.arange(classes.size)).all()
+    if binary and not indices_and_ignored:
         raise ValueError(f"{path} holds grey levels {listing([str(value) for value in values])} away from class "
                          "borders, not a resampled 0/255 mask: a mask of more classes? Store class indices "
-                         "0..C-1 (255 to ignore) and set classes in the config")
+                         f"0..C-1 ({IGNORE_LABEL} to ignore){fix}")
     bad = [int(value) for value in classes if not 0 <= value < limit]
     binary_fits = "or a 0/255 binary mask" if two_classes else "a 0/255 binary mask fits 2 classes only"
     raise ValueError(f"{path} holds label(s) {listing([str(value) for value in bad])}, but {classes_from} has "
-                     f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore; {binary_fits})")
+                     f"{limit} classes (labels 0..{limit - 1}, {IGNORE_LABEL} to ignore; {binary_fits}){fix}")
 
 
 class FolderDataset(Dataset):

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..choices import listing
-from ..data.folder import IGNORE_LABEL, FolderDataset, scan_folder
+from ..data.folder import CONFIG_CLASSES, IGNORE_LABEL, FolderDataset, scan_folder
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..data.phantoms import PhantomDataset
 from ..data.splits import load_splits, make_splits, save_splits
@@ -99,12 +99,13 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
 def check_masks(splits, names, folder, chunk=64):
     """Check the masks of ``splits`` (the labelled split first; mask-less images' UNKNOWN ones
     aside) against the config's classes ``names``. Raises ValueError when the labelled masks
-    hold no class pixel (all ignored: nothing to learn from). Warns of masks holding just 0
-    and 255 where there are more than two classes (255 marks ignored pixels there, so a binary
-    mask's foreground is lost; a slice with no structure but an ignored region reads the same,
-    hence a warning), of classes that no mask holds (a name too many, or a rare class), and of
-    classes that only the other splits hold (the model never learns them). ``chunk`` masks at a
-    time, vectorised: no per-mask sort, no copy of a whole split."""
+    hold no class pixel (all ignored: nothing to learn from), and when every mask holds just 0
+    and 255 where there are more than two classes (a binary folder: 255 marks ignored pixels
+    there, so its foreground is lost). Warns of some masks holding just 0 and 255 (a slice with
+    no structure but an ignored region reads the same, hence a warning), of classes that no mask
+    holds (a name too many, or a rare class), and of classes that only the other splits hold
+    (the model never learns them). ``chunk`` masks at a time, vectorised: no per-mask sort, no
+    copy of a whole split."""
     binary, counts = [], []
     for split in splits:
         counts.append(torch.zeros(len(names) + 2, dtype=torch.long))
@@ -121,11 +122,13 @@ def check_masks(splits, names, folder, chunk=64):
         raise ValueError(f"the {len(labeled.names)} labelled mask(s) of {folder} ({listing(labeled.names)}) hold no "
                          f"class pixel: every pixel is {IGNORE_LABEL} (ignored); store the classes as 0..C-1 "
                          "(0/255 for a binary mask)")
+    total = sum(counts)
+    if len(names) > 2 and total[2:-1].sum() == 0 < total[-1]:  # 0 and 255 alone, all splits
+        raise binary_folder_error(folder, len(names), CONFIG_CLASSES)
     if binary:
         warnings.warn(f"{len(binary)} mask(s) of {folder} hold only 0 and {IGNORE_LABEL} ({listing(binary)}): with "
                       f"{len(names)} classes {IGNORE_LABEL} marks ignored pixels, so they give background only; "
                       f"store a structure as its class index (1..{len(names) - 1})", stacklevel=3)
-    total = sum(counts)
     absent = [f"{name!r} ({value})" for value, name in enumerate(names) if total[value + 1] == 0]
     if absent:
         warnings.warn(f"class(es) {', '.join(absent)} appear in no mask of {folder}: nothing to learn or score "
@@ -202,12 +205,13 @@ def load_run_split(config, splits, key, data=None):
         phantoms = PhantomDataset(config.num_phantoms, size=size, seed=config.seed)
         parts = [torch.utils.data.Subset(phantoms, [int(n.split("_")[-1]) for n in splits[key]])]
     elif key != "unlabeled":
-        parts = [FolderDataset(data, splits[key], size=size, num_classes=classes)]
+        parts = [FolderDataset(data, splits[key], size=size, num_classes=classes, classes_from=CONFIG_CLASSES)]
     else:
         # Unlabelled: training images whose masks stay hidden (kept to measure
         # pseudo-label accuracy), then the images that have no mask at all.
         labeled = set(scan_folder(data)["labeled"])
-        parts = [FolderDataset(data, [n for n in splits[key] if n in labeled], size=size, num_classes=classes),
+        parts = [FolderDataset(data, [n for n in splits[key] if n in labeled], size=size, num_classes=classes,
+                               classes_from=CONFIG_CLASSES),
                  FolderDataset(data, [n for n in splits[key] if n not in labeled], size=size,
                                subfolder="unlabeled", with_masks=False)]
     return _concat([load_split(part, config.num_workers, size) for part in parts])
@@ -219,5 +223,13 @@ def check_folder_fits_classes(split, num_classes, folder):
     pixels (every foreground Dice 0, nothing to learn from)."""
     values = set(split.masks.unique().tolist())
     if num_classes > 2 and IGNORE_LABEL in values and values <= {0, IGNORE_LABEL}:
-        raise ValueError(f"every mask in {folder} holds only 0 and {IGNORE_LABEL}: a binary folder, but the model has "
-                         f"{num_classes} classes, for which {IGNORE_LABEL} means an ignored pixel")
+        raise binary_folder_error(folder, num_classes, "the model")
+
+
+def binary_folder_error(folder, num_classes, classes_from):
+    """The ValueError for a folder of 0/255 masks read with ``num_classes`` > 2 classes, which
+    ``classes_from`` (the model, the config) sets: its foreground would read as ignored pixels."""
+    fix = "" if classes_from != CONFIG_CLASSES else \
+        f"; name two classes for a binary folder, or store each structure as its class index 1..{num_classes - 1}"
+    return ValueError(f"every mask in {folder} holds only 0 and {IGNORE_LABEL}: a binary folder, but {classes_from} "
+                      f"has {num_classes} classes, for which {IGNORE_LABEL} means an ignored pixel{fix}")
