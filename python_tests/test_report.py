@@ -108,4 +108,19 @@ def test_undefined_scores_print_as_a_dash_and_names_stay_in_their_cells(tmp_path
 
 def test_runs_of_one_name_are_told_apart_by_their_paths(tmp_path):
     runs = [finished_run(tmp_path / f"seed{seed}" / "refmatch", seed, 0.9, 4.0, 1.0) for seed in (0, 1)]
-    assert [line.split(" | ")[0] for line in table(runs).splitlines()[2:]] == ["| seed0/refmatch", "| seed1/refmatch"]
+    assert [line.split(" | ")[0] for line in table(runs).splitlines()[2:4]] == ["| seed0/refmatch", "| seed1/refmatch"]
+
+
+def test_runs_tested_on_other_images_are_noted_under_both_tables(tmp_path):
+    """Runs on other data folders went into one table without a word (a user's own-data review)."""
+    runs = [finished_run(tmp_path / f"on_{data}", 0, 0.9, 3.0, 1.0) for data in ("a", "b")]
+    for run, data in zip(runs, ("a", "b")):
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["config"]["data"] = f"/data/{data}"
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "splits.json").write_text(json.dumps({"labeled": ["x.png"], "test": [f"{data}1.png", f"{data}2.png"]}))
+    expected = ("Test sets differ: rows tested on other images do not compare.\n"
+                "- {}on_a on /data/a (seed 0, 2 test images); on_b on /data/b (seed 0, 2 test images)")
+    assert table(runs).endswith(expected.format(""))
+    assert seed_table(runs).endswith(expected.format("seed 0: "))
+    assert "Test sets differ" not in table(runs[:1]) + seed_table(runs[:1])

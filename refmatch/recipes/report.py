@@ -17,13 +17,29 @@ def table(run_dirs):
     per_class = [f"test {measure} ({_cell(name)})" for name in classes for measure in ("Dice", "IoU", "HD95")]
     lines = ["| " + " | ".join(["run", "method", "labelled", "steps", *per_class, "mean Dice", "minutes"]) + " |",
              "|---" * (len(per_class) + 6) + "|"]
-    for (run, metrics), name in zip(runs, _distinct_names([run for run, _ in runs])):
+    names = _distinct_names([run for run, _ in runs])
+    for (run, metrics), name in zip(runs, names):
         splits = json.loads((run / "splits.json").read_text())
         test, config = metrics["test"], metrics["config"]
         scores = [" | ".join(_class_scores(test, name)) for name in classes]
         lines.append(f"| {_cell(name)} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
                      + " | ".join(scores) + f" | {_score(test['mean_dice'])} | {metrics['train_seconds'] / 60:.1f} |")
-    return "\n".join(lines + _infinite_notes(runs, classes))
+    return "\n".join(lines + _infinite_notes(runs, classes) + _test_set_notes(runs, names))
+
+
+def _test_set_notes(runs, names, per_seed=False):
+    """Lines under the table where runs (of one seed, ``per_seed``) were tested on different images
+    (another data folder, seed or split): their rows do not compare."""
+    partitions = {}
+    for (run, metrics), name in zip(runs, names):
+        splits = json.loads((run / "splits.json").read_text())
+        test_set = (str(metrics["config"].get("data")), metrics["config"]["seed"], tuple(splits.get("test", ())))
+        partitions.setdefault(test_set[1] if per_seed else None, {}).setdefault(test_set, []).append(name)
+    notes = [f"- {'' if seed is None else f'seed {seed}: '}" + "; ".join(
+        f"{', '.join(members)} on {data} (seed {run_seed}, {len(test)} test images)"
+        for (data, run_seed, test), members in groups.items())
+        for seed, groups in partitions.items() if len(groups) > 1]
+    return ["\nTest sets differ: rows tested on other images do not compare.", *notes] if notes else []
 
 
 def _infinite_notes(runs, classes):
@@ -49,9 +65,9 @@ def seed_table(run_dirs):
     range of training minutes. A seed that a row lacks shows "–", and so do that row's means.
     The runs must share their classes."""
     rows, seeds = {}, set()
-    runs = [(run, _metrics(run)) for run in map(Path, run_dirs)]
-    _one_task(runs)  # else runs of another task, named alike, would be averaged in
-    for run, metrics in runs:
+    runs_in_order = [(run, _metrics(run)) for run in map(Path, run_dirs)]
+    _one_task(runs_in_order)  # else runs of another task, named alike, would be averaged in
+    for run, metrics in runs_in_order:
         seed = metrics["config"]["seed"]
         if seed in rows.setdefault(run.name, {}):
             raise ValueError(f"two runs named {run.name} with seed {seed}: {rows[run.name][seed]['folder']} and {run}")
@@ -70,7 +86,8 @@ def seed_table(run_dirs):
         mean_hd95 = ("inf" if None in hd95 else f"{sum(hd95) / len(hd95):.2f}") if complete else "–"
         lines.append(f"| {_cell(name)} | " + " | ".join(dice)
                      + f" | {mean_dice} | {mean_hd95} | {min(minutes):.1f}–{max(minutes):.1f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _test_set_notes(runs_in_order, _distinct_names([run for run, _ in runs_in_order]),
+                                              per_seed=True))
 
 
 def _one_task(runs):
