@@ -1,4 +1,5 @@
-"""A bank's calls inside the caller's autocast (mixed-precision training) give what they give outside it."""
+"""A bank's calls inside the caller's autocast (mixed-precision training) give what they give outside it,
+and a tapped model compiles whole under it."""
 import pytest
 import torch
 
@@ -31,3 +32,24 @@ def test_match_classwise_and_labels_ignore_the_callers_autocast(device, metric, 
         found = (bank.match(query, k=3), bank.classwise_max(query), labeler(query))
     for before, after in zip(expected[0] + (expected[1],) + expected[2], found[0] + (found[1],) + found[2]):
         assert torch.equal(before, after)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, from compiling
+def test_a_tapped_model_compiles_whole_under_autocast():
+    """The tap's hooks queried autograd's graph task, inference mode and version counters, which
+    torch.compile cannot trace: fullgraph refused the model, and Inductor failed on the pieces
+    under bfloat16 autocast. The tap takes the compiled pass's features as eagerly."""
+    from refmatch.recipes.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(width=4, depth=3, norm="instance").eval()
+    tap = refmatch.FeatureTap(model, ["decoder.up2", "decoder.up1"])
+    images = torch.randn(2, 1, 32, 32)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(images)
+            eager = tap.features()
+            torch.compile(model, fullgraph=True, backend="eager")(images)
+            assert torch.equal(tap.features(), eager)
+    finally:
+        torch._dynamo.reset()

@@ -72,7 +72,10 @@ def _element(name, output, key):
 
 
 def _in_backward():
-    """Whether autograd is running a backward pass (torch's graph-task id is -1 outside one)."""
+    """Whether autograd is running a backward pass (torch's graph-task id is -1 outside one);
+    False while torch.compile traces, where that query would break the graph."""
+    if torch.compiler.is_compiling():
+        return False
     graph_task = getattr(torch._C, "_current_graph_task_id", None)
     return graph_task is not None and graph_task() != -1
 
@@ -186,9 +189,12 @@ class FeatureTap:
                 if len(output) > 1:
                     self._unselected.setdefault(name, len(output))
                 output = output[0]
-            if isinstance(output, torch.Tensor) and output.is_inference():
+            # Traced by torch.compile, these eager-only checks broke the graph in every tapped
+            # layer (and Inductor failed on the pieces under autocast): no version check there.
+            compiling = torch.compiler.is_compiling()
+            if not compiling and isinstance(output, torch.Tensor) and output.is_inference():
                 output = output.clone()  # no version counter to check: a copy no later in-place op reaches
-            tracked = isinstance(output, torch.Tensor) and not output.is_inference()
+            tracked = not compiling and isinstance(output, torch.Tensor) and not output.is_inference()
             self._outputs[name] = (output, output._version if tracked else None, self._in_pass)
         return keep
 
