@@ -57,7 +57,7 @@ def test_nan_references_never_count():
 
 
 @pytest.mark.parametrize("labels, classes, message", [
-    (torch.tensor([0, 1, 3]), 3, "labels must be < num_classes=3, got 3"),
+    (torch.tensor([0, 1, 3]), 3, "labels must be < num_classes=3, got 3: pass num_classes=4, or ignore_index=3 if"),
     (torch.tensor([0, -1, 1]), 3, "labels must be >= 0, got -1"),
     (torch.tensor([0, 1, 1]), 0, "num_classes must be a positive int"),
     (None, 3, "labels are required"),

@@ -202,7 +202,7 @@ def one_rank_error_worker(rank, port):
     from refmatch import PseudoLabeler
 
     labels = torch.tensor([0, 1, 2, 0, 1, 5])  # 5: in rank 1's slice only
-    with pytest.raises(ValueError, match="labels must be < num_classes=3 .or ignore_index=255., got 5"):
+    with pytest.raises(ValueError, match="labels must be < num_classes=3 .or ignore_index=255., got 5: pass num_classes=6$"):
         ShardedReferenceBank.from_tensors(torch.randn(6, 4), labels, num_classes=3)
     labeler = PseudoLabeler(ShardedReferenceBank.from_tensors(torch.randn(6, 4), torch.tensor([0, 1, 2] * 2)))
     errors = ["features have D=5 channels, the bank holds D=4", "the call failed on 1 other rank"]

@@ -30,6 +30,8 @@ BAD_INPUTS = [
     (dict(query=Q.int(), reference=R.int()), TypeError, "query must be float16.*got torch.int32"),
     (dict(reference=R.half()), TypeError, "reference dtype torch.float16 differs from query dtype torch.float32"),
     (dict(reference=R.to("meta")), ValueError, "reference is on meta but query is on cpu"),
+    (dict(labels=torch.zeros(10, dtype=torch.long, device="meta")), ValueError,
+     r"labels are on meta but reference is on cpu: move them with labels.to\(reference.device\)$"),
     (dict(labels=torch.zeros(9, dtype=torch.long)), ValueError, r"labels must be \[M\] = \[10\].*\(9,\)"),
     (dict(labels=torch.zeros(10)), TypeError, r"labels must have an integer dtype \(int64, .*\), got torch.float32$"),
     (dict(labels=torch.zeros(10, dtype=torch.uint32)), TypeError,

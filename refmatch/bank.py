@@ -238,6 +238,8 @@ class ReferenceBank(nn.Module):
     def match(self, query, k=1, backend="auto"):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
         dtype) against the stored features; ``index`` is a slot, ``label`` its class.
+        Returns MatchResult: each field [N] / [B, h, w], or [N, k] / [B, k, h, w] for k > 1;
+        float32 scores (float64 for a float64 bank), int64 indices and labels.
 
         Only filled slots are scored (``bank_match``): a growable cosine or dot bank runs one
         fused match over them, an l2 one a match per class; a ``from_tensors`` bank one match

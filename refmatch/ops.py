@@ -164,7 +164,8 @@ def _check_inputs(query, reference, labels, k, metric, backend):
             raise ValueError(f"labels must be [M] = [{reference.shape[0]}] (one per reference row), "
                              f"got shape {_shape(labels)}")
         if labels.device != reference.device:
-            raise ValueError(f"labels are on {labels.device} but reference is on {reference.device}")
+            raise ValueError(f"labels are on {labels.device} but reference is on {reference.device}: move them "
+                             f"with labels.to(reference.device)")
     if not 1 <= k <= reference.shape[0]:
         raise ValueError(f"k must satisfy 1 <= k <= M={reference.shape[0]}, got k={k}")
     check_choice("metric", metric, METRICS)
@@ -187,7 +188,9 @@ def _check_label_values(labels, ignore_index, num_classes=None):
     if lowest < 0:
         raise ValueError(f"labels must be >= 0{allowed}, got {lowest}")
     if num_classes is not None and highest >= num_classes:
-        raise ValueError(f"labels must be < num_classes={num_classes}{allowed}, got {highest}")
+        hint = (f": pass num_classes={highest + 1}, or ignore_index={highest} if that label marks pixels of no class"
+                if ignore_index is None else f": pass num_classes={highest + 1}")
+        raise ValueError(f"labels must be < num_classes={num_classes}{allowed}, got {highest}{hint}")
 
 
 def _ignored(labels, ignore_index):
@@ -214,7 +217,8 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     """Most similar reference row(s) of every query row, without the N x M matrix.
 
     Args:
-        query: [N, D] rows or [B, D, H, W] feature maps (read through their strides).
+        query: [N, D] rows or [B, D, H, W] feature maps (read through their strides);
+            float16, bfloat16 or float32 (float64 on the torch backend).
         reference: [M, D], same dtype and device as ``query``.
         labels: optional integer [M] label of each reference row.
         k: number of matches per row, best first (1 <= k <= M).
@@ -225,7 +229,9 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
 
     Returns:
         MatchResult(score, index, label), each [N] / [B, H, W] for k = 1, or
-        [N, k] / [B, k, H, W] for k > 1. Among equal scores the lowest reference
+        [N, k] / [B, k, H, W] for k > 1 (a view of [B, H, W, k]: not contiguous);
+        score float32 (float64 for float64 inputs), index and label int64, on the
+        inputs' device. Among equal scores the lowest reference
         index wins; NaN and the worst score (-inf, +inf for l2) never win: a row
         with nothing better gets index -1 and label -1 (so does every slot beyond
         the references it can match). Scores

@@ -45,7 +45,9 @@ class PseudoLabeler:
             "soft": class-wise best scores (k = 1) or the k nearest references'
             similarity-weighted votes, a softmax over classes at ``temperature``,
             upsampled bilinearly (trilinearly for volumes) before the argmax; confidence is the margin
-            between the two most probable classes.
+            between the two most probable classes. A class the bank holds no reference of is never
+            labelled, and in soft mode has probability 0, so margins count it out (a bank of one
+            class gives every pixel that class at confidence 1): fill every class first.
         threshold: pixels with confidence below it get ``ignore_index``; a float, or one per
             class ([C] sequence or tensor, indexed by the pixel's pseudo-label: a rare or
             hard class can keep pixels at a lower confidence than the background).
