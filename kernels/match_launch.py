@@ -154,7 +154,8 @@ def classwise_max(query, reference, ref_stat, labels, metric, num_classes, *, sp
     """
     if not 1 <= num_classes <= MAX_SLOTS:
         raise ValueError(f"the fused class-wise max takes 1 <= num_classes <= {MAX_SLOTS}, got {num_classes}")
-    partial_score, _ = _launch(query, reference, ref_stat, labels, metric, "classwise", num_classes,
+    # The kernel reads labels at unit stride: a strided or expanded view read other rows' labels.
+    partial_score, _ = _launch(query, reference, ref_stat, labels.contiguous(), metric, "classwise", num_classes,
                                splits, tile)
     return partial_score.amax(dim=0)
 

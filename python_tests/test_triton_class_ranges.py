@@ -94,3 +94,18 @@ def test_ranges_fill_the_device_and_stay_under_the_index_limit(monkeypatch):
     maps = torch.empty(1, 64, 8, 1, device="meta")
     monkeypatch.setattr(match, "MAX_SPLIT_REFS", 256)
     assert match.fill_splits(maps, 1000) >= 4  # ceil(1000 / 256): kept indices are int32 offsets in a range
+
+
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_the_per_class_kernel_reads_label_views(monkeypatch, view):
+    """It read labels at unit stride: a strided view's maxima came from other rows' labels, and an
+    expanded one (stride 0) read past its storage."""
+    from refmatch.backends import triton_backend
+
+    query, reference = torch.randn(4, 8, device=DEVICE), torch.randn(6, 8, device=DEVICE)
+    labels = (torch.tensor([0, 9, 1, 9, 2, 9] * 2, device=DEVICE)[::2] if view == "strided"
+              else torch.tensor([1], device=DEVICE).expand(6))
+    expected = refmatch.classwise_max(query, reference, labels, 3, metric="dot", backend="torch")
+    monkeypatch.setattr(triton_backend, "host_read_allowed", lambda tensor: False)  # as under graph capture
+    torch.testing.assert_close(refmatch.classwise_max(query, reference, labels, 3, metric="dot", backend="triton"),
+                               expected)
