@@ -126,6 +126,10 @@ def misuse_worker(rank, port):
             bank.match(torch.randn(3, 4), k=k)
     with pytest.raises((TypeError, RuntimeError), match="k must be an int, got str|1 other rank"):
         bank.match(torch.randn(3, 4), k=[2, "2"][rank])
+    # A rank out of step (another call; len alone paired with a match and read a wrong count) is named.
+    for calls in (("match", "classwise_max"), ("len", "match")):
+        with pytest.raises(ValueError, match=f"the ranks made different calls .this rank: {calls[rank]}.; or a rank"):
+            len(bank) if calls[rank] == "len" else getattr(bank, calls[rank])(torch.randn(3, 4))
     # Banks built unlike on the ranks raise by name on every rank (another D or dtype aborted gloo;
     # another metric, capacity or set of rows gave wrong neighbours).
     labels6 = torch.tensor([0, 1, 2] * 2)
@@ -224,6 +228,9 @@ def subgroup_worker(rank, port, world):
                             timeout=datetime.timedelta(seconds=60))
     groups = [dist.new_group([0, 1]), dist.new_group([2])]  # every rank makes every group, in one order
     group = groups[rank // 2]
+    if rank == 2:  # torch gives a rank outside a group an int
+        with pytest.raises(ValueError, match="this rank is not in the process group: build the bank on the group"):
+            ShardedReferenceBank(4, 3, capacity_per_class=8, group=groups[0])
     reference, labels, queries, maps = shared_inputs()
     bank = ShardedReferenceBank.from_tensors(reference, labels, metric="dot", group=group)
     assert bank.features.shape[0] in ((61,) if rank == 2 else (30, 31)) and bank.group is group

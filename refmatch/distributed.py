@@ -29,6 +29,9 @@ from .masks import DOWNSAMPLING
 from .ops import MatchResult, _check_label_values, _shape_result, as_int, inferred_num_classes, rows_as_query
 
 
+CALLS = ("match", "classwise_max", "len")  # the collectives every rank must make in step
+
+
 def _gather(tensor, group):
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, tensor.contiguous(), group=group)
@@ -36,6 +39,8 @@ def _gather(tensor, group):
 
 
 def _world_size(group):
+    if isinstance(group, int) and group == dist.GroupMember.NON_GROUP_MEMBER:  # new_group, on ranks outside it
+        raise ValueError("this rank is not in the process group: build the bank on the group's ranks only")
     if group is not None and not isinstance(group, dist.ProcessGroup):
         raise TypeError(f"group must be None (the default group) or a torch.distributed ProcessGroup, got "
                         f"{type(group).__name__}")
@@ -175,35 +180,41 @@ class ShardedReferenceBank(ReferenceBank):
         """``compute()`` here; where it raises on any rank, every rank raises (``_agreed``)."""
         return self._agreed(compute)[0]
 
-    def _settings(self, k):
+    def _settings(self, k, call):
         """What every rank's bank and call must agree on, as int64 codes by name."""
         try:
             asked = operator.index(k)
         except TypeError:
             asked = -1  # as_int raises on this rank, so on every rank
         precision = torch.finfo(self.features.dtype)
-        return {"k": asked if 1 <= asked < 2 ** 62 else -1, "dim": self.dim, "num_classes": self.num_classes,
+        return {"call": CALLS.index(call), "k": asked if 1 <= asked < 2 ** 62 else -1, "dim": self.dim,
+                "num_classes": self.num_classes,
                 "dtype": precision.bits * 1000 - round(math.log2(precision.eps)), "metric": METRICS.index(self.metric),
                 "ignore_index": -(2 ** 62) if self.ignore_index is None else self.ignore_index,
                 "fixed (from_tensors)": int(self.capacity is None), "layout (capacity or rows)": self.layout,
                 "policy": POLICIES.index(self.policy), "downsample": DOWNSAMPLING.index(self.downsample)}
 
-    def _checked_everywhere(self, query, k=1):
-        """``query`` checked and cast as ReferenceBank does, and the features stored over all
-        ranks; every rank raises when a rank's query or k fails its check, the ranks' banks or
-        k differ, or a rank holds another rank's shard."""
+    def _checked_everywhere(self, query, k=1, call="match"):
+        """``query`` checked and cast as ReferenceBank does (None for ``len``), and the features
+        stored over all ranks; every rank raises when a rank's query or k fails its check, the
+        ranks' banks, calls (``CALLS``) or k differ, or a rank holds another rank's shard."""
         foreign = (self.shard_rank != dist.get_rank(self.group)).long()
         query, (stored, foreign) = self._agreed(
-            lambda: (self._checked_query(query), as_int("k", k))[0], self.counts.sum(), foreign)
-        settings = self._settings(k)
+            lambda: (query if query is None else self._checked_query(query), as_int("k", k))[0],
+            self.counts.sum(), foreign)
+        settings = self._settings(k, call)
         codes = self.counts.new_tensor(list(settings.values()))
         spread = torch.cat([codes, -codes])  # one MAX reduction gives the largest and the smallest
         dist.all_reduce(spread, op=dist.ReduceOp.MAX, group=self.group)
         differ = [name for name, high, low in zip(settings, spread[:codes.numel()].tolist(),
                                                   spread[codes.numel():].tolist()) if high != -low]
+        out_of_step = "; or a rank skipped a call (after catching its error, say): every rank makes the same calls"
+        if differ == ["call"]:
+            raise ValueError(f"the ranks made different calls (this rank: {call}){out_of_step}, in the same order "
+                             "(len(bank) and bool(bank) are calls too)")
         if differ == ["k"]:
             raise ValueError(f"the ranks asked for different k (this rank k={k}): every rank must call match "
-                             "with the same k")
+                             f"with the same k{out_of_step}")
         if differ:
             mine = f"dim={self.dim}, num_classes={self.num_classes}, dtype={self.features.dtype}, " \
                    f"metric={self.metric!r}, ignore_index={self.ignore_index}, layout={self.layout}"
@@ -213,14 +224,14 @@ class ShardedReferenceBank(ReferenceBank):
             raise RuntimeError(f"{foreign} rank(s) hold another rank's shard: DistributedDataParallel copied rank "
                                "0's buffers (call refmatch.distributed.keep_shards_out_of_ddp(model) before wrapping "
                                "the model), or a state_dict saved on another rank was loaded")
-        self._require_features(stored, k)  # every rank raises alike
-        return query
+        if call != "len":
+            self._require_features(stored, k)  # every rank raises alike
+        return query, stored
 
     def __len__(self):
-        """References stored over all ranks (a collective)."""
-        total = self.counts.sum().reshape(1)
-        dist.all_reduce(total, group=self.group)
-        return int(total)
+        """References stored over all ranks (a collective, checked as match is: len on one
+        rank alone paired with another rank's match and returned a wrong count)."""
+        return self._checked_everywhere(None, call="len")[1]
 
     def _gathered_queries(self, query):
         """Every rank's [N, D] query rows, one after another (each padded to the largest N), and
@@ -237,7 +248,7 @@ class ShardedReferenceBank(ReferenceBank):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], this rank's) against the whole
         sharded bank; a collective. Results as ``ReferenceBank.match``'s ([N, k] or
         [B, k, h, w]; [N] / [B, h, w] for k = 1), with global ``index``."""
-        all_rows, mine = self._gathered_queries(self._checked_everywhere(query, k))
+        all_rows, mine = self._gathered_queries(self._checked_everywhere(query, k)[0])
         score = all_rows.new_full((all_rows.shape[0], k), worst_score(self.metric),
                                   dtype=accumulation_dtype(self.features.dtype))
         index = torch.full_like(score, -1, dtype=torch.long)
@@ -257,7 +268,7 @@ class ShardedReferenceBank(ReferenceBank):
 
     def classwise_max(self, query, backend="auto"):
         """Best score per class over all shards: [N, C] for rows, [B, C, h, w] for maps."""
-        all_rows, mine = self._gathered_queries(self._checked_everywhere(query))
+        all_rows, mine = self._gathered_queries(self._checked_everywhere(query, call="classwise_max")[0])
         scores, _ = self._agreed(lambda: ReferenceBank.classwise_max(self, all_rows, backend=backend)
                                  if self._stored() else
                                  all_rows.new_full((all_rows.shape[0], self.num_classes), worst_score(self.metric),
