@@ -139,9 +139,11 @@ class CMakeBuild(build_ext):
             f"-DREFMATCH_VERSION={package_version()}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
-        if archs:  # None: a build without CUDA
+        if archs:
             args += ["-DREFMATCH_CUDA=ON", f"-DREFMATCH_CUDA_ARCHS={archs}",
                      f"-DCMAKE_CUDA_COMPILER={find_nvcc()}"]
+        else:  # said, not left out: an earlier build's CMakeCache.txt in the tree would keep CUDA on
+            args.append("-DREFMATCH_CUDA=OFF")
         if shutil.which("ninja"):
             args.append("-GNinja")
         run_step("configure", [cmake, "-S", str(ROOT), "-B", str(build_dir), *args])

@@ -249,3 +249,19 @@ def test_screening_benchmark_writes_a_row_per_feature_set(tmp_path, monkeypatch)
                                                             "clusters noise=0.1"]
     assert all(row["walk_agreement"] == 1.0 and row["screen_agreement"] == 1.0 for row in results["rows"])
     assert result.with_suffix(".md").read_text().count("| l2 | 2 |") == 4
+
+
+def test_an_installed_package_inside_another_repository_has_no_commit(tmp_path, monkeypatch):
+    """A venv inside the user's own project: the results named that project's HEAD as refmatch's."""
+    import subprocess
+
+    import refmatch
+    from refmatch.bench_files import git_commit
+
+    package = tmp_path / ".venv" / "site-packages" / "refmatch"
+    package.mkdir(parents=True)
+    for command in (["init", "-q"], ["-c", "user.name=u", "-c", "user.email=u@e", "commit", "-q", "--allow-empty",
+                                     "-m", "theirs"]):
+        subprocess.run(["git", "-C", str(tmp_path), *command], check=True)
+    monkeypatch.setattr(refmatch, "__file__", str(package / "__init__.py"))
+    assert git_commit() == "unknown"

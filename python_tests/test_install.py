@@ -34,9 +34,26 @@ def test_wheel_builds_without_cmake(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {name for name in tracked if name.startswith("refmatch/") and name.endswith(".py")}
     sources |= {"refmatch/" + name for name in tracked if name.startswith("kernels/") and name.endswith(".py")}
+    sources |= {"refmatch/" + name for name in tracked if name.startswith("configs/")}
     assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
     assert not any(name.startswith("refmatch/_C.") for name in names)
     assert "refmatch/_C_build_failed.txt" in names, "the reason ships with the wheel"
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_the_sdist_carries_what_the_build_needs(tmp_path):
+    """Without MANIFEST.in it held no csrc/ nor CMakeLists.txt: installed from it, _C was not built."""
+    import tarfile
+
+    source = tmp_path / "src"
+    tracked = copy_checkout(source)
+    build = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=source,
+                           capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
+    assert build.returncode == 0, build.stdout + build.stderr
+    with tarfile.open(next(tmp_path.glob("refmatch_kernels-*.tar.gz"))) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    needed = {name for name in tracked if name.startswith(("csrc/", "configs/", "kernels/", "refmatch/"))}
+    assert needed | {"CMakeLists.txt", "setup.py", "pyproject.toml"} <= names, sorted(needed - names)
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")

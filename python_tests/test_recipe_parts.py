@@ -72,6 +72,15 @@ def test_a_config_extends_another_and_keeps_only_its_changes(tmp_path):
         load_config(None, ["extends=child.yaml"])
 
 
+def test_the_repositorys_configs_are_found_outside_it(tmp_path, monkeypatch):
+    """An installed package ships configs/: the README's main job runs from any folder."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/phantom_quick.yaml").steps == load_config("phantom_quick.yaml").steps == 600
+    assert load_config("configs/lung_sides_cpu.yaml").image_size == 128  # extends lung_cpu.yaml, shipped beside it
+    with pytest.raises(FileNotFoundError, match=r"config not found: configs/nope.yaml \(the package's own: lung_cpu"):
+        load_config("configs/nope.yaml")
+
+
 def test_losses():
     masks = torch.randint(0, 3, (2, 8, 8))
     perfect = 50.0 * torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()

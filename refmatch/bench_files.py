@@ -23,8 +23,10 @@ def git_commit():
     with "+dirty" when it has uncommitted changes; "unknown" for an installed package."""
     checkout = Path(refmatch.__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
+        top, commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--show-toplevel", "--short", "HEAD"],
+                                     capture_output=True, text=True, check=True).stdout.splitlines()
+        if Path(top).resolve() != checkout:  # site-packages inside some other repository: not refmatch's commit
+            return "unknown"
         dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

@@ -4,6 +4,7 @@ import difflib
 import math
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -209,7 +210,7 @@ def load_config(path=None, overrides=(), base=None):
 
     values = as_saved(base) if base is not None else {}
     if path is not None:
-        values.update(_file_values(yaml, Path(path)))
+        values.update(_file_values(yaml, bundled_or_given(Path(path))))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must be key=value, got {item!r}")
@@ -237,12 +238,23 @@ def load_config(path=None, overrides=(), base=None):
     return config.validate()
 
 
+def bundled_or_given(path):
+    """``path``, or where it names no file and reads ``configs/NAME.yaml`` or ``NAME.yaml``, the
+    package's copy of the repository's config NAME (an install used outside the checkout)."""
+    if path.is_file() or path.parent not in (Path("."), Path("configs")):
+        return path
+    bundled = Path(str(resources.files("refmatch.configs").joinpath(path.name)))
+    return bundled if bundled.is_file() else path
+
+
 def _file_values(yaml, path, extended_by=()):
     """The key: value pairs of config file ``path`` over those of the file it extends;
     ``extended_by``: the files that extend it, nearest last (to name a loop or a missing file)."""
     if not path.is_file():
         via = f" (extended by {' <- '.join(map(str, reversed(extended_by)))})" if extended_by else ""
-        raise FileNotFoundError(f"config not found: {path}{via}")
+        shipped = sorted(entry.name for entry in resources.files("refmatch.configs").iterdir()
+                         if entry.name.endswith(".yaml"))
+        raise FileNotFoundError(f"config not found: {path}{via} (the package's own: {', '.join(shipped)})")
     if path.resolve() in {child.resolve() for child in extended_by}:
         raise ValueError(f"configs extend each other in a loop: {' -> '.join(map(str, extended_by + (path,)))}")
     loaded = _parsed(yaml, path.read_text(), path) or {}
