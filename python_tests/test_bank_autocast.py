@@ -1,5 +1,5 @@
-"""A bank's calls inside the caller's autocast (mixed-precision training) give what they give outside it,
-and a tapped model compiles whole under it."""
+"""A bank's calls inside the caller's autocast (mixed-precision training) give what they give outside it;
+a tapped model compiles whole under it, and a compiled block's recompute leaves the captures."""
 import pytest
 import torch
 
@@ -51,5 +51,33 @@ def test_a_tapped_model_compiles_whole_under_autocast():
             eager = tap.features()
             torch.compile(model, fullgraph=True, backend="eager")(images)
             assert torch.equal(tap.features(), eager)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_compiled_block_recomputed_by_checkpointing_leaves_the_captures(reentrant):
+    """Compiled code cannot ask whether backward runs it: the recompute of a checkpointed compiled
+    block overwrote the forward pass's capture, and features() refused it as taken outside."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.head = torch.nn.Conv2d(1, 2, 1), torch.nn.Conv2d(4, 2, 1)
+            self.block = torch.compile(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1)), backend="eager")
+
+        def forward(self, images):
+            return self.head(checkpoint(self.block, self.stem(images), use_reentrant=reentrant))
+
+    torch.manual_seed(0)
+    model = Model()
+    tap = refmatch.FeatureTap(model, ["stem", "block._orig_mod.0"])
+    try:
+        model(torch.randn(2, 1, 8, 8)).sum().backward()
+        before = tap.features()
+        model(torch.randn(2, 1, 8, 8)).sum().backward()  # the next pass's, not its recompute's
+        assert tap.features().shape == before.shape and not torch.equal(tap.features(), before)
     finally:
         torch._dynamo.reset()

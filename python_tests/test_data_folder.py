@@ -205,8 +205,8 @@ def test_mask_of_another_size_is_an_error(dataset_root):
 def test_scan_errors_name_the_files(dataset_root):
     root, gray, _ = dataset_root
     write_png(root / "images" / "lonely.png", gray)
-    write_png(root / "masks" / "orphan.png", gray)
-    with pytest.raises(ValueError, match="lonely.png.*orphan.png.*; put images without masks in unlabeled/$"):
+    write_png(root / "masks" / "lonely2.png", gray)  # not named after lonely.png, as 10.png is not after 1.png
+    with pytest.raises(ValueError, match="lonely.png.*lonely2.png.*; put images without masks in unlabeled/$"):
         scan_folder(root)
     write_png(root / "masks" / "lonely_mask.png", gray)  # named after its image: rename it, not unlabeled/
     with pytest.raises(ValueError, match=r"look named after their image: lonely.png / lonely_mask.png; rename them$"):

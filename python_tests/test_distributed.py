@@ -129,7 +129,8 @@ def misuse_worker(rank, port):
     # A rank out of step (another call; len alone paired with a match and read a wrong count) is named.
     for calls in (("match", "classwise_max"), ("len", "match")):
         with pytest.raises(ValueError, match=f"the ranks made different calls .this rank: {calls[rank]}.; or a rank"):
-            len(bank) if calls[rank] == "len" else getattr(bank, calls[rank])(torch.randn(3, 4))
+            {"len": lambda: len(bank), "match": lambda: bank.match(torch.randn(3, 4), k=2),  # k differs too
+             "classwise_max": lambda: bank.classwise_max(torch.randn(3, 4))}[calls[rank]]()
     # Banks built unlike on the ranks raise by name on every rank (another D or dtype aborted gloo;
     # another metric, capacity or set of rows gave wrong neighbours).
     labels6 = torch.tensor([0, 1, 2] * 2)

@@ -75,8 +75,13 @@ def test_a_config_extends_another_and_keeps_only_its_changes(tmp_path):
 def test_the_repositorys_configs_are_found_outside_it(tmp_path, monkeypatch):
     """An installed package ships configs/: the README's main job runs from any folder."""
     monkeypatch.chdir(tmp_path)
-    assert load_config("configs/phantom_quick.yaml").steps == load_config("phantom_quick.yaml").steps == 600
-    assert load_config("configs/lung_sides_cpu.yaml").image_size == 128  # extends lung_cpu.yaml, shipped beside it
+    with pytest.warns(UserWarning, match=r"phantom_quick.yaml is not here: reading the package's copy, "):
+        assert load_config("configs/phantom_quick.yaml").steps == load_config("phantom_quick.yaml").steps == 600
+    with pytest.warns(UserWarning, match="lung_sides_cpu.yaml is not here"):
+        assert load_config("configs/lung_sides_cpu.yaml").image_size == 128  # extends lung_cpu.yaml, beside it
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "phantom_quick.yaml").write_text("steps: 5\n")
+    assert load_config("configs/phantom_quick.yaml").steps == 5  # a file of the given path comes first
     with pytest.raises(FileNotFoundError, match=r"config not found: configs/nope.yaml \(the package's own: lung_cpu"):
         load_config("configs/nope.yaml")
 

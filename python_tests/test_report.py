@@ -51,6 +51,7 @@ def test_two_runs_of_one_name_and_seed_are_refused_and_the_cli_takes_by_seed(tmp
     runs = [finished_run(tmp_path / folder / "refmatch", 2, 0.9, 5.0, 1.0) for folder in ("a", "b")]
     with pytest.raises(ValueError, match="two runs named refmatch with seed 2: .*a/refmatch and .*b/refmatch"):
         seed_table(runs)
+    (runs[0] / "splits.json").unlink()  # --by-seed reads metrics.json alone
     printed = subprocess.run([sys.executable, "-m", "refmatch.recipes.report", "--by-seed", str(runs[0])],
                              capture_output=True, text=True, check=True).stdout
     assert printed.splitlines()[2] == "| refmatch | 0.9000 | 0.9000 | 5.00 | 1.0–1.0 |"

@@ -209,7 +209,7 @@ class ShardedReferenceBank(ReferenceBank):
         differ = [name for name, high, low in zip(settings, spread[:codes.numel()].tolist(),
                                                   spread[codes.numel():].tolist()) if high != -low]
         out_of_step = "; or a rank skipped a call (after catching its error, say): every rank makes the same calls"
-        if differ == ["call"]:
+        if "call" in differ:
             raise ValueError(f"the ranks made different calls (this rank: {call}){out_of_step}, in the same order "
                              "(len(bank) and bool(bank) are calls too)")
         if differ == ["k"]:

@@ -183,6 +183,8 @@ class FeatureTap:
                 return
             if _in_backward():  # a checkpointed model's recompute: the forward pass's outputs stand
                 return
+            if torch.compiler.is_compiling() and not self._in_pass and self._outputs.get(name, (0, 0, False))[2]:
+                return  # compiled code asks no _in_backward: a capture of the pass stands against one outside it
             if name in self.select:
                 output = _element(name, output, self.select[name])
             elif isinstance(output, (tuple, list)) and output:

@@ -3,6 +3,7 @@ import dataclasses
 import difflib
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -238,13 +239,25 @@ def load_config(path=None, overrides=(), base=None):
     return config.validate()
 
 
+def shipped_configs():
+    """The folder of the configs the package ships (``refmatch.configs``), or None where an older
+    editable install does not map it."""
+    try:
+        return Path(str(resources.files("refmatch.configs")))
+    except ModuleNotFoundError:
+        return None
+
+
 def bundled_or_given(path):
     """``path``, or where it names no file and reads ``configs/NAME.yaml`` or ``NAME.yaml``, the
-    package's copy of the repository's config NAME (an install used outside the checkout)."""
-    if path.is_file() or path.parent not in (Path("."), Path("configs")):
+    package's copy of the repository's config NAME (an install used outside the checkout), with
+    a warning naming it."""
+    shipped = shipped_configs()
+    if path.is_file() or path.parent not in (Path("."), Path("configs")) or shipped is None \
+            or not (shipped / path.name).is_file():
         return path
-    bundled = Path(str(resources.files("refmatch.configs").joinpath(path.name)))
-    return bundled if bundled.is_file() else path
+    warnings.warn(f"{path} is not here: reading the package's copy, {shipped / path.name}", stacklevel=3)
+    return shipped / path.name
 
 
 def _file_values(yaml, path, extended_by=()):
@@ -252,9 +265,10 @@ def _file_values(yaml, path, extended_by=()):
     ``extended_by``: the files that extend it, nearest last (to name a loop or a missing file)."""
     if not path.is_file():
         via = f" (extended by {' <- '.join(map(str, reversed(extended_by)))})" if extended_by else ""
-        shipped = sorted(entry.name for entry in resources.files("refmatch.configs").iterdir()
-                         if entry.name.endswith(".yaml"))
-        raise FileNotFoundError(f"config not found: {path}{via} (the package's own: {', '.join(shipped)})")
+        folder = shipped_configs()
+        own = f" (the package's own: {', '.join(sorted(entry.name for entry in folder.glob('*.yaml')))})" \
+            if folder else ""
+        raise FileNotFoundError(f"config not found: {path}{via}{own}")
     if path.resolve() in {child.resolve() for child in extended_by}:
         raise ValueError(f"configs extend each other in a loop: {' -> '.join(map(str, extended_by + (path,)))}")
     loaded = _parsed(yaml, path.read_text(), path) or {}
