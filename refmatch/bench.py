@@ -53,6 +53,8 @@ def run_size(n, m, d, dtype, device, repeat, fits_bytes, only=None, exclude=None
         _check_filters([method.name for method in methods if method.metric != "-" and not method.skip], only,
                        exclude, lambda: [method for method in all_methods(query, reference, fits_bytes)
                                          if method.metric != "-"])
+        # after the filters' check: a mistyped --only is refused before this, not after the wait
+        print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
         oracle = Float64Oracle(query, reference, bench_labels(m, reference.device), CLASSES)
     except RuntimeError as error:  # torch.OutOfMemoryError; the CPU allocator's is a plain RuntimeError
         if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
@@ -215,7 +217,6 @@ def main(argv=None):
     stem_wanted = results_stem(args.out, name, args.dtype, args.tag, meta["date"])
     try:
         for n, m, d in args.sizes or [size_triple(size) for size in PRESETS[args.device]]:
-            print(f"# {n}x{m}x{d}: float64 oracle and GEMM ceilings first", file=sys.stderr, flush=True)
             for row in run_size(n, m, d, dtype, args.device, args.repeat, args.fits_gib * 2**30, args.only,
                                 args.exclude, warned):
                 rows.append(row)
