@@ -167,7 +167,8 @@ def test_classes_lost_before_storing_are_named_in_a_warning():
                                          r"class or by ignored pixels\)"):
         ReferenceBank(dim=8, num_classes=3, capacity_per_class=100).add(torch.randn(1, 8, 4, 4), outvoted)
     nearest = ReferenceBank(dim=4, num_classes=4, capacity_per_class=64, downsample="nearest")
-    with pytest.warns(UserWarning, match=r"class\(es\) \[2\] .*the recipe's tap_size\)$"):  # not "use nearest" again
+    # not "use nearest" again, nor a majority's "outnumbered"
+    with pytest.warns(UserWarning, match=r"class\(es\) \[2\] .*never at the pixel a block takes; .*tap_size\)$"):
         nearest.add(torch.randn(1, 4, 16, 16), masks)
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refmatch import FeatureTap, PseudoLabeler, ReferenceBank
+from refmatch import FeatureTap, PseudoLabeler, ReferenceBank, vote
 
 GENERATOR = torch.Generator().manual_seed(7)
 
@@ -96,3 +96,15 @@ def test_feature_tap_resizes_volumes_trilinearly_to_the_largest():
         model(volume)
         with pytest.raises(ValueError, match=r"size=\(4, 4\) gives 2 sides, but the maps have 3 spatial dims"):
             tap.features()
+
+
+def test_volume_mistakes_say_what_to_pass():
+    """A channel axis out of place, or a volume flattened before add or vote, had no hint."""
+    bank = ReferenceBank(8, 3, 100, dtype=torch.float32)
+    volume = torch.randn(1, 8, 4, 6, 6)
+    with pytest.raises(ValueError, match=r"D=4 channels, .*channels are axis 2, .permute\(0, 2, 1, 3, 4\) passes"):
+        bank.add(volume.transpose(1, 2), torch.zeros(1, 8, 6, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[B=1, H, W\], got shape \(1, 4, 6, 6\): volumes' features go in as they"):
+        bank.add(volume.flatten(2, 3), torch.zeros(1, 4, 6, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got shape \(1, 3, 4, 6, 6\); a volume .* volume.flatten\(2, 3\)"):
+        vote(torch.randn(1, 3, 4, 6, 6), num_classes=3)

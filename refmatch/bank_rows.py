@@ -75,9 +75,10 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
     non_finite = [c for c in range(num_classes) if survived[c] and not kept[c]]
     if lost:
         nearest = "" if downsample == "nearest" else " or use downsample='nearest'"
+        why = ("never at the pixel a block takes" if downsample == "nearest" else
+               "outnumbered or tied in every block (by another class or by ignored pixels)")
         warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {size_text(feature_size)}"
-                      ": thinner than a feature pixel, or outnumbered or tied in every block (by another class or by "
-                      "ignored pixels); they cannot "
+                      f": thinner than a feature pixel, or {why}; they cannot "
                       f"be matched: tap finer features (FeatureTap's size; the recipe's tap_size){nearest}",
                       stacklevel=user_stacklevel())
     if non_finite:

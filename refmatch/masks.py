@@ -29,7 +29,9 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     if masks.dim() != 1 + len(feature_size) or masks.shape[0] != batch:
         extra_axis = masks.dim() == 2 + len(feature_size)
         hint = (": pass masks[:, 0] (a view) for a channel axis of one" if extra_axis and masks.shape[1] == 1 else
-                ": one-hot masks? pass masks.argmax(1)" if extra_axis and masks.shape[1] == num_classes else "")
+                ": one-hot masks? pass masks.argmax(1)" if extra_axis and masks.shape[1] == num_classes else
+                ": volumes' features go in as they are, [B, D, z, h, w], not flattened"
+                if extra_axis and len(feature_size) == 2 and masks.shape[0] == batch else "")
         raise ValueError(f"masks must be [B={batch}, {axes}], got shape {tuple(masks.shape)}{hint}")
     if any(side < feature or side % feature for side, feature in zip(masks.shape[1:], feature_size)):
         raise ValueError(f"masks are {size_text(masks.shape[1:])} but features are {size_text(feature_size)}: "

@@ -116,6 +116,10 @@ def channels_last_hint(maps, dim):
     map whose width merely equals ``dim`` looks the same: the hint says "if"."""
     if maps.dim() == 4 and maps.shape[1] != dim and maps.shape[-1] == dim:
         return "; if it is [B, H, W, D] (NumPy's image layout), .permute(0, 3, 1, 2) passes it as a view"
+    if maps.dim() == 5 and maps.shape[1] != dim and dim in maps.shape[2:]:
+        axis = 2 + maps.shape[2:].index(dim)
+        order = ", ".join(map(str, [0, axis] + [a for a in range(1, 5) if a != axis]))
+        return f"; if the channels are axis {axis}, .permute({order}) passes the volume as [B, D, Z, H, W]"
     return ""
 
 
@@ -217,7 +221,8 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     """Most similar reference row(s) of every query row, without the N x M matrix.
 
     Args:
-        query: [N, D] rows or [B, D, H, W] feature maps (read through their strides);
+        query: [N, D] rows or [B, D, H, W] feature maps (read through their strides;
+            a volume [B, D, Z, H, W] as volume.flatten(2, 3), results .unflatten(-2, (Z, H)));
             float16, bfloat16 or float32 (float64 on the torch backend).
         reference: [M, D], same dtype and device as ``query``.
         labels: optional integer [M] label of each reference row.
@@ -266,8 +271,8 @@ def classwise_max(query, reference, labels, num_classes, *, metric="cosine", bac
     """Best score per class of every query row, without the N x M matrix.
 
     Args:
-        query: [N, D] rows or [B, D, H, W] maps; reference: [M, D]; labels: [M]
-            integers in [0, num_classes), or ignore_index.
+        query: [N, D] rows or [B, D, H, W] maps (volumes flattened as for ``match``);
+            reference: [M, D]; labels: [M] integers in [0, num_classes), or ignore_index.
         num_classes: C (fused on the Triton and CUDA backends for C <= 64; the
             torch backend takes any C).
         metric, backend: as in :func:`match`.

@@ -8,7 +8,7 @@ from .backends.scoring import METRICS, host_read_allowed
 from .candidates import with_k_axis
 from .choices import check_choice
 from .masks import label_is
-from .ops import MatchResult, _check_label_values, as_int, as_number, check_integer_labels
+from .ops import MatchResult, _check_label_values, as_int, as_number, check_integer_labels, volume_hint
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -158,7 +158,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         scores = result_or_scores
         if scores.dim() not in (2, 4) or scores.shape[1] != num_classes:
             raise ValueError(f"class-wise scores must be [N, C] or [B, C, H, W] with C={num_classes}, "
-                             f"got shape {tuple(scores.shape)}")
+                             f"got shape {tuple(scores.shape)}" + volume_hint(scores))
         if not scores.dtype.is_floating_point:
             raise TypeError(f"class-wise scores must be floating point (classwise_max's), got {scores.dtype}")
         if labels is not None:
