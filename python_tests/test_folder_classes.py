@@ -191,8 +191,9 @@ def test_class_indices_beyond_the_named_classes_say_which_setting_to_change(tmp_
         main(["train", *FOLDER_RUN, f"data={phantom_folder}", "method=supervised", "--out", str(tmp_path / "run")])
     from refmatch.data.folder import read_mask
 
-    with pytest.raises(ValueError, match=r"p00.png holds grey levels 0, .*, 255 away from class borders"):
-        read_mask(phantom_folder / "masks" / "p00.png")  # no classes given: up to 128, or a 0/255 mask
+    with pytest.raises(ValueError, match=r"p00.png holds class indices 0, .* and 255 \(ignored\): without "
+                                         r"num_classes, .* reads as two classes; pass num_classes$"):
+        read_mask(phantom_folder / "masks" / "p00.png")
 
 
 def test_a_pseudo_label_method_without_unlabelled_images_is_refused(tmp_path, phantom_folder):

@@ -125,3 +125,5 @@ def test_runs_tested_on_other_images_are_noted_under_both_tables(tmp_path):
     assert table(runs).endswith(expected.format(""))
     assert seed_table(runs).endswith(expected.format("seed 0: "))
     assert "Test sets differ" not in table(runs[:1]) + seed_table(runs[:1])
+    (runs[1] / "splits.json").unlink()  # --by-seed reads metrics.json alone: an unknown test set is no difference
+    assert "Test sets differ" not in seed_table(runs)

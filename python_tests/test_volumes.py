@@ -106,5 +106,7 @@ def test_volume_mistakes_say_what_to_pass():
         bank.add(volume.transpose(1, 2), torch.zeros(1, 8, 6, 6, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[B=1, H, W\], got shape \(1, 4, 6, 6\): volumes' features go in as they"):
         bank.add(volume.flatten(2, 3), torch.zeros(1, 4, 6, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[B=1, H, W\], got shape \(1, 6, 6, 1\)$"):  # channels last: no such hint
+        bank.add(volume[:, :, 0], torch.zeros(1, 6, 6, 1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"got shape \(1, 3, 4, 6, 6\); a volume .* volume.flatten\(2, 3\)"):
         vote(torch.randn(1, 3, 4, 6, 6), num_classes=3)

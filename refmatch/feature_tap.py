@@ -108,7 +108,10 @@ class FeatureTap:
     copy of each output instead. A layer that returns a tuple or list is tapped at its first
     element (``features()`` warns once where it held more), or at the index or key ``select``
     names (a dict output needs one); one called twice in a pass gives its last call's output;
-    backward's recompute of a checkpointed model leaves the captures alone.
+    backward's recompute of a checkpointed model leaves the captures alone. Traced by
+    ``torch.compile``, the hooks cannot tell that recompute from a call of a compiled block on
+    its own after the pass: neither replaces the pass's capture of a layer, and the in-place
+    check is left out.
 
     Args:
         model: the ``nn.Module`` to tap.

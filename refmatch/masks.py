@@ -17,6 +17,13 @@ def label_is(labels, value):
     return labels == value
 
 
+def _flattened_volume(mask_size, feature_size):
+    """Whether [Z, H, W] masks fit features [z * h, w] flattened from a volume's: one stride."""
+    height, width = feature_size if len(feature_size) == 2 else (0, 0)
+    return len(mask_size) == 3 and width > 0 and mask_size[2] % width == 0 and \
+        mask_size[0] * mask_size[1] == mask_size[2] // width * height
+
+
 def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     """Raise a named error unless ``masks`` is [batch, H, W] (for volumes [batch, Z, H, W])
     integer labels at an integer multiple of ``feature_size`` ((h, w) or (z, h, w)) holding
@@ -31,7 +38,7 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
         hint = (": pass masks[:, 0] (a view) for a channel axis of one" if extra_axis and masks.shape[1] == 1 else
                 ": one-hot masks? pass masks.argmax(1)" if extra_axis and masks.shape[1] == num_classes else
                 ": volumes' features go in as they are, [B, D, z, h, w], not flattened"
-                if extra_axis and len(feature_size) == 2 and masks.shape[0] == batch else "")
+                if extra_axis and _flattened_volume(masks.shape[1:], feature_size) else "")
         raise ValueError(f"masks must be [B={batch}, {axes}], got shape {tuple(masks.shape)}{hint}")
     if any(side < feature or side % feature for side, feature in zip(masks.shape[1:], feature_size)):
         raise ValueError(f"masks are {size_text(masks.shape[1:])} but features are {size_text(feature_size)}: "

@@ -99,10 +99,10 @@ def scan_folder(root):
         problems.append(f"{len(no_image)} mask(s) in {root / 'masks'} have no image in images/: {listing(no_image)}")
     renamed = _renamed_pairs(no_mask, no_image)
     if renamed:
-        pairs = [f"{image} / {mask}" for image, mask in renamed.items()]
+        pairs = [f"{image} / {mask}" for image, mask in renamed]
         problems.append(f"an image and its mask need the same file name (images/a.png, masks/a.png), and "
                         f"{len(pairs)} mask(s) look named after their image: {listing(pairs)}; rename them")
-    if set(no_mask) - set(renamed):
+    if set(no_mask) - {image for image, _ in renamed}:
         problems.append("put images without masks in unlabeled/")
     if problems:
         raise ValueError("; ".join(problems))
@@ -113,16 +113,16 @@ def scan_folder(root):
 
 
 def _renamed_pairs(no_mask, no_image):
-    """{image: mask} for each mask whose name extends an image's stem past a separator (a.png /
+    """(image, mask) for each mask whose name extends an image's stem past a separator (a.png /
     a_mask.png), the longest stem first, among images without a mask and masks without an image."""
     images = sorted(no_mask, key=lambda name: len(Path(name).stem), reverse=True)
-    pairs = {}
+    pairs = []
     for mask in no_image:
         stem = Path(mask).stem
         image = next((name for name in images if stem.startswith(Path(name).stem)
                       and not stem[len(Path(name).stem):][:1].isalnum()), None)  # a_mask, not 1 / 10
         if image is not None:
-            pairs[image] = mask
+            pairs.append((image, mask))
     return pairs
 
 
@@ -219,8 +219,12 @@ def read_mask(path, num_classes=None, classes_from="the data"):
         return torch.from_numpy(foreground.astype(np.int64))  # resampled binary, or one bright value alone
     fix = "; name the masks' classes in order in the config's classes" if classes_from == CONFIG_CLASSES else ""
     bad = [int(value) for value in classes if not 0 <= value < limit]
-    indices_and_ignored = bad and IGNORE_LABEL in values and (classes == np.arange(classes.size)).all()
-    if binary and not indices_and_ignored:
+    indices_and_ignored = IGNORE_LABEL in values and (classes == np.arange(classes.size)).all()
+    if indices_and_ignored and num_classes is None:
+        raise ValueError(f"{path} holds class indices {listing([str(value) for value in classes])} and "
+                         f"{IGNORE_LABEL} (ignored): without num_classes, a mask with ignored pixels reads as two "
+                         "classes; pass num_classes")
+    if binary and not (indices_and_ignored and bad):
         raise ValueError(f"{path} holds grey levels {listing([str(value) for value in values])} away from class "
                          "borders, not a resampled 0/255 mask: a mask of more classes? Store class indices "
                          f"0..C-1 ({IGNORE_LABEL} to ignore){fix}")

@@ -32,7 +32,9 @@ def _test_set_notes(runs, names, per_seed=False):
     (another data folder, seed or split): their rows do not compare."""
     partitions = {}
     for (run, metrics), name in zip(runs, names):
-        splits = json.loads((run / "splits.json").read_text()) if (run / "splits.json").is_file() else {}
+        if not (run / "splits.json").is_file():  # its test images are unknown: compared with none
+            continue
+        splits = json.loads((run / "splits.json").read_text())
         test_set = (str(metrics["config"].get("data")), metrics["config"]["seed"], tuple(splits.get("test", ())))
         partitions.setdefault(test_set[1] if per_seed else None, {}).setdefault(test_set, []).append(name)
     notes = [f"- {'' if seed is None else f'seed {seed}: '}" + "; ".join(
