@@ -3,8 +3,8 @@
 Each method is a (metric, k) search returning indices [N] or [N, k]; a peer that
 is not installed, or cannot run on the device, is listed with the reason.
 """
-import functools
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 

@@ -186,7 +186,10 @@ class FeatureTap:
                 return
             if _in_backward():  # a checkpointed model's recompute: the forward pass's outputs stand
                 return
-            if torch.compiler.is_compiling() and not self._in_pass and self._outputs.get(name, (0, 0, False))[2]:
+            # Traced by torch.compile, the eager-only checks (backward, inference, version counter)
+            # broke the graph in every tapped layer (and Inductor failed on the pieces under autocast).
+            compiling = torch.compiler.is_compiling()
+            if compiling and not self._in_pass and self._outputs.get(name, (0, 0, False))[2]:
                 return  # compiled code asks no _in_backward: a capture of the pass stands against one outside it
             if name in self.select:
                 output = _element(name, output, self.select[name])
@@ -194,9 +197,6 @@ class FeatureTap:
                 if len(output) > 1:
                     self._unselected.setdefault(name, len(output))
                 output = output[0]
-            # Traced by torch.compile, these eager-only checks broke the graph in every tapped
-            # layer (and Inductor failed on the pieces under autocast): no version check there.
-            compiling = torch.compiler.is_compiling()
             if not compiling and isinstance(output, torch.Tensor) and output.is_inference():
                 output = output.clone()  # no version counter to check: a copy no later in-place op reaches
             tracked = not compiling and isinstance(output, torch.Tensor) and not output.is_inference()

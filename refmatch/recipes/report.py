@@ -18,23 +18,29 @@ def table(run_dirs):
     lines = ["| " + " | ".join(["run", "method", "labelled", "steps", *per_class, "mean Dice", "minutes"]) + " |",
              "|---" * (len(per_class) + 6) + "|"]
     names = _distinct_names([run for run, _ in runs])
-    for (run, metrics), name in zip(runs, names):
-        splits = json.loads((run / "splits.json").read_text())
+    splits_of = [json.loads((run / "splits.json").read_text()) for run, _ in runs]
+    for (run, metrics), name, splits in zip(runs, names, splits_of):
         test, config = metrics["test"], metrics["config"]
         scores = [" | ".join(_class_scores(test, name)) for name in classes]
         lines.append(f"| {_cell(name)} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
                      + " | ".join(scores) + f" | {_score(test['mean_dice'])} | {metrics['train_seconds'] / 60:.1f} |")
-    return "\n".join(lines + _infinite_notes(runs, classes) + _test_set_notes(runs, names))
+    return "\n".join(lines + _infinite_notes(runs, classes) + _test_set_notes(runs, names, splits_of))
 
 
-def _test_set_notes(runs, names, per_seed=False):
+def _splits(run):
+    """A run's splits.json, or None where it has none (--by-seed needs metrics.json alone)."""
+    path = run / "splits.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _test_set_notes(runs, names, splits_of, per_seed=False):
     """Lines under the table where runs (of one seed, ``per_seed``) were tested on different images
-    (another data folder, seed or split): their rows do not compare."""
+    (another data folder, seed or split): their rows do not compare. ``splits_of``: each run's
+    ``_splits``."""
     partitions = {}
-    for (run, metrics), name in zip(runs, names):
-        if not (run / "splits.json").is_file():  # its test images are unknown: compared with none
+    for (_, metrics), name, splits in zip(runs, names, splits_of):
+        if splits is None:  # its test images are unknown: compared with none
             continue
-        splits = json.loads((run / "splits.json").read_text())
         test_set = (str(metrics["config"].get("data")), metrics["config"]["seed"], tuple(splits.get("test", ())))
         partitions.setdefault(test_set[1] if per_seed else None, {}).setdefault(test_set, []).append(name)
     notes = [f"- {'' if seed is None else f'seed {seed}: '}" + "; ".join(
@@ -89,7 +95,7 @@ def seed_table(run_dirs):
         lines.append(f"| {_cell(name)} | " + " | ".join(dice)
                      + f" | {mean_dice} | {mean_hd95} | {min(minutes):.1f}–{max(minutes):.1f} |")
     return "\n".join(lines + _test_set_notes(runs_in_order, _distinct_names([run for run, _ in runs_in_order]),
-                                              per_seed=True))
+                                              [_splits(run) for run, _ in runs_in_order], per_seed=True))
 
 
 def _one_task(runs):
