@@ -51,6 +51,8 @@ def test_bad_labels():  # refused before HD95's scipy is needed
         segmentation_metrics(square(0, 0), square(0, 0)[:5], 2)
     with pytest.raises(ValueError, match="integer"):
         segmentation_metrics(square(0, 0).float(), square(0, 0), 2)
+    with pytest.raises(ValueError, match="ignore_index=0 is one of the classes"):
+        segmentation_metrics(square(0, 0), square(0, 0), 2, ignore_index=0)
 
 
 def test_hd95_of_shifted_square_is_the_shift():
@@ -89,6 +91,19 @@ def test_hd95_ignores_a_few_outlying_pixels():
     pred = truth.copy()
     pred[35, 35] = True  # 1 of 37 boundary pixels, ~30 px away: the maximum, not the 95th percentile
     assert hd95(pred, truth) == 0.0
+
+
+def test_hd95_of_volumes_with_a_hole_of_ignored_voxels():
+    """A volume's hd95 with ``ignored`` sliced its padding in two axes only (a numpy error)."""
+    truth = np.zeros((12, 16, 16), dtype=bool)
+    truth[3:9, 4:12, 4:12] = True
+    pred = np.roll(truth, 2, axis=0)  # shifted two slices along Z
+    hole = np.zeros_like(truth)
+    hole[5, 7:9, 7:9] = True  # unknown truth inside the organ: no boundary in either mask
+    assert hd95(pred, truth) == pytest.approx(2.0)
+    assert hd95(pred, truth & ~hole, ignored=hole) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="ignored .* differ in shape"):
+        hd95(pred, truth, ignored=hole[0])
 
 
 def test_hd95_empty_conventions():
@@ -171,6 +186,21 @@ def test_holes_of_ignored_pixels_in_an_organ_leave_hd95_alone_and_borders_count_
         unknown[10:50, 10:50] = 1
         outside = hd95((wide == 1) & (unknown != 255), (unknown == 1).numpy())
         assert segmentation_metrics(wide, unknown, 2, ignore_index=255)["hd95"]["1"] == pytest.approx(outside)
+
+
+def test_a_hole_of_ignored_pixels_is_no_prediction_where_the_prediction_misses_the_organ():
+    """The hole was added to the prediction too, so a missed organ scored a finite HD95 (25.5
+    here, not inf) and a far prediction gained an island at the hole (a 2026-11 review)."""
+    truth = torch.zeros(64, 64, dtype=torch.long)
+    truth[10:50, 10:50] = 1
+    truth[29:32, 29:32] = 255
+    missed = segmentation_metrics(torch.zeros_like(truth), truth, 2, ignore_index=255)
+    assert missed["hd95"]["1"] == math.inf and missed["hd95_inf_images"]["1"] == 1
+    far = torch.zeros_like(truth)
+    far[15:19, 6:9] = 1
+    filled = torch.where(truth == 255, 1, truth)
+    assert segmentation_metrics(far, truth, 2, ignore_index=255)["hd95"]["1"] == pytest.approx(
+        segmentation_metrics(far, filled, 2)["hd95"]["1"])
 
 
 @pytest.mark.parametrize("spacing", [0.0, -1.0, math.nan, (1.0, 0.0)])

@@ -10,7 +10,9 @@ Conventions:
   boundary-to-boundary distances; MedPy's hd95 takes the percentile of both
   directions pooled, mostly smaller). Both masks empty: 0.0. Exactly one empty:
   inf, since no distance exists; a class mean that includes it is inf too (the
-  recipes write it to JSON files as null).
+  recipes write it to JSON files as null). MONAI gives NaN in both empty cases and
+  its means skip them, so a missed organ costs nothing there; its Dice of an empty
+  truth is NaN too (ignore_empty), where the pooled Dice here counts the prediction.
 """
 import math
 
@@ -71,26 +73,36 @@ def _boundary(mask):
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def _known(pred_mask, truth_mask, ignored):
-    """The two masks where the truth is unknown (``ignored``): a hole of ignored pixels in the
-    truth's mask (a component that touches no known pixel outside it, nor the image's edge)
-    counts as inside in both, so it puts no boundary (at distance 0 in both) into either; other
-    ignored pixels, at a border, count as outside in both."""
+def _holes(mask, ignored, components):
+    """The components of ``ignored`` that ``mask`` encloses: none of their pixels touches a
+    known pixel outside ``mask`` or the image's edge."""
     from scipy import ndimage
 
-    holes, _ = ndimage.label(ignored)
-    outside = np.pad(~truth_mask & ~ignored, 1, constant_values=True)
-    reaching_out = np.unique(holes[ndimage.binary_dilation(outside)[1:-1, 1:-1] & ignored])
-    enclosed = ignored & ~np.isin(holes, reaching_out)
-    return (pred_mask & ~ignored) | enclosed, (truth_mask & ~ignored) | enclosed
+    outside = np.pad(~mask & ~ignored, 1, constant_values=True)
+    unpadded = (slice(1, -1),) * ignored.ndim
+    reaching_out = np.unique(components[ndimage.binary_dilation(outside)[unpadded] & ignored])
+    return ignored & ~np.isin(components, reaching_out)
+
+
+def _known(pred_mask, truth_mask, ignored):
+    """The two masks where the truth is unknown (``ignored``): a hole of ignored pixels in the
+    truth's mask counts as inside the truth, and inside the prediction where the prediction
+    encloses it too, so it puts no boundary (at distance 0 in both) into either; other
+    ignored pixels count as outside both (a prediction that misses the organ stays empty)."""
+    from scipy import ndimage
+
+    components, _ = ndimage.label(ignored)
+    pred_known, truth_known = pred_mask & ~ignored, truth_mask & ~ignored
+    in_truth = _holes(truth_known, ignored, components)
+    return pred_known | (in_truth & _holes(pred_known, ignored, components)), truth_known | in_truth
 
 
 def hd95(pred_mask, truth_mask, spacing=1.0, ignored=None):
     """95th percentile symmetric Hausdorff distance between the boundaries of two
-    boolean masks [H, W] (see the module docstring for the conventions);
-    ``spacing`` is a pixel size, a float or one per axis. ``ignored`` [H, W] marks pixels
-    of unknown truth: holes of them in the truth's mask count as inside both masks, the
-    others as outside both."""
+    boolean masks [H, W] or volumes [Z, H, W] (see the module docstring for the conventions);
+    ``spacing`` is a pixel size, a float or one per axis. ``ignored`` (the masks' shape) marks
+    pixels of unknown truth: a hole of them in the truth's mask counts as inside it, and inside
+    the prediction where that encloses it too; other ignored pixels count as outside both."""
     from scipy import ndimage
 
     pred_mask, truth_mask = np.asarray(pred_mask, dtype=bool), np.asarray(truth_mask, dtype=bool)
@@ -99,7 +111,10 @@ def hd95(pred_mask, truth_mask, spacing=1.0, ignored=None):
     if pred_mask.shape != truth_mask.shape:
         raise ValueError(f"pred_mask {pred_mask.shape} and truth_mask {truth_mask.shape} differ in shape")
     if ignored is not None:
-        pred_mask, truth_mask = _known(pred_mask, truth_mask, np.asarray(ignored, dtype=bool))
+        ignored = np.asarray(ignored, dtype=bool)
+        if ignored.shape != truth_mask.shape:
+            raise ValueError(f"ignored {ignored.shape} and the masks {truth_mask.shape} differ in shape")
+        pred_mask, truth_mask = _known(pred_mask, truth_mask, ignored)
     if not pred_mask.any() and not truth_mask.any():
         return 0.0
     if not pred_mask.any() or not truth_mask.any():
@@ -129,9 +144,15 @@ def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_inde
     makes its HD95 inf; "hd95_finite" is the mean over the other images (NaN if none) and
     "hd95_inf_images" counts those images, so that a class a few images lack still reads.
     Means are over the foreground classes 1..C-1, skipping NaN.
+
+    Images are 2-D: a volume [Z, H, W] passed here counts as Z images (Dice, pooled, is the
+    same; HD95 becomes a mean over slices). For a volume's HD95 call ``hd95`` on its masks.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (background plus a foreground class), got {num_classes}")
+    if ignore_index is not None and 0 <= ignore_index < num_classes:
+        raise ValueError(f"ignore_index={ignore_index} is one of the classes [0, {num_classes}): "
+                         "mark unknown pixels with a label outside them (the recipes use 255)")
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class_names for {num_classes} classes")
