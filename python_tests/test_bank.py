@@ -286,6 +286,8 @@ def test_fixed_bank_never_writes_the_callers_tensors():
     (lambda b: b.add(torch.randn(2, 4, 2, 2), torch.zeros(1, 4, 4, dtype=torch.long)), ValueError, r"\[B=2, H, W\]"),
     (lambda b: b.add(torch.randn(2, 4, 2, 2), torch.zeros(2, 1, 4, 4, dtype=torch.long)), ValueError,
      r"\[B=2, H, W\], got shape \(2, 1, 4, 4\): pass masks\[:, 0\]"),  # a channel axis, as MONAI keeps masks
+    (lambda b: b.add(torch.randn(2, 4, 2, 2), torch.zeros(2, 1, 4, 4)), ValueError,
+     r"pass masks\[:, 0\].long\(\) for a channel axis of one"),  # MONAI's float labels: the shape's hint first
     (lambda b: b.add(torch.randn(2, 4, 2, 2), torch.zeros(2, 3, 4, 4, dtype=torch.long)), ValueError,
      r"got shape \(2, 3, 4, 4\): one-hot masks\? pass masks.argmax\(1\)"),  # C = 3 channels
     (lambda b: b.add(torch.randn(1, 4, 2, 2), torch.full((1, 4, 4), 3)), ValueError, "label 3"),

@@ -220,3 +220,21 @@ def test_bank_warnings_point_at_the_users_line():
     with pytest.warns(UserWarning, match="kept no pixel") as refreshed:
         bank.refresh(lambda batch: torch.randn(1, 4, 16, 16))
     assert {warning.filename for warning in (*added, *refreshed)} == {__file__}
+
+
+class _TaggedTensor(torch.Tensor):
+    """A tensor subclass as MONAI's MetaTensor is: torch.load(weights_only=True) refuses it."""
+
+
+def test_a_bank_of_subclassed_tensors_saves_plain_tensors(tmp_path):
+    """from_tensors kept MONAI's MetaTensor as the buffers' type, so a checkpoint holding the bank
+    failed torch.load(weights_only=True) in a process without MONAI."""
+    reference, labels = torch.randn(6, 4).as_subclass(_TaggedTensor), torch.tensor([0, 1, 0, 1, 1, 0])
+    fixed = ReferenceBank.from_tensors(reference, labels.as_subclass(_TaggedTensor), num_classes=2)
+    grown = ReferenceBank(dim=4, num_classes=2, capacity_per_class=8)
+    grown.add(torch.randn(1, 4, 2, 2).as_subclass(_TaggedTensor), torch.zeros(1, 2, 2, dtype=torch.long),
+              images=torch.zeros(1, 1, 2, 2).as_subclass(_TaggedTensor))
+    for bank in (fixed, grown):
+        path = tmp_path / "bank.pt"
+        torch.save(bank.state_dict(), path)
+        assert all(type(value) is torch.Tensor for value in torch.load(path, weights_only=True).values())

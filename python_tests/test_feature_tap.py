@@ -250,15 +250,18 @@ def test_size_takes_numpy_and_tensor_integers():
 
 
 class TwoHeaded(nn.Module):
-    """A decoder stage that returns (auxiliary logits, features), or a dict of them."""
+    """A decoder stage that returns (auxiliary logits, features), a dict of them, or (logits, a list
+    of both)."""
 
-    def __init__(self, as_dict=False):
+    def __init__(self, as_dict=False, as_list=False):
         super().__init__()
-        self.as_dict = as_dict
+        self.as_dict, self.as_list = as_dict, as_list
         self.aux, self.features = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 5, 1)
 
     def forward(self, images):
         pair = (self.aux(images), self.features(images))
+        if self.as_list:
+            return pair[0], list(pair)
         return dict(zip(("aux", "features"), pair)) if self.as_dict else pair
 
 
@@ -282,6 +285,11 @@ def test_select_takes_an_element_of_a_tuple_or_dict_output():
         model(images)
         with pytest.raises(ValueError, match=r"layer '0' gave dict \(keys \['aux', 'features'\]\): "
                                              r"select=\{'0': key\} picks one"):
+            tap.features()
+    nested = nn.Sequential(TwoHeaded(as_list=True))  # (logits, [hidden states]), as UNETR's vit
+    with FeatureTap(nested, ["0"], select={"0": 1}) as tap:
+        nested(images)
+        with pytest.raises(ValueError, match=r"layer '0' gave list of 2 elements: tap the submodule that returns"):
             tap.features()
     with FeatureTap(model, ["0"], select={"0": "features"}) as tap:
         model(images)

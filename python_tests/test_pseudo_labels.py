@@ -68,6 +68,8 @@ def test_agree_with_must_match_the_labels_shape(phantoms):
     logits = torch.randn(6, 4, 32, 32)  # the teacher's output itself: the fix is named
     with pytest.raises(ValueError, match=r"\(6, 4, 32, 32\); for \[B, C, H, W\] logits pass their .argmax\(1\)"):
         labeler(features, agree_with=logits)
+    with pytest.raises(ValueError, match=r"channel axis of one .* pass agree_with\[:, 0\]"):  # not .argmax(1): all 0
+        labeler(features, agree_with=truth[:, None])
     labels = labeler(features, agree_with=truth).labels
     assert ((labels == truth) | (labels == 255)).all()
 

@@ -91,8 +91,9 @@ class ReferenceBank(nn.Module):
         ReferenceBank.__init__(bank, reference.shape[1], num_classes, 1, reference.dtype, metric, ignore_index)
         _check_label_values(labels, ignore_index, num_classes)
         bank.capacity = None
-        bank.features = reference.detach().clone()
-        bank.labels = labels.detach().to(torch.long, copy=True)
+        # plain tensors: a subclass (MONAI's MetaTensor) in the buffers fails torch.load(weights_only=True)
+        bank.features = reference.detach().as_subclass(torch.Tensor).clone()
+        bank.labels = labels.detach().as_subclass(torch.Tensor).to(torch.long, copy=True)
         bank.counts = torch.bincount(kept_labels(bank.labels, ignore_index), minlength=num_classes).to(reference.device)
         bank.seen = bank.counts.clone()
         return bank

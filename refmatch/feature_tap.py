@@ -242,8 +242,10 @@ class FeatureTap:
                                    "inplace=True activation or a += after it?): tap the layer that follows instead")
             if not isinstance(feature_map, torch.Tensor) or feature_map.dim() != maps[0].dim() or \
                     feature_map.dim() not in (4, 5):
-                keys = f" (keys {list(feature_map)}): select={{{name!r}: key}} picks one" \
-                    if isinstance(feature_map, dict) else ""
+                keys = (f" (keys {list(feature_map)}): select={{{name!r}: key}} picks one"
+                        if isinstance(feature_map, dict) else
+                        f" of {len(feature_map)} elements: tap the submodule that returns the tensor you want"
+                        if isinstance(feature_map, (list, tuple)) else "")
                 raise ValueError(f"layer {name!r} gave {describe(feature_map)}{keys}; FeatureTap needs [B, D, h, w] "
                                  "maps or [B, D, z, h, w] volumes from every layer alike")
         dims = maps[0].dim() - 2

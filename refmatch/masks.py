@@ -30,16 +30,20 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     classes < num_classes or ignore_index (None: classes only)."""
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
-    if masks.dtype.is_floating_point or masks.dtype == torch.bool:
-        raise TypeError(f"masks must hold integer class labels, got {masks.dtype}")
     axes = ("H, W", "Z, H, W")[len(feature_size) - 2]
-    if masks.dim() != 1 + len(feature_size) or masks.shape[0] != batch:
+    integer = not (masks.dtype.is_floating_point or masks.dtype == torch.bool)
+    as_long = "" if integer else ".long()"
+    if masks.dim() != 1 + len(feature_size) or masks.shape[0] != batch:  # before the dtype: its hint fixes both
         extra_axis = masks.dim() == 2 + len(feature_size)
-        hint = (": pass masks[:, 0] (a view) for a channel axis of one" if extra_axis and masks.shape[1] == 1 else
+        hint = (f": pass masks[:, 0]{as_long} for a channel axis of one (MONAI's [B, 1, ...] labels)"
+                if extra_axis and masks.shape[1] == 1 else
                 ": one-hot masks? pass masks.argmax(1)" if extra_axis and masks.shape[1] == num_classes else
                 ": volumes' features go in as they are, [B, D, z, h, w], not flattened"
                 if extra_axis and _flattened_volume(masks.shape[1:], feature_size) else "")
         raise ValueError(f"masks must be [B={batch}, {axes}], got shape {tuple(masks.shape)}{hint}")
+    if not integer:
+        raise TypeError(f"masks must hold integer class labels, got {masks.dtype}: pass masks.long() if its "
+                        "values are class indices")
     if any(side < feature or side % feature for side, feature in zip(masks.shape[1:], feature_size)):
         raise ValueError(f"masks are {size_text(masks.shape[1:])} but features are {size_text(feature_size)}: "
                          "the mask size must be an integer multiple of the feature size (a strided layer rounds "

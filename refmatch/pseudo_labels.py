@@ -196,11 +196,14 @@ def _check_threshold_can_keep(name, threshold, mode, metric, per_class):
 
 def _check_agreement_labels(agree_with, expected, device):
     if not isinstance(agree_with, torch.Tensor) or tuple(agree_with.shape) != expected:
-        logits = isinstance(agree_with, torch.Tensor) and agree_with.dim() == len(expected) + 1 and \
+        channels = isinstance(agree_with, torch.Tensor) and agree_with.dim() == len(expected) + 1 and \
             (agree_with.shape[0], *agree_with.shape[2:]) == expected
         axes = ("B, H, W", "B, Z, H, W")[len(expected) - 3]
-        raise ValueError(f"agree_with must be labels of shape [{axes}] = {list(expected)}, got {describe(agree_with)}"
-                         + (f"; for [{axes.replace('B', 'B, C', 1)}] logits pass their .argmax(1)" if logits else ""))
+        hint = ("" if not channels else
+                "; for labels with a channel axis of one (MONAI's AsDiscrete(argmax=True)) pass agree_with[:, 0]"
+                if agree_with.shape[1] == 1 else f"; for [{axes.replace('B', 'B, C', 1)}] logits pass their .argmax(1)")
+        raise ValueError(f"agree_with must be labels of shape [{axes}] = {list(expected)}, got "
+                         f"{describe(agree_with)}{hint}")
     if agree_with.dtype.is_floating_point or agree_with.dtype == torch.bool:
         raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}")
     if agree_with.device != device:
