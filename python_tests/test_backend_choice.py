@@ -1,6 +1,7 @@
 """Which backend a call goes to, and why one declines: by card, triton and numpy version and
 float32 precision (stand-ins for the card; no GPU needed)."""
 import importlib
+import warnings
 
 import pytest
 import torch
@@ -167,3 +168,20 @@ def test_a_backend_made_again_keeps_the_registered_ops():
     query, reference = torch.randn(5, 4), torch.randn(9, 4)
     assert refmatch.match(query, reference, backend="torch").index.shape == (5,)
     assert refmatch.classwise_max(query, reference, torch.arange(9) % 3, 3, backend="torch").shape == (5, 3)
+
+
+def test_fused_backends_choose_under_torch_compile_without_tracing_their_probes():
+    """Dynamo could not trace the cuda backend's status (a pybind call into refmatch._C), so
+    fullgraph=True failed for backend="cuda"; lru_caches it traces through warned."""
+    def reasons(x):
+        problem = registry.MatchProblem(x.device, x.dtype, 1, "cosine", x.shape[1])
+        return [registry._BACKENDS[name].decline_reason(problem) for name in ("cuda", "triton")]
+
+    def reason_lengths(x):
+        return x + sum(len(reason or "") for reason in reasons(x))
+
+    x = torch.zeros(2, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled = torch.compile(reason_lengths, fullgraph=True, backend="eager")(x)
+    assert compiled[0, 0].item() == sum(len(reason or "") for reason in reasons(x))

@@ -296,6 +296,25 @@ def test_opcheck_each_registered_op():
         torch.library.opcheck(classwise_op, (maps, reference, labels, ignored, 3, "dot"))
 
 
+def test_fake_tensors_trace_without_host_reads():
+    """Under FakeTensorMode (shape inference) and make_fx, the label check, l2's shift and
+    vote's score checks read values a fake tensor does not have: they are skipped, as under
+    torch.compile (they raised DataDependentOutputException)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    query, reference, labels = torch.randn(7, 8), torch.randn(20, 8), torch.randint(0, 3, (20,))
+    with FakeTensorMode() as mode:
+        fake_query, fake_reference, fake_labels = map(mode.from_tensor, (query, reference, labels))
+        assert refmatch.match(fake_query, fake_reference, fake_labels).label.shape == (7,)
+        assert refmatch.match(fake_query, fake_reference, metric="l2", k=3).index.shape == (7, 3)
+        per_class = refmatch.classwise_max(fake_query, fake_reference, fake_labels, 3)
+        assert refmatch.vote(per_class, num_classes=3).probabilities.shape == (7, 3)
+    traced = make_fx(lambda q, r, l: refmatch.match(q, r, l, metric="l2").label, tracing_mode="fake")(
+        query, reference, labels)
+    assert torch.equal(traced(query, reference, labels), refmatch.match(query, reference, labels, metric="l2").label)
+
+
 def test_compile_fullgraph():
     @torch.compile(fullgraph=True, backend="aot_eager")  # traces the fake impls
     def pseudo_labels(features, bank, bank_labels):

@@ -161,6 +161,16 @@ def test_capturable_in_a_cuda_graph():
     assert torch.equal(captured, expected)
 
 
+def test_compiles_with_fullgraph():
+    """torch.compile(fullgraph=True) around backend="cuda": the backend's probes are constants
+    to Dynamo (it could not trace their pybind calls); the op itself is opaque."""
+    query = torch.randn(2, 64, 8, 8, device="cuda").bfloat16()
+    reference = torch.randn(3000, 64, device="cuda").bfloat16()
+    compiled = torch.compile(lambda q, r: refmatch.match(q, r, backend="cuda").index, fullgraph=True,
+                             backend="aot_eager")
+    assert torch.equal(compiled(query, reference), refmatch.match(query, reference, backend="cuda").index)
+
+
 def test_agrees_with_triton():
     query = torch.randn(500, 128, device="cuda").bfloat16()
     reference = torch.randn(3000, 128, device="cuda").bfloat16()

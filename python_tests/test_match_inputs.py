@@ -38,6 +38,8 @@ BAD_INPUTS = [
      r"labels must have an integer dtype .*got torch.uint32; .long\(\) converts them"),
     (dict(query=Q.to_sparse()), TypeError, "query must be a dense .strided. tensor, got layout torch.sparse_coo"),
     (dict(reference=R.to_sparse()), TypeError, "reference must be a dense .strided. tensor, got layout torch.sparse_coo"),
+    (dict(query=torch.nested.nested_tensor([Q[:2], Q[2:]], layout=torch.jagged)), TypeError,
+     r"query must be a dense tensor, got a nested tensor: torch.cat\(x.unbind\(\)\) joins its rows"),
     (dict(labels=[0] * 10), TypeError, "labels must be a torch.Tensor or None, got list"),
     (dict(labels=torch.tensor([0] * 9 + [-2])), ValueError, "labels must be >= 0, got -2"),
     (dict(labels=torch.tensor([0] * 9 + [-2]), ignore_index=-1), ValueError,

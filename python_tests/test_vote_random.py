@@ -74,3 +74,15 @@ def test_vote_follows_its_rule_on_random_classwise_scores(seed):
     expected = expected_vote(scores, finite_classes, num_classes, "similarity", temperature, sign)
     torch.testing.assert_close(voted.probabilities.double(), expected[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(voted.confidence.double(), expected[1], atol=1e-6, rtol=0)
+
+
+def test_scores_that_require_grad_give_targets_without_gradient():
+    """vote's softmax runs in place: scores with a gradient gave probabilities with a grad_fn
+    whose backward raised (an inplace-modified softmax output); they are detached now."""
+    per_class = torch.rand(5, 3, requires_grad=True)
+    matches = refmatch.match(torch.randn(5, 4), torch.randn(12, 4), torch.randint(0, 3, (12,)), k=4)
+    top = matches._replace(score=matches.score.clone().requires_grad_())
+    for voted in (refmatch.vote(per_class, num_classes=3), refmatch.vote(top, num_classes=3)):
+        assert not voted.probabilities.requires_grad and not voted.confidence.requires_grad
+    assert torch.equal(refmatch.vote(per_class, num_classes=3).probabilities,
+                       refmatch.vote(per_class.detach(), num_classes=3).probabilities)

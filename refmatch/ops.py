@@ -135,6 +135,9 @@ def _check_inputs(query, reference, labels, k, metric, backend):
     for name, value in (("query", query), ("reference", reference)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.is_nested:  # strided nested tensors pass the layout check
+            raise TypeError(f"{name} must be a dense tensor, got a nested tensor: torch.cat(x.unbind()) joins "
+                            "its rows")
         if value.layout != torch.strided:
             raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}; .to_dense() "
                             "converts it")

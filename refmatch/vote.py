@@ -141,7 +141,8 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         ignore_index: matches carrying this label cast no vote (class-wise scores
             have no labels, so it does not apply to them).
     Returns:
-        Vote(probabilities, confidence). Matches with index -1 cast no vote; any
+        Vote(probabilities, confidence), with no gradient (targets, as ``match``'s results;
+        scores that require grad are detached). Matches with index -1 cast no vote; any
         other label must be in [0, C) or ``ignore_index``.
     """
     check_choice("weighting", weighting, WEIGHTINGS)
@@ -155,7 +156,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
                         f"got {type(result_or_scores).__name__}")
     sign = -1.0 if metric == "l2" else 1.0
     if not isinstance(result_or_scores, MatchResult):
-        scores = result_or_scores
+        scores = result_or_scores.detach()  # targets, as match's results: in-place steps below
         if scores.dim() not in (2, 4) or scores.shape[1] != num_classes:
             raise ValueError(f"class-wise scores must be [N, C] or [B, C, H, W] with C={num_classes}, "
                              f"got shape {tuple(scores.shape)}" + volume_hint(scores))
@@ -176,7 +177,7 @@ def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", 
         raise ValueError("the match result carries labels already (match was given them): leave out labels=")
     label, _ = with_k_axis(label)
     index, _ = with_k_axis(index)
-    score, _ = with_k_axis(result_or_scores.score)
+    score, _ = with_k_axis(result_or_scores.score.detach())
     if weighting == "similarity":  # uniform votes never read the scores
         _check_scores_fit_metric(score, metric)
         _check_best_first(score, metric)

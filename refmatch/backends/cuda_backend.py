@@ -13,14 +13,13 @@ the query in registers, TMA loads) are picked by environment variables: see
 ``hopper_variants``. Top-k takes it only where ``REFMATCH_CUDA_HOPPER_TOPK=wgmma``.
 """
 import ctypes
-import functools
 import sys
 from pathlib import Path
 
 import torch
 
 from .cuda_archs import missing_code_reason
-from .custom_op import capability_reason, fused_kernel_limits, register_classwise_op, register_match_op
+from .custom_op import capability_reason, constant_once, fused_kernel_limits, register_classwise_op, register_match_op
 from .custom_op import device_capability as _capability
 from .hopper_variants import (HOPPER_ROWS, WIDEST_256_ROWS, hopper_query_in_registers, hopper_switched_off,
                               hopper_shared_lists, hopper_tma_loads, hopper_topk, rows_setting)
@@ -60,7 +59,7 @@ def _no_device_reason(error):
     return error
 
 
-@functools.lru_cache(maxsize=None)
+@constant_once  # torch.compile cannot trace _C's pybind calls
 def _build_archs():
     return native_module().build_info()["cuda_archs"]
 
@@ -215,6 +214,33 @@ def match_fused(query, reference, ignored, k, metric):
     return finalize_scores(oriented, index, query, reference, metric)
 
 
+@constant_once  # torch.compile cannot trace _C's pybind calls
+def _status():
+    """CudaBackend.status, once a process: device count and build do not change."""
+    module = native_module()
+    if module is None:
+        if BUILD_FAILED_NOTE.is_file():
+            return False, (f"refmatch._C is not built: its build failed ({BUILD_FAILED_NOTE.read_text().strip()}); "
+                           "pip install -v shows the compiler's output")
+        return False, "refmatch._C is not built (reinstall with a C++ compiler and cmake; nvcc for CUDA)"
+    info = module.build_info()
+    if not info["cuda"]:
+        return False, ("refmatch._C was built without CUDA (no nvcc, or REFMATCH_CUDA=0): reinstall with nvcc on "
+                       "PATH or CUDA_HOME set; REFMATCH_CUDA=1 makes a missing nvcc stop the install")
+    archs = ", ".join(f"sm_{arch}" for arch in info["cuda_archs"].split(","))
+    count, error = module.cuda_device_count()
+    if error or count == 0:
+        return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
+    hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192, TMA loads (REFMATCH_CUDA_HOPPER=0: "
+              "mma.sync; REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: "
+              "query in registers; REFMATCH_CUDA_HOPPER_LOADS=cp.async: cp.async loads; "
+              "REFMATCH_CUDA_HOPPER_TOPK=wgmma: top-k on it too, its lists in shared memory where they fit "
+              "(REFMATCH_CUDA_HOPPER_TOPK_LISTS=global: in the outputs), not yet checked on a GPU)"
+              if _built_for_hopper() else "")
+    return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
+                  f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")
+
+
 class CudaBackend:
     """Fused tensor-core kernel for CUDA tensors on compute capability >= 8.0."""
 
@@ -226,31 +252,9 @@ class CudaBackend:
         self.op = register_match_op(self.name, match_fused)
         self.classwise_op = register_classwise_op(self.name, classwise_fused)
 
-    @functools.lru_cache(maxsize=1)
     def status(self):
         """(available, reason); cached: device count and build do not change in a process."""
-        module = native_module()
-        if module is None:
-            if BUILD_FAILED_NOTE.is_file():
-                return False, (f"refmatch._C is not built: its build failed ({BUILD_FAILED_NOTE.read_text().strip()}); "
-                               "pip install -v shows the compiler's output")
-            return False, "refmatch._C is not built (reinstall with a C++ compiler and cmake; nvcc for CUDA)"
-        info = module.build_info()
-        if not info["cuda"]:
-            return False, ("refmatch._C was built without CUDA (no nvcc, or REFMATCH_CUDA=0): reinstall with nvcc on "
-                           "PATH or CUDA_HOME set; REFMATCH_CUDA=1 makes a missing nvcc stop the install")
-        archs = ", ".join(f"sm_{arch}" for arch in info["cuda_archs"].split(","))
-        count, error = module.cuda_device_count()
-        if error or count == 0:
-            return False, f"compiled for {archs}; no usable device: {_no_device_reason(error)}"
-        hopper = (", wgmma kernel on sm_90, 256-row tiles up to D = 192, TMA loads (REFMATCH_CUDA_HOPPER=0: "
-                  "mma.sync; REFMATCH_CUDA_HOPPER_ROWS=128: 128-row tiles; REFMATCH_CUDA_HOPPER_QUERY=registers: "
-                  "query in registers; REFMATCH_CUDA_HOPPER_LOADS=cp.async: cp.async loads; "
-                  "REFMATCH_CUDA_HOPPER_TOPK=wgmma: top-k on it too, its lists in shared memory where they fit "
-                  "(REFMATCH_CUDA_HOPPER_TOPK_LISTS=global: in the outputs), not yet checked on a GPU)"
-                  if _built_for_hopper() else "")
-        return True, (f"compiled for {archs}, {count} device(s); fused argmax, top-k (k <= 64) and class-wise "
-                      f"max (C <= 64) kernels (mma.sync, sm_80+){hopper}")
+        return _status()
 
     def decline_reason(self, problem):
         available, reason = self.status()

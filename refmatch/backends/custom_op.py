@@ -4,6 +4,7 @@ Registering the backend call as an opaque op with a fake (meta) implementation
 lets ``torch.compile(fullgraph=True)`` and CUDA graphs trace code that calls
 ``refmatch.match`` without looking inside the kernels.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -18,6 +19,13 @@ MIN_CAPABILITY = (8, 0)  # bf16 / tf32 tensor-core dots, cp.async
 # call (a use-after-free: every backend object made after the registry's, as tests make them, and
 # collected, left refmatch.match crashing or raising std::bad_alloc later).
 _REGISTERED = {}
+
+
+def constant_once(function):
+    """``function`` computed once per arguments, and a constant to torch.compile, which runs it
+    instead of tracing it (an lru_cache alone is traced through, with a warning)."""
+    cached = functools.lru_cache(maxsize=None)(function)
+    return torch.compiler.assume_constant_result(functools.wraps(function)(lambda *args: cached(*args)))
 
 
 def device_capability(device):

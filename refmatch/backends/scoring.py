@@ -8,6 +8,7 @@ from the matched rows, since the GEMM form cancels digits (see ``finalize_scores
 import itertools
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..candidates import keep_best
 
@@ -17,8 +18,9 @@ NORM_EPS = 1e-12  # as torch.nn.functional.normalize: zero vectors score 0
 
 def host_read_allowed(tensor):
     """False under torch.compile and CUDA graph capture, where reading a tensor's
-    values on the host is not allowed, and for meta tensors, which have none."""
-    return not (tensor.is_meta or torch.compiler.is_compiling()
+    values on the host is not allowed, and for meta and fake tensors (FakeTensorMode,
+    make_fx), which have none."""
+    return not (tensor.is_meta or torch.compiler.is_compiling() or isinstance(tensor, FakeTensor)
                 or (tensor.is_cuda and torch.cuda.is_current_stream_capturing()))
 
 

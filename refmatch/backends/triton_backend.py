@@ -1,11 +1,10 @@
 """Triton backend: the fused kernels of ``refmatch.kernels`` behind the op contract."""
-import functools
 import importlib.util
 
 import torch
 
 from ..kernels.match_tiles import interpret_flag
-from .custom_op import (MAX_FUSED_SLOTS, capability_reason, device_capability, fused_kernel_limits,
+from .custom_op import (MAX_FUSED_SLOTS, capability_reason, constant_once, device_capability, fused_kernel_limits,
                         register_classwise_op, register_match_op)
 from .class_ranges import classwise_over_ranges
 from .scoring import finalize_class_scores, finalize_scores, host_read_allowed, kernel_metric_and_stat
@@ -13,7 +12,7 @@ from .scoring import finalize_class_scores, finalize_scores, host_read_allowed, 
 _FUSED_OPS = f"fused argmax, top-k (k <= {MAX_FUSED_SLOTS}) and class-wise max (C <= {MAX_FUSED_SLOTS})"
 
 
-@functools.lru_cache(maxsize=None)
+@constant_once
 def triton_version():
     """The installed triton's (major, minor); read once (``status`` runs on every call)."""
     import triton
