@@ -10,9 +10,9 @@ operations; threads started per call where torch has none, and in a child forked
 refmatch was imported), each call holding no GIL: after each parallel torch operation
 that team's workers spin for some milliseconds, and threads of our own shared the
 cores with them (a k = 1 walk after the norms of its window: 60 ms against 51 at
-8192 x 16384 x 64 on 2 cores). A child forked before refmatch was imported, from a
-parent whose torch ran in parallel, hangs in the walk as in torch's own parallel
-operations (the team's threads are gone): set ``torch.set_num_threads(1)`` there.
+8192 x 16384 x 64 on 2 cores). A child forked from a parent whose torch ran in parallel
+hangs in torch's own parallel operations, which a match runs (and, forked before refmatch
+was imported, in the walk: the team's threads are gone): set ``torch.set_num_threads(1)`` there.
 Extra memory: one prepared block, and int32 indices beside the [N, k] result; with the
 bfloat16 screen (``window``), bfloat16 copies of the query rows (N D 2 bytes) and of a
 512-reference sub-block per thread.
@@ -24,7 +24,11 @@ import torch
 from .cuda_backend import native_module
 from .settings import environment
 
-PREPARED_BYTES = 32 << 20  # references prepared per native call
+PREPARED_BYTES = 32 << 20  # references prepared per native call, at most
+# A native call holds no GIL, so a Ctrl-C waits for it: its rows x references x D x (1 + k / 64)
+# (top-k insertions) stay near this (0.1-0.4 s on 2 Zen 4 cores; a whole block of 65536 rows took 5 s).
+WORK_PER_CALL = 2**35
+MIN_REFS_PER_CALL = 2048   # fewer references a call: the Python loop's cost shows
 MAX_K = 1024               # above it, with most scores entering, the GEMM walk catches up (k = M = 4096: 1.24x)
 ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2"}
 _INDEX_LIMIT = 2**31       # the native pass keeps int32 indices
@@ -136,7 +140,8 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
     """
     module, isa = native_module(), native_isas()[0]
     (num_rows, dim), rows = rows.shape, rows.contiguous()
-    refs_per_call = max(1, PREPARED_BYTES // (4 * dim))
+    threads = max(1, torch.get_num_threads())
+    refs_per_call, rows_per_call = _call_shape(num_rows, dim, k, threads)
     # the sorted lists the native pass merges into; explicit dtypes: the default may be float64
     score = torch.full((num_rows, k), float("-inf"), dtype=torch.float32)
     index = torch.full((num_rows, k), -1, dtype=torch.int32)
@@ -145,14 +150,25 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
         raise ValueError(f"window must be [N] = [{num_rows}] non-negative bounds on the CPU, got "
                          f"{tuple(window.shape)} on {window.device}")
     window = None if window is None else window.float().contiguous()
-    threads = max(1, torch.get_num_threads())
     openmp_team()  # attaches the native passes to torch's team, once
     counts = []
     for col0 in range(0, num_refs, refs_per_call):
         block, bias = prepared_block(col0, refs_per_call)
         block, bias = block.contiguous(), None if bias is None else bias.contiguous()
-        counts.append(module.cpu_topk_rows(
-            isa, rows.data_ptr(), num_rows, dim, block.data_ptr(), block.shape[0],
-            0 if bias is None else bias.data_ptr(), alpha, col0, k, score.data_ptr(), index.data_ptr(), 0, num_rows,
-            0 if window is None else window.data_ptr(), threads))
+        for begin in range(0, num_rows, rows_per_call):  # each row's list is its own: same results
+            counts.append(module.cpu_topk_rows(
+                isa, rows.data_ptr(), num_rows, dim, block.data_ptr(), block.shape[0],
+                0 if bias is None else bias.data_ptr(), alpha, col0, k, score.data_ptr(), index.data_ptr(), begin,
+                min(begin + rows_per_call, num_rows), 0 if window is None else window.data_ptr(), threads))
+        del block, bias  # freed before the next block is prepared
     return score, index.to(torch.int64), tuple(map(sum, zip((0, 0), *counts)))
+
+
+def _call_shape(num_rows, dim, k, threads):
+    """(references, rows) per native call, near ``WORK_PER_CALL``: fewer references first (each
+    thread packs a call's references once, so splitting rows repeats that), then fewer rows,
+    down to 64 a thread."""
+    pair_cost = dim * (1 + k / 64)
+    widest = max(1, PREPARED_BYTES // (4 * dim))
+    refs = min(widest, max(MIN_REFS_PER_CALL, int(WORK_PER_CALL // (num_rows * pair_cost))))
+    return refs, max(64 * threads, int(WORK_PER_CALL // (refs * pair_cost)))
