@@ -102,3 +102,43 @@ def test_l2_distances_are_never_negative_and_top_k_comes_sorted(backend):
     found = refmatch.match(query, reference, k=5, metric="l2", backend=backend)
     assert (found.score[:, 1:] >= found.score[:, :-1]).all() and (found.score >= 0).all()
     assert (refmatch.classwise_max(query, reference, labels, 3, metric="l2", backend=backend) >= 0).all()
+
+
+def test_each_class_copy_is_freed_before_the_next_is_gathered(monkeypatch):
+    """With labels not stored class by class, the CPU walk and a from_tensors bank copy one class
+    at a time, but the loop kept the last copy while the next was gathered: two classes at once,
+    the whole bank at C = 2 (512 MiB for a 512 MiB bank in a memory review)."""
+    import weakref
+
+    from refmatch.backends import torch_classwise
+    from refmatch.bank import ReferenceBank
+
+    copies = []
+
+    def gathered_once_freed():
+        assert all(copy() is None for copy in copies), "an earlier class's copy is still alive"
+
+    def gathered_classes(*args):
+        for cls, part, ignored in gather(*args):
+            copies.append(weakref.ref(part))
+            yield cls, part, ignored
+            del part
+            gathered_once_freed()
+
+    def class_rows(bank, cls):
+        gathered_once_freed()
+        rows = select(bank, cls)
+        copies.append(weakref.ref(rows))
+        return rows
+
+    gather, select = torch_classwise._gathered_classes, ReferenceBank._class_rows
+    monkeypatch.setattr(torch_classwise, "_gathered_classes", gathered_classes)
+    monkeypatch.setattr(ReferenceBank, "_class_rows", class_rows)
+    query, reference = torch.randn(20, 8), torch.randn(300, 8)
+    labels = torch.arange(300) % 3  # interleaved classes: gathered copies
+    expected = refmatch.classwise_max(query.double(), reference.double(), labels, 3).float()
+    walked = refmatch.classwise_max(query, reference, labels, 3, backend="torch")
+    walked_copies = len(copies)
+    torch.testing.assert_close(walked, expected)
+    torch.testing.assert_close(ReferenceBank.from_tensors(reference, labels).classwise_max(query), expected)
+    assert walked_copies in (0, 3) and len(copies) == walked_copies + 3  # 0: no fused walk on this CPU

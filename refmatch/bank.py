@@ -276,6 +276,7 @@ class ReferenceBank(nn.Module):
                                             dtype=accumulation_dtype(self.features.dtype)))
             else:
                 per_class.append(match(query, block, metric=self.metric, backend=backend).score)
+            del block  # a fixed bank's class copy, freed before the next class's is gathered
         return torch.stack(per_class, dim=1)
 
     def _checked_query(self, query):

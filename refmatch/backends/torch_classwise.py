@@ -52,6 +52,7 @@ def classwise_chunked(query, reference, labels, ignored, num_classes, metric, ti
         parts = by_class(reference, labels, ignored, num_classes)
     for cls, part, part_ignored in parts or ():
         best[:, cls] = match_rows(rows, part, part_ignored, 1, metric, tile_bytes, block_m, screen)[0][:, 0]
+        del part, part_ignored  # a gathered class copy, freed before the next is gathered
     if parts is None:
         _walk_classes(rows, reference, labels, ignored, metric, best, operand_dtype, walk_block_m, block_n)
     return finalize_class_scores(best, as_maps(rows), metric)  # norms over contiguous rows
