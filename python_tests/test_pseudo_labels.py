@@ -1,4 +1,5 @@
 """PseudoLabeler and vote."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,8 @@ def test_int_out_size_is_square(phantoms):
     bank, features, _ = phantoms
     square = PseudoLabeler(bank, mode="soft", out_size=64)(features[:2]).labels
     assert torch.equal(square, PseudoLabeler(bank, mode="soft", out_size=(64, 64))(features[:2]).labels)
+    for spatial_shape in (np.array([64, 64]), torch.tensor([64, 64])):  # as MONAI's meta["spatial_shape"]
+        assert torch.equal(square, PseudoLabeler(bank, mode="soft", out_size=spatial_shape)(features[:2]).labels)
     with pytest.raises(ValueError, match=r"out_size must be .* got \(64,\)"):
         PseudoLabeler(bank, out_size=(64,))
 

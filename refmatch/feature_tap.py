@@ -16,16 +16,18 @@ def size_pair(size, name):
 
 
 def spatial_size(size, name):
-    """None, an int (every side) or a (h, w) / (z, h, w) tuple of positive ints -> None, (int,)
-    for an int, or the tuple of Python ints; ``sides`` fits it to maps of 2 or 3 spatial dims."""
+    """None, an int (every side) or a (h, w) / (z, h, w) tuple of positive ints (or a 1-D array or
+    tensor of them, as MONAI's spatial_shape) -> None, (int,) for an int, or the tuple of Python
+    ints; ``sides`` fits it to maps of 2 or 3 spatial dims."""
     if size is None:
         return None
-    given = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+    sequence = isinstance(size, (tuple, list)) or getattr(size, "ndim", 0) == 1
+    given = tuple(size) if sequence else (size,)
     try:
         given = tuple(as_int(name, side) for side in given)
     except TypeError:
         given = ()
-    if not 1 <= len(given) <= 3 or min(given) < 1 or (isinstance(size, (tuple, list)) and len(given) == 1):
+    if not 1 <= len(given) <= 3 or min(given) < 1 or (sequence and len(given) == 1):
         raise ValueError(f"{name} must be None, a positive int or an (h, w) or (z, h, w) tuple of positive ints, "
                          f"got {size!r}")
     return given
