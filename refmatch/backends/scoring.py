@@ -239,6 +239,20 @@ def matched_squared_distances(query, reference, index, max_elements=1 << 22):
     return distances
 
 
+def _sort_by_distance(score, index, max_elements=1 << 22):
+    """Sort top-k lists [N, k] in place by distance, ties by index (as merge_split_lists orders
+    lists), over row chunks of about ``max_elements`` entries: the whole lists' sort copies held
+    4.7 times the result at k = 4000."""
+    chunk = max(1, max_elements // index.shape[1])
+    for start in range(0, index.shape[0], chunk):
+        part_score, part_index = score[start:start + chunk], index[start:start + chunk]
+        by_index = part_index.argsort(dim=1)
+        in_order = keep_best(part_score.masked_fill(part_index < 0, float("inf")).gather(1, by_index),
+                             index.shape[1], part_index.gather(1, by_index), larger_wins=False)
+        part_score.copy_(in_order[0])
+        part_index.copy_(in_order[1])
+
+
 def finalize_scores(oriented, index, query, reference, metric):
     """Public (score, index) from the oriented ones.
 
@@ -257,10 +271,8 @@ def finalize_scores(oriented, index, query, reference, metric):
     """
     if metric == "l2" and index.numel():
         score = matched_squared_distances(query, reference, index)
-        if index.shape[1] > 1:  # by distance, ties by index (as merge_split_lists orders lists)
-            by_index = index.argsort(dim=1)
-            score, index = keep_best(score.masked_fill(index < 0, float("inf")).gather(1, by_index), index.shape[1],
-                                     index.gather(1, by_index), larger_wins=False)
+        if index.shape[1] > 1:
+            _sort_by_distance(score, index)
     else:
         score = _from_oriented(oriented, query, metric)
     worst = worst_score(metric)
