@@ -265,3 +265,26 @@ def test_an_installed_package_inside_another_repository_has_no_commit(tmp_path, 
         subprocess.run(["git", "-C", str(tmp_path), *command], check=True)
     monkeypatch.setattr(refmatch, "__file__", str(package / "__init__.py"))
     assert git_commit() == "unknown"
+
+
+def test_line_panels_name_the_measured_sizes_and_series_differ_beyond_colour(tmp_path, monkeypatch):
+    """M's axis showed one tick ("10^5") for 16K, 64K and 256K, and twelve series differed by colour
+    alone; a results file's picture can be drawn again from it."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot
+
+    from refmatch import bench_plot
+
+    rows = [{"method": method, "metric": metric, "n": 8, "m": m, "d": 4, "dtype": "float32", "tflops": 1.0 + m / 1e5}
+            for method, metric in (("refmatch torch k=1", "dot"), ("refmatch torch k=1", "l2"), ("faiss-cpu k=1", "l2"))
+            for m in (16384, 65536, 262144)]
+    axes = []
+    monkeypatch.setattr(matplotlib.pyplot, "close", lambda figure: axes.extend(figure.axes))
+    results = tmp_path / "run.json"
+    results.write_text(json.dumps({"meta": {"device": "a CPU", "commit": "abc1234"}, "rows": rows}))
+    assert bench_plot.replot(results) == results.with_suffix(".png") and results.with_suffix(".png").stat().st_size
+    (axis,) = axes
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["16K", "64K", "256K"]
+    styles = {(line.get_marker(), line.get_linestyle()) for line in axis.get_lines()}
+    assert styles == {("s", "-"), ("^", "-"), ("^", "-.")}
+    assert axis.figure._suptitle.get_text() == "a CPU; commit abc1234"

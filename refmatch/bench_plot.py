@@ -1,7 +1,15 @@
-"""The benchmark's picture: TFLOP/s per method, one panel per D, the ceilings marked."""
+"""The benchmark's picture: TFLOP/s per method, one panel per D, the ceilings marked.
+
+``python -m refmatch.bench_plot RESULTS.json ...`` draws each results file's picture again
+beside it (after a change to the plot), with its machine and commit."""
+import json
 import re
+import sys
+from pathlib import Path
 
 from .atomic_file import write_atomic
+
+METRIC_MARKERS = {"cosine": "o", "dot": "s", "l2": "^"}  # colour alone names no series to every reader
 
 
 def plot(rows, path, caption=None):
@@ -17,8 +25,10 @@ def plot(rows, path, caption=None):
     except ImportError:
         return None
     panels = sorted({(r["n"], r["d"]) for r in rows})
-    tallest = max(sum(1 for r in rows if (r["n"], r["d"]) == panel) for panel in panels)  # dot panels: a line a method
-    figure, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels), max(4.5, 1.5 + 0.22 * tallest)),
+    tallest = max(len({_label(r) for r in rows if (r["n"], r["d"]) == panel}) for panel in panels)
+    per_entry = 0.22 if all(len({r["m"] for r in rows if (r["n"], r["d"]) == panel}) == 1 for panel in panels) \
+        else 0.15  # a dot panel's row a method; otherwise only the legend's entries
+    figure, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels), max(4.5, 1.5 + per_entry * tallest)),
                                 squeeze=False)
     for axis, (n, d) in zip(axes[0], panels):
         timed = [r for r in rows if (r["n"], r["d"]) == (n, d) and "tflops" in r]
@@ -47,8 +57,9 @@ def _label(row):
 
 
 def _style(row):
-    if not row["method"].startswith("gemm"):
-        return dict(marker="o")
+    if not row["method"].startswith("gemm"):  # refmatch's lines solid, the peers' dash-dotted
+        return dict(marker=METRIC_MARKERS.get(row["metric"], "D"),
+                    linestyle="-" if row["method"].startswith("refmatch") else "-.")
     # markers too: a series of one point draws no line
     return dict(linestyle="--", marker="s", color="black") if "ceiling" in row["method"] else \
         dict(linestyle=":", marker="^", color="grey")
@@ -62,8 +73,10 @@ def _lines(axis, timed, colours):
         series = [r for r in timed if _label(r) == name]
         points = sorted((r["m"], r["tflops"]) for r in series)
         axis.plot(*zip(*points), label=name, **_style(series[0]))
-    axis.set(xscale="log", yscale="log", xlabel="M (reference rows)", ylabel="TFLOP/s")
-    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # M's minor labels overlap
+    axis.set(xscale="log", yscale="log", xlabel="M (reference rows, log scale)", ylabel="TFLOP/s")
+    sizes = sorted({r["m"] for r in timed})
+    axis.set_xticks(sizes, [_size_label(m) for m in sizes])  # the measured M: a decade's tick named none
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     _value_ticks(axis.yaxis)
     _legend(axis)
 
@@ -71,7 +84,8 @@ def _lines(axis, timed, colours):
 def _dots(axis, timed, colours):
     methods = [r for r in timed if not r["method"].startswith("gemm")]
     for position, row in enumerate(methods):
-        axis.plot(row["tflops"], position, "o", color=colours[position % len(colours)])
+        axis.plot(row["tflops"], position, METRIC_MARKERS.get(row["metric"], "D"),
+                  color=colours[position % len(colours)])
         axis.annotate(f"{row['tflops']:.3g}", (row["tflops"], position), xytext=(5, 0), textcoords="offset points",
                       va="center", fontsize=7)
     axis.set_yticks(range(len(methods)), [_label(r) for r in methods], fontsize=7)
@@ -81,7 +95,7 @@ def _dots(axis, timed, colours):
             style = _style(row)
             axis.axvline(row["tflops"], color=style["color"], linestyle=style["linestyle"],
                          label=f"{_label(row)}: {row['tflops']:.3g}")
-    axis.set(xscale="log", xlabel="TFLOP/s (2 N M D / time)")
+    axis.set(xscale="log", xlabel="TFLOP/s (2 N M D / time), log scale")
     _value_ticks(axis.xaxis)
     _legend(axis)
 
@@ -99,3 +113,24 @@ def _value_ticks(value_axis):
 def _legend(axis):
     if axis.get_legend_handles_labels()[0]:  # a size whose every row failed has nothing to name
         axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def _size_label(count):
+    """65536 -> "64K", 1048576 -> "1M"."""
+    for shift, unit in ((20, "M"), (10, "K")):
+        if count >= 1 << shift and count % (1 << shift) == 0:
+            return f"{count >> shift}{unit}"
+    return str(count)
+
+
+def replot(results):
+    """Draw the picture of a results file (``.json``) again, beside it; returns its path, or None
+    without matplotlib."""
+    saved = json.loads(Path(results).read_text())
+    meta = saved["meta"]
+    return plot(saved["rows"], Path(results).with_suffix(".png"), f"{meta['device']}; commit {meta['commit']}")
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(replot(name) or "no plot: matplotlib missing")
