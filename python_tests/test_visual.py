@@ -65,6 +65,19 @@ def test_every_class_a_config_may_name_has_a_colour_of_its_own():
     assert len(set(colours)) == len(colours) == MAX_CLASSES + 1  # and the ignored grey
 
 
+def test_the_first_sixteen_class_colours_stay_far_apart():
+    """Golden-angle hues past the eighth colour made classes 5 and 15 alike (CIELAB distance 6;
+    CIEDE2000 3.1 in a review): each further colour is now the one farthest from all before it."""
+    import numpy as np
+
+    from refmatch.recipes.visual import IGNORED, NO_MASK, lab
+
+    colours = lab(np.concatenate([PALETTE[:16], [IGNORED, NO_MASK]]))
+    distances = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
+    assert distances[~np.eye(len(colours), dtype=bool)].min() > 20
+    assert np.allclose(lab([[255, 255, 255], [0, 0, 0]]), [[100, 0, 0], [0, 0, 0]], atol=0.05)  # D65 white
+
+
 def test_a_long_legend_wraps_onto_rows_that_show_every_class(tmp_path):
     names = ["background", *(f"organ number {c}" for c in range(1, 13))]
     labels = torch.arange(16 * 16).reshape(16, 16) % 13

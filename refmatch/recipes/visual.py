@@ -1,20 +1,46 @@
 """PNG grids of image / ground truth / prediction / pseudo-label / confidence."""
-import colorsys
-
 import numpy as np
 
 from ..atomic_file import save_png_atomic
 from .config import MAX_CLASSES, comma_items
 
-CHOSEN_COLOURS = [[0, 0, 0], [230, 80, 60], [70, 160, 230], [250, 200, 40], [120, 200, 90], [200, 110, 220],
-                  [240, 240, 240], [140, 90, 40]]
-# A colour for every class a config may name: past the chosen eight, hues a golden angle apart
-# at two saturations (classes 8 to 12 all took the eighth colour until session 39).
-PALETTE = np.array(CHOSEN_COLOURS + [
-    [round(255 * v) for v in colorsys.hsv_to_rgb((0.45 + 0.618034 * c) % 1.0, (0.85, 0.5)[c % 2], 0.9)]
-    for c in range(MAX_CLASSES - len(CHOSEN_COLOURS))], dtype=np.uint8)
 IGNORED = np.array([90, 90, 90], dtype=np.uint8)
 NO_MASK = np.array([60, 60, 130], dtype=np.uint8)  # no truth: a mask-less image's, or augmentation padding
+# Background black, then Okabe and Ito's seven colours, which stay apart under the three
+# colour-vision deficiencies (blue and magenta of an earlier palette merged under deuteranopia).
+CHOSEN_COLOURS = [[0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66], [0, 114, 178],
+                  [213, 94, 0], [204, 121, 167]]
+
+
+def lab(rgb):
+    """[..., 3] sRGB 0-255 -> CIELAB (D65): distances there follow perceived colour differences."""
+    linear = np.asarray(rgb, dtype=np.float64) / 255
+    linear = np.where(linear > 0.04045, ((linear + 0.055) / 1.055) ** 2.4, linear / 12.92)
+    xyz = linear @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
+    xyz /= np.array([0.9505, 1.0, 1.089])
+    f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def _farthest_colours(taken, count, levels=16):
+    """``count`` colours, each the candidate (an RGB grid) farthest in CIELAB from all taken
+    before it: past eight classes no palette survives colour-vision deficiencies, but each class
+    stays as far from the others as it can (golden-angle hues made classes 5 and 15 alike)."""
+    axis = np.linspace(0, 255, levels).round()
+    candidates = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    candidate_lab = lab(candidates)
+    nearest = np.min(np.linalg.norm(candidate_lab[:, None] - lab(taken)[None], axis=-1), axis=1)
+    chosen = []
+    for _ in range(count):
+        best = int(nearest.argmax())
+        chosen.append(candidates[best])
+        nearest = np.minimum(nearest, np.linalg.norm(candidate_lab - candidate_lab[best], axis=-1))
+    return chosen
+
+
+# A colour for every class a config may name (classes 8 to 12 all took the eighth until session 39).
+PALETTE = np.array(CHOSEN_COLOURS + _farthest_colours(CHOSEN_COLOURS + [IGNORED, NO_MASK],
+                                                      MAX_CLASSES - len(CHOSEN_COLOURS)), dtype=np.uint8)
 
 
 def colorize(labels, ignore_index=255):
