@@ -17,6 +17,18 @@ def phantoms():
     return bank, features[6:], labels[6:]
 
 
+def test_dropped_pixels_take_the_banks_ignore_index(phantoms):
+    """Masks marked -100 (F.cross_entropy's default) went into a bank of ignore_index=-100, but its
+    pseudo-labels were dropped as 255, which that loss refused ("Target 255 is out of bounds")."""
+    _, features, truth = phantoms
+    for own, dropped in ((-100, -100), (255, 255), (None, 255), (0, 255)):  # 0: a class, so not a fill value
+        bank = ReferenceBank(32, 4, capacity_per_class=4096, dtype=torch.float32, ignore_index=own)
+        bank.add(features, truth)
+        labels = PseudoLabeler(bank, threshold=0.999)(features).labels
+        assert labels.eq(dropped).any() and set(labels.unique().tolist()) <= {dropped, 0, 1, 2, 3}
+    assert PseudoLabeler(bank, ignore_index=-1).ignore_index == -1
+
+
 @pytest.mark.parametrize("mode, k", [("hard", 1), ("soft", 1), ("soft", 8)])
 def test_beats_nearest_class_mean(phantoms, mode, k):
     bank, features, truth = phantoms
@@ -89,7 +101,7 @@ def test_agree_with_must_match_the_labels_shape(phantoms):
     (dict(threshold=2), ValueError, r"threshold=2.0 would keep no pixel: hard mode's .* cosine .* \[-1, 1\]"),
     (dict(mode="soft", threshold=1.5), ValueError, r"would keep no pixel: soft mode's confidence, the margin"),
     (dict(ignore_index=0), ValueError, "ignore_index=0 is one of the bank's classes 0..3"),
-    (dict(ignore_index=None), TypeError, "ignore_index must be an int, got NoneType"),
+    (dict(ignore_index="255"), TypeError, "ignore_index must be an int or None, got str"),
 ])
 def test_labeler_arguments_are_checked_when_built(phantoms, arguments, error, message):
     with pytest.raises(error, match=message):
@@ -281,3 +293,4 @@ def test_l2_votes_and_pseudo_labels_follow_the_nearest_reference():
 
 def test_margin_of_one_class_is_its_probability():
     assert vote(torch.tensor([[0.3], [float("-inf")]]), num_classes=1).confidence.tolist() == [1.0, 0.0]
+

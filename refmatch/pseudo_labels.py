@@ -57,7 +57,8 @@ class PseudoLabeler:
             of about that gap (at 0.1, typical distances make every vote one-hot).
         out_size: (H, W) of the labels ((Z, H, W) for volumes), or an int for every
             side; None keeps the feature resolution.
-        ignore_index: label of dropped or unmatched pixels.
+        ignore_index: label of dropped or unmatched pixels; None: the bank's ``ignore_index``
+            where that is no class (masks marked -100, as ``F.cross_entropy``'s default), else 255.
 
     Example:
         >>> labeler = PseudoLabeler(bank, mode="soft", threshold=0.2, out_size=(256, 256))
@@ -66,10 +67,13 @@ class PseudoLabeler:
     """
 
     def __init__(self, bank, k=1, mode="hard", threshold=None, temperature=0.1, out_size=None,
-                 ignore_index=255):
+                 ignore_index=None):
         if not all(hasattr(bank, name) for name in ("match", "classwise_max", "num_classes", "metric")):
             raise TypeError(f"bank must be a ReferenceBank (or ShardedReferenceBank), got {type(bank).__name__}")
-        k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index)
+        k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index, optional=True)
+        if ignore_index is None:  # the bank's, so that one loss's ignore_index covers masks and pseudo-labels
+            own = getattr(bank, "ignore_index", None)
+            ignore_index = own if own is not None and not 0 <= own < bank.num_classes else 255
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         check_mode(mode, k)
