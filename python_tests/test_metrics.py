@@ -1,6 +1,7 @@
 """Dice, IoU and HD95 on hand-made masks with hand-computed values."""
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -236,3 +237,10 @@ def test_lists_of_batches_count_every_image():
     assert segmentation_metrics([pred], [truth], 2) == segmentation_metrics(pred, truth, 2)
     with pytest.raises(ValueError, match="pred holds 2 images and truth 1"):
         segmentation_metrics([pred], [truth[:1]], 2)
+
+
+def test_hd95_without_scipy_says_what_to_install(monkeypatch):
+    """scipy comes with the [train] extra only: a base install raised a bare ModuleNotFoundError."""
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(ImportError, match=r"HD95 needs scipy: pip install scipy \(or refmatch-kernels\[train\]\)"):
+        segmentation_metrics(square(2, 2), square(2, 2), 2)

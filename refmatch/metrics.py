@@ -67,8 +67,17 @@ def _iou(intersection, predicted, true):
     return intersection / (predicted + true - intersection)
 
 
+def _ndimage():
+    """scipy.ndimage, which HD95 needs (the [train] extra installs scipy), or an ImportError saying so."""
+    try:
+        from scipy import ndimage
+    except ImportError as error:
+        raise ImportError("HD95 needs scipy: pip install scipy (or refmatch-kernels[train])") from error
+    return ndimage
+
+
 def _boundary(mask):
-    from scipy import ndimage
+    ndimage = _ndimage()
 
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
@@ -76,7 +85,7 @@ def _boundary(mask):
 def _holes(mask, ignored, components):
     """The components of ``ignored`` that ``mask`` encloses: none of their pixels touches a
     known pixel outside ``mask`` or the image's edge."""
-    from scipy import ndimage
+    ndimage = _ndimage()
 
     outside = np.pad(~mask & ~ignored, 1, constant_values=True)
     unpadded = (slice(1, -1),) * ignored.ndim
@@ -89,7 +98,7 @@ def _known(pred_mask, truth_mask, ignored):
     truth's mask counts as inside the truth, and inside the prediction where the prediction
     encloses it too, so it puts no boundary (at distance 0 in both) into either; other
     ignored pixels count as outside both (a prediction that misses the organ stays empty)."""
-    from scipy import ndimage
+    ndimage = _ndimage()
 
     components, _ = ndimage.label(ignored)
     pred_known, truth_known = pred_mask & ~ignored, truth_mask & ~ignored
@@ -103,7 +112,7 @@ def hd95(pred_mask, truth_mask, spacing=1.0, ignored=None):
     ``spacing`` is a pixel size, a float or one per axis. ``ignored`` (the masks' shape) marks
     pixels of unknown truth: a hole of them in the truth's mask counts as inside it, and inside
     the prediction where that encloses it too; other ignored pixels count as outside both."""
-    from scipy import ndimage
+    ndimage = _ndimage()
 
     pred_mask, truth_mask = np.asarray(pred_mask, dtype=bool), np.asarray(truth_mask, dtype=bool)
     if not np.all(np.isfinite(spacing)) or np.any(np.asarray(spacing) <= 0):
@@ -132,8 +141,9 @@ def _nanmean(values):
 
 def segmentation_metrics(pred, truth, num_classes, class_names=None, ignore_index=None):
     """Dice, IoU and HD95 of int labels pred, truth [B, H, W] or [H, W], or lists of
-    [H_i, W_i] images (sizes may differ between images, e.g. at each file's own size);
-    pixels whose truth is ``ignore_index`` count for no class, in either.
+    [H_i, W_i] images (sizes may differ between images, e.g. at each file's own size), in
+    classes 0..num_classes-1 named by ``class_names`` (default "0", "1", ...); pixels whose
+    truth is ``ignore_index`` count for no class, in either.
 
     Returns plain floats: {"dice": {name: v}, "iou": {...}, "hd95": {...}, "hd95_finite": {...},
     "hd95_inf_images": {name: int}, "mean_dice", "mean_iou", "mean_hd95", "mean_hd95_finite"}.
