@@ -294,3 +294,12 @@ def test_l2_votes_and_pseudo_labels_follow_the_nearest_reference():
 def test_margin_of_one_class_is_its_probability():
     assert vote(torch.tensor([[0.3], [float("-inf")]]), num_classes=1).confidence.tolist() == [1.0, 0.0]
 
+
+def test_labeler_and_tap_print_their_settings(phantoms):
+    bank = phantoms[0]
+    assert repr(PseudoLabeler(bank, mode="soft", k=8, threshold=0.2, out_size=64)) == (
+        "PseudoLabeler(ReferenceBank, mode='soft', k=8, threshold=0.2, temperature=0.1, out_size=64, ignore_index=255)")
+    tap = refmatch.FeatureTap(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), ["0"], size=(32, 16))
+    assert repr(tap) == "FeatureTap(layers=['0'], size=(32, 16), normalize=True)"
+    tap.close()
+    assert repr(tap).endswith(", closed)")

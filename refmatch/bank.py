@@ -79,7 +79,8 @@ class ReferenceBank(nn.Module):
 
         It matches like any bank (``index`` is the row of ``reference``) but takes no
         ``add``, ``clear`` or ``refresh``. Rows are copied in their own dtype, so the
-        bank never writes into the caller's tensors. ``num_classes`` None means C =
+        bank never writes into the caller's tensors; ``metric`` as ``refmatch.match`` takes it.
+        ``num_classes`` None means C =
         the largest label other than ``ignore_index``, plus 1 (refused above 65536 classes, most
         likely a stray label: pass ``num_classes`` for more).
         """
@@ -240,7 +241,8 @@ class ReferenceBank(nn.Module):
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
         dtype) against the stored features; ``index`` is a slot, ``label`` its class.
         Returns MatchResult: each field [N] / [B, h, w], or [N, k] / [B, k, h, w] for k > 1;
-        float32 scores (float64 for a float64 bank), int64 indices and labels.
+        float32 scores (float64 for a float64 bank), int64 indices and labels. ``k`` and
+        ``backend`` as ``refmatch.match`` takes them.
 
         Only filled slots are scored (``bank_match``): a growable cosine or dot bank runs one
         fused match over them, an l2 one a match per class; a ``from_tensors`` bank one match
@@ -258,7 +260,8 @@ class ReferenceBank(nn.Module):
                      ignore_index=ignore_index)
 
     def classwise_max(self, query, backend="auto"):
-        """Best score per class: [N, C] for rows, [B, C, h, w] for maps.
+        """Best score per class of ``query`` ([N, D] or [B, D, h, w], cast to the bank's dtype):
+        [N, C] for rows, [B, C, h, w] for maps; ``backend`` as ``refmatch.match`` takes it.
 
         Classes with no stored feature score -inf (+inf distance for l2). Each
         class's slots are contiguous (a ``from_tensors`` bank selects them, a copy), so

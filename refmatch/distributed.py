@@ -111,7 +111,8 @@ class ShardedReferenceBank(ReferenceBank):
     @classmethod
     def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255, group=None):
         """This rank's contiguous slice of ``reference`` [M, D] / ``labels`` [M],
-        given the same tensors on every rank."""
+        given the same tensors on every rank; ``num_classes``, ``metric`` and ``ignore_index`` as
+        ``ReferenceBank.from_tensors`` takes them, ``group`` the process group (None: the default)."""
         world, rank = _world_size(group), dist.get_rank(group)
         # Checked whole, as every rank holds the same tensors: a bad row in one rank's slice
         # would make that rank alone raise and leave the others waiting in their first match.

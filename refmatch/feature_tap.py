@@ -33,6 +33,11 @@ def spatial_size(size, name):
     return given
 
 
+def given_size(size):
+    """``spatial_size``'s result as it was given: None, an int or a tuple (for reprs)."""
+    return size[0] if size is not None and len(size) == 1 else size
+
+
 def sides(size, dims, name):
     """``spatial_size``'s result as ``dims`` sides (an int on every side), or a ValueError where a
     tuple gives another number of sides than the maps have."""
@@ -259,6 +264,13 @@ class FeatureTap:
                 feature_map = F.interpolate(feature_map, size=size, mode=linear_mode(dims), align_corners=False)
             parts.append(weight * (F.normalize(feature_map, dim=1) if self.normalize else feature_map))
         return torch.cat(parts, dim=1)
+
+    def __repr__(self):
+        weights = "" if all(weight == 1.0 for weight in self.weights) else f", weights={self.weights}"
+        select = f", select={self.select}" if self.select else ""
+        state = "" if self._handles else ", closed"
+        return (f"FeatureTap(layers={self.layers}, size={given_size(self.size)}, normalize={self.normalize}"
+                f"{weights}{select}{state})")
 
     def close(self):
         """Remove the hooks and drop captured outputs."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .bank_checks import check_feature_maps
 from .choices import check_choice
-from .feature_tap import linear_mode, sides, spatial_size
+from .feature_tap import given_size, linear_mode, sides, spatial_size
 from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
 
@@ -86,6 +86,11 @@ class PseudoLabeler:
         self.temperature, self.ignore_index = temperature, ignore_index
         self.out_size = spatial_size(out_size, "out_size")
 
+    def __repr__(self):  # the bank by type: its length is a collective for a sharded bank
+        return (f"PseudoLabeler({type(self.bank).__name__}, mode={self.mode!r}, k={self.k}, "
+                f"threshold={self.threshold}, temperature={self.temperature}, out_size={given_size(self.out_size)}, "
+                f"ignore_index={self.ignore_index})")
+
     @torch.no_grad()
     def __call__(self, features, agree_with=None):
         """features [B, D, h, w] -> PseudoLabels at ``out_size`` (or h x w); [B, D, z, h, w]
@@ -116,10 +121,11 @@ class PseudoLabeler:
 
     @torch.no_grad()
     def probabilities(self, features):
-        """Soft mode's class distribution, float32 [B, C, H, W] at ``out_size`` ([B, C, Z, H, W]
-        for volumes): soft targets for a KL or soft cross-entropy loss, where ``__call__`` gives
-        their argmax. Zero over C where no reference voted; ``threshold`` and ``agree_with``
-        do not apply. Hard mode has none (ValueError)."""
+        """Soft mode's class distribution of ``features`` (the tapped [B, D, h, w], or
+        [B, D, z, h, w]), float32 [B, C, H, W] at ``out_size`` ([B, C, Z, H, W] for volumes):
+        soft targets for a KL or soft cross-entropy loss, where ``__call__`` gives their argmax.
+        Zero over C where no reference voted; ``threshold`` and ``agree_with`` do not apply.
+        Hard mode has none (ValueError)."""
         if self.mode != "soft":
             raise ValueError("probabilities are soft mode's: build the PseudoLabeler with mode='soft'")
         spatial, size, maps = self._shapes(features)
