@@ -17,18 +17,6 @@ def phantoms():
     return bank, features[6:], labels[6:]
 
 
-def test_dropped_pixels_take_the_banks_ignore_index(phantoms):
-    """Masks marked -100 (F.cross_entropy's default) went into a bank of ignore_index=-100, but its
-    pseudo-labels were dropped as 255, which that loss refused ("Target 255 is out of bounds")."""
-    _, features, truth = phantoms
-    for own, dropped in ((-100, -100), (255, 255), (None, 255), (0, 255)):  # 0: a class, so not a fill value
-        bank = ReferenceBank(32, 4, capacity_per_class=4096, dtype=torch.float32, ignore_index=own)
-        bank.add(features, truth)
-        labels = PseudoLabeler(bank, threshold=0.999)(features).labels
-        assert labels.eq(dropped).any() and set(labels.unique().tolist()) <= {dropped, 0, 1, 2, 3}
-    assert PseudoLabeler(bank, ignore_index=-1).ignore_index == -1
-
-
 @pytest.mark.parametrize("mode, k", [("hard", 1), ("soft", 1), ("soft", 8)])
 def test_beats_nearest_class_mean(phantoms, mode, k):
     bank, features, truth = phantoms
@@ -294,12 +282,3 @@ def test_l2_votes_and_pseudo_labels_follow_the_nearest_reference():
 def test_margin_of_one_class_is_its_probability():
     assert vote(torch.tensor([[0.3], [float("-inf")]]), num_classes=1).confidence.tolist() == [1.0, 0.0]
 
-
-def test_labeler_and_tap_print_their_settings(phantoms):
-    bank = phantoms[0]
-    assert repr(PseudoLabeler(bank, mode="soft", k=8, threshold=0.2, out_size=64)) == (
-        "PseudoLabeler(ReferenceBank, mode='soft', k=8, threshold=0.2, temperature=0.1, out_size=64, ignore_index=255)")
-    tap = refmatch.FeatureTap(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), ["0"], size=(32, 16))
-    assert repr(tap) == "FeatureTap(layers=['0'], size=(32, 16), normalize=True)"
-    tap.close()
-    assert repr(tap).endswith(", closed)")
