@@ -191,7 +191,8 @@ def test_holes_of_ignored_pixels_in_an_organ_leave_hd95_alone_and_borders_count_
 
 def test_a_hole_of_ignored_pixels_is_no_prediction_where_the_prediction_misses_the_organ():
     """The hole was added to the prediction too, so a missed organ scored a finite HD95 (25.5
-    here, not inf) and a far prediction gained an island at the hole (a 2026-11 review)."""
+    here, not inf) and a far prediction gained an island at the hole (a 2026-11 review); the
+    prediction fills it where it holds most pixels around it."""
     truth = torch.zeros(64, 64, dtype=torch.long)
     truth[10:50, 10:50] = 1
     truth[29:32, 29:32] = 255
@@ -202,6 +203,9 @@ def test_a_hole_of_ignored_pixels_is_no_prediction_where_the_prediction_misses_t
     filled = torch.where(truth == 255, 1, truth)
     assert segmentation_metrics(far, truth, 2, ignore_index=255)["hd95"]["1"] == pytest.approx(
         segmentation_metrics(far, filled, 2)["hd95"]["1"])
+    stray = torch.where(truth == 255, 0, filled)
+    stray[28, 30] = 0  # one wrong pixel beside the hole: it did not cut the hole out of the prediction (HD95 16)
+    assert segmentation_metrics(stray, truth, 2, ignore_index=255)["hd95"]["1"] == 0.0
 
 
 @pytest.mark.parametrize("spacing", [0.0, -1.0, math.nan, (1.0, 0.0)])

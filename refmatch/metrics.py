@@ -93,17 +93,29 @@ def _holes(mask, ignored, components):
     return ignored & ~np.isin(components, reaching_out)
 
 
-def _known(pred_mask, truth_mask, ignored):
-    """The two masks where the truth is unknown (``ignored``): a hole of ignored pixels in the
-    truth's mask counts as inside the truth, and inside the prediction where the prediction
-    encloses it too, so it puts no boundary (at distance 0 in both) into either; other
-    ignored pixels count as outside both (a prediction that misses the organ stays empty)."""
+def _mostly_surrounded(mask, ignored, components, count):
+    """Per component of ``ignored`` (index 1..count; [count + 1] bool): whether ``mask`` holds
+    most of the known pixels that touch it (one stray pixel at its edge does not cut it out)."""
     ndimage = _ndimage()
 
-    components, _ = ndimage.label(ignored)
+    neighbour = ndimage.grey_dilation(components, footprint=ndimage.generate_binary_structure(ignored.ndim, 1))
+    ring = ~ignored & (neighbour > 0)  # a pixel between two holes counts for the higher-numbered one
+    inside = np.bincount(neighbour[ring], weights=mask[ring], minlength=count + 1)
+    return inside > np.bincount(neighbour[ring], minlength=count + 1) / 2
+
+
+def _known(pred_mask, truth_mask, ignored):
+    """The two masks where the truth is unknown (``ignored``): a hole of ignored pixels in the
+    truth's mask counts as inside the truth, and inside the prediction where the prediction holds
+    most of the pixels around it, so it puts no boundary (at distance 0 in both) into either;
+    other ignored pixels count as outside both (a prediction that misses the organ stays empty)."""
+    ndimage = _ndimage()
+
+    components, count = ndimage.label(ignored)
     pred_known, truth_known = pred_mask & ~ignored, truth_mask & ~ignored
     in_truth = _holes(truth_known, ignored, components)
-    return pred_known | (in_truth & _holes(pred_known, ignored, components)), truth_known | in_truth
+    in_pred = in_truth & _mostly_surrounded(pred_known, ignored, components, count)[components]
+    return pred_known | in_pred, truth_known | in_truth
 
 
 def hd95(pred_mask, truth_mask, spacing=1.0, ignored=None):
@@ -111,7 +123,8 @@ def hd95(pred_mask, truth_mask, spacing=1.0, ignored=None):
     boolean masks [H, W] or volumes [Z, H, W] (see the module docstring for the conventions);
     ``spacing`` is a pixel size, a float or one per axis. ``ignored`` (the masks' shape) marks
     pixels of unknown truth: a hole of them in the truth's mask counts as inside it, and inside
-    the prediction where that encloses it too; other ignored pixels count as outside both."""
+    the prediction where that holds most of the pixels around it; other ignored pixels count as
+    outside both."""
     ndimage = _ndimage()
 
     pred_mask, truth_mask = np.asarray(pred_mask, dtype=bool), np.asarray(truth_mask, dtype=bool)
