@@ -64,8 +64,8 @@ def test_cuda_status_tells_a_missing_driver_from_an_old_one(monkeypatch, driver_
 
     monkeypatch.setattr(cuda_backend, "native_module", lambda: RuntimeWithoutDevice())
     monkeypatch.setattr(cuda_backend, "_driver_library_loads", lambda: driver_loads)
-    uncached_status = cuda_backend.CudaBackend.status.__wrapped__
-    assert uncached_status(object.__new__(cuda_backend.CudaBackend)) == (False, f"compiled for sm_80, sm_90a; {reason}")
+    uncached_status = cuda_backend._status.__wrapped__
+    assert uncached_status() == (False, f"compiled for sm_80, sm_90a; {reason}")
 
 
 def test_cuda_status_names_a_failed_build(monkeypatch, tmp_path):
@@ -75,10 +75,10 @@ def test_cuda_status_names_a_failed_build(monkeypatch, tmp_path):
     note = tmp_path / "_C_build_failed.txt"
     monkeypatch.setattr(cuda_backend, "native_module", lambda: None)
     monkeypatch.setattr(cuda_backend, "BUILD_FAILED_NOTE", note)
-    uncached_status = cuda_backend.CudaBackend.status.__wrapped__
-    assert "reinstall with a C++ compiler" in uncached_status(object.__new__(cuda_backend.CudaBackend))[1]
+    uncached_status = cuda_backend._status.__wrapped__
+    assert "reinstall with a C++ compiler" in uncached_status()[1]
     note.write_text("Command '['cmake', '--build']' returned non-zero exit status 1.\n")
-    reason = uncached_status(object.__new__(cuda_backend.CudaBackend))[1]
+    reason = uncached_status()[1]
     assert "its build failed (Command '['cmake', '--build']' returned non-zero" in reason and "pip install -v" in reason
 
 
