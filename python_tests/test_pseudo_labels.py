@@ -73,6 +73,8 @@ def test_agree_with_must_match_the_labels_shape(phantoms):
         labeler(features, agree_with=logits)
     with pytest.raises(ValueError, match=r"channel axis of one .* pass agree_with\[:, 0\]"):  # not .argmax(1): all 0
         labeler(features, agree_with=truth[:, None])
+    with pytest.raises(ValueError, match=r"pass agree_with\[:, 0\].long\(\)$"):  # AsDiscrete's float32
+        labeler(features, agree_with=truth[:, None].float())
     labels = labeler(features, agree_with=truth).labels
     assert ((labels == truth) | (labels == 255)).all()
 
