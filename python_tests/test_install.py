@@ -38,6 +38,7 @@ def test_wheel_builds_without_cmake(tmp_path):
     assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
     assert not any(name.startswith("refmatch/_C.") for name in names)
     assert "refmatch/_C_build_failed.txt" in names, "the reason ships with the wheel"
+    assert "refmatch/py.typed" in names, "type checkers read the public API's annotations"
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")

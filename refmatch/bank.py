@@ -1,4 +1,6 @@
 """ReferenceBank: a class-balanced store of labelled pixel features."""
+from typing import Optional, SupportsIndex
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from .bank_match import match_filled_slots
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .bank_rows import bank_rows, warn_ring_overflow
 from .masks import check_masks
-from .ops import _check_label_values, as_int, inferred_num_classes, kept_labels, match
+from .ops import MatchResult, _check_label_values, as_int, inferred_num_classes, kept_labels, match
 
 
 class ReferenceBank(nn.Module):
@@ -51,8 +53,10 @@ class ReferenceBank(nn.Module):
 
     LATE_KEYS = ("generator_state", "settings")  # buffers that older state_dicts lack
 
-    def __init__(self, dim, num_classes, capacity_per_class, dtype=torch.bfloat16, metric="cosine",
-                 ignore_index=255, policy="ring", downsample="majority", seed=0):
+    def __init__(self, dim: SupportsIndex, num_classes: SupportsIndex, capacity_per_class: SupportsIndex,
+                 dtype: torch.dtype = torch.bfloat16, metric: str = "cosine",
+                 ignore_index: Optional[SupportsIndex] = 255, policy: str = "ring", downsample: str = "majority",
+                 seed: int = 0):
         super().__init__()
         dim, num_classes, capacity_per_class, ignore_index = checked_bank_arguments(
             dim, num_classes, capacity_per_class, dtype, ignore_index, metric=metric, policy=policy,
@@ -73,7 +77,8 @@ class ReferenceBank(nn.Module):
             self.register_buffer(name, torch.zeros(num_classes, dtype=torch.long))
 
     @classmethod
-    def from_tensors(cls, reference, labels, num_classes=None, metric="cosine", ignore_index=255):
+    def from_tensors(cls, reference: torch.Tensor, labels: torch.Tensor, num_classes: Optional[SupportsIndex] = None,
+                     metric: str = "cosine", ignore_index: Optional[SupportsIndex] = 255) -> "ReferenceBank":
         """A fixed bank over given rows: ``reference`` [M, D], ``labels`` [M] in [0, C)
         or ``ignore_index`` (such rows never match and count for no class).
 
@@ -133,7 +138,7 @@ class ReferenceBank(nn.Module):
         self._sources = []
 
     @torch.no_grad()
-    def add(self, features, masks, images=None):
+    def add(self, features: torch.Tensor, masks: torch.Tensor, images: Optional[torch.Tensor] = None) -> None:
         """Store the labelled pixels of a batch.
 
         Args:
@@ -237,7 +242,7 @@ class ReferenceBank(nn.Module):
         if not 1 <= k <= stored:
             raise ValueError(f"k must satisfy 1 <= k <= {stored} (stored features), got k={k}")
 
-    def match(self, query, k=1, backend="auto"):
+    def match(self, query: torch.Tensor, k: SupportsIndex = 1, backend: str = "auto") -> MatchResult:
         """``refmatch.match`` of ``query`` ([N, D] or [B, D, h, w], cast to the bank's
         dtype) against the stored features; ``index`` is a slot, ``label`` its class.
         Returns MatchResult: each field [N] / [B, h, w], or [N, k] / [B, k, h, w] for k > 1;
@@ -259,7 +264,7 @@ class ReferenceBank(nn.Module):
         return match(query, self.features, self.labels, k=k, metric=self.metric, backend=backend,
                      ignore_index=ignore_index)
 
-    def classwise_max(self, query, backend="auto"):
+    def classwise_max(self, query: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """Best score per class of ``query`` ([N, D] or [B, D, h, w], cast to the bank's dtype):
         [N, C] for rows, [B, C, h, w] for maps; ``backend`` as ``refmatch.match`` takes it.
 

@@ -1,8 +1,10 @@
 """FeatureTap: multi-layer features of any nn.Module through forward hooks."""
 import warnings
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .choices import listing
 from .ops import as_int, describe
@@ -137,7 +139,9 @@ class FeatureTap:
         ...     features = tap.features()      # [B, D_up2 + D_up1, h, w]
     """
 
-    def __init__(self, model, layers, size=None, weights=None, normalize=True, select=None):
+    def __init__(self, model: nn.Module, layers: Sequence[str], size: Union[None, int, Sequence[int]] = None,
+                 weights: Optional[Sequence[float]] = None, normalize: bool = True,
+                 select: Optional[Mapping[str, Union[int, str]]] = None):
         if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
         self.select = dict(select or {})
@@ -210,7 +214,7 @@ class FeatureTap:
             self._outputs[name] = (output, output._version if tracked else None, self._in_pass)
         return keep
 
-    def features(self):
+    def features(self) -> torch.Tensor:
         """[B, sum(D_i), h, w] (or [B, sum(D_i), z, h, w]) from the last forward pass."""
         if not self._handles:
             raise RuntimeError("this FeatureTap is closed: make a new one to tap the model again")

@@ -1,7 +1,7 @@
 """Public functional API: ``match`` and ``classwise_max``."""
 import numbers
 import operator
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, SupportsIndex
 
 import torch
 
@@ -220,7 +220,8 @@ def _shape_result(values, query, k):
     return shaped[:, 0] if k == 1 else shaped
 
 
-def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto", ignore_index=None):
+def match(query: torch.Tensor, reference: torch.Tensor, labels: Optional[torch.Tensor] = None, *, k: SupportsIndex = 1,
+          metric: str = "cosine", backend: str = "auto", ignore_index: Optional[SupportsIndex] = None) -> MatchResult:
     """Most similar reference row(s) of every query row, without the N x M matrix.
 
     Args:
@@ -270,7 +271,9 @@ def match(query, reference, labels=None, *, k=1, metric="cosine", backend="auto"
     return MatchResult(_shape_result(score, query, k), _shape_result(index, query, k), label)
 
 
-def classwise_max(query, reference, labels, num_classes, *, metric="cosine", backend="auto", ignore_index=None):
+def classwise_max(query: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, num_classes: SupportsIndex, *,
+                  metric: str = "cosine", backend: str = "auto",
+                  ignore_index: Optional[SupportsIndex] = None) -> torch.Tensor:
     """Best score per class of every query row, without the N x M matrix.
 
     Args:

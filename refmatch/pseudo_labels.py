@@ -1,10 +1,11 @@
 """PseudoLabeler: reference-guided pseudo-labels from a ReferenceBank."""
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence, SupportsIndex, Union
 
 import torch
 import torch.nn.functional as F
 
+from .bank import ReferenceBank
 from .bank_checks import check_feature_maps
 from .choices import check_choice
 from .feature_tap import given_size, linear_mode, sides, spatial_size
@@ -66,8 +67,9 @@ class PseudoLabeler:
         >>> loss = F.cross_entropy(student_logits, labels, ignore_index=255)
     """
 
-    def __init__(self, bank, k=1, mode="hard", threshold=None, temperature=0.1, out_size=None,
-                 ignore_index=None):
+    def __init__(self, bank: ReferenceBank, k: SupportsIndex = 1, mode: str = "hard",
+                 threshold: Union[None, float, Sequence[float], torch.Tensor] = None, temperature: float = 0.1,
+                 out_size: Union[None, int, Sequence[int]] = None, ignore_index: Optional[SupportsIndex] = None):
         if not all(hasattr(bank, name) for name in ("match", "classwise_max", "num_classes", "metric")):
             raise TypeError(f"bank must be a ReferenceBank (or ShardedReferenceBank), got {type(bank).__name__}")
         k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index, optional=True)
@@ -92,7 +94,7 @@ class PseudoLabeler:
                 f"ignore_index={self.ignore_index})")
 
     @torch.no_grad()
-    def __call__(self, features, agree_with=None):
+    def __call__(self, features: torch.Tensor, agree_with: Optional[torch.Tensor] = None) -> PseudoLabels:
         """features [B, D, h, w] -> PseudoLabels at ``out_size`` (or h x w); [B, D, z, h, w]
         volumes -> labels [B, Z, H, W] (nearest, or trilinear probabilities in soft mode).
 
@@ -120,7 +122,7 @@ class PseudoLabeler:
         return PseudoLabels(labels, confidence, kept_fraction(labels, self.ignore_index))
 
     @torch.no_grad()
-    def probabilities(self, features):
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """Soft mode's class distribution of ``features`` (the tapped [B, D, h, w], or
         [B, D, z, h, w]), float32 [B, C, H, W] at ``out_size`` ([B, C, Z, H, W] for volumes):
         soft targets for a KL or soft cross-entropy loss, where ``__call__`` gives their argmax.

@@ -1,6 +1,6 @@
 """``vote``: top-k matches or class-wise scores to a class distribution."""
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional, SupportsIndex, Union
 
 import torch
 
@@ -118,8 +118,9 @@ def checked_temperature(temperature):
     return temperature
 
 
-def vote(result_or_scores, labels=None, *, num_classes, weighting="similarity", temperature=0.1,
-         metric="cosine", ignore_index=None):
+def vote(result_or_scores: Union[MatchResult, torch.Tensor], labels: Optional[torch.Tensor] = None, *,
+         num_classes: SupportsIndex, weighting: str = "similarity", temperature: float = 0.1, metric: str = "cosine",
+         ignore_index: Optional[SupportsIndex] = None) -> Vote:
     """Class distribution per query from top-k matches or class-wise scores.
 
     Args:

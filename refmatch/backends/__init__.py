@@ -52,7 +52,7 @@ class MatchProblem:
     num_classes: int = 0        # classwise only
 
 
-def backends():
+def backends() -> list[BackendStatus]:
     """Status of every backend in registry order (cuda, triton, torch): a list of ``BackendStatus``."""
     return [BackendStatus(name, *_status(name)) for name in NAMES]
 
