@@ -50,8 +50,8 @@ def plot(tables, path, title="", ylabel="test Dice"):
     floor = _axis_floor(everything)
     span = max(everything) - floor
     limits = floor - 0.04 * span, max(everything) + 0.18 * span  # room for the legend above
-    columns = min(3, len(tables))
-    lines = -(-len(tables) // columns)
+    lines = -(-len(tables) // 3)
+    columns = -(-len(tables) // lines)  # balanced: four panels 2 x 2, not 3 + 1 beside two empty slots
     figure, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 4.2 * lines), sharey=True, squeeze=False)
     for axis in axes.flat[len(tables):]:  # a last row with fewer panels
         axis.set_visible(False)
@@ -65,17 +65,17 @@ def plot(tables, path, title="", ylabel="test Dice"):
             below = [f"seed {seed}: {value:.4f}" for seed, value in zip(seeds, values) if value < floor]
             if below:  # collapsed runs: at the floor, named
                 axis.scatter([position], [floor], color=f"C{position}", marker="v", zorder=3)
-                axis.annotate("\n".join(below), (position - 0.28, floor), ha="right", va="center", fontsize=8)
+                axis.annotate("\n".join(below), (position - 0.28, floor), ha="right", va="center", fontsize=9)
             mean = sum(values) / len(values)
             axis.hlines(max(mean, floor), position - 0.25, position + 0.25, color=f"C{position}", linewidth=2.5,
                         linestyle="-" if mean >= floor else ":")
-            axis.annotate(f"mean {mean:.4f}", (position + 0.28, max(mean, floor)), va="center", fontsize=8)
+            axis.annotate(f"mean {mean:.4f}", (position + 0.28, max(mean, floor)), va="center", fontsize=9)
         if full:
             full_mean = sum(rows[full]) / len(rows[full])
             axis.axhline(full_mean, color="black", linestyle="--", linewidth=1,
                          label=f"{full} (mean {full_mean:.4f})")
-            axis.legend(loc="upper left", fontsize=8)
-        axis.set_xticks(range(len(methods)), [textwrap.fill(name, 22) for name in methods], fontsize=8)
+            axis.legend(loc="upper left", fontsize=9)
+        axis.set_xticks(range(len(methods)), [textwrap.fill(name, 22) for name in methods], fontsize=9)
         axis.set_xlim(-0.5, len(methods) - 0.2)
         axis.set_ylim(*limits)
         axis.set_title(f"{name}, {len(seeds)} seeds")
