@@ -95,13 +95,19 @@ def _holes(mask, ignored, components):
 
 def _mostly_surrounded(mask, ignored, components, count):
     """Per component of ``ignored`` (index 1..count; [count + 1] bool): whether ``mask`` holds
-    most of the known pixels that touch it (one stray pixel at its edge does not cut it out)."""
-    ndimage = _ndimage()
-
-    neighbour = ndimage.grey_dilation(components, footprint=ndimage.generate_binary_structure(ignored.ndim, 1))
-    ring = ~ignored & (neighbour > 0)  # a pixel between two holes counts for the higher-numbered one
-    inside = np.bincount(neighbour[ring], weights=mask[ring], minlength=count + 1)
-    return inside > np.bincount(neighbour[ring], minlength=count + 1) / 2
+    most of the known pixels that touch it (one stray pixel at its edge does not cut it out); a
+    pixel between two holes counts for both."""
+    padded, inner = np.pad(components, 1), (slice(1, -1),) * ignored.ndim
+    pixels, holes = [], []
+    for axis in range(ignored.ndim):
+        for step in (-1, 1):
+            neighbour = np.roll(padded, step, axis=axis)[inner]  # the padding's zeros wrap around
+            touching = ~ignored & (neighbour > 0)
+            pixels.append(np.flatnonzero(touching))
+            holes.append(neighbour[touching])
+    pixel, hole = np.unique(np.stack([np.concatenate(pixels), np.concatenate(holes)]), axis=1)  # pairs once
+    inside = np.bincount(hole, weights=mask.ravel()[pixel], minlength=count + 1)
+    return inside > np.bincount(hole, minlength=count + 1) / 2
 
 
 def _known(pred_mask, truth_mask, ignored):
