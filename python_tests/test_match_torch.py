@@ -73,16 +73,19 @@ def test_topk_with_many_ties_is_a_stable_sort(k):
     assert torch.equal(score.double(), expected.values[:, :k])
 
 
-def test_l2_lists_sort_by_distance_the_same_over_row_chunks():
+def test_l2_lists_sort_by_distance_then_index_over_row_chunks():
     """finalize_scores re-sorts l2 top-k lists by exact distance over row chunks (the whole [N, k]
-    sort held 4.7 times the result at k = 4000): chunks of one row give the same lists."""
+    sort held 4.7 times the result at k = 4000): by distance, ties by index, unfilled slots last,
+    in chunks of one row as in one."""
     from refmatch.backends.scoring import _sort_by_distance
 
     score = torch.randint(0, 4, (50, 9)).float()  # ties, broken by index
     index = torch.stack([torch.randperm(40)[:9] for _ in range(50)])
-    index[::7, -2:] = -1  # unfilled slots go last
-    whole_score, whole_index = score.clone(), index.clone()
-    _sort_by_distance(whole_score, whole_index)
-    _sort_by_distance(score, index, max_elements=9)
-    assert torch.equal(score, whole_score) and torch.equal(index, whole_index)
-    assert (whole_index[::7, -2:] == -1).all() and (whole_score[:, 1:] >= whole_score[:, :-1]).all()
+    index[::7, -2:] = -1
+    expected = [[slot for _, slot in sorted(zip(distances, slots), key=lambda pair: (pair[1] < 0, pair))]
+                for distances, slots in zip(score.tolist(), index.tolist())]
+    for max_elements in (9, 1 << 22):
+        sorted_score, sorted_index = score.clone(), index.clone()
+        _sort_by_distance(sorted_score, sorted_index, max_elements=max_elements)
+        assert sorted_index.tolist() == expected
+        assert (sorted_score[:, 1:] >= sorted_score[:, :-1]).all()
