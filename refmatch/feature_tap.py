@@ -1,7 +1,8 @@
 """FeatureTap: multi-layer features of any nn.Module through forward hooks."""
 import warnings
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, SupportsIndex, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +16,9 @@ def size_pair(size, name):
     integers too) -> None or (H, W) Python ints."""
     given = spatial_size(size, name)
     return None if given is None else sides(given, 2, name)
+
+
+Sides = Union[SupportsIndex, Sequence[SupportsIndex], np.ndarray, torch.Tensor]  # a size: every side, or each
 
 
 def spatial_size(size, name):
@@ -139,7 +143,7 @@ class FeatureTap:
         ...     features = tap.features()      # [B, D_up2 + D_up1, h, w]
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], size: Union[None, int, Sequence[int]] = None,
+    def __init__(self, model: nn.Module, layers: Union[list[str], tuple[str, ...]], size: Optional[Sides] = None,
                  weights: Optional[Sequence[float]] = None, normalize: bool = True,
                  select: Optional[Mapping[str, Union[int, str]]] = None):
         if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:

@@ -2,13 +2,14 @@
 import math
 from typing import NamedTuple, Optional, Sequence, SupportsIndex, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .bank import ReferenceBank
 from .bank_checks import check_feature_maps
 from .choices import check_choice
-from .feature_tap import given_size, linear_mode, sides, spatial_size
+from .feature_tap import Sides, given_size, linear_mode, sides, spatial_size
 from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
 
@@ -64,12 +65,13 @@ class PseudoLabeler:
     Example:
         >>> labeler = PseudoLabeler(bank, mode="soft", threshold=0.2, out_size=(256, 256))
         >>> labels, confidence, kept_fraction = labeler(teacher_features)   # [B, 256, 256] twice, a 0-d share
-        >>> loss = F.cross_entropy(student_logits, labels, ignore_index=255)
+        >>> loss = F.cross_entropy(student_logits, labels, ignore_index=labeler.ignore_index)
     """
 
     def __init__(self, bank: ReferenceBank, k: SupportsIndex = 1, mode: str = "hard",
-                 threshold: Union[None, float, Sequence[float], torch.Tensor] = None, temperature: float = 0.1,
-                 out_size: Union[None, int, Sequence[int]] = None, ignore_index: Optional[SupportsIndex] = None):
+                 threshold: Union[None, float, Sequence[float], np.ndarray, torch.Tensor] = None,
+                 temperature: float = 0.1, out_size: Optional[Sides] = None,
+                 ignore_index: Optional[SupportsIndex] = None):
         if not all(hasattr(bank, name) for name in ("match", "classwise_max", "num_classes", "metric")):
             raise TypeError(f"bank must be a ReferenceBank (or ShardedReferenceBank), got {type(bank).__name__}")
         k, ignore_index = as_int("k", k), as_int("ignore_index", ignore_index, optional=True)
