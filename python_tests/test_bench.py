@@ -288,3 +288,7 @@ def test_line_panels_name_the_measured_sizes_and_series_differ_beyond_colour(tmp
     styles = {(line.get_marker(), line.get_linestyle()) for line in axis.get_lines()}
     assert styles == {("s", "-"), ("^", "-"), ("^", "-.")}
     assert axis.figure._suptitle.get_text() == "a CPU; commit abc1234"
+    other = tmp_path / "cpu-topk.json"  # another script's results: named, not a KeyError
+    other.write_text(json.dumps({"meta": {}, "rows": [{"k": 8}]}))
+    with pytest.raises(ValueError, match="not a results file of refmatch bench"):
+        bench_plot.replot(other)

@@ -127,10 +127,17 @@ def replot(results):
     """Draw the picture of a results file (``.json``) again, beside it; returns its path, or None
     without matplotlib."""
     saved = json.loads(Path(results).read_text())
+    if not isinstance(saved, dict) or not all(key in saved for key in ("meta", "rows")) or \
+            not all(key in row for row in saved["rows"] for key in ("n", "d", "m", "method")):
+        raise ValueError(f"{results}: not a results file of refmatch bench (meta and rows of N, M, D and method)")
     meta = saved["meta"]
     return plot(saved["rows"], Path(results).with_suffix(".png"), f"{meta['device']}; commit {meta['commit']}")
 
 
 if __name__ == "__main__":
     for name in sys.argv[1:]:
-        print(replot(name) or "no plot: matplotlib missing")
+        try:
+            print(replot(name) or "no plot: matplotlib missing")
+        except (OSError, ValueError) as error:  # one line, as the other commands' errors
+            print(f"python -m refmatch.bench_plot: error: {error}", file=sys.stderr)
+            sys.exit(2)
