@@ -28,7 +28,8 @@ def test_add_brings_masks_down_over_3d_blocks_and_labels_each_voxel_row():
     assert bank.counts.tolist() == torch.bincount(coarse.flatten(), minlength=3).tolist()
     found = bank.match(features.flatten(2, 3))  # each voxel's row matches itself
     assert torch.equal(found.label.reshape(coarse.shape), coarse)
-    with pytest.raises(ValueError, match=r"masks must be \[B=2, Z, H, W\], got shape \(2, 8, 10\)"):
+    with pytest.raises(ValueError, match=r"masks must be \[B=2, Z, H, W\], got shape \(2, 8, 10\): 2-D masks, but "
+                                         r"the features are a volume .* deep-supervision output"):  # MONAI's DynUNet
         bank.add(features, torch.zeros(2, 8, 10, dtype=torch.long))
     with pytest.raises(ValueError, match=r"masks are 6x8x9 but features are 3x4x5: the mask size must be an integer"
                                          r".* tap with FeatureTap\(size=...\) at the masks' size"):

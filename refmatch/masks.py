@@ -39,7 +39,10 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
                 if extra_axis and masks.shape[1] == 1 else
                 ": one-hot masks? pass masks.argmax(1)" if extra_axis and masks.shape[1] == num_classes else
                 ": volumes' features go in as they are, [B, D, z, h, w], not flattened"
-                if extra_axis and _flattened_volume(masks.shape[1:], feature_size) else "")
+                if extra_axis and _flattened_volume(masks.shape[1:], feature_size) else
+                ": 2-D masks, but the features are a volume [B, D, z, h, w] (a deep-supervision output "
+                "[B, heads, C, H, W] looks like one: tap a decoder layer)" if masks.dim() == 3 == len(feature_size)
+                else "")
         raise ValueError(f"masks must be [B={batch}, {axes}], got shape {tuple(masks.shape)}{hint}")
     if not integer:
         raise TypeError(f"masks must hold integer class labels, got {masks.dtype}: pass masks.long() if its "
