@@ -146,6 +146,9 @@ def test_an_error_in_a_data_loader_worker_prints_its_own_line(monkeypatch, capsy
     (["evaluate", "--checkpoint", "c.pt", "--data", "phantom", "--out", "NOWHERE/new/m.json"],  # folders made later
      "refmatch evaluate: error: checkpoint not found: c.pt"),
     (["train", "--out", "LINK"], "refmatch train: error: --out LINK: LINK is a broken symbolic link"),
+    (["evaluate", "--checkpoint", "c.pt", "--data", "phantom", "--out", "FILE"],  # it replaced best.pt so
+     "refmatch evaluate: error: --out FILE exists and is not an earlier output of evaluate (a checkpoint, or the "
+     "run's metrics.json?): name a new file"),
 ])
 def test_path_arguments_are_named_before_any_work(monkeypatch, capsys, tmp_path, arguments, message):
     """An --out that cannot be written, or an input folder that is not there, names its flag (the

@@ -148,6 +148,7 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "m.json")])  # its own data
     evaluated = json.loads((tmp_path / "m.json").read_text())
     assert evaluated["mean_dice"] == pytest.approx(trained["mean_dice"], abs=1e-6)
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "m.json")])  # its own output
     from PIL import Image
 
     for sub in ("images", "masks"):  # a folder of one image: not the run's phantoms

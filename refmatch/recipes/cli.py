@@ -1,5 +1,6 @@
 """``refmatch train | evaluate`` (``pseudo-label``: pseudo_label.py)."""
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -70,6 +71,7 @@ def evaluate_main(argv=None):
     args = parser.parse_args(argv)
     if args.out is not None:
         check_output_file(args.out, "--out")
+        _check_earlier_output(args.out)
     from ..data.folder import FolderDataset, scan_folder
     from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
     from ..data.phantoms import PhantomDataset
@@ -124,6 +126,21 @@ def evaluate_main(argv=None):
     if args.out:
         write_text_atomic(args.out, text)
     return metrics
+
+
+def _check_earlier_output(path):
+    """FileExistsError unless ``path`` is new or an earlier evaluate's JSON (which holds its
+    "resolution"): --out R/best.pt replaced the checkpoint it scored, --out R/metrics.json the run's
+    result."""
+    if not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = None
+    if not isinstance(earlier, dict) or "resolution" not in earlier:
+        raise FileExistsError(f"--out {path} exists and is not an earlier output of evaluate (a checkpoint, or the "
+                              "run's metrics.json?): name a new file")
 
 
 def _check_split_in_data(names, data, key, config):
