@@ -73,22 +73,36 @@ def test_every_foreground_class_gets_its_columns_and_tasks_do_not_mix(tmp_path):
             report([sides, lung])
 
 
-def test_an_unfinished_or_missing_run_is_one_line_naming_it(tmp_path):
-    """A run still training (no metrics.json yet) or a wrong path: exit 2 and one error line that
-    names the folder, not a traceback."""
+def test_unfinished_missing_or_foreign_runs_are_left_out_by_name(tmp_path):
+    """A run still training (no metrics.json yet), a wrong path or another tool's metrics.json: the
+    table of the finished runs, each other folder named under it with why, exit 1 (one unfinished
+    seed left no table at all; a foreign file raised KeyError); none finished: exit 2, one line."""
     finished = finished_run(tmp_path / "seed0" / "refmatch", 0, 0.9, 5.0, 1.0)
     (tmp_path / "seed1" / "refmatch").mkdir(parents=True)
-    for folder, why in ((tmp_path / "seed1" / "refmatch", "no metrics.json: still training, or stopped"),
-                        (tmp_path / "nowhere", "not a run folder")):
-        result = subprocess.run([sys.executable, "-m", "refmatch.recipes.report", "--by-seed", str(finished),
-                                 str(folder)], capture_output=True, text=True)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "metrics.json").write_text('{"accuracy": 0.9}')
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text('{"test": ')
+    reasons = {tmp_path / "seed1" / "refmatch": "no metrics.json: still training, or stopped (refmatch train --resume)",
+               tmp_path / "nowhere": "not a run folder"}
+    report = [sys.executable, "-m", "refmatch.recipes.report"]
+    result = subprocess.run([*report, "--by-seed", str(finished), *map(str, reasons), str(tmp_path / "foreign"),
+                             str(tmp_path / "broken")], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout.splitlines()[2].startswith("| refmatch | 0.9000 |")
+    assert result.stdout.splitlines()[-5:] == ["Left out, not finished runs of refmatch:", *(
+        f"- {folder}: {why}" for folder, why in reasons.items()),
+        f"- {tmp_path / 'foreign' / 'metrics.json'} is not a refmatch run's (no test scores, config and training time)",
+        f"- {tmp_path / 'broken' / 'metrics.json'}: not JSON (Expecting value: line 1 column 10 (char 9))"]
+    for folder, why in reasons.items():
+        result = subprocess.run([*report, str(folder)], capture_output=True, text=True)
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.splitlines()[-1] == f"refmatch report: error: {folder}: {why}" + (
-            " (refmatch train --resume)" if "training" in why else "")
+        assert result.stderr.splitlines()[-1] == f"refmatch report: error: {folder}: {why}"
+    (finished / "splits.json").unlink()  # --by-seed never needed it; the table shows no labelled count
+    assert table([finished]).splitlines()[2].startswith("| refmatch | refmatch | – | 2 |")
     (tmp_path / "seed1" / "refmatch" / ".overwritten").mkdir()  # an --overwrite killed before its test
     (tmp_path / "seed1" / "refmatch" / ".overwritten" / "metrics.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="an --overwrite stopped before its run finished; the earlier run waits"):
-        seed_table([finished, tmp_path / "seed1" / "refmatch"])
+    assert "an --overwrite stopped before its run finished; the earlier run waits" in seed_table(
+        [finished, tmp_path / "seed1" / "refmatch"])
 
 
 def test_undefined_scores_print_as_a_dash_and_names_stay_in_their_cells(tmp_path):

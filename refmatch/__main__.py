@@ -62,8 +62,8 @@ def run(argv):
     import importlib
 
     module_name, function = COMMANDS[argv[0]][0].split(":")
-    getattr(importlib.import_module(module_name), function)(argv[1:])
-    return 0
+    status = getattr(importlib.import_module(module_name), function)(argv[1:])
+    return status if type(status) is int else 0  # report's 1: a table that left runs out
 
 
 def one_line(error):

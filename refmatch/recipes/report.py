@@ -8,23 +8,26 @@ from pathlib import Path
 
 from .checkpoint import OVERWRITTEN
 
+LEFT_OUT = "\nLeft out, not finished runs of refmatch:"
+
 
 def table(run_dirs):
     """Markdown rows of method, labelled images, steps, then test Dice / IoU / HD95 of each
     foreground class, mean Dice and minutes per run. The runs must share their classes."""
-    runs = [(run, _metrics(run)) for run in map(Path, run_dirs)]
+    runs, left_out = _finished(run_dirs)
     classes = _one_task(runs)
     per_class = [f"test {measure} ({_cell(name)})" for name in classes for measure in ("Dice", "IoU", "HD95")]
     lines = ["| " + " | ".join(["run", "method", "labelled", "steps", *per_class, "mean Dice", "minutes"]) + " |",
              "|---" * (len(per_class) + 6) + "|"]
     names = _distinct_names([run for run, _ in runs])
-    splits_of = [json.loads((run / "splits.json").read_text()) for run, _ in runs]
+    splits_of = [_splits(run) for run, _ in runs]
     for (run, metrics), name, splits in zip(runs, names, splits_of):
         test, config = metrics["test"], metrics["config"]
         scores = [" | ".join(_class_scores(test, name)) for name in classes]
-        lines.append(f"| {_cell(name)} | {metrics['method']} | {len(splits['labeled'])} | {config['steps']} | "
+        labelled = "–" if splits is None else len(splits["labeled"])
+        lines.append(f"| {_cell(name)} | {metrics['method']} | {labelled} | {config['steps']} | "
                      + " | ".join(scores) + f" | {_score(test['mean_dice'])} | {metrics['train_seconds'] / 60:.1f} |")
-    return "\n".join(lines + _infinite_notes(runs, classes) + _test_set_notes(runs, names, splits_of))
+    return "\n".join(lines + _infinite_notes(runs, classes) + _test_set_notes(runs, names, splits_of) + left_out)
 
 
 def _splits(run):
@@ -73,7 +76,7 @@ def seed_table(run_dirs):
     range of training minutes. A seed that a row lacks shows "–", and so do that row's means.
     The runs must share their classes."""
     rows, seeds = {}, set()
-    runs_in_order = [(run, _metrics(run)) for run in map(Path, run_dirs)]
+    runs_in_order, left_out = _finished(run_dirs)
     _one_task(runs_in_order)  # else runs of another task, named alike, would be averaged in
     for run, metrics in runs_in_order:
         seed = metrics["config"]["seed"]
@@ -95,7 +98,7 @@ def seed_table(run_dirs):
         lines.append(f"| {_cell(name)} | " + " | ".join(dice)
                      + f" | {mean_dice} | {mean_hd95} | {min(minutes):.1f}–{max(minutes):.1f} |")
     return "\n".join(lines + _test_set_notes(runs_in_order, _distinct_names([run for run, _ in runs_in_order]),
-                                              [_splits(run) for run, _ in runs_in_order], per_seed=True))
+                                              [_splits(run) for run, _ in runs_in_order], per_seed=True) + left_out)
 
 
 def _one_task(runs):
@@ -108,6 +111,20 @@ def _one_task(runs):
     return classes
 
 
+def _finished(run_dirs):
+    """(run, metrics) of the finished runs among ``run_dirs``, and lines naming the others and why
+    (one still training left no table of the rest); the first folder's error where none is finished."""
+    runs, errors = [], []
+    for run in map(Path, run_dirs):
+        try:
+            runs.append((run, _metrics(run)))
+        except (OSError, ValueError) as error:
+            errors.append(error)
+    if not runs:
+        raise errors[0]
+    return runs, [LEFT_OUT, *(f"- {error}" for error in errors)] if errors else []
+
+
 def _metrics(run):
     """A finished run's metrics.json, or a FileNotFoundError saying why there is none."""
     path = run / "metrics.json"
@@ -118,7 +135,14 @@ def _metrics(run):
             why = (f"no metrics.json: an --overwrite stopped before its run finished; the earlier run waits in "
                    f"{OVERWRITTEN}/ (refmatch train --resume says how to move it back)")
         raise FileNotFoundError(f"{run}: {why}")
-    return json.loads(path.read_text())
+    try:
+        metrics = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict) or \
+            not {"method", "config", "train_seconds"} <= metrics.keys() or "dice" not in metrics["test"]:
+        raise ValueError(f"{path} is not a refmatch run's (no test scores, config and training time)")
+    return metrics
 
 
 def _foreground(metrics):
@@ -162,7 +186,9 @@ def main(argv=None):
                         help="one row per run folder name, a column per seed, and the means over the seeds")
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (with metrics.json)")
     arguments = parser.parse_args(argv)
-    print((seed_table if arguments.by_seed else table)(arguments.runs))
+    text = (seed_table if arguments.by_seed else table)(arguments.runs)
+    print(text)
+    return 1 if LEFT_OUT in text else 0  # a table of some runs: a script should notice
 
 
 if __name__ == "__main__":
