@@ -33,6 +33,7 @@ def test_scores_each_setting_and_draws_them(tiny_run, tmp_path, capsys, monkeypa
         assert "9/9" in capsys.readouterr().err
     report = json.loads((tmp_path / "compare.json").read_text())
     assert [row["setting"] for row in report["rows"]] == settings and report["images"] == 3
+    assert report["classes"] == ["background", "lung", "heart", "clavicle"] and report["checkpoint"] == "best.pt"
     for row in report["rows"]:
         assert 0.0 <= row["kept"] <= 1.0 and all(0.0 <= row[f"dice_{c}"] <= 1.0 for c in range(4))
     assert (tmp_path / "compare.md").read_text().count("\n| pl_mode") == 2
@@ -80,8 +81,10 @@ def test_reads_the_runs_own_split_and_leaves_it_alone(tmp_path):
     assert (run / "splits.json").read_bytes() == before
     (run / "splits.json").unlink()
     with pytest.raises(FileNotFoundError, match="splits.json not found"):
-        main(["compare-pseudo-labels", "--run", str(run), "--out", str(tmp_path / "out")])
-    assert not (run / "splits.json").exists()
+        main(["compare-pseudo-labels", "--run", str(run), "--out", str(tmp_path / "failed")])
+    assert not (run / "splits.json").exists() and not (tmp_path / "failed").exists()  # no empty folder left
+    with pytest.raises(NotADirectoryError, match=r"--out .*best.pt/compare.md: .*best.pt is not a folder"):
+        main(["compare-pseudo-labels", "--run", str(run), "--out", str(run / "best.pt")])  # before the work
 
 
 def test_default_settings_a_run_cannot_take_or_repeats_are_left_out(capsys):

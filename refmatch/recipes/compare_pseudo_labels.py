@@ -20,6 +20,7 @@ import torch
 
 from ..atomic_file import write_text_atomic
 from .checkpoint import load, saved_teacher
+from .cli import check_output_file
 from .config import TrainConfig, comma_items, load_config, saved_config, unread_keys
 from .data_setup import UNKNOWN, data_of_run, prepare_data
 from .evaluation import metrics_json
@@ -196,9 +197,9 @@ def main(argv=None):
     if args.images < 1:
         parser.error(f"--images must be >= 1, got {args.images}")
     out = args.out or args.run / "compare-pseudo-labels"
+    check_output_file(out / "compare.md", "--out")  # before the work; the folder is made after it
     state = load(args.run / args.checkpoint)  # read once: the teacher and the header's tap size
     config = saved_config(state["config"])
-    out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before the work
     rows, class_names, images, truth, outputs = compare(args.run, args.setting or default_settings(config),
                                                         args.images, checkpoint=args.checkpoint, state=state,
                                                         data=args.data)
@@ -206,12 +207,13 @@ def main(argv=None):
     tap_size = config.tap_size
     header = (f"Pseudo-labels of {images.shape[0]} unlabelled images of {args.run} against their hidden masks.\n"
               f"Each setting changes only what it names from {plain_pseudo_labels_text(tap_size)}.\n\n")
-    write_text_atomic(out / "compare.md", header + table + "\n")
-    write_text_atomic(out / "compare.json", metrics_json({"run": str(args.run), "images": images.shape[0],
-                                                          "plain_settings": {**PLAIN_PSEUDO_LABELS,
-                                                                             "tap_size": tap_size},
-                                                          "rows": rows}))
+    out.mkdir(parents=True, exist_ok=True)
+    # The picture first (the slow part) and the JSON last: a stop keeps the earlier set, not a mix
     picture(out / "compare.png", images, truth, outputs, class_names)
+    write_text_atomic(out / "compare.md", header + table + "\n")
+    write_text_atomic(out / "compare.json", metrics_json({
+        "run": str(args.run), "checkpoint": args.checkpoint, "classes": class_names, "images": images.shape[0],
+        "plain_settings": {**PLAIN_PSEUDO_LABELS, "tap_size": tap_size}, "rows": rows}))
     print(header + table + f"\n\nwrote {out}/compare.md, compare.json and compare.png "
           "(columns: image, truth, then the settings in order)")
     return rows
