@@ -234,6 +234,8 @@ def test_the_bank_can_keep_other_pixels_than_the_run_did(folders, tmp_path, monk
     with pytest.warns(UserWarning, match="policy='ring'"):
         main(command(folders, out, "--resume", "--bank-capacity", "7", "--bank-policy", "ring"))  # the same
     assert (out / "labels" / NAMES[0]).is_file()
+    with pytest.raises(ValueError, match=r"labelled with a bank of --bank-capacity 7: pass "):  # complete: said done
+        main(command(folders, out, "--resume", "--bank-capacity", "5"))
     main(command(folders, tmp_path / "default"))
     assert built[-1][0][2] == 512 and built[-1][1]["policy"] == "reservoir"  # the run's (TINY, the default)
     (tmp_path / "default" / "labels" / NAMES[0]).unlink()

@@ -64,6 +64,15 @@ def pseudo_label_main(argv=None):
         raise PermissionError(f"cannot write into {args.out}: {error.strerror}") from None
 
 
+def _refuse_another_bank(args, previous, bank):
+    """ValueError where ``bank`` ({setting: value}) differs from the one OUT was labelled with."""
+    changed = [f"--{key.replace('_', '-')} {previous[key]}" for key, value in bank.items()
+               if previous.get(key) is not None and previous[key] != value]
+    if changed:
+        raise ValueError(f"--resume: {args.out} was labelled with a bank of {', '.join(changed)}: pass the same, or "
+                         "--overwrite")
+
+
 def _label_folder(args):
     """``pseudo_label_main``'s work, in an OUT this process holds."""
     from ..data.folder import FolderDataset, png_names, scan_folder
@@ -85,6 +94,8 @@ def _label_folder(args):
     previous = _previous(args.out)
     done = _finished_before(args, previous, record, names)  # refuses an occupied OUT before the bank is built
     if done == set(names):  # every image has its labels/ file (a run killed after its last, say)
+        _refuse_another_bank(args, previous, {key: getattr(args, key) for key in BANK_SETTINGS
+                                              if getattr(args, key) is not None})  # the flags given: no model read
         if not previous.get("complete"):
             write_text_atomic(args.out / RECORD, metrics_json({**previous, **record, "written": len(names),
                                                                  "complete": True}))
@@ -95,11 +106,8 @@ def _label_folder(args):
     config = dataclasses.replace(config, bank_capacity=args.bank_capacity or config.bank_capacity,
                                  bank_policy=args.bank_policy or config.bank_policy)
     bank = {key: getattr(config, key) for key in BANK_SETTINGS}  # as used: a flag naming the run's is no change
-    changed = [f"--{key.replace('_', '-')} {previous[key]}" for key in bank
-               if done and previous.get(key) is not None and previous[key] != bank[key]]
-    if changed:
-        raise ValueError(f"--resume: {args.out} was labelled with a bank of {', '.join(changed)}: pass the same, or "
-                         "--overwrite")
+    if done:
+        _refuse_another_bank(args, previous, bank)
     record.update(bank, classes=model_class_names(config, classes), confidence=CONFIDENCE[config.pl_mode],
                   settings={key: getattr(config, key) for key in LABEL_SETTINGS})
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
