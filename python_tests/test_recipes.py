@@ -167,6 +167,11 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
     mask.save(binary / "masks" / "one.png")
     with pytest.raises(ValueError, match="holds only 0 and 255: a binary folder, but the model has 4 classes"):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(binary), "--split", "all"])
+    splits = json.loads((run / "splits.json").read_text())
+    splits["counts"]["test"] = 0
+    (run / "splits.json").write_text(json.dumps({**splits, "test": []}))  # test_fraction=0: it printed all null
+    with pytest.raises(ValueError, match="the run's test split holds no image: --split val or --split all"):
+        main(["evaluate", "--checkpoint", str(run / "best.pt")])
     (run / "splits.json").unlink()
     with pytest.raises(FileNotFoundError, match="--split all"):
         main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", "phantom"])

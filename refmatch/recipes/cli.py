@@ -94,6 +94,9 @@ def evaluate_main(argv=None):
             raise FileNotFoundError(f"{split_file} not found: --split {args.split} scores the run's own split; "
                                     "--split all scores every labelled image of --data")
         names = load_splits(split_file)[args.split]
+        if not names:  # a run of test_fraction=0: an all-null JSON said nothing
+            other = "val" if args.split == "test" else "test"
+            raise ValueError(f"the run's {args.split} split holds no image: --split {other} or --split all")
         _check_split_in_data(names, args.data, args.split, config)
         status(f"evaluating on the run's {args.split} split: {len(names)} images")
     elif args.data == "phantom":  # seeded past the run's own phantoms
