@@ -94,10 +94,10 @@ def test_default_settings_a_run_cannot_take_or_repeats_are_left_out(capsys):
     small = default_settings(load_config(None, ["image_size=32", "tap_size=16"]))
     assert small == [text for text in DEFAULT_SETTINGS if "tap_size=64" not in text]
     assert "left out the default setting 'pl_mode=hard,tap_size=64': image_size=32 must be divisible" in \
-        capsys.readouterr().out
+        capsys.readouterr().err  # stderr: stdout is the table
     at_64 = default_settings(load_config(None, ["image_size=128", "tap_size=64"]))
     assert at_64 == small
-    assert "'pl_mode=hard,tap_size=64': the same as 'pl_mode=hard' here" in capsys.readouterr().out
+    assert "'pl_mode=hard,tap_size=64': the same as 'pl_mode=hard' here" in capsys.readouterr().err
 
 
 def test_score_leaves_pixels_the_truth_ignores_out():

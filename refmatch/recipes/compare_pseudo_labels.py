@@ -20,7 +20,7 @@ import torch
 
 from ..atomic_file import write_text_atomic
 from .checkpoint import load, saved_teacher
-from .cli import check_output_file
+from .cli import check_output_file, status
 from .config import TrainConfig, comma_items, load_config, saved_config, unread_keys
 from .data_setup import UNKNOWN, data_of_run, prepare_data
 from .evaluation import metrics_json
@@ -74,11 +74,10 @@ def default_settings(config):
         try:
             setting = parse_setting(text, config)
         except ValueError as error:
-            print(f"left out the default {error}", flush=True)
+            status(f"left out the default {error}")
             continue
         if setting in seen:
-            print(f"left out the default setting {text!r}: the same as {kept[seen.index(setting)]!r} here",
-                  flush=True)
+            status(f"left out the default setting {text!r}: the same as {kept[seen.index(setting)]!r} here")
             continue
         kept.append(text)
         seen.append(setting)
