@@ -43,6 +43,12 @@ def test_demo_refuses_bad_flags_with_its_usage(capsys, arguments, message):
     assert stopped.value.code == 2 and capsys.readouterr().err.endswith(f"refmatch demo: error: {message}\n")
 
 
+def test_demo_refuses_sizes_beyond_the_machines_memory():
+    """A 10 TB allocation ended in a RuntimeError traceback (a CLI review)."""
+    with pytest.raises(ValueError, match=r"make about [\d,]+ GiB of synthetic features, more than this machine's"):
+        demo.main(["--dim", "100000", "--size", "512", "--unlabeled", "100"])
+
+
 def test_missing_command_prints_the_usage_and_fails(capsys):
     assert main([]) == 2
     captured = capsys.readouterr()

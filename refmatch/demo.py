@@ -10,6 +10,7 @@ similar reference pixel. Prints pseudo-label accuracy next to the
 nearest-class-mean baseline, and the matching throughput.
 """
 import argparse
+import os
 import time
 
 import torch
@@ -91,6 +92,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}, but torch {torch.__version__} sees no CUDA device: use --device cpu")
+    _check_fits(args.labeled + args.unlabeled, args.dim, args.size)
     figures = run(args.labeled, args.unlabeled, args.classes, args.dim, args.size, args.seed,
                   args.backend, args.device)
     print(f"reference bank: {figures['bank_pixels']:,} pixels from {args.labeled} labelled images")
@@ -100,6 +102,16 @@ def main(argv=None):
     print(f"matching: {figures['seconds'] * 1e3:.1f} ms, {figures['pairs_per_second'] / 1e9:.2f} G pairs/s, "
           f"{figures['tflops']:.3f} TFLOP/s on {args.device}")
     return figures
+
+
+def _check_fits(images, dim, size):
+    """ValueError where the synthetic features (float32, a few copies while they are made) would not
+    fit in this machine's memory (an allocation error of 10 TB ended in a traceback)."""
+    needed = 3 * images * dim * size * size * 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if memory and needed > memory:
+        raise ValueError(f"--labeled, --unlabeled, --dim and --size make about {needed / 2**30:,.0f} GiB of "
+                         f"synthetic features, more than this machine's {memory / 2**30:,.0f} GiB: ask for fewer")
 
 
 if __name__ == "__main__":
