@@ -149,6 +149,10 @@ def test_evaluate_scores_the_runs_test_split_by_default(tmp_path):
     evaluated = json.loads((tmp_path / "m.json").read_text())
     assert evaluated["mean_dice"] == pytest.approx(trained["mean_dice"], abs=1e-6)
     main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "m.json")])  # its own output
+    with pytest.raises(FileExistsError, match="is not an earlier output of evaluate"):  # the run's result
+        main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(run / "metrics.json")])
+    (tmp_path / "empty.json").touch()  # mktemp's
+    main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "empty.json")])
     from PIL import Image
 
     for sub in ("images", "masks"):  # a folder of one image: not the run's phantoms

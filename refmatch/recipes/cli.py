@@ -132,16 +132,16 @@ def evaluate_main(argv=None):
 
 
 def _check_earlier_output(path):
-    """FileExistsError unless ``path`` is new or an earlier evaluate's JSON (which holds its
-    "resolution"): --out R/best.pt replaced the checkpoint it scored, --out R/metrics.json the run's
-    result."""
-    if not path.exists():
+    """FileExistsError unless ``path`` is new, empty or an earlier evaluate's JSON: --out R/best.pt
+    replaced the checkpoint it scored, --out R/metrics.json the run's result."""
+    if not path.exists() or path.stat().st_size == 0:  # new, or made empty to be written (mktemp)
         return
     try:
         earlier = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         earlier = None
-    if not isinstance(earlier, dict) or "resolution" not in earlier:
+    # a run's metrics.json holds a resolution too, but its scores under "test", beside its config
+    if not isinstance(earlier, dict) or not {"resolution", "mean_dice"} <= earlier.keys() or "config" in earlier:
         raise FileExistsError(f"--out {path} exists and is not an earlier output of evaluate (a checkpoint, or the "
                               "run's metrics.json?): name a new file")
 
