@@ -2,6 +2,7 @@
 or with ``--by-seed`` one row per run name across seeds, as docs/experiments.md's five-seed tables."""
 import argparse
 import json
+from collections import Counter
 import os
 import sys
 from pathlib import Path
@@ -87,10 +88,11 @@ def seed_table(run_dirs):
     seeds = sorted(seeds)
     lines = ["| run | " + " | ".join(f"seed {seed}" for seed in seeds)
              + " | mean test Dice | mean HD95 | minutes per run |", "|---" * (len(seeds) + 4) + "|"]
+    asked = Counter(Path(run).name for run in run_dirs)  # a row whose left-out seed took its column too
     for name, by_seed in rows.items():
         runs = [by_seed.get(seed) for seed in seeds]
         dice = [_score(run["test"]["mean_dice"]) if run else "–" for run in runs]
-        complete = None not in runs and "–" not in dice
+        complete = None not in runs and "–" not in dice and len(by_seed) == asked[name]
         hd95 = [run["test"]["mean_hd95"] for run in by_seed.values()]
         minutes = [run["train_seconds"] / 60 for run in by_seed.values()]
         mean_dice = f"{sum(run['test']['mean_dice'] for run in runs) / len(runs):.4f}" if complete else "–"
