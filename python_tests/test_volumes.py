@@ -31,6 +31,9 @@ def test_add_brings_masks_down_over_3d_blocks_and_labels_each_voxel_row():
     with pytest.raises(ValueError, match=r"masks must be \[B=2, Z, H, W\], got shape \(2, 8, 10\): 2-D masks, but "
                                          r"the features are a volume .* deep-supervision output"):  # MONAI's DynUNet
         bank.add(features, torch.zeros(2, 8, 10, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got shape \(6, 8, 10\): one volume's mask without its batch axis\? pass "
+                                         r"masks\[None\]$"):
+        bank.add(features[:1], torch.zeros(6, 8, 10, dtype=torch.long))
     with pytest.raises(ValueError, match=r"masks are 6x8x9 but features are 3x4x5: the mask size must be an integer"
                                          r".* tap with FeatureTap\(size=...\) at the masks' size"):
         bank.add(features, torch.zeros(2, 6, 8, 9, dtype=torch.long))

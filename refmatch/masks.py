@@ -40,6 +40,8 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
                 ": one-hot masks? pass masks.argmax(1)" if extra_axis and masks.shape[1] == num_classes else
                 ": volumes' features go in as they are, [B, D, z, h, w], not flattened"
                 if extra_axis and _flattened_volume(masks.shape[1:], feature_size) else
+                ": one volume's mask without its batch axis? pass masks[None]" if batch == 1 and masks.dim() == 3 and
+                _multiple_of(masks.shape, feature_size) else
                 ": 2-D masks, but the features are a volume [B, D, z, h, w] (a deep-supervision output "
                 "[B, heads, C, H, W] looks like one: tap a decoder layer)" if masks.dim() == 3 == len(feature_size)
                 else "")
@@ -47,7 +49,7 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     if not integer:
         raise TypeError(f"masks must hold integer class labels, got {masks.dtype}: pass masks.long() if its "
                         "values are class indices")
-    if any(side < feature or side % feature for side, feature in zip(masks.shape[1:], feature_size)):
+    if not _multiple_of(masks.shape[1:], feature_size):
         raise ValueError(f"masks are {size_text(masks.shape[1:])} but features are {size_text(feature_size)}: "
                          "the mask size must be an integer multiple of the feature size (a strided layer rounds "
                          "an odd side up: tap with FeatureTap(size=...) at the masks' size or a divisor of it)")
@@ -58,6 +60,11 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
         bad = masks[~valid][0].item()
         allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(f"masks hold label {bad}, but labels must be in [0, {num_classes}){allowed}")
+
+
+def _multiple_of(sides, feature_size):
+    """Whether ``sides`` are integer multiples of ``feature_size``, axis by axis."""
+    return len(sides) == len(feature_size) and all(side >= f and side % f == 0 for side, f in zip(sides, feature_size))
 
 
 def size_text(size):
