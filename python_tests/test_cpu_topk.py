@@ -245,13 +245,13 @@ def test_the_classwise_max_of_a_mixed_bank_never_copies_the_bank():
 
 def test_calls_bounded_for_ctrl_c_give_the_same_results(isa, monkeypatch):
     """A native call holds no GIL, so Ctrl-C waited for a whole block of every row (5 s at
-    65536 x 262144 x 64): calls now split references, then rows, near WORK_PER_CALL."""
+    65536 x 262144 x 64): calls now split references, then rows, near WORK_PER_THREAD a thread."""
     query, reference = torch.randn(300, 4), torch.randn(700, 4)
     whole = fused_match(query, reference, "l2", k=5)
     calls, module = [], cpu_topk.native_module()
     monkeypatch.setattr(cpu_topk, "native_module", lambda: SpyModule(module, calls))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(cpu_topk, "WORK_PER_CALL", 1)
+    monkeypatch.setattr(cpu_topk, "WORK_PER_THREAD", 1)
     monkeypatch.setattr(cpu_topk, "MIN_REFS_PER_CALL", 100)
     split = fused_match(query, reference, "l2", k=5)
     assert torch.equal(split[0], whole[0]) and torch.equal(split[1], whole[1])

@@ -26,8 +26,9 @@ from .settings import environment
 
 PREPARED_BYTES = 32 << 20  # references prepared per native call, at most
 # A native call holds no GIL, so a Ctrl-C waits for it: its rows x references x D x (1 + k / 64)
-# (top-k insertions) stay near this (0.1-0.4 s on 2 Zen 4 cores; a whole block of 65536 rows took 5 s).
-WORK_PER_CALL = 2**35
+# (top-k insertions) stay near this per thread (0.1-0.4 s a call on 2 Zen 4 cores; a whole block of
+# 65536 rows took 5 s).
+WORK_PER_THREAD = 2**34
 MIN_REFS_PER_CALL = 2048   # fewer references a call: the Python loop's cost shows
 MAX_K = 1024               # above it, with most scores entering, the GEMM walk catches up (k = M = 4096: 1.24x)
 ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2"}
@@ -165,10 +166,10 @@ def topk_walk(rows, num_refs, prepared_block, alpha, k, window=None):
 
 
 def _call_shape(num_rows, dim, k, threads):
-    """(references, rows) per native call, near ``WORK_PER_CALL``: fewer references first (each
-    thread packs a call's references once, so splitting rows repeats that), then fewer rows,
+    """(references, rows) per native call, near ``WORK_PER_THREAD`` a thread: fewer references first
+    (each thread packs a call's references once, so splitting rows repeats that), then fewer rows,
     down to 64 a thread."""
-    pair_cost = dim * (1 + k / 64)
+    pair_cost, work = dim * (1 + k / 64), WORK_PER_THREAD * threads
     widest = max(1, PREPARED_BYTES // (4 * dim))
-    refs = min(widest, max(MIN_REFS_PER_CALL, int(WORK_PER_CALL // (num_rows * pair_cost))))
-    return refs, max(64 * threads, int(WORK_PER_CALL // (refs * pair_cost)))
+    refs = min(widest, max(MIN_REFS_PER_CALL, int(work // (num_rows * pair_cost))))
+    return refs, max(64 * threads, int(work // (refs * pair_cost)))
