@@ -83,6 +83,8 @@ def test_reads_the_runs_own_split_and_leaves_it_alone(tmp_path):
     with pytest.raises(FileNotFoundError, match="splits.json not found"):
         main(["compare-pseudo-labels", "--run", str(run), "--out", str(tmp_path / "failed")])
     assert not (run / "splits.json").exists() and not (tmp_path / "failed").exists()  # no empty folder left
+    with pytest.raises(FileNotFoundError, match=r"run/run/best.pt \(--checkpoint names a file inside --run: best.pt"):
+        main(["compare-pseudo-labels", "--run", str(run), "--checkpoint", "run/best.pt"])  # evaluate's form
     with pytest.raises(NotADirectoryError, match=r"--out .*best.pt/compare.md: .*best.pt is not a folder"):
         main(["compare-pseudo-labels", "--run", str(run), "--out", str(run / "best.pt")])  # before the work
 

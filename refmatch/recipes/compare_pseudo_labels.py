@@ -197,6 +197,9 @@ def main(argv=None):
         parser.error(f"--images must be >= 1, got {args.images}")
     out = args.out or args.run / "compare-pseudo-labels"
     check_output_file(out / "compare.md", "--out")  # before the work; the folder is made after it
+    if not (args.run / args.checkpoint).exists():  # a path given as for evaluate: frun/frun/best.pt not found
+        raise FileNotFoundError(f"checkpoint not found: {args.run / args.checkpoint} (--checkpoint names a file "
+                                "inside --run: best.pt or latest.pt)")
     state = load(args.run / args.checkpoint)  # read once: the teacher and the header's tap size
     config = saved_config(state["config"])
     rows, class_names, images, truth, outputs = compare(args.run, args.setting or default_settings(config),
