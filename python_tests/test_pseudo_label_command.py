@@ -118,6 +118,19 @@ def test_a_folder_that_another_pseudo_label_holds_is_refused(folders, tmp_path):
         holder.release()
 
 
+def test_a_read_only_file_system_is_named_as_the_folder_that_cannot_be_written(folders, tmp_path, monkeypatch):
+    """Only PermissionError was reworded: a read-only file system gave '[Errno 30] ...: OUT'."""
+    import errno
+
+    from refmatch.recipes import run_lock
+
+    def read_only(folder, made):
+        raise OSError(errno.EROFS, "Read-only file system", str(folder))
+    monkeypatch.setattr(run_lock, "take_lock", read_only)
+    with pytest.raises(PermissionError, match=r"^cannot write into .*pseudo: Read-only file system$"):
+        main(command(folders, tmp_path / "pseudo"))
+
+
 def test_an_occupied_folder_takes_resume_or_overwrite(folders, tmp_path, capsys):
     out = tmp_path / "pseudo"
     main(command(folders, out))

@@ -7,6 +7,7 @@ and whether it is complete; ``--resume`` continues an interrupted folder where i
 """
 import argparse
 import dataclasses
+import errno
 import json
 import shutil
 import warnings
@@ -58,8 +59,9 @@ def pseudo_label_main(argv=None):
     try:  # one process per OUT: a second would mix checkpoints, or delete the first's temporary files
         with locked_folder(args.out):
             return _label_folder(args)
-    except PermissionError as error:
-        if error.filename != str(args.out / LOCK_NAME):  # the lock file is the first thing written
+    except OSError as error:  # the folder and its lock file are the first things written
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or \
+                error.filename not in (str(args.out), str(args.out / LOCK_NAME)):
             raise
         raise PermissionError(f"cannot write into {args.out}: {error.strerror}") from None
 
