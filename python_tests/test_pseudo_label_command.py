@@ -52,13 +52,17 @@ def record(out):
 def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, monkeypatch, capfd):
     """The second batch's image is read after the first batch's files are written: the images
     stream through (a folder of 100k radiographs no longer loads whole first)."""
-    events, read, save = [], FolderDataset.__getitem__, pseudo_label._save_pseudo_label
+    events, read, save = [], FolderDataset.__getitem__, pseudo_label.save_pseudo_label
     monkeypatch.setattr(FolderDataset, "__getitem__", lambda self, i: events.append(("read", self.names[i]))
                         or read(self, i))
-    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", lambda path, *rest: events.append(("save", path.name))
+    monkeypatch.setattr(pseudo_label, "save_pseudo_label", lambda path, *rest: events.append(("save", path.name))
                         or save(path, *rest))
-    out = tmp_path / "pseudo"
+    out, records, write = tmp_path / "pseudo", [], pseudo_label.write_text_atomic
+    monkeypatch.setattr(pseudo_label, "RECORD_SECONDS", 0)  # the record after every batch: kill -9 keeps it
+    monkeypatch.setattr(pseudo_label, "write_text_atomic", lambda path, text: records.append(
+        json.loads(text)["written"]) or write(path, text))
     main(command(folders, out))
+    assert records == [0, 2, 3, 3]  # before the first image, after each batch of 2, at the end
     for sub in pseudo_label.OUTPUTS:
         assert sorted(p.name for p in (out / sub).iterdir()) == NAMES
         for path in (out / sub).iterdir():
@@ -77,7 +81,7 @@ def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, mon
                                           (ValueError, "; fix what the error names, then add --resume")])
 def test_a_stopped_folder_resumes_where_it_stopped(folders, tmp_path, monkeypatch, capsys, stop, advice):
     """A stop, or an error such as a damaged image (which a plain --resume would meet again)."""
-    out, saved, calls = tmp_path / "pseudo", pseudo_label._save_pseudo_label, []
+    out, saved, calls = tmp_path / "pseudo", pseudo_label.save_pseudo_label, []
 
     def save_then_stop(path, *rest):
         calls.append(path.name)
@@ -85,14 +89,14 @@ def test_a_stopped_folder_resumes_where_it_stopped(folders, tmp_path, monkeypatc
             raise stop
         saved(path, *rest)
 
-    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", save_then_stop)
+    monkeypatch.setattr(pseudo_label, "save_pseudo_label", save_then_stop)
     with pytest.raises(stop):
         main(command(folders, out))
     assert f"stopped after 1 of 3 images: {out} is incomplete (pseudo-label.json says so){advice} to the command" \
         in capsys.readouterr().err
     assert not record(out)["complete"] and record(out)["written"] == 1
     calls.clear()
-    monkeypatch.setattr(pseudo_label, "_save_pseudo_label", lambda path, *rest: calls.append(path.name) or
+    monkeypatch.setattr(pseudo_label, "save_pseudo_label", lambda path, *rest: calls.append(path.name) or
                         saved(path, *rest))
     for sub in pseudo_label.OUTPUTS:  # as a kill in the middle of a write leaves them
         (out / sub / ".u1.png.k2j3h4x_.tmp").write_bytes(b"half a PNG")

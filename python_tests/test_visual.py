@@ -113,14 +113,14 @@ def test_a_long_title_wraps_inside_its_column(tmp_path):
 def test_pseudo_label_files_hold_classes_255_and_scaled_confidence(tmp_path):
     """refmatch pseudo-label's files of one image, written at the image's own size (twice the
     model's here): labels nearest-upscaled with 255 where none was kept, confidence 0..1 as 0..255."""
-    from refmatch.recipes.pseudo_label import _save_pseudo_label
+    from refmatch.recipes.pseudo_label_files import save_pseudo_label
 
     for sub in ("labels", "confidence", "overlays"):
         (tmp_path / sub).mkdir()
     Image.fromarray(np.full((8, 12), 128, dtype=np.uint8)).save(tmp_path / "x.png")
     labels = torch.tensor([[0, 1, 2, 255, 3, 1]] * 4)
     confidence = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0, 1.0]] * 4)
-    _save_pseudo_label(tmp_path / "x.png", tmp_path, labels, confidence)
+    save_pseudo_label(tmp_path / "x.png", tmp_path, labels, confidence)
     written = np.asarray(Image.open(tmp_path / "labels" / "x.png"))
     upscaled = labels.repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
     assert written.shape == (8, 12) and (written == upscaled).all()

@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import json
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -17,12 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..atomic_file import save_png_atomic, temporaries, write_text_atomic
+from ..atomic_file import temporaries, write_text_atomic
 from ..bank_policies import POLICIES
 from ..choices import at_least, listing
 from .evaluation import metrics_json
+from .pseudo_label_files import reads_as_binary_mask, save_pseudo_label
 
 RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
+RECORD_SECONDS = 30  # the record's "written" rewritten this often while a folder is labelled
 OUTPUTS = ("labels", "confidence", "overlays")
 BANK_SETTINGS = ("bank_capacity", "bank_policy")  # the run's, or --bank-capacity / --bank-policy
 # The run's settings that shape the labels, recorded so that a folder says how it was labelled.
@@ -141,7 +144,7 @@ def _label_folder(args):
                                          with_masks=False), batch_size=config.batch_size,
                            num_workers=config.num_workers, shuffle=False, worker_init_fn=worker_ignores_ctrl_c)
     bar = progress_bar(len(names), "pseudo-label", initial=len(done), lines=True)
-    dark_warned = False
+    dark_warned, next_record = False, time.monotonic() + RECORD_SECONDS
     try:
         for batch in unlabeled:
             if not dark_warned:  # once, at the first batch that holds any: a warning per batch would flood
@@ -150,14 +153,17 @@ def _label_folder(args):
                 dark_warned = bool(dark)
             pseudo = source(batch["image"].to(device))
             for name, labels, confidence in zip(batch["name"], pseudo.labels.cpu(), pseudo.confidence.cpu()):
-                written = _save_pseudo_label(folder / name, args.out, labels, confidence)
-                if classes == 2 and _reads_as_binary_mask(written):
+                written = save_pseudo_label(folder / name, args.out, labels, confidence)
+                if classes == 2 and reads_as_binary_mask(written):
                     record["read_as_binary_masks"].append(name)
                 record["kept_counted"] += 1
                 kept = 100 * float((labels != IGNORE).float().mean())
                 record["kept_percent"] += (kept - record["kept_percent"]) / record["kept_counted"]  # a running mean
                 record["written"] += 1
                 bar.update(1)
+            if time.monotonic() >= next_record:  # a kill -9 keeps a record of how far the folder got
+                write_text_atomic(args.out / RECORD, metrics_json(record))
+                next_record = time.monotonic() + RECORD_SECONDS
     except BaseException as error:
         bar.close()
         write_text_atomic(args.out / RECORD, metrics_json(record))
@@ -206,7 +212,7 @@ def _binary_before(out, previous, done, classes):
     def values(name):
         with Image.open(out / "labels" / name) as image:
             return set(np.unique(np.array(image)).tolist())
-    return [name for name in sorted(done) if _reads_as_binary_mask(values(name))]
+    return [name for name in sorted(done) if reads_as_binary_mask(values(name))]
 
 
 def _finished_before(args, previous, record, names):
@@ -264,36 +270,6 @@ def _clear(out):
         elif (out / sub).exists():
             shutil.rmtree(out / sub)
     (out / RECORD).unlink(missing_ok=True)
-
-
-def _save_pseudo_label(image_path, out, labels, confidence):
-    """labels/, confidence/ and overlays/ PNGs of one image at its own size: the model's [h, w]
-    labels [h, w] (nearest) and confidence (bilinear, 0..255 for 0..1) resized to the image.
-    Returns the label values the file holds (a resize to a smaller image may drop some)."""
-    from PIL import Image
-
-    from ..data.folder import read_image
-    from .methods import IGNORE
-    from .visual import gray, overlay
-
-    original = read_image(image_path)  # [1, H, W] in [0, 1]
-    size = (original.shape[2], original.shape[1])  # PIL's (width, height)
-    label_image = Image.fromarray(labels.numpy().astype(np.uint8)).resize(size, Image.NEAREST)
-    confidence_image = Image.fromarray(gray(confidence, 0.0, 1.0)[..., 0]).resize(size, Image.BILINEAR)
-    full_size_labels = torch.from_numpy(np.array(label_image)).long()
-    # Atomic, labels last: an interrupted run leaves no half file, and a labels/ file only for a finished image.
-    save_png_atomic(confidence_image, out / "confidence" / image_path.name)
-    save_png_atomic(Image.fromarray(overlay(original, full_size_labels, ignore_index=IGNORE)),
-                    out / "overlays" / image_path.name)
-    save_png_atomic(label_image, out / "labels" / image_path.name)
-    return set(np.unique(np.array(label_image)).tolist())
-
-
-def _reads_as_binary_mask(values):
-    """Whether a two-class labels/ file of these values is a 0/255 binary mask to a mask reader."""
-    from .methods import IGNORE
-
-    return values == {0, IGNORE}
 
 
 def image_folder(root):
