@@ -31,7 +31,7 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
     axes = ("H, W", "Z, H, W")[len(feature_size) - 2]
-    integer = not (masks.dtype.is_floating_point or masks.dtype == torch.bool)
+    integer = holds_integers(masks)
     as_long = "" if integer else ".long()"
     if masks.dim() != 1 + len(feature_size) or masks.shape[0] != batch:  # before the dtype: its hint fixes both
         extra_axis = masks.dim() == 2 + len(feature_size)
@@ -60,6 +60,11 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
         bad = masks[~valid][0].item()
         allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(f"masks hold label {bad}, but labels must be in [0, {num_classes}){allowed}")
+
+
+def holds_integers(labels):
+    """Whether a tensor's dtype can hold class labels (not floating point, not bool)."""
+    return not (labels.dtype.is_floating_point or labels.dtype == torch.bool)
 
 
 def _multiple_of(sides, feature_size):

@@ -10,6 +10,7 @@ from .bank import ReferenceBank
 from .bank_checks import check_feature_maps
 from .choices import check_choice
 from .feature_tap import Sides, given_size, linear_mode, sides, spatial_size
+from .masks import holds_integers
 from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
 
@@ -213,23 +214,19 @@ def _check_agreement_labels(agree_with, expected, device):
         channels = isinstance(agree_with, torch.Tensor) and agree_with.dim() == len(expected) + 1 and \
             (agree_with.shape[0], *agree_with.shape[2:]) == expected
         axes = ("B, H, W", "B, Z, H, W")[len(expected) - 3]
-        as_long = "" if not channels or _integer(agree_with) else ".long()"  # AsDiscrete gives float32
+        as_long = "" if not channels or holds_integers(agree_with) else ".long()"  # AsDiscrete gives float32
         hint = ("" if not channels else
                 f"; for labels with a channel axis of one (MONAI's AsDiscrete(argmax=True)) pass "
                 f"agree_with[:, 0]{as_long}" if agree_with.shape[1] == 1 else
                 f"; for [{axes.replace('B', 'B, C', 1)}] logits pass their .argmax(1)")
         raise ValueError(f"agree_with must be labels of shape [{axes}] = {list(expected)}, got "
                          f"{describe(agree_with)}{hint}")
-    if not _integer(agree_with):
+    if not holds_integers(agree_with):
         raise TypeError(f"agree_with must hold integer labels (a teacher's argmax), got {agree_with.dtype}: pass "
                         "agree_with.long() if its values are class indices")
     if agree_with.device != device:
         raise ValueError(f"agree_with is on {agree_with.device}, the pseudo-labels on {device} (the features' "
                          "device): move it there")
-
-
-def _integer(labels):
-    return not (labels.dtype.is_floating_point or labels.dtype == torch.bool)
 
 
 def _resize_nearest(maps, size):

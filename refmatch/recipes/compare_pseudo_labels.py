@@ -197,10 +197,10 @@ def main(argv=None):
         parser.error(f"--images must be >= 1, got {args.images}")
     out = args.out or args.run / "compare-pseudo-labels"
     check_output_file(out / "compare.md", "--out")  # before the work; the folder is made after it
-    if not (args.run / args.checkpoint).exists():  # a path given as for evaluate: frun/frun/best.pt not found
-        raise FileNotFoundError(f"checkpoint not found: {args.run / args.checkpoint} (--checkpoint names a file "
-                                "inside --run: best.pt or latest.pt)")
-    state = load(args.run / args.checkpoint)  # read once: the teacher and the header's tap size
+    try:
+        state = load(args.run / args.checkpoint)  # read once: the teacher and the header's tap size
+    except FileNotFoundError as error:  # a path given as for evaluate: frun/frun/best.pt not found
+        raise FileNotFoundError(f"{error} (--checkpoint names a file inside --run: best.pt or latest.pt)") from None
     config = saved_config(state["config"])
     rows, class_names, images, truth, outputs = compare(args.run, args.setting or default_settings(config),
                                                         args.images, checkpoint=args.checkpoint, state=state,

@@ -2,9 +2,9 @@
 or with ``--by-seed`` one row per run name across seeds, as docs/experiments.md's five-seed tables."""
 import argparse
 import json
-from collections import Counter
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from .checkpoint import OVERWRITTEN
