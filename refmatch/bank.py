@@ -4,6 +4,7 @@ from typing import Optional, SupportsIndex
 import torch
 from torch import nn
 
+from .arguments import as_int, check_label_values, inferred_num_classes, kept_labels
 from .backends.scoring import METRICS, accumulation_dtype, worst_score
 from .bank_checks import check_feature_maps, check_images, check_query, check_reference_rows, \
     checked_bank_arguments, require_values, state_dict_problem
@@ -11,7 +12,7 @@ from .bank_match import match_filled_slots
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .bank_rows import bank_rows, warn_ring_overflow
 from .masks import check_masks
-from .ops import MatchResult, _check_label_values, as_int, inferred_num_classes, kept_labels, match
+from .ops import MatchResult, match
 
 
 class ReferenceBank(nn.Module):
@@ -95,7 +96,7 @@ class ReferenceBank(nn.Module):
             num_classes = inferred_num_classes(labels, ignore_index)
         bank = cls.__new__(cls)
         ReferenceBank.__init__(bank, reference.shape[1], num_classes, 1, reference.dtype, metric, ignore_index)
-        _check_label_values(labels, ignore_index, num_classes)
+        check_label_values(labels, ignore_index, num_classes)
         bank.capacity = None
         # plain tensors: a subclass (MONAI's MetaTensor) in the buffers fails torch.load(weights_only=True)
         bank.features = reference.detach().as_subclass(torch.Tensor).clone()

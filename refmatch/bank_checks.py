@@ -3,11 +3,11 @@ kept for ``refresh``, and a state_dict that fits the bank. Each raises (or repor
 bank changes, so a refused call or load leaves it as it was."""
 import torch
 
+from .arguments import as_int, channels_last_hint, check_integer_labels, describe, volume_hint
 from .backends.scoring import METRICS
 from .bank_policies import POLICIES
 from .choices import check_choice
 from .masks import DOWNSAMPLING
-from .ops import as_int, channels_last_hint, check_integer_labels, describe, volume_hint
 
 
 def require_values(**tensors):

@@ -20,13 +20,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .arguments import as_int, check_label_values, inferred_num_classes
 from .backends.scoring import METRICS, accumulation_dtype, worst_score
 from .bank import ReferenceBank
 from .bank_checks import check_reference_rows
 from .bank_policies import POLICIES
 from .candidates import keep_best
 from .masks import DOWNSAMPLING
-from .ops import MatchResult, _check_label_values, _shape_result, as_int, inferred_num_classes, rows_as_query
+from .ops import MatchResult, _shape_result, rows_as_query
 
 
 CALLS = ("match", "classwise_max", "len")  # the collectives every rank must make in step
@@ -120,7 +121,7 @@ class ShardedReferenceBank(ReferenceBank):
         ignore_index = as_int("ignore_index", ignore_index, optional=True)
         if num_classes is None:  # from all labels: a rank's slice may lack the top class
             num_classes = inferred_num_classes(labels, ignore_index)
-        _check_label_values(labels, ignore_index, as_int("num_classes", num_classes))
+        check_label_values(labels, ignore_index, as_int("num_classes", num_classes))
         start, stop = reference.shape[0] * rank // world, reference.shape[0] * (rank + 1) // world
         bank = super().from_tensors(reference[start:stop], labels[start:stop], num_classes, metric, ignore_index)
         bank._own_shard(group, start, layout=reference.shape[0])

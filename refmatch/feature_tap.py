@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arguments import as_int, describe
 from .choices import listing
-from .ops import as_int, describe
 
 
 def size_pair(size, name):

@@ -6,12 +6,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .arguments import as_int, as_number, describe
 from .bank import ReferenceBank
 from .bank_checks import check_feature_maps
 from .choices import check_choice
 from .feature_tap import Sides, given_size, linear_mode, sides, spatial_size
 from .masks import holds_integers
-from .ops import as_int, as_number, describe
 from .vote import checked_temperature, margin, vote
 
 MODES = ("hard", "soft")

@@ -4,11 +4,12 @@ from typing import NamedTuple, Optional, SupportsIndex, Union
 
 import torch
 
+from .arguments import as_int, as_number, check_integer_labels, check_label_values, volume_hint
 from .backends.scoring import METRICS, host_read_allowed
 from .candidates import with_k_axis
 from .choices import check_choice
 from .masks import label_is
-from .ops import MatchResult, _check_label_values, as_int, as_number, check_integer_labels, volume_hint
+from .ops import MatchResult
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -183,7 +184,7 @@ def vote(result_or_scores: Union[MatchResult, torch.Tensor], labels: Optional[to
         _check_scores_fit_metric(score, metric)
         _check_best_first(score, metric)
     # A -1 label is "no match" only where the index says so; elsewhere it is a bad label.
-    _check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
+    check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
     voted = label >= 0 if ignore_index is None else (label >= 0) & ~label_is(label, ignore_index)
     if weighting == "uniform":
         weight = voted.float()
