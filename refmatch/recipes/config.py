@@ -3,9 +3,7 @@ import dataclasses
 import difflib
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -15,6 +13,7 @@ from ..choices import check_choice, is_cpu_or_cuda
 from ..data.folder import IGNORE_LABEL
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..pseudo_labels import check_mode
+from .config_files import bundled_or_given, file_values, parsed_yaml
 from .unet import NORMS
 
 METHODS = ("supervised", "meanteacher-pl", "refmatch")
@@ -207,16 +206,14 @@ def load_config(path=None, overrides=(), base=None):
     YAML), applied over the defaults or over ``base`` (a saved run's config dict, read by
     ``as_saved``). A file's ``extends: other.yaml`` (relative to the file) takes that file's
     values first, so that a config holds only what it changes."""
-    import yaml
-
     values = as_saved(base) if base is not None else {}
     if path is not None:
-        values.update(_file_values(yaml, bundled_or_given(Path(path))))
+        values.update(file_values(bundled_or_given(Path(path))))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must be key=value, got {item!r}")
         key, value = item.split("=", 1)
-        values[key] = _parsed(yaml, value, f"override {item!r}")
+        values[key] = parsed_yaml(value, f"override {item!r}")
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -239,51 +236,6 @@ def load_config(path=None, overrides=(), base=None):
     return config.validate()
 
 
-def shipped_configs():
-    """The folder of the configs the package ships (``refmatch.configs``), or None where an older
-    editable install does not map it."""
-    try:
-        return Path(str(resources.files("refmatch.configs")))
-    except ModuleNotFoundError:
-        return None
-
-
-def bundled_or_given(path):
-    """``path``, or where it names no file and reads ``configs/NAME.yaml`` or ``NAME.yaml``, the
-    package's copy of the repository's config NAME (an install used outside the checkout), with
-    a warning naming it."""
-    shipped = shipped_configs()
-    if path.is_file() or path.parent not in (Path("."), Path("configs")) or shipped is None \
-            or not (shipped / path.name).is_file():
-        return path
-    warnings.warn(f"{path} is not here: reading the package's copy, {shipped / path.name}", stacklevel=3)
-    return shipped / path.name
-
-
-def _file_values(yaml, path, extended_by=()):
-    """The key: value pairs of config file ``path`` over those of the file it extends;
-    ``extended_by``: the files that extend it, nearest last (to name a loop or a missing file)."""
-    if not path.is_file():
-        via = f" (extended by {' <- '.join(map(str, reversed(extended_by)))})" if extended_by else ""
-        folder = shipped_configs()
-        own = f" (the package's own: {', '.join(sorted(entry.name for entry in folder.glob('*.yaml')))})" \
-            if folder else ""
-        raise FileNotFoundError(f"config not found: {path}{via}{own}")
-    if path.resolve() in {child.resolve() for child in extended_by}:
-        raise ValueError(f"configs extend each other in a loop: {' -> '.join(map(str, extended_by + (path,)))}")
-    loaded = _parsed(yaml, path.read_text(), path) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path} must hold key: value lines, got a {type(loaded).__name__}")
-    parent = loaded.pop("extends", None)
-    if parent is None:
-        return loaded
-    if not isinstance(parent, str) or not parent:
-        raise ValueError(f"{path}: extends must name one config file, got {parent!r}")
-    values = _file_values(yaml, path.parent / parent, extended_by + (path,))
-    values.update(loaded)
-    return values
-
-
 def _as_float(value):
     """An int as float, and a string YAML 1.1 left unread: it takes 1e-3 (no dot) as text;
     anything else (a bool, a list, other text) as it is, for the type check to refuse."""
@@ -293,16 +245,6 @@ def _as_float(value):
         return float(value)
     except ValueError:
         return value
-
-
-def _parsed(yaml, text, where):
-    """YAML ``text``, or a ValueError naming ``where`` (a file or an override)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"{where} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
 
 
 def data_location(data):
