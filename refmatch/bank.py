@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from .arguments import as_int, check_label_values, inferred_num_classes, kept_labels
-from .backends.scoring import METRICS, accumulation_dtype, worst_score
+from .backends.scoring import METRICS
 from .bank_checks import check_feature_maps, check_images, check_query, check_reference_rows, \
     checked_bank_arguments, require_values, state_dict_problem
-from .bank_match import match_filled_slots
+from .bank_match import classwise_scores, match_filled_slots
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
 from .bank_rows import bank_rows, warn_ring_overflow
 from .masks import check_masks
@@ -275,18 +275,7 @@ class ReferenceBank(nn.Module):
         """
         self._require_features(self._stored())
         query = self._checked_query(query)
-        worst = worst_score(self.metric)
-        per_class = []
-        for cls in range(self.num_classes):
-            block = self._class_rows(cls)
-            if block.shape[0] == 0:
-                shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
-                per_class.append(torch.full(shape, worst, device=query.device,
-                                            dtype=accumulation_dtype(self.features.dtype)))
-            else:
-                per_class.append(match(query, block, metric=self.metric, backend=backend).score)
-            del block  # a fixed bank's class copy, freed before the next class's is gathered
-        return torch.stack(per_class, dim=1)
+        return classwise_scores(self, query, backend)
 
     def _checked_query(self, query):
         """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""

@@ -1,4 +1,4 @@
-"""``match`` over a growable ``ReferenceBank``'s filled slots.
+"""``match`` over a growable ``ReferenceBank``'s filled slots, and any bank's ``classwise_max``.
 
 Class c owns slots [c * capacity, (c + 1) * capacity) and fills them in order, so its stored
 rows are a prefix of its range. A cosine or dot bank runs one match over all of them: a view
@@ -15,6 +15,7 @@ import itertools
 
 import torch
 
+from .backends.scoring import accumulation_dtype, worst_score
 from .candidates import keep_best, with_k_axis
 from .ops import MatchResult, match
 
@@ -69,3 +70,21 @@ def _match_class_by_class(bank, query, k, backend, classes, counts):
 def _stored_rows(bank, cls, counts):
     """Class ``cls``'s stored rows, the filled prefix of its slots (``counts`` read once per call)."""
     return bank.features[cls * bank.capacity:cls * bank.capacity + counts[cls]]
+
+
+def classwise_scores(bank, query, backend):
+    """[N, C] (rows) or [B, C, h, w] (maps): ``query``'s best score per class of ``bank``
+    (``query`` in the bank's dtype; a class with no stored row scores the worst score), one
+    match per class."""
+    worst = worst_score(bank.metric)
+    per_class = []
+    for cls in range(bank.num_classes):
+        block = bank._class_rows(cls)
+        if block.shape[0] == 0:
+            shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
+            per_class.append(torch.full(shape, worst, device=query.device,
+                                        dtype=accumulation_dtype(bank.features.dtype)))
+        else:
+            per_class.append(match(query, block, metric=bank.metric, backend=backend).score)
+        del block  # a fixed bank's class copy, freed before the next class's is gathered
+    return torch.stack(per_class, dim=1)
