@@ -231,8 +231,9 @@ stage synccheck 90 "${SANITIZE[@]}" --tool synccheck \
 # (python_tests/cuda_worker_guard.py): one crashed test, not every test after it.
 GPU_TESTS=(python_tests/test_match_cuda.py python_tests/test_match_cuda_sm90.py python_tests/test_match_cuda_topk.py
   python_tests/test_match_triton.py python_tests/test_triton_launch.py python_tests/test_triton_class_ranges.py
-  python_tests/test_match_contract.py python_tests/test_classwise.py python_tests/test_ignore_index.py
-  python_tests/test_match_inputs.py python_tests/test_backend_choice.py python_tests/test_cuda_kernel_choice.py
+  python_tests/test_match_contract.py python_tests/test_match_tracing.py python_tests/test_classwise.py
+  python_tests/test_ignore_index.py python_tests/test_match_inputs.py python_tests/test_backend_choice.py
+  python_tests/test_cuda_kernel_choice.py
   python_tests/test_native.py python_tests/test_fuzz.py
   "python_tests/test_recipes.py::test_resume_continues_the_run[cuda]")
 [[ -z "${TESTS:-}" ]] || GPU_TESTS=($TESTS)  # split and glob-expanded (the list's [cuda] stays literal)

@@ -18,6 +18,9 @@ pytest_plugins = ["cuda_worker_guard"]  # a worker whose CUDA context broke leav
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if HAS_CUDA else "cpu"  # where the backend tests run
+FUSED = ["triton"] if (HAS_CUDA or INTERPRETING) else []  # the Triton kernel runs here (cuda: its own tests)
+BACKENDS = ["torch"] + FUSED
 
 
 def hopper_build_and_device():

@@ -3,11 +3,9 @@ import pytest
 import torch
 
 import refmatch
-from conftest import HAS_CUDA, INTERPRETING
+from conftest import DEVICE, FUSED, HAS_CUDA
 from oracle import dense_scores, tolerance
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-FUSED = ["triton"] if (HAS_CUDA or INTERPRETING) else []
 CASES = [("torch", dtype) for dtype in (torch.bfloat16, torch.float32, torch.float64)]
 CASES += [(backend, dtype) for backend in FUSED + (["cuda"] if HAS_CUDA else [])
           for dtype in (torch.bfloat16, torch.float32)]

@@ -3,10 +3,8 @@ import pytest
 import torch
 
 import refmatch
-from conftest import HAS_CUDA, INTERPRETING
+from conftest import BACKENDS, DEVICE, HAS_CUDA
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-BACKENDS = ["torch"] + (["triton"] if (HAS_CUDA or INTERPRETING) else [])
 IGNORE = 255
 
 

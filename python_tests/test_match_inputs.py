@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refmatch
-from conftest import HAS_CUDA, INTERPRETING
+from conftest import DEVICE, FUSED, HAS_CUDA
 from oracle import assert_matches_oracle, dense_scores, oriented
 
 Q, R = torch.randn(4, 8), torch.randn(10, 8)
@@ -81,10 +81,6 @@ def test_backends_report_every_backend_with_a_reason():
     assert all(status.reason for status in report.values())
     if not HAS_CUDA:
         assert not report["cuda"].available
-
-
-FUSED = ["triton"] if (HAS_CUDA or INTERPRETING) else []
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 @settings(max_examples=25, deadline=None)

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 import refmatch
-from conftest import HAS_CUDA, INTERPRETING
+from conftest import DEVICE, HAS_CUDA, INTERPRETING
 from oracle import assert_matches_oracle
 
 pytestmark = pytest.mark.skipif(not (HAS_CUDA or INTERPRETING),
                                 reason="needs a CUDA device or TRITON_INTERPRET=1")
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 # D = 100: float32 needs the shared-memory ladder on a GPU (match_tiles)
 SHAPES = [(1, 1, 1), (7, 33, 257), (33, 70, 7), (70, 7, 33), (9, 40, 100)]
 

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import refmatch
-from conftest import HAS_CUDA, INTERPRETING
+from conftest import DEVICE, HAS_CUDA, INTERPRETING
 
 pytestmark = pytest.mark.skipif(not (HAS_CUDA or INTERPRETING), reason="needs a CUDA device or TRITON_INTERPRET=1")
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 def _stat(reference, metric):
