@@ -1,4 +1,5 @@
-"""The CUDA build without a GPU: kernel resources, launch plans, fragment layouts (argument checks: test_cuda_launch_checks)."""
+"""The CUDA build without a GPU: kernel resources, launch plans, fragment layouts (argument checks:
+test_cuda_launch_checks)."""
 import re
 from pathlib import Path
 
