@@ -147,13 +147,14 @@ def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
     log10(1 + |offset|^2 / spread^2) digits to cancellation in ranking (rows around
     100 with unit spread: 4 of float32's 7, a wrong neighbour for 3 % of rows). The
     shift is the mean rounded to a power-of-two grid no coarser than the spread per
-    channel: at most half a step of offset is left, and features stay exactly
-    representable (integers, e.g. raw intensities, when that spread is >= 1), so
-    exact ties stay exact. The grid is never finer than the mean's own precision, so
-    identical references (zero spread) shift by their mean. Statistics come from the
-    rows without NaN or Inf (which never match). Float32 and float64 only,
-    since shifting half-precision features would round them; not under torch.compile
-    or graph capture (one host read decides, a GPU sync); a copy of both when it applies.
+    channel: at most half a step of offset is left, and integers (e.g. raw intensities)
+    stay integers when that spread is >= 1, so exact ties stay exact. The grid is never
+    finer than the mean's own precision, so identical references (zero spread) shift by
+    their mean. No shift is made where it would blur a row (``_blurred_by``): rows near
+    0 beside a cluster far from it. Statistics come from the rows without NaN or Inf
+    (which never match). Float32 and float64 only, since shifting half-precision
+    features would round them; not under torch.compile or graph capture (host reads
+    decide, a GPU sync each); a copy of both when it applies.
     """
     if query.dtype not in (torch.float32, torch.float64) or not host_read_allowed(reference):
         return query, reference
@@ -171,7 +172,23 @@ def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
     per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(precision)
     step = torch.exp2(torch.floor(torch.log2(per_channel)))
     shift = (torch.round(mean / step) * step).to(query.dtype)
+    blurred = sum(_blurred_by(rows, shift, 1).sum() for rows, _ in _matchable_row_chunks(reference, ignored, max_rows))
+    blurred += _reduced_by_chunks(query, 1, lambda part, dim: _blurred_by(part, shift[:, None, None], dim),
+                                  max_elements).sum()
+    if bool(blurred):  # rows near 0 beside a cluster at 1000: the shift would round them together
+        return query, reference
     return query - shift[None, :, None, None], reference - shift
+
+
+def _blurred_by(rows, shift, dim):
+    """Per row of ``rows`` (features over ``dim``, ``shift`` broadcast): whether ``rows - shift``
+    rounds some entry (its error by TwoSum, Knuth, is not 0) and moves the row away from 0, where
+    that rounding is coarser than the row's own digits. Rows holding NaN or Inf never match: False."""
+    difference = rows - shift
+    shift_part = difference - rows
+    rounded = ((rows - (difference - shift_part)) + (-shift - shift_part) != 0).any(dim)
+    farther = _sum_of_squares(difference.double(), dim) > _sum_of_squares(rows.double(), dim)
+    return rounded & farther & rows.isfinite().all(dim)
 
 
 def kernel_metric_and_stat(reference, metric, ignored=None):
