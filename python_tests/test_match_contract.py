@@ -198,6 +198,19 @@ def test_l2_of_offset_integer_features_keeps_exact_ties(backend):
     assert torch.equal(result.score[:, 0].double(), best[:, 0])
 
 
+@pytest.mark.parametrize("rows, twin", [(700, 600), (70000, 65541)])  # past a GEMM block; past a 2^22 chunk
+def test_cosine_twins_tie_beside_a_row_whose_norm_overflows(rows, twin):
+    """A row of Inf (or of 1e20) next to row 0's twin sent their whole chunk's norms through
+    float64, an ulp from row 0's float32 norm, and the twin outranked row 0 for half the queries."""
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(rows, 64, generator=generator)
+    reference[twin] = reference[0]
+    queries = reference[0] + 1e-3 * torch.randn(8, 64, generator=generator)
+    for value in (float("inf"), 1e20):
+        reference[twin + 1] = value
+        assert refmatch.match(queries, reference, backend="torch").index.tolist() == [0] * 8
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cosine_ignores_the_scale_of_rows_whose_squared_norm_overflows(backend):
     # Norms above 1.8e19 square to inf in float32: the reference term 1/|r| was 0 and the

@@ -5,6 +5,7 @@ terms are left out: q.r (dot), q.r/|r| (cosine) and 2 q.r - |r|^2 (l2). The
 per-row fix-up turns that into the public score; l2 distances are recomputed
 from the matched rows, since the GEMM form cancels digits (see ``finalize_scores``).
 """
+import functools
 import itertools
 
 import torch
@@ -68,12 +69,17 @@ def _sum_of_squares(part, dim):
 
 
 def _norm(part, dim):
-    if part.device.type == "cpu" and host_read_allowed(part):
-        norm = torch.linalg.vector_norm(part, dim=dim)
-        if not bool(norm.isinf().any()):  # the usual case: one float32 pass (a GPU would synchronise to know)
-            return norm
     # Squares summed in float64 cannot overflow for float32 entries (a float32 squared norm does above 1.8e19).
-    return torch.linalg.vector_norm(part, dim=dim, dtype=torch.float64).to(part.dtype)
+    wide = functools.partial(torch.linalg.vector_norm, part, dim=dim, dtype=torch.float64)
+    if part.device.type != "cpu" or not host_read_allowed(part):
+        return wide().to(part.dtype)  # a GPU would synchronise to know whether float32 overflowed
+    norm = torch.linalg.vector_norm(part, dim=dim)
+    overflowed = norm.isinf()
+    if not bool(overflowed.any()):  # the usual case: one float32 pass
+        return norm
+    # Only the rows that overflowed: a row's norm must not depend on its neighbours (identical
+    # rows an ulp apart broke the lowest-index tie rule).
+    return torch.where(overflowed, wide().to(part.dtype), norm)
 
 
 def squared_norms(tensor, dim, max_elements=1 << 22, dtype=None):
