@@ -179,7 +179,8 @@ def test_filled_slots_match_as_the_whole_buffer(metric, k, pixels):
 def test_l2_bank_shifts_each_class_by_its_own_mean():
     """Classes around 0 and 1000 (D = 16): a shift by the whole bank's mean cancels the far class's
     digits (class-wise distances were 400 % off); class by class they are float32-close, for a
-    growable bank and a from_tensors one alike."""
+    growable bank and a from_tensors one alike. match's distances too: a growable bank matches
+    class by class, a fixed one in one call whose distances are recomputed from the matched rows."""
     torch.manual_seed(0)
     near, far = torch.randn(300, 16), torch.randn(300, 16) + 1000
     growable = ReferenceBank(16, 2, 512, dtype=torch.float32, metric="l2")

@@ -158,7 +158,7 @@ def test_l2_leaves_features_unshifted_where_the_shift_would_round_rows_near_0(ba
     """Rows at 0 and 1e-5 beside a cluster at 1000: shifted by about 1000 both rounded to -1024,
     and a query equal to the second matched the first at a distance of 0. A zero query row
     (padding) shifts exactly and does not keep an offset bank from its shift."""
-    from refmatch.backends.scoring import centred_for_l2
+    from refmatch.backends.l2_shift import centred_for_l2
     reference = torch.cat([torch.tensor([[0.0] * 8, [1e-5] * 8]), torch.full((100, 8), 1000.0)]).to(DEVICE)
     result = refmatch.match(torch.full((1, 8), 1e-5, device=DEVICE), reference, k=2, metric="l2", backend=backend)
     assert result.index.tolist() == [[1, 0]]

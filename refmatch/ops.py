@@ -6,7 +6,8 @@ import torch
 from .arguments import as_int, channels_last_hint, check_integer_labels, check_label_values, volume_hint
 from .backends import NAMES as BACKEND_NAMES
 from .backends import MatchProblem, select
-from .backends.scoring import METRICS, as_maps, centred_for_l2
+from .backends.l2_shift import centred_for_l2
+from .backends.scoring import METRICS, as_maps
 from .choices import check_choice
 from .masks import label_is
 
