@@ -150,6 +150,9 @@ def test_vote_refuses_bad_arguments():
     with pytest.raises(ValueError, match="temperature=1e-300 rounds to 0 in float32: use at least 1.18e-38"):
         vote(result, labels, num_classes=3, temperature=1e-300)  # gave NaN probabilities
     assert vote(result, labels, num_classes=3, temperature=1.2e-38).probabilities.isfinite().all()
+    with pytest.raises(ValueError, match="temperature=1e\\+39 is inf in float32: use at most 3.4e\\+38"):
+        vote(result, labels, num_classes=3, temperature=1e39)  # -inf / inf: NaN probabilities
+    assert vote(result, labels, num_classes=3, temperature=3.4e38).probabilities.isfinite().all()
     with pytest.raises(TypeError, match=r"integer dtype \(.*\), got torch.float32"):
         vote(result, labels.float(), num_classes=3)
     with pytest.raises(ValueError, match="labels has 2 rows"):

@@ -86,3 +86,16 @@ def test_scores_that_require_grad_give_targets_without_gradient():
         assert not voted.probabilities.requires_grad and not voted.confidence.requires_grad
     assert torch.equal(refmatch.vote(per_class, num_classes=3).probabilities,
                        refmatch.vote(per_class.detach(), num_classes=3).probabilities)
+
+
+def test_float64_scores_vote_in_float64():
+    """Class-wise dot scores of 2e39, 6e39 and -1e39 (float64): cast to float32 the first two became
+    inf and split the vote; the largest class takes it all at temperature 1."""
+    scores = torch.tensor([[2e39, 6e39, -1e39], [0.5, 0.5 + 1e-12, 0.0]], dtype=torch.float64)
+    probabilities, confidence = refmatch.vote(scores, num_classes=3, metric="dot", temperature=1.0)
+    assert probabilities.dtype == confidence.dtype == torch.float64
+    assert probabilities[0].tolist() == [0.0, 1.0, 0.0] and probabilities[1, 1] > probabilities[1, 0]
+    found = refmatch.match(torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64), k=3)
+    for weighting in ("uniform", "similarity"):
+        vote = refmatch.vote(found, torch.tensor([0, 1, 2, 0, 1, 2]), num_classes=3, weighting=weighting)
+        assert vote.probabilities.dtype == torch.float64

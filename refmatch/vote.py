@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional, SupportsIndex, Union
 import torch
 
 from .arguments import as_int, as_number, check_integer_labels, check_label_values, volume_hint
-from .backends.scoring import METRICS, host_read_allowed
+from .backends.scoring import METRICS, accumulation_dtype, host_read_allowed
 from .candidates import with_k_axis
 from .choices import check_choice
 from .masks import label_is
@@ -15,9 +15,9 @@ WEIGHTINGS = ("uniform", "similarity")
 
 
 class Vote(NamedTuple):
-    """probabilities: float32 [N, C] or [B, C, H, W], summing to 1 over C where any
-    candidate exists (0 everywhere otherwise); confidence: the margin between the
-    two most probable classes, float32 [N] or [B, H, W]."""
+    """probabilities: float32 [N, C] or [B, C, H, W] (float64 for float64 scores), summing to
+    1 over C where any candidate exists (0 everywhere otherwise); confidence: the margin
+    between the two most probable classes, [N] or [B, H, W] in the same dtype."""
 
     probabilities: torch.Tensor
     confidence: torch.Tensor
@@ -33,13 +33,14 @@ def margin(probabilities):
 
 
 def _softmax(scores, sign, temperature, voted=None):
-    """softmax(sign * scores / temperature) over dim 1 in float32, where NaN (which never wins a
+    """softmax(sign * scores / temperature) over dim 1 in float32 (float64 for float64 scores:
+    their range and digits stay), where NaN (which never wins a
     match) and entries outside ``voted`` (bool, scores' shape, or None) cast no vote. Scaled after
     subtracting each row's best, so that large scores do not overflow to inf (and the softmax to
     NaN); a row whose best is +inf (a dot product can be) shares its weight among its +inf
     entries, and a row of none gets none. Works in place on one float32 copy (a class-wise
     vote peaks at 3.3 times the scores' float32 size, result included; 6.7 out of place)."""
-    oriented = scores.float().mul(sign)  # the copy the steps below change in place
+    oriented = scores.to(accumulation_dtype(scores.dtype)).mul(sign)  # the copy the steps below change in place
     no_vote = oriented.isnan() if voted is None else oriented.isnan().logical_or_(voted.logical_not())
     best = oriented.masked_fill_(no_vote, float("-inf")).amax(dim=1, keepdim=True)
     weight = torch.softmax(oriented.sub_(best).div_(temperature), dim=1)  # NaN rows where best is infinite
@@ -108,11 +109,15 @@ def _check_best_first(score, metric):
 
 def checked_temperature(temperature):
     """``temperature`` as a float; ValueError unless finite and > 0, and TypeError for a
-    non-number. Scores divide by it in float32: inf would make -inf / inf (no vote) NaN, and a
-    value below float32's smallest normal number rounds to 0 there (0 / 0 for the best)."""
+    non-number. Scores divide by it in float32: inf, or a value past float32's range that
+    becomes inf there, would make -inf / inf (no vote) NaN, and a value below float32's
+    smallest normal number rounds to 0 there (0 / 0 for the best)."""
     temperature = as_number("temperature", temperature)
     if not 0 < temperature < math.inf:
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if temperature > torch.finfo(torch.float32).max:
+        raise ValueError(f"temperature={temperature} is inf in float32: use at most "
+                         f"{torch.finfo(torch.float32).max:.3g}")
     if temperature < torch.finfo(torch.float32).tiny:
         raise ValueError(f"temperature={temperature} rounds to 0 in float32: use at least "
                          f"{torch.finfo(torch.float32).tiny:.3g}")
@@ -187,7 +192,7 @@ def vote(result_or_scores: Union[MatchResult, torch.Tensor], labels: Optional[to
     check_label_values(label.masked_fill(index < 0, 0), ignore_index, num_classes)
     voted = label >= 0 if ignore_index is None else (label >= 0) & ~label_is(label, ignore_index)
     if weighting == "uniform":
-        weight = voted.float()
+        weight = voted.to(accumulation_dtype(score.dtype))
     else:
         weight = _softmax(score, sign, temperature, voted)
     shape = list(label.shape)
