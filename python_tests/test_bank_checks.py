@@ -238,3 +238,21 @@ def test_a_bank_of_subclassed_tensors_saves_plain_tensors(tmp_path):
         path = tmp_path / "bank.pt"
         torch.save(bank.state_dict(), path)
         assert all(type(value) is torch.Tensor for value in torch.load(path, weights_only=True).values())
+
+
+def test_queries_too_large_for_a_float16_bank():
+    """Features of 1e5 (float16 stops at 65504): add() stores cosine rows normalised, but queries
+    were cast as they were, became Inf and matched nothing. Cosine queries are scaled by a power
+    of two first; a dot or l2 bank says how many query rows it loses."""
+    features = 1e5 * torch.randn(1, 8, 4, 4)
+    masks = torch.arange(2).repeat_interleave(8).view(1, 4, 4)
+    cosine = ReferenceBank(8, 2, 16, dtype=torch.float16)
+    cosine.add(features, masks)
+    assert torch.equal(cosine.match(features).label, masks)
+    assert cosine.classwise_max(features).isfinite().all()
+    for metric in ("dot", "l2"):  # Inf rows match anything (dot) or nothing (l2)
+        bank = ReferenceBank(8, 2, 16, dtype=torch.float16, metric=metric)
+        bank.add(features / 1e3, masks)
+        with pytest.warns(UserWarning, match=r"16 finite query row\(s\) overflowed the bank's torch.float16 "
+                                             r"\(values beyond 6.55e\+04\) to Inf, .*use metric='cosine'"):
+            bank.match(features)

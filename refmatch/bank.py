@@ -10,7 +10,7 @@ from .bank_checks import check_feature_maps, check_images, check_query, check_re
     checked_bank_arguments, require_values, state_dict_problem
 from .bank_match import classwise_scores, match_filled_slots
 from .bank_policies import POLICIES, reservoir_slots, ring_slots
-from .bank_rows import bank_rows, warn_ring_overflow
+from .bank_rows import bank_rows, query_in_dtype, warn_ring_overflow
 from .masks import check_masks
 from .ops import MatchResult, match
 
@@ -31,7 +31,8 @@ class ReferenceBank(nn.Module):
         dim: feature channels D.
         num_classes: C; labels are 0..C-1.
         capacity_per_class: slots per class.
-        dtype: floating-point storage dtype (queries are cast to it when matching).
+        dtype: floating-point storage dtype (queries are cast to it when matching; cosine
+            queries past its range, as float16's, are scaled by a power of two first).
         metric: "cosine" (``add`` stores rows L2-normalised; ``from_tensors`` keeps
             them as given, which scores the same), "dot" or "l2".
         ignore_index: mask label that is never stored, even where it is one of the
@@ -280,7 +281,7 @@ class ReferenceBank(nn.Module):
     def _checked_query(self, query):
         """``query`` in the bank's dtype, after checking it is [N, D] or [B, D, h, w] with the bank's D."""
         check_query(query, self.features)
-        return query.to(self.features.dtype)
+        return query_in_dtype(query, self.features.dtype, self.metric)
 
     def _class_rows(self, cls):
         """[rows, D] features of class ``cls``: the filled prefix of its slots (ring and

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from .backends.scoring import normalized_rows
+from .backends.scoring import host_read_allowed, normalized_rows
 from .masks import downsample_masks, label_is, size_text
 
 _PACKAGE = os.path.normcase(os.path.dirname(os.path.abspath(__file__)))
@@ -92,3 +92,26 @@ def warn_ring_overflow(cls, count, capacity):
                   f"last {capacity} in raster order (the bottom rows of its last images), not a spread over it; "
                   "policy='reservoir' keeps a uniform sample, or add fewer images at a time (warned once per bank)",
                   stacklevel=user_stacklevel())
+
+
+def query_in_dtype(query, dtype, metric):
+    """``query`` [N, D] or [B, D, h, w] cast to a bank's ``dtype``. A cast to a narrower range
+    (float16) turns large rows into Inf, which match nothing: cosine rows near that range are
+    first scaled by a power of two (exact; cosine ignores scale), and for the other metrics a
+    warning counts the rows that overflowed (not under torch.compile, where it would read the host)."""
+    limit = torch.finfo(dtype).max
+    if limit >= torch.finfo(query.dtype).max:
+        return query.to(dtype)
+    if metric == "cosine":
+        peak = query.abs().amax(dim=1, keepdim=True)
+        scale = torch.where(peak.isfinite() & (peak > limit / 2), -torch.frexp(peak).exponent, 0)
+        return torch.ldexp(query, scale).to(dtype)
+    cast = query.to(dtype)
+    if host_read_allowed(query):
+        overflowed = int((query.isfinite().all(dim=1) & ~cast.isfinite().all(dim=1)).sum())
+        if overflowed:
+            warnings.warn(f"{overflowed} finite query row(s) overflowed the bank's {dtype} (values beyond "
+                          f"{limit:.4g}) to Inf, whose matches are not the rows': scale the features down, use "
+                          "metric='cosine', or a bank dtype of wider range (bfloat16, float32)",
+                          stacklevel=user_stacklevel())
+    return cast
