@@ -292,3 +292,7 @@ def test_line_panels_name_the_measured_sizes_and_series_differ_beyond_colour(tmp
     other.write_text(json.dumps({"meta": {}, "rows": [{"k": 8}]}))
     with pytest.raises(ValueError, match="not a results file of refmatch bench"):
         bench_plot.replot(other)
+    for argv in ([str(other)], [], ["--help"]):  # --help was read as a file name; no file printed nothing
+        with pytest.raises(SystemExit) as exited:
+            bench_plot.main(argv)
+        assert exited.value.code == (0 if argv == ["--help"] else 2)

@@ -84,5 +84,5 @@ def test_train_warns_of_a_command_line_setting_the_method_never_reads(tmp_path, 
 
     main(["train", *TINY, "--out", str(tmp_path / "run"), "method=meanteacher-pl", "steps=1", "pl_threshold=0.5"])
     err = capsys.readouterr().err
-    assert "warning: method=meanteacher-pl never reads tap_size, bank_capacity, bank_refresh_every, pl_threshold " \
-           "(given on the command line)" in err
+    assert "refmatch train: warning: method=meanteacher-pl never reads tap_size, bank_capacity, bank_refresh_every, " \
+           "pl_threshold (given on the command line)" in err

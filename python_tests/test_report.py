@@ -84,13 +84,14 @@ def test_unfinished_missing_or_foreign_runs_are_left_out_by_name(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text('{"test": ')
     reasons = {tmp_path / "seed1" / "refmatch": "no metrics.json: still training, or stopped (refmatch train --resume)",
-               tmp_path / "nowhere": "not a run folder"}
+               tmp_path / "nowhere": "no such folder", tmp_path / "a file": "not a run folder"}
+    (tmp_path / "a file").write_text("")
     report = [sys.executable, "-m", "refmatch.recipes.report"]
     result = subprocess.run([*report, "--by-seed", str(finished), *map(str, reasons), str(tmp_path / "foreign"),
                              str(tmp_path / "broken")], capture_output=True, text=True)
     assert result.returncode == 1  # the seed left out took its column: no means over the other seeds
     assert result.stdout.splitlines()[2] == "| refmatch | 0.9000 | – | – | 1.0–1.0 |"
-    assert result.stdout.splitlines()[-5:] == ["Left out, not finished runs of refmatch:", *(
+    assert result.stdout.splitlines()[-6:] == ["Left out, not finished runs of refmatch:", *(
         f"- {folder}: {why}" for folder, why in reasons.items()),
         f"- {tmp_path / 'foreign' / 'metrics.json'} is not a refmatch run's (no test scores, config and training time)",
         f"- {tmp_path / 'broken' / 'metrics.json'}: not JSON (Expecting value: line 1 column 10 (char 9))"]

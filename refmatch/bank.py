@@ -107,6 +107,7 @@ class ReferenceBank(nn.Module):
         return bank
 
     def __len__(self):
+        """Features stored (a host read; a sharded bank's counts every rank's, a collective)."""
         return self._stored()
 
     def extra_repr(self):

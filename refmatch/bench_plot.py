@@ -2,9 +2,9 @@
 
 ``python -m refmatch.bench_plot RESULTS.json ...`` draws each results file's picture again
 beside it (after a change to the plot), with its machine and commit."""
+import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 from .atomic_file import write_atomic
@@ -134,10 +134,18 @@ def replot(results):
     return plot(saved["rows"], Path(results).with_suffix(".png"), f"{meta['device']}; commit {meta['commit']}")
 
 
-if __name__ == "__main__":
-    for name in sys.argv[1:]:
+def main(argv=None):
+    """``python -m refmatch.bench_plot RESULTS.json ...``: each picture drawn again, its path
+    printed; a file that is not a bench results file stops it with one error line (status 2)."""
+    parser = argparse.ArgumentParser(prog="python -m refmatch.bench_plot",
+                                     description="Draw the picture of refmatch bench results files again.")
+    parser.add_argument("results", nargs="+", type=Path, help="results .json files (the picture goes beside each)")
+    for name in parser.parse_args(argv).results:
         try:
             print(replot(name) or "no plot: matplotlib missing")
         except (OSError, ValueError) as error:  # one line, as the other commands' errors
-            print(f"python -m refmatch.bench_plot: error: {error}", file=sys.stderr)
-            sys.exit(2)
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -156,8 +156,9 @@ def classwise_max(query: torch.Tensor, reference: torch.Tensor, labels: torch.Te
     """Best score per class of every query row, without the N x M matrix.
 
     Args:
-        query: [N, D] rows or [B, D, H, W] maps (volumes flattened as for ``match``);
-            reference: [M, D]; labels: [M] integers in [0, num_classes), or ignore_index.
+        query: [N, D] rows or [B, D, H, W] maps (volumes flattened as for ``match``).
+        reference: [M, D], the query's dtype and device.
+        labels: [M] integers in [0, num_classes), or ignore_index.
         num_classes: C (fused on the Triton and CUDA backends for C <= 64; the
             torch backend takes any C).
         metric, backend: as in :func:`match`.

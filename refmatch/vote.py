@@ -138,7 +138,8 @@ def vote(result_or_scores: Union[MatchResult, torch.Tensor], labels: Optional[to
         weighting: for matches, "uniform" (each of the k neighbours one vote) or
             "similarity" (votes weighted by softmax(score / temperature) over k).
             Class-wise scores always use softmax over classes. A NaN score casts no vote.
-        temperature: softmax temperature.
+        temperature: softmax temperature of "similarity" weighting and class-wise scores, in the score
+            units of the metric; finite, > 0 and within float32's range (1.2e-38 to 3.4e38).
         metric: the metric that produced the scores; for "l2" (distances) smaller wins.
             Scores outside its range (a cosine beyond [-1, 1], a negative distance),
             and top-k lists in another metric's order (distances rise along k,

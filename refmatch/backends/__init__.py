@@ -32,7 +32,8 @@ _STATUS = {}
 
 @dataclass(frozen=True)
 class BackendStatus:
-    """Whether a backend can run here, and why (not)."""
+    """Whether a backend can run here, and why (not): ``name`` ("torch", "triton" or "cuda"),
+    ``available`` (it can run a call here), ``reason`` (what it runs on, or what it lacks)."""
 
     name: str
     available: bool

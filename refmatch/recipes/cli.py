@@ -39,8 +39,8 @@ def train_main(argv=None):
     config.data = data_location(config.data)
     unread = unread_keys(config, [item.split("=", 1)[0] for item in args.overrides])
     if unread:  # a config file may hold other methods' settings; a command line names its own
-        print(f"warning: method={config.method} never reads {', '.join(unread)} (given on the command line)",
-              file=sys.stderr)
+        print(f"refmatch train: warning: method={config.method} never reads {', '.join(unread)} (given on the "
+              "command line)", file=sys.stderr)
     with Trainer(config, args.out, resume=resumed or False, overwrite=args.overwrite) as trainer:
         result = trainer.fit(stop_at=args.stop_at)
     if result is not None and trainer.run.is_main:
@@ -58,7 +58,8 @@ def checkpoint_teacher(checkpoint_path, device):
 def evaluate_main(argv=None):
     """``refmatch evaluate``: a checkpoint's Dice, IoU and HD95 on a dataset, as JSON."""
     parser = argparse.ArgumentParser(prog="refmatch evaluate", description="Dice, IoU and HD95 of a checkpoint.")
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a run's best.pt or latest.pt (its splits.json beside it)")
     parser.add_argument("--data", help="folder with images/ and masks/, or 'phantom' (default: the run's own data)")
     parser.add_argument("--split", choices=("test", "val", "all"), default="test",
                         help="the run's test or val images (splits.json beside the checkpoint; the default "
@@ -67,7 +68,8 @@ def evaluate_main(argv=None):
     parser.add_argument("--resolution", choices=("training", "native"), default="training",
                         help="training: at the run's image_size, as metrics.json; native: predictions resized "
                              "to each mask file's own size and scored there, HD95 in its pixels (folders only)")
-    parser.add_argument("--out", type=Path, help="write metrics JSON here")
+    parser.add_argument("--out", type=Path, help="also write the metrics JSON to this file (not over a file "
+                        "that is not an earlier evaluate output)")
     args = parser.parse_args(argv)
     if args.out is not None:
         check_output_file(args.out, "--out")

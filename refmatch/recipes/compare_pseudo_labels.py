@@ -183,7 +183,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="refmatch compare-pseudo-labels",
                                      description="Which pseudo-label setting suits a dataset?")
     parser.add_argument("--run", type=Path, required=True, help="run folder with best.pt and splits.json")
-    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name inside the run folder")
+    parser.add_argument("--checkpoint", default="best.pt",
+                        help="checkpoint file name inside the run folder (default: best.pt)")
     parser.add_argument("--setting", action="append", help="comma-separated key=value config changes from "
                         f"the plain pseudo-labels ({plain_pseudo_labels_text()}), not from the run's own settings; "
                         f"keys: {', '.join(SETTING_KEYS)} (repeatable; default: {' '.join(DEFAULT_SETTINGS)})")

@@ -38,11 +38,14 @@ def pseudo_label_main(argv=None):
     """``refmatch pseudo-label``: a run's teacher and bank label a folder of images, as PNGs."""
     parser = argparse.ArgumentParser(prog="refmatch pseudo-label",
                                      description="Reference-guided pseudo-labels for a folder of images.")
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a refmatch train run's best.pt or latest.pt (its teacher and settings)")
     parser.add_argument("--labeled", type=Path, required=True, help="folder with images/ and masks/")
     parser.add_argument("--unlabeled", type=Path, required=True,
                         help="folder of PNG images (or its images/; not a dataset folder with unlabeled/ too)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for labels/, confidence/ and pseudo-label.json (what it holds and how it "
+                             "was labelled)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted OUT: skip the images it has finished (same checkpoint, "
                              "folders and bank settings)")

@@ -132,7 +132,7 @@ def _metrics(run):
     path = run / "metrics.json"
     if not path.is_file():
         why = ("no metrics.json: still training, or stopped (refmatch train --resume)" if run.is_dir()
-               else "not a run folder")
+               else "not a run folder" if run.exists() else "no such folder")
         if (run / OVERWRITTEN / "metrics.json").is_file():
             why = (f"no metrics.json: an --overwrite stopped before its run finished; the earlier run waits in "
                    f"{OVERWRITTEN}/ (refmatch train --resume says how to move it back)")
