@@ -2,12 +2,16 @@
 (a ``--resume`` started twice, say) would interleave checkpoints and logs, so it is refused.
 
 The lock is an advisory ``flock`` on ``run_dir/.lock``, which the kernel drops when its
-process ends, however it ends. The file stays: deleting it while locked would let a second
-run lock a new file of the same name. Where the file system cannot lock (some network
+process ends, however it ends. The file names its holder (host, process, SLURM job, start),
+for a refusal to quote. The file stays: deleting it while locked would let a second run lock
+a new file of the same name. Where the file system cannot lock (some network
 mounts) or the platform has no ``fcntl``, runs go unlocked.
 """
 import contextlib
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 
 from ..atomic_file import temporaries
@@ -22,29 +26,38 @@ class RunFolderLock:
     run's atomic writes left (``.<name>.<random>.tmp``): no live run is writing them."""
 
     def __init__(self, run_dir):
-        self.path, self.file = Path(run_dir) / LOCK_NAME, None
+        self.path, self.file, self._key = Path(run_dir) / LOCK_NAME, None, None
         self.created = not self.path.exists()  # a run that fails to start removes a lock file it made
         try:
             import fcntl
         except ImportError:
             return
-        self.file = open(self.path, "w")
+        self.file = open(self.path, "a+")  # not "w": a refused run must not erase the holder's note
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip()
             self.file.close()
             if self.path.resolve() in _held_here:
                 raise BlockingIOError(f"{self.path.parent} is held by a run in this process that was not closed (a "
                                       "Trainer: call its close(), or build it in a with block; a pseudo-label "
                                       "still running)") from None
-            raise BlockingIOError(f"{self.path.parent} is in use by another refmatch run (it holds "
-                                  f"{LOCK_NAME}): wait for that run to end, or stop it") from None
+            raise BlockingIOError(f"{self.path.parent} is in use by another refmatch run (it holds {LOCK_NAME}"
+                                  f"{': ' + holder if holder else ''}): wait for that run to end, or stop it; if it "
+                                  f"has ended (its node lost: a network file system may keep its lock), delete "
+                                  f"{self.path}") from None
         except OSError as error:  # no locks on this file system: go on without one
             logging.getLogger("refmatch").warning("cannot lock %s (%s): running without a lock", self.path, error)
             self.release()
             return
         self._key = self.path.resolve()  # as taken: a later chdir or relinked folder would miss it
         _held_here.add(self._key)
+        self.file.truncate(0)
+        job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+        self.file.write(f"host {socket.gethostname()}, process {os.getpid()}{job}, since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
         for folder in (self.path.parent, self.path.parent / "images"):  # the grids' folder too
             for stale in temporaries(folder):
                 stale.unlink(missing_ok=True)
