@@ -25,7 +25,6 @@ def test_an_overwrite_that_fails_before_training_keeps_the_earlier_run(tmp_path)
     def files():  # but the lock's note of its last holder
         return {path.relative_to(run): path.read_bytes() for path in run.rglob("*") if path.is_file()
                 and path.name != ".lock"}
-
     before = files()
     handlers = list(logging.getLogger("refmatch").handlers)
     with pytest.raises(FileNotFoundError, match="missing/images not found"):
