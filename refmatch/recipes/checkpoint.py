@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,13 +34,22 @@ def load(path, device="cpu", required=("config", "teacher")):
         raise IsADirectoryError(f"checkpoint {path} is a folder: name the file in it (a run's best.pt or latest.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    damaged = _failed_checksum(path)
+    if damaged:
+        raise ValueError(f"{path} is damaged: its record {damaged} fails its checksum (a bit flipped on disk or "
+                         "in a copy); a run's other checkpoint (best.pt, latest.pt) may be whole")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        # Tensors and plain values only: unpickling a file from elsewhere could run its code.
+        state = torch.load(path, map_location=device, weights_only=True)
     except torch.OutOfMemoryError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+    except Exception as error:  # a zero-filled file gives KeyError, a cut one EOFError or RuntimeError
+        told = " ".join(str(error).split())
+        if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):  # torch.save's format
+            raise ValueError(f"{path} is not a refmatch checkpoint: it holds Python objects besides tensors and "
+                             f"plain values, which refmatch does not unpickle ({told[:160]})") from None
         raise ValueError(f"{path} is not a readable checkpoint (damaged or not written by refmatch): "
-                         f"{' '.join(str(error).split())[:200]}") from None
+                         f"{type(error).__name__}: {told[:200]}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a refmatch checkpoint: it holds a {type(state).__name__}")
     missing = [key for key in required if key not in state]
@@ -47,6 +57,16 @@ def load(path, device="cpu", required=("config", "teacher")):
         raise ValueError(f"{path} is not a refmatch checkpoint: it lacks {', '.join(missing)} (a plain model "
                          "state_dict? refmatch train writes best.pt and latest.pt)")
     return state
+
+
+def _failed_checksum(path):
+    """The name of the first record of a zip checkpoint (torch.save's format) whose CRC fails, or
+    None (torch.load reports files that are no zip at all)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None
 
 
 def saved_teacher(state, path, device, num_classes=None):
