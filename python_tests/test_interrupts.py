@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from refmatch.recipes.interrupts import worker_ignores_ctrl_c
+from refmatch.recipes.interrupts import worker_ignores_stops
 
 
 class Slow(torch.utils.data.Dataset):
@@ -20,31 +20,33 @@ class Slow(torch.utils.data.Dataset):
         return index
 
 
-def read_after_signalling_the_workers(worker_init_fn):
+def read_after_signalling_the_workers(worker_init_fn, number=signal.SIGINT):
     loader = iter(DataLoader(Slow(), batch_size=1, num_workers=2, worker_init_fn=worker_init_fn))
     first = next(loader)  # the workers have started and run worker_init_fn
     for worker in loader._workers:
-        os.kill(worker.pid, signal.SIGINT)
+        os.kill(worker.pid, number)
     return [int(first)] + [int(batch) for batch in loader]
 
 
-def test_ctrl_c_leaves_the_workers_reading_and_the_main_process_decides():
-    """A worker that Ctrl-C stopped first made the main process raise "DataLoader worker ...
-    exited unexpectedly" (a traceback, exit status 1) instead of its own clean stop."""
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGUSR1, signal.SIGHUP])
+def test_a_stop_signal_leaves_the_workers_reading_and_the_main_process_decides(number):
+    """A worker that Ctrl-C (or SLURM's SIGUSR1, a closed terminal's SIGHUP) stopped first made the
+    main process raise "DataLoader worker ... exited unexpectedly" (a traceback, exit status 1)
+    instead of its own clean stop."""
     # torch's error about the dead worker, or, by timing, the broken queue or shared memory under it
     with pytest.raises((RuntimeError, EOFError, OSError)):
-        read_after_signalling_the_workers(None)
-    assert read_after_signalling_the_workers(worker_ignores_ctrl_c) == list(range(6))
+        read_after_signalling_the_workers(None, number)
+    assert read_after_signalling_the_workers(worker_ignores_stops, number) == list(range(6))
 
 
 @pytest.mark.parametrize("reader", ["data_setup", "evaluation", "pseudo_label"])
 def test_every_loader_of_the_recipe_gives_its_workers_the_handler(reader):
-    """worker_ignores_ctrl_c in each DataLoader of the recipe's readers."""
+    """worker_ignores_stops in each DataLoader of the recipe's readers."""
     import importlib
     import inspect
 
     source = inspect.getsource(importlib.import_module(f"refmatch.recipes.{reader}"))
-    assert source.count("DataLoader(") == source.count("worker_init_fn=worker_ignores_ctrl_c")
+    assert source.count("DataLoader(") == source.count("worker_init_fn=worker_ignores_stops")
 
 
 def test_a_stop_python_lost_before_training_stops_the_run_after_its_first_step(tmp_path):

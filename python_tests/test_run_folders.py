@@ -1,5 +1,5 @@
 """Run folders survive failures: an overwrite or a new run that fails before training leaves the
-folder as it was, Ctrl-C and SIGTERM finish the step and save, a finished run keeps its result."""
+folder as it was, a finished run keeps its result (stop signals: test_run_stops)."""
 import json
 
 import pytest
@@ -49,82 +49,6 @@ def test_a_new_run_keeps_off_an_earlier_runs_folder_unless_told_to_overwrite(tmp
         (run / name).unlink()
     main(["train", *TINY, "steps=2", "seed=2", "--out", str(run)])
     assert json.loads((run / "splits.json").read_text())["seed"] == 2
-
-
-def interrupt_at(trainer, monkeypatch, step, times=1, number=None):
-    """Signal ``number`` (SIGINT by default) ``times`` during ``trainer``'s step ``step`` + 1."""
-    import os
-    import signal
-
-    train_step = trainer.train_step
-
-    def interrupted_step():
-        if trainer.step == step:
-            for _ in range(times):
-                os.kill(os.getpid(), number or signal.SIGINT)
-        return train_step()
-    monkeypatch.setattr(trainer, "train_step", interrupted_step)
-
-
-def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch, caplog):
-    """SIGINT during step 3 of 6: the step ends, latest.pt holds step 3 (eval_every is 2),
-    KeyboardInterrupt follows; a second SIGINT stops at once; one in the last step stops
-    before the test, which the next resume runs."""
-    import signal
-
-    from refmatch.recipes.train import Trainer
-
-    config = load_config(None, TINY + ["steps=6"])
-    outside = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest was started in the background
-    trainer = Trainer(config, tmp_path)
-    try:
-        interrupt_at(trainer, monkeypatch, 2, times=2)
-        with pytest.raises(KeyboardInterrupt):  # twice: at once, inside the step
-            trainer.fit()
-        assert load(tmp_path / "latest.pt")["step"] == 2
-        monkeypatch.undo()
-        interrupt_at(trainer, monkeypatch, 2)
-        with pytest.raises(KeyboardInterrupt):
-            trainer.fit()
-        assert trainer.step == 3 and load(tmp_path / "latest.pt")["step"] == 3
-        assert "stopped at step 3 of 6 (SIGINT)" in caplog.text
-    finally:
-        trainer.run.close()
-    assert signal.getsignal(signal.SIGINT) is outside  # put back
-    resumed = Trainer(config, tmp_path, resume=True)
-    try:
-        interrupt_at(resumed, monkeypatch, 5)
-        with pytest.raises(KeyboardInterrupt):
-            resumed.fit()
-        assert load(tmp_path / "latest.pt")["step"] == 6 and not (tmp_path / "metrics.json").exists()
-    finally:
-        resumed.run.close()
-    finished = Trainer(config, tmp_path, resume=True)
-    try:
-        assert finished.fit()["config"]["steps"] == 6 and (tmp_path / "metrics.json").exists()
-    finally:
-        finished.run.close()
-
-
-def test_sigterm_finishes_the_step_saves_and_exits_with_143(tmp_path, monkeypatch, caplog):
-    """A cluster's preemption: the step ends, latest.pt holds it, and the process would exit
-    with 128 + SIGTERM; the handler that was there before is put back."""
-    import signal
-
-    from refmatch.recipes.train import Trainer
-
-    outside = signal.getsignal(signal.SIGTERM)
-    trainer = Trainer(load_config(None, TINY + ["steps=6"]), tmp_path)
-    try:
-        interrupt_at(trainer, monkeypatch, 2, number=signal.SIGTERM)
-        with pytest.raises(SystemExit) as stopped:
-            trainer.fit()
-        assert stopped.value.code == 128 + signal.SIGTERM
-        assert trainer.step == 3 and load(tmp_path / "latest.pt")["step"] == 3
-        assert "stopped at step 3 of 6 (SIGTERM)" in caplog.text
-    finally:
-        trainer.run.close()
-    assert signal.getsignal(signal.SIGTERM) is outside
 
 
 def test_a_resume_goes_on_or_keeps_a_finished_result(tmp_path, monkeypatch, capsys):

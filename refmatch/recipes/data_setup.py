@@ -15,7 +15,7 @@ from ..data.folder import CONFIG_CLASSES, IGNORE_LABEL, FolderDataset, scan_fold
 from ..data.phantoms import CLASS_NAMES as PHANTOM_CLASSES
 from ..data.phantoms import PhantomDataset
 from ..data.splits import load_splits, make_splits, save_splits
-from .interrupts import worker_ignores_ctrl_c
+from .interrupts import worker_ignores_stops
 from .progress import progress_bar
 
 UNKNOWN = -1  # mask value of truly unlabelled pixels (no hidden ground truth)
@@ -42,7 +42,7 @@ def load_split(dataset, num_workers, size):
     if len(dataset) == 0:
         return Split(torch.zeros(0, 1, size, size), torch.zeros(0, size, size, dtype=torch.long), [])
     loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, shuffle=False,
-                        worker_init_fn=worker_ignores_ctrl_c)
+                        worker_init_fn=worker_ignores_stops)
     images, masks, names = [], [], []
     bar = progress_bar(len(dataset), "loading", delay=2.0)
     for batch in loader:

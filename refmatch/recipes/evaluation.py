@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from ..data.folder import IGNORE_LABEL
 from ..metrics import segmentation_metrics
 from .data_setup import dark_images, warn_if_dark
-from .interrupts import worker_ignores_ctrl_c
+from .interrupts import worker_ignores_stops
 from .progress import progress_bar
 
 
@@ -45,7 +45,7 @@ def evaluate_at_file_size(model, dataset, class_names, device, batch_size=16, nu
     the argmax taken; HD95 is in the file's pixels, so it compares across training sizes.
     Files are read on ``num_workers`` processes, a batch at a time; labels are kept as uint8."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list,
-                        worker_init_fn=worker_ignores_ctrl_c)
+                        worker_init_fn=worker_ignores_stops)
     predictions, masks, dark = [], [], []
     bar = progress_bar(len(dataset), "evaluate", delay=2.0, lines=True)
     for items in loader:

@@ -1,4 +1,5 @@
-"""Stopping a run cleanly: Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption) ends it
+"""Stopping a run cleanly: Ctrl-C (SIGINT), SIGTERM (a cluster's preemption), SIGUSR1 (what
+``sbatch --signal=USR1@120`` sends ahead of a time limit) or SIGHUP (a closed terminal) ends it
 after the current step, with ``latest.pt`` saved, instead of losing every step since the
 last checkpoint."""
 import contextlib
@@ -6,7 +7,7 @@ import logging
 import signal
 import threading
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 # The stop signal the command line's handlers last raised for (``note_stop``). Python drops an
 # exception raised inside os.fork's at-fork hooks, as when a DataLoader starts its workers, and
 # the run then trained to its end; the training loop takes a noted signal as its own.
@@ -32,7 +33,7 @@ def take_noted_stop():
 
 
 class StopRequest:
-    """Inside ``catching()`` the first SIGINT or SIGTERM sets ``signal`` (its name) instead
+    """Inside ``catching()`` the first of ``SIGNALS`` sets ``signal`` (its name) instead
     of stopping the process; a second SIGINT stops at once (KeyboardInterrupt). Outside
     the main thread, where Python cannot handle signals, nothing is caught."""
 
@@ -66,17 +67,21 @@ class StopRequest:
                 signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
     def raise_it(self):
-        """After the run saved its state: KeyboardInterrupt for SIGINT, exit status 143 for SIGTERM."""
+        """After the run saved its state: KeyboardInterrupt for SIGINT, exit status 128 + the
+        signal's number for the others (143 for SIGTERM, and for a stop on another rank)."""
         if self.signal == "SIGINT":
             raise KeyboardInterrupt
         if self.signal is not None:
-            raise SystemExit(128 + signal.SIGTERM)
+            raise SystemExit(128 + signal.Signals.__members__.get(self.signal, signal.SIGTERM))
 
 
-def worker_ignores_ctrl_c(worker_id):
-    """``worker_init_fn`` of the recipe's DataLoaders. Ctrl-C reaches every process of the
-    terminal's group; a worker it stopped first turned the main process's clean stop into
-    "DataLoader worker ... exited unexpectedly" and exit status 1. (SIGTERM stays: DataLoader
-    and multiprocessing stop workers with it; the command line names a worker killed by a
-    SIGTERM it received too as that stop.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def worker_ignores_stops(worker_id):
+    """``worker_init_fn`` of the recipe's DataLoaders: the workers ignore the main process's stop
+    signals. Ctrl-C reaches every process of the terminal's group (a closed terminal's SIGHUP and
+    SLURM's SIGUSR1 reach every process of the job); a worker it stopped first turned the main
+    process's clean stop into "DataLoader worker ... exited unexpectedly" and exit status 1.
+    (SIGTERM stays: DataLoader and multiprocessing stop workers with it; the command line names
+    a worker killed by a SIGTERM it received too as that stop.)"""
+    for number in SIGNALS:
+        if number != signal.SIGTERM:
+            signal.signal(number, signal.SIG_IGN)

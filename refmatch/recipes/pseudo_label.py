@@ -87,7 +87,7 @@ def _label_folder(args):
     from .cli import checkpoint_teacher, status
     from .data_setup import (check_folder_fits_classes, check_masks, dark_images, load_split, model_class_names,
                              warn_if_dark)
-    from .interrupts import noted_stop, worker_ignores_ctrl_c
+    from .interrupts import noted_stop, worker_ignores_stops
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
 
@@ -145,7 +145,7 @@ def _label_folder(args):
     write_text_atomic(args.out / RECORD, metrics_json(record))
     unlabeled = DataLoader(FolderDataset(folder.parent, todo, size=config.image_size, subfolder=folder.name,
                                          with_masks=False), batch_size=config.batch_size,
-                           num_workers=config.num_workers, shuffle=False, worker_init_fn=worker_ignores_ctrl_c)
+                           num_workers=config.num_workers, shuffle=False, worker_init_fn=worker_ignores_stops)
     bar = progress_bar(len(names), "pseudo-label", initial=len(done), lines=True)
     dark_warned, next_record = False, time.monotonic() + RECORD_SECONDS
     try:
