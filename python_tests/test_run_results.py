@@ -83,3 +83,21 @@ def test_a_command_reads_a_runs_data_where_it_is_now(tmp_path):
         data_of_run(TrainConfig(data="relative/data"))
     with pytest.raises(FileNotFoundError, match=f"the run's data folder {tmp_path / 'gone'} is gone: name where"):
         data_of_run(TrainConfig(data=str(tmp_path / "gone")))
+
+
+def test_a_resume_without_its_best_checkpoint_says_so_instead_of_testing_the_last_state(tmp_path):
+    """best.pt deleted (or moved by an --overwrite killed part way): finish() tested the last state
+    and recorded it as the best step, exit 0."""
+    from refmatch.__main__ import main
+    from refmatch.recipes.config import load_config
+    from refmatch.recipes.train import Trainer
+    from test_recipes import TINY
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=4", "--stop-at", "2", "--out", str(run)])
+    (run / "best.pt").unlink()
+    with Trainer(load_config(None, TINY + ["steps=4"]), run, resume=load_latest(run)) as trainer:
+        with pytest.raises(FileNotFoundError, match=r"best.pt is gone: the run's best checkpoint \(validation "
+                                                    r"mean Dice [\d.]+\) is what it tests; put it back"):
+            trainer.finish()
+    assert not (run / "metrics.json").exists()

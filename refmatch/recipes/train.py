@@ -17,7 +17,7 @@ import torch
 
 from . import augment
 from ..atomic_file import write_text_atomic
-from .checkpoint import check_resumable, finished_result, load, load_latest, set_aside_shorter_result
+from .checkpoint import OVERWRITTEN, check_resumable, finished_result, load, load_latest, set_aside_shorter_result
 from .data_setup import UNKNOWN, prepare_data
 from .ema import ema_decay_at, ema_update
 from .evaluation import evaluate, metrics_json, predict
@@ -255,7 +255,13 @@ class Trainer:
         return self.finish()
 
     def finish(self):
-        best = load(self.run.dir / "best.pt", self.device) if (self.run.dir / "best.pt").exists() else self.state()
+        path = self.run.dir / "best.pt"
+        if not path.exists() and self.best > float("-inf"):  # it was saved: testing the last state would pass for it
+            aside = " (an --overwrite stopped part way keeps it in .overwritten/)" if \
+                (self.run.dir / OVERWRITTEN / "best.pt").exists() else ""
+            raise FileNotFoundError(f"{path} is gone{aside}: the run's best checkpoint (validation mean Dice "
+                                    f"{self.best:.4f}) is what it tests; put it back, then --resume")
+        best = load(path, self.device) if path.exists() else self.state()
         self.teacher.load_state_dict(best["teacher"])
         test = evaluate(self.teacher, self.data.test, self.data.class_names, self.device)
         size = self.config.image_size
