@@ -101,3 +101,16 @@ def test_a_resume_without_its_best_checkpoint_says_so_instead_of_testing_the_las
                                                     r"mean Dice [\d.]+\) is what it tests; put it back"):
             trainer.finish()
     assert not (run / "metrics.json").exists()
+
+
+def test_a_resume_without_splits_json_is_refused_instead_of_drawing_again(tmp_path):
+    """A run copied without splits.json redrew its split on --resume: with images added to the
+    folder, images the first leg trained on went into the test set, exit 0."""
+    from refmatch.__main__ import main
+    from test_recipes import TINY
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "steps=4", "--stop-at", "2", "--out", str(run)])
+    (run / "splits.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"splits.json is missing: the run's images were split by it"):
+        main(["train", "--out", str(run), "--resume"])

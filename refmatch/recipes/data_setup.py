@@ -70,12 +70,17 @@ def _split_names(config, labeled_names, unlabeled_names):
 
 def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, from_main=None):
     """Splits of the configured data as tensors. They are drawn from the config and written
-    to ``run_dir/splits.json``; with ``reuse_splits`` (a resumed run) read back from it.
+    to ``run_dir/splits.json``; with ``reuse_splits`` (a resumed run) read back from it, and
+    FileNotFoundError where it is missing.
     ``from_main(draw)`` runs ``draw`` once and hands its splits to every process: under DDP
     on rank 0, which alone has the run folder (a fresh draw elsewhere differs once the data
     folder has changed)."""
     split_file = None if run_dir is None else Path(run_dir) / "splits.json"
-    reuse = reuse_splits and split_file is not None and split_file.exists()
+    reuse = reuse_splits and split_file is not None
+    if reuse and not split_file.exists():
+        raise FileNotFoundError(f"{split_file} is missing: the run's images were split by it, and a new draw "
+                                "differs where the data folder changed (images trained on would be tested); copy "
+                                "it back from where the run was written")
 
     def draw():
         if reuse:
