@@ -53,3 +53,16 @@ class Payload:
 
     def __reduce__(self):
         return os.mkdir, (self.path,)
+
+
+def test_an_atomic_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    """Only the file was fsynced: a power loss after the rename could leave the old name."""
+    import stat
+
+    from refmatch.atomic_file import write_text_atomic
+
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda descriptor: synced.append(os.fstat(descriptor).st_mode) or
+                        fsync(descriptor))
+    write_text_atomic(tmp_path / "metrics.json", "{}")
+    assert [stat.S_ISDIR(mode) for mode in synced] == [False, True]

@@ -5,8 +5,9 @@ from pathlib import Path
 
 
 def write_atomic(path, write, mode="wb"):
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path``. The file gets the permissions a plain ``open`` would give (mkstemp's are 0600)."""
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``
+    and fsync the folder (a power loss could otherwise undo the rename). The file gets the
+    permissions a plain ``open`` would give (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # temporaries()
@@ -17,6 +18,7 @@ def write_atomic(path, write, mode="wb"):
             os.fsync(file.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
+        _sync_folder(path.parent)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
         if isinstance(error, OSError) and error.filename is None and error.errno is not None:
@@ -44,3 +46,17 @@ def _umask():
     mask = os.umask(0)  # reading it means setting it
     os.umask(mask)
     return mask
+
+
+def _sync_folder(folder):
+    """fsync ``folder``'s entries, where the file system allows it (some network ones refuse)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
