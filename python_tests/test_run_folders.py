@@ -211,7 +211,8 @@ def test_a_run_on_a_relative_data_folder_resumes_from_anywhere(tmp_path, monkeyp
 
 
 def test_a_full_disk_is_an_error_naming_the_file(tmp_path):
-    """torch's writer turned ENOSPC into a RuntimeError about a stream position: a traceback."""
+    """torch's writer turned ENOSPC into a RuntimeError about a stream position: a traceback;
+    TensorBoard's writer thread gave the bare OSError, naming no file."""
     import errno
 
     from refmatch.atomic_file import write_atomic
@@ -222,3 +223,9 @@ def test_a_full_disk_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(OSError, match=r"No space left on device: '.*latest.pt'"):
         write_atomic(tmp_path / "latest.pt", full)
     assert not list(tmp_path.iterdir())
+    from refmatch.recipes.train import Trainer
+
+    with Trainer(load_config(None, TINY + ["steps=2"]), tmp_path / "run") as trainer:
+        trainer.run.writer.add_scalar = lambda *args: full(None)  # TensorBoard's thread, re-raised
+        with pytest.raises(OSError, match=r"No space left on device \(writing TensorBoard's events\): '.*tensorb"):
+            trainer.fit()

@@ -209,8 +209,12 @@ class RunContext:
         if not self.is_main:
             return
         if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
+            try:
+                for key, value in values.items():
+                    self.writer.add_scalar(key, value, step)
+            except OSError as error:  # its writer thread's (a full disk), which names no file
+                raise OSError(error.errno, f"{error.strerror} (writing TensorBoard's events)",
+                              str(self.dir / "tensorboard")) from error
         if self.bar is not None and "loss/total" in values:
             self.bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
         if any(key.startswith("val/") for key in values):

@@ -213,9 +213,10 @@ class Trainer:
                        truth[:count].cpu(), prediction, *extra, IGNORE, self.data.class_names)
 
     def fit(self, stop_at=None):
-        """Train to ``config.steps`` (or ``stop_at``), then test the best checkpoint. Ctrl-C
-        or SIGTERM stops after the current step (on every rank), saves latest.pt and raises
-        KeyboardInterrupt (SIGTERM: SystemExit 143); ``stop_at`` returns None instead."""
+        """Train to ``config.steps`` (or ``stop_at``), then test the best checkpoint. Ctrl-C,
+        SIGTERM, SIGUSR1 or SIGHUP stops after the current step (on every rank), saves latest.pt
+        and raises KeyboardInterrupt (the others: SystemExit 128 + the signal); ``stop_at``
+        returns None instead."""
         config, started, seconds_before = self.config, time.time(), self.seconds
         finished = finished_result(self.run.dir / "metrics.json", config.steps)
         if self.step == config.steps and finished is not None:  # resumed as it ended: its result stands
