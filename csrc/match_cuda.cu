@@ -10,6 +10,7 @@
 #include <tuple>
 #include <utility>
 
+#include "refmatch/device_scope.h"
 #include "refmatch/hopper_tma.cuh"
 #include "refmatch/match_cuda.h"
 #include "refmatch/match_kernel.cuh"
@@ -23,13 +24,6 @@ constexpr int kMergeThreads = 256;
 constexpr int64_t kMaxSplits = 65535;  // gridDim.y limit
 constexpr int64_t kMaxRowBlocks = 2147483647;  // gridDim.x limit
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(std::string("refmatch CUDA match: ") + what + " failed: " +
-                             cudaGetErrorString(status));
-  }
-}
-
 void require(bool condition, const std::string& message) {
   if (!condition) throw std::invalid_argument("refmatch._C.match_argmax: " + message);
 }
@@ -38,24 +32,6 @@ void check_hopper_rows(int64_t hopper_rows) {
   require(hopper_rows == 0 || hopper_rows == hopper_block_n(1) || hopper_rows == hopper_block_n(2),
           "hopper_rows must be 0 (mma.sync), 128 or 256, got " + std::to_string(hopper_rows));
 }
-
-// Makes `device` current for one launch and restores the caller's device.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) : device_(device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device_) check(cudaSetDevice(device_), "cudaSetDevice");
-  }
-  ~DeviceScope() {
-    if (previous_ != device_) cudaSetDevice(previous_);
-  }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int device_;
-  int previous_ = 0;
-};
 
 // The kernel a call runs and its launch shape. The Hopper kernel is taken when asked
 // (hopper_rows > 0: the cuda backend's default on sm_90 at k = 1, and for top-k where
@@ -120,9 +96,9 @@ bool built_for_hopper() { return std::string(REFMATCH_CUDA_ARCHS).find("90a") !=
 
 bool is_hopper(int device) {
   int major = 0, minor = 0;
-  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
         "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
-  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
         "cudaDeviceGetAttribute(ComputeCapabilityMinor)");
   return major == 9 && minor == 0;
 }
@@ -136,7 +112,7 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int6
                        bool hopper_query_registers, bool hopper_tma, int ref_copy_bytes, int64_t k,
                        bool shared_lists) {
   int smem_limit = 0;
-  check(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+  check_cuda(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   LaunchPlan plan{};
   if (hopper_rows > 0 && built_for_hopper() && hopper_eligible(dim, dtype, ref_copy_bytes, smem_limit) &&
@@ -168,7 +144,7 @@ LaunchPlan plan_launch(int dtype, bool allow_tf32, int64_t dim, int device, int6
                              " bytes of shared memory per block, the device allows " +
                              std::to_string(smem_limit));
   }
-  check(cudaFuncSetAttribute(plan.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit),
+  check_cuda(cudaFuncSetAttribute(plan.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit),
         "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   return plan;
 }
@@ -212,9 +188,9 @@ int64_t match_splits(int64_t num_rows, int64_t num_refs, int64_t dim, int dtype,
                                       reference_copy_bytes(reference, stride_m, stride_d, element_bytes_of(dtype)), k,
                                       false);
   int per_sm = 0, sms = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, plan.kernel, plan.threads, plan.smem_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute(MultiProcessorCount)");
   const int64_t splits =
       plan_match_splits(num_rows, num_refs, int64_t{sms} * (per_sm > 0 ? per_sm : 1), plan.block_m, plan.block_n);
@@ -290,13 +266,13 @@ void match_argmax(const MatchArgs& a) {
   // (a caller may have caught that and called again): cleared, so the check below names this launch.
   static_cast<void>(cudaGetLastError());
   plan.kernel<<<grid, plan.threads, plan.smem_bytes, stream>>>(p);
-  check(cudaGetLastError(), "match kernel launch");
+  check_cuda(cudaGetLastError(), "match kernel launch");
   if (split) {
     const auto blocks = static_cast<unsigned>(ceil_div(num_rows, kMergeThreads));
     detail::merge_splits_kernel<<<blocks, kMergeThreads, 0, stream>>>(
         p.out_score, p.out_index, a.splits, num_rows, reinterpret_cast<float*>(a.out_score),
         reinterpret_cast<int64_t*>(a.out_index));
-    check(cudaGetLastError(), "merge_splits_kernel launch");
+    check_cuda(cudaGetLastError(), "merge_splits_kernel launch");
   }
 }
 
