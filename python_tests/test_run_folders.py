@@ -229,3 +229,4 @@ def test_a_full_disk_is_an_error_naming_the_file(tmp_path):
         trainer.run.writer.add_scalar = lambda *args: full(None)  # TensorBoard's thread, re-raised
         with pytest.raises(OSError, match=r"No space left on device \(writing TensorBoard's events\): '.*tensorb"):
             trainer.fit()
+    assert "failed at step 1: OSError: [Errno 28] No space left" in (tmp_path / "run" / "train.log").read_text()

@@ -262,6 +262,13 @@ class RunContext:
         if self.writer is not None:
             self.writer.add_image("images", picture, step, dataformats="HWC")
 
+    def log_failure(self, line):
+        """``line`` (the error ending the run) in train.log only: the command line prints it once."""
+        record = self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0, "%s", (line,), None)
+        for handler in getattr(self, "_handlers", []):
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
     def release_files(self):
         """Close the TensorBoard writer and the log handlers (the log file is left in place), give
         Python's warnings and the logger back as they were once no run is open, and release the

@@ -217,6 +217,13 @@ class Trainer:
         SIGTERM, SIGUSR1 or SIGHUP stops after the current step (on every rank), saves latest.pt
         and raises KeyboardInterrupt (the others: SystemExit 128 + the signal); ``stop_at``
         returns None instead."""
+        try:
+            return self._fit(stop_at)
+        except Exception as error:  # train.log says how the run ended, as it says for a stop
+            self.run.log_failure(f"failed at step {self.step}: {type(error).__name__}: {error}")
+            raise
+
+    def _fit(self, stop_at):
         config, started, seconds_before = self.config, time.time(), self.seconds
         finished = finished_result(self.run.dir / "metrics.json", config.steps)
         if self.step == config.steps and finished is not None:  # resumed as it ended: its result stands
