@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from .scoring import reduced_by_chunks, sum_of_squares, accumulation_dtype, host_read_allowed
+from .scoring import accumulation_dtype, host_read_allowed
 
 
 OFFSET_RATIO = 16  # centre l2 features whose common offset is 4x their spread (1.2 digits lost)
@@ -45,11 +45,11 @@ def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
     channel: at most half a step of offset is left, and integers (e.g. raw intensities)
     stay integers when that spread is >= 1, so exact ties stay exact. The grid is never
     finer than the mean's own precision, so identical references (zero spread) shift by
-    their mean. No shift is made where it would blur a row (``_blurred_by``): rows near
-    0 beside a cluster far from it. Statistics come from the rows without NaN or Inf
-    (which never match). Float32 and float64 only, since shifting half-precision
-    features would round them; not under torch.compile or graph capture (host reads
-    decide, a GPU sync each); a copy of both when it applies.
+    their mean. One shift serves every row: rows near 0 beside a cluster far from it
+    lose their digits to it (the contract's limits). Statistics come from the rows
+    without NaN or Inf (which never match). Float32 and float64 only, since shifting
+    half-precision features would round them; not under torch.compile or graph capture
+    (one host read decides, a GPU sync); a copy of both when it applies.
     """
     if query.dtype not in (torch.float32, torch.float64) or not host_read_allowed(reference):
         return query, reference
@@ -67,20 +67,4 @@ def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
     per_channel = (spread_sq / reference.shape[1]).sqrt().clamp_min(precision)
     step = torch.exp2(torch.floor(torch.log2(per_channel)))
     shift = (torch.round(mean / step) * step).to(query.dtype)
-    blurred = sum(_blurred_by(rows, shift, 1).sum() for rows, _ in _matchable_row_chunks(reference, ignored, max_rows))
-    blurred += reduced_by_chunks(query, 1, lambda part, dim: _blurred_by(part, shift[:, None, None], dim),
-                                  max_elements).sum()
-    if bool(blurred):  # rows near 0 beside a cluster at 1000: the shift would round them together
-        return query, reference
     return query - shift[None, :, None, None], reference - shift
-
-
-def _blurred_by(rows, shift, dim):
-    """Per row of ``rows`` (features over ``dim``, ``shift`` broadcast): whether ``rows - shift``
-    rounds some entry (its error by TwoSum, Knuth, is not 0) and moves the row away from 0, where
-    that rounding is coarser than the row's own digits. Rows holding NaN or Inf never match: False."""
-    difference = rows - shift
-    shift_part = difference - rows
-    rounded = ((rows - (difference - shift_part)) + (-shift - shift_part) != 0).any(dim)
-    farther = sum_of_squares(difference.double(), dim) > sum_of_squares(rows.double(), dim)
-    return rounded & farther & rows.isfinite().all(dim)

@@ -48,7 +48,7 @@ def as_maps(query):
     return query.T[None, :, :, None] if query.dim() == 2 else query
 
 
-def reduced_by_chunks(tensor, dim, reduce, max_elements, dtype=None):
+def _reduced_by_chunks(tensor, dim, reduce, max_elements, dtype=None):
     """``reduce(part)`` over ``dim`` of ``tensor`` in ``dtype`` (default: its accumulation
     dtype), flattened to [rows]; converted a chunk at a time along the longest other
     dimension (rows of [N, D], the N of [1, D, N, 1] row maps), so the workspace stays near
@@ -63,7 +63,7 @@ def reduced_by_chunks(tensor, dim, reduce, max_elements, dtype=None):
     return torch.cat(parts, dim=along - (along > dim)).reshape(-1)
 
 
-def sum_of_squares(part, dim):
+def _sum_of_squares(part, dim):
     return part.square().sum(dim)
 
 
@@ -85,14 +85,14 @@ def squared_norms(tensor, dim, max_elements=1 << 22, dtype=None):
     """Sum of squares over ``dim`` in ``dtype`` (default: the accumulation dtype), flattened
     to [rows], with a workspace near ``max_elements``. Summed directly rather than as a
     squared norm, so small integers stay exact."""
-    return reduced_by_chunks(tensor, dim, sum_of_squares, max_elements, dtype)
+    return _reduced_by_chunks(tensor, dim, _sum_of_squares, max_elements, dtype)
 
 
 def norms(tensor, dim, max_elements=1 << 22):
     """Euclidean norms over ``dim`` in the accumulation dtype, flattened to [rows], with a
     workspace near ``max_elements``: finite for every finite row (a squared norm overflows
     float32 above 1.8e19, and cosine scores then came out wrong), Inf or NaN for rows holding them."""
-    return reduced_by_chunks(tensor, dim, _norm, max_elements)
+    return _reduced_by_chunks(tensor, dim, _norm, max_elements)
 
 
 def _cosine_norms(rows):
