@@ -29,6 +29,20 @@ def test_a_flipped_bit_is_refused_by_its_checksum(tmp_path):
         load(path)
 
 
+def test_checkpoints_saved_without_checksums_load(tmp_path):
+    """torch.serialization.set_crc32_options(False) (faster saves) writes CRC 0: each record failed
+    the check, and the run itself stopped at its test, reading best.pt."""
+    options = pytest.importorskip("torch.serialization")
+    if not hasattr(options, "set_crc32_options"):
+        pytest.skip("torch < 2.5 always writes checksums")
+    options.set_crc32_options(False)
+    try:
+        save_atomic(STATE, tmp_path / "best.pt")
+    finally:
+        options.set_crc32_options(True)
+    assert torch.equal(load(tmp_path / "best.pt")["teacher"]["head.weight"], STATE["teacher"]["head.weight"])
+
+
 def test_zeros_and_foreign_pickles_are_named_not_tracebacks(tmp_path):
     zeros = tmp_path / "latest.pt"  # what delayed allocation leaves after a node crash
     save_atomic(STATE, zeros)

@@ -32,7 +32,8 @@ def test_gpu_suite_parses_and_its_test_list_names_every_gpu_test_file():
     listed = set(re.findall(r"python_tests/(test_\w+\.py)", SUITE.read_text()))
     assert listed and all((ROOT / "python_tests" / name).exists() for name in listed)
     uses_gpu = {path.name for path in (ROOT / "python_tests").glob("test_*.py")
-                if re.search(r"HAS_CUDA|mark\.cuda|device=\"cuda\"", path.read_text())}
+                if re.search(r"HAS_CUDA|mark\.cuda|device=\"cuda\"|import .*\b(DEVICE|FUSED|BACKENDS)\b",
+                             path.read_text())}  # conftest's DEVICE is cuda on a GPU
     # test_cuda_build: CI's checks of the build; this file: the pattern above
     assert uses_gpu - {"test_cuda_build.py", "test_gpu_suite.py"} <= listed, uses_gpu - listed
 

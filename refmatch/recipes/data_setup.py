@@ -77,12 +77,12 @@ def prepare_data(config, run_dir: Optional[Path] = None, reuse_splits=False, fro
     folder has changed)."""
     split_file = None if run_dir is None else Path(run_dir) / "splits.json"
     reuse = reuse_splits and split_file is not None
-    if reuse and not split_file.exists():
-        raise FileNotFoundError(f"{split_file} is missing: the run's images were split by it, and a new draw "
-                                "differs where the data folder changed (images trained on would be tested); copy "
-                                "it back from where the run was written")
 
-    def draw():
+    def draw():  # under torchrun on rank 0, which hands its error to every rank
+        if reuse and not split_file.exists():
+            raise FileNotFoundError(f"{split_file} is missing: the run's images were split by it, and a new draw "
+                                    "differs where the data folder changed (images trained on would be tested); "
+                                    "copy it back from where the run was written")
         if reuse:
             return load_splits(split_file)
         if config.data == "phantom":

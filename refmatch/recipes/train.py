@@ -264,7 +264,8 @@ class Trainer:
 
     def finish(self):
         path = self.run.dir / "best.pt"
-        if not path.exists() and self.best > float("-inf"):  # it was saved: testing the last state would pass for it
+        # It was saved (by rank 0: other ranks may have no folder): testing the last state would pass for it.
+        if self.run.is_main and not path.exists() and self.best > float("-inf"):
             aside = " (an --overwrite stopped part way keeps it in .overwritten/)" if \
                 (self.run.dir / OVERWRITTEN / "best.pt").exists() else ""
             raise FileNotFoundError(f"{path} is gone{aside}: the run's best checkpoint (validation mean Dice "
