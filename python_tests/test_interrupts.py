@@ -33,6 +33,8 @@ def test_a_stop_signal_leaves_the_workers_reading_and_the_main_process_decides(n
     """A worker that Ctrl-C (or SLURM's SIGUSR1, a closed terminal's SIGHUP) stopped first made the
     main process raise "DataLoader worker ... exited unexpectedly" (a traceback, exit status 1)
     instead of its own clean stop."""
+    if signal.getsignal(number) is signal.SIG_IGN:  # under nohup: ignored by every process already
+        pytest.skip(f"{signal.Signals(number).name} is ignored here")
     # torch's error about the dead worker, or, by timing, the broken queue or shared memory under it
     with pytest.raises((RuntimeError, EOFError, OSError)):
         read_after_signalling_the_workers(None, number)
@@ -94,6 +96,27 @@ def test_a_worker_the_same_stop_killed_reads_as_the_stop(monkeypatch, capsys, na
     monkeypatch.setattr("refmatch.recipes.cli.evaluate_main", crash)
     with pytest.raises(RuntimeError, match="out of memory"):  # not a worker's: a crash, as it is
         main()
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1", "SIGHUP"])
+def test_a_stop_signal_outside_training_is_named_with_its_status(monkeypatch, capsys, name):
+    """SIGUSR1 and SIGHUP during data setup ended the process without a word (an --overwrite
+    left .overwritten behind); they stop as SIGTERM does: one line, 128 + the signal."""
+    import sys
+
+    from refmatch.__main__ import main
+
+    number = signal.Signals[name]
+    if signal.getsignal(number) is signal.SIG_IGN:
+        pytest.skip(f"{name} is ignored here (nohup)")
+
+    def command(arguments):
+        os.kill(os.getpid(), number)
+        time.sleep(5)
+    monkeypatch.setattr("refmatch.recipes.cli.evaluate_main", command)
+    monkeypatch.setattr(sys, "argv", ["refmatch", "evaluate"])
+    assert main() == 128 + number
+    assert capsys.readouterr().err == f"refmatch evaluate: terminated ({name})\n"
 
 
 def test_a_signal_the_process_was_started_ignoring_stays_ignored(monkeypatch):

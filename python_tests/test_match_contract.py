@@ -153,6 +153,16 @@ def test_l2_distances_of_maps_equal_those_of_their_rows(layout):
     assert torch.equal(from_maps.score.permute(0, 2, 3, 1).reshape(-1, 3), rows.score)
 
 
+def test_l2_shift_holds_with_an_outlier_query_near_0():
+    """One query row near 0 among queries around 100 turned a per-row check's shift off for the
+    whole call: 7 of 2001 rows got a wrong neighbour (one shift per call matches all)."""
+    generator = torch.Generator().manual_seed(0)
+    reference = (100 + torch.randn(4000, 16, generator=generator)).to(DEVICE)
+    query = torch.cat([100 + torch.randn(2000, 16, generator=generator), 0.01 * torch.randn(1, 16)]).to(DEVICE)
+    exact = torch.cdist(query.double(), reference.double()).argmin(1)
+    assert torch.equal(refmatch.match(query, reference, metric="l2", backend="torch").index, exact)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_l2_against_identical_references_with_an_offset(backend):
     # Zero spread: the shift is their mean itself (a grid step of 0 once made it infinite).

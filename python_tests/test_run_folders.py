@@ -225,8 +225,13 @@ def test_a_full_disk_is_an_error_naming_the_file(tmp_path):
     assert not list(tmp_path.iterdir())
     from refmatch.recipes.train import Trainer
 
+    from refmatch.recipes.run_lock import RunFolderLock
+
     with Trainer(load_config(None, TINY + ["steps=2"]), tmp_path / "run") as trainer:
-        trainer.run.writer.add_scalar = lambda *args: full(None)  # TensorBoard's thread, re-raised
+        writer = trainer.run.writer  # its thread's error comes back on each call, close() too
+        writer.add_scalar, close = (lambda *args: full(None)), writer.close
+        writer.close = lambda: (close(), full(None))
         with pytest.raises(OSError, match=r"No space left on device \(writing TensorBoard's events\): '.*tensorb"):
             trainer.fit()
     assert "failed at step 1: OSError: [Errno 28] No space left" in (tmp_path / "run" / "train.log").read_text()
+    RunFolderLock(tmp_path / "run").release()  # closing released it: the error of close() was not the end

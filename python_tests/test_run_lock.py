@@ -46,3 +46,27 @@ def test_a_refusal_names_the_holder_and_how_to_free_a_lost_one(tmp_path):
     finally:
         holder.communicate("")
     RunFolderLock(tmp_path).release()  # the holder's process ended: free
+
+
+def test_a_full_disk_leaves_the_lock_without_its_note(tmp_path, monkeypatch, caplog):
+    """Writing the holder's note on a full disk raised after the lock was taken, refusing the run."""
+    from refmatch.recipes import run_lock
+
+    class FullDisk:
+        def __init__(self, *args):
+            self._file = open(*args)
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+    monkeypatch.setattr(run_lock, "open", FullDisk, raising=False)
+    lock = RunFolderLock(tmp_path)
+    assert "cannot note this run" in caplog.text
+    second = subprocess.run([sys.executable, "-c", "import sys; from refmatch.recipes.run_lock import "
+                             "RunFolderLock; RunFolderLock(sys.argv[1])", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert "in use by another refmatch run (it holds .lock): wait" in second.stderr
+    lock.release()

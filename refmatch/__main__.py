@@ -3,7 +3,7 @@ import os
 import signal
 import sys
 
-from .recipes.interrupts import note_stop, noted_stop, take_noted_stop
+from .recipes.interrupts import SIGNALS, note_stop, noted_stop, take_noted_stop
 
 COMMANDS = {
     "train": ("refmatch.recipes.cli:train_main", "train a U-Net: supervised, meanteacher-pl or refmatch"),
@@ -21,14 +21,15 @@ USER_ERRORS = (ValueError, OSError)
 
 
 class Terminated(BaseException):
-    """SIGTERM outside a training loop (which catches it to save first): a BaseException, so
-    that no ``except Exception`` on the way swallows it, and atomic writes drop their
-    temporary files."""
+    """SIGTERM, SIGUSR1 or SIGHUP (its name the argument) outside a training loop (which catches
+    them to save first): a BaseException, so that no ``except Exception`` on the way swallows
+    it, and atomic writes drop their temporary files."""
 
 
 def _raise_terminated(number, frame):
-    note_stop("SIGTERM")  # should the exception be lost (recipes.interrupts)
-    raise Terminated
+    name = signal.Signals(number).name
+    note_stop(name)  # should the exception be lost (recipes.interrupts)
+    raise Terminated(name)
 
 
 def _raise_interrupted(number, frame):
@@ -80,7 +81,7 @@ def main(argv=None):
     (the process's arguments) a user error prints one line, ``refmatch <command>: error: ...``,
     and returns 2 (``REFMATCH_DEBUG=1``: the traceback instead); Ctrl-C prints
     ``interrupted`` and returns 130, SIGTERM outside the training loop ``terminated (SIGTERM)``
-    and 143. Called with a list, as from Python, it is
+    and 143 (SIGUSR1 and SIGHUP likewise, 138 and 129). Called with a list, as from Python, it is
     ``run(argv)``: exceptions reach the caller."""
     if argv is not None:
         return run(argv)
@@ -89,23 +90,24 @@ def main(argv=None):
 
 def command_line(argv):
     """``run(argv)`` as the ``refmatch`` script runs it: user errors and Ctrl-C as in ``main``;
-    SIGTERM outside the training loop (data setup, evaluation, a benchmark) prints
-    ``terminated (SIGTERM)`` and returns 143 instead of ending the process without a word."""
+    SIGTERM, SIGUSR1 or SIGHUP outside the training loop (data setup, evaluation, a benchmark)
+    prints ``terminated (SIGTERM)`` (its name) and returns 128 + the signal instead of ending the
+    process without a word."""
     import warnings
 
     take_noted_stop()  # an earlier command's, run in this process
     # A signal the process was started ignoring (SIGINT under `cmd &` in a script) stays ignored.
-    installed = {number: signal.signal(number, handler)
-                 for number, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGINT, _raise_interrupted))
-                 if signal.getsignal(number) is not signal.SIG_IGN}
+    installed = {number: signal.signal(number, _raise_interrupted if number == signal.SIGINT else
+                                       _raise_terminated)
+                 for number in SIGNALS if signal.getsignal(number) is not signal.SIG_IGN}
     python_format = warnings.formatwarning
     # One line per warning, named by the command, not Python's file:line and source line.
     warnings.formatwarning = lambda message, *_, **__: f"refmatch {argv[0] if argv else ''}: warning: {message}\n"
     try:
         return run(argv)
-    except Terminated:
-        print(f"refmatch {argv[0]}: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Terminated as stopped:
+        print(f"refmatch {argv[0]}: terminated ({stopped})", file=sys.stderr)
+        return 128 + signal.Signals[str(stopped)]
     except BrokenPipeError:  # output piped into head, say: stop quietly (before OSError below)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -122,9 +124,9 @@ def command_line(argv):
         stop = noted_stop()
         if stop is None or "DataLoader worker" not in str(error) or os.environ.get("REFMATCH_DEBUG") == "1":
             raise
-        print(f"refmatch {argv[0]}: " + ("interrupted" if stop == "SIGINT" else "terminated (SIGTERM)"),
+        print(f"refmatch {argv[0]}: " + ("interrupted" if stop == "SIGINT" else f"terminated ({stop})"),
               file=sys.stderr)
-        return 130 if stop == "SIGINT" else 128 + signal.SIGTERM
+        return 128 + signal.Signals[stop]
     finally:
         for number, previous in installed.items():  # None: set outside Python
             signal.signal(number, previous if previous is not None else signal.SIG_DFL)

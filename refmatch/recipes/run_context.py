@@ -208,13 +208,8 @@ class RunContext:
     def scalars(self, values, step):
         if not self.is_main:
             return
-        if self.writer is not None:
-            try:
-                for key, value in values.items():
-                    self.writer.add_scalar(key, value, step)
-            except OSError as error:  # its writer thread's (a full disk), which names no file
-                raise OSError(error.errno, f"{error.strerror} (writing TensorBoard's events)",
-                              str(self.dir / "tensorboard")) from error
+        for key, value in values.items():
+            self._to_tensorboard("add_scalar", key, value, step)
         if self.bar is not None and "loss/total" in values:
             self.bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
         if any(key.startswith("val/") for key in values):
@@ -259,8 +254,18 @@ class RunContext:
         (self.dir / "images").mkdir(exist_ok=True)
         path = self.dir / "images" / name
         picture = draw(path, *args)
-        if self.writer is not None:
-            self.writer.add_image("images", picture, step, dataformats="HWC")
+        self._to_tensorboard("add_image", "images", picture, step, dataformats="HWC")
+
+    def _to_tensorboard(self, method, *args, **options):
+        """``writer.method(*args, **options)``; its writer thread's error (a full disk), which names
+        no file, as an OSError naming the events' folder."""
+        if self.writer is None:
+            return
+        try:
+            getattr(self.writer, method)(*args, **options)
+        except OSError as error:
+            raise OSError(error.errno, f"{error.strerror} (writing TensorBoard's events)",
+                          str(self.dir / "tensorboard")) from error
 
     def log_failure(self, line):
         """``line`` (the error ending the run) in train.log only: the command line prints it once."""
@@ -273,8 +278,11 @@ class RunContext:
         """Close the TensorBoard writer and the log handlers (the log file is left in place), give
         Python's warnings and the logger back as they were once no run is open, and release the
         run folder's lock."""
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        except OSError:  # its thread's error again, already raised by the step that met it
+            pass
         for handler in getattr(self, "_handlers", []):
             self.logger.removeHandler(handler)
             handler.close()

@@ -51,13 +51,16 @@ class RunFolderLock:
             logging.getLogger("refmatch").warning("cannot lock %s (%s): running without a lock", self.path, error)
             self.release()
             return
+        job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+        try:  # a note for a refused run to quote; the lock holds without it (a full disk)
+            self.file.truncate(0)
+            self.file.write(f"host {socket.gethostname()}, process {os.getpid()}{job}, since "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            self.file.flush()
+        except OSError as error:
+            logging.getLogger("refmatch").warning("cannot note this run in %s (%s)", self.path, error)
         self._key = self.path.resolve()  # as taken: a later chdir or relinked folder would miss it
         _held_here.add(self._key)
-        self.file.truncate(0)
-        job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
-        self.file.write(f"host {socket.gethostname()}, process {os.getpid()}{job}, since "
-                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self.file.flush()
         for folder in (self.path.parent, self.path.parent / "images"):  # the grids' folder too
             for stale in temporaries(folder):
                 stale.unlink(missing_ok=True)
