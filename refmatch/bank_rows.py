@@ -1,5 +1,5 @@
-"""The rows a ReferenceBank stores from one batch of feature maps and masks, and the
-warnings about what it could not store."""
+"""The rows a ReferenceBank stores from one batch of feature maps and masks, the warnings
+about what it could not store, and its queries cast to the bank's dtype."""
 import os
 import sys
 import warnings

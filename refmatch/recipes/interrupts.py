@@ -15,7 +15,7 @@ _noted = None
 
 
 def note_stop(name):
-    """Remember that the command line raised for signal ``name`` (one of ``SIGNALS``, "SIGINT")."""
+    """Remember that the command line raised for signal ``name`` (a name of ``SIGNALS``: "SIGINT", ...)."""
     global _noted
     _noted = name
 
