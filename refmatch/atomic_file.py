@@ -1,4 +1,5 @@
 """Files written atomically: a kill mid-write leaves the previous file intact."""
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -50,13 +51,9 @@ def _umask():
 
 def _sync_folder(folder):
     """fsync ``folder``'s entries, where the file system allows it (some network ones refuse)."""
-    try:
+    with contextlib.suppress(OSError):
         descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

@@ -34,12 +34,12 @@ def margin(probabilities):
 
 def _softmax(scores, sign, temperature, voted=None):
     """softmax(sign * scores / temperature) over dim 1 in float32 (float64 for float64 scores:
-    their range and digits stay), where NaN (which never wins a
-    match) and entries outside ``voted`` (bool, scores' shape, or None) cast no vote. Scaled after
-    subtracting each row's best, so that large scores do not overflow to inf (and the softmax to
-    NaN); a row whose best is +inf (a dot product can be) shares its weight among its +inf
-    entries, and a row of none gets none. Works in place on one float32 copy (a class-wise
-    vote peaks at 3.3 times the scores' float32 size, result included; 6.7 out of place)."""
+    their range and digits stay), where NaN (which never wins a match) and entries outside
+    ``voted`` (bool, scores' shape, or None) cast no vote. Scaled after subtracting each row's
+    best, so that large scores do not overflow to inf (and the softmax to NaN); a row whose best
+    is +inf (a dot product can be) shares its weight among its +inf entries, and a row of none
+    gets none. Works in place on one copy (a float32 class-wise vote peaks at 3.3 times the
+    scores' size, result included; 6.7 out of place)."""
     oriented = scores.to(accumulation_dtype(scores.dtype)).mul(sign)  # the copy the steps below change in place
     no_vote = oriented.isnan() if voted is None else oriented.isnan().logical_or_(voted.logical_not())
     best = oriented.masked_fill_(no_vote, float("-inf")).amax(dim=1, keepdim=True)

@@ -278,11 +278,9 @@ class RunContext:
         """Close the TensorBoard writer and the log handlers (the log file is left in place), give
         Python's warnings and the logger back as they were once no run is open, and release the
         run folder's lock."""
-        try:
-            if self.writer is not None:
+        if self.writer is not None:
+            with contextlib.suppress(OSError):  # its thread's error again, raised by the step that met it
                 self.writer.close()
-        except OSError:  # its thread's error again, already raised by the step that met it
-            pass
         for handler in getattr(self, "_handlers", []):
             self.logger.removeHandler(handler)
             handler.close()
