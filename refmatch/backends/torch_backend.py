@@ -1,10 +1,9 @@
 """Chunked PyTorch backend: the CPU path, the fallback and (in float64) the test oracle.
 
 The bank is walked in blocks of ``block_m`` references; each block is scored
-against ``block_n`` query rows with one BLAS GEMM into a reused tile and reduced
-to a running best (k = 1) or a running top-k. Block sizes come from a tile
-memory budget, so extra memory is fixed whatever N and M are; on the CPU the tile
-stays cache-sized so the reduction runs at the speed of the GEMM under it.
+against ``block_n`` query rows with one BLAS GEMM into a reused tile (``score_tiles``) and
+reduced to a running best (k = 1) or a running top-k. On the CPU the tile stays cache-sized
+so the reduction runs at the speed of the GEMM under it.
 On x86 CPUs where refmatch._C has it, a float32 walk with k <= 1024 runs fused in C++
 (``cpu_topk``): the same prepared blocks, no score tile; on AVX512_BF16 cores it screens
 in bfloat16 first (``torch_screening``), with the same results.
@@ -16,54 +15,14 @@ import torch
 from ..candidates import keep_best, pad_by_row
 from . import cpu_topk
 from .custom_op import register_classwise_op, register_match_op
-from .scoring import accumulation_dtype, as_maps, finalize_scores, normalized_rows, reference_stat
+from .score_tiles import block_of, block_sizes, drop_nan, gemm_alpha, prepare_block, query_rows, scored_tiles
+from .scoring import accumulation_dtype, as_maps, finalize_scores
 from .torch_screening import screen_status, screen_switched_off, screen_window, screening_applies
 
-TILE_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
-BLOCK_M = {"cpu": 512, "cuda": 16384}
 # Entering scores per row, per k, above which a CPU tile merges whole: 8 against 4 took a lung
 # teacher's 32768 x 23156 x 24 cosine walk from 880 to 770 ms at k = 8 (k = 2: 630 -> 480-570,
 # k = 16: 1090 -> 1000); random 8192 x 16384 x 64 features alike; 16 took 2.8 s.
 WIDE_ENTRY = 8
-
-
-def _prepare_block(reference, ignored, metric, operand_dtype, dtype):
-    """One block of references as GEMM operand [block, D], plus what the scores
-    need after the GEMM: a per-column bias (-|r|^2 for l2, -inf for ignored
-    references) and, for cosine on half-precision operands, a per-column scale
-    1/|r|; each None when not needed. Both are in the accumulation dtype."""
-    exact = reference.to(dtype)
-    bias = -exact.square().sum(dim=1) if metric == "l2" else None
-    if ignored is not None:
-        bias = exact.new_zeros(exact.shape[0]) if bias is None else bias
-        bias = bias.masked_fill(ignored, float("-inf"))
-    if operand_dtype != dtype:  # the half-precision references as given; normalising them would round
-        scale = reference_stat(exact, metric) if metric == "cosine" else None
-        return reference, bias, scale
-    return normalized_rows(exact) if metric == "cosine" else exact, bias, None
-
-
-def _score_tile(rows, block, bias, scale, metric, tile):
-    """Oriented scores [rows, block] into ``tile``. Half-precision operands (GPUs
-    only) keep tensor cores with a float32 result and take the bias afterwards,
-    since the float32-output addmm wants a half-precision bias."""
-    alpha = 2.0 if metric == "l2" else 1.0
-    if rows.dtype != tile.dtype:
-        torch.mm(rows, block.T, out_dtype=tile.dtype, out=tile)
-        if bias is not None:
-            torch.add(bias[None, :], tile, alpha=alpha, out=tile)
-    elif bias is None:
-        torch.mm(rows, block.T, out=tile)
-    else:
-        torch.addmm(bias[None, :], rows, block.T, alpha=alpha, out=tile)
-    if scale is not None:
-        tile.mul_(scale)
-    return tile
-
-
-def _drop_nan(scores):
-    """NaN never wins: make it -inf, keep infinities as they are."""
-    return scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
 
 
 def _row_max(tile):
@@ -72,7 +31,7 @@ def _row_max(tile):
     score = tile.amax(dim=1)
     nan_rows = score.isnan().nonzero()[:, 0]
     if nan_rows.numel():
-        tile[nan_rows] = _drop_nan(tile[nan_rows])
+        tile[nan_rows] = drop_nan(tile[nan_rows])
         score[nan_rows] = tile[nan_rows].amax(dim=1)
     return score
 
@@ -128,7 +87,7 @@ def _merge_entering(best, best_index, tile, col0):
         _merge_topk(best, best_index, tile, col0)
         return
     row, col = entering.unbind(1)
-    _keep_best(best, best_index, *pad_by_row(row, counts, width, tile[row, col], col + col0))
+    _merge_into_lists(best, best_index, *pad_by_row(row, counts, width, tile[row, col], col + col0))
 
 
 def _merge_topk(best, best_index, tile, col0):
@@ -145,52 +104,16 @@ def _merge_topk(best, best_index, tile, col0):
     lowest_first = torch.arange(width, 0, -1, device=tile.device, dtype=tile.dtype)
     priority = torch.where(tile == kth, lowest_first, 0.0).masked_fill_(tile > kth, 2.0 * width)
     cols = priority.topk(kk, dim=1).indices.sort(dim=1).values
-    _keep_best(best, best_index, tile.gather(1, cols), cols + col0)
+    _merge_into_lists(best, best_index, tile.gather(1, cols), cols + col0)
 
 
-def _keep_best(best, best_index, candidate, candidate_index):
+def _merge_into_lists(best, best_index, candidate, candidate_index):
     """Merge candidates (per row in ascending index, all above earlier blocks'
     indices) into the running lists in place."""
     score, index = keep_best(torch.cat([best, candidate], dim=1), best.shape[1],
                              torch.cat([best_index, candidate_index], dim=1))
     best.copy_(score)
     best_index.copy_(index)
-
-
-def tiling(query, reference, tile_bytes=None, block_m=None):
-    """(operand dtype, accumulation dtype, [N, D] rows of the maps in the operand
-    dtype, block_m, block_n) from the tile budget. Half-precision inputs on a GPU
-    stay the GEMM operands (tensor cores, float32 tiles); elsewhere operands are
-    upcast, once."""
-    dtype = accumulation_dtype(query.dtype)
-    half_on_gpu = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
-    operand_dtype = query.dtype if half_on_gpu else dtype
-    rows = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1]).to(operand_dtype)
-    return (operand_dtype, dtype, rows, *block_sizes(rows, reference, tile_bytes, block_m))
-
-
-def block_sizes(rows, reference, tile_bytes=None, block_m=None):
-    """(block_m, block_n): references per block and query rows per tile, from the tile budget."""
-    device = rows.device.type if rows.device.type in TILE_BYTES else "cuda"
-    block_m = min(reference.shape[0], block_m or BLOCK_M[device])
-    block_n = max(1, (tile_bytes or TILE_BYTES[device]) // (block_m * accumulation_dtype(rows.dtype).itemsize))
-    return block_m, block_n
-
-
-def _block_of(ignored, col0, block_m):
-    return None if ignored is None else ignored[col0:col0 + block_m]
-
-
-def _nonfinite_blocks(reference, block_m):
-    """Indices of the reference blocks that may hold a NaN or infinity (one host read).
-
-    A row sum is non-finite when the row holds a NaN or infinity (or overflows,
-    which only costs that block the NaN pass), without an [M, D] temporary: summed in the
-    bank's own dtype, as a dtype= argument casts the whole bank first (a float32 copy of a
-    bfloat16 or float64 bank on every call).
-    """
-    bad_rows = (~torch.isfinite(reference.sum(dim=1))).nonzero()[:, 0]
-    return set((bad_rows // block_m).tolist())
 
 
 def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m=None, screen=None):
@@ -209,7 +132,7 @@ def match_chunked(query, reference, ignored, k, metric, tile_bytes=None, block_m
     Returns:
         (score [N, k], index [N, k] int64), best first.
     """
-    rows = tiling(query, reference, tile_bytes, block_m)[2]
+    rows = query_rows(query)
     best, best_index = match_rows(rows, reference, ignored, k, metric, tile_bytes, block_m, screen)
     return finalize_scores(best, best_index, as_maps(rows), reference, metric)  # norms over contiguous rows
 
@@ -221,28 +144,13 @@ def match_rows(rows, reference, ignored, k, metric, tile_bytes=None, block_m=Non
         window = screen_window(rows, reference, ignored, metric) if screening_applies(rows, reference, k, screen) \
             else None
         return fused_walk(rows, reference, ignored, k, metric, window)[:2]
-    operand_dtype, dtype = rows.dtype, accumulation_dtype(rows.dtype)
     block_m, block_n = block_sizes(rows, reference, tile_bytes, block_m)
-    num_rows, num_refs = rows.shape[0], reference.shape[0]
-    best = torch.full((num_rows, k), float("-inf"), device=rows.device, dtype=dtype)
-    best_index = torch.full((num_rows, k), -1, device=rows.device, dtype=torch.int64)
-    tile_buffer = torch.empty(min(block_n, num_rows) * block_m, device=rows.device, dtype=dtype)
+    dtype = accumulation_dtype(rows.dtype)
+    best = torch.full((rows.shape[0], k), float("-inf"), device=rows.device, dtype=dtype)
+    best_index = torch.full((rows.shape[0], k), -1, device=rows.device, dtype=torch.int64)
     offer = _offer_best if k == 1 else _offer_topk
-    # Only the CPU can skip the NaN pass, and only for finite blocks (asking a
-    # GPU would synchronise); it checks row maxima for NaN instead.
-    skip_nan_pass = not rows.is_cuda
-    unclean_blocks = _nonfinite_blocks(reference, block_m) if skip_nan_pass else set()
-    for col0 in range(0, num_refs, block_m):
-        block, bias, scale = _prepare_block(reference[col0:col0 + block_m], _block_of(ignored, col0, block_m),
-                                            metric, operand_dtype, dtype)
-        drop_nan = not skip_nan_pass or col0 // block_m in unclean_blocks
-        for row0 in range(0, num_rows, block_n):
-            row_block = rows[row0:row0 + block_n]
-            tile = tile_buffer[: row_block.shape[0] * block.shape[0]].view(row_block.shape[0], -1)
-            _score_tile(row_block, block, bias, scale, metric, tile)
-            if drop_nan:
-                _drop_nan(tile)
-            offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)
+    for row0, col0, tile in scored_tiles(rows, reference, ignored, metric, block_m, block_n, nan_checked_later=True):
+        offer(best[row0:row0 + block_n], best_index[row0:row0 + block_n], tile, col0)
     best_index.masked_fill_(best == float("-inf"), -1)
     return best, best_index
 
@@ -252,10 +160,10 @@ def fused_walk(rows, reference, ignored, k, metric, window=None):
     (``ignored`` [M] bool or None): (score [N, k], index [N, k], (vectors, float32 vectors));
     ``window`` [N]: the bfloat16 screen's per-row bounds (``screen_window``), or None."""
     def prepared_block(col0, count):
-        return _prepare_block(reference[col0:col0 + count], _block_of(ignored, col0, count), metric, rows.dtype,
+        return prepare_block(reference[col0:col0 + count], block_of(ignored, col0, count), metric, rows.dtype,
                               accumulation_dtype(rows.dtype))[:2]
 
-    return cpu_topk.topk_walk(rows, reference.shape[0], prepared_block, 2.0 if metric == "l2" else 1.0, k, window)
+    return cpu_topk.topk_walk(rows, reference.shape[0], prepared_block, gemm_alpha(metric), k, window)
 
 
 class TorchBackend:
