@@ -284,11 +284,11 @@ class ReferenceBank(nn.Module):
         check_query(query, self.features)
         return query_in_dtype(query, self.features.dtype, self.metric)
 
-    def _class_rows(self, cls):
+    def _class_rows(self, cls, counts=None):
         """[rows, D] features of class ``cls``: the filled prefix of its slots (ring and
-        reservoir both fill slots in order), or a selection of a fixed bank (none for a
-        class that is ``ignore_index``)."""
+        reservoir both fill slots in order; ``counts``, a list, spares a caller that takes every
+        class a host read each), or a selection of a fixed bank (none for ``ignore_index``)."""
         if self.capacity is None:
             return self.features[self.labels == cls] if cls != self.ignore_index else self.features[:0]
         start = cls * self.capacity
-        return self.features[start:start + int(self.counts[cls])]
+        return self.features[start:start + (int(self.counts[cls]) if counts is None else counts[cls])]

@@ -118,7 +118,7 @@ def state_dict_problem(bank, state_dict, prefix):
             return (f"{prefix}{name}: saved with shape {tuple(saved.shape)}, this bank's is {tuple(buffer.shape)} "
                     f"(another dim, num_classes or capacity_per_class{sharded}){_layouts(bank, state_dict, prefix)}; "
                     "nothing was loaded")
-    saved_settings = state_dict.get(prefix + "settings")  # state_dicts before session 25 have none
+    saved_settings = state_dict.get(prefix + "settings")  # an older refmatch's state_dicts have none
     if saved_settings is not None and not torch.equal(saved_settings.cpu(), bank.settings.cpu()):
         metric, policy = saved_settings.tolist()
         return (f"{prefix}settings: saved by a bank with metric={METRICS[metric]!r}, policy={POLICIES[policy]!r}, "

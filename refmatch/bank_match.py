@@ -34,7 +34,7 @@ def match_filled_slots(bank, query, k, backend):
         row_starts = [(cls - first) * capacity for cls in classes]
     else:
         with autocast_off(bank.features.device):  # under float16 autocast, cat of bfloat16 rows raises in torch
-            rows = torch.cat([_stored_rows(bank, cls, counts) for cls in classes])
+            rows = torch.cat([bank._class_rows(cls, counts) for cls in classes])
         row_starts = list(itertools.accumulate([counts[cls] for cls in classes[:-1]], initial=0))
     # before the match: a copy to a GPU after it would wait for it
     starts, owners = (torch.tensor(values, device=rows.device) for values in (row_starts, classes))
@@ -57,7 +57,7 @@ def _match_class_by_class(bank, query, k, backend, classes, counts):
     """The l2 bank's match: one per class, merged best first (ties: lower class, lower slot)."""
     scores, slots, labels = [], [], []
     for cls in classes:
-        found = match(query, _stored_rows(bank, cls, counts), k=min(k, counts[cls]), metric=bank.metric,
+        found = match(query, bank._class_rows(cls, counts), k=min(k, counts[cls]), metric=bank.metric,
                       backend=backend)
         score, index = with_k_axis(found.score)[0], with_k_axis(found.index)[0]
         scores.append(score)
@@ -65,11 +65,6 @@ def _match_class_by_class(bank, query, k, backend, classes, counts):
         labels.append(torch.where(index >= 0, cls, -1))
     best = keep_best(torch.cat(scores, 1), k, torch.cat(slots, 1), torch.cat(labels, 1), larger_wins=False)
     return MatchResult(*(values[:, 0] if k == 1 else values for values in best))  # k = 1: no k axis
-
-
-def _stored_rows(bank, cls, counts):
-    """Class ``cls``'s stored rows, the filled prefix of its slots (``counts`` read once per call)."""
-    return bank.features[cls * bank.capacity:cls * bank.capacity + counts[cls]]
 
 
 def classwise_scores(bank, query, backend):

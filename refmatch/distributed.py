@@ -156,7 +156,7 @@ class ShardedReferenceBank(ReferenceBank):
             # A plain ReferenceBank's would load its rows into every shard: each row once per rank.
             args[4].append(f"{prefix or 'the '}state_dict has no shard_rank: a ReferenceBank's, whose rows every "
                            "shard would hold (rebuild the sharded bank with from_tensors from its features and "
-                           "labels, or add() again), or a ShardedReferenceBank's saved before session 25 (set "
+                           "labels, or add() again), or a ShardedReferenceBank's saved by an older refmatch (set "
                            f"state_dict['{prefix}shard_rank'] = torch.tensor(rank) on the rank that saved it)")
             return
         super()._load_from_state_dict(state_dict, prefix, *args)

@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from .scoring import accumulation_dtype, host_read_allowed
+from .scoring import WORKSPACE_ELEMENTS, accumulation_dtype, host_read_allowed
 
 
 OFFSET_RATIO = 16  # centre l2 features whose common offset is 4x their spread (1.2 digits lost)
@@ -34,7 +34,7 @@ def _matchable_row_moments(reference, ignored, max_rows):
     return count, total / count, total_sq / count
 
 
-def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
+def centred_for_l2(query, reference, ignored=None):
     """(query [B, D, H, W], reference [M, D]) moved by about the references' mean when
     the features share an offset of more than 4x their spread.
 
@@ -53,7 +53,7 @@ def centred_for_l2(query, reference, ignored=None, max_elements=1 << 22):
     """
     if query.dtype not in (torch.float32, torch.float64) or not host_read_allowed(reference):
         return query, reference
-    max_rows = max(1, max_elements // reference.shape[1])
+    max_rows = max(1, WORKSPACE_ELEMENTS // reference.shape[1])
     count, mean, mean_norm_sq = _matchable_row_moments(reference, ignored, max_rows)
     offset_sq = mean.square().sum()
     # E|r|^2 - |mean|^2 cancels when the offset dominates, but only by float rounding of

@@ -14,6 +14,7 @@ from ..candidates import keep_best
 
 METRICS = ("cosine", "dot", "l2")
 NORM_EPS = 1e-12  # as torch.nn.functional.normalize: zero vectors score 0
+WORKSPACE_ELEMENTS = 1 << 22  # the most values a norm or distance pass converts at once (16 MiB in float32)
 
 
 def host_read_allowed(tensor):
@@ -48,12 +49,12 @@ def as_maps(query):
     return query.T[None, :, :, None] if query.dim() == 2 else query
 
 
-def _reduced_by_chunks(tensor, dim, reduce, max_elements, dtype=None):
-    """``reduce(part)`` over ``dim`` of ``tensor`` in ``dtype`` (default: its accumulation
-    dtype), flattened to [rows]; converted a chunk at a time along the longest other
-    dimension (rows of [N, D], the N of [1, D, N, 1] row maps), so the workspace stays near
-    ``max_elements`` instead of a float32 copy of the whole input."""
-    acc = dtype or accumulation_dtype(tensor.dtype)
+def _reduced_by_chunks(tensor, dim, reduce, max_elements):
+    """``reduce(part)`` over ``dim`` of ``tensor`` in its accumulation dtype, flattened to
+    [rows]; converted a chunk at a time along the longest other dimension (rows of [N, D],
+    the N of [1, D, N, 1] row maps), so the workspace stays near ``max_elements`` instead
+    of a float32 copy of the whole input."""
+    acc = accumulation_dtype(tensor.dtype)
     others = [d for d in range(tensor.dim()) if d != dim]
     if tensor.numel() == 0 or not others:
         return reduce(tensor.to(acc), dim).reshape(-1)
@@ -81,18 +82,18 @@ def _norm(part, dim):
     return torch.where(overflowed, wide().to(part.dtype), norm)
 
 
-def squared_norms(tensor, dim, max_elements=1 << 22, dtype=None):
-    """Sum of squares over ``dim`` in ``dtype`` (default: the accumulation dtype), flattened
-    to [rows], with a workspace near ``max_elements``. Summed directly rather than as a
-    squared norm, so small integers stay exact."""
-    return _reduced_by_chunks(tensor, dim, _sum_of_squares, max_elements, dtype)
+def squared_norms(tensor, dim, max_elements=WORKSPACE_ELEMENTS):
+    """Sum of squares over ``dim`` in the accumulation dtype, flattened to [rows], with a
+    workspace near ``max_elements``. Summed directly rather than as a squared norm, so small
+    integers stay exact."""
+    return _reduced_by_chunks(tensor, dim, _sum_of_squares, max_elements)
 
 
-def norms(tensor, dim, max_elements=1 << 22):
+def norms(tensor, dim):
     """Euclidean norms over ``dim`` in the accumulation dtype, flattened to [rows], with a
-    workspace near ``max_elements``: finite for every finite row (a squared norm overflows
+    workspace near ``WORKSPACE_ELEMENTS``: finite for every finite row (a squared norm overflows
     float32 above 1.8e19, and cosine scores then came out wrong), Inf or NaN for rows holding them."""
-    return _reduced_by_chunks(tensor, dim, _norm, max_elements)
+    return _reduced_by_chunks(tensor, dim, _norm, WORKSPACE_ELEMENTS)
 
 
 def _cosine_norms(rows):
@@ -159,7 +160,7 @@ def finalize_class_scores(oriented, query, metric):
     return torch.where((oriented == float("-inf")) | score.isnan(), worst_score(metric), score)
 
 
-def matched_squared_distances(query, reference, index, max_elements=1 << 22):
+def matched_squared_distances(query, reference, index, max_elements=WORKSPACE_ELEMENTS):
     """|q - r|^2 [N, k] of each query row to its matched reference rows, summed directly
     in the accumulation dtype (index -1: any value; the caller masks it), over row chunks
     of about ``max_elements`` gathered values. Row maps and channels-last maps are read
@@ -182,7 +183,7 @@ def matched_squared_distances(query, reference, index, max_elements=1 << 22):
     return distances
 
 
-def _sort_by_distance(score, index, max_elements=1 << 22):
+def _sort_by_distance(score, index, max_elements=WORKSPACE_ELEMENTS):
     """Sort top-k lists [N, k] in place by distance, ties by index (as merge_split_lists orders
     lists), over row chunks of about ``max_elements`` entries: the whole lists' sort copies held
     4.7 times the result at k = 4000."""
