@@ -15,14 +15,13 @@ the GEMM walk, GFLOP/s (2 N M D / time) and each walk's agreement with the float
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import match_chunked
-from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
+from refmatch.bench import add_results_arguments, positive_int, refuse_k_above_m, size_triple
 from refmatch.bench_files import ResultsFile, machine, prepared_out_folder, results_stem, run_meta
 from refmatch.bench_oracle import Float64Oracle
 
@@ -61,9 +60,7 @@ def main(argv=None):
     parser.add_argument("--metrics", nargs="+", default=["cosine"], choices=METRICS)
     parser.add_argument("--k", nargs="+", type=positive_int, default=[1, 8],
                         help=f"matches per row, at most {cpu_topk.MAX_K} (the fused walk's limit) and at most M")
-    parser.add_argument("--repeat", type=positive_int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
-    parser.add_argument("--tag", type=tag_name, help="added to the file name, so runs of one day stay apart")
+    add_results_arguments(parser, repeat=5)
     args = parser.parse_args(argv)
     if max(args.k) > cpu_topk.MAX_K:
         parser.error(f"--k: the fused walk takes k <= {cpu_topk.MAX_K}, got {max(args.k)}")

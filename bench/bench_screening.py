@@ -18,7 +18,6 @@ after every row; Ctrl-C keeps the rows so far (exit status 130).
 import argparse
 import itertools
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -28,9 +27,10 @@ from refmatch.backends import cpu_topk
 from refmatch.backends.scoring import METRICS
 from refmatch.backends.torch_backend import fused_walk, match_chunked
 from refmatch.backends.torch_screening import MAX_K, screen_window
-from refmatch.bench import RESULTS, positive_int, refuse_k_above_m, size_triple, tag_name
+from refmatch.bench import add_results_arguments, positive_int, refuse_k_above_m, size_triple
 from refmatch.bench_files import ResultsFile, machine, prepared_out_folder, results_stem, run_meta
 from refmatch.bench_oracle import Float64Oracle
+from refmatch.bench_timing import timed
 
 
 def synthetic(name, n, m, d, generator):
@@ -70,13 +70,9 @@ def teacher_features(run_dir, data, num_images):
 
 
 def median_of(fn, repeat):
-    """(median of ``repeat`` timed calls after a warm-up, in seconds; the last call's result)."""
-    result, times = fn(), []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    """(median of ``repeat`` timed calls after a warm-up, in seconds; the warm-up's result)."""
+    result = fn()
+    return statistics.median(timed(fn, "cpu", repeat)), result
 
 
 def float32_share(query, reference, metric, k):
@@ -108,9 +104,7 @@ def main(argv=None):
     parser.add_argument("--run", type=Path, help="training run folder with best.pt and splits.json")
     parser.add_argument("--data", help="the dataset folder that run trained on, or phantom (default: the run's own)")
     parser.add_argument("--images", type=positive_int, default=16, help="unlabelled images to take features of")
-    parser.add_argument("--repeat", type=positive_int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
-    parser.add_argument("--tag", type=tag_name, help="added to the file name, so runs of one day stay apart")
+    add_results_arguments(parser, repeat=3)
     args = parser.parse_args(argv)
     if max(args.k) > MAX_K:
         parser.error(f"--k: the screen takes k <= {MAX_K}, got {max(args.k)}")

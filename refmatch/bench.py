@@ -184,6 +184,16 @@ def positive_float(text):
 positive_int = at_least(1)  # the bench scripts' counts
 
 
+def add_results_arguments(parser, repeat):
+    """The options every benchmark script shares: --repeat (default ``repeat``), --out, --tag."""
+    parser.add_argument("--repeat", type=positive_int, default=repeat,
+                        help=f"timed runs of each row, after a warm-up (default: {repeat})")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help=f"results folder (default: {RESULTS} under the current folder)")
+    parser.add_argument("--tag", type=tag_name,
+                        help="added to the file names, so runs of one day stay apart (e.g. sweep)")
+
+
 def main(argv=None):
     """``refmatch bench``: every size's rows printed and written to the results files as they come."""
     parser = argparse.ArgumentParser(prog="refmatch bench", description=__doc__.splitlines()[0].replace("``", ""))
@@ -193,14 +203,10 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="+", type=size_triple, help="NxMxD sizes (default: the device's preset)")
     parser.add_argument("--only", nargs="+", help="time only methods whose name holds one of these words")
     parser.add_argument("--exclude", nargs="+", help="leave out methods whose name holds one of these words")
-    parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs per method (default: 3)")
     parser.add_argument("--fits-gib", type=positive_float, default=8.0,
                         help="largest dense N x M buffer to try, for this shape's GEMM and each plain-PyTorch row; "
                              "the run can hold two such at once (default: 8)")
-    parser.add_argument("--out", type=Path, default=RESULTS,
-                        help=f"results folder (default: {RESULTS} under the current folder)")
-    parser.add_argument("--tag", type=tag_name,
-                        help="added to the file names, so runs of one day stay apart (e.g. sweep)")
+    add_results_arguments(parser, repeat=3)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda, but torch {torch.__version__} sees no CUDA device")
