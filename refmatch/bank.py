@@ -43,8 +43,9 @@ class ReferenceBank(nn.Module):
             raster order: warned once where one batch overflows a class); "reservoir"
             keeps a uniform sample of all features ever added.
         downsample: how masks reach feature resolution: "majority" (a block's most
-            frequent label; a tie is dropped), "nearest" or "pure" (majority, dropping
-            pixels on class borders).
+            frequent label; a tie is dropped), "labelled" (the majority of its labelled
+            pixels: ignored ones abstain, for sparse labels), "nearest" (its centre pixel)
+            or "pure" (majority, dropping pixels on class borders).
         seed: seed of the reservoir's random draws.
 
     Example:

@@ -74,12 +74,15 @@ def warn_lost_classes(masks, ignore_index, downsampled, stored, num_classes, fea
     lost = [c for c in range(num_classes) if in_masks[c] and not survived[c]]
     non_finite = [c for c in range(num_classes) if survived[c] and not kept[c]]
     if lost:
-        nearest = "" if downsample == "nearest" else " or use downsample='nearest'"
-        why = ("never at the pixel a block takes" if downsample == "nearest" else
-               "outnumbered or tied in every block (by another class or by ignored pixels)")
+        why, other_modes = {
+            "nearest": ("never at the pixel a block takes", ", or downsample='labelled' for sparse labels (ignored "
+                        "pixels abstain)"),
+            "labelled": ("outnumbered or tied in every block by another class", ", or downsample='nearest'"),
+        }.get(downsample, ("outnumbered or tied in every block (by another class or by ignored pixels)",
+                           ", or downsample='labelled' for sparse labels (ignored pixels abstain) or 'nearest'"))
         warnings.warn(f"class(es) {lost} of the masks kept no pixel at the features' {size_text(feature_size)}"
                       f": thinner than a feature pixel, or {why}; they cannot "
-                      f"be matched: tap finer features (FeatureTap's size; the recipe's tap_size){nearest}",
+                      f"be matched: tap finer features (FeatureTap's size; the recipe's tap_size){other_modes}",
                       stacklevel=user_stacklevel())
     if non_finite:
         warnings.warn(f"class(es) {non_finite}: every feature row held NaN or Inf in the bank's dtype, so none "

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from .choices import check_choice
 
-DOWNSAMPLING = ("majority", "nearest", "pure")
+DOWNSAMPLING = ("majority", "labelled", "nearest", "pure")
 
 
 def label_is(labels, value):
@@ -85,20 +85,27 @@ def downsample_masks(masks, feature_size, num_classes, ignore_index, mode="major
         "majority": each feature pixel takes the most frequent label of its
             (H/h x W/w) block; ignore_index where ignored pixels are the majority, or
             where two labels tie (a 2x2 block half lung, half background: taking the
-            lower label, as until session 24, eroded every class into background);
-        "nearest": the label at the block's nearest sample (torch's "nearest");
+            lower label eroded every class into background);
+        "labelled": the most frequent label among the block's labelled pixels: ignored
+            pixels abstain (sparse labels: scribbles, one labelled slice of a volume);
+            ignore_index where none is labelled, or two labels tie;
+        "nearest": the label of the pixel at the block's centre (the one after it, for an
+            even side; torch's "nearest-exact": "nearest" takes the block's first pixel,
+            half a block off);
         "pure": majority, but blocks that mix labels become ignore_index, which
             drops pixels on class borders.
     """
     check_choice("downsample", mode, DOWNSAMPLING)
     if mode == "nearest":
-        return F.interpolate(masks[:, None].float(), size=tuple(feature_size), mode="nearest")[:, 0].long()
+        return F.interpolate(masks[:, None].float(), size=tuple(feature_size), mode="nearest-exact")[:, 0].long()
     # One channel per class plus one for ignored pixels; block averages are label shares. Pooled
     # one class at a time: a one-hot of a CT volume ([B, Z, H, W, C + 1] int64) would not fit.
     slot = torch.where(label_is(masks, ignore_index), num_classes, masks.long())
     pool = F.avg_pool2d if len(feature_size) == 2 else F.avg_pool3d
     kernel = tuple(side // feature for side, feature in zip(masks.shape[1:], feature_size))
     share = torch.cat([pool((slot == c).float()[:, None], kernel) for c in range(num_classes + 1)], dim=1)
+    if mode == "labelled":
+        share = share[:, :num_classes]
     top_share, label = share.max(dim=1)
     no_majority = top_share < 1.0 if mode == "pure" else (share == top_share[:, None]).sum(dim=1) > 1
-    return torch.where((label == num_classes) | no_majority, ignore_index, label)
+    return torch.where((label == num_classes) | no_majority | (top_share == 0), ignore_index, label)
