@@ -43,6 +43,16 @@ def test_out_size_and_threshold(phantoms):
     assert torch.equal(hard[:, ::4, ::4], PseudoLabeler(bank)(features[:, :, ::2, ::2]).labels)
 
 
+def test_hard_labels_are_resized_by_pixel_centres():
+    """3 feature pixels to 8: each output pixel takes the feature pixel under its centre (3, 2, 3
+    pixels, symmetric); torch's "nearest" read under its corner (3, 3, 2: a 375-pixel side from
+    27 feature pixels had 12 rows off by one)."""
+    bank = ReferenceBank.from_tensors(torch.eye(3), torch.arange(3), metric="dot")
+    features = torch.eye(3)[:, None, :][None]  # [1, 3, 1, 3]: pixel j is reference j's row
+    labels = PseudoLabeler(bank, out_size=(1, 8))(features).labels
+    assert labels.tolist() == [[[0, 0, 0, 1, 1, 2, 2, 2]]]
+
+
 @pytest.mark.parametrize("mode, k", [("hard", 1), ("soft", 1), ("soft", 8)])
 def test_an_empty_batch_gives_empty_labels_and_keeps_nothing(phantoms, mode, k):
     """A mean over no pixels is NaN, which spoiled the averages of a training log."""

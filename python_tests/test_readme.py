@@ -44,6 +44,32 @@ def test_the_volume_example_runs_and_its_shapes_hold():
     assert scope["bank"].counts.sum() == 2 * 8 * 32 * 32 and 0 < scope["kept_fraction"] <= 1
 
 
+def test_the_vit_example_runs_and_its_shapes_hold():
+    """The block with a stand-in ViT-S/14: patch embedding, class token, 12 blocks."""
+    import torch
+    from torch import nn
+
+    import refmatch
+
+    class ViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch_embed, self.cls_token = nn.Conv2d(3, 384, 14, stride=14), nn.Parameter(torch.zeros(1, 1, 384))
+            self.blocks = nn.Sequential(*(nn.Identity() for _ in range(12)))
+
+        def forward(self, images):
+            patches = self.patch_embed(images).flatten(2).transpose(1, 2)
+            return self.blocks(torch.cat([self.cls_token.expand(len(images), -1, -1), patches], dim=1))
+
+    block = next(block for block in python_blocks() if "tokens_as_maps" in block)
+    scope = {"refmatch": refmatch, "vit": ViT(), "images": torch.randn(2, 3, 224, 224),
+             "bank": refmatch.ReferenceBank(384, 2, capacity_per_class=1024),
+             "masks": torch.randint(0, 2, (2, 224, 224))}
+    with torch.no_grad():
+        exec(compile(block, str(README), "exec"), scope)
+    assert scope["tap"].features().shape == (2, 384, 16, 16) and len(scope["bank"]) > 0
+
+
 def test_volumes_go_in_flattened_as_the_contract_says():
     """[B, D, Z, H, W] volumes as [B, D, Z*H, W] maps (a view), results unflattened back: the same
     matches as each slice on its own, for contiguous and channels-last-3d volumes."""

@@ -13,9 +13,10 @@ from .bank import ReferenceBank  # noqa: E402
 from .feature_tap import FeatureTap  # noqa: E402
 from .ops import MatchResult, classwise_max, match  # noqa: E402
 from .pseudo_labels import PseudoLabeler, PseudoLabels  # noqa: E402
+from .tokens import tokens_as_maps  # noqa: E402
 from .version import __version__  # noqa: E402
 from .vote import Vote, vote  # noqa: E402
 
 __all__ = ["BackendStatus", "FeatureTap", "MatchResult", "PseudoLabeler", "PseudoLabels", "ReferenceBank",
-           "Vote", "backends", "classwise_max", "match", "vote",
+           "Vote", "backends", "classwise_max", "match", "tokens_as_maps", "vote",
            "__version__"]

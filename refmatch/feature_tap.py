@@ -1,62 +1,14 @@
 """FeatureTap: multi-layer features of any nn.Module through forward hooks."""
 import warnings
-from typing import Mapping, Optional, Sequence, SupportsIndex, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import as_int, describe
+from .arguments import describe
 from .choices import listing
-
-
-def size_pair(size, name):
-    """None, an int (a square) or an (H, W) pair of positive ints (NumPy and 0-d tensor
-    integers too) -> None or (H, W) Python ints."""
-    given = spatial_size(size, name)
-    return None if given is None else sides(given, 2, name)
-
-
-Sides = Union[SupportsIndex, Sequence[SupportsIndex], np.ndarray, torch.Tensor]  # a size: every side, or each
-
-
-def spatial_size(size, name):
-    """None, an int (every side) or a (h, w) / (z, h, w) tuple of positive ints (or a 1-D array or
-    tensor of them, as MONAI's spatial_shape) -> None, (int,) for an int, or the tuple of Python
-    ints; ``sides`` fits it to maps of 2 or 3 spatial dims."""
-    if size is None:
-        return None
-    sequence = isinstance(size, (tuple, list)) or getattr(size, "ndim", 0) == 1
-    given = tuple(size) if sequence else (size,)
-    try:
-        given = tuple(as_int(name, side) for side in given)
-    except TypeError:
-        given = ()
-    if not 1 <= len(given) <= 3 or min(given) < 1 or (sequence and len(given) == 1):
-        raise ValueError(f"{name} must be None, a positive int or an (h, w) or (z, h, w) tuple of positive ints, "
-                         f"got {size!r}")
-    return given
-
-
-def given_size(size):
-    """``spatial_size``'s result as it was given: None, an int or a tuple (for reprs)."""
-    return size[0] if size is not None and len(size) == 1 else size
-
-
-def sides(size, dims, name):
-    """``spatial_size``'s result as ``dims`` sides (an int on every side), or a ValueError where a
-    tuple gives another number of sides than the maps have."""
-    if len(size) == 1:
-        return size * dims
-    if len(size) != dims:
-        raise ValueError(f"{name}={size} gives {len(size)} sides, but the maps have {dims} spatial dims")
-    return size
-
-
-def linear_mode(dims):
-    """``F.interpolate``'s linear mode for maps of ``dims`` (2 or 3) spatial dims."""
-    return ("bilinear", "trilinear")[dims - 2]
+from .sizes import Sides, given_size, linear_mode, sides, spatial_size
 
 
 def _naming_hint(unknown, modules):
@@ -136,6 +88,10 @@ class FeatureTap:
             should see them; normalised layers make l2 a function of cosine).
         select: {layer name: index or key} of the element to tap where a layer returns a
             tuple, list or dict (``{"decoder.up1": "features"}``).
+        to_maps: {layer name: function} that turns a layer's (selected) output into [B, D, h, w]
+            maps first: ``refmatch.tokens_as_maps`` for a transformer block's [B, T, D] tokens,
+            ``lambda x: x.permute(0, 3, 1, 2)`` for a channels-last [B, h, w, D] stage (Swin,
+            ConvNeXt blocks), which would otherwise pass as maps of the wrong axes.
 
     Example:
         >>> with FeatureTap(teacher, ["decoder.up2", "decoder.up1"]) as tap:
@@ -145,13 +101,17 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, layers: Union[list[str], tuple[str, ...]], size: Optional[Sides] = None,
                  weights: Optional[Sequence[float]] = None, normalize: bool = True,
-                 select: Optional[Mapping[str, Union[int, str]]] = None):
+                 select: Optional[Mapping[str, Union[int, str]]] = None,
+                 to_maps: Optional[Mapping[str, Callable[[Any], torch.Tensor]]] = None):
         if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
-        self.select = dict(select or {})
-        if not set(self.select) <= set(layers):
-            raise ValueError(f"select names layers that are not tapped: {sorted(set(self.select) - set(layers))} "
-                             f"(layers: {list(layers)})")
+        self.select, self.to_maps = dict(select or {}), dict(to_maps or {})
+        for option, named in (("select", self.select), ("to_maps", self.to_maps)):
+            if not set(named) <= set(layers):
+                raise ValueError(f"{option} names layers that are not tapped: {sorted(set(named) - set(layers))} "
+                                 f"(layers: {list(layers)})")
+        if not all(callable(function) for function in self.to_maps.values()):
+            raise TypeError("to_maps takes a function per layer (refmatch.tokens_as_maps, say)")
         modules = dict(model.named_modules())
         unknown = [name for name in layers if name not in modules]
         if unknown:
@@ -249,20 +209,25 @@ class FeatureTap:
             warnings.warn(f"layer {name!r} returned {self._unselected[name]} elements; the tap takes the first: "
                           f"select={{{name!r}: i}} takes another (warned once)", stacklevel=2)
             self._unselected[name] = 0
-        maps = [self._outputs[name][0] for name in self.layers]
-        for name, feature_map in zip(self.layers, maps):
-            version = self._outputs[name][1]
+        maps = []
+        for name in self.layers:
+            feature_map, version = self._outputs[name][:2]
             if version is not None and feature_map._version != version:
                 raise RuntimeError(f"layer {name!r}'s output was changed in place after the tap took it (an "
                                    "inplace=True activation or a += after it?): tap the layer that follows instead")
-            if not isinstance(feature_map, torch.Tensor) or feature_map.dim() != maps[0].dim() or \
-                    feature_map.dim() not in (4, 5):
+            if name in self.to_maps:
+                feature_map = self.to_maps[name](feature_map)
+            if not isinstance(feature_map, torch.Tensor) or feature_map.dim() not in (4, 5) or \
+                    (maps and feature_map.dim() != maps[0].dim()):
                 keys = (f" (keys {list(feature_map)}): select={{{name!r}: key}} picks one"
                         if isinstance(feature_map, dict) else
                         f" of {len(feature_map)} elements: tap the submodule that returns the tensor you want"
-                        if isinstance(feature_map, (list, tuple)) else "")
+                        if isinstance(feature_map, (list, tuple)) else
+                        f" (transformer tokens [B, T, D]?): to_maps={{{name!r}: refmatch.tokens_as_maps}}"
+                        if isinstance(feature_map, torch.Tensor) and feature_map.dim() == 3 else "")
                 raise ValueError(f"layer {name!r} gave {describe(feature_map)}{keys}; FeatureTap needs [B, D, h, w] "
                                  "maps or [B, D, z, h, w] volumes from every layer alike")
+            maps.append(feature_map)
         dims = maps[0].dim() - 2
         largest = max((tuple(m.shape[2:]) for m in maps), key=lambda shape: torch.Size(shape).numel())
         size = sides(self.size, dims, "size") if self.size else largest
@@ -276,6 +241,7 @@ class FeatureTap:
     def __repr__(self):
         weights = "" if all(weight == 1.0 for weight in self.weights) else f", weights={self.weights}"
         select = f", select={self.select}" if self.select else ""
+        select += f", to_maps={{{', '.join(map(repr, self.to_maps))}: ...}}" if self.to_maps else ""
         state = "" if self._handles else ", closed"
         return (f"FeatureTap(layers={self.layers}, size={given_size(self.size)}, normalize={self.normalize}"
                 f"{weights}{select}{state})")

@@ -10,7 +10,7 @@ from .arguments import as_int, as_number, describe
 from .bank import ReferenceBank
 from .bank_checks import check_feature_maps
 from .choices import check_choice
-from .feature_tap import Sides, given_size, linear_mode, sides, spatial_size
+from .sizes import Sides, given_size, linear_mode, sides, spatial_size
 from .masks import holds_integers
 from .vote import checked_temperature, margin, vote
 
@@ -230,7 +230,9 @@ def _check_agreement_labels(agree_with, expected, device):
 
 
 def _resize_nearest(maps, size):
-    """[B, *sides] labels or scores to [B, *size] by nearest."""
+    """[B, *sides] labels or scores to [B, *size] by nearest, read where each output pixel's
+    centre falls (torch's "nearest" reads where its corner falls: a pixel early in places where
+    the factor is not an integer)."""
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
-    return F.interpolate(maps[:, None].float(), size=size, mode="nearest")[:, 0].to(maps.dtype)
+    return F.interpolate(maps[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(maps.dtype)

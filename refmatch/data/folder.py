@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..choices import listing
-from ..feature_tap import size_pair
+from ..sizes import size_pair
 
 BINARY_THRESHOLD = 127
 EDGE_REACH = 3             # pixels from a resampled binary mask's in-between value to both its sides
