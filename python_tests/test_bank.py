@@ -1,5 +1,6 @@
 """ReferenceBank: caps, ignore handling, masks, state_dict, errors (policies: test_bank_policies)."""
 import re
+import warnings
 
 import pytest
 import torch
@@ -320,3 +321,20 @@ def test_bad_constructor_arguments():
     for label in (2 ** 70, -(2 ** 63)):  # int64 overflow, and a value whose negation is itself
         with pytest.raises(ValueError, match="ignore_index must be a label within"):
             ReferenceBank(4, 3, 5, ignore_index=label)
+
+
+def test_an_l2_banks_tie_across_classes_goes_to_the_lower_class():
+    """l2 banks match class by class and merge: equal distances keep the lower class's slot."""
+    bank = ReferenceBank(2, 2, capacity_per_class=1, dtype=torch.float32, metric="l2")
+    bank.add(torch.tensor([[[[0.0, 2.0]], [[0.0, 0.0]]]]), torch.tensor([[[0, 1]]]))  # rows (0, 0) and (2, 0)
+    found = bank.match(torch.tensor([[1.0, 0.0]]))  # at distance 1 from both
+    assert found.index.tolist() == [0] and found.label.tolist() == [0] and found.score.tolist() == [1.0]
+
+
+def test_the_ring_warns_only_when_one_add_overflows_a_class():
+    for rows, warns in ((3, False), (4, True)):
+        bank = ReferenceBank(2, 1, capacity_per_class=3, dtype=torch.float32, metric="dot")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bank.add(torch.randn(1, 2, 1, rows), torch.zeros(1, 1, rows, dtype=torch.long))
+        assert any("policy='ring' keeps" in str(warning.message) for warning in caught) == warns

@@ -75,3 +75,11 @@ def test_reservoir_loaded_from_state_dict_draws_on_as_the_saved_one():
     assert torch.equal(saved.features, resumed.features)
     del state["generator_state"], state["settings"]  # saved before the random state and settings were kept
     ReferenceBank(1, 1, capacity_per_class=10, policy="reservoir").load_state_dict(state)
+
+
+def test_reservoir_entry_probability_is_capacity_over_rows_seen():
+    """The second row of a class with one slot enters with probability 1/2, the third with 1/3."""
+    generator = torch.Generator().manual_seed(0)
+    for seen, expected in ((1, 1 / 2), (2, 1 / 3)):
+        entered = sum(len(reservoir_slots(seen, 1, 1, generator)[0]) for _ in range(4000)) / 4000
+        assert entered == pytest.approx(expected, abs=0.03)

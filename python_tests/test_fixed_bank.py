@@ -41,6 +41,13 @@ def test_fixed_bank_num_classes_errors(labels, num_classes, message):
         ReferenceBank.from_tensors(torch.randn(3, 2), labels, num_classes=num_classes)
 
 
+def test_fixed_bank_infers_its_classes_up_to_65536():
+    assert ReferenceBank.from_tensors(torch.randn(4, 3), torch.zeros(4, dtype=torch.long)).num_classes == 1
+    assert ReferenceBank.from_tensors(torch.randn(2, 3), torch.tensor([0, 65535])).num_classes == 65536
+    with pytest.raises(ValueError, match="one label is 65536"):
+        ReferenceBank.from_tensors(torch.randn(2, 3), torch.tensor([0, 65536]))
+
+
 def test_fixed_bank_with_every_row_ignored_says_so():
     bank = ReferenceBank.from_tensors(torch.randn(3, 2), torch.full((3,), 255), num_classes=2)
     with pytest.raises(ValueError, match="from_tensors was given no row labelled other than ignore_index"):

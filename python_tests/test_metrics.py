@@ -146,6 +146,16 @@ def test_a_class_missed_in_one_image_keeps_a_finite_hd95_over_the_others():
     assert metrics["hd95_inf_images"]["1"] == 1
 
 
+def test_an_image_predicting_a_class_only_on_ignored_pixels_takes_no_part_in_its_hd95():
+    """Image 1 holds class 1 nowhere in its truth and predicts it only where the truth is
+    unknown: no HD95 of 0 may pull image 0's 1.0 down to 0.5."""
+    pytest.importorskip("scipy")
+    truth, pred = torch.zeros(2, 8, 8, dtype=torch.long), torch.zeros(2, 8, 8, dtype=torch.long)
+    truth[0, 2:6, 2:5], pred[0, 2:6, 3:6] = 1, 1
+    truth[1, 3:5, 3:5], pred[1, 3:5, 3:5] = 255, 1
+    assert segmentation_metrics(pred, truth, 2, ignore_index=255)["hd95"]["1"] == 1.0
+
+
 def test_segmentation_metrics_skip_classes_absent_everywhere():
     pytest.importorskip("scipy")
     metrics = segmentation_metrics(square(5, 5), square(5, 5), 3)

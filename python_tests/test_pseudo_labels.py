@@ -53,6 +53,15 @@ def test_hard_labels_are_resized_by_pixel_centres():
     assert labels.tolist() == [[[0, 0, 0, 1, 1, 2, 2, 2]]]
 
 
+def test_soft_probabilities_are_resized_bilinearly_by_pixel_centres():
+    """2 feature pixels to 4 (align_corners=False): the inner two mix them 3:1, not 2:1."""
+    bank = ReferenceBank.from_tensors(torch.eye(2), torch.arange(2), metric="dot")
+    labeler = PseudoLabeler(bank, mode="soft", out_size=(1, 4))
+    first, second = labeler.probabilities(torch.eye(2)[:, None, :][None])[0, 0, 0].tolist()[::3]
+    expected = [first, 0.75 * first + 0.25 * second, 0.25 * first + 0.75 * second, second]
+    assert labeler.probabilities(torch.eye(2)[:, None, :][None])[0, 0, 0].tolist() == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("mode, k", [("hard", 1), ("soft", 1), ("soft", 8)])
 def test_an_empty_batch_gives_empty_labels_and_keeps_nothing(phantoms, mode, k):
     """A mean over no pixels is NaN, which spoiled the averages of a training log."""
@@ -154,6 +163,11 @@ def test_vote_refuses_bad_arguments():
         vote(matched_minus_one, num_classes=3)
     with pytest.raises(TypeError, match="temperature must be a number, got str"):
         vote(result, labels, num_classes=3, temperature="0.1")
+    with pytest.raises(TypeError, match="temperature must be a number, got bool"):
+        vote(result, labels, num_classes=3, temperature=True)
+    beyond = refmatch.MatchResult(torch.tensor([0.9]), torch.tensor([3]), None)  # row 3 of 3 labels
+    with pytest.raises(ValueError, match="the matches reach reference row 3, but labels has 3 rows"):
+        vote(beyond, labels[:3], num_classes=3)
     for temperature in (0.0, float("inf")):  # inf: a -inf score (no vote) over inf is NaN in the softmax
         with pytest.raises(ValueError, match=f"temperature must be finite and > 0, got {temperature}"):
             vote(result, labels, num_classes=3, temperature=temperature)

@@ -99,3 +99,18 @@ def test_float64_scores_vote_in_float64():
     for weighting in ("uniform", "similarity"):
         vote = refmatch.vote(found, torch.tensor([0, 1, 2, 0, 1, 2]), num_classes=3, weighting=weighting)
         assert vote.probabilities.dtype == torch.float64
+
+
+def test_scores_outside_their_metrics_range_are_refused_at_the_edge():
+    """Cosines may pass 1 by rounding (1.0005 goes through), not by 5 %; an l2 distance may not be
+    negative at all; a top-k list may not rise by more than its slack of 1e-4."""
+    refmatch.vote(torch.tensor([[1.0005, 0.2]]), num_classes=2)
+    with pytest.raises(ValueError, match="scores reach 1.05, outside a cosine's"):
+        refmatch.vote(torch.tensor([[1.05, 0.2]]), num_classes=2)
+    refmatch.vote(torch.tensor([[0.0, 0.2]]), num_classes=2, metric="l2")
+    with pytest.raises(ValueError, match="scores go down to -0.0005, but l2 distances are >= 0"):
+        refmatch.vote(torch.tensor([[-5e-4, 0.2]]), num_classes=2, metric="l2")
+    ranked = refmatch.MatchResult(torch.tensor([[0.5, 0.50004]]), torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    refmatch.vote(ranked, num_classes=2)  # within the slack: near-ties ordered by an ulp
+    with pytest.raises(ValueError, match="the top-k scores rise along k"):
+        refmatch.vote(ranked._replace(score=torch.tensor([[0.5, 0.505]])), num_classes=2)
