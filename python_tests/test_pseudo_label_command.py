@@ -72,6 +72,7 @@ def test_files_at_each_images_size_written_batch_by_batch(folders, tmp_path, mon
     # how the folder was labelled: the model's classes, the run's settings, what confidence/ holds
     assert record(out)["classes"][:2] == ["background", "lung"] and record(out)["settings"]["pl_mode"] == "soft"
     assert record(out)["confidence"].startswith("margin between the two most probable classes")
+    assert isinstance(record(out)["seed"], int) and record(out)["environment"]["device"].startswith("cpu (")
     unlabeled_events = [event for event in events if event[1] in NAMES]
     assert unlabeled_events.index(("save", "u0.png")) < unlabeled_events.index(("read", "u2.png"))
     assert "\npseudo-label: 2/3 images, " in capfd.readouterr().err  # no terminal here: progress lines

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+import refmatch
+
 pytest.importorskip("yaml", reason="the train extra is not installed")
 pytest.importorskip("PIL", reason="the train extra is not installed")
 
@@ -90,6 +92,9 @@ def test_resume_takes_the_saved_config_and_names_settings_it_cannot_change(tmp_p
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["method"], metrics["config"]["seed"], metrics["config"]["steps"]) == ("meanteacher-pl", 1, 6)
     assert metrics["train_seconds"] > first_seconds > 0, "a resumed run adds up its parts"
+    (environment,) = metrics["environments"]  # resumed where it trained: one environment, from step 0
+    assert environment["from_step"] == 0 and environment["threads"] == torch.get_num_threads()
+    assert environment["refmatch"] == refmatch.__version__ and environment["device"].startswith("cpu (")
 
 
 def test_consensus_keeps_reference_labels_where_the_teacher_agrees():

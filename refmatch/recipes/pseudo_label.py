@@ -90,6 +90,7 @@ def _label_folder(args):
     from .interrupts import noted_stop, worker_ignores_stops
     from .methods import IGNORE, ReferencePseudoLabels
     from .progress import progress_bar
+    from .provenance import environment
 
     folder = image_folder(args.unlabeled)
     if not folder.is_dir():
@@ -117,7 +118,8 @@ def _label_folder(args):
     if done:
         _refuse_another_bank(args, previous, bank)
     record.update(bank, classes=model_class_names(config, classes), confidence=CONFIDENCE[config.pl_mode],
-                  settings={key: getattr(config, key) for key in LABEL_SETTINGS})
+                  settings={key: getattr(config, key) for key in LABEL_SETTINGS}, seed=config.seed,
+                  environment=environment(device))  # a reservoir bank draws from the seed
     labeled = load_split(FolderDataset(args.labeled, scan_folder(args.labeled)["labeled"], size=config.image_size,
                                        num_classes=classes, classes_from=f"the model of {args.checkpoint}"),
                         config.num_workers, config.image_size)

@@ -6,8 +6,7 @@ add a pseudo-label loss on strongly augmented unlabelled images, ramped up, whos
 labels come from ``methods.pseudo_label_source``. All randomness after model
 initialisation is drawn from one generator that is checkpointed with the run (a
 reservoir bank draws from its own, saved in the bank's state), so ``resume``
-continues bit-exactly on the CPU.
-"""
+continues bit-exactly on the same device and CPU thread count (``provenance``)."""
 import copy
 import dataclasses
 import logging
@@ -24,6 +23,7 @@ from .evaluation import evaluate, metrics_json, predict
 from .interrupts import StopRequest
 from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, check_pl_k, pseudo_label_source
+from .provenance import run_environments
 from .ranks import join_process_group, leave_process_group
 from .run_context import RunContext, check_not_a_dataset, claimed_run_folder
 from .unet import UNet
@@ -104,6 +104,7 @@ class Trainer:
             "data: %d labelled, %d unlabelled, %d val, %d test images; classes %s", len(self.data.labeled.names),
             len(self.data.unlabeled.names), len(self.data.val.names), len(self.data.test.names),
             ", ".join(self.data.class_names))
+        self.environments = run_environments(resumed, self.device)
         if resumed is not None:
             self._load(resumed)
 
@@ -112,7 +113,7 @@ class Trainer:
                 "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "generator": self.generator.get_state(), "train_seconds": self.seconds,
-                "pseudo": self.pseudo.state_dict() if self.pseudo else {}}
+                "pseudo": self.pseudo.state_dict() if self.pseudo else {}, "environments": self.environments}
 
     def _load(self, state):
         """Continue from a ``state()`` (loaded on the CPU)."""
@@ -276,7 +277,8 @@ class Trainer:
         size = self.config.image_size
         result = {"method": self.config.method, "best_step": best["step"], "val_mean_dice": self.best,
                   "test": test, "resolution": f"training ({size}x{size})", "model": "EMA teacher",
-                  "train_seconds": self.seconds, "config": dataclasses.asdict(self.config)}
+                  "train_seconds": self.seconds, "config": dataclasses.asdict(self.config),
+                  "environments": self.environments}
         if self.run.is_main:
             write_text_atomic(self.run.dir / "metrics.json", metrics_json(result))
         if len(self.data.test.images):
