@@ -123,9 +123,9 @@ def test_each_class_copy_is_freed_before_the_next_is_gathered(monkeypatch):
             del part
             gathered_once_freed()
 
-    def class_rows(bank, cls):
+    def class_rows(bank, cls, counts=None):
         gathered_once_freed()
-        rows = select(bank, cls)
+        rows = select(bank, cls, counts)
         copies.append(weakref.ref(rows))
         return rows
 

@@ -25,18 +25,20 @@ def test_tokens_become_maps_in_raster_order():
     patches = torch.randn(2, 3, 5, 6)  # [B, D, h, w]
     tokens = torch.cat([torch.randn(2, 3, 1), patches.flatten(2)], dim=2).transpose(1, 2)  # [B, 1 + 30, D]
     maps = tokens_as_maps(tokens, grid=(5, 6))
-    assert torch.equal(maps, patches) and maps.data_ptr() != 0 and maps._base is not None  # a view
+    assert torch.equal(maps, patches) and maps._base is not None  # a view
     registers = torch.cat([torch.randn(2, 5, 3), patches[..., :5].flatten(2).transpose(1, 2)], dim=1)
-    assert torch.equal(tokens_as_maps(registers), patches[..., :5])  # 5 + 25 tokens: a square 5 x 5 grid
+    assert torch.equal(tokens_as_maps(registers, 5), patches[..., :5])  # 5 register tokens, then a 5 x 5 grid
 
 
 def test_bad_tokens_are_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"a 5x5 patch grid needs 25 tokens, got 24: pass grid="):
         tokens_as_maps(torch.randn(1, 24, 3), grid=5)
     with pytest.raises(ValueError, match=r"tokens must be \[B, T, D\], .*maps need no reshaping"):
-        tokens_as_maps(torch.randn(1, 3, 4, 4))
-    with pytest.raises(ValueError, match="grid must be None, a positive int"):
+        tokens_as_maps(torch.randn(1, 3, 4, 4), grid=4)
+    with pytest.raises(ValueError, match=r"grid must be a positive int or an \(h, w\) pair of them, got \(0, 2\)"):
         tokens_as_maps(torch.randn(1, 5, 3), grid=(0, 2))
+    with pytest.raises(ValueError, match=r"grid=\(h, w\) is needed"):  # 1 + 16 x 16 and 1 + 15 x 17 tokens alike
+        tokens_as_maps(torch.randn(1, 257, 3), None)
 
 
 def test_feature_tap_maps_a_vits_tokens_where_labels_line_up():
@@ -50,12 +52,16 @@ def test_feature_tap_maps_a_vits_tokens_where_labels_line_up():
     masks = torch.zeros(1, 16, 16, dtype=torch.long)
     masks[:, 8:, :] += 1
     masks[:, :, 8:] += 2  # quarters: 0 1 / 2 3 (top-left, bottom-left, top-right, bottom-right)
-    with pytest.raises(ValueError, match=r"transformer tokens \[B, T, D\]\?\): to_maps=\{'block': "
-                                         r"refmatch.tokens_as_maps\}"):
+    with pytest.raises(ValueError, match=r"transformer tokens \[B, T, D\]\?\): to_maps=\{'block': lambda x: "
+                                         r"refmatch.tokens_as_maps\(x, grid=\(h, w\)\)\}"):
         with FeatureTap(vit, ["block"]) as tap:
             vit(images)
             tap.features()
-    with FeatureTap(vit, ["block"], normalize=False, to_maps={"block": tokens_as_maps}) as tap:
+    with pytest.raises(ValueError, match="layer 'block' gave .* from its to_maps function; FeatureTap needs"):
+        with FeatureTap(vit, ["block"], to_maps={"block": lambda tokens: tokens[:, 1:]}) as tap:
+            vit(images)
+            tap.features()
+    with FeatureTap(vit, ["block"], normalize=False, to_maps={"block": lambda x: tokens_as_maps(x, 4)}) as tap:
         embedded = torch.zeros(1, 8, 4, 4)
         embedded[0, masks[0, ::4, ::4].flatten(), torch.arange(16) // 4, torch.arange(16) % 4] = 1.0  # one-hot quarter
         vit.patch_embed.register_forward_hook(lambda module, inputs, output: embedded)
@@ -72,7 +78,7 @@ def test_feature_tap_maps_a_vits_tokens_where_labels_line_up():
 def test_to_maps_is_checked_and_shown():
     vit = TinyViT()
     with pytest.raises(ValueError, match=r"to_maps names layers that are not tapped: \['head'\]"):
-        FeatureTap(vit, ["block"], to_maps={"head": tokens_as_maps})
+        FeatureTap(vit, ["block"], to_maps={"head": lambda x: tokens_as_maps(x, 4)})
     with pytest.raises(TypeError, match="to_maps takes a function per layer"):
         FeatureTap(vit, ["block"], to_maps={"block": "tokens"})
     swin_stage = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), Permuted())  # [B, h, w, D] out, as Swin's stages

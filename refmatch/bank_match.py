@@ -73,8 +73,9 @@ def classwise_scores(bank, query, backend):
     match per class."""
     worst = worst_score(bank.metric)
     per_class = []
+    counts = None if bank.capacity is None else bank.counts.tolist()  # one host read, not one a class
     for cls in range(bank.num_classes):
-        block = bank._class_rows(cls)
+        block = bank._class_rows(cls, counts)
         if block.shape[0] == 0:
             shape = (query.shape[0],) if query.dim() == 2 else (query.shape[0], *query.shape[2:])
             per_class.append(torch.full(shape, worst, device=query.device,

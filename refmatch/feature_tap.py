@@ -89,7 +89,8 @@ class FeatureTap:
         select: {layer name: index or key} of the element to tap where a layer returns a
             tuple, list or dict (``{"decoder.up1": "features"}``).
         to_maps: {layer name: function} that turns a layer's (selected) output into [B, D, h, w]
-            maps first: ``refmatch.tokens_as_maps`` for a transformer block's [B, T, D] tokens,
+            maps first: ``lambda x: refmatch.tokens_as_maps(x, grid=(h, w))`` for a transformer
+            block's [B, T, D] tokens,
             ``lambda x: x.permute(0, 3, 1, 2)`` for a channels-last [B, h, w, D] stage (Swin,
             ConvNeXt blocks), which would otherwise pass as maps of the wrong axes.
 
@@ -223,7 +224,9 @@ class FeatureTap:
                         if isinstance(feature_map, dict) else
                         f" of {len(feature_map)} elements: tap the submodule that returns the tensor you want"
                         if isinstance(feature_map, (list, tuple)) else
-                        f" (transformer tokens [B, T, D]?): to_maps={{{name!r}: refmatch.tokens_as_maps}}"
+                        " from its to_maps function" if name in self.to_maps else
+                        f" (transformer tokens [B, T, D]?): to_maps={{{name!r}: lambda x: "
+                        "refmatch.tokens_as_maps(x, grid=(h, w))}"
                         if isinstance(feature_map, torch.Tensor) and feature_map.dim() == 3 else "")
                 raise ValueError(f"layer {name!r} gave {describe(feature_map)}{keys}; FeatureTap needs [B, D, h, w] "
                                  "maps or [B, D, z, h, w] volumes from every layer alike")

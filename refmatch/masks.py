@@ -52,7 +52,8 @@ def check_masks(masks, batch, feature_size, num_classes, ignore_index):
     if not _multiple_of(masks.shape[1:], feature_size):
         raise ValueError(f"masks are {size_text(masks.shape[1:])} but features are {size_text(feature_size)}: "
                          "the mask size must be an integer multiple of the feature size (a strided layer rounds "
-                         "an odd side up: tap with FeatureTap(size=...) at the masks' size or a divisor of it)")
+                         "an odd side up: tap with FeatureTap(size=...) at the masks' size or a divisor of it; "
+                         "transformer tokens: check tokens_as_maps's grid)")
     valid = (masks >= 0) & (masks < num_classes)
     if ignore_index is not None:
         valid |= label_is(masks, ignore_index)

@@ -44,7 +44,8 @@ class PseudoLabeler:
         bank: the ``ReferenceBank`` (or ``ShardedReferenceBank``) to match against.
         k: neighbours; "hard" mode takes k = 1 only.
         mode: "hard": the label of the nearest reference, brought to ``out_size`` by
-            nearest; confidence is its similarity (minus the distance for l2).
+            nearest (each output pixel reads the feature pixel under its centre); confidence
+            is its similarity (minus the distance for l2).
             "soft": class-wise best scores (k = 1) or the k nearest references'
             similarity-weighted votes, a softmax over classes at ``temperature``,
             upsampled bilinearly (trilinearly for volumes) before the argmax; confidence is the margin

@@ -75,6 +75,7 @@ def block_sizes(rows, reference, tile_bytes=None, block_m=None):
 
 
 def block_of(ignored, col0, block_m):
+    """The [block_m] slice of ``ignored`` (an [M] bool mask, or None) for references from ``col0``."""
     return None if ignored is None else ignored[col0:col0 + block_m]
 
 
