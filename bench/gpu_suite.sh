@@ -117,8 +117,9 @@ cat "$LOGS/device.txt"
 
 TEST_PYTHONPATH=${PYTHONPATH:-}  # the tests import no peers (KeOps alone slowed test_bench 4x)
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python -m pip install --no-index --no-deps --no-compile --target /tmp/refmatch-peers .whl/*.whl \
-    >"$LOGS/peers.log" 2>&1 && export PYTHONPATH=/tmp/refmatch-peers${PYTHONPATH:+:$PYTHONPATH}
+  PEERS=$(mktemp -d -t refmatch-peers.XXXXXX)  # not a fixed /tmp name another user could plant first
+  python -m pip install --no-index --no-deps --no-compile --target "$PEERS" .whl/*.whl \
+    >"$LOGS/peers.log" 2>&1 && export PYTHONPATH=$PEERS${PYTHONPATH:+:$PYTHONPATH}
 fi
 # Build for the card that is here only (e.g. "90a", with the Hopper wgmma kernel):
 # half the compile time of "80;90a".

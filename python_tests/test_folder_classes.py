@@ -71,10 +71,11 @@ def test_a_mask_with_more_classes_than_named_is_refused_by_name(tmp_path, phanto
 
 
 @pytest.mark.parametrize("classes, message", [
-    ("[lung]", "classes must be 2 to 255 different, non-empty names"),
+    ("[lung]", "classes must be 2 to 255 different, non-empty, printable names"),
     ("[background, lung, lung]", "classes must be 2 to 255 different"),
-    ("[background, '']", "non-empty names"),
-    ("[background, 3]", "non-empty names"),
+    ("[background, '']", "non-empty, printable names"),
+    ("[background, 3]", "non-empty, printable names"),
+    ('[background, "lung\\necho planted #"]', "printable names"),  # a line of its own in train.log
     ("background", "classes must be list"),
 ])
 def test_bad_classes_are_refused(tmp_path, classes, message):
@@ -267,3 +268,10 @@ def test_a_run_never_writes_into_a_dataset_folder(tmp_path, phantom_folder):
     assert sorted(path.name for path in (phantom_folder / "images").iterdir()) == images
     with pytest.raises(ValueError, match="holds masks/: a dataset folder"):  # any dataset, not only the run's
         main(["train", *FOLDER_RUN, "method=supervised", "--out", str(phantom_folder)])
+    scans = tmp_path / "scans"  # images/ alone: an unlabelled folder, which pseudo-label reads
+    (scans / "images").mkdir(parents=True)
+    (scans / "images" / "scan0.png").write_bytes(b"")
+    (scans / "images" / "step_000002.png").write_bytes(b"")  # a run's grid does not count
+    with pytest.raises(ValueError, match=r"holds images/ with files a run does not write \(scan0.png, ...\)"):
+        main(["train", *FOLDER_RUN, "method=supervised", "--out", str(scans), "--overwrite"])
+    assert sorted(path.name for path in (scans / "images").iterdir()) == ["scan0.png", "step_000002.png"]

@@ -87,3 +87,13 @@ def test_a_mask_with_alpha_reads_its_grey_values(tmp_path, mode):
     assert torch.equal(read_mask(tmp_path / "layer.png", 2), torch.from_numpy(lung // 255).long())
     save_layers(tmp_path / "opaque.png", [lung] * (len(mode) - 1) + [np.full_like(lung, 255)], mode)
     assert torch.equal(read_mask(tmp_path / "opaque.png", 2), torch.from_numpy(lung // 255).long())
+
+
+def test_an_image_past_pils_pixel_limit_is_named(tmp_path, monkeypatch):
+    """A decompression bomb (a small PNG of a huge image) raised PIL's own error, not refmatch's."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels are past twice the limit
+    with pytest.raises(ValueError, match=r"cannot read .*bomb\.png: Image size \(1600 pixels\) exceeds limit"):
+        read_image(tmp_path / "bomb.png")

@@ -53,8 +53,8 @@ def test_a_full_disk_leaves_the_lock_without_its_note(tmp_path, monkeypatch, cap
     from refmatch.recipes import run_lock
 
     class FullDisk:
-        def __init__(self, *args):
-            self._file = open(*args)
+        def __init__(self, path):
+            self._file = open_lock_file(path)
 
         def write(self, text):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -62,7 +62,8 @@ def test_a_full_disk_leaves_the_lock_without_its_note(tmp_path, monkeypatch, cap
         def __getattr__(self, name):
             return getattr(self._file, name)
 
-    monkeypatch.setattr(run_lock, "open", FullDisk, raising=False)
+    open_lock_file = run_lock.open_lock_file
+    monkeypatch.setattr(run_lock, "open_lock_file", FullDisk)
     lock = RunFolderLock(tmp_path)
     assert "cannot note this run" in caplog.text
     second = subprocess.run([sys.executable, "-c", "import sys; from refmatch.recipes.run_lock import "
@@ -70,3 +71,41 @@ def test_a_full_disk_leaves_the_lock_without_its_note(tmp_path, monkeypatch, cap
                             capture_output=True, text=True)
     assert "in use by another refmatch run (it holds .lock): wait" in second.stderr
     lock.release()
+
+
+@pytest.mark.parametrize("link", [".lock", "train.log", "images"])
+def test_links_where_a_run_writes_are_refused_before_anything_is_written(tmp_path, link):
+    """A .lock linked to a file had it emptied for the lock's note; a train.log link appended the
+    run's lines (class names and all) to its target: a prepared folder could write anywhere."""
+    from refmatch.recipes.run_folders import claimed_run_folder
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / link).symlink_to(victim)
+    with pytest.raises(ValueError, match=f"{re.escape(str(run))} holds symbolic links where refmatch writes "
+                                         f"\\({re.escape(link)}\\): it writes only into the folder itself"):
+        with claimed_run_folder(run, new_run=True):
+            pass
+    assert victim.read_text() == "mine\n"
+
+
+def test_a_lock_linked_after_the_check_is_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(victim)
+    with pytest.raises(ValueError, match="holds symbolic links where refmatch writes \\(.lock\\)"):
+        RunFolderLock(tmp_path / "run")
+    assert victim.read_text() == "mine\n"
+
+
+def test_pseudo_label_refuses_links_in_its_out(tmp_path):
+    from refmatch.recipes.run_lock import locked_folder
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "labels").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match=r"holds symbolic links where refmatch writes \(labels\)"):
+        with locked_folder(tmp_path / "out", ("labels", "confidence")):
+            pass

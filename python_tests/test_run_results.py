@@ -48,7 +48,7 @@ def test_a_checkpoint_that_is_a_folder_says_which_file_to_name(tmp_path):
 
 def test_a_run_set_aside_by_a_stopped_overwrite_is_refused_or_overwritten(tmp_path, monkeypatch):
     """A new run there went on without a word and left .overwritten/ behind for good."""
-    from refmatch.recipes.run_context import fresh_run
+    from refmatch.recipes.run_folders import fresh_run
 
     aside = tmp_path / ".overwritten"
     aside.mkdir()

@@ -151,7 +151,7 @@ def _read_array(path, keep_modes):
             if image.mode not in keep_modes:
                 image = image.convert("L")
             return np.array(image)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # the last: over PIL's pixel limit
         raise ValueError(f"cannot read {path}: {error}") from error
 
 

@@ -155,10 +155,11 @@ class TrainConfig:
         if self.data == "phantom":
             raise ValueError(f"classes names a folder's mask values; phantoms have their own "
                              f"({', '.join(PHANTOM_CLASSES)}): leave classes out, got {self.classes}")
-        names = [name for name in self.classes if isinstance(name, str) and name.strip()]
+        # printable: a line break would start a line of its own in train.log and the reports
+        names = [name for name in self.classes if isinstance(name, str) and name.strip() and name.isprintable()]
         if len(names) != len(self.classes) or len(set(names)) != len(names) or not 2 <= len(names) <= MAX_CLASSES:
-            raise ValueError(f"classes must be 2 to {MAX_CLASSES} different, non-empty names (mask values 0, 1, ... "
-                             f"in order; {IGNORE_LABEL} marks ignored pixels), got {self.classes}")
+            raise ValueError(f"classes must be 2 to {MAX_CLASSES} different, non-empty, printable names (mask values "
+                             f"0, 1, ... in order; {IGNORE_LABEL} marks ignored pixels), got {self.classes}")
 
 
 # Keys added after runs were saved with a default that changed since: the value such runs used.

@@ -51,11 +51,20 @@ def file_values(path, extended_by=()):
 
 
 def parsed_yaml(text, where):
-    """YAML ``text``, or a ValueError naming ``where`` (a file or an override)."""
+    """YAML ``text``, or a ValueError naming ``where`` (a file or an override). Aliases (``*name``)
+    are refused: nested ones make a config of a few hundred bytes that an error message, printing
+    the value, expands to gigabytes."""
     import yaml  # the [train] extra
 
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not taken: write the value out",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=NoAliasLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -27,6 +27,7 @@ from .pseudo_label_files import reads_as_binary_mask, save_pseudo_label
 RECORD = "pseudo-label.json"  # what a pseudo-label folder holds, and whether it is complete
 RECORD_SECONDS = 30  # the record's "written" rewritten this often while a folder is labelled
 OUTPUTS = ("labels", "confidence", "overlays")
+WRITE_TEST = ".refmatch-write-test"  # touched and removed: is OUT writable, before the bank is built
 BANK_SETTINGS = ("bank_capacity", "bank_policy")  # the run's, or --bank-capacity / --bank-policy
 # The run's settings that shape the labels, recorded so that a folder says how it was labelled.
 LABEL_SETTINGS = ("tap_layers", "tap_size", "pl_mode", "pl_k", "pl_temperature", "pl_threshold", "pl_consensus")
@@ -63,7 +64,7 @@ def pseudo_label_main(argv=None):
 
     check_folder_argument(args.out, "--out")
     try:  # one process per OUT: a second would mix checkpoints, or delete the first's temporary files
-        with locked_folder(args.out):
+        with locked_folder(args.out, (*OUTPUTS, RECORD, WRITE_TEST)):
             return _label_folder(args)
     except OSError as error:  # the folder and its lock file are the first things written
         if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or \
@@ -258,7 +259,7 @@ def _finished_before(args, previous, record, names):
             raise ValueError(f"--resume: {args.out / 'labels'} holds {len(stale)} file(s) of images no longer in "
                              f"{record['unlabeled']} (e.g. {stale[0]}): --overwrite to label the folder as it is")
         return labelled & set(names)
-    probe = args.out / ".refmatch-write-test"
+    probe = args.out / WRITE_TEST
     try:  # refused before the data load and the bank
         probe.touch()
         probe.unlink()

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..atomic_file import temporaries
 
 LOCK_NAME = ".lock"
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _held_here = set()  # the lock files this process holds: a refusal says when the holder is this process
 
 
@@ -32,7 +33,7 @@ class RunFolderLock:
             import fcntl
         except ImportError:
             return
-        self.file = open(self.path, "a+")  # not "w": a refused run must not erase the holder's note
+        self.file = open_lock_file(self.path)
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,11 +87,33 @@ def folders_to_make(folder):
     return [path for path in (folder, *folder.parents) if not path.exists()]
 
 
-def take_lock(folder, made):
-    """``folder`` made and held (``RunFolderLock``); where that fails, the folders of ``made``
+def open_lock_file(path):
+    """``path`` opened to read and append, made where missing: not emptied ("w"), as a refused run
+    must not erase the holder's note, and never through a link, whose target the note would replace."""
+    try:
+        return os.fdopen(os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_APPEND | NO_FOLLOW, 0o644), "a+")
+    except OSError:
+        if Path(path).is_symlink():
+            raise_links(Path(path).parent, [LOCK_NAME])
+        raise
+
+
+def raise_links(folder, names):
+    """ValueError where any of ``names`` in ``folder`` is a symbolic link: writing through one
+    would change a file elsewhere (the lock's note erased it, the log appended to it)."""
+    links = [name for name in names if (Path(folder) / name).is_symlink()]
+    if links:
+        raise ValueError(f"{folder} holds symbolic links where refmatch writes ({', '.join(links)}): it writes "
+                         "only into the folder itself; delete the links, or take another folder")
+
+
+def take_lock(folder, made, outputs=()):
+    """``folder`` made and held (``RunFolderLock``), after refusing links among its lock and
+    ``outputs`` (the names the run writes there); where that fails, the folders of ``made``
     (``folders_to_make``'s) that it left empty go again."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     try:
+        raise_links(folder, [LOCK_NAME, *outputs])
         return RunFolderLock(folder)
     except BaseException:
         remove_empty_folders(made)
@@ -108,12 +131,12 @@ def undo_lock(lock, made):
 
 
 @contextlib.contextmanager
-def locked_folder(folder):
-    """``folder``, made with its parents and held (``RunFolderLock``) for the body, which gets
-    the lock. A body that raises takes what this made with it (``undo_lock``: a mistyped flag
-    leaves no folder behind)."""
+def locked_folder(folder, outputs=()):
+    """``folder``, made with its parents and held (``RunFolderLock``; ``outputs``, the names the
+    body writes there, may not be links) for the body, which gets the lock. A body that raises
+    takes what this made with it (``undo_lock``: a mistyped flag leaves no folder behind)."""
     made = folders_to_make(folder)
-    lock = take_lock(folder, made)
+    lock = take_lock(folder, made, outputs)
     try:
         yield lock
     except BaseException:

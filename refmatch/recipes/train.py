@@ -1,12 +1,11 @@
 """The training loop shared by ``supervised``, ``meanteacher-pl`` and ``refmatch``.
 
-One loop, three methods: every method trains the student on labelled images
-(cross-entropy + Dice) and keeps an EMA teacher; the two semi-supervised methods
-add a pseudo-label loss on strongly augmented unlabelled images, ramped up, whose
-labels come from ``methods.pseudo_label_source``. All randomness after model
-initialisation is drawn from one generator that is checkpointed with the run (a
-reservoir bank draws from its own, saved in the bank's state), so ``resume``
-continues bit-exactly on the same device and CPU thread count (``provenance``)."""
+Every method trains the student on labelled images (cross-entropy + Dice) and keeps an EMA
+teacher; the two semi-supervised methods add a pseudo-label loss on strongly augmented
+unlabelled images, ramped up, whose labels come from ``methods.pseudo_label_source``. All
+randomness after model initialisation is drawn from one generator checkpointed with the run (a
+reservoir bank draws from its own, saved in the bank's state), so ``resume`` continues
+bit-exactly on the same device and CPU thread count (``provenance``)."""
 import copy
 import dataclasses
 import logging
@@ -25,7 +24,8 @@ from .losses import pseudo_label_loss, rampup, supervised_loss
 from .methods import IGNORE, check_pl_k, pseudo_label_source
 from .provenance import run_environments
 from .ranks import join_process_group, leave_process_group
-from .run_context import RunContext, check_not_a_dataset, claimed_run_folder
+from .run_context import RunContext
+from .run_folders import check_not_a_dataset, claimed_run_folder
 from .unet import UNet
 from .visual import training_grid
 
