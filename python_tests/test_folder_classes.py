@@ -271,7 +271,8 @@ def test_a_run_never_writes_into_a_dataset_folder(tmp_path, phantom_folder):
     scans = tmp_path / "scans"  # images/ alone: an unlabelled folder, which pseudo-label reads
     (scans / "images").mkdir(parents=True)
     (scans / "images" / "scan0.png").write_bytes(b"")
-    (scans / "images" / "step_000002.png").write_bytes(b"")  # a run's grid does not count
-    with pytest.raises(ValueError, match=r"holds images/ with files a run does not write \(scan0.png, ...\)"):
+    (scans / "images" / "step_000002.png").write_bytes(b"")  # a run's grid does not count, nor a viewer's file
+    (scans / "images" / ".DS_Store").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"holds images/ with images a run does not write \(scan0.png, ...\)"):
         main(["train", *FOLDER_RUN, "method=supervised", "--out", str(scans), "--overwrite"])
-    assert sorted(path.name for path in (scans / "images").iterdir()) == ["scan0.png", "step_000002.png"]
+    assert sorted(path.name for path in (scans / "images").iterdir()) == [".DS_Store", "scan0.png", "step_000002.png"]

@@ -36,3 +36,19 @@ def test_a_resume_where_the_run_trained_adds_nothing(caplog):
 
 def test_an_older_checkpoint_without_environments_starts_the_list_at_its_step():
     assert run_environments({"step": 7}, CPU) == [{"from_step": 7, **environment(CPU)}]
+
+
+def test_a_resume_with_new_code_is_recorded_without_a_warning(caplog):
+    """Another commit rounds alike: recorded, not warned about."""
+    earlier = [{"from_step": 0, **environment(CPU), "commit": "0000000"}]
+    with caplog.at_level(logging.WARNING, logger="refmatch"):
+        recorded = run_environments({"step": 5, "environments": earlier}, CPU)
+    assert recorded == earlier + [{"from_step": 5, **environment(CPU)}] and not caplog.records
+
+
+def test_only_the_rank_that_logs_warns(caplog):
+    """Ranks above 0 have no log handlers, so Python printed their warning too."""
+    earlier = [{"from_step": 0, **environment(CPU), "torch": "0.0"}]
+    with caplog.at_level(logging.WARNING, logger="refmatch"):
+        run_environments({"step": 5, "environments": earlier}, CPU, warn=False)
+    assert not caplog.records

@@ -73,7 +73,7 @@ def test_a_full_disk_leaves_the_lock_without_its_note(tmp_path, monkeypatch, cap
     lock.release()
 
 
-@pytest.mark.parametrize("link", [".lock", "train.log", "images"])
+@pytest.mark.parametrize("link", [".lock", "train.log", ".overwritten"])
 def test_links_where_a_run_writes_are_refused_before_anything_is_written(tmp_path, link):
     """A .lock linked to a file had it emptied for the lock's note; a train.log link appended the
     run's lines (class names and all) to its target: a prepared folder could write anywhere."""
@@ -101,11 +101,30 @@ def test_a_lock_linked_after_the_check_is_not_followed(tmp_path):
     assert victim.read_text() == "mine\n"
 
 
-def test_pseudo_label_refuses_links_in_its_out(tmp_path):
+def test_folders_linked_to_another_disk_are_taken(tmp_path):
+    """images/ and tensorboard/ linked to a bigger disk: their files are new or renamed into
+    place, so nothing is written through to a file elsewhere."""
+    from refmatch.recipes.run_folders import claimed_run_folder
+
+    (tmp_path / "big").mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("images", "tensorboard"):
+        (run / name).symlink_to(tmp_path / "big", target_is_directory=True)
+    with claimed_run_folder(run, new_run=True):
+        pass
+
+
+def test_pseudo_label_refuses_a_linked_write_test_and_takes_linked_folders(tmp_path):
+    from refmatch.recipes.pseudo_label import WRITE_TEST
     from refmatch.recipes.run_lock import locked_folder
 
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "labels").symlink_to(tmp_path)
-    with pytest.raises(ValueError, match=r"holds symbolic links where refmatch writes \(labels\)"):
-        with locked_folder(tmp_path / "out", ("labels", "confidence")):
+    (tmp_path / "out" / "labels").symlink_to(tmp_path, target_is_directory=True)
+    with locked_folder(tmp_path / "out", (WRITE_TEST,)):
+        pass
+    (tmp_path / "out" / WRITE_TEST).symlink_to(tmp_path / "victim")  # touching it would make the target
+    with pytest.raises(ValueError, match=r"holds symbolic links where refmatch writes \(.refmatch-write-test\)"):
+        with locked_folder(tmp_path / "out", (WRITE_TEST,)):
             pass
+    assert not (tmp_path / "victim").exists()

@@ -38,7 +38,7 @@ def test_bad_tokens_are_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"grid must be a positive int or an \(h, w\) pair of them, got \(0, 2\)"):
         tokens_as_maps(torch.randn(1, 5, 3), grid=(0, 2))
     with pytest.raises(ValueError, match=r"grid=\(h, w\) is needed"):  # 1 + 16 x 16 and 1 + 15 x 17 tokens alike
-        tokens_as_maps(torch.randn(1, 257, 3), None)
+        tokens_as_maps(torch.randn(1, 257, 3))
 
 
 def test_feature_tap_maps_a_vits_tokens_where_labels_line_up():

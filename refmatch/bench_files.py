@@ -22,14 +22,15 @@ def git_commit():
     """Short commit of the checkout refmatch is imported from (not the working directory's),
     with "+dirty" when it has uncommitted changes; "unknown" for an installed package."""
     checkout = Path(refmatch.__file__).resolve().parent.parent
-    try:
-        top, commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--show-toplevel", "--short", "HEAD"],
-                                     capture_output=True, text=True, check=True).stdout.splitlines()
+    git = ["git", "--no-optional-locks", "-C", str(checkout)]  # a status must not block a git in progress
+    try:  # a hung git (a stale network mount) must not hold a run's start: 10 s at most
+        top, commit = subprocess.run([*git, "rev-parse", "--show-toplevel", "--short", "HEAD"],
+                                     capture_output=True, text=True, check=True, timeout=10).stdout.splitlines()
         if Path(top).resolve() != checkout:  # site-packages inside some other repository: not refmatch's commit
             return "unknown"
-        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, ValueError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
 

@@ -1,12 +1,14 @@
 """Transformer tokens as feature maps: a ViT block's [B, T, D] output for ``FeatureTap``,
 ``ReferenceBank`` and ``PseudoLabeler``, which take [B, D, h, w] maps."""
+from typing import Optional
+
 import torch
 
 from .arguments import describe
 from .sizes import Sides, sides, spatial_size
 
 
-def tokens_as_maps(tokens: torch.Tensor, grid: Sides) -> torch.Tensor:
+def tokens_as_maps(tokens: torch.Tensor, grid: Optional[Sides] = None) -> torch.Tensor:
     """[B, T, D] tokens of an h x w patch grid -> [B, D, h, w] maps (a view, no copy).
 
     The last h * w tokens are the patches in raster order, as ViTs (DINO, DINOv2, SAM's image
@@ -16,7 +18,7 @@ def tokens_as_maps(tokens: torch.Tensor, grid: Sides) -> torch.Tensor:
     Args:
         tokens: [B, T, D], T >= h * w.
         grid: (h, w) of the patch grid, (image height // patch, image width // patch), or an
-            int for a square one.
+            int for a square one; needed (None is refused with that advice).
 
     Example:
         >>> tap = refmatch.FeatureTap(vit, ["blocks.11"],      # 224 x 224 images, patch 14

@@ -20,26 +20,30 @@ def environment(device):
             "threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
 
 
-def _differences(earlier, now):
-    """What differs between two environments in ways that change results (threads: on the CPU)."""
-    keys = ["device", "torch", "world_size"] + (["threads"] if now["device"].startswith("cpu") else [])
+def _rounding_changes(earlier, now):
+    """What differs between two environments in ways that change how torch rounds (threads: on
+    the CPU; another world size is refused on loading, so not named here)."""
+    keys = ["device", "torch"] + (["threads"] if now["device"].startswith("cpu") else [])
     return [f"{key} {earlier.get(key)} -> {now[key]}" for key in keys if earlier.get(key) != now[key]]
 
 
-def run_environments(resumed, device):
+def run_environments(resumed, device, warn=True):
     """The environments a run has trained in, each with the step it took over from
-    (``from_step``): a resumed run's saved list (None: a new run), plus this process's where it
-    differs, which the log names (the run then differs from an uninterrupted one, slightly)."""
+    (``from_step``): a resumed run's saved list (None: a new run), plus this process's where any
+    of it differs (new code, say). Where that changes how torch rounds, ``warn`` (rank 0: the
+    others' warnings would print twice) names it: the run then differs slightly from an
+    uninterrupted one."""
     now = environment(device)
     logging.getLogger("refmatch").info("environment: refmatch %s (commit %s), torch %s, %s, %d CPU threads",
                                        now["refmatch"], now["commit"], now["torch"], now["device"], now["threads"])
     if resumed is None:
         return [{"from_step": 0, **now}]
     earlier = list(resumed.get("environments", []))  # none in a checkpoint of an older refmatch
-    changed = _differences(earlier[-1], now) if earlier else []
-    if changed:
+    last = {key: value for key, value in earlier[-1].items() if key != "from_step"} if earlier else None
+    changed = _rounding_changes(last, now) if last else []
+    if changed and warn:
         logging.getLogger("refmatch").warning(
             "resumed with %s since step %d: torch rounds differently there, so the result will differ slightly "
             "from an uninterrupted run (resume where the run trained to repeat it to the bit)", ", ".join(changed),
             resumed["step"])
-    return earlier + [{"from_step": resumed["step"], **now}] if changed or not earlier else earlier
+    return earlier if last == now else earlier + [{"from_step": resumed["step"], **now}]

@@ -64,7 +64,7 @@ def pseudo_label_main(argv=None):
 
     check_folder_argument(args.out, "--out")
     try:  # one process per OUT: a second would mix checkpoints, or delete the first's temporary files
-        with locked_folder(args.out, (*OUTPUTS, RECORD, WRITE_TEST)):
+        with locked_folder(args.out, (WRITE_TEST,)):  # the rest is written by rename: a link is replaced
             return _label_folder(args)
     except OSError as error:  # the folder and its lock file are the first things written
         if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or \

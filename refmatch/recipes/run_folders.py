@@ -16,8 +16,12 @@ RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log
                "compare-pseudo-labels")
 
 
+# Written where they are, not replaced by a rename: a link there would be written through (its
+# target appended to, or deleted by --overwrite), so a run refuses links of these names.
+WRITTEN_IN_PLACE = ("train.log", OVERWRITTEN)
 DATASET_PARTS = ("images", "masks", "unlabeled")
-GRID_NAME = re.compile(r"step_\d+\.png|\..*\.tmp")  # a run's grids, and its atomic writes' temporaries
+IMAGE_FILE = re.compile(r"[^.].*\.(png|jpe?g|tiff?|bmp|dcm|nii(\.gz)?)", re.IGNORECASE)  # not .DS_Store & co.
+GRID_NAME = re.compile(r"step_\d+\.png")  # a run's grids
 
 
 def check_not_a_dataset(run_dir, data):
@@ -31,9 +35,9 @@ def check_not_a_dataset(run_dir, data):
                          "into (and --overwrite delete); train into a folder of its own")
     images = run_dir / "images"
     foreign = sorted(name for name in (os.listdir(images) if images.is_dir() else ())
-                     if not GRID_NAME.fullmatch(name))
+                     if IMAGE_FILE.fullmatch(name) and not GRID_NAME.fullmatch(name))
     if foreign:
-        raise ValueError(f"--out {run_dir} holds images/ with files a run does not write ({foreign[0]}, ...): "
+        raise ValueError(f"--out {run_dir} holds images/ with images a run does not write ({foreign[0]}, ...): "
                          "a dataset folder, whose images --overwrite would delete; train into a folder of its own")
     inside = [] if data == "phantom" else [Path(os.path.abspath(data)) / part for part in DATASET_PARTS]
     if any(folder in inside for folder in (run_dir, *run_dir.parents)):
@@ -50,7 +54,7 @@ def claimed_run_folder(run_dir, new_run, overwrite=False):
     run_dir = Path(run_dir)
     made = folders_to_make(run_dir)
     # under torchrun every rank learns of a refusal
-    lock = on_rank_zero(lambda: take_lock(run_dir, made, RUN_OUTPUTS), share_result=False)
+    lock = on_rank_zero(lambda: take_lock(run_dir, made, WRITTEN_IN_PLACE), share_result=False)
     try:
         with fresh_run(run_dir, overwrite) if new_run else contextlib.nullcontext():
             yield lock

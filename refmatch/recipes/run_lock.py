@@ -100,7 +100,8 @@ def open_lock_file(path):
 
 def raise_links(folder, names):
     """ValueError where any of ``names`` in ``folder`` is a symbolic link: writing through one
-    would change a file elsewhere (the lock's note erased it, the log appended to it)."""
+    would change a file elsewhere (the lock's note erased it, the log appended to it). Files
+    written by a rename (checkpoints, grids, labels) replace a link, so they need no check."""
     links = [name for name in names if (Path(folder) / name).is_symlink()]
     if links:
         raise ValueError(f"{folder} holds symbolic links where refmatch writes ({', '.join(links)}): it writes "

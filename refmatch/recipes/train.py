@@ -104,7 +104,7 @@ class Trainer:
             "data: %d labelled, %d unlabelled, %d val, %d test images; classes %s", len(self.data.labeled.names),
             len(self.data.unlabeled.names), len(self.data.val.names), len(self.data.test.names),
             ", ".join(self.data.class_names))
-        self.environments = run_environments(resumed, self.device)
+        self.environments = run_environments(resumed, self.device, warn=self.run.is_main)
         if resumed is not None:
             self._load(resumed)
 
