@@ -88,7 +88,8 @@ class ReferencePseudoLabels:
     def __call__(self, images):
         """images [B, C, H, W] -> PseudoLabels at [B, H, W] from the teacher's tapped features."""
         logits = self.teacher(images)
-        return self.labeler(self.tap.features().float(), logits.argmax(dim=1) if self.consensus else None)
+        agree_with = logits.max(dim=1).indices if self.consensus else None  # argmax's, faster (predict's note)
+        return self.labeler(self.tap.features().float(), agree_with)
 
     def state_dict(self):
         return self.bank.state_dict()
