@@ -118,6 +118,7 @@ cat "$LOGS/device.txt"
 TEST_PYTHONPATH=${PYTHONPATH:-}  # the tests import no peers (KeOps alone slowed test_bench 4x)
 if compgen -G ".whl/*.whl" >/dev/null; then
   PEERS=$(mktemp -d -t refmatch-peers.XXXXXX)  # not a fixed /tmp name another user could plant first
+  trap 'rm -rf "$PEERS"' EXIT
   python -m pip install --no-index --no-deps --no-compile --target "$PEERS" .whl/*.whl \
     >"$LOGS/peers.log" 2>&1 && export PYTHONPATH=$PEERS${PYTHONPATH:+:$PYTHONPATH}
 fi

@@ -186,11 +186,11 @@ def misuse_worker(rank, port):
     state = [None] * WORLD
     dist.all_gather_object(state, model.bank.state_dict())
     with pytest.raises(RuntimeError, match=f"shard_rank: saved on rank {1 - rank}, this is rank {rank}"):
-        model.bank.load_state_dict(state[1 - rank])  # before session 25: a shape error, or the next match's
+        model.bank.load_state_dict(state[1 - rank])  # an older refmatch's: a shape error, or the next match's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.bank.load_state_dict(state[rank])  # its own, with shard_rank: quiet
-    # Without shard_rank: a plain bank's (its rows in every shard) or one saved before session 25.
+    # Without shard_rank: a plain bank's (its rows in every shard) or one saved by an older refmatch.
     older = {name: value for name, value in state[rank].items() if name != "shard_rank"}
     with pytest.raises(RuntimeError, match="state_dict has no shard_rank: a ReferenceBank's, whose rows every shard"):
         model.bank.load_state_dict(older)

@@ -129,7 +129,7 @@ def test_a_read_only_file_system_is_named_as_the_folder_that_cannot_be_written(f
 
     from refmatch.recipes import run_lock
 
-    def read_only(folder, made, outputs):
+    def read_only(folder, made, written_in_place):
         raise OSError(errno.EROFS, "Read-only file system", str(folder))
     monkeypatch.setattr(run_lock, "take_lock", read_only)
     with pytest.raises(PermissionError, match=r"^cannot write into .*pseudo: Read-only file system$"):

@@ -51,7 +51,7 @@ def test_feature_tap_maps_a_vits_tokens_where_labels_line_up():
     images = torch.zeros(1, 1, 16, 16)
     masks = torch.zeros(1, 16, 16, dtype=torch.long)
     masks[:, 8:, :] += 1
-    masks[:, :, 8:] += 2  # quarters: 0 1 / 2 3 (top-left, bottom-left, top-right, bottom-right)
+    masks[:, :, 8:] += 2  # quarters: 0 2 on top, 1 3 below
     with pytest.raises(ValueError, match=r"transformer tokens \[B, T, D\]\?\): to_maps=\{'block': lambda x: "
                                          r"refmatch.tokens_as_maps\(x, grid=\(h, w\)\)\}"):
         with FeatureTap(vit, ["block"]) as tap:

@@ -23,7 +23,7 @@ def git_commit():
     with "+dirty" when it has uncommitted changes; "unknown" for an installed package."""
     checkout = Path(refmatch.__file__).resolve().parent.parent
     git = ["git", "--no-optional-locks", "-C", str(checkout)]  # a status must not block a git in progress
-    try:  # a hung git (a stale network mount) must not hold a run's start: 10 s at most
+    try:  # a hung git (a stale network mount) must not hold a run's start: 10 s a call at most
         top, commit = subprocess.run([*git, "rev-parse", "--show-toplevel", "--short", "HEAD"],
                                      capture_output=True, text=True, check=True, timeout=10).stdout.splitlines()
         if Path(top).resolve() != checkout:  # site-packages inside some other repository: not refmatch's commit

@@ -112,7 +112,8 @@ class FeatureTap:
                 raise ValueError(f"{option} names layers that are not tapped: {sorted(set(named) - set(layers))} "
                                  f"(layers: {list(layers)})")
         if not all(callable(function) for function in self.to_maps.values()):
-            raise TypeError("to_maps takes a function per layer (refmatch.tokens_as_maps, say)")
+            raise TypeError("to_maps takes a function per layer (lambda x: refmatch.tokens_as_maps(x, grid=(h, w)), "
+                            "say)")
         modules = dict(model.named_modules())
         unknown = [name for name in layers if name not in modules]
         if unknown:

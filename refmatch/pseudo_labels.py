@@ -10,8 +10,8 @@ from .arguments import as_int, as_number, describe
 from .bank import ReferenceBank
 from .bank_checks import check_feature_maps
 from .choices import check_choice
-from .sizes import Sides, given_size, linear_mode, sides, spatial_size
 from .masks import holds_integers
+from .sizes import Sides, given_size, linear_mode, sides, spatial_size
 from .vote import checked_temperature, margin, vote
 
 MODES = ("hard", "soft")

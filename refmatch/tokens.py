@@ -7,12 +7,15 @@ import torch
 from .arguments import describe
 from .sizes import Sides, sides, spatial_size
 
+MAX_LEADING_TOKENS = 16  # a class token and up to 15 registers (DINOv2 with registers: 1 + 4)
+
 
 def tokens_as_maps(tokens: torch.Tensor, grid: Optional[Sides] = None) -> torch.Tensor:
     """[B, T, D] tokens of an h x w patch grid -> [B, D, h, w] maps (a view, no copy).
 
     The last h * w tokens are the patches in raster order, as ViTs (DINO, DINOv2, SAM's image
-    encoder flattened) keep them; those before (a class token, register tokens) are dropped.
+    encoder flattened) keep them; those before (a class token, register tokens: at most
+    ``MAX_LEADING_TOKENS``) are dropped.
     The grid cannot be read off T: 1 + 16 x 16 tokens and 1 + 15 x 17 are both 257.
 
     Args:
@@ -38,4 +41,8 @@ def tokens_as_maps(tokens: torch.Tensor, grid: Optional[Sides] = None) -> torch.
     if height * width > count:
         raise ValueError(f"a {height}x{width} patch grid needs {height * width} tokens, got {count}: pass "
                          "grid=(image height // patch size, image width // patch size)")
+    if count - height * width > MAX_LEADING_TOKENS:  # a wrong grid, whose patches would be scrambled
+        raise ValueError(f"a {height}x{width} patch grid leaves {count - height * width} of {count} tokens before "
+                         f"the patches, more than a class token and registers (at most {MAX_LEADING_TOKENS}): "
+                         "pass grid=(image height // patch size, image width // patch size)")
     return tokens[:, count - height * width:].transpose(1, 2).unflatten(2, (height, width))

@@ -103,7 +103,7 @@ def scored_tiles(rows, reference, ignored, metric, block_m, block_n, nan_checked
     unclean_blocks = _nonfinite_blocks(reference, block_m) if skip_nan_pass else set()
     for col0 in range(0, reference.shape[0], block_m):
         block, bias, scale = prepare_block(reference[col0:col0 + block_m], block_of(ignored, col0, block_m),
-                                            metric, operand_dtype, dtype)
+                                           metric, operand_dtype, dtype)
         nan_pass = not skip_nan_pass or col0 // block_m in unclean_blocks
         for row0 in range(0, rows.shape[0], block_n):
             row_block = rows[row0:row0 + block_n]

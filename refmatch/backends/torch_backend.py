@@ -161,7 +161,7 @@ def fused_walk(rows, reference, ignored, k, metric, window=None):
     ``window`` [N]: the bfloat16 screen's per-row bounds (``screen_window``), or None."""
     def prepared_block(col0, count):
         return prepare_block(reference[col0:col0 + count], block_of(ignored, col0, count), metric, rows.dtype,
-                              accumulation_dtype(rows.dtype))[:2]
+                             accumulation_dtype(rows.dtype))[:2]
 
     return cpu_topk.topk_walk(rows, reference.shape[0], prepared_block, gemm_alpha(metric), k, window)
 

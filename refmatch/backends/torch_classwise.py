@@ -1,8 +1,8 @@
 """Class-wise best score on the chunked torch backend (any number of classes).
 
-The same walk over reference blocks as ``match_chunked``; each score tile is
-reduced per class with one ``scatter_reduce(amax)`` over the block's labels
-into a running [N, C] maximum. A block of one class (the common case:
+The walk over reference blocks that ``match_chunked`` takes too
+(``score_tiles.scored_tiles``); each score tile is reduced per class with one
+``scatter_reduce(amax)`` over the block's labels into a running [N, C] maximum. A block of one class (the common case:
 ReferenceBank stores class by class) takes a plain row max instead; finding those
 blocks costs one host read per call, skipped under torch.compile and CUDA graph
 capture. The N x M matrix never exists. Where the CPU's fused walk (``cpu_topk``, with
@@ -14,8 +14,8 @@ import torch
 
 from . import cpu_topk
 from .class_ranges import class_ranges, stored_by_class
-from .scoring import accumulation_dtype, as_maps, finalize_class_scores, host_read_allowed
 from .score_tiles import block_of, block_sizes, query_rows, scored_tiles
+from .scoring import accumulation_dtype, as_maps, finalize_class_scores, host_read_allowed
 from .torch_backend import match_rows
 
 

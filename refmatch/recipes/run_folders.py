@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ..data.folder import OTHER_IMAGE_SUFFIXES
 from .checkpoint import OVERWRITTEN
 from .progress import launched_rank
 from .ranks import on_rank_zero
@@ -20,8 +21,13 @@ RUN_OUTPUTS = ("latest.pt", "best.pt", "metrics.json", "splits.json", "train.log
 # target appended to, or deleted by --overwrite), so a run refuses links of these names.
 WRITTEN_IN_PLACE = ("train.log", OVERWRITTEN)
 DATASET_PARTS = ("images", "masks", "unlabeled")
-IMAGE_FILE = re.compile(r"[^.].*\.(png|jpe?g|tiff?|bmp|dcm|nii(\.gz)?)", re.IGNORECASE)  # not .DS_Store & co.
-GRID_NAME = re.compile(r"step_\d+\.png")  # a run's grids
+IMAGE_SUFFIXES = (".png", *OTHER_IMAGE_SUFFIXES)  # what a dataset's images/ holds (not .DS_Store & co.)
+GRID_NAME = re.compile(r"step_\d{6}\.png")  # a run's grids (grid_name)
+
+
+def grid_name(step):
+    """The file name of a run's picture grid at ``step`` in its images/."""
+    return f"step_{step:06d}.png"
 
 
 def check_not_a_dataset(run_dir, data):
@@ -35,7 +41,8 @@ def check_not_a_dataset(run_dir, data):
                          "into (and --overwrite delete); train into a folder of its own")
     images = run_dir / "images"
     foreign = sorted(name for name in (os.listdir(images) if images.is_dir() else ())
-                     if IMAGE_FILE.fullmatch(name) and not GRID_NAME.fullmatch(name))
+                     if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                     and not GRID_NAME.fullmatch(name))
     if foreign:
         raise ValueError(f"--out {run_dir} holds images/ with images a run does not write ({foreign[0]}, ...): "
                          "a dataset folder, whose images --overwrite would delete; train into a folder of its own")

@@ -94,11 +94,11 @@ def open_lock_file(path):
         return os.fdopen(os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_APPEND | NO_FOLLOW, 0o644), "a+")
     except OSError:
         if Path(path).is_symlink():
-            raise_links(Path(path).parent, [LOCK_NAME])
+            refuse_links(Path(path).parent, [LOCK_NAME])
         raise
 
 
-def raise_links(folder, names):
+def refuse_links(folder, names):
     """ValueError where any of ``names`` in ``folder`` is a symbolic link: writing through one
     would change a file elsewhere (the lock's note erased it, the log appended to it). Files
     written by a rename (checkpoints, grids, labels) replace a link, so they need no check."""
@@ -108,13 +108,13 @@ def raise_links(folder, names):
                          "only into the folder itself; delete the links, or take another folder")
 
 
-def take_lock(folder, made, outputs=()):
-    """``folder`` made and held (``RunFolderLock``), after refusing links among its lock and
-    ``outputs`` (the names the run writes there); where that fails, the folders of ``made``
-    (``folders_to_make``'s) that it left empty go again."""
+def take_lock(folder, made, written_in_place=()):
+    """``folder`` made and held (``RunFolderLock``), after refusing links named as its lock or
+    ``written_in_place`` (what the run writes there without a rename); where that fails, the
+    folders of ``made`` (``folders_to_make``'s) that it left empty go again."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     try:
-        raise_links(folder, [LOCK_NAME, *outputs])
+        refuse_links(folder, [LOCK_NAME, *written_in_place])
         return RunFolderLock(folder)
     except BaseException:
         remove_empty_folders(made)
@@ -132,12 +132,13 @@ def undo_lock(lock, made):
 
 
 @contextlib.contextmanager
-def locked_folder(folder, outputs=()):
-    """``folder``, made with its parents and held (``RunFolderLock``; ``outputs``, the names the
-    body writes there, may not be links) for the body, which gets the lock. A body that raises
-    takes what this made with it (``undo_lock``: a mistyped flag leaves no folder behind)."""
+def locked_folder(folder, written_in_place=()):
+    """``folder``, made with its parents and held (``RunFolderLock``; the names the body writes
+    there without a rename, ``written_in_place``, may not be links) for the body, which gets the
+    lock. A body that raises takes what this made with it (``undo_lock``: a mistyped flag leaves
+    no folder behind)."""
     made = folders_to_make(folder)
-    lock = take_lock(folder, made, outputs)
+    lock = take_lock(folder, made, written_in_place)
     try:
         yield lock
     except BaseException:

@@ -25,7 +25,7 @@ from .methods import IGNORE, check_pl_k, pseudo_label_source
 from .provenance import run_environments
 from .ranks import join_process_group, leave_process_group
 from .run_context import RunContext
-from .run_folders import check_not_a_dataset, claimed_run_folder
+from .run_folders import check_not_a_dataset, claimed_run_folder, grid_name
 from .unet import UNet
 from .visual import training_grid
 
@@ -210,7 +210,7 @@ class Trainer:
         count = min(4, images.shape[0])
         prediction = predict(self.teacher, images[:count], self.device)
         extra = (pseudo.labels[:count].cpu(), pseudo.confidence[:count].cpu()) if pseudo is not None else (None, None)
-        self.run.image(f"step_{self.step:06d}.png", self.step, training_grid, images[:count].cpu(),
+        self.run.image(grid_name(self.step), self.step, training_grid, images[:count].cpu(),
                        truth[:count].cpu(), prediction, *extra, IGNORE, self.data.class_names)
 
     def fit(self, stop_at=None):
