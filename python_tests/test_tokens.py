@@ -37,6 +37,9 @@ def test_bad_tokens_are_refused_with_the_fix():
         tokens_as_maps(torch.randn(1, 3, 4, 4), grid=4)
     with pytest.raises(ValueError, match=r"grid must be a positive int or an \(h, w\) pair of them, got \(0, 2\)"):
         tokens_as_maps(torch.randn(1, 5, 3), grid=(0, 2))
+    with pytest.raises(ValueError, match=r"a 16x15 patch grid leaves 17 of 257 tokens before the patches, more "
+                                         r"than a class token and registers \(at most 16\)"):
+        tokens_as_maps(torch.randn(1, 257, 3), grid=(16, 15))  # a ViT-S/14's 1 + 16 x 16 tokens
     with pytest.raises(ValueError, match=r"grid=\(h, w\) is needed"):  # 1 + 16 x 16 and 1 + 15 x 17 tokens alike
         tokens_as_maps(torch.randn(1, 257, 3))
 
