@@ -124,6 +124,14 @@ def test_a_teacher_that_does_not_fit_its_config_is_named(tmp_path):
     state = {"config": {"width": 8, "depth": 2}, "teacher": UNet(1, 2, 4, 2).state_dict()}
     with pytest.raises(ValueError, match="best.pt: its teacher does not fit its own config .width 8, depth 2"):
         saved_teacher(state, tmp_path / "best.pt", "cpu")
+    # compared before a model is built: this one would ask for 1.4 TB
+    state["config"] = {"width": 200000, "depth": 2}
+    with pytest.raises(ValueError, match=r"width 200000, depth 2, norm batch, 2 classes\): decoder.*is \(4, 8, "):
+        saved_teacher(state, tmp_path / "best.pt", "cpu")
+    state["config"], state["teacher"]["head.weight"] = {"width": 4, "depth": 2}, torch.zeros(1, 4, 1, 1).expand(
+        10 ** 8, 4, 1, 1)  # a few bytes on disk, 1.6 GB as a model
+    with pytest.raises(ValueError, match=r"its teacher predicts 100000000 classes, more than masks name \(255\)"):
+        saved_teacher(state, tmp_path / "best.pt", "cpu")
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path):

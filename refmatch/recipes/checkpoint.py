@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..atomic_file import write_atomic
-from .config import UNUSED_BY, TrainConfig, as_saved, data_location, saved_config
+from .config import MAX_CLASSES, UNUSED_BY, TrainConfig, as_saved, data_location, saved_config
 from .unet import UNet
 
 OVERWRITTEN = ".overwritten"  # where --overwrite keeps the earlier run until the new one has started
@@ -83,15 +83,23 @@ def saved_teacher(state, path, device, num_classes=None):
     """(teacher UNet in eval mode on ``device``, its run's config) from a checkpoint ``state``
     read from ``path``; ``num_classes`` None: as many as its head has. Weights that do not fit
     the saved config raise ValueError naming the file."""
+    if not isinstance(state["config"], dict) or "head.weight" not in state["teacher"]:
+        raise ValueError(f"{path} is not a refmatch checkpoint: its config or teacher is not a training run's")
     config = saved_config(state["config"])
     classes = state["teacher"]["head.weight"].shape[0] if num_classes is None else num_classes
-    model = UNet(1, classes, config.width, config.depth, config.norm).to(device)
-    try:
-        model.load_state_dict(state["teacher"])
-    except RuntimeError as error:  # weights of another width, depth, norm or class count
+    if classes > MAX_CLASSES:  # a head of stride 0 fits a small file
+        raise ValueError(f"{path}: its teacher predicts {classes} classes, more than masks name ({MAX_CLASSES})")
+    with torch.device("meta"):  # shapes first, no memory: a config of width 200000 would ask for 1.4 TB
+        model = UNet(1, classes, config.width, config.depth, config.norm)
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    given = {name: tuple(getattr(value, "shape", ())) for name, value in state["teacher"].items()}
+    if expected != given:  # weights of another width, depth, norm or class count
+        differ = next(name for name in sorted(expected.keys() | given.keys()) if expected.get(name) != given.get(name))
         raise ValueError(f"{path}: its teacher does not fit its own config (width {config.width}, depth "
-                         f"{config.depth}, norm {config.norm}, {classes} classes): "
-                         f"{' '.join(str(error).split())[:200]}") from None
+                         f"{config.depth}, norm {config.norm}, {classes} classes): {differ} is "
+                         f"{given.get(differ, 'missing')}, the config's model has {expected.get(differ, 'none')}")
+    model = UNet(1, classes, config.width, config.depth, config.norm).to(device)
+    model.load_state_dict(state["teacher"])
     return model.eval(), config
 
 
