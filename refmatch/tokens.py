@@ -8,6 +8,7 @@ from .arguments import describe
 from .sizes import Sides, sides, spatial_size
 
 MAX_LEADING_TOKENS = 16  # a class token and up to 15 registers (DINOv2 with registers: 1 + 4)
+GRID_ADVICE = "pass grid=(image height // patch size, image width // patch size)"
 
 
 def tokens_as_maps(tokens: torch.Tensor, grid: Optional[Sides] = None) -> torch.Tensor:
@@ -32,17 +33,16 @@ def tokens_as_maps(tokens: torch.Tensor, grid: Optional[Sides] = None) -> torch.
         raise ValueError(f"tokens must be [B, T, D], got {describe(tokens)}"
                          + ("; [B, D, h, w] maps need no reshaping" if maps else ""))
     if grid is None:
-        raise ValueError("grid=(h, w) is needed: the patch grid, (image height // patch, image width // patch)")
+        raise ValueError(f"grid=(h, w) is needed, the patch grid: {GRID_ADVICE}")
     count = tokens.shape[1]
     try:
         height, width = sides(spatial_size(grid, "grid"), 2, "grid")
     except ValueError:
         raise ValueError(f"grid must be a positive int or an (h, w) pair of them, got {grid!r}") from None
     if height * width > count:
-        raise ValueError(f"a {height}x{width} patch grid needs {height * width} tokens, got {count}: pass "
-                         "grid=(image height // patch size, image width // patch size)")
+        raise ValueError(f"a {height}x{width} patch grid needs {height * width} tokens, got {count}: {GRID_ADVICE}")
     if count - height * width > MAX_LEADING_TOKENS:  # a wrong grid, whose patches would be scrambled
         raise ValueError(f"a {height}x{width} patch grid leaves {count - height * width} of {count} tokens before "
                          f"the patches, more than a class token and registers (at most {MAX_LEADING_TOKENS}): "
-                         "pass grid=(image height // patch size, image width // patch size)")
+                         f"{GRID_ADVICE}")
     return tokens[:, count - height * width:].transpose(1, 2).unflatten(2, (height, width))

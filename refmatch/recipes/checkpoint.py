@@ -90,7 +90,7 @@ def saved_teacher(state, path, device, num_classes=None):
     if classes > MAX_CLASSES:  # a head of stride 0 fits a small file
         raise ValueError(f"{path}: its teacher predicts {classes} classes, more than masks name ({MAX_CLASSES})")
     with torch.device("meta"):  # shapes first, no memory: a config of width 200000 would ask for 1.4 TB
-        model = UNet(1, classes, config.width, config.depth, config.norm)
+        model = UNet(1, classes, config.width, config.depth, config.norm)  # made once: its weights are loaded
     expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     given = {name: tuple(getattr(value, "shape", ())) for name, value in state["teacher"].items()}
     if expected != given:  # weights of another width, depth, norm or class count
@@ -98,8 +98,7 @@ def saved_teacher(state, path, device, num_classes=None):
         raise ValueError(f"{path}: its teacher does not fit its own config (width {config.width}, depth "
                          f"{config.depth}, norm {config.norm}, {classes} classes): {differ} is "
                          f"{given.get(differ, 'missing')}, the config's model has {expected.get(differ, 'none')}")
-    model = UNet(1, classes, config.width, config.depth, config.norm).to(device)
-    model.load_state_dict(state["teacher"])
+    model.to_empty(device=device).load_state_dict(state["teacher"])
     return model.eval(), config
 
 

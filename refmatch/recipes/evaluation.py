@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..data.folder import IGNORE_LABEL
 from ..metrics import segmentation_metrics
+from ..vote import best_class
 from .data_setup import dark_images, warn_if_dark
 from .interrupts import worker_ignores_stops
 from .progress import progress_bar
@@ -27,8 +28,7 @@ def _batched_logits(model, images, device, batch_size):
 
 def predict(model, images, device, batch_size=16):
     """Argmax labels [n, H, W] (on the CPU) of ``images`` [n, 1, H, W]."""
-    # max's indices: argmax's (the first maximum), 15x faster over dim 1 of CPU [B, C, H, W] logits
-    labels = [logits.max(dim=1).indices for logits in _batched_logits(model, images, device, batch_size)]
+    labels = [best_class(logits) for logits in _batched_logits(model, images, device, batch_size)]
     return torch.cat(labels) if labels else torch.zeros(0, *images.shape[2:], dtype=torch.long)
 
 

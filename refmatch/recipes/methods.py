@@ -15,6 +15,7 @@ from ..data.folder import IGNORE_LABEL
 from ..feature_tap import FeatureTap
 from ..masks import downsample_masks
 from ..pseudo_labels import PseudoLabeler, PseudoLabels, kept_fraction
+from ..vote import best_class
 from .progress import progress_bar
 
 IGNORE = IGNORE_LABEL  # a mask's ignored pixels and a dropped pseudo-label: the losses skip both
@@ -88,8 +89,7 @@ class ReferencePseudoLabels:
     def __call__(self, images):
         """images [B, C, H, W] -> PseudoLabels at [B, H, W] from the teacher's tapped features."""
         logits = self.teacher(images)
-        agree_with = logits.max(dim=1).indices if self.consensus else None  # argmax's, faster (predict's note)
-        return self.labeler(self.tap.features().float(), agree_with)
+        return self.labeler(self.tap.features().float(), best_class(logits) if self.consensus else None)
 
     def state_dict(self):
         return self.bank.state_dict()
